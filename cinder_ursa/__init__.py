@@ -1,0 +1,1 @@
+"""cinder-ursa: Ursa replicated block storage, its Cinder driver, nova_ha."""

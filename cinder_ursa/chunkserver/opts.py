@@ -1,0 +1,42 @@
+"""Options of ursa-chunkserver, in the ``[ursa_chunkserver]`` group."""
+
+import socket
+
+from oslo_config import cfg
+
+chunkserver_group = cfg.OptGroup(
+    'ursa_chunkserver', title='Ursa chunk server',
+    help='Options of the ursa-chunkserver service (one per data directory).')
+
+chunkserver_opts = [
+    cfg.StrOpt('data_dir', default='/var/lib/ursa/chunks',
+               help='Directory holding this server\'s chunk replicas.'),
+    cfg.HostAddressOpt('bind_host', default='127.0.0.1',
+                       help='Address the data protocol listens on.'),
+    cfg.PortOpt('bind_port', default=9400,
+                help='Port of the data protocol; 0 picks a free port.'),
+    cfg.HostAddressOpt('advertise_host',
+                       help='Address clients and peers use to reach this '
+                            'server. Default: bind_host.'),
+    cfg.StrOpt('host', default=socket.gethostname(), sample_default='<hostname>',
+               help='Host name declared to the master, the failure domain '
+                    'at level "host".'),
+    cfg.StrOpt('rack', default='default',
+               help='Rack declared to the master, the failure domain at '
+                    'level "rack".'),
+    cfg.FloatOpt('replication_timeout', default=5.0, min=0.1,
+                 help='Seconds a primary waits for a replica to apply a '
+                      'write before it asks the master to drop that replica.'),
+    cfg.IntOpt('reserved_bytes', default=64 * 1024 * 1024, min=0,
+               help='Free space kept back on the data filesystem; writes '
+                    'that would eat into it fail with "no space".'),
+]
+
+
+def register_opts(conf):
+    conf.register_group(chunkserver_group)
+    conf.register_opts(chunkserver_opts, group=chunkserver_group)
+
+
+def list_opts():
+    return [(chunkserver_group, chunkserver_opts)]

@@ -1,0 +1,315 @@
+"""The chunk server: data protocol, replication forwarding, membership.
+
+Write path (the primary is the first server of a chunk's replica set):
+
+1. check the lease generation (older -> Fenced) and the chunk epoch
+   (older -> StaleEpoch, newer -> adopted);
+2. apply the write to the local replica synchronously, in arrival order;
+3. forward it (REPLICATE) to the other replicas in parallel;
+4. a replica that fails or times out is dropped from the replica set by
+   the master (epoch + 1, committed there first); the write is
+   acknowledged only if at least ``min_replicas`` replicas applied it,
+   otherwise the client gets InsufficientReplicas and must retry.
+"""
+
+import asyncio
+import logging
+import socket
+
+from cinder_ursa import exception
+from cinder_ursa.chunkserver import store as store_mod
+from cinder_ursa.common import rest
+from cinder_ursa.protocol import codec
+from cinder_ursa.transport import aio
+
+LOG = logging.getLogger(__name__)
+
+
+class ChunkServer:
+
+    def __init__(self, data_dir, key, master_urls, bind_host='127.0.0.1',
+                 bind_port=0, advertise_host=None, host=None, rack='default',
+                 replication_timeout=5.0, reserved_bytes=0):
+        self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
+        self.key = key
+        self.master = rest.AsyncMasterClient(master_urls, key, timeout=10.0)
+        self.bind_host = bind_host
+        self.bind_port = bind_port
+        self.advertise_host = advertise_host or bind_host
+        self.host = host or socket.gethostname()
+        self.rack = rack
+        self.replication_timeout = replication_timeout
+        self.peers = aio.ConnectionPool(key, connect_timeout=min(
+            replication_timeout, 3.0))
+        self.id = None
+        self.port = None
+        self._peer_addrs = {}
+        self._server = None
+        self._tasks = []
+        self._drop_locks = {}
+        self._heartbeat_interval = 5.0
+        self._registered = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------
+
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: aio.ServerConnection(self.key, self.handle),
+            self.bind_host, self.bind_port, reuse_address=True, backlog=512)
+        self.port = self._server.sockets[0].getsockname()[1]
+        LOG.info('Chunk server %s serving %s on %s:%d', self.store.server_uuid,
+                 self.store.data_dir, self.bind_host, self.port)
+        self._tasks.append(loop.create_task(self._membership()))
+
+    async def wait_registered(self, timeout):
+        await asyncio.wait_for(self._registered.wait(), timeout)
+
+    async def stop(self):
+        for t in self._tasks:
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+        self.peers.close()
+        await self.master.close()
+        self.store.sync_fds(self.store.dirty_fds())
+        self.store.close()
+
+    async def _register(self):
+        usage = self.store.usage()
+        reply = await self.master.request('POST', '/chunkservers', {
+            'uuid': self.store.server_uuid, 'host': self.host,
+            'rack': self.rack, 'address': self.advertise_host,
+            'port': self.port, 'chunks': self.store.chunk_list(), **usage})
+        self.id = reply['server']['id']
+        self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
+        for vol, gen in reply.get('generations', {}).items():
+            if gen > self.store.generation(vol):
+                self.store.adopt_generation(vol, gen)
+        for vol, idx in reply.get('stale', []):
+            self.store.mark_stale(vol, idx)
+        for vol, idx in reply.get('orphans', []):
+            LOG.info('Deleting orphan replica %s/%d (no such chunk on the '
+                     'master)', vol, idx)
+            self.store.delete(vol, idx)
+        LOG.info('Registered with the master as chunk server %d', self.id)
+        self._registered.set()
+
+    async def _membership(self):
+        """Register, then heartbeat; register again when the master forgot
+        us or came back."""
+        registered = False
+        while True:
+            try:
+                if not registered:
+                    await self._register()
+                    registered = True
+                else:
+                    await self.master.request(
+                        'PUT', '/chunkservers/%d/heartbeat' % self.id,
+                        self.store.usage())
+            except exception.NotFound:
+                registered = False
+                continue
+            except exception.UrsaError as e:
+                LOG.warning('Master unreachable (%s); retrying', e)
+                registered = registered and not isinstance(
+                    e, exception.UrsaConnectionError)
+            except Exception:  # noqa: BLE001 - keep the server alive
+                LOG.exception('Heartbeat failed')
+            await asyncio.sleep(self._heartbeat_interval if registered
+                                else 1.0)
+
+    # --- dispatch ----------------------------------------------------------
+
+    def handle(self, conn, frame):
+        op = frame.opcode
+        try:
+            if op == codec.WRITE:
+                self._write(conn, frame)
+            elif op == codec.READ:
+                self._read(conn, frame)
+            elif op == codec.REPLICATE:
+                self._replicate(conn, frame)
+            elif op == codec.FLUSH:
+                conn.spawn(self._flush(conn, frame))
+            elif op == codec.FENCE:
+                vol, gen = codec.decode_fence(frame.body)
+                self.store.adopt_generation(vol, gen)
+                conn.send(codec.encode_ok(op, frame.req_id))
+            elif op == codec.DELETE:
+                vol, idx = codec.decode_delete(frame.body)
+                n = self.store.delete(vol, None if idx == codec.ALL_CHUNKS
+                                      else idx)
+                if n:
+                    LOG.info('Deleted %d replica(s) of volume %s', n, vol)
+                conn.send(codec.encode_ok(op, frame.req_id))
+            elif op == codec.CHUNK_INFO:
+                vol, idx = codec.decode_chunk_info(frame.body)
+                epoch, allocated, crcs = self.store.chunk_info(vol, idx)
+                conn.send(codec.encode_chunk_info_ok(frame.req_id, epoch,
+                                                     allocated, crcs))
+            else:
+                raise exception.ProtocolError(
+                    reason='unknown opcode 0x%02x' % op)
+        except exception.ProtocolError:
+            raise
+        except exception.UrsaError as e:
+            conn.send(codec.encode_error(op, frame.req_id, e))
+        except OSError as e:
+            LOG.error('I/O error serving %r: %s', frame, e)
+            conn.send(codec.encode_error(op, frame.req_id,
+                                         exception.InternalError(
+                                             reason='I/O error: %s' % e)))
+
+    def _read(self, conn, frame):
+        req = codec.decode_read(frame.body)
+        c = self.store.check_epoch(req.volume, req.index, req.epoch)
+        data = self.store.read(c, req.offset, req.length)
+        conn.send(codec.encode_read_ok(frame.req_id, data))
+
+    def _apply(self, req):
+        self.store.adopt_generation(req.volume, req.generation)
+        c = self.store.check_epoch(req.volume, req.index, req.epoch,
+                                   create=True)
+        self.store.write(c, req.offset, req.data)
+        return c
+
+    def _replicate(self, conn, frame):
+        req = codec.decode_replicate(frame.body, frame.flags)
+        c = self._apply(req)
+        if req.fua:
+            conn.spawn(self._reply_after_sync(conn, frame, c.epoch))
+        else:
+            conn.send(codec.encode_write_ok(frame.req_id, c.epoch,
+                                            codec.REPLICATE))
+
+    async def _reply_after_sync(self, conn, frame, epoch):
+        try:
+            await self._sync(None)
+        except OSError as e:
+            conn.send(codec.encode_error(frame.opcode, frame.req_id,
+                                         exception.InternalError(
+                                             reason='fdatasync: %s' % e)))
+            return
+        conn.send(codec.encode_write_ok(frame.req_id, epoch, frame.opcode))
+
+    def _write(self, conn, frame):
+        req = codec.decode_write(frame.body, frame.flags)
+        if self.id is None:
+            raise exception.InternalError(
+                reason='this chunk server has not registered yet')
+        if not req.replicas or req.replicas[0] != self.id:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d: this server (%d) is not its primary '
+                       '(%s); refresh the chunk map' % (
+                           req.volume, req.index, self.id, req.replicas))
+        c = self._apply(req)
+        others = req.replicas[1:]
+        if not others and not req.fua:
+            conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
+            return
+        # The data view points into the frame; keep it for the forwards.
+        conn.spawn(self._forward(conn, frame, req, c, others))
+
+    async def _forward(self, conn, frame, req, c, others):
+        epoch = c.epoch
+        try:
+            jobs = [self._send_replica(sid, req, epoch) for sid in others]
+            if req.fua:
+                jobs.append(self._sync(None))
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            failed = []
+            for sid, res in zip(others, results):
+                if res is None:
+                    continue
+                if isinstance(res, (exception.Fenced, exception.StaleEpoch,
+                                    exception.StaleReplica,
+                                    exception.OutOfRange,
+                                    exception.NoSpace)):
+                    raise res
+                failed.append((sid, res))
+            if req.fua and len(results) > len(others) and \
+                    results[-1] is not None:
+                raise exception.InternalError(reason='fdatasync: %s'
+                                              % results[-1])
+            if failed:
+                epoch = await self._drop(req, c, failed)
+            conn.send(codec.encode_write_ok(frame.req_id, epoch))
+        except exception.UrsaError as e:
+            conn.send(codec.encode_error(codec.WRITE, frame.req_id, e))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            LOG.exception('Forwarding a write of chunk %s/%d failed',
+                          req.volume, req.index)
+            conn.send(codec.encode_error(codec.WRITE, frame.req_id,
+                                         exception.InternalError(
+                                             reason=str(e))))
+
+    async def _send_replica(self, sid, req, epoch):
+        addr = await self._peer(sid)
+        try:
+            peer = await self.peers.get(*addr)
+            rid = aio.next_req_id()
+            reply = await peer.request(rid, codec.encode_replicate(
+                rid, req.volume, req.index, epoch, req.generation,
+                req.offset, req.data, req.fua), self.replication_timeout)
+            codec.decode_write_ok(reply.body)
+        except exception.UrsaConnectionError:
+            self.peers.discard(*addr)
+            raise
+
+    async def _drop(self, req, c, failed):
+        """Ask the master to drop failed replicas; return the new epoch if
+        enough replicas remain, else raise InsufficientReplicas."""
+        key = (req.volume, req.index)
+        lock = self._drop_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            chunk = None
+            for sid, err in failed:
+                LOG.warning('Replica %d of chunk %s/%d failed (%s); asking '
+                            'the master to drop it', sid, req.volume,
+                            req.index, err)
+                chunk = await self.master.drop_replica(
+                    req.volume, req.index, sid, c.epoch)
+                if chunk['epoch'] > c.epoch:
+                    self.store.set_epoch(c, chunk['epoch'])
+        ids = [r['id'] for r in chunk['replicas']]
+        if self.id not in ids:
+            raise exception.StaleReplica(
+                reason='this server left the replica set of chunk %s/%d'
+                % key)
+        if len(ids) < chunk['min_replicas']:
+            raise exception.InsufficientReplicas(
+                have=len(ids), need=chunk['min_replicas'],
+                reason='chunk %s/%d lost replicas; writes wait for repair'
+                % key)
+        return chunk['epoch']
+
+    async def _peer(self, sid):
+        addr = self._peer_addrs.get(sid)
+        if addr is None:
+            for s in await self.master.servers():
+                self._peer_addrs[s['id']] = (s['address'], s['port'])
+            addr = self._peer_addrs.get(sid)
+            if addr is None:
+                raise exception.NotFound(kind='chunk server', name=sid)
+        return addr
+
+    async def _flush(self, conn, frame):
+        try:
+            vol = codec.decode_flush(frame.body)
+            await self._sync(vol)
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+        except exception.UrsaError as e:
+            conn.send(codec.encode_error(frame.opcode, frame.req_id, e))
+        except OSError as e:
+            LOG.error('fdatasync failed: %s', e)
+            conn.send(codec.encode_error(frame.opcode, frame.req_id,
+                                         exception.InternalError(
+                                             reason='fdatasync: %s' % e)))
+
+    async def _sync(self, volume):
+        fds = self.store.dirty_fds(volume)
+        if fds:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.store.sync_fds, fds)

@@ -1,0 +1,128 @@
+"""Blocking facade over the async client, for the CLI and the Cinder driver.
+
+The async core runs on its own event loop in a native thread; calls hand
+coroutines to it and wait for the result.  When eventlet has monkey-patched
+the process (cinder-volume's default), waiting happens in eventlet's native
+thread pool, so other green threads keep running; the loop thread is always
+a real OS thread.  No asyncio loop is ever started on the calling thread.
+"""
+
+import asyncio
+import sys
+
+from cinder_ursa.client import volume as volume_mod
+
+
+def _native_threading():
+    """The real threading module, even under eventlet's monkey patching."""
+    eventlet = sys.modules.get('eventlet.patcher')
+    if eventlet is not None and eventlet.is_monkey_patched('thread'):
+        return eventlet.original('threading'), True
+    import threading
+    return threading, False
+
+
+class _LoopThread:
+
+    def __init__(self):
+        self._threading, self._green = _native_threading()
+        self.loop = asyncio.new_event_loop()
+        ready = self._threading.Event()
+        self._thread = self._threading.Thread(
+            target=self._run, args=(ready,), name='ursa-client-loop',
+            daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def _run(self, ready):
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def call(self, coro):
+        done = self._threading.Event()
+        box = {}
+
+        def start():
+            task = self.loop.create_task(coro)
+
+            def finished(t):
+                box['task'] = t
+                done.set()
+            task.add_done_callback(finished)
+        self.loop.call_soon_threadsafe(start)
+        if self._green:
+            from eventlet import tpool
+            tpool.execute(done.wait)
+        else:
+            done.wait()
+        return box['task'].result()
+
+    def stop(self):
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class SyncCluster:
+    """``with SyncCluster(urls, key) as c: v = c.open_volume('vol')``."""
+
+    def __init__(self, master_urls, key, **kwargs):
+        self._lt = _LoopThread()
+        self._cluster = self._lt.call(self._make(master_urls, key, kwargs))
+
+    @staticmethod
+    async def _make(urls, key, kwargs):
+        return volume_mod.Cluster(urls, key, **kwargs)
+
+    def open_volume(self, ref, writable=True, holder=None, force=False,
+                    lease_ttl=None):
+        vol = self._lt.call(self._cluster.open_volume(
+            ref, writable, holder, force, lease_ttl))
+        return SyncVolume(self._lt, vol)
+
+    def run(self, coro_fn, *args):
+        """Run ``coro_fn(cluster, *args)`` on the client loop (bulk work)."""
+        return self._lt.call(coro_fn(self._cluster, *args))
+
+    def close(self):
+        try:
+            self._lt.call(self._cluster.close())
+        finally:
+            self._lt.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SyncVolume:
+
+    def __init__(self, lt, vol):
+        self._lt = lt
+        self.volume = vol
+        self.size = vol.size
+        self.name = vol.name
+        self.id = vol.id
+
+    def read(self, offset, length):
+        return self._lt.call(self.volume.read(offset, length))
+
+    def write(self, offset, data, fua=False):
+        self._lt.call(self.volume.write(offset, data, fua))
+
+    def flush(self):
+        self._lt.call(self.volume.flush())
+
+    def close(self):
+        self._lt.call(self.volume.close())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,48 @@
+"""What every Ursa daemon's main() shares: options, logging, the loop."""
+
+import asyncio
+import json
+import os
+import signal
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from cinder_ursa.common import opts as common_opts
+
+
+def setup(argv, prog, register, description):
+    conf = cfg.ConfigOpts()
+    common_opts.register_opts(conf)
+    register(conf)
+    logging.register_options(conf)
+    conf(argv, project='ursa', prog=prog, description=description)
+    logging.setup(conf, 'ursa')
+    return conf
+
+
+def run(coro_fn):
+    """Run ``coro_fn(stop_event)`` on uvloop (if present) until SIGINT or
+    SIGTERM sets the event and the coroutine returns."""
+    try:
+        import uvloop
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await coro_fn(stop)
+
+    with runner:
+        runner.run(main())
+
+
+def write_endpoint(path, **info):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(info, f)
+    os.replace(tmp, path)

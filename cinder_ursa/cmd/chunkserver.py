@@ -1,0 +1,52 @@
+"""ursa-chunkserver: stores chunk replicas of one data directory.
+
+Example::
+
+    ursa-chunkserver --config-file /etc/ursa/ursa.conf \
+        --ursa_chunkserver-data_dir /srv/ursa/disk1
+"""
+
+import os
+import sys
+
+from oslo_log import log as logging
+
+from cinder_ursa.chunkserver import opts
+from cinder_ursa.chunkserver import server as server_mod
+from cinder_ursa.cmd import _service
+from cinder_ursa.common import auth
+
+LOG = logging.getLogger(__name__)
+
+
+def main(argv=None):
+    conf = _service.setup(
+        sys.argv[1:] if argv is None else argv, 'ursa-chunkserver',
+        opts.register_opts,
+        'Ursa chunk server: stores and replicates chunks of one data '
+        'directory. Example: ursa-chunkserver --config-file '
+        '/etc/ursa/ursa.conf')
+    cc = conf.ursa_chunkserver
+    key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
+    os.makedirs(cc.data_dir, exist_ok=True)
+
+    async def serve(stop):
+        cs = server_mod.ChunkServer(
+            cc.data_dir, key, conf.ursa.master_url, bind_host=cc.bind_host,
+            bind_port=cc.bind_port, advertise_host=cc.advertise_host,
+            host=cc.host, rack=cc.rack,
+            replication_timeout=cc.replication_timeout,
+            reserved_bytes=cc.reserved_bytes)
+        await cs.start()
+        _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
+                                address=cs.advertise_host, port=cs.port,
+                                uuid=cs.store.server_uuid, pid=os.getpid())
+        await stop.wait()
+        LOG.info('ursa-chunkserver stopping')
+        await cs.stop()
+
+    _service.run(serve)
+
+
+if __name__ == '__main__':
+    main()

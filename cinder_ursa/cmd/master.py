@@ -1,0 +1,69 @@
+"""ursa-master: the metadata service and REST API of an Ursa cluster.
+
+Example::
+
+    ursa-master --config-file /etc/ursa/ursa.conf
+"""
+
+import os
+import sys
+
+from aiohttp import web
+from oslo_log import log as logging
+
+from cinder_ursa.cmd import _service
+from cinder_ursa.common import auth
+from cinder_ursa.master import api
+from cinder_ursa.master import opts
+from cinder_ursa.master import store as store_mod
+
+LOG = logging.getLogger(__name__)
+
+
+def database_url(conf):
+    mc = conf.ursa_master
+    if mc.database_connection:
+        return mc.database_connection
+    os.makedirs(mc.state_dir, exist_ok=True)
+    return 'sqlite:///' + os.path.join(mc.state_dir, 'ursa.sqlite')
+
+
+def main(argv=None):
+    conf = _service.setup(
+        sys.argv[1:] if argv is None else argv, 'ursa-master',
+        opts.register_opts,
+        'Ursa master: volume and chunk metadata, placement, leases, REST '
+        'API. Example: ursa-master --config-file /etc/ursa/ursa.conf')
+    mc = conf.ursa_master
+    key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
+    os.makedirs(mc.state_dir, exist_ok=True)
+    store = store_mod.MetadataStore(database_url(conf), mc.failure_domain)
+    store.upgrade()
+    master = api.MasterAPI(
+        store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
+        default_replicas=mc.default_replicas,
+        default_min_replicas=mc.default_min_replicas,
+        default_chunk_size=mc.default_chunk_size)
+
+    async def serve(stop):
+        runner = web.AppRunner(master.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, mc.bind_host, mc.bind_port,
+                           reuse_address=True)
+        await site.start()
+        port = runner.addresses[0][1]
+        url = 'http://%s:%d' % (mc.bind_host, port)
+        _service.write_endpoint(os.path.join(mc.state_dir, 'endpoint.json'),
+                                url=url, pid=os.getpid())
+        LOG.info('ursa-master listening on %s (schema %s, database %s)',
+                 url, store.schema_version(), store.engine.url.drivername)
+        await stop.wait()
+        LOG.info('ursa-master stopping')
+        await runner.cleanup()
+        store.close()
+
+    _service.run(serve)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,27 @@
+"""Options every Ursa service and the CLI share, in the ``[ursa]`` group."""
+
+from oslo_config import cfg
+
+ursa_group = cfg.OptGroup('ursa', title='Ursa cluster',
+                          help='Options every Ursa process shares.')
+
+common_opts = [
+    cfg.StrOpt('cluster_key_file',
+               help='File holding the cluster key that authenticates every '
+                    'REST request and data connection. ursa-aio writes one '
+                    'to <data-dir>/cluster.key.'),
+    cfg.StrOpt('cluster_key', secret=True,
+               help='The cluster key itself, instead of cluster_key_file.'),
+    cfg.ListOpt('master_url', default=['http://127.0.0.1:9380'],
+                help='URL(s) of the ursa-master REST API; the first that '
+                     'answers is used.'),
+]
+
+
+def register_opts(conf):
+    conf.register_group(ursa_group)
+    conf.register_opts(common_opts, group=ursa_group)
+
+
+def list_opts():
+    return [(ursa_group, common_opts)]

@@ -1,0 +1,169 @@
+"""Exceptions of the whole project.
+
+Three families, as the style guide asks:
+
+* the peer said no: :class:`RemoteError` subclasses, each with a stable
+  ``code`` that travels in data-protocol replies and REST error bodies;
+* the caller misused the API: :class:`InvalidArgument` (also a ValueError);
+* the connection failed: :class:`UrsaConnectionError` (retryable) and
+  :class:`ProtocolError` (the peer spoke nonsense: drop the connection).
+
+Every class only fills a message template, like os-brick's.
+"""
+
+
+class UrsaError(Exception):
+    """Base class: ``message`` is a template filled from keyword arguments."""
+
+    message = 'An unknown error occurred.'
+    code = 'internal'
+    http_status = 500
+
+    def __init__(self, message=None, **kwargs):
+        self.kwargs = kwargs
+        if message is None:
+            try:
+                message = self.message % kwargs
+            except (KeyError, TypeError):
+                message = self.message
+        self.msg = message
+        super().__init__(message)
+
+
+class InvalidArgument(UrsaError, ValueError):
+    message = 'Invalid argument: %(reason)s'
+    code = 'invalid_argument'
+    http_status = 400
+
+
+class ProtocolError(UrsaError):
+    """The peer sent bytes that are not our protocol; drop the connection."""
+
+    message = 'Protocol error: %(reason)s'
+    code = 'protocol_error'
+    http_status = 400
+
+
+class UrsaConnectionError(UrsaError):
+    """A peer could not be reached or the connection broke (retryable)."""
+
+    message = 'Cannot reach %(peer)s: %(reason)s'
+    code = 'connection_error'
+    http_status = 503
+
+
+class UrsaTimeout(UrsaConnectionError):
+    message = 'Timed out talking to %(peer)s after %(seconds)s s'
+    code = 'timeout'
+
+
+class RemoteError(UrsaError):
+    """The remote side refused the request; ``code`` says why."""
+
+    code = 'remote_error'
+
+
+class NotAuthorized(RemoteError):
+    message = 'Not authorized: %(reason)s'
+    code = 'not_authorized'
+    http_status = 401
+
+
+class NotFound(RemoteError):
+    message = '%(kind)s %(name)s not found'
+    code = 'not_found'
+    http_status = 404
+
+
+class AlreadyExists(RemoteError):
+    message = '%(kind)s %(name)s already exists'
+    code = 'already_exists'
+    http_status = 409
+
+
+class Conflict(RemoteError):
+    message = 'Conflict: %(reason)s'
+    code = 'conflict'
+    http_status = 409
+
+
+class NoSpace(RemoteError):
+    message = 'No space left: %(reason)s'
+    code = 'no_space'
+    http_status = 507
+
+
+class InsufficientReplicas(RemoteError):
+    message = ('Only %(have)s replica(s) available, at least %(need)s '
+               'needed: %(reason)s')
+    code = 'insufficient_replicas'
+    http_status = 503
+
+
+class StaleEpoch(RemoteError):
+    """The request used an outdated replica set; refresh the chunk map."""
+
+    message = 'Stale chunk epoch: %(reason)s'
+    code = 'stale_epoch'
+    http_status = 409
+
+
+class StaleReplica(RemoteError):
+    """This replica left the replica set and may not serve the chunk."""
+
+    message = 'Replica is stale: %(reason)s'
+    code = 'stale_replica'
+    http_status = 409
+
+
+class Fenced(RemoteError):
+    """A newer lease generation exists: this writer has been fenced off."""
+
+    message = 'Fenced: %(reason)s'
+    code = 'fenced'
+    http_status = 409
+
+
+class LeaseHeld(RemoteError):
+    message = ('Volume %(volume)s is open for writing by %(holder)s until '
+               '%(expires)s; wait for the lease to expire or force it')
+    code = 'lease_held'
+    http_status = 409
+
+
+class ChecksumError(RemoteError):
+    message = 'Checksum mismatch: %(reason)s'
+    code = 'checksum_error'
+    http_status = 500
+
+
+class NotLeader(RemoteError):
+    message = 'This master is not the leader: %(reason)s'
+    code = 'not_leader'
+    http_status = 503
+
+
+class OutOfRange(RemoteError, ValueError):
+    message = 'Out of range: %(reason)s'
+    code = 'out_of_range'
+    http_status = 416
+
+
+class InternalError(RemoteError):
+    message = 'Internal error on the remote side: %(reason)s'
+    code = 'internal'
+    http_status = 500
+
+
+# One table: wire/REST code -> exception class.
+_BY_CODE = {cls.code: cls for cls in (
+    InvalidArgument, ProtocolError, NotAuthorized, NotFound, AlreadyExists,
+    Conflict, NoSpace, InsufficientReplicas, StaleEpoch, StaleReplica,
+    Fenced, LeaseHeld, ChecksumError, NotLeader, OutOfRange, InternalError,
+    UrsaTimeout, UrsaConnectionError)}
+
+
+def from_code(code, message):
+    """Rebuild the exception a peer reported as ``code`` with ``message``."""
+    cls = _BY_CODE.get(code, InternalError)
+    return cls(message)

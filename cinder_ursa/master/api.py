@@ -1,0 +1,359 @@
+"""The master's REST API (aiohttp, JSON, versioned under /v1).
+
+Every request but ``GET /`` must carry the cluster-key signature (see
+:mod:`cinder_ursa.common.auth`).  Errors are JSON bodies
+``{"error": {"code": ..., "message": ...}}`` with the HTTP status of the
+exception class: one table (``UrsaError.http_status``) maps them.
+"""
+
+import asyncio
+import concurrent.futures
+import functools
+import json
+import logging
+
+from aiohttp import web
+
+from cinder_ursa import exception
+from cinder_ursa.common import auth
+from cinder_ursa.common import units
+from cinder_ursa.protocol import codec
+from cinder_ursa.transport import aio
+
+LOG = logging.getLogger(__name__)
+
+API_VERSION = 'v1'
+
+
+def _error_response(exc):
+    return web.json_response(
+        {'error': {'code': exc.code, 'message': str(exc)}},
+        status=exc.http_status)
+
+
+@web.middleware
+async def _errors(request, handler):
+    try:
+        return await handler(request)
+    except exception.UrsaError as e:
+        if e.http_status >= 500 and not isinstance(
+                e, (exception.InsufficientReplicas, exception.NotLeader)):
+            LOG.exception('%s %s failed', request.method, request.path)
+        return _error_response(e)
+    except web.HTTPException:
+        raise
+    except Exception as e:  # noqa: BLE001 - last resort: a clear 500
+        LOG.exception('%s %s failed unexpectedly', request.method,
+                      request.path)
+        return _error_response(exception.InternalError(reason=str(e)))
+
+
+class _Body:
+    """Typed access to a JSON request body; bad input -> InvalidArgument."""
+
+    def __init__(self, data):
+        if not isinstance(data, dict):
+            raise exception.InvalidArgument(
+                reason='the request body must be a JSON object')
+        self.data = data
+
+    def get(self, name, kind, default=None, required=False):
+        if name not in self.data or self.data[name] is None:
+            if required:
+                raise exception.InvalidArgument(reason='"%s" is required'
+                                                % name)
+            return default
+        value = self.data[name]
+        if kind is int:
+            if isinstance(value, str):
+                value = units.parse_size(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise exception.InvalidArgument(
+                    reason='"%s" must be an integer' % name)
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise exception.InvalidArgument(
+                    reason='"%s" must be a number' % name)
+            value = float(value)
+        elif not isinstance(value, kind):
+            raise exception.InvalidArgument(
+                reason='"%s" must be of type %s' % (name, kind.__name__))
+        return value
+
+
+async def _body(request):
+    if not request.can_read_body:
+        return _Body({})
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise exception.InvalidArgument(
+            reason='the request body is not valid JSON: %s' % e) from None
+    return _Body(data)
+
+
+def _int_query(request, name, default=None):
+    value = request.query.get(name)
+    if value is None:
+        if default is None:
+            raise exception.InvalidArgument(reason='query parameter "%s" is '
+                                                   'required' % name)
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise exception.InvalidArgument(
+            reason='query parameter "%s" must be an integer' % name) from None
+
+
+class MasterAPI:
+    """REST handlers over a :class:`MetadataStore`."""
+
+    def __init__(self, store, key, server_timeout=15.0, lease_ttl=30.0,
+                 default_replicas=3, default_min_replicas=2,
+                 default_chunk_size=64 * units.Mi):
+        self.store = store
+        self.key = key
+        self.server_timeout = server_timeout
+        self.lease_ttl = lease_ttl
+        self.defaults = dict(replicas=default_replicas,
+                             min_replicas=default_min_replicas,
+                             chunk_size=default_chunk_size)
+        self._db = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='ursa-db')
+        self.pool = aio.ConnectionPool(key, connect_timeout=3.0)
+        self._monitor = None
+
+    async def db(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._db, functools.partial(fn, *args, **kwargs))
+
+    # --- app ---------------------------------------------------------------
+
+    def app(self):
+        app = web.Application(middlewares=[_errors, self._auth],
+                              client_max_size=4 * units.Mi)
+        v = '/' + API_VERSION
+        app.router.add_get('/', self.versions)
+        app.router.add_get(v, self.versions)
+        app.router.add_get(v + '/cluster', self.cluster)
+        app.router.add_get(v + '/chunkservers', self.list_servers)
+        app.router.add_post(v + '/chunkservers', self.register_server)
+        app.router.add_put(v + '/chunkservers/{id}/heartbeat',
+                           self.heartbeat)
+        app.router.add_get(v + '/volumes', self.list_volumes)
+        app.router.add_post(v + '/volumes', self.create_volume)
+        app.router.add_get(v + '/volumes/{ref}', self.show_volume)
+        app.router.add_delete(v + '/volumes/{ref}', self.delete_volume)
+        app.router.add_get(v + '/volumes/{ref}/chunks', self.chunk_map)
+        app.router.add_post(v + '/volumes/{ref}/chunks/{idx}/drop',
+                            self.drop_replica)
+        app.router.add_post(v + '/volumes/{ref}/lease', self.acquire_lease)
+        app.router.add_put(v + '/volumes/{ref}/lease', self.renew_lease)
+        app.router.add_delete(v + '/volumes/{ref}/lease', self.release_lease)
+        app.router.add_post(v + '/volumes/{ref}/lease/revoke',
+                            self.revoke_lease)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    @web.middleware
+    async def _auth(self, request, handler):
+        if request.path not in ('/', '/' + API_VERSION):
+            auth.verify(self.key, request.method,
+                        request.raw_path.split('?', 1)[0],
+                        request.headers.get(auth.HEADER))
+        return await handler(request)
+
+    async def _start(self, app):
+        self._monitor = asyncio.get_running_loop().create_task(
+            self._watch_servers())
+
+    async def _stop(self, app):
+        if self._monitor:
+            self._monitor.cancel()
+        self.pool.close()
+        self._db.shutdown(wait=True)
+
+    async def _watch_servers(self):
+        interval = max(self.server_timeout / 3.0, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.db(self.store.mark_down, self.server_timeout)
+            except Exception:  # noqa: BLE001 - keep watching
+                LOG.exception('Checking chunk server heartbeats failed')
+
+    # --- handlers ----------------------------------------------------------
+
+    async def versions(self, request):
+        return web.json_response({'versions': [
+            {'id': API_VERSION, 'status': 'CURRENT'}]})
+
+    async def cluster(self, request):
+        return web.json_response(await self.db(self.store.cluster_status))
+
+    async def list_servers(self, request):
+        return web.json_response(
+            {'chunkservers': await self.db(self.store.list_servers)})
+
+    async def register_server(self, request):
+        b = await _body(request)
+        chunks = b.get('chunks', list, [])
+        try:
+            chunks = [(str(v), int(i), int(e)) for v, i, e in chunks]
+        except (TypeError, ValueError):
+            raise exception.InvalidArgument(
+                reason='"chunks" must be a list of [volume, index, epoch]'
+            ) from None
+        port = b.get('port', int, required=True)
+        if not 0 < port < 65536:
+            raise exception.InvalidArgument(reason='port out of range')
+        server, stale, orphans, gens = await self.db(
+            self.store.register_server,
+            b.get('uuid', str, required=True),
+            b.get('host', str, required=True), b.get('rack', str, 'default'),
+            b.get('address', str, required=True), port,
+            b.get('capacity', int, 0), b.get('used', int, 0),
+            b.get('free', int, 0), chunks)
+        return web.json_response({
+            'server': server, 'stale': stale, 'orphans': orphans,
+            'generations': gens,
+            'heartbeat_interval': max(self.server_timeout / 3.0, 0.2)})
+
+    async def heartbeat(self, request):
+        sid = _path_int(request, 'id')
+        b = await _body(request)
+        await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
+                      b.get('used', int, 0), b.get('free', int, 0))
+        return web.json_response({'ok': True})
+
+    async def list_volumes(self, request):
+        return web.json_response(
+            {'volumes': await self.db(self.store.list_volumes)})
+
+    async def create_volume(self, request):
+        b = await _body(request)
+        replicas = b.get('replicas', int, self.defaults['replicas'])
+        min_replicas = b.get('min_replicas', int,
+                             min(self.defaults['min_replicas'], replicas))
+        vol = await self.db(
+            self.store.create_volume, b.get('name', str, required=True),
+            b.get('size', int, required=True), replicas, min_replicas,
+            b.get('chunk_size', int, self.defaults['chunk_size']),
+            b.get('stripe_unit', int), b.get('stripe_count', int, 1))
+        return web.json_response({'volume': vol}, status=201)
+
+    async def show_volume(self, request):
+        vol = await self.db(self.store.get_volume, request.match_info['ref'])
+        return web.json_response({'volume': vol})
+
+    async def delete_volume(self, request):
+        vol, server_ids = await self.db(self.store.begin_delete,
+                                        request.match_info['ref'])
+        servers = {s['id']: s for s in await self.db(self.store.list_servers)}
+        # Every server that is up forgets the volume now; one that is down
+        # learns at its next registration that these chunks are orphans.
+        targets = [s for s in servers.values() if s['state'] == 'up']
+        await self._broadcast(
+            targets, lambda rid: codec.encode_delete(rid, vol['id']))
+        await self.db(self.store.finish_delete, vol['id'])
+        return web.Response(status=204)
+
+    async def chunk_map(self, request):
+        ref = request.match_info['ref']
+        start = _int_query(request, 'start', 0)
+        count = _int_query(request, 'count', 1)
+        if count > 65536:
+            raise exception.InvalidArgument(reason='count is limited to 65536')
+        allocate = request.query.get('allocate', '0').lower() in (
+            '1', 'true', 'yes')
+        return web.json_response(await self.db(
+            self.store.chunk_map, ref, start, count, allocate))
+
+    async def drop_replica(self, request):
+        ref = request.match_info['ref']
+        idx = _path_int(request, 'idx')
+        b = await _body(request)
+        chunk = await self.db(
+            self.store.drop_replica, ref, idx,
+            b.get('server_id', int, required=True),
+            b.get('epoch', int, required=True))
+        return web.json_response({'chunk': chunk})
+
+    async def acquire_lease(self, request):
+        ref = request.match_info['ref']
+        b = await _body(request)
+        ttl = b.get('ttl', float, self.lease_ttl)
+        if not 1 <= ttl <= 3600:
+            raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
+        lease = await self.db(self.store.acquire_lease, ref,
+                              b.get('holder', str, required=True), ttl,
+                              b.get('force', bool, False))
+        await self._fence(lease['volume_id'], lease['generation'])
+        return web.json_response({'lease': lease}, status=201)
+
+    async def renew_lease(self, request):
+        ref = request.match_info['ref']
+        b = await _body(request)
+        ttl = b.get('ttl', float, self.lease_ttl)
+        if not 1 <= ttl <= 3600:
+            raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
+        lease = await self.db(self.store.renew_lease, ref,
+                              b.get('holder', str, required=True),
+                              b.get('generation', int, required=True), ttl)
+        return web.json_response({'lease': lease})
+
+    async def release_lease(self, request):
+        ref = request.match_info['ref']
+        holder = request.query.get('holder')
+        if not holder:
+            raise exception.InvalidArgument(reason='"holder" is required')
+        await self.db(self.store.release_lease, ref, holder,
+                      _int_query(request, 'generation'))
+        return web.Response(status=204)
+
+    async def revoke_lease(self, request):
+        result = await self.db(self.store.revoke_lease,
+                               request.match_info['ref'])
+        await self._fence(result['volume_id'], result['generation'])
+        return web.json_response({'lease': result})
+
+    # --- talking to chunk servers ------------------------------------------
+
+    async def _fence(self, volume_id, generation):
+        """Tell every chunk server that is up about a new generation."""
+        servers = [s for s in await self.db(self.store.list_servers)
+                   if s['state'] == 'up']
+        failed = await self._broadcast(
+            servers, lambda rid: codec.encode_fence(rid, volume_id,
+                                                    generation))
+        if failed:
+            LOG.warning('Volume %s generation %d: chunk servers %s did not '
+                        'confirm the fence; they learn it when they '
+                        're-register', volume_id, generation, failed)
+
+    async def _broadcast(self, servers, make_frame, timeout=5.0):
+        async def one(s):
+            try:
+                conn = await self.pool.get(s['address'], s['port'])
+                rid = aio.next_req_id()
+                reply = await conn.request(rid, make_frame(rid), timeout)
+                codec.reply_status(reply.body)
+                return None
+            except exception.UrsaError as e:
+                self.pool.discard(s['address'], s['port'])
+                LOG.warning('Chunk server %d (%s:%d): %s', s['id'],
+                            s['address'], s['port'], e)
+                return s['id']
+        results = await asyncio.gather(*(one(s) for s in servers))
+        return [r for r in results if r is not None]
+
+
+def _path_int(request, name):
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise exception.InvalidArgument(
+            reason='%s must be an integer' % name) from None

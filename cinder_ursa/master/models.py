@@ -1,0 +1,52 @@
+"""SQL schema of the master's metadata (SQLAlchemy Core tables).
+
+Changes to these tables go with an alembic revision under migrations/.
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+chunkservers = sa.Table(
+    'chunkservers', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column('uuid', sa.String(36), nullable=False, unique=True),
+    sa.Column('host', sa.String(255), nullable=False),
+    sa.Column('rack', sa.String(255), nullable=False),
+    sa.Column('address', sa.String(255), nullable=False),
+    sa.Column('port', sa.Integer, nullable=False),
+    sa.Column('capacity', sa.BigInteger, nullable=False, default=0),
+    sa.Column('used', sa.BigInteger, nullable=False, default=0),
+    sa.Column('free', sa.BigInteger, nullable=False, default=0),
+    sa.Column('state', sa.String(16), nullable=False, default='up'),
+    sa.Column('last_seen', sa.Float, nullable=False),
+    sa.Column('created_at', sa.Float, nullable=False),
+)
+
+volumes = sa.Table(
+    'volumes', metadata,
+    sa.Column('id', sa.String(36), primary_key=True),
+    sa.Column('name', sa.String(255), nullable=False, unique=True),
+    sa.Column('size', sa.BigInteger, nullable=False),
+    sa.Column('chunk_size', sa.BigInteger, nullable=False),
+    sa.Column('stripe_unit', sa.BigInteger, nullable=False),
+    sa.Column('stripe_count', sa.Integer, nullable=False),
+    sa.Column('replicas', sa.Integer, nullable=False),
+    sa.Column('min_replicas', sa.Integer, nullable=False),
+    sa.Column('status', sa.String(16), nullable=False),
+    sa.Column('created_at', sa.Float, nullable=False),
+    sa.Column('lease_holder', sa.String(255), nullable=True),
+    sa.Column('lease_generation', sa.BigInteger, nullable=False, default=0),
+    sa.Column('lease_expires', sa.Float, nullable=False, default=0),
+)
+
+chunks = sa.Table(
+    'chunks', metadata,
+    sa.Column('volume_id', sa.String(36),
+              sa.ForeignKey('volumes.id', ondelete='CASCADE'),
+              primary_key=True),
+    sa.Column('idx', sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column('epoch', sa.BigInteger, nullable=False),
+    # Server ids, comma separated; the first one is the primary.
+    sa.Column('replicas', sa.String(1024), nullable=False),
+)

@@ -1,0 +1,48 @@
+"""Options of ursa-master, in the ``[ursa_master]`` group."""
+
+from oslo_config import cfg
+
+master_group = cfg.OptGroup('ursa_master', title='Ursa master',
+                            help='Options of the ursa-master service.')
+
+master_opts = [
+    cfg.HostAddressOpt('bind_host', default='127.0.0.1',
+                       help='Address the REST API listens on.'),
+    cfg.PortOpt('bind_port', default=9380,
+                help='Port the REST API listens on; 0 picks a free port '
+                     '(written to endpoint_file).'),
+    cfg.StrOpt('state_dir', default='/var/lib/ursa/master',
+               help='Directory for the embedded SQLite database and the '
+                    'endpoint file.'),
+    cfg.StrOpt('database_connection',
+               help='SQLAlchemy URL of the metadata database, for example '
+                    'mysql+pymysql://ursa:secret@db/ursa. Default: SQLite '
+                    'file <state_dir>/ursa.sqlite.'),
+    cfg.StrOpt('failure_domain', default='host',
+               choices=['server', 'host', 'rack'],
+               help='Replicas of one chunk are placed in distinct failure '
+                    'domains of this level.'),
+    cfg.FloatOpt('server_timeout', default=15.0, min=0.5,
+                 help='Seconds without a heartbeat after which a chunk '
+                      'server is marked down.'),
+    cfg.FloatOpt('lease_ttl', default=30.0, min=1.0, max=3600.0,
+                 help='Default lifetime in seconds of a volume write lease; '
+                      'clients renew it at a third of that.'),
+    cfg.IntOpt('default_replicas', default=3, min=1, max=10,
+               help='Replication size of new volumes.'),
+    cfg.IntOpt('default_min_replicas', default=2, min=1, max=10,
+               help='Writes continue while at least this many replicas of a '
+                    'chunk remain; below it they wait and fail.'),
+    cfg.IntOpt('default_chunk_size', default=64 * 1024 * 1024,
+               min=1024 * 1024,
+               help='Chunk size in bytes of new volumes (power of two).'),
+]
+
+
+def register_opts(conf):
+    conf.register_group(master_group)
+    conf.register_opts(master_opts, group=master_group)
+
+
+def list_opts():
+    return [(master_group, master_opts)]

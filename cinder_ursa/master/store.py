@@ -1,0 +1,504 @@
+"""The master's metadata store: volumes, chunks, chunk servers, leases.
+
+SQLAlchemy Core over any URL: ``sqlite:///path`` by default,
+``mysql+pymysql://...`` or ``postgresql://...`` in production.  Methods are
+synchronous and each runs in one transaction; the REST layer calls them from
+a single worker thread so the event loop never blocks on the database.
+
+Invariants kept here:
+
+* a chunk's ``epoch`` grows by one on every change of its replica set, and
+  the change is committed before anyone is told about it;
+* a volume's lease ``generation`` grows by one every time a new holder
+  takes the lease, so chunk servers can refuse the older writer.
+"""
+
+import logging
+import os
+import time
+import uuid
+
+import alembic.command
+import alembic.config
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.common import units
+from cinder_ursa.master import models
+from cinder_ursa.master import placement
+
+LOG = logging.getLogger(__name__)
+
+MIGRATIONS = os.path.join(os.path.dirname(__file__), 'migrations')
+
+
+def _ids(text):
+    return [int(x) for x in text.split(',') if x]
+
+
+def _text(ids):
+    return ','.join(str(i) for i in ids)
+
+
+class MetadataStore:
+
+    def __init__(self, url, failure_domain='host'):
+        kwargs = {'future': True}
+        if url.startswith('sqlite'):
+            kwargs['connect_args'] = {'check_same_thread': False,
+                                      'timeout': 30}
+        else:
+            kwargs['pool_pre_ping'] = True
+            kwargs['pool_recycle'] = 3600
+        self.url = url
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith('sqlite'):
+            @sa.event.listens_for(self.engine, 'connect')
+            def _pragmas(dbapi_conn, _record):
+                cur = dbapi_conn.cursor()
+                cur.execute('PRAGMA journal_mode=WAL')
+                cur.execute('PRAGMA synchronous=FULL')
+                cur.execute('PRAGMA foreign_keys=ON')
+                cur.close()
+        self.failure_domain = failure_domain
+
+    # --- schema ------------------------------------------------------------
+
+    def upgrade(self):
+        """Bring the schema to the newest alembic revision."""
+        cfg = alembic.config.Config()
+        cfg.set_main_option('script_location', MIGRATIONS)
+        with self.engine.begin() as conn:
+            cfg.attributes['connection'] = conn
+            alembic.command.upgrade(cfg, 'head')
+
+    def schema_version(self):
+        with self.engine.connect() as conn:
+            try:
+                return conn.execute(sa.text(
+                    'SELECT version_num FROM alembic_version')).scalar()
+            except sa.exc.DatabaseError:
+                return None
+
+    def close(self):
+        self.engine.dispose()
+
+    # --- chunk servers -----------------------------------------------------
+
+    @staticmethod
+    def _server_dict(row):
+        return {'id': row.id, 'uuid': row.uuid, 'host': row.host,
+                'rack': row.rack, 'address': row.address, 'port': row.port,
+                'capacity': row.capacity, 'used': row.used, 'free': row.free,
+                'state': row.state, 'last_seen': row.last_seen}
+
+    def register_server(self, server_uuid, host, rack, address, port,
+                        capacity, used, free, chunks=()):
+        """Add or update a chunk server; classify the chunks it reports.
+
+        Returns ``(server, stale, orphans, generations)``: ``stale`` are
+        (volume, index) it holds but is no longer a replica of, ``orphans``
+        belong to no known volume or chunk, ``generations`` maps volume ids
+        to their current lease generation.
+        """
+        now = time.time()
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t).where(
+                t.c.uuid == server_uuid)).first()
+            values = dict(host=host, rack=rack, address=address, port=port,
+                          capacity=capacity, used=used, free=free,
+                          state='up', last_seen=now)
+            if row is None:
+                res = conn.execute(t.insert().values(
+                    uuid=server_uuid, created_at=now, **values))
+                sid = res.inserted_primary_key[0]
+                LOG.info('Chunk server %s (%s:%d, host %s) joined as id %d',
+                         server_uuid, address, port, host, sid)
+            else:
+                sid = row.id
+                conn.execute(t.update().where(t.c.id == sid).values(**values))
+                if row.state != 'up':
+                    LOG.info('Chunk server %d (%s:%d) is up again', sid,
+                             address, port)
+            server = self._server_dict(conn.execute(
+                sa.select(t).where(t.c.id == sid)).first())
+            stale, orphans = [], []
+            c = models.chunks
+            vols = {r.id: r.lease_generation for r in conn.execute(
+                sa.select(models.volumes.c.id,
+                          models.volumes.c.lease_generation))}
+            for vol, idx, _epoch in chunks:
+                if vol not in vols:
+                    orphans.append((vol, idx))
+                    continue
+                crow = conn.execute(sa.select(c).where(
+                    c.c.volume_id == vol, c.c.idx == idx)).first()
+                if crow is None:
+                    orphans.append((vol, idx))
+                elif sid not in _ids(crow.replicas):
+                    stale.append((vol, idx))
+            gens = {v: g for v, g in vols.items() if g}
+        return server, stale, orphans, gens
+
+    def heartbeat(self, server_id, capacity, used, free):
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t.c.state).where(
+                t.c.id == server_id)).first()
+            if row is None:
+                raise exception.NotFound(kind='chunk server', name=server_id)
+            conn.execute(t.update().where(t.c.id == server_id).values(
+                capacity=capacity, used=used, free=free, state='up',
+                last_seen=time.time()))
+            if row.state != 'up':
+                LOG.info('Chunk server %d is up again', server_id)
+
+    def mark_down(self, timeout):
+        """Mark servers silent for more than ``timeout`` s down."""
+        t = models.chunkservers
+        limit = time.time() - timeout
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(t.c.id, t.c.address, t.c.port).where(
+                t.c.state == 'up', t.c.last_seen < limit)).all()
+            for r in rows:
+                conn.execute(t.update().where(t.c.id == r.id).values(
+                    state='down'))
+                LOG.warning('Chunk server %d (%s:%d) missed its heartbeats '
+                            'for %d s: marked down', r.id, r.address, r.port,
+                            timeout)
+        return [r.id for r in rows]
+
+    def list_servers(self):
+        t = models.chunkservers
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).order_by(t.c.id)).all()
+        servers = [self._server_dict(r) for r in rows]
+        counts = self._replica_counts()
+        for s in servers:
+            s['chunks'] = counts.get(s['id'], 0)
+        return servers
+
+    def _replica_counts(self):
+        counts = {}
+        with self.engine.connect() as conn:
+            for (replicas,) in conn.execute(sa.select(models.chunks.c.replicas)):
+                for sid in _ids(replicas):
+                    counts[sid] = counts.get(sid, 0) + 1
+        return counts
+
+    # --- volumes -----------------------------------------------------------
+
+    @staticmethod
+    def _volume_dict(row):
+        return {'id': row.id, 'name': row.name, 'size': row.size,
+                'chunk_size': row.chunk_size, 'stripe_unit': row.stripe_unit,
+                'stripe_count': row.stripe_count, 'replicas': row.replicas,
+                'min_replicas': row.min_replicas, 'status': row.status,
+                'created_at': row.created_at,
+                'lease': {'holder': row.lease_holder,
+                          'generation': row.lease_generation,
+                          'expires_at': row.lease_expires}}
+
+    def create_volume(self, name, size, replicas=3, min_replicas=2,
+                      chunk_size=64 * units.Mi, stripe_unit=None,
+                      stripe_count=1):
+        stripe_unit = stripe_unit or chunk_size
+        _validate_volume(name, size, replicas, min_replicas, chunk_size,
+                         stripe_unit, stripe_count)
+        t = models.volumes
+        vid = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first():
+                raise exception.AlreadyExists(kind='volume', name=name)
+            conn.execute(t.insert().values(
+                id=vid, name=name, size=size, chunk_size=chunk_size,
+                stripe_unit=stripe_unit, stripe_count=stripe_count,
+                replicas=replicas, min_replicas=min_replicas,
+                status='available', created_at=time.time(),
+                lease_holder=None, lease_generation=0, lease_expires=0))
+        LOG.info('Volume %s (%s) created, %s, %d replicas', name, vid,
+                 units.format_size(size), replicas)
+        return self.get_volume(vid)
+
+    def _find_volume(self, conn, ref):
+        t = models.volumes
+        row = conn.execute(sa.select(t).where(t.c.id == ref)).first()
+        if row is None:
+            row = conn.execute(sa.select(t).where(t.c.name == ref)).first()
+        if row is None:
+            raise exception.NotFound(kind='volume', name=ref)
+        return row
+
+    def get_volume(self, ref):
+        with self.engine.connect() as conn:
+            row = self._find_volume(conn, ref)
+            vol = self._volume_dict(row)
+            vol.update(self._usage(conn, row.id, row.chunk_size))
+        return vol
+
+    def _usage(self, conn, vid, chunk_size):
+        n = conn.execute(sa.select(sa.func.count()).select_from(
+            models.chunks).where(models.chunks.c.volume_id == vid)).scalar()
+        return {'allocated_chunks': n, 'allocated_bytes': n * chunk_size}
+
+    def list_volumes(self):
+        t = models.volumes
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).order_by(t.c.name)).all()
+            counts = dict(conn.execute(
+                sa.select(models.chunks.c.volume_id, sa.func.count())
+                .group_by(models.chunks.c.volume_id)).all())
+        out = []
+        for r in rows:
+            v = self._volume_dict(r)
+            n = counts.get(r.id, 0)
+            v.update(allocated_chunks=n, allocated_bytes=n * r.chunk_size)
+            out.append(v)
+        return out
+
+    def begin_delete(self, ref):
+        """Mark a volume deleting; return it with the servers holding it."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            row = self._find_volume(conn, ref)
+            now = time.time()
+            if (row.lease_holder and row.lease_expires > now
+                    and row.status != 'deleting'):
+                raise exception.Conflict(
+                    reason='volume %s is open for writing by %s; close it '
+                           'first' % (row.name, row.lease_holder))
+            conn.execute(t.update().where(t.c.id == row.id).values(
+                status='deleting'))
+            servers = set()
+            for (replicas,) in conn.execute(sa.select(
+                    models.chunks.c.replicas).where(
+                    models.chunks.c.volume_id == row.id)):
+                servers.update(_ids(replicas))
+        return self._volume_dict(row), sorted(servers)
+
+    def finish_delete(self, vid):
+        with self.engine.begin() as conn:
+            conn.execute(models.chunks.delete().where(
+                models.chunks.c.volume_id == vid))
+            conn.execute(models.volumes.delete().where(
+                models.volumes.c.id == vid))
+        LOG.info('Volume %s deleted', vid)
+
+    # --- chunks ------------------------------------------------------------
+
+    def _chunk_dict(self, row, servers):
+        ids = _ids(row.replicas)
+        return {'index': row.idx, 'epoch': row.epoch,
+                'replicas': [self._public(servers[i]) for i in ids
+                             if i in servers]}
+
+    @staticmethod
+    def _public(s):
+        return {'id': s['id'], 'address': s['address'], 'port': s['port'],
+                'state': s['state']}
+
+    def _servers(self, conn):
+        t = models.chunkservers
+        return {r.id: self._server_dict(r) for r in conn.execute(sa.select(t))}
+
+    def chunk_map(self, ref, start, count, allocate=False):
+        """Chunks ``start .. start+count-1`` of a volume.
+
+        With ``allocate`` missing chunks get a replica set (thin volumes
+        allocate on first write); without it they are simply absent.
+        """
+        c = models.chunks
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            nchunks = _chunk_count(vol)
+            if start < 0 or count < 0 or start + count > nchunks:
+                raise exception.OutOfRange(
+                    reason='chunks %d..%d of volume %s, which has %d'
+                    % (start, start + count - 1, vol.name, nchunks))
+            if vol.status != 'available':
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            rows = {r.idx: r for r in conn.execute(sa.select(c).where(
+                c.c.volume_id == vol.id, c.c.idx >= start,
+                c.c.idx < start + count))}
+            servers = self._servers(conn)
+            out = []
+            for idx in range(start, start + count):
+                row = rows.get(idx)
+                if row is None and allocate:
+                    ids = placement.choose(list(servers.values()),
+                                           vol.replicas, self.failure_domain)
+                    if len(ids) < vol.min_replicas:
+                        raise exception.InsufficientReplicas(
+                            have=len(ids), need=vol.min_replicas,
+                            reason='not enough chunk servers up in distinct '
+                                   'failure domains (%s) to place chunk %d'
+                                   % (self.failure_domain, idx))
+                    conn.execute(c.insert().values(
+                        volume_id=vol.id, idx=idx, epoch=1,
+                        replicas=_text(ids)))
+                    row = conn.execute(sa.select(c).where(
+                        c.c.volume_id == vol.id, c.c.idx == idx)).first()
+                if row is not None:
+                    out.append(self._chunk_dict(row, servers))
+        return {'volume': self._volume_dict(vol), 'chunks': out}
+
+    def drop_replica(self, ref, idx, server_id, epoch):
+        """Remove ``server_id`` from a chunk's replica set (epoch + 1).
+
+        Idempotent: when the server is already gone, or the caller's epoch
+        is older than the chunk's, the current state is returned unchanged.
+        """
+        c = models.chunks
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            row = conn.execute(sa.select(c).where(
+                c.c.volume_id == vol.id, c.c.idx == idx)).first()
+            if row is None:
+                raise exception.NotFound(kind='chunk', name='%s/%d'
+                                         % (vol.name, idx))
+            ids = _ids(row.replicas)
+            if server_id in ids and epoch >= row.epoch:
+                ids.remove(server_id)
+                conn.execute(c.update().where(
+                    c.c.volume_id == vol.id, c.c.idx == idx).values(
+                    replicas=_text(ids), epoch=row.epoch + 1))
+                LOG.warning('Chunk %s/%d: replica on server %d dropped, '
+                            'epoch %d, %d replica(s) left', vol.name, idx,
+                            server_id, row.epoch + 1, len(ids))
+                row = conn.execute(sa.select(c).where(
+                    c.c.volume_id == vol.id, c.c.idx == idx)).first()
+            chunk = self._chunk_dict(row, self._servers(conn))
+        chunk['min_replicas'] = vol.min_replicas
+        return chunk
+
+    # --- leases ------------------------------------------------------------
+
+    def acquire_lease(self, ref, holder, ttl, force=False):
+        """Take the write lease; a new holder gets generation + 1."""
+        t = models.volumes
+        now = time.time()
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.status != 'available':
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            held = vol.lease_holder and vol.lease_expires > now
+            if held and vol.lease_holder != holder and not force:
+                raise exception.LeaseHeld(
+                    volume=vol.name, holder=vol.lease_holder,
+                    expires=time.strftime('%H:%M:%S', time.localtime(
+                        vol.lease_expires)))
+            gen = vol.lease_generation + 1
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                lease_holder=holder, lease_generation=gen,
+                lease_expires=now + ttl))
+        LOG.info('Volume %s: lease generation %d to %s%s', vol.name, gen,
+                 holder, ' (forced)' if held and force else '')
+        return {'volume_id': vol.id, 'holder': holder, 'generation': gen,
+                'expires_at': now + ttl, 'ttl': ttl}
+
+    def renew_lease(self, ref, holder, generation, ttl):
+        t = models.volumes
+        now = time.time()
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if (vol.lease_holder != holder
+                    or vol.lease_generation != generation):
+                raise exception.Fenced(
+                    reason='lease generation %d of volume %s was replaced '
+                           'by generation %d (%s)' % (
+                               generation, vol.name, vol.lease_generation,
+                               vol.lease_holder))
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                lease_expires=now + ttl))
+        return {'volume_id': vol.id, 'holder': holder,
+                'generation': generation, 'expires_at': now + ttl, 'ttl': ttl}
+
+    def release_lease(self, ref, holder, generation):
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if (vol.lease_holder == holder
+                    and vol.lease_generation == generation):
+                conn.execute(t.update().where(t.c.id == vol.id).values(
+                    lease_holder=None, lease_expires=0))
+
+    def revoke_lease(self, ref):
+        """Fence the current holder: generation + 1, nobody holds it."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            gen = vol.lease_generation + 1
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                lease_holder=None, lease_generation=gen, lease_expires=0))
+        LOG.info('Volume %s: lease revoked, generation %d', vol.name, gen)
+        return {'volume_id': vol.id, 'generation': gen}
+
+    # --- status ------------------------------------------------------------
+
+    def cluster_status(self):
+        servers = self.list_servers()
+        with self.engine.connect() as conn:
+            nvol = conn.execute(sa.select(sa.func.count()).select_from(
+                models.volumes)).scalar()
+            provisioned = conn.execute(sa.select(sa.func.coalesce(
+                sa.func.sum(models.volumes.c.size), 0))).scalar()
+            degraded = 0
+            vols = {r.id: r.replicas for r in conn.execute(sa.select(
+                models.volumes.c.id, models.volumes.c.replicas))}
+            nchunks = 0
+            for vid, replicas in conn.execute(sa.select(
+                    models.chunks.c.volume_id, models.chunks.c.replicas)):
+                nchunks += 1
+                if len(_ids(replicas)) < vols.get(vid, 0):
+                    degraded += 1
+        up = [s for s in servers if s['state'] == 'up']
+        return {
+            'servers': {'total': len(servers), 'up': len(up),
+                        'down': len(servers) - len(up)},
+            'volumes': nvol,
+            'chunks': nchunks,
+            'degraded_chunks': degraded,
+            'capacity_bytes': sum(s['capacity'] for s in up),
+            'used_bytes': sum(s['used'] for s in up),
+            'free_bytes': sum(s['free'] for s in up),
+            'provisioned_bytes': int(provisioned),
+            'failure_domain': self.failure_domain,
+            'health': ('HEALTH_OK' if servers and not degraded
+                       and len(up) == len(servers) else 'HEALTH_WARN'),
+        }
+
+
+def _chunk_count(vol):
+    per_set = vol.chunk_size * vol.stripe_count
+    sets = -(-vol.size // per_set)
+    return sets * vol.stripe_count
+
+
+def _validate_volume(name, size, replicas, min_replicas, chunk_size,
+                     stripe_unit, stripe_count):
+    def bad(reason):
+        raise exception.InvalidArgument(reason=reason)
+    if not isinstance(name, str) or not name or len(name) > 255:
+        bad('volume name must be 1 to 255 characters')
+    if '/' in name:
+        bad('volume name may not contain "/"')
+    if not isinstance(size, int) or size <= 0:
+        bad('size must be a positive number of bytes')
+    if size % units.BLOCK_SIZE:
+        bad('size must be a multiple of 4 KiB')
+    if not 1 <= replicas <= 10:
+        bad('replicas must be between 1 and 10')
+    if not 1 <= min_replicas <= replicas:
+        bad('min_replicas must be between 1 and replicas (%d)' % replicas)
+    if chunk_size < units.Mi or chunk_size > 1024 * units.Mi or \
+            chunk_size & (chunk_size - 1):
+        bad('chunk size must be a power of two between 1 MiB and 1 GiB')
+    if stripe_unit < units.BLOCK_SIZE or chunk_size % stripe_unit or \
+            stripe_unit & (stripe_unit - 1):
+        bad('stripe unit must be a power of two of at least 4 KiB that '
+            'divides the chunk size')
+    if not 1 <= stripe_count <= 64:
+        bad('stripe count must be between 1 and 64')

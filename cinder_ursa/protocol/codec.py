@@ -1,0 +1,395 @@
+"""Sans-I/O codec of the Ursa data protocol (bytes <-> typed messages).
+
+Every frame starts with a 20-byte header, all integers big-endian::
+
+    0      4        5        6        8               16       20
+    +------+--------+--------+--------+---------------+--------+
+    | URSA | ver=1  | opcode | flags  | request id    | length |
+    +------+--------+--------+--------+---------------+--------+
+
+``length`` counts the bytes after the header.  A reply carries the opcode of
+its request with the high bit set and the same request id, and its body
+starts with a 16-bit status (0 = success).  A failed reply's body is the
+status followed by a UTF-8 message.
+
+Connection life: the server speaks first with CHALLENGE (32 random bytes);
+the client answers AUTH with its own nonce and
+HMAC-SHA256(key, "ursa-client" + server nonce + client nonce); the server
+replies AUTH_OK with HMAC-SHA256(key, "ursa-server" + client nonce + server
+nonce), proving it holds the key too.  Nothing else is accepted before that.
+
+This module does no I/O; it is used by the asyncio transport and by tests.
+"""
+
+import hashlib
+import hmac
+import struct
+import uuid
+
+from cinder_ursa import exception
+
+MAGIC = b'URSA'
+VERSION = 1
+HEADER = struct.Struct('!4sBBHQI')
+HEADER_SIZE = HEADER.size  # 20
+REPLY = 0x80
+NONCE_SIZE = 32
+MAC_SIZE = 32
+
+# Largest body accepted: a 64 MiB data payload plus room for its fields.
+MAX_BODY = 64 * 1024 * 1024 + 4096
+
+# Opcodes.
+CHALLENGE = 0x01
+AUTH = 0x02
+AUTH_OK = 0x03
+READ = 0x10
+WRITE = 0x11
+REPLICATE = 0x12
+FLUSH = 0x13
+FENCE = 0x14
+DELETE = 0x15
+CHUNK_INFO = 0x16
+
+OPCODE_NAMES = {
+    CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
+    WRITE: 'WRITE', REPLICATE: 'REPLICATE', FLUSH: 'FLUSH', FENCE: 'FENCE',
+    DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO',
+}
+
+# Request flags.
+FLAG_FUA = 0x0001
+
+# Reply status values: one table, both directions.
+OK = 0
+STATUS_CODES = {
+    1: 'invalid_argument',
+    2: 'protocol_error',
+    3: 'not_authorized',
+    4: 'not_found',
+    5: 'no_space',
+    6: 'insufficient_replicas',
+    7: 'stale_epoch',
+    8: 'stale_replica',
+    9: 'fenced',
+    10: 'checksum_error',
+    11: 'out_of_range',
+    12: 'internal',
+    13: 'connection_error',
+    14: 'timeout',
+}
+STATUS_BY_CODE = {v: k for k, v in STATUS_CODES.items()}
+
+ALL_CHUNKS = 0xFFFFFFFFFFFFFFFF  # DELETE of a whole volume
+
+# Fixed parts of the request bodies.
+_READ = struct.Struct('!16sQQII')          # volume, index, epoch, offset, len
+_WRITE = struct.Struct('!16sQQQIB3x')      # volume, index, epoch, gen, off, n
+_REPLICATE = struct.Struct('!16sQQQI')     # volume, index, epoch, gen, offset
+_FLUSH = struct.Struct('!16s')             # volume
+_FENCE = struct.Struct('!16sQ')            # volume, generation
+_DELETE = struct.Struct('!16sQ')           # volume, index or ALL_CHUNKS
+_CHUNK_INFO = struct.Struct('!16sQ')       # volume, index
+_STATUS = struct.Struct('!H')
+_WRITE_OK = struct.Struct('!HQ')           # status, current epoch
+_INFO_OK = struct.Struct('!HQQI')          # status, epoch, allocated, nblocks
+_U32 = struct.Struct('!I')
+
+
+class Frame:
+    """One decoded frame; ``body`` is a memoryview into the receive buffer."""
+
+    __slots__ = ('opcode', 'flags', 'req_id', 'body')
+
+    def __init__(self, opcode, flags, req_id, body):
+        self.opcode = opcode
+        self.flags = flags
+        self.req_id = req_id
+        self.body = body
+
+    @property
+    def is_reply(self):
+        return bool(self.opcode & REPLY)
+
+    def __repr__(self):
+        name = OPCODE_NAMES.get(self.opcode & ~REPLY, hex(self.opcode))
+        kind = ' reply' if self.is_reply else ''
+        return '<Frame %s%s id=%d len=%d>' % (name, kind, self.req_id,
+                                                len(self.body))
+
+
+def header(opcode, req_id, length, flags=0):
+    return HEADER.pack(MAGIC, VERSION, opcode, flags, req_id, length)
+
+
+def _frame(opcode, req_id, body, flags=0):
+    return header(opcode, req_id, len(body), flags) + body
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames, validating every header.
+
+    ``feed()`` returns the complete frames received so far; it raises
+    :class:`ProtocolError` on a bad magic, version or length, after which
+    the connection must be dropped.
+    """
+
+    def __init__(self, max_body=MAX_BODY):
+        self._buf = bytearray()
+        self._max_body = max_body
+        self._need = None  # parsed header of the frame being assembled
+
+    def feed(self, data):
+        self._buf += data
+        frames = []
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        while True:
+            if self._need is None:
+                if end - pos < HEADER_SIZE:
+                    break
+                magic, version, opcode, flags, req_id, length = \
+                    HEADER.unpack_from(buf, pos)
+                if magic != MAGIC:
+                    raise exception.ProtocolError(
+                        reason='bad magic %r' % bytes(magic))
+                if version != VERSION:
+                    raise exception.ProtocolError(
+                        reason='unsupported protocol version %d' % version)
+                if length > self._max_body:
+                    raise exception.ProtocolError(
+                        reason='frame of %d bytes exceeds the limit of %d'
+                        % (length, self._max_body))
+                self._need = (opcode, flags, req_id, length)
+                pos += HEADER_SIZE
+            opcode, flags, req_id, length = self._need
+            if end - pos < length:
+                break
+            body = bytes(buf[pos:pos + length])
+            pos += length
+            self._need = None
+            frames.append(Frame(opcode, flags, req_id, memoryview(body)))
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+def _uuid_bytes(volume_id):
+    if isinstance(volume_id, uuid.UUID):
+        return volume_id.bytes
+    if isinstance(volume_id, bytes) and len(volume_id) == 16:
+        return volume_id
+    return uuid.UUID(str(volume_id)).bytes
+
+
+def _uuid_str(raw):
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def _check(body, st, name):
+    if len(body) < st.size:
+        raise exception.ProtocolError(
+            reason='%s body of %d bytes is shorter than %d'
+            % (name, len(body), st.size))
+
+
+# --- authentication -------------------------------------------------------
+
+def client_mac(key, server_nonce, client_nonce):
+    return hmac.new(key, b'ursa-client' + server_nonce + client_nonce,
+                    hashlib.sha256).digest()
+
+
+def server_mac(key, server_nonce, client_nonce):
+    return hmac.new(key, b'ursa-server' + client_nonce + server_nonce,
+                    hashlib.sha256).digest()
+
+
+def encode_challenge(nonce):
+    return _frame(CHALLENGE, 0, nonce)
+
+
+def encode_auth(client_nonce, mac):
+    return _frame(AUTH, 0, client_nonce + mac)
+
+
+def decode_auth(body):
+    if len(body) != NONCE_SIZE + MAC_SIZE:
+        raise exception.ProtocolError(reason='AUTH body has wrong size')
+    return bytes(body[:NONCE_SIZE]), bytes(body[NONCE_SIZE:])
+
+
+def encode_auth_ok(mac):
+    return _frame(AUTH_OK, 0, mac)
+
+
+# --- requests -------------------------------------------------------------
+
+class ReadRequest:
+    __slots__ = ('volume', 'index', 'epoch', 'offset', 'length')
+
+    def __init__(self, volume, index, epoch, offset, length):
+        self.volume, self.index, self.epoch = volume, index, epoch
+        self.offset, self.length = offset, length
+
+
+def encode_read(req_id, volume, index, epoch, offset, length):
+    return _frame(READ, req_id, _READ.pack(
+        _uuid_bytes(volume), index, epoch, offset, length))
+
+
+def decode_read(body):
+    _check(body, _READ, 'READ')
+    vol, index, epoch, offset, length = _READ.unpack_from(body)
+    return ReadRequest(_uuid_str(vol), index, epoch, offset, length)
+
+
+class WriteRequest:
+    __slots__ = ('volume', 'index', 'epoch', 'generation', 'offset',
+                 'replicas', 'data', 'fua')
+
+    def __init__(self, volume, index, epoch, generation, offset, replicas,
+                 data, fua=False):
+        self.volume, self.index, self.epoch = volume, index, epoch
+        self.generation, self.offset = generation, offset
+        self.replicas, self.data, self.fua = replicas, data, fua
+
+
+def encode_write(req_id, volume, index, epoch, generation, offset, replicas,
+                 data, fua=False):
+    """Return the frame as a list of buffers (the data is not copied)."""
+    fixed = _WRITE.pack(_uuid_bytes(volume), index, epoch, generation,
+                        offset, len(replicas))
+    fixed += b''.join(_U32.pack(r) for r in replicas)
+    hdr = header(WRITE, req_id, len(fixed) + len(data),
+                 FLAG_FUA if fua else 0)
+    return [hdr + fixed, data]
+
+
+def decode_write(body, flags=0):
+    _check(body, _WRITE, 'WRITE')
+    vol, index, epoch, gen, offset, n = _WRITE.unpack_from(body)
+    start = _WRITE.size + 4 * n
+    if len(body) < start:
+        raise exception.ProtocolError(reason='WRITE replica list truncated')
+    replicas = [_U32.unpack_from(body, _WRITE.size + 4 * i)[0]
+                for i in range(n)]
+    return WriteRequest(_uuid_str(vol), index, epoch, gen, offset, replicas,
+                        body[start:], bool(flags & FLAG_FUA))
+
+
+def encode_replicate(req_id, volume, index, epoch, generation, offset, data,
+                     fua=False):
+    fixed = _REPLICATE.pack(_uuid_bytes(volume), index, epoch, generation,
+                            offset)
+    hdr = header(REPLICATE, req_id, len(fixed) + len(data),
+                 FLAG_FUA if fua else 0)
+    return [hdr + fixed, data]
+
+
+def decode_replicate(body, flags=0):
+    _check(body, _REPLICATE, 'REPLICATE')
+    vol, index, epoch, gen, offset = _REPLICATE.unpack_from(body)
+    return WriteRequest(_uuid_str(vol), index, epoch, gen, offset, [],
+                        body[_REPLICATE.size:], bool(flags & FLAG_FUA))
+
+
+def encode_flush(req_id, volume):
+    return _frame(FLUSH, req_id, _FLUSH.pack(_uuid_bytes(volume)))
+
+
+def decode_flush(body):
+    _check(body, _FLUSH, 'FLUSH')
+    return _uuid_str(_FLUSH.unpack_from(body)[0])
+
+
+def encode_fence(req_id, volume, generation):
+    return _frame(FENCE, req_id, _FENCE.pack(_uuid_bytes(volume),
+                                             generation))
+
+
+def decode_fence(body):
+    _check(body, _FENCE, 'FENCE')
+    vol, gen = _FENCE.unpack_from(body)
+    return _uuid_str(vol), gen
+
+
+def encode_delete(req_id, volume, index=ALL_CHUNKS):
+    return _frame(DELETE, req_id, _DELETE.pack(_uuid_bytes(volume), index))
+
+
+def decode_delete(body):
+    _check(body, _DELETE, 'DELETE')
+    vol, index = _DELETE.unpack_from(body)
+    return _uuid_str(vol), index
+
+
+def encode_chunk_info(req_id, volume, index):
+    return _frame(CHUNK_INFO, req_id, _CHUNK_INFO.pack(_uuid_bytes(volume),
+                                                       index))
+
+
+def decode_chunk_info(body):
+    _check(body, _CHUNK_INFO, 'CHUNK_INFO')
+    vol, index = _CHUNK_INFO.unpack_from(body)
+    return _uuid_str(vol), index
+
+
+# --- replies --------------------------------------------------------------
+
+def encode_ok(opcode, req_id, payload=b''):
+    return _frame(opcode | REPLY, req_id, _STATUS.pack(OK) + payload)
+
+
+def encode_read_ok(req_id, data):
+    """READ reply as a list of buffers; ``data`` is not copied."""
+    return [header(READ | REPLY, req_id, 2 + len(data)) + _STATUS.pack(OK),
+            data]
+
+
+def encode_write_ok(req_id, epoch, opcode=WRITE):
+    return _frame(opcode | REPLY, req_id, _WRITE_OK.pack(OK, epoch))
+
+
+def encode_chunk_info_ok(req_id, epoch, allocated, crcs):
+    body = _INFO_OK.pack(OK, epoch, allocated, len(crcs))
+    body += struct.pack('!%dI' % len(crcs), *crcs)
+    return _frame(CHUNK_INFO | REPLY, req_id, body)
+
+
+def encode_error(opcode, req_id, exc):
+    """Reply to request ``opcode`` with the error ``exc``."""
+    code = getattr(exc, 'code', 'internal')
+    status = STATUS_BY_CODE.get(code, STATUS_BY_CODE['internal'])
+    msg = str(exc).encode('utf-8', 'replace')[:4000]
+    return _frame(opcode | REPLY, req_id, _STATUS.pack(status) + msg)
+
+
+def reply_status(body):
+    """Return the status of a reply body, raising the remote error if any."""
+    if len(body) < 2:
+        raise exception.ProtocolError(reason='reply without status')
+    status = _STATUS.unpack_from(body)[0]
+    if status != OK:
+        code = STATUS_CODES.get(status, 'internal')
+        message = bytes(body[2:]).decode('utf-8', 'replace')
+        raise exception.from_code(code, message)
+    return body[2:]
+
+
+def decode_write_ok(body):
+    payload = reply_status(body)
+    if len(payload) < 8:
+        raise exception.ProtocolError(reason='WRITE reply truncated')
+    return struct.unpack_from('!Q', payload)[0]
+
+
+def decode_chunk_info_ok(body):
+    reply_status(body)
+    _check(body, _INFO_OK, 'CHUNK_INFO reply')
+    _, epoch, allocated, n = _INFO_OK.unpack_from(body)
+    if len(body) != _INFO_OK.size + 4 * n:
+        raise exception.ProtocolError(reason='CHUNK_INFO reply truncated')
+    crcs = list(struct.unpack_from('!%dI' % n, body, _INFO_OK.size))
+    return epoch, allocated, crcs

@@ -1,0 +1,318 @@
+"""asyncio transport of the data protocol: authenticated, pipelined.
+
+:class:`PeerConnection` is the calling side: many requests in flight on one
+TCP connection, replies matched by request id.  :class:`ServerConnection`
+is the serving side: it authenticates the peer, then hands every frame to a
+handler *synchronously*, in arrival order, so a handler can apply writes in
+the order they were sent before it awaits anything.
+"""
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+
+from cinder_ursa import exception
+from cinder_ursa.protocol import codec
+
+LOG = logging.getLogger(__name__)
+
+_req_ids = itertools.count(1)
+
+
+def next_req_id():
+    return next(_req_ids)
+
+
+def _tune(transport):
+    sock = transport.get_extra_info('socket')
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class _FlowControl:
+    def __init__(self):
+        self._paused = False
+        self._waiters = []
+
+    def pause_writing(self):
+        self._paused = True
+
+    def resume_writing(self):
+        self._paused = False
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters = []
+
+    async def drain(self):
+        if self._paused:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            await fut
+
+
+class PeerConnection(asyncio.Protocol, _FlowControl):
+    """An authenticated connection to a chunk server."""
+
+    def __init__(self, key, peer):
+        _FlowControl.__init__(self)
+        self._key = key
+        self.peer = peer
+        self._decoder = codec.FrameDecoder()
+        self._pending = {}
+        self._transport = None
+        self._authed = asyncio.get_running_loop().create_future()
+        self._client_nonce = os.urandom(codec.NONCE_SIZE)
+        self._server_nonce = None
+        self.closed = False
+        self._error = None
+
+    @classmethod
+    async def connect(cls, host, port, key, timeout=10.0):
+        loop = asyncio.get_running_loop()
+        peer = '%s:%d' % (host, port)
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: cls(key, peer), host, port),
+                timeout)
+            await asyncio.wait_for(asyncio.shield(proto._authed), timeout)
+        except asyncio.TimeoutError:
+            raise exception.UrsaTimeout(peer=peer, seconds=timeout) from None
+        except OSError as e:
+            raise exception.UrsaConnectionError(
+                peer=peer, reason=e.strerror or str(e)) from e
+        return proto
+
+    # asyncio.Protocol
+    def connection_made(self, transport):
+        self._transport = transport
+        _tune(transport)
+
+    def data_received(self, data):
+        try:
+            frames = self._decoder.feed(data)
+        except exception.ProtocolError as e:
+            self._fail(e)
+            return
+        for frame in frames:
+            if not self._authed.done():
+                self._auth_step(frame)
+                continue
+            fut = self._pending.pop(frame.req_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+
+    def _auth_step(self, frame):
+        if frame.opcode == codec.CHALLENGE and self._server_nonce is None:
+            if len(frame.body) != codec.NONCE_SIZE:
+                self._fail(exception.ProtocolError(reason='bad CHALLENGE'))
+                return
+            self._server_nonce = bytes(frame.body)
+            mac = codec.client_mac(self._key, self._server_nonce,
+                                   self._client_nonce)
+            self._transport.write(codec.encode_auth(self._client_nonce, mac))
+        elif frame.opcode == codec.AUTH_OK and self._server_nonce:
+            expect = codec.server_mac(self._key, self._server_nonce,
+                                      self._client_nonce)
+            if bytes(frame.body) != expect:
+                self._fail(exception.NotAuthorized(
+                    reason='%s failed to prove it holds the cluster key'
+                    % self.peer))
+                return
+            self._authed.set_result(True)
+        elif frame.opcode == codec.AUTH | codec.REPLY:
+            try:
+                codec.reply_status(frame.body)
+            except exception.UrsaError as e:
+                self._fail(e)
+                return
+            self._fail(exception.ProtocolError(reason='unexpected auth reply'))
+        else:
+            self._fail(exception.ProtocolError(
+                reason='unexpected %r during authentication' % frame))
+
+    def connection_lost(self, exc):
+        err = exception.UrsaConnectionError(
+            peer=self.peer, reason=str(exc) if exc else 'connection closed')
+        self._fail(self._error or err)
+
+    def _fail(self, err):
+        if self._error is None:
+            self._error = err
+        self.closed = True
+        if not self._authed.done():
+            self._authed.set_exception(err)
+            self._authed.exception()  # mark retrieved
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        if self._transport is not None:
+            self._transport.close()
+        self.resume_writing()
+
+    async def request(self, req_id, buffers, timeout):
+        """Send one request (bytes or a list of buffers); return its reply."""
+        if self.closed:
+            raise self._error or exception.UrsaConnectionError(
+                peer=self.peer, reason='connection closed')
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        if isinstance(buffers, (bytes, bytearray)):
+            self._transport.write(buffers)
+        else:
+            self._transport.writelines(buffers)
+        await self.drain()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            self._pending.pop(req_id, None)
+            raise exception.UrsaTimeout(peer=self.peer,
+                                        seconds=timeout) from None
+
+    def close(self):
+        if not self.closed:
+            self._fail(exception.UrsaConnectionError(
+                peer=self.peer, reason='closed by us'))
+
+
+class ConnectionPool:
+    """One shared, pipelined connection per peer address."""
+
+    def __init__(self, key, connect_timeout=10.0):
+        self._key = key
+        self._conns = {}
+        self._locks = {}
+        self._timeout = connect_timeout
+
+    async def get(self, host, port):
+        addr = (host, port)
+        conn = self._conns.get(addr)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._locks.setdefault(addr, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(addr)
+            if conn is None or conn.closed:
+                conn = await PeerConnection.connect(host, port, self._key,
+                                                    self._timeout)
+                self._conns[addr] = conn
+            return conn
+
+    def discard(self, host, port):
+        conn = self._conns.pop((host, port), None)
+        if conn is not None:
+            conn.close()
+
+    def close(self):
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
+class ServerConnection(asyncio.Protocol, _FlowControl):
+    """Serving side.  ``handler(conn, frame)`` runs synchronously per frame.
+
+    Before authentication only AUTH is accepted; anything else, or a bad
+    MAC, gets an error reply and the connection is closed.
+    """
+
+    def __init__(self, key, handler, on_close=None):
+        _FlowControl.__init__(self)
+        self._key = key
+        self._handler = handler
+        self._on_close = on_close
+        self._decoder = codec.FrameDecoder()
+        self._nonce = os.urandom(codec.NONCE_SIZE)
+        self.authed = False
+        self.transport = None
+        self.peer = '?'
+        self.closed = False
+        self.tasks = set()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        _tune(transport)
+        peer = transport.get_extra_info('peername')
+        if peer:
+            self.peer = '%s:%s' % peer[:2]
+        transport.write(codec.encode_challenge(self._nonce))
+
+    def data_received(self, data):
+        if self.closed:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except exception.ProtocolError as e:
+            LOG.warning('Dropping %s: %s', self.peer, e)
+            self.send(codec.encode_error(0, 0, e))
+            self.close()
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            if not self.authed:
+                self._authenticate(frame)
+                continue
+            try:
+                self._handler(self, frame)
+            except exception.ProtocolError as e:
+                LOG.warning('Dropping %s: %s', self.peer, e)
+                self.send(codec.encode_error(frame.opcode, frame.req_id, e))
+                self.close()
+                return
+
+    def _authenticate(self, frame):
+        err = None
+        if frame.opcode != codec.AUTH:
+            err = exception.NotAuthorized(
+                reason='authenticate with the cluster key first')
+        else:
+            try:
+                client_nonce, mac = codec.decode_auth(frame.body)
+            except exception.ProtocolError as e:
+                err = e
+            else:
+                expect = codec.client_mac(self._key, self._nonce,
+                                          client_nonce)
+                if mac != expect:
+                    err = exception.NotAuthorized(reason='bad cluster key')
+        if err is not None:
+            LOG.warning('Refusing unauthenticated peer %s: %s', self.peer,
+                        err)
+            self.send(codec.encode_error(frame.opcode, frame.req_id, err))
+            self.close()
+            return
+        self.authed = True
+        self.send(codec.encode_auth_ok(
+            codec.server_mac(self._key, self._nonce, client_nonce)))
+
+    def send(self, buffers):
+        if self.closed or self.transport.is_closing():
+            return
+        if isinstance(buffers, (bytes, bytearray)):
+            self.transport.write(buffers)
+        else:
+            self.transport.writelines(buffers)
+
+    def spawn(self, coro):
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.resume_writing()
+        if self._on_close:
+            self._on_close(self)
