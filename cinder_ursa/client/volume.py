@@ -184,7 +184,8 @@ class Volume:
         extents = self.layout.extents(offset, length)
         if len(extents) == 1:
             e = extents[0]
-            return await self._read_extent(e.index, e.chunk_offset, e.length)
+            return bytes(await self._read_extent(e.index, e.chunk_offset,
+                                                 e.length))
         buf = bytearray(length)
         parts = await asyncio.gather(*(
             self._read_extent(e.index, e.chunk_offset, e.length)

@@ -1,0 +1,323 @@
+"""ursa-aio: an all-in-one Ursa cluster on 127.0.0.1, in the foreground.
+
+Starts one ursa-master and N ursa-chunkserver processes with embedded
+defaults (SQLite metadata, one data directory per chunk server, a cluster
+key generated on first start) and stops them on SIGINT/SIGTERM.  Starting
+it again on the same --data-dir keeps every volume and byte.
+
+Layout of --data-dir::
+
+    cluster.key       the cluster key (mode 0600)
+    ursa.conf         configuration shared by every process and the CLI
+    master/           ursa.sqlite (metadata), endpoint.json, master.log
+    cs<N>/            chunk replicas of chunk server N, its log
+
+Example::
+
+    ursa-aio --data-dir /var/tmp/ursa --chunkservers 3
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cinder_ursa.common import auth
+from cinder_ursa.common import rest
+from cinder_ursa.common import units
+
+DEFAULT_PORT_BASE = 9380
+
+
+class AllInOne:
+    """A master and chunk servers as child processes (also the test
+    fixture of the functional tests)."""
+
+    def __init__(self, data_dir, chunkservers=3, port_base=DEFAULT_PORT_BASE,
+                 database_url=None, server_timeout=15.0,
+                 failure_domain='server', lease_ttl=30.0,
+                 replication_timeout=5.0, extra_conf=''):
+        self.data_dir = os.path.abspath(data_dir)
+        self.n = chunkservers
+        self.port_base = port_base
+        self.database_url = database_url
+        self.server_timeout = server_timeout
+        self.failure_domain = failure_domain
+        self.lease_ttl = lease_ttl
+        self.replication_timeout = replication_timeout
+        self.extra_conf = extra_conf
+        self.master_proc = None
+        self.cs_procs = {}
+        self.master_url = None
+        self.key_file = os.path.join(self.data_dir, 'cluster.key')
+        self.conf_file = os.path.join(self.data_dir, 'ursa.conf')
+        self.key = None
+        self.master_port = port_base or 0
+
+    # --- configuration -----------------------------------------------------
+
+    def _port(self, offset):
+        return self.port_base + offset if self.port_base else 0
+
+    def write_config(self):
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.key = auth.create_key_file(self.key_file)
+        lines = [
+            '[DEFAULT]',
+            'debug = false',
+            '',
+            '[ursa]',
+            'cluster_key_file = %s' % self.key_file,
+            'master_url = http://127.0.0.1:%d' % self.master_port,
+            '',
+            '[ursa_master]',
+            'bind_host = 127.0.0.1',
+            'bind_port = %d' % self.master_port,
+            'state_dir = %s' % os.path.join(self.data_dir, 'master'),
+            'failure_domain = %s' % self.failure_domain,
+            'server_timeout = %s' % self.server_timeout,
+            'lease_ttl = %s' % self.lease_ttl,
+        ]
+        if self.database_url:
+            lines.append('database_connection = %s' % self.database_url)
+        lines += [
+            '',
+            '[ursa_chunkserver]',
+            'bind_host = 127.0.0.1',
+            'replication_timeout = %s' % self.replication_timeout,
+            'reserved_bytes = 0',
+            '',
+            self.extra_conf,
+        ]
+        with open(self.conf_file, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+
+    # --- processes ---------------------------------------------------------
+
+    def _spawn(self, module, log_name, args=()):
+        log = open(os.path.join(self.data_dir, log_name), 'ab')
+        cmd = [sys.executable, '-m', module, '--config-file', self.conf_file]
+        cmd += list(args)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+    def _wait_file(self, path, proc, what, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError('%s exited with status %s; see its log in '
+                                   '%s' % (what, proc.returncode,
+                                           self.data_dir))
+            try:
+                with open(path) as f:
+                    info = json.load(f)
+                if info.get('pid') == proc.pid:
+                    return info
+            except (FileNotFoundError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError('%s did not start within %d s; see its log in %s'
+                           % (what, timeout, self.data_dir))
+
+    def start_master(self):
+        state = os.path.join(self.data_dir, 'master')
+        os.makedirs(state, exist_ok=True)
+        self.master_proc = self._spawn('cinder_ursa.cmd.master', 'master.log')
+        info = self._wait_file(os.path.join(state, 'endpoint.json'),
+                               self.master_proc, 'ursa-master')
+        self.master_url = info['url']
+        port = int(self.master_url.rsplit(':', 1)[1])
+        if port != self.master_port:
+            # A dynamic port is kept from now on, so a restarted master is
+            # found where the chunk servers and the CLI expect it.
+            self.master_port = port
+            self.write_config()
+        return self.master_url
+
+    def _cs_port(self, i):
+        """Fixed with --port-base; else the port it had before, if any,
+        so a restarted chunk server keeps its address."""
+        if self.port_base:
+            return self.port_base + 1 + i
+        try:
+            with open(os.path.join(self.cs_dir(i), 'endpoint.json')) as f:
+                return json.load(f)['port']
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
+
+    def cs_dir(self, i):
+        return os.path.join(self.data_dir, 'cs%d' % i)
+
+    def start_chunkserver(self, i, wait=True):
+        d = self.cs_dir(i)
+        os.makedirs(d, exist_ok=True)
+        own = os.path.join(d, 'chunkserver.conf')
+        with open(own, 'w') as f:
+            f.write('[ursa_chunkserver]\ndata_dir = %s\nbind_port = %d\n'
+                    % (d, self._cs_port(i)))
+        proc = self._spawn('cinder_ursa.cmd.chunkserver', 'cs%d.log' % i,
+                           ['--config-file', own])
+        self.cs_procs[i] = proc
+        info = self._wait_file(os.path.join(d, 'endpoint.json'), proc,
+                               'ursa-chunkserver %d' % i)
+        if wait:
+            self.wait_servers_up({info['uuid']})
+        return info
+
+    def wait_servers_up(self, uuids, timeout=30.0):
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            up = {s['uuid'] for s in client.servers() if s['state'] == 'up'}
+            if set(uuids) <= up:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError('chunk servers %s did not register'
+                                   % (set(uuids) - up))
+            time.sleep(0.05)
+
+    def start(self):
+        self.write_config()
+        self.start_master()
+        uuids = {self.start_chunkserver(i, wait=False)['uuid']
+                 for i in range(self.n)}
+        self.wait_servers_up(uuids)
+        return self
+
+    def client(self):
+        return rest.MasterClient([self.master_url], self.key)
+
+    def kill_chunkserver(self, i, sig=signal.SIGKILL):
+        proc = self.cs_procs.pop(i)
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def kill_master(self, sig=signal.SIGKILL):
+        self.master_proc.send_signal(sig)
+        self.master_proc.wait(30)
+        self.master_proc = None
+
+    def stop(self, timeout=15.0):
+        procs = list(self.cs_procs.values())
+        if self.master_proc is not None:
+            procs.append(self.master_proc)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.cs_procs.clear()
+        self.master_proc = None
+
+    def dead_children(self):
+        dead = []
+        if self.master_proc is not None and self.master_proc.poll() is not None:
+            dead.append('ursa-master')
+        dead += ['ursa-chunkserver %d' % i for i, p in self.cs_procs.items()
+                 if p.poll() is not None]
+        return dead
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _demo(aio, name):
+    """Create the demo volume on first start and show it serving I/O."""
+    client = aio.client()
+    try:
+        vol = client.volume(name)
+    except Exception:  # noqa: BLE001 - NotFound on first start
+        vol = client.create_volume(name, units.Gi)
+        print('Created volume %s (%s, %d replicas)' % (
+            name, units.format_size(vol['size']), vol['replicas']))
+    from cinder_ursa.client import sync
+    payload = b'hello from ursa-aio %d\n' % os.getpid()
+    payload += bytes(units.BLOCK_SIZE - len(payload))
+    with sync.SyncCluster([aio.master_url], aio.key) as cluster:
+        with cluster.open_volume(name) as v:
+            v.write(0, payload)
+            v.flush()
+            back = v.read(0, len(payload))
+    ok = 'OK' if back == payload else 'MISMATCH'
+    print('Wrote and read back 4 KiB of volume %s through %d replicas: %s'
+          % (name, vol['replicas'], ok))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='ursa-aio',
+        description='Run an all-in-one Ursa cluster (one master, N chunk '
+                    'servers) on 127.0.0.1 in the foreground. Restarting on '
+                    'the same --data-dir keeps all volumes and data.',
+        epilog='Example: ursa-aio --data-dir /var/tmp/ursa --chunkservers 3')
+    parser.add_argument('--data-dir', required=True,
+                        help='Where metadata, chunk replicas, the cluster key '
+                             'and logs live.')
+    parser.add_argument('--chunkservers', type=int, default=3,
+                        help='Number of chunk servers (default 3).')
+    parser.add_argument('--port-base', type=int, default=DEFAULT_PORT_BASE,
+                        help='Master REST port; chunk server N listens on '
+                             'port-base + 1 + N (default %d).'
+                             % DEFAULT_PORT_BASE)
+    parser.add_argument('--demo-volume', default='demo',
+                        help='Volume created on first start and written '
+                             'once to show the cluster serving '
+                             '(default "demo"; "" to skip).')
+    args = parser.parse_args(argv)
+    if args.chunkservers < 1:
+        parser.error('--chunkservers must be at least 1')
+
+    aio = AllInOne(args.data_dir, args.chunkservers, args.port_base)
+    stopping = []
+
+    def on_signal(signum, frame):
+        stopping.append(signum)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        aio.start()
+        print('ursa-aio: cluster up in %s' % aio.data_dir)
+        print('  ursa-master        %s  (REST API, metadata in %s)' % (
+            aio.master_url, os.path.join(aio.data_dir, 'master',
+                                         'ursa.sqlite')))
+        for i in sorted(aio.cs_procs):
+            with open(os.path.join(aio.cs_dir(i), 'endpoint.json')) as f:
+                info = json.load(f)
+            print('  ursa-chunkserver %d 127.0.0.1:%d  (data in %s)' % (
+                i, info['port'], aio.cs_dir(i)))
+        if args.demo_volume:
+            _demo(aio, args.demo_volume)
+        print('Try, in another shell:')
+        print('  export URSA_CONFIG=%s' % aio.conf_file)
+        print('  ursa cluster status; ursa volume list; '
+              'ursa volume create vol1 10G')
+        print('Stop with Ctrl-C (SIGINT) or SIGTERM.', flush=True)
+        while not stopping:
+            dead = aio.dead_children()
+            if dead:
+                print('ursa-aio: %s exited; see the logs in %s' % (
+                    ', '.join(dead), aio.data_dir), file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    except (RuntimeError, OSError) as e:
+        print('ursa-aio: %s' % e, file=sys.stderr)
+        return 1
+    finally:
+        print('ursa-aio: stopping', flush=True)
+        aio.stop()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
