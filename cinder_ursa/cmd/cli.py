@@ -1,0 +1,451 @@
+"""ursa: the admin CLI of an Ursa cluster.
+
+Finds the master and the cluster key from, in order: --master and
+--key-file, the URSA_MASTER and URSA_KEY_FILE environment variables, or the
+[ursa] section of the file named by --config-file / URSA_CONFIG (ursa-aio
+prints that line).  Every listing takes ``-f json|table|value``.
+
+Examples::
+
+    export URSA_CONFIG=/var/tmp/ursa/ursa.conf
+    ursa cluster status
+    ursa volume create vol1 10G --replicas 3
+    ursa volume import disk.raw vol1
+    ursa volume export vol1 copy.raw
+    ursa bench --pattern rand --io-size 4K --iodepth 32 --rw write
+"""
+
+import asyncio
+import os
+import sys
+import time
+
+from cliff import app
+from cliff import command
+from cliff import commandmanager
+from cliff import lister
+from cliff import show
+from oslo_config import cfg
+
+from cinder_ursa import exception
+from cinder_ursa.client import sync
+from cinder_ursa.common import auth
+from cinder_ursa.common import opts as common_opts
+from cinder_ursa.common import rest
+from cinder_ursa.common import units
+
+VERSION = '0.1.0'
+CHUNK_IO = 4 * units.Mi
+PARALLEL = 8
+
+
+class UrsaApp(app.App):
+
+    def __init__(self):
+        super().__init__(
+            description='Administer an Ursa cluster: status, chunk servers, '
+                        'volumes, import/export, benchmarks.',
+            version=VERSION,
+            command_manager=commandmanager.CommandManager('ursa.cli'),
+            deferred_help=True)
+        self._master = None
+        self._key = None
+
+    def build_option_parser(self, description, version, argparse_kwargs=None):
+        parser = super().build_option_parser(description, version,
+                                             argparse_kwargs)
+        parser.add_argument('--master', default=os.environ.get('URSA_MASTER'),
+                            help='Master REST URL (env URSA_MASTER).')
+        parser.add_argument('--key-file',
+                            default=os.environ.get('URSA_KEY_FILE'),
+                            help='Cluster key file (env URSA_KEY_FILE).')
+        parser.add_argument('--config-file',
+                            default=os.environ.get('URSA_CONFIG'),
+                            help='An ursa.conf to read [ursa] master_url and '
+                                 'cluster_key_file from (env URSA_CONFIG).')
+        return parser
+
+    def _settings(self):
+        urls, key_file, key = None, self.options.key_file, None
+        if self.options.master:
+            urls = [u for u in self.options.master.split(',') if u]
+        if self.options.config_file:
+            conf = cfg.ConfigOpts()
+            common_opts.register_opts(conf)
+            conf([], project='ursa', default_config_files=[
+                self.options.config_file])
+            urls = urls or conf.ursa.master_url
+            key_file = key_file or conf.ursa.cluster_key_file
+            key = conf.ursa.cluster_key
+        if not urls:
+            urls = common_opts.common_opts[2].default
+        if not key_file and not key and os.path.exists('/etc/ursa/ursa.conf'):
+            self.options.config_file = '/etc/ursa/ursa.conf'
+            return self._settings()
+        return urls, auth.load_key(key_file, key)
+
+    def master(self):
+        if self._master is None:
+            urls, self._key = self._settings()
+            self._master = rest.MasterClient(urls, self._key)
+        return self._master
+
+    def data_cluster(self):
+        master = self.master()
+        return sync.SyncCluster(master.urls, self._key)
+
+
+def _fmt_volume(v):
+    lease = v.get('lease') or {}
+    return {
+        'id': v['id'], 'name': v['name'], 'size': v['size'],
+        'size_human': units.format_size(v['size']),
+        'replicas': v['replicas'], 'min_replicas': v['min_replicas'],
+        'chunk_size': v['chunk_size'], 'stripe_unit': v['stripe_unit'],
+        'stripe_count': v['stripe_count'], 'status': v['status'],
+        'allocated_bytes': v.get('allocated_bytes', 0),
+        'lease_holder': lease.get('holder') or '',
+        'lease_generation': lease.get('generation', 0),
+    }
+
+
+class ClusterStatus(show.ShowOne):
+    """Show the health, servers and capacity of the cluster."""
+
+    def take_action(self, args):
+        st = self.app.master().cluster_status()
+        row = {
+            'health': st['health'],
+            'servers_up': st['servers']['up'],
+            'servers_down': st['servers']['down'],
+            'volumes': st['volumes'],
+            'chunks': st['chunks'],
+            'degraded_chunks': st['degraded_chunks'],
+            'capacity': units.format_size(st['capacity_bytes']),
+            'free': units.format_size(st['free_bytes']),
+            'used': units.format_size(st['used_bytes']),
+            'provisioned': units.format_size(st['provisioned_bytes']),
+            'failure_domain': st['failure_domain'],
+        }
+        return tuple(row), tuple(row.values())
+
+
+class ServerList(lister.Lister):
+    """List chunk servers with their state, address and usage."""
+
+    def take_action(self, args):
+        cols = ('id', 'state', 'address', 'port', 'host', 'rack', 'chunks',
+                'used', 'free', 'uuid')
+        rows = []
+        for s in self.app.master().servers():
+            rows.append((s['id'], s['state'], s['address'], s['port'],
+                         s['host'], s['rack'], s['chunks'],
+                         units.format_size(s['used']),
+                         units.format_size(s['free']), s['uuid']))
+        return cols, rows
+
+
+class VolumeCreate(show.ShowOne):
+    """Create a thin volume.  Example: ursa volume create vol1 10G"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('name')
+        p.add_argument('size', help='Size, e.g. 10G, 512M (binary units).')
+        p.add_argument('--replicas', type=int)
+        p.add_argument('--min-replicas', type=int)
+        p.add_argument('--chunk-size', help='e.g. 64M (power of two).')
+        p.add_argument('--stripe-unit', help='e.g. 64K (power of two).')
+        p.add_argument('--stripe-count', type=int)
+        return p
+
+    def take_action(self, args):
+        size = units.parse_size(args.size)
+        kwargs = dict(replicas=args.replicas, min_replicas=args.min_replicas,
+                      stripe_count=args.stripe_count)
+        if args.chunk_size:
+            kwargs['chunk_size'] = units.parse_size(args.chunk_size)
+        if args.stripe_unit:
+            kwargs['stripe_unit'] = units.parse_size(args.stripe_unit)
+        v = _fmt_volume(self.app.master().create_volume(args.name, size,
+                                                        **kwargs))
+        return tuple(v), tuple(v.values())
+
+
+class VolumeList(lister.Lister):
+    """List volumes."""
+
+    def take_action(self, args):
+        cols = ('id', 'name', 'size_human', 'replicas', 'allocated_bytes',
+                'status', 'lease_holder')
+        rows = [tuple(_fmt_volume(v)[c] for c in cols)
+                for v in self.app.master().volumes()]
+        return cols, rows
+
+
+class VolumeShow(show.ShowOne):
+    """Show one volume (by name or id)."""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume')
+        return p
+
+    def take_action(self, args):
+        v = _fmt_volume(self.app.master().volume(args.volume))
+        return tuple(v), tuple(v.values())
+
+
+class VolumeDelete(command.Command):
+    """Delete volumes and free their space on every chunk server."""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume', nargs='+')
+        return p
+
+    def take_action(self, args):
+        for ref in args.volume:
+            self.app.master().delete_volume(ref)
+            self.app.stdout.write('Deleted volume %s\n' % ref)
+
+
+def _progress(total, desc):
+    from tqdm import tqdm
+    return tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024,
+                desc=desc, file=sys.stderr, mininterval=0.5,
+                disable=None)
+
+
+async def _parallel(jobs, limit=PARALLEL):
+    """Run coroutine factories with at most ``limit`` in flight."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(job):
+        async with sem:
+            await job()
+    await asyncio.gather(*(one(j) for j in jobs))
+
+
+class VolumeImport(command.Command):
+    """Copy a raw image file into a volume, skipping zero blocks (the
+    volume stays thin).  Example: ursa volume import disk.raw vol1"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('file')
+        p.add_argument('volume')
+        p.add_argument('--create', action='store_true',
+                       help='Create the volume with the file\'s size '
+                            '(rounded up to 4 KiB) if it does not exist.')
+        return p
+
+    def take_action(self, args):
+        size = os.path.getsize(args.file)
+        master = self.app.master()
+        try:
+            master.volume(args.volume)
+        except exception.NotFound:
+            if not args.create:
+                raise
+            master.create_volume(args.volume, -(-size // units.BLOCK_SIZE)
+                                 * units.BLOCK_SIZE)
+        with self.app.data_cluster() as cluster, \
+                cluster.open_volume(args.volume) as vol:
+            if size > vol.size:
+                raise exception.InvalidArgument(
+                    reason='%s (%d bytes) is larger than volume %s (%d '
+                           'bytes)' % (args.file, size, args.volume,
+                                       vol.size))
+            bar = _progress(size, 'import')
+            with open(args.file, 'rb') as f:
+                cluster.run(_import, vol.volume, f, size, bar)
+            bar.close()
+        self.app.stdout.write('Imported %s into volume %s\n'
+                              % (units.format_size(size), args.volume))
+
+
+async def _import(cluster, vol, f, size, bar):
+    zero = bytes(CHUNK_IO)
+
+    def job(offset):
+        async def run():
+            data = os.pread(f.fileno(), min(CHUNK_IO, size - offset), offset)
+            if len(data) % units.BLOCK_SIZE:
+                data += bytes(units.BLOCK_SIZE - len(data) % units.BLOCK_SIZE)
+            if data != zero[:len(data)]:
+                await _write_nonzero(vol, offset, data)
+            bar.update(min(CHUNK_IO, size - offset))
+        return run
+    await _parallel([job(o) for o in range(0, size, CHUNK_IO)])
+    await vol.flush()
+
+
+async def _write_nonzero(vol, offset, data):
+    """Write only the runs of non-zero 4 KiB blocks of ``data``."""
+    bs = units.BLOCK_SIZE
+    zero = bytes(bs)
+    mv = memoryview(data)
+    start = None
+    for pos in range(0, len(data) + bs, bs):
+        is_data = pos < len(data) and mv[pos:pos + bs] != zero
+        if is_data and start is None:
+            start = pos
+        elif not is_data and start is not None:
+            await vol.write(offset + start, mv[start:pos])
+            start = None
+
+
+class VolumeExport(command.Command):
+    """Copy a volume into a sparse raw file.  Example:
+    ursa volume export vol1 copy.raw"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume')
+        p.add_argument('file')
+        return p
+
+    def take_action(self, args):
+        with self.app.data_cluster() as cluster, \
+                cluster.open_volume(args.volume, writable=False) as vol:
+            bar = _progress(vol.size, 'export')
+            fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o644)
+            try:
+                cluster.run(_export, vol.volume, fd, bar)
+                os.ftruncate(fd, vol.size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                bar.close()
+        self.app.stdout.write('Exported volume %s (%s) to %s\n' % (
+            args.volume, units.format_size(vol.size), args.file))
+
+
+async def _export(cluster, vol, fd, bar):
+    await vol.prefetch_map()
+
+    def job(offset):
+        async def run():
+            n = min(CHUNK_IO, vol.size - offset)
+            data = await vol.read(offset, n)
+            if data.count(0) != len(data):
+                os.pwrite(fd, data, offset)
+            bar.update(n)
+        return run
+    await _parallel([job(o) for o in range(0, vol.size, CHUNK_IO)])
+
+
+class Bench(command.Command):
+    """Measure IOPS, MiB/s and latency percentiles of the client library.
+
+    Example: ursa bench --rw write --pattern rand --io-size 4K --iodepth 32
+    """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('--volume', help='Existing volume to use (its data '
+                                        'is overwritten by write tests). '
+                                        'Default: a temporary one.')
+        p.add_argument('--size', default='1G', help='Temporary volume size.')
+        p.add_argument('--rw', choices=['read', 'write'], default='write')
+        p.add_argument('--pattern', choices=['seq', 'rand'], default='seq')
+        p.add_argument('--io-size', default='1M')
+        p.add_argument('--iodepth', type=int, default=16)
+        p.add_argument('--seconds', type=float, default=10.0)
+        p.add_argument('--replicas', type=int)
+        return p
+
+    def take_action(self, args):
+        master = self.app.master()
+        name = args.volume
+        temp = name is None
+        if temp:
+            name = 'bench-%d-%d' % (os.getpid(), int(time.time()))
+            master.create_volume(name, units.parse_size(args.size),
+                                 replicas=args.replicas)
+        try:
+            with self.app.data_cluster() as cluster:
+                result = cluster.run(_bench, name, args)
+        finally:
+            if temp:
+                master.delete_volume(name)
+        self.app.stdout.write(
+            '%-5s %-4s bs=%-5s qd=%-3d  %9.0f IOPS  %8.1f MiB/s  '
+            'lat mean %7.0f us  p50 %7.0f us  p99 %7.0f us  (%d ops, %.1f s)\n'
+            % (args.rw, args.pattern, args.io_size, args.iodepth,
+               result['iops'], result['mibs'], result['mean_us'],
+               result['p50_us'], result['p99_us'], result['ops'],
+               result['seconds']))
+
+
+async def _bench(cluster, name, args):
+    import random
+    bs = units.parse_size(args.io_size)
+    vol = await cluster.open_volume(name, writable=True)
+    try:
+        nblocks = vol.size // bs
+        if args.rw == 'read':
+            # Reads of never-written chunks never reach a chunk server:
+            # fill the volume first so reads measure real I/O.
+            fill = os.urandom(units.Mi)
+            await _parallel([_writer(vol, o, fill)
+                             for o in range(0, vol.size, units.Mi)], 16)
+        await vol.prefetch_map()
+        data = os.urandom(bs)
+        lat = []
+        state = {'next': 0, 'ops': 0}
+        end = time.monotonic() + args.seconds
+        rng = random.Random(1)
+
+        async def worker():
+            while time.monotonic() < end:
+                if args.pattern == 'rand':
+                    blk = rng.randrange(nblocks)
+                else:
+                    blk = state['next'] % nblocks
+                    state['next'] += 1
+                t0 = time.perf_counter()
+                if args.rw == 'write':
+                    await vol.write(blk * bs, data)
+                else:
+                    await vol.read(blk * bs, bs)
+                lat.append(time.perf_counter() - t0)
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(args.iodepth)))
+        if args.rw == 'write':
+            await vol.flush()
+        elapsed = time.monotonic() - t0
+    finally:
+        await vol.close()
+    lat.sort()
+    n = len(lat)
+
+    def pct(p):
+        return lat[min(int(n * p), n - 1)] * 1e6 if n else 0.0
+    return {'ops': n, 'seconds': elapsed, 'iops': n / elapsed,
+            'mibs': n * bs / elapsed / units.Mi,
+            'mean_us': sum(lat) / n * 1e6 if n else 0.0,
+            'p50_us': pct(0.50), 'p99_us': pct(0.99)}
+
+
+def _writer(vol, offset, data):
+    async def run():
+        n = min(len(data), vol.size - offset)
+        await vol.write(offset, data[:n])
+    return run
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ursa = UrsaApp()
+    try:
+        return ursa.run(argv)
+    except exception.UrsaError as e:
+        print('ursa: %s' % e, file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
