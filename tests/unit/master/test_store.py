@@ -1,0 +1,159 @@
+"""The SQL metadata store on a real SQLite file."""
+
+import pytest
+
+from cinder_ursa import exception
+from cinder_ursa.master import store as store_mod
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'),
+                                failure_domain='host')
+    s.upgrade()
+    yield s
+    s.close()
+
+
+def add_servers(store, n, hosts=None):
+    ids = []
+    for i in range(n):
+        server, *_ = store.register_server(
+            'uuid-%d' % i, (hosts or 'abcdefgh')[i], 'r', '127.0.0.1',
+            9000 + i, 10 ** 12, 0, 10 ** 12)
+        ids.append(server['id'])
+    return ids
+
+
+def test_schema_is_versioned_and_upgrade_is_idempotent(store):
+    assert store.schema_version() == '0001'
+    store.upgrade()
+    assert store.schema_version() == '0001'
+
+
+def test_volume_lifecycle(store):
+    v = store.create_volume('v1', 100 * MiB, chunk_size=4 * MiB)
+    assert v['name'] == 'v1' and v['stripe_unit'] == 4 * MiB
+    assert store.get_volume('v1')['id'] == v['id']
+    assert store.get_volume(v['id'])['name'] == 'v1'
+    with pytest.raises(exception.AlreadyExists):
+        store.create_volume('v1', 100 * MiB)
+    assert [x['name'] for x in store.list_volumes()] == ['v1']
+    vol, servers = store.begin_delete('v1')
+    store.finish_delete(vol['id'])
+    with pytest.raises(exception.NotFound):
+        store.get_volume('v1')
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(size=0), 'positive'),
+    (dict(size=4097), '4 KiB'),
+    (dict(replicas=0), 'replicas'),
+    (dict(replicas=2, min_replicas=3), 'min_replicas'),
+    (dict(chunk_size=3 * MiB), 'power of two'),
+    (dict(stripe_unit=3000), 'stripe unit'),
+    (dict(stripe_count=0), 'stripe count'),
+])
+def test_volume_validation(store, kwargs, match):
+    args = dict(name='v', size=8 * MiB)
+    args.update(kwargs)
+    with pytest.raises(exception.InvalidArgument, match=match):
+        store.create_volume(**args)
+
+
+def test_thin_allocation_on_demand(store):
+    add_servers(store, 4)
+    v = store.create_volume('v', 40 * MiB, chunk_size=4 * MiB)
+    m = store.chunk_map('v', 0, 10)
+    assert m['chunks'] == []
+    m = store.chunk_map('v', 3, 2, allocate=True)
+    assert [c['index'] for c in m['chunks']] == [3, 4]
+    for c in m['chunks']:
+        assert c['epoch'] == 1 and len(c['replicas']) == 3
+    assert store.get_volume(v['id'])['allocated_chunks'] == 2
+    # Allocating again returns the same replica sets.
+    again = store.chunk_map('v', 3, 2, allocate=True)['chunks']
+    assert again == m['chunks']
+    with pytest.raises(exception.OutOfRange):
+        store.chunk_map('v', 9, 2)
+
+
+def test_allocation_needs_min_replicas_domains(store):
+    add_servers(store, 3, hosts='aab')
+    store.create_volume('v', 8 * MiB, replicas=3, min_replicas=2,
+                        chunk_size=4 * MiB)
+    chunk = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    assert len(chunk['replicas']) == 2  # two hosts only
+    store.create_volume('w', 8 * MiB, replicas=3, min_replicas=3,
+                        chunk_size=4 * MiB)
+    with pytest.raises(exception.InsufficientReplicas):
+        store.chunk_map('w', 0, 1, allocate=True)
+
+
+def test_drop_replica_bumps_epoch_once(store):
+    add_servers(store, 3)
+    store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    victim = c['replicas'][1]['id']
+    d = store.drop_replica('v', 0, victim, c['epoch'])
+    assert d['epoch'] == 2
+    assert victim not in [r['id'] for r in d['replicas']]
+    assert d['min_replicas'] == 2
+    # Idempotent, and an old epoch changes nothing.
+    assert store.drop_replica('v', 0, victim, 1)['epoch'] == 2
+    other = d['replicas'][0]['id']
+    assert store.drop_replica('v', 0, other, 1)['epoch'] == 2
+
+
+def test_registration_reports_stale_and_orphan_chunks(store):
+    ids = add_servers(store, 3)
+    v = store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    victim = c['replicas'][0]['id']
+    store.drop_replica('v', 0, victim, 1)
+    uuid = 'uuid-%d' % ids.index(victim)
+    _, stale, orphans, gens = store.register_server(
+        uuid, 'a', 'r', '127.0.0.1', 1, 1, 0, 1,
+        chunks=[(v['id'], 0, 1), (v['id'], 1, 1), ('gone', 0, 1)])
+    assert stale == [(v['id'], 0)]
+    assert sorted(orphans) == sorted([(v['id'], 1), ('gone', 0)])
+
+
+def test_lease_generations(store):
+    store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    a = store.acquire_lease('v', 'host-a', 30)
+    assert a['generation'] == 1
+    # The same holder may take it again; another may not, unless forced.
+    assert store.acquire_lease('v', 'host-a', 30)['generation'] == 2
+    with pytest.raises(exception.LeaseHeld):
+        store.acquire_lease('v', 'host-b', 30)
+    b = store.acquire_lease('v', 'host-b', 30, force=True)
+    assert b['generation'] == 3
+    with pytest.raises(exception.Fenced):
+        store.renew_lease('v', 'host-a', 2, 30)
+    store.renew_lease('v', 'host-b', 3, 30)
+    with pytest.raises(exception.Conflict):
+        store.begin_delete('v')
+    store.release_lease('v', 'host-b', 3)
+    assert store.revoke_lease('v')['generation'] == 4
+    # An expired lease is free for anyone.
+    store.acquire_lease('v', 'host-c', 1)
+    import time
+    time.sleep(1.1)
+    assert store.acquire_lease('v', 'host-d', 30)['generation'] == 6
+
+
+def test_servers_marked_down(store):
+    add_servers(store, 2)
+    assert store.mark_down(3600) == []
+    down = store.mark_down(-1)
+    assert len(down) == 2
+    assert {s['state'] for s in store.list_servers()} == {'down'}
+    store.heartbeat(down[0], 1, 0, 1)
+    assert store.list_servers()[0]['state'] == 'up'
+    with pytest.raises(exception.NotFound):
+        store.heartbeat(999, 1, 0, 1)
+    assert store.cluster_status()['servers'] == {'total': 2, 'up': 1,
+                                                 'down': 1}

@@ -1,0 +1,163 @@
+"""Round trips of every data-protocol message against fixed bytes."""
+
+import pytest
+
+from cinder_ursa import exception
+from cinder_ursa.protocol import codec
+
+VOL = '0f0e0d0c-0b0a-0908-0706-050403020100'
+VOL_HEX = '0f0e0d0c0b0a09080706050403020100'
+
+
+def hdr(opcode, req_id, length, flags=0):
+    # magic 'URSA', version 1, opcode, flags, request id, body length
+    return ('55525341' '01' + '%02x' % opcode + '%04x' % flags +
+            '%016x' % req_id + '%08x' % length)
+
+
+def one_frame(raw):
+    frames = codec.FrameDecoder().feed(raw)
+    assert len(frames) == 1
+    return frames[0]
+
+
+def test_read_request():
+    raw = codec.encode_read(7, VOL, 3, 9, 4096, 8192)
+    assert raw.hex() == (hdr(0x10, 7, 40) + VOL_HEX + '%016x' % 3 +
+                         '%016x' % 9 + '00001000' + '00002000')
+    f = one_frame(raw)
+    assert (f.opcode, f.req_id) == (codec.READ, 7)
+    r = codec.decode_read(f.body)
+    assert (r.volume, r.index, r.epoch, r.offset, r.length) == (
+        VOL, 3, 9, 4096, 8192)
+
+
+def test_write_request_with_fua():
+    raw = b''.join(codec.encode_write(8, VOL, 1, 2, 5, 512, [1, 2, 3],
+                                      b'ab', fua=True))
+    assert raw.hex() == (hdr(0x11, 8, 62, flags=1) + VOL_HEX +
+                         '%016x' % 1 + '%016x' % 2 + '%016x' % 5 +
+                         '00000200' + '03' + '000000' +
+                         '00000001' '00000002' '00000003' + '6162')
+    f = one_frame(raw)
+    w = codec.decode_write(f.body, f.flags)
+    assert (w.volume, w.index, w.epoch, w.generation, w.offset) == (
+        VOL, 1, 2, 5, 512)
+    assert w.replicas == [1, 2, 3]
+    assert bytes(w.data) == b'ab' and w.fua
+
+
+def test_replicate_request():
+    raw = b''.join(codec.encode_replicate(9, VOL, 1, 2, 5, 512, b'ab'))
+    assert raw.hex() == (hdr(0x12, 9, 46) + VOL_HEX + '%016x' % 1 +
+                         '%016x' % 2 + '%016x' % 5 + '00000200' + '6162')
+    f = one_frame(raw)
+    w = codec.decode_replicate(f.body, f.flags)
+    assert (w.index, w.epoch, w.generation, w.offset, bytes(w.data),
+            w.fua) == (1, 2, 5, 512, b'ab', False)
+
+
+def test_flush_fence_delete_info_requests():
+    raw = codec.encode_flush(10, VOL)
+    assert raw.hex() == hdr(0x13, 10, 16) + VOL_HEX
+    assert codec.decode_flush(one_frame(raw).body) == VOL
+
+    raw = codec.encode_fence(11, VOL, 42)
+    assert raw.hex() == hdr(0x14, 11, 24) + VOL_HEX + '%016x' % 42
+    assert codec.decode_fence(one_frame(raw).body) == (VOL, 42)
+
+    raw = codec.encode_delete(12, VOL)
+    assert raw.hex() == hdr(0x15, 12, 24) + VOL_HEX + 'ff' * 8
+    assert codec.decode_delete(one_frame(raw).body) == (VOL,
+                                                        codec.ALL_CHUNKS)
+
+    raw = codec.encode_chunk_info(13, VOL, 4)
+    assert raw.hex() == hdr(0x16, 13, 24) + VOL_HEX + '%016x' % 4
+    assert codec.decode_chunk_info(one_frame(raw).body) == (VOL, 4)
+
+
+def test_replies():
+    raw = codec.encode_write_ok(8, 6)
+    assert raw.hex() == hdr(0x91, 8, 10) + '0000' + '%016x' % 6
+    f = one_frame(raw)
+    assert f.is_reply and codec.decode_write_ok(f.body) == 6
+
+    raw = b''.join(codec.encode_read_ok(7, b'xy'))
+    assert raw.hex() == hdr(0x90, 7, 4) + '0000' + '7879'
+    assert bytes(codec.reply_status(one_frame(raw).body)) == b'xy'
+
+    raw = codec.encode_chunk_info_ok(13, 6, 8192, [1, 2])
+    assert raw.hex() == (hdr(0x96, 13, 30) + '0000' + '%016x' % 6 +
+                         '%016x' % 8192 + '00000002' + '00000001' +
+                         '00000002')
+    assert codec.decode_chunk_info_ok(one_frame(raw).body) == (6, 8192,
+                                                               [1, 2])
+
+    raw = codec.encode_ok(codec.FLUSH, 10)
+    assert raw.hex() == hdr(0x93, 10, 2) + '0000'
+
+
+@pytest.mark.parametrize('exc', [
+    exception.Fenced(reason='x'), exception.StaleEpoch(reason='x'),
+    exception.InsufficientReplicas(have=1, need=2, reason='x'),
+    exception.NoSpace(reason='x'), exception.ChecksumError(reason='x'),
+    exception.OutOfRange(reason='x'), exception.NotAuthorized(reason='x'),
+    exception.StaleReplica(reason='x'), exception.NotFound(kind='a', name='b'),
+])
+def test_error_replies_carry_the_exception(exc):
+    raw = codec.encode_error(codec.WRITE, 8, exc)
+    f = one_frame(raw)
+    with pytest.raises(type(exc)) as ei:
+        codec.reply_status(f.body)
+    assert str(ei.value) == str(exc)
+
+
+def test_fenced_error_bytes():
+    raw = codec.encode_error(codec.WRITE, 8, exception.Fenced(reason='x'))
+    assert raw.hex() == hdr(0x91, 8, 11) + '0009' + b'Fenced: x'.hex()
+
+
+def test_auth_frames():
+    raw = codec.encode_challenge(bytes(range(32)))
+    assert raw.hex() == hdr(0x01, 0, 32) + bytes(range(32)).hex()
+    key = b'k' * 32
+    sn, cn = b's' * 32, b'c' * 32
+    mac = codec.client_mac(key, sn, cn)
+    f = one_frame(codec.encode_auth(cn, mac))
+    assert codec.decode_auth(f.body) == (cn, mac)
+    assert codec.client_mac(key, sn, cn) != codec.server_mac(key, sn, cn)
+    assert codec.client_mac(b'x' * 32, sn, cn) != mac
+
+
+def test_decoder_reassembles_split_and_batched_frames():
+    a = codec.encode_read(1, VOL, 0, 1, 0, 4096)
+    b = b''.join(codec.encode_write(2, VOL, 0, 1, 1, 0, [1], b'z' * 5000))
+    stream = a + b + a
+    dec = codec.FrameDecoder()
+    frames = []
+    for i in range(0, len(stream), 7):
+        frames += dec.feed(stream[i:i + 7])
+    assert [f.req_id for f in frames] == [1, 2, 1]
+    assert bytes(codec.decode_write(frames[1].body).data) == b'z' * 5000
+
+
+def test_decoder_rejects_bad_magic_version_and_length():
+    with pytest.raises(exception.ProtocolError, match='magic'):
+        codec.FrameDecoder().feed(b'GET / HTTP/1.1\r\n\r\nxxxxxx')
+    bad_version = bytearray(codec.encode_flush(1, VOL))
+    bad_version[4] = 9
+    with pytest.raises(exception.ProtocolError, match='version'):
+        codec.FrameDecoder().feed(bytes(bad_version))
+    huge = codec.header(codec.WRITE, 1, 0xFFFFFFFF)
+    with pytest.raises(exception.ProtocolError, match='exceeds'):
+        codec.FrameDecoder().feed(huge)
+
+
+def test_truncated_bodies_are_protocol_errors():
+    with pytest.raises(exception.ProtocolError):
+        codec.decode_read(memoryview(b'\0' * 10))
+    body = codec.encode_write(1, VOL, 0, 1, 1, 0, [1, 2], b'')[0][20:]
+    with pytest.raises(exception.ProtocolError, match='replica list'):
+        codec.decode_write(memoryview(body[:-4]))
+    with pytest.raises(exception.ProtocolError):
+        codec.reply_status(memoryview(b'\0'))
