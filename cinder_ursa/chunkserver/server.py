@@ -204,6 +204,11 @@ class ChunkServer:
                 reason='chunk %s/%d: this server (%d) is not its primary '
                        '(%s); refresh the chunk map' % (
                            req.volume, req.index, self.id, req.replicas))
+        if len(req.replicas) < req.min_replicas:
+            raise exception.InsufficientReplicas(
+                have=len(req.replicas), need=req.min_replicas,
+                reason='chunk %s/%d; writes wait for repair' % (
+                    req.volume, req.index))
         c = self._apply(req)
         others = req.replicas[1:]
         if not others and not req.fua:
@@ -278,9 +283,9 @@ class ChunkServer:
             raise exception.StaleReplica(
                 reason='this server left the replica set of chunk %s/%d'
                 % key)
-        if len(ids) < chunk['min_replicas']:
+        if len(ids) < req.min_replicas:
             raise exception.InsufficientReplicas(
-                have=len(ids), need=chunk['min_replicas'],
+                have=len(ids), need=req.min_replicas,
                 reason='chunk %s/%d lost replicas; writes wait for repair'
                 % key)
         return chunk['epoch']

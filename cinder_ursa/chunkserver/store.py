@@ -176,6 +176,10 @@ class ChunkStore:
     def adopt_generation(self, volume, generation):
         """Record a newer lease generation; raise Fenced for an older one."""
         current = self._generations.get(volume, 0)
+        if generation < 1:
+            raise exception.Fenced(
+                reason='writes to volume %s need a lease (generation >= 1)'
+                % volume)
         if generation < current:
             raise exception.Fenced(
                 reason='volume %s is now written under lease generation %d; '

@@ -266,10 +266,12 @@ class Volume:
             if self._fenced is not None:
                 raise self._fenced
             info = await self._chunk(index, True)
-            if not info.replicas:
+            need = self.info['min_replicas']
+            if len(info.replicas) < need:
                 err = exception.InsufficientReplicas(
-                    have=0, need=1, reason='chunk %d of volume %s has no '
-                    'replica left' % (index, self.name))
+                    have=len(info.replicas), need=need,
+                    reason='chunk %d of volume %s; writes wait for repair'
+                    % (index, self.name))
                 self._forget(index)
                 await self._retry_wait(deadline, attempt, err)
                 continue
@@ -279,7 +281,7 @@ class Volume:
                 rid = aio.next_req_id()
                 reply = await conn.request(rid, codec.encode_write(
                     rid, self.id, index, info.epoch, self.generation, offset,
-                    [r[0] for r in info.replicas], data, fua),
+                    [r[0] for r in info.replicas], data, fua, need),
                     self.cluster.request_timeout)
                 epoch = codec.decode_write_ok(reply.body)
                 if epoch != info.epoch:

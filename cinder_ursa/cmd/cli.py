@@ -28,6 +28,7 @@ from cliff import show
 from oslo_config import cfg
 
 from cinder_ursa import exception
+from cinder_ursa.client import check
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.common import opts as common_opts
@@ -335,6 +336,35 @@ async def _export(cluster, vol, fd, bar):
             bar.update(n)
         return run
     await _parallel([job(o) for o in range(0, vol.size, CHUNK_IO)])
+
+
+class VolumeCheck(lister.Lister):
+    """Compare every replica of every chunk of a volume, block by block.
+
+    Lists the problems found (none on a healthy volume) and exits 1 if
+    there are any.  Example: ursa volume check vol1
+    """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume')
+        return p
+
+    def take_action(self, args):
+        with self.app.data_cluster() as cluster:
+            report = cluster.run(check.check_volume, args.volume)
+        self.app.stderr.write('%s: %d chunk(s), %d replica(s) compared, %d '
+                              'problem(s)\n' % (
+                                  report['volume'], report['chunks'],
+                                  report['replicas'],
+                                  len(report['problems'])))
+        self.problems = report['problems']
+        cols = ('index', 'server', 'problem')
+        return cols, [tuple(p[c] for c in cols) for p in report['problems']]
+
+    def run(self, parsed_args):
+        rc = super().run(parsed_args)
+        return rc or (1 if self.problems else 0)
 
 
 class Bench(command.Command):

@@ -39,6 +39,7 @@ def main(argv=None):
     os.makedirs(mc.state_dir, exist_ok=True)
     store = store_mod.MetadataStore(database_url(conf), mc.failure_domain)
     store.upgrade()
+    store.reset_heartbeats()
     master = api.MasterAPI(
         store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
         default_replicas=mc.default_replicas,

@@ -146,13 +146,22 @@ class MetadataStore:
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(t.c.state).where(
                 t.c.id == server_id)).first()
-            if row is None:
-                raise exception.NotFound(kind='chunk server', name=server_id)
+            if row is None or row.state != 'up':
+                # Unknown, or marked down meanwhile: the server must
+                # register again, which tells it which replicas went stale.
+                raise exception.NotFound(kind='registered chunk server',
+                                         name=server_id)
             conn.execute(t.update().where(t.c.id == server_id).values(
-                capacity=capacity, used=used, free=free, state='up',
+                capacity=capacity, used=used, free=free,
                 last_seen=time.time()))
-            if row.state != 'up':
-                LOG.info('Chunk server %d is up again', server_id)
+
+    def reset_heartbeats(self):
+        """At master start: judge only silence observed from now on, so a
+        restart of the master (or of the whole cluster) drops nobody."""
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            conn.execute(t.update().where(t.c.state == 'up').values(
+                last_seen=time.time()))
 
     def mark_down(self, timeout):
         """Mark servers silent for more than ``timeout`` s down."""
@@ -164,10 +173,33 @@ class MetadataStore:
             for r in rows:
                 conn.execute(t.update().where(t.c.id == r.id).values(
                     state='down'))
+                dropped = self._drop_server_replicas(conn, r.id)
                 LOG.warning('Chunk server %d (%s:%d) missed its heartbeats '
-                            'for %d s: marked down', r.id, r.address, r.port,
-                            timeout)
+                            'for %d s: marked down and dropped from %d '
+                            'replica set(s)', r.id, r.address, r.port,
+                            timeout, dropped)
         return [r.id for r in rows]
+
+    @staticmethod
+    def _drop_server_replicas(conn, server_id):
+        """A down server can take no writes: remove it from every replica
+        set now (epoch + 1 each), so readers and writers stop trying it and
+        its replicas are known stale when it returns."""
+        c = models.chunks
+        pattern = '%%%d%%' % server_id
+        n = 0
+        for row in conn.execute(sa.select(c).where(
+                c.c.replicas.like(pattern))).all():
+            ids = _ids(row.replicas)
+            if server_id not in ids or len(ids) == 1:
+                continue
+            ids.remove(server_id)
+            conn.execute(c.update().where(
+                c.c.volume_id == row.volume_id, c.c.idx == row.idx,
+                c.c.epoch == row.epoch).values(replicas=_text(ids),
+                                               epoch=row.epoch + 1))
+            n += 1
+        return n
 
     def list_servers(self):
         t = models.chunkservers
@@ -359,7 +391,9 @@ class MetadataStore:
                 raise exception.NotFound(kind='chunk', name='%s/%d'
                                          % (vol.name, idx))
             ids = _ids(row.replicas)
-            if server_id in ids and epoch >= row.epoch:
+            # The last replica is never dropped: the chunk's data lives
+            # nowhere else, so it waits for that server to return.
+            if server_id in ids and epoch >= row.epoch and len(ids) > 1:
                 ids.remove(server_id)
                 conn.execute(c.update().where(
                     c.c.volume_id == vol.id, c.c.idx == idx).values(

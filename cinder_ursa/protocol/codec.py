@@ -84,7 +84,8 @@ ALL_CHUNKS = 0xFFFFFFFFFFFFFFFF  # DELETE of a whole volume
 
 # Fixed parts of the request bodies.
 _READ = struct.Struct('!16sQQII')          # volume, index, epoch, offset, len
-_WRITE = struct.Struct('!16sQQQIB3x')      # volume, index, epoch, gen, off, n
+# volume, index, epoch, generation, offset, replica count, min replicas
+_WRITE = struct.Struct('!16sQQQIBB2x')
 _REPLICATE = struct.Struct('!16sQQQI')     # volume, index, epoch, gen, offset
 _FLUSH = struct.Struct('!16s')             # volume
 _FENCE = struct.Struct('!16sQ')            # volume, generation
@@ -247,20 +248,26 @@ def decode_read(body):
 
 class WriteRequest:
     __slots__ = ('volume', 'index', 'epoch', 'generation', 'offset',
-                 'replicas', 'data', 'fua')
+                 'replicas', 'data', 'fua', 'min_replicas')
 
     def __init__(self, volume, index, epoch, generation, offset, replicas,
-                 data, fua=False):
+                 data, fua=False, min_replicas=1):
         self.volume, self.index, self.epoch = volume, index, epoch
         self.generation, self.offset = generation, offset
         self.replicas, self.data, self.fua = replicas, data, fua
+        self.min_replicas = min_replicas
 
 
 def encode_write(req_id, volume, index, epoch, generation, offset, replicas,
-                 data, fua=False):
-    """Return the frame as a list of buffers (the data is not copied)."""
+                 data, fua=False, min_replicas=1):
+    """Return the frame as a list of buffers (the data is not copied).
+
+    ``replicas`` lists the server ids of the replica set, primary first;
+    the primary refuses to acknowledge the write on fewer than
+    ``min_replicas`` of them.
+    """
     fixed = _WRITE.pack(_uuid_bytes(volume), index, epoch, generation,
-                        offset, len(replicas))
+                        offset, len(replicas), min_replicas)
     fixed += b''.join(_U32.pack(r) for r in replicas)
     hdr = header(WRITE, req_id, len(fixed) + len(data),
                  FLAG_FUA if fua else 0)
@@ -269,14 +276,14 @@ def encode_write(req_id, volume, index, epoch, generation, offset, replicas,
 
 def decode_write(body, flags=0):
     _check(body, _WRITE, 'WRITE')
-    vol, index, epoch, gen, offset, n = _WRITE.unpack_from(body)
+    vol, index, epoch, gen, offset, n, min_rep = _WRITE.unpack_from(body)
     start = _WRITE.size + 4 * n
     if len(body) < start:
         raise exception.ProtocolError(reason='WRITE replica list truncated')
     replicas = [_U32.unpack_from(body, _WRITE.size + 4 * i)[0]
                 for i in range(n)]
     return WriteRequest(_uuid_str(vol), index, epoch, gen, offset, replicas,
-                        body[start:], bool(flags & FLAG_FUA))
+                        body[start:], bool(flags & FLAG_FUA), min_rep)
 
 
 def encode_replicate(req_id, volume, index, epoch, generation, offset, data,

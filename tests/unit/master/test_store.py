@@ -151,9 +151,36 @@ def test_servers_marked_down(store):
     down = store.mark_down(-1)
     assert len(down) == 2
     assert {s['state'] for s in store.list_servers()} == {'down'}
-    store.heartbeat(down[0], 1, 0, 1)
+    with pytest.raises(exception.NotFound):
+        store.heartbeat(down[0], 1, 0, 1)  # a down server re-registers
+    store.register_server('uuid-0', 'a', 'r', '127.0.0.1', 9000, 1, 0, 1)
     assert store.list_servers()[0]['state'] == 'up'
     with pytest.raises(exception.NotFound):
         store.heartbeat(999, 1, 0, 1)
     assert store.cluster_status()['servers'] == {'total': 2, 'up': 1,
                                                  'down': 1}
+
+
+def test_a_down_server_leaves_every_replica_set(store):
+    ids = add_servers(store, 4)
+    store.create_volume('v', 40 * MiB, chunk_size=4 * MiB)
+    chunks = store.chunk_map('v', 0, 10, allocate=True)['chunks']
+    victim = ids[0]
+    holding = [c['index'] for c in chunks
+               if victim in [r['id'] for r in c['replicas']]]
+    assert holding
+    # Only the victim goes silent.
+    for sid in ids[1:]:
+        store.heartbeat(sid, 1, 0, 1)
+    import time
+    time.sleep(0.05)
+    for sid in ids[1:]:
+        store.heartbeat(sid, 1, 0, 1)
+    assert store.mark_down(0.04) == [victim]
+    after = {c['index']: c for c in store.chunk_map('v', 0, 10)['chunks']}
+    for c in chunks:
+        ids_after = [r['id'] for r in after[c['index']]['replicas']]
+        assert victim not in ids_after
+        expect = c['epoch'] + (1 if c['index'] in holding else 0)
+        assert after[c['index']]['epoch'] == expect
+    assert store.cluster_status()['degraded_chunks'] == len(holding)

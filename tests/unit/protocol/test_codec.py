@@ -34,17 +34,17 @@ def test_read_request():
 
 def test_write_request_with_fua():
     raw = b''.join(codec.encode_write(8, VOL, 1, 2, 5, 512, [1, 2, 3],
-                                      b'ab', fua=True))
+                                      b'ab', fua=True, min_replicas=2))
     assert raw.hex() == (hdr(0x11, 8, 62, flags=1) + VOL_HEX +
                          '%016x' % 1 + '%016x' % 2 + '%016x' % 5 +
-                         '00000200' + '03' + '000000' +
+                         '00000200' + '03' + '02' + '0000' +
                          '00000001' '00000002' '00000003' + '6162')
     f = one_frame(raw)
     w = codec.decode_write(f.body, f.flags)
     assert (w.volume, w.index, w.epoch, w.generation, w.offset) == (
         VOL, 1, 2, 5, 512)
     assert w.replicas == [1, 2, 3]
-    assert bytes(w.data) == b'ab' and w.fua
+    assert bytes(w.data) == b'ab' and w.fua and w.min_replicas == 2
 
 
 def test_replicate_request():
