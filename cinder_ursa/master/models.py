@@ -19,8 +19,8 @@ chunkservers = sa.Table(
     sa.Column('used', sa.BigInteger, nullable=False, default=0),
     sa.Column('free', sa.BigInteger, nullable=False, default=0),
     sa.Column('state', sa.String(16), nullable=False, default='up'),
-    sa.Column('last_seen', sa.Float, nullable=False),
-    sa.Column('created_at', sa.Float, nullable=False),
+    sa.Column('last_seen', sa.Double, nullable=False),
+    sa.Column('created_at', sa.Double, nullable=False),
 )
 
 volumes = sa.Table(
@@ -34,10 +34,10 @@ volumes = sa.Table(
     sa.Column('replicas', sa.Integer, nullable=False),
     sa.Column('min_replicas', sa.Integer, nullable=False),
     sa.Column('status', sa.String(16), nullable=False),
-    sa.Column('created_at', sa.Float, nullable=False),
+    sa.Column('created_at', sa.Double, nullable=False),
     sa.Column('lease_holder', sa.String(255), nullable=True),
     sa.Column('lease_generation', sa.BigInteger, nullable=False, default=0),
-    sa.Column('lease_expires', sa.Float, nullable=False, default=0),
+    sa.Column('lease_expires', sa.Double, nullable=False, default=0),
 )
 
 chunks = sa.Table(

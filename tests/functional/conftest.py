@@ -33,3 +33,96 @@ def make_cluster(tmp_path):
 def data_client(cluster, **kwargs):
     kwargs.setdefault('io_timeout', 30.0)
     return sync.SyncCluster([cluster.master_url], cluster.key, **kwargs)
+
+
+class MariaDB:
+    """A private mariadbd on 127.0.0.1 (Debian's mariadb-server)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.port = None
+        self.proc = None
+        self._n = 0
+
+    def start(self):
+        import socket
+        import subprocess
+        import time
+        data = os.path.join(self.base, 'data')
+        with open(os.path.join(self.base, 'install.log'), 'wb') as log:
+            subprocess.run([
+                'mariadb-install-db', '--no-defaults', '--datadir=' + data,
+                '--auth-root-authentication-method=normal', '--skip-test-db',
+                '--user=root'], check=True, stdout=log,
+                stderr=subprocess.STDOUT)
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([
+            _mariadbd(), '--no-defaults', '--datadir=' + data,
+            '--socket=' + os.path.join(self.base, 'sock'),
+            '--port=%d' % self.port, '--bind-address=127.0.0.1',
+            '--user=root', '--skip-grant-tables',
+            '--log-error=' + os.path.join(self.base, 'error.log'),
+            '--innodb-buffer-pool-size=64M'],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        import pymysql
+        while True:
+            try:
+                pymysql.connect(host='127.0.0.1', port=self.port,
+                                user='root').close()
+                return self
+            except pymysql.err.OperationalError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError('mariadbd did not start; see %s'
+                                       % self.base)
+                time.sleep(0.2)
+
+    def new_database(self):
+        import pymysql
+        self._n += 1
+        name = 'ursa%d' % self._n
+        conn = pymysql.connect(host='127.0.0.1', port=self.port, user='root')
+        with conn.cursor() as cur:
+            cur.execute('CREATE DATABASE %s' % name)
+        conn.close()
+        return 'mysql+pymysql://root@127.0.0.1:%d/%s' % (self.port, name)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(60)
+
+
+def _mariadbd():
+    import shutil
+    for path in (shutil.which('mariadbd'), '/usr/sbin/mariadbd'):
+        if path and os.path.exists(path):
+            return path
+    return None
+
+
+@pytest.fixture(scope='session')
+def mariadb(tmp_path_factory):
+    import shutil
+    if not _mariadbd() or not shutil.which('mariadb-install-db'):
+        if os.environ.get('CI'):
+            pytest.fail('mariadb-server is not installed; tools/run-tests '
+                        'installs it (apt-get install mariadb-server)')
+        pytest.skip('mariadb-server is not installed')
+    db = MariaDB(str(tmp_path_factory.mktemp('mariadb'))).start()
+    yield db
+    db.stop()
+
+
+@pytest.fixture(params=['sqlite', 'mariadb'])
+def any_db_cluster(request, make_cluster):
+    """make_cluster with the master's metadata on SQLite, then MariaDB."""
+    if request.param == 'sqlite':
+        return make_cluster
+    db = request.getfixturevalue('mariadb')
+
+    def make(*args, **kwargs):
+        return make_cluster(*args, database_url=db.new_database(), **kwargs)
+    return make

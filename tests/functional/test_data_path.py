@@ -25,8 +25,8 @@ def chunk_files(cluster, volume_id):
     return out
 
 
-def test_random_io_across_chunk_and_stripe_boundaries(make_cluster):
-    cluster = make_cluster(4)
+def test_random_io_across_chunk_and_stripe_boundaries(any_db_cluster):
+    cluster = any_db_cluster(4)
     size = 256 * MiB
     vol = cluster.client().create_volume(
         'v', size, chunk_size=4 * MiB, stripe_unit=64 * 1024, stripe_count=3)
@@ -90,8 +90,8 @@ def test_delete_frees_every_replica(make_cluster):
     assert client.volumes() == []
 
 
-def test_restart_of_everything_keeps_every_volume_and_byte(make_cluster):
-    cluster = make_cluster(3)
+def test_restart_of_everything_keeps_every_volume_and_byte(any_db_cluster):
+    cluster = any_db_cluster(3)
     client = cluster.client()
     client.create_volume('a', 64 * MiB, chunk_size=4 * MiB)
     client.create_volume('b', 32 * MiB, chunk_size=1 * MiB, replicas=2,

@@ -26,8 +26,8 @@ def upgrade():
         sa.Column('used', sa.BigInteger, nullable=False),
         sa.Column('free', sa.BigInteger, nullable=False),
         sa.Column('state', sa.String(16), nullable=False),
-        sa.Column('last_seen', sa.Float, nullable=False),
-        sa.Column('created_at', sa.Float, nullable=False),
+        sa.Column('last_seen', sa.Double, nullable=False),
+        sa.Column('created_at', sa.Double, nullable=False),
     )
     op.create_table(
         'volumes',
@@ -40,10 +40,10 @@ def upgrade():
         sa.Column('replicas', sa.Integer, nullable=False),
         sa.Column('min_replicas', sa.Integer, nullable=False),
         sa.Column('status', sa.String(16), nullable=False),
-        sa.Column('created_at', sa.Float, nullable=False),
+        sa.Column('created_at', sa.Double, nullable=False),
         sa.Column('lease_holder', sa.String(255), nullable=True),
         sa.Column('lease_generation', sa.BigInteger, nullable=False),
-        sa.Column('lease_expires', sa.Float, nullable=False),
+        sa.Column('lease_expires', sa.Double, nullable=False),
     )
     op.create_table(
         'chunks',
