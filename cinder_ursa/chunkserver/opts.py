@@ -18,7 +18,8 @@ chunkserver_opts = [
     cfg.HostAddressOpt('advertise_host',
                        help='Address clients and peers use to reach this '
                             'server. Default: bind_host.'),
-    cfg.StrOpt('host', default=socket.gethostname(), sample_default='<hostname>',
+    cfg.StrOpt('host', default=socket.gethostname(),
+               sample_default='<hostname>',
                help='Host name declared to the master, the failure domain '
                     'at level "host".'),
     cfg.StrOpt('rack', default='default',

@@ -225,7 +225,7 @@ class ChunkServer:
                 jobs.append(self._sync(None))
             results = await asyncio.gather(*jobs, return_exceptions=True)
             failed = []
-            for sid, res in zip(others, results):
+            for sid, res in zip(others, results, strict=False):
                 if res is None:
                     continue
                 if isinstance(res, (exception.Fenced, exception.StaleEpoch,

@@ -259,7 +259,7 @@ class ChunkStore:
             raw += bytes(4 * count - len(raw))
         stored = struct.unpack('!%dI' % count, raw)
         actual = checksum.block_crcs(data)
-        for i, (want, got) in enumerate(zip(stored, actual)):
+        for i, (want, got) in enumerate(zip(stored, actual, strict=False)):
             if want == got:
                 continue
             blk = data[i * BLOCK:(i + 1) * BLOCK]

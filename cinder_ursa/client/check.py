@@ -29,7 +29,7 @@ async def check_volume(cluster, ref, timeout=30.0):
                 _info(cluster, vol['id'], chunk['index'], r, timeout)
                 for r in chunk['replicas']), return_exceptions=True)
             good = {}
-            for r, info in zip(chunk['replicas'], infos):
+            for r, info in zip(chunk['replicas'], infos, strict=False):
                 replicas += 1
                 if isinstance(info, Exception):
                     problems.append({

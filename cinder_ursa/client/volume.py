@@ -190,7 +190,7 @@ class Volume:
         parts = await asyncio.gather(*(
             self._read_extent(e.index, e.chunk_offset, e.length)
             for e in extents))
-        for e, data in zip(extents, parts):
+        for e, data in zip(extents, parts, strict=False):
             buf[e.buf_offset:e.buf_offset + e.length] = data
         return bytes(buf)
 

@@ -219,7 +219,8 @@ class AllInOne:
 
     def dead_children(self):
         dead = []
-        if self.master_proc is not None and self.master_proc.poll() is not None:
+        master = self.master_proc
+        if master is not None and master.poll() is not None:
             dead.append('ursa-master')
         dead += ['ursa-chunkserver %d' % i for i, p in self.cs_procs.items()
                  if p.poll() is not None]

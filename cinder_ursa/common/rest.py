@@ -6,7 +6,6 @@ The blocking client uses only the standard library's sockets, so it works
 unchanged in a process eventlet has monkey-patched.
 """
 
-import asyncio
 import json
 import logging
 import urllib.error
@@ -82,7 +81,7 @@ class AsyncMasterClient:
                     return json.loads(text) if text else {}
             except (self._aiohttp.ClientConnectionError, OSError) as e:
                 last = exception.UrsaConnectionError(peer=base, reason=str(e))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last = exception.UrsaTimeout(peer=base, seconds=self.timeout)
         raise last
 

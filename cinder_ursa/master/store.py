@@ -214,7 +214,8 @@ class MetadataStore:
     def _replica_counts(self):
         counts = {}
         with self.engine.connect() as conn:
-            for (replicas,) in conn.execute(sa.select(models.chunks.c.replicas)):
+            for (replicas,) in conn.execute(
+                    sa.select(models.chunks.c.replicas)):
                 for sid in _ids(replicas):
                     counts[sid] = counts.get(sid, 0) + 1
         return counts

@@ -81,7 +81,7 @@ class PeerConnection(asyncio.Protocol, _FlowControl):
                 loop.create_connection(lambda: cls(key, peer), host, port),
                 timeout)
             await asyncio.wait_for(asyncio.shield(proto._authed), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise exception.UrsaTimeout(peer=peer, seconds=timeout) from None
         except OSError as e:
             raise exception.UrsaConnectionError(
@@ -170,7 +170,7 @@ class PeerConnection(asyncio.Protocol, _FlowControl):
         await self.drain()
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._pending.pop(req_id, None)
             raise exception.UrsaTimeout(peer=self.peer,
                                         seconds=timeout) from None

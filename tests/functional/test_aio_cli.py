@@ -1,0 +1,144 @@
+"""ursa-aio and the ursa CLI as an operator runs them."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+MiB = 1024 * 1024
+
+
+def free_port_base(n):
+    """A base port with n consecutive free ports after it."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            base = s.getsockname()[1]
+        if base + n > 65000:
+            continue
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(('127.0.0.1', p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError('no free port range')
+
+
+def start_aio(data_dir, port_base):
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'cinder_ursa.cmd.aio', '--data-dir', data_dir,
+         '--chunkservers', '3', '--port-base', str(port_base)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith('Stop with'):
+            return proc, ''.join(lines)
+    proc.kill()
+    raise AssertionError('ursa-aio did not come up:\n' + ''.join(lines))
+
+
+def ursa(data_dir, *args, check=True):
+    env = dict(os.environ, URSA_CONFIG=os.path.join(data_dir, 'ursa.conf'))
+    r = subprocess.run([sys.executable, '-m', 'cinder_ursa.cmd.cli'] +
+                       list(args), env=env, capture_output=True, text=True,
+                       timeout=120)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_aio_cli_import_export_and_restart(tmp_path):
+    data_dir = str(tmp_path / 'aio')
+    base = free_port_base(4)
+    proc, banner = start_aio(data_dir, base)
+    try:
+        assert 'http://127.0.0.1:%d' % base in banner
+        assert 'ursa-chunkserver 2 127.0.0.1:%d' % (base + 3) in banner
+        assert 'volume demo through 3 replicas: OK' in banner
+        status = json.loads(ursa(data_dir, 'cluster', 'status',
+                                 '-f', 'json').stdout)
+        assert status['health'] == 'HEALTH_OK'
+        assert status['servers_up'] == 3
+        servers = json.loads(ursa(data_dir, 'server', 'list',
+                                  '-f', 'json').stdout)
+        assert sorted(s['port'] for s in servers) == [base + 1, base + 2,
+                                                      base + 3]
+        vol = json.loads(ursa(data_dir, 'volume', 'create', 'disk', '40M',
+                              '--chunk-size', '4M', '-f', 'json').stdout)
+        assert vol['size'] == 40 * MiB and vol['replicas'] == 3
+
+        # A raw image with holes: the volume stays thin after import.
+        image = tmp_path / 'image.raw'
+        payload = os.urandom(3 * MiB)
+        with open(image, 'wb') as f:
+            f.write(payload)
+            f.seek(20 * MiB)
+            f.write(payload)
+            f.truncate(30 * MiB)
+        ursa(data_dir, 'volume', 'import', str(image), 'disk')
+        shown = json.loads(ursa(data_dir, 'volume', 'show', 'disk',
+                                '-f', 'json').stdout)
+        assert shown['allocated_bytes'] == 2 * 4 * MiB
+        out = tmp_path / 'out.raw'
+        ursa(data_dir, 'volume', 'export', 'disk', str(out))
+        exported = out.read_bytes()
+        assert len(exported) == 40 * MiB
+        assert exported[:30 * MiB] == image.read_bytes()
+        assert exported[30 * MiB:] == bytes(10 * MiB)
+        assert os.stat(out).st_blocks * 512 < 10 * MiB  # sparse
+        check = ursa(data_dir, 'volume', 'check', 'disk', '-f', 'json')
+        assert json.loads(check.stdout) == []
+        names = [v['name'] for v in json.loads(ursa(
+            data_dir, 'volume', 'list', '-f', 'json').stdout)]
+        assert names == ['demo', 'disk']
+        missing = ursa(data_dir, 'volume', 'show', 'nope', check=False)
+        assert missing.returncode != 0
+        assert 'not found' in missing.stderr
+    finally:
+        stop(proc)
+
+    # Same data dir: every volume and byte is still there.
+    proc, banner = start_aio(data_dir, base)
+    try:
+        assert 'Created volume' not in banner
+        ursa(data_dir, 'volume', 'export', 'disk', str(out))
+        assert out.read_bytes()[:30 * MiB] == image.read_bytes()
+        ursa(data_dir, 'volume', 'delete', 'disk')
+        names = [v['name'] for v in json.loads(ursa(
+            data_dir, 'volume', 'list', '-f', 'json').stdout)]
+        assert names == ['demo']
+    finally:
+        out_text = stop(proc)
+    assert 'stopping' in out_text
+
+
+def test_cli_without_a_key_says_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith('URSA_')}
+    r = subprocess.run([sys.executable, '-m', 'cinder_ursa.cmd.cli',
+                        '--master', 'http://127.0.0.1:9', 'volume', 'list'],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert 'cluster key' in r.stderr
