@@ -214,13 +214,17 @@ class ChunkServer:
         if not others and not req.fua:
             conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
             return
-        # The data view points into the frame; keep it for the forwards.
-        conn.spawn(self._forward(conn, frame, req, c, others))
+        # Forward right now, in arrival order, on connected peers; the
+        # data view points into the frame, which the forwards keep alive.
+        sent = [self._send_replica_now(sid, req, c.epoch) for sid in others]
+        conn.spawn(self._forward(conn, frame, req, c, others, sent))
 
-    async def _forward(self, conn, frame, req, c, others):
+    async def _forward(self, conn, frame, req, c, others, sent):
         epoch = c.epoch
         try:
-            jobs = [self._send_replica(sid, req, epoch) for sid in others]
+            jobs = [self._await_replica(sid, s) if s is not None
+                    else self._send_replica(sid, req, epoch)
+                    for sid, s in zip(others, sent, strict=True)]
             if req.fua:
                 jobs.append(self._sync(None))
             results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -261,6 +265,33 @@ class ChunkServer:
             codec.decode_write_ok(reply.body)
         except exception.UrsaConnectionError:
             self.peers.discard(*addr)
+            raise
+
+    def _send_replica_now(self, sid, req, epoch):
+        """Fast path: the peer is known and connected, so send at once
+        (no task) and return (peer, rid, future); None otherwise."""
+        addr = self._peer_addrs.get(sid)
+        if addr is None:
+            return None
+        peer = self.peers.connected(*addr)
+        if peer is None:
+            return None
+        rid = aio.next_req_id()
+        try:
+            fut = peer.send(rid, codec.encode_replicate(
+                rid, req.volume, req.index, epoch, req.generation,
+                req.offset, req.data, req.fua))
+        except exception.UrsaConnectionError:
+            return None
+        return peer, rid, fut
+
+    async def _await_replica(self, sid, sent):
+        peer, rid, fut = sent
+        try:
+            reply = await peer.wait(rid, fut, self.replication_timeout)
+            codec.decode_write_ok(reply.body)
+        except exception.UrsaConnectionError:
+            self.peers.discard(*self._peer_addrs[sid])
             raise
 
     async def _drop(self, req, c, failed):

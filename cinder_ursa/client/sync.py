@@ -22,11 +22,21 @@ def _native_threading():
     return threading, False
 
 
+def _new_loop():
+    """uvloop where installed (libuv does the I/O, also under eventlet's
+    patched socket module), else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class _LoopThread:
 
     def __init__(self):
         self._threading, self._green = _native_threading()
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         ready = self._threading.Event()
         self._thread = self._threading.Thread(
             target=self._run, args=(ready,), name='ursa-client-loop',

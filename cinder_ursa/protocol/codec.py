@@ -127,6 +127,23 @@ def _frame(opcode, req_id, body, flags=0):
     return header(opcode, req_id, len(body), flags) + body
 
 
+def parse_header(buf, pos=0, max_body=MAX_BODY):
+    """Validate the header at ``buf[pos:]``; return (opcode, flags,
+    request id, body length) or raise ProtocolError."""
+    magic, version, opcode, flags, req_id, length = HEADER.unpack_from(
+        buf, pos)
+    if magic != MAGIC:
+        raise exception.ProtocolError(reason='bad magic %r' % bytes(magic))
+    if version != VERSION:
+        raise exception.ProtocolError(
+            reason='unsupported protocol version %d' % version)
+    if length > max_body:
+        raise exception.ProtocolError(
+            reason='frame of %d bytes exceeds the limit of %d'
+            % (length, max_body))
+    return opcode, flags, req_id, length
+
+
 class FrameDecoder:
     """Turns a byte stream into frames, validating every header.
 
@@ -150,19 +167,7 @@ class FrameDecoder:
             if self._need is None:
                 if end - pos < HEADER_SIZE:
                     break
-                magic, version, opcode, flags, req_id, length = \
-                    HEADER.unpack_from(buf, pos)
-                if magic != MAGIC:
-                    raise exception.ProtocolError(
-                        reason='bad magic %r' % bytes(magic))
-                if version != VERSION:
-                    raise exception.ProtocolError(
-                        reason='unsupported protocol version %d' % version)
-                if length > self._max_body:
-                    raise exception.ProtocolError(
-                        reason='frame of %d bytes exceeds the limit of %d'
-                        % (length, self._max_body))
-                self._need = (opcode, flags, req_id, length)
+                self._need = parse_header(buf, pos, self._max_body)
                 pos += HEADER_SIZE
             opcode, flags, req_id, length = self._need
             if end - pos < length:

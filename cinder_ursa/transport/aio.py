@@ -34,6 +34,73 @@ def _tune(transport):
             pass
 
 
+class FrameReader:
+    """Receive side of asyncio.BufferedProtocol: the kernel writes small
+    frames into one scratch buffer and the body of a large frame straight
+    into that frame's own buffer, so a 1 MiB WRITE or READ reply is not
+    copied again on its way in."""
+
+    SCRATCH = 256 * 1024
+    LARGE = 64 * 1024
+
+    def __init__(self):
+        self._scratch = bytearray(self.SCRATCH)
+        self._view = memoryview(self._scratch)
+        self._start = 0      # first unparsed byte in scratch
+        self._end = 0        # end of received bytes in scratch
+        self._body = None    # (header tuple, bytearray, filled) of a large
+        #                      frame being received directly
+
+    def get_buffer(self, sizehint):
+        if self._body is not None:
+            _, buf, filled = self._body
+            return memoryview(buf)[filled:]
+        if self._end == self.SCRATCH:
+            # Compact: move the unparsed tail to the front.
+            n = self._end - self._start
+            self._scratch[:n] = self._scratch[self._start:self._end]
+            self._start, self._end = 0, n
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes):
+        """Return the frames completed by ``nbytes`` new bytes."""
+        frames = []
+        if self._body is not None:
+            hdr, buf, filled = self._body
+            filled += nbytes
+            if filled < len(buf):
+                self._body = (hdr, buf, filled)
+                return frames
+            self._body = None
+            frames.append(codec.Frame(hdr[0], hdr[1], hdr[2],
+                                      memoryview(buf)))
+            return frames
+        self._end += nbytes
+        scratch, pos, end = self._scratch, self._start, self._end
+        while end - pos >= codec.HEADER_SIZE:
+            hdr = codec.parse_header(scratch, pos)
+            length = hdr[3]
+            have = end - pos - codec.HEADER_SIZE
+            body_at = pos + codec.HEADER_SIZE
+            if have >= length:
+                body = bytes(self._view[body_at:body_at + length])
+                frames.append(codec.Frame(hdr[0], hdr[1], hdr[2],
+                                          memoryview(body)))
+                pos = body_at + length
+                continue
+            if length >= self.LARGE or length > self.SCRATCH - \
+                    codec.HEADER_SIZE:
+                buf = bytearray(length)
+                buf[:have] = self._view[body_at:end]
+                self._body = (hdr, buf, have)
+                pos = end
+            break
+        if pos == end:
+            pos = end = 0
+        self._start, self._end = pos, end
+        return frames
+
+
 class _FlowControl:
     def __init__(self):
         self._paused = False
@@ -56,14 +123,14 @@ class _FlowControl:
             await fut
 
 
-class PeerConnection(asyncio.Protocol, _FlowControl):
+class PeerConnection(asyncio.BufferedProtocol, _FlowControl):
     """An authenticated connection to a chunk server."""
 
     def __init__(self, key, peer):
         _FlowControl.__init__(self)
         self._key = key
         self.peer = peer
-        self._decoder = codec.FrameDecoder()
+        self._reader = FrameReader()
         self._pending = {}
         self._transport = None
         self._authed = asyncio.get_running_loop().create_future()
@@ -93,9 +160,12 @@ class PeerConnection(asyncio.Protocol, _FlowControl):
         self._transport = transport
         _tune(transport)
 
-    def data_received(self, data):
+    def get_buffer(self, sizehint):
+        return self._reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes):
         try:
-            frames = self._decoder.feed(data)
+            frames = self._reader.buffer_updated(nbytes)
         except exception.ProtocolError as e:
             self._fail(e)
             return
@@ -156,8 +226,8 @@ class PeerConnection(asyncio.Protocol, _FlowControl):
             self._transport.close()
         self.resume_writing()
 
-    async def request(self, req_id, buffers, timeout):
-        """Send one request (bytes or a list of buffers); return its reply."""
+    def send(self, req_id, buffers):
+        """Send one request now; return the future of its reply frame."""
         if self.closed:
             raise self._error or exception.UrsaConnectionError(
                 peer=self.peer, reason='connection closed')
@@ -167,18 +237,44 @@ class PeerConnection(asyncio.Protocol, _FlowControl):
             self._transport.write(buffers)
         else:
             self._transport.writelines(buffers)
-        await self.drain()
+        return fut
+
+    async def wait(self, req_id, fut, timeout):
+        """Wait for the reply of a request sent with :meth:`send`.
+
+        One timer per request instead of ``asyncio.wait_for``, which costs
+        a task and several callbacks per call on the hot path.
+        """
+        if self._paused:
+            await self.drain()
+        loop = asyncio.get_running_loop()
+        expired = []
+        timer = loop.call_later(timeout, _expire, fut, expired)
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            self._pending.pop(req_id, None)
-            raise exception.UrsaTimeout(peer=self.peer,
-                                        seconds=timeout) from None
+            return await fut
+        except asyncio.CancelledError:
+            if expired:
+                self._pending.pop(req_id, None)
+                raise exception.UrsaTimeout(peer=self.peer,
+                                            seconds=timeout) from None
+            raise
+        finally:
+            timer.cancel()
+
+    async def request(self, req_id, buffers, timeout):
+        """Send one request (bytes or a list of buffers); return its reply."""
+        return await self.wait(req_id, self.send(req_id, buffers), timeout)
 
     def close(self):
         if not self.closed:
             self._fail(exception.UrsaConnectionError(
                 peer=self.peer, reason='closed by us'))
+
+
+def _expire(fut, expired):
+    if not fut.done():
+        expired.append(True)
+        fut.cancel()
 
 
 class ConnectionPool:
@@ -204,6 +300,13 @@ class ConnectionPool:
                 self._conns[addr] = conn
             return conn
 
+    def connected(self, host, port):
+        """The open connection to a peer, or None (never connects)."""
+        conn = self._conns.get((host, port))
+        if conn is not None and not conn.closed:
+            return conn
+        return None
+
     def discard(self, host, port):
         conn = self._conns.pop((host, port), None)
         if conn is not None:
@@ -215,7 +318,7 @@ class ConnectionPool:
         self._conns.clear()
 
 
-class ServerConnection(asyncio.Protocol, _FlowControl):
+class ServerConnection(asyncio.BufferedProtocol, _FlowControl):
     """Serving side.  ``handler(conn, frame)`` runs synchronously per frame.
 
     Before authentication only AUTH is accepted; anything else, or a bad
@@ -227,7 +330,7 @@ class ServerConnection(asyncio.Protocol, _FlowControl):
         self._key = key
         self._handler = handler
         self._on_close = on_close
-        self._decoder = codec.FrameDecoder()
+        self._reader = FrameReader()
         self._nonce = os.urandom(codec.NONCE_SIZE)
         self.authed = False
         self.transport = None
@@ -243,11 +346,14 @@ class ServerConnection(asyncio.Protocol, _FlowControl):
             self.peer = '%s:%s' % peer[:2]
         transport.write(codec.encode_challenge(self._nonce))
 
-    def data_received(self, data):
+    def get_buffer(self, sizehint):
+        return self._reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes):
         if self.closed:
             return
         try:
-            frames = self._decoder.feed(data)
+            frames = self._reader.buffer_updated(nbytes)
         except exception.ProtocolError as e:
             LOG.warning('Dropping %s: %s', self.peer, e)
             self.send(codec.encode_error(0, 0, e))

@@ -1,0 +1,50 @@
+"""The zero-copy receive buffer, driven the way asyncio drives it."""
+
+import random
+
+import pytest
+
+from cinder_ursa import exception
+from cinder_ursa.protocol import codec
+from cinder_ursa.transport.aio import FrameReader
+
+VOL = '0f0e0d0c-0b0a-0908-0706-050403020100'
+
+
+def deliver(reader, stream, rng):
+    """Copy ``stream`` into the buffers the reader hands out, in random
+    sized pieces, as the event loop does."""
+    frames = []
+    pos = 0
+    while pos < len(stream):
+        buf = reader.get_buffer(-1)
+        assert len(buf) > 0
+        n = min(len(buf), len(stream) - pos, rng.choice([1, 7, 100, 4096,
+                                                         70000, 1 << 20]))
+        buf[:n] = stream[pos:pos + n]
+        pos += n
+        frames += reader.buffer_updated(n)
+    return frames
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_mixed_small_and_large_frames(seed):
+    rng = random.Random(seed)
+    expected = []
+    stream = bytearray()
+    for i in range(60):
+        size = rng.choice([0, 1, 4096, 65535, 65536, 300000, 1 << 20])
+        data = rng.randbytes(size)
+        stream += b''.join(codec.encode_replicate(i, VOL, 0, 1, 1, 0, data))
+        expected.append((i, data))
+    frames = deliver(FrameReader(), bytes(stream), rng)
+    assert [(f.req_id, bytes(codec.decode_replicate(f.body).data))
+            for f in frames] == expected
+
+
+def test_garbage_is_a_protocol_error():
+    reader = FrameReader()
+    buf = reader.get_buffer(-1)
+    buf[:40] = b'x' * 40
+    with pytest.raises(exception.ProtocolError):
+        reader.buffer_updated(40)
