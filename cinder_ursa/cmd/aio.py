@@ -30,6 +30,7 @@ from cinder_ursa.common import rest
 from cinder_ursa.common import units
 
 DEFAULT_PORT_BASE = 9380
+NBD_PORT = 10809
 
 
 class AllInOne:
@@ -39,7 +40,7 @@ class AllInOne:
     def __init__(self, data_dir, chunkservers=3, port_base=DEFAULT_PORT_BASE,
                  database_url=None, server_timeout=15.0,
                  failure_domain='server', lease_ttl=30.0,
-                 replication_timeout=5.0, extra_conf=''):
+                 replication_timeout=5.0, extra_conf='', nbd_port=None):
         self.data_dir = os.path.abspath(data_dir)
         self.n = chunkservers
         self.port_base = port_base
@@ -50,6 +51,11 @@ class AllInOne:
         self.replication_timeout = replication_timeout
         self.extra_conf = extra_conf
         self.master_proc = None
+        self.nbd_proc = None
+        self.nbd_port = None
+        # NBD's standard port with the default port base, else dynamic.
+        self._nbd_port = nbd_port if nbd_port is not None else (
+            NBD_PORT if port_base == DEFAULT_PORT_BASE else 0)
         self.cs_procs = {}
         self.master_url = None
         self.key_file = os.path.join(self.data_dir, 'cluster.key')
@@ -89,6 +95,11 @@ class AllInOne:
             'bind_host = 127.0.0.1',
             'replication_timeout = %s' % self.replication_timeout,
             'reserved_bytes = 0',
+            '',
+            '[ursa_nbd]',
+            'bind_host = 127.0.0.1',
+            'bind_port = %d' % self._nbd_port,
+            'state_dir = %s' % os.path.join(self.data_dir, 'nbd'),
             '',
             self.extra_conf,
         ]
@@ -179,12 +190,24 @@ class AllInOne:
                                    % (set(uuids) - up))
             time.sleep(0.05)
 
-    def start(self):
+    def start_nbd(self):
+        """Start the NBD gateway; return its port."""
+        state = os.path.join(self.data_dir, 'nbd')
+        os.makedirs(state, exist_ok=True)
+        self.nbd_proc = self._spawn('cinder_ursa.cmd.nbd', 'nbd.log')
+        info = self._wait_file(os.path.join(state, 'endpoint.json'),
+                               self.nbd_proc, 'ursa-nbd')
+        self.nbd_port = info['port']
+        return self.nbd_port
+
+    def start(self, nbd=False):
         self.write_config()
         self.start_master()
         uuids = {self.start_chunkserver(i, wait=False)['uuid']
                  for i in range(self.n)}
         self.wait_servers_up(uuids)
+        if nbd:
+            self.start_nbd()
         return self
 
     def client(self):
@@ -202,6 +225,8 @@ class AllInOne:
 
     def stop(self, timeout=15.0):
         procs = list(self.cs_procs.values())
+        if self.nbd_proc is not None:
+            procs.insert(0, self.nbd_proc)
         if self.master_proc is not None:
             procs.append(self.master_proc)
         for p in procs:
@@ -216,6 +241,7 @@ class AllInOne:
                 p.wait()
         self.cs_procs.clear()
         self.master_proc = None
+        self.nbd_proc = None
 
     def dead_children(self):
         dead = []
@@ -224,6 +250,8 @@ class AllInOne:
             dead.append('ursa-master')
         dead += ['ursa-chunkserver %d' % i for i, p in self.cs_procs.items()
                  if p.poll() is not None]
+        if self.nbd_proc is not None and self.nbd_proc.poll() is not None:
+            dead.append('ursa-nbd')
         return dead
 
     def __enter__(self):
@@ -287,7 +315,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        aio.start()
+        aio.start(nbd=True)
         print('ursa-aio: cluster up in %s' % aio.data_dir)
         print('  ursa-master        %s  (REST API, metadata in %s)' % (
             aio.master_url, os.path.join(aio.data_dir, 'master',
@@ -297,8 +325,12 @@ def main(argv=None):
                 info = json.load(f)
             print('  ursa-chunkserver %d 127.0.0.1:%d  (data in %s)' % (
                 i, info['port'], aio.cs_dir(i)))
+        print('  ursa-nbd           nbd://127.0.0.1:%d/<volume>  (NBD '
+              'gateway)' % aio.nbd_port)
         if args.demo_volume:
             _demo(aio, args.demo_volume)
+            print('Volume %s is served at nbd://127.0.0.1:%d/%s' % (
+                args.demo_volume, aio.nbd_port, args.demo_volume))
         print('Try, in another shell:')
         print('  export URSA_CONFIG=%s' % aio.conf_file)
         print('  ursa cluster status; ursa volume list; '

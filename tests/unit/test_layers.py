@@ -10,12 +10,13 @@ ROOT = pathlib.Path(cinder_ursa.__file__).parent
 # package -> packages of ours it must never import
 FORBIDDEN = {
     'protocol': {'transport', 'master', 'chunkserver', 'client', 'cmd',
-                 'common'},
-    'common': {'transport', 'master', 'chunkserver', 'client', 'cmd'},
-    'transport': {'master', 'chunkserver', 'client', 'cmd'},
-    'master': {'chunkserver', 'client', 'cmd'},
-    'chunkserver': {'master', 'client', 'cmd'},
-    'client': {'master', 'chunkserver', 'cmd'},
+                 'common', 'nbd'},
+    'common': {'transport', 'master', 'chunkserver', 'client', 'cmd', 'nbd'},
+    'transport': {'master', 'chunkserver', 'client', 'cmd', 'nbd'},
+    'master': {'chunkserver', 'client', 'cmd', 'nbd'},
+    'chunkserver': {'master', 'client', 'cmd', 'nbd'},
+    'client': {'master', 'chunkserver', 'cmd', 'nbd'},
+    'nbd': {'master', 'chunkserver', 'cmd'},
 }
 
 
@@ -47,6 +48,6 @@ def test_layers():
 
 def test_library_layers_never_read_global_config():
     for pkg in ('protocol', 'common', 'transport', 'master', 'chunkserver',
-                'client'):
+                'client', 'nbd'):
         for path in (ROOT / pkg).rglob('*.py'):
             assert 'cfg.CONF' not in path.read_text(), path

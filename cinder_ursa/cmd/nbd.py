@@ -1,0 +1,62 @@
+"""ursa-nbd: exports Ursa volumes over NBD to QEMU, libvirt, nbd-client.
+
+The export name is the volume name or id.  Example::
+
+    ursa-nbd --config-file /etc/ursa/ursa.conf
+    qemu-img info nbd://127.0.0.1:10809/vol1
+"""
+
+import asyncio
+import os
+import sys
+
+from oslo_log import log as logging
+
+from cinder_ursa.client import volume as volume_mod
+from cinder_ursa.cmd import _service
+from cinder_ursa.common import auth
+from cinder_ursa.nbd import opts
+from cinder_ursa.nbd import server as server_mod
+
+LOG = logging.getLogger(__name__)
+
+
+def main(argv=None):
+    conf = _service.setup(
+        sys.argv[1:] if argv is None else argv, 'ursa-nbd',
+        opts.register_opts,
+        'Ursa NBD gateway: exports volumes over the NBD protocol. Example: '
+        'ursa-nbd --config-file /etc/ursa/ursa.conf, then qemu-img info '
+        'nbd://127.0.0.1:10809/VOLUME')
+    nc = conf.ursa_nbd
+    key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
+    os.makedirs(nc.state_dir, exist_ok=True)
+
+    async def serve(stop):
+        cluster = volume_mod.Cluster(conf.ursa.master_url, key)
+        nbd = server_mod.NbdServer(cluster, read_only=nc.read_only)
+        servers = [await asyncio.start_server(
+            nbd.handle, nc.bind_host, nc.bind_port, reuse_address=True)]
+        port = servers[0].sockets[0].getsockname()[1]
+        if nc.unix_socket:
+            servers.append(await asyncio.start_unix_server(
+                nbd.handle, nc.unix_socket))
+        _service.write_endpoint(os.path.join(nc.state_dir, 'endpoint.json'),
+                                address=nc.bind_host, port=port,
+                                unix_socket=nc.unix_socket, pid=os.getpid())
+        LOG.info('ursa-nbd serving on %s:%d%s', nc.bind_host, port,
+                 ' and %s' % nc.unix_socket if nc.unix_socket else '')
+        await stop.wait()
+        LOG.info('ursa-nbd stopping')
+        for s in servers:
+            s.close()
+        for t in list(nbd.connections):
+            t.cancel()
+        await asyncio.gather(*nbd.connections, return_exceptions=True)
+        await cluster.close()
+
+    _service.run(serve)
+
+
+if __name__ == '__main__':
+    main()

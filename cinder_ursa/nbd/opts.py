@@ -1,0 +1,30 @@
+"""Options of ursa-nbd, in the ``[ursa_nbd]`` group."""
+
+from oslo_config import cfg
+
+nbd_group = cfg.OptGroup('ursa_nbd', title='Ursa NBD gateway',
+                         help='Options of the ursa-nbd gateway.')
+
+nbd_opts = [
+    cfg.HostAddressOpt('bind_host', default='127.0.0.1',
+                       help='Address the NBD server listens on.'),
+    cfg.PortOpt('bind_port', default=10809,
+                help='TCP port of the NBD server (10809 is the NBD '
+                     'standard); 0 picks a free port.'),
+    cfg.StrOpt('unix_socket',
+               help='Also listen on this unix socket path.'),
+    cfg.BoolOpt('read_only', default=False,
+                help='Export every volume read-only; no write lease is '
+                     'taken.'),
+    cfg.StrOpt('state_dir', default='/var/lib/ursa/nbd',
+               help='Directory for the endpoint file.'),
+]
+
+
+def register_opts(conf):
+    conf.register_group(nbd_group)
+    conf.register_opts(nbd_opts, group=nbd_group)
+
+
+def list_opts():
+    return [(nbd_group, nbd_opts)]

@@ -1,0 +1,117 @@
+"""Constants and framing of the NBD protocol (fixed newstyle), sans I/O.
+
+From the NetworkBlockDevice project's doc/proto.md.  Only what the gateway
+implements is listed; everything else is refused with NBD_REP_ERR_UNSUP or
+EINVAL.
+"""
+
+import errno
+import struct
+
+from cinder_ursa import exception
+
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+REPLY_MAGIC = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+
+# Handshake flags (server) and client flags.
+FLAG_FIXED_NEWSTYLE = 1 << 0
+FLAG_NO_ZEROES = 1 << 1
+FLAG_C_FIXED_NEWSTYLE = 1 << 0
+FLAG_C_NO_ZEROES = 1 << 1
+
+# Options.
+OPT_EXPORT_NAME = 1
+OPT_ABORT = 2
+OPT_LIST = 3
+OPT_STARTTLS = 5
+OPT_INFO = 6
+OPT_GO = 7
+
+# Option replies.
+REP_ACK = 1
+REP_SERVER = 2
+REP_INFO = 3
+REP_ERR_UNSUP = 2 ** 31 + 1
+REP_ERR_POLICY = 2 ** 31 + 2
+REP_ERR_INVALID = 2 ** 31 + 3
+REP_ERR_UNKNOWN = 2 ** 31 + 6
+
+INFO_EXPORT = 0
+INFO_NAME = 1
+INFO_BLOCK_SIZE = 3
+
+# Transmission flags.
+TF_HAS_FLAGS = 1 << 0
+TF_READ_ONLY = 1 << 1
+TF_SEND_FLUSH = 1 << 2
+TF_SEND_FUA = 1 << 3
+TF_SEND_WRITE_ZEROES = 1 << 6
+TF_CAN_MULTI_CONN = 1 << 8
+TF_SEND_CACHE = 1 << 10
+
+# Commands and command flags.
+CMD_READ = 0
+CMD_WRITE = 1
+CMD_DISC = 2
+CMD_FLUSH = 3
+CMD_TRIM = 4
+CMD_CACHE = 5
+CMD_WRITE_ZEROES = 6
+CMD_FLAG_FUA = 1 << 0
+CMD_FLAG_NO_HOLE = 1 << 1
+
+MAX_OPTION_DATA = 64 * 1024
+MAX_REQUEST = 32 * 1024 * 1024
+MIN_BLOCK = 1
+PREFERRED_BLOCK = 4096
+
+HANDSHAKE = struct.Struct('>QQH')
+OPTION = struct.Struct('>QII')
+OPTION_REPLY = struct.Struct('>QIII')
+REQUEST = struct.Struct('>IHHQQI')
+SIMPLE_REPLY = struct.Struct('>IIQ')
+EXPORT_NAME_REPLY = struct.Struct('>QH')
+
+EPERM = errno.EPERM
+EIO = errno.EIO
+EINVAL = errno.EINVAL
+ENOSPC = errno.ENOSPC
+ENOTSUP = errno.EOPNOTSUPP
+ESHUTDOWN = errno.ESHUTDOWN
+
+
+def errno_for(exc):
+    """The one table from our exceptions to NBD error values."""
+    if isinstance(exc, exception.NoSpace):
+        return ENOSPC
+    if isinstance(exc, (exception.InvalidArgument, exception.OutOfRange)):
+        return EINVAL
+    if isinstance(exc, exception.Fenced):
+        return EPERM
+    return EIO
+
+
+def handshake():
+    return HANDSHAKE.pack(NBDMAGIC, IHAVEOPT,
+                          FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
+
+
+def option_reply(option, reply_type, data=b''):
+    return OPTION_REPLY.pack(REPLY_MAGIC, option, reply_type,
+                             len(data)) + data
+
+
+def info_export(size, flags):
+    return struct.pack('>HQH', INFO_EXPORT, size, flags)
+
+
+def info_block_size(maximum):
+    return struct.pack('>HIII', INFO_BLOCK_SIZE, MIN_BLOCK, PREFERRED_BLOCK,
+                       maximum)
+
+
+def simple_reply(handle, error=0):
+    return SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, error, handle)
