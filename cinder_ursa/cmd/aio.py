@@ -331,10 +331,12 @@ def main(argv=None):
             _demo(aio, args.demo_volume)
             print('Volume %s is served at nbd://127.0.0.1:%d/%s' % (
                 args.demo_volume, aio.nbd_port, args.demo_volume))
+        cli = os.path.join(os.path.dirname(sys.executable), 'ursa')
+        if not os.path.exists(cli):
+            cli = 'ursa'
         print('Try, in another shell:')
         print('  export URSA_CONFIG=%s' % aio.conf_file)
-        print('  ursa cluster status; ursa volume list; '
-              'ursa volume create vol1 10G')
+        print('  %s cluster status; %s volume create vol1 10G' % (cli, cli))
         print('Stop with Ctrl-C (SIGINT) or SIGTERM.', flush=True)
         while not stopping:
             dead = aio.dead_children()
