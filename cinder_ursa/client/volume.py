@@ -61,7 +61,7 @@ class Cluster:
     async def open_volume(self, ref, writable=True, holder=None,
                           force=False, lease_ttl=None):
         vol = (await self.master.request(
-            'GET', '/volumes/%s' % rest._quote(ref)))['volume']
+            'GET', '/volumes/%s' % rest.quote(ref)))['volume']
         v = Volume(self, vol, writable)
         if writable:
             await v._acquire(holder, force, lease_ttl)

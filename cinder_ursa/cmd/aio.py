@@ -133,12 +133,18 @@ class AllInOne:
         raise RuntimeError('%s did not start within %d s; see its log in %s'
                            % (what, timeout, self.data_dir))
 
-    def start_master(self):
-        state = os.path.join(self.data_dir, 'master')
+    def _start_service(self, name):
+        """Start ursa-<name> with its state in <data-dir>/<name>; return
+        (process, the endpoint it wrote)."""
+        state = os.path.join(self.data_dir, name)
         os.makedirs(state, exist_ok=True)
-        self.master_proc = self._spawn('cinder_ursa.cmd.master', 'master.log')
-        info = self._wait_file(os.path.join(state, 'endpoint.json'),
-                               self.master_proc, 'ursa-master')
+        proc = self._spawn('cinder_ursa.cmd.' + name, name + '.log')
+        info = self._wait_file(os.path.join(state, 'endpoint.json'), proc,
+                               'ursa-' + name)
+        return proc, info
+
+    def start_master(self):
+        self.master_proc, info = self._start_service('master')
         self.master_url = info['url']
         port = int(self.master_url.rsplit(':', 1)[1])
         if port != self.master_port:
@@ -192,11 +198,7 @@ class AllInOne:
 
     def start_nbd(self):
         """Start the NBD gateway; return its port."""
-        state = os.path.join(self.data_dir, 'nbd')
-        os.makedirs(state, exist_ok=True)
-        self.nbd_proc = self._spawn('cinder_ursa.cmd.nbd', 'nbd.log')
-        info = self._wait_file(os.path.join(state, 'endpoint.json'),
-                               self.nbd_proc, 'ursa-nbd')
+        self.nbd_proc, info = self._start_service('nbd')
         self.nbd_port = info['port']
         return self.nbd_port
 

@@ -150,7 +150,7 @@ class MasterClient:
         return self.request('GET', '/volumes')['volumes']
 
     def volume(self, ref):
-        return self.request('GET', '/volumes/%s' % _quote(ref))['volume']
+        return self.request('GET', '/volumes/%s' % quote(ref))['volume']
 
     def create_volume(self, name, size, **kwargs):
         body = {'name': name, 'size': size}
@@ -158,12 +158,13 @@ class MasterClient:
         return self.request('POST', '/volumes', body)['volume']
 
     def delete_volume(self, ref):
-        self.request('DELETE', '/volumes/%s' % _quote(ref))
+        self.request('DELETE', '/volumes/%s' % quote(ref))
 
     def revoke_lease(self, ref):
         return self.request('POST', '/volumes/%s/lease/revoke'
-                            % _quote(ref))['lease']
+                            % quote(ref))['lease']
 
 
-def _quote(ref):
+def quote(ref):
+    """A volume name or id as one URL path segment."""
     return urllib.parse.quote(str(ref), safe='')

@@ -15,6 +15,7 @@ import logging
 import struct
 
 from cinder_ursa import exception
+from cinder_ursa.common import rest
 from cinder_ursa.nbd import protocol as p
 
 LOG = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class NbdServer:
     async def _open(self, name):
         async with self._lock:
             info = await self.cluster.master.request(
-                'GET', '/volumes/%s' % _quote(name))
+                'GET', '/volumes/%s' % rest.quote(name))
             vid = info['volume']['id']
             exp = self._exports.get(vid)
             if exp is None:
@@ -263,7 +264,3 @@ class NbdServer:
                         cmd, vol.name, offset, length, e)
             writer.write(p.simple_reply(handle, p.errno_for(e)))
 
-
-def _quote(name):
-    import urllib.parse
-    return urllib.parse.quote(name, safe='')
