@@ -100,6 +100,14 @@ class InsufficientReplicas(RemoteError):
     http_status = 503
 
 
+class Unavailable(RemoteError):
+    """Part of the cluster did not answer; the operation can be retried."""
+
+    message = 'Unavailable: %(reason)s'
+    code = 'unavailable'
+    http_status = 503
+
+
 class StaleEpoch(RemoteError):
     """The request used an outdated replica set; refresh the chunk map."""
 
@@ -121,6 +129,15 @@ class Fenced(RemoteError):
 
     message = 'Fenced: %(reason)s'
     code = 'fenced'
+    http_status = 409
+
+
+class StaleSnapshot(RemoteError):
+    """A snapshot was taken since the writer last looked: refresh the
+    volume (its snapshot sequence) and write again."""
+
+    message = 'Stale snapshot sequence: %(reason)s'
+    code = 'stale_snapshot'
     http_status = 409
 
 
@@ -159,8 +176,8 @@ class InternalError(RemoteError):
 _BY_CODE = {cls.code: cls for cls in (
     InvalidArgument, ProtocolError, NotAuthorized, NotFound, AlreadyExists,
     Conflict, NoSpace, InsufficientReplicas, StaleEpoch, StaleReplica,
-    Fenced, LeaseHeld, ChecksumError, NotLeader, OutOfRange, InternalError,
-    UrsaTimeout, UrsaConnectionError)}
+    StaleSnapshot, Unavailable, Fenced, LeaseHeld, ChecksumError, NotLeader,
+    OutOfRange, InternalError, UrsaTimeout, UrsaConnectionError)}
 
 
 def from_code(code, message):

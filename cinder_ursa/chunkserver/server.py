@@ -86,6 +86,8 @@ class ChunkServer:
         for vol, gen in reply.get('generations', {}).items():
             if gen > self.store.generation(vol):
                 self.store.adopt_generation(vol, gen)
+        for vol, seq in reply.get('snapseqs', {}).items():
+            self.store.adopt_snapseq(vol, seq)
         for vol, idx in reply.get('stale', []):
             self.store.mark_stale(vol, idx)
         for vol, idx in reply.get('orphans', []):
@@ -146,9 +148,24 @@ class ChunkServer:
                 conn.send(codec.encode_ok(op, frame.req_id))
             elif op == codec.CHUNK_INFO:
                 vol, idx = codec.decode_chunk_info(frame.body)
-                epoch, allocated, crcs = self.store.chunk_info(vol, idx)
-                conn.send(codec.encode_chunk_info_ok(frame.req_id, epoch,
-                                                     allocated, crcs))
+                conn.send(codec.encode_chunk_info_ok(
+                    frame.req_id, *self.store.chunk_info(vol, idx)))
+            elif op == codec.SNAPSHOT:
+                vol, seq, live = codec.decode_snapshot(frame.body)
+                self.store.adopt_snapseq(vol, seq)
+                if frame.flags & codec.FLAG_GC:
+                    n = self.store.gc(vol, live)
+                    if n:
+                        LOG.info('Volume %s: %d preserved block(s) no '
+                                 'snapshot needs were freed', vol, n)
+                conn.send(codec.encode_ok(op, frame.req_id))
+            elif op == codec.REVERT:
+                vol, snap, seq = codec.decode_revert(frame.body)
+                self.store.adopt_snapseq(vol, seq)
+                n = self.store.revert(vol, snap, seq)
+                LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d',
+                         vol, n, snap)
+                conn.spawn(self._reply_after_sync(conn, frame, None))
             else:
                 raise exception.ProtocolError(
                     reason='unknown opcode 0x%02x' % op)
@@ -165,14 +182,26 @@ class ChunkServer:
     def _read(self, conn, frame):
         req = codec.decode_read(frame.body)
         c = self.store.check_epoch(req.volume, req.index, req.epoch)
-        data = self.store.read(c, req.offset, req.length)
-        conn.send(codec.encode_read_ok(frame.req_id, data))
+        if frame.flags & codec.FLAG_MAP_ONLY:
+            states = self.store.block_states(c, req.offset, req.length,
+                                             req.snap)
+            conn.send(codec.encode_read_ok(frame.req_id, b'', states))
+            return
+        data, states = self.store.read_blocks(c, req.offset, req.length,
+                                              req.snap)
+        conn.send(codec.encode_read_ok(
+            frame.req_id, data,
+            states if frame.flags & codec.FLAG_STATES else None))
 
     def _apply(self, req):
-        self.store.adopt_generation(req.volume, req.generation)
+        # A copy-up writes what readers already see through the parent:
+        # it needs no lease and preserves nothing.
+        if not req.if_absent:
+            self.store.adopt_generation(req.volume, req.generation)
         c = self.store.check_epoch(req.volume, req.index, req.epoch,
                                    create=True)
-        self.store.write(c, req.offset, req.data)
+        self.store.write(c, req.offset, req.data, req.seq, req.zero,
+                         req.if_absent, req.length)
         return c
 
     def _replicate(self, conn, frame):
@@ -192,7 +221,11 @@ class ChunkServer:
                                          exception.InternalError(
                                              reason='fdatasync: %s' % e)))
             return
-        conn.send(codec.encode_write_ok(frame.req_id, epoch, frame.opcode))
+        if epoch is None:
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+        else:
+            conn.send(codec.encode_write_ok(frame.req_id, epoch,
+                                            frame.opcode))
 
     def _write(self, conn, frame):
         req = codec.decode_write(frame.body, frame.flags)
@@ -209,6 +242,12 @@ class ChunkServer:
                 have=len(req.replicas), need=req.min_replicas,
                 reason='chunk %s/%d; writes wait for repair' % (
                     req.volume, req.index))
+        if not req.if_absent:
+            # Only the primary judges the snapshot sequence: replicas
+            # apply what it forwards with the sequence it carries, so
+            # every replica preserves exactly the same blocks.
+            self.store.check_snapseq(req.volume, req.seq)
+            self.store.adopt_snapseq(req.volume, req.seq)
         c = self._apply(req)
         others = req.replicas[1:]
         if not others and not req.fua:
@@ -260,8 +299,7 @@ class ChunkServer:
             peer = await self.peers.get(*addr)
             rid = aio.next_req_id()
             reply = await peer.request(rid, codec.encode_replicate(
-                rid, req.volume, req.index, epoch, req.generation,
-                req.offset, req.data, req.fua), self.replication_timeout)
+                rid, req, epoch), self.replication_timeout)
             codec.decode_write_ok(reply.body)
         except exception.UrsaConnectionError:
             self.peers.discard(*addr)
@@ -278,9 +316,7 @@ class ChunkServer:
             return None
         rid = aio.next_req_id()
         try:
-            fut = peer.send(rid, codec.encode_replicate(
-                rid, req.volume, req.index, epoch, req.generation,
-                req.offset, req.data, req.fua))
+            fut = peer.send(rid, codec.encode_replicate(rid, req, epoch))
         except exception.UrsaConnectionError:
             return None
         return peer, rid, fut

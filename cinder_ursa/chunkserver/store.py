@@ -1,27 +1,42 @@
-"""Chunk replicas on disk.
+"""Chunk replicas on disk, with copy-on-write snapshot layers.
 
 Layout of a data directory::
 
-    server.json                       {"uuid": ...} this server's identity
-    chunks/<volume id>/generation     highest lease generation seen (text)
-    chunks/<volume id>/<index>.data   the chunk's bytes, a sparse file
-    chunks/<volume id>/<index>.crc    CRC32C of each 4 KiB block, 4 bytes
-                                      big-endian per block, sparse too
-    chunks/<volume id>/<index>.epoch  replica-set epoch last seen (text)
-    chunks/<volume id>/<index>.stale  present when the master dropped this
-                                      replica; it serves nothing until
-                                      repaired
+    server.json                         {"uuid": ...} this server's identity
+    chunks/<volume id>/generation       highest lease generation seen
+    chunks/<volume id>/snapseq          highest snapshot sequence seen
+    chunks/<volume id>/<index>.data     the chunk's current bytes (sparse)
+    chunks/<volume id>/<index>.meta     8 bytes per 4 KiB block (below)
+    chunks/<volume id>/<index>.s<N>.data  block versions preserved for the
+    chunks/<volume id>/<index>.s<N>.meta  snapshots up to sequence N
+    chunks/<volume id>/<index>.epoch    replica-set epoch last seen
+    chunks/<volume id>/<index>.stale    present when the master dropped this
+                                        replica; it serves nothing then
 
-A block whose stored CRC is 0 and whose data is all zeros has never been
-written (a hole).  Every read verifies the CRC of every block it touches.
-Writes that do not cover whole blocks read, verify and merge the blocks at
-their edges first, so a checksum always covers a whole block.
+Block metadata: ``!II`` = CRC32C of the block, then ``w << 2 | state``
+where ``w`` is the snapshot sequence the block's content was written at.
+States of the current (head) blocks: 0 absent (never written here: zeros,
+or the parent's block in a clone), 1 data, 2 zero (discarded; its data is
+a punched hole).  A layer uses the same entries plus 3 = absent; an entry
+of all zero bits means "not in this layer".
 
-Data and checksums go to the page cache on write; ``flush`` fdatasyncs
-both files of every chunk written since the last flush.
+Snapshots: a volume's writes carry its snapshot sequence S.  Snapshot k
+holds every write made with a sequence below k.  A write at S to a block
+last written at w < S first copies that block's entry (and its 4 KiB of
+data, if any) into layer S: the entry then serves every snapshot in
+(w, S].  Reading block b of snapshot k takes the first layer N >= k that
+holds b, else the head.  Copy-on-write is per block, never per chunk.
+
+Every read of a data block verifies its CRC.  Writes that do not cover
+whole blocks read, verify and merge the blocks at their edges first.
+Data and metadata go to the page cache; ``flush`` fdatasyncs the files
+written since the last flush (head and layers).
 """
 
+import bisect
 import collections
+import ctypes
+import ctypes.util
 import errno
 import json
 import logging
@@ -39,6 +54,30 @@ LOG = logging.getLogger(__name__)
 BLOCK = checksum.BLOCK
 MAX_CHUNK = 1024 * 1024 * 1024
 OPEN_CHUNKS = 256
+ENTRY = 8
+
+# Block states (head and layers); LAYER_ABSENT only in layers.
+ABSENT, DATA, ZERO, LAYER_ABSENT = 0, 1, 2, 3
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True)
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
+
+
+def punch_hole(fd, offset, length):
+    """Free ``length`` bytes at ``offset`` (reads then return zeros)."""
+    if length <= 0:
+        return
+    rc = _libc.fallocate(ctypes.c_int(fd), ctypes.c_int(
+        _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE),
+        ctypes.c_int64(offset), ctypes.c_int64(length))
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(err, os.strerror(err))
+        # No hole punching on this file system: write the zeros.
+        for pos in range(offset, offset + length, 1 << 20):
+            os.pwrite(fd, bytes(min(1 << 20, offset + length - pos)), pos)
 
 
 def _atomic_write(path, text):
@@ -61,32 +100,92 @@ def _read_int(path, default=0):
         return default
 
 
-class Chunk:
-    __slots__ = ('volume', 'index', 'base', 'data_fd', 'crc_fd', 'epoch',
-                 'stale')
+def _entries(raw, count):
+    """Decode ``count`` metadata entries (missing bytes are zeros)."""
+    if len(raw) < ENTRY * count:
+        raw = bytes(raw) + bytes(ENTRY * count - len(raw))
+    return struct.unpack('!%dI' % (2 * count), raw)
 
-    def __init__(self, volume, index, base, epoch, stale):
-        self.volume, self.index, self.base = volume, index, base
-        self.data_fd = self.crc_fd = None
-        self.epoch, self.stale = epoch, stale
+
+class Files:
+    """The data and metadata file of a head or of one layer."""
+
+    __slots__ = ('base', 'data_fd', 'meta_fd')
+
+    def __init__(self, base):
+        self.base = base
+        self.data_fd = self.meta_fd = None
 
     def open(self):
         if self.data_fd is None:
             flags = os.O_RDWR | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0)
             self.data_fd = os.open(self.base + '.data', flags, 0o600)
-            self.crc_fd = os.open(self.base + '.crc', flags, 0o600)
+            self.meta_fd = os.open(self.base + '.meta', flags, 0o600)
+        return self
 
     def close(self):
-        for fd in (self.data_fd, self.crc_fd):
+        for fd in (self.data_fd, self.meta_fd):
             if fd is not None:
                 os.close(fd)
-        self.data_fd = self.crc_fd = None
+        self.data_fd = self.meta_fd = None
+
+    def meta(self, first, count):
+        """Flat tuple (crc0, word0, crc1, word1, ...) of blocks."""
+        return _entries(os.pread(self.meta_fd, ENTRY * count, ENTRY * first),
+                        count)
+
+    def nblocks(self):
+        return os.fstat(self.meta_fd).st_size // ENTRY
+
+    def unlink(self):
+        self.close()
+        for ext in ('.data', '.meta'):
+            try:
+                os.unlink(self.base + ext)
+            except FileNotFoundError:
+                pass
+
+
+class Chunk:
+    __slots__ = ('volume', 'index', 'base', 'head', 'layers', 'epoch',
+                 'stale')
+
+    def __init__(self, volume, index, base, epoch, stale, layers=()):
+        self.volume, self.index, self.base = volume, index, base
+        self.head = Files(base)
+        # Snapshot sequence N -> Files, kept sorted by N.
+        self.layers = {n: Files('%s.s%d' % (base, n)) for n in layers}
+        self.epoch, self.stale = epoch, stale
+
+    def layer_ids(self):
+        return sorted(self.layers)
+
+    def layer(self, n):
+        f = self.layers.get(n)
+        if f is None:
+            f = self.layers[n] = Files('%s.s%d' % (self.base, n))
+        return f.open()
+
+    @property
+    def is_open(self):
+        return self.head.data_fd is not None
+
+    def open(self):
+        self.head.open()
+
+    def close(self):
+        self.head.close()
+        for f in self.layers.values():
+            f.close()
+
+    def all_files(self):
+        return [self.head] + [self.layers[n] for n in self.layer_ids()]
 
 
 class ChunkStore:
     """Replica files of one data directory.  Not thread-safe: the chunk
-    server calls it from its event loop (fdatasync runs in a thread on fds
-    it does not close meanwhile)."""
+    server calls it from its event loop (fdatasync runs in a thread on
+    duplicated fds)."""
 
     def __init__(self, data_dir, reserved_bytes=0):
         self.data_dir = data_dir
@@ -96,7 +195,10 @@ class ChunkStore:
         self._open = collections.OrderedDict()  # (vol, idx) -> Chunk
         self._known = {}                          # (vol, idx) -> Chunk
         self._generations = {}
-        self._dirty = {}                          # vol -> set of Chunk
+        self._snapseqs = {}
+        self._dirty = {}                          # vol -> set of Files
+        self._usage = {}                          # (vol, idx) -> bytes
+        self._touched = set()                     # keys to re-measure
         self._free_checked = 0.0
         self._free = None
         self.server_uuid = self._identity()
@@ -121,18 +223,33 @@ class ChunkStore:
                 continue
             self._generations[vol] = _read_int(os.path.join(vdir,
                                                             'generation'))
+            self._snapseqs[vol] = _read_int(os.path.join(vdir, 'snapseq'))
+            layers = collections.defaultdict(list)
+            heads = []
             for name in os.listdir(vdir):
-                if not name.endswith('.data'):
+                if not name.endswith('.meta'):
                     continue
+                parts = name[:-5].split('.')
                 try:
-                    idx = int(name[:-5])
+                    idx = int(parts[0])
+                    if len(parts) == 1:
+                        heads.append(idx)
+                    elif len(parts) == 2 and parts[1][:1] == 's':
+                        layers[idx].append(int(parts[1][1:]))
                 except ValueError:
                     continue
-                self._chunk(vol, idx)
+            for idx in heads:
+                c = self._chunk(vol, idx)
+                for n in layers.get(idx, ()):
+                    c.layers[n] = Files('%s.s%d' % (c.base, n))
+                self._touched.add((vol, idx))
 
     def chunk_list(self):
         """[(volume, index, epoch)] of every replica held, stale or not."""
         return [(c.volume, c.index, c.epoch) for c in self._known.values()]
+
+    def volume_chunks(self, volume):
+        return [c for (v, _), c in self._known.items() if v == volume]
 
     # --- chunk lookup ------------------------------------------------------
 
@@ -142,7 +259,7 @@ class ChunkStore:
         if c is None:
             vdir = os.path.join(self.chunks_dir, volume)
             base = os.path.join(vdir, str(index))
-            exists = os.path.exists(base + '.data')
+            exists = os.path.exists(base + '.meta')
             if not exists and not create:
                 return None
             if create:
@@ -154,12 +271,12 @@ class ChunkStore:
 
     def _opened(self, c):
         key = (c.volume, c.index)
-        if c.data_fd is None:
+        if not c.is_open:
             c.open()
             self._open[key] = c
             while len(self._open) > OPEN_CHUNKS:
                 _, old = self._open.popitem(last=False)
-                if not any(old in d for d in self._dirty.values()):
+                if not self._is_dirty(old):
                     old.close()
                 else:
                     self._open[(old.volume, old.index)] = old
@@ -168,7 +285,16 @@ class ChunkStore:
             self._open.move_to_end(key)
         return c
 
-    # --- fencing and epochs ------------------------------------------------
+    def _is_dirty(self, c):
+        files = c.all_files()
+        return any(f in d for d in self._dirty.values() for f in files)
+
+    def _mark_dirty(self, c, files):
+        d = self._dirty.setdefault(c.volume, set())
+        d.update(files)
+        self._touched.add((c.volume, c.index))
+
+    # --- fencing, snapshots and epochs -------------------------------------
 
     def generation(self, volume):
         return self._generations.get(volume, 0)
@@ -186,11 +312,31 @@ class ChunkStore:
                        'generation %d was fenced' % (volume, current,
                                                      generation))
         if generation > current:
-            vdir = os.path.join(self.chunks_dir, volume)
-            os.makedirs(vdir, exist_ok=True)
-            _atomic_write(os.path.join(vdir, 'generation'), '%d\n'
-                          % generation)
+            self._persist(volume, 'generation', generation)
             self._generations[volume] = generation
+
+    def snapseq(self, volume):
+        return self._snapseqs.get(volume, 0)
+
+    def adopt_snapseq(self, volume, seq):
+        """Record the volume's newest snapshot sequence (from the master)."""
+        if seq > self._snapseqs.get(volume, 0):
+            self._persist(volume, 'snapseq', seq)
+            self._snapseqs[volume] = seq
+
+    def check_snapseq(self, volume, seq):
+        """A primary refuses writes made before the newest snapshot: the
+        writer must learn of it so its next writes preserve old blocks."""
+        current = self._snapseqs.get(volume, 0)
+        if seq < current:
+            raise exception.StaleSnapshot(
+                reason='volume %s has snapshot sequence %d, the write has '
+                       '%d; refresh the volume' % (volume, current, seq))
+
+    def _persist(self, volume, name, value):
+        vdir = os.path.join(self.chunks_dir, volume)
+        os.makedirs(vdir, exist_ok=True)
+        _atomic_write(os.path.join(vdir, name), '%d\n' % value)
 
     def check_epoch(self, volume, index, epoch, create=False):
         """Return the chunk after checking ``epoch`` against what this
@@ -227,7 +373,7 @@ class ChunkStore:
             LOG.warning('Replica of chunk %s/%d is stale: the master dropped '
                         'it from the replica set', volume, index)
 
-    # --- I/O ---------------------------------------------------------------
+    # --- reading -----------------------------------------------------------
 
     @staticmethod
     def _check_range(offset, length):
@@ -235,6 +381,114 @@ class ChunkStore:
             raise exception.OutOfRange(
                 reason='offset %d + length %d is outside a chunk'
                 % (offset, length))
+
+    def _verify(self, c, files, first, data, crcs):
+        """Check ``data`` (blocks from ``first``) against ``crcs``."""
+        actual = checksum.block_crcs(data)
+        for i, (want, got) in enumerate(zip(crcs, actual, strict=True)):
+            if want != got:
+                LOG.error('Checksum mismatch in %s block %d: stored %08x, '
+                          'data %08x', files.base, first + i, want, got)
+                raise exception.ChecksumError(
+                    reason='chunk %s/%d block %d on this replica is corrupt'
+                    % (c.volume, c.index, first + i))
+
+    def _read_run(self, c, files, first, count, crcs):
+        data = os.pread(files.data_fd, count * BLOCK, first * BLOCK)
+        if len(data) < count * BLOCK:
+            data += bytes(count * BLOCK - len(data))
+        self._verify(c, files, first, data, crcs)
+        return data
+
+    def _resolve(self, c, first, count, snap):
+        """Per block of ``first .. first+count-1``: (state, files, crc) as
+        seen by snapshot ``snap`` (0: the head)."""
+        head = c.head.meta(first, count)
+        out = [None] * count
+        if snap:
+            pending = count
+            for n in c.layer_ids():
+                if n < snap:
+                    continue
+                lf = c.layer(n)
+                m = lf.meta(first, count)
+                for i in range(count):
+                    if out[i] is None and m[2 * i + 1]:
+                        st = m[2 * i + 1] & 3
+                        out[i] = (ABSENT if st == LAYER_ABSENT else st, lf,
+                                  m[2 * i])
+                        pending -= 1
+                if not pending:
+                    break
+        for i in range(count):
+            if out[i] is None:
+                out[i] = (head[2 * i + 1] & 3, c.head, head[2 * i])
+        return out
+
+    def read_blocks(self, c, offset, length, snap=0):
+        """(data, states): the bytes of a range and the state of each block
+        it touches (ABSENT, DATA or ZERO; absent blocks read as zeros)."""
+        self._check_range(offset, length)
+        if length == 0:
+            return b'', b''
+        first = offset // BLOCK
+        last = (offset + length - 1) // BLOCK
+        count = last - first + 1
+        if c is None:
+            return bytes(length), bytes(count)
+        self._opened(c)
+        if snap:
+            blocks = self._resolve(c, first, count, snap)
+        else:
+            m = c.head.meta(first, count)
+            blocks = [(m[2 * i + 1] & 3, c.head, m[2 * i])
+                      for i in range(count)]
+        states = bytes(b[0] for b in blocks)
+        if DATA not in states:
+            return bytes(length), states
+        if not snap and states.count(DATA) == count:
+            data = self._read_run(c, c.head, first, count, m[0::2])
+        else:
+            parts = []
+            i = 0
+            while i < count:
+                st, files, _ = blocks[i]
+                j = i + 1
+                while (j < count and blocks[j][0] == st
+                       and (st != DATA or blocks[j][1] is files)):
+                    j += 1
+                if st == DATA:
+                    parts.append(self._read_run(
+                        c, files, first + i, j - i,
+                        [b[2] for b in blocks[i:j]]))
+                else:
+                    parts.append(bytes((j - i) * BLOCK))
+                i = j
+            data = b''.join(parts)
+        start = offset - first * BLOCK
+        if start == 0 and len(data) == length:
+            return data, states
+        return data[start:start + length], states
+
+    def read(self, c, offset, length, snap=0):
+        return self.read_blocks(c, offset, length, snap)[0]
+
+    def block_states(self, c, offset, length, snap=0):
+        """The state of each block a range touches, reading no data."""
+        self._check_range(offset, length)
+        if length == 0:
+            return b''
+        first = offset // BLOCK
+        count = (offset + length - 1) // BLOCK - first + 1
+        if c is None:
+            return bytes(count)
+        self._opened(c)
+        if snap:
+            return bytes(b[0] for b in self._resolve(c, first, count, snap))
+        m = c.head.meta(first, count)
+        return bytes(w & 3 for w in m[1::2])
+
+    # --- writing -----------------------------------------------------------
 
     def _check_space(self, length):
         now = time.monotonic()
@@ -249,121 +503,263 @@ class ChunkStore:
                            self.data_dir, self._free, self.reserved))
         self._free -= length
 
-    def _read_blocks(self, c, first, count):
-        """Read and verify ``count`` blocks from block ``first``."""
-        data = os.pread(c.data_fd, count * BLOCK, first * BLOCK)
-        if len(data) < count * BLOCK:
-            data += bytes(count * BLOCK - len(data))
-        raw = os.pread(c.crc_fd, 4 * count, 4 * first)
-        if len(raw) < 4 * count:
-            raw += bytes(4 * count - len(raw))
-        stored = struct.unpack('!%dI' % count, raw)
-        actual = checksum.block_crcs(data)
-        for i, (want, got) in enumerate(zip(stored, actual, strict=False)):
-            if want == got:
-                continue
-            blk = data[i * BLOCK:(i + 1) * BLOCK]
-            if want == 0 and blk == checksum.ZERO_BLOCK:
-                continue  # never written
-            LOG.error('Checksum mismatch in chunk %s/%d block %d: stored '
-                      '%08x, data %08x', c.volume, c.index, first + i, want,
-                      got)
-            raise exception.ChecksumError(
-                reason='chunk %s/%d block %d on this replica is corrupt'
-                % (c.volume, c.index, first + i))
-        return data
+    def _preserve(self, c, first, meta, seq, only=None):
+        """Copy blocks last written before ``seq`` into layer ``seq``."""
+        old = [i for i in (range(len(meta) // 2) if only is None else only)
+               if meta[2 * i + 1] >> 2 < seq]
+        if not old:
+            return
+        lf = c.layer(seq)
+        for i in old:
+            crc, word = meta[2 * i], meta[2 * i + 1]
+            st = word & 3
+            if st == DATA:
+                pos = (first + i) * BLOCK
+                os.pwrite(lf.data_fd, os.pread(c.head.data_fd, BLOCK, pos),
+                          pos)
+            entry = struct.pack('!II', crc, (word & ~3) | (
+                LAYER_ABSENT if st == ABSENT else st))
+            os.pwrite(lf.meta_fd, entry, ENTRY * (first + i))
+        self._mark_dirty(c, (lf,))
 
-    def read(self, c, offset, length):
-        self._check_range(offset, length)
-        if c is None or length == 0:
-            return bytes(length)
-        self._opened(c)
-        first = offset // BLOCK
-        last = (offset + length - 1) // BLOCK
-        data = self._read_blocks(c, first, last - first + 1)
-        start = offset - first * BLOCK
-        if start == 0 and len(data) == length:
-            return data
-        return data[start:start + length]
+    def _edge(self, c, block, meta_i, meta):
+        """Current head content of one block, verified."""
+        if meta[2 * meta_i + 1] & 3 != DATA:
+            return checksum.ZERO_BLOCK
+        return self._read_run(c, c.head, block, 1, [meta[2 * meta_i]])
 
-    def write(self, c, offset, data):
-        """Apply a write synchronously (page cache).  ``data`` may be a
-        memoryview."""
-        length = len(data)
+    def write(self, c, offset, data, seq=0, zero=False, if_absent=False,
+              length=None):
+        """Apply a write synchronously (page cache).
+
+        ``zero``: ``data`` is ignored, ``length`` bytes become zeros (whole
+        blocks are deallocated).  ``if_absent``: only blocks never written
+        in this chunk take the data (copy-up from a clone's parent; block
+        aligned).
+        """
+        length = len(data) if length is None else length
         self._check_range(offset, length)
         if length == 0:
             return
         self._opened(c)
-        self._check_space(length)
         first = offset // BLOCK
         last = (offset + length - 1) // BLOCK
-        head = offset - first * BLOCK
-        if head or (offset + length) % BLOCK:
-            count = last - first + 1
-            buf = bytearray(self._edge_blocks(c, first, last, count))
-            buf[head:head + length] = data
-            data = buf
+        count = last - first + 1
         try:
-            os.pwrite(c.data_fd, data, first * BLOCK)
-            crcs = checksum.block_crcs(data)
-            os.pwrite(c.crc_fd, struct.pack('!%dI' % len(crcs), *crcs),
-                      4 * first)
+            meta = c.head.meta(first, count)
+            if if_absent:
+                self._write_if_absent(c, offset, data, first, count, meta)
+                return
+            if not zero:
+                self._check_space(length)
+            self._preserve(c, first, meta, seq)
+            head = offset - first * BLOCK
+            tail = (offset + length) % BLOCK
+            if zero:
+                self._write_zero(c, first, last, head, tail, length, meta,
+                                 seq)
+            else:
+                if head or tail:
+                    buf = bytearray(count * BLOCK)
+                    if head or count == 1:
+                        buf[:BLOCK] = self._edge(c, first, 0, meta)
+                    if tail and count > 1:
+                        buf[-BLOCK:] = self._edge(c, last, count - 1, meta)
+                    buf[head:head + length] = data
+                    data = buf
+                self._put(c, first, data, seq)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise exception.NoSpace(reason='%s: %s' % (
                     self.data_dir, e.strerror)) from e
             raise
-        self._dirty.setdefault(c.volume, set()).add(c)
+        self._mark_dirty(c, (c.head,))
 
-    def _edge_blocks(self, c, first, last, count):
-        """Current content of blocks first..last, verified at the edges
-        (the middle is about to be overwritten whole)."""
-        if count <= 2:
-            return self._read_blocks(c, first, count)
-        head = self._read_blocks(c, first, 1)
-        tail = self._read_blocks(c, last, 1)
-        return head + bytes((count - 2) * BLOCK) + tail
+    def _put(self, c, first, data, seq):
+        os.pwrite(c.head.data_fd, data, first * BLOCK)
+        crcs = checksum.block_crcs(data)
+        word = seq << 2 | DATA
+        packed = struct.pack('!%dI' % (2 * len(crcs)),
+                             *[x for crc in crcs for x in (crc, word)])
+        os.pwrite(c.head.meta_fd, packed, ENTRY * first)
+
+    def _write_zero(self, c, first, last, head, tail, length, meta, seq):
+        count = last - first + 1
+        whole_from, whole_to = first, last + 1
+        if head:
+            blk = bytearray(self._edge(c, first, 0, meta))
+            end = min(BLOCK, head + length)
+            blk[head:end] = bytes(end - head)
+            self._put(c, first, blk, seq)
+            whole_from += 1
+        if tail and (count > 1 or not head):
+            blk = bytearray(self._edge(c, last, count - 1, meta))
+            blk[:tail] = bytes(tail)
+            self._put(c, last, blk, seq)
+            whole_to -= 1
+        n = whole_to - whole_from
+        if n > 0:
+            punch_hole(c.head.data_fd, whole_from * BLOCK, n * BLOCK)
+            entry = struct.pack('!II', checksum.ZERO_CRC, seq << 2 | ZERO)
+            os.pwrite(c.head.meta_fd, entry * n, ENTRY * whole_from)
+
+    def _write_if_absent(self, c, offset, data, first, count, meta):
+        if offset % BLOCK or len(data) % BLOCK:
+            raise exception.InvalidArgument(
+                reason='copy-up writes must be 4 KiB aligned')
+        mv = memoryview(data)
+        i = 0
+        while i < count:
+            if meta[2 * i + 1] & 3 != ABSENT:
+                i += 1
+                continue
+            j = i + 1
+            while j < count and meta[2 * j + 1] & 3 == ABSENT:
+                j += 1
+            self._check_space((j - i) * BLOCK)
+            run = mv[i * BLOCK:j * BLOCK]
+            os.pwrite(c.head.data_fd, run, (first + i) * BLOCK)
+            crcs = checksum.block_crcs(run)
+            words = [(meta[2 * (i + k) + 1] & ~3) | DATA
+                     for k in range(j - i)]
+            packed = struct.pack('!%dI' % (2 * (j - i)), *[
+                x for pair in zip(crcs, words, strict=True) for x in pair])
+            os.pwrite(c.head.meta_fd, packed, ENTRY * (first + i))
+            i = j
+        self._mark_dirty(c, (c.head,))
+
+    # --- snapshots: revert and garbage collection ---------------------
+
+    def _blocks_in_use(self, c):
+        return max([f.open().nblocks() for f in c.all_files()] or [0])
+
+    def revert(self, volume, snap, seq):
+        """Make the head of every chunk of ``volume`` equal to snapshot
+        ``snap``, as a write at sequence ``seq`` (later snapshots keep
+        their content).  Idempotent."""
+        reverted = 0
+        for c in self.volume_chunks(volume):
+            if c.stale:
+                continue
+            self._opened(c)
+            n = self._blocks_in_use(c)
+            step = 4096
+            for first in range(0, n, step):
+                count = min(step, n - first)
+                want = self._resolve(c, first, count, snap)
+                # A block resolved to the head is unchanged since the
+                # snapshot; the others take the snapshot's version.
+                changed = [i for i, b in enumerate(want) if b[1] is not c.head]
+                if not changed:
+                    continue
+                meta = c.head.meta(first, count)
+                self._preserve(c, first, meta, seq, changed)
+                for i in changed:
+                    st, files, crc = want[i]
+                    blk = first + i
+                    if st == DATA:
+                        data = self._read_run(c, files, blk, 1, [crc])
+                        self._put(c, blk, data, seq)
+                    else:
+                        punch_hole(c.head.data_fd, blk * BLOCK, BLOCK)
+                        os.pwrite(c.head.meta_fd, struct.pack(
+                            '!II', checksum.ZERO_CRC if st == ZERO else 0,
+                            seq << 2 | st), ENTRY * blk)
+            self._mark_dirty(c, (c.head,))
+            reverted += 1
+        return reverted
+
+    def gc(self, volume, live):
+        """Drop preserved blocks that no snapshot in ``live`` (sequence
+        numbers) can read any more; remove layers left empty."""
+        live = sorted(live)
+        freed = 0
+        for c in self.volume_chunks(volume):
+            self._opened(c)
+            for n in c.layer_ids():
+                lf = c.layer(n)
+                nblocks = lf.nblocks()
+                meta = lf.meta(0, nblocks)
+                keep = 0
+                for i in range(nblocks):
+                    word = meta[2 * i + 1]
+                    if not word:
+                        continue
+                    w = word >> 2
+                    k = bisect.bisect_right(live, w)
+                    if k < len(live) and live[k] <= n:
+                        keep += 1
+                        continue
+                    if word & 3 == DATA:
+                        punch_hole(lf.data_fd, i * BLOCK, BLOCK)
+                    os.pwrite(lf.meta_fd, bytes(ENTRY), ENTRY * i)
+                    freed += 1
+                if not keep:
+                    for d in self._dirty.values():
+                        d.discard(lf)
+                    lf.unlink()
+                    del c.layers[n]
+                else:
+                    self._mark_dirty(c, (lf,))
+                self._touched.add((c.volume, c.index))
+        return freed
+
+    # --- flushing ---------------------------------------------------------
 
     def dirty_fds(self, volume=None):
         """Take the fds to fdatasync for ``volume`` (all when None)."""
         vols = [volume] if volume is not None else list(self._dirty)
         fds = []
         for v in vols:
-            for c in self._dirty.pop(v, ()):
-                if c.data_fd is not None:
-                    fds.append((os.dup(c.data_fd), os.dup(c.crc_fd)))
+            for f in self._dirty.pop(v, ()):
+                if f.data_fd is not None:
+                    fds.append((os.dup(f.data_fd), os.dup(f.meta_fd)))
         return fds
 
     @staticmethod
     def sync_fds(fds):
         """fdatasync and close duplicated fds (runs in a worker thread)."""
-        for data_fd, crc_fd in fds:
+        for data_fd, meta_fd in fds:
             try:
                 os.fdatasync(data_fd)
-                os.fdatasync(crc_fd)
+                os.fdatasync(meta_fd)
             finally:
                 os.close(data_fd)
-                os.close(crc_fd)
+                os.close(meta_fd)
+
+    # --- inspection -------------------------------------------------------
 
     def chunk_info(self, volume, index):
-        """(epoch, allocated bytes, [crc per block]) of a replica."""
+        """(epoch, allocated bytes, layers digest, [fingerprint per block])
+        of a replica: what ``ursa volume check`` compares."""
         c = self._chunk(volume, index)
         if c is None:
             raise exception.NotFound(kind='chunk replica',
                                      name='%s/%d' % (volume, index))
         self._opened(c)
-        st = os.fstat(c.data_fd)
-        nblocks = -(-st.st_size // BLOCK)
-        raw = os.pread(c.crc_fd, 4 * nblocks, 0)
-        raw += bytes(4 * nblocks - len(raw))
-        crcs = list(struct.unpack('!%dI' % nblocks, raw))
-        # Normalise holes so replicas compare equal however they were made.
-        for i, value in enumerate(crcs):
-            if value == 0:
-                crcs[i] = checksum.ZERO_CRC
+        n = c.head.nblocks()
+        meta = c.head.meta(0, n)
+        crcs = [meta[2 * i] if meta[2 * i + 1] & 3 == DATA
+                else checksum.ZERO_CRC for i in range(n)]
         while crcs and crcs[-1] == checksum.ZERO_CRC:
             crcs.pop()
-        return c.epoch, st.st_blocks * 512, crcs
+        digest = 0
+        for k in c.layer_ids():
+            lf = c.layer(k)
+            raw = os.pread(lf.meta_fd, ENTRY * lf.nblocks(), 0)
+            digest = checksum.crc(struct.pack('!QI', k, digest) + raw)
+        return c.epoch, self._allocated(c), digest, crcs
+
+    @staticmethod
+    def _allocated(c):
+        total = 0
+        for f in c.all_files():
+            for ext in ('.data', '.meta'):
+                try:
+                    total += os.stat(f.base + ext).st_blocks * 512
+                except FileNotFoundError:
+                    pass
+        return total
 
     def delete(self, volume, index=None):
         """Delete one replica, or every replica of a volume."""
@@ -372,33 +768,42 @@ class ChunkStore:
         for key in keys:
             c = self._known.pop(key)
             self._open.pop(key, None)
+            self._usage.pop(key, None)
+            self._touched.discard(key)
+            files = c.all_files()
             for d in self._dirty.values():
-                d.discard(c)
-            c.close()
-            for ext in ('.data', '.crc', '.epoch', '.stale'):
+                d.difference_update(files)
+            for f in files:
+                f.unlink()
+            for ext in ('.epoch', '.stale'):
                 try:
                     os.unlink(c.base + ext)
                 except FileNotFoundError:
                     pass
         if index is None:
             self._generations.pop(volume, None)
+            self._snapseqs.pop(volume, None)
             self._dirty.pop(volume, None)
             shutil.rmtree(os.path.join(self.chunks_dir, volume),
                           ignore_errors=True)
         return len(keys)
 
     def usage(self):
+        """Capacity, used and free bytes, and allocated bytes per volume.
+        Only chunks written since the last call are measured again."""
         st = os.statvfs(self.data_dir)
         capacity = st.f_blocks * st.f_frsize
         free = max(st.f_bavail * st.f_frsize - self.reserved, 0)
-        used = 0
-        for c in self._known.values():
-            for ext in ('.data', '.crc'):
-                try:
-                    used += os.stat(c.base + ext).st_blocks * 512
-                except FileNotFoundError:
-                    pass
-        return {'capacity': capacity, 'used': used, 'free': free}
+        for key in self._touched:
+            c = self._known.get(key)
+            if c is not None:
+                self._usage[key] = self._allocated(c)
+        self._touched.clear()
+        volumes = collections.Counter()
+        for (vol, _), n in self._usage.items():
+            volumes[vol] += n
+        return {'capacity': capacity, 'used': sum(volumes.values()),
+                'free': free, 'volumes': dict(volumes)}
 
     def close(self):
         for c in self._known.values():

@@ -1,8 +1,9 @@
 """Compare the replicas of a volume's chunks (``ursa volume check``).
 
 For every allocated chunk, every replica in the current replica set is
-asked for its epoch and the CRC32C of each block; replicas must agree on
-all of them.  Holes compare equal to written zeros.
+asked for its epoch, the CRC32C of each block and a digest of its snapshot
+layers; replicas must agree on all of them.  Holes compare equal to
+written zeros.
 """
 
 import asyncio
@@ -20,6 +21,7 @@ async def check_volume(cluster, ref, timeout=30.0):
     nchunks = Layout.for_volume(vol).chunks
     problems = []
     checked = replicas = 0
+    digests = {}
     for start in range(0, nchunks, 4096):
         count = min(4096, nchunks - start)
         reply = await cluster.master.chunk_map(vol['id'], start, count)
@@ -38,9 +40,18 @@ async def check_volume(cluster, ref, timeout=30.0):
                     continue
                 if info is None:  # never written on this replica
                     good[r['id']] = []
+                    if digests.setdefault(chunk['index'], 0) != 0:
+                        problems.append({
+                            'index': chunk['index'], 'server': r['id'],
+                            'problem': 'snapshot layers missing'})
                     continue
-                epoch, _, crcs = info
+                epoch, _, digest, crcs = info
                 good[r['id']] = crcs
+                if digest != digests.setdefault(chunk['index'], digest):
+                    problems.append({
+                        'index': chunk['index'], 'server': r['id'],
+                        'problem': 'snapshot layers differ from the first '
+                                   'replica'})
                 if epoch != chunk['epoch']:
                     problems.append({
                         'index': chunk['index'], 'server': r['id'],

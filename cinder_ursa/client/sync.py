@@ -93,6 +93,20 @@ class SyncCluster:
             ref, writable, holder, force, lease_ttl))
         return SyncVolume(self._lt, vol)
 
+    def __getattr__(self, name):
+        """Every other coroutine method of :class:`Cluster`
+        (create_snapshot, delete_snapshot, clone, revert, resize, flatten,
+        ...), called synchronously."""
+        if name.startswith('_'):
+            raise AttributeError(name)
+        fn = getattr(self._cluster, name)
+        if not asyncio.iscoroutinefunction(fn):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            return self._lt.call(fn(*args, **kwargs))
+        return call
+
     def run(self, coro_fn, *args):
         """Run ``coro_fn(cluster, *args)`` on the client loop (bulk work)."""
         return self._lt.call(coro_fn(self._cluster, *args))
@@ -124,6 +138,12 @@ class SyncVolume:
 
     def write(self, offset, data, fua=False):
         self._lt.call(self.volume.write(offset, data, fua))
+
+    def write_zeroes(self, offset, length, fua=False):
+        self._lt.call(self.volume.write_zeroes(offset, length, fua))
+
+    def block_status(self, offset, length):
+        return self._lt.call(self.volume.block_status(offset, length))
 
     def flush(self):
         self._lt.call(self.volume.flush())

@@ -29,6 +29,9 @@ from cinder_ursa.transport import aio
 LOG = logging.getLogger(__name__)
 
 MAP_WINDOW = 256
+BLOCK = 4096
+ABSENT, DATA, ZERO = 0, 1, 2
+COPY_STEP = 4 * 1024 * 1024
 
 
 class ChunkInfo:
@@ -60,12 +63,76 @@ class Cluster:
 
     async def open_volume(self, ref, writable=True, holder=None,
                           force=False, lease_ttl=None):
+        """Open a volume (name or id), or a snapshot (``volume@snapshot``
+        or ``snapshot=`` id), which is always read-only."""
+        if '@' in ref:
+            return await self.open_snapshot(ref)
         vol = (await self.master.request(
             'GET', '/volumes/%s' % rest.quote(ref)))['volume']
         v = Volume(self, vol, writable)
         if writable:
             await v._acquire(holder, force, lease_ttl)
         return v
+
+    async def open_snapshot(self, ref):
+        snap = (await self.master.request(
+            'GET', '/snapshots/%s' % rest.quote(ref)))['snapshot']
+        return Volume.for_snapshot(self, snap)
+
+    async def create_snapshot(self, volume, name):
+        return (await self.master.request(
+            'POST', '/volumes/%s/snapshots' % rest.quote(volume),
+            {'name': name}))['snapshot']
+
+    async def delete_snapshot(self, ref):
+        await self.master.request('DELETE',
+                                  '/snapshots/%s' % rest.quote(ref))
+
+    async def clone(self, snapshot, name, size=None, **kwargs):
+        body = {'name': name, 'snapshot': snapshot, **kwargs}
+        if size is not None:
+            body['size'] = size
+        return (await self.master.request('POST', '/volumes',
+                                          body))['volume']
+
+    async def revert(self, volume, snapshot):
+        return (await self.master.request(
+            'POST', '/volumes/%s/revert' % rest.quote(volume),
+            {'snapshot': snapshot}))['volume']
+
+    async def resize(self, volume, size, force=False):
+        """Grow a volume, or shrink it with ``force``: the range cut off is
+        zeroed first, so growing it again later shows zeros."""
+        info = (await self.master.request(
+            'GET', '/volumes/%s' % rest.quote(volume)))['volume']
+        if size < info['size'] and force:
+            v = await self.open_volume(info['id'], writable=True)
+            try:
+                end = -(-size // BLOCK) * BLOCK
+                await v.write_zeroes(end, info['size'] - end)
+                if size % BLOCK:
+                    await v.write_zeroes(size, end - size)
+            finally:
+                await v.close()
+        return (await self.master.request(
+            'PUT', '/volumes/%s/size' % rest.quote(info['id']),
+            {'size': size, 'force': bool(force)}))['volume']
+
+    async def flatten(self, volume, progress=None, rate=None):
+        """Copy every block a clone still reads from its parent into the
+        clone, then detach it.  Safe while the clone is open and written
+        (copy-ups only fill blocks the clone never wrote); resumable (a
+        restart skips what was copied).  ``rate``: bytes/s limit."""
+        v = await self.open_volume(volume, writable=False)
+        try:
+            if v.parent is None and v.info.get('parent') is None:
+                raise exception.InvalidArgument(
+                    reason='volume %s is not a clone' % v.name)
+            await v._flatten(progress, rate)
+        finally:
+            await v.close()
+        return (await self.master.request(
+            'POST', '/volumes/%s/detach-parent' % v.id))['volume']
 
     async def close(self):
         self.pool.close()
@@ -79,7 +146,7 @@ def default_holder():
 
 class Volume:
 
-    def __init__(self, cluster, info, writable):
+    def __init__(self, cluster, info, writable, snap=0):
         self.cluster = cluster
         self.info = info
         self.id = info['id']
@@ -87,6 +154,12 @@ class Volume:
         self.size = info['size']
         self.layout = layout_mod.Layout.for_volume(info)
         self.writable = writable
+        # Reads see snapshot ``snap`` (0: the current data); writes carry
+        # the volume's snapshot sequence.
+        self.snap = snap
+        self.seq = info.get('snap_seq', 0)
+        self._parent_info = info.get('parent')
+        self.parent = None
         self.generation = 0
         self.holder = None
         self._map = {}          # index -> ChunkInfo, or None (not allocated)
@@ -95,6 +168,41 @@ class Volume:
         self._lease_task = None
         self._fenced = None
         self.closed = False
+
+    @classmethod
+    def for_snapshot(cls, cluster, snap):
+        """A read-only view of a snapshot (``snap`` from the master)."""
+        info = {'id': snap['volume_id'],
+                'name': '%s@%s' % (snap['volume_name'], snap['name']),
+                'size': snap['size'], 'chunk_size': snap['chunk_size'],
+                'stripe_unit': snap['stripe_unit'],
+                'stripe_count': snap['stripe_count'],
+                'parent': snap.get('parent'), 'snapshot': snap}
+        return cls(cluster, info, False, snap=snap['seq'])
+
+    async def _parent_volume(self):
+        """The snapshot this clone reads unwritten blocks from (cached)."""
+        if self.parent is None and self._parent_info is not None:
+            snap = (await self.cluster.master.request(
+                'GET', '/snapshots/%s' % self._parent_info['snapshot_id']
+            ))['snapshot']
+            self.parent = Volume.for_snapshot(self.cluster, snap)
+        return self.parent
+
+    async def refresh(self):
+        """Reload size, snapshot sequence and parent from the master."""
+        if self.snap:
+            return
+        info = (await self.cluster.master.request(
+            'GET', '/volumes/%s' % self.id))['volume']
+        self.info = info
+        self.seq = info['snap_seq']
+        if info['size'] != self.size:
+            self.size = info['size']
+            self.layout = layout_mod.Layout.for_volume(info)
+        if info.get('parent') is None:
+            self._parent_info = None
+            self.parent = None
 
     # --- lease -------------------------------------------------------------
 
@@ -182,17 +290,68 @@ class Volume:
     async def read(self, offset, length):
         self._check_open(False)
         extents = self.layout.extents(offset, length)
-        if len(extents) == 1:
+        layered = self._parent_info is not None
+        if len(extents) == 1 and not layered:
             e = extents[0]
             return bytes(await self._read_extent(e.index, e.chunk_offset,
                                                  e.length))
         buf = bytearray(length)
-        parts = await asyncio.gather(*(
-            self._read_extent(e.index, e.chunk_offset, e.length)
-            for e in extents))
+        if layered:
+            parts = await asyncio.gather(*(
+                self._read_layered(e, offset + e.buf_offset)
+                for e in extents))
+        else:
+            parts = await asyncio.gather(*(
+                self._read_extent(e.index, e.chunk_offset, e.length)
+                for e in extents))
         for e, data in zip(extents, parts, strict=False):
             buf[e.buf_offset:e.buf_offset + e.length] = data
         return bytes(buf)
+
+    async def _read_layered(self, e, vol_offset):
+        """Read one extent of a clone: blocks it never wrote come from the
+        parent snapshot (and so on up the chain)."""
+        data, states = await self._read_extent(
+            e.index, e.chunk_offset, e.length, codec.FLAG_STATES)
+        if ABSENT not in states:
+            return data
+        buf = bytearray(data)
+        for start, end in _runs(states, ABSENT, e.chunk_offset, e.length):
+            pos = vol_offset + start - e.chunk_offset
+            buf[start - e.chunk_offset:end - e.chunk_offset] = \
+                await self._parent_read(pos, end - start)
+        return buf
+
+    async def _parent_read(self, pos, length):
+        parent = await self._parent_volume()
+        if parent is None or pos >= parent.size:
+            return bytes(length)
+        n = min(length, parent.size - pos)
+        data = await parent.read(pos, n)
+        return data if n == length else data + bytes(length - n)
+
+    async def block_status(self, offset, length):
+        """[(length, state)] covering the range, state DATA or ZERO (a
+        hole: reads zeros and uses no space), merged into runs."""
+        self._check_open(False)
+        out = []
+        for e in self.layout.extents(offset, length):
+            states = await self._read_extent(
+                e.index, e.chunk_offset, e.length, codec.FLAG_MAP_ONLY)
+            for start, end, st in _all_runs(states, e.chunk_offset,
+                                            e.length):
+                if st == ABSENT and self._parent_info is not None:
+                    parent = await self._parent_volume()
+                    pos = offset + e.buf_offset + start - e.chunk_offset
+                    if pos < parent.size:
+                        n = min(end - start, parent.size - pos)
+                        for ln, pst in await parent.block_status(pos, n):
+                            _add_run(out, ln, pst)
+                        if n < end - start:
+                            _add_run(out, end - start - n, ZERO)
+                        continue
+                _add_run(out, end - start, DATA if st == DATA else ZERO)
+        return out
 
     async def write(self, offset, data, fua=False):
         self._check_open(True)
@@ -200,6 +359,8 @@ class Volume:
         if mv.ndim != 1 or mv.itemsize != 1:
             mv = mv.cast('B')
         extents = self.layout.extents(offset, len(mv))
+        if self._parent_info is not None:
+            await self._copy_up_edges(offset, len(mv))
         if len(extents) == 1:
             e = extents[0]
             await self._write_extent(e.index, e.chunk_offset, mv, fua)
@@ -209,18 +370,89 @@ class Volume:
                                mv[e.buf_offset:e.buf_offset + e.length], fua)
             for e in extents))
 
+    async def write_zeroes(self, offset, length, fua=False):
+        """Zero a range; whole blocks are deallocated (TRIM/discard and
+        WRITE_ZEROES both land here)."""
+        self._check_open(True)
+        if length == 0:
+            return
+        layered = self._parent_info is not None
+        if layered:
+            await self._copy_up_edges(offset, length)
+        jobs = []
+        for e in self.layout.extents(offset, length):
+            if not layered and await self._chunk(e.index, False) is None:
+                continue  # never written: already zeros
+            jobs.append(self._write_extent(e.index, e.chunk_offset, None,
+                                           fua, codec.FLAG_ZERO, e.length))
+        await asyncio.gather(*jobs)
+
+    async def _copy_up_edges(self, offset, length):
+        """Before a partial-block write to a clone, give the edge blocks
+        the parent's content (if the clone never wrote them)."""
+        edges = set()
+        if offset % BLOCK:
+            edges.add(offset - offset % BLOCK)
+        end = offset + length
+        if end % BLOCK:
+            edges.add(end - end % BLOCK)
+        for pos in sorted(edges):
+            await self._copy_up(pos, BLOCK)
+
+    async def _copy_up(self, pos, length):
+        """Copy the parent's blocks of [pos, pos+length) into the clone
+        where the clone has none (block aligned, within one extent)."""
+        e = self.layout.extents(pos, length)[0]
+        states = await self._read_extent(e.index, e.chunk_offset, e.length,
+                                         codec.FLAG_MAP_ONLY)
+        for start, end in _runs(states, ABSENT, e.chunk_offset, e.length):
+            data = await self._parent_read(pos + start - e.chunk_offset,
+                                           end - start)
+            if data.count(0) == len(data):
+                continue  # absent already reads as zeros past the chain
+            await self._write_extent(e.index, start, memoryview(data), False,
+                                     codec.FLAG_IF_ABSENT)
+        return states
+
+    async def _flatten(self, progress, rate):
+        parent = await self._parent_volume()
+        end = min(self.size, parent.size)
+        copied = 0
+        started = time.monotonic()
+        for pos in range(0, end, COPY_STEP):
+            n = min(COPY_STEP, end - pos)
+            # Keep within one chunk extent per step.
+            for e in self.layout.extents(pos, n):
+                await self._copy_up(pos + e.buf_offset, e.length)
+            copied += n
+            if progress is not None:
+                progress(copied, end)
+            if rate:
+                ahead = copied / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await self.flush()  # durable before the parent is let go
+
     async def _retry_wait(self, deadline, attempt, err):
         if time.monotonic() >= deadline:
             raise err
         await asyncio.sleep(min(0.05 * (2 ** attempt), 1.0))
 
-    async def _read_extent(self, index, offset, length):
+    async def _read_extent(self, index, offset, length, flags=0):
+        """The bytes of a chunk range; with FLAG_STATES (data, states);
+        with FLAG_MAP_ONLY the states alone (one byte per block)."""
         deadline = time.monotonic() + self.cluster.io_timeout
         attempt = 0
         while True:
             attempt += 1
             info = await self._chunk(index, False)
             if info is None:
+                nblocks = ((offset + length - 1) // BLOCK - offset // BLOCK
+                           + 1)
+                if flags & codec.FLAG_MAP_ONLY:
+                    return bytes(nblocks)
+                if flags & codec.FLAG_STATES:
+                    return bytes(length), bytes(nblocks)
                 return bytes(length)
             last = None
             for sid, host, port in info.replicas:
@@ -228,13 +460,20 @@ class Volume:
                     conn = await self.cluster.pool.get(host, port)
                     rid = aio.next_req_id()
                     reply = await conn.request(rid, codec.encode_read(
-                        rid, self.id, index, info.epoch, offset, length),
-                        self.cluster.request_timeout)
-                    data = codec.reply_status(reply.body)
+                        rid, self.id, index, info.epoch, offset, length,
+                        self.snap, flags), self.cluster.request_timeout)
+                    if flags & (codec.FLAG_STATES | codec.FLAG_MAP_ONLY):
+                        states, data = codec.decode_read_states(reply.body)
+                        if flags & codec.FLAG_MAP_ONLY:
+                            return states
+                    else:
+                        data = codec.reply_status(reply.body)
                     if len(data) != length:
                         raise exception.ProtocolError(
                             reason='READ returned %d bytes, asked %d'
                             % (len(data), length))
+                    if flags & codec.FLAG_STATES:
+                        return data, states
                     return data
                 except (exception.StaleEpoch, exception.StaleReplica) as e:
                     last = e
@@ -258,12 +497,14 @@ class Volume:
             self._forget(index)
             await self._retry_wait(deadline, attempt, last)
 
-    async def _write_extent(self, index, offset, data, fua):
+    async def _write_extent(self, index, offset, data, fua, flags=0,
+                            length=None):
         deadline = time.monotonic() + self.cluster.io_timeout
         attempt = 0
+        copy_up = flags & codec.FLAG_IF_ABSENT
         while True:
             attempt += 1
-            if self._fenced is not None:
+            if self._fenced is not None and not copy_up:
                 raise self._fenced
             info = await self._chunk(index, True)
             need = self.info['min_replicas']
@@ -281,8 +522,8 @@ class Volume:
                 rid = aio.next_req_id()
                 reply = await conn.request(rid, codec.encode_write(
                     rid, self.id, index, info.epoch, self.generation, offset,
-                    [r[0] for r in info.replicas], data, fua, need),
-                    self.cluster.request_timeout)
+                    [r[0] for r in info.replicas], data or b'', fua, need,
+                    self.seq, flags, length), self.cluster.request_timeout)
                 epoch = codec.decode_write_ok(reply.body)
                 if epoch != info.epoch:
                     self._forget(index)  # a replica was dropped meanwhile
@@ -291,6 +532,11 @@ class Volume:
                 return
             except (exception.StaleEpoch, exception.StaleReplica) as e:
                 self._forget(index)
+                if attempt > 3:
+                    await self._retry_wait(deadline, attempt, e)
+            except exception.StaleSnapshot as e:
+                # A snapshot was taken: adopt its sequence, write again.
+                await self.refresh()
                 if attempt > 3:
                     await self._retry_wait(deadline, attempt, e)
             except exception.InsufficientReplicas as e:
@@ -367,3 +613,34 @@ class Volume:
                 except exception.UrsaError as e:
                     LOG.warning('Volume %s: releasing the lease failed: %s',
                                 self.name, e)
+
+
+def _runs(states, want, offset, length):
+    """Byte ranges (chunk offsets) of the blocks in state ``want`` of a
+    range starting at ``offset`` whose block states are ``states``."""
+    return [(a, b) for a, b, st in _all_runs(states, offset, length)
+            if st == want]
+
+
+def _all_runs(states, offset, length):
+    """[(start, end, state)]: runs of equal state, clipped to the range."""
+    first = offset - offset % BLOCK
+    end_range = offset + length
+    out = []
+    i = 0
+    n = len(states)
+    while i < n:
+        j = i + 1
+        while j < n and states[j] == states[i]:
+            j += 1
+        out.append((max(first + i * BLOCK, offset),
+                    min(first + j * BLOCK, end_range), states[i]))
+        i = j
+    return out
+
+
+def _add_run(out, length, state):
+    if out and out[-1][1] == state:
+        out[-1] = (out[-1][0] + length, state)
+    else:
+        out.append((length, state))

@@ -104,7 +104,12 @@ def _fmt_volume(v):
         'replicas': v['replicas'], 'min_replicas': v['min_replicas'],
         'chunk_size': v['chunk_size'], 'stripe_unit': v['stripe_unit'],
         'stripe_count': v['stripe_count'], 'status': v['status'],
+        'allocated_chunks': v.get('allocated_chunks', 0),
         'allocated_bytes': v.get('allocated_bytes', 0),
+        'allocated_bytes_total': v.get('allocated_bytes_total', 0),
+        'snapshots': v.get('snapshots', 0),
+        'parent': ('%(volume_name)s@%(snapshot_name)s' % v['parent']
+                   if v.get('parent') else ''),
         'lease_holder': lease.get('holder') or '',
         'lease_generation': lease.get('generation', 0),
     }

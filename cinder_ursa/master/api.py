@@ -123,6 +123,8 @@ class MasterAPI:
             max_workers=1, thread_name_prefix='ursa-db')
         self.pool = aio.ConnectionPool(key, connect_timeout=3.0)
         self._monitor = None
+        # Allocated bytes per chunk server and volume, from heartbeats.
+        self.usage = {}
 
     async def db(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
@@ -154,6 +156,17 @@ class MasterAPI:
         app.router.add_delete(v + '/volumes/{ref}/lease', self.release_lease)
         app.router.add_post(v + '/volumes/{ref}/lease/revoke',
                             self.revoke_lease)
+        app.router.add_put(v + '/volumes/{ref}/size', self.resize)
+        app.router.add_post(v + '/volumes/{ref}/revert', self.revert)
+        app.router.add_post(v + '/volumes/{ref}/detach-parent',
+                            self.detach_parent)
+        app.router.add_get(v + '/volumes/{ref}/snapshots',
+                           self.list_snapshots)
+        app.router.add_post(v + '/volumes/{ref}/snapshots',
+                            self.create_snapshot)
+        app.router.add_get(v + '/snapshots', self.list_snapshots)
+        app.router.add_get(v + '/snapshots/{ref}', self.show_snapshot)
+        app.router.add_delete(v + '/snapshots/{ref}', self.delete_snapshot)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -192,7 +205,10 @@ class MasterAPI:
             {'id': API_VERSION, 'status': 'CURRENT'}]})
 
     async def cluster(self, request):
-        return web.json_response(await self.db(self.store.cluster_status))
+        status = await self.db(self.store.cluster_status)
+        status['allocated_bytes_total'] = sum(
+            sum(u.values()) for u in self.usage.values())
+        return web.json_response(status)
 
     async def list_servers(self, request):
         return web.json_response(
@@ -210,16 +226,17 @@ class MasterAPI:
         port = b.get('port', int, required=True)
         if not 0 < port < 65536:
             raise exception.InvalidArgument(reason='port out of range')
-        server, stale, orphans, gens = await self.db(
+        server, stale, orphans, gens, seqs = await self.db(
             self.store.register_server,
             b.get('uuid', str, required=True),
             b.get('host', str, required=True), b.get('rack', str, 'default'),
             b.get('address', str, required=True), port,
             b.get('capacity', int, 0), b.get('used', int, 0),
             b.get('free', int, 0), chunks)
+        self._note_usage(server['id'], b)
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,
-            'generations': gens,
+            'generations': gens, 'snapseqs': seqs,
             'heartbeat_interval': max(self.server_timeout / 3.0, 0.2)})
 
     async def heartbeat(self, request):
@@ -227,39 +244,164 @@ class MasterAPI:
         b = await _body(request)
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
                       b.get('used', int, 0), b.get('free', int, 0))
+        self._note_usage(sid, b)
         return web.json_response({'ok': True})
 
+    def _note_usage(self, sid, body):
+        vols = body.get('volumes', dict, {})
+        self.usage[sid] = {str(k): int(n) for k, n in vols.items()
+                           if isinstance(n, int)}
+
+    def _allocated(self, vol):
+        """Bytes a volume (with its snapshots) uses: in total on every
+        replica, and once (total divided by the replication factor)."""
+        total = sum(u.get(vol['id'], 0) for u in self.usage.values())
+        vol['allocated_bytes_total'] = total
+        vol['allocated_bytes'] = total // max(vol['replicas'], 1)
+        return vol
+
     async def list_volumes(self, request):
-        return web.json_response(
-            {'volumes': await self.db(self.store.list_volumes)})
+        vols = await self.db(self.store.list_volumes)
+        return web.json_response({'volumes': [self._allocated(v)
+                                              for v in vols]})
 
     async def create_volume(self, request):
         b = await _body(request)
         replicas = b.get('replicas', int, self.defaults['replicas'])
         min_replicas = b.get('min_replicas', int,
                              min(self.defaults['min_replicas'], replicas))
+        parent = b.get('snapshot', str)
+        size = b.get('size', int, required=parent is None)
+        if parent is not None and size is None:
+            size = (await self.db(self.store.get_snapshot, parent))['size']
         vol = await self.db(
             self.store.create_volume, b.get('name', str, required=True),
-            b.get('size', int, required=True), replicas, min_replicas,
+            size, replicas, min_replicas,
             b.get('chunk_size', int, self.defaults['chunk_size']),
-            b.get('stripe_unit', int), b.get('stripe_count', int, 1))
-        return web.json_response({'volume': vol}, status=201)
+            b.get('stripe_unit', int), b.get('stripe_count', int, 1),
+            parent)
+        return web.json_response({'volume': self._allocated(vol)},
+                                 status=201)
 
     async def show_volume(self, request):
         vol = await self.db(self.store.get_volume, request.match_info['ref'])
-        return web.json_response({'volume': vol})
+        return web.json_response({'volume': self._allocated(vol)})
+
+    async def _up_servers(self):
+        return [s for s in await self.db(self.store.list_servers)
+                if s['state'] == 'up']
 
     async def delete_volume(self, request):
-        vol, server_ids = await self.db(self.store.begin_delete,
-                                        request.match_info['ref'])
-        servers = {s['id']: s for s in await self.db(self.store.list_servers)}
+        vol, action = await self.db(self.store.begin_delete,
+                                    request.match_info['ref'])
+        if action == 'delete':
+            await self._delete_chunks(vol)
+        await self._reap()
+        return web.Response(status=204)
+
+    async def _delete_chunks(self, vol):
         # Every server that is up forgets the volume now; one that is down
         # learns at its next registration that these chunks are orphans.
-        targets = [s for s in servers.values() if s['state'] == 'up']
         await self._broadcast(
-            targets, lambda rid: codec.encode_delete(rid, vol['id']))
+            await self._up_servers(),
+            lambda rid: codec.encode_delete(rid, vol['id']))
         await self.db(self.store.finish_delete, vol['id'])
+
+    async def _gc(self, volume_id):
+        """Tell the chunk servers which snapshots of a volume are left, so
+        they free the blocks only deleted ones needed."""
+        live = await self.db(self.store.live_seqs, volume_id)
+        vol = await self.db(self.store.get_volume, volume_id)
+        failed = await self._broadcast(
+            await self._up_servers(), lambda rid: codec.encode_snapshot(
+                rid, volume_id, vol['snap_seq'], live, gc=True), timeout=60)
+        if failed:
+            LOG.warning('Volume %s: chunk servers %s did not free deleted '
+                        'snapshots\' blocks; the next snapshot deletion '
+                        'retries', volume_id, failed)
+
+    async def _reap(self):
+        """Empty the trash as far as it goes (cascades up clone chains)."""
+        while True:
+            step = await self.db(self.store.reap)
+            if step is None:
+                return
+            kind, item = step
+            if kind == 'snapshot':
+                await self._gc(item['volume_id'])
+            else:
+                await self._delete_chunks(item)
+
+    # --- snapshots -----------------------------------------------------------
+
+    async def create_snapshot(self, request):
+        ref = request.match_info['ref']
+        b = await _body(request)
+        name = b.get('name', str, required=True)
+        snap = await self.db(self.store.begin_snapshot, ref, name)
+        # Every primary must refuse writes made before the snapshot before
+        # it is reported created: writers then learn the new sequence and
+        # preserve what the snapshot holds.
+        failed = await self._broadcast(
+            await self._up_servers(), lambda rid: codec.encode_snapshot(
+                rid, snap['volume_id'], snap['seq']))
+        result = await self.db(self.store.finish_snapshot, snap['id'],
+                               not failed)
+        if failed:
+            await self._gc(snap['volume_id'])
+            raise exception.Unavailable(
+                reason='chunk servers %s did not confirm '
+                'snapshot %s; nothing was created, retry when they are up or '
+                'marked down' % (failed, name))
+        return web.json_response({'snapshot': result}, status=201)
+
+    async def list_snapshots(self, request):
+        ref = request.match_info.get('ref')
+        return web.json_response({'snapshots': await self.db(
+            self.store.list_snapshots, ref)})
+
+    async def show_snapshot(self, request):
+        return web.json_response({'snapshot': await self.db(
+            self.store.get_snapshot, request.match_info['ref'])})
+
+    async def delete_snapshot(self, request):
+        snap, action = await self.db(self.store.delete_snapshot,
+                                     request.match_info['ref'])
+        if action == 'deleted':
+            await self._gc(snap['volume_id'])
+        await self._reap()
         return web.Response(status=204)
+
+    async def revert(self, request):
+        ref = request.match_info['ref']
+        b = await _body(request)
+        vol, seq = await self.db(self.store.begin_revert, ref,
+                                 b.get('snapshot', str, required=True))
+        failed = await self._broadcast(
+            await self._up_servers(), lambda rid: codec.encode_revert(
+                rid, vol['id'], seq, vol['snap_seq']), timeout=300)
+        if failed:
+            raise exception.Unavailable(
+                reason='chunk servers %s did not revert; '
+                'volume %s stays "reverting": retry the revert' % (
+                    failed, vol['name']))
+        await self.db(self.store.finish_revert, vol['id'])
+        return web.json_response({'volume': self._allocated(
+            await self.db(self.store.get_volume, vol['id']))})
+
+    async def resize(self, request):
+        ref = request.match_info['ref']
+        b = await _body(request)
+        vol = await self.db(self.store.resize, ref,
+                            b.get('size', int, required=True),
+                            b.get('force', bool, False))
+        return web.json_response({'volume': self._allocated(vol)})
+
+    async def detach_parent(self, request):
+        vol = await self.db(self.store.detach_parent,
+                            request.match_info['ref'])
+        await self._reap()
+        return web.json_response({'volume': self._allocated(vol)})
 
     async def chunk_map(self, request):
         ref = request.match_info['ref']

@@ -38,6 +38,26 @@ volumes = sa.Table(
     sa.Column('lease_holder', sa.String(255), nullable=True),
     sa.Column('lease_generation', sa.BigInteger, nullable=False, default=0),
     sa.Column('lease_expires', sa.Double, nullable=False, default=0),
+    # Snapshot sequence: the next snapshot of this volume gets seq + 1.
+    sa.Column('snap_seq', sa.BigInteger, nullable=False, default=0),
+    # Clones: the snapshot whose blocks this volume reads until written.
+    sa.Column('parent_snapshot_id', sa.String(36), nullable=True),
+)
+
+snapshots = sa.Table(
+    'snapshots', metadata,
+    sa.Column('id', sa.String(36), primary_key=True),
+    sa.Column('name', sa.String(255), nullable=False),
+    sa.Column('volume_id', sa.String(36), sa.ForeignKey('volumes.id'),
+              nullable=False),
+    sa.Column('seq', sa.BigInteger, nullable=False),
+    sa.Column('size', sa.BigInteger, nullable=False),
+    # The volume's parent when the snapshot was taken (clones of clones).
+    sa.Column('parent_snapshot_id', sa.String(36), nullable=True),
+    # creating, available, or trash (deleted, kept for its clones).
+    sa.Column('status', sa.String(16), nullable=False),
+    sa.Column('created_at', sa.Double, nullable=False),
+    sa.UniqueConstraint('volume_id', 'name', name='uniq_snapshot_name'),
 )
 
 chunks = sa.Table(

@@ -96,10 +96,10 @@ class MetadataStore:
                         capacity, used, free, chunks=()):
         """Add or update a chunk server; classify the chunks it reports.
 
-        Returns ``(server, stale, orphans, generations)``: ``stale`` are
-        (volume, index) it holds but is no longer a replica of, ``orphans``
-        belong to no known volume or chunk, ``generations`` maps volume ids
-        to their current lease generation.
+        Returns ``(server, stale, orphans, generations, snapseqs)``:
+        ``stale`` are (volume, index) it holds but is no longer a replica
+        of, ``orphans`` belong to no known volume or chunk, the last two map
+        volume ids to their lease generation and snapshot sequence.
         """
         now = time.time()
         t = models.chunkservers
@@ -125,9 +125,11 @@ class MetadataStore:
                 sa.select(t).where(t.c.id == sid)).first())
             stale, orphans = [], []
             c = models.chunks
-            vols = {r.id: r.lease_generation for r in conn.execute(
-                sa.select(models.volumes.c.id,
-                          models.volumes.c.lease_generation))}
+            vrows = conn.execute(sa.select(
+                models.volumes.c.id, models.volumes.c.lease_generation,
+                models.volumes.c.snap_seq)).all()
+            vols = {r.id: r.lease_generation for r in vrows}
+            seqs = {r.id: r.snap_seq for r in vrows if r.snap_seq}
             for vol, idx, _epoch in chunks:
                 if vol not in vols:
                     orphans.append((vol, idx))
@@ -139,7 +141,7 @@ class MetadataStore:
                 elif sid not in _ids(crow.replicas):
                     stale.append((vol, idx))
             gens = {v: g for v, g in vols.items() if g}
-        return server, stale, orphans, gens
+        return server, stale, orphans, gens, seqs
 
     def heartbeat(self, server_id, capacity, used, free):
         t = models.chunkservers
@@ -228,14 +230,17 @@ class MetadataStore:
                 'chunk_size': row.chunk_size, 'stripe_unit': row.stripe_unit,
                 'stripe_count': row.stripe_count, 'replicas': row.replicas,
                 'min_replicas': row.min_replicas, 'status': row.status,
-                'created_at': row.created_at,
+                'created_at': row.created_at, 'snap_seq': row.snap_seq,
+                'parent_snapshot_id': row.parent_snapshot_id,
                 'lease': {'holder': row.lease_holder,
                           'generation': row.lease_generation,
                           'expires_at': row.lease_expires}}
 
     def create_volume(self, name, size, replicas=3, min_replicas=2,
                       chunk_size=64 * units.Mi, stripe_unit=None,
-                      stripe_count=1):
+                      stripe_count=1, parent=None):
+        """Create a thin volume; with ``parent`` (a snapshot id) a clone
+        that reads the snapshot's blocks until it writes its own."""
         stripe_unit = stripe_unit or chunk_size
         _validate_volume(name, size, replicas, min_replicas, chunk_size,
                          stripe_unit, stripe_count)
@@ -244,14 +249,33 @@ class MetadataStore:
         with self.engine.begin() as conn:
             if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first():
                 raise exception.AlreadyExists(kind='volume', name=name)
+            if parent is not None:
+                snap = self._find_snapshot(conn, parent)
+                if snap.status != 'available':
+                    raise exception.Conflict(
+                        reason='snapshot %s is %s; clone an available '
+                               'snapshot' % (snap.name, snap.status))
+                pvol = conn.execute(sa.select(t).where(
+                    t.c.id == snap.volume_id)).first()
+                if size < snap.size:
+                    raise exception.InvalidArgument(
+                        reason='a clone must be at least as large as its '
+                               'snapshot (%d bytes)' % snap.size)
+                # Same geometry as the parent: block b of the clone is
+                # block b of the snapshot, chunk for chunk.
+                chunk_size, stripe_unit, stripe_count = (
+                    pvol.chunk_size, pvol.stripe_unit, pvol.stripe_count)
+                parent = snap.id
             conn.execute(t.insert().values(
                 id=vid, name=name, size=size, chunk_size=chunk_size,
                 stripe_unit=stripe_unit, stripe_count=stripe_count,
                 replicas=replicas, min_replicas=min_replicas,
                 status='available', created_at=time.time(),
-                lease_holder=None, lease_generation=0, lease_expires=0))
-        LOG.info('Volume %s (%s) created, %s, %d replicas', name, vid,
-                 units.format_size(size), replicas)
+                lease_holder=None, lease_generation=0, lease_expires=0,
+                snap_seq=0, parent_snapshot_id=parent))
+        LOG.info('Volume %s (%s) created, %s, %d replicas%s', name, vid,
+                 units.format_size(size), replicas,
+                 ', clone of snapshot %s' % parent if parent else '')
         return self.get_volume(vid)
 
     def _find_volume(self, conn, ref):
@@ -267,48 +291,75 @@ class MetadataStore:
         with self.engine.connect() as conn:
             row = self._find_volume(conn, ref)
             vol = self._volume_dict(row)
-            vol.update(self._usage(conn, row.id, row.chunk_size))
+            vol['allocated_chunks'] = conn.execute(
+                sa.select(sa.func.count()).select_from(models.chunks).where(
+                    models.chunks.c.volume_id == row.id)).scalar()
+            vol['snapshots'] = conn.execute(
+                sa.select(sa.func.count()).select_from(models.snapshots)
+                .where(models.snapshots.c.volume_id == row.id,
+                       models.snapshots.c.status != 'trash')).scalar()
+            vol['parent'] = self._parent(conn, row.parent_snapshot_id)
         return vol
 
-    def _usage(self, conn, vid, chunk_size):
-        n = conn.execute(sa.select(sa.func.count()).select_from(
-            models.chunks).where(models.chunks.c.volume_id == vid)).scalar()
-        return {'allocated_chunks': n, 'allocated_bytes': n * chunk_size}
+    def _parent(self, conn, snapshot_id):
+        """The snapshot a clone (or a clone's snapshot) reads through."""
+        if snapshot_id is None:
+            return None
+        snap = conn.execute(sa.select(models.snapshots).where(
+            models.snapshots.c.id == snapshot_id)).first()
+        pvol = conn.execute(sa.select(models.volumes).where(
+            models.volumes.c.id == snap.volume_id)).first()
+        return {'snapshot_id': snap.id, 'snapshot_name': snap.name,
+                'volume_id': pvol.id, 'volume_name': pvol.name,
+                'seq': snap.seq, 'size': snap.size}
 
     def list_volumes(self):
         t = models.volumes
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t).order_by(t.c.name)).all()
+            rows = conn.execute(sa.select(t).where(t.c.status != 'trash')
+                                .order_by(t.c.name)).all()
             counts = dict(conn.execute(
                 sa.select(models.chunks.c.volume_id, sa.func.count())
                 .group_by(models.chunks.c.volume_id)).all())
         out = []
         for r in rows:
             v = self._volume_dict(r)
-            n = counts.get(r.id, 0)
-            v.update(allocated_chunks=n, allocated_bytes=n * r.chunk_size)
+            v['allocated_chunks'] = counts.get(r.id, 0)
             out.append(v)
         return out
 
     def begin_delete(self, ref):
-        """Mark a volume deleting; return it with the servers holding it."""
+        """Delete a volume: returns (volume, action) where action is
+        'delete' (the caller tells the chunk servers, then calls
+        finish_delete) or 'trash' (its deleted snapshots still have clones:
+        the volume is hidden and goes when they do)."""
         t = models.volumes
+        s = models.snapshots
         with self.engine.begin() as conn:
             row = self._find_volume(conn, ref)
             now = time.time()
             if (row.lease_holder and row.lease_expires > now
-                    and row.status != 'deleting'):
+                    and row.status not in ('deleting', 'trash')):
                 raise exception.Conflict(
                     reason='volume %s is open for writing by %s; close it '
                            'first' % (row.name, row.lease_holder))
+            snaps = conn.execute(sa.select(s.c.name, s.c.status).where(
+                s.c.volume_id == row.id)).all()
+            live = [n for n, st in snaps if st != 'trash']
+            if live:
+                raise exception.Conflict(
+                    reason='volume %s has %d snapshot(s) (%s); delete them '
+                           'first' % (row.name, len(live),
+                                      ', '.join(sorted(live)[:5])))
+            if snaps:
+                conn.execute(t.update().where(t.c.id == row.id).values(
+                    status='trash', name=_trash_name(row.id)))
+                LOG.info('Volume %s moved to the trash: clones of its '
+                         'deleted snapshots still read it', row.name)
+                return self._volume_dict(row), 'trash'
             conn.execute(t.update().where(t.c.id == row.id).values(
                 status='deleting'))
-            servers = set()
-            for (replicas,) in conn.execute(sa.select(
-                    models.chunks.c.replicas).where(
-                    models.chunks.c.volume_id == row.id)):
-                servers.update(_ids(replicas))
-        return self._volume_dict(row), sorted(servers)
+        return self._volume_dict(row), 'delete'
 
     def finish_delete(self, vid):
         with self.engine.begin() as conn:
@@ -317,6 +368,240 @@ class MetadataStore:
             conn.execute(models.volumes.delete().where(
                 models.volumes.c.id == vid))
         LOG.info('Volume %s deleted', vid)
+
+    # --- snapshots -----------------------------------------------------------
+
+    @staticmethod
+    def _snapshot_dict(row, vol=None):
+        d = {'id': row.id, 'name': row.name, 'volume_id': row.volume_id,
+             'seq': row.seq, 'size': row.size, 'status': row.status,
+             'parent_snapshot_id': row.parent_snapshot_id,
+             'created_at': row.created_at}
+        if vol is not None:
+            d.update(volume_name=vol.name, chunk_size=vol.chunk_size,
+                     stripe_unit=vol.stripe_unit,
+                     stripe_count=vol.stripe_count)
+        return d
+
+    def _find_snapshot(self, conn, ref, volume=None):
+        """A snapshot by id, by ``volume@name``, or by name in ``volume``."""
+        s = models.snapshots
+        row = conn.execute(sa.select(s).where(s.c.id == ref)).first()
+        if row is None:
+            if volume is None and '@' in ref:
+                volume, ref = ref.rsplit('@', 1)
+            if volume is not None:
+                vol = self._find_volume(conn, volume)
+                row = conn.execute(sa.select(s).where(
+                    s.c.volume_id == vol.id, s.c.name == ref)).first()
+        if row is None:
+            raise exception.NotFound(kind='snapshot', name=ref)
+        return row
+
+    def get_snapshot(self, ref, volume=None):
+        with self.engine.connect() as conn:
+            row = self._find_snapshot(conn, ref, volume)
+            vol = conn.execute(sa.select(models.volumes).where(
+                models.volumes.c.id == row.volume_id)).first()
+            snap = self._snapshot_dict(row, vol)
+            snap['parent'] = self._parent(conn, row.parent_snapshot_id)
+            snap['clones'] = [r.name for r in conn.execute(
+                sa.select(models.volumes.c.name).where(
+                    models.volumes.c.parent_snapshot_id == row.id,
+                    models.volumes.c.status != 'trash'))]
+        return snap
+
+    def list_snapshots(self, volume=None):
+        s = models.snapshots
+        v = models.volumes
+        with self.engine.connect() as conn:
+            q = sa.select(s, v.c.name.label('volume_name')).join(
+                v, v.c.id == s.c.volume_id).where(s.c.status != 'trash')
+            if volume is not None:
+                q = q.where(s.c.volume_id == self._find_volume(
+                    conn, volume).id)
+            rows = conn.execute(q.order_by(v.c.name, s.c.seq)).all()
+        out = []
+        for r in rows:
+            d = self._snapshot_dict(r)
+            d['volume_name'] = r.volume_name
+            out.append(d)
+        return out
+
+    def begin_snapshot(self, ref, name):
+        """Take the next snapshot sequence of a volume (committed first) and
+        record the snapshot as 'creating'."""
+        t = models.volumes
+        s = models.snapshots
+        if not isinstance(name, str) or not name or len(name) > 255 or \
+                '/' in name or '@' in name:
+            raise exception.InvalidArgument(
+                reason='snapshot name must be 1 to 255 characters without '
+                       '"/" or "@"')
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.status != 'available':
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            if conn.execute(sa.select(s.c.id).where(
+                    s.c.volume_id == vol.id, s.c.name == name)).first():
+                raise exception.AlreadyExists(kind='snapshot',
+                                              name='%s@%s' % (vol.name, name))
+            seq = vol.snap_seq + 1
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                snap_seq=seq))
+            sid = str(uuid.uuid4())
+            conn.execute(s.insert().values(
+                id=sid, name=name, volume_id=vol.id, seq=seq, size=vol.size,
+                parent_snapshot_id=vol.parent_snapshot_id, status='creating',
+                created_at=time.time()))
+        return {'id': sid, 'volume_id': vol.id, 'seq': seq}
+
+    def finish_snapshot(self, sid, ok):
+        """Make a snapshot available, or forget a failed one; return the
+        snapshot (None when forgotten)."""
+        s = models.snapshots
+        with self.engine.begin() as conn:
+            if not ok:
+                conn.execute(s.delete().where(s.c.id == sid))
+                return None
+            conn.execute(s.update().where(s.c.id == sid).values(
+                status='available'))
+        snap = self.get_snapshot(sid)
+        LOG.info('Snapshot %s@%s created (sequence %d)', snap['volume_name'],
+                 snap['name'], snap['seq'])
+        return snap
+
+    def live_seqs(self, volume_id):
+        """Sequences of every snapshot of a volume that may still be read
+        (trashed ones too: their clones read them)."""
+        s = models.snapshots
+        with self.engine.connect() as conn:
+            return [r.seq for r in conn.execute(sa.select(s.c.seq).where(
+                s.c.volume_id == volume_id))]
+
+    def delete_snapshot(self, ref):
+        """Delete a snapshot; one that clones still read goes to the trash
+        (hidden, kept until its last clone is deleted or flattened).
+        Returns (snapshot, 'deleted' | 'trash')."""
+        s = models.snapshots
+        with self.engine.begin() as conn:
+            row = self._find_snapshot(conn, ref)
+            if row.status == 'creating':
+                raise exception.Conflict(reason='snapshot %s is still being '
+                                         'created' % row.name)
+            if self._children(conn, row.id):
+                conn.execute(s.update().where(s.c.id == row.id).values(
+                    status='trash', name=_trash_name(row.id)))
+                LOG.info('Snapshot %s moved to the trash: clones still read '
+                         'it', row.name)
+                return self._snapshot_dict(row), 'trash'
+            conn.execute(s.delete().where(s.c.id == row.id))
+        LOG.info('Snapshot %s (sequence %d of volume %s) deleted', row.name,
+                 row.seq, row.volume_id)
+        return self._snapshot_dict(row), 'deleted'
+
+    @staticmethod
+    def _children(conn, sid):
+        v, s = models.volumes, models.snapshots
+        n = conn.execute(sa.select(sa.func.count()).select_from(v).where(
+            v.c.parent_snapshot_id == sid)).scalar()
+        n += conn.execute(sa.select(sa.func.count()).select_from(s).where(
+            s.c.parent_snapshot_id == sid)).scalar()
+        return n
+
+    def reap(self):
+        """One step of emptying the trash: returns ('snapshot', row dict)
+        for a trashed snapshot nobody reads any more (its row is gone; the
+        caller frees its blocks), ('volume', volume) for a trashed volume
+        without snapshots (marked deleting; the caller deletes its chunks
+        and calls finish_delete), or None."""
+        v, s = models.volumes, models.snapshots
+        with self.engine.begin() as conn:
+            for row in conn.execute(sa.select(s).where(s.c.status == 'trash')):
+                if not self._children(conn, row.id):
+                    conn.execute(s.delete().where(s.c.id == row.id))
+                    LOG.info('Trashed snapshot %s (sequence %d of volume %s) '
+                             'has no clones left: deleted', row.id, row.seq,
+                             row.volume_id)
+                    return 'snapshot', self._snapshot_dict(row)
+            for row in conn.execute(sa.select(v).where(v.c.status == 'trash')):
+                n = conn.execute(sa.select(sa.func.count()).select_from(s)
+                                 .where(s.c.volume_id == row.id)).scalar()
+                if not n:
+                    conn.execute(v.update().where(v.c.id == row.id).values(
+                        status='deleting'))
+                    return 'volume', self._volume_dict(row)
+        return None
+
+    def detach_parent(self, ref):
+        """A flattened clone stops reading its parent (its snapshots still
+        do)."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.parent_snapshot_id is None:
+                raise exception.InvalidArgument(
+                    reason='volume %s is not a clone' % vol.name)
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                parent_snapshot_id=None))
+        LOG.info('Volume %s flattened: detached from snapshot %s', vol.name,
+                 vol.parent_snapshot_id)
+        return self.get_volume(vol.id)
+
+    def begin_revert(self, ref, snapshot):
+        """Mark a volume reverting to one of its snapshots; returns
+        (volume, snapshot seq).  The volume stays 'reverting' (it cannot be
+        opened) until finish_revert: a failed revert is simply retried."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            snap = self._find_snapshot(conn, snapshot, vol.id)
+            if snap.volume_id != vol.id:
+                raise exception.InvalidArgument(
+                    reason='snapshot %s belongs to another volume' % snapshot)
+            if snap.status != 'available':
+                raise exception.Conflict(reason='snapshot %s is %s'
+                                         % (snap.name, snap.status))
+            if vol.status not in ('available', 'reverting'):
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            if vol.lease_holder and vol.lease_expires > time.time():
+                raise exception.Conflict(
+                    reason='volume %s is open for writing by %s; close it '
+                           'before reverting' % (vol.name, vol.lease_holder))
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                status='reverting'))
+        return self._volume_dict(vol), snap.seq
+
+    def finish_revert(self, vid):
+        t = models.volumes
+        with self.engine.begin() as conn:
+            conn.execute(t.update().where(t.c.id == vid).values(
+                status='available'))
+
+    def resize(self, ref, size, force=False):
+        """Change a volume's size: growing is always allowed; shrinking
+        only with ``force`` (the caller zeroed the tail first)."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.status != 'available':
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            _validate_volume(vol.name, size, vol.replicas, vol.min_replicas,
+                             vol.chunk_size, vol.stripe_unit,
+                             vol.stripe_count)
+            if size < vol.size and not force:
+                raise exception.InvalidArgument(
+                    reason='shrinking volume %s from %d to %d bytes loses '
+                           'data; pass force to do it anyway'
+                           % (vol.name, vol.size, size))
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                size=size))
+        LOG.info('Volume %s resized from %s to %s', vol.name,
+                 units.format_size(vol.size), units.format_size(size))
+        return self.get_volume(vol.id)
 
     # --- chunks ------------------------------------------------------------
 
@@ -349,7 +634,9 @@ class MetadataStore:
                 raise exception.OutOfRange(
                     reason='chunks %d..%d of volume %s, which has %d'
                     % (start, start + count - 1, vol.name, nchunks))
-            if vol.status != 'available':
+            # Trashed volumes are still read (through their snapshots).
+            if vol.status != 'available' and (allocate or
+                                              vol.status != 'trash'):
                 raise exception.Conflict(reason='volume %s is %s'
                                          % (vol.name, vol.status))
             rows = {r.idx: r for r in conn.execute(sa.select(c).where(
@@ -504,6 +791,10 @@ class MetadataStore:
             'health': ('HEALTH_OK' if servers and not degraded
                        and len(up) == len(servers) else 'HEALTH_WARN'),
         }
+
+
+def _trash_name(ident):
+    return '.trash-%s' % ident
 
 
 def _chunk_count(vol):

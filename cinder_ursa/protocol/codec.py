@@ -50,15 +50,23 @@ FLUSH = 0x13
 FENCE = 0x14
 DELETE = 0x15
 CHUNK_INFO = 0x16
+SNAPSHOT = 0x17
+REVERT = 0x18
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
     WRITE: 'WRITE', REPLICATE: 'REPLICATE', FLUSH: 'FLUSH', FENCE: 'FENCE',
-    DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO',
+    DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
+    REVERT: 'REVERT',
 }
 
 # Request flags.
-FLAG_FUA = 0x0001
+FLAG_FUA = 0x0001        # WRITE/REPLICATE: durable before the reply
+FLAG_ZERO = 0x0002       # WRITE/REPLICATE: no payload, the range is zeroed
+FLAG_IF_ABSENT = 0x0004  # WRITE/REPLICATE: copy-up, only unwritten blocks
+FLAG_STATES = 0x0008     # READ: the reply carries each block's state
+FLAG_MAP_ONLY = 0x0010   # READ: states only, no data
+FLAG_GC = 0x0020         # SNAPSHOT: drop blocks no live snapshot needs
 
 # Reply status values: one table, both directions.
 OK = 0
@@ -77,23 +85,33 @@ STATUS_CODES = {
     12: 'internal',
     13: 'connection_error',
     14: 'timeout',
+    15: 'stale_snapshot',
+    16: 'unavailable',
 }
 STATUS_BY_CODE = {v: k for k, v in STATUS_CODES.items()}
 
 ALL_CHUNKS = 0xFFFFFFFFFFFFFFFF  # DELETE of a whole volume
 
 # Fixed parts of the request bodies.
-_READ = struct.Struct('!16sQQII')          # volume, index, epoch, offset, len
-# volume, index, epoch, generation, offset, replica count, min replicas
-_WRITE = struct.Struct('!16sQQQIBB2x')
-_REPLICATE = struct.Struct('!16sQQQI')     # volume, index, epoch, gen, offset
+# volume, index, epoch, offset, length, snapshot (0: the current data)
+_READ = struct.Struct('!16sQQIIQ')
+# volume, index, epoch, generation, snapshot sequence, offset, length,
+# replica count, min replicas
+_WRITE = struct.Struct('!16sQQQQIIBB2x')
+# volume, index, epoch, generation, snapshot sequence, offset, length
+_REPLICATE = struct.Struct('!16sQQQQII')
 _FLUSH = struct.Struct('!16s')             # volume
 _FENCE = struct.Struct('!16sQ')            # volume, generation
 _DELETE = struct.Struct('!16sQ')           # volume, index or ALL_CHUNKS
 _CHUNK_INFO = struct.Struct('!16sQ')       # volume, index
+_SNAPSHOT = struct.Struct('!16sQI')        # volume, sequence, live count
+_REVERT = struct.Struct('!16sQQ')          # volume, snapshot, sequence
 _STATUS = struct.Struct('!H')
 _WRITE_OK = struct.Struct('!HQ')           # status, current epoch
-_INFO_OK = struct.Struct('!HQQI')          # status, epoch, allocated, nblocks
+# status, epoch, allocated, layers digest, nblocks
+_INFO_OK = struct.Struct('!HQQII')
+_STATES = struct.Struct('!HI')             # status, block count
+_U64 = struct.Struct('!Q')
 _U32 = struct.Struct('!I')
 
 
@@ -233,78 +251,124 @@ def encode_auth_ok(mac):
 # --- requests -------------------------------------------------------------
 
 class ReadRequest:
-    __slots__ = ('volume', 'index', 'epoch', 'offset', 'length')
+    __slots__ = ('volume', 'index', 'epoch', 'offset', 'length', 'snap')
 
-    def __init__(self, volume, index, epoch, offset, length):
+    def __init__(self, volume, index, epoch, offset, length, snap=0):
         self.volume, self.index, self.epoch = volume, index, epoch
-        self.offset, self.length = offset, length
+        self.offset, self.length, self.snap = offset, length, snap
 
 
-def encode_read(req_id, volume, index, epoch, offset, length):
+def encode_read(req_id, volume, index, epoch, offset, length, snap=0,
+                flags=0):
+    """READ of the current data, or of snapshot ``snap``; with FLAG_STATES
+    the reply also says which blocks are absent, data or zeros."""
     return _frame(READ, req_id, _READ.pack(
-        _uuid_bytes(volume), index, epoch, offset, length))
+        _uuid_bytes(volume), index, epoch, offset, length, snap), flags)
 
 
 def decode_read(body):
     _check(body, _READ, 'READ')
-    vol, index, epoch, offset, length = _READ.unpack_from(body)
-    return ReadRequest(_uuid_str(vol), index, epoch, offset, length)
+    vol, index, epoch, offset, length, snap = _READ.unpack_from(body)
+    return ReadRequest(_uuid_str(vol), index, epoch, offset, length, snap)
 
 
 class WriteRequest:
-    __slots__ = ('volume', 'index', 'epoch', 'generation', 'offset',
-                 'replicas', 'data', 'fua', 'min_replicas')
+    __slots__ = ('volume', 'index', 'epoch', 'generation', 'seq', 'offset',
+                 'length', 'replicas', 'data', 'flags', 'min_replicas')
 
-    def __init__(self, volume, index, epoch, generation, offset, replicas,
-                 data, fua=False, min_replicas=1):
+    def __init__(self, volume, index, epoch, generation, seq, offset,
+                 length, replicas, data, flags=0, min_replicas=1):
         self.volume, self.index, self.epoch = volume, index, epoch
-        self.generation, self.offset = generation, offset
-        self.replicas, self.data, self.fua = replicas, data, fua
+        self.generation, self.seq, self.offset = generation, seq, offset
+        self.length = length
+        self.replicas, self.data, self.flags = replicas, data, flags
         self.min_replicas = min_replicas
+
+    @property
+    def fua(self):
+        return bool(self.flags & FLAG_FUA)
+
+    @property
+    def zero(self):
+        return bool(self.flags & FLAG_ZERO)
+
+    @property
+    def if_absent(self):
+        return bool(self.flags & FLAG_IF_ABSENT)
+
+
+def _payload(flags, length, data):
+    if flags & FLAG_ZERO:
+        return b''
+    if len(data) != length:
+        raise exception.InvalidArgument(reason='length %d but %d bytes'
+                                        % (length, len(data)))
+    return data
 
 
 def encode_write(req_id, volume, index, epoch, generation, offset, replicas,
-                 data, fua=False, min_replicas=1):
+                 data, fua=False, min_replicas=1, seq=0, flags=0,
+                 length=None):
     """Return the frame as a list of buffers (the data is not copied).
 
     ``replicas`` lists the server ids of the replica set, primary first;
     the primary refuses to acknowledge the write on fewer than
-    ``min_replicas`` of them.
+    ``min_replicas`` of them.  With FLAG_ZERO, ``data`` is ignored and
+    ``length`` bytes are zeroed.
     """
-    fixed = _WRITE.pack(_uuid_bytes(volume), index, epoch, generation,
-                        offset, len(replicas), min_replicas)
+    flags |= FLAG_FUA if fua else 0
+    length = len(data) if length is None else length
+    data = _payload(flags, length, data)
+    fixed = _WRITE.pack(_uuid_bytes(volume), index, epoch, generation, seq,
+                        offset, length, len(replicas), min_replicas)
     fixed += b''.join(_U32.pack(r) for r in replicas)
-    hdr = header(WRITE, req_id, len(fixed) + len(data),
-                 FLAG_FUA if fua else 0)
+    hdr = header(WRITE, req_id, len(fixed) + len(data), flags)
     return [hdr + fixed, data]
+
+
+def _write_data(body, start, flags, length, name):
+    data = body[start:]
+    if flags & FLAG_ZERO:
+        if len(data):
+            raise exception.ProtocolError(reason='%s with FLAG_ZERO carries '
+                                          'a payload' % name)
+    elif len(data) != length:
+        raise exception.ProtocolError(
+            reason='%s says %d bytes but carries %d' % (name, length,
+                                                         len(data)))
+    return data
 
 
 def decode_write(body, flags=0):
     _check(body, _WRITE, 'WRITE')
-    vol, index, epoch, gen, offset, n, min_rep = _WRITE.unpack_from(body)
+    (vol, index, epoch, gen, seq, offset, length, n,
+     min_rep) = _WRITE.unpack_from(body)
     start = _WRITE.size + 4 * n
     if len(body) < start:
         raise exception.ProtocolError(reason='WRITE replica list truncated')
     replicas = [_U32.unpack_from(body, _WRITE.size + 4 * i)[0]
                 for i in range(n)]
-    return WriteRequest(_uuid_str(vol), index, epoch, gen, offset, replicas,
-                        body[start:], bool(flags & FLAG_FUA), min_rep)
+    data = _write_data(body, start, flags, length, 'WRITE')
+    return WriteRequest(_uuid_str(vol), index, epoch, gen, seq, offset,
+                        length, replicas, data, flags, min_rep)
 
 
-def encode_replicate(req_id, volume, index, epoch, generation, offset, data,
-                     fua=False):
-    fixed = _REPLICATE.pack(_uuid_bytes(volume), index, epoch, generation,
-                            offset)
-    hdr = header(REPLICATE, req_id, len(fixed) + len(data),
-                 FLAG_FUA if fua else 0)
+def encode_replicate(req_id, req, epoch):
+    """Forward the WriteRequest ``req`` to another replica."""
+    flags = req.flags & (FLAG_FUA | FLAG_ZERO | FLAG_IF_ABSENT)
+    fixed = _REPLICATE.pack(_uuid_bytes(req.volume), req.index, epoch,
+                            req.generation, req.seq, req.offset, req.length)
+    data = b'' if flags & FLAG_ZERO else req.data
+    hdr = header(REPLICATE, req_id, len(fixed) + len(data), flags)
     return [hdr + fixed, data]
 
 
 def decode_replicate(body, flags=0):
     _check(body, _REPLICATE, 'REPLICATE')
-    vol, index, epoch, gen, offset = _REPLICATE.unpack_from(body)
-    return WriteRequest(_uuid_str(vol), index, epoch, gen, offset, [],
-                        body[_REPLICATE.size:], bool(flags & FLAG_FUA))
+    vol, index, epoch, gen, seq, offset, length = _REPLICATE.unpack_from(body)
+    data = _write_data(body, _REPLICATE.size, flags, length, 'REPLICATE')
+    return WriteRequest(_uuid_str(vol), index, epoch, gen, seq, offset,
+                        length, [], data, flags)
 
 
 def encode_flush(req_id, volume):
@@ -348,24 +412,75 @@ def decode_chunk_info(body):
     return _uuid_str(vol), index
 
 
+MAX_LIVE = 65536
+
+
+def encode_snapshot(req_id, volume, seq, live=(), gc=False):
+    """Tell a chunk server the volume's snapshot sequence is now ``seq``;
+    with ``gc``, also drop what no snapshot in ``live`` needs."""
+    live = sorted(live)
+    body = _SNAPSHOT.pack(_uuid_bytes(volume), seq, len(live))
+    body += b''.join(_U64.pack(x) for x in live)
+    return _frame(SNAPSHOT, req_id, body, FLAG_GC if gc else 0)
+
+
+def decode_snapshot(body):
+    _check(body, _SNAPSHOT, 'SNAPSHOT')
+    vol, seq, n = _SNAPSHOT.unpack_from(body)
+    if n > MAX_LIVE or len(body) != _SNAPSHOT.size + 8 * n:
+        raise exception.ProtocolError(reason='SNAPSHOT live list of %d '
+                                      'entries does not match its body' % n)
+    live = [_U64.unpack_from(body, _SNAPSHOT.size + 8 * i)[0]
+            for i in range(n)]
+    return _uuid_str(vol), seq, live
+
+
+def encode_revert(req_id, volume, snap, seq):
+    return _frame(REVERT, req_id, _REVERT.pack(_uuid_bytes(volume), snap,
+                                               seq))
+
+
+def decode_revert(body):
+    _check(body, _REVERT, 'REVERT')
+    vol, snap, seq = _REVERT.unpack_from(body)
+    return _uuid_str(vol), snap, seq
+
+
 # --- replies --------------------------------------------------------------
 
 def encode_ok(opcode, req_id, payload=b''):
     return _frame(opcode | REPLY, req_id, _STATUS.pack(OK) + payload)
 
 
-def encode_read_ok(req_id, data):
-    """READ reply as a list of buffers; ``data`` is not copied."""
-    return [header(READ | REPLY, req_id, 2 + len(data)) + _STATUS.pack(OK),
+def encode_read_ok(req_id, data, states=None):
+    """READ reply as a list of buffers; ``data`` is not copied.  With
+    ``states`` (one byte per block touched) the body is status, block
+    count, states, then the data."""
+    if states is None:
+        return [header(READ | REPLY, req_id, 2 + len(data))
+                + _STATUS.pack(OK), data]
+    return [header(READ | REPLY, req_id, _STATES.size + len(states)
+                   + len(data)) + _STATES.pack(OK, len(states)) + states,
             data]
+
+
+def decode_read_states(body):
+    """(states, data) of a READ reply made with FLAG_STATES."""
+    reply_status(body)
+    _check(body, _STATES, 'READ reply')
+    n = _STATES.unpack_from(body)[1]
+    if len(body) < _STATES.size + n:
+        raise exception.ProtocolError(reason='READ reply states truncated')
+    return (bytes(body[_STATES.size:_STATES.size + n]),
+            body[_STATES.size + n:])
 
 
 def encode_write_ok(req_id, epoch, opcode=WRITE):
     return _frame(opcode | REPLY, req_id, _WRITE_OK.pack(OK, epoch))
 
 
-def encode_chunk_info_ok(req_id, epoch, allocated, crcs):
-    body = _INFO_OK.pack(OK, epoch, allocated, len(crcs))
+def encode_chunk_info_ok(req_id, epoch, allocated, digest, crcs):
+    body = _INFO_OK.pack(OK, epoch, allocated, digest, len(crcs))
     body += struct.pack('!%dI' % len(crcs), *crcs)
     return _frame(CHUNK_INFO | REPLY, req_id, body)
 
@@ -400,8 +515,8 @@ def decode_write_ok(body):
 def decode_chunk_info_ok(body):
     reply_status(body)
     _check(body, _INFO_OK, 'CHUNK_INFO reply')
-    _, epoch, allocated, n = _INFO_OK.unpack_from(body)
+    _, epoch, allocated, digest, n = _INFO_OK.unpack_from(body)
     if len(body) != _INFO_OK.size + 4 * n:
         raise exception.ProtocolError(reason='CHUNK_INFO reply truncated')
     crcs = list(struct.unpack_from('!%dI' % n, body, _INFO_OK.size))
-    return epoch, allocated, crcs
+    return epoch, allocated, digest, crcs

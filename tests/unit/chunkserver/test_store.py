@@ -42,10 +42,11 @@ def test_every_block_has_a_crc32c(st, tmp_path):
     c = st.check_epoch(VOL, 3, 1, create=True)
     data = os.urandom(3 * 4096)
     st.write(c, 4096, data)
-    raw = open(tmp_path / 'chunks' / VOL / '3.crc', 'rb').read()
-    stored = struct.unpack('!4I', raw[:16])
-    assert stored[0] == 0  # never written
-    assert list(stored[1:]) == checksum.block_crcs(data)
+    raw = open(tmp_path / 'chunks' / VOL / '3.meta', 'rb').read()
+    stored = struct.unpack('!8I', raw[:32])
+    assert stored[:2] == (0, 0)  # never written
+    assert list(stored[2::2]) == checksum.block_crcs(data)
+    assert set(stored[3::2]) == {store_mod.DATA}  # state data, sequence 0
 
 
 def test_corruption_is_detected_on_read(st, tmp_path):
@@ -94,7 +95,7 @@ def test_state_survives_a_restart(tmp_path):
     assert s.chunk_list() == [(VOL, 7, 4)]
     assert s.generation(VOL) == 9
     assert s.read(s.check_epoch(VOL, 7, 4), 0, 4) == b'qqqq'
-    epoch, allocated, crcs = s.chunk_info(VOL, 7)
+    epoch, allocated, _, crcs = s.chunk_info(VOL, 7)
     assert epoch == 4 and allocated >= 4096 and len(crcs) == 1
     assert s.delete(VOL) == 1
     assert s.chunk_list() == []
@@ -114,3 +115,104 @@ def test_no_space_is_a_clear_error(tmp_path):
     c = s.check_epoch(VOL, 0, 1, create=True)
     with pytest.raises(exception.NoSpace, match='reserve'):
         s.write(c, 0, b'x' * 4096)
+
+
+# --- snapshot layers, zeroing, copy-up ---------------------------------------
+
+B = 4096
+
+
+def test_first_write_after_a_snapshot_copies_only_the_touched_block(
+        st, tmp_path):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'a' * (64 * B), seq=0)
+    st.adopt_snapseq(VOL, 1)
+    st.write(c, 5 * B + 10, b'b' * 20, seq=1)
+    layer = tmp_path / 'chunks' / VOL / '0.s1.data'
+    assert os.stat(layer).st_blocks * 512 <= 2 * B
+    assert st.read(c, 5 * B, B, snap=1) == b'a' * B
+    assert st.read(c, 5 * B + 10, 20) == b'b' * 20
+    # A second write in the same interval copies nothing more.
+    st.write(c, 5 * B, b'c' * B, seq=1)
+    assert st.read(c, 5 * B, B, snap=1) == b'a' * B
+
+
+def test_snapshot_reads_never_written_blocks_as_absent(st):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 3 * B, b'x' * B, seq=2)
+    data, states = st.read_blocks(c, 2 * B, 2 * B, snap=2)
+    assert data == bytes(2 * B) and states == bytes([store_mod.ABSENT] * 2)
+    assert st.block_states(c, 2 * B, 2 * B) == bytes([store_mod.ABSENT,
+                                                      store_mod.DATA])
+
+
+def test_zero_deallocates_whole_blocks_and_zeroes_partial_ones(st, tmp_path):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'z' * (8 * B))
+    st.write(c, B + 100, b'', zero=True, length=5 * B)
+    model = bytearray(b'z' * (8 * B))
+    model[B + 100:6 * B + 100] = bytes(5 * B)
+    assert st.read(c, 0, 8 * B) == model
+    assert st.block_states(c, 0, 8 * B) == bytes(
+        [1, 1, 2, 2, 2, 2, 1, 1])
+    st.sync_fds(st.dirty_fds())
+    used = os.stat(tmp_path / 'chunks' / VOL / '0.data').st_blocks * 512
+    assert used <= 4 * B
+
+
+def test_copy_up_fills_only_absent_blocks(st):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, B, b'm' * B)
+    st.write(c, 2 * B, b'', zero=True, length=B)
+    st.write(c, 0, b'p' * (4 * B), if_absent=True)
+    assert st.read(c, 0, 4 * B) == (b'p' * B + b'm' * B + bytes(B)
+                                    + b'p' * B)
+    with pytest.raises(exception.InvalidArgument):
+        st.write(c, 1, b'p' * B, if_absent=True)
+
+
+class _Model:
+    """What every snapshot of one chunk must read (bytes per sequence)."""
+
+    def __init__(self, size):
+        self.head = bytearray(size)
+        self.snaps = {}
+
+
+def test_random_writes_snapshots_reverts_and_gc_match_a_model(st):
+    import random
+    rng = random.Random(7)
+    size = 32 * B
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    m = _Model(size)
+    seq = 0
+    for step in range(400):
+        op = rng.random()
+        if op < 0.55:
+            off = rng.randrange(size - 1)
+            n = rng.randrange(1, min(3 * B, size - off) + 1)
+            data = bytes([rng.randrange(1, 256)]) * n
+            st.write(c, off, data, seq=seq)
+            m.head[off:off + n] = data
+        elif op < 0.7:
+            off = rng.randrange(size - 1)
+            n = rng.randrange(1, min(5 * B, size - off) + 1)
+            st.write(c, off, b'', seq=seq, zero=True, length=n)
+            m.head[off:off + n] = bytes(n)
+        elif op < 0.82:
+            seq += 1
+            m.snaps[seq] = bytes(m.head)
+        elif op < 0.9 and m.snaps:
+            victim = rng.choice(sorted(m.snaps))
+            del m.snaps[victim]
+            st.gc(VOL, list(m.snaps))
+        elif m.snaps:
+            target = rng.choice(sorted(m.snaps))
+            st.revert(VOL, target, seq)
+            m.head[:] = m.snaps[target]
+        assert st.read(c, 0, size) == m.head, step
+        for k, want in m.snaps.items():
+            assert st.read(c, 0, size, snap=k) == want, (step, k)
+    # Deleting every snapshot frees every layer.
+    st.gc(VOL, [])
+    assert c.layers == {}

@@ -28,9 +28,9 @@ def add_servers(store, n, hosts=None):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0001'
+    assert store.schema_version() == '0002'
     store.upgrade()
-    assert store.schema_version() == '0001'
+    assert store.schema_version() == '0002'
 
 
 def test_volume_lifecycle(store):
@@ -114,7 +114,7 @@ def test_registration_reports_stale_and_orphan_chunks(store):
     victim = c['replicas'][0]['id']
     store.drop_replica('v', 0, victim, 1)
     uuid = 'uuid-%d' % ids.index(victim)
-    _, stale, orphans, gens = store.register_server(
+    _, stale, orphans, gens, _ = store.register_server(
         uuid, 'a', 'r', '127.0.0.1', 1, 1, 0, 1,
         chunks=[(v['id'], 0, 1), (v['id'], 1, 1), ('gone', 0, 1)])
     assert stale == [(v['id'], 0)]

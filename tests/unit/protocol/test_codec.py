@@ -23,38 +23,81 @@ def one_frame(raw):
 
 def test_read_request():
     raw = codec.encode_read(7, VOL, 3, 9, 4096, 8192)
-    assert raw.hex() == (hdr(0x10, 7, 40) + VOL_HEX + '%016x' % 3 +
-                         '%016x' % 9 + '00001000' + '00002000')
+    assert raw.hex() == (hdr(0x10, 7, 48) + VOL_HEX + '%016x' % 3 +
+                         '%016x' % 9 + '00001000' + '00002000' +
+                         '%016x' % 0)
     f = one_frame(raw)
     assert (f.opcode, f.req_id) == (codec.READ, 7)
     r = codec.decode_read(f.body)
-    assert (r.volume, r.index, r.epoch, r.offset, r.length) == (
-        VOL, 3, 9, 4096, 8192)
+    assert (r.volume, r.index, r.epoch, r.offset, r.length, r.snap) == (
+        VOL, 3, 9, 4096, 8192, 0)
+
+
+def test_read_of_a_snapshot_with_states():
+    raw = codec.encode_read(7, VOL, 3, 9, 0, 4096, snap=5,
+                            flags=codec.FLAG_STATES)
+    f = one_frame(raw)
+    assert f.flags == codec.FLAG_STATES
+    assert codec.decode_read(f.body).snap == 5
+    raw = b''.join(codec.encode_read_ok(7, b'xy', b'\x01\x02'))
+    assert raw.hex() == hdr(0x90, 7, 10) + '0000' + '00000002' + '0102' + \
+        '7879'
+    states, data = codec.decode_read_states(one_frame(raw).body)
+    assert states == b'\x01\x02' and bytes(data) == b'xy'
 
 
 def test_write_request_with_fua():
     raw = b''.join(codec.encode_write(8, VOL, 1, 2, 5, 512, [1, 2, 3],
-                                      b'ab', fua=True, min_replicas=2))
-    assert raw.hex() == (hdr(0x11, 8, 62, flags=1) + VOL_HEX +
+                                      b'ab', fua=True, min_replicas=2,
+                                      seq=4))
+    assert raw.hex() == (hdr(0x11, 8, 74, flags=1) + VOL_HEX +
                          '%016x' % 1 + '%016x' % 2 + '%016x' % 5 +
-                         '00000200' + '03' + '02' + '0000' +
-                         '00000001' '00000002' '00000003' + '6162')
+                         '%016x' % 4 + '00000200' + '00000002' + '03' +
+                         '02' + '0000' + '00000001' '00000002' '00000003' +
+                         '6162')
     f = one_frame(raw)
     w = codec.decode_write(f.body, f.flags)
-    assert (w.volume, w.index, w.epoch, w.generation, w.offset) == (
-        VOL, 1, 2, 5, 512)
+    assert (w.volume, w.index, w.epoch, w.generation, w.seq, w.offset) == (
+        VOL, 1, 2, 5, 4, 512)
     assert w.replicas == [1, 2, 3]
     assert bytes(w.data) == b'ab' and w.fua and w.min_replicas == 2
 
 
+def test_zero_writes_carry_no_payload():
+    raw = b''.join(codec.encode_write(8, VOL, 1, 2, 5, 0, [1], b'',
+                                      flags=codec.FLAG_ZERO, length=1 << 20))
+    f = one_frame(raw)
+    w = codec.decode_write(f.body, f.flags)
+    assert w.zero and w.length == 1 << 20 and len(w.data) == 0
+    # A payload that does not match its length is refused.
+    bad = codec.encode_write(8, VOL, 1, 2, 5, 0, [1], b'abc')
+    body = bytearray(b''.join(bad))[codec.HEADER_SIZE:]
+    with pytest.raises(exception.ProtocolError):
+        codec.decode_write(bytes(body[:-1]))
+
+
 def test_replicate_request():
-    raw = b''.join(codec.encode_replicate(9, VOL, 1, 2, 5, 512, b'ab'))
-    assert raw.hex() == (hdr(0x12, 9, 46) + VOL_HEX + '%016x' % 1 +
-                         '%016x' % 2 + '%016x' % 5 + '00000200' + '6162')
+    w = codec.WriteRequest(VOL, 1, 2, 5, 3, 512, 2, [], b'ab')
+    raw = b''.join(codec.encode_replicate(9, w, 2))
+    assert raw.hex() == (hdr(0x12, 9, 58) + VOL_HEX + '%016x' % 1 +
+                         '%016x' % 2 + '%016x' % 5 + '%016x' % 3 +
+                         '00000200' + '00000002' + '6162')
     f = one_frame(raw)
     w = codec.decode_replicate(f.body, f.flags)
-    assert (w.index, w.epoch, w.generation, w.offset, bytes(w.data),
-            w.fua) == (1, 2, 5, 512, b'ab', False)
+    assert (w.index, w.epoch, w.generation, w.seq, w.offset, bytes(w.data),
+            w.fua) == (1, 2, 5, 3, 512, b'ab', False)
+
+
+def test_snapshot_and_revert_requests():
+    raw = codec.encode_snapshot(3, VOL, 7, [5, 2], gc=True)
+    assert raw.hex() == (hdr(0x17, 3, 44, flags=codec.FLAG_GC) + VOL_HEX +
+                         '%016x' % 7 + '00000002' + '%016x' % 2 +
+                         '%016x' % 5)
+    assert codec.decode_snapshot(one_frame(raw).body) == (VOL, 7, [2, 5])
+    with pytest.raises(exception.ProtocolError):
+        codec.decode_snapshot(one_frame(raw).body[:-1])
+    raw = codec.encode_revert(4, VOL, 2, 7)
+    assert codec.decode_revert(one_frame(raw).body) == (VOL, 2, 7)
 
 
 def test_flush_fence_delete_info_requests():
@@ -86,11 +129,11 @@ def test_replies():
     assert raw.hex() == hdr(0x90, 7, 4) + '0000' + '7879'
     assert bytes(codec.reply_status(one_frame(raw).body)) == b'xy'
 
-    raw = codec.encode_chunk_info_ok(13, 6, 8192, [1, 2])
-    assert raw.hex() == (hdr(0x96, 13, 30) + '0000' + '%016x' % 6 +
-                         '%016x' % 8192 + '00000002' + '00000001' +
-                         '00000002')
-    assert codec.decode_chunk_info_ok(one_frame(raw).body) == (6, 8192,
+    raw = codec.encode_chunk_info_ok(13, 6, 8192, 9, [1, 2])
+    assert raw.hex() == (hdr(0x96, 13, 34) + '0000' + '%016x' % 6 +
+                         '%016x' % 8192 + '00000009' + '00000002' +
+                         '00000001' + '00000002')
+    assert codec.decode_chunk_info_ok(one_frame(raw).body) == (6, 8192, 9,
                                                                [1, 2])
 
     raw = codec.encode_ok(codec.FLUSH, 10)

@@ -35,7 +35,8 @@ def test_mixed_small_and_large_frames(seed):
     for i in range(60):
         size = rng.choice([0, 1, 4096, 65535, 65536, 300000, 1 << 20])
         data = rng.randbytes(size)
-        stream += b''.join(codec.encode_replicate(i, VOL, 0, 1, 1, 0, data))
+        stream += b''.join(codec.encode_replicate(
+            i, codec.WriteRequest(VOL, 0, 1, 1, 0, 0, size, [], data), 1))
         expected.append((i, data))
     frames = deliver(FrameReader(), bytes(stream), rng)
     assert [(f.req_id, bytes(codec.decode_replicate(f.body).data))
