@@ -216,6 +216,180 @@ class VolumeDelete(command.Command):
             self.app.stdout.write('Deleted volume %s\n' % ref)
 
 
+def _fmt_snapshot(s):
+    return {'id': s['id'], 'name': s['name'],
+            'volume': s.get('volume_name', s['volume_id']),
+            'seq': s['seq'], 'size': s['size'],
+            'size_human': units.format_size(s['size']),
+            'status': s['status'],
+            'created_at': time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(
+                s['created_at'])),
+            'clones': ', '.join(s.get('clones', []))}
+
+
+class SnapshotCreate(show.ShowOne):
+    """Take a snapshot of a volume (O(1), also while it is being written:
+    every write acknowledged before is in it).
+    Example: ursa snapshot create vol1 before-upgrade"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume')
+        p.add_argument('name')
+        return p
+
+    def take_action(self, args):
+        snap = self.app.master().request(
+            'POST', '/volumes/%s/snapshots' % rest.quote(args.volume),
+            {'name': args.name})['snapshot']
+        s = _fmt_snapshot(snap)
+        return tuple(s), tuple(s.values())
+
+
+class SnapshotList(lister.Lister):
+    """List snapshots, of every volume or of one.
+    Example: ursa snapshot list --volume vol1"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('--volume')
+        return p
+
+    def take_action(self, args):
+        path = ('/volumes/%s/snapshots' % rest.quote(args.volume)
+                if args.volume else '/snapshots')
+        cols = ('id', 'volume', 'name', 'seq', 'size_human', 'status',
+                'created_at')
+        snaps = self.app.master().request('GET', path)['snapshots']
+        return cols, [tuple(_fmt_snapshot(s)[c] for c in cols)
+                      for s in snaps]
+
+
+class SnapshotShow(show.ShowOne):
+    """Show a snapshot: ursa snapshot show vol1@before-upgrade"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('snapshot', help='volume@name or id')
+        return p
+
+    def take_action(self, args):
+        s = _fmt_snapshot(self.app.master().request(
+            'GET', '/snapshots/%s' % rest.quote(args.snapshot))['snapshot'])
+        return tuple(s), tuple(s.values())
+
+
+class SnapshotDelete(command.Command):
+    """Delete snapshots.  A snapshot that clones still read is moved to
+    the trash (hidden) and freed when its last clone is deleted or
+    flattened.  Example: ursa snapshot delete vol1@before-upgrade"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('snapshot', nargs='+', help='volume@name or id')
+        return p
+
+    def take_action(self, args):
+        for ref in args.snapshot:
+            self.app.master().request('DELETE',
+                                      '/snapshots/%s' % rest.quote(ref))
+            self.app.stdout.write('Deleted snapshot %s\n' % ref)
+
+
+class VolumeClone(show.ShowOne):
+    """Create a volume from a snapshot in O(1): it reads the snapshot's
+    blocks until it writes its own.
+    Example: ursa volume clone vol1@golden vm42 --size 20G"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('snapshot', help='volume@name or id')
+        p.add_argument('name')
+        p.add_argument('--size', help='At least the snapshot\'s size '
+                                      '(default: the same).')
+        p.add_argument('--replicas', type=int)
+        return p
+
+    def take_action(self, args):
+        body = {'name': args.name, 'snapshot': args.snapshot}
+        if args.size:
+            body['size'] = units.parse_size(args.size)
+        if args.replicas:
+            body['replicas'] = args.replicas
+        v = _fmt_volume(self.app.master().request('POST', '/volumes',
+                                                  body)['volume'])
+        return tuple(v), tuple(v.values())
+
+
+class VolumeFlatten(show.ShowOne):
+    """Copy the blocks a clone still reads from its parent into the clone
+    and detach it (works while the clone is in use; rate limited with
+    --rate; running it again resumes).
+    Example: ursa volume flatten vm42 --rate 100M"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume')
+        p.add_argument('--rate', help='Copy at most this many bytes per '
+                                      'second (e.g. 100M).')
+        return p
+
+    def take_action(self, args):
+        rate = units.parse_size(args.rate) if args.rate else None
+        with self.app.data_cluster() as cluster:
+            bar = _progress(None, 'flatten')
+
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+            try:
+                vol = cluster.flatten(args.volume, progress, rate)
+            finally:
+                bar.close()
+        v = _fmt_volume(vol)
+        return tuple(v), tuple(v.values())
+
+
+class VolumeResize(show.ShowOne):
+    """Grow a volume (also while in use: NBD clients see the new size when
+    they reconnect).  Shrinking destroys the data past the new end and
+    needs --force.  Example: ursa volume resize vol1 20G"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume')
+        p.add_argument('size')
+        p.add_argument('--force', action='store_true',
+                       help='Allow shrinking.')
+        return p
+
+    def take_action(self, args):
+        with self.app.data_cluster() as cluster:
+            vol = cluster.resize(args.volume, units.parse_size(args.size),
+                                 args.force)
+        v = _fmt_volume(vol)
+        return tuple(v), tuple(v.values())
+
+
+class VolumeRevert(show.ShowOne):
+    """Make a volume's data what it was at one of its snapshots (the volume
+    must not be open for writing; later snapshots are kept).
+    Example: ursa volume revert vol1 before-upgrade"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume')
+        p.add_argument('snapshot', help='snapshot name (or id)')
+        return p
+
+    def take_action(self, args):
+        vol = self.app.master().request(
+            'POST', '/volumes/%s/revert' % rest.quote(args.volume),
+            {'snapshot': args.snapshot})['volume']
+        v = _fmt_volume(vol)
+        return tuple(v), tuple(v.values())
+
+
 def _progress(total, desc):
     from tqdm import tqdm
     return tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024,
@@ -310,11 +484,16 @@ class VolumeExport(command.Command):
         p = super().get_parser(prog_name)
         p.add_argument('volume')
         p.add_argument('file')
+        p.add_argument('--snapshot', help='Export this snapshot of the '
+                                          'volume instead.')
         return p
 
     def take_action(self, args):
+        ref = args.volume
+        if args.snapshot:
+            ref = '%s@%s' % (args.volume, args.snapshot)
         with self.app.data_cluster() as cluster, \
-                cluster.open_volume(args.volume, writable=False) as vol:
+                cluster.open_volume(ref, writable=False) as vol:
             bar = _progress(vol.size, 'export')
             fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                          0o644)

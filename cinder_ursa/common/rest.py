@@ -166,5 +166,7 @@ class MasterClient:
 
 
 def quote(ref):
-    """A volume name or id as one URL path segment."""
-    return urllib.parse.quote(str(ref), safe='')
+    """A volume name or id (or ``volume@snapshot``) as one URL path
+    segment.  '@' stays as it is: HTTP clients normalise %40 back to '@',
+    and the signature covers the path as sent."""
+    return urllib.parse.quote(str(ref), safe='@')
