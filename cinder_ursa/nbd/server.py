@@ -1,9 +1,15 @@
 """ursa-nbd's server: exports Ursa volumes over NBD (fixed newstyle).
 
 Life of a connection: handshake; options (EXPORT_NAME, GO, INFO, LIST,
-ABORT; anything else gets NBD_REP_ERR_UNSUP); then transmission, where each
+ABORT, STRUCTURED_REPLY, LIST/SET_META_CONTEXT with base:allocation;
+anything else gets NBD_REP_ERR_UNSUP); then transmission, where each
 request is validated before it reaches the volume and runs as its own task,
 so replies go out in completion order.
+
+Export names: a volume (name or id) is exported read-write under its lease;
+``volume@snapshot`` is exported read-only and takes no lease.  TRIM and
+WRITE_ZEROES deallocate whole blocks (the volume gets thinner); BLOCK_STATUS
+reports the holes, so qemu-img, nbdcopy and nbdinfo --map see them.
 
 All connections to one export share one open :class:`Volume` (one lease,
 one dirty set), so a FLUSH on any connection covers writes completed on
@@ -15,16 +21,30 @@ import logging
 import struct
 
 from cinder_ursa import exception
+from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.common import rest
 from cinder_ursa.nbd import protocol as p
 
 LOG = logging.getLogger(__name__)
 
 
+BLOCK_STATUS_LIMIT = 1024 * 1024 * 1024  # bytes described per reply
+
+
 class _Export:
-    def __init__(self, volume):
+    def __init__(self, key, volume, read_only):
+        self.key = key
         self.volume = volume
+        self.read_only = read_only
         self.users = 0
+
+
+class _Conn:
+    """What one client negotiated."""
+
+    def __init__(self):
+        self.structured = False
+        self.meta = False
 
 
 class NbdServer:
@@ -42,14 +62,28 @@ class NbdServer:
 
     async def _open(self, name):
         async with self._lock:
-            info = await self.cluster.master.request(
-                'GET', '/volumes/%s' % rest.quote(name))
-            vid = info['volume']['id']
-            exp = self._exports.get(vid)
-            if exp is None:
-                vol = await self.cluster.open_volume(
-                    vid, writable=not self.read_only, holder=self.holder)
-                exp = self._exports[vid] = _Export(vol)
+            if '@' in name:
+                snap = (await self.cluster.master.request(
+                    'GET', '/snapshots/%s' % rest.quote(name)))['snapshot']
+                key = ('snapshot', snap['id'])
+                exp = self._exports.get(key)
+                if exp is None:
+                    vol = volume_mod.Volume.for_snapshot(self.cluster, snap)
+                    exp = self._exports[key] = _Export(key, vol, True)
+            else:
+                info = await self.cluster.master.request(
+                    'GET', '/volumes/%s' % rest.quote(name))
+                key = ('volume', info['volume']['id'])
+                exp = self._exports.get(key)
+                if exp is None:
+                    vol = await self.cluster.open_volume(
+                        key[1], writable=not self.read_only,
+                        holder=self.holder)
+                    exp = self._exports[key] = _Export(key, vol,
+                                                       self.read_only)
+                else:
+                    # A grown volume shows its new size to new clients.
+                    await exp.volume.refresh()
             exp.users += 1
             return exp
 
@@ -57,16 +91,19 @@ class NbdServer:
         async with self._lock:
             exp.users -= 1
             if exp.users == 0:
-                self._exports.pop(exp.volume.id, None)
+                self._exports.pop(exp.key, None)
                 await exp.volume.close()
 
-    def flags(self):
+    @staticmethod
+    def flags(exp, conn):
         f = (p.TF_HAS_FLAGS | p.TF_SEND_FLUSH | p.TF_SEND_FUA |
              p.TF_CAN_MULTI_CONN | p.TF_SEND_CACHE)
-        if self.read_only:
+        if exp.read_only:
             f |= p.TF_READ_ONLY
         else:
-            f |= p.TF_SEND_WRITE_ZEROES
+            f |= p.TF_SEND_WRITE_ZEROES | p.TF_SEND_TRIM | p.TF_SEND_FAST_ZERO
+        if conn.structured:
+            f |= p.TF_SEND_DF  # reads are never fragmented
         return f
 
     # --- connection --------------------------------------------------------
@@ -77,11 +114,13 @@ class NbdServer:
         self.connections.add(task)
         exp = None
         try:
-            exp = await self._handshake(reader, writer)
+            conn = _Conn()
+            exp = await self._handshake(reader, writer, conn)
             if exp is not None:
-                LOG.info('NBD client %s attached to volume %s', peer,
-                         exp.volume.name)
-                await self._transmission(reader, writer, exp)
+                LOG.info('NBD client %s attached to %s%s', peer,
+                         exp.volume.name,
+                         ' (read-only)' if exp.read_only else '')
+                await self._transmission(reader, writer, exp, conn)
         except (asyncio.IncompleteReadError, ConnectionError):
             LOG.debug('NBD client %s went away', peer)
         except exception.ProtocolError as e:
@@ -95,7 +134,7 @@ class NbdServer:
                     LOG.warning('Closing volume %s: %s', exp.volume.name, e)
             writer.close()
 
-    async def _handshake(self, reader, writer):
+    async def _handshake(self, reader, writer, conn):
         writer.write(p.handshake())
         await writer.drain()
         (cflags,) = struct.unpack('>I', await reader.readexactly(4))
@@ -117,8 +156,8 @@ class NbdServer:
                 exp = await self._try_open(data.decode('utf-8', 'replace'))
                 if exp is None:
                     return None  # the spec: just close the connection
-                writer.write(p.EXPORT_NAME_REPLY.pack(exp.volume.size,
-                                                      self.flags()))
+                writer.write(p.EXPORT_NAME_REPLY.pack(
+                    exp.volume.size, self.flags(exp, conn)))
                 if not no_zeroes:
                     writer.write(bytes(124))
                 await writer.drain()
@@ -140,8 +179,20 @@ class NbdServer:
                 writer.write(p.option_reply(option, p.REP_ACK))
                 await writer.drain()
                 continue
+            if option == p.OPT_STRUCTURED_REPLY:
+                if data:
+                    writer.write(p.option_reply(option, p.REP_ERR_INVALID))
+                else:
+                    conn.structured = True
+                    writer.write(p.option_reply(option, p.REP_ACK))
+                await writer.drain()
+                continue
+            if option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
+                self._meta_context(writer, option, data, conn)
+                await writer.drain()
+                continue
             if option in (p.OPT_INFO, p.OPT_GO):
-                exp = await self._info(writer, option, data)
+                exp = await self._info(writer, option, data, conn)
                 if exp is not None and option == p.OPT_GO:
                     return exp
                 if exp is not None:
@@ -157,7 +208,45 @@ class NbdServer:
             LOG.warning('NBD export %r refused: %s', name, e)
             return None
 
-    async def _info(self, writer, option, data):
+    @staticmethod
+    def _meta_context(writer, option, data, conn):
+        """LIST/SET_META_CONTEXT: only base:allocation exists."""
+        try:
+            (nlen,) = struct.unpack_from('>I', data)
+            pos = 4 + nlen
+            (nq,) = struct.unpack_from('>I', data, pos)
+            pos += 4
+            queries = []
+            for _ in range(nq):
+                (qlen,) = struct.unpack_from('>I', data, pos)
+                pos += 4
+                if pos + qlen > len(data):
+                    raise struct.error('query truncated')
+                queries.append(data[pos:pos + qlen].decode('utf-8'))
+                pos += qlen
+            if pos != len(data):
+                raise struct.error('trailing bytes')
+        except (struct.error, UnicodeDecodeError):
+            writer.write(p.option_reply(option, p.REP_ERR_INVALID))
+            return
+        if not conn.structured:
+            writer.write(p.option_reply(
+                option, p.REP_ERR_INVALID,
+                b'negotiate structured replies first'))
+            return
+        listing = option == p.OPT_LIST_META_CONTEXT
+        match = any(q == p.META_BASE_ALLOCATION or (listing and q == 'base:')
+                    for q in queries) or (listing and not queries)
+        if option == p.OPT_SET_META_CONTEXT:
+            conn.meta = match
+        if match:
+            name = p.META_BASE_ALLOCATION.encode()
+            writer.write(p.option_reply(
+                option, p.REP_META_CONTEXT,
+                struct.pack('>I', 0 if listing else p.META_ID) + name))
+        writer.write(p.option_reply(option, p.REP_ACK))
+
+    async def _info(self, writer, option, data, conn):
         if len(data) < 6:
             writer.write(p.option_reply(option, p.REP_ERR_INVALID))
             await writer.drain()
@@ -180,7 +269,7 @@ class NbdServer:
             await writer.drain()
             return None
         writer.write(p.option_reply(option, p.REP_INFO, p.info_export(
-            exp.volume.size, self.flags())))
+            exp.volume.size, self.flags(exp, conn))))
         writer.write(p.option_reply(option, p.REP_INFO, p.info_block_size(
             p.MAX_REQUEST)))
         writer.write(p.option_reply(option, p.REP_ACK))
@@ -189,7 +278,7 @@ class NbdServer:
 
     # --- transmission ------------------------------------------------------
 
-    async def _transmission(self, reader, writer, exp):
+    async def _transmission(self, reader, writer, exp, conn):
         vol = exp.volume
         tasks = set()
         try:
@@ -208,59 +297,103 @@ class NbdServer:
                         raise exception.ProtocolError(
                             reason='WRITE of %d bytes' % length)
                     data = await reader.readexactly(length)
-                err = self._validate(vol, cmd, flags, offset, length)
+                err = self._validate(exp, conn, cmd, flags, offset, length)
                 if err:
-                    writer.write(p.simple_reply(handle, err))
+                    writer.write(self._error(conn, handle, err))
                     continue
                 t = asyncio.get_running_loop().create_task(self._run(
-                    writer, vol, cmd, flags, handle, offset, length, data))
+                    writer, vol, conn, cmd, flags, handle, offset, length,
+                    data))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            if not self.read_only:
+            if not exp.read_only:
                 try:
                     await vol.flush()
                 except exception.UrsaError as e:
                     LOG.warning('Flush at disconnect of %s: %s', vol.name, e)
 
-    def _validate(self, vol, cmd, flags, offset, length):
+    @staticmethod
+    def _error(conn, handle, err, message=''):
+        if conn.structured:
+            return p.structured_error(handle, err, message)
+        return p.simple_reply(handle, err)
+
+    @staticmethod
+    def _validate(exp, conn, cmd, flags, offset, length):
         if cmd not in (p.CMD_READ, p.CMD_WRITE, p.CMD_FLUSH, p.CMD_CACHE,
-                       p.CMD_WRITE_ZEROES):
+                       p.CMD_WRITE_ZEROES, p.CMD_TRIM, p.CMD_BLOCK_STATUS):
             return p.EINVAL
         if cmd == p.CMD_FLUSH:
             return 0
-        if self.read_only and cmd in (p.CMD_WRITE, p.CMD_WRITE_ZEROES):
+        writes = (p.CMD_WRITE, p.CMD_WRITE_ZEROES, p.CMD_TRIM)
+        if exp.read_only and cmd in writes:
             return p.EPERM
+        if flags & p.CMD_FLAG_FAST_ZERO and cmd != p.CMD_WRITE_ZEROES:
+            return p.EINVAL
+        if flags & p.CMD_FLAG_DF and cmd != p.CMD_READ:
+            return p.EINVAL
+        if cmd == p.CMD_BLOCK_STATUS and (not conn.meta or not length):
+            return p.EINVAL
         if cmd == p.CMD_READ and length > p.MAX_REQUEST:
             return p.EINVAL
-        if offset + length > vol.size:
-            return p.ENOSPC if cmd in (p.CMD_WRITE,
-                                       p.CMD_WRITE_ZEROES) else p.EINVAL
+        if offset + length > exp.volume.size:
+            return p.ENOSPC if cmd in writes else p.EINVAL
         return 0
 
-    async def _run(self, writer, vol, cmd, flags, handle, offset, length,
-                   data):
+    async def _run(self, writer, vol, conn, cmd, flags, handle, offset,
+                   length, data):
         fua = bool(flags & p.CMD_FLAG_FUA)
         try:
             if cmd == p.CMD_READ:
                 out = await vol.read(offset, length)
-                writer.writelines((p.simple_reply(handle), out))
+                if conn.structured:
+                    writer.writelines((p.structured_header(
+                        handle, p.REPLY_TYPE_OFFSET_DATA, 8 + len(out)),
+                        struct.pack('>Q', offset), out))
+                else:
+                    writer.writelines((p.simple_reply(handle), out))
+                return
+            if cmd == p.CMD_BLOCK_STATUS:
+                writer.write(p.structured(
+                    handle, p.REPLY_TYPE_BLOCK_STATUS,
+                    p.block_status_payload(await self._extents(
+                        vol, offset, length,
+                        flags & p.CMD_FLAG_REQ_ONE))))
                 return
             if cmd == p.CMD_WRITE:
                 await vol.write(offset, data, fua)
+            elif cmd == p.CMD_TRIM:
+                await vol.write_zeroes(offset, length, fua)
             elif cmd == p.CMD_WRITE_ZEROES:
-                for pos in range(0, length, 4 * 1024 * 1024):
-                    n = min(4 * 1024 * 1024, length - pos)
-                    await vol.write(offset + pos, bytes(n), fua)
+                if not flags & p.CMD_FLAG_NO_HOLE:
+                    await vol.write_zeroes(offset, length, fua)
+                elif flags & p.CMD_FLAG_FAST_ZERO:
+                    # Allocated zeros mean writing them: not fast.
+                    writer.write(self._error(conn, handle, p.ENOTSUP))
+                    return
+                else:
+                    for pos in range(0, length, 4 * 1024 * 1024):
+                        n = min(4 * 1024 * 1024, length - pos)
+                        await vol.write(offset + pos, bytes(n), fua)
             elif cmd == p.CMD_FLUSH:
                 await vol.flush()
             elif cmd == p.CMD_CACHE:
                 await vol.prefetch_map(offset, length)
             writer.write(p.simple_reply(handle))
         except exception.UrsaError as e:
-            LOG.warning('NBD %s of volume %s at %d+%d failed: %s',
+            LOG.warning('NBD command %d on %s at %d+%d failed: %s',
                         cmd, vol.name, offset, length, e)
-            writer.write(p.simple_reply(handle, p.errno_for(e)))
+            writer.write(self._error(conn, handle, p.errno_for(e), str(e)))
 
+    @staticmethod
+    async def _extents(vol, offset, length, req_one):
+        """base:allocation extents of a range (at most
+        BLOCK_STATUS_LIMIT bytes of it; with req_one just the first)."""
+        runs = await vol.block_status(offset, min(length,
+                                                  BLOCK_STATUS_LIMIT))
+        out = [(n, 0 if st == volume_mod.DATA else
+                p.STATE_HOLE | p.STATE_ZERO) for n, st in runs]
+        return out[:1] if req_one else out

@@ -78,6 +78,74 @@ def test_qemu_img_convert_in_and_out(aio, tmp_path):
     info = json.loads(run('qemu-img', 'info', '--output=json',
                           uri(aio, 'qimg')))
     assert info['virtual-size'] == 64 * MiB
+    # The copy stayed thin: qemu-img saw the holes (BLOCK_STATUS going
+    # out, WRITE_ZEROES/TRIM coming in) and the volume holds the data
+    # only (8 MiB + 2 partial blocks, metadata 8 bytes per 4 KiB).
+    used = wait_allocated(aio, 'qimg', 8 * MiB)
+    assert 8 * MiB <= used <= 8 * MiB + 256 * 1024, used
+    assert out.stat().st_blocks * 512 < 12 * MiB
+
+
+def wait_allocated(aio, name, at_least, timeout=30):
+    """The volume's allocated bytes (once), after heartbeats report it."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        vol = aio.client().volume(name)
+        if vol['allocated_bytes'] >= at_least or time.monotonic() > deadline:
+            return vol['allocated_bytes']
+        time.sleep(0.5)
+
+
+def test_nbdinfo_map_shows_holes_and_trim_makes_new_ones(aio):
+    need('nbdinfo')
+    need('qemu-io')
+    aio.client().create_volume('map', 16 * MiB, chunk_size=4 * MiB)
+    run('qemu-io', '-f', 'raw', '-c', 'write -P 0x5a 1M 1M',
+        '-c', 'write -P 0x5b 9M 64k', '-c', 'discard 1M 256k',
+        '-c', 'write -z -u 1536k 64k', '-c', 'write -z 1664k 64k',
+        uri(aio, 'map'))
+    extents = json.loads(run('nbdinfo', '--map', '--json', uri(aio, 'map')))
+    data = [(e['offset'], e['length']) for e in extents
+            if not e['type'] & 1]
+    # discard and write -z -u (may unmap) make holes; write -z (NO_HOLE)
+    # keeps the zeros allocated.
+    assert data == [(1 * MiB + 256 * 1024, 256 * 1024),
+                    (1536 * 1024 + 64 * 1024, 448 * 1024),
+                    (9 * MiB, 64 * 1024)]
+    holes = [e for e in extents if e['type'] == 3]
+    assert holes[0]['offset'] == 0 and sum(
+        e['length'] for e in extents) == 16 * MiB
+    out = run('qemu-io', '-f', 'raw', '-c', 'read -P 0 1M 256k',
+              '-c', 'read -P 0x5a 1280k 256k', '-c', 'read -P 0 1536k 64k',
+              '-c', 'read -P 0 1664k 64k', '-c', 'read -P 0x5a 1600k 64k',
+              uri(aio, 'map'))
+    assert 'Pattern verification failed' not in out
+
+
+def test_snapshots_export_read_only_without_a_lease(aio, tmp_path):
+    need('qemu-io')
+    need('nbdinfo')
+    aio.client().create_volume('snapvol', 8 * MiB, chunk_size=4 * MiB)
+    run('qemu-io', '-f', 'raw', '-c', 'write -P 0x42 0 2M',
+        uri(aio, 'snapvol'))
+    aio.client().request('POST', '/volumes/snapvol/snapshots',
+                         {'name': 'one'})
+    # The volume stays writable (and leased by the gateway) meanwhile.
+    run('qemu-io', '-f', 'raw', '-c', 'write -P 0x43 0 1M',
+        uri(aio, 'snapvol'))
+    info = json.loads(run('nbdinfo', '--json', uri(aio, 'snapvol@one')))
+    assert info['exports'][0]['is_read_only']
+    out = run('qemu-io', '-r', '-f', 'raw', '-c', 'read -P 0x42 0 2M',
+              uri(aio, 'snapvol@one'))
+    assert 'Pattern verification failed' not in out
+    r = subprocess.run(['qemu-io', '-f', 'raw', '-c', 'write 0 4k',
+                        uri(aio, 'snapvol@one')], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 or 'failed' in (r.stdout + r.stderr).lower()
+    out = run('qemu-io', '-f', 'raw', '-c', 'read -P 0x43 0 1M',
+              '-c', 'read -P 0x42 1M 1M', uri(aio, 'snapvol'))
+    assert 'Pattern verification failed' not in out
 
 
 def test_qemu_io_patterns_and_unaligned_writes(aio):
