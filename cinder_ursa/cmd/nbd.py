@@ -34,7 +34,16 @@ def main(argv=None):
 
     async def serve(stop):
         cluster = volume_mod.Cluster(conf.ursa.master_url, key)
-        nbd = server_mod.NbdServer(cluster, read_only=nc.read_only)
+        tls = None
+        if nc.tls != 'off':
+            if not (nc.tls_cert_file and nc.tls_key_file):
+                raise SystemExit('ursa-nbd: [ursa_nbd] tls = %s needs '
+                                 'tls_cert_file and tls_key_file' % nc.tls)
+            tls = server_mod.tls_context(nc.tls_cert_file, nc.tls_key_file,
+                                         nc.tls_ca_file)
+        nbd = server_mod.NbdServer(cluster, read_only=nc.read_only,
+                                   tls_context=tls,
+                                   tls_required=nc.tls == 'required')
         servers = [await asyncio.start_server(
             nbd.handle, nc.bind_host, nc.bind_port, reuse_address=True)]
         port = servers[0].sockets[0].getsockname()[1]

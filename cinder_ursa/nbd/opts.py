@@ -18,6 +18,17 @@ nbd_opts = [
                      'taken.'),
     cfg.StrOpt('state_dir', default='/var/lib/ursa/nbd',
                help='Directory for the endpoint file.'),
+    cfg.StrOpt('tls', default='off', choices=['off', 'optional', 'required'],
+               help='TLS (NBD_OPT_STARTTLS with x509 certificates, as '
+                    'QEMU\'s tls-creds-x509 and libnbd\'s nbds:// expect): '
+                    'off; optional (clients choose); required (clients '
+                    'that do not start TLS get NBD_REP_ERR_TLS_REQD).'),
+    cfg.StrOpt('tls_cert_file',
+               help='PEM server certificate (with its chain) for TLS.'),
+    cfg.StrOpt('tls_key_file', help='PEM private key of tls_cert_file.'),
+    cfg.StrOpt('tls_ca_file',
+               help='PEM CA bundle: when set, clients must present a '
+                    'certificate signed by it.'),
 ]
 
 

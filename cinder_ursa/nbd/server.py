@@ -18,6 +18,7 @@ every connection: that is what makes CAN_MULTI_CONN safe to advertise.
 
 import asyncio
 import logging
+import ssl
 import struct
 
 from cinder_ursa import exception
@@ -45,14 +46,30 @@ class _Conn:
     def __init__(self):
         self.structured = False
         self.meta = False
+        self.tls = False
+
+
+def tls_context(cert_file, key_file, ca_file=None):
+    """Server-side TLS context for STARTTLS (client certificates are
+    required when ``ca_file`` is given)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    if ca_file:
+        ctx.load_verify_locations(ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 class NbdServer:
     """Serves NBD clients with volumes of ``cluster`` (an async Cluster)."""
 
-    def __init__(self, cluster, read_only=False, holder=None):
+    def __init__(self, cluster, read_only=False, holder=None,
+                 tls_context=None, tls_required=False):
         self.cluster = cluster
         self.read_only = read_only
+        self.tls_context = tls_context
+        self.tls_required = tls_required and tls_context is not None
         self.holder = holder
         self._exports = {}
         self._lock = asyncio.Lock()
@@ -123,6 +140,8 @@ class NbdServer:
                 await self._transmission(reader, writer, exp, conn)
         except (asyncio.IncompleteReadError, ConnectionError):
             LOG.debug('NBD client %s went away', peer)
+        except ssl.SSLError as e:
+            LOG.warning('TLS with NBD client %s failed: %s', peer, e)
         except exception.ProtocolError as e:
             LOG.warning('Dropping NBD client %s: %s', peer, e)
         finally:
@@ -152,6 +171,18 @@ class NbdServer:
                 raise exception.ProtocolError(
                     reason='option data of %d bytes' % length)
             data = await reader.readexactly(length)
+            if option == p.OPT_STARTTLS:
+                await self._starttls(writer, data, conn)
+                continue
+            if (self.tls_required and not conn.tls
+                    and option != p.OPT_ABORT):
+                if option == p.OPT_EXPORT_NAME:
+                    return None  # no way to say why: close
+                writer.write(p.option_reply(
+                    option, p.REP_ERR_TLS_REQD,
+                    b'this server requires TLS (NBD_OPT_STARTTLS)'))
+                await writer.drain()
+                continue
             if option == p.OPT_EXPORT_NAME:
                 exp = await self._try_open(data.decode('utf-8', 'replace'))
                 if exp is None:
@@ -207,6 +238,21 @@ class NbdServer:
         except exception.UrsaError as e:
             LOG.warning('NBD export %r refused: %s', name, e)
             return None
+
+    async def _starttls(self, writer, data, conn):
+        option = p.OPT_STARTTLS
+        if self.tls_context is None:
+            writer.write(p.option_reply(option, p.REP_ERR_POLICY,
+                                        b'TLS is not configured'))
+        elif data or conn.tls:
+            writer.write(p.option_reply(option, p.REP_ERR_INVALID))
+        else:
+            writer.write(p.option_reply(option, p.REP_ACK))
+            await writer.drain()
+            await writer.start_tls(self.tls_context)
+            conn.tls = True
+            return
+        await writer.drain()
 
     @staticmethod
     def _meta_context(writer, option, data, conn):

@@ -182,6 +182,7 @@ def test_fio_verify(aio, tmp_path, rw, bs, depth):
     job = tmp_path / 'job.fio'
     job.write_text('[global]\nioengine=nbd\nuri=%s\nsize=48M\n'
                    'verify=crc32c\ndo_verify=1\nverify_fatal=1\n'
+                   'verify_state_save=0\n'
                    '[job]\nrw=%s\nbs=%s\niodepth=%d\n'
                    % (uri(aio, name), rw, bs, depth))
     out = run('fio', '--output-format=json', str(job))
@@ -259,3 +260,62 @@ def test_abuse_gets_errors_and_others_keep_working(aio):
     assert request(s, p.CMD_READ, 0, 4096) == (0, b'w' * 4096)
     s.sendall(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
     s.close()
+
+
+# --- TLS ---------------------------------------------------------------------
+
+def make_pki(d):
+    """A CA, and a server certificate for 127.0.0.1 signed by it, laid out
+    as libnbd's tls-certificates= and QEMU's tls-creds-x509 dir= expect."""
+    need('openssl')
+    d.mkdir()
+
+    def ossl(*args):
+        run('openssl', *args)
+    ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+         '-subj', '/CN=ursa test CA', '-keyout', str(d / 'ca-key.pem'),
+         '-out', str(d / 'ca-cert.pem'))
+    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1',
+         '-keyout', str(d / 'server-key.pem'), '-out', str(d / 'server.csr'))
+    (d / 'ext.cnf').write_text('subjectAltName=IP:127.0.0.1,DNS:localhost\n'
+                               'extendedKeyUsage=serverAuth\n')
+    ossl('x509', '-req', '-in', str(d / 'server.csr'), '-CA',
+         str(d / 'ca-cert.pem'), '-CAkey', str(d / 'ca-key.pem'),
+         '-CAcreateserial', '-days', '2', '-extfile', str(d / 'ext.cnf'),
+         '-out', str(d / 'server-cert.pem'))
+    return d
+
+
+def test_tls_required_with_x509(tmp_path):
+    need('nbdinfo')
+    need('qemu-img')
+    pki = make_pki(tmp_path / 'pki')
+    c = AllInOne(str(tmp_path / 'tls'), 3, port_base=0, server_timeout=3.0,
+                 extra_conf='[ursa_nbd]\ntls = required\n'
+                            'tls_cert_file = %s\ntls_key_file = %s\n' % (
+                                pki / 'server-cert.pem',
+                                pki / 'server-key.pem'))
+    c.start(nbd=True)
+    try:
+        c.client().create_volume('secret', 8 * MiB, chunk_size=4 * MiB)
+        # Without TLS: refused with a reason, no data.
+        r = subprocess.run(['nbdinfo', uri(c, 'secret')],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        # With TLS, verified against our CA: libnbd and QEMU both work.
+        tls_uri = 'nbds://127.0.0.1:%d/secret?tls-certificates=%s' % (
+            c.nbd_port, pki)
+        info = json.loads(run('nbdinfo', '--json', tls_uri))
+        assert info['exports'][0]['export-size'] == 8 * MiB
+        src = tmp_path / 'src.raw'
+        src.write_bytes(os.urandom(8 * MiB))
+        image_opts = ('driver=raw,file.driver=nbd,file.host=127.0.0.1,'
+                      'file.port=%d,file.export=secret,file.tls-creds=tls0'
+                      % c.nbd_port)
+        obj = 'tls-creds-x509,id=tls0,dir=%s,endpoint=client' % pki
+        run('qemu-img', 'convert', '-n', '--object', obj,
+            '--target-image-opts', '-f', 'raw', str(src), image_opts)
+        run('qemu-img', 'compare', '--object', obj, '--image-opts',
+            'driver=file,filename=%s' % src, image_opts)
+    finally:
+        c.stop()
