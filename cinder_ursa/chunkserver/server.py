@@ -88,6 +88,12 @@ class ChunkServer:
                 self.store.adopt_generation(vol, gen)
         for vol, seq in reply.get('snapseqs', {}).items():
             self.store.adopt_snapseq(vol, seq)
+        for vol, (seq, live) in reply.get('snapshots', {}).items():
+            # Blocks of snapshots deleted while this server was away.
+            n = self.store.gc(vol, live, upto=seq)
+            if n:
+                LOG.info('Volume %s: %d preserved block(s) of deleted '
+                         'snapshots freed', vol, n)
         for vol, idx in reply.get('stale', []):
             self.store.mark_stale(vol, idx)
         for vol, idx in reply.get('orphans', []):
@@ -150,11 +156,20 @@ class ChunkServer:
                 vol, idx = codec.decode_chunk_info(frame.body)
                 conn.send(codec.encode_chunk_info_ok(
                     frame.req_id, *self.store.chunk_info(vol, idx)))
+            elif op == codec.INVENTORY:
+                vol = codec.decode_inventory(frame.body)
+                conn.send(codec.encode_inventory_ok(
+                    frame.req_id, self.store.inventory(vol)))
             elif op == codec.SNAPSHOT:
                 vol, seq, live = codec.decode_snapshot(frame.body)
+                if frame.flags & codec.FLAG_DRY_RUN:
+                    n = self.store.gc(vol, live, upto=seq, dry_run=True)
+                    conn.send(codec.encode_ok(op, frame.req_id,
+                                              codec.encode_u64(n)))
+                    return
                 self.store.adopt_snapseq(vol, seq)
                 if frame.flags & codec.FLAG_GC:
-                    n = self.store.gc(vol, live)
+                    n = self.store.gc(vol, live, upto=seq)
                     if n:
                         LOG.info('Volume %s: %d preserved block(s) no '
                                  'snapshot needs were freed', vol, n)
@@ -201,7 +216,7 @@ class ChunkServer:
         c = self.store.check_epoch(req.volume, req.index, req.epoch,
                                    create=True)
         self.store.write(c, req.offset, req.data, req.seq, req.zero,
-                         req.if_absent, req.length)
+                         req.if_absent, req.length, req.floor)
         return c
 
     def _replicate(self, conn, frame):
@@ -248,6 +263,7 @@ class ChunkServer:
             # every replica preserves exactly the same blocks.
             self.store.check_snapseq(req.volume, req.seq)
             self.store.adopt_snapseq(req.volume, req.seq)
+            req.floor = self.store.preserve_floor(req.volume, req.seq)
         c = self._apply(req)
         others = req.replicas[1:]
         if not others and not req.fua:
@@ -355,6 +371,20 @@ class ChunkServer:
                 have=len(ids), need=req.min_replicas,
                 reason='chunk %s/%d lost replicas; writes wait for repair'
                 % key)
+        # The survivors learn the new epoch now (an empty copy-up carries
+        # it), not at the next write: a client holding the old map is
+        # refused by every replica from here on.
+        bump = codec.WriteRequest(req.volume, req.index, chunk['epoch'],
+                                  req.generation, req.seq, 0, 0, ids, b'',
+                                  codec.FLAG_IF_ABSENT)
+        results = await asyncio.gather(*(
+            self._send_replica(sid, bump, chunk['epoch'])
+            for sid in ids if sid != self.id), return_exceptions=True)
+        for res in results:
+            if isinstance(res, Exception):
+                LOG.warning('Chunk %s/%d: a replica did not take epoch %d '
+                            '(%s); it learns it with the next write', *key,
+                            chunk['epoch'], res)
         return chunk['epoch']
 
     async def _peer(self, sid):

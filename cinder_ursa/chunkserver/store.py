@@ -196,6 +196,7 @@ class ChunkStore:
         self._known = {}                          # (vol, idx) -> Chunk
         self._generations = {}
         self._snapseqs = {}
+        self._live = {}                           # vol -> (upto, live seqs)
         self._dirty = {}                          # vol -> set of Files
         self._usage = {}                          # (vol, idx) -> bytes
         self._touched = set()                     # keys to re-measure
@@ -323,6 +324,26 @@ class ChunkStore:
         if seq > self._snapseqs.get(volume, 0):
             self._persist(volume, 'snapseq', seq)
             self._snapseqs[volume] = seq
+
+    def note_live(self, volume, live, upto):
+        """Remember which snapshots up to sequence ``upto`` still exist
+        (from the master's GC requests and the registration reply)."""
+        known = self._live.get(volume)
+        if known is None or upto >= known[0]:
+            self._live[volume] = (upto, sorted(live))
+
+    def preserve_floor(self, volume, seq):
+        """A write at sequence ``seq`` preserves the blocks last written
+        before the newest snapshot that still exists (sequences above what
+        the master last reported are presumed to): after the newest
+        snapshots were deleted (or failed to be created), overwrites copy
+        nothing nobody will read."""
+        known = self._live.get(volume)
+        if known is None or seq > known[0]:
+            return seq
+        live = known[1]
+        k = bisect.bisect_right(live, seq)
+        return live[k - 1] if k else 0
 
     def check_snapseq(self, volume, seq):
         """A primary refuses writes made before the newest snapshot: the
@@ -503,10 +524,12 @@ class ChunkStore:
                            self.data_dir, self._free, self.reserved))
         self._free -= length
 
-    def _preserve(self, c, first, meta, seq, only=None):
-        """Copy blocks last written before ``seq`` into layer ``seq``."""
+    def _preserve(self, c, first, meta, seq, only=None, floor=None):
+        """Copy blocks last written before ``floor`` (default ``seq``)
+        into layer ``seq``."""
+        floor = seq if floor is None else floor
         old = [i for i in (range(len(meta) // 2) if only is None else only)
-               if meta[2 * i + 1] >> 2 < seq]
+               if meta[2 * i + 1] >> 2 < floor]
         if not old:
             return
         lf = c.layer(seq)
@@ -529,13 +552,13 @@ class ChunkStore:
         return self._read_run(c, c.head, block, 1, [meta[2 * meta_i]])
 
     def write(self, c, offset, data, seq=0, zero=False, if_absent=False,
-              length=None):
+              length=None, floor=None):
         """Apply a write synchronously (page cache).
 
         ``zero``: ``data`` is ignored, ``length`` bytes become zeros (whole
         blocks are deallocated).  ``if_absent``: only blocks never written
         in this chunk take the data (copy-up from a clone's parent; block
-        aligned).
+        aligned).  ``floor``: see ``preserve_floor``.
         """
         length = len(data) if length is None else length
         self._check_range(offset, length)
@@ -552,7 +575,7 @@ class ChunkStore:
                 return
             if not zero:
                 self._check_space(length)
-            self._preserve(c, first, meta, seq)
+            self._preserve(c, first, meta, seq, floor=floor)
             head = offset - first * BLOCK
             tail = (offset + length) % BLOCK
             if zero:
@@ -653,7 +676,8 @@ class ChunkStore:
                 if not changed:
                     continue
                 meta = c.head.meta(first, count)
-                self._preserve(c, first, meta, seq, changed)
+                self._preserve(c, first, meta, seq, changed,
+                               self.preserve_floor(volume, seq))
                 for i in changed:
                     st, files, crc = want[i]
                     blk = first + i
@@ -669,14 +693,21 @@ class ChunkStore:
             reverted += 1
         return reverted
 
-    def gc(self, volume, live):
+    def gc(self, volume, live, upto=None, dry_run=False):
         """Drop preserved blocks that no snapshot in ``live`` (sequence
-        numbers) can read any more; remove layers left empty."""
+        numbers) can read any more; remove layers left empty.  Only layers
+        up to sequence ``upto`` are looked at: ``live`` says nothing of
+        snapshots taken after it was read.  Returns the number of blocks
+        freed (``dry_run``: that would be, nothing changes)."""
         live = sorted(live)
+        if upto is not None and not dry_run:
+            self.note_live(volume, live, upto)
         freed = 0
         for c in self.volume_chunks(volume):
             self._opened(c)
             for n in c.layer_ids():
+                if upto is not None and n > upto:
+                    break
                 lf = c.layer(n)
                 nblocks = lf.nblocks()
                 meta = lf.meta(0, nblocks)
@@ -690,10 +721,14 @@ class ChunkStore:
                     if k < len(live) and live[k] <= n:
                         keep += 1
                         continue
+                    freed += 1
+                    if dry_run:
+                        continue
                     if word & 3 == DATA:
                         punch_hole(lf.data_fd, i * BLOCK, BLOCK)
                     os.pwrite(lf.meta_fd, bytes(ENTRY), ENTRY * i)
-                    freed += 1
+                if dry_run:
+                    continue
                 if not keep:
                     for d in self._dirty.values():
                         d.discard(lf)
@@ -749,6 +784,18 @@ class ChunkStore:
             raw = os.pread(lf.meta_fd, ENTRY * lf.nblocks(), 0)
             digest = checksum.crc(struct.pack('!QI', k, digest) + raw)
         return c.epoch, self._allocated(c), digest, crcs
+
+    def inventory(self, volume=None):
+        """[(volume, index, epoch, stale, allocated bytes, [layer
+        sequences])] of every replica held (of ``volume`` only when given):
+        what ``ursa cluster check`` compares with the master."""
+        out = []
+        for (vol, idx), c in sorted(self._known.items()):
+            if volume is not None and vol != volume:
+                continue
+            out.append((vol, idx, c.epoch, c.stale, self._allocated(c),
+                        c.layer_ids()))
+        return out
 
     @staticmethod
     def _allocated(c):

@@ -2,8 +2,12 @@
 
 For every allocated chunk, every replica in the current replica set is
 asked for its epoch, the CRC32C of each block and a digest of its snapshot
-layers; replicas must agree on all of them.  Holes compare equal to
-written zeros.
+layers; replicas must agree on all of them (and no epoch may be ahead of
+the master's: replicas learn a new one with the next request).  Holes
+compare equal to written zeros.
+
+``check_cluster`` (``ursa cluster check``) compares what every chunk
+server holds with what the master knows.
 """
 
 import asyncio
@@ -30,7 +34,7 @@ async def check_volume(cluster, ref, timeout=30.0):
             infos = await asyncio.gather(*(
                 _info(cluster, vol['id'], chunk['index'], r, timeout)
                 for r in chunk['replicas']), return_exceptions=True)
-            good = {}
+            good, epochs = {}, {}
             for r, info in zip(chunk['replicas'], infos, strict=False):
                 replicas += 1
                 if isinstance(info, Exception):
@@ -52,11 +56,16 @@ async def check_volume(cluster, ref, timeout=30.0):
                         'index': chunk['index'], 'server': r['id'],
                         'problem': 'snapshot layers differ from the first '
                                    'replica'})
-                if epoch != chunk['epoch']:
+                epochs[r['id']] = epoch
+            # A replica learns a new epoch with the next request that
+            # carries it (reads too), so replicas may lag the master; none
+            # may be ahead of it.
+            for sid, epoch in epochs.items():
+                if epoch > chunk['epoch']:
                     problems.append({
-                        'index': chunk['index'], 'server': r['id'],
-                        'problem': 'epoch %d, master has %d' % (
-                            epoch, chunk['epoch'])})
+                        'index': chunk['index'], 'server': sid,
+                        'problem': 'epoch %d is ahead of the master\'s %d'
+                                   % (epoch, chunk['epoch'])})
             if len({tuple(c) for c in good.values()}) > 1:
                 ref_id, ref_crcs = next(iter(good.items()))
                 for sid, crcs in good.items():
@@ -92,3 +101,126 @@ async def _info(cluster, vol_id, index, replica, timeout):
     except exception.NotFound:
         # Allocated but never written on this replica: all holes.
         return None
+
+
+async def check_cluster(cluster, timeout=60.0):
+    """Compare what the chunk servers hold with what the master knows
+    (``ursa cluster check``).
+
+    Problems are space nobody can reach (replicas of unknown volumes or
+    chunks, preserved blocks no live snapshot reads, layers of snapshot
+    sequences never reached), snapshots left half-made, and replicas the
+    master counts on that a server lacks.
+    Returns a report: servers checked, replicas and bytes seen, problems.
+    """
+    inv = await cluster.master.request('GET', '/inventory')
+    vols = {v['id']: v for v in inv['volumes']}
+    problems = []
+
+    def problem(kind, detail, server=None, volume=None, index=None,
+                nbytes=0):
+        problems.append({'problem': kind, 'detail': detail, 'server': server,
+                         'volume': volume, 'index': index, 'bytes': nbytes})
+
+    for v in vols.values():
+        for s in v['snapshots']:
+            age = inv['now'] - s['created_at']
+            if s['status'] == 'creating' and age > inv['unfinished_after']:
+                problem('half-made snapshot', '%s@%s has been creating for '
+                        '%d s' % (v['name'], s['name'], age),
+                        volume=v['name'])
+        if v['status'] == 'trash' and not v['snapshots']:
+            problem('trash not emptied', 'volume %s is in the trash with no '
+                    'snapshot left' % v['name'], volume=v['name'])
+    servers = [s for s in inv['chunkservers'] if s['state'] == 'up']
+    for s in inv['chunkservers']:
+        if s['state'] != 'up':
+            problem('server not checked', 'chunk server %d is %s'
+                    % (s['id'], s['state']), server=s['id'])
+    replies = await asyncio.gather(*(_inventory(cluster, s, timeout)
+                                     for s in servers),
+                                   return_exceptions=True)
+    held, layered, beyond = set(), set(), []
+    replicas = allocated = 0
+    for s, reply in zip(servers, replies, strict=True):
+        if isinstance(reply, Exception):
+            problem('server not checked', 'chunk server %d: %s'
+                    % (s['id'], reply), server=s['id'])
+            continue
+        for vid, idx, _epoch, stale, nbytes, layers in reply:
+            replicas += 1
+            allocated += nbytes
+            v = vols.get(vid)
+            name = v['name'] if v else vid
+            owners = v['chunks'].get(str(idx)) if v else None
+            if owners is None:
+                problem('orphan replica', 'chunk %d of %s, which the master '
+                        'does not know' % (idx, 'volume ' + name if v else
+                                           'unknown volume ' + vid),
+                        s['id'], name, idx, nbytes)
+                continue
+            if s['id'] not in owners:
+                if not stale:
+                    problem('orphan replica', 'server is not in the replica '
+                            'set and the replica is not marked stale',
+                            s['id'], name, idx, nbytes)
+                continue
+            held.add((vid, idx, s['id']))
+            if layers:
+                layered.add((vid, s['id']))
+            beyond.extend((vid, idx, s['id'], n) for n in layers
+                          if n > v['snap_seq'])
+    if beyond:
+        # A snapshot taken since the inventory explains a newer layer.
+        now = {v['id']: v['snap_seq'] for v in (await cluster.master.request(
+            'GET', '/inventory'))['volumes']}
+        for vid, idx, sid, n in beyond:
+            if n > now.get(vid, 0):
+                problem('leaked snapshot layer', 'layer of sequence %d, '
+                        'beyond the volume\'s snapshot sequence %d'
+                        % (n, now.get(vid, 0)), sid, vols[vid]['name'], idx)
+    by_id = {s['id']: s for s in servers}
+    for vid, sid in sorted(layered):
+        # The server counts the preserved blocks no snapshot reads, by the
+        # same rule its garbage collection frees them.
+        v = vols[vid]
+        try:
+            n = await _unneeded(cluster, by_id[sid], v, timeout)
+        except exception.UrsaError as e:
+            problem('server not checked', 'chunk server %d: %s' % (sid, e),
+                    server=sid, volume=v['name'])
+            continue
+        if n:
+            problem('leaked snapshot blocks', '%d preserved block(s) no '
+                    'snapshot reads' % n, sid, v['name'],
+                    nbytes=n * checksum.BLOCK)
+    checked = {s['id'] for s, r in zip(servers, replies, strict=True)
+               if not isinstance(r, Exception)}
+    for v in vols.values():
+        for idx, owners in v['chunks'].items():
+            present = [o for o in owners if (v['id'], int(idx), o) in held]
+            if not present:
+                continue  # allocated, never written: nothing to hold
+            for o in owners:
+                if o in checked and o not in present:
+                    problem('missing replica', 'server has no replica of a '
+                            'chunk its peers hold', o, v['name'], int(idx))
+    return {'servers': len(checked), 'replicas': replicas,
+            'allocated_bytes': allocated, 'volumes': len(vols),
+            'problems': problems}
+
+
+async def _unneeded(cluster, server, vol, timeout):
+    conn = await cluster.pool.get(server['address'], server['port'])
+    rid = aio.next_req_id()
+    reply = await conn.request(rid, codec.encode_snapshot(
+        rid, vol['id'], vol['snap_seq'], [s['seq'] for s in vol['snapshots']],
+        dry_run=True), timeout)
+    return codec.decode_count_ok(reply.body)
+
+
+async def _inventory(cluster, server, timeout):
+    conn = await cluster.pool.get(server['address'], server['port'])
+    rid = aio.next_req_id()
+    reply = await conn.request(rid, codec.encode_inventory(rid), timeout)
+    return codec.decode_inventory_ok(reply.body)

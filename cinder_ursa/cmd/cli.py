@@ -136,6 +136,34 @@ class ClusterStatus(show.ShowOne):
         return tuple(row), tuple(row.values())
 
 
+class ClusterCheck(lister.Lister):
+    """Compare what every chunk server holds with what the master knows.
+
+    Reports space no volume or snapshot can reach (orphan replicas,
+    snapshot layers no live snapshot reads), snapshots left half-made and
+    replicas missing from a server; exits 1 if there is any problem.
+    Chunk servers that are down cannot be checked and are listed.
+    Example: ursa cluster check -f json
+    """
+
+    def take_action(self, args):
+        with self.app.data_cluster() as cluster:
+            report = cluster.run(check.check_cluster)
+        self.app.stderr.write(
+            '%d chunk server(s), %d volume(s), %d replica(s) holding %s '
+            'checked: %d problem(s)\n' % (
+                report['servers'], report['volumes'], report['replicas'],
+                units.format_size(report['allocated_bytes']),
+                len(report['problems'])))
+        self.problems = report['problems']
+        cols = ('problem', 'server', 'volume', 'index', 'bytes', 'detail')
+        return cols, [tuple(p[c] for c in cols) for p in self.problems]
+
+    def run(self, parsed_args):
+        rc = super().run(parsed_args)
+        return rc or (1 if self.problems else 0)
+
+
 class ServerList(lister.Lister):
     """List chunk servers with their state, address and usage."""
 

@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import time
 
 from aiohttp import web
 
@@ -23,6 +24,9 @@ from cinder_ursa.transport import aio
 LOG = logging.getLogger(__name__)
 
 API_VERSION = 'v1'
+# A snapshot still 'creating' after this long lost its master mid-way.
+UNFINISHED_AFTER = 60.0
+UNFINISHED_SWEEP = 10.0
 
 
 def _error_response(exc):
@@ -141,6 +145,7 @@ class MasterAPI:
         app.router.add_get(v, self.versions)
         app.router.add_get(v + '/cluster', self.cluster)
         app.router.add_get(v + '/chunkservers', self.list_servers)
+        app.router.add_get(v + '/inventory', self.inventory)
         app.router.add_post(v + '/chunkservers', self.register_server)
         app.router.add_put(v + '/chunkservers/{id}/heartbeat',
                            self.heartbeat)
@@ -191,10 +196,17 @@ class MasterAPI:
 
     async def _watch_servers(self):
         interval = max(self.server_timeout / 3.0, 0.2)
+        next_sweep = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.db(self.store.mark_down, self.server_timeout)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + UNFINISHED_SWEEP
+                    for vid in await self.db(
+                            self.store.forget_unfinished_snapshots,
+                            UNFINISHED_AFTER):
+                        await self._gc(vid)
             except Exception:  # noqa: BLE001 - keep watching
                 LOG.exception('Checking chunk server heartbeats failed')
 
@@ -209,6 +221,13 @@ class MasterAPI:
         status['allocated_bytes_total'] = sum(
             sum(u.values()) for u in self.usage.values())
         return web.json_response(status)
+
+    async def inventory(self, request):
+        """Everything the master knows of where data should be: what
+        ``ursa cluster check`` compares with the chunk servers."""
+        inv = await self.db(self.store.inventory)
+        inv['unfinished_after'] = UNFINISHED_AFTER
+        return web.json_response(inv)
 
     async def list_servers(self, request):
         return web.json_response(
@@ -226,7 +245,7 @@ class MasterAPI:
         port = b.get('port', int, required=True)
         if not 0 < port < 65536:
             raise exception.InvalidArgument(reason='port out of range')
-        server, stale, orphans, gens, seqs = await self.db(
+        server, stale, orphans, gens, seqs, snaps = await self.db(
             self.store.register_server,
             b.get('uuid', str, required=True),
             b.get('host', str, required=True), b.get('rack', str, 'default'),
@@ -236,7 +255,7 @@ class MasterAPI:
         self._note_usage(server['id'], b)
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,
-            'generations': gens, 'snapseqs': seqs,
+            'generations': gens, 'snapseqs': seqs, 'snapshots': snaps,
             'heartbeat_interval': max(self.server_timeout / 3.0, 0.2)})
 
     async def heartbeat(self, request):
@@ -310,11 +329,10 @@ class MasterAPI:
     async def _gc(self, volume_id):
         """Tell the chunk servers which snapshots of a volume are left, so
         they free the blocks only deleted ones needed."""
-        live = await self.db(self.store.live_seqs, volume_id)
-        vol = await self.db(self.store.get_volume, volume_id)
+        seq, live = await self.db(self.store.live_seqs, volume_id)
         failed = await self._broadcast(
             await self._up_servers(), lambda rid: codec.encode_snapshot(
-                rid, volume_id, vol['snap_seq'], live, gc=True), timeout=60)
+                rid, volume_id, seq, live, gc=True), timeout=60)
         if failed:
             LOG.warning('Volume %s: chunk servers %s did not free deleted '
                         'snapshots\' blocks; the next snapshot deletion '

@@ -13,6 +13,7 @@ Invariants kept here:
   takes the lease, so chunk servers can refuse the older writer.
 """
 
+import collections
 import logging
 import os
 import time
@@ -96,10 +97,12 @@ class MetadataStore:
                         capacity, used, free, chunks=()):
         """Add or update a chunk server; classify the chunks it reports.
 
-        Returns ``(server, stale, orphans, generations, snapseqs)``:
-        ``stale`` are (volume, index) it holds but is no longer a replica
-        of, ``orphans`` belong to no known volume or chunk, the last two map
-        volume ids to their lease generation and snapshot sequence.
+        Returns ``(server, stale, orphans, generations, snapseqs,
+        snapshots)``: ``stale`` are (volume, index) it holds but is no
+        longer a replica of, ``orphans`` belong to no known volume or chunk,
+        the next two map volume ids to their lease generation and snapshot
+        sequence, the last maps the volumes it holds to (snapshot sequence,
+        live snapshot sequences) so it frees what deleted snapshots left.
         """
         now = time.time()
         t = models.chunkservers
@@ -130,6 +133,13 @@ class MetadataStore:
                 models.volumes.c.snap_seq)).all()
             vols = {r.id: r.lease_generation for r in vrows}
             seqs = {r.id: r.snap_seq for r in vrows if r.snap_seq}
+            held = {v for v, _, _ in chunks}
+            live = collections.defaultdict(list)
+            for r in conn.execute(sa.select(
+                    models.snapshots.c.volume_id, models.snapshots.c.seq)):
+                live[r.volume_id].append(r.seq)
+            snaps = {v: (seq, live.get(v, [])) for v, seq in seqs.items()
+                     if v in held}
             for vol, idx, _epoch in chunks:
                 if vol not in vols:
                     orphans.append((vol, idx))
@@ -141,7 +151,7 @@ class MetadataStore:
                 elif sid not in _ids(crow.replicas):
                     stale.append((vol, idx))
             gens = {v: g for v, g in vols.items() if g}
-        return server, stale, orphans, gens, seqs
+        return server, stale, orphans, gens, seqs, snaps
 
     def heartbeat(self, server_id, capacity, used, free):
         t = models.chunkservers
@@ -473,12 +483,55 @@ class MetadataStore:
         return snap
 
     def live_seqs(self, volume_id):
-        """Sequences of every snapshot of a volume that may still be read
-        (trashed ones too: their clones read them)."""
+        """(snapshot sequence of a volume, sequences of its snapshots that
+        may still be read: trashed ones too, their clones read them), read
+        together: the list is complete up to that sequence."""
         s = models.snapshots
+        with self.engine.begin() as conn:
+            seq = conn.execute(sa.select(models.volumes.c.snap_seq).where(
+                models.volumes.c.id == volume_id)).scalar()
+            if seq is None:
+                raise exception.NotFound(kind='volume', name=volume_id)
+            return seq, [r.seq for r in conn.execute(
+                sa.select(s.c.seq).where(s.c.volume_id == volume_id))]
+
+    def inventory(self):
+        """Every volume (trashed ones too) with its snapshots (every
+        status) and chunk replica sets, and every chunk server."""
+        v, s, c = models.volumes, models.snapshots, models.chunks
         with self.engine.connect() as conn:
-            return [r.seq for r in conn.execute(sa.select(s.c.seq).where(
-                s.c.volume_id == volume_id))]
+            vols = {r.id: {'id': r.id, 'name': r.name, 'status': r.status,
+                           'snap_seq': r.snap_seq, 'replicas': r.replicas,
+                           'snapshots': [], 'chunks': {}}
+                    for r in conn.execute(sa.select(v))}
+            for r in conn.execute(sa.select(s).order_by(s.c.seq)):
+                if r.volume_id in vols:
+                    vols[r.volume_id]['snapshots'].append({
+                        'id': r.id, 'name': r.name, 'seq': r.seq,
+                        'status': r.status, 'created_at': r.created_at})
+            for r in conn.execute(sa.select(c)):
+                if r.volume_id in vols:
+                    vols[r.volume_id]['chunks'][str(r.idx)] = _ids(
+                        r.replicas)
+            servers = [self._public(self._server_dict(r))
+                       for r in conn.execute(sa.select(
+                           models.chunkservers))]
+        return {'volumes': list(vols.values()), 'chunkservers': servers,
+                'now': time.time()}
+
+    def forget_unfinished_snapshots(self, older_than):
+        """Forget snapshots left 'creating' for more than ``older_than``
+        seconds (their master died mid-way); return their volume ids."""
+        s = models.snapshots
+        limit = time.time() - older_than
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(s).where(
+                s.c.status == 'creating', s.c.created_at < limit)).all()
+            for r in rows:
+                conn.execute(s.delete().where(s.c.id == r.id))
+                LOG.warning('Snapshot %s (sequence %d of volume %s) was never '
+                            'finished: forgotten', r.name, r.seq, r.volume_id)
+        return sorted({r.volume_id for r in rows})
 
     def delete_snapshot(self, ref):
         """Delete a snapshot; one that clones still read goes to the trash

@@ -52,12 +52,13 @@ DELETE = 0x15
 CHUNK_INFO = 0x16
 SNAPSHOT = 0x17
 REVERT = 0x18
+INVENTORY = 0x19
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
     WRITE: 'WRITE', REPLICATE: 'REPLICATE', FLUSH: 'FLUSH', FENCE: 'FENCE',
     DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
-    REVERT: 'REVERT',
+    REVERT: 'REVERT', INVENTORY: 'INVENTORY',
 }
 
 # Request flags.
@@ -67,6 +68,7 @@ FLAG_IF_ABSENT = 0x0004  # WRITE/REPLICATE: copy-up, only unwritten blocks
 FLAG_STATES = 0x0008     # READ: the reply carries each block's state
 FLAG_MAP_ONLY = 0x0010   # READ: states only, no data
 FLAG_GC = 0x0020         # SNAPSHOT: drop blocks no live snapshot needs
+FLAG_DRY_RUN = 0x0040    # SNAPSHOT with FLAG_GC: only count them
 
 # Reply status values: one table, both directions.
 OK = 0
@@ -98,14 +100,19 @@ _READ = struct.Struct('!16sQQIIQ')
 # volume, index, epoch, generation, snapshot sequence, offset, length,
 # replica count, min replicas
 _WRITE = struct.Struct('!16sQQQQIIBB2x')
-# volume, index, epoch, generation, snapshot sequence, offset, length
-_REPLICATE = struct.Struct('!16sQQQQII')
+# volume, index, epoch, generation, snapshot sequence, offset, length,
+# preserve floor (blocks last written before it are preserved)
+_REPLICATE = struct.Struct('!16sQQQQIIQ')
 _FLUSH = struct.Struct('!16s')             # volume
 _FENCE = struct.Struct('!16sQ')            # volume, generation
 _DELETE = struct.Struct('!16sQ')           # volume, index or ALL_CHUNKS
 _CHUNK_INFO = struct.Struct('!16sQ')       # volume, index
 _SNAPSHOT = struct.Struct('!16sQI')        # volume, sequence, live count
 _REVERT = struct.Struct('!16sQQ')          # volume, snapshot, sequence
+_INVENTORY = struct.Struct('!16s')         # volume (all zeros: every one)
+# volume, index, epoch, allocated bytes, stale, layer count (then the
+# layers' sequences, u64 each)
+_INV_ENTRY = struct.Struct('!16sQQQBH')
 _STATUS = struct.Struct('!H')
 _WRITE_OK = struct.Struct('!HQ')           # status, current epoch
 # status, epoch, allocated, layers digest, nblocks
@@ -274,15 +281,20 @@ def decode_read(body):
 
 class WriteRequest:
     __slots__ = ('volume', 'index', 'epoch', 'generation', 'seq', 'offset',
-                 'length', 'replicas', 'data', 'flags', 'min_replicas')
+                 'length', 'replicas', 'data', 'flags', 'min_replicas',
+                 'floor')
 
     def __init__(self, volume, index, epoch, generation, seq, offset,
-                 length, replicas, data, flags=0, min_replicas=1):
+                 length, replicas, data, flags=0, min_replicas=1,
+                 floor=None):
         self.volume, self.index, self.epoch = volume, index, epoch
         self.generation, self.seq, self.offset = generation, seq, offset
         self.length = length
         self.replicas, self.data, self.flags = replicas, data, flags
         self.min_replicas = min_replicas
+        # Blocks last written before ``floor`` are preserved (the primary
+        # lowers it below ``seq`` when the newest snapshots were deleted).
+        self.floor = seq if floor is None else floor
 
     @property
     def fua(self):
@@ -357,7 +369,8 @@ def encode_replicate(req_id, req, epoch):
     """Forward the WriteRequest ``req`` to another replica."""
     flags = req.flags & (FLAG_FUA | FLAG_ZERO | FLAG_IF_ABSENT)
     fixed = _REPLICATE.pack(_uuid_bytes(req.volume), req.index, epoch,
-                            req.generation, req.seq, req.offset, req.length)
+                            req.generation, req.seq, req.offset, req.length,
+                            req.floor)
     data = b'' if flags & FLAG_ZERO else req.data
     hdr = header(REPLICATE, req_id, len(fixed) + len(data), flags)
     return [hdr + fixed, data]
@@ -365,10 +378,14 @@ def encode_replicate(req_id, req, epoch):
 
 def decode_replicate(body, flags=0):
     _check(body, _REPLICATE, 'REPLICATE')
-    vol, index, epoch, gen, seq, offset, length = _REPLICATE.unpack_from(body)
+    (vol, index, epoch, gen, seq, offset, length,
+     floor) = _REPLICATE.unpack_from(body)
+    if floor > seq:
+        raise exception.ProtocolError(reason='REPLICATE preserve floor %d is '
+                                      'above its sequence %d' % (floor, seq))
     data = _write_data(body, _REPLICATE.size, flags, length, 'REPLICATE')
     return WriteRequest(_uuid_str(vol), index, epoch, gen, seq, offset,
-                        length, [], data, flags)
+                        length, [], data, flags, floor=floor)
 
 
 def encode_flush(req_id, volume):
@@ -415,13 +432,16 @@ def decode_chunk_info(body):
 MAX_LIVE = 65536
 
 
-def encode_snapshot(req_id, volume, seq, live=(), gc=False):
+def encode_snapshot(req_id, volume, seq, live=(), gc=False, dry_run=False):
     """Tell a chunk server the volume's snapshot sequence is now ``seq``;
-    with ``gc``, also drop what no snapshot in ``live`` needs."""
+    with ``gc``, also drop what no snapshot in ``live`` needs (``dry_run``:
+    only count it, the reply carries the count as a u64)."""
     live = sorted(live)
     body = _SNAPSHOT.pack(_uuid_bytes(volume), seq, len(live))
     body += b''.join(_U64.pack(x) for x in live)
-    return _frame(SNAPSHOT, req_id, body, FLAG_GC if gc else 0)
+    flags = (FLAG_GC if gc or dry_run else 0) | (FLAG_DRY_RUN if dry_run
+                                                  else 0)
+    return _frame(SNAPSHOT, req_id, body, flags)
 
 
 def decode_snapshot(body):
@@ -444,6 +464,17 @@ def decode_revert(body):
     _check(body, _REVERT, 'REVERT')
     vol, snap, seq = _REVERT.unpack_from(body)
     return _uuid_str(vol), snap, seq
+
+
+def encode_inventory(req_id, volume=None):
+    raw = _uuid_bytes(volume) if volume else bytes(16)
+    return _frame(INVENTORY, req_id, _INVENTORY.pack(raw))
+
+
+def decode_inventory(body):
+    _check(body, _INVENTORY, 'INVENTORY')
+    raw = _INVENTORY.unpack_from(body)[0]
+    return _uuid_str(raw) if any(raw) else None
 
 
 # --- replies --------------------------------------------------------------
@@ -485,6 +516,40 @@ def encode_chunk_info_ok(req_id, epoch, allocated, digest, crcs):
     return _frame(CHUNK_INFO | REPLY, req_id, body)
 
 
+def encode_inventory_ok(req_id, entries):
+    """``entries``: (volume, index, epoch, stale, allocated, layers)."""
+    parts = [_STATUS.pack(OK), _U32.pack(len(entries))]
+    for vol, idx, epoch, stale, allocated, layers in entries:
+        parts.append(_INV_ENTRY.pack(_uuid_bytes(vol), idx, epoch, allocated,
+                                     1 if stale else 0, len(layers)))
+        parts.extend(_U64.pack(n) for n in layers)
+    return _frame(INVENTORY | REPLY, req_id, b''.join(parts))
+
+
+def decode_inventory_ok(body):
+    reply_status(body)
+    if len(body) < 6:
+        raise exception.ProtocolError(reason='INVENTORY reply truncated')
+    n = _U32.unpack_from(body, 2)[0]
+    pos, out = 6, []
+    for _ in range(n):
+        if len(body) < pos + _INV_ENTRY.size:
+            raise exception.ProtocolError(reason='INVENTORY reply truncated')
+        vol, idx, epoch, allocated, stale, nl = _INV_ENTRY.unpack_from(body,
+                                                                       pos)
+        pos += _INV_ENTRY.size
+        if len(body) < pos + 8 * nl:
+            raise exception.ProtocolError(reason='INVENTORY reply truncated')
+        layers = list(struct.unpack_from('!%dQ' % nl, body, pos))
+        pos += 8 * nl
+        out.append((_uuid_str(vol), idx, epoch, bool(stale), allocated,
+                    layers))
+    if pos != len(body):
+        raise exception.ProtocolError(reason='INVENTORY reply has %d '
+                                      'trailing bytes' % (len(body) - pos))
+    return out
+
+
 def encode_error(opcode, req_id, exc):
     """Reply to request ``opcode`` with the error ``exc``."""
     code = getattr(exc, 'code', 'internal')
@@ -510,6 +575,18 @@ def decode_write_ok(body):
     if len(payload) < 8:
         raise exception.ProtocolError(reason='WRITE reply truncated')
     return struct.unpack_from('!Q', payload)[0]
+
+
+def encode_u64(n):
+    return _U64.pack(n)
+
+
+def decode_count_ok(body):
+    payload = reply_status(body)
+    if len(payload) != 8:
+        raise exception.ProtocolError(reason='count reply of %d bytes'
+                                      % len(payload))
+    return _U64.unpack_from(payload)[0]
 
 
 def decode_chunk_info_ok(body):

@@ -75,6 +75,9 @@ class SnapshotModel(RuleBasedStateMachine):
     def teardown(self):
         for v in self.open.values():
             v.close()
+        # Nothing is held that no volume or snapshot reads.
+        report = self.cl.run(check.check_cluster)
+        assert report['problems'] == [], report
         for ref in list(self.snaps):
             try:
                 self.cl.delete_snapshot(ref)
@@ -202,6 +205,9 @@ def test_model_of_writes_snapshots_clones_reverts(cluster, client):
     for vol in cluster.client().volumes():
         report = client.run(check.check_volume, vol['id'])
         assert report['problems'] == [], report
+    # Deleting every snapshot and volume left no replica behind.
+    report = client.run(check.check_cluster)
+    assert (report['problems'], report['replicas']) == ([], 0), report
 
 
 class _ModelClient:

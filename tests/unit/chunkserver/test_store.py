@@ -192,12 +192,14 @@ def test_random_writes_snapshots_reverts_and_gc_match_a_model(st):
             off = rng.randrange(size - 1)
             n = rng.randrange(1, min(3 * B, size - off) + 1)
             data = bytes([rng.randrange(1, 256)]) * n
-            st.write(c, off, data, seq=seq)
+            st.write(c, off, data, seq=seq,
+                     floor=st.preserve_floor(VOL, seq))
             m.head[off:off + n] = data
         elif op < 0.7:
             off = rng.randrange(size - 1)
             n = rng.randrange(1, min(5 * B, size - off) + 1)
-            st.write(c, off, b'', seq=seq, zero=True, length=n)
+            st.write(c, off, b'', seq=seq, zero=True, length=n,
+                     floor=st.preserve_floor(VOL, seq))
             m.head[off:off + n] = bytes(n)
         elif op < 0.82:
             seq += 1
@@ -205,7 +207,7 @@ def test_random_writes_snapshots_reverts_and_gc_match_a_model(st):
         elif op < 0.9 and m.snaps:
             victim = rng.choice(sorted(m.snaps))
             del m.snaps[victim]
-            st.gc(VOL, list(m.snaps))
+            st.gc(VOL, list(m.snaps), upto=seq)
         elif m.snaps:
             target = rng.choice(sorted(m.snaps))
             st.revert(VOL, target, seq)
@@ -213,6 +215,26 @@ def test_random_writes_snapshots_reverts_and_gc_match_a_model(st):
         assert st.read(c, 0, size) == m.head, step
         for k, want in m.snaps.items():
             assert st.read(c, 0, size, snap=k) == want, (step, k)
+        # Once deleted snapshots were reported, nothing more is preserved
+        # for them: no block is kept that no snapshot reads.
+        assert st.gc(VOL, list(m.snaps), upto=seq, dry_run=True) == 0, step
     # Deleting every snapshot frees every layer.
     st.gc(VOL, [])
     assert c.layers == {}
+
+
+def test_preserve_floor_follows_the_newest_live_snapshot(st):
+    assert st.preserve_floor(VOL, 5) == 5          # nothing reported yet
+    st.note_live(VOL, [1, 3], upto=5)               # 4 and 5 were deleted
+    assert st.preserve_floor(VOL, 5) == 3
+    assert st.preserve_floor(VOL, 2) == 1
+    assert st.preserve_floor(VOL, 6) == 6           # newer: presumed live
+    st.note_live(VOL, [], upto=4)                   # older news is ignored
+    assert st.preserve_floor(VOL, 5) == 3
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'a' * B, seq=3)                 # written after snap 3
+    assert list(c.layers) == [3]                    # snap 3 read a hole
+    st.write(c, 0, b'b' * B, seq=5, floor=st.preserve_floor(VOL, 5))
+    assert list(c.layers) == [3]                    # no live snapshot had 'a'
+    assert st.read(c, 0, B, snap=3) == bytes(B)
+    assert st.read(c, 0, B) == b'b' * B

@@ -114,7 +114,7 @@ def test_registration_reports_stale_and_orphan_chunks(store):
     victim = c['replicas'][0]['id']
     store.drop_replica('v', 0, victim, 1)
     uuid = 'uuid-%d' % ids.index(victim)
-    _, stale, orphans, gens, _ = store.register_server(
+    _, stale, orphans, gens, _, _ = store.register_server(
         uuid, 'a', 'r', '127.0.0.1', 1, 1, 0, 1,
         chunks=[(v['id'], 0, 1), (v['id'], 1, 1), ('gone', 0, 1)])
     assert stale == [(v['id'], 0)]

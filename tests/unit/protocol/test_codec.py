@@ -77,15 +77,20 @@ def test_zero_writes_carry_no_payload():
 
 
 def test_replicate_request():
-    w = codec.WriteRequest(VOL, 1, 2, 5, 3, 512, 2, [], b'ab')
+    w = codec.WriteRequest(VOL, 1, 2, 5, 3, 512, 2, [], b'ab', floor=1)
     raw = b''.join(codec.encode_replicate(9, w, 2))
-    assert raw.hex() == (hdr(0x12, 9, 58) + VOL_HEX + '%016x' % 1 +
+    assert raw.hex() == (hdr(0x12, 9, 66) + VOL_HEX + '%016x' % 1 +
                          '%016x' % 2 + '%016x' % 5 + '%016x' % 3 +
-                         '00000200' + '00000002' + '6162')
+                         '00000200' + '00000002' + '%016x' % 1 + '6162')
     f = one_frame(raw)
     w = codec.decode_replicate(f.body, f.flags)
     assert (w.index, w.epoch, w.generation, w.seq, w.offset, bytes(w.data),
-            w.fua) == (1, 2, 5, 3, 512, b'ab', False)
+            w.fua, w.floor) == (1, 2, 5, 3, 512, b'ab', False, 1)
+    # A floor above the sequence is refused.
+    w.floor = 4
+    f = one_frame(b''.join(codec.encode_replicate(9, w, 2)))
+    with pytest.raises(exception.ProtocolError):
+        codec.decode_replicate(f.body, f.flags)
 
 
 def test_snapshot_and_revert_requests():
