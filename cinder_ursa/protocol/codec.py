@@ -21,6 +21,7 @@ nonce), proving it holds the key too.  Nothing else is accepted before that.
 This module does no I/O; it is used by the asyncio transport and by tests.
 """
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -211,11 +212,22 @@ def _uuid_bytes(volume_id):
         return volume_id.bytes
     if isinstance(volume_id, bytes) and len(volume_id) == 16:
         return volume_id
-    return uuid.UUID(str(volume_id)).bytes
+    return _parse_uuid(str(volume_id))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_uuid(text):
+    # Every request names its volume: parse each id once, not per frame.
+    return uuid.UUID(text).bytes
 
 
 def _uuid_str(raw):
-    return str(uuid.UUID(bytes=bytes(raw)))
+    return _format_uuid(bytes(raw))
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_uuid(raw):
+    return str(uuid.UUID(bytes=raw))
 
 
 def _check(body, st, name):
