@@ -7,6 +7,8 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -260,6 +262,84 @@ def test_abuse_gets_errors_and_others_keep_working(aio):
     assert request(s, p.CMD_READ, 0, 4096) == (0, b'w' * 4096)
     s.sendall(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
     s.close()
+
+
+# --- faults and snapshots under load -----------------------------------------
+
+def test_fio_survives_kill_of_a_chunkserver(tmp_path):
+    """kill -9 one chunk server while fio writes and verifies through the
+    gateway: fio finishes with zero errors."""
+    need('fio')
+    c = AllInOne(str(tmp_path / 'c'), 4, port_base=0, server_timeout=3.0)
+    c.start(nbd=True)
+    try:
+        c.client().create_volume('ha', 64 * MiB, chunk_size=4 * MiB)
+        job = tmp_path / 'job.fio'
+        job.write_text(
+            '[global]\nioengine=nbd\nuri=%s\nsize=24M\nverify=crc32c\n'
+            'do_verify=1\nverify_fatal=1\nverify_state_save=0\n'
+            '[rand]\nrw=randwrite\nbs=4k\niodepth=16\noffset=0\n'
+            '[seq]\nrw=write\nbs=256k\niodepth=4\noffset=32M\n'
+            % uri(c, 'ha'))
+        fio = subprocess.Popen(['fio', '--output-format=json', str(job)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        time.sleep(1.5)
+        assert fio.poll() is None, 'fio ended before the kill'
+        c.kill_chunkserver(1)
+        out, err = fio.communicate(timeout=240)
+        assert fio.returncode == 0, err
+        jobs = json.loads(out[out.index('{'):])['jobs']
+        assert [j['error'] for j in jobs] == [0, 0], err
+        assert all(j['write']['io_bytes'] > 0 for j in jobs)
+    finally:
+        c.stop()
+
+
+def test_snapshot_while_writing_through_the_gateway(aio):
+    """A snapshot taken while an NBD client keeps writing holds every write
+    the gateway acknowledged before it and none sent after it returned."""
+    from tests.functional.conftest import data_client
+    nblocks = 256
+    aio.client().create_volume('busy', 8 * MiB, chunk_size=MiB)
+    s, _, _ = connect(aio, 'busy')
+    stop = threading.Event()
+    log = []  # (sent at, acked at, block, value)
+
+    def writer():
+        value = 0
+        while not stop.is_set():
+            value += 1
+            block = (value * 11) % nblocks
+            sent = time.monotonic()
+            err, _ = request(s, p.CMD_WRITE, block * 4096, 4096, handle=value,
+                             data=value.to_bytes(8, 'big') * 512)
+            assert err == 0
+            log.append((sent, time.monotonic(), block, value))
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        with data_client(aio) as cl:
+            time.sleep(0.5)
+            before = time.monotonic()
+            cl.create_snapshot('busy', 'instant')
+            after = time.monotonic()
+            time.sleep(0.5)
+            stop.set()
+            t.join()
+            with cl.open_volume('busy@instant', writable=False) as snap:
+                data = snap.read(0, nblocks * 4096)
+    finally:
+        stop.set()
+        s.close()
+    assert len(log) > 100 and any(sent > after for sent, *_ in log)
+    seen = [int.from_bytes(data[b * 4096:b * 4096 + 8], 'big')
+            for b in range(nblocks)]
+    for sent, acked, block, value in log:
+        if acked < before:
+            assert seen[block] >= value, 'acknowledged write %d lost' % value
+        if sent > after:
+            assert seen[block] < value, 'write %d leaked in' % value
 
 
 # --- TLS ---------------------------------------------------------------------
