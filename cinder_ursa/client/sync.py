@@ -111,6 +111,11 @@ class SyncCluster:
         """Run ``coro_fn(cluster, *args)`` on the client loop (bulk work)."""
         return self._lt.call(coro_fn(self._cluster, *args))
 
+    def call(self, coro_fn, *args):
+        """Run ``coro_fn(*args)`` on the client loop (with async volumes
+        opened by this cluster, e.g. ``transfer.import_file``)."""
+        return self._lt.call(coro_fn(*args))
+
     def close(self):
         try:
             self._lt.call(self._cluster.close())

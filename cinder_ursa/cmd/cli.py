@@ -30,14 +30,13 @@ from oslo_config import cfg
 from cinder_ursa import exception
 from cinder_ursa.client import check
 from cinder_ursa.client import sync
+from cinder_ursa.client import transfer
 from cinder_ursa.common import auth
 from cinder_ursa.common import opts as common_opts
 from cinder_ursa.common import rest
 from cinder_ursa.common import units
 
 VERSION = '0.1.0'
-CHUNK_IO = 4 * units.Mi
-PARALLEL = 8
 
 
 class UrsaApp(app.App):
@@ -425,16 +424,6 @@ def _progress(total, desc):
                 disable=None)
 
 
-async def _parallel(jobs, limit=PARALLEL):
-    """Run coroutine factories with at most ``limit`` in flight."""
-    sem = asyncio.Semaphore(limit)
-
-    async def one(job):
-        async with sem:
-            await job()
-    await asyncio.gather(*(one(j) for j in jobs))
-
-
 class VolumeImport(command.Command):
     """Copy a raw image file into a volume, skipping zero blocks (the
     volume stays thin).  Example: ursa volume import disk.raw vol1"""
@@ -467,41 +456,11 @@ class VolumeImport(command.Command):
                                        vol.size))
             bar = _progress(size, 'import')
             with open(args.file, 'rb') as f:
-                cluster.run(_import, vol.volume, f, size, bar)
+                cluster.call(transfer.import_file, vol.volume, f.fileno(),
+                             size, bar.update)
             bar.close()
         self.app.stdout.write('Imported %s into volume %s\n'
                               % (units.format_size(size), args.volume))
-
-
-async def _import(cluster, vol, f, size, bar):
-    zero = bytes(CHUNK_IO)
-
-    def job(offset):
-        async def run():
-            data = os.pread(f.fileno(), min(CHUNK_IO, size - offset), offset)
-            if len(data) % units.BLOCK_SIZE:
-                data += bytes(units.BLOCK_SIZE - len(data) % units.BLOCK_SIZE)
-            if data != zero[:len(data)]:
-                await _write_nonzero(vol, offset, data)
-            bar.update(min(CHUNK_IO, size - offset))
-        return run
-    await _parallel([job(o) for o in range(0, size, CHUNK_IO)])
-    await vol.flush()
-
-
-async def _write_nonzero(vol, offset, data):
-    """Write only the runs of non-zero 4 KiB blocks of ``data``."""
-    bs = units.BLOCK_SIZE
-    zero = bytes(bs)
-    mv = memoryview(data)
-    start = None
-    for pos in range(0, len(data) + bs, bs):
-        is_data = pos < len(data) and mv[pos:pos + bs] != zero
-        if is_data and start is None:
-            start = pos
-        elif not is_data and start is not None:
-            await vol.write(offset + start, mv[start:pos])
-            start = None
 
 
 class VolumeExport(command.Command):
@@ -526,28 +485,12 @@ class VolumeExport(command.Command):
             fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                          0o644)
             try:
-                cluster.run(_export, vol.volume, fd, bar)
-                os.ftruncate(fd, vol.size)
-                os.fsync(fd)
+                cluster.call(transfer.export_file, vol.volume, fd, bar.update)
             finally:
                 os.close(fd)
                 bar.close()
         self.app.stdout.write('Exported volume %s (%s) to %s\n' % (
             args.volume, units.format_size(vol.size), args.file))
-
-
-async def _export(cluster, vol, fd, bar):
-    await vol.prefetch_map()
-
-    def job(offset):
-        async def run():
-            n = min(CHUNK_IO, vol.size - offset)
-            data = await vol.read(offset, n)
-            if data.count(0) != len(data):
-                os.pwrite(fd, data, offset)
-            bar.update(n)
-        return run
-    await _parallel([job(o) for o in range(0, vol.size, CHUNK_IO)])
 
 
 class VolumeCheck(lister.Lister):
@@ -632,7 +575,7 @@ async def _bench(cluster, name, args):
             # Reads of never-written chunks never reach a chunk server:
             # fill the volume first so reads measure real I/O.
             fill = os.urandom(units.Mi)
-            await _parallel([_writer(vol, o, fill)
+            await transfer.parallel([_writer(vol, o, fill)
                              for o in range(0, vol.size, units.Mi)], 16)
         await vol.prefetch_map()
         data = os.urandom(bs)

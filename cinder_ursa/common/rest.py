@@ -160,6 +160,45 @@ class MasterClient:
     def delete_volume(self, ref):
         self.request('DELETE', '/volumes/%s' % quote(ref))
 
+    def rename_volume(self, ref, name):
+        return self.request('PATCH', '/volumes/%s' % quote(ref),
+                            {'name': name})['volume']
+
+    def create_snapshot(self, volume, name):
+        return self.request('POST', '/volumes/%s/snapshots' % quote(volume),
+                            {'name': name})['snapshot']
+
+    def snapshots(self, volume=None):
+        path = ('/volumes/%s/snapshots' % quote(volume) if volume
+                else '/snapshots')
+        return self.request('GET', path)['snapshots']
+
+    def snapshot(self, ref):
+        return self.request('GET', '/snapshots/%s' % quote(ref))['snapshot']
+
+    def rename_snapshot(self, ref, name):
+        return self.request('PATCH', '/snapshots/%s' % quote(ref),
+                            {'name': name})['snapshot']
+
+    def delete_snapshot(self, ref):
+        self.request('DELETE', '/snapshots/%s' % quote(ref))
+
+    def clone(self, snapshot, name, size=None, **kwargs):
+        body = {'name': name, 'snapshot': snapshot, **kwargs}
+        if size is not None:
+            body['size'] = size
+        return self.request('POST', '/volumes', body)['volume']
+
+    def grow(self, ref, size):
+        """Grow a volume (shrinking must zero the tail first: the client
+        library's ``Cluster.resize`` does)."""
+        return self.request('PUT', '/volumes/%s/size' % quote(ref),
+                            {'size': size})['volume']
+
+    def revert(self, ref, snapshot):
+        return self.request('POST', '/volumes/%s/revert' % quote(ref),
+                            {'snapshot': snapshot})['volume']
+
     def revoke_lease(self, ref):
         return self.request('POST', '/volumes/%s/lease/revoke'
                             % quote(ref))['lease']

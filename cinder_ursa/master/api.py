@@ -153,6 +153,7 @@ class MasterAPI:
         app.router.add_post(v + '/volumes', self.create_volume)
         app.router.add_get(v + '/volumes/{ref}', self.show_volume)
         app.router.add_delete(v + '/volumes/{ref}', self.delete_volume)
+        app.router.add_patch(v + '/volumes/{ref}', self.update_volume)
         app.router.add_get(v + '/volumes/{ref}/chunks', self.chunk_map)
         app.router.add_post(v + '/volumes/{ref}/chunks/{idx}/drop',
                             self.drop_replica)
@@ -172,6 +173,7 @@ class MasterAPI:
         app.router.add_get(v + '/snapshots', self.list_snapshots)
         app.router.add_get(v + '/snapshots/{ref}', self.show_snapshot)
         app.router.add_delete(v + '/snapshots/{ref}', self.delete_snapshot)
+        app.router.add_patch(v + '/snapshots/{ref}', self.update_snapshot)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -310,6 +312,13 @@ class MasterAPI:
         return [s for s in await self.db(self.store.list_servers)
                 if s['state'] == 'up']
 
+    async def update_volume(self, request):
+        b = await _body(request)
+        vol = await self.db(self.store.rename_volume,
+                            request.match_info['ref'],
+                            b.get('name', str, required=True))
+        return web.json_response({'volume': self._allocated(vol)})
+
     async def delete_volume(self, request):
         vol, action = await self.db(self.store.begin_delete,
                                     request.match_info['ref'])
@@ -372,6 +381,13 @@ class MasterAPI:
                 'snapshot %s; nothing was created, retry when they are up or '
                 'marked down' % (failed, name))
         return web.json_response({'snapshot': result}, status=201)
+
+    async def update_snapshot(self, request):
+        b = await _body(request)
+        snap = await self.db(self.store.rename_snapshot,
+                             request.match_info['ref'],
+                             b.get('name', str, required=True))
+        return web.json_response({'snapshot': snap})
 
     async def list_snapshots(self, request):
         ref = request.match_info.get('ref')

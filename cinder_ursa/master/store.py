@@ -408,6 +408,38 @@ class MetadataStore:
             raise exception.NotFound(kind='snapshot', name=ref)
         return row
 
+    def rename_volume(self, ref, name):
+        """Give a volume a new name (``manage_existing`` does)."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            _validate_volume(name, vol.size, vol.replicas, vol.min_replicas,
+                             vol.chunk_size, vol.stripe_unit,
+                             vol.stripe_count)
+            if name != vol.name and conn.execute(sa.select(t.c.id).where(
+                    t.c.name == name)).first():
+                raise exception.AlreadyExists(kind='volume', name=name)
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                name=name))
+        LOG.info('Volume %s renamed to %s', vol.name, name)
+        return self.get_volume(vol.id)
+
+    def rename_snapshot(self, ref, name):
+        s = models.snapshots
+        _validate_snapshot_name(name)
+        with self.engine.begin() as conn:
+            row = self._find_snapshot(conn, ref)
+            if row.status == 'trash':
+                raise exception.NotFound(kind='snapshot', name=ref)
+            if name != row.name and conn.execute(sa.select(s.c.id).where(
+                    s.c.volume_id == row.volume_id,
+                    s.c.name == name)).first():
+                raise exception.AlreadyExists(kind='snapshot', name=name)
+            conn.execute(s.update().where(s.c.id == row.id).values(
+                name=name))
+        LOG.info('Snapshot %s renamed to %s', row.name, name)
+        return self.get_snapshot(row.id)
+
     def get_snapshot(self, ref, volume=None):
         with self.engine.connect() as conn:
             row = self._find_snapshot(conn, ref, volume)
@@ -443,11 +475,7 @@ class MetadataStore:
         record the snapshot as 'creating'."""
         t = models.volumes
         s = models.snapshots
-        if not isinstance(name, str) or not name or len(name) > 255 or \
-                '/' in name or '@' in name:
-            raise exception.InvalidArgument(
-                reason='snapshot name must be 1 to 255 characters without '
-                       '"/" or "@"')
+        _validate_snapshot_name(name)
         with self.engine.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
@@ -854,6 +882,14 @@ def _chunk_count(vol):
     per_set = vol.chunk_size * vol.stripe_count
     sets = -(-vol.size // per_set)
     return sets * vol.stripe_count
+
+
+def _validate_snapshot_name(name):
+    if not isinstance(name, str) or not name or len(name) > 255 or \
+            '/' in name or '@' in name:
+        raise exception.InvalidArgument(
+            reason='snapshot name must be 1 to 255 characters without '
+                   '"/" or "@"')
 
 
 def _validate_volume(name, size, replicas, min_replicas, chunk_size,
