@@ -53,6 +53,9 @@ class AllInOne:
         self.master_proc = None
         self.nbd_proc = None
         self.nbd_port = None
+        self.attach_proc = None
+        self.attach_host = 'aio-host'
+        self.attach_dir = os.path.join(self.data_dir, 'attached')
         # NBD's standard port with the default port base, else dynamic.
         self._nbd_port = nbd_port if nbd_port is not None else (
             NBD_PORT if port_base == DEFAULT_PORT_BASE else 0)
@@ -95,6 +98,12 @@ class AllInOne:
             'bind_host = 127.0.0.1',
             'replication_timeout = %s' % self.replication_timeout,
             'reserved_bytes = 0',
+            '',
+            '[ursa_attach]',
+            'host = %s' % self.attach_host,
+            'mount_dir = %s' % self.attach_dir,
+            'state_dir = %s' % os.path.join(self.data_dir, 'attach'),
+            'poll_interval = 0.2',
             '',
             '[ursa_nbd]',
             'bind_host = 127.0.0.1',
@@ -202,6 +211,12 @@ class AllInOne:
         self.nbd_port = info['port']
         return self.nbd_port
 
+    def start_attach(self):
+        """Start ursa-attach (FUSE, needs root and /dev/fuse) for host
+        ``attach_host``; volumes attached to it appear in attach_dir."""
+        self.attach_proc, _ = self._start_service('attach')
+        return self.attach_dir
+
     def start(self, nbd=False):
         self.write_config()
         self.start_master()
@@ -229,6 +244,17 @@ class AllInOne:
         procs = list(self.cs_procs.values())
         if self.nbd_proc is not None:
             procs.insert(0, self.nbd_proc)
+        if self.attach_proc is not None:
+            # First, and alone: it flushes what it has open.
+            self.attach_proc.send_signal(signal.SIGTERM)
+            try:
+                self.attach_proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.attach_proc.kill()
+                self.attach_proc.wait()
+                subprocess.run(['umount', '-l', self.attach_dir],
+                               capture_output=True)
+            self.attach_proc = None
         if self.master_proc is not None:
             procs.append(self.master_proc)
         for p in procs:

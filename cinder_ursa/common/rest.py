@@ -199,6 +199,29 @@ class MasterClient:
         return self.request('POST', '/volumes/%s/revert' % quote(ref),
                             {'snapshot': snapshot})['volume']
 
+    def attach(self, ref, host):
+        return self.request('POST', '/volumes/%s/attachments' % quote(ref),
+                            {'host': host})['attachment']
+
+    def attachment(self, ref, host):
+        return self.request('GET', '/volumes/%s/attachments/%s' % (
+            quote(ref), quote(host)))['attachment']
+
+    def attachments(self, ref=None, host=None):
+        path = ('/volumes/%s/attachments' % quote(ref) if ref
+                else '/attachments')
+        return self.request('GET', path, params={'host': host} if host
+                            else None)['attachments']
+
+    def update_attachment(self, ref, host, status, path=None, error=None):
+        return self.request('PUT', '/volumes/%s/attachments/%s' % (
+            quote(ref), quote(host)), {'status': status, 'path': path,
+                                       'error': error})['attachment']
+
+    def detach(self, ref, host):
+        self.request('DELETE', '/volumes/%s/attachments/%s' % (
+            quote(ref), quote(host)))
+
     def revoke_lease(self, ref):
         return self.request('POST', '/volumes/%s/lease/revoke'
                             % quote(ref))['lease']

@@ -163,6 +163,16 @@ class MasterAPI:
         app.router.add_post(v + '/volumes/{ref}/lease/revoke',
                             self.revoke_lease)
         app.router.add_put(v + '/volumes/{ref}/size', self.resize)
+        app.router.add_get(v + '/attachments', self.list_attachments)
+        app.router.add_get(v + '/volumes/{ref}/attachments',
+                           self.list_attachments)
+        app.router.add_post(v + '/volumes/{ref}/attachments', self.attach)
+        app.router.add_get(v + '/volumes/{ref}/attachments/{host}',
+                           self.show_attachment)
+        app.router.add_put(v + '/volumes/{ref}/attachments/{host}',
+                           self.update_attachment)
+        app.router.add_delete(v + '/volumes/{ref}/attachments/{host}',
+                              self.detach)
         app.router.add_post(v + '/volumes/{ref}/revert', self.revert)
         app.router.add_post(v + '/volumes/{ref}/detach-parent',
                             self.detach_parent)
@@ -422,6 +432,36 @@ class MasterAPI:
         await self.db(self.store.finish_revert, vol['id'])
         return web.json_response({'volume': self._allocated(
             await self.db(self.store.get_volume, vol['id']))})
+
+    # --- attachments ---------------------------------------------------------
+
+    async def attach(self, request):
+        b = await _body(request)
+        att = await self.db(self.store.attach, request.match_info['ref'],
+                            b.get('host', str, required=True))
+        return web.json_response({'attachment': att}, status=201)
+
+    async def list_attachments(self, request):
+        return web.json_response({'attachments': await self.db(
+            self.store.list_attachments, request.query.get('host'),
+            request.match_info.get('ref'))})
+
+    async def show_attachment(self, request):
+        return web.json_response({'attachment': await self.db(
+            self.store.get_attachment, request.match_info['ref'],
+            request.match_info['host'])})
+
+    async def update_attachment(self, request):
+        b = await _body(request)
+        return web.json_response({'attachment': await self.db(
+            self.store.update_attachment, request.match_info['ref'],
+            request.match_info['host'], b.get('status', str, required=True),
+            b.get('path', str), b.get('error', str))})
+
+    async def detach(self, request):
+        await self.db(self.store.detach, request.match_info['ref'],
+                      request.match_info['host'])
+        return web.Response(status=204)
 
     async def resize(self, request):
         ref = request.match_info['ref']

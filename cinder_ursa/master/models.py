@@ -70,3 +70,18 @@ chunks = sa.Table(
     # Server ids, comma separated; the first one is the primary.
     sa.Column('replicas', sa.String(1024), nullable=False),
 )
+
+attachments = sa.Table(
+    'attachments', metadata,
+    sa.Column('volume_id', sa.String(36),
+              sa.ForeignKey('volumes.id', ondelete='CASCADE'),
+              primary_key=True),
+    # The host whose ursa-nbd gateway exposes the volume (its [ursa_nbd]
+    # host option; Cinder's connector['host']).
+    sa.Column('host', sa.String(255), primary_key=True),
+    # attaching -> attached (path set) or error; detaching -> row removed.
+    sa.Column('status', sa.String(16), nullable=False),
+    sa.Column('path', sa.String(1024), nullable=True),
+    sa.Column('error', sa.Text, nullable=True),
+    sa.Column('created_at', sa.Double, nullable=False),
+)

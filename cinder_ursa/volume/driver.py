@@ -85,6 +85,16 @@ ursa_opts = [
                      'read-only Ursa volume (image-<image id>) and create '
                      'later volumes from the same image as O(1) clones of '
                      'it (clone_image).'),
+    cfg.FloatOpt('ursa_attach_timeout', default=60.0, min=1.0,
+                 help='Seconds ursa-attach on the connector\'s host has to '
+                      'expose (or release) an attached volume.'),
+    cfg.HostAddressOpt('ursa_nbd_host', default='127.0.0.1',
+                       help='Where hypervisors reach ursa-nbd, for the '
+                            'NBD details of the connection info (libvirt '
+                            'network disks); 127.0.0.1: the gateway on the '
+                            'hypervisor itself.'),
+    cfg.PortOpt('ursa_nbd_port', default=10809,
+                help='Port of ursa-nbd for the connection info.'),
     cfg.FloatOpt('ursa_timeout', default=60.0, min=1.0,
                  help='Timeout of one request to the Ursa master, in '
                       'seconds.'),
@@ -355,7 +365,14 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             finally:
                 self._master.delete_snapshot(ref)
 
-    # --- export and attach (the connection is issue work in progress) -----
+    # --- export and attach --------------------------------------------------
+    #
+    # initialize_connection asks the master to attach the volume to the
+    # connector's host; ursa-attach on that host opens it (taking its
+    # lease) and serves it as a file, the device_path of a 'local'
+    # connection that unmodified os-brick and Nova/Cinder use as is.  The
+    # connection info also carries the NBD details for hypervisors whose
+    # QEMU reaches ursa-nbd directly.
 
     def create_export(self, context, volume, connector):
         pass
@@ -367,11 +384,74 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         pass
 
     def initialize_connection(self, volume, connector, initiator_data=None):
-        raise cinder_exc.VolumeBackendAPIException(
-            data=_('Attaching Ursa volumes is not available yet'))
+        host = (connector or {}).get('host')
+        if not host:
+            raise cinder_exc.InvalidConnectorException(
+                missing='host')
+        conf = self.configuration
+        with _translated('Attaching %s to %s' % (volume.name, host),
+                         volume=volume):
+            att = self._master.attach(volume.name, host)
+            deadline = time.monotonic() + conf.ursa_attach_timeout
+            while att['status'] == 'attaching':
+                if time.monotonic() > deadline:
+                    self._master.update_attachment(volume.name, host,
+                                                   'detaching')
+                    raise cinder_exc.VolumeBackendAPIException(
+                        data=_('No ursa-attach exposed volume %(vol)s on '
+                               'host %(host)s within %(t)d s: run '
+                               'ursa-attach there with [ursa_attach] host = '
+                               '%(host)s') % {'vol': volume.name,
+                                              'host': host,
+                                              't': conf.ursa_attach_timeout})
+                time.sleep(0.2)
+                att = self._master.attachment(volume.name, host)
+        if att['status'] != 'attached':
+            raise cinder_exc.VolumeBackendAPIException(
+                data=_('ursa-attach on %(host)s could not expose %(vol)s: '
+                       '%(err)s') % {'host': host, 'vol': volume.name,
+                                     'err': att.get('error')})
+        LOG.info('Volume %(vol)s attached to %(host)s at %(path)s',
+                 {'vol': volume.name, 'host': host, 'path': att['path']})
+        return {'driver_volume_type': 'local',
+                'data': {'device_path': att['path'],
+                         'ursa_volume': volume.name,
+                         'ursa_volume_id': att['volume_id'],
+                         'nbd_host': conf.ursa_nbd_host,
+                         'nbd_port': conf.ursa_nbd_port,
+                         'nbd_export': volume.name}}
 
     def terminate_connection(self, volume, connector, **kwargs):
-        pass
+        with _translated('Detaching %s' % volume.name, volume=volume):
+            if connector and connector.get('host'):
+                hosts = [connector['host']]
+            else:  # force detach: from everywhere
+                hosts = [a['host'] for a in
+                         self._master.attachments(volume.name)]
+            for host in hosts:
+                self._detach(volume, host)
+
+    def _detach(self, volume, host):
+        try:
+            self._master.update_attachment(volume.name, host, 'detaching')
+        except exception.NotFound:
+            return
+        deadline = time.monotonic() + self.configuration.ursa_attach_timeout
+        while time.monotonic() < deadline:
+            try:
+                self._master.attachment(volume.name, host)
+            except exception.NotFound:
+                LOG.info('Volume %(vol)s detached from %(host)s',
+                         {'vol': volume.name, 'host': host})
+                return
+            time.sleep(0.2)
+        # The host did not let go: fence it, so it can never write again.
+        self._master.revoke_lease(volume.name)
+        self._master.detach(volume.name, host)
+        LOG.warning('Host %(host)s did not release volume %(vol)s within '
+                    '%(t)d s: its lease was revoked (fenced)',
+                    {'host': host, 'vol': volume.name,
+                     't': self.configuration.ursa_attach_timeout})
 
     # --- images -----------------------------------------------------------
 

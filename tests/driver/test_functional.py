@@ -408,3 +408,62 @@ def test_runs_in_the_mode_tools_run_tests_asked_for():
     want = os.environ['OS_CINDER_DISABLE_EVENTLET_PATCHING'] in ('0', 'false',
                                                                  'no')
     assert eventlet.patcher.is_monkey_patched('socket') is want
+
+
+@pytest.fixture(scope='module')
+def attach_agent(cluster):
+    """ursa-attach for the cluster's host (FUSE: root and /dev/fuse)."""
+    if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
+        if os.environ.get('CI'):
+            pytest.fail('ursa-attach needs root and /dev/fuse')
+        pytest.skip('ursa-attach needs root and /dev/fuse')
+    cluster.start_attach()
+    return cluster.attach_host
+
+
+def test_attach_is_a_local_path_os_brick_uses(drv, cluster, ctx,
+                                              attach_agent, tmp_path):
+    from os_brick.initiator import connector as brick
+    v = volume(ctx)
+    drv.create_volume(v)
+    host = {'host': attach_agent, 'ip': '127.0.0.1'}
+    conn = drv.initialize_connection(v, host)
+    assert conn['driver_volume_type'] == 'local'
+    data = conn['data']
+    assert (data['nbd_export'], data['nbd_port']) == (v.name, 10809)
+    # os-brick's own connector for the protocol, as Cinder's attach-based
+    # operations (backup, migration, image copy) use it.
+    dev = brick.InitiatorConnector.factory('local', None).connect_volume(
+        data)
+    path = dev['path']
+    assert path == data['device_path'] and os.path.getsize(path) == GiB
+    pattern = os.urandom(3 * 4096 + 100)
+    with open(path, 'r+b') as f:
+        f.seek(MiB + 7)
+        f.write(pattern)
+        f.flush()
+        os.fsync(f.fileno())
+    assert read(cluster, v.name, MiB + 7, len(pattern)) == pattern
+    info = cluster.client().volume(v.name)
+    assert info['lease']['holder'] == 'ursa-attach@' + attach_agent
+    # Attaching again returns the same path; deleting is refused.
+    assert drv.initialize_connection(v, host)['data']['device_path'] == path
+    with pytest.raises(cinder_exc.VolumeIsBusy):
+        drv.delete_volume(v)
+    drv.terminate_connection(v, host)
+    assert not os.path.exists(path)
+    assert not cluster.client().volume(v.name)['lease']['holder']
+
+    # A host with no ursa-attach: a clear error, then a forced detach
+    # fences whoever might hold the volume there.
+    impatient = make_driver(cluster, tmp_path, ursa_attach_timeout=1)
+    with pytest.raises(cinder_exc.VolumeBackendAPIException,
+                       match='run ursa-attach there'):
+        impatient.initialize_connection(v, {'host': 'nowhere'})
+    gen = cluster.client().volume(v.name)['lease']['generation']
+    impatient.terminate_connection(v, None)
+    assert cluster.client().volume(v.name)['lease']['generation'] == gen + 1
+    assert cluster.client().attachments(v.name) == []
+    with pytest.raises(cinder_exc.InvalidConnectorException):
+        drv.initialize_connection(v, {})
+    drv.delete_volume(v)

@@ -44,6 +44,7 @@ class FakeMaster:
         self.snaps = {}   # id -> dict
         self.ids = itertools.count(1)
         self.capacity = 3000 * GiB
+        self.agents = {'compute-1'}  # hosts running ursa-attach
         self.urls = ['http://fake']
 
     def _vol(self, ref, trash=False):
@@ -160,6 +161,46 @@ class FakeMaster:
         if v['lease']:
             raise exception.Conflict(reason='open for writing')
         return dict(v)
+
+    # Attachments, with the host's agent answering on the next look.
+    def attach(self, ref, host):
+        v = self._vol(ref)
+        others = [h for h in v.setdefault('att', {}) if h != host]
+        if others:
+            raise exception.Conflict(reason='attached to %s' % others)
+        v['att'].setdefault(host, 'attaching')
+        return self.attachment(ref, host)
+
+    def attachment(self, ref, host):
+        v = self._vol(ref)
+        if host not in v.get('att', {}):
+            raise exception.NotFound(kind='attachment', name=host)
+        st = v['att'][host]
+        if host in self.agents:
+            if st == 'attaching':
+                st = v['att'][host] = 'attached'
+            elif st == 'detaching':
+                del v['att'][host]
+                raise exception.NotFound(kind='attachment', name=host)
+        return {'volume_id': v['id'], 'host': host, 'status': st,
+                'path': '/attach/%s' % v['name'] if st == 'attached'
+                else None, 'error': None}
+
+    def attachments(self, ref=None, host=None):
+        v = self._vol(ref)
+        return [{'host': h} for h in v.get('att', {})]
+
+    def update_attachment(self, ref, host, status, path=None, error=None):
+        v = self._vol(ref)
+        if host not in v.get('att', {}):
+            raise exception.NotFound(kind='attachment', name=host)
+        v['att'][host] = status
+
+    def detach(self, ref, host):
+        self._vol(ref).get('att', {}).pop(host, None)
+
+    def revoke_lease(self, ref):
+        self._vol(ref)['revoked'] = True
 
     def rename_volume(self, ref, name):
         v = self._vol(ref)
@@ -322,11 +363,36 @@ class UrsaDriverTestCase(test.TestCase):
         self.assertEqual(2, self.drv.manage_existing_get_size(
             v, {'source-name': 'odd'}))
 
-    def test_initialize_connection_says_attach_is_not_built(self):
+    def test_connection_is_local_with_nbd_details(self):
+        v = self.volume()
+        self.drv.create_volume(v)
+        conn = self.drv.initialize_connection(v, {'host': 'compute-1'})
+        self.assertEqual('local', conn['driver_volume_type'])
+        self.assertEqual('/attach/%s' % v.name, conn['data']['device_path'])
+        self.assertEqual(v.name, conn['data']['nbd_export'])
+        self.assertRaises(cinder_exc.VolumeIsBusy,
+                          self.drv.initialize_connection, v,
+                          {'host': 'compute-2'})
+        self.drv.terminate_connection(v, {'host': 'compute-1'})
+        self.assertEqual([], self.master.attachments(v.name))
+        self.assertNotIn('revoked', self.master.vols[
+            self.master.volume(v.name)['id']])
+
+    def test_unanswered_attach_and_detach(self):
+        self.override_config('ursa_attach_timeout', 1, group='ursa_unit')
+        v = self.volume()
+        self.drv.create_volume(v)
         exc = self.assertRaises(cinder_exc.VolumeBackendAPIException,
-                                self.drv.initialize_connection,
-                                self.volume(), {'host': 'h'})
-        self.assertIn('not available yet', str(exc))
+                                self.drv.initialize_connection, v,
+                                {'host': 'silent'})
+        self.assertIn('run ursa-attach there', str(exc))
+        # Forced detach (no connector) fences the silent host.
+        self.drv.terminate_connection(v, None)
+        vol = self.master.vols[self.master.volume(v.name)['id']]
+        self.assertTrue(vol['revoked'])
+        self.assertEqual({}, vol['att'])
+        self.assertRaises(cinder_exc.InvalidConnectorException,
+                          self.drv.initialize_connection, v, {})
 
 
 class ComplianceTestCase(test.TestCase):

@@ -28,9 +28,9 @@ def add_servers(store, n, hosts=None):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0002'
+    assert store.schema_version() == '0003'
     store.upgrade()
-    assert store.schema_version() == '0002'
+    assert store.schema_version() == '0003'
 
 
 def test_volume_lifecycle(store):
@@ -184,3 +184,30 @@ def test_a_down_server_leaves_every_replica_set(store):
         expect = c['epoch'] + (1 if c['index'] in holding else 0)
         assert after[c['index']]['epoch'] == expect
     assert store.cluster_status()['degraded_chunks'] == len(holding)
+
+
+def test_attachments_one_host_at_a_time(store):
+    store.create_volume('att', 100 * MiB, chunk_size=4 * MiB)
+    a = store.attach('att', 'h1')
+    assert (a['status'], a['path']) == ('attaching', None)
+    assert store.attach('att', 'h1')['status'] == 'attaching'  # idempotent
+    with pytest.raises(exception.Conflict, match='attached to h1'):
+        store.attach('att', 'h2')
+    store.update_attachment('att', 'h1', 'attached', path='/a/att')
+    assert [x['path'] for x in store.list_attachments(host='h1')] == [
+        '/a/att']
+    assert store.list_attachments(host='h2') == []
+    with pytest.raises(exception.Conflict, match='detach it first'):
+        store.begin_delete('att')
+    with pytest.raises(exception.InvalidArgument):
+        store.update_attachment('att', 'h1', 'bogus')
+    store.update_attachment('att', 'h1', 'detaching')
+    # Attaching again while detaching starts over.
+    assert store.attach('att', 'h1')['status'] == 'attaching'
+    store.detach('att', 'h1')
+    store.detach('att', 'h1')  # gone already: fine
+    with pytest.raises(exception.NotFound):
+        store.get_attachment('att', 'h1')
+    store.attach('att', 'h2')
+    store.detach('att', 'h2')
+    assert store.begin_delete('att')[1] == 'delete'
