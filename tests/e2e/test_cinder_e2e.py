@@ -1,0 +1,239 @@
+"""Every Cinder workflow on the Ursa backend, through real cinder-api,
+cinder-scheduler, cinder-volume and cinder-backup, driven by
+openstackclient and python-cinderclient; the bytes inside volumes are
+checked through the Ursa NBD gateway (qemu-io)."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e import harness
+from tests.functional.conftest import MariaDB
+
+GiB = 1024 ** 3
+
+
+def need_tools():
+    missing = [t for t in ('qemu-io', 'mariadbd', 'epmd')
+               if not shutil.which(t) and not os.path.exists(
+                   '/usr/sbin/' + t)]
+    if not harness.have_tools():
+        missing.append('rabbitmq-server')
+    if missing:
+        if os.environ.get('CI'):
+            pytest.fail('missing %s; tools/run-tests installs them' % missing)
+        pytest.skip('missing %s' % missing)
+
+
+@pytest.fixture(scope='module')
+def stack(tmp_path_factory):
+    need_tools()
+    if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
+        if os.environ.get('CI'):
+            pytest.fail('ursa-attach needs root and /dev/fuse')
+        pytest.skip('ursa-attach needs root and /dev/fuse')
+    base = str(tmp_path_factory.mktemp('e2e'))
+    db = MariaDB(os.path.join(base, 'mariadb'))
+    os.makedirs(db.base)
+    db.start()
+    s = harness.Stack(base, db)
+    try:
+        s.start()
+        yield s
+    except Exception:
+        if s.cinder is not None:
+            print(s.logs_tail())
+        raise
+    finally:
+        s.stop()
+        db.stop()
+
+
+class OSC:
+    def __init__(self, stack):
+        self.env = stack.cinder.osc_env()
+
+    def __call__(self, *args, json_out=True):
+        cmd = ['openstack'] + list(args)
+        if json_out:
+            cmd += ['-f', 'json']
+        r = subprocess.run(cmd, env=self.env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, '%s: %s%s' % (cmd, r.stdout, r.stderr)
+        return json.loads(r.stdout) if json_out and r.stdout.strip() else r
+
+
+def wait(osc, kind, ref, want, timeout=180):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = osc(kind, 'show', ref)['status']
+        if st in want:
+            return st
+        assert 'error' not in st, '%s %s went %s' % (kind, ref, st)
+        assert time.monotonic() < deadline, '%s %s still %s' % (kind, ref, st)
+        time.sleep(1)
+
+
+def nbd(stack, volume_id):
+    return 'nbd://127.0.0.1:%d/volume-%s' % (stack.ursa.nbd_port, volume_id)
+
+
+def qemu_io(stack, volume_id, cmd):
+    r = subprocess.run(['qemu-io', '-f', 'raw', '-c', cmd,
+                        nbd(stack, volume_id)], capture_output=True,
+                       text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and 'failed' not in out.lower(), out
+    return out
+
+
+def pattern_is(stack, volume_id, byte, length=1024 * 1024):
+    qemu_io(stack, volume_id, 'read -P 0x%02x 0 %d' % (byte, length))
+
+
+def test_every_workflow(stack):
+    osc = OSC(stack)
+    master = stack.ursa.client()
+    t0 = time.monotonic()
+
+    v1 = osc('volume', 'create', '--size', '1', 'v1')['id']
+    wait(osc, 'volume', v1, ['available'])
+    assert master.volume('volume-' + v1)['size'] == GiB
+    qemu_io(stack, v1, 'write -P 0x11 0 1M')
+
+    s1 = osc('volume', 'snapshot', 'create', '--volume', v1, 's1')['id']
+    _wait_snapshot(osc, s1)
+    qemu_io(stack, v1, 'write -P 0x22 0 1M')
+
+    # From the snapshot, larger; a clone of the volume.
+    v2 = osc('volume', 'create', '--snapshot', s1, '--size', '2', 'v2')['id']
+    v3 = osc('volume', 'create', '--source', v1, 'v3')['id']
+    for v in (v2, v3):
+        wait(osc, 'volume', v, ['available'])
+    pattern_is(stack, v2, 0x11)
+    assert master.volume('volume-' + v2)['size'] == 2 * GiB
+    pattern_is(stack, v3, 0x22)
+
+    # Revert to the (latest) snapshot, then extend.
+    osc('volume', 'revert', s1, json_out=False)
+    wait(osc, 'volume', v1, ['available'])
+    pattern_is(stack, v1, 0x11)
+    osc('volume', 'set', '--size', '2', v1, json_out=False)
+    deadline = time.monotonic() + 60
+    while osc('volume', 'show', v1)['size'] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert master.volume('volume-' + v1)['size'] == 2 * GiB
+
+    # Backup (cinder-backup attaches through ursa-attach) and restore.
+    b1 = osc('volume', 'backup', 'create', '--name', 'b1', v1)['id']
+    _wait_backup(osc, b1)
+    assert master.attachments('volume-' + v1) == []
+    restored = osc('volume', 'backup', 'restore', b1, 'restored')
+    rv = restored.get('volume_id') or restored.get('id')
+    wait(osc, 'volume', rv, ['available'])
+    pattern_is(stack, rv, 0x11)
+
+    # QoS spec on a volume type.
+    osc('volume', 'qos', 'create', '--consumer', 'back-end', '--property',
+        'total_iops_sec=500', 'q1')
+    osc('volume', 'type', 'create', '--property',
+        'volume_backend_name=ursa', 't1')
+    osc('volume', 'qos', 'associate', 'q1', 't1', json_out=False)
+    v4 = osc('volume', 'create', '--type', 't1', '--size', '1', 'v4')['id']
+    wait(osc, 'volume', v4, ['available'])
+
+    # python-cinderclient.
+    from cinderclient import client as cinder_client
+    from keystoneauth1 import session
+    from keystoneauth1 import token_endpoint
+    sess = session.Session(auth=token_endpoint.Token(
+        stack.cinder.endpoint, harness.TOKEN))
+    cc = cinder_client.Client('3.70', session=sess)
+    vc = cc.volumes.create(1, name='from-cinderclient')
+    _wait_cc(cc, vc.id)
+    assert master.volume('volume-' + vc.id)['size'] == GiB
+
+    # Delete everything; Ursa keeps nothing behind.
+    osc('volume', 'backup', 'delete', b1, json_out=False)
+    osc('volume', 'snapshot', 'delete', s1, json_out=False)
+    cc.volumes.delete(vc.id)
+    for v in (v2, v3, rv, v4, v1):
+        osc('volume', 'delete', v, json_out=False)
+    deadline = time.monotonic() + 120
+    while osc('volume', 'list'):
+        assert time.monotonic() < deadline, osc('volume', 'list')
+        time.sleep(1)
+    assert [v['name'] for v in master.volumes()] == []
+    elapsed = time.monotonic() - t0
+    print('\ne2e: stack started in %.0f s, workflows took %.0f s'
+          % (stack.start_seconds, elapsed))
+
+
+def test_big_clone_and_parallel_creates(stack):
+    """The closing note's timings: a 10 GiB volume from a snapshot, and 20
+    volumes created at once."""
+    osc = OSC(stack)
+    big = osc('volume', 'create', '--size', '10', 'big')['id']
+    wait(osc, 'volume', big, ['available'])
+    snap = osc('volume', 'snapshot', 'create', '--volume', big, 'bigsnap')[
+        'id']
+    _wait_snapshot(osc, snap)
+    from cinderclient import client as cinder_client
+    from keystoneauth1 import session
+    from keystoneauth1 import token_endpoint
+    cc = cinder_client.Client('3.70', session=session.Session(
+        auth=token_endpoint.Token(stack.cinder.endpoint, harness.TOKEN)))
+    t0 = time.monotonic()
+    clone = cc.volumes.create(10, snapshot_id=snap, name='bigclone')
+    _wait_cc(cc, clone.id)
+    clone_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    many = [cc.volumes.create(1, name='p%d' % i) for i in range(20)]
+    for v in many:
+        _wait_cc(cc, v.id)
+    many_s = time.monotonic() - t0
+    print('\ne2e: 10 GiB volume from a snapshot %.1f s; 20 volumes in '
+          'parallel %.1f s' % (clone_s, many_s))
+    for v in many + [clone]:
+        cc.volumes.delete(v.id)
+    cc.volume_snapshots.delete(snap)
+    deadline = time.monotonic() + 120
+    while len(cc.volumes.list()) > 1 or cc.volume_snapshots.list():
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    cc.volumes.delete(big)
+
+
+def _wait_snapshot(osc, ref, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = osc('volume', 'snapshot', 'show', ref)['status']
+        if st == 'available':
+            return
+        assert 'error' not in st and time.monotonic() < deadline, st
+        time.sleep(1)
+
+
+def _wait_backup(osc, ref, timeout=300):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = osc('volume', 'backup', 'show', ref)['status']
+        if st == 'available':
+            return
+        assert 'error' not in st and time.monotonic() < deadline, st
+        time.sleep(1)
+
+
+def _wait_cc(cc, vid, timeout=180):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = cc.volumes.get(vid).status
+        if st == 'available':
+            return
+        assert 'error' not in st and time.monotonic() < deadline, st
+        time.sleep(0.5)
