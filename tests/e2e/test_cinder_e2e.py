@@ -58,7 +58,7 @@ class OSC:
         self.env = stack.cinder.osc_env()
 
     def __call__(self, *args, json_out=True):
-        cmd = ['openstack'] + list(args)
+        cmd = [os.path.join(harness.VENV_BIN, 'openstack')] + list(args)
         if json_out:
             cmd += ['-f', 'json']
         r = subprocess.run(cmd, env=self.env, capture_output=True,
