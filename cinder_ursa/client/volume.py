@@ -22,6 +22,7 @@ import time
 
 from cinder_ursa import exception
 from cinder_ursa.client import layout as layout_mod
+from cinder_ursa.client import qos as qos_mod
 from cinder_ursa.common import rest
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
@@ -168,6 +169,7 @@ class Volume:
         self._lease_task = None
         self._fenced = None
         self.closed = False
+        self.qos = qos_mod.Limiter(info.get('qos'))
 
     @classmethod
     def for_snapshot(cls, cluster, snap):
@@ -197,6 +199,7 @@ class Volume:
             'GET', '/volumes/%s' % self.id))['volume']
         self.info = info
         self.seq = info['snap_seq']
+        self.qos.update(info.get('qos'))
         if info['size'] != self.size:
             self.size = info['size']
             self.layout = layout_mod.Layout.for_volume(info)
@@ -223,10 +226,11 @@ class Volume:
         while True:
             await asyncio.sleep(ttl / 3.0)
             try:
-                await self.cluster.master.request(
+                lease = (await self.cluster.master.request(
                     'PUT', '/volumes/%s/lease' % self.id,
                     {'holder': self.holder, 'generation': self.generation,
-                     'ttl': ttl})
+                     'ttl': ttl}))['lease']
+                self.qos.update(lease.get('qos'))
             except exception.Fenced as e:
                 LOG.error('Volume %s: %s', self.name, e)
                 self._fenced = e
@@ -289,6 +293,8 @@ class Volume:
 
     async def read(self, offset, length):
         self._check_open(False)
+        if self.qos:
+            await self.qos.acquire('read', length)
         extents = self.layout.extents(offset, length)
         layered = self._parent_info is not None
         if len(extents) == 1 and not layered:
@@ -355,6 +361,8 @@ class Volume:
 
     async def write(self, offset, data, fua=False):
         self._check_open(True)
+        if self.qos:
+            await self.qos.acquire('write', len(data))
         mv = memoryview(data)
         if mv.ndim != 1 or mv.itemsize != 1:
             mv = mv.cast('B')
@@ -376,6 +384,8 @@ class Volume:
         self._check_open(True)
         if length == 0:
             return
+        if self.qos:
+            await self.qos.acquire('write', 0)
         layered = self._parent_info is not None
         if layered:
             await self._copy_up_edges(offset, length)

@@ -164,6 +164,11 @@ class MasterClient:
         return self.request('PATCH', '/volumes/%s' % quote(ref),
                             {'name': name})['volume']
 
+    def set_qos(self, ref, qos):
+        """Replace a volume's QoS limits ({} removes them)."""
+        return self.request('PATCH', '/volumes/%s' % quote(ref),
+                            {'qos': qos})['volume']
+
     def create_snapshot(self, volume, name):
         return self.request('POST', '/volumes/%s/snapshots' % quote(volume),
                             {'name': name})['snapshot']

@@ -310,7 +310,7 @@ class MasterAPI:
             size, replicas, min_replicas,
             b.get('chunk_size', int, self.defaults['chunk_size']),
             b.get('stripe_unit', int), b.get('stripe_count', int, 1),
-            parent)
+            parent, b.get('qos', dict))
         return web.json_response({'volume': self._allocated(vol)},
                                  status=201)
 
@@ -324,9 +324,9 @@ class MasterAPI:
 
     async def update_volume(self, request):
         b = await _body(request)
-        vol = await self.db(self.store.rename_volume,
-                            request.match_info['ref'],
-                            b.get('name', str, required=True))
+        vol = await self.db(self.store.update_volume,
+                            request.match_info['ref'], b.get('name', str),
+                            b.get('qos', dict))
         return web.json_response({'volume': self._allocated(vol)})
 
     async def delete_volume(self, request):

@@ -42,6 +42,9 @@ volumes = sa.Table(
     sa.Column('snap_seq', sa.BigInteger, nullable=False, default=0),
     # Clones: the snapshot whose blocks this volume reads until written.
     sa.Column('parent_snapshot_id', sa.String(36), nullable=True),
+    # QoS limits, JSON: {"total_iops_sec": 500, ...}; every client (the
+    # NBD gateway, the attach agent, the library) enforces them.
+    sa.Column('qos', sa.Text, nullable=True),
 )
 
 snapshots = sa.Table(

@@ -14,6 +14,7 @@ Invariants kept here:
 """
 
 import collections
+import json
 import logging
 import os
 import time
@@ -242,15 +243,17 @@ class MetadataStore:
                 'min_replicas': row.min_replicas, 'status': row.status,
                 'created_at': row.created_at, 'snap_seq': row.snap_seq,
                 'parent_snapshot_id': row.parent_snapshot_id,
+                'qos': json.loads(row.qos) if row.qos else {},
                 'lease': {'holder': row.lease_holder,
                           'generation': row.lease_generation,
                           'expires_at': row.lease_expires}}
 
     def create_volume(self, name, size, replicas=3, min_replicas=2,
                       chunk_size=64 * units.Mi, stripe_unit=None,
-                      stripe_count=1, parent=None):
+                      stripe_count=1, parent=None, qos=None):
         """Create a thin volume; with ``parent`` (a snapshot id) a clone
         that reads the snapshot's blocks until it writes its own."""
+        qos = validate_qos(qos or {})
         stripe_unit = stripe_unit or chunk_size
         _validate_volume(name, size, replicas, min_replicas, chunk_size,
                          stripe_unit, stripe_count)
@@ -282,7 +285,8 @@ class MetadataStore:
                 replicas=replicas, min_replicas=min_replicas,
                 status='available', created_at=time.time(),
                 lease_holder=None, lease_generation=0, lease_expires=0,
-                snap_seq=0, parent_snapshot_id=parent))
+                snap_seq=0, parent_snapshot_id=parent,
+                qos=json.dumps(qos) if qos else None))
         LOG.info('Volume %s (%s) created, %s, %d replicas%s', name, vid,
                  units.format_size(size), replicas,
                  ', clone of snapshot %s' % parent if parent else '')
@@ -415,20 +419,33 @@ class MetadataStore:
             raise exception.NotFound(kind='snapshot', name=ref)
         return row
 
-    def rename_volume(self, ref, name):
-        """Give a volume a new name (``manage_existing`` does)."""
+    def update_volume(self, ref, name=None, qos=None):
+        """Rename a volume (``manage_existing`` does) and/or replace its
+        QoS limits (retype does; open clients adopt them with their next
+        lease renewal)."""
         t = models.volumes
+        values = {}
+        if qos is not None:
+            qos = validate_qos(qos)
+            values['qos'] = json.dumps(qos) if qos else None
         with self.engine.begin() as conn:
             vol = self._find_volume(conn, ref)
-            _validate_volume(name, vol.size, vol.replicas, vol.min_replicas,
-                             vol.chunk_size, vol.stripe_unit,
-                             vol.stripe_count)
-            if name != vol.name and conn.execute(sa.select(t.c.id).where(
-                    t.c.name == name)).first():
-                raise exception.AlreadyExists(kind='volume', name=name)
-            conn.execute(t.update().where(t.c.id == vol.id).values(
-                name=name))
-        LOG.info('Volume %s renamed to %s', vol.name, name)
+            if name is not None:
+                _validate_volume(name, vol.size, vol.replicas,
+                                 vol.min_replicas, vol.chunk_size,
+                                 vol.stripe_unit, vol.stripe_count)
+                if name != vol.name and conn.execute(sa.select(t.c.id).where(
+                        t.c.name == name)).first():
+                    raise exception.AlreadyExists(kind='volume', name=name)
+                values['name'] = name
+            if values:
+                conn.execute(t.update().where(t.c.id == vol.id).values(
+                    **values))
+        if name is not None and name != vol.name:
+            LOG.info('Volume %s renamed to %s', vol.name, name)
+        if qos is not None:
+            LOG.info('Volume %s QoS limits: %s', name or vol.name,
+                     qos or 'none')
         return self.get_volume(vol.id)
 
     def rename_snapshot(self, ref, name):
@@ -823,8 +840,10 @@ class MetadataStore:
                                vol.lease_holder))
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 lease_expires=now + ttl))
+        # The holder learns changed QoS limits with each renewal.
         return {'volume_id': vol.id, 'holder': holder,
-                'generation': generation, 'expires_at': now + ttl, 'ttl': ttl}
+                'generation': generation, 'expires_at': now + ttl, 'ttl': ttl,
+                'qos': json.loads(vol.qos) if vol.qos else {}}
 
     def release_lease(self, ref, holder, generation):
         t = models.volumes
@@ -978,6 +997,31 @@ def _chunk_count(vol):
     per_set = vol.chunk_size * vol.stripe_count
     sets = -(-vol.size // per_set)
     return sets * vol.stripe_count
+
+
+QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
+            'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
+
+
+def validate_qos(qos):
+    """QoS limits: a dict of QOS_KEYS to integers >= 0 (0: no limit);
+    returns it without the zeros."""
+    if not isinstance(qos, dict):
+        raise exception.InvalidArgument(reason='qos must be an object')
+    out = {}
+    for k, v in qos.items():
+        if k not in QOS_KEYS:
+            raise exception.InvalidArgument(
+                reason='unknown QoS limit %r; known: %s' % (
+                    k, ', '.join(QOS_KEYS)))
+        if isinstance(v, str) and v.isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise exception.InvalidArgument(
+                reason='QoS limit %s must be an integer >= 0' % k)
+        if v:
+            out[k] = v
+    return out
 
 
 def _validate_snapshot_name(name):

@@ -36,6 +36,7 @@ from cinder.i18n import _
 from cinder.image import image_utils
 from cinder.volume import configuration
 from cinder.volume import driver
+from cinder.volume import volume_types
 from cinder.volume import volume_utils
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -52,6 +53,9 @@ LOG = logging.getLogger(__name__)
 VERSION = '1.0.0'
 IMAGE_CACHE_PREFIX = 'image-'
 IMAGE_CACHE_SNAPSHOT = 'base'
+# Cinder QoS spec keys (consumer back-end or both) Ursa enforces itself.
+QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
+            'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
 
 ursa_opts = [
     cfg.ListOpt('ursa_master_urls', default=['http://127.0.0.1:9380'],
@@ -229,7 +233,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             'thin_provisioning_support': True,
             'thick_provisioning_support': False,
             'multiattach': False,
-            'QoS_support': False,
+            'QoS_support': True,
             'sparse_copy_volume': True,
             'consistencygroup_support': False,
             'online_extend_support': True,
@@ -270,9 +274,40 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             args['stripe_count'] = conf.ursa_stripe_count
         return args
 
+    @staticmethod
+    def _qos_of_type(type_id):
+        """The QoS limits of a volume type's back-end (or both) spec."""
+        if not type_id:
+            return {}
+        specs = volume_types.get_volume_type_qos_specs(type_id)['qos_specs']
+        if not specs or specs.get('consumer') not in ('back-end', 'both'):
+            return {}
+        out = {}
+        for k, v in (specs.get('specs') or {}).items():
+            if k in QOS_KEYS:
+                try:
+                    out[k] = int(float(v))
+                except ValueError:
+                    LOG.warning('QoS spec %(k)s=%(v)s is not a number: '
+                                'ignored', {'k': k, 'v': v})
+        return out
+
+    def _qos(self, volume):
+        try:
+            type_id = volume.volume_type_id
+        except Exception:  # noqa: BLE001 - not set on this object
+            type_id = None
+        return self._qos_of_type(type_id)
+
+    def _apply_qos(self, volume):
+        qos = self._qos(volume)
+        if qos:
+            self._master.set_qos(volume.name, qos)
+
     def create_volume(self, volume):
         with _translated('Creating volume %s' % volume.name):
             self._master.create_volume(volume.name, volume.size * units.Gi,
+                                       qos=self._qos(volume) or None,
                                        **self._create_args())
         LOG.info('Created Ursa volume %(name)s (%(size)d GiB)',
                  {'name': volume.name, 'size': volume.size})
@@ -304,6 +339,16 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         except cinder_exc.SnapshotNotFound:
             LOG.info('Ursa snapshot %s is already gone', _snap_ref(snapshot))
 
+    def retype(self, context, volume, new_type, diff, host):
+        """Same backend: only the QoS limits can change, in place (open
+        clients adopt them within a lease renewal)."""
+        qos = self._qos_of_type(new_type['id'] if new_type else None)
+        with _translated('Retyping %s' % volume.name, volume=volume):
+            self._master.set_qos(volume.name, qos)
+        LOG.info('Volume %(vol)s retyped: QoS limits %(qos)s',
+                 {'vol': volume.name, 'qos': qos or 'none'})
+        return True, None
+
     def revert_to_snapshot(self, context, volume, snapshot):
         with _translated('Reverting %s to %s' % (volume.name, snapshot.name),
                          volume=volume):
@@ -322,7 +367,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         """Clone ``snap_ref`` into ``volume``; flatten when policy or the
         clone-depth limit says so."""
         conf = self.configuration
-        self._master.clone(snap_ref, volume.name, volume.size * units.Gi)
+        self._master.clone(snap_ref, volume.name, volume.size * units.Gi,
+                           qos=self._qos(volume) or None)
         depth = self._depth(source_name) + 1
         if conf.ursa_flatten_volume_from_snapshot or \
                 depth > conf.ursa_max_clone_depth:
@@ -542,7 +588,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         with _translated('Cloning image %s into %s' % (image_id,
                                                         volume.name)):
             self._master.clone('%s@%s' % (base['name'], IMAGE_CACHE_SNAPSHOT),
-                               volume.name, volume.size * units.Gi)
+                               volume.name, volume.size * units.Gi,
+                               qos=self._qos(volume) or None)
         LOG.info('Volume %(vol)s is an O(1) clone of cached image %(img)s',
                  {'vol': volume.name, 'img': image_id})
         return {'provider_location': None}, True
@@ -595,6 +642,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
                                           'holder': vol['lease']['holder']})
         with _translated('Managing %s' % vol['name']):
             self._master.rename_volume(vol['id'], volume.name)
+            self._apply_qos(volume)
         LOG.info('Ursa volume %(old)s is now Cinder volume %(new)s',
                  {'old': vol['name'], 'new': volume.name})
 

@@ -32,7 +32,7 @@ CLAIMED = (volume_driver.VolumeDriverCore,
 # Ursa (hooks, bookkeeping, and generic migration).
 INHERITED = {'after_volume_copy', 'before_volume_copy', 'init_capabilities',
              'set_initialized', 'set_throttle', 'update_provider_info',
-             'migrate_volume', 'update_migrated_volume', 'retype',
+             'migrate_volume', 'update_migrated_volume',
              'initialized', 'supported'}
 
 
@@ -87,10 +87,11 @@ class FakeMaster:
         if any(v['name'] == name for v in self.vols.values()):
             raise exception.AlreadyExists(kind='volume', name=name)
         vid = str(uuid.uuid4())
+        qos = kwargs.pop('qos', None) or {}
         self.vols[vid] = {'id': vid, 'name': name, 'size': size,
                           'status': 'available', 'allocated_bytes': 0,
                           'parent_snapshot_id': None, 'lease': None,
-                          'args': kwargs}
+                          'args': kwargs, 'qos': qos}
         return dict(self.vols[vid])
 
     def delete_volume(self, ref):
@@ -151,7 +152,8 @@ class FakeMaster:
 
     def clone(self, snapshot, name, size=None, **kwargs):
         s = self._snap(snapshot)
-        v = self.create_volume(name, size or s['size'])
+        v = self.create_volume(name, size or s['size'],
+                               qos=kwargs.get('qos'))
         self.vols[v['id']]['parent_snapshot_id'] = s['id']
         return v
 
@@ -202,6 +204,10 @@ class FakeMaster:
     def revoke_lease(self, ref):
         self._vol(ref)['revoked'] = True
 
+    def set_qos(self, ref, qos):
+        self._vol(ref)['qos'] = dict(qos)
+        return dict(self._vol(ref))
+
     def rename_volume(self, ref, name):
         v = self._vol(ref)
         v['name'] = name
@@ -249,6 +255,38 @@ class UrsaDriverTestCase(test.TestCase):
                           'chunk_size': 64 * 1024 ** 2,
                           'stripe_unit': 64 * 1024, 'stripe_count': 4},
                          info['args'])
+
+    def test_qos_specs_of_the_type_reach_ursa_and_retype_changes_them(self):
+        from cinder.volume import qos_specs
+        from cinder.volume import volume_types
+        spec = qos_specs.create(self.ctx, 'fast', {
+            'consumer': 'back-end', 'total_iops_sec': '500',
+            'read_bytes_sec': '1048576', 'something_else': 'x'})
+        front = qos_specs.create(self.ctx, 'front', {
+            'consumer': 'front-end', 'total_iops_sec': '7'})
+        fast = volume_types.create(self.ctx, 'fast', {})
+        plain = volume_types.create(self.ctx, 'plain', {})
+        nova_side = volume_types.create(self.ctx, 'nova-side', {})
+        qos_specs.associate_qos_with_type(self.ctx, spec['id'], fast['id'])
+        qos_specs.associate_qos_with_type(self.ctx, front['id'],
+                                          nova_side['id'])
+        v = self.volume()
+        v.volume_type_id = fast['id']
+        self.drv.create_volume(v)
+        want = {'total_iops_sec': 500, 'read_bytes_sec': 1048576}
+        self.assertEqual(want, self.master.volume(v.name)['qos'])
+        # Clones take the QoS of their own type.
+        c = self.volume()
+        c.volume_type_id = fast['id']
+        self.drv.create_cloned_volume(c, v)
+        self.assertEqual(want, self.master.volume(c.name)['qos'])
+        self.assertEqual((True, None), self.drv.retype(
+            self.ctx, v, plain, {}, {'host': 'h'}))
+        self.assertEqual({}, self.master.volume(v.name)['qos'])
+        # Front-end specs are Nova's business.
+        self.drv.retype(self.ctx, v, nova_side, {}, {'host': 'h'})
+        self.assertEqual({}, self.master.volume(v.name)['qos'])
+        self.assertTrue(self.drv.get_volume_stats(True)['QoS_support'])
 
     def test_stats_divide_raw_capacity_by_replicas(self):
         v = self.volume(size=10)

@@ -146,6 +146,17 @@ def test_every_workflow(stack):
     osc('volume', 'qos', 'associate', 'q1', 't1', json_out=False)
     v4 = osc('volume', 'create', '--type', 't1', '--size', '1', 'v4')['id']
     wait(osc, 'volume', v4, ['available'])
+    assert master.volume('volume-' + v4)['qos'] == {'total_iops_sec': 500}
+    # Retype in place to a type without QoS: the limits go.
+    osc('volume', 'type', 'create', '--property',
+        'volume_backend_name=ursa', 't2')
+    osc('volume', 'set', '--type', 't2', '--retype-policy', 'never', v4,
+        json_out=False)
+    deadline = time.monotonic() + 60
+    while osc('volume', 'show', v4)['type'] != 't2':
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert master.volume('volume-' + v4)['qos'] == {}
 
     # python-cinderclient.
     from cinderclient import client as cinder_client
