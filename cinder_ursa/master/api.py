@@ -310,7 +310,7 @@ class MasterAPI:
             size, replicas, min_replicas,
             b.get('chunk_size', int, self.defaults['chunk_size']),
             b.get('stripe_unit', int), b.get('stripe_count', int, 1),
-            parent, b.get('qos', dict))
+            parent, b.get('qos', dict), b.get('multiattach', bool, False))
         return web.json_response({'volume': self._allocated(vol)},
                                  status=201)
 
@@ -326,7 +326,7 @@ class MasterAPI:
         b = await _body(request)
         vol = await self.db(self.store.update_volume,
                             request.match_info['ref'], b.get('name', str),
-                            b.get('qos', dict))
+                            b.get('qos', dict), b.get('multiattach', bool))
         return web.json_response({'volume': self._allocated(vol)})
 
     async def delete_volume(self, request):

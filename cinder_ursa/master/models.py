@@ -45,6 +45,18 @@ volumes = sa.Table(
     # QoS limits, JSON: {"total_iops_sec": 500, ...}; every client (the
     # NBD gateway, the attach agent, the library) enforces them.
     sa.Column('qos', sa.Text, nullable=True),
+    # Several hosts may write it at once; writers share the lease
+    # (shared_leases), and revoking it fences them all.
+    sa.Column('multiattach', sa.Boolean, nullable=False, default=False),
+)
+
+shared_leases = sa.Table(
+    'shared_leases', metadata,
+    sa.Column('volume_id', sa.String(36),
+              sa.ForeignKey('volumes.id', ondelete='CASCADE'),
+              primary_key=True),
+    sa.Column('holder', sa.String(255), primary_key=True),
+    sa.Column('expires', sa.Double, nullable=False),
 )
 
 snapshots = sa.Table(

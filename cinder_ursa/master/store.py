@@ -244,13 +244,15 @@ class MetadataStore:
                 'created_at': row.created_at, 'snap_seq': row.snap_seq,
                 'parent_snapshot_id': row.parent_snapshot_id,
                 'qos': json.loads(row.qos) if row.qos else {},
+                'multiattach': bool(row.multiattach),
                 'lease': {'holder': row.lease_holder,
                           'generation': row.lease_generation,
                           'expires_at': row.lease_expires}}
 
     def create_volume(self, name, size, replicas=3, min_replicas=2,
                       chunk_size=64 * units.Mi, stripe_unit=None,
-                      stripe_count=1, parent=None, qos=None):
+                      stripe_count=1, parent=None, qos=None,
+                      multiattach=False):
         """Create a thin volume; with ``parent`` (a snapshot id) a clone
         that reads the snapshot's blocks until it writes its own."""
         qos = validate_qos(qos or {})
@@ -286,7 +288,8 @@ class MetadataStore:
                 status='available', created_at=time.time(),
                 lease_holder=None, lease_generation=0, lease_expires=0,
                 snap_seq=0, parent_snapshot_id=parent,
-                qos=json.dumps(qos) if qos else None))
+                qos=json.dumps(qos) if qos else None,
+                multiattach=bool(multiattach)))
         LOG.info('Volume %s (%s) created, %s, %d replicas%s', name, vid,
                  units.format_size(size), replicas,
                  ', clone of snapshot %s' % parent if parent else '')
@@ -419,7 +422,7 @@ class MetadataStore:
             raise exception.NotFound(kind='snapshot', name=ref)
         return row
 
-    def update_volume(self, ref, name=None, qos=None):
+    def update_volume(self, ref, name=None, qos=None, multiattach=None):
         """Rename a volume (``manage_existing`` does) and/or replace its
         QoS limits (retype does; open clients adopt them with their next
         lease renewal)."""
@@ -438,6 +441,17 @@ class MetadataStore:
                         t.c.name == name)).first():
                     raise exception.AlreadyExists(kind='volume', name=name)
                 values['name'] = name
+            if multiattach is not None and bool(multiattach) != bool(
+                    vol.multiattach):
+                if (vol.lease_holder and vol.lease_expires > time.time()) \
+                        or conn.execute(sa.select(
+                            models.attachments.c.host).where(
+                            models.attachments.c.volume_id ==
+                            vol.id)).first():
+                    raise exception.Conflict(
+                        reason='volume %s is open or attached: detach it '
+                               'before changing multiattach' % vol.name)
+                values['multiattach'] = bool(multiattach)
             if values:
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     **values))
@@ -802,8 +816,31 @@ class MetadataStore:
 
     # --- leases ------------------------------------------------------------
 
+    def _join_shared(self, conn, vol, holder, ttl, now, renew=False):
+        """Multiattach: writers share one generation while any of them
+        holds the lease; the first after a gap (or a revoke) starts a new
+        one."""
+        t, sl = models.volumes, models.shared_leases
+        conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                       sl.c.expires <= now))
+        others = conn.execute(sa.select(sl.c.holder).where(
+            sl.c.volume_id == vol.id, sl.c.holder != holder)).all()
+        gen = vol.lease_generation
+        if not renew and not others and not (vol.lease_holder == SHARED and
+                                             vol.lease_expires > now):
+            gen += 1
+        conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                       sl.c.holder == holder))
+        conn.execute(sl.insert().values(volume_id=vol.id, holder=holder,
+                                        expires=now + ttl))
+        conn.execute(t.update().where(t.c.id == vol.id).values(
+            lease_holder=SHARED, lease_generation=gen,
+            lease_expires=max(vol.lease_expires, now + ttl)))
+        return gen
+
     def acquire_lease(self, ref, holder, ttl, force=False):
-        """Take the write lease; a new holder gets generation + 1."""
+        """Take the write lease; a new holder gets generation + 1
+        (multiattach volumes: writers share it)."""
         t = models.volumes
         now = time.time()
         with self.engine.begin() as conn:
@@ -811,6 +848,13 @@ class MetadataStore:
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
                                          % (vol.name, vol.status))
+            if vol.multiattach:
+                gen = self._join_shared(conn, vol, holder, ttl, now)
+                LOG.info('Volume %s: %s shares lease generation %d',
+                         vol.name, holder, gen)
+                return {'volume_id': vol.id, 'holder': holder,
+                        'generation': gen, 'expires_at': now + ttl,
+                        'ttl': ttl}
             held = vol.lease_holder and vol.lease_expires > now
             if held and vol.lease_holder != holder and not force:
                 raise exception.LeaseHeld(
@@ -831,6 +875,12 @@ class MetadataStore:
         now = time.time()
         with self.engine.begin() as conn:
             vol = self._find_volume(conn, ref)
+            if vol.multiattach and vol.lease_generation == generation:
+                self._join_shared(conn, vol, holder, ttl, now, renew=True)
+                return {'volume_id': vol.id, 'holder': holder,
+                        'generation': generation, 'expires_at': now + ttl,
+                        'ttl': ttl,
+                        'qos': json.loads(vol.qos) if vol.qos else {}}
             if (vol.lease_holder != holder
                     or vol.lease_generation != generation):
                 raise exception.Fenced(
@@ -846,9 +896,19 @@ class MetadataStore:
                 'qos': json.loads(vol.qos) if vol.qos else {}}
 
     def release_lease(self, ref, holder, generation):
-        t = models.volumes
+        t, sl = models.volumes, models.shared_leases
         with self.engine.begin() as conn:
             vol = self._find_volume(conn, ref)
+            if vol.multiattach and vol.lease_generation == generation:
+                conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                               sl.c.holder == holder))
+                left = conn.execute(sa.select(sl.c.holder).where(
+                    sl.c.volume_id == vol.id,
+                    sl.c.expires > time.time())).first()
+                if left is None:
+                    conn.execute(t.update().where(t.c.id == vol.id).values(
+                        lease_holder=None, lease_expires=0))
+                return
             if (vol.lease_holder == holder
                     and vol.lease_generation == generation):
                 conn.execute(t.update().where(t.c.id == vol.id).values(
@@ -880,7 +940,7 @@ class MetadataStore:
             if mine and mine[0].status != 'detaching':
                 return self._attachment_dict(mine[0], vol.name)
             others = [r.host for r in rows if r.host != host]
-            if others:
+            if others and not vol.multiattach:
                 raise exception.Conflict(
                     reason='volume %s is attached to %s; detach it there '
                            'first' % (vol.name, ', '.join(others)))
@@ -951,6 +1011,8 @@ class MetadataStore:
             gen = vol.lease_generation + 1
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 lease_holder=None, lease_generation=gen, lease_expires=0))
+            conn.execute(models.shared_leases.delete().where(
+                models.shared_leases.c.volume_id == vol.id))
         LOG.info('Volume %s: lease revoked, generation %d', vol.name, gen)
         return {'volume_id': vol.id, 'generation': gen}
 
@@ -999,6 +1061,8 @@ def _chunk_count(vol):
     return sets * vol.stripe_count
 
 
+# lease_holder of a multiattach volume whose writers share the lease.
+SHARED = '(shared)'
 QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
             'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
 

@@ -232,7 +232,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
                 'max_over_subscription_ratio') or 20.0,
             'thin_provisioning_support': True,
             'thick_provisioning_support': False,
-            'multiattach': False,
+            'multiattach': True,
             'QoS_support': True,
             'sparse_copy_volume': True,
             'consistencygroup_support': False,
@@ -299,6 +299,13 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             type_id = None
         return self._qos_of_type(type_id)
 
+    @staticmethod
+    def _multiattach(volume):
+        try:
+            return bool(volume.multiattach)
+        except Exception:  # noqa: BLE001 - not set on this object
+            return False
+
     def _apply_qos(self, volume):
         qos = self._qos(volume)
         if qos:
@@ -308,6 +315,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         with _translated('Creating volume %s' % volume.name):
             self._master.create_volume(volume.name, volume.size * units.Gi,
                                        qos=self._qos(volume) or None,
+                                       multiattach=self._multiattach(volume),
                                        **self._create_args())
         LOG.info('Created Ursa volume %(name)s (%(size)d GiB)',
                  {'name': volume.name, 'size': volume.size})
@@ -340,11 +348,16 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             LOG.info('Ursa snapshot %s is already gone', _snap_ref(snapshot))
 
     def retype(self, context, volume, new_type, diff, host):
-        """Same backend: only the QoS limits can change, in place (open
-        clients adopt them within a lease renewal)."""
+        """Same backend: the QoS limits change in place (open clients
+        adopt them within a lease renewal), and so does multiattach (while
+        the volume is detached, as Cinder requires)."""
         qos = self._qos_of_type(new_type['id'] if new_type else None)
+        specs = (new_type or {}).get('extra_specs') or {}
+        multi = specs.get('multiattach', '').replace(' ', '').lower() == \
+            '<is>true'
         with _translated('Retyping %s' % volume.name, volume=volume):
-            self._master.set_qos(volume.name, qos)
+            self._master.request('PATCH', '/volumes/%s' % rest.quote(
+                volume.name), {'qos': qos, 'multiattach': multi})
         LOG.info('Volume %(vol)s retyped: QoS limits %(qos)s',
                  {'vol': volume.name, 'qos': qos or 'none'})
         return True, None
@@ -368,7 +381,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         clone-depth limit says so."""
         conf = self.configuration
         self._master.clone(snap_ref, volume.name, volume.size * units.Gi,
-                           qos=self._qos(volume) or None)
+                           qos=self._qos(volume) or None,
+                           multiattach=self._multiattach(volume))
         depth = self._depth(source_name) + 1
         if conf.ursa_flatten_volume_from_snapshot or \
                 depth > conf.ursa_max_clone_depth:
@@ -589,7 +603,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
                                                         volume.name)):
             self._master.clone('%s@%s' % (base['name'], IMAGE_CACHE_SNAPSHOT),
                                volume.name, volume.size * units.Gi,
-                               qos=self._qos(volume) or None)
+                               qos=self._qos(volume) or None,
+                               multiattach=self._multiattach(volume))
         LOG.info('Volume %(vol)s is an O(1) clone of cached image %(img)s',
                  {'vol': volume.name, 'img': image_id})
         return {'provider_location': None}, True

@@ -88,10 +88,12 @@ class FakeMaster:
             raise exception.AlreadyExists(kind='volume', name=name)
         vid = str(uuid.uuid4())
         qos = kwargs.pop('qos', None) or {}
+        multiattach = kwargs.pop('multiattach', False)
         self.vols[vid] = {'id': vid, 'name': name, 'size': size,
                           'status': 'available', 'allocated_bytes': 0,
                           'parent_snapshot_id': None, 'lease': None,
-                          'args': kwargs, 'qos': qos}
+                          'args': kwargs, 'qos': qos,
+                          'multiattach': multiattach}
         return dict(self.vols[vid])
 
     def delete_volume(self, ref):
@@ -153,7 +155,8 @@ class FakeMaster:
     def clone(self, snapshot, name, size=None, **kwargs):
         s = self._snap(snapshot)
         v = self.create_volume(name, size or s['size'],
-                               qos=kwargs.get('qos'))
+                               qos=kwargs.get('qos'),
+                               multiattach=kwargs.get('multiattach'))
         self.vols[v['id']]['parent_snapshot_id'] = s['id']
         return v
 
@@ -168,7 +171,7 @@ class FakeMaster:
     def attach(self, ref, host):
         v = self._vol(ref)
         others = [h for h in v.setdefault('att', {}) if h != host]
-        if others:
+        if others and not v['multiattach']:
             raise exception.Conflict(reason='attached to %s' % others)
         v['att'].setdefault(host, 'attaching')
         return self.attachment(ref, host)
@@ -207,6 +210,13 @@ class FakeMaster:
     def set_qos(self, ref, qos):
         self._vol(ref)['qos'] = dict(qos)
         return dict(self._vol(ref))
+
+    def request(self, method, path, body=None):
+        assert method == 'PATCH' and path.startswith('/volumes/')
+        v = self._vol(path.split('/')[2])
+        v['qos'] = dict(body['qos'])
+        v['multiattach'] = body['multiattach']
+        return {'volume': dict(v)}
 
     def rename_volume(self, ref, name):
         v = self._vol(ref)
@@ -287,6 +297,28 @@ class UrsaDriverTestCase(test.TestCase):
         self.drv.retype(self.ctx, v, nova_side, {}, {'host': 'h'})
         self.assertEqual({}, self.master.volume(v.name)['qos'])
         self.assertTrue(self.drv.get_volume_stats(True)['QoS_support'])
+
+    def test_multiattach_volumes_attach_to_several_hosts(self):
+        from cinder.volume import volume_types
+        multi = volume_types.get_volume_type(self.ctx, volume_types.create(
+            self.ctx, 'multi', {'multiattach': '<is> True'})['id'])
+        self.master.agents.add('compute-2')
+        v = self.volume()
+        v.multiattach = True
+        self.drv.create_volume(v)
+        self.assertTrue(self.master.volume(v.name)['multiattach'])
+        paths = [self.drv.initialize_connection(v, {'host': h})['data'][
+            'device_path'] for h in ('compute-1', 'compute-2')]
+        self.assertEqual(2, len(paths))
+        for h in ('compute-1', 'compute-2'):
+            self.drv.terminate_connection(v, {'host': h})
+        # Retype to a type without multiattach turns it off, and back.
+        plain = self.volume()
+        self.drv.create_volume(plain)
+        self.assertFalse(self.master.volume(plain.name)['multiattach'])
+        self.drv.retype(self.ctx, plain, multi, {}, {'host': 'h'})
+        self.assertTrue(self.master.volume(plain.name)['multiattach'])
+        self.assertTrue(self.drv.get_volume_stats(True)['multiattach'])
 
     def test_stats_divide_raw_capacity_by_replicas(self):
         v = self.volume(size=10)

@@ -28,9 +28,9 @@ def add_servers(store, n, hosts=None):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0004'
+    assert store.schema_version() == '0005'
     store.upgrade()
-    assert store.schema_version() == '0004'
+    assert store.schema_version() == '0005'
 
 
 def test_volume_lifecycle(store):
@@ -211,3 +211,37 @@ def test_attachments_one_host_at_a_time(store):
     store.attach('att', 'h2')
     store.detach('att', 'h2')
     assert store.begin_delete('att')[1] == 'delete'
+
+
+def test_multiattach_writers_share_the_lease(store):
+    store.create_volume('shared', 100 * MiB, chunk_size=4 * MiB,
+                        multiattach=True)
+    a = store.acquire_lease('shared', 'host-a', 30)
+    b = store.acquire_lease('shared', 'host-b', 30)
+    assert a['generation'] == b['generation']
+    store.renew_lease('shared', 'host-a', a['generation'], 30)
+    # Both hosts may attach it.
+    store.attach('shared', 'host-a')
+    store.attach('shared', 'host-b')
+    assert len(store.list_attachments(ref='shared')) == 2
+    # One leaving keeps the lease; the last one frees it.
+    store.release_lease('shared', 'host-a', a['generation'])
+    assert store.get_volume('shared')['lease']['holder']
+    store.release_lease('shared', 'host-b', b['generation'])
+    assert not store.get_volume('shared')['lease']['holder']
+    # Revoking fences every writer.
+    c = store.acquire_lease('shared', 'host-a', 30)
+    assert c['generation'] == a['generation'] + 1
+    store.revoke_lease('shared')
+    with pytest.raises(exception.Fenced):
+        store.renew_lease('shared', 'host-a', c['generation'], 30)
+    # The flag changes only while nobody has the volume.
+    with pytest.raises(exception.Conflict, match='detach it'):
+        store.update_volume('shared', multiattach=False)
+    store.detach('shared', 'host-a')
+    store.detach('shared', 'host-b')
+    assert store.update_volume('shared', multiattach=False)[
+        'multiattach'] is False
+    store.acquire_lease('shared', 'host-a', 30)
+    with pytest.raises(exception.LeaseHeld):
+        store.acquire_lease('shared', 'host-b', 30)
