@@ -15,9 +15,9 @@ from cinder.volume import configuration as conf_mod
 from cinder.volume import driver as base_driver
 from oslo_config import cfg
 
-from cinder_ursa.cmd.aio import AllInOne
 from cinder_ursa.volume import driver as ursa_driver
 from tests.functional.conftest import data_client
+from tests.functional.conftest import module_cluster
 
 GiB = 1024 ** 3
 MiB = 1024 ** 2
@@ -26,13 +26,7 @@ objects.register_all()
 
 @pytest.fixture(scope='module')
 def cluster(tmp_path_factory):
-    c = AllInOne(str(tmp_path_factory.mktemp('drv')), 3, port_base=0,
-                 server_timeout=3.0)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from module_cluster(tmp_path_factory, 'drv')
 
 
 @pytest.fixture(scope='module')
@@ -437,6 +431,15 @@ def test_attach_is_a_local_path_os_brick_uses(drv, cluster, ctx,
         data)
     path = dev['path']
     assert path == data['device_path'] and os.path.getsize(path) == GiB
+    # Our own connector agrees, and the NBD details serve the same bytes.
+    from cinder_ursa.brick import connector as ursa_brick
+    ours = ursa_brick.UrsaConnector()
+    assert ours.connect_volume(data) == {'type': 'file', 'path': path}
+    assert ours.get_volume_paths(data) == [path]
+    assert ours.extend_volume(data) == GiB
+    assert ours.check_valid_device(path)
+    assert 'name="%s"' % v.name in ursa_brick.libvirt_disk_xml(data)
+    assert ursa_brick.nbd_uri(data) == 'nbd://127.0.0.1:10809/' + v.name
     pattern = os.urandom(3 * 4096 + 100)
     with open(path, 'r+b') as f:
         f.seek(MiB + 7)

@@ -70,7 +70,7 @@ class OSC:
 def wait(osc, kind, ref, want, timeout=180):
     deadline = time.monotonic() + timeout
     while True:
-        st = osc(kind, 'show', ref)['status']
+        st = osc(*kind.split(), 'show', ref)['status']
         if st in want:
             return st
         assert 'error' not in st, '%s %s went %s' % (kind, ref, st)
@@ -106,7 +106,7 @@ def test_every_workflow(stack):
     qemu_io(stack, v1, 'write -P 0x11 0 1M')
 
     s1 = osc('volume', 'snapshot', 'create', '--volume', v1, 's1')['id']
-    _wait_snapshot(osc, s1)
+    wait(osc, 'volume snapshot', s1, ['available'])
     qemu_io(stack, v1, 'write -P 0x22 0 1M')
 
     # From the snapshot, larger; a clone of the volume.
@@ -131,7 +131,7 @@ def test_every_workflow(stack):
 
     # Backup (cinder-backup attaches through ursa-attach) and restore.
     b1 = osc('volume', 'backup', 'create', '--name', 'b1', v1)['id']
-    _wait_backup(osc, b1)
+    wait(osc, 'volume backup', b1, ['available'], timeout=300)
     assert master.attachments('volume-' + v1) == []
     restored = osc('volume', 'backup', 'restore', b1, 'restored')
     rv = restored.get('volume_id') or restored.get('id')
@@ -193,7 +193,7 @@ def test_big_clone_and_parallel_creates(stack):
     wait(osc, 'volume', big, ['available'])
     snap = osc('volume', 'snapshot', 'create', '--volume', big, 'bigsnap')[
         'id']
-    _wait_snapshot(osc, snap)
+    wait(osc, 'volume snapshot', snap, ['available'])
     from cinderclient import client as cinder_client
     from keystoneauth1 import session
     from keystoneauth1 import token_endpoint
@@ -218,26 +218,6 @@ def test_big_clone_and_parallel_creates(stack):
         assert time.monotonic() < deadline
         time.sleep(1)
     cc.volumes.delete(big)
-
-
-def _wait_snapshot(osc, ref, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = osc('volume', 'snapshot', 'show', ref)['status']
-        if st == 'available':
-            return
-        assert 'error' not in st and time.monotonic() < deadline, st
-        time.sleep(1)
-
-
-def _wait_backup(osc, ref, timeout=300):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = osc('volume', 'backup', 'show', ref)['status']
-        if st == 'available':
-            return
-        assert 'error' not in st and time.monotonic() < deadline, st
-        time.sleep(1)
 
 
 def _wait_cc(cc, vid, timeout=180):

@@ -30,6 +30,18 @@ def make_cluster(tmp_path):
         c.stop()
 
 
+def module_cluster(tmp_path_factory, name, nbd=False, **kwargs):
+    """Body of a module-scoped cluster fixture: ``yield from`` it."""
+    kwargs.setdefault('server_timeout', 3.0)
+    c = AllInOne(str(tmp_path_factory.mktemp(name)), 3, port_base=0,
+                 **kwargs)
+    c.start(nbd=nbd)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
 def data_client(cluster, **kwargs):
     kwargs.setdefault('io_timeout', 30.0)
     return sync.SyncCluster([cluster.master_url], cluster.key, **kwargs)

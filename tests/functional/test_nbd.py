@@ -14,6 +14,7 @@ import pytest
 
 from cinder_ursa.cmd.aio import AllInOne
 from cinder_ursa.nbd import protocol as p
+from tests.functional.conftest import module_cluster
 
 MiB = 1024 * 1024
 
@@ -34,13 +35,7 @@ def run(*cmd, timeout=300):
 
 @pytest.fixture(scope='module')
 def aio(tmp_path_factory):
-    c = AllInOne(str(tmp_path_factory.mktemp('nbd')), 3, port_base=0,
-                 server_timeout=3.0)
-    c.start(nbd=True)
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from module_cluster(tmp_path_factory, 'nbd', nbd=True)
 
 
 def uri(aio, name):

@@ -19,8 +19,8 @@ from hypothesis.stateful import rule
 
 from cinder_ursa import exception
 from cinder_ursa.client import check
-from cinder_ursa.cmd.aio import AllInOne
 from tests.functional.conftest import data_client
+from tests.functional.conftest import module_cluster
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -29,13 +29,7 @@ CHUNK = MiB
 
 @pytest.fixture(scope='module')
 def cluster(tmp_path_factory):
-    c = AllInOne(str(tmp_path_factory.mktemp('snap')), 3, port_base=0,
-                 server_timeout=3.0)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from module_cluster(tmp_path_factory, 'snap')
 
 
 @pytest.fixture(scope='module')
