@@ -231,6 +231,21 @@ class MasterClient:
         return self.request('POST', '/volumes/%s/lease/revoke'
                             % quote(ref))['lease']
 
+    def host(self, host):
+        """A client host's leases and whether it is fenced."""
+        return self.request('GET', '/hosts/%s' % quote(host))['host']
+
+    def fence_host(self, host, reason=None):
+        """Revoke every lease of ``host`` and refuse it new ones."""
+        return self.request('POST', '/hosts/%s/fence' % quote(host),
+                            {'reason': reason})['fence']
+
+    def unfence_host(self, host):
+        self.request('DELETE', '/hosts/%s/fence' % quote(host))
+
+    def fenced_hosts(self):
+        return self.request('GET', '/fenced-hosts')['fenced_hosts']
+
 
 def quote(ref):
     """A volume name or id (or ``volume@snapshot``) as one URL path

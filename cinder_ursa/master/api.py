@@ -173,6 +173,10 @@ class MasterAPI:
                            self.update_attachment)
         app.router.add_delete(v + '/volumes/{ref}/attachments/{host}',
                               self.detach)
+        app.router.add_get(v + '/hosts/{host}', self.show_host)
+        app.router.add_post(v + '/hosts/{host}/fence', self.fence_host)
+        app.router.add_delete(v + '/hosts/{host}/fence', self.unfence_host)
+        app.router.add_get(v + '/fenced-hosts', self.list_fenced_hosts)
         app.router.add_post(v + '/volumes/{ref}/revert', self.revert)
         app.router.add_post(v + '/volumes/{ref}/detach-parent',
                             self.detach_parent)
@@ -535,6 +539,30 @@ class MasterAPI:
                                request.match_info['ref'])
         await self._fence(result['volume_id'], result['generation'])
         return web.json_response({'lease': result})
+
+    async def show_host(self, request):
+        return web.json_response({'host': await self.db(
+            self.store.host_status, request.match_info['host'])})
+
+    async def fence_host(self, request):
+        b = await _body(request)
+        result = await self.db(self.store.fence_host,
+                               request.match_info['host'],
+                               b.get('reason', str))
+        await asyncio.gather(*(self._fence(x['volume_id'], x['generation'])
+                               for x in result['fenced']))
+        return web.json_response({'fence': result})
+
+    async def unfence_host(self, request):
+        if not await self.db(self.store.unfence_host,
+                             request.match_info['host']):
+            raise exception.NotFound(kind='fenced host',
+                                     name=request.match_info['host'])
+        return web.Response(status=204)
+
+    async def list_fenced_hosts(self, request):
+        return web.json_response({'fenced_hosts': await self.db(
+            self.store.list_fenced_hosts)})
 
     # --- talking to chunk servers ------------------------------------------
 

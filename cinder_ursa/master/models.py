@@ -100,3 +100,12 @@ attachments = sa.Table(
     sa.Column('error', sa.Text, nullable=True),
     sa.Column('created_at', sa.Double, nullable=False),
 )
+
+# Hosts fenced as a whole (nova_ha fences a failed compute host): no lease
+# holder of theirs may take a lease again until the host is unfenced.
+fenced_hosts = sa.Table(
+    'fenced_hosts', metadata,
+    sa.Column('host', sa.String(255), primary_key=True),
+    sa.Column('reason', sa.Text, nullable=True),
+    sa.Column('fenced_at', sa.Double, nullable=False),
+)

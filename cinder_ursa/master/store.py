@@ -848,6 +848,7 @@ class MetadataStore:
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
                                          % (vol.name, vol.status))
+            self._check_host_not_fenced(conn, holder)
             if vol.multiattach:
                 gen = self._join_shared(conn, vol, holder, ttl, now)
                 LOG.info('Volume %s: %s shares lease generation %d',
@@ -934,6 +935,7 @@ class MetadataStore:
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
                                          % (vol.name, vol.status))
+            self._check_host_not_fenced(conn, '@' + host)
             rows = conn.execute(sa.select(a).where(
                 a.c.volume_id == vol.id)).all()
             mine = [r for r in rows if r.host == host]
@@ -1016,6 +1018,113 @@ class MetadataStore:
         LOG.info('Volume %s: lease revoked, generation %d', vol.name, gen)
         return {'volume_id': vol.id, 'generation': gen}
 
+    # --- whole hosts (nova_ha) -----------------------------------------------
+
+    def _host_leases(self, conn, host):
+        """The leases (and shared leases) held by ``host``'s clients."""
+        t, sl = models.volumes, models.shared_leases
+        rows = conn.execute(sa.select(
+            t.c.id, t.c.name, t.c.lease_holder, t.c.lease_generation,
+            t.c.lease_expires).where(t.c.lease_holder.is_not(None))).all()
+        found = [{'volume_id': r.id, 'volume_name': r.name,
+                  'holder': r.lease_holder, 'generation': r.lease_generation,
+                  'expires_at': r.lease_expires}
+                 for r in rows if holder_host(r.lease_holder) == host]
+        shared = conn.execute(sa.select(
+            sl.c.volume_id, sl.c.holder, sl.c.expires, t.c.name,
+            t.c.lease_generation).join(t, t.c.id == sl.c.volume_id)).all()
+        found += [{'volume_id': r.volume_id, 'volume_name': r.name,
+                   'holder': r.holder, 'generation': r.lease_generation,
+                   'expires_at': r.expires}
+                  for r in shared if holder_host(r.holder) == host]
+        return found
+
+    def host_status(self, host):
+        """What the cluster knows of a client host: its leases, live or
+        not, and whether it is fenced."""
+        f = models.fenced_hosts
+        now = time.time()
+        with self.engine.connect() as conn:
+            leases = self._host_leases(conn, host)
+            fenced = conn.execute(sa.select(f).where(f.c.host == host)).first()
+            attached = conn.execute(sa.select(sa.func.count()).where(
+                models.attachments.c.host == host)).scalar()
+        for lease in leases:
+            lease['live'] = lease['expires_at'] > now
+        live = [x['expires_at'] for x in leases if x['live']]
+        return {'host': host, 'leases': leases,
+                'live_leases': len(live),
+                # When the host last renewed nothing tells; a live lease
+                # expires at most one ttl after its last renewal.
+                'leases_expire_at': max(live) if live else None,
+                'attachments': attached,
+                'fenced': fenced is not None,
+                'fenced_at': fenced.fenced_at if fenced else None,
+                'fence_reason': fenced.reason if fenced else None}
+
+    def fence_host(self, host, reason=None):
+        """Fence every lease ``host``'s clients hold (generation + 1, so
+        the chunk servers refuse their writes), drop its attachments, and
+        refuse it new leases until :meth:`unfence_host`.  Idempotent."""
+        t, sl, f = models.volumes, models.shared_leases, models.fenced_hosts
+        if not isinstance(host, str) or not host or len(host) > 255:
+            raise exception.InvalidArgument(
+                reason='host must be 1 to 255 characters')
+        fenced = {}
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(f).where(f.c.host == host)).first() \
+                    is None:
+                conn.execute(f.insert().values(host=host, reason=reason,
+                                               fenced_at=time.time()))
+            for lease in self._host_leases(conn, host):
+                vid = lease['volume_id']
+                if vid in fenced:
+                    continue
+                gen = conn.execute(sa.select(t.c.lease_generation).where(
+                    t.c.id == vid)).scalar() + 1
+                conn.execute(t.update().where(t.c.id == vid).values(
+                    lease_holder=None, lease_generation=gen,
+                    lease_expires=0))
+                conn.execute(sl.delete().where(sl.c.volume_id == vid))
+                fenced[vid] = {'volume_id': vid,
+                               'volume_name': lease['volume_name'],
+                               'holder': lease['holder'],
+                               'generation': gen}
+            dropped = conn.execute(models.attachments.delete().where(
+                models.attachments.c.host == host)).rowcount
+        LOG.warning('Host %s fenced%s: %d lease(s) revoked, %d '
+                    'attachment(s) dropped', host,
+                    ' (%s)' % reason if reason else '', len(fenced), dropped)
+        return {'host': host, 'fenced': list(fenced.values()),
+                'attachments_dropped': dropped}
+
+    def unfence_host(self, host):
+        f = models.fenced_hosts
+        with self.engine.begin() as conn:
+            gone = conn.execute(f.delete().where(f.c.host == host)).rowcount
+        if gone:
+            LOG.info('Host %s unfenced: it may take leases again', host)
+        return bool(gone)
+
+    def list_fenced_hosts(self):
+        f = models.fenced_hosts
+        with self.engine.connect() as conn:
+            return [{'host': r.host, 'reason': r.reason,
+                     'fenced_at': r.fenced_at}
+                    for r in conn.execute(sa.select(f).order_by(f.c.host))]
+
+    def _check_host_not_fenced(self, conn, holder):
+        f = models.fenced_hosts
+        host = holder_host(holder)
+        row = conn.execute(sa.select(f).where(f.c.host == host)).first()
+        if row is not None:
+            raise exception.Fenced(
+                reason='host %s was fenced at %s%s; it may take no lease '
+                       'until an operator unfences it (ursa host unfence %s)'
+                       % (host, time.strftime('%Y-%m-%d %H:%M:%S',
+                                              time.localtime(row.fenced_at)),
+                          ' (%s)' % row.reason if row.reason else '', host))
+
     # --- status ------------------------------------------------------------
 
     def cluster_status(self):
@@ -1063,6 +1172,15 @@ def _chunk_count(vol):
 
 # lease_holder of a multiattach volume whose writers share the lease.
 SHARED = '(shared)'
+
+
+def holder_host(holder):
+    """The host a lease holder runs on.  Holders are ``<host>:<pid>:<nonce>``
+    (the client library's default) or ``<agent>@<host>`` (ursa-attach)."""
+    if '@' in holder:
+        return holder.rsplit('@', 1)[1]
+    return holder.split(':', 1)[0]
+
 QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
             'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
 

@@ -28,9 +28,9 @@ def add_servers(store, n, hosts=None):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0005'
+    assert store.schema_version() == '0006'
     store.upgrade()
-    assert store.schema_version() == '0005'
+    assert store.schema_version() == '0006'
 
 
 def test_volume_lifecycle(store):

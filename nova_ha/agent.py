@@ -1,0 +1,128 @@
+"""nova-ha-agent: keeps its compute host in the tooz group (the group's
+heartbeat expiry is the liveness signal) and reports local health in its
+member capabilities."""
+
+import logging
+import os
+import shlex
+import subprocess
+import threading
+import time
+
+import tooz
+
+from cinder_ursa import exception as ursa_exc
+from cinder_ursa.common import auth
+from cinder_ursa.common import rest
+from nova_ha import coordination
+
+LOG = logging.getLogger(__name__)
+
+
+def process_running(pattern):
+    """Whether a process has ``pattern`` in its command line."""
+    me = os.getpid()
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmd = f.read().replace(b'\0', b' ').decode('utf-8', 'replace')
+        except OSError:
+            continue
+        if pattern in cmd:
+            return True
+    return False
+
+
+class Agent:
+    def __init__(self, conf):
+        self.conf = conf
+        self.host = conf.agent.host
+        self.group = conf.coordination.group
+        self.stopping = threading.Event()
+        self.coord = None
+        self.master = None
+        if conf.agent.check_storage and (conf.ursa.cluster_key_file
+                                         or conf.ursa.cluster_key):
+            self.master = rest.MasterClient(
+                conf.ursa.master_url,
+                auth.load_key(conf.ursa.cluster_key_file,
+                              conf.ursa.cluster_key), timeout=5)
+
+    def health(self):
+        """Each check: True, False, or None when not configured."""
+        a = self.conf.agent
+        checks = {'nova_compute': None, 'hypervisor': None, 'storage': None}
+        if a.nova_compute_process:
+            checks['nova_compute'] = process_running(a.nova_compute_process)
+        if a.hypervisor_check_command:
+            try:
+                checks['hypervisor'] = subprocess.run(
+                    shlex.split(a.hypervisor_check_command),
+                    capture_output=True, timeout=10,
+                    check=False).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                checks['hypervisor'] = False
+        if self.master is not None:
+            try:
+                self.master.cluster_status()
+                checks['storage'] = True
+            except ursa_exc.UrsaError:
+                checks['storage'] = False
+        maintenance = None
+        try:
+            with open(a.maintenance_file) as f:
+                maintenance = f.read().strip() or 'maintenance'
+        except OSError:
+            pass
+        return {'host': self.host, 'checks': checks,
+                'healthy': all(v is not False for v in checks.values()),
+                'maintenance': maintenance, 'time': time.time()}
+
+    def _connect(self):
+        self.coord = coordination.start(self.conf, self.host)
+        coordination.join(self.coord, self.group, self.health())
+        LOG.info('Host %s joined group %s', self.host, self.group)
+
+    def run(self):
+        last = None
+        while not self.stopping.is_set():
+            try:
+                if self.coord is None:
+                    self._connect()
+                caps = self.health()
+                self.coord.update_capabilities(self.group.encode(),
+                                               caps).get()
+                state = (caps['healthy'], caps['maintenance'])
+                if state != last:
+                    LOG.info('Host %s: healthy=%s checks=%s maintenance=%s',
+                             self.host, caps['healthy'], caps['checks'],
+                             caps['maintenance'])
+                    last = state
+            except tooz.ToozError as e:
+                LOG.warning('Coordination backend: %s; reconnecting', e)
+                self._drop()
+            self.stopping.wait(self.conf.agent.check_interval)
+        self._leave()
+
+    def _drop(self):
+        if self.coord is not None:
+            try:
+                self.coord.stop()
+            except tooz.ToozError:
+                pass
+        self.coord = None
+
+    def _leave(self):
+        if self.coord is None:
+            return
+        try:
+            self.coord.leave_group(self.group.encode()).get()
+            LOG.info('Host %s left group %s', self.host, self.group)
+        except tooz.ToozError as e:
+            LOG.warning('Leaving group %s: %s', self.group, e)
+        self._drop()
+
+    def stop(self):
+        self.stopping.set()

@@ -1,0 +1,51 @@
+"""nova-ha-evacuator: detects failed compute hosts, fences them and
+evacuates their instances.  Run it on two or more controllers; the one
+holding the tooz leader lock acts, the others take over (and finish its
+recoveries) if it dies::
+
+    nova-ha-evacuator --config-file /etc/nova-ha/nova-ha.conf
+"""
+
+import sys
+
+from oslo_log import log as logging
+
+from nova_ha import db
+from nova_ha import evacuator as evacuator_mod
+from nova_ha import fence
+from nova_ha import metrics as metrics_mod
+from nova_ha import nova
+from nova_ha.cmd import _service
+
+LOG = logging.getLogger(__name__)
+
+
+def main(argv=None):
+    conf = _service.setup(
+        sys.argv[1:] if argv is None else argv, 'nova-ha-evacuator',
+        'nova_ha evacuator: fences failed compute hosts and evacuates '
+        'their instances through Nova. Example: nova-ha-evacuator '
+        '--config-file /etc/nova-ha/nova-ha.conf')
+    metrics = metrics_mod.Metrics()
+    if conf.evacuator.metrics_port:
+        metrics.serve(conf.evacuator.metrics_port,
+                      conf.evacuator.metrics_host)
+    fences = fence.fences_from_conf(conf)
+    if not fences and conf.evacuator.fence_required:
+        LOG.warning('No fence method is configured: failed hosts will be '
+                    'detected but not evacuated. Configure [ursa] '
+                    'master_url and cluster_key_file, or [evacuator] '
+                    'fence_command.')
+    ev = evacuator_mod.Evacuator(
+        conf, nova.NovaClient.from_conf(conf),
+        db.Store(conf.evacuator.connection), fences, metrics)
+    _service.stop_on_signals(ev.stop)
+    LOG.info('nova-ha-evacuator %s: backend %s, grace %.0f s, policy %s, '
+             'fencing %s', ev.member_id, conf.coordination.backend_url,
+             conf.evacuator.grace_period, conf.evacuator.policy,
+             ', '.join(f.name for f in fences) or 'none')
+    ev.run()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""nova-ha-evacuator: runs on two or more controllers; the one holding the
+tooz leader lock acts.
+
+Each poll the leader compares two independent views of every compute host:
+its agent's membership of the tooz group (heartbeat expiry) and Nova's
+nova-compute service state.  A host both have given up on for the grace
+period is failed (optionally only if it also stopped renewing its Ursa
+leases).  Its recovery then goes, one persisted step after the other,
+through::
+
+    fencing -> disabling -> evacuating -> done | failed
+
+fencing      Ursa revokes the host's leases (its writes are refused from
+             then on) and/or a fence command runs.  No fence, no
+             evacuation (unless [evacuator] fence_required = False).
+disabling    Nova's compute service is forced down and disabled in one
+             call, and the instances policy selects are recorded.
+evacuating   Instances are evacuated in priority order, each under a tooz
+             lock, and tracked through their migration records; failed
+             attempts are retried with backoff.
+
+Every step is kept in the database, so a new leader continues where the
+old one stopped, and never asks Nova twice for the same evacuation.  When
+more hosts fail within a window than the mass-failure guard allows, the
+evacuator pauses instead: a partition is likelier than that many dead
+hosts, and an operator decides (``nova-ha resume``).
+"""
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from nova_ha import coordination
+from nova_ha import fence as fence_mod
+from nova_ha import metrics as metrics_mod
+from nova_ha import nova as nova_mod
+
+LOG = logging.getLogger(__name__)
+
+LEADER_LOCK = b'nova-ha-evacuator-leader'
+EVACUATORS_GROUP = 'nova-ha-evacuators'
+# Nova creates an evacuation's migration record before its API call
+# returns.  A request recorded as sent whose record is still missing after
+# this long never reached Nova (its sender died first): send it again.
+LOST_REQUEST_AFTER = 15.0
+REBUILDING = ('rebuilding', 'rebuild_block_device_mapping',
+              'rebuild_spawning')
+
+
+def _truthy(value):
+    return str(value).strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def _priority(props, key):
+    try:
+        return int(props.get(key, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _when(ts):
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))
+
+
+class Evacuator:
+    def __init__(self, conf, nova, store, fences, metrics=None,
+                 member_id=None):
+        self.conf = conf
+        self.ev = conf.evacuator
+        self.nova = nova
+        self.store = store
+        self.fences = fences
+        self.metrics = metrics or metrics_mod.Metrics()
+        self.member_id = member_id or '%s-evacuator-%d' % (
+            socket.gethostname(), os.getpid())
+        self.group = conf.coordination.group
+        self.coord = None
+        self._connector = coordination.Connector(
+            lambda: self._connect())
+        self.leader_lock = None
+        self.is_leader = False
+        self.stopping = threading.Event()
+        self._said = {}
+
+    # --- the loop ----------------------------------------------------------
+
+    def run(self):
+        while not self.stopping.is_set():
+            self.step()
+            self.stopping.wait(self.ev.poll_interval)
+        self.close()
+
+    def step(self):
+        """One poll: take the lead if it is free, act if we lead."""
+        try:
+            if self.coord is None:
+                self.coord = self._connector.result()
+                if self.coord is None:
+                    return
+                self.metrics.coordination_up.set(1)
+            if not self.is_leader:
+                self.leader_lock = self.coord.get_lock(LEADER_LOCK)
+                if self.leader_lock.acquire(blocking=False):
+                    self.is_leader = True
+                    self.metrics.leader.set(1)
+                    LOG.info('%s is the acting evacuator', self.member_id)
+            if self.is_leader:
+                self.tick()
+            self.metrics.coordination_up.set(1)
+        except nova_mod.NovaError as e:
+            LOG.error('Nova API: %s; retrying in %.0f s', e,
+                      self.ev.poll_interval)
+        except Exception as e:  # noqa: BLE001 - the evacuator must go on
+            if not coordination.is_backend_error(e):
+                LOG.exception('Evacuator poll failed')
+                return
+            # Without the backend we cannot tell dead hosts from our own
+            # isolation: act on nothing until it is back.
+            self._say('backend', logging.ERROR,
+                      'Lost the coordination backend (%s: %s): evacuating '
+                      'nothing until it is back', type(e).__name__, e)
+            self.metrics.coordination_up.set(0)
+            self._drop_coordination()
+            return
+        self._said.pop('backend', None)
+
+    def _connect(self):
+        coord = coordination.start(self.conf, self.member_id)
+        coordination.join(coord, EVACUATORS_GROUP)
+        return coord
+
+    def _drop_coordination(self):
+        self.is_leader = False
+        self.metrics.leader.set(0)
+        if self.coord is not None:
+            coordination.stop_quietly(self.coord)
+        self.coord = None
+
+    def close(self):
+        if self.coord is not None and self.is_leader:
+            try:
+                self.leader_lock.release()
+            except Exception as e:  # noqa: BLE001
+                if not coordination.is_backend_error(e):
+                    raise
+        self._drop_coordination()
+
+    def stop(self):
+        self.stopping.set()
+
+    def _say(self, key, level, msg, *args):
+        """Log a recurring condition once, not every poll."""
+        text = msg % args
+        if self._said.get(key) != text:
+            self._said[key] = text
+            LOG.log(level, text)
+
+    # --- one poll as leader --------------------------------------------------
+
+    def tick(self):
+        now = time.time()
+        members = coordination.members(self.coord, self.group)
+        self.store.set_control('leader', {'member': self.member_id,
+                                          'at': now})
+        services = {s['host']: s for s in self.nova.compute_services()}
+        known = self.store.hosts()
+        active = {r['host']: r for r in self.store.recoveries(active=True)}
+        for host, svc in services.items():
+            self._observe(host, svc, members.get(host), known.get(host),
+                          active, services, now)
+        paused = self.store.paused()
+        self.metrics.paused.set(1 if paused else 0)
+        if paused:
+            self._say('paused', logging.WARNING,
+                      'Paused (%s): no host is fenced or evacuated until an '
+                      'operator runs "nova-ha resume"', paused['reason'])
+        else:
+            self._said.pop('paused', None)
+            for rec in self.store.recoveries(active=True):
+                if rec['state'] != 'held':
+                    self._advance(rec, services)
+        self._enable_returned(services)
+        counts = {}
+        for h in self.store.hosts().values():
+            counts[h['state']] = counts.get(h['state'], 0) + 1
+        self.metrics.set_hosts(counts)
+
+    def _observe(self, host, svc, caps, known, active, services, now):
+        in_group = caps is not None
+        nova_down = svc['state'] == 'down'
+        prev = known['state'] if known else None
+        since = known['since'] if known else now
+        # The agent's word on maintenance outlives the agent: a host
+        # shut down for maintenance is not a failed host.
+        agent_maint = (caps.get('maintenance') if in_group else
+                       known and known['agent_maintenance'])
+        maintenance = (known and known['maintenance']) or agent_maint
+        note = None
+        if host in active:
+            state = 'failed'
+            note = 'recovery %d: %s' % (active[host]['id'],
+                                        active[host]['state'])
+        elif maintenance:
+            state = 'maintenance'
+            note = agent_maint or 'set by an operator'
+        elif prev in ('failed', 'returned'):
+            # Recovered before: it stays disabled until it is enabled.
+            state = 'returned' if in_group else 'failed'
+            note = ('agent back; "nova-ha host enable %s" re-enables it'
+                    % host if in_group else 'instances evacuated')
+        elif not in_group and nova_down:
+            state = 'suspect'
+            if prev != 'suspect':
+                since = now
+                LOG.warning('Host %s: agent gone from the group and '
+                            'nova-compute down; failed if it stays so for '
+                            '%.0f s', host, self.ev.grace_period)
+            elif now - since >= self.ev.grace_period:
+                state, note = self._confirm_failed(host, since, services,
+                                                   now)
+        elif not in_group or nova_down:
+            state = 'degraded'
+            note = ('agent gone, nova-compute up' if not in_group else
+                    'nova-compute down, agent alive')
+        else:
+            state = 'ok'
+            if not caps.get('healthy', True):
+                note = 'unhealthy: %s' % ', '.join(
+                    k for k, v in caps.get('checks', {}).items()
+                    if v is False)
+        if state != prev:
+            since = now if state != 'suspect' else since
+            if prev is not None:
+                LOG.info('Host %s: %s -> %s%s', host, prev, state,
+                         ' (%s)' % note if note else '')
+        self.store.save_host(
+            host, state=state, since=since, in_group=in_group,
+            nova_state=svc['state'], nova_status=svc['status'],
+            health=None if caps is None else str(caps.get('checks')),
+            agent_maintenance=agent_maint or None, note=note)
+
+    def _confirm_failed(self, host, since, services, now):
+        if self.ev.ursa_second_opinion:
+            ursa = [f for f in self.fences
+                    if isinstance(f, fence_mod.UrsaFence)]
+            if ursa:
+                try:
+                    live = ursa[0].live_leases(host)
+                except Exception as e:  # noqa: BLE001 - no opinion
+                    return 'suspect', 'Ursa gives no opinion: %s' % e
+                if live:
+                    return 'suspect', ('still renews %d Ursa lease(s): '
+                                       'alive' % live)
+        failing = {h for h, x in self.store.hosts().items()
+                   if x['state'] == 'suspect'} | {host}
+        failing |= {r['host'] for r in self.store.recoveries()
+                    if r['created_at'] >= now - self.ev.mass_failure_window}
+        total = max(len(services), 1)
+        mass = (self.ev.mass_failure_hosts
+                and len(failing) > self.ev.mass_failure_hosts) or \
+            len(failing) / total > self.ev.mass_failure_fraction
+        if mass and not self.store.paused():
+            reason = ('mass failure: %d of %d compute hosts failing within '
+                      '%.0f s (%s); a network partition is likelier than '
+                      'dead hosts' % (len(failing), total,
+                                      self.ev.mass_failure_window,
+                                      ', '.join(sorted(failing))))
+            self.store.pause(reason, by='mass-failure guard')
+            self.metrics.guard_trips.inc()
+            LOG.critical('ALERT %s. Nothing is fenced or evacuated until an '
+                         'operator checks and runs "nova-ha resume"', reason)
+        state = 'held' if self.store.paused() else 'fencing'
+        rid = self.store.create_recovery(host, state, detected_at=since)
+        LOG.warning('Host %s failed (down since %s, grace %.0f s): recovery '
+                    '%d %s', host, _when(since), self.ev.grace_period, rid,
+                    'held by the pause' if state == 'held' else 'starts')
+        return 'failed', 'recovery %d: %s' % (rid, state)
+
+    # --- recoveries ----------------------------------------------------------
+
+    def _advance(self, rec, services):
+        if rec['state'] == 'fencing':
+            if not self._fence(rec):
+                return
+            rec['state'] = 'disabling'
+        if rec['state'] == 'disabling':
+            svc = services.get(rec['host'])
+            if svc is None:
+                self._say(('gone', rec['id']), logging.ERROR,
+                          'Recovery %d: Nova no longer lists a compute '
+                          'service on %s', rec['id'], rec['host'])
+                return
+            self._disable_and_select(rec, svc)
+            rec['state'] = 'evacuating'
+        if rec['state'] == 'evacuating':
+            self._evacuate(rec, services)
+
+    def _fence(self, rec):
+        host = rec['host']
+        if not self.fences:
+            if self.ev.fence_required:
+                self._say(('nofence', rec['id']), logging.ERROR,
+                          'Host %s is not fenced: no fence method is '
+                          'configured ([ursa] master_url with cluster key, '
+                          'or [evacuator] fence_command), so nothing is '
+                          'evacuated (fence_required = True)', host)
+                self.store.update_recovery(
+                    rec['id'], message='waiting: no fence method configured')
+                return False
+            self.store.update_recovery(
+                rec['id'], state='disabling',
+                fenced_by='nothing (fence_required = False)')
+            LOG.warning('Host %s evacuated unfenced: fence_required = '
+                        'False', host)
+            return True
+        done = []
+        for f in self.fences:
+            try:
+                what = f.fence(host, 'nova-ha recovery %d' % rec['id'])
+            except fence_mod.FenceError as e:
+                self.metrics.fences.labels(f.name, 'error').inc()
+                self._say(('fence', rec['id']), logging.ERROR,
+                          'Host %s: %s. Not evacuating it until it is '
+                          'fenced; retrying', host, e)
+                self.store.update_recovery(rec['id'], message=str(e))
+                return False
+            self.metrics.fences.labels(f.name, 'ok').inc()
+            done.append('%s (%s)' % (f.name, what))
+        LOG.warning('Host %s fenced: %s', host, '; '.join(done))
+        self.store.update_recovery(rec['id'], state='disabling',
+                                   fenced_by='; '.join(done), message=None)
+        return True
+
+    def _select(self, server):
+        """(priority, None) to evacuate, or (priority, why not)."""
+        props = nova_mod.server_props(server)
+        prio = _priority(props, self.ev.priority_key)
+        if self.ev.policy == 'ha_enabled' and not _truthy(
+                props.get(self.ev.ha_key, '')):
+            return prio, 'not HA-enabled (%s)' % self.ev.ha_key
+        return prio, None
+
+    def _disable_and_select(self, rec, svc):
+        host = rec['host']
+        self.nova.force_down(svc['id'], 'nova-ha: failed, recovery %d at %s'
+                             % (rec['id'], _when(time.time())))
+        LOG.warning('Compute service of %s forced down and disabled', host)
+        rows = []
+        existing = {r['uuid'] for r in self.store.instances(rec['id'])}
+        for server in self.nova.servers_on_host(host):
+            if server['id'] in existing:
+                continue
+            prio, why = self._select(server)
+            rows.append({'uuid': server['id'], 'name': server.get('name'),
+                         'priority': prio,
+                         'status': 'skipped' if why else 'pending',
+                         'message': why, 'attempts': 0,
+                         'next_attempt_at': 0, 'after_migration': 0,
+                         'finished_at': time.time() if why else None})
+            if why:
+                LOG.info('Instance %s (%s) on %s is not evacuated: %s',
+                         server.get('name'), server['id'], host, why)
+        self.store.add_instances(rec['id'], rows)
+        self.store.update_recovery(rec['id'], state='evacuating')
+        LOG.warning('Recovery %d of %s: %d instance(s) to evacuate, %d '
+                    'skipped', rec['id'], host,
+                    sum(r['status'] == 'pending' for r in rows),
+                    sum(r['status'] == 'skipped' for r in rows))
+
+    def _target(self, services, source):
+        for h in self.ev.reserved_hosts:
+            svc = services.get(h)
+            if svc and h != source and svc['state'] == 'up':
+                return h
+        return None
+
+    def _evacuate(self, rec, services):
+        host = rec['host']
+        rows = self.store.instances(rec['id'])
+        migrations = None
+        now = time.time()
+        for row in rows:
+            if row['status'] == 'evacuating':
+                if migrations is None:
+                    migrations = self.nova.evacuations(host)
+                self._track(rec, row, migrations, now)
+            elif row['status'] == 'pending' and \
+                    row['next_attempt_at'] <= now:
+                if migrations is None:
+                    migrations = self.nova.evacuations(host)
+                self._start(rec, row, migrations, services)
+        rows = self.store.instances(rec['id'])
+        if all(r['status'] in ('done', 'failed', 'skipped') for r in rows):
+            self._finish(rec, rows)
+
+    def _set(self, rec, row, status, **values):
+        values['status'] = status
+        if status in ('done', 'failed', 'skipped'):
+            values['finished_at'] = time.time()
+            self.metrics.evacuations.labels(status).inc()
+        self.store.update_instance(rec['id'], row['uuid'], **values)
+        row.update(values)
+
+    def _start(self, rec, row, migrations, services):
+        uuid, host = row['uuid'], rec['host']
+        lock = self.coord.get_lock(b'nova-ha-instance-' + uuid.encode())
+        if not lock.acquire(blocking=False):
+            return  # another evacuator works on it: look again next poll
+        try:
+            server = self.nova.server(uuid)
+            if server is None:
+                self._set(rec, row, 'skipped', message='deleted')
+                return
+            where = nova_mod.server_host(server)
+            if where != host:
+                self._set(rec, row, 'done', dest_host=where,
+                          message='already on %s' % where)
+                return
+            vm_state = server.get('OS-EXT-STS:vm_state')
+            task = server.get('OS-EXT-STS:task_state')
+            if task in REBUILDING:
+                # An evacuation is under way (sent by a leader that died
+                # before it could record it): follow it.
+                self._set(rec, row, 'evacuating', requested_at=time.time())
+                return
+            if task:
+                self._retry(rec, row, 'task %s in progress' % task,
+                            count=False)
+                return
+            if vm_state not in nova_mod.EVACUABLE:
+                self._set(rec, row, 'skipped',
+                          message='vm_state %s cannot be evacuated'
+                          % vm_state)
+                LOG.warning('Instance %s (%s) is not evacuated: vm_state %s',
+                            row['name'], uuid, vm_state)
+                return
+            after = max([m['id'] for m in migrations
+                         if m['instance_uuid'] == uuid], default=0)
+            target = self._target(services, host)
+            # Recorded before it is sent: a leader taking over never sends
+            # it a second time.
+            self._set(rec, row, 'evacuating', attempts=row['attempts'] + 1,
+                      requested_at=time.time(), after_migration=after,
+                      dest_host=target)
+            try:
+                self.nova.evacuate(uuid, target)
+            except nova_mod.NovaError as e:
+                if e.status == 404:
+                    self._set(rec, row, 'skipped', message='deleted')
+                else:
+                    self._retry(rec, row, str(e))
+                return
+            LOG.info('Evacuating instance %s (%s, priority %d) from %s%s, '
+                     'attempt %d', row['name'], uuid, row['priority'], host,
+                     ' to %s' % target if target else '', row['attempts'])
+        finally:
+            lock.release()
+
+    def _retry(self, rec, row, why, count=True):
+        attempts = row['attempts']
+        if count and attempts >= self.ev.max_attempts:
+            self._set(rec, row, 'failed', message=why)
+            LOG.error('Instance %s (%s) was not evacuated after %d '
+                      'attempt(s): %s', row['name'], row['uuid'], attempts,
+                      why)
+            return
+        delay = self.ev.retry_backoff * (2 ** max(attempts - 1, 0))
+        self._set(rec, row, 'pending', message=why,
+                  next_attempt_at=time.time() + delay)
+        LOG.warning('Instance %s (%s): %s; retrying in %.0f s', row['name'],
+                    row['uuid'], why, delay)
+
+    def _track(self, rec, row, migrations, now):
+        mine = [m for m in migrations if m['instance_uuid'] == row['uuid']
+                and m['id'] > row['after_migration']]
+        if not mine:
+            if now - (row['requested_at'] or 0) > LOST_REQUEST_AFTER:
+                server = self.nova.server(row['uuid'])
+                if server is not None and not server.get(
+                        'OS-EXT-STS:task_state'):
+                    LOG.warning('Instance %s (%s): the evacuate request '
+                                'never reached Nova; sending it again',
+                                row['name'], row['uuid'])
+                    self._set(rec, row, 'pending',
+                              attempts=max(row['attempts'] - 1, 0))
+            return
+        m = mine[-1]
+        status = m['status']
+        if status in ('done', 'completed'):
+            self._set(rec, row, 'done', migration_id=m['id'],
+                      dest_host=m.get('dest_compute'), message=None)
+            LOG.info('Instance %s (%s) evacuated from %s to %s',
+                     row['name'], row['uuid'], rec['host'],
+                     m.get('dest_compute'))
+        elif status in ('failed', 'error'):
+            self.store.update_instance(rec['id'], row['uuid'],
+                                       migration_id=m['id'])
+            self._retry(rec, row, 'evacuation %s (migration %d)'
+                        % (status, m['id']))
+        elif now - (row['requested_at'] or now) > \
+                self.ev.evacuation_timeout:
+            self._set(rec, row, 'failed', migration_id=m['id'],
+                      message='evacuation still %s after %.0f s' % (
+                          status, self.ev.evacuation_timeout))
+
+    def _finish(self, rec, rows):
+        failed = [r for r in rows if r['status'] == 'failed']
+        state = 'failed' if failed else 'done'
+        end = time.time()
+        self.store.update_recovery(rec['id'], state=state, finished_at=end)
+        self.metrics.recoveries.labels(state).inc()
+        self.metrics.recovery_seconds.observe(end - rec['detected_at'])
+        LOG.warning('Recovery %d of %s %s in %.1f s after detection: %d '
+                    'evacuated, %d failed, %d skipped', rec['id'],
+                    rec['host'], state, end - rec['detected_at'],
+                    sum(r['status'] == 'done' for r in rows), len(failed),
+                    sum(r['status'] == 'skipped' for r in rows))
+
+    # --- hosts coming back ---------------------------------------------------
+
+    def _enable_returned(self, services):
+        for name, h in self.store.hosts().items():
+            if not h['enable_requested'] and not (
+                    self.ev.auto_enable_recovered_hosts
+                    and h['state'] == 'returned'):
+                continue
+            svc = services.get(name)
+            if h['state'] != 'returned' or svc is None:
+                self._say(('enable', name), logging.WARNING,
+                          'Host %s cannot be enabled yet: it is %s (its '
+                          'agent must be back first)', name, h['state'])
+                continue
+            pending = [m for m in self.nova.evacuations(name)
+                       if m['status'] == 'done']
+            if pending:
+                self._say(('enable', name), logging.WARNING,
+                          'Host %s: waiting for its nova-compute to clean '
+                          'up %d evacuated instance(s) before enabling it '
+                          '(start nova-compute there)', name, len(pending))
+                continue
+            for f in self.fences:
+                f.unfence(name)
+            self.nova.enable(svc['id'])
+            self.store.save_host(name, state='ok', since=time.time(),
+                                 enable_requested=False, note='re-enabled')
+            self._said.pop(('enable', name), None)
+            LOG.warning('Host %s re-enabled (unfenced, compute service up '
+                        'and enabled)', name)

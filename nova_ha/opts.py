@@ -1,0 +1,185 @@
+"""nova_ha's options, for nova-ha-agent, nova-ha-evacuator and nova-ha."""
+
+import socket
+
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+
+from cinder_ursa.common import opts as ursa_opts
+
+# The compute API microversion nova_ha speaks.  2.95: an evacuated
+# instance that was STOPPED is rebuilt STOPPED (not started behind the
+# user's back); 2.68+ has no "force" (the scheduler always checks the
+# target); 2.59 pages os-migrations; 2.53 addresses services by UUID and
+# sets forced_down and status in one call.
+NOVA_MICROVERSION = '2.95'
+
+default_opts = [
+    cfg.StrOpt('state_path', default='/var/lib/nova-ha',
+               help='Directory for nova_ha\'s state: the default database, '
+                    'the default coordination directory and the agent\'s '
+                    'maintenance file.'),
+]
+
+coordination_group = cfg.OptGroup(
+    'coordination', title='tooz coordination',
+    help='Membership of compute hosts and election of the acting '
+         'evacuator.')
+coordination_opts = [
+    cfg.StrOpt('backend_url',
+               default='file://$state_path/coordination?timeout=10',
+               help='tooz backend URL.  The file driver suits one machine; '
+                    'production uses etcd3+http://, zookeeper:// or '
+                    'redis:// on the controllers.  The "timeout" parameter '
+                    'is how long a silent member stays in the group.'),
+    cfg.StrOpt('group', default='nova-ha-computes',
+               help='tooz group the agents join.'),
+    cfg.FloatOpt('heartbeat_interval', default=1.0, min=0.1,
+                 help='Seconds between tooz heartbeats.'),
+]
+
+agent_group = cfg.OptGroup('agent', title='nova-ha-agent',
+                           help='The agent on every compute host.')
+agent_opts = [
+    cfg.StrOpt('host', default=socket.gethostname(),
+               sample_default='<hostname>',
+               help='This compute host\'s name as Nova knows it (nova.conf '
+                    '[DEFAULT] host).  It is the agent\'s tooz member id.'),
+    cfg.FloatOpt('check_interval', default=2.0, min=0.1,
+                 help='Seconds between local health checks.'),
+    cfg.StrOpt('nova_compute_process', default='nova-compute',
+               help='A string the nova-compute process has in its command '
+                    'line; empty: not checked.'),
+    cfg.StrOpt('hypervisor_check_command', default='',
+               help='Command that exits 0 when the hypervisor answers, e.g. '
+                    '"virsh -c qemu:///system version"; empty: not '
+                    'checked.'),
+    cfg.BoolOpt('check_storage', default=True,
+                help='Report whether the Ursa master answers ([ursa] '
+                     'master_url).'),
+    cfg.StrOpt('maintenance_file', default='$state_path/maintenance',
+               help='While this file exists the agent reports its host in '
+                    'maintenance (its text is the reason): nova_ha never '
+                    'evacuates a host in maintenance.'),
+]
+
+evacuator_group = cfg.OptGroup(
+    'evacuator', title='nova-ha-evacuator',
+    help='Failure detection, fencing and evacuation.')
+evacuator_opts = [
+    cfg.StrOpt('connection', secret=True,
+               default='sqlite:///$state_path/nova-ha.sqlite',
+               help='SQLAlchemy URL of the database holding recoveries, '
+                    'shared by every evacuator (and the nova-ha CLI), so a '
+                    'new leader picks up unfinished work.  Use MySQL when '
+                    'evacuators run on several controllers.'),
+    cfg.FloatOpt('poll_interval', default=2.0, min=0.1,
+                 help='Seconds between checks of group membership and of '
+                      'Nova\'s compute services.'),
+    cfg.FloatOpt('grace_period', default=30.0, min=0,
+                 help='Seconds a host must stay failed (agent gone from the '
+                      'group AND its nova-compute service down) before it '
+                      'is fenced and evacuated.'),
+    cfg.BoolOpt('ursa_second_opinion', default=False,
+                help='Also require that the host holds no live Ursa lease '
+                     '(it stopped renewing them) before declaring it '
+                     'failed.  Set grace_period above the lease ttl.'),
+    cfg.StrOpt('policy', default='ha_enabled',
+               choices=[('all', 'evacuate every instance'),
+                        ('ha_enabled', 'evacuate only instances with '
+                                       '<ha_key>=true in their metadata or '
+                                       'flavor extra specs')],
+               help='Which instances of a failed host are evacuated.'),
+    cfg.StrOpt('ha_key', default='HA_enabled',
+               help='Instance metadata key or flavor extra spec that marks '
+                    'an instance for evacuation.'),
+    cfg.StrOpt('priority_key', default='HA_priority',
+               help='Instance metadata key or flavor extra spec holding an '
+                    'integer: higher priorities are evacuated first.'),
+    cfg.ListOpt('reserved_hosts', default=[],
+                help='Spare compute hosts: evacuations target the first '
+                     'of them that is up; empty: Nova\'s scheduler '
+                     'chooses.'),
+    cfg.BoolOpt('fence_required', default=True,
+                help='Never evacuate a host that was not fenced.  With no '
+                     'fence method configured (neither [ursa] master_url '
+                     'with use_ursa_fencing nor fence_command) nothing is '
+                     'evacuated unless this is False.'),
+    cfg.BoolOpt('use_ursa_fencing', default=True,
+                help='Fence through the Ursa master: revoke every lease '
+                     'the host holds, so chunk servers refuse its writes.'),
+    cfg.StrOpt('fence_command', default='',
+               help='Command that powers the host off or isolates it '
+                    '(e.g. an ipmitool call), run with {host} replaced by '
+                    'the host name; exit 0 means fenced.  Empty: none.'),
+    cfg.FloatOpt('fence_timeout', default=60.0, min=1,
+                 help='Seconds fence_command may run.'),
+    cfg.IntOpt('max_attempts', default=3, min=1,
+               help='Evacuation attempts per instance before it is '
+                    'reported failed.'),
+    cfg.FloatOpt('retry_backoff', default=10.0, min=0,
+                 help='Seconds before the first retry; doubled for each '
+                      'next one.'),
+    cfg.FloatOpt('evacuation_timeout', default=600.0, min=1,
+                 help='Seconds an evacuation may take before it counts as '
+                      'a failed attempt.'),
+    cfg.FloatOpt('mass_failure_fraction', default=0.5, min=0, max=1,
+                 help='Pause when more than this fraction of compute hosts '
+                      'fail within mass_failure_window (a partition is more '
+                      'likely than dead hosts).'),
+    cfg.IntOpt('mass_failure_hosts', default=0, min=0,
+               help='Pause when more than this many hosts fail within '
+                    'mass_failure_window; 0: only the fraction counts.'),
+    cfg.FloatOpt('mass_failure_window', default=300.0, min=1,
+                 help='Seconds over which failures count towards the '
+                      'mass-failure guard.'),
+    cfg.BoolOpt('auto_enable_recovered_hosts', default=False,
+                help='Re-enable a host (and unfence it) as soon as its '
+                     'agent is back and Nova cleaned up its evacuated '
+                     'instances; by default an operator runs '
+                     '"nova-ha host enable".'),
+    cfg.IntOpt('metrics_port', default=0, min=0, max=65535,
+               help='Port of the Prometheus /metrics endpoint; 0: off.'),
+    cfg.HostAddressOpt('metrics_host', default='127.0.0.1',
+                       help='Address of the /metrics endpoint.'),
+]
+
+nova_group = cfg.OptGroup(
+    'nova', title='Nova API',
+    help='Keystone credentials and endpoint of the compute API (the '
+         'evacuator uses microversion %s).' % NOVA_MICROVERSION)
+
+
+def register_opts(conf):
+    conf.register_opts(default_opts)
+    for group, opts in ((coordination_group, coordination_opts),
+                        (agent_group, agent_opts),
+                        (evacuator_group, evacuator_opts)):
+        conf.register_group(group)
+        conf.register_opts(opts, group=group)
+    conf.register_group(nova_group)
+    ks_loading.register_session_conf_options(conf, nova_group.name)
+    ks_loading.register_auth_conf_options(conf, nova_group.name)
+    ks_loading.register_adapter_conf_options(conf, nova_group.name)
+    conf.set_default('service_type', 'compute', group=nova_group.name)
+    ursa_opts.register_opts(conf)
+
+
+def _nova_opts():
+    opts = (ks_loading.get_session_conf_options()
+            + ks_loading.get_auth_common_conf_options()
+            + ks_loading.get_adapter_conf_options())
+    seen, out = set(), []
+    for o in opts + ks_loading.get_auth_plugin_conf_options('password'):
+        if o.dest not in seen:
+            seen.add(o.dest)
+            out.append(o)
+    return out
+
+
+def list_opts():
+    return [('DEFAULT', default_opts),
+            (coordination_group, coordination_opts),
+            (agent_group, agent_opts),
+            (evacuator_group, evacuator_opts),
+            (nova_group, _nova_opts())] + ursa_opts.list_opts()
