@@ -7,7 +7,6 @@ import os
 import shlex
 import subprocess
 import threading
-import time
 
 import tooz
 
@@ -42,6 +41,7 @@ class Agent:
         self.group = conf.coordination.group
         self.stopping = threading.Event()
         self.coord = None
+        self._published = None
         self.master = None
         if conf.agent.check_storage and (conf.ursa.cluster_key_file
                                          or conf.ursa.cluster_key):
@@ -78,11 +78,23 @@ class Agent:
             pass
         return {'host': self.host, 'checks': checks,
                 'healthy': all(v is not False for v in checks.values()),
-                'maintenance': maintenance, 'time': time.time()}
+                'maintenance': maintenance}
+
+    def _publish(self, caps):
+        group = self.group.encode()
+        try:
+            self.coord.update_capabilities(group, caps).get()
+        except tooz.NotImplemented:
+            # tooz's file driver keeps capabilities from the join only.
+            self.coord.leave_group(group).get()
+            self.coord.join_group(group, caps).get()
+        self._published = caps
 
     def _connect(self):
         self.coord = coordination.start(self.conf, self.host)
-        coordination.join(self.coord, self.group, self.health())
+        caps = self.health()
+        coordination.join(self.coord, self.group, caps)
+        self._published = caps
         LOG.info('Host %s joined group %s', self.host, self.group)
 
     def run(self):
@@ -92,8 +104,8 @@ class Agent:
                 if self.coord is None:
                     self._connect()
                 caps = self.health()
-                self.coord.update_capabilities(self.group.encode(),
-                                               caps).get()
+                if caps != self._published:
+                    self._publish(caps)
                 state = (caps['healthy'], caps['maintenance'])
                 if state != last:
                     LOG.info('Host %s: healthy=%s checks=%s maintenance=%s',
