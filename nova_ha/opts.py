@@ -30,8 +30,10 @@ coordination_opts = [
                default='file://$state_path/coordination?timeout=10',
                help='tooz backend URL.  The file driver suits one machine; '
                     'production uses etcd3+http://, zookeeper:// or '
-                    'redis:// on the controllers.  The "timeout" parameter '
-                    'is how long a silent member stays in the group.'),
+                    'redis:// on the controllers.  How long a silent '
+                    'member stays in the group is the URL\'s "timeout" '
+                    '(file, etcd3) or "membership_timeout" (redis) '
+                    'parameter.'),
     cfg.StrOpt('group', default='nova-ha-computes',
                help='tooz group the agents join.'),
     cfg.FloatOpt('heartbeat_interval', default=1.0, min=0.1,
@@ -173,6 +175,8 @@ def _nova_opts():
     for o in opts + ks_loading.get_auth_plugin_conf_options('password'):
         if o.dest not in seen:
             seen.add(o.dest)
+            if o.dest == 'service_type':
+                o.default = 'compute'
             out.append(o)
     return out
 

@@ -13,6 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
     ('etc/ursa/ursa-config-generator.conf', 'etc/ursa/ursa.conf.sample'),
     ('etc/cinder/cinder-ursa-config-generator.conf',
      'etc/cinder/cinder.conf.ursa.sample'),
+    ('etc/nova-ha/nova-ha-config-generator.conf',
+     'etc/nova-ha/nova-ha.conf.sample'),
 ])
 def test_conf_sample_is_current(tmp_path, generator, sample):
     out = tmp_path / 'sample'
