@@ -7,12 +7,13 @@ from oslo_config import cfg
 
 from cinder_ursa.common import opts as ursa_opts
 
-# The compute API microversion nova_ha speaks.  2.95: an evacuated
-# instance that was STOPPED is rebuilt STOPPED (not started behind the
-# user's back); 2.68+ has no "force" (the scheduler always checks the
-# target); 2.59 pages os-migrations; 2.53 addresses services by UUID and
-# sets forced_down and status in one call.
-NOVA_MICROVERSION = '2.95'
+# The compute API microversion nova_ha speaks: 2.94, the newest before
+# 2.95, from which every evacuated instance is rebuilt STOPPED (found
+# against real Nova).  At 2.94 an evacuated instance keeps its state:
+# ACTIVE comes back ACTIVE, STOPPED stays STOPPED.  2.68+ has no "force"
+# (the scheduler always checks the target); 2.59 pages os-migrations; 2.53
+# addresses services by UUID and sets forced_down and status in one call.
+NOVA_MICROVERSION = '2.94'
 
 default_opts = [
     cfg.StrOpt('state_path', default='/var/lib/nova-ha',

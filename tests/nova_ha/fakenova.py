@@ -15,8 +15,8 @@ documented REST semantics (api-ref, microversions up to 2.95):
   otherwise 200 with no body (2.14+), a migration record ``accepted`` ->
   ``pre-migrating`` -> ``done`` (or ``error`` when no host has room: the
   instance goes to ERROR on the dead host), the instance ``rebuilding``
-  meanwhile and rebuilt on the destination ACTIVE (STOPPED stays STOPPED:
-  2.95).
+  meanwhile and rebuilt on the destination ACTIVE (STOPPED stays STOPPED);
+  from 2.95 every evacuated instance is rebuilt STOPPED.
 - ``GET /os-migrations?migration_type=evacuation&source_compute=H``,
   newest first, paged by ``limit``/``marker`` (2.59+).
 
@@ -266,8 +266,9 @@ class FakeNova:
             self.calls.append({'uuid': sid, 'name': srv['name'],
                                'source': source, 'target': target,
                                'migration': mig['id']})
+        stopped = vm == 'stopped' or request[VERSION] >= (2, 95)
         task = asyncio.get_running_loop().create_task(
-            self._rebuild(srv, mig, target, vm))
+            self._rebuild(srv, mig, target, stopped))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.Response(status=200)
@@ -286,7 +287,7 @@ class FakeNova:
                 return h
         return None
 
-    async def _rebuild(self, srv, mig, target, vm_before):
+    async def _rebuild(self, srv, mig, target, stopped):
         await asyncio.sleep(self.step)
         with self.lock:
             dest = self._pick(mig['source_compute'], target)
@@ -304,8 +305,7 @@ class FakeNova:
         with self.lock:
             srv['OS-EXT-SRV-ATTR:host'] = dest
             srv['OS-EXT-STS:task_state'] = None
-            srv['OS-EXT-STS:vm_state'] = ('stopped' if vm_before == 'stopped'
-                                          else 'active')
+            srv['OS-EXT-STS:vm_state'] = 'stopped' if stopped else 'active'
             mig['status'] = 'done'
             mig['updated_at'] = _now()
 
