@@ -8,6 +8,8 @@ import time
 
 import sqlalchemy as sa
 
+from cinder_ursa.common import db
+
 metadata = sa.MetaData()
 
 hosts = sa.Table(
@@ -81,17 +83,7 @@ ACTIVE_RECOVERY = ('held', 'fencing', 'disabling', 'evacuating')
 
 class Store:
     def __init__(self, url):
-        kwargs = {}
-        if url.startswith('sqlite'):
-            kwargs['connect_args'] = {'timeout': 30}
-        self.engine = sa.create_engine(url, **kwargs)
-        if url.startswith('sqlite'):
-            @sa.event.listens_for(self.engine, 'connect')
-            def _pragmas(dbapi_conn, _record):
-                cur = dbapi_conn.cursor()
-                cur.execute('PRAGMA journal_mode=WAL')
-                cur.execute('PRAGMA foreign_keys=ON')
-                cur.close()
+        self.engine = db.create_engine(url)
         metadata.create_all(self.engine)
 
     # --- control -----------------------------------------------------------

@@ -25,6 +25,7 @@ import alembic.config
 import sqlalchemy as sa
 
 from cinder_ursa import exception
+from cinder_ursa.common import db
 from cinder_ursa.common import units
 from cinder_ursa.master import models
 from cinder_ursa.master import placement
@@ -45,23 +46,8 @@ def _text(ids):
 class MetadataStore:
 
     def __init__(self, url, failure_domain='host'):
-        kwargs = {'future': True}
-        if url.startswith('sqlite'):
-            kwargs['connect_args'] = {'check_same_thread': False,
-                                      'timeout': 30}
-        else:
-            kwargs['pool_pre_ping'] = True
-            kwargs['pool_recycle'] = 3600
         self.url = url
-        self.engine = sa.create_engine(url, **kwargs)
-        if url.startswith('sqlite'):
-            @sa.event.listens_for(self.engine, 'connect')
-            def _pragmas(dbapi_conn, _record):
-                cur = dbapi_conn.cursor()
-                cur.execute('PRAGMA journal_mode=WAL')
-                cur.execute('PRAGMA synchronous=FULL')
-                cur.execute('PRAGMA foreign_keys=ON')
-                cur.close()
+        self.engine = db.create_engine(url)
         self.failure_domain = failure_domain
 
     # --- schema ------------------------------------------------------------

@@ -327,6 +327,25 @@ class Stack:
         return '\n'.join(out)
 
 
+def need(commands=(), modules=()):
+    """Fail under CI (tools/run-tests installs everything), skip
+    elsewhere, when a command, RabbitMQ or a Python module is missing."""
+    missing = [t for t in commands if not shutil.which(t) and not
+               os.path.exists('/usr/sbin/' + t)]
+    if not have_tools():
+        missing.append('rabbitmq-server')
+    for m in modules:
+        try:
+            __import__(m)
+        except ImportError:
+            missing.append('%s (pip)' % m)
+    if missing:
+        import pytest
+        if os.environ.get('CI'):
+            pytest.fail('missing %s; tools/run-tests installs them' % missing)
+        pytest.skip('missing %s' % missing)
+
+
 def have_tools():
     return all(shutil.which(t) for t in ('epmd',)) and os.path.exists(
         '/usr/lib/rabbitmq/bin/rabbitmq-server')

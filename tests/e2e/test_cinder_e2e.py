@@ -5,7 +5,6 @@ checked through the Ursa NBD gateway (qemu-io)."""
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -17,21 +16,9 @@ from tests.functional.conftest import MariaDB
 GiB = 1024 ** 3
 
 
-def need_tools():
-    missing = [t for t in ('qemu-io', 'mariadbd', 'epmd')
-               if not shutil.which(t) and not os.path.exists(
-                   '/usr/sbin/' + t)]
-    if not harness.have_tools():
-        missing.append('rabbitmq-server')
-    if missing:
-        if os.environ.get('CI'):
-            pytest.fail('missing %s; tools/run-tests installs them' % missing)
-        pytest.skip('missing %s' % missing)
-
-
 @pytest.fixture(scope='module')
 def stack(tmp_path_factory):
-    need_tools()
+    harness.need(('qemu-io', 'mariadbd', 'epmd'))
     if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
         if os.environ.get('CI'):
             pytest.fail('ursa-attach needs root and /dev/fuse')

@@ -17,30 +17,14 @@ import pytest
 from tests.e2e import harness
 from tests.e2e import nova_harness
 from tests.functional.conftest import MariaDB
+from tests.nova_ha.conftest import stop_processes
 
 BIN = harness.VENV_BIN
 
 
-def need_tools():
-    missing = [t for t in ('mariadbd', 'epmd') if not any(
-        os.path.exists(os.path.join(d, t)) for d in
-        ('/usr/sbin', '/usr/bin'))]
-    if not harness.have_tools():
-        missing.append('rabbitmq-server')
-    try:
-        import nova  # noqa: F401
-        import placement  # noqa: F401
-    except ImportError:
-        missing.append('nova and openstack-placement (pip)')
-    if missing:
-        if os.environ.get('CI'):
-            pytest.fail('missing %s; tools/run-tests installs them' % missing)
-        pytest.skip('missing %s' % missing)
-
-
 @pytest.fixture(scope='module')
 def nova(tmp_path_factory):
-    need_tools()
+    harness.need(('mariadbd', 'epmd'), ('nova', 'placement'))
     base = str(tmp_path_factory.mktemp('nova-e2e'))
     db = MariaDB(os.path.join(base, 'mariadb'))
     os.makedirs(db.base)
@@ -124,13 +108,7 @@ class HA:
         return json.loads(r.stdout) if json_out else r.stdout
 
     def stop(self):
-        for p in self.procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(self.procs.values())
 
 
 def test_dead_compute_instances_rebuilt_elsewhere_through_nova_ha(

@@ -107,6 +107,19 @@ def run_until(evacuators, predicate, timeout=30.0, what='condition'):
     raise AssertionError('timed out waiting for %s' % what)
 
 
+def stop_processes(procs):
+    """SIGTERM every process, then SIGKILL what is left after 10 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

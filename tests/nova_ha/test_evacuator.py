@@ -235,10 +235,9 @@ def test_mass_failure_pauses_until_an_operator_resumes(
     ev.close()
 
 
-def test_no_room_retries_with_backoff_then_reports_failure(
-        tmp_path, fake_nova, members):
-    conf = make_conf(tmp_path, fake_nova.url, max_attempts=2,
-                     retry_backoff=0.3)
+def _no_room(tmp_path, fake_nova, members, **evacuator):
+    """c1 with one HA instance fails; c2, the only other host, is full."""
+    conf = make_conf(tmp_path, fake_nova.url, **evacuator)
     m = members(conf)
     n = fake_nova.nova
     n.add_host('c1')
@@ -249,6 +248,13 @@ def test_no_room_retries_with_backoff_then_reports_failure(
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.step()
     _fail(fake_nova, m, 'c1')
+    return n, a, ev
+
+
+def test_no_room_retries_with_backoff_then_reports_failure(
+        tmp_path, fake_nova, members):
+    n, a, ev = _no_room(tmp_path, fake_nova, members, max_attempts=2,
+                        retry_backoff=0.3)
     run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
     rec = ev.store.recoveries(host='c1')[0]
     assert rec['state'] == 'failed'
@@ -262,18 +268,8 @@ def test_no_room_retries_with_backoff_then_reports_failure(
 
 
 def test_room_appearing_between_attempts(tmp_path, fake_nova, members):
-    conf = make_conf(tmp_path, fake_nova.url, max_attempts=3,
-                     retry_backoff=1.0)
-    m = members(conf)
-    n = fake_nova.nova
-    n.add_host('c1')
-    n.add_host('c2', capacity=0)
-    m.join('c1')
-    m.join('c2')
-    a = n.add_server('a', 'c1', metadata=HA)
-    ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
-    ev.step()
-    _fail(fake_nova, m, 'c1')
+    n, a, ev = _no_room(tmp_path, fake_nova, members, max_attempts=3,
+                        retry_backoff=1.0)
     run_until([ev], lambda: len(n.evacuate_calls(a)) == 1 and
               n.servers[a]['OS-EXT-STS:vm_state'] == 'error',
               what='first attempt failing')

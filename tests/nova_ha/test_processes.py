@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from tests.nova_ha.conftest import free_port
+from tests.nova_ha.conftest import stop_processes
 
 HA = {'HA_enabled': 'true'}
 BIN = os.path.dirname(sys.executable)
@@ -132,14 +133,7 @@ class Stack:
         raise AssertionError('timed out waiting for %s' % what)
 
     def stop(self):
-        for p in self.procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs.values())
 
 
 @pytest.fixture
