@@ -84,7 +84,11 @@ ACTIVE_RECOVERY = ('held', 'fencing', 'disabling', 'evacuating')
 class Store:
     def __init__(self, url):
         self.engine = db.create_engine(url)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.OperationalError:
+            # Another evacuator (or the CLI) created them at that moment.
+            metadata.create_all(self.engine)
 
     # --- control -----------------------------------------------------------
 

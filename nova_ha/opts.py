@@ -14,6 +14,7 @@ from cinder_ursa.common import opts as ursa_opts
 # (the scheduler always checks the target); 2.59 pages os-migrations; 2.53
 # addresses services by UUID and sets forced_down and status in one call.
 NOVA_MICROVERSION = '2.94'
+NOVA_TIMEOUT = 30
 
 default_opts = [
     cfg.StrOpt('state_path', default='/var/lib/nova-ha',
@@ -165,6 +166,8 @@ def register_opts(conf):
     ks_loading.register_auth_conf_options(conf, nova_group.name)
     ks_loading.register_adapter_conf_options(conf, nova_group.name)
     conf.set_default('service_type', 'compute', group=nova_group.name)
+    # A Nova call must never hang the evacuator.
+    conf.set_default('timeout', NOVA_TIMEOUT, group=nova_group.name)
     ursa_opts.register_opts(conf)
 
 
@@ -178,6 +181,8 @@ def _nova_opts():
             seen.add(o.dest)
             if o.dest == 'service_type':
                 o.default = 'compute'
+            elif o.dest == 'timeout':
+                o.default = NOVA_TIMEOUT
             out.append(o)
     return out
 

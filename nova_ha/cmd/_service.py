@@ -1,5 +1,6 @@
 """What nova_ha's daemons share: options, logging, signals."""
 
+import faulthandler
 import os
 import signal
 
@@ -16,6 +17,8 @@ def setup(argv, prog, description):
     conf(argv, project='nova-ha', prog=prog, description=description)
     logging.setup(conf, 'nova-ha')
     os.makedirs(conf.state_path, exist_ok=True)
+    # kill -USR1 <pid> writes every thread's stack to the log (stderr).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return conf
 
 

@@ -10,6 +10,7 @@ first-capabilities race, quotas, and 'sudo' (a pass-through shim, as
 rootwrap and privsep expect one).
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -335,9 +336,9 @@ def need(commands=(), modules=()):
     if not have_tools():
         missing.append('rabbitmq-server')
     for m in modules:
-        try:
-            __import__(m)
-        except ImportError:
+        # Looked up, not imported: importing nova monkey-patches this
+        # process with eventlet.
+        if importlib.util.find_spec(m) is None:
             missing.append('%s (pip)' % m)
     if missing:
         import pytest

@@ -41,9 +41,11 @@ def nova(tmp_path_factory):
         print(n.errors())
         raise
     finally:
-        n.stop()
-        rabbit.stop()
-        db.stop()
+        for part in (n, rabbit, db):
+            try:
+                part.stop()
+            except Exception as e:  # noqa: BLE001 - stop the others too
+                print('stopping %s: %s' % (type(part).__name__, e))
 
 
 class HA:
@@ -119,6 +121,9 @@ def test_dead_compute_instances_rebuilt_elsewhere_through_nova_ha(
         _scenario(nova, ha)
     except Exception:
         print(nova.errors())
+        for p in ha.procs.values():
+            p.send_signal(signal.SIGUSR1)  # stacks into the logs
+        time.sleep(1)
         for name in sorted(os.listdir(ha.base)):
             if name.endswith('.log'):
                 print('==', name)
