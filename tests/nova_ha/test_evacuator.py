@@ -387,3 +387,24 @@ def test_lost_coordination_backend_evacuates_nothing(
     assert not ev.is_leader
     assert ev.metrics.coordination_up._value.get() == 0
     assert ev.store.recoveries() == [] and n.evacuate_calls() == []
+
+
+def test_metrics_are_served_for_prometheus(tmp_path, fake_nova, members):
+    import urllib.request
+
+    from tests.nova_ha.conftest import free_port
+    conf = make_conf(tmp_path, fake_nova.url)
+    _cluster(fake_nova, members, conf)
+    ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
+    ev.step()
+    port = free_port()
+    server, thread = ev.metrics.serve(port)
+    try:
+        text = urllib.request.urlopen(
+            'http://127.0.0.1:%d/metrics' % port, timeout=10).read().decode()
+    finally:
+        server.shutdown()
+    assert 'nova_ha_leader 1.0' in text
+    assert 'nova_ha_hosts{state="ok"} 3.0' in text
+    assert 'nova_ha_coordination_up 1.0' in text
+    ev.close()
