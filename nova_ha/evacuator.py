@@ -32,10 +32,13 @@ import socket
 import threading
 import time
 
+from cinder_ursa.common import units
 from nova_ha import coordination
 from nova_ha import fence as fence_mod
 from nova_ha import metrics as metrics_mod
 from nova_ha import nova as nova_mod
+
+_when = units.format_time
 
 LOG = logging.getLogger(__name__)
 
@@ -59,9 +62,6 @@ def _priority(props, key):
     except (TypeError, ValueError):
         return 0
 
-
-def _when(ts):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))
 
 
 class Evacuator:

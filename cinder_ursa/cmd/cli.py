@@ -36,6 +36,8 @@ from cinder_ursa.common import opts as common_opts
 from cinder_ursa.common import rest
 from cinder_ursa.common import units
 
+_when = units.format_time
+
 VERSION = '0.1.0'
 
 
@@ -635,10 +637,6 @@ def main(argv=None):
 if __name__ == '__main__':
     sys.exit(main())
 
-
-def _when(ts):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) if ts \
-        else ''
 
 
 class HostShow(show.ShowOne):

@@ -1,6 +1,7 @@
 """Size units and a parser for human sizes such as ``10G`` or ``512MiB``."""
 
 import re
+import time
 
 from cinder_ursa import exception
 
@@ -33,3 +34,9 @@ def format_size(n):
             return ('%d %s' % (value, unit) if value == int(value)
                     else '%.1f %s' % (value, unit))
     return '%d B' % n
+
+
+def format_time(ts):
+    """A UNIX time as local 'YYYY-mm-dd HH:MM:SS' ('' for none)."""
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) if ts \
+        else ''

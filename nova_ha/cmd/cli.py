@@ -15,7 +15,6 @@ It reads the evacuators' database ([evacuator] connection of the
 
 import os
 import sys
-import time
 
 from cliff import app
 from cliff import command
@@ -24,15 +23,14 @@ from cliff import lister
 from cliff import show
 from oslo_config import cfg
 
+from cinder_ursa.common import units
 from nova_ha import db
 from nova_ha import opts
 
+_when = units.format_time
+
 DEFAULT_CONFIG = '/etc/nova-ha/nova-ha.conf'
 
-
-def _when(ts):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) if ts \
-        else ''
 
 
 class NovaHAApp(app.App):
