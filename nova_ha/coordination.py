@@ -63,10 +63,18 @@ def is_backend_error(exc):
         type(exc).__module__.split('.')[0] in _BACKEND_MODULES
 
 
-def stop_quietly(coord):
-    """Stop a coordinator whose backend may be gone, without waiting: its
-    heartbeat thread can be stuck in the client's retries."""
+def stop_quietly(coord, locks=()):
+    """Release ``locks`` and stop a coordinator whose backend may be gone,
+    without waiting: its heartbeat thread can be stuck in the client's
+    retries.  A lock not released stays held as far as this process is
+    concerned (tooz's file driver keeps a per-process barrier), so a later
+    coordinator in the same process could never take it again."""
     def stop():
+        for lock in locks:
+            try:
+                lock.release()
+            except Exception as e:  # noqa: BLE001 - gone is gone
+                LOG.debug('Releasing %s: %s', lock.name, e)
         try:
             coord.stop()
         except Exception as e:  # noqa: BLE001 - gone is gone

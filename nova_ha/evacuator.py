@@ -132,10 +132,12 @@ class Evacuator:
         return coord
 
     def _drop_coordination(self):
+        held = [self.leader_lock] if self.is_leader else []
         self.is_leader = False
+        self.leader_lock = None
         self.metrics.leader.set(0)
         if self.coord is not None:
-            coordination.stop_quietly(self.coord)
+            coordination.stop_quietly(self.coord, held)
         self.coord = None
 
     def close(self):
@@ -145,6 +147,7 @@ class Evacuator:
             except Exception as e:  # noqa: BLE001
                 if not coordination.is_backend_error(e):
                     raise
+            self.is_leader = False
         self._drop_coordination()
 
     def stop(self):

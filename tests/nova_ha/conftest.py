@@ -70,10 +70,14 @@ class Members:
 
     def close(self):
         for h in list(self.coords):
+            c = self.coords[h]
             try:
                 self.leave(h)
             except Exception:  # noqa: BLE001 - the backend may be gone
-                pass
+                # Stop its heartbeat thread, which would otherwise retry
+                # the dead backend for the rest of the test run.
+                self.coords.pop(h, None)
+                coordination.stop_quietly(c)
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ import sys
 import time
 
 import pytest
+from tooz import coordination as tooz_coordination
 
+from nova_ha import coordination
 from nova_ha import fence
 from tests.nova_ha.conftest import make_conf
 from tests.nova_ha.conftest import make_evacuator
@@ -387,6 +389,33 @@ def test_lost_coordination_backend_evacuates_nothing(
     assert not ev.is_leader
     assert ev.metrics.coordination_up._value.get() == 0
     assert ev.store.recoveries() == [] and n.evacuate_calls() == []
+
+
+def test_leader_that_lost_the_backend_leads_again_once_it_is_back(
+        tmp_path, fake_nova, members, monkeypatch):
+    """A leader that drops the backend hands its lock back: once the
+    backend answers again, it (or another evacuator) can lead.  With
+    tooz's file driver a lock never released stays taken inside the
+    process, and nobody would lead until the process died."""
+    conf = make_conf(tmp_path, fake_nova.url)
+    _cluster(fake_nova, members, conf)
+    ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
+    ev.step()
+    assert ev.is_leader
+    real = coordination.members
+
+    def lost(coord, group):
+        raise tooz_coordination.ToozConnectionError('backend gone')
+    monkeypatch.setattr(coordination, 'members', lost)
+    ev.step()
+    assert not ev.is_leader
+    monkeypatch.setattr(coordination, 'members', real)
+    other = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')],
+                           member_id='other')
+    run_until([other], lambda: other.is_leader, what='the other leading')
+    other.close()
+    run_until([ev], lambda: ev.is_leader, what='the first leading again')
+    ev.close()
 
 
 def test_metrics_are_served_for_prometheus(tmp_path, fake_nova, members):

@@ -130,7 +130,22 @@ class Stack:
             if predicate():
                 return
             time.sleep(0.1)
-        raise AssertionError('timed out waiting for %s' % what)
+        raise AssertionError('timed out waiting for %s\n%s' % (
+            what, self.diagnostics()))
+
+    def diagnostics(self):
+        """What the processes were doing: whether each is alive, and the
+        last lines of the evacuators' logs."""
+        out = []
+        for name, proc in sorted(self.procs.items()):
+            rc = proc.poll()
+            out.append('%s (pid %d): %s' % (
+                name, proc.pid, 'running' if rc is None else 'exit %s' % rc))
+        for log in sorted(self.base.glob('ev*.log')):
+            lines = log.read_text(errors='replace').splitlines()
+            out.append('--- %s' % log.name)
+            out.extend(lines[-25:])
+        return '\n'.join(out)
 
     def stop(self):
         stop_processes(self.procs.values())
