@@ -117,7 +117,8 @@ def _fmt_volume(v):
 
 
 class ClusterStatus(show.ShowOne):
-    """Show the health, servers and capacity of the cluster."""
+    """Show the health, servers and capacity of the cluster.
+    Example: ursa cluster status -f json"""
 
     def take_action(self, args):
         st = self.app.master().cluster_status()
@@ -166,7 +167,8 @@ class ClusterCheck(lister.Lister):
 
 
 class ServerList(lister.Lister):
-    """List chunk servers with their state, address and usage."""
+    """List chunk servers with their state, address and usage.
+    Example: ursa server list"""
 
     def take_action(self, args):
         cols = ('id', 'state', 'address', 'port', 'host', 'rack', 'chunks',
@@ -185,13 +187,19 @@ class VolumeCreate(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('name')
+        p.add_argument('name', help='Volume name (unique).')
         p.add_argument('size', help='Size, e.g. 10G, 512M (binary units).')
-        p.add_argument('--replicas', type=int)
-        p.add_argument('--min-replicas', type=int)
+        p.add_argument('--replicas', type=int,
+                       help='Copies of every chunk (default: the master\'s '
+                       'default_replicas, 3).')
+        p.add_argument('--min-replicas', type=int,
+                       help='Copies below which writes wait and then fail '
+                       '(default: the master\'s default_min_replicas, 2).')
         p.add_argument('--chunk-size', help='e.g. 64M (power of two).')
         p.add_argument('--stripe-unit', help='e.g. 64K (power of two).')
-        p.add_argument('--stripe-count', type=int)
+        p.add_argument('--stripe-count', type=int,
+                       help='Chunks a stripe spans (default 1: no '
+                       'striping).')
         return p
 
     def take_action(self, args):
@@ -208,7 +216,8 @@ class VolumeCreate(show.ShowOne):
 
 
 class VolumeList(lister.Lister):
-    """List volumes."""
+    """List volumes with their size, allocated bytes and replicas.
+    Example: ursa volume list -f json"""
 
     def take_action(self, args):
         cols = ('id', 'name', 'size_human', 'replicas', 'allocated_bytes',
@@ -219,11 +228,12 @@ class VolumeList(lister.Lister):
 
 
 class VolumeShow(show.ShowOne):
-    """Show one volume (by name or id)."""
+    """Show one volume (by name or id): size, allocation, chunk layout,
+    snapshots, parent and lease.  Example: ursa volume show vol1"""
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume')
+        p.add_argument('volume', help='Volume name or id.')
         return p
 
     def take_action(self, args):
@@ -232,11 +242,12 @@ class VolumeShow(show.ShowOne):
 
 
 class VolumeDelete(command.Command):
-    """Delete volumes and free their space on every chunk server."""
+    """Delete volumes and free their space on every chunk server.
+    Example: ursa volume delete vol1 vol2"""
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume', nargs='+')
+        p.add_argument('volume', nargs='+', help='Volume names or ids.')
         return p
 
     def take_action(self, args):
@@ -263,8 +274,8 @@ class SnapshotCreate(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume')
-        p.add_argument('name')
+        p.add_argument('volume', help='Volume name or id.')
+        p.add_argument('name', help='Snapshot name, unique per volume.')
         return p
 
     def take_action(self, args):
@@ -281,7 +292,7 @@ class SnapshotList(lister.Lister):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('--volume')
+        p.add_argument('--volume', help='Only this volume\'s snapshots.')
         return p
 
     def take_action(self, args):
@@ -295,7 +306,8 @@ class SnapshotList(lister.Lister):
 
 
 class SnapshotShow(show.ShowOne):
-    """Show a snapshot: ursa snapshot show vol1@before-upgrade"""
+    """Show a snapshot: its volume, sequence, size and clones.
+    Example: ursa snapshot show vol1@before-upgrade"""
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
@@ -333,10 +345,12 @@ class VolumeClone(show.ShowOne):
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
         p.add_argument('snapshot', help='volume@name or id')
-        p.add_argument('name')
+        p.add_argument('name', help='Name of the new volume.')
         p.add_argument('--size', help='At least the snapshot\'s size '
                                       '(default: the same).')
-        p.add_argument('--replicas', type=int)
+        p.add_argument('--replicas', type=int,
+                       help='Copies of every chunk (default: the '
+                       'master\'s default_replicas, 3).')
         return p
 
     def take_action(self, args):
@@ -358,7 +372,7 @@ class VolumeFlatten(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume')
+        p.add_argument('volume', help='Volume name or id.')
         p.add_argument('--rate', help='Copy at most this many bytes per '
                                       'second (e.g. 100M).')
         return p
@@ -386,8 +400,8 @@ class VolumeResize(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume')
-        p.add_argument('size')
+        p.add_argument('volume', help='Volume name or id.')
+        p.add_argument('size', help='New size, e.g. 20G.')
         p.add_argument('--force', action='store_true',
                        help='Allow shrinking.')
         return p
@@ -407,7 +421,7 @@ class VolumeRevert(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume')
+        p.add_argument('volume', help='Volume name or id.')
         p.add_argument('snapshot', help='snapshot name (or id)')
         return p
 
@@ -432,8 +446,8 @@ class VolumeImport(command.Command):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('file')
-        p.add_argument('volume')
+        p.add_argument('file', help='Raw image file to read.')
+        p.add_argument('volume', help='Volume name or id.')
         p.add_argument('--create', action='store_true',
                        help='Create the volume with the file\'s size '
                             '(rounded up to 4 KiB) if it does not exist.')
@@ -471,8 +485,9 @@ class VolumeExport(command.Command):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume')
-        p.add_argument('file')
+        p.add_argument('volume', help='Volume name or id.')
+        p.add_argument('file', help='Raw file to write (sparse: holes where '
+                       'the volume has none).')
         p.add_argument('--snapshot', help='Export this snapshot of the '
                                           'volume instead.')
         return p
@@ -504,7 +519,7 @@ class VolumeCheck(lister.Lister):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('volume')
+        p.add_argument('volume', help='Volume name or id.')
         return p
 
     def take_action(self, args):
@@ -536,12 +551,19 @@ class Bench(command.Command):
                                         'is overwritten by write tests). '
                                         'Default: a temporary one.')
         p.add_argument('--size', default='1G', help='Temporary volume size.')
-        p.add_argument('--rw', choices=['read', 'write'], default='write')
-        p.add_argument('--pattern', choices=['seq', 'rand'], default='seq')
-        p.add_argument('--io-size', default='1M')
-        p.add_argument('--iodepth', type=int, default=16)
-        p.add_argument('--seconds', type=float, default=10.0)
-        p.add_argument('--replicas', type=int)
+        p.add_argument('--rw', choices=['read', 'write'], default='write',
+                       help='Read or write (default: write).')
+        p.add_argument('--pattern', choices=['seq', 'rand'], default='seq',
+                       help='Sequential or random offsets (default: seq).')
+        p.add_argument('--io-size', default='1M',
+                       help='Bytes per request, e.g. 4K (default: 1M).')
+        p.add_argument('--iodepth', type=int, default=16,
+                       help='Requests in flight (default: 16).')
+        p.add_argument('--seconds', type=float, default=10.0,
+                       help='How long to run (default: 10).')
+        p.add_argument('--replicas', type=int,
+                       help='Replicas of the temporary volume (default: '
+                       'the master\'s default_replicas).')
         return p
 
     def take_action(self, args):
@@ -646,7 +668,7 @@ class HostShow(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('host')
+        p.add_argument('host', help='Host name, as clients and Nova know it.')
         return p
 
     def take_action(self, args):
@@ -671,8 +693,9 @@ class HostFence(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('host')
-        p.add_argument('--reason')
+        p.add_argument('host', help='Host name, as clients and Nova know it.')
+        p.add_argument('--reason', help='Why, kept with the fence and shown '
+                       'by "ursa host fenced".')
         return p
 
     def take_action(self, args):
@@ -690,7 +713,7 @@ class HostUnfence(command.Command):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('host')
+        p.add_argument('host', help='Host name, as clients and Nova know it.')
         return p
 
     def take_action(self, args):

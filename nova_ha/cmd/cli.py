@@ -109,10 +109,12 @@ class HostMaintenance(command.Command):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('host')
+        p.add_argument('host', help='Compute host, as Nova names it.')
         g = p.add_mutually_exclusive_group(required=True)
-        g.add_argument('--on', action='store_true')
-        g.add_argument('--off', action='store_true')
+        g.add_argument('--on', action='store_true',
+                       help='Enter maintenance.')
+        g.add_argument('--off', action='store_true',
+                       help='Leave maintenance.')
         return p
 
     def take_action(self, args):
@@ -129,7 +131,7 @@ class HostEnable(command.Command):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('host')
+        p.add_argument('host', help='Compute host, as Nova names it.')
         return p
 
     def take_action(self, args):
@@ -144,8 +146,10 @@ class RecoveryList(lister.Lister):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('--host')
-        p.add_argument('--limit', type=int, default=50)
+        p.add_argument('--host', help='Only recoveries of this host.')
+        p.add_argument('--limit', type=int, default=50,
+                       help='At most this many, newest first (default: '
+                       '50).')
         return p
 
     def take_action(self, args):
@@ -173,7 +177,8 @@ class RecoveryShow(lister.Lister):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('id', type=int)
+        p.add_argument('id', type=int,
+                       help='Recovery id, from "nova-ha recovery list".')
         return p
 
     def take_action(self, args):
@@ -195,7 +200,8 @@ class Pause(command.Command):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('--reason', default='paused by an operator')
+        p.add_argument('--reason', default='paused by an operator',
+                       help='Shown by "nova-ha status" and in the log.')
         return p
 
     def take_action(self, args):
