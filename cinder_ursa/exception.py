@@ -154,6 +154,14 @@ class ChecksumError(RemoteError):
     http_status = 500
 
 
+class DiskError(RemoteError):
+    """The chunk server's disk failed the operation (EIO and the like):
+    that replica is unusable, the others may be fine."""
+    message = 'Disk I/O error on a chunk server: %(reason)s'
+    code = 'disk_error'
+    http_status = 500
+
+
 class NotLeader(RemoteError):
     message = 'This master is not the leader: %(reason)s'
     code = 'not_leader'
@@ -176,7 +184,8 @@ class InternalError(RemoteError):
 _BY_CODE = {cls.code: cls for cls in (
     InvalidArgument, ProtocolError, NotAuthorized, NotFound, AlreadyExists,
     Conflict, NoSpace, InsufficientReplicas, StaleEpoch, StaleReplica,
-    StaleSnapshot, Unavailable, Fenced, LeaseHeld, ChecksumError, NotLeader,
+    StaleSnapshot, Unavailable, Fenced, LeaseHeld, ChecksumError, DiskError,
+    NotLeader,
     OutOfRange, InternalError, UrsaTimeout, UrsaConnectionError)}
 
 

@@ -189,9 +189,9 @@ class ChunkServer:
         except exception.UrsaError as e:
             conn.send(codec.encode_error(op, frame.req_id, e))
         except OSError as e:
-            LOG.error('I/O error serving %r: %s', frame, e)
+            LOG.error('Disk I/O error serving %r: %s', frame, e)
             conn.send(codec.encode_error(op, frame.req_id,
-                                         exception.InternalError(
+                                         exception.DiskError(
                                              reason='I/O error: %s' % e)))
 
     def _read(self, conn, frame):
@@ -232,8 +232,9 @@ class ChunkServer:
         try:
             await self._sync(None)
         except OSError as e:
+            LOG.error('fdatasync failed: %s', e)
             conn.send(codec.encode_error(frame.opcode, frame.req_id,
-                                         exception.InternalError(
+                                         exception.DiskError(
                                              reason='fdatasync: %s' % e)))
             return
         if epoch is None:
@@ -295,13 +296,19 @@ class ChunkServer:
                 failed.append((sid, res))
             if req.fua and len(results) > len(others) and \
                     results[-1] is not None:
-                raise exception.InternalError(reason='fdatasync: %s'
+                raise exception.DiskError(reason='fdatasync: %s'
                                               % results[-1])
             if failed:
                 epoch = await self._drop(req, c, failed)
             conn.send(codec.encode_write_ok(frame.req_id, epoch))
         except exception.UrsaError as e:
             conn.send(codec.encode_error(codec.WRITE, frame.req_id, e))
+        except OSError as e:
+            LOG.error('Disk I/O error writing chunk %s/%d: %s', req.volume,
+                      req.index, e)
+            conn.send(codec.encode_error(codec.WRITE, frame.req_id,
+                                         exception.DiskError(
+                                             reason=str(e))))
         except Exception as e:  # noqa: BLE001 - answer, never hang
             LOG.exception('Forwarding a write of chunk %s/%d failed',
                           req.volume, req.index)
@@ -407,7 +414,7 @@ class ChunkServer:
         except OSError as e:
             LOG.error('fdatasync failed: %s', e)
             conn.send(codec.encode_error(frame.opcode, frame.req_id,
-                                         exception.InternalError(
+                                         exception.DiskError(
                                              reason='fdatasync: %s' % e)))
 
     async def _sync(self, volume):

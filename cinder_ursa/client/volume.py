@@ -8,8 +8,11 @@ the errors that a fresh chunk map can cure, within ``io_timeout``.
 Retry policy per extent:
 
 * StaleEpoch / StaleReplica: refresh the map entry, retry at once;
-* primary unreachable: report it to the master (it is dropped from the
-  replica set, epoch + 1), refresh, retry on the new primary;
+* primary unreachable or its disk failing: report it to the master (it
+  is dropped from the replica set, epoch + 1), refresh, retry on the new
+  primary;
+* a replica's disk failing or a bad checksum on a read: read another
+  replica;
 * InsufficientReplicas: wait with backoff; fail when ``io_timeout`` ends;
 * Fenced, OutOfRange, NoSpace, InvalidArgument: fail at once.
 """
@@ -488,10 +491,10 @@ class Volume:
                 except (exception.StaleEpoch, exception.StaleReplica) as e:
                     last = e
                     break  # the map is outdated: refresh it
-                except exception.ChecksumError as e:
-                    LOG.error('Volume %s chunk %d: bad block on server %d; '
+                except (exception.ChecksumError, exception.DiskError) as e:
+                    LOG.error('Volume %s chunk %d: %s on server %d; '
                               'reading another replica', self.name, index,
-                              sid)
+                              e, sid)
                     last = e
                 except exception.UrsaConnectionError as e:
                     self.cluster.pool.discard(host, port)
@@ -553,8 +556,9 @@ class Volume:
                 self._forget(index)
                 await self._retry_wait(deadline, attempt, e)
             except (exception.UrsaConnectionError,
-                    exception.ProtocolError) as e:
-                self.cluster.pool.discard(host, port)
+                    exception.ProtocolError, exception.DiskError) as e:
+                if not isinstance(e, exception.DiskError):
+                    self.cluster.pool.discard(host, port)
                 LOG.warning('Volume %s chunk %d: primary %d (%s:%d) failed: '
                             '%s', self.name, index, sid, host, port, e)
                 await self._report_failed(index, sid, info.epoch)

@@ -90,6 +90,7 @@ STATUS_CODES = {
     14: 'timeout',
     15: 'stale_snapshot',
     16: 'unavailable',
+    17: 'disk_error',
 }
 STATUS_BY_CODE = {v: k for k, v in STATUS_CODES.items()}
 

@@ -1,0 +1,127 @@
+"""A disk that fails on demand: a FUSE passthrough filesystem over a
+directory whose reads, writes and syncs return EIO while a trigger file
+exists, as a dying disk's would.  Page caching is off (direct_io), so the
+errors reach the process using the filesystem.
+
+    python -m tests.functional.faultydisk BACKING MOUNTPOINT TRIGGER
+"""
+
+import errno
+import os
+import sys
+
+import mfusepy
+
+
+class FaultyDisk(mfusepy.Operations):
+    use_ns = True
+
+    def __init__(self, root, trigger):
+        self.root = root
+        self.trigger = trigger
+
+    def _path(self, path):
+        return os.path.join(self.root, path.lstrip('/'))
+
+    def _check(self):
+        if os.path.exists(self.trigger):
+            raise mfusepy.FuseOSError(errno.EIO)
+
+    # --- namespace ------------------------------------------------------
+
+    def getattr(self, path, fh=None):
+        st = os.lstat(self._path(path))
+        return {k: getattr(st, k) for k in (
+            'st_mode', 'st_nlink', 'st_uid', 'st_gid', 'st_size',
+            'st_atime_ns', 'st_mtime_ns', 'st_ctime_ns', 'st_blocks')} | {
+            'st_atime': st.st_atime_ns, 'st_mtime': st.st_mtime_ns,
+            'st_ctime': st.st_ctime_ns}
+
+    def readdir(self, path, fh):
+        return ['.', '..'] + os.listdir(self._path(path))
+
+    def mkdir(self, path, mode):
+        os.mkdir(self._path(path), mode)
+
+    def rmdir(self, path):
+        os.rmdir(self._path(path))
+
+    def unlink(self, path):
+        os.unlink(self._path(path))
+
+    def rename(self, old, new):
+        os.rename(self._path(old), self._path(new))
+
+    def chmod(self, path, mode):
+        os.chmod(self._path(path), mode)
+
+    def chown(self, path, uid, gid):
+        os.chown(self._path(path), uid, gid)
+
+    def utimens(self, path, times=None):
+        os.utime(self._path(path), ns=times)
+
+    def statfs(self, path):
+        st = os.statvfs(self._path(path))
+        return {k: getattr(st, k) for k in (
+            'f_bsize', 'f_frsize', 'f_blocks', 'f_bfree', 'f_bavail',
+            'f_files', 'f_ffree', 'f_favail', 'f_namemax')}
+
+    # --- files (raw_fi: the real fd is the handle; no page cache) --------
+
+    def create(self, path, mode, fi):
+        fi.fh = os.open(self._path(path), fi.flags | os.O_CREAT, mode)
+        fi.direct_io = 1
+        return 0
+
+    def open(self, path, fi):
+        fi.fh = os.open(self._path(path), fi.flags & ~os.O_CREAT)
+        fi.direct_io = 1
+        return 0
+
+    def read(self, path, size, offset, fi):
+        self._check()
+        return os.pread(fi.fh, size, offset)
+
+    def write(self, path, data, offset, fi):
+        self._check()
+        return os.pwrite(fi.fh, data, offset)
+
+    def truncate(self, path, length, fh=None):
+        self._check()
+        os.truncate(self._path(path), length)
+
+    def fallocate(self, path, mode, offset, size, fi):
+        self._check()
+        return _fallocate(fi.fh, mode, offset, size)
+
+    def fsync(self, path, datasync, fi):
+        self._check()
+        os.fdatasync(fi.fh)
+        return 0
+
+    def flush(self, path, fi):
+        return 0
+
+    def release(self, path, fi):
+        os.close(fi.fh)
+        return 0
+
+
+def _fallocate(fd, mode, offset, size):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fallocate(fd, mode, ctypes.c_int64(offset),
+                      ctypes.c_int64(size)) != 0:
+        raise mfusepy.FuseOSError(ctypes.get_errno())
+    return 0
+
+
+def main():
+    backing, mountpoint, trigger = sys.argv[1:4]
+    mfusepy.FUSE(FaultyDisk(backing, trigger), mountpoint, foreground=True,
+                 raw_fi=True, fsname='faultydisk')
+
+
+if __name__ == '__main__':
+    main()
