@@ -26,12 +26,15 @@ function configure_ursa {
     iniset "$URSA_CONF" ursa_nbd bind_port "$URSA_NBD_PORT"
     iniset "$URSA_CONF" ursa_nbd state_dir "$URSA_DATA_DIR/nbd"
     iniset "$URSA_CONF" ursa_attach host "$(hostname)"
-    local i
+    local i dirs=""
     for i in $(seq 1 "$URSA_CHUNKSERVERS"); do
         mkdir -p "$URSA_DATA_DIR/cs$i"
         iniset "$URSA_CONF_DIR/cs$i.conf" ursa_chunkserver data_dir "$URSA_DATA_DIR/cs$i"
         iniset "$URSA_CONF_DIR/cs$i.conf" ursa_chunkserver bind_port $((URSA_CS_BASE_PORT + i))
+        dirs="$dirs${dirs:+,}$URSA_DATA_DIR/cs$i"
     done
+    # The gateway reads the replicas of this host's chunk servers directly.
+    iniset "$URSA_CONF" ursa_nbd local_chunkserver_dirs "$dirs"
 }
 
 function start_ursa {

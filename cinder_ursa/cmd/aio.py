@@ -109,6 +109,8 @@ class AllInOne:
             'bind_host = 127.0.0.1',
             'bind_port = %d' % self._nbd_port,
             'state_dir = %s' % os.path.join(self.data_dir, 'nbd'),
+            'local_chunkserver_dirs = %s' % ','.join(
+                self.cs_dir(i) for i in range(self.n)),
             '',
             self.extra_conf,
         ]

@@ -12,6 +12,7 @@ import sys
 
 from oslo_log import log as logging
 
+from cinder_ursa.chunkserver import localread
 from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
@@ -33,7 +34,12 @@ def main(argv=None):
     os.makedirs(nc.state_dir, exist_ok=True)
 
     async def serve(stop):
-        cluster = volume_mod.Cluster(conf.ursa.master_url, key)
+        local = None
+        if nc.local_chunkserver_dirs:
+            local = localread.LocalReplicas(nc.local_chunkserver_dirs)
+            LOG.info('Local reads from the replicas of %s',
+                     ', '.join(nc.local_chunkserver_dirs))
+        cluster = volume_mod.Cluster(conf.ursa.master_url, key, local=local)
         tls = None
         if nc.tls != 'off':
             if not (nc.tls_cert_file and nc.tls_key_file):
@@ -63,6 +69,8 @@ def main(argv=None):
             t.cancel()
         await asyncio.gather(*nbd.connections, return_exceptions=True)
         await cluster.close()
+        if local is not None:
+            local.close()
 
     _service.run(serve)
 

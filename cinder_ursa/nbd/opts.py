@@ -31,6 +31,14 @@ nbd_opts = [
     cfg.StrOpt('tls_ca_file',
                help='PEM CA bundle: when set, clients must present a '
                     'certificate signed by it.'),
+    cfg.ListOpt('local_chunkserver_dirs', default=[],
+                help='data_dir of each chunk server on this host.  The '
+                     'gateway then reads the replicas they keep straight '
+                     'from their files (verified block by block, falling '
+                     'back to the chunk server on any doubt), for volumes '
+                     'it is the only writer of: one network hop less per '
+                     'read.  Empty: every read goes through a chunk '
+                     'server.'),
 ]
 
 
