@@ -273,17 +273,68 @@ class ChunkServer:
         # Forward right now, in arrival order, on connected peers; the
         # data view points into the frame, which the forwards keep alive.
         sent = [self._send_replica_now(sid, req, c.epoch) for sid in others]
+        if not req.fua and None not in sent:
+            self._await_replicas(conn, frame, req, c, others, sent)
+            return
         conn.spawn(self._forward(conn, frame, req, c, others, sent))
 
+    def _await_replicas(self, conn, frame, req, c, others, sent):
+        """The common case of a forwarded write (no FUA, every peer
+        connected), with callbacks instead of a task, a gather and a
+        timer per replica: answer as soon as the last replica did, and
+        hand anything but success to :meth:`_conclude`."""
+        left = [len(sent)]
+
+        def expire():
+            for peer, rid, fut in sent:
+                if not fut.done():
+                    peer.forget(rid)
+                    fut.set_exception(exception.UrsaTimeout(
+                        peer=peer.peer, seconds=self.replication_timeout))
+
+        timer = asyncio.get_running_loop().call_later(
+            self.replication_timeout, expire)
+
+        def done(_):
+            left[0] -= 1
+            if left[0]:
+                return
+            timer.cancel()
+            results = []
+            for sid, (_, _, fut) in zip(others, sent, strict=True):
+                try:
+                    codec.decode_write_ok(fut.result().body)
+                    results.append(None)
+                except exception.UrsaError as e:
+                    if isinstance(e, exception.UrsaConnectionError):
+                        self.peers.discard(*self._peer_addrs[sid])
+                    results.append(e)
+                except asyncio.CancelledError as e:
+                    results.append(exception.UrsaConnectionError(
+                        peer=str(sid), reason='cancelled: %s' % e))
+            if not any(results):
+                conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
+            else:
+                conn.spawn(self._conclude(conn, frame, req, c, others,
+                                          results))
+
+        for _, _, fut in sent:
+            fut.add_done_callback(done)
+
     async def _forward(self, conn, frame, req, c, others, sent):
+        jobs = [self._await_replica(sid, s) if s is not None
+                else self._send_replica(sid, req, c.epoch)
+                for sid, s in zip(others, sent, strict=True)]
+        if req.fua:
+            jobs.append(self._sync(None))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await self._conclude(conn, frame, req, c, others, results)
+
+    async def _conclude(self, conn, frame, req, c, others, results):
+        """Answer a forwarded write from the replicas' results (and the
+        local sync's, last, with FUA): drop the replicas that failed."""
         epoch = c.epoch
         try:
-            jobs = [self._await_replica(sid, s) if s is not None
-                    else self._send_replica(sid, req, epoch)
-                    for sid, s in zip(others, sent, strict=True)]
-            if req.fua:
-                jobs.append(self._sync(None))
-            results = await asyncio.gather(*jobs, return_exceptions=True)
             failed = []
             for sid, res in zip(others, results, strict=False):
                 if res is None:

@@ -239,6 +239,10 @@ class PeerConnection(asyncio.BufferedProtocol, _FlowControl):
             self._transport.writelines(buffers)
         return fut
 
+    def forget(self, req_id):
+        """Stop waiting for the reply of ``req_id`` (timed out)."""
+        self._pending.pop(req_id, None)
+
     async def wait(self, req_id, fut, timeout):
         """Wait for the reply of a request sent with :meth:`send`.
 
