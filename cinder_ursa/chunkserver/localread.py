@@ -41,28 +41,37 @@ class LocalReplicas:
     given (those on this host)."""
 
     def __init__(self, data_dirs):
-        self._dirs = {}         # server uuid -> chunks directory
-        for d in data_dirs:
-            try:
-                with open(os.path.join(d, 'endpoint.json')) as f:
-                    uuid = json.load(f)['uuid']
-            except (OSError, ValueError, KeyError) as e:
-                LOG.warning('No local reads from %s: %s (is its chunk '
-                            'server running?)', d, e)
-                continue
-            self._dirs[uuid] = os.path.join(d, 'chunks')
+        self._data_dirs = list(data_dirs)
         self._by_id = {}        # server id -> chunks directory
         self._fds = collections.OrderedDict()  # (dir, vol, idx) -> fds
+        self._said = set()
         self.hits = 0
         self.fallbacks = 0
 
     def __bool__(self):
-        return bool(self._dirs)
+        return bool(self._data_dirs)
+
+    def _uuids(self):
+        """{server uuid: chunks directory}, read again each time: a chunk
+        server started after the gateway, or on a new disk, is found."""
+        found = {}
+        for d in self._data_dirs:
+            try:
+                with open(os.path.join(d, 'endpoint.json')) as f:
+                    found[json.load(f)['uuid']] = os.path.join(d, 'chunks')
+            except (OSError, ValueError, KeyError) as e:
+                if d not in self._said:
+                    self._said.add(d)
+                    LOG.warning('No local reads from %s yet: %s (is its '
+                                'chunk server running?)', d, e)
+        return found
 
     def bind(self, servers):
-        """Learn the master's server ids from its server list."""
-        self._by_id = {s['id']: self._dirs[s['uuid']] for s in servers
-                       if s.get('uuid') in self._dirs}
+        """Learn the master's ids of the local chunk servers from its
+        server list."""
+        dirs = self._uuids()
+        self._by_id = {s['id']: dirs[s['uuid']] for s in servers
+                       if s.get('uuid') in dirs}
 
     def serves(self, server_id):
         return server_id in self._by_id
