@@ -24,7 +24,6 @@ import collections
 import json
 import logging
 import os
-import struct
 
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.common import checksum
@@ -130,10 +129,8 @@ class LocalReplicas:
         data_fd, meta_fd = fds
         first = offset // BLOCK
         count = (offset + length - 1) // BLOCK - first + 1
-        raw = os.pread(meta_fd, ENTRY * count, ENTRY * first)
-        if len(raw) < ENTRY * count:
-            raw += bytes(ENTRY * count - len(raw))
-        meta = struct.unpack('!%dI' % (2 * count), raw)
+        meta = store_mod.decode_entries(
+            os.pread(meta_fd, ENTRY * count, ENTRY * first), count)
         states = [w & 3 for w in meta[1::2]]
         if store_mod.LAYER_ABSENT in states:
             return None

@@ -100,7 +100,7 @@ def _read_int(path, default=0):
         return default
 
 
-def _entries(raw, count):
+def decode_entries(raw, count):
     """Decode ``count`` metadata entries (missing bytes are zeros)."""
     if len(raw) < ENTRY * count:
         raw = bytes(raw) + bytes(ENTRY * count - len(raw))
@@ -131,8 +131,8 @@ class Files:
 
     def meta(self, first, count):
         """Flat tuple (crc0, word0, crc1, word1, ...) of blocks."""
-        return _entries(os.pread(self.meta_fd, ENTRY * count, ENTRY * first),
-                        count)
+        return decode_entries(
+            os.pread(self.meta_fd, ENTRY * count, ENTRY * first), count)
 
     def nblocks(self):
         return os.fstat(self.meta_fd).st_size // ENTRY

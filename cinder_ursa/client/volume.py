@@ -68,18 +68,30 @@ class Cluster:
         # cinder_ursa.chunkserver.localread.LocalReplicas), or None.
         self.local = local or None
         self._local_bound = None
+        self._local_task = None
 
     async def local_replicas(self):
-        """The local replica reader, bound to the master's server ids
-        (refreshed every minute: a new chunk server gets a new id)."""
+        """The local replica reader, bound to the master's server ids.
+        The first call waits for the binding; later ones refresh it every
+        minute (a new chunk server gets a new id) in the background, so a
+        read does not wait for the master then."""
         now = time.monotonic()
-        if self._local_bound is None or now - self._local_bound > 60:
+        if self._local_bound is None:
             self._local_bound = now
-            try:
-                self.local.bind(await self.master.servers())
-            except exception.UrsaError as e:
-                LOG.warning('Local reads: cannot list chunk servers: %s', e)
+            await self._bind_local()
+        elif now - self._local_bound > 60 and self._local_task is None:
+            self._local_bound = now
+            self._local_task = asyncio.get_running_loop().create_task(
+                self._bind_local())
+            self._local_task.add_done_callback(
+                lambda _: setattr(self, '_local_task', None))
         return self.local
+
+    async def _bind_local(self):
+        try:
+            self.local.bind(await self.master.servers())
+        except exception.UrsaError as e:
+            LOG.warning('Local reads: cannot list chunk servers: %s', e)
 
     async def open_volume(self, ref, writable=True, holder=None,
                           force=False, lease_ttl=None):
@@ -155,6 +167,8 @@ class Cluster:
             'POST', '/volumes/%s/detach-parent' % v.id))['volume']
 
     async def close(self):
+        if self._local_task is not None:
+            self._local_task.cancel()
         self.pool.close()
         await self.master.close()
 
