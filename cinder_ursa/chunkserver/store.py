@@ -64,6 +64,26 @@ _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
 
 
+# Data goes to the page cache in pieces of at most this many bytes.  The
+# page cache sizes a folio by the write that creates it; on file systems
+# with large folios (ext4 since Linux 6.16), a 1 MiB write makes a 1 MiB
+# folio, and every later 4 KiB write into it walks all 256 of its buffer
+# heads.  After a sequential fill, 4k random writes through ursa-nbd on
+# ext4 went from 3.8k to 5.6k IOPS with 64 KiB pieces (tools/bench-nbd
+# jobs, median of 3); 1M writes did not slow down.
+WRITE_PIECE = 64 * 1024
+
+
+def pwrite_data(fd, data, pos):
+    """os.pwrite of block data, in WRITE_PIECE pieces.  A short write
+    (the file system filled up under it) raises ENOSPC."""
+    mv = memoryview(data)
+    for at in range(0, len(mv), WRITE_PIECE):
+        piece = mv[at:at + WRITE_PIECE]
+        if os.pwrite(fd, piece, pos + at) != len(piece):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 def punch_hole(fd, offset, length):
     """Free ``length`` bytes at ``offset`` (reads then return zeros)."""
     if length <= 0:
@@ -599,7 +619,7 @@ class ChunkStore:
         self._mark_dirty(c, (c.head,))
 
     def _put(self, c, first, data, seq):
-        os.pwrite(c.head.data_fd, data, first * BLOCK)
+        pwrite_data(c.head.data_fd, data, first * BLOCK)
         crcs = checksum.block_crcs(data)
         word = seq << 2 | DATA
         packed = struct.pack('!%dI' % (2 * len(crcs)),
@@ -641,7 +661,7 @@ class ChunkStore:
                 j += 1
             self._check_space((j - i) * BLOCK)
             run = mv[i * BLOCK:j * BLOCK]
-            os.pwrite(c.head.data_fd, run, (first + i) * BLOCK)
+            pwrite_data(c.head.data_fd, run, (first + i) * BLOCK)
             crcs = checksum.block_crcs(run)
             words = [(meta[2 * (i + k) + 1] & ~3) | DATA
                      for k in range(j - i)]
