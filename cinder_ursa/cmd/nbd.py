@@ -50,12 +50,13 @@ def main(argv=None):
         nbd = server_mod.NbdServer(cluster, read_only=nc.read_only,
                                    tls_context=tls,
                                    tls_required=nc.tls == 'required')
-        servers = [await asyncio.start_server(
-            nbd.handle, nc.bind_host, nc.bind_port, reuse_address=True)]
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(
+            nbd.protocol, nc.bind_host, nc.bind_port, reuse_address=True)]
         port = servers[0].sockets[0].getsockname()[1]
         if nc.unix_socket:
-            servers.append(await asyncio.start_unix_server(
-                nbd.handle, nc.unix_socket))
+            servers.append(await loop.create_unix_server(
+                nbd.protocol, nc.unix_socket))
         _service.write_endpoint(os.path.join(nc.state_dir, 'endpoint.json'),
                                 address=nc.bind_host, port=port,
                                 unix_socket=nc.unix_socket, pid=os.getpid())

@@ -25,11 +25,16 @@ from cinder_ursa import exception
 from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.common import rest
 from cinder_ursa.nbd import protocol as p
+from cinder_ursa.nbd import stream as stream_mod
 
 LOG = logging.getLogger(__name__)
 
 
 BLOCK_STATUS_LIMIT = 1024 * 1024 * 1024  # bytes described per reply
+# Requests of one connection in flight at once, and their data: past
+# either, the gateway stops reading the connection until half are done.
+MAX_INFLIGHT = 256
+MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 
 
 class _Export:
@@ -125,19 +130,23 @@ class NbdServer:
 
     # --- connection --------------------------------------------------------
 
-    async def handle(self, reader, writer):
-        peer = writer.get_extra_info('peername')
+    def protocol(self):
+        """Protocol factory for loop.create_server/create_unix_server."""
+        return stream_mod.NbdStream(self._serve)
+
+    async def _serve(self, stream):
+        peer = stream.transport.get_extra_info('peername') or 'unix socket'
         task = asyncio.current_task()
         self.connections.add(task)
         exp = None
         try:
             conn = _Conn()
-            exp = await self._handshake(reader, writer, conn)
+            exp = await self._handshake(stream, conn)
             if exp is not None:
                 LOG.info('NBD client %s attached to %s%s', peer,
                          exp.volume.name,
                          ' (read-only)' if exp.read_only else '')
-                await self._transmission(reader, writer, exp, conn)
+                await self._transmission(stream, exp, conn)
         except (asyncio.IncompleteReadError, ConnectionError):
             LOG.debug('NBD client %s went away', peer)
         except ssl.SSLError as e:
@@ -151,12 +160,12 @@ class NbdServer:
                     await self._close(exp)
                 except exception.UrsaError as e:
                     LOG.warning('Closing volume %s: %s', exp.volume.name, e)
-            writer.close()
+            stream.close()
 
-    async def _handshake(self, reader, writer, conn):
-        writer.write(p.handshake())
-        await writer.drain()
-        (cflags,) = struct.unpack('>I', await reader.readexactly(4))
+    async def _handshake(self, stream, conn):
+        stream.write(p.handshake())
+        await stream.drain()
+        (cflags,) = struct.unpack('>I', await stream.readexactly(4))
         if not cflags & p.FLAG_C_FIXED_NEWSTYLE or cflags & ~3:
             raise exception.ProtocolError(
                 reason='client flags 0x%x: only fixed newstyle is served'
@@ -164,73 +173,73 @@ class NbdServer:
         no_zeroes = bool(cflags & p.FLAG_C_NO_ZEROES)
         while True:
             magic, option, length = p.OPTION.unpack(
-                await reader.readexactly(p.OPTION.size))
+                await stream.readexactly(p.OPTION.size))
             if magic != p.IHAVEOPT:
                 raise exception.ProtocolError(reason='bad option magic')
             if length > p.MAX_OPTION_DATA:
                 raise exception.ProtocolError(
                     reason='option data of %d bytes' % length)
-            data = await reader.readexactly(length)
+            data = await stream.readexactly(length)
             if option == p.OPT_STARTTLS:
-                await self._starttls(writer, data, conn)
+                await self._starttls(stream, data, conn)
                 continue
             if (self.tls_required and not conn.tls
                     and option != p.OPT_ABORT):
                 if option == p.OPT_EXPORT_NAME:
                     return None  # no way to say why: close
-                writer.write(p.option_reply(
+                stream.write(p.option_reply(
                     option, p.REP_ERR_TLS_REQD,
                     b'this server requires TLS (NBD_OPT_STARTTLS)'))
-                await writer.drain()
+                await stream.drain()
                 continue
             if option == p.OPT_EXPORT_NAME:
                 exp = await self._try_open(data.decode('utf-8', 'replace'))
                 if exp is None:
                     return None  # the spec: just close the connection
-                writer.write(p.EXPORT_NAME_REPLY.pack(
+                stream.write(p.EXPORT_NAME_REPLY.pack(
                     exp.volume.size, self.flags(exp, conn)))
                 if not no_zeroes:
-                    writer.write(bytes(124))
-                await writer.drain()
+                    stream.write(bytes(124))
+                await stream.drain()
                 return exp
             if option == p.OPT_ABORT:
-                writer.write(p.option_reply(option, p.REP_ACK))
-                await writer.drain()
+                stream.write(p.option_reply(option, p.REP_ACK))
+                await stream.drain()
                 return None
             if option == p.OPT_LIST:
                 if data:
-                    writer.write(p.option_reply(option, p.REP_ERR_INVALID))
+                    stream.write(p.option_reply(option, p.REP_ERR_INVALID))
                     continue
                 for vol in (await self.cluster.master.request(
                         'GET', '/volumes'))['volumes']:
                     name = vol['name'].encode()
-                    writer.write(p.option_reply(
+                    stream.write(p.option_reply(
                         option, p.REP_SERVER,
                         struct.pack('>I', len(name)) + name))
-                writer.write(p.option_reply(option, p.REP_ACK))
-                await writer.drain()
+                stream.write(p.option_reply(option, p.REP_ACK))
+                await stream.drain()
                 continue
             if option == p.OPT_STRUCTURED_REPLY:
                 if data:
-                    writer.write(p.option_reply(option, p.REP_ERR_INVALID))
+                    stream.write(p.option_reply(option, p.REP_ERR_INVALID))
                 else:
                     conn.structured = True
-                    writer.write(p.option_reply(option, p.REP_ACK))
-                await writer.drain()
+                    stream.write(p.option_reply(option, p.REP_ACK))
+                await stream.drain()
                 continue
             if option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
-                self._meta_context(writer, option, data, conn)
-                await writer.drain()
+                self._meta_context(stream, option, data, conn)
+                await stream.drain()
                 continue
             if option in (p.OPT_INFO, p.OPT_GO):
-                exp = await self._info(writer, option, data, conn)
+                exp = await self._info(stream, option, data, conn)
                 if exp is not None and option == p.OPT_GO:
                     return exp
                 if exp is not None:
                     await self._close(exp)
                 continue
-            writer.write(p.option_reply(option, p.REP_ERR_UNSUP))
-            await writer.drain()
+            stream.write(p.option_reply(option, p.REP_ERR_UNSUP))
+            await stream.drain()
 
     async def _try_open(self, name):
         try:
@@ -239,23 +248,23 @@ class NbdServer:
             LOG.warning('NBD export %r refused: %s', name, e)
             return None
 
-    async def _starttls(self, writer, data, conn):
+    async def _starttls(self, stream, data, conn):
         option = p.OPT_STARTTLS
         if self.tls_context is None:
-            writer.write(p.option_reply(option, p.REP_ERR_POLICY,
+            stream.write(p.option_reply(option, p.REP_ERR_POLICY,
                                         b'TLS is not configured'))
         elif data or conn.tls:
-            writer.write(p.option_reply(option, p.REP_ERR_INVALID))
+            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
         else:
-            writer.write(p.option_reply(option, p.REP_ACK))
-            await writer.drain()
-            await writer.start_tls(self.tls_context)
+            stream.write(p.option_reply(option, p.REP_ACK))
+            await stream.drain()
+            await stream.start_tls(self.tls_context)
             conn.tls = True
             return
-        await writer.drain()
+        await stream.drain()
 
     @staticmethod
-    def _meta_context(writer, option, data, conn):
+    def _meta_context(stream, option, data, conn):
         """LIST/SET_META_CONTEXT: only base:allocation exists."""
         try:
             (nlen,) = struct.unpack_from('>I', data)
@@ -273,10 +282,10 @@ class NbdServer:
             if pos != len(data):
                 raise struct.error('trailing bytes')
         except (struct.error, UnicodeDecodeError):
-            writer.write(p.option_reply(option, p.REP_ERR_INVALID))
+            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
             return
         if not conn.structured:
-            writer.write(p.option_reply(
+            stream.write(p.option_reply(
                 option, p.REP_ERR_INVALID,
                 b'negotiate structured replies first'))
             return
@@ -287,71 +296,79 @@ class NbdServer:
             conn.meta = match
         if match:
             name = p.META_BASE_ALLOCATION.encode()
-            writer.write(p.option_reply(
+            stream.write(p.option_reply(
                 option, p.REP_META_CONTEXT,
                 struct.pack('>I', 0 if listing else p.META_ID) + name))
-        writer.write(p.option_reply(option, p.REP_ACK))
+        stream.write(p.option_reply(option, p.REP_ACK))
 
-    async def _info(self, writer, option, data, conn):
+    async def _info(self, stream, option, data, conn):
         if len(data) < 6:
-            writer.write(p.option_reply(option, p.REP_ERR_INVALID))
-            await writer.drain()
+            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
+            await stream.drain()
             return None
         (nlen,) = struct.unpack_from('>I', data)
         if 4 + nlen + 2 > len(data):
-            writer.write(p.option_reply(option, p.REP_ERR_INVALID))
-            await writer.drain()
+            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
+            await stream.drain()
             return None
         name = data[4:4 + nlen].decode('utf-8', 'replace')
         (nreq,) = struct.unpack_from('>H', data, 4 + nlen)
         if len(data) != 4 + nlen + 2 + 2 * nreq:
-            writer.write(p.option_reply(option, p.REP_ERR_INVALID))
-            await writer.drain()
+            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
+            await stream.drain()
             return None
         exp = await self._try_open(name)
         if exp is None:
             msg = b'no such volume, or it cannot be opened'
-            writer.write(p.option_reply(option, p.REP_ERR_UNKNOWN, msg))
-            await writer.drain()
+            stream.write(p.option_reply(option, p.REP_ERR_UNKNOWN, msg))
+            await stream.drain()
             return None
-        writer.write(p.option_reply(option, p.REP_INFO, p.info_export(
+        stream.write(p.option_reply(option, p.REP_INFO, p.info_export(
             exp.volume.size, self.flags(exp, conn))))
-        writer.write(p.option_reply(option, p.REP_INFO, p.info_block_size(
+        stream.write(p.option_reply(option, p.REP_INFO, p.info_block_size(
             p.MAX_REQUEST)))
-        writer.write(p.option_reply(option, p.REP_ACK))
-        await writer.drain()
+        stream.write(p.option_reply(option, p.REP_ACK))
+        await stream.drain()
         return exp
 
     # --- transmission ------------------------------------------------------
 
-    async def _transmission(self, reader, writer, exp, conn):
+    async def _transmission(self, stream, exp, conn):
+        """Requests run as tasks as they arrive (replies go out in
+        completion order), at most MAX_INFLIGHT of them or MAX_INFLIGHT_BYTES
+        of their data at once."""
         vol = exp.volume
-        tasks = set()
+        loop = asyncio.get_running_loop()
+        tasks = {}
+        inflight_bytes = 0
+
+        def finished(task):
+            nonlocal inflight_bytes
+            inflight_bytes -= tasks.pop(task, 0)
+            if len(tasks) < MAX_INFLIGHT // 2 and \
+                    inflight_bytes < MAX_INFLIGHT_BYTES // 2:
+                stream.hold(False)
+
+        def on_request(flags, cmd, handle, offset, length, data):
+            nonlocal inflight_bytes
+            if cmd == p.CMD_DISC:
+                stream.stop()
+                return
+            err = self._validate(exp, conn, cmd, flags, offset, length)
+            if err:
+                stream.write(self._error(conn, handle, err))
+                return
+            t = loop.create_task(self._run(stream, vol, conn, cmd, flags,
+                                           handle, offset, length, data))
+            n = tasks[t] = length if cmd in (p.CMD_READ, p.CMD_WRITE) else 0
+            inflight_bytes += n
+            t.add_done_callback(finished)
+            if len(tasks) >= MAX_INFLIGHT or \
+                    inflight_bytes >= MAX_INFLIGHT_BYTES:
+                stream.hold(True)
+
         try:
-            while True:
-                magic, flags, cmd, handle, offset, length = p.REQUEST.unpack(
-                    await reader.readexactly(p.REQUEST.size))
-                if magic != p.REQUEST_MAGIC:
-                    raise exception.ProtocolError(
-                        reason='bad request magic 0x%x' % magic)
-                if cmd == p.CMD_DISC:
-                    break
-                data = None
-                if cmd == p.CMD_WRITE:
-                    if length > p.MAX_REQUEST:
-                        # The payload cannot be skipped safely.
-                        raise exception.ProtocolError(
-                            reason='WRITE of %d bytes' % length)
-                    data = await reader.readexactly(length)
-                err = self._validate(exp, conn, cmd, flags, offset, length)
-                if err:
-                    writer.write(self._error(conn, handle, err))
-                    continue
-                t = asyncio.get_running_loop().create_task(self._run(
-                    writer, vol, conn, cmd, flags, handle, offset, length,
-                    data))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
+            await stream.serve_requests(on_request)
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -389,21 +406,21 @@ class NbdServer:
             return p.ENOSPC if cmd in writes else p.EINVAL
         return 0
 
-    async def _run(self, writer, vol, conn, cmd, flags, handle, offset,
+    async def _run(self, stream, vol, conn, cmd, flags, handle, offset,
                    length, data):
         fua = bool(flags & p.CMD_FLAG_FUA)
         try:
             if cmd == p.CMD_READ:
                 out = await vol.read(offset, length)
                 if conn.structured:
-                    writer.writelines((p.structured_header(
+                    stream.writelines((p.structured_header(
                         handle, p.REPLY_TYPE_OFFSET_DATA, 8 + len(out)),
                         struct.pack('>Q', offset), out))
                 else:
-                    writer.writelines((p.simple_reply(handle), out))
+                    stream.writelines((p.simple_reply(handle), out))
                 return
             if cmd == p.CMD_BLOCK_STATUS:
-                writer.write(p.structured(
+                stream.write(p.structured(
                     handle, p.REPLY_TYPE_BLOCK_STATUS,
                     p.block_status_payload(await self._extents(
                         vol, offset, length,
@@ -418,7 +435,7 @@ class NbdServer:
                     await vol.write_zeroes(offset, length, fua)
                 elif flags & p.CMD_FLAG_FAST_ZERO:
                     # Allocated zeros mean writing them: not fast.
-                    writer.write(self._error(conn, handle, p.ENOTSUP))
+                    stream.write(self._error(conn, handle, p.ENOTSUP))
                     return
                 else:
                     for pos in range(0, length, 4 * 1024 * 1024):
@@ -428,11 +445,11 @@ class NbdServer:
                 await vol.flush()
             elif cmd == p.CMD_CACHE:
                 await vol.prefetch_map(offset, length)
-            writer.write(p.simple_reply(handle))
+            stream.write(p.simple_reply(handle))
         except exception.UrsaError as e:
             LOG.warning('NBD command %d on %s at %d+%d failed: %s',
                         cmd, vol.name, offset, length, e)
-            writer.write(self._error(conn, handle, p.errno_for(e), str(e)))
+            stream.write(self._error(conn, handle, p.errno_for(e), str(e)))
 
     @staticmethod
     async def _extents(vol, offset, length, req_one):

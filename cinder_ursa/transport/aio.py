@@ -66,7 +66,8 @@ def _close_batch():
             transport.writelines(out)
 
 
-def _tune(transport):
+def tune(transport):
+    """TCP_NODELAY on a TCP transport (a unix socket has nothing to tune)."""
     sock = transport.get_extra_info('socket')
     if sock is not None:
         try:
@@ -142,7 +143,14 @@ class FrameReader:
         return frames
 
 
-class _FlowControl:
+class FlowControl:
+    """pause_writing/resume_writing of a protocol, and drain() to wait
+    for the transport's buffer to empty below its high-water mark.
+
+    List it before asyncio's protocol classes among the bases: their
+    BaseProtocol has no-op methods of the same names.
+    """
+
     def __init__(self):
         self._paused = False
         self._waiters = []
@@ -164,11 +172,11 @@ class _FlowControl:
             await fut
 
 
-class PeerConnection(asyncio.BufferedProtocol, _FlowControl):
+class PeerConnection(FlowControl, asyncio.BufferedProtocol):
     """An authenticated connection to a chunk server."""
 
     def __init__(self, key, peer):
-        _FlowControl.__init__(self)
+        FlowControl.__init__(self)
         self._key = key
         self.peer = peer
         self._reader = FrameReader()
@@ -199,7 +207,7 @@ class PeerConnection(asyncio.BufferedProtocol, _FlowControl):
     # asyncio.Protocol
     def connection_made(self, transport):
         self._transport = transport
-        _tune(transport)
+        tune(transport)
 
     def get_buffer(self, sizehint):
         return self._reader.get_buffer(sizehint)
@@ -360,7 +368,7 @@ class ConnectionPool:
         self._conns.clear()
 
 
-class ServerConnection(asyncio.BufferedProtocol, _FlowControl):
+class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     """Serving side.  ``handler(conn, frame)`` runs synchronously per frame.
 
     Before authentication only AUTH is accepted; anything else, or a bad
@@ -368,7 +376,7 @@ class ServerConnection(asyncio.BufferedProtocol, _FlowControl):
     """
 
     def __init__(self, key, handler, on_close=None):
-        _FlowControl.__init__(self)
+        FlowControl.__init__(self)
         self._key = key
         self._handler = handler
         self._on_close = on_close
@@ -382,7 +390,7 @@ class ServerConnection(asyncio.BufferedProtocol, _FlowControl):
 
     def connection_made(self, transport):
         self.transport = transport
-        _tune(transport)
+        tune(transport)
         peer = transport.get_extra_info('peername')
         if peer:
             self.peer = '%s:%s' % peer[:2]
