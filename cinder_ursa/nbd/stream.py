@@ -60,7 +60,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
     def get_buffer(self, sizehint):
         if self._payload is not None:
             _, buf, filled = self._payload
-            return memoryview(buf)[filled:]
+            return buf[filled:]
         if self._start and self.SCRATCH - self._end < self.LARGE + 64:
             n = self._end - self._start
             self._buf[:n] = self._view[self._start:self._end]
@@ -212,7 +212,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                                  bytes(view[at:pos]))
                 continue
             if length >= self.LARGE:
-                payload = bytearray(length)
+                payload = aio.POOL.get(length)
                 payload[:end - at] = view[at:end]
                 self._payload = [(flags, cmd, handle, offset, length),
                                  payload, end - at]

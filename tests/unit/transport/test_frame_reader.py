@@ -6,6 +6,7 @@ import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.transport.aio import BufferPool
 from cinder_ursa.transport.aio import FrameReader
 
 VOL = '0f0e0d0c-0b0a-0908-0706-050403020100'
@@ -49,3 +50,38 @@ def test_garbage_is_a_protocol_error():
     buf[:40] = b'x' * 40
     with pytest.raises(exception.ProtocolError):
         reader.buffer_updated(40)
+
+
+def test_pool_reuses_a_buffer_only_once_no_view_of_it_is_left():
+    pool = BufferPool()
+    a = pool.get(100000)
+    b = pool.get(100000)
+    assert len(a) == len(b) == 100000
+    assert a.obj is not b.obj
+    a[:3] = b'aaa'
+    b[:3] = b'bbb'
+    assert bytes(a[:3]) == b'aaa'
+    kept = a[10:20]       # a slice keeps the buffer in use
+    first = id(a.obj)
+    del a
+    c = pool.get(70000)   # same size class (128 KiB)
+    assert id(c.obj) != first and c.obj is not b.obj
+    third = id(c.obj)
+    del kept
+    d = pool.get(65537)
+    assert id(d.obj) == first
+    assert len(d) == 65537 and bytes(d[:3]) == b'aaa'  # not zeroed again
+    del c
+    assert id(pool.get(131072).obj) == third
+    big = pool.get(BufferPool.MAX + 1)
+    assert len(big) == BufferPool.MAX + 1
+
+
+def test_pool_keeps_at_most_keep_buffers_per_size():
+    pool = BufferPool()
+    views = [pool.get(4096) for _ in range(BufferPool.KEEP + 5)]
+    assert len({id(v.obj) for v in views}) == BufferPool.KEEP + 5
+    kept = {id(v.obj) for v in views[:BufferPool.KEEP]}
+    del views
+    again = [pool.get(4096) for _ in range(BufferPool.KEEP)]
+    assert {id(v.obj) for v in again} == kept
