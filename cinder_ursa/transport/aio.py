@@ -44,11 +44,13 @@ def _queue(transport, buffers):
         return
     out = _batch.get(transport)
     if out is None:
-        out = _batch[transport] = []
+        out = _batch[transport] = [[], 0]
     if isinstance(buffers, (bytes, bytearray)):
-        out.append(buffers)
+        out[0].append(buffers)
+        out[1] += len(buffers)
     else:
-        out.extend(buffers)
+        out[0].extend(buffers)
+        out[1] += sum(len(b) for b in buffers)
 
 
 def _open_batch():
@@ -62,9 +64,22 @@ def _open_batch():
 def _close_batch():
     global _batch
     batch, _batch = _batch, None
-    for transport, out in batch.items():
+    for transport, (out, _) in batch.items():
         if not transport.is_closing():
             transport.writelines(out)
+
+
+def _batched(transport):
+    """Bytes queued for ``transport`` in the open batch."""
+    out = _batch.get(transport) if _batch is not None else None
+    return out[1] if out else 0
+
+
+def _send_batched(transport):
+    """Send what the open batch holds for ``transport`` now."""
+    out = _batch.pop(transport, None) if _batch is not None else None
+    if out and not transport.is_closing():
+        transport.writelines(out[0])
 
 
 def tune(transport):
@@ -435,6 +450,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         self.peer = '?'
         self.closed = False
         self.tasks = set()
+        self._backlog = None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -447,6 +463,24 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     def get_buffer(self, sizehint):
         return self._reader.get_buffer(sizehint)
 
+    # A peer that does not read our replies gets no more served: reading
+    # stops, and frames already received wait in the backlog.
+    BURST_OUT = 4 * 1024 * 1024  # bytes a burst queues before they leave
+
+    def pause_writing(self):
+        super().pause_writing()
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self):
+        super().resume_writing()
+        if self._backlog and not self.closed:
+            frames, self._backlog = self._backlog, None
+            self._serve(frames)
+        if not (self.closed or self._paused or self._backlog or
+                self.transport.is_closing()):
+            self.transport.resume_reading()
+
     def buffer_updated(self, nbytes):
         if self.closed:
             return
@@ -457,10 +491,19 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
             self.send(codec.encode_error(0, 0, e))
             self.close()
             return
+        if self._backlog:
+            self._backlog.extend(frames)
+        elif frames:
+            self._serve(frames)
+
+    def _serve(self, frames):
         opened = len(frames) > 1 and _open_batch()
         try:
-            for frame in frames:
+            for i, frame in enumerate(frames):
                 if self.closed:
+                    return
+                if self._paused:
+                    self._backlog = frames[i:]
                     return
                 if not self.authed:
                     self._authenticate(frame)
@@ -473,6 +516,10 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
                                                  e))
                     self.close()
                     return
+                if opened and _batched(self.transport) > self.BURST_OUT:
+                    # Let the transport see it now: past its high-water
+                    # mark it pauses us.
+                    _send_batched(self.transport)
         finally:
             if opened:
                 _close_batch()
@@ -516,9 +563,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     def close(self):
         if not self.closed:
             self.closed = True
-            out = _batch and _batch.pop(self.transport, None)
-            if out:
-                self.transport.writelines(out)
+            _send_batched(self.transport)
             self.transport.close()
 
     def connection_lost(self, exc):

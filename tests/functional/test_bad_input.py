@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import struct
+import time
 import urllib.request
 
 import pytest
@@ -223,3 +224,50 @@ def test_rest_bad_input_gets_4xx_with_a_message(cluster, method, path,
     assert body['error']['code'] == code
     assert body['error']['message']
     assert rest(cluster, 'GET', '/cluster')[0] == 200
+
+
+def test_a_peer_that_reads_no_replies_cannot_swell_a_chunk_server(cluster):
+    """4 GiB worth of READ frames whose replies are never read: the chunk
+    server stops reading that connection (its memory stays bounded) and
+    serves everybody else."""
+    data = os.urandom(MiB)
+    with data_client(cluster) as cl, cl.open_volume('v') as v:
+        v.write(0, data)
+    vol = cluster.client().volume('v')
+    chunk = cluster.client().request(
+        'GET', '/volumes/%s/chunks' % vol['id'])['chunks'][0]
+    primary = chunk['replicas'][0]
+    i = next(i for i in cluster.cs_procs
+             if cs_port(cluster, i) == primary['port'])
+    pid = cluster.cs_procs[i].pid
+    before = _rss_mib(pid)
+    s = socket.create_connection(('127.0.0.1', primary['port']), timeout=10)
+    hdr = s.recv(codec.HEADER_SIZE, socket.MSG_WAITALL)
+    server_nonce = s.recv(codec.NONCE_SIZE, socket.MSG_WAITALL)
+    assert hdr[5] == codec.CHALLENGE
+    nonce = os.urandom(codec.NONCE_SIZE)
+    s.sendall(codec.encode_auth(nonce, codec.client_mac(
+        cluster.key, server_nonce, nonce)))
+    hdr = s.recv(codec.HEADER_SIZE, socket.MSG_WAITALL)
+    assert hdr[5] == codec.AUTH_OK
+    s.recv(codec.parse_header(hdr, 0)[3], socket.MSG_WAITALL)
+    reads = b''.join(codec.encode_read(rid, vol['id'], 0, chunk['epoch'], 0,
+                                       MiB) for rid in range(1, 4097))
+    s.settimeout(5)
+    try:
+        s.sendall(reads)
+    except TimeoutError:
+        pass  # the server stopped reading us: that is the point
+    time.sleep(3)
+    grown = _rss_mib(pid) - before
+    assert grown < 300, 'the chunk server grew by %d MiB' % grown
+    still_serving(cluster)
+    s.close()
+
+
+def _rss_mib(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    raise AssertionError('no VmRSS for %d' % pid)
