@@ -49,11 +49,13 @@ class ChunkServer:
         self._drop_locks = {}
         self._heartbeat_interval = 5.0
         self._registered = asyncio.Event()
+        self._loop = None
 
     # --- lifecycle ---------------------------------------------------------
 
     async def start(self):
-        loop = asyncio.get_running_loop()
+        # Kept: get_running_loop() costs a getpid() system call per use.
+        self._loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: aio.ServerConnection(self.key, self.handle),
             self.bind_host, self.bind_port, reuse_address=True, backlog=512)
@@ -292,8 +294,7 @@ class ChunkServer:
                     fut.set_exception(exception.UrsaTimeout(
                         peer=peer.peer, seconds=self.replication_timeout))
 
-        timer = asyncio.get_running_loop().call_later(
-            self.replication_timeout, expire)
+        timer = self._loop.call_later(self.replication_timeout, expire)
 
         def done(_):
             left[0] -= 1

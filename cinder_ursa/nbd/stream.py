@@ -42,13 +42,15 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         self._lost = None
         self.transport = None
         self.task = None
+        self._loop = None
 
     # --- asyncio.BufferedProtocol -------------------------------------------
 
     def connection_made(self, transport):
         self.transport = transport
         aio.tune(transport)
-        self.task = asyncio.get_running_loop().create_task(self._serve(self))
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._serve(self))
 
     def connection_lost(self, exc):
         self._lost = ConnectionResetError(
@@ -104,7 +106,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 raise asyncio.IncompleteReadError(
                     bytes(self._view[self._start:self._end]), n)
             self._want = n
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             self._set_reading(True)
             try:
                 await self._waiter
@@ -128,18 +130,21 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         if self._end != self._start:
             raise exception.ProtocolError(
                 reason='data sent before the TLS handshake')
+        aio.send_batched(self.transport)  # the ACK goes out in clear
         self.transport = await asyncio.get_running_loop().start_tls(
             self.transport, self, context, server_side=True)
 
     def write(self, data):
+        """Send (with the replies of a burst, in one system call)."""
         if not self.transport.is_closing():
-            self.transport.write(data)
+            aio.queue_send(self.transport, data)
 
     def writelines(self, buffers):
         if not self.transport.is_closing():
-            self.transport.writelines(buffers)
+            aio.queue_send(self.transport, buffers)
 
     def close(self):
+        aio.send_batched(self.transport)
         self.transport.close()
 
     # --- transmission --------------------------------------------------------
@@ -150,7 +155,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         that completes when the client disconnects (NBD_CMD_DISC ends
         parsing: call :meth:`stop`) or fails with the reason the
         connection is unusable."""
-        self._done = asyncio.get_running_loop().create_future()
+        self._done = self._loop.create_future()
         self._on_request = on_request
         if self._lost is not None:
             self._finish(self._lost)
@@ -190,6 +195,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         buf, view = self._buf, self._view
         pos, end = self._start, self._end
         size = p.REQUEST.size
+        started = 0
         while end - pos >= size and self._on_request is not None and \
                 not (self._held or self._paused):
             magic, flags, cmd, handle, offset, length = \
@@ -199,6 +205,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 return
             if cmd != p.CMD_WRITE:
                 pos += size
+                started += 1
                 self._on_request(flags, cmd, handle, offset, length, None)
                 continue
             if length > p.MAX_REQUEST:
@@ -208,6 +215,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             at = pos + size
             if end - at >= length:
                 pos = at + length
+                started += 1
                 self._on_request(flags, cmd, handle, offset, length,
                                  bytes(view[at:pos]))
                 continue
@@ -221,6 +229,9 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         if pos == end:
             pos = end = 0
         self._start, self._end = pos, end
+        if started > 1:
+            # What these requests send to chunk servers leaves together.
+            aio.defer_batch(self._loop)
 
     def _update_reading(self):
         self._set_reading(not (self._held or self._paused) and

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
@@ -26,58 +27,74 @@ def next_req_id():
     return next(_req_ids)
 
 
-# Output batching.  While a batch is open (one burst of received frames
-# being handled), what connections send is queued, and leaves with one
-# writev per connection when the batch closes: a burst of pipelined
-# writes costs one system call per peer, not one per message.  Nothing
-# waits for a later turn of the event loop.
-_batch = None
+# Output batching.  While a batch is open, what connections send is
+# queued, and leaves with one writev per connection when the batch closes:
+# a burst of pipelined messages costs one system call per peer, not one
+# per message.  A batch is open while one burst of received frames is
+# handled (ServerConnection), or from a burst of received replies until
+# the callbacks those replies made ready have run (defer_batch): they run
+# in the next pass over the ready queue, in order, and the batch closes
+# right after them.  Nothing waits for a later poll of the event loop.
+# One batch per thread: the sync client runs its own loop in a thread.
+_local = threading.local()
+BATCH_LARGE = 64 * 1024
 
 
-def _queue(transport, buffers):
-    """Send now, or at the end of the open batch."""
-    if _batch is None:
-        if isinstance(buffers, (bytes, bytearray)):
-            transport.write(buffers)
-        else:
-            transport.writelines(buffers)
-        return
-    out = _batch.get(transport)
-    if out is None:
-        out = _batch[transport] = [[], 0]
+def queue_send(transport, buffers):
+    """Send now, or at the end of the open batch.  A large message goes at
+    once (after what the batch holds for the same transport): batching
+    saves system calls on small messages, and holding megabytes back only
+    delays them."""
+    batch = getattr(_local, 'batch', None)
     if isinstance(buffers, (bytes, bytearray)):
-        out[0].append(buffers)
-        out[1] += len(buffers)
+        buffers, size = [buffers], len(buffers)
+    else:
+        size = sum(len(b) for b in buffers)
+    if batch is None or size >= BATCH_LARGE:
+        if batch is not None:
+            send_batched(transport)
+        transport.writelines(buffers)
+        return
+    out = batch.get(transport)
+    if out is None:
+        batch[transport] = [list(buffers), size]
     else:
         out[0].extend(buffers)
-        out[1] += sum(len(b) for b in buffers)
+        out[1] += size
 
 
 def _open_batch():
-    global _batch
-    if _batch is not None:
+    if getattr(_local, 'batch', None) is not None:
         return False
-    _batch = {}
+    _local.batch = {}
     return True
 
 
 def _close_batch():
-    global _batch
-    batch, _batch = _batch, None
-    for transport, (out, _) in batch.items():
+    batch, _local.batch = getattr(_local, 'batch', None), None
+    for transport, (out, _) in (batch or {}).items():
         if not transport.is_closing():
             transport.writelines(out)
 
 
+def defer_batch(loop):
+    """Open a batch that closes once the callbacks made ready so far on
+    ``loop`` have run (call after resolving a burst of futures)."""
+    if _open_batch():
+        loop.call_soon(_close_batch)
+
+
 def _batched(transport):
     """Bytes queued for ``transport`` in the open batch."""
-    out = _batch.get(transport) if _batch is not None else None
+    batch = getattr(_local, 'batch', None)
+    out = batch.get(transport) if batch is not None else None
     return out[1] if out else 0
 
 
-def _send_batched(transport):
+def send_batched(transport):
     """Send what the open batch holds for ``transport`` now."""
-    out = _batch.pop(transport, None) if _batch is not None else None
+    batch = getattr(_local, 'batch', None)
+    out = batch.pop(transport, None) if batch is not None else None
     if out and not transport.is_closing():
         transport.writelines(out[0])
 
@@ -245,7 +262,9 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         self._reader = FrameReader()
         self._pending = {}
         self._transport = None
-        self._authed = asyncio.get_running_loop().create_future()
+        # Kept: get_running_loop() costs a getpid() system call per use.
+        self._loop = asyncio.get_running_loop()
+        self._authed = self._loop.create_future()
         self._client_nonce = os.urandom(codec.NONCE_SIZE)
         self._server_nonce = None
         self.closed = False
@@ -288,6 +307,8 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
             fut = self._pending.pop(frame.req_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(frame)
+        if len(frames) > 1:
+            defer_batch(self._loop)
 
     def _auth_step(self, frame):
         if frame.opcode == codec.CHALLENGE and self._server_nonce is None:
@@ -343,9 +364,9 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         if self.closed:
             raise self._error or exception.UrsaConnectionError(
                 peer=self.peer, reason='connection closed')
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop.create_future()
         self._pending[req_id] = fut
-        _queue(self._transport, buffers)
+        queue_send(self._transport, buffers)
         return fut
 
     def forget(self, req_id):
@@ -360,9 +381,8 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         """
         if self._paused:
             await self.drain()
-        loop = asyncio.get_running_loop()
         expired = []
-        timer = loop.call_later(timeout, _expire, fut, expired)
+        timer = self._loop.call_later(timeout, _expire, fut, expired)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -519,7 +539,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
                 if opened and _batched(self.transport) > self.BURST_OUT:
                     # Let the transport see it now: past its high-water
                     # mark it pauses us.
-                    _send_batched(self.transport)
+                    send_batched(self.transport)
         finally:
             if opened:
                 _close_batch()
@@ -552,7 +572,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     def send(self, buffers):
         if self.closed or self.transport.is_closing():
             return
-        _queue(self.transport, buffers)
+        queue_send(self.transport, buffers)
 
     def spawn(self, coro):
         task = asyncio.get_running_loop().create_task(coro)
@@ -563,7 +583,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     def close(self):
         if not self.closed:
             self.closed = True
-            _send_batched(self.transport)
+            send_batched(self.transport)
             self.transport.close()
 
     def connection_lost(self, exc):
