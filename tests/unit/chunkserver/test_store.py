@@ -238,3 +238,13 @@ def test_preserve_floor_follows_the_newest_live_snapshot(st):
     assert list(c.layers) == [3]                    # no live snapshot had 'a'
     assert st.read(c, 0, B, snap=3) == bytes(B)
     assert st.read(c, 0, B) == b'b' * B
+
+
+def test_metadata_entries_are_big_endian_crc_word_pairs():
+    crcs = [0, 1, 0xDEADBEEF, 0xFFFFFFFF]
+    assert store_mod.encode_entries(crcs, 0x11).tobytes() == struct.pack(
+        '!8I', 0, 0x11, 1, 0x11, 0xDEADBEEF, 0x11, 0xFFFFFFFF, 0x11)
+    words = [5, 6, 7, 0xFFFFFFFC]
+    raw = store_mod.encode_entries(crcs, words).tobytes()
+    assert store_mod.decode_entries(raw, 4) == (0, 5, 1, 6, 0xDEADBEEF, 7,
+                                            0xFFFFFFFF, 0xFFFFFFFC)
