@@ -607,16 +607,23 @@ class ChunkStore:
         first = offset // BLOCK
         last = (offset + length - 1) // BLOCK
         count = last - first + 1
+        head = offset - first * BLOCK
+        tail = (offset + length) % BLOCK
         try:
-            meta = c.head.meta(first, count)
+            if if_absent or head or tail or (seq if floor is None
+                                              else floor):
+                meta = c.head.meta(first, count)
+            else:
+                # Whole blocks and no snapshot to preserve them for: the
+                # old entries are not needed (one pread less per write).
+                meta = None
             if if_absent:
                 self._write_if_absent(c, offset, data, first, count, meta)
                 return
             if not zero:
                 self._check_space(length)
-            self._preserve(c, first, meta, seq, floor=floor)
-            head = offset - first * BLOCK
-            tail = (offset + length) % BLOCK
+            if meta is not None:
+                self._preserve(c, first, meta, seq, floor=floor)
             if zero:
                 self._write_zero(c, first, last, head, tail, length, meta,
                                  seq)

@@ -55,6 +55,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
     def connection_lost(self, exc):
         self._lost = ConnectionResetError(
             'NBD client went away%s' % (': %s' % exc if exc else ''))
+        self._on_request = None
         self._wake()
         self._finish(self._lost)
         self.resume_writing()
