@@ -6,6 +6,7 @@ not stop) when the test ends.
 """
 
 import os
+import time
 
 import pytest
 
@@ -105,6 +106,28 @@ class MariaDB:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(60)
+
+
+def rss_mib(pid):
+    """Resident memory of process ``pid``, in MiB."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    raise AssertionError('no VmRSS for %d' % pid)
+
+
+def growth_when_flooded(sock, requests, pid):
+    """Send ``requests`` whose replies are never read; return how many MiB
+    process ``pid`` grew by 3 s later."""
+    before = rss_mib(pid)
+    sock.settimeout(5)
+    try:
+        sock.sendall(requests)
+    except TimeoutError:
+        pass  # the server stopped reading us: that is the point
+    time.sleep(3)
+    return rss_mib(pid) - before
 
 
 def _mariadbd():
