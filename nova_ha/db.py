@@ -84,11 +84,17 @@ ACTIVE_RECOVERY = ('held', 'fencing', 'disabling', 'evacuating')
 class Store:
     def __init__(self, url):
         self.engine = db.create_engine(url)
-        try:
-            metadata.create_all(self.engine)
-        except sa.exc.OperationalError:
-            # Another evacuator (or the CLI) created them at that moment.
-            metadata.create_all(self.engine)
+        for attempt in range(50):
+            try:
+                metadata.create_all(self.engine)
+                break
+            except sa.exc.OperationalError:
+                # Other agents, evacuators or the CLI are creating the
+                # tables at this moment ("table ... already exists"): look
+                # again once they are done.
+                if attempt == 49:
+                    raise
+                time.sleep(0.05)
 
     # --- control -----------------------------------------------------------
 

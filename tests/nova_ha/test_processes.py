@@ -109,11 +109,12 @@ class Stack:
         return self.ctl('/_fake/calls')['calls']
 
     def cli(self, *args):
-        out = subprocess.run(
+        r = subprocess.run(
             [os.path.join(BIN, 'nova-ha'), '--config-file', str(self.conf)]
-            + list(args) + ['-f', 'json'], capture_output=True, text=True,
-            check=True).stdout
-        return json.loads(out)
+            + list(args) + ['-f', 'json'], capture_output=True, text=True)
+        assert r.returncode == 0, 'nova-ha %s failed:\n%s' % (
+            ' '.join(args), r.stderr[-2000:])
+        return json.loads(r.stdout)
 
     def kill_host(self, host):
         """The host dies: its agent with it, and Nova stops hearing from
