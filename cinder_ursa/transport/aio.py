@@ -129,19 +129,25 @@ class BufferPool:
     def __init__(self):
         self._classes = {}
         self._free_refs = None
+        # Event loops in several threads share the pool (the sync client
+        # runs one per thread).  Under the GIL the reference count alone
+        # keeps two threads from taking one buffer (each sees the other's
+        # loop variable); the lock keeps that true without relying on it.
+        self._lock = threading.Lock()
 
     def get(self, length):
         if length > self.MAX:
             return memoryview(bytearray(length))
         size = max(self.MIN, 1 << (length - 1).bit_length())
-        bufs = self._classes.setdefault(size, [])
-        for buf in bufs:
-            if sys.getrefcount(buf) == self._free():
-                return memoryview(buf)[:length]
-        buf = bytearray(size)
-        if len(bufs) < self.KEEP:
-            bufs.append(buf)
-        return memoryview(buf)[:length]
+        with self._lock:
+            bufs = self._classes.setdefault(size, [])
+            for buf in bufs:
+                if sys.getrefcount(buf) == self._free():
+                    return memoryview(buf)[:length]
+            buf = bytearray(size)
+            if len(bufs) < self.KEEP:
+                bufs.append(buf)
+            return memoryview(buf)[:length]
 
     def _free(self):
         """The reference count of a pooled buffer nobody uses, as seen in

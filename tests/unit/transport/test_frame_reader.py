@@ -1,6 +1,7 @@
 """The zero-copy receive buffer, driven the way asyncio drives it."""
 
 import random
+import threading
 
 import pytest
 
@@ -85,3 +86,37 @@ def test_pool_keeps_at_most_keep_buffers_per_size():
     del views
     again = [pool.get(4096) for _ in range(BufferPool.KEEP)]
     assert {id(v.obj) for v in again} == kept
+
+
+def test_pool_never_hands_one_buffer_to_two_threads():
+    """Two threads look for a free buffer at the same moment (each stops
+    right after its check until the other has checked too, or half a
+    second passed): they never get the same one."""
+    barrier = threading.Barrier(2)
+
+    class Pool(BufferPool):
+        def _free(self):
+            refs = super()._free()
+            try:
+                barrier.wait(timeout=0.5)
+            except threading.BrokenBarrierError:
+                pass
+            return refs
+
+    pool = Pool()
+    first = pool.get(100000)
+    del first  # one free buffer in the pool
+    views = [None, None]
+
+    def take(i):
+        views[i] = pool.get(100000)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert views[0].obj is not views[1].obj
+    pooled = {id(v.obj) for v in views}
+    del views[:]  # both free again: the next one comes from the pool
+    assert id(pool.get(100000).obj) in pooled
