@@ -45,15 +45,14 @@ def queue_send(transport, buffers):
     once (after what the batch holds for the same transport): batching
     saves system calls on small messages, and holding megabytes back only
     delays them."""
-    if isinstance(buffers, (bytes, bytearray)):
-        buffers = [buffers]
     batch = getattr(_local, 'batch', None)
-    if batch is None:
-        transport.writelines(buffers)
-        return
-    size = sum(len(b) for b in buffers)
-    if size >= BATCH_LARGE:
-        send_batched(transport)
+    if isinstance(buffers, (bytes, bytearray)):
+        buffers, size = [buffers], len(buffers)
+    else:
+        size = sum(len(b) for b in buffers)
+    if batch is None or size >= BATCH_LARGE:
+        if batch is not None:
+            send_batched(transport)
         transport.writelines(buffers)
         return
     out = batch.get(transport)
