@@ -7,7 +7,6 @@ parsers."""
 import configparser
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from oslo_config import cfg
 from cinder_ursa.common import auth
 from cinder_ursa.common import rest
 from cinder_ursa.volume import opts as volume_opts
+from tests.functional.test_aio_cli import free_port_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -67,12 +67,6 @@ PY
 '''
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _run_phases(tmp, env, phases):
     script = ['set -eu', 'source %s/stubs.sh' % tmp,
               'source %s/devstack/settings' % ROOT,
@@ -84,6 +78,11 @@ def _run_phases(tmp, env, phases):
                    cwd=ROOT)
 
 
+def _logs(tmp):
+    return '\n'.join('--- %s\n%s' % (p.name, p.read_text(errors='replace'))
+                     for p in sorted(tmp.glob('*.log')))
+
+
 def _calls(tmp):
     return (tmp / 'calls.log').read_text().splitlines()
 
@@ -91,7 +90,11 @@ def _calls(tmp):
 def test_plugin_phases_start_a_cluster_and_write_every_config(tmp_path):
     (tmp_path / 'stubs.sh').write_text(STUBS)
     (tmp_path / 'cinder.conf').write_text('[DEFAULT]\n')
-    master_port = _free_port()
+    # One checked range for every port: the chunk servers listen on the
+    # three ports after URSA_CS_BASE_PORT, which a port picked on its own
+    # leaves to chance.
+    base = free_port_base(5)
+    master_port, cs_base, nbd_port = base, base, base + 4
     env = dict(os.environ,
                STUB_LOG=str(tmp_path / 'calls.log'), STUB_BIN=BIN,
                PYTHON=sys.executable, DEST=str(tmp_path / 'opt'),
@@ -104,8 +107,8 @@ def test_plugin_phases_start_a_cluster_and_write_every_config(tmp_path):
                URSA_CONF_DIR=str(tmp_path / 'etc-ursa'),
                NOVA_HA_CONF_DIR=str(tmp_path / 'etc-nova-ha'),
                URSA_MASTER_PORT=str(master_port),
-               URSA_CS_BASE_PORT=str(_free_port()),
-               URSA_NBD_PORT=str(_free_port()),
+               URSA_CS_BASE_PORT=str(cs_base),
+               URSA_NBD_PORT=str(nbd_port),
                SERVICE_HOST='127.0.0.1', SERVICE_LISTEN_ADDRESS='127.0.0.1',
                ENABLE_DEBUG_LOG_LEVEL='False',
                KEYSTONE_SERVICE_URI='http://127.0.0.1/identity',
@@ -160,7 +163,9 @@ def test_plugin_phases_start_a_cluster_and_write_every_config(tmp_path):
                 up = []
             if len(up) == 3:
                 break
-            assert time.monotonic() < deadline, 'cluster did not form'
+            if time.monotonic() > deadline:
+                pytest.fail('cluster did not form; process output:\n%s'
+                            % _logs(tmp_path))
             time.sleep(0.2)
         master.create_volume('devstack-check', 64 << 20)
         assert master.volume('devstack-check')['replicas'] == 3
