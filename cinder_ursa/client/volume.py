@@ -201,6 +201,7 @@ class Volume:
         self._dirty = {}        # (address, port) -> {index: server id}
         self._lease_task = None
         self._fenced = None
+        self._retrying = set()  # tasks of write_soon() writes retrying
         self.closed = False
         self.qos = qos_mod.Limiter(info.get('qos'))
 
@@ -559,12 +560,19 @@ class Volume:
             await self._retry_wait(deadline, attempt, last)
 
     async def _write_extent(self, index, offset, data, fua, flags=0,
-                            length=None):
+                            length=None, failed=None):
+        """Write one extent to its chunk's primary, retrying as the module
+        says; ``failed`` is ``(info, error)`` of a first attempt made
+        elsewhere (:meth:`write_soon`), handled before anything is sent."""
         deadline = time.monotonic() + self.cluster.io_timeout
         attempt = 0
         copy_up = flags & codec.FLAG_IF_ABSENT
         while True:
             attempt += 1
+            if failed is not None:
+                (info, err), failed = failed, None
+                await self._write_failed(index, info, err, deadline, attempt)
+                continue
             if self._fenced is not None and not copy_up:
                 raise self._fenced
             info = await self._chunk(index, True)
@@ -577,7 +585,7 @@ class Volume:
                 self._forget(index)
                 await self._retry_wait(deadline, attempt, err)
                 continue
-            sid, host, port = info.replicas[0]
+            _, host, port = info.replicas[0]
             try:
                 conn = await self.cluster.pool.get(host, port)
                 rid = aio.next_req_id()
@@ -585,32 +593,112 @@ class Volume:
                     rid, self.id, index, info.epoch, self.generation, offset,
                     [r[0] for r in info.replicas], data or b'', fua, need,
                     self.seq, flags, length), self.cluster.request_timeout)
-                epoch = codec.decode_write_ok(reply.body)
-                if epoch != info.epoch:
-                    self._forget(index)  # a replica was dropped meanwhile
-                for r in info.replicas:
-                    self._dirty.setdefault((r[1], r[2]), {})[index] = r[0]
+                self._wrote(index, info, codec.decode_write_ok(reply.body))
                 return
-            except (exception.StaleEpoch, exception.StaleReplica) as e:
-                self._forget(index)
-                if attempt > 3:
-                    await self._retry_wait(deadline, attempt, e)
-            except exception.StaleSnapshot as e:
-                # A snapshot was taken: adopt its sequence, write again.
-                await self.refresh()
-                if attempt > 3:
-                    await self._retry_wait(deadline, attempt, e)
-            except exception.InsufficientReplicas as e:
-                self._forget(index)
+            except exception.UrsaError as e:
+                await self._write_failed(index, info, e, deadline, attempt)
+
+    def _wrote(self, index, info, epoch):
+        if epoch != info.epoch:
+            self._forget(index)  # a replica was dropped meanwhile
+        for r in info.replicas:
+            self._dirty.setdefault((r[1], r[2]), {})[index] = r[0]
+
+    async def _write_failed(self, index, info, e, deadline, attempt):
+        """Get ready to write again after ``e`` (the primary of ``info``
+        refused or failed), or raise what cannot be cured by retrying."""
+        if isinstance(e, (exception.StaleEpoch, exception.StaleReplica)):
+            self._forget(index)
+            if attempt > 3:
                 await self._retry_wait(deadline, attempt, e)
-            except (exception.UrsaConnectionError,
-                    exception.ProtocolError, exception.DiskError) as e:
-                if not isinstance(e, exception.DiskError):
-                    self.cluster.pool.discard(host, port)
-                LOG.warning('Volume %s chunk %d: primary %d (%s:%d) failed: '
-                            '%s', self.name, index, sid, host, port, e)
-                await self._report_failed(index, sid, info.epoch)
+        elif isinstance(e, exception.StaleSnapshot):
+            # A snapshot was taken: adopt its sequence, write again.
+            await self.refresh()
+            if attempt > 3:
                 await self._retry_wait(deadline, attempt, e)
+        elif isinstance(e, exception.InsufficientReplicas):
+            self._forget(index)
+            await self._retry_wait(deadline, attempt, e)
+        elif isinstance(e, (exception.UrsaConnectionError,
+                            exception.ProtocolError, exception.DiskError)):
+            sid, host, port = info.replicas[0]
+            if not isinstance(e, exception.DiskError):
+                self.cluster.pool.discard(host, port)
+            LOG.warning('Volume %s chunk %d: primary %d (%s:%d) failed: %s',
+                        self.name, index, sid, host, port, e)
+            await self._report_failed(index, sid, info.epoch)
+            await self._retry_wait(deadline, attempt, e)
+        else:
+            raise e
+
+    def write_soon(self, offset, data, fua, callback):
+        """Start a write with no task when one request frame does it: the
+        range lies in one chunk whose map is cached and whose primary is
+        connected, and no QoS wait, clone copy-up or fencing stands in the
+        way.  ``callback(error)`` is called when the write is done (``error``
+        None on success).  Returns False, having done nothing, when the
+        write needs :meth:`write`.
+
+        A block device's common write then costs a frame and two callbacks
+        instead of a chain of coroutines; anything but success goes on in
+        :meth:`_write_extent`, which retries as the module says.
+        """
+        if (self.qos or self._parent_info is not None or self.closed or
+                self._fenced is not None or not self.writable):
+            return False
+        if offset < 0 or offset + len(data) > self.size:
+            return False
+        extents = self.layout.extents(offset, len(data))
+        if len(extents) != 1:
+            return False
+        index, chunk_offset = extents[0].index, extents[0].chunk_offset
+        info = self._map.get(index)
+        need = self.info['min_replicas']
+        if info is None or len(info.replicas) < need:
+            return False
+        _, host, port = info.replicas[0]
+        conn = self.cluster.pool.connected(host, port)
+        if conn is None or conn.paused:
+            return False
+        rid = aio.next_req_id()
+        try:
+            fut = conn.send(rid, codec.encode_write(
+                rid, self.id, index, info.epoch, self.generation,
+                chunk_offset, [r[0] for r in info.replicas], data, fua,
+                need, self.seq))
+        except exception.UrsaConnectionError:
+            return False
+        timer = conn.expire_later(rid, fut, self.cluster.request_timeout)
+
+        def done(fut):
+            timer.cancel()
+            try:
+                if fut.cancelled():
+                    raise exception.UrsaConnectionError(
+                        peer=conn.peer, reason='request cancelled')
+                self._wrote(index, info,
+                            codec.decode_write_ok(fut.result().body))
+            except exception.UrsaError as e:
+                task = asyncio.ensure_future(self._write_extent(
+                    index, chunk_offset, data, fua, failed=(info, e)))
+                self._retrying.add(task)
+                task.add_done_callback(finish)
+                return
+            except Exception as e:  # noqa: BLE001 - the caller answers
+                callback(e)
+                return
+            callback(None)
+
+        def finish(task):
+            self._retrying.discard(task)
+            if task.cancelled():
+                callback(exception.UrsaConnectionError(
+                    peer=conn.peer, reason='write cancelled'))
+            else:
+                callback(task.exception())
+
+        fut.add_done_callback(done)
+        return True
 
     async def _report_failed(self, index, server_id, epoch):
         try:

@@ -17,6 +17,7 @@ every connection: that is what makes CAN_MULTI_CONN safe to advertise.
 """
 
 import asyncio
+import functools
 import logging
 import ssl
 import struct
@@ -334,23 +335,43 @@ class NbdServer:
     # --- transmission ------------------------------------------------------
 
     async def _transmission(self, stream, exp, conn):
-        """Requests run as tasks as they arrive (replies go out in
-        completion order), at most MAX_INFLIGHT of them or MAX_INFLIGHT_BYTES
-        of their data at once."""
+        """Requests run as they arrive (replies go out in completion order),
+        at most MAX_INFLIGHT of them or MAX_INFLIGHT_BYTES of their data at
+        once.  A write that one request to a chunk server does runs on
+        callbacks (:meth:`Volume.write_soon`), the others as tasks."""
         vol = exp.volume
         loop = asyncio.get_running_loop()
         tasks = {}
-        inflight_bytes = 0
+        inflight = 0        # requests
+        inflight_bytes = 0  # their data
+        callbacks = 0       # writes running on callbacks
+        ended = None        # set when the last of those ends, at the end
 
-        def finished(task):
-            nonlocal inflight_bytes
-            inflight_bytes -= tasks.pop(task, 0)
-            if len(tasks) < MAX_INFLIGHT // 2 and \
+        def settle(n):
+            nonlocal inflight, inflight_bytes
+            inflight -= 1
+            inflight_bytes -= n
+            if inflight < MAX_INFLIGHT // 2 and \
                     inflight_bytes < MAX_INFLIGHT_BYTES // 2:
                 stream.hold(False)
 
+        def finished(task):
+            settle(tasks.pop(task, 0))
+
+        def wrote(handle, offset, length, err):
+            nonlocal callbacks
+            if err is None:
+                stream.write(p.simple_reply(handle))
+            else:
+                self._failed(stream, vol, conn, p.CMD_WRITE, handle, offset,
+                             length, err)
+            settle(length)
+            callbacks -= 1
+            if not callbacks and ended is not None and not ended.done():
+                ended.set_result(None)
+
         def on_request(flags, cmd, handle, offset, length, data):
-            nonlocal inflight_bytes
+            nonlocal inflight, inflight_bytes, callbacks
             if cmd == p.CMD_DISC:
                 stream.stop()
                 return
@@ -358,12 +379,19 @@ class NbdServer:
             if err:
                 stream.write(self._error(conn, handle, err))
                 return
-            t = loop.create_task(self._run(stream, vol, conn, cmd, flags,
-                                           handle, offset, length, data))
-            n = tasks[t] = length if cmd in (p.CMD_READ, p.CMD_WRITE) else 0
+            n = length if cmd in (p.CMD_READ, p.CMD_WRITE) else 0
+            if cmd == p.CMD_WRITE and vol.write_soon(
+                    offset, data, bool(flags & p.CMD_FLAG_FUA),
+                    functools.partial(wrote, handle, offset, length)):
+                callbacks += 1
+            else:
+                t = loop.create_task(self._run(stream, vol, conn, cmd, flags,
+                                               handle, offset, length, data))
+                tasks[t] = n
+                t.add_done_callback(finished)
+            inflight += 1
             inflight_bytes += n
-            t.add_done_callback(finished)
-            if len(tasks) >= MAX_INFLIGHT or \
+            if inflight >= MAX_INFLIGHT or \
                     inflight_bytes >= MAX_INFLIGHT_BYTES:
                 stream.hold(True)
 
@@ -372,11 +400,24 @@ class NbdServer:
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if callbacks:
+                ended = loop.create_future()
+                await ended
             if not exp.read_only:
                 try:
                     await vol.flush()
                 except exception.UrsaError as e:
                     LOG.warning('Flush at disconnect of %s: %s', vol.name, e)
+
+    def _failed(self, stream, vol, conn, cmd, handle, offset, length, e):
+        """Answer a request that failed with ``e``."""
+        if isinstance(e, exception.UrsaError):
+            LOG.warning('NBD command %d on %s at %d+%d failed: %s',
+                        cmd, vol.name, offset, length, e)
+        else:
+            LOG.error('NBD command %d on %s at %d+%d failed: %r', cmd,
+                      vol.name, offset, length, e, exc_info=e)
+        stream.write(self._error(conn, handle, p.errno_for(e), str(e)))
 
     @staticmethod
     def _error(conn, handle, err, message=''):
@@ -446,10 +487,8 @@ class NbdServer:
             elif cmd == p.CMD_CACHE:
                 await vol.prefetch_map(offset, length)
             stream.write(p.simple_reply(handle))
-        except exception.UrsaError as e:
-            LOG.warning('NBD command %d on %s at %d+%d failed: %s',
-                        cmd, vol.name, offset, length, e)
-            stream.write(self._error(conn, handle, p.errno_for(e), str(e)))
+        except Exception as e:  # noqa: BLE001 - every request is answered
+            self._failed(stream, vol, conn, cmd, handle, offset, length, e)
 
     @staticmethod
     async def _extents(vol, offset, length, req_one):

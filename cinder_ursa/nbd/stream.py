@@ -196,7 +196,10 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         buf, view = self._buf, self._view
         pos, end = self._start, self._end
         size = p.REQUEST.size
-        started = 0
+        if self._several(pos, end):
+            # What these requests send to chunk servers (at once, or from
+            # tasks this turn of the loop) leaves together.
+            aio.defer_batch(self._loop)
         while end - pos >= size and self._on_request is not None and \
                 not (self._held or self._paused):
             magic, flags, cmd, handle, offset, length = \
@@ -206,7 +209,6 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 return
             if cmd != p.CMD_WRITE:
                 pos += size
-                started += 1
                 self._on_request(flags, cmd, handle, offset, length, None)
                 continue
             if length > p.MAX_REQUEST:
@@ -216,7 +218,6 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             at = pos + size
             if end - at >= length:
                 pos = at + length
-                started += 1
                 self._on_request(flags, cmd, handle, offset, length,
                                  bytes(view[at:pos]))
                 continue
@@ -230,9 +231,16 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         if pos == end:
             pos = end = 0
         self._start, self._end = pos, end
-        if started > 1:
-            # What these requests send to chunk servers leaves together.
-            aio.defer_batch(self._loop)
+
+    def _several(self, pos, end):
+        """Whether the buffer holds more than one whole request."""
+        size = p.REQUEST.size
+        if end - pos < 2 * size:
+            return False
+        cmd, length = p.REQUEST.unpack_from(self._buf, pos)[2::3]
+        if cmd == p.CMD_WRITE:
+            pos += length
+        return end - pos >= 2 * size
 
     def _update_reading(self):
         self._set_reading(not (self._held or self._paused) and

@@ -241,6 +241,11 @@ class FlowControl:
         self._paused = False
         self._waiters = []
 
+    @property
+    def paused(self):
+        """Whether the transport holds more than its high-water mark."""
+        return self._paused
+
     def pause_writing(self):
         self._paused = True
 
@@ -379,6 +384,18 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         """Stop waiting for the reply of ``req_id`` (timed out)."""
         self._pending.pop(req_id, None)
 
+    def expire_later(self, req_id, fut, timeout):
+        """A timer failing ``fut`` with UrsaTimeout after ``timeout``
+        seconds; cancel it when the reply came."""
+        return self._loop.call_later(timeout, self._expire, req_id, fut,
+                                     timeout)
+
+    def _expire(self, req_id, fut, timeout):
+        if not fut.done():
+            self._pending.pop(req_id, None)
+            fut.set_exception(exception.UrsaTimeout(peer=self.peer,
+                                                    seconds=timeout))
+
     async def wait(self, req_id, fut, timeout):
         """Wait for the reply of a request sent with :meth:`send`.
 
@@ -387,16 +404,9 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         """
         if self._paused:
             await self.drain()
-        expired = []
-        timer = self._loop.call_later(timeout, _expire, fut, expired)
+        timer = self.expire_later(req_id, fut, timeout)
         try:
             return await fut
-        except asyncio.CancelledError:
-            if expired:
-                self._pending.pop(req_id, None)
-                raise exception.UrsaTimeout(peer=self.peer,
-                                            seconds=timeout) from None
-            raise
         finally:
             timer.cancel()
 
@@ -408,12 +418,6 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         if not self.closed:
             self._fail(exception.UrsaConnectionError(
                 peer=self.peer, reason='closed by us'))
-
-
-def _expire(fut, expired):
-    if not fut.done():
-        expired.append(True)
-        fut.cancel()
 
 
 class ConnectionPool:
