@@ -57,6 +57,7 @@ BLOCK = checksum.BLOCK
 MAX_CHUNK = 1024 * 1024 * 1024
 OPEN_CHUNKS = 256
 ENTRY = 8
+_ENTRY = struct.Struct('!II')  # one entry: crc, word
 
 # Block states (head and layers); LAYER_ABSENT only in layers.
 ABSENT, DATA, ZERO, LAYER_ABSENT = 0, 1, 2, 3
@@ -79,6 +80,10 @@ WRITE_PIECE = 64 * 1024
 def pwrite_data(fd, data, pos):
     """os.pwrite of block data, in WRITE_PIECE pieces.  A short write
     (the file system filled up under it) raises ENOSPC."""
+    if len(data) <= WRITE_PIECE:
+        if os.pwrite(fd, data, pos) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return
     mv = memoryview(data)
     for at in range(0, len(mv), WRITE_PIECE):
         piece = mv[at:at + WRITE_PIECE]
@@ -128,6 +133,9 @@ def encode_entries(crcs, words):
     array slices: a 1 MiB write's 256 entries take 8 µs, not the 55 µs of
     struct.pack over an interleaved list."""
     n = len(crcs)
+    if n == 1:
+        return _ENTRY.pack(crcs[0], words if isinstance(words, int)
+                           else words[0])
     if isinstance(words, int):
         out = array.array('I', [words]) * (2 * n)
     else:
@@ -330,7 +338,9 @@ class ChunkStore:
         return any(f in d for d in self._dirty.values() for f in files)
 
     def _mark_dirty(self, c, files):
-        d = self._dirty.setdefault(c.volume, set())
+        d = self._dirty.get(c.volume)
+        if d is None:
+            d = self._dirty[c.volume] = set()
         d.update(files)
         self._touched.add((c.volume, c.index))
 

@@ -17,5 +17,7 @@ ZERO_CRC = crc(ZERO_BLOCK)
 
 def block_crcs(data):
     """CRC32C of each 4 KiB block of ``data`` (a whole number of blocks)."""
+    if len(data) == BLOCK:
+        return [_crc32c.crc32c(data)]
     mv = memoryview(data)
     return [_crc32c.crc32c(mv[i:i + BLOCK]) for i in range(0, len(mv), BLOCK)]
