@@ -128,7 +128,7 @@ class BufferPool:
 
     def __init__(self):
         self._classes = {}
-        self._free_refs = None
+        self._free_refs = self._free_count()
         # Event loops in several threads share the pool (the sync client
         # runs one per thread).  Under the GIL the reference count alone
         # keeps two threads from taking one buffer (each sees the other's
@@ -142,22 +142,21 @@ class BufferPool:
         with self._lock:
             bufs = self._classes.setdefault(size, [])
             for buf in bufs:
-                if sys.getrefcount(buf) == self._free():
+                if sys.getrefcount(buf) == self._free_refs:
                     return memoryview(buf)[:length]
             buf = bytearray(size)
             if len(bufs) < self.KEEP:
                 bufs.append(buf)
             return memoryview(buf)[:length]
 
-    def _free(self):
+    @staticmethod
+    def _free_count():
         """The reference count of a pooled buffer nobody uses, as seen in
         get()'s loop (the list, the loop variable, getrefcount's
         argument)."""
-        if self._free_refs is None:
-            probe = [bytearray(1)]
-            for buf in probe:
-                self._free_refs = sys.getrefcount(buf)
-        return self._free_refs
+        probe = [bytearray(1)]
+        for buf in probe:
+            return sys.getrefcount(buf)
 
 
 POOL = BufferPool()
