@@ -260,6 +260,39 @@ def test_abuse_gets_errors_and_others_keep_working(aio):
     s.close()
 
 
+def test_disconnect_finishes_the_requests_in_flight(aio):
+    """NBD_CMD_DISC: the server handles every outstanding request before it
+    closes, also writes running on callbacks with nothing else (no task,
+    no data to flush) left to wait for."""
+    aio.client().create_volume('disc', 8 * MiB, chunk_size=4 * MiB)
+    s, _, _ = connect(aio, 'disc')
+    # Chunk 0 mapped, nothing unflushed: its writes take the callback path.
+    assert request(s, p.CMD_WRITE, 0, 4096, data=bytes(4096))[0] == 0
+    assert request(s, p.CMD_FLUSH, 0, 0)[0] == 0
+    offsets = [i * 16 * 1024 for i in range(200)]  # all in chunk 0
+    blocks = [os.urandom(4096) for _ in offsets]
+    s.sendall(b''.join(
+        p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, i, off, 4096) + data
+        for i, (off, data) in enumerate(zip(offsets, blocks, strict=True))) +
+        p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
+    # The replies, then the server's close, which comes after them all.
+    s.settimeout(30)
+    got = b''
+    while chunk := s.recv(65536):
+        got += chunk
+    s.close()
+    replies = [p.SIMPLE_REPLY.unpack_from(got, at)
+               for at in range(0, len(got), p.SIMPLE_REPLY.size)]
+    assert sorted(h for _, _, h in replies) == list(range(len(offsets)))
+    assert {err for _, err, _ in replies} == {0}
+    s, _, _ = connect(aio, 'disc')
+    got = [request(s, p.CMD_READ, off, 4096) for off in offsets]
+    s.close()
+    missing = [off for off, g, b in zip(offsets, got, blocks, strict=True)
+               if g != (0, b)]
+    assert missing == []
+
+
 def test_a_client_that_reads_no_replies_cannot_swell_the_gateway(aio):
     """4 GiB worth of READ requests whose replies the client never reads:
     the gateway stops reading that connection (its memory stays bounded)
