@@ -589,14 +589,21 @@ class Volume:
             try:
                 conn = await self.cluster.pool.get(host, port)
                 rid = aio.next_req_id()
-                reply = await conn.request(rid, codec.encode_write(
-                    rid, self.id, index, info.epoch, self.generation, offset,
-                    [r[0] for r in info.replicas], data or b'', fua, need,
-                    self.seq, flags, length), self.cluster.request_timeout)
+                reply = await conn.request(rid, self._write_frame(
+                    rid, index, info, offset, data or b'', fua, flags,
+                    length), self.cluster.request_timeout)
                 self._wrote(index, info, codec.decode_write_ok(reply.body))
                 return
             except exception.UrsaError as e:
                 await self._write_failed(index, info, e, deadline, attempt)
+
+    def _write_frame(self, rid, index, info, offset, data, fua, flags=0,
+                     length=None):
+        """The WRITE request for chunk ``index`` to its primary."""
+        return codec.encode_write(
+            rid, self.id, index, info.epoch, self.generation, offset,
+            [r[0] for r in info.replicas], data, fua,
+            self.info['min_replicas'], self.seq, flags, length)
 
     def _wrote(self, index, info, epoch):
         if epoch != info.epoch:
@@ -662,10 +669,8 @@ class Volume:
             return False
         rid = aio.next_req_id()
         try:
-            fut = conn.send(rid, codec.encode_write(
-                rid, self.id, index, info.epoch, self.generation,
-                chunk_offset, [r[0] for r in info.replicas], data, fua,
-                need, self.seq))
+            fut = conn.send(rid, self._write_frame(rid, index, info,
+                                                   chunk_offset, data, fua))
         except exception.UrsaConnectionError:
             return False
         timer = conn.expire_later(rid, fut, self.cluster.request_timeout)

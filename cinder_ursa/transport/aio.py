@@ -47,12 +47,13 @@ def queue_send(transport, buffers):
     delays them."""
     batch = getattr(_local, 'batch', None)
     if isinstance(buffers, (bytes, bytearray)):
-        buffers, size = [buffers], len(buffers)
-    else:
-        size = sum(len(b) for b in buffers)
-    if batch is None or size >= BATCH_LARGE:
-        if batch is not None:
-            send_batched(transport)
+        buffers = [buffers]
+    if batch is None:
+        transport.writelines(buffers)
+        return
+    size = sum(len(b) for b in buffers)
+    if size >= BATCH_LARGE:
+        send_batched(transport)
         transport.writelines(buffers)
         return
     out = batch.get(transport)

@@ -242,9 +242,14 @@ def test_preserve_floor_follows_the_newest_live_snapshot(st):
 
 def test_metadata_entries_are_big_endian_crc_word_pairs():
     crcs = [0, 1, 0xDEADBEEF, 0xFFFFFFFF]
-    assert store_mod.encode_entries(crcs, 0x11).tobytes() == struct.pack(
+    assert bytes(store_mod.encode_entries(crcs, 0x11)) == struct.pack(
         '!8I', 0, 0x11, 1, 0x11, 0xDEADBEEF, 0x11, 0xFFFFFFFF, 0x11)
     words = [5, 6, 7, 0xFFFFFFFC]
-    raw = store_mod.encode_entries(crcs, words).tobytes()
+    raw = bytes(store_mod.encode_entries(crcs, words))
     assert store_mod.decode_entries(raw, 4) == (0, 5, 1, 6, 0xDEADBEEF, 7,
                                             0xFFFFFFFF, 0xFFFFFFFC)
+    # One block (the common 4 KiB write) takes its own, shorter way.
+    assert bytes(store_mod.encode_entries([0xDEADBEEF], 0x11)) == \
+        struct.pack('!2I', 0xDEADBEEF, 0x11)
+    assert bytes(store_mod.encode_entries([7], [0xFFFFFFFC])) == \
+        struct.pack('!2I', 7, 0xFFFFFFFC)
