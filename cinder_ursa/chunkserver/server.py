@@ -50,6 +50,7 @@ class ChunkServer:
         self._heartbeat_interval = 5.0
         self._registered = asyncio.Event()
         self._loop = None
+        self._syncs = []  # (volumes or None for all, future) running
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -74,7 +75,10 @@ class ChunkServer:
             self._server.close()
         self.peers.close()
         await self.master.close()
-        self.store.sync_fds(self.store.dirty_fds())
+        try:
+            self.store.sync(*self.store.take_dirty())
+        except (OSError, exception.UrsaError) as e:
+            LOG.error('Syncing at shutdown failed: %s', e)
         self.store.close()
 
     async def _register(self):
@@ -142,7 +146,7 @@ class ChunkServer:
             elif op == codec.REPLICATE:
                 self._replicate(conn, frame)
             elif op == codec.FLUSH:
-                conn.spawn(self._flush(conn, frame))
+                self._flush(conn, frame)
             elif op == codec.FENCE:
                 vol, gen = codec.decode_fence(frame.body)
                 self.store.adopt_generation(vol, gen)
@@ -182,7 +186,7 @@ class ChunkServer:
                 n = self.store.revert(vol, snap, seq)
                 LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d',
                          vol, n, snap)
-                conn.spawn(self._reply_after_sync(conn, frame, None))
+                conn.spawn(self._reply_after_sync(conn, frame, vol))
             else:
                 raise exception.ProtocolError(
                     reason='unknown opcode 0x%02x' % op)
@@ -225,25 +229,32 @@ class ChunkServer:
         req = codec.decode_replicate(frame.body, frame.flags)
         c = self._apply(req)
         if req.fua:
-            conn.spawn(self._reply_after_sync(conn, frame, c.epoch))
+            conn.spawn(self._reply_after_sync(conn, frame, req.volume, c))
         else:
             conn.send(codec.encode_write_ok(frame.req_id, c.epoch,
                                             codec.REPLICATE))
 
-    async def _reply_after_sync(self, conn, frame, epoch):
+    async def _reply_after_sync(self, conn, frame, volume, chunk=None):
+        """Answer once ``volume`` (``chunk`` only: a FUA write, whose reply
+        carries the chunk's epoch) is durable."""
         try:
-            await self._sync(None)
-        except OSError as e:
-            LOG.error('fdatasync failed: %s', e)
+            await self._sync(volume, chunk)
+        except (OSError, exception.UrsaError) as e:
             conn.send(codec.encode_error(frame.opcode, frame.req_id,
-                                         exception.DiskError(
-                                             reason='fdatasync: %s' % e)))
+                                         self._sync_error(e)))
             return
-        if epoch is None:
+        if chunk is None:
             conn.send(codec.encode_ok(frame.opcode, frame.req_id))
         else:
-            conn.send(codec.encode_write_ok(frame.req_id, epoch,
+            conn.send(codec.encode_write_ok(frame.req_id, chunk.epoch,
                                             frame.opcode))
+
+    @staticmethod
+    def _sync_error(e):
+        if isinstance(e, exception.UrsaError):
+            return e
+        LOG.error('fdatasync failed: %s', e)
+        return exception.DiskError(reason='fdatasync: %s' % e)
 
     def _write(self, conn, frame):
         req = codec.decode_write(frame.body, frame.flags)
@@ -327,7 +338,7 @@ class ChunkServer:
                 else self._send_replica(sid, req, c.epoch)
                 for sid, s in zip(others, sent, strict=True)]
         if req.fua:
-            jobs.append(self._sync(None))
+            jobs.append(self._sync(req.volume, c))
         results = await asyncio.gather(*jobs, return_exceptions=True)
         await self._conclude(conn, frame, req, c, others, results)
 
@@ -456,21 +467,37 @@ class ChunkServer:
                 raise exception.NotFound(kind='chunk server', name=sid)
         return addr
 
-    async def _flush(self, conn, frame):
-        try:
-            vol = codec.decode_flush(frame.body)
-            await self._sync(vol)
-            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
-        except exception.UrsaError as e:
-            conn.send(codec.encode_error(frame.opcode, frame.req_id, e))
-        except OSError as e:
-            LOG.error('fdatasync failed: %s', e)
-            conn.send(codec.encode_error(frame.opcode, frame.req_id,
-                                         exception.DiskError(
-                                             reason='fdatasync: %s' % e)))
+    def _flush(self, conn, frame):
+        conn.spawn(self._reply_after_sync(conn, frame,
+                                          codec.decode_flush(frame.body)))
 
-    async def _sync(self, volume):
-        fds = self.store.dirty_fds(volume)
-        if fds:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.store.sync_fds, fds)
+    async def _sync(self, volume=None, chunk=None):
+        """Make durable what was written to ``volume`` (every volume when
+        None; only ``chunk``'s files, for a FUA write), and wait for the
+        syncs of it already running: they took files written before this
+        call, and a FLUSH that did not wait for them would answer before
+        the writes it covers are on disk.  One failed sync fails every
+        sync waiting for it."""
+        fds, dirs = self.store.take_dirty(volume, chunk)
+        waits = [fut for vols, fut in self._syncs
+                 if volume is None or vols is None or volume in vols]
+        if fds or dirs:
+            vols = None if volume is None else frozenset((volume,))
+            fut = self._loop.run_in_executor(None, self.store.sync, fds,
+                                             dirs)
+            entry = (vols, fut)
+            self._syncs.append(entry)
+
+            def done(f):
+                self._syncs.remove(entry)
+                if not f.cancelled() and f.exception() is not None:
+                    self.store.sync_failed(vols, f.exception())
+            fut.add_done_callback(done)
+            waits.append(fut)
+        if waits:
+            # asyncio.wait, not gather: a cancelled FLUSH must not cancel
+            # a sync that other FLUSHes wait for.
+            await asyncio.wait(waits)
+            for f in waits:
+                if f.exception() is not None:
+                    raise f.exception()

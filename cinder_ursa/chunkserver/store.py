@@ -29,8 +29,11 @@ holds b, else the head.  Copy-on-write is per block, never per chunk.
 
 Every read of a data block verifies its CRC.  Writes that do not cover
 whole blocks read, verify and merge the blocks at their edges first.
-Data and metadata go to the page cache; ``flush`` fdatasyncs the files
-written since the last flush (head and layers).
+Data and metadata go to the page cache.  :meth:`ChunkStore.take_dirty`
+hands out what a FLUSH or a FUA write must make durable: the files written
+since they were last taken (head and layers) and the directories that got
+new entries (a new chunk's files, a new layer, a new volume directory),
+whose entries are lost on power loss until the directory is fsynced.
 """
 
 import array
@@ -107,6 +110,16 @@ def punch_hole(fd, offset, length):
             os.pwrite(fd, bytes(min(1 << 20, offset + length - pos)), pos)
 
 
+def fsync_dir(path):
+    """fsync a directory, so the entries created or renamed in it survive
+    a power loss (POSIX does not promise that fsyncing a file does it)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path, text):
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -114,6 +127,7 @@ def _atomic_write(path, text):
         f.flush()
         os.fdatasync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
 
 
 def _read_int(path, default=0):
@@ -245,6 +259,8 @@ class ChunkStore:
         self._snapseqs = {}
         self._live = {}                           # vol -> (upto, live seqs)
         self._dirty = {}                          # vol -> set of Files
+        self._dirty_dirs = {}                     # vol -> set of paths
+        self._failed = {}                         # vol -> failed fdatasync
         self._usage = {}                          # (vol, idx) -> bytes
         self._touched = set()                     # keys to re-measure
         self._free_checked = 0.0
@@ -310,8 +326,11 @@ class ChunkStore:
             exists = os.path.exists(base + '.meta')
             if not exists and not create:
                 return None
-            if create:
-                os.makedirs(vdir, exist_ok=True)
+            if not exists:
+                if not os.path.isdir(vdir):
+                    os.makedirs(vdir, exist_ok=True)
+                    self._new_entry(volume, self.chunks_dir)
+                self._new_entry(volume, vdir)
             c = Chunk(volume, index, base, _read_int(base + '.epoch'),
                       os.path.exists(base + '.stale'))
             self._known[key] = c
@@ -336,6 +355,11 @@ class ChunkStore:
     def _is_dirty(self, c):
         files = c.all_files()
         return any(f in d for d in self._dirty.values() for f in files)
+
+    def _new_entry(self, volume, directory):
+        """``directory`` has an entry not yet durable (the next sync of
+        ``volume`` fsyncs it)."""
+        self._dirty_dirs.setdefault(volume, set()).add(directory)
 
     def _mark_dirty(self, c, files):
         d = self._dirty.get(c.volume)
@@ -405,7 +429,9 @@ class ChunkStore:
 
     def _persist(self, volume, name, value):
         vdir = os.path.join(self.chunks_dir, volume)
-        os.makedirs(vdir, exist_ok=True)
+        if not os.path.isdir(vdir):
+            os.makedirs(vdir, exist_ok=True)
+            fsync_dir(self.chunks_dir)
         _atomic_write(os.path.join(vdir, name), '%d\n' % value)
 
     def check_epoch(self, volume, index, epoch, create=False):
@@ -413,6 +439,8 @@ class ChunkStore:
         replica knows: refuse stale replicas and outdated requests, adopt a
         newer epoch.  Returns None for a chunk never written here (reads).
         """
+        if self._failed:
+            self.check_failed(volume)
         c = self._chunk(volume, index, create=create)
         if c is None:
             return None
@@ -581,6 +609,8 @@ class ChunkStore:
                if meta[2 * i + 1] >> 2 < floor]
         if not old:
             return
+        if seq not in c.layers:
+            self._new_entry(c.volume, os.path.dirname(c.base))
         lf = c.layer(seq)
         for i in old:
             crc, word = meta[2 * i], meta[2 * i + 1]
@@ -794,26 +824,69 @@ class ChunkStore:
 
     # --- flushing ---------------------------------------------------------
 
-    def dirty_fds(self, volume=None):
-        """Take the fds to fdatasync for ``volume`` (all when None)."""
-        vols = [volume] if volume is not None else list(self._dirty)
-        fds = []
+    def take_dirty(self, volume=None, chunk=None):
+        """Take what must be made durable: the files written since they
+        were last taken and the directories with new entries, of
+        ``volume`` (every volume when None; of ``chunk`` only, when given:
+        a FUA write).  Returns ``(fds, dirs)`` for :meth:`sync`: the fds are
+        duplicates, so the files may be closed meanwhile.  A volume whose
+        sync failed on this server raises DiskError from then on: its data
+        here may be lost, and no later FLUSH may say otherwise."""
+        vols = ([volume] if volume is not None
+                else list(set(self._dirty) | set(self._dirty_dirs)))
+        fds, dirs = [], []
         for v in vols:
-            for f in self._dirty.pop(v, ()):
-                if f.data_fd is not None:
-                    fds.append((os.dup(f.data_fd), os.dup(f.meta_fd)))
-        return fds
+            self.check_failed(v)
+            d = self._dirty.get(v)
+            if d:
+                if chunk is None:
+                    taken = self._dirty.pop(v)
+                else:
+                    taken = d.intersection(chunk.all_files())
+                    d -= taken
+                for f in taken:
+                    if f.data_fd is not None:
+                        fds.append((os.dup(f.data_fd), os.dup(f.meta_fd)))
+            dirs.extend(self._dirty_dirs.pop(v, ()))
+        return fds, dirs
 
     @staticmethod
-    def sync_fds(fds):
-        """fdatasync and close duplicated fds (runs in a worker thread)."""
+    def sync(fds, dirs):
+        """fdatasync (and close) what :meth:`take_dirty` took, then fsync
+        the directories; runs in a worker thread.  Every fd is closed even
+        when a sync fails."""
+        err = None
         for data_fd, meta_fd in fds:
+            for fd in (data_fd, meta_fd):
+                try:
+                    if err is None:
+                        os.fdatasync(fd)
+                except OSError as e:
+                    err = e
+                finally:
+                    os.close(fd)
+        if err is not None:
+            raise err
+        for path in sorted(dirs, key=len, reverse=True):
             try:
-                os.fdatasync(data_fd)
-                os.fdatasync(meta_fd)
-            finally:
-                os.close(data_fd)
-                os.close(meta_fd)
+                fsync_dir(path)
+            except FileNotFoundError:
+                pass  # deleted meanwhile: nothing left to keep
+
+    def sync_failed(self, volumes, err):
+        """A sync of ``volumes`` (None: all) failed with ``err``."""
+        for v in (volumes if volumes is not None else
+                  {k[0] for k in self._known}):
+            self._failed.setdefault(v, err)
+
+    def check_failed(self, volume):
+        err = self._failed.get(volume)
+        if err is not None:
+            raise exception.DiskError(
+                reason='fdatasync of volume %s failed on this server (%s): '
+                       'its replicas here may have lost acknowledged '
+                       'writes and serve nothing until it restarts'
+                       % (volume, err))
 
     # --- inspection -------------------------------------------------------
 
@@ -884,6 +957,8 @@ class ChunkStore:
             self._generations.pop(volume, None)
             self._snapseqs.pop(volume, None)
             self._dirty.pop(volume, None)
+            self._dirty_dirs.pop(volume, None)
+            self._failed.pop(volume, None)
             shutil.rmtree(os.path.join(self.chunks_dir, volume),
                           ignore_errors=True)
         return len(keys)

@@ -198,7 +198,13 @@ class Volume:
         self.holder = None
         self._map = {}          # index -> ChunkInfo, or None (not allocated)
         self._map_locks = {}
-        self._dirty = {}        # (address, port) -> {index: server id}
+        # (address, port) -> {index: server id}: what the next flush must
+        # make durable; None instead of the dict: the whole volume.
+        self._dirty = {}
+        self._flushes = set()   # flush rounds running
+        # The first flush also covers what earlier holders of the volume
+        # wrote and never flushed (they may have died).
+        self._inherited = writable
         self._lease_task = None
         self._fenced = None
         self._retrying = set()  # tasks of write_soon() writes retrying
@@ -609,7 +615,9 @@ class Volume:
         if epoch != info.epoch:
             self._forget(index)  # a replica was dropped meanwhile
         for r in info.replicas:
-            self._dirty.setdefault((r[1], r[2]), {})[index] = r[0]
+            chunks = self._dirty.setdefault((r[1], r[2]), {})
+            if chunks is not None:
+                chunks[index] = r[0]
 
     async def _write_failed(self, index, info, e, deadline, attempt):
         """Get ready to write again after ``e`` (the primary of ``info``
@@ -715,40 +723,95 @@ class Volume:
         self._forget(index)
 
     async def flush(self):
-        """Make every acknowledged write durable on every current replica.
+        """Make every acknowledged write durable on every current replica:
+        the writes of this Volume, and, at the first flush of a writable
+        one, those of earlier holders that never flushed (a gateway, agent
+        or client that died).  Waits for the flushes already running,
+        which took writes acknowledged before this call.
 
         A replica that cannot flush is dropped from the replica sets of the
-        chunks written since the last flush; the flush then succeeds only if
-        enough replicas of each remain.
+        chunks concerned; the flush then succeeds only if enough replicas
+        of each remain.
         """
         self._check_open(False)
+        if self._inherited:
+            servers = await self.cluster.master.servers()
+            self._inherited = False
+            for s in servers:
+                if s['state'] == 'up':
+                    self._dirty[(s['address'], s['port'])] = None
         dirty, self._dirty = self._dirty, {}
-        if not dirty:
-            return
+        rounds = list(self._flushes)
+        if dirty:
+            task = asyncio.ensure_future(self._flush_round(dirty))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+            rounds.append(task)
+        if rounds:
+            # asyncio.wait: a cancelled caller leaves the rounds that other
+            # flushes wait for running.
+            await asyncio.wait(rounds)
+            for r in rounds:
+                if r.exception() is not None:
+                    raise r.exception()
 
-        async def one(addr, chunks):
-            try:
-                conn = await self.cluster.pool.get(*addr)
-                rid = aio.next_req_id()
-                reply = await conn.request(rid, codec.encode_flush(
-                    rid, self.id), self.cluster.request_timeout)
-                codec.reply_status(reply.body)
-            except exception.UrsaError as e:
-                self.cluster.pool.discard(*addr)
-                LOG.warning('Volume %s: flush on %s:%d failed (%s); dropping '
-                            'that replica', self.name, addr[0], addr[1], e)
-                for index, sid in chunks.items():
-                    info = self._map.get(index)
-                    chunk = await self.cluster.master.drop_replica(
-                        self.id, index, sid, info.epoch if info else 0)
-                    self._forget(index)
-                    if len(chunk['replicas']) < chunk['min_replicas']:
-                        raise exception.InsufficientReplicas(
-                            have=len(chunk['replicas']),
-                            need=chunk['min_replicas'],
-                            reason='flush of chunk %d of volume %s'
-                            % (index, self.name)) from e
-        await asyncio.gather(*(one(a, c) for a, c in dirty.items()))
+    async def _flush_round(self, dirty):
+        results = await asyncio.gather(*(
+            self._flush_server(addr, chunks)
+            for addr, chunks in dirty.items()), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def _flush_server(self, addr, chunks):
+        """FLUSH the volume on one chunk server; ``chunks`` ({index: server
+        id}, None: any chunk it holds) are what it must drop if it fails.
+        When they cannot be dropped either, the next flush tries again."""
+        try:
+            conn = await self.cluster.pool.get(*addr)
+            rid = aio.next_req_id()
+            reply = await conn.request(rid, codec.encode_flush(
+                rid, self.id), self.cluster.request_timeout)
+            codec.reply_status(reply.body)
+            return
+        except exception.UrsaError as e:
+            self.cluster.pool.discard(*addr)
+            LOG.warning('Volume %s: flush on %s:%d failed (%s); dropping '
+                        'that replica', self.name, addr[0], addr[1], e)
+            err = e
+        try:
+            if chunks is None:
+                chunks = await self._chunks_on(addr)
+            for index, sid in chunks.items():
+                info = self._map.get(index)
+                chunk = await self.cluster.master.drop_replica(
+                    self.id, index, sid, info.epoch if info else 0)
+                self._forget(index)
+                if len(chunk['replicas']) < chunk['min_replicas']:
+                    raise exception.InsufficientReplicas(
+                        have=len(chunk['replicas']),
+                        need=chunk['min_replicas'],
+                        reason='flush of chunk %d of volume %s'
+                        % (index, self.name)) from err
+        except exception.InsufficientReplicas:
+            raise
+        except exception.UrsaError:
+            pending = self._dirty.get(addr, {})
+            if chunks is None or pending is None:
+                self._dirty[addr] = None
+            else:
+                pending.update(chunks)
+                self._dirty[addr] = pending
+            raise
+
+    async def _chunks_on(self, addr):
+        """{index: server id} of the chunks with a replica at ``addr``,
+        from the whole chunk map."""
+        self._map.clear()
+        await self.prefetch_map()
+        return {index: r[0] for index, info in self._map.items()
+                if info is not None for r in info.replicas
+                if (r[1], r[2]) == addr}
 
     async def close(self):
         if self.closed:

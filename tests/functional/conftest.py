@@ -5,7 +5,11 @@ exactly as operators do.  Every process is stopped (and killed if it does
 not stop) when the test ends.
 """
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -46,6 +50,52 @@ def module_cluster(tmp_path_factory, name, nbd=False, **kwargs):
 def data_client(cluster, **kwargs):
     kwargs.setdefault('io_timeout', 30.0)
     return sync.SyncCluster([cluster.master_url], cluster.key, **kwargs)
+
+
+@pytest.fixture
+def faulty_disk(tmp_path):
+    """(mountpoint, trigger): the data directory of chunk server 0 of a
+    cluster made in ``tmp_path / 'cluster'``, on a disk that fails while
+    ``trigger`` exists (see faultydisk.py: it also tells what a power cut
+    would lose, and can be made slow)."""
+    if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
+        if os.environ.get('CI'):
+            pytest.fail('CI needs /dev/fuse and root for the failing disk')
+        pytest.skip('needs /dev/fuse and root')
+    backing, mount = tmp_path / 'disk', tmp_path / 'cluster' / 'cs0'
+    trigger = tmp_path / 'disk-fails'
+    backing.mkdir()
+    mount.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'tests.functional.faultydisk', str(backing),
+         str(mount), str(trigger)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mount):
+        assert proc.poll() is None, 'the FUSE filesystem did not start'
+        assert time.monotonic() < deadline, 'the FUSE mount did not appear'
+        time.sleep(0.05)
+    yield mount, trigger
+    trigger.unlink(missing_ok=True)
+    umount = shutil.which('fusermount3') or shutil.which('fusermount')
+    subprocess.run([umount, '-u', str(mount)] if umount else
+                   ['umount', str(mount)], check=False)
+    proc.wait(timeout=20)
+
+
+def unsynced(trigger, volume_id=None):
+    """What a power cut on the faulty disk would lose now: paths of files
+    written since their last fsync and of directories with entries not yet
+    made durable (those of ``volume_id`` and the chunks directory only,
+    when given)."""
+    with open(str(trigger) + '.unsynced') as f:
+        state = json.load(f)
+    paths = state['files'] + state['dirs']
+    if volume_id is None:
+        return paths
+    return [p for p in paths if volume_id in p or p == '/chunks']
 
 
 class MariaDB:

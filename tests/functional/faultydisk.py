@@ -3,12 +3,21 @@ directory whose reads, writes and syncs return EIO while a trigger file
 exists, as a dying disk's would.  Page caching is off (direct_io), so the
 errors reach the process using the filesystem.
 
+It also keeps the books a power cut would settle: ``TRIGGER.unsynced``
+(JSON, rewritten on every change) lists the files written since their last
+fsync and the directories with entries created or renamed since theirs;
+that is what a power loss now could lose.  While ``TRIGGER.delay`` holds a
+number, every fsync first sleeps that many seconds (a slow disk).
+
     python -m tests.functional.faultydisk BACKING MOUNTPOINT TRIGGER
 """
 
 import errno
+import json
 import os
 import sys
+import threading
+import time
 
 import mfusepy
 
@@ -19,6 +28,10 @@ class FaultyDisk(mfusepy.Operations):
     def __init__(self, root, trigger):
         self.root = root
         self.trigger = trigger
+        self._lock = threading.Lock()
+        self._files = set()   # written since their last fsync
+        self._dirs = set()    # entries not yet made durable by fsyncdir
+        self._report()
 
     def _path(self, path):
         return os.path.join(self.root, path.lstrip('/'))
@@ -26,6 +39,35 @@ class FaultyDisk(mfusepy.Operations):
     def _check(self):
         if os.path.exists(self.trigger):
             raise mfusepy.FuseOSError(errno.EIO)
+
+    # --- what a power cut would lose -------------------------------------
+
+    def _report(self):
+        tmp = self.trigger + '.unsynced.tmp'
+        with open(tmp, 'w') as f:
+            json.dump({'files': sorted(self._files),
+                       'dirs': sorted(self._dirs)}, f)
+        os.replace(tmp, self.trigger + '.unsynced')
+
+    def _note(self, files=(), dirs=(), synced_files=(), synced_dirs=()):
+        with self._lock:
+            before = (len(self._files), len(self._dirs))
+            self._files.update(files)
+            self._dirs.update(dirs)
+            self._files.difference_update(synced_files)
+            self._dirs.difference_update(synced_dirs)
+            if (len(self._files), len(self._dirs)) != before:
+                self._report()
+
+    def _entry(self, path):
+        return {'dirs': [os.path.dirname(path) or '/']}
+
+    def _delay(self):
+        try:
+            with open(self.trigger + '.delay') as f:
+                time.sleep(float(f.read().strip() or 0))
+        except FileNotFoundError:
+            pass
 
     # --- namespace ------------------------------------------------------
 
@@ -42,15 +84,23 @@ class FaultyDisk(mfusepy.Operations):
 
     def mkdir(self, path, mode):
         os.mkdir(self._path(path), mode)
+        self._note(**self._entry(path))
 
     def rmdir(self, path):
         os.rmdir(self._path(path))
 
     def unlink(self, path):
         os.unlink(self._path(path))
+        self._note(synced_files=[path])
 
     def rename(self, old, new):
         os.rename(self._path(old), self._path(new))
+        with self._lock:
+            if old in self._files:
+                self._files.discard(old)
+                self._files.add(new)
+        self._note(dirs=[os.path.dirname(old) or '/',
+                         os.path.dirname(new) or '/'])
 
     def chmod(self, path, mode):
         os.chmod(self._path(path), mode)
@@ -72,6 +122,7 @@ class FaultyDisk(mfusepy.Operations):
     def create(self, path, mode, fi):
         fi.fh = os.open(self._path(path), fi.flags | os.O_CREAT, mode)
         fi.direct_io = 1
+        self._note(**self._entry(path))
         return 0
 
     def open(self, path, fi):
@@ -85,19 +136,43 @@ class FaultyDisk(mfusepy.Operations):
 
     def write(self, path, data, offset, fi):
         self._check()
-        return os.pwrite(fi.fh, data, offset)
+        n = os.pwrite(fi.fh, data, offset)
+        self._note(files=[path])
+        return n
 
     def truncate(self, path, length, fh=None):
         self._check()
         os.truncate(self._path(path), length)
+        self._note(files=[path])
 
     def fallocate(self, path, mode, offset, size, fi):
         self._check()
-        return _fallocate(fi.fh, mode, offset, size)
+        res = _fallocate(fi.fh, mode, offset, size)
+        self._note(files=[path])
+        return res
 
     def fsync(self, path, datasync, fi):
         self._check()
-        os.fdatasync(fi.fh)
+        self._delay()
+        # What is written from here on needs another fsync: take the path
+        # off the books before syncing, as the kernel does with its pages.
+        self._note(synced_files=[path])
+        try:
+            os.fdatasync(fi.fh)
+        except OSError:
+            self._note(files=[path])
+            raise
+        return 0
+
+    def fsyncdir(self, path, datasync, fh):
+        self._check()
+        self._delay()
+        self._note(synced_dirs=[path])
+        fd = os.open(self._path(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return 0
 
     def flush(self, path, fi):

@@ -5,12 +5,6 @@ leave the replica sets of the chunks written since."""
 
 import os
 import random
-import shutil
-import subprocess
-import sys
-import time
-
-import pytest
 
 from cinder_ursa.cmd.aio import AllInOne
 from tests.functional.conftest import data_client
@@ -19,37 +13,6 @@ from tests.functional.test_faults import server_id
 
 MiB = 1024 * 1024
 CHUNKS = 24
-
-
-@pytest.fixture
-def faulty_disk(tmp_path):
-    """(mountpoint, trigger): a directory on a disk that fails while
-    ``trigger`` exists."""
-    if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
-        if os.environ.get('CI'):
-            pytest.fail('CI needs /dev/fuse and root for the failing disk')
-        pytest.skip('needs /dev/fuse and root')
-    backing, mount = tmp_path / 'disk', tmp_path / 'cluster' / 'cs0'
-    trigger = tmp_path / 'disk-fails'
-    backing.mkdir()
-    mount.mkdir(parents=True)
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'tests.functional.faultydisk', str(backing),
-         str(mount), str(trigger)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__)))))
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(mount):
-        assert proc.poll() is None, 'the FUSE filesystem did not start'
-        assert time.monotonic() < deadline, 'the FUSE mount did not appear'
-        time.sleep(0.05)
-    yield mount, trigger
-    trigger.unlink(missing_ok=True)
-    umount = shutil.which('fusermount3') or shutil.which('fusermount')
-    subprocess.run([umount, '-u', str(mount)] if umount else
-                   ['umount', str(mount)], check=False)
-    proc.wait(timeout=20)
 
 
 def test_failing_disk_reads_and_writes_go_on(tmp_path, faulty_disk):

@@ -90,7 +90,7 @@ def test_state_survives_a_restart(tmp_path):
     c = s.check_epoch(VOL, 7, 4, create=True)
     s.write(c, 0, b'q' * 4096)
     s.adopt_generation(VOL, 9)
-    s.sync_fds(s.dirty_fds())
+    s.sync(*s.take_dirty())
     s.close()
     s = store_mod.ChunkStore(str(tmp_path))
     assert s.server_uuid == ident
@@ -157,7 +157,7 @@ def test_zero_deallocates_whole_blocks_and_zeroes_partial_ones(st, tmp_path):
     assert st.read(c, 0, 8 * B) == model
     assert st.block_states(c, 0, 8 * B) == bytes(
         [1, 1, 2, 2, 2, 2, 1, 1])
-    st.sync_fds(st.dirty_fds())
+    st.sync(*st.take_dirty())
     used = os.stat(tmp_path / 'chunks' / VOL / '0.data').st_blocks * 512
     assert used <= 4 * B
 

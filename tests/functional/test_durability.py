@@ -1,0 +1,182 @@
+"""FLUSH and FUA answer only once the data is durable.
+
+Chunk server 0 runs on the faulty disk of ``faultydisk.py``, which keeps
+the books a power cut would settle (what was written and never fsynced,
+which directory entries were never fsynced) and can make every fsync slow.
+A FLUSH covers every write acknowledged before it was issued, whoever
+wrote it: the checks read those books the moment a FLUSH returns.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+
+from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.protocol import codec
+from cinder_ursa.transport import aio
+from tests.functional.conftest import data_client
+from tests.functional.conftest import unsynced
+from tests.functional.test_faults import server_id
+
+MiB = 1024 * 1024
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def _cluster(tmp_path):
+    cluster = AllInOne(str(tmp_path / 'cluster'), 3, port_base=0,
+                       server_timeout=3.0)
+    cluster.start()
+    return cluster
+
+
+def _slow(trigger, seconds):
+    with open(str(trigger) + '.delay', 'w') as f:
+        f.write('%s\n' % seconds)
+
+
+def test_a_flush_waits_for_the_flush_already_syncing(tmp_path, faulty_disk):
+    _, trigger = faulty_disk
+    cluster = _cluster(tmp_path)
+    try:
+        vid = cluster.client().create_volume('v', 8 * MiB,
+                                             chunk_size=MiB)['id']
+
+        async def body(cl):
+            v = await cl.open_volume('v')
+            try:
+                await v.write(0, os.urandom(4 * MiB))
+                _slow(trigger, 0.3)
+                first = asyncio.ensure_future(v.flush())
+                await asyncio.sleep(0.5)
+                assert not first.done(), 'the disk was not slow'
+                await v.flush()
+                left = unsynced(trigger, vid)
+                await first
+                return left
+            finally:
+                _slow(trigger, 0)
+                await v.close()
+
+        with data_client(cluster) as cl:
+            assert cl.run(body) == []
+    finally:
+        cluster.stop()
+
+
+def test_a_chunk_server_flush_waits_for_the_sync_in_progress(
+        tmp_path, faulty_disk):
+    """Two FLUSHes of one volume on two connections to one chunk server
+    (two gateways, or ursa-nbd's CAN_MULTI_CONN clients): the second waits
+    for the fdatasync the first started."""
+    _, trigger = faulty_disk
+    cluster = _cluster(tmp_path)
+    try:
+        vid = cluster.client().create_volume('v', 8 * MiB,
+                                             chunk_size=MiB)['id']
+        sid = server_id(cluster, 0)
+        cs = next(s for s in cluster.client().servers() if s['id'] == sid)
+
+        async def flushes():
+            a = await aio.PeerConnection.connect(cs['address'], cs['port'],
+                                                 cluster.key)
+            b = await aio.PeerConnection.connect(cs['address'], cs['port'],
+                                                 cluster.key)
+            try:
+                first = asyncio.ensure_future(a.request(
+                    1, codec.encode_flush(1, vid), 60))
+                await asyncio.sleep(0.5)
+                assert not first.done(), 'the disk was not slow'
+                reply = await b.request(2, codec.encode_flush(2, vid), 60)
+                codec.reply_status(reply.body)
+                left = unsynced(trigger, vid)
+                codec.reply_status((await first).body)
+                return left
+            finally:
+                a.close()
+                b.close()
+
+        with data_client(cluster) as cl:
+            v = cl.open_volume('v')
+            v.write(0, os.urandom(4 * MiB))
+            assert unsynced(trigger, vid), 'nothing to flush: no test'
+            _slow(trigger, 0.3)
+            try:
+                assert asyncio.run(flushes()) == []
+            finally:
+                _slow(trigger, 0)
+            v.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_flush_racing_a_fua_write_covers_what_was_acknowledged(
+        tmp_path, faulty_disk):
+    """A FUA write to one chunk syncs in the background when a FLUSH
+    comes: the FLUSH must still make the earlier write to another chunk
+    durable (a FUA write used to take every dirty file of the server, and
+    the FLUSH then found nothing to sync and answered at once)."""
+    _, trigger = faulty_disk
+    cluster = _cluster(tmp_path)
+    try:
+        vid = cluster.client().create_volume('v', 8 * MiB,
+                                             chunk_size=MiB)['id']
+
+        async def body(cl):
+            v = await cl.open_volume('v')
+            try:
+                await v.flush()
+                await v.write(0, os.urandom(MiB))           # chunk 0
+                _slow(trigger, 0.3)
+                fua = asyncio.ensure_future(
+                    v.write(MiB, os.urandom(MiB), fua=True))  # chunk 1
+                await asyncio.sleep(0.5)
+                assert not fua.done(), 'the disk was not slow'
+                await v.flush()
+                left = unsynced(trigger, vid)
+                await fua
+                return left
+            finally:
+                _slow(trigger, 0)
+                await v.close()
+
+        with data_client(cluster) as cl:
+            left = cl.run(body)
+        assert [p for p in left if '/0.' in p] == []
+        assert left == []
+    finally:
+        cluster.stop()
+
+
+WRITER = '''
+import os, sys
+from cinder_ursa.client import sync
+cl = sync.SyncCluster([sys.argv[1]], open(sys.argv[2], 'rb').read().strip())
+v = cl.open_volume('v', holder='dead-writer')
+v.write(0, os.urandom(6 * 1024 * 1024))
+print('acknowledged', flush=True)
+os._exit(0)   # no flush, no lease release: a crash
+'''
+
+
+def test_the_next_holder_flushes_what_a_dead_writer_left(tmp_path,
+                                                        faulty_disk):
+    _, trigger = faulty_disk
+    cluster = _cluster(tmp_path)
+    try:
+        vid = cluster.client().create_volume('v', 8 * MiB,
+                                             chunk_size=MiB)['id']
+        out = subprocess.run(
+            [sys.executable, '-c', WRITER, cluster.master_url,
+             cluster.key_file], cwd=ROOT, capture_output=True, text=True,
+            timeout=120)
+        assert out.stdout.strip() == 'acknowledged', out.stderr
+        assert unsynced(trigger, vid), 'the writer left nothing unsynced'
+        with data_client(cluster) as cl:
+            v = cl.open_volume('v', holder='next-holder', force=True)
+            v.flush()
+            assert unsynced(trigger, vid) == []
+            v.close()
+    finally:
+        cluster.stop()
