@@ -44,7 +44,8 @@ def main(argv=None):
         store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
         default_replicas=mc.default_replicas,
         default_min_replicas=mc.default_min_replicas,
-        default_chunk_size=mc.default_chunk_size)
+        default_chunk_size=mc.default_chunk_size,
+        max_volume_size=mc.max_volume_size)
 
     async def serve(stop):
         runner = web.AppRunner(master.app(), access_log=None)

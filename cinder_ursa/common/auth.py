@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import string
 import time
 
 from cinder_ursa import exception
@@ -16,6 +17,11 @@ from cinder_ursa import exception
 HEADER = 'X-Ursa-Auth'
 MAX_SKEW = 300
 KEY_BYTES = 32
+# A UNIX time has 10 digits until 2286; more can only be garbage (and a
+# 400-digit one overflowed the float arithmetic of the clock check).
+TS_MAX_DIGITS = 12
+# A hex SHA-256 digest.
+MAC_HEX_DIGITS = 64
 
 
 def load_key(path=None, key=None):
@@ -62,21 +68,39 @@ def sign(key, method, path, now=None):
 
 
 def verify(key, method, path, value, now=None):
-    """Raise NotAuthorized unless ``value`` is a fresh, valid signature."""
+    """Raise NotAuthorized unless ``value`` is a fresh, valid signature.
+
+    Whatever an unauthenticated peer sends ends here as NotAuthorized (401)
+    with a message: the header is checked for its form (a time of at most
+    ``TS_MAX_DIGITS`` ASCII digits, a MAC of ``MAC_HEX_DIGITS`` hex digits)
+    before any arithmetic or comparison that could raise anything else.
+    """
     if not value or ':' not in value:
         raise exception.NotAuthorized(
             reason='missing %s header: sign requests with the cluster key'
             % HEADER)
     ts_text, mac = value.split(':', 1)
+    if not (ts_text.isascii() and ts_text.isdigit()
+            and len(ts_text) <= TS_MAX_DIGITS):
+        raise exception.NotAuthorized(
+            reason='malformed %s header: the time before ":" must be a '
+                   'UNIX time of at most %d digits' % (HEADER, TS_MAX_DIGITS))
+    if not (len(mac) == MAC_HEX_DIGITS and mac.isascii()
+            and all(c in string.hexdigits for c in mac)):
+        raise exception.NotAuthorized(
+            reason='malformed %s header: the signature after ":" must be '
+                   '%d hex digits (HMAC-SHA256)' % (HEADER, MAC_HEX_DIGITS))
     try:
         ts = int(ts_text)
-    except ValueError:
-        raise exception.NotAuthorized(reason='malformed %s header' % HEADER)
-    now = time.time() if now is None else now
-    if abs(now - ts) > MAX_SKEW:
+        now = time.time() if now is None else now
+        skew = now - ts
+    except (OverflowError, ValueError):
+        raise exception.NotAuthorized(
+            reason='malformed %s header: the time is no UNIX time' % HEADER)
+    if abs(skew) > MAX_SKEW:
         raise exception.NotAuthorized(
             reason='signature time is %d s off; check the clocks (NTP)'
-            % int(now - ts))
-    if not hmac.compare_digest(mac, _mac(key, ts, method, path)):
+            % int(skew))
+    if not hmac.compare_digest(mac.lower(), _mac(key, ts, method, path)):
         raise exception.NotAuthorized(reason='bad signature: wrong cluster '
                                              'key?')

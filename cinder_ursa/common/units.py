@@ -9,6 +9,8 @@ Ki = 1024
 Mi = Ki * Ki
 Gi = Ki * Mi
 Ti = Ki * Gi
+Pi = Ki * Ti
+Ei = Ki * Pi
 BLOCK_SIZE = 4 * Ki
 
 _UNITS = {'': 1, 'b': 1, 'k': Ki, 'm': Mi, 'g': Gi, 't': Ti}
@@ -28,7 +30,8 @@ def parse_size(text):
 
 
 def format_size(n):
-    for unit, factor in (('TiB', Ti), ('GiB', Gi), ('MiB', Mi), ('KiB', Ki)):
+    for unit, factor in (('EiB', Ei), ('PiB', Pi), ('TiB', Ti), ('GiB', Gi),
+                         ('MiB', Mi), ('KiB', Ki)):
         if n >= factor:
             value = n / factor
             return ('%d %s' % (value, unit) if value == int(value)

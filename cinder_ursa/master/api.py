@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import math
 import time
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from aiohttp import web
 from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
+from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
 
@@ -27,6 +29,22 @@ API_VERSION = 'v1'
 # A snapshot still 'creating' after this long lost its master mid-way.
 UNFINISHED_AFTER = 60.0
 UNFINISHED_SWEEP = 10.0
+# Every integer the API reads must fit a signed 64-bit number: that is
+# what SQL (BIGINT) and the data protocol hold; larger ones failed deep
+# down, as 500s, or were stored and broke sums later.
+INT64_BOUND = 2 ** 63
+# A number written as text ("10G") longer than this is no number (and
+# int() refuses more than 4300 digits with a ValueError).
+NUMBER_TEXT_MAX = 32
+
+
+def _int64(value, what):
+    """``value`` if |value| < 2**63, else InvalidArgument naming it."""
+    if not -INT64_BOUND < value < INT64_BOUND:
+        raise exception.InvalidArgument(
+            reason='%s is out of range: integers must be between '
+                   '-(2**63 - 1) and 2**63 - 1' % what)
+    return value
 
 
 def _error_response(exc):
@@ -70,15 +88,27 @@ class _Body:
         value = self.data[name]
         if kind is int:
             if isinstance(value, str):
+                if len(value) > NUMBER_TEXT_MAX:
+                    raise exception.InvalidArgument(
+                        reason='"%s" is too long for a number (more than %d '
+                               'characters)' % (name, NUMBER_TEXT_MAX))
                 value = units.parse_size(value)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise exception.InvalidArgument(
                     reason='"%s" must be an integer' % name)
+            _int64(value, '"%s"' % name)
         elif kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise exception.InvalidArgument(
                     reason='"%s" must be a number' % name)
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                value = math.inf
+            if not math.isfinite(value):
+                raise exception.InvalidArgument(
+                    reason='"%s" is out of range: it must be a finite '
+                           'number' % name)
         elif not isinstance(value, kind):
             raise exception.InvalidArgument(
                 reason='"%s" must be of type %s' % (name, kind.__name__))
@@ -93,6 +123,15 @@ async def _body(request):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise exception.InvalidArgument(
             reason='the request body is not valid JSON: %s' % e) from None
+    except RecursionError:
+        raise exception.InvalidArgument(
+            reason='the request body is nested too deeply: send a flat '
+                   'JSON object') from None
+    except (ValueError, OverflowError) as e:
+        # int() refuses numbers of more than 4300 digits.
+        raise exception.InvalidArgument(
+            reason='the request body holds a number out of range: %s'
+            % e) from None
     return _Body(data)
 
 
@@ -104,10 +143,17 @@ def _int_query(request, name, default=None):
                                                    'required' % name)
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise exception.InvalidArgument(
             reason='query parameter "%s" must be an integer' % name) from None
+    return _int64(number, 'query parameter "%s"' % name)
+
+
+def _volume_id(value):
+    if not isinstance(value, str):
+        raise TypeError('a volume id is a string')
+    return value
 
 
 class MasterAPI:
@@ -115,8 +161,10 @@ class MasterAPI:
 
     def __init__(self, store, key, server_timeout=15.0, lease_ttl=30.0,
                  default_replicas=3, default_min_replicas=2,
-                 default_chunk_size=64 * units.Mi):
+                 default_chunk_size=64 * units.Mi,
+                 max_volume_size=units.Pi):
         self.store = store
+        self.max_volume_size = max_volume_size
         self.key = key
         self.server_timeout = server_timeout
         self.lease_ttl = lease_ttl
@@ -253,11 +301,12 @@ class MasterAPI:
         b = await _body(request)
         chunks = b.get('chunks', list, [])
         try:
-            chunks = [(str(v), int(i), int(e)) for v, i, e in chunks]
-        except (TypeError, ValueError):
+            chunks = [(_volume_id(v), _int64(int(i), 'index'),
+                       _int64(int(e), 'epoch')) for v, i, e in chunks]
+        except (TypeError, ValueError, OverflowError):
             raise exception.InvalidArgument(
-                reason='"chunks" must be a list of [volume, index, epoch]'
-            ) from None
+                reason='"chunks" must be a list of [volume, index, epoch] '
+                       'with 64-bit integers') from None
         port = b.get('port', int, required=True)
         if not 0 < port < 65536:
             raise exception.InvalidArgument(reason='port out of range')
@@ -284,8 +333,9 @@ class MasterAPI:
 
     def _note_usage(self, sid, body):
         vols = body.get('volumes', dict, {})
-        self.usage[sid] = {str(k): int(n) for k, n in vols.items()
-                           if isinstance(n, int)}
+        self.usage[sid] = {str(k): n for k, n in vols.items()
+                           if isinstance(n, int) and not isinstance(n, bool)
+                           and 0 <= n < INT64_BOUND}
 
     def _allocated(self, vol):
         """Bytes a volume (with its snapshots) uses: in total on every
@@ -294,6 +344,9 @@ class MasterAPI:
         vol['allocated_bytes_total'] = total
         vol['allocated_bytes'] = total // max(vol['replicas'], 1)
         return vol
+
+    def _check_size(self, size):
+        store_mod.check_volume_size(size, self.max_volume_size)
 
     async def list_volumes(self, request):
         vols = await self.db(self.store.list_volumes)
@@ -309,6 +362,7 @@ class MasterAPI:
         size = b.get('size', int, required=parent is None)
         if parent is not None and size is None:
             size = (await self.db(self.store.get_snapshot, parent))['size']
+        self._check_size(size)
         vol = await self.db(
             self.store.create_volume, b.get('name', str, required=True),
             size, replicas, min_replicas,
@@ -470,8 +524,9 @@ class MasterAPI:
     async def resize(self, request):
         ref = request.match_info['ref']
         b = await _body(request)
-        vol = await self.db(self.store.resize, ref,
-                            b.get('size', int, required=True),
+        size = b.get('size', int, required=True)
+        self._check_size(size)
+        vol = await self.db(self.store.resize, ref, size,
                             b.get('force', bool, False))
         return web.json_response({'volume': self._allocated(vol)})
 
@@ -597,7 +652,8 @@ class MasterAPI:
 
 def _path_int(request, name):
     try:
-        return int(request.match_info[name])
+        number = int(request.match_info[name])
     except ValueError:
         raise exception.InvalidArgument(
             reason='%s must be an integer' % name) from None
+    return _int64(number, name)

@@ -2,6 +2,12 @@
 
 from oslo_config import cfg
 
+from cinder_ursa.common import units
+
+# The largest multiple of 4 KiB below 2**63: volume sizes and offsets are
+# signed 64-bit numbers in SQL (BIGINT), in kernels (loff_t) and in NBD.
+MAX_VOLUME_SIZE_LIMIT = 2 ** 63 - units.BLOCK_SIZE
+
 master_group = cfg.OptGroup('ursa_master', title='Ursa master',
                             help='Options of the ursa-master service.')
 
@@ -36,6 +42,13 @@ master_opts = [
     cfg.IntOpt('default_chunk_size', default=64 * 1024 * 1024,
                min=1024 * 1024,
                help='Chunk size in bytes of new volumes (power of two).'),
+    cfg.IntOpt('max_volume_size', default=units.Pi,
+               min=units.BLOCK_SIZE, max=MAX_VOLUME_SIZE_LIMIT,
+               help='Largest size in bytes a volume may be created, cloned '
+                    'or resized to (default 1 PiB); the REST API refuses '
+                    'larger sizes with HTTP 400. Sizes and offsets are '
+                    'signed 64-bit numbers in the databases and kernels, '
+                    'hence the maximum of 8 EiB less 4 KiB.'),
 ]
 
 

@@ -1116,13 +1116,16 @@ class MetadataStore:
     def cluster_status(self):
         servers = self.list_servers()
         with self.engine.connect() as conn:
-            nvol = conn.execute(sa.select(sa.func.count()).select_from(
-                models.volumes)).scalar()
-            provisioned = conn.execute(sa.select(sa.func.coalesce(
-                sa.func.sum(models.volumes.c.size), 0))).scalar()
+            # Summed here, not by SQL: SQLite's SUM raises "integer
+            # overflow" past 2**63 - 1, which volumes of up to
+            # max_volume_size (8 EiB at most) reach in twos.
+            rows = conn.execute(sa.select(
+                models.volumes.c.id, models.volumes.c.replicas,
+                models.volumes.c.size)).all()
+            nvol = len(rows)
+            provisioned = sum(r.size for r in rows)
             degraded = 0
-            vols = {r.id: r.replicas for r in conn.execute(sa.select(
-                models.volumes.c.id, models.volumes.c.replicas))}
+            vols = {r.id: r.replicas for r in rows}
             nchunks = 0
             for vid, replicas in conn.execute(sa.select(
                     models.chunks.c.volume_id, models.chunks.c.replicas)):
@@ -1169,11 +1172,28 @@ def holder_host(holder):
 
 QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
             'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
+# The largest QoS limit: the clients' token buckets (client/qos.py) count
+# in floats, exact for integers up to 2**53, and so are JSON numbers in
+# most other languages.  2**53 a second (8 PiB/s, 9e15 IOPS) limits
+# nothing real, so no useful setting is refused.
+QOS_MAX = 2 ** 53
+
+
+def check_volume_size(size, limit):
+    """Refuse a volume size above ``limit`` ([ursa_master]
+    max_volume_size), naming the limit and the option."""
+    if size is not None and size > limit:
+        raise exception.InvalidArgument(
+            reason='size %d bytes (%s) is above the largest volume size, %d '
+                   'bytes (%s); use a smaller size, or raise [ursa_master] '
+                   'max_volume_size on the master if such volumes are '
+                   'really wanted' % (size, units.format_size(size), limit,
+                                      units.format_size(limit)))
 
 
 def validate_qos(qos):
-    """QoS limits: a dict of QOS_KEYS to integers >= 0 (0: no limit);
-    returns it without the zeros."""
+    """QoS limits: a dict of QOS_KEYS to integers from 0 (no limit) to
+    QOS_MAX; returns it without the zeros."""
     if not isinstance(qos, dict):
         raise exception.InvalidArgument(reason='qos must be an object')
     out = {}
@@ -1182,11 +1202,16 @@ def validate_qos(qos):
             raise exception.InvalidArgument(
                 reason='unknown QoS limit %r; known: %s' % (
                     k, ', '.join(QOS_KEYS)))
-        if isinstance(v, str) and v.isdigit():
+        # Digits as text too, but only ASCII ones, and few enough for
+        # int(): it refuses "\u00b2" and more than 4300 digits.
+        if isinstance(v, str) and v.isascii() and v.isdigit() and \
+                len(v) <= 20:
             v = int(v)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, int) or \
+                not 0 <= v <= QOS_MAX:
             raise exception.InvalidArgument(
-                reason='QoS limit %s must be an integer >= 0' % k)
+                reason='QoS limit %s must be an integer from 0 (no limit) '
+                       'to %d (2**53)' % (k, QOS_MAX))
         if v:
             out[k] = v
     return out

@@ -245,3 +245,31 @@ def test_multiattach_writers_share_the_lease(store):
     store.acquire_lease('shared', 'host-a', 30)
     with pytest.raises(exception.LeaseHeld):
         store.acquire_lease('shared', 'host-b', 30)
+
+
+def test_cluster_status_sums_sizes_past_64_bits(store):
+    """SQLite's SUM raised "integer overflow" once the sizes summed past
+    2**63 - 1 (GET /v1/cluster, ursa cluster status)."""
+    big = 2 ** 63 - 4096
+    store.create_volume('a', big)
+    store.create_volume('b', big)
+    st = store.cluster_status()
+    assert st['provisioned_bytes'] == 2 * big
+    assert st['volumes'] == 2
+
+
+@pytest.mark.parametrize('qos', [
+    {'read_iops_sec': 2 ** 53 + 1}, {'read_iops_sec': 2 ** 80},
+    {'read_iops_sec': '9' * 5000}, {'read_iops_sec': '\u00b2'},
+    {'read_iops_sec': -1}, {'read_iops_sec': 1.5},
+])
+def test_qos_limits_are_bounded(qos):
+    with pytest.raises(exception.InvalidArgument, match='read_iops_sec'):
+        store_mod.validate_qos(qos)
+
+
+def test_qos_limits_up_to_2_53_are_kept():
+    assert store_mod.validate_qos({'read_iops_sec': 2 ** 53,
+                                   'write_iops_sec': '100',
+                                   'total_iops_sec': 0}) == {
+        'read_iops_sec': 2 ** 53, 'write_iops_sec': 100}

@@ -1,0 +1,231 @@
+"""The master's REST API in process (aiohttp's test server over a SQLite
+store, no chunk servers): absurd numbers and bodies are a 400 that names
+the field, never a 500 or an accepted request that breaks things later."""
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import test_utils
+
+from cinder_ursa.common import auth
+from cinder_ursa.common import units
+from cinder_ursa.master import api
+from cinder_ursa.master import store as store_mod
+
+KEY = b'k' * 32
+MiB = units.Mi
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'))
+    s.upgrade()
+    yield s
+    s.close()
+
+
+def call(store, requests, **api_kwargs):
+    """Send ``(method, path, body)`` requests, signed, to a MasterAPI over
+    ``store``; ``body`` is JSON-encoded unless it is bytes.  Returns the
+    ``(status, json)`` of each."""
+    async def go():
+        master = api.MasterAPI(store, KEY, **api_kwargs)
+        server = test_utils.TestServer(master.app())
+        out = []
+        async with test_utils.TestClient(server) as client:
+            for method, path, body in requests:
+                if body is not None and not isinstance(body, bytes):
+                    body = json.dumps(body).encode()
+                headers = {auth.HEADER: auth.sign(
+                    KEY, method, path.split('?', 1)[0]),
+                    'Content-Type': 'application/json'}
+                resp = await client.request(method, path, data=body,
+                                            headers=headers)
+                out.append((resp.status, await resp.json()
+                            if resp.content_type == 'application/json'
+                            else None))
+        return out
+    return asyncio.run(go())
+
+
+def one(store, method, path, body=None, **api_kwargs):
+    return call(store, [(method, path, body)], **api_kwargs)[0]
+
+
+def assert_400(result, *words):
+    status, body = result
+    assert status == 400, body
+    assert body['error']['code'] == 'invalid_argument'
+    for w in words:
+        assert w in body['error']['message'], body
+
+
+def vol(size, **kw):
+    body = dict(name='x', size=size, chunk_size=4 * MiB)
+    body.update(kw)
+    return body
+
+
+@pytest.mark.parametrize('body,words', [
+    # Past 64 bits: a 500 before.
+    (vol(2 ** 80), ('"size"', 'out of range')),
+    (vol(2 ** 63), ('"size"', 'out of range')),
+    (vol(-2 ** 63), ('"size"', 'out of range')),
+    (vol('9' * 5000), ('"size"',)),
+    (vol('99999999999T'), ('"size"', 'out of range')),
+    # In 64 bits but past max_volume_size: accepted before.
+    (vol(2 ** 63 - 4096), ('max_volume_size', '[ursa_master]', '1 PiB')),
+    (vol(2 ** 62), ('max_volume_size', '1 PiB')),
+    (vol(units.Pi + 4096), ('max_volume_size',)),
+    (vol(4096, replicas=2 ** 80), ('"replicas"', 'out of range')),
+    (vol(4096, chunk_size=2 ** 64), ('"chunk_size"', 'out of range')),
+    (vol(4096, stripe_count=-2 ** 70), ('"stripe_count"', 'out of range')),
+    # QoS limits: 2**80 was a 500.
+    (vol(4096, qos={'read_iops_sec': 2 ** 80}), ('read_iops_sec', '2**53')),
+    (vol(4096, qos={'total_bytes_sec': 2 ** 53 + 1}),
+     ('total_bytes_sec', '2**53')),
+    (vol(4096, qos={'read_iops_sec': '9' * 5000}), ('read_iops_sec',)),
+    (vol(4096, qos={'read_iops_sec': '\u00b2'}), ('read_iops_sec',)),
+    (vol(4096, qos={'read_iops_sec': -1}), ('read_iops_sec',)),
+])
+def test_absurd_volume_numbers_are_400(store, body, words):
+    assert_400(one(store, 'POST', '/v1/volumes', body), *words)
+    assert store.list_volumes() == []
+
+
+def test_the_largest_volumes_allowed_are_created(store):
+    (s1, v1), (s2, v2), (s3, _) = call(store, [
+        ('POST', '/v1/volumes', vol(units.Pi)),
+        ('POST', '/v1/volumes', dict(vol(4096, qos={
+            'read_iops_sec': 2 ** 53, 'write_bytes_sec': str(2 ** 53)}),
+            name='y')),
+        ('GET', '/v1/cluster', None)])
+    assert (s1, s2, s3) == (201, 201, 200), (v1, v2)
+    assert v1['volume']['size'] == units.Pi
+    assert v2['volume']['qos'] == {'read_iops_sec': 2 ** 53,
+                                   'write_bytes_sec': 2 ** 53}
+
+
+def test_max_volume_size_is_configurable(store):
+    big = 2 ** 63 - 4096
+    status, body = one(store, 'POST', '/v1/volumes', vol(big),
+                       max_volume_size=big)
+    assert status == 201, body
+    assert_400(one(store, 'POST', '/v1/volumes', dict(vol(8 * MiB),
+                                                      name='y'),
+                   max_volume_size=4 * MiB),
+               'max_volume_size', '4 MiB')
+
+
+def test_resize_and_clone_above_the_limit_are_400(store):
+    gib = units.Gi
+    results = call(store, [
+        ('POST', '/v1/volumes', vol(2 * gib)),
+        ('POST', '/v1/volumes/x/snapshots', {'name': 's'}),
+        ('PUT', '/v1/volumes/x/size', {'size': 4 * gib}),
+    ], max_volume_size=4 * gib)
+    assert [s for s, _ in results] == [201, 201, 200], results
+    limit = dict(max_volume_size=gib)
+    # Resizing, also within 64 bits; cloning with or without a size.
+    assert_400(one(store, 'PUT', '/v1/volumes/x/size', {'size': 2 * gib},
+                   **limit), 'max_volume_size', '1 GiB')
+    assert_400(one(store, 'PUT', '/v1/volumes/x/size', {'size': 2 ** 64},
+                   **limit), '"size"', 'out of range')
+    assert_400(one(store, 'POST', '/v1/volumes',
+                   {'name': 'c', 'snapshot': 'x@s'}, **limit),
+               'max_volume_size')
+    assert_400(one(store, 'POST', '/v1/volumes',
+                   {'name': 'c', 'snapshot': 'x@s', 'size': 4 * gib},
+                   **limit), 'max_volume_size', '4 GiB')
+    assert_400(one(store, 'POST', '/v1/volumes',
+                   {'name': 'c', 'snapshot': 'x@s', 'size': 2 ** 70},
+                   **limit), '"size"', 'out of range')
+    assert store.get_volume('x')['size'] == 4 * gib
+    assert [v['name'] for v in store.list_volumes()] == ['x']
+
+
+@pytest.mark.parametrize('raw,words', [
+    # 100,000 levels: json raised RecursionError (a 500 and a traceback).
+    (b'[' * 100000 + b']' * 100000, ('nested too deeply',)),
+    (b'{"name": ' + b'[' * 100000 + b']' * 100000 + b'}',
+     ('nested too deeply',)),
+    # An integer of 5,000 digits: int() raised ValueError.
+    (b'{"name": "x", "size": ' + b'9' * 5000 + b'}', ('number',)),
+])
+def test_unparsable_bodies_are_400(store, raw, words):
+    assert_400(one(store, 'POST', '/v1/volumes', raw), *words)
+
+
+def test_every_integer_read_is_bounded(store):
+    """Bodies, queries and paths: an integer past 64 bits names what it
+    was in a 400 (it reached SQL and failed there, a 500)."""
+    assert call(store, [('POST', '/v1/volumes', vol(16 * MiB))])[0][0] == 201
+    huge = 2 ** 64
+    cases = [
+        ('GET', '/v1/volumes/x/chunks?start=%d' % huge, None,
+         'query parameter "start"'),
+        ('GET', '/v1/volumes/x/chunks?count=-%d' % huge, None,
+         'query parameter "count"'),
+        ('DELETE', '/v1/volumes/x/lease?holder=h&generation=%d' % huge,
+         None, 'query parameter "generation"'),
+        ('PUT', '/v1/chunkservers/%d/heartbeat' % huge, {}, 'id'),
+        ('PUT', '/v1/chunkservers/1/heartbeat', {'capacity': huge},
+         '"capacity"'),
+        ('POST', '/v1/volumes/x/chunks/%d/drop' % huge,
+         {'server_id': 1, 'epoch': 1}, 'idx'),
+        ('POST', '/v1/volumes/x/chunks/0/drop',
+         {'server_id': huge, 'epoch': 1}, '"server_id"'),
+        ('POST', '/v1/volumes/x/chunks/0/drop',
+         {'server_id': 1, 'epoch': -huge}, '"epoch"'),
+        ('PUT', '/v1/volumes/x/lease',
+         {'holder': 'h', 'generation': huge}, '"generation"'),
+        # float(10**400) raised OverflowError.
+        ('POST', '/v1/volumes/x/lease', {'holder': 'h', 'ttl': 10 ** 400},
+         '"ttl"'),
+        ('POST', '/v1/volumes/x/lease', b'{"holder": "h", "ttl": NaN}',
+         '"ttl"'),
+        ('POST', '/v1/chunkservers', {
+            'uuid': 'u', 'host': 'h', 'address': '127.0.0.1', 'port': 1,
+            'chunks': [['v', huge, 1]]}, '"chunks"'),
+        ('POST', '/v1/chunkservers', b'{"uuid": "u", "host": "h", '
+         b'"address": "127.0.0.1", "port": 1, "chunks": [["v", Infinity, '
+         b'1]]}', '"chunks"'),
+        ('POST', '/v1/chunkservers', {
+            'uuid': 'u', 'host': 'h', 'address': '127.0.0.1',
+            'port': 2 ** 80}, '"port"'),
+    ]
+    results = call(store, [(m, p, b) for m, p, b, _ in cases])
+    for (method, path, _, word), result in zip(cases, results, strict=True):
+        assert result[0] == 400, (method, path, result)
+        assert_400(result, word)
+    assert store.list_servers() == []
+
+
+def test_cluster_status_with_volumes_summing_past_64_bits(store):
+    """SUM(size) in SQL overflowed: GET /v1/cluster was a 500."""
+    big = 2 ** 63 - 4096
+    for name in ('a', 'b', 'c'):
+        store.create_volume(name, big, chunk_size=4 * MiB)
+    status, body = one(store, 'GET', '/v1/cluster')
+    assert status == 200, body
+    assert body['provisioned_bytes'] == 3 * big
+    assert body['volumes'] == 3
+
+
+def test_unauthenticated_garbage_is_401(store):
+    async def go():
+        master = api.MasterAPI(store, KEY)
+        out = []
+        async with test_utils.TestClient(
+                test_utils.TestServer(master.app())) as client:
+            for value in ('9' * 400 + ':' + 'a' * 64, '1:' + 'z' * 64,
+                          '%d:%s' % (2 ** 70, 'a' * 64)):
+                resp = await client.get('/v1/volumes',
+                                        headers={auth.HEADER: value})
+                out.append((resp.status, await resp.json()))
+        return out
+    for status, body in asyncio.run(go()):
+        assert status == 401, body
+        assert body['error']['code'] == 'not_authorized'
+        assert auth.HEADER in body['error']['message']
