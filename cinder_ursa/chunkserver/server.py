@@ -3,7 +3,10 @@
 Write path (the primary is the first server of a chunk's replica set):
 
 1. check the lease generation (older -> Fenced) and the chunk epoch
-   (older -> StaleEpoch, newer -> adopted);
+   (older -> StaleEpoch), and that the replica set the request names is the
+   master's at that epoch: a newer epoch or generation is first confirmed
+   with the master (:mod:`.authority`), and requests for that chunk wait
+   behind it, so every chunk's writes are still applied in arrival order;
 2. apply the write to the local replica synchronously, in arrival order;
 3. forward it (REPLICATE) to the other replicas in parallel;
 4. a replica that fails or times out is dropped from the replica set by
@@ -14,15 +17,22 @@ Write path (the primary is the first server of a chunk's replica set):
 
 import asyncio
 import logging
+import os
 import socket
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver import authority as authority_mod
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.common import rest
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
+
+# Fault injection for the tests, as Ceph's inject options: never set it
+# in production.  "exit-before-forward": a primary exits right after it
+# applied a write locally, before forwarding it to the other replicas.
+_FAULT = os.environ.get('URSA_INJECT_FAULT')
 
 
 class ChunkServer:
@@ -33,6 +43,10 @@ class ChunkServer:
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
         self.key = key
         self.master = rest.AsyncMasterClient(master_urls, key, timeout=10.0)
+        self.authority = authority_mod.Authority(self.master, self.store)
+        # (volume, index) -> [(handler, conn, frame, request)] waiting for
+        # the master to confirm what the first of them named.
+        self._waiting = {}
         self.bind_host = bind_host
         self.bind_port = bind_port
         self.advertise_host = advertise_host or bind_host
@@ -138,71 +152,263 @@ class ChunkServer:
 
     def handle(self, conn, frame):
         op = frame.opcode
+        if op == codec.WRITE:
+            fn, req = self._write, codec.decode_write(frame.body, frame.flags)
+        elif op == codec.REPLICATE:
+            fn, req = self._replicate, codec.decode_replicate(frame.body,
+                                                              frame.flags)
+        elif op == codec.READ:
+            fn, req = self._read, codec.decode_read(frame.body)
+        elif op == codec.REPAIR:
+            fn, req = self._repair, codec.decode_repair(frame.body)
+        else:
+            self._serve(conn, frame, self._control, None)
+            return
+        waiting = self._waiting.get((req.volume, req.index))
+        if waiting is not None:
+            waiting.append((fn, conn, frame, req))
+        else:
+            self._serve(conn, frame, fn, req)
+
+    def _serve(self, conn, frame, fn, req, confirmed=False):
+        """Run a request's handler and answer its errors; a request that
+        names what the master must confirm first waits for it, and the
+        later requests for its chunk wait behind it."""
         try:
-            if op == codec.WRITE:
-                self._write(conn, frame)
-            elif op == codec.READ:
-                self._read(conn, frame)
-            elif op == codec.REPLICATE:
-                self._replicate(conn, frame)
-            elif op == codec.FLUSH:
-                self._flush(conn, frame)
-            elif op == codec.FENCE:
-                vol, gen = codec.decode_fence(frame.body)
-                self.store.adopt_generation(vol, gen)
-                conn.send(codec.encode_ok(op, frame.req_id))
-            elif op == codec.DELETE:
-                vol, idx = codec.decode_delete(frame.body)
-                n = self.store.delete(vol, None if idx == codec.ALL_CHUNKS
-                                      else idx)
-                if n:
-                    LOG.info('Deleted %d replica(s) of volume %s', n, vol)
-                conn.send(codec.encode_ok(op, frame.req_id))
-            elif op == codec.CHUNK_INFO:
-                vol, idx = codec.decode_chunk_info(frame.body)
-                conn.send(codec.encode_chunk_info_ok(
-                    frame.req_id, *self.store.chunk_info(vol, idx)))
-            elif op == codec.INVENTORY:
-                vol = codec.decode_inventory(frame.body)
-                conn.send(codec.encode_inventory_ok(
-                    frame.req_id, self.store.inventory(vol)))
-            elif op == codec.SNAPSHOT:
-                vol, seq, live = codec.decode_snapshot(frame.body)
-                if frame.flags & codec.FLAG_DRY_RUN:
-                    n = self.store.gc(vol, live, upto=seq, dry_run=True)
-                    conn.send(codec.encode_ok(op, frame.req_id,
-                                              codec.encode_u64(n)))
-                    return
-                self.store.adopt_snapseq(vol, seq)
-                if frame.flags & codec.FLAG_GC:
-                    n = self.store.gc(vol, live, upto=seq)
-                    if n:
-                        LOG.info('Volume %s: %d preserved block(s) no '
-                                 'snapshot needs were freed', vol, n)
-                conn.send(codec.encode_ok(op, frame.req_id))
-            elif op == codec.REVERT:
-                vol, snap, seq = codec.decode_revert(frame.body)
-                self.store.adopt_snapseq(vol, seq)
-                n = self.store.revert(vol, snap, seq)
-                LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d',
-                         vol, n, snap)
-                conn.spawn(self._reply_after_sync(conn, frame, vol))
-            else:
-                raise exception.ProtocolError(
-                    reason='unknown opcode 0x%02x' % op)
+            fn(conn, frame, req, confirmed)
+        except authority_mod.Unconfirmed:
+            self._hold((req.volume, req.index),
+                       self._confirm_then_serve((fn, conn, frame, req)))
         except exception.ProtocolError:
             raise
-        except exception.UrsaError as e:
-            conn.send(codec.encode_error(op, frame.req_id, e))
-        except OSError as e:
-            LOG.error('Disk I/O error serving %r: %s', frame, e)
-            conn.send(codec.encode_error(op, frame.req_id,
-                                         exception.DiskError(
-                                             reason='I/O error: %s' % e)))
+        except (exception.UrsaError, OSError) as e:
+            self._reply_error(conn, frame, e)
 
-    def _read(self, conn, frame):
-        req = codec.decode_read(frame.body)
+    @staticmethod
+    def _reply_error(conn, frame, e):
+        """Answer ``frame`` with the error ``e``: an Ursa error as it is, an
+        OSError as a disk error (the client then drops this replica), any
+        other as an internal error, logged with its traceback."""
+        if isinstance(e, OSError):
+            LOG.error('Disk I/O error serving %r: %s', frame, e)
+            e = exception.DiskError(reason='I/O error: %s' % e)
+        elif not isinstance(e, exception.UrsaError):
+            LOG.error('Serving %r failed', frame, exc_info=e)
+            e = exception.InternalError(reason=str(e))
+        conn.send(codec.encode_error(frame.opcode, frame.req_id, e))
+
+    def _hold(self, key, coro):
+        """Run ``coro`` while the requests that come for chunk ``key``
+        wait; then serve them, in arrival order."""
+        self._waiting[key] = []
+        task = self._loop.create_task(self._held(key, coro))
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _held(self, key, coro):
+        confirmed = False
+        try:
+            confirmed = await coro
+        finally:
+            queue = self._waiting.pop(key, [])
+            for i, (fn, conn, frame, req) in enumerate(queue):
+                self._serve(conn, frame, fn, req, confirmed)
+                if key in self._waiting:  # held again: the rest waits
+                    self._waiting[key][:0] = queue[i + 1:]
+                    break
+
+    async def _confirm_then_serve(self, item):
+        """Ask the master what the request ``item`` named, serve it; what
+        waits behind it is then served as confirmed too."""
+        fn, conn, frame, req = item
+        try:
+            await self.authority.confirm(req.volume, req.index)
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
+            return False
+        self._serve(conn, frame, fn, req, True)
+        return True
+
+    def _control(self, conn, frame, _req, _confirmed):
+        op = frame.opcode
+        if op == codec.FLUSH:
+            self._flush(conn, frame)
+        elif op == codec.FENCE:
+            vol, gen = codec.decode_fence(frame.body)
+            if gen <= self.store.generation(vol):
+                conn.send(codec.encode_ok(op, frame.req_id))
+            else:
+                conn.spawn(self._fence(conn, frame, vol, gen))
+        elif op == codec.DELETE:
+            vol, idx = codec.decode_delete(frame.body)
+            n = self.store.delete(vol, None if idx == codec.ALL_CHUNKS
+                                  else idx)
+            if n:
+                LOG.info('Deleted %d replica(s) of volume %s', n, vol)
+            conn.send(codec.encode_ok(op, frame.req_id))
+        elif op == codec.CHUNK_INFO:
+            vol, idx = codec.decode_chunk_info(frame.body)
+            conn.send(codec.encode_chunk_info_ok(
+                frame.req_id, *self.store.chunk_info(
+                    vol, idx, bool(frame.flags & codec.FLAG_DEEP))))
+        elif op == codec.INVENTORY:
+            vol = codec.decode_inventory(frame.body)
+            conn.send(codec.encode_inventory_ok(
+                frame.req_id, self.store.inventory(vol)))
+        elif op == codec.SNAPSHOT:
+            vol, seq, live = codec.decode_snapshot(frame.body)
+            if frame.flags & codec.FLAG_DRY_RUN:
+                n = self.store.gc(vol, live, upto=seq, dry_run=True)
+                conn.send(codec.encode_ok(op, frame.req_id,
+                                          codec.encode_u64(n)))
+                return
+            self.store.adopt_snapseq(vol, seq)
+            if frame.flags & codec.FLAG_GC:
+                n = self.store.gc(vol, live, upto=seq)
+                if n:
+                    LOG.info('Volume %s: %d preserved block(s) no '
+                             'snapshot needs were freed', vol, n)
+            conn.send(codec.encode_ok(op, frame.req_id))
+        elif op == codec.REVERT:
+            vol, snap, seq = codec.decode_revert(frame.body)
+            self.store.adopt_snapseq(vol, seq)
+            n = self.store.revert(vol, snap, seq)
+            LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d',
+                     vol, n, snap)
+            conn.spawn(self._reply_after_sync(conn, frame, vol))
+        else:
+            raise exception.ProtocolError(
+                reason='unknown opcode 0x%02x' % op)
+
+    # --- repair -------------------------------------------------------------
+
+    def _repair(self, conn, frame, req, confirmed):
+        """REPAIR (to the primary): make blocks identical and valid on
+        every replica.  The chunk is held meanwhile (its writes wait), so
+        what is pushed is the latest content and no write overtakes it."""
+        view = self.authority.view(req.volume, req.index, req.epoch, self.id,
+                                   confirmed)
+        if view.replicas[0] != self.id:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d: this server (%d) is not its primary '
+                       '(%s); refresh the chunk map' % (
+                           req.volume, req.index, self.id, view.replicas))
+        self._hold((req.volume, req.index),
+                   self._repair_run(conn, frame, req, view))
+
+    async def _repair_run(self, conn, frame, req, view):
+        try:
+            fixed = await self._repair_blocks(req, view)
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id,
+                                      codec.encode_u64(fixed)))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
+        return False
+
+    async def _repair_blocks(self, req, view):
+        """Mend this replica's torn blocks in the range (from the first
+        replica holding them valid; when none does, their data is taken as
+        it is: a torn unflushed write, old or new content), then push the
+        range to the other replicas.  Returns the blocks mended here."""
+        c = self.store.check_epoch(req.volume, req.index, req.epoch,
+                                   create=True)
+        entries, data = self.store.raw(c, req.first, req.count)
+        torn = store_mod.torn_blocks(entries, data)
+        if torn:
+            entries, data = await self._mend(req, view, entries, data, torn)
+            self.store.put_raw(c, req.first, entries, data)
+            LOG.warning('Chunk %s/%d: %d torn block(s) from block %d '
+                        'mended', req.volume, req.index, len(torn),
+                        req.first)
+        block = store_mod.BLOCK
+        push = codec.WriteRequest(
+            req.volume, req.index, view.epoch, 0, 0, req.first * block,
+            req.count * block, [], entries + data, codec.FLAG_RAW)
+        results = await asyncio.gather(*(
+            self._send_replica(sid, push, view.epoch)
+            for sid in view.replicas[1:]), return_exceptions=True)
+        for sid, res in zip(view.replicas[1:], results, strict=True):
+            if isinstance(res, BaseException):
+                raise exception.Unavailable(
+                    reason='chunk %s/%d: replica %d did not take the '
+                           'repair (%s); retry' % (req.volume, req.index,
+                                                   sid, res))
+        return len(torn)
+
+    async def _mend(self, req, view, entries, data, torn):
+        entries, data = bytearray(entries), bytearray(data)
+        left = set(torn)
+        unasked = []
+        for sid in view.replicas[1:]:
+            if not left:
+                break
+            try:
+                peer = await self.peers.get(*await self._peer(sid))
+                rid = aio.next_req_id()
+                reply = await peer.request(rid, codec.encode_read(
+                    rid, req.volume, req.index, view.epoch,
+                    req.first * store_mod.BLOCK,
+                    req.count * store_mod.BLOCK, 0, codec.FLAG_RAW),
+                    self.replication_timeout)
+                theirs, their_data = codec.decode_read_raw(reply.body)
+            except exception.UrsaError as e:
+                LOG.warning('Chunk %s/%d: replica %d cannot help mend torn '
+                            'blocks: %s', req.volume, req.index, sid, e)
+                unasked.append(sid)
+                continue
+            bad = set(store_mod.torn_blocks(theirs, their_data))
+            for i in sorted(left - bad):
+                e, b = i * store_mod.ENTRY, i * store_mod.BLOCK
+                entries[e:e + store_mod.ENTRY] = theirs[
+                    e:e + store_mod.ENTRY]
+                data[b:b + store_mod.BLOCK] = their_data[
+                    b:b + store_mod.BLOCK]
+                left.discard(i)
+        if left and unasked:
+            raise exception.Unavailable(
+                reason='chunk %s/%d: replicas %s could not be asked for a '
+                       'valid copy of torn blocks; retry' % (
+                           req.volume, req.index, unasked))
+        if left and len(view.replicas) < 2:
+            # One copy: a torn write cannot be told from a rotten block.
+            raise exception.ChecksumError(
+                reason='chunk %s/%d blocks %s: the only copy does not match '
+                       'its CRC; restore or rewrite those blocks' % (
+                           req.volume, req.index,
+                           sorted(req.first + i for i in left)))
+        if left:
+            # Torn on every replica: a write cut short on all of them by a
+            # power loss (rot striking every copy of one block at once is
+            # not plausible).  Its content is the old or the new data.
+            LOG.warning('Chunk %s/%d: no replica holds blocks %s valid; '
+                        'their content here is taken as it is (a write '
+                        'torn by a crash)', req.volume, req.index,
+                        sorted(req.first + i for i in left))
+        return (store_mod.mend_entries(bytes(entries), bytes(data), left),
+                bytes(data))
+
+    async def _fence(self, conn, frame, vol, gen):
+        try:
+            await self.authority.confirm_generation(vol, gen)
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
+
+    def _read(self, conn, frame, req, confirmed):
+        known = self.store.known_epoch(req.volume, req.index)
+        if known is not None and req.epoch > known:
+            self.authority.view(req.volume, req.index, req.epoch, self.id,
+                                confirmed)
         c = self.store.check_epoch(req.volume, req.index, req.epoch)
+        if frame.flags & codec.FLAG_RAW:
+            if req.offset % store_mod.BLOCK or req.length % store_mod.BLOCK \
+                    or req.snap:
+                raise exception.InvalidArgument(
+                    reason='raw reads are of whole blocks of the head')
+            conn.send(codec.encode_read_raw_ok(frame.req_id, *self.store.raw(
+                c, req.offset // store_mod.BLOCK,
+                req.length // store_mod.BLOCK)))
+            return
         if frame.flags & codec.FLAG_MAP_ONLY:
             states = self.store.block_states(c, req.offset, req.length,
                                              req.snap)
@@ -214,19 +420,33 @@ class ChunkServer:
             frame.req_id, data,
             states if frame.flags & codec.FLAG_STATES else None))
 
+    def _check(self, req, confirmed):
+        """The master's view of the chunk a write names (its generation
+        and epoch checked; see :mod:`.authority`)."""
+        # A copy-up writes what readers already see through the parent,
+        # and a repair what a replica held: they need no lease (and
+        # preserve nothing).
+        if not req.flags & (codec.FLAG_IF_ABSENT | codec.FLAG_RAW):
+            self.authority.check_generation(req.volume, req.generation,
+                                            confirmed)
+        return self.authority.view(req.volume, req.index, req.epoch,
+                                   self.id, confirmed)
+
     def _apply(self, req):
-        # A copy-up writes what readers already see through the parent:
-        # it needs no lease and preserves nothing.
-        if not req.if_absent:
-            self.store.adopt_generation(req.volume, req.generation)
         c = self.store.check_epoch(req.volume, req.index, req.epoch,
                                    create=True)
+        if req.flags & codec.FLAG_RAW:
+            n = req.length // store_mod.BLOCK
+            self.store.put_raw(c, req.offset // store_mod.BLOCK,
+                               req.data[:n * store_mod.ENTRY],
+                               req.data[n * store_mod.ENTRY:])
+            return c
         self.store.write(c, req.offset, req.data, req.seq, req.zero,
                          req.if_absent, req.length, req.floor)
         return c
 
-    def _replicate(self, conn, frame):
-        req = codec.decode_replicate(frame.body, frame.flags)
+    def _replicate(self, conn, frame, req, confirmed):
+        self._check(req, confirmed)
         c = self._apply(req)
         if req.fua:
             conn.spawn(self._reply_after_sync(conn, frame, req.volume, c))
@@ -240,8 +460,7 @@ class ChunkServer:
         try:
             await self._sync(volume, chunk)
         except (OSError, exception.UrsaError) as e:
-            conn.send(codec.encode_error(frame.opcode, frame.req_id,
-                                         self._sync_error(e)))
+            self._reply_error(conn, frame, e)
             return
         if chunk is None:
             conn.send(codec.encode_ok(frame.opcode, frame.req_id))
@@ -249,23 +468,21 @@ class ChunkServer:
             conn.send(codec.encode_write_ok(frame.req_id, chunk.epoch,
                                             frame.opcode))
 
-    @staticmethod
-    def _sync_error(e):
-        if isinstance(e, exception.UrsaError):
-            return e
-        LOG.error('fdatasync failed: %s', e)
-        return exception.DiskError(reason='fdatasync: %s' % e)
-
-    def _write(self, conn, frame):
-        req = codec.decode_write(frame.body, frame.flags)
-        if self.id is None:
-            raise exception.InternalError(
-                reason='this chunk server has not registered yet')
-        if not req.replicas or req.replicas[0] != self.id:
+    def _write(self, conn, frame, req, confirmed):
+        view = self._check(req, confirmed)
+        if view.replicas[0] != self.id:
             raise exception.StaleEpoch(
                 reason='chunk %s/%d: this server (%d) is not its primary '
                        '(%s); refresh the chunk map' % (
-                           req.volume, req.index, self.id, req.replicas))
+                           req.volume, req.index, self.id, view.replicas))
+        if req.replicas != view.replicas:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d: the write names replica set %s, the '
+                       'master\'s at epoch %d is %s; refresh the chunk map'
+                       % (req.volume, req.index, req.replicas, view.epoch,
+                          view.replicas))
+        # What the master says, not what the client sent.
+        req.min_replicas = view.min_replicas
         if len(req.replicas) < req.min_replicas:
             raise exception.InsufficientReplicas(
                 have=len(req.replicas), need=req.min_replicas,
@@ -280,6 +497,9 @@ class ChunkServer:
             req.floor = self.store.preserve_floor(req.volume, req.seq)
         c = self._apply(req)
         others = req.replicas[1:]
+        if _FAULT == 'exit-before-forward' and others:
+            LOG.error('URSA_INJECT_FAULT=%s: exiting', _FAULT)
+            os._exit(70)
         if not others and not req.fua:
             conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
             return
@@ -364,20 +584,8 @@ class ChunkServer:
             if failed:
                 epoch = await self._drop(req, c, failed)
             conn.send(codec.encode_write_ok(frame.req_id, epoch))
-        except exception.UrsaError as e:
-            conn.send(codec.encode_error(codec.WRITE, frame.req_id, e))
-        except OSError as e:
-            LOG.error('Disk I/O error writing chunk %s/%d: %s', req.volume,
-                      req.index, e)
-            conn.send(codec.encode_error(codec.WRITE, frame.req_id,
-                                         exception.DiskError(
-                                             reason=str(e))))
         except Exception as e:  # noqa: BLE001 - answer, never hang
-            LOG.exception('Forwarding a write of chunk %s/%d failed',
-                          req.volume, req.index)
-            conn.send(codec.encode_error(codec.WRITE, frame.req_id,
-                                         exception.InternalError(
-                                             reason=str(e))))
+            self._reply_error(conn, frame, e)
 
     async def _send_replica(self, sid, req, epoch):
         addr = await self._peer(sid)
@@ -429,6 +637,8 @@ class ChunkServer:
                             req.index, err)
                 chunk = await self.master.drop_replica(
                     req.volume, req.index, sid, c.epoch)
+                self.authority.learn(req.volume, chunk,
+                                     chunk['min_replicas'])
                 if chunk['epoch'] > c.epoch:
                     self.store.set_epoch(c, chunk['epoch'])
         ids = [r['id'] for r in chunk['replicas']]

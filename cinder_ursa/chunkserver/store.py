@@ -168,6 +168,30 @@ def decode_entries(raw, count):
     return struct.unpack('!%dI' % (2 * count), raw)
 
 
+def torn_blocks(entries, data):
+    """Indexes of the blocks (``entries`` and ``data`` as stored, from
+    :meth:`ChunkStore.raw`) holding data whose CRC32C is not the one
+    their entry stores: a torn write (data and metadata reached the disk
+    apart at a power cut) or a corrupt block."""
+    meta = decode_entries(entries, len(entries) // ENTRY)
+    mv = memoryview(data)
+    return [i for i in range(len(meta) // 2)
+            if meta[2 * i + 1] & 3 == DATA and checksum.crc(
+                mv[i * BLOCK:(i + 1) * BLOCK]) != meta[2 * i]]
+
+
+def mend_entries(entries, data, blocks):
+    """``entries`` with the CRC of ``blocks`` (indexes) computed from
+    ``data``: a torn block's content is taken as it is."""
+    out = bytearray(entries)
+    mv = memoryview(data)
+    for i in blocks:
+        word = struct.unpack_from('!I', out, ENTRY * i + 4)[0]
+        _ENTRY.pack_into(out, ENTRY * i, checksum.crc(
+            mv[i * BLOCK:(i + 1) * BLOCK]), word)
+    return bytes(out)
+
+
 class Files:
     """The data and metadata file of a head or of one layer."""
 
@@ -434,6 +458,11 @@ class ChunkStore:
             fsync_dir(self.chunks_dir)
         _atomic_write(os.path.join(vdir, name), '%d\n' % value)
 
+    def known_epoch(self, volume, index):
+        """The epoch of a replica held here (None: none is)."""
+        c = self._known.get((volume, index))
+        return None if c is None else c.epoch
+
     def check_epoch(self, volume, index, epoch, create=False):
         """Return the chunk after checking ``epoch`` against what this
         replica knows: refuse stale replicas and outdated requests, adopt a
@@ -585,6 +614,52 @@ class ChunkStore:
             return bytes(b[0] for b in self._resolve(c, first, count, snap))
         m = c.head.meta(first, count)
         return bytes(w & 3 for w in m[1::2])
+
+    def raw(self, c, first, count):
+        """(entries, data) of head blocks ``first .. first+count-1`` as
+        stored, unverified (zeros past the end and for a chunk never
+        written here)."""
+        self._check_range(first * BLOCK, count * BLOCK)
+        if c is None:
+            return bytes(ENTRY * count), bytes(BLOCK * count)
+        self._opened(c)
+        entries = os.pread(c.head.meta_fd, ENTRY * count, ENTRY * first)
+        data = os.pread(c.head.data_fd, BLOCK * count, BLOCK * first)
+        return (entries + bytes(ENTRY * count - len(entries)),
+                data + bytes(BLOCK * count - len(data)))
+
+    def put_raw(self, c, first, entries, data):
+        """Make head blocks from ``first`` hold exactly ``entries`` and
+        ``data`` (a repair: the content another replica, or this one after
+        a torn write, holds).  Blocks whose entry is not DATA are
+        deallocated."""
+        count = len(entries) // ENTRY
+        self._check_range(first * BLOCK, count * BLOCK)
+        self._opened(c)
+        meta = decode_entries(entries, count)
+        mv = memoryview(data)
+        try:
+            self._check_space(count * BLOCK)
+            i = 0
+            while i < count:
+                is_data = meta[2 * i + 1] & 3 == DATA
+                j = i + 1
+                while j < count and (meta[2 * j + 1] & 3 == DATA) == is_data:
+                    j += 1
+                if is_data:
+                    pwrite_data(c.head.data_fd, mv[i * BLOCK:j * BLOCK],
+                                (first + i) * BLOCK)
+                else:
+                    punch_hole(c.head.data_fd, (first + i) * BLOCK,
+                               (j - i) * BLOCK)
+                i = j
+            os.pwrite(c.head.meta_fd, entries, ENTRY * first)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise exception.NoSpace(reason='%s: %s' % (
+                    self.data_dir, e.strerror)) from e
+            raise
+        self._mark_dirty(c, (c.head,))
 
     # --- writing -----------------------------------------------------------
 
@@ -890,9 +965,11 @@ class ChunkStore:
 
     # --- inspection -------------------------------------------------------
 
-    def chunk_info(self, volume, index):
+    def chunk_info(self, volume, index, deep=False):
         """(epoch, allocated bytes, layers digest, [fingerprint per block])
-        of a replica: what ``ursa volume check`` compares."""
+        of a replica: what ``ursa volume check`` compares.  ``deep``: every
+        data block is also read, and a fifth item lists the blocks whose
+        data does not match their CRC (see :func:`torn_blocks`)."""
         c = self._chunk(volume, index)
         if c is None:
             raise exception.NotFound(kind='chunk replica',
@@ -902,6 +979,14 @@ class ChunkStore:
         meta = c.head.meta(0, n)
         crcs = [meta[2 * i] if meta[2 * i + 1] & 3 == DATA
                 else checksum.ZERO_CRC for i in range(n)]
+        torn = None
+        if deep:
+            torn = []
+            step = 256
+            for first in range(0, n, step):
+                count = min(step, n - first)
+                entries, data = self.raw(c, first, count)
+                torn.extend(first + i for i in torn_blocks(entries, data))
         while crcs and crcs[-1] == checksum.ZERO_CRC:
             crcs.pop()
         digest = 0
@@ -909,6 +994,8 @@ class ChunkStore:
             lf = c.layer(k)
             raw = os.pread(lf.meta_fd, ENTRY * lf.nblocks(), 0)
             digest = checksum.crc(struct.pack('!QI', k, digest) + raw)
+        if deep:
+            return c.epoch, self._allocated(c), digest, crcs, torn
         return c.epoch, self._allocated(c), digest, crcs
 
     def inventory(self, volume=None):

@@ -6,6 +6,14 @@ layers; replicas must agree on all of them (and no epoch may be ahead of
 the master's: replicas learn a new one with the next request).  Holes
 compare equal to written zeros.
 
+With ``deep`` every replica also reads every block and compares it with
+its stored CRC: a block whose data and CRC disagree (torn by a power cut,
+or rotten) is reported.  With ``repair`` the blocks found differing or torn are
+repaired: the chunk's primary pushes its content to the other replicas
+(after mending its own torn blocks from a replica that holds them valid),
+with the chunk's writes held meanwhile, so a volume in use is repaired
+safely.
+
 ``check_cluster`` (``ursa cluster check``) compares what every chunk
 server holds with what the master knows.
 """
@@ -19,12 +27,27 @@ from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
 
 
-async def check_volume(cluster, ref, timeout=30.0):
-    """Return a report dict: chunks checked, replicas compared, problems."""
+async def check_volume(cluster, ref, timeout=30.0, deep=False, repair=False,
+                       progress=None):
+    """Return a report dict: chunks checked, replicas compared, problems;
+    with ``repair``, the blocks repaired, and the problems that remain
+    (the volume is checked again).  ``progress(done, total)`` is called
+    after each chunk."""
     vol = (await cluster.master.request('GET', '/volumes/%s' % ref))['volume']
+    report = await _check(cluster, vol, timeout, deep, repair, progress)
+    if repair:
+        if report['repaired']:
+            await _flush(cluster, vol['id'], timeout)
+        again = await _check(cluster, vol, timeout, deep, False, None)
+        report['found'] = report['problems']
+        report['problems'] = again['problems']
+    return report
+
+
+async def _check(cluster, vol, timeout, deep, repair, progress):
     nchunks = Layout.for_volume(vol).chunks
     problems = []
-    checked = replicas = 0
+    checked = replicas = repaired = 0
     digests = {}
     for start in range(0, nchunks, 4096):
         count = min(4096, nchunks - start)
@@ -32,9 +55,10 @@ async def check_volume(cluster, ref, timeout=30.0):
         for chunk in reply['chunks']:
             checked += 1
             infos = await asyncio.gather(*(
-                _info(cluster, vol['id'], chunk['index'], r, timeout)
+                _info(cluster, vol['id'], chunk['index'], r, timeout, deep)
                 for r in chunk['replicas']), return_exceptions=True)
             good, epochs = {}, {}
+            mend = set()
             for r, info in zip(chunk['replicas'], infos, strict=False):
                 replicas += 1
                 if isinstance(info, Exception):
@@ -49,7 +73,14 @@ async def check_volume(cluster, ref, timeout=30.0):
                             'index': chunk['index'], 'server': r['id'],
                             'problem': 'snapshot layers missing'})
                     continue
-                epoch, _, digest, crcs = info
+                epoch, _, digest, crcs = info[:4]
+                if deep and info[4]:
+                    mend.update(info[4])
+                    problems.append({
+                        'index': chunk['index'], 'server': r['id'],
+                        'problem': '%d torn block(s) (data and CRC '
+                                   'disagree), first at block %d' % (
+                                       len(info[4]), info[4][0])})
                 good[r['id']] = crcs
                 if digest != digests.setdefault(chunk['index'], digest):
                     problems.append({
@@ -73,6 +104,7 @@ async def check_volume(cluster, ref, timeout=30.0):
                         diff = [i for i in range(max(len(crcs),
                                                      len(ref_crcs)))
                                 if _at(crcs, i) != _at(ref_crcs, i)]
+                        mend.update(diff)
                         problems.append({
                             'index': chunk['index'], 'server': sid,
                             'problem': '%d block(s) differ from server %d, '
@@ -83,21 +115,60 @@ async def check_volume(cluster, ref, timeout=30.0):
                     'index': chunk['index'], 'server': None,
                     'problem': 'degraded: %d of %d replicas' % (
                         len(chunk['replicas']), vol['replicas'])})
+            if repair and mend:
+                repaired += await _repair(cluster, vol['id'], chunk,
+                                          sorted(mend), timeout)
+            if progress is not None:
+                progress(chunk['index'] + 1, nchunks)
     return {'volume': vol['name'], 'chunks': checked, 'replicas': replicas,
-            'problems': problems}
+            'problems': problems, 'repaired': repaired}
+
+
+async def _repair(cluster, vol_id, chunk, blocks, timeout):
+    """REPAIR runs of ``blocks`` on the chunk's primary; returns how many
+    blocks were pushed to the replicas."""
+    primary = chunk['replicas'][0]
+    conn = await cluster.pool.get(primary['address'], primary['port'])
+    done = 0
+    i = 0
+    while i < len(blocks):
+        j = i + 1
+        while j < len(blocks) and blocks[j] == blocks[j - 1] + 1 and \
+                j - i < codec.MAX_REPAIR_BLOCKS:
+            j += 1
+        rid = aio.next_req_id()
+        reply = await conn.request(rid, codec.encode_repair(
+            rid, vol_id, chunk['index'], chunk['epoch'], blocks[i], j - i),
+            timeout)
+        codec.decode_count_ok(reply.body)
+        done += j - i
+        i = j
+    return done
+
+
+async def _flush(cluster, vol_id, timeout):
+    """Make the repairs durable on every chunk server that is up."""
+    for s in await cluster.master.servers():
+        if s['state'] != 'up':
+            continue
+        conn = await cluster.pool.get(s['address'], s['port'])
+        rid = aio.next_req_id()
+        reply = await conn.request(rid, codec.encode_flush(rid, vol_id),
+                                   timeout)
+        codec.reply_status(reply.body)
 
 
 def _at(crcs, i):
     return crcs[i] if i < len(crcs) else checksum.ZERO_CRC
 
 
-async def _info(cluster, vol_id, index, replica, timeout):
+async def _info(cluster, vol_id, index, replica, timeout, deep=False):
     try:
         conn = await cluster.pool.get(replica['address'], replica['port'])
         rid = aio.next_req_id()
         reply = await conn.request(rid, codec.encode_chunk_info(
-            rid, vol_id, index), timeout)
-        return codec.decode_chunk_info_ok(reply.body)
+            rid, vol_id, index, deep), timeout)
+        return codec.decode_chunk_info_ok(reply.body, deep)
     except exception.NotFound:
         # Allocated but never written on this replica: all holes.
         return None

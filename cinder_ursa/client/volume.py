@@ -13,7 +13,9 @@ Retry policy per extent:
   primary;
 * a replica's disk failing or a bad checksum on a read: read another
   replica;
-* InsufficientReplicas: wait with backoff; fail when ``io_timeout`` ends;
+* InsufficientReplicas, or a chunk server that cannot reach the master to
+  confirm a new epoch or lease generation (Unavailable): wait with
+  backoff, read another replica; fail when ``io_timeout`` ends;
 * Fenced, OutOfRange, NoSpace, InvalidArgument: fail at once.
 """
 
@@ -208,6 +210,7 @@ class Volume:
         self._lease_task = None
         self._fenced = None
         self._retrying = set()  # tasks of write_soon() writes retrying
+        self._repairs = set()   # tasks of repairs started by reads
         self.closed = False
         self.qos = qos_mod.Limiter(info.get('qos'))
 
@@ -514,6 +517,7 @@ class Volume:
                     return bytes(length), bytes(nblocks)
                 return bytes(length)
             last = None
+            corrupt = 0
             if not flags and self._local_reads():
                 local = await self.cluster.local_replicas()
                 for sid, _, _ in info.replicas:
@@ -540,6 +544,8 @@ class Volume:
                         raise exception.ProtocolError(
                             reason='READ returned %d bytes, asked %d'
                             % (len(data), length))
+                    if corrupt:
+                        self._repair_later(index, info, offset, length)
                     if flags & codec.FLAG_STATES:
                         return data, states
                     return data
@@ -550,6 +556,9 @@ class Volume:
                     LOG.error('Volume %s chunk %d: %s on server %d; '
                               'reading another replica', self.name, index,
                               e, sid)
+                    corrupt += isinstance(e, exception.ChecksumError)
+                    last = e
+                except exception.Unavailable as e:
                     last = e
                 except exception.UrsaConnectionError as e:
                     self.cluster.pool.discard(host, port)
@@ -562,8 +571,44 @@ class Volume:
                     last = exception.InsufficientReplicas(
                         have=0, need=1, reason='chunk %d of volume %s has '
                         'no replica' % (index, self.name))
+                if corrupt == len(info.replicas) and not self.snap:
+                    # No replica holds these blocks valid (a write torn on
+                    # all of them by a power cut): the primary settles
+                    # them, then they read again.
+                    await self._repair(index, info, offset, length)
             self._forget(index)
             await self._retry_wait(deadline, attempt, last)
+
+    async def _repair(self, index, info, offset, length):
+        """Ask the chunk's primary to make the blocks of a range identical
+        and valid on every replica (REPAIR)."""
+        first = offset // BLOCK
+        end = (offset + length + BLOCK - 1) // BLOCK
+        _, host, port = info.replicas[0]
+        try:
+            conn = await self.cluster.pool.get(host, port)
+            for at in range(first, end, codec.MAX_REPAIR_BLOCKS):
+                rid = aio.next_req_id()
+                reply = await conn.request(rid, codec.encode_repair(
+                    rid, self.id, index, info.epoch, at,
+                    min(codec.MAX_REPAIR_BLOCKS, end - at)),
+                    self.cluster.request_timeout)
+                fixed = codec.decode_count_ok(reply.body)
+                LOG.warning('Volume %s chunk %d: blocks %d-%d repaired '
+                            '(%d mended on the primary)', self.name, index,
+                            at, min(at + codec.MAX_REPAIR_BLOCKS, end) - 1,
+                            fixed)
+        except exception.UrsaError as e:
+            LOG.error('Volume %s chunk %d: repairing blocks %d-%d failed: '
+                      '%s', self.name, index, first, end - 1, e)
+
+    def _repair_later(self, index, info, offset, length):
+        """A replica served a corrupt block: have it repaired (in the
+        background; the read was served from another replica)."""
+        task = asyncio.ensure_future(self._repair(index, info, offset,
+                                                  length))
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
 
     async def _write_extent(self, index, offset, data, fua, flags=0,
                             length=None, failed=None):
@@ -631,7 +676,8 @@ class Volume:
             await self.refresh()
             if attempt > 3:
                 await self._retry_wait(deadline, attempt, e)
-        elif isinstance(e, exception.InsufficientReplicas):
+        elif isinstance(e, (exception.InsufficientReplicas,
+                            exception.Unavailable)):
             self._forget(index)
             await self._retry_wait(deadline, attempt, e)
         elif isinstance(e, (exception.UrsaConnectionError,

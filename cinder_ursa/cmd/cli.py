@@ -514,22 +514,45 @@ class VolumeCheck(lister.Lister):
     """Compare every replica of every chunk of a volume, block by block.
 
     Lists the problems found (none on a healthy volume) and exits 1 if
-    there are any.  Example: ursa volume check vol1
+    there are any.  --deep reads every block of every replica and checks
+    it against its CRC (a torn or rotten block is found only so; it reads
+    the whole volume on every replica).  --repair makes the blocks found
+    differing or torn identical on every replica, from the chunk's primary
+    (safe while the volume is in use), then checks again and lists what
+    is left.  Example: ursa volume check vol1 --deep --repair
     """
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
         p.add_argument('volume', help='Volume name or id.')
+        p.add_argument('--deep', action='store_true',
+                       help='Read and verify every block of every replica.')
+        p.add_argument('--repair', action='store_true',
+                       help='Repair the blocks that differ or are torn.')
         return p
 
     def take_action(self, args):
         with self.app.data_cluster() as cluster:
-            report = cluster.run(check.check_volume, args.volume)
+            bar = _progress(None, 'check')
+            bar.unit, bar.unit_scale = 'chunk', False
+
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+            try:
+                report = cluster.run(check.check_volume, args.volume, 30.0,
+                                     args.deep, args.repair, progress)
+            finally:
+                bar.close()
+        found = report.get('found', report['problems'])
         self.app.stderr.write('%s: %d chunk(s), %d replica(s) compared, %d '
-                              'problem(s)\n' % (
+                              'problem(s)%s\n' % (
                                   report['volume'], report['chunks'],
-                                  report['replicas'],
-                                  len(report['problems'])))
+                                  report['replicas'], len(found),
+                                  '' if not args.repair else
+                                  '; %d block(s) repaired, %d problem(s) '
+                                  'left' % (report['repaired'],
+                                            len(report['problems']))))
         self.problems = report['problems']
         cols = ('index', 'server', 'problem')
         return cols, [tuple(p[c] for c in cols) for p in report['problems']]

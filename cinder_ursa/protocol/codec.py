@@ -54,12 +54,13 @@ CHUNK_INFO = 0x16
 SNAPSHOT = 0x17
 REVERT = 0x18
 INVENTORY = 0x19
+REPAIR = 0x1A
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
     WRITE: 'WRITE', REPLICATE: 'REPLICATE', FLUSH: 'FLUSH', FENCE: 'FENCE',
     DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
-    REVERT: 'REVERT', INVENTORY: 'INVENTORY',
+    REVERT: 'REVERT', INVENTORY: 'INVENTORY', REPAIR: 'REPAIR',
 }
 
 # Request flags.
@@ -70,6 +71,11 @@ FLAG_STATES = 0x0008     # READ: the reply carries each block's state
 FLAG_MAP_ONLY = 0x0010   # READ: states only, no data
 FLAG_GC = 0x0020         # SNAPSHOT: drop blocks no live snapshot needs
 FLAG_DRY_RUN = 0x0040    # SNAPSHOT with FLAG_GC: only count them
+# READ: the head's blocks as stored, with their metadata entries and no
+# checksum verification; REPLICATE: store these entries and blocks as
+# they are (a repair).  Block aligned.
+FLAG_RAW = 0x0080
+FLAG_DEEP = 0x0100       # CHUNK_INFO: read every block, report torn ones
 
 # Reply status values: one table, both directions.
 OK = 0
@@ -112,6 +118,11 @@ _CHUNK_INFO = struct.Struct('!16sQ')       # volume, index
 _SNAPSHOT = struct.Struct('!16sQI')        # volume, sequence, live count
 _REVERT = struct.Struct('!16sQQ')          # volume, snapshot, sequence
 _INVENTORY = struct.Struct('!16s')         # volume (all zeros: every one)
+# volume, index, epoch, first block, block count
+_REPAIR = struct.Struct('!16sQQII')
+BLOCK = 4096
+ENTRY = 8
+MAX_REPAIR_BLOCKS = 4096                   # 16 MiB per REPAIR
 # volume, index, epoch, allocated bytes, stale, layer count (then the
 # layers' sequences, u64 each)
 _INV_ENTRY = struct.Struct('!16sQQQBH')
@@ -357,6 +368,11 @@ def _write_data(body, start, flags, length, name):
         if len(data):
             raise exception.ProtocolError(reason='%s with FLAG_ZERO carries '
                                           'a payload' % name)
+    elif flags & FLAG_RAW:
+        if length % BLOCK or len(data) != length + length // BLOCK * ENTRY:
+            raise exception.ProtocolError(
+                reason='%s with FLAG_RAW says %d bytes but carries %d'
+                % (name, length, len(data)))
     elif len(data) != length:
         raise exception.ProtocolError(
             reason='%s says %d bytes but carries %d' % (name, length,
@@ -380,7 +396,7 @@ def decode_write(body, flags=0):
 
 def encode_replicate(req_id, req, epoch):
     """Forward the WriteRequest ``req`` to another replica."""
-    flags = req.flags & (FLAG_FUA | FLAG_ZERO | FLAG_IF_ABSENT)
+    flags = req.flags & (FLAG_FUA | FLAG_ZERO | FLAG_IF_ABSENT | FLAG_RAW)
     fixed = _REPLICATE.pack(_uuid_bytes(req.volume), req.index, epoch,
                             req.generation, req.seq, req.offset, req.length,
                             req.floor)
@@ -431,9 +447,13 @@ def decode_delete(body):
     return _uuid_str(vol), index
 
 
-def encode_chunk_info(req_id, volume, index):
+def encode_chunk_info(req_id, volume, index, deep=False):
+    """CHUNK_INFO of a replica; ``deep``: the CRCs are those of the data
+    read now, and the reply lists the torn blocks (whose data does not
+    match their stored CRC)."""
     return _frame(CHUNK_INFO, req_id, _CHUNK_INFO.pack(_uuid_bytes(volume),
-                                                       index))
+                                                       index),
+                  FLAG_DEEP if deep else 0)
 
 
 def decode_chunk_info(body):
@@ -479,6 +499,31 @@ def decode_revert(body):
     return _uuid_str(vol), snap, seq
 
 
+class RepairRequest:
+    __slots__ = ('volume', 'index', 'epoch', 'first', 'count')
+
+    def __init__(self, volume, index, epoch, first, count):
+        self.volume, self.index, self.epoch = volume, index, epoch
+        self.first, self.count = first, count
+
+
+def encode_repair(req_id, volume, index, epoch, first, count):
+    """Ask a chunk's primary to make blocks ``first .. first+count-1``
+    identical and valid on every replica (it pushes its own, or the first
+    valid copy it finds)."""
+    return _frame(REPAIR, req_id, _REPAIR.pack(_uuid_bytes(volume), index,
+                                               epoch, first, count))
+
+
+def decode_repair(body):
+    _check(body, _REPAIR, 'REPAIR')
+    vol, index, epoch, first, count = _REPAIR.unpack_from(body)
+    if not 0 < count <= MAX_REPAIR_BLOCKS:
+        raise exception.ProtocolError(reason='REPAIR of %d blocks (1 to %d)'
+                                      % (count, MAX_REPAIR_BLOCKS))
+    return RepairRequest(_uuid_str(vol), index, epoch, first, count)
+
+
 def encode_inventory(req_id, volume=None):
     raw = _uuid_bytes(volume) if volume else bytes(16)
     return _frame(INVENTORY, req_id, _INVENTORY.pack(raw))
@@ -508,6 +553,26 @@ def encode_read_ok(req_id, data, states=None):
             data]
 
 
+def encode_read_raw_ok(req_id, entries, data):
+    """READ reply made with FLAG_RAW: status, block count, the entries,
+    then the blocks (not copied)."""
+    n = len(entries) // ENTRY
+    return [header(READ | REPLY, req_id, _STATES.size + len(entries)
+                   + len(data)) + _STATES.pack(OK, n) + entries, data]
+
+
+def decode_read_raw(body):
+    """(entries, data) of a READ reply made with FLAG_RAW."""
+    reply_status(body)
+    _check(body, _STATES, 'READ reply')
+    n = _STATES.unpack_from(body)[1]
+    if len(body) != _STATES.size + n * (ENTRY + BLOCK):
+        raise exception.ProtocolError(reason='raw READ reply of %d bytes '
+                                      'for %d blocks' % (len(body), n))
+    start = _STATES.size + n * ENTRY
+    return bytes(body[_STATES.size:start]), body[start:]
+
+
 def decode_read_states(body):
     """(states, data) of a READ reply made with FLAG_STATES."""
     reply_status(body)
@@ -523,9 +588,15 @@ def encode_write_ok(req_id, epoch, opcode=WRITE):
     return _frame(opcode | REPLY, req_id, _WRITE_OK.pack(OK, epoch))
 
 
-def encode_chunk_info_ok(req_id, epoch, allocated, digest, crcs):
+def encode_chunk_info_ok(req_id, epoch, allocated, digest, crcs,
+                         torn=None):
+    """``torn`` (a deep CHUNK_INFO): the blocks whose data does not match
+    their stored CRC."""
     body = _INFO_OK.pack(OK, epoch, allocated, digest, len(crcs))
     body += struct.pack('!%dI' % len(crcs), *crcs)
+    if torn is not None:
+        body += _U32.pack(len(torn)) + struct.pack('!%dI' % len(torn),
+                                                   *torn)
     return _frame(CHUNK_INFO | REPLY, req_id, body)
 
 
@@ -602,11 +673,23 @@ def decode_count_ok(body):
     return _U64.unpack_from(payload)[0]
 
 
-def decode_chunk_info_ok(body):
+def decode_chunk_info_ok(body, deep=False):
+    """(epoch, allocated, digest, crcs), and the torn blocks when
+    ``deep``."""
     reply_status(body)
     _check(body, _INFO_OK, 'CHUNK_INFO reply')
     _, epoch, allocated, digest, n = _INFO_OK.unpack_from(body)
-    if len(body) != _INFO_OK.size + 4 * n:
+    end = _INFO_OK.size + 4 * n
+    if len(body) < end + (4 if deep else 0):
         raise exception.ProtocolError(reason='CHUNK_INFO reply truncated')
     crcs = list(struct.unpack_from('!%dI' % n, body, _INFO_OK.size))
-    return epoch, allocated, digest, crcs
+    if not deep:
+        if len(body) != end:
+            raise exception.ProtocolError(reason='CHUNK_INFO reply has '
+                                          'trailing bytes')
+        return epoch, allocated, digest, crcs
+    m = _U32.unpack_from(body, end)[0]
+    if len(body) != end + 4 + 4 * m:
+        raise exception.ProtocolError(reason='CHUNK_INFO reply truncated')
+    torn = list(struct.unpack_from('!%dI' % m, body, end + 4))
+    return epoch, allocated, digest, crcs, torn

@@ -130,6 +130,11 @@ def test_bad_requests_after_authentication(cluster):
                if s['port'] == port)
 
     async def go(c):
+        # A real lease and a written chunk: the probes below are refused
+        # for what they claim, not for a generation nobody issued.
+        v = await c.open_volume('v')
+        await v.write(0, b'y' * 4096)
+        gen = v.generation
         conn = await c.pool.get('127.0.0.1', port)
         results = {}
         for name, frame in {
@@ -137,10 +142,13 @@ def test_bad_requests_after_authentication(cluster):
                 1, vol['id'], 0, 1, 2 ** 31, 4096),
             'no lease': b''.join(codec.encode_write(
                 2, vol['id'], 0, 1, 0, 0, [sid], b'x')),
+            'generation never issued': b''.join(codec.encode_write(
+                3, vol['id'], 0, 1, gen + 1, 0, [sid], b'x')),
             'not primary': b''.join(codec.encode_write(
-                3, vol['id'], 0, 1, 1, 0, [999], b'x')),
-            'too few replicas': b''.join(codec.encode_write(
-                4, vol['id'], 0, 1, 1, 0, [sid], b'x', min_replicas=2)),
+                4, vol['id'], 0, 1, gen, 0, [999], b'x')),
+            # The master's min_replicas counts, not the request's.
+            'a replica set of its own': b''.join(codec.encode_write(
+                5, vol['id'], 0, 1, gen, 0, [sid], b'x', min_replicas=1)),
         }.items():
             rid = struct.unpack_from('!Q', frame, 8)[0]
             reply = await conn.request(rid, frame, 5)
@@ -154,14 +162,16 @@ def test_bad_requests_after_authentication(cluster):
         with pytest.raises(exception.UrsaError):
             r = await conn.request(rid, codec.header(0x7F, rid, 0), 5)
             codec.reply_status(r.body)
+        await v.close()
         return results
     with data_client(cluster) as cl:
         results = cl.run(go)
     assert results == {
         'offset past a chunk': exception.OutOfRange,
         'no lease': exception.Fenced,
+        'generation never issued': exception.Fenced,
         'not primary': exception.StaleEpoch,
-        'too few replicas': exception.InsufficientReplicas,
+        'a replica set of its own': exception.StaleEpoch,
     }
     still_serving(cluster)
 

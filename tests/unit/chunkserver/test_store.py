@@ -255,3 +255,62 @@ def test_metadata_entries_are_big_endian_crc_word_pairs():
         struct.pack('!2I', 0xDEADBEEF, 0x11)
     assert bytes(store_mod.encode_entries([7], [0xFFFFFFFC])) == \
         struct.pack('!2I', 7, 0xFFFFFFFC)
+
+
+def test_raw_blocks_torn_detection_and_put_raw(st):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    old, new = b'o' * 4096, b'n' * 4096
+    st.write(c, 0, old + old, seq=2)
+    entries, data = st.raw(c, 0, 3)
+    assert data == old + old + bytes(4096)
+    assert store_mod.torn_blocks(entries, data) == []
+    # Data written and CRC not: torn, and mended by taking the data.
+    os.pwrite(c.head.data_fd, new, 4096)
+    entries, data = st.raw(c, 0, 3)
+    assert store_mod.torn_blocks(entries, data) == [1]
+    mended = store_mod.mend_entries(entries, data, [1])
+    assert store_mod.torn_blocks(mended, data) == []
+    st.put_raw(c, 0, mended, data)
+    assert st.read(c, 0, 8192) == old + new
+    # The word (snapshot sequence and state) is kept.
+    assert st.raw(c, 1, 1)[0][4:] == entries[12:16]
+    # A block put as absent is deallocated and reads as zeros.
+    st.put_raw(c, 0, bytes(8), new)
+    assert st.read(c, 0, 4096) == bytes(4096)
+    assert st.raw(None, 5, 2) == (bytes(16), bytes(8192))
+
+
+def test_deep_chunk_info_reports_torn_blocks(st):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, os.urandom(3 * 4096))
+    os.pwrite(c.head.data_fd, b'x', 2 * 4096 + 7)
+    plain = st.chunk_info(VOL, 0)
+    deep = st.chunk_info(VOL, 0, deep=True)
+    assert deep[:4] == plain       # the stored CRCs, compared as before
+    assert deep[4] == [2]
+
+
+def test_take_dirty_of_one_chunk_leaves_the_others(st):
+    a = st.check_epoch(VOL, 0, 1, create=True)
+    b = st.check_epoch(VOL, 1, 1, create=True)
+    st.write(a, 0, b'a' * 4096)
+    st.write(b, 0, b'b' * 4096)
+    fds, dirs = st.take_dirty(VOL, a)
+    assert len(fds) == 1
+    # The new chunk files' directory entries are synced with the volume.
+    assert os.path.join(st.chunks_dir, VOL) in dirs
+    st.sync(fds, dirs)
+    fds, dirs = st.take_dirty(VOL)
+    assert len(fds) == 1 and not dirs
+    st.sync(fds, dirs)
+    assert st.take_dirty(VOL) == ([], [])
+
+
+def test_a_failed_sync_fails_the_volume_for_good(st):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'a' * 4096)
+    st.sync_failed({VOL}, OSError(5, 'Input/output error'))
+    with pytest.raises(exception.DiskError, match='fdatasync'):
+        st.take_dirty(VOL)
+    with pytest.raises(exception.DiskError):
+        st.check_epoch(VOL, 0, 1)

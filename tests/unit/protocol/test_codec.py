@@ -209,3 +209,53 @@ def test_truncated_bodies_are_protocol_errors():
         codec.decode_write(memoryview(body[:-4]))
     with pytest.raises(exception.ProtocolError):
         codec.reply_status(memoryview(b'\0'))
+
+
+def test_repair_request_and_its_bounds():
+    raw = codec.encode_repair(14, VOL, 2, 5, 100, 8)
+    assert raw.hex() == (hdr(0x1A, 14, 40) + VOL_HEX + '%016x' % 2 +
+                         '%016x' % 5 + '%08x' % 100 + '%08x' % 8)
+    req = codec.decode_repair(one_frame(raw).body)
+    assert (req.volume, req.index, req.epoch, req.first, req.count) == (
+        VOL, 2, 5, 100, 8)
+    for count in (0, codec.MAX_REPAIR_BLOCKS + 1):
+        bad = codec.encode_repair(1, VOL, 2, 5, 0, count)
+        with pytest.raises(exception.ProtocolError):
+            codec.decode_repair(one_frame(bad).body)
+
+
+def test_raw_read_reply_and_raw_replicate():
+    entries, data = b'\x00\x00\x00\x07\x00\x00\x00\x01', b'z' * 4096
+    raw = b''.join(codec.encode_read_raw_ok(15, entries, data))
+    assert raw.hex() == (hdr(0x90, 15, 6 + 8 + 4096) + '0000' + '00000001'
+                         + entries.hex() + data.hex())
+    got_entries, got_data = codec.decode_read_raw(one_frame(raw).body)
+    assert (got_entries, bytes(got_data)) == (entries, data)
+    with pytest.raises(exception.ProtocolError):
+        codec.decode_read_raw(one_frame(raw).body[:-1])
+
+    req = codec.WriteRequest(VOL, 1, 3, 0, 0, 8192, 4096, [], entries + data,
+                             codec.FLAG_RAW)
+    f = one_frame(b''.join(codec.encode_replicate(16, req, 3)))
+    assert f.flags == codec.FLAG_RAW
+    got = codec.decode_replicate(f.body, f.flags)
+    assert (got.offset, got.length, bytes(got.data)) == (8192, 4096,
+                                                         entries + data)
+    # The entries must come with the blocks: a payload of blocks alone
+    # is refused.
+    req.data = data
+    f = one_frame(b''.join(codec.encode_replicate(17, req, 3)))
+    with pytest.raises(exception.ProtocolError):
+        codec.decode_replicate(f.body, f.flags)
+
+
+def test_deep_chunk_info_lists_torn_blocks():
+    raw = codec.encode_chunk_info(18, VOL, 4, deep=True)
+    f = one_frame(raw)
+    assert f.flags == codec.FLAG_DEEP
+    reply = codec.encode_chunk_info_ok(18, 3, 8192, 9, [1, 2], [1])
+    body = one_frame(reply).body
+    assert codec.decode_chunk_info_ok(body, deep=True) == (3, 8192, 9,
+                                                           [1, 2], [1])
+    with pytest.raises(exception.ProtocolError):
+        codec.decode_chunk_info_ok(body)   # a plain reply has no list
