@@ -1,0 +1,140 @@
+"""Repair of torn and diverged blocks, on a chunk's primary (REPAIR).
+
+A power cut during an unflushed overwrite can leave a block's data and its
+CRC disagreeing (they live in two files), on one replica or on all of
+them; a primary that dies between its own write and the forward leaves
+replicas that differ at the same epoch.  REPAIR, sent to the primary by a
+reader that met a corrupt block or by ``ursa volume check --repair``, makes
+a range identical and valid on every replica:
+
+1. the chunk is held: its writes wait (``ChunkServer._hold``), so what is
+   pushed is the latest content and no write overtakes it;
+2. the primary's torn blocks are mended from the first replica that holds
+   them valid; a block torn on every replica (a write cut short on all of
+   them) keeps the primary's data as it is, its CRC computed again: old or
+   new content, as for any unflushed write.  One copy alone is not
+   mended: a torn write cannot be told from a rotten block then;
+3. the range, as the primary now holds it, is pushed to every other
+   replica (REPLICATE with FLAG_RAW: entries and blocks as they are).
+"""
+
+import asyncio
+import logging
+
+from cinder_ursa import exception
+from cinder_ursa.chunkserver import store as store_mod
+from cinder_ursa.protocol import codec
+from cinder_ursa.transport import aio
+
+LOG = logging.getLogger(__name__)
+
+
+class RepairMixin:
+    """The REPAIR handler of :class:`ChunkServer` (which provides
+    ``store``, ``authority``, ``peers``, ``id``, ``replication_timeout``,
+    ``_hold``, ``_peer``, ``_send_replica`` and ``_reply_error``)."""
+
+    def _repair(self, conn, frame, req, confirmed):
+        """REPAIR (to the primary): make blocks identical and valid on
+        every replica.  The chunk is held meanwhile (its writes wait), so
+        what is pushed is the latest content and no write overtakes it."""
+        view = self.authority.view(req.volume, req.index, req.epoch, self.id,
+                                   confirmed)
+        if view.replicas[0] != self.id:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d: this server (%d) is not its primary '
+                       '(%s); refresh the chunk map' % (
+                           req.volume, req.index, self.id, view.replicas))
+        self._hold((req.volume, req.index),
+                   self._repair_run(conn, frame, req, view))
+
+    async def _repair_run(self, conn, frame, req, view):
+        try:
+            fixed = await self._repair_blocks(req, view)
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id,
+                                      codec.encode_u64(fixed)))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
+        return False
+
+    async def _repair_blocks(self, req, view):
+        """Mend this replica's torn blocks in the range (from the first
+        replica holding them valid; when none does, their data is taken as
+        it is: a torn unflushed write, old or new content), then push the
+        range to the other replicas.  Returns the blocks mended here."""
+        c = self.store.check_epoch(req.volume, req.index, req.epoch,
+                                   create=True)
+        entries, data = self.store.raw(c, req.first, req.count)
+        torn = store_mod.torn_blocks(entries, data)
+        if torn:
+            entries, data = await self._mend(req, view, entries, data, torn)
+            self.store.put_raw(c, req.first, entries, data)
+            LOG.warning('Chunk %s/%d: %d torn block(s) from block %d '
+                        'mended', req.volume, req.index, len(torn),
+                        req.first)
+        block = store_mod.BLOCK
+        push = codec.WriteRequest(
+            req.volume, req.index, view.epoch, 0, 0, req.first * block,
+            req.count * block, [], entries + data, codec.FLAG_RAW)
+        results = await asyncio.gather(*(
+            self._send_replica(sid, push, view.epoch)
+            for sid in view.replicas[1:]), return_exceptions=True)
+        for sid, res in zip(view.replicas[1:], results, strict=True):
+            if isinstance(res, BaseException):
+                raise exception.Unavailable(
+                    reason='chunk %s/%d: replica %d did not take the '
+                           'repair (%s); retry' % (req.volume, req.index,
+                                                   sid, res))
+        return len(torn)
+
+    async def _mend(self, req, view, entries, data, torn):
+        entries, data = bytearray(entries), bytearray(data)
+        left = set(torn)
+        unasked = []
+        for sid in view.replicas[1:]:
+            if not left:
+                break
+            try:
+                peer = await self.peers.get(*await self._peer(sid))
+                rid = aio.next_req_id()
+                reply = await peer.request(rid, codec.encode_read(
+                    rid, req.volume, req.index, view.epoch,
+                    req.first * store_mod.BLOCK,
+                    req.count * store_mod.BLOCK, 0, codec.FLAG_RAW),
+                    self.replication_timeout)
+                theirs, their_data = codec.decode_read_raw(reply.body)
+            except exception.UrsaError as e:
+                LOG.warning('Chunk %s/%d: replica %d cannot help mend torn '
+                            'blocks: %s', req.volume, req.index, sid, e)
+                unasked.append(sid)
+                continue
+            bad = set(store_mod.torn_blocks(theirs, their_data))
+            for i in sorted(left - bad):
+                e, b = i * store_mod.ENTRY, i * store_mod.BLOCK
+                entries[e:e + store_mod.ENTRY] = theirs[
+                    e:e + store_mod.ENTRY]
+                data[b:b + store_mod.BLOCK] = their_data[
+                    b:b + store_mod.BLOCK]
+                left.discard(i)
+        if left and unasked:
+            raise exception.Unavailable(
+                reason='chunk %s/%d: replicas %s could not be asked for a '
+                       'valid copy of torn blocks; retry' % (
+                           req.volume, req.index, unasked))
+        if left and len(view.replicas) < 2:
+            # One copy: a torn write cannot be told from a rotten block.
+            raise exception.ChecksumError(
+                reason='chunk %s/%d blocks %s: the only copy does not match '
+                       'its CRC; restore or rewrite those blocks' % (
+                           req.volume, req.index,
+                           sorted(req.first + i for i in left)))
+        if left:
+            # Torn on every replica: a write cut short on all of them by a
+            # power loss (rot striking every copy of one block at once is
+            # not plausible).  Its content is the old or the new data.
+            LOG.warning('Chunk %s/%d: no replica holds blocks %s valid; '
+                        'their content here is taken as it is (a write '
+                        'torn by a crash)', req.volume, req.index,
+                        sorted(req.first + i for i in left))
+        return (store_mod.mend_entries(bytes(entries), bytes(data), left),
+                bytes(data))
