@@ -772,7 +772,8 @@ class Volume:
         """Make every acknowledged write durable on every current replica:
         the writes of this Volume, and, at the first flush of a writable
         one, those of earlier holders that never flushed (a gateway, agent
-        or client that died).  Waits for the flushes already running,
+        or client that died); on a multiattach volume, at every flush,
+        those of the other writers.  Waits for the flushes already running,
         which took writes acknowledged before this call.
 
         A replica that cannot flush is dropped from the replica sets of the
@@ -780,7 +781,10 @@ class Volume:
         of each remain.
         """
         self._check_open(False)
-        if self._inherited:
+        # A multiattach volume has other writers: like a shared disk's
+        # cache flush, every flush covers their acknowledged writes too.
+        if self._inherited or (self.writable and self.info.get(
+                'multiattach')):
             servers = await self.cluster.master.servers()
             self._inherited = False
             for s in servers:

@@ -180,3 +180,27 @@ def test_the_next_holder_flushes_what_a_dead_writer_left(tmp_path,
             v.close()
     finally:
         cluster.stop()
+
+
+def test_a_multiattach_flush_covers_the_other_writers(tmp_path, faulty_disk):
+    """Two hosts write one multiattach volume (a clustered file system):
+    a flush by either covers what both had acknowledged, as a shared
+    disk's cache flush does."""
+    _, trigger = faulty_disk
+    cluster = _cluster(tmp_path)
+    try:
+        vid = cluster.client().create_volume('v', 8 * MiB, chunk_size=MiB,
+                                             multiattach=True)['id']
+        with data_client(cluster) as a, data_client(cluster) as b:
+            va = a.open_volume('v', holder='host-a')
+            vb = b.open_volume('v', holder='host-b')
+            va.flush()
+            vb.flush()   # both past their first flush
+            va.write(0, os.urandom(2 * MiB))
+            assert unsynced(trigger, vid), 'nothing to flush: no test'
+            vb.flush()
+            assert unsynced(trigger, vid) == []
+            va.close()
+            vb.close()
+    finally:
+        cluster.stop()
