@@ -655,13 +655,19 @@ class ChunkStore:
                 i = j
             os.pwrite(c.head.meta_fd, entries, ENTRY * first)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise exception.NoSpace(reason='%s: %s' % (
-                    self.data_dir, e.strerror)) from e
+            self._no_space(e)
             raise
         self._mark_dirty(c, (c.head,))
 
     # --- writing -----------------------------------------------------------
+
+    def _no_space(self, e):
+        """Raise NoSpace for a full file system (the client fails the
+        write at once); other OSErrors are left to the caller (a disk
+        error)."""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise exception.NoSpace(reason='%s: %s' % (
+                self.data_dir, e.strerror)) from e
 
     def _check_space(self, length):
         now = time.monotonic()
@@ -753,9 +759,7 @@ class ChunkStore:
                     data = buf
                 self._put(c, first, data, seq)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise exception.NoSpace(reason='%s: %s' % (
-                    self.data_dir, e.strerror)) from e
+            self._no_space(e)
             raise
         self._mark_dirty(c, (c.head,))
 
