@@ -7,7 +7,7 @@ replicas that differ at the same epoch.  REPAIR, sent to the primary by a
 reader that met a corrupt block or by ``ursa volume check --repair``, makes
 a range identical and valid on every replica:
 
-1. the chunk is held: its writes wait (``ChunkServer._hold``), so what is
+1. the chunk is held: its writes wait (:mod:`.gate`), so what is
    pushed is the latest content and no write overtakes it;
 2. the primary's torn blocks are mended from the first replica that holds
    them valid; a block torn on every replica (a write cut short on all of
@@ -31,8 +31,9 @@ LOG = logging.getLogger(__name__)
 
 class RepairMixin:
     """The REPAIR handler of :class:`ChunkServer` (which provides
-    ``store``, ``authority``, ``peers``, ``id``, ``replication_timeout``,
-    ``_hold``, ``_peer``, ``_send_replica`` and ``_reply_error``)."""
+    ``store``, ``authority``, ``gate``, ``peers``, ``id``,
+    ``replication_timeout``, ``_peer``, ``_send_replica`` and
+    ``_reply_error``)."""
 
     def _repair(self, conn, frame, req, confirmed):
         """REPAIR (to the primary): make blocks identical and valid on
@@ -45,8 +46,8 @@ class RepairMixin:
                 reason='chunk %s/%d: this server (%d) is not its primary '
                        '(%s); refresh the chunk map' % (
                            req.volume, req.index, self.id, view.replicas))
-        self._hold((req.volume, req.index),
-                   self._repair_run(conn, frame, req, view))
+        self.gate.hold((req.volume, req.index),
+                       self._repair_run(conn, frame, req, view))
 
     async def _repair_run(self, conn, frame, req, view):
         try:
@@ -55,7 +56,6 @@ class RepairMixin:
                                       codec.encode_u64(fixed)))
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
-        return False
 
     async def _repair_blocks(self, req, view):
         """Mend this replica's torn blocks in the range (from the first
@@ -91,6 +91,7 @@ class RepairMixin:
         entries, data = bytearray(entries), bytearray(data)
         left = set(torn)
         unasked = []
+        holders = 1   # replicas that hold the chunk: this one, and...
         for sid in view.replicas[1:]:
             if not left:
                 break
@@ -103,11 +104,14 @@ class RepairMixin:
                     req.count * store_mod.BLOCK, 0, codec.FLAG_RAW),
                     self.replication_timeout)
                 theirs, their_data = codec.decode_read_raw(reply.body)
+            except exception.NotFound:
+                continue   # an empty replica: no copy, valid or not
             except exception.UrsaError as e:
                 LOG.warning('Chunk %s/%d: replica %d cannot help mend torn '
                             'blocks: %s', req.volume, req.index, sid, e)
                 unasked.append(sid)
                 continue
+            holders += 1
             bad = set(store_mod.torn_blocks(theirs, their_data))
             for i in sorted(left - bad):
                 e, b = i * store_mod.ENTRY, i * store_mod.BLOCK
@@ -121,7 +125,7 @@ class RepairMixin:
                 reason='chunk %s/%d: replicas %s could not be asked for a '
                        'valid copy of torn blocks; retry' % (
                            req.volume, req.index, unasked))
-        if left and len(view.replicas) < 2:
+        if left and holders < 2:
             # One copy: a torn write cannot be told from a rotten block.
             raise exception.ChecksumError(
                 reason='chunk %s/%d blocks %s: the only copy does not match '

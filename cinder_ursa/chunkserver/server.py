@@ -22,6 +22,7 @@ import socket
 
 from cinder_ursa import exception
 from cinder_ursa.chunkserver import authority as authority_mod
+from cinder_ursa.chunkserver import gate as gate_mod
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.common import rest
@@ -44,10 +45,12 @@ class ChunkServer(repair.RepairMixin):
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
         self.key = key
         self.master = rest.AsyncMasterClient(master_urls, key, timeout=10.0)
-        self.authority = authority_mod.Authority(self.master, self.store)
-        # (volume, index) -> [(handler, conn, frame, request)] waiting for
-        # the master to confirm what the first of them named.
-        self._waiting = {}
+        # Confirmations hold a chunk's requests: they wait no longer than
+        # a replica would.
+        self.authority = authority_mod.Authority(rest.AsyncMasterClient(
+            master_urls, key, timeout=max(replication_timeout, 1.0)),
+            self.store)
+        self.gate = gate_mod.Gate(self._serve_item)
         self.bind_host = bind_host
         self.bind_port = bind_port
         self.advertise_host = advertise_host or bind_host
@@ -86,10 +89,12 @@ class ChunkServer(repair.RepairMixin):
     async def stop(self):
         for t in self._tasks:
             t.cancel()
+        self.gate.cancel()
         if self._server is not None:
             self._server.close()
         self.peers.close()
         await self.master.close()
+        await self.authority.master.close()
         try:
             self.store.sync(*self.store.take_dirty())
         except (OSError, exception.UrsaError) as e:
@@ -165,21 +170,40 @@ class ChunkServer(repair.RepairMixin):
         else:
             self._serve(conn, frame, self._control, None)
             return
-        waiting = self._waiting.get((req.volume, req.index))
-        if waiting is not None:
-            waiting.append((fn, conn, frame, req))
+        key = (req.volume, req.index)
+        # Reads that need no confirmation are not held (see gate.py).
+        if op != codec.READ and self.gate.held(key):
+            try:
+                self.gate.wait(key, (fn, conn, frame, req))
+            except exception.Unavailable as e:
+                self._reply_error(conn, frame, e)
         else:
             self._serve(conn, frame, fn, req)
 
-    def _serve(self, conn, frame, fn, req, confirmed=False):
-        """Run a request's handler and answer its errors; a request that
-        names what the master must confirm first waits for it, and the
-        later requests for its chunk wait behind it."""
+    def _serve_item(self, item, confirmed, failed):
+        fn, conn, frame, req = item
+        self._serve(conn, frame, fn, req, confirmed, failed)
+
+    def _serve(self, conn, frame, fn, req, confirmed=False, failed=None):
+        """Run a request's handler and answer its errors.  A request that
+        names what the master must confirm first waits for it (and the
+        later requests for its chunk behind it), unless asking the master
+        just ``failed``."""
         try:
             fn(conn, frame, req, confirmed)
         except authority_mod.Unconfirmed:
-            self._hold((req.volume, req.index),
-                       self._confirm_then_serve((fn, conn, frame, req)))
+            key = (req.volume, req.index)
+            failed = failed or self.gate.recent_failure(key)
+            if failed is not None:
+                self._reply_error(conn, frame, failed)
+            elif self.gate.held(key):
+                try:
+                    self.gate.wait(key, (fn, conn, frame, req))
+                except exception.Unavailable as e:
+                    self._reply_error(conn, frame, e)
+            else:
+                self.gate.hold(key, self.authority.confirm(*key),
+                               (fn, conn, frame, req), confirms=True)
         except exception.ProtocolError:
             raise
         except (exception.UrsaError, OSError) as e:
@@ -197,38 +221,6 @@ class ChunkServer(repair.RepairMixin):
             LOG.error('Serving %r failed', frame, exc_info=e)
             e = exception.InternalError(reason=str(e))
         conn.send(codec.encode_error(frame.opcode, frame.req_id, e))
-
-    def _hold(self, key, coro):
-        """Run ``coro`` while the requests that come for chunk ``key``
-        wait; then serve them, in arrival order."""
-        self._waiting[key] = []
-        task = self._loop.create_task(self._held(key, coro))
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
-
-    async def _held(self, key, coro):
-        confirmed = False
-        try:
-            confirmed = await coro
-        finally:
-            queue = self._waiting.pop(key, [])
-            for i, (fn, conn, frame, req) in enumerate(queue):
-                self._serve(conn, frame, fn, req, confirmed)
-                if key in self._waiting:  # held again: the rest waits
-                    self._waiting[key][:0] = queue[i + 1:]
-                    break
-
-    async def _confirm_then_serve(self, item):
-        """Ask the master what the request ``item`` named, serve it; what
-        waits behind it is then served as confirmed too."""
-        fn, conn, frame, req = item
-        try:
-            await self.authority.confirm(req.volume, req.index)
-        except Exception as e:  # noqa: BLE001 - answer, never hang
-            self._reply_error(conn, frame, e)
-            return False
-        self._serve(conn, frame, fn, req, True)
-        return True
 
     def _control(self, conn, frame, _req, _confirmed):
         op = frame.opcode
@@ -296,9 +288,14 @@ class ChunkServer(repair.RepairMixin):
         c = self.store.check_epoch(req.volume, req.index, req.epoch)
         if frame.flags & codec.FLAG_RAW:
             if req.offset % store_mod.BLOCK or req.length % store_mod.BLOCK \
-                    or req.snap:
+                    or req.snap or not 0 < req.length // store_mod.BLOCK \
+                    <= codec.MAX_REPAIR_BLOCKS:
                 raise exception.InvalidArgument(
-                    reason='raw reads are of whole blocks of the head')
+                    reason='raw reads are of 1 to %d whole blocks of the '
+                           'head' % codec.MAX_REPAIR_BLOCKS)
+            if c is None:
+                raise exception.NotFound(kind='chunk replica', name='%s/%d'
+                                         % (req.volume, req.index))
             conn.send(codec.encode_read_raw_ok(frame.req_id, *self.store.raw(
                 c, req.offset // store_mod.BLOCK,
                 req.length // store_mod.BLOCK)))
@@ -331,9 +328,16 @@ class ChunkServer(repair.RepairMixin):
                                    create=True)
         if req.flags & codec.FLAG_RAW:
             n = req.length // store_mod.BLOCK
-            self.store.put_raw(c, req.offset // store_mod.BLOCK,
-                               req.data[:n * store_mod.ENTRY],
-                               req.data[n * store_mod.ENTRY:])
+            entries = req.data[:n * store_mod.ENTRY]
+            data = req.data[n * store_mod.ENTRY:]
+            # A repair pushes blocks its primary holds valid: refuse
+            # anything else (a torn block, a layer's state).
+            if store_mod.torn_blocks(entries, data) or not \
+                    store_mod.head_entries(entries):
+                raise exception.InvalidArgument(
+                    reason='a raw REPLICATE must carry valid head blocks')
+            self.store.put_raw(c, req.offset // store_mod.BLOCK, entries,
+                               data)
             return c
         self.store.write(c, req.offset, req.data, req.seq, req.zero,
                          req.if_absent, req.length, req.floor)
@@ -363,6 +367,11 @@ class ChunkServer(repair.RepairMixin):
                                             frame.opcode))
 
     def _write(self, conn, frame, req, confirmed):
+        if req.flags & codec.FLAG_RAW:
+            # Only a primary's repair push (REPLICATE) stores blocks as
+            # they are: a client's WRITE would pass the lease fence.
+            raise exception.InvalidArgument(
+                reason='WRITE does not take FLAG_RAW')
         view = self._check(req, confirmed)
         if view.replicas[0] != self.id:
             raise exception.StaleEpoch(

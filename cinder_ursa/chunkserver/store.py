@@ -180,6 +180,13 @@ def torn_blocks(entries, data):
                 mv[i * BLOCK:(i + 1) * BLOCK]) != meta[2 * i]]
 
 
+def head_entries(entries):
+    """Whether every entry holds a head block's state (absent, data or
+    zero; not a layer's)."""
+    meta = decode_entries(entries, len(entries) // ENTRY)
+    return all(w & 3 != LAYER_ABSENT for w in meta[1::2])
+
+
 def mend_entries(entries, data, blocks):
     """``entries`` with the CRC of ``blocks`` (indexes) computed from
     ``data``: a torn block's content is taken as it is."""

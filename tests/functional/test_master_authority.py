@@ -7,11 +7,14 @@ the future.  Each is refused; the replicas stay identical and the real
 lease holder keeps writing."""
 
 import asyncio
+import struct
+import uuid
 
 import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.client import check
+from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
 from tests.functional.conftest import data_client
@@ -137,3 +140,38 @@ def test_a_fence_above_the_masters_generation_is_refused(cluster, setup):
         with pytest.raises(exception.Fenced):
             holder.write(0, b'g' * BS)
         v2.close()
+
+
+def test_a_raw_write_cannot_pass_the_fence(cluster, setup):
+    """FLAG_RAW stores blocks as they are: only a primary's repair push
+    (REPLICATE) may carry it, never a client's WRITE."""
+    vid, chunk, gen, holder = setup
+    primary = chunk['replicas'][0]
+    ids = [r['id'] for r in chunk['replicas']]
+    entry = struct.pack('!II', checksum.crc(b'E' * BS), 1)
+
+    def raw_write(rid, g):
+        # What encode_write will not build: a WRITE whose payload is an
+        # entry and a block, as a raw REPLICATE's is.
+        body = codec._WRITE.pack(uuid.UUID(vid).bytes, 0, chunk['epoch'], g,
+                                 0, 0, BS, len(ids), 2)
+        body += b''.join(struct.pack('!I', i) for i in ids)
+        body += entry + b'E' * BS
+        return codec.header(codec.WRITE, rid, len(body),
+                            codec.FLAG_RAW) + body
+
+    for g in (0, gen):
+        with pytest.raises(exception.InvalidArgument, match='FLAG_RAW'):
+            _send(cluster, primary, lambda rid, g=g: raw_write(rid, g))
+    # Nor may a raw REPLICATE carry a torn block or a layer's state.
+    replica = chunk['replicas'][1]
+    for bad in (struct.pack('!II', 1234, 1) + b'E' * BS,
+                struct.pack('!II', checksum.crc(b'E' * BS), 3) + b'E' * BS):
+        req = codec.WriteRequest(vid, 0, chunk['epoch'], 0, 0, 0, BS, [],
+                                 bad, codec.FLAG_RAW)
+        with pytest.raises(exception.InvalidArgument, match='valid head'):
+            _send(cluster, replica,
+                  lambda rid, req=req: codec.encode_replicate(rid, req,
+                                                              req.epoch))
+    assert holder.read(0, BS) == b'a' * BS
+    _check_clean(cluster, vid)
