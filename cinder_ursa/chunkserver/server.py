@@ -75,6 +75,12 @@ class ChunkServer(repair.RepairMixin):
     async def start(self):
         # Kept: get_running_loop() costs a getpid() system call per use.
         self._loop = loop = asyncio.get_running_loop()
+        if self.store.unclean:
+            t = loop.time()
+            n = await loop.run_in_executor(None, self.store.sync_everything)
+            LOG.info('The last run did not stop cleanly: %d file(s) it may '
+                     'have left unsynced were synced in %.1f s', n,
+                     loop.time() - t)
         self._server = await loop.create_server(
             lambda: aio.ServerConnection(self.key, self.handle),
             self.bind_host, self.bind_port, reuse_address=True, backlog=512)
@@ -97,9 +103,11 @@ class ChunkServer(repair.RepairMixin):
         await self.authority.master.close()
         try:
             self.store.sync(*self.store.take_dirty())
+            clean = not self._syncs
         except (OSError, exception.UrsaError) as e:
             LOG.error('Syncing at shutdown failed: %s', e)
-        self.store.close()
+            clean = False
+        self.store.close(clean)
 
     async def _register(self):
         usage = self.store.usage()

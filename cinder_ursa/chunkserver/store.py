@@ -3,6 +3,7 @@
 Layout of a data directory::
 
     server.json                         {"uuid": ...} this server's identity
+    clean-shutdown                      present while stopped cleanly
     chunks/<volume id>/generation       highest lease generation seen
     chunks/<volume id>/snapseq          highest snapshot sequence seen
     chunks/<volume id>/<index>.data     the chunk's current bytes (sparse)
@@ -57,6 +58,7 @@ from cinder_ursa.common import checksum
 LOG = logging.getLogger(__name__)
 
 BLOCK = checksum.BLOCK
+CLEAN_MARK = 'clean-shutdown'
 MAX_CHUNK = 1024 * 1024 * 1024
 OPEN_CHUNKS = 256
 ENTRY = 8
@@ -296,7 +298,17 @@ class ChunkStore:
         self._touched = set()                     # keys to re-measure
         self._free_checked = 0.0
         self._free = None
+        fresh = not os.path.exists(os.path.join(data_dir, 'server.json'))
         self.server_uuid = self._identity()
+        # Whatever a run that did not stop cleanly wrote may still sit in
+        # the page cache: the acknowledged writes a client flushes next
+        # would be missing from this run's dirty sets, so the server makes
+        # them durable (sync_everything) before serving.
+        marker = os.path.join(data_dir, CLEAN_MARK)
+        self.unclean = not (fresh or os.path.exists(marker))
+        if os.path.exists(marker):
+            os.unlink(marker)
+            fsync_dir(data_dir)
         self._scan()
 
     # --- identity and scanning ---------------------------------------------
@@ -1078,7 +1090,31 @@ class ChunkStore:
         return {'capacity': capacity, 'used': sum(volumes.values()),
                 'free': free, 'volumes': dict(volumes)}
 
-    def close(self):
+    def sync_everything(self):
+        """fdatasync every file and fsync every directory of the chunks
+        (after a run that did not stop cleanly); returns the number of
+        files synced."""
+        n = 0
+        for root, _, names in os.walk(self.chunks_dir):
+            for name in names:
+                try:
+                    fd = os.open(os.path.join(root, name),
+                                 os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                n += 1
+            fsync_dir(root)
+        return n
+
+    def close(self, clean=False):
+        """Close every file; ``clean``: everything written was synced, the
+        next start need not sync it again."""
         for c in self._known.values():
             c.close()
         self._open.clear()
+        if clean:
+            _atomic_write(os.path.join(self.data_dir, CLEAN_MARK), 'clean\n')

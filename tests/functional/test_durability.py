@@ -9,6 +9,7 @@ wrote it: the checks read those books the moment a FLUSH returns.
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 
@@ -202,5 +203,37 @@ def test_a_multiattach_flush_covers_the_other_writers(tmp_path, faulty_disk):
             assert unsynced(trigger, vid) == []
             va.close()
             vb.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_restarted_chunk_server_syncs_what_its_last_run_left(
+        tmp_path, faulty_disk):
+    """A chunk server killed after acknowledging writes loses its books of
+    what is unsynced, not the page cache holding them: the client's next
+    FLUSH must still make them durable, so the server syncs what its last
+    run left before it serves again."""
+    _, trigger = faulty_disk
+    cluster = _cluster(tmp_path)
+    try:
+        vid = cluster.client().create_volume('v', 8 * MiB,
+                                             chunk_size=MiB)['id']
+        with data_client(cluster) as cl:
+            v = cl.open_volume('v')
+            v.flush()
+            v.write(0, os.urandom(3 * MiB))
+            assert unsynced(trigger, vid), 'nothing to flush: no test'
+            cluster.kill_chunkserver(0)
+            cluster.start_chunkserver(0)
+            v.flush()
+            assert unsynced(trigger, vid) == []
+            v.close()
+        # A clean stop syncs everything and says so: the next start has
+        # nothing to sync again.
+        cluster.kill_chunkserver(0, signal.SIGTERM)
+        cluster.start_chunkserver(0)
+        with open(os.path.join(cluster.data_dir, 'cs0.log')) as f:
+            log = f.read()
+        assert log.count('did not stop cleanly') == 1, log[-2000:]
     finally:
         cluster.stop()
