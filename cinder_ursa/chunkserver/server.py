@@ -103,7 +103,7 @@ class ChunkServer(repair.RepairMixin):
         await self.authority.master.close()
         try:
             self.store.sync(*self.store.take_dirty())
-            clean = not self._syncs
+            clean = not self._syncs and not self.store.failed_volumes()
         except (OSError, exception.UrsaError) as e:
             LOG.error('Syncing at shutdown failed: %s', e)
             clean = False

@@ -934,6 +934,8 @@ class ChunkStore:
                 else list(set(self._dirty) | set(self._dirty_dirs)))
         fds, dirs = [], []
         for v in vols:
+            if volume is None and v in self._failed:
+                continue   # its sync failed; the others still sync
             self.check_failed(v)
             d = self._dirty.get(v)
             if d:
@@ -976,6 +978,9 @@ class ChunkStore:
         for v in (volumes if volumes is not None else
                   {k[0] for k in self._known}):
             self._failed.setdefault(v, err)
+
+    def failed_volumes(self):
+        return list(self._failed)
 
     def check_failed(self, volume):
         err = self._failed.get(volume)

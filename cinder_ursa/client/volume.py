@@ -832,27 +832,62 @@ class Volume:
         try:
             if chunks is None:
                 chunks = await self._chunks_on(addr)
-            for index, sid in chunks.items():
-                info = self._map.get(index)
-                chunk = await self.cluster.master.drop_replica(
-                    self.id, index, sid, info.epoch if info else 0)
-                self._forget(index)
-                if len(chunk['replicas']) < chunk['min_replicas']:
-                    raise exception.InsufficientReplicas(
-                        have=len(chunk['replicas']),
-                        need=chunk['min_replicas'],
-                        reason='flush of chunk %d of volume %s'
-                        % (index, self.name)) from err
-        except exception.InsufficientReplicas:
-            raise
         except exception.UrsaError:
-            pending = self._dirty.get(addr, {})
-            if chunks is None or pending is None:
-                self._dirty[addr] = None
-            else:
-                pending.update(chunks)
-                self._dirty[addr] = pending
+            self._dirty[addr] = None
             raise
+        short, undropped, failed = None, {}, None
+        for index, sid in chunks.items():
+            try:
+                chunk = await self._drop_failed(index, sid)
+            except exception.UrsaError as e:
+                undropped[index] = sid
+                failed = failed or e
+                continue
+            self._forget(index)
+            if chunk is not None and (len(chunk['replicas'])
+                                      < chunk['min_replicas']):
+                short = short or exception.InsufficientReplicas(
+                    have=len(chunk['replicas']), need=chunk['min_replicas'],
+                    reason='flush of chunk %d of volume %s' % (
+                        index, self.name))
+        if undropped:
+            # Still a replica, and not durable: the next flush tries again.
+            pending = self._dirty.get(addr, {})
+            if pending is not None:
+                pending.update(undropped)
+                self._dirty[addr] = pending
+            raise failed
+        if short is not None:
+            raise short from err
+
+    async def _drop_failed(self, index, sid):
+        """Drop server ``sid``, which could not flush, from chunk
+        ``index``'s replica set at the master's current epoch (the cached
+        one may be old: the master ignores a drop at an old epoch).
+        Returns the chunk as the master has it then (None: no such chunk),
+        or raises when the server is still a replica (the last one: the
+        master never drops that)."""
+        for _ in range(5):
+            reply = await self.cluster.master.chunk_map(self.id, index, 1)
+            if not reply['chunks']:
+                return None
+            chunk = reply['chunks'][0]
+            chunk['min_replicas'] = reply['volume']['min_replicas']
+            if sid not in [r['id'] for r in chunk['replicas']]:
+                return chunk
+            chunk = await self.cluster.master.drop_replica(
+                self.id, index, sid, chunk['epoch'])
+            if sid not in [r['id'] for r in chunk['replicas']]:
+                return chunk
+            if len(chunk['replicas']) == 1:
+                raise exception.InsufficientReplicas(
+                    have=0, need=chunk['min_replicas'],
+                    reason='the only replica of chunk %d of volume %s '
+                           'could not flush' % (index, self.name))
+        raise exception.Unavailable(
+            reason='server %d stays in the replica set of chunk %d of volume '
+                   '%s, which keeps changing; flush again' % (
+                       sid, index, self.name))
 
     async def _chunks_on(self, addr):
         """{index: server id} of the chunks with a replica at ``addr``,

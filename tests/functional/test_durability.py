@@ -13,11 +13,15 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
+from cinder_ursa import exception
 from cinder_ursa.cmd.aio import AllInOne
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
 from tests.functional.conftest import data_client
 from tests.functional.conftest import unsynced
+from tests.functional.test_faults import replica_sets
 from tests.functional.test_faults import server_id
 
 MiB = 1024 * 1024
@@ -235,5 +239,36 @@ def test_a_restarted_chunk_server_syncs_what_its_last_run_left(
         with open(os.path.join(cluster.data_dir, 'cs0.log')) as f:
             log = f.read()
         assert log.count('did not stop cleanly') == 1, log[-2000:]
+    finally:
+        cluster.stop()
+
+
+def test_a_replica_that_cannot_flush_leaves_the_replica_set(tmp_path,
+                                                           faulty_disk):
+    """A second replica fails at flush time, after the client's chunk map
+    went stale with the first (the master ignores a drop at an old epoch):
+    the flush must still drop it, and fail when fewer than min_replicas
+    durable copies are left, never report success."""
+    _, trigger = faulty_disk
+    cluster = _cluster(tmp_path)
+    try:
+        cluster.client().create_volume('v', 8 * MiB, chunk_size=MiB)
+        sick, dead = server_id(cluster, 0), server_id(cluster, 1)
+        with data_client(cluster, request_timeout=5.0, io_timeout=20.0) \
+                as cl:
+            v = cl.open_volume('v')
+            v.flush()
+            cluster.kill_chunkserver(1)
+            v.write(0, os.urandom(4 * MiB))   # server 1 dropped here
+            trigger.touch()                    # server 0's disk fails
+            try:
+                with pytest.raises(exception.InsufficientReplicas):
+                    v.flush()
+            finally:
+                trigger.unlink()
+            sets = replica_sets(cluster, 'v')
+            assert sets and all(sick not in ids and dead not in ids
+                                for ids in sets.values()), sets
+            v.close()
     finally:
         cluster.stop()

@@ -314,3 +314,16 @@ def test_a_failed_sync_fails_the_volume_for_good(st):
         st.take_dirty(VOL)
     with pytest.raises(exception.DiskError):
         st.check_epoch(VOL, 0, 1)
+
+
+def test_one_failed_volume_does_not_keep_the_others_unsynced(st):
+    other = '99999999-2222-3333-4444-555555555555'
+    a = st.check_epoch(VOL, 0, 1, create=True)
+    b = st.check_epoch(other, 0, 1, create=True)
+    st.write(a, 0, b'a' * 4096)
+    st.write(b, 0, b'b' * 4096)
+    st.sync_failed({VOL}, OSError(5, 'Input/output error'))
+    fds, dirs = st.take_dirty()      # at shutdown: every volume but VOL
+    assert len(fds) == 1
+    st.sync(fds, dirs)
+    assert st.failed_volumes() == [VOL]
