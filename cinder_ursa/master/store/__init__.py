@@ -1,0 +1,68 @@
+"""The master's metadata store: volumes, chunks, chunk servers, leases.
+
+SQLAlchemy Core over any URL: ``sqlite:///path`` by default,
+``mysql+pymysql://...`` or ``postgresql://...`` in production.  Methods are
+synchronous and each runs in one transaction; the REST layer calls them from
+a single worker thread so the event loop never blocks on the database.
+
+Invariants kept here:
+
+* a chunk's ``epoch`` grows by one on every change of its replica set, and
+  the change is committed before anyone is told about it;
+* a volume's lease ``generation`` grows by one every time a new holder
+  takes the lease, so chunk servers can refuse the older writer.
+
+One module per aggregate, each a part of :class:`MetadataStore`:
+``servers``, ``volumes``, ``snapshots``, ``chunks``, ``leases`` (and
+whole hosts), ``attachments``; ``common`` holds what they share.
+"""
+
+import os
+
+import alembic.command
+import alembic.config
+import sqlalchemy as sa
+
+from cinder_ursa.common import db
+from cinder_ursa.master.store.attachments import AttachmentRecords
+from cinder_ursa.master.store.chunks import ChunkRecords
+from cinder_ursa.master.store.common import check_volume_size  # noqa: F401
+from cinder_ursa.master.store.common import holder_host  # noqa: F401
+from cinder_ursa.master.store.common import validate_qos  # noqa: F401
+from cinder_ursa.master.store.leases import LeaseRecords
+from cinder_ursa.master.store.servers import ServerRecords
+from cinder_ursa.master.store.snapshots import SnapshotRecords
+from cinder_ursa.master.store.volumes import VolumeRecords
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'migrations')
+
+
+class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
+                    ChunkRecords, LeaseRecords, AttachmentRecords):
+    """The master's records over one database: the engine and the schema
+    here, each aggregate's methods in its own module."""
+
+    def __init__(self, url, failure_domain='host'):
+        self.url = url
+        self.engine = db.create_engine(url)
+        self.failure_domain = failure_domain
+
+    def upgrade(self):
+        """Bring the schema to the newest alembic revision."""
+        cfg = alembic.config.Config()
+        cfg.set_main_option('script_location', MIGRATIONS)
+        with self.engine.begin() as conn:
+            cfg.attributes['connection'] = conn
+            alembic.command.upgrade(cfg, 'head')
+
+    def schema_version(self):
+        with self.engine.connect() as conn:
+            try:
+                return conn.execute(sa.text(
+                    'SELECT version_num FROM alembic_version')).scalar()
+            except sa.exc.DatabaseError:
+                return None
+
+    def close(self):
+        self.engine.dispose()

@@ -1,0 +1,103 @@
+"""Attachments: which host's gateway exposes which volume."""
+
+import logging
+import time
+
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.master import models
+
+LOG = logging.getLogger(__name__)
+
+
+class AttachmentRecords:
+    """Part of :class:`MetadataStore` (see the package)."""
+
+    @staticmethod
+    def _attachment_dict(row, name):
+        return {'volume_id': row.volume_id, 'volume_name': name,
+                'host': row.host, 'status': row.status, 'path': row.path,
+                'error': row.error, 'created_at': row.created_at}
+
+    def attach(self, ref, host):
+        """Ask ``host``'s gateway to expose a volume (idempotent: an
+        existing attachment of that host is returned as it is)."""
+        a = models.attachments
+        if not isinstance(host, str) or not host or len(host) > 255:
+            raise exception.InvalidArgument(
+                reason='host must be 1 to 255 characters')
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.status != 'available':
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            self._check_host_not_fenced(conn, '@' + host)
+            rows = conn.execute(sa.select(a).where(
+                a.c.volume_id == vol.id)).all()
+            mine = [r for r in rows if r.host == host]
+            if mine and mine[0].status != 'detaching':
+                return self._attachment_dict(mine[0], vol.name)
+            others = [r.host for r in rows if r.host != host]
+            if others and not vol.multiattach:
+                raise exception.Conflict(
+                    reason='volume %s is attached to %s; detach it there '
+                           'first' % (vol.name, ', '.join(others)))
+            if mine:
+                conn.execute(a.update().where(
+                    a.c.volume_id == vol.id, a.c.host == host).values(
+                    status='attaching', path=None, error=None))
+            else:
+                conn.execute(a.insert().values(
+                    volume_id=vol.id, host=host, status='attaching',
+                    created_at=time.time()))
+        LOG.info('Volume %s: attaching to host %s', vol.name, host)
+        return self.get_attachment(vol.id, host)
+
+    def get_attachment(self, ref, host):
+        a = models.attachments
+        with self.engine.connect() as conn:
+            vol = self._find_volume(conn, ref)
+            row = conn.execute(sa.select(a).where(
+                a.c.volume_id == vol.id, a.c.host == host)).first()
+        if row is None:
+            raise exception.NotFound(kind='attachment',
+                                     name='%s on %s' % (vol.name, host))
+        return self._attachment_dict(row, vol.name)
+
+    def list_attachments(self, host=None, ref=None):
+        a, v = models.attachments, models.volumes
+        with self.engine.connect() as conn:
+            q = sa.select(a, v.c.name).join(v, v.c.id == a.c.volume_id)
+            if host is not None:
+                q = q.where(a.c.host == host)
+            if ref is not None:
+                q = q.where(a.c.volume_id == self._find_volume(conn, ref).id)
+            return [self._attachment_dict(r, r.name)
+                    for r in conn.execute(q.order_by(v.c.name))]
+
+    def update_attachment(self, ref, host, status, path=None, error=None):
+        """The gateway reports; the driver asks for 'detaching'."""
+        a = models.attachments
+        if status not in ('attached', 'error', 'detaching'):
+            raise exception.InvalidArgument(
+                reason='status must be attached, error or detaching')
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            res = conn.execute(a.update().where(
+                a.c.volume_id == vol.id, a.c.host == host).values(
+                status=status, path=path, error=error))
+            if not res.rowcount:
+                raise exception.NotFound(kind='attachment',
+                                         name='%s on %s' % (vol.name, host))
+        LOG.info('Volume %s on host %s: %s%s', vol.name, host, status,
+                 ' (%s)' % (path or error) if path or error else '')
+        return self.get_attachment(vol.id, host)
+
+    def detach(self, ref, host):
+        a = models.attachments
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            conn.execute(a.delete().where(a.c.volume_id == vol.id,
+                                          a.c.host == host))
+        LOG.info('Volume %s detached from host %s', vol.name, host)

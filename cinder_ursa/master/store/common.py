@@ -1,0 +1,121 @@
+"""What the metadata records share: id lists, names of the trash and of
+shared lease holders, and the validation of names, sizes and QoS limits."""
+
+
+
+from cinder_ursa import exception
+from cinder_ursa.common import units
+
+
+def split_ids(text):
+    return [int(x) for x in text.split(',') if x]
+
+
+def join_ids(ids):
+    return ','.join(str(i) for i in ids)
+
+
+def trash_name(ident):
+    return '.trash-%s' % ident
+
+
+def chunk_count(vol):
+    per_set = vol.chunk_size * vol.stripe_count
+    sets = -(-vol.size // per_set)
+    return sets * vol.stripe_count
+
+
+# lease_holder of a multiattach volume whose writers share the lease.
+SHARED = '(shared)'
+
+
+def holder_host(holder):
+    """The host a lease holder runs on.  Holders are ``<host>:<pid>:<nonce>``
+    (the client library's default) or ``<agent>@<host>`` (ursa-attach)."""
+    if '@' in holder:
+        return holder.rsplit('@', 1)[1]
+    return holder.split(':', 1)[0]
+
+
+QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
+            'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
+
+
+# The largest QoS limit: the clients' token buckets (client/qos.py) count
+# in floats, exact for integers up to 2**53, and so are JSON numbers in
+# most other languages.  2**53 a second (8 PiB/s, 9e15 IOPS) limits
+# nothing real, so no useful setting is refused.
+QOS_MAX = 2 ** 53
+
+
+def check_volume_size(size, limit):
+    """Refuse a volume size above ``limit`` ([ursa_master]
+    max_volume_size), naming the limit and the option."""
+    if size is not None and size > limit:
+        raise exception.InvalidArgument(
+            reason='size %d bytes (%s) is above the largest volume size, %d '
+                   'bytes (%s); use a smaller size, or raise [ursa_master] '
+                   'max_volume_size on the master if such volumes are '
+                   'really wanted' % (size, units.format_size(size), limit,
+                                      units.format_size(limit)))
+
+
+def validate_qos(qos):
+    """QoS limits: a dict of QOS_KEYS to integers from 0 (no limit) to
+    QOS_MAX; returns it without the zeros."""
+    if not isinstance(qos, dict):
+        raise exception.InvalidArgument(reason='qos must be an object')
+    out = {}
+    for k, v in qos.items():
+        if k not in QOS_KEYS:
+            raise exception.InvalidArgument(
+                reason='unknown QoS limit %r; known: %s' % (
+                    k, ', '.join(QOS_KEYS)))
+        # Digits as text too, but only ASCII ones, and few enough for
+        # int(): it refuses "\u00b2" and more than 4300 digits.
+        if isinstance(v, str) and v.isascii() and v.isdigit() and \
+                len(v) <= 20:
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or \
+                not 0 <= v <= QOS_MAX:
+            raise exception.InvalidArgument(
+                reason='QoS limit %s must be an integer from 0 (no limit) '
+                       'to %d (2**53)' % (k, QOS_MAX))
+        if v:
+            out[k] = v
+    return out
+
+
+def validate_snapshot_name(name):
+    if not isinstance(name, str) or not name or len(name) > 255 or \
+            '/' in name or '@' in name:
+        raise exception.InvalidArgument(
+            reason='snapshot name must be 1 to 255 characters without '
+                   '"/" or "@"')
+
+
+def validate_volume(name, size, replicas, min_replicas, chunk_size,
+                     stripe_unit, stripe_count):
+    def bad(reason):
+        raise exception.InvalidArgument(reason=reason)
+    if not isinstance(name, str) or not name or len(name) > 255:
+        bad('volume name must be 1 to 255 characters')
+    if '/' in name:
+        bad('volume name may not contain "/"')
+    if not isinstance(size, int) or size <= 0:
+        bad('size must be a positive number of bytes')
+    if size % units.BLOCK_SIZE:
+        bad('size must be a multiple of 4 KiB')
+    if not 1 <= replicas <= 10:
+        bad('replicas must be between 1 and 10')
+    if not 1 <= min_replicas <= replicas:
+        bad('min_replicas must be between 1 and replicas (%d)' % replicas)
+    if chunk_size < units.Mi or chunk_size > 1024 * units.Mi or \
+            chunk_size & (chunk_size - 1):
+        bad('chunk size must be a power of two between 1 MiB and 1 GiB')
+    if stripe_unit < units.BLOCK_SIZE or chunk_size % stripe_unit or \
+            stripe_unit & (stripe_unit - 1):
+        bad('stripe unit must be a power of two of at least 4 KiB that '
+            'divides the chunk size')
+    if not 1 <= stripe_count <= 64:
+        bad('stripe count must be between 1 and 64')

@@ -1,0 +1,236 @@
+"""Leases (the generation invariant) and whole client hosts: fencing for
+nova_ha."""
+
+import json
+import logging
+import time
+
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.master import models
+from cinder_ursa.master.store.common import SHARED
+from cinder_ursa.master.store.common import holder_host
+
+LOG = logging.getLogger(__name__)
+
+
+class LeaseRecords:
+    """Part of :class:`MetadataStore` (see the package)."""
+
+    def _join_shared(self, conn, vol, holder, ttl, now, renew=False):
+        """Multiattach: writers share one generation while any of them
+        holds the lease; the first after a gap (or a revoke) starts a new
+        one."""
+        t, sl = models.volumes, models.shared_leases
+        conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                       sl.c.expires <= now))
+        others = conn.execute(sa.select(sl.c.holder).where(
+            sl.c.volume_id == vol.id, sl.c.holder != holder)).all()
+        gen = vol.lease_generation
+        if not renew and not others and not (vol.lease_holder == SHARED and
+                                             vol.lease_expires > now):
+            gen += 1
+        conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                       sl.c.holder == holder))
+        conn.execute(sl.insert().values(volume_id=vol.id, holder=holder,
+                                        expires=now + ttl))
+        conn.execute(t.update().where(t.c.id == vol.id).values(
+            lease_holder=SHARED, lease_generation=gen,
+            lease_expires=max(vol.lease_expires, now + ttl)))
+        return gen
+
+    def acquire_lease(self, ref, holder, ttl, force=False):
+        """Take the write lease; a new holder gets generation + 1
+        (multiattach volumes: writers share it)."""
+        t = models.volumes
+        now = time.time()
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.status != 'available':
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            self._check_host_not_fenced(conn, holder)
+            if vol.multiattach:
+                gen = self._join_shared(conn, vol, holder, ttl, now)
+                LOG.info('Volume %s: %s shares lease generation %d',
+                         vol.name, holder, gen)
+                return {'volume_id': vol.id, 'holder': holder,
+                        'generation': gen, 'expires_at': now + ttl,
+                        'ttl': ttl}
+            held = vol.lease_holder and vol.lease_expires > now
+            if held and vol.lease_holder != holder and not force:
+                raise exception.LeaseHeld(
+                    volume=vol.name, holder=vol.lease_holder,
+                    expires=time.strftime('%H:%M:%S', time.localtime(
+                        vol.lease_expires)))
+            gen = vol.lease_generation + 1
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                lease_holder=holder, lease_generation=gen,
+                lease_expires=now + ttl))
+        LOG.info('Volume %s: lease generation %d to %s%s', vol.name, gen,
+                 holder, ' (forced)' if held and force else '')
+        return {'volume_id': vol.id, 'holder': holder, 'generation': gen,
+                'expires_at': now + ttl, 'ttl': ttl}
+
+    def renew_lease(self, ref, holder, generation, ttl):
+        t = models.volumes
+        now = time.time()
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.multiattach and vol.lease_generation == generation:
+                self._join_shared(conn, vol, holder, ttl, now, renew=True)
+                return {'volume_id': vol.id, 'holder': holder,
+                        'generation': generation, 'expires_at': now + ttl,
+                        'ttl': ttl,
+                        'qos': json.loads(vol.qos) if vol.qos else {}}
+            if (vol.lease_holder != holder
+                    or vol.lease_generation != generation):
+                raise exception.Fenced(
+                    reason='lease generation %d of volume %s was replaced '
+                           'by generation %d (%s)' % (
+                               generation, vol.name, vol.lease_generation,
+                               vol.lease_holder))
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                lease_expires=now + ttl))
+        # The holder learns changed QoS limits with each renewal.
+        return {'volume_id': vol.id, 'holder': holder,
+                'generation': generation, 'expires_at': now + ttl, 'ttl': ttl,
+                'qos': json.loads(vol.qos) if vol.qos else {}}
+
+    def release_lease(self, ref, holder, generation):
+        t, sl = models.volumes, models.shared_leases
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.multiattach and vol.lease_generation == generation:
+                conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                               sl.c.holder == holder))
+                left = conn.execute(sa.select(sl.c.holder).where(
+                    sl.c.volume_id == vol.id,
+                    sl.c.expires > time.time())).first()
+                if left is None:
+                    conn.execute(t.update().where(t.c.id == vol.id).values(
+                        lease_holder=None, lease_expires=0))
+                return
+            if (vol.lease_holder == holder
+                    and vol.lease_generation == generation):
+                conn.execute(t.update().where(t.c.id == vol.id).values(
+                    lease_holder=None, lease_expires=0))
+
+    def revoke_lease(self, ref):
+        """Fence the current holder: generation + 1, nobody holds it."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            gen = vol.lease_generation + 1
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                lease_holder=None, lease_generation=gen, lease_expires=0))
+            conn.execute(models.shared_leases.delete().where(
+                models.shared_leases.c.volume_id == vol.id))
+        LOG.info('Volume %s: lease revoked, generation %d', vol.name, gen)
+        return {'volume_id': vol.id, 'generation': gen}
+
+    def _host_leases(self, conn, host):
+        """The leases (and shared leases) held by ``host``'s clients."""
+        t, sl = models.volumes, models.shared_leases
+        rows = conn.execute(sa.select(
+            t.c.id, t.c.name, t.c.lease_holder, t.c.lease_generation,
+            t.c.lease_expires).where(t.c.lease_holder.is_not(None))).all()
+        found = [{'volume_id': r.id, 'volume_name': r.name,
+                  'holder': r.lease_holder, 'generation': r.lease_generation,
+                  'expires_at': r.lease_expires}
+                 for r in rows if holder_host(r.lease_holder) == host]
+        shared = conn.execute(sa.select(
+            sl.c.volume_id, sl.c.holder, sl.c.expires, t.c.name,
+            t.c.lease_generation).join(t, t.c.id == sl.c.volume_id)).all()
+        found += [{'volume_id': r.volume_id, 'volume_name': r.name,
+                   'holder': r.holder, 'generation': r.lease_generation,
+                   'expires_at': r.expires}
+                  for r in shared if holder_host(r.holder) == host]
+        return found
+
+    def host_status(self, host):
+        """What the cluster knows of a client host: its leases, live or
+        not, and whether it is fenced."""
+        f = models.fenced_hosts
+        now = time.time()
+        with self.engine.connect() as conn:
+            leases = self._host_leases(conn, host)
+            fenced = conn.execute(sa.select(f).where(f.c.host == host)).first()
+            attached = conn.execute(sa.select(sa.func.count()).where(
+                models.attachments.c.host == host)).scalar()
+        for lease in leases:
+            lease['live'] = lease['expires_at'] > now
+        live = [x['expires_at'] for x in leases if x['live']]
+        return {'host': host, 'leases': leases,
+                'live_leases': len(live),
+                # When the host last renewed nothing tells; a live lease
+                # expires at most one ttl after its last renewal.
+                'leases_expire_at': max(live) if live else None,
+                'attachments': attached,
+                'fenced': fenced is not None,
+                'fenced_at': fenced.fenced_at if fenced else None,
+                'fence_reason': fenced.reason if fenced else None}
+
+    def fence_host(self, host, reason=None):
+        """Fence every lease ``host``'s clients hold (generation + 1, so
+        the chunk servers refuse their writes), drop its attachments, and
+        refuse it new leases until :meth:`unfence_host`.  Idempotent."""
+        t, sl, f = models.volumes, models.shared_leases, models.fenced_hosts
+        if not isinstance(host, str) or not host or len(host) > 255:
+            raise exception.InvalidArgument(
+                reason='host must be 1 to 255 characters')
+        fenced = {}
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(f).where(f.c.host == host)).first() \
+                    is None:
+                conn.execute(f.insert().values(host=host, reason=reason,
+                                               fenced_at=time.time()))
+            for lease in self._host_leases(conn, host):
+                vid = lease['volume_id']
+                if vid in fenced:
+                    continue
+                gen = conn.execute(sa.select(t.c.lease_generation).where(
+                    t.c.id == vid)).scalar() + 1
+                conn.execute(t.update().where(t.c.id == vid).values(
+                    lease_holder=None, lease_generation=gen,
+                    lease_expires=0))
+                conn.execute(sl.delete().where(sl.c.volume_id == vid))
+                fenced[vid] = {'volume_id': vid,
+                               'volume_name': lease['volume_name'],
+                               'holder': lease['holder'],
+                               'generation': gen}
+            dropped = conn.execute(models.attachments.delete().where(
+                models.attachments.c.host == host)).rowcount
+        LOG.warning('Host %s fenced%s: %d lease(s) revoked, %d '
+                    'attachment(s) dropped', host,
+                    ' (%s)' % reason if reason else '', len(fenced), dropped)
+        return {'host': host, 'fenced': list(fenced.values()),
+                'attachments_dropped': dropped}
+
+    def unfence_host(self, host):
+        f = models.fenced_hosts
+        with self.engine.begin() as conn:
+            gone = conn.execute(f.delete().where(f.c.host == host)).rowcount
+        if gone:
+            LOG.info('Host %s unfenced: it may take leases again', host)
+        return bool(gone)
+
+    def list_fenced_hosts(self):
+        f = models.fenced_hosts
+        with self.engine.connect() as conn:
+            return [{'host': r.host, 'reason': r.reason,
+                     'fenced_at': r.fenced_at}
+                    for r in conn.execute(sa.select(f).order_by(f.c.host))]
+
+    def _check_host_not_fenced(self, conn, holder):
+        f = models.fenced_hosts
+        host = holder_host(holder)
+        row = conn.execute(sa.select(f).where(f.c.host == host)).first()
+        if row is not None:
+            raise exception.Fenced(
+                reason='host %s was fenced at %s%s; it may take no lease '
+                       'until an operator unfences it (ursa host unfence %s)'
+                       % (host, time.strftime('%Y-%m-%d %H:%M:%S',
+                                              time.localtime(row.fenced_at)),
+                          ' (%s)' % row.reason if row.reason else '', host))

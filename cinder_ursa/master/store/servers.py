@@ -1,0 +1,164 @@
+"""Chunk servers: registration, heartbeats, marking silent ones down."""
+
+import collections
+import logging
+import time
+
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.master import models
+from cinder_ursa.master.store.common import join_ids
+from cinder_ursa.master.store.common import split_ids
+
+LOG = logging.getLogger(__name__)
+
+
+class ServerRecords:
+    """Part of :class:`MetadataStore` (see the package)."""
+
+    @staticmethod
+    def _server_dict(row):
+        return {'id': row.id, 'uuid': row.uuid, 'host': row.host,
+                'rack': row.rack, 'address': row.address, 'port': row.port,
+                'capacity': row.capacity, 'used': row.used, 'free': row.free,
+                'state': row.state, 'last_seen': row.last_seen}
+
+    def register_server(self, server_uuid, host, rack, address, port,
+                        capacity, used, free, chunks=()):
+        """Add or update a chunk server; classify the chunks it reports.
+
+        Returns ``(server, stale, orphans, generations, snapseqs,
+        snapshots)``: ``stale`` are (volume, index) it holds but is no
+        longer a replica of, ``orphans`` belong to no known volume or chunk,
+        the next two map volume ids to their lease generation and snapshot
+        sequence, the last maps the volumes it holds to (snapshot sequence,
+        live snapshot sequences) so it frees what deleted snapshots left.
+        """
+        now = time.time()
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t).where(
+                t.c.uuid == server_uuid)).first()
+            values = dict(host=host, rack=rack, address=address, port=port,
+                          capacity=capacity, used=used, free=free,
+                          state='up', last_seen=now)
+            if row is None:
+                res = conn.execute(t.insert().values(
+                    uuid=server_uuid, created_at=now, **values))
+                sid = res.inserted_primary_key[0]
+                LOG.info('Chunk server %s (%s:%d, host %s) joined as id %d',
+                         server_uuid, address, port, host, sid)
+            else:
+                sid = row.id
+                conn.execute(t.update().where(t.c.id == sid).values(**values))
+                if row.state != 'up':
+                    LOG.info('Chunk server %d (%s:%d) is up again', sid,
+                             address, port)
+            server = self._server_dict(conn.execute(
+                sa.select(t).where(t.c.id == sid)).first())
+            stale, orphans = [], []
+            c = models.chunks
+            vrows = conn.execute(sa.select(
+                models.volumes.c.id, models.volumes.c.lease_generation,
+                models.volumes.c.snap_seq)).all()
+            vols = {r.id: r.lease_generation for r in vrows}
+            seqs = {r.id: r.snap_seq for r in vrows if r.snap_seq}
+            held = {v for v, _, _ in chunks}
+            live = collections.defaultdict(list)
+            for r in conn.execute(sa.select(
+                    models.snapshots.c.volume_id, models.snapshots.c.seq)):
+                live[r.volume_id].append(r.seq)
+            snaps = {v: (seq, live.get(v, [])) for v, seq in seqs.items()
+                     if v in held}
+            for vol, idx, _epoch in chunks:
+                if vol not in vols:
+                    orphans.append((vol, idx))
+                    continue
+                crow = conn.execute(sa.select(c).where(
+                    c.c.volume_id == vol, c.c.idx == idx)).first()
+                if crow is None:
+                    orphans.append((vol, idx))
+                elif sid not in split_ids(crow.replicas):
+                    stale.append((vol, idx))
+            gens = {v: g for v, g in vols.items() if g}
+        return server, stale, orphans, gens, seqs, snaps
+
+    def heartbeat(self, server_id, capacity, used, free):
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t.c.state).where(
+                t.c.id == server_id)).first()
+            if row is None or row.state != 'up':
+                # Unknown, or marked down meanwhile: the server must
+                # register again, which tells it which replicas went stale.
+                raise exception.NotFound(kind='registered chunk server',
+                                         name=server_id)
+            conn.execute(t.update().where(t.c.id == server_id).values(
+                capacity=capacity, used=used, free=free,
+                last_seen=time.time()))
+
+    def reset_heartbeats(self):
+        """At master start: judge only silence observed from now on, so a
+        restart of the master (or of the whole cluster) drops nobody."""
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            conn.execute(t.update().where(t.c.state == 'up').values(
+                last_seen=time.time()))
+
+    def mark_down(self, timeout):
+        """Mark servers silent for more than ``timeout`` s down."""
+        t = models.chunkservers
+        limit = time.time() - timeout
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(t.c.id, t.c.address, t.c.port).where(
+                t.c.state == 'up', t.c.last_seen < limit)).all()
+            for r in rows:
+                conn.execute(t.update().where(t.c.id == r.id).values(
+                    state='down'))
+                dropped = self._drop_server_replicas(conn, r.id)
+                LOG.warning('Chunk server %d (%s:%d) missed its heartbeats '
+                            'for %d s: marked down and dropped from %d '
+                            'replica set(s)', r.id, r.address, r.port,
+                            timeout, dropped)
+        return [r.id for r in rows]
+
+    @staticmethod
+    def _drop_server_replicas(conn, server_id):
+        """A down server can take no writes: remove it from every replica
+        set now (epoch + 1 each), so readers and writers stop trying it and
+        its replicas are known stale when it returns."""
+        c = models.chunks
+        pattern = '%%%d%%' % server_id
+        n = 0
+        for row in conn.execute(sa.select(c).where(
+                c.c.replicas.like(pattern))).all():
+            ids = split_ids(row.replicas)
+            if server_id not in ids or len(ids) == 1:
+                continue
+            ids.remove(server_id)
+            conn.execute(c.update().where(
+                c.c.volume_id == row.volume_id, c.c.idx == row.idx,
+                c.c.epoch == row.epoch).values(replicas=join_ids(ids),
+                                               epoch=row.epoch + 1))
+            n += 1
+        return n
+
+    def list_servers(self):
+        t = models.chunkservers
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).order_by(t.c.id)).all()
+        servers = [self._server_dict(r) for r in rows]
+        counts = self._replica_counts()
+        for s in servers:
+            s['chunks'] = counts.get(s['id'], 0)
+        return servers
+
+    def _replica_counts(self):
+        counts = {}
+        with self.engine.connect() as conn:
+            for (replicas,) in conn.execute(
+                    sa.select(models.chunks.c.replicas)):
+                for sid in split_ids(replicas):
+                    counts[sid] = counts.get(sid, 0) + 1
+        return counts

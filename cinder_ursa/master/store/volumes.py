@@ -1,0 +1,258 @@
+"""Volumes: create, find, rename, QoS, resize, delete (to the trash),
+detach from a parent."""
+
+import json
+import logging
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.common import units
+from cinder_ursa.master import models
+from cinder_ursa.master.store.common import trash_name
+from cinder_ursa.master.store.common import validate_qos
+from cinder_ursa.master.store.common import validate_volume
+
+LOG = logging.getLogger(__name__)
+
+
+class VolumeRecords:
+    """Part of :class:`MetadataStore` (see the package)."""
+
+    @staticmethod
+    def _volume_dict(row):
+        return {'id': row.id, 'name': row.name, 'size': row.size,
+                'chunk_size': row.chunk_size, 'stripe_unit': row.stripe_unit,
+                'stripe_count': row.stripe_count, 'replicas': row.replicas,
+                'min_replicas': row.min_replicas, 'status': row.status,
+                'created_at': row.created_at, 'snap_seq': row.snap_seq,
+                'parent_snapshot_id': row.parent_snapshot_id,
+                'qos': json.loads(row.qos) if row.qos else {},
+                'multiattach': bool(row.multiattach),
+                'lease': {'holder': row.lease_holder,
+                          'generation': row.lease_generation,
+                          'expires_at': row.lease_expires}}
+
+    def create_volume(self, name, size, replicas=3, min_replicas=2,
+                      chunk_size=64 * units.Mi, stripe_unit=None,
+                      stripe_count=1, parent=None, qos=None,
+                      multiattach=False):
+        """Create a thin volume; with ``parent`` (a snapshot id) a clone
+        that reads the snapshot's blocks until it writes its own."""
+        qos = validate_qos(qos or {})
+        stripe_unit = stripe_unit or chunk_size
+        validate_volume(name, size, replicas, min_replicas, chunk_size,
+                         stripe_unit, stripe_count)
+        t = models.volumes
+        vid = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first():
+                raise exception.AlreadyExists(kind='volume', name=name)
+            if parent is not None:
+                snap = self._find_snapshot(conn, parent)
+                if snap.status != 'available':
+                    raise exception.Conflict(
+                        reason='snapshot %s is %s; clone an available '
+                               'snapshot' % (snap.name, snap.status))
+                pvol = conn.execute(sa.select(t).where(
+                    t.c.id == snap.volume_id)).first()
+                if size < snap.size:
+                    raise exception.InvalidArgument(
+                        reason='a clone must be at least as large as its '
+                               'snapshot (%d bytes)' % snap.size)
+                # Same geometry as the parent: block b of the clone is
+                # block b of the snapshot, chunk for chunk.
+                chunk_size, stripe_unit, stripe_count = (
+                    pvol.chunk_size, pvol.stripe_unit, pvol.stripe_count)
+                parent = snap.id
+            conn.execute(t.insert().values(
+                id=vid, name=name, size=size, chunk_size=chunk_size,
+                stripe_unit=stripe_unit, stripe_count=stripe_count,
+                replicas=replicas, min_replicas=min_replicas,
+                status='available', created_at=time.time(),
+                lease_holder=None, lease_generation=0, lease_expires=0,
+                snap_seq=0, parent_snapshot_id=parent,
+                qos=json.dumps(qos) if qos else None,
+                multiattach=bool(multiattach)))
+        LOG.info('Volume %s (%s) created, %s, %d replicas%s', name, vid,
+                 units.format_size(size), replicas,
+                 ', clone of snapshot %s' % parent if parent else '')
+        return self.get_volume(vid)
+
+    def _find_volume(self, conn, ref):
+        t = models.volumes
+        row = conn.execute(sa.select(t).where(t.c.id == ref)).first()
+        if row is None:
+            row = conn.execute(sa.select(t).where(t.c.name == ref)).first()
+        if row is None:
+            raise exception.NotFound(kind='volume', name=ref)
+        return row
+
+    def get_volume(self, ref):
+        with self.engine.connect() as conn:
+            row = self._find_volume(conn, ref)
+            vol = self._volume_dict(row)
+            vol['allocated_chunks'] = conn.execute(
+                sa.select(sa.func.count()).select_from(models.chunks).where(
+                    models.chunks.c.volume_id == row.id)).scalar()
+            vol['snapshots'] = conn.execute(
+                sa.select(sa.func.count()).select_from(models.snapshots)
+                .where(models.snapshots.c.volume_id == row.id,
+                       models.snapshots.c.status != 'trash')).scalar()
+            vol['parent'] = self._parent(conn, row.parent_snapshot_id)
+        return vol
+
+    def _parent(self, conn, snapshot_id):
+        """The snapshot a clone (or a clone's snapshot) reads through."""
+        if snapshot_id is None:
+            return None
+        snap = conn.execute(sa.select(models.snapshots).where(
+            models.snapshots.c.id == snapshot_id)).first()
+        pvol = conn.execute(sa.select(models.volumes).where(
+            models.volumes.c.id == snap.volume_id)).first()
+        return {'snapshot_id': snap.id, 'snapshot_name': snap.name,
+                'volume_id': pvol.id, 'volume_name': pvol.name,
+                'seq': snap.seq, 'size': snap.size}
+
+    def list_volumes(self):
+        t = models.volumes
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.status != 'trash')
+                                .order_by(t.c.name)).all()
+            counts = dict(conn.execute(
+                sa.select(models.chunks.c.volume_id, sa.func.count())
+                .group_by(models.chunks.c.volume_id)).all())
+        out = []
+        for r in rows:
+            v = self._volume_dict(r)
+            v['allocated_chunks'] = counts.get(r.id, 0)
+            out.append(v)
+        return out
+
+    def begin_delete(self, ref):
+        """Delete a volume: returns (volume, action) where action is
+        'delete' (the caller tells the chunk servers, then calls
+        finish_delete) or 'trash' (its deleted snapshots still have clones:
+        the volume is hidden and goes when they do)."""
+        t = models.volumes
+        s = models.snapshots
+        with self.engine.begin() as conn:
+            row = self._find_volume(conn, ref)
+            now = time.time()
+            if (row.lease_holder and row.lease_expires > now
+                    and row.status not in ('deleting', 'trash')):
+                raise exception.Conflict(
+                    reason='volume %s is open for writing by %s; close it '
+                           'first' % (row.name, row.lease_holder))
+            hosts = [r.host for r in conn.execute(sa.select(
+                models.attachments.c.host).where(
+                models.attachments.c.volume_id == row.id))]
+            if hosts:
+                raise exception.Conflict(
+                    reason='volume %s is attached to %s; detach it first'
+                    % (row.name, ', '.join(hosts)))
+            snaps = conn.execute(sa.select(s.c.name, s.c.status).where(
+                s.c.volume_id == row.id)).all()
+            live = [n for n, st in snaps if st != 'trash']
+            if live:
+                raise exception.Conflict(
+                    reason='volume %s has %d snapshot(s) (%s); delete them '
+                           'first' % (row.name, len(live),
+                                      ', '.join(sorted(live)[:5])))
+            if snaps:
+                conn.execute(t.update().where(t.c.id == row.id).values(
+                    status='trash', name=trash_name(row.id)))
+                LOG.info('Volume %s moved to the trash: clones of its '
+                         'deleted snapshots still read it', row.name)
+                return self._volume_dict(row), 'trash'
+            conn.execute(t.update().where(t.c.id == row.id).values(
+                status='deleting'))
+        return self._volume_dict(row), 'delete'
+
+    def finish_delete(self, vid):
+        with self.engine.begin() as conn:
+            conn.execute(models.chunks.delete().where(
+                models.chunks.c.volume_id == vid))
+            conn.execute(models.volumes.delete().where(
+                models.volumes.c.id == vid))
+        LOG.info('Volume %s deleted', vid)
+
+    def update_volume(self, ref, name=None, qos=None, multiattach=None):
+        """Rename a volume (``manage_existing`` does) and/or replace its
+        QoS limits (retype does; open clients adopt them with their next
+        lease renewal)."""
+        t = models.volumes
+        values = {}
+        if qos is not None:
+            qos = validate_qos(qos)
+            values['qos'] = json.dumps(qos) if qos else None
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if name is not None:
+                validate_volume(name, vol.size, vol.replicas,
+                                 vol.min_replicas, vol.chunk_size,
+                                 vol.stripe_unit, vol.stripe_count)
+                if name != vol.name and conn.execute(sa.select(t.c.id).where(
+                        t.c.name == name)).first():
+                    raise exception.AlreadyExists(kind='volume', name=name)
+                values['name'] = name
+            if multiattach is not None and bool(multiattach) != bool(
+                    vol.multiattach):
+                if (vol.lease_holder and vol.lease_expires > time.time()) \
+                        or conn.execute(sa.select(
+                            models.attachments.c.host).where(
+                            models.attachments.c.volume_id ==
+                            vol.id)).first():
+                    raise exception.Conflict(
+                        reason='volume %s is open or attached: detach it '
+                               'before changing multiattach' % vol.name)
+                values['multiattach'] = bool(multiattach)
+            if values:
+                conn.execute(t.update().where(t.c.id == vol.id).values(
+                    **values))
+        if name is not None and name != vol.name:
+            LOG.info('Volume %s renamed to %s', vol.name, name)
+        if qos is not None:
+            LOG.info('Volume %s QoS limits: %s', name or vol.name,
+                     qos or 'none')
+        return self.get_volume(vol.id)
+
+    def resize(self, ref, size, force=False):
+        """Change a volume's size: growing is always allowed; shrinking
+        only with ``force`` (the caller zeroed the tail first)."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.status != 'available':
+                raise exception.Conflict(reason='volume %s is %s'
+                                         % (vol.name, vol.status))
+            validate_volume(vol.name, size, vol.replicas, vol.min_replicas,
+                             vol.chunk_size, vol.stripe_unit,
+                             vol.stripe_count)
+            if size < vol.size and not force:
+                raise exception.InvalidArgument(
+                    reason='shrinking volume %s from %d to %d bytes loses '
+                           'data; pass force to do it anyway'
+                           % (vol.name, vol.size, size))
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                size=size))
+        LOG.info('Volume %s resized from %s to %s', vol.name,
+                 units.format_size(vol.size), units.format_size(size))
+        return self.get_volume(vol.id)
+
+    def detach_parent(self, ref):
+        """A flattened clone stops reading its parent (its snapshots still
+        do)."""
+        t = models.volumes
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            if vol.parent_snapshot_id is None:
+                raise exception.InvalidArgument(
+                    reason='volume %s is not a clone' % vol.name)
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                parent_snapshot_id=None))
+        LOG.info('Volume %s flattened: detached from snapshot %s', vol.name,
+                 vol.parent_snapshot_id)
+        return self.get_volume(vol.id)
