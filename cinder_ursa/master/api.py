@@ -4,31 +4,27 @@ Every request but ``GET /`` must carry the cluster-key signature (see
 :mod:`cinder_ursa.common.auth`).  Errors are JSON bodies
 ``{"error": {"code": ..., "message": ...}}`` with the HTTP status of the
 exception class: one table (``UrsaError.http_status``) maps them.
+
+Routes parse and check what a request carries, then call the store for
+what only reads or writes records, or :mod:`.service` for what must also
+reach the chunk servers (leases, snapshots, revert, deletion).
 """
 
-import asyncio
-import concurrent.futures
-import functools
 import json
 import logging
 import math
-import time
 
 from aiohttp import web
 
 from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
+from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
-from cinder_ursa.protocol import codec
-from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
 
 API_VERSION = 'v1'
-# A snapshot still 'creating' after this long lost its master mid-way.
-UNFINISHED_AFTER = 60.0
-UNFINISHED_SWEEP = 10.0
 # Every integer the API reads must fit a signed 64-bit number: that is
 # what SQL (BIGINT) and the data protocol hold; larger ones failed deep
 # down, as 500s, or were stored and broke sums later.
@@ -157,7 +153,8 @@ def _volume_id(value):
 
 
 class MasterAPI:
-    """REST handlers over a :class:`MetadataStore`."""
+    """REST routes over a :class:`MetadataStore` and the
+    :class:`~cinder_ursa.master.service.MasterService` built on it."""
 
     def __init__(self, store, key, server_timeout=15.0, lease_ttl=30.0,
                  default_replicas=3, default_min_replicas=2,
@@ -171,17 +168,8 @@ class MasterAPI:
         self.defaults = dict(replicas=default_replicas,
                              min_replicas=default_min_replicas,
                              chunk_size=default_chunk_size)
-        self._db = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix='ursa-db')
-        self.pool = aio.ConnectionPool(key, connect_timeout=3.0)
-        self._monitor = None
-        # Allocated bytes per chunk server and volume, from heartbeats.
-        self.usage = {}
-
-    async def db(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._db, functools.partial(fn, *args, **kwargs))
+        self.service = service_mod.MasterService(store, key, server_timeout)
+        self.db = self.service.db
 
     # --- app ---------------------------------------------------------------
 
@@ -249,30 +237,10 @@ class MasterAPI:
         return await handler(request)
 
     async def _start(self, app):
-        self._monitor = asyncio.get_running_loop().create_task(
-            self._watch_servers())
+        self.service.start()
 
     async def _stop(self, app):
-        if self._monitor:
-            self._monitor.cancel()
-        self.pool.close()
-        self._db.shutdown(wait=True)
-
-    async def _watch_servers(self):
-        interval = max(self.server_timeout / 3.0, 0.2)
-        next_sweep = 0.0
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.db(self.store.mark_down, self.server_timeout)
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + UNFINISHED_SWEEP
-                    for vid in await self.db(
-                            self.store.forget_unfinished_snapshots,
-                            UNFINISHED_AFTER):
-                        await self._gc(vid)
-            except Exception:  # noqa: BLE001 - keep watching
-                LOG.exception('Checking chunk server heartbeats failed')
+        self.service.stop()
 
     # --- handlers ----------------------------------------------------------
 
@@ -282,15 +250,14 @@ class MasterAPI:
 
     async def cluster(self, request):
         status = await self.db(self.store.cluster_status)
-        status['allocated_bytes_total'] = sum(
-            sum(u.values()) for u in self.usage.values())
+        status['allocated_bytes_total'] = self.service.allocated_total()
         return web.json_response(status)
 
     async def inventory(self, request):
         """Everything the master knows of where data should be: what
         ``ursa cluster check`` compares with the chunk servers."""
         inv = await self.db(self.store.inventory)
-        inv['unfinished_after'] = UNFINISHED_AFTER
+        inv['unfinished_after'] = service_mod.UNFINISHED_AFTER
         return web.json_response(inv)
 
     async def list_servers(self, request):
@@ -333,17 +300,13 @@ class MasterAPI:
 
     def _note_usage(self, sid, body):
         vols = body.get('volumes', dict, {})
-        self.usage[sid] = {str(k): n for k, n in vols.items()
-                           if isinstance(n, int) and not isinstance(n, bool)
-                           and 0 <= n < INT64_BOUND}
+        self.service.note_usage(sid, {
+            str(k): n for k, n in vols.items()
+            if isinstance(n, int) and not isinstance(n, bool)
+            and 0 <= n < INT64_BOUND})
 
     def _allocated(self, vol):
-        """Bytes a volume (with its snapshots) uses: in total on every
-        replica, and once (total divided by the replication factor)."""
-        total = sum(u.get(vol['id'], 0) for u in self.usage.values())
-        vol['allocated_bytes_total'] = total
-        vol['allocated_bytes'] = total // max(vol['replicas'], 1)
-        return vol
+        return self.service.allocated(vol)
 
     def _check_size(self, size):
         store_mod.check_volume_size(size, self.max_volume_size)
@@ -376,10 +339,6 @@ class MasterAPI:
         vol = await self.db(self.store.get_volume, request.match_info['ref'])
         return web.json_response({'volume': self._allocated(vol)})
 
-    async def _up_servers(self):
-        return [s for s in await self.db(self.store.list_servers)
-                if s['state'] == 'up']
-
     async def update_volume(self, request):
         b = await _body(request)
         vol = await self.db(self.store.update_volume,
@@ -388,67 +347,16 @@ class MasterAPI:
         return web.json_response({'volume': self._allocated(vol)})
 
     async def delete_volume(self, request):
-        vol, action = await self.db(self.store.begin_delete,
-                                    request.match_info['ref'])
-        if action == 'delete':
-            await self._delete_chunks(vol)
-        await self._reap()
+        await self.service.delete_volume(request.match_info['ref'])
         return web.Response(status=204)
-
-    async def _delete_chunks(self, vol):
-        # Every server that is up forgets the volume now; one that is down
-        # learns at its next registration that these chunks are orphans.
-        await self._broadcast(
-            await self._up_servers(),
-            lambda rid: codec.encode_delete(rid, vol['id']))
-        await self.db(self.store.finish_delete, vol['id'])
-
-    async def _gc(self, volume_id):
-        """Tell the chunk servers which snapshots of a volume are left, so
-        they free the blocks only deleted ones needed."""
-        seq, live = await self.db(self.store.live_seqs, volume_id)
-        failed = await self._broadcast(
-            await self._up_servers(), lambda rid: codec.encode_snapshot(
-                rid, volume_id, seq, live, gc=True), timeout=60)
-        if failed:
-            LOG.warning('Volume %s: chunk servers %s did not free deleted '
-                        'snapshots\' blocks; the next snapshot deletion '
-                        'retries', volume_id, failed)
-
-    async def _reap(self):
-        """Empty the trash as far as it goes (cascades up clone chains)."""
-        while True:
-            step = await self.db(self.store.reap)
-            if step is None:
-                return
-            kind, item = step
-            if kind == 'snapshot':
-                await self._gc(item['volume_id'])
-            else:
-                await self._delete_chunks(item)
 
     # --- snapshots -----------------------------------------------------------
 
     async def create_snapshot(self, request):
-        ref = request.match_info['ref']
         b = await _body(request)
-        name = b.get('name', str, required=True)
-        snap = await self.db(self.store.begin_snapshot, ref, name)
-        # Every primary must refuse writes made before the snapshot before
-        # it is reported created: writers then learn the new sequence and
-        # preserve what the snapshot holds.
-        failed = await self._broadcast(
-            await self._up_servers(), lambda rid: codec.encode_snapshot(
-                rid, snap['volume_id'], snap['seq']))
-        result = await self.db(self.store.finish_snapshot, snap['id'],
-                               not failed)
-        if failed:
-            await self._gc(snap['volume_id'])
-            raise exception.Unavailable(
-                reason='chunk servers %s did not confirm '
-                'snapshot %s; nothing was created, retry when they are up or '
-                'marked down' % (failed, name))
-        return web.json_response({'snapshot': result}, status=201)
+        snap = await self.service.create_snapshot(
+            request.match_info['ref'], b.get('name', str, required=True))
+        return web.json_response({'snapshot': snap}, status=201)
 
     async def update_snapshot(self, request):
         b = await _body(request)
@@ -467,29 +375,14 @@ class MasterAPI:
             self.store.get_snapshot, request.match_info['ref'])})
 
     async def delete_snapshot(self, request):
-        snap, action = await self.db(self.store.delete_snapshot,
-                                     request.match_info['ref'])
-        if action == 'deleted':
-            await self._gc(snap['volume_id'])
-        await self._reap()
+        await self.service.delete_snapshot(request.match_info['ref'])
         return web.Response(status=204)
 
     async def revert(self, request):
-        ref = request.match_info['ref']
         b = await _body(request)
-        vol, seq = await self.db(self.store.begin_revert, ref,
-                                 b.get('snapshot', str, required=True))
-        failed = await self._broadcast(
-            await self._up_servers(), lambda rid: codec.encode_revert(
-                rid, vol['id'], seq, vol['snap_seq']), timeout=300)
-        if failed:
-            raise exception.Unavailable(
-                reason='chunk servers %s did not revert; '
-                'volume %s stays "reverting": retry the revert' % (
-                    failed, vol['name']))
-        await self.db(self.store.finish_revert, vol['id'])
-        return web.json_response({'volume': self._allocated(
-            await self.db(self.store.get_volume, vol['id']))})
+        vol = await self.service.revert(request.match_info['ref'],
+                                        b.get('snapshot', str, required=True))
+        return web.json_response({'volume': self._allocated(vol)})
 
     # --- attachments ---------------------------------------------------------
 
@@ -531,9 +424,7 @@ class MasterAPI:
         return web.json_response({'volume': self._allocated(vol)})
 
     async def detach_parent(self, request):
-        vol = await self.db(self.store.detach_parent,
-                            request.match_info['ref'])
-        await self._reap()
+        vol = await self.service.detach_parent(request.match_info['ref'])
         return web.json_response({'volume': self._allocated(vol)})
 
     async def chunk_map(self, request):
@@ -563,10 +454,9 @@ class MasterAPI:
         ttl = b.get('ttl', float, self.lease_ttl)
         if not 1 <= ttl <= 3600:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
-        lease = await self.db(self.store.acquire_lease, ref,
-                              b.get('holder', str, required=True), ttl,
-                              b.get('force', bool, False))
-        await self._fence(lease['volume_id'], lease['generation'])
+        lease = await self.service.acquire_lease(
+            ref, b.get('holder', str, required=True), ttl,
+            b.get('force', bool, False))
         return web.json_response({'lease': lease}, status=201)
 
     async def renew_lease(self, request):
@@ -590,9 +480,7 @@ class MasterAPI:
         return web.Response(status=204)
 
     async def revoke_lease(self, request):
-        result = await self.db(self.store.revoke_lease,
-                               request.match_info['ref'])
-        await self._fence(result['volume_id'], result['generation'])
+        result = await self.service.revoke_lease(request.match_info['ref'])
         return web.json_response({'lease': result})
 
     async def show_host(self, request):
@@ -601,11 +489,8 @@ class MasterAPI:
 
     async def fence_host(self, request):
         b = await _body(request)
-        result = await self.db(self.store.fence_host,
-                               request.match_info['host'],
-                               b.get('reason', str))
-        await asyncio.gather(*(self._fence(x['volume_id'], x['generation'])
-                               for x in result['fenced']))
+        result = await self.service.fence_host(request.match_info['host'],
+                                               b.get('reason', str))
         return web.json_response({'fence': result})
 
     async def unfence_host(self, request):
@@ -618,37 +503,6 @@ class MasterAPI:
     async def list_fenced_hosts(self, request):
         return web.json_response({'fenced_hosts': await self.db(
             self.store.list_fenced_hosts)})
-
-    # --- talking to chunk servers ------------------------------------------
-
-    async def _fence(self, volume_id, generation):
-        """Tell every chunk server that is up about a new generation."""
-        servers = [s for s in await self.db(self.store.list_servers)
-                   if s['state'] == 'up']
-        failed = await self._broadcast(
-            servers, lambda rid: codec.encode_fence(rid, volume_id,
-                                                    generation))
-        if failed:
-            LOG.warning('Volume %s generation %d: chunk servers %s did not '
-                        'confirm the fence; they learn it when they '
-                        're-register', volume_id, generation, failed)
-
-    async def _broadcast(self, servers, make_frame, timeout=5.0):
-        async def one(s):
-            try:
-                conn = await self.pool.get(s['address'], s['port'])
-                rid = aio.next_req_id()
-                reply = await conn.request(rid, make_frame(rid), timeout)
-                codec.reply_status(reply.body)
-                return None
-            except exception.UrsaError as e:
-                self.pool.discard(s['address'], s['port'])
-                LOG.warning('Chunk server %d (%s:%d): %s', s['id'],
-                            s['address'], s['port'], e)
-                return s['id']
-        results = await asyncio.gather(*(one(s) for s in servers))
-        return [r for r in results if r is not None]
-
 
 def _path_int(request, name):
     try:

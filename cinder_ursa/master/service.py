@@ -1,0 +1,215 @@
+"""What the master does across its database and the chunk servers.
+
+The REST layer (:mod:`.api`) parses requests and calls the store for what
+only reads or writes records; what must also reach the chunk servers lives
+here, in the order that keeps the cluster consistent:
+
+* a new lease generation is committed, then pushed (FENCE) to every chunk
+  server that is up;
+* a snapshot is begun in the database, adopted by every chunk server (so
+  every primary refuses writes made before it), then finished;
+* a revert, a volume deletion and the trash reaper broadcast to the chunk
+  servers between their database steps;
+* the watcher marks silent chunk servers down and forgets snapshots whose
+  master died half-way.
+
+This is also where the repair planner and leader election will live.
+Database calls run on one worker thread (:meth:`MasterService.db`), so
+the event loop never blocks on the database.
+"""
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+
+from cinder_ursa import exception
+from cinder_ursa.master import chunkservers
+from cinder_ursa.protocol import codec
+
+LOG = logging.getLogger(__name__)
+
+# A snapshot still 'creating' after this long lost its master mid-way.
+UNFINISHED_AFTER = 60.0
+UNFINISHED_SWEEP = 10.0
+
+
+class MasterService:
+    """The cluster protocols over a :class:`MetadataStore` ``store``."""
+
+    def __init__(self, store, key, server_timeout=15.0):
+        self.store = store
+        self.server_timeout = server_timeout
+        self.chunkservers = chunkservers.ChunkServers(key)
+        self._db = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='ursa-db')
+        self._monitor = None
+        # Allocated bytes per chunk server and volume, from heartbeats.
+        self.usage = {}
+
+    async def db(self, fn, *args, **kwargs):
+        """Run ``fn`` (a store method) on the database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._db, functools.partial(fn, *args, **kwargs))
+
+    def start(self):
+        self._monitor = asyncio.get_running_loop().create_task(
+            self._watch_servers())
+
+    def stop(self):
+        if self._monitor:
+            self._monitor.cancel()
+        self.chunkservers.close()
+        self._db.shutdown(wait=True)
+
+    # --- usage (from heartbeats) ---------------------------------------
+
+    def note_usage(self, server_id, volumes):
+        """``volumes``: {volume id: bytes} a chunk server reported."""
+        self.usage[server_id] = volumes
+
+    def allocated_total(self):
+        return sum(sum(u.values()) for u in self.usage.values())
+
+    def allocated(self, vol):
+        """``vol`` (a dict) with the bytes it uses (with its snapshots): in
+        total on every replica, and once (total divided by the replication
+        factor)."""
+        total = sum(u.get(vol['id'], 0) for u in self.usage.values())
+        vol['allocated_bytes_total'] = total
+        vol['allocated_bytes'] = total // max(vol['replicas'], 1)
+        return vol
+
+    # --- chunk servers -------------------------------------------------
+
+    async def up_servers(self):
+        return [s for s in await self.db(self.store.list_servers)
+                if s['state'] == 'up']
+
+    async def _broadcast(self, make_frame, timeout=5.0):
+        return await self.chunkservers.broadcast(
+            await self.up_servers(), make_frame, timeout)
+
+    async def _watch_servers(self):
+        interval = max(self.server_timeout / 3.0, 0.2)
+        next_sweep = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.db(self.store.mark_down, self.server_timeout)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + UNFINISHED_SWEEP
+                    for vid in await self.db(
+                            self.store.forget_unfinished_snapshots,
+                            UNFINISHED_AFTER):
+                        await self.gc(vid)
+            except Exception:  # noqa: BLE001 - keep watching
+                LOG.exception('Checking chunk server heartbeats failed')
+
+    # --- leases and fencing --------------------------------------------
+
+    async def fence(self, volume_id, generation):
+        """Tell every chunk server that is up about a new generation."""
+        failed = await self._broadcast(
+            lambda rid: codec.encode_fence(rid, volume_id, generation))
+        if failed:
+            LOG.warning('Volume %s generation %d: chunk servers %s did not '
+                        'confirm the fence; they learn it when they '
+                        're-register', volume_id, generation, failed)
+
+    async def acquire_lease(self, ref, holder, ttl, force=False):
+        lease = await self.db(self.store.acquire_lease, ref, holder, ttl,
+                              force)
+        await self.fence(lease['volume_id'], lease['generation'])
+        return lease
+
+    async def revoke_lease(self, ref):
+        result = await self.db(self.store.revoke_lease, ref)
+        await self.fence(result['volume_id'], result['generation'])
+        return result
+
+    async def fence_host(self, host, reason=None):
+        result = await self.db(self.store.fence_host, host, reason)
+        await asyncio.gather(*(self.fence(x['volume_id'], x['generation'])
+                               for x in result['fenced']))
+        return result
+
+    # --- snapshots, revert, deletion -----------------------------------
+
+    async def create_snapshot(self, ref, name):
+        snap = await self.db(self.store.begin_snapshot, ref, name)
+        # Every primary must refuse writes made before the snapshot before
+        # it is reported created: writers then learn the new sequence and
+        # preserve what the snapshot holds.
+        failed = await self._broadcast(lambda rid: codec.encode_snapshot(
+            rid, snap['volume_id'], snap['seq']))
+        result = await self.db(self.store.finish_snapshot, snap['id'],
+                               not failed)
+        if failed:
+            await self.gc(snap['volume_id'])
+            raise exception.Unavailable(
+                reason='chunk servers %s did not confirm '
+                'snapshot %s; nothing was created, retry when they are up or '
+                'marked down' % (failed, name))
+        return result
+
+    async def delete_snapshot(self, ref):
+        snap, action = await self.db(self.store.delete_snapshot, ref)
+        if action == 'deleted':
+            await self.gc(snap['volume_id'])
+        await self.reap()
+
+    async def revert(self, ref, snapshot):
+        vol, seq = await self.db(self.store.begin_revert, ref, snapshot)
+        failed = await self._broadcast(lambda rid: codec.encode_revert(
+            rid, vol['id'], seq, vol['snap_seq']), timeout=300)
+        if failed:
+            raise exception.Unavailable(
+                reason='chunk servers %s did not revert; '
+                'volume %s stays "reverting": retry the revert' % (
+                    failed, vol['name']))
+        await self.db(self.store.finish_revert, vol['id'])
+        return await self.db(self.store.get_volume, vol['id'])
+
+    async def detach_parent(self, ref):
+        vol = await self.db(self.store.detach_parent, ref)
+        await self.reap()
+        return vol
+
+    async def delete_volume(self, ref):
+        vol, action = await self.db(self.store.begin_delete, ref)
+        if action == 'delete':
+            await self._delete_chunks(vol)
+        await self.reap()
+
+    async def _delete_chunks(self, vol):
+        # Every server that is up forgets the volume now; one that is down
+        # learns at its next registration that these chunks are orphans.
+        await self._broadcast(
+            lambda rid: codec.encode_delete(rid, vol['id']))
+        await self.db(self.store.finish_delete, vol['id'])
+
+    async def gc(self, volume_id):
+        """Tell the chunk servers which snapshots of a volume are left, so
+        they free the blocks only deleted ones needed."""
+        seq, live = await self.db(self.store.live_seqs, volume_id)
+        failed = await self._broadcast(lambda rid: codec.encode_snapshot(
+            rid, volume_id, seq, live, gc=True), timeout=60)
+        if failed:
+            LOG.warning('Volume %s: chunk servers %s did not free deleted '
+                        'snapshots\' blocks; the next snapshot deletion '
+                        'retries', volume_id, failed)
+
+    async def reap(self):
+        """Empty the trash as far as it goes (cascades up clone chains)."""
+        while True:
+            step = await self.db(self.store.reap)
+            if step is None:
+                return
+            kind, item = step
+            if kind == 'snapshot':
+                await self.gc(item['volume_id'])
+            else:
+                await self._delete_chunks(item)
