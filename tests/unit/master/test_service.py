@@ -1,0 +1,96 @@
+"""The master's cluster protocols, on a real SQLite store, with the chunk
+servers faked at the one seam they have (``ChunkServers.broadcast``): the
+order of database commits and broadcasts, and what a failed broadcast
+leaves behind."""
+
+import asyncio
+
+import pytest
+
+from cinder_ursa import exception
+from cinder_ursa.master import service as service_mod
+from cinder_ursa.master import store as store_mod
+from cinder_ursa.protocol import codec
+from tests.unit.master.test_store import add_servers
+
+MiB = 1024 * 1024
+
+
+class FakeChunkServers:
+    """Records each broadcast (opcode, the database state when sent) and
+    fails the servers listed in ``down``."""
+
+    def __init__(self, store):
+        self.store = store
+        self.sent = []
+        self.down = set()
+
+    async def broadcast(self, servers, make_frame, timeout=5.0):
+        frame = codec.FrameDecoder().feed(make_frame(1))[0]
+        self.sent.append((frame.opcode, frame.body, [s['id']
+                                                     for s in servers]))
+        return [s['id'] for s in servers if s['id'] in self.down]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def service(tmp_path):
+    store = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'))
+    store.upgrade()
+    svc = service_mod.MasterService(store, b'k' * 32)
+    svc.chunkservers = FakeChunkServers(store)
+    add_servers(store, 3)
+    yield svc
+    svc.stop()
+    store.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_new_lease_is_committed_before_it_is_fenced(service):
+    service.store.create_volume('v', 8 * MiB)
+    lease = run(service.acquire_lease('v', 'host-a:1:x', 30))
+    opcode, body, to = service.chunkservers.sent[-1]
+    assert opcode == codec.FENCE and len(to) == 3
+    vol, gen = codec.decode_fence(body)
+    assert gen == lease['generation']
+    # What chunk servers confirm the FENCE against is already there.
+    assert service.store.get_volume('v')['lease']['generation'] == gen
+    revoked = run(service.revoke_lease('v'))
+    assert codec.decode_fence(service.chunkservers.sent[-1][1])[1] == \
+        revoked['generation'] == gen + 1
+
+
+def test_a_snapshot_not_confirmed_by_every_server_is_not_created(service):
+    service.store.create_volume('v', 8 * MiB)
+    service.chunkservers.down = {2}
+    with pytest.raises(exception.Unavailable, match='did not confirm'):
+        run(service.create_snapshot('v', 's1'))
+    assert service.store.list_snapshots('v') == []
+    # The servers that did adopt its sequence are told what is left.
+    assert [op for op, *_ in service.chunkservers.sent] == [
+        codec.SNAPSHOT, codec.SNAPSHOT]
+    service.chunkservers.down = set()
+    snap = run(service.create_snapshot('v', 's1'))
+    assert snap['name'] == 's1' and snap['status'] == 'available'
+
+
+def test_deleting_a_volume_tells_the_servers_then_forgets_it(service):
+    service.store.create_volume('v', 8 * MiB)
+    run(service.delete_volume('v'))
+    assert service.chunkservers.sent[-1][0] == codec.DELETE
+    with pytest.raises(exception.NotFound):
+        service.store.get_volume('v')
+
+
+def test_usage_from_heartbeats(service):
+    vol = service.store.create_volume('v', 8 * MiB, replicas=2,
+                                      min_replicas=1)
+    service.note_usage(1, {vol['id']: 3 * MiB})
+    service.note_usage(2, {vol['id']: 3 * MiB})
+    assert service.allocated(dict(vol))['allocated_bytes'] == 3 * MiB
+    assert service.allocated_total() == 6 * MiB
