@@ -41,6 +41,30 @@ def _slow(trigger, seconds):
         f.write('%s\n' % seconds)
 
 
+def _flush_racing(cluster, trigger, vid, prepare, racer):
+    """Open volume 'v', ``await prepare(v)``, make the disk slow, start
+    ``racer(v)`` and FLUSH while it syncs; return what was left unsynced
+    the moment the FLUSH returned."""
+    async def body(cl):
+        v = await cl.open_volume('v')
+        try:
+            await prepare(v)
+            _slow(trigger, 0.3)
+            other = asyncio.ensure_future(racer(v))
+            await asyncio.sleep(0.5)
+            assert not other.done(), 'the disk was not slow'
+            await v.flush()
+            left = unsynced(trigger, vid)
+            await other
+            return left
+        finally:
+            _slow(trigger, 0)
+            await v.close()
+
+    with data_client(cluster) as cl:
+        return cl.run(body)
+
+
 def test_a_flush_waits_for_the_flush_already_syncing(tmp_path, faulty_disk):
     _, trigger = faulty_disk
     cluster = _cluster(tmp_path)
@@ -48,24 +72,11 @@ def test_a_flush_waits_for_the_flush_already_syncing(tmp_path, faulty_disk):
         vid = cluster.client().create_volume('v', 8 * MiB,
                                              chunk_size=MiB)['id']
 
-        async def body(cl):
-            v = await cl.open_volume('v')
-            try:
-                await v.write(0, os.urandom(4 * MiB))
-                _slow(trigger, 0.3)
-                first = asyncio.ensure_future(v.flush())
-                await asyncio.sleep(0.5)
-                assert not first.done(), 'the disk was not slow'
-                await v.flush()
-                left = unsynced(trigger, vid)
-                await first
-                return left
-            finally:
-                _slow(trigger, 0)
-                await v.close()
+        async def write(v):
+            await v.write(0, os.urandom(4 * MiB))
 
-        with data_client(cluster) as cl:
-            assert cl.run(body) == []
+        assert _flush_racing(cluster, trigger, vid, write,
+                             lambda v: v.flush()) == []
     finally:
         cluster.stop()
 
@@ -128,26 +139,12 @@ def test_a_flush_racing_a_fua_write_covers_what_was_acknowledged(
         vid = cluster.client().create_volume('v', 8 * MiB,
                                              chunk_size=MiB)['id']
 
-        async def body(cl):
-            v = await cl.open_volume('v')
-            try:
-                await v.flush()
-                await v.write(0, os.urandom(MiB))           # chunk 0
-                _slow(trigger, 0.3)
-                fua = asyncio.ensure_future(
-                    v.write(MiB, os.urandom(MiB), fua=True))  # chunk 1
-                await asyncio.sleep(0.5)
-                assert not fua.done(), 'the disk was not slow'
-                await v.flush()
-                left = unsynced(trigger, vid)
-                await fua
-                return left
-            finally:
-                _slow(trigger, 0)
-                await v.close()
+        async def write(v):
+            await v.flush()
+            await v.write(0, os.urandom(MiB))                 # chunk 0
 
-        with data_client(cluster) as cl:
-            left = cl.run(body)
+        left = _flush_racing(cluster, trigger, vid, write, lambda v: v.write(
+            MiB, os.urandom(MiB), fua=True))                   # chunk 1
         assert [p for p in left if '/0.' in p] == []
         assert left == []
     finally:

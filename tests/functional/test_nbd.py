@@ -333,8 +333,13 @@ def test_fio_survives_kill_of_a_chunkserver(tmp_path):
         job.write_text(
             '[global]\nioengine=nbd\nuri=%s\nsize=24M\nverify=crc32c\n'
             'do_verify=1\nverify_fatal=1\nverify_state_save=0\n'
+            # Rate-limited to about 3 s each, so the kill below lands
+            # while both write (unlimited, a fast run once finished in
+            # under the 1.5 s before the kill).
             '[rand]\nrw=randwrite\nbs=4k\niodepth=16\noffset=0\n'
+            'rate_iops=2000\n'
             '[seq]\nrw=write\nbs=256k\niodepth=4\noffset=32M\n'
+            'rate=8m\n'
             % uri(c, 'ha'))
         fio = subprocess.Popen(['fio', '--output-format=json', str(job)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
