@@ -1,25 +1,6 @@
 """Chunk replicas on disk, with copy-on-write snapshot layers.
 
-Layout of a data directory::
-
-    server.json                         {"uuid": ...} this server's identity
-    clean-shutdown                      present while stopped cleanly
-    chunks/<volume id>/generation       highest lease generation seen
-    chunks/<volume id>/snapseq          highest snapshot sequence seen
-    chunks/<volume id>/<index>.data     the chunk's current bytes (sparse)
-    chunks/<volume id>/<index>.meta     8 bytes per 4 KiB block (below)
-    chunks/<volume id>/<index>.s<N>.data  block versions preserved for the
-    chunks/<volume id>/<index>.s<N>.meta  snapshots up to sequence N
-    chunks/<volume id>/<index>.epoch    replica-set epoch last seen
-    chunks/<volume id>/<index>.stale    present when the master dropped this
-                                        replica; it serves nothing then
-
-Block metadata: ``!II`` = CRC32C of the block, then ``w << 2 | state``
-where ``w`` is the snapshot sequence the block's content was written at.
-States of the current (head) blocks: 0 absent (never written here: zeros,
-or the parent's block in a clone), 1 data, 2 zero (discarded; its data is
-a punched hole).  A layer uses the same entries plus 3 = absent; an entry
-of all zero bits means "not in this layer".
+The files and their metadata entries: :mod:`cinder_ursa.protocol.chunkfile`.
 
 Snapshots: a volume's writes carry its snapshot sequence S.  Snapshot k
 holds every write made with a sequence below k.  A write at S to a block
@@ -37,7 +18,6 @@ new entries (a new chunk's files, a new layer, a new volume directory),
 whose entries are lost on power loss until the directory is fsynced.
 """
 
-import array
 import bisect
 import collections
 import ctypes
@@ -48,24 +28,27 @@ import logging
 import os
 import shutil
 import struct
-import sys
 import time
 import uuid
 
 from cinder_ursa import exception
 from cinder_ursa.common import checksum
+from cinder_ursa.protocol.chunkfile import ABSENT
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import DATA
+from cinder_ursa.protocol.chunkfile import ENTRY
+from cinder_ursa.protocol.chunkfile import ENTRY_STRUCT
+from cinder_ursa.protocol.chunkfile import LAYER_ABSENT
+from cinder_ursa.protocol.chunkfile import ZERO
+from cinder_ursa.protocol.chunkfile import decode_entries
+from cinder_ursa.protocol.chunkfile import encode_entries
 
 LOG = logging.getLogger(__name__)
 
-BLOCK = checksum.BLOCK
 CLEAN_MARK = 'clean-shutdown'
 MAX_CHUNK = 1024 * 1024 * 1024
 OPEN_CHUNKS = 256
-ENTRY = 8
-_ENTRY = struct.Struct('!II')  # one entry: crc, word
 
-# Block states (head and layers); LAYER_ABSENT only in layers.
-ABSENT, DATA, ZERO, LAYER_ABSENT = 0, 1, 2, 3
 
 _libc = ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 1
@@ -143,33 +126,6 @@ def _read_int(path, default=0):
         return default
 
 
-def encode_entries(crcs, words):
-    """Metadata entries (big-endian crc, word pairs) of consecutive blocks;
-    ``words`` is one word for all of them, or one per block.  Built with
-    array slices: a 1 MiB write's 256 entries take 8 µs, not the 55 µs of
-    struct.pack over an interleaved list."""
-    n = len(crcs)
-    if n == 1:
-        return _ENTRY.pack(crcs[0], words if isinstance(words, int)
-                           else words[0])
-    if isinstance(words, int):
-        out = array.array('I', [words]) * (2 * n)
-    else:
-        out = array.array('I', bytes(8 * n))
-        out[1::2] = array.array('I', words)
-    out[0::2] = array.array('I', crcs)
-    if sys.byteorder == 'little':
-        out.byteswap()
-    return out
-
-
-def decode_entries(raw, count):
-    """Decode ``count`` metadata entries (missing bytes are zeros)."""
-    if len(raw) < ENTRY * count:
-        raw = bytes(raw) + bytes(ENTRY * count - len(raw))
-    return struct.unpack('!%dI' % (2 * count), raw)
-
-
 def torn_blocks(entries, data):
     """Indexes of the blocks (``entries`` and ``data`` as stored, from
     :meth:`ChunkStore.raw`) holding data whose CRC32C is not the one
@@ -196,7 +152,7 @@ def mend_entries(entries, data, blocks):
     mv = memoryview(data)
     for i in blocks:
         word = struct.unpack_from('!I', out, ENTRY * i + 4)[0]
-        _ENTRY.pack_into(out, ENTRY * i, checksum.crc(
+        ENTRY_STRUCT.pack_into(out, ENTRY * i, checksum.crc(
             mv[i * BLOCK:(i + 1) * BLOCK]), word)
     return bytes(out)
 

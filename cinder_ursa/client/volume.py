@@ -67,7 +67,7 @@ class Cluster:
         self.io_timeout = io_timeout
         self.request_timeout = request_timeout
         # Short-circuit reads of replicas on this host (an object like
-        # cinder_ursa.chunkserver.localread.LocalReplicas), or None.
+        # cinder_ursa.client.localread.LocalReplicas), or None.
         self.local = local or None
         self._local_bound = None
         self._local_task = None

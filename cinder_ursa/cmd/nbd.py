@@ -12,7 +12,7 @@ import sys
 
 from oslo_log import log as logging
 
-from cinder_ursa.chunkserver import localread
+from cinder_ursa.client import localread
 from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth

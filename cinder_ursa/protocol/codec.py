@@ -28,6 +28,8 @@ import struct
 import uuid
 
 from cinder_ursa import exception
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import ENTRY
 
 MAGIC = b'URSA'
 VERSION = 1
@@ -120,8 +122,6 @@ _REVERT = struct.Struct('!16sQQ')          # volume, snapshot, sequence
 _INVENTORY = struct.Struct('!16s')         # volume (all zeros: every one)
 # volume, index, epoch, first block, block count
 _REPAIR = struct.Struct('!16sQQII')
-BLOCK = 4096
-ENTRY = 8
 MAX_REPAIR_BLOCKS = 4096                   # 16 MiB per REPAIR
 # volume, index, epoch, allocated bytes, stale, layer count (then the
 # layers' sequences, u64 each)

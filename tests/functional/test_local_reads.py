@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from cinder_ursa.chunkserver import localread
+from cinder_ursa.client import localread
 from tests.functional.conftest import data_client
 from tests.functional.test_faults import replica_sets
 from tests.functional.test_faults import server_id

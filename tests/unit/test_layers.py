@@ -17,22 +17,37 @@ FORBIDDEN = {
     'chunkserver': {'master', 'client', 'cmd', 'nbd'},
     'client': {'master', 'chunkserver', 'cmd', 'nbd'},
     'nbd': {'master', 'chunkserver', 'cmd'},
+    'volume': {'master', 'chunkserver', 'nbd', 'cmd'},
+    'brick': {'master', 'chunkserver', 'client', 'nbd', 'cmd', 'volume'},
 }
 
+# Modules the sans-I/O layer must never import.
+IO_MODULES = {'asyncio', 'socket', 'ssl', 'os', 'aiohttp', 'urllib',
+              'http', 'sqlalchemy', 'subprocess', 'threading'}
 
-def imported_packages(path):
+
+def imported_modules(path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module]
+            yield node.module
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            continue
-        for name in names:
-            parts = name.split('.')
-            if parts[0] == 'cinder_ursa' and len(parts) > 1:
-                yield parts[1]
+            yield from (a.name for a in node.names)
+
+
+def imported_packages(path):
+    for name in imported_modules(path):
+        parts = name.split('.')
+        if parts[0] == 'cinder_ursa' and len(parts) > 1:
+            yield parts[1]
+
+
+def test_the_protocol_layer_does_no_io():
+    bad = ['%s imports %s' % (path.relative_to(ROOT), name)
+           for path in (ROOT / 'protocol').rglob('*.py')
+           for name in imported_modules(path)
+           if name.split('.')[0] in IO_MODULES]
+    assert not bad, bad
 
 
 def test_layers():

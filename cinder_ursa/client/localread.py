@@ -16,7 +16,7 @@ corruption) makes the read fall back to the chunk servers, which verify,
 report and serve another replica.  Anything unexpected does the same: this
 path only ever answers with verified data, or not at all.
 
-The files are the chunk server's (see :mod:`cinder_ursa.chunkserver.store`
+The files are the chunk server's (see :mod:`cinder_ursa.protocol.chunkfile`
 for their layout); they are opened read-only and never written here.
 """
 
@@ -25,13 +25,13 @@ import json
 import logging
 import os
 
-from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.common import checksum
+from cinder_ursa.protocol import chunkfile
 
 LOG = logging.getLogger(__name__)
 
-BLOCK = store_mod.BLOCK
-ENTRY = store_mod.ENTRY
+BLOCK = chunkfile.BLOCK
+ENTRY = chunkfile.ENTRY
 OPEN_CHUNKS = 256
 
 
@@ -129,24 +129,24 @@ class LocalReplicas:
         data_fd, meta_fd = fds
         first = offset // BLOCK
         count = (offset + length - 1) // BLOCK - first + 1
-        meta = store_mod.decode_entries(
+        meta = chunkfile.decode_entries(
             os.pread(meta_fd, ENTRY * count, ENTRY * first), count)
         states = [w & 3 for w in meta[1::2]]
-        if store_mod.LAYER_ABSENT in states:
+        if chunkfile.LAYER_ABSENT in states:
             return None
-        if store_mod.DATA not in states:
+        if chunkfile.DATA not in states:
             return bytes(length)
         buf = os.pread(data_fd, count * BLOCK, first * BLOCK)
         if len(buf) < count * BLOCK:
             buf += bytes(count * BLOCK - len(buf))
         crcs = checksum.block_crcs(buf)
-        if all(st == store_mod.DATA for st in states):
+        if all(st == chunkfile.DATA for st in states):
             if list(crcs) != list(meta[0::2]):
                 return None
         else:
             out = bytearray(buf)
             for i, st in enumerate(states):
-                if st == store_mod.DATA:
+                if st == chunkfile.DATA:
                     if crcs[i] != meta[2 * i]:
                         return None
                 else:
