@@ -1,4 +1,8 @@
-"""The package layering of DESIGN.md / STYLE.md, checked on the imports."""
+"""The package layering, checked on the imports: ``protocol`` and
+``common`` at the bottom (no I/O in ``protocol``), ``transport`` on them,
+``master``, ``chunkserver`` and ``client`` side by side and never
+importing one another, the gateway, driver, connector and commands on
+top."""
 
 import ast
 import pathlib
