@@ -29,11 +29,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
-def _cluster(tmp_path):
-    cluster = AllInOne(str(tmp_path / 'cluster'), 3, port_base=0,
-                       server_timeout=3.0)
-    cluster.start()
-    return cluster
+@pytest.fixture
+def cluster(tmp_path, faulty_disk):
+    """Three chunk servers, the first on the faulty disk."""
+    c = AllInOne(str(tmp_path / 'cluster'), 3, port_base=0,
+                 server_timeout=3.0)
+    c.start()
+    yield c
+    c.stop()
 
 
 def _slow(trigger, seconds):
@@ -65,90 +68,78 @@ def _flush_racing(cluster, trigger, vid, prepare, racer):
         return cl.run(body)
 
 
-def test_a_flush_waits_for_the_flush_already_syncing(tmp_path, faulty_disk):
+def test_a_flush_waits_for_the_flush_already_syncing(cluster, faulty_disk):
     _, trigger = faulty_disk
-    cluster = _cluster(tmp_path)
-    try:
-        vid = cluster.client().create_volume('v', 8 * MiB,
-                                             chunk_size=MiB)['id']
+    vid = cluster.client().create_volume('v', 8 * MiB,
+                                         chunk_size=MiB)['id']
 
-        async def write(v):
-            await v.write(0, os.urandom(4 * MiB))
+    async def write(v):
+        await v.write(0, os.urandom(4 * MiB))
 
-        assert _flush_racing(cluster, trigger, vid, write,
-                             lambda v: v.flush()) == []
-    finally:
-        cluster.stop()
+    assert _flush_racing(cluster, trigger, vid, write,
+                         lambda v: v.flush()) == []
 
 
 def test_a_chunk_server_flush_waits_for_the_sync_in_progress(
-        tmp_path, faulty_disk):
+        cluster, faulty_disk):
     """Two FLUSHes of one volume on two connections to one chunk server
     (two gateways, or ursa-nbd's CAN_MULTI_CONN clients): the second waits
     for the fdatasync the first started."""
     _, trigger = faulty_disk
-    cluster = _cluster(tmp_path)
-    try:
-        vid = cluster.client().create_volume('v', 8 * MiB,
-                                             chunk_size=MiB)['id']
-        sid = server_id(cluster, 0)
-        cs = next(s for s in cluster.client().servers() if s['id'] == sid)
+    vid = cluster.client().create_volume('v', 8 * MiB,
+                                         chunk_size=MiB)['id']
+    sid = server_id(cluster, 0)
+    cs = next(s for s in cluster.client().servers() if s['id'] == sid)
 
-        async def flushes():
-            a = await aio.PeerConnection.connect(cs['address'], cs['port'],
-                                                 cluster.key)
-            b = await aio.PeerConnection.connect(cs['address'], cs['port'],
-                                                 cluster.key)
-            try:
-                first = asyncio.ensure_future(a.request(
-                    1, codec.encode_flush(1, vid), 60))
-                await asyncio.sleep(0.5)
-                assert not first.done(), 'the disk was not slow'
-                reply = await b.request(2, codec.encode_flush(2, vid), 60)
-                codec.reply_status(reply.body)
-                left = unsynced(trigger, vid)
-                codec.reply_status((await first).body)
-                return left
-            finally:
-                a.close()
-                b.close()
+    async def flushes():
+        a = await aio.PeerConnection.connect(cs['address'], cs['port'],
+                                             cluster.key)
+        b = await aio.PeerConnection.connect(cs['address'], cs['port'],
+                                             cluster.key)
+        try:
+            first = asyncio.ensure_future(a.request(
+                1, codec.encode_flush(1, vid), 60))
+            await asyncio.sleep(0.5)
+            assert not first.done(), 'the disk was not slow'
+            reply = await b.request(2, codec.encode_flush(2, vid), 60)
+            codec.reply_status(reply.body)
+            left = unsynced(trigger, vid)
+            codec.reply_status((await first).body)
+            return left
+        finally:
+            a.close()
+            b.close()
 
-        with data_client(cluster) as cl:
-            v = cl.open_volume('v')
-            v.write(0, os.urandom(4 * MiB))
-            assert unsynced(trigger, vid), 'nothing to flush: no test'
-            _slow(trigger, 0.3)
-            try:
-                assert asyncio.run(flushes()) == []
-            finally:
-                _slow(trigger, 0)
-            v.close()
-    finally:
-        cluster.stop()
+    with data_client(cluster) as cl:
+        v = cl.open_volume('v')
+        v.write(0, os.urandom(4 * MiB))
+        assert unsynced(trigger, vid), 'nothing to flush: no test'
+        _slow(trigger, 0.3)
+        try:
+            assert asyncio.run(flushes()) == []
+        finally:
+            _slow(trigger, 0)
+        v.close()
 
 
 def test_a_flush_racing_a_fua_write_covers_what_was_acknowledged(
-        tmp_path, faulty_disk):
+        cluster, faulty_disk):
     """A FUA write to one chunk syncs in the background when a FLUSH
     comes: the FLUSH must still make the earlier write to another chunk
     durable (a FUA write used to take every dirty file of the server, and
     the FLUSH then found nothing to sync and answered at once)."""
     _, trigger = faulty_disk
-    cluster = _cluster(tmp_path)
-    try:
-        vid = cluster.client().create_volume('v', 8 * MiB,
-                                             chunk_size=MiB)['id']
+    vid = cluster.client().create_volume('v', 8 * MiB,
+                                         chunk_size=MiB)['id']
 
-        async def write(v):
-            await v.flush()
-            await v.write(0, os.urandom(MiB))                 # chunk 0
+    async def write(v):
+        await v.flush()
+        await v.write(0, os.urandom(MiB))                 # chunk 0
 
-        left = _flush_racing(cluster, trigger, vid, write, lambda v: v.write(
-            MiB, os.urandom(MiB), fua=True))                   # chunk 1
-        assert [p for p in left if '/0.' in p] == []
-        assert left == []
-    finally:
-        cluster.stop()
+    left = _flush_racing(cluster, trigger, vid, write, lambda v: v.write(
+        MiB, os.urandom(MiB), fua=True))                   # chunk 1
+    assert [p for p in left if '/0.' in p] == []
+    assert left == []
 
 
 WRITER = '''
@@ -162,110 +153,93 @@ os._exit(0)   # no flush, no lease release: a crash
 '''
 
 
-def test_the_next_holder_flushes_what_a_dead_writer_left(tmp_path,
-                                                        faulty_disk):
+def test_the_next_holder_flushes_what_a_dead_writer_left(cluster, faulty_disk):
     _, trigger = faulty_disk
-    cluster = _cluster(tmp_path)
-    try:
-        vid = cluster.client().create_volume('v', 8 * MiB,
-                                             chunk_size=MiB)['id']
-        out = subprocess.run(
-            [sys.executable, '-c', WRITER, cluster.master_url,
-             cluster.key_file], cwd=ROOT, capture_output=True, text=True,
-            timeout=120)
-        assert out.stdout.strip() == 'acknowledged', out.stderr
-        assert unsynced(trigger, vid), 'the writer left nothing unsynced'
-        with data_client(cluster) as cl:
-            v = cl.open_volume('v', holder='next-holder', force=True)
-            v.flush()
-            assert unsynced(trigger, vid) == []
-            v.close()
-    finally:
-        cluster.stop()
+    vid = cluster.client().create_volume('v', 8 * MiB,
+                                         chunk_size=MiB)['id']
+    out = subprocess.run(
+        [sys.executable, '-c', WRITER, cluster.master_url,
+         cluster.key_file], cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert out.stdout.strip() == 'acknowledged', out.stderr
+    assert unsynced(trigger, vid), 'the writer left nothing unsynced'
+    with data_client(cluster) as cl:
+        v = cl.open_volume('v', holder='next-holder', force=True)
+        v.flush()
+        assert unsynced(trigger, vid) == []
+        v.close()
 
 
-def test_a_multiattach_flush_covers_the_other_writers(tmp_path, faulty_disk):
+def test_a_multiattach_flush_covers_the_other_writers(cluster, faulty_disk):
     """Two hosts write one multiattach volume (a clustered file system):
     a flush by either covers what both had acknowledged, as a shared
     disk's cache flush does."""
     _, trigger = faulty_disk
-    cluster = _cluster(tmp_path)
-    try:
-        vid = cluster.client().create_volume('v', 8 * MiB, chunk_size=MiB,
-                                             multiattach=True)['id']
-        with data_client(cluster) as a, data_client(cluster) as b:
-            va = a.open_volume('v', holder='host-a')
-            vb = b.open_volume('v', holder='host-b')
-            va.flush()
-            vb.flush()   # both past their first flush
-            va.write(0, os.urandom(2 * MiB))
-            assert unsynced(trigger, vid), 'nothing to flush: no test'
-            vb.flush()
-            assert unsynced(trigger, vid) == []
-            va.close()
-            vb.close()
-    finally:
-        cluster.stop()
+    vid = cluster.client().create_volume('v', 8 * MiB, chunk_size=MiB,
+                                         multiattach=True)['id']
+    with data_client(cluster) as a, data_client(cluster) as b:
+        va = a.open_volume('v', holder='host-a')
+        vb = b.open_volume('v', holder='host-b')
+        va.flush()
+        vb.flush()   # both past their first flush
+        va.write(0, os.urandom(2 * MiB))
+        assert unsynced(trigger, vid), 'nothing to flush: no test'
+        vb.flush()
+        assert unsynced(trigger, vid) == []
+        va.close()
+        vb.close()
 
 
 def test_a_restarted_chunk_server_syncs_what_its_last_run_left(
-        tmp_path, faulty_disk):
+        cluster, faulty_disk):
     """A chunk server killed after acknowledging writes loses its books of
     what is unsynced, not the page cache holding them: the client's next
     FLUSH must still make them durable, so the server syncs what its last
     run left before it serves again."""
     _, trigger = faulty_disk
-    cluster = _cluster(tmp_path)
-    try:
-        vid = cluster.client().create_volume('v', 8 * MiB,
-                                             chunk_size=MiB)['id']
-        with data_client(cluster) as cl:
-            v = cl.open_volume('v')
-            v.flush()
-            v.write(0, os.urandom(3 * MiB))
-            assert unsynced(trigger, vid), 'nothing to flush: no test'
-            cluster.kill_chunkserver(0)
-            cluster.start_chunkserver(0)
-            v.flush()
-            assert unsynced(trigger, vid) == []
-            v.close()
-        # A clean stop syncs everything and says so: the next start has
-        # nothing to sync again.
-        cluster.kill_chunkserver(0, signal.SIGTERM)
+    vid = cluster.client().create_volume('v', 8 * MiB,
+                                         chunk_size=MiB)['id']
+    with data_client(cluster) as cl:
+        v = cl.open_volume('v')
+        v.flush()
+        v.write(0, os.urandom(3 * MiB))
+        assert unsynced(trigger, vid), 'nothing to flush: no test'
+        cluster.kill_chunkserver(0)
         cluster.start_chunkserver(0)
-        with open(os.path.join(cluster.data_dir, 'cs0.log')) as f:
-            log = f.read()
-        assert log.count('did not stop cleanly') == 1, log[-2000:]
-    finally:
-        cluster.stop()
+        v.flush()
+        assert unsynced(trigger, vid) == []
+        v.close()
+    # A clean stop syncs everything and says so: the next start has
+    # nothing to sync again.
+    cluster.kill_chunkserver(0, signal.SIGTERM)
+    cluster.start_chunkserver(0)
+    with open(os.path.join(cluster.data_dir, 'cs0.log')) as f:
+        log = f.read()
+    assert log.count('did not stop cleanly') == 1, log[-2000:]
 
 
-def test_a_replica_that_cannot_flush_leaves_the_replica_set(tmp_path,
+def test_a_replica_that_cannot_flush_leaves_the_replica_set(cluster,
                                                            faulty_disk):
     """A second replica fails at flush time, after the client's chunk map
     went stale with the first (the master ignores a drop at an old epoch):
     the flush must still drop it, and fail when fewer than min_replicas
     durable copies are left, never report success."""
     _, trigger = faulty_disk
-    cluster = _cluster(tmp_path)
-    try:
-        cluster.client().create_volume('v', 8 * MiB, chunk_size=MiB)
-        sick, dead = server_id(cluster, 0), server_id(cluster, 1)
-        with data_client(cluster, request_timeout=5.0, io_timeout=20.0) \
-                as cl:
-            v = cl.open_volume('v')
-            v.flush()
-            cluster.kill_chunkserver(1)
-            v.write(0, os.urandom(4 * MiB))   # server 1 dropped here
-            trigger.touch()                    # server 0's disk fails
-            try:
-                with pytest.raises(exception.InsufficientReplicas):
-                    v.flush()
-            finally:
-                trigger.unlink()
-            sets = replica_sets(cluster, 'v')
-            assert sets and all(sick not in ids and dead not in ids
-                                for ids in sets.values()), sets
-            v.close()
-    finally:
-        cluster.stop()
+    cluster.client().create_volume('v', 8 * MiB, chunk_size=MiB)
+    sick, dead = server_id(cluster, 0), server_id(cluster, 1)
+    with data_client(cluster, request_timeout=5.0, io_timeout=20.0) \
+            as cl:
+        v = cl.open_volume('v')
+        v.flush()
+        cluster.kill_chunkserver(1)
+        v.write(0, os.urandom(4 * MiB))   # server 1 dropped here
+        trigger.touch()                    # server 0's disk fails
+        try:
+            with pytest.raises(exception.InsufficientReplicas):
+                v.flush()
+        finally:
+            trigger.unlink()
+        sets = replica_sets(cluster, 'v')
+        assert sets and all(sick not in ids and dead not in ids
+                            for ids in sets.values()), sets
+        v.close()
