@@ -16,12 +16,12 @@ import threading
 import mfusepy
 from oslo_log import log as logging
 
+from cinder_ursa.attach import agent as attach_agent
+from cinder_ursa.attach import opts
 from cinder_ursa.client import sync
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
 from cinder_ursa.common import rest
-from cinder_ursa.nbd import attach
-from cinder_ursa.nbd import opts
 
 LOG = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def main(argv=None):
     subprocess.run(['umount', '-l', ac.mount_dir], capture_output=True)
     master = rest.MasterClient(conf.ursa.master_url, key)
     cluster = sync.SyncCluster(conf.ursa.master_url, key)
-    fs = attach.AttachFS()
-    agent = attach.Agent(master, cluster, fs, ac.host, ac.mount_dir,
+    fs = attach_agent.AttachFS()
+    agent = attach_agent.Agent(master, cluster, fs, ac.host, ac.mount_dir,
                          ac.poll_interval)
 
     def start_agent():

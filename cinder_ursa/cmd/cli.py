@@ -15,7 +15,6 @@ Examples::
     ursa bench --pattern rand --io-size 4K --iodepth 32 --rw write
 """
 
-import asyncio
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from cliff import show
 from oslo_config import cfg
 
 from cinder_ursa import exception
+from cinder_ursa.client import bench
 from cinder_ursa.client import check
 from cinder_ursa.client import sync
 from cinder_ursa.client import transfer
@@ -599,7 +599,10 @@ class Bench(command.Command):
                                  replicas=args.replicas)
         try:
             with self.app.data_cluster() as cluster:
-                result = cluster.run(_bench, name, args)
+                result = cluster.run(
+                    bench.run, name, rw=args.rw, pattern=args.pattern,
+                    io_size=units.parse_size(args.io_size),
+                    iodepth=args.iodepth, seconds=args.seconds)
         finally:
             if temp:
                 master.delete_volume(name)
@@ -610,78 +613,6 @@ class Bench(command.Command):
                result['iops'], result['mibs'], result['mean_us'],
                result['p50_us'], result['p99_us'], result['ops'],
                result['seconds']))
-
-
-async def _bench(cluster, name, args):
-    import random
-    bs = units.parse_size(args.io_size)
-    vol = await cluster.open_volume(name, writable=True)
-    try:
-        nblocks = vol.size // bs
-        if args.rw == 'read':
-            # Reads of never-written chunks never reach a chunk server:
-            # fill the volume first so reads measure real I/O.
-            fill = os.urandom(units.Mi)
-            await transfer.parallel([_writer(vol, o, fill)
-                             for o in range(0, vol.size, units.Mi)], 16)
-        await vol.prefetch_map()
-        data = os.urandom(bs)
-        lat = []
-        state = {'next': 0, 'ops': 0}
-        end = time.monotonic() + args.seconds
-        rng = random.Random(1)
-
-        async def worker():
-            while time.monotonic() < end:
-                if args.pattern == 'rand':
-                    blk = rng.randrange(nblocks)
-                else:
-                    blk = state['next'] % nblocks
-                    state['next'] += 1
-                t0 = time.perf_counter()
-                if args.rw == 'write':
-                    await vol.write(blk * bs, data)
-                else:
-                    await vol.read(blk * bs, bs)
-                lat.append(time.perf_counter() - t0)
-        t0 = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(args.iodepth)))
-        if args.rw == 'write':
-            await vol.flush()
-        elapsed = time.monotonic() - t0
-    finally:
-        await vol.close()
-    lat.sort()
-    n = len(lat)
-
-    def pct(p):
-        return lat[min(int(n * p), n - 1)] * 1e6 if n else 0.0
-    return {'ops': n, 'seconds': elapsed, 'iops': n / elapsed,
-            'mibs': n * bs / elapsed / units.Mi,
-            'mean_us': sum(lat) / n * 1e6 if n else 0.0,
-            'p50_us': pct(0.50), 'p99_us': pct(0.99)}
-
-
-def _writer(vol, offset, data):
-    async def run():
-        n = min(len(data), vol.size - offset)
-        await vol.write(offset, data[:n])
-    return run
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    ursa = UrsaApp()
-    try:
-        return ursa.run(argv)
-    except exception.UrsaError as e:
-        print('ursa: %s' % e, file=sys.stderr)
-        return 1
-
-
-if __name__ == '__main__':
-    sys.exit(main())
-
 
 
 class HostShow(show.ShowOne):
@@ -751,3 +682,17 @@ class HostFencedList(lister.Lister):
         return (('host', 'fenced_at', 'reason'),
                 [(h['host'], _when(h['fenced_at']), h['reason'] or '')
                  for h in self.app.master().fenced_hosts()])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ursa = UrsaApp()
+    try:
+        return ursa.run(argv)
+    except exception.UrsaError as e:
+        print('ursa: %s' % e, file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

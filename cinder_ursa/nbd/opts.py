@@ -1,7 +1,5 @@
 """Options of ursa-nbd, in the ``[ursa_nbd]`` group."""
 
-import socket
-
 from oslo_config import cfg
 
 nbd_group = cfg.OptGroup('ursa_nbd', title='Ursa NBD gateway',
@@ -42,34 +40,10 @@ nbd_opts = [
 ]
 
 
-attach_group = cfg.OptGroup(
-    'ursa_attach', title='Ursa host attach agent',
-    help='Options of ursa-attach, which exposes the volumes attached to '
-         'this host (Cinder initialize_connection) as files.')
-
-attach_opts = [
-    cfg.StrOpt('host', default=socket.gethostname(),
-               sample_default='<hostname>',
-               help='This host\'s name as Cinder\'s connector reports it '
-                    '(nova-compute\'s and cinder-volume\'s [DEFAULT] '
-                    'host).'),
-    cfg.StrOpt('mount_dir', default='/var/lib/ursa/attach',
-               help='Where the FUSE filesystem with one file per attached '
-                    'volume is mounted (created if missing).'),
-    cfg.StrOpt('state_dir', default='/var/lib/ursa/attach-state',
-               help='Directory for the endpoint file.'),
-    cfg.FloatOpt('poll_interval', default=1.0, min=0.1,
-                 help='Seconds between two looks at this host\'s '
-                      'attachments on the master.'),
-]
-
-
 def register_opts(conf):
     conf.register_group(nbd_group)
     conf.register_opts(nbd_opts, group=nbd_group)
-    conf.register_group(attach_group)
-    conf.register_opts(attach_opts, group=attach_group)
 
 
 def list_opts():
-    return [(nbd_group, nbd_opts), (attach_group, attach_opts)]
+    return [(nbd_group, nbd_opts)]

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 
-from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.cmd.allinone import AllInOne
 
 VENV_BIN = os.path.dirname(sys.executable)
 VENV = os.path.dirname(VENV_BIN)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from cinder_ursa.client import sync
-from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.cmd.allinone import AllInOne
 
 
 @pytest.fixture

@@ -36,8 +36,9 @@ def free_port_base(n):
 
 def start_aio(data_dir, port_base):
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'cinder_ursa.cmd.aio', '--data-dir', data_dir,
-         '--chunkservers', '3', '--port-base', str(port_base)],
+        [sys.executable, '-m', 'cinder_ursa.cmd.allinone',
+         '--data-dir', data_dir, '--chunkservers', '3',
+         '--port-base', str(port_base)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.monotonic() + 60

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from cinder_ursa import exception
-from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio

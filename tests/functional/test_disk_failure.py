@@ -6,7 +6,7 @@ leave the replica sets of the chunks written since."""
 import os
 import random
 
-from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.cmd.allinone import AllInOne
 from tests.functional.conftest import data_client
 from tests.functional.test_faults import replica_sets
 from tests.functional.test_faults import server_id

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from cinder_ursa import exception
-from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
 from tests.functional.conftest import data_client

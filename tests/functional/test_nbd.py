@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.nbd import protocol as p
 from tests.functional.conftest import growth_when_flooded
 from tests.functional.conftest import module_cluster

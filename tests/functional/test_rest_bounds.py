@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cinder_ursa.cmd.aio import AllInOne
+from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
 from tests.functional.test_bad_input import rest

@@ -2,7 +2,7 @@
 ``common`` at the bottom (no I/O in ``protocol``), ``transport`` on them,
 ``master``, ``chunkserver`` and ``client`` side by side and never
 importing one another, the gateway, driver, connector and commands on
-top."""
+top (the host attach agent beside the gateway)."""
 
 import ast
 import pathlib
@@ -14,15 +14,18 @@ ROOT = pathlib.Path(cinder_ursa.__file__).parent
 # package -> packages of ours it must never import
 FORBIDDEN = {
     'protocol': {'transport', 'master', 'chunkserver', 'client', 'cmd',
-                 'common', 'nbd'},
-    'common': {'transport', 'master', 'chunkserver', 'client', 'cmd', 'nbd'},
-    'transport': {'master', 'chunkserver', 'client', 'cmd', 'nbd'},
-    'master': {'chunkserver', 'client', 'cmd', 'nbd'},
-    'chunkserver': {'master', 'client', 'cmd', 'nbd'},
-    'client': {'master', 'chunkserver', 'cmd', 'nbd'},
-    'nbd': {'master', 'chunkserver', 'cmd'},
-    'volume': {'master', 'chunkserver', 'nbd', 'cmd'},
-    'brick': {'master', 'chunkserver', 'client', 'nbd', 'cmd', 'volume'},
+                 'common', 'nbd', 'attach'},
+    'common': {'transport', 'master', 'chunkserver', 'client', 'cmd', 'nbd',
+               'attach'},
+    'transport': {'master', 'chunkserver', 'client', 'cmd', 'nbd', 'attach'},
+    'master': {'chunkserver', 'client', 'cmd', 'nbd', 'attach'},
+    'chunkserver': {'master', 'client', 'cmd', 'nbd', 'attach'},
+    'client': {'master', 'chunkserver', 'cmd', 'nbd', 'attach'},
+    'nbd': {'master', 'chunkserver', 'cmd', 'attach'},
+    'attach': {'master', 'chunkserver', 'cmd', 'nbd', 'volume', 'brick'},
+    'volume': {'master', 'chunkserver', 'nbd', 'cmd', 'attach'},
+    'brick': {'master', 'chunkserver', 'client', 'nbd', 'cmd', 'volume',
+              'attach'},
 }
 
 # Modules the sans-I/O layer must never import.
@@ -67,6 +70,6 @@ def test_layers():
 
 def test_library_layers_never_read_global_config():
     for pkg in ('protocol', 'common', 'transport', 'master', 'chunkserver',
-                'client', 'nbd'):
+                'client', 'nbd', 'attach'):
         for path in (ROOT / pkg).rglob('*.py'):
             assert 'cfg.CONF' not in path.read_text(), path
