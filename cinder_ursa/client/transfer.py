@@ -11,6 +11,7 @@ import asyncio
 import os
 
 from cinder_ursa.common import units
+from cinder_ursa.protocol import chunkfile
 
 PIECE = 4 * units.Mi
 PARALLEL = 8
@@ -34,8 +35,8 @@ async def import_file(vol, fd, size, progress=None):
     def job(offset):
         async def run():
             data = os.pread(fd, min(PIECE, size - offset), offset)
-            if len(data) % units.BLOCK_SIZE:
-                data += bytes(units.BLOCK_SIZE - len(data) % units.BLOCK_SIZE)
+            if len(data) % chunkfile.BLOCK:
+                data += bytes(chunkfile.BLOCK - len(data) % chunkfile.BLOCK)
             if data != zero[:len(data)]:
                 await write_nonzero(vol, offset, data)
             if progress:
@@ -47,7 +48,7 @@ async def import_file(vol, fd, size, progress=None):
 
 async def write_nonzero(vol, offset, data):
     """Write only the runs of non-zero 4 KiB blocks of ``data``."""
-    bs = units.BLOCK_SIZE
+    bs = chunkfile.BLOCK
     zero = bytes(bs)
     mv = memoryview(data)
     start = None

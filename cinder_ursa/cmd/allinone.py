@@ -28,6 +28,7 @@ import time
 from cinder_ursa.common import auth
 from cinder_ursa.common import rest
 from cinder_ursa.common import units
+from cinder_ursa.protocol import chunkfile
 
 DEFAULT_PORT_BASE = 9380
 NBD_PORT = 10809
@@ -302,7 +303,7 @@ def _demo(aio, name):
             name, units.format_size(vol['size']), vol['replicas']))
     from cinder_ursa.client import sync
     payload = b'hello from ursa-aio %d\n' % os.getpid()
-    payload += bytes(units.BLOCK_SIZE - len(payload))
+    payload += bytes(chunkfile.BLOCK - len(payload))
     with sync.SyncCluster([aio.master_url], aio.key) as cluster:
         with cluster.open_volume(name) as v:
             v.write(0, payload)

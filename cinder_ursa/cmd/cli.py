@@ -35,6 +35,7 @@ from cinder_ursa.common import auth
 from cinder_ursa.common import opts as common_opts
 from cinder_ursa.common import rest
 from cinder_ursa.common import units
+from cinder_ursa.protocol import chunkfile
 
 _when = units.format_time
 
@@ -461,8 +462,8 @@ class VolumeImport(command.Command):
         except exception.NotFound:
             if not args.create:
                 raise
-            master.create_volume(args.volume, -(-size // units.BLOCK_SIZE)
-                                 * units.BLOCK_SIZE)
+            master.create_volume(args.volume, -(-size // chunkfile.BLOCK)
+                                 * chunkfile.BLOCK)
         with self.app.data_cluster() as cluster, \
                 cluster.open_volume(args.volume) as vol:
             if size > vol.size:

@@ -2,9 +2,9 @@
 
 import crc32c as _crc32c
 
-from cinder_ursa.common import units
+from cinder_ursa.protocol import chunkfile
 
-BLOCK = units.BLOCK_SIZE
+BLOCK = chunkfile.BLOCK
 ZERO_BLOCK = bytes(BLOCK)
 
 

@@ -11,7 +11,6 @@ Gi = Ki * Mi
 Ti = Ki * Gi
 Pi = Ki * Ti
 Ei = Ki * Pi
-BLOCK_SIZE = 4 * Ki
 
 _UNITS = {'': 1, 'b': 1, 'k': Ki, 'm': Mi, 'g': Gi, 't': Ti}
 _SIZE_RE = re.compile(r'^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$', re.IGNORECASE)

@@ -3,10 +3,11 @@
 from oslo_config import cfg
 
 from cinder_ursa.common import units
+from cinder_ursa.protocol import chunkfile
 
 # The largest multiple of 4 KiB below 2**63: volume sizes and offsets are
 # signed 64-bit numbers in SQL (BIGINT), in kernels (loff_t) and in NBD.
-MAX_VOLUME_SIZE_LIMIT = 2 ** 63 - units.BLOCK_SIZE
+MAX_VOLUME_SIZE_LIMIT = 2 ** 63 - chunkfile.BLOCK
 
 master_group = cfg.OptGroup('ursa_master', title='Ursa master',
                             help='Options of the ursa-master service.')
@@ -43,7 +44,7 @@ master_opts = [
                min=1024 * 1024,
                help='Chunk size in bytes of new volumes (power of two).'),
     cfg.IntOpt('max_volume_size', default=units.Pi,
-               min=units.BLOCK_SIZE, max=MAX_VOLUME_SIZE_LIMIT,
+               min=chunkfile.BLOCK, max=MAX_VOLUME_SIZE_LIMIT,
                help='Largest size in bytes a volume may be created, cloned '
                     'or resized to (default 1 PiB); the REST API refuses '
                     'larger sizes with HTTP 400. Sizes and offsets are '

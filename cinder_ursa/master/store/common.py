@@ -5,6 +5,7 @@ shared lease holders, and the validation of names, sizes and QoS limits."""
 
 from cinder_ursa import exception
 from cinder_ursa.common import units
+from cinder_ursa.protocol import chunkfile
 
 
 def split_ids(text):
@@ -104,7 +105,7 @@ def validate_volume(name, size, replicas, min_replicas, chunk_size,
         bad('volume name may not contain "/"')
     if not isinstance(size, int) or size <= 0:
         bad('size must be a positive number of bytes')
-    if size % units.BLOCK_SIZE:
+    if size % chunkfile.BLOCK:
         bad('size must be a multiple of 4 KiB')
     if not 1 <= replicas <= 10:
         bad('replicas must be between 1 and 10')
@@ -113,7 +114,7 @@ def validate_volume(name, size, replicas, min_replicas, chunk_size,
     if chunk_size < units.Mi or chunk_size > 1024 * units.Mi or \
             chunk_size & (chunk_size - 1):
         bad('chunk size must be a power of two between 1 MiB and 1 GiB')
-    if stripe_unit < units.BLOCK_SIZE or chunk_size % stripe_unit or \
+    if stripe_unit < chunkfile.BLOCK or chunk_size % stripe_unit or \
             stripe_unit & (stripe_unit - 1):
         bad('stripe unit must be a power of two of at least 4 KiB that '
             'divides the chunk size')
