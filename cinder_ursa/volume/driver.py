@@ -47,15 +47,13 @@ from cinder_ursa.client import sync
 from cinder_ursa.client import transfer
 from cinder_ursa.common import auth
 from cinder_ursa.common import rest
+from cinder_ursa.protocol.rest import QOS_KEYS
 
 LOG = logging.getLogger(__name__)
 
 VERSION = '1.0.0'
 IMAGE_CACHE_PREFIX = 'image-'
 IMAGE_CACHE_SNAPSHOT = 'base'
-# Cinder QoS spec keys (consumer back-end or both) Ursa enforces itself.
-QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
-            'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
 
 ursa_opts = [
     cfg.ListOpt('ursa_master_urls', default=['http://127.0.0.1:9380'],
