@@ -33,7 +33,7 @@ async def check_volume(cluster, ref, timeout=30.0, deep=False, repair=False,
     with ``repair``, the blocks repaired, and the problems that remain
     (the volume is checked again).  ``progress(done, total)`` is called
     after each chunk."""
-    vol = (await cluster.master.request('GET', '/volumes/%s' % ref))['volume']
+    vol = await cluster.master.volume(ref)
     report = await _check(cluster, vol, timeout, deep, repair, progress)
     if repair:
         if report['repaired']:
@@ -184,7 +184,7 @@ async def check_cluster(cluster, timeout=60.0):
     master counts on that a server lacks.
     Returns a report: servers checked, replicas and bytes seen, problems.
     """
-    inv = await cluster.master.request('GET', '/inventory')
+    inv = await cluster.master.inventory()
     vols = {v['id']: v for v in inv['volumes']}
     problems = []
 
@@ -243,8 +243,8 @@ async def check_cluster(cluster, timeout=60.0):
                           if n > v['snap_seq'])
     if beyond:
         # A snapshot taken since the inventory explains a newer layer.
-        now = {v['id']: v['snap_seq'] for v in (await cluster.master.request(
-            'GET', '/inventory'))['volumes']}
+        now = {v['id']: v['snap_seq']
+               for v in (await cluster.master.inventory())['volumes']}
         for vid, idx, sid, n in beyond:
             if n > now.get(vid, 0):
                 problem('leaked snapshot layer', 'layer of sequence %d, '
