@@ -4,7 +4,8 @@
 importing one another, the gateway, driver, connector and commands on
 top (the host attach agent beside the gateway).  The chunk servers reach
 the master through the REST client, ``client.master``, and nothing else
-of ``client``."""
+of ``client``.  Neither ``protocol`` nor ``common`` does network I/O.
+``nova_ha`` uses Ursa through the REST client only."""
 
 import ast
 import pathlib
@@ -39,6 +40,18 @@ ALLOWED = {
 IO_MODULES = {'asyncio', 'socket', 'ssl', 'os', 'aiohttp', 'urllib',
               'http', 'sqlalchemy', 'subprocess', 'threading'}
 
+# Network I/O: never in the bottom layer (``common`` may still read files
+# and build a database engine).
+NETWORK_MODULES = {'socket', 'ssl', 'asyncio', 'aiohttp', 'urllib',
+                   'http.client', 'http.server', 'requests'}
+
+# What nova_ha may import of ours: the REST client and its exceptions,
+# the [ursa] options that configure that client, and the SQLAlchemy engine
+# helper (SQLite pragmas) for nova_ha's own state database.
+NOVA_HA = pathlib.Path(cinder_ursa.__file__).parent.parent / 'nova_ha'
+NOVA_HA_MAY_IMPORT = {'cinder_ursa.exception', 'cinder_ursa.client.master',
+                      'cinder_ursa.common.opts', 'cinder_ursa.common.db'}
+
 
 def imported_modules(path):
     tree = ast.parse(path.read_text())
@@ -59,8 +72,7 @@ def imported_packages(path):
 
 
 def _allowed(pkg, module):
-    return any(module == m or module.startswith(m + '.')
-               for m in ALLOWED.get(pkg, ()))
+    return _is(module, ALLOWED.get(pkg, ()))
 
 
 def test_the_protocol_layer_does_no_io():
@@ -71,14 +83,37 @@ def test_the_protocol_layer_does_no_io():
     assert not bad, bad
 
 
+def _is(module, names):
+    return any(module == n or module.startswith(n + '.') for n in names)
+
+
+def test_the_bottom_layer_does_no_network_io():
+    bad = ['%s imports %s' % (path.relative_to(ROOT), name)
+           for pkg in ('protocol', 'common')
+           for path in (ROOT / pkg).rglob('*.py')
+           for name in imported_modules(path)
+           if _is(name, NETWORK_MODULES)]
+    assert not bad, bad
+
+
+def test_nova_ha_uses_ursa_through_the_rest_client_only():
+    paths = list(NOVA_HA.rglob('*.py'))
+    assert len(paths) > 5
+    bad = ['%s imports %s' % (path.relative_to(NOVA_HA.parent), name)
+           for path in paths for name in imported_modules(path)
+           if name.split('.')[0] == 'cinder_ursa'
+           and not _is(name, NOVA_HA_MAY_IMPORT)]
+    assert not bad, bad
+
+
 def test_layers():
     bad = []
     for pkg, forbidden in FORBIDDEN.items():
         for path in (ROOT / pkg).rglob('*.py'):
             for dep, module in imported_packages(path):
                 if dep in forbidden and not _allowed(pkg, module):
-                    bad.append('%s imports cinder_ursa.%s' % (
-                        path.relative_to(ROOT), dep))
+                    bad.append('%s imports %s' % (path.relative_to(ROOT),
+                                                  module))
     assert not bad, bad
 
 
