@@ -502,9 +502,8 @@ class ChunkServer(repair.RepairMixin):
         addr = await self._peer(sid)
         try:
             peer = await self.peers.get(*addr)
-            rid = aio.next_req_id()
-            reply = await peer.request(rid, codec.encode_replicate(
-                rid, req, epoch), self.replication_timeout)
+            reply = await peer.call(codec.encode_replicate, req, epoch,
+                                    timeout=self.replication_timeout)
             codec.decode_write_ok(reply.body)
         except exception.UrsaConnectionError:
             self.peers.discard(*addr)

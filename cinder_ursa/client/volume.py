@@ -507,10 +507,10 @@ class Volume:
             for sid, host, port in info.replicas:
                 try:
                     conn = await self.cluster.pool.get(host, port)
-                    rid = aio.next_req_id()
-                    reply = await conn.request(rid, codec.encode_read(
-                        rid, self.id, index, info.epoch, offset, length,
-                        self.snap, flags), self.cluster.request_timeout)
+                    reply = await conn.call(
+                        codec.encode_read, self.id, index, info.epoch,
+                        offset, length, self.snap, flags,
+                        timeout=self.cluster.request_timeout)
                     if flags & (codec.FLAG_STATES | codec.FLAG_MAP_ONLY):
                         states, data = codec.decode_read_states(reply.body)
                         if flags & codec.FLAG_MAP_ONLY:
@@ -565,11 +565,10 @@ class Volume:
         try:
             conn = await self.cluster.pool.get(host, port)
             for at in range(first, end, codec.MAX_REPAIR_BLOCKS):
-                rid = aio.next_req_id()
-                reply = await conn.request(rid, codec.encode_repair(
-                    rid, self.id, index, info.epoch, at,
-                    min(codec.MAX_REPAIR_BLOCKS, end - at)),
-                    self.cluster.request_timeout)
+                reply = await conn.call(
+                    codec.encode_repair, self.id, index, info.epoch, at,
+                    min(codec.MAX_REPAIR_BLOCKS, end - at),
+                    timeout=self.cluster.request_timeout)
                 fixed = codec.decode_count_ok(reply.body)
                 LOG.warning('Volume %s chunk %d: blocks %d-%d repaired '
                             '(%d mended on the primary)', self.name, index,
@@ -616,10 +615,9 @@ class Volume:
             _, host, port = info.replicas[0]
             try:
                 conn = await self.cluster.pool.get(host, port)
-                rid = aio.next_req_id()
-                reply = await conn.request(rid, self._write_frame(
-                    rid, index, info, offset, data or b'', fua, flags,
-                    length), self.cluster.request_timeout)
+                reply = await conn.call(
+                    self._write_frame, index, info, offset, data or b'',
+                    fua, flags, length, timeout=self.cluster.request_timeout)
                 self._wrote(index, info, codec.decode_write_ok(reply.body))
                 return
             except exception.UrsaError as e:
@@ -796,9 +794,8 @@ class Volume:
         When they cannot be dropped either, the next flush tries again."""
         try:
             conn = await self.cluster.pool.get(*addr)
-            rid = aio.next_req_id()
-            reply = await conn.request(rid, codec.encode_flush(
-                rid, self.id), self.cluster.request_timeout)
+            reply = await conn.call(codec.encode_flush, self.id,
+                                    timeout=self.cluster.request_timeout)
             codec.reply_status(reply.body)
             return
         except exception.UrsaError as e:
