@@ -30,6 +30,7 @@ from cinder_ursa.client import layout as layout_mod
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import qos as qos_mod
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import rest
 from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
@@ -38,22 +39,6 @@ MAP_WINDOW = 256
 BLOCK = 4096
 ABSENT, DATA, ZERO = 0, 1, 2
 COPY_STEP = 4 * 1024 * 1024
-
-
-class ChunkInfo:
-    __slots__ = ('index', 'epoch', 'replicas')
-
-    def __init__(self, index, epoch, replicas):
-        self.index = index
-        self.epoch = epoch
-        # [(server id, address, port)], the primary first.
-        self.replicas = replicas
-
-    @classmethod
-    def from_json(cls, c):
-        return cls(c['index'], c['epoch'],
-                   [(r['id'], r['address'], r['port'])
-                    for r in c['replicas']])
 
 
 class Cluster:
@@ -182,7 +167,7 @@ class Volume:
         self.parent = None
         self.generation = 0
         self.holder = None
-        self._map = {}          # index -> ChunkInfo, or None (not allocated)
+        self._map = {}          # index -> rest.ChunkInfo (None: unallocated)
         self._map_locks = {}
         # (address, port) -> {index: server id}: what the next flush must
         # make durable; None instead of the dict: the whole volume.
@@ -279,7 +264,7 @@ class Volume:
                 count = min(MAP_WINDOW, self.layout.chunks - start)
             reply = await self.cluster.master.chunk_map(
                 self.id, start, count, allocate)
-            found = {c['index']: ChunkInfo.from_json(c)
+            found = {c['index']: rest.ChunkInfo.from_json(c)
                      for c in reply['chunks']}
             for i in range(start, start + count):
                 if i in found:

@@ -32,6 +32,24 @@ class Request(NamedTuple):
     result: str = None        # the reply's field to return; None: all
 
 
+class ChunkInfo:
+    """One entry of a chunk map reply, as the client library caches it."""
+
+    __slots__ = ('index', 'epoch', 'replicas')
+
+    def __init__(self, index, epoch, replicas):
+        self.index = index
+        self.epoch = epoch
+        # [(server id, address, port)], the primary first.
+        self.replicas = replicas
+
+    @classmethod
+    def from_json(cls, c):
+        return cls(c['index'], c['epoch'],
+                   [(r['id'], r['address'], r['port'])
+                    for r in c['replicas']])
+
+
 def quote(ref):
     """A volume name or id (or ``volume@snapshot``) as one URL path
     segment, as ``urllib.parse.quote(ref, safe='@')`` does.  '@' stays as

@@ -124,3 +124,11 @@ def test_qos_keys_are_defined_once():
     from cinder_ursa.client import qos
     from cinder_ursa.master.store import common
     assert qos.QOS_KEYS is common.QOS_KEYS is rest.QOS_KEYS
+
+
+def test_chunk_info_from_a_chunk_map_entry():
+    c = rest.ChunkInfo.from_json({'index': 3, 'epoch': 9, 'replicas': [
+        {'id': 2, 'address': '10.0.0.2', 'port': 7000, 'state': 'up'},
+        {'id': 5, 'address': '10.0.0.5', 'port': 7001}]})
+    assert (c.index, c.epoch) == (3, 9)
+    assert c.replicas == [(2, '10.0.0.2', 7000), (5, '10.0.0.5', 7001)]
