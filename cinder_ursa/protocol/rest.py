@@ -5,7 +5,8 @@ Each function returns a :class:`Request`: the method, the path under
 query parameters and the field of the reply the caller wants (``None``:
 the whole reply).  The transports in ``cinder_ursa.transport.http`` send
 it; :func:`error_from_body` turns an error reply back into the exception
-the master raised.
+the master raised.  Replies stay the master's JSON dicts, except a chunk
+map entry, which the client library caches as a :class:`ChunkInfo`.
 """
 
 import json
