@@ -11,8 +11,7 @@ import threading
 import tooz
 
 from cinder_ursa import exception as ursa_exc
-from cinder_ursa.common import auth
-from cinder_ursa.common import rest
+from cinder_ursa.client import master as ursa_master
 from nova_ha import coordination
 
 LOG = logging.getLogger(__name__)
@@ -45,10 +44,9 @@ class Agent:
         self.master = None
         if conf.agent.check_storage and (conf.ursa.cluster_key_file
                                          or conf.ursa.cluster_key):
-            self.master = rest.MasterClient(
-                conf.ursa.master_url,
-                auth.load_key(conf.ursa.cluster_key_file,
-                              conf.ursa.cluster_key), timeout=5)
+            self.master = ursa_master.MasterClient.from_key_file(
+                conf.ursa.master_url, conf.ursa.cluster_key_file,
+                conf.ursa.cluster_key, timeout=5)
 
     def health(self):
         """Each check: True, False, or None when not configured."""

@@ -81,6 +81,13 @@ control = sa.Table(
 ACTIVE_RECOVERY = ('held', 'fencing', 'disabling', 'evacuating')
 
 
+def format_time(ts):
+    """A UNIX time (as the state holds them) as local 'YYYY-mm-dd
+    HH:MM:SS' ('' for none)."""
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts)) if ts \
+        else ''
+
+
 class Store:
     def __init__(self, url):
         self.engine = db.create_engine(url)

@@ -32,13 +32,13 @@ import socket
 import threading
 import time
 
-from cinder_ursa.common import units
 from nova_ha import coordination
+from nova_ha import db
 from nova_ha import fence as fence_mod
 from nova_ha import metrics as metrics_mod
 from nova_ha import nova as nova_mod
 
-_when = units.format_time
+_when = db.format_time
 
 LOG = logging.getLogger(__name__)
 

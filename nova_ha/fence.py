@@ -6,8 +6,7 @@ import shlex
 import subprocess
 
 from cinder_ursa import exception as ursa_exc
-from cinder_ursa.common import auth
-from cinder_ursa.common import rest
+from cinder_ursa.client import master as ursa_master
 
 LOG = logging.getLogger(__name__)
 
@@ -28,8 +27,9 @@ class UrsaFence:
 
     @classmethod
     def from_conf(cls, conf):
-        key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
-        return cls(rest.MasterClient(conf.ursa.master_url, key))
+        return cls(ursa_master.MasterClient.from_key_file(
+            conf.ursa.master_url, conf.ursa.cluster_key_file,
+            conf.ursa.cluster_key))
 
     def fence(self, host, reason):
         try:

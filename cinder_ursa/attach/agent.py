@@ -129,7 +129,7 @@ class Agent:
 
     def __init__(self, master, cluster, fs, host, mount_dir,
                  poll_interval=1.0):
-        self.master = master        # rest.MasterClient
+        self.master = master        # client.master.MasterClient
         self.cluster = cluster      # sync.SyncCluster
         self.fs = fs
         self.host = host

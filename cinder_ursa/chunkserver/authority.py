@@ -137,8 +137,7 @@ class Authority:
         """A FENCE announces ``generation``: adopt the master's generation
         if it is at least that, refuse it otherwise."""
         try:
-            vol = (await self.master.request(
-                'GET', '/volumes/%s' % volume))['volume']
+            vol = await self.master.volume(volume)
         except (exception.UrsaConnectionError,
                 exception.InternalError) as e:
             raise exception.Unavailable(

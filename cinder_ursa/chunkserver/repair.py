@@ -24,7 +24,6 @@ import logging
 from cinder_ursa import exception
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.protocol import codec
-from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
 
@@ -97,12 +96,11 @@ class RepairMixin:
                 break
             try:
                 peer = await self.peers.get(*await self._peer(sid))
-                rid = aio.next_req_id()
-                reply = await peer.request(rid, codec.encode_read(
-                    rid, req.volume, req.index, view.epoch,
+                reply = await peer.call(
+                    codec.encode_read, req.volume, req.index, view.epoch,
                     req.first * store_mod.BLOCK,
-                    req.count * store_mod.BLOCK, 0, codec.FLAG_RAW),
-                    self.replication_timeout)
+                    req.count * store_mod.BLOCK, 0, codec.FLAG_RAW,
+                    timeout=self.replication_timeout)
                 theirs, their_data = codec.decode_read_raw(reply.body)
             except exception.NotFound:
                 continue   # an empty replica: no copy, valid or not

@@ -25,7 +25,7 @@ from cinder_ursa.chunkserver import authority as authority_mod
 from cinder_ursa.chunkserver import gate as gate_mod
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import store as store_mod
-from cinder_ursa.common import rest
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
 
@@ -44,11 +44,13 @@ class ChunkServer(repair.RepairMixin):
                  replication_timeout=5.0, reserved_bytes=0):
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
         self.key = key
-        self.master = rest.AsyncMasterClient(master_urls, key, timeout=10.0)
+        self.master = master_mod.AsyncMasterClient(master_urls, key,
+                                                   timeout=10.0)
         # Confirmations hold a chunk's requests: they wait no longer than
         # a replica would.
-        self.authority = authority_mod.Authority(rest.AsyncMasterClient(
-            master_urls, key, timeout=max(replication_timeout, 1.0)),
+        self.authority = authority_mod.Authority(
+            master_mod.AsyncMasterClient(
+                master_urls, key, timeout=max(replication_timeout, 1.0)),
             self.store)
         self.gate = gate_mod.Gate(self._serve_item)
         self.bind_host = bind_host
@@ -111,10 +113,10 @@ class ChunkServer(repair.RepairMixin):
 
     async def _register(self):
         usage = self.store.usage()
-        reply = await self.master.request('POST', '/chunkservers', {
-            'uuid': self.store.server_uuid, 'host': self.host,
-            'rack': self.rack, 'address': self.advertise_host,
-            'port': self.port, 'chunks': self.store.chunk_list(), **usage})
+        reply = await self.master.register_server(
+            uuid=self.store.server_uuid, host=self.host, rack=self.rack,
+            address=self.advertise_host, port=self.port,
+            chunks=self.store.chunk_list(), **usage)
         self.id = reply['server']['id']
         self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
         for vol, gen in reply.get('generations', {}).items():
@@ -147,9 +149,7 @@ class ChunkServer(repair.RepairMixin):
                     await self._register()
                     registered = True
                 else:
-                    await self.master.request(
-                        'PUT', '/chunkservers/%d/heartbeat' % self.id,
-                        self.store.usage())
+                    await self.master.heartbeat(self.id, self.store.usage())
             except exception.NotFound:
                 registered = False
                 continue
@@ -502,9 +502,8 @@ class ChunkServer(repair.RepairMixin):
         addr = await self._peer(sid)
         try:
             peer = await self.peers.get(*addr)
-            rid = aio.next_req_id()
-            reply = await peer.request(rid, codec.encode_replicate(
-                rid, req, epoch), self.replication_timeout)
+            reply = await peer.call(codec.encode_replicate, req, epoch,
+                                    timeout=self.replication_timeout)
             codec.decode_write_ok(reply.body)
         except exception.UrsaConnectionError:
             self.peers.discard(*addr)

@@ -24,7 +24,6 @@ from cinder_ursa import exception
 from cinder_ursa.client.layout import Layout
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
-from cinder_ursa.transport import aio
 
 
 async def check_volume(cluster, ref, timeout=30.0, deep=False, repair=False,
@@ -33,7 +32,7 @@ async def check_volume(cluster, ref, timeout=30.0, deep=False, repair=False,
     with ``repair``, the blocks repaired, and the problems that remain
     (the volume is checked again).  ``progress(done, total)`` is called
     after each chunk."""
-    vol = (await cluster.master.request('GET', '/volumes/%s' % ref))['volume']
+    vol = await cluster.master.volume(ref)
     report = await _check(cluster, vol, timeout, deep, repair, progress)
     if repair:
         if report['repaired']:
@@ -136,10 +135,9 @@ async def _repair(cluster, vol_id, chunk, blocks, timeout):
         while j < len(blocks) and blocks[j] == blocks[j - 1] + 1 and \
                 j - i < codec.MAX_REPAIR_BLOCKS:
             j += 1
-        rid = aio.next_req_id()
-        reply = await conn.request(rid, codec.encode_repair(
-            rid, vol_id, chunk['index'], chunk['epoch'], blocks[i], j - i),
-            timeout)
+        reply = await conn.call(codec.encode_repair, vol_id, chunk['index'],
+                                chunk['epoch'], blocks[i], j - i,
+                                timeout=timeout)
         codec.decode_count_ok(reply.body)
         done += j - i
         i = j
@@ -152,9 +150,7 @@ async def _flush(cluster, vol_id, timeout):
         if s['state'] != 'up':
             continue
         conn = await cluster.pool.get(s['address'], s['port'])
-        rid = aio.next_req_id()
-        reply = await conn.request(rid, codec.encode_flush(rid, vol_id),
-                                   timeout)
+        reply = await conn.call(codec.encode_flush, vol_id, timeout=timeout)
         codec.reply_status(reply.body)
 
 
@@ -165,9 +161,8 @@ def _at(crcs, i):
 async def _info(cluster, vol_id, index, replica, timeout, deep=False):
     try:
         conn = await cluster.pool.get(replica['address'], replica['port'])
-        rid = aio.next_req_id()
-        reply = await conn.request(rid, codec.encode_chunk_info(
-            rid, vol_id, index, deep), timeout)
+        reply = await conn.call(codec.encode_chunk_info, vol_id, index,
+                                deep, timeout=timeout)
         return codec.decode_chunk_info_ok(reply.body, deep)
     except exception.NotFound:
         # Allocated but never written on this replica: all holes.
@@ -184,7 +179,7 @@ async def check_cluster(cluster, timeout=60.0):
     master counts on that a server lacks.
     Returns a report: servers checked, replicas and bytes seen, problems.
     """
-    inv = await cluster.master.request('GET', '/inventory')
+    inv = await cluster.master.inventory()
     vols = {v['id']: v for v in inv['volumes']}
     problems = []
 
@@ -243,8 +238,8 @@ async def check_cluster(cluster, timeout=60.0):
                           if n > v['snap_seq'])
     if beyond:
         # A snapshot taken since the inventory explains a newer layer.
-        now = {v['id']: v['snap_seq'] for v in (await cluster.master.request(
-            'GET', '/inventory'))['volumes']}
+        now = {v['id']: v['snap_seq']
+               for v in (await cluster.master.inventory())['volumes']}
         for vid, idx, sid, n in beyond:
             if n > now.get(vid, 0):
                 problem('leaked snapshot layer', 'layer of sequence %d, '
@@ -283,15 +278,13 @@ async def check_cluster(cluster, timeout=60.0):
 
 async def _unneeded(cluster, server, vol, timeout):
     conn = await cluster.pool.get(server['address'], server['port'])
-    rid = aio.next_req_id()
-    reply = await conn.request(rid, codec.encode_snapshot(
-        rid, vol['id'], vol['snap_seq'], [s['seq'] for s in vol['snapshots']],
-        dry_run=True), timeout)
+    reply = await conn.call(
+        codec.encode_snapshot, vol['id'], vol['snap_seq'],
+        [s['seq'] for s in vol['snapshots']], dry_run=True, timeout=timeout)
     return codec.decode_count_ok(reply.body)
 
 
 async def _inventory(cluster, server, timeout):
     conn = await cluster.pool.get(server['address'], server['port'])
-    rid = aio.next_req_id()
-    reply = await conn.request(rid, codec.encode_inventory(rid), timeout)
+    reply = await conn.call(codec.encode_inventory, timeout=timeout)
     return codec.decode_inventory_ok(reply.body)

@@ -10,8 +10,7 @@ behind each other in arrival order and the average never exceeds the limit.
 import asyncio
 import time
 
-KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
-        'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
+from cinder_ursa.protocol.rest import QOS_KEYS
 
 
 class _Bucket:
@@ -42,7 +41,7 @@ class Limiter:
 
     def update(self, limits):
         limits = {k: v for k, v in (limits or {}).items()
-                  if k in KEYS and v}
+                  if k in QOS_KEYS and v}
         if limits == self.limits:
             return
         now = self.clock()

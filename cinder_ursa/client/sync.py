@@ -93,19 +93,30 @@ class SyncCluster:
             ref, writable, holder, force, lease_ttl))
         return SyncVolume(self._lt, vol)
 
-    def __getattr__(self, name):
-        """Every other coroutine method of :class:`Cluster`
-        (create_snapshot, delete_snapshot, clone, revert, resize, flatten,
-        ...), called synchronously."""
-        if name.startswith('_'):
-            raise AttributeError(name)
-        fn = getattr(self._cluster, name)
-        if not asyncio.iscoroutinefunction(fn):
-            raise AttributeError(name)
+    # Snapshot and clone calls for the tools that already hold a data
+    # cluster; metadata-only callers use client.master.MasterClient.
+    def create_snapshot(self, volume, name):
+        return self._lt.call(self._cluster.create_snapshot(volume, name))
 
-        def call(*args, **kwargs):
-            return self._lt.call(fn(*args, **kwargs))
-        return call
+    def delete_snapshot(self, ref):
+        self._lt.call(self._cluster.delete_snapshot(ref))
+
+    def clone(self, snapshot, name, size=None, **kwargs):
+        return self._lt.call(self._cluster.clone(snapshot, name, size,
+                                                 **kwargs))
+
+    def revert(self, volume, snapshot):
+        return self._lt.call(self._cluster.revert(volume, snapshot))
+
+    def resize(self, volume, size, force=False):
+        """Grow a volume, or shrink it with ``force`` (the tail is zeroed
+        first)."""
+        return self._lt.call(self._cluster.resize(volume, size, force))
+
+    def flatten(self, volume, progress=None, rate=None):
+        """Copy what a clone reads from its parent into it and detach it;
+        ``progress`` is called on the loop thread."""
+        return self._lt.call(self._cluster.flatten(volume, progress, rate))
 
     def run(self, coro_fn, *args):
         """Run ``coro_fn(cluster, *args)`` on the client loop (bulk work)."""

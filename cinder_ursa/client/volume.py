@@ -27,9 +27,10 @@ import time
 
 from cinder_ursa import exception
 from cinder_ursa.client import layout as layout_mod
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import qos as qos_mod
-from cinder_ursa.common import rest
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import rest
 from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
@@ -40,29 +41,13 @@ ABSENT, DATA, ZERO = 0, 1, 2
 COPY_STEP = 4 * 1024 * 1024
 
 
-class ChunkInfo:
-    __slots__ = ('index', 'epoch', 'replicas')
-
-    def __init__(self, index, epoch, replicas):
-        self.index = index
-        self.epoch = epoch
-        # [(server id, address, port)], the primary first.
-        self.replicas = replicas
-
-    @classmethod
-    def from_json(cls, c):
-        return cls(c['index'], c['epoch'],
-                   [(r['id'], r['address'], r['port'])
-                    for r in c['replicas']])
-
-
 class Cluster:
     """Entry point of the client library (one per event loop)."""
 
     def __init__(self, master_urls, key, io_timeout=60.0,
                  request_timeout=15.0, local=None):
         self.key = key if isinstance(key, bytes) else key.encode()
-        self.master = rest.AsyncMasterClient(master_urls, self.key)
+        self.master = master_mod.AsyncMasterClient(master_urls, self.key)
         self.pool = aio.ConnectionPool(self.key, connect_timeout=5.0)
         self.io_timeout = io_timeout
         self.request_timeout = request_timeout
@@ -101,44 +86,31 @@ class Cluster:
         or ``snapshot=`` id), which is always read-only."""
         if '@' in ref:
             return await self.open_snapshot(ref)
-        vol = (await self.master.request(
-            'GET', '/volumes/%s' % rest.quote(ref)))['volume']
+        vol = await self.master.volume(ref)
         v = Volume(self, vol, writable)
         if writable:
             await v._acquire(holder, force, lease_ttl)
         return v
 
     async def open_snapshot(self, ref):
-        snap = (await self.master.request(
-            'GET', '/snapshots/%s' % rest.quote(ref)))['snapshot']
-        return Volume.for_snapshot(self, snap)
+        return Volume.for_snapshot(self, await self.master.snapshot(ref))
 
     async def create_snapshot(self, volume, name):
-        return (await self.master.request(
-            'POST', '/volumes/%s/snapshots' % rest.quote(volume),
-            {'name': name}))['snapshot']
+        return await self.master.create_snapshot(volume, name)
 
     async def delete_snapshot(self, ref):
-        await self.master.request('DELETE',
-                                  '/snapshots/%s' % rest.quote(ref))
+        await self.master.delete_snapshot(ref)
 
     async def clone(self, snapshot, name, size=None, **kwargs):
-        body = {'name': name, 'snapshot': snapshot, **kwargs}
-        if size is not None:
-            body['size'] = size
-        return (await self.master.request('POST', '/volumes',
-                                          body))['volume']
+        return await self.master.clone(snapshot, name, size, **kwargs)
 
     async def revert(self, volume, snapshot):
-        return (await self.master.request(
-            'POST', '/volumes/%s/revert' % rest.quote(volume),
-            {'snapshot': snapshot}))['volume']
+        return await self.master.revert(volume, snapshot)
 
     async def resize(self, volume, size, force=False):
         """Grow a volume, or shrink it with ``force``: the range cut off is
         zeroed first, so growing it again later shows zeros."""
-        info = (await self.master.request(
-            'GET', '/volumes/%s' % rest.quote(volume)))['volume']
+        info = await self.master.volume(volume)
         if size < info['size'] and force:
             v = await self.open_volume(info['id'], writable=True)
             try:
@@ -148,9 +120,7 @@ class Cluster:
                     await v.write_zeroes(size, end - size)
             finally:
                 await v.close()
-        return (await self.master.request(
-            'PUT', '/volumes/%s/size' % rest.quote(info['id']),
-            {'size': size, 'force': bool(force)}))['volume']
+        return await self.master.resize(info['id'], size, bool(force))
 
     async def flatten(self, volume, progress=None, rate=None):
         """Copy every block a clone still reads from its parent into the
@@ -165,8 +135,7 @@ class Cluster:
             await v._flatten(progress, rate)
         finally:
             await v.close()
-        return (await self.master.request(
-            'POST', '/volumes/%s/detach-parent' % v.id))['volume']
+        return await self.master.detach_parent(v.id)
 
     async def close(self):
         if self._local_task is not None:
@@ -198,7 +167,7 @@ class Volume:
         self.parent = None
         self.generation = 0
         self.holder = None
-        self._map = {}          # index -> ChunkInfo, or None (not allocated)
+        self._map = {}          # index -> rest.ChunkInfo (None: unallocated)
         self._map_locks = {}
         # (address, port) -> {index: server id}: what the next flush must
         # make durable; None instead of the dict: the whole volume.
@@ -228,9 +197,8 @@ class Volume:
     async def _parent_volume(self):
         """The snapshot this clone reads unwritten blocks from (cached)."""
         if self.parent is None and self._parent_info is not None:
-            snap = (await self.cluster.master.request(
-                'GET', '/snapshots/%s' % self._parent_info['snapshot_id']
-            ))['snapshot']
+            snap = await self.cluster.master.snapshot(
+                self._parent_info['snapshot_id'])
             self.parent = Volume.for_snapshot(self.cluster, snap)
         return self.parent
 
@@ -238,8 +206,7 @@ class Volume:
         """Reload size, snapshot sequence and parent from the master."""
         if self.snap:
             return
-        info = (await self.cluster.master.request(
-            'GET', '/volumes/%s' % self.id))['volume']
+        info = await self.cluster.master.volume(self.id)
         self.info = info
         self.seq = info['snap_seq']
         self.qos.update(info.get('qos'))
@@ -254,11 +221,8 @@ class Volume:
 
     async def _acquire(self, holder, force, ttl):
         self.holder = holder or default_holder()
-        body = {'holder': self.holder, 'force': bool(force)}
-        if ttl:
-            body['ttl'] = ttl
-        lease = (await self.cluster.master.request(
-            'POST', '/volumes/%s/lease' % self.id, body))['lease']
+        lease = await self.cluster.master.acquire_lease(
+            self.id, self.holder, force, ttl)
         self.generation = lease['generation']
         self._lease_task = asyncio.get_running_loop().create_task(
             self._renew(lease['ttl']))
@@ -269,10 +233,8 @@ class Volume:
         while True:
             await asyncio.sleep(ttl / 3.0)
             try:
-                lease = (await self.cluster.master.request(
-                    'PUT', '/volumes/%s/lease' % self.id,
-                    {'holder': self.holder, 'generation': self.generation,
-                     'ttl': ttl}))['lease']
+                lease = await self.cluster.master.renew_lease(
+                    self.id, self.holder, self.generation, ttl)
                 self.qos.update(lease.get('qos'))
             except exception.Fenced as e:
                 LOG.error('Volume %s: %s', self.name, e)
@@ -302,7 +264,7 @@ class Volume:
                 count = min(MAP_WINDOW, self.layout.chunks - start)
             reply = await self.cluster.master.chunk_map(
                 self.id, start, count, allocate)
-            found = {c['index']: ChunkInfo.from_json(c)
+            found = {c['index']: rest.ChunkInfo.from_json(c)
                      for c in reply['chunks']}
             for i in range(start, start + count):
                 if i in found:
@@ -530,10 +492,10 @@ class Volume:
             for sid, host, port in info.replicas:
                 try:
                     conn = await self.cluster.pool.get(host, port)
-                    rid = aio.next_req_id()
-                    reply = await conn.request(rid, codec.encode_read(
-                        rid, self.id, index, info.epoch, offset, length,
-                        self.snap, flags), self.cluster.request_timeout)
+                    reply = await conn.call(
+                        codec.encode_read, self.id, index, info.epoch,
+                        offset, length, self.snap, flags,
+                        timeout=self.cluster.request_timeout)
                     if flags & (codec.FLAG_STATES | codec.FLAG_MAP_ONLY):
                         states, data = codec.decode_read_states(reply.body)
                         if flags & codec.FLAG_MAP_ONLY:
@@ -588,11 +550,10 @@ class Volume:
         try:
             conn = await self.cluster.pool.get(host, port)
             for at in range(first, end, codec.MAX_REPAIR_BLOCKS):
-                rid = aio.next_req_id()
-                reply = await conn.request(rid, codec.encode_repair(
-                    rid, self.id, index, info.epoch, at,
-                    min(codec.MAX_REPAIR_BLOCKS, end - at)),
-                    self.cluster.request_timeout)
+                reply = await conn.call(
+                    codec.encode_repair, self.id, index, info.epoch, at,
+                    min(codec.MAX_REPAIR_BLOCKS, end - at),
+                    timeout=self.cluster.request_timeout)
                 fixed = codec.decode_count_ok(reply.body)
                 LOG.warning('Volume %s chunk %d: blocks %d-%d repaired '
                             '(%d mended on the primary)', self.name, index,
@@ -639,10 +600,9 @@ class Volume:
             _, host, port = info.replicas[0]
             try:
                 conn = await self.cluster.pool.get(host, port)
-                rid = aio.next_req_id()
-                reply = await conn.request(rid, self._write_frame(
-                    rid, index, info, offset, data or b'', fua, flags,
-                    length), self.cluster.request_timeout)
+                reply = await conn.call(
+                    self._write_frame, index, info, offset, data or b'',
+                    fua, flags, length, timeout=self.cluster.request_timeout)
                 self._wrote(index, info, codec.decode_write_ok(reply.body))
                 return
             except exception.UrsaError as e:
@@ -819,9 +779,8 @@ class Volume:
         When they cannot be dropped either, the next flush tries again."""
         try:
             conn = await self.cluster.pool.get(*addr)
-            rid = aio.next_req_id()
-            reply = await conn.request(rid, codec.encode_flush(
-                rid, self.id), self.cluster.request_timeout)
+            reply = await conn.call(codec.encode_flush, self.id,
+                                    timeout=self.cluster.request_timeout)
             codec.reply_status(reply.body)
             return
         except exception.UrsaError as e:
@@ -909,10 +868,8 @@ class Volume:
             if self._lease_task is not None:
                 self._lease_task.cancel()
                 try:
-                    await self.cluster.master.request(
-                        'DELETE', '/volumes/%s/lease' % self.id,
-                        params={'holder': self.holder,
-                                'generation': self.generation})
+                    await self.cluster.master.release_lease(
+                        self.id, self.holder, self.generation)
                 except exception.UrsaError as e:
                     LOG.warning('Volume %s: releasing the lease failed: %s',
                                 self.name, e)

@@ -25,8 +25,8 @@ import subprocess
 import sys
 import time
 
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.common import auth
-from cinder_ursa.common import rest
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
 
@@ -231,7 +231,7 @@ class AllInOne:
         return self
 
     def client(self):
-        return rest.MasterClient([self.master_url], self.key)
+        return master_mod.MasterClient([self.master_url], self.key)
 
     def kill_chunkserver(self, i, sig=signal.SIGKILL):
         proc = self.cs_procs.pop(i)

@@ -18,10 +18,10 @@ from oslo_log import log as logging
 
 from cinder_ursa.attach import agent as attach_agent
 from cinder_ursa.attach import opts
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
-from cinder_ursa.common import rest
 
 LOG = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def main(argv=None):
         os.makedirs(d, exist_ok=True)
     # A mount left by an agent that was killed: take its place.
     subprocess.run(['umount', '-l', ac.mount_dir], capture_output=True)
-    master = rest.MasterClient(conf.ursa.master_url, key)
+    master = master_mod.MasterClient(conf.ursa.master_url, key)
     cluster = sync.SyncCluster(conf.ursa.master_url, key)
     fs = attach_agent.AttachFS()
     agent = attach_agent.Agent(master, cluster, fs, ac.host, ac.mount_dir,

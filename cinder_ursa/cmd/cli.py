@@ -29,11 +29,11 @@ from oslo_config import cfg
 from cinder_ursa import exception
 from cinder_ursa.client import bench
 from cinder_ursa.client import check
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.client import transfer
 from cinder_ursa.common import auth
 from cinder_ursa.common import opts as common_opts
-from cinder_ursa.common import rest
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
 
@@ -90,7 +90,7 @@ class UrsaApp(app.App):
     def master(self):
         if self._master is None:
             urls, self._key = self._settings()
-            self._master = rest.MasterClient(urls, self._key)
+            self._master = master_mod.MasterClient(urls, self._key)
         return self._master
 
     def data_cluster(self):
@@ -280,9 +280,7 @@ class SnapshotCreate(show.ShowOne):
         return p
 
     def take_action(self, args):
-        snap = self.app.master().request(
-            'POST', '/volumes/%s/snapshots' % rest.quote(args.volume),
-            {'name': args.name})['snapshot']
+        snap = self.app.master().create_snapshot(args.volume, args.name)
         s = _fmt_snapshot(snap)
         return tuple(s), tuple(s.values())
 
@@ -297,11 +295,9 @@ class SnapshotList(lister.Lister):
         return p
 
     def take_action(self, args):
-        path = ('/volumes/%s/snapshots' % rest.quote(args.volume)
-                if args.volume else '/snapshots')
         cols = ('id', 'volume', 'name', 'seq', 'size_human', 'status',
                 'created_at')
-        snaps = self.app.master().request('GET', path)['snapshots']
+        snaps = self.app.master().snapshots(args.volume)
         return cols, [tuple(_fmt_snapshot(s)[c] for c in cols)
                       for s in snaps]
 
@@ -316,8 +312,7 @@ class SnapshotShow(show.ShowOne):
         return p
 
     def take_action(self, args):
-        s = _fmt_snapshot(self.app.master().request(
-            'GET', '/snapshots/%s' % rest.quote(args.snapshot))['snapshot'])
+        s = _fmt_snapshot(self.app.master().snapshot(args.snapshot))
         return tuple(s), tuple(s.values())
 
 
@@ -333,8 +328,7 @@ class SnapshotDelete(command.Command):
 
     def take_action(self, args):
         for ref in args.snapshot:
-            self.app.master().request('DELETE',
-                                      '/snapshots/%s' % rest.quote(ref))
+            self.app.master().delete_snapshot(ref)
             self.app.stdout.write('Deleted snapshot %s\n' % ref)
 
 
@@ -355,13 +349,10 @@ class VolumeClone(show.ShowOne):
         return p
 
     def take_action(self, args):
-        body = {'name': args.name, 'snapshot': args.snapshot}
-        if args.size:
-            body['size'] = units.parse_size(args.size)
-        if args.replicas:
-            body['replicas'] = args.replicas
-        v = _fmt_volume(self.app.master().request('POST', '/volumes',
-                                                  body)['volume'])
+        size = units.parse_size(args.size) if args.size else None
+        kwargs = {'replicas': args.replicas} if args.replicas else {}
+        v = _fmt_volume(self.app.master().clone(args.snapshot, args.name,
+                                                size, **kwargs))
         return tuple(v), tuple(v.values())
 
 
@@ -427,9 +418,7 @@ class VolumeRevert(show.ShowOne):
         return p
 
     def take_action(self, args):
-        vol = self.app.master().request(
-            'POST', '/volumes/%s/revert' % rest.quote(args.volume),
-            {'snapshot': args.snapshot})['volume']
+        vol = self.app.master().revert(args.volume, args.snapshot)
         v = _fmt_volume(vol)
         return tuple(v), tuple(v.values())
 

@@ -24,8 +24,7 @@ class ChunkServers:
         async def one(s):
             try:
                 conn = await self.pool.get(s['address'], s['port'])
-                rid = aio.next_req_id()
-                reply = await conn.request(rid, make_frame(rid), timeout)
+                reply = await conn.call(make_frame, timeout=timeout)
                 codec.reply_status(reply.body)
                 return None
             except exception.UrsaError as e:

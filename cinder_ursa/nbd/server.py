@@ -24,7 +24,6 @@ import struct
 
 from cinder_ursa import exception
 from cinder_ursa.client import volume as volume_mod
-from cinder_ursa.common import rest
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.nbd import stream as stream_mod
 
@@ -86,17 +85,15 @@ class NbdServer:
     async def _open(self, name):
         async with self._lock:
             if '@' in name:
-                snap = (await self.cluster.master.request(
-                    'GET', '/snapshots/%s' % rest.quote(name)))['snapshot']
+                snap = await self.cluster.master.snapshot(name)
                 key = ('snapshot', snap['id'])
                 exp = self._exports.get(key)
                 if exp is None:
                     vol = volume_mod.Volume.for_snapshot(self.cluster, snap)
                     exp = self._exports[key] = _Export(key, vol, True)
             else:
-                info = await self.cluster.master.request(
-                    'GET', '/volumes/%s' % rest.quote(name))
-                key = ('volume', info['volume']['id'])
+                info = await self.cluster.master.volume(name)
+                key = ('volume', info['id'])
                 exp = self._exports.get(key)
                 if exp is None:
                     vol = await self.cluster.open_volume(
@@ -211,8 +208,7 @@ class NbdServer:
                 if data:
                     stream.write(p.option_reply(option, p.REP_ERR_INVALID))
                     continue
-                for vol in (await self.cluster.master.request(
-                        'GET', '/volumes'))['volumes']:
+                for vol in await self.cluster.master.volumes():
                     name = vol['name'].encode()
                     stream.write(p.option_reply(
                         option, p.REP_SERVER,

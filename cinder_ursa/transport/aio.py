@@ -414,6 +414,13 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         """Send one request (bytes or a list of buffers); return its reply."""
         return await self.wait(req_id, self.send(req_id, buffers), timeout)
 
+    def call(self, encode, *args, timeout, **kwargs):
+        """Send ``encode(request id, *args, **kwargs)`` with a new request
+        id; await the result for the reply.  A plain function returning
+        :meth:`request`'s coroutine: no extra coroutine per request."""
+        req_id = next_req_id()
+        return self.request(req_id, encode(req_id, *args, **kwargs), timeout)
+
     def close(self):
         if not self.closed:
             self._fail(exception.UrsaConnectionError(

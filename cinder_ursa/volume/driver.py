@@ -43,19 +43,17 @@ from oslo_log import log as logging
 from oslo_utils import units
 
 from cinder_ursa import exception
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.client import transfer
 from cinder_ursa.common import auth
-from cinder_ursa.common import rest
+from cinder_ursa.protocol.rest import QOS_KEYS
 
 LOG = logging.getLogger(__name__)
 
 VERSION = '1.0.0'
 IMAGE_CACHE_PREFIX = 'image-'
 IMAGE_CACHE_SNAPSHOT = 'base'
-# Cinder QoS spec keys (consumer back-end or both) Ursa enforces itself.
-QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
-            'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
 
 ursa_opts = [
     cfg.ListOpt('ursa_master_urls', default=['http://127.0.0.1:9380'],
@@ -189,9 +187,9 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         self._master = self._make_master()
 
     def _make_master(self):
-        return rest.MasterClient(self.configuration.ursa_master_urls,
-                                 self._key,
-                                 timeout=self.configuration.ursa_timeout)
+        return master_mod.MasterClient(
+            self.configuration.ursa_master_urls, self._key,
+            timeout=self.configuration.ursa_timeout)
 
     def check_for_setup_error(self):
         conf = self.configuration
@@ -356,8 +354,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         multi = specs.get('multiattach', '').replace(' ', '').lower() == \
             '<is>true'
         with _translated('Retyping %s' % volume.name, volume=volume):
-            self._master.request('PATCH', '/volumes/%s' % rest.quote(
-                volume.name), {'qos': qos, 'multiattach': multi})
+            self._master.update_volume(volume.name, qos=qos,
+                                       multiattach=multi)
         LOG.info('Volume %(vol)s retyped: QoS limits %(qos)s',
                  {'vol': volume.name, 'qos': qos or 'none'})
         return True, None

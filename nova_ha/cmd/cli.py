@@ -23,11 +23,10 @@ from cliff import lister
 from cliff import show
 from oslo_config import cfg
 
-from cinder_ursa.common import units
 from nova_ha import db
 from nova_ha import opts
 
-_when = units.format_time
+_when = db.format_time
 
 DEFAULT_CONFIG = '/etc/nova-ha/nova-ha.conf'
 

@@ -15,6 +15,7 @@ from cinder.volume import configuration as conf_mod
 from cinder.volume import driver as base_driver
 from oslo_config import cfg
 
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.volume import driver as ursa_driver
 from tests.functional.conftest import data_client
 from tests.functional.conftest import module_cluster
@@ -215,7 +216,7 @@ def test_errors_are_cinder_exceptions(drv, cluster, ctx):
 
 def test_unreachable_master_says_what_to_check(cluster, tmp_path, ctx):
     drv = make_driver(cluster, tmp_path)
-    drv._master.urls = ['http://127.0.0.1:9']
+    drv._master = master_mod.MasterClient(['http://127.0.0.1:9'], drv._key)
     with pytest.raises(cinder_exc.VolumeBackendAPIException,
                        match='cannot reach the Ursa master'):
         drv.create_volume(volume(ctx))

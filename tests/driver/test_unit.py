@@ -37,7 +37,7 @@ INHERITED = {'after_volume_copy', 'before_volume_copy', 'init_capabilities',
 
 
 class FakeMaster:
-    """In-memory ursa-master, as seen through rest.MasterClient."""
+    """In-memory ursa-master, as seen through client.master.MasterClient."""
 
     def __init__(self):
         self.vols = {}    # id -> dict
@@ -211,12 +211,11 @@ class FakeMaster:
         self._vol(ref)['qos'] = dict(qos)
         return dict(self._vol(ref))
 
-    def request(self, method, path, body=None):
-        assert method == 'PATCH' and path.startswith('/volumes/')
-        v = self._vol(path.split('/')[2])
-        v['qos'] = dict(body['qos'])
-        v['multiattach'] = body['multiattach']
-        return {'volume': dict(v)}
+    def update_volume(self, ref, qos, multiattach):
+        v = self._vol(ref)
+        v['qos'] = dict(qos)
+        v['multiattach'] = multiattach
+        return dict(v)
 
     def rename_volume(self, ref, name):
         v = self._vol(ref)

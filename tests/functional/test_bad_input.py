@@ -244,8 +244,7 @@ def test_a_peer_that_reads_no_replies_cannot_swell_a_chunk_server(cluster):
     with data_client(cluster) as cl, cl.open_volume('v') as v:
         v.write(0, data)
     vol = cluster.client().volume('v')
-    chunk = cluster.client().request(
-        'GET', '/volumes/%s/chunks' % vol['id'])['chunks'][0]
+    chunk = cluster.client().chunk_map(vol['id'], 0, 1)['chunks'][0]
     primary = chunk['replicas'][0]
     i = next(i for i in cluster.cs_procs
              if cs_port(cluster, i) == primary['port'])

@@ -14,8 +14,8 @@ import time
 import pytest
 from oslo_config import cfg
 
+from cinder_ursa.client import master as master_mod
 from cinder_ursa.common import auth
-from cinder_ursa.common import rest
 from cinder_ursa.volume import opts as volume_opts
 from tests.functional.test_aio_cli import free_port_base
 
@@ -153,8 +153,8 @@ def test_plugin_phases_start_a_cluster_and_write_every_config(tmp_path):
                                           stdout=log,
                                           stderr=subprocess.STDOUT))
         key = auth.load_key(str(tmp_path / 'etc-ursa' / 'cluster.key'))
-        master = rest.MasterClient(['http://127.0.0.1:%d' % master_port],
-                                   key, timeout=5)
+        master = master_mod.MasterClient(
+            ['http://127.0.0.1:%d' % master_port], key, timeout=5)
         deadline = time.monotonic() + 60
         while True:
             try:

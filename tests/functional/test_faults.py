@@ -28,8 +28,7 @@ def replica_sets(cluster, name):
     client = cluster.client()
     vol = client.volume(name)
     n = vol['size'] // vol['chunk_size']
-    chunks = client.request('GET', '/volumes/%s/chunks' % vol['id'],
-                            params={'start': 0, 'count': n})['chunks']
+    chunks = client.chunk_map(vol['id'], 0, n)['chunks']
     return {c['index']: [r['id'] for r in c['replicas']] for c in chunks}
 
 

@@ -119,7 +119,7 @@ def test_no_local_reads_without_an_exclusive_writer(make_cluster, kind):
             v.write(0, b'z' * BLOCK)
             v.flush()
         if kind == 'multiattach':
-            master.request('PATCH', '/volumes/v', {'multiattach': True})
+            master.update_volume('v', multiattach=True)
         if kind == 'clone':
             cl.create_snapshot('v', 's')
             cl.clone('v@s', 'c')

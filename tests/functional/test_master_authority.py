@@ -39,9 +39,7 @@ def setup(cluster, request):
     v = cl.open_volume(name)
     v.write(0, b'a' * BS)
     v.flush()
-    chunk = cluster.client().request(
-        'GET', '/volumes/%s/chunks' % vid,
-        params={'start': 0, 'count': 1})['chunks'][0]
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
     yield vid, chunk, v.volume.generation, v
     v.close()
     cl.close()

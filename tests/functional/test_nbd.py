@@ -127,8 +127,7 @@ def test_snapshots_export_read_only_without_a_lease(aio, tmp_path):
     aio.client().create_volume('snapvol', 8 * MiB, chunk_size=4 * MiB)
     run('qemu-io', '-f', 'raw', '-c', 'write -P 0x42 0 2M',
         uri(aio, 'snapvol'))
-    aio.client().request('POST', '/volumes/snapvol/snapshots',
-                         {'name': 'one'})
+    aio.client().create_snapshot('snapvol', 'one')
     # The volume stays writable (and leased by the gateway) meanwhile.
     run('qemu-io', '-f', 'raw', '-c', 'write -P 0x43 0 1M',
         uri(aio, 'snapvol'))

@@ -87,9 +87,7 @@ def volume(make_cluster):
     with data_client(cluster) as cl:
         with cl.open_volume('v') as v:
             v.write(0, OLD + OLD)
-    chunk = cluster.client().request(
-        'GET', '/volumes/%s/chunks' % vid,
-        params={'start': 0, 'count': 1})['chunks'][0]
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
     return cluster, vid, chunk
 
 
@@ -195,25 +193,19 @@ def test_replicas_diverged_by_a_primary_crash_are_made_identical(
 
     report = _check(cluster, vid, deep=True, repair=True)
     assert report['problems'] == [], report
-    chunk = cluster.client().request(
-        'GET', '/volumes/%s/chunks' % vid,
-        params={'start': 0, 'count': 1})['chunks'][0]
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
     assert _read_each(cluster, vid, chunk, 0) == [NEW] * 3
 
 
 def _restart_primary(cluster, vid):
     """Restart chunk 0's primary (it forgets what the master confirmed);
     return chunk 0 as the master has it then."""
-    chunk = cluster.client().request(
-        'GET', '/volumes/%s/chunks' % vid,
-        params={'start': 0, 'count': 1})['chunks'][0]
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
     primary = chunk['replicas'][0]['id']
     i = next(i for i in range(cluster.n) if server_id(cluster, i) == primary)
     cluster.kill_chunkserver(i)
     cluster.start_chunkserver(i)
-    return cluster.client().request(
-        'GET', '/volumes/%s/chunks' % vid,
-        params={'start': 0, 'count': 1})['chunks'][0]
+    return cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
 
 
 def test_a_repair_racing_writes_loses_none_of_them(make_cluster):

@@ -76,8 +76,8 @@ def test_kills_mid_snapshot_clone_flatten_delete_leave_nothing_behind(
                     except exception.Unavailable:
                         refused.append('s%d' % i)
                     # No snapshot is ever seen half-made.
-                    states = {s['name']: s['status'] for s in master.request(
-                        'GET', '/volumes/src/snapshots')['snapshots']}
+                    states = {s['name']: s['status']
+                              for s in master.snapshots('src')}
                     assert states == dict.fromkeys(made, 'available')
                     time.sleep(0.3)
             finally:

@@ -90,9 +90,8 @@ class SnapshotModel(RuleBasedStateMachine):
         import random
         rng = random.Random(seed)
         name = _name('m')
-        self.cl.master_request('POST', '/volumes', {
-            'name': name, 'size': SIZE, 'chunk_size': CHUNK,
-            'stripe_unit': 64 * KiB, 'stripe_count': 2})
+        self.cl.master.create_volume(name, SIZE, chunk_size=CHUNK,
+                                     stripe_unit=64 * KiB, stripe_count=2)
         self.data[name] = bytearray(SIZE)
         self.open[name] = self.cl.open_volume(name)
         for _ in range(6):
@@ -205,20 +204,17 @@ def test_model_of_writes_snapshots_clones_reverts(cluster, client):
 
 
 class _ModelClient:
-    """The sync cluster client plus the REST calls the model needs."""
+    """The sync cluster client plus the master client the model needs."""
 
     def __init__(self, cluster, cl):
         self._cl = cl
-        self._rest = cluster.client()
+        self.master = cluster.client()
 
     def __getattr__(self, name):
         return getattr(self._cl, name)
 
-    def master_request(self, method, path, body=None):
-        return self._rest.request(method, path, body)
-
     def client_delete(self, name):
-        self._rest.request('DELETE', '/volumes/%s' % name)
+        self.master.delete_volume(name)
 
 
 # --- a snapshot while a writer keeps writing -------------------------------
@@ -281,8 +277,7 @@ def test_many_snapshots_of_a_big_volume_cost_only_the_data(cluster, client):
                 # A little churn so some layers exist.
                 v.write((i // 100) * 64 * MiB, os.urandom(4 * KiB))
         v.flush()
-    snaps = cluster.client().request('GET', '/volumes/big/snapshots')
-    assert len(snaps['snapshots']) == 1000
+    assert len(cluster.client().snapshots('big')) == 1000
     usage = _wait_usage(cluster, 'big', 16 * 64 * KiB)
     # Data is 1 MiB (+ 40 KiB of preserved blocks); metadata 8 B/block.
     assert usage < 3 * MiB, usage
@@ -293,7 +288,7 @@ def test_many_snapshots_of_a_big_volume_cost_only_the_data(cluster, client):
 def _wait_usage(cluster, name, at_least, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
-        vol = cluster.client().request('GET', '/volumes/%s' % name)['volume']
+        vol = cluster.client().volume(name)
         if vol['allocated_bytes'] >= at_least or time.monotonic() > deadline:
             return vol['allocated_bytes']
         time.sleep(0.5)
@@ -359,8 +354,7 @@ def test_cli_snapshot_clone_flatten_revert_resize(cluster, tmp_path):
     rest = cluster.client()
     left = [v['name'] for v in rest.volumes()]
     assert 'gold' not in left
-    assert not any(v['status'] == 'trash' for v in rest.request(
-        'GET', '/volumes')['volumes'])
+    assert not any(v['status'] == 'trash' for v in rest.volumes())
 
     # Revert and resize.
     js('snapshot', 'create', 'vm', 'base')

@@ -6,6 +6,7 @@ shared lease holders, and the validation of names, sizes and QoS limits."""
 from cinder_ursa import exception
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
+from cinder_ursa.protocol.rest import QOS_KEYS
 
 
 def split_ids(text):
@@ -36,10 +37,6 @@ def holder_host(holder):
     if '@' in holder:
         return holder.rsplit('@', 1)[1]
     return holder.split(':', 1)[0]
-
-
-QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
-            'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
 
 
 # The largest QoS limit: the clients' token buckets (client/qos.py) count

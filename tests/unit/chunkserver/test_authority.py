@@ -31,9 +31,9 @@ class FakeMaster:
                 'chunks': [self.chunks[i] for i in range(start, start + count)
                            if i in self.chunks]}
 
-    async def request(self, method, path):
+    async def volume(self, ref):
         self.calls += 1
-        return {'volume': self._volume()}
+        return self._volume()
 
 
 @pytest.fixture

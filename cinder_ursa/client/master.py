@@ -1,0 +1,198 @@
+"""Typed clients of the master's REST API: :class:`MasterClient`
+(blocking: CLI, Cinder driver, attach agent, nova_ha) and
+:class:`AsyncMasterClient` (chunk servers, client library).
+
+Each method sends one request of ``cinder_ursa.protocol.rest`` and
+returns the reply's field named there (dicts as the master sends them);
+errors are the exceptions the master raised, or UrsaConnectionError /
+UrsaTimeout when no master answered.
+"""
+
+from cinder_ursa.common import auth
+from cinder_ursa.protocol import rest
+from cinder_ursa.transport import http
+
+
+class MasterClient:
+    """Blocking client of the master (eventlet-safe)."""
+
+    def __init__(self, urls, key, timeout=30.0):
+        self._http = http.BlockingHttp(urls, key, timeout)
+
+    @classmethod
+    def from_key_file(cls, urls, key_file=None, key=None, timeout=30.0):
+        """A client with the cluster key ``key`` or the one in
+        ``key_file`` ([ursa] cluster_key / cluster_key_file)."""
+        return cls(urls, auth.load_key(key_file, key), timeout)
+
+    @property
+    def urls(self):
+        """The master URLs, the last one that answered first."""
+        return self._http.urls
+
+    def cluster_status(self):
+        return self._http.send(rest.cluster_status())
+
+    def inventory(self):
+        return self._http.send(rest.inventory())
+
+    def servers(self):
+        return self._http.send(rest.servers())
+
+    def volumes(self):
+        return self._http.send(rest.volumes())
+
+    def volume(self, ref):
+        return self._http.send(rest.volume(ref))
+
+    def create_volume(self, name, size, **kwargs):
+        return self._http.send(rest.create_volume(name, size, **kwargs))
+
+    def clone(self, snapshot, name, size=None, **kwargs):
+        return self._http.send(rest.clone(snapshot, name, size, **kwargs))
+
+    def delete_volume(self, ref):
+        self._http.send(rest.delete_volume(ref))
+
+    def rename_volume(self, ref, name):
+        return self._http.send(rest.update_volume(ref, name=name))
+
+    def set_qos(self, ref, qos):
+        """Replace a volume's QoS limits ({} removes them)."""
+        return self._http.send(rest.update_volume(ref, qos=qos))
+
+    def update_volume(self, ref, **fields):
+        return self._http.send(rest.update_volume(ref, **fields))
+
+    def grow(self, ref, size):
+        """Grow a volume (shrinking must zero the tail first: the client
+        library's ``Cluster.resize`` does)."""
+        return self._http.send(rest.resize(ref, size))
+
+    def revert(self, ref, snapshot):
+        return self._http.send(rest.revert(ref, snapshot))
+
+    def chunk_map(self, volume, start, count, allocate=False):
+        return self._http.send(rest.chunk_map(volume, start, count,
+                                              allocate))
+
+    def revoke_lease(self, ref):
+        return self._http.send(rest.revoke_lease(ref))
+
+    def snapshots(self, volume=None):
+        return self._http.send(rest.snapshots(volume))
+
+    def snapshot(self, ref):
+        return self._http.send(rest.snapshot(ref))
+
+    def create_snapshot(self, volume, name):
+        return self._http.send(rest.create_snapshot(volume, name))
+
+    def rename_snapshot(self, ref, name):
+        return self._http.send(rest.rename_snapshot(ref, name))
+
+    def delete_snapshot(self, ref):
+        self._http.send(rest.delete_snapshot(ref))
+
+    def attachments(self, ref=None, host=None):
+        return self._http.send(rest.attachments(ref, host))
+
+    def attach(self, ref, host):
+        return self._http.send(rest.attach(ref, host))
+
+    def attachment(self, ref, host):
+        return self._http.send(rest.attachment(ref, host))
+
+    def update_attachment(self, ref, host, status, path=None, error=None):
+        return self._http.send(rest.update_attachment(ref, host, status,
+                                                      path, error))
+
+    def detach(self, ref, host):
+        self._http.send(rest.detach(ref, host))
+
+    def host(self, name):
+        """A client host's leases and whether it is fenced."""
+        return self._http.send(rest.host(name))
+
+    def fence_host(self, name, reason=None):
+        """Revoke every lease of the host and refuse it new ones."""
+        return self._http.send(rest.fence_host(name, reason))
+
+    def unfence_host(self, name):
+        self._http.send(rest.unfence_host(name))
+
+    def fenced_hosts(self):
+        return self._http.send(rest.fenced_hosts())
+
+
+class AsyncMasterClient:
+    """asyncio client of the master; create and use inside one loop."""
+
+    def __init__(self, urls, key, timeout=30.0):
+        self._http = http.AsyncHttp(urls, key, timeout)
+
+    @property
+    def urls(self):
+        return self._http.urls
+
+    async def close(self):
+        await self._http.close()
+
+    async def inventory(self):
+        return await self._http.send(rest.inventory())
+
+    async def servers(self):
+        return await self._http.send(rest.servers())
+
+    async def register_server(self, **fields):
+        return await self._http.send(rest.register_server(**fields))
+
+    async def heartbeat(self, server_id, usage):
+        return await self._http.send(rest.heartbeat(server_id, usage))
+
+    async def volumes(self):
+        return await self._http.send(rest.volumes())
+
+    async def volume(self, ref):
+        return await self._http.send(rest.volume(ref))
+
+    async def clone(self, snapshot, name, size=None, **kwargs):
+        return await self._http.send(rest.clone(snapshot, name, size,
+                                                **kwargs))
+
+    async def resize(self, ref, size, force=None):
+        return await self._http.send(rest.resize(ref, size, force))
+
+    async def revert(self, ref, snapshot):
+        return await self._http.send(rest.revert(ref, snapshot))
+
+    async def detach_parent(self, ref):
+        return await self._http.send(rest.detach_parent(ref))
+
+    async def chunk_map(self, volume, start, count, allocate=False):
+        return await self._http.send(rest.chunk_map(volume, start, count,
+                                                    allocate))
+
+    async def drop_replica(self, volume, index, server_id, epoch):
+        return await self._http.send(rest.drop_replica(volume, index,
+                                                       server_id, epoch))
+
+    async def acquire_lease(self, volume, holder, force=False, ttl=None):
+        return await self._http.send(rest.acquire_lease(volume, holder,
+                                                        force, ttl))
+
+    async def renew_lease(self, volume, holder, generation, ttl):
+        return await self._http.send(rest.renew_lease(volume, holder,
+                                                      generation, ttl))
+
+    async def release_lease(self, volume, holder, generation):
+        await self._http.send(rest.release_lease(volume, holder, generation))
+
+    async def snapshot(self, ref):
+        return await self._http.send(rest.snapshot(ref))
+
+    async def create_snapshot(self, volume, name):
+        return await self._http.send(rest.create_snapshot(volume, name))
+
+    async def delete_snapshot(self, ref):
+        await self._http.send(rest.delete_snapshot(ref))

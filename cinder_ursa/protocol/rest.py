@@ -1,0 +1,259 @@
+"""The master's REST API, without I/O: one function per endpoint.
+
+Each function returns a :class:`Request`: the method, the path under
+``PREFIX`` (every path segment quoted here, once), the JSON body, the
+query parameters and the field of the reply the caller wants (``None``:
+the whole reply).  The transports in ``cinder_ursa.transport.http`` send
+it; :func:`error_from_body` turns an error reply back into the exception
+the master raised.  Replies stay the master's JSON dicts, except a chunk
+map entry, which the client library caches as a :class:`ChunkInfo`.
+"""
+
+import json
+from typing import NamedTuple
+
+from cinder_ursa import exception
+
+PREFIX = '/v1'
+
+# The QoS limits of a volume (the names of Cinder's QoS spec keys).
+QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
+            'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
+
+# RFC 3986 unreserved characters, and '@' (see quote()).
+_SAFE = frozenset(b'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
+                  b'0123456789_.-~@')
+
+
+class Request(NamedTuple):
+    method: str
+    path: str                 # under PREFIX, quoted, without the query
+    body: dict = None
+    params: dict = None
+    result: str = None        # the reply's field to return; None: all
+
+
+class ChunkInfo:
+    """One entry of a chunk map reply, as the client library caches it."""
+
+    __slots__ = ('index', 'epoch', 'replicas')
+
+    def __init__(self, index, epoch, replicas):
+        self.index = index
+        self.epoch = epoch
+        # [(server id, address, port)], the primary first.
+        self.replicas = replicas
+
+    @classmethod
+    def from_json(cls, c):
+        return cls(c['index'], c['epoch'],
+                   [(r['id'], r['address'], r['port'])
+                    for r in c['replicas']])
+
+
+def quote(ref):
+    """A volume name or id (or ``volume@snapshot``) as one URL path
+    segment, as ``urllib.parse.quote(ref, safe='@')`` does.  '@' stays as
+    it is: HTTP clients normalise %40 back to '@', and the signature
+    covers the path as sent."""
+    return ''.join(chr(b) if b in _SAFE else '%%%02X' % b
+                   for b in str(ref).encode('utf-8'))
+
+
+def error_from_body(status, text):
+    """The exception an error reply (HTTP ``status``, body ``text``)
+    stands for: the master's own when the body names its code, else
+    InternalError quoting the start of the body."""
+    try:
+        err = json.loads(text)['error']
+        return exception.from_code(err['code'], err['message'])
+    except (ValueError, KeyError, TypeError):
+        return exception.InternalError(
+            reason='HTTP %d from the master: %s' % (status, text[:200]))
+
+
+def _vol(ref, tail=''):
+    return '/volumes/%s%s' % (quote(ref), tail)
+
+
+# --- cluster and chunk servers ----------------------------------------------
+
+def cluster_status():
+    return Request('GET', '/cluster')
+
+
+def inventory():
+    return Request('GET', '/inventory')
+
+
+def servers():
+    return Request('GET', '/chunkservers', result='chunkservers')
+
+
+def register_server(**fields):
+    return Request('POST', '/chunkservers', fields)
+
+
+def heartbeat(server_id, usage):
+    return Request('PUT', '/chunkservers/%d/heartbeat' % server_id, usage)
+
+
+# --- volumes ----------------------------------------------------------------
+
+def volumes():
+    return Request('GET', '/volumes', result='volumes')
+
+
+def volume(ref):
+    return Request('GET', _vol(ref), result='volume')
+
+
+def create_volume(name, size, **kwargs):
+    body = {'name': name, 'size': size}
+    body.update({k: v for k, v in kwargs.items() if v is not None})
+    return Request('POST', '/volumes', body, result='volume')
+
+
+def clone(snapshot, name, size=None, **kwargs):
+    body = {'name': name, 'snapshot': snapshot, **kwargs}
+    if size is not None:
+        body['size'] = size
+    return Request('POST', '/volumes', body, result='volume')
+
+
+def delete_volume(ref):
+    return Request('DELETE', _vol(ref))
+
+
+def update_volume(ref, **fields):
+    """Change ``name``, ``qos`` ({} removes the limits) or
+    ``multiattach``."""
+    return Request('PATCH', _vol(ref), fields, result='volume')
+
+
+def resize(ref, size, force=None):
+    """Set a volume's size; without ``force`` the body has no such field
+    (growing); the client library zeroes the tail before a shrink."""
+    body = {'size': size}
+    if force is not None:
+        body['force'] = bool(force)
+    return Request('PUT', _vol(ref, '/size'), body, result='volume')
+
+
+def revert(ref, snapshot):
+    return Request('POST', _vol(ref, '/revert'), {'snapshot': snapshot},
+                   result='volume')
+
+
+def detach_parent(ref):
+    return Request('POST', _vol(ref, '/detach-parent'), result='volume')
+
+
+# --- chunks and leases ------------------------------------------------------
+
+def chunk_map(volume, start, count, allocate=False):
+    return Request('GET', _vol(volume, '/chunks'),
+                   params={'start': start, 'count': count,
+                           'allocate': int(allocate)})
+
+
+def drop_replica(volume, index, server_id, epoch):
+    return Request('POST', _vol(volume, '/chunks/%d/drop' % index),
+                   {'server_id': server_id, 'epoch': epoch}, result='chunk')
+
+
+def acquire_lease(volume, holder, force=False, ttl=None):
+    body = {'holder': holder, 'force': bool(force)}
+    if ttl:
+        body['ttl'] = ttl
+    return Request('POST', _vol(volume, '/lease'), body, result='lease')
+
+
+def renew_lease(volume, holder, generation, ttl):
+    return Request('PUT', _vol(volume, '/lease'),
+                   {'holder': holder, 'generation': generation, 'ttl': ttl},
+                   result='lease')
+
+
+def release_lease(volume, holder, generation):
+    return Request('DELETE', _vol(volume, '/lease'),
+                   params={'holder': holder, 'generation': generation})
+
+
+def revoke_lease(ref):
+    return Request('POST', _vol(ref, '/lease/revoke'), result='lease')
+
+
+# --- snapshots --------------------------------------------------------------
+
+def snapshots(volume=None):
+    path = _vol(volume, '/snapshots') if volume else '/snapshots'
+    return Request('GET', path, result='snapshots')
+
+
+def snapshot(ref):
+    return Request('GET', '/snapshots/%s' % quote(ref), result='snapshot')
+
+
+def create_snapshot(volume, name):
+    return Request('POST', _vol(volume, '/snapshots'), {'name': name},
+                   result='snapshot')
+
+
+def rename_snapshot(ref, name):
+    return Request('PATCH', '/snapshots/%s' % quote(ref), {'name': name},
+                   result='snapshot')
+
+
+def delete_snapshot(ref):
+    return Request('DELETE', '/snapshots/%s' % quote(ref))
+
+
+# --- attachments and hosts --------------------------------------------------
+
+def _attachment(ref, host):
+    return _vol(ref, '/attachments/%s' % quote(host))
+
+
+def attachments(ref=None, host=None):
+    path = _vol(ref, '/attachments') if ref else '/attachments'
+    return Request('GET', path, params={'host': host} if host else None,
+                   result='attachments')
+
+
+def attach(ref, host):
+    return Request('POST', _vol(ref, '/attachments'), {'host': host},
+                   result='attachment')
+
+
+def attachment(ref, host):
+    return Request('GET', _attachment(ref, host), result='attachment')
+
+
+def update_attachment(ref, host, status, path=None, error=None):
+    return Request('PUT', _attachment(ref, host),
+                   {'status': status, 'path': path, 'error': error},
+                   result='attachment')
+
+
+def detach(ref, host):
+    return Request('DELETE', _attachment(ref, host))
+
+
+def host(name):
+    """A client host's leases and whether it is fenced."""
+    return Request('GET', '/hosts/%s' % quote(name), result='host')
+
+
+def fence_host(name, reason=None):
+    """Revoke every lease of the host and refuse it new ones."""
+    return Request('POST', '/hosts/%s/fence' % quote(name),
+                   {'reason': reason}, result='fence')
+
+
+def unfence_host(name):
+    return Request('DELETE', '/hosts/%s/fence' % quote(name))
+
+
+def fenced_hosts():
+    return Request('GET', '/fenced-hosts', result='fenced_hosts')

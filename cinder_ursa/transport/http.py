@@ -1,0 +1,121 @@
+"""HTTP transports of the master's REST API: a blocking one and an asyncio
+one.
+
+Both send a :class:`cinder_ursa.protocol.rest.Request` signed with the
+cluster key (``common.auth``), try the master URLs in order, move the
+first URL that answers to the front, and turn an error reply into the
+exception the master raised.  :class:`_Masters` holds that policy once;
+the two classes only do the I/O.
+
+:class:`BlockingHttp` uses only the standard library's sockets (urllib),
+so it works unchanged in a process eventlet has monkey-patched.
+:class:`AsyncHttp` uses aiohttp; create and use it inside one loop.
+"""
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from cinder_ursa import exception
+from cinder_ursa.common import auth
+from cinder_ursa.protocol import rest
+
+
+class _Masters:
+    """The master URLs in failover order and the key that signs."""
+
+    def __init__(self, urls, key, timeout):
+        if isinstance(urls, str):
+            urls = [urls]
+        self.urls = [u.rstrip('/') for u in urls if u]
+        if not self.urls:
+            raise exception.InvalidArgument(reason='no master URL given')
+        self.key = key
+        self.timeout = timeout
+
+    def attempts(self, req):
+        """(index, base URL, full URL, headers) for each master in order;
+        the signature covers the path without the query."""
+        path = rest.PREFIX + req.path
+        full = path
+        if req.params:
+            full += '?' + urllib.parse.urlencode(req.params)
+        for i, base in enumerate(list(self.urls)):
+            yield i, base, base + full, {
+                auth.HEADER: auth.sign(self.key, req.method, path)}
+
+    def answer(self, i, status, text, req):
+        """The reply of master ``i``: raise the master's error, or put
+        that master first for next time and return the wanted field."""
+        if status >= 400:
+            raise rest.error_from_body(status, text)
+        if i:
+            self.urls.insert(0, self.urls.pop(i))
+        reply = json.loads(text) if text else {}
+        return reply if req.result is None else reply[req.result]
+
+
+class BlockingHttp(_Masters):
+    """urllib transport (CLI, Cinder driver, nova_ha)."""
+
+    def send(self, req):
+        data = json.dumps(req.body).encode() if req.body is not None \
+            else None
+        last = None
+        for i, base, url, headers in self.attempts(req):
+            r = urllib.request.Request(url, data=data, method=req.method,
+                                       headers=headers)
+            if data is not None:
+                r.add_header('Content-Type', 'application/json')
+            try:
+                with urllib.request.urlopen(r, timeout=self.timeout) as resp:
+                    status, text = resp.status, resp.read().decode()
+            except urllib.error.HTTPError as e:
+                status, text = e.code, e.read().decode('utf-8', 'replace')
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, 'reason', e)
+                last = exception.UrsaConnectionError(
+                    peer=base, reason='%s; is ursa-master running there?'
+                    % reason)
+                continue
+            return self.answer(i, status, text, req)
+        raise last
+
+
+class AsyncHttp(_Masters):
+    """aiohttp transport (chunk servers, client library)."""
+
+    def __init__(self, urls, key, timeout):
+        super().__init__(urls, key, timeout)
+        import aiohttp
+        self._aiohttp = aiohttp
+        self._session = None
+
+    def _sess(self):
+        if self._session is None or self._session.closed:
+            self._session = self._aiohttp.ClientSession(
+                timeout=self._aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
+
+    async def send(self, req):
+        sess = self._sess()
+        last = None
+        for i, base, url, headers in self.attempts(req):
+            try:
+                async with sess.request(req.method, url, json=req.body,
+                                        headers=headers) as resp:
+                    status, text = resp.status, await resp.text()
+            except (self._aiohttp.ClientConnectionError, OSError) as e:
+                last = exception.UrsaConnectionError(peer=base, reason=str(e))
+                continue
+            except TimeoutError:
+                last = exception.UrsaTimeout(peer=base, seconds=self.timeout)
+                continue
+            return self.answer(i, status, text, req)
+        raise last
+
+    async def close(self):
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
