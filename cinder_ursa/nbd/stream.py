@@ -172,16 +172,17 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 # What these requests send to chunk servers (at once, or
                 # from tasks this turn of the loop) leaves together.
                 aio.defer_batch(self._loop)
-            while self._on_request is not None and \
-                    not (self._held or self._paused):
-                request = rx.next()
-                if request is None:
-                    break
-                (_, flags, cmd, handle, offset, length), payload = request
-                self._on_request(flags, cmd, handle, offset, length, payload)
+            requests = rx.frames()
         except exception.ProtocolError as e:
             self._on_request = None
             self._finish(e)
+            return
+        for i, ((_, flags, cmd, handle, offset, length), payload) in \
+                enumerate(requests):
+            if self._on_request is None or self._held or self._paused:
+                rx.unread(requests[i:])
+                return
+            self._on_request(flags, cmd, handle, offset, length, payload)
 
     def _update_reading(self):
         self._set_reading(not (self._held or self._paused) and

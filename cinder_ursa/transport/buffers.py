@@ -94,7 +94,7 @@ class ReceiveBuffer:
         self._start = 0        # first unconsumed byte in scratch
         self._end = 0          # end of received bytes in scratch
         self._direct = None    # [fields, buffer, filled] being received
-        self._ready = None     # (fields, buffer) received, not yet taken
+        self._ready = []       # whole frames not yet taken, in order
 
     @property
     def buffered(self):
@@ -122,7 +122,7 @@ class ReceiveBuffer:
         direct[2] += nbytes
         if direct[2] == len(direct[1]):
             self._direct = None
-            self._ready = (direct[0], direct[1])
+            self._ready.append((direct[0], direct[1]))
 
     def next(self):
         """The next whole frame as ``(fields, payload)``, or None.
@@ -131,10 +131,8 @@ class ReceiveBuffer:
         memoryview of a pooled buffer for a large one.  Raises what
         ``payload_length`` raises.
         """
-        ready = self._ready
-        if ready is not None:
-            self._ready = None
-            return ready
+        if self._ready:
+            return self._ready.pop(0)
         pos, end, hsize = self._start, self._end, self._hsize
         if end - pos < hsize:
             return None
@@ -153,12 +151,16 @@ class ReceiveBuffer:
 
     def frames(self):
         """Every whole frame received so far, as :meth:`next` returns
-        them (one call for a burst of frames)."""
-        ready = self._ready
-        if ready is not None:
-            self._ready = None
-            return [ready]
-        out = []
+        them (one call for a burst of frames).  Raises what
+        ``payload_length`` raises, and the frames before are lost: the
+        connection is to be dropped."""
+        out = self._ready
+        if out:
+            self._ready = []
+            if self._direct is not None:
+                return out
+        else:
+            out = []
         view, unpack, payload_length = self._view, self._unpack, \
             self._payload_length
         pos, end, hsize = self._start, self._end, self._hsize
@@ -168,7 +170,7 @@ class ReceiveBuffer:
             at = pos + hsize
             if end - at >= n:
                 pos = at + n
-                out.append((fields, bytes(view[at:pos])))
+                out.append((fields, bytes(view[at:pos]) if n else b''))
                 continue
             self._start = pos
             self._wait_payload(fields, n, at)
@@ -177,6 +179,11 @@ class ReceiveBuffer:
             pos = end = 0
         self._start, self._end = pos, end
         return out
+
+    def unread(self, frames):
+        """Give back frames taken and not handled: the next calls return
+        them first."""
+        self._ready[:0] = frames
 
     def _wait_payload(self, fields, n, at):
         """The payload of ``n`` bytes at ``at`` is not all here: a large

@@ -171,3 +171,19 @@ def test_a_bad_header_raises_what_payload_length_raises():
         rx.next()
     with pytest.raises(exception.ProtocolError):
         rx.frames()
+
+
+def test_frames_given_back_come_first():
+    rx = ReceiveBuffer(HEADER, payload_length)
+    data = frame(b'1') + frame(b'2') + frame(b'3')
+    buf = rx.get_buffer(-1)
+    buf[:len(data) - 1] = data[:-1]
+    rx.buffer_updated(len(data) - 1)
+    got = rx.frames()
+    assert payloads(got) == [b'1', b'2']
+    rx.unread(got[1:])
+    buf = rx.get_buffer(-1)
+    buf[:1] = data[-1:]
+    rx.buffer_updated(1)
+    assert payloads([rx.next()]) == [b'2']
+    assert payloads(rx.frames()) == [b'3']
