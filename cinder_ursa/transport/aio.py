@@ -17,8 +17,7 @@ import threading
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import buffers
-from cinder_ursa.transport.buffers import POOL  # noqa: F401 - aio.POOL
-from cinder_ursa.transport.buffers import BufferPool  # noqa: F401
+from cinder_ursa.transport.buffers import BufferPool  # noqa: F401 - old home
 
 LOG = logging.getLogger(__name__)
 
