@@ -1,10 +1,11 @@
 """ursa-nbd's server: exports Ursa volumes over NBD (fixed newstyle).
 
-Life of a connection: handshake; options (EXPORT_NAME, GO, INFO, LIST,
-ABORT, STRUCTURED_REPLY, LIST/SET_META_CONTEXT with base:allocation;
-anything else gets NBD_REP_ERR_UNSUP); then transmission, where each
-request is validated before it reaches the volume and runs as its own task,
-so replies go out in completion order.
+Life of a connection: the handshake (:mod:`handshake` decides every reply;
+this module opens exports, lists them and starts TLS when it says so);
+then transmission, where each request is validated
+(``protocol.validate_request``) before it reaches the export's
+:class:`~cinder_ursa.nbd.backend.Backend` and runs as its own task, so
+replies go out in completion order.
 
 Export names: a volume (name or id) is exported read-write under its lease;
 ``volume@snapshot`` is exported read-only and takes no lease.  TRIM and
@@ -12,8 +13,9 @@ WRITE_ZEROES deallocate whole blocks (the volume gets thinner); BLOCK_STATUS
 reports the holes, so qemu-img, nbdcopy and nbdinfo --map see them.
 
 All connections to one export share one open :class:`Volume` (one lease,
-one dirty set), so a FLUSH on any connection covers writes completed on
-every connection: that is what makes CAN_MULTI_CONN safe to advertise.
+one dirty set) behind one :class:`VolumeBackend`, so a FLUSH on any
+connection covers writes completed on every connection: that is what makes
+CAN_MULTI_CONN safe to advertise.
 """
 
 import asyncio
@@ -24,6 +26,8 @@ import struct
 
 from cinder_ursa import exception
 from cinder_ursa.client import volume as volume_mod
+from cinder_ursa.nbd import backend as backend_mod
+from cinder_ursa.nbd import handshake as hs
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.nbd import stream as stream_mod
 
@@ -38,20 +42,12 @@ MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 
 
 class _Export:
+    """An open export and the connections using it."""
+
     def __init__(self, key, volume, read_only):
         self.key = key
-        self.volume = volume
-        self.read_only = read_only
+        self.backend = backend_mod.VolumeBackend(volume, read_only)
         self.users = 0
-
-
-class _Conn:
-    """What one client negotiated."""
-
-    def __init__(self):
-        self.structured = False
-        self.meta = False
-        self.tls = False
 
 
 def tls_context(cert_file, key_file, ca_file=None):
@@ -103,7 +99,7 @@ class NbdServer:
                                                        self.read_only)
                 else:
                     # A grown volume shows its new size to new clients.
-                    await exp.volume.refresh()
+                    await exp.backend.volume.refresh()
             exp.users += 1
             return exp
 
@@ -112,19 +108,7 @@ class NbdServer:
             exp.users -= 1
             if exp.users == 0:
                 self._exports.pop(exp.key, None)
-                await exp.volume.close()
-
-    @staticmethod
-    def flags(exp, conn):
-        f = (p.TF_HAS_FLAGS | p.TF_SEND_FLUSH | p.TF_SEND_FUA |
-             p.TF_CAN_MULTI_CONN | p.TF_SEND_CACHE)
-        if exp.read_only:
-            f |= p.TF_READ_ONLY
-        else:
-            f |= p.TF_SEND_WRITE_ZEROES | p.TF_SEND_TRIM | p.TF_SEND_FAST_ZERO
-        if conn.structured:
-            f |= p.TF_SEND_DF  # reads are never fragmented
-        return f
+                await exp.backend.close()
 
     # --- connection --------------------------------------------------------
 
@@ -138,13 +122,14 @@ class NbdServer:
         self.connections.add(task)
         exp = None
         try:
-            conn = _Conn()
-            exp = await self._handshake(stream, conn)
+            neg = hs.Negotiation(tls_available=self.tls_context is not None,
+                                 tls_required=self.tls_required)
+            exp = await self._handshake(stream, neg)
             if exp is not None:
                 LOG.info('NBD client %s attached to %s%s', peer,
-                         exp.volume.name,
-                         ' (read-only)' if exp.read_only else '')
-                await self._transmission(stream, exp, conn)
+                         exp.backend.name,
+                         '' if exp.backend.can_write() else ' (read-only)')
+                await self._transmission(stream, exp, neg)
         except (asyncio.IncompleteReadError, ConnectionError):
             LOG.debug('NBD client %s went away', peer)
         except ssl.SSLError as e:
@@ -157,86 +142,40 @@ class NbdServer:
                 try:
                     await self._close(exp)
                 except exception.UrsaError as e:
-                    LOG.warning('Closing volume %s: %s', exp.volume.name, e)
+                    LOG.warning('Closing volume %s: %s', exp.backend.name, e)
             stream.close()
 
-    async def _handshake(self, stream, conn):
-        stream.write(p.handshake())
+    async def _handshake(self, stream, neg):
+        """Run the negotiation; return the export chosen, or None."""
+        stream.write(neg.greeting())
         await stream.drain()
-        (cflags,) = struct.unpack('>I', await stream.readexactly(4))
-        if not cflags & p.FLAG_C_FIXED_NEWSTYLE or cflags & ~3:
-            raise exception.ProtocolError(
-                reason='client flags 0x%x: only fixed newstyle is served'
-                % cflags)
-        no_zeroes = bool(cflags & p.FLAG_C_NO_ZEROES)
         while True:
-            magic, option, length = p.OPTION.unpack(
-                await stream.readexactly(p.OPTION.size))
-            if magic != p.IHAVEOPT:
-                raise exception.ProtocolError(reason='bad option magic')
-            if length > p.MAX_OPTION_DATA:
-                raise exception.ProtocolError(
-                    reason='option data of %d bytes' % length)
-            data = await stream.readexactly(length)
-            if option == p.OPT_STARTTLS:
-                await self._starttls(stream, data, conn)
-                continue
-            if (self.tls_required and not conn.tls
-                    and option != p.OPT_ABORT):
-                if option == p.OPT_EXPORT_NAME:
-                    return None  # no way to say why: close
-                stream.write(p.option_reply(
-                    option, p.REP_ERR_TLS_REQD,
-                    b'this server requires TLS (NBD_OPT_STARTTLS)'))
-                await stream.drain()
-                continue
-            if option == p.OPT_EXPORT_NAME:
-                exp = await self._try_open(data.decode('utf-8', 'replace'))
+            out, event = neg.receive(await stream.readexactly(neg.want))
+            if isinstance(event, hs.OpenExport):
+                exp = await self._try_open(event.name)
                 if exp is None:
-                    return None  # the spec: just close the connection
-                stream.write(p.EXPORT_NAME_REPLY.pack(
-                    exp.volume.size, self.flags(exp, conn)))
-                if not no_zeroes:
-                    stream.write(bytes(124))
-                await stream.drain()
-                return exp
-            if option == p.OPT_ABORT:
-                stream.write(p.option_reply(option, p.REP_ACK))
-                await stream.drain()
-                return None
-            if option == p.OPT_LIST:
-                if data:
-                    stream.write(p.option_reply(option, p.REP_ERR_INVALID))
-                    continue
-                for vol in await self.cluster.master.volumes():
-                    name = vol['name'].encode()
-                    stream.write(p.option_reply(
-                        option, p.REP_SERVER,
-                        struct.pack('>I', len(name)) + name))
-                stream.write(p.option_reply(option, p.REP_ACK))
-                await stream.drain()
-                continue
-            if option == p.OPT_STRUCTURED_REPLY:
-                if data:
-                    stream.write(p.option_reply(option, p.REP_ERR_INVALID))
+                    out, event = neg.export_refused()
                 else:
-                    conn.structured = True
-                    stream.write(p.option_reply(option, p.REP_ACK))
-                await stream.drain()
-                continue
-            if option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
-                self._meta_context(stream, option, data, conn)
-                await stream.drain()
-                continue
-            if option in (p.OPT_INFO, p.OPT_GO):
-                exp = await self._info(stream, option, data, conn)
-                if exp is not None and option == p.OPT_GO:
-                    return exp
-                if exp is not None:
-                    await self._close(exp)
-                continue
-            stream.write(p.option_reply(option, p.REP_ERR_UNSUP))
+                    out, event = neg.export_opened(exp.backend.size(),
+                                                   exp.backend.flags())
+                    if not isinstance(event, hs.Ready):
+                        await self._close(exp)  # INFO: just a look
+            elif isinstance(event, hs.ListExports):
+                names = []
+                for vol in await self.cluster.master.volumes():
+                    names.append(vol['name'])
+                out = neg.exports_listed(names)
+            if out:
+                stream.write(out)
+            if isinstance(event, hs.Ready):
+                return exp  # transmission's flow control takes over
             await stream.drain()
+            if isinstance(event, hs.StartTls):
+                await stream.start_tls(self.tls_context)
+                neg.tls_started()
+            elif isinstance(event, hs.Close):
+                LOG.debug('NBD handshake ends: %s', event.reason)
+                return None
 
     async def _try_open(self, name):
         try:
@@ -245,97 +184,17 @@ class NbdServer:
             LOG.warning('NBD export %r refused: %s', name, e)
             return None
 
-    async def _starttls(self, stream, data, conn):
-        option = p.OPT_STARTTLS
-        if self.tls_context is None:
-            stream.write(p.option_reply(option, p.REP_ERR_POLICY,
-                                        b'TLS is not configured'))
-        elif data or conn.tls:
-            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
-        else:
-            stream.write(p.option_reply(option, p.REP_ACK))
-            await stream.drain()
-            await stream.start_tls(self.tls_context)
-            conn.tls = True
-            return
-        await stream.drain()
-
-    @staticmethod
-    def _meta_context(stream, option, data, conn):
-        """LIST/SET_META_CONTEXT: only base:allocation exists."""
-        try:
-            (nlen,) = struct.unpack_from('>I', data)
-            pos = 4 + nlen
-            (nq,) = struct.unpack_from('>I', data, pos)
-            pos += 4
-            queries = []
-            for _ in range(nq):
-                (qlen,) = struct.unpack_from('>I', data, pos)
-                pos += 4
-                if pos + qlen > len(data):
-                    raise struct.error('query truncated')
-                queries.append(data[pos:pos + qlen].decode('utf-8'))
-                pos += qlen
-            if pos != len(data):
-                raise struct.error('trailing bytes')
-        except (struct.error, UnicodeDecodeError):
-            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
-            return
-        if not conn.structured:
-            stream.write(p.option_reply(
-                option, p.REP_ERR_INVALID,
-                b'negotiate structured replies first'))
-            return
-        listing = option == p.OPT_LIST_META_CONTEXT
-        match = any(q == p.META_BASE_ALLOCATION or (listing and q == 'base:')
-                    for q in queries) or (listing and not queries)
-        if option == p.OPT_SET_META_CONTEXT:
-            conn.meta = match
-        if match:
-            name = p.META_BASE_ALLOCATION.encode()
-            stream.write(p.option_reply(
-                option, p.REP_META_CONTEXT,
-                struct.pack('>I', 0 if listing else p.META_ID) + name))
-        stream.write(p.option_reply(option, p.REP_ACK))
-
-    async def _info(self, stream, option, data, conn):
-        if len(data) < 6:
-            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
-            await stream.drain()
-            return None
-        (nlen,) = struct.unpack_from('>I', data)
-        if 4 + nlen + 2 > len(data):
-            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
-            await stream.drain()
-            return None
-        name = data[4:4 + nlen].decode('utf-8', 'replace')
-        (nreq,) = struct.unpack_from('>H', data, 4 + nlen)
-        if len(data) != 4 + nlen + 2 + 2 * nreq:
-            stream.write(p.option_reply(option, p.REP_ERR_INVALID))
-            await stream.drain()
-            return None
-        exp = await self._try_open(name)
-        if exp is None:
-            msg = b'no such volume, or it cannot be opened'
-            stream.write(p.option_reply(option, p.REP_ERR_UNKNOWN, msg))
-            await stream.drain()
-            return None
-        stream.write(p.option_reply(option, p.REP_INFO, p.info_export(
-            exp.volume.size, self.flags(exp, conn))))
-        stream.write(p.option_reply(option, p.REP_INFO, p.info_block_size(
-            p.MAX_REQUEST)))
-        stream.write(p.option_reply(option, p.REP_ACK))
-        await stream.drain()
-        return exp
-
     # --- transmission ------------------------------------------------------
 
-    async def _transmission(self, stream, exp, conn):
+    async def _transmission(self, stream, exp, neg):
         """Requests run as they arrive (replies go out in completion order),
         at most MAX_INFLIGHT of them or MAX_INFLIGHT_BYTES of their data at
-        once.  A write that one request to a chunk server does runs on
-        callbacks (:meth:`Volume.write_soon`), the others as tasks."""
-        vol = exp.volume
+        once.  A write the backend can start without a task
+        (``pwrite_nowait``: one request to a chunk server) runs on
+        callbacks, the others as tasks."""
+        backend = exp.backend
+        eflags = backend.flags() | (p.TF_SEND_DF if neg.structured else 0)
+        structured, meta = neg.structured, neg.base_allocation
         loop = asyncio.get_running_loop()
         tasks = {}
         inflight = 0        # requests
@@ -354,13 +213,13 @@ class NbdServer:
         def finished(task):
             settle(tasks.pop(task, 0))
 
-        def wrote(handle, offset, length, err):
+        def wrote(handle, flags, offset, length, err):
             nonlocal callbacks
             if err is None:
                 stream.write(p.simple_reply(handle))
             else:
-                self._failed(stream, vol, conn, p.CMD_WRITE, handle, offset,
-                             length, err)
+                self._failed(stream, backend, structured, p.CMD_WRITE, flags,
+                             handle, offset, length, err)
             settle(length)
             callbacks -= 1
             if not callbacks and ended is not None and not ended.done():
@@ -371,18 +230,22 @@ class NbdServer:
             if cmd == p.CMD_DISC:
                 stream.stop()
                 return
-            err = self._validate(exp, conn, cmd, flags, offset, length)
+            err = p.validate_request(cmd, flags, offset, length,
+                                     backend.size(), eflags, structured,
+                                     meta)
             if err:
-                stream.write(self._error(conn, handle, err))
+                stream.write(p.error_reply(handle, err, structured))
                 return
             n = length if cmd in (p.CMD_READ, p.CMD_WRITE) else 0
-            if cmd == p.CMD_WRITE and vol.write_soon(
+            if cmd == p.CMD_WRITE and backend.pwrite_nowait(
                     offset, data, bool(flags & p.CMD_FLAG_FUA),
-                    functools.partial(wrote, handle, offset, length)):
+                    functools.partial(wrote, handle, flags, offset,
+                                      length)):
                 callbacks += 1
             else:
-                t = loop.create_task(self._run(stream, vol, conn, cmd, flags,
-                                               handle, offset, length, data))
+                t = loop.create_task(self._run(
+                    stream, backend, structured, cmd, flags, handle, offset,
+                    length, data))
                 tasks[t] = n
                 t.add_done_callback(finished)
             inflight += 1
@@ -399,57 +262,36 @@ class NbdServer:
             if callbacks:
                 ended = loop.create_future()
                 await ended
-            if not exp.read_only:
+            if backend.can_write():
                 try:
-                    await vol.flush()
+                    await backend.flush()
                 except exception.UrsaError as e:
-                    LOG.warning('Flush at disconnect of %s: %s', vol.name, e)
+                    LOG.warning('Flush at disconnect of %s: %s',
+                                backend.name, e)
 
-    def _failed(self, stream, vol, conn, cmd, handle, offset, length, e):
+    @staticmethod
+    def _failed(stream, backend, structured, cmd, flags, handle, offset,
+                length, e):
         """Answer a request that failed with ``e``."""
-        if isinstance(e, exception.UrsaError):
+        err = p.nbd_error(e, flags)
+        if err == p.NBD_ENOTSUP:
+            LOG.debug('NBD command %d on %s at %d+%d: %s', cmd,
+                      backend.name, offset, length, e)
+        elif isinstance(e, exception.UrsaError):
             LOG.warning('NBD command %d on %s at %d+%d failed: %s',
-                        cmd, vol.name, offset, length, e)
+                        cmd, backend.name, offset, length, e)
         else:
             LOG.error('NBD command %d on %s at %d+%d failed: %r', cmd,
-                      vol.name, offset, length, e, exc_info=e)
-        stream.write(self._error(conn, handle, p.errno_for(e), str(e)))
+                      backend.name, offset, length, e, exc_info=e)
+        stream.write(p.error_reply(handle, err, structured, str(e)))
 
-    @staticmethod
-    def _error(conn, handle, err, message=''):
-        if conn.structured:
-            return p.structured_error(handle, err, message)
-        return p.simple_reply(handle, err)
-
-    @staticmethod
-    def _validate(exp, conn, cmd, flags, offset, length):
-        if cmd not in (p.CMD_READ, p.CMD_WRITE, p.CMD_FLUSH, p.CMD_CACHE,
-                       p.CMD_WRITE_ZEROES, p.CMD_TRIM, p.CMD_BLOCK_STATUS):
-            return p.EINVAL
-        if cmd == p.CMD_FLUSH:
-            return 0
-        writes = (p.CMD_WRITE, p.CMD_WRITE_ZEROES, p.CMD_TRIM)
-        if exp.read_only and cmd in writes:
-            return p.EPERM
-        if flags & p.CMD_FLAG_FAST_ZERO and cmd != p.CMD_WRITE_ZEROES:
-            return p.EINVAL
-        if flags & p.CMD_FLAG_DF and cmd != p.CMD_READ:
-            return p.EINVAL
-        if cmd == p.CMD_BLOCK_STATUS and (not conn.meta or not length):
-            return p.EINVAL
-        if cmd == p.CMD_READ and length > p.MAX_REQUEST:
-            return p.EINVAL
-        if offset + length > exp.volume.size:
-            return p.ENOSPC if cmd in writes else p.EINVAL
-        return 0
-
-    async def _run(self, stream, vol, conn, cmd, flags, handle, offset,
-                   length, data):
+    async def _run(self, stream, backend, structured, cmd, flags, handle,
+                   offset, length, data):
         fua = bool(flags & p.CMD_FLAG_FUA)
         try:
             if cmd == p.CMD_READ:
-                out = await vol.read(offset, length)
-                if conn.structured:
+                out = await backend.pread(offset, length)
+                if structured:
                     stream.writelines((p.structured_header(
                         handle, p.REPLY_TYPE_OFFSET_DATA, 8 + len(out)),
                         struct.pack('>Q', offset), out))
@@ -457,41 +299,27 @@ class NbdServer:
                     stream.writelines((p.simple_reply(handle), out))
                 return
             if cmd == p.CMD_BLOCK_STATUS:
+                extents = await backend.extents(
+                    offset, min(length, BLOCK_STATUS_LIMIT))
+                if flags & p.CMD_FLAG_REQ_ONE:
+                    extents = extents[:1]
                 stream.write(p.structured(
                     handle, p.REPLY_TYPE_BLOCK_STATUS,
-                    p.block_status_payload(await self._extents(
-                        vol, offset, length,
-                        flags & p.CMD_FLAG_REQ_ONE))))
+                    p.block_status_payload(extents)))
                 return
             if cmd == p.CMD_WRITE:
-                await vol.write(offset, data, fua)
+                await backend.pwrite(offset, data, fua)
             elif cmd == p.CMD_TRIM:
-                await vol.write_zeroes(offset, length, fua)
+                await backend.trim(offset, length, fua)
             elif cmd == p.CMD_WRITE_ZEROES:
-                if not flags & p.CMD_FLAG_NO_HOLE:
-                    await vol.write_zeroes(offset, length, fua)
-                elif flags & p.CMD_FLAG_FAST_ZERO:
-                    # Allocated zeros mean writing them: not fast.
-                    stream.write(self._error(conn, handle, p.ENOTSUP))
-                    return
-                else:
-                    for pos in range(0, length, 4 * 1024 * 1024):
-                        n = min(4 * 1024 * 1024, length - pos)
-                        await vol.write(offset + pos, bytes(n), fua)
+                await backend.zero(offset, length, fua,
+                                   not flags & p.CMD_FLAG_NO_HOLE,
+                                   bool(flags & p.CMD_FLAG_FAST_ZERO))
             elif cmd == p.CMD_FLUSH:
-                await vol.flush()
+                await backend.flush()
             elif cmd == p.CMD_CACHE:
-                await vol.prefetch_map(offset, length)
+                await backend.cache(offset, length)
             stream.write(p.simple_reply(handle))
         except Exception as e:  # noqa: BLE001 - every request is answered
-            self._failed(stream, vol, conn, cmd, handle, offset, length, e)
-
-    @staticmethod
-    async def _extents(vol, offset, length, req_one):
-        """base:allocation extents of a range (at most
-        BLOCK_STATUS_LIMIT bytes of it; with req_one just the first)."""
-        runs = await vol.block_status(offset, min(length,
-                                                  BLOCK_STATUS_LIMIT))
-        out = [(n, 0 if st == volume_mod.DATA else
-                p.STATE_HOLE | p.STATE_ZERO) for n, st in runs]
-        return out[:1] if req_one else out
+            self._failed(stream, backend, structured, cmd, flags, handle,
+                         offset, length, e)

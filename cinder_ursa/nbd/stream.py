@@ -3,8 +3,8 @@
 During the handshake the server reads with :meth:`NbdStream.readexactly`.
 In transmission, requests are parsed as bytes arrive and handed to a
 callback at once, with no task, no StreamReader and no copy for large
-payloads: the kernel writes a WRITE's payload of ``LARGE`` bytes or more
-straight into that request's own buffer.
+payloads: the transport's :class:`ReceiveBuffer` has the kernel write a
+WRITE's large payload straight into that request's own buffer.
 
 Flow control: reading pauses while the client does not read its replies
 (the transport's buffer is full) or while the server holds too many
@@ -17,24 +17,20 @@ import asyncio
 from cinder_ursa import exception
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.transport import aio
+from cinder_ursa.transport import buffers
 
 
 class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
 
-    SCRATCH = 256 * 1024
-    LARGE = 64 * 1024
+    SCRATCH = buffers.ReceiveBuffer.SCRATCH
 
     def __init__(self, serve):
         """``serve(stream)``: the coroutine that runs the connection."""
         aio.FlowControl.__init__(self)
         self._serve = serve
-        self._buf = bytearray(self.SCRATCH)
-        self._view = memoryview(self._buf)
-        self._start = 0        # first unconsumed byte in the scratch buffer
-        self._end = 0          # end of received bytes in it
+        self._rx = buffers.ReceiveBuffer(p.REQUEST, p.request_payload_length)
         self._waiter = None    # readexactly() waiting for more bytes
         self._want = 0
-        self._payload = None   # [request, bytearray, filled] being received
         self._on_request = None
         self._done = None      # transmission's end (DISC, loss, bad frame)
         self._held = False
@@ -61,31 +57,15 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         self.resume_writing()
 
     def get_buffer(self, sizehint):
-        if self._payload is not None:
-            _, buf, filled = self._payload
-            return buf[filled:]
-        if self._start and self.SCRATCH - self._end < self.LARGE + 64:
-            n = self._end - self._start
-            self._buf[:n] = self._view[self._start:self._end]
-            self._start, self._end = 0, n
-        return self._view[self._end:]
+        return self._rx.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes):
-        if self._payload is not None:
-            self._payload[2] += nbytes
-            req, buf, filled = self._payload
-            if filled < len(buf):
-                return
-            self._payload = None
-            if self._on_request is not None:
-                self._on_request(*req, buf)
-        else:
-            self._end += nbytes
+        self._rx.buffer_updated(nbytes)
         if self._on_request is not None:
             self._parse()
         else:
             self._wake()
-            if self._end - self._start > self.SCRATCH // 2:
+            if self._rx.buffered > self.SCRATCH // 2:
                 self._set_reading(False)  # a client far ahead of us
 
     def pause_writing(self):
@@ -102,10 +82,11 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
 
     async def readexactly(self, n):
         """The next ``n`` bytes (n <= SCRATCH // 2)."""
-        while self._end - self._start < n:
+        data = self._rx.take(n)
+        while data is None:
             if self._lost is not None:
                 raise asyncio.IncompleteReadError(
-                    bytes(self._view[self._start:self._end]), n)
+                    self._rx.take(self._rx.buffered), n)
             self._want = n
             self._waiter = self._loop.create_future()
             self._set_reading(True)
@@ -113,22 +94,18 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        data = bytes(self._view[self._start:self._start + n])
-        self._start += n
-        if self._start == self._end:
-            self._start = self._end = 0
+            data = self._rx.take(n)
         return data
 
     def _wake(self):
         w = self._waiter
         if w is not None and not w.done() and (
-                self._lost is not None or
-                self._end - self._start >= self._want):
+                self._lost is not None or self._rx.buffered >= self._want):
             w.set_result(None)
 
     async def start_tls(self, context):
         """Upgrade to TLS (after NBD_OPT_STARTTLS was acknowledged)."""
-        if self._end != self._start:
+        if self._rx.buffered:
             raise exception.ProtocolError(
                 reason='data sent before the TLS handshake')
         aio.send_batched(self.transport)  # the ACK goes out in clear
@@ -188,59 +165,24 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         else:
             done.set_exception(err)
 
-    def _fail(self, reason):
-        self._on_request = None
-        self._finish(exception.ProtocolError(reason=reason))
-
     def _parse(self):
-        buf, view = self._buf, self._view
-        pos, end = self._start, self._end
-        size = p.REQUEST.size
-        if self._several(pos, end):
-            # What these requests send to chunk servers (at once, or from
-            # tasks this turn of the loop) leaves together.
-            aio.defer_batch(self._loop)
-        while end - pos >= size and self._on_request is not None and \
-                not (self._held or self._paused):
-            magic, flags, cmd, handle, offset, length = \
-                p.REQUEST.unpack_from(buf, pos)
-            if magic != p.REQUEST_MAGIC:
-                self._fail('bad request magic 0x%x' % magic)
+        rx = self._rx
+        try:
+            if rx.several():
+                # What these requests send to chunk servers (at once, or
+                # from tasks this turn of the loop) leaves together.
+                aio.defer_batch(self._loop)
+            requests = rx.frames()
+        except exception.ProtocolError as e:
+            self._on_request = None
+            self._finish(e)
+            return
+        for i, ((_, flags, cmd, handle, offset, length), payload) in \
+                enumerate(requests):
+            if self._on_request is None or self._held or self._paused:
+                rx.unread(requests[i:])
                 return
-            if cmd != p.CMD_WRITE:
-                pos += size
-                self._on_request(flags, cmd, handle, offset, length, None)
-                continue
-            if length > p.MAX_REQUEST:
-                # The payload cannot be skipped safely.
-                self._fail('WRITE of %d bytes' % length)
-                return
-            at = pos + size
-            if end - at >= length:
-                pos = at + length
-                self._on_request(flags, cmd, handle, offset, length,
-                                 bytes(view[at:pos]))
-                continue
-            if length >= self.LARGE:
-                payload = aio.POOL.get(length)
-                payload[:end - at] = view[at:end]
-                self._payload = [(flags, cmd, handle, offset, length),
-                                 payload, end - at]
-                pos = end
-            break
-        if pos == end:
-            pos = end = 0
-        self._start, self._end = pos, end
-
-    def _several(self, pos, end):
-        """Whether the buffer holds more than one whole request."""
-        size = p.REQUEST.size
-        if end - pos < 2 * size:
-            return False
-        cmd, length = p.REQUEST.unpack_from(self._buf, pos)[2::3]
-        if cmd == p.CMD_WRITE:
-            pos += length
-        return end - pos >= 2 * size
+            self._on_request(flags, cmd, handle, offset, length, payload)
 
     def _update_reading(self):
         self._set_reading(not (self._held or self._paused) and

@@ -168,8 +168,14 @@ def _frame(opcode, req_id, body, flags=0):
 def parse_header(buf, pos=0, max_body=MAX_BODY):
     """Validate the header at ``buf[pos:]``; return (opcode, flags,
     request id, body length) or raise ProtocolError."""
-    magic, version, opcode, flags, req_id, length = HEADER.unpack_from(
-        buf, pos)
+    fields = HEADER.unpack_from(buf, pos)
+    return fields[2], fields[3], fields[4], body_length(fields, max_body)
+
+
+def body_length(fields, max_body=MAX_BODY):
+    """The body length of an unpacked header (magic, version, opcode,
+    flags, request id, length); ProtocolError if it is not ours."""
+    magic, version, _, _, _, length = fields
     if magic != MAGIC:
         raise exception.ProtocolError(reason='bad magic %r' % bytes(magic))
     if version != VERSION:
@@ -179,7 +185,7 @@ def parse_header(buf, pos=0, max_body=MAX_BODY):
         raise exception.ProtocolError(
             reason='frame of %d bytes exceeds the limit of %d'
             % (length, max_body))
-    return opcode, flags, req_id, length
+    return length
 
 
 class FrameDecoder:

@@ -12,11 +12,12 @@ import itertools
 import logging
 import os
 import socket
-import sys
 import threading
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.transport import buffers
+from cinder_ursa.transport.buffers import BufferPool  # noqa: F401 - old home
 
 LOG = logging.getLogger(__name__)
 
@@ -110,123 +111,20 @@ def tune(transport):
             pass
 
 
-class BufferPool:
-    """Receive buffers for large payloads, used again once nothing refers
-    to them.
-
-    A new 1 MiB bytearray costs a memset of all of it (and, from fresh
-    pages, a page fault per 4 KiB): on the 1M write path that was 1-2% of
-    the machine's CPU in every process.  A buffer is handed out as a
-    memoryview of the requested length; it is free again when no view of
-    it is left (its reference count says so: the pool is CPython-only, as
-    the rest of Ursa).  Sizes are powers of two from MIN to MAX; larger
-    requests get a buffer of their own.
-    """
-
-    MIN = 64 * 1024
-    MAX = 8 * 1024 * 1024
-    KEEP = 32  # buffers kept per size
+class FrameReader(buffers.ReceiveBuffer):
+    """Receive side of the data protocol: :meth:`buffer_updated` returns
+    the frames that ``nbytes`` new bytes completed (a ReceiveBuffer over
+    the codec's header)."""
 
     def __init__(self):
-        self._classes = {}
-        self._free_refs = self._free_count()
-        # Event loops in several threads share the pool (the sync client
-        # runs one per thread).  Under the GIL the reference count alone
-        # keeps two threads from taking one buffer (each sees the other's
-        # loop variable); the lock keeps that true without relying on it.
-        self._lock = threading.Lock()
-
-    def get(self, length):
-        if length > self.MAX:
-            return memoryview(bytearray(length))
-        size = max(self.MIN, 1 << (length - 1).bit_length())
-        with self._lock:
-            bufs = self._classes.setdefault(size, [])
-            for buf in bufs:
-                if sys.getrefcount(buf) == self._free_refs:
-                    return memoryview(buf)[:length]
-            buf = bytearray(size)
-            if len(bufs) < self.KEEP:
-                bufs.append(buf)
-            return memoryview(buf)[:length]
-
-    @staticmethod
-    def _free_count():
-        """The reference count of a pooled buffer nobody uses, as seen in
-        get()'s loop (the list, the loop variable, getrefcount's
-        argument)."""
-        probe = [bytearray(1)]
-        for buf in probe:
-            return sys.getrefcount(buf)
-
-
-POOL = BufferPool()
-
-
-class FrameReader:
-    """Receive side of asyncio.BufferedProtocol: the kernel writes small
-    frames into one scratch buffer and the body of a large frame straight
-    into that frame's own buffer, so a 1 MiB WRITE or READ reply is not
-    copied again on its way in."""
-
-    SCRATCH = 256 * 1024
-    LARGE = 64 * 1024
-
-    def __init__(self):
-        self._scratch = bytearray(self.SCRATCH)
-        self._view = memoryview(self._scratch)
-        self._start = 0      # first unparsed byte in scratch
-        self._end = 0        # end of received bytes in scratch
-        self._body = None    # (header tuple, bytearray, filled) of a large
-        #                      frame being received directly
-
-    def get_buffer(self, sizehint):
-        if self._body is not None:
-            _, buf, filled = self._body
-            return buf[filled:]
-        if self._end == self.SCRATCH:
-            # Compact: move the unparsed tail to the front.
-            n = self._end - self._start
-            self._scratch[:n] = self._scratch[self._start:self._end]
-            self._start, self._end = 0, n
-        return self._view[self._end:]
+        super().__init__(codec.HEADER, codec.body_length)
 
     def buffer_updated(self, nbytes):
         """Return the frames completed by ``nbytes`` new bytes."""
-        frames = []
-        if self._body is not None:
-            hdr, buf, filled = self._body
-            filled += nbytes
-            if filled < len(buf):
-                self._body = (hdr, buf, filled)
-                return frames
-            self._body = None
-            frames.append(codec.Frame(hdr[0], hdr[1], hdr[2], buf))
-            return frames
-        self._end += nbytes
-        scratch, pos, end = self._scratch, self._start, self._end
-        while end - pos >= codec.HEADER_SIZE:
-            hdr = codec.parse_header(scratch, pos)
-            length = hdr[3]
-            have = end - pos - codec.HEADER_SIZE
-            body_at = pos + codec.HEADER_SIZE
-            if have >= length:
-                body = bytes(self._view[body_at:body_at + length])
-                frames.append(codec.Frame(hdr[0], hdr[1], hdr[2],
-                                          memoryview(body)))
-                pos = body_at + length
-                continue
-            if length >= self.LARGE or length > self.SCRATCH - \
-                    codec.HEADER_SIZE:
-                buf = POOL.get(length)
-                buf[:have] = self._view[body_at:end]
-                self._body = (hdr, buf, have)
-                pos = end
-            break
-        if pos == end:
-            pos = end = 0
-        self._start, self._end = pos, end
-        return frames
+        super().buffer_updated(nbytes)
+        frame = codec.Frame
+        return [frame(fields[2], fields[3], fields[4], memoryview(body))
+                for fields, body in self.frames()]
 
 
 class FlowControl:

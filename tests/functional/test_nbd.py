@@ -236,11 +236,11 @@ def test_abuse_gets_errors_and_others_keep_working(aio):
     assert size == 8 * MiB and flags & p.TF_HAS_FLAGS
     assert request(s, p.CMD_WRITE, 0, 4096, data=b'w' * 4096)[0] == 0
     assert request(s, p.CMD_READ, 0, 4096) == (0, b'w' * 4096)
-    assert request(s, p.CMD_READ, 8 * MiB - 10, 20)[0] == p.EINVAL
+    assert request(s, p.CMD_READ, 8 * MiB - 10, 20)[0] == p.NBD_EINVAL
     assert request(s, p.CMD_WRITE, 8 * MiB, 4096,
-                   data=b'x' * 4096)[0] == p.ENOSPC
-    assert request(s, p.CMD_READ, 0, 64 * MiB)[0] == p.EINVAL
-    assert request(s, 99, 0, 0)[0] == p.EINVAL
+                   data=b'x' * 4096)[0] == p.NBD_ENOSPC
+    assert request(s, p.CMD_READ, 0, 64 * MiB)[0] == p.NBD_EINVAL
+    assert request(s, 99, 0, 0)[0] == p.NBD_EINVAL
     assert request(s, p.CMD_FLUSH, 0, 0)[0] == 0
     # A WRITE claiming more payload than the limit closes the connection.
     s.sendall(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, 1, 0,

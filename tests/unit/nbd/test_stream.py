@@ -1,0 +1,80 @@
+"""NbdStream's transmission side over a stand-in transport: requests are
+handed over in order, none while the server holds, the rest once it lets
+go, and a bad request magic ends transmission with a ProtocolError."""
+
+import asyncio
+
+import pytest
+
+from cinder_ursa import exception
+from cinder_ursa.nbd import protocol as p
+from cinder_ursa.nbd import stream as stream_mod
+
+
+class Transport:
+    def __init__(self):
+        self.reading = True
+
+    def is_closing(self):
+        return False
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+
+def request(cmd, handle, length=0, data=b''):
+    return p.REQUEST.pack(p.REQUEST_MAGIC, 0, cmd, handle, 0, length) + data
+
+
+def deliver(stream, data):
+    while data:
+        buf = stream.get_buffer(-1)
+        n = min(len(buf), len(data))
+        buf[:n] = data[:n]
+        data = data[n:]
+        stream.buffer_updated(n)
+
+
+def run(body):
+    async def main():
+        s = stream_mod.NbdStream(None)
+        s.transport = Transport()
+        s._loop = asyncio.get_running_loop()
+        return await body(s)
+    return asyncio.run(main())
+
+
+def test_requests_wait_while_held_and_come_in_order():
+    async def body(s):
+        got = []
+
+        def on_request(flags, cmd, handle, offset, length, payload):
+            got.append((handle, bytes(payload)))
+            if handle == 2:
+                s.hold(True)
+        done = s.serve_requests(on_request)
+        big = b'w' * 100000
+        deliver(s, request(p.CMD_READ, 1, 4096) +
+                request(p.CMD_WRITE, 2, 3, b'abc') +
+                request(p.CMD_READ, 3, 4096) +
+                request(p.CMD_WRITE, 4, len(big), big))
+        assert [h for h, _ in got] == [1, 2]
+        assert not s.transport.reading
+        s.hold(False)
+        assert got == [(1, b''), (2, b'abc'), (3, b''), (4, big)]
+        deliver(s, request(p.CMD_DISC, 5))
+        s.stop()
+        await done
+    run(body)
+
+
+def test_a_bad_magic_ends_transmission():
+    async def body(s):
+        done = s.serve_requests(lambda *a: None)
+        deliver(s, b'\0' * p.REQUEST.size)
+        with pytest.raises(exception.ProtocolError):
+            await done
+    run(body)
