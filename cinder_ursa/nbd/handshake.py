@@ -196,6 +196,13 @@ class Negotiation:
                         for n in names) + p.option_reply(p.OPT_LIST,
                                                          p.REP_ACK)
 
+    def exports_unlisted(self, reason):
+        """NBD_OPT_LIST could not be answered (no master reachable): an
+        error reply with ``reason``; the client may ask again."""
+        self._answered(ListExports)
+        return p.option_reply(p.OPT_LIST, p.REP_ERR_POLICY,
+                              reason.encode()[:4096])
+
     def export_opened(self, size, flags):
         """The export asked for is open, with its size and transmission
         flags (TF_SEND_DF is added here when structured replies are on):

@@ -161,10 +161,14 @@ class NbdServer:
                     if not isinstance(event, hs.Ready):
                         await self._close(exp)  # INFO: just a look
             elif isinstance(event, hs.ListExports):
-                names = []
-                for vol in await self.cluster.master.volumes():
-                    names.append(vol['name'])
-                out = neg.exports_listed(names)
+                try:
+                    vols = await self.cluster.master.volumes()
+                except exception.UrsaError as e:
+                    LOG.warning('NBD export list refused: %s', e)
+                    out = neg.exports_unlisted(
+                        'the exports cannot be listed now: %s' % e)
+                else:
+                    out = neg.exports_listed([v['name'] for v in vols])
             if out:
                 stream.write(out)
             if isinstance(event, hs.Ready):

@@ -147,6 +147,14 @@ def test_list():
     assert send(neg, opt(3, b'x')) == (rep(3, INVALID), None)
 
 
+def test_list_that_cannot_be_answered_is_an_error_and_may_be_retried():
+    neg = start()
+    send(neg, opt(3))
+    assert neg.exports_unlisted('no master') == rep(3, POLICY, b'no master')
+    out, ev = send(neg, opt(3))
+    assert out == b'' and isinstance(ev, hs.ListExports)
+
+
 def test_abort():
     neg = start()
     out, ev = send(neg, opt(2))
