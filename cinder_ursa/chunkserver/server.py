@@ -25,8 +25,11 @@ from cinder_ursa.chunkserver import authority as authority_mod
 from cinder_ursa.chunkserver import gate as gate_mod
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import store as store_mod
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import ENTRY
 from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
@@ -295,8 +298,8 @@ class ChunkServer(repair.RepairMixin):
                                 confirmed)
         c = self.store.check_epoch(req.volume, req.index, req.epoch)
         if frame.flags & codec.FLAG_RAW:
-            if req.offset % store_mod.BLOCK or req.length % store_mod.BLOCK \
-                    or req.snap or not 0 < req.length // store_mod.BLOCK \
+            if req.offset % BLOCK or req.length % BLOCK \
+                    or req.snap or not 0 < req.length // BLOCK \
                     <= codec.MAX_REPAIR_BLOCKS:
                 raise exception.InvalidArgument(
                     reason='raw reads are of 1 to %d whole blocks of the '
@@ -305,8 +308,8 @@ class ChunkServer(repair.RepairMixin):
                 raise exception.NotFound(kind='chunk replica', name='%s/%d'
                                          % (req.volume, req.index))
             conn.send(codec.encode_read_raw_ok(frame.req_id, *self.store.raw(
-                c, req.offset // store_mod.BLOCK,
-                req.length // store_mod.BLOCK)))
+                c, req.offset // BLOCK,
+                req.length // BLOCK)))
             return
         if frame.flags & codec.FLAG_MAP_ONLY:
             states = self.store.block_states(c, req.offset, req.length,
@@ -335,16 +338,16 @@ class ChunkServer(repair.RepairMixin):
         c = self.store.check_epoch(req.volume, req.index, req.epoch,
                                    create=True)
         if req.flags & codec.FLAG_RAW:
-            n = req.length // store_mod.BLOCK
-            entries = req.data[:n * store_mod.ENTRY]
-            data = req.data[n * store_mod.ENTRY:]
+            n = req.length // BLOCK
+            entries = req.data[:n * ENTRY]
+            data = req.data[n * ENTRY:]
             # A repair pushes blocks its primary holds valid: refuse
             # anything else (a torn block, a layer's state).
-            if store_mod.torn_blocks(entries, data) or not \
-                    store_mod.head_entries(entries):
+            if mending.torn_blocks(entries, data) or not \
+                    mending.head_entries(entries):
                 raise exception.InvalidArgument(
                     reason='a raw REPLICATE must carry valid head blocks')
-            self.store.put_raw(c, req.offset // store_mod.BLOCK, entries,
+            self.store.put_raw(c, req.offset // BLOCK, entries,
                                data)
             return c
         self.store.write(c, req.offset, req.data, req.seq, req.zero,
