@@ -22,8 +22,10 @@ import asyncio
 import logging
 
 from cinder_ursa import exception
-from cinder_ursa.chunkserver import store as store_mod
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import ENTRY
 
 LOG = logging.getLogger(__name__)
 
@@ -64,14 +66,14 @@ class RepairMixin:
         c = self.store.check_epoch(req.volume, req.index, req.epoch,
                                    create=True)
         entries, data = self.store.raw(c, req.first, req.count)
-        torn = store_mod.torn_blocks(entries, data)
+        torn = mending.torn_blocks(entries, data)
         if torn:
             entries, data = await self._mend(req, view, entries, data, torn)
             self.store.put_raw(c, req.first, entries, data)
             LOG.warning('Chunk %s/%d: %d torn block(s) from block %d '
                         'mended', req.volume, req.index, len(torn),
                         req.first)
-        block = store_mod.BLOCK
+        block = BLOCK
         push = codec.WriteRequest(
             req.volume, req.index, view.epoch, 0, 0, req.first * block,
             req.count * block, [], entries + data, codec.FLAG_RAW)
@@ -98,8 +100,8 @@ class RepairMixin:
                 peer = await self.peers.get(*await self._peer(sid))
                 reply = await peer.call(
                     codec.encode_read, req.volume, req.index, view.epoch,
-                    req.first * store_mod.BLOCK,
-                    req.count * store_mod.BLOCK, 0, codec.FLAG_RAW,
+                    req.first * BLOCK,
+                    req.count * BLOCK, 0, codec.FLAG_RAW,
                     timeout=self.replication_timeout)
                 theirs, their_data = codec.decode_read_raw(reply.body)
             except exception.NotFound:
@@ -110,13 +112,13 @@ class RepairMixin:
                 unasked.append(sid)
                 continue
             holders += 1
-            bad = set(store_mod.torn_blocks(theirs, their_data))
+            bad = set(mending.torn_blocks(theirs, their_data))
             for i in sorted(left - bad):
-                e, b = i * store_mod.ENTRY, i * store_mod.BLOCK
-                entries[e:e + store_mod.ENTRY] = theirs[
-                    e:e + store_mod.ENTRY]
-                data[b:b + store_mod.BLOCK] = their_data[
-                    b:b + store_mod.BLOCK]
+                e, b = i * ENTRY, i * BLOCK
+                entries[e:e + ENTRY] = theirs[
+                    e:e + ENTRY]
+                data[b:b + BLOCK] = their_data[
+                    b:b + BLOCK]
                 left.discard(i)
         if left and unasked:
             raise exception.Unavailable(
@@ -138,5 +140,5 @@ class RepairMixin:
                         'their content here is taken as it is (a write '
                         'torn by a crash)', req.volume, req.index,
                         sorted(req.first + i for i in left))
-        return (store_mod.mend_entries(bytes(entries), bytes(data), left),
+        return (mending.mend_entries(bytes(entries), bytes(data), left),
                 bytes(data))

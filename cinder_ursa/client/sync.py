@@ -10,7 +10,7 @@ a real OS thread.  No asyncio loop is ever started on the calling thread.
 import asyncio
 import sys
 
-from cinder_ursa.client import volume as volume_mod
+from cinder_ursa.client import cluster as cluster_mod
 
 
 def _native_threading():
@@ -85,7 +85,7 @@ class SyncCluster:
 
     @staticmethod
     async def _make(urls, key, kwargs):
-        return volume_mod.Cluster(urls, key, **kwargs)
+        return cluster_mod.Cluster(urls, key, **kwargs)
 
     def open_volume(self, ref, writable=True, holder=None, force=False,
                     lease_ttl=None):

@@ -12,8 +12,8 @@ import sys
 
 from oslo_log import log as logging
 
+from cinder_ursa.client import cluster as cluster_mod
 from cinder_ursa.client import localread
-from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
 from cinder_ursa.nbd import opts
@@ -39,7 +39,7 @@ def main(argv=None):
             local = localread.LocalReplicas(nc.local_chunkserver_dirs)
             LOG.info('Local reads from the replicas of %s',
                      ', '.join(nc.local_chunkserver_dirs))
-        cluster = volume_mod.Cluster(conf.ursa.master_url, key, local=local)
+        cluster = cluster_mod.Cluster(conf.ursa.master_url, key, local=local)
         tls = None
         if nc.tls != 'off':
             if not (nc.tls_cert_file and nc.tls_key_file):

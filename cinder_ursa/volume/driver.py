@@ -23,21 +23,14 @@ source from being deleted.  A clone deeper than ``ursa_max_clone_depth``
 is flattened when it is created.
 """
 
-import contextlib
-import math
-import os
-import tempfile
 import time
 
-from cinder import coordination
 from cinder import exception as cinder_exc
 from cinder import interface
 from cinder.i18n import _
-from cinder.image import image_utils
 from cinder.volume import configuration
 from cinder.volume import driver
 from cinder.volume import volume_types
-from cinder.volume import volume_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import units
@@ -45,109 +38,22 @@ from oslo_utils import units
 from cinder_ursa import exception
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
-from cinder_ursa.client import transfer
 from cinder_ursa.common import auth
 from cinder_ursa.protocol.rest import QOS_KEYS
+from cinder_ursa.volume import attachments
+from cinder_ursa.volume import images
+from cinder_ursa.volume import manageable
+from cinder_ursa.volume.common import gib
+from cinder_ursa.volume.common import snap_ref
+from cinder_ursa.volume.common import translated
+from cinder_ursa.volume.opts import ursa_opts
 
 LOG = logging.getLogger(__name__)
 
 VERSION = '1.0.0'
-IMAGE_CACHE_PREFIX = 'image-'
-IMAGE_CACHE_SNAPSHOT = 'base'
-
-ursa_opts = [
-    cfg.ListOpt('ursa_master_urls', default=['http://127.0.0.1:9380'],
-                help='URL(s) of the ursa-master REST API; the first that '
-                     'answers is used.'),
-    cfg.StrOpt('ursa_cluster_key_file', default='/etc/ursa/cluster.key',
-               help='File holding the Ursa cluster key (readable by the '
-                    'cinder user).'),
-    cfg.IntOpt('ursa_replicas', default=3, min=1, max=10,
-               help='Replicas of every chunk of new volumes.'),
-    cfg.IntOpt('ursa_min_replicas', default=2, min=1, max=10,
-               help='Replicas that must remain for writes to go on.'),
-    cfg.IntOpt('ursa_chunk_size_mib', default=64, min=1, max=1024,
-               help='Chunk size of new volumes, in MiB.'),
-    cfg.IntOpt('ursa_stripe_unit_kib', default=0, min=0,
-               help='Stripe unit of new volumes in KiB (0: no striping, '
-                    'the stripe unit is the chunk).'),
-    cfg.IntOpt('ursa_stripe_count', default=1, min=1, max=64,
-               help='Chunks a stripe spans (with ursa_stripe_unit_kib).'),
-    cfg.IntOpt('ursa_max_clone_depth', default=5, min=0,
-               help='A new clone whose parent chain would be deeper than '
-                    'this is flattened (copied) when it is created; 0 '
-                    'flattens every clone.'),
-    cfg.BoolOpt('ursa_flatten_volume_from_snapshot', default=False,
-                help='Flatten every volume created from a snapshot or a '
-                     'volume, so it never depends on its source.'),
-    cfg.IntOpt('ursa_flatten_rate_mib', default=0, min=0,
-               help='Limit of flatten copies in MiB/s (0: no limit).'),
-    cfg.BoolOpt('ursa_image_cache', default=True,
-                help='Keep every image a volume was created from as a '
-                     'read-only Ursa volume (image-<image id>) and create '
-                     'later volumes from the same image as O(1) clones of '
-                     'it (clone_image).'),
-    cfg.FloatOpt('ursa_attach_timeout', default=60.0, min=1.0,
-                 help='Seconds ursa-attach on the connector\'s host has to '
-                      'expose (or release) an attached volume.'),
-    cfg.HostAddressOpt('ursa_nbd_host', default='127.0.0.1',
-                       help='Where hypervisors reach ursa-nbd, for the '
-                            'NBD details of the connection info (libvirt '
-                            'network disks); 127.0.0.1: the gateway on the '
-                            'hypervisor itself.'),
-    cfg.PortOpt('ursa_nbd_port', default=10809,
-                help='Port of ursa-nbd for the connection info.'),
-    cfg.FloatOpt('ursa_timeout', default=60.0, min=1.0,
-                 help='Timeout of one request to the Ursa master, in '
-                      'seconds.'),
-]
 
 CONF = cfg.CONF
 CONF.register_opts(ursa_opts, group=configuration.SHARED_CONF_GROUP)
-
-
-def _gib(nbytes):
-    return nbytes / float(units.Gi)
-
-
-def _snap_ref(snapshot):
-    return '%s@%s' % (snapshot.volume_name, snapshot.name)
-
-
-@contextlib.contextmanager
-def _translated(what, volume=None, snapshot=None):
-    """Turn Ursa errors into the Cinder exceptions the manager expects,
-    with a message an operator can act on."""
-    try:
-        yield
-    except exception.NotFound as e:
-        if snapshot is not None:
-            raise cinder_exc.SnapshotNotFound(snapshot_id=snapshot.id) from e
-        if volume is not None:
-            raise cinder_exc.VolumeNotFound(volume_id=volume.id) from e
-        raise cinder_exc.VolumeBackendAPIException(
-            data=_('%(what)s: %(err)s') % {'what': what, 'err': e}) from e
-    except (exception.Conflict, exception.LeaseHeld) as e:
-        if snapshot is not None:
-            raise cinder_exc.SnapshotIsBusy(
-                snapshot_name=snapshot.name) from e
-        if volume is not None:
-            raise cinder_exc.VolumeIsBusy(volume_name=volume.name) from e
-        raise cinder_exc.VolumeBackendAPIException(
-            data=_('%(what)s: %(err)s') % {'what': what, 'err': e}) from e
-    except exception.UrsaConnectionError as e:
-        raise cinder_exc.VolumeBackendAPIException(
-            data=_('%(what)s: cannot reach the Ursa master (%(err)s); check '
-                   'ursa_master_urls and that ursa-master runs') %
-            {'what': what, 'err': e}) from e
-    except exception.NotAuthorized as e:
-        raise cinder_exc.VolumeBackendAPIException(
-            data=_('%(what)s: the Ursa master refused the cluster key '
-                   '(%(err)s); check ursa_cluster_key_file') %
-            {'what': what, 'err': e}) from e
-    except exception.UrsaError as e:
-        raise cinder_exc.VolumeBackendAPIException(
-            data=_('%(what)s: %(err)s') % {'what': what, 'err': e}) from e
 
 
 @interface.volumedriver
@@ -168,8 +74,11 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         self._master = None
         self._key = None
         self._stats = {}
+        self._images = images.ImageCopies(self)
+        self._attachments = attachments.Attachments(self)
+        self._manageable = manageable.Manageable(self)
 
-    # --- setup ----------------------------------------------------------
+    # --- setup ------------------------------------------------------------
 
     @classmethod
     def get_driver_options(cls):
@@ -196,7 +105,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         if conf.ursa_min_replicas > conf.ursa_replicas:
             raise cinder_exc.InvalidConfigurationValue(
                 option='ursa_min_replicas', value=conf.ursa_min_replicas)
-        with _translated('Checking the Ursa cluster'):
+        with translated('Checking the Ursa cluster'):
             status = self._master.cluster_status()
         LOG.info('Ursa cluster at %(urls)s: %(health)s, %(up)d chunk '
                  'server(s) up', {'urls': conf.ursa_master_urls,
@@ -247,12 +156,12 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         # ursa_replicas GiB of disk.
         replicas = conf.ursa_replicas
         stats.update({
-            'total_capacity_gb': round(_gib(st['capacity_bytes'])
+            'total_capacity_gb': round(gib(st['capacity_bytes'])
                                        / replicas, 2),
-            'free_capacity_gb': round(_gib(st['free_bytes']) / replicas, 2),
-            'provisioned_capacity_gb': round(_gib(st['provisioned_bytes']),
+            'free_capacity_gb': round(gib(st['free_bytes']) / replicas, 2),
+            'provisioned_capacity_gb': round(gib(st['provisioned_bytes']),
                                              2),
-            'allocated_capacity_gb': round(_gib(sum(
+            'allocated_capacity_gb': round(gib(sum(
                 v.get('allocated_bytes', 0) for v in vols)), 2),
             'total_volumes': len(vols),
             'location_info': 'ursa:%s' % ','.join(conf.ursa_master_urls),
@@ -310,7 +219,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             self._master.set_qos(volume.name, qos)
 
     def create_volume(self, volume):
-        with _translated('Creating volume %s' % volume.name):
+        with translated('Creating volume %s' % volume.name):
             self._master.create_volume(volume.name, volume.size * units.Gi,
                                        qos=self._qos(volume) or None,
                                        multiattach=self._multiattach(volume),
@@ -320,30 +229,30 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
 
     def delete_volume(self, volume):
         try:
-            with _translated('Deleting volume %s' % volume.name,
-                             volume=volume):
+            with translated('Deleting volume %s' % volume.name,
+                            volume=volume):
                 self._master.delete_volume(volume.name)
         except cinder_exc.VolumeNotFound:
             LOG.info('Ursa volume %s is already gone', volume.name)
 
     def extend_volume(self, volume, new_size):
-        with _translated('Extending volume %s' % volume.name, volume=volume):
+        with translated('Extending volume %s' % volume.name, volume=volume):
             self._master.grow(volume.name, new_size * units.Gi)
         LOG.info('Extended Ursa volume %(name)s to %(size)d GiB',
                  {'name': volume.name, 'size': new_size})
 
     def create_snapshot(self, snapshot):
-        with _translated('Snapshot %s' % snapshot.name,
-                         volume=snapshot.volume):
+        with translated('Snapshot %s' % snapshot.name,
+                        volume=snapshot.volume):
             self._master.create_snapshot(snapshot.volume_name, snapshot.name)
 
     def delete_snapshot(self, snapshot):
         try:
-            with _translated('Deleting snapshot %s' % snapshot.name,
-                             snapshot=snapshot):
-                self._master.delete_snapshot(_snap_ref(snapshot))
+            with translated('Deleting snapshot %s' % snapshot.name,
+                            snapshot=snapshot):
+                self._master.delete_snapshot(snap_ref(snapshot))
         except cinder_exc.SnapshotNotFound:
-            LOG.info('Ursa snapshot %s is already gone', _snap_ref(snapshot))
+            LOG.info('Ursa snapshot %s is already gone', snap_ref(snapshot))
 
     def retype(self, context, volume, new_type, diff, host):
         """Same backend: the QoS limits change in place (open clients
@@ -353,7 +262,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         specs = (new_type or {}).get('extra_specs') or {}
         multi = specs.get('multiattach', '').replace(' ', '').lower() == \
             '<is>true'
-        with _translated('Retyping %s' % volume.name, volume=volume):
+        with translated('Retyping %s' % volume.name, volume=volume):
             self._master.update_volume(volume.name, qos=qos,
                                        multiattach=multi)
         LOG.info('Volume %(vol)s retyped: QoS limits %(qos)s',
@@ -361,8 +270,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         return True, None
 
     def revert_to_snapshot(self, context, volume, snapshot):
-        with _translated('Reverting %s to %s' % (volume.name, snapshot.name),
-                         volume=volume):
+        with translated('Reverting %s to %s' % (volume.name, snapshot.name),
+                        volume=volume):
             self._master.revert(volume.name, snapshot.name)
 
     def _depth(self, name):
@@ -404,10 +313,10 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             cluster.flatten(name, progress=progress, rate=rate)
 
     def create_volume_from_snapshot(self, volume, snapshot):
-        with _translated('Creating %s from snapshot %s' % (volume.name,
-                                                            snapshot.name),
-                         snapshot=snapshot):
-            self._clone(_snap_ref(snapshot), snapshot.volume_name, volume)
+        with translated('Creating %s from snapshot %s' % (volume.name,
+                                                           snapshot.name),
+                        snapshot=snapshot):
+            self._clone(snap_ref(snapshot), snapshot.volume_name, volume)
 
     def create_cloned_volume(self, volume, src_vref):
         # A hidden snapshot of the source, cloned, then deleted: it waits in
@@ -415,22 +324,15 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         # source.
         snap = 'clone-%s' % volume.id
         ref = '%s@%s' % (src_vref.name, snap)
-        with _translated('Cloning %s into %s' % (src_vref.name, volume.name),
-                         volume=src_vref):
+        with translated('Cloning %s into %s' % (src_vref.name, volume.name),
+                        volume=src_vref):
             self._master.create_snapshot(src_vref.name, snap)
             try:
                 self._clone(ref, src_vref.name, volume)
             finally:
                 self._master.delete_snapshot(ref)
 
-    # --- export and attach --------------------------------------------------
-    #
-    # initialize_connection asks the master to attach the volume to the
-    # connector's host; ursa-attach on that host opens it (taking its
-    # lease) and serves it as a file, the device_path of a 'local'
-    # connection that unmodified os-brick and Nova/Cinder use as is.  The
-    # connection info also carries the NBD details for hypervisors whose
-    # QEMU reaches ursa-nbd directly.
+    # --- export (ursa-attach exposes volumes: nothing to export) --------
 
     def create_export(self, context, volume, connector):
         pass
@@ -441,324 +343,58 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
     def remove_export(self, context, volume):
         pass
 
+
+    # --- attach (:mod:`.attachments`) -----------------------------------
+
     def initialize_connection(self, volume, connector, initiator_data=None):
-        host = (connector or {}).get('host')
-        if not host:
-            raise cinder_exc.InvalidConnectorException(
-                missing='host')
-        conf = self.configuration
-        with _translated('Attaching %s to %s' % (volume.name, host),
-                         volume=volume):
-            att = self._master.attach(volume.name, host)
-            deadline = time.monotonic() + conf.ursa_attach_timeout
-            while att['status'] == 'attaching':
-                if time.monotonic() > deadline:
-                    self._master.update_attachment(volume.name, host,
-                                                   'detaching')
-                    raise cinder_exc.VolumeBackendAPIException(
-                        data=_('No ursa-attach exposed volume %(vol)s on '
-                               'host %(host)s within %(t)d s: run '
-                               'ursa-attach there with [ursa_attach] host = '
-                               '%(host)s') % {'vol': volume.name,
-                                              'host': host,
-                                              't': conf.ursa_attach_timeout})
-                time.sleep(0.2)
-                att = self._master.attachment(volume.name, host)
-        if att['status'] != 'attached':
-            raise cinder_exc.VolumeBackendAPIException(
-                data=_('ursa-attach on %(host)s could not expose %(vol)s: '
-                       '%(err)s') % {'host': host, 'vol': volume.name,
-                                     'err': att.get('error')})
-        LOG.info('Volume %(vol)s attached to %(host)s at %(path)s',
-                 {'vol': volume.name, 'host': host, 'path': att['path']})
-        return {'driver_volume_type': 'local',
-                'data': {'device_path': att['path'],
-                         'ursa_volume': volume.name,
-                         'ursa_volume_id': att['volume_id'],
-                         'nbd_host': conf.ursa_nbd_host,
-                         'nbd_port': conf.ursa_nbd_port,
-                         'nbd_export': volume.name}}
+        return self._attachments.attach(volume, connector)
 
     def terminate_connection(self, volume, connector, **kwargs):
-        with _translated('Detaching %s' % volume.name, volume=volume):
-            if connector and connector.get('host'):
-                hosts = [connector['host']]
-            else:  # force detach: from everywhere
-                hosts = [a['host'] for a in
-                         self._master.attachments(volume.name)]
-            for host in hosts:
-                self._detach(volume, host)
+        self._attachments.detach_all(volume, connector)
 
-    def _detach(self, volume, host):
-        try:
-            self._master.update_attachment(volume.name, host, 'detaching')
-        except exception.NotFound:
-            return
-        deadline = time.monotonic() + self.configuration.ursa_attach_timeout
-        while time.monotonic() < deadline:
-            try:
-                self._master.attachment(volume.name, host)
-            except exception.NotFound:
-                LOG.info('Volume %(vol)s detached from %(host)s',
-                         {'vol': volume.name, 'host': host})
-                return
-            time.sleep(0.2)
-        # The host did not let go: fence it, so it can never write again.
-        self._master.revoke_lease(volume.name)
-        self._master.detach(volume.name, host)
-        LOG.warning('Host %(host)s did not release volume %(vol)s within '
-                    '%(t)d s: its lease was revoked (fenced)',
-                    {'host': host, 'vol': volume.name,
-                     't': self.configuration.ursa_attach_timeout})
-
-    # --- images -----------------------------------------------------------
+    # --- images (:mod:`.images`) -----------------------------------------
 
     def copy_image_to_volume(self, context, volume, image_service, image_id,
                              disable_sparse=False):
-        with self._fetched(context, image_service, image_id,
-                           volume.size) as path:
-            self._import(path, volume.name)
-
-    @contextlib.contextmanager
-    def _fetched(self, context, image_service, image_id, size_gb):
-        """The image as a raw file (qemu-img converts qcow2 and others)."""
-        conv = CONF.image_conversion_dir or None
-        if conv:
-            os.makedirs(conv, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix='ursa-image-', dir=conv)
-        os.close(fd)
-        try:
-            image_utils.fetch_to_raw(
-                context, image_service, image_id, path,
-                self.configuration.volume_dd_blocksize, size=size_gb,
-                run_as_root=False)
-            yield path
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-    def _import(self, path, name):
-        size = os.path.getsize(path)
-        started = time.monotonic()
-        progress = _Progress('Writing image into %s' % name, size)
-        with _translated('Writing image into %s' % name):
-            with self._data() as cluster, \
-                    cluster.open_volume(name) as vol, open(path, 'rb') as f:
-                if size > vol.size:
-                    raise cinder_exc.ImageUnacceptable(
-                        image_id=os.path.basename(path),
-                        reason=_('the image (%(img)d bytes) is larger than '
-                                 'volume %(name)s (%(vol)d bytes)') % {
-                            'img': size, 'name': name, 'vol': vol.size})
-                cluster.call(transfer.import_file, vol.volume, f.fileno(),
-                             size, progress)
-        LOG.info('Wrote %(size)d bytes of image data into %(name)s in '
-                 '%(t).1f s (zero blocks skipped)',
-                 {'size': size, 'name': name,
-                  't': time.monotonic() - started})
+        self._images.copy_to_volume(context, volume, image_service, image_id)
 
     def copy_volume_to_image(self, context, volume, image_service,
                              image_meta):
-        conv = CONF.image_conversion_dir or None
-        fd, path = tempfile.mkstemp(prefix='ursa-upload-', dir=conv)
-        try:
-            progress = _Progress('Reading %s for image %s'
-                                 % (volume.name, image_meta['id']),
-                                 volume.size * units.Gi)
-            with _translated('Reading %s' % volume.name, volume=volume):
-                with self._data() as cluster, cluster.open_volume(
-                        volume.name, writable=False) as vol:
-                    cluster.call(transfer.export_file, vol.volume, fd,
-                                 progress)
-            os.close(fd)
-            fd = None
-            volume_utils.upload_volume(context, image_service, image_meta,
-                                       path, volume, run_as_root=False)
-        finally:
-            if fd is not None:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        self._images.copy_to_image(context, volume, image_service, image_meta)
 
     def clone_image(self, context, volume, image_location, image_meta,
                     image_service):
-        """O(1) clone of the image's cached Ursa volume (made the first
-        time an image is used); (None, False) lets Cinder copy instead."""
-        if not self.configuration.ursa_image_cache:
-            return None, False
-        image_id = image_meta['id']
-        try:
-            base = self._cached_image(context, image_service, image_id,
-                                      volume.size)
-        except (exception.UrsaError, cinder_exc.CinderException,
-                OSError) as e:
-            LOG.warning('Ursa image cache: image %(id)s not cached (%(e)s); '
-                        'copying it instead', {'id': image_id, 'e': e})
-            return None, False
-        if base['size'] > volume.size * units.Gi:
-            return None, False
-        with _translated('Cloning image %s into %s' % (image_id,
-                                                        volume.name)):
-            self._master.clone('%s@%s' % (base['name'], IMAGE_CACHE_SNAPSHOT),
-                               volume.name, volume.size * units.Gi,
-                               qos=self._qos(volume) or None,
-                               multiattach=self._multiattach(volume))
-        LOG.info('Volume %(vol)s is an O(1) clone of cached image %(img)s',
-                 {'vol': volume.name, 'img': image_id})
-        return {'provider_location': None}, True
+        return self._images.clone(context, volume, image_location,
+                                  image_meta, image_service)
 
-    @coordination.synchronized('ursa-image-{image_id}')
-    def _cached_image(self, context, image_service, image_id, size_gb):
-        name = IMAGE_CACHE_PREFIX + image_id
-        try:
-            self._master.snapshot('%s@%s' % (name, IMAGE_CACHE_SNAPSHOT))
-            return self._master.volume(name)
-        except exception.NotFound:
-            pass
-        with contextlib.suppress(exception.NotFound):
-            self._master.delete_volume(name)  # a half-made earlier try
-        with self._fetched(context, image_service, image_id,
-                           size_gb) as path:
-            size = os.path.getsize(path)
-            size = -(-size // 4096) * 4096
-            self._master.create_volume(name, size, **self._create_args())
-            self._import(path, name)
-        self._master.create_snapshot(name, IMAGE_CACHE_SNAPSHOT)
-        LOG.info('Cached image %(id)s as Ursa volume %(name)s',
-                 {'id': image_id, 'name': name})
-        return self._master.volume(name)
-
-    # --- manage / unmanage -----------------------------------------------
-
-    def _existing(self, existing_ref):
-        name = existing_ref.get('source-name') or existing_ref.get(
-            'source-id')
-        if not name:
-            raise cinder_exc.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('give source-name (or source-id): an Ursa volume '
-                         'name or id'))
-        try:
-            return self._master.volume(name)
-        except exception.NotFound:
-            raise cinder_exc.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('no Ursa volume %s') % name) from None
+    # --- manage / unmanage (:mod:`.manageable`) -------------------------
 
     def manage_existing(self, volume, existing_ref):
-        vol = self._existing(existing_ref)
-        if (vol.get('lease') or {}).get('holder'):
-            raise cinder_exc.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('Ursa volume %(name)s is open for writing by '
-                         '%(holder)s') % {'name': vol['name'],
-                                          'holder': vol['lease']['holder']})
-        with _translated('Managing %s' % vol['name']):
-            self._master.rename_volume(vol['id'], volume.name)
-            self._apply_qos(volume)
-        LOG.info('Ursa volume %(old)s is now Cinder volume %(new)s',
-                 {'old': vol['name'], 'new': volume.name})
+        self._manageable.manage(volume, existing_ref)
 
     def manage_existing_get_size(self, volume, existing_ref):
-        return int(math.ceil(_gib(self._existing(existing_ref)['size'])))
+        return self._manageable.size(volume, existing_ref)
 
     def unmanage(self, volume):
         LOG.info('Ursa volume %s is no longer managed by Cinder; it keeps '
                  'its name and data', volume.name)
 
-    def _existing_snapshot(self, snapshot, existing_ref):
-        name = existing_ref.get('source-name') or existing_ref.get(
-            'source-id')
-        if not name:
-            raise cinder_exc.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('give source-name: the Ursa snapshot name on the '
-                         'volume'))
-        try:
-            return self._master.snapshot('%s@%s' % (snapshot.volume_name,
-                                                    name))
-        except exception.NotFound:
-            raise cinder_exc.ManageExistingInvalidReference(
-                existing_ref=existing_ref,
-                reason=_('volume %(vol)s has no Ursa snapshot %(name)s') % {
-                    'vol': snapshot.volume_name, 'name': name}) from None
-
     def manage_existing_snapshot(self, snapshot, existing_ref):
-        snap = self._existing_snapshot(snapshot, existing_ref)
-        with _translated('Managing snapshot %s' % snap['name']):
-            self._master.rename_snapshot(snap['id'], snapshot.name)
+        self._manageable.manage_snapshot(snapshot, existing_ref)
 
     def manage_existing_snapshot_get_size(self, snapshot, existing_ref):
-        snap = self._existing_snapshot(snapshot, existing_ref)
-        return int(math.ceil(_gib(snap['size'])))
+        return self._manageable.snapshot_size(snapshot, existing_ref)
 
     def unmanage_snapshot(self, snapshot):
         LOG.info('Ursa snapshot %s is no longer managed by Cinder',
-                 _snap_ref(snapshot))
+                 snap_ref(snapshot))
 
     def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
                                sort_keys, sort_dirs):
-        managed = {v.name: v.id for v in cinder_volumes}
-        entries = []
-        with _translated('Listing Ursa volumes'):
-            vols = self._master.volumes()
-        for v in vols:
-            reason = None
-            if v['name'] in managed:
-                reason = _('already managed')
-            elif v['name'].startswith(IMAGE_CACHE_PREFIX):
-                reason = _('Ursa image cache of this backend')
-            elif (v.get('lease') or {}).get('holder'):
-                reason = _('open for writing by %s') % v['lease']['holder']
-            entries.append({
-                'reference': {'source-name': v['name']},
-                'size': int(math.ceil(_gib(v['size']))),
-                'safe_to_manage': reason is None,
-                'reason_not_safe': reason,
-                'cinder_id': managed.get(v['name']),
-                'extra_info': 'allocated %d bytes' % v.get(
-                    'allocated_bytes', 0)})
-        return volume_utils.paginate_entries_list(
-            entries, marker, limit, offset, sort_keys, sort_dirs)
+        return self._manageable.volumes(cinder_volumes, marker, limit,
+                                        offset, sort_keys, sort_dirs)
 
     def get_manageable_snapshots(self, cinder_snapshots, marker, limit,
                                  offset, sort_keys, sort_dirs):
-        managed = {(s.volume_name, s.name): s.id for s in cinder_snapshots}
-        entries = []
-        with _translated('Listing Ursa snapshots'):
-            snaps = self._master.snapshots()
-        for s in snaps:
-            key = (s['volume_name'], s['name'])
-            reason = None
-            if key in managed:
-                reason = _('already managed')
-            elif s['name'].startswith('clone-') or \
-                    s['volume_name'].startswith(IMAGE_CACHE_PREFIX):
-                reason = _('used by this driver')
-            entries.append({
-                'reference': {'source-name': s['name']},
-                'size': int(math.ceil(_gib(s['size']))),
-                'safe_to_manage': reason is None,
-                'reason_not_safe': reason,
-                'cinder_id': managed.get(key),
-                'extra_info': None,
-                'source_reference': {'source-name': s['volume_name']}})
-        return volume_utils.paginate_entries_list(
-            entries, marker, limit, offset, sort_keys, sort_dirs)
-
-
-class _Progress:
-    """Bytes-done callback that logs a line every 10 s (and at the end)."""
-
-    def __init__(self, what, total):
-        self.what, self.total, self.done = what, total, 0
-        self.last = time.monotonic()
-
-    def __call__(self, n):
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= 10 or self.done >= self.total:
-            self.last = now
-            LOG.info('%(what)s: %(pct)d%%', {
-                'what': self.what,
-                'pct': 100 * self.done // max(self.total, 1)})
+        return self._manageable.snapshots(cinder_snapshots, marker, limit,
+                                          offset, sort_keys, sort_dirs)

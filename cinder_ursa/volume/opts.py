@@ -1,7 +1,58 @@
-"""The driver's options for oslo-config-generator (a cinder.conf backend
-section); importing the driver needs the cinder package."""
+"""The driver's options (a cinder.conf backend section): ``ursa_opts``,
+appended by :class:`~cinder_ursa.volume.driver.UrsaDriver` to its
+configuration, and ``list_opts()`` for oslo-config-generator, which
+needs no cinder package."""
+
+from oslo_config import cfg
+
+ursa_opts = [
+    cfg.ListOpt('ursa_master_urls', default=['http://127.0.0.1:9380'],
+                help='URL(s) of the ursa-master REST API; the first that '
+                     'answers is used.'),
+    cfg.StrOpt('ursa_cluster_key_file', default='/etc/ursa/cluster.key',
+               help='File holding the Ursa cluster key (readable by the '
+                    'cinder user).'),
+    cfg.IntOpt('ursa_replicas', default=3, min=1, max=10,
+               help='Replicas of every chunk of new volumes.'),
+    cfg.IntOpt('ursa_min_replicas', default=2, min=1, max=10,
+               help='Replicas that must remain for writes to go on.'),
+    cfg.IntOpt('ursa_chunk_size_mib', default=64, min=1, max=1024,
+               help='Chunk size of new volumes, in MiB.'),
+    cfg.IntOpt('ursa_stripe_unit_kib', default=0, min=0,
+               help='Stripe unit of new volumes in KiB (0: no striping, '
+                    'the stripe unit is the chunk).'),
+    cfg.IntOpt('ursa_stripe_count', default=1, min=1, max=64,
+               help='Chunks a stripe spans (with ursa_stripe_unit_kib).'),
+    cfg.IntOpt('ursa_max_clone_depth', default=5, min=0,
+               help='A new clone whose parent chain would be deeper than '
+                    'this is flattened (copied) when it is created; 0 '
+                    'flattens every clone.'),
+    cfg.BoolOpt('ursa_flatten_volume_from_snapshot', default=False,
+                help='Flatten every volume created from a snapshot or a '
+                     'volume, so it never depends on its source.'),
+    cfg.IntOpt('ursa_flatten_rate_mib', default=0, min=0,
+               help='Limit of flatten copies in MiB/s (0: no limit).'),
+    cfg.BoolOpt('ursa_image_cache', default=True,
+                help='Keep every image a volume was created from as a '
+                     'read-only Ursa volume (image-<image id>) and create '
+                     'later volumes from the same image as O(1) clones of '
+                     'it (clone_image).'),
+    cfg.FloatOpt('ursa_attach_timeout', default=60.0, min=1.0,
+                 help='Seconds ursa-attach on the connector\'s host has to '
+                      'expose (or release) an attached volume.'),
+    cfg.HostAddressOpt('ursa_nbd_host', default='127.0.0.1',
+                       help='Where hypervisors reach ursa-nbd, for the '
+                            'NBD details of the connection info (libvirt '
+                            'network disks); 127.0.0.1: the gateway on the '
+                            'hypervisor itself.'),
+    cfg.PortOpt('ursa_nbd_port', default=10809,
+                help='Port of ursa-nbd for the connection info.'),
+    cfg.FloatOpt('ursa_timeout', default=60.0, min=1.0,
+                 help='Timeout of one request to the Ursa master, in '
+                      'seconds.'),
+]
+
 
 
 def list_opts():
-    from cinder_ursa.volume import driver
-    return [('ursa', driver.ursa_opts)]
+    return [('ursa', ursa_opts)]

@@ -17,6 +17,7 @@ from oslo_config import cfg
 
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.volume import driver as ursa_driver
+from cinder_ursa.volume import opts as ursa_opts
 from tests.functional.conftest import data_client
 from tests.functional.conftest import module_cluster
 
@@ -63,7 +64,7 @@ def make_driver(cluster, tmp_path, **overrides):
     _groups.append(group)
     conf = conf_mod.Configuration(base_driver.volume_opts,
                                   config_group=group)
-    conf.append_config_values(ursa_driver.ursa_opts)
+    conf.append_config_values(ursa_opts.ursa_opts)
     values = {'ursa_master_urls': [cluster.master_url],
               'ursa_cluster_key_file': cluster.key_file,
               'volume_backend_name': 'ursa', 'ursa_chunk_size_mib': 4}

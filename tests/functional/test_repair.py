@@ -145,9 +145,9 @@ def test_the_deep_check_repairs_what_it_finds(volume):
 
 DOOMED = '''
 import asyncio, os, sys
-from cinder_ursa.client import volume
+from cinder_ursa.client import cluster
 async def main(url, key, new):
-    cl = volume.Cluster([url], key)
+    cl = cluster.Cluster([url], key)
     v = await cl.open_volume('v', holder='doomed', force=True)
     info = await v._chunk(0, False)
     _, host, port = info.replicas[0]

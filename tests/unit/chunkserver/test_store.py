@@ -7,7 +7,10 @@ import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.chunkserver import store as store_mod
+from cinder_ursa.chunkserver.store import blocks
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.common import checksum
+from cinder_ursa.protocol import chunkfile
 
 VOL = '11111111-2222-3333-4444-555555555555'
 
@@ -46,7 +49,7 @@ def test_every_block_has_a_crc32c(st, tmp_path):
     stored = struct.unpack('!8I', raw[:32])
     assert stored[:2] == (0, 0)  # never written
     assert list(stored[2::2]) == checksum.block_crcs(data)
-    assert set(stored[3::2]) == {store_mod.DATA}  # state data, sequence 0
+    assert set(stored[3::2]) == {chunkfile.DATA}  # state data, sequence 0
 
 
 def test_corruption_is_detected_on_read(st, tmp_path):
@@ -107,7 +110,7 @@ def test_state_survives_a_restart(tmp_path):
 def test_ranges_outside_a_chunk_are_refused(st):
     c = st.check_epoch(VOL, 0, 1, create=True)
     with pytest.raises(exception.OutOfRange):
-        st.write(c, store_mod.MAX_CHUNK - 1, b'ab')
+        st.write(c, blocks.MAX_CHUNK - 1, b'ab')
     with pytest.raises(exception.OutOfRange):
         st.read(c, -1, 1)
 
@@ -143,9 +146,9 @@ def test_snapshot_reads_never_written_blocks_as_absent(st):
     c = st.check_epoch(VOL, 0, 1, create=True)
     st.write(c, 3 * B, b'x' * B, seq=2)
     data, states = st.read_blocks(c, 2 * B, 2 * B, snap=2)
-    assert data == bytes(2 * B) and states == bytes([store_mod.ABSENT] * 2)
-    assert st.block_states(c, 2 * B, 2 * B) == bytes([store_mod.ABSENT,
-                                                      store_mod.DATA])
+    assert data == bytes(2 * B) and states == bytes([chunkfile.ABSENT] * 2)
+    assert st.block_states(c, 2 * B, 2 * B) == bytes([chunkfile.ABSENT,
+                                                      chunkfile.DATA])
 
 
 def test_zero_deallocates_whole_blocks_and_zeroes_partial_ones(st, tmp_path):
@@ -244,16 +247,16 @@ def test_preserve_floor_follows_the_newest_live_snapshot(st):
 
 def test_metadata_entries_are_big_endian_crc_word_pairs():
     crcs = [0, 1, 0xDEADBEEF, 0xFFFFFFFF]
-    assert bytes(store_mod.encode_entries(crcs, 0x11)) == struct.pack(
+    assert bytes(chunkfile.encode_entries(crcs, 0x11)) == struct.pack(
         '!8I', 0, 0x11, 1, 0x11, 0xDEADBEEF, 0x11, 0xFFFFFFFF, 0x11)
     words = [5, 6, 7, 0xFFFFFFFC]
-    raw = bytes(store_mod.encode_entries(crcs, words))
-    assert store_mod.decode_entries(raw, 4) == (0, 5, 1, 6, 0xDEADBEEF, 7,
+    raw = bytes(chunkfile.encode_entries(crcs, words))
+    assert chunkfile.decode_entries(raw, 4) == (0, 5, 1, 6, 0xDEADBEEF, 7,
                                             0xFFFFFFFF, 0xFFFFFFFC)
     # One block (the common 4 KiB write) takes its own, shorter way.
-    assert bytes(store_mod.encode_entries([0xDEADBEEF], 0x11)) == \
+    assert bytes(chunkfile.encode_entries([0xDEADBEEF], 0x11)) == \
         struct.pack('!2I', 0xDEADBEEF, 0x11)
-    assert bytes(store_mod.encode_entries([7], [0xFFFFFFFC])) == \
+    assert bytes(chunkfile.encode_entries([7], [0xFFFFFFFC])) == \
         struct.pack('!2I', 7, 0xFFFFFFFC)
 
 
@@ -263,13 +266,13 @@ def test_raw_blocks_torn_detection_and_put_raw(st):
     st.write(c, 0, old + old, seq=2)
     entries, data = st.raw(c, 0, 3)
     assert data == old + old + bytes(4096)
-    assert store_mod.torn_blocks(entries, data) == []
+    assert mending.torn_blocks(entries, data) == []
     # Data written and CRC not: torn, and mended by taking the data.
     os.pwrite(c.head.data_fd, new, 4096)
     entries, data = st.raw(c, 0, 3)
-    assert store_mod.torn_blocks(entries, data) == [1]
-    mended = store_mod.mend_entries(entries, data, [1])
-    assert store_mod.torn_blocks(mended, data) == []
+    assert mending.torn_blocks(entries, data) == [1]
+    mended = mending.mend_entries(entries, data, [1])
+    assert mending.torn_blocks(mended, data) == []
     st.put_raw(c, 0, mended, data)
     assert st.read(c, 0, 8192) == old + new
     # The word (snapshot sequence and state) is kept.

@@ -1,0 +1,176 @@
+"""A chunk server's control side: registration with the master and the
+heartbeat (membership), the control requests (FLUSH, FENCE, DELETE,
+CHUNK_INFO, INVENTORY, SNAPSHOT, REVERT), and syncs: what a FLUSH or a FUA
+write waits for."""
+
+import asyncio
+import logging
+
+from cinder_ursa import exception
+from cinder_ursa.protocol import codec
+
+LOG = logging.getLogger(__name__)
+
+
+class ControlMixin:
+    """Membership, control requests and syncs of :class:`ChunkServer`
+    (which provides ``store``, ``master``, ``authority``, ``_loop``,
+    ``_syncs``, ``_registered`` and ``_reply_error``)."""
+
+    async def _register(self):
+        usage = self.store.usage()
+        reply = await self.master.register_server(
+            uuid=self.store.server_uuid, host=self.host, rack=self.rack,
+            address=self.advertise_host, port=self.port,
+            chunks=self.store.chunk_list(), **usage)
+        self.id = reply['server']['id']
+        self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
+        for vol, gen in reply.get('generations', {}).items():
+            if gen > self.store.generation(vol):
+                self.store.adopt_generation(vol, gen)
+        for vol, seq in reply.get('snapseqs', {}).items():
+            self.store.adopt_snapseq(vol, seq)
+        for vol, (seq, live) in reply.get('snapshots', {}).items():
+            # Blocks of snapshots deleted while this server was away.
+            n = self.store.gc(vol, live, upto=seq)
+            if n:
+                LOG.info('Volume %s: %d preserved block(s) of deleted '
+                         'snapshots freed', vol, n)
+        for vol, idx in reply.get('stale', []):
+            self.store.mark_stale(vol, idx)
+        for vol, idx in reply.get('orphans', []):
+            LOG.info('Deleting orphan replica %s/%d (no such chunk on the '
+                     'master)', vol, idx)
+            self.store.delete(vol, idx)
+        LOG.info('Registered with the master as chunk server %d', self.id)
+        self._registered.set()
+
+    async def _membership(self):
+        """Register, then heartbeat; register again when the master forgot
+        us or came back."""
+        registered = False
+        while True:
+            try:
+                if not registered:
+                    await self._register()
+                    registered = True
+                else:
+                    await self.master.heartbeat(self.id, self.store.usage())
+            except exception.NotFound:
+                registered = False
+                continue
+            except exception.UrsaError as e:
+                LOG.warning('Master unreachable (%s); retrying', e)
+                registered = registered and not isinstance(
+                    e, exception.UrsaConnectionError)
+            except Exception:  # noqa: BLE001 - keep the server alive
+                LOG.exception('Heartbeat failed')
+            await asyncio.sleep(self._heartbeat_interval if registered
+                                else 1.0)
+
+    def _control(self, conn, frame, _req, _confirmed):
+        op = frame.opcode
+        if op == codec.FLUSH:
+            self._flush(conn, frame)
+        elif op == codec.FENCE:
+            vol, gen = codec.decode_fence(frame.body)
+            if gen <= self.store.generation(vol):
+                conn.send(codec.encode_ok(op, frame.req_id))
+            else:
+                conn.spawn(self._fence(conn, frame, vol, gen))
+        elif op == codec.DELETE:
+            vol, idx = codec.decode_delete(frame.body)
+            n = self.store.delete(vol, None if idx == codec.ALL_CHUNKS
+                                  else idx)
+            if n:
+                LOG.info('Deleted %d replica(s) of volume %s', n, vol)
+            conn.send(codec.encode_ok(op, frame.req_id))
+        elif op == codec.CHUNK_INFO:
+            vol, idx = codec.decode_chunk_info(frame.body)
+            conn.send(codec.encode_chunk_info_ok(
+                frame.req_id, *self.store.chunk_info(
+                    vol, idx, bool(frame.flags & codec.FLAG_DEEP))))
+        elif op == codec.INVENTORY:
+            vol = codec.decode_inventory(frame.body)
+            conn.send(codec.encode_inventory_ok(
+                frame.req_id, self.store.inventory(vol)))
+        elif op == codec.SNAPSHOT:
+            vol, seq, live = codec.decode_snapshot(frame.body)
+            if frame.flags & codec.FLAG_DRY_RUN:
+                n = self.store.gc(vol, live, upto=seq, dry_run=True)
+                conn.send(codec.encode_ok(op, frame.req_id,
+                                          codec.encode_u64(n)))
+                return
+            self.store.adopt_snapseq(vol, seq)
+            if frame.flags & codec.FLAG_GC:
+                n = self.store.gc(vol, live, upto=seq)
+                if n:
+                    LOG.info('Volume %s: %d preserved block(s) no '
+                             'snapshot needs were freed', vol, n)
+            conn.send(codec.encode_ok(op, frame.req_id))
+        elif op == codec.REVERT:
+            vol, snap, seq = codec.decode_revert(frame.body)
+            self.store.adopt_snapseq(vol, seq)
+            n = self.store.revert(vol, snap, seq)
+            LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d',
+                     vol, n, snap)
+            conn.spawn(self._reply_after_sync(conn, frame, vol))
+        else:
+            raise exception.ProtocolError(
+                reason='unknown opcode 0x%02x' % op)
+
+    async def _fence(self, conn, frame, vol, gen):
+        try:
+            await self.authority.confirm_generation(vol, gen)
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
+
+    def _flush(self, conn, frame):
+        conn.spawn(self._reply_after_sync(conn, frame,
+                                          codec.decode_flush(frame.body)))
+
+    async def _reply_after_sync(self, conn, frame, volume, chunk=None):
+        """Answer once ``volume`` (``chunk`` only: a FUA write, whose reply
+        carries the chunk's epoch) is durable."""
+        try:
+            await self._sync(volume, chunk)
+        except (OSError, exception.UrsaError) as e:
+            self._reply_error(conn, frame, e)
+            return
+        if chunk is None:
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+        else:
+            conn.send(codec.encode_write_ok(frame.req_id, chunk.epoch,
+                                            frame.opcode))
+
+    async def _sync(self, volume=None, chunk=None):
+        """Make durable what was written to ``volume`` (every volume when
+        None; only ``chunk``'s files, for a FUA write), and wait for the
+        syncs of it already running: they took files written before this
+        call, and a FLUSH that did not wait for them would answer before
+        the writes it covers are on disk.  One failed sync fails every
+        sync waiting for it."""
+        fds, dirs = self.store.take_dirty(volume, chunk)
+        waits = [fut for vols, fut in self._syncs
+                 if volume is None or vols is None or volume in vols]
+        if fds or dirs:
+            vols = None if volume is None else frozenset((volume,))
+            fut = self._loop.run_in_executor(None, self.store.sync, fds,
+                                             dirs)
+            entry = (vols, fut)
+            self._syncs.append(entry)
+
+            def done(f):
+                self._syncs.remove(entry)
+                if not f.cancelled() and f.exception() is not None:
+                    self.store.sync_failed(vols, f.exception())
+            fut.add_done_callback(done)
+            waits.append(fut)
+        if waits:
+            # asyncio.wait, not gather: a cancelled FLUSH must not cancel
+            # a sync that other FLUSHes wait for.
+            await asyncio.wait(waits)
+            for f in waits:
+                if f.exception() is not None:
+                    raise f.exception()

@@ -1,0 +1,296 @@
+"""The write path of a chunk server: WRITE on a chunk's primary, forwarded
+as REPLICATE to the other replicas, and the replicas that fail dropped.
+
+Write path (the primary is the first server of a chunk's replica set):
+
+1. check the lease generation (older -> Fenced) and the chunk epoch
+   (older -> StaleEpoch), and that the replica set the request names is the
+   master's at that epoch: a newer epoch or generation is first confirmed
+   with the master (:mod:`.authority`), and requests for that chunk wait
+   behind it, so every chunk's writes are still applied in arrival order;
+2. apply the write to the local replica synchronously, in arrival order;
+3. forward it (REPLICATE) to the other replicas in parallel;
+4. a replica that fails or times out is dropped from the replica set by
+   the master (epoch + 1, committed there first); the write is
+   acknowledged only if at least ``min_replicas`` replicas applied it,
+   otherwise the client gets InsufficientReplicas and must retry.
+"""
+
+import asyncio
+import logging
+import os
+
+from cinder_ursa import exception
+from cinder_ursa.chunkserver.store import mending
+from cinder_ursa.protocol import codec
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import ENTRY
+from cinder_ursa.transport import aio
+
+LOG = logging.getLogger(__name__)
+
+# Fault injection for the tests, as Ceph's inject options: never set it
+# in production.  "exit-before-forward": a primary exits right after it
+# applied a write locally, before forwarding it to the other replicas.
+_FAULT = os.environ.get('URSA_INJECT_FAULT')
+
+
+class ReplicationMixin:
+    """The WRITE and REPLICATE handlers of :class:`ChunkServer` (which
+    provides ``store``, ``authority``, ``master``, ``peers``, ``id``,
+    ``replication_timeout``, ``_loop``, ``_peer_addrs``, ``_drop_locks``,
+    ``_sync``, ``_reply_after_sync`` and ``_reply_error``)."""
+
+    def _check(self, req, confirmed):
+        """The master's view of the chunk a write names (its generation
+        and epoch checked; see :mod:`.authority`)."""
+        # A copy-up writes what readers already see through the parent,
+        # and a repair what a replica held: they need no lease (and
+        # preserve nothing).
+        if not req.flags & (codec.FLAG_IF_ABSENT | codec.FLAG_RAW):
+            self.authority.check_generation(req.volume, req.generation,
+                                            confirmed)
+        return self.authority.view(req.volume, req.index, req.epoch,
+                                   self.id, confirmed)
+
+    def _apply(self, req):
+        c = self.store.check_epoch(req.volume, req.index, req.epoch,
+                                   create=True)
+        if req.flags & codec.FLAG_RAW:
+            n = req.length // BLOCK
+            entries = req.data[:n * ENTRY]
+            data = req.data[n * ENTRY:]
+            # A repair pushes blocks its primary holds valid: refuse
+            # anything else (a torn block, a layer's state).
+            if mending.torn_blocks(entries, data) or not \
+                    mending.head_entries(entries):
+                raise exception.InvalidArgument(
+                    reason='a raw REPLICATE must carry valid head blocks')
+            self.store.put_raw(c, req.offset // BLOCK, entries,
+                               data)
+            return c
+        self.store.write(c, req.offset, req.data, req.seq, req.zero,
+                         req.if_absent, req.length, req.floor)
+        return c
+
+    def _replicate(self, conn, frame, req, confirmed):
+        self._check(req, confirmed)
+        c = self._apply(req)
+        if req.fua:
+            conn.spawn(self._reply_after_sync(conn, frame, req.volume, c))
+        else:
+            conn.send(codec.encode_write_ok(frame.req_id, c.epoch,
+                                            codec.REPLICATE))
+
+    def _write(self, conn, frame, req, confirmed):
+        if req.flags & codec.FLAG_RAW:
+            # Only a primary's repair push (REPLICATE) stores blocks as
+            # they are: a client's WRITE would pass the lease fence.
+            raise exception.InvalidArgument(
+                reason='WRITE does not take FLAG_RAW')
+        view = self._check(req, confirmed)
+        if view.replicas[0] != self.id:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d: this server (%d) is not its primary '
+                       '(%s); refresh the chunk map' % (
+                           req.volume, req.index, self.id, view.replicas))
+        if req.replicas != view.replicas:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d: the write names replica set %s, the '
+                       'master\'s at epoch %d is %s; refresh the chunk map'
+                       % (req.volume, req.index, req.replicas, view.epoch,
+                          view.replicas))
+        # What the master says, not what the client sent.
+        req.min_replicas = view.min_replicas
+        if len(req.replicas) < req.min_replicas:
+            raise exception.InsufficientReplicas(
+                have=len(req.replicas), need=req.min_replicas,
+                reason='chunk %s/%d; writes wait for repair' % (
+                    req.volume, req.index))
+        if not req.if_absent:
+            # Only the primary judges the snapshot sequence: replicas
+            # apply what it forwards with the sequence it carries, so
+            # every replica preserves exactly the same blocks.
+            self.store.check_snapseq(req.volume, req.seq)
+            self.store.adopt_snapseq(req.volume, req.seq)
+            req.floor = self.store.preserve_floor(req.volume, req.seq)
+        c = self._apply(req)
+        others = req.replicas[1:]
+        if _FAULT == 'exit-before-forward' and others:
+            LOG.error('URSA_INJECT_FAULT=%s: exiting', _FAULT)
+            os._exit(70)
+        if not others and not req.fua:
+            conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
+            return
+        # Forward right now, in arrival order, on connected peers; the
+        # data view points into the frame, which the forwards keep alive.
+        sent = [self._send_replica_now(sid, req, c.epoch) for sid in others]
+        if not req.fua and None not in sent:
+            self._await_replicas(conn, frame, req, c, others, sent)
+            return
+        conn.spawn(self._forward(conn, frame, req, c, others, sent))
+
+    def _await_replicas(self, conn, frame, req, c, others, sent):
+        """The common case of a forwarded write (no FUA, every peer
+        connected), with callbacks instead of a task, a gather and a
+        timer per replica: answer as soon as the last replica did, and
+        hand anything but success to :meth:`_conclude`."""
+        left = [len(sent)]
+
+        def expire():
+            for peer, rid, fut in sent:
+                if not fut.done():
+                    peer.forget(rid)
+                    fut.set_exception(exception.UrsaTimeout(
+                        peer=peer.peer, seconds=self.replication_timeout))
+
+        timer = self._loop.call_later(self.replication_timeout, expire)
+
+        def done(_):
+            left[0] -= 1
+            if left[0]:
+                return
+            timer.cancel()
+            results = []
+            for sid, (_, _, fut) in zip(others, sent, strict=True):
+                try:
+                    codec.decode_write_ok(fut.result().body)
+                    results.append(None)
+                except exception.UrsaError as e:
+                    if isinstance(e, exception.UrsaConnectionError):
+                        self.peers.discard(*self._peer_addrs[sid])
+                    results.append(e)
+                except asyncio.CancelledError as e:
+                    results.append(exception.UrsaConnectionError(
+                        peer=str(sid), reason='cancelled: %s' % e))
+            if not any(results):
+                conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
+            else:
+                conn.spawn(self._conclude(conn, frame, req, c, others,
+                                          results))
+
+        for _, _, fut in sent:
+            fut.add_done_callback(done)
+
+    async def _forward(self, conn, frame, req, c, others, sent):
+        jobs = [self._await_replica(sid, s) if s is not None
+                else self._send_replica(sid, req, c.epoch)
+                for sid, s in zip(others, sent, strict=True)]
+        if req.fua:
+            jobs.append(self._sync(req.volume, c))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await self._conclude(conn, frame, req, c, others, results)
+
+    async def _conclude(self, conn, frame, req, c, others, results):
+        """Answer a forwarded write from the replicas' results (and the
+        local sync's, last, with FUA): drop the replicas that failed."""
+        epoch = c.epoch
+        try:
+            failed = []
+            for sid, res in zip(others, results, strict=False):
+                if res is None:
+                    continue
+                if isinstance(res, (exception.Fenced, exception.StaleEpoch,
+                                    exception.StaleReplica,
+                                    exception.OutOfRange,
+                                    exception.NoSpace)):
+                    raise res
+                failed.append((sid, res))
+            if req.fua and len(results) > len(others) and \
+                    results[-1] is not None:
+                raise exception.DiskError(reason='fdatasync: %s'
+                                              % results[-1])
+            if failed:
+                epoch = await self._drop(req, c, failed)
+            conn.send(codec.encode_write_ok(frame.req_id, epoch))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
+
+    async def _send_replica(self, sid, req, epoch):
+        addr = await self._peer(sid)
+        try:
+            peer = await self.peers.get(*addr)
+            reply = await peer.call(codec.encode_replicate, req, epoch,
+                                    timeout=self.replication_timeout)
+            codec.decode_write_ok(reply.body)
+        except exception.UrsaConnectionError:
+            self.peers.discard(*addr)
+            raise
+
+    def _send_replica_now(self, sid, req, epoch):
+        """Fast path: the peer is known and connected, so send at once
+        (no task) and return (peer, rid, future); None otherwise."""
+        addr = self._peer_addrs.get(sid)
+        if addr is None:
+            return None
+        peer = self.peers.connected(*addr)
+        if peer is None:
+            return None
+        rid = aio.next_req_id()
+        try:
+            fut = peer.send(rid, codec.encode_replicate(rid, req, epoch))
+        except exception.UrsaConnectionError:
+            return None
+        return peer, rid, fut
+
+    async def _await_replica(self, sid, sent):
+        peer, rid, fut = sent
+        try:
+            reply = await peer.wait(rid, fut, self.replication_timeout)
+            codec.decode_write_ok(reply.body)
+        except exception.UrsaConnectionError:
+            self.peers.discard(*self._peer_addrs[sid])
+            raise
+
+    async def _drop(self, req, c, failed):
+        """Ask the master to drop failed replicas; return the new epoch if
+        enough replicas remain, else raise InsufficientReplicas."""
+        key = (req.volume, req.index)
+        lock = self._drop_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            chunk = None
+            for sid, err in failed:
+                LOG.warning('Replica %d of chunk %s/%d failed (%s); asking '
+                            'the master to drop it', sid, req.volume,
+                            req.index, err)
+                chunk = await self.master.drop_replica(
+                    req.volume, req.index, sid, c.epoch)
+                self.authority.learn(req.volume, chunk,
+                                     chunk['min_replicas'])
+                if chunk['epoch'] > c.epoch:
+                    self.store.set_epoch(c, chunk['epoch'])
+        ids = [r['id'] for r in chunk['replicas']]
+        if self.id not in ids:
+            raise exception.StaleReplica(
+                reason='this server left the replica set of chunk %s/%d'
+                % key)
+        if len(ids) < req.min_replicas:
+            raise exception.InsufficientReplicas(
+                have=len(ids), need=req.min_replicas,
+                reason='chunk %s/%d lost replicas; writes wait for repair'
+                % key)
+        # The survivors learn the new epoch now (an empty copy-up carries
+        # it), not at the next write: a client holding the old map is
+        # refused by every replica from here on.
+        bump = codec.WriteRequest(req.volume, req.index, chunk['epoch'],
+                                  req.generation, req.seq, 0, 0, ids, b'',
+                                  codec.FLAG_IF_ABSENT)
+        results = await asyncio.gather(*(
+            self._send_replica(sid, bump, chunk['epoch'])
+            for sid in ids if sid != self.id), return_exceptions=True)
+        for res in results:
+            if isinstance(res, Exception):
+                LOG.warning('Chunk %s/%d: a replica did not take epoch %d '
+                            '(%s); it learns it with the next write', *key,
+                            chunk['epoch'], res)
+        return chunk['epoch']
+
+    async def _peer(self, sid):
+        addr = self._peer_addrs.get(sid)
+        if addr is None:
+            for s in await self.master.servers():
+                self._peer_addrs[s['id']] = (s['address'], s['port'])
+            addr = self._peer_addrs.get(sid)
+            if addr is None:
+                raise exception.NotFound(kind='chunk server', name=sid)
+        return addr

@@ -1,0 +1,105 @@
+"""What makes a replica refuse a request: the volume's lease generation
+(an older writer is fenced), its snapshot sequence (a write made before
+the newest snapshot), the chunk's epoch (a request or replica left behind
+by a change of the replica set) and the stale mark of a dropped replica.
+Generations, sequences and epochs are kept in small files beside the
+chunks."""
+
+import logging
+import os
+
+from cinder_ursa import exception
+from cinder_ursa.chunkserver.store.files import atomic_write
+from cinder_ursa.chunkserver.store.files import fsync_dir
+
+LOG = logging.getLogger(__name__)
+
+
+class Fencing:
+    """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`."""
+
+    def generation(self, volume):
+        return self._generations.get(volume, 0)
+
+    def adopt_generation(self, volume, generation):
+        """Record a newer lease generation; raise Fenced for an older one."""
+        current = self._generations.get(volume, 0)
+        if generation < 1:
+            raise exception.Fenced(
+                reason='writes to volume %s need a lease (generation >= 1)'
+                % volume)
+        if generation < current:
+            raise exception.Fenced(
+                reason='volume %s is now written under lease generation %d; '
+                       'generation %d was fenced' % (volume, current,
+                                                     generation))
+        if generation > current:
+            self._persist(volume, 'generation', generation)
+            self._generations[volume] = generation
+
+    def snapseq(self, volume):
+        return self._snapseqs.get(volume, 0)
+
+    def adopt_snapseq(self, volume, seq):
+        """Record the volume's newest snapshot sequence (from the master)."""
+        if seq > self._snapseqs.get(volume, 0):
+            self._persist(volume, 'snapseq', seq)
+            self._snapseqs[volume] = seq
+
+    def check_snapseq(self, volume, seq):
+        """A primary refuses writes made before the newest snapshot: the
+        writer must learn of it so its next writes preserve old blocks."""
+        current = self._snapseqs.get(volume, 0)
+        if seq < current:
+            raise exception.StaleSnapshot(
+                reason='volume %s has snapshot sequence %d, the write has '
+                       '%d; refresh the volume' % (volume, current, seq))
+
+    def _persist(self, volume, name, value):
+        vdir = os.path.join(self.chunks_dir, volume)
+        if not os.path.isdir(vdir):
+            os.makedirs(vdir, exist_ok=True)
+            fsync_dir(self.chunks_dir)
+        atomic_write(os.path.join(vdir, name), '%d\n' % value)
+
+    def known_epoch(self, volume, index):
+        """The epoch of a replica held here (None: none is)."""
+        c = self._known.get((volume, index))
+        return None if c is None else c.epoch
+
+    def check_epoch(self, volume, index, epoch, create=False):
+        """Return the chunk after checking ``epoch`` against what this
+        replica knows: refuse stale replicas and outdated requests, adopt a
+        newer epoch.  Returns None for a chunk never written here (reads).
+        """
+        if self._failed:
+            self.check_failed(volume)
+        c = self._chunk(volume, index, create=create)
+        if c is None:
+            return None
+        if c.stale:
+            raise exception.StaleReplica(
+                reason='replica of chunk %s/%d on this server left the '
+                       'replica set; refresh the chunk map' % (volume, index))
+        if epoch < c.epoch:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d is at epoch %d, request has %d; refresh '
+                       'the chunk map' % (volume, index, c.epoch, epoch))
+        if epoch > c.epoch:
+            self.set_epoch(c, epoch)
+        return c
+
+    def set_epoch(self, c, epoch):
+        if c.epoch != epoch:
+            os.makedirs(os.path.dirname(c.base), exist_ok=True)
+            atomic_write(c.base + '.epoch', '%d\n' % epoch)
+            c.epoch = epoch
+
+    def mark_stale(self, volume, index):
+        c = self._chunk(volume, index)
+        if c is not None and not c.stale:
+            with open(c.base + '.stale', 'w') as f:
+                f.write('dropped from the replica set\n')
+            c.stale = True
+            LOG.warning('Replica of chunk %s/%d is stale: the master dropped '
+                        'it from the replica set', volume, index)

@@ -1,0 +1,176 @@
+"""Snapshot layers: copy-on-write of the blocks a write replaces into
+the layer of its sequence, resolving a snapshot's view of a block through
+the layers, which snapshots still exist (and so which blocks a write must
+preserve), revert of the head to a snapshot, and garbage collection of
+blocks no snapshot reads any more."""
+
+import bisect
+import os
+import struct
+
+from cinder_ursa.chunkserver.store.files import punch_hole
+from cinder_ursa.common import checksum
+from cinder_ursa.protocol.chunkfile import ABSENT
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import DATA
+from cinder_ursa.protocol.chunkfile import ENTRY
+from cinder_ursa.protocol.chunkfile import LAYER_ABSENT
+from cinder_ursa.protocol.chunkfile import ZERO
+
+
+class SnapshotLayers:
+    """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`."""
+
+    def note_live(self, volume, live, upto):
+        """Remember which snapshots up to sequence ``upto`` still exist
+        (from the master's GC requests and the registration reply)."""
+        known = self._live.get(volume)
+        if known is None or upto >= known[0]:
+            self._live[volume] = (upto, sorted(live))
+
+    def preserve_floor(self, volume, seq):
+        """A write at sequence ``seq`` preserves the blocks last written
+        before the newest snapshot that still exists (sequences above what
+        the master last reported are presumed to): after the newest
+        snapshots were deleted (or failed to be created), overwrites copy
+        nothing nobody will read."""
+        known = self._live.get(volume)
+        if known is None or seq > known[0]:
+            return seq
+        live = known[1]
+        k = bisect.bisect_right(live, seq)
+        return live[k - 1] if k else 0
+
+    def _resolve(self, c, first, count, snap):
+        """Per block of ``first .. first+count-1``: (state, files, crc) as
+        seen by snapshot ``snap`` (0: the head)."""
+        head = c.head.meta(first, count)
+        out = [None] * count
+        if snap:
+            pending = count
+            for n in c.layer_ids():
+                if n < snap:
+                    continue
+                lf = c.layer(n)
+                m = lf.meta(first, count)
+                for i in range(count):
+                    if out[i] is None and m[2 * i + 1]:
+                        st = m[2 * i + 1] & 3
+                        out[i] = (ABSENT if st == LAYER_ABSENT else st, lf,
+                                  m[2 * i])
+                        pending -= 1
+                if not pending:
+                    break
+        for i in range(count):
+            if out[i] is None:
+                out[i] = (head[2 * i + 1] & 3, c.head, head[2 * i])
+        return out
+
+    def _preserve(self, c, first, meta, seq, only=None, floor=None):
+        """Copy blocks last written before ``floor`` (default ``seq``)
+        into layer ``seq``."""
+        floor = seq if floor is None else floor
+        old = [i for i in (range(len(meta) // 2) if only is None else only)
+               if meta[2 * i + 1] >> 2 < floor]
+        if not old:
+            return
+        if seq not in c.layers:
+            self._new_entry(c.volume, os.path.dirname(c.base))
+        lf = c.layer(seq)
+        for i in old:
+            crc, word = meta[2 * i], meta[2 * i + 1]
+            st = word & 3
+            if st == DATA:
+                pos = (first + i) * BLOCK
+                os.pwrite(lf.data_fd, os.pread(c.head.data_fd, BLOCK, pos),
+                          pos)
+            entry = struct.pack('!II', crc, (word & ~3) | (
+                LAYER_ABSENT if st == ABSENT else st))
+            os.pwrite(lf.meta_fd, entry, ENTRY * (first + i))
+        self._mark_dirty(c, (lf,))
+
+    def _blocks_in_use(self, c):
+        return max([f.open().nblocks() for f in c.all_files()] or [0])
+
+    def revert(self, volume, snap, seq):
+        """Make the head of every chunk of ``volume`` equal to snapshot
+        ``snap``, as a write at sequence ``seq`` (later snapshots keep
+        their content).  Idempotent."""
+        reverted = 0
+        for c in self.volume_chunks(volume):
+            if c.stale:
+                continue
+            self._opened(c)
+            n = self._blocks_in_use(c)
+            step = 4096
+            for first in range(0, n, step):
+                count = min(step, n - first)
+                want = self._resolve(c, first, count, snap)
+                # A block resolved to the head is unchanged since the
+                # snapshot; the others take the snapshot's version.
+                changed = [i for i, b in enumerate(want) if b[1] is not c.head]
+                if not changed:
+                    continue
+                meta = c.head.meta(first, count)
+                self._preserve(c, first, meta, seq, changed,
+                               self.preserve_floor(volume, seq))
+                for i in changed:
+                    st, files, crc = want[i]
+                    blk = first + i
+                    if st == DATA:
+                        data = self._read_run(c, files, blk, 1, [crc])
+                        self._put(c, blk, data, seq)
+                    else:
+                        punch_hole(c.head.data_fd, blk * BLOCK, BLOCK)
+                        os.pwrite(c.head.meta_fd, struct.pack(
+                            '!II', checksum.ZERO_CRC if st == ZERO else 0,
+                            seq << 2 | st), ENTRY * blk)
+            self._mark_dirty(c, (c.head,))
+            reverted += 1
+        return reverted
+
+    def gc(self, volume, live, upto=None, dry_run=False):
+        """Drop preserved blocks that no snapshot in ``live`` (sequence
+        numbers) can read any more; remove layers left empty.  Only layers
+        up to sequence ``upto`` are looked at: ``live`` says nothing of
+        snapshots taken after it was read.  Returns the number of blocks
+        freed (``dry_run``: that would be, nothing changes)."""
+        live = sorted(live)
+        if upto is not None and not dry_run:
+            self.note_live(volume, live, upto)
+        freed = 0
+        for c in self.volume_chunks(volume):
+            self._opened(c)
+            for n in c.layer_ids():
+                if upto is not None and n > upto:
+                    break
+                lf = c.layer(n)
+                nblocks = lf.nblocks()
+                meta = lf.meta(0, nblocks)
+                keep = 0
+                for i in range(nblocks):
+                    word = meta[2 * i + 1]
+                    if not word:
+                        continue
+                    w = word >> 2
+                    k = bisect.bisect_right(live, w)
+                    if k < len(live) and live[k] <= n:
+                        keep += 1
+                        continue
+                    freed += 1
+                    if dry_run:
+                        continue
+                    if word & 3 == DATA:
+                        punch_hole(lf.data_fd, i * BLOCK, BLOCK)
+                    os.pwrite(lf.meta_fd, bytes(ENTRY), ENTRY * i)
+                if dry_run:
+                    continue
+                if not keep:
+                    for d in self._dirty.values():
+                        d.discard(lf)
+                    lf.unlink()
+                    del c.layers[n]
+                else:
+                    self._mark_dirty(c, (lf,))
+                self._touched.add((c.volume, c.index))
+        return freed

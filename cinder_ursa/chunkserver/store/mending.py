@@ -1,0 +1,97 @@
+"""Repair primitives: a replica's head blocks as stored, read and written
+without verification (:class:`RawBlocks`, part of
+:class:`~cinder_ursa.chunkserver.store.ChunkStore`), and the checks that
+find and mend torn blocks in what they carry."""
+
+import os
+import struct
+
+from cinder_ursa.chunkserver.store.files import punch_hole
+from cinder_ursa.chunkserver.store.files import pwrite_data
+from cinder_ursa.common import checksum
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import DATA
+from cinder_ursa.protocol.chunkfile import ENTRY
+from cinder_ursa.protocol.chunkfile import ENTRY_STRUCT
+from cinder_ursa.protocol.chunkfile import LAYER_ABSENT
+from cinder_ursa.protocol.chunkfile import decode_entries
+
+
+def torn_blocks(entries, data):
+    """Indexes of the blocks (``entries`` and ``data`` as stored, from
+    :meth:`RawBlocks.raw`) holding data whose CRC32C is not the one
+    their entry stores: a torn write (data and metadata reached the disk
+    apart at a power cut) or a corrupt block."""
+    meta = decode_entries(entries, len(entries) // ENTRY)
+    mv = memoryview(data)
+    return [i for i in range(len(meta) // 2)
+            if meta[2 * i + 1] & 3 == DATA and checksum.crc(
+                mv[i * BLOCK:(i + 1) * BLOCK]) != meta[2 * i]]
+
+
+def head_entries(entries):
+    """Whether every entry holds a head block's state (absent, data or
+    zero; not a layer's)."""
+    meta = decode_entries(entries, len(entries) // ENTRY)
+    return all(w & 3 != LAYER_ABSENT for w in meta[1::2])
+
+
+def mend_entries(entries, data, blocks):
+    """``entries`` with the CRC of ``blocks`` (indexes) computed from
+    ``data``: a torn block's content is taken as it is."""
+    out = bytearray(entries)
+    mv = memoryview(data)
+    for i in blocks:
+        word = struct.unpack_from('!I', out, ENTRY * i + 4)[0]
+        ENTRY_STRUCT.pack_into(out, ENTRY * i, checksum.crc(
+            mv[i * BLOCK:(i + 1) * BLOCK]), word)
+    return bytes(out)
+
+
+class RawBlocks:
+    """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`: head
+    blocks as stored, for repair."""
+
+    def raw(self, c, first, count):
+        """(entries, data) of head blocks ``first .. first+count-1`` as
+        stored, unverified (zeros past the end and for a chunk never
+        written here)."""
+        self._check_range(first * BLOCK, count * BLOCK)
+        if c is None:
+            return bytes(ENTRY * count), bytes(BLOCK * count)
+        self._opened(c)
+        entries = os.pread(c.head.meta_fd, ENTRY * count, ENTRY * first)
+        data = os.pread(c.head.data_fd, BLOCK * count, BLOCK * first)
+        return (entries + bytes(ENTRY * count - len(entries)),
+                data + bytes(BLOCK * count - len(data)))
+
+    def put_raw(self, c, first, entries, data):
+        """Make head blocks from ``first`` hold exactly ``entries`` and
+        ``data`` (a repair: the content another replica, or this one after
+        a torn write, holds).  Blocks whose entry is not DATA are
+        deallocated."""
+        count = len(entries) // ENTRY
+        self._check_range(first * BLOCK, count * BLOCK)
+        self._opened(c)
+        meta = decode_entries(entries, count)
+        mv = memoryview(data)
+        try:
+            self._check_space(count * BLOCK)
+            i = 0
+            while i < count:
+                is_data = meta[2 * i + 1] & 3 == DATA
+                j = i + 1
+                while j < count and (meta[2 * j + 1] & 3 == DATA) == is_data:
+                    j += 1
+                if is_data:
+                    pwrite_data(c.head.data_fd, mv[i * BLOCK:j * BLOCK],
+                                (first + i) * BLOCK)
+                else:
+                    punch_hole(c.head.data_fd, (first + i) * BLOCK,
+                               (j - i) * BLOCK)
+                i = j
+            os.pwrite(c.head.meta_fd, entries, ENTRY * first)
+        except OSError as e:
+            self._no_space(e)
+            raise
+        self._mark_dirty(c, (c.head,))

@@ -1,0 +1,102 @@
+"""A volume's cached chunk map: loading it from the master in windows,
+forgetting an entry a chunk server called outdated, and reporting a
+replica that failed (the master drops it, epoch + 1) or could not flush."""
+
+import asyncio
+import logging
+
+from cinder_ursa import exception
+from cinder_ursa.protocol import rest
+
+LOG = logging.getLogger(__name__)
+
+MAP_WINDOW = 256
+
+
+class ChunkMap:
+    """Part of :class:`~cinder_ursa.client.volume.Volume`."""
+
+    async def _chunk(self, index, allocate):
+        if index in self._map:
+            info = self._map[index]
+            if info is not None or not allocate:
+                return info
+        lock = self._map_locks.setdefault(index, asyncio.Lock())
+        async with lock:
+            if index in self._map:
+                info = self._map[index]
+                if info is not None or not allocate:
+                    return info
+            if allocate:
+                start, count = index, 1
+            else:
+                start = index - index % MAP_WINDOW
+                count = min(MAP_WINDOW, self.layout.chunks - start)
+            reply = await self.cluster.master.chunk_map(
+                self.id, start, count, allocate)
+            found = {c['index']: rest.ChunkInfo.from_json(c)
+                     for c in reply['chunks']}
+            for i in range(start, start + count):
+                if i in found:
+                    self._map[i] = found[i]
+                elif self.writable and i not in self._map:
+                    # We are the only writer: absence stays true until we
+                    # allocate it ourselves.
+                    self._map[i] = None
+            return found.get(index)
+
+    def _forget(self, index):
+        self._map.pop(index, None)
+
+    async def prefetch_map(self, offset=0, length=None):
+        """Load the chunk map of a range in a few master calls."""
+        length = self.size - offset if length is None else length
+        for e in self.layout.extents(offset, length)[::MAP_WINDOW]:
+            await self._chunk(e.index, False)
+
+    async def _report_failed(self, index, server_id, epoch):
+        try:
+            await self.cluster.master.drop_replica(self.id, index, server_id,
+                                                   epoch)
+        except exception.UrsaError as e:
+            LOG.warning('Could not report server %d of chunk %d: %s',
+                        server_id, index, e)
+        self._forget(index)
+
+    async def _drop_failed(self, index, sid):
+        """Drop server ``sid``, which could not flush, from chunk
+        ``index``'s replica set at the master's current epoch (the cached
+        one may be old: the master ignores a drop at an old epoch).
+        Returns the chunk as the master has it then (None: no such chunk),
+        or raises when the server is still a replica (the last one: the
+        master never drops that)."""
+        for _ in range(5):
+            reply = await self.cluster.master.chunk_map(self.id, index, 1)
+            if not reply['chunks']:
+                return None
+            chunk = reply['chunks'][0]
+            chunk['min_replicas'] = reply['volume']['min_replicas']
+            if sid not in [r['id'] for r in chunk['replicas']]:
+                return chunk
+            chunk = await self.cluster.master.drop_replica(
+                self.id, index, sid, chunk['epoch'])
+            if sid not in [r['id'] for r in chunk['replicas']]:
+                return chunk
+            if len(chunk['replicas']) == 1:
+                raise exception.InsufficientReplicas(
+                    have=0, need=chunk['min_replicas'],
+                    reason='the only replica of chunk %d of volume %s '
+                           'could not flush' % (index, self.name))
+        raise exception.Unavailable(
+            reason='server %d stays in the replica set of chunk %d of volume '
+                   '%s, which keeps changing; flush again' % (
+                       sid, index, self.name))
+
+    async def _chunks_on(self, addr):
+        """{index: server id} of the chunks with a replica at ``addr``,
+        from the whole chunk map."""
+        self._map.clear()
+        await self.prefetch_map()
+        return {index: r[0] for index, info in self._map.items()
+                if info is not None for r in info.replicas
+                if (r[1], r[2]) == addr}

@@ -1,0 +1,119 @@
+"""The entry point of the client library: :class:`Cluster`, the typed
+master client and one pipelined connection per chunk server, shared by the
+volumes it opens; the volume-level calls that go to the master (snapshots,
+clones, revert, resize, flatten); reads of replicas on this host."""
+
+import asyncio
+import logging
+import time
+
+from cinder_ursa import exception
+from cinder_ursa.client import master as master_mod
+from cinder_ursa.client.volume import Volume
+from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.transport import aio
+
+LOG = logging.getLogger(__name__)
+
+
+class Cluster:
+    """Entry point of the client library (one per event loop)."""
+
+    def __init__(self, master_urls, key, io_timeout=60.0,
+                 request_timeout=15.0, local=None):
+        self.key = key if isinstance(key, bytes) else key.encode()
+        self.master = master_mod.AsyncMasterClient(master_urls, self.key)
+        self.pool = aio.ConnectionPool(self.key, connect_timeout=5.0)
+        self.io_timeout = io_timeout
+        self.request_timeout = request_timeout
+        # Short-circuit reads of replicas on this host (an object like
+        # cinder_ursa.client.localread.LocalReplicas), or None.
+        self.local = local or None
+        self._local_bound = None
+        self._local_task = None
+
+    async def local_replicas(self):
+        """The local replica reader, bound to the master's server ids.
+        The first call waits for the binding; later ones refresh it every
+        minute (a new chunk server gets a new id) in the background, so a
+        read does not wait for the master then."""
+        now = time.monotonic()
+        if self._local_bound is None:
+            self._local_bound = now
+            await self._bind_local()
+        elif now - self._local_bound > 60 and self._local_task is None:
+            self._local_bound = now
+            self._local_task = asyncio.get_running_loop().create_task(
+                self._bind_local())
+            self._local_task.add_done_callback(
+                lambda _: setattr(self, '_local_task', None))
+        return self.local
+
+    async def _bind_local(self):
+        try:
+            self.local.bind(await self.master.servers())
+        except exception.UrsaError as e:
+            LOG.warning('Local reads: cannot list chunk servers: %s', e)
+
+    async def open_volume(self, ref, writable=True, holder=None,
+                          force=False, lease_ttl=None):
+        """Open a volume (name or id), or a snapshot (``volume@snapshot``
+        or ``snapshot=`` id), which is always read-only."""
+        if '@' in ref:
+            return await self.open_snapshot(ref)
+        vol = await self.master.volume(ref)
+        v = Volume(self, vol, writable)
+        if writable:
+            await v._acquire(holder, force, lease_ttl)
+        return v
+
+    async def open_snapshot(self, ref):
+        return Volume.for_snapshot(self, await self.master.snapshot(ref))
+
+    async def create_snapshot(self, volume, name):
+        return await self.master.create_snapshot(volume, name)
+
+    async def delete_snapshot(self, ref):
+        await self.master.delete_snapshot(ref)
+
+    async def clone(self, snapshot, name, size=None, **kwargs):
+        return await self.master.clone(snapshot, name, size, **kwargs)
+
+    async def revert(self, volume, snapshot):
+        return await self.master.revert(volume, snapshot)
+
+    async def resize(self, volume, size, force=False):
+        """Grow a volume, or shrink it with ``force``: the range cut off is
+        zeroed first, so growing it again later shows zeros."""
+        info = await self.master.volume(volume)
+        if size < info['size'] and force:
+            v = await self.open_volume(info['id'], writable=True)
+            try:
+                end = -(-size // BLOCK) * BLOCK
+                await v.write_zeroes(end, info['size'] - end)
+                if size % BLOCK:
+                    await v.write_zeroes(size, end - size)
+            finally:
+                await v.close()
+        return await self.master.resize(info['id'], size, bool(force))
+
+    async def flatten(self, volume, progress=None, rate=None):
+        """Copy every block a clone still reads from its parent into the
+        clone, then detach it.  Safe while the clone is open and written
+        (copy-ups only fill blocks the clone never wrote); resumable (a
+        restart skips what was copied).  ``rate``: bytes/s limit."""
+        v = await self.open_volume(volume, writable=False)
+        try:
+            if v.parent is None and v.info.get('parent') is None:
+                raise exception.InvalidArgument(
+                    reason='volume %s is not a clone' % v.name)
+            await v._flatten(progress, rate)
+        finally:
+            await v.close()
+        return await self.master.detach_parent(v.id)
+
+    async def close(self):
+        if self._local_task is not None:
+            self._local_task.cancel()
+        self.pool.close()
+        await self.master.close()

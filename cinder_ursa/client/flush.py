@@ -1,0 +1,107 @@
+"""Flush rounds: FLUSH sent to every chunk server a volume wrote to (or,
+at a writable volume's first flush and on multiattach volumes, every
+server up), concurrent rounds awaited together, and a server that cannot
+flush dropped from the replica sets of the chunks it holds."""
+
+import asyncio
+import logging
+
+from cinder_ursa import exception
+from cinder_ursa.protocol import codec
+
+LOG = logging.getLogger(__name__)
+
+
+class FlushRounds:
+    """Part of :class:`~cinder_ursa.client.volume.Volume`."""
+
+    async def flush(self):
+        """Make every acknowledged write durable on every current replica:
+        the writes of this Volume, and, at the first flush of a writable
+        one, those of earlier holders that never flushed (a gateway, agent
+        or client that died); on a multiattach volume, at every flush,
+        those of the other writers.  Waits for the flushes already running,
+        which took writes acknowledged before this call.
+
+        A replica that cannot flush is dropped from the replica sets of the
+        chunks concerned; the flush then succeeds only if enough replicas
+        of each remain.
+        """
+        self._check_open(False)
+        # A multiattach volume has other writers: like a shared disk's
+        # cache flush, every flush covers their acknowledged writes too.
+        if self._inherited or (self.writable and self.info.get(
+                'multiattach')):
+            servers = await self.cluster.master.servers()
+            self._inherited = False
+            for s in servers:
+                if s['state'] == 'up':
+                    self._dirty[(s['address'], s['port'])] = None
+        dirty, self._dirty = self._dirty, {}
+        rounds = list(self._flushes)
+        if dirty:
+            task = asyncio.ensure_future(self._flush_round(dirty))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+            rounds.append(task)
+        if rounds:
+            # asyncio.wait: a cancelled caller leaves the rounds that other
+            # flushes wait for running.
+            await asyncio.wait(rounds)
+            for r in rounds:
+                if r.exception() is not None:
+                    raise r.exception()
+
+    async def _flush_round(self, dirty):
+        results = await asyncio.gather(*(
+            self._flush_server(addr, chunks)
+            for addr, chunks in dirty.items()), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def _flush_server(self, addr, chunks):
+        """FLUSH the volume on one chunk server; ``chunks`` ({index: server
+        id}, None: any chunk it holds) are what it must drop if it fails.
+        When they cannot be dropped either, the next flush tries again."""
+        try:
+            conn = await self.cluster.pool.get(*addr)
+            reply = await conn.call(codec.encode_flush, self.id,
+                                    timeout=self.cluster.request_timeout)
+            codec.reply_status(reply.body)
+            return
+        except exception.UrsaError as e:
+            self.cluster.pool.discard(*addr)
+            LOG.warning('Volume %s: flush on %s:%d failed (%s); dropping '
+                        'that replica', self.name, addr[0], addr[1], e)
+            err = e
+        try:
+            if chunks is None:
+                chunks = await self._chunks_on(addr)
+        except exception.UrsaError:
+            self._dirty[addr] = None
+            raise
+        short, undropped, failed = None, {}, None
+        for index, sid in chunks.items():
+            try:
+                chunk = await self._drop_failed(index, sid)
+            except exception.UrsaError as e:
+                undropped[index] = sid
+                failed = failed or e
+                continue
+            self._forget(index)
+            if chunk is not None and (len(chunk['replicas'])
+                                      < chunk['min_replicas']):
+                short = short or exception.InsufficientReplicas(
+                    have=len(chunk['replicas']), need=chunk['min_replicas'],
+                    reason='flush of chunk %d of volume %s' % (
+                        index, self.name))
+        if undropped:
+            # Still a replica, and not durable: the next flush tries again.
+            pending = self._dirty.get(addr, {})
+            if pending is not None:
+                pending.update(undropped)
+                self._dirty[addr] = pending
+            raise failed
+        if short is not None:
+            raise short from err

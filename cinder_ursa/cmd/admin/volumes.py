@@ -1,0 +1,194 @@
+"""``ursa volume create|list|show|delete|clone|flatten|resize|revert``: a
+volume's life cycle at the master."""
+
+from cliff import command
+from cliff import lister
+from cliff import show
+
+from cinder_ursa.cmd.admin.data import progress_bar
+from cinder_ursa.common import units
+
+
+def _fmt_volume(v):
+    lease = v.get('lease') or {}
+    return {
+        'id': v['id'], 'name': v['name'], 'size': v['size'],
+        'size_human': units.format_size(v['size']),
+        'replicas': v['replicas'], 'min_replicas': v['min_replicas'],
+        'chunk_size': v['chunk_size'], 'stripe_unit': v['stripe_unit'],
+        'stripe_count': v['stripe_count'], 'status': v['status'],
+        'allocated_chunks': v.get('allocated_chunks', 0),
+        'allocated_bytes': v.get('allocated_bytes', 0),
+        'allocated_bytes_total': v.get('allocated_bytes_total', 0),
+        'snapshots': v.get('snapshots', 0),
+        'parent': ('%(volume_name)s@%(snapshot_name)s' % v['parent']
+                   if v.get('parent') else ''),
+        'lease_holder': lease.get('holder') or '',
+        'lease_generation': lease.get('generation', 0),
+    }
+
+
+class VolumeCreate(show.ShowOne):
+    """Create a thin volume.  Example: ursa volume create vol1 10G"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('name', help='Volume name (unique).')
+        p.add_argument('size', help='Size, e.g. 10G, 512M (binary units).')
+        p.add_argument('--replicas', type=int,
+                       help='Copies of every chunk (default: the master\'s '
+                       'default_replicas, 3).')
+        p.add_argument('--min-replicas', type=int,
+                       help='Copies below which writes wait and then fail '
+                       '(default: the master\'s default_min_replicas, 2).')
+        p.add_argument('--chunk-size', help='e.g. 64M (power of two).')
+        p.add_argument('--stripe-unit', help='e.g. 64K (power of two).')
+        p.add_argument('--stripe-count', type=int,
+                       help='Chunks a stripe spans (default 1: no '
+                       'striping).')
+        return p
+
+    def take_action(self, args):
+        size = units.parse_size(args.size)
+        kwargs = dict(replicas=args.replicas, min_replicas=args.min_replicas,
+                      stripe_count=args.stripe_count)
+        if args.chunk_size:
+            kwargs['chunk_size'] = units.parse_size(args.chunk_size)
+        if args.stripe_unit:
+            kwargs['stripe_unit'] = units.parse_size(args.stripe_unit)
+        v = _fmt_volume(self.app.master().create_volume(args.name, size,
+                                                        **kwargs))
+        return tuple(v), tuple(v.values())
+
+
+class VolumeList(lister.Lister):
+    """List volumes with their size, allocated bytes and replicas.
+    Example: ursa volume list -f json"""
+
+    def take_action(self, args):
+        cols = ('id', 'name', 'size_human', 'replicas', 'allocated_bytes',
+                'status', 'lease_holder')
+        rows = [tuple(_fmt_volume(v)[c] for c in cols)
+                for v in self.app.master().volumes()]
+        return cols, rows
+
+
+class VolumeShow(show.ShowOne):
+    """Show one volume (by name or id): size, allocation, chunk layout,
+    snapshots, parent and lease.  Example: ursa volume show vol1"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume', help='Volume name or id.')
+        return p
+
+    def take_action(self, args):
+        v = _fmt_volume(self.app.master().volume(args.volume))
+        return tuple(v), tuple(v.values())
+
+
+class VolumeDelete(command.Command):
+    """Delete volumes and free their space on every chunk server.
+    Example: ursa volume delete vol1 vol2"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume', nargs='+', help='Volume names or ids.')
+        return p
+
+    def take_action(self, args):
+        for ref in args.volume:
+            self.app.master().delete_volume(ref)
+            self.app.stdout.write('Deleted volume %s\n' % ref)
+
+
+class VolumeClone(show.ShowOne):
+    """Create a volume from a snapshot in O(1): it reads the snapshot's
+    blocks until it writes its own.
+    Example: ursa volume clone vol1@golden vm42 --size 20G"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('snapshot', help='volume@name or id')
+        p.add_argument('name', help='Name of the new volume.')
+        p.add_argument('--size', help='At least the snapshot\'s size '
+                                      '(default: the same).')
+        p.add_argument('--replicas', type=int,
+                       help='Copies of every chunk (default: the '
+                       'master\'s default_replicas, 3).')
+        return p
+
+    def take_action(self, args):
+        size = units.parse_size(args.size) if args.size else None
+        kwargs = {'replicas': args.replicas} if args.replicas else {}
+        v = _fmt_volume(self.app.master().clone(args.snapshot, args.name,
+                                                size, **kwargs))
+        return tuple(v), tuple(v.values())
+
+
+class VolumeFlatten(show.ShowOne):
+    """Copy the blocks a clone still reads from its parent into the clone
+    and detach it (works while the clone is in use; rate limited with
+    --rate; running it again resumes).
+    Example: ursa volume flatten vm42 --rate 100M"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume', help='Volume name or id.')
+        p.add_argument('--rate', help='Copy at most this many bytes per '
+                                      'second (e.g. 100M).')
+        return p
+
+    def take_action(self, args):
+        rate = units.parse_size(args.rate) if args.rate else None
+        with self.app.data_cluster() as cluster:
+            bar = progress_bar(None, 'flatten')
+
+            def progress(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+            try:
+                vol = cluster.flatten(args.volume, progress, rate)
+            finally:
+                bar.close()
+        v = _fmt_volume(vol)
+        return tuple(v), tuple(v.values())
+
+
+class VolumeResize(show.ShowOne):
+    """Grow a volume (also while in use: NBD clients see the new size when
+    they reconnect).  Shrinking destroys the data past the new end and
+    needs --force.  Example: ursa volume resize vol1 20G"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume', help='Volume name or id.')
+        p.add_argument('size', help='New size, e.g. 20G.')
+        p.add_argument('--force', action='store_true',
+                       help='Allow shrinking.')
+        return p
+
+    def take_action(self, args):
+        with self.app.data_cluster() as cluster:
+            vol = cluster.resize(args.volume, units.parse_size(args.size),
+                                 args.force)
+        v = _fmt_volume(vol)
+        return tuple(v), tuple(v.values())
+
+
+class VolumeRevert(show.ShowOne):
+    """Make a volume's data what it was at one of its snapshots (the volume
+    must not be open for writing; later snapshots are kept).
+    Example: ursa volume revert vol1 before-upgrade"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('volume', help='Volume name or id.')
+        p.add_argument('snapshot', help='snapshot name (or id)')
+        return p
+
+    def take_action(self, args):
+        vol = self.app.master().revert(args.volume, args.snapshot)
+        v = _fmt_volume(vol)
+        return tuple(v), tuple(v.values())
+

@@ -1,0 +1,94 @@
+"""Attach and detach through the master: the master records the volume's
+attachment to the connector's host, ursa-attach on that host opens it
+(taking its lease) and serves it as a file, the ``device_path`` of a
+``local`` connection that unmodified os-brick and Nova/Cinder use as is.
+The connection info also carries the NBD details for hypervisors whose
+QEMU reaches ursa-nbd directly.  A host that does not let go of a volume
+in time is fenced (its lease revoked)."""
+
+import time
+
+from cinder import exception as cinder_exc
+from cinder.i18n import _
+from oslo_log import log as logging
+
+from cinder_ursa import exception
+from cinder_ursa.volume.common import DriverPart
+from cinder_ursa.volume.common import translated
+
+LOG = logging.getLogger(__name__)
+
+
+class Attachments(DriverPart):
+    """The connection calls of
+    :class:`~cinder_ursa.volume.driver.UrsaDriver`."""
+
+    def attach(self, volume, connector):
+        host = (connector or {}).get('host')
+        if not host:
+            raise cinder_exc.InvalidConnectorException(
+                missing='host')
+        conf = self.configuration
+        with translated('Attaching %s to %s' % (volume.name, host),
+                        volume=volume):
+            att = self._master.attach(volume.name, host)
+            deadline = time.monotonic() + conf.ursa_attach_timeout
+            while att['status'] == 'attaching':
+                if time.monotonic() > deadline:
+                    self._master.update_attachment(volume.name, host,
+                                                   'detaching')
+                    raise cinder_exc.VolumeBackendAPIException(
+                        data=_('No ursa-attach exposed volume %(vol)s on '
+                               'host %(host)s within %(t)d s: run '
+                               'ursa-attach there with [ursa_attach] host = '
+                               '%(host)s') % {'vol': volume.name,
+                                              'host': host,
+                                              't': conf.ursa_attach_timeout})
+                time.sleep(0.2)
+                att = self._master.attachment(volume.name, host)
+        if att['status'] != 'attached':
+            raise cinder_exc.VolumeBackendAPIException(
+                data=_('ursa-attach on %(host)s could not expose %(vol)s: '
+                       '%(err)s') % {'host': host, 'vol': volume.name,
+                                     'err': att.get('error')})
+        LOG.info('Volume %(vol)s attached to %(host)s at %(path)s',
+                 {'vol': volume.name, 'host': host, 'path': att['path']})
+        return {'driver_volume_type': 'local',
+                'data': {'device_path': att['path'],
+                         'ursa_volume': volume.name,
+                         'ursa_volume_id': att['volume_id'],
+                         'nbd_host': conf.ursa_nbd_host,
+                         'nbd_port': conf.ursa_nbd_port,
+                         'nbd_export': volume.name}}
+
+    def detach_all(self, volume, connector):
+        with translated('Detaching %s' % volume.name, volume=volume):
+            if connector and connector.get('host'):
+                hosts = [connector['host']]
+            else:  # force detach: from everywhere
+                hosts = [a['host'] for a in
+                         self._master.attachments(volume.name)]
+            for host in hosts:
+                self.detach(volume, host)
+
+    def detach(self, volume, host):
+        try:
+            self._master.update_attachment(volume.name, host, 'detaching')
+        except exception.NotFound:
+            return
+        deadline = time.monotonic() + self.configuration.ursa_attach_timeout
+        while time.monotonic() < deadline:
+            try:
+                self._master.attachment(volume.name, host)
+            except exception.NotFound:
+                LOG.info('Volume %(vol)s detached from %(host)s',
+                         {'vol': volume.name, 'host': host})
+                return
+            time.sleep(0.2)
+        # The host did not let go: fence it, so it can never write again.
+        self._master.revoke_lease(volume.name)
+        self._master.detach(volume.name, host)
+        LOG.warning('Host %(host)s did not release volume %(vol)s within '
+                    '%(t)d s: its lease was revoked (fenced)',
+                    {'host': host, 'vol': volume.name,
+                     't': self.configuration.ursa_attach_timeout})

@@ -1,0 +1,131 @@
+"""Manage and unmanage: existing Ursa volumes and snapshots taken under
+Cinder (renamed to Cinder's names), and the lists of those that could be,
+each with why it is not safe to manage when it is not."""
+
+import math
+
+from cinder import exception as cinder_exc
+from cinder.i18n import _
+from cinder.volume import volume_utils
+from oslo_log import log as logging
+
+from cinder_ursa import exception
+from cinder_ursa.volume import images
+from cinder_ursa.volume.common import DriverPart
+from cinder_ursa.volume.common import gib
+from cinder_ursa.volume.common import translated
+
+LOG = logging.getLogger(__name__)
+
+
+class Manageable(DriverPart):
+    """The manage calls of
+    :class:`~cinder_ursa.volume.driver.UrsaDriver`."""
+
+    def existing(self, existing_ref):
+        name = existing_ref.get('source-name') or existing_ref.get(
+            'source-id')
+        if not name:
+            raise cinder_exc.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('give source-name (or source-id): an Ursa volume '
+                         'name or id'))
+        try:
+            return self._master.volume(name)
+        except exception.NotFound:
+            raise cinder_exc.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('no Ursa volume %s') % name) from None
+
+    def manage(self, volume, existing_ref):
+        vol = self.existing(existing_ref)
+        if (vol.get('lease') or {}).get('holder'):
+            raise cinder_exc.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('Ursa volume %(name)s is open for writing by '
+                         '%(holder)s') % {'name': vol['name'],
+                                          'holder': vol['lease']['holder']})
+        with translated('Managing %s' % vol['name']):
+            self._master.rename_volume(vol['id'], volume.name)
+            self.driver._apply_qos(volume)
+        LOG.info('Ursa volume %(old)s is now Cinder volume %(new)s',
+                 {'old': vol['name'], 'new': volume.name})
+
+    def size(self, volume, existing_ref):
+        return int(math.ceil(gib(self.existing(existing_ref)['size'])))
+
+    def existing_snapshot(self, snapshot, existing_ref):
+        name = existing_ref.get('source-name') or existing_ref.get(
+            'source-id')
+        if not name:
+            raise cinder_exc.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('give source-name: the Ursa snapshot name on the '
+                         'volume'))
+        try:
+            return self._master.snapshot('%s@%s' % (snapshot.volume_name,
+                                                    name))
+        except exception.NotFound:
+            raise cinder_exc.ManageExistingInvalidReference(
+                existing_ref=existing_ref,
+                reason=_('volume %(vol)s has no Ursa snapshot %(name)s') % {
+                    'vol': snapshot.volume_name, 'name': name}) from None
+
+    def manage_snapshot(self, snapshot, existing_ref):
+        snap = self.existing_snapshot(snapshot, existing_ref)
+        with translated('Managing snapshot %s' % snap['name']):
+            self._master.rename_snapshot(snap['id'], snapshot.name)
+
+    def snapshot_size(self, snapshot, existing_ref):
+        snap = self.existing_snapshot(snapshot, existing_ref)
+        return int(math.ceil(gib(snap['size'])))
+
+    def volumes(self, cinder_volumes, marker, limit, offset, sort_keys,
+                sort_dirs):
+        managed = {v.name: v.id for v in cinder_volumes}
+        entries = []
+        with translated('Listing Ursa volumes'):
+            vols = self._master.volumes()
+        for v in vols:
+            reason = None
+            if v['name'] in managed:
+                reason = _('already managed')
+            elif v['name'].startswith(images.IMAGE_CACHE_PREFIX):
+                reason = _('Ursa image cache of this backend')
+            elif (v.get('lease') or {}).get('holder'):
+                reason = _('open for writing by %s') % v['lease']['holder']
+            entries.append({
+                'reference': {'source-name': v['name']},
+                'size': int(math.ceil(gib(v['size']))),
+                'safe_to_manage': reason is None,
+                'reason_not_safe': reason,
+                'cinder_id': managed.get(v['name']),
+                'extra_info': 'allocated %d bytes' % v.get(
+                    'allocated_bytes', 0)})
+        return volume_utils.paginate_entries_list(
+            entries, marker, limit, offset, sort_keys, sort_dirs)
+
+    def snapshots(self, cinder_snapshots, marker, limit, offset, sort_keys,
+                  sort_dirs):
+        managed = {(s.volume_name, s.name): s.id for s in cinder_snapshots}
+        entries = []
+        with translated('Listing Ursa snapshots'):
+            snaps = self._master.snapshots()
+        for s in snaps:
+            key = (s['volume_name'], s['name'])
+            reason = None
+            if key in managed:
+                reason = _('already managed')
+            elif s['name'].startswith('clone-') or \
+                    s['volume_name'].startswith(images.IMAGE_CACHE_PREFIX):
+                reason = _('used by this driver')
+            entries.append({
+                'reference': {'source-name': s['name']},
+                'size': int(math.ceil(gib(s['size']))),
+                'safe_to_manage': reason is None,
+                'reason_not_safe': reason,
+                'cinder_id': managed.get(key),
+                'extra_info': None,
+                'source_reference': {'source-name': s['volume_name']}})
+        return volume_utils.paginate_entries_list(
+            entries, marker, limit, offset, sort_keys, sort_dirs)
