@@ -24,6 +24,7 @@ import logging
 from cinder_ursa import exception
 from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.protocol.chunkfile import ENTRY
 
@@ -54,7 +55,7 @@ class RepairMixin:
         try:
             fixed = await self._repair_blocks(req, view)
             conn.send(codec.encode_ok(frame.opcode, frame.req_id,
-                                      codec.encode_u64(fixed)))
+                                      control.encode_u64(fixed)))
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 

@@ -11,20 +11,21 @@ import socket
 
 from cinder_ursa import exception
 from cinder_ursa.chunkserver import authority as authority_mod
-from cinder_ursa.chunkserver import control
+from cinder_ursa.chunkserver import controlplane
 from cinder_ursa.chunkserver import gate as gate_mod
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import replication
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
 
 
-class ChunkServer(control.ControlMixin, replication.ReplicationMixin,
+class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                   repair.RepairMixin):
 
     def __init__(self, data_dir, key, master_urls, bind_host='127.0.0.1',
@@ -107,7 +108,7 @@ class ChunkServer(control.ControlMixin, replication.ReplicationMixin,
         elif op == codec.READ:
             fn, req = self._read, codec.decode_read(frame.body)
         elif op == codec.REPAIR:
-            fn, req = self._repair, codec.decode_repair(frame.body)
+            fn, req = self._repair, control.decode_repair(frame.body)
         else:
             self._serve(conn, frame, self._control, None)
             return
@@ -172,10 +173,10 @@ class ChunkServer(control.ControlMixin, replication.ReplicationMixin,
         if frame.flags & codec.FLAG_RAW:
             if req.offset % BLOCK or req.length % BLOCK \
                     or req.snap or not 0 < req.length // BLOCK \
-                    <= codec.MAX_REPAIR_BLOCKS:
+                    <= control.MAX_REPAIR_BLOCKS:
                 raise exception.InvalidArgument(
                     reason='raw reads are of 1 to %d whole blocks of the '
-                           'head' % codec.MAX_REPAIR_BLOCKS)
+                           'head' % control.MAX_REPAIR_BLOCKS)
             if c is None:
                 raise exception.NotFound(kind='chunk replica', name='%s/%d'
                                          % (req.volume, req.index))

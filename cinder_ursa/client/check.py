@@ -24,6 +24,7 @@ from cinder_ursa import exception
 from cinder_ursa.client.layout import Layout
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 
 
 async def check_volume(cluster, ref, timeout=30.0, deep=False, repair=False,
@@ -133,12 +134,12 @@ async def _repair(cluster, vol_id, chunk, blocks, timeout):
     while i < len(blocks):
         j = i + 1
         while j < len(blocks) and blocks[j] == blocks[j - 1] + 1 and \
-                j - i < codec.MAX_REPAIR_BLOCKS:
+                j - i < control.MAX_REPAIR_BLOCKS:
             j += 1
-        reply = await conn.call(codec.encode_repair, vol_id, chunk['index'],
+        reply = await conn.call(control.encode_repair, vol_id, chunk['index'],
                                 chunk['epoch'], blocks[i], j - i,
                                 timeout=timeout)
-        codec.decode_count_ok(reply.body)
+        control.decode_count_ok(reply.body)
         done += j - i
         i = j
     return done
@@ -161,9 +162,9 @@ def _at(crcs, i):
 async def _info(cluster, vol_id, index, replica, timeout, deep=False):
     try:
         conn = await cluster.pool.get(replica['address'], replica['port'])
-        reply = await conn.call(codec.encode_chunk_info, vol_id, index,
+        reply = await conn.call(control.encode_chunk_info, vol_id, index,
                                 deep, timeout=timeout)
-        return codec.decode_chunk_info_ok(reply.body, deep)
+        return control.decode_chunk_info_ok(reply.body, deep)
     except exception.NotFound:
         # Allocated but never written on this replica: all holes.
         return None
@@ -279,12 +280,12 @@ async def check_cluster(cluster, timeout=60.0):
 async def _unneeded(cluster, server, vol, timeout):
     conn = await cluster.pool.get(server['address'], server['port'])
     reply = await conn.call(
-        codec.encode_snapshot, vol['id'], vol['snap_seq'],
+        control.encode_snapshot, vol['id'], vol['snap_seq'],
         [s['seq'] for s in vol['snapshots']], dry_run=True, timeout=timeout)
-    return codec.decode_count_ok(reply.body)
+    return control.decode_count_ok(reply.body)
 
 
 async def _inventory(cluster, server, timeout):
     conn = await cluster.pool.get(server['address'], server['port'])
-    reply = await conn.call(codec.encode_inventory, timeout=timeout)
-    return codec.decode_inventory_ok(reply.body)
+    reply = await conn.call(control.encode_inventory, timeout=timeout)
+    return control.decode_inventory_ok(reply.body)

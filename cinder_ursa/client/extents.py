@@ -24,6 +24,7 @@ import time
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.transport import aio
 
@@ -125,15 +126,15 @@ class ExtentIO:
         _, host, port = info.replicas[0]
         try:
             conn = await self.cluster.pool.get(host, port)
-            for at in range(first, end, codec.MAX_REPAIR_BLOCKS):
+            for at in range(first, end, control.MAX_REPAIR_BLOCKS):
                 reply = await conn.call(
-                    codec.encode_repair, self.id, index, info.epoch, at,
-                    min(codec.MAX_REPAIR_BLOCKS, end - at),
+                    control.encode_repair, self.id, index, info.epoch, at,
+                    min(control.MAX_REPAIR_BLOCKS, end - at),
                     timeout=self.cluster.request_timeout)
-                fixed = codec.decode_count_ok(reply.body)
+                fixed = control.decode_count_ok(reply.body)
                 LOG.warning('Volume %s chunk %d: blocks %d-%d repaired '
                             '(%d mended on the primary)', self.name, index,
-                            at, min(at + codec.MAX_REPAIR_BLOCKS, end) - 1,
+                            at, min(at + control.MAX_REPAIR_BLOCKS, end) - 1,
                             fixed)
         except exception.UrsaError as e:
             LOG.error('Volume %s chunk %d: repairing blocks %d-%d failed: '

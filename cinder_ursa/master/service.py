@@ -26,7 +26,7 @@ import time
 
 from cinder_ursa import exception
 from cinder_ursa.master import chunkservers
-from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 
 LOG = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class MasterService:
     async def fence(self, volume_id, generation):
         """Tell every chunk server that is up about a new generation."""
         failed = await self._broadcast(
-            lambda rid: codec.encode_fence(rid, volume_id, generation))
+            lambda rid: control.encode_fence(rid, volume_id, generation))
         if failed:
             LOG.warning('Volume %s generation %d: chunk servers %s did not '
                         'confirm the fence; they learn it when they '
@@ -143,7 +143,7 @@ class MasterService:
         # Every primary must refuse writes made before the snapshot before
         # it is reported created: writers then learn the new sequence and
         # preserve what the snapshot holds.
-        failed = await self._broadcast(lambda rid: codec.encode_snapshot(
+        failed = await self._broadcast(lambda rid: control.encode_snapshot(
             rid, snap['volume_id'], snap['seq']))
         result = await self.db(self.store.finish_snapshot, snap['id'],
                                not failed)
@@ -163,7 +163,7 @@ class MasterService:
 
     async def revert(self, ref, snapshot):
         vol, seq = await self.db(self.store.begin_revert, ref, snapshot)
-        failed = await self._broadcast(lambda rid: codec.encode_revert(
+        failed = await self._broadcast(lambda rid: control.encode_revert(
             rid, vol['id'], seq, vol['snap_seq']), timeout=300)
         if failed:
             raise exception.Unavailable(
@@ -188,14 +188,14 @@ class MasterService:
         # Every server that is up forgets the volume now; one that is down
         # learns at its next registration that these chunks are orphans.
         await self._broadcast(
-            lambda rid: codec.encode_delete(rid, vol['id']))
+            lambda rid: control.encode_delete(rid, vol['id']))
         await self.db(self.store.finish_delete, vol['id'])
 
     async def gc(self, volume_id):
         """Tell the chunk servers which snapshots of a volume are left, so
         they free the blocks only deleted ones needed."""
         seq, live = await self.db(self.store.live_seqs, volume_id)
-        failed = await self._broadcast(lambda rid: codec.encode_snapshot(
+        failed = await self._broadcast(lambda rid: control.encode_snapshot(
             rid, volume_id, seq, live, gc=True), timeout=60)
         if failed:
             LOG.warning('Volume %s: chunk servers %s did not free deleted '

@@ -11,8 +11,8 @@ a backend that cannot do a fast zero raises ``OSError(errno.ENOTSUP)``.
 import abc
 import errno
 
-from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.nbd import protocol as p
+from cinder_ursa.protocol import chunkfile
 
 ZERO_PIECE = 4 * 1024 * 1024  # bytes per write of allocated zeros
 
@@ -177,7 +177,7 @@ class VolumeBackend(Backend):
 
     async def extents(self, offset, length):
         runs = await self.volume.block_status(offset, length)
-        return [(n, 0 if st == volume_mod.DATA else
+        return [(n, 0 if st == chunkfile.DATA else
                  p.STATE_HOLE | p.STATE_ZERO) for n, st in runs]
 
     async def close(self):

@@ -16,6 +16,7 @@ from cinder_ursa import exception
 from cinder_ursa.client import check
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from cinder_ursa.transport import aio
 from tests.functional.conftest import data_client
 from tests.functional.conftest import module_cluster
@@ -127,7 +128,7 @@ def test_a_fence_above_the_masters_generation_is_refused(cluster, setup):
     for server in cluster.client().servers():
         with pytest.raises(exception.InvalidArgument, match='not issued'):
             _send(cluster, server,
-                  lambda rid: codec.encode_fence(rid, vid, 2 ** 64 - 1))
+                  lambda rid: control.encode_fence(rid, vid, 2 ** 64 - 1))
     holder.write(0, b'e' * BS)   # the volume is not bricked
     holder.flush()
     assert holder.read(0, BS) == b'e' * BS

@@ -28,6 +28,7 @@ from cinder_ursa.chunkserver import gate
 from cinder_ursa.client import check
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from cinder_ursa.transport import aio
 from tests.functional.conftest import data_client
 from tests.functional.test_faults import replica_sets
@@ -229,7 +230,7 @@ def test_a_repair_racing_writes_loses_none_of_them(make_cluster):
                                              cluster.key)
         b = await aio.PeerConnection.connect(prim['address'], prim['port'],
                                              cluster.key)
-        repair = asyncio.ensure_future(a.request(1, codec.encode_repair(
+        repair = asyncio.ensure_future(a.request(1, control.encode_repair(
             1, vid, 0, chunk['epoch'], 0, 256), 30))
 
         async def write(n):
@@ -239,7 +240,7 @@ def test_a_repair_racing_writes_loses_none_of_them(make_cluster):
                 ids, bytes([n + 1]) * BS, min_replicas=2), 30)
             codec.decode_write_ok(reply.body)
         await asyncio.gather(*(write(n) for n in range(150)))
-        assert codec.decode_count_ok((await repair).body) == 1
+        assert control.decode_count_ok((await repair).body) == 1
         a.close()
         b.close()
         await vol.close()
@@ -267,7 +268,7 @@ def test_requests_behind_a_confirmation_are_answered_in_order(make_cluster):
         prim = chunk['replicas'][0]
         conn = await aio.PeerConnection.connect(prim['address'],
                                                 prim['port'], cluster.key)
-        sent = [conn.send(1, codec.encode_repair(1, vid, 0, chunk['epoch'],
+        sent = [conn.send(1, control.encode_repair(1, vid, 0, chunk['epoch'],
                                                  0, 4)),
                 conn.send(2, codec.encode_write(
                     2, vid, 0, chunk['epoch'], vol.generation, 0, ids, NEW,
@@ -282,7 +283,7 @@ def test_requests_behind_a_confirmation_are_answered_in_order(make_cluster):
 
     with data_client(cluster) as cl:
         repair, write, read = cl.run(pipeline)
-    codec.decode_count_ok(repair.body)
+    control.decode_count_ok(repair.body)
     codec.decode_write_ok(write.body)
     # The read came before the write was acknowledged: either content
     # (reads are not held); once it is, every replica has it.

@@ -11,6 +11,7 @@ from cinder_ursa import exception
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from tests.unit.master.test_store import add_servers
 
 MiB = 1024 * 1024
@@ -56,12 +57,12 @@ def test_a_new_lease_is_committed_before_it_is_fenced(service):
     lease = run(service.acquire_lease('v', 'host-a:1:x', 30))
     opcode, body, to = service.chunkservers.sent[-1]
     assert opcode == codec.FENCE and len(to) == 3
-    vol, gen = codec.decode_fence(body)
+    vol, gen = control.decode_fence(body)
     assert gen == lease['generation']
     # What chunk servers confirm the FENCE against is already there.
     assert service.store.get_volume('v')['lease']['generation'] == gen
     revoked = run(service.revoke_lease('v'))
-    assert codec.decode_fence(service.chunkservers.sent[-1][1])[1] == \
+    assert control.decode_fence(service.chunkservers.sent[-1][1])[1] == \
         revoked['generation'] == gen + 1
 
 

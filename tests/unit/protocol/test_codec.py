@@ -4,6 +4,7 @@ import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 
 VOL = '0f0e0d0c-0b0a-0908-0706-050403020100'
 VOL_HEX = '0f0e0d0c0b0a09080706050403020100'
@@ -94,15 +95,15 @@ def test_replicate_request():
 
 
 def test_snapshot_and_revert_requests():
-    raw = codec.encode_snapshot(3, VOL, 7, [5, 2], gc=True)
+    raw = control.encode_snapshot(3, VOL, 7, [5, 2], gc=True)
     assert raw.hex() == (hdr(0x17, 3, 44, flags=codec.FLAG_GC) + VOL_HEX +
                          '%016x' % 7 + '00000002' + '%016x' % 2 +
                          '%016x' % 5)
-    assert codec.decode_snapshot(one_frame(raw).body) == (VOL, 7, [2, 5])
+    assert control.decode_snapshot(one_frame(raw).body) == (VOL, 7, [2, 5])
     with pytest.raises(exception.ProtocolError):
-        codec.decode_snapshot(one_frame(raw).body[:-1])
-    raw = codec.encode_revert(4, VOL, 2, 7)
-    assert codec.decode_revert(one_frame(raw).body) == (VOL, 2, 7)
+        control.decode_snapshot(one_frame(raw).body[:-1])
+    raw = control.encode_revert(4, VOL, 2, 7)
+    assert control.decode_revert(one_frame(raw).body) == (VOL, 2, 7)
 
 
 def test_flush_fence_delete_info_requests():
@@ -110,18 +111,18 @@ def test_flush_fence_delete_info_requests():
     assert raw.hex() == hdr(0x13, 10, 16) + VOL_HEX
     assert codec.decode_flush(one_frame(raw).body) == VOL
 
-    raw = codec.encode_fence(11, VOL, 42)
+    raw = control.encode_fence(11, VOL, 42)
     assert raw.hex() == hdr(0x14, 11, 24) + VOL_HEX + '%016x' % 42
-    assert codec.decode_fence(one_frame(raw).body) == (VOL, 42)
+    assert control.decode_fence(one_frame(raw).body) == (VOL, 42)
 
-    raw = codec.encode_delete(12, VOL)
+    raw = control.encode_delete(12, VOL)
     assert raw.hex() == hdr(0x15, 12, 24) + VOL_HEX + 'ff' * 8
-    assert codec.decode_delete(one_frame(raw).body) == (VOL,
-                                                        codec.ALL_CHUNKS)
+    assert control.decode_delete(one_frame(raw).body) == (VOL,
+                                                        control.ALL_CHUNKS)
 
-    raw = codec.encode_chunk_info(13, VOL, 4)
+    raw = control.encode_chunk_info(13, VOL, 4)
     assert raw.hex() == hdr(0x16, 13, 24) + VOL_HEX + '%016x' % 4
-    assert codec.decode_chunk_info(one_frame(raw).body) == (VOL, 4)
+    assert control.decode_chunk_info(one_frame(raw).body) == (VOL, 4)
 
 
 def test_replies():
@@ -134,11 +135,11 @@ def test_replies():
     assert raw.hex() == hdr(0x90, 7, 4) + '0000' + '7879'
     assert bytes(codec.reply_status(one_frame(raw).body)) == b'xy'
 
-    raw = codec.encode_chunk_info_ok(13, 6, 8192, 9, [1, 2])
+    raw = control.encode_chunk_info_ok(13, 6, 8192, 9, [1, 2])
     assert raw.hex() == (hdr(0x96, 13, 34) + '0000' + '%016x' % 6 +
                          '%016x' % 8192 + '00000009' + '00000002' +
                          '00000001' + '00000002')
-    assert codec.decode_chunk_info_ok(one_frame(raw).body) == (6, 8192, 9,
+    assert control.decode_chunk_info_ok(one_frame(raw).body) == (6, 8192, 9,
                                                                [1, 2])
 
     raw = codec.encode_ok(codec.FLUSH, 10)
@@ -212,16 +213,16 @@ def test_truncated_bodies_are_protocol_errors():
 
 
 def test_repair_request_and_its_bounds():
-    raw = codec.encode_repair(14, VOL, 2, 5, 100, 8)
+    raw = control.encode_repair(14, VOL, 2, 5, 100, 8)
     assert raw.hex() == (hdr(0x1A, 14, 40) + VOL_HEX + '%016x' % 2 +
                          '%016x' % 5 + '%08x' % 100 + '%08x' % 8)
-    req = codec.decode_repair(one_frame(raw).body)
+    req = control.decode_repair(one_frame(raw).body)
     assert (req.volume, req.index, req.epoch, req.first, req.count) == (
         VOL, 2, 5, 100, 8)
-    for count in (0, codec.MAX_REPAIR_BLOCKS + 1):
-        bad = codec.encode_repair(1, VOL, 2, 5, 0, count)
+    for count in (0, control.MAX_REPAIR_BLOCKS + 1):
+        bad = control.encode_repair(1, VOL, 2, 5, 0, count)
         with pytest.raises(exception.ProtocolError):
-            codec.decode_repair(one_frame(bad).body)
+            control.decode_repair(one_frame(bad).body)
 
 
 def test_raw_read_reply_and_raw_replicate():
@@ -250,12 +251,12 @@ def test_raw_read_reply_and_raw_replicate():
 
 
 def test_deep_chunk_info_lists_torn_blocks():
-    raw = codec.encode_chunk_info(18, VOL, 4, deep=True)
+    raw = control.encode_chunk_info(18, VOL, 4, deep=True)
     f = one_frame(raw)
     assert f.flags == codec.FLAG_DEEP
-    reply = codec.encode_chunk_info_ok(18, 3, 8192, 9, [1, 2], [1])
+    reply = control.encode_chunk_info_ok(18, 3, 8192, 9, [1, 2], [1])
     body = one_frame(reply).body
-    assert codec.decode_chunk_info_ok(body, deep=True) == (3, 8192, 9,
+    assert control.decode_chunk_info_ok(body, deep=True) == (3, 8192, 9,
                                                            [1, 2], [1])
     with pytest.raises(exception.ProtocolError):
-        codec.decode_chunk_info_ok(body)   # a plain reply has no list
+        control.decode_chunk_info_ok(body)   # a plain reply has no list

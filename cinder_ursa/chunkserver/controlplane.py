@@ -8,6 +8,7 @@ import logging
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 
 LOG = logging.getLogger(__name__)
 
@@ -73,33 +74,33 @@ class ControlMixin:
         if op == codec.FLUSH:
             self._flush(conn, frame)
         elif op == codec.FENCE:
-            vol, gen = codec.decode_fence(frame.body)
+            vol, gen = control.decode_fence(frame.body)
             if gen <= self.store.generation(vol):
                 conn.send(codec.encode_ok(op, frame.req_id))
             else:
                 conn.spawn(self._fence(conn, frame, vol, gen))
         elif op == codec.DELETE:
-            vol, idx = codec.decode_delete(frame.body)
-            n = self.store.delete(vol, None if idx == codec.ALL_CHUNKS
+            vol, idx = control.decode_delete(frame.body)
+            n = self.store.delete(vol, None if idx == control.ALL_CHUNKS
                                   else idx)
             if n:
                 LOG.info('Deleted %d replica(s) of volume %s', n, vol)
             conn.send(codec.encode_ok(op, frame.req_id))
         elif op == codec.CHUNK_INFO:
-            vol, idx = codec.decode_chunk_info(frame.body)
-            conn.send(codec.encode_chunk_info_ok(
+            vol, idx = control.decode_chunk_info(frame.body)
+            conn.send(control.encode_chunk_info_ok(
                 frame.req_id, *self.store.chunk_info(
                     vol, idx, bool(frame.flags & codec.FLAG_DEEP))))
         elif op == codec.INVENTORY:
-            vol = codec.decode_inventory(frame.body)
-            conn.send(codec.encode_inventory_ok(
+            vol = control.decode_inventory(frame.body)
+            conn.send(control.encode_inventory_ok(
                 frame.req_id, self.store.inventory(vol)))
         elif op == codec.SNAPSHOT:
-            vol, seq, live = codec.decode_snapshot(frame.body)
+            vol, seq, live = control.decode_snapshot(frame.body)
             if frame.flags & codec.FLAG_DRY_RUN:
                 n = self.store.gc(vol, live, upto=seq, dry_run=True)
                 conn.send(codec.encode_ok(op, frame.req_id,
-                                          codec.encode_u64(n)))
+                                          control.encode_u64(n)))
                 return
             self.store.adopt_snapseq(vol, seq)
             if frame.flags & codec.FLAG_GC:
@@ -109,7 +110,7 @@ class ControlMixin:
                              'snapshot needs were freed', vol, n)
             conn.send(codec.encode_ok(op, frame.req_id))
         elif op == codec.REVERT:
-            vol, snap, seq = codec.decode_revert(frame.body)
+            vol, snap, seq = control.decode_revert(frame.body)
             self.store.adopt_snapseq(vol, seq)
             n = self.store.revert(vol, snap, seq)
             LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d',

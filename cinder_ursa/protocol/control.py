@@ -1,0 +1,235 @@
+"""Sans-I/O codec of the data protocol's control messages: what the master
+asks of chunk servers (FENCE, SNAPSHOT, REVERT, DELETE), what a chunk's
+state is (CHUNK_INFO, INVENTORY) and REPAIR, with their replies.
+
+Framing, authentication, the data requests (READ, WRITE, REPLICATE,
+FLUSH) and the error replies are in :mod:`.codec`.
+"""
+
+import struct
+
+from cinder_ursa import exception
+from cinder_ursa.protocol.codec import _STATUS
+from cinder_ursa.protocol.codec import _U32
+from cinder_ursa.protocol.codec import _U64
+from cinder_ursa.protocol.codec import CHUNK_INFO
+from cinder_ursa.protocol.codec import DELETE
+from cinder_ursa.protocol.codec import FENCE
+from cinder_ursa.protocol.codec import FLAG_DEEP
+from cinder_ursa.protocol.codec import FLAG_DRY_RUN
+from cinder_ursa.protocol.codec import FLAG_GC
+from cinder_ursa.protocol.codec import INVENTORY
+from cinder_ursa.protocol.codec import OK
+from cinder_ursa.protocol.codec import REPAIR
+from cinder_ursa.protocol.codec import REPLY
+from cinder_ursa.protocol.codec import REVERT
+from cinder_ursa.protocol.codec import SNAPSHOT
+from cinder_ursa.protocol.codec import _check
+from cinder_ursa.protocol.codec import _frame
+from cinder_ursa.protocol.codec import _uuid_bytes
+from cinder_ursa.protocol.codec import _uuid_str
+from cinder_ursa.protocol.codec import reply_status
+
+# Fixed parts of the request and reply bodies.
+ALL_CHUNKS = 0xFFFFFFFFFFFFFFFF  # DELETE of a whole volume
+_FENCE = struct.Struct('!16sQ')            # volume, generation
+_DELETE = struct.Struct('!16sQ')           # volume, index or ALL_CHUNKS
+_CHUNK_INFO = struct.Struct('!16sQ')       # volume, index
+_SNAPSHOT = struct.Struct('!16sQI')        # volume, sequence, live count
+_REVERT = struct.Struct('!16sQQ')          # volume, snapshot, sequence
+_INVENTORY = struct.Struct('!16s')         # volume (all zeros: every one)
+# volume, index, epoch, first block, block count
+_REPAIR = struct.Struct('!16sQQII')
+MAX_REPAIR_BLOCKS = 4096                   # 16 MiB per REPAIR
+# volume, index, epoch, allocated bytes, stale, layer count (then the
+# layers' sequences, u64 each)
+_INV_ENTRY = struct.Struct('!16sQQQBH')
+# status, epoch, allocated, layers digest, nblocks
+_INFO_OK = struct.Struct('!HQQII')
+MAX_LIVE = 65536                           # live snapshots per SNAPSHOT
+
+
+def encode_fence(req_id, volume, generation):
+    return _frame(FENCE, req_id, _FENCE.pack(_uuid_bytes(volume),
+                                             generation))
+
+
+def decode_fence(body):
+    _check(body, _FENCE, 'FENCE')
+    vol, gen = _FENCE.unpack_from(body)
+    return _uuid_str(vol), gen
+
+
+def encode_delete(req_id, volume, index=ALL_CHUNKS):
+    return _frame(DELETE, req_id, _DELETE.pack(_uuid_bytes(volume), index))
+
+
+def decode_delete(body):
+    _check(body, _DELETE, 'DELETE')
+    vol, index = _DELETE.unpack_from(body)
+    return _uuid_str(vol), index
+
+
+def encode_chunk_info(req_id, volume, index, deep=False):
+    """CHUNK_INFO of a replica; ``deep``: the CRCs are those of the data
+    read now, and the reply lists the torn blocks (whose data does not
+    match their stored CRC)."""
+    return _frame(CHUNK_INFO, req_id, _CHUNK_INFO.pack(_uuid_bytes(volume),
+                                                       index),
+                  FLAG_DEEP if deep else 0)
+
+
+def decode_chunk_info(body):
+    _check(body, _CHUNK_INFO, 'CHUNK_INFO')
+    vol, index = _CHUNK_INFO.unpack_from(body)
+    return _uuid_str(vol), index
+
+
+def encode_snapshot(req_id, volume, seq, live=(), gc=False, dry_run=False):
+    """Tell a chunk server the volume's snapshot sequence is now ``seq``;
+    with ``gc``, also drop what no snapshot in ``live`` needs (``dry_run``:
+    only count it, the reply carries the count as a u64)."""
+    live = sorted(live)
+    body = _SNAPSHOT.pack(_uuid_bytes(volume), seq, len(live))
+    body += b''.join(_U64.pack(x) for x in live)
+    flags = (FLAG_GC if gc or dry_run else 0) | (FLAG_DRY_RUN if dry_run
+                                                  else 0)
+    return _frame(SNAPSHOT, req_id, body, flags)
+
+
+def decode_snapshot(body):
+    _check(body, _SNAPSHOT, 'SNAPSHOT')
+    vol, seq, n = _SNAPSHOT.unpack_from(body)
+    if n > MAX_LIVE or len(body) != _SNAPSHOT.size + 8 * n:
+        raise exception.ProtocolError(reason='SNAPSHOT live list of %d '
+                                      'entries does not match its body' % n)
+    live = [_U64.unpack_from(body, _SNAPSHOT.size + 8 * i)[0]
+            for i in range(n)]
+    return _uuid_str(vol), seq, live
+
+
+def encode_revert(req_id, volume, snap, seq):
+    return _frame(REVERT, req_id, _REVERT.pack(_uuid_bytes(volume), snap,
+                                               seq))
+
+
+def decode_revert(body):
+    _check(body, _REVERT, 'REVERT')
+    vol, snap, seq = _REVERT.unpack_from(body)
+    return _uuid_str(vol), snap, seq
+
+
+class RepairRequest:
+    __slots__ = ('volume', 'index', 'epoch', 'first', 'count')
+
+    def __init__(self, volume, index, epoch, first, count):
+        self.volume, self.index, self.epoch = volume, index, epoch
+        self.first, self.count = first, count
+
+
+def encode_repair(req_id, volume, index, epoch, first, count):
+    """Ask a chunk's primary to make blocks ``first .. first+count-1``
+    identical and valid on every replica (it pushes its own, or the first
+    valid copy it finds)."""
+    return _frame(REPAIR, req_id, _REPAIR.pack(_uuid_bytes(volume), index,
+                                               epoch, first, count))
+
+
+def decode_repair(body):
+    _check(body, _REPAIR, 'REPAIR')
+    vol, index, epoch, first, count = _REPAIR.unpack_from(body)
+    if not 0 < count <= MAX_REPAIR_BLOCKS:
+        raise exception.ProtocolError(reason='REPAIR of %d blocks (1 to %d)'
+                                      % (count, MAX_REPAIR_BLOCKS))
+    return RepairRequest(_uuid_str(vol), index, epoch, first, count)
+
+
+def encode_inventory(req_id, volume=None):
+    raw = _uuid_bytes(volume) if volume else bytes(16)
+    return _frame(INVENTORY, req_id, _INVENTORY.pack(raw))
+
+
+def decode_inventory(body):
+    _check(body, _INVENTORY, 'INVENTORY')
+    raw = _INVENTORY.unpack_from(body)[0]
+    return _uuid_str(raw) if any(raw) else None
+
+
+def encode_chunk_info_ok(req_id, epoch, allocated, digest, crcs,
+                         torn=None):
+    """``torn`` (a deep CHUNK_INFO): the blocks whose data does not match
+    their stored CRC."""
+    body = _INFO_OK.pack(OK, epoch, allocated, digest, len(crcs))
+    body += struct.pack('!%dI' % len(crcs), *crcs)
+    if torn is not None:
+        body += _U32.pack(len(torn)) + struct.pack('!%dI' % len(torn),
+                                                   *torn)
+    return _frame(CHUNK_INFO | REPLY, req_id, body)
+
+
+def encode_inventory_ok(req_id, entries):
+    """``entries``: (volume, index, epoch, stale, allocated, layers)."""
+    parts = [_STATUS.pack(OK), _U32.pack(len(entries))]
+    for vol, idx, epoch, stale, allocated, layers in entries:
+        parts.append(_INV_ENTRY.pack(_uuid_bytes(vol), idx, epoch, allocated,
+                                     1 if stale else 0, len(layers)))
+        parts.extend(_U64.pack(n) for n in layers)
+    return _frame(INVENTORY | REPLY, req_id, b''.join(parts))
+
+
+def decode_inventory_ok(body):
+    reply_status(body)
+    if len(body) < 6:
+        raise exception.ProtocolError(reason='INVENTORY reply truncated')
+    n = _U32.unpack_from(body, 2)[0]
+    pos, out = 6, []
+    for _ in range(n):
+        if len(body) < pos + _INV_ENTRY.size:
+            raise exception.ProtocolError(reason='INVENTORY reply truncated')
+        vol, idx, epoch, allocated, stale, nl = _INV_ENTRY.unpack_from(body,
+                                                                       pos)
+        pos += _INV_ENTRY.size
+        if len(body) < pos + 8 * nl:
+            raise exception.ProtocolError(reason='INVENTORY reply truncated')
+        layers = list(struct.unpack_from('!%dQ' % nl, body, pos))
+        pos += 8 * nl
+        out.append((_uuid_str(vol), idx, epoch, bool(stale), allocated,
+                    layers))
+    if pos != len(body):
+        raise exception.ProtocolError(reason='INVENTORY reply has %d '
+                                      'trailing bytes' % (len(body) - pos))
+    return out
+
+
+def encode_u64(n):
+    return _U64.pack(n)
+
+
+def decode_count_ok(body):
+    payload = reply_status(body)
+    if len(payload) != 8:
+        raise exception.ProtocolError(reason='count reply of %d bytes'
+                                      % len(payload))
+    return _U64.unpack_from(payload)[0]
+
+
+def decode_chunk_info_ok(body, deep=False):
+    """(epoch, allocated, digest, crcs), and the torn blocks when
+    ``deep``."""
+    reply_status(body)
+    _check(body, _INFO_OK, 'CHUNK_INFO reply')
+    _, epoch, allocated, digest, n = _INFO_OK.unpack_from(body)
+    end = _INFO_OK.size + 4 * n
+    if len(body) < end + (4 if deep else 0):
+        raise exception.ProtocolError(reason='CHUNK_INFO reply truncated')
+    crcs = list(struct.unpack_from('!%dI' % n, body, _INFO_OK.size))
+    if not deep:
+        if len(body) != end:
+            raise exception.ProtocolError(reason='CHUNK_INFO reply has '
+                                          'trailing bytes')
+        return epoch, allocated, digest, crcs
+    m = _U32.unpack_from(body, end)[0]
+    if len(body) != end + 4 + 4 * m:
+        raise exception.ProtocolError(reason='CHUNK_INFO reply truncated')
+    torn = list(struct.unpack_from('!%dI' % m, body, end + 4))
+    return epoch, allocated, digest, crcs, torn
