@@ -17,6 +17,8 @@ import urllib.request
 
 from tests.e2e import harness
 from tests.e2e import openstack_stubs
+from tests.fixtures.processes import free_port
+from tests.fixtures.processes import wait_port
 
 VENV_BIN = harness.VENV_BIN
 NOVA_ETC = os.path.join(harness.VENV, 'etc', 'nova')
@@ -44,8 +46,8 @@ class Nova:
         self.transport_url = transport_url
         self.computes = ['compute%d' % i for i in range(1, computes + 1)]
         self.procs = {}
-        self.api_port = harness.free_port()
-        self.placement_port = harness.free_port()
+        self.api_port = free_port()
+        self.placement_port = free_port()
         self.stubs = None
 
     @property
@@ -150,7 +152,7 @@ class Nova:
         p = self._spawn('placement', [
             sys.executable, '-m', 'tests.e2e.wsgi_serve',
             'placement.wsgi.api:application', str(self.placement_port)])
-        harness.wait_port(self.placement_port, p, 'placement')
+        wait_port(self.placement_port, p, 'placement')
         for svc in ('conductor', 'scheduler'):
             self._spawn('nova-' + svc, [
                 os.path.join(VENV_BIN, 'nova-' + svc), '--config-file',
@@ -158,7 +160,7 @@ class Nova:
         p = self._spawn('nova-api', [
             sys.executable, '-m', 'tests.e2e.wsgi_serve',
             'nova.wsgi.osapi_compute:application', str(self.api_port)])
-        harness.wait_port(self.api_port, p, 'nova-api', timeout=120)
+        wait_port(self.api_port, p, 'nova-api', timeout=120)
         for c in self.computes:
             self.start_compute(c)
         self.wait(lambda: len([s for s in self.services()

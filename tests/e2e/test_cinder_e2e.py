@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.e2e import harness
-from tests.functional.conftest import MariaDB
+from tests.fixtures.services import MariaDB
 
 GiB = 1024 ** 3
 

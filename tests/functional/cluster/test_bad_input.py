@@ -5,17 +5,16 @@ import json
 import os
 import socket
 import struct
-import urllib.request
 
 import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.cmd.allinone import AllInOne
-from cinder_ursa.common import auth
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
-from tests.functional.conftest import data_client
-from tests.functional.conftest import growth_when_flooded
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import rest
+from tests.fixtures.processes import growth_when_flooded
 
 MiB = 1024 * 1024
 
@@ -184,22 +183,6 @@ def test_client_refuses_ranges_past_the_volume_end(cluster):
             v.read(16 * MiB, 1)
         with pytest.raises(exception.NotFound):
             cl.open_volume('no-such-volume')
-
-
-def rest(cluster, method, path, body=None, raw=None, sign=True, params=''):
-    data = raw if raw is not None else (
-        json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(cluster.master_url + '/v1' + path + params,
-                                 data=data, method=method)
-    if sign:
-        req.add_header(auth.HEADER, auth.sign(cluster.key, method,
-                                              '/v1' + path))
-    req.add_header('Content-Type', 'application/json')
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read() or b'{}')
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.mark.parametrize('method,path,kwargs,status,code', [

@@ -5,7 +5,7 @@ import os
 import random
 
 from cinder_ursa.client import check
-from tests.functional.conftest import data_client
+from tests.fixtures.cluster import data_client
 
 MiB = 1024 * 1024
 

@@ -17,8 +17,8 @@ from cinder_ursa.client import check
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
-from tests.functional.conftest import data_client
-from tests.functional.conftest import module_cluster
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import module_cluster
 
 MiB = 1024 * 1024
 BS = 4096

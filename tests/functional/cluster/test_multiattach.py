@@ -4,7 +4,7 @@ fences all of them."""
 import pytest
 
 from cinder_ursa import exception
-from tests.functional.conftest import data_client
+from tests.fixtures.cluster import data_client
 
 MiB = 1024 * 1024
 

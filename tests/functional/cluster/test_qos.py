@@ -6,7 +6,7 @@ import time
 import pytest
 
 from cinder_ursa import exception
-from tests.functional.conftest import data_client
+from tests.fixtures.cluster import data_client
 
 MiB = 1024 * 1024
 

@@ -14,7 +14,7 @@ import pytest
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
-from tests.functional.test_bad_input import rest
+from tests.fixtures.cluster import rest
 
 # The test cluster allows volumes of 4 EiB: two of them sum to 2**63, one
 # past the largest signed 64-bit number (SQLite's SUM overflowed).

@@ -19,8 +19,8 @@ from hypothesis.stateful import rule
 
 from cinder_ursa import exception
 from cinder_ursa.client import check
-from tests.functional.conftest import data_client
-from tests.functional.conftest import module_cluster
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import module_cluster
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -304,7 +304,7 @@ def _wait_usage(cluster, name, at_least, timeout=30):
 def test_cli_snapshot_clone_flatten_revert_resize(cluster, tmp_path):
     import json
 
-    from tests.functional.test_aio_cli import ursa
+    from tests.fixtures.cluster import ursa
 
     def cli(*args, check=True):
         return ursa(cluster.data_dir, *args, check=check)

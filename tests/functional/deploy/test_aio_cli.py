@@ -3,35 +3,14 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+from tests.fixtures.cluster import ursa
+from tests.fixtures.processes import free_port_base
+
 MiB = 1024 * 1024
-
-
-def free_port_base(n):
-    """A base port with n consecutive free ports after it."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            base = s.getsockname()[1]
-        if base + n > 65000:
-            continue
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(('127.0.0.1', p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError('no free port range')
 
 
 def start_aio(data_dir, port_base):
@@ -51,16 +30,6 @@ def start_aio(data_dir, port_base):
             return proc, ''.join(lines)
     proc.kill()
     raise AssertionError('ursa-aio did not come up:\n' + ''.join(lines))
-
-
-def ursa(data_dir, *args, check=True):
-    env = dict(os.environ, URSA_CONFIG=os.path.join(data_dir, 'ursa.conf'))
-    r = subprocess.run([sys.executable, '-m', 'cinder_ursa.cmd.cli'] +
-                       list(args), env=env, capture_output=True, text=True,
-                       timeout=120)
-    if check:
-        assert r.returncode == 0, r.stdout + r.stderr
-    return r
 
 
 def stop(proc):

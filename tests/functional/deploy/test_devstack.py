@@ -17,7 +17,7 @@ from oslo_config import cfg
 from cinder_ursa.common import auth
 from cinder_ursa.common import rest
 from cinder_ursa.volume import opts as volume_opts
-from tests.functional.test_aio_cli import free_port_base
+from tests.fixtures.processes import free_port_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

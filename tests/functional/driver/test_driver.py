@@ -16,8 +16,8 @@ from cinder.volume import driver as base_driver
 from oslo_config import cfg
 
 from cinder_ursa.volume import driver as ursa_driver
-from tests.functional.conftest import data_client
-from tests.functional.conftest import module_cluster
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import module_cluster
 
 GiB = 1024 ** 3
 MiB = 1024 ** 2

@@ -7,9 +7,9 @@ import os
 import random
 
 from cinder_ursa.cmd.allinone import AllInOne
-from tests.functional.conftest import data_client
-from tests.functional.test_faults import replica_sets
-from tests.functional.test_faults import server_id
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_id
 
 MiB = 1024 * 1024
 CHUNKS = 24

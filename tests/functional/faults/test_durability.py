@@ -19,10 +19,10 @@ from cinder_ursa import exception
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
-from tests.functional.conftest import data_client
-from tests.functional.conftest import unsynced
-from tests.functional.test_faults import replica_sets
-from tests.functional.test_faults import server_id
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_id
+from tests.fixtures.faultydisk import unsynced
 
 MiB = 1024 * 1024
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(

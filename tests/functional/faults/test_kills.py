@@ -9,36 +9,13 @@ import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.client import check
-from tests.functional.conftest import data_client
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_id
+from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
 BS = 64 * 1024
-
-
-def wait_for(predicate, timeout=30.0, what='condition'):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError('timed out waiting for %s' % what)
-
-
-def replica_sets(cluster, name):
-    client = cluster.client()
-    vol = client.volume(name)
-    n = vol['size'] // vol['chunk_size']
-    chunks = client.request('GET', '/volumes/%s/chunks' % vol['id'],
-                            params={'start': 0, 'count': n})['chunks']
-    return {c['index']: [r['id'] for r in c['replicas']] for c in chunks}
-
-
-def server_id(cluster, i):
-    with open(os.path.join(cluster.cs_dir(i), 'endpoint.json')) as f:
-        import json
-        uuid = json.load(f)['uuid']
-    return next(s['id'] for s in cluster.client().servers()
-                if s['uuid'] == uuid)
 
 
 async def workload(cluster_, name, model, ops, writers, on_progress):

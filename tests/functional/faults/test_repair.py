@@ -29,9 +29,9 @@ from cinder_ursa.client import check
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
-from tests.functional.conftest import data_client
-from tests.functional.test_faults import replica_sets
-from tests.functional.test_faults import server_id
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_id
 
 MiB = 1024 * 1024
 BS = 4096

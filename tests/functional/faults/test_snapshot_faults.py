@@ -11,8 +11,8 @@ import time
 
 from cinder_ursa import exception
 from cinder_ursa.client import check
-from tests.functional.conftest import data_client
-from tests.functional.test_aio_cli import ursa
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import ursa
 
 MiB = 1024 * 1024
 BLOCK = 4096

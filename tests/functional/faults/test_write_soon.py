@@ -8,8 +8,8 @@ import os
 import signal
 
 from cinder_ursa import exception
-from tests.functional.conftest import data_client
-from tests.functional.test_faults import server_id
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import server_id
 
 MiB = 1024 * 1024
 BS = 4096

@@ -9,10 +9,10 @@ import random
 import pytest
 
 from cinder_ursa.client import localread
-from tests.functional.conftest import data_client
-from tests.functional.test_faults import replica_sets
-from tests.functional.test_faults import server_id
-from tests.functional.test_faults import wait_for
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_id
+from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
 BLOCK = 4096

@@ -14,8 +14,8 @@ import pytest
 
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.nbd import protocol as p
-from tests.functional.conftest import growth_when_flooded
-from tests.functional.conftest import module_cluster
+from tests.fixtures.cluster import module_cluster
+from tests.fixtures.processes import growth_when_flooded
 
 MiB = 1024 * 1024
 
@@ -359,7 +359,7 @@ def test_fio_survives_kill_of_a_chunkserver(tmp_path):
 def test_snapshot_while_writing_through_the_gateway(aio):
     """A snapshot taken while an NBD client keeps writing holds every write
     the gateway acknowledged before it and none sent after it returned."""
-    from tests.functional.conftest import data_client
+    from tests.fixtures.cluster import data_client
     nblocks = 256
     aio.client().create_volume('busy', 8 * MiB, chunk_size=MiB)
     s, _, _ = connect(aio, 'busy')

@@ -7,7 +7,7 @@ import time
 
 from nova_ha import agent as agent_mod
 from nova_ha import coordination
-from tests.nova_ha.conftest import make_conf
+from tests.fixtures.novaha import make_conf
 
 
 def test_health_checks_and_maintenance_reach_the_group(tmp_path):

@@ -9,12 +9,10 @@ import pytest
 
 from cinder_ursa import exception
 from nova_ha import fence
-from tests.functional.conftest import data_client
-from tests.nova_ha.conftest import fake_nova  # noqa: F401 - a fixture
-from tests.nova_ha.conftest import make_conf
-from tests.nova_ha.conftest import make_evacuator
-from tests.nova_ha.conftest import members  # noqa: F401 - a fixture
-from tests.nova_ha.conftest import run_until
+from tests.fixtures.cluster import data_client
+from tests.fixtures.novaha import make_conf
+from tests.fixtures.novaha import make_evacuator
+from tests.fixtures.novaha import run_until
 
 MiB = 1024 * 1024
 

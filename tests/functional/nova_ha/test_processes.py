@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from tests.nova_ha.conftest import free_port
-from tests.nova_ha.conftest import stop_processes
+from tests.fixtures.processes import free_port
+from tests.fixtures.processes import stop_processes
 
 HA = {'HA_enabled': 'true'}
 BIN = os.path.dirname(sys.executable)

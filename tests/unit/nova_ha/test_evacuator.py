@@ -1,63 +1,26 @@
-"""The evacuator against the fake Nova and real tooz backends (file and a
-private redis-server), one poll at a time."""
+"""The evacuator against the fake Nova and tooz's file backend, one poll at
+a time, in this process (tests/functional/nova_ha/test_evacuator_redis.py
+has those on a private redis-server)."""
 
-import sys
 import time
 
-import pytest
 from tooz import coordination as tooz_coordination
 
 from nova_ha import coordination
-from nova_ha import fence
-from tests.nova_ha.conftest import make_conf
-from tests.nova_ha.conftest import make_evacuator
-from tests.nova_ha.conftest import run_until
-
-HA = {'HA_enabled': 'true'}
-
-
-class FenceLog(fence.CommandFence):
-    """A real fence command that records the hosts it fenced."""
-
-    def __init__(self, path, fail=False):
-        script = path.with_suffix('.py')
-        script.write_text('import sys\nopen(%r, "a").write(sys.argv[1] + '
-                          '"\\n")\nsys.exit(%d)\n'
-                          % (str(path), 1 if fail else 0))
-        super().__init__('%s %s {host}' % (sys.executable, script), 10)
-        self.path = path
-
-    def hosts(self):
-        try:
-            return self.path.read_text().split()
-        except FileNotFoundError:
-            return []
-
-
-def _cluster(fake_nova, members, conf, hosts=('c1', 'c2', 'c3')):
-    m = members(conf)
-    for h in hosts:
-        fake_nova.nova.add_host(h)
-        m.join(h)
-    return m
-
-
-def _fail(fake_nova, m, host):
-    m.leave(host)
-    fake_nova.nova.compute_down(host)
-
-
-def _recovery_over(ev, host):
-    def over():
-        recs = ev.store.recoveries(host=host)
-        return recs and recs[0]['state'] in ('done', 'failed')
-    return over
+from tests.fixtures.novaha import HA
+from tests.fixtures.novaha import FenceLog
+from tests.fixtures.novaha import fail_host
+from tests.fixtures.novaha import join_hosts
+from tests.fixtures.novaha import make_conf
+from tests.fixtures.novaha import make_evacuator
+from tests.fixtures.novaha import recovery_over
+from tests.fixtures.novaha import run_until
 
 
 def test_failed_host_fenced_then_ha_instances_evacuated_by_priority(
         tmp_path, fake_nova, members):
     conf = make_conf(tmp_path, fake_nova.url)
-    m = _cluster(fake_nova, members, conf)
+    m = join_hosts(fake_nova, members, conf)
     n = fake_nova.nova
     low = n.add_server('low', 'c1', metadata=dict(HA, HA_priority='1'))
     high = n.add_server('high', 'c1', metadata=dict(HA, HA_priority='9'))
@@ -72,8 +35,8 @@ def test_failed_host_fenced_then_ha_instances_evacuated_by_priority(
     run_until([ev], lambda: ev.store.hosts().get('c3'), what='first poll')
     assert {h['state'] for h in ev.store.hosts().values()} == {'ok'}
 
-    _fail(fake_nova, m, 'c1')
-    run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
+    fail_host(fake_nova, m, 'c1')
+    run_until([ev], recovery_over(ev, 'c1'), what='recovery of c1')
 
     rec = ev.store.recoveries(host='c1')[0]
     assert rec['state'] == 'done'
@@ -110,13 +73,13 @@ def test_policy_all_evacuates_every_evacuable_instance(
         tmp_path, fake_nova, members):
     conf = make_conf(tmp_path, fake_nova.url, policy='all',
                      reserved_hosts=['c3'])
-    m = _cluster(fake_nova, members, conf)
+    m = join_hosts(fake_nova, members, conf)
     n = fake_nova.nova
     ids = [n.add_server('vm%d' % i, 'c1') for i in range(3)]
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.step()
-    _fail(fake_nova, m, 'c1')
-    run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
+    fail_host(fake_nova, m, 'c1')
+    run_until([ev], recovery_over(ev, 'c1'), what='recovery of c1')
     assert sorted(c['uuid'] for c in n.evacuate_calls()) == sorted(ids)
     # The reserved host is the target.
     assert {c['target'] for c in n.evacuate_calls()} == {'c3'}
@@ -127,7 +90,7 @@ def test_policy_all_evacuates_every_evacuable_instance(
 def test_failure_needs_both_signals_for_the_whole_grace_period(
         tmp_path, fake_nova, members):
     conf = make_conf(tmp_path, fake_nova.url, grace_period=2.0)
-    m = _cluster(fake_nova, members, conf)
+    m = join_hosts(fake_nova, members, conf)
     n = fake_nova.nova
     n.add_server('vm', 'c1', metadata=HA)
     n.add_server('vm2', 'c2', metadata=HA)
@@ -155,7 +118,7 @@ def test_failure_needs_both_signals_for_the_whole_grace_period(
     assert ev.store.recoveries() == []
     assert n.evacuate_calls() == []
     n.compute_down('c1')
-    run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
+    run_until([ev], recovery_over(ev, 'c1'), what='recovery of c1')
     rec = ev.store.recoveries(host='c1')[0]
     assert rec['finished_at'] - rec['detected_at'] >= 2.0
     assert [c['name'] for c in n.evacuate_calls()] == ['vm']
@@ -164,13 +127,13 @@ def test_failure_needs_both_signals_for_the_whole_grace_period(
 
 def test_no_fence_no_evacuation(tmp_path, fake_nova, members):
     conf = make_conf(tmp_path, fake_nova.url)
-    m = _cluster(fake_nova, members, conf)
+    m = join_hosts(fake_nova, members, conf)
     n = fake_nova.nova
     n.add_server('vm', 'c1', metadata=HA)
     failing = FenceLog(tmp_path / 'tried', fail=True)
     ev = make_evacuator(conf, [failing])
     ev.step()
-    _fail(fake_nova, m, 'c1')
+    fail_host(fake_nova, m, 'c1')
     run_until([ev], lambda: len(failing.hosts()) >= 3,
               what='fence attempts')
     rec = ev.store.recoveries(host='c1')[0]
@@ -194,7 +157,7 @@ def test_no_fence_no_evacuation(tmp_path, fake_nova, members):
     # Only an explicit fence_required = False evacuates unfenced.
     conf.set_override('fence_required', False, group='evacuator')
     ev = make_evacuator(conf, [])
-    run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
+    run_until([ev], recovery_over(ev, 'c1'), what='recovery of c1')
     assert [c['name'] for c in n.evacuate_calls()] == ['vm']
     assert 'fence_required = False' in ev.store.recoveries(
         host='c1')[0]['fenced_by']
@@ -204,7 +167,7 @@ def test_no_fence_no_evacuation(tmp_path, fake_nova, members):
 def test_mass_failure_pauses_until_an_operator_resumes(
         tmp_path, fake_nova, members):
     conf = make_conf(tmp_path, fake_nova.url)
-    m = _cluster(fake_nova, members, conf, hosts=('c1', 'c2', 'c3', 'c4'))
+    m = join_hosts(fake_nova, members, conf, hosts=('c1', 'c2', 'c3', 'c4'))
     n = fake_nova.nova
     for h in ('c1', 'c2', 'c3'):
         n.add_server('vm-' + h, h, metadata=HA)
@@ -212,7 +175,7 @@ def test_mass_failure_pauses_until_an_operator_resumes(
     ev = make_evacuator(conf, [log])
     ev.step()
     for h in ('c1', 'c2', 'c3'):
-        _fail(fake_nova, m, h)
+        fail_host(fake_nova, m, h)
     run_until([ev], lambda: len(ev.store.recoveries()) == 3,
               what='three failed hosts')
     for _ in range(10):
@@ -249,7 +212,7 @@ def _no_room(tmp_path, fake_nova, members, **evacuator):
     a = n.add_server('a', 'c1', metadata=HA)
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.step()
-    _fail(fake_nova, m, 'c1')
+    fail_host(fake_nova, m, 'c1')
     return n, a, ev
 
 
@@ -257,7 +220,7 @@ def test_no_room_retries_with_backoff_then_reports_failure(
         tmp_path, fake_nova, members):
     n, a, ev = _no_room(tmp_path, fake_nova, members, max_attempts=2,
                         retry_backoff=0.3)
-    run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
+    run_until([ev], recovery_over(ev, 'c1'), what='recovery of c1')
     rec = ev.store.recoveries(host='c1')[0]
     assert rec['state'] == 'failed'
     [row] = ev.store.instances(rec['id'])
@@ -276,7 +239,7 @@ def test_room_appearing_between_attempts(tmp_path, fake_nova, members):
               n.servers[a]['OS-EXT-STS:vm_state'] == 'error',
               what='first attempt failing')
     n.capacity['c2'] = 5
-    run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
+    run_until([ev], recovery_over(ev, 'c1'), what='recovery of c1')
     assert ev.store.recoveries(host='c1')[0]['state'] == 'done'
     assert len(n.evacuate_calls(a)) == 2
     assert n.servers[a]['OS-EXT-SRV-ATTR:host'] == 'c2'
@@ -287,13 +250,13 @@ def test_room_appearing_between_attempts(tmp_path, fake_nova, members):
 def test_returned_host_stays_disabled_until_enabled(
         tmp_path, fake_nova, members):
     conf = make_conf(tmp_path, fake_nova.url)
-    m = _cluster(fake_nova, members, conf)
+    m = join_hosts(fake_nova, members, conf)
     n = fake_nova.nova
     n.add_server('vm', 'c1', metadata=HA)
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.step()
-    _fail(fake_nova, m, 'c1')
-    run_until([ev], _recovery_over(ev, 'c1'), what='recovery of c1')
+    fail_host(fake_nova, m, 'c1')
+    run_until([ev], recovery_over(ev, 'c1'), what='recovery of c1')
     svc = {s['host']: s for s in n.services.values()}['c1']
     # The host boots again, its agent rejoins: it stays out of service.
     m.join('c1')
@@ -316,7 +279,7 @@ def test_returned_host_stays_disabled_until_enabled(
 
 def test_maintenance_host_is_never_evacuated(tmp_path, fake_nova, members):
     conf = make_conf(tmp_path, fake_nova.url)
-    m = _cluster(fake_nova, members, conf)
+    m = join_hosts(fake_nova, members, conf)
     n = fake_nova.nova
     n.add_server('vm', 'c1', metadata=HA)
     n.add_server('vm2', 'c2', metadata=HA)
@@ -325,8 +288,8 @@ def test_maintenance_host_is_never_evacuated(tmp_path, fake_nova, members):
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.store.set_host_flag('c1', maintenance=True)
     ev.step()
-    _fail(fake_nova, m, 'c1')
-    _fail(fake_nova, m, 'c2')
+    fail_host(fake_nova, m, 'c1')
+    fail_host(fake_nova, m, 'c2')
     for _ in range(15):
         ev.step()
         time.sleep(0.1)
@@ -336,61 +299,6 @@ def test_maintenance_host_is_never_evacuated(tmp_path, fake_nova, members):
     ev.close()
 
 
-@pytest.mark.parametrize('kill_after', [1, 3])
-def test_new_leader_finishes_without_duplicates(
-        tmp_path, redis_server, fake_nova, members, kill_after):
-    """Two evacuators on redis: the leader stops in the middle of a
-    recovery; the other takes the lead and finishes it, sending no
-    evacuate request twice."""
-    conf = make_conf(tmp_path, fake_nova.url, backend_url=redis_server.url)
-    m = _cluster(fake_nova, members, conf)
-    n = fake_nova.nova
-    ids = [n.add_server('vm%d' % i, 'c1', metadata=dict(
-        HA, HA_priority=str(10 - i))) for i in range(6)]
-    log = FenceLog(tmp_path / 'fenced')
-    first = make_evacuator(conf, [log], member_id='ev1')
-    second = make_evacuator(conf, [log], member_id='ev2')
-    first.step()
-    second.step()
-    assert first.is_leader and not second.is_leader
-    _fail(fake_nova, m, 'c1')
-    # The leader starts the recovery and sends some evacuations...
-    run_until([first], lambda: len(n.evacuate_calls()) >= kill_after,
-              what='first evacuations')
-    # ...then hangs without a word: no more heartbeats, so its leader
-    # lock expires in redis.
-    first.coord.heart.stop()
-    run_until([second], lambda: second.is_leader, what='second leading')
-    run_until([second], _recovery_over(second, 'c1'),
-              what='recovery finished by the new leader')
-    rec = second.store.recoveries(host='c1')[0]
-    assert rec['state'] == 'done'
-    assert sorted(c['uuid'] for c in n.evacuate_calls()) == sorted(ids)
-    assert [c['name'] for c in n.evacuate_calls()] == [
-        'vm%d' % i for i in range(6)]
-    assert log.hosts() == ['c1']
-    second.close()
-
-
-def test_lost_coordination_backend_evacuates_nothing(
-        tmp_path, redis_server, fake_nova, members):
-    conf = make_conf(tmp_path, fake_nova.url, backend_url=redis_server.url)
-    _cluster(fake_nova, members, conf)
-    n = fake_nova.nova
-    n.add_server('vm', 'c1', metadata=HA)
-    ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
-    ev.step()
-    assert ev.is_leader
-    redis_server.stop()
-    # Every host now looks gone from the group; Nova says c1 is down.
-    n.compute_down('c1')
-    for _ in range(10):
-        ev.step()
-    assert not ev.is_leader
-    assert ev.metrics.coordination_up._value.get() == 0
-    assert ev.store.recoveries() == [] and n.evacuate_calls() == []
-
-
 def test_leader_that_lost_the_backend_leads_again_once_it_is_back(
         tmp_path, fake_nova, members, monkeypatch):
     """A leader that drops the backend hands its lock back: once the
@@ -398,7 +306,7 @@ def test_leader_that_lost_the_backend_leads_again_once_it_is_back(
     tooz's file driver a lock never released stays taken inside the
     process, and nobody would lead until the process died."""
     conf = make_conf(tmp_path, fake_nova.url)
-    _cluster(fake_nova, members, conf)
+    join_hosts(fake_nova, members, conf)
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.step()
     assert ev.is_leader
@@ -421,9 +329,9 @@ def test_leader_that_lost_the_backend_leads_again_once_it_is_back(
 def test_metrics_are_served_for_prometheus(tmp_path, fake_nova, members):
     import urllib.request
 
-    from tests.nova_ha.conftest import free_port
+    from tests.fixtures.processes import free_port
     conf = make_conf(tmp_path, fake_nova.url)
-    _cluster(fake_nova, members, conf)
+    join_hosts(fake_nova, members, conf)
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.step()
     port = free_port()
