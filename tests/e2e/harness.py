@@ -26,6 +26,7 @@ from tests.fixtures.processes import free_port
 from tests.fixtures.processes import wait_port
 from tests.fixtures.services import RabbitMQ
 from tests.fixtures.services import unavailable
+from tests.fixtures.wait import wait_for
 
 VENV_BIN = os.path.dirname(sys.executable)
 VENV = os.path.dirname(VENV_BIN)
@@ -163,21 +164,17 @@ ursa_chunk_size_mib = 4
     def wait_pool(self, timeout=120):
         """The scheduler says 'No valid backend' until cinder-volume has
         published its capabilities: wait for the pool."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def pools():
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError('%s exited; see %s' % (dead, self.base))
             try:
-                pools = self.api('GET', '/admin/scheduler-stats/get_pools'
-                                 '?detail=true')['pools']
-                if pools:
-                    return pools
+                return self.api('GET', '/admin/scheduler-stats/get_pools'
+                                '?detail=true')['pools']
             except (urllib.error.URLError, OSError, ValueError):
-                pass
-            time.sleep(1)
-        raise RuntimeError('no Cinder pool within %d s; see %s'
-                           % (timeout, self.base))
+                return None
+        return wait_for(pools, timeout, 'a Cinder pool; see %s' % self.base,
+                        interval=1)
 
     def stop(self):
         for p in self.procs.values():

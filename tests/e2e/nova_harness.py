@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -19,6 +18,7 @@ from tests.e2e import harness
 from tests.e2e import openstack_stubs
 from tests.fixtures.processes import free_port
 from tests.fixtures.processes import wait_port
+from tests.fixtures.wait import wait_for
 
 VENV_BIN = harness.VENV_BIN
 NOVA_ETC = os.path.join(harness.VENV, 'etc', 'nova')
@@ -215,16 +215,15 @@ class Nova:
             'metadata': metadata or {}}})['server']['id']
 
     def wait(self, predicate, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Until ``predicate()``; a RuntimeError from it (an API call
+        that failed) counts as not yet."""
+        def holds():
             try:
-                if predicate():
-                    return
+                return predicate()
             except RuntimeError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError('timed out waiting for %s; logs in %s'
-                             % (what, os.path.join(self.base, 'log')))
+                return False
+        wait_for(holds, timeout, '%s; logs in %s' % (
+            what, os.path.join(self.base, 'log')), interval=0.5)
 
     def stop(self):
         for p in self.procs.values():

@@ -7,6 +7,7 @@ import pytest
 
 from cinder_ursa import exception
 from tests.fixtures.cluster import data_client
+from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
 
@@ -28,15 +29,13 @@ def test_limits_are_enforced_and_follow_changes(make_cluster):
         # lease renewal (every ttl/3 = 1 s here).
         master.set_qos('slow', {'read_iops_sec': 1000,
                                 'write_bytes_sec': 10 * MiB})
-        deadline = time.monotonic() + 10
-        while v.volume.qos.limits != {'read_iops_sec': 1000,
-                                      'write_bytes_sec': 10 * MiB}:
-            assert time.monotonic() < deadline, v.volume.qos.limits
-            time.sleep(0.2)
+        wait_for(lambda: v.volume.qos.limits == {
+            'read_iops_sec': 1000, 'write_bytes_sec': 10 * MiB}, 10,
+            lambda: 'the new limits, not %s' % v.volume.qos.limits,
+            interval=0.2)
         master.set_qos('slow', {})
-        while v.volume.qos:
-            assert time.monotonic() < deadline + 10
-            time.sleep(0.2)
+        wait_for(lambda: not v.volume.qos, 20, 'the limits to go',
+                 interval=0.2)
     # Bad limits are refused with a clear error.
     with pytest.raises(exception.InvalidArgument, match='unknown QoS'):
         master.set_qos('slow', {'iops': 5})

@@ -21,6 +21,7 @@ from cinder_ursa import exception
 from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import module_cluster
+from tests.fixtures.cluster import wait_allocated
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -283,20 +284,12 @@ def test_many_snapshots_of_a_big_volume_cost_only_the_data(cluster, client):
         v.flush()
     snaps = cluster.client().request('GET', '/volumes/big/snapshots')
     assert len(snaps['snapshots']) == 1000
-    usage = _wait_usage(cluster, 'big', 16 * 64 * KiB)
+    usage = wait_allocated(cluster, 'big', 16 * 64 * KiB)
     # Data is 1 MiB (+ 40 KiB of preserved blocks); metadata 8 B/block.
     assert usage < 3 * MiB, usage
     times.sort()
     assert times[len(times) // 2] < 0.5
 
-
-def _wait_usage(cluster, name, at_least, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        vol = cluster.client().request('GET', '/volumes/%s' % name)['volume']
-        if vol['allocated_bytes'] >= at_least or time.monotonic() > deadline:
-            return vol['allocated_bytes']
-        time.sleep(0.5)
 
 
 # --- the CLI -----------------------------------------------------------------

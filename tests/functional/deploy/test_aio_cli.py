@@ -5,10 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from tests.fixtures.cluster import ursa
 from tests.fixtures.processes import free_port_base
+from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
 
@@ -20,16 +20,19 @@ def start_aio(data_dir, port_base):
          '--port-base', str(port_base)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def up():
         line = proc.stdout.readline()
-        if not line:
-            break
+        assert line, 'ursa-aio exited:\n' + ''.join(lines)
         lines.append(line)
-        if line.startswith('Stop with'):
-            return proc, ''.join(lines)
-    proc.kill()
-    raise AssertionError('ursa-aio did not come up:\n' + ''.join(lines))
+        return line.startswith('Stop with')
+    try:
+        wait_for(up, 60, lambda: 'ursa-aio to come up:\n' + ''.join(lines),
+                 interval=0)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, ''.join(lines)
 
 
 def stop(proc):
@@ -73,14 +76,12 @@ def test_aio_cli_import_export_and_restart(tmp_path):
         assert shown['allocated_chunks'] == 2
         # Space is reported from the chunk servers' heartbeats: the data
         # once (two 3 MiB runs) plus 8 bytes of metadata per 4 KiB block.
-        deadline = time.monotonic() + 30
-        while True:
+        def shown_allocated():
             shown = json.loads(ursa(data_dir, 'volume', 'show', 'disk',
                                     '-f', 'json').stdout)
-            if shown['allocated_bytes'] >= 6 * MiB or \
-                    time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+            return shown if shown['allocated_bytes'] >= 6 * MiB else None
+        shown = wait_for(shown_allocated, 30, 'heartbeats to report 6 MiB',
+                         interval=0.5)
         assert 6 * MiB <= shown['allocated_bytes'] <= 6 * MiB + 64 * 1024
         assert shown['allocated_bytes_total'] == 3 * shown['allocated_bytes']
         out = tmp_path / 'out.raw'

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 from oslo_config import cfg
@@ -17,10 +16,10 @@ from oslo_config import cfg
 from cinder_ursa.common import auth
 from cinder_ursa.common import rest
 from cinder_ursa.volume import opts as volume_opts
+from tests.fixtures.processes import ROOT
 from tests.fixtures.processes import free_port_base
+from tests.fixtures.wait import wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 
 STUBS = r'''
@@ -155,18 +154,15 @@ def test_plugin_phases_start_a_cluster_and_write_every_config(tmp_path):
         key = auth.load_key(str(tmp_path / 'etc-ursa' / 'cluster.key'))
         master = rest.MasterClient(['http://127.0.0.1:%d' % master_port],
                                    key, timeout=5)
-        deadline = time.monotonic() + 60
-        while True:
+
+        def formed():
             try:
                 up = [s for s in master.servers() if s['state'] == 'up']
             except Exception:  # noqa: BLE001 - not listening yet
                 up = []
-            if len(up) == 3:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail('cluster did not form; process output:\n%s'
-                            % _logs(tmp_path))
-            time.sleep(0.2)
+            return len(up) == 3
+        wait_for(formed, 60, lambda: 'the cluster to form; process '
+                 'output:\n%s' % _logs(tmp_path), interval=0.2)
         master.create_volume('devstack-check', 64 << 20)
         assert master.volume('devstack-check')['replicas'] == 3
         # nova_ha's configuration loads (its CLI reads the database).

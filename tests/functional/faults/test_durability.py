@@ -23,10 +23,9 @@ from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
 from tests.fixtures.cluster import server_id
 from tests.fixtures.faultydisk import unsynced
+from tests.fixtures.processes import ROOT
 
 MiB = 1024 * 1024
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 
 
 @pytest.fixture

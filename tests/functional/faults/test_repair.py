@@ -32,6 +32,8 @@ from cinder_ursa.transport import aio
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
 from tests.fixtures.cluster import server_id
+from tests.fixtures.processes import ROOT
+from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
 BS = 4096
@@ -108,10 +110,8 @@ def test_a_torn_primary_block_reads_old_data_and_is_repaired(volume):
             # The primary is read first and fails its CRC check: another
             # replica serves, and the primary is repaired behind.
             assert v.read(0, 2 * BS) == OLD + OLD
-    deadline = time.monotonic() + 20
-    while _check(cluster, vid, deep=True)['problems']:
-        assert time.monotonic() < deadline, 'the torn block stayed torn'
-        time.sleep(0.2)
+    wait_for(lambda: not _check(cluster, vid, deep=True)['problems'], 20,
+             'the torn block to be repaired', interval=0.2)
     assert _read_each(cluster, vid, chunk, 0) == [OLD] * 3
 
 
@@ -183,8 +183,7 @@ def test_replicas_diverged_by_a_primary_crash_are_made_identical(
         del os.environ['URSA_INJECT_FAULT']
     subprocess.run([sys.executable, '-c', DOOMED, cluster.master_url,
                     cluster.key_file], check=True, timeout=60,
-                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                       os.path.abspath(__file__)))))
+                   cwd=ROOT)
     assert cluster.cs_procs[i].wait(10) == 70, 'the primary did not crash'
     del cluster.cs_procs[i]
     cluster.start_chunkserver(i)

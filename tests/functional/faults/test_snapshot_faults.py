@@ -13,6 +13,7 @@ from cinder_ursa import exception
 from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import ursa
+from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
 BLOCK = 4096
@@ -125,19 +126,23 @@ def test_kills_mid_snapshot_clone_flatten_delete_leave_nothing_behind(
         # restarted server has freed the deleted snapshots' blocks (it
         # does so right after the master counts it up again) ...
         for vol in master.volumes():
-            deadline = time.monotonic() + 30
-            while True:
-                report = cl.run(check.check_volume, vol['id'])
-                bad = [p for p in report['problems']
-                       if not p['problem'].startswith('degraded')]
-                if not bad or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert bad == [], report
+            _wait_agreeing(cl, vol)
     # ... and nothing is held that no volume or snapshot can reach.
     rc, problems, err = _cluster_check(cluster)
     assert (rc, problems) == (0, []), (err, problems)
     assert '4 chunk server(s)' in err
+
+
+def _wait_agreeing(cl, vol):
+    """Until every replica of ``vol`` agrees (degraded aside)."""
+    report = {}
+
+    def agrees():
+        report.update(cl.run(check.check_volume, vol['id']))
+        return not [p for p in report['problems']
+                    if not p['problem'].startswith('degraded')]
+    wait_for(agrees, 30, lambda: 'the replicas of %s to agree: %s'
+             % (vol['name'], report), interval=0.5)
 
 
 def test_cluster_check_finds_leaks(make_cluster):

@@ -15,6 +15,7 @@ import pytest
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.nbd import protocol as p
 from tests.fixtures.cluster import module_cluster
+from tests.fixtures.cluster import wait_allocated
 from tests.fixtures.processes import growth_when_flooded
 
 MiB = 1024 * 1024
@@ -83,16 +84,6 @@ def test_qemu_img_convert_in_and_out(aio, tmp_path):
     assert 8 * MiB <= used <= 8 * MiB + 256 * 1024, used
     assert out.stat().st_blocks * 512 < 12 * MiB
 
-
-def wait_allocated(aio, name, at_least, timeout=30):
-    """The volume's allocated bytes (once), after heartbeats report it."""
-    import time
-    deadline = time.monotonic() + timeout
-    while True:
-        vol = aio.client().volume(name)
-        if vol['allocated_bytes'] >= at_least or time.monotonic() > deadline:
-            return vol['allocated_bytes']
-        time.sleep(0.5)
 
 
 def test_nbdinfo_map_shows_holes_and_trim_makes_new_ones(aio):

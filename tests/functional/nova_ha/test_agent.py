@@ -3,11 +3,11 @@
 import subprocess
 import sys
 import threading
-import time
 
 from nova_ha import agent as agent_mod
 from nova_ha import coordination
 from tests.fixtures.novaha import make_conf
+from tests.fixtures.wait import wait_for
 
 
 def test_health_checks_and_maintenance_reach_the_group(tmp_path):
@@ -36,22 +36,20 @@ def test_health_checks_and_maintenance_reach_the_group(tmp_path):
         def seen():
             return coordination.members(observer,
                                         conf.coordination.group).get('c7')
-        deadline = time.monotonic() + 10
-        while not (seen() or {}).get('healthy'):
-            assert time.monotonic() < deadline, seen()
-            time.sleep(0.1)
+        wait_for(lambda: (seen() or {}).get('healthy'), 10,
+                 lambda: 'a healthy report, not %s' % seen(), interval=0.1)
         assert seen()['checks']['nova_compute'] is True
         # Maintenance announced through the file reaches the group (the
         # file driver cannot update capabilities: the agent rejoins).
         (tmp_path / 'maintenance').write_text('BIOS upgrade\n')
-        while (seen() or {}).get('maintenance') != 'BIOS upgrade':
-            assert time.monotonic() < deadline + 10, seen()
-            time.sleep(0.1)
+        wait_for(lambda: (seen() or {}).get('maintenance') == 'BIOS upgrade',
+                 20, lambda: 'the maintenance, not %s' % seen(),
+                 interval=0.1)
         proc.kill()
         proc.wait()
-        while (seen() or {}).get('healthy') is not False:
-            assert time.monotonic() < deadline + 20, seen()
-            time.sleep(0.1)
+        wait_for(lambda: (seen() or {}).get('healthy') is False, 20,
+                 lambda: 'an unhealthy report, not %s' % seen(),
+                 interval=0.1)
         assert seen()['checks']['nova_compute'] is False
     finally:
         proc.kill()

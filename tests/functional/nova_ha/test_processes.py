@@ -12,8 +12,10 @@ import urllib.request
 
 import pytest
 
+from tests.fixtures.processes import ROOT
 from tests.fixtures.processes import free_port
 from tests.fixtures.processes import stop_processes
+from tests.fixtures.wait import wait_for
 
 HA = {'HA_enabled': 'true'}
 BIN = os.path.dirname(sys.executable)
@@ -48,7 +50,7 @@ class Stack:
             'use_ursa_fencing = False',
             '[nova]', 'auth_type = none',
             'endpoint_override = %s/v2.1' % self.url, '']))
-        self._spawn('nova', [sys.executable, '-m', 'tests.nova_ha.fakenova',
+        self._spawn('nova', [sys.executable, '-m', 'tests.fixtures.fakenova',
                              '--port', str(self.port),
                              '--step', str(self.step)])
         self._wait_http()
@@ -75,18 +77,16 @@ class Stack:
         log = open(self.base / ('%s.log' % name), 'ab')
         self.procs[name] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT,
-            cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                os.path.abspath(__file__)))))
+            cwd=ROOT)
 
     def _wait_http(self):
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def answers():
             try:
                 urllib.request.urlopen(self.url + '/_fake/calls', timeout=1)
-                return
+                return True
             except OSError:
-                time.sleep(0.1)
-        raise RuntimeError('fake Nova did not start')
+                return False
+        wait_for(answers, 20, 'the fake Nova to start', interval=0.1)
 
     def ctl(self, path, body=None):
         req = urllib.request.Request(
@@ -126,13 +126,8 @@ class Stack:
         return self.cli('status')['leader']
 
     def wait(self, predicate, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.1)
-        raise AssertionError('timed out waiting for %s\n%s' % (
-            what, self.diagnostics()))
+        wait_for(predicate, timeout, lambda: '%s\n%s' % (
+            what, self.diagnostics()), interval=0.1)
 
     def diagnostics(self):
         """What the processes were doing: whether each is alive, and the
