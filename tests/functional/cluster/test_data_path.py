@@ -1,4 +1,8 @@
-"""Replicated I/O through real master and chunk server processes."""
+"""Replicated I/O through real master and chunk server processes: a
+contract that holds on every cluster shape (tests.fixtures.cluster.SHAPES:
+one server without replication, three servers with three replicas on
+SQLite and on MariaDB, five servers in three racks with rack as the
+failure domain)."""
 
 import hashlib
 import os
@@ -6,6 +10,7 @@ import random
 
 from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
 
 MiB = 1024 * 1024
 
@@ -25,8 +30,18 @@ def chunk_files(cluster, volume_id):
     return out
 
 
-def test_random_io_across_chunk_and_stripe_boundaries(any_db_cluster):
-    cluster = any_db_cluster(4)
+def distinct_domains(cluster, shape, replicas):
+    """Whether the servers with ids ``replicas`` are all in different
+    failure domains of the shape's level."""
+    servers = {s['id']: s for s in cluster.client().servers()}
+    key = {'server': 'id', 'host': 'host', 'rack': 'rack'}[
+        shape.failure_domain]
+    return len({servers[r][key] for r in replicas}) == len(replicas)
+
+
+def test_random_io_across_chunk_and_stripe_boundaries(shaped_cluster,
+                                                      cluster_shape):
+    cluster = shaped_cluster
     size = 256 * MiB
     vol = cluster.client().create_volume(
         'v', size, chunk_size=4 * MiB, stripe_unit=64 * 1024, stripe_count=3)
@@ -56,17 +71,23 @@ def test_random_io_across_chunk_and_stripe_boundaries(any_db_cluster):
             assert v.read(off, 70000) == bytes(model[off:off + 70000])
         report = cl.run(check.check_volume, 'v')
     assert report['problems'] == []
-    assert report['chunks'] > 0 and report['replicas'] == 3 * report['chunks']
+    replicas = cluster_shape.replicas
+    assert report['chunks'] > 0
+    assert report['replicas'] == replicas * report['chunks']
+    # Each chunk's replicas are in distinct failure domains.
+    for index, servers in replica_sets(cluster, 'v').items():
+        assert len(servers) == replicas, index
+        assert distinct_domains(cluster, cluster_shape, servers), index
     # Independent of the protocol: the replica files are identical on disk.
     files = chunk_files(cluster, vol['id'])
     assert len(files) == report['chunks']
     for index, replicas in files.items():
-        assert len(replicas) == 3, index
+        assert len(replicas) == cluster_shape.replicas, index
         assert len(set(replicas.values())) == 1, 'chunk %d differs' % index
 
 
-def test_thin_volumes_allocate_only_written_chunks(make_cluster):
-    cluster = make_cluster(3)
+def test_thin_volumes_allocate_only_written_chunks(shaped_cluster):
+    cluster = shaped_cluster
     client = cluster.client()
     client.create_volume('thin', 1024 * MiB, chunk_size=4 * MiB)
     with data_client(cluster) as cl, cl.open_volume('thin') as v:
@@ -78,8 +99,8 @@ def test_thin_volumes_allocate_only_written_chunks(make_cluster):
     assert client.cluster_status()['chunks'] == 2
 
 
-def test_delete_frees_every_replica(make_cluster):
-    cluster = make_cluster(3)
+def test_delete_frees_every_replica(shaped_cluster):
+    cluster = shaped_cluster
     client = cluster.client()
     vol = client.create_volume('gone', 64 * MiB, chunk_size=4 * MiB)
     with data_client(cluster) as cl, cl.open_volume('gone') as v:
@@ -90,11 +111,14 @@ def test_delete_frees_every_replica(make_cluster):
     assert client.volumes() == []
 
 
-def test_restart_of_everything_keeps_every_volume_and_byte(any_db_cluster):
-    cluster = any_db_cluster(3)
+def test_restart_of_everything_keeps_every_volume_and_byte(shaped_cluster,
+                                                           cluster_shape):
+    cluster = shaped_cluster
     client = cluster.client()
     client.create_volume('a', 64 * MiB, chunk_size=4 * MiB)
-    client.create_volume('b', 32 * MiB, chunk_size=1 * MiB, replicas=2,
+    # And one with fewer replicas than the default, where there are more.
+    client.create_volume('b', 32 * MiB, chunk_size=1 * MiB,
+                         replicas=min(2, cluster_shape.replicas),
                          min_replicas=1)
     data_a = os.urandom(20 * MiB)
     data_b = os.urandom(3 * MiB)

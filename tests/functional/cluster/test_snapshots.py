@@ -1,5 +1,7 @@
 """Snapshots, clones, revert, resize, discard and flatten on a real cluster,
-checked byte for byte against an in-memory model."""
+checked byte for byte against an in-memory model.  The snapshot contract
+runs on every cluster shape (tests.fixtures.cluster.SHAPES); the model
+test and the CLI test on the default shape only (see their marks)."""
 
 import os
 import threading
@@ -20,7 +22,6 @@ from hypothesis.stateful import rule
 from cinder_ursa import exception
 from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
-from tests.fixtures.cluster import module_cluster
 from tests.fixtures.cluster import wait_allocated
 
 KiB = 1024
@@ -29,8 +30,8 @@ CHUNK = MiB
 
 
 @pytest.fixture(scope='module')
-def cluster(tmp_path_factory):
-    yield from module_cluster(tmp_path_factory, 'snap')
+def cluster(module_shaped_cluster):
+    return module_shaped_cluster
 
 
 @pytest.fixture(scope='module')
@@ -187,6 +188,11 @@ class SnapshotModel(RuleBasedStateMachine):
                 assert s.read(0, len(want)) == want, ref
 
 
+@pytest.mark.one_shape(
+    'The state machine checks how layers, clones and reverts read back, '
+    'which does not depend on placement or replication (the other tests '
+    'of this module check snapshots on every shape); its cost grows with '
+    'URSA_MODEL_EXAMPLES, so it runs once, on the default shape.')
 def test_model_of_writes_snapshots_clones_reverts(cluster, client):
     """The data-verification model test (hypothesis stateful)."""
     class Bound(SnapshotModel):
@@ -294,6 +300,7 @@ def test_many_snapshots_of_a_big_volume_cost_only_the_data(cluster, client):
 
 # --- the CLI -----------------------------------------------------------------
 
+@pytest.mark.one_shape('It tests the CLI, which is the same on every shape.')
 def test_cli_snapshot_clone_flatten_revert_resize(cluster, tmp_path):
     import json
 
