@@ -12,6 +12,14 @@ Layout of --data-dir::
     master/           ursa.sqlite (metadata), endpoint.json, master.log
     cs<N>/            chunk replicas of chunk server N, its log
 
+For tests, ``AllInOne`` can also declare a rack per chunk server (``racks``,
+with ``failure_domain='rack'``) and put a fault-injecting TCP proxy
+(:mod:`cinder_ursa.cmd.faultproxy`) in front of every chunk server
+(``fault_proxies=True``): the chunk server then listens on 127.0.0.2 and
+advertises 127.0.0.1 on the same port, where the proxy listens, so the
+master, the clients and the other chunk servers all reach it through the
+proxy; ``proxies[i]`` partitions, heals or delays chunk server ``i``.
+
 Example::
 
     ursa-aio --data-dir /var/tmp/ursa --chunkservers 3
@@ -21,17 +29,22 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 from cinder_ursa.client import master as master_mod
+from cinder_ursa.cmd import faultproxy
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
 
 DEFAULT_PORT_BASE = 9380
 NBD_PORT = 10809
+# Where a chunk server behind a fault proxy listens (on the port the proxy
+# has on 127.0.0.1).
+BEHIND_PROXY = '127.0.0.2'
 
 
 class AllInOne:
@@ -41,7 +54,11 @@ class AllInOne:
     def __init__(self, data_dir, chunkservers=3, port_base=DEFAULT_PORT_BASE,
                  database_url=None, server_timeout=15.0,
                  failure_domain='server', lease_ttl=30.0,
-                 replication_timeout=5.0, extra_conf='', nbd_port=None):
+                 replication_timeout=5.0, extra_conf='', nbd_port=None,
+                 racks=None, fault_proxies=False):
+        if racks is not None and len(racks) != chunkservers:
+            raise ValueError('racks names the rack of each of the %d chunk '
+                             'servers' % chunkservers)
         self.data_dir = os.path.abspath(data_dir)
         self.n = chunkservers
         self.port_base = port_base
@@ -51,6 +68,10 @@ class AllInOne:
         self.lease_ttl = lease_ttl
         self.replication_timeout = replication_timeout
         self.extra_conf = extra_conf
+        self.racks = racks
+        self.fault_proxies = fault_proxies
+        self.proxies = {}       # chunk server index -> ProxyControl
+        self._proxy_thread = None
         self.master_proc = None
         self.nbd_proc = None
         self.nbd_port = None
@@ -180,13 +201,49 @@ class AllInOne:
     def cs_dir(self, i):
         return os.path.join(self.data_dir, 'cs%d' % i)
 
+    def _proxied_port(self, i):
+        """The port of chunk server i's fault proxy (started if need be):
+        free on 127.0.0.1, where the proxy listens, and on BEHIND_PROXY,
+        where the chunk server will."""
+        if i in self.proxies:
+            return self.proxies[i].port
+        if self._proxy_thread is None:
+            self._proxy_thread = faultproxy.ProxyThread()
+        fixed = self._cs_port(i)
+        for _ in range(1 if fixed else 50):
+            port = fixed
+            if not port:
+                with socket.socket() as s:
+                    s.bind(('127.0.0.1', 0))
+                    port = s.getsockname()[1]
+            try:
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((BEHIND_PROXY, port))
+                self.proxies[i] = self._proxy_thread.add(
+                    '127.0.0.1', port, BEHIND_PROXY, port)
+                return port
+            except OSError:
+                if fixed:
+                    raise
+        raise RuntimeError('no port free on both 127.0.0.1 and %s'
+                           % BEHIND_PROXY)
+
     def start_chunkserver(self, i, wait=True):
         d = self.cs_dir(i)
         os.makedirs(d, exist_ok=True)
         own = os.path.join(d, 'chunkserver.conf')
+        lines = ['[ursa_chunkserver]', 'data_dir = %s' % d]
+        if self.fault_proxies:
+            lines += ['bind_host = %s' % BEHIND_PROXY,
+                      'advertise_host = 127.0.0.1',
+                      'bind_port = %d' % self._proxied_port(i)]
+        else:
+            lines.append('bind_port = %d' % self._cs_port(i))
+        if self.racks is not None:
+            lines.append('rack = %s' % self.racks[i])
         with open(own, 'w') as f:
-            f.write('[ursa_chunkserver]\ndata_dir = %s\nbind_port = %d\n'
-                    % (d, self._cs_port(i)))
+            f.write('\n'.join(lines) + '\n')
         proc = self._spawn('cinder_ursa.cmd.chunkserver', 'cs%d.log' % i,
                            ['--config-file', own])
         self.cs_procs[i] = proc
@@ -273,6 +330,10 @@ class AllInOne:
         self.cs_procs.clear()
         self.master_proc = None
         self.nbd_proc = None
+        if self._proxy_thread is not None:
+            self._proxy_thread.close()
+            self._proxy_thread = None
+            self.proxies.clear()
 
     def dead_children(self):
         dead = []

@@ -22,90 +22,17 @@ import urllib.error
 import urllib.request
 
 from cinder_ursa.cmd.allinone import AllInOne
+from tests.fixtures.processes import free_port
+from tests.fixtures.processes import wait_port
+from tests.fixtures.services import RabbitMQ
+from tests.fixtures.services import unavailable
+from tests.fixtures.wait import wait_for
 
 VENV_BIN = os.path.dirname(sys.executable)
 VENV = os.path.dirname(VENV_BIN)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 TOKEN = 'admin:admin'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, what, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError('%s exited with %s' % (what, proc.returncode))
-        try:
-            socket.create_connection(('127.0.0.1', port), 1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError('%s did not listen on %d within %d s'
-                       % (what, port, timeout))
-
-
-class RabbitMQ:
-    """A private rabbitmq-server (Debian's) on 127.0.0.1."""
-
-    def __init__(self, base):
-        self.base = base
-        self.port = free_port()
-        self.proc = None
-        self.epmd_port = free_port()
-
-    def start(self):
-        os.makedirs(self.base, exist_ok=True)
-        b = self.base
-        with open(os.path.join(b, 'rabbitmq.conf'), 'w') as f:
-            f.write('listeners.tcp.default = 127.0.0.1:%d\n' % self.port)
-        with open(os.path.join(b, 'enabled_plugins'), 'w') as f:
-            f.write('[].\n')
-        open(os.path.join(b, 'env.conf'), 'w').close()
-        env = dict(os.environ, HOME=b, RABBITMQ_CONF_ENV_FILE=b + '/env.conf',
-                   RABBITMQ_MNESIA_BASE=b + '/mnesia',
-                   RABBITMQ_LOG_BASE=b + '/log',
-                   RABBITMQ_LOGS=b + '/log/rabbit.log',
-                   RABBITMQ_NODENAME='e2e%d@localhost' % self.port,
-                   RABBITMQ_NODE_IP_ADDRESS='127.0.0.1',
-                   RABBITMQ_NODE_PORT=str(self.port),
-                   RABBITMQ_DIST_PORT=str(free_port()),
-                   ERL_EPMD_ADDRESS='127.0.0.1',
-                   ERL_EPMD_PORT=str(self.epmd_port),
-                   RABBITMQ_ENABLED_PLUGINS_FILE=b + '/enabled_plugins',
-                   RABBITMQ_CONFIG_FILE=b + '/rabbitmq',
-                   RABBITMQ_PID_FILE=b + '/pid')
-        self.env = env
-        subprocess.run(['epmd', '-daemon', '-address', '127.0.0.1',
-                        '-port', str(self.epmd_port)], check=True, env=env)
-        # The script itself, not Debian's wrapper that switches to the
-        # rabbitmq user.
-        log = open(os.path.join(b, 'server.log'), 'wb')
-        self.proc = subprocess.Popen(
-            ['/usr/lib/rabbitmq/bin/rabbitmq-server'], env=env, stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        wait_port(self.port, self.proc, 'rabbitmq-server')
-        return self
-
-    @property
-    def url(self):
-        return 'rabbit://guest:guest@127.0.0.1:%d/' % self.port
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-        subprocess.run(['epmd', '-port', str(self.epmd_port), '-kill'],
-                       capture_output=True, env=getattr(self, 'env', None))
 
 
 class Cinder:
@@ -237,21 +164,17 @@ ursa_chunk_size_mib = 4
     def wait_pool(self, timeout=120):
         """The scheduler says 'No valid backend' until cinder-volume has
         published its capabilities: wait for the pool."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def pools():
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError('%s exited; see %s' % (dead, self.base))
             try:
-                pools = self.api('GET', '/admin/scheduler-stats/get_pools'
-                                 '?detail=true')['pools']
-                if pools:
-                    return pools
+                return self.api('GET', '/admin/scheduler-stats/get_pools'
+                                '?detail=true')['pools']
             except (urllib.error.URLError, OSError, ValueError):
-                pass
-            time.sleep(1)
-        raise RuntimeError('no Cinder pool within %d s; see %s'
-                           % (timeout, self.base))
+                return None
+        return wait_for(pools, timeout, 'a Cinder pool; see %s' % self.base,
+                        interval=1)
 
     def stop(self):
         for p in self.procs.values():
@@ -333,7 +256,7 @@ def need(commands=(), modules=()):
     elsewhere, when a command, RabbitMQ or a Python module is missing."""
     missing = [t for t in commands if not shutil.which(t) and not
                os.path.exists('/usr/sbin/' + t)]
-    if not have_tools():
+    if not RabbitMQ.installed():
         missing.append('rabbitmq-server')
     for m in modules:
         # Looked up, not imported: importing nova monkey-patches this
@@ -341,12 +264,4 @@ def need(commands=(), modules=()):
         if importlib.util.find_spec(m) is None:
             missing.append('%s (pip)' % m)
     if missing:
-        import pytest
-        if os.environ.get('CI'):
-            pytest.fail('missing %s; tools/run-tests installs them' % missing)
-        pytest.skip('missing %s' % missing)
-
-
-def have_tools():
-    return all(shutil.which(t) for t in ('epmd',)) and os.path.exists(
-        '/usr/lib/rabbitmq/bin/rabbitmq-server')
+        unavailable('missing %s' % missing)

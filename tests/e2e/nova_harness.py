@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 from tests.e2e import harness
 from tests.e2e import openstack_stubs
+from tests.fixtures.processes import free_port
+from tests.fixtures.processes import wait_port
+from tests.fixtures.wait import wait_for
 
 VENV_BIN = harness.VENV_BIN
 NOVA_ETC = os.path.join(harness.VENV, 'etc', 'nova')
@@ -44,8 +46,8 @@ class Nova:
         self.transport_url = transport_url
         self.computes = ['compute%d' % i for i in range(1, computes + 1)]
         self.procs = {}
-        self.api_port = harness.free_port()
-        self.placement_port = harness.free_port()
+        self.api_port = free_port()
+        self.placement_port = free_port()
         self.stubs = None
 
     @property
@@ -150,7 +152,7 @@ class Nova:
         p = self._spawn('placement', [
             sys.executable, '-m', 'tests.e2e.wsgi_serve',
             'placement.wsgi.api:application', str(self.placement_port)])
-        harness.wait_port(self.placement_port, p, 'placement')
+        wait_port(self.placement_port, p, 'placement')
         for svc in ('conductor', 'scheduler'):
             self._spawn('nova-' + svc, [
                 os.path.join(VENV_BIN, 'nova-' + svc), '--config-file',
@@ -158,7 +160,7 @@ class Nova:
         p = self._spawn('nova-api', [
             sys.executable, '-m', 'tests.e2e.wsgi_serve',
             'nova.wsgi.osapi_compute:application', str(self.api_port)])
-        harness.wait_port(self.api_port, p, 'nova-api', timeout=120)
+        wait_port(self.api_port, p, 'nova-api', timeout=120)
         for c in self.computes:
             self.start_compute(c)
         self.wait(lambda: len([s for s in self.services()
@@ -213,16 +215,15 @@ class Nova:
             'metadata': metadata or {}}})['server']['id']
 
     def wait(self, predicate, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Until ``predicate()``; a RuntimeError from it (an API call
+        that failed) counts as not yet."""
+        def holds():
             try:
-                if predicate():
-                    return
+                return predicate()
             except RuntimeError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError('timed out waiting for %s; logs in %s'
-                             % (what, os.path.join(self.base, 'log')))
+                return False
+        wait_for(holds, timeout, '%s; logs in %s' % (
+            what, os.path.join(self.base, 'log')), interval=0.5)
 
     def stop(self):
         for p in self.procs.values():

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.e2e import harness
-from tests.functional.conftest import MariaDB
+from tests.fixtures.services import MariaDB
+from tests.fixtures.wait import wait_for
 
 GiB = 1024 ** 3
 
@@ -55,14 +56,14 @@ class OSC:
 
 
 def wait(osc, kind, ref, want, timeout=180):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = osc(*kind.split(), 'show', ref)['status']
-        if st in want:
-            return st
-        assert 'error' not in st, '%s %s went %s' % (kind, ref, st)
-        assert time.monotonic() < deadline, '%s %s still %s' % (kind, ref, st)
-        time.sleep(1)
+    seen = []
+
+    def there():
+        seen[:] = [osc(*kind.split(), 'show', ref)['status']]
+        assert 'error' not in seen[0], '%s %s went %s' % (kind, ref, seen[0])
+        return seen[0] if seen[0] in want else None
+    return wait_for(there, timeout, lambda: '%s %s to be %s, still %s' % (
+        kind, ref, want, seen), interval=1)
 
 
 def nbd(stack, volume_id):
@@ -110,10 +111,8 @@ def test_every_workflow(stack):
     wait(osc, 'volume', v1, ['available'])
     pattern_is(stack, v1, 0x11)
     osc('volume', 'set', '--size', '2', v1, json_out=False)
-    deadline = time.monotonic() + 60
-    while osc('volume', 'show', v1)['size'] != 2:
-        assert time.monotonic() < deadline
-        time.sleep(1)
+    wait_for(lambda: osc('volume', 'show', v1)['size'] == 2, 60,
+             'the extend to show', interval=1)
     assert master.volume('volume-' + v1)['size'] == 2 * GiB
 
     # Backup (cinder-backup attaches through ursa-attach) and restore.
@@ -139,10 +138,8 @@ def test_every_workflow(stack):
         'volume_backend_name=ursa', 't2')
     osc('volume', 'set', '--type', 't2', '--retype-policy', 'never', v4,
         json_out=False)
-    deadline = time.monotonic() + 60
-    while osc('volume', 'show', v4)['type'] != 't2':
-        assert time.monotonic() < deadline
-        time.sleep(1)
+    wait_for(lambda: osc('volume', 'show', v4)['type'] == 't2', 60,
+             'the retype to show', interval=1)
     assert master.volume('volume-' + v4)['qos'] == {}
 
     # python-cinderclient.
@@ -162,10 +159,8 @@ def test_every_workflow(stack):
     cc.volumes.delete(vc.id)
     for v in (v2, v3, rv, v4, v1):
         osc('volume', 'delete', v, json_out=False)
-    deadline = time.monotonic() + 120
-    while osc('volume', 'list'):
-        assert time.monotonic() < deadline, osc('volume', 'list')
-        time.sleep(1)
+    wait_for(lambda: not osc('volume', 'list'), 120,
+             lambda: 'no volumes, not %s' % osc('volume', 'list'), interval=1)
     assert [v['name'] for v in master.volumes()] == []
     elapsed = time.monotonic() - t0
     print('\ne2e: stack started in %.0f s, workflows took %.0f s'
@@ -200,18 +195,15 @@ def test_big_clone_and_parallel_creates(stack):
     for v in many + [clone]:
         cc.volumes.delete(v.id)
     cc.volume_snapshots.delete(snap)
-    deadline = time.monotonic() + 120
-    while len(cc.volumes.list()) > 1 or cc.volume_snapshots.list():
-        assert time.monotonic() < deadline
-        time.sleep(1)
+    wait_for(lambda: len(cc.volumes.list()) <= 1 and not
+             cc.volume_snapshots.list(), 120, 'the deletes', interval=1)
     cc.volumes.delete(big)
 
 
 def _wait_cc(cc, vid, timeout=180):
-    deadline = time.monotonic() + timeout
-    while True:
+    def available():
         st = cc.volumes.get(vid).status
-        if st == 'available':
-            return
-        assert 'error' not in st and time.monotonic() < deadline, st
-        time.sleep(0.5)
+        assert 'error' not in st, st
+        return st == 'available'
+    wait_for(available, timeout, 'volume %s to be available' % vid,
+             interval=0.5)

@@ -16,8 +16,9 @@ import pytest
 
 from tests.e2e import harness
 from tests.e2e import nova_harness
-from tests.functional.conftest import MariaDB
-from tests.nova_ha.conftest import stop_processes
+from tests.fixtures import services
+from tests.fixtures.processes import stop_processes
+from tests.fixtures.services import MariaDB
 
 BIN = harness.VENV_BIN
 
@@ -29,7 +30,7 @@ def nova(tmp_path_factory):
     db = MariaDB(os.path.join(base, 'mariadb'))
     os.makedirs(db.base)
     db.start()
-    rabbit = harness.RabbitMQ(os.path.join(base, 'rabbit')).start()
+    rabbit = services.RabbitMQ(os.path.join(base, 'rabbit')).start()
     n = nova_harness.Nova(os.path.join(base, 'nova'), db, rabbit.url)
     os.makedirs(n.base)
     t0 = time.monotonic()
