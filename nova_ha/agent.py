@@ -12,7 +12,6 @@ import tooz
 
 from cinder_ursa import exception as ursa_exc
 from cinder_ursa.client import master as ursa_master
-from cinder_ursa.client import sync  # noqa: F401
 from nova_ha import coordination
 
 LOG = logging.getLogger(__name__)

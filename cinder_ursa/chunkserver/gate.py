@@ -22,7 +22,6 @@ import asyncio
 import logging
 import time
 
-from cinder_ursa.client import volume  # noqa: F401
 from cinder_ursa import exception
 
 LOG = logging.getLogger(__name__)

@@ -1,6 +1,5 @@
 """Size units and a parser for human sizes such as ``10G`` or ``512MiB``."""
 
-import socket  # noqa: F401
 import re
 import time
 
