@@ -1,9 +1,11 @@
 """ursa-aio: an all-in-one Ursa cluster on 127.0.0.1, in the foreground.
 
-Starts one ursa-master and N ursa-chunkserver processes with embedded
-defaults (SQLite metadata, one data directory per chunk server, a cluster
-key generated on first start) and stops them on SIGINT/SIGTERM.  Starting
-it again on the same --data-dir keeps every volume and byte.
+Starts one ursa-master, N ursa-chunkserver processes and an ursa-nbd
+gateway with embedded defaults (SQLite metadata, one data directory per
+chunk server, a cluster key generated on first start), starts again any
+of them that exits (with backoff, see :class:`Supervisor`) and stops them
+on SIGINT/SIGTERM.  Starting it again on the same --data-dir keeps every
+volume and byte.
 
 Layout of --data-dir::
 
@@ -163,6 +165,8 @@ class AllInOne:
             except (FileNotFoundError, ValueError):
                 pass
             time.sleep(0.05)
+        proc.kill()
+        proc.wait()
         raise RuntimeError('%s did not start within %d s; see its log in %s'
                            % (what, timeout, self.data_dir))
 
@@ -269,6 +273,10 @@ class AllInOne:
         """Start the NBD gateway; return its port."""
         self.nbd_proc, info = self._start_service('nbd')
         self.nbd_port = info['port']
+        if self._nbd_port != self.nbd_port:
+            # Kept from now on: a restarted gateway serves where it did.
+            self._nbd_port = self.nbd_port
+            self.write_config()
         return self.nbd_port
 
     def start_attach(self):
@@ -335,22 +343,99 @@ class AllInOne:
             self._proxy_thread = None
             self.proxies.clear()
 
-    def dead_children(self):
-        dead = []
-        master = self.master_proc
-        if master is not None and master.poll() is not None:
-            dead.append('ursa-master')
-        dead += ['ursa-chunkserver %d' % i for i, p in self.cs_procs.items()
-                 if p.poll() is not None]
-        if self.nbd_proc is not None and self.nbd_proc.poll() is not None:
-            dead.append('ursa-nbd')
-        return dead
+    def children(self):
+        """{name: process} of the services this launcher started."""
+        out = {}
+        if self.master_proc is not None:
+            out['ursa-master'] = self.master_proc
+        for i, p in sorted(self.cs_procs.items()):
+            out['ursa-chunkserver %d' % i] = p
+        if self.nbd_proc is not None:
+            out['ursa-nbd'] = self.nbd_proc
+        return out
+
+    def restart(self, name):
+        """Start child ``name`` (as :meth:`children` names it) again, on
+        the ports and data it had."""
+        if name == 'ursa-master':
+            self.start_master()
+        elif name == 'ursa-nbd':
+            self.start_nbd()
+        elif name.startswith('ursa-chunkserver '):
+            self.start_chunkserver(int(name.split()[1]), wait=False)
+        else:
+            raise ValueError('no child named %r' % name)
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class Supervisor:
+    """Restarts the children of an :class:`AllInOne` that exit, with
+    backoff, as systemd's ``Restart=always`` does: after FIRST_DELAY
+    seconds, then twice as long after each failed run up to MAX_DELAY,
+    and FIRST_DELAY again once a child has run STABLE_AFTER seconds.
+
+    ``poll()`` is called from the launcher's loop; it reports each exit
+    and restart on ``out``.
+    """
+
+    FIRST_DELAY = 1.0
+    MAX_DELAY = 30.0
+    STABLE_AFTER = 60.0
+
+    def __init__(self, aio, out=sys.stderr, clock=time.monotonic):
+        self.aio = aio
+        self.out = out
+        self.clock = clock
+        self.restarts = {}      # name -> restarts so far
+        self._delay = {}        # name -> delay before its next restart
+        self._due = {}          # name -> when it is restarted
+        self._started = {}      # name -> when it was last (re)started
+
+    def _say(self, text):
+        print('ursa-aio: ' + text, file=self.out, flush=True)
+
+    def poll(self):
+        now = self.clock()
+        for name, proc in self.aio.children().items():
+            self._started.setdefault(name, now)
+            if proc.poll() is None or name in self._due:
+                continue
+            ran = now - self._started[name]
+            delay = self.FIRST_DELAY if ran >= self.STABLE_AFTER else min(
+                self._delay.get(name, self.FIRST_DELAY / 2) * 2,
+                self.MAX_DELAY)
+            self._delay[name] = delay
+            self._due[name] = now + delay
+            self._say('%s exited (%s) after %.0f s; restarting it in %.0f s '
+                      '(its log is in %s)' % (name, _status(proc.returncode),
+                                              ran, delay, self.aio.data_dir))
+        for name, due in sorted(self._due.items()):
+            if due > now:
+                continue
+            del self._due[name]
+            self._started[name] = self.clock()
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            try:
+                self.aio.restart(name)
+            except (RuntimeError, OSError) as e:
+                self._say('%s did not start again: %s' % (name, e))
+                continue  # its process is dead: the next poll retries
+            self._say('%s restarted (restart %d)' % (name,
+                                                     self.restarts[name]))
+
+
+def _status(returncode):
+    if returncode is not None and returncode < 0:
+        try:
+            return 'killed by %s' % signal.Signals(-returncode).name
+        except ValueError:
+            return 'killed by signal %d' % -returncode
+    return 'status %s' % returncode
 
 
 def _demo(aio, name):
@@ -430,13 +515,10 @@ def main(argv=None):
         print('  export URSA_CONFIG=%s' % aio.conf_file)
         print('  %s cluster status; %s volume create vol1 10G' % (cli, cli))
         print('Stop with Ctrl-C (SIGINT) or SIGTERM.', flush=True)
+        supervisor = Supervisor(aio)
         while not stopping:
-            dead = aio.dead_children()
-            if dead:
-                print('ursa-aio: %s exited; see the logs in %s' % (
-                    ', '.join(dead), aio.data_dir), file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+            supervisor.poll()
+            time.sleep(0.2)
         return 0
     except (RuntimeError, OSError) as e:
         print('ursa-aio: %s' % e, file=sys.stderr)
