@@ -168,15 +168,16 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
     def _parse(self):
         rx = self._rx
         try:
-            if rx.several():
-                # What these requests send to chunk servers (at once, or
-                # from tasks this turn of the loop) leaves together.
-                aio.defer_batch(self._loop)
             requests = rx.frames()
         except exception.ProtocolError as e:
             self._on_request = None
             self._finish(e)
             return
+        if len(requests) > 1:
+            # What these requests send to chunk servers (at once, or from
+            # tasks this turn of the loop) leaves together; also for those
+            # a hold kept back, which come all at once when it ends.
+            aio.defer_batch(self._loop)
         for i, ((_, flags, cmd, handle, offset, length), payload) in \
                 enumerate(requests):
             if self._on_request is None or self._held or self._paused:

@@ -71,6 +71,34 @@ def test_requests_wait_while_held_and_come_in_order():
     run(body)
 
 
+def test_a_burst_is_sent_as_one_batch_also_after_a_hold(monkeypatch):
+    """Requests handed over together (received in one burst, or kept back
+    by a hold and let go at once) have what they send to chunk servers
+    leave together: the stream defers the batch flush first."""
+    batches = []
+    monkeypatch.setattr(stream_mod.aio, 'defer_batch',
+                        lambda loop: batches.append(loop))
+
+    async def body(s):
+        got = []
+
+        def on_request(flags, cmd, handle, offset, length, payload):
+            got.append(handle)
+            if handle == 1:
+                s.hold(True)
+        done = s.serve_requests(on_request)
+        deliver(s, request(p.CMD_READ, 1, 4096) +
+                request(p.CMD_READ, 2, 4096) + request(p.CMD_READ, 3, 4096))
+        assert got == [1] and len(batches) == 1
+        s.hold(False)
+        assert got == [1, 2, 3] and len(batches) == 2
+        deliver(s, request(p.CMD_READ, 4, 4096))
+        assert got == [1, 2, 3, 4] and len(batches) == 2  # one: no batch
+        s.stop()
+        await done
+    run(body)
+
+
 def test_a_bad_magic_ends_transmission():
     async def body(s):
         done = s.serve_requests(lambda *a: None)
