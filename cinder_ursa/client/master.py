@@ -39,6 +39,9 @@ class MasterClient:
     def servers(self):
         return self._http.send(rest.servers())
 
+    def set_maintenance(self, server_id, on):
+        return self._http.send(rest.set_maintenance(server_id, on))
+
     def volumes(self):
         return self._http.send(rest.volumes())
 

@@ -183,6 +183,8 @@ class MasterAPI:
         app.router.add_get(v + '/chunkservers', self.list_servers)
         app.router.add_get(v + '/inventory', self.inventory)
         app.router.add_post(v + '/chunkservers', self.register_server)
+        app.router.add_put(v + '/chunkservers/{id}/maintenance',
+                           self.set_maintenance)
         app.router.add_put(v + '/chunkservers/{id}/heartbeat',
                            self.heartbeat)
         app.router.add_get(v + '/volumes', self.list_volumes)
@@ -297,6 +299,12 @@ class MasterAPI:
                       b.get('used', int, 0), b.get('free', int, 0))
         self._note_usage(sid, b)
         return web.json_response({'ok': True})
+
+    async def set_maintenance(self, request):
+        sid = _path_int(request, 'id')
+        on = (await _body(request)).get('maintenance', bool, required=True)
+        return web.json_response(
+            {'server': await self.db(self.store.set_maintenance, sid, on)})
 
     def _note_usage(self, sid, body):
         vols = body.get('volumes', dict, {})

@@ -21,6 +21,11 @@ chunkservers = sa.Table(
     sa.Column('state', sa.String(16), nullable=False, default='up'),
     sa.Column('last_seen', sa.Double, nullable=False),
     sa.Column('created_at', sa.Double, nullable=False),
+    # When it was marked down (None while up): out after the grace period.
+    sa.Column('down_since', sa.Double, nullable=True),
+    # An operator's "it comes back": no re-replication for its absence.
+    sa.Column('maintenance', sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
 )
 
 volumes = sa.Table(
@@ -84,6 +89,14 @@ chunks = sa.Table(
     sa.Column('epoch', sa.BigInteger, nullable=False),
     # Server ids, comma separated; the first one is the primary.
     sa.Column('replicas', sa.String(1024), nullable=False),
+    # Servers being brought up to date: they take the chunk's writes but
+    # serve no reads and count for no acknowledgement.
+    sa.Column('joining', sa.String(1024), nullable=False, default='',
+              server_default=''),
+    # Servers dropped from the set while they held a copy, which may
+    # still be there to catch up from (until replaced).
+    sa.Column('lost', sa.String(1024), nullable=False, default='',
+              server_default=''),
 )
 
 attachments = sa.Table(

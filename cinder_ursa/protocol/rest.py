@@ -98,6 +98,11 @@ def heartbeat(server_id, usage):
     return Request('PUT', '/chunkservers/%d/heartbeat' % server_id, usage)
 
 
+def set_maintenance(server_id, on):
+    return Request('PUT', '/chunkservers/%d/maintenance' % server_id,
+                   {'maintenance': bool(on)}, result='server')
+
+
 # --- volumes ----------------------------------------------------------------
 
 def volumes():

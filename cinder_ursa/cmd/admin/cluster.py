@@ -20,7 +20,10 @@ class ClusterStatus(show.ShowOne):
             'servers_down': st['servers']['down'],
             'volumes': st['volumes'],
             'chunks': st['chunks'],
+            'servers_in_maintenance': st['servers'].get('maintenance', 0),
             'degraded_chunks': st['degraded_chunks'],
+            'one_copy_chunks': st.get('one_copy_chunks', 0),
+            'joining_replicas': st.get('joining_replicas', 0),
             'capacity': units.format_size(st['capacity_bytes']),
             'free': units.format_size(st['free_bytes']),
             'used': units.format_size(st['used_bytes']),
@@ -63,13 +66,41 @@ class ServerList(lister.Lister):
     Example: ursa server list"""
 
     def take_action(self, args):
-        cols = ('id', 'state', 'address', 'port', 'host', 'rack', 'chunks',
-                'used', 'free', 'uuid')
+        cols = ('id', 'state', 'maintenance', 'address', 'port', 'host',
+                'rack', 'chunks', 'used', 'free', 'uuid')
         rows = []
         for s in self.app.master().servers():
-            rows.append((s['id'], s['state'], s['address'], s['port'],
+            rows.append((s['id'], s['state'], s.get('maintenance', False),
+                         s['address'], s['port'],
                          s['host'], s['rack'], s['chunks'],
                          units.format_size(s['used']),
                          units.format_size(s['free']), s['uuid']))
         return cols, rows
 
+
+
+class ServerMaintenance(show.ShowOne):
+    """Put a chunk server in maintenance, or take it out.
+
+    In maintenance, a server is expected back (a reboot, an upgrade): its
+    absence starts no copy of its replicas elsewhere, however long it
+    lasts, as Ceph's noout does.  Its replicas are still dropped from
+    the replica sets while it is down, and writes go on with the others.
+    Example: ursa server maintenance 3 on
+    """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('server', type=int,
+                       help='Chunk server id (see ursa server list).')
+        p.add_argument('state', choices=['on', 'off'],
+                       help='on: in maintenance; off: back to normal.')
+        return p
+
+    def take_action(self, args):
+        s = self.app.master().set_maintenance(args.server,
+                                              args.state == 'on')
+        row = {'id': s['id'], 'state': s['state'],
+               'maintenance': s['maintenance'], 'address': s['address'],
+               'port': s['port']}
+        return tuple(row), tuple(row.values())

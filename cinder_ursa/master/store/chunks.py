@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master import placement
+from cinder_ursa.master.store.common import add_id
 from cinder_ursa.master.store.common import chunk_count
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
@@ -22,7 +23,9 @@ class ChunkRecords:
         ids = split_ids(row.replicas)
         return {'index': row.idx, 'epoch': row.epoch,
                 'replicas': [self._public(servers[i]) for i in ids
-                             if i in servers]}
+                             if i in servers],
+                'joining': [self._public(servers[i])
+                            for i in split_ids(row.joining) if i in servers]}
 
     @staticmethod
     def _public(s):
@@ -98,7 +101,8 @@ class ChunkRecords:
                 ids.remove(server_id)
                 conn.execute(c.update().where(
                     c.c.volume_id == vol.id, c.c.idx == idx).values(
-                    replicas=join_ids(ids), epoch=row.epoch + 1))
+                    replicas=join_ids(ids), epoch=row.epoch + 1,
+                    lost=join_ids(add_id(split_ids(row.lost), server_id))))
                 LOG.warning('Chunk %s/%d: replica on server %d dropped, '
                             'epoch %d, %d replica(s) left', vol.name, idx,
                             server_id, row.epoch + 1, len(ids))
@@ -107,6 +111,112 @@ class ChunkRecords:
             chunk = self._chunk_dict(row, self._servers(conn))
         chunk['min_replicas'] = vol.min_replicas
         return chunk
+
+    def _chunk_row(self, conn, vol, idx):
+        c = models.chunks
+        row = conn.execute(sa.select(c).where(
+            c.c.volume_id == vol.id, c.c.idx == idx)).first()
+        if row is None:
+            raise exception.NotFound(kind='chunk', name='%s/%d'
+                                     % (vol.name, idx))
+        return row
+
+    def chunk_members(self, ref, idx):
+        """A chunk's membership as server ids: epoch, replicas (primary
+        first), joining and lost."""
+        with self.engine.connect() as conn:
+            row = self._chunk_row(conn, self._find_volume(conn, ref), idx)
+        return {'epoch': row.epoch, 'replicas': split_ids(row.replicas),
+                'joining': split_ids(row.joining),
+                'lost': split_ids(row.lost)}
+
+    def _change_members(self, ref, idx, epoch, change):
+        """Apply ``change(row, vol, servers)`` -> {column: value} to a
+        chunk at ``epoch`` (its current one: Conflict otherwise), with
+        epoch + 1; return the chunk."""
+        c = models.chunks
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            row = self._chunk_row(conn, vol, idx)
+            if epoch != row.epoch:
+                raise exception.Conflict(
+                    reason='chunk %s/%d is at epoch %d, not %d; read the '
+                           'chunk map again' % (vol.name, idx, row.epoch,
+                                                epoch))
+            servers = self._servers(conn)
+            values = change(row, vol, servers)
+            conn.execute(c.update().where(
+                c.c.volume_id == vol.id, c.c.idx == idx,
+                c.c.epoch == row.epoch).values(epoch=row.epoch + 1,
+                                               **values))
+            chunk = self._chunk_dict(self._chunk_row(conn, vol, idx),
+                                     servers)
+        chunk['min_replicas'] = vol.min_replicas
+        return chunk
+
+    def join_replica(self, ref, idx, server_id, epoch):
+        """Start bringing a copy of chunk ``idx`` up to date on
+        ``server_id`` (up, holding no current replica of it): from the
+        new epoch on, it takes the chunk's writes, serves no reads and
+        counts for no acknowledgement."""
+        def change(row, vol, servers):
+            s = servers.get(server_id)
+            if s is None or s['state'] != 'up':
+                raise exception.Conflict(
+                    reason='chunk server %s is not up' % server_id)
+            if server_id in split_ids(row.replicas) + split_ids(row.joining):
+                raise exception.Conflict(
+                    reason='chunk server %d already holds chunk %s/%d'
+                    % (server_id, vol.name, idx))
+            return {'joining': join_ids(split_ids(row.joining)
+                                        + [server_id])}
+        chunk = self._change_members(ref, idx, epoch, change)
+        LOG.info('Chunk %s/%d: server %d joins (epoch %d)', ref, idx,
+                 server_id, chunk['epoch'])
+        return chunk
+
+    def promote_replica(self, ref, idx, server_id, epoch):
+        """A joining copy is up to date: it becomes a replica (the last of
+        the set) and is no longer counted lost."""
+        def change(row, vol, servers):
+            joining = split_ids(row.joining)
+            if server_id not in joining:
+                raise exception.Conflict(
+                    reason='chunk server %d is not joining chunk %s/%d'
+                    % (server_id, vol.name, idx))
+            joining.remove(server_id)
+            lost = split_ids(row.lost)
+            if server_id in lost:
+                lost.remove(server_id)
+            return {'joining': join_ids(joining), 'lost': join_ids(lost),
+                    'replicas': join_ids(split_ids(row.replicas)
+                                         + [server_id])}
+        chunk = self._change_members(ref, idx, epoch, change)
+        LOG.info('Chunk %s/%d: server %d is a replica again (epoch %d, %d '
+                 'replicas)', ref, idx, server_id, chunk['epoch'],
+                 len(chunk['replicas']))
+        return chunk
+
+    def abandon_join(self, ref, idx, server_id, epoch):
+        """Stop bringing a copy up to date (its catch-up failed)."""
+        def change(row, vol, servers):
+            joining = split_ids(row.joining)
+            if server_id in joining:
+                joining.remove(server_id)
+            return {'joining': join_ids(joining)}
+        return self._change_members(ref, idx, epoch, change)
+
+    def forget_lost(self, ref, idx, server_ids):
+        """Those servers' old copies will not serve a catch-up (they were
+        replaced elsewhere, or are gone for good)."""
+        c = models.chunks
+        with self.engine.begin() as conn:
+            vol = self._find_volume(conn, ref)
+            row = self._chunk_row(conn, vol, idx)
+            lost = [i for i in split_ids(row.lost) if i not in server_ids]
+            conn.execute(c.update().where(
+                c.c.volume_id == vol.id, c.c.idx == idx).values(
+                lost=join_ids(lost)))
 
     def cluster_status(self):
         servers = self.list_servers()
@@ -119,21 +229,31 @@ class ChunkRecords:
                 models.volumes.c.size)).all()
             nvol = len(rows)
             provisioned = sum(r.size for r in rows)
-            degraded = 0
+            degraded = one_copy = joining = 0
             vols = {r.id: r.replicas for r in rows}
             nchunks = 0
-            for vid, replicas in conn.execute(sa.select(
-                    models.chunks.c.volume_id, models.chunks.c.replicas)):
+            for vid, replicas, join in conn.execute(sa.select(
+                    models.chunks.c.volume_id, models.chunks.c.replicas,
+                    models.chunks.c.joining)):
                 nchunks += 1
-                if len(split_ids(replicas)) < vols.get(vid, 0):
+                n = len(split_ids(replicas))
+                if n < vols.get(vid, 0):
                     degraded += 1
+                    if n == 1:
+                        one_copy += 1
+                if join:
+                    joining += len(split_ids(join))
         up = [s for s in servers if s['state'] == 'up']
         return {
             'servers': {'total': len(servers), 'up': len(up),
-                        'down': len(servers) - len(up)},
+                        'down': len(servers) - len(up),
+                        'maintenance': sum(s['maintenance']
+                                           for s in servers)},
             'volumes': nvol,
             'chunks': nchunks,
             'degraded_chunks': degraded,
+            'one_copy_chunks': one_copy,
+            'joining_replicas': joining,
             'capacity_bytes': sum(s['capacity'] for s in up),
             'used_bytes': sum(s['used'] for s in up),
             'free_bytes': sum(s['free'] for s in up),

@@ -17,6 +17,11 @@ def join_ids(ids):
     return ','.join(str(i) for i in ids)
 
 
+def add_id(ids, ident):
+    """``ids`` with ``ident`` at the end, once."""
+    return ids if ident in ids else ids + [ident]
+
+
 def trash_name(ident):
     return '.trash-%s' % ident
 

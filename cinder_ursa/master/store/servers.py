@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
+from cinder_ursa.master.store.common import add_id
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
 
@@ -22,7 +23,9 @@ class ServerRecords:
         return {'id': row.id, 'uuid': row.uuid, 'host': row.host,
                 'rack': row.rack, 'address': row.address, 'port': row.port,
                 'capacity': row.capacity, 'used': row.used, 'free': row.free,
-                'state': row.state, 'last_seen': row.last_seen}
+                'state': row.state, 'last_seen': row.last_seen,
+                'down_since': row.down_since,
+                'maintenance': bool(row.maintenance)}
 
     def register_server(self, server_uuid, host, rack, address, port,
                         capacity, used, free, chunks=()):
@@ -42,7 +45,7 @@ class ServerRecords:
                 t.c.uuid == server_uuid)).first()
             values = dict(host=host, rack=rack, address=address, port=port,
                           capacity=capacity, used=used, free=free,
-                          state='up', last_seen=now)
+                          state='up', last_seen=now, down_since=None)
             if row is None:
                 res = conn.execute(t.insert().values(
                     uuid=server_uuid, created_at=now, **values))
@@ -115,7 +118,7 @@ class ServerRecords:
                 t.c.state == 'up', t.c.last_seen < limit)).all()
             for r in rows:
                 conn.execute(t.update().where(t.c.id == r.id).values(
-                    state='down'))
+                    state='down', down_since=time.time()))
                 dropped = self._drop_server_replicas(conn, r.id)
                 LOG.warning('Chunk server %d (%s:%d) missed its heartbeats '
                             'for %d s: marked down and dropped from %d '
@@ -127,22 +130,48 @@ class ServerRecords:
     def _drop_server_replicas(conn, server_id):
         """A down server can take no writes: remove it from every replica
         set now (epoch + 1 each), so readers and writers stop trying it and
-        its replicas are known stale when it returns."""
+        its replicas are known stale when it returns; it is remembered as
+        lost (its copy may serve a catch-up).  A copy it was still being
+        brought up to date (joining) is abandoned."""
         c = models.chunks
         pattern = '%%%d%%' % server_id
         n = 0
-        for row in conn.execute(sa.select(c).where(
-                c.c.replicas.like(pattern))).all():
+        for row in conn.execute(sa.select(c).where(sa.or_(
+                c.c.replicas.like(pattern),
+                c.c.joining.like(pattern)))).all():
             ids = split_ids(row.replicas)
-            if server_id not in ids or len(ids) == 1:
-                continue
-            ids.remove(server_id)
-            conn.execute(c.update().where(
-                c.c.volume_id == row.volume_id, c.c.idx == row.idx,
-                c.c.epoch == row.epoch).values(replicas=join_ids(ids),
-                                               epoch=row.epoch + 1))
-            n += 1
+            joining = split_ids(row.joining)
+            values = {}
+            if server_id in joining:
+                joining.remove(server_id)
+                values['joining'] = join_ids(joining)
+            if server_id in ids and len(ids) > 1:
+                ids.remove(server_id)
+                values['replicas'] = join_ids(ids)
+                values['lost'] = join_ids(add_id(split_ids(row.lost),
+                                                 server_id))
+                n += 1
+            if values:
+                conn.execute(c.update().where(
+                    c.c.volume_id == row.volume_id, c.c.idx == row.idx,
+                    c.c.epoch == row.epoch).values(epoch=row.epoch + 1,
+                                                   **values))
         return n
+
+    def set_maintenance(self, server_id, on):
+        """Mark a chunk server in maintenance (it is coming back: its
+        absence starts no re-replication) or not; return it."""
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            res = conn.execute(t.update().where(t.c.id == server_id).values(
+                maintenance=bool(on)))
+            if res.rowcount == 0:
+                raise exception.NotFound(kind='chunk server',
+                                         name=server_id)
+            row = conn.execute(sa.select(t).where(t.c.id == server_id)).first()
+        LOG.warning('Chunk server %d (%s:%d) %s maintenance', server_id,
+                    row.address, row.port, 'is in' if on else 'is out of')
+        return self._server_dict(row)
 
     def list_servers(self):
         t = models.chunkservers

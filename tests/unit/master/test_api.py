@@ -229,3 +229,19 @@ def test_unauthenticated_garbage_is_401(store):
         assert status == 401, body
         assert body['error']['code'] == 'not_authorized'
         assert auth.HEADER in body['error']['message']
+
+
+def test_maintenance_takes_a_boolean_for_a_known_server(store):
+    sid = store.register_server('u', 'h', 'r', '127.0.0.1', 9000, 1, 0,
+                                1)[0]['id']
+    path = '/v1/chunkservers/%d/maintenance' % sid
+    status, body = one(store, 'PUT', path, {'maintenance': True})
+    assert status == 200 and body['server']['maintenance'] is True
+    assert_400(one(store, 'PUT', path, {'maintenance': 'yes'}),
+               'maintenance', 'bool')
+    assert_400(one(store, 'PUT', path, {}), 'maintenance', 'required')
+    status, body = one(store, 'PUT', '/v1/chunkservers/77/maintenance',
+                       {'maintenance': False})
+    assert status == 404, body
+    status, body = one(store, 'GET', '/v1/chunkservers')
+    assert [s['maintenance'] for s in body['chunkservers']] == [True]

@@ -28,9 +28,9 @@ def add_servers(store, n, hosts=None):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0006'
+    assert store.schema_version() == '0007'
     store.upgrade()
-    assert store.schema_version() == '0006'
+    assert store.schema_version() == '0007'
 
 
 def test_volume_lifecycle(store):
@@ -158,7 +158,10 @@ def test_servers_marked_down(store):
     with pytest.raises(exception.NotFound):
         store.heartbeat(999, 1, 0, 1)
     assert store.cluster_status()['servers'] == {'total': 2, 'up': 1,
-                                                 'down': 1}
+                                                 'down': 1, 'maintenance': 0}
+    servers = {s['uuid']: s for s in store.list_servers()}
+    assert servers['uuid-0']['down_since'] is None
+    assert servers['uuid-1']['down_since'] > 0
 
 
 def test_a_down_server_leaves_every_replica_set(store):
@@ -184,6 +187,106 @@ def test_a_down_server_leaves_every_replica_set(store):
         expect = c['epoch'] + (1 if c['index'] in holding else 0)
         assert after[c['index']]['epoch'] == expect
     assert store.cluster_status()['degraded_chunks'] == len(holding)
+
+
+def test_a_dropped_replica_is_remembered_as_lost(store):
+    add_servers(store, 3)
+    store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    victim = c['replicas'][2]['id']
+    store.drop_replica('v', 0, victim, c['epoch'])
+    assert store.chunk_members('v', 0)['lost'] == [victim]
+    # Forgotten once replaced elsewhere.
+    store.forget_lost('v', 0, [victim])
+    assert store.chunk_members('v', 0)['lost'] == []
+
+
+def test_a_server_marked_down_is_lost_for_its_chunks_and_leaves_joins(
+        store):
+    ids = add_servers(store, 4)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    held = [r['id'] for r in c['replicas']]
+    spare = next(i for i in ids if i not in held)
+    c = store.join_replica('v', 0, spare, c['epoch'])
+    victim = held[1]
+    import time
+    for sid in ids:
+        if sid not in (victim, spare):
+            store.heartbeat(sid, 1, 0, 1)
+    time.sleep(0.05)
+    for sid in ids:
+        if sid not in (victim, spare):
+            store.heartbeat(sid, 1, 0, 1)
+    assert sorted(store.mark_down(0.04)) == sorted([victim, spare])
+    chunk = store.chunk_members('v', 0)
+    assert chunk['lost'] == [victim]           # a joining copy is not
+    assert chunk['joining'] == []
+    assert chunk['replicas'] == [i for i in held if i != victim]
+    assert chunk['epoch'] == c['epoch'] + 2     # one bump per server
+
+
+def test_a_joining_copy_takes_writes_then_becomes_a_replica(store):
+    ids = add_servers(store, 4)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    held = [r['id'] for r in c['replicas']]
+    victim, spare = held[2], next(i for i in ids if i not in held)
+    c = store.drop_replica('v', 0, victim, c['epoch'])
+    status = store.cluster_status()
+    assert (status['degraded_chunks'], status['one_copy_chunks']) == (1, 0)
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    assert j['epoch'] == c['epoch'] + 1
+    assert [r['id'] for r in j['joining']] == [spare]
+    assert spare not in [r['id'] for r in j['replicas']]
+    assert store.cluster_status()['joining_replicas'] == 1
+    # Only at the current epoch, once, and for a server that is up.
+    with pytest.raises(exception.Conflict, match='epoch'):
+        store.join_replica('v', 0, victim, c['epoch'])
+    with pytest.raises(exception.Conflict, match='already holds'):
+        store.join_replica('v', 0, spare, j['epoch'])
+    with pytest.raises(exception.Conflict, match='not joining'):
+        store.promote_replica('v', 0, victim, j['epoch'])
+    p = store.promote_replica('v', 0, spare, j['epoch'])
+    assert p['epoch'] == j['epoch'] + 1
+    assert [r['id'] for r in p['replicas']] == held[:2] + [spare]
+    assert p['joining'] == []
+    status = store.cluster_status()
+    assert (status['degraded_chunks'], status['joining_replicas']) == (0, 0)
+    # The returning victim's copy: lost until it catches up itself.
+    assert store.chunk_members('v', 0)['lost'] == [victim]
+
+
+def test_a_failed_join_is_abandoned(store):
+    ids = add_servers(store, 4)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    spare = next(i for i in ids
+                 if i not in [r['id'] for r in c['replicas']])
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    a = store.abandon_join('v', 0, spare, j['epoch'])
+    assert a['joining'] == [] and a['epoch'] == j['epoch'] + 1
+
+
+def test_one_copy_chunks_are_counted(store):
+    add_servers(store, 3)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    for r in c['replicas'][1:]:
+        c = store.drop_replica('v', 0, r['id'], c['epoch'])
+    status = store.cluster_status()
+    assert (status['degraded_chunks'], status['one_copy_chunks']) == (1, 1)
+
+
+def test_maintenance_is_set_and_shown(store):
+    ids = add_servers(store, 2)
+    s = store.set_maintenance(ids[1], True)
+    assert s['maintenance'] is True
+    assert [x['maintenance'] for x in store.list_servers()] == [False, True]
+    assert store.cluster_status()['servers']['maintenance'] == 1
+    assert store.set_maintenance(ids[1], False)['maintenance'] is False
+    with pytest.raises(exception.NotFound):
+        store.set_maintenance(999, True)
 
 
 def test_attachments_one_host_at_a_time(store):
