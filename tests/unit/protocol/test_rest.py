@@ -33,7 +33,7 @@ def _every_request():
             'name': 'n?x', 'host': 'h#1', 'size': 1, 'start': 0,
             'count': 4, 'index': 3, 'server_id': 2, 'epoch': 5,
             'holder': 'h:1', 'generation': 7, 'ttl': 30, 'usage': {},
-            'status': 'attached', 'reason': 'test'}
+            'status': 'attached', 'reason': 'test', 'on': True}
     for fname, fn in inspect.getmembers(rest, inspect.isfunction):
         if fname.startswith('_') or fn.__module__ != rest.__name__ or \
                 fname in ('quote', 'error_from_body'):
