@@ -3,12 +3,5 @@ ways tools/run-tests runs them (native threads, eventlet)."""
 
 from tests.fixtures import cindermode
 
-cindermode.patch_as_asked()
-
-
-def pytest_collection_modifyitems(items):
-    cindermode.long_timeouts(items, __file__)
-
-
-def pytest_configure(config):
-    cindermode.keep_cinder_test_methods()
+pytest_collection_modifyitems, pytest_configure = \
+    cindermode.conftest_hooks(__file__)
