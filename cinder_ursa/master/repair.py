@@ -1,0 +1,126 @@
+"""The repair planner: which chunks lack copies, which of them gets a new
+copy first, from where and onto which server.
+
+Pure: it reads a snapshot of the chunk, volume and server records and
+returns jobs; :class:`cinder_ursa.master.service.MasterService` runs it on
+the acting master and hands the jobs to the chunks' primaries.
+
+The rules, in the order they apply to a chunk with fewer copies
+(replicas plus joining ones) than its volume asks for:
+
+* A chunk with no replica left has nothing to copy from: it waits for
+  its last server to return.
+* A server dropped from the chunk (``lost``) that is up again is the
+  first choice of target: it still holds most of the data (its copy is
+  brought up to date, not made anew).
+* A lost server that is down but expected back (in maintenance, or down
+  for less than the grace period) holds the place of one missing copy:
+  the chunk waits for it, as long as it has at least two replicas.  A
+  chunk missing more copies than servers expected back is copied at once
+  (a chunk at one copy never waits).
+* Otherwise the target is drawn among the servers that are up, not in
+  maintenance, and in a failure domain the chunk does not use yet.
+* Chunks at one copy come first, then chunks whose old server returned,
+  then the rest; each server takes part in at most ``per_server`` jobs
+  at once, as a source or a target, so recovery never floods one server.
+"""
+
+import collections
+import random
+
+from cinder_ursa.master import placement
+
+# Priority classes, the most urgent first.
+ONE_COPY, RETURNING, UNDER = 0, 1, 2
+REASONS = {ONE_COPY: 'one copy left', RETURNING: 'its server returned',
+           UNDER: 'under-replicated'}
+
+Job = collections.namedtuple(
+    'Job', 'volume_id index epoch source target priority')
+
+
+def expected_back(server, now, grace):
+    """Whether a down server is expected back: in maintenance, or down
+    for less than ``grace`` seconds."""
+    if server.get('maintenance'):
+        return True
+    since = server.get('down_since')
+    return since is not None and now - since < grace
+
+
+def plan(chunks, goals, servers, now, grace, level='host', busy=None,
+         per_server=2, rng=random):
+    """Jobs to start now, most urgent first, and a summary.
+
+    ``chunks``: dicts with volume_id, index, epoch and the server ids in
+    replicas (primary first), joining and lost.  ``goals``: {volume id:
+    replicas it asks for}.  ``servers``: {id: server record}.  ``busy``:
+    {server id: jobs it already takes part in}.
+
+    The summary counts the chunks that lack copies (``degraded``), those
+    waiting for a server expected back (``waiting``), those with no
+    eligible target (``blocked``) and those with no replica at all
+    (``unavailable``).
+    """
+    busy = collections.Counter(busy or {})
+    summary = collections.Counter()
+    todo = []
+    for c in chunks:
+        have, joining = c['replicas'], c['joining']
+        missing = goals.get(c['volume_id'], 0) - len(have) - len(joining)
+        if missing <= 0:
+            continue
+        summary['degraded'] += 1
+        if not have:
+            summary['unavailable'] += 1
+            continue
+        returning = [s for s in c['lost'] if s not in have and
+                     s not in joining and
+                     servers.get(s, {}).get('state') == 'up']
+        back = [s for s in c['lost'] if s in servers and
+                servers[s]['state'] != 'up' and
+                expected_back(servers[s], now, grace)]
+        if len(have) == 1 and goals[c['volume_id']] > 1:
+            prio = ONE_COPY
+        elif returning:
+            prio = RETURNING
+        elif missing <= len(back):
+            summary['waiting'] += 1
+            continue
+        else:
+            prio = UNDER
+        todo.append((prio, c['volume_id'], c['index'], c, returning))
+    todo.sort(key=lambda t: t[:3])
+    jobs = []
+    for prio, _, _, c, returning in todo:
+        source = c['replicas'][0]
+        if busy[source] >= per_server:
+            continue
+        target = _target(c, returning, servers, level, busy, per_server,
+                         rng)
+        if target is None:
+            summary['blocked'] += 1
+            continue
+        busy[source] += 1
+        busy[target] += 1
+        jobs.append(Job(c['volume_id'], c['index'], c['epoch'], source,
+                        target, prio))
+    return jobs, dict(summary)
+
+
+def _target(chunk, returning, servers, level, busy, per_server, rng):
+    used = {placement.domain_of(servers[s], level)
+            for s in chunk['replicas'] + chunk['joining'] if s in servers}
+
+    def eligible(s):
+        return (s['state'] == 'up' and not s.get('maintenance') and
+                busy[s['id']] < per_server and
+                placement.domain_of(s, level) not in used)
+    for sid in returning:
+        if eligible(servers[sid]):
+            return sid
+    taken = set(chunk['replicas'] + chunk['joining'])
+    chosen = placement.choose(
+        [s for s in servers.values() if s['id'] not in taken and
+         eligible(s)], 1, level, exclude_domains=used, rng=rng)
+    return chosen[0] if chosen else None

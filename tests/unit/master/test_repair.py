@@ -1,0 +1,151 @@
+"""The repair planner on records alone: what waits, what is copied first,
+where the copy goes, and how many jobs a server takes part in."""
+
+import random
+
+from cinder_ursa.master import repair
+
+NOW = 10000.0
+GRACE = 600.0
+
+
+def servers(n, racks=None, **states):
+    """Servers 1..n, each on its own host (rack r<i> unless ``racks``);
+    ``states``: s<id>=dict of fields to change."""
+    out = {}
+    for i in range(1, n + 1):
+        out[i] = {'id': i, 'host': 'h%d' % i,
+                  'rack': racks[i - 1] if racks else 'r%d' % i,
+                  'state': 'up', 'free': 10 ** 12, 'maintenance': False,
+                  'down_since': None}
+        out[i].update(states.get('s%d' % i, {}))
+    return out
+
+
+def chunk(replicas, joining=(), lost=(), index=0, volume='v', epoch=5):
+    return {'volume_id': volume, 'index': index, 'epoch': epoch,
+            'replicas': list(replicas), 'joining': list(joining),
+            'lost': list(lost)}
+
+
+def down(since=NOW - 10, maintenance=False):
+    return {'state': 'down', 'down_since': since, 'maintenance': maintenance}
+
+
+def plan(chunks, srv, goal=3, **kwargs):
+    goals = {c['volume_id']: goal for c in chunks}
+    return repair.plan(chunks, goals, srv, NOW, GRACE,
+                       rng=random.Random(1), **kwargs)
+
+
+def test_a_whole_chunk_needs_nothing():
+    jobs, summary = plan([chunk([1, 2, 3])], servers(4))
+    assert jobs == [] and summary == {}
+
+
+def test_a_server_down_within_the_grace_period_is_waited_for():
+    srv = servers(4, s3=down())
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv)
+    assert jobs == []
+    assert summary == {'degraded': 1, 'waiting': 1}
+
+
+def test_past_the_grace_period_the_copy_goes_elsewhere():
+    srv = servers(4, s3=down(since=NOW - GRACE - 1))
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv)
+    assert jobs == [repair.Job('v', 0, 5, 1, 4, repair.UNDER)]
+    assert summary == {'degraded': 1}
+
+
+def test_maintenance_waits_however_long():
+    srv = servers(4, s3=down(since=NOW - 100 * GRACE, maintenance=True))
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv)
+    assert jobs == [] and summary['waiting'] == 1
+
+
+def test_a_chunk_at_one_copy_never_waits():
+    srv = servers(4, s2=down(), s3=down())
+    jobs, _ = plan([chunk([1], lost=[2, 3])], srv)
+    assert jobs == [repair.Job('v', 0, 5, 1, 4, repair.ONE_COPY)]
+
+
+def test_more_missing_than_expected_back_is_copied_at_once():
+    # Two copies missing, one of their servers expected back, the other
+    # never recorded (a replica set made smaller than the goal).
+    srv = servers(5, s3=down())
+    jobs, _ = plan([chunk([1, 2], lost=[3])], srv, goal=4)
+    assert [j.target for j in jobs] in ([4], [5])
+
+
+def test_a_returning_server_is_the_target():
+    srv = servers(5)
+    jobs, _ = plan([chunk([1, 2], lost=[3])], srv)
+    assert jobs == [repair.Job('v', 0, 5, 1, 3, repair.RETURNING)]
+
+
+def test_joining_copies_count_and_are_not_targets_again():
+    jobs, summary = plan([chunk([1, 2], joining=[3], lost=[3])], servers(5))
+    assert jobs == [] and summary == {}
+
+
+def test_targets_are_in_failure_domains_the_chunk_does_not_use():
+    # Racks: 1,2 in a; 3,4 in b; 5 in c.  The chunk is on 1 (a) and 3 (b).
+    srv = servers(5, racks=['a', 'a', 'b', 'b', 'c'])
+    for seed in range(20):
+        jobs, _ = repair.plan([chunk([1, 3], lost=[9])], {'v': 3}, srv,
+                              NOW, GRACE, level='rack',
+                              rng=random.Random(seed))
+        assert [j.target for j in jobs] == [5]
+    # No rack left: blocked, and said so.
+    srv[5]['state'] = 'down'
+    jobs, summary = repair.plan([chunk([1, 3])], {'v': 3}, srv, NOW, GRACE,
+                                level='rack')
+    assert jobs == [] and summary == {'degraded': 1, 'blocked': 1}
+
+
+def test_a_returning_server_in_a_domain_now_used_is_not_taken():
+    srv = servers(4, racks=['a', 'b', 'c', 'c'])
+    # 3 was dropped and replaced by 4, in the same rack.
+    jobs, _ = repair.plan([chunk([1, 4], lost=[3])], {'v': 3}, srv, NOW,
+                          GRACE, level='rack')
+    assert [j.target for j in jobs] == [2]   # rack b, the one left
+
+
+def test_servers_in_maintenance_or_down_take_no_new_copy():
+    srv = servers(5, s4={'maintenance': True}, s5=down())
+    jobs, summary = plan([chunk([1, 2], lost=[])], srv)
+    assert [j.target for j in jobs] == [3]
+    srv[3]['state'] = 'down'
+    jobs, summary = plan([chunk([1, 2])], srv)
+    assert jobs == [] and summary['blocked'] == 1
+
+
+def test_one_copy_chunks_get_the_slots_first_and_limits_hold():
+    srv = servers(8)
+    chunks = [chunk([1, 2], index=i) for i in range(4)]
+    chunks += [chunk([1], index=10 + i) for i in range(3)]
+    jobs, _ = plan(chunks, srv, per_server=2)
+    # Server 1 is the source of everything: two jobs, both one-copy.
+    assert [(j.index, j.priority) for j in jobs] == [
+        (10, repair.ONE_COPY), (11, repair.ONE_COPY)]
+    targets = [j.target for j in jobs]
+    assert len(set(targets)) == len(targets)
+
+
+def test_busy_servers_count_against_the_limit():
+    srv = servers(4)
+    jobs, _ = plan([chunk([1, 2])], srv, busy={1: 2})
+    assert jobs == []
+    jobs, _ = plan([chunk([1, 2])], srv, busy={3: 2})
+    assert [j.target for j in jobs] == [4]
+
+
+def test_a_chunk_without_replicas_is_unavailable_not_planned():
+    srv = servers(3, s1=down())
+    jobs, summary = plan([chunk([], lost=[1])], srv)
+    assert jobs == [] and summary == {'degraded': 1, 'unavailable': 1}
+
+
+def test_a_volume_with_one_replica_is_whole_with_one():
+    jobs, summary = plan([chunk([1])], servers(3), goal=1)
+    assert jobs == [] and summary == {}
