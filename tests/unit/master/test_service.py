@@ -12,7 +12,7 @@ from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
-from tests.unit.master.test_store import add_servers
+from tests.fixtures.master import add_servers
 
 MiB = 1024 * 1024
 

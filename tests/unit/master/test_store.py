@@ -4,6 +4,7 @@ import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.master import store as store_mod
+from tests.fixtures.master import add_servers
 
 MiB = 1024 * 1024
 
@@ -15,16 +16,6 @@ def store(tmp_path):
     s.upgrade()
     yield s
     s.close()
-
-
-def add_servers(store, n, hosts=None):
-    ids = []
-    for i in range(n):
-        server, *_ = store.register_server(
-            'uuid-%d' % i, (hosts or 'abcdefgh')[i], 'r', '127.0.0.1',
-            9000 + i, 10 ** 12, 0, 10 ** 12)
-        ids.append(server['id'])
-    return ids
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
