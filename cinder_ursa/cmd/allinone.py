@@ -89,6 +89,9 @@ class AllInOne:
         self.conf_file = os.path.join(self.data_dir, 'ursa.conf')
         self.key = None
         self.master_port = port_base or 0
+        # Whether a stop was asked for (the launcher's signal handler):
+        # starts in progress then give up at once.
+        self.stopping = lambda: False
 
     # --- configuration -----------------------------------------------------
 
@@ -144,15 +147,20 @@ class AllInOne:
     # --- processes ---------------------------------------------------------
 
     def _spawn(self, module, log_name, args=()):
-        log = open(os.path.join(self.data_dir, log_name), 'ab')
         cmd = [sys.executable, '-m', module, '--config-file', self.conf_file]
         cmd += list(args)
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        with open(os.path.join(self.data_dir, log_name), 'ab') as log:
+            return subprocess.Popen(cmd, stdout=log,
+                                    stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
 
     def _wait_file(self, path, proc, what, timeout=30.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.stopping():
+                proc.kill()
+                proc.wait()
+                raise RuntimeError('stopping: %s not waited for' % what)
             if proc.poll() is not None:
                 raise RuntimeError('%s exited with status %s; see its log in '
                                    '%s' % (what, proc.returncode,
@@ -171,17 +179,18 @@ class AllInOne:
                            % (what, timeout, self.data_dir))
 
     def _start_service(self, name):
-        """Start ursa-<name> with its state in <data-dir>/<name>; return
-        (process, the endpoint it wrote)."""
+        """Start ursa-<name> with its state in <data-dir>/<name>, as
+        attribute ``<name>_proc`` (set at once, so a failed start is seen
+        as that process's exit); return the endpoint it wrote."""
         state = os.path.join(self.data_dir, name)
         os.makedirs(state, exist_ok=True)
         proc = self._spawn('cinder_ursa.cmd.' + name, name + '.log')
-        info = self._wait_file(os.path.join(state, 'endpoint.json'), proc,
+        setattr(self, name + '_proc', proc)
+        return self._wait_file(os.path.join(state, 'endpoint.json'), proc,
                                'ursa-' + name)
-        return proc, info
 
     def start_master(self):
-        self.master_proc, info = self._start_service('master')
+        info = self._start_service('master')
         self.master_url = info['url']
         port = int(self.master_url.rsplit(':', 1)[1])
         if port != self.master_port:
@@ -271,7 +280,7 @@ class AllInOne:
 
     def start_nbd(self):
         """Start the NBD gateway; return its port."""
-        self.nbd_proc, info = self._start_service('nbd')
+        info = self._start_service('nbd')
         self.nbd_port = info['port']
         if self._nbd_port != self.nbd_port:
             # Kept from now on: a restarted gateway serves where it did.
@@ -282,7 +291,7 @@ class AllInOne:
     def start_attach(self):
         """Start ursa-attach (FUSE, needs root and /dev/fuse) for host
         ``attach_host``; volumes attached to it appear in attach_dir."""
-        self.attach_proc, _ = self._start_service('attach')
+        self._start_service('attach')
         return self.attach_dir
 
     def start(self, nbd=False):
@@ -417,6 +426,8 @@ class Supervisor:
         for name, due in sorted(self._due.items()):
             if due > now:
                 continue
+            if self.aio.stopping():
+                return
             del self._due[name]
             self._started[name] = self.clock()
             self.restarts[name] = self.restarts.get(name, 0) + 1
@@ -486,6 +497,7 @@ def main(argv=None):
 
     aio = AllInOne(args.data_dir, args.chunkservers, args.port_base)
     stopping = []
+    aio.stopping = lambda: bool(stopping)
 
     def on_signal(signum, frame):
         stopping.append(signum)

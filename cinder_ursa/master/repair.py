@@ -8,16 +8,17 @@ the acting master and hands the jobs to the chunks' primaries.
 The rules, in the order they apply to a chunk with fewer copies
 (replicas plus joining ones) than its volume asks for:
 
-* A chunk with no replica left has nothing to copy from: it waits for
-  its last server to return.
-* A server dropped from the chunk (``lost``) that is up again is the
-  first choice of target: it still holds most of the data (its copy is
-  brought up to date, not made anew).
-* A lost server that is down but expected back (in maintenance, or down
-  for less than the grace period) holds the place of one missing copy:
-  the chunk waits for it, as long as it has at least two replicas.  A
-  chunk missing more copies than servers expected back is copied at once
-  (a chunk at one copy never waits).
+* A chunk whose every replica is on a server that is down has nothing to
+  copy from: it waits for one of them to return.  The source of a copy
+  is the first replica that is up.
+* A server dropped from the chunk (``lost``) that is up again, and not
+  in maintenance, is the first choice of target: it still holds most of
+  the data (its copy is brought up to date, not made anew).
+* A lost server that is in maintenance, or down for less than the grace
+  period, is expected back and holds the place of one missing copy: the
+  chunk waits for it, as long as it has at least two replicas.  A chunk
+  missing more copies than servers expected back is copied at once (a
+  chunk at one copy never waits).
 * Otherwise the target is drawn among the servers that are up, not in
   maintenance, and in a failure domain the chunk does not use yet.
 * Chunks at one copy come first, then chunks whose old server returned,
@@ -59,28 +60,39 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
 
     The summary counts the chunks that lack copies (``degraded``), those
     waiting for a server expected back (``waiting``), those with no
-    eligible target (``blocked``) and those with no replica at all
-    (``unavailable``).
+    eligible target (``blocked``), those whose sources are all busy
+    (``deferred``) and those whose every copy is on a server that is
+    down (``unavailable``).
     """
     busy = collections.Counter(busy or {})
     summary = collections.Counter()
     todo = []
     for c in chunks:
+        goal = goals.get(c['volume_id'])
+        if goal is None:
+            continue        # its volume is gone: nothing to repair
         have, joining = c['replicas'], c['joining']
-        missing = goals.get(c['volume_id'], 0) - len(have) - len(joining)
+        missing = goal - len(have) - len(joining)
         if missing <= 0:
             continue
         summary['degraded'] += 1
-        if not have:
+        if any(s not in servers for s in have + joining):
+            summary['blocked'] += 1   # records out of step: next round
+            continue
+        sources = [s for s in have if _up(servers[s])]
+        if not sources:
+            # Its only copies are on servers that are down: nothing to
+            # copy from until one returns.
             summary['unavailable'] += 1
             continue
-        returning = [s for s in c['lost'] if s not in have and
-                     s not in joining and
-                     servers.get(s, {}).get('state') == 'up']
-        back = [s for s in c['lost'] if s in servers and
-                servers[s]['state'] != 'up' and
-                expected_back(servers[s], now, grace)]
-        if len(have) == 1 and goals[c['volume_id']] > 1:
+        lost = [s for s in c['lost'] if s in servers and
+                s not in have and s not in joining]
+        returning = [s for s in lost if _up(servers[s]) and
+                     not servers[s].get('maintenance')]
+        back = [s for s in lost if (
+            servers[s].get('maintenance') if _up(servers[s])
+            else expected_back(servers[s], now, grace))]
+        if len(have) == 1 and goal > 1:
             prio = ONE_COPY
         elif returning:
             prio = RETURNING
@@ -89,12 +101,14 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
             continue
         else:
             prio = UNDER
-        todo.append((prio, c['volume_id'], c['index'], c, returning))
+        todo.append((prio, c['volume_id'], c['index'], c, sources,
+                     returning))
     todo.sort(key=lambda t: t[:3])
     jobs = []
-    for prio, _, _, c, returning in todo:
-        source = c['replicas'][0]
-        if busy[source] >= per_server:
+    for prio, _, _, c, sources, returning in todo:
+        source = next((s for s in sources if busy[s] < per_server), None)
+        if source is None:
+            summary['deferred'] += 1    # its sources are busy: next round
             continue
         target = _target(c, returning, servers, level, busy, per_server,
                          rng)
@@ -108,12 +122,16 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
     return jobs, dict(summary)
 
 
+def _up(server):
+    return server.get('state') == 'up'
+
+
 def _target(chunk, returning, servers, level, busy, per_server, rng):
     used = {placement.domain_of(servers[s], level)
             for s in chunk['replicas'] + chunk['joining'] if s in servers}
 
     def eligible(s):
-        return (s['state'] == 'up' and not s.get('maintenance') and
+        return (_up(s) and not s.get('maintenance') and
                 busy[s['id']] < per_server and
                 placement.domain_of(s, level) not in used)
     for sid in returning:

@@ -82,10 +82,11 @@ class ServerList(lister.Lister):
 class ServerMaintenance(show.ShowOne):
     """Put a chunk server in maintenance, or take it out.
 
-    In maintenance, a server is expected back (a reboot, an upgrade): its
-    absence starts no copy of its replicas elsewhere, however long it
-    lasts, as Ceph's noout does.  Its replicas are still dropped from
-    the replica sets while it is down, and writes go on with the others.
+    In maintenance, a server is expected back (a reboot, an upgrade), as
+    with Ceph's noout: however long it is away, the repair planner waits
+    for it instead of planning copies of its chunks elsewhere, except for
+    a chunk left with one copy.  Its replicas are still dropped from the
+    replica sets while it is down, and writes go on with the others.
     Example: ursa server maintenance 3 on
     """
 

@@ -15,6 +15,24 @@ from cinder_ursa.master.store.common import split_ids
 
 LOG = logging.getLogger(__name__)
 
+# Attempts of a compare-and-set on a chunk that others keep changing.
+CAS_TRIES = 10
+
+
+def without_server(row, server_id):
+    """The column changes that take ``server_id`` out of a chunk's
+    membership (none when it is not in it, or is its last replica: the
+    chunk's data lives nowhere else, so it waits for that server)."""
+    ids, joining = split_ids(row.replicas), split_ids(row.joining)
+    if server_id in joining:
+        joining.remove(server_id)
+        return {'joining': join_ids(joining)}
+    if server_id in ids and len(ids) > 1:
+        ids.remove(server_id)
+        return {'replicas': join_ids(ids),
+                'lost': join_ids(add_id(split_ids(row.lost), server_id))}
+    return {}
+
 
 class ChunkRecords:
     """Part of :class:`MetadataStore` (see the package)."""
@@ -81,36 +99,44 @@ class ChunkRecords:
         return {'volume': self._volume_dict(vol), 'chunks': out}
 
     def drop_replica(self, ref, idx, server_id, epoch):
-        """Remove ``server_id`` from a chunk's replica set (epoch + 1).
+        """Remove ``server_id`` from a chunk's replica set (epoch + 1; it is
+        then lost: its copy may serve a catch-up), or from its joining
+        copies (a copy that missed a write cannot be promoted).
 
         Idempotent: when the server is already gone, or the caller's epoch
         is older than the chunk's, the current state is returned unchanged.
         """
+        for _ in range(CAS_TRIES):
+            with self.engine.begin() as conn:
+                vol = self._find_volume(conn, ref)
+                row = self._chunk_row(conn, vol, idx)
+                values = without_server(row, server_id) if epoch >= row.epoch \
+                    else {}
+                if values and not self.set_members(conn, row, values):
+                    continue    # changed meanwhile: judge it again
+                if values:
+                    LOG.warning('Chunk %s/%d: server %d dropped, epoch %d, '
+                                '%d replica(s) left', vol.name, idx,
+                                server_id, row.epoch + 1,
+                                len(split_ids(values.get('replicas',
+                                                         row.replicas))))
+                    row = self._chunk_row(conn, vol, idx)
+                chunk = self._chunk_dict(row, self._servers(conn))
+            chunk['min_replicas'] = vol.min_replicas
+            return chunk
+        raise exception.Conflict(
+            reason='chunk %s/%d kept changing while server %d was dropped '
+                   'from it; retry' % (ref, idx, server_id))
+
+    @staticmethod
+    def set_members(conn, row, values):
+        """Compare-and-set: apply ``values`` and epoch + 1 to the chunk of
+        ``row`` if it is still at ``row.epoch``; whether it was."""
         c = models.chunks
-        with self.engine.begin() as conn:
-            vol = self._find_volume(conn, ref)
-            row = conn.execute(sa.select(c).where(
-                c.c.volume_id == vol.id, c.c.idx == idx)).first()
-            if row is None:
-                raise exception.NotFound(kind='chunk', name='%s/%d'
-                                         % (vol.name, idx))
-            ids = split_ids(row.replicas)
-            # The last replica is never dropped: the chunk's data lives
-            # nowhere else, so it waits for that server to return.
-            if server_id in ids and epoch >= row.epoch and len(ids) > 1:
-                ids.remove(server_id)
-                conn.execute(c.update().where(
-                    c.c.volume_id == vol.id, c.c.idx == idx).values(
-                    replicas=join_ids(ids), epoch=row.epoch + 1,
-                    lost=join_ids(add_id(split_ids(row.lost), server_id))))
-                LOG.warning('Chunk %s/%d: replica on server %d dropped, '
-                            'epoch %d, %d replica(s) left', vol.name, idx,
-                            server_id, row.epoch + 1, len(ids))
-                row = conn.execute(sa.select(c).where(
-                    c.c.volume_id == vol.id, c.c.idx == idx)).first()
-            chunk = self._chunk_dict(row, self._servers(conn))
-        chunk['min_replicas'] = vol.min_replicas
-        return chunk
+        res = conn.execute(c.update().where(
+            c.c.volume_id == row.volume_id, c.c.idx == row.idx,
+            c.c.epoch == row.epoch).values(epoch=row.epoch + 1, **values))
+        return res.rowcount == 1
 
     def _chunk_row(self, conn, vol, idx):
         c = models.chunks
@@ -134,7 +160,6 @@ class ChunkRecords:
         """Apply ``change(row, vol, servers)`` -> {column: value} to a
         chunk at ``epoch`` (its current one: Conflict otherwise), with
         epoch + 1; return the chunk."""
-        c = models.chunks
         with self.engine.begin() as conn:
             vol = self._find_volume(conn, ref)
             row = self._chunk_row(conn, vol, idx)
@@ -145,10 +170,10 @@ class ChunkRecords:
                                                 epoch))
             servers = self._servers(conn)
             values = change(row, vol, servers)
-            conn.execute(c.update().where(
-                c.c.volume_id == vol.id, c.c.idx == idx,
-                c.c.epoch == row.epoch).values(epoch=row.epoch + 1,
-                                               **values))
+            if not self.set_members(conn, row, values):
+                raise exception.Conflict(
+                    reason='chunk %s/%d changed meanwhile; read the chunk '
+                           'map again' % (vol.name, idx))
             chunk = self._chunk_dict(self._chunk_row(conn, vol, idx),
                                      servers)
         chunk['min_replicas'] = vol.min_replicas
@@ -201,8 +226,11 @@ class ChunkRecords:
         """Stop bringing a copy up to date (its catch-up failed)."""
         def change(row, vol, servers):
             joining = split_ids(row.joining)
-            if server_id in joining:
-                joining.remove(server_id)
+            if server_id not in joining:
+                raise exception.Conflict(
+                    reason='chunk server %d is not joining chunk %s/%d'
+                    % (server_id, vol.name, idx))
+            joining.remove(server_id)
             return {'joining': join_ids(joining)}
         return self._change_members(ref, idx, epoch, change)
 

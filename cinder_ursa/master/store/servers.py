@@ -8,8 +8,9 @@ import sqlalchemy as sa
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
-from cinder_ursa.master.store.common import add_id
-from cinder_ursa.master.store.common import join_ids
+from cinder_ursa.master.store.chunks import CAS_TRIES
+from cinder_ursa.master.store.chunks import ChunkRecords
+from cinder_ursa.master.store.chunks import without_server
 from cinder_ursa.master.store.common import split_ids
 
 LOG = logging.getLogger(__name__)
@@ -82,7 +83,10 @@ class ServerRecords:
                     c.c.volume_id == vol, c.c.idx == idx)).first()
                 if crow is None:
                     orphans.append((vol, idx))
-                elif sid not in split_ids(crow.replicas):
+                elif sid not in split_ids(crow.replicas) + split_ids(
+                        crow.joining):
+                    # Dropped (maybe lost, kept for a catch-up): it serves
+                    # nothing until it is a replica again.
                     stale.append((vol, idx))
             gens = {v: g for v, g in vols.items() if g}
         return server, stale, orphans, gens, seqs, snaps
@@ -139,23 +143,19 @@ class ServerRecords:
         for row in conn.execute(sa.select(c).where(sa.or_(
                 c.c.replicas.like(pattern),
                 c.c.joining.like(pattern)))).all():
-            ids = split_ids(row.replicas)
-            joining = split_ids(row.joining)
-            values = {}
-            if server_id in joining:
-                joining.remove(server_id)
-                values['joining'] = join_ids(joining)
-            if server_id in ids and len(ids) > 1:
-                ids.remove(server_id)
-                values['replicas'] = join_ids(ids)
-                values['lost'] = join_ids(add_id(split_ids(row.lost),
-                                                 server_id))
-                n += 1
-            if values:
-                conn.execute(c.update().where(
-                    c.c.volume_id == row.volume_id, c.c.idx == row.idx,
-                    c.c.epoch == row.epoch).values(epoch=row.epoch + 1,
-                                                   **values))
+            for _ in range(CAS_TRIES):
+                values = without_server(row, server_id)
+                if not values:
+                    break
+                if ChunkRecords.set_members(conn, row, values):
+                    n += 'replicas' in values
+                    break
+                # Changed since it was read: read it again.
+                row = conn.execute(sa.select(c).where(
+                    c.c.volume_id == row.volume_id,
+                    c.c.idx == row.idx)).first()
+                if row is None:
+                    break
         return n
 
     def set_maintenance(self, server_id, on):

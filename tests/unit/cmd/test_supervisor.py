@@ -26,6 +26,10 @@ class Launcher:
         self.procs = {n: Proc() for n in names}
         self.fail = set()
         self.restarted = []
+        self.stop = False
+
+    def stopping(self):
+        return self.stop
 
     def children(self):
         return dict(self.procs)
@@ -113,3 +117,15 @@ def test_each_child_has_its_own_backoff():
     sup.poll()
     assert sorted(aio.restarted) == ['ursa-master', 'ursa-nbd']
     assert 'ursa-nbd exited (killed by SIGTERM)' in out.getvalue()
+
+
+def test_nothing_is_restarted_once_a_stop_is_asked_for():
+    aio, clock, out, sup = make()
+    sup.poll()
+    aio.procs['ursa-master'].returncode = 1
+    aio.procs['ursa-nbd'].returncode = 1
+    sup.poll()
+    aio.stop = True
+    clock.now += 5
+    sup.poll()
+    assert aio.restarted == []

@@ -124,26 +124,80 @@ def test_one_copy_chunks_get_the_slots_first_and_limits_hold():
     srv = servers(8)
     chunks = [chunk([1, 2], index=i) for i in range(4)]
     chunks += [chunk([1], index=10 + i) for i in range(3)]
-    jobs, _ = plan(chunks, srv, per_server=2)
-    # Server 1 is the source of everything: two jobs, both one-copy.
-    assert [(j.index, j.priority) for j in jobs] == [
-        (10, repair.ONE_COPY), (11, repair.ONE_COPY)]
-    targets = [j.target for j in jobs]
-    assert len(set(targets)) == len(targets)
+    jobs, summary = plan(chunks, srv, per_server=2)
+    # Server 1 is the only source of the one-copy chunks: two of them go
+    # first; the under-replicated ones take server 2 as source, as long
+    # as it has room (it may also be a one-copy chunk's target).
+    assert [(j.index, j.priority, j.source) for j in jobs[:2]] == [
+        (10, repair.ONE_COPY, 1), (11, repair.ONE_COPY, 1)]
+    assert jobs[2:] and all(j.priority == repair.UNDER and j.source == 2
+                            for j in jobs[2:])
+    assert summary == {'degraded': 7, 'deferred': 7 - len(jobs)}
+    load = {}
+    for j in jobs:
+        for sid in (j.source, j.target):
+            load[sid] = load.get(sid, 0) + 1
+    assert max(load.values()) <= 2
 
 
 def test_busy_servers_count_against_the_limit():
     srv = servers(4)
-    jobs, _ = plan([chunk([1, 2])], srv, busy={1: 2})
-    assert jobs == []
+    jobs, summary = plan([chunk([1, 2])], srv, busy={1: 2, 2: 2})
+    assert jobs == [] and summary['deferred'] == 1
     jobs, _ = plan([chunk([1, 2])], srv, busy={3: 2})
     assert [j.target for j in jobs] == [4]
 
 
-def test_a_chunk_without_replicas_is_unavailable_not_planned():
+def test_a_chunk_whose_copies_are_all_down_is_unavailable_not_planned():
+    # The store never drops a chunk's last replica: its server being down
+    # is how a chunk has nothing to copy from.
+    for state in (down(), down(maintenance=True)):
+        srv = servers(4, s1=state, s2=down(), s3=down())
+        jobs, summary = plan([chunk([1], lost=[2, 3])], srv)
+        assert jobs == [] and summary == {'degraded': 1, 'unavailable': 1}
     srv = servers(3, s1=down())
     jobs, summary = plan([chunk([], lost=[1])], srv)
     assert jobs == [] and summary == {'degraded': 1, 'unavailable': 1}
+
+
+def test_the_source_is_the_first_replica_that_is_up():
+    srv = servers(4, s1=down(), s3=down(since=NOW - GRACE - 1))
+    jobs, _ = plan([chunk([1, 2], lost=[3])], srv)
+    assert [(j.source, j.target) for j in jobs] == [(2, 4)]
+
+
+def test_a_lost_server_back_up_but_in_maintenance_is_waited_for():
+    srv = servers(5, s3={'maintenance': True})
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv)
+    assert jobs == [] and summary == {'degraded': 1, 'waiting': 1}
+
+
+def test_replicas_unknown_to_the_records_block_the_chunk():
+    srv = servers(4, racks=['a', 'b', 'a', 'b'])
+    del srv[1]
+    jobs, summary = repair.plan([chunk([1, 2])], {'v': 3}, srv, NOW, GRACE,
+                                level='rack')
+    assert jobs == [] and summary == {'degraded': 1, 'blocked': 1}
+
+
+def test_a_lost_id_also_in_the_replica_set_is_not_expected_back():
+    srv = servers(4, s2=down())
+    jobs, summary = plan([chunk([1, 3], lost=[3, 2])], srv)
+    assert summary == {'degraded': 1, 'waiting': 1}
+    jobs, summary = plan([chunk([1, 3], lost=[3])], srv)
+    assert [j.target for j in jobs] == [4]
+
+
+def test_chunks_whose_sources_are_busy_are_deferred_and_counted():
+    jobs, summary = plan([chunk([1, 2])], servers(4), busy={1: 2, 2: 2})
+    assert jobs == [] and summary == {'degraded': 1, 'deferred': 1}
+    jobs, _ = plan([chunk([1, 2])], servers(4), busy={1: 2})
+    assert [j.source for j in jobs] == [2]
+
+
+def test_chunks_of_volumes_gone_are_ignored():
+    jobs, summary = repair.plan([chunk([1])], {}, servers(3), NOW, GRACE)
+    assert jobs == [] and summary == {}
 
 
 def test_a_volume_with_one_replica_is_whole_with_one():

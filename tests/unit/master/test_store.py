@@ -259,6 +259,90 @@ def test_a_failed_join_is_abandoned(store):
     assert a['joining'] == [] and a['epoch'] == j['epoch'] + 1
 
 
+def test_a_membership_change_racing_another_is_a_conflict(store, tmp_path):
+    """Two masters on one database: B joins a server between A's read and
+    A's update; A's join must fail, not report success it never had."""
+    ids = add_servers(store, 5)
+    other = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'),
+                                    failure_domain='host')
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    spare = [i for i in ids if i not in [r['id'] for r in c['replicas']]]
+    real = store._servers
+
+    def servers_then_b_joins(conn):
+        out = real(conn)
+        store._servers = real
+        other.join_replica('v', 0, spare[1], c['epoch'])
+        return out
+    store._servers = servers_then_b_joins
+    try:
+        with pytest.raises(exception.Conflict, match='changed meanwhile'):
+            store.join_replica('v', 0, spare[0], c['epoch'])
+    finally:
+        store._servers = real
+        other.close()
+    m = store.chunk_members('v', 0)
+    assert m['joining'] == [spare[1]] and m['epoch'] == c['epoch'] + 1
+
+
+def test_a_drop_racing_a_promotion_loses_neither(store, tmp_path,
+                                                 monkeypatch):
+    from cinder_ursa.master.store import chunks as chunks_mod
+    ids = add_servers(store, 4)
+    other = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'),
+                                    failure_domain='host')
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    held = [r['id'] for r in c['replicas']]
+    spare = next(i for i in ids if i not in held)
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    real = chunks_mod.without_server
+
+    def promote_first(row, server_id):
+        monkeypatch.setattr(chunks_mod, 'without_server', real)
+        other.promote_replica('v', 0, spare, j['epoch'])
+        return real(row, server_id)
+    monkeypatch.setattr(chunks_mod, 'without_server', promote_first)
+    try:
+        d = store.drop_replica('v', 0, held[2], j['epoch'])
+    finally:
+        other.close()
+    # The drop came at an epoch the promotion made old: nothing dropped,
+    # nothing lost, and the caller sees the current set.
+    m = store.chunk_members('v', 0)
+    assert m['replicas'] == held + [spare] and m['joining'] == []
+    assert [r['id'] for r in d['replicas']] == held + [spare]
+    assert d['epoch'] == m['epoch'] == j['epoch'] + 1
+
+
+def test_dropping_a_joining_copy_abandons_it(store):
+    ids = add_servers(store, 4)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    spare = next(i for i in ids
+                 if i not in [r['id'] for r in c['replicas']])
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    d = store.drop_replica('v', 0, spare, j['epoch'])
+    assert d['joining'] == [] and d['epoch'] == j['epoch'] + 1
+    assert store.chunk_members('v', 0)['lost'] == []
+    with pytest.raises(exception.Conflict, match='not joining'):
+        store.abandon_join('v', 0, spare, d['epoch'])
+
+
+def test_a_joining_copy_is_not_reported_stale_at_registration(store):
+    ids = add_servers(store, 4)
+    v = store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    spare = next(i for i in ids
+                 if i not in [r['id'] for r in c['replicas']])
+    store.join_replica('v', 0, spare, c['epoch'])
+    _, stale, *_ = store.register_server(
+        'uuid-%d' % ids.index(spare), 'x', 'r', '127.0.0.1', 1, 1, 0, 1,
+        chunks=[(v['id'], 0, c['epoch'] + 1)])
+    assert stale == []
+
+
 def test_one_copy_chunks_are_counted(store):
     add_servers(store, 3)
     store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
