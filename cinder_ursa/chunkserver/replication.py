@@ -60,14 +60,18 @@ class ReplicationMixin:
             n = req.length // BLOCK
             entries = req.data[:n * ENTRY]
             data = req.data[n * ENTRY:]
-            # A repair pushes blocks its primary holds valid: refuse
-            # anything else (a torn block, a layer's state).
-            if mending.torn_blocks(entries, data) or not \
-                    mending.head_entries(entries):
+            layer = req.seq if req.flags & codec.FLAG_LAYER else 0
+            # A repair or a copy pushes blocks its primary holds valid:
+            # refuse anything else (a torn block; a layer's state in the
+            # head, or a layer without a sequence).
+            if mending.torn_blocks(entries, data) or (
+                    req.flags & codec.FLAG_LAYER and not layer) or (
+                    not layer and not mending.head_entries(entries)):
                 raise exception.InvalidArgument(
-                    reason='a raw REPLICATE must carry valid head blocks')
-            self.store.put_raw(c, req.offset // BLOCK, entries,
-                               data)
+                    reason='a raw REPLICATE must carry valid blocks of the '
+                           'head, or of a layer it names')
+            self.store.put_raw(c, req.offset // BLOCK, entries, data,
+                               layer)
             return c
         self.store.write(c, req.offset, req.data, req.seq, req.zero,
                          req.if_absent, req.length, req.floor)

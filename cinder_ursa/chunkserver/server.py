@@ -172,17 +172,17 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         c = self.store.check_epoch(req.volume, req.index, req.epoch)
         if frame.flags & codec.FLAG_RAW:
             if req.offset % BLOCK or req.length % BLOCK \
-                    or req.snap or not 0 < req.length // BLOCK \
+                    or not 0 < req.length // BLOCK \
                     <= control.MAX_REPAIR_BLOCKS:
                 raise exception.InvalidArgument(
-                    reason='raw reads are of 1 to %d whole blocks of the '
-                           'head' % control.MAX_REPAIR_BLOCKS)
+                    reason='raw reads are of 1 to %d whole blocks'
+                    % control.MAX_REPAIR_BLOCKS)
             if c is None:
                 raise exception.NotFound(kind='chunk replica', name='%s/%d'
                                          % (req.volume, req.index))
+            # ``snap`` names a layer here (its sequence), not a snapshot.
             conn.send(codec.encode_read_raw_ok(frame.req_id, *self.store.raw(
-                c, req.offset // BLOCK,
-                req.length // BLOCK)))
+                c, req.offset // BLOCK, req.length // BLOCK, req.snap)))
             return
         if frame.flags & codec.FLAG_MAP_ONLY:
             states = self.store.block_states(c, req.offset, req.length,

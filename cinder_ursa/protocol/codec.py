@@ -73,11 +73,15 @@ FLAG_STATES = 0x0008     # READ: the reply carries each block's state
 FLAG_MAP_ONLY = 0x0010   # READ: states only, no data
 FLAG_GC = 0x0020         # SNAPSHOT: drop blocks no live snapshot needs
 FLAG_DRY_RUN = 0x0040    # SNAPSHOT with FLAG_GC: only count them
-# READ: the head's blocks as stored, with their metadata entries and no
-# checksum verification; REPLICATE: store these entries and blocks as
-# they are (a repair).  Block aligned.
+# READ: blocks as stored, with their metadata entries and no checksum
+# verification (of the head, or of the layer of sequence ``snap``);
+# REPLICATE: store these entries and blocks as they are (a repair, a
+# copy).  Block aligned.
 FLAG_RAW = 0x0080
 FLAG_DEEP = 0x0100       # CHUNK_INFO: read every block, report torn ones
+# REPLICATE with FLAG_RAW: the blocks are those of the snapshot layer of
+# sequence ``seq``, not of the head.
+FLAG_LAYER = 0x0200
 
 # Reply status values: one table, both directions.
 OK = 0
@@ -387,7 +391,8 @@ def decode_write(body, flags=0):
 
 def encode_replicate(req_id, req, epoch):
     """Forward the WriteRequest ``req`` to another replica."""
-    flags = req.flags & (FLAG_FUA | FLAG_ZERO | FLAG_IF_ABSENT | FLAG_RAW)
+    flags = req.flags & (FLAG_FUA | FLAG_ZERO | FLAG_IF_ABSENT | FLAG_RAW |
+                         FLAG_LAYER)
     fixed = _REPLICATE.pack(_uuid_bytes(req.volume), req.index, epoch,
                             req.generation, req.seq, req.offset, req.length,
                             req.floor)

@@ -49,27 +49,31 @@ def mend_entries(entries, data, blocks):
 
 
 class RawBlocks:
-    """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`: head
-    blocks as stored, for repair."""
+    """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`: blocks
+    as stored, for repair and for copying a replica: the head's, or a
+    snapshot layer's (``layer``: its sequence; 0 is the head)."""
 
-    def raw(self, c, first, count):
-        """(entries, data) of head blocks ``first .. first+count-1`` as
-        stored, unverified (zeros past the end and for a chunk never
-        written here)."""
+    def raw(self, c, first, count, layer=0):
+        """(entries, data) of blocks ``first .. first+count-1`` of the
+        head or of ``layer``, as stored, unverified (zeros past the end,
+        for a chunk never written here, and for a layer it does not have:
+        all-zero entries mean "not in this layer")."""
         self._check_range(first * BLOCK, count * BLOCK)
-        if c is None:
+        if c is None or layer and layer not in c.layers:
             return bytes(ENTRY * count), bytes(BLOCK * count)
         self._opened(c)
-        entries = os.pread(c.head.meta_fd, ENTRY * count, ENTRY * first)
-        data = os.pread(c.head.data_fd, BLOCK * count, BLOCK * first)
+        files = c.layer(layer) if layer else c.head
+        entries = os.pread(files.meta_fd, ENTRY * count, ENTRY * first)
+        data = os.pread(files.data_fd, BLOCK * count, BLOCK * first)
         return (entries + bytes(ENTRY * count - len(entries)),
                 data + bytes(BLOCK * count - len(data)))
 
-    def put_raw(self, c, first, entries, data):
-        """Make head blocks from ``first`` hold exactly ``entries`` and
-        ``data`` (a repair: the content another replica, or this one after
-        a torn write, holds).  Blocks whose entry is not DATA are
-        deallocated."""
+    def put_raw(self, c, first, entries, data, layer=0):
+        """Make blocks from ``first`` of the head or of ``layer`` hold
+        exactly ``entries`` and ``data`` (a repair: the content another
+        replica, or this one after a torn write, holds; or a copy of
+        another replica).  Blocks whose entry is not DATA are
+        deallocated; a layer this replica lacks is created."""
         count = len(entries) // ENTRY
         self._check_range(first * BLOCK, count * BLOCK)
         self._opened(c)
@@ -77,6 +81,9 @@ class RawBlocks:
         mv = memoryview(data)
         try:
             self._check_space(count * BLOCK)
+            if layer and layer not in c.layers:
+                self._new_entry(c.volume, os.path.dirname(c.base))
+            files = c.layer(layer) if layer else c.head
             i = 0
             while i < count:
                 is_data = meta[2 * i + 1] & 3 == DATA
@@ -84,14 +91,14 @@ class RawBlocks:
                 while j < count and (meta[2 * j + 1] & 3 == DATA) == is_data:
                     j += 1
                 if is_data:
-                    pwrite_data(c.head.data_fd, mv[i * BLOCK:j * BLOCK],
+                    pwrite_data(files.data_fd, mv[i * BLOCK:j * BLOCK],
                                 (first + i) * BLOCK)
                 else:
-                    punch_hole(c.head.data_fd, (first + i) * BLOCK,
+                    punch_hole(files.data_fd, (first + i) * BLOCK,
                                (j - i) * BLOCK)
                 i = j
-            os.pwrite(c.head.meta_fd, entries, ENTRY * first)
+            os.pwrite(files.meta_fd, entries, ENTRY * first)
         except OSError as e:
             self._no_space(e)
             raise
-        self._mark_dirty(c, (c.head,))
+        self._mark_dirty(c, (files,))

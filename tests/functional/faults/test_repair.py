@@ -339,3 +339,50 @@ def test_an_unreachable_master_fails_waiting_writes_once(make_cluster):
     assert took < 10, took   # one 2 s confirmation, not 1064 of them
     assert all(e is not None for e in errors)
     assert sum('busy' in e for e in errors) >= 40
+
+
+def test_a_snapshot_layer_is_read_and_replaced_raw_over_the_wire(volume):
+    """A replica's snapshot layer, damaged on disk, is replaced by another
+    replica's, block for block: READ raw of the layer (``snap`` names it)
+    on one, REPLICATE raw with FLAG_LAYER on the other (the primitive
+    that copies a replica's layers)."""
+    cluster, vid, chunk = volume
+    seq = cluster.client().create_snapshot('v', 's1')['seq']
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, NEW)                      # OLD goes to layer seq
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
+    good, bad = chunk['replicas'][0], chunk['replicas'][1]
+    i = next(i for i in range(cluster.n) if server_id(cluster, i) ==
+             bad['id'])
+    layer = os.path.join(cluster.cs_dir(i), 'chunks', vid, '0.s%d' % seq)
+    with open(layer + '.data', 'r+b') as f:
+        f.write(b'x' * BS)                       # torn in the layer
+    n = 256                                      # the 1 MiB chunk
+
+    async def copy(c):
+        src = await c.pool.get(good['address'], good['port'])
+        reply = await src.request(1, codec.encode_read(
+            1, vid, 0, chunk['epoch'], 0, n * BS, snap=seq,
+            flags=codec.FLAG_RAW), 10)
+        entries, data = codec.decode_read_raw(reply.body)
+        req = codec.WriteRequest(vid, 0, chunk['epoch'], 0, seq, 0, n * BS,
+                                 [], bytes(entries) + bytes(data),
+                                 codec.FLAG_RAW | codec.FLAG_LAYER)
+        dst = await c.pool.get(bad['address'], bad['port'])
+        reply = await dst.request(2, codec.encode_replicate(
+            2, req, chunk['epoch']), 10)
+        codec.decode_write_ok(reply.body)
+        # A layer named by no sequence is refused.
+        req.seq = req.floor = 0
+        reply = await dst.request(3, codec.encode_replicate(
+            3, req, chunk['epoch']), 10)
+        with pytest.raises(exception.InvalidArgument, match='layer'):
+            codec.decode_write_ok(reply.body)
+        # The snapshot reads OLD on the replaced replica, CRC verified.
+        reply = await dst.request(4, codec.encode_read(
+            4, vid, 0, chunk['epoch'], 0, BS, snap=seq), 10)
+        return bytes(codec.reply_status(reply.body))
+    with data_client(cluster) as cl:
+        assert cl.run(copy) == OLD
+    assert _check(cluster, vid, deep=True)['problems'] == []

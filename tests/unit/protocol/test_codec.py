@@ -242,6 +242,13 @@ def test_raw_read_reply_and_raw_replicate():
     got = codec.decode_replicate(f.body, f.flags)
     assert (got.offset, got.length, bytes(got.data)) == (8192, 4096,
                                                          entries + data)
+    # Into a snapshot layer: the flag and the layer's sequence travel.
+    layered = codec.WriteRequest(VOL, 1, 3, 0, 7, 0, 4096, [],
+                                 entries + data,
+                                 codec.FLAG_RAW | codec.FLAG_LAYER)
+    f = one_frame(b''.join(codec.encode_replicate(18, layered, 3)))
+    assert f.flags == codec.FLAG_RAW | codec.FLAG_LAYER
+    assert codec.decode_replicate(f.body, f.flags).seq == 7
     # The entries must come with the blocks: a payload of blocks alone
     # is refused.
     req.data = data
