@@ -35,13 +35,16 @@ class Unconfirmed(Exception):
 
 class ChunkView:
     """A chunk as the master has it: epoch, replica set (server ids,
-    primary first) and the volume's ``min_replicas``."""
+    primary first), the copies being brought up to date (joining: they
+    take the chunk's writes, serve no reads and count for no
+    acknowledgement) and the volume's ``min_replicas``."""
 
-    __slots__ = ('epoch', 'replicas', 'min_replicas')
+    __slots__ = ('epoch', 'replicas', 'joining', 'min_replicas')
 
-    def __init__(self, epoch, replicas, min_replicas):
+    def __init__(self, epoch, replicas, min_replicas, joining=()):
         self.epoch = epoch
         self.replicas = replicas
+        self.joining = list(joining)
         self.min_replicas = min_replicas
 
 
@@ -66,15 +69,17 @@ class Authority:
             del self._views[next(iter(self._views))]
         self._views[key] = ChunkView(
             chunk['epoch'], [r['id'] for r in chunk['replicas']],
-            min_replicas)
+            min_replicas, [r['id'] for r in chunk.get('joining', ())])
 
-    def view(self, volume, index, epoch, server_id, confirmed):
+    def view(self, volume, index, epoch, server_id, confirmed,
+             joining=False):
         """The master's view of a chunk a request names at ``epoch``, with
-        this server (``server_id``) in its replica set.  Raises Unconfirmed
-        when the master must be asked first (unless ``confirmed``: it was
-        just asked), StaleEpoch when ``epoch`` is not the master's, and
-        StaleReplica (marking the local replica stale) when this server
-        left the replica set."""
+        this server (``server_id``) in its replica set, or among its
+        joining copies when ``joining`` (a forwarded write may go to one).
+        Raises Unconfirmed when the master must be asked first (unless
+        ``confirmed``: it was just asked), StaleEpoch when ``epoch`` is not
+        the master's, and StaleReplica (marking the local replica stale)
+        when this server left the replica set."""
         if server_id is None:
             raise exception.Unavailable(
                 reason='this chunk server has not registered with the '
@@ -95,7 +100,8 @@ class Authority:
             raise exception.StaleEpoch(
                 reason='chunk %s/%d is at epoch %d, request has %d; refresh '
                        'the chunk map' % (volume, index, v.epoch, epoch))
-        if server_id not in v.replicas:
+        if server_id not in v.replicas and not (
+                joining and server_id in v.joining):
             self.store.mark_stale(volume, index)
             raise exception.StaleReplica(
                 reason='this server (%s) is not in the replica set %s of '

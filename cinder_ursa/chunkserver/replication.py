@@ -41,9 +41,10 @@ class ReplicationMixin:
     ``replication_timeout``, ``_loop``, ``_peer_addrs``, ``_drop_locks``,
     ``_sync``, ``_reply_after_sync`` and ``_reply_error``)."""
 
-    def _check(self, req, confirmed):
+    def _check(self, req, confirmed, joining=False):
         """The master's view of the chunk a write names (its generation
-        and epoch checked; see :mod:`.authority`)."""
+        and epoch checked; see :mod:`.authority`); ``joining``: this server
+        may also be one of its joining copies (a forwarded write)."""
         # A copy-up writes what readers already see through the parent,
         # and a repair what a replica held: they need no lease (and
         # preserve nothing).
@@ -51,7 +52,7 @@ class ReplicationMixin:
             self.authority.check_generation(req.volume, req.generation,
                                             confirmed)
         return self.authority.view(req.volume, req.index, req.epoch,
-                                   self.id, confirmed)
+                                   self.id, confirmed, joining)
 
     def _apply(self, req):
         c = self.store.check_epoch(req.volume, req.index, req.epoch,
@@ -78,8 +79,11 @@ class ReplicationMixin:
         return c
 
     def _replicate(self, conn, frame, req, confirmed):
-        self._check(req, confirmed)
+        view = self._check(req, confirmed, joining=True)
         c = self._apply(req)
+        # A copy being brought up to date serves no reads (also after a
+        # restart) until the master makes it a replica.
+        self.store.set_joining(c, self.id not in view.replicas)
         if req.fua:
             conn.spawn(self._reply_after_sync(conn, frame, req.volume, c))
         else:
@@ -119,7 +123,9 @@ class ReplicationMixin:
             self.store.adopt_snapseq(req.volume, req.seq)
             req.floor = self.store.preserve_floor(req.volume, req.seq)
         c = self._apply(req)
-        others = req.replicas[1:]
+        # The copies being brought up to date take every write too; their
+        # failures drop them, never the write.
+        others = req.replicas[1:] + view.joining
         if _FAULT == 'exit-before-forward' and others:
             LOG.error('URSA_INJECT_FAULT=%s: exiting', _FAULT)
             os._exit(70)
@@ -191,8 +197,16 @@ class ReplicationMixin:
         epoch = c.epoch
         try:
             failed = []
-            for sid, res in zip(others, results, strict=False):
+            # ``others``: the other replicas, then the joining copies.
+            replicas = len(req.replicas) - 1
+            for k, (sid, res) in enumerate(zip(others, results,
+                                               strict=False)):
                 if res is None:
+                    continue
+                if k >= replicas:
+                    # A copy being brought up to date that missed a write
+                    # is given up; the write stands on the replicas.
+                    failed.append((sid, res))
                     continue
                 if isinstance(res, (exception.Fenced, exception.StaleEpoch,
                                     exception.StaleReplica,

@@ -75,6 +75,10 @@ class MasterClient:
     def revert(self, ref, snapshot):
         return self._http.send(rest.revert(ref, snapshot))
 
+    def change_members(self, volume, index, action, server_id, epoch):
+        return self._http.send(rest.change_members(volume, index, action,
+                                                   server_id, epoch))
+
     def chunk_map(self, volume, start, count, allocate=False):
         return self._http.send(rest.chunk_map(volume, start, count,
                                               allocate))
@@ -179,6 +183,11 @@ class AsyncMasterClient:
     async def drop_replica(self, volume, index, server_id, epoch):
         return await self._http.send(rest.drop_replica(volume, index,
                                                        server_id, epoch))
+
+    async def change_members(self, volume, index, action, server_id,
+                             epoch):
+        return await self._http.send(rest.change_members(
+            volume, index, action, server_id, epoch))
 
     async def acquire_lease(self, volume, holder, force=False, ttl=None):
         return await self._http.send(rest.acquire_lease(volume, holder,

@@ -193,6 +193,12 @@ class MasterAPI:
         app.router.add_delete(v + '/volumes/{ref}', self.delete_volume)
         app.router.add_patch(v + '/volumes/{ref}', self.update_volume)
         app.router.add_get(v + '/volumes/{ref}/chunks', self.chunk_map)
+        app.router.add_post(v + '/volumes/{ref}/chunks/{idx}/join',
+                            self.join_replica)
+        app.router.add_post(v + '/volumes/{ref}/chunks/{idx}/promote',
+                            self.promote_replica)
+        app.router.add_post(v + '/volumes/{ref}/chunks/{idx}/abandon',
+                            self.abandon_join)
         app.router.add_post(v + '/volumes/{ref}/chunks/{idx}/drop',
                             self.drop_replica)
         app.router.add_post(v + '/volumes/{ref}/lease', self.acquire_lease)
@@ -455,6 +461,27 @@ class MasterAPI:
             b.get('server_id', int, required=True),
             b.get('epoch', int, required=True))
         return web.json_response({'chunk': chunk})
+
+    async def _change_members(self, fn, request):
+        """A chunk membership change (join, promote, abandon) at its
+        current epoch."""
+        ref = request.match_info['ref']
+        idx = _path_int(request, 'idx')
+        b = await _body(request)
+        chunk = await self.db(fn, ref, idx,
+                              b.get('server_id', int, required=True),
+                              b.get('epoch', int, required=True))
+        return web.json_response({'chunk': chunk})
+
+    async def join_replica(self, request):
+        return await self._change_members(self.store.join_replica, request)
+
+    async def promote_replica(self, request):
+        return await self._change_members(self.store.promote_replica,
+                                          request)
+
+    async def abandon_join(self, request):
+        return await self._change_members(self.store.abandon_join, request)
 
     async def acquire_lease(self, request):
         ref = request.match_info['ref']

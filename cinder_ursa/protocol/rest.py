@@ -167,6 +167,14 @@ def drop_replica(volume, index, server_id, epoch):
                    {'server_id': server_id, 'epoch': epoch}, result='chunk')
 
 
+def change_members(volume, index, action, server_id, epoch):
+    """``action``: join (bring a copy up to date on ``server_id``),
+    promote (the copy is up to date: a replica) or abandon (give the copy
+    up), at the chunk's current ``epoch``."""
+    return Request('POST', _vol(volume, '/chunks/%d/%s' % (index, action)),
+                   {'server_id': server_id, 'epoch': epoch}, result='chunk')
+
+
 def acquire_lease(volume, holder, force=False, ttl=None):
     body = {'holder': holder, 'force': bool(force)}
     if ttl:

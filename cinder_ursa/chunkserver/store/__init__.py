@@ -135,7 +135,7 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
                 d.difference_update(files)
             for f in files:
                 f.unlink()
-            for ext in ('.epoch', '.stale'):
+            for ext in ('.epoch', '.stale', '.joining'):
                 try:
                     os.unlink(c.base + ext)
                 except FileNotFoundError:

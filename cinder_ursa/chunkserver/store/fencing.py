@@ -69,9 +69,10 @@ class Fencing:
 
     def check_epoch(self, volume, index, epoch, create=False):
         """Return the chunk after checking ``epoch`` against what this
-        replica knows: refuse stale replicas and outdated requests, adopt a
-        newer epoch.  Returns None for a chunk never written here (reads).
-        """
+        replica knows: refuse stale replicas and outdated requests, and
+        reads (``create`` False) of a copy still being brought up to date;
+        adopt a newer epoch.  Returns None for a chunk never written here
+        (reads)."""
         if self._failed:
             self.check_failed(volume)
         c = self._chunk(volume, index, create=create)
@@ -81,6 +82,11 @@ class Fencing:
             raise exception.StaleReplica(
                 reason='replica of chunk %s/%d on this server left the '
                        'replica set; refresh the chunk map' % (volume, index))
+        if c.joining and not create:
+            raise exception.StaleReplica(
+                reason='the copy of chunk %s/%d on this server is being '
+                       'brought up to date and serves no reads yet; refresh '
+                       'the chunk map' % (volume, index))
         if epoch < c.epoch:
             raise exception.StaleEpoch(
                 reason='chunk %s/%d is at epoch %d, request has %d; refresh '
@@ -94,6 +100,22 @@ class Fencing:
             os.makedirs(os.path.dirname(c.base), exist_ok=True)
             atomic_write(c.base + '.epoch', '%d\n' % epoch)
             c.epoch = epoch
+
+    def set_joining(self, c, joining):
+        """Mark a copy as being brought up to date (it serves no reads,
+        also after a restart) or as a replica again."""
+        if c.joining == joining:
+            return
+        path = c.base + '.joining'
+        if joining:
+            atomic_write(path, 'being brought up to date\n')
+        else:
+            os.unlink(path)
+            fsync_dir(os.path.dirname(path))
+        c.joining = joining
+        LOG.info('Copy of chunk %s/%d %s', c.volume, c.index,
+                 'joins: it takes writes and serves no reads until it is '
+                 'up to date' if joining else 'is a replica again')
 
     def mark_stale(self, volume, index):
         c = self._chunk(volume, index)

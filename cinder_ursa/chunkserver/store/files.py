@@ -131,14 +131,17 @@ class Files:
 
 class Chunk:
     __slots__ = ('volume', 'index', 'base', 'head', 'layers', 'epoch',
-                 'stale')
+                 'stale', 'joining')
 
-    def __init__(self, volume, index, base, epoch, stale, layers=()):
+    def __init__(self, volume, index, base, epoch, stale, layers=(),
+                 joining=False):
         self.volume, self.index, self.base = volume, index, base
         self.head = Files(base)
         # Snapshot sequence N -> Files, kept sorted by N.
         self.layers = {n: Files('%s.s%d' % (base, n)) for n in layers}
         self.epoch, self.stale = epoch, stale
+        # Being brought up to date: takes writes, serves no reads.
+        self.joining = joining
 
     def layer_ids(self):
         return sorted(self.layers)

@@ -35,7 +35,8 @@ class ChunkHandles:
                     self._new_entry(volume, self.chunks_dir)
                 self._new_entry(volume, vdir)
             c = Chunk(volume, index, base, read_int(base + '.epoch'),
-                      os.path.exists(base + '.stale'))
+                      os.path.exists(base + '.stale'),
+                      joining=os.path.exists(base + '.joining'))
             self._known[key] = c
         return c
 

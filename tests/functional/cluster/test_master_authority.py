@@ -162,13 +162,15 @@ def test_a_raw_write_cannot_pass_the_fence(cluster, setup):
     for g in (0, gen):
         with pytest.raises(exception.InvalidArgument, match='FLAG_RAW'):
             _send(cluster, primary, lambda rid, g=g: raw_write(rid, g))
-    # Nor may a raw REPLICATE carry a torn block or a layer's state.
+    # Nor may a raw REPLICATE carry a torn block, or a layer's state into
+    # the head.
     replica = chunk['replicas'][1]
     for bad in (struct.pack('!II', 1234, 1) + b'E' * BS,
                 struct.pack('!II', checksum.crc(b'E' * BS), 3) + b'E' * BS):
         req = codec.WriteRequest(vid, 0, chunk['epoch'], 0, 0, 0, BS, [],
                                  bad, codec.FLAG_RAW)
-        with pytest.raises(exception.InvalidArgument, match='valid head'):
+        with pytest.raises(exception.InvalidArgument,
+                           match='valid blocks of the head'):
             _send(cluster, replica,
                   lambda rid, req=req: codec.encode_replicate(rid, req,
                                                               req.epoch))

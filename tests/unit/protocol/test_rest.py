@@ -33,7 +33,8 @@ def _every_request():
             'name': 'n?x', 'host': 'h#1', 'size': 1, 'start': 0,
             'count': 4, 'index': 3, 'server_id': 2, 'epoch': 5,
             'holder': 'h:1', 'generation': 7, 'ttl': 30, 'usage': {},
-            'status': 'attached', 'reason': 'test', 'on': True}
+            'status': 'attached', 'reason': 'test', 'on': True,
+            'action': 'join'}
     for fname, fn in inspect.getmembers(rest, inspect.isfunction):
         if fname.startswith('_') or fn.__module__ != rest.__name__ or \
                 fname in ('quote', 'error_from_body'):
@@ -43,6 +44,8 @@ def _every_request():
                   if spec.default is spec.empty and spec.kind
                   == spec.POSITIONAL_OR_KEYWORD}
         yield fname, fn(**kwargs)
+    yield 'promote', rest.change_members('v', 0, 'promote', 1, 2)
+    yield 'abandon', rest.change_members('v', 0, 'abandon', 1, 2)
     yield 'snapshots of a volume', rest.snapshots('v')
     yield 'attachments of a volume', rest.attachments('v')
 

@@ -1,0 +1,102 @@
+"""A copy joining a chunk (being brought up to date before it becomes a
+replica) takes every write the primary applies, serves no read, counts
+for no acknowledgement, and is given up, not the write, when it fails.
+
+Copies are joined here through the master's REST API (what the repair
+worker does before it copies the chunk's blocks)."""
+
+import os
+import signal
+
+import pytest
+
+from cinder_ursa import exception
+from cinder_ursa.protocol import codec
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import server_id
+from tests.fixtures.cluster import server_index
+
+MiB = 1024 * 1024
+BS = 4096
+
+
+@pytest.fixture
+def joined(make_cluster):
+    """Four chunk servers, a 3-replica volume with one chunk written, and
+    the fourth server joining that chunk."""
+    cluster = make_cluster(4)
+    client = cluster.client()
+    vid = client.create_volume('v', MiB, chunk_size=MiB)['id']
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, b'a' * BS)
+    chunk = client.chunk_map(vid, 0, 1)['chunks'][0]
+    held = [r['id'] for r in chunk['replicas']]
+    spare = next(server_id(cluster, i) for i in range(4)
+                 if server_id(cluster, i) not in held)
+    chunk = client.change_members(vid, 0, 'join', spare, chunk['epoch'])
+    assert [r['id'] for r in chunk['joining']] == [spare]
+    return cluster, vid, spare
+
+
+def _raw_head(cluster, vid, sid, first, count):
+    """(entries, data) of a server's copy of chunk 0, read from its files
+    (a joining copy answers no read request)."""
+    i = server_index(cluster, sid)
+    base = os.path.join(cluster.cs_dir(i), 'chunks', vid, '0')
+    with open(base + '.meta', 'rb') as f:
+        f.seek(first * 8)
+        entries = f.read(count * 8)
+    with open(base + '.data', 'rb') as f:
+        f.seek(first * BS)
+        data = f.read(count * BS)
+    return entries, data
+
+
+def test_a_joining_copy_takes_writes_and_serves_no_reads(joined):
+    cluster, vid, spare = joined
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(BS, b'b' * BS)
+            v.flush()
+            assert v.read(0, 2 * BS) == b'a' * BS + b'b' * BS
+    # The write reached the joining copy (the one before it did not: its
+    # blocks come from the copy the repair worker makes).
+    _, data = _raw_head(cluster, vid, spare, 1, 1)
+    assert data == b'b' * BS
+    # It answers no read, and says why.
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
+    addr = next(s for s in cluster.client().servers() if s['id'] == spare)
+
+    async def read(c):
+        conn = await c.pool.get(addr['address'], addr['port'])
+        reply = await conn.request(5, codec.encode_read(
+            5, vid, 0, chunk['epoch'], BS, BS), 10)
+        codec.reply_status(reply.body)
+    with data_client(cluster) as cl:
+        with pytest.raises(exception.StaleReplica, match='brought up to'):
+            cl.run(read)
+    # Also after a restart of its server (the mark is on disk).
+    i = server_index(cluster, spare)
+    cluster.kill_chunkserver(i, signal.SIGTERM)
+    cluster.start_chunkserver(i)
+    with data_client(cluster) as cl:
+        with pytest.raises(exception.StaleReplica, match='brought up to'):
+            cl.run(read)
+    status = cluster.client().cluster_status()
+    assert status['joining_replicas'] == 1
+    assert status['degraded_chunks'] == 0
+
+
+def test_a_joining_copy_that_fails_is_given_up_not_the_write(joined):
+    cluster, vid, spare = joined
+    cluster.kill_chunkserver(server_index(cluster, spare))
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(BS, b'c' * BS)           # acknowledged on the replicas
+            v.flush()
+            assert v.read(BS, BS) == b'c' * BS
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
+    assert chunk['joining'] == []
+    assert spare not in [r['id'] for r in chunk['replicas']]
+    assert len(chunk['replicas']) == 3
