@@ -109,6 +109,10 @@ class Authority:
                            server_id, v.replicas, volume, index, epoch))
         return v
 
+    def current(self, volume, index):
+        """The chunk's view last learned from the master, or None."""
+        return self._views.get((volume, index))
+
     def check_generation(self, volume, generation, confirmed):
         """Refuse a write under a lease generation older than the newest
         the master issued, or one the master never issued."""

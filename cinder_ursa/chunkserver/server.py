@@ -13,6 +13,7 @@ from cinder_ursa import exception
 from cinder_ursa.chunkserver import authority as authority_mod
 from cinder_ursa.chunkserver import controlplane
 from cinder_ursa.chunkserver import gate as gate_mod
+from cinder_ursa.chunkserver import rebuild
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import replication
 from cinder_ursa.chunkserver import store as store_mod
@@ -26,7 +27,7 @@ LOG = logging.getLogger(__name__)
 
 
 class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
-                  repair.RepairMixin):
+                  repair.RepairMixin, rebuild.RebuildMixin):
 
     def __init__(self, data_dir, key, master_urls, bind_host='127.0.0.1',
                  bind_port=0, advertise_host=None, host=None, rack='default',
@@ -109,6 +110,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             fn, req = self._read, codec.decode_read(frame.body)
         elif op == codec.REPAIR:
             fn, req = self._repair, control.decode_repair(frame.body)
+        elif op == codec.REBUILD:
+            fn, req = self._rebuild, control.decode_rebuild(frame.body)
         else:
             self._serve(conn, frame, self._control, None)
             return

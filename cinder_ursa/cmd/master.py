@@ -45,7 +45,9 @@ def main(argv=None):
         default_replicas=mc.default_replicas,
         default_min_replicas=mc.default_min_replicas,
         default_chunk_size=mc.default_chunk_size,
-        max_volume_size=mc.max_volume_size)
+        max_volume_size=mc.max_volume_size, replica_grace=mc.replica_grace,
+        repair_interval=mc.repair_interval,
+        repair_per_server=mc.repair_per_server)
 
     async def serve(stop):
         runner = web.AppRunner(master.app(), access_log=None)

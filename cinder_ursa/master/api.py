@@ -159,7 +159,7 @@ class MasterAPI:
     def __init__(self, store, key, server_timeout=15.0, lease_ttl=30.0,
                  default_replicas=3, default_min_replicas=2,
                  default_chunk_size=64 * units.Mi,
-                 max_volume_size=units.Pi):
+                 max_volume_size=units.Pi, **repair):
         self.store = store
         self.max_volume_size = max_volume_size
         self.key = key
@@ -168,7 +168,8 @@ class MasterAPI:
         self.defaults = dict(replicas=default_replicas,
                              min_replicas=default_min_replicas,
                              chunk_size=default_chunk_size)
-        self.service = service_mod.MasterService(store, key, server_timeout)
+        self.service = service_mod.MasterService(store, key, server_timeout,
+                                                 **repair)
         self.db = self.service.db
 
     # --- app ---------------------------------------------------------------
@@ -259,6 +260,7 @@ class MasterAPI:
     async def cluster(self, request):
         status = await self.db(self.store.cluster_status)
         status['allocated_bytes_total'] = self.service.allocated_total()
+        status['repair'] = self.service.repair_status()
         return web.json_response(status)
 
     async def inventory(self, request):

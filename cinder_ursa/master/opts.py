@@ -32,6 +32,19 @@ master_opts = [
     cfg.FloatOpt('server_timeout', default=15.0, min=0.5,
                  help='Seconds without a heartbeat after which a chunk '
                       'server is marked down.'),
+    cfg.FloatOpt('replica_grace', default=600.0, min=0.0,
+                 help='Seconds a chunk server may be down before the '
+                      'chunks it held are copied to other servers (a chunk '
+                      'left with one copy is copied at once).  A server in '
+                      'maintenance (ursa server maintenance) is waited for '
+                      'however long it is away.'),
+    cfg.FloatOpt('repair_interval', default=10.0, min=0.1,
+                 help='Seconds between two looks of the repair planner for '
+                      'chunks with fewer copies than their volume asks '
+                      'for.'),
+    cfg.IntOpt('repair_per_server', default=2, min=1, max=64,
+               help='Chunk copies a chunk server takes part in at once, as '
+                    'source or target.'),
     cfg.FloatOpt('lease_ttl', default=30.0, min=1.0, max=3600.0,
                  help='Default lifetime in seconds of a volume write lease; '
                       'clients renew it at a third of that.'),

@@ -10,7 +10,9 @@ The rules, in the order they apply to a chunk with fewer copies
 
 * A chunk whose every replica is on a server that is down has nothing to
   copy from: it waits for one of them to return.  The source of a copy
-  is the first replica that is up.
+  is the chunk's primary, which forwards the chunk's writes to the new
+  copy while it copies; a chunk whose primary is down waits for the
+  master to drop it (another replica becomes primary).
 * A server dropped from the chunk (``lost``) that is up again, and not
   in maintenance, is the first choice of target: it still holds most of
   the data (its copy is brought up to date, not made anew).
@@ -50,17 +52,18 @@ def expected_back(server, now, grace):
 
 
 def plan(chunks, goals, servers, now, grace, level='host', busy=None,
-         per_server=2, rng=random):
+         per_server=2, avoid=(), rng=random):
     """Jobs to start now, most urgent first, and a summary.
 
     ``chunks``: dicts with volume_id, index, epoch and the server ids in
     replicas (primary first), joining and lost.  ``goals``: {volume id:
     replicas it asks for}.  ``servers``: {id: server record}.  ``busy``:
-    {server id: jobs it already takes part in}.
+    {server id: jobs it already takes part in}.  ``avoid``: servers not
+    to copy to now (a copy to them just failed).
 
     The summary counts the chunks that lack copies (``degraded``), those
     waiting for a server expected back (``waiting``), those with no
-    eligible target (``blocked``), those whose sources are all busy
+    eligible target (``blocked``), those whose primary is busy or down
     (``deferred``) and those whose every copy is on a server that is
     down (``unavailable``).
     """
@@ -79,11 +82,16 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
         if any(s not in servers for s in have + joining):
             summary['blocked'] += 1   # records out of step: next round
             continue
-        sources = [s for s in have if _up(servers[s])]
-        if not sources:
+        if not any(_up(servers[s]) for s in have):
             # Its only copies are on servers that are down: nothing to
             # copy from until one returns.
             summary['unavailable'] += 1
+            continue
+        if not _up(servers[have[0]]):
+            # The copy is made by the chunk's primary (it forwards the
+            # writes to the new copy meanwhile): wait for the master to
+            # drop a primary that is down, making another one primary.
+            summary['deferred'] += 1
             continue
         lost = [s for s in c['lost'] if s in servers and
                 s not in have and s not in joining]
@@ -101,17 +109,16 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
             continue
         else:
             prio = UNDER
-        todo.append((prio, c['volume_id'], c['index'], c, sources,
-                     returning))
+        todo.append((prio, c['volume_id'], c['index'], c, returning))
     todo.sort(key=lambda t: t[:3])
     jobs = []
-    for prio, _, _, c, sources, returning in todo:
-        source = next((s for s in sources if busy[s] < per_server), None)
-        if source is None:
-            summary['deferred'] += 1    # its sources are busy: next round
+    for prio, _, _, c, returning in todo:
+        source = c['replicas'][0]
+        if busy[source] >= per_server:
+            summary['deferred'] += 1    # its primary is busy: next round
             continue
         target = _target(c, returning, servers, level, busy, per_server,
-                         rng)
+                         avoid, rng)
         if target is None:
             summary['blocked'] += 1
             continue
@@ -126,13 +133,14 @@ def _up(server):
     return server.get('state') == 'up'
 
 
-def _target(chunk, returning, servers, level, busy, per_server, rng):
+def _target(chunk, returning, servers, level, busy, per_server, avoid,
+            rng):
     used = {placement.domain_of(servers[s], level)
             for s in chunk['replicas'] + chunk['joining'] if s in servers}
 
     def eligible(s):
         return (_up(s) and not s.get('maintenance') and
-                busy[s['id']] < per_server and
+                s['id'] not in avoid and busy[s['id']] < per_server and
                 placement.domain_of(s, level) not in used)
     for sid in returning:
         if eligible(servers[sid]):

@@ -11,9 +11,12 @@ here, in the order that keeps the cluster consistent:
 * a revert, a volume deletion and the trash reaper broadcast to the chunk
   servers between their database steps;
 * the watcher marks silent chunk servers down and forgets snapshots whose
-  master died half-way.
+  master died half-way;
+* the repairer runs the repair planner (:mod:`.repair`) every
+  ``repair_interval`` and hands each copy it plans to the chunk's source
+  server (REBUILD), a few per server at once.
 
-This is also where the repair planner and leader election will live.
+Leader election will live here too.
 Database calls run on one worker thread (:meth:`MasterService.db`), so
 the event loop never blocks on the database.
 """
@@ -26,6 +29,7 @@ import time
 
 from cinder_ursa import exception
 from cinder_ursa.master import chunkservers
+from cinder_ursa.master import repair
 from cinder_ursa.protocol import control
 
 LOG = logging.getLogger(__name__)
@@ -33,18 +37,31 @@ LOG = logging.getLogger(__name__)
 # A snapshot still 'creating' after this long lost its master mid-way.
 UNFINISHED_AFTER = 60.0
 UNFINISHED_SWEEP = 10.0
+# A chunk copy longer than this is given up (64 MiB takes about a second).
+REBUILD_TIMEOUT = 600.0
+# Seconds a server a copy failed to is not chosen again (at least).
+AVOID_AFTER_FAILURE = 10.0
 
 
 class MasterService:
     """The cluster protocols over a :class:`MetadataStore` ``store``."""
 
-    def __init__(self, store, key, server_timeout=15.0):
+    def __init__(self, store, key, server_timeout=15.0, replica_grace=600.0,
+                 repair_interval=10.0, repair_per_server=2):
         self.store = store
         self.server_timeout = server_timeout
+        self.replica_grace = replica_grace
+        self.repair_interval = repair_interval
+        self.repair_per_server = repair_per_server
         self.chunkservers = chunkservers.ChunkServers(key)
         self._db = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix='ursa-db')
         self._monitor = None
+        self._repairer = None
+        self._jobs = {}             # (volume, index) -> running Job
+        self._avoid = {}            # target -> until when (a copy failed)
+        self._summary = {}
+        self.copied_bytes = 0
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
 
@@ -55,12 +72,14 @@ class MasterService:
             self._db, functools.partial(fn, *args, **kwargs))
 
     def start(self):
-        self._monitor = asyncio.get_running_loop().create_task(
-            self._watch_servers())
+        loop = asyncio.get_running_loop()
+        self._monitor = loop.create_task(self._watch_servers())
+        self._repairer = loop.create_task(self._repair_loop())
 
     def stop(self):
-        if self._monitor:
-            self._monitor.cancel()
+        for task in (self._monitor, self._repairer):
+            if task:
+                task.cancel()
         self.chunkservers.close()
         self._db.shutdown(wait=True)
 
@@ -107,6 +126,70 @@ class MasterService:
                         await self.gc(vid)
             except Exception:  # noqa: BLE001 - keep watching
                 LOG.exception('Checking chunk server heartbeats failed')
+
+    # --- repair ----------------------------------------------------------
+
+    def repair_status(self):
+        """The planner's last counts, the copies running and the bytes
+        copied since this master started."""
+        return dict(self._summary, running=len(self._jobs),
+                    copied_bytes=self.copied_bytes)
+
+    async def _repair_loop(self):
+        # Chunk servers report what they hold at registration: after a
+        # master (re)start, wait for them before judging what is missing.
+        await asyncio.sleep(max(self.server_timeout, self.repair_interval))
+        while True:
+            try:
+                await self.repair_round()
+            except Exception:  # noqa: BLE001 - keep repairing
+                LOG.exception('Planning repairs failed')
+            await asyncio.sleep(self.repair_interval)
+
+    async def repair_round(self):
+        """Plan copies of the chunks that lack some and start them."""
+        chunks, goals, servers = await self.db(self.store.repair_records)
+        busy = {}
+        for job in self._jobs.values():
+            for sid in (job.source, job.target):
+                busy[sid] = busy.get(sid, 0) + 1
+        chunks = [c for c in chunks
+                  if (c['volume_id'], c['index']) not in self._jobs]
+        now = time.monotonic()
+        self._avoid = {s: t for s, t in self._avoid.items() if t > now}
+        jobs, self._summary = repair.plan(
+            chunks, goals, servers, time.time(), self.replica_grace,
+            self.store.failure_domain, busy, self.repair_per_server,
+            set(self._avoid))
+        for job in jobs:
+            self._jobs[(job.volume_id, job.index)] = job
+            asyncio.get_running_loop().create_task(
+                self._run_job(job, servers[job.source]))
+        return jobs
+
+    async def _run_job(self, job, source):
+        key = (job.volume_id, job.index)
+        LOG.info('Chunk %s/%d (%s): copying it from server %d to server %d',
+                 job.volume_id, job.index, repair.REASONS[job.priority],
+                 job.source, job.target)
+        try:
+            conn = await self.chunkservers.pool.get(source['address'],
+                                                    source['port'])
+            reply = await conn.call(
+                control.encode_rebuild, job.volume_id, job.index, job.epoch,
+                job.target, timeout=REBUILD_TIMEOUT)
+            copied = control.decode_count_ok(reply.body)
+            self.copied_bytes += copied
+        except exception.UrsaError as e:
+            # Not that target again for a while: it may be dead and not
+            # yet marked down.
+            self._avoid[job.target] = time.monotonic() + max(
+                AVOID_AFTER_FAILURE, 3 * self.repair_interval)
+            LOG.warning('Chunk %s/%d: copy from server %d to server %d '
+                        'failed (%s); the planner tries again', *key,
+                        job.source, job.target, e)
+        finally:
+            self._jobs.pop(key, None)
 
     # --- leases and fencing --------------------------------------------
 

@@ -20,6 +20,7 @@ from cinder_ursa.protocol.codec import FLAG_DRY_RUN
 from cinder_ursa.protocol.codec import FLAG_GC
 from cinder_ursa.protocol.codec import INVENTORY
 from cinder_ursa.protocol.codec import OK
+from cinder_ursa.protocol.codec import REBUILD
 from cinder_ursa.protocol.codec import REPAIR
 from cinder_ursa.protocol.codec import REPLY
 from cinder_ursa.protocol.codec import REVERT
@@ -41,6 +42,7 @@ _INVENTORY = struct.Struct('!16s')         # volume (all zeros: every one)
 # volume, index, epoch, first block, block count
 _REPAIR = struct.Struct('!16sQQII')
 MAX_REPAIR_BLOCKS = 4096                   # 16 MiB per REPAIR
+_REBUILD = struct.Struct('!16sQQQ')        # volume, index, epoch, target
 # volume, index, epoch, allocated bytes, stale, layer count (then the
 # layers' sequences, u64 each)
 _INV_ENTRY = struct.Struct('!16sQQQBH')
@@ -142,6 +144,28 @@ def decode_repair(body):
         raise exception.ProtocolError(reason='REPAIR of %d blocks (1 to %d)'
                                       % (count, MAX_REPAIR_BLOCKS))
     return RepairRequest(_uuid_str(vol), index, epoch, first, count)
+
+
+class RebuildRequest:
+    __slots__ = ('volume', 'index', 'epoch', 'target')
+
+    def __init__(self, volume, index, epoch, target):
+        self.volume, self.index, self.epoch = volume, index, epoch
+        self.target = target
+
+
+def encode_rebuild(req_id, volume, index, epoch, target):
+    """Ask a chunk's primary to give chunk server ``target`` a full copy
+    of the chunk and make it a replica; the reply carries the bytes
+    copied (a u64)."""
+    return _frame(REBUILD, req_id, _REBUILD.pack(_uuid_bytes(volume), index,
+                                                 epoch, target))
+
+
+def decode_rebuild(body):
+    _check(body, _REBUILD, 'REBUILD')
+    vol, index, epoch, target = _REBUILD.unpack_from(body)
+    return RebuildRequest(_uuid_str(vol), index, epoch, target)
 
 
 def encode_inventory(req_id, volume=None):

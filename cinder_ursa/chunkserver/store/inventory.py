@@ -48,6 +48,8 @@ class Inventory:
             # replicas with the same blocks in a layer agree, whatever
             # the length of its metadata file.
             used = -(-len(raw.rstrip(b'\0')) // ENTRY) * ENTRY
+            if not used:
+                continue        # an empty layer is no layer
             digest = checksum.crc(struct.pack('!QI', k, digest) + raw[:used])
         if deep:
             return c.epoch, self._allocated(c), digest, crcs, torn

@@ -89,7 +89,9 @@ class SnapshotLayers:
             os.pwrite(lf.meta_fd, entry, ENTRY * (first + i))
         self._mark_dirty(c, (lf,))
 
-    def _blocks_in_use(self, c):
+    def blocks_in_use(self, c):
+        """Blocks of the chunk's longest file (head or layer)."""
+        self._opened(c)
         return max([f.open().nblocks() for f in c.all_files()] or [0])
 
     def revert(self, volume, snap, seq):
@@ -101,7 +103,7 @@ class SnapshotLayers:
             if c.stale:
                 continue
             self._opened(c)
-            n = self._blocks_in_use(c)
+            n = self.blocks_in_use(c)
             step = 4096
             for first in range(0, n, step):
                 count = min(step, n - first)

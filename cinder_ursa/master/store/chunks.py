@@ -28,9 +28,13 @@ def without_server(row, server_id):
         joining.remove(server_id)
         return {'joining': join_ids(joining)}
     if server_id in ids and len(ids) > 1:
-        ids.remove(server_id)
-        return {'replicas': join_ids(ids),
-                'lost': join_ids(add_id(split_ids(row.lost), server_id))}
+        values = {'replicas': join_ids([i for i in ids if i != server_id]),
+                  'lost': join_ids(add_id(split_ids(row.lost), server_id))}
+        if server_id == ids[0] and joining:
+            # The primary brings the joining copies up to date: without
+            # it their copies stop, and the planner starts them again.
+            values['joining'] = ''
+        return values
     return {}
 
 
@@ -217,7 +221,7 @@ class ChunkRecords:
                     'replicas': join_ids(split_ids(row.replicas)
                                          + [server_id])}
         chunk = self._change_members(ref, idx, epoch, change)
-        LOG.info('Chunk %s/%d: server %d is a replica again (epoch %d, %d '
+        LOG.info('Chunk %s/%d: server %d is a replica now (epoch %d, %d '
                  'replicas)', ref, idx, server_id, chunk['epoch'],
                  len(chunk['replicas']))
         return chunk
@@ -245,6 +249,21 @@ class ChunkRecords:
             conn.execute(c.update().where(
                 c.c.volume_id == vol.id, c.c.idx == idx).values(
                 lost=join_ids(lost)))
+
+    def repair_records(self):
+        """What the repair planner reads: (chunks as dicts of server ids,
+        {volume id: replicas it asks for}, {server id: server})."""
+        c = models.chunks
+        with self.engine.connect() as conn:
+            goals = {r.id: r.replicas for r in conn.execute(sa.select(
+                models.volumes.c.id, models.volumes.c.replicas))}
+            chunks = [{'volume_id': r.volume_id, 'index': r.idx,
+                       'epoch': r.epoch, 'replicas': split_ids(r.replicas),
+                       'joining': split_ids(r.joining),
+                       'lost': split_ids(r.lost)}
+                      for r in conn.execute(sa.select(c))]
+            servers = self._servers(conn)
+        return chunks, goals, servers
 
     def cluster_status(self):
         servers = self.list_servers()

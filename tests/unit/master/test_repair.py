@@ -125,14 +125,11 @@ def test_one_copy_chunks_get_the_slots_first_and_limits_hold():
     chunks = [chunk([1, 2], index=i) for i in range(4)]
     chunks += [chunk([1], index=10 + i) for i in range(3)]
     jobs, summary = plan(chunks, srv, per_server=2)
-    # Server 1 is the only source of the one-copy chunks: two of them go
-    # first; the under-replicated ones take server 2 as source, as long
-    # as it has room (it may also be a one-copy chunk's target).
-    assert [(j.index, j.priority, j.source) for j in jobs[:2]] == [
+    # Server 1 is the primary of everything: its two slots go to one-copy
+    # chunks; the rest wait for the next round.
+    assert [(j.index, j.priority, j.source) for j in jobs] == [
         (10, repair.ONE_COPY, 1), (11, repair.ONE_COPY, 1)]
-    assert jobs[2:] and all(j.priority == repair.UNDER and j.source == 2
-                            for j in jobs[2:])
-    assert summary == {'degraded': 7, 'deferred': 7 - len(jobs)}
+    assert summary == {'degraded': 7, 'deferred': 5}
     load = {}
     for j in jobs:
         for sid in (j.source, j.target):
@@ -140,9 +137,16 @@ def test_one_copy_chunks_get_the_slots_first_and_limits_hold():
     assert max(load.values()) <= 2
 
 
+def test_servers_to_avoid_are_no_target():
+    jobs, _ = plan([chunk([1, 2])], servers(4), avoid={3})
+    assert [j.target for j in jobs] == [4]
+    jobs, summary = plan([chunk([1, 2])], servers(4), avoid={3, 4})
+    assert jobs == [] and summary['blocked'] == 1
+
+
 def test_busy_servers_count_against_the_limit():
     srv = servers(4)
-    jobs, summary = plan([chunk([1, 2])], srv, busy={1: 2, 2: 2})
+    jobs, summary = plan([chunk([1, 2])], srv, busy={1: 2})
     assert jobs == [] and summary['deferred'] == 1
     jobs, _ = plan([chunk([1, 2])], srv, busy={3: 2})
     assert [j.target for j in jobs] == [4]
@@ -160,10 +164,13 @@ def test_a_chunk_whose_copies_are_all_down_is_unavailable_not_planned():
     assert jobs == [] and summary == {'degraded': 1, 'unavailable': 1}
 
 
-def test_the_source_is_the_first_replica_that_is_up():
-    srv = servers(4, s1=down(), s3=down(since=NOW - GRACE - 1))
+def test_the_source_is_the_primary_and_a_dead_primary_is_waited_for():
+    srv = servers(4, s3=down(since=NOW - GRACE - 1))
     jobs, _ = plan([chunk([1, 2], lost=[3])], srv)
-    assert [(j.source, j.target) for j in jobs] == [(2, 4)]
+    assert [(j.source, j.target) for j in jobs] == [(1, 4)]
+    srv[1].update(down())
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv)
+    assert jobs == [] and summary == {'degraded': 1, 'deferred': 1}
 
 
 def test_a_lost_server_back_up_but_in_maintenance_is_waited_for():
@@ -189,10 +196,8 @@ def test_a_lost_id_also_in_the_replica_set_is_not_expected_back():
 
 
 def test_chunks_whose_sources_are_busy_are_deferred_and_counted():
-    jobs, summary = plan([chunk([1, 2])], servers(4), busy={1: 2, 2: 2})
+    jobs, summary = plan([chunk([1, 2])], servers(4), busy={1: 2})
     assert jobs == [] and summary == {'degraded': 1, 'deferred': 1}
-    jobs, _ = plan([chunk([1, 2])], servers(4), busy={1: 2})
-    assert [j.source for j in jobs] == [2]
 
 
 def test_chunks_of_volumes_gone_are_ignored():

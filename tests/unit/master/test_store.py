@@ -330,6 +330,20 @@ def test_dropping_a_joining_copy_abandons_it(store):
         store.abandon_join('v', 0, spare, d['epoch'])
 
 
+def test_dropping_the_primary_abandons_the_joining_copies(store):
+    ids = add_servers(store, 4)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    held = [r['id'] for r in c['replicas']]
+    spare = next(i for i in ids if i not in held)
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    d = store.drop_replica('v', 0, held[1], j['epoch'])   # not the primary
+    assert [r['id'] for r in d['joining']] == [spare]
+    d = store.drop_replica('v', 0, held[0], d['epoch'])   # the primary
+    assert d['joining'] == [] and d['epoch'] == j['epoch'] + 2
+    assert [r['id'] for r in d['replicas']] == [held[2]]
+
+
 def test_a_joining_copy_is_not_reported_stale_at_registration(store):
     ids = add_servers(store, 4)
     v = store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)

@@ -1,0 +1,86 @@
+"""A chunk server that dies for good has its chunks copied elsewhere,
+snapshots included, while the volume keeps being written: every chunk is
+back at its volume's number of replicas, in distinct failure domains, and
+every replica holds the same blocks."""
+
+import os
+import threading
+
+from cinder_ursa.client import check
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_id
+from tests.fixtures.wait import wait_for
+
+MiB = 1024 * 1024
+REPAIR_FAST = ('[ursa_master]\nreplica_grace = 1\nrepair_interval = 0.3\n')
+
+
+def test_a_dead_servers_chunks_are_copied_elsewhere_under_writes(
+        make_cluster):
+    cluster = make_cluster(4, server_timeout=1.0, extra_conf=REPAIR_FAST)
+    client = cluster.client()
+    vid = client.create_volume('v', 8 * MiB, chunk_size=MiB)['id']
+    image = bytearray(os.urandom(8 * MiB))
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, bytes(image))
+            v.flush()
+    snap = client.create_snapshot('v', 's1')
+    before = bytes(image)
+    victim = 0
+    dead = server_id(cluster, victim)
+    held = [i for i, ids in replica_sets(cluster, 'v').items() if dead in ids]
+    assert held, 'the victim holds no chunk'
+
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        # Overwrites (copy-on-write into the snapshot's layer) while the
+        # chunks are copied.
+        with data_client(cluster) as cl:
+            with cl.open_volume('v') as v:
+                k = 0
+                while not stop.is_set():
+                    off = (k * 37 % 2048) * 4096
+                    data = os.urandom(4096)
+                    try:
+                        v.write(off, data)
+                        image[off:off + 4096] = data
+                    except Exception as e:  # noqa: BLE001 - reported
+                        errors.append(repr(e))
+                    k += 1
+                v.flush()
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        cluster.kill_chunkserver(victim)
+
+        def whole():
+            sets = replica_sets(cluster, 'v')
+            return all(len(ids) == 3 and dead not in ids
+                       for ids in sets.values())
+        wait_for(whole, 90, lambda: 'every chunk back at 3 replicas: %s, '
+                 'status %s' % (replica_sets(cluster, 'v'),
+                                client.cluster_status()['repair']))
+    finally:
+        stop.set()
+        t.join(60)
+    assert errors == []
+    status = client.cluster_status()
+    assert status['degraded_chunks'] == 0 and status['joining_replicas'] == 0
+    assert status['repair']['copied_bytes'] >= len(held) * MiB
+    # Distinct failure domains (one host per server here).
+    servers = {s['id']: s for s in client.servers()}
+    for ids in replica_sets(cluster, 'v').values():
+        assert len({servers[i]['host'] for i in ids}) == 3 or \
+            len(set(ids)) == 3
+    with data_client(cluster) as cl:
+        report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
+        assert report['problems'] == [], report['problems']
+        with cl.open_volume('v', writable=False) as v:
+            assert v.read(0, 8 * MiB) == bytes(image)
+        with cl.open_volume('v@s1', writable=False) as s:
+            assert s.read(0, 8 * MiB) == before
+    assert snap['seq'] >= 1
