@@ -17,7 +17,10 @@ and has the master make it a replica.
    reaches the target behind the batch.
 4. The copies' block checksums and layer digests are compared; blocks
    that differ (writes still on their way) are copied again, a few
-   rounds at most.
+   rounds at most.  The target then flushes the volume, so its copy is
+   durable before it counts; a revert or a snapshot collection of the
+   volume during the copy (broadcast, not forwarded in write order) makes
+   it start again.
 5. The master makes the target a replica (epoch + 1), and every replica,
    the target included, is told the new epoch.
 
@@ -72,6 +75,7 @@ class RebuildMixin:
         vol, idx, target = req.volume, req.index, req.target
         addr = await self._peer(target)
         peer = await self.peers.get(*addr)
+        rewrites = self.store.rewrites(vol)
         await peer.call(control.encode_delete, vol, idx,
                         timeout=self.replication_timeout)
         chunk = await self.master.change_members(vol, idx, 'join', target,
@@ -92,6 +96,19 @@ class RebuildMixin:
                 raise exception.Unavailable(
                     reason='chunk %s/%d kept differing on server %d after '
                            '%d rounds' % (vol, idx, target, VERIFY_ROUNDS))
+            # Durable on the target before it counts as a replica.
+            peer = await self.peers.get(*addr)
+            reply = await peer.call(codec.encode_flush, vol,
+                                    timeout=max(self.replication_timeout,
+                                                60.0))
+            codec.reply_status(reply.body)
+            if self.store.rewrites(vol) != rewrites:
+                # A revert or a snapshot collection is broadcast, not
+                # forwarded in the order of the writes: the copy may
+                # have missed it in ways checksums do not show.
+                raise exception.Unavailable(
+                    reason='volume %s was reverted or collected during the '
+                           'copy of chunk %d; copy again' % (vol, idx))
             chunk = await self._change(vol, idx, 'promote', target)
         except BaseException as e:
             LOG.warning('Chunk %s/%d: copy to server %d given up: %s', vol,
@@ -174,7 +191,10 @@ class RebuildMixin:
         peer = await self.peers.get(*addr)
         reply = await peer.call(control.encode_chunk_info, c.volume, c.index,
                                 timeout=self.replication_timeout)
-        theirs = control.decode_chunk_info_ok(reply.body)
+        try:
+            theirs = control.decode_chunk_info_ok(reply.body)
+        except exception.NotFound:
+            theirs = (0, 0, 0, [])      # nothing sent: a chunk not written
         if mine[2] != theirs[2]:
             return [(0, self.store.blocks_in_use(c))]
         a, b = mine[3], theirs[3]

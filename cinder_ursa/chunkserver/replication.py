@@ -278,6 +278,11 @@ class ReplicationMixin:
                 if chunk['epoch'] > c.epoch:
                     self.store.set_epoch(c, chunk['epoch'])
         ids = [r['id'] for r in chunk['replicas']]
+        stayed = [sid for sid, _ in failed if sid in ids]
+        if stayed:
+            raise exception.Unavailable(
+                reason='chunk %s/%d: servers %s failed a write and are still '
+                       'replicas at the master; retry' % (*key, stayed))
         if self.id not in ids:
             raise exception.StaleReplica(
                 reason='this server left the replica set of chunk %s/%d'

@@ -173,6 +173,12 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             self.authority.view(req.volume, req.index, req.epoch, self.id,
                                 confirmed)
         c = self.store.check_epoch(req.volume, req.index, req.epoch)
+        if c is None:
+            # No copy here: zeros only if the master says this server is
+            # a replica (one never written), not for a map that still
+            # names a server whose copy was dropped and deleted.
+            self.authority.view(req.volume, req.index, req.epoch, self.id,
+                                confirmed)
         if frame.flags & codec.FLAG_RAW:
             if req.offset % BLOCK or req.length % BLOCK \
                     or not 0 < req.length // BLOCK \

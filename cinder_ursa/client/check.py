@@ -227,6 +227,8 @@ async def check_cluster(cluster, timeout=60.0):
                         s['id'], name, idx, nbytes)
                 continue
             if s['id'] not in owners:
+                if s['id'] in v.get('joining', {}).get(str(idx), ()):
+                    continue        # a copy being made: not yet a replica
                 if not stale:
                     problem('orphan replica', 'server is not in the replica '
                             'set and the replica is not marked stale',

@@ -101,7 +101,8 @@ class LocalReplicas:
             self._fds.move_to_end(key)
             return fds
         base = os.path.join(chunks_dir, volume, str(index))
-        if os.path.exists(base + '.stale'):
+        if os.path.exists(base + '.stale') or \
+                os.path.exists(base + '.joining'):
             return None
         flags = os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)
         meta = os.open(base + '.meta', flags)

@@ -60,6 +60,8 @@ class MasterService:
         self._repairer = None
         self._jobs = {}             # (volume, index) -> running Job
         self._avoid = {}            # target -> until when (a copy failed)
+        self._orphans = {}          # (volume, index) -> since when joining
+                                    # copies are seen with no copy running
         self._summary = {}
         self.copied_bytes = 0
         # Allocated bytes per chunk server and volume, from heartbeats.
@@ -153,6 +155,7 @@ class MasterService:
         for job in self._jobs.values():
             for sid in (job.source, job.target):
                 busy[sid] = busy.get(sid, 0) + 1
+        await self._abandon_orphans(chunks)
         chunks = [c for c in chunks
                   if (c['volume_id'], c['index']) not in self._jobs]
         now = time.monotonic()
@@ -166,6 +169,31 @@ class MasterService:
             asyncio.get_running_loop().create_task(
                 self._run_job(job, servers[job.source]))
         return jobs
+
+    async def _abandon_orphans(self, chunks):
+        """Joining copies no copy of this master's makes (their primary or
+        an earlier master died mid-copy, or could not say it ended) are
+        given up once a copy could not still be running, so the chunk is
+        planned again."""
+        now = time.monotonic()
+        seen = {}
+        for c in chunks:
+            key = (c['volume_id'], c['index'])
+            if c['joining'] and key not in self._jobs:
+                seen[key] = self._orphans.get(key, now)
+                if now - seen[key] > REBUILD_TIMEOUT:
+                    try:
+                        await self.db(self.store.abandon_joins, *key,
+                                      c['epoch'])
+                        LOG.warning('Chunk %s/%d: joining copies %s were '
+                                    'left by a copy that ended without a '
+                                    'word; given up', *key, c['joining'])
+                        c['joining'] = []
+                    except exception.UrsaError as e:
+                        LOG.info('Chunk %s/%d: joining copies not given up '
+                                 'yet (%s)', *key, e)
+                    seen.pop(key, None)
+        self._orphans = seen
 
     async def _run_job(self, job, source):
         key = (job.volume_id, job.index)

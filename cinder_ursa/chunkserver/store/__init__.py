@@ -63,6 +63,9 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
         self._generations = {}
         self._snapseqs = {}
         self._live = {}                           # vol -> (upto, live seqs)
+        # vol -> reverts and collections so far (a copy in progress
+        # cannot follow them: see chunkserver/rebuild.py).
+        self._rewrites = {}
         self._dirty = {}                          # vol -> set of Files
         self._dirty_dirs = {}                     # vol -> set of paths
         self._failed = {}                         # vol -> failed fdatasync

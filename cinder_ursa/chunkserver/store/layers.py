@@ -94,10 +94,18 @@ class SnapshotLayers:
         self._opened(c)
         return max([f.open().nblocks() for f in c.all_files()] or [0])
 
+    def rewrites(self, volume):
+        """How many reverts and collections changed ``volume`` here."""
+        return self._rewrites.get(volume, 0)
+
+    def _rewritten(self, volume):
+        self._rewrites[volume] = self._rewrites.get(volume, 0) + 1
+
     def revert(self, volume, snap, seq):
         """Make the head of every chunk of ``volume`` equal to snapshot
         ``snap``, as a write at sequence ``seq`` (later snapshots keep
         their content).  Idempotent."""
+        self._rewritten(volume)
         reverted = 0
         for c in self.volume_chunks(volume):
             if c.stale:
@@ -137,6 +145,8 @@ class SnapshotLayers:
         up to sequence ``upto`` are looked at: ``live`` says nothing of
         snapshots taken after it was read.  Returns the number of blocks
         freed (``dry_run``: that would be, nothing changes)."""
+        if not dry_run:
+            self._rewritten(volume)
         live = sorted(live)
         if upto is not None and not dry_run:
             self.note_live(volume, live, upto)

@@ -107,15 +107,18 @@ class ChunkRecords:
         then lost: its copy may serve a catch-up), or from its joining
         copies (a copy that missed a write cannot be promoted).
 
-        Idempotent: when the server is already gone, or the caller's epoch
-        is older than the chunk's, the current state is returned unchanged.
+        Idempotent: when the server is already gone, the current state is
+        returned unchanged.  ``epoch`` is the caller's, for the log only.
         """
         for _ in range(CAS_TRIES):
             with self.engine.begin() as conn:
                 vol = self._find_volume(conn, ref)
                 row = self._chunk_row(conn, vol, idx)
-                values = without_server(row, server_id) if epoch >= row.epoch \
-                    else {}
+                # Whatever the caller's epoch: a server that failed a write
+                # must not stay a member without it (its epoch may be old
+                # only because a join, a promotion or another drop came
+                # in between).
+                values = without_server(row, server_id)
                 if values and not self.set_members(conn, row, values):
                     continue    # changed meanwhile: judge it again
                 if values:
@@ -236,6 +239,17 @@ class ChunkRecords:
                     % (server_id, vol.name, idx))
             joining.remove(server_id)
             return {'joining': join_ids(joining)}
+        return self._change_members(ref, idx, epoch, change)
+
+    def abandon_joins(self, ref, idx, epoch):
+        """Give up every copy joining the chunk (no primary is making
+        them any more)."""
+        def change(row, vol, servers):
+            if not row.joining:
+                raise exception.Conflict(
+                    reason='chunk %s/%d has no joining copy' % (vol.name,
+                                                                idx))
+            return {'joining': ''}
         return self._change_members(ref, idx, epoch, change)
 
     def forget_lost(self, ref, idx, server_ids):

@@ -152,7 +152,7 @@ class SnapshotRecords:
         with self.engine.connect() as conn:
             vols = {r.id: {'id': r.id, 'name': r.name, 'status': r.status,
                            'snap_seq': r.snap_seq, 'replicas': r.replicas,
-                           'snapshots': [], 'chunks': {}}
+                           'snapshots': [], 'chunks': {}, 'joining': {}}
                     for r in conn.execute(sa.select(v))}
             for r in conn.execute(sa.select(s).order_by(s.c.seq)):
                 if r.volume_id in vols:
@@ -163,6 +163,9 @@ class SnapshotRecords:
                 if r.volume_id in vols:
                     vols[r.volume_id]['chunks'][str(r.idx)] = split_ids(
                         r.replicas)
+                    if r.joining:
+                        vols[r.volume_id]['joining'][str(r.idx)] = \
+                            split_ids(r.joining)
             servers = [self._public(self._server_dict(r))
                        for r in conn.execute(sa.select(
                            models.chunkservers))]

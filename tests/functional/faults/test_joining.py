@@ -12,7 +12,9 @@ import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import rest
 from tests.fixtures.cluster import server_id
 from tests.fixtures.cluster import server_index
 
@@ -100,3 +102,31 @@ def test_a_joining_copy_that_fails_is_given_up_not_the_write(joined):
     assert chunk['joining'] == []
     assert spare not in [r['id'] for r in chunk['replicas']]
     assert len(chunk['replicas']) == 3
+
+
+def test_a_returning_server_whose_copy_was_deleted_answers_no_read(
+        joined):
+    """A server dropped from a chunk, back after a restart, whose old copy
+    was deleted (as a new copy starts): a map that still names it gets no
+    zeros from it, since it asks the master whether it is a replica."""
+    cluster, vid, _ = joined
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
+    replica = chunk['replicas'][1]
+    status, _ = rest(cluster, 'POST', '/volumes/%s/chunks/0/drop' % vid,
+                     {'server_id': replica['id'], 'epoch': chunk['epoch']})
+    assert status == 200
+    i = server_index(cluster, replica['id'])
+    cluster.kill_chunkserver(i, signal.SIGTERM)
+    cluster.start_chunkserver(i)
+    addr = (replica['address'], replica['port'])
+
+    async def delete_then_read(c):
+        conn = await c.pool.get(*addr)
+        reply = await conn.request(6, control.encode_delete(6, vid, 0), 10)
+        codec.reply_status(reply.body)
+        reply = await conn.request(7, codec.encode_read(
+            7, vid, 0, chunk['epoch'], 0, BS), 10)
+        codec.reply_status(reply.body)
+    with data_client(cluster) as cl:
+        with pytest.raises((exception.StaleReplica, exception.StaleEpoch)):
+            cl.run(delete_then_read)

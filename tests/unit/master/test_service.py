@@ -95,3 +95,38 @@ def test_usage_from_heartbeats(service):
     service.note_usage(2, {vol['id']: 3 * MiB})
     assert service.allocated(dict(vol))['allocated_bytes'] == 3 * MiB
     assert service.allocated_total() == 6 * MiB
+
+
+def test_joining_copies_no_copy_makes_are_given_up(service, monkeypatch):
+    """A copy whose primary (or an earlier master) died mid-way leaves a
+    joining entry that would count as a copy for good: the repairer gives
+    it up once no copy could still be running, and the chunk is planned
+    again."""
+    store = service.store
+    store.register_server('uuid-4th', 'd', 'r', '127.0.0.1', 9009, 10 ** 12,
+                          0, 10 ** 12)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    held = [r['id'] for r in c['replicas']]
+    spare = next(s['id'] for s in store.list_servers()
+                 if s['id'] not in held)
+    store.join_replica('v', 0, spare, c['epoch'])
+    started = []
+
+    async def no_copy(job, source):
+        started.append(job)
+    monkeypatch.setattr(service, '_run_job', no_copy)
+    run(service.repair_round())
+    assert store.chunk_members('v', 0)['joining'] == [spare]
+    assert started == []                 # the joining copy counts
+    monkeypatch.setattr(service_mod, 'REBUILD_TIMEOUT', -1)
+    run(service.repair_round())
+    assert store.chunk_members('v', 0)['joining'] == []
+
+
+def test_abandon_joins_needs_a_joining_copy(service):
+    store = service.store
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    with pytest.raises(exception.Conflict, match='no joining'):
+        store.abandon_joins('v', 0, c['epoch'])
