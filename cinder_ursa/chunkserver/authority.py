@@ -109,6 +109,17 @@ class Authority:
                            server_id, v.replicas, volume, index, epoch))
         return v
 
+    def primary_view(self, volume, index, epoch, server_id, confirmed):
+        """:meth:`view`, for a request only the chunk's primary takes
+        (REPAIR, REBUILD): StaleEpoch when this server is not it."""
+        v = self.view(volume, index, epoch, server_id, confirmed)
+        if v.replicas[0] != server_id:
+            raise exception.StaleEpoch(
+                reason='chunk %s/%d: this server (%d) is not its primary '
+                       '(%s); refresh the chunk map' % (
+                           volume, index, server_id, v.replicas))
+        return v
+
     def current(self, volume, index):
         """The chunk's view last learned from the master, or None."""
         return self._views.get((volume, index))

@@ -50,13 +50,8 @@ class RebuildMixin:
     ``_reply_error``)."""
 
     def _rebuild(self, conn, frame, req, confirmed):
-        view = self.authority.view(req.volume, req.index, req.epoch, self.id,
-                                   confirmed)
-        if view.replicas[0] != self.id:
-            raise exception.StaleEpoch(
-                reason='chunk %s/%d: this server (%d) is not its primary '
-                       '(%s); refresh the chunk map' % (
-                           req.volume, req.index, self.id, view.replicas))
+        view = self.authority.primary_view(req.volume, req.index, req.epoch,
+                                           self.id, confirmed)
         if req.target in view.replicas:
             raise exception.Conflict(
                 reason='chunk server %d is already a replica of chunk %s/%d'

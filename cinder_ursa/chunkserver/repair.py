@@ -41,13 +41,8 @@ class RepairMixin:
         """REPAIR (to the primary): make blocks identical and valid on
         every replica.  The chunk is held meanwhile (its writes wait), so
         what is pushed is the latest content and no write overtakes it."""
-        view = self.authority.view(req.volume, req.index, req.epoch, self.id,
-                                   confirmed)
-        if view.replicas[0] != self.id:
-            raise exception.StaleEpoch(
-                reason='chunk %s/%d: this server (%d) is not its primary '
-                       '(%s); refresh the chunk map' % (
-                           req.volume, req.index, self.id, view.replicas))
+        view = self.authority.primary_view(req.volume, req.index, req.epoch,
+                                           self.id, confirmed)
         self.gate.hold((req.volume, req.index),
                        self._repair_run(conn, frame, req, view))
 
