@@ -19,6 +19,17 @@ LOG = logging.getLogger(__name__)
 CAS_TRIES = 10
 
 
+def _joining_without(row, vol, idx, server_id):
+    """The chunk's joining copies but ``server_id``, which must be one."""
+    joining = split_ids(row.joining)
+    if server_id not in joining:
+        raise exception.Conflict(
+            reason='chunk server %d is not joining chunk %s/%d'
+            % (server_id, vol.name, idx))
+    joining.remove(server_id)
+    return joining
+
+
 def without_server(row, server_id):
     """The column changes that take ``server_id`` out of a chunk's
     membership (none when it is not in it, or is its last replica: the
@@ -211,12 +222,7 @@ class ChunkRecords:
         """A joining copy is up to date: it becomes a replica (the last of
         the set) and is no longer counted lost."""
         def change(row, vol, servers):
-            joining = split_ids(row.joining)
-            if server_id not in joining:
-                raise exception.Conflict(
-                    reason='chunk server %d is not joining chunk %s/%d'
-                    % (server_id, vol.name, idx))
-            joining.remove(server_id)
+            joining = _joining_without(row, vol, idx, server_id)
             lost = split_ids(row.lost)
             if server_id in lost:
                 lost.remove(server_id)
@@ -232,13 +238,8 @@ class ChunkRecords:
     def abandon_join(self, ref, idx, server_id, epoch):
         """Stop bringing a copy up to date (its catch-up failed)."""
         def change(row, vol, servers):
-            joining = split_ids(row.joining)
-            if server_id not in joining:
-                raise exception.Conflict(
-                    reason='chunk server %d is not joining chunk %s/%d'
-                    % (server_id, vol.name, idx))
-            joining.remove(server_id)
-            return {'joining': join_ids(joining)}
+            return {'joining': join_ids(_joining_without(row, vol, idx,
+                                                         server_id))}
         return self._change_members(ref, idx, epoch, change)
 
     def abandon_joins(self, ref, idx, epoch):
