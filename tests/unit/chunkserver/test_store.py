@@ -315,7 +315,9 @@ def test_a_replica_copied_raw_with_its_layers_reads_the_same(st, tmp_path):
 
 def test_deep_chunk_info_reports_torn_blocks(st):
     c = st.check_epoch(VOL, 0, 1, create=True)
-    st.write(c, 0, os.urandom(3 * 4096))
+    data = bytearray(os.urandom(3 * 4096))
+    data[2 * 4096 + 7] = 0          # so the byte written below changes it
+    st.write(c, 0, bytes(data))
     os.pwrite(c.head.data_fd, b'x', 2 * 4096 + 7)
     plain = st.chunk_info(VOL, 0)
     deep = st.chunk_info(VOL, 0, deep=True)
