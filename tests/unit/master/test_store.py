@@ -18,6 +18,16 @@ def store(tmp_path):
     s.close()
 
 
+def one_chunk(store):
+    """Four servers and volume 'v' with one chunk allocated: (the chunk,
+    its replicas' server ids, the server holding no copy)."""
+    ids = add_servers(store, 4)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    held = [r['id'] for r in c['replicas']]
+    return c, held, next(i for i in ids if i not in held)
+
+
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
     assert store.schema_version() == '0007'
     store.upgrade()
@@ -251,11 +261,7 @@ def test_a_joining_copy_takes_writes_then_becomes_a_replica(store):
 
 
 def test_a_failed_join_is_abandoned(store):
-    ids = add_servers(store, 4)
-    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
-    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
-    spare = next(i for i in ids
-                 if i not in [r['id'] for r in c['replicas']])
+    c, _, spare = one_chunk(store)
     j = store.join_replica('v', 0, spare, c['epoch'])
     a = store.abandon_join('v', 0, spare, j['epoch'])
     assert a['joining'] == [] and a['epoch'] == j['epoch'] + 1
@@ -320,11 +326,7 @@ def test_a_drop_racing_a_promotion_loses_neither(store, tmp_path,
 
 
 def test_dropping_a_joining_copy_abandons_it(store):
-    ids = add_servers(store, 4)
-    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
-    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
-    spare = next(i for i in ids
-                 if i not in [r['id'] for r in c['replicas']])
+    c, _, spare = one_chunk(store)
     j = store.join_replica('v', 0, spare, c['epoch'])
     d = store.drop_replica('v', 0, spare, j['epoch'])
     assert d['joining'] == [] and d['epoch'] == j['epoch'] + 1
