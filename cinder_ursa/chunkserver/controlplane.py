@@ -1,7 +1,7 @@
 """A chunk server's control side: registration with the master and the
 heartbeat (membership), the control requests (FLUSH, FENCE, DELETE,
-CHUNK_INFO, INVENTORY, SNAPSHOT, REVERT), and syncs: what a FLUSH or a FUA
-write waits for."""
+CHUNK_INFO, ENTRIES, INVENTORY, SNAPSHOT, REVERT), and syncs: what a FLUSH
+or a FUA write waits for."""
 
 import asyncio
 import logging
@@ -91,6 +91,18 @@ class ControlMixin:
             conn.send(control.encode_chunk_info_ok(
                 frame.req_id, *self.store.chunk_info(
                     vol, idx, bool(frame.flags & codec.FLAG_DEEP))))
+        elif op == codec.ENTRIES:
+            vol, idx, first, count = control.decode_entries(frame.body)
+            self.store.check_failed(vol)
+            c = (self.store.rejoin(vol, idx)
+                 if frame.flags & codec.FLAG_JOIN else
+                 self.store.held(vol, idx))
+            if c is None:
+                raise exception.NotFound(kind='chunk replica',
+                                         name='%s/%d' % (vol, idx))
+            conn.send(control.encode_entries_ok(
+                frame.req_id, c.epoch, self.store.blocks_in_use(c),
+                self.store.entry_tables(c, first, count)))
         elif op == codec.INVENTORY:
             vol = control.decode_inventory(frame.body)
             conn.send(control.encode_inventory_ok(

@@ -1,46 +1,61 @@
-"""REBUILD: a chunk's primary gives another chunk server a full copy of
-the chunk, head and snapshot layers, while the chunk keeps taking writes,
-and has the master make it a replica.
+"""REBUILD: a chunk's primary brings another chunk server's copy of the
+chunk up to date, head and snapshot layers, while the chunk keeps taking
+writes, and has the master make it a replica.
 
-1. The target's old copy of the chunk, if any, is deleted.
+1. The target keeps what it holds of the chunk (a server that returns
+   after an absence, or a copy given up halfway, still has most of it):
+   its copy becomes a joining copy, which serves no reads (ENTRIES with
+   FLAG_JOIN; a stale mark is cleared).
 2. The master adds the target to the chunk's joining copies (epoch + 1):
    from then on the primary forwards every write to it too
-   (:mod:`.replication`), and it answers no read.
-3. The chunk is copied in batches of blocks, raw (entries and data as
-   stored), the head and every layer (and the layer of the current
-   snapshot sequence, which forwarded writes may fill on the target
-   before the blocks they preserve there arrive).  A batch is read and
-   sent in one turn of the event loop, on the connection the forwarded
-   writes take:
-   a write applied before the read is in the batch (and the copy of it
+   (:mod:`.replication`).
+3. Rounds of comparison: the target sends the metadata entries of its
+   head and layers (CRC and word of every block, no data), the primary
+   compares them with its own, and pushes the blocks whose entries
+   differ, raw (entries and data as stored), in each layer where they
+   differ: a returning server gets only what changed while it was away,
+   a server with no copy gets every block in use, and a layer the target
+   has and this copy not is emptied.  A block is read and sent in one
+   turn of the event loop, on the connection the forwarded writes take:
+   a write applied before the read is in the push (and the copy of it
    forwarded earlier or later changes nothing), a write applied after it
-   reaches the target behind the batch.
-4. The copies' block checksums and layer digests are compared; blocks
-   that differ (writes still on their way) are copied again, a few
-   rounds at most.  The target then flushes the volume, so its copy is
-   durable before it counts; a revert or a snapshot collection of the
-   volume during the copy (broadcast, not forwarded in write order) makes
-   it start again.
+   reaches the target behind the push.  Rounds go on until a comparison
+   finds no difference (writes still on their way make some), a few
+   rounds at most.  Comparing every entry, not a record of the writes
+   made while the target was away, also mends what a crash of the target
+   lost (writes it had taken but not made durable).
+4. The target flushes the volume, so its copy is durable before it
+   counts; a revert or a snapshot collection of the volume during the
+   copy (broadcast, not forwarded in write order) makes it start again.
 5. The master makes the target a replica (epoch + 1), and every replica,
    the target included, is told the new epoch.
 
 Any failure gives the copy up (the master removes it from the joining
-copies) and is answered to the master, whose planner tries again later.
+copies) and is answered to the master, whose planner tries again later;
+the target keeps what it received, so the next try copies less.
+
+Two entries that are equal are taken for equal blocks: their CRC32C and
+their word (state and snapshot sequence) match.  A block rewritten while
+its server was away with different data of the same CRC32C (one chance in
+2**32 per block rewritten) would be missed; the deep check of
+``ursa volume check --deep`` compares data.
 """
 
 import logging
 
 from cinder_ursa import exception
-from cinder_ursa.common import checksum
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import ENTRY
 from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
 
-BATCH = 256                 # blocks per raw push (1 MiB)
-VERIFY_ROUNDS = 5
+BATCH = 256                 # blocks per raw push at most (1 MiB)
+WINDOW = 8 * 1024 * 1024    # bytes of pushes in flight to the target
+ROUNDS = 8                  # comparisons before the copy is given up
+SCAN = control.MAX_ENTRY_BLOCKS
 
 
 class RebuildMixin:
@@ -69,28 +84,29 @@ class RebuildMixin:
     async def _rebuild_chunk(self, req):
         vol, idx, target = req.volume, req.index, req.target
         addr = await self._peer(target)
-        peer = await self.peers.get(*addr)
         rewrites = self.store.rewrites(vol)
-        await peer.call(control.encode_delete, vol, idx,
-                        timeout=self.replication_timeout)
+        old = await self._entries(addr, vol, idx, 0, 0, join=True)
         chunk = await self.master.change_members(vol, idx, 'join', target,
                                                  req.epoch)
         c = self._adopt(vol, chunk)
-        LOG.info('Chunk %s/%d: copying it to server %d (epoch %d)', vol,
-                 idx, target, c.epoch)
+        if old is None:
+            LOG.info('Chunk %s/%d: server %d has no copy: copying every '
+                     'block in use (epoch %d)', vol, idx, target, c.epoch)
+        else:
+            LOG.info('Chunk %s/%d: server %d has a copy of epoch %d: '
+                     'copying the blocks that differ (epoch %d)', vol, idx,
+                     target, old[0], c.epoch)
         try:
-            copied = await self._copy_blocks(c, addr, 0,
-                                             self.store.blocks_in_use(c))
-            for _ in range(VERIFY_ROUNDS):
-                differ = await self._differing_blocks(c, addr)
-                if not differ:
+            copied = 0
+            for _ in range(ROUNDS):
+                runs = await self._differences(c, addr)
+                if not runs:
                     break
-                for first, count in differ:
-                    copied += await self._copy_blocks(c, addr, first, count)
+                copied += await self._push_runs(c, addr, runs)
             else:
                 raise exception.Unavailable(
                     reason='chunk %s/%d kept differing on server %d after '
-                           '%d rounds' % (vol, idx, target, VERIFY_ROUNDS))
+                           '%d rounds' % (vol, idx, target, ROUNDS))
             # Durable on the target before it counts as a replica.
             peer = await self.peers.get(*addr)
             reply = await peer.call(codec.encode_flush, vol,
@@ -100,7 +116,7 @@ class RebuildMixin:
             if self.store.rewrites(vol) != rewrites:
                 # A revert or a snapshot collection is broadcast, not
                 # forwarded in the order of the writes: the copy may
-                # have missed it in ways checksums do not show.
+                # have missed it in ways the entries do not show.
                 raise exception.Unavailable(
                     reason='volume %s was reverted or collected during the '
                            'copy of chunk %d; copy again' % (vol, idx))
@@ -122,7 +138,6 @@ class RebuildMixin:
         LOG.info('Chunk %s/%d: server %d is a replica (epoch %d, %d bytes '
                  'copied)', vol, idx, target, c.epoch, copied)
         return copied
-
     async def _change(self, vol, idx, action, target):
         """Promote or abandon the target's copy at the chunk's current
         epoch (another change, a dropped replica, may have bumped it)."""
@@ -147,63 +162,72 @@ class RebuildMixin:
                                    create=True)
         return c
 
-    async def _copy_blocks(self, c, addr, first, count):
-        """Push blocks ``first .. first+count-1`` of the head and of every
-        layer, raw, in batches; return the bytes sent."""
+    async def _entries(self, addr, vol, idx, first, count, join=False):
+        """(epoch, blocks in use, {layer: entries}) of the target's copy
+        (None: it has none)."""
+        peer = await self.peers.get(*addr)
+        reply = await peer.call(control.encode_entries, vol, idx, first,
+                                count, join, timeout=self.replication_timeout)
+        try:
+            return control.decode_entries_ok(reply.body)
+        except exception.NotFound:
+            return None
+
+    async def _differences(self, c, addr):
+        """[(layer, first, count)]: the runs of blocks whose entries
+        differ between this copy and the target's."""
+        runs = []
+        first, end = 0, self.store.blocks_in_use(c)
+        while True:
+            theirs = await self._entries(addr, c.volume, c.index, first, SCAN)
+            if theirs is not None:
+                end = max(end, theirs[1])
+                theirs = theirs[2]
+            mine = dict(self.store.entry_tables(c, first, SCAN))
+            runs.extend(differing_runs(mine, theirs or {}, first))
+            first += SCAN
+            if first >= end:
+                return runs
+
+    async def _push_runs(self, c, addr, runs):
+        """Push the blocks of ``runs`` (layer, first, count), raw, with at
+        most WINDOW bytes in flight; return the bytes sent."""
         sent = 0
-        for at in range(first, first + count, BATCH):
-            n = min(BATCH, first + count - at)
-            peer = self.peers.connected(*addr) or \
-                await self.peers.get(*addr)
-            # Read and send in one turn of the loop: see the module.  The
-            # layer of the current snapshot sequence goes too, even where
-            # this copy has nothing in it: a write that reached the target
-            # before its blocks may have preserved there a block the
-            # target did not have yet, which this copy did not.
-            pending = []
-            current = self.store.snapseq(c.volume)
-            layers = sorted(set(c.layer_ids()) | ({current} if current
-                                                  else set()))
-            for layer in [0] + layers:
+        pending, inflight = [], 0
+        for layer, first, count in runs:
+            for at in range(first, first + count, BATCH):
+                n = min(BATCH, first + count - at)
+                peer = self.peers.connected(*addr) or \
+                    await self.peers.get(*addr)
+                # Read and send in one turn of the loop: see the module.
                 entries, data = self.store.raw(c, at, n, layer)
                 flags = codec.FLAG_RAW | (codec.FLAG_LAYER if layer else 0)
                 push = codec.WriteRequest(c.volume, c.index, c.epoch, 0,
                                           layer, at * BLOCK, n * BLOCK, [],
                                           entries + data, flags)
                 rid = aio.next_req_id()
-                pending.append((rid, peer.send(rid, codec.encode_replicate(
-                    rid, push, c.epoch))))
+                pending.append((peer, rid, peer.send(
+                    rid, codec.encode_replicate(rid, push, c.epoch))))
                 sent += len(data)
-            for rid, fut in pending:
-                reply = await peer.wait(rid, fut, self.replication_timeout)
-                codec.decode_write_ok(reply.body)
+                inflight += len(data)
+                if inflight >= WINDOW:
+                    await self._settle(pending)
+                    inflight = 0
+        await self._settle(pending)
         return sent
 
-    async def _differing_blocks(self, c, addr):
-        """Ranges (first, count) whose checksums differ between this copy
-        and the target's; the whole chunk when the layers differ."""
-        mine = self.store.chunk_info(c.volume, c.index)
-        peer = await self.peers.get(*addr)
-        reply = await peer.call(control.encode_chunk_info, c.volume, c.index,
-                                timeout=self.replication_timeout)
+    async def _settle(self, pending):
+        """Wait for the replies of the pushes in ``pending`` (emptied)."""
         try:
-            theirs = control.decode_chunk_info_ok(reply.body)
-        except exception.NotFound:
-            theirs = (0, 0, 0, [])      # nothing sent: a chunk not written
-        if mine[2] != theirs[2]:
-            return [(0, self.store.blocks_in_use(c))]
-        a, b = mine[3], theirs[3]
-        n = max(len(a), len(b))
-        zero = checksum.ZERO_CRC
-        out = []
-        for i in range(n):
-            if (a[i] if i < len(a) else zero) != (b[i] if i < len(b)
-                                                   else zero):
-                if out and out[-1][0] + out[-1][1] == i:
-                    out[-1] = (out[-1][0], out[-1][1] + 1)
-                else:
-                    out.append((i, 1))
-        return out
+            while pending:
+                peer, rid, fut = pending[0]
+                reply = await peer.wait(rid, fut, self.replication_timeout)
+                del pending[0]
+                codec.decode_write_ok(reply.body)
+        finally:
+            for peer, rid, _ in pending:
+                peer.forget(rid)
+            pending.clear()
 
     async def _announce_epoch(self, vol, idx, epoch, replicas):
         """Every replica learns the new epoch now (an empty copy-up carries
@@ -219,3 +243,33 @@ class RebuildMixin:
                 LOG.warning('Chunk %s/%d: server %d did not take epoch %d '
                             '(%s); it learns it with the next write', vol,
                             idx, sid, epoch, e)
+
+
+def differing_runs(mine, theirs, first):
+    """[(layer, first, count)]: the runs of blocks, from block ``first``,
+    whose entries differ between two copies' tables ({layer: entry bytes};
+    missing entries are zeros: absent, not in the layer)."""
+    runs = []
+    for layer in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(layer, b''), theirs.get(layer, b'')
+        if a == b:
+            continue
+        n = max(len(a), len(b))
+        a, b = a.ljust(n, b'\0'), b.ljust(n, b'\0')
+        start = None
+        step = 256 * ENTRY        # skip equal stretches quickly
+        for base in range(0, n, step):
+            if start is None and a[base:base + step] == b[base:base + step]:
+                continue
+            for pos in range(base, min(base + step, n), ENTRY):
+                same = a[pos:pos + ENTRY] == b[pos:pos + ENTRY]
+                if not same and start is None:
+                    start = pos
+                elif same and start is not None:
+                    runs.append((layer, first + start // ENTRY,
+                                 (pos - start) // ENTRY))
+                    start = None
+        if start is not None:
+            runs.append((layer, first + start // ENTRY,
+                         (n - start) // ENTRY))
+    return runs

@@ -458,10 +458,10 @@ class MasterAPI:
         ref = request.match_info['ref']
         idx = _path_int(request, 'idx')
         b = await _body(request)
-        chunk = await self.db(
-            self.store.drop_replica, ref, idx,
-            b.get('server_id', int, required=True),
-            b.get('epoch', int, required=True))
+        sid = b.get('server_id', int, required=True)
+        chunk = await self.db(self.store.drop_replica, ref, idx, sid,
+                              b.get('epoch', int, required=True))
+        self.service.note_failure(sid)
         return web.json_response({'chunk': chunk})
 
     async def _change_members(self, fn, request):

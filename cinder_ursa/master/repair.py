@@ -15,7 +15,8 @@ The rules, in the order they apply to a chunk with fewer copies
   master to drop it (another replica becomes primary).
 * A server dropped from the chunk (``lost``) that is up again, and not
   in maintenance, is the first choice of target: it still holds most of
-  the data (its copy is brought up to date, not made anew).
+  the data (its copy is brought up to date, not made anew).  When it
+  already takes ``per_server`` copies, the chunk waits for it.
 * A lost server that is in maintenance, or down for less than the grace
   period, is expected back and holds the place of one missing copy: the
   chunk waits for it, as long as it has at least two replicas.  A chunk
@@ -37,6 +38,8 @@ from cinder_ursa.master import placement
 ONE_COPY, RETURNING, UNDER = 0, 1, 2
 REASONS = {ONE_COPY: 'one copy left', RETURNING: 'its server returned',
            UNDER: 'under-replicated'}
+
+BUSY = object()     # _target: the chunk waits for a busy returning server
 
 Job = collections.namedtuple(
     'Job', 'volume_id index epoch source target priority')
@@ -119,6 +122,9 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
             continue
         target = _target(c, returning, servers, level, busy, per_server,
                          avoid, rng)
+        if target is BUSY:
+            summary['deferred'] += 1    # its old server is busy: wait
+            continue
         if target is None:
             summary['blocked'] += 1
             continue
@@ -145,6 +151,13 @@ def _target(chunk, returning, servers, level, busy, per_server, avoid,
     for sid in returning:
         if eligible(servers[sid]):
             return sid
+    for sid in returning:
+        s = servers[sid]
+        if (sid not in avoid and busy[sid] >= per_server and
+                placement.domain_of(s, level) not in used):
+            # Its old server holds most of the data and takes other
+            # copies now: wait for it rather than copy all elsewhere.
+            return BUSY
     taken = set(chunk['replicas'] + chunk['joining'])
     chosen = placement.choose(
         [s for s in servers.values() if s['id'] not in taken and

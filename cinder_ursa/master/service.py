@@ -64,6 +64,7 @@ class MasterService:
                                     # copies are seen with no copy running
         self._summary = {}
         self.copied_bytes = 0
+        self._failed_at = {}    # server id -> when it failed a write
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
 
@@ -160,6 +161,7 @@ class MasterService:
                   if (c['volume_id'], c['index']) not in self._jobs]
         now = time.monotonic()
         self._avoid = {s: t for s, t in self._avoid.items() if t > now}
+        servers = self._suspected(servers)
         jobs, self._summary = repair.plan(
             chunks, goals, servers, time.time(), self.replica_grace,
             self.store.failure_domain, busy, self.repair_per_server,
@@ -169,6 +171,25 @@ class MasterService:
             asyncio.get_running_loop().create_task(
                 self._run_job(job, servers[job.source]))
         return jobs
+
+    def note_failure(self, server_id):
+        """A primary dropped ``server_id`` from a chunk: it failed a write
+        (it may be dead, not yet marked down)."""
+        self._failed_at[server_id] = time.time()
+
+    def _suspected(self, servers):
+        """``servers`` where those that failed a write and have not sent a
+        heartbeat since are taken as down since that failure: the planner
+        then waits for them the grace period, as for a server marked down,
+        instead of copying to a dead one, then elsewhere in full."""
+        out = dict(servers)
+        for sid, at in list(self._failed_at.items()):
+            s = servers.get(sid)
+            if s is None or s['last_seen'] > at or s['state'] != 'up':
+                del self._failed_at[sid]
+                continue
+            out[sid] = dict(s, state='down', down_since=at)
+        return out
 
     async def _abandon_orphans(self, chunks):
         """Joining copies no copy of this master's makes (their primary or
@@ -213,6 +234,7 @@ class MasterService:
             # yet marked down.
             self._avoid[job.target] = time.monotonic() + max(
                 AVOID_AFTER_FAILURE, 3 * self.repair_interval)
+            self.note_failure(job.target)
             LOG.warning('Chunk %s/%d: copy from server %d to server %d '
                         'failed (%s); the planner tries again', *key,
                         job.source, job.target, e)

@@ -58,13 +58,14 @@ REVERT = 0x18
 INVENTORY = 0x19
 REPAIR = 0x1A
 REBUILD = 0x1B
+ENTRIES = 0x1C
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
     WRITE: 'WRITE', REPLICATE: 'REPLICATE', FLUSH: 'FLUSH', FENCE: 'FENCE',
     DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
     REVERT: 'REVERT', INVENTORY: 'INVENTORY', REPAIR: 'REPAIR',
-    REBUILD: 'REBUILD',
+    REBUILD: 'REBUILD', ENTRIES: 'ENTRIES',
 }
 
 # Request flags.
@@ -84,6 +85,9 @@ FLAG_DEEP = 0x0100       # CHUNK_INFO: read every block, report torn ones
 # REPLICATE with FLAG_RAW: the blocks are those of the snapshot layer of
 # sequence ``seq``, not of the head.
 FLAG_LAYER = 0x0200
+# ENTRIES: the copy here is to be brought up to date: it serves no reads
+# from now on (its stale mark, if any, is cleared).
+FLAG_JOIN = 0x0400
 
 # Reply status values: one table, both directions.
 OK = 0

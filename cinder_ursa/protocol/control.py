@@ -1,6 +1,7 @@
 """Sans-I/O codec of the data protocol's control messages: what the master
 asks of chunk servers (FENCE, SNAPSHOT, REVERT, DELETE), what a chunk's
-state is (CHUNK_INFO, INVENTORY) and REPAIR, with their replies.
+state is (CHUNK_INFO, INVENTORY, ENTRIES), REPAIR and REBUILD, with their
+replies.
 
 Framing, authentication, the data requests (READ, WRITE, REPLICATE,
 FLUSH) and the error replies are in :mod:`.codec`.
@@ -9,15 +10,18 @@ FLUSH) and the error replies are in :mod:`.codec`.
 import struct
 
 from cinder_ursa import exception
+from cinder_ursa.protocol.chunkfile import ENTRY
 from cinder_ursa.protocol.codec import _STATUS
 from cinder_ursa.protocol.codec import _U32
 from cinder_ursa.protocol.codec import _U64
 from cinder_ursa.protocol.codec import CHUNK_INFO
 from cinder_ursa.protocol.codec import DELETE
+from cinder_ursa.protocol.codec import ENTRIES
 from cinder_ursa.protocol.codec import FENCE
 from cinder_ursa.protocol.codec import FLAG_DEEP
 from cinder_ursa.protocol.codec import FLAG_DRY_RUN
 from cinder_ursa.protocol.codec import FLAG_GC
+from cinder_ursa.protocol.codec import FLAG_JOIN
 from cinder_ursa.protocol.codec import INVENTORY
 from cinder_ursa.protocol.codec import OK
 from cinder_ursa.protocol.codec import REBUILD
@@ -49,6 +53,12 @@ _INV_ENTRY = struct.Struct('!16sQQQBH')
 # status, epoch, allocated, layers digest, nblocks
 _INFO_OK = struct.Struct('!HQQII')
 MAX_LIVE = 65536                           # live snapshots per SNAPSHOT
+_ENTRIES = struct.Struct('!16sQII')        # volume, index, first, count
+MAX_ENTRY_BLOCKS = 4096                    # blocks per ENTRIES (16 MiB)
+# status, epoch, blocks in use, table count (then per table: layer
+# sequence, 0 for the head, and entry bytes, then the entries)
+_ENTRIES_OK = struct.Struct('!HQQI')
+_TABLE = struct.Struct('!QI')
 
 
 def encode_fence(req_id, volume, generation):
@@ -166,6 +176,57 @@ def decode_rebuild(body):
     _check(body, _REBUILD, 'REBUILD')
     vol, index, epoch, target = _REBUILD.unpack_from(body)
     return RebuildRequest(_uuid_str(vol), index, epoch, target)
+
+
+def encode_entries(req_id, volume, index, first, count, join=False):
+    """The metadata entries of blocks ``first .. first+count-1`` of a
+    copy, of its head and of every layer: what a chunk's primary compares
+    with its own to copy only the blocks that differ.  ``join``: the copy
+    is about to be brought up to date and serves no reads from now on
+    (``count`` may then be 0)."""
+    return _frame(ENTRIES, req_id, _ENTRIES.pack(_uuid_bytes(volume), index,
+                                                 first, count),
+                  FLAG_JOIN if join else 0)
+
+
+def decode_entries(body):
+    """(volume, index, first, count)."""
+    _check(body, _ENTRIES, 'ENTRIES')
+    vol, index, first, count = _ENTRIES.unpack_from(body)
+    if count > MAX_ENTRY_BLOCKS:
+        raise exception.ProtocolError(reason='ENTRIES of %d blocks (at most '
+                                      '%d)' % (count, MAX_ENTRY_BLOCKS))
+    return _uuid_str(vol), index, first, count
+
+
+def encode_entries_ok(req_id, epoch, nblocks, tables):
+    """``tables``: [(layer sequence or 0 for the head, entry bytes)]."""
+    parts = [_ENTRIES_OK.pack(OK, epoch, nblocks, len(tables))]
+    for layer, raw in tables:
+        parts.append(_TABLE.pack(layer, len(raw)))
+        parts.append(bytes(raw))
+    return _frame(ENTRIES | REPLY, req_id, b''.join(parts))
+
+
+def decode_entries_ok(body):
+    """(epoch, blocks in use, {layer: entry bytes})."""
+    reply_status(body)
+    _check(body, _ENTRIES_OK, 'ENTRIES reply')
+    _, epoch, nblocks, n = _ENTRIES_OK.unpack_from(body)
+    pos, tables = _ENTRIES_OK.size, {}
+    for _ in range(n):
+        if len(body) < pos + _TABLE.size:
+            raise exception.ProtocolError(reason='ENTRIES reply truncated')
+        layer, size = _TABLE.unpack_from(body, pos)
+        pos += _TABLE.size
+        if size % ENTRY or len(body) < pos + size:
+            raise exception.ProtocolError(reason='ENTRIES reply truncated')
+        tables[layer] = bytes(body[pos:pos + size])
+        pos += size
+    if pos != len(body):
+        raise exception.ProtocolError(reason='ENTRIES reply has %d trailing '
+                                      'bytes' % (len(body) - pos))
+    return epoch, nblocks, tables
 
 
 def encode_inventory(req_id, volume=None):

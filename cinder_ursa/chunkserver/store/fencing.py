@@ -117,6 +117,22 @@ class Fencing:
                  'joins: it takes writes and serves no reads until it is '
                  'up to date' if joining else 'is a replica again')
 
+    def rejoin(self, volume, index):
+        """Make the copy of a chunk held here, stale or not, a joining copy
+        (to be brought up to date: it serves no reads); return it (None:
+        no copy is held)."""
+        c = self._chunk(volume, index)
+        if c is None:
+            return None
+        self.set_joining(c, True)
+        if c.stale:
+            os.unlink(c.base + '.stale')
+            fsync_dir(os.path.dirname(c.base))
+            c.stale = False
+            LOG.info('Stale copy of chunk %s/%d is to be brought up to date',
+                     volume, index)
+        return c
+
     def mark_stale(self, volume, index):
         c = self._chunk(volume, index)
         if c is not None and not c.stale:

@@ -20,6 +20,11 @@ class ChunkHandles:
     def volume_chunks(self, volume):
         return [c for (v, _), c in self._known.items() if v == volume]
 
+    def held(self, volume, index):
+        """The copy of a chunk held here, whatever its state (None: no
+        copy is)."""
+        return self._chunk(volume, index)
+
     def _chunk(self, volume, index, create=False):
         key = (volume, index)
         c = self._known.get(key)

@@ -9,6 +9,7 @@ import struct
 from cinder_ursa import exception
 from cinder_ursa.chunkserver.store.mending import torn_blocks
 from cinder_ursa.common import checksum
+from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.protocol.chunkfile import DATA
 from cinder_ursa.protocol.chunkfile import ENTRY
 
@@ -54,6 +55,25 @@ class Inventory:
         if deep:
             return c.epoch, self._allocated(c), digest, crcs, torn
         return c.epoch, self._allocated(c), digest, crcs
+
+    def entry_tables(self, c, first, count):
+        """The metadata entries of blocks ``first .. first+count-1`` of the
+        head and of every layer of ``c``, as stored: [(0 for the head or
+        the layer's sequence, entry bytes)], each without its trailing
+        all-zero entries (absent blocks; "not in this layer"), and layers
+        with no entry left out."""
+        self._check_range(first * BLOCK, count * BLOCK)
+        if c is None or not count:
+            return []
+        self._opened(c)
+        out = []
+        for layer, files in [(0, c.head)] + [(n, c.layer(n))
+                                             for n in c.layer_ids()]:
+            raw = os.pread(files.meta_fd, ENTRY * count, ENTRY * first)
+            used = -(-len(raw.rstrip(b'\0')) // ENTRY) * ENTRY
+            if used:
+                out.append((layer, raw[:used]))
+        return out
 
     def inventory(self, volume=None):
         """[(volume, index, epoch, stale, allocated bytes, [layer

@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver import rebuild
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.chunkserver.store import blocks
 from cinder_ursa.chunkserver.store import mending
@@ -362,3 +363,94 @@ def test_one_failed_volume_does_not_keep_the_others_unsynced(st):
     assert len(fds) == 1
     st.sync(fds, dirs)
     assert st.failed_volumes() == [VOL]
+
+
+def _push(src, c, dst, d, runs):
+    """What a primary's rebuild does with the runs it found: push each
+    run of blocks raw, in its layer."""
+    for layer, first, count in runs:
+        entries, data = src.raw(c, first, count, layer)
+        dst.put_raw(d, first, entries, data, layer=layer)
+
+
+def _runs(src, c, dst, d, n=64):
+    mine = dict(src.entry_tables(c, 0, n))
+    theirs = dict(dst.entry_tables(d, 0, n)) if d is not None else {}
+    return rebuild.differing_runs(mine, theirs, 0)
+
+
+def test_a_returning_copy_gets_only_the_blocks_that_differ(st, tmp_path):
+    """Two copies alike; then, while one is away, the other takes
+    overwrites, a snapshot's copy-on-write, a zeroed block and a block
+    beyond the old end, and the away copy holds a layer the other no
+    longer has and a block it alone wrote (lost elsewhere by a crash).
+    The runs found cover exactly those blocks, and after pushing them
+    the two copies read the same in every snapshot and the head."""
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    other = store_mod.ChunkStore(str(tmp_path / 'other'))
+    try:
+        d = other.check_epoch(VOL, 0, 1, create=True)
+        base = os.urandom(32 * 4096)
+        st.write(c, 0, base, seq=1)
+        other.write(d, 0, base, seq=1)
+        assert _runs(st, c, other, d) == []
+        st.write(c, 3 * 4096, os.urandom(2 * 4096), seq=1)   # blocks 3-4
+        st.write(c, 10 * 4096, os.urandom(4096), seq=4)      # layer 4
+        st.write(c, 12 * 4096, b'', seq=4, zero=True, length=4096)
+        st.write(c, 40 * 4096, os.urandom(4096), seq=4)      # new block
+        other.write(d, 20 * 4096, os.urandom(4096), seq=1)   # away's own
+        other.write(d, 21 * 4096, os.urandom(4096), seq=7)   # layer 7
+        runs = _runs(st, c, other, d)
+        head = sorted((f, n) for layer, f, n in runs if layer == 0)
+        assert head == [(3, 2), (10, 1), (12, 1), (20, 2), (40, 1)]
+        # The new block 40 was absent at snapshot 4: preserved as such.
+        assert sorted((f, n) for layer, f, n in runs if layer == 4) == [
+            (10, 1), (12, 1), (40, 1)]
+        assert sorted((f, n) for layer, f, n in runs if layer == 7) == [
+            (21, 1)]
+        _push(st, c, other, d, runs)
+        assert _runs(st, c, other, d) == []
+        for snap in (0, 1, 2, 4, 5, 7):
+            assert other.read_blocks(d, 0, 48 * 4096, snap) == \
+                st.read_blocks(c, 0, 48 * 4096, snap), snap
+        # Epoch, layers digest and CRCs (the emptied layer 7 still takes
+        # a little room until the next collection).
+        mine, theirs = st.chunk_info(VOL, 0), other.chunk_info(VOL, 0)
+        assert (theirs[0], theirs[2:]) == (mine[0], mine[2:])
+    finally:
+        other.close()
+
+
+def test_a_copy_with_nothing_gets_every_block_in_use(st, tmp_path):
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 5 * 4096, os.urandom(3 * 4096), seq=1)
+    st.write(c, 6 * 4096, os.urandom(4096), seq=2)
+    runs = _runs(st, c, None, None)
+    # Blocks first written at sequence 1 are "absent" in layer 1.
+    assert sorted(runs) == [(0, 5, 3), (1, 5, 3), (2, 6, 1)]
+    assert st.entry_tables(c, 0, 0) == [] and st.entry_tables(None, 0, 9) \
+        == []
+    # Tables hold no trailing absent entries.
+    assert [(layer, len(t) // 8) for layer, t in st.entry_tables(c, 0, 64)] \
+        == [(0, 8), (1, 8), (2, 7)]
+
+
+def test_rejoin_makes_a_stale_copy_a_joining_one_across_restarts(tmp_path):
+    st = store_mod.ChunkStore(str(tmp_path))
+    c = st.check_epoch(VOL, 0, 3, create=True)
+    st.write(c, 0, b'x' * 4096)
+    st.mark_stale(VOL, 0)
+    assert st.rejoin(VOL, 1) is None          # no copy of chunk 1 here
+    assert st.rejoin(VOL, 0) is c and not c.stale and c.joining
+    with pytest.raises(exception.StaleReplica, match='brought up to date'):
+        st.check_epoch(VOL, 0, 3)
+    assert st.check_epoch(VOL, 0, 4, create=True) is c   # takes writes
+    st.close(clean=True)
+    st = store_mod.ChunkStore(str(tmp_path))
+    try:
+        c = st.held(VOL, 0)
+        assert c.joining and not c.stale and c.epoch == 4
+        with pytest.raises(exception.StaleReplica):
+            st.check_epoch(VOL, 0, 4)
+    finally:
+        st.close()

@@ -152,6 +152,17 @@ def test_busy_servers_count_against_the_limit():
     assert [j.target for j in jobs] == [4]
 
 
+def test_a_busy_returning_server_is_waited_for_not_copied_around():
+    """Its copy is most of the data: a chunk whose old server is busy
+    with other copies waits, rather than copying everything elsewhere;
+    an old server a copy just failed to is passed over."""
+    srv = servers(4)
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv, busy={3: 2})
+    assert jobs == [] and summary == {'degraded': 1, 'deferred': 1}
+    jobs, _ = plan([chunk([1, 2], lost=[3])], srv, busy={3: 2}, avoid={3})
+    assert [j.target for j in jobs] == [4]
+
+
 def test_a_chunk_whose_copies_are_all_down_is_unavailable_not_planned():
     # The store never drops a chunk's last replica: its server being down
     # is how a chunk has nothing to copy from.

@@ -130,3 +130,31 @@ def test_abandon_joins_needs_a_joining_copy(service):
     c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
     with pytest.raises(exception.Conflict, match='no joining'):
         store.abandon_joins('v', 0, c['epoch'])
+
+
+def test_a_server_that_failed_a_write_is_taken_as_down_until_it_beats(
+        service, monkeypatch):
+    """A primary dropped a server (it failed a write) before the master
+    saw it miss its heartbeats: the planner waits for it as for a server
+    down within the grace period, instead of copying to a dead server
+    and then elsewhere in full; a heartbeat after the failure clears it."""
+    store = service.store
+    store.register_server('uuid-4th', 'd', 'r', '127.0.0.1', 9009, 10 ** 12,
+                          0, 10 ** 12)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    victim = c['replicas'][1]['id']
+    store.drop_replica('v', 0, victim, c['epoch'])
+    service.note_failure(victim)
+    started = []
+
+    async def no_copy(job, source):
+        started.append(job)
+    monkeypatch.setattr(service, '_run_job', no_copy)
+    run(service.repair_round())
+    assert started == []
+    assert service.repair_status()['waiting'] == 1
+    store.heartbeat(victim, 10 ** 12, 0, 10 ** 12)
+    run(service.repair_round())
+    assert [(j.target, j.priority) for j in started] == [
+        (victim, service_mod.repair.RETURNING)]

@@ -267,3 +267,31 @@ def test_deep_chunk_info_lists_torn_blocks():
                                                            [1, 2], [1])
     with pytest.raises(exception.ProtocolError):
         control.decode_chunk_info_ok(body)   # a plain reply has no list
+
+
+def test_entries_request_and_reply():
+    raw = control.encode_entries(17, VOL, 3, 4096, 512, join=True)
+    assert raw.hex() == (hdr(0x1C, 17, 32, codec.FLAG_JOIN) + VOL_HEX +
+                         '%016x' % 3 + '%08x' % 4096 + '%08x' % 512)
+    f = one_frame(raw)
+    assert f.flags == codec.FLAG_JOIN
+    assert control.decode_entries(f.body) == (VOL, 3, 4096, 512)
+    bad = control.encode_entries(1, VOL, 3, 0, control.MAX_ENTRY_BLOCKS + 1)
+    with pytest.raises(exception.ProtocolError, match='ENTRIES of'):
+        control.decode_entries(one_frame(bad).body)
+
+    head, layer = bytes(range(16)), b'\xff' * 8
+    raw = control.encode_entries_ok(18, 9, 300, [(0, head), (4, layer)])
+    assert raw.hex() == (hdr(0x9C, 18, 2 + 8 + 8 + 4 + 12 + 16 + 12 + 8) +
+                         '0000' + '%016x' % 9 + '%016x' % 300 + '%08x' % 2 +
+                         '%016x' % 0 + '%08x' % 16 + head.hex() +
+                         '%016x' % 4 + '%08x' % 8 + layer.hex())
+    body = bytes(one_frame(raw).body)
+    assert control.decode_entries_ok(body) == (9, 300, {0: head, 4: layer})
+    for cut in (body[:-1], body + b'\0', body[:20]):
+        with pytest.raises(exception.ProtocolError):
+            control.decode_entries_ok(cut)
+    missing = codec.encode_error(codec.ENTRIES, 19, exception.NotFound(
+        kind='chunk replica', name='x/0'))
+    with pytest.raises(exception.NotFound):
+        control.decode_entries_ok(one_frame(missing).body)
