@@ -28,6 +28,14 @@ chunkserver_opts = [
     cfg.FloatOpt('replication_timeout', default=5.0, min=0.1,
                  help='Seconds a primary waits for a replica to apply a '
                       'write before it asks the master to drop that replica.'),
+    cfg.FloatOpt('recovery_rate_min', default=32.0, min=0,
+                 help='MiB/s this server sends to bring other copies up to '
+                      'date (re-replication, catch-up, resync) while '
+                      'clients use it: recovery still progresses under '
+                      'full client load. 0: no limit.'),
+    cfg.FloatOpt('recovery_rate_max', default=0.0, min=0,
+                 help='MiB/s this server sends to bring other copies up to '
+                      'date while no client uses it. 0: no limit.'),
     cfg.IntOpt('reserved_bytes', default=64 * 1024 * 1024, min=0,
                help='Free space kept back on the data filesystem; writes '
                     'that would eat into it fail with "no space".'),

@@ -60,7 +60,7 @@ SCAN = control.MAX_ENTRY_BLOCKS
 
 class RebuildMixin:
     """The REBUILD handler of :class:`ChunkServer` (which provides
-    ``store``, ``authority``, ``master``, ``peers``, ``id``,
+    ``store``, ``authority``, ``master``, ``peers``, ``throttle``, ``id``,
     ``replication_timeout``, ``_peer``, ``_send_replica`` and
     ``_reply_error``)."""
 
@@ -197,6 +197,7 @@ class RebuildMixin:
         for layer, first, count in runs:
             for at in range(first, first + count, BATCH):
                 n = min(BATCH, first + count - at)
+                await self.throttle.take(n * BLOCK)
                 peer = self.peers.connected(*addr) or \
                     await self.peers.get(*addr)
                 # Read and send in one turn of the loop: see the module.

@@ -2,7 +2,8 @@
 behind a confirmation by the master when they need one, see :mod:`.gate`)
 and reads.  Its other parts: the write path and its forwarding to the
 other replicas (:mod:`.replication`), membership, control requests and
-syncs (:mod:`.control`), REPAIR (:mod:`.repair`).
+syncs (:mod:`.controlplane`), REPAIR (:mod:`.repair`), REBUILD
+(:mod:`.rebuild`) and RESYNC, the resync after a crash (:mod:`.resync`).
 """
 
 import asyncio
@@ -16,7 +17,9 @@ from cinder_ursa.chunkserver import gate as gate_mod
 from cinder_ursa.chunkserver import rebuild
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import replication
+from cinder_ursa.chunkserver import resync
 from cinder_ursa.chunkserver import store as store_mod
+from cinder_ursa.chunkserver import throttle
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
@@ -27,11 +30,13 @@ LOG = logging.getLogger(__name__)
 
 
 class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
-                  repair.RepairMixin, rebuild.RebuildMixin):
+                  repair.RepairMixin, rebuild.RebuildMixin,
+                  resync.ResyncMixin):
 
     def __init__(self, data_dir, key, master_urls, bind_host='127.0.0.1',
                  bind_port=0, advertise_host=None, host=None, rack='default',
-                 replication_timeout=5.0, reserved_bytes=0):
+                 replication_timeout=5.0, reserved_bytes=0,
+                 recovery_rate=(0, 0)):
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
         self.key = key
         self.master = master_mod.AsyncMasterClient(master_urls, key,
@@ -43,6 +48,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                 master_urls, key, timeout=max(replication_timeout, 1.0)),
             self.store)
         self.gate = gate_mod.Gate(self._serve_item)
+        self.throttle = throttle.Throttle(*recovery_rate)
         self.bind_host = bind_host
         self.bind_port = bind_port
         self.advertise_host = advertise_host or bind_host
@@ -71,6 +77,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             LOG.info('The last run did not stop cleanly: %d file(s) it may '
                      'have left unsynced were synced in %.1f s', n,
                      loop.time() - t)
+            self.suspect_after_crash()
         self._server = await loop.create_server(
             lambda: aio.ServerConnection(self.key, self.handle),
             self.bind_host, self.bind_port, reuse_address=True, backlog=512)
@@ -78,6 +85,12 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         LOG.info('Chunk server %s serving %s on %s:%d', self.store.server_uuid,
                  self.store.data_dir, self.bind_host, self.port)
         self._tasks.append(loop.create_task(self._membership()))
+        if self._suspect:
+            self._tasks.append(loop.create_task(self._resync_when_registered()))
+
+    async def _resync_when_registered(self):
+        await self._registered.wait()
+        await self.resync_suspects()
 
     async def wait_registered(self, timeout):
         await asyncio.wait_for(self._registered.wait(), timeout)
@@ -103,15 +116,22 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         op = frame.opcode
         if op == codec.WRITE:
             fn, req = self._write, codec.decode_write(frame.body, frame.flags)
+            self.throttle.client_ops += 1
         elif op == codec.REPLICATE:
             fn, req = self._replicate, codec.decode_replicate(frame.body,
                                                               frame.flags)
+            if not frame.flags & codec.FLAG_RAW:
+                self.throttle.client_ops += 1
         elif op == codec.READ:
             fn, req = self._read, codec.decode_read(frame.body)
+            if not frame.flags & codec.FLAG_RAW:
+                self.throttle.client_ops += 1
         elif op == codec.REPAIR:
             fn, req = self._repair, control.decode_repair(frame.body)
         elif op == codec.REBUILD:
             fn, req = self._rebuild, control.decode_rebuild(frame.body)
+        elif op == codec.RESYNC:
+            fn, req = self._resync, control.decode_resync(frame.body)
         else:
             self._serve(conn, frame, self._control, None)
             return
@@ -193,6 +213,9 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             conn.send(codec.encode_read_raw_ok(frame.req_id, *self.store.raw(
                 c, req.offset // BLOCK, req.length // BLOCK, req.snap)))
             return
+        if self._suspect:
+            self.check_not_suspect(req.volume, req.index, req.epoch,
+                                   confirmed)
         if frame.flags & codec.FLAG_MAP_ONLY:
             states = self.store.block_states(c, req.offset, req.length,
                                              req.snap)

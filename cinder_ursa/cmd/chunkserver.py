@@ -17,6 +17,7 @@ from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
 
 LOG = logging.getLogger(__name__)
+MiB = 1024 * 1024
 
 
 def main(argv=None):
@@ -36,7 +37,9 @@ def main(argv=None):
             bind_port=cc.bind_port, advertise_host=cc.advertise_host,
             host=cc.host, rack=cc.rack,
             replication_timeout=cc.replication_timeout,
-            reserved_bytes=cc.reserved_bytes)
+            reserved_bytes=cc.reserved_bytes,
+            recovery_rate=(cc.recovery_rate_min * MiB,
+                           cc.recovery_rate_max * MiB))
         await cs.start()
         _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
                                 address=cs.advertise_host, port=cs.port,

@@ -459,9 +459,13 @@ class MasterAPI:
         idx = _path_int(request, 'idx')
         b = await _body(request)
         sid = b.get('server_id', int, required=True)
-        chunk = await self.db(self.store.drop_replica, ref, idx, sid,
-                              b.get('epoch', int, required=True))
+        epoch = b.get('epoch', int, required=True)
+        before = await self.db(self.store.chunk_members, ref, idx)
+        chunk = await self.db(self.store.drop_replica, ref, idx, sid, epoch)
         self.service.note_failure(sid)
+        if before['replicas'][:1] == [sid] and len(before['replicas']) > 1:
+            # Its last write may have reached some replicas only.
+            self.service.resync_soon(ref, idx)
         return web.json_response({'chunk': chunk})
 
     async def _change_members(self, fn, request):

@@ -65,6 +65,8 @@ class MasterService:
         self._summary = {}
         self.copied_bytes = 0
         self._failed_at = {}    # server id -> when it failed a write
+        self._resyncs = set()   # (volume ref, index) to resync
+        self._resyncing = set()
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
 
@@ -136,7 +138,8 @@ class MasterService:
         """The planner's last counts, the copies running and the bytes
         copied since this master started."""
         return dict(self._summary, running=len(self._jobs),
-                    copied_bytes=self.copied_bytes)
+                    copied_bytes=self.copied_bytes,
+                    resyncs_pending=len(self._resyncs))
 
     async def _repair_loop(self):
         # Chunk servers report what they hold at registration: after a
@@ -151,6 +154,8 @@ class MasterService:
 
     async def repair_round(self):
         """Plan copies of the chunks that lack some and start them."""
+        for key in self._resyncs - self._resyncing:
+            asyncio.get_running_loop().create_task(self._resync(key))
         chunks, goals, servers = await self.db(self.store.repair_records)
         busy = {}
         for job in self._jobs.values():
@@ -171,6 +176,44 @@ class MasterService:
             asyncio.get_running_loop().create_task(
                 self._run_job(job, servers[job.source]))
         return jobs
+
+    def resync_soon(self, ref, index):
+        """A chunk's primary was dropped (it failed, perhaps after
+        forwarding its last write to some replicas only): have the new
+        primary make the replicas identical (RESYNC).  Retried every
+        repair round until it is done."""
+        key = (ref, index)
+        self._resyncs.add(key)
+        if key not in self._resyncing:
+            asyncio.get_running_loop().create_task(self._resync(key))
+
+    async def _resync(self, key):
+        self._resyncing.add(key)
+        try:
+            m = await self.db(self.store.chunk_map, key[0], key[1], 1)
+            chunk = (m['chunks'] or [None])[0]
+            if chunk is None or len(chunk['replicas']) < 2:
+                self._resyncs.discard(key)    # nothing to compare
+                return
+            primary = chunk['replicas'][0]
+            conn = await self.chunkservers.pool.get(primary['address'],
+                                                    primary['port'])
+            reply = await conn.call(control.encode_resync, m['volume']['id'],
+                                    key[1], chunk['epoch'],
+                                    timeout=REBUILD_TIMEOUT)
+            fixed = control.decode_count_ok(reply.body)
+            self._resyncs.discard(key)
+            LOG.info('Chunk %s/%d: replicas compared after its primary was '
+                     'dropped; %d block(s) made identical', m['volume']['id'],
+                     key[1], fixed)
+        except exception.NotFound:
+            self._resyncs.discard(key)        # the volume is gone
+        except exception.UrsaError as e:
+            LOG.warning('Chunk %s/%d: resync after its primary was dropped '
+                        'failed (%s); the next repair round tries again',
+                        *key, e)
+        finally:
+            self._resyncing.discard(key)
 
     def note_failure(self, server_id):
         """A primary dropped ``server_id`` from a chunk: it failed a write

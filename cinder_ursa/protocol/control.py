@@ -1,7 +1,7 @@
 """Sans-I/O codec of the data protocol's control messages: what the master
 asks of chunk servers (FENCE, SNAPSHOT, REVERT, DELETE), what a chunk's
-state is (CHUNK_INFO, INVENTORY, ENTRIES), REPAIR and REBUILD, with their
-replies.
+state is (CHUNK_INFO, INVENTORY, ENTRIES), REPAIR, REBUILD and RESYNC, with
+their replies.
 
 Framing, authentication, the data requests (READ, WRITE, REPLICATE,
 FLUSH) and the error replies are in :mod:`.codec`.
@@ -27,6 +27,7 @@ from cinder_ursa.protocol.codec import OK
 from cinder_ursa.protocol.codec import REBUILD
 from cinder_ursa.protocol.codec import REPAIR
 from cinder_ursa.protocol.codec import REPLY
+from cinder_ursa.protocol.codec import RESYNC
 from cinder_ursa.protocol.codec import REVERT
 from cinder_ursa.protocol.codec import SNAPSHOT
 from cinder_ursa.protocol.codec import _check
@@ -47,6 +48,7 @@ _INVENTORY = struct.Struct('!16s')         # volume (all zeros: every one)
 _REPAIR = struct.Struct('!16sQQII')
 MAX_REPAIR_BLOCKS = 4096                   # 16 MiB per REPAIR
 _REBUILD = struct.Struct('!16sQQQ')        # volume, index, epoch, target
+_RESYNC = struct.Struct('!16sQQ')          # volume, index, epoch
 # volume, index, epoch, allocated bytes, stale, layer count (then the
 # layers' sequences, u64 each)
 _INV_ENTRY = struct.Struct('!16sQQQBH')
@@ -227,6 +229,27 @@ def decode_entries_ok(body):
         raise exception.ProtocolError(reason='ENTRIES reply has %d trailing '
                                       'bytes' % (len(body) - pos))
     return epoch, nblocks, tables
+
+
+class ResyncRequest:
+    __slots__ = ('volume', 'index', 'epoch')
+
+    def __init__(self, volume, index, epoch):
+        self.volume, self.index, self.epoch = volume, index, epoch
+
+
+def encode_resync(req_id, volume, index, epoch):
+    """Ask a chunk's primary to compare every replica's blocks with its
+    own and make those that differ identical (after a crash); the reply
+    carries the blocks made identical (a u64)."""
+    return _frame(RESYNC, req_id, _RESYNC.pack(_uuid_bytes(volume), index,
+                                               epoch))
+
+
+def decode_resync(body):
+    _check(body, _RESYNC, 'RESYNC')
+    vol, index, epoch = _RESYNC.unpack_from(body)
+    return ResyncRequest(_uuid_str(vol), index, epoch)
 
 
 def encode_inventory(req_id, volume=None):

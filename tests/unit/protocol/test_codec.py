@@ -295,3 +295,13 @@ def test_entries_request_and_reply():
         kind='chunk replica', name='x/0'))
     with pytest.raises(exception.NotFound):
         control.decode_entries_ok(one_frame(missing).body)
+
+
+def test_resync_request():
+    raw = control.encode_resync(20, VOL, 5, 9)
+    assert raw.hex() == (hdr(0x1D, 20, 32) + VOL_HEX + '%016x' % 5 +
+                         '%016x' % 9)
+    req = control.decode_resync(one_frame(raw).body)
+    assert (req.volume, req.index, req.epoch) == (VOL, 5, 9)
+    with pytest.raises(exception.ProtocolError):
+        control.decode_resync(one_frame(raw).body[:-1])

@@ -1,0 +1,35 @@
+"""The pieces of the resync after a crash that need no cluster: which
+replicas are suspect, and how differing blocks are grouped."""
+
+from cinder_ursa.chunkserver import resync
+from cinder_ursa.chunkserver import store as store_mod
+
+VOL = '11111111-2222-3333-4444-555555555555'
+
+
+def test_spans_group_consecutive_blocks_up_to_a_limit():
+    assert resync._spans([], 4) == []
+    assert resync._spans([1, 2, 3, 7, 9, 10], 4) == [(1, 3), (7, 1), (9, 2)]
+    assert resync._spans(list(range(10)), 4) == [(0, 4), (4, 4), (8, 2)]
+
+
+class _Server(resync.ResyncMixin):
+    def __init__(self, store):
+        self.store = store
+
+
+def test_after_a_crash_every_replica_but_stale_and_joining_is_suspect(
+        tmp_path):
+    st = store_mod.ChunkStore(str(tmp_path))
+    try:
+        for i in range(4):
+            c = st.check_epoch(VOL, i, 1, create=True)
+            st.write(c, 0, b'x' * 4096)
+        st.mark_stale(VOL, 1)
+        st.rejoin(VOL, 2)
+        server = _Server(st)
+        assert server._suspect == frozenset()     # a clean start
+        server.suspect_after_crash()
+        assert server._suspect == {(VOL, 0), (VOL, 3)}
+    finally:
+        st.close()
