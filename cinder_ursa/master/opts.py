@@ -51,10 +51,11 @@ master_opts = [
                     'the most replicas to those holding the fewest, when '
                     'no repair, drain or copy is pending: a new server '
                     'fills gradually.  0 turns rebalancing off.'),
-    cfg.IntOpt('rebalance_threshold', default=2, min=1,
+    cfg.IntOpt('rebalance_threshold', default=10, min=0, max=100,
                help='Replicas are moved to rebalance only while the '
                     'replica counts of the fullest and the emptiest chunk '
-                    'servers differ by more than this.'),
+                    'servers differ by more than this percentage of the '
+                    'average count per server (and by 2 at least).'),
     cfg.FloatOpt('lease_ttl', default=30.0, min=1.0, max=3600.0,
                  help='Default lifetime in seconds of a volume write lease; '
                       'clients renew it at a third of that.'),

@@ -44,9 +44,10 @@ replica to ``retire`` once the target is a replica):
   drain and no retirement is pending), at most ``rebalance`` replicas are
   moved from the servers holding the most replicas to those holding the
   fewest, in a failure domain the chunk's other replicas do not use, as
-  long as the two counts differ by more than ``threshold``
-  (``REBALANCE``).  Each move brings the two closer by two, so moves
-  stop, and never go back and forth.
+  long as the two counts differ by more than ``threshold`` percent of
+  the average count, and by two at least (``REBALANCE``).  Each move
+  brings the two closer by two, so moves stop, and never go back and
+  forth.
 """
 
 import collections
@@ -79,7 +80,7 @@ def expected_back(server, now, grace):
 
 
 def plan(chunks, goals, servers, now, grace, level='host', busy=None,
-         per_server=2, avoid=(), rng=random, rebalance=0, threshold=2):
+         per_server=2, avoid=(), rng=random, rebalance=0, threshold=10):
     """Jobs to start now, most urgent first, and a summary.
 
     ``chunks``: dicts with volume_id, index, epoch and the server ids in
@@ -88,7 +89,7 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
     {server id: jobs it already takes part in}.  ``avoid``: servers not
     to copy to now (a copy to them just failed).  ``rebalance``: moves
     at most per round (0: none); ``threshold``: the difference of replica
-    counts a move needs.
+    counts a move needs, in percent of the average count.
 
     The summary counts the chunks that lack copies (``degraded``), those
     waiting for a server expected back (``waiting``), those with no
@@ -245,6 +246,9 @@ def _rebalance(chunks, goals, servers, level, busy, per_server, avoid,
     if len(pool) < 2:
         return []
     counts = _counts(chunks, servers)
+    # In replicas: a difference of one only swaps which server is fuller.
+    threshold = max(1.0, threshold / 100.0 * sum(
+        counts[s] for s in pool) / len(pool))
     on = collections.defaultdict(list)
     for c in sorted(chunks, key=lambda c: (c['volume_id'], c['index'])):
         if _movable(c, goals, servers) and \

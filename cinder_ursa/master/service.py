@@ -60,7 +60,7 @@ class MasterService:
 
     def __init__(self, store, key, server_timeout=15.0, replica_grace=600.0,
                  repair_interval=10.0, repair_per_server=2,
-                 rebalance_moves=2, rebalance_threshold=2):
+                 rebalance_moves=2, rebalance_threshold=10):
         self.store = store
         self.server_timeout = server_timeout
         self.replica_grace = replica_grace

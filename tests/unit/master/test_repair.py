@@ -353,3 +353,13 @@ def test_rebalance_keeps_failure_domains_distinct():
     jobs, _ = repair.plan(full_and_empty(), {'v': 3}, srv, NOW, GRACE,
                           level='rack', rebalance=3, threshold=1)
     assert jobs and all(j.retire == 1 and j.target == 4 for j in jobs)
+
+
+def test_the_rebalance_threshold_is_a_percentage_of_the_average():
+    # Counts 10, 10, 10, 0: an average of 7.5 replicas per server.
+    jobs, _ = plan(full_and_empty(10), servers(4), rebalance=1,
+                   threshold=100)
+    assert len(jobs) == 1               # 10 > 7.5
+    jobs, _ = plan(full_and_empty(10), servers(4), rebalance=1,
+                   threshold=150)
+    assert jobs == []                   # 10 <= 11.25
