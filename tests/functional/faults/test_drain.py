@@ -12,6 +12,7 @@ import pytest
 from cinder_ursa import exception
 from cinder_ursa.client import check
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
 from tests.fixtures.cluster import server_id
@@ -181,3 +182,86 @@ def test_a_new_server_gets_its_share_gradually(make_cluster):
     st = client.cluster_status()['repair']
     assert st['moves_pending'] == 0 and st['retired_replicas'] == 12
     assert st['rate_bytes_per_s'] > 0
+
+
+def test_a_draining_server_that_is_down_is_not_waited_for(make_cluster):
+    # replica_grace of an hour: only the drain makes the copies now.
+    cluster = make_cluster(4, server_timeout=1.0, extra_conf=(
+        FAST % 0).replace('replica_grace = 1', 'replica_grace = 3600'))
+    client = cluster.client()
+    vid = client.create_volume('v', 4 * MiB, chunk_size=MiB)['id']
+    image = write_volume(cluster, 'v', 4 * MiB)
+    victim = server_id(cluster, 0)
+    cluster.kill_chunkserver(0)
+    wait_for(lambda: client.server(victim)['state'] == 'down', 30,
+             'the victim marked down')
+    r = ursa(cluster.data_dir, 'server', 'drain', str(victim), '--wait',
+             '--timeout', '60')
+    assert 'safe to remove' in r.stderr
+
+    def whole():
+        return all(len(set(ids)) == 3 and victim not in ids
+                   for ids in replica_sets(cluster, 'v').values())
+    wait_for(whole, 60, lambda: 'every chunk at 3 replicas without the '
+             'drained server: %s' % replica_sets(cluster, 'v'))
+    assert client.cluster_status()['degraded_chunks'] == 0
+    with data_client(cluster) as cl:
+        report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
+        assert report['problems'] == [], report['problems']
+        with cl.open_volume('v', writable=False) as v:
+            assert v.read(0, 4 * MiB) == bytes(image)
+
+
+def test_cluster_check_repair_fixes_what_it_safely_can(make_cluster):
+    cluster = make_cluster(4, server_timeout=1.0, extra_conf=FAST % 0)
+    client = cluster.client()
+    vid = client.create_volume('v', 2 * MiB, chunk_size=MiB)['id']
+    image = write_volume(cluster, 'v', 2 * MiB)
+    servers = {s['id']: s for s in client.servers()}
+    sets = replica_sets(cluster, 'v')
+    spare = next(s for s in servers if s not in sets[0])
+    missing = sets[1][1]
+
+    async def send(cl, sid, encode, *args):
+        s = servers[sid]
+        conn = await cl.pool.get(s['address'], s['port'])
+        reply = await conn.call(encode, *args, timeout=10)
+        return codec.reply_status(reply.body)
+    # An orphan: a copy made on the spare for chunk 0, then given up.
+    c = client.chunk_map(vid, 0, 1)['chunks'][0]
+    j = client.change_members(vid, 0, 'join', spare, c['epoch'])
+    bump = codec.WriteRequest(vid, 0, j['epoch'], 0, 0, 0, 0, sets[0], b'',
+                              codec.FLAG_IF_ABSENT)
+    with data_client(cluster) as cl:
+        cl.run(send, spare, codec.encode_replicate, bump, j['epoch'])
+        client.change_members(vid, 0, 'abandon', spare, j['epoch'])
+        # A replica missing: chunk 1's copy deleted behind the master.
+        cl.run(send, missing, control.encode_delete, vid, 1)
+    r = ursa(cluster.data_dir, 'cluster', 'check', '-f', 'json', check=False)
+    found = {(p['problem'], p['server'], p['index'])
+             for p in json.loads(r.stdout)}
+    assert r.returncode == 1
+    assert found == {('orphan replica', spare, 0),
+                     ('missing replica', missing, 1)}, found
+
+    r = ursa(cluster.data_dir, 'cluster', 'check', '--repair', '-f', 'json',
+             check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'orphan copy deleted' in r.stderr, r.stderr
+    assert 'dropped from the replica set' in r.stderr, r.stderr
+    assert 'ran a repair round' in r.stderr, r.stderr
+    assert json.loads(r.stdout) == []
+
+    def whole():
+        return all(len(set(ids)) == 3
+                   for ids in replica_sets(cluster, 'v').values()) and \
+            client.cluster_status()['joining_replicas'] == 0
+    wait_for(whole, 60, lambda: 'chunk 1 copied again: %s'
+             % replica_sets(cluster, 'v'))
+    r = ursa(cluster.data_dir, 'cluster', 'check', check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with data_client(cluster) as cl:
+        report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
+        assert report['problems'] == [], report['problems']
+        with cl.open_volume('v', writable=False) as v:
+            assert v.read(0, 2 * MiB) == bytes(image)
