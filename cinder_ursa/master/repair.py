@@ -45,7 +45,8 @@ replica to ``retire`` once the target is a replica):
   moved from the servers holding the most replicas to those holding the
   fewest, in a failure domain the chunk's other replicas do not use, as
   long as the two counts differ by more than ``threshold`` percent of
-  the average count, and by two at least (``REBALANCE``).  Each move
+  the average count, and by two at least, never to a server with less
+  than 10 % of its capacity free (``REBALANCE``).  Each move
   brings the two closer by two, so moves stop, and never go back and
   forth.
 """
@@ -62,6 +63,9 @@ REASONS = {ONE_COPY: 'one copy left', RETURNING: 'its server returned',
            DRAIN: 'its server drains', REBALANCE: 'rebalancing'}
 # The classes that copy nothing a chunk lacks: they move replicas.
 MOVES = (TRIM, DRAIN, REBALANCE)
+# A rebalancing move never goes to a server with less free space than
+# this share of its capacity.
+MIN_FREE_FOR_MOVES = 0.1
 
 # ``target`` None: nothing to copy (TRIM).  ``retire``: the replica to
 # take out of the chunk once the copy is a replica (the moves).
@@ -243,6 +247,10 @@ def _rebalance(chunks, goals, servers, level, busy, per_server, avoid,
     pool = {sid for sid, s in servers.items()
             if _up(s) and not s.get('maintenance') and
             not s.get('draining')}
+    # Counts, not bytes, are balanced: a server nearly full takes none.
+    roomy = {sid for sid in pool if not servers[sid].get('capacity') or
+             servers[sid].get('free', 0) >= servers[sid]['capacity'] *
+             MIN_FREE_FOR_MOVES}
     if len(pool) < 2:
         return []
     counts = _counts(chunks, servers)
@@ -263,7 +271,8 @@ def _rebalance(chunks, goals, servers, level, busy, per_server, avoid,
             if counts[full] - counts[order[0]] <= threshold:
                 break
             job = _move_one(on[full], full, order, counts, servers, level,
-                            busy, per_server, avoid, threshold, moved)
+                            busy, per_server, avoid, threshold, moved,
+                            roomy)
             if job is not None:
                 break
         if job is None:
@@ -279,7 +288,7 @@ def _rebalance(chunks, goals, servers, level, busy, per_server, avoid,
 
 
 def _move_one(candidates, full, order, counts, servers, level, busy,
-              per_server, avoid, threshold, moved):
+              per_server, avoid, threshold, moved, roomy):
     for c in candidates:
         if (c['volume_id'], c['index']) in moved:
             continue
@@ -293,6 +302,7 @@ def _move_one(candidates, full, order, counts, servers, level, busy,
                 break
             s = servers[empty]
             if (empty in c['replicas'] or empty in avoid or
+                    empty not in roomy or
                     busy[empty] >= per_server or
                     placement.domain_of(s, level) in used):
                 continue

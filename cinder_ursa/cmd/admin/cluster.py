@@ -267,6 +267,11 @@ class ServerDrain(show.ShowOne):
         elif not s['chunks'] and not s.get('joining'):
             self.app.stderr.write('server %d holds no replica: it is safe '
                                   'to remove\n' % args.server)
+            if s['state'] != 'up':
+                self.app.stderr.write(
+                    'server %d is %s: the chunks it held are copied from '
+                    'their other replicas (ursa cluster status shows the '
+                    'degraded chunks left)\n' % (args.server, s['state']))
         else:
             self.app.stderr.write(
                 'server %d drains: %d replica(s) left to move (ursa server '

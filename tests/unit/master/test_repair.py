@@ -363,3 +363,15 @@ def test_the_rebalance_threshold_is_a_percentage_of_the_average():
     jobs, _ = plan(full_and_empty(10), servers(4), rebalance=1,
                    threshold=150)
     assert jobs == []                   # 10 <= 11.25
+
+
+def test_rebalance_never_fills_a_server_nearly_full():
+    srv = servers(4)
+    for s in srv.values():
+        s['capacity'] = 100
+    srv[4]['free'] = 9
+    jobs, _ = plan(full_and_empty(), srv, rebalance=2)
+    assert jobs == []
+    srv[4]['free'] = 10
+    jobs, _ = plan(full_and_empty(), srv, rebalance=2)
+    assert [j.target for j in jobs] == [4, 4]
