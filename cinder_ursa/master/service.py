@@ -78,6 +78,7 @@ class MasterService:
         self._orphans = {}          # (volume, index) -> since when joining
                                     # copies are seen with no copy running
         self._summary = {}
+        self._round_lock = None     # made in the loop that runs rounds
         self._progress = {}
         self.copied_bytes = 0
         self._copies = collections.deque()     # (monotonic time, bytes)
@@ -213,7 +214,14 @@ class MasterService:
             await asyncio.sleep(self.repair_interval)
 
     async def repair_round(self):
-        """Plan copies of the chunks that lack some and start them."""
+        """Plan copies of the chunks that lack some and start them (one
+        round at a time: POST /v1/repair runs one besides the loop's)."""
+        if self._round_lock is None:
+            self._round_lock = asyncio.Lock()
+        async with self._round_lock:
+            return await self._repair_round()
+
+    async def _repair_round(self):
         chunks, goals, servers = await self.db(self.store.repair_records)
         self._note_progress(chunks, goals, servers)
         busy = {}
