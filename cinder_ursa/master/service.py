@@ -163,7 +163,7 @@ class MasterService:
         rate = sum(n for _, n in self._copies) / RATE_WINDOW
         left = self._progress.get('bytes_left_estimate', 0)
         moves = self._progress.get('moves_pending', 0) + sum(
-            job.priority == repair.REBALANCE for job in self._jobs.values())
+            job.priority in repair.MOVES for job in self._jobs.values())
         return dict(self._summary, running=len(self._jobs),
                     copied_bytes=self.copied_bytes,
                     retired_replicas=self.retired,
@@ -191,10 +191,12 @@ class MasterService:
                 c['joining'])
             draining = any(servers.get(s, {}).get('draining')
                            for s in have)
+            # Moves running are counted from the jobs (repair_status).
+            running = (c['volume_id'], c['index']) in self._jobs
             if len(have) > goal:
-                moves += 1                      # a replica to retire
+                moves += not running            # a replica to retire
             elif draining:
-                moves += 1
+                moves += not running
                 copies += 1                     # the drain's copy
             if copies:
                 left += copies * per_replica[c['volume_id']] // max(

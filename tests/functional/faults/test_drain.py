@@ -140,6 +140,10 @@ def test_a_drained_server_holds_nothing_and_the_data_stays(make_cluster):
     st = json.loads(r.stdout)
     assert st['servers_draining'] == 1 and st['moves_pending'] == 0
     assert 'estimate' in st['to_copy_estimate']
+    listed = json.loads(ursa(cluster.data_dir, 'server', 'list', '-f',
+                             'json').stdout)
+    assert [(s['draining'], s['chunks']) for s in listed
+            if s['id'] == victim] == [(True, 0)]
     # Cancelled: the server takes chunks again.
     ursa(cluster.data_dir, 'server', 'drain', str(victim), '--cancel')
     assert client.server(victim)['draining'] is False
