@@ -15,7 +15,8 @@ with the chunk's writes held meanwhile, so a volume in use is repaired
 safely.
 
 ``check_cluster`` (``ursa cluster check``) compares what every chunk
-server holds with what the master knows.
+server holds with what the master knows; ``repair_cluster`` (``--repair``)
+fixes what it safely can of what it found.
 """
 
 import asyncio
@@ -23,6 +24,7 @@ import asyncio
 from cinder_ursa import exception
 from cinder_ursa.client.layout import Layout
 from cinder_ursa.common import checksum
+from cinder_ursa.common import units
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 
@@ -185,9 +187,10 @@ async def check_cluster(cluster, timeout=60.0):
     problems = []
 
     def problem(kind, detail, server=None, volume=None, index=None,
-                nbytes=0):
+                nbytes=0, volume_id=None):
         problems.append({'problem': kind, 'detail': detail, 'server': server,
-                         'volume': volume, 'index': index, 'bytes': nbytes})
+                         'volume': volume, 'index': index, 'bytes': nbytes,
+                         'volume_id': volume_id})
 
     for v in vols.values():
         for s in v['snapshots']:
@@ -224,7 +227,7 @@ async def check_cluster(cluster, timeout=60.0):
                 problem('orphan replica', 'chunk %d of %s, which the master '
                         'does not know' % (idx, 'volume ' + name if v else
                                            'unknown volume ' + vid),
-                        s['id'], name, idx, nbytes)
+                        s['id'], name, idx, nbytes, vid)
                 continue
             if s['id'] not in owners:
                 if s['id'] in v.get('joining', {}).get(str(idx), ()):
@@ -232,7 +235,7 @@ async def check_cluster(cluster, timeout=60.0):
                 if not stale:
                     problem('orphan replica', 'server is not in the replica '
                             'set and the replica is not marked stale',
-                            s['id'], name, idx, nbytes)
+                            s['id'], name, idx, nbytes, vid)
                 continue
             held.add((vid, idx, s['id']))
             if layers:
@@ -273,10 +276,91 @@ async def check_cluster(cluster, timeout=60.0):
             for o in owners:
                 if o in checked and o not in present:
                     problem('missing replica', 'server has no replica of a '
-                            'chunk its peers hold', o, v['name'], int(idx))
+                            'chunk its peers hold', o, v['name'], int(idx),
+                            volume_id=v['id'])
     return {'servers': len(checked), 'replicas': replicas,
             'allocated_bytes': allocated, 'volumes': len(vols),
             'problems': problems}
+
+
+async def repair_cluster(cluster, problems, timeout=60.0):
+    """Fix what :func:`check_cluster` found that is safe to fix; return
+    one line per problem saying what was done, or why not.
+
+    * An orphan replica of a chunk the master knows, on a server that is
+      neither a replica nor a joining copy of it (asked again now), is
+      deleted, but only while a replica of the chunk's current set holds
+      a copy: never the last copy of anything.  Replicas of volumes or
+      chunks the master does not know are kept (the master's database may
+      be older than the data): delete them by hand if sure.
+    * A server in a chunk's replica set that lacks the copy its peers
+      hold is dropped from the set (as a failed write would): the repair
+      planner then copies the chunk to it again, or elsewhere.
+
+    The rest (half-made snapshots, trash, leaked snapshot blocks) the
+    master's own sweeps deal with.
+    """
+    by_id = {s['id']: s for s in await cluster.master.servers()}
+    done = []
+    for p in problems:
+        where = 'chunk %s/%s on server %s' % (p['volume'], p['index'],
+                                               p['server'])
+        try:
+            if p['problem'] == 'orphan replica':
+                done.append(await _delete_orphan(cluster, p, by_id, timeout))
+            elif p['problem'] == 'missing replica':
+                chunk = (await cluster.master.chunk_map(
+                    p['volume_id'], p['index'], 1))['chunks'][0]
+                after = await cluster.master.drop_replica(
+                    p['volume_id'], p['index'], p['server'], chunk['epoch'])
+                if p['server'] in [r['id'] for r in after['replicas']]:
+                    done.append('%s: kept in the replica set (its last '
+                                'replica)' % where)
+                else:
+                    done.append('%s: dropped from the replica set (epoch '
+                                '%d); the repair planner copies it again'
+                                % (where, after['epoch']))
+        except exception.UrsaError as e:
+            done.append('%s: %s not repaired: %s' % (where, p['problem'], e))
+    return done
+
+
+async def _delete_orphan(cluster, p, by_id, timeout):
+    where = 'chunk %s/%s on server %s' % (p['volume'], p['index'],
+                                           p['server'])
+    if p['volume_id'] is None or p['server'] not in by_id:
+        return '%s: kept (unknown volume or server)' % where
+    try:
+        chunk = (await cluster.master.chunk_map(
+            p['volume_id'], p['index'], 1))['chunks']
+    except exception.NotFound:
+        chunk = []
+    if not chunk:
+        return ('%s: kept: the master knows no such chunk (delete it by '
+                'hand if sure)' % where)
+    chunk = chunk[0]
+    if p['server'] in [r['id'] for r in chunk['replicas'] +
+                       chunk.get('joining', [])]:
+        return '%s: kept: the server is a member of the chunk again' % where
+    held = False
+    for r in chunk['replicas']:
+        try:
+            if await _info(cluster, p['volume_id'], p['index'], r,
+                           timeout) is not None:
+                held = True
+                break
+        except exception.UrsaError:
+            continue
+    if not held:
+        return ('%s: kept: no replica of the chunk\'s set holds a copy, '
+                'this one may be the last' % where)
+    s = by_id[p['server']]
+    conn = await cluster.pool.get(s['address'], s['port'])
+    reply = await conn.call(control.encode_delete, p['volume_id'],
+                            p['index'], timeout=timeout)
+    codec.reply_status(reply.body)
+    return '%s: orphan copy deleted (%s)' % (
+        where, units.format_size(p['bytes'] or 0))
 
 
 async def _unneeded(cluster, server, vol, timeout):

@@ -42,6 +42,15 @@ class MasterClient:
     def set_maintenance(self, server_id, on):
         return self._http.send(rest.set_maintenance(server_id, on))
 
+    def server(self, server_id):
+        return self._http.send(rest.server(server_id))
+
+    def set_draining(self, server_id, on):
+        return self._http.send(rest.set_draining(server_id, on))
+
+    def repair_now(self):
+        return self._http.send(rest.repair_now())
+
     def volumes(self):
         return self._http.send(rest.volumes())
 

@@ -184,8 +184,12 @@ class MasterAPI:
         app.router.add_get(v + '/chunkservers', self.list_servers)
         app.router.add_get(v + '/inventory', self.inventory)
         app.router.add_post(v + '/chunkservers', self.register_server)
+        app.router.add_get(v + '/chunkservers/{id}', self.show_server)
         app.router.add_put(v + '/chunkservers/{id}/maintenance',
                            self.set_maintenance)
+        app.router.add_put(v + '/chunkservers/{id}/draining',
+                           self.set_draining)
+        app.router.add_post(v + '/repair', self.repair_now)
         app.router.add_put(v + '/chunkservers/{id}/heartbeat',
                            self.heartbeat)
         app.router.add_get(v + '/volumes', self.list_volumes)
@@ -313,6 +317,24 @@ class MasterAPI:
         on = (await _body(request)).get('maintenance', bool, required=True)
         return web.json_response(
             {'server': await self.db(self.store.set_maintenance, sid, on)})
+
+    async def show_server(self, request):
+        return web.json_response({'server': await self.db(
+            self.store.get_server, _path_int(request, 'id'))})
+
+    async def set_draining(self, request):
+        sid = _path_int(request, 'id')
+        on = (await _body(request)).get('draining', bool, required=True)
+        return web.json_response(
+            {'server': await self.db(self.store.set_draining, sid, on)})
+
+    async def repair_now(self, request):
+        """Run the repair planner once now (``ursa cluster check
+        --repair``): the jobs it started and its counts."""
+        jobs = await self.service.repair_round()
+        return web.json_response({'repair': dict(
+            self.service.repair_status(),
+            started=[service_mod.job_dict(j) for j in jobs])})
 
     def _note_usage(self, sid, body):
         vols = body.get('volumes', dict, {})

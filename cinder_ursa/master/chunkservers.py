@@ -23,9 +23,7 @@ class ChunkServers:
         failed or did not answer within ``timeout``."""
         async def one(s):
             try:
-                conn = await self.pool.get(s['address'], s['port'])
-                reply = await conn.call(make_frame, timeout=timeout)
-                codec.reply_status(reply.body)
+                await self.send(s, make_frame, timeout)
                 return None
             except exception.UrsaError as e:
                 self.pool.discard(s['address'], s['port'])
@@ -34,6 +32,18 @@ class ChunkServers:
                 return s['id']
         results = await asyncio.gather(*(one(s) for s in servers))
         return [r for r in results if r is not None]
+
+    async def send(self, server, make_frame, timeout=5.0):
+        """Send ``make_frame(request id)`` to one server (a dict with its
+        address and port) and return the reply; its error is raised."""
+        try:
+            conn = await self.pool.get(server['address'], server['port'])
+            reply = await conn.call(make_frame, timeout=timeout)
+            codec.reply_status(reply.body)
+            return reply
+        except exception.UrsaConnectionError:
+            self.pool.discard(server['address'], server['port'])
+            raise
 
     def close(self):
         self.pool.close()

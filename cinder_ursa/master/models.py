@@ -26,6 +26,10 @@ chunkservers = sa.Table(
     # An operator's "it comes back": no re-replication for its absence.
     sa.Column('maintenance', sa.Boolean, nullable=False, default=False,
               server_default=sa.false()),
+    # An operator's "empty it": its replicas move to other servers, and
+    # it is never chosen for a new one.
+    sa.Column('draining', sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
 )
 
 volumes = sa.Table(

@@ -45,6 +45,17 @@ master_opts = [
     cfg.IntOpt('repair_per_server', default=2, min=1, max=64,
                help='Chunk copies a chunk server takes part in at once, as '
                     'source or target.'),
+    cfg.IntOpt('rebalance_moves', default=2, min=0, max=64,
+               help='Replicas the repair planner moves at most per round '
+                    '(every repair_interval) from the chunk servers holding '
+                    'the most replicas to those holding the fewest, when '
+                    'no repair, drain or copy is pending: a new server '
+                    'fills gradually.  0 turns rebalancing off.'),
+    cfg.IntOpt('rebalance_threshold', default=10, min=0, max=100,
+               help='Replicas are moved to rebalance only while the '
+                    'replica counts of the fullest and the emptiest chunk '
+                    'servers differ by more than this percentage of the '
+                    'average count per server (and by 2 at least).'),
     cfg.FloatOpt('lease_ttl', default=30.0, min=1.0, max=3600.0,
                  help='Default lifetime in seconds of a volume write lease; '
                       'clients renew it at a third of that.'),

@@ -27,6 +27,29 @@ The rules, in the order they apply to a chunk with fewer copies
 * Chunks at one copy come first, then chunks whose old server returned,
   then the rest; each server takes part in at most ``per_server`` jobs
   at once, as a source or a target, so recovery never floods one server.
+* A draining server (``ursa server drain``) is never a target, and a
+  draining server that is down is not expected back.
+
+Then, below every repair, the moves (the same copy, whose job names the
+replica to ``retire`` once the target is a replica):
+
+* A chunk with more replicas than its volume asks for (a move that
+  copied but did not retire, a drain cancelled mid-way) has one retired:
+  a replica on a draining server first, then one whose failure domain
+  another replica shares, then the one on the fullest server (``TRIM``;
+  it copies nothing).
+* A chunk with a replica on a draining server is copied from its primary
+  to a target chosen as for a repair (the draining server's domain is
+  free for it), then that replica is retired (``DRAIN``).
+* When nothing else is to do (no chunk lacks a copy, no copy runs, no
+  drain and no retirement is pending), at most ``rebalance`` replicas are
+  moved from the servers holding the most replicas to those holding the
+  fewest, in a failure domain the chunk's other replicas do not use, as
+  long as the two counts differ by more than ``threshold`` percent of
+  the average count, and by two at least, never to a server with less
+  than 10 % of its capacity free (``REBALANCE``).  Each move
+  brings the two closer by two, so moves stop, and never go back and
+  forth.
 """
 
 import collections
@@ -35,14 +58,23 @@ import random
 from cinder_ursa.master import placement
 
 # Priority classes, the most urgent first.
-ONE_COPY, RETURNING, UNDER = 0, 1, 2
+ONE_COPY, RETURNING, UNDER, TRIM, DRAIN, REBALANCE = range(6)
 REASONS = {ONE_COPY: 'one copy left', RETURNING: 'its server returned',
-           UNDER: 'under-replicated'}
+           UNDER: 'under-replicated', TRIM: 'a replica too many',
+           DRAIN: 'its server drains', REBALANCE: 'rebalancing'}
+# The classes that copy nothing a chunk lacks: they move replicas.
+MOVES = (TRIM, DRAIN, REBALANCE)
+# A rebalancing move never goes to a server with less free space than
+# this share of its capacity.
+MIN_FREE_FOR_MOVES = 0.1
 
 BUSY = object()     # _target: the chunk waits for a busy returning server
 
+# ``target`` None: nothing to copy (TRIM).  ``retire``: the replica to
+# take out of the chunk once the copy is a replica (the moves).
 Job = collections.namedtuple(
-    'Job', 'volume_id index epoch source target priority')
+    'Job', 'volume_id index epoch source target priority retire',
+    defaults=(None,))
 
 
 def expected_back(server, now, grace):
@@ -55,21 +87,27 @@ def expected_back(server, now, grace):
 
 
 def plan(chunks, goals, servers, now, grace, level='host', busy=None,
-         per_server=2, avoid=(), rng=random):
+         per_server=2, avoid=(), rng=random, rebalance=0, threshold=10):
     """Jobs to start now, most urgent first, and a summary.
 
     ``chunks``: dicts with volume_id, index, epoch and the server ids in
     replicas (primary first), joining and lost.  ``goals``: {volume id:
     replicas it asks for}.  ``servers``: {id: server record}.  ``busy``:
     {server id: jobs it already takes part in}.  ``avoid``: servers not
-    to copy to now (a copy to them just failed).
+    to copy to now (a copy to them just failed).  ``rebalance``: moves
+    at most per round (0: none); ``threshold``: the difference of replica
+    counts a move needs, in percent of the average count.
 
     The summary counts the chunks that lack copies (``degraded``), those
     waiting for a server expected back (``waiting``), those with no
     eligible target (``blocked``), those whose primary is busy or down
     (``deferred``) and those whose every copy is on a server that is
-    down (``unavailable``).
+    down (``unavailable``); then the chunks with a replica on a draining
+    server (``draining``), those a move cannot place now
+    (``moves_blocked``) and the moves planned (``trim``, ``drain``,
+    ``rebalance``).
     """
+    idle = not busy
     busy = collections.Counter(busy or {})
     summary = collections.Counter()
     todo = []
@@ -96,8 +134,10 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
             # drop a primary that is down, making another one primary.
             summary['deferred'] += 1
             continue
+        # A draining server is neither a target nor waited for.
         lost = [s for s in c['lost'] if s in servers and
-                s not in have and s not in joining]
+                s not in have and s not in joining and
+                not servers[s].get('draining')]
         returning = [s for s in lost if _up(servers[s]) and
                      not servers[s].get('maintenance')]
         back = [s for s in lost if (
@@ -132,7 +172,149 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
         busy[target] += 1
         jobs.append(Job(c['volume_id'], c['index'], c['epoch'], source,
                         target, prio))
+    jobs += _moves(chunks, goals, servers, level, busy, per_server, avoid,
+                   rng, summary)
+    if rebalance > 0 and idle and not todo and not jobs and not (
+            summary['draining'] or summary['degraded']):
+        jobs += _rebalance(chunks, goals, servers, level, busy, per_server,
+                           avoid, rebalance, threshold, summary)
     return jobs, dict(summary)
+
+
+def _movable(c, goals, servers):
+    """Whether a chunk's replicas may be moved: its volume is known, it
+    has no copy being made, and every replica is on a server known and
+    up."""
+    return (goals.get(c['volume_id']) is not None and not c['joining'] and
+            all(s in servers and _up(servers[s]) for s in c['replicas']))
+
+
+def _counts(chunks, servers):
+    counts = collections.Counter({sid: 0 for sid in servers})
+    for c in chunks:
+        counts.update(c['replicas'])
+    return counts
+
+
+def _moves(chunks, goals, servers, level, busy, per_server, avoid, rng,
+           summary):
+    """The TRIM and DRAIN jobs."""
+    counts = _counts(chunks, servers)
+    trims, drains = [], []
+    for c in sorted(chunks, key=lambda c: (c['volume_id'], c['index'])):
+        if not _movable(c, goals, servers):
+            continue
+        have = c['replicas']
+        draining = [s for s in have if servers[s].get('draining')]
+        goal = goals[c['volume_id']]
+        if len(have) > max(goal, 1):
+            retire = _surplus(have, draining, servers, level, counts)
+            summary['trim'] += 1
+            trims.append(Job(c['volume_id'], c['index'], c['epoch'], retire,
+                             None, TRIM, retire))
+        elif draining and len(have) == goal:
+            summary['draining'] += 1
+            drains.append((c, draining[0]))
+    jobs = trims
+    for c, retire in drains:
+        source = c['replicas'][0]
+        if busy[source] >= per_server:
+            continue
+        target = _target(c, [], servers, level, busy, per_server, avoid, rng,
+                         leaving=retire)
+        if target is None:
+            summary['moves_blocked'] += 1
+            continue
+        busy[source] += 1
+        busy[target] += 1
+        summary['drain'] += 1
+        jobs.append(Job(c['volume_id'], c['index'], c['epoch'], source,
+                        target, DRAIN, retire))
+    return jobs
+
+
+def _surplus(have, draining, servers, level, counts):
+    """Which replica of a chunk with one too many to retire."""
+    if draining:
+        return draining[0]
+    domains = collections.Counter(placement.domain_of(servers[s], level)
+                                  for s in have)
+    shared = [s for s in have
+              if domains[placement.domain_of(servers[s], level)] > 1]
+    # The primary last: retiring it moves the writes to another.
+    return max(shared or have,
+               key=lambda s: (counts[s], s != have[0], s))
+
+
+def _rebalance(chunks, goals, servers, level, busy, per_server, avoid,
+               limit, threshold, summary):
+    """At most ``limit`` REBALANCE jobs, from the fullest servers to
+    the emptiest (by replica count)."""
+    pool = {sid for sid, s in servers.items()
+            if _up(s) and not s.get('maintenance') and
+            not s.get('draining')}
+    # Counts, not bytes, are balanced: a server nearly full takes none.
+    roomy = {sid for sid in pool if not servers[sid].get('capacity') or
+             servers[sid].get('free', 0) >= servers[sid]['capacity'] *
+             MIN_FREE_FOR_MOVES}
+    if len(pool) < 2:
+        return []
+    counts = _counts(chunks, servers)
+    # In replicas: a difference of one only swaps which server is fuller.
+    threshold = max(1.0, threshold / 100.0 * sum(
+        counts[s] for s in pool) / len(pool))
+    on = collections.defaultdict(list)
+    for c in sorted(chunks, key=lambda c: (c['volume_id'], c['index'])):
+        if _movable(c, goals, servers) and \
+                len(c['replicas']) == goals[c['volume_id']]:
+            for sid in c['replicas']:
+                on[sid].append(c)
+    jobs, moved = [], set()
+    while len(jobs) < limit:
+        order = sorted(pool, key=lambda s: (counts[s], s))
+        job = None
+        for full in reversed(order):
+            if counts[full] - counts[order[0]] <= threshold:
+                break
+            job = _move_one(on[full], full, order, counts, servers, level,
+                            busy, per_server, avoid, threshold, moved,
+                            roomy)
+            if job is not None:
+                break
+        if job is None:
+            break
+        moved.add((job.volume_id, job.index))
+        busy[job.source] += 1
+        busy[job.target] += 1
+        counts[job.retire] -= 1
+        counts[job.target] += 1
+        summary['rebalance'] += 1
+        jobs.append(job)
+    return jobs
+
+
+def _move_one(candidates, full, order, counts, servers, level, busy,
+              per_server, avoid, threshold, moved, roomy):
+    for c in candidates:
+        if (c['volume_id'], c['index']) in moved:
+            continue
+        source = c['replicas'][0]
+        if busy[source] >= per_server:
+            continue
+        used = {placement.domain_of(servers[s], level)
+                for s in c['replicas'] if s != full}
+        for empty in order:
+            if counts[full] - counts[empty] <= threshold:
+                break
+            s = servers[empty]
+            if (empty in c['replicas'] or empty in avoid or
+                    empty not in roomy or
+                    busy[empty] >= per_server or
+                    placement.domain_of(s, level) in used):
+                continue
+            return Job(c['volume_id'], c['index'], c['epoch'], source,
+                       empty, REBALANCE, full)
+    return None
 
 
 def _up(server):
@@ -140,12 +322,16 @@ def _up(server):
 
 
 def _target(chunk, returning, servers, level, busy, per_server, avoid,
-            rng):
+            rng, leaving=None):
+    """A server to copy the chunk to, in a failure domain its copies
+    (but ``leaving``, the replica a move retires) do not use."""
     used = {placement.domain_of(servers[s], level)
-            for s in chunk['replicas'] + chunk['joining'] if s in servers}
+            for s in chunk['replicas'] + chunk['joining']
+            if s in servers and s != leaving}
 
     def eligible(s):
         return (_up(s) and not s.get('maintenance') and
+                not s.get('draining') and
                 s['id'] not in avoid and busy[s['id']] < per_server and
                 placement.domain_of(s, level) not in used)
     for sid in returning:

@@ -14,7 +14,8 @@ here, in the order that keeps the cluster consistent:
   master died half-way;
 * the repairer runs the repair planner (:mod:`.repair`) every
   ``repair_interval`` and hands each copy it plans to the chunk's source
-  server (REBUILD), a few per server at once.
+  server (REBUILD), a few per server at once; a move (drain, rebalance)
+  then retires the replica it replaced (:meth:`MasterService.retire`).
 
 Leader election will live here too.
 Database calls run on one worker thread (:meth:`MasterService.db`), so
@@ -22,6 +23,7 @@ the event loop never blocks on the database.
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -30,6 +32,7 @@ import time
 from cinder_ursa import exception
 from cinder_ursa.master import chunkservers
 from cinder_ursa.master import repair
+from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 
 LOG = logging.getLogger(__name__)
@@ -41,18 +44,30 @@ UNFINISHED_SWEEP = 10.0
 REBUILD_TIMEOUT = 600.0
 # Seconds a server a copy failed to is not chosen again (at least).
 AVOID_AFTER_FAILURE = 10.0
+# The recovery rate is the bytes copied over this many seconds.
+RATE_WINDOW = 60.0
+
+
+def job_dict(job):
+    """A planned job as JSON: what it does to which chunk."""
+    return {'volume_id': job.volume_id, 'index': job.index,
+            'source': job.source, 'target': job.target,
+            'retire': job.retire, 'reason': repair.REASONS[job.priority]}
 
 
 class MasterService:
     """The cluster protocols over a :class:`MetadataStore` ``store``."""
 
     def __init__(self, store, key, server_timeout=15.0, replica_grace=600.0,
-                 repair_interval=10.0, repair_per_server=2):
+                 repair_interval=10.0, repair_per_server=2,
+                 rebalance_moves=2, rebalance_threshold=10):
         self.store = store
         self.server_timeout = server_timeout
         self.replica_grace = replica_grace
         self.repair_interval = repair_interval
         self.repair_per_server = repair_per_server
+        self.rebalance_moves = rebalance_moves
+        self.rebalance_threshold = rebalance_threshold
         self.chunkservers = chunkservers.ChunkServers(key)
         self._db = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix='ursa-db')
@@ -63,10 +78,14 @@ class MasterService:
         self._orphans = {}          # (volume, index) -> since when joining
                                     # copies are seen with no copy running
         self._summary = {}
+        self._round_lock = None     # made in the loop that runs rounds
+        self._progress = {}
         self.copied_bytes = 0
         self._failed_at = {}    # server id -> when it failed a write
         self._resyncs = set()   # (volume ref, index) to resync
         self._resyncing = set()
+        self._copies = collections.deque()     # (monotonic time, bytes)
+        self.retired = 0
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
 
@@ -135,11 +154,59 @@ class MasterService:
     # --- repair ----------------------------------------------------------
 
     def repair_status(self):
-        """The planner's last counts, the copies running and the bytes
-        copied since this master started."""
+        """The planner's last counts, the copies running, the bytes
+        copied since this master started and the recovery progress: the
+        bytes left to copy (an estimate, from each volume's bytes per
+        replica), the bytes copied per second over the last minute, the
+        seconds left at that rate (None: no copy finished lately) and the
+        replica moves left (drain, rebalance, a replica too many)."""
+        now = time.monotonic()
+        while self._copies and self._copies[0][0] < now - RATE_WINDOW:
+            self._copies.popleft()
+        rate = sum(n for _, n in self._copies) / RATE_WINDOW
+        left = self._progress.get('bytes_left_estimate', 0)
+        moves = self._progress.get('moves_pending', 0) + sum(
+            job.priority in repair.MOVES for job in self._jobs.values())
         return dict(self._summary, running=len(self._jobs),
                     copied_bytes=self.copied_bytes,
-                    resyncs_pending=len(self._resyncs))
+                    resyncs_pending=len(self._resyncs),
+                    retired_replicas=self.retired,
+                    bytes_left_estimate=left,
+                    rate_bytes_per_s=int(rate),
+                    eta_s=(0 if not left else
+                           int(left / rate) if rate else None),
+                    moves_pending=moves)
+
+    def _note_progress(self, chunks, goals, servers):
+        """What is left to copy and move (see :meth:`repair_status`)."""
+        held = collections.Counter()
+        for c in chunks:
+            held[c['volume_id']] += len(c['replicas'])
+        per_replica = collections.Counter()
+        for u in self.usage.values():
+            per_replica.update(u)
+        left = moves = 0
+        for c in chunks:
+            goal = goals.get(c['volume_id'])
+            if goal is None:
+                continue
+            have = c['replicas']
+            copies = max(goal - len(have) - len(c['joining']), 0) + len(
+                c['joining'])
+            draining = any(servers.get(s, {}).get('draining')
+                           for s in have)
+            # Moves running are counted from the jobs (repair_status).
+            running = (c['volume_id'], c['index']) in self._jobs
+            if len(have) > goal:
+                moves += not running            # a replica to retire
+            elif draining:
+                moves += not running
+                copies += 1                     # the drain's copy
+            if copies:
+                left += copies * per_replica[c['volume_id']] // max(
+                    held[c['volume_id']], 1)
+        self._progress = {'bytes_left_estimate': left,
+                          'moves_pending': moves}
 
     async def _repair_loop(self):
         # Chunk servers report what they hold at registration: after a
@@ -153,10 +220,18 @@ class MasterService:
             await asyncio.sleep(self.repair_interval)
 
     async def repair_round(self):
-        """Plan copies of the chunks that lack some and start them."""
+        """Plan copies of the chunks that lack some and start them (one
+        round at a time: POST /v1/repair runs one besides the loop's)."""
         for key in self._resyncs - self._resyncing:
             asyncio.get_running_loop().create_task(self._resync(key))
+        if self._round_lock is None:
+            self._round_lock = asyncio.Lock()
+        async with self._round_lock:
+            return await self._repair_round()
+
+    async def _repair_round(self):
         chunks, goals, servers = await self.db(self.store.repair_records)
+        self._note_progress(chunks, goals, servers)
         busy = {}
         for job in self._jobs.values():
             for sid in (job.source, job.target):
@@ -170,7 +245,8 @@ class MasterService:
         jobs, self._summary = repair.plan(
             chunks, goals, servers, time.time(), self.replica_grace,
             self.store.failure_domain, busy, self.repair_per_server,
-            set(self._avoid))
+            set(self._avoid), rebalance=self.rebalance_moves,
+            threshold=self.rebalance_threshold)
         for job in jobs:
             self._jobs[(job.volume_id, job.index)] = job
             asyncio.get_running_loop().create_task(
@@ -261,6 +337,22 @@ class MasterService:
 
     async def _run_job(self, job, source):
         key = (job.volume_id, job.index)
+        try:
+            if job.target is not None and not await self._copy(job, source):
+                return
+            if job.retire is not None:
+                await self.retire(job.volume_id, job.index, job.retire)
+        except exception.UrsaError as e:
+            LOG.warning('Chunk %s/%d: replica on server %d not retired '
+                        '(%s); the planner tries again', *key, job.retire, e)
+        except Exception:  # noqa: BLE001 - the job ends; keep repairing
+            LOG.exception('Chunk %s/%d: job %s failed', *key, job)
+        finally:
+            self._jobs.pop(key, None)
+
+    async def _copy(self, job, source):
+        """REBUILD on the chunk's primary: whether the copy is made."""
+        key = (job.volume_id, job.index)
         LOG.info('Chunk %s/%d (%s): copying it from server %d to server %d',
                  job.volume_id, job.index, repair.REASONS[job.priority],
                  job.source, job.target)
@@ -271,7 +363,6 @@ class MasterService:
                 control.encode_rebuild, job.volume_id, job.index, job.epoch,
                 job.target, timeout=REBUILD_TIMEOUT)
             copied = control.decode_count_ok(reply.body)
-            self.copied_bytes += copied
         except exception.UrsaError as e:
             # Not that target again for a while: it may be dead and not
             # yet marked down.
@@ -281,8 +372,82 @@ class MasterService:
             LOG.warning('Chunk %s/%d: copy from server %d to server %d '
                         'failed (%s); the planner tries again', *key,
                         job.source, job.target, e)
-        finally:
-            self._jobs.pop(key, None)
+            return False
+        self.copied_bytes += copied
+        self._copies.append((time.monotonic(), copied))
+        return True
+
+    async def retire(self, volume_id, index, server_id):
+        """Take a replica the chunk no longer needs (it has as many
+        without it as its volume asks for) out of the chunk, safely for
+        readers holding old chunk maps:
+
+        1. the server leaves the replica set for the joining copies
+           (epoch + 1): it still takes every write, so while it does not
+           know, what it serves is current;
+        2. it is told the new epoch (and so are the replicas): from then
+           on it serves no reads, and the primary, a new one if it was
+           the primary, forwards the writes to it;
+        3. it is taken out of the joining copies (epoch + 1), the
+           replicas told;
+        4. its copy is deleted: a reader with an old map asks it and is
+           told the epoch moved on (it knows a newer one), and refreshes.
+
+        If the server cannot be told (2), it stays a joining copy: a
+        forwarded write tells it, or drops it if it is gone; the copy
+        is not deleted."""
+        members = await self.db(self.store.chunk_members, volume_id, index)
+        chunk = await self.db(self.store.leave_replica, volume_id, index,
+                              server_id, members['epoch'])
+        leaving = next(r for r in chunk['joining'] if r['id'] == server_id)
+        ids = [r['id'] for r in chunk['replicas']]
+        failed = await self._announce(volume_id, chunk, [leaving] +
+                                      chunk['replicas'])
+        if server_id in failed:
+            LOG.warning('Chunk %s/%d: server %d did not learn it left the '
+                        'replica set (epoch %d); it stays a joining copy, '
+                        'and its copy is kept', volume_id, index, server_id,
+                        chunk['epoch'])
+            return False
+        chunk = await self.db(self.store.abandon_join, volume_id, index,
+                              server_id, chunk['epoch'])
+        await self._announce(volume_id, chunk, chunk['replicas'])
+        try:
+            await self.chunkservers.send(
+                leaving, lambda rid: control.encode_delete(
+                    rid, volume_id, index), timeout=30.0)
+        except exception.UrsaError as e:
+            LOG.warning('Chunk %s/%d: the copy on server %d, which left '
+                        'the replica set, was not deleted (%s); it serves '
+                        'no reads, and ursa cluster check --repair deletes '
+                        'it', volume_id, index, server_id, e)
+        self.retired += 1
+        LOG.info('Chunk %s/%d: server %d retired (epoch %d, replicas %s)',
+                 volume_id, index, server_id, chunk['epoch'], ids)
+        return True
+
+    async def _announce(self, volume_id, chunk, servers):
+        """Tell ``servers`` (dicts) the chunk's new epoch with an empty
+        copy-up, which each confirms with this master; return the ids of
+        those that did not take it."""
+        epoch = chunk['epoch']
+        bump = codec.WriteRequest(
+            volume_id, chunk['index'], epoch, 0, 0, 0, 0,
+            [r['id'] for r in chunk['replicas']], b'', codec.FLAG_IF_ABSENT)
+
+        async def one(s):
+            try:
+                reply = await self.chunkservers.send(
+                    s, lambda rid: codec.encode_replicate(rid, bump, epoch))
+                codec.decode_write_ok(reply.body)
+                return None
+            except exception.UrsaError as e:
+                LOG.warning('Chunk %s/%d: server %d did not take epoch %d '
+                            '(%s)', volume_id, chunk['index'], s['id'],
+                            epoch, e)
+                return s['id']
+        results = await asyncio.gather(*(one(s) for s in servers))
+        return [r for r in results if r is not None]
 
     # --- leases and fencing --------------------------------------------
 

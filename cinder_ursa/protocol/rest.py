@@ -103,6 +103,20 @@ def set_maintenance(server_id, on):
                    {'maintenance': bool(on)}, result='server')
 
 
+def server(server_id):
+    return Request('GET', '/chunkservers/%d' % server_id, result='server')
+
+
+def set_draining(server_id, on):
+    return Request('PUT', '/chunkservers/%d/draining' % server_id,
+                   {'draining': bool(on)}, result='server')
+
+
+def repair_now():
+    """Run the repair planner once, now: the jobs it started."""
+    return Request('POST', '/repair', {}, result='repair')
+
+
 # --- volumes ----------------------------------------------------------------
 
 def volumes():

@@ -42,6 +42,8 @@ def make_cluster(tmp_path):
 
     def make(chunkservers=3, **kwargs):
         kwargs.setdefault('server_timeout', 3.0)
+        kwargs['extra_conf'] = cluster_fixtures.NO_REBALANCE + (
+            kwargs.get('extra_conf') or '')
         d = os.path.join(str(tmp_path), 'cluster%d' % len(clusters))
         c = AllInOne(d, chunkservers, port_base=0, **kwargs)
         clusters.append(c)

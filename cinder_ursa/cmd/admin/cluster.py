@@ -1,5 +1,8 @@
 """``ursa cluster status``, ``ursa cluster check`` and ``ursa server
-list``: the cluster as a whole and its chunk servers."""
+list|show|maintenance|drain``: the cluster as a whole and its chunk
+servers."""
+
+import time
 
 from cliff import lister
 from cliff import show
@@ -24,13 +27,38 @@ class ClusterStatus(show.ShowOne):
             'degraded_chunks': st['degraded_chunks'],
             'one_copy_chunks': st.get('one_copy_chunks', 0),
             'joining_replicas': st.get('joining_replicas', 0),
+            'servers_draining': st['servers'].get('draining', 0),
+        }
+        rep = st.get('repair', {})
+        left = rep.get('bytes_left_estimate', 0)
+        eta = rep.get('eta_s')
+        row.update({
+            'copies_running': rep.get('running', 0),
+            'to_copy_estimate': '%s (estimate)' % units.format_size(left),
+            'recovery_rate': '%s/s (last minute)' % units.format_size(
+                rep.get('rate_bytes_per_s', 0)),
+            'recovery_eta': ('-' if not left else
+                             'unknown (no copy ended in the last minute)'
+                             if eta is None else _duration(eta)),
+            'moves_pending': rep.get('moves_pending', 0),
+        })
+        row.update({
             'capacity': units.format_size(st['capacity_bytes']),
             'free': units.format_size(st['free_bytes']),
             'used': units.format_size(st['used_bytes']),
             'provisioned': units.format_size(st['provisioned_bytes']),
             'failure_domain': st['failure_domain'],
-        }
+        })
         return tuple(row), tuple(row.values())
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    if seconds < 60:
+        return '%d s' % seconds
+    if seconds < 3600:
+        return '%d min %d s' % divmod(seconds, 60)
+    return '%d h %d min' % (seconds // 3600, seconds % 3600 // 60)
 
 
 class ClusterCheck(lister.Lister):
@@ -40,25 +68,70 @@ class ClusterCheck(lister.Lister):
     snapshot layers no live snapshot reads), snapshots left half-made and
     replicas missing from a server; exits 1 if there is any problem.
     Chunk servers that are down cannot be checked and are listed.
-    Example: ursa cluster check -f json
+    With --repair it then fixes what is safe to fix, says what it did,
+    and checks again: the master runs a repair round at once (copies of
+    chunks that lack some, drains, surplus replicas); orphan copies of
+    known chunks are deleted while a replica of the chunk holds a copy
+    (never the last copy of anything); a replica missing from a server
+    is dropped from the chunk, which the repair planner then copies.
+    Example: ursa cluster check --repair -f json
     """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('--repair', action='store_true',
+                       help='Fix what can be fixed safely, then check '
+                            'again.')
+        return p
 
     def take_action(self, args):
         with self.app.data_cluster() as cluster:
             report = cluster.run(check.check_cluster)
+            self._summary(report)
+            if args.repair:
+                for line in cluster.run(lambda c: check.repair_cluster(
+                        c, report['problems'])):
+                    self.app.stderr.write('repair: %s\n' % line)
+                started = self.app.master().repair_now()
+                self.app.stderr.write(
+                    'repair: the master ran a repair round: %d copy or '
+                    'move job(s) started, %d running, %d chunk(s) lacking '
+                    'copies (ursa cluster status shows the progress)\n' % (
+                        len(started['started']), started.get('running', 0),
+                        started.get('degraded', 0)))
+                for job in started['started']:
+                    self.app.stderr.write(
+                        'repair: chunk %s/%d (%s): %s\n' % (
+                            job['volume_id'], job['index'], job['reason'],
+                            _job_text(job)))
+                report = cluster.run(check.check_cluster)
+                self.app.stderr.write('after repair: ')
+                self._summary(report)
+        self.problems = report['problems']
+        cols = ('problem', 'server', 'volume', 'index', 'bytes', 'detail')
+        return cols, [tuple(p[c] for c in cols) for p in self.problems]
+
+    def _summary(self, report):
         self.app.stderr.write(
             '%d chunk server(s), %d volume(s), %d replica(s) holding %s '
             'checked: %d problem(s)\n' % (
                 report['servers'], report['volumes'], report['replicas'],
                 units.format_size(report['allocated_bytes']),
                 len(report['problems'])))
-        self.problems = report['problems']
-        cols = ('problem', 'server', 'volume', 'index', 'bytes', 'detail')
-        return cols, [tuple(p[c] for c in cols) for p in self.problems]
 
     def run(self, parsed_args):
         rc = super().run(parsed_args)
         return rc or (1 if self.problems else 0)
+
+
+def _job_text(job):
+    if job['target'] is None:
+        return 'retire the replica on server %d' % job['retire']
+    text = 'copy from server %d to server %d' % (job['source'],
+                                                 job['target'])
+    if job['retire'] is not None:
+        text += ', then retire the replica on server %d' % job['retire']
+    return text
 
 
 class ServerList(lister.Lister):
@@ -66,12 +139,12 @@ class ServerList(lister.Lister):
     Example: ursa server list"""
 
     def take_action(self, args):
-        cols = ('id', 'state', 'maintenance', 'address', 'port', 'host',
-                'rack', 'chunks', 'used', 'free', 'uuid')
+        cols = ('id', 'state', 'maintenance', 'draining', 'address', 'port',
+                'host', 'rack', 'chunks', 'used', 'free', 'uuid')
         rows = []
         for s in self.app.master().servers():
             rows.append((s['id'], s['state'], s.get('maintenance', False),
-                         s['address'], s['port'],
+                         s.get('draining', False), s['address'], s['port'],
                          s['host'], s['rack'], s['chunks'],
                          units.format_size(s['used']),
                          units.format_size(s['free']), s['uuid']))
@@ -105,3 +178,110 @@ class ServerMaintenance(show.ShowOne):
                'maintenance': s['maintenance'], 'address': s['address'],
                'port': s['port']}
         return tuple(row), tuple(row.values())
+
+
+def _server_row(s):
+    row = {'id': s['id'], 'state': s['state'],
+           'maintenance': s['maintenance'], 'draining': s['draining'],
+           'address': s['address'], 'port': s['port'], 'host': s['host'],
+           'rack': s['rack'], 'chunks': s['chunks']}
+    if 'joining' in s:
+        row['joining'] = s['joining']
+    if s['draining']:
+        row['safe_to_remove'] = not s['chunks'] and not s.get('joining')
+    row.update({'used': units.format_size(s['used']),
+                'free': units.format_size(s['free']), 'uuid': s['uuid']})
+    return row
+
+
+class ServerShow(show.ShowOne):
+    """Show a chunk server: state, maintenance, draining, the replicas it
+    holds (chunks) and the copies being made on it (joining).
+    A draining server with no replica and no copy being made holds
+    nothing the cluster needs: safe_to_remove is then True.
+    Example: ursa server show 3
+    """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('server', type=int,
+                       help='Chunk server id (see ursa server list).')
+        return p
+
+    def take_action(self, args):
+        row = _server_row(self.app.master().server(args.server))
+        return tuple(row), tuple(row.values())
+
+
+class ServerDrain(show.ShowOne):
+    """Move every replica off a chunk server, so it can be removed.
+
+    The master copies each chunk the server holds to another server (in
+    a failure domain the chunk does not use yet) and then takes the
+    server's replica out of the chunk and deletes it; repairs of chunks
+    that lack copies go first.  No new replica is placed on a draining
+    server.  The server must stay up to be copied from: a draining server
+    that is down has its chunks copied from the other replicas at once.
+    It holds nothing when ``ursa server show`` says chunks 0 and
+    safe_to_remove True (--wait waits for that).
+    --cancel stops the drain: copies under way end, and the chunk's
+    replica that is then one too many is retired.
+    Example: ursa server drain 3 --wait
+    """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('server', type=int,
+                       help='Chunk server id (see ursa server list).')
+        g = p.add_mutually_exclusive_group()
+        g.add_argument('--cancel', action='store_true',
+                       help='Stop draining the server.')
+        g.add_argument('--wait', action='store_true',
+                       help='Wait until the server holds no replica.')
+        p.add_argument('--timeout', type=float, default=0,
+                       help='With --wait: give up (exit status 1) after '
+                            'this many seconds (default: wait for good).')
+        return p
+
+    def take_action(self, args):
+        master = self.app.master()
+        s = master.set_draining(args.server, not args.cancel)
+        if args.wait:
+            deadline = time.monotonic() + args.timeout
+            while True:
+                s = master.server(args.server)
+                if not s['chunks'] and not s.get('joining'):
+                    break
+                if args.timeout and time.monotonic() > deadline:
+                    self.app.stderr.write(
+                        'server %d still holds %d replica(s) after %d s\n'
+                        % (args.server, s['chunks'], args.timeout))
+                    self.failed = True
+                    break
+                time.sleep(1.0)
+        else:
+            s = master.server(args.server)
+        if args.cancel:
+            self.app.stderr.write('server %d no longer drains\n'
+                                  % args.server)
+        elif not s['chunks'] and not s.get('joining'):
+            self.app.stderr.write('server %d holds no replica: it is safe '
+                                  'to remove\n' % args.server)
+            if s['state'] != 'up':
+                self.app.stderr.write(
+                    'server %d is %s: the chunks it held are copied from '
+                    'their other replicas (ursa cluster status shows the '
+                    'degraded chunks left)\n' % (args.server, s['state']))
+        else:
+            self.app.stderr.write(
+                'server %d drains: %d replica(s) left to move (ursa server '
+                'show %d; ursa cluster status shows the progress)\n'
+                % (args.server, s['chunks'], args.server))
+        row = _server_row(s)
+        return tuple(row), tuple(row.values())
+
+    failed = False
+
+    def run(self, parsed_args):
+        rc = super().run(parsed_args)
+        return rc or (1 if self.failed else 0)

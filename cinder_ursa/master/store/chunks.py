@@ -96,7 +96,9 @@ class ChunkRecords:
             for idx in range(start, start + count):
                 row = rows.get(idx)
                 if row is None and allocate:
-                    ids = placement.choose(list(servers.values()),
+                    # Never on a server being emptied.
+                    ids = placement.choose([s for s in servers.values()
+                                            if not s['draining']],
                                            vol.replicas, self.failure_domain)
                     if len(ids) < vol.min_replicas:
                         raise exception.InsufficientReplicas(
@@ -235,6 +237,43 @@ class ChunkRecords:
                  len(chunk['replicas']))
         return chunk
 
+    def leave_replica(self, ref, idx, server_id, epoch):
+        """First step of retiring a replica the chunk no longer needs (a
+        move left it a copy too many): the server leaves the replica set
+        for the joining copies (epoch + 1).  It serves no more reads once
+        it learns that epoch, and until then it still takes every write
+        (the new primary, if it was the primary, forwards them to it), so
+        a reader it still answers at the old epoch never gets old data.
+        :meth:`abandon_join` then takes it out.
+
+        Refused (Conflict) unless the chunk keeps at least as many
+        replicas as its volume asks for without it, and has no other
+        copy being made."""
+        def change(row, vol, servers):
+            ids = split_ids(row.replicas)
+            if server_id not in ids:
+                raise exception.Conflict(
+                    reason='chunk server %d is not a replica of chunk %s/%d'
+                    % (server_id, vol.name, idx))
+            if row.joining:
+                raise exception.Conflict(
+                    reason='chunk %s/%d has copies being made' % (vol.name,
+                                                                   idx))
+            if len(ids) - 1 < max(vol.replicas, 1):
+                raise exception.Conflict(
+                    reason='chunk %s/%d would keep %d of the %d replicas '
+                           'its volume asks for without server %d' % (
+                               vol.name, idx, len(ids) - 1, vol.replicas,
+                               server_id))
+            return {'replicas': join_ids([i for i in ids if i != server_id]),
+                    'joining': join_ids([server_id]),
+                    'lost': join_ids([i for i in split_ids(row.lost)
+                                      if i != server_id])}
+        chunk = self._change_members(ref, idx, epoch, change)
+        LOG.info('Chunk %s/%d: server %d leaves the replica set (epoch %d)',
+                 ref, idx, server_id, chunk['epoch'])
+        return chunk
+
     def abandon_join(self, ref, idx, server_id, epoch):
         """Stop bringing a copy up to date (its catch-up failed)."""
         def change(row, vol, servers):
@@ -310,7 +349,8 @@ class ChunkRecords:
             'servers': {'total': len(servers), 'up': len(up),
                         'down': len(servers) - len(up),
                         'maintenance': sum(s['maintenance']
-                                           for s in servers)},
+                                           for s in servers),
+                        'draining': sum(s['draining'] for s in servers)},
             'volumes': nvol,
             'chunks': nchunks,
             'degraded_chunks': degraded,

@@ -26,7 +26,8 @@ class ServerRecords:
                 'capacity': row.capacity, 'used': row.used, 'free': row.free,
                 'state': row.state, 'last_seen': row.last_seen,
                 'down_since': row.down_since,
-                'maintenance': bool(row.maintenance)}
+                'maintenance': bool(row.maintenance),
+                'draining': bool(row.draining)}
 
     def register_server(self, server_uuid, host, rack, address, port,
                         capacity, used, free, chunks=()):
@@ -173,6 +174,39 @@ class ServerRecords:
                     row.address, row.port, 'is in' if on else 'is out of')
         return self._server_dict(row)
 
+    def set_draining(self, server_id, on):
+        """Mark a chunk server draining (the planner moves its replicas
+        to other servers, none is placed on it) or not; return it with
+        the replicas it still holds."""
+        t = models.chunkservers
+        with self.engine.begin() as conn:
+            res = conn.execute(t.update().where(t.c.id == server_id).values(
+                draining=bool(on)))
+            if res.rowcount == 0:
+                raise exception.NotFound(kind='chunk server',
+                                         name=server_id)
+            row = conn.execute(sa.select(t).where(t.c.id == server_id)).first()
+        server = self._server_dict(row)
+        server['chunks'] = self._replica_counts().get(server_id, 0)
+        LOG.warning('Chunk server %d (%s:%d) %s: %d replica(s) on it',
+                    server_id, row.address, row.port,
+                    'is draining' if on else 'no longer drains',
+                    server['chunks'])
+        return server
+
+    def get_server(self, server_id):
+        """One chunk server, with the replicas it holds (``chunks``)
+        and the copies being made on it (``joining``)."""
+        t = models.chunkservers
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == server_id)).first()
+        if row is None:
+            raise exception.NotFound(kind='chunk server', name=server_id)
+        server = self._server_dict(row)
+        server['chunks'] = self._replica_counts().get(server_id, 0)
+        server['joining'] = self._replica_counts('joining').get(server_id, 0)
+        return server
+
     def list_servers(self):
         t = models.chunkservers
         with self.engine.connect() as conn:
@@ -183,11 +217,12 @@ class ServerRecords:
             s['chunks'] = counts.get(s['id'], 0)
         return servers
 
-    def _replica_counts(self):
+    def _replica_counts(self, column='replicas'):
+        """{server id: chunks it is a replica of} (or joins)."""
         counts = {}
         with self.engine.connect() as conn:
             for (replicas,) in conn.execute(
-                    sa.select(models.chunks.c.replicas)):
+                    sa.select(models.chunks.c[column])):
                 for sid in split_ids(replicas):
                     counts[sid] = counts.get(sid, 0) + 1
         return counts

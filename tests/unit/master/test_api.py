@@ -245,3 +245,30 @@ def test_maintenance_takes_a_boolean_for_a_known_server(store):
     assert status == 404, body
     status, body = one(store, 'GET', '/v1/chunkservers')
     assert [s['maintenance'] for s in body['chunkservers']] == [True]
+
+
+def test_draining_takes_a_boolean_and_a_server_is_shown(store):
+    sid = store.register_server('u', 'h', 'r', '127.0.0.1', 9000, 1, 0,
+                                1)[0]['id']
+    path = '/v1/chunkservers/%d/draining' % sid
+    status, body = one(store, 'PUT', path, {'draining': True})
+    assert status == 200 and body['server']['draining'] is True
+    assert_400(one(store, 'PUT', path, {'draining': 1}), 'draining', 'bool')
+    assert_400(one(store, 'PUT', path, {}), 'draining', 'required')
+    status, body = one(store, 'PUT', '/v1/chunkservers/77/draining',
+                       {'draining': False})
+    assert status == 404, body
+    status, body = one(store, 'GET', '/v1/chunkservers/%d' % sid)
+    assert status == 200 and body['server']['chunks'] == 0
+    assert body['server']['draining'] is True
+    status, body = one(store, 'GET', '/v1/cluster')
+    assert body['servers']['draining'] == 1
+    for key in ('bytes_left_estimate', 'rate_bytes_per_s', 'eta_s',
+                'moves_pending'):
+        assert key in body['repair'], key
+
+
+def test_a_repair_round_runs_on_demand(store):
+    status, body = one(store, 'POST', '/v1/repair', {})
+    assert status == 200, body
+    assert body['repair']['started'] == [] and body['repair']['running'] == 0

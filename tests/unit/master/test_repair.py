@@ -219,3 +219,170 @@ def test_chunks_of_volumes_gone_are_ignored():
 def test_a_volume_with_one_replica_is_whole_with_one():
     jobs, summary = plan([chunk([1])], servers(3), goal=1)
     assert jobs == [] and summary == {}
+
+
+# --- moves: drain, surplus replicas, rebalance ---------------------------
+
+def draining(**extra):
+    return dict({'draining': True}, **extra)
+
+
+def test_a_draining_server_is_never_a_target():
+    srv = servers(4, s3=draining())
+    for seed in range(20):
+        jobs, _ = repair.plan([chunk([1, 2], lost=[9])], {'v': 3}, srv, NOW,
+                              GRACE, rng=random.Random(seed))
+        assert [j.target for j in jobs] == [4]
+    # Nor a returning one: its old copy is not brought up to date.
+    jobs, _ = plan([chunk([1, 2], lost=[3])], srv)
+    assert [(j.target, j.priority) for j in jobs] == [(4, repair.UNDER)]
+
+
+def test_a_draining_server_down_is_not_waited_for():
+    srv = servers(4, s3=down(maintenance=True))
+    srv[3]['draining'] = True
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv)
+    assert [(j.target, j.priority) for j in jobs] == [(4, repair.UNDER)]
+
+
+def test_a_chunk_on_a_draining_server_is_copied_then_that_replica_retired():
+    srv = servers(4, s2=draining())
+    jobs, summary = plan([chunk([1, 2, 3])], srv)
+    assert jobs == [repair.Job('v', 0, 5, 1, 4, repair.DRAIN, 2)]
+    assert summary == {'draining': 1, 'drain': 1}
+
+
+def test_a_draining_primary_is_the_source_and_is_retired():
+    jobs, _ = plan([chunk([2, 1, 3])], servers(4, s2=draining()))
+    assert jobs == [repair.Job('v', 0, 5, 2, 4, repair.DRAIN, 2)]
+
+
+def test_the_draining_servers_domain_is_free_for_the_copy():
+    # Racks a, b, c; the chunk uses all three; 4 shares rack a with 1.
+    srv = servers(4, racks=['a', 'b', 'c', 'a'], s1=draining())
+    jobs, _ = repair.plan([chunk([1, 2, 3])], {'v': 3}, srv, NOW, GRACE,
+                          level='rack')
+    assert [(j.target, j.retire) for j in jobs] == [(4, 1)]
+
+
+def test_a_drain_with_nowhere_to_go_is_blocked_and_counted():
+    jobs, summary = plan([chunk([1, 2, 3])], servers(3, s3=draining()))
+    assert jobs == []
+    assert summary == {'draining': 1, 'moves_blocked': 1}
+
+
+def test_repairs_take_the_slots_before_drains():
+    srv = servers(6, s2=draining())
+    chunks = [chunk([1, 2, 3], index=0), chunk([1, 3], index=1)]
+    jobs, summary = plan(chunks, srv, per_server=1)
+    assert [(j.index, j.priority) for j in jobs] == [(1, repair.UNDER)]
+    assert summary['draining'] == 1
+
+
+def test_a_replica_too_many_is_retired_draining_first_then_the_fullest():
+    srv = servers(5, s3=draining())
+    jobs, summary = plan([chunk([1, 2, 3, 4])], srv)
+    assert jobs == [repair.Job('v', 0, 5, 3, None, repair.TRIM, 3)]
+    assert summary == {'trim': 1}
+    # Nobody draining (a drain cancelled mid-way): the fullest server's,
+    # the primary last.
+    srv = servers(5)
+    others = [chunk([2, 5, 3], index=i) for i in range(1, 3)]
+    jobs, _ = plan([chunk([1, 2, 3, 4])] + others, srv)
+    assert [(j.index, j.retire) for j in jobs] == [(0, 3)]
+    jobs, _ = plan([chunk([2, 1, 3, 4])] + others[:1], srv)
+    assert [(j.index, j.retire) for j in jobs] == [(0, 3)]
+
+
+def test_a_replica_too_many_in_a_shared_domain_goes_first():
+    srv = servers(4, racks=['a', 'b', 'c', 'a'])
+    jobs, _ = repair.plan([chunk([1, 2, 3, 4])], {'v': 3}, srv, NOW, GRACE,
+                          level='rack')
+    assert [j.retire for j in jobs] == [4]
+
+
+def test_moves_leave_chunks_with_copies_being_made_or_servers_down_alone():
+    srv = servers(5, s2=draining())
+    jobs, summary = plan([chunk([1, 2, 3], joining=[4])], srv)
+    assert jobs == [] and summary == {}
+    srv = servers(5, s2=draining(), s3=down())
+    jobs, summary = plan([chunk([1, 2, 3, 4])], srv)
+    assert jobs == []
+
+
+def full_and_empty(n_chunks=6):
+    """Servers 1-3 hold every chunk, 4 none."""
+    return [chunk([1, 2, 3], index=i) for i in range(n_chunks)]
+
+
+def test_rebalance_moves_a_few_replicas_to_the_emptiest():
+    jobs, summary = plan(full_and_empty(), servers(4), rebalance=2)
+    assert len(jobs) == 2 and summary == {'rebalance': 2}
+    assert all(j.priority == repair.REBALANCE and j.target == 4 and
+               j.source == 1 and j.retire in (1, 2, 3) for j in jobs)
+    # Two moves from different servers: both were the fullest in turn.
+    assert len({j.retire for j in jobs}) == 2
+    assert len({j.index for j in jobs}) == 2
+    jobs, _ = plan(full_and_empty(), servers(4), rebalance=0)
+    assert jobs == []
+
+
+def test_rebalance_stops_within_the_threshold_and_converges():
+    chunks = full_and_empty(12)
+    srv = servers(4)
+    for _ in range(20):
+        jobs, _ = plan(chunks, srv, rebalance=3, threshold=1)
+        if not jobs:
+            break
+        for j in jobs:
+            c = chunks[j.index]
+            c['replicas'] = [s for s in c['replicas'] if s != j.retire] + [
+                j.target]
+    counts = repair._counts(chunks, srv)
+    assert max(counts.values()) - min(counts.values()) <= 1
+    assert counts[4] == 9       # 36 replicas over 4 servers
+    for c in chunks:
+        assert len(set(c['replicas'])) == 3
+
+
+def test_rebalance_waits_for_repairs_drains_and_running_copies():
+    chunks = full_and_empty() + [chunk([1, 2], index=50)]
+    jobs, _ = plan(chunks, servers(5), rebalance=2)
+    assert [j.priority for j in jobs] == [repair.UNDER]
+    jobs, _ = plan(full_and_empty(), servers(4), rebalance=2, busy={1: 1})
+    assert jobs == []
+    jobs, _ = plan(full_and_empty(), servers(5, s5=draining()), rebalance=2)
+    assert [j.target for j in jobs] == [4, 4]   # 5 drains: no target
+    jobs, summary = plan(full_and_empty(), servers(5, s3=draining()),
+                         rebalance=2)
+    assert {j.priority for j in jobs} == {repair.DRAIN}
+
+
+def test_rebalance_keeps_failure_domains_distinct():
+    # 4 shares rack a with 1: only 1's replicas may go to it.
+    srv = servers(4, racks=['a', 'b', 'c', 'a'])
+    jobs, _ = repair.plan(full_and_empty(), {'v': 3}, srv, NOW, GRACE,
+                          level='rack', rebalance=3, threshold=1)
+    assert jobs and all(j.retire == 1 and j.target == 4 for j in jobs)
+
+
+def test_the_rebalance_threshold_is_a_percentage_of_the_average():
+    # Counts 10, 10, 10, 0: an average of 7.5 replicas per server.
+    jobs, _ = plan(full_and_empty(10), servers(4), rebalance=1,
+                   threshold=100)
+    assert len(jobs) == 1               # 10 > 7.5
+    jobs, _ = plan(full_and_empty(10), servers(4), rebalance=1,
+                   threshold=150)
+    assert jobs == []                   # 10 <= 11.25
+
+
+def test_rebalance_never_fills_a_server_nearly_full():
+    srv = servers(4)
+    for s in srv.values():
+        s['capacity'] = 100
+    srv[4]['free'] = 9
+    jobs, _ = plan(full_and_empty(), srv, rebalance=2)
+    assert jobs == []
+    srv[4]['free'] = 10
+    jobs, _ = plan(full_and_empty(), srv, rebalance=2)
+    assert [j.target for j in jobs] == [4, 4]

@@ -32,8 +32,22 @@ class FakeChunkServers:
                                                      for s in servers]))
         return [s['id'] for s in servers if s['id'] in self.down]
 
+    async def send(self, server, make_frame, timeout=5.0):
+        """One server: recorded with the chunk's membership when sent."""
+        frame = codec.FrameDecoder().feed(b''.join(
+            bytes(b) for b in _parts(make_frame(1))))[0]
+        self.sent.append((frame.opcode, frame.body, [server['id']]))
+        if server['id'] in self.down:
+            raise exception.UrsaConnectionError(peer=server['id'],
+                                                reason='down')
+        return codec.FrameDecoder().feed(codec.encode_write_ok(1, 0))[0]
+
     def close(self):
         pass
+
+
+def _parts(frame):
+    return frame if isinstance(frame, list) else [frame]
 
 
 @pytest.fixture
@@ -130,6 +144,86 @@ def test_abandon_joins_needs_a_joining_copy(service):
     c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
     with pytest.raises(exception.Conflict, match='no joining'):
         store.abandon_joins('v', 0, c['epoch'])
+
+
+def retire_setup(service):
+    """A chunk on servers 1-3 with a 4th replica promoted on server 4."""
+    store = service.store
+    store.register_server('uuid-4th', 'd', 'r', '127.0.0.1', 9009, 10 ** 12,
+                          0, 10 ** 12)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    held = [r['id'] for r in c['replicas']]
+    spare = next(s['id'] for s in store.list_servers()
+                 if s['id'] not in held)
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    p = store.promote_replica('v', 0, spare, j['epoch'])
+    return p, held, spare
+
+
+def test_retiring_a_replica_tells_it_before_it_goes_then_deletes_it(
+        service):
+    store = service.store
+    p, held, spare = retire_setup(service)
+    vid = store.get_volume('v')['id']
+    sent = service.chunkservers.sent
+    sent.clear()
+    assert run(service.retire(vid, 0, held[0]))
+    m = store.chunk_members(vid, 0)
+    assert m['replicas'] == held[1:] + [spare] and m['joining'] == []
+    assert m['epoch'] == p['epoch'] + 2
+    # Leaving (epoch + 1): told to the leaving server and the replicas;
+    # gone (epoch + 2): told to the replicas; then its copy deleted.
+    ops = [(op, to[0], codec.decode_replicate(body, 0).epoch
+            if op == codec.REPLICATE else None) for op, body, to in sent]
+    first = p['epoch'] + 1
+    assert sorted(ops[:4]) == sorted(
+        [(codec.REPLICATE, sid, first) for sid in held + [spare]])
+    assert sorted(ops[4:7]) == sorted(
+        [(codec.REPLICATE, sid, first + 1) for sid in held[1:] + [spare]])
+    assert ops[7][:2] == (codec.DELETE, held[0])
+    assert control.decode_delete(sent[7][1]) == (vid, 0)
+    assert len(ops) == 8 and service.retired == 1
+
+
+def test_a_leaving_server_not_told_keeps_its_copy_and_joins(service):
+    store = service.store
+    p, held, spare = retire_setup(service)
+    vid = store.get_volume('v')['id']
+    service.chunkservers.down = {held[1]}
+    service.chunkservers.sent.clear()
+    assert not run(service.retire(vid, 0, held[1]))
+    m = store.chunk_members(vid, 0)
+    assert m['joining'] == [held[1]] and held[1] not in m['replicas']
+    assert codec.DELETE not in [op for op, *_ in service.chunkservers.sent]
+    # Never below the volume's replicas.
+    with pytest.raises(exception.Conflict):
+        run(service.retire(vid, 0, held[0]))
+
+
+def test_progress_counts_bytes_left_and_moves(service, monkeypatch):
+    store = service.store
+
+    async def no_copy(job, source):
+        pass
+    monkeypatch.setattr(service, '_run_job', no_copy)
+    ids = [s['id'] for s in store.list_servers()]
+    vol = store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    store.chunk_map('v', 0, 2, allocate=True)
+    for sid in ids:
+        service.note_usage(sid, {vol['id']: 8 * MiB})   # 4 MiB a replica
+    store.set_draining(ids[0], True)
+    c = store.chunk_map('v', 0, 1)['chunks'][0]
+    store.drop_replica('v', 0, ids[1], c['epoch'])
+    service.rebalance_moves = 0
+    run(service.repair_round())
+    st = service.repair_status()
+    # Chunk 0: one copy missing, and its replica on the draining server
+    # to move; chunk 1: the move.  Two drains, three copies of 4 MiB.
+    assert st['moves_pending'] == 2
+    # 24 MiB in 5 replicas: 2 copies of chunk 0, 1 of chunk 1.
+    assert st['bytes_left_estimate'] == 2 * 24 * MiB // 5 + 24 * MiB // 5
+    assert st['rate_bytes_per_s'] == 0 and st['eta_s'] is None
 
 
 def test_a_server_that_failed_a_write_is_taken_as_down_until_it_beats(

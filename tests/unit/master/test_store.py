@@ -29,9 +29,9 @@ def one_chunk(store):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0007'
+    assert store.schema_version() == '0008'
     store.upgrade()
-    assert store.schema_version() == '0007'
+    assert store.schema_version() == '0008'
 
 
 def test_volume_lifecycle(store):
@@ -161,7 +161,8 @@ def test_servers_marked_down(store):
     with pytest.raises(exception.NotFound):
         store.heartbeat(999, 1, 0, 1)
     assert store.cluster_status()['servers'] == {'total': 2, 'up': 1,
-                                                 'down': 1, 'maintenance': 0}
+                                                 'down': 1, 'maintenance': 0,
+                                                 'draining': 0}
     servers = {s['uuid']: s for s in store.list_servers()}
     assert servers['uuid-0']['down_since'] is None
     assert servers['uuid-1']['down_since'] > 0
@@ -381,6 +382,59 @@ def test_maintenance_is_set_and_shown(store):
     assert store.set_maintenance(ids[1], False)['maintenance'] is False
     with pytest.raises(exception.NotFound):
         store.set_maintenance(999, True)
+
+
+def test_draining_is_set_and_shown_and_takes_no_new_chunk(store):
+    ids = add_servers(store, 4)
+    s = store.set_draining(ids[3], True)
+    assert s['draining'] is True and s['chunks'] == 0
+    assert [x['draining'] for x in store.list_servers()] == [
+        False, False, False, True]
+    assert store.cluster_status()['servers']['draining'] == 1
+    store.create_volume('v', 64 * MiB, chunk_size=4 * MiB)
+    chunks = store.chunk_map('v', 0, 16, allocate=True)['chunks']
+    assert all(ids[3] not in [r['id'] for r in c['replicas']]
+               for c in chunks)
+    shown = store.get_server(ids[0])
+    assert (shown['chunks'], shown['joining']) == (16, 0)
+    assert store.set_draining(ids[3], False)['draining'] is False
+    with pytest.raises(exception.NotFound):
+        store.set_draining(999, True)
+    with pytest.raises(exception.NotFound):
+        store.get_server(999)
+
+
+def test_a_replica_too_many_leaves_then_is_abandoned(store):
+    c, held, spare = one_chunk(store)
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    p = store.promote_replica('v', 0, spare, j['epoch'])
+    # The primary leaves: the next replica is the primary; the leaving
+    # server is a joining copy (it takes the writes, serves no reads).
+    left = store.leave_replica('v', 0, held[0], p['epoch'])
+    assert left['epoch'] == p['epoch'] + 1
+    assert [r['id'] for r in left['replicas']] == held[1:] + [spare]
+    assert [r['id'] for r in left['joining']] == [held[0]]
+    out = store.abandon_join('v', 0, held[0], left['epoch'])
+    assert out['joining'] == [] and out['epoch'] == left['epoch'] + 1
+    m = store.chunk_members('v', 0)
+    assert m['lost'] == [] and m['replicas'] == held[1:] + [spare]
+    assert store.get_server(held[0])['chunks'] == 0
+
+
+def test_leaving_never_takes_a_chunk_below_its_replicas(store):
+    c, held, spare = one_chunk(store)
+    with pytest.raises(exception.Conflict, match='would keep 2 of the 3'):
+        store.leave_replica('v', 0, held[1], c['epoch'])
+    with pytest.raises(exception.Conflict, match='not a replica'):
+        store.leave_replica('v', 0, spare, c['epoch'])
+    j = store.join_replica('v', 0, spare, c['epoch'])
+    with pytest.raises(exception.Conflict, match='epoch'):
+        store.leave_replica('v', 0, held[1], c['epoch'])    # CAS
+    with pytest.raises(exception.Conflict, match='copies being made'):
+        store.leave_replica('v', 0, held[1], j['epoch'])
+    p = store.promote_replica('v', 0, spare, j['epoch'])
+    store.leave_replica('v', 0, held[1], p['epoch'])
+    assert store.chunk_members('v', 0)['epoch'] == p['epoch'] + 1
 
 
 def test_attachments_one_host_at_a_time(store):
