@@ -56,7 +56,9 @@ class ControlMixin:
                     await self._register()
                     registered = True
                 else:
-                    await self.master.heartbeat(self.id, self.store.usage())
+                    reply = await self.master.heartbeat(self.id,
+                                                        self.store.usage())
+                    self._left(reply.get('dropped', ()))
             except exception.NotFound:
                 registered = False
                 continue
@@ -68,6 +70,15 @@ class ControlMixin:
                 LOG.exception('Heartbeat failed')
             await asyncio.sleep(self._heartbeat_interval if registered
                                 else 1.0)
+
+    def _left(self, drops):
+        """The master says this server left these chunks (volume, index,
+        epoch): a copy older than that epoch, not being brought up to
+        date, is stale."""
+        for vol, idx, epoch in drops:
+            c = self.store.held(vol, idx)
+            if c is not None and not c.joining and c.epoch < epoch:
+                self.store.mark_stale(vol, idx)
 
     def _control(self, conn, frame, _req, _confirmed):
         op = frame.opcode

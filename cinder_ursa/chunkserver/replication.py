@@ -298,6 +298,11 @@ class ReplicationMixin:
         bump = codec.WriteRequest(req.volume, req.index, chunk['epoch'],
                                   req.generation, req.seq, 0, 0, ids, b'',
                                   codec.FLAG_IF_ABSENT)
+        # The dropped ones are told too, not waited for (they failed): a
+        # live one asks the master, learns it left and serves no read to
+        # a client holding the old map.
+        for sid, _ in failed:
+            _tell_later(self._send_replica(sid, bump, chunk['epoch']))
         results = await asyncio.gather(*(
             self._send_replica(sid, bump, chunk['epoch'])
             for sid in ids if sid != self.id), return_exceptions=True)
@@ -317,3 +322,19 @@ class ReplicationMixin:
             if addr is None:
                 raise exception.NotFound(kind='chunk server', name=sid)
         return addr
+
+
+_told = set()       # the tasks of _tell_later, kept until they end
+
+
+def _tell_later(coro):
+    """Run ``coro`` (a message to a server that may be gone) on its own;
+    its failure is expected and ignored."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _told.add(task)
+
+    def done(t):
+        _told.discard(t)
+        if not t.cancelled():
+            t.exception()
+    task.add_done_callback(done)

@@ -310,7 +310,8 @@ class MasterAPI:
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
                       b.get('used', int, 0), b.get('free', int, 0))
         self._note_usage(sid, b)
-        return web.json_response({'ok': True})
+        return web.json_response({'ok': True,
+                                  'dropped': self.service.take_drops(sid)})
 
     async def set_maintenance(self, request):
         sid = _path_int(request, 'id')
@@ -485,6 +486,10 @@ class MasterAPI:
         before = await self.db(self.store.chunk_members, ref, idx)
         chunk = await self.db(self.store.drop_replica, ref, idx, sid, epoch)
         self.service.note_failure(sid)
+        if sid in before['replicas'] and sid not in [
+                r['id'] for r in chunk['replicas']]:
+            vol = await self.db(self.store.get_volume, ref)
+            self.service.note_drop(sid, vol['id'], idx, chunk['epoch'])
         if before['replicas'][:1] == [sid] and len(before['replicas']) > 1:
             # Its last write may have reached some replicas only.
             self.service.resync_soon(ref, idx)

@@ -41,6 +41,7 @@ LOG = logging.getLogger(__name__)
 UNFINISHED_AFTER = 60.0
 UNFINISHED_SWEEP = 10.0
 # A chunk copy longer than this is given up (64 MiB takes about a second).
+MAX_DROPS_KEPT = 65536      # drops remembered per server between beats
 REBUILD_TIMEOUT = 600.0
 # Seconds a server a copy failed to is not chosen again (at least).
 AVOID_AFTER_FAILURE = 10.0
@@ -82,6 +83,7 @@ class MasterService:
         self._progress = {}
         self.copied_bytes = 0
         self._failed_at = {}    # server id -> when it failed a write
+        self._drops = {}        # server id -> {(volume, index): epoch}
         self._resyncs = set()   # (volume ref, index) to resync
         self._resyncing = set()
         self._copies = collections.deque()     # (monotonic time, bytes)
@@ -290,6 +292,21 @@ class MasterService:
                         *key, e)
         finally:
             self._resyncing.discard(key)
+
+    def note_drop(self, server_id, volume_id, index, epoch):
+        """``server_id`` left chunk ``volume_id``/``index`` at ``epoch``:
+        tell it with its next heartbeat (a primary tells it at once, but
+        cannot across a partition), so it serves no read to a client
+        holding an older map."""
+        drops = self._drops.setdefault(server_id, {})
+        if len(drops) < MAX_DROPS_KEPT:
+            drops[(volume_id, index)] = epoch
+
+    def take_drops(self, server_id):
+        """[(volume id, index, epoch)] ``server_id`` left since its last
+        heartbeat."""
+        return [[v, i, e] for (v, i), e in
+                self._drops.pop(server_id, {}).items()]
 
     def note_failure(self, server_id):
         """A primary dropped ``server_id`` from a chunk: it failed a write

@@ -17,6 +17,7 @@ from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import rest
 from tests.fixtures.cluster import server_id
 from tests.fixtures.cluster import server_index
+from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
 BS = 4096
@@ -130,3 +131,38 @@ def test_a_returning_server_whose_copy_was_deleted_answers_no_read(
     with data_client(cluster) as cl:
         with pytest.raises((exception.StaleReplica, exception.StaleEpoch)):
             cl.run(delete_then_read)
+
+
+def test_a_dropped_replica_that_was_not_told_stops_serving_old_maps(
+        make_cluster):
+    """A replica dropped while alive but unreachable from its primary (a
+    partition; here the drop is made through the REST API, so no primary
+    tells it) learns it left with its next heartbeat: a client holding
+    the old chunk map then gets no read from it, stale or not."""
+    cluster = make_cluster(3, server_timeout=1.5)
+    client = cluster.client()
+    vid = client.create_volume('v', MiB, chunk_size=MiB)['id']
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, b'a' * BS)
+    old = client.chunk_map(vid, 0, 1)['chunks'][0]
+    dropped = old['replicas'][2]
+    status, _ = rest(cluster, 'POST', '/volumes/%s/chunks/0/drop' % vid,
+                     {'server_id': dropped['id'], 'epoch': old['epoch']})
+    assert status == 200
+    addr = (dropped['address'], dropped['port'])
+
+    async def read(c):
+        conn = await c.pool.get(*addr)
+        reply = await conn.request(7, codec.encode_read(
+            7, vid, 0, old['epoch'], 0, BS), 10)
+        return bytes(codec.reply_status(reply.body))
+
+    def refused():
+        with data_client(cluster) as cl:
+            try:
+                cl.run(read)
+            except exception.StaleReplica:
+                return True
+        return False
+    wait_for(refused, 10, 'the dropped replica to refuse old maps')
