@@ -3,6 +3,7 @@ snapshots included, while the volume keeps being written: every chunk is
 back at its volume's number of replicas, in distinct failure domains, and
 every replica holds the same blocks."""
 
+import json
 import os
 import threading
 
@@ -84,3 +85,51 @@ def test_a_dead_servers_chunks_are_copied_elsewhere_under_writes(
         with cl.open_volume('v@s1', writable=False) as s:
             assert s.read(0, 8 * MiB) == before
     assert snap['seq'] >= 1
+
+
+def test_chunks_left_with_one_copy_get_a_second_at_once(make_cluster):
+    """Two of four servers die: the chunks left with one replica get a
+    second one at once (a one-copy chunk never waits for the grace
+    period, here an hour), those left with two wait for it."""
+    cluster = make_cluster(4, server_timeout=1.0, extra_conf=(
+        '[ursa_master]\nreplica_grace = 3600\nrepair_interval = 0.3\n'))
+    client = cluster.client()
+    vid = client.create_volume('v', 8 * MiB, chunk_size=MiB)['id']
+    image = os.urandom(8 * MiB)
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, image)
+            v.flush()
+    dead = {server_id(cluster, 0), server_id(cluster, 1)}
+    before = replica_sets(cluster, 'v')
+    one_copy = [i for i, ids in before.items() if len(set(ids) - dead) == 1]
+    assert one_copy, 'no chunk left with one copy: %s' % before
+    cluster.kill_chunkserver(0)
+    cluster.kill_chunkserver(1)
+    # Writes drop the dead servers from every chunk.
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            for i in range(8):
+                v.write(i * MiB, image[i * MiB:i * MiB + 4096])
+            v.flush()
+
+    def two_each():
+        sets = replica_sets(cluster, 'v')
+        return all(len(ids) == 2 and not dead & set(ids)
+                   for ids in sets.values())
+    wait_for(two_each, 60, lambda: 'two live replicas each: %s %s' % (
+        replica_sets(cluster, 'v'), client.cluster_status()['repair']))
+    assert client.cluster_status()['one_copy_chunks'] == 0
+    # Then every chunk waits for the dead servers (grace period: an hour).
+    wait_for(lambda: client.cluster_status()['repair'].get('waiting') == 8,
+             10, lambda: 'every chunk waiting: %s' % json.dumps(
+                 client.cluster_status()['repair']))
+    assert replica_sets(cluster, 'v') == wait_for(
+        lambda: replica_sets(cluster, 'v'), 1)
+    with data_client(cluster) as cl:
+        report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
+        problems = [p for p in report['problems']
+                    if not p['problem'].startswith('degraded: 2 of 3')]
+        assert problems == [], report['problems']
+        with cl.open_volume('v', writable=False) as v:
+            assert v.read(0, 8 * MiB) == image
