@@ -23,7 +23,10 @@ class ControlMixin:
         reply = await self.master.register_server(
             uuid=self.store.server_uuid, host=self.host, rack=self.rack,
             address=self.advertise_host, port=self.port,
-            chunks=self.store.chunk_list(), **usage)
+            chunks=self.store.chunk_list(), lost_cache=self.store.lost_cache,
+            **usage)
+        # Said once: the master dropped this server from its chunks.
+        self.store.lost_cache = False
         self.id = reply['server']['id']
         self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
         for vol, gen in reply.get('generations', {}).items():

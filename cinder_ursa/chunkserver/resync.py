@@ -103,6 +103,7 @@ class ResyncMixin:
         Called before the server serves anything."""
         self._suspect = {(vol, idx) for vol, idx, _ in self.store.chunk_list()
                          if self._resyncable(vol, idx)}
+        self.store.set_resyncing(bool(self._suspect))
         if self._suspect:
             LOG.warning('After a crash: %d replica(s) are compared with '
                         'their chunks\' other replicas before they serve '
@@ -133,6 +134,7 @@ class ResyncMixin:
         that fail (a primary or the master unreachable) with backoff."""
         total = len(self._suspect)
         if not total:
+            self.store.set_resyncing(False)
             return
         sem = asyncio.Semaphore(CONCURRENCY)
         delay = 1.0
@@ -144,6 +146,7 @@ class ResyncMixin:
                             'in %.0f s', len(self._suspect), total, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+        self.store.set_resyncing(False)
         LOG.info('Every replica held after the crash (%d) is resynced', total)
 
     async def _resync_one(self, key, sem):

@@ -102,7 +102,9 @@ class LocalReplicas:
             return fds
         base = os.path.join(chunks_dir, volume, str(index))
         if os.path.exists(base + '.stale') or \
-                os.path.exists(base + '.joining'):
+                os.path.exists(base + '.joining') or os.path.exists(
+                    os.path.join(os.path.dirname(chunks_dir),
+                                 chunkfile.RESYNC_MARK)):
             return None
         flags = os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)
         meta = os.open(base + '.meta', flags)

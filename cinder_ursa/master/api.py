@@ -291,13 +291,17 @@ class MasterAPI:
         port = b.get('port', int, required=True)
         if not 0 < port < 65536:
             raise exception.InvalidArgument(reason='port out of range')
+        primaries = []
         server, stale, orphans, gens, seqs, snaps = await self.db(
             self.store.register_server,
             b.get('uuid', str, required=True),
             b.get('host', str, required=True), b.get('rack', str, 'default'),
             b.get('address', str, required=True), port,
             b.get('capacity', int, 0), b.get('used', int, 0),
-            b.get('free', int, 0), chunks)
+            b.get('free', int, 0), chunks,
+            b.get('lost_cache', bool, False), primaries)
+        for vid, idx in primaries:
+            self.service.resync_soon(vid, idx)
         self._note_usage(server['id'], b)
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,

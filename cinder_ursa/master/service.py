@@ -143,7 +143,11 @@ class MasterService:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.db(self.store.mark_down, self.server_timeout)
+                primaries = []
+                await self.db(self.store.mark_down, self.server_timeout,
+                              primaries)
+                for vid, idx in primaries:
+                    self.resync_soon(vid, idx)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + UNFINISHED_SWEEP
                     for vid in await self.db(

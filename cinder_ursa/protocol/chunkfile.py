@@ -8,6 +8,13 @@ Layout of a data directory::
 
     server.json                         {"uuid": ...} this server's identity
     clean-shutdown                      present while stopped cleanly
+    boot-id                             the machine's boot id at the last
+                                        start (a crash with another one
+                                        may have lost unsynced writes)
+    resyncing                           present from a start after a crash
+                                        until every replica here was
+                                        compared with its chunk's others
+                                        (local reads stay away meanwhile)
     chunks/<volume id>/generation       highest lease generation seen
     chunks/<volume id>/snapseq          highest snapshot sequence seen
     chunks/<volume id>/<index>.data     the chunk's current bytes (sparse)
@@ -32,6 +39,7 @@ import sys
 
 BLOCK = 4096                      # the unit of checksums and copy-on-write
 ENTRY = 8                         # bytes of metadata per block
+RESYNC_MARK = 'resyncing'         # in a data directory: see above
 ENTRY_STRUCT = struct.Struct('!II')     # one entry: crc, word
 
 # Block states (head and layers); LAYER_ABSENT only in layers.

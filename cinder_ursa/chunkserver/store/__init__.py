@@ -43,8 +43,19 @@ from cinder_ursa.chunkserver.store.handles import ChunkHandles
 from cinder_ursa.chunkserver.store.inventory import Inventory
 from cinder_ursa.chunkserver.store.layers import SnapshotLayers
 from cinder_ursa.chunkserver.store.mending import RawBlocks
+from cinder_ursa.protocol.chunkfile import RESYNC_MARK
 
 CLEAN_MARK = 'clean-shutdown'
+BOOT_ID = 'boot-id'     # the boot id of the machine at the last start
+
+
+def _boot_id():
+    """This boot's id (Linux), or None."""
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
@@ -80,7 +91,24 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
         # would be missing from this run's dirty sets, so the server makes
         # them durable (sync_everything) before serving.
         marker = os.path.join(data_dir, CLEAN_MARK)
-        self.unclean = not (fresh or os.path.exists(marker))
+        # A resync left unfinished (a crash, then a stop before every
+        # replica was compared) is still to do.
+        self.unclean = not fresh and (
+            not os.path.exists(marker) or
+            os.path.exists(os.path.join(data_dir, RESYNC_MARK)))
+        # A crash of the machine, not only of the process (the boot id
+        # changed): writes acknowledged but not synced may be lost here.
+        boot = _boot_id()
+        boot_file = os.path.join(data_dir, BOOT_ID)
+        try:
+            with open(boot_file) as f:
+                last_boot = f.read().strip()
+        except FileNotFoundError:
+            last_boot = None
+        self.lost_cache = (not fresh and not os.path.exists(marker) and
+                           boot != last_boot)
+        if boot is not None and boot != last_boot:
+            atomic_write(boot_file, boot + '\n')
         if os.path.exists(marker):
             os.unlink(marker)
             fsync_dir(data_dir)
@@ -152,6 +180,17 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
             shutil.rmtree(os.path.join(self.chunks_dir, volume),
                           ignore_errors=True)
         return len(keys)
+
+    def set_resyncing(self, on):
+        """Mark this data directory as holding replicas not compared yet
+        with their chunks' others since a crash (see chunkfile), or no
+        longer."""
+        path = os.path.join(self.data_dir, RESYNC_MARK)
+        if on:
+            atomic_write(path, 'replicas not compared since a crash\n')
+        elif os.path.exists(path):
+            os.unlink(path)
+            fsync_dir(self.data_dir)
 
     def close(self, clean=False):
         """Close every file; ``clean``: everything written was synced, the

@@ -30,7 +30,8 @@ class ServerRecords:
                 'draining': bool(row.draining)}
 
     def register_server(self, server_uuid, host, rack, address, port,
-                        capacity, used, free, chunks=()):
+                        capacity, used, free, chunks=(), lost_cache=False,
+                        primaries=None):
         """Add or update a chunk server; classify the chunks it reports.
 
         Returns ``(server, stale, orphans, generations, snapseqs,
@@ -39,6 +40,13 @@ class ServerRecords:
         the next two map volume ids to their lease generation and snapshot
         sequence, the last maps the volumes it holds to (snapshot sequence,
         live snapshot sequences) so it frees what deleted snapshots left.
+
+        ``lost_cache``: the server restarted after its machine did (a
+        crash, a power cut): its copies may lack writes it acknowledged
+        but had not synced, so it leaves every chunk that has another
+        replica (they are stale, and brought up to date like a returning
+        server's); the chunks whose primary it was are appended to
+        ``primaries`` (their replicas are to be compared).
         """
         now = time.time()
         t = models.chunkservers
@@ -60,6 +68,13 @@ class ServerRecords:
                 if row.state != 'up':
                     LOG.info('Chunk server %d (%s:%d) is up again', sid,
                              address, port)
+            if lost_cache and row is not None:
+                dropped = self._drop_server_replicas(conn, sid, primaries)
+                LOG.warning('Chunk server %d (%s:%d) restarted after its '
+                            'machine did, with writes it had not synced '
+                            'perhaps lost: dropped from %d replica set(s), '
+                            'to be brought up to date', sid, address, port,
+                            dropped)
             server = self._server_dict(conn.execute(
                 sa.select(t).where(t.c.id == sid)).first())
             stale, orphans = [], []
@@ -114,8 +129,9 @@ class ServerRecords:
             conn.execute(t.update().where(t.c.state == 'up').values(
                 last_seen=time.time()))
 
-    def mark_down(self, timeout):
-        """Mark servers silent for more than ``timeout`` s down."""
+    def mark_down(self, timeout, primaries=None):
+        """Mark servers silent for more than ``timeout`` s down (the
+        chunks whose primary one was are appended to ``primaries``)."""
         t = models.chunkservers
         limit = time.time() - timeout
         with self.engine.begin() as conn:
@@ -124,7 +140,7 @@ class ServerRecords:
             for r in rows:
                 conn.execute(t.update().where(t.c.id == r.id).values(
                     state='down', down_since=time.time()))
-                dropped = self._drop_server_replicas(conn, r.id)
+                dropped = self._drop_server_replicas(conn, r.id, primaries)
                 LOG.warning('Chunk server %d (%s:%d) missed its heartbeats '
                             'for %d s: marked down and dropped from %d '
                             'replica set(s)', r.id, r.address, r.port,
@@ -132,12 +148,14 @@ class ServerRecords:
         return [r.id for r in rows]
 
     @staticmethod
-    def _drop_server_replicas(conn, server_id):
+    def _drop_server_replicas(conn, server_id, primaries=None):
         """A down server can take no writes: remove it from every replica
         set now (epoch + 1 each), so readers and writers stop trying it and
         its replicas are known stale when it returns; it is remembered as
         lost (its copy may serve a catch-up).  A copy it was still being
-        brought up to date (joining) is abandoned."""
+        brought up to date (joining) is abandoned.  The chunks whose
+        primary it was are appended to ``primaries`` (volume id, index):
+        its last write may have reached some replicas only."""
         c = models.chunks
         pattern = '%%%d%%' % server_id
         n = 0
@@ -150,6 +168,9 @@ class ServerRecords:
                     break
                 if ChunkRecords.set_members(conn, row, values):
                     n += 'replicas' in values
+                    if (primaries is not None and 'replicas' in values and
+                            split_ids(row.replicas)[0] == server_id):
+                        primaries.append((row.volume_id, row.idx))
                     break
                 # Changed since it was read: read it again.
                 row = conn.execute(sa.select(c).where(

@@ -4,6 +4,8 @@ of every process, leaves replicas with identical CRC lists and every
 flushed write in place; a replica not compared yet answers no read."""
 
 import hashlib
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,3 +177,60 @@ def test_kill_9_of_the_primary_then_of_everything_loses_no_flushed_write(
     assert bad == [], 'blocks without their last flushed write: %s' % bad[:10]
     untouched = set(range(SIZE // BS)) - set(allowed)
     assert all(image[b * BS:(b + 1) * BS] == bytes(BS) for b in untouched)
+
+
+def _chunk_files(cluster, i, vid, index):
+    d = os.path.join(cluster.cs_dir(i), 'chunks', vid)
+    return [os.path.join(d, n) for n in os.listdir(d)
+            if n.split('.')[0] == str(index)]
+
+
+def test_a_power_cut_primary_is_no_authority_for_what_it_lost(
+        make_cluster, tmp_path):
+    """The primary's machine loses power after every replica acknowledged
+    a write it had not synced, and comes back (another boot) within the
+    grace period: it leaves the chunk's replica set, so its copy, missing
+    the write, neither serves reads nor overwrites the others; the
+    client's flush keeps the write, and the returning copy gets it."""
+    # (The master plans its first repairs server_timeout after it starts.)
+    cluster = make_cluster(3, server_timeout=8.0, extra_conf=(
+        '[ursa_master]\nreplica_grace = 600\nrepair_interval = 0.3\n'))
+    client = cluster.client()
+    vid = client.create_volume('v', 4 * MiB, chunk_size=MiB)['id']
+    with data_client(cluster) as cl:
+        v = cl.open_volume('v')
+        v.write(0, b'o' * BS)
+        v.flush()
+        chunk = client.chunk_map(vid, 0, 1)['chunks'][0]
+        primary = chunk['replicas'][0]['id']
+        p = server_index(cluster, primary)
+        synced = tmp_path / 'synced'
+        synced.mkdir()
+        for path in _chunk_files(cluster, p, vid, 0):
+            shutil.copy2(path, synced)
+        v.write(0, b'n' * BS)             # acknowledged by all 3
+        # The power cut: the process dies, its files are as they were at
+        # the last sync, the machine boots again (another boot id).
+        cluster.kill_chunkserver(p)
+        for path in _chunk_files(cluster, p, vid, 0):
+            os.unlink(path)
+        for name in os.listdir(synced):
+            shutil.copy2(synced / name, os.path.join(
+                cluster.cs_dir(p), 'chunks', vid))
+        with open(os.path.join(cluster.cs_dir(p), 'boot-id'), 'w') as f:
+            f.write('another boot\n')
+        cluster.start_chunkserver(p)
+        v.flush()
+        v.close()
+    chunk = client.chunk_map(vid, 0, 1)['chunks'][0]
+    assert chunk['replicas'][0]['id'] != primary
+
+    def caught_up():
+        c = client.chunk_map(vid, 0, 1)['chunks'][0]
+        return len(c['replicas']) == 3 and not c['joining'] and c
+    chunk = wait_for(caught_up, 60, 'the returning copy brought up to date')
+    for r in chunk['replicas']:
+        assert _read_from(cluster, vid, chunk, r['id']) == b'n' * BS
+    with data_client(cluster) as cl:
+        report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
+        assert report['problems'] == [], report['problems']

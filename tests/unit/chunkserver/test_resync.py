@@ -33,3 +33,26 @@ def test_after_a_crash_every_replica_but_stale_and_joining_is_suspect(
         assert server._suspect == {(VOL, 0), (VOL, 3)}
     finally:
         st.close()
+
+
+def test_an_unfinished_resync_survives_a_clean_stop(tmp_path):
+    """A crash, then a clean stop before every replica was compared: the
+    next start still resyncs (and local reads stay away meanwhile)."""
+    st = store_mod.ChunkStore(str(tmp_path))
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'x' * 4096)
+    st.close(clean=True)
+    st = store_mod.ChunkStore(str(tmp_path))
+    assert not st.unclean
+    server = _Server(st)
+    server.suspect_after_crash()           # as after a crash
+    assert (tmp_path / 'resyncing').exists()
+    st.close(clean=True)
+    st = store_mod.ChunkStore(str(tmp_path))
+    try:
+        assert st.unclean
+        st.set_resyncing(False)
+        assert not (tmp_path / 'resyncing').exists()
+    finally:
+        st.close(clean=True)
+    assert not store_mod.ChunkStore(str(tmp_path)).unclean

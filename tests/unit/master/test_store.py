@@ -183,7 +183,12 @@ def test_a_down_server_leaves_every_replica_set(store):
     time.sleep(0.05)
     for sid in ids[1:]:
         store.heartbeat(sid, 1, 0, 1)
-    assert store.mark_down(0.04) == [victim]
+    primaries = []
+    assert store.mark_down(0.04, primaries) == [victim]
+    # The chunks it was the primary of are to be compared (resync).
+    vid = store.get_volume('v')['id']
+    assert sorted(primaries) == [(vid, c['index']) for c in chunks
+                                 if c['replicas'][0]['id'] == victim]
     after = {c['index']: c for c in store.chunk_map('v', 0, 10)['chunks']}
     for c in chunks:
         ids_after = [r['id'] for r in after[c['index']]['replicas']]
@@ -524,3 +529,30 @@ def test_qos_limits_up_to_2_53_are_kept():
                                    'write_iops_sec': '100',
                                    'total_iops_sec': 0}) == {
         'read_iops_sec': 2 ** 53, 'write_iops_sec': 100}
+
+
+def test_a_server_whose_machine_crashed_leaves_its_chunks_at_registration(
+        store):
+    """It may have lost writes it acknowledged: it leaves every chunk
+    with another replica (stale, to be brought up to date), not the one
+    it is the last replica of."""
+    ids = add_servers(store, 3)
+    store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    vid = store.get_volume('v')['id']
+    c0, c1 = store.chunk_map('v', 0, 2, allocate=True)['chunks']
+    victim = c0['replicas'][0]['id']
+    for sid in ids:
+        if sid != victim:
+            store.drop_replica('v', 1, sid, c1['epoch'])
+    assert [r['id'] for r in store.chunk_map('v', 1, 1)['chunks'][0][
+        'replicas']] == [victim]
+    s = store.list_servers()[ids.index(victim)]
+    primaries = []
+    _, stale, _, _, _, _ = store.register_server(
+        s['uuid'], s['host'], s['rack'], s['address'], s['port'], 1, 0, 1,
+        [(vid, 0, c0['epoch']), (vid, 1, c1['epoch'])], lost_cache=True,
+        primaries=primaries)
+    assert stale == [(vid, 0)] and primaries == [(vid, 0)]
+    m = store.chunk_members('v', 0)
+    assert victim not in m['replicas'] and victim in m['lost']
+    assert store.chunk_members('v', 1)['replicas'] == [victim]
