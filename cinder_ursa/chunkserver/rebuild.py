@@ -44,6 +44,7 @@ its server was away with different data of the same CRC32C (one chance in
 import logging
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
@@ -202,6 +203,7 @@ class RebuildMixin:
                     await self.peers.get(*addr)
                 # Read and send in one turn of the loop: see the module.
                 entries, data = self.store.raw(c, at, n, layer)
+                self._check_source(c, at, layer, entries, data)
                 flags = codec.FLAG_RAW | (codec.FLAG_LAYER if layer else 0)
                 push = codec.WriteRequest(c.volume, c.index, c.epoch, 0,
                                           layer, at * BLOCK, n * BLOCK, [],
@@ -216,6 +218,29 @@ class RebuildMixin:
                     inflight = 0
         await self._settle(pending)
         return sent
+
+    def _check_source(self, c, first, layer, entries, data):
+        """Refuse to send blocks that fail their CRC here (the target
+        would refuse them): a torn or rotten block of the head is
+        repaired from another replica meanwhile, and the copy is tried
+        again later; the target is not to blame."""
+        torn = mending.torn_blocks(entries, data)
+        if not torn:
+            return
+        blocks = [first + i for i in torn]
+        if not layer:
+            self.repair_later(c.volume, c.index, blocks[0],
+                              blocks[-1] - blocks[0] + 1)
+        raise exception.ChecksumError(
+            reason='chunk %s/%d %s blocks %s fail their CRC on this server '
+                   '(the copy\'s source); %s' % (
+                       c.volume, c.index, 'layer %d' % layer if layer
+                       else 'head', blocks,
+                       'they are being repaired from another replica, the '
+                       'copy is tried again later' if not layer else
+                       'the copy cannot be made from here until they are '
+                       'rewritten or the chunk is copied from another '
+                       'replica'))
 
     async def _settle(self, pending):
         """Wait for the replies of the pushes in ``pending`` (emptied)."""

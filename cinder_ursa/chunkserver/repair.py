@@ -84,6 +84,31 @@ class RepairMixin:
                                                    sid, res))
         return len(torn)
 
+    def repair_later(self, vol, idx, first, count):
+        """Repair blocks of a chunk this server is the primary of, as a
+        REPAIR request would (the chunk held), without waiting for it."""
+        key = (vol, idx)
+        count = min(count, control.MAX_REPAIR_BLOCKS)
+
+        async def run():
+            await asyncio.sleep(0.1)      # after the step that asked ends
+            try:
+                await self.authority.confirm(vol, idx)
+            except exception.UrsaError as e:
+                LOG.warning('Chunk %s/%d: blocks %d-%d not repaired (%s)',
+                            vol, idx, first, first + count - 1, e)
+                return
+            while self.gate.held(key):
+                await asyncio.sleep(0.01)
+            view = self.authority.current(vol, idx)
+            if view is None or view.replicas[0] != self.id:
+                return
+            self.gate.hold(key, self._repair_blocks(control.RepairRequest(
+                vol, idx, view.epoch, first, count), view))
+        task = asyncio.get_running_loop().create_task(run())
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
     async def _mend(self, req, view, entries, data, torn):
         entries, data = bytearray(entries), bytearray(data)
         left = set(torn)

@@ -67,6 +67,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._registered = asyncio.Event()
         self._loop = None
         self._syncs = []  # (volumes or None for all, future) running
+        self._repairs = set()   # repairs started on their own (repair.py)
 
     async def start(self):
         # Kept: get_running_loop() costs a getpid() system call per use.

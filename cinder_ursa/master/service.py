@@ -387,9 +387,11 @@ class MasterService:
         except exception.UrsaError as e:
             # Not that target again for a while: it may be dead and not
             # yet marked down.
-            self._avoid[job.target] = time.monotonic() + max(
-                AVOID_AFTER_FAILURE, 3 * self.repair_interval)
-            self.note_failure(job.target)
+            if not isinstance(e, exception.ChecksumError):
+                # A bad block on the source is not the target's fault.
+                self._avoid[job.target] = time.monotonic() + max(
+                    AVOID_AFTER_FAILURE, 3 * self.repair_interval)
+                self.note_failure(job.target)
             LOG.warning('Chunk %s/%d: copy from server %d to server %d '
                         'failed (%s); the planner tries again', *key,
                         job.source, job.target, e)

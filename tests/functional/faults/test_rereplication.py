@@ -11,6 +11,7 @@ from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
 from tests.fixtures.cluster import server_id
+from tests.fixtures.cluster import server_index
 from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
@@ -133,3 +134,38 @@ def test_chunks_left_with_one_copy_get_a_second_at_once(make_cluster):
         assert problems == [], report['problems']
         with cl.open_volume('v', writable=False) as v:
             assert v.read(0, 8 * MiB) == image
+
+
+def test_a_rotten_block_on_the_source_is_repaired_then_the_copy_made(
+        make_cluster):
+    """A block that fails its CRC on the chunk's primary cannot be sent
+    (the target refuses it): the primary repairs it from a replica that
+    holds it valid, and the next try makes the copy."""
+    cluster = make_cluster(4, server_timeout=1.0, extra_conf=(
+        '[ursa_master]\nreplica_grace = 1\nrepair_interval = 0.3\n'))
+    client = cluster.client()
+    vid = client.create_volume('v', MiB, chunk_size=MiB)['id']
+    image = os.urandom(64 * 4096)
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, image)
+            v.flush()
+    ids = replica_sets(cluster, 'v')[0]
+    path = os.path.join(cluster.cs_dir(server_index(cluster, ids[0])),
+                        'chunks', vid, '0.data')
+    with open(path, 'r+b') as f:                # rot in block 7
+        f.seek(7 * 4096 + 100)
+        old = f.read(3)
+        f.seek(7 * 4096 + 100)
+        f.write(bytes(b ^ 0xff for b in old))
+    cluster.kill_chunkserver(server_index(cluster, ids[2]))
+    wait_for(lambda: len(replica_sets(cluster, 'v')[0]) == 3 and
+             ids[2] not in replica_sets(cluster, 'v')[0], 60,
+             lambda: 'the chunk copied: %s %s' % (
+                 replica_sets(cluster, 'v'),
+                 client.cluster_status()['repair']))
+    with data_client(cluster) as cl:
+        report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
+        assert report['problems'] == [], report['problems']
+        with cl.open_volume('v', writable=False) as v:
+            assert v.read(0, 64 * 4096) == image
