@@ -36,7 +36,9 @@ def main(argv=None):
             bind_port=cc.bind_port, advertise_host=cc.advertise_host,
             host=cc.host, rack=cc.rack,
             replication_timeout=cc.replication_timeout,
-            reserved_bytes=cc.reserved_bytes)
+            reserved_bytes=cc.reserved_bytes,
+            disk_error_limit=cc.disk_error_limit,
+            disk_error_window=cc.disk_error_window)
         await cs.start()
         _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
                                 address=cs.advertise_host, port=cs.port,

@@ -44,7 +44,9 @@ Job = collections.namedtuple(
 
 def expected_back(server, now, grace):
     """Whether a down server is expected back: in maintenance, or down
-    for less than ``grace`` seconds."""
+    for less than ``grace`` seconds; never one whose disk failed."""
+    if server.get('state') == 'failed':
+        return False
     if server.get('maintenance'):
         return True
     since = server.get('down_since')

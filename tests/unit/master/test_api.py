@@ -245,3 +245,17 @@ def test_maintenance_takes_a_boolean_for_a_known_server(store):
     assert status == 404, body
     status, body = one(store, 'GET', '/v1/chunkservers')
     assert [s['maintenance'] for s in body['chunkservers']] == [True]
+
+
+def test_a_heartbeat_reports_a_failed_data_directory(store):
+    sid = store.register_server('u', 'h', 'r', '127.0.0.1', 9000, 1, 0,
+                                1)[0]['id']
+    path = '/v1/chunkservers/%d/heartbeat' % sid
+    status, body = one(store, 'PUT', path, {'failure': 'x' * 10000})
+    assert status == 200, body
+    status, body = one(store, 'GET', '/v1/chunkservers')
+    s = body['chunkservers'][0]
+    assert s['state'] == 'failed' and len(s['failure']) == api.FAILURE_MAX
+    assert_400(one(store, 'PUT', path, {'failure': 5}), 'failure')
+    status, body = one(store, 'GET', '/v1/cluster')
+    assert body['servers']['failed'] == 1
