@@ -13,8 +13,8 @@ here, in the order that keeps the cluster consistent:
 * the watcher marks silent chunk servers down and forgets snapshots whose
   master died half-way;
 * the repairer runs the repair planner (:mod:`.repair`) every
-  ``repair_interval`` and hands each copy it plans to the chunk's source
-  server (REBUILD), a few per server at once.
+  ``repair_interval`` and when a copy ends, and hands each copy it plans
+  to the chunk's source server (REBUILD), a few per server at once.
 
 Leader election will live here too.
 Database calls run on one worker thread (:meth:`MasterService.db`), so
@@ -41,6 +41,9 @@ UNFINISHED_SWEEP = 10.0
 REBUILD_TIMEOUT = 600.0
 # Seconds a server a copy failed to is not chosen again (at least).
 AVOID_AFTER_FAILURE = 10.0
+# A copy that ends plans the next round at once (its slots are free), but
+# rounds start at least this many seconds apart.
+REPLAN_GAP = 1.0
 
 
 class MasterService:
@@ -63,6 +66,7 @@ class MasterService:
         self._orphans = {}          # (volume, index) -> since when joining
                                     # copies are seen with no copy running
         self._summary = {}
+        self._copy_ended = asyncio.Event()
         self.copied_bytes = 0
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
@@ -142,11 +146,24 @@ class MasterService:
         # master (re)start, wait for them before judging what is missing.
         await asyncio.sleep(max(self.server_timeout, self.repair_interval))
         while True:
+            started = time.monotonic()
+            self._copy_ended.clear()
             try:
                 await self.repair_round()
             except Exception:  # noqa: BLE001 - keep repairing
                 LOG.exception('Planning repairs failed')
-            await asyncio.sleep(self.repair_interval)
+            # Next round after repair_interval, or as soon as a copy ends
+            # (its source and target can take the next one): else the
+            # copies of a lost server go at per_server copies per interval
+            # whatever the disks and network could do.
+            try:
+                await asyncio.wait_for(self._copy_ended.wait(),
+                                       self.repair_interval)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(max(
+                0.0, started + min(REPLAN_GAP, self.repair_interval)
+                - time.monotonic()))
 
     async def repair_round(self):
         """Plan copies of the chunks that lack some and start them."""
@@ -218,6 +235,7 @@ class MasterService:
                         job.source, job.target, e)
         finally:
             self._jobs.pop(key, None)
+            self._copy_ended.set()
 
     # --- leases and fencing --------------------------------------------
 
