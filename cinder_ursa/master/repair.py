@@ -97,10 +97,12 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
             continue
         lost = [s for s in c['lost'] if s in servers and
                 s not in have and s not in joining]
+        # A copy to a lost server that is up just failed (``avoid``): it
+        # is likely dead and not yet marked down, so waited for like one.
         returning = [s for s in lost if _up(servers[s]) and
-                     not servers[s].get('maintenance')]
+                     not servers[s].get('maintenance') and s not in avoid]
         back = [s for s in lost if (
-            servers[s].get('maintenance') if _up(servers[s])
+            servers[s].get('maintenance') or s in avoid if _up(servers[s])
             else expected_back(servers[s], now, grace))]
         if len(have) == 1 and goal > 1:
             prio = ONE_COPY

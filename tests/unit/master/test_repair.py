@@ -155,6 +155,19 @@ def test_servers_to_avoid_are_no_target():
     assert jobs == [] and summary['blocked'] == 1
 
 
+def test_a_lost_server_up_but_just_failed_a_copy_is_waited_for():
+    # Killed: its chunks' primaries dropped it, the master has not marked
+    # it down yet, and the copy to it failed: no copy elsewhere before it
+    # is down past the grace period.
+    srv = servers(4)
+    jobs, summary = plan([chunk([1, 2], lost=[3])], srv, avoid={3})
+    assert jobs == [] and summary == {'degraded': 1, 'waiting': 1}
+    # A chunk at one copy never waits.
+    jobs, _ = plan([chunk([1], lost=[3])], srv, avoid={3})
+    assert [(j.target, j.priority) for j in jobs] in (
+        [(2, repair.ONE_COPY)], [(4, repair.ONE_COPY)])
+
+
 def test_busy_servers_count_against_the_limit():
     srv = servers(4)
     jobs, summary = plan([chunk([1, 2])], srv, busy={1: 2})
