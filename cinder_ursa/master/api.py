@@ -297,6 +297,7 @@ class MasterAPI:
             b.get('capacity', int, 0), b.get('used', int, 0),
             b.get('free', int, 0), chunks,
             failure=self._failure(b))
+        self.service.registered(server['id'])
         self._note_usage(server['id'], b)
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,

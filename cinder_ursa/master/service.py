@@ -135,6 +135,11 @@ class MasterService:
 
     # --- repair ----------------------------------------------------------
 
+    def registered(self, server_id):
+        """Chunk server ``server_id`` (re)registered: a copy that failed
+        to it before (it was dead) may succeed now."""
+        self._avoid.pop(server_id, None)
+
     def repair_status(self):
         """The planner's last counts, the copies running and the bytes
         copied since this master started."""

@@ -4,6 +4,7 @@ order of database commits and broadcasts, and what a failed broadcast
 leaves behind."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -130,3 +131,12 @@ def test_abandon_joins_needs_a_joining_copy(service):
     c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
     with pytest.raises(exception.Conflict, match='no joining'):
         store.abandon_joins('v', 0, c['epoch'])
+
+
+def test_a_server_that_registers_again_is_no_longer_avoided(service):
+    """A copy to a killed server fails and keeps it from being a target
+    for a while; started again, it registers and is a target at once (its
+    chunks wait for it meanwhile: see the planner)."""
+    service._avoid = {3: time.monotonic() + 600, 4: time.monotonic() + 600}
+    service.registered(3)
+    assert list(service._avoid) == [4]
