@@ -13,8 +13,9 @@ here, in the order that keeps the cluster consistent:
 * the watcher marks silent chunk servers down and forgets snapshots whose
   master died half-way;
 * the repairer runs the repair planner (:mod:`.repair`) every
-  ``repair_interval`` and when a copy ends, and hands each copy it plans
-  to the chunk's source server (REBUILD), a few per server at once.
+  ``repair_interval``, when a copy ends and when a server registers, and
+  hands each copy it plans to the chunk's source server (REBUILD), a few
+  per server at once.
 
 Leader election will live here too.
 Database calls run on one worker thread (:meth:`MasterService.db`), so
@@ -66,7 +67,7 @@ class MasterService:
         self._orphans = {}          # (volume, index) -> since when joining
                                     # copies are seen with no copy running
         self._summary = {}
-        self._copy_ended = asyncio.Event()
+        self._replan = asyncio.Event()
         self.copied_bytes = 0
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
@@ -137,8 +138,9 @@ class MasterService:
 
     def registered(self, server_id):
         """Chunk server ``server_id`` (re)registered: a copy that failed
-        to it before (it was dead) may succeed now."""
+        to it before (it was dead) may succeed now: plan at once."""
         self._avoid.pop(server_id, None)
+        self._replan.set()
 
     def repair_status(self):
         """The planner's last counts, the copies running and the bytes
@@ -152,17 +154,18 @@ class MasterService:
         await asyncio.sleep(max(self.server_timeout, self.repair_interval))
         while True:
             started = time.monotonic()
-            self._copy_ended.clear()
+            self._replan.clear()
             try:
                 await self.repair_round()
             except Exception:  # noqa: BLE001 - keep repairing
                 LOG.exception('Planning repairs failed')
             # Next round after repair_interval, or as soon as a copy ends
-            # (its source and target can take the next one): else the
+            # (its source and target can take the next one) or a server
+            # registers (a returning server's catch-up starts): else the
             # copies of a lost server go at per_server copies per interval
             # whatever the disks and network could do.
             try:
-                await asyncio.wait_for(self._copy_ended.wait(),
+                await asyncio.wait_for(self._replan.wait(),
                                        self.repair_interval)
             except TimeoutError:
                 continue
@@ -240,7 +243,7 @@ class MasterService:
                         job.source, job.target, e)
         finally:
             self._jobs.pop(key, None)
-            self._copy_ended.set()
+            self._replan.set()
 
     # --- leases and fencing --------------------------------------------
 
