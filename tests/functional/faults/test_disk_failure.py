@@ -21,11 +21,8 @@ CHUNKS = 24
 
 def test_failing_disk_reads_and_writes_go_on(tmp_path, faulty_disk):
     mount, trigger = faulty_disk
-    # disk_error_limit 0: the directory never fails as a whole here (the
-    # test after this one is about that).
     cluster = AllInOne(str(tmp_path / 'cluster'), 3, port_base=0,
-                       server_timeout=3.0, extra_conf=(
-                           '[ursa_chunkserver]\ndisk_error_limit = 0\n'))
+                       server_timeout=3.0)
     cluster.start()
     try:
         _exercise(cluster, trigger)
