@@ -167,7 +167,7 @@ class ExtentIO:
                 continue
             if self._fenced is not None and not copy_up:
                 raise self._fenced
-            info = await self._chunk(index, True)
+            info = await self._write_map(index)
             need = self.info['min_replicas']
             if len(info.replicas) < need:
                 err = exception.InsufficientReplicas(
@@ -225,6 +225,8 @@ class ExtentIO:
             sid, host, port = info.replicas[0]
             if not isinstance(e, exception.DiskError):
                 self.cluster.pool.discard(host, port)
+                if isinstance(e, exception.UrsaConnectionError):
+                    self.cluster.suspect(sid)
             LOG.warning('Volume %s chunk %d: primary %d (%s:%d) failed: %s',
                         self.name, index, sid, host, port, e)
             await self._report_failed(index, sid, info.epoch)
