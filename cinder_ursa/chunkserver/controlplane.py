@@ -15,10 +15,24 @@ LOG = logging.getLogger(__name__)
 
 class ControlMixin:
     """Membership, control requests and syncs of :class:`ChunkServer`
-    (which provides ``store``, ``master``, ``authority``, ``_loop``,
-    ``_syncs``, ``_registered`` and ``_reply_error``)."""
+    (which provides ``store``, ``master``, ``authority``, ``disk``,
+    ``_loop``, ``_syncs``, ``_registered``, ``_wake``, ``_disk_error`` and
+    ``_reply_error``)."""
 
     async def _register(self):
+        if self.disk.failure is not None:
+            # Its data directory failed: the master is told so, and the
+            # disk is read and written no more.
+            reply = await self.master.register_server(
+                uuid=self.store.server_uuid, host=self.host, rack=self.rack,
+                address=self.advertise_host, port=self.port,
+                failure=self.disk.failure, capacity=0, used=0, free=0)
+            self.id = reply['server']['id']
+            self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
+            LOG.error('Registered with the master as chunk server %d, with '
+                      'its data directory failed', self.id)
+            self._registered.set()
+            return
         usage = self.store.usage()
         reply = await self.master.register_server(
             uuid=self.store.server_uuid, host=self.host, rack=self.rack,
@@ -49,19 +63,27 @@ class ControlMixin:
         LOG.info('Registered with the master as chunk server %d', self.id)
         self._registered.set()
 
+    async def _heartbeat(self):
+        if self.disk.failure is not None:
+            await self.master.heartbeat(self.id, {
+                'failure': self.disk.failure, 'capacity': 0, 'used': 0,
+                'free': 0})
+        else:
+            reply = await self.master.heartbeat(self.id, self.store.usage())
+            self._left(reply.get('dropped', ()))
+
     async def _membership(self):
         """Register, then heartbeat; register again when the master forgot
-        us or came back."""
+        us or came back.  A failed data directory is reported at once."""
         registered = False
         while True:
+            self._wake.clear()
             try:
                 if not registered:
                     await self._register()
                     registered = True
                 else:
-                    reply = await self.master.heartbeat(self.id,
-                                                        self.store.usage())
-                    self._left(reply.get('dropped', ()))
+                    await self._heartbeat()
             except exception.NotFound:
                 registered = False
                 continue
@@ -69,10 +91,18 @@ class ControlMixin:
                 LOG.warning('Master unreachable (%s); retrying', e)
                 registered = registered and not isinstance(
                     e, exception.UrsaConnectionError)
+            except OSError as e:
+                # The disk failed under the registration or the usage.
+                LOG.error('Heartbeat failed: disk I/O error: %s', e)
+                self._disk_error(e)
             except Exception:  # noqa: BLE001 - keep the server alive
                 LOG.exception('Heartbeat failed')
-            await asyncio.sleep(self._heartbeat_interval if registered
-                                else 1.0)
+            try:
+                await asyncio.wait_for(
+                    self._wake.wait(),
+                    self._heartbeat_interval if registered else 1.0)
+            except TimeoutError:
+                pass
 
     def _left(self, drops):
         """The master says this server left these chunks (volume, index,
@@ -162,7 +192,12 @@ class ControlMixin:
         carries the chunk's epoch) is durable."""
         try:
             await self._sync(volume, chunk)
-        except (OSError, exception.UrsaError) as e:
+        except OSError as e:
+            # Counted once, by the sync that failed (see _sync).
+            self._reply_error(conn, frame, exception.DiskError(
+                reason='fdatasync: %s' % e))
+            return
+        except exception.UrsaError as e:
             self._reply_error(conn, frame, e)
             return
         if chunk is None:
@@ -192,6 +227,7 @@ class ControlMixin:
                 self._syncs.remove(entry)
                 if not f.cancelled() and f.exception() is not None:
                     self.store.sync_failed(vols, f.exception())
+                    self._disk_error(f.exception())
             fut.add_done_callback(done)
             waits.append(fut)
         if waits:

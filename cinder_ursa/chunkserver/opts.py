@@ -39,6 +39,17 @@ chunkserver_opts = [
     cfg.IntOpt('reserved_bytes', default=64 * 1024 * 1024, min=0,
                help='Free space kept back on the data filesystem; writes '
                     'that would eat into it fail with "no space".'),
+    cfg.IntOpt('disk_error_limit', default=5, min=0,
+               help='Disk I/O errors (EIO, a filesystem gone read-only, a '
+                    'device gone; not "no space") within disk_error_window '
+                    'seconds after which this server declares its data '
+                    'directory failed: it serves nothing from it, the '
+                    'master re-replicates its chunks at once, and only a '
+                    'restart clears it. A failed fdatasync counts as one '
+                    'error. 0: never.'),
+    cfg.FloatOpt('disk_error_window', default=60.0, min=1.0,
+                 help='Seconds over which disk_error_limit errors are '
+                      'counted.'),
 ]
 
 

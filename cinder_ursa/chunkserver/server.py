@@ -13,6 +13,7 @@ import socket
 from cinder_ursa import exception
 from cinder_ursa.chunkserver import authority as authority_mod
 from cinder_ursa.chunkserver import controlplane
+from cinder_ursa.chunkserver import diskhealth
 from cinder_ursa.chunkserver import gate as gate_mod
 from cinder_ursa.chunkserver import rebuild
 from cinder_ursa.chunkserver import repair
@@ -36,7 +37,10 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
     def __init__(self, data_dir, key, master_urls, bind_host='127.0.0.1',
                  bind_port=0, advertise_host=None, host=None, rack='default',
                  replication_timeout=5.0, reserved_bytes=0,
-                 recovery_rate=(0, 0)):
+                 recovery_rate=(0, 0), disk_error_limit=5,
+                 disk_error_window=60.0):
+        self.disk = diskhealth.DiskHealth(disk_error_limit,
+                                          disk_error_window)
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
         self.key = key
         self.master = master_mod.AsyncMasterClient(master_urls, key,
@@ -65,6 +69,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._drop_locks = {}
         self._heartbeat_interval = 5.0
         self._registered = asyncio.Event()
+        self._wake = asyncio.Event()    # report to the master now
         self._loop = None
         self._syncs = []  # (volumes or None for all, future) running
         self._repairs = set()   # repairs started on their own (repair.py)
@@ -114,6 +119,12 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.store.close(clean)
 
     def handle(self, conn, frame):
+        if self.disk.failure is not None:
+            # Nothing is served from a failed data directory: clients and
+            # primaries take the error as this replica's and go to others.
+            conn.send(codec.encode_error(frame.opcode, frame.req_id,
+                                         self._disk_failed_error()))
+            return
         op = frame.opcode
         if op == codec.WRITE:
             fn, req = self._write, codec.decode_write(frame.body, frame.flags)
@@ -175,18 +186,37 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         except (exception.UrsaError, OSError) as e:
             self._reply_error(conn, frame, e)
 
-    @staticmethod
-    def _reply_error(conn, frame, e):
+    def _reply_error(self, conn, frame, e):
         """Answer ``frame`` with the error ``e``: an Ursa error as it is, an
-        OSError as a disk error (the client then drops this replica), any
-        other as an internal error, logged with its traceback."""
+        OSError as a disk error (the client then drops this replica; it
+        counts towards failing the data directory), any other as an
+        internal error, logged with its traceback."""
         if isinstance(e, OSError):
             LOG.error('Disk I/O error serving %r: %s', frame, e)
+            self._disk_error(e)
             e = exception.DiskError(reason='I/O error: %s' % e)
         elif not isinstance(e, exception.UrsaError):
             LOG.error('Serving %r failed', frame, exc_info=e)
             e = exception.InternalError(reason=str(e))
         conn.send(codec.encode_error(frame.opcode, frame.req_id, e))
+
+    def _disk_error(self, err):
+        """Count ``err`` (an OSError); fail the data directory when it is
+        one too many."""
+        if not self.disk.note(err):
+            return
+        LOG.critical(
+            'DATA DIRECTORY %s FAILED (%s): this chunk server serves '
+            'nothing from it from now on and the master re-replicates its '
+            'chunks; replace or check the disk, then restart this chunk '
+            'server', self.store.data_dir, self.disk.failure)
+        self._wake.set()
+
+    def _disk_failed_error(self):
+        return exception.DiskError(
+            reason='the data directory %s of chunk server %s failed (%s) '
+                   'and serves nothing until the server is restarted'
+                   % (self.store.data_dir, self.id, self.disk.failure))
 
     def _read(self, conn, frame, req, confirmed):
         known = self.store.known_epoch(req.volume, req.index)

@@ -4,6 +4,7 @@ replica that failed (the master drops it, epoch + 1) or could not flush."""
 
 import asyncio
 import logging
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import rest
@@ -36,9 +37,11 @@ class ChunkMap:
                 self.id, start, count, allocate)
             found = {c['index']: rest.ChunkInfo.from_json(c)
                      for c in reply['chunks']}
+            now = time.monotonic()
             for i in range(start, start + count):
                 if i in found:
                     self._map[i] = found[i]
+                    self._map_at[i] = now
                 elif self.writable and i not in self._map:
                     # We are the only writer: absence stays true until we
                     # allocate it ourselves.
@@ -47,6 +50,20 @@ class ChunkMap:
 
     def _forget(self, index):
         self._map.pop(index, None)
+
+    async def _write_map(self, index):
+        """Chunk ``index``'s map entry for a write (allocated).  One whose
+        primary did not answer this client since the entry was fetched
+        is fetched again first: the master may have dropped that server
+        meanwhile (marked down), and a write sent to it would wait for
+        its timeout again."""
+        info = await self._chunk(index, True)
+        since = self.cluster.suspected_at(info.replicas[0][0]) \
+            if info.replicas else None
+        if since is not None and self._map_at.get(index, 0) < since:
+            self._forget(index)
+            info = await self._chunk(index, True)
+        return info
 
     async def prefetch_map(self, offset=0, length=None):
         """Load the chunk map of a range in a few master calls."""

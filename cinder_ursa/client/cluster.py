@@ -15,6 +15,9 @@ from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
 
+# Seconds a chunk server that did not answer in time is read last.
+SUSPECT_FOR = 30.0
+
 
 class Cluster:
     """Entry point of the client library (one per event loop)."""
@@ -31,6 +34,37 @@ class Cluster:
         self.local = local or None
         self._local_bound = None
         self._local_task = None
+        self._suspects = {}         # server id -> until when it is read last
+        self._suspected = {}        # server id -> when it last failed to
+
+    def suspect(self, server_id):
+        """``server_id`` did not answer (a timeout, no connection): reads
+        try the other replicas first for a while, and a write to a chunk
+        it is the primary of fetches the chunk's map again first.  A
+        server that hangs (SIGSTOP, a stuck disk) stays in the chunk maps
+        this client holds, and without this every read and write of its
+        chunks would wait for it again."""
+        now = time.monotonic()
+        self._suspects[server_id] = now + SUSPECT_FOR
+        self._suspected[server_id] = now
+
+    def suspected_at(self, server_id):
+        """When ``server_id`` last failed to answer, if it is a suspect."""
+        until = self._suspects.get(server_id)
+        if until is None or until <= time.monotonic():
+            return None
+        return self._suspected[server_id]
+
+    def read_order(self, replicas):
+        """``replicas`` ((id, host, port), primary first) in the order to
+        read them: the suspects last."""
+        if not self._suspects:
+            return replicas
+        now = time.monotonic()
+        for sid, until in list(self._suspects.items()):
+            if until <= now:
+                del self._suspects[sid]
+        return sorted(replicas, key=lambda r: r[0] in self._suspects)
 
     async def local_replicas(self):
         """The local replica reader, bound to the master's server ids.

@@ -11,7 +11,9 @@ Retry policy per extent:
   is dropped from the replica set, epoch + 1), refresh, retry on the new
   primary;
 * a replica's disk failing or a bad checksum on a read: read another
-  replica;
+  replica; a replica that did not answer in time or could not be reached
+  is read last for ``SUSPECT_FOR`` (30 s), so a hung server costs one
+  read its timeout, not every read;
 * InsufficientReplicas, or a chunk server that cannot reach the master to
   confirm a new epoch or lease generation (Unavailable): wait with
   backoff, read another replica; fail when ``io_timeout`` ends;
@@ -66,7 +68,7 @@ class ExtentIO:
                         if data is not None:
                             return data
                         break
-            for sid, host, port in info.replicas:
+            for sid, host, port in self.cluster.read_order(info.replicas):
                 try:
                     conn = await self.cluster.pool.get(host, port)
                     reply = await conn.call(
@@ -101,6 +103,7 @@ class ExtentIO:
                     last = e
                 except exception.UrsaConnectionError as e:
                     self.cluster.pool.discard(host, port)
+                    self.cluster.suspect(sid)
                     last = e
                 except exception.ProtocolError as e:
                     self.cluster.pool.discard(host, port)
@@ -164,7 +167,7 @@ class ExtentIO:
                 continue
             if self._fenced is not None and not copy_up:
                 raise self._fenced
-            info = await self._chunk(index, True)
+            info = await self._write_map(index)
             need = self.info['min_replicas']
             if len(info.replicas) < need:
                 err = exception.InsufficientReplicas(
@@ -222,6 +225,8 @@ class ExtentIO:
             sid, host, port = info.replicas[0]
             if not isinstance(e, exception.DiskError):
                 self.cluster.pool.discard(host, port)
+                if isinstance(e, exception.UrsaConnectionError):
+                    self.cluster.suspect(sid)
             LOG.warning('Volume %s chunk %d: primary %d (%s:%d) failed: %s',
                         self.name, index, sid, host, port, e)
             await self._report_failed(index, sid, info.epoch)

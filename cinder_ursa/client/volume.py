@@ -58,6 +58,7 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         self.generation = 0
         self.holder = None
         self._map = {}          # index -> rest.ChunkInfo (None: unallocated)
+        self._map_at = {}       # index -> when its entry came from the master
         self._map_locks = {}
         # (address, port) -> {index: server id}: what the next flush must
         # make durable; None instead of the dict: the whole volume.

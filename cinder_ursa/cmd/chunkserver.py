@@ -39,7 +39,9 @@ def main(argv=None):
             replication_timeout=cc.replication_timeout,
             reserved_bytes=cc.reserved_bytes,
             recovery_rate=(cc.recovery_rate_min * MiB,
-                           cc.recovery_rate_max * MiB))
+                           cc.recovery_rate_max * MiB),
+            disk_error_limit=cc.disk_error_limit,
+            disk_error_window=cc.disk_error_window)
         await cs.start()
         _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
                                 address=cs.advertise_host, port=cs.port,

@@ -39,7 +39,9 @@ def main(argv=None):
             local = localread.LocalReplicas(nc.local_chunkserver_dirs)
             LOG.info('Local reads from the replicas of %s',
                      ', '.join(nc.local_chunkserver_dirs))
-        cluster = cluster_mod.Cluster(conf.ursa.master_url, key, local=local)
+        cluster = cluster_mod.Cluster(
+            conf.ursa.master_url, key, local=local,
+            request_timeout=conf.ursa.request_timeout)
         tls = None
         if nc.tls != 'off':
             if not (nc.tls_cert_file and nc.tls_key_file):

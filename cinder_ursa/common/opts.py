@@ -15,6 +15,18 @@ common_opts = [
     cfg.ListOpt('master_url', default=['http://127.0.0.1:9380'],
                 help='URL(s) of the ursa-master REST API; the first that '
                      'answers is used.'),
+    cfg.FloatOpt('request_timeout', default=15.0, min=1.0,
+                 help='Seconds ursa-nbd and ursa-attach wait for a chunk '
+                      'server to answer one request before they read '
+                      'another replica, or report a primary failed and '
+                      'write through the next one. It bounds the stall a '
+                      'guest sees when a chunk server hangs (SIGSTOP, a '
+                      'stuck disk, a lost network link without a reset). '
+                      'Lower means shorter stalls but more healthy '
+                      'primaries dropped under load (each then costs a '
+                      'copy of its chunks): keep it above twice '
+                      '[ursa_chunkserver] replication_timeout, the time a '
+                      'primary may take to drop a hung replica and answer.'),
 ]
 
 

@@ -32,6 +32,8 @@ INT64_BOUND = 2 ** 63
 # A number written as text ("10G") longer than this is no number (and
 # int() refuses more than 4300 digits with a ValueError).
 NUMBER_TEXT_MAX = 32
+# A failed data directory's reason is kept to this many characters.
+FAILURE_MAX = 500
 
 
 def _int64(value, what):
@@ -299,9 +301,11 @@ class MasterAPI:
             b.get('address', str, required=True), port,
             b.get('capacity', int, 0), b.get('used', int, 0),
             b.get('free', int, 0), chunks,
-            b.get('lost_cache', bool, False), primaries)
+            failure=self._failure(b),
+            lost_cache=b.get('lost_cache', bool, False), primaries=primaries)
         for vid, idx in primaries:
             self.service.resync_soon(vid, idx)
+        self.service.registered(server['id'])
         self._note_usage(server['id'], b)
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,
@@ -312,7 +316,8 @@ class MasterAPI:
         sid = _path_int(request, 'id')
         b = await _body(request)
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
-                      b.get('used', int, 0), b.get('free', int, 0))
+                      b.get('used', int, 0), b.get('free', int, 0),
+                      failure=self._failure(b))
         self._note_usage(sid, b)
         return web.json_response({'ok': True,
                                   'dropped': self.service.take_drops(sid)})
@@ -340,6 +345,14 @@ class MasterAPI:
         return web.json_response({'repair': dict(
             self.service.repair_status(),
             started=[service_mod.job_dict(j) for j in jobs])})
+
+    @staticmethod
+    def _failure(body):
+        """Why the server's data directory failed, if it says it did."""
+        failure = body.get('failure', str)
+        if failure is not None:
+            failure = failure[:FAILURE_MAX] or 'unknown'
+        return failure
 
     def _note_usage(self, sid, body):
         vols = body.get('volumes', dict, {})

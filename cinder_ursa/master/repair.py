@@ -79,7 +79,9 @@ Job = collections.namedtuple(
 
 def expected_back(server, now, grace):
     """Whether a down server is expected back: in maintenance, or down
-    for less than ``grace`` seconds."""
+    for less than ``grace`` seconds; never one whose disk failed."""
+    if server.get('state') == 'failed':
+        return False
     if server.get('maintenance'):
         return True
     since = server.get('down_since')
@@ -138,8 +140,12 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
         lost = [s for s in c['lost'] if s in servers and
                 s not in have and s not in joining and
                 not servers[s].get('draining')]
+        # A lost server a copy just failed to (``avoid``) is not taken as
+        # returning now; one that failed a write and has not sent a
+        # heartbeat since is handed here as down (see the service), so a
+        # server that just died is waited for the grace period.
         returning = [s for s in lost if _up(servers[s]) and
-                     not servers[s].get('maintenance')]
+                     not servers[s].get('maintenance') and s not in avoid]
         back = [s for s in lost if (
             servers[s].get('maintenance') if _up(servers[s])
             else expected_back(servers[s], now, grace))]

@@ -13,9 +13,10 @@ here, in the order that keeps the cluster consistent:
 * the watcher marks silent chunk servers down and forgets snapshots whose
   master died half-way;
 * the repairer runs the repair planner (:mod:`.repair`) every
-  ``repair_interval`` and hands each copy it plans to the chunk's source
-  server (REBUILD), a few per server at once; a move (drain, rebalance)
-  then retires the replica it replaced (:meth:`MasterService.retire`).
+  ``repair_interval``, when a copy ends and when a server registers, and
+  hands each copy it plans to the chunk's source server (REBUILD), a few
+  per server at once; a move (drain, rebalance) then retires the replica
+  it replaced (:meth:`MasterService.retire`).
 
 Leader election will live here too.
 Database calls run on one worker thread (:meth:`MasterService.db`), so
@@ -54,6 +55,9 @@ def job_dict(job):
     return {'volume_id': job.volume_id, 'index': job.index,
             'source': job.source, 'target': job.target,
             'retire': job.retire, 'reason': repair.REASONS[job.priority]}
+# A copy that ends plans the next round at once (its slots are free), but
+# rounds start at least this many seconds apart.
+REPLAN_GAP = 1.0
 
 
 class MasterService:
@@ -81,6 +85,7 @@ class MasterService:
         self._summary = {}
         self._round_lock = None     # made in the loop that runs rounds
         self._progress = {}
+        self._replan = asyncio.Event()
         self.copied_bytes = 0
         self._failed_at = {}    # server id -> when it failed a write
         self._drops = {}        # server id -> {(volume, index): epoch}
@@ -159,6 +164,12 @@ class MasterService:
 
     # --- repair ----------------------------------------------------------
 
+    def registered(self, server_id):
+        """Chunk server ``server_id`` (re)registered: a copy that failed
+        to it before (it was dead) may succeed now: plan at once."""
+        self._avoid.pop(server_id, None)
+        self._replan.set()
+
     def repair_status(self):
         """The planner's last counts, the copies running, the bytes
         copied since this master started and the recovery progress: the
@@ -219,11 +230,25 @@ class MasterService:
         # master (re)start, wait for them before judging what is missing.
         await asyncio.sleep(max(self.server_timeout, self.repair_interval))
         while True:
+            started = time.monotonic()
+            self._replan.clear()
             try:
                 await self.repair_round()
             except Exception:  # noqa: BLE001 - keep repairing
                 LOG.exception('Planning repairs failed')
-            await asyncio.sleep(self.repair_interval)
+            # Next round after repair_interval, or as soon as a copy ends
+            # (its source and target can take the next one) or a server
+            # registers (a returning server's catch-up starts): else the
+            # copies of a lost server go at per_server copies per interval
+            # whatever the disks and network could do.
+            try:
+                await asyncio.wait_for(self._replan.wait(),
+                                       self.repair_interval)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(max(
+                0.0, started + min(REPLAN_GAP, self.repair_interval)
+                - time.monotonic()))
 
     async def repair_round(self):
         """Plan copies of the chunks that lack some and start them (one
@@ -370,6 +395,7 @@ class MasterService:
             LOG.exception('Chunk %s/%d: job %s failed', *key, job)
         finally:
             self._jobs.pop(key, None)
+            self._replan.set()
 
     async def _copy(self, job, source):
         """REBUILD on the chunk's primary: whether the copy is made."""

@@ -21,6 +21,7 @@ class ClusterStatus(show.ShowOne):
             'health': st['health'],
             'servers_up': st['servers']['up'],
             'servers_down': st['servers']['down'],
+            'servers_failed': st['servers'].get('failed', 0),
             'volumes': st['volumes'],
             'chunks': st['chunks'],
             'servers_in_maintenance': st['servers'].get('maintenance', 0),

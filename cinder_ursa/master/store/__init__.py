@@ -47,6 +47,9 @@ class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
         self.url = url
         self.engine = db.create_engine(url)
         self.failure_domain = failure_domain
+        # Why each failed chunk server's data directory failed, as it says
+        # in every heartbeat (not kept in the database).
+        self.failures = {}
 
     def upgrade(self):
         """Bring the schema to the newest alembic revision."""

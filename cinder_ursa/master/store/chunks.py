@@ -345,9 +345,11 @@ class ChunkRecords:
                 if join:
                     joining += len(split_ids(join))
         up = [s for s in servers if s['state'] == 'up']
+        failed = sum(s['state'] == 'failed' for s in servers)
         return {
             'servers': {'total': len(servers), 'up': len(up),
-                        'down': len(servers) - len(up),
+                        'down': len(servers) - len(up) - failed,
+                        'failed': failed,
                         'maintenance': sum(s['maintenance']
                                            for s in servers),
                         'draining': sum(s['draining'] for s in servers)},

@@ -1,4 +1,14 @@
-"""Chunk servers: registration, heartbeats, marking silent ones down."""
+"""Chunk servers: registration, heartbeats, marking silent ones down and
+those whose data directory failed 'failed'.
+
+A chunk server's state is 'up', 'down' (silent for ``server_timeout``) or
+'failed': it said its data directory failed (too many disk errors).  A
+failed server serves nothing and is never expected back: the repair
+planner copies its chunks at once and never copies to it.  It stays
+failed, silent or not, until it registers again without a failure (a
+restart of its chunk server after the disk was checked) or is replaced
+by a new server (a new, empty data directory).
+"""
 
 import collections
 import logging
@@ -30,8 +40,8 @@ class ServerRecords:
                 'draining': bool(row.draining)}
 
     def register_server(self, server_uuid, host, rack, address, port,
-                        capacity, used, free, chunks=(), lost_cache=False,
-                        primaries=None):
+                        capacity, used, free, chunks=(), failure=None,
+                        lost_cache=False, primaries=None):
         """Add or update a chunk server; classify the chunks it reports.
 
         Returns ``(server, stale, orphans, generations, snapseqs,
@@ -41,12 +51,15 @@ class ServerRecords:
         sequence, the last maps the volumes it holds to (snapshot sequence,
         live snapshot sequences) so it frees what deleted snapshots left.
 
+        ``failure``: its data directory failed (why): it is registered
+        failed, and left out of every replica set.
+
         ``lost_cache``: the server restarted after its machine did (a
         crash, a power cut): its copies may lack writes it acknowledged
         but had not synced, so it leaves every chunk that has another
         replica (they are stale, and brought up to date like a returning
-        server's); the chunks whose primary it was are appended to
-        ``primaries`` (their replicas are to be compared).
+        server's).  The chunks whose primary it was (in both cases) are
+        appended to ``primaries`` (their replicas are to be compared).
         """
         now = time.time()
         t = models.chunkservers
@@ -56,6 +69,8 @@ class ServerRecords:
             values = dict(host=host, rack=rack, address=address, port=port,
                           capacity=capacity, used=used, free=free,
                           state='up', last_seen=now, down_since=None)
+            if failure is not None:
+                values.update(state='failed', down_since=now)
             if row is None:
                 res = conn.execute(t.insert().values(
                     uuid=server_uuid, created_at=now, **values))
@@ -64,11 +79,18 @@ class ServerRecords:
                          server_uuid, address, port, host, sid)
             else:
                 sid = row.id
+                if failure is not None and row.state == 'failed':
+                    values['down_since'] = row.down_since
                 conn.execute(t.update().where(t.c.id == sid).values(**values))
-                if row.state != 'up':
+                if row.state != 'up' and failure is None:
                     LOG.info('Chunk server %d (%s:%d) is up again', sid,
                              address, port)
-            if lost_cache and row is not None:
+                    self.failures.pop(sid, None)
+            if failure is not None:
+                self._failed(conn, sid, address, port, failure,
+                             row is None or row.state != 'failed', primaries)
+                chunks = ()
+            elif lost_cache and row is not None:
                 dropped = self._drop_server_replicas(conn, sid, primaries)
                 LOG.warning('Chunk server %d (%s:%d) restarted after its '
                             'machine did, with writes it had not synced '
@@ -107,11 +129,23 @@ class ServerRecords:
             gens = {v: g for v, g in vols.items() if g}
         return server, stale, orphans, gens, seqs, snaps
 
-    def heartbeat(self, server_id, capacity, used, free):
+    def heartbeat(self, server_id, capacity, used, free, failure=None):
+        """A chunk server is alive; ``failure``: its data directory failed
+        (why): it is marked failed and leaves every replica set."""
         t = models.chunkservers
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(t.c.state).where(
+            row = conn.execute(sa.select(t).where(
                 t.c.id == server_id)).first()
+            if row is not None and failure is not None:
+                values = dict(capacity=capacity, used=used, free=free,
+                              last_seen=time.time(), state='failed')
+                if row.state != 'failed':
+                    values['down_since'] = time.time()
+                conn.execute(t.update().where(t.c.id == server_id).values(
+                    **values))
+                self._failed(conn, server_id, row.address, row.port,
+                             failure, row.state != 'failed')
+                return
             if row is None or row.state != 'up':
                 # Unknown, or marked down meanwhile: the server must
                 # register again, which tells it which replicas went stale.
@@ -146,6 +180,19 @@ class ServerRecords:
                             'replica set(s)', r.id, r.address, r.port,
                             timeout, dropped)
         return [r.id for r in rows]
+
+    def _failed(self, conn, server_id, address, port, failure, news=True,
+                primaries=None):
+        """Server ``server_id`` says its data directory failed: it leaves
+        every replica set (``news``: logged, the first time; the chunks
+        whose primary it was are appended to ``primaries``)."""
+        dropped = self._drop_server_replicas(conn, server_id, primaries)
+        if news or dropped or server_id not in self.failures:
+            LOG.error('Chunk server %d (%s:%d) reports its data directory '
+                      'failed (%s): marked failed and dropped from %d '
+                      'replica set(s); its chunks are copied elsewhere',
+                      server_id, address, port, failure, dropped)
+        self.failures[server_id] = failure
 
     @staticmethod
     def _drop_server_replicas(conn, server_id, primaries=None):
@@ -236,6 +283,8 @@ class ServerRecords:
         counts = self._replica_counts()
         for s in servers:
             s['chunks'] = counts.get(s['id'], 0)
+            if s['state'] == 'failed':
+                s['failure'] = self.failures.get(s['id'], 'unknown')
         return servers
 
     def _replica_counts(self, column='replicas'):

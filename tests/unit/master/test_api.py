@@ -272,3 +272,17 @@ def test_a_repair_round_runs_on_demand(store):
     status, body = one(store, 'POST', '/v1/repair', {})
     assert status == 200, body
     assert body['repair']['started'] == [] and body['repair']['running'] == 0
+
+
+def test_a_heartbeat_reports_a_failed_data_directory(store):
+    sid = store.register_server('u', 'h', 'r', '127.0.0.1', 9000, 1, 0,
+                                1)[0]['id']
+    path = '/v1/chunkservers/%d/heartbeat' % sid
+    status, body = one(store, 'PUT', path, {'failure': 'x' * 10000})
+    assert status == 200, body
+    status, body = one(store, 'GET', '/v1/chunkservers')
+    s = body['chunkservers'][0]
+    assert s['state'] == 'failed' and len(s['failure']) == api.FAILURE_MAX
+    assert_400(one(store, 'PUT', path, {'failure': 5}), 'failure')
+    status, body = one(store, 'GET', '/v1/cluster')
+    assert body['servers']['failed'] == 1

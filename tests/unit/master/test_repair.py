@@ -63,6 +63,17 @@ def test_maintenance_waits_however_long():
     assert jobs == [] and summary['waiting'] == 1
 
 
+def test_a_server_whose_disk_failed_is_not_waited_for_nor_a_target():
+    srv = servers(5, s3={'state': 'failed', 'down_since': NOW - 1},
+                  s4={'state': 'failed', 'down_since': NOW - 1,
+                      'maintenance': True})
+    jobs, summary = plan([chunk([1, 2], lost=[3]),
+                          chunk([1, 2], lost=[4], index=1)], srv)
+    assert jobs == [repair.Job('v', 0, 5, 1, 5, repair.UNDER),
+                    repair.Job('v', 1, 5, 1, 5, repair.UNDER)]
+    assert summary == {'degraded': 2}
+
+
 def test_a_chunk_at_one_copy_never_waits():
     srv = servers(4, s2=down(), s3=down())
     jobs, _ = plan([chunk([1], lost=[2, 3])], srv)

@@ -4,6 +4,7 @@ order of database commits and broadcasts, and what a failed broadcast
 leaves behind."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -252,3 +253,12 @@ def test_a_server_that_failed_a_write_is_taken_as_down_until_it_beats(
     run(service.repair_round())
     assert [(j.target, j.priority) for j in started] == [
         (victim, service_mod.repair.RETURNING)]
+
+
+def test_a_server_that_registers_again_is_no_longer_avoided(service):
+    """A copy to a killed server fails and keeps it from being a target
+    for a while; started again, it registers and is a target at once (its
+    chunks wait for it meanwhile: see the planner)."""
+    service._avoid = {3: time.monotonic() + 600, 4: time.monotonic() + 600}
+    service.registered(3)
+    assert list(service._avoid) == [4]

@@ -160,9 +160,9 @@ def test_servers_marked_down(store):
     assert store.list_servers()[0]['state'] == 'up'
     with pytest.raises(exception.NotFound):
         store.heartbeat(999, 1, 0, 1)
-    assert store.cluster_status()['servers'] == {'total': 2, 'up': 1,
-                                                 'down': 1, 'maintenance': 0,
-                                                 'draining': 0}
+    assert store.cluster_status()['servers'] == {
+        'total': 2, 'up': 1, 'down': 1, 'failed': 0, 'maintenance': 0,
+        'draining': 0}
     servers = {s['uuid']: s for s in store.list_servers()}
     assert servers['uuid-0']['down_since'] is None
     assert servers['uuid-1']['down_since'] > 0
@@ -196,6 +196,47 @@ def test_a_down_server_leaves_every_replica_set(store):
         expect = c['epoch'] + (1 if c['index'] in holding else 0)
         assert after[c['index']]['epoch'] == expect
     assert store.cluster_status()['degraded_chunks'] == len(holding)
+
+
+def test_a_server_whose_disk_failed_leaves_every_replica_set(store):
+    ids = add_servers(store, 4)
+    store.create_volume('v', 40 * MiB, chunk_size=4 * MiB)
+    chunks = store.chunk_map('v', 0, 10, allocate=True)['chunks']
+    victim = ids[0]
+    holding = [c['index'] for c in chunks
+               if victim in [r['id'] for r in c['replicas']]]
+    assert holding
+    store.heartbeat(victim, 0, 0, 0, failure='5 disk errors within 60 s')
+    s = {x['id']: x for x in store.list_servers()}[victim]
+    assert s['state'] == 'failed' and s['chunks'] == 0
+    assert s['failure'] == '5 disk errors within 60 s'
+    since = s['down_since']
+    assert since > 0
+    for c in store.chunk_map('v', 0, 10)['chunks']:
+        assert victim not in [r['id'] for r in c['replicas']]
+        if c['index'] in holding:
+            assert store.chunk_members('v', c['index'])['lost'] == [victim]
+    st = store.cluster_status()
+    assert st['servers'] == {'total': 4, 'up': 3, 'down': 0, 'failed': 1,
+                             'maintenance': 0, 'draining': 0}
+    assert st['degraded_chunks'] == len(holding)
+    assert st['health'] == 'HEALTH_WARN'
+    # It keeps saying so; silent, it stays failed (never "down", which
+    # the planner would wait for).
+    store.heartbeat(victim, 0, 0, 0, failure='again')
+    assert store.mark_down(-1) == ids[1:]
+    s = {x['id']: x for x in store.list_servers()}[victim]
+    assert s['state'] == 'failed' and s['down_since'] == since
+    # A heartbeat without the failure is no longer taken; a registration
+    # with it keeps it failed; one without (a restart) brings it up.
+    with pytest.raises(exception.NotFound):
+        store.heartbeat(victim, 1, 0, 1)
+    store.register_server('uuid-0', 'a', 'r', '127.0.0.1', 9000, 0, 0, 0,
+                          failure='still')
+    assert store.list_servers()[0]['state'] == 'failed'
+    store.register_server('uuid-0', 'a', 'r', '127.0.0.1', 9000, 1, 0, 1)
+    s = store.list_servers()[0]
+    assert s['state'] == 'up' and 'failure' not in s
 
 
 def test_a_dropped_replica_is_remembered_as_lost(store):
