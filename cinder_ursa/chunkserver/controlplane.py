@@ -125,6 +125,13 @@ class ControlMixin:
                 conn.spawn(self._fence(conn, frame, vol, gen))
         elif op == codec.DELETE:
             vol, idx = control.decode_delete(frame.body)
+            c = (self.store.held(vol, idx) if idx != control.ALL_CHUNKS
+                 else None)
+            if c is not None and c.joining:
+                # Perhaps being brought up to date right now: only once
+                # the master says it is not.
+                conn.spawn(self._delete_joining(conn, frame, vol, idx))
+                return
             n = self.store.delete(vol, None if idx == control.ALL_CHUNKS
                                   else idx)
             if n:
@@ -138,9 +145,12 @@ class ControlMixin:
         elif op == codec.ENTRIES:
             vol, idx, first, count = control.decode_entries(frame.body)
             self.store.check_failed(vol)
-            c = (self.store.rejoin(vol, idx)
-                 if frame.flags & codec.FLAG_JOIN else
-                 self.store.held(vol, idx))
+            self.store.entry_tables(None, first, count)   # the range
+            if frame.flags & codec.FLAG_JOIN:
+                self._check_not_replica(vol, idx)
+                c = self.store.rejoin(vol, idx)
+            else:
+                c = self.store.held(vol, idx)
             if c is None:
                 raise exception.NotFound(kind='chunk replica',
                                          name='%s/%d' % (vol, idx))
@@ -175,6 +185,36 @@ class ControlMixin:
         else:
             raise exception.ProtocolError(
                 reason='unknown opcode 0x%02x' % op)
+
+    def _check_not_replica(self, vol, idx):
+        """Refuse to make a copy that is still a replica a joining one."""
+        c = self.store.held(vol, idx)
+        view = self.authority.current(vol, idx)
+        if (c is not None and not c.stale and view is not None and
+                self.id in view.replicas):
+            raise exception.Conflict(
+                reason='the copy of chunk %s/%d on this server is a replica '
+                       '(epoch %d); it is not brought up to date as a new '
+                       'copy' % (vol, idx, view.epoch))
+
+    async def _delete_joining(self, conn, frame, vol, idx):
+        try:
+            await self.authority.confirm(vol, idx)
+            view = self.authority.current(vol, idx)
+            if view is not None and (self.id in view.joining or
+                                     self.id in view.replicas):
+                raise exception.Conflict(
+                    reason='the copy of chunk %s/%d on this server is being '
+                           'brought up to date (epoch %d); not deleted'
+                           % (vol, idx, view.epoch))
+            if self.store.delete(vol, idx):
+                LOG.info('Deleted replica %s/%d', vol, idx)
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+        except exception.NotFound:
+            self.store.delete(vol, idx)         # its volume is gone
+            conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
 
     async def _fence(self, conn, frame, vol, gen):
         try:

@@ -110,6 +110,7 @@ STATUS_CODES = {
     15: 'stale_snapshot',
     16: 'unavailable',
     17: 'disk_error',
+    18: 'conflict',
 }
 STATUS_BY_CODE = {v: k for k, v in STATUS_CODES.items()}
 

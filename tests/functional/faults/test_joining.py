@@ -166,3 +166,54 @@ def test_a_dropped_replica_that_was_not_told_stops_serving_old_maps(
                 return True
         return False
     wait_for(refused, 10, 'the dropped replica to refuse old maps')
+
+
+def _control(cluster, sid, frame):
+    """Send one control frame to server ``sid``; return the reply body."""
+    s = next(s for s in cluster.client().servers() if s['id'] == sid)
+
+    async def send(c):
+        conn = await c.pool.get(s['address'], s['port'])
+        reply = await conn.request(9, frame, 10)
+        return reply.body
+    with data_client(cluster) as cl:
+        return cl.run(send)
+
+
+def test_a_copy_being_brought_up_to_date_is_not_deleted_nor_a_replica_joined(
+        joined):
+    """A DELETE of a joining copy (ursa cluster check --repair racing a
+    copy) is refused while the master lists it joining; ENTRIES with
+    FLAG_JOIN is refused for a replica, and checks its range before it
+    changes anything."""
+    cluster, vid, spare = joined
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(BS, b'b' * BS)       # the joining copy now holds one
+    body = _control(cluster, spare, control.encode_delete(9, vid, 0))
+    with pytest.raises(exception.Conflict, match='brought up to date'):
+        codec.reply_status(body)
+    _, data = _raw_head(cluster, vid, spare, 1, 1)
+    assert data == b'b' * BS
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
+    replica = chunk['replicas'][1]['id']
+    body = _control(cluster, replica, control.encode_entries(
+        9, vid, 0, 0, 0, join=True))
+    with pytest.raises(exception.Conflict, match='is a replica'):
+        control.decode_entries_ok(body)
+    body = _control(cluster, replica, control.encode_entries(
+        9, vid, 0, 2 ** 32 - 1, 4096, join=True))
+    with pytest.raises(exception.OutOfRange):
+        control.decode_entries_ok(body)
+    # The replica still serves reads.
+    with data_client(cluster) as cl:
+        with cl.open_volume('v', writable=False) as v:
+            assert v.read(0, 2 * BS) == b'a' * BS + b'b' * BS
+    # Given up by the master, the copy may go.
+    chunk = cluster.client().change_members(vid, 0, 'abandon', spare,
+                                            chunk['epoch'])
+    codec.reply_status(_control(cluster, spare,
+                                control.encode_delete(9, vid, 0)))
+    assert not os.path.exists(os.path.join(
+        cluster.cs_dir(server_index(cluster, spare)), 'chunks', vid,
+        '0.meta'))
