@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 
@@ -34,11 +35,11 @@ class ControlMixin:
             self._registered.set()
             return
         usage = self.store.usage()
+        lost_cache = self.store.lost_cache
         reply = await self.master.register_server(
             uuid=self.store.server_uuid, host=self.host, rack=self.rack,
             address=self.advertise_host, port=self.port,
-            chunks=self.store.chunk_list(), lost_cache=self.store.lost_cache,
-            **usage)
+            chunks=self.store.chunk_list(), lost_cache=lost_cache, **usage)
         # Said once: the master dropped this server from its chunks.
         self.store.lost_cache = False
         self.id = reply['server']['id']
@@ -56,6 +57,9 @@ class ControlMixin:
                          'snapshots freed', vol, n)
         for vol, idx in reply.get('stale', []):
             self.store.mark_stale(vol, idx)
+            if lost_cache:
+                # Torn blocks are found before it is brought up to date.
+                self.store.mark_unverified(vol, idx)
         for vol, idx in reply.get('orphans', []):
             LOG.info('Deleting orphan replica %s/%d (no such chunk on the '
                      'master)', vol, idx)
@@ -149,6 +153,10 @@ class ControlMixin:
             if frame.flags & codec.FLAG_JOIN:
                 self._check_not_replica(vol, idx)
                 c = self.store.rejoin(vol, idx)
+                if c is not None and self.store.unverified(c):
+                    conn.spawn(self._verify_then_entries(conn, frame, c,
+                                                         first, count))
+                    return
             else:
                 c = self.store.held(vol, idx)
             if c is None:
@@ -185,6 +193,20 @@ class ControlMixin:
         else:
             raise exception.ProtocolError(
                 reason='unknown opcode 0x%02x' % op)
+
+    async def _verify_then_entries(self, conn, frame, c, first, count):
+        """ENTRIES of a copy this server's crash may have torn: its torn
+        blocks are forgotten first (read in a worker thread)."""
+        try:
+            files = self.store.unverified_files(c)
+            n = await asyncio.get_running_loop().run_in_executor(
+                None, mending.forget_torn, files)
+            self.store.verified(c, n)
+            conn.send(control.encode_entries_ok(
+                frame.req_id, c.epoch, self.store.blocks_in_use(c),
+                self.store.entry_tables(c, first, count)))
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
 
     def _check_not_replica(self, vol, idx):
         """Refuse to make a copy that is still a replica a joining one."""

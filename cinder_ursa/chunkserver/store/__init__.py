@@ -166,7 +166,7 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
                 d.difference_update(files)
             for f in files:
                 f.unlink()
-            for ext in ('.epoch', '.stale', '.joining'):
+            for ext in ('.epoch', '.stale', '.joining', '.unverified'):
                 try:
                     os.unlink(c.base + ext)
                 except FileNotFoundError:

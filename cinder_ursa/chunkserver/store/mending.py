@@ -3,9 +3,11 @@ without verification (:class:`RawBlocks`, part of
 :class:`~cinder_ursa.chunkserver.store.ChunkStore`), and the checks that
 find and mend torn blocks in what they carry."""
 
+import logging
 import os
 import struct
 
+from cinder_ursa.chunkserver.store.files import atomic_write
 from cinder_ursa.chunkserver.store.files import punch_hole
 from cinder_ursa.chunkserver.store.files import pwrite_data
 from cinder_ursa.common import checksum
@@ -15,6 +17,9 @@ from cinder_ursa.protocol.chunkfile import ENTRY
 from cinder_ursa.protocol.chunkfile import ENTRY_STRUCT
 from cinder_ursa.protocol.chunkfile import LAYER_ABSENT
 from cinder_ursa.protocol.chunkfile import decode_entries
+
+LOG = logging.getLogger(__name__)
+UNVERIFIED = '.unverified'
 
 
 def torn_blocks(entries, data):
@@ -102,3 +107,52 @@ class RawBlocks:
             self._no_space(e)
             raise
         self._mark_dirty(c, (files,))
+
+    # --- copies a crash of the machine may have torn ----------------------
+
+    def mark_unverified(self, volume, index):
+        """The copy of a chunk held here may hold torn blocks whose
+        metadata reached the disk without their data (this server's
+        machine crashed): it is checked before it is brought up to date
+        (see :meth:`verify_copy`)."""
+        c = self._chunk(volume, index)
+        if c is not None:
+            atomic_write(c.base + UNVERIFIED, 'check every block\n')
+
+    def unverified(self, c):
+        return os.path.exists(c.base + UNVERIFIED)
+
+    def unverified_files(self, c):
+        """The files of a copy to check with :func:`forget_torn` (opened
+        here, in the event loop)."""
+        self._opened(c)
+        return [c.head] + [c.layer(n) for n in c.layer_ids()]
+
+    def verified(self, c, forgotten):
+        """:func:`forget_torn` checked the copy: ``forgotten`` blocks."""
+        if forgotten:
+            self._mark_dirty(c, c.all_files())
+            LOG.warning('Copy of chunk %s/%d: %d block(s) torn by the crash '
+                        'are to be sent again', c.volume, c.index, forgotten)
+        os.unlink(c.base + UNVERIFIED)
+
+
+def forget_torn(files):
+    """Read every data block of ``files`` (a copy's head and layers, see
+    :meth:`RawBlocks.unverified_files`); make the entry of each block that
+    does not match its CRC absent, so a comparison with another copy finds
+    it different and it is sent again.  For a worker thread (no other
+    request uses the copy meanwhile); returns the blocks forgotten."""
+    forgotten = 0
+    for f in files:
+        n = f.nblocks()
+        for first in range(0, n, 256):
+            count = min(256, n - first)
+            entries = os.pread(f.meta_fd, ENTRY * count, ENTRY * first)
+            data = os.pread(f.data_fd, BLOCK * count, BLOCK * first)
+            data += bytes(BLOCK * count - len(data))
+            entries += bytes(ENTRY * count - len(entries))
+            for i in torn_blocks(entries, data):
+                os.pwrite(f.meta_fd, bytes(ENTRY), ENTRY * (first + i))
+                forgotten += 1
+    return forgotten

@@ -26,14 +26,14 @@ BS = 4096
 SIZE = 16 * MiB
 
 
-def _read_from(cluster, vid, chunk, server):
-    """Read block 0 of ``chunk`` from one replica (its server id)."""
+def _read_from(cluster, vid, chunk, server, block=0):
+    """Read a block of ``chunk`` from one replica (its server id)."""
     r = next(r for r in chunk['replicas'] if r['id'] == server)
 
     async def read(c):
         conn = await c.pool.get(r['address'], r['port'])
         reply = await conn.request(7, codec.encode_read(
-            7, vid, chunk['index'], chunk['epoch'], 0, BS), 30)
+            7, vid, chunk['index'], chunk['epoch'], block * BS, BS), 30)
         return bytes(codec.reply_status(reply.body))
     with data_client(cluster) as cl:
         return cl.run(read)
@@ -191,7 +191,9 @@ def test_a_power_cut_primary_is_no_authority_for_what_it_lost(
     a write it had not synced, and comes back (another boot) within the
     grace period: it leaves the chunk's replica set, so its copy, missing
     the write, neither serves reads nor overwrites the others; the
-    client's flush keeps the write, and the returning copy gets it."""
+    client's flush keeps the write, and the returning copy gets it, and
+    a block the power cut tore there (metadata without its data), which
+    the metadata alone cannot tell from the others'."""
     # (The master plans its first repairs server_timeout after it starts.)
     cluster = make_cluster(3, server_timeout=8.0, extra_conf=(
         '[ursa_master]\nreplica_grace = 600\nrepair_interval = 0.3\n'))
@@ -199,7 +201,7 @@ def test_a_power_cut_primary_is_no_authority_for_what_it_lost(
     vid = client.create_volume('v', 4 * MiB, chunk_size=MiB)['id']
     with data_client(cluster) as cl:
         v = cl.open_volume('v')
-        v.write(0, b'o' * BS)
+        v.write(0, b'o' * BS + b'p' * BS)
         v.flush()
         chunk = client.chunk_map(vid, 0, 1)['chunks'][0]
         primary = chunk['replicas'][0]['id']
@@ -217,6 +219,11 @@ def test_a_power_cut_primary_is_no_authority_for_what_it_lost(
         for name in os.listdir(synced):
             shutil.copy2(synced / name, os.path.join(
                 cluster.cs_dir(p), 'chunks', vid))
+        # And block 1 torn: its metadata reached the disk, its data not.
+        with open(os.path.join(cluster.cs_dir(p), 'chunks', vid, '0.data'),
+                  'r+b') as f:
+            f.seek(BS)
+            f.write(b'x' * BS)
         with open(os.path.join(cluster.cs_dir(p), 'boot-id'), 'w') as f:
             f.write('another boot\n')
         cluster.start_chunkserver(p)
@@ -231,6 +238,7 @@ def test_a_power_cut_primary_is_no_authority_for_what_it_lost(
     chunk = wait_for(caught_up, 60, 'the returning copy brought up to date')
     for r in chunk['replicas']:
         assert _read_from(cluster, vid, chunk, r['id']) == b'n' * BS
+        assert _read_from(cluster, vid, chunk, r['id'], 1) == b'p' * BS
     with data_client(cluster) as cl:
         report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
         assert report['problems'] == [], report['problems']
