@@ -190,15 +190,17 @@ class RebuildMixin:
             if first >= end:
                 return runs
 
-    async def _push_runs(self, c, addr, runs):
+    async def _push_runs(self, c, addr, runs, throttled=True):
         """Push the blocks of ``runs`` (layer, first, count), raw, with at
-        most WINDOW bytes in flight; return the bytes sent."""
+        most WINDOW bytes in flight, at the recovery rate (``throttled``;
+        not while the chunk's writes are held); return the bytes sent."""
         sent = 0
         pending, inflight = [], 0
         for layer, first, count in runs:
             for at in range(first, first + count, BATCH):
                 n = min(BATCH, first + count - at)
-                await self.throttle.take(n * BLOCK)
+                if throttled:
+                    await self.throttle.take(n * BLOCK)
                 peer = self.peers.connected(*addr) or \
                     await self.peers.get(*addr)
                 # Read and send in one turn of the loop: see the module.

@@ -88,7 +88,9 @@ class ResyncMixin:
                 vol, idx, view.epoch, first, count), view)
             fixed += count
         for addr, runs in layers:
-            fixed += await self._push_runs(c, addr, runs) // BLOCK
+            # Not throttled: the chunk's writes wait meanwhile.
+            fixed += await self._push_runs(c, addr, runs,
+                                           throttled=False) // BLOCK
         if fixed:
             LOG.warning('Chunk %s/%d: %d block(s) differed between replicas '
                         'after a crash and were made identical', vol, idx,
