@@ -16,6 +16,7 @@ import pytest
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
+from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,11 +71,16 @@ def two_masters(make_cluster):
 
 
 def test_standby_answers_503_naming_the_leader(two_masters):
-    c, _ = two_masters
+    c, term = two_masters
     status, body = call(c, c.master_urls[1], 'GET', '/volumes')
     assert status == 503
     assert body['error']['code'] == 'not_leader'
     assert body['error']['leader'] == c.master_urls[0]
+    # The CLI, given both URLs, shows who leads.
+    out = json.loads(cluster_fixtures.ursa(
+        c.data_dir, 'cluster', 'status', '-f', 'json').stdout)
+    assert (out['leader'], out['term'], out['standbys']) == (
+        c.master_urls[0], term, c.master_urls[1])
 
 
 def test_sigkill_leader_clients_follow_and_volumes_survive(two_masters):
