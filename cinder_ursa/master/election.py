@@ -153,9 +153,14 @@ class Elector:
         interval = self.renew_deadline / 4.0
         while True:
             try:
-                await self.round()
+                # A backend or database call that hangs must not keep a
+                # leader acting past its deadline.
+                await asyncio.wait_for(self.round(), self.renew_deadline)
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                LOG.warning('Leader election round took more than %.1f s',
+                            self.renew_deadline)
             except Exception as e:  # noqa: BLE001 - keep trying
                 LOG.warning('Leader election round failed: %s', e)
                 if self._coord is not None:

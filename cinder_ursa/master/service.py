@@ -328,7 +328,10 @@ class MasterService:
 
     async def repair_round(self):
         """Plan copies of the chunks that lack some and start them (one
-        round at a time: POST /v1/repair runs one besides the loop's)."""
+        round at a time: POST /v1/repair runs one besides the loop's).
+        Only the leader plans."""
+        if not self.is_leader():
+            raise self.not_leader()
         for key in self._resyncs - self._resyncing:
             asyncio.get_running_loop().create_task(self._resync(key))
         if self._round_lock is None:
