@@ -13,9 +13,11 @@ import urllib.request
 
 import pytest
 
+from cinder_ursa import exception
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
+from cinder_ursa.master import store as store_mod
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures.wait import wait_for
 
@@ -141,3 +143,26 @@ def test_sigstop_leader_is_replaced_and_steps_down_on_waking(two_masters):
     assert {v['name'] for v in client.volumes()} == {'by-new'}
     with open(os.path.join(c.data_dir, 'master.log')) as f:
         assert 'is no longer the leader of term %d' % term in f.read()
+
+
+def test_term_check_on_mariadb(mariadb):
+    """The term's compare and swap and the write check on MySQL/MariaDB,
+    where an UPDATE that changes nothing counts as matched only because
+    SQLAlchemy connects with CLIENT_FOUND_ROWS."""
+    url = mariadb.new_database()
+    a, b = (store_mod.MetadataStore(url) for _ in range(2))
+    try:
+        a.upgrade()
+        term = a.take_term(0, 'http://a')
+        assert term == 1 and b.take_term(0, 'http://b') is None
+        a.guard = lambda: term
+        a.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+        assert b.take_term(term, 'http://b') == term + 1
+        with pytest.raises(exception.NotLeader, match='term 1 is over'):
+            a.create_volume('w', 4 * MiB, chunk_size=4 * MiB)
+        b.guard = lambda: term + 1
+        b.create_volume('w', 4 * MiB, chunk_size=4 * MiB)
+        assert {v['name'] for v in b.list_volumes()} == {'v', 'w'}
+    finally:
+        a.close()
+        b.close()
