@@ -78,6 +78,15 @@ class _Masters:
         reply = json.loads(text) if text else {}
         return reply if req.result is None else reply[req.result]
 
+    def demote(self, failed):
+        """Masters that could not be reached in a round go last for the
+        next: the standby that named a dead or frozen leader may lead
+        by then."""
+        for base in failed:
+            if base in self.urls:
+                self.urls.remove(base)
+                self.urls.append(base)
+
     def rounds(self):
         """The deadline of the rounds over all masters, which go on while
         masters answer only NotLeader."""
@@ -103,9 +112,10 @@ class BlockingHttp(_Masters):
             time.sleep(FAILOVER_POLL)
 
     def _round(self, req, data):
-        """One try of every master: (True, the answer, _) or (False, the
-        last error, whether a master said NotLeader)."""
-        last, electing = None, False
+        """One try of every master: (True, the answer, _) or (False, a
+        master's NotLeader if one said so else the last error, whether one
+        said so)."""
+        last, electing, failed = None, None, []
         for _, base, url, headers in self.attempts(req):
             r = urllib.request.Request(url, data=data, method=req.method,
                                        headers=headers)
@@ -121,12 +131,15 @@ class BlockingHttp(_Masters):
                 last = exception.UrsaConnectionError(
                     peer=base, reason='%s; is ursa-master running there?'
                     % reason)
+                failed.append(base)
                 continue
             try:
                 return True, self.answer(base, status, text, req), False
             except exception.NotLeader as e:
-                last, electing = e, True
-        return False, last, electing
+                electing = e
+        self.demote(failed)
+        # While a master says NotLeader, that is the error to report.
+        return False, electing or last, electing is not None
 
 
 class AsyncHttp(_Masters):
@@ -159,7 +172,7 @@ class AsyncHttp(_Masters):
 
     async def _round(self, req):
         sess = self._sess()
-        last, electing = None, False
+        last, electing, failed = None, None, []
         for _, base, url, headers in self.attempts(req):
             try:
                 async with sess.request(req.method, url, json=req.body,
@@ -167,15 +180,19 @@ class AsyncHttp(_Masters):
                     status, text = resp.status, await resp.text()
             except (self._aiohttp.ClientConnectionError, OSError) as e:
                 last = exception.UrsaConnectionError(peer=base, reason=str(e))
+                failed.append(base)
                 continue
             except TimeoutError:
                 last = exception.UrsaTimeout(peer=base, seconds=self.timeout)
+                failed.append(base)
                 continue
             try:
                 return True, self.answer(base, status, text, req), False
             except exception.NotLeader as e:
-                last, electing = e, True
-        return False, last, electing
+                electing = e
+        self.demote(failed)
+        # While a master says NotLeader, that is the error to report.
+        return False, electing or last, electing is not None
 
     async def close(self):
         if self._session is not None:
