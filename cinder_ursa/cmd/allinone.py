@@ -1,17 +1,20 @@
 """ursa-aio: an all-in-one Ursa cluster on 127.0.0.1, in the foreground.
 
-Starts one ursa-master, N ursa-chunkserver processes and an ursa-nbd
-gateway with embedded defaults (SQLite metadata, one data directory per
-chunk server, a cluster key generated on first start), starts again any
-of them that exits (with backoff, see :class:`Supervisor`) and stops them
-on SIGINT/SIGTERM.  Starting it again on the same --data-dir keeps every
-volume and byte.
+Starts one ursa-master (or several with --masters: one leader, the
+others standbys over the same SQLite database, electing through a tooz
+file:// backend in master/coordination), N ursa-chunkserver processes
+and an ursa-nbd gateway with embedded defaults (SQLite metadata, one
+data directory per chunk server, a cluster key generated on first
+start), starts again any of them that exits (with backoff, see
+:class:`Supervisor`) and stops them on SIGINT/SIGTERM.  Starting it
+again on the same --data-dir keeps every volume and byte.
 
 Layout of --data-dir::
 
     cluster.key       the cluster key (mode 0600)
     ursa.conf         configuration shared by every process and the CLI
     master/           ursa.sqlite (metadata), endpoint.json, master.log
+    master<N>/        master N's endpoint.json, master.conf (--masters)
     cs<N>/            chunk replicas of chunk server N, its log
 
 For tests, ``AllInOne`` can also declare a rack per chunk server (``racks``,
@@ -47,6 +50,9 @@ NBD_PORT = 10809
 # Where a chunk server behind a fault proxy listens (on the port the proxy
 # has on 127.0.0.1).
 BEHIND_PROXY = '127.0.0.2'
+# With --masters N and a port base, master i >= 1 listens on port base +
+# MASTER_OFFSET + i.
+MASTER_OFFSET = 50
 
 
 class AllInOne:
@@ -57,7 +63,9 @@ class AllInOne:
                  database_url=None, server_timeout=15.0,
                  failure_domain='server', lease_ttl=30.0,
                  replication_timeout=5.0, extra_conf='', nbd_port=None,
-                 racks=None, fault_proxies=False):
+                 racks=None, fault_proxies=False, masters=1):
+        if masters < 1:
+            raise ValueError('masters must be at least 1')
         if racks is not None and len(racks) != chunkservers:
             raise ValueError('racks names the rack of each of the %d chunk '
                              'servers' % chunkservers)
@@ -74,7 +82,8 @@ class AllInOne:
         self.fault_proxies = fault_proxies
         self.proxies = {}       # chunk server index -> ProxyControl
         self._proxy_thread = None
-        self.master_proc = None
+        self.masters = masters
+        self.master_procs = {}  # master index -> process
         self.nbd_proc = None
         self.nbd_port = None
         self.attach_proc = None
@@ -84,11 +93,14 @@ class AllInOne:
         self._nbd_port = nbd_port if nbd_port is not None else (
             NBD_PORT if port_base == DEFAULT_PORT_BASE else 0)
         self.cs_procs = {}
-        self.master_url = None
+        self.master_urls = []
         self.key_file = os.path.join(self.data_dir, 'cluster.key')
         self.conf_file = os.path.join(self.data_dir, 'ursa.conf')
         self.key = None
-        self.master_port = port_base or 0
+        # Master 0 on port_base, master i on port_base + MASTER_OFFSET + i.
+        self.master_ports = [
+            (port_base + (MASTER_OFFSET + i if i else 0)) if port_base else 0
+            for i in range(masters)]
         # Whether a stop was asked for (the launcher's signal handler):
         # starts in progress then give up at once.
         self.stopping = lambda: False
@@ -107,11 +119,12 @@ class AllInOne:
             '',
             '[ursa]',
             'cluster_key_file = %s' % self.key_file,
-            'master_url = http://127.0.0.1:%d' % self.master_port,
+            'master_url = %s' % ','.join(
+                'http://127.0.0.1:%d' % p for p in self.master_ports),
             '',
             '[ursa_master]',
             'bind_host = 127.0.0.1',
-            'bind_port = %d' % self.master_port,
+            'bind_port = %d' % self.master_ports[0],
             'state_dir = %s' % os.path.join(self.data_dir, 'master'),
             'failure_domain = %s' % self.failure_domain,
             'server_timeout = %s' % self.server_timeout,
@@ -119,6 +132,14 @@ class AllInOne:
         ]
         if self.database_url:
             lines.append('database_connection = %s' % self.database_url)
+        if self.masters > 1:
+            # One database and one coordination backend for all masters.
+            master0 = os.path.join(self.data_dir, 'master')
+            if not self.database_url:
+                lines.append('database_connection = sqlite:///%s' %
+                             os.path.join(master0, 'ursa.sqlite'))
+            lines.append('coordination_url = file://%s' %
+                         os.path.join(master0, 'coordination'))
         lines += [
             '',
             '[ursa_chunkserver]',
@@ -189,16 +210,49 @@ class AllInOne:
         return self._wait_file(os.path.join(state, 'endpoint.json'), proc,
                                'ursa-' + name)
 
-    def start_master(self):
-        info = self._start_service('master')
-        self.master_url = info['url']
-        port = int(self.master_url.rsplit(':', 1)[1])
-        if port != self.master_port:
+    @property
+    def master_proc(self):
+        """The process of master 0 (the only one by default)."""
+        return self.master_procs.get(0)
+
+    @property
+    def master_url(self):
+        return self.master_urls[0] if self.master_urls else None
+
+    def master_dir(self, i):
+        return os.path.join(self.data_dir, 'master%s' % (i or ''))
+
+    def start_master(self, i=0):
+        """Start master ``i`` (its state in master/, master1/, ...); return
+        its URL."""
+        state = self.master_dir(i)
+        os.makedirs(state, exist_ok=True)
+        args = []
+        if i:
+            own = os.path.join(state, 'master.conf')
+            with open(own, 'w') as f:
+                f.write('[ursa_master]\nstate_dir = %s\nbind_port = %d\n'
+                        % (state, self.master_ports[i]))
+            args = ['--config-file', own]
+        proc = self._spawn('cinder_ursa.cmd.master',
+                           'master%s.log' % (i or ''), args)
+        self.master_procs[i] = proc
+        info = self._wait_file(os.path.join(state, 'endpoint.json'), proc,
+                               'ursa-master %d' % i if i else 'ursa-master')
+        url = info['url']
+        while len(self.master_urls) <= i:
+            self.master_urls.append(None)
+        self.master_urls[i] = url
+        port = int(url.rsplit(':', 1)[1])
+        if port != self.master_ports[i]:
             # A dynamic port is kept from now on, so a restarted master is
             # found where the chunk servers and the CLI expect it.
-            self.master_port = port
+            self.master_ports[i] = port
             self.write_config()
-        return self.master_url
+        return url
+
+    def start_masters(self):
+        return [self.start_master(i) for i in range(self.masters)]
 
     def _cs_port(self, i):
         """Fixed with --port-base; else the port it had before, if any,
@@ -296,7 +350,7 @@ class AllInOne:
 
     def start(self, nbd=False):
         self.write_config()
-        self.start_master()
+        self.start_masters()
         uuids = {self.start_chunkserver(i, wait=False)['uuid']
                  for i in range(self.n)}
         self.wait_servers_up(uuids)
@@ -305,17 +359,17 @@ class AllInOne:
         return self
 
     def client(self):
-        return master_mod.MasterClient([self.master_url], self.key)
+        return master_mod.MasterClient(list(self.master_urls), self.key)
 
     def kill_chunkserver(self, i, sig=signal.SIGKILL):
         proc = self.cs_procs.pop(i)
         proc.send_signal(sig)
         proc.wait(30)
 
-    def kill_master(self, sig=signal.SIGKILL):
-        self.master_proc.send_signal(sig)
-        self.master_proc.wait(30)
-        self.master_proc = None
+    def kill_master(self, sig=signal.SIGKILL, i=0):
+        proc = self.master_procs.pop(i)
+        proc.send_signal(sig)
+        proc.wait(30)
 
     def stop(self, timeout=15.0):
         procs = list(self.cs_procs.values())
@@ -332,8 +386,7 @@ class AllInOne:
                 subprocess.run(['umount', '-l', self.attach_dir],
                                capture_output=True)
             self.attach_proc = None
-        if self.master_proc is not None:
-            procs.append(self.master_proc)
+        procs += [p for _, p in sorted(self.master_procs.items())]
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -345,7 +398,7 @@ class AllInOne:
                 p.kill()
                 p.wait()
         self.cs_procs.clear()
-        self.master_proc = None
+        self.master_procs.clear()
         self.nbd_proc = None
         if self._proxy_thread is not None:
             self._proxy_thread.close()
@@ -355,8 +408,8 @@ class AllInOne:
     def children(self):
         """{name: process} of the services this launcher started."""
         out = {}
-        if self.master_proc is not None:
-            out['ursa-master'] = self.master_proc
+        for i, p in sorted(self.master_procs.items()):
+            out['ursa-master %d' % i if i else 'ursa-master'] = p
         for i, p in sorted(self.cs_procs.items()):
             out['ursa-chunkserver %d' % i] = p
         if self.nbd_proc is not None:
@@ -368,6 +421,8 @@ class AllInOne:
         the ports and data it had."""
         if name == 'ursa-master':
             self.start_master()
+        elif name.startswith('ursa-master '):
+            self.start_master(int(name.split()[1]))
         elif name == 'ursa-nbd':
             self.start_nbd()
         elif name.startswith('ursa-chunkserver '):
@@ -461,7 +516,7 @@ def _demo(aio, name):
     from cinder_ursa.client import sync
     payload = b'hello from ursa-aio %d\n' % os.getpid()
     payload += bytes(chunkfile.BLOCK - len(payload))
-    with sync.SyncCluster([aio.master_url], aio.key) as cluster:
+    with sync.SyncCluster(list(aio.master_urls), aio.key) as cluster:
         with cluster.open_volume(name) as v:
             v.write(0, payload)
             v.flush()
@@ -487,6 +542,11 @@ def main(argv=None):
                         help='Master REST port; chunk server N listens on '
                              'port-base + 1 + N (default %d).'
                              % DEFAULT_PORT_BASE)
+    parser.add_argument('--masters', type=int, default=1,
+                        help='Number of ursa-master processes (default 1): '
+                             'one leader, the others standbys taking over '
+                             'if it fails; master N >= 1 listens on '
+                             'port-base + %d + N.' % MASTER_OFFSET)
     parser.add_argument('--demo-volume', default='demo',
                         help='Volume created on first start and written '
                              'once to show the cluster serving '
@@ -494,8 +554,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.chunkservers < 1:
         parser.error('--chunkservers must be at least 1')
+    if args.masters < 1:
+        parser.error('--masters must be at least 1')
 
-    aio = AllInOne(args.data_dir, args.chunkservers, args.port_base)
+    aio = AllInOne(args.data_dir, args.chunkservers, args.port_base,
+                   masters=args.masters)
     stopping = []
     aio.stopping = lambda: bool(stopping)
 
@@ -509,6 +572,9 @@ def main(argv=None):
         print('  ursa-master        %s  (REST API, metadata in %s)' % (
             aio.master_url, os.path.join(aio.data_dir, 'master',
                                          'ursa.sqlite')))
+        for i, url in enumerate(aio.master_urls[1:], 1):
+            print('  ursa-master %d      %s  (same database, leader '
+                  'election through tooz)' % (i, url))
         for i in sorted(aio.cs_procs):
             with open(os.path.join(aio.cs_dir(i), 'endpoint.json')) as f:
                 info = json.load(f)

@@ -7,6 +7,7 @@ Example::
 
 import os
 import sys
+import urllib.parse
 
 from aiohttp import web
 from oslo_log import log as logging
@@ -28,6 +29,21 @@ def database_url(conf):
     return 'sqlite:///' + os.path.join(mc.state_dir, 'ursa.sqlite')
 
 
+def coordination_url(conf):
+    """The tooz backend URL, with the lease as its member timeout."""
+    mc = conf.ursa_master
+    url = mc.coordination_url
+    if not url:
+        path = os.path.join(os.path.abspath(mc.state_dir), 'coordination')
+        os.makedirs(path, exist_ok=True)
+        url = 'file://' + path
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    if 'timeout' not in query:
+        url += ('&' if parts.query else '?') + 'timeout=%d' % mc.leader_lease
+    return url
+
+
 def main(argv=None):
     conf = _service.setup(
         sys.argv[1:] if argv is None else argv, 'ursa-master',
@@ -38,8 +54,11 @@ def main(argv=None):
     key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
     os.makedirs(mc.state_dir, exist_ok=True)
     store = store_mod.MetadataStore(database_url(conf), mc.failure_domain)
+    if mc.leader_renew_deadline >= mc.leader_lease:
+        sys.exit('ursa-master: [ursa_master] leader_renew_deadline (%s s) '
+                 'must be shorter than leader_lease (%s s)' % (
+                     mc.leader_renew_deadline, mc.leader_lease))
     store.upgrade()
-    store.reset_heartbeats()
     master = api.MasterAPI(
         store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
         default_replicas=mc.default_replicas,
@@ -49,7 +68,9 @@ def main(argv=None):
         repair_interval=mc.repair_interval,
         repair_per_server=mc.repair_per_server,
         rebalance_moves=mc.rebalance_moves,
-        rebalance_threshold=mc.rebalance_threshold)
+        rebalance_threshold=mc.rebalance_threshold,
+        coordination_url=coordination_url(conf),
+        renew_deadline=mc.leader_renew_deadline)
 
     async def serve(stop):
         runner = web.AppRunner(master.app(), access_log=None)
@@ -58,11 +79,16 @@ def main(argv=None):
                            reuse_address=True)
         await site.start()
         port = runner.addresses[0][1]
-        url = 'http://%s:%d' % (mc.bind_host, port)
+        url = (mc.advertise_url or 'http://%s:%d' % (
+            mc.bind_host, port)).rstrip('/')
+        # A lone master is the leader when this returns.
+        await master.service.start_election(url)
         _service.write_endpoint(os.path.join(mc.state_dir, 'endpoint.json'),
                                 url=url, pid=os.getpid())
-        LOG.info('ursa-master listening on %s (schema %s, database %s)',
-                 url, store.schema_version(), store.engine.url.drivername)
+        LOG.info('ursa-master listening on %s (schema %s, database %s, '
+                 '%s)', url, store.schema_version(),
+                 store.engine.url.drivername,
+                 'leader' if master.service.is_leader() else 'standby')
         await stop.wait()
         LOG.info('ursa-master stopping')
         await runner.cleanup()

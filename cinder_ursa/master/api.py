@@ -46,9 +46,15 @@ def _int64(value, what):
 
 
 def _error_response(exc):
-    return web.json_response(
-        {'error': {'code': exc.code, 'message': str(exc)}},
-        status=exc.http_status)
+    err = {'code': exc.code, 'message': str(exc)}
+    headers = None
+    leader = getattr(exc, 'leader', None)
+    if leader:
+        # A standby names the leader: clients try it next.
+        err['leader'] = leader
+        headers = {'Location': leader}
+    return web.json_response({'error': err}, status=exc.http_status,
+                             headers=headers)
 
 
 @web.middleware
@@ -177,7 +183,8 @@ class MasterAPI:
     # --- app ---------------------------------------------------------------
 
     def app(self):
-        app = web.Application(middlewares=[_errors, self._auth],
+        app = web.Application(middlewares=[_errors, self._auth,
+                                           self._leader_only],
                               client_max_size=4 * units.Mi)
         v = '/' + API_VERSION
         app.router.add_get('/', self.versions)
@@ -251,10 +258,20 @@ class MasterAPI:
                         request.headers.get(auth.HEADER))
         return await handler(request)
 
+    @web.middleware
+    async def _leader_only(self, request, handler):
+        """A standby answers every call but the version list with HTTP 503
+        naming the leader (NotLeader)."""
+        if request.path not in ('/', '/' + API_VERSION) and \
+                not self.service.is_leader():
+            raise self.service.not_leader()
+        return await handler(request)
+
     async def _start(self, app):
         self.service.start()
 
     async def _stop(self, app):
+        await self.service.stop_election()
         self.service.stop()
 
     # --- handlers ----------------------------------------------------------
@@ -267,6 +284,7 @@ class MasterAPI:
         status = await self.db(self.store.cluster_status)
         status['allocated_bytes_total'] = self.service.allocated_total()
         status['repair'] = self.service.repair_status()
+        status['masters'] = self.service.masters()
         return web.json_response(status)
 
     async def inventory(self, request):

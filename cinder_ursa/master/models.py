@@ -126,3 +126,16 @@ fenced_hosts = sa.Table(
     sa.Column('reason', sa.Text, nullable=True),
     sa.Column('fenced_at', sa.Double, nullable=False),
 )
+
+# The masters' fencing term: one row.  A master that becomes leader takes
+# term + 1 (compare and swap on the old value); every metadata transaction
+# of a leader first checks the row still holds its term, in the same
+# transaction, so a deposed leader's writes fail.
+cluster_term = sa.Table(
+    'cluster_term', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column('term', sa.BigInteger, nullable=False),
+    # The URL of the master that took the term (None: no leader yet).
+    sa.Column('leader', sa.String(1024), nullable=True),
+    sa.Column('elected_at', sa.Double, nullable=True),
+)

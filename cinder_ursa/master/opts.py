@@ -74,6 +74,28 @@ master_opts = [
                     'larger sizes with HTTP 400. Sizes and offsets are '
                     'signed 64-bit numbers in the databases and kernels, '
                     'hence the maximum of 8 EiB less 4 KiB.'),
+    cfg.StrOpt('coordination_url',
+               help='tooz backend URL through which several ursa-master '
+                    'processes over one database elect their leader, for '
+                    'example redis://host:6379, etcd3+http://host:2379 or '
+                    'zookeeper://host:2181; every master of a cluster must '
+                    'use the same. Default: file://<state_dir>/coordination,'
+                    ' enough for one master, or for several on one host '
+                    'sharing a state_dir backend path.'),
+    cfg.IntOpt('leader_lease', default=15, min=1, max=3600,
+               help='Seconds a master that stops renewing keeps its place '
+                    'in the coordination group (the tooz member timeout, '
+                    'sent as ?timeout= unless the coordination_url sets '
+                    'it): a standby takes over from a silent leader after '
+                    'this long.'),
+    cfg.FloatOpt('leader_renew_deadline', default=10.0, min=0.1,
+                 help='Seconds after its last renewal a leader steps down '
+                      'by itself (stops its background work and refuses '
+                      'writes); must be shorter than leader_lease.'),
+    cfg.StrOpt('advertise_url',
+               help='URL of this master\'s REST API as other masters, chunk '
+                    'servers and clients reach it; a standby names the '
+                    'leader by it. Default: http://<bind_host>:<port>.'),
 ]
 
 

@@ -18,7 +18,13 @@ here, in the order that keeps the cluster consistent:
   per server at once; a move (drain, rebalance) then retires the replica
   it replaced (:meth:`MasterService.retire`).
 
-Leader election will live here too.
+With leader election (:mod:`.election`, the default of ursa-master),
+the watcher and the repairer run on the leader only: they start when this
+master is elected (the watcher then judges only silence observed from
+then on, and the repairer first waits ``server_timeout`` for the chunk
+servers to report to it) and stop when it steps down; the store then
+refuses writes (its guard).
+
 Database calls run on one worker thread (:meth:`MasterService.db`), so
 the event loop never blocks on the database.
 """
@@ -32,6 +38,7 @@ import time
 
 from cinder_ursa import exception
 from cinder_ursa.master import chunkservers
+from cinder_ursa.master import election
 from cinder_ursa.master import repair
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
@@ -65,8 +72,14 @@ class MasterService:
 
     def __init__(self, store, key, server_timeout=15.0, replica_grace=600.0,
                  repair_interval=10.0, repair_per_server=2,
-                 rebalance_moves=2, rebalance_threshold=10):
+                 rebalance_moves=2, rebalance_threshold=10,
+                 coordination_url=None, renew_deadline=10.0):
         self.store = store
+        # Leader election: None runs this master alone, as the leader,
+        # without a term check (tests, tools).
+        self.coordination_url = coordination_url
+        self.renew_deadline = renew_deadline
+        self.elector = None
         self.server_timeout = server_timeout
         self.replica_grace = replica_grace
         self.repair_interval = repair_interval
@@ -103,16 +116,71 @@ class MasterService:
             self._db, functools.partial(fn, *args, **kwargs))
 
     def start(self):
+        if self.coordination_url is None:
+            self._start_loops()
+        else:
+            # No write until elected (start_election, once the URL is
+            # known).
+            self.store.guard = self._guard
+
+    def _start_loops(self, elected=False):
         loop = asyncio.get_running_loop()
-        self._monitor = loop.create_task(self._watch_servers())
+        self._monitor = loop.create_task(self._watch_servers(elected))
         self._repairer = loop.create_task(self._repair_loop())
 
-    def stop(self):
+    def _stop_loops(self):
         for task in (self._monitor, self._repairer):
             if task:
                 task.cancel()
+        self._monitor = self._repairer = None
+
+    def stop(self):
+        self._stop_loops()
         self.chunkservers.close()
         self._db.shutdown(wait=True)
+
+    # --- leader election -------------------------------------------------
+
+    async def start_election(self, url):
+        """Take part in leader election as ``url`` (this master's API);
+        return after the first round (a lone master is then leader)."""
+        self.elector = election.Elector(
+            self.store, self.db, url, self.coordination_url,
+            self.renew_deadline, on_elected=self._elected,
+            on_deposed=self._stop_loops)
+        try:
+            await self.elector.round()
+        except Exception as e:  # noqa: BLE001 - the loop tries again
+            LOG.warning('First leader election round failed: %s', e)
+        self.elector.start()
+
+    async def stop_election(self):
+        if self.elector is not None:
+            await self.elector.stop()
+
+    def _elected(self, term, previous):
+        self._start_loops(elected=True)
+
+    def _guard(self):
+        if self.elector is None:
+            raise exception.NotLeader(reason='this master is starting')
+        return self.elector.guard()
+
+    def is_leader(self):
+        return self.coordination_url is None or (
+            self.elector is not None and self.elector.is_leader())
+
+    def not_leader(self):
+        """NotLeader naming the leader (an ``leader`` attribute)."""
+        if self.elector is None:
+            return exception.NotLeader(reason='this master is starting')
+        return self.elector.not_leader()
+
+    def masters(self):
+        """The leader, the term and the standbys (GET /v1/cluster)."""
+        if self.elector is None:
+            return {'leader': None, 'term': None, 'standbys': []}
+        return self.elector.status()
 
     # --- usage (from heartbeats) ---------------------------------------
 
@@ -142,9 +210,17 @@ class MasterService:
         return await self.chunkservers.broadcast(
             await self.up_servers(), make_frame, timeout)
 
-    async def _watch_servers(self):
+    async def _watch_servers(self, elected=False):
         interval = max(self.server_timeout / 3.0, 0.2)
         next_sweep = 0.0
+        if elected:
+            # Judge only silence observed from now on: the chunk servers
+            # sent their heartbeats to the previous leader, or to nobody
+            # during the election.
+            try:
+                await self.db(self.store.reset_heartbeats)
+            except exception.UrsaError as e:
+                LOG.warning('Resetting heartbeats failed: %s', e)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -252,7 +328,10 @@ class MasterService:
 
     async def repair_round(self):
         """Plan copies of the chunks that lack some and start them (one
-        round at a time: POST /v1/repair runs one besides the loop's)."""
+        round at a time: POST /v1/repair runs one besides the loop's).
+        Only the leader plans."""
+        if not self.is_leader():
+            raise self.not_leader()
         for key in self._resyncs - self._resyncing:
             asyncio.get_running_loop().create_task(self._resync(key))
         if self._round_lock is None:

@@ -66,7 +66,10 @@ def error_from_body(status, text):
     InternalError quoting the start of the body."""
     try:
         err = json.loads(text)['error']
-        return exception.from_code(err['code'], err['message'])
+        exc = exception.from_code(err['code'], err['message'])
+        # A standby master names the leader (NotLeader).
+        exc.leader = err.get('leader')
+        return exc
     except (ValueError, KeyError, TypeError):
         return exception.InternalError(
             reason='HTTP %d from the master: %s' % (status, text[:200]))

@@ -12,7 +12,8 @@ from cinder_ursa.common import units
 
 
 class ClusterStatus(show.ShowOne):
-    """Show the health, servers and capacity of the cluster.
+    """Show the health, servers and capacity of the cluster, and its
+    masters: the leader, its term and the standbys.
     Example: ursa cluster status -f json"""
 
     def take_action(self, args):
@@ -49,6 +50,13 @@ class ClusterStatus(show.ShowOne):
             'used': units.format_size(st['used_bytes']),
             'provisioned': units.format_size(st['provisioned_bytes']),
             'failure_domain': st['failure_domain'],
+        })
+        masters = st.get('masters') or {}
+        row.update({
+            'leader': masters.get('leader') or '-',
+            'term': masters.get('term') if masters.get('term') is not None
+            else '-',
+            'standbys': ', '.join(masters.get('standbys') or []) or '-',
         })
         return tuple(row), tuple(row.values())
 

@@ -14,7 +14,9 @@ Invariants kept here:
 
 One module per aggregate, each a part of :class:`MetadataStore`:
 ``servers``, ``volumes``, ``snapshots``, ``chunks``, ``leases`` (and
-whole hosts), ``attachments``; ``common`` holds what they share.
+whole hosts), ``attachments``, ``term`` (the masters' fencing term, and
+:meth:`~.term.TermRecords.begin`, the one entry point of every write
+transaction); ``common`` holds what they share.
 """
 
 import os
@@ -32,6 +34,7 @@ from cinder_ursa.master.store.common import validate_qos  # noqa: F401
 from cinder_ursa.master.store.leases import LeaseRecords
 from cinder_ursa.master.store.servers import ServerRecords
 from cinder_ursa.master.store.snapshots import SnapshotRecords
+from cinder_ursa.master.store.term import TermRecords
 from cinder_ursa.master.store.volumes import VolumeRecords
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(
@@ -39,7 +42,8 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(
 
 
 class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
-                    ChunkRecords, LeaseRecords, AttachmentRecords):
+                    ChunkRecords, LeaseRecords, AttachmentRecords,
+                    TermRecords):
     """The master's records over one database: the engine and the schema
     here, each aggregate's methods in its own module."""
 

@@ -27,7 +27,7 @@ class AttachmentRecords:
         if not isinstance(host, str) or not host or len(host) > 255:
             raise exception.InvalidArgument(
                 reason='host must be 1 to 255 characters')
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
@@ -82,7 +82,7 @@ class AttachmentRecords:
         if status not in ('attached', 'error', 'detaching'):
             raise exception.InvalidArgument(
                 reason='status must be attached, error or detaching')
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             res = conn.execute(a.update().where(
                 a.c.volume_id == vol.id, a.c.host == host).values(
@@ -96,7 +96,7 @@ class AttachmentRecords:
 
     def detach(self, ref, host):
         a = models.attachments
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             conn.execute(a.delete().where(a.c.volume_id == vol.id,
                                           a.c.host == host))

@@ -76,7 +76,7 @@ class ChunkRecords:
         allocate on first write); without it they are simply absent.
         """
         c = models.chunks
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             nchunks = chunk_count(vol)
             if start < 0 or count < 0 or start + count > nchunks:
@@ -124,7 +124,7 @@ class ChunkRecords:
         returned unchanged.  ``epoch`` is the caller's, for the log only.
         """
         for _ in range(CAS_TRIES):
-            with self.engine.begin() as conn:
+            with self.begin() as conn:
                 vol = self._find_volume(conn, ref)
                 row = self._chunk_row(conn, vol, idx)
                 # Whatever the caller's epoch: a server that failed a write
@@ -180,7 +180,7 @@ class ChunkRecords:
         """Apply ``change(row, vol, servers)`` -> {column: value} to a
         chunk at ``epoch`` (its current one: Conflict otherwise), with
         epoch + 1; return the chunk."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             row = self._chunk_row(conn, vol, idx)
             if epoch != row.epoch:
@@ -296,7 +296,7 @@ class ChunkRecords:
         """Those servers' old copies will not serve a catch-up (they were
         replaced elsewhere, or are gone for good)."""
         c = models.chunks
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             row = self._chunk_row(conn, vol, idx)
             lost = [i for i in split_ids(row.lost) if i not in server_ids]

@@ -45,7 +45,7 @@ class LeaseRecords:
         (multiattach volumes: writers share it)."""
         t = models.volumes
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
@@ -76,7 +76,7 @@ class LeaseRecords:
     def renew_lease(self, ref, holder, generation, ttl):
         t = models.volumes
         now = time.time()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.multiattach and vol.lease_generation == generation:
                 self._join_shared(conn, vol, holder, ttl, now, renew=True)
@@ -100,7 +100,7 @@ class LeaseRecords:
 
     def release_lease(self, ref, holder, generation):
         t, sl = models.volumes, models.shared_leases
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.multiattach and vol.lease_generation == generation:
                 conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
@@ -120,7 +120,7 @@ class LeaseRecords:
     def revoke_lease(self, ref):
         """Fence the current holder: generation + 1, nobody holds it."""
         t = models.volumes
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             gen = vol.lease_generation + 1
             conn.execute(t.update().where(t.c.id == vol.id).values(
@@ -181,7 +181,7 @@ class LeaseRecords:
             raise exception.InvalidArgument(
                 reason='host must be 1 to 255 characters')
         fenced = {}
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             if conn.execute(sa.select(f).where(f.c.host == host)).first() \
                     is None:
                 conn.execute(f.insert().values(host=host, reason=reason,
@@ -210,7 +210,7 @@ class LeaseRecords:
 
     def unfence_host(self, host):
         f = models.fenced_hosts
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             gone = conn.execute(f.delete().where(f.c.host == host)).rowcount
         if gone:
             LOG.info('Host %s unfenced: it may take leases again', host)

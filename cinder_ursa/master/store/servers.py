@@ -63,7 +63,7 @@ class ServerRecords:
         """
         now = time.time()
         t = models.chunkservers
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             row = conn.execute(sa.select(t).where(
                 t.c.uuid == server_uuid)).first()
             values = dict(host=host, rack=rack, address=address, port=port,
@@ -133,7 +133,7 @@ class ServerRecords:
         """A chunk server is alive; ``failure``: its data directory failed
         (why): it is marked failed and leaves every replica set."""
         t = models.chunkservers
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             row = conn.execute(sa.select(t).where(
                 t.c.id == server_id)).first()
             if row is not None and failure is not None:
@@ -159,7 +159,7 @@ class ServerRecords:
         """At master start: judge only silence observed from now on, so a
         restart of the master (or of the whole cluster) drops nobody."""
         t = models.chunkservers
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             conn.execute(t.update().where(t.c.state == 'up').values(
                 last_seen=time.time()))
 
@@ -168,7 +168,7 @@ class ServerRecords:
         chunks whose primary one was are appended to ``primaries``)."""
         t = models.chunkservers
         limit = time.time() - timeout
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.address, t.c.port).where(
                 t.c.state == 'up', t.c.last_seen < limit)).all()
             for r in rows:
@@ -231,7 +231,7 @@ class ServerRecords:
         """Mark a chunk server in maintenance (it is coming back: its
         absence starts no re-replication) or not; return it."""
         t = models.chunkservers
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             res = conn.execute(t.update().where(t.c.id == server_id).values(
                 maintenance=bool(on)))
             if res.rowcount == 0:
@@ -247,7 +247,7 @@ class ServerRecords:
         to other servers, none is placed on it) or not; return it with
         the replicas it still holds."""
         t = models.chunkservers
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             res = conn.execute(t.update().where(t.c.id == server_id).values(
                 draining=bool(on)))
             if res.rowcount == 0:

@@ -49,7 +49,7 @@ class SnapshotRecords:
     def rename_snapshot(self, ref, name):
         s = models.snapshots
         validate_snapshot_name(name)
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             row = self._find_snapshot(conn, ref)
             if row.status == 'trash':
                 raise exception.NotFound(kind='snapshot', name=ref)
@@ -98,7 +98,7 @@ class SnapshotRecords:
         t = models.volumes
         s = models.snapshots
         validate_snapshot_name(name)
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
@@ -121,7 +121,7 @@ class SnapshotRecords:
         """Make a snapshot available, or forget a failed one; return the
         snapshot (None when forgotten)."""
         s = models.snapshots
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             if not ok:
                 conn.execute(s.delete().where(s.c.id == sid))
                 return None
@@ -137,7 +137,7 @@ class SnapshotRecords:
         may still be read: trashed ones too, their clones read them), read
         together: the list is complete up to that sequence."""
         s = models.snapshots
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             seq = conn.execute(sa.select(models.volumes.c.snap_seq).where(
                 models.volumes.c.id == volume_id)).scalar()
             if seq is None:
@@ -177,7 +177,7 @@ class SnapshotRecords:
         seconds (their master died mid-way); return their volume ids."""
         s = models.snapshots
         limit = time.time() - older_than
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             rows = conn.execute(sa.select(s).where(
                 s.c.status == 'creating', s.c.created_at < limit)).all()
             for r in rows:
@@ -191,7 +191,7 @@ class SnapshotRecords:
         (hidden, kept until its last clone is deleted or flattened).
         Returns (snapshot, 'deleted' | 'trash')."""
         s = models.snapshots
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             row = self._find_snapshot(conn, ref)
             if row.status == 'creating':
                 raise exception.Conflict(reason='snapshot %s is still being '
@@ -223,7 +223,7 @@ class SnapshotRecords:
         without snapshots (marked deleting; the caller deletes its chunks
         and calls finish_delete), or None."""
         v, s = models.volumes, models.snapshots
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             for row in conn.execute(sa.select(s).where(s.c.status == 'trash')):
                 if not self._children(conn, row.id):
                     conn.execute(s.delete().where(s.c.id == row.id))
@@ -245,7 +245,7 @@ class SnapshotRecords:
         (volume, snapshot seq).  The volume stays 'reverting' (it cannot be
         opened) until finish_revert: a failed revert is simply retried."""
         t = models.volumes
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             snap = self._find_snapshot(conn, snapshot, vol.id)
             if snap.volume_id != vol.id:
@@ -267,6 +267,6 @@ class SnapshotRecords:
 
     def finish_revert(self, vid):
         t = models.volumes
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             conn.execute(t.update().where(t.c.id == vid).values(
                 status='available'))

@@ -47,7 +47,7 @@ class VolumeRecords:
                          stripe_unit, stripe_count)
         t = models.volumes
         vid = str(uuid.uuid4())
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             if conn.execute(sa.select(t.c.id).where(t.c.name == name)).first():
                 raise exception.AlreadyExists(kind='volume', name=name)
             if parent is not None:
@@ -138,7 +138,7 @@ class VolumeRecords:
         the volume is hidden and goes when they do)."""
         t = models.volumes
         s = models.snapshots
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             row = self._find_volume(conn, ref)
             now = time.time()
             if (row.lease_holder and row.lease_expires > now
@@ -172,7 +172,7 @@ class VolumeRecords:
         return self._volume_dict(row), 'delete'
 
     def finish_delete(self, vid):
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             conn.execute(models.chunks.delete().where(
                 models.chunks.c.volume_id == vid))
             conn.execute(models.volumes.delete().where(
@@ -188,7 +188,7 @@ class VolumeRecords:
         if qos is not None:
             qos = validate_qos(qos)
             values['qos'] = json.dumps(qos) if qos else None
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if name is not None:
                 validate_volume(name, vol.size, vol.replicas,
@@ -223,7 +223,7 @@ class VolumeRecords:
         """Change a volume's size: growing is always allowed; shrinking
         only with ``force`` (the caller zeroed the tail first)."""
         t = models.volumes
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
@@ -246,7 +246,7 @@ class VolumeRecords:
         """A flattened clone stops reading its parent (its snapshots still
         do)."""
         t = models.volumes
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.parent_snapshot_id is None:
                 raise exception.InvalidArgument(

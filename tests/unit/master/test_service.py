@@ -7,8 +7,10 @@ import asyncio
 import time
 
 import pytest
+from tooz import coordination
 
 from cinder_ursa import exception
+from cinder_ursa.master import election
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import codec
@@ -262,3 +264,46 @@ def test_a_server_that_registers_again_is_no_longer_avoided(service):
     service._avoid = {3: time.monotonic() + 600, 4: time.monotonic() + 600}
     service.registered(3)
     assert list(service._avoid) == [4]
+
+
+def test_background_loops_run_on_the_leader_only(tmp_path):
+    """With election: nothing runs and nothing is written before this
+    master leads; elected, the watcher and the repairer start (the watcher
+    first restarts the heartbeat clocks); deposed, they stop and the
+    planner refuses."""
+    store = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'))
+    store.upgrade()
+    coord_url = 'file://%s?timeout=5' % (tmp_path / 'coordination')
+    svc = service_mod.MasterService(store, b'k' * 32,
+                                    coordination_url=coord_url,
+                                    renew_deadline=2.0)
+    svc.chunkservers = FakeChunkServers(store)
+
+    async def go():
+        svc.start()
+        assert svc._monitor is None and not svc.is_leader()
+        with pytest.raises(exception.NotLeader, match='starting'):
+            await svc.db(store.create_volume, 'v', 4 * MiB,
+                         chunk_size=4 * MiB)
+        await svc.start_election('http://me')
+        assert svc.is_leader() and svc.masters()['term'] == 1
+        assert svc._monitor is not None and svc._repairer is not None
+        await svc.db(store.create_volume, 'v', 4 * MiB, chunk_size=4 * MiB)
+        # Another master (in the group) takes the next term: this one
+        # steps down on its next round.
+        other = coordination.get_coordinator(coord_url, b'http://other')
+        other.start()
+        other.join_group(election.GROUP).get()
+        assert await svc.db(store.take_term, 1, 'http://other') == 2
+        await svc.elector.round()
+        assert not svc.is_leader()
+        assert svc._monitor is None and svc._repairer is None
+        with pytest.raises(exception.NotLeader, match='http://other'):
+            await svc.repair_round()
+        await svc.stop_election()
+        other.stop()
+    try:
+        asyncio.run(go())
+    finally:
+        svc.stop()
+        store.close()

@@ -29,9 +29,9 @@ def one_chunk(store):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0008'
+    assert store.schema_version() == '0009'
     store.upgrade()
-    assert store.schema_version() == '0008'
+    assert store.schema_version() == '0009'
 
 
 def test_volume_lifecycle(store):

@@ -1,11 +1,14 @@
 """The REST transports against the real master app on 127.0.0.1: signed
 requests are accepted, quoted paths reach the right object, error
 replies raise the master's exception, and both clients fail over from
-masters that refuse or drop the connection to one that answers."""
+masters that refuse or drop the connection to one that answers, go to the
+leader a standby names and wait out an election."""
 
 import asyncio
+import json
 import socket
 import threading
+import time
 
 import pytest
 from aiohttp import test_utils
@@ -50,6 +53,27 @@ class Servers:
         async def hang(r, w):
             self._hung.append(w)
         self.silent = await self._tcp(hang)
+        self.standby = await self._tcp(self._not_leader(self.master))
+        self.electing = await self._tcp(self._not_leader(None))
+
+    @staticmethod
+    def _not_leader(leader):
+        """A standby master: HTTP 503 not_leader naming ``leader``."""
+        err = {'code': 'not_leader', 'message': 'This master is not the '
+               'leader: the leader is %s' % leader}
+        if leader:
+            err['leader'] = leader
+        body = json.dumps({'error': err}).encode()
+
+        async def answer(r, w):
+            await r.readuntil(b'\r\n\r\n')
+            w.write(b'HTTP/1.1 503 Service Unavailable\r\n'
+                    b'Content-Type: application/json\r\n'
+                    b'Content-Length: %d\r\nConnection: close\r\n\r\n'
+                    % len(body) + body)
+            await w.drain()
+            w.close()
+        return answer
 
     async def _tcp(self, handler):
         srv = await asyncio.start_server(handler, '127.0.0.1', 0)
@@ -147,4 +171,32 @@ def test_async_client_fails_over_and_speaks_the_api(servers):
                 await c.servers()
         finally:
             await c.close()
+    asyncio.run(go())
+
+
+def test_blocking_client_follows_the_leader_a_standby_names(servers):
+    # Only the standby is given: it names the leader, which is tried next
+    # and kept first.
+    c = master_mod.MasterClient([servers.standby], KEY, timeout=5)
+    assert c.volumes() == []
+    assert c.urls == [servers.master, servers.standby]
+
+
+def test_clients_wait_out_an_election_then_give_up(servers):
+    c = master_mod.MasterClient([servers.refused, servers.electing], KEY,
+                                timeout=5)
+    c._http.failover_wait = 0.6
+    start = time.monotonic()
+    with pytest.raises(exception.NotLeader, match='the leader is None'):
+        c.volumes()
+    assert 0.6 <= time.monotonic() - start < 3
+
+    async def go():
+        a = master_mod.AsyncMasterClient([servers.electing, servers.standby],
+                                         KEY, timeout=5)
+        try:
+            assert await a.servers() == []
+            assert a.urls[0] == servers.master
+        finally:
+            await a.close()
     asyncio.run(go())

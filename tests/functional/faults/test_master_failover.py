@@ -1,0 +1,168 @@
+"""Two masters over one database (ursa-aio --masters 2, a tooz file://
+backend): a standby takes over from a leader killed with SIGKILL or
+stopped with SIGSTOP past its lease; clients given both URLs follow; the
+volumes made before are intact; a stopped leader that wakes up changes
+nothing and steps down."""
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from cinder_ursa import exception
+from cinder_ursa.client import master as master_mod
+from cinder_ursa.client import sync
+from cinder_ursa.common import auth
+from cinder_ursa.master import store as store_mod
+from tests.fixtures import cluster as cluster_fixtures
+from tests.fixtures.wait import wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+MiB = 1024 * 1024
+LEASE = 2
+# Short lease and deadline; chunk servers a little longer, as a heartbeat
+# sent to a stopped leader waits for its client timeout (10 s) before it
+# goes to the other master.
+CONF = ('[ursa_master]\nleader_lease = %d\nleader_renew_deadline = 1.2\n'
+        % LEASE)
+SERVER_TIMEOUT = 15.0
+# A new leader within the lease, a renewal round and the client's poll.
+FAILOVER_BOUND = LEASE + 8.0
+
+
+def call(cluster, url, method, path, body=None):
+    """A signed REST call to master ``url`` alone: (status, JSON body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + '/v1' + path, data=data,
+                                 method=method)
+    req.add_header(auth.HEADER, auth.sign(cluster.key, method, '/v1' + path))
+    req.add_header('Content-Type', 'application/json')
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read() or b'{}')
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def masters_of(cluster, url):
+    """What master ``url`` says of the masters, if it leads, else None."""
+    status, body = call(cluster, url, 'GET', '/cluster')
+    return body['masters'] if status == 200 else None
+
+
+def leads(cluster, url, standbys):
+    m = masters_of(cluster, url)
+    return m if m and m['leader'] == url and \
+        m['standbys'] == standbys else None
+
+
+@pytest.fixture
+def two_masters(make_cluster):
+    c = make_cluster(3, masters=2, server_timeout=SERVER_TIMEOUT,
+                     extra_conf=CONF)
+    first, second = c.master_urls
+    # The first started leads at once; the second joins as a standby.
+    m = wait_for(lambda: leads(c, first, [second]), 10,
+                 'master 0 leading with master 1 as standby')
+    return c, m['term']
+
+
+def test_standby_answers_503_naming_the_leader(two_masters):
+    c, term = two_masters
+    status, body = call(c, c.master_urls[1], 'GET', '/volumes')
+    assert status == 503
+    assert body['error']['code'] == 'not_leader'
+    assert body['error']['leader'] == c.master_urls[0]
+    # The CLI, given both URLs, shows who leads.
+    out = json.loads(cluster_fixtures.ursa(
+        c.data_dir, 'cluster', 'status', '-f', 'json').stdout)
+    assert (out['leader'], out['term'], out['standbys']) == (
+        c.master_urls[0], term, c.master_urls[1])
+
+
+def test_sigkill_leader_clients_follow_and_volumes_survive(two_masters):
+    c, term = two_masters
+    client = c.client()
+    client.create_volume('before', 8 * MiB, chunk_size=4 * MiB)
+    payload = bytes(range(256)) * 16
+    with sync.SyncCluster(list(c.master_urls), c.key) as data:
+        with data.open_volume('before') as v:
+            v.write(4096, payload)
+            v.flush()
+    c.kill_master(signal.SIGKILL, 0)
+    start = time.monotonic()
+    # Master 0 refuses connections, master 1 says NotLeader until its
+    # election: the client polls them until one answers.
+    client.create_volume('after', 8 * MiB, chunk_size=4 * MiB)
+    took = time.monotonic() - start
+    assert took < FAILOVER_BOUND, took
+    m = masters_of(c, c.master_urls[1])
+    assert m['leader'] == c.master_urls[1] and m['term'] == term + 1
+    assert {v['name'] for v in client.volumes()} == {'before', 'after'}
+    with sync.SyncCluster(list(c.master_urls), c.key) as data:
+        with data.open_volume('before') as v:
+            assert v.read(4096, len(payload)) == payload
+    servers = client.servers()
+    assert [s['state'] for s in servers] == ['up'] * 3
+
+
+def test_sigstop_leader_is_replaced_and_steps_down_on_waking(two_masters):
+    c, term = two_masters
+    old, new = c.master_urls
+    c.master_proc.send_signal(signal.SIGSTOP)
+    start = time.monotonic()
+    try:
+        m = wait_for(lambda: masters_of(c, new), FAILOVER_BOUND,
+                     'master 1 leading')
+        took = time.monotonic() - start
+        assert m['leader'] == new and m['term'] == term + 1
+        # No sooner than the lease: the stopped leader's group membership
+        # expires first.
+        assert took >= LEASE - 1.0, took
+        status, _ = call(c, new, 'POST', '/volumes',
+                         {'name': 'by-new', 'size': 4 * MiB})
+        assert status == 201
+    finally:
+        c.master_proc.send_signal(signal.SIGCONT)
+    # Woken up, the old leader changes nothing: its deadline has passed
+    # (and its term is over).
+    status, body = call(c, old, 'POST', '/volumes',
+                        {'name': 'by-old', 'size': 4 * MiB})
+    assert status == 503 and body['error']['code'] == 'not_leader', body
+    # It reads the new term, steps down and names the new leader.
+    wait_for(lambda: call(c, old, 'GET', '/volumes')[1].get(
+        'error', {}).get('leader') == new, 10, 'master 0 naming master 1')
+    wait_for(lambda: leads(c, new, [old]), 10,
+             'master 0 listed as a standby')
+    client = master_mod.MasterClient([old, new], c.key)
+    assert {v['name'] for v in client.volumes()} == {'by-new'}
+    with open(os.path.join(c.data_dir, 'master.log')) as f:
+        assert 'is no longer the leader of term %d' % term in f.read()
+
+
+def test_term_check_on_mariadb(mariadb):
+    """The term's compare and swap and the write check on MySQL/MariaDB,
+    where an UPDATE that changes nothing counts as matched only because
+    SQLAlchemy connects with CLIENT_FOUND_ROWS."""
+    url = mariadb.new_database()
+    a, b = (store_mod.MetadataStore(url) for _ in range(2))
+    try:
+        a.upgrade()
+        term = a.take_term(0, 'http://a')
+        assert term == 1 and b.take_term(0, 'http://b') is None
+        a.guard = lambda: term
+        a.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+        assert b.take_term(term, 'http://b') == term + 1
+        with pytest.raises(exception.NotLeader, match='term 1 is over'):
+            a.create_volume('w', 4 * MiB, chunk_size=4 * MiB)
+        b.guard = lambda: term + 1
+        b.create_volume('w', 4 * MiB, chunk_size=4 * MiB)
+        assert {v['name'] for v in b.list_volumes()} == {'v', 'w'}
+    finally:
+        a.close()
+        b.close()
