@@ -40,8 +40,6 @@ class ControlMixin:
             uuid=self.store.server_uuid, host=self.host, rack=self.rack,
             address=self.advertise_host, port=self.port,
             chunks=self.store.chunk_list(), lost_cache=lost_cache, **usage)
-        # Said once: the master dropped this server from its chunks.
-        self.store.lost_cache = False
         self.id = reply['server']['id']
         self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
         for vol, gen in reply.get('generations', {}).items():
@@ -56,10 +54,14 @@ class ControlMixin:
                 LOG.info('Volume %s: %d preserved block(s) of deleted '
                          'snapshots freed', vol, n)
         for vol, idx in reply.get('stale', []):
-            self.store.mark_stale(vol, idx)
             if lost_cache:
                 # Torn blocks are found before it is brought up to date.
                 self.store.mark_unverified(vol, idx)
+            self.store.mark_stale(vol, idx)
+        if lost_cache:
+            # Said once, now the master dropped this server from the
+            # chunks that have other live replicas and they are marked.
+            self.store.lost_cache_told()
         for vol, idx in reply.get('orphans', []):
             LOG.info('Deleting orphan replica %s/%d (no such chunk on the '
                      'master)', vol, idx)
@@ -151,14 +153,10 @@ class ControlMixin:
             self.store.check_failed(vol)
             self.store.entry_tables(None, first, count)   # the range
             if frame.flags & codec.FLAG_JOIN:
-                self._check_not_replica(vol, idx)
-                c = self.store.rejoin(vol, idx)
-                if c is not None and self.store.unverified(c):
-                    conn.spawn(self._verify_then_entries(conn, frame, c,
-                                                         first, count))
-                    return
-            else:
-                c = self.store.held(vol, idx)
+                conn.spawn(self._join_entries(conn, frame, vol, idx, first,
+                                              count))
+                return
+            c = self.store.held(vol, idx)
             if c is None:
                 raise exception.NotFound(kind='chunk replica',
                                          name='%s/%d' % (vol, idx))
@@ -194,30 +192,41 @@ class ControlMixin:
             raise exception.ProtocolError(
                 reason='unknown opcode 0x%02x' % op)
 
-    async def _verify_then_entries(self, conn, frame, c, first, count):
-        """ENTRIES of a copy this server's crash may have torn: its torn
-        blocks are forgotten first (read in a worker thread)."""
+    async def _join_entries(self, conn, frame, vol, idx, first, count):
+        """ENTRIES with FLAG_JOIN: the copy here becomes a joining copy
+        (never one the master lists as a replica), and one this server's
+        crash may have torn has its torn blocks forgotten first (read in
+        a worker thread)."""
         try:
-            files = self.store.unverified_files(c)
-            n = await asyncio.get_running_loop().run_in_executor(
-                None, mending.forget_torn, files)
-            self.store.verified(c, n)
+            if self._listed_replica(vol, idx):
+                await self.authority.confirm(vol, idx)   # perhaps old news
+                if self._listed_replica(vol, idx):
+                    raise exception.Conflict(
+                        reason='the copy of chunk %s/%d on this server is a '
+                               'replica; it is not brought up to date as a '
+                               'new copy' % (vol, idx))
+            c = self.store.rejoin(vol, idx)
+            if c is None:
+                raise exception.NotFound(kind='chunk replica',
+                                         name='%s/%d' % (vol, idx))
+            if self.store.unverified(c):
+                files = self.store.unverified_files(c)
+                n = await asyncio.get_running_loop().run_in_executor(
+                    None, mending.forget_torn, files)
+                self.store.verified(c, n)
             conn.send(control.encode_entries_ok(
                 frame.req_id, c.epoch, self.store.blocks_in_use(c),
                 self.store.entry_tables(c, first, count)))
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 
-    def _check_not_replica(self, vol, idx):
-        """Refuse to make a copy that is still a replica a joining one."""
+    def _listed_replica(self, vol, idx):
+        """Whether the copy here is not stale and the last view of the
+        chunk learned from the master lists this server as a replica."""
         c = self.store.held(vol, idx)
         view = self.authority.current(vol, idx)
-        if (c is not None and not c.stale and view is not None and
-                self.id in view.replicas):
-            raise exception.Conflict(
-                reason='the copy of chunk %s/%d on this server is a replica '
-                       '(epoch %d); it is not brought up to date as a new '
-                       'copy' % (vol, idx, view.epoch))
+        return (c is not None and not c.stale and view is not None and
+                self.id in view.replicas)
 
     async def _delete_joining(self, conn, frame, vol, idx):
         try:

@@ -312,6 +312,7 @@ class MasterAPI:
         if not 0 < port < 65536:
             raise exception.InvalidArgument(reason='port out of range')
         primaries = []
+        lost_cache = b.get('lost_cache', bool, False)
         server, stale, orphans, gens, seqs, snaps = await self.db(
             self.store.register_server,
             b.get('uuid', str, required=True),
@@ -319,11 +320,12 @@ class MasterAPI:
             b.get('address', str, required=True), port,
             b.get('capacity', int, 0), b.get('used', int, 0),
             b.get('free', int, 0), chunks,
-            failure=self._failure(b),
-            lost_cache=b.get('lost_cache', bool, False), primaries=primaries)
+            failure=self._failure(b), lost_cache=lost_cache,
+            primaries=primaries, live=self.service.live_servers())
         for vid, idx in primaries:
             self.service.resync_soon(vid, idx)
         self.service.registered(server['id'])
+        self.service.seen(server['id'], lost_cache)
         self._note_usage(server['id'], b)
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,
@@ -333,9 +335,13 @@ class MasterAPI:
     async def heartbeat(self, request):
         sid = _path_int(request, 'id')
         b = await _body(request)
+        primaries = []
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
                       b.get('used', int, 0), b.get('free', int, 0),
-                      failure=self._failure(b))
+                      failure=self._failure(b), primaries=primaries)
+        for vid, idx in primaries:
+            self.service.resync_soon(vid, idx)
+        self.service.seen(sid)
         self._note_usage(sid, b)
         return web.json_response({'ok': True,
                                   'dropped': self.service.take_drops(sid)})

@@ -49,6 +49,8 @@ LOG = logging.getLogger(__name__)
 UNFINISHED_AFTER = 60.0
 UNFINISHED_SWEEP = 10.0
 # A chunk copy longer than this is given up (64 MiB takes about a second).
+RESYNC_CONCURRENCY = 8      # resyncs a master has running at once
+HOLD_BACK_MAX = 600.0       # s a chunk whose source is bad waits at most
 MAX_DROPS_KEPT = 65536      # drops remembered per server between beats
 REBUILD_TIMEOUT = 600.0
 # Seconds a server a copy failed to is not chosen again (at least).
@@ -101,8 +103,12 @@ class MasterService:
         self._replan = asyncio.Event()
         self.copied_bytes = 0
         self._failed_at = {}    # server id -> when it failed a write
+        self._held_back = {}    # chunk -> (until, delay): a bad source
+        self._live = set()      # see live_servers
+        self._lost_cache = set()
         self._drops = {}        # server id -> {(volume, index): epoch}
         self._resyncs = set()   # (volume ref, index) to resync
+        self._resync_slots = None   # made in the loop: RESYNC_CONCURRENCY
         self._resyncing = set()
         self._copies = collections.deque()     # (monotonic time, bytes)
         self.retired = 0
@@ -225,8 +231,8 @@ class MasterService:
             await asyncio.sleep(interval)
             try:
                 primaries = []
-                await self.db(self.store.mark_down, self.server_timeout,
-                              primaries)
+                self._live -= set(await self.db(
+                    self.store.mark_down, self.server_timeout, primaries))
                 for vid, idx in primaries:
                     self.resync_soon(vid, idx)
                 if time.monotonic() >= next_sweep:
@@ -351,6 +357,8 @@ class MasterService:
                   if (c['volume_id'], c['index']) not in self._jobs]
         now = time.monotonic()
         self._avoid = {s: t for s, t in self._avoid.items() if t > now}
+        chunks = [c for c in chunks if self._held_back.get(
+            (c['volume_id'], c['index']), (0,))[0] <= now]
         servers = self._suspected(servers)
         jobs, self._summary = repair.plan(
             chunks, goals, servers, time.time(), self.replica_grace,
@@ -375,6 +383,15 @@ class MasterService:
 
     async def _resync(self, key):
         self._resyncing.add(key)
+        if self._resync_slots is None:
+            self._resync_slots = asyncio.Semaphore(RESYNC_CONCURRENCY)
+        try:
+            async with self._resync_slots:
+                await self._resync_one(key)
+        finally:
+            self._resyncing.discard(key)
+
+    async def _resync_one(self, key):
         try:
             m = await self.db(self.store.chunk_map, key[0], key[1], 1)
             chunk = (m['chunks'] or [None])[0]
@@ -398,8 +415,6 @@ class MasterService:
             LOG.warning('Chunk %s/%d: resync after its primary was dropped '
                         'failed (%s); the next repair round tries again',
                         *key, e)
-        finally:
-            self._resyncing.discard(key)
 
     def note_drop(self, server_id, volume_id, index, epoch):
         """``server_id`` left chunk ``volume_id``/``index`` at ``epoch``:
@@ -415,6 +430,20 @@ class MasterService:
         heartbeat."""
         return [[v, i, e] for (v, i), e in
                 self._drops.pop(server_id, {}).items()]
+
+    def seen(self, server_id, lost_cache=False):
+        """A chunk server registered or sent a heartbeat; ``lost_cache``:
+        it restarted after its machine crashed."""
+        if lost_cache:
+            self._lost_cache.add(server_id)
+        if server_id not in self._lost_cache:
+            self._live.add(server_id)
+
+    def live_servers(self):
+        """The servers that reached this master since it started, are not
+        marked down since, and did not lose unsynced writes in a crash of
+        their machine: their copies hold what they acknowledged."""
+        return set(self._live)
 
     def note_failure(self, server_id):
         """A primary dropped ``server_id`` from a chunk: it failed a write
@@ -492,8 +521,13 @@ class MasterService:
         except exception.UrsaError as e:
             # Not that target again for a while: it may be dead and not
             # yet marked down.
-            if not isinstance(e, exception.ChecksumError):
-                # A bad block on the source is not the target's fault.
+            if isinstance(e, exception.ChecksumError):
+                # A bad block on the source is not the target's fault:
+                # that chunk waits, longer each time, while it is mended.
+                delay = min(2 * self._held_back.get(key, (0, 1.0))[1],
+                            HOLD_BACK_MAX)
+                self._held_back[key] = (time.monotonic() + delay, delay)
+            else:
                 self._avoid[job.target] = time.monotonic() + max(
                     AVOID_AFTER_FAILURE, 3 * self.repair_interval)
                 self.note_failure(job.target)
@@ -501,6 +535,7 @@ class MasterService:
                         'failed (%s); the planner tries again', *key,
                         job.source, job.target, e)
             return False
+        self._held_back.pop(key, None)
         self.copied_bytes += copied
         self._copies.append((time.monotonic(), copied))
         return True

@@ -11,6 +11,11 @@ Layout of a data directory::
     boot-id                             the machine's boot id at the last
                                         start (a crash with another one
                                         may have lost unsynced writes)
+    lost-cache                          present from such a start until
+                                        the master was told
+    chunks/<volume id>/<index>.unverified  present while the copy's blocks
+                                        are to be checked against their
+                                        CRC (after such a crash)
     resyncing                           present from a start after a crash
                                         until every replica here was
                                         compared with its chunk's others

@@ -47,6 +47,7 @@ from cinder_ursa.protocol.chunkfile import RESYNC_MARK
 
 CLEAN_MARK = 'clean-shutdown'
 BOOT_ID = 'boot-id'     # the boot id of the machine at the last start
+LOST_CACHE_MARK = 'lost-cache'   # the master is yet to hear of that
 
 
 def _boot_id():
@@ -105,8 +106,15 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
                 last_boot = f.read().strip()
         except FileNotFoundError:
             last_boot = None
-        self.lost_cache = (not fresh and not os.path.exists(marker) and
-                           boot != last_boot)
+        lost_mark = os.path.join(data_dir, LOST_CACHE_MARK)
+        if not fresh and not os.path.exists(marker) and boot != last_boot:
+            # Durable before the boot id moves on, until the master knew
+            # (see lost_cache_told): a restart before that must not
+            # forget it.
+            atomic_write(lost_mark, 'writes not synced may be lost\n')
+        self.lost_cache = os.path.exists(lost_mark)
+        if self.lost_cache:
+            self.unclean = True
         if boot is not None and boot != last_boot:
             atomic_write(boot_file, boot + '\n')
         if os.path.exists(marker):
@@ -180,6 +188,15 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
             shutil.rmtree(os.path.join(self.chunks_dir, volume),
                           ignore_errors=True)
         return len(keys)
+
+    def lost_cache_told(self):
+        """The master knew this server may have lost unsynced writes, and
+        the copies it dropped it from are marked (stale, unverified)."""
+        self.lost_cache = False
+        path = os.path.join(self.data_dir, LOST_CACHE_MARK)
+        if os.path.exists(path):
+            os.unlink(path)
+            fsync_dir(self.data_dir)
 
     def set_resyncing(self, on):
         """Mark this data directory as holding replicas not compared yet

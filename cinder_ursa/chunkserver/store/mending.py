@@ -123,10 +123,12 @@ class RawBlocks:
         return os.path.exists(c.base + UNVERIFIED)
 
     def unverified_files(self, c):
-        """The files of a copy to check with :func:`forget_torn` (opened
-        here, in the event loop)."""
+        """(data fd, metadata fd, blocks) of each file of a copy, head and
+        layers, to check with :func:`forget_torn` (which closes them:
+        duplicates, so the copy's own may be closed meanwhile)."""
         self._opened(c)
-        return [c.head] + [c.layer(n) for n in c.layer_ids()]
+        return [(os.dup(f.data_fd), os.dup(f.meta_fd), f.nblocks())
+                for f in [c.head] + [c.layer(n) for n in c.layer_ids()]]
 
     def verified(self, c, forgotten):
         """:func:`forget_torn` checked the copy: ``forgotten`` blocks."""
@@ -134,7 +136,10 @@ class RawBlocks:
             self._mark_dirty(c, c.all_files())
             LOG.warning('Copy of chunk %s/%d: %d block(s) torn by the crash '
                         'are to be sent again', c.volume, c.index, forgotten)
-        os.unlink(c.base + UNVERIFIED)
+        try:
+            os.unlink(c.base + UNVERIFIED)
+        except FileNotFoundError:
+            pass        # checked twice at once: once is enough
 
 
 def forget_torn(files):
@@ -144,15 +149,19 @@ def forget_torn(files):
     it different and it is sent again.  For a worker thread (no other
     request uses the copy meanwhile); returns the blocks forgotten."""
     forgotten = 0
-    for f in files:
-        n = f.nblocks()
-        for first in range(0, n, 256):
-            count = min(256, n - first)
-            entries = os.pread(f.meta_fd, ENTRY * count, ENTRY * first)
-            data = os.pread(f.data_fd, BLOCK * count, BLOCK * first)
-            data += bytes(BLOCK * count - len(data))
-            entries += bytes(ENTRY * count - len(entries))
-            for i in torn_blocks(entries, data):
-                os.pwrite(f.meta_fd, bytes(ENTRY), ENTRY * (first + i))
-                forgotten += 1
+    try:
+        for data_fd, meta_fd, n in files:
+            for first in range(0, n, 256):
+                count = min(256, n - first)
+                entries = os.pread(meta_fd, ENTRY * count, ENTRY * first)
+                data = os.pread(data_fd, BLOCK * count, BLOCK * first)
+                data += bytes(BLOCK * count - len(data))
+                entries += bytes(ENTRY * count - len(entries))
+                for i in torn_blocks(entries, data):
+                    os.pwrite(meta_fd, bytes(ENTRY), ENTRY * (first + i))
+                    forgotten += 1
+    finally:
+        for data_fd, meta_fd, _ in files:
+            os.close(data_fd)
+            os.close(meta_fd)
     return forgotten

@@ -41,7 +41,7 @@ class ServerRecords:
 
     def register_server(self, server_uuid, host, rack, address, port,
                         capacity, used, free, chunks=(), failure=None,
-                        lost_cache=False, primaries=None):
+                        lost_cache=False, primaries=None, live=None):
         """Add or update a chunk server; classify the chunks it reports.
 
         Returns ``(server, stale, orphans, generations, snapseqs,
@@ -58,8 +58,11 @@ class ServerRecords:
         crash, a power cut): its copies may lack writes it acknowledged
         but had not synced, so it leaves every chunk that has another
         replica (they are stale, and brought up to date like a returning
-        server's).  The chunks whose primary it was (in both cases) are
-        appended to ``primaries`` (their replicas are to be compared).
+        server's); not from a chunk none of whose other replicas is in
+        ``live`` (servers known to hold what they acknowledged: its copy
+        may be the best left, and the crash resync compares them).  The
+        chunks whose primary it was (in both cases) are appended to
+        ``primaries`` (their replicas are to be compared).
         """
         now = time.time()
         t = models.chunkservers
@@ -91,7 +94,8 @@ class ServerRecords:
                              row is None or row.state != 'failed', primaries)
                 chunks = ()
             elif lost_cache and row is not None:
-                dropped = self._drop_server_replicas(conn, sid, primaries)
+                dropped = self._drop_server_replicas(conn, sid, primaries,
+                                                     set(live or ()))
                 LOG.warning('Chunk server %d (%s:%d) restarted after its '
                             'machine did, with writes it had not synced '
                             'perhaps lost: dropped from %d replica set(s), '
@@ -129,7 +133,8 @@ class ServerRecords:
             gens = {v: g for v, g in vols.items() if g}
         return server, stale, orphans, gens, seqs, snaps
 
-    def heartbeat(self, server_id, capacity, used, free, failure=None):
+    def heartbeat(self, server_id, capacity, used, free, failure=None,
+                  primaries=None):
         """A chunk server is alive; ``failure``: its data directory failed
         (why): it is marked failed and leaves every replica set."""
         t = models.chunkservers
@@ -144,7 +149,7 @@ class ServerRecords:
                 conn.execute(t.update().where(t.c.id == server_id).values(
                     **values))
                 self._failed(conn, server_id, row.address, row.port,
-                             failure, row.state != 'failed')
+                             failure, row.state != 'failed', primaries)
                 return
             if row is None or row.state != 'up':
                 # Unknown, or marked down meanwhile: the server must
@@ -195,14 +200,16 @@ class ServerRecords:
         self.failures[server_id] = failure
 
     @staticmethod
-    def _drop_server_replicas(conn, server_id, primaries=None):
+    def _drop_server_replicas(conn, server_id, primaries=None, live=None):
         """A down server can take no writes: remove it from every replica
         set now (epoch + 1 each), so readers and writers stop trying it and
         its replicas are known stale when it returns; it is remembered as
         lost (its copy may serve a catch-up).  A copy it was still being
         brought up to date (joining) is abandoned.  The chunks whose
         primary it was are appended to ``primaries`` (volume id, index):
-        its last write may have reached some replicas only."""
+        its last write may have reached some replicas only.  ``live``
+        (server ids): it stays in the chunks where none of the other
+        replicas is live (its copy may be the only one left)."""
         c = models.chunks
         pattern = '%%%d%%' % server_id
         n = 0
@@ -210,6 +217,10 @@ class ServerRecords:
                 c.c.replicas.like(pattern),
                 c.c.joining.like(pattern)))).all():
             for _ in range(CAS_TRIES):
+                others = set(split_ids(row.replicas)) - {server_id}
+                if live is not None and 'replicas' in without_server(
+                        row, server_id) and not others & live:
+                    break
                 values = without_server(row, server_id)
                 if not values:
                     break

@@ -30,17 +30,24 @@ def test_failing_disk_reads_and_writes_go_on(tmp_path, faulty_disk):
         cluster.stop()
 
 
-def _exercise(cluster, trigger):
+def _fill(cluster, seed):
+    """Volume v written with random bytes: (master client, the bytes, the
+    bytes to write next, the id of the server whose disk fails)."""
     master = cluster.client()
     master.create_volume('v', CHUNKS * MiB, chunk_size=MiB)
-    rng = random.Random(7)
+    rng = random.Random(seed)
     old = rng.randbytes(CHUNKS * MiB)
     new = rng.randbytes(CHUNKS * MiB)
-    sick = server_id(cluster, 0)
     with data_client(cluster) as cl:
         with cl.open_volume('v') as v:
             v.write(0, old)
             v.flush()
+    return master, old, new, server_id(cluster, 0)
+
+
+def _exercise(cluster, trigger):
+    master, old, new, sick = _fill(cluster, 7)
+    with data_client(cluster) as cl:
         sets = replica_sets(cluster, 'v')
         assert all(sick in ids for ids in sets.values())
         # Exercise both roles: primary of some chunks, replica of others.
@@ -80,16 +87,8 @@ def test_a_failed_disk_is_out_at_once_and_its_chunks_copied(
 
 
 def _fail_and_recover(cluster, trigger):
-    master = cluster.client()
-    master.create_volume('v', CHUNKS * MiB, chunk_size=MiB)
-    rng = random.Random(8)
-    old = rng.randbytes(CHUNKS * MiB)
-    new = rng.randbytes(CHUNKS * MiB)
-    sick = server_id(cluster, 0)
+    master, old, new, sick = _fill(cluster, 8)
     with data_client(cluster) as cl:
-        with cl.open_volume('v') as v:
-            v.write(0, old)
-            v.flush()
         assert any(sick in ids for ids in replica_sets(cluster, 'v').values())
         trigger.touch()  # the disk dies
         with cl.open_volume('v') as v:

@@ -56,3 +56,35 @@ def test_an_unfinished_resync_survives_a_clean_stop(tmp_path):
     finally:
         st.close(clean=True)
     assert not store_mod.ChunkStore(str(tmp_path)).unclean
+
+
+def test_a_machine_crash_is_remembered_until_the_master_knew(tmp_path):
+    """After an unclean stop with another boot id, the store says it may
+    have lost unsynced writes, and says it again after a restart (or a
+    clean stop) until the master was told."""
+    st = store_mod.ChunkStore(str(tmp_path))
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'x' * 4096)
+    st.close()                                  # no clean stop
+    (tmp_path / 'boot-id').write_text('another boot\n')
+    st = store_mod.ChunkStore(str(tmp_path))
+    assert st.lost_cache and st.unclean
+    st.close(clean=True)
+    st = store_mod.ChunkStore(str(tmp_path))    # same boot, clean stop
+    assert st.lost_cache
+    st.lost_cache_told()
+    assert not st.lost_cache
+    st.close(clean=True)
+    st = store_mod.ChunkStore(str(tmp_path))
+    try:
+        assert not st.lost_cache and not st.unclean
+    finally:
+        st.close(clean=True)
+    # A process crash (same boot) is no machine crash.
+    st = store_mod.ChunkStore(str(tmp_path))
+    st.close()
+    st = store_mod.ChunkStore(str(tmp_path))
+    try:
+        assert st.unclean and not st.lost_cache
+    finally:
+        st.close(clean=True)

@@ -575,8 +575,9 @@ def test_qos_limits_up_to_2_53_are_kept():
 def test_a_server_whose_machine_crashed_leaves_its_chunks_at_registration(
         store):
     """It may have lost writes it acknowledged: it leaves every chunk
-    with another replica (stale, to be brought up to date), not the one
-    it is the last replica of."""
+    with another live replica (stale, to be brought up to date), not one
+    it is the last replica of, nor one whose other replicas may be dead
+    or crashed too."""
     ids = add_servers(store, 3)
     store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
     vid = store.get_volume('v')['id']
@@ -588,12 +589,20 @@ def test_a_server_whose_machine_crashed_leaves_its_chunks_at_registration(
     assert [r['id'] for r in store.chunk_map('v', 1, 1)['chunks'][0][
         'replicas']] == [victim]
     s = store.list_servers()[ids.index(victim)]
-    primaries = []
-    _, stale, _, _, _, _ = store.register_server(
-        s['uuid'], s['host'], s['rack'], s['address'], s['port'], 1, 0, 1,
-        [(vid, 0, c0['epoch']), (vid, 1, c1['epoch'])], lost_cache=True,
-        primaries=primaries)
-    assert stale == [(vid, 0)] and primaries == [(vid, 0)]
+    held = [(vid, 0, c0['epoch']), (vid, 1, c1['epoch'])]
+
+    def register(live):
+        primaries = []
+        stale = store.register_server(
+            s['uuid'], s['host'], s['rack'], s['address'], s['port'], 1, 0,
+            1, held, lost_cache=True, primaries=primaries, live=live)[1]
+        return stale, primaries
+    # No other replica known to hold what it acknowledged (none reached
+    # the master since it started): it stays, the crash resync compares.
+    assert register(set()) == ([], [])
+    assert victim in store.chunk_members('v', 0)['replicas']
+    others = set(ids) - {victim}
+    assert register(others) == ([(vid, 0)], [(vid, 0)])
     m = store.chunk_members('v', 0)
     assert victim not in m['replicas'] and victim in m['lost']
     assert store.chunk_members('v', 1)['replicas'] == [victim]
