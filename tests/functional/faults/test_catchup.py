@@ -13,6 +13,7 @@ from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
 from tests.fixtures.cluster import server_id
+from tests.fixtures.cluster import server_index
 from tests.fixtures.wait import wait_for
 
 MiB = 1024 * 1024
@@ -78,13 +79,14 @@ def test_a_returning_server_copies_only_the_blocks_that_changed(
     cluster = make_cluster(4, server_timeout=1.0, extra_conf=_conf(grace))
     client = cluster.client()
     image = _fill(cluster)
-    victim = server_id(cluster, 0)
+    # The victim: a server holding chunks (placement may leave one empty).
+    victim = replica_sets(cluster, 'v')[0][1]
+    vi = server_index(cluster, victim)
     held = [i for i, ids in replica_sets(cluster, 'v').items()
             if victim in ids]
-    assert held, 'the victim holds no chunk'
     if how == 'maintenance':
         client.set_maintenance(victim, True)
-    cluster.kill_chunkserver(0)
+    cluster.kill_chunkserver(vi)
     rng = random.Random(17)
     changed = _change(cluster, image, SIZE // BS // 100, rng)
     in_held = [b for b in changed if b * BS // (4 * MiB) in held]
@@ -99,7 +101,7 @@ def test_a_returning_server_copies_only_the_blocks_that_changed(
     if how == 'maintenance':
         time.sleep(grace + 2)   # past the grace period: still no copy
     assert client.cluster_status()['repair']['copied_bytes'] == 0
-    cluster.start_chunkserver(0)
+    cluster.start_chunkserver(vi)
     if how == 'maintenance':
         client.set_maintenance(victim, False)
     wait_for(lambda: _whole(cluster, victim), 60,
