@@ -83,6 +83,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             LOG.info('The last run did not stop cleanly: %d file(s) it may '
                      'have left unsynced were synced in %.1f s', n,
                      loop.time() - t)
+        if self.store.resync_needed:
             self.suspect_after_crash()
         self._server = await loop.create_server(
             lambda: aio.ServerConnection(self.key, self.handle),

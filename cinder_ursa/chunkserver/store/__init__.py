@@ -92,11 +92,7 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
         # would be missing from this run's dirty sets, so the server makes
         # them durable (sync_everything) before serving.
         marker = os.path.join(data_dir, CLEAN_MARK)
-        # A resync left unfinished (a crash, then a stop before every
-        # replica was compared) is still to do.
-        self.unclean = not fresh and (
-            not os.path.exists(marker) or
-            os.path.exists(os.path.join(data_dir, RESYNC_MARK)))
+        self.unclean = not fresh and not os.path.exists(marker)
         # A crash of the machine, not only of the process (the boot id
         # changed): writes acknowledged but not synced may be lost here.
         boot = _boot_id()
@@ -113,8 +109,11 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
             # forget it.
             atomic_write(lost_mark, 'writes not synced may be lost\n')
         self.lost_cache = os.path.exists(lost_mark)
-        if self.lost_cache:
-            self.unclean = True
+        # The replicas are compared with their chunks' others after a
+        # crash, and also after a clean stop that came before every one
+        # was (a resync left unfinished is still to do).
+        self.resync_needed = self.unclean or self.lost_cache or (
+            os.path.exists(os.path.join(data_dir, RESYNC_MARK)))
         if boot is not None and boot != last_boot:
             atomic_write(boot_file, boot + '\n')
         if os.path.exists(marker):

@@ -50,12 +50,14 @@ def test_an_unfinished_resync_survives_a_clean_stop(tmp_path):
     st.close(clean=True)
     st = store_mod.ChunkStore(str(tmp_path))
     try:
-        assert st.unclean
+        assert st.resync_needed and not st.unclean   # nothing to sync
         st.set_resyncing(False)
         assert not (tmp_path / 'resyncing').exists()
     finally:
         st.close(clean=True)
-    assert not store_mod.ChunkStore(str(tmp_path)).unclean
+    st = store_mod.ChunkStore(str(tmp_path))
+    assert not st.unclean and not st.resync_needed
+    st.close(clean=True)
 
 
 def test_a_machine_crash_is_remembered_until_the_master_knew(tmp_path):
@@ -68,16 +70,16 @@ def test_a_machine_crash_is_remembered_until_the_master_knew(tmp_path):
     st.close()                                  # no clean stop
     (tmp_path / 'boot-id').write_text('another boot\n')
     st = store_mod.ChunkStore(str(tmp_path))
-    assert st.lost_cache and st.unclean
+    assert st.lost_cache and st.unclean and st.resync_needed
     st.close(clean=True)
     st = store_mod.ChunkStore(str(tmp_path))    # same boot, clean stop
-    assert st.lost_cache
+    assert st.lost_cache and st.resync_needed and not st.unclean
     st.lost_cache_told()
     assert not st.lost_cache
     st.close(clean=True)
     st = store_mod.ChunkStore(str(tmp_path))
     try:
-        assert not st.lost_cache and not st.unclean
+        assert not (st.lost_cache or st.unclean or st.resync_needed)
     finally:
         st.close(clean=True)
     # A process crash (same boot) is no machine crash.
