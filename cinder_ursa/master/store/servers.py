@@ -217,12 +217,10 @@ class ServerRecords:
                 c.c.replicas.like(pattern),
                 c.c.joining.like(pattern)))).all():
             for _ in range(CAS_TRIES):
-                others = set(split_ids(row.replicas)) - {server_id}
-                if live is not None and 'replicas' in without_server(
-                        row, server_id) and not others & live:
-                    break
                 values = without_server(row, server_id)
-                if not values:
+                if not values or (live is not None and 'replicas' in values
+                                  and not set(split_ids(row.replicas)) - {
+                                      server_id} & live):
                     break
                 if ChunkRecords.set_members(conn, row, values):
                     n += 'replicas' in values
@@ -238,17 +236,22 @@ class ServerRecords:
                     break
         return n
 
-    def set_maintenance(self, server_id, on):
-        """Mark a chunk server in maintenance (it is coming back: its
-        absence starts no re-replication) or not; return it."""
+    def _set_flag(self, server_id, **flag):
+        """Set a chunk server's boolean column; return its row."""
         t = models.chunkservers
         with self.begin() as conn:
             res = conn.execute(t.update().where(t.c.id == server_id).values(
-                maintenance=bool(on)))
+                **{k: bool(v) for k, v in flag.items()}))
             if res.rowcount == 0:
                 raise exception.NotFound(kind='chunk server',
                                          name=server_id)
-            row = conn.execute(sa.select(t).where(t.c.id == server_id)).first()
+            return conn.execute(sa.select(t).where(
+                t.c.id == server_id)).first()
+
+    def set_maintenance(self, server_id, on):
+        """Mark a chunk server in maintenance (it is coming back: its
+        absence starts no re-replication) or not; return it."""
+        row = self._set_flag(server_id, maintenance=on)
         LOG.warning('Chunk server %d (%s:%d) %s maintenance', server_id,
                     row.address, row.port, 'is in' if on else 'is out of')
         return self._server_dict(row)
@@ -257,14 +260,7 @@ class ServerRecords:
         """Mark a chunk server draining (the planner moves its replicas
         to other servers, none is placed on it) or not; return it with
         the replicas it still holds."""
-        t = models.chunkservers
-        with self.begin() as conn:
-            res = conn.execute(t.update().where(t.c.id == server_id).values(
-                draining=bool(on)))
-            if res.rowcount == 0:
-                raise exception.NotFound(kind='chunk server',
-                                         name=server_id)
-            row = conn.execute(sa.select(t).where(t.c.id == server_id)).first()
+        row = self._set_flag(server_id, draining=on)
         server = self._server_dict(row)
         server['chunks'] = self._replica_counts().get(server_id, 0)
         LOG.warning('Chunk server %d (%s:%d) %s: %d replica(s) on it',

@@ -114,11 +114,9 @@ def test_usage_from_heartbeats(service):
     assert service.allocated_total() == 6 * MiB
 
 
-def test_joining_copies_no_copy_makes_are_given_up(service, monkeypatch):
-    """A copy whose primary (or an earlier master) died mid-way leaves a
-    joining entry that would count as a copy for good: the repairer gives
-    it up once no copy could still be running, and the chunk is planned
-    again."""
+def chunk_and_spare(service):
+    """A 4th server, and a chunk on the other three: (chunk, its replicas'
+    ids, the 4th server's id)."""
     store = service.store
     store.register_server('uuid-4th', 'd', 'r', '127.0.0.1', 9009, 10 ** 12,
                           0, 10 ** 12)
@@ -127,6 +125,16 @@ def test_joining_copies_no_copy_makes_are_given_up(service, monkeypatch):
     held = [r['id'] for r in c['replicas']]
     spare = next(s['id'] for s in store.list_servers()
                  if s['id'] not in held)
+    return c, held, spare
+
+
+def test_joining_copies_no_copy_makes_are_given_up(service, monkeypatch):
+    """A copy whose primary (or an earlier master) died mid-way leaves a
+    joining entry that would count as a copy for good: the repairer gives
+    it up once no copy could still be running, and the chunk is planned
+    again."""
+    store = service.store
+    c, held, spare = chunk_and_spare(service)
     store.join_replica('v', 0, spare, c['epoch'])
     started = []
 
@@ -152,13 +160,7 @@ def test_abandon_joins_needs_a_joining_copy(service):
 def retire_setup(service):
     """A chunk on servers 1-3 with a 4th replica promoted on server 4."""
     store = service.store
-    store.register_server('uuid-4th', 'd', 'r', '127.0.0.1', 9009, 10 ** 12,
-                          0, 10 ** 12)
-    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
-    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
-    held = [r['id'] for r in c['replicas']]
-    spare = next(s['id'] for s in store.list_servers()
-                 if s['id'] not in held)
+    c, held, spare = chunk_and_spare(service)
     j = store.join_replica('v', 0, spare, c['epoch'])
     p = store.promote_replica('v', 0, spare, j['epoch'])
     return p, held, spare
@@ -236,10 +238,7 @@ def test_a_server_that_failed_a_write_is_taken_as_down_until_it_beats(
     down within the grace period, instead of copying to a dead server
     and then elsewhere in full; a heartbeat after the failure clears it."""
     store = service.store
-    store.register_server('uuid-4th', 'd', 'r', '127.0.0.1', 9009, 10 ** 12,
-                          0, 10 ** 12)
-    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
-    c = store.chunk_map('v', 0, 1, allocate=True)['chunks'][0]
+    c, _, _ = chunk_and_spare(service)
     victim = c['replicas'][1]['id']
     store.drop_replica('v', 0, victim, c['epoch'])
     service.note_failure(victim)
