@@ -6,6 +6,7 @@ instant, and ``ursa cluster check`` finds no leaked space afterwards."""
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 
@@ -165,7 +166,9 @@ def test_cluster_check_finds_leaks(make_cluster):
     for ext in ('data', 'meta'):
         shutil.copy(os.path.join(cs0, vol_id, '0.s1.' + ext),
                     os.path.join(cs0, vol_id, '0.s7.' + ext))
-    cluster.kill_chunkserver(0)
+    # A clean stop: after kill -9 the crash resync could copy the forged
+    # layer to the other replicas (it compares every layer it holds).
+    cluster.kill_chunkserver(0, signal.SIGTERM)
     cluster.start_chunkserver(0)
     rc, problems, _ = _cluster_check(cluster)
     assert rc == 1
