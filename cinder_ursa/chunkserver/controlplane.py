@@ -42,6 +42,7 @@ class ControlMixin:
             chunks=self.store.chunk_list(), lost_cache=lost_cache, **usage)
         self.id = reply['server']['id']
         self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
+        self._learn_term(reply)
         for vol, gen in reply.get('generations', {}).items():
             if gen > self.store.generation(vol):
                 self.store.adopt_generation(vol, gen)
@@ -76,7 +77,18 @@ class ControlMixin:
                 'free': 0})
         else:
             reply = await self.master.heartbeat(self.id, self.store.usage())
+            self._learn_term(reply)
             self._left(reply.get('dropped', ()))
+
+    def _learn_term(self, reply):
+        """The leader's term, from its registration or heartbeat reply:
+        from now on a master of an older term is refused (see
+        ``_judge_term``), even on a connection it opened before."""
+        term = reply.get('term')
+        if term is not None and term > self.store.master_term:
+            LOG.info('The masters are at term %d (was %d): commands of '
+                     'older terms are refused', term, self.store.master_term)
+            self.store.adopt_master_term(term)
 
     async def _membership(self):
         """Register, then heartbeat; register again when the master forgot

@@ -127,6 +127,10 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                                          self._disk_failed_error()))
             return
         op = frame.opcode
+        if op == codec.TERM or conn.master_term is not None and \
+                conn.master_term < self.store.master_term:
+            self._judge_term(conn, frame)
+            return
         if op == codec.WRITE:
             fn, req = self._write, codec.decode_write(frame.body, frame.flags)
             self.throttle.client_ops += 1
@@ -157,6 +161,30 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                 self._reply_error(conn, frame, e)
         else:
             self._serve(conn, frame, fn, req)
+
+    def _judge_term(self, conn, frame):
+        """TERM: a master claims a term for the requests it sends on this
+        connection; the newest term seen is kept.  Every request of a
+        connection whose term is over (a newer leader announced itself,
+        here or in a heartbeat reply) is refused: its master was deposed,
+        whatever it still believes."""
+        try:
+            term = (control.decode_term(frame.body)
+                    if frame.opcode == codec.TERM else conn.master_term)
+            self.store.check_master_term(term)
+            self.store.adopt_master_term(term)
+        except exception.NotLeader as e:
+            LOG.warning('Refusing %s from master %s: %s',
+                        codec.OPCODE_NAMES.get(frame.opcode, frame.opcode),
+                        conn.peer, e)
+            self._reply_error(conn, frame, e)
+            return
+        except OSError as e:
+            self._reply_error(conn, frame, e)
+            return
+        conn.master_term = term
+        conn.send(codec.encode_ok(frame.opcode, frame.req_id,
+                                  control.encode_u64(self.store.master_term)))
 
     def _serve_item(self, item, confirmed, failed):
         fn, conn, frame, req = item

@@ -330,7 +330,8 @@ class MasterAPI:
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,
             'generations': gens, 'snapseqs': seqs, 'snapshots': snaps,
-            'heartbeat_interval': max(self.server_timeout / 3.0, 0.2)})
+            'heartbeat_interval': max(self.server_timeout / 3.0, 0.2),
+            'term': self.service.term()})
 
     async def heartbeat(self, request):
         sid = _path_int(request, 'id')
@@ -344,7 +345,8 @@ class MasterAPI:
         self.service.seen(sid)
         self._note_usage(sid, b)
         return web.json_response({'ok': True,
-                                  'dropped': self.service.take_drops(sid)})
+                                  'dropped': self.service.take_drops(sid),
+                                  'term': self.service.term()})
 
     async def set_maintenance(self, request):
         sid = _path_int(request, 'id')

@@ -1,30 +1,81 @@
-"""The master's side of the data protocol: the requests it broadcasts to
-chunk servers (FENCE, DELETE, SNAPSHOT, REVERT) and who did not answer."""
+"""The master's side of the data protocol: the requests it sends to chunk
+servers (FENCE, DELETE, SNAPSHOT, REVERT, REBUILD, RESYNC) and who did not
+answer.
+
+Under leader election every connection first claims the leader's term
+(TERM): a chunk server that has seen a newer term refuses that
+connection's requests, so a deposed leader that has not noticed yet (it
+was paused, or its clock check raced the election) changes nothing on
+the chunk servers, as its database writes change nothing there.
+"""
 
 import asyncio
 import logging
+import weakref
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
 
 
 class ChunkServers:
-    """Pipelined connections to the chunk servers, with the cluster key."""
+    """Pipelined connections to the chunk servers, with the cluster key.
 
-    def __init__(self, key):
+    ``guard()`` raises NotLeader while this master may not command (a
+    standby); ``deposed(error)`` is called when a chunk server names a
+    newer term than the one this master leads with.
+    """
+
+    def __init__(self, key, guard=None, deposed=None):
         self.pool = aio.ConnectionPool(key, connect_timeout=3.0)
+        self.guard = guard or (lambda: None)
+        self.deposed = deposed or (lambda error: None)
+        self.term = None            # claimed on each connection, if any
+        self._claimed = weakref.WeakSet()
+
+    def new_term(self, term):
+        """This master leads with ``term`` from now on (None: it leads no
+        more, or leads without election): connections opened before are
+        closed, as they claimed another term."""
+        self.term = term
+        self.pool.close()
+        self._claimed = weakref.WeakSet()
+
+    async def connect(self, server, timeout=5.0):
+        """The connection to ``server`` (a dict with its address and
+        port), its term claimed."""
+        self.guard()
+        addr = (server['address'], server['port'])
+        conn = await self.pool.get(*addr)
+        term = self.term
+        if term is not None and conn not in self._claimed:
+            reply = await conn.call(control.encode_term, term,
+                                    timeout=timeout)
+            try:
+                codec.reply_status(reply.body)
+            except exception.NotLeader as e:
+                self.pool.discard(*addr)
+                self.deposed(e)
+                raise
+            if self.term == term:
+                self._claimed.add(conn)
+        return conn
 
     async def broadcast(self, servers, make_frame, timeout=5.0):
         """Send ``make_frame(request id)`` to each server (dicts from the
         store) and wait for every answer; return the ids of those that
-        failed or did not answer within ``timeout``."""
+        failed or did not answer within ``timeout``.  NotLeader (this
+        master was deposed) is raised, not counted as a server's
+        failure."""
         async def one(s):
             try:
                 await self.send(s, make_frame, timeout)
                 return None
+            except exception.NotLeader:
+                raise
             except exception.UrsaError as e:
                 self.pool.discard(s['address'], s['port'])
                 LOG.warning('Chunk server %d (%s:%d): %s', s['id'],
@@ -37,9 +88,15 @@ class ChunkServers:
         """Send ``make_frame(request id)`` to one server (a dict with its
         address and port) and return the reply; its error is raised."""
         try:
-            conn = await self.pool.get(server['address'], server['port'])
+            conn = await self.connect(server, timeout)
             reply = await conn.call(make_frame, timeout=timeout)
-            codec.reply_status(reply.body)
+            try:
+                codec.reply_status(reply.body)
+            except exception.NotLeader as e:
+                # A newer leader announced itself after our TERM.
+                self.pool.discard(server['address'], server['port'])
+                self.deposed(e)
+                raise
             return reply
         except exception.UrsaConnectionError:
             self.pool.discard(server['address'], server['port'])

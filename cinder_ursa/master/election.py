@@ -204,6 +204,12 @@ class Elector:
                      'leader was %s)', self.url, term, previous or 'none')
             self.on_elected(term, previous)
 
+    def step_down(self, why):
+        """Stop leading now (a chunk server named a newer term); the next
+        round reads who leads."""
+        if self.term is not None:
+            self._step_down(why)
+
     def _step_down(self, why):
         LOG.warning('This master (%s) is no longer the leader of term %s: '
                     '%s; it stops acting and answers as a standby',

@@ -88,10 +88,12 @@ class MasterService:
         self.repair_per_server = repair_per_server
         self.rebalance_moves = rebalance_moves
         self.rebalance_threshold = rebalance_threshold
-        self.chunkservers = chunkservers.ChunkServers(key)
+        self.chunkservers = chunkservers.ChunkServers(
+            key, guard=self._command_guard, deposed=self._told_deposed)
         self._db = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix='ursa-db')
         self._monitor = None
+        self._announcing = None
         self._repairer = None
         self._jobs = {}             # (volume, index) -> running Job
         self._avoid = {}            # target -> until when (a copy failed)
@@ -153,7 +155,7 @@ class MasterService:
         self.elector = election.Elector(
             self.store, self.db, url, self.coordination_url,
             self.renew_deadline, on_elected=self._elected,
-            on_deposed=self._stop_loops)
+            on_deposed=self._deposed)
         try:
             await self.elector.round()
         except Exception as e:  # noqa: BLE001 - the loop tries again
@@ -165,7 +167,47 @@ class MasterService:
             await self.elector.stop()
 
     def _elected(self, term, previous):
+        self.chunkservers.new_term(term)
         self._start_loops(elected=True)
+        # Every chunk server learns the term now, not at its next
+        # heartbeat: from then on it refuses a deposed leader still at
+        # work (paused past its lease, then woken).
+        self._announcing = asyncio.get_running_loop().create_task(
+            self._announce_term())
+
+    async def _announce_term(self):
+        try:
+            failed = await self._broadcast(
+                lambda rid: control.encode_term(rid, self.chunkservers.term))
+        except exception.NotLeader:
+            return
+        except exception.UrsaError as e:
+            LOG.warning('Announcing the term to the chunk servers failed: '
+                        '%s; they learn it from their heartbeats', e)
+            return
+        if failed:
+            LOG.info('Chunk server(s) %s did not hear of the new term; they '
+                     'learn it from their next heartbeat',
+                     ', '.join(map(str, failed)))
+
+    def _deposed(self):
+        self._stop_loops()
+        self.chunkservers.new_term(None)
+
+    def _told_deposed(self, error):
+        """A chunk server refused this master's term: a newer leader
+        exists; stop acting now rather than at the next election round."""
+        if self.elector is not None:
+            self.elector.step_down('a chunk server refused it: %s' % error)
+
+    def _command_guard(self):
+        if not self.is_leader():
+            raise self.not_leader()
+
+    def term(self):
+        """The term this master leads with (None: no election, or not
+        the leader)."""
+        return self.elector.term if self.elector is not None else None
 
     def _guard(self):
         if self.elector is None:
@@ -399,11 +441,10 @@ class MasterService:
                 self._resyncs.discard(key)    # nothing to compare
                 return
             primary = chunk['replicas'][0]
-            conn = await self.chunkservers.pool.get(primary['address'],
-                                                    primary['port'])
-            reply = await conn.call(control.encode_resync, m['volume']['id'],
-                                    key[1], chunk['epoch'],
-                                    timeout=REBUILD_TIMEOUT)
+            reply = await self.chunkservers.send(
+                primary, lambda rid: control.encode_resync(
+                    rid, m['volume']['id'], key[1], chunk['epoch']),
+                timeout=REBUILD_TIMEOUT)
             fixed = control.decode_count_ok(reply.body)
             self._resyncs.discard(key)
             LOG.info('Chunk %s/%d: replicas compared after its primary was '
@@ -512,11 +553,10 @@ class MasterService:
                  job.volume_id, job.index, repair.REASONS[job.priority],
                  job.source, job.target)
         try:
-            conn = await self.chunkservers.pool.get(source['address'],
-                                                    source['port'])
-            reply = await conn.call(
-                control.encode_rebuild, job.volume_id, job.index, job.epoch,
-                job.target, timeout=REBUILD_TIMEOUT)
+            reply = await self.chunkservers.send(
+                source, lambda rid: control.encode_rebuild(
+                    rid, job.volume_id, job.index, job.epoch, job.target),
+                timeout=REBUILD_TIMEOUT)
             copied = control.decode_count_ok(reply.body)
         except exception.UrsaError as e:
             # Not that target again for a while: it may be dead and not

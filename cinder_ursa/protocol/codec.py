@@ -60,13 +60,17 @@ REPAIR = 0x1A
 REBUILD = 0x1B
 ENTRIES = 0x1C
 RESYNC = 0x1D
+# A master's term, once per connection before its commands: a chunk server
+# refuses every request of a connection whose term is older than the
+# newest it has seen (a deposed leader is fenced; see protocol/control).
+TERM = 0x1E
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
     WRITE: 'WRITE', REPLICATE: 'REPLICATE', FLUSH: 'FLUSH', FENCE: 'FENCE',
     DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
     REVERT: 'REVERT', INVENTORY: 'INVENTORY', REPAIR: 'REPAIR',
-    REBUILD: 'REBUILD', ENTRIES: 'ENTRIES', RESYNC: 'RESYNC',
+    REBUILD: 'REBUILD', ENTRIES: 'ENTRIES', RESYNC: 'RESYNC', TERM: 'TERM',
 }
 
 # Request flags.
@@ -111,6 +115,7 @@ STATUS_CODES = {
     16: 'unavailable',
     17: 'disk_error',
     18: 'conflict',
+    19: 'not_leader',
 }
 STATUS_BY_CODE = {v: k for k, v in STATUS_CODES.items()}
 

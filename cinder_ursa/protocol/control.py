@@ -1,7 +1,7 @@
 """Sans-I/O codec of the data protocol's control messages: what the master
 asks of chunk servers (FENCE, SNAPSHOT, REVERT, DELETE), what a chunk's
 state is (CHUNK_INFO, INVENTORY, ENTRIES), REPAIR, REBUILD and RESYNC, with
-their replies.
+their replies, and the TERM a master claims on each of its connections.
 
 Framing, authentication, the data requests (READ, WRITE, REPLICATE,
 FLUSH) and the error replies are in :mod:`.codec`.
@@ -30,6 +30,7 @@ from cinder_ursa.protocol.codec import REPLY
 from cinder_ursa.protocol.codec import RESYNC
 from cinder_ursa.protocol.codec import REVERT
 from cinder_ursa.protocol.codec import SNAPSHOT
+from cinder_ursa.protocol.codec import TERM
 from cinder_ursa.protocol.codec import _check
 from cinder_ursa.protocol.codec import _frame
 from cinder_ursa.protocol.codec import _uuid_bytes
@@ -250,6 +251,20 @@ def decode_resync(body):
     _check(body, _RESYNC, 'RESYNC')
     vol, index, epoch = _RESYNC.unpack_from(body)
     return ResyncRequest(_uuid_str(vol), index, epoch)
+
+
+def encode_term(req_id, term):
+    """A master's leadership term, sent first on each connection to a
+    chunk server: the chunk server remembers the newest term it has seen
+    and refuses every request of a connection whose term is older (its
+    master was deposed).  The reply carries the chunk server's newest
+    term (a u64)."""
+    return _frame(TERM, req_id, _U64.pack(term))
+
+
+def decode_term(body):
+    _check(body, _U64, 'TERM')
+    return _U64.unpack_from(body)[0]
 
 
 def encode_inventory(req_id, volume=None):

@@ -386,6 +386,9 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         self.closed = False
         self.tasks = set()
         self._backlog = None
+        # The term a master claimed for this connection (chunk servers'
+        # TERM), None for every other client.
+        self.master_term = None
 
     def connection_made(self, transport):
         self.transport = transport

@@ -34,6 +34,7 @@ import uuid
 
 from cinder_ursa.chunkserver.store.blocks import BlockIO
 from cinder_ursa.chunkserver.store.durability import DirtyFiles
+from cinder_ursa.chunkserver.store.fencing import MASTER_TERM
 from cinder_ursa.chunkserver.store.fencing import Fencing
 from cinder_ursa.chunkserver.store.files import Files
 from cinder_ursa.chunkserver.store.files import atomic_write
@@ -87,6 +88,7 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
         self._free = None
         fresh = not os.path.exists(os.path.join(data_dir, 'server.json'))
         self.server_uuid = self._identity()
+        self.master_term = read_int(os.path.join(data_dir, MASTER_TERM))
         # Whatever a run that did not stop cleanly wrote may still sit in
         # the page cache: the acknowledged writes a client flushes next
         # would be missing from this run's dirty sets, so the server makes

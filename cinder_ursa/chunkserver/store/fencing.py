@@ -1,9 +1,10 @@
 """What makes a replica refuse a request: the volume's lease generation
 (an older writer is fenced), its snapshot sequence (a write made before
 the newest snapshot), the chunk's epoch (a request or replica left behind
-by a change of the replica set) and the stale mark of a dropped replica.
-Generations, sequences and epochs are kept in small files beside the
-chunks."""
+by a change of the replica set), the stale mark of a dropped replica, and
+the master's term (a deposed master's commands).  Generations, sequences
+and epochs are kept in small files beside the chunks, the newest master
+term in the data directory."""
 
 import logging
 import os
@@ -15,8 +16,26 @@ from cinder_ursa.chunkserver.store.files import fsync_dir
 LOG = logging.getLogger(__name__)
 
 
+MASTER_TERM = 'master-term'   # the newest master term seen
+
+
 class Fencing:
     """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`."""
+
+    def adopt_master_term(self, term):
+        """Remember a newer master term, durably: a restarted chunk server
+        must not take commands from a master deposed before."""
+        if term > self.master_term:
+            atomic_write(os.path.join(self.data_dir, MASTER_TERM),
+                         '%d\n' % term)
+            self.master_term = term
+
+    def check_master_term(self, term):
+        """Refuse a master whose term is older than the newest seen."""
+        if term < self.master_term:
+            raise exception.NotLeader(
+                reason='its term %d is over: this chunk server follows the '
+                       'leader of term %d' % (term, self.master_term))
 
     def generation(self, volume):
         return self._generations.get(volume, 0)

@@ -88,6 +88,25 @@ def test_generations_fence_older_writers(st):
         st.adopt_generation(VOL, 2)
 
 
+def test_master_terms_only_move_forward_and_survive_a_restart(tmp_path):
+    s = store_mod.ChunkStore(str(tmp_path))
+    assert s.master_term == 0
+    s.check_master_term(0)
+    s.adopt_master_term(4)
+    s.adopt_master_term(2)          # older news changes nothing
+    s.check_master_term(4)
+    s.check_master_term(5)
+    with pytest.raises(exception.NotLeader, match='term 3 is over'):
+        s.check_master_term(3)
+    s.close()
+    # Kept durably: a deposed master is refused after a restart too.
+    s = store_mod.ChunkStore(str(tmp_path))
+    assert s.master_term == 4
+    with pytest.raises(exception.NotLeader):
+        s.check_master_term(3)
+    s.close()
+
+
 def test_state_survives_a_restart(tmp_path):
     s = store_mod.ChunkStore(str(tmp_path))
     ident = s.server_uuid

@@ -305,3 +305,19 @@ def test_resync_request():
     assert (req.volume, req.index, req.epoch) == (VOL, 5, 9)
     with pytest.raises(exception.ProtocolError):
         control.decode_resync(one_frame(raw).body[:-1])
+
+
+def test_term_request():
+    raw = control.encode_term(21, 7)
+    assert raw.hex() == hdr(0x1E, 21, 8) + '%016x' % 7
+    assert control.decode_term(one_frame(raw).body) == 7
+    with pytest.raises(exception.ProtocolError):
+        control.decode_term(one_frame(raw).body[:-1])
+
+
+def test_not_leader_crosses_the_wire():
+    """A chunk server's refusal of a deposed master's term reaches the
+    master as NotLeader (it steps down), not as an internal error."""
+    raw = codec.encode_error(codec.TERM, 3, exception.NotLeader(reason='x'))
+    with pytest.raises(exception.NotLeader):
+        codec.reply_status(one_frame(raw).body)
