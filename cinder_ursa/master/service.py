@@ -94,6 +94,9 @@ class MasterService:
             max_workers=1, thread_name_prefix='ursa-db')
         self._monitor = None
         self._announcing = None
+        # Set once the unfinished snapshots of the master that ran before
+        # are forgotten (see _watch_servers).
+        self._swept = None
         self._repairer = None
         self._jobs = {}             # (volume, index) -> running Job
         self._avoid = {}            # target -> until when (a copy failed)
@@ -133,6 +136,7 @@ class MasterService:
 
     def _start_loops(self, elected=False):
         loop = asyncio.get_running_loop()
+        self._swept = asyncio.Event()
         self._monitor = loop.create_task(self._watch_servers(elected))
         self._repairer = loop.create_task(self._repair_loop())
 
@@ -140,6 +144,8 @@ class MasterService:
         for task in (self._monitor, self._repairer):
             if task:
                 task.cancel()
+        if self._swept is not None:
+            self._swept.set()     # waiters go on, and meet the term check
         self._monitor = self._repairer = None
 
     def stop(self):
@@ -261,6 +267,11 @@ class MasterService:
     async def _watch_servers(self, elected=False):
         interval = max(self.server_timeout / 3.0, 0.2)
         next_sweep = 0.0
+        # Snapshots left 'creating' by the master that ran before (it died
+        # or was deposed mid-way: its own finish can no longer commit) are
+        # forgotten at once, not after UNFINISHED_AFTER: a client retrying
+        # the creation through this master would find the name taken.
+        started = time.time()
         if elected:
             # Judge only silence observed from now on: the chunk servers
             # sent their heartbeats to the previous leader, or to nobody
@@ -269,6 +280,14 @@ class MasterService:
                 await self.db(self.store.reset_heartbeats)
             except exception.UrsaError as e:
                 LOG.warning('Resetting heartbeats failed: %s', e)
+        try:
+            for vid in await self.db(self.store.forget_unfinished_snapshots,
+                                     time.time() - started):
+                await self.gc(vid)
+        except exception.UrsaError as e:
+            LOG.warning('Forgetting the previous master\'s unfinished '
+                        'snapshots failed: %s; retried later', e)
+        self._swept.set()
         while True:
             await asyncio.sleep(interval)
             try:
@@ -683,6 +702,10 @@ class MasterService:
     # --- snapshots, revert, deletion -----------------------------------
 
     async def create_snapshot(self, ref, name):
+        if self._swept is not None:
+            # Not before the previous master's unfinished snapshots are
+            # forgotten: a retried creation would find its name taken.
+            await self._swept.wait()
         snap = await self.db(self.store.begin_snapshot, ref, name)
         # Every primary must refuse writes made before the snapshot before
         # it is reported created: writers then learn the new sequence and

@@ -4,6 +4,7 @@ stopped with SIGSTOP past its lease; clients given both URLs follow; the
 volumes made before are intact; a stopped leader that wakes up changes
 nothing and steps down."""
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.master import store as store_mod
+from cinder_ursa.protocol import control
+from cinder_ursa.transport import aio
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures.wait import wait_for
 
@@ -85,6 +88,48 @@ def test_standby_answers_503_naming_the_leader(two_masters):
         c.master_urls[0], term, c.master_urls[1])
 
 
+def sqlite_store(cluster):
+    """The masters' shared SQLite database, opened beside them (no term
+    guard: it writes as the dead leader's last transaction would)."""
+    return store_mod.MetadataStore('sqlite:///%s' % os.path.join(
+        cluster.data_dir, 'master', 'ursa.sqlite'))
+
+
+def refuse_terms_below(cluster, term):
+    """Announce ``term`` to every chunk server, as a newer leader would."""
+    async def announce():
+        for s in cluster.client().servers():
+            conn = await aio.PeerConnection.connect(s['address'], s['port'],
+                                                    cluster.key)
+            try:
+                reply = await conn.call(control.encode_term, term,
+                                        timeout=10)
+                assert control.decode_count_ok(reply.body) == term
+            finally:
+                conn.close()
+    asyncio.run(announce())
+
+
+def refused(cluster, term):
+    """Whether every chunk server refuses a master of ``term``."""
+    async def ask():
+        out = []
+        for s in cluster.client().servers():
+            conn = await aio.PeerConnection.connect(s['address'], s['port'],
+                                                    cluster.key)
+            try:
+                reply = await conn.call(control.encode_term, term,
+                                        timeout=10)
+                control.decode_count_ok(reply.body)
+                out.append(False)
+            except exception.NotLeader:
+                out.append(True)
+            finally:
+                conn.close()
+        return out
+    return all(asyncio.run(ask()))
+
+
 def test_sigkill_leader_clients_follow_and_volumes_survive(two_masters):
     c, term = two_masters
     client = c.client()
@@ -94,6 +139,13 @@ def test_sigkill_leader_clients_follow_and_volumes_survive(two_masters):
         with data.open_volume('before') as v:
             v.write(4096, payload)
             v.flush()
+    # The leader dies in the middle of a snapshot's creation: begun in
+    # the database, never finished.
+    db = sqlite_store(c)
+    try:
+        db.begin_snapshot('before', 'mid-way')
+    finally:
+        db.close()
     c.kill_master(signal.SIGKILL, 0)
     start = time.monotonic()
     # Master 0 refuses connections, master 1 says NotLeader until its
@@ -109,6 +161,13 @@ def test_sigkill_leader_clients_follow_and_volumes_survive(two_masters):
             assert v.read(4096, len(payload)) == payload
     servers = client.servers()
     assert [s['state'] for s in servers] == ['up'] * 3
+    # The client's retry of that snapshot succeeds at once: the new leader
+    # forgot what the dead one left unfinished (not after a minute).
+    assert client.create_snapshot('before', 'mid-way')['status'] == \
+        'available'
+    # Every chunk server heard of the new term: the dead leader, were it
+    # to come back with its old connections, would be refused.
+    assert refused(c, term)
 
 
 def test_sigstop_leader_is_replaced_and_steps_down_on_waking(two_masters):
@@ -143,6 +202,29 @@ def test_sigstop_leader_is_replaced_and_steps_down_on_waking(two_masters):
     assert {v['name'] for v in client.volumes()} == {'by-new'}
     with open(os.path.join(c.data_dir, 'master.log')) as f:
         assert 'is no longer the leader of term %d' % term in f.read()
+    # The chunk servers refuse the old leader's term, and take the new
+    # leader's commands (a snapshot reaches every one of them).
+    assert refused(c, term)
+    assert client.create_snapshot('by-new', 's')['status'] == 'available'
+
+
+def test_a_leader_refused_by_chunk_servers_steps_down_and_climbs(
+        two_masters):
+    """Chunk servers have seen a newer term than the database holds (it
+    was restored from a backup): the leader's first command is refused,
+    it steps down at once and takes the next term, until its term is the
+    newest; the client's call, retried meanwhile, then succeeds."""
+    c, term = two_masters
+    client = c.client()
+    client.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    ahead = term + 3
+    refuse_terms_below(c, ahead)
+    assert client.create_snapshot('v', 's')['status'] == 'available'
+    m = masters_of(c, c.master_urls[0])
+    assert m['leader'] == c.master_urls[0] and m['term'] >= ahead, m
+    assert [s['name'] for s in client.snapshots('v')] == ['s']
+    with open(os.path.join(c.data_dir, 'master.log')) as f:
+        assert 'a chunk server refused it' in f.read()
 
 
 def test_term_check_on_mariadb(mariadb):
