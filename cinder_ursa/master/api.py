@@ -322,8 +322,8 @@ class MasterAPI:
             b.get('free', int, 0), chunks,
             failure=self._failure(b), lost_cache=lost_cache,
             primaries=primaries, live=self.service.live_servers())
-        for vid, idx in primaries:
-            self.service.resync_soon(vid, idx)
+        if primaries:
+            self.service.resync_soon()
         self.service.registered(server['id'])
         self.service.seen(server['id'], lost_cache)
         self._note_usage(server['id'], b)
@@ -340,8 +340,8 @@ class MasterAPI:
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
                       b.get('used', int, 0), b.get('free', int, 0),
                       failure=self._failure(b), primaries=primaries)
-        for vid, idx in primaries:
-            self.service.resync_soon(vid, idx)
+        if primaries:
+            self.service.resync_soon()
         self.service.seen(sid)
         self._note_usage(sid, b)
         return web.json_response({'ok': True,
@@ -534,8 +534,9 @@ class MasterAPI:
             vol = await self.db(self.store.get_volume, ref)
             self.service.note_drop(sid, vol['id'], idx, chunk['epoch'])
         if before['replicas'][:1] == [sid] and len(before['replicas']) > 1:
-            # Its last write may have reached some replicas only.
-            self.service.resync_soon(ref, idx)
+            # Its last write may have reached some replicas only (the
+            # chunk is marked).
+            self.service.resync_soon()
         return web.json_response({'chunk': chunk})
 
     async def _change_members(self, fn, request):

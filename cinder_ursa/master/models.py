@@ -101,6 +101,10 @@ chunks = sa.Table(
     # still be there to catch up from (until replaced).
     sa.Column('lost', sa.String(1024), nullable=False, default='',
               server_default=''),
+    # Its primary was dropped (it may have forwarded its last write to
+    # some replicas only): the replicas are to be compared (RESYNC).
+    sa.Column('resync', sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
 )
 
 attachments = sa.Table(

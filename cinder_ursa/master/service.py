@@ -112,7 +112,7 @@ class MasterService:
         self._live = set()      # see live_servers
         self._lost_cache = set()
         self._drops = {}        # server id -> {(volume, index): epoch}
-        self._resyncs = set()   # (volume ref, index) to resync
+        self._resyncs_pending = 0   # chunks marked, as last read
         self._resync_slots = None   # made in the loop: RESYNC_CONCURRENCY
         self._resyncing = set()
         self._copies = collections.deque()     # (monotonic time, bytes)
@@ -288,14 +288,17 @@ class MasterService:
             LOG.warning('Forgetting the previous master\'s unfinished '
                         'snapshots failed: %s; retried later', e)
         self._swept.set()
+        # The resyncs the previous master had not done (the chunks stay
+        # marked in the database until they are).
+        self.resync_soon()
         while True:
             await asyncio.sleep(interval)
             try:
                 primaries = []
                 self._live -= set(await self.db(
                     self.store.mark_down, self.server_timeout, primaries))
-                for vid, idx in primaries:
-                    self.resync_soon(vid, idx)
+                if primaries:
+                    self.resync_soon()
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + UNFINISHED_SWEEP
                     for vid in await self.db(
@@ -329,7 +332,7 @@ class MasterService:
             job.priority in repair.MOVES for job in self._jobs.values())
         return dict(self._summary, running=len(self._jobs),
                     copied_bytes=self.copied_bytes,
-                    resyncs_pending=len(self._resyncs),
+                    resyncs_pending=self._resyncs_pending,
                     retired_replicas=self.retired,
                     bytes_left_estimate=left,
                     rate_bytes_per_s=int(rate),
@@ -399,8 +402,7 @@ class MasterService:
         Only the leader plans."""
         if not self.is_leader():
             raise self.not_leader()
-        for key in self._resyncs - self._resyncing:
-            asyncio.get_running_loop().create_task(self._resync(key))
+        await self._start_resyncs()
         if self._round_lock is None:
             self._round_lock = asyncio.Lock()
         async with self._round_lock:
@@ -432,18 +434,27 @@ class MasterService:
                 self._run_job(job, servers[job.source]))
         return jobs
 
-    def resync_soon(self, ref, index):
+    def resync_soon(self):
         """A chunk's primary was dropped (it failed, perhaps after
-        forwarding its last write to some replicas only): have the new
-        primary make the replicas identical (RESYNC).  Retried every
-        repair round until it is done."""
-        key = (ref, index)
-        self._resyncs.add(key)
-        if key not in self._resyncing:
-            asyncio.get_running_loop().create_task(self._resync(key))
+        forwarding its last write to some replicas only) and the chunk
+        marked in the database: have the new primary make the replicas
+        identical (RESYNC) now.  Retried every repair round until it is
+        done, by whichever master leads then."""
+        asyncio.get_running_loop().create_task(self._start_resyncs())
+
+    async def _start_resyncs(self):
+        try:
+            keys = await self.db(self.store.pending_resyncs)
+        except exception.UrsaError as e:
+            LOG.warning('Reading the chunks to resync failed: %s', e)
+            return
+        self._resyncs_pending = len(keys)
+        for key in keys:
+            if key not in self._resyncing:
+                self._resyncing.add(key)
+                asyncio.get_running_loop().create_task(self._resync(key))
 
     async def _resync(self, key):
-        self._resyncing.add(key)
         if self._resync_slots is None:
             self._resync_slots = asyncio.Semaphore(RESYNC_CONCURRENCY)
         try:
@@ -456,21 +467,23 @@ class MasterService:
         try:
             m = await self.db(self.store.chunk_map, key[0], key[1], 1)
             chunk = (m['chunks'] or [None])[0]
-            if chunk is None or len(chunk['replicas']) < 2:
-                self._resyncs.discard(key)    # nothing to compare
-                return
-            primary = chunk['replicas'][0]
-            reply = await self.chunkservers.send(
-                primary, lambda rid: control.encode_resync(
-                    rid, m['volume']['id'], key[1], chunk['epoch']),
-                timeout=REBUILD_TIMEOUT)
-            fixed = control.decode_count_ok(reply.body)
-            self._resyncs.discard(key)
-            LOG.info('Chunk %s/%d: replicas compared after its primary was '
-                     'dropped; %d block(s) made identical', m['volume']['id'],
-                     key[1], fixed)
+            if chunk is None:
+                return                  # deleted meanwhile
+            if len(chunk['replicas']) > 1:
+                primary = chunk['replicas'][0]
+                reply = await self.chunkservers.send(
+                    primary, lambda rid: control.encode_resync(
+                        rid, key[0], key[1], chunk['epoch']),
+                    timeout=REBUILD_TIMEOUT)
+                fixed = control.decode_count_ok(reply.body)
+                LOG.info('Chunk %s/%d: replicas compared after its primary '
+                         'was dropped; %d block(s) made identical', *key,
+                         fixed)
+            # One replica left: nothing to compare.
+            await self.db(self.store.resync_done, *key, chunk['epoch'])
+            self._resyncs_pending = max(self._resyncs_pending - 1, 0)
         except exception.NotFound:
-            self._resyncs.discard(key)        # the volume is gone
+            pass                        # the volume is gone, and its mark
         except exception.UrsaError as e:
             LOG.warning('Chunk %s/%d: resync after its primary was dropped '
                         'failed (%s); the next repair round tries again',

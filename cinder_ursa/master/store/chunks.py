@@ -33,7 +33,9 @@ def _joining_without(row, vol, idx, server_id):
 def without_server(row, server_id):
     """The column changes that take ``server_id`` out of a chunk's
     membership (none when it is not in it, or is its last replica: the
-    chunk's data lives nowhere else, so it waits for that server)."""
+    chunk's data lives nowhere else, so it waits for that server).  A
+    dropped primary may have forwarded its last write to some replicas
+    only: the chunk is marked for a resync."""
     ids, joining = split_ids(row.replicas), split_ids(row.joining)
     if server_id in joining:
         joining.remove(server_id)
@@ -41,10 +43,13 @@ def without_server(row, server_id):
     if server_id in ids and len(ids) > 1:
         values = {'replicas': join_ids([i for i in ids if i != server_id]),
                   'lost': join_ids(add_id(split_ids(row.lost), server_id))}
-        if server_id == ids[0] and joining:
-            # The primary brings the joining copies up to date: without
-            # it their copies stop, and the planner starts them again.
-            values['joining'] = ''
+        if server_id == ids[0]:
+            values['resync'] = True
+            if joining:
+                # The primary brings the joining copies up to date:
+                # without it their copies stop, and the planner starts
+                # them again.
+                values['joining'] = ''
         return values
     return {}
 
@@ -147,6 +152,24 @@ class ChunkRecords:
         raise exception.Conflict(
             reason='chunk %s/%d kept changing while server %d was dropped '
                    'from it; retry' % (ref, idx, server_id))
+
+    def pending_resyncs(self):
+        """[(volume id, index)] of the chunks marked for a resync (their
+        primary was dropped; see without_server)."""
+        c = models.chunks
+        with self.engine.connect() as conn:
+            return [(r.volume_id, r.idx) for r in conn.execute(
+                sa.select(c.c.volume_id, c.c.idx).where(c.c.resync)).all()]
+
+    def resync_done(self, volume_id, idx, epoch):
+        """The replicas of a chunk were compared at ``epoch``: clear its
+        mark, unless its membership changed since (another drop may have
+        marked it again)."""
+        c = models.chunks
+        with self.begin() as conn:
+            conn.execute(c.update().where(
+                c.c.volume_id == volume_id, c.c.idx == idx,
+                c.c.epoch == epoch).values(resync=False))
 
     @staticmethod
     def set_members(conn, row, values):

@@ -18,6 +18,7 @@ from cinder_ursa import exception
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
+from cinder_ursa.master import models
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import control
 from cinder_ursa.transport import aio
@@ -139,11 +140,15 @@ def test_sigkill_leader_clients_follow_and_volumes_survive(two_masters):
         with data.open_volume('before') as v:
             v.write(4096, payload)
             v.flush()
-    # The leader dies in the middle of a snapshot's creation: begun in
-    # the database, never finished.
+    # The leader dies in the middle of a snapshot's creation (begun in the
+    # database, never finished) and after dropping a chunk's primary but
+    # before comparing its replicas (the chunk is marked).
     db = sqlite_store(c)
     try:
         db.begin_snapshot('before', 'mid-way')
+        with db.begin() as conn:
+            conn.execute(models.chunks.update().values(resync=True))
+        assert db.pending_resyncs()
     finally:
         db.close()
     c.kill_master(signal.SIGKILL, 0)
@@ -168,6 +173,13 @@ def test_sigkill_leader_clients_follow_and_volumes_survive(two_masters):
     # Every chunk server heard of the new term: the dead leader, were it
     # to come back with its old connections, would be refused.
     assert refused(c, term)
+    # The new leader compared the replicas its predecessor had not.
+    db = sqlite_store(c)
+    try:
+        wait_for(lambda: not db.pending_resyncs(), 30,
+                 'the marked chunk resynced by the new leader')
+    finally:
+        db.close()
 
 
 def test_sigstop_leader_is_replaced_and_steps_down_on_waking(two_masters):

@@ -28,6 +28,10 @@ class FakeChunkServers:
         self.store = store
         self.sent = []
         self.down = set()
+        self.term = None
+
+    def new_term(self, term):
+        self.term = term
 
     async def broadcast(self, servers, make_frame, timeout=5.0):
         frame = codec.FrameDecoder().feed(make_frame(1))[0]
@@ -287,6 +291,11 @@ def test_background_loops_run_on_the_leader_only(tmp_path):
         await svc.start_election('http://me')
         assert svc.is_leader() and svc.masters()['term'] == 1
         assert svc._monitor is not None and svc._repairer is not None
+        # Every chunk server hears of the term at once (TERM broadcast).
+        assert svc.chunkservers.term == 1
+        await svc._announcing
+        assert [b for op, b, _ in svc.chunkservers.sent
+                if op == codec.TERM] == [control.encode_u64(1)]
         await svc.db(store.create_volume, 'v', 4 * MiB, chunk_size=4 * MiB)
         # Another master (in the group) takes the next term: this one
         # steps down on its next round.
@@ -297,6 +306,7 @@ def test_background_loops_run_on_the_leader_only(tmp_path):
         await svc.elector.round()
         assert not svc.is_leader()
         assert svc._monitor is None and svc._repairer is None
+        assert svc.chunkservers.term is None
         with pytest.raises(exception.NotLeader, match='http://other'):
             await svc.repair_round()
         await svc.stop_election()

@@ -29,9 +29,9 @@ def one_chunk(store):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0009'
+    assert store.schema_version() == '0010'
     store.upgrade()
-    assert store.schema_version() == '0009'
+    assert store.schema_version() == '0010'
 
 
 def test_volume_lifecycle(store):
@@ -79,6 +79,33 @@ def test_thin_allocation_on_demand(store):
     assert again == m['chunks']
     with pytest.raises(exception.OutOfRange):
         store.chunk_map('v', 9, 2)
+
+
+def test_a_dropped_primary_marks_its_chunk_for_a_resync(store):
+    """Kept in the database, so that a master taking over compares the
+    replicas its predecessor had not."""
+    add_servers(store, 4)
+    store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    vid = store.get_volume('v')['id']
+    c0, c1 = store.chunk_map('v', 0, 2, allocate=True)['chunks']
+    # A replica that is not the primary: nothing to compare.
+    store.drop_replica('v', 0, c0['replicas'][1]['id'], c0['epoch'])
+    assert store.pending_resyncs() == []
+    store.drop_replica('v', 1, c1['replicas'][0]['id'], c1['epoch'])
+    assert store.pending_resyncs() == [(vid, 1)]
+    # Compared at an epoch since changed (another drop): still marked.
+    store.resync_done(vid, 1, c1['epoch'])
+    assert store.pending_resyncs() == [(vid, 1)]
+    store.resync_done(vid, 1, c1['epoch'] + 1)
+    assert store.pending_resyncs() == []
+    # A server marked down (or failed) that was a primary marks its
+    # chunks in the same transaction.
+    first = store.chunk_map('v', 0, 1)['chunks'][0]['replicas'][0]['id']
+    primaries = []
+    with store.begin() as conn:
+        store._drop_server_replicas(conn, first, primaries)
+    assert primaries == [(vid, 0)]
+    assert store.pending_resyncs() == [(vid, 0)]
 
 
 def test_allocation_needs_min_replicas_domains(store):
