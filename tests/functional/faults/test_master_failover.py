@@ -218,6 +218,11 @@ def test_sigstop_leader_is_replaced_and_steps_down_on_waking(two_masters):
     # leader's commands (a snapshot reaches every one of them).
     assert refused(c, term)
     assert client.create_snapshot('by-new', 's')['status'] == 'available'
+    # And nothing either of them did left replicas or metadata astray.
+    r = cluster_fixtures.ursa(c.data_dir, 'cluster', 'check', '-f', 'json',
+                              check=False)
+    assert (r.returncode, json.loads(r.stdout or '[]')) == (0, []), \
+        r.stdout + r.stderr
 
 
 def test_a_leader_refused_by_chunk_servers_steps_down_and_climbs(
