@@ -60,6 +60,15 @@ class ChunkServers:
                 self.pool.discard(*addr)
                 self.deposed(e)
                 raise
+            except exception.ProtocolError as e:
+                # A chunk server of a version before TERM (it closed the
+                # connection): commanded unfenced until it is upgraded
+                # (its next connection claims the term again).
+                LOG.warning('Chunk server %s:%d does not know TERM (%s): '
+                            'upgrade it, until then it cannot refuse a '
+                            'deposed master', *addr, e)
+                self.pool.discard(*addr)
+                conn = await self.pool.get(*addr)
             if self.term == term:
                 self._claimed.add(conn)
         return conn
