@@ -4,6 +4,17 @@
 # computes, evacuator on the controller).  Phases: stack install,
 # post-config, extra; unstack; clean.
 
+# DevStack's run_process and stop_process act only on enabled services:
+# where ursa-cs is enabled, so is each of ursa-cs1..URSA_CHUNKSERVERS.
+function enable_ursa_chunkservers {
+    local i
+    if is_service_enabled ursa-cs; then
+        for i in $(seq 1 "$URSA_CHUNKSERVERS"); do
+            enable_service "ursa-cs$i"
+        done
+    fi
+}
+
 function install_ursa {
     install_package qemu-utils
     setup_develop "$URSA_DIR"
@@ -114,6 +125,7 @@ function cleanup_ursa {
 }
 
 if is_service_enabled ursa-master ursa-cs nova-ha-agent nova-ha-evacuator; then
+    enable_ursa_chunkservers
     if [[ "$1" == "stack" && "$2" == "install" ]]; then
         echo_summary "Installing cinder-ursa"
         install_ursa

@@ -40,8 +40,13 @@ function setup_develop { _log "setup_develop|$1"; }
 function sudo { "$@"; }
 function echo_summary { _log "summary|$*"; }
 function get_python_exec_prefix { echo "$STUB_BIN"; }
-function run_process { _log "run_process|$1|$2"; }
-function stop_process { _log "stop_process|$1"; }
+# As DevStack's: only enabled services are started and stopped.
+function run_process {
+    if is_service_enabled "$1"; then _log "run_process|$1|$2"; fi
+}
+function stop_process {
+    if is_service_enabled "$1"; then _log "stop_process|$1"; fi
+}
 function get_or_create_user { _log "get_or_create_user|$*"; echo uid-nova-ha; }
 function get_or_add_user_project_role { _log "role|$*"; }
 function openstack {
