@@ -3,6 +3,50 @@
 # NBD gateway), its Cinder backend and volume type, and nova_ha (agent on
 # computes, evacuator on the controller).  Phases: stack install,
 # post-config, extra; unstack; clean.
+#
+# One master by default; with several URSA_MASTER_HOSTS (see
+# devstack/README.md) every node running ursa-master joins one leader
+# election over a shared database and tooz backend, and every client option
+# lists all the master URLs.
+
+# The master URLs, comma-separated: URSA_MASTER_URLS, else one per
+# URSA_MASTER_HOSTS entry, else this node's SERVICE_HOST.
+function ursa_master_urls {
+    if [[ -n $URSA_MASTER_URLS ]]; then
+        echo "$URSA_MASTER_URLS"
+        return
+    fi
+    local host urls=""
+    for host in ${URSA_MASTER_HOSTS//,/ }; do
+        urls="$urls${urls:+,}http://$(ursa_url_host "$host"):$URSA_MASTER_PORT"
+    done
+    echo "${urls:-http://$SERVICE_HOST:$URSA_MASTER_PORT}"
+}
+
+# An address as the host part of a URL (an IPv6 address in brackets).
+function ursa_url_host {
+    if [[ $1 == *:* && $1 != \[* ]]; then
+        echo "[$1]"
+    else
+        echo "$1"
+    fi
+}
+
+# True when the layout has several masters.
+function ursa_several_masters {
+    [[ $(ursa_master_urls) == *,* ]]
+}
+
+# DevStack's run_process and stop_process act only on enabled services:
+# where ursa-cs is enabled, so is each of ursa-cs1..URSA_CHUNKSERVERS.
+function enable_ursa_chunkservers {
+    local i
+    if is_service_enabled ursa-cs; then
+        for i in $(seq 1 "$URSA_CHUNKSERVERS"); do
+            enable_service "ursa-cs$i"
+        done
+    fi
+}
 
 function install_ursa {
     install_package qemu-utils
@@ -16,35 +60,77 @@ function configure_ursa {
     fi
     iniset "$URSA_CONF" DEFAULT debug "$ENABLE_DEBUG_LOG_LEVEL"
     iniset "$URSA_CONF" ursa cluster_key_file "$URSA_KEY_FILE"
-    iniset "$URSA_CONF" ursa master_url "http://$SERVICE_HOST:$URSA_MASTER_PORT"
+    iniset "$URSA_CONF" ursa master_url "$(ursa_master_urls)"
     iniset "$URSA_CONF" ursa_master bind_host "$SERVICE_LISTEN_ADDRESS"
     iniset "$URSA_CONF" ursa_master bind_port "$URSA_MASTER_PORT"
     iniset "$URSA_CONF" ursa_master state_dir "$URSA_DATA_DIR/master"
-    iniset "$URSA_CONF" ursa_master failure_domain server
+    iniset "$URSA_CONF" ursa_master failure_domain "$URSA_FAILURE_DOMAIN"
     iniset "$URSA_CONF" ursa_chunkserver bind_host "$SERVICE_LISTEN_ADDRESS"
+    configure_ursa_masters
     iniset "$URSA_CONF" ursa_nbd bind_host "$SERVICE_LISTEN_ADDRESS"
     iniset "$URSA_CONF" ursa_nbd bind_port "$URSA_NBD_PORT"
     iniset "$URSA_CONF" ursa_nbd state_dir "$URSA_DATA_DIR/nbd"
     iniset "$URSA_CONF" ursa_attach host "$(hostname)"
     local i dirs=""
-    for i in $(seq 1 "$URSA_CHUNKSERVERS"); do
-        mkdir -p "$URSA_DATA_DIR/cs$i"
-        iniset "$URSA_CONF_DIR/cs$i.conf" ursa_chunkserver data_dir "$URSA_DATA_DIR/cs$i"
-        iniset "$URSA_CONF_DIR/cs$i.conf" ursa_chunkserver bind_port $((URSA_CS_BASE_PORT + i))
-        dirs="$dirs${dirs:+,}$URSA_DATA_DIR/cs$i"
-    done
+    if is_service_enabled ursa-cs; then
+        for i in $(seq 1 "$URSA_CHUNKSERVERS"); do
+            mkdir -p "$URSA_DATA_DIR/cs$i"
+            iniset "$URSA_CONF_DIR/cs$i.conf" ursa_chunkserver data_dir "$URSA_DATA_DIR/cs$i"
+            iniset "$URSA_CONF_DIR/cs$i.conf" ursa_chunkserver bind_port $((URSA_CS_BASE_PORT + i))
+            dirs="$dirs${dirs:+,}$URSA_DATA_DIR/cs$i"
+        done
+    fi
     # The gateway reads the replicas of this host's chunk servers directly.
     iniset "$URSA_CONF" ursa_nbd local_chunkserver_dirs "$dirs"
+}
+
+# Several masters: the database and tooz backend they share, and the
+# address other nodes reach this node's master and chunk servers at.  With
+# one master nothing is written unless set in local.conf: SQLite and a
+# file:// backend under the master's state_dir, the bind addresses.
+function configure_ursa_masters {
+    local db=$URSA_DATABASE_CONNECTION coord=$URSA_COORDINATION_URL
+    local ip=$URSA_HOST_IP
+    if ursa_several_masters; then
+        if [[ -z $db ]]; then
+            if [[ -z ${DATABASE_TYPE:-} ]]; then
+                die $LINENO "Several Ursa masters need one database: set" \
+                    "DATABASE_TYPE and MYSQL_HOST as on any DevStack subnode," \
+                    "or URSA_DATABASE_CONNECTION"
+            fi
+            db=$(database_connection_url ursa)
+            # Created once, where DevStack runs the database server.
+            if is_service_enabled "$DATABASE_TYPE"; then
+                recreate_database ursa
+            fi
+        fi
+        coord=${coord:-etcd3+http://$SERVICE_HOST:${ETCD_PORT:-2379}?api_version=v3}
+        ip=${ip:-${HOST_IP:-}}
+    fi
+    if [[ -n $db ]]; then
+        iniset "$URSA_CONF" ursa_master database_connection "$db"
+    fi
+    if [[ -n $coord ]]; then
+        iniset "$URSA_CONF" ursa_master coordination_url "$coord"
+    fi
+    if [[ -n $ip ]]; then
+        iniset "$URSA_CONF" ursa_master advertise_url "http://$(ursa_url_host "$ip"):$URSA_MASTER_PORT"
+        iniset "$URSA_CONF" ursa_chunkserver advertise_host "$ip"
+    fi
 }
 
 function start_ursa {
     local bin
     bin=$(get_python_exec_prefix)
-    run_process ursa-master "$bin/ursa-master --config-file $URSA_CONF"
+    if is_service_enabled ursa-master; then
+        run_process ursa-master "$bin/ursa-master --config-file $URSA_CONF"
+    fi
     local i
-    for i in $(seq 1 "$URSA_CHUNKSERVERS"); do
-        run_process "ursa-cs$i" "$bin/ursa-chunkserver --config-file $URSA_CONF --config-file $URSA_CONF_DIR/cs$i.conf"
-    done
+    if is_service_enabled ursa-cs; then
+        for i in $(seq 1 "$URSA_CHUNKSERVERS"); do
+            run_process "ursa-cs$i" "$bin/ursa-chunkserver --config-file $URSA_CONF --config-file $URSA_CONF_DIR/cs$i.conf"
+        done
+    fi
     if is_service_enabled ursa-nbd; then
         run_process ursa-nbd "$bin/ursa-nbd --config-file $URSA_CONF"
     fi
@@ -53,7 +139,7 @@ function start_ursa {
 function configure_cinder_ursa {
     iniset "$CINDER_CONF" ursa volume_driver cinder_ursa.volume.driver.UrsaDriver
     iniset "$CINDER_CONF" ursa volume_backend_name ursa
-    iniset "$CINDER_CONF" ursa ursa_master_urls "http://$SERVICE_HOST:$URSA_MASTER_PORT"
+    iniset "$CINDER_CONF" ursa ursa_master_urls "$(ursa_master_urls)"
     iniset "$CINDER_CONF" ursa ursa_cluster_key_file "$URSA_KEY_FILE"
     iniset "$CINDER_CONF" ursa ursa_replicas "$URSA_REPLICAS"
 }
@@ -64,7 +150,7 @@ function configure_nova_ha {
     iniset "$NOVA_HA_CONF" coordination backend_url "$NOVA_HA_COORDINATION_URL"
     iniset "$NOVA_HA_CONF" agent host "$(hostname)"
     iniset "$NOVA_HA_CONF" evacuator grace_period "$NOVA_HA_GRACE_PERIOD"
-    iniset "$NOVA_HA_CONF" ursa master_url "http://$SERVICE_HOST:$URSA_MASTER_PORT"
+    iniset "$NOVA_HA_CONF" ursa master_url "$(ursa_master_urls)"
     iniset "$NOVA_HA_CONF" ursa cluster_key_file "$URSA_KEY_FILE"
     iniset "$NOVA_HA_CONF" nova auth_type password
     iniset "$NOVA_HA_CONF" nova auth_url "$KEYSTONE_SERVICE_URI"
@@ -114,6 +200,7 @@ function cleanup_ursa {
 }
 
 if is_service_enabled ursa-master ursa-cs nova-ha-agent nova-ha-evacuator; then
+    enable_ursa_chunkservers
     if [[ "$1" == "stack" && "$2" == "install" ]]; then
         echo_summary "Installing cinder-ursa"
         install_ursa
