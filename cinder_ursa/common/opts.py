@@ -13,8 +13,9 @@ common_opts = [
     cfg.StrOpt('cluster_key', secret=True,
                help='The cluster key itself, instead of cluster_key_file.'),
     cfg.ListOpt('master_url', default=['http://127.0.0.1:9380'],
-                help='URL(s) of the ursa-master REST API; the first that '
-                     'answers is used.'),
+                help='URL(s) of the ursa-master REST API: list every '
+                     'master. Calls go to the leader (a standby names it; '
+                     'during an election they are retried for up to 30 s).'),
     cfg.FloatOpt('request_timeout', default=15.0, min=1.0,
                  help='Seconds ursa-nbd and ursa-attach wait for a chunk '
                       'server to answer one request before they read '

@@ -7,8 +7,9 @@ from oslo_config import cfg
 
 ursa_opts = [
     cfg.ListOpt('ursa_master_urls', default=['http://127.0.0.1:9380'],
-                help='URL(s) of the ursa-master REST API; the first that '
-                     'answers is used.'),
+                help='URL(s) of the ursa-master REST API: list every '
+                     'master. Calls go to the leader (a standby names it; '
+                     'during an election they are retried for up to 30 s).'),
     cfg.StrOpt('ursa_cluster_key_file', default='/etc/ursa/cluster.key',
                help='File holding the Ursa cluster key (readable by the '
                     'cinder user).'),
