@@ -1,0 +1,70 @@
+"""The master store and its election on the servers several masters
+share: the term's compare and swap and the write check on PostgreSQL
+(MariaDB's is in test_master_failover), and a SIGKILLed leader replaced
+by its standby with the metadata on MariaDB or PostgreSQL and the
+election through tooz's file or Redis backend."""
+
+import concurrent.futures
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.master import models
+from cinder_ursa.master import store as store_mod
+
+pytestmark = pytest.mark.timeout(180)
+
+MiB = 1024 * 1024
+
+
+def test_term_check_on_postgresql(postgresql):
+    """The term's compare and swap and the write check on PostgreSQL: a
+    write of the deposed leader is refused, not committed over the new
+    term (READ COMMITTED re-reads the term row it waited for)."""
+    url = postgresql.new_database()
+    a, b = (store_mod.MetadataStore(url) for _ in range(2))
+    try:
+        a.upgrade()
+        assert a.schema_version() == b.schema_version() == '0009'
+        term = a.take_term(0, 'http://a')
+        assert term == 1 and b.take_term(0, 'http://b') is None
+        a.guard = lambda: term
+        a.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+        assert b.take_term(term, 'http://b') == term + 1
+        with pytest.raises(exception.NotLeader, match='term 1 is over'):
+            a.create_volume('w', 4 * MiB, chunk_size=4 * MiB)
+        b.guard = lambda: term + 1
+        b.create_volume('w', 4 * MiB, chunk_size=4 * MiB)
+        assert {v['name'] for v in b.list_volumes()} == {'v', 'w'}
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize('backend', ['mariadb', 'postgresql'])
+def test_new_term_waits_for_the_old_leaders_open_write(request, backend):
+    """The write check locks the term row until its transaction ends: a
+    standby's compare and swap waits for the leader's write in progress,
+    so that write is committed before the new term, never after it."""
+    url = request.getfixturevalue(backend).new_database()
+    a, b = (store_mod.MetadataStore(url) for _ in range(2))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        a.upgrade()
+        term = a.take_term(0, 'http://a')
+        a.guard = lambda: term
+        f = models.fenced_hosts
+        with a.begin() as conn:
+            conn.execute(f.insert().values(host='h', fenced_at=0.0))
+            taken = pool.submit(b.take_term, term, 'http://b')
+            time.sleep(1.0)
+            assert not taken.done(), taken.result()
+        assert taken.result(30) == term + 1
+        with b.engine.connect() as conn:
+            assert conn.execute(sa.select(f.c.host)).scalars().all() == ['h']
+    finally:
+        pool.shutdown()
+        a.close()
+        b.close()
