@@ -1,6 +1,7 @@
 """The master store and its election on the servers several masters
 share: the term's compare and swap and the write check on PostgreSQL
-(MariaDB's is in test_master_failover), and a SIGKILLed leader replaced
+(MariaDB's is in test_master_failover), strings every database keeps
+alike, and a SIGKILLed leader replaced
 by its standby with the metadata on MariaDB or PostgreSQL and the
 election through tooz's file or Redis backend."""
 
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master import store as store_mod
+from tests.fixtures.master import add_servers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -68,3 +70,60 @@ def test_new_term_waits_for_the_old_leaders_open_write(request, backend):
         pool.shutdown()
         a.close()
         b.close()
+
+
+@pytest.fixture(params=['sqlite', 'mariadb', 'postgresql'])
+def any_store(request, tmp_path):
+    """An upgraded store on SQLite, MariaDB, then PostgreSQL."""
+    if request.param == 'sqlite':
+        url = 'sqlite:///%s' % (tmp_path / 'm.sqlite')
+    else:
+        url = request.getfixturevalue(request.param).new_database()
+    s = store_mod.MetadataStore(url)
+    s.upgrade()
+    yield s
+    s.close()
+
+
+def test_strings_no_database_keeps_are_refused_alike(any_store):
+    """A NUL character (PostgreSQL stores none) or a string longer than
+    its column (MySQL and PostgreSQL refuse it, SQLite keeps it) is an
+    invalid argument, or names nothing, on every database: never a
+    database error (an HTTP 500) on some of them only."""
+    s = any_store
+    add_servers(s, 1)
+    s.create_volume('v', 4 * MiB, chunk_size=4 * MiB, replicas=1,
+                    min_replicas=1)
+    s.begin_snapshot('v', 's')
+    invalid = [
+        lambda: s.create_volume('a\x00b', 4 * MiB, chunk_size=4 * MiB),
+        lambda: s.update_volume('v', name='v\x00'),
+        lambda: s.begin_snapshot('v', 's\x00'),
+        lambda: s.rename_snapshot('v@s', 't\x00'),
+        lambda: s.acquire_lease('v', 'h' * 256, 30),
+        lambda: s.acquire_lease('v', 'h\x00:1:2', 30),
+        lambda: s.renew_lease('v', 'h\x00:1:2', 1, 30),
+        lambda: s.release_lease('v', 'h\x00:1:2', 1),
+        lambda: s.attach('v', 'h\x00'),
+        lambda: s.update_attachment('v', 'h', 'attached', path='p' * 1025),
+        lambda: s.update_attachment('v', 'h', 'error', error='e\x00'),
+        lambda: s.fence_host('h', reason='r\x00'),
+        lambda: s.host_status('h\x00'),
+    ]
+    s.attach('v', 'h')
+    for call in invalid:
+        with pytest.raises(exception.InvalidArgument):
+            call()
+    for call in (lambda: s.get_volume('v\x00'),
+                 lambda: s.get_snapshot('v@s\x00'),
+                 lambda: s.get_snapshot('s\x00', volume='v')):
+        with pytest.raises(exception.NotFound):
+            call()
+    # Nothing was changed; the longest strings the columns take are kept.
+    assert [v['name'] for v in s.list_volumes()] == ['v']
+    assert s.get_attachment('v', 'h')['status'] == 'attaching'
+    assert s.list_fenced_hosts() == []
+    s.update_attachment('v', 'h', 'attached', path='p' * 1024)
+    assert s.acquire_lease('v', 'h' * 255, 30)['generation'] == 1
+    s.create_volume('n' * 255, 4 * MiB, chunk_size=4 * MiB, replicas=1,
+                    min_replicas=1)
