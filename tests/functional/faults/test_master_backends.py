@@ -6,15 +6,25 @@ by its standby with the metadata on MariaDB or PostgreSQL and the
 election through tooz's file or Redis backend."""
 
 import concurrent.futures
+import os
+import signal
 import time
 
 import pytest
 import sqlalchemy as sa
 
 from cinder_ursa import exception
+from cinder_ursa.client import sync
 from cinder_ursa.master import models
 from cinder_ursa.master import store as store_mod
 from tests.fixtures.master import add_servers
+from tests.fixtures.wait import wait_for
+from tests.functional.faults.test_master_failover import CONF
+from tests.functional.faults.test_master_failover import FAILOVER_BOUND
+from tests.functional.faults.test_master_failover import LEASE
+from tests.functional.faults.test_master_failover import SERVER_TIMEOUT
+from tests.functional.faults.test_master_failover import leads
+from tests.functional.faults.test_master_failover import masters_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -127,3 +137,61 @@ def test_strings_no_database_keeps_are_refused_alike(any_store):
     assert s.acquire_lease('v', 'h' * 255, 30)['generation'] == 1
     s.create_volume('n' * 255, 4 * MiB, chunk_size=4 * MiB, replicas=1,
                     min_replicas=1)
+
+
+def redis_beats(port):
+    """{tooz member: milliseconds its Redis heartbeat key has to live}."""
+    import redis
+    r = redis.Redis(host='127.0.0.1', port=port)
+    try:
+        return {k.split(b':', 1)[1].decode(): r.pttl(k)
+                for k in r.keys(b'_tooz_beats:*')}
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize('database,backend', [
+    ('mariadb', 'file'), ('postgresql', 'file'), ('postgresql', 'redis')],
+    ids=['mariadb-file', 'postgresql-file', 'postgresql-redis'])
+def test_sigkill_leader_standby_takes_over(request, database, backend):
+    """ursa-aio --masters 2 over a database server and a tooz backend:
+    the leader is SIGKILLed, the standby leads with term + 1, a client
+    given both URLs creates a volume, the earlier one is intact."""
+    url = request.getfixturevalue(database).new_database()
+    coord = None
+    if backend == 'redis':
+        redis_port = request.getfixturevalue('redis_server').port
+        # No member timeout in the URL: the master adds the lease.
+        coord = 'redis://127.0.0.1:%d' % redis_port
+    # Asked for after the servers, so the cluster stops before them.
+    make_cluster = request.getfixturevalue('make_cluster')
+    c = make_cluster(3, masters=2, server_timeout=SERVER_TIMEOUT,
+                     extra_conf=CONF, database_url=url,
+                     coordination_url=coord)
+    first, second = c.master_urls
+    term = wait_for(lambda: leads(c, first, [second]), 10,
+                    'master 0 leading with master 1 as standby')['term']
+    with open(os.path.join(c.data_dir, 'master.log')) as f:
+        assert 'database %s' % url.split(':', 1)[0] in f.read()
+    if backend == 'redis':
+        beats = redis_beats(redis_port)
+        assert set(beats) == {first, second}, beats
+        assert all(0 < ms <= LEASE * 1000 for ms in beats.values()), beats
+    client = c.client()
+    client.create_volume('before', 8 * MiB, chunk_size=4 * MiB)
+    payload = bytes(range(256)) * 16
+    with sync.SyncCluster(list(c.master_urls), c.key) as data:
+        with data.open_volume('before') as v:
+            v.write(4096, payload)
+            v.flush()
+    c.kill_master(signal.SIGKILL, 0)
+    start = time.monotonic()
+    client.create_volume('after', 8 * MiB, chunk_size=4 * MiB)
+    took = time.monotonic() - start
+    assert took < FAILOVER_BOUND, took
+    m = masters_of(c, second)
+    assert m['leader'] == second and m['term'] == term + 1, m
+    assert {v['name'] for v in client.volumes()} == {'before', 'after'}
+    with sync.SyncCluster(list(c.master_urls), c.key) as data:
+        with data.open_volume('before') as v:
+            assert v.read(4096, len(payload)) == payload
