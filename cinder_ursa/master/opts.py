@@ -23,8 +23,11 @@ master_opts = [
                     'endpoint file.'),
     cfg.StrOpt('database_connection',
                help='SQLAlchemy URL of the metadata database, for example '
-                    'mysql+pymysql://ursa:secret@db/ursa. Default: SQLite '
-                    'file <state_dir>/ursa.sqlite.'),
+                    'mysql+pymysql://ursa:secret@db/ursa (MySQL, MariaDB) '
+                    'or postgresql+psycopg://ursa:secret@db/ursa '
+                    '(PostgreSQL). Default: SQLite file '
+                    '<state_dir>/ursa.sqlite (several masters only on one '
+                    'host).'),
     cfg.StrOpt('failure_domain', default='host',
                choices=['server', 'host', 'rack'],
                help='Replicas of one chunk are placed in distinct failure '
