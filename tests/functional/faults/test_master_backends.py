@@ -55,6 +55,20 @@ def test_term_check_on_postgresql(postgresql):
         b.close()
 
 
+def test_postgresql_url_without_driver_gets_psycopg(postgresql):
+    """``postgresql://`` (SQLAlchemy's default driver, psycopg2, is not
+    installed) connects through psycopg 3."""
+    url = postgresql.new_database().replace('postgresql+psycopg://',
+                                            'postgresql://')
+    s = store_mod.MetadataStore(url)
+    try:
+        s.upgrade()
+        assert s.engine.dialect.driver == 'psycopg'
+        assert s.schema_version() == '0009'
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize('backend', ['mariadb', 'postgresql'])
 def test_new_term_waits_for_the_old_leaders_open_write(request, backend):
     """The write check locks the term row until its transaction ends: a
