@@ -19,6 +19,17 @@ def mariadb(tmp_path_factory):
     db.stop()
 
 
+@pytest.fixture(scope='session')
+def postgresql(tmp_path_factory):
+    """A private PostgreSQL for the whole session; ``new_database()``
+    gives each user a database URL of its own."""
+    services.PostgreSQL.require()
+    db = services.PostgreSQL(
+        str(tmp_path_factory.mktemp('postgresql'))).start()
+    yield db
+    db.stop()
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     r = services.Redis(tmp_path / 'redis').start()

@@ -17,9 +17,12 @@ Layout of --data-dir::
     master<N>/        master N's endpoint.json, master.conf (--masters)
     cs<N>/            chunk replicas of chunk server N, its log
 
-For tests, ``AllInOne`` can also declare a rack per chunk server (``racks``,
-with ``failure_domain='rack'``) and put a fault-injecting TCP proxy
-(:mod:`cinder_ursa.cmd.faultproxy`) in front of every chunk server
+For tests, ``AllInOne`` can also put the masters' metadata in a
+database server (``database_url``) and their election in another tooz
+backend (``coordination_url``, with ``masters`` > 1), declare a rack per
+chunk server (``racks``, with ``failure_domain='rack'``) and put a
+fault-injecting TCP proxy (:mod:`cinder_ursa.cmd.faultproxy`) in front
+of every chunk server
 (``fault_proxies=True``): the chunk server then listens on 127.0.0.2 and
 advertises 127.0.0.1 on the same port, where the proxy listens, so the
 master, the clients and the other chunk servers all reach it through the
@@ -63,7 +66,8 @@ class AllInOne:
                  database_url=None, server_timeout=15.0,
                  failure_domain='server', lease_ttl=30.0,
                  replication_timeout=5.0, extra_conf='', nbd_port=None,
-                 racks=None, fault_proxies=False, masters=1):
+                 racks=None, fault_proxies=False, masters=1,
+                 coordination_url=None):
         if masters < 1:
             raise ValueError('masters must be at least 1')
         if racks is not None and len(racks) != chunkservers:
@@ -73,6 +77,9 @@ class AllInOne:
         self.n = chunkservers
         self.port_base = port_base
         self.database_url = database_url
+        # With several masters: their tooz backend (default: file:// in
+        # master/coordination); the master adds the lease to it.
+        self.coordination_url = coordination_url
         self.server_timeout = server_timeout
         self.failure_domain = failure_domain
         self.lease_ttl = lease_ttl
@@ -138,8 +145,9 @@ class AllInOne:
             if not self.database_url:
                 lines.append('database_connection = sqlite:///%s' %
                              os.path.join(master0, 'ursa.sqlite'))
-            lines.append('coordination_url = file://%s' %
-                         os.path.join(master0, 'coordination'))
+            lines.append('coordination_url = %s' % (
+                self.coordination_url or
+                'file://' + os.path.join(master0, 'coordination')))
         lines += [
             '',
             '[ursa_chunkserver]',

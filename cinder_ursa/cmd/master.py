@@ -29,18 +29,52 @@ def database_url(conf):
     return 'sqlite:///' + os.path.join(mc.state_dir, 'ursa.sqlite')
 
 
+# The query option of each tooz backend (URL scheme) that is the member
+# timeout of its group membership: the lease.  Redis, etcd3 and memcached
+# read ``timeout`` as their socket or request timeout (and their member
+# timeout only when ``membership_timeout`` is not given); a ZooKeeper
+# member is an ephemeral node, gone when its session expires, after
+# ``timeout``; the file backend's member times out after ``timeout``.
+# tooz's other backends (ipc, mysql, postgresql, kubernetes) have no group
+# membership with member expiry.
+LEASE_OPTIONS = {
+    'file': 'timeout',
+    'redis': 'membership_timeout',
+    'etcd3+http': 'membership_timeout',
+    'etcd3+https': 'membership_timeout',
+    'memcached': 'membership_timeout',
+    'zookeeper': 'timeout',
+    'kazoo': 'timeout',
+}
+
+
+def lease_option(url):
+    """(the option of ``url``'s backend that is the lease, its value in
+    ``url`` or None); ValueError for a backend without member expiry."""
+    parts = urllib.parse.urlsplit(url)
+    option = LEASE_OPTIONS.get(parts.scheme)
+    if option is None:
+        raise ValueError(
+            'coordination_url %s: tooz backend %r has no group membership '
+            'with member expiry, which the election needs; use one of %s'
+            % (url, parts.scheme, ', '.join(sorted(LEASE_OPTIONS))))
+    value = urllib.parse.parse_qs(parts.query).get(option)
+    return option, float(value[-1]) if value else None
+
+
 def coordination_url(conf):
-    """The tooz backend URL, with the lease as its member timeout."""
+    """The tooz backend URL, with the lease as its member timeout (the
+    backend's option in LEASE_OPTIONS) unless the URL sets it."""
     mc = conf.ursa_master
     url = mc.coordination_url
     if not url:
         path = os.path.join(os.path.abspath(mc.state_dir), 'coordination')
         os.makedirs(path, exist_ok=True)
         url = 'file://' + path
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qs(parts.query)
-    if 'timeout' not in query:
-        url += ('&' if parts.query else '?') + 'timeout=%d' % mc.leader_lease
+    option, value = lease_option(url)
+    if value is None:
+        url += ('&' if urllib.parse.urlsplit(url).query else '?') + \
+            '%s=%d' % (option, mc.leader_lease)
     return url
 
 
@@ -54,10 +88,16 @@ def main(argv=None):
     key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
     os.makedirs(mc.state_dir, exist_ok=True)
     store = store_mod.MetadataStore(database_url(conf), mc.failure_domain)
-    if mc.leader_renew_deadline >= mc.leader_lease:
+    try:
+        coord_url = coordination_url(conf)
+    except ValueError as e:
+        sys.exit('ursa-master: [ursa_master] %s' % e)
+    option, lease = lease_option(coord_url)
+    if mc.leader_renew_deadline >= lease:
         sys.exit('ursa-master: [ursa_master] leader_renew_deadline (%s s) '
-                 'must be shorter than leader_lease (%s s)' % (
-                     mc.leader_renew_deadline, mc.leader_lease))
+                 'must be shorter than the lease (%s s: leader_lease, or '
+                 '%s in the coordination_url)' % (
+                     mc.leader_renew_deadline, lease, option))
     store.upgrade()
     master = api.MasterAPI(
         store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
@@ -69,7 +109,7 @@ def main(argv=None):
         repair_per_server=mc.repair_per_server,
         rebalance_moves=mc.rebalance_moves,
         rebalance_threshold=mc.rebalance_threshold,
-        coordination_url=coordination_url(conf),
+        coordination_url=coord_url,
         renew_deadline=mc.leader_renew_deadline)
 
     async def serve(stop):

@@ -6,9 +6,13 @@ import sqlalchemy as sa
 def create_engine(url):
     """SQLite in WAL mode, fsync'ed, with foreign keys, usable from several
     threads; server databases (MySQL, PostgreSQL) with pre-ping and
-    recycled connections."""
+    recycled connections.  A ``postgresql://`` URL naming no driver gets
+    psycopg 3, the one installed (SQLAlchemy's default is psycopg2)."""
+    url = sa.engine.make_url(url)
+    if url.drivername == 'postgresql':
+        url = url.set(drivername='postgresql+psycopg')
     kwargs = {}
-    sqlite = url.startswith('sqlite')
+    sqlite = url.get_backend_name() == 'sqlite'
     if sqlite:
         kwargs['connect_args'] = {'check_same_thread': False, 'timeout': 30}
     else:

@@ -6,7 +6,9 @@ Two parts, each doing what it is sure to do on every backend:
   tooz group ``ursa-masters`` under its URL and heartbeats every
   ``renew_deadline / 4`` seconds.  A member that stops heartbeating drops
   out of the group after the backend's member timeout, the *lease*
-  (``?timeout=`` in the coordination URL).  Group membership with member
+  (``leader_lease``, which ursa-master adds to the coordination URL as
+  the backend's member timeout option: see
+  :data:`cinder_ursa.cmd.master.LEASE_OPTIONS`).  Group membership with member
   expiry works on tooz's file, Redis, etcd3, ZooKeeper and memcached
   drivers; ``watch_elected_as_leader`` works on Redis, ZooKeeper and
   memcached only, and a tooz lock on the file driver is held by a stopped

@@ -23,8 +23,11 @@ master_opts = [
                     'endpoint file.'),
     cfg.StrOpt('database_connection',
                help='SQLAlchemy URL of the metadata database, for example '
-                    'mysql+pymysql://ursa:secret@db/ursa. Default: SQLite '
-                    'file <state_dir>/ursa.sqlite.'),
+                    'mysql+pymysql://ursa:secret@db/ursa (MySQL, MariaDB) '
+                    'or postgresql+psycopg://ursa:secret@db/ursa '
+                    '(PostgreSQL). Default: SQLite file '
+                    '<state_dir>/ursa.sqlite (several masters only on one '
+                    'host).'),
     cfg.StrOpt('failure_domain', default='host',
                choices=['server', 'host', 'rack'],
                help='Replicas of one chunk are placed in distinct failure '
@@ -76,18 +79,23 @@ master_opts = [
                     'hence the maximum of 8 EiB less 4 KiB.'),
     cfg.StrOpt('coordination_url',
                help='tooz backend URL through which several ursa-master '
-                    'processes over one database elect their leader, for '
-                    'example redis://host:6379, etcd3+http://host:2379 or '
-                    'zookeeper://host:2181; every master of a cluster must '
-                    'use the same. Default: file://<state_dir>/coordination,'
-                    ' enough for one master, or for several on one host '
-                    'sharing a state_dir backend path.'),
+                    'processes over one database elect their leader (tooz '
+                    'group membership with member expiry), for example '
+                    'redis://host:6379, etcd3+http://host:2379, '
+                    'zookeeper://host:2181 or memcached://host:11211; every '
+                    'master of a cluster must use the same. Default: '
+                    'file://<state_dir>/coordination, enough for one '
+                    'master, or for several on one host given the same '
+                    'file:// path.'),
     cfg.IntOpt('leader_lease', default=15, min=1, max=3600,
                help='Seconds a master that stops renewing keeps its place '
-                    'in the coordination group (the tooz member timeout, '
-                    'sent as ?timeout= unless the coordination_url sets '
-                    'it): a standby takes over from a silent leader after '
-                    'this long.'),
+                    'in the coordination group (the tooz member timeout): '
+                    'a standby takes over from a silent leader after this '
+                    'long. Added to the coordination_url as the backend\'s '
+                    'member timeout option, unless the URL sets it: '
+                    'membership_timeout on redis, etcd3 and memcached, '
+                    'timeout (the session timeout) on zookeeper, timeout on '
+                    'file.'),
     cfg.FloatOpt('leader_renew_deadline', default=10.0, min=0.1,
                  help='Seconds after its last renewal a leader steps down '
                       'by itself (stops its background work and refuses '

@@ -1,9 +1,10 @@
 """The master's metadata store: volumes, chunks, chunk servers, leases.
 
 SQLAlchemy Core over any URL: ``sqlite:///path`` by default,
-``mysql+pymysql://...`` or ``postgresql://...`` in production.  Methods are
-synchronous and each runs in one transaction; the REST layer calls them from
-a single worker thread so the event loop never blocks on the database.
+``mysql+pymysql://...`` or ``postgresql+psycopg://...`` in production.
+Methods are synchronous and each runs in one transaction; the REST layer
+calls them from a single worker thread so the event loop never blocks on
+the database.
 
 Invariants kept here:
 

@@ -7,6 +7,8 @@ import sqlalchemy as sa
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
+from cinder_ursa.master.store.common import check_free_text
+from cinder_ursa.master.store.common import check_text
 
 LOG = logging.getLogger(__name__)
 
@@ -24,9 +26,7 @@ class AttachmentRecords:
         """Ask ``host``'s gateway to expose a volume (idempotent: an
         existing attachment of that host is returned as it is)."""
         a = models.attachments
-        if not isinstance(host, str) or not host or len(host) > 255:
-            raise exception.InvalidArgument(
-                reason='host must be 1 to 255 characters')
+        check_text('host', host)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
@@ -56,6 +56,7 @@ class AttachmentRecords:
 
     def get_attachment(self, ref, host):
         a = models.attachments
+        check_text('host', host)
         with self.engine.connect() as conn:
             vol = self._find_volume(conn, ref)
             row = conn.execute(sa.select(a).where(
@@ -67,6 +68,8 @@ class AttachmentRecords:
 
     def list_attachments(self, host=None, ref=None):
         a, v = models.attachments, models.volumes
+        if host is not None:
+            check_text('host', host)
         with self.engine.connect() as conn:
             q = sa.select(a, v.c.name).join(v, v.c.id == a.c.volume_id)
             if host is not None:
@@ -82,6 +85,10 @@ class AttachmentRecords:
         if status not in ('attached', 'error', 'detaching'):
             raise exception.InvalidArgument(
                 reason='status must be attached, error or detaching')
+        check_text('host', host)
+        if path is not None:
+            check_text('path', path, 1024)
+        check_free_text('error', error)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             res = conn.execute(a.update().where(
@@ -96,6 +103,7 @@ class AttachmentRecords:
 
     def detach(self, ref, host):
         a = models.attachments
+        check_text('host', host)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             conn.execute(a.delete().where(a.c.volume_id == vol.id,

@@ -1,7 +1,6 @@
 """What the metadata records share: id lists, names of the trash and of
-shared lease holders, and the validation of names, sizes and QoS limits."""
-
-
+shared lease holders, and the validation of names, sizes, QoS limits and
+of the strings kept."""
 
 from cinder_ursa import exception
 from cinder_ursa.common import units
@@ -89,9 +88,40 @@ def validate_qos(qos):
     return out
 
 
+# The length of the columns of names, hosts and lease holders.
+NAME_MAX = 255
+
+
+def check_text(what, value, limit=NAME_MAX):
+    """``value``, a string every database keeps alike, or InvalidArgument:
+    1 to ``limit`` characters (its column's length: MySQL and PostgreSQL
+    refuse a longer string, SQLite keeps it) and no NUL character
+    (PostgreSQL can neither store one nor look one up)."""
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise exception.InvalidArgument(
+            reason='%s must be 1 to %d characters' % (what, limit))
+    check_free_text(what, value)
+    return value
+
+
+def check_free_text(what, value):
+    """A text column's value (None, or a string of any length): no NUL
+    character, which PostgreSQL cannot store."""
+    if value is not None and '\x00' in value:
+        raise exception.InvalidArgument(
+            reason='%s may not contain NUL characters' % what)
+    return value
+
+
+def unstorable(ref):
+    """Whether a name or id to look up cannot be in the database (a NUL
+    character: PostgreSQL refuses to look it up), so it names nothing."""
+    return not isinstance(ref, str) or '\x00' in ref
+
+
 def validate_snapshot_name(name):
-    if not isinstance(name, str) or not name or len(name) > 255 or \
-            '/' in name or '@' in name:
+    check_text('snapshot name', name)
+    if '/' in name or '@' in name:
         raise exception.InvalidArgument(
             reason='snapshot name must be 1 to 255 characters without '
                    '"/" or "@"')
@@ -101,8 +131,7 @@ def validate_volume(name, size, replicas, min_replicas, chunk_size,
                      stripe_unit, stripe_count):
     def bad(reason):
         raise exception.InvalidArgument(reason=reason)
-    if not isinstance(name, str) or not name or len(name) > 255:
-        bad('volume name must be 1 to 255 characters')
+    check_text('volume name', name)
     if '/' in name:
         bad('volume name may not contain "/"')
     if not isinstance(size, int) or size <= 0:

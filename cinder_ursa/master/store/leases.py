@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master.store.common import SHARED
+from cinder_ursa.master.store.common import check_free_text
+from cinder_ursa.master.store.common import check_text
 from cinder_ursa.master.store.common import holder_host
 
 LOG = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class LeaseRecords:
         (multiattach volumes: writers share it)."""
         t = models.volumes
         now = time.time()
+        check_text('holder', holder)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
@@ -76,6 +79,7 @@ class LeaseRecords:
     def renew_lease(self, ref, holder, generation, ttl):
         t = models.volumes
         now = time.time()
+        check_text('holder', holder)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.multiattach and vol.lease_generation == generation:
@@ -100,6 +104,7 @@ class LeaseRecords:
 
     def release_lease(self, ref, holder, generation):
         t, sl = models.volumes, models.shared_leases
+        check_text('holder', holder)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.multiattach and vol.lease_generation == generation:
@@ -154,6 +159,7 @@ class LeaseRecords:
         not, and whether it is fenced."""
         f = models.fenced_hosts
         now = time.time()
+        check_text('host', host)
         with self.engine.connect() as conn:
             leases = self._host_leases(conn, host)
             fenced = conn.execute(sa.select(f).where(f.c.host == host)).first()
@@ -177,9 +183,8 @@ class LeaseRecords:
         the chunk servers refuse their writes), drop its attachments, and
         refuse it new leases until :meth:`unfence_host`.  Idempotent."""
         t, sl, f = models.volumes, models.shared_leases, models.fenced_hosts
-        if not isinstance(host, str) or not host or len(host) > 255:
-            raise exception.InvalidArgument(
-                reason='host must be 1 to 255 characters')
+        check_text('host', host)
+        check_free_text('reason', reason)
         fenced = {}
         with self.begin() as conn:
             if conn.execute(sa.select(f).where(f.c.host == host)).first() \
@@ -210,6 +215,7 @@ class LeaseRecords:
 
     def unfence_host(self, host):
         f = models.fenced_hosts
+        check_text('host', host)
         with self.begin() as conn:
             gone = conn.execute(f.delete().where(f.c.host == host)).rowcount
         if gone:

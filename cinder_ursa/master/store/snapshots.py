@@ -11,6 +11,7 @@ from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master.store.common import split_ids
 from cinder_ursa.master.store.common import trash_name
+from cinder_ursa.master.store.common import unstorable
 from cinder_ursa.master.store.common import validate_snapshot_name
 
 LOG = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class SnapshotRecords:
     def _find_snapshot(self, conn, ref, volume=None):
         """A snapshot by id, by ``volume@name``, or by name in ``volume``."""
         s = models.snapshots
+        if unstorable(ref):
+            raise exception.NotFound(kind='snapshot', name=ref)
         row = conn.execute(sa.select(s).where(s.c.id == ref)).first()
         if row is None:
             if volume is None and '@' in ref:

@@ -12,6 +12,7 @@ from cinder_ursa import exception
 from cinder_ursa.common import units
 from cinder_ursa.master import models
 from cinder_ursa.master.store.common import trash_name
+from cinder_ursa.master.store.common import unstorable
 from cinder_ursa.master.store.common import validate_qos
 from cinder_ursa.master.store.common import validate_volume
 
@@ -83,6 +84,8 @@ class VolumeRecords:
 
     def _find_volume(self, conn, ref):
         t = models.volumes
+        if unstorable(ref):
+            raise exception.NotFound(kind='volume', name=ref)
         row = conn.execute(sa.select(t).where(t.c.id == ref)).first()
         if row is None:
             row = conn.execute(sa.select(t).where(t.c.name == ref)).first()
