@@ -39,7 +39,7 @@ def test_term_check_on_postgresql(postgresql):
     a, b = (store_mod.MetadataStore(url) for _ in range(2))
     try:
         a.upgrade()
-        assert a.schema_version() == b.schema_version() == '0009'
+        assert a.schema_version() == b.schema_version() == '0010'
         term = a.take_term(0, 'http://a')
         assert term == 1 and b.take_term(0, 'http://b') is None
         a.guard = lambda: term
@@ -64,7 +64,7 @@ def test_postgresql_url_without_driver_gets_psycopg(postgresql):
     try:
         s.upgrade()
         assert s.engine.dialect.driver == 'psycopg'
-        assert s.schema_version() == '0009'
+        assert s.schema_version() == '0010'
     finally:
         s.close()
 
