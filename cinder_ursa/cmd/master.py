@@ -48,6 +48,13 @@ LEASE_OPTIONS = {
 }
 
 
+# Backends whose ``timeout`` is their socket or request timeout (30 s by
+# default in tooz): a call to a backend that hangs must give up before the
+# leader's renew deadline, or the election's thread stays blocked and the
+# rounds after it queue up.
+SOCKET_TIMEOUTS = {'redis', 'etcd3+http', 'etcd3+https', 'memcached'}
+
+
 def lease_option(url):
     """(the option of ``url``'s backend that is the lease, its value in
     ``url`` or None); ValueError for a backend without member expiry."""
@@ -64,7 +71,9 @@ def lease_option(url):
 
 def coordination_url(conf):
     """The tooz backend URL, with the lease as its member timeout (the
-    backend's option in LEASE_OPTIONS) unless the URL sets it."""
+    backend's option in LEASE_OPTIONS) and, on the backends of
+    SOCKET_TIMEOUTS, half the renew deadline as its socket timeout, unless
+    the URL sets them."""
     mc = conf.ursa_master
     url = mc.coordination_url
     if not url:
@@ -73,9 +82,18 @@ def coordination_url(conf):
         url = 'file://' + path
     option, value = lease_option(url)
     if value is None:
-        url += ('&' if urllib.parse.urlsplit(url).query else '?') + \
-            '%s=%d' % (option, mc.leader_lease)
+        url = _with_option(url, option, mc.leader_lease)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in SOCKET_TIMEOUTS and \
+            'timeout' not in urllib.parse.parse_qs(parts.query):
+        url = _with_option(url, 'timeout',
+                           max(1, int(mc.leader_renew_deadline / 2)))
     return url
+
+
+def _with_option(url, name, value):
+    return url + ('&' if urllib.parse.urlsplit(url).query else '?') + \
+        '%s=%d' % (name, value)
 
 
 def main(argv=None):

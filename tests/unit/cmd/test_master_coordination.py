@@ -8,17 +8,18 @@ from tooz import coordination
 from cinder_ursa.cmd import master as master_cmd
 from cinder_ursa.master import opts
 
-OVERRIDDEN = ('state_dir', 'leader_lease', 'coordination_url')
+OVERRIDDEN = ('state_dir', 'leader_lease', 'leader_renew_deadline',
+              'coordination_url')
 
 
-def url_for(tmp_path, coordination_url, lease=7):
+def url_for(tmp_path, coordination_url, lease=7, renew_deadline=4):
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
     conf([], project='ursa-test', default_config_files=[])
     # The option group is shared by every ConfigOpts of the process, and
     # so are its overrides: cleared before returning.
     try:
-        values = (str(tmp_path), lease, coordination_url)
+        values = (str(tmp_path), lease, renew_deadline, coordination_url)
         for name, value in zip(OVERRIDDEN, values, strict=True):
             conf.set_override(name, value, 'ursa_master')
         return master_cmd.coordination_url(conf)
@@ -28,15 +29,19 @@ def url_for(tmp_path, coordination_url, lease=7):
 
 
 @pytest.mark.parametrize('given,expected', [
-    ('redis://h:6379', 'redis://h:6379?membership_timeout=7'),
-    ('redis://h:6379?db=2', 'redis://h:6379?db=2&membership_timeout=7'),
-    # timeout is Redis' socket timeout: the lease is still added.
+    # timeout is the socket timeout of Redis, etcd3 and memcached: half the
+    # renew deadline unless given.
+    ('redis://h:6379', 'redis://h:6379?membership_timeout=7&timeout=2'),
+    ('redis://h:6379?db=2',
+     'redis://h:6379?db=2&membership_timeout=7&timeout=2'),
     ('redis://h:6379?timeout=3', 'redis://h:6379?timeout=3'
                                  '&membership_timeout=7'),
     ('redis://h:6379?membership_timeout=20',
-     'redis://h:6379?membership_timeout=20'),
-    ('etcd3+http://h:2379', 'etcd3+http://h:2379?membership_timeout=7'),
-    ('memcached://h:11211', 'memcached://h:11211?membership_timeout=7'),
+     'redis://h:6379?membership_timeout=20&timeout=2'),
+    ('etcd3+http://h:2379',
+     'etcd3+http://h:2379?membership_timeout=7&timeout=2'),
+    ('memcached://h:11211',
+     'memcached://h:11211?membership_timeout=7&timeout=2'),
     ('zookeeper://h:2181', 'zookeeper://h:2181?timeout=7'),
     ('file:///srv/coord?timeout=4', 'file:///srv/coord?timeout=4'),
 ])
@@ -56,6 +61,9 @@ def test_tooz_reads_the_lease_as_member_timeout(tmp_path):
     redis = coordination.get_coordinator(
         url_for(tmp_path, 'redis://127.0.0.1:6379?timeout=3'), b'm')
     assert (redis.membership_timeout, redis.timeout) == (7, 3)
+    redis = coordination.get_coordinator(
+        url_for(tmp_path, 'redis://127.0.0.1:6379'), b'm')
+    assert (redis.membership_timeout, redis.timeout) == (7, 2)
     f = coordination.get_coordinator(url_for(tmp_path, None), b'm')
     assert f._timeout == 7  # FileDriver's member timeout
 
