@@ -42,7 +42,6 @@ class ControlMixin:
             chunks=self.store.chunk_list(), lost_cache=lost_cache, **usage)
         self.id = reply['server']['id']
         self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
-        self._learn_term(reply)
         for vol, gen in reply.get('generations', {}).items():
             if gen > self.store.generation(vol):
                 self.store.adopt_generation(vol, gen)
@@ -67,6 +66,7 @@ class ControlMixin:
             LOG.info('Deleting orphan replica %s/%d (no such chunk on the '
                      'master)', vol, idx)
             self.store.delete(vol, idx)
+        self._learn_term(reply)
         LOG.info('Registered with the master as chunk server %d', self.id)
         self._registered.set()
 
@@ -77,8 +77,8 @@ class ControlMixin:
                 'free': 0})
         else:
             reply = await self.master.heartbeat(self.id, self.store.usage())
-            self._learn_term(reply)
             self._left(reply.get('dropped', ()))
+            self._learn_term(reply)
 
     def _learn_term(self, reply):
         """The leader's term, from its registration or heartbeat reply:

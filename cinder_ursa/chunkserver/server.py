@@ -164,27 +164,31 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
 
     def _judge_term(self, conn, frame):
         """TERM: a master claims a term for the requests it sends on this
-        connection; the newest term seen is kept.  Every request of a
-        connection whose term is over (a newer leader announced itself,
-        here or in a heartbeat reply) is refused: its master was deposed,
-        whatever it still believes."""
-        try:
-            term = (control.decode_term(frame.body)
-                    if frame.opcode == codec.TERM else conn.master_term)
-            self.store.check_master_term(term)
+        connection; the newest term seen is kept, and is the reply (a
+        master that reads a newer one than it claimed was deposed).  Every
+        request of a connection whose term is over (a newer leader
+        announced itself, here or in a heartbeat reply) is refused: its
+        master was deposed, whatever it still believes."""
+        if frame.opcode == codec.TERM:
+            term = control.decode_term(frame.body)
+            if conn.master_term is None or term > conn.master_term:
+                conn.master_term = term
             self.store.adopt_master_term(term)
+            if term < self.store.master_term:
+                LOG.warning('Master %s claims term %d, older than %d: its '
+                            'requests are refused', conn.peer, term,
+                            self.store.master_term)
+            conn.send(codec.encode_ok(
+                frame.opcode, frame.req_id,
+                control.encode_u64(self.store.master_term)))
+            return
+        try:
+            self.store.check_master_term(conn.master_term)
         except exception.NotLeader as e:
             LOG.warning('Refusing %s from master %s: %s',
                         codec.OPCODE_NAMES.get(frame.opcode, frame.opcode),
                         conn.peer, e)
             self._reply_error(conn, frame, e)
-            return
-        except OSError as e:
-            self._reply_error(conn, frame, e)
-            return
-        conn.master_term = term
-        conn.send(codec.encode_ok(frame.opcode, frame.req_id,
-                                  control.encode_u64(self.store.master_term)))
 
     def _serve_item(self, item, confirmed, failed):
         fn, conn, frame, req = item

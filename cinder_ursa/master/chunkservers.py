@@ -25,14 +25,15 @@ class ChunkServers:
     """Pipelined connections to the chunk servers, with the cluster key.
 
     ``guard()`` raises NotLeader while this master may not command (a
-    standby); ``deposed(error)`` is called when a chunk server names a
-    newer term than the one this master leads with.
+    standby); ``deposed(error, newer)`` is called when a chunk server
+    refuses the term this master leads with (``newer``: the term it has
+    seen, when it said).
     """
 
     def __init__(self, key, guard=None, deposed=None):
         self.pool = aio.ConnectionPool(key, connect_timeout=3.0)
         self.guard = guard or (lambda: None)
-        self.deposed = deposed or (lambda error: None)
+        self.deposed = deposed or (lambda error, newer=None: None)
         self.term = None            # claimed on each connection, if any
         self._claimed = weakref.WeakSet()
 
@@ -55,7 +56,7 @@ class ChunkServers:
             reply = await conn.call(control.encode_term, term,
                                     timeout=timeout)
             try:
-                codec.reply_status(reply.body)
+                newest = control.decode_count_ok(reply.body)
             except exception.NotLeader as e:
                 self.pool.discard(*addr)
                 self.deposed(e)
@@ -69,6 +70,14 @@ class ChunkServers:
                             'deposed master', *addr, e)
                 self.pool.discard(*addr)
                 conn = await self.pool.get(*addr)
+            else:
+                if newest > term:
+                    self.pool.discard(*addr)
+                    e = exception.NotLeader(
+                        reason='chunk server %s:%d follows term %d, this '
+                               'master leads with %d' % (*addr, newest, term))
+                    self.deposed(e, newest)
+                    raise e
             if self.term == term:
                 self._claimed.add(conn)
         return conn

@@ -69,6 +69,7 @@ class Elector:
         self.leader = None          # the leader's URL, as last read
         self.standbys = []          # the masters in the group but him
         self.store_term = 0         # the newest term, as last read
+        self.above = 0              # a term chunk servers have seen
         self._coord = None
         self._task = None
         # tooz calls block (file locks, network): one thread of their own.
@@ -196,7 +197,8 @@ class Elector:
                 return
         if rec['leader'] is None or rec['leader'] == self.url or \
                 rec['leader'] not in members:
-            term = await self.db(self.store.take_term, rec['term'], self.url)
+            term = await self.db(self.store.take_term, rec['term'], self.url,
+                                 self.above)
             if term is None:
                 return          # another standby won
             self.term, self.renewed = term, started
@@ -206,9 +208,14 @@ class Elector:
                      'leader was %s)', self.url, term, previous or 'none')
             self.on_elected(term, previous)
 
-    def step_down(self, why):
-        """Stop leading now (a chunk server named a newer term); the next
-        round reads who leads."""
+    def step_down(self, why, newer=None):
+        """Stop leading now (a chunk server refused this master's term;
+        ``newer``: the term it has seen, if it said).  The next round reads
+        who leads; a master that takes a term then takes one above
+        ``newer`` (chunk servers may be ahead of the database when it was
+        restored from an older backup)."""
+        if newer is not None:
+            self.above = max(self.above, newer)
         if self.term is not None:
             self._step_down(why)
 

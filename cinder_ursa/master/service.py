@@ -200,11 +200,14 @@ class MasterService:
         self._stop_loops()
         self.chunkservers.new_term(None)
 
-    def _told_deposed(self, error):
-        """A chunk server refused this master's term: a newer leader
-        exists; stop acting now rather than at the next election round."""
+    def _told_deposed(self, error, newer=None):
+        """A chunk server refused this master's term (it has seen
+        ``newer``, if it said): a newer leader exists, or the database
+        was restored from an older backup; stop acting now rather than at
+        the next election round."""
         if self.elector is not None:
-            self.elector.step_down('a chunk server refused it: %s' % error)
+            self.elector.step_down('a chunk server refused it: %s' % error,
+                                   newer)
 
     def _command_guard(self):
         if not self.is_leader():
@@ -267,27 +270,10 @@ class MasterService:
     async def _watch_servers(self, elected=False):
         interval = max(self.server_timeout / 3.0, 0.2)
         next_sweep = 0.0
-        # Snapshots left 'creating' by the master that ran before (it died
-        # or was deposed mid-way: its own finish can no longer commit) are
-        # forgotten at once, not after UNFINISHED_AFTER: a client retrying
-        # the creation through this master would find the name taken.
-        started = time.time()
-        if elected:
-            # Judge only silence observed from now on: the chunk servers
-            # sent their heartbeats to the previous leader, or to nobody
-            # during the election.
-            try:
-                await self.db(self.store.reset_heartbeats)
-            except exception.UrsaError as e:
-                LOG.warning('Resetting heartbeats failed: %s', e)
         try:
-            for vid in await self.db(self.store.forget_unfinished_snapshots,
-                                     time.time() - started):
-                await self.gc(vid)
-        except exception.UrsaError as e:
-            LOG.warning('Forgetting the previous master\'s unfinished '
-                        'snapshots failed: %s; retried later', e)
-        self._swept.set()
+            await self._take_over(elected)
+        finally:
+            self._swept.set()
         # The resyncs the previous master had not done (the chunks stay
         # marked in the database until they are).
         self.resync_soon()
@@ -307,6 +293,29 @@ class MasterService:
                         await self.gc(vid)
             except Exception:  # noqa: BLE001 - keep watching
                 LOG.exception('Checking chunk server heartbeats failed')
+
+    async def _take_over(self, elected):
+        """Settle what the master that ran before left (the first thing
+        a master does once it leads, snapshot creations waiting)."""
+        if elected:
+            # Judge only silence observed from now on: the chunk servers
+            # sent their heartbeats to the previous leader, or to nobody
+            # during the election.
+            try:
+                await self.db(self.store.reset_heartbeats)
+            except Exception as e:  # noqa: BLE001 - the loop goes on
+                LOG.warning('Resetting heartbeats failed: %s', e)
+        # Every snapshot left 'creating' was begun by the master that ran
+        # before (this one takes no creation until this is done); it died
+        # or was deposed mid-way, so its finish can no longer commit.
+        # Forgotten now, not after UNFINISHED_AFTER: a client retrying the
+        # creation would find the name taken.
+        try:
+            for vid in await self.db(self.store.forget_unfinished_snapshots):
+                await self.gc(vid)
+        except Exception as e:  # noqa: BLE001 - the sweep retries
+            LOG.warning('Forgetting the previous master\'s unfinished '
+                        'snapshots failed: %s; retried later', e)
 
     # --- repair ----------------------------------------------------------
 

@@ -39,6 +39,7 @@ from cinder_ursa.protocol.codec import reply_status
 
 # Fixed parts of the request and reply bodies.
 ALL_CHUNKS = 0xFFFFFFFFFFFFFFFF  # DELETE of a whole volume
+MAX_TERM = 2 ** 63 - 1          # a master term (the database's BigInteger)
 _FENCE = struct.Struct('!16sQ')            # volume, generation
 _DELETE = struct.Struct('!16sQ')           # volume, index or ALL_CHUNKS
 _CHUNK_INFO = struct.Struct('!16sQ')       # volume, index
@@ -258,13 +259,17 @@ def encode_term(req_id, term):
     chunk server: the chunk server remembers the newest term it has seen
     and refuses every request of a connection whose term is older (its
     master was deposed).  The reply carries the chunk server's newest
-    term (a u64)."""
+    term (a u64): newer than the one claimed, the claim was refused."""
     return _frame(TERM, req_id, _U64.pack(term))
 
 
 def decode_term(body):
     _check(body, _U64, 'TERM')
-    return _U64.unpack_from(body)[0]
+    term = _U64.unpack_from(body)[0]
+    if term > MAX_TERM:
+        raise exception.ProtocolError(reason='TERM %d is above %d, the '
+                                      'highest there is' % (term, MAX_TERM))
+    return term
 
 
 def encode_inventory(req_id, volume=None):

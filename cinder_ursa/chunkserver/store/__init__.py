@@ -89,6 +89,7 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
         fresh = not os.path.exists(os.path.join(data_dir, 'server.json'))
         self.server_uuid = self._identity()
         self.master_term = read_int(os.path.join(data_dir, MASTER_TERM))
+        self._term_saved = True
         # Whatever a run that did not stop cleanly wrote may still sit in
         # the page cache: the acknowledged writes a client flushes next
         # would be missing from this run's dirty sets, so the server makes

@@ -23,12 +23,23 @@ class Fencing:
     """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`."""
 
     def adopt_master_term(self, term):
-        """Remember a newer master term, durably: a restarted chunk server
-        must not take commands from a master deposed before."""
+        """Remember a newer master term, at once in memory and durably
+        when the disk allows (a restarted chunk server must not take
+        commands from a master deposed before): a failed write is logged
+        and tried again at the next call, never raised, as the term is
+        learned in the middle of other work (a heartbeat's reply)."""
         if term > self.master_term:
-            atomic_write(os.path.join(self.data_dir, MASTER_TERM),
-                         '%d\n' % term)
             self.master_term = term
+            self._term_saved = False
+        if not self._term_saved:
+            try:
+                atomic_write(os.path.join(self.data_dir, MASTER_TERM),
+                             '%d\n' % self.master_term)
+                self._term_saved = True
+            except OSError as e:
+                LOG.warning('Keeping master term %d on disk failed (%s); '
+                            'held in memory, written later',
+                            self.master_term, e)
 
     def check_master_term(self, term):
         """Refuse a master whose term is older than the newest seen."""

@@ -175,14 +175,18 @@ class SnapshotRecords:
         return {'volumes': list(vols.values()), 'chunkservers': servers,
                 'now': time.time()}
 
-    def forget_unfinished_snapshots(self, older_than):
+    def forget_unfinished_snapshots(self, older_than=None):
         """Forget snapshots left 'creating' for more than ``older_than``
-        seconds (their master died mid-way); return their volume ids."""
+        seconds (their master died mid-way), or every one (None: a master
+        just elected, before it takes a creation); return their volume
+        ids."""
         s = models.snapshots
-        limit = time.time() - older_than
+        unfinished = s.c.status == 'creating'
+        if older_than is not None:
+            unfinished = sa.and_(unfinished,
+                                 s.c.created_at < time.time() - older_than)
         with self.begin() as conn:
-            rows = conn.execute(sa.select(s).where(
-                s.c.status == 'creating', s.c.created_at < limit)).all()
+            rows = conn.execute(sa.select(s).where(unfinished)).all()
             for r in rows:
                 conn.execute(s.delete().where(s.c.id == r.id))
                 LOG.warning('Snapshot %s (sequence %d of volume %s) was never '

@@ -27,6 +27,8 @@ from cinder_ursa import exception
 from cinder_ursa.master import models
 
 ROW = 1
+# Terms are kept in a signed 64-bit column (BigInteger) and sent as u64.
+MAX_TERM = 2 ** 63 - 1
 
 
 class TermRecords:
@@ -63,13 +65,22 @@ class TermRecords:
         return {'term': row.term, 'leader': row.leader,
                 'elected_at': row.elected_at}
 
-    def take_term(self, seen, leader):
-        """Compare and swap: if the term is still ``seen``, make it
-        ``seen + 1`` held by ``leader`` (a URL) and return the new term;
-        else return None (another master was elected meanwhile)."""
+    def take_term(self, seen, leader, above=0):
+        """Compare and swap: if the term is still ``seen``, make it one
+        more than ``seen`` and ``above`` (a term chunk servers have seen,
+        e.g. after the database was restored from a backup), held by
+        ``leader`` (a URL), and return the new term; else return None
+        (another master was elected meanwhile)."""
+        new = max(seen, above) + 1
+        if new > MAX_TERM:
+            raise exception.NotLeader(
+                reason='no term is left above %d (the chunk servers hold '
+                       'it): stop every chunk server, delete '
+                       '<data_dir>/master-term on each and start them '
+                       'again' % max(seen, above))
         t = models.cluster_term
         with self.engine.begin() as conn:
             done = conn.execute(t.update().where(
                 t.c.id == ROW, t.c.term == seen).values(
-                    term=seen + 1, leader=leader, elected_at=time.time()))
-        return seen + 1 if done.rowcount == 1 else None
+                    term=new, leader=leader, elected_at=time.time()))
+        return new if done.rowcount == 1 else None

@@ -60,13 +60,21 @@ def test_chunk_servers_refuse_connections_of_an_older_term(make_cluster):
                 await _call(old, control.encode_inventory, vid)
             with pytest.raises(exception.NotLeader):
                 await _call(old, control.encode_delete, vid)
-            with pytest.raises(exception.NotLeader):
-                await _call(old, control.encode_term, 5)
-            # Claiming the old term on a new connection does not help.
+            # Claiming the old term again, or on a new connection, does
+            # not help: the reply names the newer term (the master learns
+            # it was deposed, and by which term) and the connection's
+            # requests are refused.
+            assert control.decode_count_ok(
+                await _call(old, control.encode_term, 5)) == 6
             again = await connect()
             try:
+                assert control.decode_count_ok(
+                    await _call(again, control.encode_term, 4)) == 6
                 with pytest.raises(exception.NotLeader):
-                    await _call(again, control.encode_term, 4)
+                    await _call(again, control.encode_delete, vid)
+                # Terms above what the database can hold are refused.
+                with pytest.raises(exception.ProtocolError):
+                    await _call(again, control.encode_term, 2 ** 64 - 1)
             finally:
                 again.close()
             # A connection that claims no term (a client) is not judged.
@@ -87,8 +95,10 @@ def test_chunk_servers_refuse_connections_of_an_older_term(make_cluster):
     async def after_restart():
         conn = await connect()
         try:
+            assert control.decode_count_ok(
+                await _call(conn, control.encode_term, 5)) == 6
             with pytest.raises(exception.NotLeader, match='term 6'):
-                await _call(conn, control.encode_term, 5)
+                await _call(conn, control.encode_inventory, vid)
         finally:
             conn.close()
 

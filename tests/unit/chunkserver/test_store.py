@@ -107,6 +107,23 @@ def test_master_terms_only_move_forward_and_survive_a_restart(tmp_path):
     s.close()
 
 
+def test_a_master_term_that_cannot_be_written_is_held_in_memory(tmp_path):
+    """Learned in the middle of a heartbeat's reply: a full or failing
+    disk must not abort it; the write is tried again at the next call."""
+    s = store_mod.ChunkStore(str(tmp_path))
+    blocker = tmp_path / 'master-term.tmp'
+    blocker.mkdir()         # the atomic write's temporary file cannot open
+    s.adopt_master_term(7)
+    assert s.master_term == 7
+    with pytest.raises(exception.NotLeader):
+        s.check_master_term(6)
+    assert not (tmp_path / 'master-term').exists()
+    blocker.rmdir()
+    s.adopt_master_term(7)
+    assert (tmp_path / 'master-term').read_text() == '7\n'
+    s.close()
+
+
 def test_state_survives_a_restart(tmp_path):
     s = store_mod.ChunkStore(str(tmp_path))
     ident = s.server_uuid

@@ -316,3 +316,40 @@ def test_background_loops_run_on_the_leader_only(tmp_path):
     finally:
         svc.stop()
         store.close()
+
+
+def test_a_failed_takeover_neither_hangs_snapshots_nor_stops_the_watcher(
+        tmp_path):
+    """A database error while settling the previous master's leftovers
+    (SQLAlchemy's, not an Ursa error) is logged: snapshot creations, which
+    wait for that step, go on, and so does the chunk-server watcher."""
+    import sqlalchemy.exc
+    store = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'))
+    store.upgrade()
+    add_servers(store, 3)
+    store.create_volume('v', 8 * MiB)
+    calls = []
+    forget = store.forget_unfinished_snapshots
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError(
+                'DELETE', {}, Exception('database is locked'))
+        return forget(*args)
+    store.forget_unfinished_snapshots = flaky
+    svc = service_mod.MasterService(store, b'k' * 32, server_timeout=0.6)
+    svc.chunkservers = FakeChunkServers(store)
+
+    async def go():
+        svc.start()
+        try:
+            snap = await asyncio.wait_for(svc.create_snapshot('v', 's'), 10)
+            assert snap['status'] == 'available'
+            await asyncio.sleep(0.5)
+            assert not svc._monitor.done()
+        finally:
+            svc._stop_loops()
+
+    asyncio.run(go())
+    assert calls, 'the sweep never ran: no test'

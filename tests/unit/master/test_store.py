@@ -104,8 +104,9 @@ def test_a_dropped_primary_marks_its_chunk_for_a_resync(store):
     primaries = []
     with store.begin() as conn:
         store._drop_server_replicas(conn, first, primaries)
-    assert primaries == [(vid, 0)]
-    assert store.pending_resyncs() == [(vid, 0)]
+    # (It may be chunk 1's primary too, since its first was dropped.)
+    assert (vid, 0) in primaries
+    assert sorted(store.pending_resyncs()) == sorted(primaries)
 
 
 def test_allocation_needs_min_replicas_domains(store):

@@ -85,3 +85,15 @@ def test_guard_refusal_reaches_no_database(pair):
         a.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
     a.guard = None
     assert a.list_volumes() == []
+
+
+def test_a_term_is_taken_above_what_chunk_servers_have_seen(tmp_path):
+    """The database restored from an older backup: chunk servers follow a
+    newer term; the next election jumps past it, in one step."""
+    store = _store(tmp_path / 'm.sqlite')
+    assert store.take_term(0, 'http://a', above=41) == 42
+    assert store.leader_record()['term'] == 42
+    assert store.take_term(42, 'http://a', above=7) == 43   # below: +1
+    with pytest.raises(exception.NotLeader, match='master-term'):
+        store.take_term(43, 'http://a', above=2 ** 63 - 1)
+    assert store.leader_record()['term'] == 43

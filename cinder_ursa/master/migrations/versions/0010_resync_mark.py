@@ -19,3 +19,4 @@ def upgrade():
     with op.batch_alter_table('chunks') as batch:
         batch.add_column(sa.Column('resync', sa.Boolean, nullable=False,
                                    server_default=sa.false()))
+    op.create_index('ix_chunks_resync', 'chunks', ['resync'])
