@@ -203,6 +203,7 @@ class Elector:
                 return          # another standby won
             self.term, self.renewed = term, started
             self.leader, self.store_term = self.url, term
+            self.standbys = sorted(members - {self.url})
             previous = rec['leader']
             LOG.info('This master (%s) is the leader, term %d (the previous '
                      'leader was %s)', self.url, term, previous or 'none')

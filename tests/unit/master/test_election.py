@@ -115,3 +115,7 @@ def test_a_standby_takes_over_from_a_silent_leader(masters):
     asyncio.run(b.elector.round())
     assert b.elector.is_leader() and b.elector.term == 2
     assert b.events == [('elected', 2, 'http://a')]
+    # Its status, in the round it took over, lists not itself as a
+    # standby.
+    assert b.elector.status() == {'leader': 'http://b', 'term': 2,
+                                  'standbys': []}
