@@ -68,14 +68,14 @@ class Cluster:
 
     async def local_replicas(self):
         """The local replica reader, bound to the master's server ids.
-        The first call waits for the binding; later ones refresh it every
-        minute (a new chunk server gets a new id) in the background, so a
-        read does not wait for the master then."""
+        Binding it (at first, then every minute: a new chunk server gets a
+        new id) runs in the background, and the server list a volume
+        opened for writing fetches binds it too (:meth:`note_servers`): a
+        read never waits for the master, which may be failing over.
+        Until bound, reads go to the chunk servers."""
         now = time.monotonic()
-        if self._local_bound is None:
-            self._local_bound = now
-            await self._bind_local()
-        elif now - self._local_bound > 60 and self._local_task is None:
+        if self._local_task is None and (
+                self._local_bound is None or now - self._local_bound > 60):
             self._local_bound = now
             self._local_task = asyncio.get_running_loop().create_task(
                 self._bind_local())
@@ -83,9 +83,16 @@ class Cluster:
                 lambda _: setattr(self, '_local_task', None))
         return self.local
 
+    def note_servers(self, servers):
+        """The master's chunk server list, just fetched: binds the local
+        replica reader."""
+        if self.local:
+            self.local.bind(servers)
+            self._local_bound = time.monotonic()
+
     async def _bind_local(self):
         try:
-            self.local.bind(await self.master.servers())
+            self.note_servers(await self.master.servers())
         except exception.UrsaError as e:
             LOG.warning('Local reads: cannot list chunk servers: %s', e)
 

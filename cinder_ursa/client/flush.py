@@ -32,11 +32,14 @@ class FlushRounds:
         # cache flush, every flush covers their acknowledged writes too.
         if self._inherited or (self.writable and self.info.get(
                 'multiattach')):
-            servers = await self.cluster.master.servers()
+            # The servers up when the lease was taken, for the first flush
+            # (see Volume._acquire), else the master is asked.
+            servers = self._inherited if isinstance(
+                self._inherited, list) else self._servers_up(
+                    await self.cluster.master.servers())
             self._inherited = False
-            for s in servers:
-                if s['state'] == 'up':
-                    self._dirty[(s['address'], s['port'])] = None
+            for addr in servers:
+                self._dirty[addr] = None
         dirty, self._dirty = self._dirty, {}
         rounds = list(self._flushes)
         if dirty:
@@ -51,6 +54,13 @@ class FlushRounds:
             for r in rounds:
                 if r.exception() is not None:
                     raise r.exception()
+
+    @staticmethod
+    def _servers_up(servers):
+        """(address, port) of every chunk server up in the master's
+        ``servers``."""
+        return [(s['address'], s['port']) for s in servers
+                if s['state'] == 'up']
 
     async def _flush_round(self, dirty):
         results = await asyncio.gather(*(

@@ -65,7 +65,9 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         self._dirty = {}
         self._flushes = set()   # flush rounds running
         # The first flush also covers what earlier holders of the volume
-        # wrote and never flushed (they may have died).
+        # wrote and never flushed (they may have died): on every chunk
+        # server up when this one opened it ([(address, port)], see
+        # _acquire; True: ask the master at the first flush).
         self._inherited = writable
         self._lease_task = None
         self._fenced = None
@@ -89,7 +91,11 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         """Reload size, snapshot sequence and parent from the master."""
         if self.snap:
             return
-        info = await self.cluster.master.volume(self.id)
+        self.adopt(await self.cluster.master.volume(self.id))
+
+    def adopt(self, info):
+        """Take size, snapshot sequence and parent from ``info``, the
+        master's record of this volume, just fetched."""
         self.info = info
         self.seq = info['snap_seq']
         self.qos.update(info.get('qos'))
@@ -102,6 +108,13 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
 
     async def _acquire(self, holder, force, ttl):
         self.holder = holder or default_holder()
+        # Asked now, while opening needs the master anyway, so that the
+        # first flush and the first local read do not: they may come while
+        # the masters fail over, and I/O on mapped chunks never waits for
+        # a master.
+        servers = await self.cluster.master.servers()
+        self.cluster.note_servers(servers)
+        self._inherited = self._servers_up(servers)
         lease = await self.cluster.master.acquire_lease(
             self.id, self.holder, force, ttl)
         self.generation = lease['generation']

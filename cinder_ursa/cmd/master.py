@@ -149,6 +149,9 @@ def main(argv=None):
                  'leader' if master.service.is_leader() else 'standby')
         await stop.wait()
         LOG.info('ursa-master stopping')
+        # Leadership first, handed over at once (see Elector.stop), not
+        # after the requests in flight are drained.
+        await master.service.stop_election()
         await runner.cleanup()
         store.close()
 

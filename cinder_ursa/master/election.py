@@ -20,6 +20,12 @@ Two parts, each doing what it is sure to do on every backend:
   standbys one wins.  Every write transaction of the leader checks its
   term, so a deposed leader changes nothing.
 
+A leader that is stopped (SIGTERM) hands over at once
+(:meth:`Elector.stop`): it steps down, gives its term up in the database
+(the row then names no leader) and leaves the group; a standby takes
+``term + 1`` at its next round, within ``renew_deadline / 4`` seconds,
+instead of after the lease.
+
 A leader stops acting by itself (:meth:`Elector.is_leader` turns false:
 background loops stop, writes are refused) when it has not renewed for
 ``renew_deadline`` seconds, which is shorter than the lease: it has
@@ -131,12 +137,25 @@ class Elector:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self):
+        """Leave the election.  A leader hands over at once: it steps down
+        (its loops stop, its writes are refused), gives its term up in the
+        database and leaves the group, so a standby takes over at its next
+        round (``renew_deadline / 4``) rather than after the lease."""
         if self._task:
             self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        if self.term is not None:
+            term, self.term = self.term, None
+            LOG.info('This master (%s) stops: it hands the leadership of '
+                     'term %d over', self.url, term)
+            self.on_deposed()
+            try:
+                await self.db(self.store.resign_term, term, self.url)
+            except Exception as e:  # noqa: BLE001 - the lease then expires
+                LOG.warning('Giving term %d up failed: %s', term, e)
         if self._coord is not None:
             coord, self._coord = self._coord, None
             try:

@@ -87,19 +87,31 @@ master_opts = [
                     'file://<state_dir>/coordination, enough for one '
                     'master, or for several on one host given the same '
                     'file:// path.'),
-    cfg.IntOpt('leader_lease', default=15, min=1, max=3600,
+    # A SIGKILLed leader is replaced after about leader_lease seconds (its
+    # membership expires leader_lease after its last heartbeat, sent every
+    # leader_renew_deadline / 4, then a standby's round notices within
+    # leader_renew_deadline / 4): 8 and 5 measured a median of 7.9 s (max
+    # 8.6 s) over 10 runs of tools/bench-failover, 15 and 10 before 14.7 s
+    # (doc/source/install.rst).  The deadline stays 3 s short of the
+    # lease: a leader has stopped acting well before a standby may take
+    # over.
+    cfg.IntOpt('leader_lease', default=8, min=1, max=3600,
                help='Seconds a master that stops renewing keeps its place '
                     'in the coordination group (the tooz member timeout): '
-                    'a standby takes over from a silent leader after this '
-                    'long. Added to the coordination_url as the backend\'s '
-                    'member timeout option, unless the URL sets it: '
-                    'membership_timeout on redis, etcd3 and memcached, '
-                    'timeout (the session timeout) on zookeeper, timeout on '
-                    'file.'),
-    cfg.FloatOpt('leader_renew_deadline', default=10.0, min=0.1,
+                    'a standby takes over from a silent (killed, frozen, '
+                    'cut off) leader after about this long; a leader '
+                    'stopped with SIGTERM hands over at once. Added to the '
+                    'coordination_url as the backend\'s member timeout '
+                    'option, unless the URL sets it: membership_timeout on '
+                    'redis, etcd3 and memcached, timeout (the session '
+                    'timeout) on zookeeper, timeout on file.'),
+    cfg.FloatOpt('leader_renew_deadline', default=5.0, min=0.1,
                  help='Seconds after its last renewal a leader steps down '
                       'by itself (stops its background work and refuses '
-                      'writes); must be shorter than leader_lease.'),
+                      'writes); must be shorter than leader_lease, by a '
+                      'few seconds. Masters renew (the leader) or look '
+                      'for a leader to replace (standbys) every quarter '
+                      'of it.'),
     cfg.StrOpt('advertise_url',
                help='URL of this master\'s REST API as other masters, chunk '
                     'servers and clients reach it; a standby names the '

@@ -39,6 +39,11 @@ BLOCK_STATUS_LIMIT = 1024 * 1024 * 1024  # bytes described per reply
 # either, the gateway stops reading the connection until half are done.
 MAX_INFLIGHT = 256
 MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+# Seconds a new connection to an export already open waits for the master
+# to look the export up (and refresh its size); past that, a failover, it
+# is served what is known.  An export not open yet waits for the master:
+# opening it takes the volume's lease.
+MASTER_WAIT = 2.0
 
 
 class _Export:
@@ -78,18 +83,55 @@ class NbdServer:
 
     # --- exports -----------------------------------------------------------
 
+    def _known(self, name):
+        """The export open under ``name`` (a volume's name or id, or
+        ``volume@snapshot``), if any."""
+        for exp in self._exports.values():
+            vol = exp.backend.volume
+            if name == vol.name or (exp.key[0] == 'volume' and
+                                    name == vol.id):
+                return exp
+        return None
+
+    async def _master(self, call, known):
+        """The answer of ``call`` (a coroutine asking the master).  When
+        the export is open already (``known``), waited for MASTER_WAIT at
+        most: None when no master answered by then (a failover: the
+        export needs none to serve its connections, nor a new one)."""
+        if known is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, MASTER_WAIT)
+        except (TimeoutError, exception.NotLeader,
+                exception.UrsaConnectionError) as e:
+            LOG.warning('NBD export %s: no master answered (%s); a new '
+                        'connection is served what is known', known.key,
+                        str(e) or 'no answer in %.1f s' % MASTER_WAIT)
+            return None
+
     async def _open(self, name):
+        snapshot = '@' in name
+        # Asked before the lock is taken: connections that wait for the
+        # master wait together, not one after the other.
+        record = await self._master(
+            self.cluster.master.snapshot(name) if snapshot
+            else self.cluster.master.volume(name), self._known(name))
         async with self._lock:
-            if '@' in name:
-                snap = await self.cluster.master.snapshot(name)
-                key = ('snapshot', snap['id'])
+            if record is None:
+                exp = self._known(name)
+                if exp is None:
+                    raise exception.Unavailable(
+                        reason='no master answers, and export %s was '
+                               'closed meanwhile' % name)
+            elif snapshot:
+                key = ('snapshot', record['id'])
                 exp = self._exports.get(key)
                 if exp is None:
-                    vol = volume_mod.Volume.for_snapshot(self.cluster, snap)
+                    vol = volume_mod.Volume.for_snapshot(self.cluster,
+                                                         record)
                     exp = self._exports[key] = _Export(key, vol, True)
             else:
-                info = await self.cluster.master.volume(name)
-                key = ('volume', info['id'])
+                key = ('volume', record['id'])
                 exp = self._exports.get(key)
                 if exp is None:
                     vol = await self.cluster.open_volume(
@@ -99,7 +141,7 @@ class NbdServer:
                                                        self.read_only)
                 else:
                     # A grown volume shows its new size to new clients.
-                    await exp.backend.volume.refresh()
+                    exp.backend.volume.adopt(record)
             exp.users += 1
             return exp
 

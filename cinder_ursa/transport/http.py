@@ -30,7 +30,11 @@ from cinder_ursa.common import auth
 from cinder_ursa.protocol import rest
 
 # Seconds clients wait for a new leader while the masters answer only
-# NotLeader: a leader's lease (15 s by default) and the election.
+# NotLeader: a dead leader's lease ([ursa_master] leader_lease, 8 s by
+# default) and the election round, with room for a longer lease.  The
+# masters are asked again every FAILOVER_POLL seconds: a client calls the
+# new leader at most that long after it is elected (a refused connection
+# or a 503 costs next to nothing to try).
 FAILOVER_WAIT = 30.0
 FAILOVER_POLL = 0.25
 

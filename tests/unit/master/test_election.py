@@ -119,3 +119,33 @@ def test_a_standby_takes_over_from_a_silent_leader(masters):
     # standby.
     assert b.elector.status() == {'leader': 'http://b', 'term': 2,
                                   'standbys': []}
+
+
+def test_a_stopping_leader_hands_over_at_the_next_round(masters):
+    """A leader that stops gives its term up and leaves the group: a
+    standby takes over at its next round, though the stopped leader's
+    membership has not expired."""
+    a, b = masters('http://a'), masters('http://b')
+    asyncio.run(a.elector.round())
+    asyncio.run(b.elector.round())
+    asyncio.run(a.elector.stop())
+    assert not a.elector.is_leader()
+    assert a.events == [('elected', 1, None), ('deposed',)]
+    assert a.store.leader_record()['leader'] is None
+    with pytest.raises(exception.NotLeader):
+        a.store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    asyncio.run(b.elector.round())
+    assert b.elector.is_leader() and b.elector.term == 2
+    assert b.events == [('elected', 2, None)]
+    b.store.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+
+
+def test_a_stopping_standby_leaves_the_leader_alone(masters):
+    a, b = masters('http://a'), masters('http://b')
+    asyncio.run(a.elector.round())
+    asyncio.run(b.elector.round())
+    asyncio.run(b.elector.stop())
+    record = a.store.leader_record()
+    assert (record['term'], record['leader']) == (1, 'http://a')
+    asyncio.run(a.elector.round())
+    assert a.elector.is_leader() and a.elector.status()['standbys'] == []
