@@ -602,11 +602,17 @@ class MasterService:
         except exception.UrsaError as e:
             # Not that target again for a while: it may be dead and not
             # yet marked down.
-            if isinstance(e, exception.ChecksumError):
-                # A bad block on the source is not the target's fault:
-                # that chunk waits, longer each time, while it is mended.
-                delay = min(2 * self._held_back.get(key, (0, 1.0))[1],
-                            HOLD_BACK_MAX)
+            if isinstance(e, (exception.ChecksumError,
+                              exception.Unavailable)):
+                # Not the target's fault: a bad block on the source (that
+                # chunk waits, longer each time, while it is mended), or
+                # the chunk itself was busy (a revert or a snapshot
+                # collection raced the copy, its writes kept changing
+                # it): the chunk is tried again soon, to the same target.
+                rot = isinstance(e, exception.ChecksumError)
+                delay = min(2 * self._held_back.get(
+                    key, (0, 1.0 if rot else 0.25))[1],
+                    HOLD_BACK_MAX if rot else AVOID_AFTER_FAILURE)
                 self._held_back[key] = (time.monotonic() + delay, delay)
             else:
                 self._avoid[job.target] = time.monotonic() + max(

@@ -128,10 +128,18 @@ def test_kills_mid_snapshot_clone_flatten_delete_leave_nothing_behind(
         # does so right after the master counts it up again) ...
         for vol in master.volumes():
             _wait_agreeing(cl, vol)
-    # ... and nothing is held that no volume or snapshot can reach.
-    rc, problems, err = _cluster_check(cluster)
-    assert (rc, problems) == (0, []), (err, problems)
-    assert '4 chunk server(s)' in err
+    # ... and nothing is held that no volume or snapshot can reach, once
+    # the repair planner has copied again what a snapshot collection
+    # raced (a copy abandoned half-way leaves a joining copy that is in
+    # no replica set until the next copy promotes it).
+    last = {}
+
+    def clean():
+        last['check'] = _cluster_check(cluster)
+        return last['check'][:2] == (0, [])
+    wait_for(clean, 60, lambda: 'a clean cluster check: %s' % (
+        last['check'][1:],), interval=1.0)
+    assert '4 chunk server(s)' in last['check'][2]
 
 
 def _wait_agreeing(cl, vol):

@@ -353,3 +353,29 @@ def test_a_failed_takeover_neither_hangs_snapshots_nor_stops_the_watcher(
 
     asyncio.run(go())
     assert calls, 'the sweep never ran: no test'
+
+
+@pytest.mark.parametrize('error,target_avoided', [
+    (exception.UrsaConnectionError(peer='3', reason='refused'), True),
+    (exception.Unavailable(reason='volume v was reverted or collected '
+                                  'during the copy of chunk 0'), False),
+    (exception.ChecksumError(reason='block 3 of the source'), False),
+])
+def test_a_failed_copy_avoids_the_target_only_when_it_may_be_to_blame(
+        service, error, target_avoided):
+    """A target that could not be reached may be dead: not chosen again
+    for a while.  A copy that failed for the chunk's sake (a snapshot
+    collection raced it, a bad source block) holds that chunk back
+    briefly and leaves the target alone: it was not to blame, and
+    avoiding it left chunks under-replicated while it was healthy."""
+    async def failing(server, make_frame, timeout=5.0):
+        raise error
+    service.chunkservers.send = failing
+    job = service_mod.repair.Job('vid', 0, 1, 1, 3, 0, None)
+    assert run(service._copy(job, {'id': 1, 'address': 'h', 'port': 1})) \
+        is False
+    assert (3 in service._avoid) is target_avoided
+    held = service._held_back.get(('vid', 0))
+    assert (held is None) is target_avoided
+    if held is not None:
+        assert held[0] - time.monotonic() <= service_mod.HOLD_BACK_MAX
