@@ -255,11 +255,19 @@ class ScrubMixin:
                       'last_error': None}
 
     async def _scrub_task(self):
-        """The deep scrub; a bug in it is logged, and it starts again."""
+        """The deep scrub; a bug in it is logged, and it starts again.
+        Stopped, it saves where it is: the next start goes on from
+        there."""
         while True:
             try:
                 await self._scrub_forever()
                 return
+            except asyncio.CancelledError:
+                try:
+                    self.scrub.save(force=True)
+                except OSError as e:
+                    LOG.warning('Scrub cursor not saved: %s', e)
+                raise
             except Exception:  # noqa: BLE001 - keep the server alive
                 LOG.exception('Scrub failed; starting again in a minute')
                 self._scrubbing = False

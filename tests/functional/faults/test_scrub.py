@@ -13,8 +13,10 @@ replica rewritten at the same epoch with a matching CRC.
 """
 
 import glob
+import json
 import os
 import random
+import signal
 import struct
 
 from cinder_ursa.chunkserver.store import mending
@@ -287,3 +289,44 @@ def test_light_scrub_makes_a_diverged_replica_identical(make_cluster):
              5, 'the light scrub\'s repair to be reported')
     assert _read(cluster, 'v') == head
     assert _deep_check(cluster, vid)['problems'] == []
+
+
+def _cursor(cluster, i=0):
+    with open(os.path.join(cluster.cs_dir(i), 'scrub-cursor')) as f:
+        return json.load(f)
+
+
+def test_a_restarted_server_goes_on_with_its_pass(make_cluster):
+    # 48 MiB over 16 s: a pass of about 12 s, stopped in its middle.
+    cluster = make_cluster(1, extra_conf=_conf(scrub=16))
+    cluster.client().create_volume('v', 48 * MiB, chunk_size=16 * MiB,
+                                   replicas=1, min_replicas=1)
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            for at in range(0, 48 * MiB, 8 * MiB):
+                v.write(at, random.randbytes(8 * MiB))
+            v.flush()
+    sid = str(server_id(cluster, 0))
+
+    def a_quarter():
+        s = _scrub(cluster)['servers'].get(sid) or {}
+        return (s.get('bytes_total', 0) >= 48 * MiB and
+                s['state'] == 'scrubbing' and s['bytes_done'] >= 12 * MiB)
+    wait_for(a_quarter, 30, 'a pass of the whole volume to be a quarter '
+             'through', interval=0.2)
+    cluster.kill_chunkserver(0, signal.SIGTERM)
+    stopped = _cursor(cluster)
+    assert 12 * MiB <= stopped['bytes_done'] < 48 * MiB, stopped
+    assert stopped['position'] is not None
+    cluster.start_chunkserver(0)
+
+    def ended():
+        c = _cursor(cluster)
+        return c if c['passes'] > stopped['passes'] else None
+    done = wait_for(ended, 40, 'the resumed pass to end', interval=0.2)
+    # The same pass, gone on from where it stopped: every byte counted
+    # once.
+    assert done['pass_started'] == stopped['pass_started']
+    assert done['bytes_done'] == done['bytes_total'], done
+    log = open(os.path.join(cluster.data_dir, 'cs0.log')).read()
+    assert log.count('Scrub pass %d ' % done['passes']) == 1

@@ -167,3 +167,29 @@ def test_the_cursor_survives_a_restart(tmp_path):
     with open(path, 'w') as f:
         f.write('{not json')
     assert scrub.ScrubState(path).position is None   # a new pass
+
+
+class _Copy:
+    def __init__(self, stale=False, joining=False):
+        self.volume, self.index = 'vol', 1
+        self.stale, self.joining = stale, joining
+
+
+class _Server(scrub.ScrubMixin):
+    """What _scrubbable looks at: the disk, the suspects, the store."""
+
+    def __init__(self, unverified=False, suspect=(), failure=None):
+        self.disk = type('Disk', (), {'failure': failure})()
+        self._suspect = set(suspect)
+        self.store = type('Store', (), {
+            'unverified': staticmethod(lambda c: unverified)})()
+
+
+def test_copies_being_brought_up_to_date_are_skipped():
+    assert _Server()._scrubbable(_Copy())
+    assert not _Server()._scrubbable(None)
+    assert not _Server()._scrubbable(_Copy(stale=True))
+    assert not _Server()._scrubbable(_Copy(joining=True))
+    assert not _Server(unverified=True)._scrubbable(_Copy())
+    assert not _Server(suspect={('vol', 1)})._scrubbable(_Copy())
+    assert not _Server(failure='dead')._scrubbable(_Copy())
