@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import struct
+import threading
 
 from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.client import check
@@ -143,23 +144,21 @@ def _deep_check(cluster, vid):
         return cl.run(lambda c: check.check_volume(c, vid, deep=True))
 
 
-def test_deep_scrub_finds_and_repairs_rot_in_heads_and_layers(
-        make_cluster):
-    cluster = make_cluster(3, extra_conf=_conf(limit=64))
-    vid, head, snap = _fill(cluster)
+def _rot(cluster, vid):
+    """Flip blocks of two replicas of every chunk (the primary among them
+    for half of them), two each in the head, never the same block on two
+    replicas (one's repair would mend the other's), and one in the
+    snapshot layer of a third replica of the chunks rewritten since the
+    snapshot; [(server, chunk, layer, block)] flipped."""
     sets = replica_sets(cluster, 'v')
     assert all(len(ids) == 3 for ids in sets.values()), sets
     rng = random.Random(19)
     flipped = set()
     for index in range(CHUNKS):
-        # Two replicas of every chunk (the primary among them for half of
-        # them), two blocks each, in the head (never the same block on
-        # two replicas: one's repair would mend the other's)...
         blocks = rng.sample(range(256), 4)
         for n, k in enumerate((index % 2, 2)):
             for block in blocks[2 * n:2 * n + 2]:
                 flipped.add((sets[index][k], index, 0, block))
-        # ... and in the snapshot layer of the chunks rewritten.
         if index < 2:
             sid = sets[index][(index + 1) % 3]
             layer = _layers(cluster, sid, vid, index)
@@ -167,6 +166,14 @@ def test_deep_scrub_finds_and_repairs_rot_in_heads_and_layers(
             flipped.add((sid, index, layer[-1], rng.randrange(256)))
     for sid, index, layer, block in flipped:
         _flip(cluster, sid, vid, index, block, layer)
+    return flipped
+
+
+def test_deep_scrub_finds_and_repairs_rot_in_heads_and_layers(
+        make_cluster):
+    cluster = make_cluster(3, extra_conf=_conf(limit=64))
+    vid, head, snap = _fill(cluster)
+    flipped = _rot(cluster, vid)
     before = _passes(cluster)
     assert len(_rotten(cluster, vid)) == len(flipped)
     sc = _pass_after(cluster, before)
@@ -330,3 +337,44 @@ def test_a_restarted_server_goes_on_with_its_pass(make_cluster):
     assert done['bytes_done'] == done['bytes_total'], done
     log = open(os.path.join(cluster.data_dir, 'cs0.log')).read()
     assert log.count('Scrub pass %d ' % done['passes']) == 1
+
+
+def test_reads_during_the_scrub_and_its_repairs_get_good_data(
+        make_cluster):
+    """Clients read the volume and its snapshot all along while the scrub
+    finds and repairs rot (and their reads repair some of it first): no
+    read ever returns anything but the data written."""
+    cluster = make_cluster(3, extra_conf=_conf(limit=64))
+    vid, head, snap = _fill(cluster)
+    stop, reads, wrong, errors = threading.Event(), [0], [], []
+
+    def reader():
+        try:
+            with data_client(cluster) as cl:
+                with cl.open_volume('v', writable=False) as v, \
+                        cl.open_volume('v@s', writable=False) as s:
+                    while not stop.is_set():
+                        for vol, want in ((v, head), (s, snap)):
+                            at = random.randrange(CHUNKS * 16 - 3) * 65536
+                            if vol.read(at, 256 * 1024) != \
+                                    want[at:at + 256 * 1024]:
+                                wrong.append(at)
+                            reads[0] += 1
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        flipped = _rot(cluster, vid)
+        sc = _pass_after(cluster, _passes(cluster))
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors
+    assert reads[0] > 50 and wrong == [], (reads, wrong)
+    # Whatever the reads left to it, the scrub found and repaired.
+    assert 0 < sc['bad_blocks_found'] <= len(flipped), sc
+    assert sc['bad_blocks_unrepaired'] == 0, sc
+    assert _rotten(cluster, vid) == []
+    assert _read(cluster, 'v') == head
+    assert _read(cluster, 'v@s') == snap
