@@ -264,7 +264,8 @@ class ScrubMixin:
                 return
             except asyncio.CancelledError:
                 try:
-                    self.scrub.save(force=True)
+                    if self.scrub.pass_started is not None:
+                        self.scrub.save(force=True)
                 except OSError as e:
                     LOG.warning('Scrub cursor not saved: %s', e)
                 raise
