@@ -59,7 +59,12 @@ from cinder_ursa.protocol.chunkfile import decode_entries
 LOG = logging.getLogger(__name__)
 
 CURSOR = 'scrub-cursor'     # in the data directory: see the module
-UNIT_BLOCKS = 64            # blocks read and checked per step (256 KiB)
+# Blocks read and checked per step (512 KiB).  A chunk server scrubbing
+# 256 MiB from the page cache spent 2.1 CPU-s per GiB in 256 KiB steps,
+# 1.2 in 512 KiB steps and 0.8 in 1 MiB steps (the step's hand-off to the
+# worker thread and its pacing, not the CRC, dominate); client 4 KiB
+# reads meanwhile slowed more with 1 MiB steps (p99 0.39 -> 0.71 ms).
+UNIT_BLOCKS = 128
 JITTER = 0.1                # a pass takes (1 - JITTER * random) intervals
 IDLE_SPEEDUP = 1.25         # rate while idle / rate that fits the interval
 BUSY_PAUSE = 0.5            # s between looks while paused for clients
