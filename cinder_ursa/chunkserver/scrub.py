@@ -458,10 +458,13 @@ class ScrubMixin:
         st.repaired += count - len(left)
         if left:
             st.unrepaired += len(left)
-            st.last_error = '%s blocks %s: %s' % (
-                where, left, last or 'still bad after the repair')
+            why = last or 'still bad after the repair'
+            # A checksum error names the chunk and blocks itself.
+            st.last_error = str(why) if isinstance(
+                why, exception.ChecksumError) else '%s blocks %s: %s' % (
+                    where, left, why)
             LOG.error('Scrub: %s blocks %s NOT REPAIRED: %s', where, left,
-                      last or 'still bad after the repair')
+                      why)
         else:
             LOG.warning('Scrub: %s blocks %d-%d repaired from a valid '
                         'replica', where, first, first + count - 1)
