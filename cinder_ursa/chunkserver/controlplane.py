@@ -74,9 +74,11 @@ class ControlMixin:
         if self.disk.failure is not None:
             await self.master.heartbeat(self.id, {
                 'failure': self.disk.failure, 'capacity': 0, 'used': 0,
-                'free': 0})
+                'free': 0, 'scrub': self.scrub_status()})
         else:
-            reply = await self.master.heartbeat(self.id, self.store.usage())
+            body = self.store.usage()
+            body['scrub'] = self.scrub_status()
+            reply = await self.master.heartbeat(self.id, body)
             self._left(reply.get('dropped', ()))
             self._learn_term(reply)
 

@@ -41,6 +41,14 @@ class DiskHealth:
         self.failure = None         # why the directory failed, once it did
         self._recent = collections.deque()
 
+    def fail(self, reason):
+        """Fail the directory for ``reason`` (the scrub found too many
+        bad blocks); True when it was not failed yet."""
+        if self.failure is not None:
+            return False
+        self.failure = reason
+        return True
+
     def note(self, err):
         """Count ``err`` if it is a disk error; return True when it is the
         one that makes the directory failed (once)."""

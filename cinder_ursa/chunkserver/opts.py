@@ -50,6 +50,27 @@ chunkserver_opts = [
     cfg.FloatOpt('disk_error_window', default=60.0, min=1.0,
                  help='Seconds over which disk_error_limit errors are '
                       'counted.'),
+    cfg.IntOpt('scrub_interval', default=7 * 24 * 3600, min=0,
+               help='Seconds over which the deep scrub reads every block '
+                    'of every replica this server holds (head and '
+                    'snapshot layers) and checks its CRC, repairing bad '
+                    'blocks from a valid replica. A pass is spread over '
+                    'the interval (each a little shorter, at random, so '
+                    'servers do not align), goes faster while no client '
+                    'uses this server and waits while clients do, unless '
+                    'it is behind. 0: no deep scrub.'),
+    cfg.IntOpt('light_scrub_interval', default=24 * 3600, min=0,
+               help='Seconds over which the light scrub compares, for each '
+                    'chunk this server is the primary of, the epoch, '
+                    'length and block checksums of every replica (no data '
+                    'read), and repairs the blocks that differ. 0: no '
+                    'light scrub.'),
+    cfg.IntOpt('scrub_error_limit', default=16, min=0,
+               help='Bad blocks the deep scrub may find on this data '
+                    'directory in one pass; one more fails the directory '
+                    '(a dying disk, not rot): it serves nothing, and the '
+                    'master re-replicates its chunks from their other '
+                    'copies. 0: never.'),
 ]
 
 

@@ -223,26 +223,22 @@ class RebuildMixin:
 
     def _check_source(self, c, first, layer, entries, data):
         """Refuse to send blocks that fail their CRC here (the target
-        would refuse them): a torn or rotten block of the head is
-        repaired from another replica meanwhile, and the copy is tried
-        again later; the target is not to blame."""
+        would refuse them): a torn or rotten block (of the head or of a
+        layer) is repaired from another replica meanwhile, and the copy is
+        tried again later; the target is not to blame."""
         torn = mending.torn_blocks(entries, data)
         if not torn:
             return
         blocks = [first + i for i in torn]
-        if not layer:
-            self.repair_later(c.volume, c.index, blocks[0],
-                              blocks[-1] - blocks[0] + 1)
+        self.repair_later(c.volume, c.index, blocks[0],
+                          blocks[-1] - blocks[0] + 1, layer)
         raise exception.ChecksumError(
             reason='chunk %s/%d %s blocks %s fail their CRC on this server '
                    '(the copy\'s source); %s' % (
                        c.volume, c.index, 'layer %d' % layer if layer
                        else 'head', blocks,
                        'they are being repaired from another replica, the '
-                       'copy is tried again later' if not layer else
-                       'the copy cannot be made from here until they are '
-                       'rewritten or the chunk is copied from another '
-                       'replica'))
+                       'copy is tried again later'))
 
     async def _settle(self, pending):
         """Wait for the replies of the pushes in ``pending`` (emptied)."""

@@ -67,9 +67,10 @@ class ResyncMixin:
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 
-    async def _resync_blocks(self, vol, idx, view):
+    async def _resync_blocks(self, vol, idx, view, why='after a crash'):
         """Make every replica's blocks identical to this copy's where they
-        differ (the chunk is held); return the blocks made so."""
+        differ (the chunk is held); return the blocks made so.  ``why``
+        they may differ, for the log."""
         c = self.store.check_epoch(vol, idx, view.epoch, create=True)
         head = set()
         layers = []     # (address, runs) of layer blocks to push
@@ -93,8 +94,7 @@ class ResyncMixin:
                                            throttled=False) // BLOCK
         if fixed:
             LOG.warning('Chunk %s/%d: %d block(s) differed between replicas '
-                        'after a crash and were made identical', vol, idx,
-                        fixed)
+                        '%s and were made identical', vol, idx, fixed, why)
         return fixed
 
     # --- after a crash of this server -------------------------------------
@@ -184,21 +184,21 @@ class ResyncMixin:
                 LOG.exception('Chunk %s/%d: resync after the crash failed; '
                               'retrying', vol, idx)
 
-    async def _resync_here(self, key, view):
+    async def _resync_here(self, key, view, why='after a crash'):
         """RESYNC of a chunk this server is the primary of, held as a
-        request for it would be."""
+        request for it would be; the blocks made identical."""
         while self.gate.held(key):
             await asyncio.sleep(0.01)
         done = asyncio.get_running_loop().create_future()
 
         async def step():
             try:
-                done.set_result(await self._resync_blocks(*key, view))
+                done.set_result(await self._resync_blocks(*key, view, why))
             except Exception as e:
                 done.set_exception(e)
                 raise
         self.gate.hold(key, step())
-        await done
+        return await done
 
 
 def _spans(blocks, most):

@@ -3,7 +3,8 @@ behind a confirmation by the master when they need one, see :mod:`.gate`)
 and reads.  Its other parts: the write path and its forwarding to the
 other replicas (:mod:`.replication`), membership, control requests and
 syncs (:mod:`.controlplane`), REPAIR (:mod:`.repair`), REBUILD
-(:mod:`.rebuild`) and RESYNC, the resync after a crash (:mod:`.resync`).
+(:mod:`.rebuild`), RESYNC, the resync after a crash (:mod:`.resync`), and
+the scrub (:mod:`.scrub`).
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from cinder_ursa.chunkserver import rebuild
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import replication
 from cinder_ursa.chunkserver import resync
+from cinder_ursa.chunkserver import scrub
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.chunkserver import throttle
 from cinder_ursa.client import master as master_mod
@@ -32,13 +34,15 @@ LOG = logging.getLogger(__name__)
 
 class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                   repair.RepairMixin, rebuild.RebuildMixin,
-                  resync.ResyncMixin):
+                  resync.ResyncMixin, scrub.ScrubMixin,
+                  scrub.LightScrubMixin):
 
     def __init__(self, data_dir, key, master_urls, bind_host='127.0.0.1',
                  bind_port=0, advertise_host=None, host=None, rack='default',
                  replication_timeout=5.0, reserved_bytes=0,
                  recovery_rate=(0, 0), disk_error_limit=5,
-                 disk_error_window=60.0):
+                 disk_error_window=60.0, scrub_interval=0.0,
+                 light_scrub_interval=0.0, scrub_error_limit=0):
         self.disk = diskhealth.DiskHealth(disk_error_limit,
                                           disk_error_window)
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
@@ -73,6 +77,9 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._loop = None
         self._syncs = []  # (volumes or None for all, future) running
         self._repairs = set()   # repairs started on their own (repair.py)
+        self._repairing = set()  # their (volume, index, layer, first)
+        self._init_scrub(scrub_interval, light_scrub_interval,
+                         scrub_error_limit)
 
     async def start(self):
         # Kept: get_running_loop() costs a getpid() system call per use.
@@ -94,6 +101,10 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._tasks.append(loop.create_task(self._membership()))
         if self._suspect:
             self._tasks.append(loop.create_task(self._resync_when_registered()))
+        if self.scrub_interval:
+            self._tasks.append(loop.create_task(self._scrub_task()))
+        if self.light_scrub_interval:
+            self._tasks.append(loop.create_task(self._light_scrub_task()))
 
     async def _resync_when_registered(self):
         await self._registered.wait()
@@ -285,8 +296,17 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                                              req.snap)
             conn.send(codec.encode_read_ok(frame.req_id, b'', states))
             return
-        data, states = self.store.read_blocks(c, req.offset, req.length,
-                                              req.snap)
+        try:
+            data, states = self.store.read_blocks(c, req.offset, req.length,
+                                                  req.snap)
+        except exception.ChecksumError as e:
+            # The reader goes to another replica; this copy is repaired
+            # behind it (not only served around), the head or the layer
+            # that holds the bad block.
+            if getattr(e, 'block', None) is not None:
+                self.repair_later(req.volume, req.index, e.block, 1,
+                                  e.layer)
+            raise
         conn.send(codec.encode_read_ok(
             frame.req_id, data,
             states if frame.flags & codec.FLAG_STATES else None))

@@ -41,7 +41,10 @@ def main(argv=None):
             recovery_rate=(cc.recovery_rate_min * MiB,
                            cc.recovery_rate_max * MiB),
             disk_error_limit=cc.disk_error_limit,
-            disk_error_window=cc.disk_error_window)
+            disk_error_window=cc.disk_error_window,
+            scrub_interval=cc.scrub_interval,
+            light_scrub_interval=cc.light_scrub_interval,
+            scrub_error_limit=cc.scrub_error_limit)
         await cs.start()
         _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
                                 address=cs.advertise_host, port=cs.port,

@@ -74,6 +74,29 @@ async def _errors(request, handler):
         return _error_response(exception.InternalError(reason=str(e)))
 
 
+SCRUB_TEXT_MAX = 512     # characters kept of a scrub error
+
+
+def _scrub_report(report, depth=0):
+    """A chunk server's scrub progress (heartbeat) as the master keeps
+    it: numbers, short texts and one level of nesting (the light scrub),
+    nothing else (it is only shown)."""
+    if not isinstance(report, dict):
+        return None
+    out = {}
+    for k, v in list(report.items())[:64]:
+        if isinstance(v, bool) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, int) and abs(v) < INT64_BOUND or \
+                isinstance(v, float) and math.isfinite(v):
+            out[str(k)] = v
+        elif isinstance(v, str):
+            out[str(k)] = v[:SCRUB_TEXT_MAX]
+        elif isinstance(v, dict) and not depth:
+            out[str(k)] = _scrub_report(v, 1)
+    return out
+
+
 class _Body:
     """Typed access to a JSON request body; bad input -> InvalidArgument."""
 
@@ -284,6 +307,7 @@ class MasterAPI:
         status = await self.db(self.store.cluster_status)
         status['allocated_bytes_total'] = self.service.allocated_total()
         status['repair'] = self.service.repair_status()
+        status['scrub'] = self.service.scrub_status()
         status['masters'] = self.service.masters()
         return web.json_response(status)
 
@@ -344,6 +368,7 @@ class MasterAPI:
             self.service.resync_soon()
         self.service.seen(sid)
         self._note_usage(sid, b)
+        self.service.note_scrub(sid, _scrub_report(b.get('scrub', dict)))
         return web.json_response({'ok': True,
                                   'dropped': self.service.take_drops(sid),
                                   'term': self.service.term()})

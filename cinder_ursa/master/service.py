@@ -119,6 +119,8 @@ class MasterService:
         self.retired = 0
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
+        # Scrub progress per chunk server, from heartbeats.
+        self.scrubs = {}
 
     async def db(self, fn, *args, **kwargs):
         """Run ``fn`` (a store method) on the database thread."""
@@ -244,6 +246,37 @@ class MasterService:
     def note_usage(self, server_id, volumes):
         """``volumes``: {volume id: bytes} a chunk server reported."""
         self.usage[server_id] = volumes
+
+    def note_scrub(self, server_id, report):
+        """A chunk server's scrub progress (None: it sent none)."""
+        if report is None:
+            self.scrubs.pop(server_id, None)
+        else:
+            self.scrubs[server_id] = report
+
+    def scrub_status(self):
+        """The scrubs of the chunk servers that reported one, and their
+        totals: bytes checked of this pass, the pass with the most time
+        left, bad blocks found, repaired and left, the newest error."""
+        servers = {sid: r for sid, r in sorted(self.scrubs.items())}
+        total = {k: sum(r.get(k) or 0 for r in servers.values())
+                 for k in ('bytes_done', 'bytes_total', 'rate_bytes_per_s',
+                           'bad_blocks_found', 'bad_blocks_repaired',
+                           'bad_blocks_unrepaired')}
+        light = [r.get('light') or {} for r in servers.values()]
+        total['light_blocks_made_identical'] = sum(
+            lr.get('blocks_made_identical') or 0 for lr in light)
+        etas = [r['eta_s'] for r in servers.values()
+                if r.get('eta_s') is not None]
+        total['eta_s'] = max(etas) if etas else None
+        starts = [r['pass_started'] for r in servers.values()
+                  if r.get('pass_started') is not None]
+        total['oldest_pass_started'] = min(starts) if starts else None
+        errors = ['server %d: %s' % (sid, r['last_error'])
+                  for sid, r in servers.items() if r.get('last_error')]
+        total['errors'] = errors
+        total['servers'] = {str(sid): r for sid, r in servers.items()}
+        return total
 
     def allocated_total(self):
         return sum(sum(u.values()) for u in self.usage.values())

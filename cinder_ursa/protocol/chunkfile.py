@@ -20,6 +20,8 @@ Layout of a data directory::
                                         until every replica here was
                                         compared with its chunk's others
                                         (local reads stay away meanwhile)
+    scrub-cursor                        the deep scrub's pass, position and
+                                        counts (JSON; see chunkserver/scrub)
     chunks/<volume id>/generation       highest lease generation seen
     chunks/<volume id>/snapseq          highest snapshot sequence seen
     chunks/<volume id>/<index>.data     the chunk's current bytes (sparse)

@@ -48,6 +48,9 @@ _REVERT = struct.Struct('!16sQQ')          # volume, snapshot, sequence
 _INVENTORY = struct.Struct('!16s')         # volume (all zeros: every one)
 # volume, index, epoch, first block, block count
 _REPAIR = struct.Struct('!16sQQII')
+# Then, optionally, the snapshot layer to repair (its sequence; absent or
+# 0: the head): a body without it is a repair of the head, as before.
+_REPAIR_LAYER = struct.Struct('!Q')
 MAX_REPAIR_BLOCKS = 4096                   # 16 MiB per REPAIR
 _REBUILD = struct.Struct('!16sQQQ')        # volume, index, epoch, target
 _RESYNC = struct.Struct('!16sQQ')          # volume, index, epoch
@@ -136,19 +139,22 @@ def decode_revert(body):
 
 
 class RepairRequest:
-    __slots__ = ('volume', 'index', 'epoch', 'first', 'count')
+    __slots__ = ('volume', 'index', 'epoch', 'first', 'count', 'layer')
 
-    def __init__(self, volume, index, epoch, first, count):
+    def __init__(self, volume, index, epoch, first, count, layer=0):
         self.volume, self.index, self.epoch = volume, index, epoch
-        self.first, self.count = first, count
+        self.first, self.count, self.layer = first, count, layer
 
 
-def encode_repair(req_id, volume, index, epoch, first, count):
+def encode_repair(req_id, volume, index, epoch, first, count, layer=0):
     """Ask a chunk's primary to make blocks ``first .. first+count-1``
+    of the head (``layer`` 0) or of a snapshot layer (its sequence)
     identical and valid on every replica (it pushes its own, or the first
     valid copy it finds)."""
-    return _frame(REPAIR, req_id, _REPAIR.pack(_uuid_bytes(volume), index,
-                                               epoch, first, count))
+    body = _REPAIR.pack(_uuid_bytes(volume), index, epoch, first, count)
+    if layer:
+        body += _REPAIR_LAYER.pack(layer)
+    return _frame(REPAIR, req_id, body)
 
 
 def decode_repair(body):
@@ -157,7 +163,10 @@ def decode_repair(body):
     if not 0 < count <= MAX_REPAIR_BLOCKS:
         raise exception.ProtocolError(reason='REPAIR of %d blocks (1 to %d)'
                                       % (count, MAX_REPAIR_BLOCKS))
-    return RepairRequest(_uuid_str(vol), index, epoch, first, count)
+    layer = 0
+    if len(body) >= _REPAIR.size + _REPAIR_LAYER.size:
+        layer = _REPAIR_LAYER.unpack_from(body, _REPAIR.size)[0]
+    return RepairRequest(_uuid_str(vol), index, epoch, first, count, layer)
 
 
 class RebuildRequest:

@@ -42,9 +42,15 @@ class BlockIO:
             if want != got:
                 LOG.error('Checksum mismatch in %s block %d: stored %08x, '
                           'data %08x', files.base, first + i, want, got)
-                raise exception.ChecksumError(
+                err = exception.ChecksumError(
                     reason='chunk %s/%d block %d on this replica is corrupt'
                     % (c.volume, c.index, first + i))
+                # Where, for the repair the server asks for (see
+                # ChunkServer._read): the block, and its layer (0: head).
+                err.block = first + i
+                err.layer = next((n for n, f in c.layers.items()
+                                  if f is files), 0)
+                raise err
 
     def _read_run(self, c, files, first, count, crcs):
         data = os.pread(files.data_fd, count * BLOCK, first * BLOCK)

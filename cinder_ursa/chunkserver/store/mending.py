@@ -108,6 +108,28 @@ class RawBlocks:
             raise
         self._mark_dirty(c, (files,))
 
+    def dup_files(self, c, layer=0):
+        """(data fd, metadata fd, blocks) of the head or of ``layer`` of
+        ``c``, duplicated so a worker thread may read them while the copy's
+        own are closed (the caller closes them); None: no such layer."""
+        if layer and layer not in c.layers:
+            return None
+        self._opened(c)
+        files = c.layer(layer) if layer else c.head
+        return os.dup(files.data_fd), os.dup(files.meta_fd), files.nblocks()
+
+    @staticmethod
+    def data_bytes(c):
+        """Bytes allocated to the data files of ``c`` (head and layers):
+        what reading all its blocks reads."""
+        total = 0
+        for f in c.all_files():
+            try:
+                total += os.stat(f.base + '.data').st_blocks * 512
+            except FileNotFoundError:
+                pass
+        return total
+
     # --- copies a crash of the machine may have torn ----------------------
 
     def mark_unverified(self, volume, index):

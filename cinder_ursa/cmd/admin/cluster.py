@@ -44,6 +44,7 @@ class ClusterStatus(show.ShowOne):
                              if eta is None else _duration(eta)),
             'moves_pending': rep.get('moves_pending', 0),
         })
+        row.update(_scrub_rows(st.get('scrub') or {}))
         row.update({
             'capacity': units.format_size(st['capacity_bytes']),
             'free': units.format_size(st['free_bytes']),
@@ -59,6 +60,31 @@ class ClusterStatus(show.ShowOne):
             'standbys': ', '.join(masters.get('standbys') or []) or '-',
         })
         return tuple(row), tuple(row.values())
+
+
+def _scrub_rows(sc):
+    """The scrub of every chunk server, summed: what this pass checked,
+    its rate and the time left, the bad blocks found, repaired and not,
+    and the errors (an unrepaired block, a quarantined disk)."""
+    done, total = sc.get('bytes_done', 0), sc.get('bytes_total', 0)
+    started = sc.get('oldest_pass_started')
+    return {
+        'scrub_progress': '%s of %s (%d%%)' % (
+            units.format_size(done), units.format_size(total),
+            100 * done // total if total else 100),
+        'scrub_pass_started': '-' if started is None else time.strftime(
+            '%Y-%m-%d %H:%M:%S UTC', time.gmtime(started)),
+        'scrub_rate': '%s/s' % units.format_size(
+            sc.get('rate_bytes_per_s', 0)),
+        'scrub_eta': '-' if sc.get('eta_s') is None
+        else _duration(sc['eta_s']),
+        'scrub_bad_blocks': 'found %d, repaired %d, unrepaired %d' % (
+            sc.get('bad_blocks_found', 0), sc.get('bad_blocks_repaired', 0),
+            sc.get('bad_blocks_unrepaired', 0)),
+        'light_scrub_blocks_made_identical': sc.get(
+            'light_blocks_made_identical', 0),
+        'scrub_errors': '; '.join(sc.get('errors') or []) or '-',
+    }
 
 
 def _duration(seconds):

@@ -286,3 +286,31 @@ def test_a_heartbeat_reports_a_failed_data_directory(store):
     assert_400(one(store, 'PUT', path, {'failure': 5}), 'failure')
     status, body = one(store, 'GET', '/v1/cluster')
     assert body['servers']['failed'] == 1
+
+
+def test_heartbeats_carry_the_scrub_progress_shown_by_the_cluster(store):
+    sid = store.register_server('u', 'h', 'r', '127.0.0.1', 9000, 1, 0,
+                                1)[0]['id']
+    path = '/v1/chunkservers/%d/heartbeat' % sid
+    report = {'state': 'scrubbing', 'bytes_done': 3 * MiB,
+              'bytes_total': 4 * MiB, 'rate_bytes_per_s': MiB, 'eta_s': 1,
+              'pass_started': 1700000000.5, 'bad_blocks_found': 2,
+              'bad_blocks_repaired': 1, 'bad_blocks_unrepaired': 1,
+              'last_error': 'e' * 10000, 'junk': [1, 2],
+              'light': {'blocks_made_identical': 4, 'deeper': {'x': 1}}}
+    results = call(store, [('PUT', path, {'scrub': report}),
+                           ('GET', '/v1/cluster', None)])
+    assert results[0][0] == 200, results[0]
+    sc = results[1][1]['scrub']
+    assert (sc['bytes_done'], sc['bytes_total'], sc['eta_s']) == (
+        3 * MiB, 4 * MiB, 1)
+    assert (sc['bad_blocks_found'], sc['bad_blocks_repaired'],
+            sc['bad_blocks_unrepaired']) == (2, 1, 1)
+    assert sc['light_blocks_made_identical'] == 4
+    assert sc['oldest_pass_started'] == 1700000000.5
+    # Kept short and flat: only what is shown.
+    assert len(sc['errors']) == 1
+    assert len(sc['errors'][0]) < api.SCRUB_TEXT_MAX + 20
+    mine = sc['servers'][str(sid)]
+    assert 'junk' not in mine and 'deeper' not in mine['light']
+    assert_400(one(store, 'PUT', path, {'scrub': 'fast'}), 'scrub')

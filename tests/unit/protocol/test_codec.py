@@ -223,6 +223,14 @@ def test_repair_request_and_its_bounds():
         bad = control.encode_repair(1, VOL, 2, 5, 0, count)
         with pytest.raises(exception.ProtocolError):
             control.decode_repair(one_frame(bad).body)
+    assert req.layer == 0           # no layer named: the head
+
+
+def test_repair_of_a_snapshot_layer():
+    raw = control.encode_repair(14, VOL, 2, 5, 100, 8, layer=3)
+    assert raw.hex().endswith('%08x' % 8 + '%016x' % 3)
+    req = control.decode_repair(one_frame(raw).body)
+    assert (req.first, req.count, req.layer) == (100, 8, 3)
 
 
 def test_raw_read_reply_and_raw_replicate():
