@@ -331,6 +331,7 @@ class MasterAPI:
             'server': server, 'stale': stale, 'orphans': orphans,
             'generations': gens, 'snapseqs': seqs, 'snapshots': snaps,
             'heartbeat_interval': max(self.server_timeout / 3.0, 0.2),
+            'server_timeout': self.server_timeout,
             'term': self.service.term()})
 
     async def heartbeat(self, request):
@@ -346,6 +347,7 @@ class MasterAPI:
         self._note_usage(sid, b)
         return web.json_response({'ok': True,
                                   'dropped': self.service.take_drops(sid),
+                                  'server_timeout': self.server_timeout,
                                   'term': self.service.term()})
 
     async def set_maintenance(self, request):
