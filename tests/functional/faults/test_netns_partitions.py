@@ -265,6 +265,38 @@ def test_a_replica_cut_off_from_the_master_serves_no_stale_read(
     assert replica in replica_sets(cluster, 'v')[0]
 
 
+def test_a_replica_cut_off_from_its_primary_alone_serves_no_stale_read(
+        make_ns_cluster, network):
+    """A replica loses its primary alone (it still reaches the master and
+    the client): the primary has the master drop it at the first write it
+    misses (epoch + 1), and cannot tell it.  A reader holding the map of
+    before must not get the old bytes from it, although its next
+    heartbeat, which tells it, may be seconds away (5 s here)."""
+    cluster = make_ns_cluster(3, server_timeout=15.0,
+                              replication_timeout=1.0, extra_conf=REPAIR)
+    cluster.client().create_volume('v', SIZE, chunk_size=SIZE)
+    old = os.urandom(BS)
+    new = os.urandom(BS)
+    with data_client(cluster) as cl, cl.open_volume('v') as v:
+        v.write(0, old)
+        v.flush()
+    vid, chunk = chunk0(cluster)
+    primary, replica, _ = [r['id'] for r in chunk['replicas']]
+    network.cut(cs(cluster, replica), cs(cluster, primary))
+    try:
+        with data_client(cluster) as cl, cl.open_volume('v') as v:
+            v.write(0, new)
+        assert replica not in replica_sets(cluster, 'v')[0]
+        got = raw_read(cluster, replica, vid, 0, chunk['epoch'], BS)
+        assert got != old, 'a dropped replica served the old bytes'
+        assert isinstance(got, exception.UrsaError) or got == new
+    finally:
+        network.heal()
+    model = bytearray(SIZE)
+    model[:BS] = new
+    check_converged(cluster, model, {})
+
+
 def test_the_client_cut_off_from_a_primary_goes_on_without_it(
         nscluster, network):
     """The client loses the primary of the chunk it writes (both ways;
