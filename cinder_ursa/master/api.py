@@ -535,6 +535,7 @@ class MasterAPI:
                 r['id'] for r in chunk['replicas']]:
             vol = await self.db(self.store.get_volume, ref)
             self.service.note_drop(sid, vol['id'], idx, chunk['epoch'])
+            await self.service.tell_dropped(vol['id'], chunk, sid)
         if before['replicas'][:1] == [sid] and len(before['replicas']) > 1:
             # Its last write may have reached some replicas only (the
             # chunk is marked).

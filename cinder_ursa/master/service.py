@@ -57,6 +57,9 @@ REBUILD_TIMEOUT = 600.0
 AVOID_AFTER_FAILURE = 10.0
 # The recovery rate is the bytes copied over this many seconds.
 RATE_WINDOW = 60.0
+# Seconds a replica drop waits at most for the dropped server to learn
+# it (see MasterService.tell_dropped).
+TELL_DROPPED_WAIT = 1.0
 
 
 def job_dict(job):
@@ -112,6 +115,7 @@ class MasterService:
         self._live = set()      # see live_servers
         self._lost_cache = set()
         self._drops = {}        # server id -> {(volume, index): epoch}
+        self._telling = set()   # tasks of tell_dropped still running
         self._resyncs_pending = 0   # chunks marked, as last read
         self._resync_slots = None   # made in the loop: RESYNC_CONCURRENCY
         self._resyncing = set()
@@ -506,6 +510,49 @@ class MasterService:
         drops = self._drops.setdefault(server_id, {})
         if len(drops) < MAX_DROPS_KEPT:
             drops[(volume_id, index)] = epoch
+
+    async def tell_dropped(self, volume_id, chunk, server_id):
+        """Tell ``server_id``, just dropped from ``chunk`` (the master's
+        JSON, at its new epoch) by its primary or a client, that it left,
+        before the drop is answered: its primary could not reach it, but
+        this master may, and its next heartbeat (which would tell it) may
+        be seconds away.  Until it knows, it would serve the bytes it holds
+        to a reader with the old map, older than the writes acknowledged
+        without it from now on.  The epoch is sent as a forwarded empty
+        write, which it confirms with this master: it then marks its copy
+        stale and answers StaleReplica.  A server that does not answer
+        within TELL_DROPPED_WAIT (dead, or cut off from this master too:
+        it is marked down and serves no read past its lease, see
+        chunkserver.controlplane) is told in the background."""
+        try:
+            server = await self.db(self.store.get_server, server_id)
+        except exception.NotFound:
+            return
+        if server['state'] != 'up':
+            return
+        epoch = chunk['epoch']
+        bump = codec.WriteRequest(
+            volume_id, chunk['index'], epoch, 0, 0, 0, 0,
+            [r['id'] for r in chunk['replicas']], b'', codec.FLAG_IF_ABSENT)
+
+        async def tell():
+            try:
+                await self.chunkservers.send(
+                    server, lambda rid: codec.encode_replicate(rid, bump,
+                                                               epoch))
+            except (exception.StaleReplica, exception.StaleEpoch):
+                pass        # told: its copy is stale, or it moved on
+            except exception.UrsaError as e:
+                LOG.info('Chunk %s/%d: server %d, dropped at epoch %d, '
+                         'was not told (%s); its next heartbeat tells it',
+                         volume_id, chunk['index'], server_id, epoch, e)
+        task = asyncio.ensure_future(tell())
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), TELL_DROPPED_WAIT)
+        except TimeoutError:
+            pass
 
     def take_drops(self, server_id):
         """[(volume id, index, epoch)] ``server_id`` left since its last
