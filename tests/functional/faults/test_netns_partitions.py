@@ -131,10 +131,11 @@ def acked_during(acked, marks, after=0.0):
 
 
 def raw_read(cluster, sid, volume_id, index, epoch, length):
-    """READ ``length`` bytes of a chunk straight from server ``sid`` at
-    ``epoch``, as a client holding that epoch's map does: the bytes, or
-    the error the server answered."""
-    server = next(s for s in cluster.client().servers() if s['id'] == sid)
+    """READ ``length`` bytes of a chunk straight from server ``sid`` (or
+    the master's dict of a server) at ``epoch``, as a client holding that
+    epoch's map does: the bytes, or the error the server answered."""
+    server = sid if isinstance(sid, dict) else next(
+        s for s in cluster.client().servers() if s['id'] == sid)
     with data_client(cluster, io_timeout=10.0) as cl:
         async def read(c):
             conn = await c.pool.get(server['address'], server['port'])
@@ -417,3 +418,35 @@ def test_the_gateway_cut_off_from_a_chunk_server_serves_on(
              'every chunk of fio back to 3 replicas', interval=0.3)
     r = ursa(cluster.data_dir, 'cluster', 'check', check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_io_goes_on_while_the_master_is_cut_off_from_everyone(
+        make_ns_cluster, network):
+    """The master's host loses everyone for less than server_timeout (as
+    in a failover, about 8 s against 15 s by default): mapped chunks are
+    written without it, no write fails, nothing is dropped, and the chunk
+    servers still serve reads on their own (their lease on the master's
+    word has not run out)."""
+    cluster = make_ns_cluster(3, server_timeout=8.0,
+                              replication_timeout=1.0, extra_conf=REPAIR)
+    cluster.client().create_volume('v', SIZE, chunk_size=SIZE)
+    with data_client(cluster) as cl, cl.open_volume('v') as v:
+        v.write(0, bytes(BS))
+    before = replica_sets(cluster, 'v')
+    vid, chunk = chunk0(cluster)
+    servers = cluster.client().servers()
+    reads = []
+
+    def heal():
+        # Read from every replica at the chunk's epoch while the master
+        # is still away.
+        for s in servers:
+            reads.append(raw_read(cluster, s, vid, 0, chunk['epoch'], BS))
+        network.heal('master')
+    model, failed, acked, marks = write_through(
+        cluster, lambda: network.cut('master'), heal, 3)
+    assert failed == {}
+    assert acked_during(acked, marks) > 10
+    assert [type(r) for r in reads] == [bytes] * 3, reads
+    assert replica_sets(cluster, 'v') == before
+    check_converged(cluster, model, failed)
