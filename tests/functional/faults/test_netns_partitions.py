@@ -450,3 +450,25 @@ def test_io_goes_on_while_the_master_is_cut_off_from_everyone(
     assert [type(r) for r in reads] == [bytes] * 3, reads
     assert replica_sets(cluster, 'v') == before
     check_converged(cluster, model, failed)
+
+
+def test_a_master_that_hears_no_chunk_server_drops_none(make_ns_cluster,
+                                                        network):
+    """The master's host loses everyone for longer than server_timeout:
+    every chunk server looks silent to it at once.  It is the master that
+    is cut off, not all its servers that died: it must not mark them all
+    down and strip every chunk to one replica when it hears them again
+    (the writes acknowledged meanwhile are on all three)."""
+    cluster = make_ns_cluster(3, server_timeout=2.0,
+                              replication_timeout=1.0, extra_conf=REPAIR)
+    cluster.client().create_volume('v', SIZE, chunk_size=SIZE)
+    with data_client(cluster) as cl, cl.open_volume('v') as v:
+        v.write(0, bytes(BS))
+    before = replica_sets(cluster, 'v')
+    model, failed, acked, marks = write_through(
+        cluster, lambda: network.cut('master'),
+        lambda: network.heal('master'), 5)
+    assert failed == {}
+    assert replica_sets(cluster, 'v') == before
+    assert all(s['state'] == 'up' for s in cluster.client().servers())
+    check_converged(cluster, model, failed)
