@@ -116,6 +116,7 @@ class MasterService:
         self._lost_cache = set()
         self._drops = {}        # server id -> {(volume, index): epoch}
         self._telling = set()   # tasks of tell_dropped still running
+        self._deaf_since = None     # since when no chunk server is heard
         self._resyncs_pending = 0   # chunks marked, as last read
         self._resync_slots = None   # made in the loop: RESYNC_CONCURRENCY
         self._resyncing = set()
@@ -284,6 +285,8 @@ class MasterService:
         while True:
             await asyncio.sleep(interval)
             try:
+                if await self._deaf():
+                    continue
                 primaries = []
                 self._live -= set(await self.db(
                     self.store.mark_down, self.server_timeout, primaries))
@@ -297,6 +300,42 @@ class MasterService:
                         await self.gc(vid)
             except Exception:  # noqa: BLE001 - keep watching
                 LOG.exception('Checking chunk server heartbeats failed')
+
+    async def _deaf(self):
+        """Whether this master hears no chunk server while several are
+        up: then it is the one cut off (its network, its host), not every
+        server dead at once, and marking them down one after the other as
+        their silences pass server_timeout would strip every chunk to one
+        replica (never the last) while the servers, which still reach
+        each other and the clients, take writes on all of them.
+
+        Deaf: no heartbeat from any server for two thirds of
+        server_timeout (each beats every third of it), which is already
+        so when the first of them was cut off for server_timeout.  Nobody
+        is marked down then; once one is heard again, every silence is
+        judged from then on (as after an election).  The servers, which
+        cannot reach this master either, serve no read past their lease
+        meanwhile (chunkserver.controlplane).  Had they all died, they
+        stay listed up until one returns: no chunk had a replica left to
+        write anyway."""
+        up, heard = await self.db(self.store.heard_from,
+                                  self.server_timeout * 2.0 / 3.0)
+        if up < 2 or heard:
+            if self._deaf_since is not None:
+                LOG.warning('Chunk servers heard again after %.0f s of '
+                            'silence from all of them; their heartbeats are '
+                            'judged from now on',
+                            time.monotonic() - self._deaf_since)
+                self._deaf_since = None
+                await self.db(self.store.reset_heartbeats)
+            return False
+        if self._deaf_since is None:
+            self._deaf_since = time.monotonic()
+            LOG.error('No chunk server (of %d up) sent a heartbeat for %.1f '
+                      's: this master is probably cut off from them; none '
+                      'is marked down until one is heard again', up,
+                      self.server_timeout * 2.0 / 3.0)
+        return True
 
     async def _take_over(self, elected):
         """Settle what the master that ran before left (the first thing
