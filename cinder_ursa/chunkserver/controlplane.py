@@ -33,7 +33,7 @@ class ControlMixin:
             LOG.error('Registered with the master as chunk server %d, with '
                       'its data directory failed', self.id)
             self._registered.set()
-            return
+            return reply
         usage = self.store.usage()
         lost_cache = self.store.lost_cache
         reply = await self.master.register_server(
@@ -69,18 +69,41 @@ class ControlMixin:
         self._learn_term(reply)
         LOG.info('Registered with the master as chunk server %d', self.id)
         self._registered.set()
+        return reply
+
+    def _heard(self, sent, reply):
+        """The master answered a registration or heartbeat sent at loop
+        time ``sent``: it cannot mark this server down (and drop it from
+        its replica sets behind its back) before ``sent`` plus its
+        ``server_timeout``, so until then the epochs this server knows are
+        the master's (see ``master_lease_valid``)."""
+        timeout = reply.get('server_timeout')
+        if timeout is None:
+            # A master that does not say: two heartbeats, well within it.
+            timeout = 2 * self._heartbeat_interval
+        self._master_lease = sent + float(timeout)
+
+    def master_lease_valid(self):
+        """Whether the master cannot have dropped this server from a
+        replica set without it knowing.  A server cut off from the master
+        is marked down after server_timeout and dropped from every replica
+        set (epoch + 1), and no heartbeat reply tells it: past its lease,
+        a replica that served a read at the epoch it knows could serve
+        bytes older than writes acknowledged since, at the new epoch, by
+        the others.  Reads then wait for a confirmation by the master."""
+        return self._loop.time() < self._master_lease
 
     async def _heartbeat(self):
         if self.disk.failure is not None:
-            await self.master.heartbeat(self.id, {
+            return await self.master.heartbeat(self.id, {
                 'failure': self.disk.failure, 'capacity': 0, 'used': 0,
                 'free': 0, 'scrub': self.scrub_status()})
-        else:
-            body = self.store.usage()
-            body['scrub'] = self.scrub_status()
-            reply = await self.master.heartbeat(self.id, body)
-            self._left(reply.get('dropped', ()))
-            self._learn_term(reply)
+        body = self.store.usage()
+        body['scrub'] = self.scrub_status()
+        reply = await self.master.heartbeat(self.id, body)
+        self._left(reply.get('dropped', ()))
+        self._learn_term(reply)
+        return reply
 
     def _learn_term(self, reply):
         """The leader's term, from its registration or heartbeat reply:
@@ -98,12 +121,13 @@ class ControlMixin:
         registered = False
         while True:
             self._wake.clear()
+            sent = self._loop.time()
             try:
                 if not registered:
-                    await self._register()
+                    self._heard(sent, await self._register())
                     registered = True
                 else:
-                    await self._heartbeat()
+                    self._heard(sent, await self._heartbeat())
             except exception.NotFound:
                 registered = False
                 continue

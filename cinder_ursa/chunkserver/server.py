@@ -72,6 +72,10 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._tasks = []
         self._drop_locks = {}
         self._heartbeat_interval = 5.0
+        # Loop time until which the master cannot have dropped this server
+        # from a replica set unbeknown to it (controlplane._heard); none
+        # before it registers.
+        self._master_lease = float('-inf')
         self._registered = asyncio.Event()
         self._wake = asyncio.Event()    # report to the master now
         self._loop = None
@@ -263,6 +267,16 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                    % (self.store.data_dir, self.id, self.disk.failure))
 
     def _read(self, conn, frame, req, confirmed):
+        if not self.master_lease_valid():
+            # The master may have dropped this replica while it could not
+            # be told (see master_lease_valid): the epoch is confirmed
+            # first, and with no master to confirm it the client reads
+            # another replica.  (A joining copy is not marked stale here:
+            # the store refuses it reads anyway.)
+            if not confirmed:
+                raise authority_mod.Unconfirmed()
+            self.authority.view(req.volume, req.index, req.epoch, self.id,
+                                confirmed, joining=True)
         known = self.store.known_epoch(req.volume, req.index)
         if known is not None and req.epoch > known:
             self.authority.view(req.volume, req.index, req.epoch, self.id,

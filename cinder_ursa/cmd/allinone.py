@@ -28,6 +28,15 @@ advertises 127.0.0.1 on the same port, where the proxy listens, so the
 master, the clients and the other chunk servers all reach it through the
 proxy; ``proxies[i]`` partitions, heals or delays chunk server ``i``.
 
+``hosts`` puts processes on hosts of their own instead of 127.0.0.1:
+{role: (network namespace, address)}, the roles being ``master`` (and
+``master<i>`` with several masters), ``cs<i>`` and ``nbd``.  A process
+with a host runs in its namespace (``ip netns exec``), binds and
+advertises its address, and a chunk server declares its role as its
+host name (the failure domain ``host``); the NBD gateway then reads no
+replica files directly, as on a host of its own.  The namespaces, their
+links and the faults on them are the caller's (tests/fixtures/netns.py).
+
 Example::
 
     ursa-aio --data-dir /var/tmp/ursa --chunkservers 3
@@ -67,7 +76,7 @@ class AllInOne:
                  failure_domain='server', lease_ttl=30.0,
                  replication_timeout=5.0, extra_conf='', nbd_port=None,
                  racks=None, fault_proxies=False, masters=1,
-                 coordination_url=None):
+                 coordination_url=None, hosts=None):
         if masters < 1:
             raise ValueError('masters must be at least 1')
         if racks is not None and len(racks) != chunkservers:
@@ -86,6 +95,11 @@ class AllInOne:
         self.replication_timeout = replication_timeout
         self.extra_conf = extra_conf
         self.racks = racks
+        if hosts and fault_proxies:
+            raise ValueError('fault proxies listen on 127.0.0.1: not with '
+                             'hosts of their own')
+        # role -> (network namespace, address); see the module's doc.
+        self.hosts = dict(hosts or {})
         self.fault_proxies = fault_proxies
         self.proxies = {}       # chunk server index -> ProxyControl
         self._proxy_thread = None
@@ -114,6 +128,15 @@ class AllInOne:
 
     # --- configuration -----------------------------------------------------
 
+    def host(self, role):
+        """(network namespace or None, address) of ``role`` (``master``,
+        ``master<i>``, ``cs<i>``, ``nbd``)."""
+        return self.hosts.get(role, (None, '127.0.0.1'))
+
+    @staticmethod
+    def master_role(i):
+        return 'master%s' % (i or '')
+
     def _port(self, offset):
         return self.port_base + offset if self.port_base else 0
 
@@ -127,10 +150,11 @@ class AllInOne:
             '[ursa]',
             'cluster_key_file = %s' % self.key_file,
             'master_url = %s' % ','.join(
-                'http://127.0.0.1:%d' % p for p in self.master_ports),
+                'http://%s:%d' % (self.host(self.master_role(i))[1], p)
+                for i, p in enumerate(self.master_ports)),
             '',
             '[ursa_master]',
-            'bind_host = 127.0.0.1',
+            'bind_host = %s' % self.host('master')[1],
             'bind_port = %d' % self.master_ports[0],
             'state_dir = %s' % os.path.join(self.data_dir, 'master'),
             'failure_domain = %s' % self.failure_domain,
@@ -162,11 +186,14 @@ class AllInOne:
             'poll_interval = 0.2',
             '',
             '[ursa_nbd]',
-            'bind_host = 127.0.0.1',
+            'bind_host = %s' % self.host('nbd')[1],
             'bind_port = %d' % self._nbd_port,
             'state_dir = %s' % os.path.join(self.data_dir, 'nbd'),
+            # On hosts of their own, the gateway shares no disk with the
+            # chunk servers.
             'local_chunkserver_dirs = %s' % ','.join(
-                self.cs_dir(i) for i in range(self.n)),
+                self.cs_dir(i) for i in range(self.n)
+                if not self.hosts),
             '',
             self.extra_conf,
         ]
@@ -175,9 +202,14 @@ class AllInOne:
 
     # --- processes ---------------------------------------------------------
 
-    def _spawn(self, module, log_name, args=()):
+    def _spawn(self, module, log_name, args=(), role=None):
         cmd = [sys.executable, '-m', module, '--config-file', self.conf_file]
         cmd += list(args)
+        netns = self.host(role)[0]
+        if netns is not None:
+            # ip netns exec execs the command: the process is ours, its
+            # pid the one signals and endpoint files name.
+            cmd = ['ip', 'netns', 'exec', netns] + cmd
         with open(os.path.join(self.data_dir, log_name), 'ab') as log:
             return subprocess.Popen(cmd, stdout=log,
                                     stderr=subprocess.STDOUT,
@@ -213,7 +245,8 @@ class AllInOne:
         as that process's exit); return the endpoint it wrote."""
         state = os.path.join(self.data_dir, name)
         os.makedirs(state, exist_ok=True)
-        proc = self._spawn('cinder_ursa.cmd.' + name, name + '.log')
+        proc = self._spawn('cinder_ursa.cmd.' + name, name + '.log',
+                           role=name)
         setattr(self, name + '_proc', proc)
         return self._wait_file(os.path.join(state, 'endpoint.json'), proc,
                                'ursa-' + name)
@@ -240,10 +273,13 @@ class AllInOne:
             own = os.path.join(state, 'master.conf')
             with open(own, 'w') as f:
                 f.write('[ursa_master]\nstate_dir = %s\nbind_port = %d\n'
-                        % (state, self.master_ports[i]))
+                        'bind_host = %s\n'
+                        % (state, self.master_ports[i],
+                           self.host(self.master_role(i))[1]))
             args = ['--config-file', own]
         proc = self._spawn('cinder_ursa.cmd.master',
-                           'master%s.log' % (i or ''), args)
+                           'master%s.log' % (i or ''), args,
+                           role=self.master_role(i))
         self.master_procs[i] = proc
         info = self._wait_file(os.path.join(state, 'endpoint.json'), proc,
                                'ursa-master %d' % i if i else 'ursa-master')
@@ -315,12 +351,17 @@ class AllInOne:
                       'bind_port = %d' % self._proxied_port(i)]
         else:
             lines.append('bind_port = %d' % self._cs_port(i))
+        if 'cs%d' % i in self.hosts:
+            address = self.host('cs%d' % i)[1]
+            lines += ['bind_host = %s' % address,
+                      'advertise_host = %s' % address,
+                      'host = cs%d' % i]
         if self.racks is not None:
             lines.append('rack = %s' % self.racks[i])
         with open(own, 'w') as f:
             f.write('\n'.join(lines) + '\n')
         proc = self._spawn('cinder_ursa.cmd.chunkserver', 'cs%d.log' % i,
-                           ['--config-file', own])
+                           ['--config-file', own], role='cs%d' % i)
         self.cs_procs[i] = proc
         info = self._wait_file(os.path.join(d, 'endpoint.json'), proc,
                                'ursa-chunkserver %d' % i)

@@ -355,6 +355,7 @@ class MasterAPI:
             'server': server, 'stale': stale, 'orphans': orphans,
             'generations': gens, 'snapseqs': seqs, 'snapshots': snaps,
             'heartbeat_interval': max(self.server_timeout / 3.0, 0.2),
+            'server_timeout': self.server_timeout,
             'term': self.service.term()})
 
     async def heartbeat(self, request):
@@ -371,6 +372,7 @@ class MasterAPI:
         self.service.note_scrub(sid, _scrub_report(b.get('scrub', dict)))
         return web.json_response({'ok': True,
                                   'dropped': self.service.take_drops(sid),
+                                  'server_timeout': self.server_timeout,
                                   'term': self.service.term()})
 
     async def set_maintenance(self, request):
@@ -558,6 +560,7 @@ class MasterAPI:
                 r['id'] for r in chunk['replicas']]:
             vol = await self.db(self.store.get_volume, ref)
             self.service.note_drop(sid, vol['id'], idx, chunk['epoch'])
+            await self.service.tell_dropped(vol['id'], chunk, sid)
         if before['replicas'][:1] == [sid] and len(before['replicas']) > 1:
             # Its last write may have reached some replicas only (the
             # chunk is marked).

@@ -57,6 +57,9 @@ REBUILD_TIMEOUT = 600.0
 AVOID_AFTER_FAILURE = 10.0
 # The recovery rate is the bytes copied over this many seconds.
 RATE_WINDOW = 60.0
+# Seconds a replica drop waits at most for the dropped server to learn
+# it (see MasterService.tell_dropped).
+TELL_DROPPED_WAIT = 1.0
 
 
 def job_dict(job):
@@ -112,6 +115,8 @@ class MasterService:
         self._live = set()      # see live_servers
         self._lost_cache = set()
         self._drops = {}        # server id -> {(volume, index): epoch}
+        self._telling = set()   # tasks of tell_dropped still running
+        self._deaf_since = None     # since when no chunk server is heard
         self._resyncs_pending = 0   # chunks marked, as last read
         self._resync_slots = None   # made in the loop: RESYNC_CONCURRENCY
         self._resyncing = set()
@@ -313,6 +318,8 @@ class MasterService:
         while True:
             await asyncio.sleep(interval)
             try:
+                if await self._deaf():
+                    continue
                 primaries = []
                 self._live -= set(await self.db(
                     self.store.mark_down, self.server_timeout, primaries))
@@ -326,6 +333,42 @@ class MasterService:
                         await self.gc(vid)
             except Exception:  # noqa: BLE001 - keep watching
                 LOG.exception('Checking chunk server heartbeats failed')
+
+    async def _deaf(self):
+        """Whether this master hears no chunk server while several are
+        up: then it is the one cut off (its network, its host), not every
+        server dead at once, and marking them down one after the other as
+        their silences pass server_timeout would strip every chunk to one
+        replica (never the last) while the servers, which still reach
+        each other and the clients, take writes on all of them.
+
+        Deaf: no heartbeat from any server for two thirds of
+        server_timeout (each beats every third of it), which is already
+        so when the first of them was cut off for server_timeout.  Nobody
+        is marked down then; once one is heard again, every silence is
+        judged from then on (as after an election).  The servers, which
+        cannot reach this master either, serve no read past their lease
+        meanwhile (chunkserver.controlplane).  Had they all died, they
+        stay listed up until one returns: no chunk had a replica left to
+        write anyway."""
+        up, heard = await self.db(self.store.heard_from,
+                                  self.server_timeout * 2.0 / 3.0)
+        if up < 2 or heard:
+            if self._deaf_since is not None:
+                LOG.warning('Chunk servers heard again after %.0f s of '
+                            'silence from all of them; their heartbeats are '
+                            'judged from now on',
+                            time.monotonic() - self._deaf_since)
+                self._deaf_since = None
+                await self.db(self.store.reset_heartbeats)
+            return False
+        if self._deaf_since is None:
+            self._deaf_since = time.monotonic()
+            LOG.error('No chunk server (of %d up) sent a heartbeat for %.1f '
+                      's: this master is probably cut off from them; none '
+                      'is marked down until one is heard again', up,
+                      self.server_timeout * 2.0 / 3.0)
+        return True
 
     async def _take_over(self, elected):
         """Settle what the master that ran before left (the first thing
@@ -539,6 +582,49 @@ class MasterService:
         drops = self._drops.setdefault(server_id, {})
         if len(drops) < MAX_DROPS_KEPT:
             drops[(volume_id, index)] = epoch
+
+    async def tell_dropped(self, volume_id, chunk, server_id):
+        """Tell ``server_id``, just dropped from ``chunk`` (the master's
+        JSON, at its new epoch) by its primary or a client, that it left,
+        before the drop is answered: its primary could not reach it, but
+        this master may, and its next heartbeat (which would tell it) may
+        be seconds away.  Until it knows, it would serve the bytes it holds
+        to a reader with the old map, older than the writes acknowledged
+        without it from now on.  The epoch is sent as a forwarded empty
+        write, which it confirms with this master: it then marks its copy
+        stale and answers StaleReplica.  A server that does not answer
+        within TELL_DROPPED_WAIT (dead, or cut off from this master too:
+        it is marked down and serves no read past its lease, see
+        chunkserver.controlplane) is told in the background."""
+        try:
+            server = await self.db(self.store.get_server, server_id)
+        except exception.NotFound:
+            return
+        if server['state'] != 'up':
+            return
+        epoch = chunk['epoch']
+        bump = codec.WriteRequest(
+            volume_id, chunk['index'], epoch, 0, 0, 0, 0,
+            [r['id'] for r in chunk['replicas']], b'', codec.FLAG_IF_ABSENT)
+
+        async def tell():
+            try:
+                await self.chunkservers.send(
+                    server, lambda rid: codec.encode_replicate(rid, bump,
+                                                               epoch))
+            except (exception.StaleReplica, exception.StaleEpoch):
+                pass        # told: its copy is stale, or it moved on
+            except exception.UrsaError as e:
+                LOG.info('Chunk %s/%d: server %d, dropped at epoch %d, '
+                         'was not told (%s); its next heartbeat tells it',
+                         volume_id, chunk['index'], server_id, epoch, e)
+        task = asyncio.ensure_future(tell())
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), TELL_DROPPED_WAIT)
+        except TimeoutError:
+            pass
 
     def take_drops(self, server_id):
         """[(volume id, index, epoch)] ``server_id`` left since its last

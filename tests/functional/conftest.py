@@ -14,6 +14,7 @@ import pytest
 from cinder_ursa.cmd.allinone import AllInOne
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures import faultydisk
+from tests.fixtures import netns
 
 
 def pytest_configure(config):
@@ -78,6 +79,38 @@ def module_shaped_cluster(request, cluster_shape, tmp_path_factory):
         tmp_path_factory, 'shape-%s' % cluster_shape,
         chunkservers=cluster_shape.chunkservers,
         **shape_kwargs(request, cluster_shape))
+
+
+@pytest.fixture
+def network():
+    """A netns.Network: hosts of their own on one bridge, and faults
+    between them; deleted with all it holds when the test ends, also
+    when it fails."""
+    netns.require()
+    net = netns.Network()
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture
+def make_ns_cluster(network, tmp_path):
+    """make(chunkservers=3, nbd=False, **AllInOne arguments): a started
+    cluster whose master, chunk servers and gateway are each on a host
+    of their own in ``network`` (netns.cluster)."""
+    clusters = []
+
+    def make(chunkservers=3, nbd=False, **kwargs):
+        d = os.path.join(str(tmp_path), 'nscluster%d' % len(clusters))
+        c = netns.cluster(network, d, chunkservers, nbd=nbd, **kwargs)
+        clusters.append(c)
+        c.start(nbd=nbd)
+        return c
+
+    yield make
+    for c in clusters:
+        c.stop()
 
 
 @pytest.fixture

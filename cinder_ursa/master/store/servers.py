@@ -160,6 +160,16 @@ class ServerRecords:
                 capacity=capacity, used=used, free=free,
                 last_seen=time.time()))
 
+    def heard_from(self, timeout):
+        """(servers up, how many of them sent a heartbeat within the
+        last ``timeout`` s)."""
+        t = models.chunkservers
+        limit = time.time() - timeout
+        with self.engine.connect() as conn:
+            seen = [r.last_seen for r in conn.execute(
+                sa.select(t.c.last_seen).where(t.c.state == 'up'))]
+        return len(seen), sum(1 for at in seen if at >= limit)
+
     def reset_heartbeats(self):
         """At master start: judge only silence observed from now on, so a
         restart of the master (or of the whole cluster) drops nobody."""

@@ -7,10 +7,12 @@ import asyncio
 import time
 
 import pytest
+import sqlalchemy as sa
 from tooz import coordination
 
 from cinder_ursa import exception
 from cinder_ursa.master import election
+from cinder_ursa.master import models
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import codec
@@ -379,3 +381,30 @@ def test_a_failed_copy_avoids_the_target_only_when_it_may_be_to_blame(
     assert (held is None) is target_avoided
     if held is not None:
         assert held[0] - time.monotonic() <= service_mod.HOLD_BACK_MAX
+
+
+def _heard_ago(store, ages):
+    """Set the last heartbeat of servers ({id: seconds ago})."""
+    t = models.chunkservers
+    with store.begin() as conn:
+        for sid, age in ages.items():
+            conn.execute(sa.update(t).where(t.c.id == sid).values(
+                last_seen=time.time() - age))
+
+
+def test_a_master_that_hears_no_server_marks_none_down(service):
+    """Every server silent at once: the master is the one cut off; once
+    one is heard again, the others' silence counts from then."""
+    service.server_timeout = 3.0
+    _heard_ago(service.store, {1: 5.0, 2: 4.0, 3: 3.5})
+    assert run(service._deaf())
+    _heard_ago(service.store, {1: 0.0})
+    assert not run(service._deaf())
+    assert service.store.mark_down(3.0) == []
+
+
+def test_one_silent_server_among_heard_ones_is_marked_down(service):
+    service.server_timeout = 3.0
+    _heard_ago(service.store, {1: 5.0, 2: 0.5, 3: 1.0})
+    assert not run(service._deaf())
+    assert service.store.mark_down(3.0) == [1]
