@@ -1,0 +1,341 @@
+"""Power cuts, not kill -9: chunk servers on the power-loss disks of
+``tests/fixtures/powerloss.py`` lose whatever they had not made durable
+(unsynced writes, directory entries not fsynced), as a machine losing
+power does, and boot again.  Every write acknowledged before a FLUSH that
+completed is still there afterwards, and the replicas are identical.
+
+The first tests check the disk itself: what it keeps and what it loses.
+"""
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from cinder_ursa.chunkserver.store.files import atomic_write
+from cinder_ursa.chunkserver.store.files import fsync_dir
+from cinder_ursa.chunkserver.store.files import punch_hole
+from cinder_ursa.client import check
+from tests.fixtures import powerloss
+from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_index
+from tests.fixtures.processes import ROOT
+from tests.fixtures.services import unavailable
+from tests.fixtures.wait import wait_for
+
+MiB = 1024 * 1024
+BS = 4096
+SIZE = 16 * MiB
+GRACE = '[ursa_master]\nreplica_grace = 600\nrepair_interval = 0.3\n'
+
+
+# --- the disk ---------------------------------------------------------------
+
+@pytest.fixture
+def disk(tmp_path):
+    why = powerloss.missing()
+    if why:
+        unavailable(why)
+    d = powerloss.PowerLossDisk(tmp_path / 'backing', tmp_path / 'mnt',
+                                tmp_path / 'state').start()
+    yield d
+    d.stop()
+
+
+def _power_cycle(disk):
+    """Cut the power, check that the disk is dead, mount it again."""
+    lost = disk.cut()
+    with pytest.raises(OSError) as e:
+        os.listdir(disk.mount)
+    assert e.value.errno == errno.EIO
+    disk.stop()
+    disk.start()
+    return lost
+
+
+def _put(path, data, sync=True):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, data, 0)
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _get(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def test_the_disk_keeps_synced_data_and_loses_the_rest(disk):
+    m = disk.mount
+    p = lambda name: os.path.join(m, name)   # noqa: E731
+    _put(p('kept'), b'k' * 10000)
+    _put(p('unsynced'), b'u' * 5000, sync=False)
+    _put(p('short'), b's' * 8192)
+    _put(p('holed'), b'h' * 3 * BS)
+    fsync_dir(m)
+    # Overwritten in place, not synced: the reads see it meanwhile.
+    fd = os.open(p('kept'), os.O_RDWR)
+    os.pwrite(fd, b'N' * 100, 4096)
+    os.close(fd)
+    assert _get(p('kept'))[4090:4200] == b'k' * 6 + b'N' * 100 + b'k' * 4
+    # Written through one handle, synced through a duplicate of another,
+    # in a thread (as the chunk server does): the file's data is durable.
+    a = os.open(p('both'), os.O_RDWR | os.O_CREAT, 0o600)
+    b = os.open(p('both'), os.O_RDWR)
+    os.pwrite(a, b'b' * 3 * BS, 0)
+    dup = os.dup(b)
+    t = threading.Thread(target=os.fdatasync, args=(dup,))
+    t.start()
+    t.join()
+    for fd in (a, b, dup):
+        os.close(fd)
+    # Shortened, then written past the new end, and synced.
+    fd = os.open(p('short'), os.O_RDWR)
+    os.ftruncate(fd, 100)
+    os.pwrite(fd, b'y', 6000)
+    os.fdatasync(fd)
+    os.close(fd)
+    fd = os.open(p('holed'), os.O_RDWR)
+    punch_hole(fd, BS, BS)
+    os.fdatasync(fd)
+    os.close(fd)
+    fsync_dir(m)
+    _put(p('no-entry'), b'n' * 100)          # synced, its entry not
+    assert os.stat(p('unsynced')).st_size == 5000
+
+    lost = _power_cycle(disk)
+    assert lost['pages'] >= 2, lost    # 'unsynced' and 'kept'
+    assert _get(p('kept')) == b'k' * 10000
+    assert _get(p('unsynced')) == b''
+    assert not os.path.exists(p('no-entry'))
+    assert _get(p('both')) == b'b' * 3 * BS
+    assert _get(p('short')) == b's' * 100 + bytes(5900) + b'y'
+    assert _get(p('holed')) == b'h' * BS + bytes(BS) + b'h' * BS
+
+
+def test_directory_entries_last_once_their_directory_is_synced(disk):
+    m = disk.mount
+    p = lambda name: os.path.join(m, name)   # noqa: E731
+    atomic_write(p('state'), 'old\n')
+    atomic_write(p('state2'), 'old\n')
+    for name in ('gone', 'back'):
+        _put(p(name), b'x')
+    fsync_dir(m)
+    atomic_write(p('state2'), 'new\n')       # fsyncs the directory
+    os.unlink(p('gone'))
+    os.mkdir(p('sub'))
+    _put(p('sub/f'), b'f')
+    fsync_dir(p('sub'))
+    fsync_dir(m)
+    # From here on, the top directory is not synced: a replace is lost
+    # with the new file, a removal is undone, a new directory is lost
+    # with what it holds, though that was synced.
+    _put(p('state.tmp'), b'new\n')
+    os.replace(p('state.tmp'), p('state'))
+    assert _get(p('state')) == b'new\n'
+    os.unlink(p('back'))
+    os.mkdir(p('lost'))
+    _put(p('lost/f'), b'f')
+    fsync_dir(p('lost'))
+
+    lost = _power_cycle(disk)
+    assert lost['entries'] == [
+        'create /state.tmp', 'rename /state.tmp /state', 'unlink /back',
+        'mkdir /lost'], lost
+    assert sorted(os.listdir(m)) == ['back', 'state', 'state2', 'sub']
+    assert _get(p('state')) == b'old\n'
+    assert _get(p('state2')) == b'new\n'
+    assert _get(p('back')) == b'x'
+    assert _get(p('sub/f')) == b'f'
+
+
+# --- a cluster --------------------------------------------------------------
+
+WRITER = '''
+import hashlib, os, random, sys
+from cinder_ursa.client import sync
+url, key_file, log, stop = sys.argv[1:5]
+key = open(key_file, 'rb').read().strip()
+fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+rng = random.Random(11)
+with sync.SyncCluster([url], key, io_timeout=60.0) as cl:
+    with cl.open_volume('v') as v:
+        k = 0
+        while not os.path.exists(stop):
+            k += 1
+            b = rng.randrange(%(blocks)d)
+            data = hashlib.sha256(b'%%d:%%d' %% (b, k)).digest() * 128
+            os.write(fd, b'W %%d %%d\\n' %% (b, k))
+            try:
+                v.write(b * 4096, data)
+                if k %% 16 == 0:
+                    v.flush()
+                    os.write(fd, b'F %%d\\n' %% k)
+            except Exception as e:
+                os.write(fd, b'X %%d %%r\\n' %% (k, e))
+                raise
+        v.flush()
+        os.write(fd, b'F %%d\\nEND\\n' %% k)
+''' % {'blocks': SIZE // BS}
+
+
+def _block(b, k):
+    return hashlib.sha256(b'%d:%d' % (b, k)).digest() * 128
+
+
+class Writer:
+    """A client-library writer in a process of its own: random 4 KiB
+    writes, a FLUSH every 16, each logged before it is issued (W) and
+    each flush once it completed (F)."""
+
+    def __init__(self, cluster, tmp_path):
+        self.log = tmp_path / 'writes.log'
+        self.stop_file = tmp_path / 'stop-writing'
+        self.proc = subprocess.Popen(
+            [sys.executable, '-c', WRITER, cluster.master_url,
+             cluster.key_file, str(self.log), str(self.stop_file)],
+            cwd=ROOT)
+
+    def text(self):
+        return self.log.read_text() if self.log.exists() else ''
+
+    def flushes(self):
+        return self.text().count('F ')
+
+    def wait_flushes(self, n, timeout=60):
+        wait_for(lambda: self.flushes() >= n, timeout,
+                 lambda: 'the writer to flush %d times: %s' % (
+                     n, self.text()[-300:]))
+        assert self.proc.poll() is None, self.text()[-500:]
+
+    def finish(self):
+        """Stop writing, flush once more, exit."""
+        self.stop_file.touch()
+        assert self.proc.wait(60) == 0, self.text()[-500:]
+        assert self.text().endswith('END\n')
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def writers():
+    made = []
+    yield made
+    for w in made:
+        w.kill()
+
+
+def _allowed(text):
+    """{block: contents it may hold}: its last write acknowledged before
+    the last FLUSH that completed, or any write after that flush (or
+    zeros, for a block first written after it)."""
+    writes, last_flush = [], 0
+    for line in text.splitlines():
+        f = line.split()
+        if f and f[0] == 'W':
+            writes.append((int(f[1]), int(f[2])))
+        elif f and f[0] == 'F':
+            last_flush = int(f[1])
+    allowed = {}
+    for b, k in writes:
+        if k <= last_flush:
+            allowed[b] = {_block(b, k)}
+        else:
+            allowed.setdefault(b, {bytes(BS)}).add(_block(b, k))
+    return allowed, last_flush
+
+
+def _check_image(cluster, text):
+    allowed, _ = _allowed(text)
+    with data_client(cluster) as cl:
+        with cl.open_volume('v', writable=False) as v:
+            image = v.read(0, SIZE)
+    bad = [b for b, ok in allowed.items()
+           if image[b * BS:(b + 1) * BS] not in ok]
+    assert bad == [], 'blocks without their last flushed write: %s' % bad[:10]
+    untouched = set(range(SIZE // BS)) - set(allowed)
+    assert all(image[b * BS:(b + 1) * BS] == bytes(BS) for b in untouched)
+
+
+def _wait_recovered(cluster, vid):
+    """Every chunk has its 3 replicas back, identical and whole (``ursa
+    volume check --deep``), and ``ursa cluster check`` finds nothing."""
+    client = cluster.client()
+    last = {}
+
+    def recovered():
+        sets = replica_sets(cluster, 'v')
+        last['sets'] = sets
+        if not all(len(ids) == 3 for ids in sets.values()):
+            return None
+        with data_client(cluster) as cl:
+            report = cl.run(lambda c: check.check_volume(c, vid, deep=True))
+            last['volume'] = report['problems']
+            if report['problems']:
+                return None
+            report = cl.run(check.check_cluster)
+            last['cluster'] = report['problems']
+            return report['problems'] == []
+    wait_for(recovered, 60, lambda: 'replicas back and identical: %s %s' % (
+        last, client.cluster_status()['repair']), interval=0.3)
+
+
+def test_a_power_cut_to_every_chunk_server_loses_no_flushed_write(
+        power_loss_cluster, tmp_path, writers):
+    """Every chunk server loses power at once in the middle of writes and
+    flushes; after they boot again, every block holds its last write
+    acknowledged before the last flush that completed (or a later one),
+    and the replicas are identical."""
+    cuts = power_loss_cluster(3, extra_conf=GRACE)
+    cluster = cuts.cluster
+    vid = cluster.client().create_volume('v', SIZE, chunk_size=MiB)['id']
+    w = Writer(cluster, tmp_path)
+    writers.append(w)
+    w.wait_flushes(8)
+    lost = cuts.cut()
+    w.kill()
+    assert any(x['pages'] for x in lost.values()), (
+        'nothing unsynced when the power went: no test (%s)' % lost)
+    cuts.restart()
+    _wait_recovered(cluster, vid)
+    text = w.text()
+    assert _allowed(text)[1] >= 16 * 8
+    _check_image(cluster, text)
+
+
+@pytest.mark.parametrize('role', ['primary', 'replica'])
+def test_a_power_cut_to_one_chunk_server_mid_write(
+        power_loss_cluster, tmp_path, writers, role):
+    """The primary (or a replica) of a chunk loses power while a writer
+    writes and flushes; the writer goes on without it, the server boots
+    again and is brought up to date: every write the writer's last flush
+    covered is there, on identical replicas."""
+    cuts = power_loss_cluster(3, server_timeout=2.0, extra_conf=GRACE)
+    cluster = cuts.cluster
+    vid = cluster.client().create_volume('v', SIZE, chunk_size=MiB)['id']
+    w = Writer(cluster, tmp_path)
+    writers.append(w)
+    w.wait_flushes(3)
+    chunk0 = replica_sets(cluster, 'v')[0]
+    victim = server_index(cluster, chunk0[0 if role == 'primary' else 1])
+    lost = cuts.cut(victim)
+    assert lost[victim]['pages'] or lost[victim]['entries'], (
+        'nothing unsynced when the power went: no test (%s)' % lost)
+    n = w.flushes()
+    w.wait_flushes(n + 5)
+    cuts.restart(victim)
+    w.wait_flushes(w.flushes() + 5)
+    w.finish()
+    _wait_recovered(cluster, vid)
+    _check_image(cluster, w.text())
