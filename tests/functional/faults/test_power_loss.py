@@ -291,19 +291,22 @@ def _wait_recovered(cluster, vid):
         last, client.cluster_status()['repair']), interval=0.3)
 
 
+@pytest.mark.parametrize('written_back', [0.0, 0.5])
 def test_a_power_cut_to_every_chunk_server_loses_no_flushed_write(
-        power_loss_cluster, tmp_path, writers):
+        power_loss_cluster, tmp_path, writers, written_back):
     """Every chunk server loses power at once in the middle of writes and
     flushes; after they boot again, every block holds its last write
     acknowledged before the last flush that completed (or a later one),
-    and the replicas are identical."""
+    and the replicas are identical.  With half of the unsynced pages
+    written back before the power went, blocks are torn too (data
+    without its checksum, or the reverse)."""
     cuts = power_loss_cluster(3, extra_conf=GRACE)
     cluster = cuts.cluster
     vid = cluster.client().create_volume('v', SIZE, chunk_size=MiB)['id']
     w = Writer(cluster, tmp_path)
     writers.append(w)
     w.wait_flushes(8)
-    lost = cuts.cut()
+    lost = cuts.cut(written_back=written_back)
     w.kill()
     assert any(x['pages'] for x in lost.values()), (
         'nothing unsynced when the power went: no test (%s)' % lost)
