@@ -15,6 +15,7 @@ from cinder_ursa.cmd.allinone import AllInOne
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures import faultydisk
 from tests.fixtures import powerloss
+from tests.fixtures.processes import free_port_base
 from tests.fixtures.services import unavailable
 
 
@@ -116,7 +117,10 @@ def power_loss_cluster(tmp_path):
         kwargs['extra_conf'] = cluster_fixtures.NO_REBALANCE + (
             kwargs.get('extra_conf') or '')
         d = tmp_path / ('powercut%d' % len(made))
-        c = AllInOne(str(d), chunkservers, port_base=0, **kwargs)
+        # Fixed ports, as in production: a power cut may lose the
+        # endpoint.json by which a chunk server finds its dynamic port.
+        c = AllInOne(str(d), chunkservers,
+                     port_base=free_port_base(chunkservers + 1), **kwargs)
         cuts = powerloss.PowerCuts(c, {})
         made.append(cuts)
         for i in range(chunkservers) if disks is None else disks:
