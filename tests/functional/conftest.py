@@ -103,24 +103,26 @@ def faulty_disk(tmp_path):
 
 @pytest.fixture
 def power_loss_cluster(tmp_path):
-    """make(chunkservers=3, disks=None, **AllInOne arguments): a started
-    cluster whose chunk servers ``disks`` (all when None) keep their data
-    directories on power-loss disks (tests/fixtures/powerloss.py), as a
-    ``PowerCuts``: ``.cluster``, ``.cut(*servers)``, ``.restart()``."""
+    """make(chunkservers=3, disks=None, fixed_ports=True, **AllInOne
+    arguments): a started cluster whose chunk servers ``disks`` (all when
+    None) keep their data directories on power-loss disks
+    (tests/fixtures/powerloss.py), as a ``PowerCuts``: ``.cluster``,
+    ``.cut(*servers)``, ``.restart()``."""
     why = powerloss.missing()
     if why:
         unavailable(why)
     made = []
 
-    def make(chunkservers=3, disks=None, **kwargs):
+    def make(chunkservers=3, disks=None, fixed_ports=True, **kwargs):
         kwargs.setdefault('server_timeout', 3.0)
         kwargs['extra_conf'] = cluster_fixtures.NO_REBALANCE + (
             kwargs.get('extra_conf') or '')
         d = tmp_path / ('powercut%d' % len(made))
-        # Fixed ports, as in production: a power cut may lose the
-        # endpoint.json by which a chunk server finds its dynamic port.
-        c = AllInOne(str(d), chunkservers,
-                     port_base=free_port_base(chunkservers + 1), **kwargs)
+        # Fixed ports, as in production, unless asked otherwise: a power
+        # cut may lose the endpoint.json by which a restarted chunk
+        # server finds the dynamic port it had.
+        c = AllInOne(str(d), chunkservers, port_base=free_port_base(
+            chunkservers + 1) if fixed_ports else 0, **kwargs)
         cuts = powerloss.PowerCuts(c, {})
         made.append(cuts)
         for i in range(chunkservers) if disks is None else disks:

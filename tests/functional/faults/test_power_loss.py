@@ -343,3 +343,35 @@ def test_a_power_cut_to_one_chunk_server_mid_write(
     w.finish()
     _wait_recovered(cluster, vid)
     _check_image(cluster, w.text())
+
+
+def test_a_server_back_on_another_address_after_a_power_cut_is_caught_up(
+        power_loss_cluster, tmp_path, writers):
+    """A replica's server loses power, is dropped while the writer goes
+    on, and comes back listening elsewhere (its dynamic port was in a file
+    the power cut lost; a machine may come back with another address):
+    the chunks' primaries must find it there to bring its copies up to
+    date, not try the address they knew forever."""
+    cuts = power_loss_cluster(3, fixed_ports=False, server_timeout=2.0,
+                              extra_conf=GRACE)
+    cluster = cuts.cluster
+    client = cluster.client()
+    vid = client.create_volume('v', SIZE, chunk_size=MiB)['id']
+    w = Writer(cluster, tmp_path)
+    writers.append(w)
+    w.wait_flushes(3)
+    ids = next(ids for _, ids in sorted(replica_sets(cluster, 'v').items())
+               if len(ids) == 3)
+    victim = server_index(cluster, ids[1])
+
+    def port():
+        return next(s['port'] for s in client.servers() if s['id'] == ids[1])
+    before = port()
+    cuts.cut(victim)
+    w.wait_flushes(w.flushes() + 5)
+    cuts.restart(victim)
+    assert port() != before, 'the server came back on its port: no test'
+    w.wait_flushes(w.flushes() + 5)
+    w.finish()
+    _wait_recovered(cluster, vid)
+    _check_image(cluster, w.text())
