@@ -291,9 +291,10 @@ def _wait_recovered(cluster, vid):
         last, client.cluster_status()['repair']), interval=0.3)
 
 
-@pytest.mark.parametrize('written_back', [0.0, 0.5])
+@pytest.mark.parametrize('written_back,writer_first', [
+    (0.0, False), (0.5, True), (0.5, False)])
 def test_a_power_cut_to_every_chunk_server_loses_no_flushed_write(
-        power_loss_cluster, tmp_path, writers, written_back):
+        power_loss_cluster, tmp_path, writers, written_back, writer_first):
     """Every chunk server loses power at once in the middle of writes and
     flushes; after they boot again, every block holds its last write
     acknowledged before the last flush that completed (or a later one),
@@ -306,6 +307,8 @@ def test_a_power_cut_to_every_chunk_server_loses_no_flushed_write(
     w = Writer(cluster, tmp_path)
     writers.append(w)
     w.wait_flushes(8)
+    if writer_first:
+        w.kill()
     lost = cuts.cut(written_back=written_back)
     w.kill()
     assert any(x['pages'] for x in lost.values()), (
