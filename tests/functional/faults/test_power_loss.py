@@ -16,10 +16,13 @@ import threading
 
 import pytest
 
+from cinder_ursa.chunkserver.store import ChunkStore
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.chunkserver.store.files import atomic_write
 from cinder_ursa.chunkserver.store.files import fsync_dir
 from cinder_ursa.chunkserver.store.files import punch_hole
 from cinder_ursa.client import check
+from cinder_ursa.protocol.chunkfile import ABSENT
 from tests.fixtures import powerloss
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
@@ -155,6 +158,36 @@ def test_directory_entries_last_once_their_directory_is_synced(disk):
     assert _get(p('state2')) == b'new\n'
     assert _get(p('back')) == b'x'
     assert _get(p('sub/f')) == b'f'
+
+
+def test_torn_blocks_forgotten_stay_forgotten_through_a_power_cut(disk):
+    """A copy a crash may have torn is checked before it is brought up to
+    date: its torn blocks are forgotten (made absent, so the comparison
+    sends them again), then its mark "to be checked" is removed.  A power
+    cut after a later fsync of its directory (a new epoch's file) must
+    not leave the mark gone and the torn blocks back: the next copy,
+    comparing metadata only, would take them for whole."""
+    store = ChunkStore(str(disk.mount))
+    c = store.check_epoch('vol', 0, 1, create=True)
+    store.write(c, 0, b'a' * 2 * BS)
+    store.sync(*store.take_dirty())
+    # Torn: block 1's data reached the disk, its checksum did not.
+    fd = os.open(c.base + '.data', os.O_RDWR)
+    os.pwrite(fd, b'x' * BS, BS)
+    os.fdatasync(fd)
+    os.close(fd)
+    store.mark_unverified('vol', 0)
+    assert mending.forget_torn(store.unverified_files(c)) == 1
+    store.verified(c, 1)
+    store.set_epoch(c, 2)           # fsyncs the chunk's directory
+    store.close()
+    _power_cycle(disk)
+
+    store = ChunkStore(str(disk.mount))
+    c = store.held('vol', 0)
+    assert (store.unverified(c)
+            or store.block_states(c, BS, BS) == bytes([ABSENT]))
+    store.close()
 
 
 # --- a cluster --------------------------------------------------------------
