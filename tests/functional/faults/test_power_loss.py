@@ -410,6 +410,23 @@ def test_a_server_back_on_another_address_after_a_power_cut_is_caught_up(
     _check_image(cluster, w.text())
 
 
+OVERWRITER = '''
+import hashlib, sys, time
+from cinder_ursa.client import sync
+url, key_file = sys.argv[1:3]
+block = lambda b, k: hashlib.sha256(b'%%d:%%d' %% (b, k)).digest() * 128
+with sync.SyncCluster([url], open(key_file, 'rb').read().strip()) as cl:
+    v = cl.open_volume('v')
+    v.write(0, b''.join(block(b, 0) for b in range(%(blocks)d)))
+    v.flush()
+    cl.create_snapshot('v', 's')
+    for b in range(%(blocks)d):
+        v.write(b * 4096, block(b, 1))
+    print('overwritten', flush=True)
+    time.sleep(600)
+''' % {'blocks': 2 * MiB // BS}
+
+
 @pytest.mark.xfail(strict=True, reason=(
     'the master drops all but one replica of a chunk whose servers all '
     'went down, and a block torn on that copy is mended from no one: the '
@@ -425,19 +442,18 @@ def test_a_block_torn_on_the_last_replica_left_is_mended(power_loss_cluster):
     vid = cluster.client().create_volume('v', 2 * MiB,
                                          chunk_size=MiB)['id']
     blocks = 2 * MiB // BS
-    old = b''.join(_block(b, 0) for b in range(blocks))
-    cl = data_client(cluster, io_timeout=5.0)
+    # In a process of its own, killed when the power goes: a client that
+    # closed the volume would flush it.
+    proc = subprocess.Popen(
+        [sys.executable, '-c', OVERWRITER, cluster.master_url,
+         cluster.key_file], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        v = cl.open_volume('v')
-        v.write(0, old)
-        v.flush()
-        cl.create_snapshot('v', 's')
-        for b in range(blocks):
-            v.write(b * BS, _block(b, 1))
+        assert proc.stdout.readline().strip() == 'overwritten'
         lost = cuts.cut(written_back=0.5)
         assert any(x['written_back'] for x in lost.values()), lost
     finally:
-        cl.close()
+        proc.kill()
+        proc.wait()
     cuts.restart()
     _wait_recovered(cluster, vid, timeout=20)
     with data_client(cluster) as cl:
