@@ -413,13 +413,14 @@ def test_a_server_back_on_another_address_after_a_power_cut_is_caught_up(
 OVERWRITER = '''
 import hashlib, sys, time
 from cinder_ursa.client import sync
-url, key_file = sys.argv[1:3]
+url, key_file, snapshot = sys.argv[1:4]
 block = lambda b, k: hashlib.sha256(b'%%d:%%d' %% (b, k)).digest() * 128
 with sync.SyncCluster([url], open(key_file, 'rb').read().strip()) as cl:
     v = cl.open_volume('v')
     v.write(0, b''.join(block(b, 0) for b in range(%(blocks)d)))
     v.flush()
-    cl.create_snapshot('v', 's')
+    if snapshot == 'yes':
+        cl.create_snapshot('v', 's')
     for b in range(%(blocks)d):
         v.write(b * 4096, block(b, 1))
     print('overwritten', flush=True)
@@ -427,26 +428,20 @@ with sync.SyncCluster([url], open(key_file, 'rb').read().strip()) as cl:
 ''' % {'blocks': 2 * MiB // BS}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the master drops all but one replica of a chunk whose servers all '
-    'went down, and a block torn on that copy is mended from no one: the '
-    'others, which hold it whole, are stale'))
-def test_a_block_torn_on_the_last_replica_left_is_mended(power_loss_cluster):
-    """Every server loses power with many writes unflushed (after a
-    snapshot: each first copies its block into the snapshot's layer), and
-    half of their pages written back: blocks are torn everywhere.  The
-    replicas come back identical and whole, and the snapshot reads as it
-    was taken."""
-    cuts = power_loss_cluster(3, extra_conf=GRACE)
+def _overwrite_then_cut(cuts, snapshot):
+    """Volume 'v' (2 MiB) written and flushed, snapshot 's' taken (if
+    ``snapshot``), every block overwritten, unflushed; then every server
+    loses power with half of its unsynced pages written back (blocks torn
+    everywhere), and boots again."""
     cluster = cuts.cluster
     vid = cluster.client().create_volume('v', 2 * MiB,
                                          chunk_size=MiB)['id']
-    blocks = 2 * MiB // BS
     # In a process of its own, killed when the power goes: a client that
     # closed the volume would flush it.
     proc = subprocess.Popen(
         [sys.executable, '-c', OVERWRITER, cluster.master_url,
-         cluster.key_file], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+         cluster.key_file, 'yes' if snapshot else 'no'], cwd=ROOT,
+        stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == 'overwritten'
         lost = cuts.cut(written_back=0.5)
@@ -455,10 +450,42 @@ def test_a_block_torn_on_the_last_replica_left_is_mended(power_loss_cluster):
         proc.kill()
         proc.wait()
     cuts.restart()
-    _wait_recovered(cluster, vid, timeout=20)
-    with data_client(cluster) as cl:
+    return vid
+
+
+def test_a_block_torn_on_the_last_replica_left_is_mended(power_loss_cluster):
+    """The master, seeing every server down after a power cut that tore
+    blocks everywhere, drops all but one from each chunk: the torn blocks
+    of that last copy cannot be mended from the others (stale now), and
+    are taken as they are (either page holds the last flushed write or a
+    later one).  The replicas come back identical and whole, each block
+    its old or its new content."""
+    cuts = power_loss_cluster(3, extra_conf=GRACE)
+    vid = _overwrite_then_cut(cuts, snapshot=False)
+    _wait_recovered(cuts.cluster, vid, timeout=30)
+    with data_client(cuts.cluster) as cl:
+        with cl.open_volume('v', writable=False) as v:
+            image = v.read(0, 2 * MiB)
+    bad = [b for b in range(2 * MiB // BS)
+           if image[b * BS:(b + 1) * BS] not in (_block(b, 0), _block(b, 1))]
+    assert bad == [], 'blocks neither old nor new: %s' % bad[:10]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'the copy of a block into a snapshot\'s layer is not made durable '
+    'before the block\'s overwrite in the head: a power cut can keep the '
+    'overwrite and lose the copy'))
+def test_a_snapshot_stays_as_it_was_through_a_power_cut(power_loss_cluster):
+    """After a snapshot, a write to a block first copies the block into
+    the snapshot's layer, then overwrites it.  Every server loses power
+    with those writes unflushed and half of their pages written back: the
+    snapshot still reads as it was taken."""
+    cuts = power_loss_cluster(3, extra_conf=GRACE)
+    vid = _overwrite_then_cut(cuts, snapshot=True)
+    _wait_recovered(cuts.cluster, vid, timeout=30)
+    with data_client(cuts.cluster) as cl:
         with cl.open_volume('v@s', writable=False) as s:
             snap = s.read(0, 2 * MiB)
-    bad = [b for b in range(blocks) if snap[b * BS:(b + 1) * BS] !=
-           _block(b, 0)]
+    bad = [b for b in range(2 * MiB // BS)
+           if snap[b * BS:(b + 1) * BS] != _block(b, 0)]
     assert bad == [], 'snapshot blocks changed: %s' % bad[:10]
