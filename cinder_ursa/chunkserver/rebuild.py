@@ -230,8 +230,16 @@ class RebuildMixin:
         if not torn:
             return
         blocks = [first + i for i in torn]
-        self.repair_later(c.volume, c.index, blocks[0],
-                          blocks[-1] - blocks[0] + 1, layer)
+        if layer:
+            self.repair_later(c.volume, c.index, blocks[0],
+                              blocks[-1] - blocks[0] + 1, layer)
+        else:
+            # To the end of the chunk: a crash tears blocks all over it,
+            # and a copy tried again for each window would wait longer
+            # each time (the master holds a chunk with a bad source back).
+            end = max(self.store.blocks_in_use(c), blocks[-1] + 1)
+            self.repair_later(c.volume, c.index, blocks[0],
+                              end - blocks[0])
         raise exception.ChecksumError(
             reason='chunk %s/%d %s blocks %s fail their CRC on this server '
                    '(the copy\'s source); %s' % (

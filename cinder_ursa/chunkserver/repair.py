@@ -208,8 +208,11 @@ class RepairMixin:
         if layer:
             # A layer block no other replica holds has one copy.
             holders = 2 if left <= held else 1
-        if left and holders < 2:
-            # One copy: a torn write cannot be told from a rotten block.
+        lone_torn = (req.volume, req.index) in self.store.torn_by_power_loss
+        if left and holders < 2 and not lone_torn:
+            # One copy: a torn write cannot be told from a rotten block
+            # (unless the copy was held when its machine lost power: the
+            # other replicas, stale, may have been dropped meanwhile).
             raise exception.ChecksumError(
                 reason='chunk %s/%d%s blocks %s: the only copy does not '
                        'match its CRC; restore or rewrite those blocks' % (
@@ -218,7 +221,9 @@ class RepairMixin:
         if left:
             # Torn on every replica: a write cut short on all of them by a
             # power loss (rot striking every copy of one block at once is
-            # not plausible).  Its content is the old or the new data.
+            # not plausible), or on the only copy, of a server that lost
+            # power.  Its content is the old or the new data (either page
+            # holds the last flushed write or one acknowledged after it).
             LOG.warning('Chunk %s/%d: no replica holds blocks %s valid; '
                         'their content here is taken as it is (a write '
                         'torn by a crash)', req.volume, req.index,

@@ -19,6 +19,7 @@ Write path (the primary is the first server of a chunk's replica set):
 import asyncio
 import logging
 import os
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.chunkserver.store import mending
@@ -29,6 +30,9 @@ from cinder_ursa.transport import aio
 
 LOG = logging.getLogger(__name__)
 
+# s at least between two questions to the master for a peer not connected
+PEER_RECHECK = 2.0
+
 # Fault injection for the tests, as Ceph's inject options: never set it
 # in production.  "exit-before-forward": a primary exits right after it
 # applied a write locally, before forwarding it to the other replicas.
@@ -38,8 +42,9 @@ _FAULT = os.environ.get('URSA_INJECT_FAULT')
 class ReplicationMixin:
     """The WRITE and REPLICATE handlers of :class:`ChunkServer` (which
     provides ``store``, ``authority``, ``master``, ``peers``, ``id``,
-    ``replication_timeout``, ``_loop``, ``_peer_addrs``, ``_drop_locks``,
-    ``_sync``, ``_reply_after_sync`` and ``_reply_error``)."""
+    ``replication_timeout``, ``_loop``, ``_peer_addrs``, ``_peer_asked``,
+    ``_drop_locks``, ``_sync``, ``_reply_after_sync`` and
+    ``_reply_error``)."""
 
     def _check(self, req, confirmed, joining=False):
         """The master's view of the chunk a write names (its generation
@@ -314,14 +319,29 @@ class ReplicationMixin:
         return chunk['epoch']
 
     async def _peer(self, sid):
+        """(address, port) of chunk server ``sid``, as the master last told.
+        When no connection to it is open, the master is asked again in the
+        background (at most every PEER_RECHECK s; I/O waits for no
+        master): the server may have come back elsewhere, and the address
+        known would be tried forever."""
         addr = self._peer_addrs.get(sid)
         if addr is None:
-            for s in await self.master.servers():
-                self._peer_addrs[s['id']] = (s['address'], s['port'])
+            await self._learn_peers()
             addr = self._peer_addrs.get(sid)
             if addr is None:
                 raise exception.NotFound(kind='chunk server', name=sid)
+        elif (self.peers.connected(*addr) is None and time.monotonic()
+                - self._peer_asked.get(sid, 0) > PEER_RECHECK):
+            self._peer_asked[sid] = time.monotonic()
+            _tell_later(self._learn_peers())
         return addr
+
+    async def _learn_peers(self):
+        servers = await self.master.servers()
+        now = time.monotonic()
+        for s in servers:
+            self._peer_addrs[s['id']] = (s['address'], s['port'])
+            self._peer_asked[s['id']] = now
 
 
 _told = set()       # the tasks of _tell_later, kept until they end

@@ -68,6 +68,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.id = None
         self.port = None
         self._peer_addrs = {}
+        self._peer_asked = {}   # server id -> when the master told its address
         self._server = None
         self._tasks = []
         self._drop_locks = {}

@@ -1,6 +1,6 @@
 """Fixtures of the functional tests: temporary Ursa clusters of real
 processes on 127.0.0.1 with dynamic ports, the cluster shapes of the
-contract suite, a disk that fails on demand.
+contract suite, a disk that fails on demand, disks that lose power.
 
 The cluster is ``ursa-aio``'s own launcher (``AllInOne``), so the tests
 start it exactly as operators do.  Every process is stopped (and killed
@@ -15,6 +15,9 @@ from cinder_ursa.cmd.allinone import AllInOne
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures import faultydisk
 from tests.fixtures import netns
+from tests.fixtures import powerloss
+from tests.fixtures.processes import free_port_base
+from tests.fixtures.services import unavailable
 
 
 def pytest_configure(config):
@@ -129,6 +132,42 @@ def faulty_disk(tmp_path):
     mount.mkdir(parents=True)
     with faultydisk.mounted(backing, mount, trigger):
         yield mount, trigger
+
+
+@pytest.fixture
+def power_loss_cluster(tmp_path):
+    """make(chunkservers=3, disks=None, fixed_ports=True, **AllInOne
+    arguments): a started cluster whose chunk servers ``disks`` (all when
+    None) keep their data directories on power-loss disks
+    (tests/fixtures/powerloss.py), as a ``PowerCuts``: ``.cluster``,
+    ``.cut(*servers)``, ``.restart()``."""
+    why = powerloss.missing()
+    if why:
+        unavailable(why)
+    made = []
+
+    def make(chunkservers=3, disks=None, fixed_ports=True, **kwargs):
+        kwargs.setdefault('server_timeout', 3.0)
+        kwargs['extra_conf'] = cluster_fixtures.NO_REBALANCE + (
+            kwargs.get('extra_conf') or '')
+        d = tmp_path / ('powercut%d' % len(made))
+        # Fixed ports, as in production, unless asked otherwise: a power
+        # cut may lose the endpoint.json by which a restarted chunk
+        # server finds the dynamic port it had.
+        c = AllInOne(str(d), chunkservers, port_base=free_port_base(
+            chunkservers + 1) if fixed_ports else 0, **kwargs)
+        cuts = powerloss.PowerCuts(c, {})
+        made.append(cuts)
+        for i in range(chunkservers) if disks is None else disks:
+            cuts.disks[i] = powerloss.PowerLossDisk(
+                d / 'disks' / ('cs%d' % i), c.cs_dir(i),
+                d / 'disks' / ('cs%d.state' % i)).start()
+        c.start()
+        return cuts
+
+    yield make
+    for cuts in made:
+        cuts.stop()
 
 
 @pytest.fixture(params=['sqlite', 'mariadb'])

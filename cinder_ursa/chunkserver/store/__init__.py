@@ -123,6 +123,12 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
             os.unlink(marker)
             fsync_dir(data_dir)
         self._scan()
+        # The replicas held when this run started after the machine lost
+        # power: a block of theirs that fails its CRC is a write the power
+        # cut tore (its data or its metadata reached the disk, not both),
+        # not rot (see RepairMixin._mend).
+        self.torn_by_power_loss = (set(self._known) if self.lost_cache
+                                   else set())
 
     def _identity(self):
         path = os.path.join(self.data_dir, 'server.json')

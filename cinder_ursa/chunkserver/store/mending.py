@@ -168,11 +168,13 @@ def forget_torn(files):
     """Read every data block of ``files`` (a copy's head and layers, see
     :meth:`RawBlocks.unverified_files`); make the entry of each block that
     does not match its CRC absent, so a comparison with another copy finds
-    it different and it is sent again.  For a worker thread (no other
-    request uses the copy meanwhile); returns the blocks forgotten."""
+    it different and it is sent again, and sync what it changed.  For a
+    worker thread (no other request uses the copy meanwhile); returns the
+    blocks forgotten."""
     forgotten = 0
     try:
         for data_fd, meta_fd, n in files:
+            before = forgotten
             for first in range(0, n, 256):
                 count = min(256, n - first)
                 entries = os.pread(meta_fd, ENTRY * count, ENTRY * first)
@@ -182,6 +184,10 @@ def forget_torn(files):
                 for i in torn_blocks(entries, data):
                     os.pwrite(meta_fd, bytes(ENTRY), ENTRY * (first + i))
                     forgotten += 1
+            if forgotten != before:
+                # Durable before the copy's mark goes: a power cut must
+                # not leave the torn blocks back and the mark gone.
+                os.fdatasync(meta_fd)
     finally:
         for data_fd, meta_fd, _ in files:
             os.close(data_fd)
