@@ -32,8 +32,10 @@ It is asked for:
 
 import asyncio
 import logging
+import os
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
@@ -43,6 +45,7 @@ LOG = logging.getLogger(__name__)
 CONCURRENCY = 4          # chunks resynced at once after a crash
 RESYNC_TIMEOUT = 300.0   # s a primary may take to resync one chunk
 RETRY_MAX = 30.0         # s between rounds of retries at most
+SCAN_BLOCKS = 256        # blocks read at once checking for torn ones
 
 
 class ResyncMixin:
@@ -176,6 +179,8 @@ class ResyncMixin:
                                             view.epoch,
                                             timeout=RESYNC_TIMEOUT)
                     control.decode_count_ok(reply.body)
+                if key in self.store.torn_by_power_loss:
+                    await self._repair_torn(vol, idx)
                 self._suspect.discard(key)
             except exception.UrsaError as e:
                 LOG.info('Chunk %s/%d: resync after the crash failed (%s); '
@@ -183,6 +188,41 @@ class ResyncMixin:
             except Exception:  # noqa: BLE001 - retried, never given up
                 LOG.exception('Chunk %s/%d: resync after the crash failed; '
                               'retrying', vol, idx)
+
+    async def _repair_torn(self, vol, idx):
+        """After this server's machine lost power: every block of its
+        copy (head and layers) is read, and those that fail their CRC are
+        repaired (see :mod:`.repair`).  A write the cut tore can leave the
+        same metadata entry on every replica and the data on this one
+        only half written: the comparison of entries does not see it.
+        Returns the blocks repaired."""
+        c = self.store.held(vol, idx)
+        if c is None:
+            return 0
+        loop = asyncio.get_running_loop()
+        fixed = 0
+        for layer in [0] + c.layer_ids():
+            fds = self.store.dup_files(c, layer)
+            if fds is None:
+                continue
+            data_fd, meta_fd, nblocks = fds
+            bad = []
+            try:
+                for at in range(0, nblocks, SCAN_BLOCKS):
+                    found, _ = await loop.run_in_executor(
+                        None, mending.check_unit, data_fd, meta_fd, at,
+                        min(SCAN_BLOCKS, nblocks - at))
+                    bad.extend(found)
+            finally:
+                os.close(data_fd)
+                os.close(meta_fd)
+            for first, count in _spans(bad, control.MAX_REPAIR_BLOCKS):
+                await self.repair_now(vol, idx, first, count, layer)
+                fixed += count
+        if fixed:
+            LOG.warning('Chunk %s/%d: %d block(s) torn by the power cut '
+                        'repaired', vol, idx, fixed)
+        return fixed
 
     async def _resync_here(self, key, view, why='after a crash'):
         """RESYNC of a chunk this server is the primary of, held as a

@@ -51,10 +51,6 @@ import time
 from cinder_ursa import exception
 from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.chunkserver.store.files import atomic_write
-from cinder_ursa.protocol.chunkfile import BLOCK
-from cinder_ursa.protocol.chunkfile import DATA
-from cinder_ursa.protocol.chunkfile import ENTRY
-from cinder_ursa.protocol.chunkfile import decode_entries
 
 LOG = logging.getLogger(__name__)
 
@@ -211,21 +207,6 @@ class ScrubState:
         self.passes += 1
         self.last_pass_ended = time.time()
         self.position = None
-
-
-def check_unit(data_fd, meta_fd, first, count):
-    """(blocks that fail their CRC, bytes of data blocks read) of blocks
-    ``first .. first+count-1`` of a head or layer (for a worker thread)."""
-    entries = os.pread(meta_fd, ENTRY * count, ENTRY * first)
-    entries += bytes(ENTRY * count - len(entries))
-    meta = decode_entries(entries, count)
-    ndata = sum(1 for w in meta[1::2] if w & 3 == DATA)
-    if not ndata:
-        return [], 0
-    data = os.pread(data_fd, BLOCK * count, BLOCK * first)
-    data += bytes(BLOCK * count - len(data))
-    return [first + i for i in mending.torn_blocks(entries, data)], \
-        ndata * BLOCK
 
 
 def _runs(blocks):
@@ -394,7 +375,7 @@ class ScrubMixin:
                     return      # deleted, dropped or rejoined meanwhile
                 count = min(UNIT_BLOCKS, nblocks - at)
                 bad, nbytes = await loop.run_in_executor(
-                    None, check_unit, data_fd, meta_fd, at, count)
+                    None, mending.check_unit, data_fd, meta_fd, at, count)
                 if bad:
                     await self._scrub_bad(c, layer, bad)
                 st.bytes_done += nbytes

@@ -34,6 +34,21 @@ def torn_blocks(entries, data):
                 mv[i * BLOCK:(i + 1) * BLOCK]) != meta[2 * i]]
 
 
+def check_unit(data_fd, meta_fd, first, count):
+    """(blocks that fail their CRC, bytes of data blocks read) of blocks
+    ``first .. first+count-1`` of a head or layer (for a worker thread)."""
+    entries = os.pread(meta_fd, ENTRY * count, ENTRY * first)
+    entries += bytes(ENTRY * count - len(entries))
+    meta = decode_entries(entries, count)
+    ndata = sum(1 for w in meta[1::2] if w & 3 == DATA)
+    if not ndata:
+        return [], 0
+    data = os.pread(data_fd, BLOCK * count, BLOCK * first)
+    data += bytes(BLOCK * count - len(data))
+    return [first + i for i in torn_blocks(entries, data)], \
+        ndata * BLOCK
+
+
 def head_entries(entries):
     """Whether every entry holds a head block's state (absent, data or
     zero; not a layer's)."""

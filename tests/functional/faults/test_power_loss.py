@@ -454,12 +454,14 @@ def _overwrite_then_cut(cuts, snapshot):
 
 
 def test_a_block_torn_on_the_last_replica_left_is_mended(power_loss_cluster):
-    """The master, seeing every server down after a power cut that tore
-    blocks everywhere, drops all but one from each chunk: the torn blocks
-    of that last copy cannot be mended from the others (stale now), and
-    are taken as they are (either page holds the last flushed write or a
-    later one).  The replicas come back identical and whole, each block
-    its old or its new content."""
+    """A power cut to every server tears blocks everywhere, some with
+    the same metadata entry on every replica and the data half written
+    on one (a comparison of entries does not see them).  Each server,
+    back, reads every block of its copies and has those that fail their
+    CRC repaired: from a replica holding them valid, or, torn on every
+    replica, taken as they are (either page holds the last flushed write
+    or a later one).  The replicas come back identical and whole, each
+    block its old or its new content."""
     cuts = power_loss_cluster(3, extra_conf=GRACE)
     vid = _overwrite_then_cut(cuts, snapshot=False)
     _wait_recovered(cuts.cluster, vid, timeout=30)

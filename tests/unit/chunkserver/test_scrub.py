@@ -10,6 +10,7 @@ import struct
 
 from cinder_ursa.chunkserver import scrub
 from cinder_ursa.chunkserver import throttle
+from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol.chunkfile import DATA
 
@@ -141,10 +142,10 @@ def test_a_step_finds_the_rotten_blocks_and_counts_what_it_read(tmp_path):
     data.seek(2 * 4096 + 17)
     data.write(b'X')                   # bit rot in block 2
     data.flush()
-    bad, nbytes = scrub.check_unit(data.fileno(), meta.fileno(), 0, 4)
+    bad, nbytes = mending.check_unit(data.fileno(), meta.fileno(), 0, 4)
     assert bad == [2]
     assert nbytes == 3 * 4096           # the hole is not data
-    assert scrub.check_unit(data.fileno(), meta.fileno(), 3, 1) == (
+    assert mending.check_unit(data.fileno(), meta.fileno(), 3, 1) == (
         [], 4096)
 
 
