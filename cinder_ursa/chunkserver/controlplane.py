@@ -5,6 +5,7 @@ or a FUA write waits for."""
 
 import asyncio
 import logging
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.chunkserver.store import mending
@@ -13,12 +14,19 @@ from cinder_ursa.protocol import control
 
 LOG = logging.getLogger(__name__)
 
+# s a copy may be joining before the master is asked whether it counts on
+# it (a copy's first step and the master's record of it are that close).
+JOINING_SWEEP = 30.0
+
 
 class ControlMixin:
     """Membership, control requests and syncs of :class:`ChunkServer`
     (which provides ``store``, ``master``, ``authority``, ``disk``,
     ``_loop``, ``_syncs``, ``_registered``, ``_wake``, ``_disk_error`` and
     ``_reply_error``)."""
+
+    _joining_swept = 0.0        # when joining copies were last checked
+    _sweeping = False
 
     async def _register(self):
         if self.disk.failure is not None:
@@ -103,7 +111,57 @@ class ControlMixin:
         reply = await self.master.heartbeat(self.id, body)
         self._left(reply.get('dropped', ()))
         self._learn_term(reply)
+        self._sweep_joining_soon()
         return reply
+
+    def _sweep_joining_soon(self):
+        now = time.monotonic()
+        if now - self._joining_swept < JOINING_SWEEP or self._sweeping:
+            return
+        self._joining_swept = now
+        self._sweeping = True
+
+        async def sweep():
+            try:
+                await self._sweep_joining(now)
+            except Exception:  # noqa: BLE001 - keep the server alive
+                LOG.exception('Sweep of joining copies failed')
+            finally:
+                self._sweeping = False
+        self._loop.create_task(sweep())
+
+    async def _sweep_joining(self, now):
+        """Joining copies the master does not count on are stale again.
+        A copy becomes a joining one when a primary starts copying to it,
+        before the master records it; a copy that then failed at once
+        (the chunk's epoch moved on) is left joining with no master
+        knowing it.  Once it has been so for a while, the master is
+        asked; a copy it lists neither as joining nor as a replica is
+        marked stale: kept for a catch-up, as a dropped replica is,
+        until the planner copies to it again or it is collected."""
+        for vol, idx, _ in self.store.chunk_list():
+            c = self.store.held(vol, idx)
+            if c is None or not c.joining or c.stale or \
+                    now - c.joined_at < JOINING_SWEEP:
+                continue
+            joined_at = c.joined_at
+            try:
+                await self.authority.confirm(vol, idx)
+            except exception.NotFound:
+                continue        # its volume is gone: collected elsewhere
+            except exception.UrsaError as e:
+                LOG.info('Chunk %s/%d: joining copy not checked with the '
+                         'master (%s)', vol, idx, e)
+                return
+            view = self.authority.current(vol, idx)
+            if (self.store.held(vol, idx) is c and c.joining
+                    and c.joined_at == joined_at and view is not None
+                    and self.id not in view.joining
+                    and self.id not in view.replicas):
+                LOG.warning('Chunk %s/%d: the copy here was to join at '
+                            'epoch %d but the master does not count on '
+                            'it; it is stale again', vol, idx, view.epoch)
+                self.store.mark_stale(vol, idx)
 
     def _learn_term(self, reply):
         """The leader's term, from its registration or heartbeat reply:

@@ -8,6 +8,7 @@ term in the data directory."""
 
 import logging
 import os
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.chunkserver.store.files import atomic_write
@@ -155,6 +156,7 @@ class Fencing:
         if c is None:
             return None
         self.set_joining(c, True)
+        c.joined_at = time.monotonic()
         if c.stale:
             os.unlink(c.base + '.stale')
             fsync_dir(os.path.dirname(c.base))

@@ -131,7 +131,7 @@ class Files:
 
 class Chunk:
     __slots__ = ('volume', 'index', 'base', 'head', 'layers', 'epoch',
-                 'stale', 'joining')
+                 'stale', 'joining', 'joined_at')
 
     def __init__(self, volume, index, base, epoch, stale, layers=(),
                  joining=False):
@@ -142,6 +142,9 @@ class Chunk:
         self.epoch, self.stale = epoch, stale
         # Being brought up to date: takes writes, serves no reads.
         self.joining = joining
+        # When it last became a joining copy (time.monotonic(); 0: it
+        # already was when this run started).
+        self.joined_at = 0.0
 
     def layer_ids(self):
         return sorted(self.layers)
