@@ -836,6 +836,7 @@ def run(args):
     if args.workdir is None:
         tmp = tempfile.mkdtemp(prefix='ursa-chaos-')
         args.workdir = tmp
+    os.makedirs(args.workdir, exist_ok=True)
     # The client library's own messages (a replica dropped, a primary
     # replaced) go to a log of the run, not among its lines.
     handler = logging.FileHandler(os.path.join(args.workdir, 'client.log'))
@@ -863,6 +864,8 @@ def run(args):
 
 def main(argv=None):
     args = parse(argv)
+    # Stopped (SIGTERM): the cluster, its disks and namespaces go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run(args)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
