@@ -272,14 +272,17 @@ class ModelWriter(threading.Thread):
         self.stats['snapshots'] += 1
         while len(self.snapshots) > 2:
             old = min(self.snapshots, key=lambda s: int(s[1:]))
+            del self.snapshots[old]
             try:
                 self.cl.delete_snapshot('%s@%s' % (self.volume, old))
+            except exception.NotFound:
+                # A delete whose answer a master failover lost, retried.
+                self.stats['meta_retried'] += 1
             except exception.UrsaError as e:
+                # Done or not: it is not read again either way.
                 self.stats['meta_errors'] += 1
                 log('writer %s: snapshot delete failed (%s)'
                     % (self.volume, e))
-                return
-            del self.snapshots[old]
 
     def _check_snapshot(self, name=None, ref=None):
         if not self.snapshots:
@@ -292,6 +295,11 @@ class ModelWriter(threading.Thread):
         try:
             with self.cl.open_volume(ref, writable=False) as s:
                 data = s.read(first * BS, count * BS)
+        except exception.NotFound as e:
+            self.errors.append('%s: a snapshot taken is gone (%s)' % (ref, e))
+            log('VERIFY ERROR: ' + self.errors[-1])
+            del self.snapshots[name]
+            return
         except exception.UrsaError as e:
             self.stats['io_errors'] += 1
             log('writer %s: snapshot read failed (%s)' % (self.volume, e))
@@ -344,7 +352,13 @@ class ModelWriter(threading.Thread):
                                  self.model.allowed)
             for name, image in sorted(self.snapshots.items()):
                 ref = '%s@%s' % (self.volume, name)
-                with cl.open_volume(ref, writable=False) as s:
+                try:
+                    s = cl.open_volume(ref, writable=False)
+                except exception.NotFound as e:
+                    self.errors.append('%s: a snapshot taken is gone (%s)'
+                                       % (ref, e))
+                    continue
+                with s:
                     for first in range(0, self.blocks, 256):
                         count = min(256, self.blocks - first)
                         self._verify(ref + ' (end)', first,
@@ -711,7 +725,11 @@ class Chaos:
         out = {'divergent_replicas': 0, 'cluster_check_problems': 0}
         for w in self.writers:
             if isinstance(w, ModelWriter) and w.failure is None:
-                w.final_check()
+                try:
+                    w.final_check()
+                except exception.UrsaError as e:
+                    self.failures.append('volume %s not read back whole: '
+                                         '%s' % (w.volume, e))
         key = self.cluster.key
         with sync.SyncCluster(self.cluster.master_urls, key) as cl:
             # Blocks a flip left: the scrub or a read repairs them; the
