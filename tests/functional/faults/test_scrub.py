@@ -175,7 +175,9 @@ def test_deep_scrub_finds_and_repairs_rot_in_heads_and_layers(
     vid, head, snap = _fill(cluster)
     flipped = _rot(cluster, vid)
     before = _passes(cluster)
-    assert len(_rotten(cluster, vid)) == len(flipped)
+    # The flips made rot (a pass running meanwhile may have repaired
+    # some already: every flip is counted below as found).
+    assert 0 < len(_rotten(cluster, vid)) <= len(flipped)
     sc = _pass_after(cluster, before)
     # Every flip found, within one pass, and repaired from a good replica.
     assert sc['bad_blocks_found'] == len(flipped), sc
