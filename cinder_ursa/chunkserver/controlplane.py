@@ -15,8 +15,9 @@ from cinder_ursa.protocol import control
 LOG = logging.getLogger(__name__)
 
 # s a copy may be joining before the master is asked whether it counts on
-# it (a copy's first step and the master's record of it are that close).
-JOINING_SWEEP = 30.0
+# it: far longer than a primary's request to record the join may take
+# (the master client gives up on one well within a minute).
+JOINING_SWEEP = 120.0
 
 
 class ControlMixin:
@@ -25,7 +26,7 @@ class ControlMixin:
     ``_loop``, ``_syncs``, ``_registered``, ``_wake``, ``_disk_error`` and
     ``_reply_error``)."""
 
-    _joining_swept = 0.0        # when joining copies were last checked
+    _joining_swept = float('-inf')   # when joining copies were checked
     _sweeping = False
 
     async def _register(self):
@@ -149,10 +150,15 @@ class ControlMixin:
                 await self.authority.confirm(vol, idx)
             except exception.NotFound:
                 continue        # its volume is gone: collected elsewhere
+            except (exception.UrsaConnectionError,
+                    exception.Unavailable) as e:
+                LOG.info('Joining copies not checked with the master (%s)',
+                         e)
+                return
             except exception.UrsaError as e:
                 LOG.info('Chunk %s/%d: joining copy not checked with the '
                          'master (%s)', vol, idx, e)
-                return
+                continue
             view = self.authority.current(vol, idx)
             if (self.store.held(vol, idx) is c and c.joining
                     and c.joined_at == joined_at and view is not None

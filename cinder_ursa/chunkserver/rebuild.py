@@ -87,17 +87,19 @@ class RebuildMixin:
         addr = await self._peer(target)
         rewrites = self.store.rewrites(vol)
         old = await self._entries(addr, vol, idx, 0, 0, join=True)
-        chunk = await self.master.change_members(vol, idx, 'join', target,
-                                                 req.epoch)
-        c = self._adopt(vol, chunk)
-        if old is None:
-            LOG.info('Chunk %s/%d: server %d has no copy: copying every '
-                     'block in use (epoch %d)', vol, idx, target, c.epoch)
-        else:
-            LOG.info('Chunk %s/%d: server %d has a copy of epoch %d: '
-                     'copying the blocks that differ (epoch %d)', vol, idx,
-                     target, old[0], c.epoch)
         try:
+            # Inside: a join the master recorded but whose answer was lost
+            # (it failed over) is abandoned below, not left to time out.
+            chunk = await self.master.change_members(vol, idx, 'join',
+                                                     target, req.epoch)
+            c = self._adopt(vol, chunk)
+            if old is None:
+                LOG.info('Chunk %s/%d: server %d has no copy: copying every '
+                         'block in use (epoch %d)', vol, idx, target, c.epoch)
+            else:
+                LOG.info('Chunk %s/%d: server %d has a copy of epoch %d: '
+                         'copying the blocks that differ (epoch %d)', vol,
+                         idx, target, old[0], c.epoch)
             copied = 0
             for _ in range(ROUNDS):
                 runs = await self._differences(c, addr)
@@ -139,11 +141,16 @@ class RebuildMixin:
         LOG.info('Chunk %s/%d: server %d is a replica (epoch %d, %d bytes '
                  'copied)', vol, idx, target, c.epoch, copied)
         return copied
+
     async def _change(self, vol, idx, action, target):
         """Promote or abandon the target's copy at the chunk's current
         epoch (another change, a dropped replica, may have bumped it)."""
-        for _ in range(3):
+        for attempt in range(3):
             view = self.authority.current(vol, idx)
+            if (view is None or target not in view.joining) and not attempt:
+                # Perhaps a join whose answer was lost: ask the master.
+                await self.authority.confirm(vol, idx)
+                view = self.authority.current(vol, idx)
             if view is None or target not in view.joining:
                 raise exception.Conflict(
                     reason='chunk server %d no longer joins chunk %s/%d'

@@ -108,6 +108,9 @@ class ResyncMixin:
         Called before the server serves anything."""
         self._suspect = {(vol, idx) for vol, idx, _ in self.store.chunk_list()
                          if self._resyncable(vol, idx)}
+        for key in list(self.store.torn_by_power_loss - self._suspect):
+            # Not a replica (stale, joining): checked when it joins.
+            self.store.torn_scanned(*key, dropped=True)
         self.store.set_resyncing(bool(self._suspect))
         if self._suspect:
             LOG.warning('After a crash: %d replica(s) are compared with '
@@ -159,16 +162,20 @@ class ResyncMixin:
         async with sem:
             try:
                 if not self._resyncable(vol, idx):
+                    self.store.torn_scanned(vol, idx, dropped=True)
                     self._suspect.discard(key)
                     return
                 try:
                     await self.authority.confirm(vol, idx)
                 except exception.NotFound:
+                    self.store.torn_scanned(vol, idx, dropped=True)
                     self._suspect.discard(key)    # its volume is gone
                     return
                 view = self.authority.current(vol, idx)
                 if view is None or self.id not in view.replicas:
-                    self._suspect.discard(key)    # dropped: a copy follows
+                    # Dropped: a copy follows, which checks it first.
+                    self.store.torn_scanned(vol, idx, dropped=True)
+                    self._suspect.discard(key)
                     return
                 if view.replicas[0] == self.id:
                     await self._resync_here(key, view)
@@ -181,6 +188,7 @@ class ResyncMixin:
                     control.decode_count_ok(reply.body)
                 if key in self.store.torn_by_power_loss:
                     await self._repair_torn(vol, idx)
+                    self.store.torn_scanned(vol, idx)
                 self._suspect.discard(key)
             except exception.UrsaError as e:
                 LOG.info('Chunk %s/%d: resync after the crash failed (%s); '
@@ -216,6 +224,10 @@ class ResyncMixin:
             finally:
                 os.close(data_fd)
                 os.close(meta_fd)
+            # Read again in the event loop: a write may have been half
+            # done under the worker thread's read.
+            bad = [b for first, count in _spans(bad, control.MAX_REPAIR_BLOCKS)
+                   for b in self._torn_now(c, layer, first, count)]
             for first, count in _spans(bad, control.MAX_REPAIR_BLOCKS):
                 await self.repair_now(vol, idx, first, count, layer)
                 fixed += count
@@ -223,6 +235,12 @@ class ResyncMixin:
             LOG.warning('Chunk %s/%d: %d block(s) torn by the power cut '
                         'repaired', vol, idx, fixed)
         return fixed
+
+    def _torn_now(self, c, layer, first, count):
+        if self.store.held(c.volume, c.index) is not c:
+            return []
+        entries, data = self.store.raw(c, first, count, layer)
+        return [first + i for i in mending.torn_blocks(entries, data)]
 
     async def _resync_here(self, key, view, why='after a crash'):
         """RESYNC of a chunk this server is the primary of, held as a

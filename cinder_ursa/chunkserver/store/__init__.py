@@ -49,6 +49,7 @@ from cinder_ursa.protocol.chunkfile import RESYNC_MARK
 CLEAN_MARK = 'clean-shutdown'
 BOOT_ID = 'boot-id'     # the boot id of the machine at the last start
 LOST_CACHE_MARK = 'lost-cache'   # the master is yet to hear of that
+TORN_SCAN_MARK = 'torn-scan'     # copies are yet to be read for torn blocks
 
 
 def _boot_id():
@@ -124,11 +125,16 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
             fsync_dir(data_dir)
         self._scan()
         # The replicas held when this run started after the machine lost
-        # power: a block of theirs that fails its CRC is a write the power
-        # cut tore (its data or its metadata reached the disk, not both),
-        # not rot (see RepairMixin._mend).
-        self.torn_by_power_loss = (set(self._known) if self.lost_cache
-                                   else set())
+        # power, until each was read whole (ResyncMixin._repair_torn): a
+        # block of theirs that fails its CRC is a write the power cut tore
+        # (its data or its metadata reached the disk, not both), not rot
+        # (see RepairMixin._mend).  Marked durably: a crash before every
+        # copy was read has them all read again.
+        scan_mark = os.path.join(data_dir, TORN_SCAN_MARK)
+        if self.lost_cache and not os.path.exists(scan_mark):
+            atomic_write(scan_mark, 'copies to read for torn blocks\n')
+        self.torn_by_power_loss = (set(self._known)
+                                   if os.path.exists(scan_mark) else set())
 
     def _identity(self):
         path = os.path.join(self.data_dir, 'server.json')
@@ -173,6 +179,7 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
         keys = [k for k in self._known if k[0] == volume and
                 (index is None or k[1] == index)]
         for key in keys:
+            self.torn_scanned(*key)
             c = self._known.pop(key)
             self._open.pop(key, None)
             self._usage.pop(key, None)
@@ -196,6 +203,24 @@ class ChunkStore(ChunkHandles, BlockIO, SnapshotLayers, RawBlocks, Fencing,
             shutil.rmtree(os.path.join(self.chunks_dir, volume),
                           ignore_errors=True)
         return len(keys)
+
+    def torn_scanned(self, volume, index, dropped=False):
+        """The copy of a chunk held after a power cut was read whole and
+        its torn blocks repaired; or, ``dropped``, it is no replica now
+        (stale, joining, deleted): it is marked to be checked when it is
+        brought up to date again.  Once no copy is left to read, the
+        mark of the data directory goes."""
+        key = (volume, index)
+        if key not in self.torn_by_power_loss:
+            return
+        if dropped:
+            self.mark_unverified(volume, index)
+        self.torn_by_power_loss.discard(key)
+        if not self.torn_by_power_loss:
+            path = os.path.join(self.data_dir, TORN_SCAN_MARK)
+            if os.path.exists(path):
+                os.unlink(path)
+                fsync_dir(self.data_dir)
 
     def lost_cache_told(self):
         """The master knew this server may have lost unsynced writes, and

@@ -173,3 +173,4 @@ class Fencing:
             c.stale = True
             LOG.warning('Replica of chunk %s/%d is stale: the master dropped '
                         'it from the replica set', volume, index)
+        self.torn_scanned(volume, index, dropped=True)

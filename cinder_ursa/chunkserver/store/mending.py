@@ -177,6 +177,7 @@ class RawBlocks:
             os.unlink(c.base + UNVERIFIED)
         except FileNotFoundError:
             pass        # checked twice at once: once is enough
+        self.torn_scanned(c.volume, c.index)
 
 
 def forget_torn(files):
