@@ -71,11 +71,13 @@ from tests.fixtures import faultydisk
 from tests.fixtures import netns
 from tests.fixtures import powerloss
 from tests.fixtures.cluster import replica_sets
+from tests.fixtures.cluster import server_index
 
 BS = 4096
 MiB = 1024 * 1024
 STAMP = struct.Struct('!16sQQ')     # volume tag, block, write number
 REPEAT = BS // STAMP.size
+STABLE = 5.0        # s the cluster must stay whole to count as whole
 FAULTS = ('kill', 'freeze', 'isolate', 'cut-from-master', 'one-way',
           'lossy-link', 'disk-eio', 'bit-flip', 'power-cut',
           'master-kill', 'gateway-cut')
@@ -104,31 +106,54 @@ def block_write(tag, block, data):
 
 
 class Model:
-    """What each block of a volume may hold: its last flushed write
-    (``flushed``), writes acknowledged since (``since``), writes whose
-    outcome is unknown (``unsure``: they failed)."""
+    """What each block of a volume may hold.  ``flushed``: its last write
+    acknowledged before the last FLUSH that completed; ``acked``: its
+    last write acknowledged since (a read returns it: the writer is one
+    thread, every write ends before the next read); ``older``: writes it
+    acknowledged before that one since the FLUSH (which only a power
+    cut may bring back, as it may the flushed one: writes not flushed are
+    not durable); ``unsure``: writes whose outcome is unknown (they
+    failed), since the FLUSH."""
 
     def __init__(self, blocks):
         self.blocks = blocks
         self.flushed = [0] * blocks
-        self.since = collections.defaultdict(set)
+        self.acked = {}
+        self.older = collections.defaultdict(set)
         self.unsure = collections.defaultdict(set)
 
     def wrote(self, block, n, acked):
-        (self.since if acked else self.unsure)[block].add(n)
+        if not acked:
+            self.unsure[block].add(n)
+            return
+        if block in self.acked:
+            self.older[block].add(self.acked[block])
+        self.acked[block] = n
 
-    def flush_done(self, latest):
-        """A FLUSH completed: ``latest`` {block: the last write
-        acknowledged before it} is durable."""
-        for b, n in latest.items():
+    def flush_done(self, acked):
+        """A FLUSH completed: ``acked`` {block: its last write
+        acknowledged before the FLUSH was sent} is durable."""
+        for b, n in acked.items():
             self.flushed[b] = n
-            self.since.pop(b, None)
-            self.unsure.pop(b, None)
+            self.older.pop(b, None)
+            later = {u for u in self.unsure.pop(b, ()) if u > n}
+            if later:
+                self.unsure[b] = later
+            if self.acked.get(b) == n:
+                del self.acked[b]
 
-    def allowed(self, block):
-        return ({self.flushed[block]} | self.since.get(block, set())
-                | self.unsure.get(block, set()))
-
+    def allowed(self, block, power_cut=False):
+        """The writes ``block`` may hold; ``power_cut``: a chunk server
+        lost power since the last FLUSH (writes acknowledged since may be
+        lost)."""
+        ok = set(self.unsure.get(block, ()))
+        if block in self.acked:
+            ok.add(self.acked[block])
+            if power_cut:
+                ok |= self.older.get(block, set()) | {self.flushed[block]}
+        else:
+            ok.add(self.flushed[block])
+        return ok
 
 
 class ModelWriter(threading.Thread):
@@ -145,7 +170,7 @@ class ModelWriter(threading.Thread):
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.n = 0
-        self.latest = {}            # block -> last acknowledged write
+        self.cuts_seen = 0          # power events before the last FLUSH
         self.snapshots = {}         # name -> exact image
         self.snap_seq = 0
         self.stats = collections.Counter()
@@ -202,16 +227,15 @@ class ModelWriter(threading.Thread):
                 'or not' % (self.volume, e))
             for i, n in enumerate(nums):
                 self.model.wrote(first + i, n, acked=False)
-                self.latest.pop(first + i, None)
             return
         for i, n in enumerate(nums):
             self.model.wrote(first + i, n, acked=True)
-            self.latest[first + i] = n
         self.stats['bytes_written'] += len(data)
         self.stats['writes'] += 1
 
     def _flush(self, v, final=False):
-        latest = dict(self.latest)
+        acked = dict(self.model.acked)
+        cuts = self.chaos.power_events
         try:
             v.flush()
         except exception.UrsaError as e:
@@ -220,11 +244,13 @@ class ModelWriter(threading.Thread):
             self.stats['io_errors'] += 1
             log('writer %s: flush failed (%s)' % (self.volume, e))
             return
-        self.model.flush_done(latest)
-        for b in latest:
-            if self.latest.get(b) == latest[b]:
-                del self.latest[b]
+        self.model.flush_done(acked)
+        self.cuts_seen = cuts
         self.stats['flushes'] += 1
+
+    def allowed(self, block):
+        return self.model.allowed(
+            block, power_cut=self.chaos.power_events != self.cuts_seen)
 
     def _verify(self, what, first, data, allowed):
         """Check blocks read from ``first``; ``allowed(block)``: the
@@ -245,19 +271,24 @@ class ModelWriter(threading.Thread):
         count = min(self.rng.randint(1, 32), self.blocks - first)
         try:
             data = v.read(first * BS, count * BS)
+        except exception.ChecksumError as e:
+            self.errors.append('%s blocks %d-%d: no valid copy (%s)' % (
+                self.volume, first, first + count - 1, e))
+            log('VERIFY ERROR: ' + self.errors[-1])
+            return
         except exception.UrsaError as e:
             self.stats['io_errors'] += 1
             log('writer %s: read failed (%s)' % (self.volume, e))
             return
         self.stats['reads'] += 1
         self.stats['bytes_read'] += len(data)
-        self._verify(self.volume, first, data, self.model.allowed)
+        self._verify(self.volume, first, data, self.allowed)
 
     def _snapshot(self, v):
         """A FLUSH, then a snapshot: what every block holds is then
         known exactly (no write runs meanwhile)."""
         self._flush(v)
-        if self.latest:
+        if self.model.acked:
             return      # the flush failed: not known exactly
         self.snap_seq += 1
         name = 's%d' % self.snap_seq
@@ -267,7 +298,7 @@ class ModelWriter(threading.Thread):
             self.stats['meta_errors'] += 1
             log('writer %s: snapshot failed (%s)' % (self.volume, e))
             return
-        self.snapshots[name] = [self.model.allowed(b)
+        self.snapshots[name] = [self.allowed(b)
                                 for b in range(self.blocks)]
         self.stats['snapshots'] += 1
         while len(self.snapshots) > 2:
@@ -300,6 +331,10 @@ class ModelWriter(threading.Thread):
             log('VERIFY ERROR: ' + self.errors[-1])
             del self.snapshots[name]
             return
+        except exception.ChecksumError as e:
+            self.errors.append('%s: no valid copy (%s)' % (ref, e))
+            log('VERIFY ERROR: ' + self.errors[-1])
+            return
         except exception.UrsaError as e:
             self.stats['io_errors'] += 1
             log('writer %s: snapshot read failed (%s)' % (self.volume, e))
@@ -322,9 +357,11 @@ class ModelWriter(threading.Thread):
                 count = min(16, self.blocks - first)
                 self._verify(clone, first, c.read(first * BS, count * BS),
                              image.__getitem__)
-                data = b''.join(block_content(self.tag, first + i, 0)
+                tag = hashlib.sha256(clone.encode()).digest()[:16]
+                # The clone's own tag: leaked into the volume, it would
+                # read as garbage there.
+                data = b''.join(block_content(tag, first + i, 1)
                                 for i in range(count))
-                # Write number 0 with content, not zeros: a clone's own.
                 c.write(first * BS, data)
                 c.flush()
                 back = c.read(first * BS, count * BS)
@@ -349,7 +386,7 @@ class ModelWriter(threading.Thread):
                     count = min(256, self.blocks - first)
                     self._verify(self.volume + ' (end)', first,
                                  v.read(first * BS, count * BS),
-                                 self.model.allowed)
+                                 self.allowed)
             for name, image in sorted(self.snapshots.items()):
                 ref = '%s@%s' % (self.volume, name)
                 try:
@@ -409,8 +446,6 @@ class FioWriter(threading.Thread):
                 self.stats['bytes_verified'] += j['read']['io_bytes']
             if self.proc.returncode or not jobs or any(
                     j['error'] for j in jobs):
-                if self.stop.is_set() and self.proc.returncode == -15:
-                    break       # stopped by the run's end
                 self.errors.append('fio run %d failed (exit %s): %s' % (
                     self.stats['runs'], self.proc.returncode,
                     (err.strip() or out[-500:])[-500:]))
@@ -432,6 +467,10 @@ class Chaos:
         self.failures = []
         self.stack = contextlib.ExitStack()
         self.flips = []     # (server, path, offset)
+        self.flipped_at = {}    # (volume, index) -> when last flipped
+        # Power cuts and the restarts after them: a model writer widens
+        # what a block may hold when one came since its last FLUSH.
+        self.power_events = 0
 
     # setup ---------------------------------------------------------------
 
@@ -545,14 +584,24 @@ class Chaos:
                 c.start_chunkserver(self.eio)
             return heal
         if kind == 'bit-flip':
-            return self._flip(rng.choice(servers))
+            return self._flip()
         if kind == 'power-cut':
             live = [s for s in self.power if s in c.cs_procs]
-            if not live:
+            if not live or not self._redundant() or \
+                    len(c.master_procs) < c.masters:
+                # Writes not flushed are lost for good only when every
+                # copy of them is: one fault at a time, from a whole
+                # cluster (and a master that heard every server), they
+                # are not.
                 return None
             s = rng.choice(live)
+            self.power_events += 1
             self.cuts.cut(s, written_back=rng.choice([0.0, 0.5, 1.0]))
-            return lambda: self.cuts.restart(s)
+
+            def heal():
+                self.cuts.restart(s)
+                self.power_events += 1
+            return heal
         if kind == 'master-kill':
             if c.masters < 2:
                 m = 0
@@ -567,19 +616,41 @@ class Chaos:
             return lambda: c.start_master(m)
         raise ValueError('unknown fault %r' % kind)
 
-    def _flip(self, i):
-        """Flip one byte in a data block of one chunk file of server
-        ``i`` (only one replica of a chunk is flipped at a time: the
-        scrub repairs it from the others)."""
-        root = os.path.join(self.cluster.cs_dir(i), 'chunks')
-        files = []
-        for vol in os.listdir(root) if os.path.isdir(root) else ():
-            for name in os.listdir(os.path.join(root, vol)):
-                if name.endswith('.data'):
-                    files.append(os.path.join(root, vol, name))
-        if not files:
+    def _redundant(self):
+        """Whether every chunk has its copies and none is being made."""
+        try:
+            st = self.cluster.client().cluster_status()
+        except exception.UrsaError:
+            return False
+        return (not st['degraded_chunks'] and not st['joining_replicas']
+                and st['servers']['up'] == st['servers']['total'])
+
+    def _flip(self):
+        """Flip one byte in a data block of the head of one replica of a
+        model volume's chunk, while the cluster is whole, on a server not
+        on a power-loss disk (its sync would write the server's own
+        pending pages through), and not on a chunk flipped within two
+        scrub intervals: the scrub repairs it from the other replicas
+        first, so no block is ever bad on two of them."""
+        if not self._redundant():
             return None
-        path = self.rng.choice(sorted(files))
+        c, rng = self.cluster, self.rng
+        name = rng.choice(self.volumes)
+        vid = c.client().volume(name)['id']
+        sets = replica_sets(c, name)
+        now = time.monotonic()
+        chunks = [i for i in sorted(sets) if now - self.flipped_at.get(
+            (name, i), -1e9) > 2 * self.args.scrub_interval]
+        if not chunks:
+            return None
+        index = rng.choice(chunks)
+        servers = [server_index(c, sid) for sid in sets[index]]
+        servers = [i for i in servers
+                   if i in c.cs_procs and i not in self.power]
+        if not servers:
+            return None
+        i = rng.choice(servers)
+        path = os.path.join(c.cs_dir(i), 'chunks', vid, '%d.data' % index)
         try:
             with open(path[:-len('.data')] + '.meta', 'rb') as f:
                 raw = f.read()
@@ -588,7 +659,7 @@ class Chaos:
                       if meta[2 * b + 1] & 3 == DATA]
             if not blocks:
                 return None
-            offset = self.rng.choice(blocks) * BS + self.rng.randrange(BS)
+            offset = rng.choice(blocks) * BS + rng.randrange(BS)
             fd = os.open(path, os.O_RDWR)
             try:
                 b = os.pread(fd, 1, offset)
@@ -602,6 +673,7 @@ class Chaos:
             log('bit flip on cs%d not made: %s' % (i, e))
             return None
         self.flips.append((i, path, offset))
+        self.flipped_at[(name, index)] = now
         self.last_flip = time.time()
         return lambda: None
 
@@ -654,7 +726,7 @@ class Chaos:
         for w in self.writers:
             w.stop.set()
         for w in self.writers:
-            w.join(600)
+            w.join(300)
             if w.is_alive():
                 self.failures.append('writer %s did not stop' % w.name)
         redundancy = self.wait_redundant(self.last_heal)
@@ -672,6 +744,7 @@ class Chaos:
         client = self.cluster.client()
         deadline = time.monotonic() + timeout
         st = {}
+        first_good = None
         while time.monotonic() < deadline:
             try:
                 st = client.cluster_status()
@@ -679,11 +752,18 @@ class Chaos:
                 time.sleep(0.5)
                 continue
             rep = st.get('repair', {})
-            if (not st['degraded_chunks'] and not st['joining_replicas']
+            good = (not st['degraded_chunks'] and not st['joining_replicas']
                     and not rep.get('running')
                     and not rep.get('resyncs_pending')
-                    and st['servers']['up'] == st['servers']['total']):
-                took = time.monotonic() - since
+                    and st['servers']['up'] == st['servers']['total'])
+            if not good:
+                first_good = None
+            elif first_good is None:
+                first_good = time.monotonic()
+            if good and time.monotonic() - first_good >= STABLE:
+                # Whole for a while (a server's drop, a resync asked for
+                # by a restarted server, shows within a heartbeat or two).
+                took = first_good - since
                 log('full redundancy %.1f s after the last fault healed'
                     % took)
                 return {'time_to_full_redundancy_s': round(took, 1),
@@ -732,11 +812,20 @@ class Chaos:
                                          '%s' % (w.volume, e))
         key = self.cluster.key
         with sync.SyncCluster(self.cluster.master_urls, key) as cl:
-            # Blocks a flip left: the scrub or a read repairs them; the
-            # check then sees none (a last pass repairs what is left).
+            # A chunk server may still be repairing what a read or the
+            # torn-block read after a power cut found: a difference that
+            # lasts a minute is one.
             for name in self.volumes + ['fio']:
-                report = cl.run(lambda c, n=name: check.check_volume(
-                    c, n, deep=True, repair=False))
+                deadline = time.monotonic() + 60
+                while True:
+                    report = cl.run(lambda c, n=name: check.check_volume(
+                        c, n, deep=True, repair=False))
+                    if not report['problems'] or \
+                            time.monotonic() > deadline:
+                        break
+                    out['deep_check_retries'] = out.get(
+                        'deep_check_retries', 0) + 1
+                    time.sleep(3)
                 if report['problems']:
                     self.failures.append('volume %s: %s' % (
                         name, report['problems'][:5]))

@@ -17,7 +17,7 @@ from tests.fixtures import powerloss
 from tests.fixtures.services import unavailable
 from tests.functional.nbd.test_nbd import need
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1500)
 
 
 def test_the_short_chaos_run_keeps_every_promise(tmp_path):
