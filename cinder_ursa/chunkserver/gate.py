@@ -1,10 +1,12 @@
 """Requests for a chunk wait, in order, while one step for it runs.
 
 A chunk server applies a chunk's writes synchronously, in arrival order,
-and forwards them in that order.  Two things must happen before a request
-can go on and take time: asking the master to confirm an epoch or lease
-generation the request names (:mod:`.authority`), and a repair, during
-which no write may reach the blocks being mended (:mod:`.repair`).  While
+and forwards them in that order.  Three things must happen before a
+request can go on and take time: asking the master to confirm an epoch or
+lease generation the request names (:mod:`.authority`), a repair, during
+which no write may reach the blocks being mended (:mod:`.repair`), and
+the sync of the blocks a write copied into a snapshot layer, which must
+be durable before the write overwrites them (:mod:`.replication`).  While
 such a step runs for a chunk, the chunk is *held*: the requests that come
 for it wait in a queue, and are served in arrival order once the step is
 done, as if they had come after it.  Reads that need no confirmation are
@@ -57,10 +59,16 @@ class Gate:
             raise exception.Unavailable(
                 reason='chunk server busy: %d requests (%d MiB in all) wait '
                        'for chunk %s/%d, whose epoch or lease the master '
-                       'has not confirmed yet or which is being repaired; '
-                       'retry' % (len(queue), self._bytes >> 20, *key))
+                       'has not confirmed yet, which is being repaired, or '
+                       'whose snapshot copies are being synced; retry'
+                       % (len(queue), self._bytes >> 20, *key))
         queue.append(item)
         self._bytes += n
+
+    def waiting(self, key):
+        """The items waiting for ``key``, in the order they will be
+        served (nothing when it is not held)."""
+        return self._queues.get(key, ())
 
     def recent_failure(self, key):
         """The error of a confirmation of ``key`` that failed less than

@@ -19,10 +19,14 @@ a range identical and valid on every replica:
 
 A REPAIR names the head or one snapshot layer (its sequence): rot in a
 block preserved for a snapshot is mended and pushed the same way, from
-and to the same layer of the other replicas.  Repairs come from readers,
-from ``ursa volume check --repair``, and from the scrub (:mod:`.scrub`),
-which also asks for them on its own replicas when it is not the primary
-(:meth:`RepairMixin.repair_now`).
+and to the same layer of the other replicas.  A layer's block torn by a
+power cut during its copy-on-write (the copy's entry on disk, not its
+data) is first mended from the head, which still holds that version
+then (the copy is synced before the head's block is overwritten).
+
+Repairs come from readers, from ``ursa volume check --repair``, and from
+the scrub (:mod:`.scrub`), which also asks for them on its own replicas
+when it is not the primary (:meth:`RepairMixin.repair_now`).
 """
 
 import asyncio
@@ -77,7 +81,13 @@ class RepairMixin:
         entries, data = self.store.raw(c, req.first, req.count, layer)
         torn = mending.torn_blocks(entries, data)
         if torn:
-            entries, data = await self._mend(req, view, entries, data, torn)
+            left = torn
+            if layer:
+                data, left = self.store.mend_from_head(c, req.first, entries,
+                                                       data, torn)
+            if left:
+                entries, data = await self._mend(req, view, entries, data,
+                                                 left)
             self.store.put_raw(c, req.first, entries, data, layer)
             LOG.warning('Chunk %s/%d%s: %d torn block(s) from block %d '
                         'mended', req.volume, req.index, _where(layer),

@@ -9,6 +9,11 @@ Write path (the primary is the first server of a chunk's replica set):
    with the master (:mod:`.authority`), and requests for that chunk wait
    behind it, so every chunk's writes are still applied in arrival order;
 2. apply the write to the local replica synchronously, in arrival order;
+   a write whose blocks a snapshot still reads first copies them into the
+   snapshot's layer and syncs the copies before it overwrites them (in a
+   worker thread, the chunk's later requests waiting behind it, see
+   :mod:`.gate`, and the copies of the writes among them synced with it):
+   only the first write of a block after a snapshot does;
 3. forward it (REPLICATE) to the other replicas in parallel;
 4. a replica that fails or times out is dropped from the replica set by
    the master (epoch + 1, committed there first); the write is
@@ -42,8 +47,8 @@ _FAULT = os.environ.get('URSA_INJECT_FAULT')
 class ReplicationMixin:
     """The WRITE and REPLICATE handlers of :class:`ChunkServer` (which
     provides ``store``, ``authority``, ``master``, ``peers``, ``id``,
-    ``replication_timeout``, ``_loop``, ``_peer_addrs``, ``_peer_asked``,
-    ``_drop_locks``, ``_sync``, ``_reply_after_sync`` and
+    ``replication_timeout``, ``gate``, ``_loop``, ``_peer_addrs``,
+    ``_peer_asked``, ``_drop_locks``, ``_sync``, ``_reply_after_sync`` and
     ``_reply_error``)."""
 
     def _check(self, req, confirmed, joining=False):
@@ -59,7 +64,11 @@ class ReplicationMixin:
         return self.authority.view(req.volume, req.index, req.epoch,
                                    self.id, confirmed, joining)
 
-    def _apply(self, req):
+    def _apply(self, conn, frame, req, then, *args):
+        """Apply ``req`` to the copy here, then go on with ``then(conn,
+        frame, req, *args, chunk)``: at once, or, for a write that first
+        copies blocks into a snapshot layer, once the copies are durable
+        (see :meth:`_apply_after_copies`)."""
         c = self.store.check_epoch(req.volume, req.index, req.epoch,
                                    create=True)
         if req.flags & codec.FLAG_RAW:
@@ -78,14 +87,84 @@ class ReplicationMixin:
                            'head, or of a layer it names')
             self.store.put_raw(c, req.offset // BLOCK, entries, data,
                                layer)
-            return c
-        self.store.write(c, req.offset, req.data, req.seq, req.zero,
-                         req.if_absent, req.length, req.floor)
-        return c
+        else:
+            if not (req.if_absent or req.preserved):
+                copies = self.store.preserve(c, req.offset, req.length,
+                                             req.seq, req.floor)
+                if copies is not None:
+                    self.gate.hold((req.volume, req.index),
+                                   self._apply_after_copies(
+                                       conn, frame, req, c, copies, then,
+                                       args))
+                    return
+            self.store.write(c, req.offset, req.data, req.seq, req.zero,
+                             req.if_absent, req.length, req.floor,
+                             preserved=True)
+        then(conn, frame, req, *args, c)
+
+    async def _apply_after_copies(self, conn, frame, req, c, copies, then,
+                                  args):
+        """The rest of :meth:`_apply` for a write whose copy-on-write
+        copied blocks: the copies are synced in a worker thread before the
+        head's blocks are overwritten, or a power cut could keep the
+        overwrite and lose the copy.  The chunk is held meanwhile (see
+        :mod:`.gate`): its requests wait, and are applied and forwarded
+        in arrival order still; the writes among them that copy blocks
+        too are synced with it (:meth:`_copy_ahead`)."""
+        try:
+            ahead = self._copy_ahead(req, c, copies)
+            try:
+                await self._loop.run_in_executor(None, self.store.sync,
+                                                 copies.fds, copies.dirs)
+            except OSError as e:
+                self.store.sync_failed((req.volume,), e)
+                raise
+            for r in ahead:
+                r.preserved = True
+            c = self.store.check_epoch(req.volume, req.index, req.epoch,
+                                       create=True)
+            self.store.write(c, req.offset, req.data, req.seq, req.zero,
+                             req.if_absent, req.length, req.floor,
+                             preserved=True)
+            then(conn, frame, req, *args, c)
+        except asyncio.CancelledError:
+            self._reply_error(conn, frame, exception.Unavailable(
+                reason='the chunk server is stopping'))
+            raise
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
+
+    def _copy_ahead(self, req, c, copies):
+        """Group commit: make the copy-on-write of the writes waiting for
+        the chunk behind ``req`` now, into ``copies``, so one sync makes
+        them all durable; returns those writes, to apply with no copy to
+        make (``preserved``) once it did.  Only the writes at ``req``'s
+        sequence, up to the first other request: each block they
+        overwrite is copied as it was before all of them, which is what
+        the snapshots read (a write among them refused later leaves a copy
+        of what the snapshots read anyway)."""
+        ahead = []
+        for fn, _, _, r in self.gate.waiting((req.volume, req.index)):
+            replicated = fn == self._replicate
+            if not (replicated or fn == self._write) or r.seq != req.seq \
+                    or r.flags & (codec.FLAG_RAW | codec.FLAG_IF_ABSENT):
+                break
+            # A WRITE's floor is set when it is served: never above this.
+            floor = r.floor if replicated else self.store.preserve_floor(
+                r.volume, r.seq)
+            try:
+                self.store.preserve(c, r.offset, r.length, r.seq, floor,
+                                    copies)
+            except (exception.UrsaError, OSError):
+                break       # it fails again, and answers, when served
+            ahead.append(r)
+        return ahead
 
     def _replicate(self, conn, frame, req, confirmed):
         view = self._check(req, confirmed, joining=True)
-        c = self._apply(req)
+        self._apply(conn, frame, req, self._replicated, view)
+
+    def _replicated(self, conn, frame, req, view, c):
         # A copy being brought up to date serves no reads (also after a
         # restart) until the master makes it a replica.
         self.store.set_joining(c, self.id not in view.replicas)
@@ -127,7 +206,11 @@ class ReplicationMixin:
             self.store.check_snapseq(req.volume, req.seq)
             self.store.adopt_snapseq(req.volume, req.seq)
             req.floor = self.store.preserve_floor(req.volume, req.seq)
-        c = self._apply(req)
+        self._apply(conn, frame, req, self._forward_write, view)
+
+    def _forward_write(self, conn, frame, req, view, c):
+        """Forward a write applied here to the chunk's other replicas, and
+        answer it once they applied it (and, with FUA, it is durable)."""
         # The copies being brought up to date take every write too; their
         # failures drop them, never the write.
         others = req.replicas[1:] + view.joining

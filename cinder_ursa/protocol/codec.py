@@ -314,7 +314,7 @@ def decode_read(body):
 class WriteRequest:
     __slots__ = ('volume', 'index', 'epoch', 'generation', 'seq', 'offset',
                  'length', 'replicas', 'data', 'flags', 'min_replicas',
-                 'floor')
+                 'floor', 'preserved')
 
     def __init__(self, volume, index, epoch, generation, seq, offset,
                  length, replicas, data, flags=0, min_replicas=1,
@@ -327,6 +327,10 @@ class WriteRequest:
         # Blocks last written before ``floor`` are preserved (the primary
         # lowers it below ``seq`` when the newest snapshots were deleted).
         self.floor = seq if floor is None else floor
+        # Not sent: the chunk server that got it already copied (and
+        # synced) the blocks it overwrites, in a batch with the write
+        # ahead of it (see chunkserver/replication.py).
+        self.preserved = False
 
     @property
     def fua(self):

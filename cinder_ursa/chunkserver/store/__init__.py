@@ -8,6 +8,10 @@ last written at w < S first copies that block's entry (and its 4 KiB of
 data, if any) into layer S: the entry then serves every snapshot in
 (w, S].  Reading block b of snapshot k takes the first layer N >= k that
 holds b, else the head.  Copy-on-write is per block, never per chunk.
+The copies (and a new layer's directory entries) are synced before the
+write overwrites the head's blocks, one sync per write or per batch of
+writes: a power cut must not keep an overwrite and lose its copy (see
+``SnapshotLayers.preserve``).
 
 Every read of a data block verifies its CRC.  Writes that do not cover
 whole blocks read, verify and merge the blocks at their edges first.

@@ -150,13 +150,16 @@ class BlockIO:
         return self._read_run(c, c.head, block, 1, [meta[2 * meta_i]])
 
     def write(self, c, offset, data, seq=0, zero=False, if_absent=False,
-              length=None, floor=None):
+              length=None, floor=None, preserved=False):
         """Apply a write synchronously (page cache).
 
         ``zero``: ``data`` is ignored, ``length`` bytes become zeros (whole
         blocks are deallocated).  ``if_absent``: only blocks never written
         in this chunk take the data (copy-up from a clone's parent; block
-        aligned).  ``floor``: see ``preserve_floor``.
+        aligned).  ``floor``: see ``preserve_floor``.  ``preserved``: the
+        caller made the copy-on-write (:meth:`preserve`) durable already;
+        otherwise it is made here, and synced before the head's blocks are
+        overwritten (in this thread).
         """
         length = len(data) if length is None else length
         self._check_range(offset, length)
@@ -169,20 +172,23 @@ class BlockIO:
         head = offset - first * BLOCK
         tail = (offset + length) % BLOCK
         try:
-            if if_absent or head or tail or (seq if floor is None
-                                              else floor):
+            if if_absent or head or tail or not preserved and (
+                    seq if floor is None else floor):
                 meta = c.head.meta(first, count)
             else:
-                # Whole blocks and no snapshot to preserve them for: the
-                # old entries are not needed (one pread less per write).
+                # Whole blocks and no snapshot to preserve them for (or
+                # preserved already): the old entries are not needed (one
+                # pread less per write).
                 meta = None
             if if_absent:
                 self._write_if_absent(c, offset, data, first, count, meta)
                 return
             if not zero:
                 self._check_space(length)
-            if meta is not None:
-                self._preserve(c, first, meta, seq, floor=floor)
+            if meta is not None and not preserved:
+                copies = self._preserve(c, first, meta, seq, floor=floor)
+                if copies is not None:
+                    self._sync_copies(c, copies)
             if zero:
                 self._write_zero(c, first, last, head, tail, length, meta,
                                  seq)

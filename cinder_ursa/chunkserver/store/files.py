@@ -93,11 +93,14 @@ def read_int(path, default=0):
 class Files:
     """The data and metadata file of a head or of one layer."""
 
-    __slots__ = ('base', 'data_fd', 'meta_fd')
+    __slots__ = ('base', 'data_fd', 'meta_fd', 'new_entry')
 
-    def __init__(self, base):
+    def __init__(self, base, new_entry=False):
         self.base = base
         self.data_fd = self.meta_fd = None
+        # Created in this run, and no copy-on-write synced its directory
+        # entry yet (see SnapshotLayers._preserve).
+        self.new_entry = new_entry
 
     def open(self):
         if self.data_fd is None:
@@ -152,7 +155,7 @@ class Chunk:
     def layer(self, n):
         f = self.layers.get(n)
         if f is None:
-            f = self.layers[n] = Files('%s.s%d' % (self.base, n))
+            f = self.layers[n] = Files('%s.s%d' % (self.base, n), True)
         return f.open()
 
     @property

@@ -18,6 +18,29 @@ from cinder_ursa.protocol.chunkfile import LAYER_ABSENT
 from cinder_ursa.protocol.chunkfile import ZERO
 
 
+class Copies:
+    """What copy-on-writes copied into snapshot layers, to make durable
+    before the head's blocks they copied are overwritten: each layer's
+    files once (duplicated fds, so the files may be closed meanwhile) and
+    the directories of layers new in this run, for one sync
+    (:meth:`~cinder_ursa.chunkserver.store.ChunkStore.sync`, which closes
+    the fds) of a write's copies or of a batch's."""
+
+    __slots__ = ('fds', 'dirs', '_files')
+
+    def __init__(self):
+        self.fds, self.dirs, self._files = [], [], set()
+
+    def add(self, files):
+        if files not in self._files:
+            self._files.add(files)
+            self.fds.append((os.dup(files.data_fd), os.dup(files.meta_fd)))
+
+    def add_dir(self, path):
+        if path not in self.dirs:
+            self.dirs.append(path)
+
+
 class SnapshotLayers:
     """Part of :class:`~cinder_ursa.chunkserver.store.ChunkStore`."""
 
@@ -66,16 +89,49 @@ class SnapshotLayers:
                 out[i] = (head[2 * i + 1] & 3, c.head, head[2 * i])
         return out
 
-    def _preserve(self, c, first, meta, seq, only=None, floor=None):
+    def preserve(self, c, offset, length, seq, floor=None, copies=None):
+        """Copy-on-write ahead of a write of ``length`` bytes at ``offset``
+        at sequence ``seq`` (``floor``: see :meth:`preserve_floor`): copy
+        the blocks it replaces that a snapshot still reads into layer
+        ``seq``.  The copies must be durable before the head's blocks are
+        overwritten: a power cut could otherwise keep the overwrite and
+        lose the copy, and the snapshot would change.  Returns the
+        :class:`Copies` to sync (``copies``, when given, with these
+        added: one sync for a batch of writes), or None when nothing was
+        copied (only the first write of a block after a snapshot copies
+        it).  The caller syncs them (``sync(copies.fds, copies.dirs)``, in
+        a worker thread) before it applies the write with
+        ``preserved=True``."""
+        self._check_range(offset, length)
+        floor = seq if floor is None else floor
+        if not length or not floor:
+            return copies
+        self._opened(c)
+        first = offset // BLOCK
+        count = (offset + length - 1) // BLOCK - first + 1
+        try:
+            return self._preserve(c, first, c.head.meta(first, count), seq,
+                                  floor=floor, copies=copies)
+        except OSError as e:
+            self._no_space(e)
+            raise
+
+    def _preserve(self, c, first, meta, seq, only=None, floor=None,
+                  copies=None):
         """Copy blocks last written before ``floor`` (default ``seq``)
-        into layer ``seq``."""
+        into layer ``seq``; return the :class:`Copies` to sync before any
+        of them is overwritten in the head (``copies`` with them added,
+        when given; None: nothing to copy, and none given)."""
         floor = seq if floor is None else floor
         old = [i for i in (range(len(meta) // 2) if only is None else only)
                if meta[2 * i + 1] >> 2 < floor]
         if not old:
-            return
+            return copies
+        vdir = os.path.dirname(c.base)
         if seq not in c.layers:
-            self._new_entry(c.volume, os.path.dirname(c.base))
+            # Also for the next FLUSH: a copy-on-write that is never synced
+            # (the server stopped first) leaves the entry to it.
+            self._new_entry(c.volume, vdir)
         lf = c.layer(seq)
         for i in old:
             crc, word = meta[2 * i], meta[2 * i + 1]
@@ -87,7 +143,25 @@ class SnapshotLayers:
             entry = struct.pack('!II', crc, (word & ~3) | (
                 LAYER_ABSENT if st == ABSENT else st))
             os.pwrite(lf.meta_fd, entry, ENTRY * (first + i))
-        self._mark_dirty(c, (lf,))
+        self._touched.add((c.volume, c.index))
+        if copies is None:
+            copies = Copies()
+        copies.add(lf)
+        if lf.new_entry:
+            # A layer a repair or a copy created (put_raw) is new too.
+            lf.new_entry = False
+            copies.add_dir(vdir)
+        return copies
+
+    def _sync_copies(self, c, copies):
+        """:meth:`sync` of what :meth:`_preserve` copied, here and now
+        (the callers that are not the write path: not in a worker
+        thread); a failure fails the volume, as a FLUSH's does."""
+        try:
+            self.sync(copies.fds, copies.dirs)
+        except OSError as e:
+            self.sync_failed((c.volume,), e)
+            raise
 
     def blocks_in_use(self, c):
         """Blocks of the chunk's longest file (head or layer)."""
@@ -122,8 +196,10 @@ class SnapshotLayers:
                 if not changed:
                     continue
                 meta = c.head.meta(first, count)
-                self._preserve(c, first, meta, seq, changed,
-                               self.preserve_floor(volume, seq))
+                copies = self._preserve(c, first, meta, seq, changed,
+                                        self.preserve_floor(volume, seq))
+                if copies is not None:
+                    self._sync_copies(c, copies)
                 for i in changed:
                     st, files, crc = want[i]
                     blk = first + i

@@ -123,6 +123,27 @@ class RawBlocks:
             raise
         self._mark_dirty(c, (files,))
 
+    def mend_from_head(self, c, first, entries, data, torn):
+        """Mend blocks of a layer that fail their CRC (``torn``: indexes
+        in ``entries`` and ``data``, as :meth:`raw` read them from block
+        ``first``) from the head, where it still holds the same version
+        whole (the same entry, and data that matches it): the copy-on-write
+        syncs a layer's copies before the head's blocks are overwritten,
+        so a power cut during that sync can leave a copy torn (its entry
+        on disk, its data not) with the head still holding it.  Returns
+        (data, the blocks still torn)."""
+        heads, head_data = self.raw(c, first, len(entries) // ENTRY)
+        bad = set(torn_blocks(heads, head_data))
+        out = bytearray(data)
+        left = []
+        for i in torn:
+            e, b = i * ENTRY, i * BLOCK
+            if i in bad or heads[e:e + ENTRY] != entries[e:e + ENTRY]:
+                left.append(i)
+            else:
+                out[b:b + BLOCK] = head_data[b:b + BLOCK]
+        return bytes(out), left
+
     def dup_files(self, c, layer=0):
         """(data fd, metadata fd, blocks) of the head or of ``layer`` of
         ``c``, duplicated so a worker thread may read them while the copy's

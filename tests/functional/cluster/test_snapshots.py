@@ -3,7 +3,9 @@ checked byte for byte against an in-memory model.  The snapshot contract
 runs on every cluster shape (tests.fixtures.cluster.SHAPES); the model
 test and the CLI test on the default shape only (see their marks)."""
 
+import asyncio
 import os
+import random
 import threading
 import time
 
@@ -264,6 +266,42 @@ def test_snapshot_while_writing_holds_every_acknowledged_write(cluster,
             assert seen[block] >= value, 'acknowledged write lost'
         if sent > after:
             assert seen[block] < value, 'write after the snapshot leaked in'
+
+
+def test_concurrent_first_writes_after_snapshots_keep_every_snapshot(
+        cluster, client):
+    """Writes in flight together, many of them first writes of their
+    blocks since a snapshot (their copy-on-write synced in batches, see
+    chunkserver/replication.py), overlapping and unaligned: every
+    snapshot keeps what the volume held when it was taken."""
+    size = 2 * CHUNK
+    cluster.client().create_volume('cow', size, chunk_size=CHUNK)
+    rng = random.Random(5)
+    images = [bytes(size)]
+
+    async def overwrite(c, image):
+        v = await c.open_volume('cow')
+        runs = [(b * 4096, 4096) for b in range(size // 4096)]
+        runs += [(rng.randrange(size - 3 * 4096), rng.randrange(1, 3 * 4096))
+                 for _ in range(200)]
+        rng.shuffle(runs)
+        sem = asyncio.Semaphore(32)
+
+        async def one(off, n):
+            async with sem:
+                await v.write(off, image[off:off + n])
+        await asyncio.gather(*(one(off, n) for off, n in runs))
+        await v.close()
+
+    for k in range(1, 4):
+        client.create_snapshot('cow', 's%d' % k)
+        images.append(rng.randbytes(size))
+        client.run(overwrite, images[-1])
+        for j in range(1, k + 1):
+            with client.open_volume('cow@s%d' % j, writable=False) as s:
+                assert s.read(0, size) == images[j - 1], (k, j)
+        with client.open_volume('cow', writable=False) as v:
+            assert v.read(0, size) == images[k], k
 
 
 # --- space -------------------------------------------------------------------

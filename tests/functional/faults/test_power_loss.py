@@ -473,10 +473,6 @@ def test_a_block_torn_on_the_last_replica_left_is_mended(power_loss_cluster):
     assert bad == [], 'blocks neither old nor new: %s' % bad[:10]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the copy of a block into a snapshot\'s layer is not made durable '
-    'before the block\'s overwrite in the head: a power cut can keep the '
-    'overwrite and lose the copy'))
 def test_a_snapshot_stays_as_it_was_through_a_power_cut(power_loss_cluster):
     """After a snapshot, a write to a block first copies the block into
     the snapshot's layer, then overwrites it.  Every server loses power

@@ -387,3 +387,45 @@ def test_a_snapshot_layer_is_read_and_replaced_raw_over_the_wire(volume):
     with data_client(cluster) as cl:
         assert cl.run(copy) == OLD
     assert _check(cluster, vid, deep=True)['problems'] == []
+
+
+def test_a_copy_on_write_torn_on_every_replica_is_mended_from_the_head(
+        volume):
+    """A power cut while every replica synced a block's copy into a
+    snapshot's layer, before any overwrote the block: the copy's entry is
+    on disk everywhere, its data nowhere.  The head still holds that very
+    version on each: the repair takes it from there (not the torn data
+    as it is), and the snapshot reads what it held."""
+    cluster, vid, chunk = volume
+    seq = cluster.client().create_snapshot('v', 's1')['seq']
+
+    async def copy(c):
+        # What a copy-on-write writes, on every replica: the head's block
+        # and its entry, into layer ``seq``.
+        for k, r in enumerate(chunk['replicas']):
+            conn = await c.pool.get(r['address'], r['port'])
+            reply = await conn.request(2 * k, codec.encode_read(
+                2 * k, vid, 0, chunk['epoch'], 0, BS,
+                flags=codec.FLAG_RAW), 10)
+            entries, data = codec.decode_read_raw(reply.body)
+            assert bytes(data) == OLD
+            req = codec.WriteRequest(vid, 0, chunk['epoch'], 0, seq, 0, BS,
+                                     [], bytes(entries) + bytes(data),
+                                     codec.FLAG_RAW | codec.FLAG_LAYER)
+            reply = await conn.request(2 * k + 1, codec.encode_replicate(
+                2 * k + 1, req, chunk['epoch']), 10)
+            codec.decode_write_ok(reply.body)
+    with data_client(cluster) as cl:
+        cl.run(copy)
+    for r in chunk['replicas']:
+        i = next(i for i in range(cluster.n)
+                 if server_id(cluster, i) == r['id'])
+        layer = os.path.join(cluster.cs_dir(i), 'chunks', vid,
+                             '0.s%d.data' % seq)
+        with open(layer, 'r+b') as f:
+            f.write(bytes(BS))                   # the copy's data lost
+    with data_client(cluster, io_timeout=20.0) as cl:
+        with cl.open_volume('v@s1', writable=False) as s:
+            assert s.read(0, 2 * BS) == OLD + OLD
+    wait_for(lambda: not _check(cluster, vid, deep=True)['problems'], 20,
+             'the torn copies to be mended', interval=0.2)

@@ -40,13 +40,14 @@ def test_requests_wait_in_order_behind_a_step():
         closed = Conn()
         closed.closed = True
         g.wait(KEY, item('gone', conn=closed))
+        assert [it[0] for it in g.waiting(KEY)] == ['first', 'second', 'gone']
         await asyncio.sleep(0)
         assert served == []
         release.set()
         await asyncio.sleep(0.01)
     asyncio.run(go())
     assert served == [('first', True, None), ('second', True, None)]
-    assert not g.held(KEY)
+    assert not g.held(KEY) and not g.waiting(KEY)
     assert g._bytes == 0
 
 

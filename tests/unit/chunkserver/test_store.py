@@ -179,6 +179,121 @@ def test_first_write_after_a_snapshot_copies_only_the_touched_block(
     assert st.read(c, 5 * B, B, snap=1) == b'a' * B
 
 
+def _trace(monkeypatch):
+    """[(call, file name)] of every pwrite, fdatasync and fsync from
+    here on."""
+    calls = []
+
+    def tracing(fn):
+        real = getattr(os, fn)
+
+        def traced(fd, *args):
+            calls.append((fn, os.path.basename(
+                os.readlink('/proc/self/fd/%d' % fd))))
+            return real(fd, *args)
+        return traced
+    for fn in ('pwrite', 'fdatasync', 'fsync'):
+        monkeypatch.setattr(os, fn, tracing(fn))
+    return calls
+
+
+def test_a_copy_on_write_is_durable_before_the_head_is_overwritten(
+        st, monkeypatch):
+    """The blocks a write copies into a snapshot's layer are synced (and
+    the new layer's directory entry) before it overwrites them: a power
+    cut must not keep the overwrite and lose the copy.  One sync per
+    write, whatever the blocks it copied; a write that copies nothing
+    (after the first write of its blocks since the snapshot) syncs
+    nothing."""
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'a' * (4 * B), seq=0)
+    st.sync(*st.take_dirty())
+    calls = _trace(monkeypatch)
+    st.write(c, 0, b'b' * (3 * B), seq=1)
+    syncs = [i for i, call in enumerate(calls) if call[0] != 'pwrite']
+    assert [calls[i] for i in syncs] == [
+        ('fdatasync', '0.s1.data'), ('fdatasync', '0.s1.meta'),
+        ('fsync', VOL)]
+    head = [i for i, call in enumerate(calls)
+            if call[1] in ('0.data', '0.meta')]
+    assert head and min(head) > max(syncs)
+    assert sorted(set(calls[:syncs[0]])) == [
+        ('pwrite', '0.s1.data'), ('pwrite', '0.s1.meta')]
+    calls.clear()
+    st.write(c, B, b'c' * (3 * B), seq=1)          # copies block 3 only
+    assert [call for call in calls if call[0] != 'pwrite'] == [
+        ('fdatasync', '0.s1.data'), ('fdatasync', '0.s1.meta')]
+    calls.clear()
+    st.write(c, 0, b'd' * (4 * B), seq=1)          # copies nothing
+    assert {call[1] for call in calls} == {'0.data', '0.meta'}
+    assert st.read(c, 0, 4 * B, snap=1) == b'a' * (4 * B)
+    assert st.read(c, 0, 4 * B) == b'd' * (4 * B)
+
+
+def test_the_write_path_syncs_the_copies_itself(st, tmp_path):
+    """The chunk server's write path copies first (``preserve``), for a
+    batch of writes at once, syncs the copies in a worker thread (each
+    layer's files once), then applies the writes: they copy nothing
+    again, and the next ones have nothing to copy."""
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'a' * (4 * B), seq=0)
+    assert st.preserve(c, 0, 2 * B, 0) is None     # no snapshot yet
+    copies = st.preserve(c, B // 2, B, 1)          # blocks 0 and 1
+    assert len(copies.fds) == 1
+    assert copies.dirs == [os.path.join(st.chunks_dir, VOL)]   # new layer
+    # Writes waiting behind it: their copies join the batch.
+    assert st.preserve(c, B, 2 * B, 1, copies=copies) is copies
+    assert st.preserve(c, 0, B, 1, floor=0, copies=copies) is copies
+    assert len(copies.fds) == 1 and len(copies.dirs) == 1
+    st.sync(copies.fds, copies.dirs)
+    layer = tmp_path / 'chunks' / VOL / '0.s1.meta'
+    copied = layer.read_bytes()
+    st.write(c, B // 2, b'b' * B, seq=1, preserved=True)
+    st.write(c, B, b'c' * (2 * B), seq=1, preserved=True)
+    assert layer.read_bytes() == copied
+    assert st.preserve(c, 0, 3 * B, 1) is None
+    assert st.read(c, 0, 4 * B, snap=1) == b'a' * (4 * B)
+    assert st.read(c, 0, 4 * B) == (b'a' * (B // 2) + b'b' * (B // 2) +
+                                    b'c' * (2 * B) + b'a' * B)
+
+
+def test_a_layer_new_in_this_run_has_its_entry_synced_with_its_copies(st):
+    """The first copy-on-write into a layer created in this run, by a
+    copy-on-write or by a repair (put_raw), syncs the directory entry of
+    its files too; the next ones do not."""
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    st.write(c, 0, b'a' * (4 * B), seq=0)
+    entries, data = st.raw(c, 0, 1)
+    st.put_raw(c, 3, entries, data, layer=2)
+    vdir = os.path.join(st.chunks_dir, VOL)
+    for seq in (2, 3):
+        for blk, dirs in ((0, [vdir]), (1, [])):
+            copies = st.preserve(c, blk * B, B, seq)
+            assert copies.dirs == dirs, (seq, blk)
+            st.sync(copies.fds, copies.dirs)
+            st.write(c, blk * B, b'b' * B, seq=seq, preserved=True)
+
+
+def test_a_copy_torn_by_a_power_cut_is_mended_from_the_head(st):
+    """A power cut during the sync of a copy-on-write can leave the
+    layer's entry on disk and not its data; the head, not overwritten
+    yet, still holds that very version: the repair takes it from
+    there.  Not once the head holds another."""
+    c = st.check_epoch(VOL, 0, 1, create=True)
+    old = os.urandom(2 * B)
+    st.write(c, 0, old, seq=0)
+    for pair in st.preserve(c, 0, 2 * B, 1).fds:
+        for fd in pair:
+            os.close(fd)
+    os.pwrite(c.layer(1).data_fd, bytes(B), B)     # block 1's data lost
+    entries, data = st.raw(c, 0, 2, layer=1)
+    assert mending.torn_blocks(entries, data) == [1]
+    mended, left = st.mend_from_head(c, 0, entries, data, [1])
+    assert left == [] and mended == old
+    st.write(c, B, b'n' * B, seq=1, preserved=True)
+    assert st.mend_from_head(c, 0, entries, data, [1]) == (data, [1])
+
+
 def test_snapshot_reads_never_written_blocks_as_absent(st):
     c = st.check_epoch(VOL, 0, 1, create=True)
     st.write(c, 3 * B, b'x' * B, seq=2)
