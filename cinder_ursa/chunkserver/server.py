@@ -42,7 +42,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                  replication_timeout=5.0, reserved_bytes=0,
                  recovery_rate=(0, 0), disk_error_limit=5,
                  disk_error_window=60.0, scrub_interval=0.0,
-                 light_scrub_interval=0.0, scrub_error_limit=0):
+                 light_scrub_interval=0.0, scrub_error_limit=0,
+                 liveness_timeout=3.0):
         self.disk = diskhealth.DiskHealth(disk_error_limit,
                                           disk_error_window)
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
@@ -63,8 +64,9 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.host = host or socket.gethostname()
         self.rack = rack
         self.replication_timeout = replication_timeout
-        self.peers = aio.ConnectionPool(key, connect_timeout=min(
-            replication_timeout, 3.0))
+        self.peers = aio.ConnectionPool(
+            key, connect_timeout=min(replication_timeout, 3.0),
+            liveness=liveness_timeout)
         self.id = None
         self.port = None
         self._peer_addrs = {}

@@ -23,10 +23,11 @@ class Cluster:
     """Entry point of the client library (one per event loop)."""
 
     def __init__(self, master_urls, key, io_timeout=60.0,
-                 request_timeout=15.0, local=None):
+                 request_timeout=15.0, local=None, liveness_timeout=3.0):
         self.key = key if isinstance(key, bytes) else key.encode()
         self.master = master_mod.AsyncMasterClient(master_urls, self.key)
-        self.pool = aio.ConnectionPool(self.key, connect_timeout=5.0)
+        self.pool = aio.ConnectionPool(self.key, connect_timeout=5.0,
+                                       liveness=liveness_timeout)
         self.io_timeout = io_timeout
         self.request_timeout = request_timeout
         # Short-circuit reads of replicas on this host (an object like

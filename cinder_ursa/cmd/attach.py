@@ -41,7 +41,8 @@ def main(argv=None):
     subprocess.run(['umount', '-l', ac.mount_dir], capture_output=True)
     master = master_mod.MasterClient(conf.ursa.master_url, key)
     cluster = sync.SyncCluster(conf.ursa.master_url, key,
-                               request_timeout=conf.ursa.request_timeout)
+                               request_timeout=conf.ursa.request_timeout,
+                               liveness_timeout=conf.ursa.liveness_timeout)
     fs = attach_agent.AttachFS()
     agent = attach_agent.Agent(master, cluster, fs, ac.host, ac.mount_dir,
                          ac.poll_interval)

@@ -37,6 +37,7 @@ def main(argv=None):
             bind_port=cc.bind_port, advertise_host=cc.advertise_host,
             host=cc.host, rack=cc.rack,
             replication_timeout=cc.replication_timeout,
+            liveness_timeout=conf.ursa.liveness_timeout,
             reserved_bytes=cc.reserved_bytes,
             recovery_rate=(cc.recovery_rate_min * MiB,
                            cc.recovery_rate_max * MiB),

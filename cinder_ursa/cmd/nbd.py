@@ -41,7 +41,8 @@ def main(argv=None):
                      ', '.join(nc.local_chunkserver_dirs))
         cluster = cluster_mod.Cluster(
             conf.ursa.master_url, key, local=local,
-            request_timeout=conf.ursa.request_timeout)
+            request_timeout=conf.ursa.request_timeout,
+            liveness_timeout=conf.ursa.liveness_timeout)
         tls = None
         if nc.tls != 'off':
             if not (nc.tls_cert_file and nc.tls_key_file):

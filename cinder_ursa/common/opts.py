@@ -28,6 +28,21 @@ common_opts = [
                       'copy of its chunks): keep it above twice '
                       '[ursa_chunkserver] replication_timeout, the time a '
                       'primary may take to drop a hung replica and answer.'),
+    cfg.FloatOpt('liveness_timeout', default=3.0, min=0.0,
+                 help='Seconds a chunk server may leave a connection with '
+                      'requests pending silent, not even answering a '
+                      'ping, before the connection is given up as hung: '
+                      'ursa-nbd and ursa-attach then read another replica '
+                      'or report the primary failed, and a primary drops a '
+                      'hung replica. A ping is answered at once by a server '
+                      'whose requests are merely slow (a busy disk), so '
+                      'this catches hung servers (SIGSTOP, a lost link) '
+                      'long before request_timeout and '
+                      'replication_timeout, which still bound slow ones. '
+                      'Lower means shorter stalls when a server hangs, but '
+                      'a server whose event loop is held up that long by '
+                      'an overloaded host is taken for hung (each false '
+                      'alarm costs a catch-up copy). 0 turns it off.'),
 ]
 
 

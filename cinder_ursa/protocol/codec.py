@@ -64,6 +64,10 @@ RESYNC = 0x1D
 # refuses every request of a connection whose term is older than the
 # newest it has seen (a deposed leader is fenced; see protocol/control).
 TERM = 0x1E
+# Are you there?  Answered by the transport at once, whatever the requests
+# before it wait for: a caller whose requests take long asks it to tell a
+# slow server from a hung one (see transport/aio.py).
+PING = 0x1F
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
@@ -71,6 +75,7 @@ OPCODE_NAMES = {
     DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
     REVERT: 'REVERT', INVENTORY: 'INVENTORY', REPAIR: 'REPAIR',
     REBUILD: 'REBUILD', ENTRIES: 'ENTRIES', RESYNC: 'RESYNC', TERM: 'TERM',
+    PING: 'PING',
 }
 
 # Request flags.
@@ -428,6 +433,10 @@ def decode_replicate(body, flags=0):
     data = _write_data(body, _REPLICATE.size, flags, length, 'REPLICATE')
     return WriteRequest(_uuid_str(vol), index, epoch, gen, seq, offset,
                         length, [], data, flags, floor=floor)
+
+
+def encode_ping(req_id):
+    return _frame(PING, req_id, b'')
 
 
 def encode_flush(req_id, volume):

@@ -164,13 +164,25 @@ class FlowControl:
 class PeerConnection(FlowControl, asyncio.BufferedProtocol):
     """An authenticated connection to a chunk server."""
 
-    def __init__(self, key, peer):
+    def __init__(self, key, peer, liveness=0.0):
         FlowControl.__init__(self)
         self._key = key
         self.peer = peer
         self._reader = FrameReader()
         self._pending = {}
         self._transport = None
+        # Liveness: while requests are pending, a watchdog ticks every
+        # quarter of ``liveness``; a tick that finds nothing received and
+        # nothing of ours consumed since the last one sends a PING, which
+        # a live peer answers at once however long its requests take, and
+        # four silent ticks in a row fail the connection (UrsaTimeout):
+        # a hung peer (SIGSTOP, a link dropping packets) is given up after
+        # about ``liveness`` seconds, a slow one never.  0 turns it off.
+        self._liveness = liveness
+        self._watch = None
+        self._heard = 0              # receive events so far
+        self._quiet = 0              # silent ticks in a row
+        self._mark = None            # (events, write buffer) at last tick
         # Kept: get_running_loop() costs a getpid() system call per use.
         self._loop = asyncio.get_running_loop()
         self._authed = self._loop.create_future()
@@ -180,12 +192,13 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         self._error = None
 
     @classmethod
-    async def connect(cls, host, port, key, timeout=10.0):
+    async def connect(cls, host, port, key, timeout=10.0, liveness=0.0):
         loop = asyncio.get_running_loop()
         peer = '%s:%d' % (host, port)
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(key, peer), host, port),
+                loop.create_connection(lambda: cls(key, peer, liveness),
+                                       host, port),
                 timeout)
             await asyncio.wait_for(asyncio.shield(proto._authed), timeout)
         except TimeoutError:
@@ -204,6 +217,7 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         return self._reader.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes):
+        self._heard += 1
         try:
             frames = self._reader.buffer_updated(nbytes)
         except exception.ProtocolError as e:
@@ -264,6 +278,9 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._transport is not None:
             self._transport.close()
         self.resume_writing()
@@ -276,7 +293,39 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         fut = self._loop.create_future()
         self._pending[req_id] = fut
         queue_send(self._transport, buffers)
+        if self._watch is None and self._liveness:
+            # As if all was sent and nothing heard: the first tick counts
+            # a silent quarter unless something came or is still leaving.
+            self._mark = (self._heard, 0)
+            self._quiet = 0
+            self._watch = self._loop.call_later(self._liveness / 4,
+                                                self._tick)
         return fut
+
+    def _tick(self):
+        """The liveness watchdog (see __init__)."""
+        self._watch = None
+        if self.closed or not self._pending:
+            return
+        # Our bytes leaving the write buffer count as the peer's: its
+        # kernel takes them only while its process reads (or its socket
+        # buffer has room, which a hung reader fills).
+        mark = (self._heard, self._transport.get_write_buffer_size())
+        if mark != self._mark:
+            self._mark = mark
+            self._quiet = 0
+        else:
+            self._quiet += 1
+            if self._quiet >= 4:
+                LOG.warning('%s answered nothing, not even a ping, for %.1f '
+                            's with %d request(s) pending: giving up on its '
+                            'connection', self.peer, self._liveness,
+                            len(self._pending))
+                self._fail(exception.UrsaTimeout(peer=self.peer,
+                                                 seconds=self._liveness))
+                return
+            queue_send(self._transport, codec.encode_ping(next_req_id()))
+        self._watch = self._loop.call_later(self._liveness / 4, self._tick)
 
     def forget(self, req_id):
         """Stop waiting for the reply of ``req_id`` (timed out)."""
@@ -328,11 +377,12 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
 class ConnectionPool:
     """One shared, pipelined connection per peer address."""
 
-    def __init__(self, key, connect_timeout=10.0):
+    def __init__(self, key, connect_timeout=10.0, liveness=0.0):
         self._key = key
         self._conns = {}
         self._locks = {}
         self._timeout = connect_timeout
+        self._liveness = liveness
 
     async def get(self, host, port):
         addr = (host, port)
@@ -343,8 +393,8 @@ class ConnectionPool:
         async with lock:
             conn = self._conns.get(addr)
             if conn is None or conn.closed:
-                conn = await PeerConnection.connect(host, port, self._key,
-                                                    self._timeout)
+                conn = await PeerConnection.connect(
+                    host, port, self._key, self._timeout, self._liveness)
                 self._conns[addr] = conn
             return conn
 
@@ -445,6 +495,9 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
                     return
                 if not self.authed:
                     self._authenticate(frame)
+                    continue
+                if frame.opcode == codec.PING:
+                    self.send(codec.encode_ok(codec.PING, frame.req_id))
                     continue
                 try:
                     self._handler(self, frame)
