@@ -24,9 +24,12 @@ The rules, in the order they apply to a chunk with fewer copies
   chunk at one copy never waits).
 * Otherwise the target is drawn among the servers that are up, not in
   maintenance, and in a failure domain the chunk does not use yet.
-* Chunks at one copy come first, then chunks whose old server returned,
-  then the rest; each server takes part in at most ``per_server`` jobs
-  at once, as a source or a target, so recovery never floods one server.
+* Chunks whose writes are refused come first (fewer replicas than their
+  volume's ``min_replicas``: a client is blocked on them), then chunks
+  at one copy, then chunks whose old server returned, then the rest;
+  neither of the first two waits for a server expected back.  Each
+  server takes part in at most ``per_server`` jobs at once, as a source
+  or a target, so recovery never floods one server.
 * A draining server (``ursa server drain``) is never a target, and a
   draining server that is down is not expected back.
 
@@ -58,8 +61,9 @@ import random
 from cinder_ursa.master import placement
 
 # Priority classes, the most urgent first.
-ONE_COPY, RETURNING, UNDER, TRIM, DRAIN, REBALANCE = range(6)
-REASONS = {ONE_COPY: 'one copy left', RETURNING: 'its server returned',
+BLOCKED, ONE_COPY, RETURNING, UNDER, TRIM, DRAIN, REBALANCE = range(7)
+REASONS = {BLOCKED: 'writes refused (below min_replicas)',
+           ONE_COPY: 'one copy left', RETURNING: 'its server returned',
            UNDER: 'under-replicated', TRIM: 'a replica too many',
            DRAIN: 'its server drains', REBALANCE: 'rebalancing'}
 # The classes that copy nothing a chunk lacks: they move replicas.
@@ -93,7 +97,9 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
     """Jobs to start now, most urgent first, and a summary.
 
     ``chunks``: dicts with volume_id, index, epoch and the server ids in
-    replicas (primary first), joining and lost.  ``goals``: {volume id:
+    replicas (primary first), joining and lost, and optionally ``floor``,
+    the replicas below which the chunk's writes are refused (its
+    volume's min_replicas).  ``goals``: {volume id:
     replicas it asks for}.  ``servers``: {id: server record}.  ``busy``:
     {server id: jobs it already takes part in}.  ``avoid``: servers not
     to copy to now (a copy to them just failed).  ``rebalance``: moves
@@ -149,7 +155,9 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
         back = [s for s in lost if (
             servers[s].get('maintenance') if _up(servers[s])
             else expected_back(servers[s], now, grace))]
-        if len(have) == 1 and goal > 1:
+        if len(have) < c.get('floor', 1):
+            prio = BLOCKED
+        elif len(have) == 1 and goal > 1:
             prio = ONE_COPY
         elif returning:
             prio = RETURNING

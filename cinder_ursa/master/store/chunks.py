@@ -328,16 +328,22 @@ class ChunkRecords:
                 lost=join_ids(lost)))
 
     def repair_records(self):
-        """What the repair planner reads: (chunks as dicts of server ids,
-        {volume id: replicas it asks for}, {server id: server})."""
+        """What the repair planner reads: (chunks as dicts of server ids
+        and the ``floor`` of replicas below which their writes are
+        refused, {volume id: replicas it asks for}, {server id:
+        server})."""
         c = models.chunks
         with self.engine.connect() as conn:
-            goals = {r.id: r.replicas for r in conn.execute(sa.select(
-                models.volumes.c.id, models.volumes.c.replicas))}
+            vols = conn.execute(sa.select(
+                models.volumes.c.id, models.volumes.c.replicas,
+                models.volumes.c.min_replicas)).all()
+            goals = {r.id: r.replicas for r in vols}
+            floors = {r.id: r.min_replicas for r in vols}
             chunks = [{'volume_id': r.volume_id, 'index': r.idx,
                        'epoch': r.epoch, 'replicas': split_ids(r.replicas),
                        'joining': split_ids(r.joining),
-                       'lost': split_ids(r.lost)}
+                       'lost': split_ids(r.lost),
+                       'floor': floors.get(r.volume_id, 1)}
                       for r in conn.execute(sa.select(c))]
             servers = self._servers(conn)
         return chunks, goals, servers

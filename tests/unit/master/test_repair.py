@@ -397,3 +397,28 @@ def test_rebalance_never_fills_a_server_nearly_full():
     srv[4]['free'] = 10
     jobs, _ = plan(full_and_empty(), srv, rebalance=2)
     assert [j.target for j in jobs] == [4, 4]
+
+
+def test_chunks_whose_writes_are_refused_come_first_and_never_wait():
+    # min_replicas 3 of 3: a chunk at two replicas refuses writes (a
+    # client is blocked on it); its lost server, down within the grace
+    # period, is not waited for, and it goes before a one-copy chunk of
+    # a volume that still takes writes at one copy.
+    srv = servers(6, s5=down())
+    blocked = chunk([1, 2], lost=[5], index=3, volume='strict')
+    blocked['floor'] = 3
+    lone = chunk([1], index=0, volume='lax')
+    lone['floor'] = 1
+    under = chunk([1, 2], index=1, volume='lax')
+    under['floor'] = 1
+    jobs, summary = repair.plan(
+        [lone, under, blocked], {'strict': 3, 'lax': 3}, srv, NOW, GRACE,
+        rng=random.Random(1), per_server=2)
+    assert [(j.volume_id, j.index, j.priority) for j in jobs] == [
+        ('strict', 3, repair.BLOCKED), ('lax', 0, repair.ONE_COPY)]
+    assert summary == {'degraded': 3, 'deferred': 1}
+    # Without the floor, the two-replica chunk waits for its server.
+    del blocked['floor']
+    jobs, summary = repair.plan([blocked], {'strict': 3}, srv, NOW, GRACE,
+                                rng=random.Random(1))
+    assert jobs == [] and summary == {'degraded': 1, 'waiting': 1}
