@@ -48,6 +48,9 @@ class MasterClient:
     def set_draining(self, server_id, on):
         return self._http.send(rest.set_draining(server_id, on))
 
+    def remove_server(self, server_id):
+        return self._http.send(rest.remove_server(server_id))
+
     def repair_now(self):
         return self._http.send(rest.repair_now())
 

@@ -217,6 +217,7 @@ class MasterAPI:
         app.router.add_get(v + '/inventory', self.inventory)
         app.router.add_post(v + '/chunkservers', self.register_server)
         app.router.add_get(v + '/chunkservers/{id}', self.show_server)
+        app.router.add_delete(v + '/chunkservers/{id}', self.remove_server)
         app.router.add_put(v + '/chunkservers/{id}/maintenance',
                            self.set_maintenance)
         app.router.add_put(v + '/chunkservers/{id}/draining',
@@ -384,6 +385,10 @@ class MasterAPI:
     async def show_server(self, request):
         return web.json_response({'server': await self.db(
             self.store.get_server, _path_int(request, 'id'))})
+
+    async def remove_server(self, request):
+        return web.json_response({'server': await self.db(
+            self.store.remove_server, _path_int(request, 'id'))})
 
     async def set_draining(self, request):
         sid = _path_int(request, 'id')

@@ -110,6 +110,12 @@ def server(server_id):
     return Request('GET', '/chunkservers/%d' % server_id, result='server')
 
 
+def remove_server(server_id):
+    """Forget a chunk server gone for good (it holds nothing needed)."""
+    return Request('DELETE', '/chunkservers/%d' % server_id,
+                   result='server')
+
+
 def set_draining(server_id, on):
     return Request('PUT', '/chunkservers/%d/draining' % server_id,
                    {'draining': bool(on)}, result='server')

@@ -320,3 +320,30 @@ class ServerDrain(show.ShowOne):
     def run(self, parsed_args):
         rc = super().run(parsed_args)
         return rc or (1 if self.failed else 0)
+
+
+class ServerRemove(show.ShowOne):
+    """Forget a chunk server that is gone for good.
+
+    Refused while the server is up (stop it first) and while a chunk still
+    counts on it: a replica (drain it first with ursa server drain --wait,
+    or, for a server that died, wait until its chunks are copied
+    elsewhere: ursa server show says chunks 0 and joining 0). The chunks
+    that remembered it, to bring its copy up to date should it return,
+    forget it. A server removed and started again registers as a new,
+    empty server: what its data directory held is deleted as stale.
+    Example: ursa server remove 3
+    """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('server', type=int,
+                       help='Chunk server id (see ursa server list).')
+        return p
+
+    def take_action(self, args):
+        s = self.app.master().remove_server(args.server)
+        self.app.stderr.write('chunk server %d removed\n' % s['id'])
+        row = {'id': s['id'], 'state': s['state'], 'address': s['address'],
+               'port': s['port'], 'host': s['host'], 'uuid': s['uuid']}
+        return tuple(row), tuple(row.values())

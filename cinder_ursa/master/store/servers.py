@@ -21,6 +21,7 @@ from cinder_ursa.master import models
 from cinder_ursa.master.store.chunks import CAS_TRIES
 from cinder_ursa.master.store.chunks import ChunkRecords
 from cinder_ursa.master.store.chunks import without_server
+from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
 
 LOG = logging.getLogger(__name__)
@@ -278,6 +279,53 @@ class ServerRecords:
                     'is draining' if on else 'no longer drains',
                     server['chunks'])
         return server
+
+    def remove_server(self, server_id):
+        """Forget a chunk server that is gone for good: refused while it
+        runs (up) and while any chunk still counts on it (a replica, or a
+        copy being made); the chunks that remember it as lost (to bring
+        its copy up to date, should it return) forget it.  If it ever
+        registers again it is a new server, and what its data directory
+        holds is stale.  Returns the server as it was."""
+        t, c = models.chunkservers, models.chunks
+        with self.begin() as conn:
+            row = conn.execute(sa.select(t).where(
+                t.c.id == server_id).with_for_update()).first()
+            if row is None:
+                raise exception.NotFound(kind='chunk server',
+                                         name=server_id)
+            if row.state == 'up':
+                raise exception.Conflict(
+                    reason='chunk server %d is up: stop it first (to move '
+                    'its replicas off before, run ursa server drain %d '
+                    '--wait)' % (server_id, server_id))
+            held = joining = 0
+            forget = []
+            for r in conn.execute(sa.select(
+                    c.c.volume_id, c.c.idx, c.c.replicas, c.c.joining,
+                    c.c.lost)):
+                held += server_id in split_ids(r.replicas)
+                joining += server_id in split_ids(r.joining)
+                lost = split_ids(r.lost)
+                if server_id in lost:
+                    lost.remove(server_id)
+                    forget.append((r.volume_id, r.idx, join_ids(lost)))
+            if held or joining:
+                raise exception.Conflict(
+                    reason='chunk server %d still holds %d replica(s) and '
+                    '%d copy(ies) being made that no other server has '
+                    'yet: wait until ursa server show %d says chunks 0 '
+                    'and joining 0 (ursa cluster status shows the copies '
+                    'left)' % (server_id, held, joining, server_id))
+            for vol, idx, lost in forget:
+                conn.execute(c.update().where(
+                    c.c.volume_id == vol, c.c.idx == idx).values(lost=lost))
+            conn.execute(t.delete().where(t.c.id == server_id))
+        self.failures.pop(server_id, None)
+        LOG.warning('Chunk server %d (%s:%d, %s) removed; %d chunk(s) '
+                    'forgot it', server_id, row.address, row.port, row.uuid,
+                    len(forget))
+        return self._server_dict(row)
 
     def get_server(self, server_id):
         """One chunk server, with the replicas it holds (``chunks``)

@@ -5,6 +5,7 @@ and a new server gets its share of the replicas gradually."""
 
 import json
 import os
+import signal
 import threading
 
 import pytest
@@ -144,7 +145,25 @@ def test_a_drained_server_holds_nothing_and_the_data_stays(make_cluster):
                              'json').stdout)
     assert [(s['draining'], s['chunks']) for s in listed
             if s['id'] == victim] == [(True, 0)]
-    # Cancelled: the server takes chunks again.
+    # Removed: refused while it runs; once stopped, forgotten.
+    r = ursa(cluster.data_dir, 'server', 'remove', str(victim), check=False)
+    assert r.returncode != 0 and 'stop it first' in r.stderr, r.stderr
+    cluster.kill_chunkserver(0, signal.SIGTERM)
+    wait_for(lambda: client.server(victim)['state'] == 'down', 30,
+             'the drained server to be marked down')
+    r = ursa(cluster.data_dir, 'server', 'remove', str(victim))
+    assert 'chunk server %d removed' % victim in r.stderr, r.stderr
+    assert victim not in counts(cluster)
+    r = ursa(cluster.data_dir, 'cluster', 'check', check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_drain_is_cancelled(make_cluster):
+    cluster = make_cluster(4, server_timeout=1.0, extra_conf=FAST % 0)
+    client = cluster.client()
+    victim = server_id(cluster, 0)
+    ursa(cluster.data_dir, 'server', 'drain', str(victim))
+    assert client.server(victim)['draining'] is True
     ursa(cluster.data_dir, 'server', 'drain', str(victim), '--cancel')
     assert client.server(victim)['draining'] is False
 

@@ -634,3 +634,37 @@ def test_a_server_whose_machine_crashed_leaves_its_chunks_at_registration(
     m = store.chunk_members('v', 0)
     assert victim not in m['replicas'] and victim in m['lost']
     assert store.chunk_members('v', 1)['replicas'] == [victim]
+
+
+def test_a_server_gone_for_good_is_removed_once_nothing_counts_on_it(store):
+    import time
+    c, held, spare = one_chunk(store)
+    victim = held[1]
+    with pytest.raises(exception.Conflict, match='is up: stop it first'):
+        store.remove_server(victim)
+    others = [i for i in held + [spare] if i != victim]
+    for sid in others:
+        store.heartbeat(sid, 1, 0, 1)
+    time.sleep(0.05)
+    for sid in others:
+        store.heartbeat(sid, 1, 0, 1)
+    # Marked down: dropped from every replica set, lost for the chunk.
+    assert store.mark_down(0.04) == [victim]
+    assert store.chunk_members('v', 0)['lost'] == [victim]
+    assert store.remove_server(victim)['id'] == victim
+    assert store.chunk_members('v', 0)['lost'] == []
+    assert victim not in [s['id'] for s in store.list_servers()]
+    with pytest.raises(exception.NotFound):
+        store.remove_server(victim)
+
+
+def test_a_down_servers_last_replica_keeps_it(store):
+    import time
+    ids = add_servers(store, 1)
+    store.create_volume('v', 4 * MiB, chunk_size=4 * MiB, replicas=1,
+                        min_replicas=1)
+    store.chunk_map('v', 0, 1, allocate=True)
+    time.sleep(0.05)
+    assert store.mark_down(0.04) == ids
+    with pytest.raises(exception.Conflict, match='1 replica'):
+        store.remove_server(ids[0])
