@@ -10,12 +10,14 @@ process the test started."""
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
 
 from cinder_ursa.nbd import protocol as p
 from tests.fixtures.cluster import module_cluster
+from tests.fixtures.processes import ROOT
 from tests.fixtures.processes import rss_mib
 from tests.fixtures.wait import wait_for
 from tests.functional.nbd.test_nbd import need
@@ -275,3 +277,31 @@ def test_connections_past_the_cap_are_refused(tmp_path_factory):
         s.close()
     finally:
         gen.close()
+
+
+@pytest.mark.parametrize('extra,refused', [
+    ('', True),
+    ('tls = required\ntls_cert_file = /nonexistent\n'
+     'tls_key_file = /nonexistent\n', True),
+    ('allow_insecure_network = true\n', False),
+])
+def test_ursa_nbd_refuses_a_network_address(tmp_path, extra, refused):
+    """The real command: bind_host 0.0.0.0 without client certificates
+    stops it before it listens, saying what to do; with
+    allow_insecure_network it starts (here it then fails on the master
+    key it does not have, after the warning)."""
+    conf = tmp_path / 'ursa.conf'
+    conf.write_text('[ursa]\ncluster_key_file = %s\n[ursa_nbd]\n'
+                    'bind_host = 0.0.0.0\nbind_port = 0\nstate_dir = %s\n%s'
+                    % (tmp_path / 'no.key', tmp_path / 'nbd', extra))
+    r = subprocess.run([sys.executable, '-m', 'cinder_ursa.cmd.nbd',
+                        '--config-file', str(conf)], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    if refused:
+        assert 'refusing to listen on 0.0.0.0' in out, out
+        assert 'allow_insecure_network' in out
+    else:
+        assert 'refusing' not in out, out
+        assert 'allow_insecure_network = true' in out  # the warning
