@@ -67,7 +67,10 @@ function configure_ursa {
     iniset "$URSA_CONF" ursa_master failure_domain "$URSA_FAILURE_DOMAIN"
     iniset "$URSA_CONF" ursa_chunkserver bind_host "$SERVICE_LISTEN_ADDRESS"
     configure_ursa_masters
-    iniset "$URSA_CONF" ursa_nbd bind_host "$SERVICE_LISTEN_ADDRESS"
+    # NBD authenticates no client: the gateway serves this host's QEMU on
+    # loopback (the Cinder driver's ursa_nbd_host default), and only
+    # volumes attached to this host ([ursa_nbd] require_attachment).
+    iniset "$URSA_CONF" ursa_nbd bind_host 127.0.0.1
     iniset "$URSA_CONF" ursa_nbd bind_port "$URSA_NBD_PORT"
     iniset "$URSA_CONF" ursa_nbd state_dir "$URSA_DATA_DIR/nbd"
     iniset "$URSA_CONF" ursa_attach host "$(hostname)"

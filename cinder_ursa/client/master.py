@@ -215,6 +215,9 @@ class AsyncMasterClient:
     async def snapshot(self, ref):
         return await self._http.send(rest.snapshot(ref))
 
+    async def attachments(self, ref=None, host=None):
+        return await self._http.send(rest.attachments(ref, host))
+
     async def create_snapshot(self, volume, name):
         return await self._http.send(rest.create_snapshot(volume, name))
 

@@ -189,6 +189,13 @@ class AllInOne:
             'bind_host = %s' % self.host('nbd')[1],
             'bind_port = %d' % self._nbd_port,
             'state_dir = %s' % os.path.join(self.data_dir, 'nbd'),
+            # A development cluster: every volume may be opened and
+            # listed (no Cinder attaches them first).  In network
+            # namespaces the gateway has a host of its own, not
+            # loopback; those test clusters accept plain NBD there.
+            'require_attachment = false',
+            'list_exports = true',
+            'allow_insecure_network = %s' % bool(self.hosts),
             # On hosts of their own, the gateway shares no disk with the
             # chunk servers.
             'local_chunkserver_dirs = %s' % ','.join(

@@ -6,8 +6,9 @@ The connection sends :meth:`Negotiation.greeting`, then reads exactly
 :meth:`Negotiation.receive`, which returns the bytes to send and an event,
 or None.  Three events need the connection to act and answer:
 
-* :class:`OpenExport`: open the export, then call ``export_opened(size,
-  flags)`` or ``export_refused()``;
+* :class:`OpenExport`: open the export (for NBD_OPT_INFO only look it
+  up: INFO must not open a volume, which would take its write lease), then
+  call ``export_opened(size, flags)`` or ``export_refused()``;
 * :class:`ListExports`: call ``exports_listed(names)``;
 * :class:`StartTls`: send the ACK, upgrade to TLS, call ``tls_started()``.
 
@@ -53,6 +54,8 @@ class Close:
 
 _FLAGS, _HEADER, _DATA, _ANSWER, _DONE = range(5)
 TLS_REQUIRED = b'this server requires TLS (NBD_OPT_STARTTLS)'
+# One reply for a volume that does not exist and one this client may not
+# use (not attached to this host...): a probe learns nothing more.
 NO_EXPORT = b'no such volume, or it cannot be opened'
 
 

@@ -12,7 +12,46 @@ nbd_opts = [
                 help='TCP port of the NBD server (10809 is the NBD '
                      'standard); 0 picks a free port.'),
     cfg.StrOpt('unix_socket',
-               help='Also listen on this unix socket path.'),
+               help='Also listen on this unix socket path.  It is created '
+                    'with mode 0600 (only ursa-nbd\'s user may connect), '
+                    'or 0660 with unix_socket_group.'),
+    cfg.StrOpt('unix_socket_group',
+               help='Group given access to unix_socket (mode 0660), e.g. '
+                    'the group QEMU runs as.  Unset: mode 0600.'),
+    cfg.BoolOpt('allow_insecure_network', default=False,
+                help='Let bind_host be an address other than loopback '
+                     'without tls = required and tls_ca_file (client '
+                     'certificates).  NBD has no other authentication: '
+                     'anyone who reaches the port could read and write '
+                     'the volumes it may open.  Without this, ursa-nbd '
+                     'refuses to start on such an address.'),
+    cfg.BoolOpt('require_attachment', default=True,
+                help='Open (and describe with NBD_OPT_INFO) only volumes '
+                     'the master records as attached to this host '
+                     '([ursa_attach] host), and snapshots of those.  An '
+                     'export that is not gets the same reply as a volume '
+                     'that does not exist.'),
+    cfg.BoolOpt('list_exports', default=False,
+                help='Answer NBD_OPT_LIST (nbdinfo --list, qemu-nbd -L). '
+                     'Off: the client gets NBD_REP_ERR_POLICY.  On: the '
+                     'names of the volumes that may be opened (with '
+                     'require_attachment, those attached to this host).'),
+    cfg.FloatOpt('handshake_timeout', default=10.0, min=0.1,
+                 help='Seconds a client has to finish the handshake '
+                      '(option haggling and TLS) after it connects; time '
+                      'the gateway spends asking the master is not '
+                      'counted.  A client still negotiating then is '
+                      'disconnected.'),
+    cfg.IntOpt('max_connections', default=256, min=1,
+               help='Connections served at once (handshaking or '
+                    'transmitting).  Past it, a new connection is closed '
+                    'at once and a warning is logged.'),
+    cfg.IntOpt('inflight_mib', default=256, min=4,
+               help='MiB of request data (READ and WRITE lengths, and '
+                    'WRITE_ZEROES and TRIM up to 4 MiB each) in flight '
+                    'across all connections.  A connection takes at most a '
+                    'quarter of it; past either limit, the gateway stops '
+                    'reading requests until some complete.'),
     cfg.BoolOpt('read_only', default=False,
                 help='Export every volume read-only; no write lease is '
                      'taken.'),
@@ -28,7 +67,8 @@ nbd_opts = [
     cfg.StrOpt('tls_key_file', help='PEM private key of tls_cert_file.'),
     cfg.StrOpt('tls_ca_file',
                help='PEM CA bundle: when set, clients must present a '
-                    'certificate signed by it.'),
+                    'certificate signed by it.  Without it TLS encrypts '
+                    'but authenticates no client.'),
     cfg.ListOpt('local_chunkserver_dirs', default=[],
                 help='data_dir of each chunk server on this host.  The '
                      'gateway then reads the replicas they keep straight '

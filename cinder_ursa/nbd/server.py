@@ -16,6 +16,15 @@ All connections to one export share one open :class:`Volume` (one lease,
 one dirty set) behind one :class:`VolumeBackend`, so a FLUSH on any
 connection covers writes completed on every connection: that is what makes
 CAN_MULTI_CONN safe to advertise.
+
+Who may do what (security audit F3, F6-F8): NBD itself authenticates
+nobody, so the gateway opens only volumes the master records as attached
+to this host (``require_attachment``), lists exports only when told to
+(``list_exports``), answers NBD_OPT_INFO from the master's volume record
+without taking the write lease (50 probes used to make 50 lease
+generations, each a FENCE and an fdatasync on every chunk server), and
+bounds what a peer can hold: ``max_connections``, a handshake deadline,
+and one budget of request data in flight shared by every connection.
 """
 
 import asyncio
@@ -23,6 +32,7 @@ import functools
 import logging
 import ssl
 import struct
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.client import volume as volume_mod
@@ -35,15 +45,25 @@ LOG = logging.getLogger(__name__)
 
 
 BLOCK_STATUS_LIMIT = 1024 * 1024 * 1024  # bytes described per reply
-# Requests of one connection in flight at once, and their data: past
-# either, the gateway stops reading the connection until half are done.
+# Requests of one connection in flight at once: past it, the gateway stops
+# reading the connection until half are done.  Their data counts against
+# the server's InflightBudget.
 MAX_INFLIGHT = 256
-MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+INFLIGHT_BYTES = 256 * 1024 * 1024  # default budget of the whole server
+HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 256
+# Attachment states in which this host may open the volume: the Cinder
+# driver asked for it ('attaching') or ursa-attach reported it served.
+ATTACHED = ('attaching', 'attached')
 # Seconds a new connection to an export already open waits for the master
 # to look the export up (and refresh its size); past that, a failover, it
 # is served what is known.  An export not open yet waits for the master:
 # opening it takes the volume's lease.
 MASTER_WAIT = 2.0
+
+
+class _HandshakeTimeout(Exception):
+    """The client did not finish the handshake in time."""
 
 
 class _Export:
@@ -53,6 +73,74 @@ class _Export:
         self.key = key
         self.backend = backend_mod.VolumeBackend(volume, read_only)
         self.users = 0
+
+
+class InflightBudget:
+    """Bytes of request data in flight, shared by every connection of a
+    server (security audit F7: each greedy connection could hold 256 MiB
+    of its own).  READ and WRITE count their length; WRITE_ZEROES and
+    TRIM count what writing allocated zeros holds at once (up to
+    ``backend.ZERO_PIECE``), as they may do that.
+
+    A connection stops reading requests while its own data reaches
+    ``per_connection`` (a quarter of the total: one client cannot starve
+    the others) or the server's reaches ``total``; it resumes when its own
+    is below half of ``per_connection`` and the server's below three
+    quarters of ``total``.  Connections held by the server's total wait
+    in ``waiting`` and are woken as data is settled.
+    """
+
+    def __init__(self, total=INFLIGHT_BYTES):
+        self.total = total
+        self.per_connection = max(total // 4, 1)
+        self.used = 0
+        self.peak = 0
+        self.waiting = set()  # callables: re-check and maybe resume
+
+    def take(self, n):
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+
+    def give(self, n):
+        self.used -= n
+        if self.waiting and self.used < self.total * 3 // 4:
+            for check in list(self.waiting):
+                check()
+
+    def full(self):
+        return self.used >= self.total
+
+    def roomy(self):
+        return self.used < self.total * 3 // 4
+
+
+def request_cost(cmd, length):
+    """Bytes a request counts against the in-flight budget."""
+    if cmd in (p.CMD_READ, p.CMD_WRITE):
+        return length
+    if cmd in (p.CMD_WRITE_ZEROES, p.CMD_TRIM):
+        return min(length, backend_mod.ZERO_PIECE)
+    return 0
+
+
+class _Throttled:
+    """A warning logged at most once per ``interval`` seconds, with the
+    number of times it happened meanwhile: an unauthenticated peer must
+    not be able to flood the log."""
+
+    def __init__(self, interval=60.0):
+        self.interval = interval
+        self._last = None
+        self._count = 0
+
+    def __call__(self, msg, *args):
+        self._count += 1
+        now = time.monotonic()
+        if self._last is None or now - self._last >= self.interval:
+            LOG.warning(msg + ' (%d time(s) since the last such message)',
+                        *args, self._count)
+            self._last, self._count = now, 0
 
 
 def tls_context(cert_file, key_file, ca_file=None):
@@ -71,15 +159,33 @@ class NbdServer:
     """Serves NBD clients with volumes of ``cluster`` (an async Cluster)."""
 
     def __init__(self, cluster, read_only=False, holder=None,
-                 tls_context=None, tls_required=False):
+                 tls_context=None, tls_required=False, host=None,
+                 require_attachment=False, list_exports=True,
+                 handshake_timeout=HANDSHAKE_TIMEOUT,
+                 max_connections=MAX_CONNECTIONS,
+                 inflight_bytes=INFLIGHT_BYTES):
+        """``host``: this host's name in the master's attachments; with
+        ``require_attachment`` only volumes attached to it are served.
+        (The defaults here are the library's; ursa-nbd passes its
+        options, whose defaults are the safe ones.)"""
         self.cluster = cluster
         self.read_only = read_only
         self.tls_context = tls_context
         self.tls_required = tls_required and tls_context is not None
         self.holder = holder
+        self.host = host
+        self.require_attachment = require_attachment
+        if require_attachment and not host:
+            raise ValueError('require_attachment needs this host\'s name')
+        self.list_exports = list_exports
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.budget = InflightBudget(inflight_bytes)
         self._exports = {}
         self._lock = asyncio.Lock()
         self.connections = set()
+        self._warn_full = _Throttled()
+        self._warn_slow = _Throttled()
 
     # --- exports -----------------------------------------------------------
 
@@ -109,13 +215,58 @@ class NbdServer:
                         str(e) or 'no answer in %.1f s' % MASTER_WAIT)
             return None
 
+    async def _record(self, name):
+        """The master's record of export ``name`` (a volume, or a
+        snapshot when ``@`` is in the name), checked against this host's
+        attachments; None when the export is open already and no master
+        answered (see :meth:`_master`)."""
+        snapshot = '@' in name
+        record = await self._master(
+            self.cluster.master.snapshot(name) if snapshot
+            else self.cluster.master.volume(name), self._known(name))
+        if record is not None and self.require_attachment:
+            await self._check_attached(
+                record['volume_id'] if snapshot else record['id'],
+                record.get('volume_name', record['name']))
+        return record
+
+    async def _check_attached(self, volume_id, volume_name):
+        """Raise NotFound unless the master records the volume as
+        attached to this host (Cinder's initialize_connection for this
+        host made it so).  A snapshot counts as attached with its
+        volume."""
+        atts = await self.cluster.master.attachments(volume_id, self.host)
+        if not any(a['host'] == self.host and a['status'] in ATTACHED
+                   for a in atts):
+            raise exception.NotFound(
+                kind='attachment', name='of volume %s to host %s ([ursa_nbd] '
+                'require_attachment: attach it to this host first)'
+                % (volume_name, self.host))
+
+    async def _describe(self, name):
+        """(size, transmission flags) of export ``name`` for NBD_OPT_INFO,
+        from the master's record: the volume is neither opened nor leased
+        (security audit F8).  None when it may not be served."""
+        try:
+            record = await self._record(name)
+        except exception.UrsaError as e:
+            LOG.warning('NBD export %r refused: %s', name, e)
+            return None
+        if record is None:  # no master; the export is open here
+            known = self._known(name)
+            if known is None:
+                return None
+            return known.backend.size(), known.backend.flags()
+        read_only = self.read_only or '@' in name
+        # A VolumeBackend's flags depend on read_only alone.
+        return (record['size'],
+                backend_mod.VolumeBackend(None, read_only).flags())
+
     async def _open(self, name):
         snapshot = '@' in name
         # Asked before the lock is taken: connections that wait for the
         # master wait together, not one after the other.
-        record = await self._master(
-            self.cluster.master.snapshot(name) if snapshot
-            else self.cluster.master.volume(name), self._known(name))
+        record = await self._record(name)
         async with self._lock:
             if record is None:
                 exp = self._known(name)
@@ -160,6 +311,14 @@ class NbdServer:
 
     async def _serve(self, stream):
         peer = stream.transport.get_extra_info('peername') or 'unix socket'
+        if len(self.connections) >= self.max_connections:
+            # Closed before the greeting: the client sees the connection
+            # end (nbdinfo: "recv: Connection reset by peer" or EOF).
+            self._warn_full('NBD client %s refused: %d connections already '
+                            '([ursa_nbd] max_connections)', peer,
+                            len(self.connections))
+            stream.close()
+            return
         task = asyncio.current_task()
         self.connections.add(task)
         exp = None
@@ -174,6 +333,10 @@ class NbdServer:
                 await self._transmission(stream, exp, neg)
         except (asyncio.IncompleteReadError, ConnectionError):
             LOG.debug('NBD client %s went away', peer)
+        except _HandshakeTimeout:
+            self._warn_slow('NBD client %s dropped: no handshake within '
+                            '%g s ([ursa_nbd] handshake_timeout)', peer,
+                            self.handshake_timeout)
         except ssl.SSLError as e:
             LOG.warning('TLS with NBD client %s failed: %s', peer, e)
         except exception.ProtocolError as e:
@@ -188,40 +351,80 @@ class NbdServer:
             stream.close()
 
     async def _handshake(self, stream, neg):
-        """Run the negotiation; return the export chosen, or None."""
+        """Run the negotiation; return the export chosen, or None.
+
+        The client has ``handshake_timeout`` seconds for it (reading its
+        options, it reading our replies, TLS); the time spent asking the
+        master is added to the deadline, so a master failover does not
+        cut off a client that did its part."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.handshake_timeout
+
+        async def client(aw):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await aw
+            except TimeoutError:
+                raise _HandshakeTimeout() from None
+
+        exp = None
         stream.write(neg.greeting())
-        await stream.drain()
+        await client(stream.drain())
         while True:
-            out, event = neg.receive(await stream.readexactly(neg.want))
-            if isinstance(event, hs.OpenExport):
+            out, event = neg.receive(await client(
+                stream.readexactly(neg.want)))
+            asked = loop.time()
+            if isinstance(event, hs.OpenExport) and \
+                    event.option == p.OPT_INFO:
+                info = await self._describe(event.name)
+                out, event = (neg.export_refused() if info is None
+                              else neg.export_opened(*info))
+            elif isinstance(event, hs.OpenExport):
                 exp = await self._try_open(event.name)
                 if exp is None:
                     out, event = neg.export_refused()
                 else:
                     out, event = neg.export_opened(exp.backend.size(),
                                                    exp.backend.flags())
-                    if not isinstance(event, hs.Ready):
-                        await self._close(exp)  # INFO: just a look
             elif isinstance(event, hs.ListExports):
-                try:
-                    vols = await self.cluster.master.volumes()
-                except exception.UrsaError as e:
-                    LOG.warning('NBD export list refused: %s', e)
-                    out = neg.exports_unlisted(
-                        'the exports cannot be listed now: %s' % e)
-                else:
-                    out = neg.exports_listed([v['name'] for v in vols])
+                out = await self._list(neg)
+            deadline += loop.time() - asked
             if out:
                 stream.write(out)
             if isinstance(event, hs.Ready):
                 return exp  # transmission's flow control takes over
-            await stream.drain()
+            await client(stream.drain())
             if isinstance(event, hs.StartTls):
-                await stream.start_tls(self.tls_context)
+                await client(stream.start_tls(
+                    self.tls_context,
+                    max(deadline - loop.time(), 0.001)))
                 neg.tls_started()
             elif isinstance(event, hs.Close):
                 LOG.debug('NBD handshake ends: %s', event.reason)
                 return None
+
+    async def _list(self, neg):
+        """The reply to NBD_OPT_LIST: the exports this client could open
+        (with require_attachment, the volumes attached to this host), or
+        NBD_REP_ERR_POLICY when listing is off."""
+        if not self.list_exports:
+            return neg.exports_unlisted(
+                'this server does not list its exports ([ursa_nbd] '
+                'list_exports); ask for a volume by name')
+        try:
+            if self.require_attachment:
+                atts = await self.cluster.master.attachments(
+                    host=self.host)
+                names = sorted({a['volume_name'] for a in atts
+                                if a['status'] in ATTACHED})
+            else:
+                names = [v['name'] for v in
+                         await self.cluster.master.volumes()]
+        except exception.UrsaError as e:
+            LOG.warning('NBD export list refused: %s', e)
+            return neg.exports_unlisted(
+                'the exports cannot be listed now: %s' % e)
+        return neg.exports_listed(names)
 
     async def _try_open(self, name):
         try:
@@ -234,27 +437,39 @@ class NbdServer:
 
     async def _transmission(self, stream, exp, neg):
         """Requests run as they arrive (replies go out in completion order),
-        at most MAX_INFLIGHT of them or MAX_INFLIGHT_BYTES of their data at
-        once.  A write the backend can start without a task
-        (``pwrite_nowait``: one request to a chunk server) runs on
+        at most MAX_INFLIGHT of them, and data within the server's
+        :class:`InflightBudget`.  A write the backend can start without a
+        task (``pwrite_nowait``: one request to a chunk server) runs on
         callbacks, the others as tasks."""
         backend = exp.backend
         eflags = backend.flags() | (p.TF_SEND_DF if neg.structured else 0)
         structured, meta = neg.structured, neg.base_allocation
         loop = asyncio.get_running_loop()
+        budget = self.budget
         tasks = {}
         inflight = 0        # requests
         inflight_bytes = 0  # their data
         callbacks = 0       # writes running on callbacks
         ended = None        # set when the last of those ends, at the end
+        held = False
+
+        def check():
+            """Resume taking requests if this connection and the server
+            have room again (also called by the budget)."""
+            nonlocal held
+            if held and inflight < MAX_INFLIGHT // 2 and \
+                    inflight_bytes < budget.per_connection // 2 and \
+                    budget.roomy():
+                held = False
+                budget.waiting.discard(check)
+                stream.hold(False)
 
         def settle(n):
             nonlocal inflight, inflight_bytes
             inflight -= 1
             inflight_bytes -= n
-            if inflight < MAX_INFLIGHT // 2 and \
-                    inflight_bytes < MAX_INFLIGHT_BYTES // 2:
-                stream.hold(False)
+            budget.give(n)
+            check()
 
         def finished(task):
             settle(tasks.pop(task, 0))
@@ -282,7 +497,7 @@ class NbdServer:
             if err:
                 stream.write(p.error_reply(handle, err, structured))
                 return
-            n = length if cmd in (p.CMD_READ, p.CMD_WRITE) else 0
+            n = request_cost(cmd, length)
             if cmd == p.CMD_WRITE and backend.pwrite_nowait(
                     offset, data, bool(flags & p.CMD_FLAG_FUA),
                     functools.partial(wrote, handle, flags, offset,
@@ -296,13 +511,22 @@ class NbdServer:
                 t.add_done_callback(finished)
             inflight += 1
             inflight_bytes += n
-            if inflight >= MAX_INFLIGHT or \
-                    inflight_bytes >= MAX_INFLIGHT_BYTES:
-                stream.hold(True)
+            budget.take(n)
+            if not held and (inflight >= MAX_INFLIGHT or
+                             inflight_bytes >= budget.per_connection or
+                             budget.full()):
+                hold()
+
+        def hold():
+            nonlocal held
+            held = True
+            budget.waiting.add(check)
+            stream.hold(True)
 
         try:
             await stream.serve_requests(on_request)
         finally:
+            budget.waiting.discard(check)
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if callbacks:

@@ -10,6 +10,12 @@ Flow control: reading pauses while the client does not read its replies
 (the transport's buffer is full) or while the server holds too many
 requests in flight (:meth:`NbdStream.hold`), so a client cannot make the
 gateway buffer without bound.
+
+Memory: the handshake reads into a :class:`HandshakeBuffer` of 4 KiB that
+grows only as far as the options a client sends need; the transmission's
+256 KiB receive buffer is allocated when transmission starts.  A
+connection that never completes the handshake (a scan, a flood of idle
+connections) so costs a few KiB, not 256 (security audit F6).
 """
 
 import asyncio
@@ -20,6 +26,53 @@ from cinder_ursa.transport import aio
 from cinder_ursa.transport import buffers
 
 
+class HandshakeBuffer:
+    """The receive buffer of the handshake: the ``get_buffer`` /
+    ``buffer_updated`` / ``take`` / ``buffered`` part of
+    :class:`~cinder_ursa.transport.buffers.ReceiveBuffer`, starting at
+    START bytes.  It grows (by copying into a new buffer, never resizing
+    one the transport may still have a view of) to hold what has arrived
+    plus ROOM; the stream stops reading once LIMIT bytes are buffered, so
+    it stays below LIMIT + ROOM, a little over 2 options of the largest
+    size (``protocol.MAX_OPTION_DATA``)."""
+
+    START = 4096
+    ROOM = 4096
+    LIMIT = 2 * (p.MAX_OPTION_DATA + p.OPTION.size)
+
+    def __init__(self):
+        self._buf = bytearray(self.START)
+        self._start = 0
+        self._end = 0
+
+    @property
+    def buffered(self):
+        return self._end - self._start
+
+    def get_buffer(self, sizehint):
+        if len(self._buf) - self._end < self.ROOM:
+            n = self._end - self._start
+            size = max(min(2 * len(self._buf), self.LIMIT + self.ROOM),
+                       n + self.ROOM)
+            new = bytearray(size)
+            new[:n] = self._buf[self._start:self._end]
+            self._buf, self._start, self._end = new, 0, n
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, nbytes):
+        self._end += nbytes
+
+    def take(self, n):
+        """The next ``n`` bytes, or None until that many have arrived."""
+        if self._end - self._start < n:
+            return None
+        data = bytes(self._buf[self._start:self._start + n])
+        self._start += n
+        if self._start == self._end:
+            self._start = self._end = 0
+        return data
+
+
 class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
 
     SCRATCH = buffers.ReceiveBuffer.SCRATCH
@@ -28,7 +81,8 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         """``serve(stream)``: the coroutine that runs the connection."""
         aio.FlowControl.__init__(self)
         self._serve = serve
-        self._rx = buffers.ReceiveBuffer(p.REQUEST, p.request_payload_length)
+        # Until transmission: the transmission's buffer comes with it.
+        self._rx = HandshakeBuffer()
         self._waiter = None    # readexactly() waiting for more bytes
         self._want = 0
         self._on_request = None
@@ -65,7 +119,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             self._parse()
         else:
             self._wake()
-            if self._rx.buffered > self.SCRATCH // 2:
+            if self._rx.buffered >= HandshakeBuffer.LIMIT:
                 self._set_reading(False)  # a client far ahead of us
 
     def pause_writing(self):
@@ -81,7 +135,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
     # --- handshake -----------------------------------------------------------
 
     async def readexactly(self, n):
-        """The next ``n`` bytes (n <= SCRATCH // 2)."""
+        """The next ``n`` bytes (n < HandshakeBuffer.LIMIT)."""
         data = self._rx.take(n)
         while data is None:
             if self._lost is not None:
@@ -103,14 +157,16 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 self._lost is not None or self._rx.buffered >= self._want):
             w.set_result(None)
 
-    async def start_tls(self, context):
-        """Upgrade to TLS (after NBD_OPT_STARTTLS was acknowledged)."""
+    async def start_tls(self, context, timeout=None):
+        """Upgrade to TLS (after NBD_OPT_STARTTLS was acknowledged); the
+        TLS handshake must end within ``timeout`` seconds."""
         if self._rx.buffered:
             raise exception.ProtocolError(
                 reason='data sent before the TLS handshake')
         aio.send_batched(self.transport)  # the ACK goes out in clear
         self.transport = await asyncio.get_running_loop().start_tls(
-            self.transport, self, context, server_side=True)
+            self.transport, self, context, server_side=True,
+            ssl_handshake_timeout=timeout)
 
     def write(self, data):
         """Send (with the replies of a burst, in one system call)."""
@@ -134,6 +190,15 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         parsing: call :meth:`stop`) or fails with the reason the
         connection is unusable."""
         self._done = self._loop.create_future()
+        if isinstance(self._rx, HandshakeBuffer):
+            # The transmission's buffer, with what the client sent
+            # after the handshake already (less than its scratch).
+            left = self._rx.take(self._rx.buffered) or b''
+            self._rx = buffers.ReceiveBuffer(p.REQUEST,
+                                             p.request_payload_length)
+            if left:
+                self._rx.get_buffer(-1)[:len(left)] = left
+                self._rx.buffer_updated(len(left))
         self._on_request = on_request
         if self._lost is not None:
             self._finish(self._lost)

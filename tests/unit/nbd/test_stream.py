@@ -106,3 +106,37 @@ def test_a_bad_magic_ends_transmission():
         with pytest.raises(exception.ProtocolError):
             await done
     run(body)
+
+
+def test_the_handshake_costs_kib_and_bytes_ahead_reach_transmission():
+    """Before transmission a connection holds a 4 KiB buffer, not the
+    256 KiB scratch (1000 idle connections used to cost 250 MiB); a
+    request sent right behind the last option is not lost when the
+    transmission's buffer takes over."""
+    async def body(s):
+        assert isinstance(s._rx, stream_mod.HandshakeBuffer)
+        assert len(s.get_buffer(-1)) == stream_mod.HandshakeBuffer.START
+        option = b'o' * 3000
+        deliver(s, option + request(p.CMD_READ, 5, 4096))
+        assert await s.readexactly(3000) == option
+        got = []
+        done = s.serve_requests(
+            lambda flags, cmd, handle, *rest: got.append((cmd, handle)))
+        assert got == [(p.CMD_READ, 5)]
+        assert len(s.get_buffer(-1)) > 200 * 1024  # scratch, now
+        s.stop()
+        await done
+    run(body)
+
+
+def test_the_handshake_buffer_grows_to_a_large_option_then_stops_reading():
+    async def body(s):
+        big = b'b' * p.MAX_OPTION_DATA
+        deliver(s, big)
+        assert await s.readexactly(len(big)) == big
+        # A client far ahead: reading pauses at LIMIT, the buffer stays
+        # within LIMIT plus one read.
+        deliver(s, b'x' * stream_mod.HandshakeBuffer.LIMIT)
+        assert not s.transport.reading
+        assert len(s._rx._buf) <= 2 * stream_mod.HandshakeBuffer.LIMIT
+    run(body)
