@@ -146,6 +146,15 @@ evacuator_opts = [
                help='Port of the Prometheus /metrics endpoint; 0: off.'),
     cfg.HostAddressOpt('metrics_host', default='127.0.0.1',
                        help='Address of the /metrics endpoint.'),
+    cfg.FloatOpt('metrics_timeout', default=5.0, min=0.1,
+                 help='Seconds a /metrics connection may take to send its '
+                      'request, and then to take the answer, before it is '
+                      'closed.'),
+    cfg.IntOpt('metrics_max_connections', default=64, min=1,
+               help='Connections the /metrics endpoint keeps open at '
+                    'once; one more closes the one open the longest (so '
+                    'idle connections cannot lock the scraper out). All '
+                    'are served by one thread.'),
 ]
 
 nova_group = cfg.OptGroup(

@@ -19,11 +19,21 @@ The agent polls the master for this host's attachments:
 Reads and writes of a file go straight to the volume (no cache);
 ``fsync`` flushes it (every replica durable); truncating is ignored, as
 for a block device.
+
+Who may open a volume: the mount has ``allow_other`` because the
+hypervisor's QEMU user, not root, opens the files; so it also has
+``default_permissions``, which makes the kernel check each open against
+the owner, group and mode ``getattr`` reports (``[ursa_attach] owner`` and
+``group``; 0600, or 0660 with a group).  Without it FUSE checks nothing
+and any local user could read and write every attached volume.
 """
 
+import ctypes
 import errno
+import grp
 import logging
 import os
+import pwd
 import stat
 import threading
 import time
@@ -35,16 +45,55 @@ from cinder_ursa import exception
 LOG = logging.getLogger(__name__)
 
 
+def file_owner(owner='root', group=None):
+    """(uid, gid, mode) of the volume files for ``[ursa_attach] owner``
+    and ``group`` (names or numbers): mode 0600 for the owner alone, 0660
+    when a group is given.  ValueError says which one is unknown."""
+    try:
+        uid = int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise ValueError('[ursa_attach] owner: no user %r on this host; '
+                         'give a user name or number (the hypervisor\'s '
+                         'QEMU user, e.g. libvirt-qemu or qemu)' % owner)
+    if not group:
+        return uid, 0, 0o600
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError('[ursa_attach] group: no group %r on this host; '
+                         'give a group name or number, or leave it unset '
+                         'for the owner alone' % group)
+    return uid, gid, 0o660
+
+
 class AttachFS(mfusepy.Operations):
-    """A flat directory with one file per attached volume."""
+    """A flat directory with one file per attached volume, owned by
+    ``uid``:``gid`` with ``mode`` (enforced by the kernel: see the
+    module's doc)."""
 
     use_ns = False
 
-    def __init__(self):
+    def __init__(self, uid=0, gid=0, mode=0o600):
         self.volumes = {}  # file name -> SyncVolume
         self._lock = threading.Lock()
         self.started = time.time()
         self.on_mount = None
+        self.uid, self.gid, self.mode = uid, gid, mode
+        # libfuse's struct fuse of this mount, set once it is up: what
+        # fuse_exit() needs to end the loop from outside a FUSE thread.
+        self.fuse_handle = None
+        self.mounted = threading.Event()
+
+    def exit(self):
+        """Make the FUSE loop end at its next wake-up (the caller wakes
+        it: see cmd/attach.py).  False if the mount is not up yet."""
+        if self.fuse_handle is None:
+            return False
+        # mfusepy.fuse_exit() finds the handle through fuse_get_context(),
+        # which only works in a FUSE thread; this is its body with the
+        # handle kept by init().
+        mfusepy._libfuse.fuse_exit(self.fuse_handle)
+        return True
 
     def add(self, name, vol):
         with self._lock:
@@ -63,16 +112,23 @@ class AttachFS(mfusepy.Operations):
     # --- FUSE operations ----------------------------------------------------
 
     def init(self, path):
+        self.fuse_handle = ctypes.c_void_p(
+            mfusepy._libfuse.fuse_get_context().contents.fuse)
+        self.mounted.set()
         if self.on_mount is not None:
             self.on_mount()
 
     def getattr(self, path, fh=None):
-        base = {'st_uid': 0, 'st_gid': 0, 'st_atime': self.started,
-                'st_mtime': self.started, 'st_ctime': self.started}
+        base = {'st_atime': self.started, 'st_mtime': self.started,
+                'st_ctime': self.started}
         if path == '/':
-            return dict(base, st_mode=stat.S_IFDIR | 0o755, st_nlink=2)
+            # Anyone may list the names (as in /dev); opening a volume
+            # is what the file's owner, group and mode restrict.
+            return dict(base, st_mode=stat.S_IFDIR | 0o755, st_nlink=2,
+                        st_uid=0, st_gid=0)
         vol = self._vol(path)
-        return dict(base, st_mode=stat.S_IFREG | 0o600, st_nlink=1,
+        return dict(base, st_mode=stat.S_IFREG | self.mode, st_nlink=1,
+                    st_uid=self.uid, st_gid=self.gid,
                     st_size=vol.size, st_blksize=4096,
                     st_blocks=vol.size // 512)
 

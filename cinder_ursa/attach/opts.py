@@ -20,6 +20,19 @@ attach_opts = [
                     'volume is mounted (created if missing).'),
     cfg.StrOpt('state_dir', default='/var/lib/ursa/attach-state',
                help='Directory for the endpoint file.'),
+    cfg.StrOpt('owner', default='root',
+               help='User (name or number) who owns the volume files: '
+                    'the hypervisor\'s QEMU user (libvirt-qemu on Debian '
+                    'and Ubuntu, qemu on RHEL) when QEMU opens them. The '
+                    'kernel enforces the files\' modes (the mount uses '
+                    'default_permissions): only this user, the group '
+                    'below and root can open a volume; every other local '
+                    'user gets EACCES.'),
+    cfg.StrOpt('group',
+               help='Group (name or number) whose members may also read '
+                    'and write the volume files (mode 0660), e.g. kvm or '
+                    'disk. Unset: group root and mode 0600, the owner '
+                    'alone.'),
     cfg.FloatOpt('poll_interval', default=1.0, min=0.1,
                  help='Seconds between two looks at this host\'s '
                       'attachments on the master.'),

@@ -56,6 +56,7 @@ from cinder_ursa.cmd import faultproxy
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
+from cinder_ursa.protocol import names
 
 DEFAULT_PORT_BASE = 9380
 NBD_PORT = 10809
@@ -612,6 +613,10 @@ def main(argv=None):
         parser.error('--chunkservers must be at least 1')
     if args.masters < 1:
         parser.error('--masters must be at least 1')
+    problem = args.demo_volume and names.name_problem('--demo-volume',
+                                                      args.demo_volume)
+    if problem:
+        parser.error(problem)
 
     aio = AllInOne(args.data_dir, args.chunkservers, args.port_base,
                    masters=args.masters)

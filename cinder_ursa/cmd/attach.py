@@ -6,12 +6,17 @@ host; this agent (one per host, root, /dev/fuse) opens it and serves it as
 connection the driver returns.  Example::
 
     ursa-attach --config-file /etc/ursa/ursa.conf
+
+SIGTERM, SIGINT or SIGHUP stop it cleanly: the FUSE loop ends, the
+volumes are flushed and closed, the mount goes and the exit status is 0.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import mfusepy
 from oslo_log import log as logging
@@ -34,6 +39,10 @@ def main(argv=None):
         'host as files under [ursa_attach] mount_dir (FUSE). Example: '
         'ursa-attach --config-file /etc/ursa/ursa.conf')
     ac = conf.ursa_attach
+    try:
+        uid, gid, mode = attach_agent.file_owner(ac.owner, ac.group)
+    except ValueError as e:
+        sys.exit('ursa-attach: %s' % e)
     key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
     for d in (ac.mount_dir, ac.state_dir):
         os.makedirs(d, exist_ok=True)
@@ -43,30 +52,86 @@ def main(argv=None):
     cluster = sync.SyncCluster(conf.ursa.master_url, key,
                                request_timeout=conf.ursa.request_timeout,
                                liveness_timeout=conf.ursa.liveness_timeout)
-    fs = attach_agent.AttachFS()
+    fs = attach_agent.AttachFS(uid, gid, mode)
     agent = attach_agent.Agent(master, cluster, fs, ac.host, ac.mount_dir,
-                         ac.poll_interval)
+                               ac.poll_interval)
 
     def start_agent():
         # Once the mount is up (init runs on FUSE's side when it is).
         _service.write_endpoint(
             os.path.join(ac.state_dir, 'endpoint.json'), host=ac.host,
             mount_dir=ac.mount_dir, pid=os.getpid())
-        LOG.info('ursa-attach for host %s serving %s', ac.host, ac.mount_dir)
+        LOG.info('ursa-attach for host %s serving %s (files %d:%d, mode '
+                 '%04o)', ac.host, ac.mount_dir, uid, gid, mode)
         threading.Thread(target=agent.run, name='attach-agent',
                          daemon=True).start()
 
     fs.on_mount = start_agent
     try:
-        # libfuse handles SIGINT/SIGTERM: they end this call.
-        mfusepy.FUSE(fs, ac.mount_dir, foreground=True, allow_other=True,
-                     fsname='ursa')
+        status = serve(fs, ac.mount_dir)
     finally:
         LOG.info('ursa-attach stopping: flushing and closing %d volume(s)',
                  len(fs.volumes))
         agent.stopping.set()
         agent.close_all()
         cluster.close()
+    return status
+
+
+def serve(fs, mount_dir):
+    """Mount ``fs`` and serve it until a stop signal or an unmount;
+    return the exit status (0 for those, 1 if FUSE failed).
+
+    The signals are ours, not libfuse's: left to libfuse (it takes the
+    ones still at their default), a signal ends the loop with an error
+    that mfusepy raises as ``RuntimeError(8)``, the same as a real
+    failure.  So FUSE runs in a thread of its own while the main thread,
+    where Python runs signal handlers, waits; a handler only notes the
+    signal, and the main thread then asks libfuse to exit and wakes its
+    loop with a signal to that thread, which ends FUSE with status 0.
+    """
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # Python's handler is installed, so libfuse leaves these alone.
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    failed = []
+
+    def run():
+        try:
+            # default_permissions: the kernel enforces the files' owner,
+            # group and mode (allow_other lets the QEMU user, not only
+            # root, in; without default_permissions it would let every
+            # local user in).
+            mfusepy.FUSE(fs, mount_dir, foreground=True, allow_other=True,
+                         default_permissions=True, fsname='ursa')
+        except RuntimeError as e:
+            failed.append(e)
+
+    loop = threading.Thread(target=run, name='fuse-loop')
+    loop.start()
+    kicked = None  # when the loop was last woken
+    logged = False
+    while loop.is_alive():
+        loop.join(0.2)  # handlers run meanwhile; a stop waits <= 0.2 s
+        if not stop or not loop.is_alive():
+            continue
+        if not logged:
+            LOG.info('ursa-attach: %s received, unmounting %s',
+                     signal.Signals(stop[0]).name, mount_dir)
+            logged = True
+        now = time.monotonic()
+        if fs.exit() and (kicked is None or now - kicked >= 1.0):
+            # The loop sleeps in sem_wait until a signal interrupts it;
+            # once more later in case this one came just before it slept.
+            kicked = now
+            signal.pthread_kill(loop.ident, signal.SIGTERM)
+    if failed:
+        LOG.error('ursa-attach: FUSE could not mount or serve %s (libfuse '
+                  'status %s; its message is above). Check that /dev/fuse '
+                  'exists, that this runs as root and that nothing else is '
+                  'mounted there.', mount_dir, failed[0])
+        return 1
+    return 0
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ from cinder_ursa import exception
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
+from cinder_ursa.protocol import names
 from cinder_ursa.protocol.rest import QOS_KEYS
 from cinder_ursa.volume import attachments
 from cinder_ursa.volume import images
@@ -105,6 +106,19 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         if conf.ursa_min_replicas > conf.ursa_replicas:
             raise cinder_exc.InvalidConfigurationValue(
                 option='ursa_min_replicas', value=conf.ursa_min_replicas)
+        # Ursa volumes and snapshots are named after Cinder's (volume-<id>
+        # by default): a template making names the master refuses would
+        # fail every create, so say so now.
+        for opt in ('volume_name_template', 'snapshot_name_template'):
+            template = getattr(CONF, opt, None)
+            if not template:
+                continue
+            problem = names.name_problem(
+                '[DEFAULT] %s gives the' % opt,
+                template % '00000000-0000-0000-0000-000000000000')
+            if problem:
+                raise cinder_exc.InvalidConfigurationValue(
+                    _('%s; change it, or use another backend') % problem)
         with translated('Checking the Ursa cluster'):
             status = self._master.cluster_status()
         LOG.info('Ursa cluster at %(urls)s: %(health)s, %(up)d chunk '

@@ -28,8 +28,16 @@ def main(argv=None):
         '--config-file /etc/nova-ha/nova-ha.conf')
     metrics = metrics_mod.Metrics()
     if conf.evacuator.metrics_port:
-        metrics.serve(conf.evacuator.metrics_port,
-                      conf.evacuator.metrics_host)
+        try:
+            metrics.serve(conf.evacuator.metrics_port,
+                          conf.evacuator.metrics_host,
+                          conf.evacuator.metrics_timeout,
+                          conf.evacuator.metrics_max_connections)
+        except OSError as e:
+            sys.exit('nova-ha-evacuator: cannot serve metrics on %s:%d '
+                     '(%s); free that port or change [evacuator] '
+                     'metrics_port' % (conf.evacuator.metrics_host,
+                                       conf.evacuator.metrics_port, e))
     fences = fence.fences_from_conf(conf)
     if not fences and conf.evacuator.fence_required:
         LOG.warning('No fence method is configured: failed hosts will be '

@@ -28,7 +28,9 @@ class SnapshotCreate(show.ShowOne):
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
         p.add_argument('volume', help='Volume name or id.')
-        p.add_argument('name', help='Snapshot name, unique per volume.')
+        p.add_argument('name', help='Snapshot name, unique per volume: '
+                       'up to 255 letters, digits, ".", "_" and "-", first '
+                       'a letter, a digit or "_".')
         return p
 
     def take_action(self, args):

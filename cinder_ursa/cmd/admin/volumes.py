@@ -33,7 +33,9 @@ class VolumeCreate(show.ShowOne):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('name', help='Volume name (unique).')
+        p.add_argument('name', help='Volume name (unique): up to 255 '
+                       'letters, digits, ".", "_" and "-", first a letter, '
+                       'a digit or "_".')
         p.add_argument('size', help='Size, e.g. 10G, 512M (binary units).')
         p.add_argument('--replicas', type=int,
                        help='Copies of every chunk (default: the master\'s '
@@ -110,7 +112,9 @@ class VolumeClone(show.ShowOne):
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
         p.add_argument('snapshot', help='volume@name or id')
-        p.add_argument('name', help='Name of the new volume.')
+        p.add_argument('name', help='Name of the new volume: up to 255 '
+                       'letters, digits, ".", "_" and "-", first a letter, '
+                       'a digit or "_".')
         p.add_argument('--size', help='At least the snapshot\'s size '
                                       '(default: the same).')
         p.add_argument('--replicas', type=int,

@@ -5,6 +5,7 @@ of the strings kept."""
 from cinder_ursa import exception
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
+from cinder_ursa.protocol import names
 from cinder_ursa.protocol.rest import QOS_KEYS
 
 
@@ -119,21 +120,34 @@ def unstorable(ref):
     return not isinstance(ref, str) or '\x00' in ref
 
 
+def check_name(what, name):
+    """``name`` if it is a valid volume or snapshot name (see
+    protocol/names.py), else InvalidArgument saying which characters are
+    allowed."""
+    problem = names.name_problem(what, name)
+    if problem:
+        raise exception.InvalidArgument(reason=problem)
+    return name
+
+
 def validate_snapshot_name(name):
-    check_text('snapshot name', name)
-    if '/' in name or '@' in name:
-        raise exception.InvalidArgument(
-            reason='snapshot name must be 1 to 255 characters without '
-                   '"/" or "@"')
+    check_name('snapshot name', name)
 
 
 def validate_volume(name, size, replicas, min_replicas, chunk_size,
                      stripe_unit, stripe_count):
+    """Check a new volume, or a new name of one."""
+    check_name('volume name', name)
+    validate_geometry(size, replicas, min_replicas, chunk_size,
+                      stripe_unit, stripe_count)
+
+
+def validate_geometry(size, replicas, min_replicas, chunk_size,
+                      stripe_unit, stripe_count):
+    """Check a volume's size and layout (its name is not: a resized
+    volume's may predate NAME_RE)."""
     def bad(reason):
         raise exception.InvalidArgument(reason=reason)
-    check_text('volume name', name)
-    if '/' in name:
-        bad('volume name may not contain "/"')
     if not isinstance(size, int) or size <= 0:
         bad('size must be a positive number of bytes')
     if size % chunkfile.BLOCK:

@@ -13,6 +13,7 @@ from cinder_ursa.common import units
 from cinder_ursa.master import models
 from cinder_ursa.master.store.common import trash_name
 from cinder_ursa.master.store.common import unstorable
+from cinder_ursa.master.store.common import validate_geometry
 from cinder_ursa.master.store.common import validate_qos
 from cinder_ursa.master.store.common import validate_volume
 
@@ -231,9 +232,11 @@ class VolumeRecords:
             if vol.status != 'available':
                 raise exception.Conflict(reason='volume %s is %s'
                                          % (vol.name, vol.status))
-            validate_volume(vol.name, size, vol.replicas, vol.min_replicas,
-                             vol.chunk_size, vol.stripe_unit,
-                             vol.stripe_count)
+            # Its name is not checked again: one older than the naming
+            # rule must still grow.
+            validate_geometry(size, vol.replicas, vol.min_replicas,
+                              vol.chunk_size, vol.stripe_unit,
+                              vol.stripe_count)
             if size < vol.size and not force:
                 raise exception.InvalidArgument(
                     reason='shrinking volume %s from %d to %d bytes loses '

@@ -102,6 +102,29 @@ def test_files_read_write_and_sync_their_volume():
     assert fs.remove('v') is vol and fs.readdir('/', None) == ['.', '..']
 
 
+def test_files_belong_to_the_configured_owner_and_group():
+    # Unset group: root's files, the owner alone (0600).
+    assert agent_mod.file_owner() == (0, 0, 0o600)
+    assert agent_mod.file_owner('root', '') == (0, 0, 0o600)
+    # A group: its members too (0660); names or numbers.
+    assert agent_mod.file_owner('4343', '4242') == (4343, 4242, 0o660)
+    assert agent_mod.file_owner('nobody', 'root') == (65534, 0, 0o660)
+    for owner, group, what in (('no-such-user', None, 'owner'),
+                               ('root', 'no-such-group', 'group')):
+        with pytest.raises(ValueError, match=r'\[ursa_attach\] %s: no '
+                           % what):
+            agent_mod.file_owner(owner, group)
+    fs = agent_mod.AttachFS(4343, 4242, 0o660)
+    fs.add('v', FakeVolume(4096))
+    st = fs.getattr('/v')
+    assert (st['st_uid'], st['st_gid'], st['st_mode']) == (
+        4343, 4242, 0o100660)
+    # The directory stays root's, listable by all.
+    st = fs.getattr('/')
+    assert (st['st_uid'], st['st_gid'], st['st_mode']) == (0, 0, 0o40755)
+    assert not fs.exit()  # not mounted: nothing to end
+
+
 def test_volume_errors_are_eio():
     fs = agent_mod.AttachFS()
     fs.add('v', FakeVolume(4096, fail=True))

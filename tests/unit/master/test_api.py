@@ -314,3 +314,18 @@ def test_heartbeats_carry_the_scrub_progress_shown_by_the_cluster(store):
     mine = sc['servers'][str(sid)]
     assert 'junk' not in mine and 'deeper' not in mine['light']
     assert_400(one(store, 'PUT', path, {'scrub': 'fast'}), 'scrub')
+
+
+@pytest.mark.parametrize('method,path,body,what', [
+    ('POST', '/v1/volumes', vol(4096, name='x@y'), 'volume name'),
+    ('POST', '/v1/volumes', vol(4096, name='..'), 'volume name'),
+    ('PATCH', '/v1/volumes/ok', {'name': 'a\nb'}, 'volume name'),
+    ('POST', '/v1/volumes/ok/snapshots', {'name': 's@t'}, 'snapshot name'),
+])
+def test_names_outside_the_safe_set_are_400(store, method, path, body,
+                                            what):
+    store.create_volume('ok', 4096)
+    assert_400(one(store, method, path, body), what,
+               'A-Z a-z 0-9 . _ -', 'starting with a letter')
+    assert [v['name'] for v in store.list_volumes()] == ['ok']
+    assert store.list_snapshots() == []

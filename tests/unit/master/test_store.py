@@ -64,6 +64,74 @@ def test_volume_validation(store, kwargs, match):
         store.create_volume(**args)
 
 
+# Each breaks something: a file name of ursa-attach's mount (".", "..",
+# "/", NUL, a leading "." hides it or takes the trash's prefix), an NBD
+# export name ("@" names a snapshot), a command's argument (a leading
+# "-"), a log line (newline, control characters), or bytes vs characters.
+BAD_NAMES = ['', '.', '..', '.hidden', '.trash-1', '-rf', 'x@y', 'a/b',
+             'a b', 'a\nb', 'a\rb', 'a\x00b', 'tab\t', 'del\x7f', '%2e%2e',
+             'caf\u00e9', '\u4e2d\u6587', '\U0001f680', 'n' * 256, 5, None]
+GOOD_NAMES = ['v', 'volume-1b4e28ba-2fa1-11d2-883f-0016d3cca427', '_x',
+              'a.b_c-d', '9', 'snapshot-1.2', 'n' * 255]
+
+
+@pytest.mark.parametrize('name', BAD_NAMES, ids=ascii)
+def test_names_outside_the_safe_set_are_refused(store, name):
+    store.create_volume('v', 4 * MiB)
+    snap = store.begin_snapshot('v', 's')
+    store.finish_snapshot(snap['id'], True)
+    for what, create in (
+            ('volume name', lambda: store.create_volume(name, 4 * MiB)),
+            ('volume name', lambda: store.create_volume(
+                name, 4 * MiB, parent=snap['id'])),
+            # (None there means "keep the name".)
+            ('volume name', lambda: store.update_volume(
+                'v', name=name if name is not None else 5)),
+            ('snapshot name', lambda: store.begin_snapshot('v', name)),
+            ('snapshot name', lambda: store.rename_snapshot(snap['id'],
+                                                            name))):
+        with pytest.raises(exception.InvalidArgument) as ei:
+            create()
+        msg = str(ei.value)
+        # Says what is allowed, and stays one line whatever the name.
+        assert what in msg and 'A-Z a-z 0-9 . _ -' in msg, msg
+        assert '\n' not in msg and '\x00' not in msg and len(msg) < 300
+    assert [v['name'] for v in store.list_volumes()] == ['v']
+    assert [x['name'] for x in store.list_snapshots()] == ['s']
+
+
+def test_names_in_the_safe_set_are_taken(store):
+    store.create_volume('base', 4 * MiB)
+    for name in GOOD_NAMES:
+        snap = store.begin_snapshot('base', name)
+        store.finish_snapshot(snap['id'], True)
+        assert store.create_volume(name, 4 * MiB)['name'] == name
+        renamed = (name + '.x')[:255]
+        assert store.update_volume(name, name=renamed)['name'] == renamed
+    assert len(store.list_volumes()) == len(GOOD_NAMES) + 1
+
+
+def test_a_name_from_before_the_rule_keeps_working(store):
+    """An upgrade keeps the names volumes and snapshots already have:
+    they are found, grown, snapshotted and renamed (to a valid name)."""
+    from cinder_ursa.master import models
+    old = 'x@y \u00e9'
+    vid = store.create_volume('v', 4 * MiB)['id']
+    sid = store.begin_snapshot('v', 's')['id']
+    store.finish_snapshot(sid, True)
+    with store.engine.begin() as conn:
+        conn.execute(models.volumes.update().values(name=old))
+        conn.execute(models.snapshots.update().values(name='s 1'))
+    assert store.get_volume(old)['id'] == vid
+    assert store.resize(old, 8 * MiB)['size'] == 8 * MiB
+    assert store.update_volume(old, qos={'read_iops_sec': 5})['name'] == old
+    snap = store.begin_snapshot(old, 's2')
+    store.finish_snapshot(snap['id'], True)
+    assert store.get_snapshot('%s@s 1' % old)['id'] == sid
+    assert store.rename_snapshot('%s@s 1' % old, 's1')['name'] == 's1'
+    assert store.update_volume(old, name='renamed')['id'] == vid
+
+
 def test_thin_allocation_on_demand(store):
     add_servers(store, 4)
     v = store.create_volume('v', 40 * MiB, chunk_size=4 * MiB)

@@ -335,7 +335,7 @@ def test_metrics_are_served_for_prometheus(tmp_path, fake_nova, members):
     ev = make_evacuator(conf, [FenceLog(tmp_path / 'fenced')])
     ev.step()
     port = free_port()
-    server, thread = ev.metrics.serve(port)
+    server = ev.metrics.serve(port)
     try:
         text = urllib.request.urlopen(
             'http://127.0.0.1:%d/metrics' % port, timeout=10).read().decode()

@@ -20,6 +20,7 @@ from cinder.volume import configuration as conf_mod
 from cinder.volume import driver as base_driver
 
 from cinder_ursa import exception
+from cinder_ursa.protocol import names
 from cinder_ursa.volume import driver as ursa_driver
 
 GiB = 1024 ** 3
@@ -83,7 +84,15 @@ class FakeMaster:
                                  'name'], 'snapshot_name': p['name']}
         return v
 
+    @staticmethod
+    def _check_name(what, name):
+        # The master's own rule: every name the driver makes must pass.
+        problem = names.name_problem(what, name)
+        if problem:
+            raise exception.InvalidArgument(reason=problem)
+
     def create_volume(self, name, size, **kwargs):
+        self._check_name('volume name', name)
         if any(v['name'] == name for v in self.vols.values()):
             raise exception.AlreadyExists(kind='volume', name=name)
         vid = str(uuid.uuid4())
@@ -130,6 +139,7 @@ class FakeMaster:
         return dict(v)
 
     def create_snapshot(self, volume, name):
+        self._check_name('snapshot name', name)
         v = self._vol(volume)
         sid = str(uuid.uuid4())
         self.snaps[sid] = {'id': sid, 'name': name, 'volume_id': v['id'],
@@ -218,11 +228,13 @@ class FakeMaster:
         return dict(v)
 
     def rename_volume(self, ref, name):
+        self._check_name('volume name', name)
         v = self._vol(ref)
         v['name'] = name
         return dict(v)
 
     def rename_snapshot(self, ref, name):
+        self._check_name('snapshot name', name)
         s = self._snap(ref)
         s['name'] = name
         return dict(s)
@@ -370,6 +382,18 @@ class UrsaDriverTestCase(test.TestCase):
         self.drv.delete_volume(b)
         self.assertEqual({}, self.master.vols)
         self.assertEqual({}, self.master.snaps)
+
+    def test_setup_check_refuses_name_templates_ursa_refuses(self):
+        self.drv.check_for_setup_error()  # volume-%s, snapshot-%s
+        for opt, bad in (('volume_name_template', 'vol %s'),
+                         ('snapshot_name_template', '.snap@%s')):
+            self.override_config(opt, bad)
+            exc = self.assertRaises(cinder_exc.InvalidConfigurationValue,
+                                    self.drv.check_for_setup_error)
+            self.assertIn(opt, str(exc))
+            self.assertIn('A-Z a-z 0-9 . _ -', str(exc))
+            self.override_config(opt, opt.split('_')[0] + '_%s')
+        self.drv.check_for_setup_error()
 
     def test_error_translation(self):
         ghost = self.volume()
