@@ -61,11 +61,19 @@ def _error_response(exc):
         # A standby names the leader: clients try it next.
         err['leader'] = leader
         headers = {'Location': leader}
-    resp = web.json_response({'error': err}, status=exc.http_status,
+    return web.json_response({'error': err}, status=exc.http_status,
                              headers=headers)
-    if isinstance(exc, exception.NotAuthorized):
-        # An unauthenticated peer keeps no connection (listener).
-        resp.force_close()
+
+
+async def _last_reply(request, resp):
+    """Send ``resp`` and close the connection at once, without reading
+    the rest of the body (aiohttp would read it for up to 10 s): an
+    unauthenticated or stalled peer keeps no connection (listener)."""
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()
     return resp
 
 
@@ -78,6 +86,8 @@ async def _errors(request, handler):
                 e, (exception.InsufficientReplicas, exception.NotLeader,
                     auth.ReplayCacheFull)):
             LOG.exception('%s %s failed', request.method, request.path)
+        if isinstance(e, exception.NotAuthorized):
+            return await _last_reply(request, _error_response(e))
         return _error_response(e)
     except web.HTTPException:
         raise
@@ -215,7 +225,8 @@ class MasterAPI:
         self.accept_legacy = accept_legacy_signatures
         self.body_timeout = body_timeout
         # Marks the connections that sent a request (listener).
-        self.guard = guard or listener.ConnectionGuard()
+        self.guard = guard if guard is not None else \
+            listener.ConnectionGuard()
         self._legacy_peers = set()
         self.max_volume_size = max_volume_size
         self.key = key
@@ -317,13 +328,11 @@ class MasterAPI:
         try:
             body = await asyncio.wait_for(request.read(), self.body_timeout)
         except TimeoutError:
-            resp = web.json_response({'error': {
+            return await _last_reply(request, web.json_response({'error': {
                 'code': 'request_timeout',
                 'message': 'the request body did not arrive within %s s '
                            '([ursa_master] http_body_timeout)'
-                           % self.body_timeout}}, status=408)
-            resp.force_close()
-            return resp
+                           % self.body_timeout}}, status=408))
         auth.check_body(signed, body)
         return await handler(request)
 

@@ -158,8 +158,9 @@ master_opts = [
                     'tls_key_file on the clients).'),
     cfg.FloatOpt('http_header_timeout', default=10.0, min=0.1,
                  help='Seconds a new connection has to complete its TLS '
-                      'handshake and send the headers of its first request; '
-                      'a connection that has not is closed.'),
+                      'handshake, and then to send the headers of its '
+                      'first request; a connection that has not is '
+                      'closed.'),
     cfg.FloatOpt('http_body_timeout', default=30.0, min=0.1,
                  help='Seconds an authenticated request has to send its '
                       'body (at most 4 MiB); past that it is answered HTTP '
