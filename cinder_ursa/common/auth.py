@@ -38,7 +38,6 @@ import os
 import secrets
 import string
 import time
-import urllib.parse
 from typing import NamedTuple
 
 from cinder_ursa import exception
@@ -59,9 +58,11 @@ NONCE_HEX_DIGITS = 2 * NONCE_BYTES
 # requests in one window is ~830 per second for the 120 s a nonce is
 # kept (a time up to WINDOW ahead, kept until WINDOW after it).
 REPLAY_CACHE_SIZE = 100000
-# Characters a canonical query component leaves unquoted (RFC 3986
-# unreserved characters).
-_QUERY_SAFE = '-_.~'
+# Bytes a canonical query component leaves unquoted (RFC 3986
+# unreserved characters); every other byte is %XX.
+_QUERY_SAFE = frozenset(b'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
+                        b'0123456789-_.~')
+_HEX_BYTES = frozenset(b'0123456789abcdefABCDEF')
 
 
 class Signed(NamedTuple):
@@ -105,7 +106,26 @@ def create_key_file(path):
 
 
 def _unquote(text):
-    return urllib.parse.unquote_to_bytes(text.replace('+', ' '))
+    """Percent-decode ``text`` to bytes ('+' a space; a '%' not followed
+    by two hex digits stays as it is), as urllib.parse.unquote_to_bytes
+    does (not imported: this layer does no network I/O)."""
+    raw = text.replace('+', ' ').encode('utf-8')
+    out = bytearray()
+    i, n = 0, len(raw)
+    while i < n:
+        if raw[i] == 0x25 and i + 2 < n and \
+                raw[i + 1] in _HEX_BYTES and raw[i + 2] in _HEX_BYTES:
+            out.append(int(raw[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out)
+
+
+def _quote(data):
+    return ''.join(chr(b) if b in _QUERY_SAFE else '%%%02X' % b
+                   for b in data)
 
 
 def canonical_query(query):
@@ -129,10 +149,7 @@ def canonical_query(query):
     except (UnicodeError, ValueError):
         raise exception.NotAuthorized(
             reason='malformed query string: it cannot be signed') from None
-    return '&'.join(
-        '%s=%s' % (urllib.parse.quote_from_bytes(k, _QUERY_SAFE),
-                   urllib.parse.quote_from_bytes(v, _QUERY_SAFE))
-        for k, v in pairs)
+    return '&'.join('%s=%s' % (_quote(k), _quote(v)) for k, v in pairs)
 
 
 def body_digest(body):

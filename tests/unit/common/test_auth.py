@@ -185,3 +185,18 @@ def test_a_well_formed_wrong_mac_is_a_bad_signature():
     verify(auth.sign_v1(KEY, 'GET', PATH, now=1000).upper(), legacy=True)
     sig = auth.sign(KEY, 'GET', PATH, now=1000)
     verify('v2:' + sig[3:].upper())
+
+
+def test_canonical_query_decodes_as_urllib_does():
+    """The bottom layer's own percent-decoding agrees with the standard
+    library's (which it may not import), on every kind of input."""
+    import random
+    import urllib.parse
+    rng = random.Random(7)
+    alphabet = 'aZ09-_.~+% =&%2%zz%4%41%e9%C3%A9\u00e9/?'
+    for _ in range(2000):
+        text = ''.join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        assert auth._unquote(text) == \
+            urllib.parse.unquote_to_bytes(text.replace('+', ' ')), text
+        assert auth._quote(auth._unquote(text)) == \
+            urllib.parse.quote_from_bytes(auth._unquote(text), '-_.~')
