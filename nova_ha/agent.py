@@ -44,9 +44,8 @@ class Agent:
         self.master = None
         if conf.agent.check_storage and (conf.ursa.cluster_key_file
                                          or conf.ursa.cluster_key):
-            self.master = ursa_master.MasterClient.from_key_file(
-                conf.ursa.master_url, conf.ursa.cluster_key_file,
-                conf.ursa.cluster_key, timeout=5)
+            self.master = ursa_master.MasterClient.from_conf(conf,
+                                                             timeout=5)
 
     def health(self):
         """Each check: True, False, or None when not configured."""

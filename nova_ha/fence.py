@@ -27,9 +27,7 @@ class UrsaFence:
 
     @classmethod
     def from_conf(cls, conf):
-        return cls(ursa_master.MasterClient.from_key_file(
-            conf.ursa.master_url, conf.ursa.cluster_key_file,
-            conf.ursa.cluster_key))
+        return cls(ursa_master.MasterClient.from_conf(conf))
 
     def fence(self, host, reason):
         try:

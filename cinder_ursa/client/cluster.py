@@ -23,9 +23,13 @@ class Cluster:
     """Entry point of the client library (one per event loop)."""
 
     def __init__(self, master_urls, key, io_timeout=60.0,
-                 request_timeout=15.0, local=None, liveness_timeout=3.0):
+                 request_timeout=15.0, local=None, liveness_timeout=3.0,
+                 tls=None):
         self.key = key if isinstance(key, bytes) else key.encode()
-        self.master = master_mod.AsyncMasterClient(master_urls, self.key)
+        # tls: the ssl.SSLContext of https:// masters (None: the
+        # process default, transport.http.set_default_tls).
+        self.master = master_mod.AsyncMasterClient(master_urls, self.key,
+                                                   tls=tls)
         self.pool = aio.ConnectionPool(self.key, connect_timeout=5.0,
                                        liveness=liveness_timeout)
         self.io_timeout = io_timeout

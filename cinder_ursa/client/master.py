@@ -16,14 +16,25 @@ from cinder_ursa.transport import http
 class MasterClient:
     """Blocking client of the master (eventlet-safe)."""
 
-    def __init__(self, urls, key, timeout=30.0):
-        self._http = http.BlockingHttp(urls, key, timeout)
+    def __init__(self, urls, key, timeout=30.0, tls=None):
+        self._http = http.BlockingHttp(urls, key, timeout, tls=tls)
 
     @classmethod
-    def from_key_file(cls, urls, key_file=None, key=None, timeout=30.0):
+    def from_key_file(cls, urls, key_file=None, key=None, timeout=30.0,
+                      tls=None):
         """A client with the cluster key ``key`` or the one in
         ``key_file`` ([ursa] cluster_key / cluster_key_file)."""
-        return cls(urls, auth.load_key(key_file, key), timeout)
+        return cls(urls, auth.load_key(key_file, key), timeout, tls=tls)
+
+    @classmethod
+    def from_conf(cls, conf, timeout=30.0):
+        """A client from the ``[ursa]`` options of ``conf``: master_url,
+        the cluster key and the TLS files (https:// masters)."""
+        u = conf.ursa
+        return cls.from_key_file(
+            u.master_url, u.cluster_key_file, u.cluster_key, timeout,
+            tls=http.client_tls(u.tls_ca_file, u.tls_cert_file,
+                                u.tls_key_file))
 
     @property
     def urls(self):
@@ -147,8 +158,8 @@ class MasterClient:
 class AsyncMasterClient:
     """asyncio client of the master; create and use inside one loop."""
 
-    def __init__(self, urls, key, timeout=30.0):
-        self._http = http.AsyncHttp(urls, key, timeout)
+    def __init__(self, urls, key, timeout=30.0, tls=None):
+        self._http = http.AsyncHttp(urls, key, timeout, tls=tls)
 
     @property
     def urls(self):

@@ -9,6 +9,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cinder_ursa.common import opts as common_opts
+from cinder_ursa.transport import http
 
 
 def setup(argv, prog, register, description):
@@ -18,6 +19,9 @@ def setup(argv, prog, register, description):
     logging.register_options(conf)
     conf(argv, project='ursa', prog=prog, description=description)
     logging.setup(conf, 'ursa')
+    # The REST clients of this process verify https:// masters with the
+    # [ursa] TLS options.
+    http.configure_tls(conf)
     return conf
 
 

@@ -30,6 +30,7 @@ from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.common import opts as common_opts
+from cinder_ursa.transport import http
 
 VERSION = '0.1.0'
 
@@ -72,6 +73,9 @@ class UrsaApp(app.App):
             urls = urls or conf.ursa.master_url
             key_file = key_file or conf.ursa.cluster_key_file
             key = conf.ursa.cluster_key
+            # https:// masters: verified with the file's [ursa] TLS
+            # options (the CLI's clients are built without a context).
+            http.configure_tls(conf)
         if not urls:
             urls = common_opts.common_opts[2].default
         if not key_file and not key and os.path.exists('/etc/ursa/ursa.conf'):

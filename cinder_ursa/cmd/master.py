@@ -6,6 +6,7 @@ Example::
 """
 
 import os
+import ssl
 import sys
 import urllib.parse
 
@@ -15,6 +16,7 @@ from oslo_log import log as logging
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
 from cinder_ursa.master import api
+from cinder_ursa.master import listener
 from cinder_ursa.master import opts
 from cinder_ursa.master import store as store_mod
 
@@ -96,6 +98,30 @@ def _with_option(url, name, value):
         '%s=%d' % (name, value)
 
 
+def server_tls(mc):
+    """The TLS context of the REST API ([ursa_master] tls_*), None for
+    plain HTTP; ValueError naming the option at fault."""
+    if not (mc.tls_cert_file or mc.tls_key_file or mc.tls_ca_file):
+        return None
+    if not mc.tls_cert_file:
+        raise ValueError('tls_key_file and tls_ca_file need tls_cert_file '
+                         '(the certificate of this master)')
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(mc.tls_cert_file, mc.tls_key_file or None)
+        if mc.tls_ca_file:
+            # Mutual TLS: no certificate signed by these CAs, no request.
+            ctx.load_verify_locations(cafile=mc.tls_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError('cannot load tls_cert_file %s, tls_key_file %s or '
+                         'tls_ca_file %s: %s' % (
+                             mc.tls_cert_file, mc.tls_key_file,
+                             mc.tls_ca_file, e)) from e
+    return ctx
+
+
 def main(argv=None):
     conf = _service.setup(
         sys.argv[1:] if argv is None else argv, 'ursa-master',
@@ -116,7 +142,13 @@ def main(argv=None):
                  'must be shorter than the lease (%s s: leader_lease, or '
                  '%s in the coordination_url)' % (
                      mc.leader_renew_deadline, lease, option))
+    try:
+        tls = server_tls(mc)
+    except ValueError as e:
+        sys.exit('ursa-master: [ursa_master] %s' % e)
     store.upgrade()
+    guard = listener.ConnectionGuard(mc.max_connections,
+                                     mc.http_header_timeout)
     master = api.MasterAPI(
         store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
         default_replicas=mc.default_replicas,
@@ -128,17 +160,28 @@ def main(argv=None):
         rebalance_moves=mc.rebalance_moves,
         rebalance_threshold=mc.rebalance_threshold,
         coordination_url=coord_url,
-        renew_deadline=mc.leader_renew_deadline)
+        renew_deadline=mc.leader_renew_deadline,
+        signature_window=mc.signature_window,
+        replay_cache=mc.signature_replay_cache,
+        accept_legacy_signatures=mc.accept_legacy_signatures,
+        body_timeout=mc.http_body_timeout, guard=guard)
+    if mc.accept_legacy_signatures:
+        LOG.warning('[ursa_master] accept_legacy_signatures is true: v1 '
+                    'request signatures (replayable, body and query '
+                    'unsigned) are accepted; set it to false once every '
+                    'client is upgraded')
 
     async def serve(stop):
-        runner = web.AppRunner(master.app(), access_log=None)
+        runner = web.AppRunner(master.app(), access_log=None,
+                               keepalive_timeout=mc.http_idle_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, mc.bind_host, mc.bind_port,
-                           reuse_address=True)
+        site = listener.BoundedSite(runner, mc.bind_host, mc.bind_port,
+                                    guard, ssl_context=tls,
+                                    reuse_address=True)
         await site.start()
         port = runner.addresses[0][1]
-        url = (mc.advertise_url or 'http://%s:%d' % (
-            mc.bind_host, port)).rstrip('/')
+        url = (mc.advertise_url or '%s://%s:%d' % (
+            'https' if tls else 'http', mc.bind_host, port)).rstrip('/')
         # A lone master is the leader when this returns.
         await master.service.start_election(url)
         _service.write_endpoint(os.path.join(mc.state_dir, 'endpoint.json'),

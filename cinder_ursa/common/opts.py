@@ -43,6 +43,18 @@ common_opts = [
                       'a server whose event loop is held up that long by '
                       'an overloaded host is taken for hung (each false '
                       'alarm costs a catch-up copy). 0 turns it off.'),
+    cfg.StrOpt('tls_ca_file',
+               help='PEM bundle of the CA(s) that signed the masters\' '
+                    'certificates: https:// master_url are verified '
+                    'against it (and the host name in the URL). Default: '
+                    'the system\'s CAs. See [ursa_master] tls_cert_file.'),
+    cfg.StrOpt('tls_cert_file',
+               help='PEM client certificate presented to masters that '
+                    'require one ([ursa_master] tls_ca_file set: mutual '
+                    'TLS); with tls_key_file, unless the file holds the '
+                    'key too.'),
+    cfg.StrOpt('tls_key_file',
+               help='PEM private key of tls_cert_file.'),
 ]
 
 

@@ -1,7 +1,10 @@
 """The master's REST API (aiohttp, JSON, versioned under /v1).
 
 Every request but ``GET /`` must carry the cluster-key signature (see
-:mod:`cinder_ursa.common.auth`).  Errors are JSON bodies
+:mod:`cinder_ursa.common.auth`): checked, with its nonce, before the
+body is read; then the body is read (within ``body_timeout``) and
+checked against the hash the signature covers.  A request that fails
+the check is answered 401 and its connection closed.  Errors are JSON bodies
 ``{"error": {"code": ..., "message": ...}}`` with the HTTP status of the
 exception class: one table (``UrsaError.http_status``) maps them.
 
@@ -10,6 +13,7 @@ what only reads or writes records, or :mod:`.service` for what must also
 reach the chunk servers (leases, snapshots, revert, deletion).
 """
 
+import asyncio
 import json
 import logging
 import math
@@ -19,6 +23,7 @@ from aiohttp import web
 from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
+from cinder_ursa.master import listener
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 
@@ -34,6 +39,9 @@ INT64_BOUND = 2 ** 63
 NUMBER_TEXT_MAX = 32
 # A failed data directory's reason is kept to this many characters.
 FAILURE_MAX = 500
+# Peers whose v1 (legacy) signatures were logged; past this many, no
+# more are remembered (nor logged).
+LEGACY_PEERS_MAX = 1024
 
 
 def _int64(value, what):
@@ -57,14 +65,29 @@ def _error_response(exc):
                              headers=headers)
 
 
+async def _last_reply(request, resp):
+    """Send ``resp`` and close the connection at once, without reading
+    the rest of the body (aiohttp would read it for up to 10 s): an
+    unauthenticated or stalled peer keeps no connection (listener)."""
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()
+    return resp
+
+
 @web.middleware
 async def _errors(request, handler):
     try:
         return await handler(request)
     except exception.UrsaError as e:
         if e.http_status >= 500 and not isinstance(
-                e, (exception.InsufficientReplicas, exception.NotLeader)):
+                e, (exception.InsufficientReplicas, exception.NotLeader,
+                    auth.ReplayCacheFull)):
             LOG.exception('%s %s failed', request.method, request.path)
+        if isinstance(e, exception.NotAuthorized):
+            return await _last_reply(request, _error_response(e))
         return _error_response(e)
     except web.HTTPException:
         raise
@@ -143,7 +166,9 @@ class _Body:
 
 
 async def _body(request):
-    if not request.can_read_body:
+    # The auth middleware has read the body already (aiohttp keeps it):
+    # can_read_body is False then, body_exists still says if there is one.
+    if not request.body_exists or not await request.read():
         return _Body({})
     try:
         data = await request.json()
@@ -190,8 +215,19 @@ class MasterAPI:
     def __init__(self, store, key, server_timeout=15.0, lease_ttl=30.0,
                  default_replicas=3, default_min_replicas=2,
                  default_chunk_size=64 * units.Mi,
-                 max_volume_size=units.Pi, **repair):
+                 max_volume_size=units.Pi, signature_window=auth.WINDOW,
+                 replay_cache=auth.REPLAY_CACHE_SIZE,
+                 accept_legacy_signatures=True, body_timeout=30.0,
+                 guard=None, **repair):
         self.store = store
+        self.signature_window = signature_window
+        self.replay = auth.ReplayCache(replay_cache)
+        self.accept_legacy = accept_legacy_signatures
+        self.body_timeout = body_timeout
+        # Marks the connections that sent a request (listener).
+        self.guard = guard if guard is not None else \
+            listener.ConnectionGuard()
+        self._legacy_peers = set()
         self.max_volume_size = max_volume_size
         self.key = key
         self.server_timeout = server_timeout
@@ -276,11 +312,41 @@ class MasterAPI:
 
     @web.middleware
     async def _auth(self, request, handler):
-        if request.path not in ('/', '/' + API_VERSION):
-            auth.verify(self.key, request.method,
-                        request.raw_path.split('?', 1)[0],
-                        request.headers.get(auth.HEADER))
+        self.guard.request_seen(request)
+        if request.path in ('/', '/' + API_VERSION):
+            return await handler(request)
+        # What the client signed: the request target as it was sent.
+        path, _, query = request.raw_path.partition('?')
+        signed = auth.verify(
+            self.key, request.method, path, query,
+            request.headers.get(auth.HEADER),
+            window=self.signature_window, replay=self.replay,
+            legacy=self.accept_legacy)
+        if signed.version == 1:
+            self._legacy_warning(request)
+        # aiohttp keeps the body read here for the handler's json().
+        try:
+            body = await asyncio.wait_for(request.read(), self.body_timeout)
+        except TimeoutError:
+            return await _last_reply(request, web.json_response({'error': {
+                'code': 'request_timeout',
+                'message': 'the request body did not arrive within %s s '
+                           '([ursa_master] http_body_timeout)'
+                           % self.body_timeout}}, status=408))
+        auth.check_body(signed, body)
         return await handler(request)
+
+    def _legacy_warning(self, request):
+        """Log once per peer that it still signs v1 (to be upgraded)."""
+        peer = request.remote
+        if peer in self._legacy_peers or \
+                len(self._legacy_peers) >= LEGACY_PEERS_MAX:
+            return
+        self._legacy_peers.add(peer)
+        LOG.warning('%s signs its requests with the deprecated %s v1 '
+                    'signature (replayable, body and query unsigned): '
+                    'upgrade it, then set [ursa_master] '
+                    'accept_legacy_signatures = false', peer, auth.HEADER)
 
     @web.middleware
     async def _leader_only(self, request, handler):

@@ -115,7 +115,67 @@ master_opts = [
     cfg.StrOpt('advertise_url',
                help='URL of this master\'s REST API as other masters, chunk '
                     'servers and clients reach it; a standby names the '
-                    'leader by it. Default: http://<bind_host>:<port>.'),
+                    'leader by it. Default: http://<bind_host>:<port> '
+                    '(https:// with tls_cert_file).'),
+    cfg.BoolOpt('accept_legacy_signatures', default=True,
+                help='Whether requests signed the way releases before this '
+                     'one did (X-Ursa-Auth v1: time, method and path only; '
+                     'the body and the query unsigned, replayable within '
+                     'signature_window) are accepted, so that chunk '
+                     'servers, gateways, the Cinder driver and nova_ha not '
+                     'yet upgraded keep working during a rolling upgrade '
+                     '(masters first). Each client still signing v1 is '
+                     'logged once, as a warning. Set it to false once every '
+                     'client is upgraded; the default becomes false in the '
+                     'next release.'),
+    cfg.IntOpt('signature_window', default=60, min=5, max=300,
+               help='Seconds a request signature\'s time may be before or '
+                    'after this master\'s clock (keep the clocks in sync '
+                    'with NTP). The master remembers the nonce of every '
+                    'request it accepted for this long after its time, '
+                    'and refuses it a second time.'),
+    cfg.IntOpt('signature_replay_cache', default=100000, min=1000,
+               help='Nonces of accepted requests the master remembers at '
+                    'most (about 200 bytes each). When that many '
+                    'unexpired ones are held, further requests are refused '
+                    'with HTTP 503 (clients retry) until the oldest '
+                    'expire, rather than a nonce forgotten early: the '
+                    'default holds about 800 requests per second.'),
+    cfg.StrOpt('tls_cert_file',
+               help='PEM certificate (chain) of this master: set it and '
+                    'tls_key_file to serve the REST API over HTTPS only. '
+                    'Clients then use https:// master_url and verify it '
+                    'with [ursa] tls_ca_file. The certificate must name '
+                    'the host of the master_url clients use '
+                    '(subjectAltName).'),
+    cfg.StrOpt('tls_key_file',
+               help='PEM private key of tls_cert_file (unless that file '
+                    'holds it).'),
+    cfg.StrOpt('tls_ca_file',
+               help='PEM CA bundle: when set (with tls_cert_file), every '
+                    'client must present a certificate signed by one of '
+                    'these CAs (mutual TLS; [ursa] tls_cert_file and '
+                    'tls_key_file on the clients).'),
+    cfg.FloatOpt('http_header_timeout', default=10.0, min=0.1,
+                 help='Seconds a new connection has to complete its TLS '
+                      'handshake, and then to send the headers of its '
+                      'first request; a connection that has not is '
+                      'closed.'),
+    cfg.FloatOpt('http_body_timeout', default=30.0, min=0.1,
+                 help='Seconds an authenticated request has to send its '
+                      'body (at most 4 MiB); past that it is answered HTTP '
+                      '408 and its connection closed.'),
+    cfg.FloatOpt('http_idle_timeout', default=60.0, min=1.0,
+                 help='Seconds an idle keep-alive connection is kept open '
+                      'after its last reply (clients close theirs after 15 '
+                      's).'),
+    cfg.IntOpt('max_connections', default=512, min=8,
+               help='Client connections the REST API keeps open at once. '
+                    'At the limit, a new connection first closes the '
+                    'oldest one that has not sent a request yet; if every '
+                    'connection has, the new one is answered HTTP 503 and '
+                    'closed. Keep it well below the open file limit of '
+                    'ursa-master (LimitNOFILE).'),
 ]
 
 

@@ -7,6 +7,13 @@ first URL that answers to the front, and turn an error reply into the
 exception the master raised.  :class:`_Masters` holds that policy once;
 the two classes only do the I/O.
 
+Every attempt is signed anew (``auth.sign``: a fresh nonce, the exact
+path, query and body bytes), since a master accepts a signature once.
+``https://`` master URLs are verified against ``tls`` (an
+``ssl.SSLContext``, see :func:`client_tls`), by default the one
+:func:`set_default_tls` set for the process from ``[ursa] tls_ca_file``,
+``tls_cert_file`` and ``tls_key_file``.
+
 Several masters: a standby answers NotLeader (HTTP 503) naming the
 leader; the transport tries the leader next (adding its URL if it was not
 given).  While the masters answer only NotLeader (an election is under
@@ -20,6 +27,7 @@ so it works unchanged in a process eventlet has monkey-patched.
 
 import asyncio
 import json
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -38,11 +46,52 @@ from cinder_ursa.protocol import rest
 FAILOVER_WAIT = 30.0
 FAILOVER_POLL = 0.25
 
+# The TLS context of clients built without one (set_default_tls).
+_default_tls = None
+
+
+def client_tls(ca_file=None, cert_file=None, key_file=None):
+    """An ``ssl.SSLContext`` for ``https://`` master URLs: it verifies the
+    master's certificate against ``ca_file`` (a PEM CA bundle; the
+    system's CAs if None) and its host name, and presents ``cert_file``
+    (with ``key_file``, or the key in ``cert_file``) to a master that
+    asks for client certificates.  None when nothing is set: the
+    defaults of urllib and aiohttp (the system's CAs) apply."""
+    if not (ca_file or cert_file):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if cert_file:
+            ctx.load_cert_chain(cert_file, key_file or None)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise exception.InvalidArgument(
+            reason='cannot load the TLS files for the master connection '
+                   '(CA %s, certificate %s, key %s): %s; check [ursa] '
+                   'tls_ca_file, tls_cert_file and tls_key_file'
+            % (ca_file, cert_file, key_file, e)) from e
+    return ctx
+
+
+def set_default_tls(ctx):
+    """Make ``ctx`` the TLS context of the clients of this process that
+    are given none (every daemon and the CLI set it from their [ursa]
+    options at start)."""
+    global _default_tls
+    _default_tls = ctx
+
+
+def configure_tls(conf):
+    """:func:`set_default_tls` from the ``[ursa]`` options of ``conf``."""
+    u = conf.ursa
+    set_default_tls(client_tls(u.tls_ca_file, u.tls_cert_file,
+                               u.tls_key_file))
+
 
 class _Masters:
     """The master URLs in failover order and the key that signs."""
 
-    def __init__(self, urls, key, timeout, failover_wait=FAILOVER_WAIT):
+    def __init__(self, urls, key, timeout, failover_wait=FAILOVER_WAIT,
+                 tls=None):
         if isinstance(urls, str):
             urls = [urls]
         self.urls = [u.rstrip('/') for u in urls if u]
@@ -51,17 +100,34 @@ class _Masters:
         self.key = key
         self.timeout = timeout
         self.failover_wait = failover_wait
+        self._tls = tls
 
-    def attempts(self, req):
-        """(index, base URL, full URL, headers) for each master in order;
-        the signature covers the path without the query."""
+    @property
+    def tls(self):
+        """The TLS context of https:// URLs (None: the library's
+        default)."""
+        return self._tls if self._tls is not None else _default_tls
+
+    @staticmethod
+    def body(req):
+        """The exact bytes of ``req``'s body (None without one): what
+        is sent is what is signed."""
+        return json.dumps(req.body).encode() if req.body is not None \
+            else None
+
+    def attempts(self, req, data):
+        """(index, base URL, full URL, headers) for each master in order,
+        each signed anew over the method, the path, the query and the
+        body bytes ``data``."""
         path = rest.PREFIX + req.path
-        full = path
-        if req.params:
-            full += '?' + urllib.parse.urlencode(req.params)
+        query = urllib.parse.urlencode(req.params) if req.params else ''
+        full = path + ('?' + query if query else '')
         for i, base in enumerate(list(self.urls)):
-            yield i, base, base + full, {
-                auth.HEADER: auth.sign(self.key, req.method, path)}
+            headers = {auth.HEADER: auth.sign(self.key, req.method, path,
+                                              query, data or b'')}
+            if data is not None:
+                headers['Content-Type'] = 'application/json'
+            yield i, base, base + full, headers
 
     def answer(self, base, status, text, req):
         """The reply of master ``base``: raise the master's error, or put
@@ -101,8 +167,7 @@ class BlockingHttp(_Masters):
     """urllib transport (CLI, Cinder driver, nova_ha)."""
 
     def send(self, req):
-        data = json.dumps(req.body).encode() if req.body is not None \
-            else None
+        data = self.body(req)
         deadline = None
         while True:
             done, result, electing = self._round(req, data)
@@ -120,21 +185,23 @@ class BlockingHttp(_Masters):
         master's NotLeader if one said so else the last error, whether one
         said so)."""
         last, electing, failed = None, None, []
-        for _, base, url, headers in self.attempts(req):
+        for _, base, url, headers in self.attempts(req, data):
             r = urllib.request.Request(url, data=data, method=req.method,
                                        headers=headers)
-            if data is not None:
-                r.add_header('Content-Type', 'application/json')
             try:
-                with urllib.request.urlopen(r, timeout=self.timeout) as resp:
+                with urllib.request.urlopen(r, timeout=self.timeout,
+                                            context=self.tls) as resp:
                     status, text = resp.status, resp.read().decode()
             except urllib.error.HTTPError as e:
                 status, text = e.code, e.read().decode('utf-8', 'replace')
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, 'reason', e)
+                hint = ('check [ursa] tls_ca_file (the CA of the master\'s '
+                        'certificate) and tls_cert_file'
+                        if isinstance(reason, ssl.SSLError) else
+                        'is ursa-master running there?')
                 last = exception.UrsaConnectionError(
-                    peer=base, reason='%s; is ursa-master running there?'
-                    % reason)
+                    peer=base, reason='%s; %s' % (reason, hint))
                 failed.append(base)
                 continue
             try:
@@ -149,10 +216,13 @@ class BlockingHttp(_Masters):
 class AsyncHttp(_Masters):
     """aiohttp transport (chunk servers, client library)."""
 
-    def __init__(self, urls, key, timeout, failover_wait=FAILOVER_WAIT):
-        super().__init__(urls, key, timeout, failover_wait)
+    def __init__(self, urls, key, timeout, failover_wait=FAILOVER_WAIT,
+                 tls=None):
+        super().__init__(urls, key, timeout, failover_wait, tls)
         import aiohttp
+        import yarl
         self._aiohttp = aiohttp
+        self._yarl = yarl
         self._session = None
 
     def _sess(self):
@@ -176,11 +246,17 @@ class AsyncHttp(_Masters):
 
     async def _round(self, req):
         sess = self._sess()
+        data = self.body(req)
+        tls = self.tls
         last, electing, failed = None, None, []
-        for _, base, url, headers in self.attempts(req):
+        for _, base, url, headers in self.attempts(req, data):
+            # encoded=True: the path and query go out as signed, not
+            # requoted by yarl.
             try:
-                async with sess.request(req.method, url, json=req.body,
-                                        headers=headers) as resp:
+                async with sess.request(
+                        req.method, self._yarl.URL(url, encoded=True),
+                        data=data, headers=headers,
+                        ssl=tls if tls is not None else True) as resp:
                     status, text = resp.status, await resp.text()
             except (self._aiohttp.ClientConnectionError, OSError) as e:
                 last = exception.UrsaConnectionError(peer=base, reason=str(e))

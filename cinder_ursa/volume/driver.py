@@ -41,6 +41,7 @@ from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import names
 from cinder_ursa.protocol.rest import QOS_KEYS
+from cinder_ursa.transport import http
 from cinder_ursa.volume import attachments
 from cinder_ursa.volume import images
 from cinder_ursa.volume import manageable
@@ -74,6 +75,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         self.configuration.append_config_values(ursa_opts)
         self._master = None
         self._key = None
+        # The ssl.SSLContext of https:// masters (ursa_tls_*), or None.
+        self._tls = None
         self._stats = {}
         self._images = images.ImageCopies(self)
         self._attachments = attachments.Attachments(self)
@@ -94,12 +97,19 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
                 message=_('Cannot read the Ursa cluster key from %(f)s: '
                           '%(e)s') % {'f': conf.ursa_cluster_key_file,
                                       'e': e}) from e
+        try:
+            self._tls = http.client_tls(conf.ursa_tls_ca_file,
+                                        conf.ursa_tls_cert_file,
+                                        conf.ursa_tls_key_file)
+        except exception.UrsaError as e:
+            raise cinder_exc.VolumeDriverException(
+                message=_('Cannot load the Ursa TLS files: %s') % e) from e
         self._master = self._make_master()
 
     def _make_master(self):
         return master_mod.MasterClient(
             self.configuration.ursa_master_urls, self._key,
-            timeout=self.configuration.ursa_timeout)
+            timeout=self.configuration.ursa_timeout, tls=self._tls)
 
     def check_for_setup_error(self):
         conf = self.configuration
@@ -129,7 +139,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
     def _data(self):
         """A data-path client (its own loop thread) for image copies."""
         return sync.SyncCluster(self.configuration.ursa_master_urls,
-                                self._key)
+                                self._key, tls=self._tls)
 
     # --- stats ------------------------------------------------------------
 

@@ -13,6 +13,15 @@ ursa_opts = [
     cfg.StrOpt('ursa_cluster_key_file', default='/etc/ursa/cluster.key',
                help='File holding the Ursa cluster key (readable by the '
                     'cinder user).'),
+    cfg.StrOpt('ursa_tls_ca_file',
+               help='PEM CA bundle verifying https:// ursa_master_urls '
+                    '(the masters\' [ursa_master] tls_cert_file). Default: '
+                    'the system\'s CAs.'),
+    cfg.StrOpt('ursa_tls_cert_file',
+               help='PEM client certificate for masters that require one '
+                    '(mutual TLS: [ursa_master] tls_ca_file).'),
+    cfg.StrOpt('ursa_tls_key_file',
+               help='PEM private key of ursa_tls_cert_file.'),
     cfg.IntOpt('ursa_replicas', default=3, min=1, max=10,
                help='Replicas of every chunk of new volumes.'),
     cfg.IntOpt('ursa_min_replicas', default=2, min=1, max=10,

@@ -44,7 +44,8 @@ def call(cluster, url, method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url + '/v1' + path, data=data,
                                  method=method)
-    req.add_header(auth.HEADER, auth.sign(cluster.key, method, '/v1' + path))
+    req.add_header(auth.HEADER, auth.sign(cluster.key, method, '/v1' + path,
+                                          body=data or b''))
     req.add_header('Content-Type', 'application/json')
     try:
         with urllib.request.urlopen(req, timeout=5) as r:

@@ -37,8 +37,9 @@ def call(store, requests, **api_kwargs):
             for method, path, body in requests:
                 if body is not None and not isinstance(body, bytes):
                     body = json.dumps(body).encode()
+                target, _, query = path.partition('?')
                 headers = {auth.HEADER: auth.sign(
-                    KEY, method, path.split('?', 1)[0]),
+                    KEY, method, target, query, body or b''),
                     'Content-Type': 'application/json'}
                 resp = await client.request(method, path, data=body,
                                             headers=headers)
