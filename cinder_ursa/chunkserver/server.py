@@ -186,6 +186,10 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         elif op == codec.REPAIR:
             fn, req = self._repair, control.decode_repair(frame.body)
         elif op == codec.REBUILD:
+            if conn.master_term is None:
+                self._reply_error(conn, frame,
+                                  controlplane.master_only(frame))
+                return
             fn, req = self._rebuild, control.decode_rebuild(frame.body)
         elif op == codec.RESYNC:
             fn, req = self._resync, control.decode_resync(frame.body)
