@@ -4,7 +4,7 @@ Its memory stays bounded, the silent ones are closed at the deadline,
 the headers are refused at once, and it serves a real client after.
 
 With ``-s`` the test prints the resident memory it measured (the numbers
-in doc/source/security.rst).  Run against the code before these limits,
+in doc/source/architecture.rst).  Run against the code before these limits,
 the same flood cost 256 KiB per idle connection, held for good, and
 64 MiB per header."""
 
