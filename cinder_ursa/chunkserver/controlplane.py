@@ -20,6 +20,28 @@ LOG = logging.getLogger(__name__)
 JOINING_SWEEP = 120.0
 
 
+# Commands only a master sends, taken only on a connection that claimed a
+# master term (TERM; see server._judge_term): they delete replicas,
+# change a volume's snapshot sequence, revert its data, or make a copy a
+# replica.  (SNAPSHOT with FLAG_DRY_RUN only counts, and stays open to
+# ``ursa cluster check``.)  The other requests stay open to every holder
+# of the cluster key: clients send READ, WRITE, FLUSH, CHUNK_INFO and
+# REPAIR; chunk servers send REPLICATE, ENTRIES, REPAIR, FLUSH and RESYNC
+# to one another; FENCE only ever adopts the generation the master
+# confirms (authority.confirm_generation).
+MASTER_ONLY = frozenset((codec.DELETE, codec.SNAPSHOT, codec.REVERT,
+                         codec.REBUILD))
+
+
+def master_only(frame):
+    """The error refusing a master's command on a connection that claimed
+    no master term."""
+    name = codec.OPCODE_NAMES.get(frame.opcode, frame.opcode)
+    return exception.NotAuthorized(
+        reason='%s is a master\'s command: it is taken only on a '
+               'connection that claimed a master term (TERM)' % name)
+
+
 class ControlMixin:
     """Membership, control requests and syncs of :class:`ChunkServer`
     (which provides ``store``, ``master``, ``authority``, ``disk``,
@@ -223,6 +245,9 @@ class ControlMixin:
 
     def _control(self, conn, frame, _req, _confirmed):
         op = frame.opcode
+        if op in MASTER_ONLY and conn.master_term is None and not (
+                op == codec.SNAPSHOT and frame.flags & codec.FLAG_DRY_RUN):
+            raise master_only(frame)
         if op == codec.FLUSH:
             self._flush(conn, frame)
         elif op == codec.FENCE:
@@ -276,23 +301,71 @@ class ControlMixin:
                 conn.send(codec.encode_ok(op, frame.req_id,
                                           control.encode_u64(n)))
                 return
-            self.store.adopt_snapseq(vol, seq)
-            if frame.flags & codec.FLAG_GC:
-                n = self.store.gc(vol, live, upto=seq)
-                if n:
-                    LOG.info('Volume %s: %d preserved block(s) no '
-                             'snapshot needs were freed', vol, n)
-            conn.send(codec.encode_ok(op, frame.req_id))
+            if seq > self.store.snapseq(vol):
+                conn.spawn(self._confirmed_snapseq(
+                    conn, frame, vol, seq, self._snapshot, vol, seq, live))
+            else:
+                self._snapshot(conn, frame, vol, seq, live)
         elif op == codec.REVERT:
             vol, snap, seq = control.decode_revert(frame.body)
-            self.store.adopt_snapseq(vol, seq)
-            n = self.store.revert(vol, snap, seq)
-            LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d',
-                     vol, n, snap)
-            conn.spawn(self._reply_after_sync(conn, frame, vol))
+            if snap > seq:
+                raise exception.InvalidArgument(
+                    reason='REVERT to snapshot %d of volume %s, above its '
+                           'sequence %d' % (snap, vol, seq))
+            if seq > self.store.snapseq(vol):
+                conn.spawn(self._confirmed_snapseq(
+                    conn, frame, vol, seq, self._revert, vol, snap, seq))
+            else:
+                self._revert(conn, frame, vol, snap, seq)
         else:
             raise exception.ProtocolError(
                 reason='unknown opcode 0x%02x' % op)
+
+    def _snapshot(self, conn, frame, vol, seq, live):
+        self.store.adopt_snapseq(vol, seq)
+        if frame.flags & codec.FLAG_GC:
+            n = self.store.gc(vol, live, upto=seq)
+            if n:
+                LOG.info('Volume %s: %d preserved block(s) no snapshot '
+                         'needs were freed', vol, n)
+        conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+
+    def _revert(self, conn, frame, vol, snap, seq):
+        self.store.adopt_snapseq(vol, seq)
+        n = self.store.revert(vol, snap, seq)
+        LOG.info('Volume %s: %d chunk(s) reverted to snapshot %d', vol, n,
+                 snap)
+        conn.spawn(self._reply_after_sync(conn, frame, vol))
+
+    async def _confirmed_snapseq(self, conn, frame, vol, seq, then, *args):
+        """A SNAPSHOT or REVERT names snapshot sequence ``seq``, newer than
+        the one this server knows: it is adopted only if the master has
+        it (the master commits a sequence before it announces it).  A
+        sequence the master never issued would make every write to the
+        volume stale for good (a write carries the master's sequence,
+        and one older than the server's is refused), as FENCE with
+        generation 2**64-1 once made a volume unwritable."""
+        try:
+            try:
+                known = (await self.authority.master.volume(vol))['snap_seq']
+            except (exception.UrsaConnectionError,
+                    exception.InternalError) as e:
+                raise exception.Unavailable(
+                    reason='cannot confirm snapshot sequence %d of volume '
+                           '%s with the master (%s); retry' % (seq, vol, e)
+                ) from e
+            if seq > known:
+                LOG.warning('Refusing %s of volume %s at snapshot sequence '
+                            '%d from %s: the master is at %d',
+                            codec.OPCODE_NAMES[frame.opcode], vol, seq,
+                            conn.peer, known)
+                raise exception.InvalidArgument(
+                    reason='snapshot sequence %d of volume %s was not '
+                           'issued by the master, which is at %d'
+                           % (seq, vol, known))
+            then(conn, frame, *args)
+        except Exception as e:  # noqa: BLE001 - answer, never hang
+            self._reply_error(conn, frame, e)
 
     async def _join_entries(self, conn, frame, vol, idx, first, count):
         """ENTRIES with FLAG_JOIN: the copy here becomes a joining copy

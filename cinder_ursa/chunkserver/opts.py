@@ -71,6 +71,31 @@ chunkserver_opts = [
                     '(a dying disk, not rot): it serves nothing, and the '
                     'master re-replicates its chunks from their other '
                     'copies. 0: never.'),
+    cfg.FloatOpt('auth_timeout', default=10.0, min=0,
+                 help='Seconds a connection to the data protocol has to '
+                      'authenticate with the cluster key; it is closed '
+                      'after. 0: no deadline (not advised: a peer that '
+                      'never authenticates then holds its connection for '
+                      'good).'),
+    cfg.FloatOpt('idle_timeout', default=600.0, min=0,
+                 help='Seconds after which an authenticated connection '
+                      'with nothing received and nothing pending in '
+                      'either direction is closed. Its client is told '
+                      'first and opens a new connection for its next '
+                      'request, without an error. 0: never.'),
+    cfg.IntOpt('max_connections', default=4096, min=0,
+               help='Connections this server keeps open at most (clients, '
+                    'other chunk servers, the master); one more is '
+                    'answered "unavailable" and closed. Keep it below the '
+                    'process\'s open files limit (LimitNOFILE). 0: no '
+                    'limit.'),
+    cfg.IntOpt('max_unauthenticated', default=256, min=0,
+               help='Connections not yet authenticated this server keeps '
+                    'at most; one more is answered "unavailable" and '
+                    'closed. 0: no limit.'),
+    cfg.IntOpt('max_unauthenticated_per_host', default=64, min=0,
+               help='Connections not yet authenticated from one source '
+                    'address this server keeps at most. 0: no limit.'),
 ]
 
 

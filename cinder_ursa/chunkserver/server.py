@@ -9,6 +9,7 @@ the scrub (:mod:`.scrub`).
 
 import asyncio
 import logging
+import resource
 import socket
 
 from cinder_ursa import exception
@@ -28,6 +29,7 @@ from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.transport import aio
+from cinder_ursa.transport import limits as limits_mod
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                  recovery_rate=(0, 0), disk_error_limit=5,
                  disk_error_window=60.0, scrub_interval=0.0,
                  light_scrub_interval=0.0, scrub_error_limit=0,
-                 liveness_timeout=3.0):
+                 liveness_timeout=3.0, limits=None):
         self.disk = diskhealth.DiskHealth(disk_error_limit,
                                           disk_error_window)
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
@@ -67,6 +69,11 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.peers = aio.ConnectionPool(
             key, connect_timeout=min(replication_timeout, 3.0),
             liveness=liveness_timeout)
+        # What its connections may cost (see transport/limits.py).
+        self.limits = limits or limits_mod.ServerLimits(
+            idle_timeout=600.0, max_connections=4096,
+            max_unauthenticated=256, max_unauthenticated_per_host=64)
+        self.limits.name = 'chunk server'
         self.id = None
         self.port = None
         self._peer_addrs = {}
@@ -100,9 +107,11 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         if self.store.resync_needed:
             self.suspect_after_crash()
         self._server = await loop.create_server(
-            lambda: aio.ServerConnection(self.key, self.handle),
+            lambda: aio.ServerConnection(self.key, self.handle,
+                                         limits=self.limits),
             self.bind_host, self.bind_port, reuse_address=True, backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._check_open_files()
         LOG.info('Chunk server %s serving %s on %s:%d', self.store.server_uuid,
                  self.store.data_dir, self.bind_host, self.port)
         self._tasks.append(loop.create_task(self._membership()))
@@ -112,6 +121,19 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             self._tasks.append(loop.create_task(self._scrub_task()))
         if self.light_scrub_interval:
             self._tasks.append(loop.create_task(self._light_scrub_task()))
+
+    def _check_open_files(self):
+        """Warn when max_connections cannot be reached: the open files
+        limit runs out first, and then accept() and the chunk files fail
+        instead of new connections being refused cleanly."""
+        want = self.limits.max_connections
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if want and soft != resource.RLIM_INFINITY and soft < want + 256:
+            LOG.warning('The open files limit (%d) is below max_connections '
+                        '(%d) plus room for chunk files: raise it '
+                        '(LimitNOFILE in the systemd unit, ulimit -n) or '
+                        'lower [ursa_chunkserver] max_connections', soft,
+                        want)
 
     async def _resync_when_registered(self):
         await self._registered.wait()
@@ -164,6 +186,10 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         elif op == codec.REPAIR:
             fn, req = self._repair, control.decode_repair(frame.body)
         elif op == codec.REBUILD:
+            if conn.master_term is None:
+                self._reply_error(conn, frame,
+                                  controlplane.master_only(frame))
+                return
             fn, req = self._rebuild, control.decode_rebuild(frame.body)
         elif op == codec.RESYNC:
             fn, req = self._resync, control.decode_resync(frame.body)

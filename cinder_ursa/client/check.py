@@ -27,6 +27,7 @@ from cinder_ursa.common import checksum
 from cinder_ursa.common import units
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
+from cinder_ursa.transport import aio
 
 
 async def check_volume(cluster, ref, timeout=30.0, deep=False, repair=False,
@@ -355,12 +356,43 @@ async def _delete_orphan(cluster, p, by_id, timeout):
         return ('%s: kept: no replica of the chunk\'s set holds a copy, '
                 'this one may be the last' % where)
     s = by_id[p['server']]
-    conn = await cluster.pool.get(s['address'], s['port'])
-    reply = await conn.call(control.encode_delete, p['volume_id'],
-                            p['index'], timeout=timeout)
-    codec.reply_status(reply.body)
+    conn = await _as_master(cluster, s, timeout)
+    try:
+        reply = await conn.call(control.encode_delete, p['volume_id'],
+                                p['index'], timeout=timeout)
+        codec.reply_status(reply.body)
+    finally:
+        conn.close()
     return '%s: orphan copy deleted (%s)' % (
         where, units.format_size(p['bytes'] or 0))
+
+
+async def _as_master(cluster, server, timeout):
+    """A connection to chunk server ``server`` that claimed the master
+    term it follows, as a master's do: DELETE is taken on no other.  Not
+    one of the pool: once a newer master is elected, the chunk server
+    refuses every request of a connection that claimed an older term,
+    reads and writes included.  (This tool holds the cluster key, as the
+    master does: the check keeps clients from deleting by mistake, it
+    does not stand between the key's holders.)"""
+    conn = await aio.PeerConnection.connect(
+        server['address'], server['port'], cluster.key, timeout)
+    try:
+        term = 0
+        for _ in range(3):   # 0, then the term it follows (or a newer)
+            reply = await conn.call(control.encode_term, term,
+                                    timeout=timeout)
+            newest = control.decode_count_ok(reply.body)
+            if newest <= term:
+                return conn
+            term = newest
+        raise exception.NotLeader(
+            reason='chunk server %s:%d keeps following newer master terms '
+                   '(%d); retry' % (server['address'], server['port'],
+                                    term))
+    except BaseException:
+        conn.close()
+        raise
 
 
 async def _unneeded(cluster, server, vol, timeout):

@@ -15,6 +15,7 @@ from cinder_ursa.chunkserver import opts
 from cinder_ursa.chunkserver import server as server_mod
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
+from cinder_ursa.transport import limits
 
 LOG = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -45,7 +46,13 @@ def main(argv=None):
             disk_error_window=cc.disk_error_window,
             scrub_interval=cc.scrub_interval,
             light_scrub_interval=cc.light_scrub_interval,
-            scrub_error_limit=cc.scrub_error_limit)
+            scrub_error_limit=cc.scrub_error_limit,
+            limits=limits.ServerLimits(
+                auth_timeout=cc.auth_timeout, idle_timeout=cc.idle_timeout,
+                max_connections=cc.max_connections,
+                max_unauthenticated=cc.max_unauthenticated,
+                max_unauthenticated_per_host=(
+                    cc.max_unauthenticated_per_host)))
         await cs.start()
         _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
                                 address=cs.advertise_host, port=cs.port,

@@ -7,6 +7,11 @@ Under leader election every connection first claims the leader's term
 connection's requests, so a deposed leader that has not noticed yet (it
 was paused, or its clock check raced the election) changes nothing on
 the chunk servers, as its database writes change nothing there.
+
+A master without election claims a term too, the one the chunk server
+follows (0 where no master was ever elected): the commands that change
+or destroy data (DELETE, SNAPSHOT, REVERT, REBUILD) are taken only on a
+connection that claimed a term, which a client's connection never does.
 """
 
 import asyncio
@@ -52,11 +57,18 @@ class ChunkServers:
         addr = (server['address'], server['port'])
         conn = await self.pool.get(*addr)
         term = self.term
-        if term is not None and conn not in self._claimed:
-            reply = await conn.call(control.encode_term, term,
+        if conn not in self._claimed:
+            reply = await conn.call(control.encode_term, term or 0,
                                     timeout=timeout)
             try:
                 newest = control.decode_count_ok(reply.body)
+                if term is None and newest:
+                    # No election: this master is the only one, and
+                    # takes the term the chunk server follows (it never
+                    # raises it).
+                    reply = await conn.call(control.encode_term, newest,
+                                            timeout=timeout)
+                    newest = control.decode_count_ok(reply.body)
             except exception.NotLeader as e:
                 self.pool.discard(*addr)
                 self.deposed(e)
@@ -71,7 +83,7 @@ class ChunkServers:
                 self.pool.discard(*addr)
                 conn = await self.pool.get(*addr)
             else:
-                if newest > term:
+                if term is not None and newest > term:
                     self.pool.discard(*addr)
                     e = exception.NotLeader(
                         reason='chunk server %s:%d follows term %d, this '

@@ -16,7 +16,15 @@ Connection life: the server speaks first with CHALLENGE (32 random bytes);
 the client answers AUTH with its own nonce and
 HMAC-SHA256(key, "ursa-client" + server nonce + client nonce); the server
 replies AUTH_OK with HMAC-SHA256(key, "ursa-server" + client nonce + server
-nonce), proving it holds the key too.  Nothing else is accepted before that.
+nonce), proving it holds the key too.  Nothing else is accepted before that:
+a server judges a frame by its header alone (:func:`preauth_body_length`),
+so before authentication a peer can make it buffer 84 bytes, never the
+64 MiB a header may claim.
+
+A server that closes a connection it found idle first sends GOAWAY (an
+unsolicited frame of request id 0): its peer takes no new request to that
+connection, and what it already sent is still answered (see
+transport/aio.py).
 
 This module does no I/O; it is used by the asyncio transport and by tests.
 """
@@ -68,6 +76,10 @@ TERM = 0x1E
 # before it wait for: a caller whose requests take long asks it to tell a
 # slow server from a hung one (see transport/aio.py).
 PING = 0x1F
+# Server to client, unsolicited, request id 0: this connection was idle
+# and is about to be closed; send new requests on a new one.  A client
+# that does not know it ignores it (no request has id 0).
+GOAWAY = 0x20
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
@@ -75,7 +87,7 @@ OPCODE_NAMES = {
     DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
     REVERT: 'REVERT', INVENTORY: 'INVENTORY', REPAIR: 'REPAIR',
     REBUILD: 'REBUILD', ENTRIES: 'ENTRIES', RESYNC: 'RESYNC', TERM: 'TERM',
-    PING: 'PING',
+    PING: 'PING', GOAWAY: 'GOAWAY',
 }
 
 # Request flags.
@@ -195,6 +207,26 @@ def body_length(fields, max_body=MAX_BODY):
     return length
 
 
+AUTH_BODY = NONCE_SIZE + MAC_SIZE   # the only body before authentication
+
+
+def preauth_body_length(fields):
+    """:func:`body_length` of a frame received before authentication:
+    only AUTH, with a body of exactly :data:`AUTH_BODY` bytes, is
+    accepted.  Decided from the header, before any byte of the body is
+    received (let alone a buffer allocated for it): an unauthenticated
+    peer cannot make a server hold more than one such frame."""
+    length = body_length(fields)
+    if fields[2] != AUTH:
+        raise exception.NotAuthorized(
+            reason='authenticate with the cluster key first')
+    if length != AUTH_BODY:
+        raise exception.ProtocolError(
+            reason='AUTH body of %d bytes: it is %d (nonce and MAC)'
+            % (length, AUTH_BODY))
+    return length
+
+
 class FrameDecoder:
     """Turns a byte stream into frames, validating every header.
 
@@ -283,7 +315,7 @@ def encode_auth(client_nonce, mac):
 
 
 def decode_auth(body):
-    if len(body) != NONCE_SIZE + MAC_SIZE:
+    if len(body) != AUTH_BODY:
         raise exception.ProtocolError(reason='AUTH body has wrong size')
     return bytes(body[:NONCE_SIZE]), bytes(body[NONCE_SIZE:])
 
@@ -437,6 +469,10 @@ def decode_replicate(body, flags=0):
 
 def encode_ping(req_id):
     return _frame(PING, req_id, b'')
+
+
+def encode_goaway():
+    return _frame(GOAWAY, 0, b'')
 
 
 def encode_flush(req_id, volume):

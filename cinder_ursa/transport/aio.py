@@ -8,6 +8,8 @@ the order they were sent before it awaits anything.
 """
 
 import asyncio
+import functools
+import hmac
 import itertools
 import logging
 import os
@@ -17,6 +19,7 @@ import threading
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import buffers
+from cinder_ursa.transport import limits as limits_mod
 from cinder_ursa.transport.buffers import BufferPool  # noqa: F401 - old home
 
 LOG = logging.getLogger(__name__)
@@ -114,10 +117,10 @@ def tune(transport):
 class FrameReader(buffers.ReceiveBuffer):
     """Receive side of the data protocol: :meth:`buffer_updated` returns
     the frames that ``nbytes`` new bytes completed (a ReceiveBuffer over
-    the codec's header)."""
+    the codec's header; ``scratch`` and ``payload_length`` as there)."""
 
-    def __init__(self):
-        super().__init__(codec.HEADER, codec.body_length)
+    def __init__(self, scratch=None, payload_length=codec.body_length):
+        super().__init__(codec.HEADER, payload_length, scratch)
 
     def buffer_updated(self, nbytes):
         """Return the frames completed by ``nbytes`` new bytes."""
@@ -125,6 +128,22 @@ class FrameReader(buffers.ReceiveBuffer):
         frame = codec.Frame
         return [frame(fields[2], fields[3], fields[4], memoryview(body))
                 for fields, body in self.frames()]
+
+    def whole(self):
+        """The whole frames received and not taken yet."""
+        frame = codec.Frame
+        return [frame(fields[2], fields[3], fields[4], memoryview(body))
+                for fields, body in self.frames()]
+
+    def next_frame(self):
+        """The next whole frame, or None (one at a time: a server before
+        authentication)."""
+        got = self.next()
+        if got is None:
+            return None
+        fields, body = got
+        return codec.Frame(fields[2], fields[3], fields[4],
+                           memoryview(body))
 
 
 class FlowControl:
@@ -190,6 +209,10 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         self._server_nonce = None
         self.closed = False
         self._error = None
+        # Called with this connection when its server says it is about
+        # to close it (GOAWAY): its pool stops handing it out.
+        self.on_goaway = None
+        self.going_away = False
 
     @classmethod
     async def connect(cls, host, port, key, timeout=10.0, liveness=0.0):
@@ -230,6 +253,8 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
             fut = self._pending.pop(frame.req_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(frame)
+            elif frame.opcode == codec.GOAWAY:
+                self._going_away()
         if len(frames) > 1:
             defer_batch(self._loop)
 
@@ -245,7 +270,7 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         elif frame.opcode == codec.AUTH_OK and self._server_nonce:
             expect = codec.server_mac(self._key, self._server_nonce,
                                       self._client_nonce)
-            if bytes(frame.body) != expect:
+            if not hmac.compare_digest(bytes(frame.body), expect):
                 self._fail(exception.NotAuthorized(
                     reason='%s failed to prove it holds the cluster key'
                     % self.peer))
@@ -261,6 +286,28 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         else:
             self._fail(exception.ProtocolError(
                 reason='unexpected %r during authentication' % frame))
+
+    def _going_away(self):
+        """The server found this connection idle and closes it soon: no
+        new request goes to it (its pool forgets it), the replies of
+        those sent already still come, and it is closed once none is
+        pending, by us (the server closes it too, later)."""
+        if self.going_away:
+            return
+        self.going_away = True
+        LOG.debug('%s closes this idle connection; the next request opens '
+                  'a new one', self.peer)
+        if self.on_goaway is not None:
+            self.on_goaway(self)
+        self._close_when_done()
+
+    def _close_when_done(self):
+        if self.closed:
+            return
+        if not self._pending:
+            self.close()
+            return
+        self._loop.call_later(0.5, self._close_when_done)
 
     def connection_lost(self, exc):
         err = exception.UrsaConnectionError(
@@ -375,7 +422,13 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
 
 
 class ConnectionPool:
-    """One shared, pipelined connection per peer address."""
+    """One shared, pipelined connection per peer address.
+
+    A connection its server found idle and is about to close (GOAWAY) is
+    forgotten at once: the next request to that address opens a new one,
+    and never meets the close (which a caller would take for a failed
+    server).
+    """
 
     def __init__(self, key, connect_timeout=10.0, liveness=0.0):
         self._key = key
@@ -395,8 +448,13 @@ class ConnectionPool:
             if conn is None or conn.closed:
                 conn = await PeerConnection.connect(
                     host, port, self._key, self._timeout, self._liveness)
+                conn.on_goaway = functools.partial(self._forget, addr)
                 self._conns[addr] = conn
             return conn
+
+    def _forget(self, addr, conn):
+        if self._conns.get(addr) is conn:
+            del self._conns[addr]
 
     def connected(self, host, port):
         """The open connection to a peer, or None (never connects)."""
@@ -416,26 +474,49 @@ class ConnectionPool:
         self._conns.clear()
 
 
+# Limits of servers made without their own (tests, tools): no caps, no
+# idle timeout, the authentication deadline.
+DEFAULT_LIMITS = limits_mod.ServerLimits()
+# Seconds a server keeps serving an idle connection after its GOAWAY, for
+# requests its peer sent before it read it.
+GOAWAY_GRACE = 30.0
+
+
 class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     """Serving side.  ``handler(conn, frame)`` runs synchronously per frame.
 
-    Before authentication only AUTH is accepted; anything else, or a bad
-    MAC, gets an error reply and the connection is closed.
+    Before authentication only AUTH is accepted, judged by its header
+    alone (the right opcode and exactly its 64-byte body), into a
+    receive buffer of a few KiB; anything else, a bad MAC or no AUTH
+    within ``limits.auth_timeout`` gets an error reply and the connection
+    is closed.  ``limits`` (a :class:`~.limits.ServerLimits` shared by the
+    server's connections) also caps how many connections there are and
+    closes those idle for ``limits.idle_timeout``.
     """
 
-    def __init__(self, key, handler, on_close=None):
+    def __init__(self, key, handler, on_close=None, limits=None):
         FlowControl.__init__(self)
         self._key = key
         self._handler = handler
         self._on_close = on_close
-        self._reader = FrameReader()
+        self._limits = DEFAULT_LIMITS if limits is None else limits
+        self._reader = FrameReader(limits_mod.PREAUTH_SCRATCH,
+                                   codec.preauth_body_length)
         self._nonce = os.urandom(codec.NONCE_SIZE)
         self.authed = False
         self.transport = None
         self.peer = '?'
+        self._host = '?'
+        self._admitted = False     # counted in self._limits
         self.closed = False
         self.tasks = set()
         self._backlog = None
+        self._loop = None
+        self._timer = None         # authentication deadline, idle ticks
+        self._heard = 0            # receive events so far
+        self._idle_mark = 0        # ... at the last idle tick
+        self._idle_since = 0.0
+        self._goaway = False       # GOAWAY sent
         # The term a master claimed for this connection (chunk servers'
         # TERM), None for every other client.
         self.master_term = None
@@ -446,7 +527,24 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         peer = transport.get_extra_info('peername')
         if peer:
             self.peer = '%s:%s' % peer[:2]
+            self._host = peer[0]
+        else:
+            self._host = self.peer = 'local'
+        self._loop = asyncio.get_running_loop()
+        why = self._limits.admit(self._host)
+        if why is not None:
+            transport.write(codec.encode_error(
+                codec.AUTH, 0, exception.Unavailable(
+                    reason='%s: %s; retry later' % (self._limits.name,
+                                                    why))))
+            self.closed = True
+            transport.close()
+            return
+        self._admitted = True
         transport.write(codec.encode_challenge(self._nonce))
+        if self._limits.auth_timeout:
+            self._timer = self._loop.call_later(self._limits.auth_timeout,
+                                                self._auth_expired)
 
     def get_buffer(self, sizehint):
         return self._reader.get_buffer(sizehint)
@@ -472,6 +570,10 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes):
         if self.closed:
             return
+        self._heard += 1
+        if not self.authed:
+            self._preauth(nbytes)
+            return
         try:
             frames = self._reader.buffer_updated(nbytes)
         except exception.ProtocolError as e:
@@ -484,6 +586,33 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         elif frames:
             self._serve(frames)
 
+    def _preauth(self, nbytes):
+        """Bytes of a peer not authenticated yet: one AUTH frame at a
+        time (whatever follows it waits in the socket or the small
+        buffer until it is verified)."""
+        reader = self._reader
+        buffers.ReceiveBuffer.buffer_updated(reader, nbytes)
+        try:
+            frame = reader.next_frame()
+        except exception.UrsaError as e:
+            self._refuse(e)
+            return
+        if frame is None:
+            return
+        self._authenticate(frame)
+        if not self.authed:
+            return
+        # Requests sent right behind the AUTH (ours wait for AUTH_OK).
+        try:
+            frames = reader.whole()
+        except exception.ProtocolError as e:
+            LOG.warning('Dropping %s: %s', self.peer, e)
+            self.send(codec.encode_error(0, 0, e))
+            self.close()
+            return
+        if frames:
+            self._serve(frames)
+
     def _serve(self, frames):
         opened = len(frames) > 1 and _open_batch()
         try:
@@ -493,9 +622,6 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
                 if self._paused:
                     self._backlog = frames[i:]
                     return
-                if not self.authed:
-                    self._authenticate(frame)
-                    continue
                 if frame.opcode == codec.PING:
                     self.send(codec.encode_ok(codec.PING, frame.req_id))
                     continue
@@ -515,30 +641,79 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
             if opened:
                 _close_batch()
 
+    def _refuse(self, err):
+        """Answer a peer not authenticated with ``err`` and close: logged
+        at most every few seconds (anyone can make us say it)."""
+        self._limits.log.warning(
+            'unauthenticated', '%s: refusing unauthenticated peer %s: %s',
+            self._limits.name, self.peer, err)
+        self.send(codec.encode_error(codec.AUTH, 0, err))
+        self.close()
+
+    def _auth_expired(self):
+        self._timer = None
+        if self.authed or self.closed:
+            return
+        self._refuse(exception.NotAuthorized(
+            reason='no authentication within %g s' %
+            self._limits.auth_timeout))
+
     def _authenticate(self, frame):
-        err = None
-        if frame.opcode != codec.AUTH:
-            err = exception.NotAuthorized(
-                reason='authenticate with the cluster key first')
-        else:
-            try:
-                client_nonce, mac = codec.decode_auth(frame.body)
-            except exception.ProtocolError as e:
-                err = e
-            else:
-                expect = codec.client_mac(self._key, self._nonce,
-                                          client_nonce)
-                if mac != expect:
-                    err = exception.NotAuthorized(reason='bad cluster key')
-        if err is not None:
-            LOG.warning('Refusing unauthenticated peer %s: %s', self.peer,
-                        err)
-            self.send(codec.encode_error(frame.opcode, frame.req_id, err))
-            self.close()
+        try:
+            client_nonce, mac = codec.decode_auth(frame.body)
+        except exception.ProtocolError as e:
+            self._refuse(e)
+            return
+        expect = codec.client_mac(self._key, self._nonce, client_nonce)
+        if not hmac.compare_digest(mac, expect):
+            self._refuse(exception.NotAuthorized(reason='bad cluster key'))
             return
         self.authed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._limits.authenticated(self._host)
+        # Now it may send any frame, into the full-size buffer.
+        self._reader.accept(codec.body_length)
+        self._reader.grow()
         self.send(codec.encode_auth_ok(
             codec.server_mac(self._key, self._nonce, client_nonce)))
+        if self._limits.idle_timeout:
+            self._idle_mark = self._heard
+            self._idle_since = self._loop.time()
+            self._timer = self._loop.call_later(
+                self._limits.idle_timeout / 4, self._idle_tick)
+
+    def _idle_tick(self):
+        """Close a connection idle for ``idle_timeout``: nothing received
+        since, no request being served or waiting, no reply still
+        leaving.  Its peer is told first (GOAWAY) and served for
+        GOAWAY_GRACE more seconds: a request it sent before it read the
+        GOAWAY is answered, not lost to the close (which a client takes
+        for a failed server, and a primary for a failed replica)."""
+        self._timer = None
+        if self.closed:
+            return
+        now = self._loop.time()
+        idle = self._limits.idle_timeout
+        grace = min(GOAWAY_GRACE, idle)
+        if (self._heard != self._idle_mark or self.tasks or self._backlog
+                or self._paused or self._reader.holding
+                or self.transport.get_write_buffer_size()):
+            self._idle_mark = self._heard
+            self._idle_since = now
+            self._goaway = False    # in use again
+        elif not self._goaway:
+            if now - self._idle_since >= idle:
+                self.send(codec.encode_goaway())
+                self._goaway = True
+                self._idle_since = now
+        elif now - self._idle_since >= grace:
+            LOG.debug('Closing %s: idle for %g s', self.peer, idle)
+            self.close()
+            return
+        self._timer = self._loop.call_later(
+            (grace if self._goaway else idle) / 4, self._idle_tick)
 
     def send(self, buffers):
         if self.closed or self.transport.is_closing():
@@ -559,6 +734,12 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._admitted:
+            self._admitted = False
+            self._limits.closed(self._host, self.authed)
         self.resume_writing()
         if self._on_close:
             self._on_close(self)

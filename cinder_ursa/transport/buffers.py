@@ -22,14 +22,22 @@ class BufferPool:
     it is left (its reference count says so: the pool is CPython-only, as
     the rest of Ursa).  Sizes are powers of two from MIN to MAX; larger
     requests get a buffer of their own.
+
+    What the pool keeps is bounded twice: KEEP buffers per size, and
+    KEEP_BYTES in all (without it, 32 buffers of each of the 8 sizes
+    would be 511 MiB kept for good after one burst of large frames).
+    A buffer past either bound is handed out all the same and freed when
+    its last view goes.
     """
 
     MIN = 64 * 1024
     MAX = 8 * 1024 * 1024
     KEEP = 32  # buffers kept per size
+    KEEP_BYTES = 128 * 1024 * 1024  # bytes kept in all sizes
 
     def __init__(self):
         self._classes = {}
+        self.kept = 0   # bytes of the buffers kept
         self._free_refs = self._free_count()
         # Event loops in several threads share the pool (the sync client
         # runs one per thread).  Under the GIL the reference count alone
@@ -47,8 +55,10 @@ class BufferPool:
                 if sys.getrefcount(buf) == self._free_refs:
                     return memoryview(buf)[:length]
             buf = bytearray(size)
-            if len(bufs) < self.KEEP:
+            if len(bufs) < self.KEEP and \
+                    self.kept + size <= self.KEEP_BYTES:
                 bufs.append(buf)
+                self.kept += size
             return memoryview(buf)[:length]
 
     @staticmethod
@@ -80,16 +90,23 @@ class ReceiveBuffer:
     The owner hands :meth:`get_buffer` and :meth:`buffer_updated` the
     protocol's calls of the same names, then takes whole frames with
     :meth:`next` (or raw bytes with :meth:`take`) at its own pace.
+
+    ``scratch``: the scratch buffer's first size.  A server gives a
+    connection not yet authenticated a small one (a new connection must
+    not cost SCRATCH before it proved anything) and calls :meth:`grow`
+    once it is; it must hold a whole frame of what ``payload_length``
+    accepts meanwhile.
     """
 
     SCRATCH = 256 * 1024
     LARGE = 64 * 1024
 
-    def __init__(self, header, payload_length):
+    def __init__(self, header, payload_length, scratch=None):
         self._unpack = header.unpack_from
         self._hsize = header.size
         self._payload_length = payload_length
-        self._scratch = bytearray(self.SCRATCH)
+        self._size = scratch or self.SCRATCH
+        self._scratch = bytearray(self._size)
         self._view = memoryview(self._scratch)
         self._start = 0        # first unconsumed byte in scratch
         self._end = 0          # end of received bytes in scratch
@@ -101,11 +118,41 @@ class ReceiveBuffer:
         """Bytes received into scratch and not taken yet."""
         return self._end - self._start
 
+    @property
+    def holding(self):
+        """Whether any received byte is not taken yet (a frame partly
+        received, or whole and not taken)."""
+        return bool(self._end - self._start or self._direct or self._ready)
+
+    @property
+    def size(self):
+        """Bytes of the scratch buffer."""
+        return self._size
+
+    def accept(self, payload_length):
+        """Judge the headers of the frames not parsed yet with
+        ``payload_length`` from now on (a server, once its peer is
+        authenticated)."""
+        self._payload_length = payload_length
+
+    def grow(self, size=None):
+        """Make the scratch buffer ``size`` bytes (SCRATCH by default),
+        keeping what it holds."""
+        size = size or self.SCRATCH
+        if size <= self._size:
+            return
+        n = self._end - self._start
+        scratch = bytearray(size)
+        scratch[:n] = self._view[self._start:self._end]
+        self._scratch, self._view, self._size = scratch, memoryview(scratch), \
+            size
+        self._start, self._end = 0, n
+
     def get_buffer(self, sizehint):
         direct = self._direct
         if direct is not None:
             return direct[1][direct[2]:]
-        if self._start and self.SCRATCH - self._end < self.LARGE + \
+        if self._start and self._size - self._end < self.LARGE + \
                 self._hsize:
             # Compact: the unconsumed tail moves to the front, so the
             # kernel always gets room for a whole small frame.
@@ -188,7 +235,7 @@ class ReceiveBuffer:
     def _wait_payload(self, fields, n, at):
         """The payload of ``n`` bytes at ``at`` is not all here: a large
         one is received straight into a buffer of its own."""
-        if n >= self.LARGE or n > self.SCRATCH - self._hsize:
+        if n >= self.LARGE or n > self._size - self._hsize:
             have = self._end - at
             buf = POOL.get(n)
             buf[:have] = self._view[at:self._end]

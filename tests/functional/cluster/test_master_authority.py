@@ -176,3 +176,78 @@ def test_a_raw_write_cannot_pass_the_fence(cluster, setup):
                                                               req.epoch))
     assert holder.read(0, BS) == b'a' * BS
     _check_clean(cluster, vid)
+
+
+def _send_as_master(cluster, server, frame_fn):
+    """:func:`_send` on a connection that first claimed the master term
+    the chunk server follows, as ``ursa cluster check --repair`` does."""
+    async def go():
+        conn = await check._as_master(cluster, server, 30)
+        try:
+            reply = await conn.request(7, frame_fn(7), 30)
+            return codec.reply_status(reply.body)
+        finally:
+            conn.close()
+    return asyncio.run(go())
+
+
+def test_master_commands_need_a_connection_that_claimed_a_term(cluster,
+                                                                setup):
+    """DELETE, SNAPSHOT, REVERT and REBUILD change or destroy data and
+    only a master sends them: a connection that claimed no master term
+    (every client's) is refused them, whoever holds the key."""
+    vid, chunk, gen, holder = setup
+    primary = chunk['replicas'][0]
+    probes = {
+        'DELETE of the volume': lambda rid: control.encode_delete(rid, vid),
+        'DELETE of chunk 0': lambda rid: control.encode_delete(rid, vid, 0),
+        'SNAPSHOT': lambda rid: control.encode_snapshot(rid, vid, 1),
+        'SNAPSHOT with gc': lambda rid: control.encode_snapshot(
+            rid, vid, 0, gc=True),
+        'REVERT': lambda rid: control.encode_revert(rid, vid, 0, 0),
+        'REBUILD': lambda rid: control.encode_rebuild(
+            rid, vid, 0, chunk['epoch'], 999),
+    }
+    for name, probe in probes.items():
+        for server in cluster.client().servers():
+            with pytest.raises(exception.NotAuthorized,
+                               match='claimed a master term'):
+                _send(cluster, server, probe)
+                pytest.fail('%s taken from a client' % name)
+    # A dry run only counts: ursa cluster check asks it of any server.
+    _send(cluster, primary,
+          lambda rid: control.encode_snapshot(rid, vid, 0, dry_run=True))
+    assert holder.read(0, BS) == b'a' * BS
+    holder.write(BS, b'b' * BS)
+    holder.flush()
+    _check_clean(cluster, vid)
+    # On a connection that claimed the term, DELETE of a chunk nobody
+    # holds is taken (and deletes nothing).
+    assert _send_as_master(cluster, primary, lambda rid:
+                           control.encode_delete(rid, vid, 3)) == b''
+    assert holder.read(0, BS) == b'a' * BS
+
+
+def test_a_snapshot_sequence_the_master_never_issued_is_refused(cluster,
+                                                                setup):
+    """A SNAPSHOT or REVERT naming a sequence above the master's, even on
+    a connection that claimed the term, is refused: adopted, it would
+    make every write to the volume stale for good."""
+    vid, chunk, gen, holder = setup
+    for server in cluster.client().servers():
+        for probe in (
+                lambda rid: control.encode_snapshot(rid, vid, 2 ** 64 - 1),
+                lambda rid: control.encode_snapshot(rid, vid, 5, gc=True),
+                lambda rid: control.encode_revert(rid, vid, 0, 2 ** 63)):
+            with pytest.raises(exception.InvalidArgument,
+                               match='not issued by the master'):
+                _send_as_master(cluster, server, probe)
+    holder.write(0, b'c' * BS)      # the volume is not bricked
+    holder.flush()
+    assert holder.read(0, BS) == b'c' * BS
+    # The master's own snapshot (it claims its term as well) is taken.
+    cluster.client().create_snapshot(vid, 's1')
+    holder.write(0, b'd' * BS)     # learns the new sequence, writes
+    holder.flush()
+    assert holder.read(0, BS) == b'd' * BS
+    _check_clean(cluster, vid)

@@ -9,11 +9,18 @@ from cinder_ursa.protocol import control
 
 
 class FakeConn:
-    def __init__(self, sid, sent):
-        self.sid, self.sent = sid, sent
+    def __init__(self, sid, sent, master=False):
+        self.sid, self.sent, self.master = sid, sent, master
+        self.closed = False
+
+    def close(self):
+        self.closed = True
 
     async def call(self, encode, *args, timeout):
         frame = codec.FrameDecoder().feed(encode(1, *args))[0]
+        if frame.opcode == codec.DELETE:
+            # A master's command: on a connection that claimed the term.
+            assert self.master and not self.closed
         self.sent.append((self.sid, frame.opcode, frame.body))
         return codec.FrameDecoder().feed(codec.encode_ok(frame.opcode,
                                                          1))[0]
@@ -52,6 +59,7 @@ class FakeCluster:
         self.master = FakeMaster(chunks)
         self.sent = []
         self.pool = FakePool(self.sent)
+        self.master_conns = []
 
 
 VID = '6b0c1b3e-8e0a-4c5e-9a7e-2f1d3c4b5a69'
@@ -71,12 +79,16 @@ def run_repair(cluster, problems, held):
     """``held``: the servers whose CHUNK_INFO finds a copy."""
     async def info(cl, vid, index, replica, timeout, deep=False):
         return (1, 0, 0, []) if replica['id'] in held else None
-    real = check._info
-    check._info = info
+    async def as_master(cl, server, timeout):
+        conn = FakeConn(server['id'], cl.sent, master=True)
+        cl.master_conns.append(conn)
+        return conn
+    real = check._info, check._as_master
+    check._info, check._as_master = info, as_master
     try:
         return asyncio.run(check.repair_cluster(cluster, problems))
     finally:
-        check._info = real
+        check._info, check._as_master = real
 
 
 def chunk(replicas, joining=(), epoch=7):
@@ -92,6 +104,8 @@ def test_an_orphan_is_deleted_while_a_replica_holds_a_copy():
     assert [(sid, op) for sid, op, _ in cluster.sent] == [
         (4, codec.DELETE)]
     assert control.decode_delete(cluster.sent[0][2]) == (VID, 0)
+    # Its own connection, closed after (see check._as_master).
+    assert [c.closed for c in cluster.master_conns] == [True]
 
 
 def test_the_last_copy_is_never_deleted():

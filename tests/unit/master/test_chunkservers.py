@@ -140,3 +140,29 @@ def test_a_chunk_server_older_than_term_is_still_commanded():
     asyncio.run(go())
     assert script.seen == [(codec.TERM, None), (codec.FENCE, None),
                            (codec.FENCE, None)]
+
+
+@pytest.mark.parametrize('follows', [0, 7])
+def test_a_master_without_election_claims_the_term_followed(follows):
+    """A lone master claims a term too (the chunk servers take DELETE,
+    SNAPSHOT, REVERT and REBUILD only on a connection that claimed one):
+    0, or the term the chunk server follows (a cluster that once ran
+    elections), never a newer one; and it is not deposed by it."""
+    script = Scripted(term=follows)
+    deposed = []
+
+    async def go():
+        server, s = await _serve(script)
+        css = cs_mod.ChunkServers(
+            KEY, deposed=lambda e, newer=None: deposed.append(e))
+        try:
+            await css.send(s, _fence)
+            await css.send(s, _fence)
+        finally:
+            css.close()
+            server.close()
+
+    asyncio.run(go())
+    claims = [(codec.TERM, None)] + ([(codec.TERM, 0)] if follows else [])
+    assert script.seen == claims + [(codec.FENCE, follows)] * 2
+    assert script.term == follows and deposed == []
