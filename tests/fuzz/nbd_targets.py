@@ -43,18 +43,23 @@ NAMES = st.one_of(st.sampled_from([EXPORT, '', 'other', 'vol@snap']),
 
 @st.composite
 def _option_data(draw, option):
-    """What an option carries: well formed for its kind, or not."""
-    if draw(mutate.rarely(4)):
+    """What an option carries: well formed for its kind, or that with a
+    field set to a boundary value or a few bytes changed, or anything."""
+    if draw(mutate.rarely(5)):
         return draw(st.binary(max_size=24))
+    data = b''
     if option in (p.OPT_INFO, p.OPT_GO):
-        return p.encode_info(draw(NAMES), draw(st.lists(U16, max_size=4)))
-    if option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
-        return p.encode_meta_context(draw(NAMES), draw(st.lists(
+        data = p.encode_info(draw(NAMES), draw(st.lists(U16, max_size=4)))
+    elif option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
+        data = p.encode_meta_context(draw(NAMES), draw(st.lists(
             st.sampled_from(['base:allocation', 'base:', 'qemu:x', '']),
             max_size=3)))
-    if option == p.OPT_EXPORT_NAME:
-        return draw(NAMES).encode('utf-8', 'surrogatepass')
-    return b''
+    elif option == p.OPT_EXPORT_NAME:
+        data = draw(NAMES).encode('utf-8', 'surrogatepass')
+    if draw(mutate.rarely(4)):
+        data = mutate.apply(data, draw(st.lists(mutate._op(len(data)),
+                                                min_size=1, max_size=2)))
+    return data
 
 
 @st.composite
