@@ -6,8 +6,8 @@ The promises: a signed request, whatever its path segments, query and
 body, never gets a 500 (only ``InsufficientReplicas``, ``Unavailable``
 and ``NoSpace`` may be 5xx: 503 and 507) and every error is the
 project's JSON error body; an unsigned or badly signed request gets
-401 with that body; nothing is logged as ERROR (a traceback per request
-lets anyone flood the log).
+401 with that body; no traceback is logged (one per request lets anyone
+flood the log).
 """
 
 import asyncio
@@ -271,12 +271,17 @@ class MasterServer:
 
 
 class _Errors(logging.Handler):
+    """Tracebacks logged (an unforeseen exception); an ERROR without one
+    is a message for the operator (a chunk server reporting a failed
+    disk), not a bug."""
+
     def __init__(self):
         super().__init__(logging.ERROR)
         self.records = []
 
     def emit(self, record):
-        self.records.append(record)
+        if record.exc_info:
+            self.records.append(record)
 
 
 def _quote(segment):

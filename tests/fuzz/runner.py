@@ -63,7 +63,7 @@ TARGETS = [
            ci_examples=150),
     Target('nbd-handshake', 'nbd/handshake.py Negotiation on arbitrary '
            'option streams', nbd_targets.HANDSHAKE,
-           nbd_targets.check_handshake, ci_examples=300),
+           nbd_targets.check_handshake, ci_examples=150),
     Target('nbd-requests', 'NBD request parsing (ReceiveBuffer) and '
            'validate_request', nbd_targets.REQUESTS,
            nbd_targets.check_requests, ci_examples=300),
@@ -172,7 +172,7 @@ def main(argv=None):
     failed = [r[0] for r in results if r[3]]
     if failed:
         print('\nfuzz: %d target(s) failed: %s.  Each failure above ends '
-              'with the minimal input ("Falsifying example"); make it an '
+              'with the minimal input ("Failing test case"); make it an '
               '@example of the target\'s test in tests/unit/fuzz, fix the '
               'code, and run the target again.' % (len(failed),
                                                    ', '.join(failed)))
