@@ -46,11 +46,12 @@ EXPECTED_5XX = {503, 507}
 AIOHTTP_TEXT = {404, 405, 413}
 
 
-def signed_headers(method, path):
+def signed_headers(method, path, query='', body=b''):
     """The signature header of a request; ``path`` is the raw path (the
-    percent-encoded one sent), without the query.  The one place that
-    knows how requests are signed: ``auth.sign``."""
-    return {auth.HEADER: auth.sign(KEY, method, path)}
+    percent-encoded one sent), without the query, ``query`` the raw query
+    (without '?') and ``body`` the bytes sent.  The one place that knows
+    how requests are signed: ``auth.sign``."""
+    return {auth.HEADER: auth.sign(KEY, method, path, query, body)}
 
 
 def _fields(source):
@@ -256,7 +257,8 @@ class MasterServer:
                 'Content-Type': 'application/json',
                 'Content-Length': str(len(raw))}
         if sign:
-            head.update(signed_headers(method, target.split('?', 1)[0]))
+            path, _, query = target.partition('?')
+            head.update(signed_headers(method, path, query, raw))
         lines = [b'%s %s HTTP/1.1' % (method.encode(), target.encode())]
         for k, v in list(head.items()) + list((headers or {}).items()):
             v = v if isinstance(v, bytes) else v.encode('latin-1')
