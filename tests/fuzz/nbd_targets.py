@@ -277,8 +277,22 @@ class MemoryBackend(backend_mod.Backend):
 
 
 class _Master:
+    """The master's records the gateway asks for: one volume, ``vol``,
+    attached to whatever host asks."""
+
     async def volumes(self):
         return [{'name': EXPORT}, {'name': 'other'}]
+
+    async def volume(self, ref):
+        if ref != EXPORT:
+            raise exception.NotFound(kind='volume', name=ref)
+        return {'id': EXPORT, 'name': EXPORT, 'size': SIZE}
+
+    async def snapshot(self, ref):
+        raise exception.NotFound(kind='snapshot', name=ref)
+
+    async def attachments(self, volume_id=None, host=None):
+        return [{'host': host, 'status': 'attached'}]
 
 
 class _Cluster:
@@ -337,7 +351,12 @@ async def _session(stream):
         received = 0
         async with asyncio.timeout(GATEWAY_DEADLINE):
             while True:
-                chunk = await loop.sock_recv(theirs, 1 << 16)
+                try:
+                    chunk = await loop.sock_recv(theirs, 1 << 16)
+                except ConnectionResetError:
+                    # The gateway closed with our bytes unread (it drops a
+                    # client that breaks the protocol): the session ended.
+                    break
                 if not chunk:
                     break
                 received += len(chunk)
