@@ -292,8 +292,9 @@ class ServerRecords:
         ``quiet_for`` seconds) and while any chunk still counts on it (a
         replica, or a copy being made); the chunks that remember it as
         lost (to bring its copy up to date, should it return) forget it.
-        If it ever registers again it is a new server, and what its data
-        directory holds is stale.  Returns the server as it was."""
+        If it ever registers again it is a new server, and the copies its
+        data directory holds are no chunk's replicas.  Returns the server
+        as it was."""
         t, c = models.chunkservers, models.chunks
         with self.begin() as conn:
             row = conn.execute(sa.select(t).where(
