@@ -128,9 +128,13 @@ class ControlMixin:
         if self.disk.failure is not None:
             return await self.master.heartbeat(self.id, {
                 'failure': self.disk.failure, 'capacity': 0, 'used': 0,
-                'free': 0, 'scrub': self.scrub_status()})
+                'free': 0, 'scrub': self.scrub_status(),
+                'uuid': self.store.server_uuid})
         body = self.store.usage()
         body['scrub'] = self.scrub_status()
+        # The id alone is not enough: a server removed (ursa server
+        # remove) while cut off may find its id given to another.
+        body['uuid'] = self.store.server_uuid
         reply = await self.master.heartbeat(self.id, body)
         self._left(reply.get('dropped', ()))
         self._learn_term(reply)

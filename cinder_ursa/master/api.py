@@ -431,7 +431,8 @@ class MasterAPI:
         primaries = []
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
                       b.get('used', int, 0), b.get('free', int, 0),
-                      failure=self._failure(b), primaries=primaries)
+                      failure=self._failure(b), primaries=primaries,
+                      server_uuid=b.get('uuid', str))
         if primaries:
             self.service.resync_soon()
         self.service.seen(sid)
@@ -454,7 +455,8 @@ class MasterAPI:
 
     async def remove_server(self, request):
         return web.json_response({'server': await self.db(
-            self.store.remove_server, _path_int(request, 'id'))})
+            self.store.remove_server, _path_int(request, 'id'),
+            self.server_timeout)})
 
     async def set_draining(self, request):
         sid = _path_int(request, 'id')

@@ -27,7 +27,9 @@ The rules, in the order they apply to a chunk with fewer copies
 * Chunks whose writes are refused come first (fewer replicas than their
   volume's ``min_replicas``: a client is blocked on them), then chunks
   at one copy, then chunks whose old server returned, then the rest;
-  neither of the first two waits for a server expected back.  Each
+  neither of the first two waits for a server down within the grace
+  period, and a chunk at one copy never waits (a blocked chunk with two
+  copies or more waits for servers in maintenance).  Each
   server takes part in at most ``per_server`` jobs at once, as a source
   or a target, so recovery never floods one server.
 * A draining server (``ursa server drain``) is never a target, and a
@@ -155,7 +157,11 @@ def plan(chunks, goals, servers, now, grace, level='host', busy=None,
         back = [s for s in lost if (
             servers[s].get('maintenance') if _up(servers[s])
             else expected_back(servers[s], now, grace))]
-        if len(have) < c.get('floor', 1):
+        # Maintenance is the operator's word that a server comes back:
+        # even a chunk whose writes it blocks waits for it (as with
+        # Ceph's noout), unless more copies are missing than it covers.
+        kept = sum(1 for s in back if servers[s].get('maintenance'))
+        if len(have) < c.get('floor', 1) and missing > kept:
             prio = BLOCKED
         elif len(have) == 1 and goal > 1:
             prio = ONE_COPY

@@ -111,6 +111,10 @@ FLAG_LAYER = 0x0200
 # from now on (its stale mark, if any, is cleared).
 FLAG_JOIN = 0x0400
 
+# AUTH_OK flags: what the server understands beyond the first release
+# (a peer older than a flag sends 0, and is not asked for it).
+CAP_PING = 0x0001        # PING is answered (older servers close on it)
+
 # Reply status values: one table, both directions.
 OK = 0
 STATUS_CODES = {
@@ -320,8 +324,8 @@ def decode_auth(body):
     return bytes(body[:NONCE_SIZE]), bytes(body[NONCE_SIZE:])
 
 
-def encode_auth_ok(mac):
-    return _frame(AUTH_OK, 0, mac)
+def encode_auth_ok(mac, flags=0):
+    return _frame(AUTH_OK, 0, mac, flags)
 
 
 # --- requests -------------------------------------------------------------

@@ -192,16 +192,20 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         self._transport = None
         # Liveness: while requests are pending, a watchdog ticks every
         # quarter of ``liveness``; a tick that finds nothing received and
-        # nothing of ours consumed since the last one sends a PING, which
-        # a live peer answers at once however long its requests take, and
-        # four silent ticks in a row fail the connection (UrsaTimeout):
-        # a hung peer (SIGSTOP, a link dropping packets) is given up after
-        # about ``liveness`` seconds, a slow one never.  0 turns it off.
+        # nothing of ours taken by the peer since the last one sends a
+        # PING, which a live peer answers at once however long its
+        # requests take, and four silent ticks in a row fail the
+        # connection (UrsaTimeout): a hung peer (SIGSTOP, a link dropping
+        # packets) is given up after about ``liveness`` seconds, a slow
+        # one never.  0 turns it off, and so does a server that does not
+        # say it answers PING (AUTH_OK's CAP_PING: an older one closes
+        # the connection on it).
         self._liveness = liveness
         self._watch = None
         self._heard = 0              # receive events so far
+        self._queued = 0             # bytes handed to the transport
         self._quiet = 0              # silent ticks in a row
-        self._mark = None            # (events, write buffer) at last tick
+        self._mark = None            # (events, bytes taken) at last tick
         # Kept: get_running_loop() costs a getpid() system call per use.
         self._loop = asyncio.get_running_loop()
         self._authed = self._loop.create_future()
@@ -275,6 +279,10 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
                     reason='%s failed to prove it holds the cluster key'
                     % self.peer))
                 return
+            if not frame.flags & codec.CAP_PING:
+                # A server older than PING closes the connection on one:
+                # no liveness check with it (a rolling upgrade).
+                self._liveness = 0.0
             self._authed.set_result(True)
         elif frame.opcode == codec.AUTH | codec.REPLY:
             try:
@@ -340,26 +348,37 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         fut = self._loop.create_future()
         self._pending[req_id] = fut
         queue_send(self._transport, buffers)
-        if self._watch is None and self._liveness:
-            # As if all was sent and nothing heard: the first tick counts
-            # a silent quarter unless something came or is still leaving.
-            self._mark = (self._heard, 0)
-            self._quiet = 0
-            self._watch = self._loop.call_later(self._liveness / 4,
-                                                self._tick)
+        if self._liveness:
+            self._queued += len(buffers) if isinstance(
+                buffers, (bytes, bytearray, memoryview)) else sum(
+                    map(len, buffers))
+            if self._watch is None:
+                self._mark = (self._heard, self._taken())
+                self._quiet = 0
+                self._watch = self._loop.call_later(self._liveness / 4,
+                                                    self._tick)
         return fut
+
+    def _taken(self):
+        """Bytes of ours the kernel took off the transport's buffer."""
+        return self._queued - self._transport.get_write_buffer_size()
 
     def _tick(self):
         """The liveness watchdog (see __init__)."""
         self._watch = None
         if self.closed or not self._pending:
             return
-        # Our bytes leaving the write buffer count as the peer's: its
-        # kernel takes them only while its process reads (or its socket
-        # buffer has room, which a hung reader fills).
-        mark = (self._heard, self._transport.get_write_buffer_size())
-        if mark != self._mark:
-            self._mark = mark
+        # Progress: something received, or, while our write buffer holds
+        # bytes (so our own socket buffer is full), more of them taken:
+        # the peer's kernel acknowledged them, which it stops doing once
+        # a hung reader's socket buffer is full.  Bytes taken while our
+        # buffer is empty went into our own socket buffer: no proof.
+        heard, taken = self._heard, self._taken()
+        last_heard, last_taken = self._mark
+        self._mark = (heard, taken)
+        if heard != last_heard or (
+                taken > last_taken and
+                self._transport.get_write_buffer_size()):
             self._quiet = 0
         else:
             self._quiet += 1
@@ -371,7 +390,9 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
                 self._fail(exception.UrsaTimeout(peer=self.peer,
                                                  seconds=self._liveness))
                 return
-            queue_send(self._transport, codec.encode_ping(next_req_id()))
+            ping = codec.encode_ping(next_req_id())
+            self._queued += len(ping)
+            queue_send(self._transport, ping)
         self._watch = self._loop.call_later(self._liveness / 4, self._tick)
 
     def forget(self, req_id):
@@ -396,10 +417,15 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         One timer per request instead of ``asyncio.wait_for``, which costs
         a task and several callbacks per call on the hot path.
         """
-        if self._paused:
-            await self.drain()
         timer = self.expire_later(req_id, fut, timeout)
         try:
+            if self._paused:
+                # The request's time runs while the transport drains: a
+                # peer that reads nothing more must not hold us for ever.
+                waiter = self._loop.create_future()
+                self._waiters.append(waiter)
+                await asyncio.wait((waiter, fut),
+                                   return_when=asyncio.FIRST_COMPLETED)
             return await fut
         finally:
             timer.cancel()
@@ -677,7 +703,8 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         self._reader.accept(codec.body_length)
         self._reader.grow()
         self.send(codec.encode_auth_ok(
-            codec.server_mac(self._key, self._nonce, client_nonce)))
+            codec.server_mac(self._key, self._nonce, client_nonce),
+            codec.CAP_PING))
         if self._limits.idle_timeout:
             self._idle_mark = self._heard
             self._idle_since = self._loop.time()

@@ -330,8 +330,9 @@ class ServerRemove(show.ShowOne):
     or, for a server that died, wait until its chunks are copied
     elsewhere: ursa server show says chunks 0 and joining 0). The chunks
     that remembered it, to bring its copy up to date should it return,
-    forget it. A server removed and started again registers as a new,
-    empty server: what its data directory held is deleted as stale.
+    forget it. A server removed and started again registers as a new
+    server: empty its data directory before reusing the machine (the
+    copies left there are no chunk's replicas any more).
     Example: ursa server remove 3
     """
 

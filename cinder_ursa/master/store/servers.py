@@ -135,13 +135,19 @@ class ServerRecords:
         return server, stale, orphans, gens, seqs, snaps
 
     def heartbeat(self, server_id, capacity, used, free, failure=None,
-                  primaries=None):
+                  primaries=None, server_uuid=None):
         """A chunk server is alive; ``failure``: its data directory failed
-        (why): it is marked failed and leaves every replica set."""
+        (why): it is marked failed and leaves every replica set.
+        ``server_uuid`` (sent by servers of this release on): a heartbeat
+        for an id that now names another server (its own was removed, and
+        the id given again) is refused, so the server registers anew."""
         t = models.chunkservers
         with self.begin() as conn:
             row = conn.execute(sa.select(t).where(
                 t.c.id == server_id)).first()
+            if row is not None and server_uuid and row.uuid != server_uuid:
+                raise exception.NotFound(kind='registered chunk server',
+                                         name=server_id)
             if row is not None and failure is not None:
                 values = dict(capacity=capacity, used=used, free=free,
                               last_seen=time.time(), state='failed')
@@ -280,13 +286,15 @@ class ServerRecords:
                     server['chunks'])
         return server
 
-    def remove_server(self, server_id):
+    def remove_server(self, server_id, quiet_for=0.0):
         """Forget a chunk server that is gone for good: refused while it
-        runs (up) and while any chunk still counts on it (a replica, or a
-        copy being made); the chunks that remember it as lost (to bring
-        its copy up to date, should it return) forget it.  If it ever
-        registers again it is a new server, and what its data directory
-        holds is stale.  Returns the server as it was."""
+        runs (up, failed but still heard, or heard from within
+        ``quiet_for`` seconds) and while any chunk still counts on it (a
+        replica, or a copy being made); the chunks that remember it as
+        lost (to bring its copy up to date, should it return) forget it.
+        If it ever registers again it is a new server, and the copies its
+        data directory holds are no chunk's replicas.  Returns the server
+        as it was."""
         t, c = models.chunkservers, models.chunks
         with self.begin() as conn:
             row = conn.execute(sa.select(t).where(
@@ -294,11 +302,15 @@ class ServerRecords:
             if row is None:
                 raise exception.NotFound(kind='chunk server',
                                          name=server_id)
-            if row.state == 'up':
+            if row.state == 'up' or (row.last_seen or 0) > \
+                    time.time() - quiet_for:
                 raise exception.Conflict(
-                    reason='chunk server %d is up: stop it first (to move '
-                    'its replicas off before, run ursa server drain %d '
-                    '--wait)' % (server_id, server_id))
+                    reason='chunk server %d is %s and was heard from %d s '
+                    'ago: stop it first, then wait until it is marked down '
+                    '(to move its replicas off before, run ursa server '
+                    'drain %d --wait)' % (
+                        server_id, row.state,
+                        time.time() - (row.last_seen or 0), server_id))
             held = joining = 0
             forget = []
             for r in conn.execute(sa.select(

@@ -422,3 +422,19 @@ def test_chunks_whose_writes_are_refused_come_first_and_never_wait():
     jobs, summary = repair.plan([blocked], {'strict': 3}, srv, NOW, GRACE,
                                 rng=random.Random(1))
     assert jobs == [] and summary == {'degraded': 1, 'waiting': 1}
+
+
+def test_a_blocked_chunk_still_waits_for_a_server_in_maintenance():
+    # min_replicas 3 of 3, the third replica's server in maintenance (an
+    # operator restarting it): no full copy elsewhere meanwhile.
+    srv = servers(5, s3=down(maintenance=True))
+    c = chunk([1, 2], lost=[3])
+    c['floor'] = 3
+    jobs, summary = repair.plan([c], {'v': 3}, srv, NOW, GRACE,
+                                rng=random.Random(1))
+    assert jobs == [] and summary == {'degraded': 1, 'waiting': 1}
+    # Back up but still flagged: it waits too.
+    srv[3].update(state='up', down_since=None)
+    jobs, summary = repair.plan([c], {'v': 3}, srv, NOW, GRACE,
+                                rng=random.Random(1))
+    assert jobs == [] and summary == {'degraded': 1, 'waiting': 1}

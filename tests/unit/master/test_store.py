@@ -708,7 +708,7 @@ def test_a_server_gone_for_good_is_removed_once_nothing_counts_on_it(store):
     import time
     c, held, spare = one_chunk(store)
     victim = held[1]
-    with pytest.raises(exception.Conflict, match='is up: stop it first'):
+    with pytest.raises(exception.Conflict, match='is up .* stop it first'):
         store.remove_server(victim)
     others = [i for i in held + [spare] if i != victim]
     for sid in others:
@@ -716,9 +716,12 @@ def test_a_server_gone_for_good_is_removed_once_nothing_counts_on_it(store):
     time.sleep(0.05)
     for sid in others:
         store.heartbeat(sid, 1, 0, 1)
-    # Marked down: dropped from every replica set, lost for the chunk.
+    # Marked down: dropped from every replica set, lost for the chunk;
+    # still refused while it was heard from within the quiet time.
     assert store.mark_down(0.04) == [victim]
     assert store.chunk_members('v', 0)['lost'] == [victim]
+    with pytest.raises(exception.Conflict, match='is down .* stop it'):
+        store.remove_server(victim, quiet_for=60)
     assert store.remove_server(victim)['id'] == victim
     assert store.chunk_members('v', 0)['lost'] == []
     assert victim not in [s['id'] for s in store.list_servers()]
@@ -736,3 +739,12 @@ def test_a_down_servers_last_replica_keeps_it(store):
     assert store.mark_down(0.04) == ids
     with pytest.raises(exception.Conflict, match='1 replica'):
         store.remove_server(ids[0])
+
+
+def test_a_heartbeat_for_an_id_that_names_another_server_is_refused(store):
+    ids = add_servers(store, 2)
+    uuid = next(s['uuid'] for s in store.list_servers() if s['id'] == ids[0])
+    store.heartbeat(ids[0], 1, 0, 1, server_uuid=uuid)
+    with pytest.raises(exception.NotFound):
+        store.heartbeat(ids[0], 1, 0, 1, server_uuid='someone-else')
+    store.heartbeat(ids[0], 1, 0, 1)     # a server that sends no uuid

@@ -117,3 +117,78 @@ def test_an_idle_connection_is_never_given_up():
         server.close()
         return reply
     codec.reply_status(asyncio.run(go()).body)
+
+
+def test_a_hung_peer_is_given_up_with_megabytes_queued_for_it():
+    # The peer stops reading while 16 MiB are on their way: our write
+    # buffer holds most of it and grows by each ping, which must not pass
+    # for progress.
+    async def go():
+        server, port, _ = await _serve('hang')
+        conn = await aio.PeerConnection.connect('127.0.0.1', port, KEY,
+                                                liveness=0.4)
+        first = conn.send(aio.next_req_id(), codec.encode_flush(
+            aio.next_req_id(), '00000000-0000-0000-0000-000000000001'))
+        rid = aio.next_req_id()
+        big = codec.header(codec.WRITE, rid, 16 << 20) + bytes(16 << 20)
+        t0 = time.monotonic()
+        try:
+            await conn.request(rid, [big], timeout=60)
+        except exception.UrsaError as e:
+            result = e
+        took = time.monotonic() - t0
+        with pytest.raises(exception.UrsaTimeout):
+            await first
+        server.close()
+        return result, took
+    result, took = asyncio.run(go())
+    assert isinstance(result, exception.UrsaTimeout), result
+    assert took < 5, took
+
+
+def test_without_liveness_a_request_stuck_behind_a_full_buffer_times_out():
+    async def go():
+        server, port, _ = await _serve('hang')
+        conn = await aio.PeerConnection.connect('127.0.0.1', port, KEY,
+                                                liveness=0)
+        conn.send(aio.next_req_id(), codec.encode_flush(
+            aio.next_req_id(), '00000000-0000-0000-0000-000000000001'))
+        rid = aio.next_req_id()
+        big = codec.header(codec.WRITE, rid, 32 << 20) + bytes(32 << 20)
+        t0 = time.monotonic()
+        with pytest.raises(exception.UrsaTimeout):
+            await asyncio.wait_for(conn.request(rid, [big], timeout=1.0),
+                                   20)
+        server.close()
+        return time.monotonic() - t0
+    assert asyncio.run(go()) < 5
+
+
+def test_a_server_that_does_not_announce_ping_is_never_pinged(monkeypatch):
+    # A server of the release before PING: AUTH_OK without CAP_PING, and
+    # PING an unknown opcode that closes the connection.
+    real = codec.encode_auth_ok
+    monkeypatch.setattr(codec, 'encode_auth_ok',
+                        lambda mac, flags=0: real(mac))
+    monkeypatch.setattr(codec, 'PING', -1)  # the transport does not know it
+
+    def old_handler(conn, frame):
+        if frame.opcode == 0x1F:
+            raise exception.ProtocolError(reason='unknown opcode 0x1f')
+        asyncio.get_running_loop().call_later(
+            1.5, conn.send, codec.encode_ok(frame.opcode, frame.req_id))
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: aio.ServerConnection(KEY, old_handler), '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = await aio.PeerConnection.connect('127.0.0.1', port, KEY,
+                                                liveness=0.4)
+        reply = await conn.call(codec.encode_flush,
+                                '00000000-0000-0000-0000-000000000001',
+                                timeout=10)
+        conn.close()
+        server.close()
+        return reply
+    codec.reply_status(asyncio.run(go()).body)
