@@ -91,11 +91,13 @@ chunkserver_opts = [
                     'limit.'),
     cfg.IntOpt('max_unauthenticated', default=256, min=0,
                help='Connections not yet authenticated this server keeps '
-                    'at most; one more is answered "unavailable" and '
-                    'closed. 0: no limit.'),
+                    'at most; one more evicts the oldest of them (a '
+                    'stranger cannot lock out a key holder, who '
+                    'authenticates in one round trip). 0: no limit.'),
     cfg.IntOpt('max_unauthenticated_per_host', default=64, min=0,
                help='Connections not yet authenticated from one source '
-                    'address this server keeps at most. 0: no limit.'),
+                    'address this server keeps at most; one more evicts '
+                    'the oldest of them from that address. 0: no limit.'),
 ]
 
 

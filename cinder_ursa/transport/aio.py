@@ -557,7 +557,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         else:
             self._host = self.peer = 'local'
         self._loop = asyncio.get_running_loop()
-        why = self._limits.admit(self._host)
+        why = self._limits.admit(self._host, self)
         if why is not None:
             transport.write(codec.encode_error(
                 codec.AUTH, 0, exception.Unavailable(
@@ -676,6 +676,18 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         self.send(codec.encode_error(codec.AUTH, 0, err))
         self.close()
 
+    def evict(self, reason):
+        """Closed to make room (see transport/limits.py): no longer
+        counted, told why."""
+        self._admitted = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.closed:
+            self.send(codec.encode_error(codec.AUTH, 0, exception.Unavailable(
+                reason='%s: %s' % (self._limits.name, reason))))
+            self.close()
+
     def _auth_expired(self):
         self._timer = None
         if self.authed or self.closed:
@@ -698,7 +710,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._limits.authenticated(self._host)
+        self._limits.authenticated(self._host, self)
         # Now it may send any frame, into the full-size buffer.
         self._reader.accept(codec.body_length)
         self._reader.grow()
@@ -766,7 +778,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
             self._timer = None
         if self._admitted:
             self._admitted = False
-            self._limits.closed(self._host, self.authed)
+            self._limits.closed(self._host, self.authed, self)
         self.resume_writing()
         if self._on_close:
             self._on_close(self)

@@ -4,10 +4,17 @@ Anyone who reaches a chunk server's port can open connections; only a
 holder of the cluster key can authenticate them.  So that strangers
 cannot exhaust its memory or file descriptors, a server:
 
-- takes at most ``max_unauthenticated`` connections that have not
+- keeps at most ``max_unauthenticated`` connections that have not
   authenticated yet, and ``max_unauthenticated_per_host`` from one source
-  address, and at most ``max_connections`` in all: a connection past a
-  limit is answered with an error and closed at once;
+  address: at either cap the oldest of them (from that address, for the
+  second) is told it was evicted and closed to make room for the new one.
+  A stranger holding connections open therefore cannot lock a key holder
+  out (a key holder authenticates in one round trip, long before it
+  would be the oldest), and a source address flooding connections
+  evicts its own first;
+- takes at most ``max_connections`` in all: at the cap, the oldest
+  connection not authenticated yet is evicted, and a new connection is
+  refused only when every one is authenticated;
 - closes a connection that has not authenticated within
   ``auth_timeout`` seconds;
 - before authentication, judges every frame by its header and accepts
@@ -22,6 +29,7 @@ a count of those not logged: a flood of connections must not flood the
 log too.
 """
 
+import collections
 import logging
 import time
 
@@ -76,37 +84,65 @@ class ServerLimits:
         self.total = 0
         self.unauthenticated = 0
         self._by_host = {}
+        # Connections not authenticated yet, oldest first: conn -> host.
+        self._waiting = collections.OrderedDict()
         self.refused = 0          # connections refused by a limit
+        self.evicted = 0          # ... closed to make room
         self.log = RateLimitedLog()
 
-    def admit(self, host):
-        """Count a new connection from ``host`` (not yet authenticated);
-        return why it is refused (it is then not counted), or None."""
-        if self.max_connections and self.total >= self.max_connections:
-            why = ('%d connections are open, the most max_connections '
-                   'allows' % self.total)
-        elif self.max_unauthenticated and \
+    def admit(self, host, conn=None):
+        """Count a new connection ``conn`` from ``host`` (not yet
+        authenticated), evicting the oldest unauthenticated ones a cap
+        needs gone (their ``evict(reason)`` is called, and they no longer
+        count); return why it is refused (it is then not counted), or
+        None."""
+        if self.max_connections and self.total >= self.max_connections \
+                and not self._evict_oldest(
+                    None, 'max_connections (%d) are open'
+                    % self.max_connections):
+            self.refused += 1
+            why = ('%d connections are open and authenticated, the most '
+                   'max_connections allows' % self.total)
+            self.log.warning('refused', '%s refused a connection from %s: '
+                             '%s', self.name, host, why)
+            return why
+        if self.max_unauthenticated and \
                 self.unauthenticated >= self.max_unauthenticated:
-            why = ('%d connections are not authenticated yet, the most '
-                   'max_unauthenticated allows' % self.unauthenticated)
-        elif self.max_unauthenticated_per_host and \
+            self._evict_oldest(None, 'max_unauthenticated (%d) connections '
+                               'are not authenticated yet'
+                               % self.max_unauthenticated)
+        if self.max_unauthenticated_per_host and \
                 self._by_host.get(host, 0) >= \
                 self.max_unauthenticated_per_host:
-            why = ('%d connections from %s are not authenticated yet, the '
-                   'most max_unauthenticated_per_host allows'
-                   % (self._by_host[host], host))
-        else:
-            self.total += 1
-            self.unauthenticated += 1
-            self._by_host[host] = self._by_host.get(host, 0) + 1
-            return None
-        self.refused += 1
-        self.log.warning('refused', '%s refused a connection from %s: %s',
-                         self.name, host, why)
-        return why
+            self._evict_oldest(host, 'max_unauthenticated_per_host (%d) '
+                               'connections from %s are not authenticated '
+                               'yet' % (self.max_unauthenticated_per_host,
+                                        host))
+        self.total += 1
+        self.unauthenticated += 1
+        self._by_host[host] = self._by_host.get(host, 0) + 1
+        if conn is not None:
+            self._waiting[conn] = host
+        return None
 
-    def authenticated(self, host):
+    def _evict_oldest(self, host, why):
+        """Close the oldest connection not authenticated yet (from
+        ``host``, if given); False when there is none."""
+        victim = next((c for c, h in self._waiting.items()
+                       if host is None or h == host), None)
+        if victim is None:
+            return False
+        vhost = self._waiting[victim]
+        self.closed(vhost, False, victim)
+        self.evicted += 1
+        self.log.warning('evicted', '%s evicted an unauthenticated '
+                         'connection from %s: %s', self.name, vhost, why)
+        victim.evict('evicted: %s; authenticate sooner' % why)
+        return True
+
+    def authenticated(self, host, conn=None):
         """A connection admitted from ``host`` authenticated."""
+        self._waiting.pop(conn, None)
         self.unauthenticated -= 1
         n = self._by_host[host] - 1
         if n:
@@ -114,8 +150,8 @@ class ServerLimits:
         else:
             del self._by_host[host]
 
-    def closed(self, host, authenticated):
+    def closed(self, host, authenticated, conn=None):
         """A connection admitted from ``host`` is gone."""
         self.total -= 1
         if not authenticated:
-            self.authenticated(host)
+            self.authenticated(host, conn)
