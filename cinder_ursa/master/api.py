@@ -312,8 +312,10 @@ class MasterAPI:
 
     @web.middleware
     async def _auth(self, request, handler):
-        self.guard.request_seen(request)
         if request.path in ('/', '/' + API_VERSION):
+            # Unsigned: it does not make the connection one that sent a
+            # request (see listener.py), or anyone could hold the master's
+            # connections with it.
             return await handler(request)
         # What the client signed: the request target as it was sent.
         path, _, query = request.raw_path.partition('?')
@@ -322,6 +324,7 @@ class MasterAPI:
             request.headers.get(auth.HEADER),
             window=self.signature_window, replay=self.replay,
             legacy=self.accept_legacy)
+        self.guard.request_seen(request)
         if signed.version == 1:
             self._legacy_warning(request)
         # aiohttp keeps the body read here for the handler's json().

@@ -7,10 +7,11 @@ completes its request headers was kept until the keep-alive timeout
 
 * at most ``max_connections`` connections are open at once.  At the
   limit a new connection closes the oldest one that has not sent a
-  complete request yet (a slow or hostile peer: a legitimate client
-  sends its request at once), so such peers cannot lock legitimate
-  clients out; if every open connection has sent a request, the new
-  one is answered 503 and closed.
+  signed request yet (a slow or hostile peer: a legitimate client sends
+  its signed request at once; the unsigned version list does not count),
+  so peers without the key cannot lock legitimate clients out; if every
+  open connection has sent a signed request, the new one is answered
+  503 and closed.
 * a connection that has not completed its TLS handshake
   ``header_timeout`` seconds after it was accepted, or the headers of
   its first request ``header_timeout`` seconds after that, is closed

@@ -386,6 +386,31 @@ def test_idle_connections_beyond_the_cap_do_not_lock_clients_out(
             s.close()
 
 
+def test_unsigned_version_lists_do_not_hold_connections(start_master):
+    """A peer without the key that keeps its connections busy with the
+    unsigned version list (GET /) holds none of them: a signed client
+    still gets in (each new connection closes the oldest that sent no
+    signed request)."""
+    cap = 8
+    master = start_master('max_connections = %d\nhttp_header_timeout = 60'
+                          % cap)
+    held = []
+    try:
+        for _ in range(2 * cap):
+            c = http.client.HTTPConnection('127.0.0.1', master.port,
+                                           timeout=5)
+            try:
+                c.request('GET', '/')
+                c.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                pass
+            held.append(c)
+        assert master_mod.MasterClient(master.url, KEY).volumes() == []
+    finally:
+        for c in held:
+            c.close()
+
+
 def test_a_slow_body_is_cut_off(start_master):
     master = start_master('http_body_timeout = 1.0')
     body = json.dumps({'name': 'slow', 'size': 1 << 20}).encode()
