@@ -183,7 +183,8 @@ class AsyncHttp(_Masters):
                                         headers=headers) as resp:
                     status, text = resp.status, await resp.text()
             except (self._aiohttp.ClientConnectionError, OSError) as e:
-                last = exception.UrsaConnectionError(peer=base, reason=str(e))
+                last = exception.UrsaConnectionError(
+                    peer=base, reason=str(e) or type(e).__name__)
                 failed.append(base)
                 continue
             except TimeoutError:
