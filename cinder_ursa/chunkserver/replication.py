@@ -420,7 +420,12 @@ class ReplicationMixin:
         return addr
 
     async def _learn_peers(self):
-        servers = await self.master.servers()
+        try:
+            servers = await self.master.servers()
+        except (exception.UrsaConnectionError, exception.InternalError) as e:
+            raise exception.Unavailable(
+                reason='cannot learn the chunk servers\' addresses from the '
+                       'master (%s); retry' % e) from e
         now = time.monotonic()
         for s in servers:
             self._peer_addrs[s['id']] = (s['address'], s['port'])

@@ -39,8 +39,12 @@ def next_req_id():
 # the callbacks those replies made ready have run (defer_batch): they run
 # in the next pass over the ready queue, in order, and the batch closes
 # right after them.  Nothing waits for a later poll of the event loop.
-# One batch per thread: the sync client runs its own loop in a thread.
+# One batch per thread (the sync client runs its own loop in a thread),
+# and it belongs to the loop that opened it: a loop that stops with its
+# closing callback still queued (run_until_complete returns as soon as its
+# future is done) must not leave the thread's later loops batching forever.
 _local = threading.local()
+_running_loop = asyncio.events._get_running_loop
 BATCH_LARGE = 64 * 1024
 
 
@@ -49,7 +53,7 @@ def queue_send(transport, buffers):
     once (after what the batch holds for the same transport): batching
     saves system calls on small messages, and holding megabytes back only
     delays them."""
-    batch = getattr(_local, 'batch', None)
+    batch = _current_batch()
     if isinstance(buffers, (bytes, bytearray)):
         buffers = [buffers]
     if batch is None:
@@ -68,15 +72,27 @@ def queue_send(transport, buffers):
         out[1] += size
 
 
+def _current_batch():
+    """The batch open in this thread for the running loop, or None (one
+    left open by a loop that stopped first is sent and closed)."""
+    batch = getattr(_local, 'batch', None)
+    if batch is not None and _local.loop is not _running_loop():
+        _close_batch()
+        return None
+    return batch
+
+
 def _open_batch():
-    if getattr(_local, 'batch', None) is not None:
+    if _current_batch() is not None:
         return False
     _local.batch = {}
+    _local.loop = _running_loop()
     return True
 
 
 def _close_batch():
     batch, _local.batch = getattr(_local, 'batch', None), None
+    _local.loop = None
     for transport, (out, _) in (batch or {}).items():
         if not transport.is_closing():
             transport.writelines(out)
@@ -91,14 +107,14 @@ def defer_batch(loop):
 
 def _batched(transport):
     """Bytes queued for ``transport`` in the open batch."""
-    batch = getattr(_local, 'batch', None)
+    batch = _current_batch()
     out = batch.get(transport) if batch is not None else None
     return out[1] if out else 0
 
 
 def send_batched(transport):
     """Send what the open batch holds for ``transport`` now."""
-    batch = getattr(_local, 'batch', None)
+    batch = _current_batch()
     out = batch.pop(transport, None) if batch is not None else None
     if out and not transport.is_closing():
         transport.writelines(out[0])

@@ -259,7 +259,8 @@ class AsyncHttp(_Masters):
                         ssl=tls if tls is not None else True) as resp:
                     status, text = resp.status, await resp.text()
             except (self._aiohttp.ClientConnectionError, OSError) as e:
-                last = exception.UrsaConnectionError(peer=base, reason=str(e))
+                last = exception.UrsaConnectionError(
+                    peer=base, reason=str(e) or type(e).__name__)
                 failed.append(base)
                 continue
             except TimeoutError:

@@ -144,6 +144,9 @@ class Fencing:
             os.unlink(path)
             fsync_dir(os.path.dirname(path))
         c.joining = joining
+        if joining:
+            # The joining-copy sweep leaves a copy this young alone.
+            c.joined_at = time.monotonic()
         LOG.info('Copy of chunk %s/%d %s', c.volume, c.index,
                  'joins: it takes writes and serves no reads until it is '
                  'up to date' if joining else 'is a replica again')
@@ -156,7 +159,7 @@ class Fencing:
         if c is None:
             return None
         self.set_joining(c, True)
-        c.joined_at = time.monotonic()
+        c.joined_at = time.monotonic()      # a new attempt, if joining
         if c.stale:
             os.unlink(c.base + '.stale')
             fsync_dir(os.path.dirname(c.base))

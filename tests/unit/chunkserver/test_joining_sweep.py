@@ -84,3 +84,21 @@ def test_a_copy_joined_again_while_the_master_was_asked_is_left(server):
     server.authority.views[(VOL, 0)] = authority.ChunkView(5, [1, 2, 3], 2)
     _sweep(server, time.monotonic() + controlplane.JOINING_SWEEP + 1)
     assert not st.held(VOL, 0).stale
+
+
+def test_a_copy_a_forwarded_write_made_joining_just_now_is_left(tmp_path):
+    """A copy created by a primary's forwarded write (set_joining, not
+    rejoin) is young too: the first sweep after the server started must
+    not take it for one abandoned long ago."""
+    st = store_mod.ChunkStore(str(tmp_path))
+    try:
+        c = st.check_epoch(VOL, 0, 1, create=True)
+        st.set_joining(c, True)
+        server = _Server(st)
+        server.authority.views[(VOL, 0)] = authority.ChunkView(5, [1, 2, 3],
+                                                               2)
+        _sweep(server, time.monotonic())
+        assert server.authority.asked == []
+        assert not st.held(VOL, 0).stale
+    finally:
+        st.close()

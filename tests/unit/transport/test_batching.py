@@ -67,3 +67,30 @@ def test_a_batch_belongs_to_its_thread():
     finally:
         aio._close_batch()
     assert mine.calls == [[b'y']]
+
+
+def test_a_loop_that_stops_with_its_batch_open_leaves_none_behind():
+    """run_until_complete returns as soon as its future is done: a burst
+    received in that last pass queues the batch's closing callback for a
+    pass that never comes.  The thread's next loop must send at once."""
+    left = Transport()
+    loop = asyncio.new_event_loop()
+    try:
+        async def last_pass():
+            aio.defer_batch(loop)       # its _close_batch never runs
+            aio.queue_send(left, b'held')
+        loop.call_soon(loop.stop)
+        loop.run_until_complete(last_pass())
+    finally:
+        loop.close()
+    assert left.calls == []             # held by the orphaned batch
+
+    t = Transport()
+
+    async def later():
+        aio.queue_send(t, b'now')
+        assert t.calls == [[b'now']]    # not held for a loop that is gone
+        assert aio._open_batch()        # and a new batch opens
+        aio._close_batch()
+    asyncio.run(later())
+    assert left.calls == [[b'held']]    # what was held went out then

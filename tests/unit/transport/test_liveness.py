@@ -32,8 +32,17 @@ async def _serve(behaviour):
         loop.call_later(behaviour, conn.send,
                         codec.encode_ok(frame.opcode, frame.req_id))
 
-    server = await loop.create_server(
-        lambda: aio.ServerConnection(KEY, handler), '127.0.0.1', 0)
+    # Kept: a connection whose reading is paused and that has nothing to
+    # write is referenced by nothing else, and the garbage collector
+    # would close it (a reset) under the test.
+    conns = []
+
+    def factory():
+        conns.append(aio.ServerConnection(KEY, handler))
+        return conns[-1]
+
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    server.conns = conns
     return server, server.sockets[0].getsockname()[1], seen
 
 
