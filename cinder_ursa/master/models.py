@@ -122,6 +122,11 @@ attachments = sa.Table(
     sa.Column('path', sa.String(1024), nullable=True),
     sa.Column('error', sa.Text, nullable=True),
     sa.Column('created_at', sa.Double, nullable=False),
+    # A random secret made with the attachment (and again at a new
+    # attach): over TCP without a client certificate ursa-nbd opens the
+    # volume only for an export name carrying it (VOLUME~TOKEN), since
+    # every local user of the host shares 127.0.0.1.
+    sa.Column('export_token', sa.String(64), nullable=True),
 )
 
 # Hosts fenced as a whole (nova_ha fences a failed compute host): no lease

@@ -19,6 +19,16 @@ from cinder_ursa.volume.common import translated
 LOG = logging.getLogger(__name__)
 
 
+def export_name(volume_name, att):
+    """The name ursa-nbd serves this attachment under: VOLUME~TOKEN with
+    the attachment's export token (the gateway opens an attached volume
+    for a TCP client without a client certificate only under it: every
+    local user of the host shares 127.0.0.1); the plain name from a
+    master older than export tokens."""
+    token = att.get('export_token')
+    return '%s~%s' % (volume_name, token) if token else volume_name
+
+
 class Attachments(DriverPart):
     """The connection calls of
     :class:`~cinder_ursa.volume.driver.UrsaDriver`."""
@@ -59,7 +69,7 @@ class Attachments(DriverPart):
                          'ursa_volume_id': att['volume_id'],
                          'nbd_host': conf.ursa_nbd_host,
                          'nbd_port': conf.ursa_nbd_port,
-                         'nbd_export': volume.name}}
+                         'nbd_export': export_name(volume.name, att)}}
 
     def detach_all(self, volume, connector):
         with translated('Detaching %s' % volume.name, volume=volume):

@@ -78,3 +78,29 @@ class HostFencedList(lister.Lister):
                 [(h['host'], _when(h['fenced_at']), h['reason'] or '')
                  for h in self.app.master().fenced_hosts()])
 
+
+
+class AttachmentList(lister.Lister):
+    """List attachments: which volume is attached to which host, and the
+    NBD export name ursa-nbd on that host serves it under over TCP
+    (VOLUME~TOKEN: the attachment's secret export token; a client that
+    is not on the gateway's unix socket and has no TLS client
+    certificate must name it so).  Whoever holds the cluster key sees
+    the tokens: treat this output as a secret.
+    Example: ursa attachment list --host compute-3"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('--host', help='Only the attachments of this host.')
+        p.add_argument('--volume', help='Only those of this volume (name '
+                       'or id).')
+        return p
+
+    def take_action(self, args):
+        rows = []
+        for a in self.app.master().attachments(args.volume, args.host):
+            token = a.get('export_token')
+            rows.append((a['volume_name'], a['host'], a['status'],
+                         '%s~%s' % (a['volume_name'], token) if token
+                         else a['volume_name'], a.get('path') or ''))
+        return ('volume', 'host', 'status', 'nbd_export', 'path'), rows

@@ -1,6 +1,7 @@
 """Attachments: which host's gateway exposes which volume."""
 
 import logging
+import secrets
 import time
 
 import sqlalchemy as sa
@@ -20,11 +21,21 @@ class AttachmentRecords:
     def _attachment_dict(row, name):
         return {'volume_id': row.volume_id, 'volume_name': name,
                 'host': row.host, 'status': row.status, 'path': row.path,
-                'error': row.error, 'created_at': row.created_at}
+                'error': row.error, 'created_at': row.created_at,
+                'export_token': row.export_token}
+
+    @staticmethod
+    def new_export_token():
+        """A fresh secret for ursa-nbd's export names (192 random bits:
+        not guessable by a local user probing the gateway)."""
+        return secrets.token_urlsafe(24)
 
     def attach(self, ref, host):
         """Ask ``host``'s gateway to expose a volume (idempotent: an
-        existing attachment of that host is returned as it is)."""
+        existing attachment of that host is returned as it is, with its
+        export token).  An attachment made anew (or again after a
+        detach was asked) gets a new export token, so a token learnt
+        for an earlier attachment opens nothing."""
         a = models.attachments
         check_text('host', host)
         with self.begin() as conn:
@@ -46,11 +57,13 @@ class AttachmentRecords:
             if mine:
                 conn.execute(a.update().where(
                     a.c.volume_id == vol.id, a.c.host == host).values(
-                    status='attaching', path=None, error=None))
+                    status='attaching', path=None, error=None,
+                    export_token=self.new_export_token()))
             else:
                 conn.execute(a.insert().values(
                     volume_id=vol.id, host=host, status='attaching',
-                    created_at=time.time()))
+                    created_at=time.time(),
+                    export_token=self.new_export_token()))
         LOG.info('Volume %s: attaching to host %s', vol.name, host)
         return self.get_attachment(vol.id, host)
 

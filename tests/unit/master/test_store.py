@@ -29,9 +29,9 @@ def one_chunk(store):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0010'
+    assert store.schema_version() == '0011'
     store.upgrade()
-    assert store.schema_version() == '0010'
+    assert store.schema_version() == '0011'
 
 
 def test_volume_lifecycle(store):
@@ -604,6 +604,26 @@ def test_attachments_one_host_at_a_time(store):
     store.attach('att', 'h2')
     store.detach('att', 'h2')
     assert store.begin_delete('att')[1] == 'delete'
+
+
+def test_an_attachment_has_its_own_export_token(store):
+    """ursa-nbd asks TCP clients for it: unguessable, the same while the
+    attachment lasts, new for each attachment."""
+    store.create_volume('tok', 100 * MiB, chunk_size=4 * MiB)
+    store.create_volume('tok2', 100 * MiB, chunk_size=4 * MiB)
+    t1 = store.attach('tok', 'h1')['export_token']
+    assert len(t1) >= 32
+    assert store.attach('tok', 'h1')['export_token'] == t1
+    assert store.get_attachment('tok', 'h1')['export_token'] == t1
+    assert [a['export_token'] for a in
+            store.list_attachments(host='h1')] == [t1]
+    assert store.attach('tok2', 'h1')['export_token'] != t1
+    # Attached again after a detach was asked: the old token is void.
+    store.update_attachment('tok', 'h1', 'detaching')
+    t2 = store.attach('tok', 'h1')['export_token']
+    assert t2 != t1
+    store.detach('tok', 'h1')
+    assert store.attach('tok', 'h1')['export_token'] not in (t1, t2)
 
 
 def test_multiattach_writers_share_the_lease(store):

@@ -199,7 +199,8 @@ class FakeMaster:
                 raise exception.NotFound(kind='attachment', name=host)
         return {'volume_id': v['id'], 'host': host, 'status': st,
                 'path': '/attach/%s' % v['name'] if st == 'attached'
-                else None, 'error': None}
+                else None, 'error': None,
+                'export_token': 'tok-%s-%s' % (v['id'], host)}
 
     def attachments(self, ref=None, host=None):
         v = self._vol(ref)
@@ -462,7 +463,10 @@ class UrsaDriverTestCase(test.TestCase):
         conn = self.drv.initialize_connection(v, {'host': 'compute-1'})
         self.assertEqual('local', conn['driver_volume_type'])
         self.assertEqual('/attach/%s' % v.name, conn['data']['device_path'])
-        self.assertEqual(v.name, conn['data']['nbd_export'])
+        # ursa-nbd opens it over TCP only under the attachment's token.
+        self.assertEqual('%s~tok-%s-compute-1' % (
+            v.name, conn['data']['ursa_volume_id']),
+                         conn['data']['nbd_export'])
         self.assertRaises(cinder_exc.VolumeIsBusy,
                           self.drv.initialize_connection, v,
                           {'host': 'compute-2'})
