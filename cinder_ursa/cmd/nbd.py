@@ -1,9 +1,12 @@
 """ursa-nbd: exports Ursa volumes over NBD to QEMU, libvirt, nbd-client.
 
-The export name is the volume name or id.  Example::
+The export name is the volume name or id; over TCP, with
+require_attachment (the default) and no TLS client certificate, it
+carries the attachment's export token, as ``ursa attachment list`` shows
+it.  Example::
 
     ursa-nbd --config-file /etc/ursa/ursa.conf
-    qemu-img info nbd://127.0.0.1:10809/vol1
+    qemu-img info nbd://127.0.0.1:10809/vol1~TOKEN
 
 NBD authenticates nobody unless TLS with client certificates is on, so
 the gateway refuses to listen beyond loopback without it (see
@@ -153,7 +156,8 @@ def main(argv=None):
             list_exports=nc.list_exports,
             handshake_timeout=nc.handshake_timeout,
             max_connections=nc.max_connections,
-            inflight_bytes=nc.inflight_mib * 1024 * 1024)
+            inflight_bytes=nc.inflight_mib * 1024 * 1024,
+            recheck_interval=nc.recheck_interval)
         if nc.require_attachment:
             LOG.info('Serving only volumes attached to host %s '
                      '([ursa_attach] host)', host)

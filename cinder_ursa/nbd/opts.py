@@ -28,9 +28,23 @@ nbd_opts = [
     cfg.BoolOpt('require_attachment', default=True,
                 help='Open (and describe with NBD_OPT_INFO) only volumes '
                      'the master records as attached to this host '
-                     '([ursa_attach] host), and snapshots of those.  An '
-                     'export that is not gets the same reply as a volume '
-                     'that does not exist.'),
+                     '([ursa_attach] host), and snapshots of those.  A '
+                     'client on TCP without a verified TLS client '
+                     'certificate must name the attachment\'s export '
+                     'token too: VOLUME~TOKEN (the Cinder driver\'s '
+                     'nbd_export; "ursa attachment list"), since every '
+                     'local user shares 127.0.0.1; on unix_socket and to '
+                     'a client certificate the plain name is enough.  An '
+                     'export that may not be opened gets the same reply '
+                     'as a volume that does not exist.  Open sessions '
+                     'end once the volume is no longer attached to this '
+                     'host (see recheck_interval).'),
+    cfg.FloatOpt('recheck_interval', default=5.0, min=0.1,
+                 help='Seconds between two checks, with the master, that '
+                      'the volume of an open NBD session is still attached '
+                      'to this host (with require_attachment).  A session '
+                      'whose volume was detached, or whose host was '
+                      'fenced, ends at the next check.'),
     cfg.BoolOpt('list_exports', default=False,
                 help='Answer NBD_OPT_LIST (nbdinfo --list, qemu-nbd -L). '
                      'Off: the client gets NBD_REP_ERR_POLICY.  On: the '
@@ -38,14 +52,16 @@ nbd_opts = [
                      'require_attachment, those attached to this host).'),
     cfg.FloatOpt('handshake_timeout', default=10.0, min=0.1,
                  help='Seconds a client has to finish the handshake '
-                      '(option haggling and TLS) after it connects; time '
-                      'the gateway spends asking the master is not '
-                      'counted.  A client still negotiating then is '
-                      'disconnected.'),
+                      '(option haggling, TLS, and the gateway\'s lookups '
+                      'with the master) after it connects.  A client still '
+                      'negotiating then is disconnected.  A handshake may '
+                      'also ask for at most 8 exports (INFO, GO, LIST).'),
     cfg.IntOpt('max_connections', default=256, min=1,
                help='Connections served at once (handshaking or '
-                    'transmitting).  Past it, a new connection is closed '
-                    'at once and a warning is logged.'),
+                    'transmitting).  At the cap, a new connection evicts '
+                    'the oldest one still handshaking; when every one is '
+                    'transmitting, the new one is closed at once and a '
+                    'warning is logged.'),
     cfg.IntOpt('inflight_mib', default=256, min=4,
                help='MiB of request data (READ and WRITE lengths, and '
                     'WRITE_ZEROES and TRIM up to 4 MiB each) in flight '

@@ -25,11 +25,23 @@ without taking the write lease (50 probes used to make 50 lease
 generations, each a FENCE and an fdatasync on every chunk server), and
 bounds what a peer can hold: ``max_connections``, a handshake deadline,
 and one budget of request data in flight shared by every connection.
+
+Every local user of a hypervisor shares 127.0.0.1, so "attached to this
+host" is not enough over TCP: a client the gateway cannot authenticate
+otherwise must name the attachment's secret export token
+(``VOLUME~TOKEN``, :func:`split_export`); the unix socket (its file mode
+says who may connect) and TLS with a verified client certificate
+authenticate the peer, and plain names work there.  An open session is
+re-checked against the master every ``recheck_interval`` seconds and
+ends once its volume is no longer attached to this host (detached, the
+host fenced) or attached anew (a new token).
 """
 
 import asyncio
 import functools
+import hmac
 import logging
+import socket
 import ssl
 import struct
 import time
@@ -52,6 +64,18 @@ MAX_INFLIGHT = 256
 INFLIGHT_BYTES = 256 * 1024 * 1024  # default budget of the whole server
 HANDSHAKE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
+# Options of one handshake that ask the master (INFO, GO, EXPORT_NAME,
+# LIST): past it the connection is closed.  Every lookup is a signed
+# request to the master; an anonymous peer must not turn one connection
+# into an unbounded stream of them (qemu and nbdinfo use 1 to 3).
+MAX_LOOKUPS = 8
+# Seconds between two checks that an open session's volume is still
+# attached to this host.
+RECHECK_INTERVAL = 5.0
+# Between a volume (or volume@snapshot) and the attachment's export token
+# in an export name: in no volume name (protocol.names), nor in a token
+# (URL-safe base64).
+TOKEN_SEP = '~'
 # Attachment states in which this host may open the volume: the Cinder
 # driver asked for it ('attaching') or ursa-attach reported it served.
 ATTACHED = ('attaching', 'attached')
@@ -66,6 +90,38 @@ class _HandshakeTimeout(Exception):
     """The client did not finish the handshake in time."""
 
 
+class _TooManyLookups(Exception):
+    """The client asked for more exports than MAX_LOOKUPS."""
+
+
+def split_export(name):
+    """(export, token or None) of an export name ``VOLUME~TOKEN`` (or
+    ``VOLUME@SNAPSHOT~TOKEN``, or a plain name)."""
+    base, sep, token = name.rpartition(TOKEN_SEP)
+    return (base, token) if sep else (name, None)
+
+
+def _token_matches(given, recorded):
+    """Whether an export token given by a client is the attachment's
+    (compared in constant time: a timing must not reveal a prefix)."""
+    return bool(given) and bool(recorded) and hmac.compare_digest(
+        given.encode(), recorded.encode())
+
+
+class _Conn:
+    """What the server keeps of one connection: its stream, whether it is
+    still handshaking (the cap evicts the oldest such), whether the peer
+    is authenticated by the transport, and what it opened."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.handshaking = True
+        self.evicted = False
+        self.lookups = 0
+        self.volume_id = None  # of the export opened
+        self.token = None      # the export token it named, if any
+
+
 class _Export:
     """An open export and the connections using it."""
 
@@ -73,6 +129,9 @@ class _Export:
         self.key = key
         self.backend = backend_mod.VolumeBackend(volume, read_only)
         self.users = 0
+        # Export tokens the master confirmed for it: a client naming one
+        # is served while no master answers (a failover).
+        self.tokens = set()
 
 
 class InflightBudget:
@@ -163,7 +222,8 @@ class NbdServer:
                  require_attachment=False, list_exports=True,
                  handshake_timeout=HANDSHAKE_TIMEOUT,
                  max_connections=MAX_CONNECTIONS,
-                 inflight_bytes=INFLIGHT_BYTES):
+                 inflight_bytes=INFLIGHT_BYTES,
+                 recheck_interval=RECHECK_INTERVAL):
         """``host``: this host's name in the master's attachments; with
         ``require_attachment`` only volumes attached to it are served.
         (The defaults here are the library's; ursa-nbd passes its
@@ -183,15 +243,22 @@ class NbdServer:
         self.budget = InflightBudget(inflight_bytes)
         self._exports = {}
         self._lock = asyncio.Lock()
-        self.connections = set()
+        self.recheck_interval = recheck_interval
+        # task -> _Conn, oldest first (the cap evicts from the front).
+        self.connections = {}
         self._warn_full = _Throttled()
         self._warn_slow = _Throttled()
+        self._warn_evicted = _Throttled()
+        # Refusals are a probe's doing as often as a mistake: aggregated,
+        # one line a minute at most.
+        self._warn_refused = _Throttled()
+        self._warn_lookups = _Throttled()
 
     # --- exports -----------------------------------------------------------
 
     def _known(self, name):
         """The export open under ``name`` (a volume's name or id, or
-        ``volume@snapshot``), if any."""
+        ``volume@snapshot``; no token), if any."""
         for exp in self._exports.values():
             vol = exp.backend.volume
             if name == vol.name or (exp.key[0] == 'volume' and
@@ -215,43 +282,68 @@ class NbdServer:
                         str(e) or 'no answer in %.1f s' % MASTER_WAIT)
             return None
 
-    async def _record(self, name):
+    def _refuse_anonymous(self, name):
+        """NotFound for a client that names no export token and is not
+        authenticated by its transport (see the module's docstring)."""
+        raise exception.NotFound(
+            kind='export', name='%s for a client without credentials: over '
+            'TCP without a TLS client certificate, name the attachment\'s '
+            'export token (VOLUME%sTOKEN, as "ursa attachment list" shows '
+            'it) or connect to the unix socket ([ursa_nbd] unix_socket)'
+            % (name, TOKEN_SEP))
+
+    async def _record(self, name, token, trusted):
         """The master's record of export ``name`` (a volume, or a
         snapshot when ``@`` is in the name), checked against this host's
-        attachments; None when the export is open already and no master
+        attachments (and ``token``: required unless the peer is
+        ``trusted``); None when the export is open already and no master
         answered (see :meth:`_master`)."""
+        if self.require_attachment and token is None and not trusted:
+            # No master request for a peer that could open nothing.
+            self._refuse_anonymous(name)
         snapshot = '@' in name
+        known = self._known(name)
         record = await self._master(
             self.cluster.master.snapshot(name) if snapshot
-            else self.cluster.master.volume(name), self._known(name))
-        if record is not None and self.require_attachment:
+            else self.cluster.master.volume(name), known)
+        if record is None:
+            if self.require_attachment and token is not None and \
+                    token not in known.tokens:
+                raise exception.Unavailable(
+                    reason='no master answers to check the export token '
+                           'of %s; try again' % name)
+            return None
+        if self.require_attachment:
             await self._check_attached(
                 record['volume_id'] if snapshot else record['id'],
-                record.get('volume_name', record['name']))
+                record.get('volume_name', record['name']), token)
         return record
 
-    async def _check_attached(self, volume_id, volume_name):
+    def _attached(self, atts, token):
+        """Whether ``atts`` (attachments of one volume) hold one of this
+        host that may be served, with ``token`` when one was named."""
+        return any(a['host'] == self.host and a['status'] in ATTACHED and
+                   (token is None or
+                    _token_matches(token, a.get('export_token')))
+                   for a in atts)
+
+    async def _check_attached(self, volume_id, volume_name, token=None):
         """Raise NotFound unless the master records the volume as
         attached to this host (Cinder's initialize_connection for this
-        host made it so).  A snapshot counts as attached with its
-        volume."""
+        host made it so), under ``token`` when one is given.  A snapshot
+        counts as attached with its volume."""
         atts = await self.cluster.master.attachments(volume_id, self.host)
-        if not any(a['host'] == self.host and a['status'] in ATTACHED
-                   for a in atts):
+        if not self._attached(atts, token):
             raise exception.NotFound(
-                kind='attachment', name='of volume %s to host %s ([ursa_nbd] '
-                'require_attachment: attach it to this host first)'
-                % (volume_name, self.host))
+                kind='attachment', name='of volume %s to host %s%s '
+                '([ursa_nbd] require_attachment: attach it to this host '
+                'first)' % (volume_name, self.host,
+                            '' if token is None else ' with that token'))
 
-    async def _describe(self, name):
+    async def _describe(self, record, name, token):
         """(size, transmission flags) of export ``name`` for NBD_OPT_INFO,
-        from the master's record: the volume is neither opened nor leased
-        (security audit F8).  None when it may not be served."""
-        try:
-            record = await self._record(name)
-        except exception.UrsaError as e:
-            LOG.warning('NBD export %r refused: %s', name, e)
-            return None
+        from the master's ``record``: the volume is neither opened nor
+        leased (security audit F8)."""
         if record is None:  # no master; the export is open here
             known = self._known(name)
             if known is None:
@@ -262,11 +354,10 @@ class NbdServer:
         return (record['size'],
                 backend_mod.VolumeBackend(None, read_only).flags())
 
-    async def _open(self, name):
+    async def _open(self, name, record, token=None):
+        """Open export ``name`` whose ``record`` :meth:`_record` returned
+        (and checked)."""
         snapshot = '@' in name
-        # Asked before the lock is taken: connections that wait for the
-        # master wait together, not one after the other.
-        record = await self._record(name)
         async with self._lock:
             if record is None:
                 exp = self._known(name)
@@ -293,6 +384,8 @@ class NbdServer:
                 else:
                     # A grown volume shows its new size to new clients.
                     exp.backend.volume.adopt(record)
+            if record is not None and token is not None:
+                exp.tokens.add(token)
             exp.users += 1
             return exp
 
@@ -309,40 +402,85 @@ class NbdServer:
         """Protocol factory for loop.create_server/create_unix_server."""
         return stream_mod.NbdStream(self._serve)
 
+    def _make_room(self, peer):
+        """At max_connections: evict the oldest connection still
+        handshaking (told nothing: closed) so idle strangers cannot lock
+        clients out; True if there was one.  Served clients are never
+        evicted."""
+        live = [c for c in self.connections.values() if not c.evicted]
+        if len(live) < self.max_connections:
+            return True
+        for c in live:
+            if c.handshaking:
+                c.evicted = True
+                c.stream.close()
+                self._warn_evicted(
+                    'NBD: %d connections ([ursa_nbd] max_connections): the '
+                    'oldest one still handshaking was closed for %s',
+                    len(live), peer)
+                return True
+        return False
+
+    @staticmethod
+    def _trusted(stream):
+        """Whether the transport authenticated the peer: the unix socket
+        (its mode and group say who may connect) or TLS with a client
+        certificate the CA verified (a server context without tls_ca_file
+        asks for none, so getpeercert() is empty)."""
+        check = getattr(stream, 'authenticated', None)
+        if check is not None:
+            return check()
+        transport = stream.transport
+        sock = transport.get_extra_info('socket')
+        if sock is not None and sock.family == socket.AF_UNIX:
+            return True
+        return bool(transport.get_extra_info('peercert'))
+
     async def _serve(self, stream):
         peer = stream.transport.get_extra_info('peername') or 'unix socket'
-        if len(self.connections) >= self.max_connections:
+        if not self._make_room(peer):
             # Closed before the greeting: the client sees the connection
             # end (nbdinfo: "recv: Connection reset by peer" or EOF).
             self._warn_full('NBD client %s refused: %d connections already '
-                            '([ursa_nbd] max_connections)', peer,
+                            'served ([ursa_nbd] max_connections)', peer,
                             len(self.connections))
             stream.close()
             return
         task = asyncio.current_task()
-        self.connections.add(task)
-        exp = None
+        conn = self.connections[task] = _Conn(stream)
+        exp = watch = None
         try:
             neg = hs.Negotiation(tls_available=self.tls_context is not None,
                                  tls_required=self.tls_required)
-            exp = await self._handshake(stream, neg)
+            exp = await self._handshake(stream, neg, conn)
+            conn.handshaking = False
             if exp is not None:
                 LOG.info('NBD client %s attached to %s%s', peer,
                          exp.backend.name,
                          '' if exp.backend.can_write() else ' (read-only)')
+                if self.require_attachment and conn.volume_id:
+                    watch = asyncio.get_running_loop().create_task(
+                        self._watch(stream, conn, exp, peer))
                 await self._transmission(stream, exp, neg)
         except (asyncio.IncompleteReadError, ConnectionError):
             LOG.debug('NBD client %s went away', peer)
         except _HandshakeTimeout:
             self._warn_slow('NBD client %s dropped: no handshake within '
-                            '%g s ([ursa_nbd] handshake_timeout)', peer,
+                            '%g s ([ursa_nbd] handshake_timeout, the '
+                            'gateway\'s lookups included)', peer,
                             self.handshake_timeout)
+        except _TooManyLookups:
+            self._warn_lookups('NBD client %s dropped: more than %d exports '
+                               'asked for in one handshake', peer,
+                               MAX_LOOKUPS)
         except ssl.SSLError as e:
             LOG.warning('TLS with NBD client %s failed: %s', peer, e)
         except exception.ProtocolError as e:
             LOG.warning('Dropping NBD client %s: %s', peer, e)
         finally:
-            self.connections.discard(task)
+            if watch is not None:
+                watch.cancel()
+            self.connections.pop(task, None)
             if exp is not None:
                 try:
                     await self._close(exp)
@@ -350,13 +488,42 @@ class NbdServer:
                     LOG.warning('Closing volume %s: %s', exp.backend.name, e)
             stream.close()
 
-    async def _handshake(self, stream, neg):
+    async def _watch(self, stream, conn, exp, peer):
+        """Every recheck_interval, ask the master whether the session's
+        volume is still attached to this host (under the token the client
+        named, if any); end the session when it is not: detached, the
+        host fenced (fencing drops its attachments), or attached anew.
+        No answer from the master (a failover) ends nothing: the lease
+        still guards the writes."""
+        while True:
+            await asyncio.sleep(self.recheck_interval)
+            try:
+                atts = await self.cluster.master.attachments(
+                    conn.volume_id, self.host)
+            except exception.NotFound:
+                atts = []  # the volume is gone
+            except exception.UrsaError as e:
+                LOG.debug('NBD session of %s on %s: attachment not '
+                          'checked (%s)', peer, exp.backend.name, e)
+                continue
+            if self._attached(atts, conn.token):
+                continue
+            LOG.warning('NBD client %s: volume %s is no longer attached to '
+                        'host %s; its session ends', peer, exp.backend.name,
+                        self.host)
+            exp.tokens.discard(conn.token)
+            stream.close()
+            return
+
+    async def _handshake(self, stream, neg, conn=None):
         """Run the negotiation; return the export chosen, or None.
 
-        The client has ``handshake_timeout`` seconds for it (reading its
-        options, it reading our replies, TLS); the time spent asking the
-        master is added to the deadline, so a master failover does not
-        cut off a client that did its part."""
+        The whole handshake must end within ``handshake_timeout`` seconds
+        of the connection, the time the gateway spends asking the master
+        included (a client could otherwise stretch it without end with
+        options that make lookups), and at most MAX_LOOKUPS options may
+        ask the master."""
+        conn = conn or _Conn(stream)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.handshake_timeout
 
@@ -367,28 +534,47 @@ class NbdServer:
             except TimeoutError:
                 raise _HandshakeTimeout() from None
 
+        def lookup():
+            conn.lookups += 1
+            if conn.lookups > MAX_LOOKUPS:
+                raise _TooManyLookups()
+
         exp = None
         stream.write(neg.greeting())
         await client(stream.drain())
         while True:
             out, event = neg.receive(await client(
                 stream.readexactly(neg.want)))
-            asked = loop.time()
-            if isinstance(event, hs.OpenExport) and \
-                    event.option == p.OPT_INFO:
-                info = await self._describe(event.name)
+            if isinstance(event, hs.OpenExport):
+                lookup()
+                name, token = split_export(event.name)
+                trusted = self._trusted(stream)
+                try:
+                    record = await client(self._record(name, token,
+                                                       trusted))
+                    if event.option == p.OPT_INFO:
+                        info = await self._describe(record, name, token)
+                    else:
+                        # Opening (the lease) is bounded by the cluster's
+                        # request timeout, not cut off halfway.
+                        exp = await self._open(name, record, token)
+                        info = exp.backend.size(), exp.backend.flags()
+                        conn.token = token
+                        if record is not None:
+                            conn.volume_id = (record['volume_id']
+                                              if '@' in name
+                                              else record['id'])
+                        elif exp.key[0] == 'volume':
+                            conn.volume_id = exp.key[1]
+                except exception.UrsaError as e:
+                    # The token never goes to the log.
+                    self._warn_refused('NBD export %r refused: %s', name, e)
+                    info = None
                 out, event = (neg.export_refused() if info is None
                               else neg.export_opened(*info))
-            elif isinstance(event, hs.OpenExport):
-                exp = await self._try_open(event.name)
-                if exp is None:
-                    out, event = neg.export_refused()
-                else:
-                    out, event = neg.export_opened(exp.backend.size(),
-                                                   exp.backend.flags())
             elif isinstance(event, hs.ListExports):
-                out = await self._list(neg)
-            deadline += loop.time() - asked
+                lookup()
+                out = await client(self._list(neg, self._trusted(stream)))
             if out:
                 stream.write(out)
             if isinstance(event, hs.Ready):
@@ -403,14 +589,19 @@ class NbdServer:
                 LOG.debug('NBD handshake ends: %s', event.reason)
                 return None
 
-    async def _list(self, neg):
+    async def _list(self, neg, trusted=True):
         """The reply to NBD_OPT_LIST: the exports this client could open
-        (with require_attachment, the volumes attached to this host), or
-        NBD_REP_ERR_POLICY when listing is off."""
+        (with require_attachment, the volumes attached to this host, and
+        to a client without credentials none: it could open one only
+        under its token), or NBD_REP_ERR_POLICY when listing is off."""
         if not self.list_exports:
             return neg.exports_unlisted(
                 'this server does not list its exports ([ursa_nbd] '
                 'list_exports); ask for a volume by name')
+        if self.require_attachment and not trusted:
+            return neg.exports_unlisted(
+                'exports are listed only on the unix socket or to a TLS '
+                'client certificate; ask for VOLUME%sTOKEN' % TOKEN_SEP)
         try:
             if self.require_attachment:
                 atts = await self.cluster.master.attachments(
@@ -426,13 +617,6 @@ class NbdServer:
                 'the exports cannot be listed now: %s' % e)
         return neg.exports_listed(names)
 
-    async def _try_open(self, name):
-        try:
-            return await self._open(name)
-        except exception.UrsaError as e:
-            LOG.warning('NBD export %r refused: %s', name, e)
-            return None
-
     # --- transmission ------------------------------------------------------
 
     async def _transmission(self, stream, exp, neg):
@@ -440,7 +624,15 @@ class NbdServer:
         at most MAX_INFLIGHT of them, and data within the server's
         :class:`InflightBudget`.  A write the backend can start without a
         task (``pwrite_nowait``: one request to a chunk server) runs on
-        callbacks, the others as tasks."""
+        callbacks, the others as tasks.
+
+        A request's bytes count until its reply has left: a READ's data
+        sits in the transport's buffer while the client does not read
+        (a client that sent READs and read nothing made the gateway hold
+        710 MB against a 256 MiB budget when they were given back as the
+        reply was queued).  Settled bytes stay counted as long as the
+        stream holds that many unsent (:meth:`NbdStream.unsent`), and are
+        given back as it drains."""
         backend = exp.backend
         eflags = backend.flags() | (p.TF_SEND_DF if neg.structured else 0)
         structured, meta = neg.structured, neg.base_allocation
@@ -448,7 +640,8 @@ class NbdServer:
         budget = self.budget
         tasks = {}
         inflight = 0        # requests
-        inflight_bytes = 0  # their data
+        inflight_bytes = 0  # their data, and replies not sent yet
+        sending = 0         # of it: settled, their reply not sent yet
         callbacks = 0       # writes running on callbacks
         ended = None        # set when the last of those ends, at the end
         held = False
@@ -464,11 +657,25 @@ class NbdServer:
                 budget.waiting.discard(check)
                 stream.hold(False)
 
+        def release_sent():
+            """Give back what of ``sending`` the stream does not hold."""
+            nonlocal sending, inflight_bytes
+            if sending:
+                gone = sending - stream.unsent()
+                if gone > 0:
+                    sending -= gone
+                    inflight_bytes -= gone
+                    budget.give(gone)
+
+        def drained():
+            release_sent()
+            check()
+
         def settle(n):
-            nonlocal inflight, inflight_bytes
+            nonlocal inflight, sending
             inflight -= 1
-            inflight_bytes -= n
-            budget.give(n)
+            sending += n
+            release_sent()
             check()
 
         def finished(task):
@@ -523,6 +730,7 @@ class NbdServer:
             budget.waiting.add(check)
             stream.hold(True)
 
+        stream.on_drain = drained
         try:
             await stream.serve_requests(on_request)
         finally:
@@ -532,6 +740,9 @@ class NbdServer:
             if callbacks:
                 ended = loop.create_future()
                 await ended
+            stream.on_drain = None
+            budget.give(sending)  # the connection's buffer goes with it
+            sending = 0
             if backend.can_write():
                 try:
                     await backend.flush()

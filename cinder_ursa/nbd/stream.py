@@ -93,6 +93,10 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         self.transport = None
         self.task = None
         self._loop = None
+        # Called when the transport's buffer has drained below its
+        # low-water mark (the server gives back the budget of replies
+        # sent meanwhile).
+        self.on_drain = None
 
     # --- asyncio.BufferedProtocol -------------------------------------------
 
@@ -128,6 +132,8 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
 
     def resume_writing(self):
         super().resume_writing()
+        if self.on_drain is not None:
+            self.on_drain()
         self._update_reading()
         if self._on_request is not None and not self._held:
             self._parse()
@@ -180,6 +186,14 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
     def close(self):
         aio.send_batched(self.transport)
         self.transport.close()
+
+    def unsent(self):
+        """Bytes written but not taken by the kernel yet: in the
+        transport's buffer or the open output batch."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return 0
+        return t.get_write_buffer_size() + aio.batched_bytes(t)
 
     # --- transmission --------------------------------------------------------
 

@@ -112,6 +112,12 @@ def _batched(transport):
     return out[1] if out else 0
 
 
+def batched_bytes(transport):
+    """Bytes queued for ``transport`` in the open batch (not written to
+    it yet)."""
+    return _batched(transport)
+
+
 def send_batched(transport):
     """Send what the open batch holds for ``transport`` now."""
     batch = _current_batch()

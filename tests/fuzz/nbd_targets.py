@@ -308,7 +308,7 @@ class FuzzServer(server_mod.NbdServer):
         super().__init__(_Cluster())
         self.backend = MemoryBackend()
 
-    async def _open(self, name):
+    async def _open(self, name, record=None, token=None):
         if name != EXPORT:
             raise exception.NotFound(kind='volume', name=name)
         exp = server_mod._Export.__new__(server_mod._Export)

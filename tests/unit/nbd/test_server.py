@@ -81,6 +81,9 @@ class Stream:
     def stop(self):
         pass
 
+    def unsent(self):
+        return 0
+
 
 class Export:
     def __init__(self, backend):

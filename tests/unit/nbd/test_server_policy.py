@@ -1,11 +1,15 @@
 """NbdServer's handshake policies over a stand-in cluster and stream:
 NBD_OPT_INFO answers from the master's record and never opens (leases)
 the volume, only volumes attached to this host are described or opened,
-NBD_OPT_LIST is refused unless enabled, the handshake deadline counts
-the client's time and not the master's, and the in-flight budget is
-shared by every connection."""
+NBD_OPT_LIST is refused unless enabled, a client the transport does not
+authenticate must name the attachment's export token, the handshake
+deadline counts the master's time too and lookups per handshake are
+bounded, the cap evicts the oldest handshaking connection, an open
+session ends once its volume is detached, and the in-flight budget is
+shared by every connection and counts replies until they are sent."""
 
 import asyncio
+import logging
 import struct
 
 import pytest
@@ -21,11 +25,15 @@ SNAP = {'id': 'sid', 'name': 's1', 'volume_id': 'id-1',
         'volume_name': 'vol', 'size': 4 * MiB}
 
 
+TOKEN = 'S3cretT0ken-of-the-attachment'
+
+
 class Master:
     def __init__(self, attached=(), delay=0.0):
         self.attached = dict(attached)  # volume id -> status
         self.delay = delay
         self.calls = []
+        self.token = TOKEN
 
     async def volume(self, ref):
         self.calls.append(('volume', ref))
@@ -46,7 +54,8 @@ class Master:
     async def attachments(self, ref=None, host=None):
         self.calls.append(('attachments', ref, host))
         return [{'volume_id': vid, 'volume_name': 'vol', 'host': 'here',
-                 'status': st} for vid, st in self.attached.items()
+                 'status': st, 'export_token': self.token}
+                for vid, st in self.attached.items()
                 if ref in (None, vid) and host in (None, 'here')]
 
 
@@ -63,10 +72,20 @@ class Cluster:
 class Stream:
     """The client's bytes in, the server's bytes out."""
 
-    def __init__(self, data, stall=False):
+    def __init__(self, data, stall=False, trusted=True):
         self.data = bytearray(data)
         self.out = bytearray()
         self.stall = stall
+        self.trusted = trusted
+        self.closed = False
+
+    def authenticated(self):
+        """The unix socket or a TLS client certificate (True), or plain
+        TCP (False)."""
+        return self.trusted
+
+    def close(self):
+        self.closed = True
 
     async def readexactly(self, n):
         if len(self.data) < n:
@@ -104,10 +123,10 @@ def replies(out):
     return got
 
 
-def handshake(server, *options, stall=False):
+def handshake(server, *options, stall=False, trusted=True):
     stream = Stream(struct.pack('>I', p.FLAG_C_FIXED_NEWSTYLE) +
                     b''.join(options) + (b'' if stall else opt(p.OPT_ABORT)),
-                    stall)
+                    stall, trusted)
 
     async def main():
         return await server._handshake(stream, hs.Negotiation())
@@ -124,7 +143,9 @@ def secure(master, **kw):
 def test_info_is_answered_from_the_record_without_opening():
     master = Master({'id-1': 'attached'})
     server = secure(master)
-    got = handshake(server, *[opt(p.OPT_INFO, info('vol'))] * 50)
+    got = []
+    for _ in range(10):  # at most MAX_LOOKUPS a handshake
+        got += handshake(server, *[opt(p.OPT_INFO, info('vol'))] * 5)
     infos = [r for r in got if r[1] == p.REP_INFO and
              struct.unpack_from('>H', r[2])[0] == p.INFO_EXPORT]
     assert len(infos) == 50
@@ -178,12 +199,100 @@ def test_a_silent_client_misses_the_deadline():
         handshake(server, stall=True)
 
 
-def test_time_spent_asking_the_master_is_not_the_clients():
+def test_time_spent_asking_the_master_counts_in_the_deadline():
+    """Lookups used to extend the deadline: a client could stretch its
+    handshake without end with options that make the gateway ask the
+    master."""
     server = secure(Master({'id-1': 'attached'}, delay=0.2),
                     handshake_timeout=0.1)
+    with pytest.raises(server_mod._HandshakeTimeout):
+        handshake(server, opt(p.OPT_INFO, info('vol')),
+                  opt(p.OPT_INFO, info('vol')))
+
+
+def test_lookups_per_handshake_are_bounded_and_refusals_aggregated(caplog):
+    """20 probes for random names on one connection: at most MAX_LOOKUPS
+    reach the master, then the connection is dropped; the refusals of
+    two such connections make one log line."""
+    master = Master({'id-1': 'attached'})
+    server = secure(master)
+    probes = [opt(p.OPT_INFO, info('guess-%d' % i)) for i in range(20)]
+    with caplog.at_level(logging.WARNING, 'cinder_ursa.nbd.server'):
+        for _ in range(2):
+            with pytest.raises(server_mod._TooManyLookups):
+                handshake(server, *probes)
+    assert len(master.calls) == 2 * server_mod.MAX_LOOKUPS
+    refused = [r for r in caplog.records if 'refused' in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+
+
+def named(name, token=TOKEN):
+    return '%s%s%s' % (name, server_mod.TOKEN_SEP, token)
+
+
+def test_tcp_without_a_certificate_needs_the_export_token():
+    """Every local user shares 127.0.0.1: over TCP an attached volume
+    opens only under its attachment's token."""
+    master = Master({'id-1': 'attached'})
+    server = secure(master)
     got = handshake(server, opt(p.OPT_INFO, info('vol')),
-                    opt(p.OPT_INFO, info('vol')))
-    assert [t for _, t, _ in got].count(p.REP_ACK) == 3  # 2 INFO + ABORT
+                    opt(p.OPT_GO, info('vol')),
+                    opt(p.OPT_INFO, info('vol@s1')),
+                    opt(p.OPT_GO, info(named('vol', 'wrong-token'))),
+                    opt(p.OPT_GO, info(named('vol', ''))),
+                    trusted=False)
+    assert [t for _, t, _ in got[:5]] == [p.REP_ERR_UNKNOWN] * 5
+    assert server.cluster.opened == []
+    # Without a token no master request is even made.
+    assert master.calls[0] == ('volume', 'vol')
+    assert len(master.calls) == 2 * 2  # the two tokened GOs
+    got = handshake(server, opt(p.OPT_INFO, info(named('vol'))),
+                    opt(p.OPT_INFO, info(named('vol@s1'))),
+                    trusted=False)
+    assert [t for _, t, _ in got].count(p.REP_ACK) == 3
+    handshake(server, opt(p.OPT_GO, info(named('vol'))), trusted=False)
+    assert server.cluster.opened == ['id-1']
+
+
+def test_unix_socket_or_certificate_clients_use_plain_names():
+    server = secure(Master({'id-1': 'attached'}))
+    handshake(server, opt(p.OPT_GO, info('vol')), trusted=True)
+    assert server.cluster.opened == ['id-1']
+
+
+def test_list_shows_nothing_to_a_client_without_credentials():
+    master = Master({'id-1': 'attached'})
+    server = secure(master)
+    server.list_exports = True
+    got = handshake(server, opt(p.OPT_LIST), trusted=False)
+    assert got[0][1] == p.REP_ERR_POLICY and b'TOKEN' in got[0][2]
+    assert not [t for _, t, _ in got if t == p.REP_SERVER]
+    assert master.calls == []
+
+
+def test_the_transport_says_who_is_authenticated():
+    """The unix socket and a verified client certificate authenticate;
+    plain TCP and TLS without a client certificate do not."""
+    class Sock:
+        def __init__(self, family):
+            self.family = family
+
+    class Transport:
+        def __init__(self, family, peercert=None):
+            self.extra = {'socket': Sock(family), 'peercert': peercert}
+
+        def get_extra_info(self, key):
+            return self.extra.get(key)
+
+    class S:
+        def __init__(self, transport):
+            self.transport = transport
+    import socket
+    trusted = server_mod.NbdServer._trusted
+    assert trusted(S(Transport(socket.AF_UNIX)))
+    assert not trusted(S(Transport(socket.AF_INET)))
+    assert not trusted(S(Transport(socket.AF_INET, {})))
+    assert trusted(S(Transport(socket.AF_INET6, {'subject': ()})))
 
 
 def test_request_costs():
@@ -228,6 +337,11 @@ class HeldStream:
         self.held = False
         self.on_request = None
         self.done = None
+        self.buffered = 0  # reply bytes the transport has not sent
+        self.on_drain = None
+
+    def unsent(self):
+        return self.buffered
 
     def serve_requests(self, on_request):
         self.on_request = on_request
@@ -288,4 +402,124 @@ def test_one_budget_for_every_connection():
             s.done.set_result(None)
             await t
         assert budget.used == 0 and not budget.waiting
+    asyncio.run(main())
+
+
+def test_a_reply_counts_until_the_transport_has_sent_it():
+    """A client that sends READs and reads no reply: their data stays in
+    the transport's buffer, and in the budget, until it is sent (it was
+    given back when queued: 710 MB RSS against a 256 MiB budget)."""
+    async def main():
+        server = server_mod.NbdServer(None, inflight_bytes=8 * MiB)
+        budget = server.budget
+        s, b = HeldStream(), Slow()
+        t = asyncio.create_task(server._transmission(
+            s, Export(b), hs.Negotiation()))
+        await asyncio.sleep(0)
+        s.on_request(0, p.CMD_READ, 1, 0, MiB, b'')
+        s.on_request(0, p.CMD_READ, 2, 0, MiB, b'')
+        assert s.held  # its quarter (2 MiB) is full
+        s.buffered = 2 * MiB + 32  # the replies, unread by the client
+        b.go.set()
+        await asyncio.sleep(0.01)
+        assert budget.used == 2 * MiB and s.held
+        # The client reads a reply and a half: the transport drains and
+        # says so.
+        s.buffered = MiB // 2
+        s.on_drain()
+        assert budget.used == MiB // 2 and not s.held
+        s.buffered = 0
+        s.on_drain()
+        assert budget.used == 0
+        # A connection that ends gives back what it still held.
+        s.on_request(0, p.CMD_READ, 3, 0, MiB, b'')
+        s.buffered = MiB
+        await asyncio.sleep(0.01)
+        assert budget.used == MiB
+        s.done.set_result(None)
+        await t
+        assert budget.used == 0 and s.on_drain is None
+    asyncio.run(main())
+
+
+class Closable:
+    def __init__(self):
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_cap_evicts_the_oldest_handshaking_connection():
+    """256 idle connections used to lock every other client out: at the
+    cap the oldest one still handshaking is closed instead."""
+    server = secure(Master(), max_connections=3)
+    conns = []
+    for i, shaking in enumerate((False, True, True)):
+        c = server_mod._Conn(Closable())
+        c.handshaking = shaking
+        server.connections[i] = c
+        conns.append(c)
+    assert server._make_room('newcomer')
+    assert [c.stream.closed for c in conns] == [False, True, False]
+    assert conns[1].evicted
+    # The evicted one no longer counts; the next newcomer evicts the
+    # next oldest handshaking one.
+    server.connections[3] = server_mod._Conn(Closable())
+    assert server._make_room('another')
+    assert conns[2].stream.closed
+    # Every counted connection transmitting: the newcomer is refused.
+    for c in server.connections.values():
+        c.handshaking = False
+    server.connections[4] = server_mod._Conn(Closable())
+    server.connections[4].handshaking = False
+    assert not server._make_room('refused')
+    assert not conns[0].stream.closed
+
+
+def test_a_session_ends_once_its_volume_is_detached():
+    async def main():
+        master = Master({'id-1': 'attached'})
+        server = secure(master, recheck_interval=0.01)
+        stream = Closable()
+        conn = server_mod._Conn(stream)
+        conn.volume_id, conn.token = 'id-1', TOKEN
+        exp = server_mod._Export(('volume', 'id-1'), None, False)
+        exp.backend = Slow()
+        exp.tokens.add(TOKEN)
+        watch = asyncio.create_task(server._watch(stream, conn, exp, 'p'))
+        await asyncio.sleep(0.05)
+        assert not stream.closed and not watch.done()
+        checks = len(master.calls)
+        assert checks >= 2
+        # No master answering ends nothing (a failover).
+        master.attachments = unavailable
+        await asyncio.sleep(0.05)
+        assert not stream.closed
+        del master.attachments
+        master.attached = {}  # detached (or the host fenced)
+        await asyncio.wait_for(watch, 1)
+        assert stream.closed and TOKEN not in exp.tokens
+    asyncio.run(main())
+
+
+async def unavailable(ref=None, host=None):
+    raise exception.Unavailable(reason='no leader')
+
+
+def test_a_session_ends_when_the_volume_is_attached_anew():
+    """Detached and attached again in between two checks: the old
+    session's token is void."""
+    async def main():
+        master = Master({'id-1': 'attached'})
+        server = secure(master, recheck_interval=0.01)
+        stream = Closable()
+        conn = server_mod._Conn(stream)
+        conn.volume_id, conn.token = 'id-1', TOKEN
+        exp = server_mod._Export(('volume', 'id-1'), None, False)
+        exp.backend = Slow()
+        watch = asyncio.create_task(server._watch(stream, conn, exp, 'p'))
+        master.token = 'a-new-attachment'
+        await asyncio.wait_for(watch, 1)
+        assert stream.closed
     asyncio.run(main())
