@@ -1,8 +1,11 @@
 """ursa-nbd with its safe defaults (security audit F3, F6-F8): only
-volumes attached to this host are described and opened, NBD_OPT_INFO
+volumes attached to this host are described and opened, and over TCP
+only under the attachment's export token (VOLUME~TOKEN), NBD_OPT_INFO
 takes no lease, NBD_OPT_LIST is refused, connections that do not finish
-the handshake are closed after the deadline, connections past
-max_connections are refused, and greedy readers share one budget.
+the handshake are closed after the deadline, at max_connections the
+oldest handshaking connection makes room, an open session ends once its
+volume is detached or its host fenced, and greedy readers share one
+budget that counts replies until they are sent.
 
 The memory bounds are asserted on the gateway's RSS (ps), measured on the
 process the test started."""
@@ -28,7 +31,8 @@ MiB = 1024 * 1024
 
 # What ursa-aio relaxes for development, back to ursa-nbd's defaults.
 SAFE = ('[ursa_nbd]\nrequire_attachment = true\nlist_exports = false\n'
-        'handshake_timeout = 5\nmax_connections = 1100\n')
+        'handshake_timeout = 5\nmax_connections = 1100\n'
+        'recheck_interval = 0.5\n')
 
 
 @pytest.fixture(scope='module')
@@ -76,6 +80,14 @@ def export(aio, name):
     return s, p.EXPORT_NAME_REPLY.unpack(got)[0]
 
 
+def attach(aio, name):
+    """Attach volume ``name`` to the gateway's host; return the export
+    name a TCP client must use (VOLUME~TOKEN)."""
+    att = aio.client().attach(name, aio.attach_host)
+    assert len(att['export_token']) >= 32
+    return '%s~%s' % (name, att['export_token'])
+
+
 def generation(aio, name):
     return aio.client().volume(name)['lease']['generation']
 
@@ -95,12 +107,12 @@ def test_info_takes_no_lease_and_needs_an_attachment(aio):
     s.close()
     assert export(aio, 'probe') == (None, None)
 
-    c.attach('probe', aio.attach_host)
+    name = attach(aio, 'probe')
     gen = generation(aio, 'probe')
     t0 = time.monotonic()
     for _ in range(50):
         s = greet(aio)
-        replies = option(s, p.OPT_INFO, info_data('probe'))
+        replies = option(s, p.OPT_INFO, info_data(name))
         assert replies[-1][0] == p.REP_ACK
         size, flags = struct.unpack_from('>QH', replies[0][1], 2)
         assert size == 8 * MiB and not flags & p.TF_READ_ONLY
@@ -111,7 +123,7 @@ def test_info_takes_no_lease_and_needs_an_attachment(aio):
     # generation, a FENCE broadcast, an fdatasync on every chunk server).
     assert generation(aio, 'probe') == gen, 'OPT_INFO took the lease'
     # GO (and EXPORT_NAME) open the volume: that takes the lease.
-    s, size = export(aio, 'probe')
+    s, size = export(aio, name)
     assert size == 8 * MiB
     assert request(s, p.CMD_WRITE, 0, 4096, data=b'a' * 4096)[0] == 0
     assert generation(aio, 'probe') > gen
@@ -124,13 +136,76 @@ def test_a_snapshot_is_served_with_its_attached_volume(aio):
     c.create_volume('snapsrc', 8 * MiB, chunk_size=4 * MiB)
     c.create_snapshot('snapsrc', 's1')
     assert export(aio, 'snapsrc@s1') == (None, None)
-    c.attach('snapsrc', aio.attach_host)
-    s, size = export(aio, 'snapsrc@s1')
+    token = attach(aio, 'snapsrc').split('~')[1]
+    s, size = export(aio, 'snapsrc@s1~' + token)
     assert size == 8 * MiB
     s.close()
     # Being detached from this host: refused again.
     c.update_attachment('snapsrc', aio.attach_host, 'detaching')
-    assert export(aio, 'snapsrc@s1') == (None, None)
+    assert export(aio, 'snapsrc@s1~' + token) == (None, None)
+
+
+def test_tcp_without_credentials_needs_the_export_token(aio):
+    """Every local user of the host shares 127.0.0.1: the volume being
+    attached to this host is not enough, a TCP client without a client
+    certificate must name the attachment's token.  A token of an earlier
+    attachment opens nothing."""
+    c = aio.client()
+    c.create_volume('tokened', 8 * MiB, chunk_size=4 * MiB)
+    name = attach(aio, 'tokened')
+    for wrong in ('tokened', 'tokened~', 'tokened~' + 'A' * 32,
+                  'tokened~' + name.split('~')[1][:-1]):
+        assert export(aio, wrong) == (None, None), wrong
+        s = greet(aio)
+        (rtype, _), = option(s, p.OPT_INFO, info_data(wrong))
+        assert rtype == p.REP_ERR_UNKNOWN
+        s.close()
+    s, size = export(aio, name)
+    assert size == 8 * MiB
+    s.close()
+    c.detach('tokened', aio.attach_host)
+    again = attach(aio, 'tokened')
+    assert again != name
+    assert export(aio, name) == (None, None)
+    s, _ = export(aio, again)
+    assert s is not None
+    s.close()
+
+
+def test_a_session_ends_after_detach_and_after_fencing(aio):
+    """A client that opened an attached volume loses its session once
+    the volume is detached from the host, or the host is fenced (the
+    attachment was checked only at open)."""
+    c = aio.client()
+    c.create_volume('stale', 8 * MiB, chunk_size=4 * MiB)
+    name = attach(aio, 'stale')
+    s, _ = export(aio, name)
+    assert request(s, p.CMD_WRITE, 0, 4096, data=b'x' * 4096)[0] == 0
+    c.detach('stale', aio.attach_host)
+    s.settimeout(10)
+    t0 = time.monotonic()
+    with pytest.raises((ConnectionError, AssertionError, struct.error,
+                        OSError)):
+        for _ in range(100):  # the gateway ends it within a recheck
+            request(s, p.CMD_READ, 0, 4096)
+            time.sleep(0.1)
+    print('session ended %.1f s after the detach' % (time.monotonic() - t0))
+    s.close()
+    # Fencing the host drops its attachments: the session ends too.
+    name = attach(aio, 'stale')
+    s, _ = export(aio, name)
+    assert request(s, p.CMD_READ, 0, 4096) == (0, b'x' * 4096)
+    c.fence_host(aio.attach_host, 'test')
+    try:
+        s.settimeout(10)
+        with pytest.raises((ConnectionError, AssertionError, struct.error,
+                            OSError)):
+            for _ in range(100):
+                request(s, p.CMD_READ, 0, 4096)
+                time.sleep(0.1)
+    finally:
+        c.unfence_host(aio.attach_host)
+        s.close()
 
 
 def test_list_is_refused_by_default(aio):
@@ -149,8 +224,7 @@ def test_qemu_img_works_on_an_attached_volume(aio):
     need('qemu-img')
     c = aio.client()
     c.create_volume('qattached', 16 * MiB, chunk_size=4 * MiB)
-    c.attach('qattached', aio.attach_host)
-    uri = 'nbd://127.0.0.1:%d/qattached' % aio.nbd_port
+    uri = 'nbd://127.0.0.1:%d/%s' % (aio.nbd_port, attach(aio, 'qattached'))
     run('qemu-io', '-f', 'raw', '-c', 'write -P 0x61 0 1M', uri)
     out = run('qemu-io', '-f', 'raw', '-c', 'read -P 0x61 0 1M', uri)
     assert 'Pattern verification failed' not in out
@@ -190,8 +264,7 @@ def test_idle_connections_are_closed_after_the_deadline(aio):
     # And it still serves.
     c = aio.client()
     c.create_volume('after-idle', 8 * MiB, chunk_size=4 * MiB)
-    c.attach('after-idle', aio.attach_host)
-    s, size = export(aio, 'after-idle')
+    s, size = export(aio, attach(aio, 'after-idle'))
     assert size == 8 * MiB
     s.close()
 
@@ -202,8 +275,8 @@ def test_greedy_readers_share_one_budget(aio):
     budget (256 MiB, a quarter per connection), not 256 MiB each."""
     c = aio.client()
     c.create_volume('greedy3', 8 * MiB, chunk_size=4 * MiB)
-    c.attach('greedy3', aio.attach_host)
-    s, _ = export(aio, 'greedy3')
+    name = attach(aio, 'greedy3')
+    s, _ = export(aio, name)
     data = bytes(range(256)) * 4096
     assert request(s, p.CMD_WRITE, 0, MiB, data=data)[0] == 0
     s.close()
@@ -214,7 +287,7 @@ def test_greedy_readers_share_one_budget(aio):
     greedy = []
     try:
         for _ in range(3):
-            g, _ = export(aio, 'greedy3')
+            g, _ = export(aio, name)
             g.settimeout(3)
             try:
                 g.sendall(reqs)
@@ -224,7 +297,7 @@ def test_greedy_readers_share_one_budget(aio):
         time.sleep(3)  # pacing: what the gateway does with the flood
         grown = rss_mib(pid) - before
         # Another client is still served meanwhile.
-        other, _ = export(aio, 'greedy3')
+        other, _ = export(aio, name)
         assert request(other, p.CMD_READ, 0, 4096) == (0, data[:4096])
         other.close()
         # And a greedy one still gets correct replies.
@@ -244,7 +317,12 @@ def test_greedy_readers_share_one_budget(aio):
     assert grown < 400, 'the gateway grew by %d MiB' % grown
 
 
-def test_connections_past_the_cap_are_refused(tmp_path_factory):
+def test_idle_connections_at_the_cap_lock_nobody_out(tmp_path_factory):
+    """max_connections idle connections used to lock every other client
+    out (again and again, as they reconnect): at the cap the oldest one
+    still handshaking is closed for the newcomer; a served client is
+    never evicted, and only when every connection is served is a
+    newcomer refused."""
     gen = module_cluster(tmp_path_factory, 'nbdcap', nbd=True,
                          extra_conf='[ursa_nbd]\nmax_connections = 8\n')
     aio = next(gen)
@@ -252,28 +330,40 @@ def test_connections_past_the_cap_are_refused(tmp_path_factory):
         aio.client().create_volume('capped', 8 * MiB, chunk_size=4 * MiB)
         s, _ = export(aio, 'capped')
         assert request(s, p.CMD_WRITE, 0, 4096, data=b'c' * 4096)[0] == 0
-        idle = [socket.create_connection(('127.0.0.1', aio.nbd_port),
-                                         timeout=10) for _ in range(7)]
-        for i in idle:
+        idle = []
+        for _ in range(7):
+            i = socket.create_connection(('127.0.0.1', aio.nbd_port),
+                                         timeout=10)
             assert len(i.recv(18, socket.MSG_WAITALL)) == 18
-        # The 9th: closed without a greeting.
+            idle.append(i)
+        # The cap is reached; a newcomer is served all the same, 3 times
+        # over, each evicting the oldest idle connection.
+        for n in range(3):
+            t, size = export(aio, 'capped')
+            assert size == 8 * MiB, 'locked out by idle connections'
+            assert request(t, p.CMD_READ, 0, 4096) == (0, b'c' * 4096)
+            t.close()
+            assert idle[n].recv(1) == b'', 'the oldest idle one stayed'
+        # The client already served keeps working.
+        assert request(s, p.CMD_READ, 0, 4096) == (0, b'c' * 4096)
+        for i in idle:
+            i.close()
+        # 8 served clients: the 9th is refused (none is handshaking).
+        served = [export(aio, 'capped')[0] for _ in range(7)]
         extra = socket.create_connection(('127.0.0.1', aio.nbd_port),
                                          timeout=10)
         assert extra.recv(18) == b''
         extra.close()
-        # The client already served keeps working.
-        assert request(s, p.CMD_READ, 0, 4096) == (0, b'c' * 4096)
-        # Room again once connections end.
-        for i in idle:
-            i.close()
+        for t in served:
+            t.close()
 
-        def served():
+        def room():
             t, _ = export(aio, 'capped')
             if t is not None:
                 t.close()
                 return True
             return False
-        wait_for(served, 10, 'a connection to be accepted again')
+        wait_for(room, 10, 'a connection to be accepted again')
         s.close()
     finally:
         gen.close()
