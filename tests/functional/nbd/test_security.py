@@ -28,6 +28,7 @@ from tests.functional.nbd.test_nbd import request
 from tests.functional.nbd.test_nbd import run
 
 MiB = 1024 * 1024
+GREEDY = 8  # connections of test_greedy_readers_share_one_budget
 
 # What ursa-aio relaxes for development, back to ursa-nbd's defaults.
 SAFE = ('[ursa_nbd]\nrequire_attachment = true\nlist_exports = false\n'
@@ -286,7 +287,7 @@ def test_greedy_readers_share_one_budget(aio):
     before = rss_mib(pid)
     greedy = []
     try:
-        for _ in range(3):
+        for _ in range(GREEDY):
             g, _ = export(aio, name)
             g.settimeout(3)
             try:
@@ -312,7 +313,7 @@ def test_greedy_readers_share_one_budget(aio):
     finally:
         for g in greedy:
             g.close()
-    print('3 greedy readers: RSS +%d MiB' % grown)
+    print("%d greedy readers: RSS +%d MiB" % (GREEDY, grown))
     # Before the fix: +253 MiB per connection, 760 MiB for 3.
     assert grown < 400, 'the gateway grew by %d MiB' % grown
 
