@@ -426,7 +426,11 @@ def test_attach_is_a_local_path_os_brick_uses(drv, cluster, ctx,
     conn = drv.initialize_connection(v, host)
     assert conn['driver_volume_type'] == 'local'
     data = conn['data']
-    assert (data['nbd_export'], data['nbd_port']) == (v.name, 10809)
+    # ursa-nbd serves it over TCP under the attachment's export token.
+    token = cluster.client().attachment(v.name, attach_agent)[
+        'export_token']
+    assert (data['nbd_export'], data['nbd_port']) == (
+        '%s~%s' % (v.name, token), 10809)
     # os-brick's own connector for the protocol, as Cinder's attach-based
     # operations (backup, migration, image copy) use it.
     dev = brick.InitiatorConnector.factory('local', None).connect_volume(
@@ -440,8 +444,10 @@ def test_attach_is_a_local_path_os_brick_uses(drv, cluster, ctx,
     assert ours.get_volume_paths(data) == [path]
     assert ours.extend_volume(data) == GiB
     assert ours.check_valid_device(path)
-    assert 'name="%s"' % v.name in ursa_brick.libvirt_disk_xml(data)
-    assert ursa_brick.nbd_uri(data) == 'nbd://127.0.0.1:10809/' + v.name
+    assert 'name="%s~%s"' % (v.name, token) in ursa_brick.libvirt_disk_xml(
+        data)
+    assert ursa_brick.nbd_uri(data) == 'nbd://127.0.0.1:10809/%s~%s' % (
+        v.name, token)
     pattern = os.urandom(3 * 4096 + 100)
     with open(path, 'r+b') as f:
         f.seek(MiB + 7)
