@@ -38,12 +38,21 @@ SAFE = ('[ursa_nbd]\nrequire_attachment = true\nlist_exports = false\n'
 
 @pytest.fixture(scope='module')
 def aio(tmp_path_factory):
-    yield from module_cluster(tmp_path_factory, 'nbdsafe', nbd=True,
-                              extra_conf=SAFE)
+    sock = tmp_path_factory.mktemp('nbdsock') / 'nbd.sock'
+    for c in module_cluster(tmp_path_factory, 'nbdsafe', nbd=True,
+                            extra_conf=SAFE + 'unix_socket = %s\n' % sock):
+        c.nbd_socket = str(sock)
+        yield c
 
 
-def greet(aio):
-    s = socket.create_connection(('127.0.0.1', aio.nbd_port), timeout=10)
+def greet(aio, unix=False):
+    if unix:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(aio.nbd_socket)
+    else:
+        s = socket.create_connection(('127.0.0.1', aio.nbd_port),
+                                     timeout=10)
     magic, opt, _ = p.HANDSHAKE.unpack(s.recv(18, socket.MSG_WAITALL))
     assert (magic, opt) == (p.NBDMAGIC, p.IHAVEOPT)
     s.sendall(struct.pack('>I', p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES))
@@ -69,9 +78,9 @@ def info_data(name):
     return struct.pack('>I', len(raw)) + raw + struct.pack('>H', 0)
 
 
-def export(aio, name):
+def export(aio, name, unix=False):
     """EXPORT_NAME: (socket, size) or (None, None) when refused."""
-    s = greet(aio)
+    s = greet(aio, unix)
     s.sendall(p.OPTION.pack(p.IHAVEOPT, p.OPT_EXPORT_NAME, len(name)) +
               name.encode())
     got = s.recv(10, socket.MSG_WAITALL)
@@ -171,6 +180,22 @@ def test_tcp_without_credentials_needs_the_export_token(aio):
     s, _ = export(aio, again)
     assert s is not None
     s.close()
+
+
+def test_the_unix_socket_serves_plain_names(aio):
+    """The socket's file mode (0600) says who may connect: there the
+    plain name of an attached volume opens it, listing shows it when
+    enabled, and what is not attached stays refused."""
+    c = aio.client()
+    c.create_volume('usock', 8 * MiB, chunk_size=4 * MiB)
+    c.create_volume('usock-not', 8 * MiB, chunk_size=4 * MiB)
+    attach(aio, 'usock')
+    s, size = export(aio, 'usock', unix=True)
+    assert size == 8 * MiB
+    assert request(s, p.CMD_WRITE, 0, 4096, data=b'u' * 4096)[0] == 0
+    s.close()
+    assert export(aio, 'usock-not', unix=True) == (None, None)
+    assert export(aio, 'usock') == (None, None)  # TCP: the token is due
 
 
 def test_a_session_ends_after_detach_and_after_fencing(aio):

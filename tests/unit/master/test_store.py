@@ -626,6 +626,34 @@ def test_an_attachment_has_its_own_export_token(store):
     assert store.attach('tok', 'h1')['export_token'] not in (t1, t2)
 
 
+def test_migration_0011_gives_existing_attachments_a_token(tmp_path):
+    """Attachments made before export tokens get one at the upgrade (an
+    attachment without one could be opened over TCP by no client)."""
+    import alembic.command
+    import alembic.config
+    import sqlalchemy as sa
+    s = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'o.sqlite'),
+                                failure_domain='host')
+    try:
+        cfg = alembic.config.Config()
+        cfg.set_main_option('script_location', store_mod.MIGRATIONS)
+        with s.engine.begin() as conn:
+            cfg.attributes['connection'] = conn
+            alembic.command.upgrade(cfg, '0010')
+        vid = s.create_volume('old', 8 * MiB, chunk_size=4 * MiB)['id']
+        with s.engine.begin() as conn:
+            for host in ('h1', 'h2'):
+                conn.execute(sa.text(
+                    "INSERT INTO attachments (volume_id, host, status, "
+                    "created_at) VALUES (:v, :h, 'attached', 0)"),
+                    {'v': vid, 'h': host})
+        s.upgrade()
+        tokens = [a['export_token'] for a in s.list_attachments(ref='old')]
+        assert len(set(tokens)) == 2 and all(len(t) >= 32 for t in tokens)
+    finally:
+        s.close()
+
+
 def test_multiattach_writers_share_the_lease(store):
     store.create_volume('shared', 100 * MiB, chunk_size=4 * MiB,
                         multiattach=True)
