@@ -11,6 +11,7 @@ The memory bounds are asserted on the gateway's RSS (ps), measured on the
 process the test started."""
 
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -18,11 +19,13 @@ import time
 
 import pytest
 
+from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.nbd import protocol as p
 from tests.fixtures.cluster import module_cluster
 from tests.fixtures.processes import ROOT
 from tests.fixtures.processes import rss_mib
 from tests.fixtures.wait import wait_for
+from tests.functional.nbd.test_nbd import make_pki
 from tests.functional.nbd.test_nbd import need
 from tests.functional.nbd.test_nbd import request
 from tests.functional.nbd.test_nbd import run
@@ -424,3 +427,56 @@ def test_ursa_nbd_refuses_a_network_address(tmp_path, extra, refused):
     else:
         assert 'refusing' not in out, out
         assert 'allow_insecure_network = true' in out  # the warning
+
+
+def _recv_exactly(s, n):
+    out = b''
+    while len(out) < n:
+        got = s.recv(n - len(out))
+        if not got:
+            break
+        out += got
+    return out
+
+
+def test_a_tls_client_certificate_serves_plain_names(tmp_path):
+    """TLS with a client certificate verified against tls_ca_file
+    authenticates the peer: the plain name of an attached volume opens
+    there; on the same TCP port without TLS the token is due."""
+    pki = make_pki(tmp_path / 'pki')
+
+    def ossl(*args):
+        run('openssl', *args)
+    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=qemu',
+         '-keyout', str(pki / 'client-key.pem'), '-out',
+         str(pki / 'client.csr'))
+    (pki / 'cext.cnf').write_text('extendedKeyUsage=clientAuth\n')
+    ossl('x509', '-req', '-in', str(pki / 'client.csr'), '-CA',
+         str(pki / 'ca-cert.pem'), '-CAkey', str(pki / 'ca-key.pem'),
+         '-CAcreateserial', '-days', '2', '-extfile', str(pki / 'cext.cnf'),
+         '-out', str(pki / 'client-cert.pem'))
+    c = AllInOne(str(tmp_path / 'tlsc'), 3, port_base=0, server_timeout=3.0,
+                 extra_conf=SAFE + 'tls = optional\ntls_cert_file = %s\n'
+                 'tls_key_file = %s\ntls_ca_file = %s\n' % (
+                     pki / 'server-cert.pem', pki / 'server-key.pem',
+                     pki / 'ca-cert.pem'))
+    c.start(nbd=True)
+    try:
+        c.client().create_volume('certvol', 8 * MiB, chunk_size=4 * MiB)
+        attach(c, 'certvol')
+        assert export(c, 'certvol') == (None, None)  # plain TCP
+        s = greet(c)
+        (rtype, _), = option(s, p.OPT_STARTTLS)
+        assert rtype == p.REP_ACK
+        ctx = ssl.create_default_context(cafile=str(pki / 'ca-cert.pem'))
+        ctx.load_cert_chain(str(pki / 'client-cert.pem'),
+                            str(pki / 'client-key.pem'))
+        t = ctx.wrap_socket(s, server_hostname='127.0.0.1')
+        t.sendall(p.OPTION.pack(p.IHAVEOPT, p.OPT_EXPORT_NAME, 7) +
+                  b'certvol')
+        got = _recv_exactly(t, 10)
+        assert got, 'the certificate holder was refused the plain name'
+        assert p.EXPORT_NAME_REPLY.unpack(got)[0] == 8 * MiB
+        t.close()
+    finally:
+        c.stop()
