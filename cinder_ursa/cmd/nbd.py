@@ -160,7 +160,10 @@ def main(argv=None):
             recheck_interval=nc.recheck_interval)
         if nc.require_attachment:
             LOG.info('Serving only volumes attached to host %s '
-                     '([ursa_attach] host)', host)
+                     '([ursa_attach] host); a TCP client without a TLS '
+                     'client certificate names them VOLUME~TOKEN (the '
+                     'Cinder driver\'s nbd_export, or "ursa attachment '
+                     'list"), the unix socket serves plain names', host)
         else:
             LOG.warning('[ursa_nbd] require_attachment = false: any volume '
                         'of the cluster may be opened by whoever reaches '
