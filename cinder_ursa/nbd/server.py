@@ -567,7 +567,9 @@ class NbdServer:
                         elif exp.key[0] == 'volume':
                             conn.volume_id = exp.key[1]
                 except exception.UrsaError as e:
-                    # The token never goes to the log.
+                    # The token never goes to the log.  Every refusal
+                    # at DEBUG; a WARNING a minute at most (probes).
+                    LOG.debug('NBD export %r refused: %s', name, e)
                     self._warn_refused('NBD export %r refused: %s', name, e)
                     info = None
                 out, event = (neg.export_refused() if info is None
