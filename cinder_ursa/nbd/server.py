@@ -110,8 +110,8 @@ def _token_matches(given, recorded):
 
 class _Conn:
     """What the server keeps of one connection: its stream, whether it is
-    still handshaking (the cap evicts the oldest such), whether the peer
-    is authenticated by the transport, and what it opened."""
+    still handshaking (the cap evicts the oldest such), the lookups it
+    made, and what it opened (re-checked while the session lives)."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -340,7 +340,7 @@ class NbdServer:
                 'first)' % (volume_name, self.host,
                             '' if token is None else ' with that token'))
 
-    async def _describe(self, record, name, token):
+    async def _describe(self, record, name):
         """(size, transmission flags) of export ``name`` for NBD_OPT_INFO,
         from the master's ``record``: the volume is neither opened nor
         leased (security audit F8)."""
@@ -553,7 +553,7 @@ class NbdServer:
                     record = await client(self._record(name, token,
                                                        trusted))
                     if event.option == p.OPT_INFO:
-                        info = await self._describe(record, name, token)
+                        info = await self._describe(record, name)
                     else:
                         # Opening (the lease) is bounded by the cluster's
                         # request timeout, not cut off halfway.
