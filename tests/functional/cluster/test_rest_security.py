@@ -427,6 +427,9 @@ def test_tls_handshakes_in_progress_are_counted(start_master, tmp_path):
                  >= flood - cap, deadline, 'the oldest connections closed')
         assert time.monotonic() - start < deadline - 0.5
         held = _open_fds(master.proc.pid) - before
+        print('%d connections without a finished TLS handshake: the '
+              'master holds %d more file descriptors (max_connections '
+              '%d)' % (flood, held, cap))
         assert held <= cap + 4, held
         # A signed client with the CA still gets in, through the flood.
         assert master_mod.MasterClient(master.url, KEY, timeout=5,
