@@ -101,9 +101,12 @@ class _Connection(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         handshake = loop.create_future()
+        # A TLS close waits for the peer's close_notify no longer than a
+        # new connection waits for its handshake (30 s by default).
         layer = sslproto.SSLProtocol(
             loop, self, self.guard.tls, handshake, server_side=True,
-            ssl_handshake_timeout=self.guard.header_timeout)
+            ssl_handshake_timeout=self.guard.header_timeout,
+            ssl_shutdown_timeout=self.guard.header_timeout)
         transport.set_protocol(layer)
         layer.connection_made(transport)
         handshake.add_done_callback(self._handshake_done)
@@ -152,11 +155,15 @@ class _Connection(asyncio.Protocol):
             self.handler.resume_writing()
 
     def close(self):
+        """Close it now (evicted, or past its deadline): aborted, not
+        closed, as a TLS close waits up to ssl_shutdown_timeout for the
+        peer's close_notify, holding the file descriptor of a connection
+        the guard counts no more."""
         if self.handler is not None:
             self.handler.force_close()
-        elif self.transport is not None:
-            # Its TLS handshake is not over: the TCP connection goes,
-            # and with it the handshake.
+        if self.transport is not None:
+            # Before the handshake is over: the TCP connection goes, and
+            # with it the handshake.
             self.transport.abort()
 
 

@@ -6,6 +6,7 @@ descriptors; under asyncio's loop and uvloop (the master's)."""
 import asyncio
 import datetime
 import ipaddress
+import os
 import socket
 import ssl
 
@@ -154,6 +155,48 @@ def test_a_stalled_handshake_is_closed_at_the_deadline(tls, new_loop):
                 except ConnectionResetError:
                     pass
             assert await _get(port, client_tls) == b'HTTP/1.1 200 OK\r\n'
+        finally:
+            for s in socks:
+                s.close()
+            await runner.cleanup()
+    loop = new_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+def _open_fds():
+    return len(os.listdir('/proc/self/fd'))
+
+
+@pytest.mark.parametrize('new_loop', LOOPS)
+def test_evicted_tls_connections_free_their_descriptors_at_once(
+        tls, new_loop):
+    """Peers that finish their handshake, then send nothing and never
+    answer the server's close_notify: each evicted one is aborted, not
+    left waiting ssl_shutdown_timeout with its file descriptor open
+    while the guard counts it no more."""
+    server_tls, client_tls = tls
+    # Handshakes made by blocking sockets, in threads: they never read
+    # again, so no close_notify is ever answered.
+    def handshake(port):
+        raw = socket.create_connection(('127.0.0.1', port), timeout=5)
+        return client_tls.wrap_socket(raw, server_hostname='127.0.0.1')
+
+    async def scenario():
+        runner, guard, port = await _serve(server_tls, 8, 30.0)
+        loop = asyncio.get_running_loop()
+        socks = []
+        try:
+            before = _open_fds()
+            for _ in range(40):
+                socks.append(await loop.run_in_executor(
+                    None, handshake, port))
+            await asyncio.sleep(0.5)
+            assert len(guard) <= 8 and guard.evicted >= 32
+            # Ours (40), the master's kept ones (8), and a few more.
+            assert _open_fds() - before <= 40 + 8 + 4
         finally:
             for s in socks:
                 s.close()
