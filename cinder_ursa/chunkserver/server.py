@@ -93,6 +93,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         # last ended.
         self._term_asking = None
         self._term_asked = float('-inf')
+        self._term_clients = {}     # master URL -> its own client
         self._loop = None
         self._syncs = []  # (volumes or None for all, future) running
         self._repairs = set()   # repairs started on their own (repair.py)
@@ -156,6 +157,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.peers.close()
         await self.master.close()
         await self.authority.master.close()
+        for client in self._term_clients.values():
+            await client.close()
         try:
             self.store.sync(*self.store.take_dirty())
             clean = not self._syncs and not self.store.failed_volumes()
@@ -245,7 +248,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                         conn.peer, e)
             self._reply_error(conn, frame, e)
 
-    # A forged claim costs the masters at most one heartbeat this often.
+    # A forged claim costs each master at most one heartbeat this often.
     TERM_ASK_INTERVAL = 1.0
     # How long a claim waits for that heartbeat (the master's TERM call
     # gives up after 5 s).
@@ -290,19 +293,43 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                                 if why else '')))
 
     async def _ask_term(self):
-        """One heartbeat for :meth:`_confirm_term`: its reply names the
-        leader's term (``_learn_term``).  Returns why it failed, or
-        None."""
+        """The heartbeat of :meth:`_confirm_term`, sent to every master
+        at once (a standby answers NotLeader): the first reply of the
+        leader names its term (``_learn_term``).  Not through the
+        client of the membership loop, which tries the masters in turn:
+        after a leader frozen (SIGSTOP) is replaced, it waits for the
+        frozen one first.  Returns why no leader answered, or None."""
+        tasks = []
+        why = None
         try:
             if self.id is None:
                 return 'not registered with the master yet'
             sent = self._loop.time()
-            self._heard(sent, await asyncio.wait_for(
-                self._heartbeat(), self.TERM_ASK_TIMEOUT))
-            return None
-        except (exception.UrsaError, OSError, TimeoutError) as e:
-            return str(e) or type(e).__name__
+            for url in self.master.urls:
+                client = self._term_clients.get(url)
+                if client is None:
+                    client = self._term_clients[url] = \
+                        master_mod.AsyncMasterClient(
+                            [url], self.key, timeout=self.TERM_ASK_TIMEOUT)
+                tasks.append(self._loop.create_task(
+                    self._heartbeat(client)))
+            for fut in asyncio.as_completed(tasks,
+                                            timeout=self.TERM_ASK_TIMEOUT):
+                try:
+                    reply = await fut
+                except TimeoutError:
+                    # as_completed's: the time is up (an OSError too).
+                    return 'no master answered within %g s' % (
+                        self.TERM_ASK_TIMEOUT)
+                except (exception.UrsaError, OSError) as e:
+                    why = str(e) or type(e).__name__
+                    continue
+                self._heard(sent, reply)
+                return None
+            return why or 'no master answered'
         finally:
+            for t in tasks:
+                t.cancel()
             self._term_asking = None
             self._term_asked = self._loop.time()
 

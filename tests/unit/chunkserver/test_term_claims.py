@@ -48,23 +48,40 @@ class _Conn:
         return [b[codec.HEADER.size:] for b in self.sent]
 
 
-class _Server(server_mod.ChunkServer):
-    """The term judging of a chunk server; its heartbeat is answered
-    with ``leader_term`` after ``delay`` seconds."""
+class _Masters:
+    def __init__(self, urls):
+        self.urls = urls
 
-    def __init__(self, known, leader_term, delay=0.05):
+
+class _Server(server_mod.ChunkServer):
+    """The term judging of a chunk server; its heartbeat is answered by
+    the leader (http://leader) with ``leader_term`` after ``delay``
+    seconds; ``frozen`` masters never answer, standbys say NotLeader."""
+
+    def __init__(self, known, leader_term, delay=0.05, frozen=(),
+                 standbys=()):
         self.store = _Store(known)
         self.leader_term = leader_term
         self.delay = delay
+        self.frozen = frozen
         self.beats = 0
         self.id = 1
+        self.key = b'k' * 32
+        self.master = _Masters(list(frozen) + list(standbys) +
+                               ['http://leader'])
         self._loop = asyncio.get_running_loop()
         self._term_asking = None
         self._term_asked = float('-inf')
+        self._term_clients = {}
         self._heartbeat_interval = 1.0
         self._master_lease = float('-inf')
 
-    async def _heartbeat(self):
+    async def _heartbeat(self, master=None):
+        url = master.urls[0]
+        if url in self.frozen:
+            await asyncio.sleep(3600)
+        if url != 'http://leader':
+            raise exception.NotLeader(reason='the leader is elsewhere')
         self.beats += 1
         await asyncio.sleep(self.delay)
         reply = {'ok': True, 'term': self.leader_term}
@@ -167,4 +184,32 @@ def test_a_server_not_registered_yet_confirms_nothing():
         with pytest.raises(exception.Unavailable, match='not registered'):
             control.decode_count_ok(body)
         assert s.store.master_term == 0 and s.beats == 0
+    _run(scenario())
+
+
+def test_a_frozen_master_does_not_delay_the_confirmation():
+    """The masters are asked at once, not in turn: a leader frozen
+    (SIGSTOP) and replaced, first in the list, does not hold the new
+    leader's claim for a client timeout."""
+    async def scenario():
+        s = _Server(known=7, leader_term=8, frozen=('http://old',),
+                    standbys=('http://standby',))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        conn = _Conn()
+        assert control.decode_count_ok(await _claim(s, conn, 8)) == 8
+        assert loop.time() - start < 1.0
+        assert s.store.master_term == 8
+    _run(scenario())
+
+
+def test_no_leader_answering_confirms_nothing():
+    async def scenario():
+        s = _Server(known=7, leader_term=8, frozen=('http://a',))
+        s.master.urls = ['http://a']
+        s.TERM_ASK_TIMEOUT = 0.3
+        with pytest.raises(exception.Unavailable,
+                           match='no master answered within'):
+            control.decode_count_ok(await _claim(s, _Conn(), 8))
+        assert s.store.master_term == 7
     _run(scenario())
