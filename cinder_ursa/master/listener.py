@@ -114,12 +114,11 @@ class _Connection(asyncio.Protocol):
     def _handshake_done(self, fut):
         # A handshake that succeeded made the handler first.
         if self.handler is None:
-            if not fut.cancelled() and fut.exception() is not None:
-                LOG.debug('TLS handshake with %s failed: %s',
-                          self.transport.get_extra_info('peername'),
-                          fut.exception())
-            self.transport.abort()
             self.gone()
+            self.transport.abort()
+            if not fut.cancelled() and fut.exception() is not None and \
+                    LOG.isEnabledFor(logging.DEBUG):
+                LOG.debug('TLS handshake failed: %s', fut.exception())
 
     def _serve(self, transport):
         self.transport = transport
