@@ -124,9 +124,12 @@ class ControlMixin:
         the others.  Reads then wait for a confirmation by the master."""
         return self._loop.time() < self._master_lease
 
-    async def _heartbeat(self):
+    async def _heartbeat(self, master=None):
+        """One heartbeat, through ``master`` (a client of the masters;
+        the server's own by default)."""
+        master = master or self.master
         if self.disk.failure is not None:
-            return await self.master.heartbeat(self.id, {
+            return await master.heartbeat(self.id, {
                 'failure': self.disk.failure, 'capacity': 0, 'used': 0,
                 'free': 0, 'scrub': self.scrub_status(),
                 'uuid': self.store.server_uuid})
@@ -135,7 +138,7 @@ class ControlMixin:
         # The id alone is not enough: a server removed (ursa server
         # remove) while cut off may find its id given to another.
         body['uuid'] = self.store.server_uuid
-        reply = await self.master.heartbeat(self.id, body)
+        reply = await master.heartbeat(self.id, body)
         self._left(reply.get('dropped', ()))
         self._learn_term(reply)
         self._sweep_joining_soon()

@@ -88,6 +88,12 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._master_lease = float('-inf')
         self._registered = asyncio.Event()
         self._wake = asyncio.Event()    # report to the master now
+        # The heartbeat asking the masters for the leader's term, when a
+        # TERM claims a newer one (see _judge_term), and the loop time it
+        # last ended.
+        self._term_asking = None
+        self._term_asked = float('-inf')
+        self._term_clients = {}     # master URL -> its own client
         self._loop = None
         self._syncs = []  # (volumes or None for all, future) running
         self._repairs = set()   # repairs started on their own (repair.py)
@@ -151,6 +157,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.peers.close()
         await self.master.close()
         await self.authority.master.close()
+        for client in self._term_clients.values():
+            await client.close()
         try:
             self.store.sync(*self.store.take_dirty())
             clean = not self._syncs and not self.store.failed_volumes()
@@ -167,6 +175,11 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                                          self._disk_failed_error()))
             return
         op = frame.opcode
+        if conn.claiming:
+            self._reply_error(conn, frame, exception.Unavailable(
+                reason='this connection claimed a master term the masters '
+                       'have not confirmed yet; wait for the TERM reply'))
+            return
         if op == codec.TERM or conn.master_term is not None and \
                 conn.master_term < self.store.master_term:
             self._judge_term(conn, frame)
@@ -212,19 +225,20 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         master that reads a newer one than it claimed was deposed).  Every
         request of a connection whose term is over (a newer leader
         announced itself, here or in a heartbeat reply) is refused: its
-        master was deposed, whatever it still believes."""
+        master was deposed, whatever it still believes.
+
+        A term above the one this server knows is taken only once the
+        masters confirm it (:meth:`_confirm_term`): the cluster key is
+        held by every chunk server, gateway and attach host, and a term
+        taken on its holder's word alone (2**63 - 1, say) would depose
+        the real leader on every chunk server for good."""
         if frame.opcode == codec.TERM:
             term = control.decode_term(frame.body)
-            if conn.master_term is None or term > conn.master_term:
-                conn.master_term = term
-            self.store.adopt_master_term(term)
-            if term < self.store.master_term:
-                LOG.warning('Master %s claims term %d, older than %d: its '
-                            'requests are refused', conn.peer, term,
-                            self.store.master_term)
-            conn.send(codec.encode_ok(
-                frame.opcode, frame.req_id,
-                control.encode_u64(self.store.master_term)))
+            if term > self.store.master_term:
+                conn.claiming = True
+                conn.spawn(self._confirm_term(conn, frame, term))
+                return
+            self._claim_term(conn, frame, term)
             return
         try:
             self.store.check_master_term(conn.master_term)
@@ -233,6 +247,104 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                         codec.OPCODE_NAMES.get(frame.opcode, frame.opcode),
                         conn.peer, e)
             self._reply_error(conn, frame, e)
+
+    # A forged claim costs each master at most one heartbeat this often.
+    TERM_ASK_INTERVAL = 1.0
+    # How long a claim waits for that heartbeat (the master's TERM call
+    # gives up after 5 s).
+    TERM_ASK_TIMEOUT = 3.0
+
+    async def _confirm_term(self, conn, frame, term):
+        """Answer a TERM that claims ``term``, newer than the one this
+        server knows, once the masters said which term their leader
+        holds: a heartbeat, whose reply comes from the leader over the
+        signed REST API, is sent at once (one at a time, and no more
+        than one per TERM_ASK_INTERVAL: a claim made meanwhile waits for
+        the one under way or is judged by the last answer).  A claim
+        above the leader's term is refused (Unavailable): a real new
+        leader retries, or this server learns its term from the next
+        heartbeat."""
+        why = None
+        try:
+            if self._term_asking is None and \
+                    self._loop.time() - self._term_asked >= \
+                    self.TERM_ASK_INTERVAL:
+                self._term_asking = self._loop.create_task(
+                    self._ask_term())
+            if self._term_asking is not None:
+                why = await asyncio.shield(self._term_asking)
+        except asyncio.CancelledError:
+            conn.claiming = False
+            raise
+        conn.claiming = False
+        if conn.closed:
+            return
+        if term <= self.store.master_term:
+            self._claim_term(conn, frame, term)
+            return
+        LOG.warning('Master %s claims term %d, newer than the masters\' %d%s:'
+                    ' refused', conn.peer, term, self.store.master_term,
+                    ' (%s)' % why if why else '')
+        self._reply_error(conn, frame, exception.Unavailable(
+            reason='term %d is not confirmed by the masters (their leader '
+                   'holds %d%s); a master elected since retries its '
+                   'command' % (term, self.store.master_term,
+                                ', or could not be asked: %s' % why
+                                if why else '')))
+
+    async def _ask_term(self):
+        """The heartbeat of :meth:`_confirm_term`, sent to every master
+        at once (a standby answers NotLeader): the first reply of the
+        leader names its term (``_learn_term``).  Not through the
+        client of the membership loop, which tries the masters in turn:
+        after a leader frozen (SIGSTOP) is replaced, it waits for the
+        frozen one first.  Returns why no leader answered, or None."""
+        tasks = []
+        why = None
+        try:
+            if self.id is None:
+                return 'not registered with the master yet'
+            sent = self._loop.time()
+            for url in self.master.urls:
+                client = self._term_clients.get(url)
+                if client is None:
+                    client = self._term_clients[url] = \
+                        master_mod.AsyncMasterClient(
+                            [url], self.key, timeout=self.TERM_ASK_TIMEOUT)
+                tasks.append(self._loop.create_task(
+                    self._heartbeat(client)))
+            for fut in asyncio.as_completed(tasks,
+                                            timeout=self.TERM_ASK_TIMEOUT):
+                try:
+                    reply = await fut
+                except TimeoutError:
+                    # as_completed's: the time is up (an OSError too).
+                    return 'no master answered within %g s' % (
+                        self.TERM_ASK_TIMEOUT)
+                except (exception.UrsaError, OSError) as e:
+                    why = str(e) or type(e).__name__
+                    continue
+                self._heard(sent, reply)
+                return None
+            return why or 'no master answered'
+        finally:
+            for t in tasks:
+                t.cancel()
+            self._term_asking = None
+            self._term_asked = self._loop.time()
+
+    def _claim_term(self, conn, frame, term):
+        """TERM with a term this server knows or has confirmed: kept for
+        the connection, and the reply names the newest term."""
+        if conn.master_term is None or term > conn.master_term:
+            conn.master_term = term
+        if term < self.store.master_term:
+            LOG.warning('Master %s claims term %d, older than %d: its '
+                        'requests are refused', conn.peer, term,
+                        self.store.master_term)
+        conn.send(codec.encode_ok(
+            frame.opcode, frame.req_id,
+            control.encode_u64(self.store.master_term)))
 
     def _serve_item(self, item, confirmed, failed):
         fn, conn, frame, req = item

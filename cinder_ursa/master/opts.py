@@ -157,9 +157,9 @@ master_opts = [
                     'these CAs (mutual TLS; [ursa] tls_cert_file and '
                     'tls_key_file on the clients).'),
     cfg.FloatOpt('http_header_timeout', default=10.0, min=0.1,
-                 help='Seconds a new connection has to complete its TLS '
-                      'handshake, and then to send the headers of its '
-                      'first request; a connection that has not is '
+                 help='Seconds a new connection has, from its accept, to '
+                      'complete its TLS handshake and send the headers of '
+                      'its first request; a connection that has not is '
                       'closed.'),
     cfg.FloatOpt('http_body_timeout', default=30.0, min=0.1,
                  help='Seconds an authenticated request has to send its '
@@ -170,12 +170,14 @@ master_opts = [
                       'after its last reply (clients close theirs after 15 '
                       's).'),
     cfg.IntOpt('max_connections', default=512, min=8,
-               help='Client connections the REST API keeps open at once. '
-                    'At the limit, a new connection first closes the '
-                    'oldest one that has not sent a request yet; if every '
-                    'connection has, the new one is answered HTTP 503 and '
-                    'closed. Keep it well below the open file limit of '
-                    'ursa-master (LimitNOFILE).'),
+               help='Client connections the REST API keeps open at once, '
+                    'counted from their accept (TLS handshakes not over '
+                    'included). At the limit, a new connection first '
+                    'closes the oldest one that has not sent a signed '
+                    'request yet; if every connection has, the new one is '
+                    'closed (answered HTTP 503 without TLS). Keep it well '
+                    'below the open file limit of ursa-master '
+                    '(LimitNOFILE).'),
 ]
 
 

@@ -568,6 +568,9 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         # The term a master claimed for this connection (chunk servers'
         # TERM), None for every other client.
         self.master_term = None
+        # A TERM above the chunk server's is being confirmed with the
+        # masters: the connection's other requests are refused until then.
+        self.claiming = False
 
     def connection_made(self, transport):
         self.transport = transport

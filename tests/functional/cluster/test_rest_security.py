@@ -386,6 +386,68 @@ def test_idle_connections_beyond_the_cap_do_not_lock_clients_out(
             s.close()
 
 
+def _open_fds(pid):
+    return len(os.listdir('/proc/%d/fd' % pid))
+
+
+# The first bytes of a TLS ClientHello record that announces 512 bytes
+# and sends a few of them.
+PARTIAL_HELLO = b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03' + b'r' * 20
+
+
+def test_tls_handshakes_in_progress_are_counted(start_master, tmp_path):
+    """With HTTPS, connections that never finish their TLS handshake
+    (silent, or a partial ClientHello) count against max_connections
+    from the TCP accept: a flood of them holds at most the cap of the
+    master's file descriptors, the oldest are closed as new ones come,
+    the rest at http_header_timeout, and a signed client gets in
+    meanwhile."""
+    pki = _pki(tmp_path)
+    cap, deadline, flood = 16, 5.0, 300
+    master = start_master(
+        'tls_cert_file = %s\ntls_key_file = %s\nmax_connections = %d\n'
+        'http_header_timeout = %s' % (pki['server.pem'], pki['server.key'],
+                                      cap, deadline))
+    good = http_mod.client_tls(pki['ca.pem'])
+    assert master_mod.MasterClient(master.url, KEY, timeout=5,
+                                   tls=good).volumes() == []
+    before = _open_fds(master.proc.pid)
+    socks = []
+    try:
+        start = time.monotonic()
+        for i in range(flood):
+            s = socket.create_connection(('127.0.0.1', master.port))
+            if i % 2:
+                s.sendall(PARTIAL_HELLO)
+            socks.append(s)
+        # Bounded at once (not only at the deadline): as the master
+        # accepts the flood, each new connection closes the oldest, and
+        # it holds about the cap, not the flood.
+        wait_for(lambda: sum(_closed_within(s, 0.01) for s in socks)
+                 >= flood - cap, deadline, 'the oldest connections closed')
+        assert time.monotonic() - start < deadline - 0.5
+        held = _open_fds(master.proc.pid) - before
+        print('%d connections without a finished TLS handshake: the '
+              'master holds %d more file descriptors (max_connections '
+              '%d)' % (flood, held, cap))
+        assert held <= cap + 4, held
+        # A signed client with the CA still gets in, through the flood.
+        assert master_mod.MasterClient(master.url, KEY, timeout=5,
+                                       tls=good).volumes() == []
+        # The survivors are closed at the deadline, counted from their
+        # accept.
+        assert all(_closed_within(s, deadline + 2) for s in socks)
+        assert time.monotonic() - start < 2 * deadline + 3
+        wait_for(lambda: _open_fds(master.proc.pid) <= before + 1, 5,
+                 'the master to close the flood\'s connections')
+    finally:
+        for s in socks:
+            s.close()
+    assert master_mod.MasterClient(master.url, KEY, timeout=5,
+                                   tls=good).volumes() == []
+    assert 'max_connections' in master.log_text()
+
+
 def test_unsigned_version_lists_do_not_hold_connections(start_master):
     """A peer without the key that keeps its connections busy with the
     unsigned version list (GET /) holds none of them: a signed client

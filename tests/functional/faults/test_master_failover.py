@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver.store.fencing import MASTER_TERM
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
@@ -118,7 +119,15 @@ def claim_on_each_server(cluster, term, then=None):
 
 
 def refuse_terms_below(cluster, term):
-    """Announce ``term`` to every chunk server, as a newer leader would."""
+    """Every chunk server has seen ``term`` (as one learns it from a
+    leader of that term; a TERM claim alone no longer makes it take a
+    term its masters do not confirm): written into its data directory
+    while it is stopped."""
+    for i in range(3):
+        cluster.kill_chunkserver(i)
+        with open(os.path.join(cluster.cs_dir(i), MASTER_TERM), 'w') as f:
+            f.write('%d\n' % term)
+        cluster.start_chunkserver(i)
     assert [t for t, _ in claim_on_each_server(cluster, term)] == \
         [term] * 3
 
@@ -250,3 +259,45 @@ def test_a_leader_refused_by_chunk_servers_steps_down_and_climbs(
     assert [s['name'] for s in client.snapshots('v')] == ['s']
     with open(os.path.join(c.data_dir, 'master.log')) as f:
         assert 'a chunk server refused it' in f.read()
+
+
+def test_a_forged_term_does_not_depose_the_leader(two_masters):
+    """A holder of the cluster key (every chunk server, gateway and attach
+    host has it) claims the highest term there is on every chunk server:
+    the masters do not confirm it, so no chunk server takes it, and the
+    leader keeps commanding them.  A request sent behind the claim, on
+    its connection, is refused while the claim is judged."""
+    c, term = two_masters
+    client = c.client()
+    client.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+
+    async def forge(conn):
+        claim, behind = await asyncio.gather(
+            conn.call(control.encode_term, control.MAX_TERM, timeout=10),
+            conn.call(control.encode_inventory, timeout=10))
+        out = []
+        for reply in (claim, behind):
+            with pytest.raises(exception.Unavailable) as e:
+                control.decode_count_ok(reply.body)
+            out.append(str(e.value))
+        return out
+
+    async def claims():
+        out = []
+        for s in client.servers():
+            conn = await aio.PeerConnection.connect(s['address'], s['port'],
+                                                    c.key)
+            try:
+                out.append(await forge(conn))
+            finally:
+                conn.close()
+        return out
+    for claim, behind in asyncio.run(claims()):
+        assert 'is not confirmed by the masters' in claim, claim
+        assert 'not confirmed yet' in behind, behind
+    # Every chunk server still follows the leader's term, which keeps
+    # commanding them (a snapshot reaches every one of them).
+    assert [t for t, _ in claim_on_each_server(c, term)] == [term] * 3
+    assert client.create_snapshot('v', 's')['status'] == 'available'
+    m = masters_of(c, c.master_urls[0])
+    assert m['leader'] == c.master_urls[0] and m['term'] == term, m

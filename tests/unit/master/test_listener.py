@@ -1,0 +1,208 @@
+"""The master's connection guard with HTTPS (listener.BoundedSite): a
+connection counts from its TCP accept, its TLS handshake included, so
+peers that never finish one cannot hold more than max_connections file
+descriptors; under asyncio's loop and uvloop (the master's)."""
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+
+import pytest
+from aiohttp import web
+
+from cinder_ursa.master import listener
+
+
+@pytest.fixture(scope='module')
+def tls(tmp_path_factory):
+    """(server context, client context) for a self-signed 127.0.0.1."""
+    x509 = pytest.importorskip('cryptography.x509')
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    path = tmp_path_factory.mktemp('tls')
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'master')])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address('127.0.0.1'))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (path / 'cert.pem').write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM))
+    (path / 'key.pem').write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(path / 'cert.pem', path / 'key.pem')
+    client = ssl.create_default_context(cafile=path / 'cert.pem')
+    return server, client
+
+
+def _loop_list():
+    yield pytest.param(asyncio.new_event_loop, id='asyncio')
+    try:
+        import uvloop
+    except ImportError:
+        return
+    yield pytest.param(uvloop.new_event_loop, id='uvloop')
+
+
+LOOPS = list(_loop_list())
+
+
+async def _serve(tls, cap, timeout):
+    async def hello(request):
+        guard.request_seen(request)
+        return web.Response(text='ok')
+    app = web.Application()
+    app.router.add_get('/', hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    guard = listener.ConnectionGuard(cap, timeout)
+    site = listener.BoundedSite(runner, '127.0.0.1', 0, guard,
+                                ssl_context=tls)
+    await site.start()
+    return runner, guard, runner.addresses[0][1]
+
+
+async def _get(port, tls):
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        '127.0.0.1', port, ssl=tls), 5)
+    try:
+        writer.write(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
+async def _flood(port, n, partial):
+    """``n`` raw connections (non-blocking), half of them sending the
+    start of a ClientHello if ``partial``."""
+    socks = []
+    loop = asyncio.get_running_loop()
+    for i in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        await loop.sock_connect(s, ('127.0.0.1', port))
+        if partial and i % 2:
+            s.send(b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03')
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.parametrize('new_loop', LOOPS)
+def test_handshakes_in_progress_count_and_make_room(tls, new_loop):
+    server_tls, client_tls = tls
+
+    async def scenario():
+        runner, guard, port = await _serve(server_tls, 8, 30.0)
+        socks = []
+        try:
+            assert await _get(port, client_tls) == b'HTTP/1.1 200 OK\r\n'
+            socks = await _flood(port, 100, partial=True)
+            for _ in range(100):
+                if guard.evicted >= 100 - 8:
+                    break
+                await asyncio.sleep(0.02)
+            # Counted from the accept: at most the cap is held, and each
+            # new connection closed the oldest handshake not over.
+            assert len(guard) <= 8
+            assert guard.evicted >= 100 - 8
+            # A client that finishes its handshake gets in at once.
+            assert await _get(port, client_tls) == b'HTTP/1.1 200 OK\r\n'
+        finally:
+            for s in socks:
+                s.close()
+            await runner.cleanup()
+    loop = new_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize('new_loop', LOOPS)
+def test_a_stalled_handshake_is_closed_at_the_deadline(tls, new_loop):
+    server_tls, client_tls = tls
+
+    async def scenario():
+        runner, guard, port = await _serve(server_tls, 64, 0.5)
+        socks = []
+        try:
+            socks = await _flood(port, 6, partial=True)
+            await asyncio.sleep(0.2)
+            assert len(guard) == 6
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            while len(guard) and loop.time() - start < 3:
+                await asyncio.sleep(0.05)
+            assert len(guard) == 0
+            for s in socks:
+                # Closed by the master: EOF or a reset.
+                try:
+                    assert await asyncio.wait_for(
+                        loop.sock_recv(s, 10), 2) == b''
+                except ConnectionResetError:
+                    pass
+            assert await _get(port, client_tls) == b'HTTP/1.1 200 OK\r\n'
+        finally:
+            for s in socks:
+                s.close()
+            await runner.cleanup()
+    loop = new_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+def _open_fds():
+    return len(os.listdir('/proc/self/fd'))
+
+
+@pytest.mark.parametrize('new_loop', LOOPS)
+def test_evicted_tls_connections_free_their_descriptors_at_once(
+        tls, new_loop):
+    """Peers that finish their handshake, then send nothing and never
+    answer the server's close_notify: each evicted one is aborted, not
+    left waiting ssl_shutdown_timeout with its file descriptor open
+    while the guard counts it no more."""
+    server_tls, client_tls = tls
+    # Handshakes made by blocking sockets, in threads: they never read
+    # again, so no close_notify is ever answered.
+    def handshake(port):
+        raw = socket.create_connection(('127.0.0.1', port), timeout=5)
+        return client_tls.wrap_socket(raw, server_hostname='127.0.0.1')
+
+    async def scenario():
+        runner, guard, port = await _serve(server_tls, 8, 30.0)
+        loop = asyncio.get_running_loop()
+        socks = []
+        try:
+            before = _open_fds()
+            for _ in range(40):
+                socks.append(await loop.run_in_executor(
+                    None, handshake, port))
+            await asyncio.sleep(0.5)
+            assert len(guard) <= 8 and guard.evicted >= 32
+            # Ours (40), the master's kept ones (8), and a few more.
+            assert _open_fds() - before <= 40 + 8 + 4
+        finally:
+            for s in socks:
+                s.close()
+            await runner.cleanup()
+    loop = new_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
