@@ -76,8 +76,12 @@ class UrsaApp(app.App):
             # https:// masters: verified with the file's [ursa] TLS
             # options (the CLI's clients are built without a context).
             http.configure_tls(conf)
+            # The principal the file names signs (admin: the cluster
+            # key).
+            http.configure_principal(conf)
         if not urls:
-            urls = common_opts.common_opts[2].default
+            urls = next(o.default for o in common_opts.common_opts
+                        if o.name == 'master_url')
         if not key_file and not key and os.path.exists('/etc/ursa/ursa.conf'):
             self.options.config_file = '/etc/ursa/ursa.conf'
             return self._settings()

@@ -122,6 +122,31 @@ def server_tls(mc):
     return ctx
 
 
+WILDCARDS = ('', '0.0.0.0', '::', '[::]')
+
+
+def signature_names(mc, url, port, tls):
+    """The authorities (host:port) this master serves under, which the
+    requests it accepts must be signed for (see auth): its URL, its
+    bind_host with the port and [ursa_master] signature_names; None (any)
+    when the URL names no host (a wildcard bind_host and no
+    advertise_url)."""
+    own = auth.authority(url)
+    if not own or own.rpartition(':')[0] in WILDCARDS:
+        return None
+    names = {own}
+    if mc.bind_host not in WILDCARDS:
+        names.add(auth.host_authority('%s:%d' % (
+            '[%s]' % mc.bind_host if ':' in mc.bind_host else mc.bind_host,
+            port), tls))
+    for name in mc.signature_names:
+        spelled = auth.host_authority(name, tls)
+        if not spelled:
+            raise ValueError('signature_names: %r is no host[:port]' % name)
+        names.add(spelled)
+    return frozenset(names)
+
+
 def main(argv=None):
     conf = _service.setup(
         sys.argv[1:] if argv is None else argv, 'ursa-master',
@@ -182,6 +207,18 @@ def main(argv=None):
         port = runner.addresses[0][1]
         url = (mc.advertise_url or '%s://%s:%d' % (
             'https' if tls else 'http', mc.bind_host, port)).rstrip('/')
+        try:
+            master.names = signature_names(mc, url, port, tls is not None)
+        except ValueError as e:
+            sys.exit('ursa-master: [ursa_master] %s' % e)
+        if master.names is None:
+            LOG.warning('Request signatures are not bound to this master '
+                        '(bind_host %s is a wildcard and advertise_url is '
+                        'not set): a request signed for another master is '
+                        'accepted here; set advertise_url', mc.bind_host)
+        else:
+            LOG.info('Accepting requests signed for %s',
+                     ', '.join(sorted(master.names)))
         # A lone master is the leader when this returns.
         await master.service.start_election(url)
         _service.write_endpoint(os.path.join(mc.state_dir, 'endpoint.json'),

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ from cinder_ursa.common import units
 from cinder_ursa.master import listener
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
+from cinder_ursa.protocol import rest
 
 LOG = logging.getLogger(__name__)
 
@@ -208,6 +210,60 @@ def _volume_id(value):
     return value
 
 
+class PrincipalCache:
+    """The principals' roles and keys, from the database, kept in memory:
+    every request needs its signer's key before anything else.
+
+    Reloaded when older than ``REFRESH`` seconds (a key created, rotated
+    or revoked on another master counts here that much later; on this
+    one, at once: :meth:`invalidate`), and for a name it does not know
+    at most every ``MISS_INTERVAL`` seconds, so that requests naming
+    unknown principals (anyone can send them) cost at most one
+    database read a second.
+    """
+
+    REFRESH = 5.0
+    MISS_INTERVAL = 1.0
+
+    def __init__(self, store, admin_key, clock=time.monotonic):
+        self.store = store
+        self.admin_key = admin_key
+        self.db = None            # MasterAPI sets it (the DB worker)
+        self._clock = clock
+        self._table = {}
+        self._loaded = -math.inf
+        self._lock = asyncio.Lock()
+
+    def invalidate(self):
+        self._loaded = -math.inf
+
+    async def _reload(self, older_than):
+        async with self._lock:
+            # Another request may have reloaded while this one waited.
+            if self._clock() - self._loaded > older_than:
+                self._table = await self.db(self.store.principal_keys)
+                self._loaded = self._clock()
+
+    async def lookup(self, name):
+        """(role, keys to try) of ``name``, None if there is no such
+        principal: the cluster key for ``admin``; a rotated principal's
+        previous key too until its window ends."""
+        if name == auth.ADMIN:
+            return 'admin', (self.admin_key,)
+        age = self._clock() - self._loaded
+        if age > self.REFRESH:
+            await self._reload(self.REFRESH)
+        elif name not in self._table and age > self.MISS_INTERVAL:
+            await self._reload(self.MISS_INTERVAL)
+        entry = self._table.get(name)
+        if entry is None:
+            return None
+        role, key, previous, until = entry
+        if previous is not None and time.time() < until:
+            return role, (key, previous)
+        return role, (key,)
+
+
 class MasterAPI:
     """REST routes over a :class:`MetadataStore` and the
     :class:`~cinder_ursa.master.service.MasterService` built on it."""
@@ -218,8 +274,12 @@ class MasterAPI:
                  max_volume_size=units.Pi, signature_window=auth.WINDOW,
                  replay_cache=auth.REPLAY_CACHE_SIZE,
                  accept_legacy_signatures=True, body_timeout=30.0,
-                 guard=None, **repair):
+                 guard=None, names=None, **repair):
         self.store = store
+        # The authorities (host:port) this master serves under: a v3
+        # signature for another is refused (None: any; see set_names).
+        self.names = names
+        self.principals = PrincipalCache(store, key)
         self.signature_window = signature_window
         self.replay = auth.ReplayCache(replay_cache)
         self.accept_legacy = accept_legacy_signatures
@@ -238,6 +298,7 @@ class MasterAPI:
         self.service = service_mod.MasterService(store, key, server_timeout,
                                                  **repair)
         self.db = self.service.db
+        self.principals.db = self.db
 
     # --- app ---------------------------------------------------------------
 
@@ -306,6 +367,12 @@ class MasterAPI:
         app.router.add_get(v + '/snapshots/{ref}', self.show_snapshot)
         app.router.add_delete(v + '/snapshots/{ref}', self.delete_snapshot)
         app.router.add_patch(v + '/snapshots/{ref}', self.update_snapshot)
+        app.router.add_get(v + '/principals', self.list_principals)
+        app.router.add_post(v + '/principals', self.create_principal)
+        app.router.add_post(v + '/principals/{name}/rotate',
+                            self.rotate_principal)
+        app.router.add_delete(v + '/principals/{name}',
+                              self.revoke_principal)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -319,12 +386,25 @@ class MasterAPI:
             return await handler(request)
         # What the client signed: the request target as it was sent.
         path, _, query = request.raw_path.partition('?')
+        value = request.headers.get(auth.HEADER)
+        name = auth.principal_of(value)
+        found = await self.principals.lookup(name)
+        if found is None:
+            raise exception.NotAuthorized(
+                reason='unknown principal %r: it was revoked, or never '
+                       'created ("ursa key list" shows them; "ursa key '
+                       'create" makes one), or [ursa] principal names '
+                       'another' % name)
+        role, keys = found
         signed = auth.verify(
-            self.key, request.method, path, query,
-            request.headers.get(auth.HEADER),
+            keys, request.method, path, query, value,
             window=self.signature_window, replay=self.replay,
-            legacy=self.accept_legacy)
+            legacy=self.accept_legacy, unbound=self.accept_legacy,
+            authority=auth.host_authority(request.host, request.secure),
+            names=self.names)
         self.guard.request_seen(request)
+        request['ursa_principal'] = (name, role, signed.key)
+        self._authorize(request, name, role)
         if signed.version == 1:
             self._legacy_warning(request)
         # aiohttp keeps the body read here for the handler's json().
@@ -338,6 +418,46 @@ class MasterAPI:
                            % self.body_timeout}}, status=408))
         auth.check_body(signed, body)
         return await handler(request)
+
+    def _authorize(self, request, name, role):
+        """Forbidden (403) unless ``role`` may call this route; a host
+        principal only for its own host (its name)."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return          # no such route: the 404 says so
+        route = resource.canonical[len('/' + API_VERSION):]
+        if not rest.role_allows(role, request.method, route):
+            raise exception.Forbidden(
+                reason='principal %r has the role %s, which may not call '
+                       '%s %s; sign as a principal whose role may ("ursa '
+                       'key list"), or create one with "ursa key create '
+                       'NAME --role ROLE"' % (name, role, request.method,
+                                              route))
+        if role != 'host':
+            return
+        host = request.match_info.get('host')
+        if host is None and route.endswith('/attachments'):
+            host = request.query.get('host', '')
+        if host is not None:
+            self._own_host(request, host)
+
+    @staticmethod
+    def _own_host(request, host):
+        """Forbidden unless a host principal (named after its host) asks
+        for ``host`` (other principals may ask for any)."""
+        name, role, _ = request.get('ursa_principal',
+                                    (auth.ADMIN, 'admin', None))
+        if role == 'host' and host != name:
+            raise exception.Forbidden(
+                reason='principal %r (role host) may only ask for its own '
+                       'host %r, not %r: give each hypervisor a principal '
+                       'named after it ("ursa key create HOST --role '
+                       'host")' % (name, name, host))
+
+    def _own_holder(self, request, holder):
+        """A host principal takes, renews and releases only leases of
+        holders on its host (store.holder_host)."""
+        self._own_host(request, store_mod.holder_host(holder))
 
     def _legacy_warning(self, request):
         """Log once per peer that it still signs v1 (to be upgraded)."""
@@ -670,9 +790,10 @@ class MasterAPI:
         ttl = b.get('ttl', float, self.lease_ttl)
         if not 1 <= ttl <= 3600:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
+        holder = b.get('holder', str, required=True)
+        self._own_holder(request, holder)
         lease = await self.service.acquire_lease(
-            ref, b.get('holder', str, required=True), ttl,
-            b.get('force', bool, False))
+            ref, holder, ttl, b.get('force', bool, False))
         return web.json_response({'lease': lease}, status=201)
 
     async def renew_lease(self, request):
@@ -681,8 +802,9 @@ class MasterAPI:
         ttl = b.get('ttl', float, self.lease_ttl)
         if not 1 <= ttl <= 3600:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
-        lease = await self.db(self.store.renew_lease, ref,
-                              b.get('holder', str, required=True),
+        holder = b.get('holder', str, required=True)
+        self._own_holder(request, holder)
+        lease = await self.db(self.store.renew_lease, ref, holder,
                               b.get('generation', int, required=True), ttl)
         return web.json_response({'lease': lease})
 
@@ -691,6 +813,7 @@ class MasterAPI:
         holder = request.query.get('holder')
         if not holder:
             raise exception.InvalidArgument(reason='"holder" is required')
+        self._own_holder(request, holder)
         await self.db(self.store.release_lease, ref, holder,
                       _int_query(request, 'generation'))
         return web.Response(status=204)
@@ -719,6 +842,57 @@ class MasterAPI:
     async def list_fenced_hosts(self, request):
         return web.json_response({'fenced_hosts': await self.db(
             self.store.list_fenced_hosts)})
+
+    # --- principals (admin only: in no other role's routes) -----------------
+
+    ROTATE_WINDOW_MAX = 7 * 86400
+
+    @staticmethod
+    def _new_key(request, b):
+        """The key a key-management request carries, unwrapped with the
+        key that signed it (auth.wrap_key)."""
+        return auth.unwrap_key(request['ursa_principal'][2],
+                               b.get('key', str, required=True),
+                               b.get('nonce', str, required=True))
+
+    async def list_principals(self, request):
+        return web.json_response({'principals': await self.db(
+            self.store.list_principals)})
+
+    async def create_principal(self, request):
+        b = await _body(request)
+        principal = await self.db(
+            self.store.create_principal, b.get('name', str, required=True),
+            b.get('role', str, required=True), self._new_key(request, b))
+        self.principals.invalidate()
+        LOG.info('Principal %s (role %s) created by %s', principal['name'],
+                 principal['role'], request['ursa_principal'][0])
+        return web.json_response({'principal': principal}, status=201)
+
+    async def rotate_principal(self, request):
+        b = await _body(request)
+        window = b.get('window', float, 3600.0)
+        if not 0 <= window <= self.ROTATE_WINDOW_MAX:
+            raise exception.InvalidArgument(
+                reason='"window" must be 0 to %d s (the previous key stays '
+                       'valid that long)' % self.ROTATE_WINDOW_MAX)
+        principal = await self.db(
+            self.store.rotate_principal, request.match_info['name'],
+            self._new_key(request, b), window)
+        self.principals.invalidate()
+        LOG.info('Principal %s rotated by %s; its previous key is valid '
+                 'for %d s more', principal['name'],
+                 request['ursa_principal'][0], window)
+        return web.json_response({'principal': principal})
+
+    async def revoke_principal(self, request):
+        name = request.match_info['name']
+        await self.db(self.store.revoke_principal, name)
+        self.principals.invalidate()
+        LOG.info('Principal %s revoked by %s', name,
+                 request['ursa_principal'][0])
+        return web.Response(status=204)
+
 
 def _path_int(request, name):
     try:

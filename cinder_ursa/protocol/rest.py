@@ -293,3 +293,123 @@ def unfence_host(name):
 
 def fenced_hosts():
     return Request('GET', '/fenced-hosts', result='fenced_hosts')
+
+
+# --- principals and roles ---------------------------------------------------
+
+def principals():
+    return Request('GET', '/principals', result='principals')
+
+
+def create_principal(name, role, wrapped_key, nonce):
+    """A principal with a key the caller made, wrapped with the key that
+    signs the request (``auth.wrap_key``)."""
+    return Request('POST', '/principals', {'name': name, 'role': role,
+                                           'key': wrapped_key,
+                                           'nonce': nonce},
+                   result='principal')
+
+
+def rotate_principal(name, wrapped_key, nonce, window):
+    return Request('POST', '/principals/%s/rotate' % quote(name),
+                   {'key': wrapped_key, 'nonce': nonce, 'window': window},
+                   result='principal')
+
+
+def revoke_principal(name):
+    return Request('DELETE', '/principals/%s' % quote(name))
+
+
+# Route patterns under PREFIX, as the master registers them.
+_VOLUME = '/volumes/{ref}'
+_ATTACHMENT = _VOLUME + '/attachments/{host}'
+
+# What the client library's data path asks the master (client/volume.py,
+# chunkmap.py, cluster.py, clone.py, flush.py): leases, the chunk maps
+# and the servers, dropping a failed replica, the snapshot a clone
+# reads.  Both the Cinder driver (image copies) and the hypervisors'
+# ursa-nbd and ursa-attach use it.
+_DATA_PATH = frozenset({
+    ('GET', '/chunkservers'),
+    ('GET', _VOLUME),
+    ('GET', _VOLUME + '/chunks'),
+    ('POST', _VOLUME + '/chunks/{idx}/drop'),
+    ('POST', _VOLUME + '/lease'),
+    ('PUT', _VOLUME + '/lease'),
+    ('DELETE', _VOLUME + '/lease'),
+    ('GET', '/snapshots/{ref}'),
+})
+
+# Role -> the (method, route) it may call; admin may call every route.
+# Each list is what that role's code calls (least rights), read from
+# it: a route missing here is refused with 403 (Forbidden).
+ROLES = {
+    'admin': None,
+    # ursa-chunkserver (chunkserver/controlplane.py, authority.py,
+    # rebuild.py, replication.py): register, heartbeat, the servers, a
+    # volume and a chunk's members, and the membership changes of
+    # rebuilds and dropped replicas.
+    'chunkserver': frozenset({
+        ('POST', '/chunkservers'),
+        ('PUT', '/chunkservers/{id}/heartbeat'),
+        ('GET', '/chunkservers'),
+        ('GET', _VOLUME),
+        ('GET', _VOLUME + '/chunks'),
+        ('POST', _VOLUME + '/chunks/{idx}/join'),
+        ('POST', _VOLUME + '/chunks/{idx}/promote'),
+        ('POST', _VOLUME + '/chunks/{idx}/abandon'),
+        ('POST', _VOLUME + '/chunks/{idx}/drop'),
+    }),
+    # The Cinder driver (volume/driver.py, images.py and the client
+    # library): volumes, snapshots, clones, attachments, the cluster's
+    # capacity, revoking a lease (force detach).
+    'volume': _DATA_PATH | frozenset({
+        ('GET', '/cluster'),
+        ('GET', '/volumes'),
+        ('POST', '/volumes'),
+        ('PATCH', _VOLUME),
+        ('DELETE', _VOLUME),
+        ('PUT', _VOLUME + '/size'),
+        ('POST', _VOLUME + '/revert'),
+        ('POST', _VOLUME + '/detach-parent'),
+        ('POST', _VOLUME + '/lease/revoke'),
+        ('GET', _VOLUME + '/snapshots'),
+        ('POST', _VOLUME + '/snapshots'),
+        ('GET', '/snapshots'),
+        ('PATCH', '/snapshots/{ref}'),
+        ('DELETE', '/snapshots/{ref}'),
+        ('GET', '/attachments'),
+        ('GET', _VOLUME + '/attachments'),
+        ('POST', _VOLUME + '/attachments'),
+        ('GET', _ATTACHMENT),
+        ('PUT', _ATTACHMENT),
+        ('DELETE', _ATTACHMENT),
+    }),
+    # ursa-nbd and ursa-attach on a hypervisor (nbd/server.py,
+    # attach/agent.py and the client library): its own attachments and
+    # leases (the master checks the host: the principal's name), the
+    # volumes it may export.
+    'host': _DATA_PATH | frozenset({
+        ('GET', '/volumes'),
+        ('GET', '/attachments'),
+        ('GET', _VOLUME + '/attachments'),
+        ('GET', _ATTACHMENT),
+        ('PUT', _ATTACHMENT),
+        ('DELETE', _ATTACHMENT),
+    }),
+    # nova_ha (nova_ha/fence.py, agent.py): fencing and the status it
+    # checks.
+    'nova_ha': frozenset({
+        ('GET', '/cluster'),
+        ('GET', '/hosts/{host}'),
+        ('POST', '/hosts/{host}/fence'),
+        ('DELETE', '/hosts/{host}/fence'),
+    }),
+}
+
+
+def role_allows(role, method, route):
+    """Whether ``role`` may call ``method`` on ``route`` (a pattern
+    under PREFIX, e.g. '/volumes/{ref}')."""
+    routes = ROLES.get(role, frozenset())
+    return routes is None or (method, route) in routes
