@@ -41,6 +41,9 @@ INT64_BOUND = 2 ** 63
 NUMBER_TEXT_MAX = 32
 # A failed data directory's reason is kept to this many characters.
 FAILURE_MAX = 500
+# What a request was signed by: (principal, role, the key that
+# verified it), set by the auth middleware.
+PRINCIPAL = web.RequestKey('ursa_principal', tuple)
 # Peers whose v1 (legacy) signatures were logged; past this many, no
 # more are remembered (nor logged).
 LEGACY_PEERS_MAX = 1024
@@ -403,7 +406,7 @@ class MasterAPI:
             authority=auth.host_authority(request.host, request.secure),
             names=self.names)
         self.guard.request_seen(request)
-        request['ursa_principal'] = (name, role, signed.key)
+        request[PRINCIPAL] = (name, role, signed.key)
         self._authorize(request, name, role)
         if signed.version == 1:
             self._legacy_warning(request)
@@ -445,7 +448,7 @@ class MasterAPI:
     def _own_host(request, host):
         """Forbidden unless a host principal (named after its host) asks
         for ``host`` (other principals may ask for any)."""
-        name, role, _ = request.get('ursa_principal',
+        name, role, _ = request.get(PRINCIPAL,
                                     (auth.ADMIN, 'admin', None))
         if role == 'host' and host != name:
             raise exception.Forbidden(
@@ -851,7 +854,7 @@ class MasterAPI:
     def _new_key(request, b):
         """The key a key-management request carries, unwrapped with the
         key that signed it (auth.wrap_key)."""
-        return auth.unwrap_key(request['ursa_principal'][2],
+        return auth.unwrap_key(request[PRINCIPAL][2],
                                b.get('key', str, required=True),
                                b.get('nonce', str, required=True))
 
@@ -866,7 +869,7 @@ class MasterAPI:
             b.get('role', str, required=True), self._new_key(request, b))
         self.principals.invalidate()
         LOG.info('Principal %s (role %s) created by %s', principal['name'],
-                 principal['role'], request['ursa_principal'][0])
+                 principal['role'], request[PRINCIPAL][0])
         return web.json_response({'principal': principal}, status=201)
 
     async def rotate_principal(self, request):
@@ -882,7 +885,7 @@ class MasterAPI:
         self.principals.invalidate()
         LOG.info('Principal %s rotated by %s; its previous key is valid '
                  'for %d s more', principal['name'],
-                 request['ursa_principal'][0], window)
+                 request[PRINCIPAL][0], window)
         return web.json_response({'principal': principal})
 
     async def revoke_principal(self, request):
@@ -890,7 +893,7 @@ class MasterAPI:
         await self.db(self.store.revoke_principal, name)
         self.principals.invalidate()
         LOG.info('Principal %s revoked by %s', name,
-                 request['ursa_principal'][0])
+                 request[PRINCIPAL][0])
         return web.Response(status=204)
 
 
