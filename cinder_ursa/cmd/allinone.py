@@ -102,6 +102,9 @@ class AllInOne:
         # role -> (network namespace, address); see the module's doc.
         self.hosts = dict(hosts or {})
         self.fault_proxies = fault_proxies
+        # Chunk server index -> text added to that server's own
+        # configuration file (e.g. an [ursa] principal of its own).
+        self.cs_extra_conf = {}
         self.proxies = {}       # chunk server index -> ProxyControl
         self._proxy_thread = None
         self.masters = masters
@@ -366,6 +369,8 @@ class AllInOne:
                       'host = cs%d' % i]
         if self.racks is not None:
             lines.append('rack = %s' % self.racks[i])
+        if i in self.cs_extra_conf:
+            lines.append(self.cs_extra_conf[i])
         with open(own, 'w') as f:
             f.write('\n'.join(lines) + '\n')
         proc = self._spawn('cinder_ursa.cmd.chunkserver', 'cs%d.log' % i,
