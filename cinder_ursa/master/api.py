@@ -27,7 +27,7 @@ from cinder_ursa.common import units
 from cinder_ursa.master import listener
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
-from cinder_ursa.protocol import rest
+from cinder_ursa.protocol import roles
 
 LOG = logging.getLogger(__name__)
 
@@ -429,7 +429,7 @@ class MasterAPI:
         if resource is None:
             return          # no such route: the 404 says so
         route = resource.canonical[len('/' + API_VERSION):]
-        if not rest.role_allows(role, request.method, route):
+        if not roles.allows(role, request.method, route):
             raise exception.Forbidden(
                 reason='principal %r has the role %s, which may not call '
                        '%s %s; sign as a principal whose role may ("ursa '

@@ -17,7 +17,7 @@ from cliff import show
 from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
-from cinder_ursa.protocol import rest
+from cinder_ursa.protocol import roles
 
 _when = units.format_time
 
@@ -55,7 +55,7 @@ class KeyCreate(show.ShowOne):
                        'digits, ".", "-" or "_"; a host principal is its '
                        'host\'s name.' % auth.PRINCIPAL_MAX)
         p.add_argument('--role', required=True,
-                       choices=sorted(r for r in rest.ROLES),
+                       choices=sorted(r for r in roles.ROLES),
                        help='What the principal may ask the masters.')
         p.add_argument('--key-file', help='Where to write the key '
                        '(default: NAME.key in the current directory).')

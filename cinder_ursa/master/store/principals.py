@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.master import models
-from cinder_ursa.protocol import rest
+from cinder_ursa.protocol import roles
 
 
 def _check_name(name):
@@ -44,10 +44,10 @@ class PrincipalRecords:
 
     def create_principal(self, name, role, key):
         _check_name(name)
-        if role not in rest.ROLES:
+        if role not in roles.ROLES:
             raise exception.InvalidArgument(
                 reason='no role %r: one of %s' % (
-                    role, ', '.join(sorted(rest.ROLES))))
+                    role, ', '.join(sorted(roles.ROLES))))
         p = models.principals
         now = time.time()
         with self.begin() as conn:

@@ -16,7 +16,7 @@ from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.master import api
 from cinder_ursa.master import store as store_mod
-from cinder_ursa.protocol import rest
+from cinder_ursa.protocol import roles
 
 KEY = b'k' * 32
 NOVA = b'n' * 64
@@ -79,7 +79,7 @@ def test_every_role_route_is_a_route_of_the_api(store):
     app = api.MasterAPI(store, KEY).app()
     routes = {(r.method, r.resource.canonical[len('/v1'):])
               for r in app.router.routes() if r.resource is not None}
-    for role, allowed in rest.ROLES.items():
+    for role, allowed in roles.ROLES.items():
         assert allowed is None or allowed <= routes, (role,
                                                       allowed - routes)
 
