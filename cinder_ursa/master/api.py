@@ -280,7 +280,8 @@ class MasterAPI:
                  guard=None, names=None, **repair):
         self.store = store
         # The authorities (host:port) this master serves under: a v3
-        # signature for another is refused (None: any; see set_names).
+        # signature for another is refused (None: any, as in tests and
+        # tools; ursa-master always sets them: cmd.master.signature_names).
         self.names = names
         self.principals = PrincipalCache(store, key)
         self.signature_window = signature_window
