@@ -243,9 +243,19 @@ class PrincipalCache:
     async def _reload(self, older_than):
         async with self._lock:
             # Another request may have reloaded while this one waited.
-            if self._clock() - self._loaded > older_than:
+            if self._clock() - self._loaded <= older_than:
+                return
+            try:
                 self._table = await self.db(self.store.principal_keys)
-                self._loaded = self._clock()
+            except Exception as e:  # noqa: BLE001 - any database error
+                if self._loaded == -math.inf and not self._table:
+                    raise
+                # The database is away for a moment: the keys read last
+                # still hold (a change made meanwhile counts once it is
+                # back), rather than every principal but admin refused.
+                LOG.warning('Cannot reread the principals (%s); using '
+                            'those read before', e)
+            self._loaded = self._clock()
 
     async def lookup(self, name):
         """(role, keys to try) of ``name``, None if there is no such

@@ -286,3 +286,27 @@ def test_store_checks_names_and_roles(store):
         store.revoke_principal('nobody')
     with pytest.raises(exception.InvalidArgument, match='cluster key'):
         store.revoke_principal('admin')
+
+
+def test_the_keys_read_last_hold_while_the_database_is_away(store):
+    now = [1000.0]
+    cache = api.PrincipalCache(store, KEY, clock=lambda: now[0])
+    away = []
+
+    async def db(fn, *args):
+        if away:
+            raise RuntimeError('database away')
+        return fn(*args)
+    cache.db = db
+
+    async def go():
+        assert (await cache.lookup('ha'))[0] == 'nova_ha'
+        away.append(1)
+        now[0] += 10
+        assert (await cache.lookup('ha'))[0] == 'nova_ha'
+        # Never read: the error is the caller's (a 500, logged).
+        fresh = api.PrincipalCache(store, KEY, clock=lambda: now[0])
+        fresh.db = db
+        with pytest.raises(RuntimeError):
+            await fresh.lookup('ha')
+    asyncio.run(go())
