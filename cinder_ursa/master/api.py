@@ -806,8 +806,17 @@ class MasterAPI:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
         holder = b.get('holder', str, required=True)
         self._own_holder(request, holder)
-        lease = await self.service.acquire_lease(
-            ref, holder, ttl, b.get('force', bool, False))
+        force = b.get('force', bool, False)
+        if force and request[PRINCIPAL][1] == 'host':
+            # Taking a lease by force revokes another holder's, maybe on
+            # another host: neither ursa-nbd nor ursa-attach does it.
+            raise exception.Forbidden(
+                reason='principal %r (role host) may not take a lease by '
+                       'force: have the holder\'s lease revoked (the '
+                       'Cinder driver\'s force detach, or "ursa host '
+                       'fence" of the holder\'s host)'
+                       % request[PRINCIPAL][0])
+        lease = await self.service.acquire_lease(ref, holder, ttl, force)
         return web.json_response({'lease': lease}, status=201)
 
     async def renew_lease(self, request):

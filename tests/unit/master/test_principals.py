@@ -123,6 +123,9 @@ def test_a_host_principal_asks_only_for_its_own_host(store):
              {'holder': 'compute-2:1:x'}),
             ('POST', '/v1/volumes/vol1/lease',
              {'holder': 'ursa-attach@compute-2'}),
+            # Its own holder, by force: that would revoke another's.
+            ('POST', '/v1/volumes/vol1/lease',
+             {'holder': 'compute-1:1:x', 'force': True}),
             ('DELETE', '/v1/volumes/vol1/lease?holder=compute-2:1:x'
              '&generation=1', None),
             # Not a host's business at all.
