@@ -473,6 +473,24 @@ class MasterAPI:
         holders on its host (store.holder_host)."""
         self._own_host(request, store_mod.holder_host(holder))
 
+    async def _attached_here(self, request, ref):
+        """Forbidden unless a host principal's host has volume ``ref``
+        attached: a hypervisor opens for writing only what Cinder
+        attached to it (ursa-nbd and ursa-attach serve only those)."""
+        name, role, _ = request[PRINCIPAL]
+        if role != 'host':
+            return
+        try:
+            await self.db(self.store.get_attachment, ref, name)
+        except exception.NotFound as e:
+            if e.kwargs.get('kind') != 'attachment':
+                raise       # no such volume: a 404 as for anyone
+            raise exception.Forbidden(
+                reason='volume %s is not attached to host %s (principal '
+                       '%r, role host): attach it there first (Cinder '
+                       'does, through the master)' % (ref, name, name)
+            ) from None
+
     def _legacy_warning(self, request):
         """Log once per peer that it still signs v1 (to be upgraded)."""
         peer = request.remote
@@ -816,6 +834,7 @@ class MasterAPI:
                        'Cinder driver\'s force detach, or "ursa host '
                        'fence" of the holder\'s host)'
                        % request[PRINCIPAL][0])
+        await self._attached_here(request, ref)
         lease = await self.service.acquire_lease(ref, holder, ttl, force)
         return web.json_response({'lease': lease}, status=201)
 

@@ -141,6 +141,15 @@ def test_a_host_principal_asks_only_for_its_own_host(store):
                         '/v1/volumes/%s/lease' % vol['id'],
                         {'holder': 'compute-1:1:x'})
     assert status != 403, reply
+    # A volume not attached to its host: not its business either.
+    store.create_volume('vol2', 1 << 20, 1, 1, 1 << 20)
+    status, reply = one(store, 'compute-1', HOST, 'POST',
+                        '/v1/volumes/vol2/lease', {'holder': 'compute-1:1:x'})
+    assert status == 403 and 'not attached to host compute-1' in \
+        reply['error']['message'], reply
+    # No such volume: 404, as for anyone.
+    assert one(store, 'compute-1', HOST, 'POST', '/v1/volumes/vol3/lease',
+               {'holder': 'compute-1:1:x'})[0] == 404
 
 
 def test_rotation_keeps_the_old_key_for_its_window_only(store):
