@@ -103,6 +103,11 @@ def set_default_principal(principal):
     _default_principal = principal
 
 
+def default_principal():
+    """The (name, key) :func:`set_default_principal` set, or None."""
+    return _default_principal
+
+
 def principal_from(name, key_file):
     """(name, key) of the principal ``name`` with the key in
     ``key_file``; None for ``admin`` (the cluster key signs).

@@ -12,7 +12,10 @@ import pathlib
 import pytest
 
 from cinder_ursa import exception
+from cinder_ursa.cmd import cli
 from cinder_ursa.cmd.admin import keys
+from cinder_ursa.common import auth
+from cinder_ursa.transport import http
 
 
 class FakeMaster:
@@ -151,3 +154,34 @@ def test_the_commands_are_entry_points():
     for cmd in ('create', 'list', 'rotate', 'revoke'):
         assert 'key_%s = cinder_ursa.cmd.admin.keys:Key%s' % (
             cmd, cmd.capitalize()) in eps
+
+
+def _ursa_settings(monkeypatch, tmp_path, conf_text, system=False):
+    conf = tmp_path / 'ursa.conf'
+    conf.write_text(conf_text)
+    monkeypatch.setattr(cli, 'SYSTEM_CONF', str(conf))
+    monkeypatch.setattr(http, '_default_principal', None)
+    app = cli.UrsaApp()
+    app.options = argparse.Namespace(
+        master=None, key_file=None, config_file=None if system else
+        str(conf))
+    return app._settings()
+
+
+def test_the_cli_signs_with_a_principal_key_alone(monkeypatch, tmp_path):
+    """A host given only a principal's key (no cluster key) runs the
+    commands its role allows."""
+    key = auth.new_key()
+    auth.write_key_file(str(tmp_path / 'ha.key'), key)
+    urls, got = _ursa_settings(
+        monkeypatch, tmp_path, '[ursa]\nmaster_url = http://m:1\n'
+        'principal = ha\nprincipal_key_file = %s\n' % (tmp_path / 'ha.key'))
+    assert (urls, got) == (['http://m:1'], key)
+    assert http.default_principal() == ('ha', key)
+
+
+def test_the_cli_without_any_key_says_so(monkeypatch, tmp_path):
+    """The system configuration without a key: a clear error, not an
+    endless recursion into it."""
+    with pytest.raises(exception.InvalidArgument, match='no cluster key'):
+        _ursa_settings(monkeypatch, tmp_path, '[ursa]\n', system=True)
