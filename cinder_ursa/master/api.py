@@ -473,6 +473,25 @@ class MasterAPI:
         holders on its host (store.holder_host)."""
         self._own_host(request, store_mod.holder_host(holder))
 
+    @staticmethod
+    def _own_server_host(request, host):
+        """Forbidden unless a chunkserver principal (named after its
+        host, [ursa_chunkserver] host) speaks for a server of its host
+        (other principals may speak for any)."""
+        name, role, _ = request[PRINCIPAL]
+        if role == 'chunkserver' and host != name:
+            raise exception.Forbidden(
+                reason='principal %r (role chunkserver) may only speak for '
+                       'the chunk servers of its host %r, not of %r: give '
+                       'each storage host a principal named after it '
+                       '([ursa_chunkserver] host)' % (name, name, host))
+
+    async def _own_server(self, request, server_id):
+        """_own_server_host of chunk server ``server_id``."""
+        if request[PRINCIPAL][1] == 'chunkserver':
+            self._own_server_host(request, await self.db(
+                self.store.server_host, server_id))
+
     async def _attached_here(self, request, ref):
         """Forbidden unless a host principal's host has volume ``ref``
         attached: a hypervisor opens for writing only what Cinder
@@ -555,6 +574,7 @@ class MasterAPI:
                 reason='"chunks" must be a list of [volume, index, epoch] '
                        'with 64-bit integers') from None
         port = b.get('port', int, required=True)
+        self._own_server_host(request, b.get('host', str, required=True))
         if not 0 < port < 65536:
             raise exception.InvalidArgument(reason='port out of range')
         primaries = []
@@ -582,6 +602,7 @@ class MasterAPI:
 
     async def heartbeat(self, request):
         sid = _path_int(request, 'id')
+        await self._own_server(request, sid)
         b = await _body(request)
         primaries = []
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
@@ -801,6 +822,9 @@ class MasterAPI:
         ref = request.match_info['ref']
         idx = _path_int(request, 'idx')
         b = await _body(request)
+        # Any server's: a primary rebuilding a chunk joins, promotes or
+        # gives up its target, maybe on another host (chunkserver/
+        # rebuild.py), as it drops a failed replica.
         chunk = await self.db(fn, ref, idx,
                               b.get('server_id', int, required=True),
                               b.get('epoch', int, required=True))

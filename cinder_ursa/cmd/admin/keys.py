@@ -43,9 +43,10 @@ def _info(p, key_file=None):
 class KeyCreate(show.ShowOne):
     """Create a principal with a role and a new key, and write the key to
     a file (mode 0600; refused if it exists).  Roles: admin (every
-    route), chunkserver (ursa-chunkserver), volume (the Cinder driver),
-    host (ursa-nbd and ursa-attach of one hypervisor: name the principal
-    after that host), nova_ha (fencing and status).
+    route), chunkserver (the ursa-chunkserver processes of one storage
+    host), volume (the Cinder driver), host (ursa-nbd and ursa-attach of
+    one hypervisor), nova_ha (fencing and status); name a chunkserver or
+    host principal after its host.
     Example: ursa key create compute-3 --role host --key-file
     /etc/ursa/compute-3.key"""
 

@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import time
 import urllib.parse
 
@@ -96,10 +97,13 @@ def test_rotation_keeps_the_old_key_for_its_window(make_cluster, tmp_path):
 
 def test_a_chunk_server_signs_as_its_own_principal(make_cluster, tmp_path):
     c = make_cluster(1)
-    path = create(c, tmp_path, 'cs0', 'chunkserver')
+    # Named after its host ([ursa_chunkserver] host): it may speak for
+    # that host's servers only.
+    host = socket.gethostname()
+    path = create(c, tmp_path, host, 'chunkserver')
     c.kill_chunkserver(0)
-    c.cs_extra_conf[0] = ('[ursa]\nprincipal = cs0\nprincipal_key_file = '
-                          '%s\n' % path)
+    c.cs_extra_conf[0] = ('[ursa]\nprincipal = %s\nprincipal_key_file = '
+                          '%s\n' % (host, path))
     c.start_chunkserver(0)          # registers: waits for it to be up
     # It serves I/O (it asks the master for chunk maps and volumes).
     c.client().create_volume('vol1', 4 << 20, replicas=1, min_replicas=1,
@@ -113,13 +117,13 @@ def test_a_chunk_server_signs_as_its_own_principal(make_cluster, tmp_path):
     with open(log) as f:
         text = f.read()
     assert 'Forbidden' not in text and 'not_authorized' not in text, text
-    # It signs as cs0: revoked, its heartbeats are refused and the master
-    # sees it down.
-    ursa_key(c, keys.KeyRevoke, 'cs0')
+    # It signs as its principal: revoked, its heartbeats are refused and
+    # the master sees it down.
+    ursa_key(c, keys.KeyRevoke, host)
     wait_for(lambda: [s['state'] for s in c.client().servers()] != ['up'],
              20, 'chunk server 0 down after its principal was revoked')
     with open(log) as f:
-        assert "unknown principal 'cs0'" in f.read()
+        assert 'unknown principal %r' % host in f.read()
 
 
 def send(url, authority, method, path, value):

@@ -322,3 +322,28 @@ def test_the_keys_read_last_hold_while_the_database_is_away(store):
         with pytest.raises(RuntimeError):
             await fresh.lookup('ha')
     asyncio.run(go())
+
+
+def test_a_chunkserver_principal_speaks_for_its_hosts_servers(store):
+    key = b'c' * 64
+    store.create_principal('stor1', 'chunkserver', key)
+
+    def register(host, uuid):
+        return ('stor1', key, 'POST', '/v1/chunkservers',
+                {'uuid': uuid, 'host': host, 'address': '10.0.0.21',
+                 'port': 9400})
+    results = call(store, [register('stor1', 'u1'), register('stor2', 'u2')])
+    assert results[0][0] == 200, results[0]
+    status, reply = results[1]
+    assert status == 403 and "not of 'stor2'" in reply['error']['message']
+    own = results[0][1]['server']['id']
+    other = store.register_server('u3', 'stor2', 'default', '10.0.0.22',
+                                  9400, 0, 0, 0)[0]['id']
+    results = call(store, [
+        ('stor1', key, 'PUT', '/v1/chunkservers/%d/heartbeat' % own,
+         {'uuid': 'u1'}),
+        ('stor1', key, 'PUT', '/v1/chunkservers/%d/heartbeat' % other,
+         {'uuid': 'u3'}),
+        # No such server: no host, refused the same.
+        ('stor1', key, 'PUT', '/v1/chunkservers/999/heartbeat', {})])
+    assert [s for s, _ in results] == [200, 403, 403], results
