@@ -69,6 +69,14 @@ class NotAuthorized(RemoteError):
     http_status = 401
 
 
+class Forbidden(RemoteError):
+    """Authenticated, but the principal's role does not allow this."""
+
+    message = 'Forbidden: %(reason)s'
+    code = 'forbidden'
+    http_status = 403
+
+
 class NotFound(RemoteError):
     message = '%(kind)s %(name)s not found'
     code = 'not_found'
@@ -182,8 +190,9 @@ class InternalError(RemoteError):
 
 # One table: wire/REST code -> exception class.
 _BY_CODE = {cls.code: cls for cls in (
-    InvalidArgument, ProtocolError, NotAuthorized, NotFound, AlreadyExists,
-    Conflict, NoSpace, InsufficientReplicas, StaleEpoch, StaleReplica,
+    InvalidArgument, ProtocolError, NotAuthorized, Forbidden, NotFound,
+    AlreadyExists, Conflict, NoSpace, InsufficientReplicas, StaleEpoch,
+    StaleReplica,
     StaleSnapshot, Unavailable, Fenced, LeaseHeld, ChecksumError, DiskError,
     NotLeader,
     OutOfRange, InternalError, UrsaTimeout, UrsaConnectionError)}

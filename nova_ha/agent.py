@@ -42,8 +42,10 @@ class Agent:
         self.coord = None
         self._published = None
         self.master = None
+        # A nova_ha principal's key (least rights) or the cluster key.
         if conf.agent.check_storage and (conf.ursa.cluster_key_file
-                                         or conf.ursa.cluster_key):
+                                         or conf.ursa.cluster_key
+                                         or conf.ursa.principal_key_file):
             self.master = ursa_master.MasterClient.from_conf(conf,
                                                              timeout=5)
 

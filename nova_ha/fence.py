@@ -79,7 +79,8 @@ class CommandFence:
 def fences_from_conf(conf):
     fences = []
     if conf.evacuator.use_ursa_fencing and conf.ursa.master_url and (
-            conf.ursa.cluster_key_file or conf.ursa.cluster_key):
+            conf.ursa.cluster_key_file or conf.ursa.cluster_key
+            or conf.ursa.principal_key_file):
         fences.append(UrsaFence.from_conf(conf))
     if conf.evacuator.fence_command:
         fences.append(CommandFence(conf.evacuator.fence_command,

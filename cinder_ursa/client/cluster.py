@@ -24,12 +24,15 @@ class Cluster:
 
     def __init__(self, master_urls, key, io_timeout=60.0,
                  request_timeout=15.0, local=None, liveness_timeout=3.0,
-                 tls=None):
+                 tls=None, principal=None):
         self.key = key if isinstance(key, bytes) else key.encode()
         # tls: the ssl.SSLContext of https:// masters (None: the
-        # process default, transport.http.set_default_tls).
-        self.master = master_mod.AsyncMasterClient(master_urls, self.key,
-                                                   tls=tls)
+        # process default, transport.http.set_default_tls); principal:
+        # (name, key) signing the REST requests (None: the process
+        # default, set_default_principal).  The data protocol uses the
+        # cluster key.
+        self.master = master_mod.AsyncMasterClient(
+            master_urls, self.key, tls=tls, principal=principal)
         self.pool = aio.ConnectionPool(self.key, connect_timeout=5.0,
                                        liveness=liveness_timeout)
         self.io_timeout = io_timeout

@@ -16,8 +16,11 @@ from cinder_ursa.transport import http
 class MasterClient:
     """Blocking client of the master (eventlet-safe)."""
 
-    def __init__(self, urls, key, timeout=30.0, tls=None):
-        self._http = http.BlockingHttp(urls, key, timeout, tls=tls)
+    def __init__(self, urls, key, timeout=30.0, tls=None, principal=None):
+        # principal: (name, key) signing the requests (None: the
+        # process default, transport.http.set_default_principal).
+        self._http = http.BlockingHttp(urls, key, timeout, tls=tls,
+                                       principal=principal)
 
     @classmethod
     def from_key_file(cls, urls, key_file=None, key=None, timeout=30.0,
@@ -29,12 +32,18 @@ class MasterClient:
     @classmethod
     def from_conf(cls, conf, timeout=30.0):
         """A client from the ``[ursa]`` options of ``conf``: master_url,
-        the cluster key and the TLS files (https:// masters)."""
+        the cluster key, the principal that signs (principal,
+        principal_key_file) and the TLS files (https:// masters)."""
         u = conf.ursa
-        return cls.from_key_file(
-            u.master_url, u.cluster_key_file, u.cluster_key, timeout,
-            tls=http.client_tls(u.tls_ca_file, u.tls_cert_file,
-                                u.tls_key_file))
+        principal = http.principal_from(u.principal, u.principal_key_file)
+        key = principal[1] if principal and not (
+            u.cluster_key_file or u.cluster_key) else None
+        return cls(
+            u.master_url, key or auth.load_key(u.cluster_key_file,
+                                               u.cluster_key),
+            timeout, tls=http.client_tls(u.tls_ca_file, u.tls_cert_file,
+                                         u.tls_key_file),
+            principal=principal)
 
     @property
     def urls(self):
@@ -154,12 +163,34 @@ class MasterClient:
     def fenced_hosts(self):
         return self._http.send(rest.fenced_hosts())
 
+    def principals(self):
+        return self._http.send(rest.principals())
+
+    def create_principal(self, name, role, key):
+        """Create principal ``name`` with ``role`` and ``key`` (bytes,
+        made here: it goes to the master wrapped with the signer's
+        key, see auth.wrap_key)."""
+        wrapped, nonce = auth.wrap_key(self._http.principal[1], key)
+        return self._http.send(rest.create_principal(name, role, wrapped,
+                                                     nonce))
+
+    def rotate_principal(self, name, key, window):
+        """Give ``name`` the new ``key``; its old key stays valid
+        ``window`` seconds."""
+        wrapped, nonce = auth.wrap_key(self._http.principal[1], key)
+        return self._http.send(rest.rotate_principal(name, wrapped, nonce,
+                                                     window))
+
+    def revoke_principal(self, name):
+        self._http.send(rest.revoke_principal(name))
+
 
 class AsyncMasterClient:
     """asyncio client of the master; create and use inside one loop."""
 
-    def __init__(self, urls, key, timeout=30.0, tls=None):
-        self._http = http.AsyncHttp(urls, key, timeout, tls=tls)
+    def __init__(self, urls, key, timeout=30.0, tls=None, principal=None):
+        self._http = http.AsyncHttp(urls, key, timeout, tls=tls,
+                                    principal=principal)
 
     @property
     def urls(self):

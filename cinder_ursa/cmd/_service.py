@@ -8,6 +8,7 @@ import signal
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from cinder_ursa import exception
 from cinder_ursa.common import opts as common_opts
 from cinder_ursa.transport import http
 
@@ -22,6 +23,11 @@ def setup(argv, prog, register, description):
     # The REST clients of this process verify https:// masters with the
     # [ursa] TLS options.
     http.configure_tls(conf)
+    # ... and sign as [ursa] principal (admin: with the cluster key).
+    try:
+        http.configure_principal(conf)
+    except exception.InvalidArgument as e:
+        raise SystemExit('%s: [ursa] %s' % (prog, e)) from None
     return conf
 
 

@@ -102,6 +102,11 @@ class AllInOne:
         # role -> (network namespace, address); see the module's doc.
         self.hosts = dict(hosts or {})
         self.fault_proxies = fault_proxies
+        # Chunk server index -> text added to that server's own
+        # configuration file (e.g. an [ursa] principal of its own); the
+        # same for 'nbd' and 'attach', in a file of their own.
+        self.cs_extra_conf = {}
+        self.service_extra_conf = {}
         self.proxies = {}       # chunk server index -> ProxyControl
         self._proxy_thread = None
         self.masters = masters
@@ -253,7 +258,13 @@ class AllInOne:
         as that process's exit); return the endpoint it wrote."""
         state = os.path.join(self.data_dir, name)
         os.makedirs(state, exist_ok=True)
-        proc = self._spawn('cinder_ursa.cmd.' + name, name + '.log',
+        args = []
+        if name in self.service_extra_conf:
+            own = os.path.join(state, name + '.conf')
+            with open(own, 'w') as f:
+                f.write(self.service_extra_conf[name])
+            args = ['--config-file', own]
+        proc = self._spawn('cinder_ursa.cmd.' + name, name + '.log', args,
                            role=name)
         setattr(self, name + '_proc', proc)
         return self._wait_file(os.path.join(state, 'endpoint.json'), proc,
@@ -366,6 +377,8 @@ class AllInOne:
                       'host = cs%d' % i]
         if self.racks is not None:
             lines.append('rack = %s' % self.racks[i])
+        if i in self.cs_extra_conf:
+            lines.append(self.cs_extra_conf[i])
         with open(own, 'w') as f:
             f.write('\n'.join(lines) + '\n')
         proc = self._spawn('cinder_ursa.cmd.chunkserver', 'cs%d.log' % i,

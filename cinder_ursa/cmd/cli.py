@@ -35,6 +35,10 @@ from cinder_ursa.transport import http
 VERSION = '0.1.0'
 
 
+# Read when neither --key-file nor --config-file gives a key.
+SYSTEM_CONF = '/etc/ursa/ursa.conf'
+
+
 class UrsaApp(app.App):
 
     def __init__(self):
@@ -57,8 +61,9 @@ class UrsaApp(app.App):
                             help='Cluster key file (env URSA_KEY_FILE).')
         parser.add_argument('--config-file',
                             default=os.environ.get('URSA_CONFIG'),
-                            help='An ursa.conf to read [ursa] master_url and '
-                                 'cluster_key_file from (env URSA_CONFIG).')
+                            help='An ursa.conf to read [ursa] master_url, '
+                                 'cluster_key_file and principal from (env '
+                                 'URSA_CONFIG).')
         return parser
 
     def _settings(self):
@@ -76,11 +81,22 @@ class UrsaApp(app.App):
             # https:// masters: verified with the file's [ursa] TLS
             # options (the CLI's clients are built without a context).
             http.configure_tls(conf)
+            # The principal the file names signs (admin: the cluster
+            # key).
+            http.configure_principal(conf)
         if not urls:
-            urls = common_opts.common_opts[2].default
-        if not key_file and not key and os.path.exists('/etc/ursa/ursa.conf'):
-            self.options.config_file = '/etc/ursa/ursa.conf'
+            urls = next(o.default for o in common_opts.common_opts
+                        if o.name == 'master_url')
+        if not key_file and not key and os.path.exists(SYSTEM_CONF) and \
+                self.options.config_file != SYSTEM_CONF:
+            self.options.config_file = SYSTEM_CONF
             return self._settings()
+        signer = http.default_principal()
+        if not key_file and not key and signer is not None:
+            # A host given only a principal's key (nova_ha's, say): the
+            # REST commands its role allows work; the data commands,
+            # which need the cluster key, are refused by the servers.
+            return urls, signer[1]
         return urls, auth.load_key(key_file, key)
 
     def master(self):

@@ -5,8 +5,12 @@ Example::
     ursa-master --config-file /etc/ursa/ursa.conf
 """
 
+import fcntl
+import ipaddress
 import os
+import socket
 import ssl
+import struct
 import sys
 import urllib.parse
 
@@ -122,6 +126,65 @@ def server_tls(mc):
     return ctx
 
 
+WILDCARDS = ('', '0.0.0.0', '::', '[::]')
+SIOCGIFADDR = 0x8915
+
+
+def local_hosts():
+    """The names and addresses of this host: its host name and FQDN,
+    what they resolve to, the IPv4 address of each interface and its
+    IPv6 addresses (Linux), and loopback.  What clients may call a
+    master bound to a wildcard address."""
+    hosts = {'localhost', '127.0.0.1', '::1'}
+    name = socket.gethostname()
+    hosts.update((name, socket.getfqdn()))
+    try:
+        hosts.update(info[4][0] for info in socket.getaddrinfo(name, None))
+    except OSError:
+        pass
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, ifname in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack(
+                    '256s', ifname[:15].encode()))
+            except OSError:
+                continue        # no IPv4 address
+            hosts.add(socket.inet_ntoa(raw[20:24]))
+    try:
+        with open('/proc/net/if_inet6') as f:
+            for line in f:
+                h = line.split()[0]
+                hosts.add(str(ipaddress.IPv6Address(int(h, 16))))
+    except (OSError, ValueError, IndexError):
+        pass
+    return hosts
+
+
+def signature_names(mc, url, port, tls, hosts=local_hosts):
+    """The authorities (host:port) this master serves under, which the
+    requests it accepts must be signed for (see auth): its URL, its
+    bind_host with the port (every name and address of this host, from
+    ``hosts()``, when bind_host is a wildcard) and [ursa_master]
+    signature_names.  ValueError for a signature_names entry that is no
+    host[:port]."""
+    names = set()
+    own = auth.authority(url)
+    if own and own.rpartition(':')[0] not in WILDCARDS:
+        names.add(own)
+    bound = [mc.bind_host] if mc.bind_host not in WILDCARDS else hosts()
+    for host in bound:
+        spelled = auth.host_authority('%s:%d' % (
+            '[%s]' % host if ':' in host else host, port), tls)
+        if spelled:
+            names.add(spelled)
+    for name in mc.signature_names:
+        spelled = auth.host_authority(name, tls)
+        if not spelled:
+            raise ValueError('signature_names: %r is no host[:port]' % name)
+        names.add(spelled)
+    return frozenset(names)
+
+
 def main(argv=None):
     conf = _service.setup(
         sys.argv[1:] if argv is None else argv, 'ursa-master',
@@ -144,6 +207,9 @@ def main(argv=None):
                      mc.leader_renew_deadline, lease, option))
     try:
         tls = server_tls(mc)
+        # Checked now, not once the port is bound.
+        signature_names(mc, '', mc.bind_port, tls is not None,
+                        hosts=lambda: ())
     except ValueError as e:
         sys.exit('ursa-master: [ursa_master] %s' % e)
     store.upgrade()
@@ -182,6 +248,10 @@ def main(argv=None):
         port = runner.addresses[0][1]
         url = (mc.advertise_url or '%s://%s:%d' % (
             'https' if tls else 'http', mc.bind_host, port)).rstrip('/')
+        master.names = signature_names(mc, url, port, tls is not None)
+        LOG.info('Accepting requests signed for %s ([ursa_master] '
+                 'signature_names adds more)',
+                 ', '.join(sorted(master.names)))
         # A lone master is the leader when this returns.
         await master.service.start_election(url)
         _service.write_endpoint(os.path.join(mc.state_dir, 'endpoint.json'),

@@ -12,6 +12,17 @@ common_opts = [
                     'to <data-dir>/cluster.key.'),
     cfg.StrOpt('cluster_key', secret=True,
                help='The cluster key itself, instead of cluster_key_file.'),
+    cfg.StrOpt('principal', default='admin',
+               help='The principal this process signs its REST requests '
+                    'to the masters as: "admin" signs with the cluster '
+                    'key (every right); another is one "ursa key create '
+                    'NAME --role ROLE" made, with only its role\'s rights '
+                    '(chunkserver, volume, host, nova_ha), and needs '
+                    'principal_key_file. The data protocol still uses the '
+                    'cluster key.'),
+    cfg.StrOpt('principal_key_file',
+               help='File holding the key of principal (written by "ursa '
+                    'key create" or "ursa key rotate", mode 0600).'),
     cfg.ListOpt('master_url', default=['http://127.0.0.1:9380'],
                 help='URL(s) of the ursa-master REST API: list every '
                      'master. Calls go to the leader (a standby names it; '

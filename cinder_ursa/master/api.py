@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ from cinder_ursa.common import units
 from cinder_ursa.master import listener
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
+from cinder_ursa.protocol import roles
 
 LOG = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ INT64_BOUND = 2 ** 63
 NUMBER_TEXT_MAX = 32
 # A failed data directory's reason is kept to this many characters.
 FAILURE_MAX = 500
+# What a request was signed by: (principal, role, the key that
+# verified it), set by the auth middleware.
+PRINCIPAL = web.RequestKey('ursa_principal', tuple)
 # Peers whose v1 (legacy) signatures were logged; past this many, no
 # more are remembered (nor logged).
 LEGACY_PEERS_MAX = 1024
@@ -208,6 +213,70 @@ def _volume_id(value):
     return value
 
 
+class PrincipalCache:
+    """The principals' roles and keys, from the database, kept in memory:
+    every request needs its signer's key before anything else.
+
+    Reloaded when older than ``REFRESH`` seconds (a key created, rotated
+    or revoked on another master counts here that much later; on this
+    one, at once: :meth:`invalidate`), and for a name it does not know
+    at most every ``MISS_INTERVAL`` seconds, so that requests naming
+    unknown principals (anyone can send them) cost at most one
+    database read a second.
+    """
+
+    REFRESH = 5.0
+    MISS_INTERVAL = 1.0
+
+    def __init__(self, store, admin_key, clock=time.monotonic):
+        self.store = store
+        self.admin_key = admin_key
+        self.db = None            # MasterAPI sets it (the DB worker)
+        self._clock = clock
+        self._table = {}
+        self._loaded = -math.inf
+        self._lock = asyncio.Lock()
+
+    def invalidate(self):
+        self._loaded = -math.inf
+
+    async def _reload(self, older_than):
+        async with self._lock:
+            # Another request may have reloaded while this one waited.
+            if self._clock() - self._loaded <= older_than:
+                return
+            try:
+                self._table = await self.db(self.store.principal_keys)
+            except Exception as e:  # noqa: BLE001 - any database error
+                if self._loaded == -math.inf and not self._table:
+                    raise
+                # The database is away for a moment: the keys read last
+                # still hold (a change made meanwhile counts once it is
+                # back), rather than every principal but admin refused.
+                LOG.warning('Cannot reread the principals (%s); using '
+                            'those read before', e)
+            self._loaded = self._clock()
+
+    async def lookup(self, name):
+        """(role, keys to try) of ``name``, None if there is no such
+        principal: the cluster key for ``admin``; a rotated principal's
+        previous key too until its window ends."""
+        if name == auth.ADMIN:
+            return 'admin', (self.admin_key,)
+        age = self._clock() - self._loaded
+        if age > self.REFRESH:
+            await self._reload(self.REFRESH)
+        elif name not in self._table and age > self.MISS_INTERVAL:
+            await self._reload(self.MISS_INTERVAL)
+        entry = self._table.get(name)
+        if entry is None:
+            return None
+        role, key, previous, until = entry
+        if previous is not None and time.time() < until:
+            return role, (key, previous)
+        return role, (key,)
+
+
 class MasterAPI:
     """REST routes over a :class:`MetadataStore` and the
     :class:`~cinder_ursa.master.service.MasterService` built on it."""
@@ -218,8 +287,13 @@ class MasterAPI:
                  max_volume_size=units.Pi, signature_window=auth.WINDOW,
                  replay_cache=auth.REPLAY_CACHE_SIZE,
                  accept_legacy_signatures=True, body_timeout=30.0,
-                 guard=None, **repair):
+                 guard=None, names=None, **repair):
         self.store = store
+        # The authorities (host:port) this master serves under: a v3
+        # signature for another is refused (None: any, as in tests and
+        # tools; ursa-master always sets them: cmd.master.signature_names).
+        self.names = names
+        self.principals = PrincipalCache(store, key)
         self.signature_window = signature_window
         self.replay = auth.ReplayCache(replay_cache)
         self.accept_legacy = accept_legacy_signatures
@@ -238,6 +312,7 @@ class MasterAPI:
         self.service = service_mod.MasterService(store, key, server_timeout,
                                                  **repair)
         self.db = self.service.db
+        self.principals.db = self.db
 
     # --- app ---------------------------------------------------------------
 
@@ -306,6 +381,12 @@ class MasterAPI:
         app.router.add_get(v + '/snapshots/{ref}', self.show_snapshot)
         app.router.add_delete(v + '/snapshots/{ref}', self.delete_snapshot)
         app.router.add_patch(v + '/snapshots/{ref}', self.update_snapshot)
+        app.router.add_get(v + '/principals', self.list_principals)
+        app.router.add_post(v + '/principals', self.create_principal)
+        app.router.add_post(v + '/principals/{name}/rotate',
+                            self.rotate_principal)
+        app.router.add_delete(v + '/principals/{name}',
+                              self.revoke_principal)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -319,12 +400,25 @@ class MasterAPI:
             return await handler(request)
         # What the client signed: the request target as it was sent.
         path, _, query = request.raw_path.partition('?')
+        value = request.headers.get(auth.HEADER)
+        name = auth.principal_of(value)
+        found = await self.principals.lookup(name)
+        if found is None:
+            raise exception.NotAuthorized(
+                reason='unknown principal %r: it was revoked, or never '
+                       'created ("ursa key list" shows them; "ursa key '
+                       'create" makes one), or [ursa] principal names '
+                       'another' % name)
+        role, keys = found
         signed = auth.verify(
-            self.key, request.method, path, query,
-            request.headers.get(auth.HEADER),
+            keys, request.method, path, query, value,
             window=self.signature_window, replay=self.replay,
-            legacy=self.accept_legacy)
+            legacy=self.accept_legacy, unbound=self.accept_legacy,
+            authority=auth.host_authority(request.host, request.secure),
+            names=self.names)
         self.guard.request_seen(request)
+        request[PRINCIPAL] = (name, role, signed.key)
+        self._authorize(request, name, role)
         if signed.version == 1:
             self._legacy_warning(request)
         # aiohttp keeps the body read here for the handler's json().
@@ -338,6 +432,83 @@ class MasterAPI:
                            % self.body_timeout}}, status=408))
         auth.check_body(signed, body)
         return await handler(request)
+
+    def _authorize(self, request, name, role):
+        """Forbidden (403) unless ``role`` may call this route; a host
+        principal only for its own host (its name)."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return          # no such route: the 404 says so
+        route = resource.canonical[len('/' + API_VERSION):]
+        if not roles.allows(role, request.method, route):
+            raise exception.Forbidden(
+                reason='principal %r has the role %s, which may not call '
+                       '%s %s; sign as a principal whose role may ("ursa '
+                       'key list"), or create one with "ursa key create '
+                       'NAME --role ROLE"' % (name, role, request.method,
+                                              route))
+        if role != 'host':
+            return
+        host = request.match_info.get('host')
+        if host is None and route.endswith('/attachments'):
+            host = request.query.get('host', '')
+        if host is not None:
+            self._own_host(request, host)
+
+    @staticmethod
+    def _own_host(request, host):
+        """Forbidden unless a host principal (named after its host) asks
+        for ``host`` (other principals may ask for any)."""
+        name, role, _ = request.get(PRINCIPAL,
+                                    (auth.ADMIN, 'admin', None))
+        if role == 'host' and host != name:
+            raise exception.Forbidden(
+                reason='principal %r (role host) may only ask for its own '
+                       'host %r, not %r: give each hypervisor a principal '
+                       'named after it ("ursa key create HOST --role '
+                       'host")' % (name, name, host))
+
+    def _own_holder(self, request, holder):
+        """A host principal takes, renews and releases only leases of
+        holders on its host (store.holder_host)."""
+        self._own_host(request, store_mod.holder_host(holder))
+
+    @staticmethod
+    def _own_server_host(request, host):
+        """Forbidden unless a chunkserver principal (named after its
+        host, [ursa_chunkserver] host) speaks for a server of its host
+        (other principals may speak for any)."""
+        name, role, _ = request[PRINCIPAL]
+        if role == 'chunkserver' and host != name:
+            raise exception.Forbidden(
+                reason='principal %r (role chunkserver) may only speak for '
+                       'the chunk servers of its host %r, not of %r: give '
+                       'each storage host a principal named after it '
+                       '([ursa_chunkserver] host)' % (name, name, host))
+
+    async def _own_server(self, request, server_id):
+        """_own_server_host of chunk server ``server_id``."""
+        if request[PRINCIPAL][1] == 'chunkserver':
+            self._own_server_host(request, await self.db(
+                self.store.server_host, server_id))
+
+    async def _attached_here(self, request, ref):
+        """Forbidden unless a host principal's host has volume ``ref``
+        attached: a hypervisor opens for writing only what Cinder
+        attached to it (ursa-nbd and ursa-attach serve only those)."""
+        name, role, _ = request[PRINCIPAL]
+        if role != 'host':
+            return
+        try:
+            await self.db(self.store.get_attachment, ref, name)
+        except exception.NotFound as e:
+            if e.kwargs.get('kind') != 'attachment':
+                raise       # no such volume: a 404 as for anyone
+            raise exception.Forbidden(
+                reason='volume %s is not attached to host %s (principal '
+                       '%r, role host): attach it there first (Cinder '
+                       'does, through the master)' % (ref, name, name)
+            ) from None
 
     def _legacy_warning(self, request):
         """Log once per peer that it still signs v1 (to be upgraded)."""
@@ -403,6 +574,7 @@ class MasterAPI:
                 reason='"chunks" must be a list of [volume, index, epoch] '
                        'with 64-bit integers') from None
         port = b.get('port', int, required=True)
+        self._own_server_host(request, b.get('host', str, required=True))
         if not 0 < port < 65536:
             raise exception.InvalidArgument(reason='port out of range')
         primaries = []
@@ -430,6 +602,7 @@ class MasterAPI:
 
     async def heartbeat(self, request):
         sid = _path_int(request, 'id')
+        await self._own_server(request, sid)
         b = await _body(request)
         primaries = []
         await self.db(self.store.heartbeat, sid, b.get('capacity', int, 0),
@@ -649,6 +822,9 @@ class MasterAPI:
         ref = request.match_info['ref']
         idx = _path_int(request, 'idx')
         b = await _body(request)
+        # Any server's: a primary rebuilding a chunk joins, promotes or
+        # gives up its target, maybe on another host (chunkserver/
+        # rebuild.py), as it drops a failed replica.
         chunk = await self.db(fn, ref, idx,
                               b.get('server_id', int, required=True),
                               b.get('epoch', int, required=True))
@@ -670,9 +846,20 @@ class MasterAPI:
         ttl = b.get('ttl', float, self.lease_ttl)
         if not 1 <= ttl <= 3600:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
-        lease = await self.service.acquire_lease(
-            ref, b.get('holder', str, required=True), ttl,
-            b.get('force', bool, False))
+        holder = b.get('holder', str, required=True)
+        self._own_holder(request, holder)
+        force = b.get('force', bool, False)
+        if force and request[PRINCIPAL][1] == 'host':
+            # Taking a lease by force revokes another holder's, maybe on
+            # another host: neither ursa-nbd nor ursa-attach does it.
+            raise exception.Forbidden(
+                reason='principal %r (role host) may not take a lease by '
+                       'force: have the holder\'s lease revoked (the '
+                       'Cinder driver\'s force detach, or "ursa host '
+                       'fence" of the holder\'s host)'
+                       % request[PRINCIPAL][0])
+        await self._attached_here(request, ref)
+        lease = await self.service.acquire_lease(ref, holder, ttl, force)
         return web.json_response({'lease': lease}, status=201)
 
     async def renew_lease(self, request):
@@ -681,8 +868,9 @@ class MasterAPI:
         ttl = b.get('ttl', float, self.lease_ttl)
         if not 1 <= ttl <= 3600:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
-        lease = await self.db(self.store.renew_lease, ref,
-                              b.get('holder', str, required=True),
+        holder = b.get('holder', str, required=True)
+        self._own_holder(request, holder)
+        lease = await self.db(self.store.renew_lease, ref, holder,
                               b.get('generation', int, required=True), ttl)
         return web.json_response({'lease': lease})
 
@@ -691,6 +879,7 @@ class MasterAPI:
         holder = request.query.get('holder')
         if not holder:
             raise exception.InvalidArgument(reason='"holder" is required')
+        self._own_holder(request, holder)
         await self.db(self.store.release_lease, ref, holder,
                       _int_query(request, 'generation'))
         return web.Response(status=204)
@@ -719,6 +908,57 @@ class MasterAPI:
     async def list_fenced_hosts(self, request):
         return web.json_response({'fenced_hosts': await self.db(
             self.store.list_fenced_hosts)})
+
+    # --- principals (admin only: in no other role's routes) -----------------
+
+    ROTATE_WINDOW_MAX = 7 * 86400
+
+    @staticmethod
+    def _new_key(request, b):
+        """The key a key-management request carries, unwrapped with the
+        key that signed it (auth.wrap_key)."""
+        return auth.unwrap_key(request[PRINCIPAL][2],
+                               b.get('key', str, required=True),
+                               b.get('nonce', str, required=True))
+
+    async def list_principals(self, request):
+        return web.json_response({'principals': await self.db(
+            self.store.list_principals)})
+
+    async def create_principal(self, request):
+        b = await _body(request)
+        principal = await self.db(
+            self.store.create_principal, b.get('name', str, required=True),
+            b.get('role', str, required=True), self._new_key(request, b))
+        self.principals.invalidate()
+        LOG.info('Principal %s (role %s) created by %s', principal['name'],
+                 principal['role'], request[PRINCIPAL][0])
+        return web.json_response({'principal': principal}, status=201)
+
+    async def rotate_principal(self, request):
+        b = await _body(request)
+        window = b.get('window', float, 3600.0)
+        if not 0 <= window <= self.ROTATE_WINDOW_MAX:
+            raise exception.InvalidArgument(
+                reason='"window" must be 0 to %d s (the previous key stays '
+                       'valid that long)' % self.ROTATE_WINDOW_MAX)
+        principal = await self.db(
+            self.store.rotate_principal, request.match_info['name'],
+            self._new_key(request, b), window)
+        self.principals.invalidate()
+        LOG.info('Principal %s rotated by %s; its previous key is valid '
+                 'for %d s more', principal['name'],
+                 request[PRINCIPAL][0], window)
+        return web.json_response({'principal': principal})
+
+    async def revoke_principal(self, request):
+        name = request.match_info['name']
+        await self.db(self.store.revoke_principal, name)
+        self.principals.invalidate()
+        LOG.info('Principal %s revoked by %s', name,
+                 request[PRINCIPAL][0])
+        return web.Response(status=204)
+
 
 def _path_int(request, name):
     try:

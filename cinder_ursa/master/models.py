@@ -150,3 +150,20 @@ cluster_term = sa.Table(
     sa.Column('leader', sa.String(1024), nullable=True),
     sa.Column('elected_at', sa.Double, nullable=True),
 )
+
+# Who may sign REST requests (besides the cluster key, the principal
+# "admin", which is not stored here): a role limiting the routes, the
+# key (HMAC needs the secret itself, so the database holds it: protect
+# it as the cluster key file), and after a rotation the previous key,
+# valid until previous_until so daemons are reconfigured without
+# downtime.
+principals = sa.Table(
+    'principals', metadata,
+    sa.Column('name', sa.String(64), primary_key=True),
+    sa.Column('role', sa.String(16), nullable=False),
+    sa.Column('key', sa.String(128), nullable=False),
+    sa.Column('previous_key', sa.String(128), nullable=True),
+    sa.Column('previous_until', sa.Double, nullable=True),
+    sa.Column('created_at', sa.Double, nullable=False),
+    sa.Column('rotated_at', sa.Double, nullable=True),
+)

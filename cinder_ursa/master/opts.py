@@ -128,6 +128,19 @@ master_opts = [
                      'logged once, as a warning. Set it to false once every '
                      'client is upgraded; the default becomes false in the '
                      'next release.'),
+    cfg.ListOpt('signature_names', default=[],
+                help='Other names clients reach this master under (a DNS '
+                     'alias, a load balancer), as host[:port] the way '
+                     'their URLs write it (no port: 80, or 443 with TLS), '
+                     'besides advertise_url and bind_host with the port '
+                     '(every name and address of this host when bind_host '
+                     'is a wildcard): a request is signed for the master '
+                     'it is sent to (the URL\'s host and port) and refused '
+                     'by any other, so that a request captured on its way '
+                     'to one master cannot be replayed to another. Clients '
+                     'reaching this master under a name not known get 401 '
+                     '"signed for the master at ..."; the master logs the '
+                     'names it accepts at start.'),
     cfg.IntOpt('signature_window', default=60, min=5, max=300,
                help='Seconds a request signature\'s time may be before or '
                     'after this master\'s clock (keep the clocks in sync '

@@ -293,3 +293,28 @@ def unfence_host(name):
 
 def fenced_hosts():
     return Request('GET', '/fenced-hosts', result='fenced_hosts')
+
+
+# --- principals and roles ---------------------------------------------------
+
+def principals():
+    return Request('GET', '/principals', result='principals')
+
+
+def create_principal(name, role, wrapped_key, nonce):
+    """A principal with a key the caller made, wrapped with the key that
+    signs the request (``auth.wrap_key``)."""
+    return Request('POST', '/principals', {'name': name, 'role': role,
+                                           'key': wrapped_key,
+                                           'nonce': nonce},
+                   result='principal')
+
+
+def rotate_principal(name, wrapped_key, nonce, window):
+    return Request('POST', '/principals/%s/rotate' % quote(name),
+                   {'key': wrapped_key, 'nonce': nonce, 'window': window},
+                   result='principal')
+
+
+def revoke_principal(name):
+    return Request('DELETE', '/principals/%s' % quote(name))

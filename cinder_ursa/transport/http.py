@@ -8,7 +8,12 @@ exception the master raised.  :class:`_Masters` holds that policy once;
 the two classes only do the I/O.
 
 Every attempt is signed anew (``auth.sign``: a fresh nonce, the exact
-path, query and body bytes), since a master accepts a signature once.
+path, query and body bytes, and the ``host:port`` of the master it goes
+to), since a master accepts a signature once and only if it was signed
+for it.  The signer is a principal (name, key): the one given, else the
+one :func:`set_default_principal` set for the process (``[ursa]
+principal`` and ``principal_key_file``), else ``admin`` with the cluster
+key the client was built with.
 ``https://`` master URLs are verified against ``tls`` (an
 ``ssl.SSLContext``, see :func:`client_tls`), by default the one
 :func:`set_default_tls` set for the process from ``[ursa] tls_ca_file``,
@@ -48,6 +53,9 @@ FAILOVER_POLL = 0.25
 
 # The TLS context of clients built without one (set_default_tls).
 _default_tls = None
+# The (name, key) clients built without a principal sign as
+# (set_default_principal); None: admin, with the client's cluster key.
+_default_principal = None
 
 
 def client_tls(ca_file=None, cert_file=None, key_file=None):
@@ -87,11 +95,48 @@ def configure_tls(conf):
                                u.tls_key_file))
 
 
+def set_default_principal(principal):
+    """Make ``principal`` ((name, key), or None for admin with the
+    cluster key) the signer of the clients of this process that are
+    given none."""
+    global _default_principal
+    _default_principal = principal
+
+
+def default_principal():
+    """The (name, key) :func:`set_default_principal` set, or None."""
+    return _default_principal
+
+
+def principal_from(name, key_file):
+    """(name, key) of the principal ``name`` with the key in
+    ``key_file``; None for ``admin`` (the cluster key signs).
+    InvalidArgument naming the options at fault."""
+    if not name or name == auth.ADMIN:
+        return None
+    if not auth.valid_principal(name):
+        raise exception.InvalidArgument(
+            reason='principal %r is no principal name (1 to %d letters, '
+                   'digits, ".", "-" or "_")' % (name, auth.PRINCIPAL_MAX))
+    if not key_file:
+        raise exception.InvalidArgument(
+            reason='principal %r needs its key file: set principal_key_file '
+                   'to the file "ursa key create %s" wrote' % (name, name))
+    return name, auth.load_key(key_file, what='key of principal %s' % name)
+
+
+def configure_principal(conf):
+    """:func:`set_default_principal` from the ``[ursa]`` options
+    ``principal`` and ``principal_key_file`` of ``conf``."""
+    u = conf.ursa
+    set_default_principal(principal_from(u.principal, u.principal_key_file))
+
+
 class _Masters:
-    """The master URLs in failover order and the key that signs."""
+    """The master URLs in failover order and who signs."""
 
     def __init__(self, urls, key, timeout, failover_wait=FAILOVER_WAIT,
-                 tls=None):
+                 tls=None, principal=None):
         if isinstance(urls, str):
             urls = [urls]
         self.urls = [u.rstrip('/') for u in urls if u]
@@ -101,6 +146,14 @@ class _Masters:
         self.timeout = timeout
         self.failover_wait = failover_wait
         self._tls = tls
+        self._principal = principal
+
+    @property
+    def principal(self):
+        """(name, key) that signs: the one given, the process default,
+        or admin with the cluster key."""
+        return self._principal or _default_principal or (auth.ADMIN,
+                                                         self.key)
 
     @property
     def tls(self):
@@ -122,9 +175,11 @@ class _Masters:
         path = rest.PREFIX + req.path
         query = urllib.parse.urlencode(req.params) if req.params else ''
         full = path + ('?' + query if query else '')
+        name, key = self.principal
         for i, base in enumerate(list(self.urls)):
-            headers = {auth.HEADER: auth.sign(self.key, req.method, path,
-                                              query, data or b'')}
+            headers = {auth.HEADER: auth.sign(
+                key, req.method, path, query, data or b'', principal=name,
+                authority=auth.authority(base))}
             if data is not None:
                 headers['Content-Type'] = 'application/json'
             yield i, base, base + full, headers
@@ -217,8 +272,8 @@ class AsyncHttp(_Masters):
     """aiohttp transport (chunk servers, client library)."""
 
     def __init__(self, urls, key, timeout, failover_wait=FAILOVER_WAIT,
-                 tls=None):
-        super().__init__(urls, key, timeout, failover_wait, tls)
+                 tls=None, principal=None):
+        super().__init__(urls, key, timeout, failover_wait, tls, principal)
         import aiohttp
         import yarl
         self._aiohttp = aiohttp

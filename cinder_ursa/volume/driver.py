@@ -77,6 +77,7 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         self._key = None
         # The ssl.SSLContext of https:// masters (ursa_tls_*), or None.
         self._tls = None
+        self._principal = None
         self._stats = {}
         self._images = images.ImageCopies(self)
         self._attachments = attachments.Attachments(self)
@@ -104,12 +105,22 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         except exception.UrsaError as e:
             raise cinder_exc.VolumeDriverException(
                 message=_('Cannot load the Ursa TLS files: %s') % e) from e
+        try:
+            self._principal = http.principal_from(
+                conf.ursa_principal, conf.ursa_principal_key_file)
+        except exception.UrsaError as e:
+            raise cinder_exc.VolumeDriverException(
+                message=_('Cannot use the Ursa principal %(p)s (options '
+                          'ursa_principal, ursa_principal_key_file): '
+                          '%(e)s') % {'p': conf.ursa_principal,
+                                      'e': e}) from e
         self._master = self._make_master()
 
     def _make_master(self):
         return master_mod.MasterClient(
             self.configuration.ursa_master_urls, self._key,
-            timeout=self.configuration.ursa_timeout, tls=self._tls)
+            timeout=self.configuration.ursa_timeout, tls=self._tls,
+            principal=self._principal)
 
     def check_for_setup_error(self):
         conf = self.configuration
@@ -139,7 +150,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
     def _data(self):
         """A data-path client (its own loop thread) for image copies."""
         return sync.SyncCluster(self.configuration.ursa_master_urls,
-                                self._key, tls=self._tls)
+                                self._key, tls=self._tls,
+                                principal=self._principal)
 
     # --- stats ------------------------------------------------------------
 

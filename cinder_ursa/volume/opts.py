@@ -13,6 +13,17 @@ ursa_opts = [
     cfg.StrOpt('ursa_cluster_key_file', default='/etc/ursa/cluster.key',
                help='File holding the Ursa cluster key (readable by the '
                     'cinder user).'),
+    cfg.StrOpt('ursa_principal', default='admin',
+               help='The Ursa principal the driver signs its requests to '
+                    'the masters as: "admin" signs with the cluster key '
+                    '(every right); better, one made with "ursa key create '
+                    'NAME --role volume" (volumes, snapshots, clones, '
+                    'attachments only), with ursa_principal_key_file. '
+                    'Image copies still read and write chunk servers with '
+                    'the cluster key.'),
+    cfg.StrOpt('ursa_principal_key_file',
+               help='File holding the key of ursa_principal (readable by '
+                    'the cinder user).'),
     cfg.StrOpt('ursa_tls_ca_file',
                help='PEM CA bundle verifying https:// ursa_master_urls '
                     '(the masters\' [ursa_master] tls_cert_file). Default: '

@@ -42,7 +42,8 @@ def main(argv=None):
     if not fences and conf.evacuator.fence_required:
         LOG.warning('No fence method is configured: failed hosts will be '
                     'detected but not evacuated. Configure [ursa] '
-                    'master_url and cluster_key_file, or [evacuator] '
+                    'master_url and principal_key_file (a nova_ha '
+                    'principal) or cluster_key_file, or [evacuator] '
                     'fence_command.')
     ev = evacuator_mod.Evacuator(
         conf, nova.NovaClient.from_conf(conf),

@@ -325,7 +325,16 @@ UNSIGNED = st.tuples(st.sampled_from(ROUTES).flatmap(_target), OTHER_BODIES,
             alphabet='0123456789abcdefABCDEF\u0661', min_size=60,
             max_size=68)).map(lambda t: ('%d:%s' % t).encode()),
         st.sampled_from([b'1:' + b'a' * 64, b'9' * 400 + b':' + b'a' * 64,
-                         b':', b'', b'\xff:\xff'])))
+                         b':', b'', b'\xff:\xff', b'v3:', b'v3:admin',
+                         b'v3:admin:1:' + b'a' * 32 + b':' + b'b' * 64 +
+                         b':' + b'c' * 64]),
+        # v3: a principal (known, unknown or malformed) and fields.
+        st.tuples(st.one_of(st.sampled_from(['admin', 'nobody']),
+                            st.text(max_size=70)),
+                  st.integers(-2 ** 70, 2 ** 70),
+                  st.text(alphabet='0123456789abcdef:', max_size=200)).map(
+            lambda t: _header_safe(('v3:%s:%d:%s' % t).encode(
+                'utf-8', 'surrogatepass')))))
 
 
 def _check_error_body(status, ctype, text, where):

@@ -15,7 +15,8 @@ Invariants kept here:
 
 One module per aggregate, each a part of :class:`MetadataStore`:
 ``servers``, ``volumes``, ``snapshots``, ``chunks``, ``leases`` (and
-whole hosts), ``attachments``, ``term`` (the masters' fencing term, and
+whole hosts), ``attachments``, ``principals`` (who signs REST
+requests, with which role and key), ``term`` (the masters' fencing term, and
 :meth:`~.term.TermRecords.begin`, the one entry point of every write
 transaction); ``common`` holds what they share.
 """
@@ -33,6 +34,7 @@ from cinder_ursa.master.store.common import check_volume_size  # noqa: F401
 from cinder_ursa.master.store.common import holder_host  # noqa: F401
 from cinder_ursa.master.store.common import validate_qos  # noqa: F401
 from cinder_ursa.master.store.leases import LeaseRecords
+from cinder_ursa.master.store.principals import PrincipalRecords
 from cinder_ursa.master.store.servers import ServerRecords
 from cinder_ursa.master.store.snapshots import SnapshotRecords
 from cinder_ursa.master.store.term import TermRecords
@@ -44,7 +46,7 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(
 
 class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
                     ChunkRecords, LeaseRecords, AttachmentRecords,
-                    TermRecords):
+                    TermRecords, PrincipalRecords):
     """The master's records over one database: the engine and the schema
     here, each aggregate's methods in its own module."""
 

@@ -339,6 +339,14 @@ class ServerRecords:
                     len(forget))
         return self._server_dict(row)
 
+    def server_host(self, server_id):
+        """The host of chunk server ``server_id`` (None: no such
+        server): one indexed read, for the master's per-request checks."""
+        t = models.chunkservers
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(t.c.host).where(
+                t.c.id == server_id)).scalar()
+
     def get_server(self, server_id):
         """One chunk server, with the replicas it holds (``chunks``)
         and the copies being made on it (``joining``)."""

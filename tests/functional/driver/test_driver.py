@@ -15,7 +15,9 @@ from cinder.volume import configuration as conf_mod
 from cinder.volume import driver as base_driver
 from oslo_config import cfg
 
+from cinder_ursa import exception
 from cinder_ursa.client import master as master_mod
+from cinder_ursa.common import auth
 from cinder_ursa.volume import driver as ursa_driver
 from cinder_ursa.volume import opts as ursa_opts
 from tests.fixtures.cluster import data_client
@@ -478,3 +480,27 @@ def test_attach_is_a_local_path_os_brick_uses(drv, cluster, ctx,
     with pytest.raises(cinder_exc.InvalidConnectorException):
         drv.initialize_connection(v, {})
     drv.delete_volume(v)
+
+
+def test_a_volume_role_principal_is_all_the_driver_needs(cluster, tmp_path,
+                                                         ctx):
+    """The driver signing as a principal of the volume role (not the
+    cluster key): every operation works, so the role's routes are all
+    the driver calls (a missing one is a 403)."""
+    key = auth.new_key()
+    path = str(tmp_path / 'cinder.key')
+    auth.write_key_file(path, key)
+    cluster.client().create_principal('cinder-volume', 'volume', key)
+    d = make_driver(cluster, tmp_path, ursa_principal='cinder-volume',
+                    ursa_principal_key_file=path)
+    assert d._master._http.principal == ('cinder-volume', key)
+    test_stats_are_the_clusters(d, cluster, ctx)
+    test_volume_snapshot_clone_revert_extend_with_data(d, cluster, ctx)
+    test_images_in_and_out_raw_and_qcow2(d, cluster, ctx, tmp_path)
+    # A right it does not have: fencing a host is nova_ha's.
+    with pytest.raises(exception.Forbidden, match='role volume'):
+        d._master.fence_host('compute-9')
+    # Without its key file: a clear error at setup.
+    with pytest.raises(cinder_exc.VolumeDriverException,
+                       match='ursa_principal_key_file'):
+        make_driver(cluster, tmp_path, ursa_principal='cinder-volume')

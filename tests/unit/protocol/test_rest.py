@@ -34,7 +34,8 @@ def _every_request():
             'count': 4, 'index': 3, 'server_id': 2, 'epoch': 5,
             'holder': 'h:1', 'generation': 7, 'ttl': 30, 'usage': {},
             'status': 'attached', 'reason': 'test', 'on': True,
-            'action': 'join'}
+            'action': 'join', 'role': 'host', 'wrapped_key': 'ab',
+            'nonce': 'cd', 'window': 60}
     for fname, fn in inspect.getmembers(rest, inspect.isfunction):
         if fname.startswith('_') or fn.__module__ != rest.__name__ or \
                 fname in ('quote', 'error_from_body'):
