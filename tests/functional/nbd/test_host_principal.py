@@ -30,12 +30,15 @@ def test_ursa_nbd_with_a_host_principal(make_cluster, tmp_path):
     c.service_extra_conf['nbd'] = (
         '[ursa]\nprincipal = %s\nprincipal_key_file = %s\n' % (host, path))
     c.start_nbd()
+    names = {}
     for name in ('hv1', 'hv2'):
         admin.create_volume(name, 8 * MiB, replicas=1, min_replicas=1,
                             chunk_size=4 * MiB)
-        admin.attach(name, host)
+        att = admin.attach(name, host)
+        # Over TCP the export name carries the attachment's token.
+        names[name] = '%s~%s' % (name, att['export_token'])
 
-    s, size = export(c, 'hv1')
+    s, size = export(c, names['hv1'])
     assert size == 8 * MiB
     data = os.urandom(8192)
     assert request(s, p.CMD_WRITE, 4 * MiB - 4096, len(data),
@@ -52,6 +55,6 @@ def test_ursa_nbd_with_a_host_principal(make_cluster, tmp_path):
     # Revoked: the gateway can no longer read its attachments nor take a
     # lease, so it opens nothing.
     admin.revoke_principal(host)
-    assert export(c, 'hv2') == (None, None)
+    assert export(c, names['hv2']) == (None, None)
     with open(log) as f:
         assert 'unknown principal' in f.read()
