@@ -512,7 +512,10 @@ class NbdServer:
                         'host %s; its session ends', peer, exp.backend.name,
                         self.host)
             exp.tokens.discard(conn.token)
-            stream.close()
+            # Aborted, not closed: a close waits for the client to read
+            # what is queued, and requests received meanwhile would
+            # still be served once a hold ends.
+            stream.abort()
             return
 
     async def _handshake(self, stream, neg, conn=None):

@@ -187,6 +187,16 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         aio.send_batched(self.transport)
         self.transport.close()
 
+    def abort(self):
+        """End the connection now (a session whose volume was detached):
+        no request received but not handed over yet is, and what is
+        queued for the client is dropped.  ``close`` waits until the
+        client has read the queued replies, for ever if it reads
+        nothing, with the session and its export kept meanwhile."""
+        self._on_request = None
+        if self.transport is not None:
+            self.transport.abort()
+
     def unsent(self):
         """Bytes written but not taken by the kernel yet: in the
         transport's buffer or the open output batch."""

@@ -18,6 +18,7 @@ from cinder_ursa import exception
 from cinder_ursa.nbd import handshake as hs
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.nbd import server as server_mod
+from cinder_ursa.nbd import stream as stream_mod
 
 MiB = 1024 * 1024
 VOL = {'id': 'id-1', 'name': 'vol', 'size': 8 * MiB}
@@ -449,6 +450,8 @@ class Closable:
     def close(self):
         self.closed = True
 
+    abort = close
+
 
 def test_the_cap_evicts_the_oldest_handshaking_connection():
     """256 idle connections used to lock every other client out: at the
@@ -522,4 +525,72 @@ def test_a_session_ends_when_the_volume_is_attached_anew():
         master.token = 'a-new-attachment'
         await asyncio.wait_for(watch, 1)
         assert stream.closed
+    asyncio.run(main())
+
+
+def test_a_session_ended_is_gone_even_if_its_client_reads_nothing():
+    """Over a real loopback connection: the client sent requests the
+    gateway held (its budget full) and reads none of the replies.  The
+    volume detached, the session must end now: the connection closed
+    with megabytes still queued (a plain close waited for the client to
+    read them, for ever), and no request received before the end is
+    served after it (a held WRITE reached the detached volume when the
+    hold was let go)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        master = Master({'id-1': 'attached'})
+        server = secure(master, recheck_interval=0.05)
+        served = []
+        ended = loop.create_future()
+        streams = []
+
+        async def serve(stream):
+            streams.append(stream)
+
+            def on_request(flags, cmd, handle, offset, length, payload):
+                served.append(handle)
+                if handle == 1:
+                    # A READ's reply the client will not read, then the
+                    # budget full: what follows is held.
+                    stream.write(b'r' * (8 * MiB))
+                    stream.hold(True)
+            done = stream.serve_requests(on_request)
+            conn = server_mod._Conn(stream)
+            conn.volume_id, conn.token = 'id-1', TOKEN
+            exp = server_mod._Export(('volume', 'id-1'), None, False)
+            exp.backend = Slow()
+            watch = loop.create_task(server._watch(stream, conn, exp, 'p'))
+            try:
+                await done
+            except ConnectionError:
+                pass
+            finally:
+                watch.cancel()
+                ended.set_result(None)
+
+        listener = await loop.create_server(
+            lambda: stream_mod.NbdStream(serve), '127.0.0.1', 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        writer.transport.pause_reading()  # reads nothing, ever
+        writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_READ, 1, 0,
+                                    8 * MiB))
+        for handle in (2, 3):
+            writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE,
+                                        handle, 0, 4) + b'data')
+        await writer.drain()
+        for _ in range(100):
+            if served:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert served == [1] and not ended.done()
+        master.attached = {}  # detached (or the host fenced)
+        await asyncio.wait_for(asyncio.shield(ended), 2)
+        streams[0].hold(False)  # the budget given back meanwhile
+        await asyncio.sleep(0.05)
+        assert served == [1]
+        writer.transport.abort()
+        listener.close()
+        await listener.wait_closed()
     asyncio.run(main())
