@@ -594,3 +594,17 @@ def test_a_session_ended_is_gone_even_if_its_client_reads_nothing():
         listener.close()
         await listener.wait_closed()
     asyncio.run(main())
+
+
+def test_an_export_token_never_reaches_the_log(caplog):
+    """A token is a bearer secret: a refused open (here the volume could
+    not be opened, or old-style NBD_OPT_EXPORT_NAME, whose refusal ends
+    the handshake) logs the export's name without it, at every level."""
+    caplog.set_level(logging.DEBUG)
+    server = secure(Master({'id-1': 'attached'}))
+    handshake(server, opt(p.OPT_GO, info(named('vol'))), trusted=False)
+    handshake(server, opt(p.OPT_EXPORT_NAME, named('vol').encode()),
+              trusted=False)
+    assert server.cluster.opened == ['id-1', 'id-1']
+    assert 'refused' in caplog.text
+    assert TOKEN not in caplog.text
