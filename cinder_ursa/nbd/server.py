@@ -563,12 +563,11 @@ class NbdServer:
                         exp = await self._open(name, record, token)
                         info = exp.backend.size(), exp.backend.flags()
                         conn.token = token
-                        if record is not None:
-                            conn.volume_id = (record['volume_id']
-                                              if '@' in name
-                                              else record['id'])
-                        elif exp.key[0] == 'volume':
-                            conn.volume_id = exp.key[1]
+                        # The volume whose attachments the session is
+                        # re-checked against: a snapshot's view has its
+                        # volume's id (Volume.for_snapshot), also when
+                        # it was found open with no master answering.
+                        conn.volume_id = exp.backend.volume.id
                 except exception.UrsaError as e:
                     # The token never goes to the log.  Every refusal
                     # at DEBUG; a WARNING a minute at most (probes).

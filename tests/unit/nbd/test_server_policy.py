@@ -608,3 +608,34 @@ def test_an_export_token_never_reaches_the_log(caplog):
     assert server.cluster.opened == ['id-1', 'id-1']
     assert 'refused' in caplog.text
     assert TOKEN not in caplog.text
+
+
+def test_a_snapshot_opened_while_no_master_answers_is_still_rechecked(
+        monkeypatch):
+    """A snapshot open here already is served under a token confirmed
+    earlier while no master answers (a failover); its session must still
+    be watched, or a detach would never end it (it had no volume to
+    re-check: only volume exports had one)."""
+    monkeypatch.setattr(server_mod, 'MASTER_WAIT', 0.05)
+
+    class View:
+        id, name, size = 'id-1', 'vol@s1', 4 * MiB
+
+    async def silent(ref):
+        await asyncio.sleep(10)
+
+    async def main():
+        master = Master({'id-1': 'attached'})
+        master.snapshot = silent
+        server = secure(master)
+        exp = server_mod._Export(('snapshot', 'sid'), View(), True)
+        exp.tokens.add(TOKEN)
+        server._exports[exp.key] = exp
+        stream = Stream(struct.pack('>I', p.FLAG_C_FIXED_NEWSTYLE) +
+                        opt(p.OPT_GO, info(named('vol@s1'))),
+                        trusted=False)
+        conn = server_mod._Conn(stream)
+        got = await server._handshake(stream, hs.Negotiation(), conn)
+        assert got is exp and exp.users == 1
+        assert conn.volume_id == 'id-1' and conn.token == TOKEN
+    asyncio.run(main())
