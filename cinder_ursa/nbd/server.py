@@ -155,6 +155,7 @@ class InflightBudget:
         self.used = 0
         self.peak = 0
         self.waiting = set()  # callables: re-check and maybe resume
+        self._waking = False
 
     def take(self, n):
         self.used += n
@@ -163,6 +164,34 @@ class InflightBudget:
 
     def give(self, n):
         self.used -= n
+        self._wake()
+
+    def reserve(self, n):
+        """Count ``n`` bytes of a WRITE's payload buffer, made as its
+        header arrives (NbdStream._admit), if the budget has room for
+        them (always when nothing is in flight: one request of any size
+        goes through); False otherwise."""
+        if self.used and self.used + n > self.total:
+            return False
+        self.take(n)
+        return True
+
+    def release(self, n):
+        """Give back what :meth:`reserve` counted.  Called as requests
+        are handed over, from inside a stream's parsing: the waiting
+        connections are woken from the loop, not from here (one woken
+        connection's parsing would release and wake the next, nested).
+        """
+        self.used -= n
+        if self.waiting and not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._woken)
+
+    def _woken(self):
+        self._waking = False
+        self._wake()
+
+    def _wake(self):
         if self.waiting and self.used < self.total * 3 // 4:
             for check in list(self.waiting):
                 check()
@@ -735,6 +764,7 @@ class NbdServer:
             stream.hold(True)
 
         stream.on_drain = drained
+        stream.budget = budget
         try:
             await stream.serve_requests(on_request)
         finally:

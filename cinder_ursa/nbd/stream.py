@@ -97,6 +97,11 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         # low-water mark (the server gives back the budget of replies
         # sent meanwhile).
         self.on_drain = None
+        # The server's InflightBudget (None: none): a WRITE's payload
+        # buffer counts in it from its header on (see _admit).
+        self.budget = None
+        self._reserved = 0     # of it: payload buffers not handed over
+        self._stalled = False  # waiting for the budget to make one
 
     # --- asyncio.BufferedProtocol -------------------------------------------
 
@@ -110,6 +115,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         self._lost = ConnectionResetError(
             'NBD client went away%s' % (': %s' % exc if exc else ''))
         self._on_request = None
+        self._unreserve()
         self._wake()
         self._finish(self._lost)
         self.resume_writing()
@@ -194,6 +200,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         client has read the queued replies, for ever if it reads
         nothing, with the session and its export kept meanwhile."""
         self._on_request = None
+        self._unreserve()
         if self.transport is not None:
             self.transport.abort()
 
@@ -220,6 +227,8 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             left = self._rx.take(self._rx.buffered) or b''
             self._rx = buffers.ReceiveBuffer(p.REQUEST,
                                              p.request_payload_length)
+            if self.budget is not None:
+                self._rx.admit = self._admit
             if left:
                 self._rx.get_buffer(-1)[:len(left)] = left
                 self._rx.buffer_updated(len(left))
@@ -230,6 +239,61 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             self._set_reading(True)
             self._parse()
         return self._done
+
+    # --- payload buffers within the budget --------------------------------
+
+    def _admit(self, n):
+        """ReceiveBuffer.admit: a WRITE's header asks for a buffer of n
+        bytes, made (and filled, so resident) at once.  It counts in the
+        server's budget from now on, until the request is handed over
+        (which counts it then); without room, reading stops until there
+        is some.  A 28-byte header of a 32 MiB WRITE per connection made
+        the gateway hold 32 MiB each, outside the budget."""
+        if not self.budget.reserve(n):
+            self._stalled = True
+            self.budget.waiting.add(self._unstall)
+            self._update_reading()
+            return False
+        self._reserved += n
+        if self._stalled:
+            # Parsed again by another path (a hold let go) and admitted.
+            self._stalled = False
+            self.budget.waiting.discard(self._unstall)
+            self._update_reading()
+        return True
+
+    def _unstall(self):
+        """Called by the budget when data was given back: parse again
+        (the header asks for its buffer anew)."""
+        if not self._stalled:
+            return
+        self._stalled = False
+        self.budget.waiting.discard(self._unstall)
+        # From the loop: the budget wakes every waiting stream in turn.
+        self._loop.call_soon(self._resume_parsing)
+
+    def _resume_parsing(self):
+        self._update_reading()
+        if self._on_request is not None and not (self._held or
+                                                 self._paused or
+                                                 self._stalled):
+            self._parse()
+
+    def _handed(self, payload):
+        """A request was handed over: its payload buffer, if it had one
+        of its own (a memoryview, see ReceiveBuffer.next), no longer
+        counts as being received."""
+        if self._reserved and isinstance(payload, memoryview):
+            n = min(len(payload), self._reserved)
+            self._reserved -= n
+            self.budget.release(n)
+
+    def _unreserve(self):
+        if self.budget is not None:
+            self.budget.waiting.discard(self._unstall)
+            if self._reserved:
+                n, self._reserved = self._reserved, 0
+                self.budget.release(n)
 
     def stop(self):
         """No more requests: the client said NBD_CMD_DISC."""
@@ -273,9 +337,11 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 rx.unread(requests[i:])
                 return
             self._on_request(flags, cmd, handle, offset, length, payload)
+            self._handed(payload)
 
     def _update_reading(self):
-        self._set_reading(not (self._held or self._paused) and
+        self._set_reading(not (self._held or self._paused or
+                               self._stalled) and
                           (self._on_request is not None or
                            self._waiter is not None))
 
