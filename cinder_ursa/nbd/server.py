@@ -535,6 +535,14 @@ class NbdServer:
                 LOG.debug('NBD session of %s on %s: attachment not '
                           'checked (%s)', peer, exp.backend.name, e)
                 continue
+            except Exception as e:  # noqa: BLE001 - the watch goes on
+                # A reply the client could not read (a proxy's HTML
+                # page, say) ended the watch, silently, and with it
+                # every later check of the session: kept for good.
+                LOG.warning('NBD session of %s on %s: attachment not '
+                            'checked (%r); checked again in %g s', peer,
+                            exp.backend.name, e, self.recheck_interval)
+                continue
             if self._attached(atts, conn.token):
                 continue
             LOG.warning('NBD client %s: volume %s is no longer attached to '

@@ -639,3 +639,29 @@ def test_a_snapshot_opened_while_no_master_answers_is_still_rechecked(
         assert got is exp and exp.users == 1
         assert conn.volume_id == 'id-1' and conn.token == TOKEN
     asyncio.run(main())
+
+
+def test_an_unreadable_master_reply_does_not_end_the_watch():
+    """An error that is not Ursa's (a reply that is not JSON) ended the
+    watch task for good: the session was never checked again and
+    outlived its detach."""
+    async def main():
+        master = Master({'id-1': 'attached'})
+        server = secure(master, recheck_interval=0.01)
+        stream = Closable()
+        conn = server_mod._Conn(stream)
+        conn.volume_id, conn.token = 'id-1', TOKEN
+        exp = server_mod._Export(('volume', 'id-1'), None, False)
+        exp.backend = Slow()
+
+        async def garbled(ref=None, host=None):
+            raise ValueError('Expecting value: line 1 column 1 (char 0)')
+        master.attachments = garbled
+        watch = asyncio.create_task(server._watch(stream, conn, exp, 'p'))
+        await asyncio.sleep(0.05)
+        assert not stream.closed and not watch.done()
+        del master.attachments
+        master.attached = {}
+        await asyncio.wait_for(watch, 1)
+        assert stream.closed
+    asyncio.run(main())
