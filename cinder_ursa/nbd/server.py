@@ -118,6 +118,7 @@ class _Conn:
         self.handshaking = True
         self.evicted = False
         self.lookups = 0
+        self.lookup_running = False  # the master asked for it now
         self.volume_id = None  # of the export opened
         self.token = None      # the export token it named, if any
 
@@ -439,7 +440,11 @@ class NbdServer:
         live = [c for c in self.connections.values() if not c.evicted]
         if len(live) < self.max_connections:
             return True
-        for c in live:
+        # Idle handshakes first: one waiting for the gateway's lookup
+        # at the master asked for an export (a client at work; a flood
+        # of idle strangers evicted those as soon as they were oldest).
+        shaking = [c for c in live if c.handshaking]
+        for c in sorted(shaking, key=lambda c: c.lookup_running):
             if c.handshaking:
                 c.evicted = True
                 c.stream.close()
@@ -589,6 +594,7 @@ class NbdServer:
                 lookup()
                 name, token = split_export(event.name)
                 trusted = self._trusted(stream)
+                conn.lookup_running = True
                 try:
                     record = await client(self._record(name, token,
                                                        trusted))
@@ -611,11 +617,18 @@ class NbdServer:
                     LOG.debug('NBD export %r refused: %s', name, e)
                     self._warn_refused('NBD export %r refused: %s', name, e)
                     info = None
+                finally:
+                    conn.lookup_running = False
                 out, event = (neg.export_refused() if info is None
                               else neg.export_opened(*info))
             elif isinstance(event, hs.ListExports):
                 lookup()
-                out = await client(self._list(neg, self._trusted(stream)))
+                conn.lookup_running = True
+                try:
+                    out = await client(self._list(neg,
+                                                  self._trusted(stream)))
+                finally:
+                    conn.lookup_running = False
             if out:
                 stream.write(out)
             if isinstance(event, hs.Ready):

@@ -665,3 +665,27 @@ def test_an_unreadable_master_reply_does_not_end_the_watch():
         await asyncio.wait_for(watch, 1)
         assert stream.closed
     asyncio.run(main())
+
+
+def test_the_cap_evicts_idle_handshakes_before_one_at_the_master():
+    """A flood of idle connections evicted a client as soon as it was
+    the oldest handshaking one, also while the gateway was asking the
+    master for the export it named: idle ones go first."""
+    server = secure(Master(), max_connections=3)
+    conns = []
+    for i, running in enumerate((True, False, False)):
+        c = server_mod._Conn(Closable())
+        c.lookup_running = running
+        server.connections[i] = c
+        conns.append(c)
+    assert server._make_room('newcomer')
+    assert [c.stream.closed for c in conns] == [False, True, False]
+    server.connections[3] = server_mod._Conn(Closable())
+    assert server._make_room('another')
+    assert [c.stream.closed for c in conns] == [False, True, True]
+    # Only it left handshaking: evicted all the same (the cap holds).
+    server.connections[4] = server_mod._Conn(Closable())
+    for c in list(server.connections.values())[3:]:
+        c.handshaking = False
+    assert server._make_room('third')
+    assert conns[0].stream.closed
