@@ -94,6 +94,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._term_asking = None
         self._term_asked = float('-inf')
         self._term_ask_sent = float('-inf')   # when it last began
+        self._claims_refused = 0    # since the last warning about them
+        self._claims_warned = float('-inf')
         self._term_clients = {}     # master URL -> its own client
         self._loop = None
         self._syncs = []  # (volumes or None for all, future) running
@@ -299,9 +301,20 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         if term <= self.store.master_term:
             self._claim_term(conn, frame, term)
             return
-        LOG.warning('Master %s claims term %d, newer than the masters\' %d%s:'
-                    ' refused', conn.peer, term, self.store.master_term,
-                    ' (%s)' % why if why else '')
+        # A forger may claim on every connection, each second: one
+        # warning a minute, with the count, and every claim at DEBUG.
+        self._claims_refused += 1
+        args = (conn.peer, term, self.store.master_term,
+                ' (%s)' % why if why else '')
+        msg = ('Master %s claims term %d, newer than the masters\' %d%s: '
+               'refused')
+        now = self._loop.time()
+        if now - self._claims_warned >= 60.0:
+            LOG.warning(msg + ' (%d such claim(s) since the last message)',
+                        *args, self._claims_refused)
+            self._claims_warned, self._claims_refused = now, 0
+        else:
+            LOG.debug(msg, *args)
         self._reply_error(conn, frame, exception.Unavailable(
             reason='term %d is not confirmed by the masters (their leader '
                    'holds %d%s); a master elected since retries its '

@@ -73,6 +73,8 @@ class _Server(server_mod.ChunkServer):
         self._term_asking = None
         self._term_asked = float('-inf')
         self._term_ask_sent = float('-inf')
+        self._claims_refused = 0
+        self._claims_warned = float('-inf')
         self._term_clients = {}
         self._heartbeat_interval = 1.0
         self._master_lease = float('-inf')
@@ -141,7 +143,8 @@ def test_a_new_leaders_term_is_taken_once_the_masters_confirm_it():
     _run(scenario())
 
 
-def test_a_flood_of_claims_costs_the_masters_one_heartbeat():
+def test_a_flood_of_claims_costs_the_masters_one_heartbeat(caplog):
+    """...and the log one warning (it was one per claim)."""
     async def scenario():
         s = _Server(known=7, leader_term=7)
         s.TERM_ASK_INTERVAL = 0.3
@@ -164,6 +167,9 @@ def test_a_flood_of_claims_costs_the_masters_one_heartbeat():
             with pytest.raises(exception.Unavailable):
                 control.decode_count_ok(c.replies()[-1])
         assert s.store.master_term == 7
+        warned = [r for r in caplog.records if 'claims term' in
+                  r.getMessage() and r.levelname == 'WARNING']
+        assert len(warned) == 1
     _run(scenario())
 
 
