@@ -607,10 +607,15 @@ class NbdServer:
                         info = exp.backend.size(), exp.backend.flags()
                         conn.token = token
                         # The volume whose attachments the session is
-                        # re-checked against: a snapshot's view has its
-                        # volume's id (Volume.for_snapshot), also when
-                        # it was found open with no master answering.
-                        conn.volume_id = exp.backend.volume.id
+                        # re-checked against.  Found open with no master
+                        # answering: the view's, which for a snapshot
+                        # is its volume's (Volume.for_snapshot).
+                        if record is not None:
+                            conn.volume_id = (record['volume_id']
+                                              if '@' in name
+                                              else record['id'])
+                        else:
+                            conn.volume_id = exp.backend.volume.id
                 except exception.UrsaError as e:
                     # The token never goes to the log.  Every refusal
                     # at DEBUG; a WARNING a minute at most (probes).
