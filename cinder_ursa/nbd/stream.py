@@ -19,11 +19,22 @@ connections) so costs a few KiB, not 256 (security audit F6).
 """
 
 import asyncio
+import logging
 
 from cinder_ursa import exception
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.transport import aio
 from cinder_ursa.transport import buffers
+
+LOG = logging.getLogger(__name__)
+
+# Seconds a WRITE's payload may take to arrive after its header, counted
+# while the gateway reads or would but for the client not reading its
+# replies (not while the gateway holds the connection): its buffer
+# counts in the budget every connection shares, and a client trickling
+# it, or never sending it, would keep that share for good.  32 MiB, the
+# largest, take 27 s at 10 Mbit/s.
+PAYLOAD_TIMEOUT = 60.0
 
 
 class HandshakeBuffer:
@@ -102,6 +113,11 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         self.budget = None
         self._reserved = 0     # of it: payload buffers not handed over
         self._stalled = False  # waiting for the budget to make one
+        # PAYLOAD_TIMEOUT of the payload being received: seconds left
+        # (None: none is), since when its clock runs, and its timer.
+        self._payload_left = None
+        self._payload_since = 0.0
+        self._payload_timer = None
 
     # --- asyncio.BufferedProtocol -------------------------------------------
 
@@ -125,6 +141,8 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes):
         self._rx.buffer_updated(nbytes)
+        if self._payload_left is not None and not self._rx.receiving:
+            self._payload_done()
         if self._on_request is not None:
             self._parse()
         else:
@@ -255,12 +273,44 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             self._update_reading()
             return False
         self._reserved += n
+        self._payload_left = PAYLOAD_TIMEOUT
+        self._payload_clock(not self._held)
         if self._stalled:
             # Parsed again by another path (a hold let go) and admitted.
             self._stalled = False
             self.budget.waiting.discard(self._unstall)
             self._update_reading()
         return True
+
+    def _payload_clock(self, running):
+        """Run (or stop) the clock of the payload being received (see
+        PAYLOAD_TIMEOUT)."""
+        if self._payload_left is None:
+            return
+        now = self._loop.time()
+        if self._payload_timer is not None:
+            self._payload_timer.cancel()
+            self._payload_timer = None
+            self._payload_left -= now - self._payload_since
+        if running:
+            self._payload_since = now
+            self._payload_timer = self._loop.call_later(
+                max(self._payload_left, 0.0), self._payload_late)
+
+    def _payload_done(self):
+        if self._payload_timer is not None:
+            self._payload_timer.cancel()
+            self._payload_timer = None
+        self._payload_left = None
+
+    def _payload_late(self):
+        """See PAYLOAD_TIMEOUT."""
+        self._payload_timer = None
+        LOG.warning('NBD client %s: the data of a WRITE did not arrive '
+                    'within %g s of its header; connection dropped',
+                    self.transport.get_extra_info('peername') or
+                    'on the unix socket', PAYLOAD_TIMEOUT)
+        self.abort()
 
     def _unstall(self):
         """Called by the budget when data was given back: parse again
@@ -289,6 +339,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             self.budget.release(n)
 
     def _unreserve(self):
+        self._payload_done()
         if self.budget is not None:
             self.budget.waiting.discard(self._unstall)
             if self._reserved:
@@ -344,6 +395,10 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                                self._stalled) and
                           (self._on_request is not None or
                            self._waiter is not None))
+        # The client's time: while the gateway reads, or would but for
+        # the client not reading its replies (paused for writing).
+        self._payload_clock(not (self._held or self._stalled) and
+                            self._on_request is not None)
 
     def _set_reading(self, on):
         if on == self._reading or self.transport is None or \

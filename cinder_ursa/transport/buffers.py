@@ -127,6 +127,12 @@ class ReceiveBuffer:
         return self._end - self._start
 
     @property
+    def receiving(self):
+        """Whether a large payload is being received into a buffer of
+        its own (its header here, not all of it)."""
+        return self._direct is not None
+
+    @property
     def holding(self):
         """Whether any received byte is not taken yet (a frame partly
         received, or whole and not taken)."""

@@ -225,3 +225,90 @@ def test_a_stalled_stream_admitted_on_another_path_reads_again():
         assert budget.used == 0
         await asyncio.gather(done, return_exceptions=True)
     asyncio.run(main())
+
+
+class _Abortable(Transport):
+    aborted = False
+
+    def abort(self):
+        self.aborted = True
+
+    def get_extra_info(self, name):
+        return ('192.0.2.1', 1234) if name == 'peername' else None
+
+
+def _budgeted_stream(budget, handed):
+    s = stream_mod.NbdStream(None)
+    s.transport = _Abortable()
+    s._loop = asyncio.get_running_loop()
+    s.budget = budget
+    done = s.serve_requests(
+        lambda flags, cmd, handle, *rest: handed.append(handle))
+    return s, done
+
+
+def test_a_write_whose_data_never_comes_is_dropped(monkeypatch, caplog):
+    """A client that sends a WRITE's header and then its data slowly, or
+    never, kept that WRITE's share of the budget for good (a few such
+    headers fill it: every session of the gateway waits)."""
+    monkeypatch.setattr(stream_mod, 'PAYLOAD_TIMEOUT', 0.05)
+    from cinder_ursa.nbd import server as server_mod
+
+    async def main():
+        budget = server_mod.InflightBudget(64 << 20)
+        s, done = _budgeted_stream(budget, [])
+        deliver(s, request(p.CMD_WRITE, 1, p.MAX_REQUEST) + b'x' * 1000)
+        assert budget.used == p.MAX_REQUEST
+        await asyncio.sleep(0.03)
+        deliver(s, b'x' * 1000)   # trickling does not extend it
+        await asyncio.sleep(0.05)
+        assert s.transport.aborted and budget.used == 0
+        assert 'did not arrive within' in caplog.text
+        s.connection_lost(None)
+        await asyncio.gather(done, return_exceptions=True)
+    asyncio.run(main())
+
+
+def test_the_data_clock_stops_while_the_gateway_holds_the_client(
+        monkeypatch):
+    monkeypatch.setattr(stream_mod, 'PAYLOAD_TIMEOUT', 0.05)
+    from cinder_ursa.nbd import server as server_mod
+
+    async def main():
+        budget = server_mod.InflightBudget(64 << 20)
+        handed = []
+        s, done = _budgeted_stream(budget, handed)
+        deliver(s, request(p.CMD_WRITE, 1, p.MAX_REQUEST) + b'x' * 1000)
+        await asyncio.sleep(0.02)
+        s.hold(True)              # not reading: the client cannot send
+        await asyncio.sleep(0.1)
+        s.hold(False)
+        assert not s.transport.aborted
+        deliver(s, b'x' * (p.MAX_REQUEST - 1000))
+        assert handed == [1]
+        await asyncio.sleep(0.1)  # its clock stopped with it
+        assert not s.transport.aborted
+        s.connection_lost(None)
+        await asyncio.gather(done, return_exceptions=True)
+    asyncio.run(main())
+
+
+def test_a_client_not_reading_its_replies_is_on_the_data_clock(
+        monkeypatch):
+    """Not reading the replies pauses the gateway's reading too: that
+    time is the client's, or a WRITE's share of the budget could be
+    kept for good that way."""
+    monkeypatch.setattr(stream_mod, 'PAYLOAD_TIMEOUT', 0.05)
+    from cinder_ursa.nbd import server as server_mod
+
+    async def main():
+        budget = server_mod.InflightBudget(64 << 20)
+        s, done = _budgeted_stream(budget, [])
+        deliver(s, request(p.CMD_WRITE, 1, p.MAX_REQUEST) + b'x' * 1000)
+        s.pause_writing()
+        assert not s.transport.reading
+        await asyncio.sleep(0.1)
+        assert s.transport.aborted and budget.used == 0
+        s.connection_lost(None)
+        await asyncio.gather(done, return_exceptions=True)
+    asyncio.run(main())
