@@ -93,6 +93,9 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         # last ended.
         self._term_asking = None
         self._term_asked = float('-inf')
+        self._term_ask_sent = float('-inf')   # when it last began
+        self._claims_refused = 0    # since the last warning about them
+        self._claims_warned = float('-inf')
         self._term_clients = {}     # master URL -> its own client
         self._loop = None
         self._syncs = []  # (volumes or None for all, future) running
@@ -236,7 +239,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             term = control.decode_term(frame.body)
             if term > self.store.master_term:
                 conn.claiming = True
-                conn.spawn(self._confirm_term(conn, frame, term))
+                conn.spawn(self._confirm_term(conn, frame, term,
+                                              self._loop.time()))
                 return
             self._claim_term(conn, frame, term)
             return
@@ -254,25 +258,40 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
     # gives up after 5 s).
     TERM_ASK_TIMEOUT = 3.0
 
-    async def _confirm_term(self, conn, frame, term):
+    async def _confirm_term(self, conn, frame, term, arrived):
         """Answer a TERM that claims ``term``, newer than the one this
         server knows, once the masters said which term their leader
         holds: a heartbeat, whose reply comes from the leader over the
-        signed REST API, is sent at once (one at a time, and no more
-        than one per TERM_ASK_INTERVAL: a claim made meanwhile waits for
-        the one under way or is judged by the last answer).  A claim
-        above the leader's term is refused (Unavailable): a real new
-        leader retries, or this server learns its term from the next
-        heartbeat."""
+        signed REST API.  One heartbeat at a time, and no more than one
+        per TERM_ASK_INTERVAL (a flood of forged claims costs the
+        masters that much); the claim is judged by the answer to a
+        heartbeat sent after it arrived, waiting for the interval to
+        end if need be.  An answer to one sent before may predate the
+        election of the claimant: a forger claiming just before a new
+        leader's TERM got that TERM refused (every time, claiming every
+        second) until this server's own heartbeat learnt the term.  A
+        claim above the leader's term is refused (Unavailable): a real
+        new leader retries, or this server learns its term from the
+        next heartbeat.  ``arrived``: the loop time the TERM was read."""
         why = None
         try:
-            if self._term_asking is None and \
-                    self._loop.time() - self._term_asked >= \
-                    self.TERM_ASK_INTERVAL:
+            while term > self.store.master_term:
+                asking = self._term_asking
+                if asking is not None:
+                    sent = self._term_ask_sent
+                    answer = await asyncio.shield(asking)
+                    if sent >= arrived:
+                        why = answer
+                        break
+                    continue  # sent before this claim: ask again
+                wait = self._term_asked + self.TERM_ASK_INTERVAL - \
+                    self._loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                self._term_ask_sent = self._loop.time()
                 self._term_asking = self._loop.create_task(
                     self._ask_term())
-            if self._term_asking is not None:
-                why = await asyncio.shield(self._term_asking)
         except asyncio.CancelledError:
             conn.claiming = False
             raise
@@ -282,9 +301,20 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         if term <= self.store.master_term:
             self._claim_term(conn, frame, term)
             return
-        LOG.warning('Master %s claims term %d, newer than the masters\' %d%s:'
-                    ' refused', conn.peer, term, self.store.master_term,
-                    ' (%s)' % why if why else '')
+        # A forger may claim on every connection, each second: one
+        # warning a minute, with the count, and every claim at DEBUG.
+        self._claims_refused += 1
+        args = (conn.peer, term, self.store.master_term,
+                ' (%s)' % why if why else '')
+        msg = ('Master %s claims term %d, newer than the masters\' %d%s: '
+               'refused')
+        now = self._loop.time()
+        if now - self._claims_warned >= 60.0:
+            LOG.warning(msg + ' (%d such claim(s) since the last message)',
+                        *args, self._claims_refused)
+            self._claims_warned, self._claims_refused = now, 0
+        else:
+            LOG.debug(msg, *args)
         self._reply_error(conn, frame, exception.Unavailable(
             reason='term %d is not confirmed by the masters (their leader '
                    'holds %d%s); a master elected since retries its '

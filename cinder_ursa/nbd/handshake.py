@@ -237,5 +237,9 @@ class Negotiation:
         closes."""
         event = self._answered(OpenExport)
         if event.option == p.OPT_EXPORT_NAME:
-            return self._end(b'', Close('export %r refused' % event.name))
+            # Without the name: it may carry the attachment's export
+            # token (VOLUME~TOKEN), a secret the reason would log.  The
+            # server logs the refusal, with the name less the token.
+            return self._end(b'', Close('export refused (old-style '
+                                        'NBD_OPT_EXPORT_NAME)'))
         return p.option_reply(event.option, p.REP_ERR_UNKNOWN, message), None

@@ -118,6 +118,7 @@ class _Conn:
         self.handshaking = True
         self.evicted = False
         self.lookups = 0
+        self.lookup_running = False  # the master asked for it now
         self.volume_id = None  # of the export opened
         self.token = None      # the export token it named, if any
 
@@ -155,6 +156,7 @@ class InflightBudget:
         self.used = 0
         self.peak = 0
         self.waiting = set()  # callables: re-check and maybe resume
+        self._waking = False
 
     def take(self, n):
         self.used += n
@@ -163,6 +165,34 @@ class InflightBudget:
 
     def give(self, n):
         self.used -= n
+        self._wake()
+
+    def reserve(self, n):
+        """Count ``n`` bytes of a WRITE's payload buffer, made as its
+        header arrives (NbdStream._admit), if the budget has room for
+        them (always when nothing is in flight: one request of any size
+        goes through); False otherwise."""
+        if self.used and self.used + n > self.total:
+            return False
+        self.take(n)
+        return True
+
+    def release(self, n):
+        """Give back what :meth:`reserve` counted.  Called as requests
+        are handed over, from inside a stream's parsing: the waiting
+        connections are woken from the loop, not from here (one woken
+        connection's parsing would release and wake the next, nested).
+        """
+        self.used -= n
+        if self.waiting and not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._woken)
+
+    def _woken(self):
+        self._waking = False
+        self._wake()
+
+    def _wake(self):
         if self.waiting and self.used < self.total * 3 // 4:
             for check in list(self.waiting):
                 check()
@@ -410,7 +440,11 @@ class NbdServer:
         live = [c for c in self.connections.values() if not c.evicted]
         if len(live) < self.max_connections:
             return True
-        for c in live:
+        # Idle handshakes first: one waiting for the gateway's lookup
+        # at the master asked for an export (a client at work; a flood
+        # of idle strangers evicted those as soon as they were oldest).
+        shaking = [c for c in live if c.handshaking]
+        for c in sorted(shaking, key=lambda c: c.lookup_running):
             if c.handshaking:
                 c.evicted = True
                 c.stream.close()
@@ -506,13 +540,24 @@ class NbdServer:
                 LOG.debug('NBD session of %s on %s: attachment not '
                           'checked (%s)', peer, exp.backend.name, e)
                 continue
+            except Exception as e:  # noqa: BLE001 - the watch goes on
+                # A reply the client could not read (a proxy's HTML
+                # page, say) ended the watch, silently, and with it
+                # every later check of the session: kept for good.
+                LOG.warning('NBD session of %s on %s: attachment not '
+                            'checked (%r); checked again in %g s', peer,
+                            exp.backend.name, e, self.recheck_interval)
+                continue
             if self._attached(atts, conn.token):
                 continue
             LOG.warning('NBD client %s: volume %s is no longer attached to '
                         'host %s; its session ends', peer, exp.backend.name,
                         self.host)
             exp.tokens.discard(conn.token)
-            stream.close()
+            # Aborted, not closed: a close waits for the client to read
+            # what is queued, and requests received meanwhile would
+            # still be served once a hold ends.
+            stream.abort()
             return
 
     async def _handshake(self, stream, neg, conn=None):
@@ -549,6 +594,7 @@ class NbdServer:
                 lookup()
                 name, token = split_export(event.name)
                 trusted = self._trusted(stream)
+                conn.lookup_running = True
                 try:
                     record = await client(self._record(name, token,
                                                        trusted))
@@ -560,23 +606,34 @@ class NbdServer:
                         exp = await self._open(name, record, token)
                         info = exp.backend.size(), exp.backend.flags()
                         conn.token = token
+                        # The volume whose attachments the session is
+                        # re-checked against.  Found open with no master
+                        # answering: the view's, which for a snapshot
+                        # is its volume's (Volume.for_snapshot).
                         if record is not None:
                             conn.volume_id = (record['volume_id']
                                               if '@' in name
                                               else record['id'])
-                        elif exp.key[0] == 'volume':
-                            conn.volume_id = exp.key[1]
+                        else:
+                            conn.volume_id = exp.backend.volume.id
                 except exception.UrsaError as e:
                     # The token never goes to the log.  Every refusal
                     # at DEBUG; a WARNING a minute at most (probes).
                     LOG.debug('NBD export %r refused: %s', name, e)
                     self._warn_refused('NBD export %r refused: %s', name, e)
                     info = None
+                finally:
+                    conn.lookup_running = False
                 out, event = (neg.export_refused() if info is None
                               else neg.export_opened(*info))
             elif isinstance(event, hs.ListExports):
                 lookup()
-                out = await client(self._list(neg, self._trusted(stream)))
+                conn.lookup_running = True
+                try:
+                    out = await client(self._list(neg,
+                                                  self._trusted(stream)))
+                finally:
+                    conn.lookup_running = False
             if out:
                 stream.write(out)
             if isinstance(event, hs.Ready):
@@ -733,6 +790,7 @@ class NbdServer:
             stream.hold(True)
 
         stream.on_drain = drained
+        stream.budget = budget
         try:
             await stream.serve_requests(on_request)
         finally:

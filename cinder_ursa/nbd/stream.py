@@ -19,11 +19,22 @@ connections) so costs a few KiB, not 256 (security audit F6).
 """
 
 import asyncio
+import logging
 
 from cinder_ursa import exception
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.transport import aio
 from cinder_ursa.transport import buffers
+
+LOG = logging.getLogger(__name__)
+
+# Seconds a WRITE's payload may take to arrive after its header, counted
+# while the gateway reads or would but for the client not reading its
+# replies (not while the gateway holds the connection): its buffer
+# counts in the budget every connection shares, and a client trickling
+# it, or never sending it, would keep that share for good.  32 MiB, the
+# largest, take 27 s at 10 Mbit/s.
+PAYLOAD_TIMEOUT = 60.0
 
 
 class HandshakeBuffer:
@@ -97,6 +108,16 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         # low-water mark (the server gives back the budget of replies
         # sent meanwhile).
         self.on_drain = None
+        # The server's InflightBudget (None: none): a WRITE's payload
+        # buffer counts in it from its header on (see _admit).
+        self.budget = None
+        self._reserved = 0     # of it: payload buffers not handed over
+        self._stalled = False  # waiting for the budget to make one
+        # PAYLOAD_TIMEOUT of the payload being received: seconds left
+        # (None: none is), since when its clock runs, and its timer.
+        self._payload_left = None
+        self._payload_since = 0.0
+        self._payload_timer = None
 
     # --- asyncio.BufferedProtocol -------------------------------------------
 
@@ -110,6 +131,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         self._lost = ConnectionResetError(
             'NBD client went away%s' % (': %s' % exc if exc else ''))
         self._on_request = None
+        self._unreserve()
         self._wake()
         self._finish(self._lost)
         self.resume_writing()
@@ -119,6 +141,8 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes):
         self._rx.buffer_updated(nbytes)
+        if self._payload_left is not None and not self._rx.receiving:
+            self._payload_done()
         if self._on_request is not None:
             self._parse()
         else:
@@ -187,6 +211,17 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         aio.send_batched(self.transport)
         self.transport.close()
 
+    def abort(self):
+        """End the connection now (a session whose volume was detached):
+        no request received but not handed over yet is, and what is
+        queued for the client is dropped.  ``close`` waits until the
+        client has read the queued replies, for ever if it reads
+        nothing, with the session and its export kept meanwhile."""
+        self._on_request = None
+        self._unreserve()
+        if self.transport is not None:
+            self.transport.abort()
+
     def unsent(self):
         """Bytes written but not taken by the kernel yet: in the
         transport's buffer or the open output batch."""
@@ -210,6 +245,8 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             left = self._rx.take(self._rx.buffered) or b''
             self._rx = buffers.ReceiveBuffer(p.REQUEST,
                                              p.request_payload_length)
+            if self.budget is not None:
+                self._rx.admit = self._admit
             if left:
                 self._rx.get_buffer(-1)[:len(left)] = left
                 self._rx.buffer_updated(len(left))
@@ -220,6 +257,94 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
             self._set_reading(True)
             self._parse()
         return self._done
+
+    # --- payload buffers within the budget --------------------------------
+
+    def _admit(self, n):
+        """ReceiveBuffer.admit: a WRITE's header asks for a buffer of n
+        bytes, made (and filled, so resident) at once.  It counts in the
+        server's budget from now on, until the request is handed over
+        (which counts it then); without room, reading stops until there
+        is some.  A 28-byte header of a 32 MiB WRITE per connection made
+        the gateway hold 32 MiB each, outside the budget."""
+        if not self.budget.reserve(n):
+            self._stalled = True
+            self.budget.waiting.add(self._unstall)
+            self._update_reading()
+            return False
+        self._reserved += n
+        self._payload_left = PAYLOAD_TIMEOUT
+        self._payload_clock(not self._held)
+        if self._stalled:
+            # Parsed again by another path (a hold let go) and admitted.
+            self._stalled = False
+            self.budget.waiting.discard(self._unstall)
+            self._update_reading()
+        return True
+
+    def _payload_clock(self, running):
+        """Run (or stop) the clock of the payload being received (see
+        PAYLOAD_TIMEOUT)."""
+        if self._payload_left is None:
+            return
+        now = self._loop.time()
+        if self._payload_timer is not None:
+            self._payload_timer.cancel()
+            self._payload_timer = None
+            self._payload_left -= now - self._payload_since
+        if running:
+            self._payload_since = now
+            self._payload_timer = self._loop.call_later(
+                max(self._payload_left, 0.0), self._payload_late)
+
+    def _payload_done(self):
+        if self._payload_timer is not None:
+            self._payload_timer.cancel()
+            self._payload_timer = None
+        self._payload_left = None
+
+    def _payload_late(self):
+        """See PAYLOAD_TIMEOUT."""
+        self._payload_timer = None
+        LOG.warning('NBD client %s: the data of a WRITE did not arrive '
+                    'within %g s of its header; connection dropped',
+                    self.transport.get_extra_info('peername') or
+                    'on the unix socket', PAYLOAD_TIMEOUT)
+        self.abort()
+
+    def _unstall(self):
+        """Called by the budget when data was given back: parse again
+        (the header asks for its buffer anew)."""
+        if not self._stalled:
+            return
+        self._stalled = False
+        self.budget.waiting.discard(self._unstall)
+        # From the loop: the budget wakes every waiting stream in turn.
+        self._loop.call_soon(self._resume_parsing)
+
+    def _resume_parsing(self):
+        self._update_reading()
+        if self._on_request is not None and not (self._held or
+                                                 self._paused or
+                                                 self._stalled):
+            self._parse()
+
+    def _handed(self, payload):
+        """A request was handed over: its payload buffer, if it had one
+        of its own (a memoryview, see ReceiveBuffer.next), no longer
+        counts as being received."""
+        if self._reserved and isinstance(payload, memoryview):
+            n = min(len(payload), self._reserved)
+            self._reserved -= n
+            self.budget.release(n)
+
+    def _unreserve(self):
+        self._payload_done()
+        if self.budget is not None:
+            self.budget.waiting.discard(self._unstall)
+            if self._reserved:
+                n, self._reserved = self._reserved, 0
+                self.budget.release(n)
 
     def stop(self):
         """No more requests: the client said NBD_CMD_DISC."""
@@ -263,11 +388,17 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                 rx.unread(requests[i:])
                 return
             self._on_request(flags, cmd, handle, offset, length, payload)
+            self._handed(payload)
 
     def _update_reading(self):
-        self._set_reading(not (self._held or self._paused) and
+        self._set_reading(not (self._held or self._paused or
+                               self._stalled) and
                           (self._on_request is not None or
                            self._waiter is not None))
+        # The client's time: while the gateway reads, or would but for
+        # the client not reading its replies (paused for writing).
+        self._payload_clock(not (self._held or self._stalled) and
+                            self._on_request is not None)
 
     def _set_reading(self, on):
         if on == self._reading or self.transport is None or \

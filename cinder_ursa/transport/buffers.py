@@ -112,11 +112,25 @@ class ReceiveBuffer:
         self._end = 0          # end of received bytes in scratch
         self._direct = None    # [fields, buffer, filled] being received
         self._ready = []       # whole frames not yet taken, in order
+        # admit(n): whether a buffer of its own may be made now for a
+        # payload of n bytes (None: always).  When it says no, the header
+        # stays in scratch, ``stalled`` is set, and the owner stops
+        # reading until admit may say yes (it parses again then): the
+        # buffer is made, and filled, at once, so a header alone would
+        # otherwise cost its whole payload's memory.
+        self.admit = None
+        self.stalled = False
 
     @property
     def buffered(self):
         """Bytes received into scratch and not taken yet."""
         return self._end - self._start
+
+    @property
+    def receiving(self):
+        """Whether a large payload is being received into a buffer of
+        its own (its header here, not all of it)."""
+        return self._direct is not None
 
     @property
     def holding(self):
@@ -236,6 +250,10 @@ class ReceiveBuffer:
         """The payload of ``n`` bytes at ``at`` is not all here: a large
         one is received straight into a buffer of its own."""
         if n >= self.LARGE or n > self._size - self._hsize:
+            if self.admit is not None and not self.admit(n):
+                self.stalled = True
+                return
+            self.stalled = False
             have = self._end - at
             buf = POOL.get(n)
             buf[:have] = self._view[at:self._end]

@@ -72,6 +72,9 @@ class _Server(server_mod.ChunkServer):
         self._loop = asyncio.get_running_loop()
         self._term_asking = None
         self._term_asked = float('-inf')
+        self._term_ask_sent = float('-inf')
+        self._claims_refused = 0
+        self._claims_warned = float('-inf')
         self._term_clients = {}
         self._heartbeat_interval = 1.0
         self._master_lease = float('-inf')
@@ -83,8 +86,9 @@ class _Server(server_mod.ChunkServer):
         if url != 'http://leader':
             raise exception.NotLeader(reason='the leader is elsewhere')
         self.beats += 1
+        term = self.leader_term  # as the leader answers when asked
         await asyncio.sleep(self.delay)
-        reply = {'ok': True, 'term': self.leader_term}
+        reply = {'ok': True, 'term': term}
         self._learn_term(reply)
         return reply
 
@@ -139,25 +143,33 @@ def test_a_new_leaders_term_is_taken_once_the_masters_confirm_it():
     _run(scenario())
 
 
-def test_a_flood_of_claims_costs_the_masters_one_heartbeat():
+def test_a_flood_of_claims_costs_the_masters_one_heartbeat(caplog):
+    """...and the log one warning (it was one per claim)."""
     async def scenario():
         s = _Server(known=7, leader_term=7)
+        s.TERM_ASK_INTERVAL = 0.3
         conns = [_Conn() for _ in range(200)]
         for i, c in enumerate(conns):
             s._judge_term(c, _frame(control.encode_term, 100 + i))
         assert all(c.claiming for c in conns)
         await asyncio.gather(*(t for c in conns for t in c.tasks))
         assert s.beats == 1
-        # Within TERM_ASK_INTERVAL of that heartbeat, another claim is
-        # judged by its answer, without asking again.
+        # Within TERM_ASK_INTERVAL of that heartbeat, another claim
+        # waits for the interval to end: one more heartbeat, no sooner.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         late = _Conn()
         with pytest.raises(exception.Unavailable):
             control.decode_count_ok(await _claim(s, late, 1000))
-        assert s.beats == 1
+        assert s.beats == 2
+        assert loop.time() - start >= s.TERM_ASK_INTERVAL - 0.1
         for c in conns:
             with pytest.raises(exception.Unavailable):
                 control.decode_count_ok(c.replies()[-1])
         assert s.store.master_term == 7
+        warned = [r for r in caplog.records if 'claims term' in
+                  r.getMessage() and r.levelname == 'WARNING']
+        assert len(warned) == 1
     _run(scenario())
 
 
@@ -212,4 +224,38 @@ def test_no_leader_answering_confirms_nothing():
                            match='no master answered within'):
             control.decode_count_ok(await _claim(s, _Conn(), 8))
         assert s.store.master_term == 7
+    _run(scenario())
+
+
+def test_a_forged_claim_does_not_get_the_new_leaders_claim_refused():
+    """A forged claim made the chunk server ask the masters just before
+    the election ended (its answer: the old term).  The new leader's
+    claim that follows, within TERM_ASK_INTERVAL or while that heartbeat
+    is under way, was judged by that stale answer and refused: a forger
+    claiming every second got every TERM of a new leader refused until
+    the chunk server's own heartbeat learnt the term.  It waits for a
+    heartbeat sent after it arrived instead (still one a second)."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        s = _Server(known=7, leader_term=7, delay=0.2)
+        s.TERM_ASK_INTERVAL = 0.5
+        forged = _Conn()
+        s._judge_term(forged, _frame(control.encode_term, control.MAX_TERM))
+        await asyncio.sleep(0.1)   # its heartbeat under way
+        s.leader_term = 8          # elected meanwhile
+        start = loop.time()
+        leader = _Conn()
+        body = await _claim(s, leader, 8)
+        assert control.decode_count_ok(body) == 8
+        assert s.store.master_term == 8 and leader.master_term == 8
+        assert loop.time() - start < 1.5
+        assert s.beats == 2
+        # Within the interval of that heartbeat: no stale refusal either.
+        await asyncio.gather(*forged.tasks)
+        with pytest.raises(exception.Unavailable):
+            control.decode_count_ok(forged.replies()[-1])
+        s.leader_term = 9
+        again = _Conn()
+        assert control.decode_count_ok(await _claim(s, again, 9)) == 9
+        assert s.beats == 3
     _run(scenario())

@@ -16,18 +16,17 @@ from aiohttp import web
 from cinder_ursa.master import listener
 
 
-@pytest.fixture(scope='module')
-def tls(tmp_path_factory):
-    """(server context, client context) for a self-signed 127.0.0.1."""
+def _certificate(path):
+    """A self-signed certificate for 127.0.0.1 and its key, in
+    ``path``: (cert.pem, key.pem)."""
     x509 = pytest.importorskip('cryptography.x509')
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    path = tmp_path_factory.mktemp('tls')
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'master')])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, path.name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key())
@@ -42,10 +41,33 @@ def tls(tmp_path_factory):
     (path / 'key.pem').write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
+    return path / 'cert.pem', path / 'key.pem'
+
+
+@pytest.fixture(scope='module')
+def tls(tmp_path_factory):
+    """(server context, client context) for a self-signed 127.0.0.1."""
+    cert, key = _certificate(tmp_path_factory.mktemp('master'))
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(path / 'cert.pem', path / 'key.pem')
-    client = ssl.create_default_context(cafile=path / 'cert.pem')
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=cert)
     return server, client
+
+
+@pytest.fixture(scope='module')
+def mtls(tmp_path_factory):
+    """(server context requiring a client certificate, client context
+    with one, client context without), as cmd.master.server_tls makes
+    them with tls_ca_file."""
+    cert, key = _certificate(tmp_path_factory.mktemp('master'))
+    ccert, ckey = _certificate(tmp_path_factory.mktemp('admin'))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    server.load_verify_locations(cafile=ccert)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(cafile=cert)
+    client.load_cert_chain(ccert, ckey)
+    return server, client, ssl.create_default_context(cafile=cert)
 
 
 def _loop_list():
@@ -200,6 +222,74 @@ def test_evicted_tls_connections_free_their_descriptors_at_once(
         finally:
             for s in socks:
                 s.close()
+            await runner.cleanup()
+    loop = new_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize('new_loop', LOOPS)
+def test_mutual_tls_large_bodies_and_keep_alive_through_the_guard(
+        mtls, new_loop):
+    """The TLS layer the guard puts in place is the server's: a client
+    certificate is still required and seen by the request, 8 MiB bodies
+    arrive whole (the layer's flow control), two requests share one
+    connection, and a refused handshake leaves nothing counted."""
+    server_tls, client_tls, anonymous = mtls
+    body = os.urandom(8 << 20)
+
+    async def scenario():
+        async def echo(request):
+            guard.request_seen(request)
+            data = await request.read()
+            cert = request.transport.get_extra_info('peercert')
+            subject = dict(x[0] for x in cert['subject'])
+            return web.json_response({'len': len(data),
+                                      'same': data == body,
+                                      'cn': subject['commonName']})
+        app = web.Application(client_max_size=16 << 20)
+        app.router.add_post('/', echo)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        guard = listener.ConnectionGuard(8, 5.0)
+        site = listener.BoundedSite(runner, '127.0.0.1', 0, guard,
+                                    ssl_context=server_tls)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            reader, writer = await asyncio.open_connection(
+                '127.0.0.1', port, ssl=client_tls)
+            for _ in range(2):
+                writer.write(b'POST / HTTP/1.1\r\nHost: x\r\n'
+                             b'Content-Length: %d\r\n\r\n' % len(body))
+                writer.write(body)
+                head = await asyncio.wait_for(
+                    reader.readuntil(b'\r\n\r\n'), 10)
+                assert head.startswith(b'HTTP/1.1 200 OK')
+                n = int([h for h in head.split(b'\r\n')
+                         if h.lower().startswith(b'content-length')][0]
+                        .split(b':')[1])
+                got = await reader.readexactly(n)
+                assert b'"len": %d' % len(body) in got
+                assert b'"same": true' in got and b'"cn": "admin' in got
+            assert len(guard) == 1
+            writer.close()
+            # Without a client certificate: no request, nothing counted.
+            with pytest.raises((ssl.SSLError, ConnectionError,
+                                asyncio.IncompleteReadError)):
+                r, w = await asyncio.open_connection('127.0.0.1', port,
+                                                     ssl=anonymous)
+                w.write(b'POST / HTTP/1.1\r\nHost: x\r\n'
+                        b'Content-Length: 0\r\n\r\n')
+                await asyncio.wait_for(r.readuntil(b'\r\n\r\n'), 5)
+            for _ in range(100):
+                if len(guard) == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(guard) == 0
+        finally:
             await runner.cleanup()
     loop = new_loop()
     try:

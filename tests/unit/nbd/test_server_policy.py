@@ -18,6 +18,7 @@ from cinder_ursa import exception
 from cinder_ursa.nbd import handshake as hs
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.nbd import server as server_mod
+from cinder_ursa.nbd import stream as stream_mod
 
 MiB = 1024 * 1024
 VOL = {'id': 'id-1', 'name': 'vol', 'size': 8 * MiB}
@@ -449,6 +450,8 @@ class Closable:
     def close(self):
         self.closed = True
 
+    abort = close
+
 
 def test_the_cap_evicts_the_oldest_handshaking_connection():
     """256 idle connections used to lock every other client out: at the
@@ -523,3 +526,166 @@ def test_a_session_ends_when_the_volume_is_attached_anew():
         await asyncio.wait_for(watch, 1)
         assert stream.closed
     asyncio.run(main())
+
+
+def test_a_session_ended_is_gone_even_if_its_client_reads_nothing():
+    """Over a real loopback connection: the client sent requests the
+    gateway held (its budget full) and reads none of the replies.  The
+    volume detached, the session must end now: the connection closed
+    with megabytes still queued (a plain close waited for the client to
+    read them, for ever), and no request received before the end is
+    served after it (a held WRITE reached the detached volume when the
+    hold was let go)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        master = Master({'id-1': 'attached'})
+        server = secure(master, recheck_interval=0.05)
+        served = []
+        ended = loop.create_future()
+        streams = []
+
+        async def serve(stream):
+            streams.append(stream)
+
+            def on_request(flags, cmd, handle, offset, length, payload):
+                served.append(handle)
+                if handle == 1:
+                    # A READ's reply the client will not read, then the
+                    # budget full: what follows is held.
+                    stream.write(b'r' * (8 * MiB))
+                    stream.hold(True)
+            done = stream.serve_requests(on_request)
+            conn = server_mod._Conn(stream)
+            conn.volume_id, conn.token = 'id-1', TOKEN
+            exp = server_mod._Export(('volume', 'id-1'), None, False)
+            exp.backend = Slow()
+            watch = loop.create_task(server._watch(stream, conn, exp, 'p'))
+            try:
+                await done
+            except ConnectionError:
+                pass
+            finally:
+                watch.cancel()
+                ended.set_result(None)
+
+        listener = await loop.create_server(
+            lambda: stream_mod.NbdStream(serve), '127.0.0.1', 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        writer.transport.pause_reading()  # reads nothing, ever
+        writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_READ, 1, 0,
+                                    8 * MiB))
+        for handle in (2, 3):
+            writer.write(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE,
+                                        handle, 0, 4) + b'data')
+        await writer.drain()
+        for _ in range(100):
+            if served:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert served == [1] and not ended.done()
+        master.attached = {}  # detached (or the host fenced)
+        await asyncio.wait_for(asyncio.shield(ended), 2)
+        streams[0].hold(False)  # the budget given back meanwhile
+        await asyncio.sleep(0.05)
+        assert served == [1]
+        writer.transport.abort()
+        listener.close()
+        await listener.wait_closed()
+    asyncio.run(main())
+
+
+def test_an_export_token_never_reaches_the_log(caplog):
+    """A token is a bearer secret: a refused open (here the volume could
+    not be opened, or old-style NBD_OPT_EXPORT_NAME, whose refusal ends
+    the handshake) logs the export's name without it, at every level."""
+    caplog.set_level(logging.DEBUG)
+    server = secure(Master({'id-1': 'attached'}))
+    handshake(server, opt(p.OPT_GO, info(named('vol'))), trusted=False)
+    handshake(server, opt(p.OPT_EXPORT_NAME, named('vol').encode()),
+              trusted=False)
+    assert server.cluster.opened == ['id-1', 'id-1']
+    assert 'refused' in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_a_snapshot_opened_while_no_master_answers_is_still_rechecked(
+        monkeypatch):
+    """A snapshot open here already is served under a token confirmed
+    earlier while no master answers (a failover); its session must still
+    be watched, or a detach would never end it (it had no volume to
+    re-check: only volume exports had one)."""
+    monkeypatch.setattr(server_mod, 'MASTER_WAIT', 0.05)
+
+    class View:
+        id, name, size = 'id-1', 'vol@s1', 4 * MiB
+
+    async def silent(ref):
+        await asyncio.sleep(10)
+
+    async def main():
+        master = Master({'id-1': 'attached'})
+        master.snapshot = silent
+        server = secure(master)
+        exp = server_mod._Export(('snapshot', 'sid'), View(), True)
+        exp.tokens.add(TOKEN)
+        server._exports[exp.key] = exp
+        stream = Stream(struct.pack('>I', p.FLAG_C_FIXED_NEWSTYLE) +
+                        opt(p.OPT_GO, info(named('vol@s1'))),
+                        trusted=False)
+        conn = server_mod._Conn(stream)
+        got = await server._handshake(stream, hs.Negotiation(), conn)
+        assert got is exp and exp.users == 1
+        assert conn.volume_id == 'id-1' and conn.token == TOKEN
+    asyncio.run(main())
+
+
+def test_an_unreadable_master_reply_does_not_end_the_watch():
+    """An error that is not Ursa's (a reply that is not JSON) ended the
+    watch task for good: the session was never checked again and
+    outlived its detach."""
+    async def main():
+        master = Master({'id-1': 'attached'})
+        server = secure(master, recheck_interval=0.01)
+        stream = Closable()
+        conn = server_mod._Conn(stream)
+        conn.volume_id, conn.token = 'id-1', TOKEN
+        exp = server_mod._Export(('volume', 'id-1'), None, False)
+        exp.backend = Slow()
+
+        async def garbled(ref=None, host=None):
+            raise ValueError('Expecting value: line 1 column 1 (char 0)')
+        master.attachments = garbled
+        watch = asyncio.create_task(server._watch(stream, conn, exp, 'p'))
+        await asyncio.sleep(0.05)
+        assert not stream.closed and not watch.done()
+        del master.attachments
+        master.attached = {}
+        await asyncio.wait_for(watch, 1)
+        assert stream.closed
+    asyncio.run(main())
+
+
+def test_the_cap_evicts_idle_handshakes_before_one_at_the_master():
+    """A flood of idle connections evicted a client as soon as it was
+    the oldest handshaking one, also while the gateway was asking the
+    master for the export it named: idle ones go first."""
+    server = secure(Master(), max_connections=3)
+    conns = []
+    for i, running in enumerate((True, False, False)):
+        c = server_mod._Conn(Closable())
+        c.lookup_running = running
+        server.connections[i] = c
+        conns.append(c)
+    assert server._make_room('newcomer')
+    assert [c.stream.closed for c in conns] == [False, True, False]
+    server.connections[3] = server_mod._Conn(Closable())
+    assert server._make_room('another')
+    assert [c.stream.closed for c in conns] == [False, True, True]
+    # Only it left handshaking: evicted all the same (the cap holds).
+    server.connections[4] = server_mod._Conn(Closable())
+    for c in list(server.connections.values())[3:]:
+        c.handshaking = False
+    assert server._make_room('third')
+    assert conns[0].stream.closed
