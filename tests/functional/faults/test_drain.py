@@ -249,9 +249,13 @@ def test_cluster_check_repair_fixes_what_it_safely_can(make_cluster):
     missing = sets[1][1]
 
     async def send(cl, sid, encode, *args):
-        s = servers[sid]
-        conn = await cl.pool.get(s['address'], s['port'])
-        reply = await conn.call(encode, *args, timeout=10)
+        # As ursa cluster check --repair does: DELETE is a master's
+        # command, taken on a connection that claimed the master term.
+        conn = await check._as_master(cl, servers[sid], 10)
+        try:
+            reply = await conn.call(encode, *args, timeout=10)
+        finally:
+            conn.close()
         return codec.reply_status(reply.body)
     # An orphan: a copy made on the spare for chunk 0, then given up.
     c = client.chunk_map(vid, 0, 1)['chunks'][0]

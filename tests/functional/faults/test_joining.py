@@ -11,6 +11,7 @@ import signal
 import pytest
 
 from cinder_ursa import exception
+from cinder_ursa.client import check
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 from tests.fixtures.cluster import data_client
@@ -119,15 +120,20 @@ def test_a_returning_server_whose_copy_was_deleted_answers_no_read(
     i = server_index(cluster, replica['id'])
     cluster.kill_chunkserver(i, signal.SIGTERM)
     cluster.start_chunkserver(i)
-    addr = (replica['address'], replica['port'])
 
     async def delete_then_read(c):
-        conn = await c.pool.get(*addr)
-        reply = await conn.request(6, control.encode_delete(6, vid, 0), 10)
-        codec.reply_status(reply.body)
-        reply = await conn.request(7, codec.encode_read(
-            7, vid, 0, chunk['epoch'], 0, BS), 10)
-        codec.reply_status(reply.body)
+        # DELETE is a master's command: on a connection that claimed
+        # the term the server follows, as ursa cluster check --repair's.
+        conn = await check._as_master(c, replica, 10)
+        try:
+            reply = await conn.request(6, control.encode_delete(6, vid, 0),
+                                       10)
+            codec.reply_status(reply.body)
+            reply = await conn.request(7, codec.encode_read(
+                7, vid, 0, chunk['epoch'], 0, BS), 10)
+            codec.reply_status(reply.body)
+        finally:
+            conn.close()
     with data_client(cluster) as cl:
         with pytest.raises((exception.StaleReplica, exception.StaleEpoch)):
             cl.run(delete_then_read)
@@ -173,8 +179,12 @@ def _control(cluster, sid, frame):
     s = next(s for s in cluster.client().servers() if s['id'] == sid)
 
     async def send(c):
-        conn = await c.pool.get(s['address'], s['port'])
-        reply = await conn.request(9, frame, 10)
+        # Claimed the master term: DELETE is taken on no other connection.
+        conn = await check._as_master(c, s, 10)
+        try:
+            reply = await conn.request(9, frame, 10)
+        finally:
+            conn.close()
         return reply.body
     with data_client(cluster) as cl:
         return cl.run(send)
