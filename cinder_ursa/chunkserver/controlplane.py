@@ -18,6 +18,10 @@ LOG = logging.getLogger(__name__)
 # it: far longer than a primary's request to record the join may take
 # (the master client gives up on one well within a minute).
 JOINING_SWEEP = 120.0
+# s between two sweeps: a copy is looked at within this of its coming of
+# age (a sweep walks the chunks held here, asking the master nothing
+# about the others).
+SWEEP_EVERY = 30.0
 
 
 # Commands only a master sends, taken only on a connection that claimed a
@@ -146,7 +150,7 @@ class ControlMixin:
 
     def _sweep_joining_soon(self):
         now = time.monotonic()
-        if now - self._joining_swept < JOINING_SWEEP or self._sweeping:
+        if now - self._joining_swept < SWEEP_EVERY or self._sweeping:
             return
         self._joining_swept = now
         self._sweeping = True

@@ -31,8 +31,10 @@ writes, and has the master make it a replica.
    the target included, is told the new epoch.
 
 Any failure gives the copy up (the master removes it from the joining
-copies) and is answered to the master, whose planner tries again later;
-the target keeps what it received, so the next try copies less.
+copies, and the target is told, so its copy is marked stale and no longer
+looks like one being made) and is answered to the master, whose planner
+tries again later; the target keeps what it received, so the next try
+copies less.
 
 Two entries that are equal are taken for equal blocks: their CRC32C and
 their word (state and snapshot sequence) match.  A block rewritten while
@@ -41,6 +43,7 @@ its server was away with different data of the same CRC32C (one chance in
 ``ursa volume check --deep`` compares data.
 """
 
+import asyncio
 import logging
 
 from cinder_ursa import exception
@@ -57,6 +60,7 @@ BATCH = 256                 # blocks per raw push at most (1 MiB)
 WINDOW = 8 * 1024 * 1024    # bytes of pushes in flight to the target
 ROUNDS = 8                  # comparisons before the copy is given up
 SCAN = control.MAX_ENTRY_BLOCKS
+TELL_ABANDONED_WAIT = 5.0   # s the target of a copy given up is told in
 
 
 class RebuildMixin:
@@ -128,12 +132,14 @@ class RebuildMixin:
             LOG.warning('Chunk %s/%d: copy to server %d given up: %s', vol,
                         idx, target, e)
             try:
-                self._adopt(vol, await self._change(vol, idx, 'abandon',
-                                                    target))
+                chunk = await self._change(vol, idx, 'abandon', target)
+                self._adopt(vol, chunk)
             except exception.UrsaError as e2:
                 LOG.warning('Chunk %s/%d: abandoning the copy on server %d '
                             'failed too (%s); a drop at its next failed '
                             'write does it', vol, idx, target, e2)
+            else:
+                await self._tell_abandoned(vol, idx, chunk, target)
             raise
         c = self._adopt(vol, chunk)
         await self._announce_epoch(vol, idx, c.epoch,
@@ -267,6 +273,33 @@ class RebuildMixin:
             for peer, rid, _ in pending:
                 peer.forget(rid)
             pending.clear()
+
+    async def _tell_abandoned(self, vol, idx, chunk, target):
+        """Tell the target of a copy given up that the master no longer
+        counts on it: the chunk's new epoch (an empty copy-up), which it
+        confirms with the master, which lists it neither as a replica nor
+        as a joining copy, so it marks its copy stale (kept for the next
+        try, serving nothing).  Done before the REBUILD is answered: the
+        master's planner starts no new copy of the chunk before, so this
+        does not mark a newer copy stale.  Untold (the target is dead or
+        cut off), its copy stays joining until the joining-copy sweep."""
+        bump = codec.WriteRequest(vol, idx, chunk['epoch'], 0, 0, 0, 0,
+                                  [r['id'] for r in chunk['replicas']], b'',
+                                  codec.FLAG_IF_ABSENT)
+        try:
+            await asyncio.wait_for(
+                self._send_replica(target, bump, chunk['epoch']),
+                TELL_ABANDONED_WAIT)
+        except (exception.StaleReplica, exception.StaleEpoch):
+            pass        # told (or it has moved on to a newer epoch)
+        except (exception.UrsaError, TimeoutError) as e:
+            LOG.info('Chunk %s/%d: server %d was not told its copy was '
+                     'given up (%s); the joining-copy sweep marks it stale',
+                     vol, idx, target, e or 'no answer')
+        else:
+            LOG.warning('Chunk %s/%d: server %d took epoch %d as a member '
+                        'after its copy was given up', vol, idx, target,
+                        chunk['epoch'])
 
     async def _announce_epoch(self, vol, idx, epoch, replicas):
         """Every replica learns the new epoch now (an empty copy-up carries

@@ -7,6 +7,7 @@ worker does before it copies the chunk's blocks)."""
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -227,3 +228,61 @@ def test_a_copy_being_brought_up_to_date_is_not_deleted_nor_a_replica_joined(
     assert not os.path.exists(os.path.join(
         cluster.cs_dir(server_index(cluster, spare)), 'chunks', vid,
         '0.meta'))
+
+
+def test_a_copy_given_up_leaves_a_stale_copy_not_an_orphan(make_cluster):
+    """A copy the primary gives up (here a snapshot deleted while it
+    runs: its collection is broadcast, not forwarded in write order) is
+    marked
+    stale on its target at once, so ``ursa cluster check`` finds no
+    orphan: the target is told the chunk's new epoch, which lists it
+    nowhere.  (Before, the copy stayed "joining" until the joining-copy
+    sweep, minutes later, and a check in between reported it.)"""
+    slow = ('[ursa_chunkserver]\nrecovery_rate_min = 1\n'
+            'recovery_rate_max = 1\n')
+    cluster = make_cluster(4, extra_conf=slow)
+    client = cluster.client()
+    vid = client.create_volume('v', 4 * MiB, chunk_size=4 * MiB)['id']
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, os.urandom(4 * MiB))
+            v.flush()
+    client.create_snapshot('v', 's1')
+    chunk = client.chunk_map(vid, 0, 1)['chunks'][0]
+    held = [r['id'] for r in chunk['replicas']]
+    servers = {s['id']: s for s in client.servers()}
+    spare = next(s for s in servers if s not in held)
+
+    async def rebuild(c):
+        # What the master's planner sends: a copy to the spare, at 1 MiB/s
+        # (4 s for the chunk's 4 MiB).
+        conn = await check._as_master(c, servers[held[0]], 10)
+        try:
+            reply = await conn.request(8, control.encode_rebuild(
+                8, vid, 0, chunk['epoch'], spare), 60)
+            codec.reply_status(reply.body)
+        finally:
+            conn.close()
+
+    def collect_while_copying():
+        wait_for(lambda: client.chunk_map(vid, 0, 1)['chunks'][0]
+                 ['joining'], timeout=10, what='the spare joining')
+        client.delete_snapshot('v@s1')
+    worker = threading.Thread(target=collect_while_copying)
+    worker.start()
+    try:
+        with data_client(cluster) as cl:
+            with pytest.raises(exception.Unavailable,
+                               match='reverted or collected'):
+                cl.run(rebuild)
+    finally:
+        worker.join()
+    chunk = client.chunk_map(vid, 0, 1)['chunks'][0]
+    assert chunk['joining'] == [] and spare not in [
+        r['id'] for r in chunk['replicas']]
+    base = os.path.join(cluster.cs_dir(server_index(cluster, spare)),
+                        'chunks', vid, '0')
+    assert os.path.exists(base + '.stale'), 'the given-up copy is not stale'
+    with data_client(cluster) as cl:
+        report = cl.run(check.check_cluster)
+    assert report['problems'] == []
