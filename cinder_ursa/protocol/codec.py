@@ -54,6 +54,9 @@ MAX_BODY = 64 * 1024 * 1024 + 4096
 CHALLENGE = 0x01
 AUTH = 0x02
 AUTH_OK = 0x03
+# AUTH with a ticket instead of the cluster key (protocol/tickets.py): the
+# client's nonce, its MAC under the ticket's session key, the ticket.
+AUTH_TICKET = 0x04
 READ = 0x10
 WRITE = 0x11
 REPLICATE = 0x12
@@ -80,6 +83,9 @@ PING = 0x1F
 # and is about to be closed; send new requests on a new one.  A client
 # that does not know it ignores it (no request has id 0).
 GOAWAY = 0x20
+# On a connection authenticated with a ticket: replace it with a renewed
+# one (its MAC over the connection's nonces, the ticket).
+TICKET = 0x21
 
 OPCODE_NAMES = {
     CHALLENGE: 'CHALLENGE', AUTH: 'AUTH', AUTH_OK: 'AUTH_OK', READ: 'READ',
@@ -87,7 +93,8 @@ OPCODE_NAMES = {
     DELETE: 'DELETE', CHUNK_INFO: 'CHUNK_INFO', SNAPSHOT: 'SNAPSHOT',
     REVERT: 'REVERT', INVENTORY: 'INVENTORY', REPAIR: 'REPAIR',
     REBUILD: 'REBUILD', ENTRIES: 'ENTRIES', RESYNC: 'RESYNC', TERM: 'TERM',
-    PING: 'PING', GOAWAY: 'GOAWAY',
+    PING: 'PING', GOAWAY: 'GOAWAY', AUTH_TICKET: 'AUTH_TICKET',
+    TICKET: 'TICKET',
 }
 
 # Request flags.
@@ -212,18 +219,28 @@ def body_length(fields, max_body=MAX_BODY):
 
 
 AUTH_BODY = NONCE_SIZE + MAC_SIZE   # the only body before authentication
+# ... but for AUTH_TICKET's, which carries a ticket behind them.
+MAX_AUTH_TICKET_BODY = AUTH_BODY + 2048
 
 
 def preauth_body_length(fields):
     """:func:`body_length` of a frame received before authentication:
-    only AUTH, with a body of exactly :data:`AUTH_BODY` bytes, is
-    accepted.  Decided from the header, before any byte of the body is
-    received (let alone a buffer allocated for it): an unauthenticated
-    peer cannot make a server hold more than one such frame."""
+    only AUTH, with a body of exactly :data:`AUTH_BODY` bytes, or
+    AUTH_TICKET, with at most :data:`MAX_AUTH_TICKET_BODY`, is accepted.
+    Decided from the header, before any byte of the body is received
+    (let alone a buffer allocated for it): an unauthenticated peer
+    cannot make a server hold more than one such frame."""
     length = body_length(fields)
+    if fields[2] == AUTH_TICKET:
+        if not AUTH_BODY < length <= MAX_AUTH_TICKET_BODY:
+            raise exception.ProtocolError(
+                reason='AUTH_TICKET body of %d bytes: it is %d to %d '
+                       '(nonce, MAC and ticket)'
+                % (length, AUTH_BODY + 1, MAX_AUTH_TICKET_BODY))
+        return length
     if fields[2] != AUTH:
         raise exception.NotAuthorized(
-            reason='authenticate with the cluster key first')
+            reason='authenticate with the cluster key or a ticket first')
     if length != AUTH_BODY:
         raise exception.ProtocolError(
             reason='AUTH body of %d bytes: it is %d (nonce and MAC)'
@@ -326,6 +343,32 @@ def decode_auth(body):
 
 def encode_auth_ok(mac, flags=0):
     return _frame(AUTH_OK, 0, mac, flags)
+
+
+def encode_auth_ticket(client_nonce, mac, ticket):
+    return _frame(AUTH_TICKET, 0, client_nonce + mac + ticket)
+
+
+def decode_auth_ticket(body):
+    """(client nonce, MAC, ticket bytes) of an AUTH_TICKET."""
+    if not AUTH_BODY < len(body) <= MAX_AUTH_TICKET_BODY:
+        raise exception.ProtocolError(
+            reason='AUTH_TICKET body has wrong size')
+    body = bytes(body)
+    return (body[:NONCE_SIZE], body[NONCE_SIZE:AUTH_BODY],
+            body[AUTH_BODY:])
+
+
+def encode_ticket(req_id, mac, ticket):
+    return _frame(TICKET, req_id, mac + ticket)
+
+
+def decode_ticket(body):
+    """(MAC, ticket bytes) of a TICKET."""
+    if not MAC_SIZE < len(body) <= MAX_AUTH_TICKET_BODY - NONCE_SIZE:
+        raise exception.ProtocolError(reason='TICKET body has wrong size')
+    body = bytes(body)
+    return body[:MAC_SIZE], body[MAC_SIZE:]
 
 
 # --- requests -------------------------------------------------------------
