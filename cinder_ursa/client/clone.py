@@ -22,7 +22,11 @@ class CloneLayers:
         if self.parent is None and self._parent_info is not None:
             snap = await self.cluster.master.snapshot(
                 self._parent_info['snapshot_id'])
-            self.parent = self.for_snapshot(self.cluster, snap)
+            parent = self.for_snapshot(self.cluster, snap)
+            # A ticket names the parents its volume reads: the same
+            # connections serve them.
+            parent.pool = self.pool
+            self.parent = parent
         return self.parent
 
     async def _read_layered(self, e, vol_offset):

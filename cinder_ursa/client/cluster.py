@@ -12,6 +12,7 @@ from cinder_ursa.client import master as master_mod
 from cinder_ursa.client.volume import Volume
 from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.transport import aio
+from cinder_ursa.transport import http
 
 LOG = logging.getLogger(__name__)
 
@@ -25,16 +26,30 @@ class Cluster:
     def __init__(self, master_urls, key, io_timeout=60.0,
                  request_timeout=15.0, local=None, liveness_timeout=3.0,
                  tls=None, principal=None):
-        self.key = key if isinstance(key, bytes) else key.encode()
-        # tls: the ssl.SSLContext of https:// masters (None: the
-        # process default, transport.http.set_default_tls); principal:
-        # (name, key) signing the REST requests (None: the process
-        # default, set_default_principal).  The data protocol uses the
-        # cluster key.
+        # key: the cluster key, or None for a client without it, which
+        # reaches the chunk servers with the tickets the master issues
+        # for each volume it opens (protocol/tickets.py) and needs a
+        # principal.  tls: the ssl.SSLContext of https:// masters (None:
+        # the process default, transport.http.set_default_tls);
+        # principal: (name, key) signing the REST requests (None: the
+        # process default, set_default_principal).
+        self.tickets = key is None
+        if self.tickets:
+            principal = principal or http.default_principal()
+            if principal is None:
+                raise exception.InvalidArgument(
+                    reason='no cluster key and no principal: set [ursa] '
+                           'principal and principal_key_file (a key made '
+                           'with "ursa key create"), or cluster_key_file')
+            self.key = None
+        else:
+            self.key = key if isinstance(key, bytes) else key.encode()
         self.master = master_mod.AsyncMasterClient(
             master_urls, self.key, tls=tls, principal=principal)
-        self.pool = aio.ConnectionPool(self.key, connect_timeout=5.0,
-                                       liveness=liveness_timeout)
+        self.liveness_timeout = liveness_timeout
+        self.pool = (_NoClusterKey() if self.tickets else
+                     aio.ConnectionPool(self.key, connect_timeout=5.0,
+                                        liveness=liveness_timeout))
         self.io_timeout = io_timeout
         self.request_timeout = request_timeout
         # Short-circuit reads of replicas on this host (an object like
@@ -44,6 +59,19 @@ class Cluster:
         self._local_task = None
         self._suspects = {}         # server id -> until when it is read last
         self._suspected = {}        # server id -> when it last failed to
+
+    @property
+    def principal_key(self):
+        """The key of the principal this client signs as (tickets are
+        issued wrapped with it)."""
+        return self.master._http.principal[1]
+
+    def ticket_pool(self, grant):
+        """Connections to the chunk servers under ``grant`` (a volume's
+        ticket)."""
+        return aio.ConnectionPool(None, connect_timeout=5.0,
+                                  liveness=self.liveness_timeout,
+                                  grant=grant)
 
     def suspect(self, server_id):
         """``server_id`` did not answer (a timeout, no connection): reads
@@ -114,10 +142,15 @@ class Cluster:
         v = Volume(self, vol, writable)
         if writable:
             await v._acquire(holder, force, lease_ttl)
+        elif self.tickets:
+            await v._read_ticket()
         return v
 
     async def open_snapshot(self, ref):
-        return Volume.for_snapshot(self, await self.master.snapshot(ref))
+        v = Volume.for_snapshot(self, await self.master.snapshot(ref))
+        if self.tickets:
+            await v._read_ticket()
+        return v
 
     async def create_snapshot(self, volume, name):
         return await self.master.create_snapshot(volume, name)
@@ -166,3 +199,22 @@ class Cluster:
             self._local_task.cancel()
         self.pool.close()
         await self.master.close()
+
+
+class _NoClusterKey:
+    """The pool of a client without the cluster key: it reaches chunk
+    servers only through the volumes it opens (their tickets)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise exception.NotAuthorized(
+            reason='this client has no cluster key: it reaches the chunk '
+                   'servers only for the volumes it opens, with their '
+                   'tickets; run cluster-wide tools with the cluster key')
+
+    get = connected = _refuse
+
+    def discard(self, *args):
+        pass
+
+    def close(self):
+        pass

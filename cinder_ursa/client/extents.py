@@ -70,7 +70,7 @@ class ExtentIO:
                         break
             for sid, host, port in self.cluster.read_order(info.replicas):
                 try:
-                    conn = await self.cluster.pool.get(host, port)
+                    conn = await self.pool.get(host, port)
                     reply = await conn.call(
                         codec.encode_read, self.id, index, info.epoch,
                         offset, length, self.snap, flags,
@@ -102,11 +102,11 @@ class ExtentIO:
                 except exception.Unavailable as e:
                     last = e
                 except exception.UrsaConnectionError as e:
-                    self.cluster.pool.discard(host, port)
+                    self.pool.discard(host, port)
                     self.cluster.suspect(sid)
                     last = e
                 except exception.ProtocolError as e:
-                    self.cluster.pool.discard(host, port)
+                    self.pool.discard(host, port)
                     last = e
             else:
                 if last is None:
@@ -128,7 +128,7 @@ class ExtentIO:
         end = (offset + length + BLOCK - 1) // BLOCK
         _, host, port = info.replicas[0]
         try:
-            conn = await self.cluster.pool.get(host, port)
+            conn = await self.pool.get(host, port)
             for at in range(first, end, control.MAX_REPAIR_BLOCKS):
                 reply = await conn.call(
                     control.encode_repair, self.id, index, info.epoch, at,
@@ -179,7 +179,7 @@ class ExtentIO:
                 continue
             _, host, port = info.replicas[0]
             try:
-                conn = await self.cluster.pool.get(host, port)
+                conn = await self.pool.get(host, port)
                 reply = await conn.call(
                     self._write_frame, index, info, offset, data or b'',
                     fua, flags, length, timeout=self.cluster.request_timeout)
@@ -224,7 +224,7 @@ class ExtentIO:
                             exception.ProtocolError, exception.DiskError)):
             sid, host, port = info.replicas[0]
             if not isinstance(e, exception.DiskError):
-                self.cluster.pool.discard(host, port)
+                self.pool.discard(host, port)
                 if isinstance(e, exception.UrsaConnectionError):
                     self.cluster.suspect(sid)
             LOG.warning('Volume %s chunk %d: primary %d (%s:%d) failed: %s',
@@ -260,7 +260,7 @@ class ExtentIO:
         if info is None or len(info.replicas) < need:
             return False
         _, host, port = info.replicas[0]
-        conn = self.cluster.pool.connected(host, port)
+        conn = self.pool.connected(host, port)
         if conn is None or conn.paused:
             return False
         rid = aio.next_req_id()

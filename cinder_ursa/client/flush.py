@@ -75,13 +75,13 @@ class FlushRounds:
         id}, None: any chunk it holds) are what it must drop if it fails.
         When they cannot be dropped either, the next flush tries again."""
         try:
-            conn = await self.cluster.pool.get(*addr)
+            conn = await self.pool.get(*addr)
             reply = await conn.call(codec.encode_flush, self.id,
                                     timeout=self.cluster.request_timeout)
             codec.reply_status(reply.body)
             return
         except exception.UrsaError as e:
-            self.cluster.pool.discard(*addr)
+            self.pool.discard(*addr)
             LOG.warning('Volume %s: flush on %s:%d failed (%s); dropping '
                         'that replica', self.name, addr[0], addr[1], e)
             err = e

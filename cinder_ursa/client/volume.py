@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.client import layout as layout_mod
@@ -26,6 +27,7 @@ from cinder_ursa.client.clone import all_runs
 from cinder_ursa.client.extents import ExtentIO
 from cinder_ursa.client.flush import FlushRounds
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import tickets
 from cinder_ursa.protocol.chunkfile import ABSENT
 from cinder_ursa.protocol.chunkfile import DATA
 from cinder_ursa.protocol.chunkfile import ZERO
@@ -75,6 +77,12 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         self._repairs = set()   # tasks of repairs started by reads
         self.closed = False
         self.qos = qos_mod.Limiter(info.get('qos'))
+        # Connections to the chunk servers: the cluster's, with the
+        # cluster key, or (a client without it) this volume's own, with
+        # the ticket the master issued for it (see _use_ticket).
+        self.pool = cluster.pool
+        self._grant = None
+        self._ticket_task = None
 
     @classmethod
     def for_snapshot(cls, cluster, snap):
@@ -118,6 +126,8 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         lease = await self.cluster.master.acquire_lease(
             self.id, self.holder, force, ttl)
         self.generation = lease['generation']
+        if self.cluster.tickets:
+            await self._use_ticket(lease.get('ticket'))
         self._lease_task = asyncio.get_running_loop().create_task(
             self._renew(lease['ttl']))
         LOG.debug('Volume %s opened for writing, generation %d', self.name,
@@ -130,6 +140,8 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 lease = await self.cluster.master.renew_lease(
                     self.id, self.holder, self.generation, ttl)
                 self.qos.update(lease.get('qos'))
+                if self.cluster.tickets:
+                    await self._use_ticket(lease.get('ticket'))
             except exception.Fenced as e:
                 LOG.error('Volume %s: %s', self.name, e)
                 self._fenced = e
@@ -137,6 +149,42 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
             except exception.UrsaError as e:
                 LOG.warning('Volume %s: renewing the lease failed: %s',
                             self.name, e)
+
+    async def _use_ticket(self, reply):
+        """Reach the chunk servers with the ticket in ``reply`` (the
+        master's, with a lease or on its own): the first opens this
+        volume's connections, a renewed one is presented on those open
+        (TICKET) and used by new ones."""
+        if not reply:
+            raise exception.NotAuthorized(
+                reason='the master issued no ticket for volume %s: upgrade '
+                       'it, or give this client the cluster key' % self.name)
+        grant = tickets.grant_from(reply, self.cluster.principal_key)
+        if self._grant is None:
+            self.pool = self.cluster.ticket_pool(grant)
+        else:
+            await self.pool.regrant(grant)
+        self._grant = grant
+
+    async def _read_ticket(self):
+        """A volume open read-only (no lease to bring tickets): a read
+        ticket now, renewed at half its life until the volume is
+        closed."""
+        await self._use_ticket(await self.cluster.master.ticket(self.id))
+        self._ticket_task = asyncio.get_running_loop().create_task(
+            self._renew_ticket())
+
+    async def _renew_ticket(self):
+        while True:
+            left = self._grant.ticket.expires - time.time()
+            await asyncio.sleep(max(left / 2, 1.0))
+            try:
+                await self._use_ticket(await self.cluster.master.ticket(
+                    self.id))
+            except exception.UrsaError as e:
+                LOG.warning('Volume %s: renewing its read ticket failed '
+                            '(%s); retrying', self.name, e)
+                await asyncio.sleep(min(5.0, max(left / 4, 0.5)))
 
     def _check_open(self, write):
         if self.closed:
@@ -249,6 +297,10 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 await self.flush()
         finally:
             self.closed = True
+            if self._ticket_task is not None:
+                self._ticket_task.cancel()
+            if self._grant is not None:
+                self.pool.close()
             if self._lease_task is not None:
                 self._lease_task.cancel()
                 try:

@@ -9,6 +9,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cinder_ursa import exception
+from cinder_ursa.common import auth
 from cinder_ursa.common import opts as common_opts
 from cinder_ursa.transport import http
 
@@ -29,6 +30,22 @@ def setup(argv, prog, register, description):
     except exception.InvalidArgument as e:
         raise SystemExit('%s: [ursa] %s' % (prog, e)) from None
     return conf
+
+
+def data_key(conf, prog):
+    """The cluster key of a gateway (``ursa-nbd``, ``ursa-attach``), or
+    None when it has none but a principal: it then reaches the chunk
+    servers with the tickets the master issues for the volumes attached
+    to its host, and a stolen host key reads nothing else."""
+    u = conf.ursa
+    if not (u.cluster_key or u.cluster_key_file) and \
+            http.default_principal() is not None:
+        return None
+    try:
+        return auth.load_key(u.cluster_key_file, u.cluster_key)
+    except exception.InvalidArgument as e:
+        raise SystemExit('%s: %s; or set [ursa] principal and '
+                         'principal_key_file' % (prog, e)) from None
 
 
 def run(coro_fn):

@@ -26,7 +26,6 @@ from cinder_ursa.attach import opts
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.cmd import _service
-from cinder_ursa.common import auth
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def main(argv=None):
         uid, gid, mode = attach_agent.file_owner(ac.owner, ac.group)
     except ValueError as e:
         sys.exit('ursa-attach: %s' % e)
-    key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
+    key = _service.data_key(conf, 'ursa-attach')
     for d in (ac.mount_dir, ac.state_dir):
         os.makedirs(d, exist_ok=True)
     # A mount left by an agent that was killed: take its place.

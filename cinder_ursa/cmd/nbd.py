@@ -27,7 +27,6 @@ from cinder_ursa.attach import opts as attach_opts
 from cinder_ursa.client import cluster as cluster_mod
 from cinder_ursa.client import localread
 from cinder_ursa.cmd import _service
-from cinder_ursa.common import auth
 from cinder_ursa.nbd import opts
 from cinder_ursa.nbd import server as server_mod
 
@@ -128,7 +127,7 @@ def main(argv=None):
     if fatal:
         LOG.error('%s', fatal)
         raise SystemExit(fatal)
-    key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
+    key = _service.data_key(conf, 'ursa-nbd')
     os.makedirs(nc.state_dir, exist_ok=True)
 
     async def serve(stop):

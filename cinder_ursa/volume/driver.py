@@ -92,7 +92,11 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
     def do_setup(self, context):
         conf = self.configuration
         try:
-            self._key = auth.load_key(conf.ursa_cluster_key_file)
+            # No cluster key but a principal: tickets for image copies.
+            self._key = None if (
+                not conf.ursa_cluster_key_file and conf.ursa_principal
+                and conf.ursa_principal != auth.ADMIN) else auth.load_key(
+                    conf.ursa_cluster_key_file)
         except (OSError, exception.UrsaError) as e:
             raise cinder_exc.VolumeDriverException(
                 message=_('Cannot read the Ursa cluster key from %(f)s: '

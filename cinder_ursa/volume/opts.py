@@ -12,15 +12,19 @@ ursa_opts = [
                      'during an election they are retried for up to 30 s).'),
     cfg.StrOpt('ursa_cluster_key_file', default='/etc/ursa/cluster.key',
                help='File holding the Ursa cluster key (readable by the '
-                    'cinder user).'),
+                    'cinder user). Empty, with ursa_principal: the driver '
+                    'holds no cluster key, and image copies reach the '
+                    'chunk servers with the tickets the master issues for '
+                    'each volume.'),
     cfg.StrOpt('ursa_principal', default='admin',
                help='The Ursa principal the driver signs its requests to '
                     'the masters as: "admin" signs with the cluster key '
                     '(every right); better, one made with "ursa key create '
                     'NAME --role volume" (volumes, snapshots, clones, '
                     'attachments only), with ursa_principal_key_file. '
-                    'Image copies still read and write chunk servers with '
-                    'the cluster key.'),
+                    'Image copies read and write chunk servers with the '
+                    'cluster key, or with tickets (ursa_cluster_key_file '
+                    'empty).'),
     cfg.StrOpt('ursa_principal_key_file',
                help='File holding the key of ursa_principal (readable by '
                     'the cinder user).'),
