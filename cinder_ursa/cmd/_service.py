@@ -13,6 +13,8 @@ from cinder_ursa.common import auth
 from cinder_ursa.common import opts as common_opts
 from cinder_ursa.transport import http
 
+LOG = logging.getLogger(__name__)
+
 
 def setup(argv, prog, register, description):
     conf = cfg.ConfigOpts()
@@ -40,6 +42,9 @@ def data_key(conf, prog):
     u = conf.ursa
     if not (u.cluster_key or u.cluster_key_file) and \
             http.default_principal() is not None:
+        LOG.info('No cluster key: the chunk servers are reached with the '
+                 'tickets the master issues to principal %s',
+                 http.default_principal()[0])
         return None
     try:
         return auth.load_key(u.cluster_key_file, u.cluster_key)

@@ -15,8 +15,10 @@ from tests.functional.nbd.test_security import export
 MiB = 1024 * 1024
 
 
-def test_ursa_nbd_with_a_host_principal(make_cluster, tmp_path):
-    c = make_cluster(1, extra_conf=SAFE)
+def host_principal(c, tmp_path, nbd_conf=''):
+    """Make this machine's host principal on cluster ``c`` and have its
+    ursa-nbd sign as it (``nbd_conf``: more of its [ursa] options);
+    return (host, key)."""
     # The host as ursa-nbd's lease holders name it (the system's host
     # name), and as attachments name it ([ursa_attach] host).
     host = socket.gethostname()
@@ -25,10 +27,17 @@ def test_ursa_nbd_with_a_host_principal(make_cluster, tmp_path):
     key = auth.new_key()
     path = str(tmp_path / 'host.key')
     auth.write_key_file(path, key)
-    admin = c.client()
-    admin.create_principal(host, 'host', key)
+    c.client().create_principal(host, 'host', key)
     c.service_extra_conf['nbd'] = (
-        '[ursa]\nprincipal = %s\nprincipal_key_file = %s\n' % (host, path))
+        '[ursa]\n%sprincipal = %s\nprincipal_key_file = %s\n'
+        % (nbd_conf, host, path))
+    return host, key
+
+
+def test_ursa_nbd_with_a_host_principal(make_cluster, tmp_path):
+    c = make_cluster(1, extra_conf=SAFE)
+    host, _ = host_principal(c, tmp_path)
+    admin = c.client()
     c.start_nbd()
     names = {}
     for name in ('hv1', 'hv2'):

@@ -8,16 +8,15 @@ and fencing the host revokes its tickets at once."""
 
 import asyncio
 import os
-import socket
 
 import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.client import sync
-from cinder_ursa.common import auth
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.protocol import codec
 from tests.fixtures.cluster import data_client
+from tests.functional.nbd.test_host_principal import host_principal
 from tests.functional.nbd.test_nbd import request
 from tests.functional.nbd.test_security import SAFE
 from tests.functional.nbd.test_security import export
@@ -29,16 +28,7 @@ MiB = 1024 * 1024
 def keyless(make_cluster, tmp_path):
     """A cluster whose ursa-nbd holds the host principal's key only."""
     c = make_cluster(3, extra_conf=SAFE)
-    host = socket.gethostname()
-    c.attach_host = host
-    c.write_config()
-    key = auth.new_key()
-    path = str(tmp_path / 'host.key')
-    auth.write_key_file(path, key)
-    c.client().create_principal(host, 'host', key)
-    c.service_extra_conf['nbd'] = (
-        '[ursa]\ncluster_key_file =\nprincipal = %s\nprincipal_key_file = '
-        '%s\n' % (host, path))
+    host, key = host_principal(c, tmp_path, 'cluster_key_file =\n')
     return c, host, key
 
 
@@ -54,8 +44,9 @@ def test_ursa_nbd_serves_a_clone_with_tickets_only(keyless):
     admin.clone('base@gold', 'vm1')
     att = admin.attach('vm1', host)
     c.start_nbd()
-    with open(os.path.join(c.data_dir, 'ursa.conf')) as f:
-        assert 'cluster_key_file =\n' in f.read()
+    with open(os.path.join(c.data_dir, 'nbd.log')) as f:
+        assert 'No cluster key: the chunk servers are reached with the ' \
+            'tickets' in f.read()
 
     s, size = export(c, 'vm1~%s' % att['export_token'])
     assert size == 8 * MiB
