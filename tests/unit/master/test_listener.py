@@ -4,6 +4,7 @@ peers that never finish one cannot hold more than max_connections file
 descriptors; under asyncio's loop and uvloop (the master's)."""
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -82,19 +83,40 @@ def _loop_list():
 LOOPS = list(_loop_list())
 
 
-async def _serve(tls, cap, timeout):
+def _run(new_loop, scenario):
+    loop = new_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+@contextlib.asynccontextmanager
+async def _served(tls, cap, timeout, handler=None, method='GET', **app):
+    """A BoundedSite on 127.0.0.1 behind a guard of ``cap`` connections
+    and ``timeout``: yields (guard, port, socks), the raw sockets the
+    test opens into ``socks`` being closed after it.  ``handler(guard)``
+    makes the route's handler (default: 'ok', the request seen)."""
+    guard = listener.ConnectionGuard(cap, timeout)
+
     async def hello(request):
         guard.request_seen(request)
         return web.Response(text='ok')
-    app = web.Application()
-    app.router.add_get('/', hello)
-    runner = web.AppRunner(app)
+    web_app = web.Application(**app)
+    web_app.router.add_route(method, '/',
+                             handler(guard) if handler else hello)
+    runner = web.AppRunner(web_app)
     await runner.setup()
-    guard = listener.ConnectionGuard(cap, timeout)
     site = listener.BoundedSite(runner, '127.0.0.1', 0, guard,
                                 ssl_context=tls)
     await site.start()
-    return runner, guard, runner.addresses[0][1]
+    socks = []
+    try:
+        yield guard, runner.addresses[0][1], socks
+    finally:
+        for s in socks:
+            s.close()
+        await runner.cleanup()
 
 
 async def _get(port, tls):
@@ -127,11 +149,9 @@ def test_handshakes_in_progress_count_and_make_room(tls, new_loop):
     server_tls, client_tls = tls
 
     async def scenario():
-        runner, guard, port = await _serve(server_tls, 8, 30.0)
-        socks = []
-        try:
+        async with _served(server_tls, 8, 30.0) as (guard, port, socks):
             assert await _get(port, client_tls) == b'HTTP/1.1 200 OK\r\n'
-            socks = await _flood(port, 100, partial=True)
+            socks += await _flood(port, 100, partial=True)
             for _ in range(100):
                 if guard.evicted >= 100 - 8:
                     break
@@ -142,15 +162,7 @@ def test_handshakes_in_progress_count_and_make_room(tls, new_loop):
             assert guard.evicted >= 100 - 8
             # A client that finishes its handshake gets in at once.
             assert await _get(port, client_tls) == b'HTTP/1.1 200 OK\r\n'
-        finally:
-            for s in socks:
-                s.close()
-            await runner.cleanup()
-    loop = new_loop()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    _run(new_loop, scenario)
 
 
 @pytest.mark.parametrize('new_loop', LOOPS)
@@ -158,10 +170,8 @@ def test_a_stalled_handshake_is_closed_at_the_deadline(tls, new_loop):
     server_tls, client_tls = tls
 
     async def scenario():
-        runner, guard, port = await _serve(server_tls, 64, 0.5)
-        socks = []
-        try:
-            socks = await _flood(port, 6, partial=True)
+        async with _served(server_tls, 64, 0.5) as (guard, port, socks):
+            socks += await _flood(port, 6, partial=True)
             await asyncio.sleep(0.2)
             assert len(guard) == 6
             loop = asyncio.get_running_loop()
@@ -177,15 +187,7 @@ def test_a_stalled_handshake_is_closed_at_the_deadline(tls, new_loop):
                 except ConnectionResetError:
                     pass
             assert await _get(port, client_tls) == b'HTTP/1.1 200 OK\r\n'
-        finally:
-            for s in socks:
-                s.close()
-            await runner.cleanup()
-    loop = new_loop()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    _run(new_loop, scenario)
 
 
 def _open_fds():
@@ -207,10 +209,8 @@ def test_evicted_tls_connections_free_their_descriptors_at_once(
         return client_tls.wrap_socket(raw, server_hostname='127.0.0.1')
 
     async def scenario():
-        runner, guard, port = await _serve(server_tls, 8, 30.0)
-        loop = asyncio.get_running_loop()
-        socks = []
-        try:
+        async with _served(server_tls, 8, 30.0) as (guard, port, socks):
+            loop = asyncio.get_running_loop()
             before = _open_fds()
             for _ in range(40):
                 socks.append(await loop.run_in_executor(
@@ -219,15 +219,7 @@ def test_evicted_tls_connections_free_their_descriptors_at_once(
             assert len(guard) <= 8 and guard.evicted >= 32
             # Ours (40), the master's kept ones (8), and a few more.
             assert _open_fds() - before <= 40 + 8 + 4
-        finally:
-            for s in socks:
-                s.close()
-            await runner.cleanup()
-    loop = new_loop()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    _run(new_loop, scenario)
 
 
 @pytest.mark.parametrize('new_loop', LOOPS)
@@ -240,7 +232,7 @@ def test_mutual_tls_large_bodies_and_keep_alive_through_the_guard(
     server_tls, client_tls, anonymous = mtls
     body = os.urandom(8 << 20)
 
-    async def scenario():
+    def make_echo(guard):
         async def echo(request):
             guard.request_seen(request)
             data = await request.read()
@@ -249,16 +241,11 @@ def test_mutual_tls_large_bodies_and_keep_alive_through_the_guard(
             return web.json_response({'len': len(data),
                                       'same': data == body,
                                       'cn': subject['commonName']})
-        app = web.Application(client_max_size=16 << 20)
-        app.router.add_post('/', echo)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        guard = listener.ConnectionGuard(8, 5.0)
-        site = listener.BoundedSite(runner, '127.0.0.1', 0, guard,
-                                    ssl_context=server_tls)
-        await site.start()
-        port = runner.addresses[0][1]
-        try:
+        return echo
+
+    async def scenario():
+        async with _served(server_tls, 8, 5.0, make_echo, 'POST',
+                           client_max_size=16 << 20) as (guard, port, _):
             reader, writer = await asyncio.open_connection(
                 '127.0.0.1', port, ssl=client_tls)
             for _ in range(2):
@@ -289,10 +276,4 @@ def test_mutual_tls_large_bodies_and_keep_alive_through_the_guard(
                     break
                 await asyncio.sleep(0.02)
             assert len(guard) == 0
-        finally:
-            await runner.cleanup()
-    loop = new_loop()
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    _run(new_loop, scenario)

@@ -453,16 +453,24 @@ class Closable:
     abort = close
 
 
+def _capped(**states):
+    """A gateway at its cap of 3 connections, the i-th with each named
+    attribute set to its i-th value; (server, connections)."""
+    server = secure(Master(), max_connections=3)
+    conns = []
+    for i in range(3):
+        c = server_mod._Conn(Closable())
+        for name, values in states.items():
+            setattr(c, name, values[i])
+        server.connections[i] = c
+        conns.append(c)
+    return server, conns
+
+
 def test_the_cap_evicts_the_oldest_handshaking_connection():
     """256 idle connections used to lock every other client out: at the
     cap the oldest one still handshaking is closed instead."""
-    server = secure(Master(), max_connections=3)
-    conns = []
-    for i, shaking in enumerate((False, True, True)):
-        c = server_mod._Conn(Closable())
-        c.handshaking = shaking
-        server.connections[i] = c
-        conns.append(c)
+    server, conns = _capped(handshaking=(False, True, True))
     assert server._make_room('newcomer')
     assert [c.stream.closed for c in conns] == [False, True, False]
     assert conns[1].evicted
@@ -671,13 +679,7 @@ def test_the_cap_evicts_idle_handshakes_before_one_at_the_master():
     """A flood of idle connections evicted a client as soon as it was
     the oldest handshaking one, also while the gateway was asking the
     master for the export it named: idle ones go first."""
-    server = secure(Master(), max_connections=3)
-    conns = []
-    for i, running in enumerate((True, False, False)):
-        c = server_mod._Conn(Closable())
-        c.lookup_running = running
-        server.connections[i] = c
-        conns.append(c)
+    server, conns = _capped(lookup_running=(True, False, False))
     assert server._make_room('newcomer')
     assert [c.stream.closed for c in conns] == [False, True, False]
     server.connections[3] = server_mod._Conn(Closable())
