@@ -220,7 +220,7 @@ def body_length(fields, max_body=MAX_BODY):
 
 AUTH_BODY = NONCE_SIZE + MAC_SIZE   # the only body before authentication
 # ... but for AUTH_TICKET's, which carries a ticket behind them.
-MAX_AUTH_TICKET_BODY = AUTH_BODY + 2048
+MAX_AUTH_TICKET_BODY = AUTH_BODY + 2304    # >= tickets.MAX_TICKET
 
 
 def preauth_body_length(fields):

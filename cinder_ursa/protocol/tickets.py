@@ -35,11 +35,13 @@ Layout (big-endian)::
 
     version u8 (1) | rights u8 | generation u64 | expires u64 (unix s)
     | issued u64 (unix s) | volume 16 bytes | readable count u16
-    | readable volumes 16 bytes each | principal len u8 + UTF-8
-    | host len u8 + UTF-8
+    | readable: (volume 16 bytes | snapshot sequence u64) each
+    | principal len u8 + UTF-8 | host len u8 + UTF-8
 
 ``generation`` 0: a read-only ticket bound to no lease (it lasts until it
-expires).
+expires).  A readable volume other than the ticket's own is a clone
+parent: it may be read only as one of its snapshots up to the sequence
+named (the snapshot the clone was made from), never its current data.
 """
 
 import dataclasses
@@ -55,8 +57,9 @@ VERSION = 1
 RIGHT_READ = 0x01
 RIGHT_WRITE = 0x02
 MAX_READABLE = 64           # clone parents a ticket may name
-MAX_TICKET = 2 + 8 * 3 + 16 + 2 + MAX_READABLE * 16 + 2 * 256
+MAX_TICKET = 2 + 8 * 3 + 16 + 2 + MAX_READABLE * 24 + 2 * 256
 _HEAD = struct.Struct('!BBQQQ16sH')
+_READABLE = struct.Struct('!16sQ')
 _KEY_LABEL = b'ursa-ticket-key-v1'
 _WRAP_LABEL = b'ursa-ticket-wrap'
 RETICKET_LABEL = b'ursa-reticket'
@@ -64,17 +67,26 @@ RETICKET_LABEL = b'ursa-reticket'
 
 @dataclasses.dataclass(frozen=True)
 class Ticket:
-    """A decoded ticket.  ``readable``: the volumes it may read, its own
-    included (ids as strings)."""
+    """A decoded ticket.  ``readable``: {volume id: the highest snapshot
+    sequence it may be read at}, its own volume included with None (any
+    sequence, the current data too)."""
 
     volume: str
     generation: int
     expires: int
     issued: int
     rights: int
-    readable: frozenset
+    readable: dict
     principal: str
     host: str
+
+    def may_read(self, volume, snap):
+        """Whether a READ of ``volume`` at snapshot sequence ``snap`` (0:
+        its current data) is within this ticket."""
+        if volume == self.volume:
+            return True
+        top = self.readable.get(volume)
+        return top is not None and 0 < snap <= top
 
     @property
     def writable(self):
@@ -128,13 +140,19 @@ def _text(name, value):
 
 def encode(volume, generation, expires, rights, readable=(), principal='',
            host='', issued=None):
-    """A ticket's bytes.  ``readable``: the other volumes (ids) it may
-    read, beyond ``volume``."""
-    others = [r for r in dict.fromkeys(readable) if r != volume]
+    """A ticket's bytes.  ``readable``: the clone parents it may read,
+    beyond ``volume``, as (volume id, highest snapshot sequence) pairs
+    or a dict of them."""
+    others = dict(readable.items() if isinstance(readable, dict)
+                  else readable)
+    others.pop(volume, None)
     if len(others) > MAX_READABLE:
         raise exception.InvalidArgument(
             reason='a ticket names at most %d volumes to read besides its '
                    'own, not %d' % (MAX_READABLE, len(others)))
+    if any(not 0 < seq < 2 ** 64 for seq in others.values()):
+        raise exception.InvalidArgument(
+            reason='a parent is read at a snapshot sequence of 1 or more')
     if not rights & (RIGHT_READ | RIGHT_WRITE) or rights & ~(
             RIGHT_READ | RIGHT_WRITE):
         raise exception.InvalidArgument(reason='bad ticket rights %r'
@@ -142,7 +160,8 @@ def encode(volume, generation, expires, rights, readable=(), principal='',
     issued = int(time.time()) if issued is None else int(issued)
     return (_HEAD.pack(VERSION, rights, generation, int(expires), issued,
                        uuid.UUID(volume).bytes, len(others))
-            + b''.join(uuid.UUID(r).bytes for r in others)
+            + b''.join(_READABLE.pack(uuid.UUID(r).bytes, seq)
+                       for r, seq in others.items())
             + _text('principal', principal) + _text('host', host))
 
 
@@ -161,12 +180,18 @@ def decode(raw):
     if n > MAX_READABLE:
         raise exception.ProtocolError(reason='ticket names %d volumes' % n)
     pos = _HEAD.size
-    end = pos + 16 * n
+    end = pos + _READABLE.size * n
     if len(raw) < end + 2:
         raise exception.ProtocolError(reason='ticket cut short')
-    readable = {str(uuid.UUID(bytes=vol))}
-    readable.update(str(uuid.UUID(bytes=raw[i:i + 16]))
-                    for i in range(pos, end, 16))
+    own = str(uuid.UUID(bytes=vol))
+    readable = {}
+    for i in range(pos, end, _READABLE.size):
+        other, seq = _READABLE.unpack_from(raw, i)
+        if not seq:
+            raise exception.ProtocolError(
+                reason='ticket names a parent at snapshot sequence 0')
+        readable[str(uuid.UUID(bytes=other))] = seq
+    readable[own] = None
     texts = []
     pos = end
     for _ in range(2):
@@ -187,8 +212,8 @@ def decode(raw):
                                              % (len(raw) - pos))
     if not rights & (RIGHT_READ | RIGHT_WRITE):
         raise exception.ProtocolError(reason='ticket grants nothing')
-    return Ticket(str(uuid.UUID(bytes=vol)), gen, expires, issued, rights,
-                  frozenset(readable), texts[0], texts[1])
+    return Ticket(own, gen, expires, issued, rights, readable, texts[0],
+                  texts[1])
 
 
 def issue(cluster_key, principal_key, **fields):

@@ -19,7 +19,7 @@ HOST_KEY = b'h' * 32
 def _raw(**kw):
     fields = dict(volume=VOL, generation=7, expires=2000000000,
                   rights=tickets.RIGHT_READ | tickets.RIGHT_WRITE,
-                  readable=[PARENT], principal='cmp1', host='cmp1',
+                  readable={PARENT: 4}, principal='cmp1', host='cmp1',
                   issued=1900000000)
     fields.update(kw)
     return tickets.encode(**fields)
@@ -29,8 +29,14 @@ def test_a_ticket_decodes_to_what_was_encoded():
     t = tickets.decode(_raw())
     assert t == tickets.Ticket(VOL, 7, 2000000000, 1900000000,
                                tickets.RIGHT_READ | tickets.RIGHT_WRITE,
-                               frozenset({VOL, PARENT}), 'cmp1', 'cmp1')
+                               {VOL: None, PARENT: 4}, 'cmp1', 'cmp1')
     assert t.writable and not t.expired(1999999999) and t.expired(2000000000)
+    # Its own volume at any sequence; the parent only as a snapshot up
+    # to the one the clone was made from; nothing else.
+    assert t.may_read(VOL, 0) and t.may_read(VOL, 9)
+    assert t.may_read(PARENT, 4) and t.may_read(PARENT, 1)
+    assert not t.may_read(PARENT, 0) and not t.may_read(PARENT, 5)
+    assert not t.may_read(str(uuid.uuid4()), 1)
 
 
 def test_the_principal_unwraps_the_session_key_the_server_derives():
@@ -67,12 +73,15 @@ def test_malformed_tickets_are_refused(raw):
 
 def test_limits_are_refused_when_issuing():
     with pytest.raises(exception.InvalidArgument):
-        _raw(readable=[str(uuid.uuid4()) for _ in range(65)])
+        _raw(readable={str(uuid.uuid4()): 1 for _ in range(65)})
+    with pytest.raises(exception.InvalidArgument):
+        _raw(readable={PARENT: 0})
     with pytest.raises(exception.InvalidArgument):
         _raw(principal='p' * 256)
     with pytest.raises(exception.InvalidArgument):
         _raw(rights=0)
-    big = _raw(readable=[str(uuid.uuid4()) for _ in range(64)],
+    big = _raw(readable=[(str(uuid.uuid4()), 2 ** 64 - 1)
+                         for _ in range(64)],
                principal='p' * 255, host='h' * 255)
     assert len(big) <= tickets.MAX_TICKET
     assert codec.AUTH_BODY + len(big) <= codec.MAX_AUTH_TICKET_BODY
