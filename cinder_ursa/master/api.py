@@ -869,8 +869,13 @@ class MasterAPI:
                        'fence" of the holder\'s host)'
                        % request[PRINCIPAL][0])
         await self._attached_here(request, ref)
-        # Before the lease is taken: a volume no ticket can cover gets
-        # no lease either.
+        # Before the lease is taken: a volume (or a holder's host) no
+        # ticket can hold gets no lease either.
+        if len(store_mod.holder_host(holder).encode('utf-8')) > 255:
+            raise exception.InvalidArgument(
+                reason='the holder\'s host is longer than a ticket holds '
+                       '(255 bytes of UTF-8): name the holder after a '
+                       'shorter host name')
         _, readable = await self._readable(ref)
         lease = await self.service.acquire_lease(ref, holder, ttl, force)
         return web.json_response(

@@ -246,3 +246,13 @@ def test_more_ancestors_than_a_ticket_names_is_refused_clearly(store):
                       'ursa volume flatten'):
             assert words in message, message
     assert store.get_volume('v%d' % n)['lease']['generation'] == 0
+
+
+def test_a_holder_whose_host_no_ticket_holds_gets_no_lease(store):
+    """255 characters fit the database, not always 255 bytes of UTF-8."""
+    chain(store)
+    status, got = one(store, 'cinder', CINDER, 'POST', '/v1/volumes/top/lease',
+                      {'holder': '\u00e9' * 200 + ':1:x'})
+    assert status == 400, got
+    assert '255 bytes' in got['error']['message']
+    assert store.get_volume('top')['lease']['generation'] == 0
