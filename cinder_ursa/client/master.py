@@ -13,6 +13,17 @@ from cinder_ursa.protocol import rest
 from cinder_ursa.transport import http
 
 
+def _lease_with_ticket(reply):
+    """The lease of a lease reply, with the reply's ticket (the master's
+    ``tickets.issue`` dict: ``tickets.grant_from`` unwraps it) under
+    'ticket' when the master sent one (a master older than tickets does
+    not): callers that know nothing of tickets see the lease as before."""
+    lease = dict(reply['lease'])
+    if reply.get('ticket') is not None:
+        lease['ticket'] = reply['ticket']
+    return lease
+
+
 class MasterClient:
     """Blocking client of the master (eventlet-safe)."""
 
@@ -117,6 +128,10 @@ class MasterClient:
 
     def revoke_lease(self, ref):
         return self._http.send(rest.revoke_lease(ref))
+
+    def ticket(self, ref):
+        """A read-only ticket for volume ``ref`` (rest.ticket)."""
+        return self._http.send(rest.ticket(ref))
 
     def snapshots(self, volume=None):
         return self._http.send(rest.snapshots(volume))
@@ -244,12 +259,18 @@ class AsyncMasterClient:
             volume, index, action, server_id, epoch))
 
     async def acquire_lease(self, volume, holder, force=False, ttl=None):
-        return await self._http.send(rest.acquire_lease(volume, holder,
-                                                        force, ttl))
+        """The lease, its ticket under 'ticket' (_lease_with_ticket)."""
+        return _lease_with_ticket(await self._http.send(
+            rest.acquire_lease(volume, holder, force, ttl)))
 
     async def renew_lease(self, volume, holder, generation, ttl):
-        return await self._http.send(rest.renew_lease(volume, holder,
-                                                      generation, ttl))
+        """The renewed lease, its new ticket under 'ticket'."""
+        return _lease_with_ticket(await self._http.send(
+            rest.renew_lease(volume, holder, generation, ttl)))
+
+    async def ticket(self, ref):
+        """A read-only ticket for volume ``ref`` (rest.ticket)."""
+        return await self._http.send(rest.ticket(ref))
 
     async def release_lease(self, volume, holder, generation):
         await self._http.send(rest.release_lease(volume, holder, generation))

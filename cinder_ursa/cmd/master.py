@@ -217,6 +217,7 @@ def main(argv=None):
                                      mc.http_header_timeout)
     master = api.MasterAPI(
         store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
+        ticket_ttl=mc.ticket_ttl,
         default_replicas=mc.default_replicas,
         default_min_replicas=mc.default_min_replicas,
         default_chunk_size=mc.default_chunk_size,

@@ -28,6 +28,7 @@ from cinder_ursa.master import listener
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import roles
+from cinder_ursa.protocol import tickets
 
 LOG = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ PRINCIPAL = web.RequestKey('ursa_principal', tuple)
 # Peers whose v1 (legacy) signatures were logged; past this many, no
 # more are remembered (nor logged).
 LEGACY_PEERS_MAX = 1024
+# A lease's ticket expires this many seconds after the lease: the chunk
+# servers judge a ticket's expiry by their own clocks, which may run
+# ahead of the master's (NTP keeps them far closer).  It is no grace for
+# a lost holder: a new holder's generation, pushed to the chunk servers,
+# revokes the old one's ticket at once, whatever its expiry.
+TICKET_CLOCK_SLACK = 60
 
 
 def _int64(value, what):
@@ -282,7 +289,7 @@ class MasterAPI:
     :class:`~cinder_ursa.master.service.MasterService` built on it."""
 
     def __init__(self, store, key, server_timeout=15.0, lease_ttl=30.0,
-                 default_replicas=3, default_min_replicas=2,
+                 ticket_ttl=600.0, default_replicas=3, default_min_replicas=2,
                  default_chunk_size=64 * units.Mi,
                  max_volume_size=units.Pi, signature_window=auth.WINDOW,
                  replay_cache=auth.REPLAY_CACHE_SIZE,
@@ -306,6 +313,7 @@ class MasterAPI:
         self.key = key
         self.server_timeout = server_timeout
         self.lease_ttl = lease_ttl
+        self.ticket_ttl = ticket_ttl
         self.defaults = dict(replicas=default_replicas,
                              min_replicas=default_min_replicas,
                              chunk_size=default_chunk_size)
@@ -355,6 +363,7 @@ class MasterAPI:
         app.router.add_delete(v + '/volumes/{ref}/lease', self.release_lease)
         app.router.add_post(v + '/volumes/{ref}/lease/revoke',
                             self.revoke_lease)
+        app.router.add_post(v + '/volumes/{ref}/tickets', self.read_ticket)
         app.router.add_put(v + '/volumes/{ref}/size', self.resize)
         app.router.add_get(v + '/attachments', self.list_attachments)
         app.router.add_get(v + '/volumes/{ref}/attachments',
@@ -495,7 +504,8 @@ class MasterAPI:
     async def _attached_here(self, request, ref):
         """Forbidden unless a host principal's host has volume ``ref``
         attached: a hypervisor opens for writing only what Cinder
-        attached to it (ursa-nbd and ursa-attach serve only those)."""
+        attached to it (ursa-nbd and ursa-attach serve only those), and
+        gets a ticket to read only those."""
         name, role, _ = request[PRINCIPAL]
         if role != 'host':
             return
@@ -859,8 +869,18 @@ class MasterAPI:
                        'fence" of the holder\'s host)'
                        % request[PRINCIPAL][0])
         await self._attached_here(request, ref)
+        # Before the lease is taken: a volume (or a holder's host) no
+        # ticket can hold gets no lease either.
+        if len(store_mod.holder_host(holder).encode('utf-8')) > 255:
+            raise exception.InvalidArgument(
+                reason='the holder\'s host is longer than a ticket holds '
+                       '(255 bytes of UTF-8): name the holder after a '
+                       'shorter host name')
+        _, readable = await self._readable(ref)
         lease = await self.service.acquire_lease(ref, holder, ttl, force)
-        return web.json_response({'lease': lease}, status=201)
+        return web.json_response(
+            {'lease': lease, 'ticket': self._lease_ticket(
+                request, lease, readable)}, status=201)
 
     async def renew_lease(self, request):
         ref = request.match_info['ref']
@@ -870,9 +890,11 @@ class MasterAPI:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
         holder = b.get('holder', str, required=True)
         self._own_holder(request, holder)
+        _, readable = await self._readable(ref)
         lease = await self.db(self.store.renew_lease, ref, holder,
                               b.get('generation', int, required=True), ttl)
-        return web.json_response({'lease': lease})
+        return web.json_response({'lease': lease, 'ticket': self._lease_ticket(
+            request, lease, readable)})
 
     async def release_lease(self, request):
         ref = request.match_info['ref']
@@ -887,6 +909,51 @@ class MasterAPI:
     async def revoke_lease(self, request):
         result = await self.service.revoke_lease(request.match_info['ref'])
         return web.json_response({'lease': result})
+
+    # --- tickets (see protocol/tickets.py) ------------------------------
+
+    async def _readable(self, ref):
+        """(volume id, the other volumes a read of it may reach)."""
+        return await self.db(self.store.readable_volumes, ref,
+                             tickets.MAX_READABLE)
+
+    def _issue(self, request, **fields):
+        """A ticket for the requesting principal: its session key is
+        wrapped with the key that signed the request, which the
+        principal holds (a rotated principal's old key during its
+        window, too)."""
+        name, _, key = request[PRINCIPAL]
+        if key is None:
+            key = self.key          # a v1 signature: admin's, the cluster key
+        return tickets.issue(self.key, key, principal=name, **fields)
+
+    def _lease_ticket(self, request, lease, readable):
+        """The ticket a lease's holder writes with: its generation, until
+        the lease expires (and TICKET_CLOCK_SLACK); renewing the lease
+        renews it."""
+        return self._issue(
+            request, volume=lease['volume_id'],
+            generation=lease['generation'],
+            expires=math.ceil(lease['expires_at']) + TICKET_CLOCK_SLACK,
+            rights=tickets.RIGHT_READ | tickets.RIGHT_WRITE,
+            readable=readable, host=store_mod.holder_host(lease['holder']))
+
+    async def read_ticket(self, request):
+        """A read-only ticket, bound to no lease (generation 0), for
+        [ursa_master] ticket_ttl: it covers the volume's snapshots (read
+        under the volume's id) and its clone parents.  A host principal
+        gets one only for a volume attached to its host."""
+        ref = request.match_info['ref']
+        await _body(request)        # may be empty; must be JSON if not
+        await self._attached_here(request, ref)
+        vid, readable = await self._readable(ref)
+        name, role, _ = request[PRINCIPAL]
+        ticket = self._issue(
+            request, volume=vid, generation=0,
+            expires=math.ceil(time.time() + self.ticket_ttl),
+            rights=tickets.RIGHT_READ, readable=readable,
+            host=name if role == 'host' else '')
+        return web.json_response({'ticket': ticket}, status=201)
 
     async def show_host(self, request):
         return web.json_response({'host': await self.db(

@@ -62,6 +62,17 @@ master_opts = [
     cfg.FloatOpt('lease_ttl', default=30.0, min=1.0, max=3600.0,
                  help='Default lifetime in seconds of a volume write lease; '
                       'clients renew it at a third of that.'),
+    cfg.FloatOpt('ticket_ttl', default=600.0, min=10.0, max=86400.0,
+                 help='Lifetime in seconds of a read-only ticket (POST '
+                      '/volumes/{ref}/tickets): what lets a client without '
+                      'the cluster key read a volume, its snapshots and '
+                      'its clone parents on the chunk servers.  Such a '
+                      'ticket is bound to no lease, so nothing revokes it '
+                      'before it expires: shorter limits how long a '
+                      'ticket taken from a host stays usable, longer '
+                      'asks the master less often.  The tickets in lease '
+                      'replies last as long as the lease (and a minute '
+                      'of clock slack) instead.'),
     cfg.IntOpt('default_replicas', default=3, min=1, max=10,
                help='Replication size of new volumes.'),
     cfg.IntOpt('default_min_replicas', default=2, min=1, max=10,

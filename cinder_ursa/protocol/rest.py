@@ -199,16 +199,18 @@ def change_members(volume, index, action, server_id, epoch):
 
 
 def acquire_lease(volume, holder, force=False, ttl=None):
+    """The whole reply: 'lease' and the 'ticket' the holder writes with
+    on the data protocol."""
     body = {'holder': holder, 'force': bool(force)}
     if ttl:
         body['ttl'] = ttl
-    return Request('POST', _vol(volume, '/lease'), body, result='lease')
+    return Request('POST', _vol(volume, '/lease'), body)
 
 
 def renew_lease(volume, holder, generation, ttl):
+    """The whole reply, as :func:`acquire_lease`'s (a renewed ticket)."""
     return Request('PUT', _vol(volume, '/lease'),
-                   {'holder': holder, 'generation': generation, 'ttl': ttl},
-                   result='lease')
+                   {'holder': holder, 'generation': generation, 'ttl': ttl})
 
 
 def release_lease(volume, holder, generation):
@@ -218,6 +220,13 @@ def release_lease(volume, holder, generation):
 
 def revoke_lease(ref):
     return Request('POST', _vol(ref, '/lease/revoke'), result='lease')
+
+
+def ticket(ref):
+    """A read-only ticket for a volume, its snapshots and its clone
+    parents (the master's ``tickets.issue`` dict: ``tickets.grant_from``
+    unwraps it with the signer's key)."""
+    return Request('POST', _vol(ref, '/tickets'), result='ticket')
 
 
 # --- snapshots --------------------------------------------------------------

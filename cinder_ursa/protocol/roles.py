@@ -13,10 +13,12 @@ _VOLUME = '/volumes/{ref}'
 _ATTACHMENT = _VOLUME + '/attachments/{host}'
 
 # What the client library's data path asks the master (client/volume.py,
-# chunkmap.py, cluster.py, clone.py, flush.py): leases, the chunk maps
-# and the servers, dropping a failed replica, the snapshot a clone
+# chunkmap.py, cluster.py, clone.py, flush.py): leases (their replies
+# carry a ticket for the data protocol), read-only tickets, the chunk
+# maps and the servers, dropping a failed replica, the snapshot a clone
 # reads.  Both the Cinder driver (image copies) and the hypervisors'
-# ursa-nbd and ursa-attach use it.
+# ursa-nbd and ursa-attach use it; a host principal gets a ticket only
+# for a volume attached to its host (the master checks).
 _DATA_PATH = frozenset({
     ('GET', '/chunkservers'),
     ('GET', _VOLUME),
@@ -25,6 +27,7 @@ _DATA_PATH = frozenset({
     ('POST', _VOLUME + '/lease'),
     ('PUT', _VOLUME + '/lease'),
     ('DELETE', _VOLUME + '/lease'),
+    ('POST', _VOLUME + '/tickets'),
     ('GET', '/snapshots/{ref}'),
 })
 
@@ -74,9 +77,9 @@ ROLES = {
         ('DELETE', _ATTACHMENT),
     }),
     # ursa-nbd and ursa-attach on a hypervisor (nbd/server.py,
-    # attach/agent.py and the client library): its own attachments and
-    # leases (the master checks the host: the principal's name), the
-    # volumes it may export.
+    # attach/agent.py and the client library): its own attachments,
+    # leases and tickets (the master checks the host: the principal's
+    # name), the volumes it may export.
     'host': _DATA_PATH | frozenset({
         ('GET', '/volumes'),
         ('GET', '/attachments'),

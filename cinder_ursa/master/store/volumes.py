@@ -1,5 +1,5 @@
 """Volumes: create, find, rename, QoS, resize, delete (to the trash),
-detach from a parent."""
+detach from a parent, the volumes a read of one may reach (tickets)."""
 
 import json
 import logging
@@ -119,6 +119,52 @@ class VolumeRecords:
         return {'snapshot_id': snap.id, 'snapshot_name': snap.name,
                 'volume_id': pvol.id, 'volume_name': pvol.name,
                 'seq': snap.seq, 'size': snap.size}
+
+    def readable_volumes(self, ref, limit):
+        """``(volume id, [the ids of the other volumes a read of it may
+        reach])``: what a ticket for volume ``ref`` must let its holder
+        read (tickets.encode's ``readable``).
+
+        A clone reads the blocks it never wrote from its parent snapshot,
+        and that snapshot's from the snapshot's own parent (the parent
+        its volume had when it was taken), up the chain.  A volume's
+        snapshots are read under the volume's own id, but each keeps the
+        parent it was taken with: a flattened clone (detach-parent) no
+        longer reads its parent, its older snapshots still do.  So the
+        walk starts from the volume's parent and from its snapshots'.
+        Conflict when more than ``limit`` volumes are reached: a ticket
+        cannot name them (the walk stops there, however long the
+        chain)."""
+        s = models.snapshots
+        with self.engine.connect() as conn:
+            row = self._find_volume(conn, ref)
+            pending = [row.parent_snapshot_id] + list(conn.execute(
+                sa.select(s.c.parent_snapshot_id).where(
+                    s.c.volume_id == row.id)).scalars())
+            seen = set()
+            readable = {}
+            while pending:
+                sid = pending.pop()
+                if sid is None or sid in seen:
+                    continue
+                seen.add(sid)
+                snap = conn.execute(sa.select(
+                    s.c.volume_id, s.c.parent_snapshot_id).where(
+                        s.c.id == sid)).first()
+                if snap is None:
+                    continue    # a parent is kept (trash) while read
+                if snap.volume_id != row.id:
+                    readable[snap.volume_id] = None
+                    if len(readable) > limit:
+                        raise exception.Conflict(
+                            reason='volume %s reads through more than %d '
+                                   'other volumes (clone parents, up the '
+                                   'chain), more than a ticket may name: '
+                                   'flatten it ("ursa volume flatten %s") '
+                                   'and ask again' % (row.name, limit,
+                                                      row.name))
+                pending.append(snap.parent_snapshot_id)
+        return row.id, list(readable)
 
     def list_volumes(self):
         t = models.volumes
