@@ -778,8 +778,10 @@ class MasterAPI:
             b.get('path', str), b.get('error', str))})
 
     async def detach(self, request):
-        await self.db(self.store.detach, request.match_info['ref'],
-                      request.match_info['host'])
+        fence = await self.db(self.store.detach, request.match_info['ref'],
+                              request.match_info['host'])
+        if fence:
+            await self.service.fence(fence['volume_id'], fence['generation'])
         return web.Response(status=204)
 
     async def resize(self, request):

@@ -10,6 +10,7 @@ from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master.store.common import check_free_text
 from cinder_ursa.master.store.common import check_text
+from cinder_ursa.master.store.common import holder_host
 
 LOG = logging.getLogger(__name__)
 
@@ -115,10 +116,29 @@ class AttachmentRecords:
         return self.get_attachment(vol.id, host)
 
     def detach(self, ref, host):
-        a = models.attachments
+        """Detach volume ``ref`` from ``host``.  A write lease a client
+        on that host still holds is revoked with it (generation + 1):
+        its ticket, which the chunk servers honour until the newer
+        generation reaches them, is then refused, so a detached host
+        writes nothing more, whatever its gateway does.  Returns
+        {'volume_id', 'generation'} to push to the chunk servers (FENCE),
+        or None.  A multiattach volume's shared lease is left to expire:
+        its generation is every writer's."""
+        a, t = models.attachments, models.volumes
         check_text('host', host)
+        fence = None
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             conn.execute(a.delete().where(a.c.volume_id == vol.id,
                                           a.c.host == host))
-        LOG.info('Volume %s detached from host %s', vol.name, host)
+            if (not vol.multiattach and vol.lease_holder
+                    and holder_host(vol.lease_holder) == host):
+                gen = vol.lease_generation + 1
+                conn.execute(t.update().where(t.c.id == vol.id).values(
+                    lease_holder=None, lease_generation=gen,
+                    lease_expires=0))
+                fence = {'volume_id': vol.id, 'generation': gen}
+        LOG.info('Volume %s detached from host %s%s', vol.name, host,
+                 '; its lease there revoked (generation %d)'
+                 % fence['generation'] if fence else '')
+        return fence

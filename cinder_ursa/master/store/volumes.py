@@ -121,9 +121,11 @@ class VolumeRecords:
                 'seq': snap.seq, 'size': snap.size}
 
     def readable_volumes(self, ref, limit):
-        """``(volume id, [the ids of the other volumes a read of it may
-        reach])``: what a ticket for volume ``ref`` must let its holder
-        read (tickets.encode's ``readable``).
+        """``(volume id, {the id of each other volume a read of it may
+        reach: the highest snapshot sequence read there})``: what a
+        ticket for volume ``ref`` must let its holder read
+        (tickets.encode's ``readable``): a parent only as the snapshots
+        its clones were made from, never its current data.
 
         A clone reads the blocks it never wrote from its parent snapshot,
         and that snapshot's from the snapshot's own parent (the parent
@@ -149,12 +151,13 @@ class VolumeRecords:
                     continue
                 seen.add(sid)
                 snap = conn.execute(sa.select(
-                    s.c.volume_id, s.c.parent_snapshot_id).where(
+                    s.c.volume_id, s.c.parent_snapshot_id, s.c.seq).where(
                         s.c.id == sid)).first()
                 if snap is None:
                     continue    # a parent is kept (trash) while read
                 if snap.volume_id != row.id:
-                    readable[snap.volume_id] = None
+                    readable[snap.volume_id] = max(
+                        readable.get(snap.volume_id, 0), snap.seq)
                     if len(readable) > limit:
                         raise exception.Conflict(
                             reason='volume %s reads through more than %d '
@@ -164,7 +167,7 @@ class VolumeRecords:
                                    'and ask again' % (row.name, limit,
                                                       row.name))
                 pending.append(snap.parent_snapshot_id)
-        return row.id, list(readable)
+        return row.id, readable
 
     def list_volumes(self):
         t = models.volumes

@@ -112,7 +112,12 @@ def test_a_lease_reply_carries_a_ticket_for_the_holder(store):
     t = grant.ticket
     assert (t.volume, t.generation, t.rights, t.principal, t.host) == (
         ids['top'], lease['generation'], BOTH, 'compute-1', 'compute-1')
-    assert t.readable == set(ids.values())
+    assert set(t.readable) == set(ids.values())
+    # The parents only as the snapshots the clones were made from.
+    assert t.readable == {ids['top']: None,
+                          ids['mid']: store.get_snapshot('mid@t')['seq'],
+                          ids['base']: store.get_snapshot('base@s')['seq']}
+    assert not t.may_read(ids['mid'], 0)
     assert t.expires == math.ceil(lease['expires_at']) + \
         api.TICKET_CLOCK_SLACK
     # Wrapped for compute-1: another key unwraps something else.
@@ -137,7 +142,7 @@ def test_the_holders_host_is_named_as_holder_checks_derive_it(store):
                       {'holder': 'ursa-attach@compute-5'})
     assert status == 201, got
     t = granted(got['ticket'], CINDER).ticket
-    assert (t.volume, t.principal, t.host, t.readable) == (
+    assert (t.volume, t.principal, t.host, set(t.readable)) == (
         ids['mid'], 'cinder', 'compute-5', {ids['mid'], ids['base']})
 
 
@@ -152,7 +157,7 @@ def test_a_read_only_ticket_for_an_attached_volume(store):
         assert (t.volume, t.generation, t.rights, t.principal, t.host) == (
             ids['top'], 0, tickets.RIGHT_READ, 'compute-1', 'compute-1')
         assert not t.writable
-        assert t.readable == set(ids.values())
+        assert set(t.readable) == set(ids.values())
         assert before + 120 <= t.expires <= time.time() + 121
     # An empty JSON object is no different; anything else is no body.
     assert one(store, 'compute-1', HOST, 'POST', '/v1/volumes/top/tickets',
@@ -219,8 +224,8 @@ def test_snapshots_keep_the_parent_a_flattened_clone_let_go(store):
     got = call(store, [('cinder', CINDER, 'POST', '/v1/volumes/%s/tickets'
                         % v, None) for v in ('flat', 'top')])
     flat, top = (granted(g['ticket'], CINDER).ticket for _, g in got)
-    assert flat.readable == {ids['flat']}
-    assert top.readable == {ids['top'], ids['mid'], ids['base']}
+    assert set(flat.readable) == {ids['flat']}
+    assert set(top.readable) == {ids['top'], ids['mid'], ids['base']}
 
 
 def test_more_ancestors_than_a_ticket_names_is_refused_clearly(store):
