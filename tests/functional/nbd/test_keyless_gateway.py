@@ -117,3 +117,29 @@ def test_a_tickets_client_reads_and_writes_its_attached_volumes_only(
                     await asyncio.sleep(0.1)
                 return None
             assert cl.run(write_after_fence) is not None
+
+
+def test_detaching_revokes_the_ticket_of_the_hosts_lease(keyless):
+    """A host whose volume is detached writes nothing more through the
+    ticket it holds, whatever its client does: the detach revoked the
+    lease of the client there, and the chunk servers learned the newer
+    generation."""
+    c, host, key = keyless
+    admin = c.client()
+    admin.create_volume('vol', 4 * MiB, chunk_size=4 * MiB)
+    admin.attach('vol', host)
+    with sync.SyncCluster([c.master_url], None,
+                          principal=(host, key)) as cl:
+        v = cl.open_volume('vol', holder=host + ':test')
+        v.write(0, b'a' * 4096)
+        v.flush()
+        admin.detach('vol', host)
+        with pytest.raises((exception.NotAuthorized, exception.Fenced)):
+            v.write(0, b'b' * 4096)
+        try:
+            v.close()
+        except exception.UrsaError:
+            pass        # its last flush is refused as well
+    with data_client(c) as cl:
+        with cl.open_volume('vol', writable=False) as v:
+            assert v.read(0, 4096) == b'a' * 4096
