@@ -117,7 +117,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             self.suspect_after_crash()
         self._server = await loop.create_server(
             lambda: aio.ServerConnection(self.key, self.handle,
-                                         limits=self.limits, tickets=True),
+                                         limits=self.limits,
+                                         accept_tickets=True),
             self.bind_host, self.bind_port, reuse_address=True, backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]
         self._check_open_files()

@@ -622,30 +622,32 @@ def _ticket_key(key):
 class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     """Serving side.  ``handler(conn, frame)`` runs synchronously per frame.
 
-    Before authentication only AUTH is accepted, judged by its header
-    alone (the right opcode and exactly its 64-byte body), into a
-    receive buffer of a few KiB; anything else, a bad MAC or no AUTH
-    within ``limits.auth_timeout`` gets an error reply and the connection
-    is closed.  ``limits`` (a :class:`~.limits.ServerLimits` shared by the
-    server's connections) also caps how many connections there are and
-    closes those idle for ``limits.idle_timeout``.
+    Before authentication only AUTH (or AUTH_TICKET) is accepted, judged
+    by its header alone (the right opcode and exactly its 64-byte body, or
+    at most MAX_AUTH_TICKET_BODY), into a receive buffer of a few KiB;
+    anything else, a bad MAC or no AUTH within ``limits.auth_timeout``
+    gets an error reply and the connection is closed.  ``limits`` (a
+    :class:`~.limits.ServerLimits` shared by the server's connections)
+    also caps how many connections there are and closes those idle for
+    ``limits.idle_timeout``.
 
-    With ``tickets`` (a server whose handler holds a ticket connection to
-    its scope: the chunk server), AUTH_TICKET is taken as well: the peer
-    proves it holds the session key of a ticket the master issued (see
-    protocol/tickets.py).  ``ticket`` is then the decoded
+    With ``accept_tickets`` (a server whose handler holds a ticket
+    connection to its scope: the chunk server), AUTH_TICKET is taken as
+    well: the peer proves it holds the session key of a ticket the master
+    issued (see protocol/tickets.py).  ``ticket`` is then the decoded
     :class:`~..protocol.tickets.Ticket` (None on a cluster-key
     connection), and TICKET frames, which replace it, are answered here:
-    the handler never sees them.  A server without ``tickets`` refuses
-    AUTH_TICKET: its handler would serve a ticket holder everything.
+    the handler never sees them.  A server without ``accept_tickets``
+    refuses AUTH_TICKET: its handler would serve a ticket holder
+    everything.
     """
 
     def __init__(self, key, handler, on_close=None, limits=None,
-                 tickets=False):
+                 accept_tickets=False):
         FlowControl.__init__(self)
         self._key = key
         self._handler = handler
-        self._tickets = tickets
+        self._accept_tickets = accept_tickets
         self.ticket = None
         self._client_nonce = None
         self._on_close = on_close
@@ -842,7 +844,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         """AUTH_TICKET: the session key derived from the ticket presented
         must be the one the client's MAC was made with; only then is the
         ticket decoded and its expiry judged."""
-        if not self._tickets:
+        if not self._accept_tickets:
             self._refuse(exception.NotAuthorized(
                 reason='%s takes no ticket: authenticate with the cluster '
                        'key' % self._limits.name))

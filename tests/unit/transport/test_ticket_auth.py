@@ -42,7 +42,8 @@ async def _serve(made, key=KEY, accept_tickets=True):
         conn.send(codec.encode_ok(frame.opcode, frame.req_id))
 
     def factory():
-        conn = aio.ServerConnection(key, handler, tickets=accept_tickets)
+        conn = aio.ServerConnection(key, handler,
+                                      accept_tickets=accept_tickets)
         made.append(conn)
         return conn
     server = await loop.create_server(factory, '127.0.0.1', 0)
