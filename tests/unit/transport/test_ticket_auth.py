@@ -260,3 +260,25 @@ def test_a_pool_connects_with_its_grant_and_regrant_moves_its_connections():
             pool.close()
             server.close()
     asyncio.run(go())
+
+
+def test_a_connection_made_during_a_regrant_takes_the_new_grant():
+    first = _grant()
+    renewed = _grant(generation=4)
+
+    async def go():
+        made = []
+        server, port, _ = await _serve(made)
+        pool = aio.ConnectionPool(None, connect_timeout=5, grant=first)
+        try:
+            getting = asyncio.ensure_future(pool.get('127.0.0.1', port))
+            await asyncio.sleep(0)      # connecting with ``first``
+            await pool.regrant(renewed)
+            conn = await getting
+            await _flush(conn)
+            assert conn.grant is renewed
+            assert made[0].ticket == renewed.ticket
+        finally:
+            pool.close()
+            server.close()
+    asyncio.run(go())
