@@ -328,6 +328,11 @@ class ControlMixin:
                     conn, frame, vol, seq, self._revert, vol, snap, seq))
             else:
                 self._revert(conn, frame, vol, snap, seq)
+        elif op == codec.TICKET:
+            # Answered by the transport on a ticket connection.
+            raise exception.NotAuthorized(
+                reason='TICKET on a connection authenticated with the '
+                       'cluster key: it has no ticket to replace')
         else:
             raise exception.ProtocolError(
                 reason='unknown opcode 0x%02x' % op)

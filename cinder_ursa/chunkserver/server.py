@@ -117,7 +117,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             self.suspect_after_crash()
         self._server = await loop.create_server(
             lambda: aio.ServerConnection(self.key, self.handle,
-                                         limits=self.limits),
+                                         limits=self.limits,
+                                         accept_tickets=True),
             self.bind_host, self.bind_port, reuse_address=True, backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]
         self._check_open_files()
@@ -177,6 +178,14 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             conn.send(codec.encode_error(frame.opcode, frame.req_id,
                                          self._disk_failed_error()))
             return
+        if conn.ticket is not None:
+            try:
+                self._check_ticket(conn.ticket, frame)
+            except exception.ProtocolError:
+                raise
+            except exception.UrsaError as e:
+                self._reply_error(conn, frame, e)
+                return
         op = frame.opcode
         if conn.claiming:
             self._reply_error(conn, frame, exception.Unavailable(
@@ -221,6 +230,75 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                 self._reply_error(conn, frame, e)
         else:
             self._serve(conn, frame, fn, req)
+
+    # What a ticket connection may send (TICKET itself is answered by the
+    # transport): a client's reads and writes, and REPAIR, which a client
+    # that read a corrupt block sends to the chunk's primary.
+    TICKET_OPCODES = frozenset((codec.READ, codec.WRITE, codec.FLUSH,
+                                codec.CHUNK_INFO, codec.REPAIR))
+    _TICKET_READS = {codec.READ: codec.decode_read,
+                     codec.REPAIR: control.decode_repair}
+
+    def _check_ticket(self, ticket, frame):
+        """A request on a ticket connection: refused (NotAuthorized) unless
+        it is one a client sends, for a volume the ticket names, while the
+        ticket is valid: not expired, and not revoked by a newer lease
+        generation of its volume (FENCE from the master, at a forced
+        takeover or a host's fencing), which a ticket of generation 0
+        (read-only, bound to no lease) is never.
+
+        A WRITE's generation must be the ticket's, a copy-up
+        (FLAG_IF_ABSENT) included: the lease check passes copy-ups by, so
+        the ticket binds them to its lease (a flatten, sent by a client
+        without a lease at generation 0, needs a writable ticket of
+        generation 0, which can write no more than copy-ups since the
+        lease check refuses every other write of generation 0)."""
+        op = frame.opcode
+        if op not in self.TICKET_OPCODES:
+            raise exception.NotAuthorized(
+                reason='%s is not taken on a ticket connection: only the '
+                       'cluster key may send it'
+                       % codec.OPCODE_NAMES.get(op, '0x%02x' % op))
+        aio.check_ticket_expiry(ticket)
+        if ticket.generation:
+            known = self.store.generation(ticket.volume)
+            if known > ticket.generation:
+                raise exception.NotAuthorized(
+                    reason='ticket of lease generation %d revoked: volume '
+                           '%s is at %d (its lease changed hands or its '
+                           'host was fenced); take the lease again and get '
+                           'a new ticket from the master'
+                           % (ticket.generation, ticket.volume, known))
+        if op == codec.WRITE or op == codec.FLUSH:
+            if op == codec.WRITE:
+                req = codec.decode_write(frame.body, frame.flags)
+                volume = req.volume
+            else:
+                volume = codec.decode_flush(frame.body)
+            if volume != ticket.volume or not ticket.writable:
+                raise exception.NotAuthorized(
+                    reason='%s of volume %s on a ticket %s volume %s: get a '
+                           'writable ticket for the volume written' % (
+                               codec.OPCODE_NAMES[op], volume,
+                               'to write' if ticket.writable
+                               else 'to read', ticket.volume))
+            if op == codec.WRITE and req.generation != ticket.generation:
+                raise exception.NotAuthorized(
+                    reason='WRITE of lease generation %d on a ticket of '
+                           'generation %d (volume %s): write under the '
+                           'lease the ticket was issued for'
+                           % (req.generation, ticket.generation, volume))
+            return
+        if op == codec.CHUNK_INFO:
+            volume = control.decode_chunk_info(frame.body)[0]
+        else:
+            volume = self._TICKET_READS[op](frame.body).volume
+        if volume not in ticket.readable:
+            raise exception.NotAuthorized(
+                reason='%s of volume %s on a ticket of volume %s, which '
+                       'does not name it among those it may read: get a '
+                       'ticket for it from the master'
+                       % (codec.OPCODE_NAMES[op], volume, ticket.volume))
 
     def _judge_term(self, conn, frame):
         """TERM: a master claims a term for the requests it sends on this

@@ -15,9 +15,11 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import tickets
 from cinder_ursa.transport import buffers
 from cinder_ursa.transport import limits as limits_mod
 from cinder_ursa.transport.buffers import BufferPool  # noqa: F401 - old home
@@ -203,11 +205,16 @@ class FlowControl:
 
 
 class PeerConnection(FlowControl, asyncio.BufferedProtocol):
-    """An authenticated connection to a chunk server."""
+    """An authenticated connection to a chunk server: with the cluster key,
+    or with a ticket (``grant``, a :class:`~..protocol.tickets.Grant`; see
+    protocol/tickets.py), which the server holds to its scope."""
 
-    def __init__(self, key, peer, liveness=0.0):
+    def __init__(self, key, peer, liveness=0.0, grant=None):
         FlowControl.__init__(self)
         self._key = key
+        # The ticket this connection is authenticated with (None: the
+        # cluster key); replaced by reticket().
+        self.grant = grant
         self.peer = peer
         self._reader = FrameReader()
         self._pending = {}
@@ -241,13 +248,17 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         self.going_away = False
 
     @classmethod
-    async def connect(cls, host, port, key, timeout=10.0, liveness=0.0):
+    async def connect(cls, host, port, key, timeout=10.0, liveness=0.0,
+                      grant=None):
+        """Connect and authenticate: with ``grant`` (a ticket, when this
+        client does not hold the cluster key: ``key`` may be None), else
+        with ``key``."""
         loop = asyncio.get_running_loop()
         peer = '%s:%d' % (host, port)
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(key, peer, liveness),
-                                       host, port),
+                loop.create_connection(
+                    lambda: cls(key, peer, liveness, grant), host, port),
                 timeout)
             await asyncio.wait_for(asyncio.shield(proto._authed), timeout)
         except TimeoutError:
@@ -290,11 +301,22 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
                 self._fail(exception.ProtocolError(reason='bad CHALLENGE'))
                 return
             self._server_nonce = bytes(frame.body)
-            mac = codec.client_mac(self._key, self._server_nonce,
-                                   self._client_nonce)
-            self._transport.write(codec.encode_auth(self._client_nonce, mac))
+            grant = self.grant
+            if grant is None:
+                mac = codec.client_mac(self._key, self._server_nonce,
+                                       self._client_nonce)
+                self._transport.write(codec.encode_auth(self._client_nonce,
+                                                        mac))
+            else:
+                mac = codec.client_mac(grant.session_key, self._server_nonce,
+                                       self._client_nonce)
+                self._transport.write(codec.encode_auth_ticket(
+                    self._client_nonce, mac, grant.raw))
         elif frame.opcode == codec.AUTH_OK and self._server_nonce:
-            expect = codec.server_mac(self._key, self._server_nonce,
+            # Under a ticket, only a holder of the cluster key can derive
+            # its session key: the same proof.
+            key = self._key if self.grant is None else self.grant.session_key
+            expect = codec.server_mac(key, self._server_nonce,
                                       self._client_nonce)
             if not hmac.compare_digest(bytes(frame.body), expect):
                 self._fail(exception.NotAuthorized(
@@ -417,6 +439,23 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
             queue_send(self._transport, ping)
         self._watch = self._loop.call_later(self._liveness / 4, self._tick)
 
+    async def reticket(self, grant, timeout):
+        """Replace this ticket connection's ticket with ``grant`` (a renewed
+        one, say, before the first expires) without a new connection:
+        TICKET, proved with the new session key over this connection's
+        nonces; adopted once the server answered OK (its error raised
+        otherwise)."""
+        if self.grant is None:
+            raise exception.InvalidArgument(
+                reason='%s: this connection holds the cluster key; only a '
+                       'ticket connection takes a ticket' % self.peer)
+        mac = tickets.reticket_mac(grant.session_key, self._server_nonce,
+                                   self._client_nonce)
+        reply = await self.call(codec.encode_ticket, mac, grant.raw,
+                                timeout=timeout)
+        codec.reply_status(reply.body)
+        self.grant = grant
+
     def forget(self, req_id):
         """Stop waiting for the reply of ``req_id`` (timed out)."""
         self._pending.pop(req_id, None)
@@ -476,14 +515,19 @@ class ConnectionPool:
     forgotten at once: the next request to that address opens a new one,
     and never meets the close (which a caller would take for a failed
     server).
+
+    With ``grant`` (a ticket), connections authenticate with it, not with
+    the cluster key (``key`` may then be None); :meth:`regrant` moves
+    them all to a renewed one.
     """
 
-    def __init__(self, key, connect_timeout=10.0, liveness=0.0):
+    def __init__(self, key, connect_timeout=10.0, liveness=0.0, grant=None):
         self._key = key
         self._conns = {}
         self._locks = {}
         self._timeout = connect_timeout
         self._liveness = liveness
+        self.grant = grant
 
     async def get(self, host, port):
         addr = (host, port)
@@ -495,10 +539,36 @@ class ConnectionPool:
             conn = self._conns.get(addr)
             if conn is None or conn.closed:
                 conn = await PeerConnection.connect(
-                    host, port, self._key, self._timeout, self._liveness)
+                    host, port, self._key, self._timeout, self._liveness,
+                    self.grant)
+                # A regrant() while it connected did not see it.
+                while conn.grant is not self.grant:
+                    try:
+                        await conn.reticket(self.grant, self._timeout)
+                    except exception.UrsaError:
+                        conn.close()
+                        raise
                 conn.on_goaway = functools.partial(self._forget, addr)
                 self._conns[addr] = conn
             return conn
+
+    async def regrant(self, grant):
+        """From now on connect with ``grant`` (a renewed ticket), and move
+        every open connection to it (TICKET); one that fails to take it
+        is discarded: the next request opens a new one."""
+        self.grant = grant
+        conns = [(addr, conn) for addr, conn in self._conns.items()
+                 if not conn.closed]
+        results = await asyncio.gather(
+            *(conn.reticket(grant, self._timeout) for _, conn in conns),
+            return_exceptions=True)
+        for (addr, conn), result in zip(conns, results, strict=True):
+            if isinstance(result, BaseException):
+                LOG.warning('%s did not take the renewed ticket (%s): its '
+                            'connection is closed, the next request opens '
+                            'a new one', conn.peer, result)
+                self._forget(addr, conn)
+                conn.close()
 
     def _forget(self, addr, conn):
         if self._conns.get(addr) is conn:
@@ -530,22 +600,56 @@ DEFAULT_LIMITS = limits_mod.ServerLimits()
 GOAWAY_GRACE = 30.0
 
 
+def check_ticket_expiry(ticket):
+    """NotAuthorized if ``ticket`` expired (at authentication, renewal and
+    every request on its connection)."""
+    if ticket.expired():
+        raise exception.NotAuthorized(
+            reason='the ticket of volume %s expired at %s (UTC): get a new '
+                   'one from the master, then renew it on this connection '
+                   '(TICKET) or reconnect with it' % (
+                       ticket.volume, time.strftime(
+                           '%Y-%m-%d %H:%M:%S', time.gmtime(ticket.expires))))
+
+
+@functools.lru_cache(maxsize=8)
+def _ticket_key(key):
+    """The ticket key of a cluster key: derived once per server, not per
+    connection."""
+    return tickets.ticket_key(key)
+
+
 class ServerConnection(FlowControl, asyncio.BufferedProtocol):
     """Serving side.  ``handler(conn, frame)`` runs synchronously per frame.
 
-    Before authentication only AUTH is accepted, judged by its header
-    alone (the right opcode and exactly its 64-byte body), into a
-    receive buffer of a few KiB; anything else, a bad MAC or no AUTH
-    within ``limits.auth_timeout`` gets an error reply and the connection
-    is closed.  ``limits`` (a :class:`~.limits.ServerLimits` shared by the
-    server's connections) also caps how many connections there are and
-    closes those idle for ``limits.idle_timeout``.
+    Before authentication only AUTH (or AUTH_TICKET) is accepted, judged
+    by its header alone (the right opcode and exactly its 64-byte body, or
+    at most MAX_AUTH_TICKET_BODY), into a receive buffer of a few KiB;
+    anything else, a bad MAC or no AUTH within ``limits.auth_timeout``
+    gets an error reply and the connection is closed.  ``limits`` (a
+    :class:`~.limits.ServerLimits` shared by the server's connections)
+    also caps how many connections there are and closes those idle for
+    ``limits.idle_timeout``.
+
+    With ``accept_tickets`` (a server whose handler holds a ticket
+    connection to its scope: the chunk server), AUTH_TICKET is taken as
+    well: the peer proves it holds the session key of a ticket the master
+    issued (see protocol/tickets.py).  ``ticket`` is then the decoded
+    :class:`~..protocol.tickets.Ticket` (None on a cluster-key
+    connection), and TICKET frames, which replace it, are answered here:
+    the handler never sees them.  A server without ``accept_tickets``
+    refuses AUTH_TICKET: its handler would serve a ticket holder
+    everything.
     """
 
-    def __init__(self, key, handler, on_close=None, limits=None):
+    def __init__(self, key, handler, on_close=None, limits=None,
+                 accept_tickets=False):
         FlowControl.__init__(self)
         self._key = key
         self._handler = handler
+        self._accept_tickets = accept_tickets
+        self.ticket = None
+        self._client_nonce = None
         self._on_close = on_close
         self._limits = DEFAULT_LIMITS if limits is None else limits
         self._reader = FrameReader(limits_mod.PREAUTH_SCRATCH,
@@ -722,6 +826,9 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
             self._limits.auth_timeout))
 
     def _authenticate(self, frame):
+        if frame.opcode == codec.AUTH_TICKET:
+            self._authenticate_ticket(frame)
+            return
         try:
             client_nonce, mac = codec.decode_auth(frame.body)
         except exception.ProtocolError as e:
@@ -731,6 +838,75 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         if not hmac.compare_digest(mac, expect):
             self._refuse(exception.NotAuthorized(reason='bad cluster key'))
             return
+        self._authenticated(self._key, client_nonce)
+
+    def _authenticate_ticket(self, frame):
+        """AUTH_TICKET: the session key derived from the ticket presented
+        must be the one the client's MAC was made with; only then is the
+        ticket decoded and its expiry judged."""
+        if not self._accept_tickets:
+            self._refuse(exception.NotAuthorized(
+                reason='%s takes no ticket: authenticate with the cluster '
+                       'key' % self._limits.name))
+            return
+        try:
+            client_nonce, mac, raw = codec.decode_auth_ticket(frame.body)
+            skey = tickets.session_key(_ticket_key(self._key), raw)
+            expect = codec.client_mac(skey, self._nonce, client_nonce)
+            if not hmac.compare_digest(mac, expect):
+                raise exception.NotAuthorized(
+                    reason='bad ticket: not issued by this cluster\'s '
+                           'master, altered, or presented without its '
+                           'session key')
+            ticket = tickets.decode(raw)
+            check_ticket_expiry(ticket)
+        except exception.UrsaError as e:
+            self._refuse(e)
+            return
+        self.ticket = ticket
+        self._handler = functools.partial(self._ticket_frame, self._handler)
+        self._authenticated(skey, client_nonce)
+
+    def _ticket_frame(self, handler, conn, frame):
+        """The handler of a ticket connection: TICKET is answered here
+        (where the nonces are), every other frame goes to ``handler``."""
+        if frame.opcode != codec.TICKET:
+            handler(conn, frame)
+            return
+        try:
+            self.reticket(frame)
+        except exception.ProtocolError:
+            raise
+        except exception.UrsaError as e:
+            self.send(codec.encode_error(frame.opcode, frame.req_id, e))
+            return
+        self.send(codec.encode_ok(codec.TICKET, frame.req_id))
+
+    def reticket(self, frame):
+        """TICKET: adopt the renewed ticket it carries, proved with its
+        session key over this connection's nonces (a replayed TICKET of
+        another connection fails); NotAuthorized if it is not proved or
+        expired, and on a cluster-key connection, which has no ticket to
+        replace."""
+        if self.ticket is None:
+            raise exception.NotAuthorized(
+                reason='TICKET on a connection authenticated with the '
+                       'cluster key: it has no ticket to replace')
+        mac, raw = codec.decode_ticket(frame.body)
+        skey = tickets.session_key(_ticket_key(self._key), raw)
+        expect = tickets.reticket_mac(skey, self._nonce, self._client_nonce)
+        if not hmac.compare_digest(mac, expect):
+            raise exception.NotAuthorized(
+                reason='bad renewed ticket: not issued by this cluster\'s '
+                       'master, altered, or sent without its session key; '
+                       'the connection keeps its ticket')
+        ticket = tickets.decode(raw)
+        check_ticket_expiry(ticket)
+        self.ticket = ticket
+
+    def _authenticated(self, key, client_nonce):
+        """The peer proved it holds ``key`` (the cluster key or a ticket's
+        session key): AUTH_OK, proving we hold it too."""
         self.authed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -739,8 +915,9 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         # Now it may send any frame, into the full-size buffer.
         self._reader.accept(codec.body_length)
         self._reader.grow()
+        self._client_nonce = client_nonce
         self.send(codec.encode_auth_ok(
-            codec.server_mac(self._key, self._nonce, client_nonce),
+            codec.server_mac(key, self._nonce, client_nonce),
             codec.CAP_PING))
         if self._limits.idle_timeout:
             self._idle_mark = self._heard

@@ -31,6 +31,7 @@ class _Conn:
     def __init__(self):
         self.master_term = None
         self.claiming = False
+        self.ticket = None
         self.closed = False
         self.sent = []
         self.tasks = set()
