@@ -236,8 +236,6 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
     # that read a corrupt block sends to the chunk's primary.
     TICKET_OPCODES = frozenset((codec.READ, codec.WRITE, codec.FLUSH,
                                 codec.CHUNK_INFO, codec.REPAIR))
-    _TICKET_READS = {codec.READ: codec.decode_read,
-                     codec.REPAIR: control.decode_repair}
 
     def _check_ticket(self, ticket, frame):
         """A request on a ticket connection: refused (NotAuthorized) unless
@@ -288,16 +286,30 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                            'generation %d (volume %s): write under the '
                            'lease the ticket was issued for'
                            % (req.generation, ticket.generation, volume))
+            if op == codec.WRITE and not ticket.generation and \
+                    not req.flags & codec.FLAG_IF_ABSENT:
+                raise exception.NotAuthorized(
+                    reason='a ticket bound to no lease (a flatten\'s) only '
+                           'copies blocks up from a parent (volume %s): '
+                           'take the lease to write' % volume)
             return
         if op == codec.CHUNK_INFO:
             volume = control.decode_chunk_info(frame.body)[0]
+            allowed = volume in ticket.readable
+        elif op == codec.READ:
+            req = codec.decode_read(frame.body)
+            volume = req.volume
+            # A clone parent only as the snapshot the clone reads.
+            allowed = ticket.may_read(volume, req.snap)
         else:
-            volume = self._TICKET_READS[op](frame.body).volume
-        if volume not in ticket.readable:
+            volume = control.decode_repair(frame.body).volume
+            allowed = volume in ticket.readable
+        if not allowed:
             raise exception.NotAuthorized(
                 reason='%s of volume %s on a ticket of volume %s, which '
-                       'does not name it among those it may read: get a '
-                       'ticket for it from the master'
+                       'does not name it among those it may read (a clone '
+                       'parent: only as the snapshot the clone was made '
+                       'from): get a ticket for it from the master'
                        % (codec.OPCODE_NAMES[op], volume, ticket.volume))
 
     def _judge_term(self, conn, frame):

@@ -129,9 +129,9 @@ class MasterClient:
     def revoke_lease(self, ref):
         return self._http.send(rest.revoke_lease(ref))
 
-    def ticket(self, ref):
+    def ticket(self, ref, copy_up=False):
         """A read-only ticket for volume ``ref`` (rest.ticket)."""
-        return self._http.send(rest.ticket(ref))
+        return self._http.send(rest.ticket(ref, copy_up))
 
     def snapshots(self, volume=None):
         return self._http.send(rest.snapshots(volume))
@@ -268,9 +268,9 @@ class AsyncMasterClient:
         return _lease_with_ticket(await self._http.send(
             rest.renew_lease(volume, holder, generation, ttl)))
 
-    async def ticket(self, ref):
+    async def ticket(self, ref, copy_up=False):
         """A read-only ticket for volume ``ref`` (rest.ticket)."""
-        return await self._http.send(rest.ticket(ref))
+        return await self._http.send(rest.ticket(ref, copy_up))
 
     async def release_lease(self, volume, holder, generation):
         await self._http.send(rest.release_lease(volume, holder, generation))

@@ -166,21 +166,25 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
             await self.pool.regrant(grant)
         self._grant = grant
 
-    async def _read_ticket(self):
+    async def _read_ticket(self, copy_up=False):
         """A volume open read-only (no lease to bring tickets): a read
-        ticket now, renewed at half its life until the volume is
-        closed."""
-        await self._use_ticket(await self.cluster.master.ticket(self.id))
+        ticket now (``copy_up``: one that may also copy blocks up from
+        the parents, a flatten's), renewed at half its life until the
+        volume is closed."""
+        await self._use_ticket(await self.cluster.master.ticket(
+            self.id, copy_up))
+        if self._ticket_task is not None:
+            self._ticket_task.cancel()
         self._ticket_task = asyncio.get_running_loop().create_task(
-            self._renew_ticket())
+            self._renew_ticket(copy_up))
 
-    async def _renew_ticket(self):
+    async def _renew_ticket(self, copy_up):
         while True:
             left = self._grant.ticket.expires - time.time()
             await asyncio.sleep(max(left / 2, 1.0))
             try:
                 await self._use_ticket(await self.cluster.master.ticket(
-                    self.id))
+                    self.id, copy_up))
             except exception.UrsaError as e:
                 LOG.warning('Volume %s: renewing its read ticket failed '
                             '(%s); retrying', self.name, e)

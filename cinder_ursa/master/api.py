@@ -944,16 +944,27 @@ class MasterAPI:
         """A read-only ticket, bound to no lease (generation 0), for
         [ursa_master] ticket_ttl: it covers the volume's snapshots (read
         under the volume's id) and its clone parents.  A host principal
-        gets one only for a volume attached to its host."""
+        gets one only for a volume attached to its host.  With
+        ``copy_up`` (not for hosts), it may also copy blocks up from the
+        parents, and write nothing else (the chunk servers refuse any
+        other write under no lease): a flatten's."""
         ref = request.match_info['ref']
-        await _body(request)        # may be empty; must be JSON if not
+        b = await _body(request)    # may be empty; must be JSON if not
+        copy_up = b.get('copy_up', bool, False)
+        name, role, _ = request[PRINCIPAL]
+        if copy_up and role == 'host':
+            # A flatten's: the Cinder driver and admins flatten clones.
+            raise exception.Forbidden(
+                reason='principal %r (role host) may not have a copy-up '
+                       'ticket: flattening a clone is the Cinder driver\'s '
+                       'or an admin\'s' % name)
         await self._attached_here(request, ref)
         vid, readable = await self._readable(ref)
-        name, role, _ = request[PRINCIPAL]
         ticket = self._issue(
             request, volume=vid, generation=0,
             expires=math.ceil(time.time() + self.ticket_ttl),
-            rights=tickets.RIGHT_READ, readable=readable,
+            rights=tickets.RIGHT_READ | (
+                tickets.RIGHT_WRITE if copy_up else 0), readable=readable,
             host=name if role == 'host' else '')
         return web.json_response({'ticket': ticket}, status=201)
 

@@ -222,11 +222,13 @@ def revoke_lease(ref):
     return Request('POST', _vol(ref, '/lease/revoke'), result='lease')
 
 
-def ticket(ref):
+def ticket(ref, copy_up=False):
     """A read-only ticket for a volume, its snapshots and its clone
     parents (the master's ``tickets.issue`` dict: ``tickets.grant_from``
-    unwraps it with the signer's key)."""
-    return Request('POST', _vol(ref, '/tickets'), result='ticket')
+    unwraps it with the signer's key); ``copy_up``: one that may also
+    copy blocks up from the parents (a flatten)."""
+    return Request('POST', _vol(ref, '/tickets'),
+                   {'copy_up': True} if copy_up else None, result='ticket')
 
 
 # --- snapshots --------------------------------------------------------------
