@@ -41,6 +41,7 @@ class Vol:
 
     def __init__(self, cluster, name):
         self.cluster = cluster
+        self.name = name
         client = cluster.client()
         self.id = client.create_volume(name, 2 * MiB, chunk_size=MiB)['id']
         with data_client(cluster) as cl:
@@ -62,10 +63,10 @@ class Vol:
             principal='cmp1', host='cmp1')
         return tickets.grant_from(reply, PRINCIPAL_KEY)
 
-    def read(self, rid, offset=0, length=BS, volume=None):
+    def read(self, rid, offset=0, length=BS, volume=None, snap=0):
         vol = volume or self
         return codec.encode_read(rid, vol.id, 0, vol.chunk['epoch'], offset,
-                                 length)
+                                 length, snap)
 
     def write(self, rid, data, offset=0, generation=None, volume=None):
         vol = volume or self
@@ -151,11 +152,20 @@ def test_other_volumes_are_refused_unless_the_ticket_names_them(cluster,
         with pytest.raises(exception.NotAuthorized,
                            match='does not name it'):
             _run(other.primary, grant, fn)
-    # Named among the volumes it may read (a clone's parent): read, not
-    # written.
-    parent = vol.grant(readable=[other.id])
+    # Named among the volumes it may read (a clone's parent): read as
+    # the snapshot the clone was made from, not as another, not its
+    # current data, and never written.
+    seq = cluster.client().create_snapshot(other.name, 's1')['seq']
+    parent = vol.grant(readable={other.id: seq})
     assert _run(other.primary, parent,
-                lambda rid: vol.read(rid, volume=other)) == [b'a' * BS]
+                lambda rid: vol.read(rid, volume=other, snap=seq)) == \
+        [b'a' * BS]
+    for snap in (0, seq + 1):
+        with pytest.raises(exception.NotAuthorized,
+                           match='only as the snapshot the clone'):
+            _run(other.primary, parent,
+                 lambda rid, snap=snap: vol.read(rid, volume=other,
+                                                 snap=snap))
     with pytest.raises(exception.NotAuthorized, match='writable ticket'):
         _run(other.primary, parent,
              lambda rid: vol.write(rid, b'x' * BS, volume=other))
