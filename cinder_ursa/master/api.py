@@ -805,6 +805,9 @@ class MasterAPI:
             raise exception.InvalidArgument(reason='count is limited to 65536')
         allocate = request.query.get('allocate', '0').lower() in (
             '1', 'true', 'yes')
+        if allocate:
+            # A writer's (a host maps its clones' parents, writes none).
+            await self._attached_here(request, ref)
         return web.json_response(await self.db(
             self.store.chunk_map, ref, start, count, allocate))
 
@@ -814,6 +817,9 @@ class MasterAPI:
         b = await _body(request)
         sid = b.get('server_id', int, required=True)
         epoch = b.get('epoch', int, required=True)
+        # What a volume's writer reports: a host drops no replica of a
+        # volume it does not have attached.
+        await self._attached_here(request, ref)
         before = await self.db(self.store.chunk_members, ref, idx)
         chunk = await self.db(self.store.drop_replica, ref, idx, sid, epoch)
         self.service.note_failure(sid)
@@ -892,6 +898,10 @@ class MasterAPI:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
         holder = b.get('holder', str, required=True)
         self._own_holder(request, holder)
+        # Each renewal brings a fresh write ticket: a host detached from
+        # the volume gets none (a multiattach volume's shared lease
+        # outlives the detach, nothing else would stop it).
+        await self._attached_here(request, ref)
         _, readable = await self._readable(ref)
         lease = await self.db(self.store.renew_lease, ref, holder,
                               b.get('generation', int, required=True), ttl)
