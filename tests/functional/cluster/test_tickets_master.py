@@ -7,14 +7,17 @@ volume attached elsewhere; nova_ha and chunkserver principals get
 none."""
 
 import asyncio
+import os
 import time
 
 import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.client import master as master_mod
+from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import tickets
+from tests.fixtures.cluster import data_client
 from tests.functional.cluster.test_principals import as_principal
 from tests.functional.cluster.test_principals import create
 
@@ -82,3 +85,34 @@ def test_a_host_gets_tickets_for_what_is_attached_to_it(make_cluster,
     renewed = granted(c, again['ticket'], key)
     assert renewed.generation == t.generation
     assert renewed.expires >= t.expires + 45
+
+
+def test_the_cinder_driver_flattens_a_clone_without_the_cluster_key(
+        make_cluster, tmp_path):
+    """Flatten, keyless: a read-only open brings a read ticket, then a
+    copy-up ticket replaces it (its grant moves the open connections);
+    the parent is read at the clone's snapshot through it, the copy-ups
+    land under generation 0, and the clone, detached, reads the same."""
+    c = make_cluster(3)
+    admin = c.client()
+    admin.create_volume('base', 2 << 20, chunk_size=1 << 20)
+    base = os.urandom(2 << 20)
+    with data_client(c) as cl:
+        with cl.open_volume('base') as v:
+            v.write(0, base)
+    admin.create_snapshot('base', 'gold')
+    admin.clone('base@gold', 'vm1')
+    with data_client(c) as cl:
+        with cl.open_volume('base') as v:
+            v.write(0, b'n' * 4096)        # after the snapshot: not vm1's
+        with cl.open_volume('vm1') as v:
+            v.write(4096, b'w' * 4096)
+    key = auth.load_key(create(c, tmp_path, 'cinder', 'volume'))
+    with sync.SyncCluster([c.master_url], None,
+                          principal=('cinder', key)) as cl:
+        cl.flatten('vm1')
+    assert admin.volume('vm1').get('parent') is None
+    want = base[:4096] + b'w' * 4096 + base[8192:]
+    with data_client(c) as cl:
+        with cl.open_volume('vm1', writable=False) as v:
+            assert v.read(0, 2 << 20) == want
