@@ -116,3 +116,31 @@ def test_the_cinder_driver_flattens_a_clone_without_the_cluster_key(
     with data_client(c) as cl:
         with cl.open_volume('vm1', writable=False) as v:
             assert v.read(0, 2 << 20) == want
+
+
+def test_an_open_clone_reads_on_after_it_is_flattened(make_cluster,
+                                                      tmp_path):
+    """A clone open keyless while it is flattened: the renewal of its
+    lease brings a ticket that no longer names the parent, and blocks
+    neither ever wrote (flatten leaves them absent: they read as zeros)
+    still read, as zeros, not as the parent's refusal."""
+    c = make_cluster(3)
+    admin = c.client()
+    admin.create_volume('base', 2 << 20, chunk_size=1 << 20)
+    with data_client(c) as cl:
+        with cl.open_volume('base') as v:
+            v.write((1 << 20) + 8192, b'x' * 4096)
+    admin.create_snapshot('base', 'gold')
+    admin.clone('base@gold', 'vm1')
+    key = auth.load_key(create(c, tmp_path, 'cinder', 'volume'))
+    with sync.SyncCluster([c.master_url], None,
+                          principal=('cinder', key)) as cl:
+        with cl.open_volume('vm1', holder='compute-1:1:x',
+                            lease_ttl=3) as v:
+            assert v.read(1 << 20, 3 * 4096) == bytes(8192) + b'x' * 4096
+            with data_client(c) as admin_cl:
+                admin_cl.flatten('vm1')
+            time.sleep(2.5)         # a lease renewal: a new ticket
+            assert v.read(1 << 20, 3 * 4096) == bytes(8192) + b'x' * 4096
+            v.write(0, b'w' * 4096)
+            assert v.read(0, 8192) == b'w' * 4096 + bytes(4096)
