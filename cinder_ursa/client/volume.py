@@ -147,7 +147,10 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 self.qos.update(lease.get('qos'))
                 if self.cluster.tickets:
                     await self._use_ticket(lease.get('ticket'))
-            except exception.Fenced as e:
+            except (exception.Fenced, exception.Forbidden) as e:
+                # Forbidden: the volume was detached from this host (a
+                # multiattach volume's shared lease outlives the detach,
+                # its ticket a while longer): no more writes either.
                 LOG.error('Volume %s: %s', self.name, e)
                 self._fenced = e
                 return

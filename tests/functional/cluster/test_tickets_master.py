@@ -144,3 +144,33 @@ def test_an_open_clone_reads_on_after_it_is_flattened(make_cluster,
             assert v.read(1 << 20, 3 * 4096) == bytes(8192) + b'x' * 4096
             v.write(0, b'w' * 4096)
             assert v.read(0, 8192) == b'w' * 4096 + bytes(4096)
+
+
+def test_a_host_detached_from_a_multiattach_volume_stops_writing(
+        make_cluster, tmp_path):
+    """A multiattach volume's shared lease is not revoked at detach (its
+    generation is every writer's): the detached host's next renewal is
+    refused, and its client writes nothing more from then on, though
+    the ticket it holds has not expired."""
+    c = make_cluster(3)
+    admin = c.client()
+    admin.create_volume('shared', 1 << 20, chunk_size=1 << 20,
+                        multiattach=True)
+    admin.attach('shared', 'compute-1')
+    key = auth.load_key(create(c, tmp_path, 'compute-1', 'host'))
+    with sync.SyncCluster([c.master_url], None,
+                          principal=('compute-1', key)) as cl:
+        v = cl.open_volume('shared', holder='compute-1:1:x', lease_ttl=3)
+        v.write(0, b'a' * 4096)
+        admin.detach('shared', 'compute-1')
+        time.sleep(2.5)             # a renewal, refused
+        with pytest.raises(exception.Forbidden,
+                           match='not attached to host compute-1'):
+            v.write(0, b'b' * 4096)
+        try:
+            v.close()
+        except exception.UrsaError:
+            pass
+    with data_client(c) as cl:
+        with cl.open_volume('shared', writable=False) as v:
+            assert v.read(0, 4096) == b'a' * 4096
