@@ -955,9 +955,9 @@ class MasterAPI:
         [ursa_master] ticket_ttl: it covers the volume's snapshots (read
         under the volume's id) and its clone parents.  A host principal
         gets one only for a volume attached to its host.  With
-        ``copy_up`` (not for hosts), it may also copy blocks up from the
-        parents, and write nothing else (the chunk servers refuse any
-        other write under no lease): a flatten's."""
+        ``copy_up`` (not for hosts; for a clone only), it may also copy
+        blocks up from the parents, and write nothing else (the chunk
+        servers refuse any other write under no lease): a flatten's."""
         ref = request.match_info['ref']
         b = await _body(request)    # may be empty; must be JSON if not
         copy_up = b.get('copy_up', bool, False)
@@ -969,6 +969,14 @@ class MasterAPI:
                        'ticket: flattening a clone is the Cinder driver\'s '
                        'or an admin\'s' % name)
         await self._attached_here(request, ref)
+        if copy_up and (await self.db(self.store.get_volume, ref))[
+                'parent'] is None:
+            # It would write, under no lease, blocks a volume in use
+            # never wrote; a volume that reads no parent copies none up.
+            raise exception.Conflict(
+                reason='volume %s is not a clone (or was flattened): it '
+                       'has nothing to copy up, so no copy-up ticket'
+                       % ref)
         vid, readable = await self._readable(ref)
         ticket = self._issue(
             request, volume=vid, generation=0,

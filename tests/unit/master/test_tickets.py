@@ -282,3 +282,24 @@ def test_a_detached_host_renews_no_lease_and_gets_no_ticket(store):
                        'generation': got['lease']['generation']})
     assert status == 403, got
     assert 'not attached to host compute-1' in got['error']['message']
+
+
+def test_a_copy_up_ticket_is_for_a_clone_only(store):
+    """A copy-up ticket writes, under no lease, every block its volume
+    never wrote: nothing a volume that reads no parent needs, and on a
+    volume in use, data slipped under its writer."""
+    ids = chain(store)
+    store.create_volume('plain', MiB, 1, 1, MiB)
+    (ok, got), (bad, refused), (typed, wrong) = call(store, [
+        ('cinder', CINDER, 'POST', '/v1/volumes/top/tickets',
+         {'copy_up': True}),
+        ('cinder', CINDER, 'POST', '/v1/volumes/plain/tickets',
+         {'copy_up': True}),
+        ('cinder', CINDER, 'POST', '/v1/volumes/top/tickets',
+         {'copy_up': 'yes'})])
+    assert ok == 201, got
+    t = granted(got['ticket'], CINDER).ticket
+    assert (t.volume, t.generation, t.rights) == (ids['top'], 0, BOTH)
+    assert bad == 409, refused
+    assert 'not a clone' in refused['error']['message']
+    assert typed == 400, wrong
