@@ -146,7 +146,7 @@ def _text(name, value):
 def encode(volume, generation, expires, rights, readable=(), principal='',
            host='', issued=None):
     """A ticket's bytes.  ``readable``: the clone parents it may read,
-    beyond ``volume``, as (volume id, highest snapshot sequence) pairs
+    beyond ``volume``, as (volume id, snapshot sequence) pairs
     or a dict of them."""
     others = dict(readable.items() if isinstance(readable, dict)
                   else readable)
