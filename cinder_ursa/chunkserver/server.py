@@ -233,9 +233,13 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
 
     # What a ticket connection may send (TICKET itself is answered by the
     # transport): a client's reads and writes, and REPAIR, which a client
-    # that read a corrupt block sends to the chunk's primary.
+    # that read a corrupt block of its volume sends to the chunk's
+    # primary.  Not CHUNK_INFO, "ursa cluster check"'s (the cluster
+    # key's): a fingerprint of every block of the head, a parent's
+    # current data included, and with FLAG_DEEP a read of the whole
+    # chunk for a few bytes asked.
     TICKET_OPCODES = frozenset((codec.READ, codec.WRITE, codec.FLUSH,
-                                codec.CHUNK_INFO, codec.REPAIR))
+                                codec.REPAIR))
 
     def _check_ticket(self, ticket, frame):
         """A request on a ticket connection: refused (NotAuthorized) unless
@@ -293,17 +297,15 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                            'copies blocks up from a parent (volume %s): '
                            'take the lease to write' % volume)
             return
-        if op == codec.CHUNK_INFO:
-            volume = control.decode_chunk_info(frame.body)[0]
-            allowed = volume in ticket.readable
-        elif op == codec.READ:
+        if op == codec.READ:
             req = codec.decode_read(frame.body)
             volume = req.volume
             # A clone parent only as the snapshot the clone reads.
             allowed = ticket.may_read(volume, req.snap)
         else:
+            # REPAIR: a client repairs the head of its own volume only.
             volume = control.decode_repair(frame.body).volume
-            allowed = volume in ticket.readable
+            allowed = volume == ticket.volume
         if not allowed:
             raise exception.NotAuthorized(
                 reason='%s of volume %s on a ticket of volume %s, which '

@@ -186,11 +186,11 @@ class Cluster:
         restart skips what was copied).  ``rate``: bytes/s limit."""
         v = await self.open_volume(volume, writable=False)
         try:
-            if self.tickets:
-                await v._read_ticket(copy_up=True)
             if v.parent is None and v.info.get('parent') is None:
                 raise exception.InvalidArgument(
                     reason='volume %s is not a clone' % v.name)
+            if self.tickets:
+                await v._read_ticket(copy_up=True)
             await v._flatten(progress, rate)
         finally:
             await v.close()

@@ -111,6 +111,11 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
             self.size = info['size']
             self.layout = layout_mod.Layout.for_volume(info)
         if info.get('parent') is None:
+            if self._parent_info is not None:
+                # Flattened: chunks even a sole writer never allocated
+                # may hold what the flatten copied up from the parent.
+                for index in [i for i, c in self._map.items() if c is None]:
+                    del self._map[index]
             self._parent_info = None
             self.parent = None
 
@@ -142,7 +147,10 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 self.qos.update(lease.get('qos'))
                 if self.cluster.tickets:
                     await self._use_ticket(lease.get('ticket'))
-            except exception.Fenced as e:
+            except (exception.Fenced, exception.Forbidden) as e:
+                # Forbidden: the volume was detached from this host (a
+                # multiattach volume's shared lease outlives the detach,
+                # its ticket a while longer): no more writes either.
                 LOG.error('Volume %s: %s', self.name, e)
                 self._fenced = e
                 return
@@ -160,6 +168,14 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 reason='the master issued no ticket for volume %s: upgrade '
                        'it, or give this client the cluster key' % self.name)
         grant = tickets.grant_from(reply, self.cluster.principal_key)
+        parent = self._parent_info
+        if self._grant is not None and parent is not None and \
+                parent['volume_id'] not in grant.ticket.readable:
+            # Flattened while open (detach-parent): the new ticket reads
+            # the parent no more, and the blocks the flatten left absent
+            # read as zeros, which the volume learns from the master
+            # before its connections take the ticket.
+            await self.refresh()
         if self._grant is None:
             self.pool = self.cluster.ticket_pool(grant)
         else:

@@ -805,6 +805,9 @@ class MasterAPI:
             raise exception.InvalidArgument(reason='count is limited to 65536')
         allocate = request.query.get('allocate', '0').lower() in (
             '1', 'true', 'yes')
+        if allocate:
+            # A writer's (a host maps its clones' parents, writes none).
+            await self._attached_here(request, ref)
         return web.json_response(await self.db(
             self.store.chunk_map, ref, start, count, allocate))
 
@@ -814,6 +817,9 @@ class MasterAPI:
         b = await _body(request)
         sid = b.get('server_id', int, required=True)
         epoch = b.get('epoch', int, required=True)
+        # What a volume's writer reports: a host drops no replica of a
+        # volume it does not have attached.
+        await self._attached_here(request, ref)
         before = await self.db(self.store.chunk_members, ref, idx)
         chunk = await self.db(self.store.drop_replica, ref, idx, sid, epoch)
         self.service.note_failure(sid)
@@ -892,6 +898,10 @@ class MasterAPI:
             raise exception.InvalidArgument(reason='ttl must be 1 to 3600 s')
         holder = b.get('holder', str, required=True)
         self._own_holder(request, holder)
+        # Each renewal brings a fresh write ticket: a host detached from
+        # the volume gets none (a multiattach volume's shared lease
+        # outlives the detach, nothing else would stop it).
+        await self._attached_here(request, ref)
         _, readable = await self._readable(ref)
         lease = await self.db(self.store.renew_lease, ref, holder,
                               b.get('generation', int, required=True), ttl)
@@ -945,9 +955,9 @@ class MasterAPI:
         [ursa_master] ticket_ttl: it covers the volume's snapshots (read
         under the volume's id) and its clone parents.  A host principal
         gets one only for a volume attached to its host.  With
-        ``copy_up`` (not for hosts), it may also copy blocks up from the
-        parents, and write nothing else (the chunk servers refuse any
-        other write under no lease): a flatten's."""
+        ``copy_up`` (not for hosts; for a clone only), it may also copy
+        blocks up from the parents, and write nothing else (the chunk
+        servers refuse any other write under no lease): a flatten's."""
         ref = request.match_info['ref']
         b = await _body(request)    # may be empty; must be JSON if not
         copy_up = b.get('copy_up', bool, False)
@@ -959,6 +969,14 @@ class MasterAPI:
                        'ticket: flattening a clone is the Cinder driver\'s '
                        'or an admin\'s' % name)
         await self._attached_here(request, ref)
+        if copy_up and (await self.db(self.store.get_volume, ref))[
+                'parent'] is None:
+            # It would write, under no lease, blocks a volume in use
+            # never wrote; a volume that reads no parent copies none up.
+            raise exception.Conflict(
+                reason='volume %s is not a clone (or was flattened): it '
+                       'has nothing to copy up, so no copy-up ticket'
+                       % ref)
         vid, readable = await self._readable(ref)
         ticket = self._issue(
             request, volume=vid, generation=0,

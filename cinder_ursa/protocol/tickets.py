@@ -40,8 +40,9 @@ Layout (big-endian)::
 
 ``generation`` 0: a read-only ticket bound to no lease (it lasts until it
 expires).  A readable volume other than the ticket's own is a clone
-parent: it may be read only as one of its snapshots up to the sequence
-named (the snapshot the clone was made from), never its current data.
+parent: it may be read only as its snapshot of the sequence named (the
+snapshot the clone was made from), never its current data nor an older
+snapshot.
 """
 
 import dataclasses
@@ -67,7 +68,7 @@ RETICKET_LABEL = b'ursa-reticket'
 
 @dataclasses.dataclass(frozen=True)
 class Ticket:
-    """A decoded ticket.  ``readable``: {volume id: the highest snapshot
+    """A decoded ticket.  ``readable``: {volume id: the snapshot
     sequence it may be read at}, its own volume included with None (any
     sequence, the current data too)."""
 
@@ -82,11 +83,15 @@ class Ticket:
 
     def may_read(self, volume, snap):
         """Whether a READ of ``volume`` at snapshot sequence ``snap`` (0:
-        its current data) is within this ticket."""
+        its current data) is within this ticket: a parent at the sequence
+        named only.  Below it is an older snapshot of the parent (what it
+        held before, maybe overwritten since on purpose), which no clone
+        reads; so a parent reached at two sequences reads at the higher
+        only (the layout names one per volume)."""
         if volume == self.volume:
             return True
         top = self.readable.get(volume)
-        return top is not None and 0 < snap <= top
+        return top is not None and snap == top
 
     @property
     def writable(self):
@@ -141,7 +146,7 @@ def _text(name, value):
 def encode(volume, generation, expires, rights, readable=(), principal='',
            host='', issued=None):
     """A ticket's bytes.  ``readable``: the clone parents it may read,
-    beyond ``volume``, as (volume id, highest snapshot sequence) pairs
+    beyond ``volume``, as (volume id, snapshot sequence) pairs
     or a dict of them."""
     others = dict(readable.items() if isinstance(readable, dict)
                   else readable)

@@ -346,11 +346,16 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         pending, by us (the server closes it too, later)."""
         if self.going_away:
             return
-        self.going_away = True
         LOG.debug('%s closes this idle connection; the next request opens '
                   'a new one', self.peer)
         if self.on_goaway is not None:
             self.on_goaway(self)
+        self.retire()
+
+    def retire(self):
+        """Send no new request on this connection (its owner forgot it):
+        it is closed once the replies of those sent have come."""
+        self.going_away = True
         self._close_when_done()
 
     def _close_when_done(self):
@@ -555,7 +560,9 @@ class ConnectionPool:
     async def regrant(self, grant):
         """From now on connect with ``grant`` (a renewed ticket), and move
         every open connection to it (TICKET); one that fails to take it
-        is discarded: the next request opens a new one."""
+        is retired: the next request opens a new one, and those in flight
+        on it (under the ticket it still holds) get their replies, not an
+        error a writer would take for its server's failure."""
         self.grant = grant
         conns = [(addr, conn) for addr, conn in self._conns.items()
                  if not conn.closed]
@@ -565,10 +572,10 @@ class ConnectionPool:
         for (addr, conn), result in zip(conns, results, strict=True):
             if isinstance(result, BaseException):
                 LOG.warning('%s did not take the renewed ticket (%s): its '
-                            'connection is closed, the next request opens '
+                            'connection is retired, the next request opens '
                             'a new one', conn.peer, result)
                 self._forget(addr, conn)
-                conn.close()
+                conn.retire()
 
     def _forget(self, addr, conn):
         if self._conns.get(addr) is conn:

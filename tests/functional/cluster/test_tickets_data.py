@@ -109,12 +109,11 @@ def _run(server, grant, *frame_fns):
 
 def test_reads_and_writes_in_scope_are_served(cluster, vol):
     grant = vol.grant()
-    _, _, data, _ = _run(
+    _, _, data = _run(
         vol.primary, grant,
         lambda rid: vol.write(rid, b'b' * BS, offset=BS),
         lambda rid: codec.encode_flush(rid, vol.id),
-        lambda rid: vol.read(rid, 0, 2 * BS),
-        lambda rid: control.encode_chunk_info(rid, vol.id, 0))
+        lambda rid: vol.read(rid, 0, 2 * BS))
     assert data == b'a' * BS + b'b' * BS
     # Written through to every replica (forwarded with the primary's key).
     for server in vol.chunk['replicas']:
@@ -146,7 +145,6 @@ def test_other_volumes_are_refused_unless_the_ticket_names_them(cluster,
         _run(other.primary, grant,
              lambda rid: codec.encode_flush(rid, other.id))
     for fn in (lambda rid: vol.read(rid, volume=other),
-               lambda rid: control.encode_chunk_info(rid, other.id, 0),
                lambda rid: control.encode_repair(
                    rid, other.id, 0, other.chunk['epoch'], 0, 1)):
         with pytest.raises(exception.NotAuthorized,
@@ -171,6 +169,43 @@ def test_other_volumes_are_refused_unless_the_ticket_names_them(cluster,
              lambda rid: vol.write(rid, b'x' * BS, volume=other))
     assert _run(other.primary, other.grant(),
                 lambda rid: vol.read(rid, volume=other)) == [b'a' * BS]
+
+
+def test_a_parent_is_read_only_as_the_snapshot_named(cluster, vol):
+    """A clone's ticket reads its parent as the snapshot it was made
+    from: not the parent's current data, not an older snapshot (what
+    the parent held before, maybe overwritten since on purpose), not
+    the metadata of its current blocks (CHUNK_INFO: a fingerprint per
+    block), and it sends the parent no REPAIR (a clone repairs its own
+    chunks only)."""
+    client = cluster.client()
+    name = 'parent-' + uuid.uuid4().hex[:8]
+    pid = client.create_volume(name, 2 * MiB, chunk_size=MiB)['id']
+    with data_client(cluster) as cl:
+        with cl.open_volume(name) as v:
+            v.write(0, b'secret!!' * (BS // 8))
+            v.flush()
+    old = client.create_snapshot(pid, 'old')
+    with data_client(cluster) as cl:
+        with cl.open_volume(name) as v:
+            v.write(0, b'p' * BS)
+            v.flush()
+    made_from = client.create_snapshot(pid, 'base')
+    chunk = client.chunk_map(pid, 0, 1)['chunks'][0]
+    grant = vol.grant(readable={pid: made_from['seq']})
+
+    def read(snap, flags=0):
+        return lambda rid: codec.encode_read(rid, pid, 0, chunk['epoch'], 0,
+                                             BS, snap, flags)
+    assert _run(chunk['replicas'][0], grant, read(made_from['seq'])) == \
+        [b'p' * BS]
+    for fn in (read(0), read(old['seq']), read(old['seq'], codec.FLAG_RAW),
+               read(made_from['seq'] + 1),
+               lambda rid: control.encode_chunk_info(rid, pid, 0),
+               lambda rid: control.encode_repair(rid, pid, 0, chunk['epoch'],
+                                                 0, 1)):
+        with pytest.raises(exception.NotAuthorized):
+            _run(chunk['replicas'][0], grant, fn)
 
 
 def test_a_read_only_ticket_reads_and_never_writes(cluster, vol):
@@ -203,6 +238,8 @@ def test_a_write_under_another_generation_is_refused(cluster, vol):
         vol.chunk['epoch'])),
     ('DELETE', lambda vol, rid: control.encode_delete(rid, vol.id)),
     ('INVENTORY', lambda vol, rid: control.encode_inventory(rid, vol.id)),
+    ('CHUNK_INFO', lambda vol, rid: control.encode_chunk_info(rid, vol.id,
+                                                              0)),
     ('TERM', lambda vol, rid: control.encode_term(rid, 1)),
     ('FENCE', lambda vol, rid: control.encode_fence(rid, vol.id,
                                                     vol.generation + 1)),

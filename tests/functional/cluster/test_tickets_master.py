@@ -7,14 +7,17 @@ volume attached elsewhere; nova_ha and chunkserver principals get
 none."""
 
 import asyncio
+import os
 import time
 
 import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.client import master as master_mod
+from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import tickets
+from tests.fixtures.cluster import data_client
 from tests.functional.cluster.test_principals import as_principal
 from tests.functional.cluster.test_principals import create
 
@@ -82,3 +85,92 @@ def test_a_host_gets_tickets_for_what_is_attached_to_it(make_cluster,
     renewed = granted(c, again['ticket'], key)
     assert renewed.generation == t.generation
     assert renewed.expires >= t.expires + 45
+
+
+def test_the_cinder_driver_flattens_a_clone_without_the_cluster_key(
+        make_cluster, tmp_path):
+    """Flatten, keyless: a read-only open brings a read ticket, then a
+    copy-up ticket replaces it (its grant moves the open connections);
+    the parent is read at the clone's snapshot through it, the copy-ups
+    land under generation 0, and the clone, detached, reads the same."""
+    c = make_cluster(3)
+    admin = c.client()
+    admin.create_volume('base', 2 << 20, chunk_size=1 << 20)
+    base = os.urandom(2 << 20)
+    with data_client(c) as cl:
+        with cl.open_volume('base') as v:
+            v.write(0, base)
+    admin.create_snapshot('base', 'gold')
+    admin.clone('base@gold', 'vm1')
+    with data_client(c) as cl:
+        with cl.open_volume('base') as v:
+            v.write(0, b'n' * 4096)        # after the snapshot: not vm1's
+        with cl.open_volume('vm1') as v:
+            v.write(4096, b'w' * 4096)
+    key = auth.load_key(create(c, tmp_path, 'cinder', 'volume'))
+    with sync.SyncCluster([c.master_url], None,
+                          principal=('cinder', key)) as cl:
+        cl.flatten('vm1')
+    assert admin.volume('vm1').get('parent') is None
+    want = base[:4096] + b'w' * 4096 + base[8192:]
+    with data_client(c) as cl:
+        with cl.open_volume('vm1', writable=False) as v:
+            assert v.read(0, 2 << 20) == want
+
+
+def test_an_open_clone_reads_on_after_it_is_flattened(make_cluster,
+                                                      tmp_path):
+    """A clone open keyless while it is flattened: the renewal of its
+    lease brings a ticket that no longer names the parent, and blocks
+    neither ever wrote (flatten leaves them absent: they read as zeros)
+    still read, as zeros, not as the parent's refusal."""
+    c = make_cluster(3)
+    admin = c.client()
+    admin.create_volume('base', 2 << 20, chunk_size=1 << 20)
+    with data_client(c) as cl:
+        with cl.open_volume('base') as v:
+            v.write((1 << 20) + 8192, b'x' * 4096)
+    admin.create_snapshot('base', 'gold')
+    admin.clone('base@gold', 'vm1')
+    key = auth.load_key(create(c, tmp_path, 'cinder', 'volume'))
+    with sync.SyncCluster([c.master_url], None,
+                          principal=('cinder', key)) as cl:
+        with cl.open_volume('vm1', holder='compute-1:1:x',
+                            lease_ttl=3) as v:
+            assert v.read(1 << 20, 3 * 4096) == bytes(8192) + b'x' * 4096
+            with data_client(c) as admin_cl:
+                admin_cl.flatten('vm1')
+            time.sleep(2.5)         # a lease renewal: a new ticket
+            assert v.read(1 << 20, 3 * 4096) == bytes(8192) + b'x' * 4096
+            v.write(0, b'w' * 4096)
+            assert v.read(0, 8192) == b'w' * 4096 + bytes(4096)
+
+
+def test_a_host_detached_from_a_multiattach_volume_stops_writing(
+        make_cluster, tmp_path):
+    """A multiattach volume's shared lease is not revoked at detach (its
+    generation is every writer's): the detached host's next renewal is
+    refused, and its client writes nothing more from then on, though
+    the ticket it holds has not expired."""
+    c = make_cluster(3)
+    admin = c.client()
+    admin.create_volume('shared', 1 << 20, chunk_size=1 << 20,
+                        multiattach=True)
+    admin.attach('shared', 'compute-1')
+    key = auth.load_key(create(c, tmp_path, 'compute-1', 'host'))
+    with sync.SyncCluster([c.master_url], None,
+                          principal=('compute-1', key)) as cl:
+        v = cl.open_volume('shared', holder='compute-1:1:x', lease_ttl=3)
+        v.write(0, b'a' * 4096)
+        admin.detach('shared', 'compute-1')
+        time.sleep(2.5)             # a renewal, refused
+        with pytest.raises(exception.Forbidden,
+                           match='not attached to host compute-1'):
+            v.write(0, b'b' * 4096)
+        try:
+            v.close()
+        except exception.UrsaError:
+            pass
+    with data_client(c) as cl:
+        with cl.open_volume('shared', writable=False) as v:
+            assert v.read(0, 4096) == b'a' * 4096

@@ -152,6 +152,25 @@ def test_a_host_principal_asks_only_for_its_own_host(store):
                {'holder': 'compute-1:1:x'})[0] == 404
 
 
+def test_a_host_changes_the_chunks_of_its_attached_volumes_only(store):
+    """Dropping a replica (what a writer reports of a failed primary)
+    and allocating chunks are a writer's: a host may map any volume (a
+    clone reads its parents' maps), but change none it has no
+    attachment of."""
+    store.create_volume('vol2', 1 << 20, 1, 1, 1 << 20)
+    for method, path, body in (
+            ('POST', '/v1/volumes/vol2/chunks/0/drop',
+             {'server_id': 1, 'epoch': 1}),
+            ('GET', '/v1/volumes/vol2/chunks?start=0&count=1&allocate=1',
+             None)):
+        status, reply = one(store, 'compute-1', HOST, method, path, body)
+        assert status == 403 and 'not attached to host compute-1' in \
+            reply['error']['message'], (path, reply)
+    status, reply = one(store, 'compute-1', HOST, 'GET',
+                        '/v1/volumes/vol2/chunks?start=0&count=1')
+    assert status == 200, reply
+
+
 def test_rotation_keeps_the_old_key_for_its_window_only(store):
     new = b'2' * 64
     store.rotate_principal('ha', new, 3600)

@@ -261,3 +261,45 @@ def test_a_holder_whose_host_no_ticket_holds_gets_no_lease(store):
     assert status == 400, got
     assert '255 bytes' in got['error']['message']
     assert store.get_volume('top')['lease']['generation'] == 0
+
+
+def test_a_detached_host_renews_no_lease_and_gets_no_ticket(store):
+    """A multiattach volume's shared lease outlives a detach (its
+    generation is every writer's, nothing bumps it), and renewing joins
+    the holder again: without a check of the attachment on renewal, a
+    detached host would renew, and get a fresh write ticket, forever."""
+    store.create_volume('shared', MiB, 1, 1, MiB, multiattach=True)
+    store.attach('shared', 'compute-1')
+    holder = 'compute-1:7:x'
+    (status, got), = call(store, [
+        ('compute-1', HOST, 'POST', '/v1/volumes/shared/lease',
+         {'holder': holder, 'ttl': 10})])
+    assert status == 201, got
+    store.detach('shared', 'compute-1')
+    status, got = one(store, 'compute-1', HOST, 'PUT',
+                      '/v1/volumes/shared/lease',
+                      {'holder': holder, 'ttl': 300,
+                       'generation': got['lease']['generation']})
+    assert status == 403, got
+    assert 'not attached to host compute-1' in got['error']['message']
+
+
+def test_a_copy_up_ticket_is_for_a_clone_only(store):
+    """A copy-up ticket writes, under no lease, every block its volume
+    never wrote: nothing a volume that reads no parent needs, and on a
+    volume in use, data slipped under its writer."""
+    ids = chain(store)
+    store.create_volume('plain', MiB, 1, 1, MiB)
+    (ok, got), (bad, refused), (typed, wrong) = call(store, [
+        ('cinder', CINDER, 'POST', '/v1/volumes/top/tickets',
+         {'copy_up': True}),
+        ('cinder', CINDER, 'POST', '/v1/volumes/plain/tickets',
+         {'copy_up': True}),
+        ('cinder', CINDER, 'POST', '/v1/volumes/top/tickets',
+         {'copy_up': 'yes'})])
+    assert ok == 201, got
+    t = granted(got['ticket'], CINDER).ticket
+    assert (t.volume, t.generation, t.rights) == (ids['top'], 0, BOTH)
+    assert bad == 409, refused
+    assert 'not a clone' in refused['error']['message']
+    assert typed == 400, wrong

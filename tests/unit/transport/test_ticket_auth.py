@@ -282,3 +282,44 @@ def test_a_connection_made_during_a_regrant_takes_the_new_grant():
             pool.close()
             server.close()
     asyncio.run(go())
+
+
+def test_a_connection_that_refuses_a_regrant_finishes_its_requests():
+    """A regrant that fails on a connection (refused, or timed out behind
+    a busy link) retires it: no new request goes to it, but those in
+    flight, sent under the ticket it still holds, get their replies (a
+    write failed by our own close would be taken for its server's
+    failure, and that replica dropped)."""
+    stale = _grant(expires=time.time() - 1)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        held = []
+
+        def handler(conn, frame):
+            held.append((conn, frame))      # answered later
+
+        server = await loop.create_server(
+            lambda: aio.ServerConnection(KEY, handler, accept_tickets=True),
+            '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = aio.ConnectionPool(None, connect_timeout=5, grant=_grant())
+        try:
+            conn = await pool.get('127.0.0.1', port)
+            flushing = asyncio.ensure_future(_flush(conn))
+            while not held:
+                await asyncio.sleep(0.01)
+            await pool.regrant(stale)
+            assert pool.connected('127.0.0.1', port) is None
+            server_conn, frame = held[0]
+            server_conn.send(codec.encode_ok(frame.opcode, frame.req_id))
+            await flushing
+            for _ in range(100):
+                if conn.closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert conn.closed
+        finally:
+            pool.close()
+            server.close()
+    asyncio.run(go())
