@@ -29,8 +29,16 @@ def setup(argv, prog, register, description):
     # ... and sign as [ursa] principal (admin: with the cluster key).
     try:
         http.configure_principal(conf)
+        # ... and accept, besides its cluster key, those of a rotation.
+        auth.set_accepted_keys(auth.load_accepted_keys(
+            conf.ursa.accepted_cluster_key_files))
     except exception.InvalidArgument as e:
         raise SystemExit('%s: [ursa] %s' % (prog, e)) from None
+    accepted = conf.ursa.accepted_cluster_key_files
+    if accepted:
+        LOG.warning('Accepting %d cluster key(s) besides this process\'s '
+                    '(accepted_cluster_key_files): remove them once the '
+                    'rotation is over', len(accepted))
     return conf
 
 

@@ -169,6 +169,29 @@ def host_authority(host_header, secure):
     return _host_port(*parts) if parts else ''
 
 
+# Other cluster keys this process accepts from its peers (a rotation's:
+# [ursa] accepted_cluster_key_files, set_accepted_keys).
+_accepted = ()
+
+
+def set_accepted_keys(keys):
+    """Accept ``keys`` besides this process's own cluster key from peers
+    (REST signatures as admin, data connections, tickets)."""
+    global _accepted
+    _accepted = tuple(keys)
+
+
+def keys_accepted(key):
+    """``key`` (the cluster key this process uses) and the others it
+    accepts from its peers, in that order."""
+    return (key,) + tuple(k for k in _accepted if k != key)
+
+
+def load_accepted_keys(paths):
+    """The keys in ``paths`` ([ursa] accepted_cluster_key_files)."""
+    return [load_key(p, what='accepted cluster key') for p in paths]
+
+
 def load_key(path=None, key=None, what='cluster key'):
     """Return the cluster key (or ``what``) as bytes, from ``key`` or
     the file ``path``."""

@@ -12,14 +12,22 @@ common_opts = [
                     'to <data-dir>/cluster.key.'),
     cfg.StrOpt('cluster_key', secret=True,
                help='The cluster key itself, instead of cluster_key_file.'),
+    cfg.ListOpt('accepted_cluster_key_files', default=[],
+                help='Files of other cluster keys this process accepts from '
+                     'its peers (REST signatures as admin, data '
+                     'connections, tickets) while it uses cluster_key_file '
+                     'itself: how the cluster key is rotated without '
+                     'downtime (see the security guide, "Rotating the '
+                     'cluster key").'),
     cfg.StrOpt('principal', default='admin',
                help='The principal this process signs its REST requests '
                     'to the masters as: "admin" signs with the cluster '
                     'key (every right); another is one "ursa key create '
                     'NAME --role ROLE" made, with only its role\'s rights '
                     '(chunkserver, volume, host, nova_ha), and needs '
-                    'principal_key_file. The data protocol still uses the '
-                    'cluster key.'),
+                    'principal_key_file. Without a cluster key, the data '
+                    'protocol then uses the tickets the master issues for '
+                    'each volume.'),
     cfg.StrOpt('principal_key_file',
                help='File holding the key of principal (written by "ursa '
                     'key create" or "ursa key rotate", mode 0600).'),

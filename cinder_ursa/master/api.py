@@ -269,7 +269,8 @@ class PrincipalCache:
         principal: the cluster key for ``admin``; a rotated principal's
         previous key too until its window ends."""
         if name == auth.ADMIN:
-            return 'admin', (self.admin_key,)
+            # The cluster key, and a rotation's others.
+            return 'admin', auth.keys_accepted(self.admin_key)
         age = self._clock() - self._loaded
         if age > self.REFRESH:
             await self._reload(self.REFRESH)

@@ -18,6 +18,7 @@ import threading
 import time
 
 from cinder_ursa import exception
+from cinder_ursa.common import auth
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import tickets
 from cinder_ursa.transport import buffers
@@ -841,11 +842,12 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         except exception.ProtocolError as e:
             self._refuse(e)
             return
-        expect = codec.client_mac(self._key, self._nonce, client_nonce)
-        if not hmac.compare_digest(mac, expect):
-            self._refuse(exception.NotAuthorized(reason='bad cluster key'))
-            return
-        self._authenticated(self._key, client_nonce)
+        for key in auth.keys_accepted(self._key):
+            expect = codec.client_mac(key, self._nonce, client_nonce)
+            if hmac.compare_digest(mac, expect):
+                self._authenticated(key, client_nonce)
+                return
+        self._refuse(exception.NotAuthorized(reason='bad cluster key'))
 
     def _authenticate_ticket(self, frame):
         """AUTH_TICKET: the session key derived from the ticket presented
@@ -858,9 +860,10 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
             return
         try:
             client_nonce, mac, raw = codec.decode_auth_ticket(frame.body)
-            skey = tickets.session_key(_ticket_key(self._key), raw)
-            expect = codec.client_mac(skey, self._nonce, client_nonce)
-            if not hmac.compare_digest(mac, expect):
+            skey = self._session_key(raw, mac, functools.partial(
+                codec.client_mac, server_nonce=self._nonce,
+                client_nonce=client_nonce))
+            if skey is None:
                 raise exception.NotAuthorized(
                     reason='bad ticket: not issued by this cluster\'s '
                            'master, altered, or presented without its '
@@ -900,9 +903,10 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
                 reason='TICKET on a connection authenticated with the '
                        'cluster key: it has no ticket to replace')
         mac, raw = codec.decode_ticket(frame.body)
-        skey = tickets.session_key(_ticket_key(self._key), raw)
-        expect = tickets.reticket_mac(skey, self._nonce, self._client_nonce)
-        if not hmac.compare_digest(mac, expect):
+        skey = self._session_key(raw, mac, functools.partial(
+            tickets.reticket_mac, server_nonce=self._nonce,
+            client_nonce=self._client_nonce))
+        if skey is None:
             raise exception.NotAuthorized(
                 reason='bad renewed ticket: not issued by this cluster\'s '
                        'master, altered, or sent without its session key; '
@@ -910,6 +914,16 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         ticket = tickets.decode(raw)
         check_ticket_expiry(ticket)
         self.ticket = ticket
+
+    def _session_key(self, raw, mac, proof):
+        """The session key of ticket ``raw`` that ``proof(session key)``
+        makes ``mac`` with, under the ticket key of this server's cluster
+        key or of one it accepts (a rotation's); None if none does."""
+        for key in auth.keys_accepted(self._key):
+            skey = tickets.session_key(_ticket_key(key), raw)
+            if hmac.compare_digest(mac, proof(skey)):
+                return skey
+        return None
 
     def _authenticated(self, key, client_nonce):
         """The peer proved it holds ``key`` (the cluster key or a ticket's

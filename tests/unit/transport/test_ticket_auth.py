@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from cinder_ursa import exception
+from cinder_ursa.common import auth
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import tickets
 from cinder_ursa.transport import aio
@@ -323,3 +324,42 @@ def test_a_connection_that_refuses_a_regrant_finishes_its_requests():
             pool.close()
             server.close()
     asyncio.run(go())
+
+
+def test_a_rotation_accepts_the_other_key_and_its_tickets():
+    """[ursa] accepted_cluster_key_files: a server that uses one cluster
+    key and accepts another takes peers and tickets of both (so the key
+    can be changed one process at a time), and nothing of a third."""
+    new = b'n' * 32
+
+    async def go(accepted):
+        auth.set_accepted_keys(accepted)
+        made = []
+        server, port, _ = await _serve(made, key=KEY)
+        try:
+            for key in (KEY, new):
+                conn = await aio.PeerConnection.connect('127.0.0.1', port,
+                                                        key)
+                await _flush(conn)
+                conn.close()
+                conn = await aio.PeerConnection.connect(
+                    '127.0.0.1', port, None, grant=_grant(key=key))
+                await _flush(conn)
+                # Renewed with a ticket under the other key.
+                other = KEY if key == new else new
+                await conn.reticket(_grant(key=other), 5)
+                await _flush(conn)
+                conn.close()
+            with pytest.raises(exception.NotAuthorized, match='cluster key'):
+                await aio.PeerConnection.connect('127.0.0.1', port,
+                                                 b'x' * 32)
+            with pytest.raises(exception.NotAuthorized, match='bad ticket'):
+                await aio.PeerConnection.connect(
+                    '127.0.0.1', port, None, grant=_grant(key=b'x' * 32))
+        finally:
+            server.close()
+            auth.set_accepted_keys(())
+    asyncio.run(go([new]))
+    # Without it, the other key is refused.
+    with pytest.raises(exception.NotAuthorized):
+        asyncio.run(go([]))
