@@ -98,6 +98,21 @@ chunkserver_opts = [
                help='Connections not yet authenticated from one source '
                     'address this server keeps at most; one more evicts '
                     'the oldest of them from that address. 0: no limit.'),
+    cfg.StrOpt('tls_cert_file',
+               help='PEM certificate (with its chain) of this server: with '
+                    'tls_key_file, the data protocol is served over TLS '
+                    'only, and every process that reaches this server needs '
+                    '[ursa] data_tls = true. The certificate must name the '
+                    'address clients connect to (advertise_host) in its '
+                    'subjectAltName.'),
+    cfg.StrOpt('tls_key_file',
+               help='PEM private key of tls_cert_file (unless that file '
+                    'holds it).'),
+    cfg.StrOpt('tls_ca_file',
+               help='PEM CA bundle: when set (with tls_cert_file), peers '
+                    'must present a certificate signed by these CAs '
+                    '(mutual TLS: [ursa] tls_cert_file and tls_key_file on '
+                    'every client).'),
 ]
 
 

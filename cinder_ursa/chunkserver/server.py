@@ -45,7 +45,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                  recovery_rate=(0, 0), disk_error_limit=5,
                  disk_error_window=60.0, scrub_interval=0.0,
                  light_scrub_interval=0.0, scrub_error_limit=0,
-                 liveness_timeout=3.0, limits=None):
+                 liveness_timeout=3.0, limits=None, tls=None):
         self.disk = diskhealth.DiskHealth(disk_error_limit,
                                           disk_error_window)
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
@@ -70,6 +70,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             key, connect_timeout=min(replication_timeout, 3.0),
             liveness=liveness_timeout)
         # What its connections may cost (see transport/limits.py).
+        # The server TLS context of the data protocol (None: plain TCP).
+        self.tls = tls
         self.limits = limits or limits_mod.ServerLimits(
             idle_timeout=600.0, max_connections=4096,
             max_unauthenticated=256, max_unauthenticated_per_host=64)
@@ -115,15 +117,23 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                      loop.time() - t)
         if self.store.resync_needed:
             self.suspect_after_crash()
+        tls = {}
+        if self.tls is not None:
+            # A handshake that does not end is given up as a peer that
+            # does not authenticate (it is not counted before it ends).
+            tls = {'ssl': self.tls, 'ssl_handshake_timeout':
+                   self.limits.auth_timeout or None}
         self._server = await loop.create_server(
             lambda: aio.ServerConnection(self.key, self.handle,
                                          limits=self.limits,
                                          accept_tickets=True),
-            self.bind_host, self.bind_port, reuse_address=True, backlog=512)
+            self.bind_host, self.bind_port, reuse_address=True, backlog=512,
+            **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         self._check_open_files()
-        LOG.info('Chunk server %s serving %s on %s:%d', self.store.server_uuid,
-                 self.store.data_dir, self.bind_host, self.port)
+        LOG.info('Chunk server %s serving %s on %s:%d%s',
+                 self.store.server_uuid, self.store.data_dir, self.bind_host,
+                 self.port, ' (TLS)' if self.tls is not None else '')
         self._tasks.append(loop.create_task(self._membership()))
         if self._suspect:
             self._tasks.append(loop.create_task(self._resync_when_registered()))

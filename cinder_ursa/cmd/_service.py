@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -40,6 +41,32 @@ def setup(argv, prog, register, description):
                     '(accepted_cluster_key_files): remove them once the '
                     'rotation is over', len(accepted))
     return conf
+
+
+def server_tls(group, what):
+    """The server TLS context of a listener from its ``tls_cert_file``,
+    ``tls_key_file`` and ``tls_ca_file`` options (``group``), None when
+    none is set; ValueError naming the option at fault.  With
+    ``tls_ca_file``, peers must present a certificate it signed."""
+    if not (group.tls_cert_file or group.tls_key_file or group.tls_ca_file):
+        return None
+    if not group.tls_cert_file:
+        raise ValueError('tls_key_file and tls_ca_file need tls_cert_file '
+                         '(the certificate of %s)' % what)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(group.tls_cert_file, group.tls_key_file or None)
+        if group.tls_ca_file:
+            # Mutual TLS: no certificate signed by these CAs, no request.
+            ctx.load_verify_locations(cafile=group.tls_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError('cannot load tls_cert_file %s, tls_key_file %s or '
+                         'tls_ca_file %s: %s' % (
+                             group.tls_cert_file, group.tls_key_file,
+                             group.tls_ca_file, e)) from e
+    return ctx
 
 
 def data_key(conf, prog):

@@ -30,6 +30,15 @@ def main(argv=None):
         '/etc/ursa/ursa.conf')
     cc = conf.ursa_chunkserver
     key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
+    try:
+        tls = _service.server_tls(cc, 'this chunk server')
+    except ValueError as e:
+        sys.exit('ursa-chunkserver: [ursa_chunkserver] %s' % e)
+    if tls is not None and not conf.ursa.data_tls:
+        # Its own connections to its peers must speak TLS too.
+        sys.exit('ursa-chunkserver: [ursa_chunkserver] tls_cert_file is '
+                 'set: set [ursa] data_tls = true as well (on every '
+                 'process that reaches the chunk servers)')
     os.makedirs(cc.data_dir, exist_ok=True)
 
     async def serve(stop):
@@ -46,7 +55,7 @@ def main(argv=None):
             disk_error_window=cc.disk_error_window,
             scrub_interval=cc.scrub_interval,
             light_scrub_interval=cc.light_scrub_interval,
-            scrub_error_limit=cc.scrub_error_limit,
+            scrub_error_limit=cc.scrub_error_limit, tls=tls,
             limits=limits.ServerLimits(
                 auth_timeout=cc.auth_timeout, idle_timeout=cc.idle_timeout,
                 max_connections=cc.max_connections,

@@ -9,7 +9,6 @@ import fcntl
 import ipaddress
 import os
 import socket
-import ssl
 import struct
 import sys
 import urllib.parse
@@ -105,25 +104,7 @@ def _with_option(url, name, value):
 def server_tls(mc):
     """The TLS context of the REST API ([ursa_master] tls_*), None for
     plain HTTP; ValueError naming the option at fault."""
-    if not (mc.tls_cert_file or mc.tls_key_file or mc.tls_ca_file):
-        return None
-    if not mc.tls_cert_file:
-        raise ValueError('tls_key_file and tls_ca_file need tls_cert_file '
-                         '(the certificate of this master)')
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(mc.tls_cert_file, mc.tls_key_file or None)
-        if mc.tls_ca_file:
-            # Mutual TLS: no certificate signed by these CAs, no request.
-            ctx.load_verify_locations(cafile=mc.tls_ca_file)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-    except (OSError, ssl.SSLError) as e:
-        raise ValueError('cannot load tls_cert_file %s, tls_key_file %s or '
-                         'tls_ca_file %s: %s' % (
-                             mc.tls_cert_file, mc.tls_key_file,
-                             mc.tls_ca_file, e)) from e
-    return ctx
+    return _service.server_tls(mc, 'this master')
 
 
 WILDCARDS = ('', '0.0.0.0', '::', '[::]')

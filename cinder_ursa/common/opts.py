@@ -74,6 +74,15 @@ common_opts = [
                     'key too.'),
     cfg.StrOpt('tls_key_file',
                help='PEM private key of tls_cert_file.'),
+    cfg.BoolOpt('data_tls', default=False,
+                help='Connect to the chunk servers over TLS (their '
+                     '[ursa_chunkserver] tls_cert_file), verifying them with '
+                     'tls_ca_file and presenting tls_cert_file to those that '
+                     'ask for client certificates: data and its integrity '
+                     'protected on networks that are not trusted. Every '
+                     'process that reaches chunk servers needs it (chunk '
+                     'servers, masters, gateways, the CLI) once they listen '
+                     'with TLS.'),
 ]
 
 

@@ -253,13 +253,17 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
                       grant=None):
         """Connect and authenticate: with ``grant`` (a ticket, when this
         client does not hold the cluster key: ``key`` may be None), else
-        with ``key``."""
+        with ``key``; over TLS when this process has a data TLS context
+        (:func:`set_data_tls`), the server's certificate verified against
+        ``host``."""
         loop = asyncio.get_running_loop()
         peer = '%s:%d' % (host, port)
+        tls = _data_tls
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: cls(key, peer, liveness, grant), host, port),
+                    lambda: cls(key, peer, liveness, grant), host, port,
+                    ssl=tls, server_hostname=host if tls else None),
                 timeout)
             await asyncio.wait_for(asyncio.shield(proto._authed), timeout)
         except TimeoutError:
@@ -618,6 +622,19 @@ def check_ticket_expiry(ticket):
                    '(TICKET) or reconnect with it' % (
                        ticket.volume, time.strftime(
                            '%Y-%m-%d %H:%M:%S', time.gmtime(ticket.expires))))
+
+
+# The TLS context of this process's connections to chunk servers
+# (set_data_tls; [ursa] data_tls), None for plain TCP.
+_data_tls = None
+
+
+def set_data_tls(ctx):
+    """Make ``ctx`` (an ``ssl.SSLContext`` verifying the chunk servers'
+    certificates, or None) the TLS of every data connection this process
+    opens from now on."""
+    global _data_tls
+    _data_tls = ctx
 
 
 @functools.lru_cache(maxsize=8)

@@ -41,6 +41,7 @@ import urllib.request
 from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import rest
+from cinder_ursa.transport import aio
 
 # Seconds clients wait for a new leader while the masters answer only
 # NotLeader: a dead leader's lease ([ursa_master] leader_lease, 8 s by
@@ -89,10 +90,23 @@ def set_default_tls(ctx):
 
 
 def configure_tls(conf):
-    """:func:`set_default_tls` from the ``[ursa]`` options of ``conf``."""
+    """:func:`set_default_tls` from the ``[ursa]`` options of ``conf``,
+    and the data protocol's (``data_tls``: the chunk servers verified
+    with the same CAs, the same client certificate presented)."""
     u = conf.ursa
     set_default_tls(client_tls(u.tls_ca_file, u.tls_cert_file,
                                u.tls_key_file))
+    aio.set_data_tls(data_tls(u.tls_ca_file, u.tls_cert_file,
+                              u.tls_key_file) if u.data_tls else None)
+
+
+def data_tls(ca_file=None, cert_file=None, key_file=None):
+    """The client TLS context of data connections: the chunk server's
+    certificate verified against ``ca_file`` (the system's CAs if None)
+    and the address connected to; ``cert_file`` presented to a chunk
+    server that asks for client certificates."""
+    return client_tls(ca_file, cert_file, key_file) or \
+        ssl.create_default_context()
 
 
 def set_default_principal(principal):

@@ -408,7 +408,7 @@ def make_pki(d):
     ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1',
          '-keyout', str(d / 'server-key.pem'), '-out', str(d / 'server.csr'))
     (d / 'ext.cnf').write_text('subjectAltName=IP:127.0.0.1,DNS:localhost\n'
-                               'extendedKeyUsage=serverAuth\n')
+                               'extendedKeyUsage=serverAuth,clientAuth\n')
     ossl('x509', '-req', '-in', str(d / 'server.csr'), '-CA',
          str(d / 'ca-cert.pem'), '-CAkey', str(d / 'ca-key.pem'),
          '-CAcreateserial', '-days', '2', '-extfile', str(d / 'ext.cnf'),
