@@ -41,6 +41,7 @@ from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import names
 from cinder_ursa.protocol.rest import QOS_KEYS
+from cinder_ursa.transport import aio
 from cinder_ursa.transport import http
 from cinder_ursa.volume import attachments
 from cinder_ursa.volume import images
@@ -106,6 +107,10 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             self._tls = http.client_tls(conf.ursa_tls_ca_file,
                                         conf.ursa_tls_cert_file,
                                         conf.ursa_tls_key_file)
+            if conf.ursa_data_tls:
+                aio.set_data_tls(http.data_tls(conf.ursa_tls_ca_file,
+                                               conf.ursa_tls_cert_file,
+                                               conf.ursa_tls_key_file))
         except exception.UrsaError as e:
             raise cinder_exc.VolumeDriverException(
                 message=_('Cannot load the Ursa TLS files: %s') % e) from e

@@ -37,6 +37,12 @@ ursa_opts = [
                     '(mutual TLS: [ursa_master] tls_ca_file).'),
     cfg.StrOpt('ursa_tls_key_file',
                help='PEM private key of ursa_tls_cert_file.'),
+    cfg.BoolOpt('ursa_data_tls', default=False,
+                help='Image copies reach the chunk servers over TLS (their '
+                     '[ursa_chunkserver] tls_cert_file), verified with '
+                     'ursa_tls_ca_file, presenting ursa_tls_cert_file when '
+                     'asked. It applies to the whole cinder-volume process '
+                     '(every Ursa backend in it).'),
     cfg.IntOpt('ursa_replicas', default=3, min=1, max=10,
                help='Replicas of every chunk of new volumes.'),
     cfg.IntOpt('ursa_min_replicas', default=2, min=1, max=10,
