@@ -35,6 +35,11 @@ LOG = logging.getLogger(__name__)
 # it, or never sending it, would keep that share for good.  32 MiB, the
 # largest, take 27 s at 10 Mbit/s.
 PAYLOAD_TIMEOUT = 60.0
+# Seconds the client may leave the replies queued for it unread (the
+# transport's buffer above its high-water mark) before the connection is
+# dropped: those bytes count in the budget every connection shares, and
+# a client that reads nothing would keep its share (a quarter) for good.
+SEND_TIMEOUT = 60.0
 
 
 class HandshakeBuffer:
@@ -118,6 +123,7 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
         self._payload_left = None
         self._payload_since = 0.0
         self._payload_timer = None
+        self._send_timer = None  # SEND_TIMEOUT while writing is paused
 
     # --- asyncio.BufferedProtocol -------------------------------------------
 
@@ -152,10 +158,16 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
 
     def pause_writing(self):
         super().pause_writing()
+        if self._send_timer is None and self._loop is not None:
+            self._send_timer = self._loop.call_later(SEND_TIMEOUT,
+                                                     self._send_late)
         self._update_reading()
 
     def resume_writing(self):
         super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self.on_drain is not None:
             self.on_drain()
         self._update_reading()
@@ -310,6 +322,15 @@ class NbdStream(aio.FlowControl, asyncio.BufferedProtocol):
                     'within %g s of its header; connection dropped',
                     self.transport.get_extra_info('peername') or
                     'on the unix socket', PAYLOAD_TIMEOUT)
+        self.abort()
+
+    def _send_late(self):
+        """See SEND_TIMEOUT."""
+        self._send_timer = None
+        LOG.warning('NBD client %s read none of its replies for %g s; '
+                    'connection dropped',
+                    self.transport.get_extra_info('peername') or
+                    'on the unix socket', SEND_TIMEOUT)
         self.abort()
 
     def _unstall(self):

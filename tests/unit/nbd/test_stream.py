@@ -271,7 +271,8 @@ def test_a_write_whose_data_never_comes_is_dropped(monkeypatch, caplog):
 
 def test_the_data_clock_stops_while_the_gateway_holds_the_client(
         monkeypatch):
-    monkeypatch.setattr(stream_mod, 'PAYLOAD_TIMEOUT', 0.05)
+    # Long enough that a loaded machine's delays do not reach it.
+    monkeypatch.setattr(stream_mod, 'PAYLOAD_TIMEOUT', 0.5)
     from cinder_ursa.nbd import server as server_mod
 
     async def main():
@@ -279,14 +280,14 @@ def test_the_data_clock_stops_while_the_gateway_holds_the_client(
         handed = []
         s, done = _budgeted_stream(budget, handed)
         deliver(s, request(p.CMD_WRITE, 1, p.MAX_REQUEST) + b'x' * 1000)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
         s.hold(True)              # not reading: the client cannot send
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
         s.hold(False)
         assert not s.transport.aborted
         deliver(s, b'x' * (p.MAX_REQUEST - 1000))
         assert handed == [1]
-        await asyncio.sleep(0.1)  # its clock stopped with it
+        await asyncio.sleep(0.6)  # its clock stopped with it
         assert not s.transport.aborted
         s.connection_lost(None)
         await asyncio.gather(done, return_exceptions=True)
@@ -309,6 +310,31 @@ def test_a_client_not_reading_its_replies_is_on_the_data_clock(
         assert not s.transport.reading
         await asyncio.sleep(0.1)
         assert s.transport.aborted and budget.used == 0
+        s.connection_lost(None)
+        await asyncio.gather(done, return_exceptions=True)
+    asyncio.run(main())
+
+
+def test_a_client_that_reads_no_reply_is_dropped(monkeypatch, caplog):
+    """A client that sends READs and reads nothing kept what the gateway
+    queued for it (a quarter of the shared budget) for good: after
+    SEND_TIMEOUT with its replies unread it is dropped, and one that
+    reads them meanwhile is not."""
+    monkeypatch.setattr(stream_mod, 'SEND_TIMEOUT', 1.0)
+    from cinder_ursa.nbd import server as server_mod
+
+    async def main():
+        budget = server_mod.InflightBudget(64 << 20)
+        s, done = _budgeted_stream(budget, [])
+        s.pause_writing()
+        await asyncio.sleep(0.6)
+        s.resume_writing()            # it read: the clock starts over
+        s.pause_writing()
+        await asyncio.sleep(0.6)
+        assert not s.transport.aborted
+        await asyncio.sleep(0.8)
+        assert s.transport.aborted
+        assert 'read none of its replies' in caplog.text
         s.connection_lost(None)
         await asyncio.gather(done, return_exceptions=True)
     asyncio.run(main())
