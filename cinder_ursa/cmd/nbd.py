@@ -156,7 +156,8 @@ def main(argv=None):
             handshake_timeout=nc.handshake_timeout,
             max_connections=nc.max_connections,
             inflight_bytes=nc.inflight_mib * 1024 * 1024,
-            recheck_interval=nc.recheck_interval)
+            recheck_interval=nc.recheck_interval,
+            tls_client_names=nc.tls_client_names)
         if nc.require_attachment:
             LOG.info('Serving only volumes attached to host %s '
                      '([ursa_attach] host); a TCP client without a TLS '

@@ -85,6 +85,15 @@ nbd_opts = [
                help='PEM CA bundle: when set, clients must present a '
                     'certificate signed by it.  Without it TLS encrypts '
                     'but authenticates no client.'),
+    cfg.ListOpt('tls_client_names', default=[],
+                help='Names a client certificate must carry (its subject '
+                     'CN or a DNS subjectAltName) for its holder to open '
+                     'attached volumes by their plain names; other '
+                     'certificates of the CA still open them under their '
+                     'export tokens.  Default: this host ([ursa_attach] '
+                     'host), so a certificate issued to another hypervisor '
+                     'opens nothing here.  "*": any certificate of the '
+                     'CA.'),
     cfg.ListOpt('local_chunkserver_dirs', default=[],
                 help='data_dir of each chunk server on this host.  The '
                      'gateway then reads the replicas they keep straight '

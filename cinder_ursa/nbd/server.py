@@ -232,6 +232,16 @@ class _Throttled:
             self._last, self._count = now, 0
 
 
+def cert_names(cert):
+    """The names a verified certificate (``getpeercert()``) carries: its
+    subject's common names and its DNS subjectAltNames."""
+    names = {value for rdn in cert.get('subject', ()) for key, value in rdn
+             if key == 'commonName'}
+    names.update(value for key, value in cert.get('subjectAltName', ())
+                 if key == 'DNS')
+    return names
+
+
 def tls_context(cert_file, key_file, ca_file=None):
     """Server-side TLS context for STARTTLS (client certificates are
     required when ``ca_file`` is given)."""
@@ -253,9 +263,10 @@ class NbdServer:
                  handshake_timeout=HANDSHAKE_TIMEOUT,
                  max_connections=MAX_CONNECTIONS,
                  inflight_bytes=INFLIGHT_BYTES,
-                 recheck_interval=RECHECK_INTERVAL):
+                 recheck_interval=RECHECK_INTERVAL, tls_client_names=()):
         """``host``: this host's name in the master's attachments; with
         ``require_attachment`` only volumes attached to it are served.
+        ``tls_client_names``: see :meth:`_trusted`.
         (The defaults here are the library's; ursa-nbd passes its
         options, whose defaults are the safe ones.)"""
         self.cluster = cluster
@@ -264,6 +275,7 @@ class NbdServer:
         self.tls_required = tls_required and tls_context is not None
         self.holder = holder
         self.host = host
+        self.tls_client_names = list(tls_client_names)
         self.require_attachment = require_attachment
         if require_attachment and not host:
             raise ValueError('require_attachment needs this host\'s name')
@@ -455,12 +467,12 @@ class NbdServer:
                 return True
         return False
 
-    @staticmethod
-    def _trusted(stream):
+    def _trusted(self, stream):
         """Whether the transport authenticated the peer: the unix socket
         (its mode and group say who may connect) or TLS with a client
         certificate the CA verified (a server context without tls_ca_file
-        asks for none, so getpeercert() is empty)."""
+        asks for none, so getpeercert() is empty) that names one of
+        ``tls_client_names`` (this host by default)."""
         check = getattr(stream, 'authenticated', None)
         if check is not None:
             return check()
@@ -468,7 +480,11 @@ class NbdServer:
         sock = transport.get_extra_info('socket')
         if sock is not None and sock.family == socket.AF_UNIX:
             return True
-        return bool(transport.get_extra_info('peercert'))
+        cert = transport.get_extra_info('peercert')
+        if not cert:
+            return False
+        names = self.tls_client_names or ([self.host] if self.host else [])
+        return '*' in names or bool(set(names) & cert_names(cert))
 
     async def _serve(self, stream):
         peer = stream.transport.get_extra_info('peername') or 'unix socket'

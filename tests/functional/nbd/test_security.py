@@ -449,21 +449,30 @@ def _recv_exactly(s, n):
 
 
 def test_a_tls_client_certificate_serves_plain_names(tmp_path):
-    """TLS with a client certificate verified against tls_ca_file
-    authenticates the peer: the plain name of an attached volume opens
-    there; on the same TCP port without TLS the token is due."""
+    """TLS with a client certificate verified against tls_ca_file and
+    naming this host authenticates the peer: the plain name of an
+    attached volume opens there.  A certificate of the same CA issued to
+    another name (another hypervisor's) opens it only under its token,
+    and on the same TCP port without TLS the token is due too."""
     pki = make_pki(tmp_path / 'pki')
 
     def ossl(*args):
         run('openssl', *args)
-    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=qemu',
-         '-keyout', str(pki / 'client-key.pem'), '-out',
-         str(pki / 'client.csr'))
-    (pki / 'cext.cnf').write_text('extendedKeyUsage=clientAuth\n')
-    ossl('x509', '-req', '-in', str(pki / 'client.csr'), '-CA',
-         str(pki / 'ca-cert.pem'), '-CAkey', str(pki / 'ca-key.pem'),
-         '-CAcreateserial', '-days', '2', '-extfile', str(pki / 'cext.cnf'),
-         '-out', str(pki / 'client-cert.pem'))
+
+    def client_cert(name):
+        ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=' + name,
+             '-keyout', str(pki / ('%s-key.pem' % name)), '-out',
+             str(pki / ('%s.csr' % name)))
+        (pki / 'cext.cnf').write_text('extendedKeyUsage=clientAuth\n')
+        ossl('x509', '-req', '-in', str(pki / ('%s.csr' % name)), '-CA',
+             str(pki / 'ca-cert.pem'), '-CAkey', str(pki / 'ca-key.pem'),
+             '-CAcreateserial', '-days', '2', '-extfile',
+             str(pki / 'cext.cnf'), '-out', str(pki / ('%s-cert.pem' % name)))
+        ctx = ssl.create_default_context(cafile=str(pki / 'ca-cert.pem'))
+        ctx.load_cert_chain(str(pki / ('%s-cert.pem' % name)),
+                            str(pki / ('%s-key.pem' % name)))
+        return ctx
+
     c = AllInOne(str(tmp_path / 'tlsc'), 3, port_base=0, server_timeout=3.0,
                  extra_conf=SAFE + 'tls = optional\ntls_cert_file = %s\n'
                  'tls_key_file = %s\ntls_ca_file = %s\n' % (
@@ -472,20 +481,26 @@ def test_a_tls_client_certificate_serves_plain_names(tmp_path):
     c.start(nbd=True)
     try:
         c.client().create_volume('certvol', 8 * MiB, chunk_size=4 * MiB)
-        attach(c, 'certvol')
+        tokened = attach(c, 'certvol')
         assert export(c, 'certvol') == (None, None)  # plain TCP
-        s = greet(c)
-        (rtype, _), = option(s, p.OPT_STARTTLS)
-        assert rtype == p.REP_ACK
-        ctx = ssl.create_default_context(cafile=str(pki / 'ca-cert.pem'))
-        ctx.load_cert_chain(str(pki / 'client-cert.pem'),
-                            str(pki / 'client-key.pem'))
-        t = ctx.wrap_socket(s, server_hostname='127.0.0.1')
-        t.sendall(p.OPTION.pack(p.IHAVEOPT, p.OPT_EXPORT_NAME, 7) +
-                  b'certvol')
-        got = _recv_exactly(t, 10)
-        assert got, 'the certificate holder was refused the plain name'
-        assert p.EXPORT_NAME_REPLY.unpack(got)[0] == 8 * MiB
-        t.close()
+
+        def over_tls(ctx, name):
+            s = greet(c)
+            (rtype, _), = option(s, p.OPT_STARTTLS)
+            assert rtype == p.REP_ACK
+            t = ctx.wrap_socket(s, server_hostname='127.0.0.1')
+            t.sendall(p.OPTION.pack(p.IHAVEOPT, p.OPT_EXPORT_NAME,
+                                    len(name)) + name.encode())
+            got = _recv_exactly(t, 10)
+            t.close()
+            return p.EXPORT_NAME_REPLY.unpack(got)[0] if got else None
+        # The hypervisor's own certificate (it names the host).
+        mine = client_cert(c.attach_host)
+        assert over_tls(mine, 'certvol') == 8 * MiB, \
+            'the certificate holder was refused the plain name'
+        # Another hypervisor's: its token, not the plain name.
+        other = client_cert('qemu-elsewhere')
+        assert over_tls(other, 'certvol') is None
+        assert over_tls(other, tokened) == 8 * MiB
     finally:
         c.stop()
