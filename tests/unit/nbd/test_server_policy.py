@@ -272,8 +272,10 @@ def test_list_shows_nothing_to_a_client_without_credentials():
 
 
 def test_the_transport_says_who_is_authenticated():
-    """The unix socket and a verified client certificate authenticate;
-    plain TCP and TLS without a client certificate do not."""
+    """The unix socket and a verified client certificate naming this
+    host (its CN or a DNS subjectAltName; or one of tls_client_names)
+    authenticate; plain TCP, TLS without a client certificate, and a
+    certificate issued to another name do not."""
     class Sock:
         def __init__(self, family):
             self.family = family
@@ -289,11 +291,22 @@ def test_the_transport_says_who_is_authenticated():
         def __init__(self, transport):
             self.transport = transport
     import socket
-    trusted = server_mod.NbdServer._trusted
+    trusted = secure(Master())._trusted
     assert trusted(S(Transport(socket.AF_UNIX)))
     assert not trusted(S(Transport(socket.AF_INET)))
     assert not trusted(S(Transport(socket.AF_INET, {})))
-    assert trusted(S(Transport(socket.AF_INET6, {'subject': ()})))
+
+    def cert(cn, *dns):
+        return {'subject': ((('commonName', cn),),),
+                'subjectAltName': tuple(('DNS', d) for d in dns)}
+    assert trusted(S(Transport(socket.AF_INET6, cert('here'))))
+    assert trusted(S(Transport(socket.AF_INET, cert('qemu', 'here'))))
+    assert not trusted(S(Transport(socket.AF_INET, cert('qemu', 'there'))))
+    named = secure(Master(), tls_client_names=['qemu'])._trusted
+    assert named(S(Transport(socket.AF_INET, cert('qemu'))))
+    assert not named(S(Transport(socket.AF_INET, cert('here'))))
+    anyone = secure(Master(), tls_client_names=['*'])._trusted
+    assert anyone(S(Transport(socket.AF_INET, cert('qemu'))))
 
 
 def test_request_costs():
