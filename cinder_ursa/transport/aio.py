@@ -877,16 +877,11 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
             return
         try:
             client_nonce, mac, raw = codec.decode_auth_ticket(frame.body)
-            skey = self._session_key(raw, mac, functools.partial(
+            skey, ticket = self._proved(raw, mac, functools.partial(
                 codec.client_mac, server_nonce=self._nonce,
-                client_nonce=client_nonce))
-            if skey is None:
-                raise exception.NotAuthorized(
-                    reason='bad ticket: not issued by this cluster\'s '
-                           'master, altered, or presented without its '
-                           'session key')
-            ticket = tickets.decode(raw)
-            check_ticket_expiry(ticket)
+                client_nonce=client_nonce), 'bad ticket: not issued by '
+                'this cluster\'s master, altered, or presented without '
+                'its session key')
         except exception.UrsaError as e:
             self._refuse(e)
             return
@@ -920,27 +915,25 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
                 reason='TICKET on a connection authenticated with the '
                        'cluster key: it has no ticket to replace')
         mac, raw = codec.decode_ticket(frame.body)
-        skey = self._session_key(raw, mac, functools.partial(
+        _, self.ticket = self._proved(raw, mac, functools.partial(
             tickets.reticket_mac, server_nonce=self._nonce,
-            client_nonce=self._client_nonce))
-        if skey is None:
-            raise exception.NotAuthorized(
-                reason='bad renewed ticket: not issued by this cluster\'s '
-                       'master, altered, or sent without its session key; '
-                       'the connection keeps its ticket')
-        ticket = tickets.decode(raw)
-        check_ticket_expiry(ticket)
-        self.ticket = ticket
+            client_nonce=self._client_nonce), 'bad renewed ticket: not '
+            'issued by this cluster\'s master, altered, or sent without '
+            'its session key; the connection keeps its ticket')
 
-    def _session_key(self, raw, mac, proof):
-        """The session key of ticket ``raw`` that ``proof(session key)``
-        makes ``mac`` with, under the ticket key of this server's cluster
-        key or of one it accepts (a rotation's); None if none does."""
+    def _proved(self, raw, mac, proof, refusal):
+        """(session key, Ticket) of ticket ``raw`` if ``proof(session
+        key)`` makes ``mac`` with its session key under the ticket key of
+        this server's cluster key or of one it accepts (a rotation's),
+        and it has not expired; NotAuthorized (``refusal``) if no key
+        proves it.  The MAC is checked before the ticket is decoded."""
         for key in auth.keys_accepted(self._key):
             skey = tickets.session_key(_ticket_key(key), raw)
             if hmac.compare_digest(mac, proof(skey)):
-                return skey
-        return None
+                ticket = tickets.decode(raw)
+                check_ticket_expiry(ticket)
+                return skey, ticket
+        raise exception.NotAuthorized(reason=refusal)
 
     def _authenticated(self, key, client_nonce):
         """The peer proved it holds ``key`` (the cluster key or a ticket's
