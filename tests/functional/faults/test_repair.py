@@ -296,7 +296,9 @@ def test_an_unreachable_master_fails_waiting_writes_once(make_cluster):
     it are all answered 'unavailable' after one confirmation timeout (not
     one timeout each, one after another), beyond a queue bound at once,
     and reads at a known epoch are served meanwhile."""
-    cluster = make_cluster(3, replication_timeout=2.0)
+    # A master lease (server_timeout) a loaded machine's heartbeat delays
+    # do not outlast: the read must not need the frozen master.
+    cluster = make_cluster(3, replication_timeout=2.0, server_timeout=10.0)
     vid = cluster.client().create_volume('v', MiB, chunk_size=MiB)['id']
     with data_client(cluster) as cl:
         with cl.open_volume('v') as v:
