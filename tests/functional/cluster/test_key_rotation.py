@@ -64,10 +64,19 @@ class Writer(threading.Thread):
         return self.errors
 
 
+def redundant(c):
+    """Whether every chunk has all its replicas, none being copied."""
+    st = master_mod.MasterClient(c.master_urls, c.key).cluster_status()
+    return (not st['degraded_chunks'] and not st['joining_replicas']
+            and not st['repair'].get('running')
+            and st['servers']['up'] == st['servers']['total'])
+
+
 def test_the_cluster_key_is_rotated_without_downtime(make_cluster,
                                                      tmp_path):
     # Two masters: one leads while the other restarts.
-    c = make_cluster(3, masters=2, extra_conf=ROLLING_CONF)
+    c = make_cluster(3, masters=2, extra_conf=ROLLING_CONF + (
+        'replica_grace = 1\nrepair_interval = 0.3\n'))
     old_file, old = c.key_file, c.key
     new_file = str(tmp_path / 'new.key')
     new = auth.create_key_file(new_file)
@@ -89,6 +98,9 @@ def test_the_cluster_key_is_rotated_without_downtime(make_cluster,
         for i in range(c.n):
             c.kill_chunkserver(i, signal.SIGTERM)
             c.start_chunkserver(i)
+            # As an operator would: the next one once every chunk has
+            # its replicas again (the writes made meanwhile caught up).
+            wait_for(lambda: redundant(c), 120, 'full redundancy')
 
     first = Writer(c, 'a', old)
     roll('accepted_cluster_key_files = %s\n' % new_file)
