@@ -15,6 +15,9 @@ import time
 
 import pytest
 
+from cinder_ursa.common import auth
+from tests.fixtures.cluster import data_client
+
 OWNER = 4343     # numbers that need no /etc/passwd or /etc/group entry
 GROUP = 4242
 STRANGER = 65534  # nobody
@@ -128,3 +131,35 @@ def test_sigterm_unmounts_and_exits_cleanly(attach_cluster):
     assert not os.path.ismount(c.attach_dir)
     # It closed the volume: flushed, lease released.
     assert not c.client().volume('busy')['lease']['holder']
+
+
+def test_ursa_attach_without_the_cluster_key(make_cluster, tmp_path):
+    """ursa-attach signing as its host's principal, with no cluster key:
+    the volume attached to the host is served from the tickets of its
+    lease, reads and writes reach the chunk servers."""
+    if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
+        if os.environ.get('CI'):
+            pytest.fail('ursa-attach needs root and /dev/fuse')
+        pytest.skip('ursa-attach needs root and /dev/fuse')
+    c = make_cluster(3)
+    key = auth.new_key()
+    key_file = str(tmp_path / 'host.key')
+    auth.write_key_file(key_file, key)
+    c.client().create_principal(c.attach_host, 'host', key)
+    c.service_extra_conf['attach'] = (
+        '[ursa]\ncluster_key_file =\nprincipal = %s\nprincipal_key_file = '
+        '%s\n' % (c.attach_host, key_file))
+    c.attach_dir = str(tmp_path / 'attached')
+    c.write_config()
+    c.start_attach()
+    c.client().create_volume('vm', 8 * MiB)
+    path = attached_path(c, 'vm')
+    with open(path, 'r+b') as f:
+        f.write(b'keyless' * 100)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(os.path.join(c.data_dir, 'attach.log')) as f:
+        assert 'No cluster key' in f.read()
+    with data_client(c) as cl:
+        with cl.open_volume('vm', writable=False) as v:
+            assert v.read(0, 700) == b'keyless' * 100
