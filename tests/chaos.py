@@ -46,12 +46,14 @@ Needs root (namespaces, FUSE), iproute2, nftables, fio, /dev/fuse.
 import argparse
 import collections
 import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
 import pathlib
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -486,7 +488,8 @@ class Chaos:
         self.cluster = netns.cluster(
             self.network, os.path.join(self.workdir, 'cluster'),
             a.chunkservers, masters=a.masters, nbd=True,
-            server_timeout=3.0, replication_timeout=2.0, extra_conf=conf)
+            server_timeout=3.0, server_startup_timeout=15.0,
+            replication_timeout=2.0, extra_conf=conf)
         c = self.cluster
         self.power = sorted(range(a.power_disks))
         self.eio = a.power_disks if a.eio_disk else None
@@ -801,6 +804,32 @@ class Chaos:
                              '%d s after the last bit flip'
                              % (3 * self.args.scrub_interval + 120))
 
+    def _history(self, problems, lines=15):
+        """What the logs of the cluster's processes say of the chunks
+        ``problems`` name (the last ``lines`` lines each): the workdir of
+        a run in CI is gone once the failure is reported."""
+        logs = sorted(glob.glob(os.path.join(self.cluster.data_dir,
+                                             '*.log')))
+        out = []
+        for p in problems:
+            if p.get('volume_id') is None or p.get('index') is None:
+                continue
+            needle = '%s/%d' % (p['volume_id'], p['index'])
+            named = re.compile(r'\b(%s|%s)/%d\b' % (
+                re.escape(p['volume_id']), re.escape(p.get('volume') or
+                                                     p['volume_id']),
+                p['index']))
+            found = []
+            for path in logs:
+                with open(path, errors='replace') as f:
+                    found.extend('%s: %s' % (os.path.basename(path),
+                                             line.rstrip())
+                                 for line in f if named.search(line))
+            found.sort(key=lambda line: line.split(': ', 1)[1][:23])
+            out.append('history of chunk %s:\n%s' % (
+                needle, '\n'.join(found[-lines:])))
+        return out
+
     def final_checks(self):
         out = {'divergent_replicas': 0, 'cluster_check_problems': 0}
         for w in self.writers:
@@ -841,6 +870,7 @@ class Chaos:
             if report['problems']:
                 self.failures.append('cluster check: %s'
                                      % report['problems'][:5])
+                self.failures.extend(self._history(report['problems'][:3]))
                 out['cluster_check_problems'] = len(report['problems'])
         sets = {n: replica_sets(self.cluster, n)
                 for n in self.volumes + ['fio']}

@@ -15,9 +15,13 @@ from cinder_ursa.protocol import control
 LOG = logging.getLogger(__name__)
 
 # s a copy may be joining before the master is asked whether it counts on
-# it: far longer than a primary's request to record the join may take
-# (the master client gives up on one well within a minute).
-JOINING_SWEEP = 120.0
+# it: longer than a primary's request to record the join takes but for a
+# master failover.  Asked too soon, the master has not recorded it yet:
+# the copy is marked stale, refuses the pushes, and the copy is tried
+# again (time lost, nothing else); asked late, a copy given up whose
+# target was not told stays a copy nobody counts on, neither stale nor a
+# replica, that long.
+JOINING_SWEEP = 30.0
 # s between two sweeps: a copy is looked at within this of its coming of
 # age (a sweep walks the chunks held here, asking the master nothing
 # about the others).

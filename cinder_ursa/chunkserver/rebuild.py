@@ -134,6 +134,20 @@ class RebuildMixin:
             try:
                 chunk = await self._change(vol, idx, 'abandon', target)
                 self._adopt(vol, chunk)
+            except exception.Conflict as e2:
+                # Not joining at the master (the join failed, or another
+                # change gave it up): the target took its copy for a
+                # joining one at the first ENTRIES all the same.
+                view = self.authority.current(vol, idx)
+                if view is not None and target not in view.replicas and \
+                        target not in view.joining:
+                    await self._tell_abandoned(vol, idx, {
+                        'epoch': view.epoch,
+                        'replicas': [{'id': i} for i in view.replicas]},
+                        target)
+                else:
+                    LOG.warning('Chunk %s/%d: the copy on server %d was '
+                                'not abandoned (%s)', vol, idx, target, e2)
             except exception.UrsaError as e2:
                 LOG.warning('Chunk %s/%d: abandoning the copy on server %d '
                             'failed too (%s); a drop at its next failed '

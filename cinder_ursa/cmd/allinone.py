@@ -77,7 +77,8 @@ class AllInOne:
                  failure_domain='server', lease_ttl=30.0,
                  replication_timeout=5.0, extra_conf='', nbd_port=None,
                  racks=None, fault_proxies=False, masters=1,
-                 coordination_url=None, hosts=None):
+                 coordination_url=None, hosts=None,
+                 server_startup_timeout=None):
         if masters < 1:
             raise ValueError('masters must be at least 1')
         if racks is not None and len(racks) != chunkservers:
@@ -91,6 +92,7 @@ class AllInOne:
         # master/coordination); the master adds the lease to it.
         self.coordination_url = coordination_url
         self.server_timeout = server_timeout
+        self.server_startup_timeout = server_startup_timeout
         self.failure_domain = failure_domain
         self.lease_ttl = lease_ttl
         self.replication_timeout = replication_timeout
@@ -167,6 +169,9 @@ class AllInOne:
             'server_timeout = %s' % self.server_timeout,
             'lease_ttl = %s' % self.lease_ttl,
         ]
+        if self.server_startup_timeout is not None:
+            lines.append('server_startup_timeout = %s'
+                         % self.server_startup_timeout)
         if self.database_url:
             lines.append('database_connection = %s' % self.database_url)
         if self.masters > 1:

@@ -204,6 +204,7 @@ def main(argv=None):
         default_chunk_size=mc.default_chunk_size,
         max_volume_size=mc.max_volume_size, replica_grace=mc.replica_grace,
         repair_interval=mc.repair_interval,
+        server_startup_timeout=mc.server_startup_timeout,
         repair_per_server=mc.repair_per_server,
         rebalance_moves=mc.rebalance_moves,
         rebalance_threshold=mc.rebalance_threshold,

@@ -35,6 +35,13 @@ master_opts = [
     cfg.FloatOpt('server_timeout', default=15.0, min=0.5,
                  help='Seconds without a heartbeat after which a chunk '
                       'server is marked down.'),
+    cfg.FloatOpt('server_startup_timeout', default=60.0, min=0.5,
+                 help='Seconds a chunk server gets to send its first '
+                      'heartbeat to a master that has just started or been '
+                      'elected, before it is marked down (at least '
+                      'server_timeout).  After a cold start of the whole '
+                      'cluster the chunk servers boot after the master: '
+                      'the last one keeps its replicas while it boots.'),
     cfg.FloatOpt('replica_grace', default=600.0, min=0.0,
                  help='Seconds a chunk server may be down before the '
                       'chunks it held are copied to other servers (a chunk '

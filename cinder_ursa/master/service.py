@@ -78,7 +78,8 @@ class MasterService:
     def __init__(self, store, key, server_timeout=15.0, replica_grace=600.0,
                  repair_interval=10.0, repair_per_server=2,
                  rebalance_moves=2, rebalance_threshold=10,
-                 coordination_url=None, renew_deadline=10.0):
+                 coordination_url=None, renew_deadline=10.0,
+                 server_startup_timeout=60.0):
         self.store = store
         # Leader election: None runs this master alone, as the leader,
         # without a term check (tests, tools).
@@ -86,6 +87,11 @@ class MasterService:
         self.renew_deadline = renew_deadline
         self.elector = None
         self.server_timeout = server_timeout
+        # A server not heard since this master began judging (it started,
+        # or was elected) gets this long (see store.mark_down).
+        self.server_startup_timeout = max(server_startup_timeout,
+                                          server_timeout)
+        self._judging_since = None
         self.replica_grace = replica_grace
         self.repair_interval = repair_interval
         self.repair_per_server = repair_per_server
@@ -322,7 +328,8 @@ class MasterService:
                     continue
                 primaries = []
                 self._live -= set(await self.db(
-                    self.store.mark_down, self.server_timeout, primaries))
+                    self.store.mark_down, self.server_timeout, primaries,
+                    self._judging_since, self.server_startup_timeout))
                 if primaries:
                     self.resync_soon()
                 if time.monotonic() >= next_sweep:
@@ -373,14 +380,23 @@ class MasterService:
     async def _take_over(self, elected):
         """Settle what the master that ran before left (the first thing
         a master does once it leads, snapshot creations waiting)."""
-        if elected:
-            # Judge only silence observed from now on: the chunk servers
-            # sent their heartbeats to the previous leader, or to nobody
-            # during the election.
-            try:
-                await self.db(self.store.reset_heartbeats)
-            except Exception as e:  # noqa: BLE001 - the loop goes on
-                LOG.warning('Resetting heartbeats failed: %s', e)
+        # Judge only silence observed from now on: the chunk servers sent
+        # their heartbeats to the previous leader, or to nobody during the
+        # election, or were down with the whole cluster (a cold start:
+        # they boot after this master, and get server_startup_timeout).
+        try:
+            self._judging_since = await self.db(self.store.reset_heartbeats)
+        except Exception as e:  # noqa: BLE001 - the loop goes on
+            LOG.warning('Resetting heartbeats failed: %s', e)
+        # The drops the previous master had still to tell with their
+        # servers' next heartbeats died with it: every server dropped
+        # from a chunk is told again (one that knows already ignores it).
+        try:
+            for sid, vid, idx, epoch in await self.db(
+                    self.store.lost_copies):
+                self.note_drop(sid, vid, idx, epoch)
+        except Exception as e:  # noqa: BLE001 - registrations tell too
+            LOG.warning('Listing the dropped copies failed: %s', e)
         # Every snapshot left 'creating' was begun by the master that ran
         # before (this one takes no creation until this is done); it died
         # or was deposed mid-way, so its finish can no longer commit.

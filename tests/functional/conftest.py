@@ -19,6 +19,12 @@ from tests.fixtures import powerloss
 from tests.fixtures.processes import free_port_base
 from tests.fixtures.services import unavailable
 
+# A chunk server not heard since the master started or was elected is
+# marked down after this long (server_timeout otherwise): the tests that
+# restart everything start the chunk servers one by one on a loaded
+# machine.
+STARTUP_TIMEOUT = 15.0
+
 
 def pytest_configure(config):
     config.addinivalue_line(
@@ -46,6 +52,7 @@ def make_cluster(tmp_path):
 
     def make(chunkservers=3, **kwargs):
         kwargs.setdefault('server_timeout', 3.0)
+        kwargs.setdefault('server_startup_timeout', STARTUP_TIMEOUT)
         kwargs['extra_conf'] = cluster_fixtures.NO_REBALANCE + (
             kwargs.get('extra_conf') or '')
         d = os.path.join(str(tmp_path), 'cluster%d' % len(clusters))
@@ -148,6 +155,7 @@ def power_loss_cluster(tmp_path):
 
     def make(chunkservers=3, disks=None, fixed_ports=True, **kwargs):
         kwargs.setdefault('server_timeout', 3.0)
+        kwargs.setdefault('server_startup_timeout', STARTUP_TIMEOUT)
         kwargs['extra_conf'] = cluster_fixtures.NO_REBALANCE + (
             kwargs.get('extra_conf') or '')
         d = tmp_path / ('powercut%d' % len(made))

@@ -315,6 +315,18 @@ class ChunkRecords:
             return {'joining': ''}
         return self._change_members(ref, idx, epoch, change)
 
+    def lost_copies(self):
+        """[(server id, volume id, index, epoch)]: every server dropped
+        from a chunk while it held a copy (see ``lost``), and the chunk's
+        epoch now."""
+        c = models.chunks
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(
+                c.c.volume_id, c.c.idx, c.c.epoch, c.c.lost).where(
+                    c.c.lost != '')).all()
+        return [(sid, r.volume_id, r.idx, r.epoch)
+                for r in rows for sid in split_ids(r.lost)]
+
     def forget_lost(self, ref, idx, server_ids):
         """Those servers' old copies will not serve a catch-up (they were
         replaced elsewhere, or are gone for good)."""

@@ -179,20 +179,36 @@ class ServerRecords:
 
     def reset_heartbeats(self):
         """At master start: judge only silence observed from now on, so a
-        restart of the master (or of the whole cluster) drops nobody."""
+        restart of the master (or of the whole cluster) drops nobody.
+        Returns the time set (see :meth:`mark_down`)."""
         t = models.chunkservers
+        now = time.time()
         with self.begin() as conn:
             conn.execute(t.update().where(t.c.state == 'up').values(
-                last_seen=time.time()))
+                last_seen=now))
+        return now
 
-    def mark_down(self, timeout, primaries=None):
+    def mark_down(self, timeout, primaries=None, unheard_since=None,
+                  unheard_timeout=None):
         """Mark servers silent for more than ``timeout`` s down (the
-        chunks whose primary one was are appended to ``primaries``)."""
+        chunks whose primary one was are appended to ``primaries``).
+
+        A server not heard since ``unheard_since`` (when this master
+        began judging: :meth:`reset_heartbeats`) gets ``unheard_timeout``
+        s from then instead: after a cold start of the whole cluster the
+        chunk servers boot after the master, one by one, and the last
+        must not be stripped of every replica it holds for booting
+        slowly."""
         t = models.chunkservers
-        limit = time.time() - timeout
+        now = time.time()
+        limit = now - timeout
+        silent = sa.and_(t.c.state == 'up', t.c.last_seen < limit)
+        if unheard_since is not None and unheard_timeout is not None \
+                and now - unheard_since < unheard_timeout:
+            silent = sa.and_(silent, t.c.last_seen > unheard_since)
         with self.begin() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.address, t.c.port).where(
-                t.c.state == 'up', t.c.last_seen < limit)).all()
+                silent)).all()
             for r in rows:
                 conn.execute(t.update().where(t.c.id == r.id).values(
                     state='down', down_since=time.time()))

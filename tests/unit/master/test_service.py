@@ -408,3 +408,22 @@ def test_one_silent_server_among_heard_ones_is_marked_down(service):
     _heard_ago(service.store, {1: 5.0, 2: 0.5, 3: 1.0})
     assert not run(service._deaf())
     assert service.store.mark_down(3.0) == [1]
+
+
+def test_a_new_leader_tells_every_dropped_server_again(service):
+    """The drops a master had still to tell (at the servers' next
+    heartbeats) die with it: its successor tells every server a chunk
+    lists as lost, at the chunk's epoch now."""
+    service.store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    chunks = service.store.chunk_map('v', 0, 2, allocate=True)['chunks']
+    vid = service.store.get_volume('v')['id']
+    dropped = {}
+    for c in chunks:
+        sid = c['replicas'][-1]['id']
+        after = service.store.drop_replica('v', c['index'], sid, c['epoch'])
+        dropped.setdefault(sid, []).append([vid, c['index'],
+                                            after['epoch']])
+    assert all(service.take_drops(sid) == [] for sid in dropped)
+    run(service._take_over(True))
+    for sid, drops in dropped.items():
+        assert sorted(service.take_drops(sid)) == sorted(drops)

@@ -264,6 +264,24 @@ def test_servers_marked_down(store):
     assert servers['uuid-1']['down_since'] > 0
 
 
+def test_a_server_not_heard_since_a_master_start_gets_the_startup_timeout(
+        store):
+    """A cold start: the master judges from its start; a server that
+    booted and beat since is judged by server_timeout, one still booting
+    by the startup timeout (then by server_timeout's silence too)."""
+    import time
+    booted, booting = add_servers(store, 2)
+    since = store.reset_heartbeats()
+    time.sleep(0.02)
+    store.heartbeat(booted, 1, 0, 1)
+    time.sleep(0.06)
+    assert store.mark_down(0.04, None, since, 3600) == [booted]
+    assert {s['id']: s['state'] for s in store.list_servers()} == {
+        booted: 'down', booting: 'up'}
+    # The startup timeout over: silence since the start counts.
+    assert store.mark_down(0.04, None, since, 0.05) == [booting]
+
+
 def test_a_down_server_leaves_every_replica_set(store):
     ids = add_servers(store, 4)
     store.create_volume('v', 40 * MiB, chunk_size=4 * MiB)
