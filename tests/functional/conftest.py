@@ -7,6 +7,7 @@ start it exactly as operators do.  Every process is stopped (and killed
 if it does not stop) when the test ends.
 """
 
+import glob
 import os
 
 import pytest
@@ -24,6 +25,44 @@ from tests.fixtures.services import unavailable
 # restart everything start the chunk servers one by one on a loaded
 # machine.
 STARTUP_TIMEOUT = 15.0
+
+
+# The data directories of the clusters a test made: their logs' warnings
+# and errors are shown with its failure (a CI machine's are gone after).
+CLUSTER_DIRS = pytest.StashKey[list]()
+LOG_LINES = 25      # per log file
+
+
+def watch_logs(request, data_dir):
+    request.node.stash.setdefault(CLUSTER_DIRS, []).append(str(data_dir))
+
+
+def log_excerpt(dirs, lines=LOG_LINES):
+    """The last ``lines`` WARNING/ERROR lines of every process log of
+    the clusters in ``dirs``."""
+    out = []
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, '*.log'))):
+            with open(path, errors='replace') as f:
+                bad = [line.rstrip() for line in f
+                       if ' WARNING ' in line or ' ERROR ' in line
+                       or 'Traceback' in line]
+            if bad:
+                out.append('== %s (last %d of %d)' % (
+                    path, min(lines, len(bad)), len(bad)))
+                out.extend(bad[-lines:])
+    return '\n'.join(out)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == 'call' and report.failed:
+        text = log_excerpt(item.stash.get(CLUSTER_DIRS, []))
+        if text:
+            report.sections.append(('cluster logs: warnings and errors',
+                                    text))
+    return report
 
 
 def pytest_configure(config):
@@ -46,7 +85,7 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture
-def make_cluster(tmp_path):
+def make_cluster(request, tmp_path):
     """make(chunkservers=3, **AllInOne arguments): a started cluster."""
     clusters = []
 
@@ -58,6 +97,7 @@ def make_cluster(tmp_path):
         d = os.path.join(str(tmp_path), 'cluster%d' % len(clusters))
         c = AllInOne(d, chunkservers, port_base=0, **kwargs)
         clusters.append(c)
+        watch_logs(request, d)
         c.start()
         return c
 
@@ -105,7 +145,7 @@ def network():
 
 
 @pytest.fixture
-def make_ns_cluster(network, tmp_path):
+def make_ns_cluster(request, network, tmp_path):
     """make(chunkservers=3, nbd=False, **AllInOne arguments): a started
     cluster whose master, chunk servers and gateway are each on a host
     of their own in ``network`` (netns.cluster)."""
@@ -115,6 +155,7 @@ def make_ns_cluster(network, tmp_path):
         d = os.path.join(str(tmp_path), 'nscluster%d' % len(clusters))
         c = netns.cluster(network, d, chunkservers, nbd=nbd, **kwargs)
         clusters.append(c)
+        watch_logs(request, d)
         c.start(nbd=nbd)
         return c
 
@@ -142,7 +183,7 @@ def faulty_disk(tmp_path):
 
 
 @pytest.fixture
-def power_loss_cluster(tmp_path):
+def power_loss_cluster(request, tmp_path):
     """make(chunkservers=3, disks=None, fixed_ports=True, **AllInOne
     arguments): a started cluster whose chunk servers ``disks`` (all when
     None) keep their data directories on power-loss disks
@@ -166,6 +207,7 @@ def power_loss_cluster(tmp_path):
             chunkservers + 1) if fixed_ports else 0, **kwargs)
         cuts = powerloss.PowerCuts(c, {})
         made.append(cuts)
+        watch_logs(request, d)
         for i in range(chunkservers) if disks is None else disks:
             cuts.disks[i] = powerloss.PowerLossDisk(
                 d / 'disks' / ('cs%d' % i), c.cs_dir(i),
