@@ -167,8 +167,12 @@ def test_a_rotten_block_on_the_source_is_repaired_then_the_copy_made(
         f.seek(7 * 4096 + 100)
         f.write(bytes(b ^ 0xff for b in old))
     cluster.kill_chunkserver(server_index(cluster, ids[2]))
-    wait_for(lambda: len(replica_sets(cluster, 'v')[0]) == 3 and
-             ids[2] not in replica_sets(cluster, 'v')[0], 60,
+    def copied():
+        # One look at the set: two (its length, then whether the dead
+        # server left it) passed between the drop and the copy.
+        now = replica_sets(cluster, 'v')[0]
+        return len(now) == 3 and ids[2] not in now
+    wait_for(copied, 60,
              lambda: 'the chunk copied: %s %s' % (
                  replica_sets(cluster, 'v'),
                  client.cluster_status()['repair']))
