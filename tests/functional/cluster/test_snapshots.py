@@ -306,6 +306,10 @@ def test_concurrent_first_writes_after_snapshots_keep_every_snapshot(
 
 # --- space -------------------------------------------------------------------
 
+@pytest.mark.one_shape(
+    'A snapshot\'s space and creation time do not depend on placement or '
+    'replication (the other tests of this module take snapshots on every '
+    'shape); 1000 of them take 20 to 40 s on each shape.')
 def test_many_snapshots_of_a_big_volume_cost_only_the_data(cluster, client):
     """1000 snapshots of a 10 GiB volume with a little data use about the
     data's size, and creating one does not depend on the volume's size."""

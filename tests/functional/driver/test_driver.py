@@ -303,13 +303,16 @@ def _qcow2(tmp_path, raw):
     return dst.read_bytes()
 
 
-def test_images_in_and_out_raw_and_qcow2(drv, cluster, ctx, tmp_path):
+def test_images_in_and_out_raw_and_qcow2(drv, cluster, ctx, tmp_path,
+                                        formats=('raw', 'qcow2')):
+    """Images of each of ``formats`` into volumes, and back out in each."""
     raw = bytearray(64 * MiB)
     raw[5 * MiB:5 * MiB + 4096] = os.urandom(4096)
     raw[40 * MiB:41 * MiB] = os.urandom(MiB)
     raw = bytes(raw)
     images = _Images()
-    for fmt, blob in (('raw', raw), ('qcow2', _qcow2(tmp_path, raw))):
+    for fmt in formats:
+        blob = raw if fmt == 'raw' else _qcow2(tmp_path, raw)
         v = volume(ctx)
         drv.create_volume(v)
         drv.copy_image_to_volume(ctx, v, images, images.add(blob, fmt))
@@ -318,7 +321,7 @@ def test_images_in_and_out_raw_and_qcow2(drv, cluster, ctx, tmp_path):
         info = cluster.client().volume(v.name)
         assert info['allocated_chunks'] <= 2, info
         # And back out, as raw and as qcow2.
-        for out_fmt in ('raw', 'qcow2'):
+        for out_fmt in formats:
             image_id = images.add(b'', out_fmt)
             drv.copy_volume_to_image(ctx, v, images, {
                 'id': image_id, 'disk_format': out_fmt,
@@ -496,7 +499,9 @@ def test_a_volume_role_principal_is_all_the_driver_needs(cluster, tmp_path,
     assert d._master._http.principal == ('cinder-volume', key)
     test_stats_are_the_clusters(d, cluster, ctx)
     test_volume_snapshot_clone_revert_extend_with_data(d, cluster, ctx)
-    test_images_in_and_out_raw_and_qcow2(d, cluster, ctx, tmp_path)
+    # qcow2 in and out: the routes an image takes are the same for raw.
+    test_images_in_and_out_raw_and_qcow2(d, cluster, ctx, tmp_path,
+                                         formats=('qcow2',))
     # A right it does not have: fencing a host is nova_ha's.
     with pytest.raises(exception.Forbidden, match='role volume'):
         d._master.fence_host('compute-9')
