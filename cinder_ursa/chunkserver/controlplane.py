@@ -17,10 +17,11 @@ LOG = logging.getLogger(__name__)
 # s a copy may be joining before the master is asked whether it counts on
 # it: longer than a primary's request to record the join takes but for a
 # master failover.  Asked too soon, the master has not recorded it yet:
-# the copy is marked stale, refuses the pushes, and the copy is tried
-# again (time lost, nothing else); asked late, a copy given up whose
-# target was not told stays a copy nobody counts on, neither stale nor a
-# replica, that long.
+# the copy is marked stale and refuses the primary's next ENTRIES and
+# pushes, so the copy fails and is tried again (time lost; a stale copy
+# is never promoted); asked late, a copy given up whose target was not
+# told stays a copy nobody counts on, neither stale nor a replica, that
+# long.
 JOINING_SWEEP = 30.0
 # s between two sweeps: a copy is looked at within this of its coming of
 # age (a sweep walks the chunks held here, asking the master nothing
@@ -302,6 +303,15 @@ class ControlMixin:
             if c is None:
                 raise exception.NotFound(kind='chunk replica',
                                          name='%s/%d' % (vol, idx))
+            if c.stale:
+                # Only a copy's primary asks (chunkserver/rebuild.py): a
+                # copy marked stale since its first ENTRIES (the master
+                # did not count on it yet: the joining-copy sweep) is
+                # not to be made a replica; the copy fails, and is tried
+                # again.
+                raise exception.StaleReplica(
+                    reason='the copy of chunk %s/%d on this server is '
+                           'stale; copy it again' % (vol, idx))
             conn.send(control.encode_entries_ok(
                 frame.req_id, c.epoch, self.store.blocks_in_use(c),
                 self.store.entry_tables(c, first, count)))

@@ -137,7 +137,10 @@ class RebuildMixin:
             except exception.Conflict as e2:
                 # Not joining at the master (the join failed, or another
                 # change gave it up): the target took its copy for a
-                # joining one at the first ENTRIES all the same.
+                # joining one at the first ENTRIES all the same.  (Should
+                # the planner have started a new copy to it meanwhile,
+                # that one fails at its next ENTRIES and is tried again:
+                # a stale copy is never promoted.)
                 view = self.authority.current(vol, idx)
                 if view is not None and target not in view.replicas and \
                         target not in view.joining:

@@ -36,12 +36,14 @@ master_opts = [
                  help='Seconds without a heartbeat after which a chunk '
                       'server is marked down.'),
     cfg.FloatOpt('server_startup_timeout', default=60.0, min=0.5,
-                 help='Seconds a chunk server gets to send its first '
-                      'heartbeat to a master that has just started or been '
-                      'elected, before it is marked down (at least '
-                      'server_timeout).  After a cold start of the whole '
-                      'cluster the chunk servers boot after the master: '
-                      'the last one keeps its replicas while it boots.'),
+                 help='After a cold start of the whole cluster (no chunk '
+                      'server had sent a heartbeat for server_timeout when '
+                      'this master took over), seconds a chunk server it '
+                      'has not heard yet gets before it is marked down (at '
+                      'least server_timeout): the chunk servers boot after '
+                      'the master, and the last one keeps its replicas '
+                      'while it boots.  After a master restart or failover '
+                      'every server is judged by server_timeout.'),
     cfg.FloatOpt('replica_grace', default=600.0, min=0.0,
                  help='Seconds a chunk server may be down before the '
                       'chunks it held are copied to other servers (a chunk '

@@ -87,11 +87,12 @@ class MasterService:
         self.renew_deadline = renew_deadline
         self.elector = None
         self.server_timeout = server_timeout
-        # A server not heard since this master began judging (it started,
-        # or was elected) gets this long (see store.mark_down).
+        # After a cold start (see _take_over), a server this master has
+        # not heard yet is judged only once this is over (monotonic).
         self.server_startup_timeout = max(server_startup_timeout,
                                           server_timeout)
-        self._judging_since = None
+        self._booting_until = None
+        self._heard = set()     # servers heard since this master leads
         self.replica_grace = replica_grace
         self.repair_interval = repair_interval
         self.repair_per_server = repair_per_server
@@ -329,7 +330,7 @@ class MasterService:
                 primaries = []
                 self._live -= set(await self.db(
                     self.store.mark_down, self.server_timeout, primaries,
-                    self._judging_since, self.server_startup_timeout))
+                    self._judged()))
                 if primaries:
                     self.resync_soon()
                 if time.monotonic() >= next_sweep:
@@ -340,6 +341,17 @@ class MasterService:
                         await self.gc(vid)
             except Exception:  # noqa: BLE001 - keep watching
                 LOG.exception('Checking chunk server heartbeats failed')
+
+    def _judged(self):
+        """The servers whose silence counts (None: every one): after a
+        cold start, until server_startup_timeout is over, only those
+        heard since."""
+        if self._booting_until is None:
+            return None
+        if time.monotonic() >= self._booting_until:
+            self._booting_until = None
+            return None
+        return set(self._heard)
 
     async def _deaf(self):
         """Whether this master hears no chunk server while several are
@@ -382,12 +394,27 @@ class MasterService:
         a master does once it leads, snapshot creations waiting)."""
         # Judge only silence observed from now on: the chunk servers sent
         # their heartbeats to the previous leader, or to nobody during the
-        # election, or were down with the whole cluster (a cold start:
-        # they boot after this master, and get server_startup_timeout).
+        # election.  When none had beaten for server_timeout, the whole
+        # cluster is starting (a cold start): the servers boot after this
+        # master, one by one, and the last must not be stripped of every
+        # replica it holds for booting slowly, so those not heard yet get
+        # server_startup_timeout.  (After a restart or a failover the
+        # others beat within a heartbeat, and one that died meanwhile is
+        # judged by server_timeout as usual: snapshots wait for it.)
+        self._heard = set()
+        self._booting_until = None
         try:
-            self._judging_since = await self.db(self.store.reset_heartbeats)
+            newest = await self.db(self.store.reset_heartbeats)
         except Exception as e:  # noqa: BLE001 - the loop goes on
             LOG.warning('Resetting heartbeats failed: %s', e)
+        else:
+            if newest is not None and \
+                    time.time() - newest > self.server_timeout:
+                self._booting_until = (time.monotonic()
+                                       + self.server_startup_timeout)
+                LOG.info('No chunk server sent a heartbeat for %.0f s: a '
+                         'cold start; each is given %.0f s to report',
+                         time.time() - newest, self.server_startup_timeout)
         # The drops the previous master had still to tell with their
         # servers' next heartbeats died with it: every server dropped
         # from a chunk is told again (one that knows already ignores it).
@@ -651,6 +678,7 @@ class MasterService:
     def seen(self, server_id, lost_cache=False):
         """A chunk server registered or sent a heartbeat; ``lost_cache``:
         it restarted after its machine crashed."""
+        self._heard.add(server_id)
         if lost_cache:
             self._lost_cache.add(server_id)
         if server_id not in self._lost_cache:

@@ -179,44 +179,41 @@ class ServerRecords:
 
     def reset_heartbeats(self):
         """At master start: judge only silence observed from now on, so a
-        restart of the master (or of the whole cluster) drops nobody.
-        Returns the time set (see :meth:`mark_down`)."""
+        restart of the master drops nobody.  Returns the last heartbeat
+        recorded before (None: no server up): whether the chunk servers
+        were beating until now (a master restart or failover) or had all
+        stopped (a cold start of the whole cluster)."""
         t = models.chunkservers
-        now = time.time()
         with self.begin() as conn:
+            newest = conn.execute(sa.select(sa.func.max(t.c.last_seen)).where(
+                t.c.state == 'up')).scalar()
             conn.execute(t.update().where(t.c.state == 'up').values(
-                last_seen=now))
-        return now
+                last_seen=time.time()))
+        return newest
 
-    def mark_down(self, timeout, primaries=None, unheard_since=None,
-                  unheard_timeout=None):
+    def mark_down(self, timeout, primaries=None, judged=None):
         """Mark servers silent for more than ``timeout`` s down (the
-        chunks whose primary one was are appended to ``primaries``).
-
-        A server not heard since ``unheard_since`` (when this master
-        began judging: :meth:`reset_heartbeats`) gets ``unheard_timeout``
-        s from then instead: after a cold start of the whole cluster the
-        chunk servers boot after the master, one by one, and the last
-        must not be stripped of every replica it holds for booting
-        slowly."""
+        chunks whose primary one was are appended to ``primaries``);
+        ``judged`` (server ids; None: all): only those may be (after a
+        cold start the master gives the servers it has not heard yet
+        longer to boot)."""
         t = models.chunkservers
         now = time.time()
-        limit = now - timeout
-        silent = sa.and_(t.c.state == 'up', t.c.last_seen < limit)
-        if unheard_since is not None and unheard_timeout is not None \
-                and now - unheard_since < unheard_timeout:
-            silent = sa.and_(silent, t.c.last_seen > unheard_since)
+        silent = sa.and_(t.c.state == 'up', t.c.last_seen < now - timeout)
+        if judged is not None:
+            silent = sa.and_(silent, t.c.id.in_(sorted(judged)))
         with self.begin() as conn:
-            rows = conn.execute(sa.select(t.c.id, t.c.address, t.c.port).where(
-                silent)).all()
+            rows = conn.execute(sa.select(
+                t.c.id, t.c.address, t.c.port, t.c.last_seen).where(
+                    silent)).all()
             for r in rows:
                 conn.execute(t.update().where(t.c.id == r.id).values(
                     state='down', down_since=time.time()))
                 dropped = self._drop_server_replicas(conn, r.id, primaries)
-                LOG.warning('Chunk server %d (%s:%d) missed its heartbeats '
+                LOG.warning('Chunk server %d (%s:%d) sent no heartbeat '
                             'for %d s: marked down and dropped from %d '
                             'replica set(s)', r.id, r.address, r.port,
-                            timeout, dropped)
+                            now - r.last_seen, dropped)
         return [r.id for r in rows]
 
     def _failed(self, conn, server_id, address, port, failure, news=True,

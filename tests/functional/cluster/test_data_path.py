@@ -132,6 +132,9 @@ def test_restart_of_everything_keeps_every_volume_and_byte(shaped_cluster,
     cluster.kill_master()
     for i in list(cluster.cs_procs):
         cluster.kill_chunkserver(i)
+    # Down for longer than server_timeout, as a whole cluster restarting
+    # is: the master takes it for a cold start.
+    time.sleep(cluster.server_timeout + 0.5)
     cluster.start_master()
     for i in range(cluster.n):
         if i == cluster.n - 1:

@@ -102,3 +102,35 @@ def test_a_copy_a_forwarded_write_made_joining_just_now_is_left(tmp_path):
         assert not st.held(VOL, 0).stale
     finally:
         st.close()
+
+
+class _Conn:
+    master_term = None
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, frame):
+        self.sent.append(frame)
+
+
+def _entries(server, idx):
+    from cinder_ursa.protocol import codec
+    from cinder_ursa.protocol import control
+    frame = codec.FrameDecoder().feed(control.encode_entries(
+        5, VOL, idx, 0, 1))[0]
+    conn = _Conn()
+    server._control(conn, frame, None, True)
+    return control.decode_entries_ok(
+        codec.FrameDecoder().feed(conn.sent[0])[0].body)
+
+
+def test_a_copy_swept_stale_refuses_its_primarys_comparison(server):
+    """Swept stale while its primary was still to record the join (a
+    master failover): the primary's next ENTRIES is refused, so the copy
+    fails and is tried again, and a stale copy is never promoted."""
+    from cinder_ursa import exception
+    assert _entries(server, 0)[0] == 1          # joining: compared
+    server.store.mark_stale(VOL, 0)
+    with pytest.raises(exception.StaleReplica, match='copy it again'):
+        _entries(server, 0)

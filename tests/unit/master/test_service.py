@@ -427,3 +427,45 @@ def test_a_new_leader_tells_every_dropped_server_again(service):
     run(service._take_over(True))
     for sid, drops in dropped.items():
         assert sorted(service.take_drops(sid)) == sorted(drops)
+
+
+def test_after_a_cold_start_servers_not_heard_yet_are_given_time(service):
+    """No server beat for server_timeout before this master took over:
+    the whole cluster is starting, and those not heard yet are judged
+    only after server_startup_timeout; one heard is judged as usual,
+    and so is everyone once that time is over."""
+    service.server_timeout = 3.0
+    service.server_startup_timeout = 60.0
+    _heard_ago(service.store, {1: 30.0, 2: 30.0, 3: 30.0})
+    run(service._take_over(False))
+    assert service._judged() == set()
+    service.seen(2)
+    assert service._judged() == {2}
+    service._booting_until = time.monotonic() - 1
+    assert service._judged() is None
+
+
+def test_after_a_failover_every_server_is_judged_as_usual(service):
+    """The servers were beating until the take-over (a master restart or
+    failover): one that died meanwhile is judged by server_timeout."""
+    service.server_timeout = 3.0
+    _heard_ago(service.store, {1: 1.0, 2: 0.5, 3: 2.0})
+    run(service._take_over(True))
+    assert service._judged() is None
+
+
+def test_the_deaf_masters_reset_does_not_end_the_startup_time(service):
+    """A cold start where no server reports for two thirds of
+    server_timeout: the master takes itself for deaf, then resets every
+    heartbeat when one is heard; the others still have their time."""
+    service.server_timeout = 3.0
+    _heard_ago(service.store, {1: 30.0, 2: 30.0, 3: 30.0})
+    run(service._take_over(False))
+    _heard_ago(service.store, {1: 5.0, 2: 5.0, 3: 5.0})
+    assert run(service._deaf())
+    service.store.heartbeat(1, 1, 0, 1)
+    service.seen(1)
+    assert not run(service._deaf())         # resets every heartbeat
+    _heard_ago(service.store, {1: 0.0, 2: 4.0, 3: 4.0})
+    assert service.store.mark_down(service.server_timeout, None,
+                                   service._judged()) == []

@@ -264,22 +264,27 @@ def test_servers_marked_down(store):
     assert servers['uuid-1']['down_since'] > 0
 
 
-def test_a_server_not_heard_since_a_master_start_gets_the_startup_timeout(
-        store):
-    """A cold start: the master judges from its start; a server that
-    booted and beat since is judged by server_timeout, one still booting
-    by the startup timeout (then by server_timeout's silence too)."""
+def test_only_the_servers_judged_are_marked_down(store):
+    """``judged``: the servers whose silence counts (after a cold start,
+    those heard since); None: every one."""
     import time
     booted, booting = add_servers(store, 2)
-    since = store.reset_heartbeats()
-    time.sleep(0.02)
-    store.heartbeat(booted, 1, 0, 1)
+    store.reset_heartbeats()
     time.sleep(0.06)
-    assert store.mark_down(0.04, None, since, 3600) == [booted]
+    assert store.mark_down(0.04, None, judged=set()) == []
+    assert store.mark_down(0.04, None, judged={booted}) == [booted]
     assert {s['id']: s['state'] for s in store.list_servers()} == {
         booted: 'down', booting: 'up'}
-    # The startup timeout over: silence since the start counts.
-    assert store.mark_down(0.04, None, since, 0.05) == [booting]
+    assert store.mark_down(0.04, None, judged=None) == [booting]
+
+
+def test_resetting_heartbeats_says_when_the_last_one_came(store):
+    import time
+    assert store.reset_heartbeats() is None         # no server up
+    add_servers(store, 2)
+    before = time.time()
+    newest = store.reset_heartbeats()
+    assert newest is not None and before - 5 < newest <= before
 
 
 def test_a_down_server_leaves_every_replica_set(store):
