@@ -46,7 +46,6 @@ Needs root (namespaces, FUSE), iproute2, nftables, fio, /dev/fuse.
 import argparse
 import collections
 import contextlib
-import glob
 import hashlib
 import json
 import logging
@@ -70,6 +69,7 @@ from cinder_ursa.protocol.chunkfile import DATA
 from cinder_ursa.protocol.chunkfile import ENTRY
 from cinder_ursa.protocol.chunkfile import decode_entries
 from tests.fixtures import faultydisk
+from tests.fixtures import logs
 from tests.fixtures import netns
 from tests.fixtures import powerloss
 from tests.fixtures.cluster import replica_sets
@@ -808,8 +808,6 @@ class Chaos:
         """What the logs of the cluster's processes say of the chunks
         ``problems`` name (the last ``lines`` lines each): the workdir of
         a run in CI is gone once the failure is reported."""
-        logs = sorted(glob.glob(os.path.join(self.cluster.data_dir,
-                                             '*.log')))
         out = []
         for p in problems:
             if p.get('volume_id') is None or p.get('index') is None:
@@ -819,12 +817,10 @@ class Chaos:
                 re.escape(p['volume_id']), re.escape(p.get('volume') or
                                                      p['volume_id']),
                 p['index']))
-            found = []
-            for path in logs:
-                with open(path, errors='replace') as f:
-                    found.extend('%s: %s' % (os.path.basename(path),
-                                             line.rstrip())
-                                 for line in f if named.search(line))
+            found = ['%s: %s' % (os.path.basename(path), line)
+                     for path, lines in logs.matching(
+                         self.cluster.data_dir, named.search)
+                     for line in lines]
             found.sort(key=lambda line: line.split(': ', 1)[1][:23])
             out.append('history of chunk %s:\n%s' % (
                 needle, '\n'.join(found[-lines:])))

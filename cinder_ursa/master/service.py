@@ -148,10 +148,10 @@ class MasterService:
             # known).
             self.store.guard = self._guard
 
-    def _start_loops(self, elected=False):
+    def _start_loops(self):
         loop = asyncio.get_running_loop()
         self._swept = asyncio.Event()
-        self._monitor = loop.create_task(self._watch_servers(elected))
+        self._monitor = loop.create_task(self._watch_servers())
         self._repairer = loop.create_task(self._repair_loop())
 
     def _stop_loops(self):
@@ -188,7 +188,7 @@ class MasterService:
 
     def _elected(self, term, previous):
         self.chunkservers.new_term(term)
-        self._start_loops(elected=True)
+        self._start_loops()
         # Every chunk server learns the term now, not at its next
         # heartbeat: from then on it refuses a deposed leader still at
         # work (paused past its lease, then woken).
@@ -312,11 +312,11 @@ class MasterService:
         return await self.chunkservers.broadcast(
             await self.up_servers(), make_frame, timeout)
 
-    async def _watch_servers(self, elected=False):
+    async def _watch_servers(self):
         interval = max(self.server_timeout / 3.0, 0.2)
         next_sweep = 0.0
         try:
-            await self._take_over(elected)
+            await self._take_over()
         finally:
             self._swept.set()
         # The resyncs the previous master had not done (the chunks stay
@@ -389,7 +389,7 @@ class MasterService:
                       self.server_timeout * 2.0 / 3.0)
         return True
 
-    async def _take_over(self, elected):
+    async def _take_over(self):
         """Settle what the master that ran before left (the first thing
         a master does once it leads, snapshot creations waiting)."""
         # Judge only silence observed from now on: the chunk servers sent

@@ -7,7 +7,6 @@ start it exactly as operators do.  Every process is stopped (and killed
 if it does not stop) when the test ends.
 """
 
-import glob
 import os
 
 import pytest
@@ -15,12 +14,13 @@ import pytest
 from cinder_ursa.cmd.allinone import AllInOne
 from tests.fixtures import cluster as cluster_fixtures
 from tests.fixtures import faultydisk
+from tests.fixtures import logs
 from tests.fixtures import netns
 from tests.fixtures import powerloss
 from tests.fixtures.processes import free_port_base
 from tests.fixtures.services import unavailable
 
-# A chunk server not heard since the master started or was elected is
+# After a cold start, a chunk server the master has not heard yet is
 # marked down after this long (server_timeout otherwise): the tests that
 # restart everything start the chunk servers one by one on a loaded
 # machine.
@@ -42,11 +42,9 @@ def log_excerpt(dirs, lines=LOG_LINES):
     the clusters in ``dirs``."""
     out = []
     for d in dirs:
-        for path in sorted(glob.glob(os.path.join(d, '*.log'))):
-            with open(path, errors='replace') as f:
-                bad = [line.rstrip() for line in f
-                       if ' WARNING ' in line or ' ERROR ' in line
-                       or 'Traceback' in line]
+        for path, bad in logs.matching(d, lambda line: (
+                ' WARNING ' in line or ' ERROR ' in line
+                or 'Traceback' in line)):
             if bad:
                 out.append('== %s (last %d of %d)' % (
                     path, min(lines, len(bad)), len(bad)))

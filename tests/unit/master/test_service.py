@@ -424,7 +424,7 @@ def test_a_new_leader_tells_every_dropped_server_again(service):
         dropped.setdefault(sid, []).append([vid, c['index'],
                                             after['epoch']])
     assert all(service.take_drops(sid) == [] for sid in dropped)
-    run(service._take_over(True))
+    run(service._take_over())
     for sid, drops in dropped.items():
         assert sorted(service.take_drops(sid)) == sorted(drops)
 
@@ -437,7 +437,7 @@ def test_after_a_cold_start_servers_not_heard_yet_are_given_time(service):
     service.server_timeout = 3.0
     service.server_startup_timeout = 60.0
     _heard_ago(service.store, {1: 30.0, 2: 30.0, 3: 30.0})
-    run(service._take_over(False))
+    run(service._take_over())
     assert service._judged() == set()
     service.seen(2)
     assert service._judged() == {2}
@@ -450,7 +450,7 @@ def test_after_a_failover_every_server_is_judged_as_usual(service):
     failover): one that died meanwhile is judged by server_timeout."""
     service.server_timeout = 3.0
     _heard_ago(service.store, {1: 1.0, 2: 0.5, 3: 2.0})
-    run(service._take_over(True))
+    run(service._take_over())
     assert service._judged() is None
 
 
@@ -460,7 +460,7 @@ def test_the_deaf_masters_reset_does_not_end_the_startup_time(service):
     heartbeat when one is heard; the others still have their time."""
     service.server_timeout = 3.0
     _heard_ago(service.store, {1: 30.0, 2: 30.0, 3: 30.0})
-    run(service._take_over(False))
+    run(service._take_over())
     _heard_ago(service.store, {1: 5.0, 2: 5.0, 3: 5.0})
     assert run(service._deaf())
     service.store.heartbeat(1, 1, 0, 1)
