@@ -67,7 +67,8 @@ def test_a_changed_ticket_has_another_session_key():
     b'\x02' + _raw()[1:],                     # unknown version
     _raw()[:1] + b'\0' + _raw()[2:],           # no rights
     _raw()[:-5] + b'\x04\xff\xfe\xfd\xfc',     # host not UTF-8
-])
+], ids=['empty', 'garbage', 'short', 'long', 'version', 'no-rights',
+        'host-not-utf8'])
 def test_malformed_tickets_are_refused(raw):
     with pytest.raises(exception.ProtocolError):
         tickets.decode(raw)
