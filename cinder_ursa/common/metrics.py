@@ -30,8 +30,8 @@ import collections
 import logging
 import threading
 
-from oslo_config import cfg
 import prometheus_client as prom
+from oslo_config import cfg
 from prometheus_client import core as prom_core
 
 from cinder_ursa import exception
