@@ -2,6 +2,7 @@
 list|show|maintenance|drain``: the cluster as a whole and its chunk
 servers."""
 
+import argparse
 import time
 
 from cliff import lister
@@ -13,10 +14,57 @@ from cinder_ursa.common import units
 
 class ClusterStatus(show.ShowOne):
     """Show the health, servers and capacity of the cluster, and its
-    masters: the leader, its term and the standbys.
-    Example: ursa cluster status -f json"""
+    masters: the leader, its term and the standbys.  With --watch, a live
+    view refreshed in place until Ctrl-C.
+    Example: ursa cluster status -f json; ursa cluster status --watch"""
+
+    # The terminal's "cursor home, clear screen", before each refresh.
+    CLEAR = '\x1b[H\x1b[2J'
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('--watch', nargs='?', type=_interval, const=2.0,
+                       metavar='SECONDS',
+                       help='Refresh the view in place every SECONDS '
+                            '(default 2) until interrupted (Ctrl-C).')
+        return p
 
     def take_action(self, args):
+        return self._status()
+
+    def run(self, parsed_args):
+        if getattr(parsed_args, 'watch', None) is None:
+            return super().run(parsed_args)
+        parsed_args = self._run_before_hooks(parsed_args)
+        self.formatter = self._formatter_plugins[parsed_args.formatter].obj
+        return self._watch(parsed_args)
+
+    def _watch(self, args):
+        """Print the view at every refresh, after clearing the screen,
+        until Ctrl-C; a master that does not answer is shown as an error
+        and asked again at the next refresh."""
+        out = self.app.stdout
+        try:
+            while True:
+                try:
+                    view = self._status()
+                except Exception as e:  # noqa: BLE001 - the view goes on
+                    view = e
+                out.write(self.CLEAR + time.strftime(
+                    'ursa cluster status, every %g s (Ctrl-C to stop)  '
+                    '%%Y-%%m-%%d %%H:%%M:%%S\n' % args.watch))
+                if isinstance(view, Exception):
+                    out.write('error: %s (asking again in %g s)\n'
+                              % (view, args.watch))
+                else:
+                    self.produce_output(args, *view)
+                out.flush()
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            out.write('\n')
+        return 0
+
+    def _status(self):
         st = self.app.master().cluster_status()
         row = {
             'health': st['health'],
@@ -85,6 +133,18 @@ def _scrub_rows(sc):
             'light_blocks_made_identical', 0),
         'scrub_errors': '; '.join(sc.get('errors') or []) or '-',
     }
+
+
+def _interval(text):
+    """--watch's SECONDS: a number of at least 0.1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('not a number: %r' % text)
+    if not 0.1 <= v <= 86400:
+        raise argparse.ArgumentTypeError(
+            'the refresh interval must be between 0.1 and 86400 s')
+    return v
 
 
 def _duration(seconds):
