@@ -61,8 +61,6 @@ class Attachments(DriverPart):
                 data=_('ursa-attach on %(host)s could not expose %(vol)s: '
                        '%(err)s') % {'host': host, 'vol': volume.name,
                                      'err': att.get('error')})
-        LOG.info('Volume %(vol)s attached to %(host)s at %(path)s',
-                 {'vol': volume.name, 'host': host, 'path': att['path']})
         return {'driver_volume_type': 'local',
                 'data': {'device_path': att['path'],
                          'ursa_volume': volume.name,
@@ -72,6 +70,8 @@ class Attachments(DriverPart):
                          'nbd_export': export_name(volume.name, att)}}
 
     def detach_all(self, volume, connector):
+        """Detach from the connector's host, or (force detach, no
+        connector) from every host; the hosts it was attached to."""
         with translated('Detaching %s' % volume.name, volume=volume):
             if connector and connector.get('host'):
                 hosts = [connector['host']]
@@ -80,6 +80,7 @@ class Attachments(DriverPart):
                          self._master.attachments(volume.name)]
             for host in hosts:
                 self.detach(volume, host)
+        return hosts
 
     def detach(self, volume, host):
         try:
@@ -91,8 +92,8 @@ class Attachments(DriverPart):
             try:
                 self._master.attachment(volume.name, host)
             except exception.NotFound:
-                LOG.info('Volume %(vol)s detached from %(host)s',
-                         {'vol': volume.name, 'host': host})
+                LOG.debug('Volume %(vol)s detached from %(host)s',
+                          {'vol': volume.name, 'host': host})
                 return
             time.sleep(0.2)
         # The host did not let go: fence it, so it can never write again.

@@ -46,6 +46,7 @@ from cinder_ursa.transport import http
 from cinder_ursa.volume import attachments
 from cinder_ursa.volume import images
 from cinder_ursa.volume import manageable
+from cinder_ursa.volume.common import Operation
 from cinder_ursa.volume.common import gib
 from cinder_ursa.volume.common import snap_ref
 from cinder_ursa.volume.common import translated
@@ -263,60 +264,90 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         if qos:
             self._master.set_qos(volume.name, qos)
 
+    # Each Cinder call is one :class:`Operation`: one log line with the
+    # Cinder ids, the Ursa names and the time it took.
+
+    @staticmethod
+    def _op(verb, done, what, volume=None, snapshot=None, **args):
+        """An :class:`Operation` of the driver's log; ``volume`` and
+        ``snapshot`` give the %(volume_id)s, %(volume)s (its Ursa name),
+        %(snapshot_id)s and %(snapshot)s (its Ursa name) of ``what``."""
+        if volume is not None:
+            args.update(volume_id=volume.id, volume=volume.name)
+        if snapshot is not None:
+            args.update(snapshot_id=snapshot.id, snapshot=snap_ref(snapshot))
+        return Operation(LOG, verb, done, what, **args)
+
     def create_volume(self, volume):
-        with translated('Creating volume %s' % volume.name):
+        with self._op('create', 'Created', 'volume %(volume_id)s as Ursa '
+                      'volume %(volume)s (%(size)s GiB)', volume,
+                      size=volume.size), \
+                translated('Creating volume %s' % volume.name):
             self._master.create_volume(volume.name, volume.size * units.Gi,
                                        qos=self._qos(volume) or None,
                                        multiattach=self._multiattach(volume),
                                        **self._create_args())
-        LOG.info('Created Ursa volume %(name)s (%(size)d GiB)',
-                 {'name': volume.name, 'size': volume.size})
 
     def delete_volume(self, volume):
-        try:
-            with translated('Deleting volume %s' % volume.name,
-                            volume=volume):
-                self._master.delete_volume(volume.name)
-        except cinder_exc.VolumeNotFound:
-            LOG.info('Ursa volume %s is already gone', volume.name)
+        with self._op('delete', 'Deleted', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s)', volume) as op:
+            try:
+                with translated('Deleting volume %s' % volume.name,
+                                volume=volume):
+                    self._master.delete_volume(volume.name)
+            except cinder_exc.VolumeNotFound:
+                op.note = 'the Ursa volume was already gone'
 
     def extend_volume(self, volume, new_size):
-        with translated('Extending volume %s' % volume.name, volume=volume):
+        with self._op('extend', 'Extended', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s) to %(size)s GiB', volume, size=new_size), \
+                translated('Extending volume %s' % volume.name,
+                           volume=volume):
             self._master.grow(volume.name, new_size * units.Gi)
-        LOG.info('Extended Ursa volume %(name)s to %(size)d GiB',
-                 {'name': volume.name, 'size': new_size})
 
     def create_snapshot(self, snapshot):
-        with translated('Snapshot %s' % snapshot.name,
-                        volume=snapshot.volume):
+        with self._op('create', 'Created', 'snapshot %(snapshot_id)s of '
+                      'volume %(volume_id)s as Ursa snapshot %(snapshot)s',
+                      snapshot=snapshot, volume_id=snapshot.volume_id), \
+                translated('Snapshot %s' % snapshot.name,
+                           volume=snapshot.volume):
             self._master.create_snapshot(snapshot.volume_name, snapshot.name)
 
     def delete_snapshot(self, snapshot):
-        try:
-            with translated('Deleting snapshot %s' % snapshot.name,
-                            snapshot=snapshot):
-                self._master.delete_snapshot(snap_ref(snapshot))
-        except cinder_exc.SnapshotNotFound:
-            LOG.info('Ursa snapshot %s is already gone', snap_ref(snapshot))
+        with self._op('delete', 'Deleted', 'snapshot %(snapshot_id)s (Ursa '
+                      '%(snapshot)s)', snapshot=snapshot) as op:
+            try:
+                with translated('Deleting snapshot %s' % snapshot.name,
+                                snapshot=snapshot):
+                    self._master.delete_snapshot(snap_ref(snapshot))
+            except cinder_exc.SnapshotNotFound:
+                op.note = 'the Ursa snapshot was already gone'
 
     def retype(self, context, volume, new_type, diff, host):
         """Same backend: the QoS limits change in place (open clients
         adopt them within a lease renewal), and so does multiattach (while
         the volume is detached, as Cinder requires)."""
-        qos = self._qos_of_type(new_type['id'] if new_type else None)
-        specs = (new_type or {}).get('extra_specs') or {}
-        multi = specs.get('multiattach', '').replace(' ', '').lower() == \
-            '<is>true'
-        with translated('Retyping %s' % volume.name, volume=volume):
-            self._master.update_volume(volume.name, qos=qos,
-                                       multiattach=multi)
-        LOG.info('Volume %(vol)s retyped: QoS limits %(qos)s',
-                 {'vol': volume.name, 'qos': qos or 'none'})
+        with self._op('retype', 'Retyped', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s) to type %(type)s', volume,
+                      type=(new_type or {}).get('name')) as op:
+            qos = self._qos_of_type(new_type['id'] if new_type else None)
+            specs = (new_type or {}).get('extra_specs') or {}
+            multi = specs.get('multiattach', '').replace(' ', '').lower() \
+                == '<is>true'
+            with translated('Retyping %s' % volume.name, volume=volume):
+                self._master.update_volume(volume.name, qos=qos,
+                                           multiattach=multi)
+            op.note = 'QoS limits %s, multiattach %s' % (qos or 'none',
+                                                         multi)
         return True, None
 
     def revert_to_snapshot(self, context, volume, snapshot):
-        with translated('Reverting %s to %s' % (volume.name, snapshot.name),
-                        volume=volume):
+        with self._op('revert', 'Reverted', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s) to snapshot %(snapshot_id)s (Ursa '
+                      '%(snapshot)s)', volume, snapshot), \
+                translated('Reverting %s to %s' % (volume.name,
+                                                   snapshot.name),
+                           volume=volume):
             self._master.revert(volume.name, snapshot.name)
 
     def _depth(self, name):
@@ -358,9 +389,13 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             cluster.flatten(name, progress=progress, rate=rate)
 
     def create_volume_from_snapshot(self, volume, snapshot):
-        with translated('Creating %s from snapshot %s' % (volume.name,
-                                                           snapshot.name),
-                        snapshot=snapshot):
+        with self._op('create', 'Created', 'volume %(volume_id)s as Ursa '
+                      'volume %(volume)s (%(size)s GiB) from snapshot '
+                      '%(snapshot_id)s (Ursa %(snapshot)s)', volume,
+                      snapshot, size=volume.size), \
+                translated('Creating %s from snapshot %s' % (volume.name,
+                                                              snapshot.name),
+                           snapshot=snapshot):
             self._clone(snap_ref(snapshot), snapshot.volume_name, volume)
 
     def create_cloned_volume(self, volume, src_vref):
@@ -369,8 +404,13 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         # source.
         snap = 'clone-%s' % volume.id
         ref = '%s@%s' % (src_vref.name, snap)
-        with translated('Cloning %s into %s' % (src_vref.name, volume.name),
-                        volume=src_vref):
+        with self._op('clone', 'Cloned', 'volume %(source_id)s (Ursa '
+                      '%(source)s) as volume %(volume_id)s (Ursa %(volume)s, '
+                      '%(size)s GiB)', volume, size=volume.size,
+                      source_id=src_vref.id, source=src_vref.name), \
+                translated('Cloning %s into %s' % (src_vref.name,
+                                                   volume.name),
+                           volume=src_vref):
             self._master.create_snapshot(src_vref.name, snap)
             try:
                 self._clone(ref, src_vref.name, volume)
@@ -392,47 +432,98 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
     # --- attach (:mod:`.attachments`) -----------------------------------
 
     def initialize_connection(self, volume, connector, initiator_data=None):
-        return self._attachments.attach(volume, connector)
+        with self._op('attach', 'Attached', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s) to host %(host)s', volume,
+                      host=(connector or {}).get('host')) as op:
+            conn = self._attachments.attach(volume, connector)
+            op.note = 'at %s' % conn['data']['device_path']
+        return conn
 
     def terminate_connection(self, volume, connector, **kwargs):
-        self._attachments.detach_all(volume, connector)
+        host = (connector or {}).get('host')
+        with self._op('detach', 'Detached', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s) from %(host)s', volume,
+                      host='host %s' % host if host else 'every host') as op:
+            hosts = self._attachments.detach_all(volume, connector)
+            if not host:
+                op.note = 'it was attached to %s' % (
+                    ', '.join(hosts) or 'none')
 
     # --- images (:mod:`.images`) -----------------------------------------
 
     def copy_image_to_volume(self, context, volume, image_service, image_id,
                              disable_sparse=False):
-        self._images.copy_to_volume(context, volume, image_service, image_id)
+        with self._op('copy', 'Copied', 'image %(image)s into volume '
+                      '%(volume_id)s (Ursa %(volume)s, %(size)s GiB)',
+                      volume, image=image_id, size=volume.size):
+            self._images.copy_to_volume(context, volume, image_service,
+                                        image_id)
 
     def copy_volume_to_image(self, context, volume, image_service,
                              image_meta):
-        self._images.copy_to_image(context, volume, image_service, image_meta)
+        with self._op('copy', 'Copied', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s, %(size)s GiB) to image %(image)s', volume,
+                      image=image_meta.get('id'), size=volume.size):
+            self._images.copy_to_image(context, volume, image_service,
+                                       image_meta)
 
     def clone_image(self, context, volume, image_location, image_meta,
                     image_service):
-        return self._images.clone(context, volume, image_location,
-                                  image_meta, image_service)
+        if not self.configuration.ursa_image_cache:
+            return None, False  # nothing done on the cluster: no line
+        with self._op('clone', 'Cloned', 'image %(image)s into volume '
+                      '%(volume_id)s (Ursa %(volume)s, %(size)s GiB)',
+                      volume, image=image_meta.get('id'),
+                      size=volume.size) as op:
+            result = self._images.clone(context, volume, image_location,
+                                        image_meta, image_service)
+            if not result[1]:
+                op.done = 'Did not clone'
+                op.note = 'Cinder copies the image instead'
+        return result
 
     # --- manage / unmanage (:mod:`.manageable`) -------------------------
 
     def manage_existing(self, volume, existing_ref):
-        self._manageable.manage(volume, existing_ref)
+        with self._op('manage', 'Managed', 'Ursa volume %(ref)s as volume '
+                      '%(volume_id)s (Ursa name %(volume)s)', volume,
+                      ref=manageable.ref_name(existing_ref)):
+            self._manageable.manage(volume, existing_ref)
 
     def manage_existing_get_size(self, volume, existing_ref):
-        return self._manageable.size(volume, existing_ref)
+        with self._op('size', 'Sized', 'Ursa volume %(ref)s for volume '
+                      '%(volume_id)s', volume,
+                      ref=manageable.ref_name(existing_ref)) as op:
+            size = self._manageable.size(volume, existing_ref)
+            op.note = '%d GiB' % size
+        return size
 
     def unmanage(self, volume):
-        LOG.info('Ursa volume %s is no longer managed by Cinder; it keeps '
-                 'its name and data', volume.name)
+        with self._op('unmanage', 'Unmanaged', 'volume %(volume_id)s (Ursa '
+                      '%(volume)s)', volume) as op:
+            op.note = 'the Ursa volume keeps its name and data'
 
     def manage_existing_snapshot(self, snapshot, existing_ref):
-        self._manageable.manage_snapshot(snapshot, existing_ref)
+        with self._op('manage', 'Managed', 'Ursa snapshot %(ref)s as '
+                      'snapshot %(snapshot_id)s (Ursa name %(snapshot)s)',
+                      snapshot=snapshot, ref='%s@%s' % (
+                          snapshot.volume_name,
+                          manageable.ref_name(existing_ref))):
+            self._manageable.manage_snapshot(snapshot, existing_ref)
 
     def manage_existing_snapshot_get_size(self, snapshot, existing_ref):
-        return self._manageable.snapshot_size(snapshot, existing_ref)
+        with self._op('size', 'Sized', 'Ursa snapshot %(ref)s for snapshot '
+                      '%(snapshot_id)s', snapshot=snapshot, ref='%s@%s' % (
+                          snapshot.volume_name,
+                          manageable.ref_name(existing_ref))) as op:
+            size = self._manageable.snapshot_size(snapshot, existing_ref)
+            op.note = '%d GiB' % size
+        return size
 
     def unmanage_snapshot(self, snapshot):
-        LOG.info('Ursa snapshot %s is no longer managed by Cinder',
-                 snap_ref(snapshot))
+        with self._op('unmanage', 'Unmanaged', 'snapshot %(snapshot_id)s '
+                      '(Ursa %(snapshot)s)', snapshot=snapshot) as op:
+            op.note = 'the Ursa snapshot keeps its name and data'
 
     def get_manageable_volumes(self, cinder_volumes, marker, limit, offset,
                                sort_keys, sort_dirs):

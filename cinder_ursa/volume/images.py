@@ -104,9 +104,8 @@ class ImageCopies(DriverPart):
     def clone(self, context, volume, image_location, image_meta,
               image_service):
         """O(1) clone of the image's cached Ursa volume (made the first
-        time an image is used); (None, False) lets Cinder copy instead."""
-        if not self.configuration.ursa_image_cache:
-            return None, False
+        time an image is used); (None, False) lets Cinder copy instead.
+        The driver calls it only with ``ursa_image_cache`` on."""
         image_id = image_meta['id']
         try:
             base = self.cached_image(context, image_service, image_id,
@@ -124,8 +123,6 @@ class ImageCopies(DriverPart):
                                volume.name, volume.size * units.Gi,
                                qos=self.driver._qos(volume) or None,
                                multiattach=self.driver._multiattach(volume))
-        LOG.info('Volume %(vol)s is an O(1) clone of cached image %(img)s',
-                 {'vol': volume.name, 'img': image_id})
         return {'provider_location': None}, True
 
     @coordination.synchronized('ursa-image-{image_id}')

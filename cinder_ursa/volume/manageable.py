@@ -7,7 +7,6 @@ import math
 from cinder import exception as cinder_exc
 from cinder.i18n import _
 from cinder.volume import volume_utils
-from oslo_log import log as logging
 
 from cinder_ursa import exception
 from cinder_ursa.volume import images
@@ -15,7 +14,10 @@ from cinder_ursa.volume.common import DriverPart
 from cinder_ursa.volume.common import gib
 from cinder_ursa.volume.common import translated
 
-LOG = logging.getLogger(__name__)
+
+def ref_name(existing_ref):
+    """The Ursa name (or id) a manage reference gives, or None."""
+    return existing_ref.get('source-name') or existing_ref.get('source-id')
 
 
 class Manageable(DriverPart):
@@ -23,8 +25,7 @@ class Manageable(DriverPart):
     :class:`~cinder_ursa.volume.driver.UrsaDriver`."""
 
     def existing(self, existing_ref):
-        name = existing_ref.get('source-name') or existing_ref.get(
-            'source-id')
+        name = ref_name(existing_ref)
         if not name:
             raise cinder_exc.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
@@ -48,15 +49,12 @@ class Manageable(DriverPart):
         with translated('Managing %s' % vol['name']):
             self._master.rename_volume(vol['id'], volume.name)
             self.driver._apply_qos(volume)
-        LOG.info('Ursa volume %(old)s is now Cinder volume %(new)s',
-                 {'old': vol['name'], 'new': volume.name})
 
     def size(self, volume, existing_ref):
         return int(math.ceil(gib(self.existing(existing_ref)['size'])))
 
     def existing_snapshot(self, snapshot, existing_ref):
-        name = existing_ref.get('source-name') or existing_ref.get(
-            'source-id')
+        name = ref_name(existing_ref)
         if not name:
             raise cinder_exc.ManageExistingInvalidReference(
                 existing_ref=existing_ref,
