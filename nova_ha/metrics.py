@@ -1,9 +1,9 @@
 """Prometheus metrics of the evacuator, served by Ursa's metrics server
-(:class:`cinder_ursa.common.metrics.MetricsServer`)."""
+(:class:`cinder_ursa.transport.metrics.MetricsServer`)."""
 
 import prometheus_client as prom
 
-from cinder_ursa.common.metrics import MetricsServer
+from cinder_ursa.transport.metrics import MetricsServer
 
 __all__ = ['Metrics', 'MetricsServer', 'HOST_STATES']
 

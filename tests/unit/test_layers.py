@@ -47,10 +47,12 @@ NETWORK_MODULES = {'socket', 'ssl', 'asyncio', 'aiohttp', 'urllib',
 
 # What nova_ha may import of ours: the REST client and its exceptions,
 # the [ursa] options that configure that client, and the SQLAlchemy engine
-# helper (SQLite pragmas) for nova_ha's own state database.
+# helper (SQLite pragmas) for nova_ha's own state database, and the
+# /metrics server every Ursa process uses.
 NOVA_HA = pathlib.Path(cinder_ursa.__file__).parent.parent / 'nova_ha'
 NOVA_HA_MAY_IMPORT = {'cinder_ursa.exception', 'cinder_ursa.client.master',
-                      'cinder_ursa.common.opts', 'cinder_ursa.common.db'}
+                      'cinder_ursa.common.opts', 'cinder_ursa.common.db',
+                      'cinder_ursa.transport.metrics'}
 
 
 def imported_modules(path):
