@@ -37,10 +37,12 @@ import pwd
 import stat
 import threading
 import time
+from time import perf_counter
 
 import mfusepy
 
 from cinder_ursa import exception
+from cinder_ursa.attach import metrics as metrics_mod
 
 LOG = logging.getLogger(__name__)
 
@@ -73,8 +75,9 @@ class AttachFS(mfusepy.Operations):
 
     use_ns = False
 
-    def __init__(self, uid=0, gid=0, mode=0o600):
+    def __init__(self, uid=0, gid=0, mode=0o600, metrics=None):
         self.volumes = {}  # file name -> SyncVolume
+        self.metrics = metrics or metrics_mod.AttachMetrics()
         self._lock = threading.Lock()
         self.started = time.time()
         self.on_mount = None
@@ -103,9 +106,18 @@ class AttachFS(mfusepy.Operations):
         with self._lock:
             return self.volumes.pop(name, None)
 
-    def _vol(self, path):
+    def snapshot(self):
+        """The volumes served now (from any thread)."""
+        with self._lock:
+            return list(self.volumes.values())
+
+    def _vol(self, path, op=None, t0=None):
+        """The volume of ``path``; ENOENT, counted as an ``op`` request
+        failed when one is given."""
         vol = self.volumes.get(path.lstrip('/'))
         if vol is None:
+            if op is not None:
+                self.metrics.io_done(op, perf_counter() - t0, 0, 'ENOENT')
             raise mfusepy.FuseOSError(errno.ENOENT)
         return vol
 
@@ -141,17 +153,21 @@ class AttachFS(mfusepy.Operations):
         return 0
 
     def read(self, path, size, offset, fh):
-        vol = self._vol(path)
+        t0 = perf_counter()
+        vol = self._vol(path, 'read', t0)
         size = max(0, min(size, vol.size - offset))
         if not size:
+            self.metrics.io_done('read', perf_counter() - t0)
             return b''
-        return self._io(vol.read, offset, size)
+        return self._io('read', t0, size, vol.read, offset, size)
 
     def write(self, path, data, offset, fh):
-        vol = self._vol(path)
+        t0 = perf_counter()
+        vol = self._vol(path, 'write', t0)
         if offset + len(data) > vol.size:
+            self.metrics.io_done('write', perf_counter() - t0, 0, 'ENOSPC')
             raise mfusepy.FuseOSError(errno.ENOSPC)
-        self._io(vol.write, offset, bytes(data))
+        self._io('write', t0, len(data), vol.write, offset, bytes(data))
         return len(data)
 
     def truncate(self, path, length, fh=None):
@@ -162,7 +178,8 @@ class AttachFS(mfusepy.Operations):
         return 0
 
     def fsync(self, path, datasync, fh):
-        self._io(self._vol(path).flush)
+        t0 = perf_counter()
+        self._io('flush', t0, 0, self._vol(path, 'flush', t0).flush)
         return 0
 
     def release(self, path, fh):
@@ -171,13 +188,20 @@ class AttachFS(mfusepy.Operations):
     def statfs(self, path):
         return {'f_bsize': 4096, 'f_frsize': 4096, 'f_namemax': 255}
 
-    @staticmethod
-    def _io(fn, *args):
+    def _io(self, op, t0, nbytes, fn, *args):
+        """``fn(*args)``, counted as an ``op`` request of ``nbytes`` that
+        started at ``t0``; an Ursa error is EIO to the reader."""
         try:
-            return fn(*args)
+            out = fn(*args)
         except exception.UrsaError as e:
+            self.metrics.io_done(op, perf_counter() - t0, 0, e)
             LOG.error('I/O on an attached volume failed: %s', e)
             raise mfusepy.FuseOSError(errno.EIO) from e
+        except Exception as e:
+            self.metrics.io_done(op, perf_counter() - t0, 0, e)
+            raise
+        self.metrics.io_done(op, perf_counter() - t0, nbytes)
+        return out
 
 
 class Agent:
@@ -210,8 +234,7 @@ class Agent:
         for a in rows:
             name = a['volume_name']
             if a['status'] == 'detaching':
-                self._close(name)
-                self.master.detach(a['volume_id'], self.host)
+                self._detach(a)
                 continue
             wanted.add(name)
             if name not in self.fs.volumes and a['status'] != 'error':
@@ -219,13 +242,36 @@ class Agent:
         for name in set(self.fs.volumes) - wanted:
             LOG.info('Volume %s is no longer attached to %s', name,
                      self.host)
-            self._close(name)
+            t0 = perf_counter()
+            ok = self._close(name)
+            self.fs.metrics.operation('drop', perf_counter() - t0, ok)
+
+    def _detach(self, a):
+        """Close the volume of a detaching attachment, then delete it."""
+        t0 = perf_counter()
+        ok = False
+        try:
+            closed = self._close(a['volume_name'])
+            self.master.detach(a['volume_id'], self.host)
+            ok = closed
+        finally:
+            self.fs.metrics.operation('detach', perf_counter() - t0, ok)
 
     def _report(self, a, status, path=None, error=None):
         self.master.update_attachment(a['volume_id'], self.host, status,
                                       path, error)
 
     def _open(self, a):
+        t0 = perf_counter()
+        ok = False
+        try:
+            ok = self._attach(a)
+        finally:
+            self.fs.metrics.operation('attach', perf_counter() - t0, ok)
+
+    def _attach(self, a):
+        """Open the volume of attachment ``a`` and report it; whether it
+        is served."""
         name = a['volume_name']
         try:
             vol = self.cluster.open_volume(a['volume_id'], writable=True,
@@ -233,22 +279,27 @@ class Agent:
         except exception.UrsaError as e:
             LOG.error('Cannot attach volume %s: %s', name, e)
             self._report(a, 'error', error=str(e))
-            return
+            return False
         self.fs.add(name, vol)
         path = os.path.join(self.mount_dir, name)
         LOG.info('Volume %s attached at %s', name, path)
         self._report(a, 'attached', path=path)
+        return True
 
     def _close(self, name):
+        """Stop serving ``name``, flush and close its volume; False if
+        that failed (True: closed, or not served)."""
         vol = self.fs.remove(name)
         if vol is None:
-            return
+            return True
         try:
             vol.close()  # flushes, then releases the lease
             LOG.info('Volume %s detached from %s', name, self.host)
         except exception.UrsaError as e:
             LOG.warning('Closing volume %s: %s (its lease expires by '
                         'itself)', name, e)
+            return False
+        return True
 
     def close_all(self):
         for name in list(self.fs.volumes):

@@ -4,6 +4,8 @@ import socket
 
 from oslo_config import cfg
 
+from cinder_ursa.common import metrics
+
 attach_group = cfg.OptGroup(
     'ursa_attach', title='Ursa host attach agent',
     help='Options of ursa-attach, which exposes the volumes attached to '
@@ -36,7 +38,7 @@ attach_opts = [
     cfg.FloatOpt('poll_interval', default=1.0, min=0.1,
                  help='Seconds between two looks at this host\'s '
                       'attachments on the master.'),
-]
+] + metrics.metrics_opts('attach agent')
 
 
 def register_opts(conf):

@@ -22,10 +22,12 @@ import mfusepy
 from oslo_log import log as logging
 
 from cinder_ursa.attach import agent as attach_agent
+from cinder_ursa.attach import metrics as attach_metrics
 from cinder_ursa.attach import opts
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.cmd import _service
+from cinder_ursa.common import metrics
 
 LOG = logging.getLogger(__name__)
 
@@ -51,15 +53,34 @@ def main(argv=None):
     cluster = sync.SyncCluster(conf.ursa.master_url, key,
                                request_timeout=conf.ursa.request_timeout,
                                liveness_timeout=conf.ursa.liveness_timeout)
-    fs = attach_agent.AttachFS(uid, gid, mode)
+    pm = metrics.ProcessMetrics('attach')
+    am = attach_metrics.AttachMetrics(pm)
+    fs = attach_agent.AttachFS(uid, gid, mode, am)
+    am.watch(fs)
     agent = attach_agent.Agent(master, cluster, fs, ac.host, ac.mount_dir,
                                ac.poll_interval)
+    extra = {}
+    metrics_server = None
+    if ac.metrics_port:
+        # No event loop here (FUSE's threads serve the files): the
+        # endpoint has a thread of its own.
+        try:
+            metrics_server = metrics.MetricsServer(
+                pm.registry, ac.metrics_host, ac.metrics_port).start()
+        except OSError as e:
+            cluster.close()
+            sys.exit('ursa-attach: [ursa_attach] metrics_host %s, '
+                     'metrics_port %d: %s' % (ac.metrics_host,
+                                              ac.metrics_port, e))
+        extra['metrics_port'] = metrics_server.port
+        LOG.info('Prometheus metrics on http://%s:%d/metrics',
+                 ac.metrics_host, metrics_server.port)
 
     def start_agent():
         # Once the mount is up (init runs on FUSE's side when it is).
         _service.write_endpoint(
             os.path.join(ac.state_dir, 'endpoint.json'), host=ac.host,
-            mount_dir=ac.mount_dir, pid=os.getpid())
+            mount_dir=ac.mount_dir, pid=os.getpid(), **extra)
         LOG.info('ursa-attach for host %s serving %s (files %d:%d, mode '
                  '%04o)', ac.host, ac.mount_dir, uid, gid, mode)
         threading.Thread(target=agent.run, name='attach-agent',
@@ -74,6 +95,8 @@ def main(argv=None):
         agent.stopping.set()
         agent.close_all()
         cluster.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
     return status
 
 

@@ -27,6 +27,7 @@ from cinder_ursa.attach import opts as attach_opts
 from cinder_ursa.client import cluster as cluster_mod
 from cinder_ursa.client import localread
 from cinder_ursa.cmd import _service
+from cinder_ursa.common import metrics
 from cinder_ursa.nbd import opts
 from cinder_ursa.nbd import server as server_mod
 
@@ -176,13 +177,20 @@ def main(argv=None):
             servers.append(await serve_unix(loop, nbd.protocol,
                                             nc.unix_socket,
                                             nc.unix_socket_group))
+        pm = metrics.ProcessMetrics('nbd')
+        nbd.register_metrics(pm)
+        extra = {}
+        if await pm.serve_here(nc.metrics_host, nc.metrics_port):
+            extra['metrics_port'] = pm.server.port
         _service.write_endpoint(os.path.join(nc.state_dir, 'endpoint.json'),
                                 address=nc.bind_host, port=port,
-                                unix_socket=nc.unix_socket, pid=os.getpid())
+                                unix_socket=nc.unix_socket, pid=os.getpid(),
+                                **extra)
         LOG.info('ursa-nbd serving on %s:%d%s', nc.bind_host, port,
                  ' and %s' % nc.unix_socket if nc.unix_socket else '')
         await stop.wait()
         LOG.info('ursa-nbd stopping')
+        await pm.close()
         for s in servers:
             s.close()
         for t in list(nbd.connections):

@@ -21,6 +21,10 @@ class Backend(abc.ABC):
     """One open export.  The ``can_*`` defaults say no."""
 
     name = '?'
+    # Bytes of the READs and WRITEs answered (the server counts them, for
+    # the per-volume metrics).
+    read_bytes = 0
+    written_bytes = 0
 
     @abc.abstractmethod
     def size(self):

@@ -74,6 +74,9 @@ class Negotiation:
         self._state = _FLAGS
         self._option = None
         self._asked = None       # the event awaiting its answer
+        # Options refused for policy: an export, or no TLS when it is
+        # required (the gateway's handshake metrics).
+        self.refusals = 0
 
     @staticmethod
     def greeting():
@@ -120,6 +123,7 @@ class Negotiation:
         if option == p.OPT_STARTTLS:
             return self._starttls(data)
         if self.tls_required and not self.tls and option != p.OPT_ABORT:
+            self.refusals += 1
             if option == p.OPT_EXPORT_NAME:
                 return self._end(b'', Close('TLS is required'))
             return p.option_reply(option, p.REP_ERR_TLS_REQD,
@@ -236,6 +240,7 @@ class Negotiation:
         or None).  EXPORT_NAME has no way to say why: the connection
         closes."""
         event = self._answered(OpenExport)
+        self.refusals += 1
         if event.option == p.OPT_EXPORT_NAME:
             # Without the name: it may carry the attachment's export
             # token (VOLUME~TOKEN), a secret the reason would log.  The

@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from cinder_ursa.common import metrics
+
 nbd_group = cfg.OptGroup('ursa_nbd', title='Ursa NBD gateway',
                          help='Options of the ursa-nbd gateway.')
 
@@ -102,7 +104,7 @@ nbd_opts = [
                      'it is the only writer of: one network hop less per '
                      'read.  Empty: every read goes through a chunk '
                      'server.'),
-]
+] + metrics.metrics_opts('NBD gateway')
 
 
 def register_opts(conf):

@@ -45,11 +45,13 @@ import socket
 import ssl
 import struct
 import time
+from time import perf_counter
 
 from cinder_ursa import exception
 from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.nbd import backend as backend_mod
 from cinder_ursa.nbd import handshake as hs
+from cinder_ursa.nbd import metrics as metrics_mod
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.nbd import stream as stream_mod
 
@@ -263,10 +265,13 @@ class NbdServer:
                  handshake_timeout=HANDSHAKE_TIMEOUT,
                  max_connections=MAX_CONNECTIONS,
                  inflight_bytes=INFLIGHT_BYTES,
-                 recheck_interval=RECHECK_INTERVAL, tls_client_names=()):
+                 recheck_interval=RECHECK_INTERVAL, tls_client_names=(),
+                 metrics=None):
         """``host``: this host's name in the master's attachments; with
         ``require_attachment`` only volumes attached to it are served.
-        ``tls_client_names``: see :meth:`_trusted`.
+        ``tls_client_names``: see :meth:`_trusted`.  ``metrics``: an
+        :class:`~cinder_ursa.nbd.metrics.NbdMetrics` (one of its own by
+        default; :meth:`register_metrics` exposes it).
         (The defaults here are the library's; ursa-nbd passes its
         options, whose defaults are the safe ones.)"""
         self.cluster = cluster
@@ -295,6 +300,15 @@ class NbdServer:
         # one line a minute at most.
         self._warn_refused = _Throttled()
         self._warn_lookups = _Throttled()
+        self.metrics = metrics or metrics_mod.NbdMetrics()
+
+    def register_metrics(self, pm):
+        """Expose this server's metrics in ``pm`` (a ProcessMetrics)."""
+        self.metrics.register(pm, self)
+
+    def exports(self):
+        """The backends of the exports open now."""
+        return [exp.backend for exp in self._exports.values()]
 
     # --- exports -----------------------------------------------------------
 
@@ -436,6 +450,7 @@ class NbdServer:
             exp.users -= 1
             if exp.users == 0:
                 self._exports.pop(exp.key, None)
+                self.metrics.closed(exp.backend)
                 await exp.backend.close()
 
     # --- connection --------------------------------------------------------
@@ -491,6 +506,7 @@ class NbdServer:
         if not self._make_room(peer):
             # Closed before the greeting: the client sees the connection
             # end (nbdinfo: "recv: Connection reset by peer" or EOF).
+            self.metrics.handshake('refused')
             self._warn_full('NBD client %s refused: %d connections already '
                             'served ([ursa_nbd] max_connections)', peer,
                             len(self.connections))
@@ -499,11 +515,14 @@ class NbdServer:
         task = asyncio.current_task()
         conn = self.connections[task] = _Conn(stream)
         exp = watch = None
+        result = 'failed'  # of the handshake, unless it ends otherwise
         try:
             neg = hs.Negotiation(tls_available=self.tls_context is not None,
                                  tls_required=self.tls_required)
             exp = await self._handshake(stream, neg, conn)
             conn.handshaking = False
+            self.metrics.handshake(
+                'refused' if exp is None and neg.refusals else 'ok')
             if exp is not None:
                 LOG.info('NBD client %s attached to %s%s', peer,
                          exp.backend.name,
@@ -524,10 +543,13 @@ class NbdServer:
                                'asked for in one handshake', peer,
                                MAX_LOOKUPS)
         except ssl.SSLError as e:
+            result = 'refused'
             LOG.warning('TLS with NBD client %s failed: %s', peer, e)
         except exception.ProtocolError as e:
             LOG.warning('Dropping NBD client %s: %s', peer, e)
         finally:
+            if conn.handshaking:
+                self.metrics.handshake(result)
             if watch is not None:
                 watch.cancel()
             self.connections.pop(task, None)
@@ -713,6 +735,8 @@ class NbdServer:
         structured, meta = neg.structured, neg.base_allocation
         loop = asyncio.get_running_loop()
         budget = self.budget
+        m = self.metrics
+        ops = m.ops
         tasks = {}
         inflight = 0        # requests
         inflight_bytes = 0  # their data, and replies not sent yet
@@ -749,6 +773,7 @@ class NbdServer:
         def settle(n):
             nonlocal inflight, sending
             inflight -= 1
+            m.in_flight -= 1
             sending += n
             release_sent()
             check()
@@ -756,13 +781,16 @@ class NbdServer:
         def finished(task):
             settle(tasks.pop(task, 0))
 
-        def wrote(handle, flags, offset, length, err):
+        def wrote(handle, flags, offset, length, t0, err):
             nonlocal callbacks
             if err is None:
                 stream.write(p.simple_reply(handle))
+                backend.written_bytes += length
+                ops.done('write', perf_counter() - t0, length)
             else:
                 self._failed(stream, backend, structured, p.CMD_WRITE, flags,
                              handle, offset, length, err)
+                self._count_error(backend, p.CMD_WRITE, t0, err)
             settle(length)
             callbacks -= 1
             if not callbacks and ended is not None and not ended.done():
@@ -770,6 +798,7 @@ class NbdServer:
 
         def on_request(flags, cmd, handle, offset, length, data):
             nonlocal inflight, inflight_bytes, callbacks
+            t0 = perf_counter()  # the request's latency runs from here
             if cmd == p.CMD_DISC:
                 stream.stop()
                 return
@@ -778,20 +807,22 @@ class NbdServer:
                                      meta)
             if err:
                 stream.write(p.error_reply(handle, err, structured))
+                m.refused(cmd, err, perf_counter() - t0)
                 return
             n = request_cost(cmd, length)
             if cmd == p.CMD_WRITE and backend.pwrite_nowait(
                     offset, data, bool(flags & p.CMD_FLAG_FUA),
                     functools.partial(wrote, handle, flags, offset,
-                                      length)):
+                                      length, t0)):
                 callbacks += 1
             else:
                 t = loop.create_task(self._run(
                     stream, backend, structured, cmd, flags, handle, offset,
-                    length, data))
+                    length, data, t0))
                 tasks[t] = n
                 t.add_done_callback(finished)
             inflight += 1
+            m.in_flight += 1
             inflight_bytes += n
             budget.take(n)
             if not held and (inflight >= MAX_INFLIGHT or
@@ -842,8 +873,18 @@ class NbdServer:
                       backend.name, offset, length, e, exc_info=e)
         stream.write(p.error_reply(handle, err, structured, str(e)))
 
+    def _count_error(self, backend, cmd, t0, e):
+        """Count request ``cmd`` (started at ``t0``) that failed with
+        ``e``, and a fence it reveals."""
+        self.metrics.ops.done(metrics_mod.OP_NAMES[cmd], perf_counter() - t0,
+                              0, e)
+        if metrics_mod.is_fence(e):
+            self.metrics.note_fenced(backend)
+
     async def _run(self, stream, backend, structured, cmd, flags, handle,
-                   offset, length, data):
+                   offset, length, data, t0):
+        """Run a valid request and answer it; it is counted once its
+        reply is queued (latency from ``t0``, when it was parsed)."""
         fua = bool(flags & p.CMD_FLAG_FUA)
         try:
             if cmd == p.CMD_READ:
@@ -854,6 +895,8 @@ class NbdServer:
                         struct.pack('>Q', offset), out))
                 else:
                     stream.writelines((p.simple_reply(handle), out))
+                backend.read_bytes += length
+                self.metrics.ops.done('read', perf_counter() - t0, length)
                 return
             if cmd == p.CMD_BLOCK_STATUS:
                 extents = await backend.extents(
@@ -863,9 +906,11 @@ class NbdServer:
                 stream.write(p.structured(
                     handle, p.REPLY_TYPE_BLOCK_STATUS,
                     p.block_status_payload(extents)))
+                self.metrics.ops.done('block_status', perf_counter() - t0)
                 return
             if cmd == p.CMD_WRITE:
                 await backend.pwrite(offset, data, fua)
+                backend.written_bytes += length
             elif cmd == p.CMD_TRIM:
                 await backend.trim(offset, length, fua)
             elif cmd == p.CMD_WRITE_ZEROES:
@@ -877,6 +922,10 @@ class NbdServer:
             elif cmd == p.CMD_CACHE:
                 await backend.cache(offset, length)
             stream.write(p.simple_reply(handle))
+            self.metrics.ops.done(
+                metrics_mod.OP_NAMES[cmd], perf_counter() - t0,
+                length if cmd in metrics_mod.SIZED else 0)
         except Exception as e:  # noqa: BLE001 - every request is answered
             self._failed(stream, backend, structured, cmd, flags, handle,
                          offset, length, e)
+            self._count_error(backend, cmd, t0, e)
