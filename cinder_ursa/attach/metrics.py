@@ -5,7 +5,7 @@ libfuse's threads) and manages this host's attachments (the agent's
 thread), so it exports both:
 
 * ``ursa_attach_io_operation*``: the FUSE requests (``op`` read, write,
-  flush: an fsync), as :class:`~cinder_ursa.common.metrics.Operations`
+  flush: an fsync), as :class:`~cinder_ursa.transport.metrics.Operations`
   counts them (requests, bytes, errors by kind, latency).  Not
   ``ursa_attach_operation*``: those names are the attachment operations'.
   Several FUSE threads count, so they take a lock (a FUSE request costs
@@ -22,7 +22,7 @@ thread), so it exports both:
 
 import threading
 
-from cinder_ursa.common import metrics
+from cinder_ursa.transport import metrics
 
 IO_OPS = ('read', 'write', 'flush')
 AGENT_OPS = ('attach', 'detach', 'drop')

@@ -27,7 +27,7 @@ from cinder_ursa.attach import opts
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.cmd import _service
-from cinder_ursa.common import metrics
+from cinder_ursa.transport import metrics
 
 LOG = logging.getLogger(__name__)
 

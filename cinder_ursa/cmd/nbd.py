@@ -27,9 +27,9 @@ from cinder_ursa.attach import opts as attach_opts
 from cinder_ursa.client import cluster as cluster_mod
 from cinder_ursa.client import localread
 from cinder_ursa.cmd import _service
-from cinder_ursa.common import metrics
 from cinder_ursa.nbd import opts
 from cinder_ursa.nbd import server as server_mod
+from cinder_ursa.transport import metrics
 
 LOG = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ each open export).  Everything else, connections and exports open,
 leases held and the bytes of each open volume, is read from the server's
 state when Prometheus scrapes, on the loop that serves it.
 
-Families (besides :class:`~cinder_ursa.common.metrics.Operations`'
+Families (besides :class:`~cinder_ursa.transport.metrics.Operations`'
 ``ursa_nbd_operation*`` ones):
 
 * ``ursa_nbd_in_flight_requests``: requests handed to a backend, not
@@ -32,8 +32,8 @@ Families (besides :class:`~cinder_ursa.common.metrics.Operations`'
 """
 
 from cinder_ursa import exception
-from cinder_ursa.common import metrics
 from cinder_ursa.nbd import protocol as p
+from cinder_ursa.transport import metrics
 
 # The requests counted, by NBD command number (None: not a request one
 # counts; DISC ends the connection).

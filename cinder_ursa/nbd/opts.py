@@ -2,7 +2,7 @@
 
 from oslo_config import cfg
 
-from cinder_ursa.common import metrics
+from cinder_ursa.transport import metrics
 
 nbd_group = cfg.OptGroup('ursa_nbd', title='Ursa NBD gateway',
                          help='Options of the ursa-nbd gateway.')

@@ -6,11 +6,11 @@ in flight back to 0, per-volume series only while the export is open."""
 import asyncio
 
 from cinder_ursa import exception
-from cinder_ursa.common import metrics
 from cinder_ursa.nbd import handshake as hs
 from cinder_ursa.nbd import metrics as nbd_metrics
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.nbd import server as server_mod
+from cinder_ursa.transport import metrics
 from tests.unit.nbd.test_server import SIZE
 from tests.unit.nbd.test_server import Export
 from tests.unit.nbd.test_server import Recording
