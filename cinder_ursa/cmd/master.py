@@ -18,6 +18,7 @@ from oslo_log import log as logging
 
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
+from cinder_ursa.common import metrics as metrics_mod
 from cinder_ursa.master import api
 from cinder_ursa.master import listener
 from cinder_ursa.master import opts
@@ -196,6 +197,10 @@ def main(argv=None):
     store.upgrade()
     guard = listener.ConnectionGuard(mc.max_connections,
                                      mc.http_header_timeout)
+    # Every master exports its metrics, leader or standby (a standby:
+    # its leader flag, requests and process; see master.metrics).
+    metrics = metrics_mod.ProcessMetrics('master') if mc.metrics_port \
+        else None
     master = api.MasterAPI(
         store, key, server_timeout=mc.server_timeout, lease_ttl=mc.lease_ttl,
         ticket_ttl=mc.ticket_ttl,
@@ -213,7 +218,7 @@ def main(argv=None):
         signature_window=mc.signature_window,
         replay_cache=mc.signature_replay_cache,
         accept_legacy_signatures=mc.accept_legacy_signatures,
-        body_timeout=mc.http_body_timeout, guard=guard)
+        body_timeout=mc.http_body_timeout, guard=guard, metrics=metrics)
     if mc.accept_legacy_signatures:
         LOG.warning('[ursa_master] accept_legacy_signatures is true: v1 '
                     'request signatures (replayable, body and query '
@@ -235,10 +240,20 @@ def main(argv=None):
         LOG.info('Accepting requests signed for %s ([ursa_master] '
                  'signature_names adds more)',
                  ', '.join(sorted(master.names)))
+        endpoint = {}
+        if metrics is not None:
+            try:
+                server = await metrics.serve_here(mc.metrics_host,
+                                                  mc.metrics_port)
+            except OSError as e:
+                sys.exit('ursa-master: [ursa_master] metrics_host %s, '
+                         'metrics_port %d: %s' % (mc.metrics_host,
+                                                  mc.metrics_port, e))
+            endpoint['metrics_port'] = server.port
         # A lone master is the leader when this returns.
         await master.service.start_election(url)
         _service.write_endpoint(os.path.join(mc.state_dir, 'endpoint.json'),
-                                url=url, pid=os.getpid())
+                                url=url, pid=os.getpid(), **endpoint)
         LOG.info('ursa-master listening on %s (schema %s, database %s, '
                  '%s)', url, store.schema_version(),
                  store.engine.url.drivername,
@@ -249,6 +264,8 @@ def main(argv=None):
         # after the requests in flight are drained.
         await master.service.stop_election()
         await runner.cleanup()
+        if metrics is not None:
+            await metrics.close()
         store.close()
 
     _service.run(serve)

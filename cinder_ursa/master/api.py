@@ -25,6 +25,7 @@ from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
 from cinder_ursa.master import listener
+from cinder_ursa.master import metrics as metrics_mod
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import roles
@@ -295,7 +296,7 @@ class MasterAPI:
                  max_volume_size=units.Pi, signature_window=auth.WINDOW,
                  replay_cache=auth.REPLAY_CACHE_SIZE,
                  accept_legacy_signatures=True, body_timeout=30.0,
-                 guard=None, names=None, **repair):
+                 guard=None, names=None, metrics=None, **repair):
         self.store = store
         # The authorities (host:port) this master serves under: a v3
         # signature for another is refused (None: any, as in tests and
@@ -322,12 +323,21 @@ class MasterAPI:
                                                  **repair)
         self.db = self.service.db
         self.principals.db = self.db
+        # ``metrics``: the process's ProcessMetrics, to export this
+        # master's families in (None: no metrics).
+        self.metrics = None
+        if metrics is not None:
+            self.metrics = metrics_mod.MasterMetrics(self.service, metrics)
+            self.service.metrics = self.metrics
 
     # --- app ---------------------------------------------------------------
 
     def app(self):
-        app = web.Application(middlewares=[_errors, self._auth,
-                                           self._leader_only],
+        middlewares = [_errors, self._auth, self._leader_only]
+        if self.metrics is not None:
+            # Outermost: it sees the status of every answer, errors too.
+            middlewares.insert(0, self.metrics.middleware)
+        app = web.Application(middlewares=middlewares,
                               client_max_size=4 * units.Mi)
         v = '/' + API_VERSION
         app.router.add_get('/', self.versions)
@@ -441,7 +451,12 @@ class MasterAPI:
                            '([ursa_master] http_body_timeout)'
                            % self.body_timeout}}, status=408))
         auth.check_body(signed, body)
-        return await handler(request)
+        # The store's log lines of the changes it commits name who asked.
+        token = store_mod.REQUESTER.set('%s from %s' % (name, request.remote))
+        try:
+            return await handler(request)
+        finally:
+            store_mod.REQUESTER.reset(token)
 
     def _authorize(self, request, name, role):
         """Forbidden (403) unless ``role`` may call this route; a host

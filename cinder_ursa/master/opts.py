@@ -2,6 +2,7 @@
 
 from oslo_config import cfg
 
+from cinder_ursa.common import metrics
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
 
@@ -211,7 +212,7 @@ master_opts = [
                     'closed (answered HTTP 503 without TLS). Keep it well '
                     'below the open file limit of ursa-master '
                     '(LimitNOFILE).'),
-]
+] + metrics.metrics_opts('master')
 
 
 def register_opts(conf):

@@ -32,6 +32,7 @@ the event loop never blocks on the database.
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import functools
 import logging
 import time
@@ -117,6 +118,12 @@ class MasterService:
         self._progress = {}
         self._replan = asyncio.Event()
         self.copied_bytes = 0
+        # Repair jobs ended, by result (done, failed).
+        self.repair_results = collections.Counter()
+        # The master's metrics (cinder_ursa.master.metrics), if exported:
+        # it times the database calls, and reads its summary while this
+        # master leads.
+        self.metrics = None
         self._failed_at = {}    # server id -> when it failed a write
         self._held_back = {}    # chunk -> (until, delay): a bad source
         self._live = set()      # see live_servers
@@ -135,10 +142,15 @@ class MasterService:
         self.scrubs = {}
 
     async def db(self, fn, *args, **kwargs):
-        """Run ``fn`` (a store method) on the database thread."""
+        """Run ``fn`` (a store method) on the database thread, in the
+        caller's context (the store's log lines name who asked: see
+        store.common.REQUESTER)."""
         loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, **kwargs)
+        if self.metrics is not None:
+            call = self.metrics.timed(fn, call)
         return await loop.run_in_executor(
-            self._db, functools.partial(fn, *args, **kwargs))
+            self._db, contextvars.copy_context().run, call)
 
     def start(self):
         if self.coordination_url is None:
@@ -153,6 +165,8 @@ class MasterService:
         self._swept = asyncio.Event()
         self._monitor = loop.create_task(self._watch_servers())
         self._repairer = loop.create_task(self._repair_loop())
+        if self.metrics is not None:
+            self.metrics.start()
 
     def _stop_loops(self):
         for task in (self._monitor, self._repairer):
@@ -161,6 +175,8 @@ class MasterService:
         if self._swept is not None:
             self._swept.set()     # waiters go on, and meet the term check
         self._monitor = self._repairer = None
+        if self.metrics is not None:
+            self.metrics.stop()
 
     def stop(self):
         self._stop_loops()
@@ -443,6 +459,10 @@ class MasterService:
         to it before (it was dead) may succeed now: plan at once."""
         self._avoid.pop(server_id, None)
         self._replan.set()
+
+    def repairs_running(self):
+        """The copies and moves this master runs now."""
+        return len(self._jobs)
 
     def repair_status(self):
         """The planner's last counts, the copies running, the bytes
@@ -736,17 +756,21 @@ class MasterService:
 
     async def _run_job(self, job, source):
         key = (job.volume_id, job.index)
+        result = 'failed'
         try:
             if job.target is not None and not await self._copy(job, source):
                 return
-            if job.retire is not None:
-                await self.retire(job.volume_id, job.index, job.retire)
+            if job.retire is not None and not await self.retire(
+                    job.volume_id, job.index, job.retire):
+                return
+            result = 'done'
         except exception.UrsaError as e:
             LOG.warning('Chunk %s/%d: replica on server %d not retired '
                         '(%s); the planner tries again', *key, job.retire, e)
         except Exception:  # noqa: BLE001 - the job ends; keep repairing
             LOG.exception('Chunk %s/%d: job %s failed', *key, job)
         finally:
+            self.repair_results[result] += 1
             self._jobs.pop(key, None)
             self._replan.set()
 
@@ -928,7 +952,7 @@ class MasterService:
                 reason='chunk servers %s did not revert; '
                 'volume %s stays "reverting": retry the revert' % (
                     failed, vol['name']))
-        await self.db(self.store.finish_revert, vol['id'])
+        await self.db(self.store.finish_revert, vol['id'], seq)
         return await self.db(self.store.get_volume, vol['id'])
 
     async def detach_parent(self, ref):

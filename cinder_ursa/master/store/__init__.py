@@ -18,7 +18,8 @@ One module per aggregate, each a part of :class:`MetadataStore`:
 whole hosts), ``attachments``, ``principals`` (who signs REST
 requests, with which role and key), ``term`` (the masters' fencing term, and
 :meth:`~.term.TermRecords.begin`, the one entry point of every write
-transaction); ``common`` holds what they share.
+transaction), ``summary`` (what the metrics count); ``common`` holds
+what they share.
 """
 
 import os
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 from cinder_ursa.common import db
 from cinder_ursa.master.store.attachments import AttachmentRecords
 from cinder_ursa.master.store.chunks import ChunkRecords
+from cinder_ursa.master.store.common import REQUESTER  # noqa: F401
 from cinder_ursa.master.store.common import check_volume_size  # noqa: F401
 from cinder_ursa.master.store.common import holder_host  # noqa: F401
 from cinder_ursa.master.store.common import validate_qos  # noqa: F401
@@ -37,6 +39,7 @@ from cinder_ursa.master.store.leases import LeaseRecords
 from cinder_ursa.master.store.principals import PrincipalRecords
 from cinder_ursa.master.store.servers import ServerRecords
 from cinder_ursa.master.store.snapshots import SnapshotRecords
+from cinder_ursa.master.store.summary import SummaryRecords
 from cinder_ursa.master.store.term import TermRecords
 from cinder_ursa.master.store.volumes import VolumeRecords
 
@@ -46,7 +49,7 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(
 
 class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
                     ChunkRecords, LeaseRecords, AttachmentRecords,
-                    TermRecords, PrincipalRecords):
+                    TermRecords, PrincipalRecords, SummaryRecords):
     """The master's records over one database: the engine and the schema
     here, each aggregate's methods in its own module."""
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
+from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import check_free_text
 from cinder_ursa.master.store.common import check_text
 from cinder_ursa.master.store.common import holder_host
@@ -65,7 +66,8 @@ class AttachmentRecords:
                     volume_id=vol.id, host=host, status='attaching',
                     created_at=time.time(),
                     export_token=self.new_export_token()))
-        LOG.info('Volume %s: attaching to host %s', vol.name, host)
+        LOG.info('Volume %s: attaching to host %s, by %s', vol.name, host,
+                 asked())
         return self.get_attachment(vol.id, host)
 
     def get_attachment(self, ref, host):
@@ -111,8 +113,9 @@ class AttachmentRecords:
             if not res.rowcount:
                 raise exception.NotFound(kind='attachment',
                                          name='%s on %s' % (vol.name, host))
-        LOG.info('Volume %s on host %s: %s%s', vol.name, host, status,
-                 ' (%s)' % (path or error) if path or error else '')
+        LOG.info('Volume %s on host %s: %s%s, by %s', vol.name, host,
+                 status, ' (%s)' % (path or error) if path or error else '',
+                 asked())
         return self.get_attachment(vol.id, host)
 
     def detach(self, ref, host):
@@ -138,7 +141,7 @@ class AttachmentRecords:
                     lease_holder=None, lease_generation=gen,
                     lease_expires=0))
                 fence = {'volume_id': vol.id, 'generation': gen}
-        LOG.info('Volume %s detached from host %s%s', vol.name, host,
-                 '; its lease there revoked (generation %d)'
-                 % fence['generation'] if fence else '')
+        LOG.info('Volume %s detached from host %s%s, by %s', vol.name,
+                 host, '; its lease there revoked (generation %d)'
+                 % fence['generation'] if fence else '', asked())
         return fence

@@ -9,6 +9,7 @@ from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master import placement
 from cinder_ursa.master.store.common import add_id
+from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import chunk_count
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
@@ -98,6 +99,7 @@ class ChunkRecords:
                 c.c.idx < start + count))}
             servers = self._servers(conn)
             out = []
+            made = []
             for idx in range(start, start + count):
                 row = rows.get(idx)
                 if row is None and allocate:
@@ -114,10 +116,20 @@ class ChunkRecords:
                     conn.execute(c.insert().values(
                         volume_id=vol.id, idx=idx, epoch=1,
                         replicas=join_ids(ids)))
+                    made.append((idx, ids))
                     row = conn.execute(sa.select(c).where(
                         c.c.volume_id == vol.id, c.c.idx == idx)).first()
                 if row is not None:
                     out.append(self._chunk_dict(row, servers))
+        if made:
+            # DEBUG: one per chunk a writer first writes (thousands per
+            # volume written through); the replica set changes after are
+            # INFO.
+            LOG.debug('Volume %s: %d chunk(s) allocated (%s), by %s',
+                      vol.name, len(made), ', '.join(
+                          '%d on %s' % (i, join_ids(ids))
+                          for i, ids in made[:8]) +
+                      (', ...' if len(made) > 8 else ''), asked())
         return {'volume': self._volume_dict(vol), 'chunks': out}
 
     def drop_replica(self, ref, idx, server_id, epoch):
@@ -141,10 +153,11 @@ class ChunkRecords:
                     continue    # changed meanwhile: judge it again
                 if values:
                     LOG.warning('Chunk %s/%d: server %d dropped, epoch %d, '
-                                '%d replica(s) left', vol.name, idx,
+                                '%d replica(s) left, by %s', vol.name, idx,
                                 server_id, row.epoch + 1,
                                 len(split_ids(values.get('replicas',
-                                                         row.replicas))))
+                                                         row.replicas))),
+                                asked())
                     row = self._chunk_row(conn, vol, idx)
                 chunk = self._chunk_dict(row, self._servers(conn))
             chunk['min_replicas'] = vol.min_replicas
@@ -239,8 +252,8 @@ class ChunkRecords:
             return {'joining': join_ids(split_ids(row.joining)
                                         + [server_id])}
         chunk = self._change_members(ref, idx, epoch, change)
-        LOG.info('Chunk %s/%d: server %d joins (epoch %d)', ref, idx,
-                 server_id, chunk['epoch'])
+        LOG.info('Chunk %s/%d: server %d joins (epoch %d), by %s', ref, idx,
+                 server_id, chunk['epoch'], asked())
         return chunk
 
     def promote_replica(self, ref, idx, server_id, epoch):
@@ -256,8 +269,8 @@ class ChunkRecords:
                                          + [server_id])}
         chunk = self._change_members(ref, idx, epoch, change)
         LOG.info('Chunk %s/%d: server %d is a replica now (epoch %d, %d '
-                 'replicas)', ref, idx, server_id, chunk['epoch'],
-                 len(chunk['replicas']))
+                 'replicas), by %s', ref, idx, server_id, chunk['epoch'],
+                 len(chunk['replicas']), asked())
         return chunk
 
     def leave_replica(self, ref, idx, server_id, epoch):
@@ -293,8 +306,8 @@ class ChunkRecords:
                     'lost': join_ids([i for i in split_ids(row.lost)
                                       if i != server_id])}
         chunk = self._change_members(ref, idx, epoch, change)
-        LOG.info('Chunk %s/%d: server %d leaves the replica set (epoch %d)',
-                 ref, idx, server_id, chunk['epoch'])
+        LOG.info('Chunk %s/%d: server %d leaves the replica set (epoch %d), '
+                 'by %s', ref, idx, server_id, chunk['epoch'], asked())
         return chunk
 
     def abandon_join(self, ref, idx, server_id, epoch):
@@ -302,7 +315,10 @@ class ChunkRecords:
         def change(row, vol, servers):
             return {'joining': join_ids(_joining_without(row, vol, idx,
                                                          server_id))}
-        return self._change_members(ref, idx, epoch, change)
+        chunk = self._change_members(ref, idx, epoch, change)
+        LOG.info('Chunk %s/%d: server %d no longer joins (epoch %d), by %s',
+                 ref, idx, server_id, chunk['epoch'], asked())
+        return chunk
 
     def abandon_joins(self, ref, idx, epoch):
         """Give up every copy joining the chunk (no primary is making
@@ -313,7 +329,10 @@ class ChunkRecords:
                     reason='chunk %s/%d has no joining copy' % (vol.name,
                                                                 idx))
             return {'joining': ''}
-        return self._change_members(ref, idx, epoch, change)
+        chunk = self._change_members(ref, idx, epoch, change)
+        LOG.info('Chunk %s/%d: every joining copy given up (epoch %d), by %s',
+                 ref, idx, chunk['epoch'], asked())
+        return chunk
 
     def lost_copies(self):
         """[(server id, volume id, index, epoch)]: every server dropped

@@ -2,11 +2,24 @@
 shared lease holders, and the validation of names, sizes, QoS limits and
 of the strings kept."""
 
+import contextvars
+
 from cinder_ursa import exception
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
 from cinder_ursa.protocol import names
 from cinder_ursa.protocol.rest import QOS_KEYS
+
+# Who asked for the change a store method makes: "<principal> from
+# <peer address>", set by the REST layer for the request it serves (the
+# database thread runs each call in its caller's context); None for the
+# master's own work (the watcher, the repairer).
+REQUESTER = contextvars.ContextVar('ursa_requester', default=None)
+
+
+def asked():
+    """Who asked for the change being committed, for its log line."""
+    return REQUESTER.get() or 'the master'
 
 
 def split_ids(text):

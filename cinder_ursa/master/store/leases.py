@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master.store.common import SHARED
+from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import check_free_text
 from cinder_ursa.master.store.common import check_text
 from cinder_ursa.master.store.common import holder_host
@@ -56,8 +57,8 @@ class LeaseRecords:
             self._check_host_not_fenced(conn, holder)
             if vol.multiattach:
                 gen = self._join_shared(conn, vol, holder, ttl, now)
-                LOG.info('Volume %s: %s shares lease generation %d',
-                         vol.name, holder, gen)
+                LOG.info('Volume %s: %s shares lease generation %d, by '
+                         '%s', vol.name, holder, gen, asked())
                 return {'volume_id': vol.id, 'holder': holder,
                         'generation': gen, 'expires_at': now + ttl,
                         'ttl': ttl}
@@ -71,8 +72,9 @@ class LeaseRecords:
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 lease_holder=holder, lease_generation=gen,
                 lease_expires=now + ttl))
-        LOG.info('Volume %s: lease generation %d to %s%s', vol.name, gen,
-                 holder, ' (forced)' if held and force else '')
+        LOG.info('Volume %s: lease generation %d to %s%s, by %s',
+                 vol.name, gen, holder,
+                 ' (forced)' if held and force else '', asked())
         return {'volume_id': vol.id, 'holder': holder, 'generation': gen,
                 'expires_at': now + ttl, 'ttl': ttl}
 
@@ -116,11 +118,16 @@ class LeaseRecords:
                 if left is None:
                     conn.execute(t.update().where(t.c.id == vol.id).values(
                         lease_holder=None, lease_expires=0))
+                LOG.info('Volume %s: %s left shared lease generation %d, '
+                         'by %s', vol.name, holder, generation, asked())
                 return
             if (vol.lease_holder == holder
                     and vol.lease_generation == generation):
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     lease_holder=None, lease_expires=0))
+                LOG.info('Volume %s: lease generation %d released by its '
+                         'holder %s, by %s', vol.name, generation, holder,
+                         asked())
 
     def revoke_lease(self, ref):
         """Fence the current holder: generation + 1, nobody holds it."""
@@ -132,7 +139,8 @@ class LeaseRecords:
                 lease_holder=None, lease_generation=gen, lease_expires=0))
             conn.execute(models.shared_leases.delete().where(
                 models.shared_leases.c.volume_id == vol.id))
-        LOG.info('Volume %s: lease revoked, generation %d', vol.name, gen)
+        LOG.info('Volume %s: lease revoked, generation %d, by %s',
+                 vol.name, gen, asked())
         return {'volume_id': vol.id, 'generation': gen}
 
     def _host_leases(self, conn, host):
@@ -208,8 +216,9 @@ class LeaseRecords:
             dropped = conn.execute(models.attachments.delete().where(
                 models.attachments.c.host == host)).rowcount
         LOG.warning('Host %s fenced%s: %d lease(s) revoked, %d '
-                    'attachment(s) dropped', host,
-                    ' (%s)' % reason if reason else '', len(fenced), dropped)
+                    'attachment(s) dropped, by %s', host,
+                    ' (%s)' % reason if reason else '', len(fenced), dropped,
+                    asked())
         return {'host': host, 'fenced': list(fenced.values()),
                 'attachments_dropped': dropped}
 
@@ -219,7 +228,8 @@ class LeaseRecords:
         with self.begin() as conn:
             gone = conn.execute(f.delete().where(f.c.host == host)).rowcount
         if gone:
-            LOG.info('Host %s unfenced: it may take leases again', host)
+            LOG.info('Host %s unfenced: it may take leases again, by %s',
+                     host, asked())
         return bool(gone)
 
     def list_fenced_hosts(self):

@@ -21,6 +21,7 @@ from cinder_ursa.master import models
 from cinder_ursa.master.store.chunks import CAS_TRIES
 from cinder_ursa.master.store.chunks import ChunkRecords
 from cinder_ursa.master.store.chunks import without_server
+from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
 
@@ -79,16 +80,17 @@ class ServerRecords:
                 res = conn.execute(t.insert().values(
                     uuid=server_uuid, created_at=now, **values))
                 sid = res.inserted_primary_key[0]
-                LOG.info('Chunk server %s (%s:%d, host %s) joined as id %d',
-                         server_uuid, address, port, host, sid)
+                LOG.info('Chunk server %s (%s:%d, host %s) joined as id '
+                         '%d, by %s', server_uuid, address, port, host, sid,
+                         asked())
             else:
                 sid = row.id
                 if failure is not None and row.state == 'failed':
                     values['down_since'] = row.down_since
                 conn.execute(t.update().where(t.c.id == sid).values(**values))
                 if row.state != 'up' and failure is None:
-                    LOG.info('Chunk server %d (%s:%d) is up again', sid,
-                             address, port)
+                    LOG.info('Chunk server %d (%s:%d) is up again, by %s',
+                             sid, address, port, asked())
                     self.failures.pop(sid, None)
             if failure is not None:
                 self._failed(conn, sid, address, port, failure,
@@ -282,8 +284,9 @@ class ServerRecords:
         """Mark a chunk server in maintenance (it is coming back: its
         absence starts no re-replication) or not; return it."""
         row = self._set_flag(server_id, maintenance=on)
-        LOG.warning('Chunk server %d (%s:%d) %s maintenance', server_id,
-                    row.address, row.port, 'is in' if on else 'is out of')
+        LOG.warning('Chunk server %d (%s:%d) %s maintenance, by %s',
+                    server_id, row.address, row.port,
+                    'is in' if on else 'is out of', asked())
         return self._server_dict(row)
 
     def set_draining(self, server_id, on):
@@ -293,10 +296,10 @@ class ServerRecords:
         row = self._set_flag(server_id, draining=on)
         server = self._server_dict(row)
         server['chunks'] = self._replica_counts().get(server_id, 0)
-        LOG.warning('Chunk server %d (%s:%d) %s: %d replica(s) on it',
+        LOG.warning('Chunk server %d (%s:%d) %s: %d replica(s) on it, by %s',
                     server_id, row.address, row.port,
                     'is draining' if on else 'no longer drains',
-                    server['chunks'])
+                    server['chunks'], asked())
         return server
 
     def remove_server(self, server_id, quiet_for=0.0):
@@ -348,8 +351,8 @@ class ServerRecords:
             conn.execute(t.delete().where(t.c.id == server_id))
         self.failures.pop(server_id, None)
         LOG.warning('Chunk server %d (%s:%d, %s) removed; %d chunk(s) '
-                    'forgot it', server_id, row.address, row.port, row.uuid,
-                    len(forget))
+                    'forgot it; by %s', server_id, row.address, row.port,
+                    row.uuid, len(forget), asked())
         return self._server_dict(row)
 
     def server_host(self, server_id):

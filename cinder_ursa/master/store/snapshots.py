@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
+from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import split_ids
 from cinder_ursa.master.store.common import trash_name
 from cinder_ursa.master.store.common import unstorable
@@ -62,7 +63,8 @@ class SnapshotRecords:
                 raise exception.AlreadyExists(kind='snapshot', name=name)
             conn.execute(s.update().where(s.c.id == row.id).values(
                 name=name))
-        LOG.info('Snapshot %s renamed to %s', row.name, name)
+        LOG.info('Snapshot %s renamed to %s, by %s', row.name, name,
+                 asked())
         return self.get_snapshot(row.id)
 
     def get_snapshot(self, ref, volume=None):
@@ -131,8 +133,8 @@ class SnapshotRecords:
             conn.execute(s.update().where(s.c.id == sid).values(
                 status='available'))
         snap = self.get_snapshot(sid)
-        LOG.info('Snapshot %s@%s created (sequence %d)', snap['volume_name'],
-                 snap['name'], snap['seq'])
+        LOG.info('Snapshot %s@%s created (sequence %d), by %s',
+                 snap['volume_name'], snap['name'], snap['seq'], asked())
         return snap
 
     def live_seqs(self, volume_id):
@@ -207,11 +209,11 @@ class SnapshotRecords:
                 conn.execute(s.update().where(s.c.id == row.id).values(
                     status='trash', name=trash_name(row.id)))
                 LOG.info('Snapshot %s moved to the trash: clones still read '
-                         'it', row.name)
+                         'it; by %s', row.name, asked())
                 return self._snapshot_dict(row), 'trash'
             conn.execute(s.delete().where(s.c.id == row.id))
-        LOG.info('Snapshot %s (sequence %d of volume %s) deleted', row.name,
-                 row.seq, row.volume_id)
+        LOG.info('Snapshot %s (sequence %d of volume %s) deleted, by %s',
+                 row.name, row.seq, row.volume_id, asked())
         return self._snapshot_dict(row), 'deleted'
 
     @staticmethod
@@ -272,8 +274,14 @@ class SnapshotRecords:
                 status='reverting'))
         return self._volume_dict(vol), snap.seq
 
-    def finish_revert(self, vid):
+    def finish_revert(self, vid, seq=None):
+        """The revert of volume ``vid`` (to snapshot sequence ``seq``)
+        is done on every chunk server: it is available again."""
         t = models.volumes
         with self.begin() as conn:
+            name = conn.execute(sa.select(t.c.name).where(
+                t.c.id == vid)).scalar()
             conn.execute(t.update().where(t.c.id == vid).values(
                 status='available'))
+        LOG.info('Volume %s reverted to its snapshot of sequence %s, by %s',
+                 name, seq, asked())

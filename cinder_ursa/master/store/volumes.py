@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.common import units
 from cinder_ursa.master import models
+from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import trash_name
 from cinder_ursa.master.store.common import unstorable
 from cinder_ursa.master.store.common import validate_geometry
@@ -78,9 +79,10 @@ class VolumeRecords:
                 snap_seq=0, parent_snapshot_id=parent,
                 qos=json.dumps(qos) if qos else None,
                 multiattach=bool(multiattach)))
-        LOG.info('Volume %s (%s) created, %s, %d replicas%s', name, vid,
-                 units.format_size(size), replicas,
-                 ', clone of snapshot %s' % parent if parent else '')
+        LOG.info('Volume %s (%s) created, %s, %d replicas%s, by %s', name,
+                 vid, units.format_size(size), replicas,
+                 ', clone of snapshot %s' % parent if parent else '',
+                 asked())
         return self.get_volume(vid)
 
     def _find_volume(self, conn, ref):
@@ -218,7 +220,8 @@ class VolumeRecords:
                 conn.execute(t.update().where(t.c.id == row.id).values(
                     status='trash', name=trash_name(row.id)))
                 LOG.info('Volume %s moved to the trash: clones of its '
-                         'deleted snapshots still read it', row.name)
+                         'deleted snapshots still read it; by %s', row.name,
+                         asked())
                 return self._volume_dict(row), 'trash'
             conn.execute(t.update().where(t.c.id == row.id).values(
                 status='deleting'))
@@ -226,11 +229,13 @@ class VolumeRecords:
 
     def finish_delete(self, vid):
         with self.begin() as conn:
+            name = conn.execute(sa.select(models.volumes.c.name).where(
+                models.volumes.c.id == vid)).scalar()
             conn.execute(models.chunks.delete().where(
                 models.chunks.c.volume_id == vid))
             conn.execute(models.volumes.delete().where(
                 models.volumes.c.id == vid))
-        LOG.info('Volume %s deleted', vid)
+        LOG.info('Volume %s (%s) deleted, by %s', name, vid, asked())
 
     def update_volume(self, ref, name=None, qos=None, multiattach=None):
         """Rename a volume (``manage_existing`` does) and/or replace its
@@ -266,10 +271,14 @@ class VolumeRecords:
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     **values))
         if name is not None and name != vol.name:
-            LOG.info('Volume %s renamed to %s', vol.name, name)
+            LOG.info('Volume %s renamed to %s, by %s', vol.name, name,
+                     asked())
         if qos is not None:
-            LOG.info('Volume %s QoS limits: %s', name or vol.name,
-                     qos or 'none')
+            LOG.info('Volume %s QoS limits: %s, by %s', name or vol.name,
+                     qos or 'none', asked())
+        if 'multiattach' in values:
+            LOG.info('Volume %s multiattach: %s, by %s', name or vol.name,
+                     values['multiattach'], asked())
         return self.get_volume(vol.id)
 
     def resize(self, ref, size, force=False):
@@ -293,8 +302,9 @@ class VolumeRecords:
                            % (vol.name, vol.size, size))
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 size=size))
-        LOG.info('Volume %s resized from %s to %s', vol.name,
-                 units.format_size(vol.size), units.format_size(size))
+        LOG.info('Volume %s resized from %s to %s, by %s', vol.name,
+                 units.format_size(vol.size), units.format_size(size),
+                 asked())
         return self.get_volume(vol.id)
 
     def detach_parent(self, ref):
@@ -308,6 +318,6 @@ class VolumeRecords:
                     reason='volume %s is not a clone' % vol.name)
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 parent_snapshot_id=None))
-        LOG.info('Volume %s flattened: detached from snapshot %s', vol.name,
-                 vol.parent_snapshot_id)
+        LOG.info('Volume %s flattened: detached from snapshot %s, by %s',
+                 vol.name, vol.parent_snapshot_id, asked())
         return self.get_volume(vol.id)
