@@ -18,11 +18,11 @@ from oslo_log import log as logging
 
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
-from cinder_ursa.common import metrics as metrics_mod
 from cinder_ursa.master import api
 from cinder_ursa.master import listener
 from cinder_ursa.master import opts
 from cinder_ursa.master import store as store_mod
+from cinder_ursa.transport import metrics as metrics_mod
 
 LOG = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ import time
 
 from aiohttp import web
 
-from cinder_ursa.common import metrics as common_metrics
 from cinder_ursa.master import placement
+from cinder_ursa.transport import metrics as common_metrics
 
 LOG = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def summarize(records, usage, level):
 class MasterMetrics:
     """The metrics of one master (``service``: its
     :class:`~cinder_ursa.master.service.MasterService`) in ``registry``
-    (a :class:`~cinder_ursa.common.metrics.ProcessMetrics`)."""
+    (a :class:`~cinder_ursa.transport.metrics.ProcessMetrics`)."""
 
     def __init__(self, service, registry=None, interval=SUMMARY_INTERVAL):
         self.service = service

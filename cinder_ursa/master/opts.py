@@ -2,9 +2,9 @@
 
 from oslo_config import cfg
 
-from cinder_ursa.common import metrics
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
+from cinder_ursa.transport import metrics
 
 # The largest multiple of 4 KiB below 2**63: volume sizes and offsets are
 # signed 64-bit numbers in SQL (BIGINT), in kernels (loff_t) and in NBD.

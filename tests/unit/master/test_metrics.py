@@ -13,10 +13,10 @@ import pytest
 from aiohttp import test_utils
 
 from cinder_ursa.common import auth
-from cinder_ursa.common import metrics as common_metrics
 from cinder_ursa.master import api
 from cinder_ursa.master import metrics
 from cinder_ursa.master import store as store_mod
+from cinder_ursa.transport import metrics as common_metrics
 from tests.fixtures.master import add_servers
 
 KEY = b'k' * 32
