@@ -15,6 +15,7 @@ from aiohttp import test_utils
 from cinder_ursa.common import auth
 from cinder_ursa.master import api
 from cinder_ursa.master import metrics
+from cinder_ursa.master import models
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.transport import metrics as common_metrics
 from tests.fixtures.master import add_servers
@@ -148,8 +149,18 @@ def test_summary_records_agree_with_each_chunk(store):
     store.drop_replica('r3', 2, m['replicas'][1], m['epoch'])
     m = store.chunk_members('r3m3', 0)
     store.drop_replica('r3m3', 0, m['replicas'][0], m['epoch'])
-    # The only server of r1's chunk 0 goes down: no copy reachable.
-    store.mark_down(-60, judged={r1[0]['replicas'][0]['id']})
+    # The only server of one of r1's chunks goes down (not r3 chunk 2's
+    # last one): no copy reachable.  Its state is set as mark_down sets
+    # it, without mark_down's dropping it from the other replica sets,
+    # which would move the other chunks' states by where placement put
+    # their replicas.
+    last = store.chunk_members('r3', 2)['replicas'][0]
+    down = next(c['replicas'][0]['id'] for c in r1
+                if c['replicas'][0]['id'] != last)
+    t = models.chunkservers
+    with store.begin() as conn:
+        conn.execute(t.update().where(t.c.id == down).values(
+            state='down', down_since=time.time()))
     expected = per_chunk(store)
     s = metrics.summarize(store.summary_records(), {}, 'host')
     assert s['chunks'] == expected
