@@ -37,6 +37,12 @@ host name (the failure domain ``host``); the NBD gateway then reads no
 replica files directly, as on a host of its own.  The namespaces, their
 links and the faults on them are the caller's (tests/fixtures/netns.py).
 
+``metrics=True`` (``ursa-aio --metrics``) gives every process a
+Prometheus ``/metrics`` endpoint on a free port of its address, the same
+port each time that process starts again; :meth:`AllInOne.metrics_targets`
+lists them by scrape job (the job names the alert rules in
+etc/prometheus/ursa-alerts.yml expect).
+
 Example::
 
     ursa-aio --data-dir /var/tmp/ursa --chunkservers 3
@@ -66,6 +72,10 @@ BEHIND_PROXY = '127.0.0.2'
 # With --masters N and a port base, master i >= 1 listens on port base +
 # MASTER_OFFSET + i.
 MASTER_OFFSET = 50
+# Prometheus scrape job of each role (see AllInOne.host), as the alert
+# rules (etc/prometheus/ursa-alerts.yml) name them.
+METRICS_JOBS = (('master', 'ursa-master'), ('cs', 'ursa-chunkserver'),
+                ('nbd', 'ursa-nbd'), ('attach', 'ursa-attach'))
 
 
 class AllInOne:
@@ -78,7 +88,7 @@ class AllInOne:
                  replication_timeout=5.0, extra_conf='', nbd_port=None,
                  racks=None, fault_proxies=False, masters=1,
                  coordination_url=None, hosts=None,
-                 server_startup_timeout=None):
+                 server_startup_timeout=None, metrics=False):
         if masters < 1:
             raise ValueError('masters must be at least 1')
         if racks is not None and len(racks) != chunkservers:
@@ -133,6 +143,11 @@ class AllInOne:
         # Whether a stop was asked for (the launcher's signal handler):
         # starts in progress then give up at once.
         self.stopping = lambda: False
+        self.metrics = metrics
+        # role -> its /metrics port, picked once and kept, so a process
+        # started again is scraped where it was; roles started so far.
+        self.metrics_ports = {}
+        self._metrics_started = set()
 
     # --- configuration -----------------------------------------------------
 
@@ -169,6 +184,7 @@ class AllInOne:
             'server_timeout = %s' % self.server_timeout,
             'lease_ttl = %s' % self.lease_ttl,
         ]
+        lines += self._metrics_conf('master')
         if self.server_startup_timeout is not None:
             lines.append('server_startup_timeout = %s'
                          % self.server_startup_timeout)
@@ -195,6 +211,7 @@ class AllInOne:
             'mount_dir = %s' % self.attach_dir,
             'state_dir = %s' % os.path.join(self.data_dir, 'attach'),
             'poll_interval = 0.2',
+        ] + self._metrics_conf('attach') + [
             '',
             '[ursa_nbd]',
             'bind_host = %s' % self.host('nbd')[1],
@@ -212,17 +229,53 @@ class AllInOne:
             'local_chunkserver_dirs = %s' % ','.join(
                 self.cs_dir(i) for i in range(self.n)
                 if not self.hosts),
+        ] + self._metrics_conf('nbd') + [
             '',
             self.extra_conf,
         ]
         with open(self.conf_file, 'w') as f:
             f.write('\n'.join(lines) + '\n')
 
+    def _metrics_conf(self, role):
+        """The option lines that give ``role`` its /metrics endpoint (none
+        without ``metrics``)."""
+        if not self.metrics:
+            return []
+        port = self.metrics_ports.get(role)
+        if port is None:
+            # The kernel's choice, then released: another process may
+            # take it before ours binds it (rare, and fine for tests).
+            # Chosen on loopback: a host of its own (a network
+            # namespace) has all its ports free.
+            with socket.socket() as s:
+                s.bind(('127.0.0.1', 0))
+                port = self.metrics_ports[role] = s.getsockname()[1]
+        return ['metrics_host = %s' % self.host(role)[1],
+                'metrics_port = %d' % port]
+
+    def metrics_targets(self):
+        """{Prometheus job: ['address:port', ...]} of the /metrics
+        endpoints of the processes started so far (also those that died
+        since: they are down, not gone), by job: ursa-master,
+        ursa-chunkserver, ursa-nbd, ursa-attach."""
+        out = {}
+        for prefix, job in METRICS_JOBS:
+            roles = sorted(
+                (r for r in self._metrics_started
+                 if r.rstrip('0123456789') == prefix),
+                key=lambda r: int(r[len(prefix):] or 0))
+            if roles:
+                out[job] = ['%s:%d' % (self.host(r)[1], self.metrics_ports[r])
+                            for r in roles]
+        return out
+
     # --- processes ---------------------------------------------------------
 
     def _spawn(self, module, log_name, args=(), role=None):
         cmd = [sys.executable, '-m', module, '--config-file', self.conf_file]
         cmd += list(args)
+        if role in self.metrics_ports:
+            self._metrics_started.add(role)
         netns = self.host(role)[0]
         if netns is not None:
             # ip netns exec execs the command: the process is ours, its
@@ -295,11 +348,12 @@ class AllInOne:
         args = []
         if i:
             own = os.path.join(state, 'master.conf')
+            lines = ['[ursa_master]', 'state_dir = %s' % state,
+                     'bind_port = %d' % self.master_ports[i],
+                     'bind_host = %s' % self.host(self.master_role(i))[1]]
+            lines += self._metrics_conf(self.master_role(i))
             with open(own, 'w') as f:
-                f.write('[ursa_master]\nstate_dir = %s\nbind_port = %d\n'
-                        'bind_host = %s\n'
-                        % (state, self.master_ports[i],
-                           self.host(self.master_role(i))[1]))
+                f.write('\n'.join(lines) + '\n')
             args = ['--config-file', own]
         proc = self._spawn('cinder_ursa.cmd.master',
                            'master%s.log' % (i or ''), args,
@@ -382,6 +436,7 @@ class AllInOne:
                       'host = cs%d' % i]
         if self.racks is not None:
             lines.append('rack = %s' % self.racks[i])
+        lines += self._metrics_conf('cs%d' % i)
         if i in self.cs_extra_conf:
             lines.append(self.cs_extra_conf[i])
         with open(own, 'w') as f:
@@ -622,6 +677,10 @@ def main(argv=None):
                              'one leader, the others standbys taking over '
                              'if it fails; master N >= 1 listens on '
                              'port-base + %d + N.' % MASTER_OFFSET)
+    parser.add_argument('--metrics', action='store_true',
+                        help='Give every process a Prometheus /metrics '
+                             'endpoint on a free port of 127.0.0.1 and '
+                             'print them by scrape job.')
     parser.add_argument('--demo-volume', default='demo',
                         help='Volume created on first start and written '
                              'once to show the cluster serving '
@@ -637,7 +696,7 @@ def main(argv=None):
         parser.error(problem)
 
     aio = AllInOne(args.data_dir, args.chunkservers, args.port_base,
-                   masters=args.masters)
+                   masters=args.masters, metrics=args.metrics)
     stopping = []
     aio.stopping = lambda: bool(stopping)
 
@@ -661,6 +720,10 @@ def main(argv=None):
                 i, info['port'], aio.cs_dir(i)))
         print('  ursa-nbd           nbd://127.0.0.1:%d/<volume>  (NBD '
               'gateway)' % aio.nbd_port)
+        if args.metrics:
+            print('Prometheus targets (job: /metrics addresses):')
+            for job, targets in aio.metrics_targets().items():
+                print('  %-18s %s' % (job, ' '.join(targets)))
         if args.demo_volume:
             _demo(aio, args.demo_volume)
             print('Volume %s is served at nbd://127.0.0.1:%d/%s' % (
