@@ -36,6 +36,10 @@ from cinder_ursa.transport import limits as limits_mod
 
 LOG = logging.getLogger(__name__)
 
+# The data path's share of the metrics (see metrics.py), looked up once.
+_clock = metrics_mod.clock
+_COUNTED = metrics_mod.OP_OF
+
 
 class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                   repair.RepairMixin, rebuild.RebuildMixin,
@@ -207,9 +211,9 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
 
     def handle(self, conn, frame):
         op = frame.opcode
-        if op in metrics_mod.OP_OF:
+        if op in _COUNTED:
             # In flight until answered (see _answered, _reply_error).
-            self.inflight[id(frame)] = metrics_mod.clock()
+            self.inflight[id(frame)] = _clock()
         try:
             if self.disk.failure is not None:
                 # Nothing is served from a failed data directory: clients
@@ -570,7 +574,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         (its latency since it was handled)."""
         t0 = self.inflight.pop(id(frame), None)
         if t0 is not None:
-            self.ops.done(op, metrics_mod.clock() - t0, nbytes)
+            self.ops.done(op, _clock() - t0, nbytes)
 
     def _disk_error(self, err):
         """Count ``err`` (an OSError); fail the data directory when it is
