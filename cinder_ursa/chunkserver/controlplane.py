@@ -8,6 +8,7 @@ import logging
 import time
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver import metrics
 from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
@@ -54,8 +55,8 @@ def master_only(frame):
 class ControlMixin:
     """Membership, control requests and syncs of :class:`ChunkServer`
     (which provides ``store``, ``master``, ``authority``, ``disk``,
-    ``_loop``, ``_syncs``, ``_registered``, ``_wake``, ``_disk_error`` and
-    ``_reply_error``)."""
+    ``_loop``, ``_syncs``, ``_registered``, ``_wake``, ``_disk_error``,
+    ``_sync_latency``, ``_answered`` and ``_reply_error``)."""
 
     _joining_swept = float('-inf')   # when joining copies were checked
     _sweeping = False
@@ -315,6 +316,7 @@ class ControlMixin:
             conn.send(control.encode_entries_ok(
                 frame.req_id, c.epoch, self.store.blocks_in_use(c),
                 self.store.entry_tables(c, first, count)))
+            self._answered(frame, 'catchup')
         elif op == codec.INVENTORY:
             vol = control.decode_inventory(frame.body)
             conn.send(control.encode_inventory_ok(
@@ -422,6 +424,7 @@ class ControlMixin:
             conn.send(control.encode_entries_ok(
                 frame.req_id, c.epoch, self.store.blocks_in_use(c),
                 self.store.entry_tables(c, first, count)))
+            self._answered(frame, 'catchup')
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 
@@ -463,9 +466,11 @@ class ControlMixin:
         conn.spawn(self._reply_after_sync(conn, frame,
                                           codec.decode_flush(frame.body)))
 
-    async def _reply_after_sync(self, conn, frame, volume, chunk=None):
+    async def _reply_after_sync(self, conn, frame, volume, chunk=None,
+                                nbytes=0):
         """Answer once ``volume`` (``chunk`` only: a FUA write, whose reply
-        carries the chunk's epoch) is durable."""
+        carries the chunk's epoch) is durable; ``nbytes``: what the
+        request wrote (for the metrics)."""
         try:
             await self._sync(volume, chunk)
         except OSError as e:
@@ -481,6 +486,9 @@ class ControlMixin:
         else:
             conn.send(codec.encode_write_ok(frame.req_id, chunk.epoch,
                                             frame.opcode))
+        op = metrics.op_of(frame)
+        if op is not None:
+            self._answered(frame, op, nbytes)
 
     async def _sync(self, volume=None, chunk=None):
         """Make durable what was written to ``volume`` (every volume when
@@ -494,7 +502,7 @@ class ControlMixin:
                  if volume is None or vols is None or volume in vols]
         if fds or dirs:
             vols = None if volume is None else frozenset((volume,))
-            fut = self._loop.run_in_executor(None, self.store.sync, fds,
+            fut = self._loop.run_in_executor(None, self._timed_sync, fds,
                                              dirs)
             entry = (vols, fut)
             self._syncs.append(entry)
@@ -513,3 +521,11 @@ class ControlMixin:
             for f in waits:
                 if f.exception() is not None:
                     raise f.exception()
+
+    def _timed_sync(self, fds, dirs):
+        """``store.sync`` (in a worker thread), its latency observed."""
+        t0 = metrics.clock()
+        try:
+            self.store.sync(fds, dirs)
+        finally:
+            self._sync_latency.observe(metrics.clock() - t0)

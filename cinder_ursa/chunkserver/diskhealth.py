@@ -38,6 +38,7 @@ class DiskHealth:
         self.window = window
         self.clock = clock
         self.errors = 0             # since the start
+        self.kinds = collections.Counter()  # errno name -> errors
         self.failure = None         # why the directory failed, once it did
         self._recent = collections.deque()
 
@@ -55,6 +56,7 @@ class DiskHealth:
         if self.failure is not None or not is_disk_error(err):
             return False
         self.errors += 1
+        self.kinds[errno.errorcode.get(err.errno, str(err.errno))] += 1
         now = self.clock()
         self._recent.append(now)
         while self._recent and now - self._recent[0] > self.window:

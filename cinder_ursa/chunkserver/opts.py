@@ -4,6 +4,8 @@ import socket
 
 from oslo_config import cfg
 
+from cinder_ursa.common import metrics
+
 chunkserver_group = cfg.OptGroup(
     'ursa_chunkserver', title='Ursa chunk server',
     help='Options of the ursa-chunkserver service (one per data directory).')
@@ -113,7 +115,7 @@ chunkserver_opts = [
                     'must present a certificate signed by these CAs '
                     '(mutual TLS: [ursa] tls_cert_file and tls_key_file on '
                     'every client).'),
-]
+] + metrics.metrics_opts('chunk server')
 
 
 def register_opts(conf):

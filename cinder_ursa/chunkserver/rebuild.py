@@ -66,8 +66,8 @@ TELL_ABANDONED_WAIT = 5.0   # s the target of a copy given up is told in
 class RebuildMixin:
     """The REBUILD handler of :class:`ChunkServer` (which provides
     ``store``, ``authority``, ``master``, ``peers``, ``throttle``, ``id``,
-    ``replication_timeout``, ``_peer``, ``_send_replica`` and
-    ``_reply_error``)."""
+    ``replication_timeout``, ``recorded``, ``_peer``, ``_send_replica``,
+    ``_answered`` and ``_reply_error``)."""
 
     def _rebuild(self, conn, frame, req, confirmed):
         view = self.authority.primary_view(req.volume, req.index, req.epoch,
@@ -83,6 +83,7 @@ class RebuildMixin:
             copied = await self._rebuild_chunk(req)
             conn.send(codec.encode_ok(frame.opcode, frame.req_id,
                                       control.encode_u64(copied)))
+            self._answered(frame, 'catchup', copied)
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 
@@ -245,6 +246,7 @@ class RebuildMixin:
                     rid, codec.encode_replicate(rid, push, c.epoch))))
                 sent += len(data)
                 inflight += len(data)
+                self.recorded.recovery_bytes += len(data)
                 if inflight >= WINDOW:
                     await self._settle(pending)
                     inflight = 0

@@ -45,8 +45,8 @@ LOG = logging.getLogger(__name__)
 class RepairMixin:
     """The REPAIR handler of :class:`ChunkServer` (which provides
     ``store``, ``authority``, ``gate``, ``peers``, ``id``,
-    ``replication_timeout``, ``_peer``, ``_send_replica`` and
-    ``_reply_error``)."""
+    ``replication_timeout``, ``_peer``, ``_send_replica``, ``_answered``
+    and ``_reply_error``)."""
 
     def _repair(self, conn, frame, req, confirmed):
         """REPAIR (to the primary): make blocks identical and valid on
@@ -62,6 +62,7 @@ class RepairMixin:
             fixed = await self._repair_blocks(req, view)
             conn.send(codec.encode_ok(frame.opcode, frame.req_id,
                                       control.encode_u64(fixed)))
+            self._answered(frame, 'repair', req.count * BLOCK)
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 

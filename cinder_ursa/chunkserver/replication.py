@@ -48,8 +48,8 @@ class ReplicationMixin:
     """The WRITE and REPLICATE handlers of :class:`ChunkServer` (which
     provides ``store``, ``authority``, ``master``, ``peers``, ``id``,
     ``replication_timeout``, ``gate``, ``_loop``, ``_peer_addrs``,
-    ``_peer_asked``, ``_drop_locks``, ``_sync``, ``_reply_after_sync`` and
-    ``_reply_error``)."""
+    ``_peer_asked``, ``_drop_locks``, ``_sync``, ``_reply_after_sync``,
+    ``_timed_sync``, ``_answered`` and ``_reply_error``)."""
 
     def _check(self, req, confirmed, joining=False):
         """The master's view of the chunk a write names (its generation
@@ -114,7 +114,7 @@ class ReplicationMixin:
         try:
             ahead = self._copy_ahead(req, c, copies)
             try:
-                await self._loop.run_in_executor(None, self.store.sync,
+                await self._loop.run_in_executor(None, self._timed_sync,
                                                  copies.fds, copies.dirs)
             except OSError as e:
                 self.store.sync_failed((req.volume,), e)
@@ -169,10 +169,13 @@ class ReplicationMixin:
         # restart) until the master makes it a replica.
         self.store.set_joining(c, self.id not in view.replicas)
         if req.fua:
-            conn.spawn(self._reply_after_sync(conn, frame, req.volume, c))
+            conn.spawn(self._reply_after_sync(conn, frame, req.volume, c,
+                                              req.length))
         else:
             conn.send(codec.encode_write_ok(frame.req_id, c.epoch,
                                             codec.REPLICATE))
+            self._answered(frame, 'catchup' if frame.flags & codec.FLAG_RAW
+                           else 'replicate', req.length)
 
     def _write(self, conn, frame, req, confirmed):
         if req.flags & codec.FLAG_RAW:
@@ -219,6 +222,7 @@ class ReplicationMixin:
             os._exit(70)
         if not others and not req.fua:
             conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
+            self._answered(frame, 'write', req.length)
             return
         # Forward right now, in arrival order, on connected peers; the
         # data view points into the frame, which the forwards keep alive.
@@ -263,6 +267,7 @@ class ReplicationMixin:
                         peer=str(sid), reason='cancelled: %s' % e))
             if not any(results):
                 conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
+                self._answered(frame, 'write', req.length)
             else:
                 conn.spawn(self._conclude(conn, frame, req, c, others,
                                           results))
@@ -309,6 +314,7 @@ class ReplicationMixin:
             if failed:
                 epoch = await self._drop(req, c, failed)
             conn.send(codec.encode_write_ok(frame.req_id, epoch))
+            self._answered(frame, 'write', req.length)
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 

@@ -52,7 +52,8 @@ class ResyncMixin:
     """The RESYNC handler of :class:`ChunkServer`, and the resync of its
     chunks after a crash (it provides ``store``, ``authority``, ``gate``,
     ``peers``, ``id``, ``_peer``, ``_differences``, ``_push_runs``,
-    ``_repair_blocks`` and ``_reply_error``)."""
+    ``_repair_blocks``, ``recorded``, ``_answered`` and
+    ``_reply_error``)."""
 
     _suspect = frozenset()
 
@@ -67,6 +68,7 @@ class ResyncMixin:
             fixed = await self._resync_blocks(req.volume, req.index, view)
             conn.send(codec.encode_ok(frame.opcode, frame.req_id,
                                       control.encode_u64(fixed)))
+            self._answered(frame, 'catchup', fixed * BLOCK)
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
 
@@ -91,6 +93,9 @@ class ResyncMixin:
             await self._repair_blocks(control.RepairRequest(
                 vol, idx, view.epoch, first, count), view)
             fixed += count
+            # Pushed to every other replica.
+            self.recorded.recovery_bytes += count * BLOCK * (
+                len(view.replicas) - 1)
         for addr, runs in layers:
             # Not throttled: the chunk's writes wait meanwhile.
             fixed += await self._push_runs(c, addr, runs,

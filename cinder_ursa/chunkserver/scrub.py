@@ -49,8 +49,10 @@ import random
 import time
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver import metrics
 from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.chunkserver.store.files import atomic_write
+from cinder_ursa.protocol.chunkfile import BLOCK
 
 LOG = logging.getLogger(__name__)
 
@@ -226,8 +228,9 @@ class Quarantined(Exception):
 
 class ScrubMixin:
     """The deep scrub of :class:`ChunkServer` (which provides ``store``,
-    ``disk``, ``throttle``, ``_suspect``, ``_registered``, ``_wake`` and
-    ``repair_now``).  ``scrub_interval`` 0: no scrub."""
+    ``disk``, ``throttle``, ``ops``, ``recorded``, ``_suspect``,
+    ``_registered``, ``_wake`` and ``repair_now``).  ``scrub_interval`` 0:
+    no scrub."""
 
     def _init_scrub(self, interval, light_interval, error_limit):
         self.scrub_interval = interval
@@ -346,15 +349,23 @@ class ScrubMixin:
                 c = self.store.held(*key)
                 if not self._scrubbable(c):
                     continue
-                for layer in [0] + c.layer_ids():
-                    first = 0
-                    if st.position is not None and \
-                            tuple(st.position[:2]) == key:
-                        if layer < st.position[2]:
-                            continue
-                        if layer == st.position[2]:
-                            first = st.position[3]
-                    await self._scrub_file(c, layer, first)
+                t0, done = metrics.clock(), st.bytes_done
+                try:
+                    for layer in [0] + c.layer_ids():
+                        first = 0
+                        if st.position is not None and \
+                                tuple(st.position[:2]) == key:
+                            if layer < st.position[2]:
+                                continue
+                            if layer == st.position[2]:
+                                first = st.position[3]
+                        await self._scrub_file(c, layer, first)
+                except Exception as e:
+                    self.ops.done('scrub', metrics.clock() - t0,
+                                  st.bytes_done - done, error=e)
+                    raise
+                self.ops.done('scrub', metrics.clock() - t0,
+                              st.bytes_done - done)
         finally:
             self._scrubbing = False
 
@@ -379,6 +390,7 @@ class ScrubMixin:
                 if bad:
                     await self._scrub_bad(c, layer, bad)
                 st.bytes_done += nbytes
+                self.recorded.scrub_blocks += nbytes // BLOCK
                 st.position = (c.volume, c.index, layer, at + count)
                 st.save()
                 await self.pacer.take(nbytes)
@@ -408,6 +420,7 @@ class ScrubMixin:
         st = self.scrub
         st.found += len(bad)
         st.pass_found += len(bad)
+        self.recorded.scrub_errors += len(bad)
         where = 'chunk %s/%d%s' % (c.volume, c.index,
                                    ' layer %d' % layer if layer else '')
         LOG.error('Scrub: %s block(s) %s fail their CRC on this replica',
@@ -437,6 +450,7 @@ class ScrubMixin:
         left = [] if self.store.held(c.volume, c.index) is not c else \
             self._still_bad(c, layer, range(first, first + count))
         st.repaired += count - len(left)
+        self.recorded.scrub_repairs += count - len(left)
         if left:
             st.unrepaired += len(left)
             why = last or 'still bad after the repair'

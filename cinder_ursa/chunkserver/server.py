@@ -4,19 +4,21 @@ and reads.  Its other parts: the write path and its forwarding to the
 other replicas (:mod:`.replication`), membership, control requests and
 syncs (:mod:`.controlplane`), REPAIR (:mod:`.repair`), REBUILD
 (:mod:`.rebuild`), RESYNC, the resync after a crash (:mod:`.resync`), and
-the scrub (:mod:`.scrub`).
+the scrub (:mod:`.scrub`).  Its Prometheus metrics: :mod:`.metrics`.
 """
 
 import asyncio
 import logging
 import resource
 import socket
+import weakref
 
 from cinder_ursa import exception
 from cinder_ursa.chunkserver import authority as authority_mod
 from cinder_ursa.chunkserver import controlplane
 from cinder_ursa.chunkserver import diskhealth
 from cinder_ursa.chunkserver import gate as gate_mod
+from cinder_ursa.chunkserver import metrics as metrics_mod
 from cinder_ursa.chunkserver import rebuild
 from cinder_ursa.chunkserver import repair
 from cinder_ursa.chunkserver import replication
@@ -25,6 +27,7 @@ from cinder_ursa.chunkserver import scrub
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.chunkserver import throttle
 from cinder_ursa.client import master as master_mod
+from cinder_ursa.common import metrics as common_metrics
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
@@ -32,6 +35,10 @@ from cinder_ursa.transport import aio
 from cinder_ursa.transport import limits as limits_mod
 
 LOG = logging.getLogger(__name__)
+
+# The data path's share of the metrics (see metrics.py), looked up once.
+_clock = metrics_mod.clock
+_COUNTED = metrics_mod.OP_OF
 
 
 class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
@@ -45,7 +52,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                  recovery_rate=(0, 0), disk_error_limit=5,
                  disk_error_window=60.0, scrub_interval=0.0,
                  light_scrub_interval=0.0, scrub_error_limit=0,
-                 liveness_timeout=3.0, limits=None, tls=None):
+                 liveness_timeout=3.0, limits=None, tls=None,
+                 metrics_host='127.0.0.1', metrics_port=0):
         self.disk = diskhealth.DiskHealth(disk_error_limit,
                                           disk_error_window)
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
@@ -105,6 +113,17 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._repairing = set()  # their (volume, index, layer, first)
         self._init_scrub(scrub_interval, light_scrub_interval,
                          scrub_error_limit)
+        # Metrics (see metrics.py): served on metrics_port when it is set.
+        self.metrics_host = metrics_host
+        self.metrics_port = metrics_port
+        self.inflight = {}      # id(frame) -> clock() when it was handled
+        # The data protocol's open connections (weak: one whose TLS
+        # handshake fails is never told it closed).
+        self.connections = weakref.WeakSet()
+        self.recorded = metrics_mod.Recorder()
+        self.metrics = common_metrics.ProcessMetrics('chunkserver')
+        self.ops = metrics_mod.register(self, self.metrics)
+        self._sync_latency = metrics_mod.sync_histogram(self.metrics)
 
     async def start(self):
         # Kept: get_running_loop() costs a getpid() system call per use.
@@ -124,12 +143,13 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             tls = {'ssl': self.tls, 'ssl_handshake_timeout':
                    self.limits.auth_timeout or None}
         self._server = await loop.create_server(
-            lambda: aio.ServerConnection(self.key, self.handle,
-                                         limits=self.limits,
-                                         accept_tickets=True),
-            self.bind_host, self.bind_port, reuse_address=True, backlog=512,
-            **tls)
+            self._connection, self.bind_host, self.bind_port,
+            reuse_address=True, backlog=512, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.metrics_port:
+            served = await self.metrics.serve_here(self.metrics_host,
+                                                   self.metrics_port)
+            self.metrics_port = served.port
         self._check_open_files()
         LOG.info('Chunk server %s serving %s on %s:%d%s',
                  self.store.server_uuid, self.store.data_dir, self.bind_host,
@@ -141,6 +161,13 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             self._tasks.append(loop.create_task(self._scrub_task()))
         if self.light_scrub_interval:
             self._tasks.append(loop.create_task(self._light_scrub_task()))
+
+    def _connection(self):
+        conn = aio.ServerConnection(self.key, self.handle,
+                                    on_close=self.connections.discard,
+                                    limits=self.limits, accept_tickets=True)
+        self.connections.add(conn)
+        return conn
 
     def _check_open_files(self):
         """Warn when max_connections cannot be reached: the open files
@@ -168,6 +195,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.gate.cancel()
         if self._server is not None:
             self._server.close()
+        await self.metrics.close()
         self.peers.close()
         await self.master.close()
         await self.authority.master.close()
@@ -182,64 +210,77 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.store.close(clean)
 
     def handle(self, conn, frame):
-        if self.disk.failure is not None:
-            # Nothing is served from a failed data directory: clients and
-            # primaries take the error as this replica's and go to others.
-            conn.send(codec.encode_error(frame.opcode, frame.req_id,
-                                         self._disk_failed_error()))
-            return
-        if conn.ticket is not None:
-            try:
-                self._check_ticket(conn.ticket, frame)
-            except exception.ProtocolError:
-                raise
-            except exception.UrsaError as e:
-                self._reply_error(conn, frame, e)
-                return
         op = frame.opcode
-        if conn.claiming:
-            self._reply_error(conn, frame, exception.Unavailable(
-                reason='this connection claimed a master term the masters '
-                       'have not confirmed yet; wait for the TERM reply'))
-            return
-        if op == codec.TERM or conn.master_term is not None and \
-                conn.master_term < self.store.master_term:
-            self._judge_term(conn, frame)
-            return
-        if op == codec.WRITE:
-            fn, req = self._write, codec.decode_write(frame.body, frame.flags)
-            self.throttle.client_ops += 1
-        elif op == codec.REPLICATE:
-            fn, req = self._replicate, codec.decode_replicate(frame.body,
-                                                              frame.flags)
-            if not frame.flags & codec.FLAG_RAW:
-                self.throttle.client_ops += 1
-        elif op == codec.READ:
-            fn, req = self._read, codec.decode_read(frame.body)
-            if not frame.flags & codec.FLAG_RAW:
-                self.throttle.client_ops += 1
-        elif op == codec.REPAIR:
-            fn, req = self._repair, control.decode_repair(frame.body)
-        elif op == codec.REBUILD:
-            if conn.master_term is None:
-                self._reply_error(conn, frame,
-                                  controlplane.master_only(frame))
+        if op in _COUNTED:
+            # In flight until answered (see _answered, _reply_error).
+            self.inflight[id(frame)] = _clock()
+        try:
+            if self.disk.failure is not None:
+                # Nothing is served from a failed data directory: clients
+                # and primaries take the error as this replica's and go to
+                # others.
+                self._reply_error(conn, frame, self._disk_failed_error())
                 return
-            fn, req = self._rebuild, control.decode_rebuild(frame.body)
-        elif op == codec.RESYNC:
-            fn, req = self._resync, control.decode_resync(frame.body)
-        else:
-            self._serve(conn, frame, self._control, None)
-            return
-        key = (req.volume, req.index)
-        # Reads that need no confirmation are not held (see gate.py).
-        if op != codec.READ and self.gate.held(key):
-            try:
-                self.gate.wait(key, (fn, conn, frame, req))
-            except exception.Unavailable as e:
-                self._reply_error(conn, frame, e)
-        else:
-            self._serve(conn, frame, fn, req)
+            if conn.ticket is not None:
+                try:
+                    self._check_ticket(conn.ticket, frame)
+                except exception.ProtocolError:
+                    raise
+                except exception.UrsaError as e:
+                    self._reply_error(conn, frame, e)
+                    return
+            if conn.claiming:
+                self._reply_error(conn, frame, exception.Unavailable(
+                    reason='this connection claimed a master term the '
+                           'masters have not confirmed yet; wait for the '
+                           'TERM reply'))
+                return
+            if op == codec.TERM or conn.master_term is not None and \
+                    conn.master_term < self.store.master_term:
+                self._judge_term(conn, frame)
+                return
+            if op == codec.WRITE:
+                fn, req = self._write, codec.decode_write(frame.body,
+                                                          frame.flags)
+                self.throttle.client_ops += 1
+            elif op == codec.REPLICATE:
+                fn, req = self._replicate, codec.decode_replicate(frame.body,
+                                                                  frame.flags)
+                conn.cs_peer = True     # another chunk server (metrics)
+                if not frame.flags & codec.FLAG_RAW:
+                    self.throttle.client_ops += 1
+            elif op == codec.READ:
+                fn, req = self._read, codec.decode_read(frame.body)
+                if not frame.flags & codec.FLAG_RAW:
+                    self.throttle.client_ops += 1
+            elif op == codec.REPAIR:
+                fn, req = self._repair, control.decode_repair(frame.body)
+            elif op == codec.REBUILD:
+                if conn.master_term is None:
+                    self._reply_error(conn, frame,
+                                      controlplane.master_only(frame))
+                    return
+                fn, req = self._rebuild, control.decode_rebuild(frame.body)
+            elif op == codec.RESYNC:
+                fn, req = self._resync, control.decode_resync(frame.body)
+                conn.cs_peer = True
+            else:
+                if op == codec.ENTRIES:
+                    conn.cs_peer = True
+                self._serve(conn, frame, self._control, None)
+                return
+            key = (req.volume, req.index)
+            # Reads that need no confirmation are not held (see gate.py).
+            if op != codec.READ and self.gate.held(key):
+                try:
+                    self.gate.wait(key, (fn, conn, frame, req))
+                except exception.Unavailable as e:
+                    self._reply_error(conn, frame, e)
+            else:
+                self._serve(conn, frame, fn, req)
+        except exception.ProtocolError:
+            self.inflight.pop(id(frame), None)      # the transport answers
+            raise
 
     # What a ticket connection may send (TICKET itself is answered by the
     # transport): a client's reads and writes, and REPAIR, which a client
@@ -520,6 +561,20 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             LOG.error('Serving %r failed', frame, exc_info=e)
             e = exception.InternalError(reason=str(e))
         conn.send(codec.encode_error(frame.opcode, frame.req_id, e))
+        op = metrics_mod.op_of(frame)
+        t0 = None if op is None else self.inflight.pop(id(frame), None)
+        if t0 is not None:
+            self.ops.done(op, metrics_mod.clock() - t0, error=e)
+            if frame.opcode in metrics_mod.WRITES and \
+                    isinstance(e, metrics_mod.REFUSALS):
+                self.recorded.refused[type(e).__name__] += 1
+
+    def _answered(self, frame, op, nbytes=0):
+        """Count the reply to ``frame``, just sent or queued, as ``op``
+        (its latency since it was handled)."""
+        t0 = self.inflight.pop(id(frame), None)
+        if t0 is not None:
+            self.ops.done(op, _clock() - t0, nbytes)
 
     def _disk_error(self, err):
         """Count ``err`` (an OSError); fail the data directory when it is
@@ -574,6 +629,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             # ``snap`` names a layer here (its sequence), not a snapshot.
             conn.send(codec.encode_read_raw_ok(frame.req_id, *self.store.raw(
                 c, req.offset // BLOCK, req.length // BLOCK, req.snap)))
+            self._answered(frame, 'catchup', req.length)
             return
         if self._suspect:
             self.check_not_suspect(req.volume, req.index, req.epoch,
@@ -582,6 +638,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             states = self.store.block_states(c, req.offset, req.length,
                                              req.snap)
             conn.send(codec.encode_read_ok(frame.req_id, b'', states))
+            self._answered(frame, 'read')
             return
         try:
             data, states = self.store.read_blocks(c, req.offset, req.length,
@@ -597,3 +654,4 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         conn.send(codec.encode_read_ok(
             frame.req_id, data,
             states if frame.flags & codec.FLAG_STATES else None))
+        self._answered(frame, 'read', req.length)

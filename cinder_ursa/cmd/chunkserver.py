@@ -61,11 +61,14 @@ def main(argv=None):
                 max_connections=cc.max_connections,
                 max_unauthenticated=cc.max_unauthenticated,
                 max_unauthenticated_per_host=(
-                    cc.max_unauthenticated_per_host)))
+                    cc.max_unauthenticated_per_host)),
+            metrics_host=cc.metrics_host, metrics_port=cc.metrics_port)
         await cs.start()
+        extra = {'metrics_port': cs.metrics_port} if cs.metrics_port else {}
         _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
                                 address=cs.advertise_host, port=cs.port,
-                                uuid=cs.store.server_uuid, pid=os.getpid())
+                                uuid=cs.store.server_uuid, pid=os.getpid(),
+                                **extra)
         await stop.wait()
         LOG.info('ursa-chunkserver stopping')
         await cs.stop()

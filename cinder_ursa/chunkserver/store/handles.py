@@ -17,6 +17,14 @@ class ChunkHandles:
         """[(volume, index, epoch)] of every replica held, stale or not."""
         return [(c.volume, c.index, c.epoch) for c in self._known.values()]
 
+    def counts(self):
+        """(copies held, joining ones, stale ones): for the metrics."""
+        joining = stale = 0
+        for c in self._known.values():
+            joining += bool(c.joining)
+            stale += bool(c.stale)
+        return len(self._known), joining, stale
+
     def volume_chunks(self, volume):
         return [c for (v, _), c in self._known.items() if v == volume]
 
