@@ -23,8 +23,8 @@ import time
 from prometheus_client import core as prom_core
 
 from cinder_ursa import exception
-from cinder_ursa.common import metrics
 from cinder_ursa.protocol import codec
+from cinder_ursa.transport import metrics
 
 PREFIX = 'ursa_chunkserver'
 OPS = ('read', 'write', 'replicate', 'flush', 'repair', 'catchup', 'scrub')

@@ -4,7 +4,7 @@ import socket
 
 from oslo_config import cfg
 
-from cinder_ursa.common import metrics
+from cinder_ursa.transport import metrics
 
 chunkserver_group = cfg.OptGroup(
     'ursa_chunkserver', title='Ursa chunk server',

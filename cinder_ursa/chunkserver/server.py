@@ -27,12 +27,12 @@ from cinder_ursa.chunkserver import scrub
 from cinder_ursa.chunkserver import store as store_mod
 from cinder_ursa.chunkserver import throttle
 from cinder_ursa.client import master as master_mod
-from cinder_ursa.common import metrics as common_metrics
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.transport import aio
 from cinder_ursa.transport import limits as limits_mod
+from cinder_ursa.transport import metrics as common_metrics
 
 LOG = logging.getLogger(__name__)
 
