@@ -234,11 +234,22 @@ class ProcessMetrics:
 
     async def serve_here(self, host, port, **kw):
         """Serve ``/metrics`` on the running loop (``port`` 0: not at
-        all); returns the server (None when off)."""
+        all); returns the server (None when off).  An address that cannot
+        be listened on ends the process with a message naming the
+        options (SystemExit)."""
         if not port:
             return None
-        self.server = MetricsServer(self.registry, host, port, **kw)
-        await self.server.serve_here()
+        server = MetricsServer(self.registry, host, port, **kw)
+        try:
+            await server.serve_here()
+        except OSError as e:
+            raise SystemExit(
+                'ursa-%s: cannot serve /metrics on %s port %d (%s): set '
+                '[ursa_%s] metrics_host and metrics_port to a free '
+                'address, or metrics_port = 0 for no endpoint'
+                % (self.service, host, port, e.strerror or e,
+                   self.service)) from e
+        self.server = server
         LOG.info('Prometheus metrics on http://%s:%d/metrics',
                  host, self.server.port)
         return self.server
