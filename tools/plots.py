@@ -105,28 +105,27 @@ def bins(start, end, width=1.0):
 
 
 def rate(times, start, end, width=1.0):
-    """(bin middles relative to ``start``, events per second in each
-    bin) of event ``times`` (seconds, any order)."""
+    """(bin middles, events per second in each bin) of event ``times``
+    (seconds, any order) in [start, end)."""
     edges = bins(start, end, width)
     counts = [0] * len(edges)
     for t in times:
         i = int((t - start) // width)
         if 0 <= i < len(counts):
             counts[i] += 1
-    return ([e - start + width / 2 for e in edges],
-            [c / width for c in counts])
+    return [e + width / 2 for e in edges], [c / width for c in counts]
 
 
 def binned(points, start, end, stat, width=1.0):
-    """(bin middles relative to ``start``, ``stat(values)`` of the
-    (time, value) ``points`` in each bin, NaN where a bin has none)."""
+    """(bin middles, ``stat(values)`` of the (time, value) ``points`` in
+    each bin, NaN where a bin has none) over [start, end)."""
     edges = bins(start, end, width)
     groups = [[] for _ in edges]
     for t, v in points:
         i = int((t - start) // width)
         if 0 <= i < len(groups):
             groups[i].append(v)
-    return ([e - start + width / 2 for e in edges],
+    return ([e + width / 2 for e in edges],
             [stat(g) if g else math.nan for g in groups])
 
 
