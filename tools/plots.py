@@ -174,6 +174,19 @@ def _log_y(ax):
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
+def _labels(events, near):
+    """(time, label) of the events' labels, those of events within
+    ``near`` of the first of a group joined into one (no overlapping
+    text)."""
+    out = []
+    for ev in sorted(events, key=lambda e: e.t):
+        if out and ev.t - out[-1][0] < near:
+            out[-1][1].append(ev.label)
+        else:
+            out.append((ev.t, [ev.label]))
+    return [(t, ', '.join(labels)) for t, labels in out]
+
+
 def plot_fio_jobs(path, title, jobs, dpi=DPI):
     """One row per fio job: its throughput over time on the left, its
     mean latency on the right, one line per target (and run).
@@ -236,8 +249,9 @@ def plot_timeline(path, title, panels, events=(), xlabel='seconds',
             if ev.end is not None:
                 ax.axvspan(ev.t, ev.end, color='tab:red', alpha=0.08)
     top = axes[0]
-    for ev in events:
-        top.text(ev.t, 1.0, ' ' + ev.label, rotation=90, fontsize=7,
+    lo, hi = top.get_xlim()
+    for t, label in _labels(events, 0.012 * (hi - lo)):
+        top.text(t, 1.0, ' ' + label, rotation=90, fontsize=7,
                  va='bottom', ha='center', color='0.2',
                  transform=top.get_xaxis_transform(), clip_on=False)
     axes[-1].set_xlabel(xlabel, fontsize=8)
