@@ -1034,8 +1034,8 @@ class Chaos:
             pts = [(started - t0 + x, y)
                    for started, texts in self.fio.logs
                    for x, y in zip(*plots.fio_series(plots.parse_fio_log(
-                       texts.get(name, '')), plots.WRITE, scale),
-                       strict=True)]
+                       texts.get(name, '')), plots.WRITE, scale,
+                       window_ms=1000), strict=True)]
             return [p[0] for p in pts], [p[1] for p in pts]
 
         dots = {'marker': '.', 'linestyle': '', 'markersize': 4}
@@ -1073,7 +1073,7 @@ class Chaos:
         events += [plots.Event(t - t0, what) for t, what in self.marks]
         a = self.args
         title = ('tools/chaos --seed %d --duration %d: %d chunk servers, '
-                 '%d master(s), gateway, %d model-writer volumes and fio; '
+                 '%d master(s), gateway, %d model-writer volumes and fio\n'
                  '%d faults; %s; full redundancy %s s after the last '
                  'fault' % (self.seed, a.duration, a.chunkservers,
                             a.masters, a.volumes, report['faults_total'],

@@ -88,11 +88,20 @@ def read_fio_log(path):
         return []
 
 
-def fio_series(samples, direction, scale=1.0):
+def fio_series(samples, direction, scale=1.0, window_ms=None):
     """(seconds, values × ``scale``) of one direction of a fio log, each
-    point at the end of its window."""
-    pts = [(s.ms / 1e3, s.value * scale) for s in samples
-           if s.direction == direction]
+    point at the end of its window.  With ``window_ms`` (the
+    --log_avg_msec of the log), a sample less than half a window after
+    the one before is left out: the remainder fio logs when the job
+    ends, an average of a few milliseconds."""
+    pts, last = [], 0
+    for s in samples:
+        if s.direction != direction:
+            continue
+        if window_ms and s.ms - last < window_ms / 2:
+            continue
+        pts.append((s.ms / 1e3, s.value * scale))
+        last = s.ms
     return [t for t, _ in pts], [v for _, v in pts]
 
 
@@ -187,13 +196,13 @@ def _labels(events, near):
     return [(t, ', '.join(labels)) for t, labels in out]
 
 
-def plot_fio_jobs(path, title, jobs, dpi=DPI):
+def plot_fio_jobs(path, title, jobs, dpi=80):
     """One row per fio job: its throughput over time on the left, its
     mean latency on the right, one line per target (and run).
 
     ``jobs``: [(job name, throughput unit, [(label, (xs, throughput),
     (xs, latency in us), style)])]."""
-    fig = _figure(11, 1.9 * len(jobs) + 0.8)
+    fig = _figure(11, 1.7 * len(jobs) + 1.0)
     axes = fig.subplots(len(jobs), 2, squeeze=False, sharex=True)
     for row, (name, unit, lines) in zip(axes, jobs, strict=True):
         left, right = row
@@ -201,15 +210,20 @@ def plot_fio_jobs(path, title, jobs, dpi=DPI):
             left.plot(tx, ty, label=label, marker='.', **(style or {}))
             right.plot(lx, ly, label=label, marker='.', **(style or {}))
         left.set_ylabel('%s\n%s' % (name, unit), fontsize=8)
-        right.set_ylabel('mean latency (us)', fontsize=8)
         left.set_ylim(bottom=0)
-        _log_y(right)
+        lat = [v for _, _, (_, ly), _ in lines for v in ly if v > 0]
+        if lat and max(lat) > 20 * min(lat):   # targets a world apart
+            _log_y(right)
+            right.set_ylabel('mean latency (us, log)', fontsize=8)
+        else:
+            right.set_ylim(bottom=0)
+            right.set_ylabel('mean latency (us)', fontsize=8)
         for ax in row:
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=8)
     axes[0][0].set_title('throughput, per second', fontsize=9)
-    axes[0][1].set_title('completion latency, mean of each second '
-                         '(log scale)', fontsize=9)
+    axes[0][1].set_title('completion latency, mean of each second',
+                         fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel('seconds into the job (after its 1 s ramp)',
                       fontsize=8)

@@ -86,6 +86,15 @@ def test_a_series_is_one_direction_scaled():
     assert plots.fio_series(samples, plots.READ) == ([1.002], [56.0])
 
 
+def test_the_remainder_fio_logs_at_the_end_is_left_out():
+    # fio's last line: the few milliseconds after the last full window.
+    samples = plots.parse_fio_log(
+        '1000, 10, 1, 0, 0\n2000, 12, 1, 0, 0\n2004, 90, 1, 0, 0\n')
+    assert plots.fio_series(samples, plots.WRITE, window_ms=1000) == (
+        [1.0, 2.0], [10, 12])
+    assert len(plots.fio_series(samples, plots.WRITE)[0]) == 3
+
+
 def test_a_missing_log_is_no_samples(tmp_path):
     assert plots.read_fio_log(str(tmp_path / 'none_bw.1.log')) == []
 
