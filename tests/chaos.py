@@ -1015,7 +1015,7 @@ class Chaos:
                     m = merged[key]
                     m[0], m[1], m[3] = m[0] + b[0], m[1] + b[1], m[3] + b[3]
                     m[2] = max(m[2], b[2])
-        secs = range(int(end) + 1)
+        secs = range(int(end))    # whole seconds: a part one reads as a drop
         xs = [s + 0.5 for s in secs]
         kinds = ('write', 'read', 'flush')
 

@@ -108,8 +108,9 @@ def fio_series(samples, direction, scale=1.0, window_ms=None):
 # -- samples per second -------------------------------------------------------
 
 def bins(start, end, width=1.0):
-    """Left edges of the ``width``-second bins covering [start, end)."""
-    n = max(0, math.ceil((end - start) / width - 1e-9))
+    """Left edges of the whole ``width``-second bins from ``start`` up to
+    ``end`` (a last part-filled bin would read as a drop)."""
+    n = max(0, int((end - start) / width + 1e-9))
     return [start + i * width for i in range(n)]
 
 
@@ -257,7 +258,7 @@ def plot_timeline(path, title, panels, events=(), xlabel='seconds',
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
         if panel.lines or panel.bars:
-            ax.legend(fontsize=7, loc='upper right', framealpha=0.8)
+            ax.legend(fontsize=7, loc='best', framealpha=0.8)
         for ev in events:
             ax.axvline(ev.t, color='0.35', linestyle='--', linewidth=0.8)
             if ev.end is not None:

@@ -105,6 +105,9 @@ def test_events_are_counted_per_second_from_start():
     xs, per_s = plots.rate([10.1, 10.2, 10.9, 12.5, 9.9, 13.0], 10.0, 13.0)
     assert xs == [10.5, 11.5, 12.5]
     assert per_s == [3, 0, 1]       # 9.9 and 13.0 lie outside
+    # A last second cut short is left out, not drawn as a drop.
+    assert plots.rate([10.1, 12.9, 13.2], 10.0, 13.5) == (
+        [10.5, 11.5, 12.5], [1, 0, 1])
 
 
 def test_a_statistic_per_second_is_nan_where_nothing_ended():
@@ -217,8 +220,7 @@ def test_bench_recovery_draws_the_run_from_the_kill(tmp_path):
                     0))
         t += 0.01
     repair = [(t_kill + k * 0.2, max(0, min(k - 40, 100)) * 1024 * 1024,
-               max(0, 100 - max(0, k - 40)) * 1024 * 1024)
-              for k in range(150)]
+               max(0, 6 - max(0, k - 40) // 16)) for k in range(150)]
     marks = {'marked down': t_kill + 3, 'grace period over': t_kill + 8,
              'first copy': t_kill + 8.2, 'full redundancy': t_kill + 28}
     args = types.SimpleNamespace(
