@@ -40,6 +40,13 @@ redundancy after the last fault, and exits 1 on any failure.  The seed is
 printed first: ``--seed`` replays the same schedule (the timing of
 processes differs).
 
+The run keeps a timeline: each model writer's writes, reads and FLUSHes
+a second at a time (count, latency, failures), each fault with the
+moments it was injected and healed, and with ``--plot FILE.png`` fio's
+own once-a-second log of its writes; ``--plot`` draws it at the end
+(operations per second, latency, errors, each fault a shaded span
+labelled by its kind; needs matplotlib).
+
 Needs root (namespaces, FUSE), iproute2, nftables, fio, /dev/fuse.
 """
 
@@ -49,6 +56,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import random
@@ -60,6 +68,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 from cinder_ursa import exception
 from cinder_ursa.client import check
@@ -87,6 +96,40 @@ FAULTS = ('kill', 'freeze', 'isolate', 'cut-from-master', 'one-way',
 
 def log(text):
     print('[%s] %s' % (time.strftime('%H:%M:%S'), text), flush=True)
+
+
+def _plots():
+    """tools/plots.py, imported from the tools directory (only to plot:
+    it imports matplotlib)."""
+    tools = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'tools')
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import plots
+    return plots
+
+
+class Seconds:
+    """One writer's operations a second at a time, for the timeline:
+    {(second since ``t0``, kind): [done, latency sum, worst latency,
+    failed]}.  A dict update per operation, a few thousand entries an
+    hour; one writer thread per instance, so no lock."""
+
+    def __init__(self, t0):
+        self.t0 = t0
+        self.buckets = {}
+
+    def add(self, kind, start, end, failed):
+        key = (int(end - self.t0), kind)
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = [0, 0.0, 0.0, 0]
+        if failed:
+            b[3] += 1
+        else:
+            b[0] += 1
+            b[1] += end - start
+            b[2] = max(b[2], end - start)
 
 
 # --- the model writer -------------------------------------------------------
@@ -178,6 +221,7 @@ class ModelWriter(threading.Thread):
         self.stats = collections.Counter()
         self.errors = []            # verify errors (strings)
         self.failure = None
+        self.seconds = Seconds(chaos.io_started)
 
     def run(self):
         try:
@@ -197,12 +241,12 @@ class ModelWriter(threading.Thread):
         while not self.stop.is_set():
             op = self.rng.random()
             if op < 0.6:
-                self._write(v)
+                self._timed('write', self._write, v)
                 writes += 1
                 if writes % 16 == 0:
-                    self._flush(v)
+                    self._timed('flush', self._flush, v)
             elif op < 0.94:
-                self._read(v)
+                self._timed('read', self._read, v)
             elif op < 0.99:
                 self._check_snapshot()
             elif op < 0.996:
@@ -211,6 +255,18 @@ class ModelWriter(threading.Thread):
                 self._clone()
             if self.chaos.writer_pause:
                 time.sleep(self.chaos.writer_pause)
+
+    def _timed(self, kind, op, v):
+        """``op(v)``, into the timeline: failed if it counted an I/O
+        error or found a verify error."""
+        before = self.stats['io_errors'] + len(self.errors)
+        start = time.monotonic()
+        try:
+            op(v)
+        finally:
+            self.seconds.add(kind, start, time.monotonic(),
+                             self.stats['io_errors'] + len(self.errors)
+                             != before)
 
     def _write(self, v):
         first = self.rng.randrange(self.blocks)
@@ -422,22 +478,49 @@ class FioWriter(threading.Thread):
         self.stats = collections.Counter()
         self.errors = []
         self.proc = None
+        # With --plot: fio's once-a-second logs of each run, (run start
+        # time.monotonic(), {log name: text}), and when runs failed.
+        self.log_prefix = os.path.join(workdir, 'fio-log') \
+            if chaos.args.plot else None
+        self.logs = []
+        self.failed_at = []
+
+    LOGS = ('iops.1', 'iops.2', 'clat.1')     # [rand] is 1, [seq] 2
+
+    def _keep_logs(self, started):
+        if not self.log_prefix:
+            return
+        texts = {}
+        for name in self.LOGS:
+            path = '%s_%s.log' % (self.log_prefix, name)
+            with contextlib.suppress(FileNotFoundError):
+                with open(path) as f:
+                    texts[name] = f.read()
+                os.unlink(path)
+        self.logs.append((started, texts))
 
     def run(self):
         half = self.size // 2
+        log_opts = ''
+        if self.log_prefix:
+            log_opts = ('write_iops_log=%s\nwrite_lat_log=%s\n'
+                       'log_avg_msec=1000\n' % ((self.log_prefix,) * 2))
         with open(self.job, 'w') as f:
             f.write('[global]\nioengine=nbd\nuri=%s\nverify=crc32c\n'
                     'do_verify=1\nverify_fatal=1\nverify_state_save=0\n'
-                    'verify_backlog=64\n'
+                    'verify_backlog=64\n%s'
                     '[rand]\nrw=randwrite\nbs=4k\niodepth=8\noffset=0\n'
                     'size=%d\nfsync=64\nrate_iops=300\n'
                     '[seq]\nrw=write\nbs=64k\niodepth=2\noffset=%d\n'
-                    'size=%d\nrate=2m\n' % (self.uri, half, half, half))
+                    'size=%d\nrate=2m\n' % (self.uri, log_opts, half, half,
+                                            half))
         while not self.stop.is_set():
+            started = time.monotonic()
             self.proc = subprocess.Popen(
                 ['fio', '--output-format=json', self.job],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             out, err = self.proc.communicate()
+            self._keep_logs(started)
             self.stats['runs'] += 1
             try:
                 jobs = json.loads(out[out.index('{'):])['jobs']
@@ -452,6 +535,7 @@ class FioWriter(threading.Thread):
                     self.stats['runs'], self.proc.returncode,
                     (err.strip() or out[-500:])[-500:]))
                 log('VERIFY ERROR: ' + self.errors[-1])
+                self.failed_at.append(time.monotonic())
                 time.sleep(1)
 
 
@@ -473,6 +557,11 @@ class Chaos:
         # Power cuts and the restarts after them: a model writer widens
         # what a block may hold when one came since its last FLUSH.
         self.power_events = 0
+        # The timeline (see Seconds): when the writers started, each
+        # fault (kind, injected, healed), moments of note (time, what).
+        self.io_started = self.io_stopped = None
+        self.fault_times = []
+        self.marks = []
 
     # setup ---------------------------------------------------------------
 
@@ -703,6 +792,7 @@ class Chaos:
             time.sleep(max(0.0, hold - (time.monotonic() - t0)))
             heal()
             self.last_heal = time.monotonic()
+            self.fault_times.append((kind, t0, self.last_heal))
 
     # the run -------------------------------------------------------------
 
@@ -712,6 +802,7 @@ class Chaos:
         started = time.monotonic()
         self.last_heal = started
         self.start()
+        self.io_started = time.monotonic()
         self.writers = [ModelWriter(self, name, a.volume_size,
                                     self.seed * 1000 + k)
                         for k, name in enumerate(self.volumes)]
@@ -726,12 +817,14 @@ class Chaos:
         finally:
             self.network.heal()
         log('faults over; the writers flush and stop')
+        self.marks.append((time.monotonic(), 'faults over'))
         for w in self.writers:
             w.stop.set()
         for w in self.writers:
             w.join(300)
             if w.is_alive():
                 self.failures.append('writer %s did not stop' % w.name)
+        self.io_stopped = time.monotonic()
         redundancy = self.wait_redundant(self.last_heal)
         if self.flips:
             self.wait_scrubbed(self.last_flip)
@@ -909,13 +1002,94 @@ class Chaos:
     def close(self):
         self.stack.close()
 
+    def plot(self, path, report):
+        """Draw the timeline into ``path`` (PNG), on seconds since the
+        writers started: operations per second, latency, errors, each
+        fault a shaded span from its injection to its heal."""
+        plots = _plots()
+        t0, end = self.io_started, self.io_stopped - self.io_started
+        merged = collections.defaultdict(lambda: [0, 0.0, 0.0, 0])
+        for w in self.writers:
+            if isinstance(w, ModelWriter):
+                for key, b in w.seconds.buckets.items():
+                    m = merged[key]
+                    m[0], m[1], m[3] = m[0] + b[0], m[1] + b[1], m[3] + b[3]
+                    m[2] = max(m[2], b[2])
+        secs = range(int(end))    # whole seconds: a part one reads as a drop
+        xs = [s + 0.5 for s in secs]
+        kinds = ('write', 'read', 'flush')
+
+        def done(kind):
+            return [merged[(s, kind)][0] for s in secs]
+
+        def latency_ms(kind, worst=False):
+            out = []
+            for s in secs:
+                n, total, top, _ = merged[(s, kind)]
+                out.append(1e3 * (top if worst else total / n) if n
+                           else math.nan)
+            return out
+
+        def fio_points(name, scale=1.0):
+            pts = [(started - t0 + x, y)
+                   for started, texts in self.fio.logs
+                   for x, y in zip(*plots.fio_series(plots.parse_fio_log(
+                       texts.get(name, '')), plots.WRITE, scale,
+                       window_ms=1000), strict=True)]
+            return [p[0] for p in pts], [p[1] for p in pts]
+
+        dots = {'marker': '.', 'linestyle': '', 'markersize': 4}
+        panels = [
+            plots.Panel('operations/s', [
+                plots.Line('model writers: writes', xs, done('write')),
+                plots.Line('model writers: reads', xs, done('read')),
+                plots.Line('model writers: FLUSHes', xs, done('flush')),
+                plots.Line('fio: 4 KiB writes', *fio_points('iops.1'),
+                           dots),
+                plots.Line('fio: 64 KiB writes', *fio_points('iops.2'),
+                           dots)]),
+            plots.Panel('latency (ms)', [
+                plots.Line('model write, mean', xs, latency_ms('write'),
+                           {'color': 'C0'}),
+                plots.Line('model write, worst', xs,
+                           latency_ms('write', worst=True),
+                           {'color': 'C0', 'linestyle': ':'}),
+                plots.Line('model read, mean', xs, latency_ms('read'),
+                           {'color': 'C1'}),
+                plots.Line('model FLUSH, mean', xs, latency_ms('flush'),
+                           {'color': 'C2'}),
+                plots.Line('fio 4 KiB write, mean',
+                           *fio_points('clat.1', 1e-6),
+                           dict(dots, color='C3'))], log=True),
+            plots.Panel('failed/s', [], bars=[
+                plots.Line('model writers: failed I/O', xs,
+                           [sum(merged[(s, k)][3] for k in kinds)
+                            for s in secs], {'color': 'tab:red'}),
+                plots.Line('fio: failed runs', *plots.rate(
+                    [t - t0 for t in self.fio.failed_at], 0, end),
+                    {'color': 'black'})])]
+        events = [plots.Event(a - t0, kind, b - t0)
+                  for kind, a, b in self.fault_times]
+        events += [plots.Event(t - t0, what) for t, what in self.marks]
+        a = self.args
+        title = ('tools/chaos --seed %d --duration %d: %d chunk servers, '
+                 '%d master(s), gateway, %d model-writer volumes and fio\n'
+                 '%d faults; %s; full redundancy %s s after the last '
+                 'fault' % (self.seed, a.duration, a.chunkservers,
+                            a.masters, a.volumes, report['faults_total'],
+                            'FAILED' if report['failures'] else 'passed',
+                            report['time_to_full_redundancy_s']))
+        plots.plot_timeline(path, title, panels, events,
+                            xlabel='seconds since the writers started',
+                            width=max(11, min(30, end / 20)))
+
 
 def _pair(text):
     lo, _, hi = text.partition(',')
     return float(lo), float(hi or lo)
 
 
-def parse(argv=None):
+def parse(argv=None, cwd=None):
     p = argparse.ArgumentParser(
         prog='tools/chaos', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -953,7 +1127,17 @@ def parse(argv=None):
                         'directory, removed unless the run failed)')
     p.add_argument('--json', action='store_true',
                    help='print the report as JSON')
+    p.add_argument('--plot', metavar='FILE.png',
+                   help='draw the run\'s timeline into this PNG at the end '
+                        '(needs matplotlib)')
     args = p.parse_args(argv)
+    if args.plot:
+        # Relative to where the command was given (tools/chaos changes
+        # to the checkout).
+        args.plot = os.path.join(cwd or os.getcwd(), args.plot)
+        why = _plots().check_path(args.plot)
+        if why:
+            p.error(why)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     if args.chunkservers < 4:
@@ -980,6 +1164,13 @@ def run(args):
     chaos = Chaos(args)
     try:
         report = chaos.run()
+        if args.plot:
+            try:
+                chaos.plot(args.plot, report)
+                log('timeline in %s' % args.plot)
+            except Exception:   # the report matters more than its figure
+                log('could not draw the timeline: %s'
+                    % traceback.format_exc())
     except BaseException:
         log('chaos run failed; seed %d, cluster in %s' % (args.seed,
                                                           args.workdir))
@@ -995,8 +1186,8 @@ def run(args):
     return report
 
 
-def main(argv=None):
-    args = parse(argv)
+def main(argv=None, cwd=None):
+    args = parse(argv, cwd)
     # Stopped (SIGTERM): the cluster, its disks and namespaces go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run(args)
