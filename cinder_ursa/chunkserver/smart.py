@@ -210,7 +210,8 @@ def block_device(major, minor, sys_root='/sys'):
     name = os.path.basename(path)
     virtual = os.path.join(os.path.realpath(sys_root), 'devices', 'virtual')
     if name.startswith(NO_SMART) or path.startswith(virtual + os.sep):
-        return None, '%s is a logical or virtual device' % name
+        return None, ('%s has no SMART of its own (a logical or virtual '
+                      'device)' % name)
     return name, None
 
 
@@ -346,9 +347,11 @@ class SmartPoller:
         try:
             reading = parse(out.decode('utf-8', 'replace'), proc.returncode)
         except Unparsable as e:
-            return 'unparsable', 'exit status %d, %s%s' % (
+            return 'unparsable', 'exit status %d, %s%s%s' % (
                 status, e, (' (stderr: %s)' % err.decode(
-                    'utf-8', 'replace').strip()[:200]) if err else ''), status
+                    'utf-8', 'replace').strip()[:200]) if err else '',
+                ' (--json needs smartctl 7.0 or later)'
+                if status & 1 else ''), status
         if reading.supported:
             return 'ok', reading, status
         if status & 2:
