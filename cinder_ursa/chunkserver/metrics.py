@@ -23,6 +23,7 @@ import time
 from prometheus_client import core as prom_core
 
 from cinder_ursa import exception
+from cinder_ursa.chunkserver import smart
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import metrics
 
@@ -169,3 +170,77 @@ def sync_histogram(pm):
                         'Latency of one fdatasync batch (a FLUSH\'s, a FUA '
                         'write\'s, a copy-on-write\'s)',
                         buckets=metrics.LATENCY_BUCKETS)
+
+
+def register_smart(poller, pm):
+    """Register the families of ``poller`` (a smart.SmartPoller) in
+    ``pm``: the SMART data of the disk under the data directory, as its
+    last poll read it (a family has no sample while it is unknown)."""
+    p = PREFIX + '_smart_'
+
+    def reading(attr):
+        def fn():
+            r = poller.reading
+            return None if r is None else getattr(r, attr)
+        return fn
+
+    def flag(fn):
+        def out():
+            v = fn()
+            return None if v is None else int(v)
+        return out
+
+    pm.gauge(p + 'supported', '1 when smartctl reads SMART data from the '
+             'disk under the data directory, 0 when it has none (no '
+             'block device, a logical or virtual one, smartctl missing)',
+             flag(lambda: poller.supported))
+    pm.gauge(p + 'healthy', 'The disk\'s SMART overall health: 1 passed, '
+             '0 failed (replace the disk)', flag(reading('healthy')))
+    pm.gauge(p + 'exit_status', 'smartctl\'s exit status at the last poll '
+             '(a bit mask: see exit_status_bits)', lambda: poller.exit_status)
+    pm.gauge(p + 'exit_status_bits', 'The bits of smartctl\'s exit status '
+             'at the last poll (smartctl(8): 0 command line, 1 device open '
+             'failed, 2 SMART command failed, 3 disk failing, 4 prefail '
+             'attributes at or below threshold, 5 the same in the past, '
+             '6 errors in the error log, 7 errors in the self-test log)',
+             lambda: _exit_bits(poller), labels=('bit', 'meaning'))
+    pm.gauge(p + 'temperature_celsius', 'The disk\'s temperature (Celsius)',
+             reading('temperature'))
+    pm.gauge(p + 'power_on_hours', 'Hours the disk has been powered on',
+             reading('power_on_hours'))
+    pm.gauge(p + 'wear_used_percent', 'SSD endurance used (percent; NVMe '
+             'percentage_used, may exceed 100; ATA: 100 minus the '
+             'normalized value of the vendor\'s wear attribute)',
+             reading('wear_used_percent'))
+    pm.gauge(p + 'media_errors', 'NVMe unrecovered data integrity errors '
+             'the disk has counted in its life', reading('media_errors'))
+    pm.gauge(p + 'available_spare_percent', 'NVMe spare capacity left '
+             '(percent)', reading('available_spare_percent'))
+    pm.gauge(p + 'ata_attribute_raw', 'Raw value of the ATA SMART error '
+             'attributes (5 reallocated, 187 reported uncorrectable, 197 '
+             'pending, 198 offline uncorrectable sectors, 199 CRC errors)',
+             lambda: dict(poller.reading.ata_raw) if poller.reading else {},
+             labels=('id', 'name'))
+    pm.gauge(p + 'device_info', 'The disk SMART is read from (always 1)',
+             lambda: _device_info(poller),
+             labels=('device', 'protocol', 'model'))
+    pm.gauge(p + 'last_poll_timestamp_seconds', 'When SMART data was last '
+             'read (Unix time)', lambda: poller.last_poll)
+    pm.gauge(p + 'poll_errors', 'Polls of smartctl that read nothing, by '
+             'reason (not_installed, timeout, unparsable, '
+             'device_open_failed)', lambda: dict(poller.errors),
+             labels=('reason',), kind='counter')
+
+
+def _exit_bits(poller):
+    if poller.exit_status is None:
+        return {}
+    return {(bit, name): on for bit, (name, on) in
+            smart.exit_bits(poller.exit_status).items()}
+
+
+def _device_info(poller):
+    r = poller.reading
+    if r is None:
+        return {}
+    return {(poller.device, r.protocol or '', r.model or ''): 1}

@@ -115,6 +115,27 @@ chunkserver_opts = [
                     'must present a certificate signed by these CAs '
                     '(mutual TLS: [ursa] tls_cert_file and tls_key_file on '
                     'every client).'),
+    cfg.FloatOpt('smart_interval', default=600.0, min=0,
+                 help='Seconds between two reads of the SMART data of the '
+                      'disk under data_dir (smartctl from smartmontools '
+                      '7.0 or later), exported as the '
+                      'ursa_chunkserver_smart_* metrics: health, wear of '
+                      'an SSD, temperature, error counts. 0: none.'),
+    cfg.StrOpt('smart_device',
+               help='Disk whose SMART data is read (e.g. /dev/sda, '
+                    '/dev/nvme0). Default: the disk holding data_dir\'s '
+                    'filesystem; none when that is a logical or virtual '
+                    'device (LVM, md RAID, loop, virtio) or no block '
+                    'device (tmpfs, overlay, NFS).'),
+    cfg.StrOpt('smart_device_type',
+               help='The device type smartctl is given with -d for '
+                    'smart_device (e.g. sat for a disk behind a USB '
+                    'bridge, nvme, megaraid,0 for a disk behind a MegaRAID '
+                    'controller). Default: smartctl detects it.'),
+    cfg.StrOpt('smartctl_path', default='smartctl',
+               help='The smartctl program (a name looked up in PATH, or a '
+                    'path, e.g. a wrapper running it with sudo when this '
+                    'server\'s user may not open the disk).'),
 ] + metrics.metrics_opts('chunk server')
 
 

@@ -53,7 +53,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                  disk_error_window=60.0, scrub_interval=0.0,
                  light_scrub_interval=0.0, scrub_error_limit=0,
                  liveness_timeout=3.0, limits=None, tls=None,
-                 metrics_host='127.0.0.1', metrics_port=0):
+                 metrics_host='127.0.0.1', metrics_port=0, smart=None):
         self.disk = diskhealth.DiskHealth(disk_error_limit,
                                           disk_error_window)
         self.store = store_mod.ChunkStore(data_dir, reserved_bytes)
@@ -124,6 +124,9 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.metrics = common_metrics.ProcessMetrics('chunkserver')
         self.ops = metrics_mod.register(self, self.metrics)
         self._sync_latency = metrics_mod.sync_histogram(self.metrics)
+        self.smart = smart      # a smart.SmartPoller, or None
+        if smart is not None:
+            metrics_mod.register_smart(smart, self.metrics)
 
     async def start(self):
         # Kept: get_running_loop() costs a getpid() system call per use.
@@ -161,6 +164,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             self._tasks.append(loop.create_task(self._scrub_task()))
         if self.light_scrub_interval:
             self._tasks.append(loop.create_task(self._light_scrub_task()))
+        if self.smart is not None:
+            self.smart.start()
 
     def _connection(self):
         conn = aio.ServerConnection(self.key, self.handle,
@@ -195,6 +200,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.gate.cancel()
         if self._server is not None:
             self._server.close()
+        if self.smart is not None:
+            await self.smart.stop()
         await self.metrics.close()
         self.peers.close()
         await self.master.close()

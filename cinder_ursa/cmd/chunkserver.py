@@ -13,6 +13,7 @@ from oslo_log import log as logging
 
 from cinder_ursa.chunkserver import opts
 from cinder_ursa.chunkserver import server as server_mod
+from cinder_ursa.chunkserver import smart
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
 from cinder_ursa.transport import limits
@@ -62,7 +63,12 @@ def main(argv=None):
                 max_unauthenticated=cc.max_unauthenticated,
                 max_unauthenticated_per_host=(
                     cc.max_unauthenticated_per_host)),
-            metrics_host=cc.metrics_host, metrics_port=cc.metrics_port)
+            metrics_host=cc.metrics_host, metrics_port=cc.metrics_port,
+            smart=smart.SmartPoller(
+                cc.data_dir, interval=cc.smart_interval,
+                smartctl=cc.smartctl_path, device=cc.smart_device,
+                device_type=cc.smart_device_type)
+            if cc.smart_interval else None)
         await cs.start()
         extra = {'metrics_port': cs.metrics_port} if cs.metrics_port else {}
         _service.write_endpoint(os.path.join(cc.data_dir, 'endpoint.json'),
