@@ -23,7 +23,7 @@ ALERTS = {
     'UrsaChunksNoCopy', 'UrsaDegradedTooLong', 'UrsaRecoveryStalled',
     'UrsaDiskErrors', 'UrsaVolumeSyncFailed', 'UrsaSlowDisk',
     'UrsaCapacityHigh', 'UrsaCapacityCritical', 'UrsaScrubErrors',
-    'NovaHAPaused', 'NovaHACoordinationDown',
+    'UrsaDiskSmartFailing', 'UrsaSsdWearHigh', 'NovaHAPaused', 'NovaHACoordinationDown',
 }
 
 
