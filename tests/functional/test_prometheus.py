@@ -2,15 +2,18 @@
 ``metrics=True``: two masters, three chunk servers, the NBD gateway and
 the attach agent, each with its /metrics endpoint), with the shipped
 alert rules (etc/prometheus/ursa-alerts.yml): every process is a target
-and up, each exports the metric families of the contract, and a chunk
+and up, each exports the metric families of the contract, a chunk
 server killed with SIGKILL fires UrsaChunkServerDown until it is back
-on the same target.
+on the same target, and every query of the Grafana dashboard
+(etc/grafana/ursa-cluster.json) returns data from the cluster under
+load, and from a nova_ha evacuator that recovered a host.
 
 The rules are loaded from a copy where UrsaChunkServerDown's ``for`` is
 2 s instead of a minute (tests/fixtures/prometheus.fast_rules); the
 rules' exact timing is proven by promtool (tests/unit/test_alert_rules).
 """
 
+import math
 import os
 import re
 import signal
@@ -18,6 +21,8 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -28,6 +33,7 @@ from tests.fixtures import prometheus
 from tests.fixtures.cluster import NO_REBALANCE
 from tests.fixtures.processes import free_port_base
 from tests.fixtures.wait import wait_for
+from tests.unit import test_dashboard as dashboard
 
 MiB = 1 << 20
 
@@ -103,6 +109,22 @@ ONLY_AFTER_EVENTS = {
     'ursa_chunkserver_refused_writes_total',
     'ursa_chunkserver_disk_errors_total',
 }
+
+
+# Panels of the Grafana dashboard whose queries have no series until what
+# they count has happened, which test_every_dashboard_query_has_data does
+# not cause (panel title: why).  Keep it short.
+DASHBOARD_NO_DATA = {
+    'Request errors by kind': 'series appear with a chunk server request '
+                              'failing',
+    'Refused writes by reason': 'series appear with a write refused for '
+                                'an old lease, chunk map or right',
+    'Disk errors by kind': 'series appear with a disk I/O error',
+}
+# The dashboard's ranges, as Grafana would set them for a 1 s scrape
+# interval and a short time range.
+RATE_INTERVAL = '10s'
+RANGE = '5m'
 
 
 def can_attach():
@@ -348,3 +370,127 @@ def test_ursa_aio_metrics_prints_the_targets(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, banner + out
+
+
+# --- the Grafana dashboard ---------------------------------------------------
+
+class NbdLoad(threading.Thread):
+    """Writes, flushes and reads through the gateway on an open volume
+    until stopped, so that the rates and latency quantiles of the
+    gateway and the chunk servers are not zero."""
+
+    def __init__(self, nbd):
+        super().__init__(name='nbd-load', daemon=True)
+        self.nbd = nbd
+        self.stopping = threading.Event()
+        self.rounds = 0
+        self.error = None
+
+    def run(self):
+        data = bytes(range(256)) * 256      # 64 KiB
+        span = self.nbd.size - len(data)
+        try:
+            while not self.stopping.is_set():
+                offset = (self.rounds * len(data)) % span
+                assert self.nbd.request(p.CMD_WRITE, offset, len(data),
+                                        data) == (0, b'')
+                assert self.nbd.request(p.CMD_FLUSH, 0, 0) == (0, b'')
+                assert self.nbd.request(p.CMD_READ, offset,
+                                        len(data)) == (0, data)
+                self.rounds += 1
+                self.stopping.wait(0.05)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+    def stop(self):
+        self.stopping.set()
+        self.join(30)
+        assert self.error is None, 'the NBD load failed: %r' % self.error
+
+
+def reload_targets(prom, targets):
+    """Make ``prom`` scrape ``targets`` ({job: [host:port]}) from now on
+    (its configuration rewritten, then SIGHUP)."""
+    prom.scrape_targets = targets
+    prom.write_config()
+    prom.proc.send_signal(signal.SIGHUP)
+
+
+def dashboard_gaps(prom):
+    """{panel title (or 'variable <name>'): [its queries that returned
+    no number]}: an empty result, or only NaN (a quantile of nothing)."""
+    gaps = {}
+    for panel, target in dashboard.queries():
+        expr = dashboard.substitute(target['expr'], rate=RATE_INTERVAL,
+                                    range_=RANGE, interval='1s')
+        result = prom.query(expr)
+        if not any(math.isfinite(float(r['value'][1])) for r in result):
+            gaps.setdefault(panel['title'], []).append(expr)
+    for name, (selector, label) in dashboard.variable_queries().items():
+        expr = dashboard.substitute(selector)
+        if not any(label in r['metric'] for r in prom.query(expr)):
+            gaps['variable ' + name] = [expr]
+    return gaps
+
+
+def test_every_dashboard_query_has_data(cluster, prom, fake_nova, members,
+                                        tmp_path):
+    """Under NBD load, with a nova_ha evacuator that recovered a failed
+    host scraped too, each query of each panel and each variable of the
+    dashboard returns a number from Prometheus, but for the panels of
+    DASHBOARD_NO_DATA."""
+    from tests.fixtures import novaha
+
+    titles = {p['title'] for p in dashboard.panels()}
+    assert set(DASHBOARD_NO_DATA) <= titles, set(DASHBOARD_NO_DATA) - titles
+    wait_all_up(prom, cluster)
+    shipped = dict(prom.scrape_targets)
+
+    # An evacuator (in this process: its metrics are its registry's) that
+    # leads, sees three compute hosts, and recovers one that fails.
+    conf = novaha.make_conf(tmp_path, fake_nova.url)
+    hosts = novaha.join_hosts(fake_nova, members, conf)
+    fake_nova.nova.add_server('vm', 'c1', metadata=novaha.HA)
+    ev = novaha.make_evacuator(conf, [novaha.FenceLog(tmp_path / 'fenced')])
+    served = ev.metrics.serve(0)
+    evacuating = threading.Thread(target=ev.run, name='evacuator',
+                                  daemon=True)
+    evacuating.start()
+    cluster.client().create_volume('dashboard', 8 * MiB,
+                                   chunk_size=4 * MiB)
+    nbd = NbdClient(cluster.nbd_port, 'dashboard')
+    load = NbdLoad(nbd)
+    try:
+        reload_targets(prom, dict(
+            shipped, **{'nova-ha': ['127.0.0.1:%d' % served.port]}))
+        # One NBD error (a read past the end) for the errors panel.
+        assert nbd.request(p.CMD_READ, nbd.size, 4096)[0] != 0
+        load.start()
+        wait_for(lambda: ev.is_leader, 10, 'the evacuator to lead')
+        novaha.fail_host(fake_nova, hosts, 'c1')
+        wait_for(novaha.recovery_over(ev, 'c1'), 30, 'the recovery of c1',
+                 interval=0.2)
+
+        started = time.monotonic()
+        gaps = {}
+
+        def complete():
+            gaps.clear()
+            gaps.update(dashboard_gaps(prom))
+            return not set(gaps) - set(DASHBOARD_NO_DATA)
+        prom.wait(complete, 60, lambda: 'every dashboard query to have '
+                  'data (%.0f s); without: %s' % (
+                      time.monotonic() - started,
+                      {t: q for t, q in gaps.items()
+                       if t not in DASHBOARD_NO_DATA}))
+        load.stop()
+        assert load.rounds > 0
+    finally:
+        load.stopping.set()
+        if load.is_alive():
+            load.join(30)
+        nbd.close()
+        reload_targets(prom, shipped)
+        ev.stop()
+        evacuating.join(30)
+        served.shutdown()
