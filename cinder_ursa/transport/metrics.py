@@ -38,6 +38,11 @@ from cinder_ursa import exception
 
 LOG = logging.getLogger(__name__)
 
+# No ``*_created`` series beside every counter and histogram: they double
+# the series Prometheus stores and say only when the process started,
+# which process_start_time_seconds says once.
+prom.disable_created_metrics()
+
 # Latency buckets (seconds): tens of microseconds resolved at the low end
 # (a read served from the page cache over loopback takes about 100 us),
 # up to the 10 s a request may wait for a failover.
