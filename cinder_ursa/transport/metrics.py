@@ -171,11 +171,14 @@ def error_kind(error):
 
 class _Gauge:
     """A gauge family computed at scrape time by ``fn``: a number, or a
-    {labels tuple: number} dict for a family with labels."""
+    {labels tuple: number} dict for a family with labels.  A callback that
+    raises is logged, its family left out of that scrape, and counted in
+    ``failures`` (a Counter by family name) when one is given."""
 
-    def __init__(self, name, doc, labels, fn, kind='gauge'):
+    def __init__(self, name, doc, labels, fn, kind='gauge', failures=None):
         self.name, self.doc, self.labels, self.fn = name, doc, labels, fn
         self.kind = kind
+        self.failures = failures
 
     def collect(self):
         cls = (prom_core.CounterMetricFamily if self.kind == 'counter'
@@ -185,6 +188,8 @@ class _Gauge:
             value = self.fn()
         except Exception:  # noqa: BLE001 - a scrape must not fail
             LOG.exception('Metric %s could not be computed', self.name)
+            if self.failures is not None:
+                self.failures[self.name] += 1
             return
         if self.labels:
             for key, v in value.items():
@@ -214,6 +219,14 @@ class ProcessMetrics:
                           registry=self.registry)
         info.labels(service).set(1)
         self.server = None
+        # Families whose callback raised, by name: a family missing from
+        # the scrapes is otherwise silent (an alert on it never fires).
+        self.failures = collections.Counter()
+        self._failures = _Gauge(
+            'ursa_metrics_errors_total', 'Scrapes that left a family out '
+            'because computing it failed (see the log), by family',
+            ['family'], lambda: dict(self.failures), 'counter')
+        self.registry.register(self._failures)
 
     def operations(self, prefix, what, ops, buckets=LATENCY_BUCKETS):
         """Register and return an :class:`Operations` (see there)."""
@@ -224,7 +237,12 @@ class ProcessMetrics:
     def gauge(self, name, doc, fn, labels=(), kind='gauge'):
         """Register a family computed by ``fn`` at each scrape (see
         :class:`_Gauge`); ``kind='counter'`` for a total kept elsewhere."""
-        self.registry.register(_Gauge(name, doc, list(labels), fn, kind))
+        self.registry.register(_Gauge(name, doc, list(labels), fn, kind,
+                                      self.failures))
+        # Collected after the gauges (in the order registered): a failure
+        # shows in the scrape it happened in.
+        self.registry.unregister(self._failures)
+        self.registry.register(self._failures)
 
     def counter(self, name, doc, labels=()):
         return prom.Counter(name, doc, list(labels), registry=self.registry)
@@ -268,11 +286,23 @@ class ProcessMetrics:
 class MetricsServer:
     """GET (or HEAD) ``/metrics``, one request per connection (HTTP/1.1
     with ``Connection: close``), from one loop whatever the number of
-    connections (see the module's doc)."""
+    connections (see the module's doc).
+
+    A scrape runs the collectors on the loop, which is the service's: the
+    data path waits meanwhile.  So that a client asking again and again
+    cannot take the loop, the exposition is made at most once per
+    ``1/SHARE`` times what it took the last time (10 % of the loop at
+    most): a request waits for that, and every request that arrived
+    before an exposition began is answered with it (it is newer than the
+    request, so never stale).  A reply is written out within ``timeout``
+    seconds or the connection is cut: a client that does not read keeps
+    neither a file descriptor nor the reply's memory."""
 
     # A scrape request is a few hundred bytes; a head longer than this is
     # not one.
     MAX_HEAD = 16 * 1024
+    # The share of the loop's time expositions may take at most.
+    SHARE = 0.1
 
     def __init__(self, registry, host='127.0.0.1', port=0, timeout=5.0,
                  max_connections=64):
@@ -282,6 +312,10 @@ class MetricsServer:
         self.timeout = timeout
         self.max_connections = max_connections
         self.open = collections.OrderedDict()  # writer -> None, oldest 1st
+        self.expositions = 0    # made so far
+        self._body = None       # the last exposition ...
+        self._made = float('-inf')     # ... the loop time it began
+        self._next = float('-inf')     # loop time the next one may begin
         self._loop = None
         self._server = None
         self._thread = None
@@ -347,19 +381,29 @@ class MetricsServer:
                       len(self.open))
             oldest.transport.abort()
             self.open.pop(oldest, None)
+        done = False
         try:
             head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'),
                                           self.timeout)
-            writer.write(self._answer(head))
+            reply = await self._answer(head)
+            # Wait until the kernel took all of it, not just most.
+            writer.transport.set_write_buffer_limits(0)
+            writer.write(reply)
             await asyncio.wait_for(writer.drain(), self.timeout)
+            done = True
         except (TimeoutError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError, ConnectionError):
-            pass  # idle, cut, or not a scrape: just close it
+            pass  # idle, cut, not a scrape, or not reading: just close it
         finally:
             self.open.pop(writer, None)
-            writer.close()
+            if done:
+                writer.close()
+            else:
+                # close() would keep the socket and what is left of the
+                # reply until the peer reads it, which it may never do.
+                writer.transport.abort()
 
-    def _answer(self, head):
+    async def _answer(self, head):
         line = head.split(b'\r\n', 1)[0].decode('latin-1').split()
         method, path = (line + ['', ''])[:2]
         if method not in ('GET', 'HEAD'):
@@ -367,8 +411,35 @@ class MetricsServer:
                                method)
         if path.split('?', 1)[0] not in ('/metrics', '/'):
             return self._reply('404 Not Found', b'GET /metrics\n', method)
-        return self._reply('200 OK', prom.generate_latest(self.registry),
-                           method, prom.CONTENT_TYPE_LATEST)
+        try:
+            body = await self._exposition()
+        except Exception as e:  # noqa: BLE001 - tell the scraper, go on
+            LOG.exception('Metrics: a collector failed')
+            return self._reply('500 Internal Server Error',
+                               ('collecting the metrics failed: %s\n'
+                                % e).encode(), method)
+        return self._reply('200 OK', body, method, prom.CONTENT_TYPE_LATEST)
+
+    async def _exposition(self):
+        """The exposition text, made after this call began (see the
+        class's doc for how often)."""
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        wait = self._next - asked
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if self._made >= asked:
+            return self._body   # made for another request meanwhile
+        began = loop.time()
+        self._made = float('-inf')     # until this one is made
+        try:
+            body = prom.generate_latest(self.registry)
+        finally:
+            took = loop.time() - began
+            self._next = began + min(took / self.SHARE, self.timeout / 2)
+            self.expositions += 1
+        self._body, self._made = body, began
+        return body
 
     @staticmethod
     def _reply(status, body, method, ctype='text/plain; charset=utf-8'):

@@ -5,9 +5,13 @@ own loop (a busy port ends the process with a message naming the
 options)."""
 
 import asyncio
+import os
 import socket
+import threading
+import time
 
 import pytest
+from prometheus_client import core as prom_core
 from prometheus_client import parser
 
 from cinder_ursa import exception
@@ -82,6 +86,9 @@ def test_gauges_are_computed_at_scrape_time_and_a_failing_one_is_skipped():
     assert f['ursa_t_things'].samples[0].value == 5
     assert f['ursa_t_kept'].type == 'counter'
     assert 'ursa_t_broken' not in f
+    # ... and counted, so that an alert can see a family go missing.
+    assert samples(f['ursa_metrics_errors'],
+                   family='ursa_t_broken')[0].value == 1
     assert samples(f['ursa_service_info'], service='nbd')[0].value == 1
     assert 'process_cpu_seconds' in f
     state['n'] = 6
@@ -153,3 +160,121 @@ def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+class _Huge:
+    """A collector whose exposition is larger than what the kernel buffers
+    for one connection."""
+
+    def collect(self):
+        yield prom_core.GaugeMetricFamily('ursa_t_huge', 'x' * (24 << 20),
+                                          value=1)
+
+    def describe(self):
+        return []
+
+
+def _fds():
+    return len(os.listdir('/proc/self/fd'))
+
+
+def test_a_client_that_never_reads_its_reply_keeps_no_fd():
+    pm = metrics.ProcessMetrics('attach')
+    pm.registry.register(_Huge())
+    server = metrics.MetricsServer(pm.registry, timeout=0.5).start()
+    try:
+        before = _fds()
+        clients = []
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(('127.0.0.1', server.port))
+            s.sendall(b'GET /metrics HTTP/1.1\r\n\r\n')
+            clients.append(s)
+        deadline = time.monotonic() + 5
+        while _fds() < before + 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _fds() == before + 6     # both ends of each connection
+        deadline = time.monotonic() + 5
+        while _fds() > before + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # Only the clients' own sockets are left: the server cut its ends
+        # (and dropped the replies' memory) at its timeout.
+        assert _fds() == before + 3
+        for s in clients:
+            s.close()
+    finally:
+        server.shutdown()
+
+
+def test_scrapes_in_a_row_take_a_bounded_share_of_the_loop():
+    calls = []
+
+    def costly():
+        calls.append(time.monotonic())
+        time.sleep(0.02)        # an exposition of 20 ms, on the loop
+        return len(calls)
+    pm = metrics.ProcessMetrics('chunkserver')
+    pm.gauge('ursa_t_costly', 'Costs 20 ms', costly)
+    server = metrics.MetricsServer(pm.registry).start()
+    try:
+        replies = []
+
+        def client():
+            for _ in range(5):
+                replies.append(_get(server.port,
+                                    b'GET /metrics HTTP/1.1\r\n\r\n'))
+        started = time.monotonic()
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert len(replies) == 40
+    assert all(r.startswith(b'HTTP/1.1 200 OK') for r in replies)
+    # 40 requests, far fewer expositions: at most one per 10 times its
+    # cost (200 ms), plus the first.
+    assert len(calls) <= took / 0.2 + 2, (len(calls), took)
+    assert len(calls) < 20
+
+
+def test_a_scrape_sees_what_happened_before_it():
+    state = {'n': 0}
+    pm = metrics.ProcessMetrics('nbd')
+    pm.gauge('ursa_t_n', 'N', lambda: state['n'])
+    server = metrics.MetricsServer(pm.registry).start()
+    try:
+        for n in range(1, 6):
+            state['n'] = n
+            got = _get(server.port, b'GET /metrics HTTP/1.1\r\n\r\n')
+            assert b'ursa_t_n %d.0' % n in got
+    finally:
+        server.shutdown()
+
+
+class _Broken:
+    def collect(self):
+        raise RuntimeError('dictionary changed size during iteration')
+        yield
+
+    def describe(self):
+        return []
+
+
+def test_a_collector_that_fails_is_a_500_not_a_dropped_connection():
+    pm = metrics.ProcessMetrics('chunkserver')
+    broken = _Broken()
+    pm.registry.register(broken)
+    server = metrics.MetricsServer(pm.registry).start()
+    try:
+        got = _get(server.port, b'GET /metrics HTTP/1.1\r\n\r\n')
+        assert got.startswith(b'HTTP/1.1 500')
+        assert b'dictionary changed size' in got
+        pm.registry.unregister(broken)
+        got = _get(server.port, b'GET /metrics HTTP/1.1\r\n\r\n')
+        assert got.startswith(b'HTTP/1.1 200 OK')
+    finally:
+        server.shutdown()
