@@ -38,10 +38,12 @@ class Gate:
     failed)`` serves a request ``item`` (a tuple whose third element is
     its frame and second its connection) once its chunk is free again;
     ``confirmed``: the master was just asked; ``failed``: asking it
-    failed with this error."""
+    failed with this error.  ``dropped(item)`` is told of a request not
+    served because its connection closed while it waited."""
 
-    def __init__(self, serve):
+    def __init__(self, serve, dropped=None):
         self._serve = serve
+        self._dropped = dropped
         self._queues = {}      # key -> [item] of a held chunk
         self._bytes = 0
         self._failed = {}      # key -> (time, error) of a failed confirm
@@ -118,6 +120,8 @@ class Gate:
         for i, item in enumerate(queue):
             self._bytes -= len(item[2].body)
             if item[1].closed:
+                if self._dropped is not None:
+                    self._dropped(item)
                 continue
             self._serve(item, confirmed, failed)
             if key in self._queues:   # held again: the rest waits

@@ -18,6 +18,7 @@ read or push with FLAG_RAW for a copy, a resync or a repair), and
 """
 
 import collections
+import logging
 import time
 
 from prometheus_client import core as prom_core
@@ -26,6 +27,8 @@ from cinder_ursa import exception
 from cinder_ursa.chunkserver import smart
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import metrics
+
+LOG = logging.getLogger(__name__)
 
 PREFIX = 'ursa_chunkserver'
 OPS = ('read', 'write', 'replicate', 'flush', 'repair', 'catchup', 'scrub')
@@ -76,6 +79,29 @@ class Recorder:
         self.scrub_repairs = 0
 
 
+# s after which a request still counted in flight is taken for one whose
+# answer was never counted (a path that answers without _answered or
+# _reply_error): dropped from the count, with a warning, so the gauge
+# cannot only grow.
+UNANSWERED_AFTER = 300.0
+
+
+def _in_flight(server):
+    """Requests in flight (scrape time): the entries older than
+    UNANSWERED_AFTER are dropped first."""
+    inflight = server.inflight
+    old = clock() - UNANSWERED_AFTER
+    stale = [k for k, t0 in list(inflight.items()) if t0 < old]
+    for k in stale:
+        inflight.pop(k, None)
+    if stale:
+        LOG.warning('%d requests counted in flight for more than %d s were '
+                    'never counted as answered: dropped from '
+                    'ursa_chunkserver_in_flight_requests', len(stale),
+                    UNANSWERED_AFTER)
+    return len(inflight)
+
+
 def register(server, pm):
     """Register the chunk server ``server``'s families in ``pm`` (a
     ProcessMetrics); returns its :class:`Operations`."""
@@ -83,7 +109,7 @@ def register(server, pm):
     rec = server.recorded
     p = PREFIX + '_'
     pm.gauge(p + 'in_flight_requests', 'Requests being handled, not yet '
-             'answered', lambda: len(server.inflight))
+             'answered', lambda: _in_flight(server))
     pm.gauge(p + 'connections', 'Authenticated connections, by kind of '
              'peer (client, peer chunk server, master)',
              lambda: _connections(server), labels=('kind',))

@@ -66,7 +66,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             master_mod.AsyncMasterClient(
                 master_urls, key, timeout=max(replication_timeout, 1.0)),
             self.store)
-        self.gate = gate_mod.Gate(self._serve_item)
+        self.gate = gate_mod.Gate(self._serve_item, dropped=self._unserved)
         self.throttle = throttle.Throttle(*recovery_rate)
         self.bind_host = bind_host
         self.bind_port = bind_port
@@ -575,6 +575,11 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             if frame.opcode in metrics_mod.WRITES and \
                     isinstance(e, metrics_mod.REFUSALS):
                 self.recorded.refused[type(e).__name__] += 1
+
+    def _unserved(self, item):
+        """A request that waited for its chunk is not served: its
+        connection closed meanwhile (see gate.Gate)."""
+        self.inflight.pop(id(item[2]), None)
 
     def _answered(self, frame, op, nbytes=0):
         """Count the reply to ``frame``, just sent or queued, as ``op``

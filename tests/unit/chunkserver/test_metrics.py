@@ -242,3 +242,33 @@ def test_disk_errors_are_counted_by_errno():
     # ENOSPC is no disk error.
     assert disk.kinds == {'EIO': 2, 'EROFS': 1}
     assert disk.errors == 3
+
+
+def test_a_request_whose_connection_closed_while_it_waited_leaves_none(
+        server):
+    """A write that waits for its held chunk (a confirmation, a copy's
+    sync) and whose connection closes meanwhile is never served: it must
+    not stay in flight (it did, for good, on every such close)."""
+    conn = _Conn()
+
+    async def go():
+        release = asyncio.get_running_loop().create_future()
+        server.gate.hold((VOL, 0), release)
+        _write(server, conn)            # waits behind the held chunk
+        assert len(server.inflight) == 1
+        conn.closed = True
+        release.set_result(None)
+        await asyncio.sleep(0.05)
+    server.run(go())
+    assert conn.sent == []
+    assert server.inflight == {}
+    assert _sample(server, 'ursa_chunkserver_in_flight_requests') == 0
+
+
+def test_an_entry_never_answered_leaves_the_count_after_a_while(
+        server, caplog):
+    server.inflight[12345] = metrics.clock() - metrics.UNANSWERED_AFTER - 1
+    server.inflight[67890] = metrics.clock()
+    assert _sample(server, 'ursa_chunkserver_in_flight_requests') == 1
+    assert list(server.inflight) == [67890]
+    assert 'never counted as answered' in caplog.text
