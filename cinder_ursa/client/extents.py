@@ -59,10 +59,12 @@ class ExtentIO:
                 return bytes(length)
             last = None
             corrupt = 0
+            self.cluster.refresh_slow(self.id)
             if not flags and self._local_reads():
                 local = await self.cluster.local_replicas()
                 for sid, _, _ in info.replicas:
-                    if local.serves(sid):
+                    # Not a slow server's disk (the others are read).
+                    if local.serves(sid) and sid not in self.cluster.slow:
                         data = local.read(sid, self.id, index, offset,
                                           length)
                         if data is not None:
