@@ -62,12 +62,17 @@ class ExtentIO:
             self.cluster.refresh_slow(self.id)
             if not flags and self._local_reads():
                 local = await self.cluster.local_replicas()
+                skipped = False
                 for sid, _, _ in info.replicas:
-                    # Not a slow server's disk (the others are read).
-                    if local.serves(sid) and sid not in self.cluster.slow:
+                    if local.serves(sid):
+                        if sid in self.cluster.slow:
+                            # Its disk is slow: another replica's.
+                            skipped = True
+                            continue
                         data = local.read(sid, self.id, index, offset,
                                           length)
                         if data is not None:
+                            self.cluster.reads_diverted += skipped
                             return data
                         break
             for sid, host, port in self.cluster.read_order(info.replicas):
