@@ -56,7 +56,7 @@ class ControlMixin:
     """Membership, control requests and syncs of :class:`ChunkServer`
     (which provides ``store``, ``master``, ``authority``, ``disk``,
     ``_loop``, ``_syncs``, ``_registered``, ``_wake``, ``_disk_error``,
-    ``_sync_latency``, ``_answered`` and ``_reply_error``)."""
+    ``_sync_latency``, ``latency``, ``_answered`` and ``_reply_error``)."""
 
     _joining_swept = float('-inf')   # when joining copies were checked
     _sweeping = False
@@ -83,6 +83,7 @@ class ControlMixin:
             chunks=self.store.chunk_list(), lost_cache=lost_cache, **usage)
         self.id = reply['server']['id']
         self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
+        self.latency.set_window(reply.get('latency_window'))
         for vol, gen in reply.get('generations', {}).items():
             if gen > self.store.generation(vol):
                 self.store.adopt_generation(vol, gen)
@@ -148,7 +149,10 @@ class ControlMixin:
         # The id alone is not enough: a server removed (ursa server
         # remove) while cut off may find its id given to another.
         body['uuid'] = self.store.server_uuid
+        # The disk's recent latency: the master compares the servers'.
+        body['latency'] = self.latency.report()
         reply = await master.heartbeat(self.id, body)
+        self.latency.set_window(reply.get('latency_window'))
         self._left(reply.get('dropped', ()))
         self._learn_term(reply)
         self._sweep_joining_soon()
@@ -528,4 +532,6 @@ class ControlMixin:
         try:
             self.store.sync(fds, dirs)
         finally:
-            self._sync_latency.observe(metrics.clock() - t0)
+            t1 = metrics.clock()
+            self._sync_latency.observe(t1 - t0)
+            self.latency.sync.add(t1 - t0, t1)

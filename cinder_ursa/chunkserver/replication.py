@@ -42,6 +42,7 @@ PEER_RECHECK = 2.0
 # in production.  "exit-before-forward": a primary exits right after it
 # applied a write locally, before forwarding it to the other replicas.
 _FAULT = os.environ.get('URSA_INJECT_FAULT')
+_clock = time.perf_counter
 
 
 class ReplicationMixin:
@@ -97,9 +98,12 @@ class ReplicationMixin:
                                        conn, frame, req, c, copies, then,
                                        args))
                     return
+            t0 = _clock()
             self.store.write(c, req.offset, req.data, req.seq, req.zero,
                              req.if_absent, req.length, req.floor,
                              preserved=True)
+            t1 = _clock()
+            self.latency.write.add(t1 - t0, t1)
         then(conn, frame, req, *args, c)
 
     async def _apply_after_copies(self, conn, frame, req, c, copies, then,

@@ -18,6 +18,7 @@ from cinder_ursa.chunkserver import authority as authority_mod
 from cinder_ursa.chunkserver import controlplane
 from cinder_ursa.chunkserver import diskhealth
 from cinder_ursa.chunkserver import gate as gate_mod
+from cinder_ursa.chunkserver import latency as latency_mod
 from cinder_ursa.chunkserver import metrics as metrics_mod
 from cinder_ursa.chunkserver import rebuild
 from cinder_ursa.chunkserver import repair
@@ -127,6 +128,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self.smart = smart      # a smart.SmartPoller, or None
         if smart is not None:
             metrics_mod.register_smart(smart, self.metrics)
+        # The disk's recent latency, for the master (see latency.py).
+        self.latency = latency_mod.DiskLatency()
 
     async def start(self):
         # Kept: get_running_loop() costs a getpid() system call per use.
@@ -653,8 +656,11 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
             self._answered(frame, 'read')
             return
         try:
+            t0 = _clock()
             data, states = self.store.read_blocks(c, req.offset, req.length,
                                                   req.snap)
+            t1 = _clock()
+            self.latency.read.add(t1 - t0, t1)
         except exception.ChecksumError as e:
             # The reader goes to another replica; this copy is repaired
             # behind it (not only served around), the head or the layer

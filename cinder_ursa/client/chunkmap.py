@@ -35,6 +35,8 @@ class ChunkMap:
                 count = min(MAP_WINDOW, self.layout.chunks - start)
             reply = await self.cluster.master.chunk_map(
                 self.id, start, count, allocate)
+            if 'slow_servers' in reply:
+                self.cluster.note_slow(reply['slow_servers'])
             found = {c['index']: rest.ChunkInfo.from_json(c)
                      for c in reply['chunks']}
             now = time.monotonic()

@@ -18,6 +18,9 @@ LOG = logging.getLogger(__name__)
 
 # Seconds a chunk server that did not answer in time is read last.
 SUSPECT_FOR = 30.0
+# Seconds after which the slow servers the master named (in a chunk map
+# reply) are asked again, when a read needs them.
+SLOW_REFRESH = 10.0
 
 
 class Cluster:
@@ -59,6 +62,14 @@ class Cluster:
         self._local_task = None
         self._suspects = {}         # server id -> until when it is read last
         self._suspected = {}        # server id -> when it last failed to
+        # The servers whose disk the master judges slow (read last), as
+        # its last chunk map reply said, and when (monotonic).
+        self.slow = frozenset()
+        self._slow_at = float('-inf')
+        self._slow_task = None
+        # Reads that went to another replica than the primary because
+        # the primary is slow (the gateway exports it).
+        self.reads_diverted = 0
 
     @property
     def principal_key(self):
@@ -93,14 +104,47 @@ class Cluster:
 
     def read_order(self, replicas):
         """``replicas`` ((id, host, port), primary first) in the order to
-        read them: the suspects last."""
-        if not self._suspects:
+        read them: the slow ones (see :meth:`note_slow`) after the others,
+        the suspects last.  Every replica of a chunk map entry may be
+        read: a slow one is still read when no other answers."""
+        if not self._suspects and not self.slow:
             return replicas
         now = time.monotonic()
         for sid, until in list(self._suspects.items()):
             if until <= now:
                 del self._suspects[sid]
-        return sorted(replicas, key=lambda r: r[0] in self._suspects)
+        slow = self.slow
+        order = sorted(replicas, key=lambda r: (r[0] in self._suspects,
+                                                r[0] in slow))
+        if order and replicas and replicas[0][0] in slow and \
+                order[0][0] not in slow:
+            self.reads_diverted += 1
+        return order
+
+    def note_slow(self, server_ids):
+        """The slow servers a chunk map reply of the master named."""
+        self.slow = frozenset(server_ids or ())
+        self._slow_at = time.monotonic()
+
+    def refresh_slow(self, volume_id):
+        """Ask the master for the slow servers again, in the background,
+        when the last answer is older than SLOW_REFRESH (through a chunk
+        map call of ``volume_id``, which any reader of it may make): a
+        chunk map cached long ago says nothing of a server slow since."""
+        if self._slow_task is not None or \
+                time.monotonic() - self._slow_at < SLOW_REFRESH:
+            return
+        self._slow_at = time.monotonic()    # one try per period
+
+        async def ask():
+            try:
+                reply = await self.master.chunk_map(volume_id, 0, 1)
+                self.note_slow(reply.get('slow_servers'))
+            except exception.UrsaError as e:
+                LOG.debug('Could not refresh the slow servers: %s', e)
+        self._slow_task = asyncio.get_running_loop().create_task(ask())
+        self._slow_task.add_done_callback(
+            lambda _: setattr(self, '_slow_task', None))
 
     async def local_replicas(self):
         """The local replica reader, bound to the master's server ids.

@@ -59,13 +59,20 @@ class ExtentIO:
                 return bytes(length)
             last = None
             corrupt = 0
+            self.cluster.refresh_slow(self.id)
             if not flags and self._local_reads():
                 local = await self.cluster.local_replicas()
+                skipped = False
                 for sid, _, _ in info.replicas:
                     if local.serves(sid):
+                        if sid in self.cluster.slow:
+                            # Its disk is slow: another replica's.
+                            skipped = True
+                            continue
                         data = local.read(sid, self.id, index, offset,
                                           length)
                         if data is not None:
+                            self.cluster.reads_diverted += skipped
                             return data
                         break
             for sid, host, port in self.cluster.read_order(info.replicas):

@@ -576,7 +576,22 @@ class MasterAPI:
         status['repair'] = self.service.repair_status()
         status['scrub'] = self.service.scrub_status()
         status['masters'] = self.service.masters()
+        # A slow disk slows every volume with a replica on it: a warning.
+        slow = self._slow_servers()
+        status['slow_servers'] = slow
+        if slow and status.get('health') == 'HEALTH_OK':
+            status['health'] = 'HEALTH_WARN'
         return web.json_response(status)
+
+    def _slow_servers(self):
+        self.service.slow.judge()
+        return self.service.slow.slow_servers()
+
+    def _with_latency(self, server):
+        """``server`` (a dict) with its recent disk latency and whether
+        it is judged slow (see slowdisk.py)."""
+        server.update(self.service.slow.server(server['id']))
+        return server
 
     async def inventory(self, request):
         """Everything the master knows of where data should be: what
@@ -586,8 +601,10 @@ class MasterAPI:
         return web.json_response(inv)
 
     async def list_servers(self, request):
+        servers = await self.db(self.store.list_servers)
+        self.service.slow.judge()
         return web.json_response(
-            {'chunkservers': await self.db(self.store.list_servers)})
+            {'chunkservers': [self._with_latency(s) for s in servers]})
 
     async def register_server(self, request):
         b = await _body(request)
@@ -624,6 +641,7 @@ class MasterAPI:
             'generations': gens, 'snapseqs': seqs, 'snapshots': snaps,
             'heartbeat_interval': max(self.server_timeout / 3.0, 0.2),
             'server_timeout': self.server_timeout,
+            'latency_window': self.service.slow.window,
             'term': self.service.term()})
 
     async def heartbeat(self, request):
@@ -640,9 +658,11 @@ class MasterAPI:
         self.service.seen(sid)
         self._note_usage(sid, b)
         self.service.note_scrub(sid, _scrub_report(b.get('scrub', dict)))
+        self.service.slow.note(sid, b.get('latency', dict))
         return web.json_response({'ok': True,
                                   'dropped': self.service.take_drops(sid),
                                   'server_timeout': self.server_timeout,
+                                  'latency_window': self.service.slow.window,
                                   'term': self.service.term()})
 
     async def set_maintenance(self, request):
@@ -652,8 +672,10 @@ class MasterAPI:
             {'server': await self.db(self.store.set_maintenance, sid, on)})
 
     async def show_server(self, request):
-        return web.json_response({'server': await self.db(
-            self.store.get_server, _path_int(request, 'id'))})
+        server = await self.db(self.store.get_server,
+                               _path_int(request, 'id'))
+        self.service.slow.judge()
+        return web.json_response({'server': self._with_latency(server)})
 
     async def remove_server(self, request):
         return web.json_response({'server': await self.db(
@@ -824,8 +846,11 @@ class MasterAPI:
         if allocate:
             # A writer's (a host maps its clones' parents, writes none).
             await self._attached_here(request, ref)
-        return web.json_response(await self.db(
-            self.store.chunk_map, ref, start, count, allocate))
+        reply = await self.db(self.store.chunk_map, ref, start, count,
+                              allocate)
+        # Readers prefer the other replicas over these (client/cluster.py).
+        reply['slow_servers'] = self.service.slow.slow_servers()
+        return web.json_response(reply)
 
     async def drop_replica(self, request):
         ref = request.match_info['ref']

@@ -228,6 +228,15 @@ class MasterMetrics:
         r.gauge('ursa_master_scrub_last_pass_timestamp_seconds', 'When the '
                 'last deep scrub pass of each chunk server ended',
                 lambda: self._scrubs('last_pass_ended'), ('server_id',))
+        # Slow-disk detection (slowdisk.py): the leader's, from heartbeats.
+        r.gauge('ursa_master_server_slow', 'Whether each chunk server '
+                'reporting its disk latency is judged slow (1) or not (0)',
+                lambda: service.slow.flags(), ('server_id',))
+        r.gauge('ursa_master_server_latency_seconds', 'Disk latency each '
+                'chunk server reports (its last window), by kind (read, '
+                'write, sync) and quantile (0.5, 0.99)',
+                lambda: service.slow.latencies(),
+                ('server_id', 'kind', 'quantile'))
 
     # --- families ----------------------------------------------------------
 

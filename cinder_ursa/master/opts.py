@@ -212,6 +212,29 @@ master_opts = [
                     'closed (answered HTTP 503 without TLS). Keep it well '
                     'below the open file limit of ursa-master '
                     '(LimitNOFILE).'),
+    cfg.FloatOpt('slow_disk_period', default=60.0, min=1.0,
+                 help='Seconds a chunk server\'s disk latency must stay far '
+                      'above its peers\' (see slow_disk_factor) before it '
+                      'is flagged slow, and below half that before the '
+                      'flag clears. Reads prefer other replicas over a '
+                      'slow server\'s, and the cluster health is a '
+                      'warning. The chunk servers report the latency of '
+                      'their last third of this period.'),
+    cfg.FloatOpt('slow_disk_factor', default=4.0, min=2.0,
+                 help='A chunk server is slow when the 99th percentile of '
+                      'its disk\'s read, write or sync latency is above '
+                      'this many times the median of the other servers\' '
+                      '(and above slow_disk_min_latency), at least 3 '
+                      'servers reporting.'),
+    cfg.FloatOpt('slow_disk_min_latency', default=0.020, min=0.0,
+                 help='Seconds of disk latency (99th percentile) below '
+                      'which a chunk server is never flagged slow, however '
+                      'fast its peers are: a fast, idle cluster flags no '
+                      'noise.'),
+    cfg.IntOpt('slow_disk_min_samples', default=20, min=1,
+               help='Operations of a kind (read, write, sync) a chunk '
+                    'server must report for that kind\'s latency to be '
+                    'compared.'),
 ] + metrics.metrics_opts('master')
 
 

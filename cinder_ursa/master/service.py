@@ -41,6 +41,7 @@ from cinder_ursa import exception
 from cinder_ursa.master import chunkservers
 from cinder_ursa.master import election
 from cinder_ursa.master import repair
+from cinder_ursa.master import slowdisk
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 
@@ -80,7 +81,9 @@ class MasterService:
                  repair_interval=10.0, repair_per_server=2,
                  rebalance_moves=2, rebalance_threshold=10,
                  coordination_url=None, renew_deadline=10.0,
-                 server_startup_timeout=60.0):
+                 server_startup_timeout=60.0, slow_disk_period=60.0,
+                 slow_disk_factor=4.0, slow_disk_min_latency=0.020,
+                 slow_disk_min_samples=20):
         self.store = store
         # Leader election: None runs this master alone, as the leader,
         # without a term check (tests, tools).
@@ -140,6 +143,11 @@ class MasterService:
         self.usage = {}
         # Scrub progress per chunk server, from heartbeats.
         self.scrubs = {}
+        # Disk latency per chunk server, from heartbeats, and the slow
+        # servers judged from it (see slowdisk.py).
+        self.slow = slowdisk.SlowDiskJudge(
+            slow_disk_period, slow_disk_factor, slow_disk_min_latency,
+            slow_disk_min_samples, stale_after=server_timeout)
 
     async def db(self, fn, *args, **kwargs):
         """Run ``fn`` (a store method) on the database thread, in the

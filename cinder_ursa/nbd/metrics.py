@@ -28,7 +28,10 @@ Families (besides :class:`~cinder_ursa.transport.metrics.Operations`'
 * ``ursa_nbd_leases_held``: writable volumes open whose lease this
   process holds (not fenced);
 * ``ursa_nbd_fenced_total``: times an open volume learned that its lease
-  was taken (fenced, or detached from the host): once per open volume.
+  was taken (fenced, or detached from the host): once per open volume;
+* ``ursa_nbd_reads_diverted_total``: chunk reads the client library sent
+  to another replica than the primary because the master judges the
+  primary's disk slow (client.cluster.Cluster.reads_diverted).
 """
 
 from cinder_ursa import exception
@@ -150,6 +153,11 @@ class NbdMetrics:
         pm.gauge('ursa_nbd_fenced_total', 'Times an open volume learned '
                  'its lease was taken (fenced or detached): once per '
                  'open volume', lambda: self._scrape_fenced(server),
+                 kind='counter')
+        pm.gauge('ursa_nbd_reads_diverted_total', 'Chunk reads sent to '
+                 'another replica than the primary because the master '
+                 'judges the primary\'s disk slow',
+                 lambda: getattr(server.cluster, 'reads_diverted', 0),
                  kind='counter')
 
     def _scrape_fenced(self, server):

@@ -78,6 +78,8 @@ class ClusterStatus(show.ShowOne):
             'one_copy_chunks': st.get('one_copy_chunks', 0),
             'joining_replicas': st.get('joining_replicas', 0),
             'servers_draining': st['servers'].get('draining', 0),
+            'slow_servers': ', '.join(
+                str(i) for i in st.get('slow_servers') or ()) or '-',
         }
         rep = st.get('repair', {})
         left = rep.get('bytes_left_estimate', 0)
@@ -234,16 +236,46 @@ class ServerList(lister.Lister):
     Example: ursa server list"""
 
     def take_action(self, args):
-        cols = ('id', 'state', 'maintenance', 'draining', 'address', 'port',
-                'host', 'rack', 'chunks', 'used', 'free', 'uuid')
+        cols = ('id', 'state', 'health', 'maintenance', 'draining',
+                'address', 'port', 'host', 'rack', 'chunks', 'used', 'free',
+                'read_p99', 'write_p99', 'sync_p99', 'uuid')
         rows = []
         for s in self.app.master().servers():
-            rows.append((s['id'], s['state'], s.get('maintenance', False),
+            lat = s.get('latency') or {}
+            rows.append((s['id'], s['state'], _health(s),
+                         s.get('maintenance', False),
                          s.get('draining', False), s['address'], s['port'],
                          s['host'], s['rack'], s['chunks'],
                          units.format_size(s['used']),
-                         units.format_size(s['free']), s['uuid']))
+                         units.format_size(s['free']),
+                         _ms(lat, 'read'), _ms(lat, 'write'),
+                         _ms(lat, 'sync'), s['uuid']))
         return cols, rows
+
+
+def _health(s):
+    """One word for a chunk server, from what the master knows: down,
+    disk failed, slow (its disk's latency far above its peers'),
+    maintenance, draining or ok; the first that applies."""
+    if s['state'] == 'failed':
+        return 'disk failed' if s.get('failure') else 'failed'
+    if s['state'] != 'up':
+        return s['state']
+    if s.get('slow'):
+        return 'slow'
+    if s.get('maintenance'):
+        return 'maintenance'
+    if s.get('draining'):
+        return 'draining'
+    return 'ok'
+
+
+def _ms(latency, kind):
+    """A p99 latency in milliseconds, '-' without samples."""
+    v = latency.get(kind + '_p99')
+    if v is None or not latency.get(kind + '_samples'):
+        return '-'
+    return '%.1f' % (v * 1000)
 
 
 

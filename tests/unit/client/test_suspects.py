@@ -59,3 +59,53 @@ def test_a_write_to_a_suspect_primary_fetches_the_map_again_once(
     now[0] += 1
     assert write_map().replicas[0][0] == 2 and fetched == [0, 0]
     assert write_map().epoch == 2 and fetched == [0, 0]  # once
+
+
+def test_slow_servers_are_read_after_the_others(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(cluster_mod.time, 'monotonic', lambda: now[0])
+    cl = cluster_mod.Cluster(['http://127.0.0.1:1'], b'k' * 32)
+    replicas = [(1, 'h', 1), (2, 'h', 2), (3, 'h', 3)]
+    cl.note_slow([1])
+    assert cl.read_order(replicas) == [(2, 'h', 2), (3, 'h', 3), (1, 'h', 1)]
+    assert cl.reads_diverted == 1
+    # A slow replica that is not the primary changes nothing.
+    assert cl.read_order([(2, 'h', 2), (1, 'h', 1)]) == [
+        (2, 'h', 2), (1, 'h', 1)]
+    assert cl.reads_diverted == 1
+    # The only replica is read, slow or not.
+    assert cl.read_order([(1, 'h', 1)]) == [(1, 'h', 1)]
+    assert cl.reads_diverted == 1
+    # A suspect comes after a slow server.
+    cl.suspect(2)
+    assert cl.read_order(replicas) == [(3, 'h', 3), (1, 'h', 1), (2, 'h', 2)]
+    cl.note_slow([])
+    cl._suspects.clear()
+    assert cl.read_order(replicas) == replicas
+
+
+def test_the_slow_servers_are_asked_again_after_a_while(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(cluster_mod.time, 'monotonic', lambda: now[0])
+    cl = cluster_mod.Cluster(['http://127.0.0.1:1'], b'k' * 32)
+    asked = []
+
+    class Master:
+        async def chunk_map(self, vol, start, count, allocate=False):
+            asked.append(vol)
+            return {'chunks': [], 'slow_servers': [7]}
+    cl.master = Master()
+
+    async def run():
+        cl.note_slow([])
+        cl.refresh_slow('v')
+        await asyncio.sleep(0)
+        assert asked == []
+        now[0] += cluster_mod.SLOW_REFRESH
+        cl.refresh_slow('v')
+        cl.refresh_slow('v')
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert asked == ['v']
+        assert cl.slow == {7}
+    asyncio.run(run())
