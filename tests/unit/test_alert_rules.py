@@ -23,7 +23,8 @@ ALERTS = {
     'UrsaChunksNoCopy', 'UrsaDegradedTooLong', 'UrsaRecoveryStalled',
     'UrsaDiskErrors', 'UrsaVolumeSyncFailed', 'UrsaSlowDisk',
     'UrsaCapacityHigh', 'UrsaCapacityCritical', 'UrsaScrubErrors',
-    'UrsaDiskSmartFailing', 'UrsaSsdWearHigh', 'NovaHAPaused',
+    'UrsaDiskSmartFailing', 'UrsaSsdWearHigh', 'UrsaDiskFailed',
+    'UrsaMetricsErrors', 'NovaHAPaused',
     'NovaHACoordinationDown',
 }
 
