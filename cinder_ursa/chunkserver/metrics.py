@@ -102,6 +102,12 @@ def _in_flight(server):
     return len(inflight)
 
 
+def _scrub(server, field):
+    """A field of the deep scrub's state (None, no sample: no scrub)."""
+    state = getattr(server, 'scrub', None)
+    return None if state is None else getattr(state, field)
+
+
 def register(server, pm):
     """Register the chunk server ``server``'s families in ``pm`` (a
     ProcessMetrics); returns its :class:`Operations`."""
@@ -128,6 +134,15 @@ def register(server, pm):
              lambda: rec.scrub_errors, kind='counter')
     pm.gauge(p + 'scrub_repairs', 'Bad blocks the deep scrub had repaired',
              lambda: rec.scrub_repairs, kind='counter')
+    pm.gauge(p + 'scrub_pass_done_bytes', 'Bytes the deep scrub\'s current '
+             'pass has verified (0 when scrubbing is off)',
+             lambda: _scrub(server, 'bytes_done'))
+    pm.gauge(p + 'scrub_pass_total_bytes', 'Bytes the deep scrub\'s current '
+             'pass has to verify (0 when scrubbing is off)',
+             lambda: _scrub(server, 'bytes_total'))
+    pm.gauge(p + 'scrub_pass_started_timestamp_seconds', 'When the deep '
+             'scrub\'s current pass started (Unix time)',
+             lambda: _scrub(server, 'pass_started'))
     pm.gauge(p + 'recovery_bytes', 'Bytes pushed to make or catch up other '
              'copies (copies, resyncs)', lambda: rec.recovery_bytes,
              kind='counter')

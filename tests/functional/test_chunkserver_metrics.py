@@ -7,14 +7,13 @@ the server."""
 
 import json
 import os
-import urllib.request
 
 import pytest
-from prometheus_client import parser
 
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.protocol import codec
 from cinder_ursa.transport import aio
+from tests.fixtures import metrics as metrics_fixture
 from tests.fixtures.cluster import NO_REBALANCE
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
@@ -54,19 +53,10 @@ def endpoint(cluster, i):
 
 def scrape(cluster, i):
     """{(sample name, frozenset of labels): value} of chunk server i."""
-    url = 'http://127.0.0.1:%d/metrics' % endpoint(cluster, i)[
-        'metrics_port']
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for fam in parser.text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[s.name, frozenset(s.labels.items())] = s.value
-    return out
+    return metrics_fixture.samples(endpoint(cluster, i)['metrics_port'])
 
 
-def value(sample, name, **labels):
-    return sample.get((name, frozenset(labels.items())), 0.0)
+value = metrics_fixture.value
 
 
 def ops(sample, op):

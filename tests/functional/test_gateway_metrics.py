@@ -9,12 +9,11 @@ import os
 import socket
 import struct
 import subprocess
-import urllib.request
 
 import pytest
-from prometheus_client import parser
 
 from cinder_ursa.nbd import protocol as p
+from tests.fixtures import metrics as metrics_fixture
 from tests.fixtures.processes import free_port
 from tests.fixtures.wait import wait_for
 from tests.functional.nbd.test_nbd import connect
@@ -26,18 +25,8 @@ OPS = ('read', 'write', 'flush', 'trim', 'write_zeroes', 'block_status',
        'cache')
 
 
-def scrape(port):
-    """{(sample name, frozenset of label items): value} of /metrics."""
-    with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port,
-                                timeout=10) as r:
-        text = r.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in parser.text_string_to_metric_families(text)
-            for s in fam.samples}
-
-
-def value(m, name, **labels):
-    return m.get((name, frozenset(labels.items())), 0)
+scrape = metrics_fixture.samples
+value = metrics_fixture.value
 
 
 def nbd_cluster(make_cluster):

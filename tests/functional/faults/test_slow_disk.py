@@ -10,12 +10,10 @@ import json
 import os
 import random
 import threading
-import urllib.request
-
-from prometheus_client import parser
 
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.nbd import protocol as p
+from tests.fixtures import metrics as metrics_fixture
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import replica_sets
 from tests.fixtures.cluster import rest
@@ -31,17 +29,8 @@ PERIOD = 5.0
 LATENCY = 0.04
 
 
-def scrape(port):
-    with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port,
-                                timeout=10) as r:
-        text = r.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in parser.text_string_to_metric_families(text)
-            for s in fam.samples}
-
-
-def value(m, name, **labels):
-    return m.get((name, frozenset(labels.items())), 0)
+scrape = metrics_fixture.samples
+value = metrics_fixture.value
 
 
 class Load:

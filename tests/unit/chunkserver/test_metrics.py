@@ -233,6 +233,16 @@ def test_state_gauges(server):
     assert _sample(server, 'ursa_chunkserver_stale_chunks') == 1
     server.store.sync_failed((VOL,), OSError(errno.EIO, 'test'))
     assert _sample(server, 'ursa_chunkserver_failed_volumes') == 1
+    # The scrub's pass, as its state says.
+    server.scrub.bytes_done, server.scrub.bytes_total = 3 * BS, 10 * BS
+    server.scrub.pass_started = 1700000000.0
+    assert _sample(server, 'ursa_chunkserver_scrub_pass_done_bytes') == \
+        3 * BS
+    assert _sample(server, 'ursa_chunkserver_scrub_pass_total_bytes') == \
+        10 * BS
+    assert _sample(
+        server, 'ursa_chunkserver_scrub_pass_started_timestamp_seconds') == \
+        1700000000.0
 
 
 def test_disk_errors_are_counted_by_errno():
