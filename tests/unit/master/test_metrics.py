@@ -16,21 +16,11 @@ from cinder_ursa.common import auth
 from cinder_ursa.master import api
 from cinder_ursa.master import metrics
 from cinder_ursa.master import models
-from cinder_ursa.master import store as store_mod
 from cinder_ursa.transport import metrics as common_metrics
 from tests.fixtures.master import add_servers
 
 KEY = b'k' * 32
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'),
-                                failure_domain='host')
-    s.upgrade()
-    yield s
-    s.close()
 
 
 # --- the chunk states ------------------------------------------------------

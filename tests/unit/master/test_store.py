@@ -9,15 +9,6 @@ from tests.fixtures.master import add_servers
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'),
-                                failure_domain='host')
-    s.upgrade()
-    yield s
-    s.close()
-
-
 def one_chunk(store):
     """Four servers and volume 'v' with one chunk allocated: (the chunk,
     its replicas' server ids, the server holding no copy)."""
