@@ -1,16 +1,23 @@
-"""Real Cinder services on 127.0.0.1 with the Ursa backend, for the
-end-to-end tests: a private MariaDB and RabbitMQ, an ursa-aio cluster with
-its NBD gateway and attach agent, then cinder-api (noauth),
+"""Real OpenStack services on 127.0.0.1 with the Ursa backend, for the
+end-to-end tests: a private MariaDB and RabbitMQ, Keystone (fernet tokens,
+every service behind keystonemiddleware, as in production), an ursa-aio
+cluster with its NBD gateway and attach agent, then cinder-api,
 cinder-scheduler, cinder-volume and cinder-backup from the cinder package,
 configured as the README tells an operator.
 
-Traps handled here are described in the workspace's openstack-notes.md:
-noauth and keystoneauth's token-less version discovery, the scheduler's
-first-capabilities race, quotas, and 'sudo' (a pass-through shim, as
-rootwrap and privsep expect one).
+Traps handled here: Keystone's WSGI app parses ``sys.argv`` when imported
+(``wsgi_serve`` clears it) and hashes passwords with 12 bcrypt rounds
+(0.35 s a check here: 4 rounds in tests); each ``openstack`` command costs
+3-4 s of interpreter start-up (the client runs in this process, and the
+catalog is registered with one keystoneauth session); the scheduler
+answers 'No valid backend' until cinder-volume published its
+capabilities; quotas; and 'sudo' (a pass-through shim, as rootwrap and
+privsep expect one).
 """
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -18,12 +25,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from concurrent import futures
 
 from cinder_ursa.cmd.allinone import AllInOne
 from tests.fixtures.processes import free_port
 from tests.fixtures.processes import wait_port
+from tests.fixtures.services import MariaDB
 from tests.fixtures.services import RabbitMQ
 from tests.fixtures.services import unavailable
 from tests.fixtures.wait import wait_for
@@ -32,7 +39,165 @@ VENV_BIN = os.path.dirname(sys.executable)
 VENV = os.path.dirname(VENV_BIN)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-TOKEN = 'admin:admin'
+PASSWORD = 'ursa-e2e-secret'    # every user's
+REGION = 'RegionOne'
+VOLUME_API = '3.70'
+
+
+class Keystone:
+    """keystone (fernet tokens) on the shared MariaDB, served by
+    ``wsgi_serve``; :meth:`register` creates the service users and the
+    catalog in one session."""
+
+    def __init__(self, base, db_url):
+        self.base = base
+        self.db_url = db_url
+        self.port = free_port()
+        self.proc = None
+        self.conf = os.path.join(base, 'keystone.conf')
+
+    @property
+    def url(self):
+        return 'http://127.0.0.1:%d/v3' % self.port
+
+    def env(self):
+        return dict(os.environ, OS_KEYSTONE_CONFIG_DIR=self.base,
+                    OS_KEYSTONE_CONFIG_FILES='keystone.conf',
+                    PYTHONPATH=ROOT)
+
+    def write_config(self):
+        b = self.base
+        os.makedirs(os.path.join(b, 'log'), exist_ok=True)
+        with open(self.conf, 'w') as f:
+            f.write(f'''[DEFAULT]
+log_file = {b}/log/keystone.log
+
+[database]
+connection = {self.db_url}
+
+[token]
+provider = fernet
+
+[fernet_tokens]
+key_repository = {b}/fernet-keys
+
+[fernet_receipts]
+key_repository = {b}/fernet-keys
+
+[credential]
+key_repository = {b}/credential-keys
+
+[identity]
+password_hash_rounds = 4
+''')
+
+    def manage(self, *args):
+        with open(os.path.join(self.base, 'log', 'manage.log'), 'ab') as log:
+            subprocess.run([os.path.join(VENV_BIN, 'keystone-manage'),
+                            '--config-file', self.conf] + list(args),
+                           check=True, env=self.env(), stdout=log,
+                           stderr=subprocess.STDOUT, timeout=300)
+
+    def start(self):
+        self.write_config()
+        self.manage('db_sync')
+        for setup in ('fernet_setup', 'credential_setup'):
+            self.manage(setup, '--keystone-user', 'root',
+                        '--keystone-group', 'root')
+        self.manage('bootstrap', '--bootstrap-password', PASSWORD,
+                    '--bootstrap-admin-url', self.url,
+                    '--bootstrap-public-url', self.url,
+                    '--bootstrap-internal-url', self.url,
+                    '--bootstrap-region-id', REGION)
+        log = open(os.path.join(self.base, 'log', 'keystone.out'), 'ab')
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'tests.e2e.wsgi_serve',
+             'keystone.wsgi.api:application', str(self.port)],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+        wait_port(self.port, self.proc, 'keystone')
+        return self
+
+    def session(self, user='admin', project='admin'):
+        """A keystoneauth session of ``user`` scoped to ``project``."""
+        from keystoneauth1 import session
+        from keystoneauth1.identity import v3
+        return session.Session(auth=v3.Password(
+            auth_url=self.url, username=user, password=PASSWORD,
+            project_name=project, user_domain_name='Default',
+            project_domain_name='Default'))
+
+    def register(self, users, endpoints):
+        """Create project ``service`` and role ``service``; each of
+        ``users`` (admin and service in project ``service``, as the
+        install guides make them); and for each ``(type, name, url)`` of
+        ``endpoints`` a service with public, internal and admin
+        endpoints."""
+        from keystoneclient.v3 import client
+        ks = client.Client(session=self.session(), interface='public')
+        project = ks.projects.create('service', 'default')
+        roles = {r.name: r for r in ks.roles.list()}
+        roles['service'] = roles.get('service') or ks.roles.create(
+            'service')
+        for name in users:
+            user = ks.users.create(name, domain='default', password=PASSWORD,
+                                   default_project=project)
+            for role in ('admin', 'service'):
+                ks.roles.grant(roles[role], user=user, project=project)
+        for kind, name, url in endpoints:
+            svc = ks.services.create(name, type=kind)
+            for interface in ('public', 'internal', 'admin'):
+                ks.endpoints.create(svc, url, interface=interface,
+                                    region=REGION)
+
+    def auth_section(self, user):
+        """The keystoneauth options of a config section for ``user``."""
+        return (f'auth_type = password\nauth_url = {self.url}\n'
+                f'username = {user}\npassword = {PASSWORD}\n'
+                f'project_name = service\nuser_domain_name = Default\n'
+                f'project_domain_name = Default\nregion_name = {REGION}\n')
+
+    def authtoken_section(self, user):
+        """``[keystone_authtoken]`` for a service running as ``user`` (no
+        memcached: keystonemiddleware caches tokens in the process)."""
+        return ('[keystone_authtoken]\nwww_authenticate_uri = %s\n%s'
+                % (self.url, self.auth_section(user)))
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+class OpenStackClient:
+    """``openstack ARGS -f json`` as the admin, run in this process: the
+    same command-line code without 3-4 s of interpreter start-up each."""
+
+    def __init__(self, keystone):
+        self.args = ['--os-auth-url', keystone.url, '--os-username',
+                     'admin', '--os-password', PASSWORD,
+                     '--os-project-name', 'admin',
+                     '--os-user-domain-name', 'Default',
+                     '--os-project-domain-name', 'Default',
+                     '--os-region-name', REGION,
+                     '--os-identity-api-version', '3',
+                     '--os-volume-api-version', VOLUME_API]
+
+    def __call__(self, *args, json_out=True):
+        from openstackclient import shell
+        argv = self.args + list(args) + (['-f', 'json'] if json_out else [])
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(
+                err):
+            rc = shell.main(argv)
+        assert rc == 0, 'openstack %s: %s%s' % (
+            ' '.join(args), out.getvalue(), err.getvalue())
+        text = out.getvalue()
+        return json.loads(text) if json_out and text.strip() else text
 
 
 class Cinder:
@@ -41,12 +206,14 @@ class Cinder:
     SERVICES = ('cinder-api', 'cinder-scheduler', 'cinder-volume',
                 'cinder-backup')
 
-    def __init__(self, base, db_url, transport_url, ursa):
+    def __init__(self, base, db_url, transport_url, ursa, keystone):
         self.base = base
         self.db_url = db_url
         self.transport_url = transport_url
         self.ursa = ursa
+        self.keystone = keystone
         self.port = free_port()
+        self._session = None
         self.procs = {}
         self.conf = os.path.join(base, 'cinder.conf')
 
@@ -74,28 +241,17 @@ class Cinder:
             f.write('[DEFAULT]\nfilters_path=%s/etc/cinder/rootwrap.d\n'
                     'exec_dirs=%s,/sbin,/usr/sbin,/bin,/usr/bin\n'
                     'use_syslog=False\n' % (VENV, VENV_BIN))
-        # noauth answers a token-less request (keystoneauth's version
-        # discovery) with an empty 204: give it a default token.
-        paste = open(os.path.join(VENV, 'etc/cinder/api-paste.ini')).read()
-        paste = paste.replace(
-            'noauth = request_id cors http_proxy_to_wsgi faultwrap sizelimit '
-            'osprofiler noauth apiv3',
-            'noauth = request_id cors http_proxy_to_wsgi faultwrap sizelimit '
-            'osprofiler defaulttoken noauth apiv3')
-        paste += ('\n[filter:defaulttoken]\npaste.filter_factory = '
-                  'tests.e2e.harness:default_token_filter\n')
-        with open(os.path.join(b, 'api-paste.ini'), 'w') as f:
-            f.write(paste)
         u = self.ursa
+        ks = self.keystone
         with open(self.conf, 'w') as f:
             f.write(f'''[DEFAULT]
-auth_strategy = noauth
+auth_strategy = keystone
 transport_url = {self.transport_url}
 enabled_backends = ursa
 my_ip = 127.0.0.1
 state_path = {b}/state
 log_dir = {b}/log
-api_paste_config = {b}/api-paste.ini
+api_paste_config = {VENV}/etc/cinder/api-paste.ini
 rootwrap_config = {b}/rootwrap.conf
 image_conversion_dir = {b}/conv
 osapi_volume_listen = 127.0.0.1
@@ -130,7 +286,10 @@ volume_backend_name = ursa
 ursa_master_urls = {u.master_url}
 ursa_cluster_key_file = {u.key_file}
 ursa_chunk_size_mib = 4
-''')
+
+{ks.authtoken_section('cinder')}
+[nova]
+{ks.auth_section('nova')}''')
 
     def start(self):
         self.write_config()
@@ -151,27 +310,27 @@ ursa_chunk_size_mib = 4
         return self
 
     def api(self, method, path, body=None):
-        req = urllib.request.Request(
-            self.endpoint + path, method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={'X-Auth-Token': TOKEN, 'Content-Type':
-                     'application/json',
-                     'OpenStack-API-Version': 'volume 3.70'})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            text = r.read()
-        return json.loads(text) if text else {}
+        """A call of Cinder's API as the admin (errors raise)."""
+        if self._session is None:
+            self._session = self.keystone.session()
+        r = self._session.request(
+            self.endpoint + path, method, json=body,
+            headers={'OpenStack-API-Version': 'volume ' + VOLUME_API})
+        return r.json() if r.content else {}
 
     def wait_pool(self, timeout=120):
         """The scheduler says 'No valid backend' until cinder-volume has
         published its capabilities: wait for the pool."""
+        from keystoneauth1 import exceptions as ksa_exc
+
         def pools():
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError('%s exited; see %s' % (dead, self.base))
             try:
-                return self.api('GET', '/admin/scheduler-stats/get_pools'
+                return self.api('GET', '/scheduler-stats/get_pools'
                                 '?detail=true')['pools']
-            except (urllib.error.URLError, OSError, ValueError):
+            except (ksa_exc.ClientException, ValueError):
                 return None
         return wait_for(pools, timeout, 'a Cinder pool; see %s' % self.base,
                         interval=1)
@@ -187,51 +346,79 @@ ursa_chunk_size_mib = 4
                 os.killpg(p.pid, 9)
                 p.wait()
 
-    def osc_env(self):
-        """openstackclient against noauth (openstack-notes.md)."""
-        env = dict(os.environ, OS_AUTH_TYPE='admin_token', OS_TOKEN=TOKEN,
-                   OS_ENDPOINT=self.endpoint, OS_VOLUME_API_VERSION='3.70')
-        for k in ('OS_CLOUD', 'OS_AUTH_URL', 'OS_USERNAME'):
-            env.pop(k, None)
-        return env
-
-
-def default_token_filter(global_conf, **local_conf):
-    def filt(app):
-        def middleware(environ, start_response):
-            environ.setdefault('HTTP_X_AUTH_TOKEN', TOKEN)
-            return app(environ, start_response)
-        return middleware
-    return filt
-
 
 class Stack:
-    """MariaDB + RabbitMQ + ursa-aio (gateway, attach agent) + Cinder."""
+    """The services of the end-to-end tests, started once per test run
+    (tests/e2e/conftest.py): MariaDB, RabbitMQ, Keystone, ursa-aio (NBD
+    gateway, attach agent) and Cinder.  ``timings`` is how long each
+    part took to start, ``start_seconds`` the whole."""
 
-    def __init__(self, base, mariadb):
+    def __init__(self, base):
         self.base = base
-        self.mariadb = mariadb
+        self.mariadb = None
         self.rabbit = None
+        self.keystone = None
         self.ursa = None
         self.cinder = None
+        self.timings = {}
+        self.start_seconds = None
+
+    def _timed(self, name, fn):
+        t0 = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self.timings[name] = time.monotonic() - t0
+
+    def _together(self, **parts):
+        """Run each part (a callable) in a thread of its own and wait for
+        all: independent start-ups overlap their waits."""
+        with futures.ThreadPoolExecutor(len(parts)) as pool:
+            running = {name: pool.submit(self._timed, name, fn)
+                       for name, fn in parts.items()}
+            return {name: f.result() for name, f in running.items()}
 
     def start(self):
         t0 = time.monotonic()
-        self.rabbit = RabbitMQ(os.path.join(self.base, 'rabbit')).start()
+        self.mariadb = MariaDB(os.path.join(self.base, 'mariadb'))
+        os.makedirs(self.mariadb.base)
+        self.rabbit = RabbitMQ(os.path.join(self.base, 'rabbit'))
+        self._together(mariadb=self.mariadb.start, rabbitmq=self.rabbit.start)
+        self.keystone = Keystone(os.path.join(self.base, 'keystone'),
+                                 self.mariadb.new_database())
+        os.makedirs(self.keystone.base)
         self.ursa = AllInOne(os.path.join(self.base, 'ursa'), 3,
                              port_base=0, server_timeout=5.0)
         # cinder-backup's connector reports this machine's host name.
         self.ursa.attach_host = socket.gethostname()
-        self.ursa.start(nbd=True)
-        self.ursa.start_attach()
-        db = self.mariadb.new_database()
-        self.cinder = Cinder(os.path.join(self.base, 'cinder'), db,
-                             self.rabbit.url, self.ursa).start()
+        self.cinder = Cinder(os.path.join(self.base, 'cinder'),
+                             self.mariadb.new_database(), self.rabbit.url,
+                             self.ursa, self.keystone)
+        self._together(keystone=self._start_keystone, ursa=self._start_ursa)
+        self._timed('cinder', self.cinder.start)
         self.start_seconds = time.monotonic() - t0
         return self
 
+    def _start_keystone(self):
+        self.keystone.start()
+        self.keystone.register(
+            users=('cinder', 'nova'),
+            endpoints=[('volumev3', 'cinderv3', self.cinder.endpoint),
+                       ('block-storage', 'cinder', self.cinder.endpoint)])
+
+    def _start_ursa(self):
+        self.ursa.start(nbd=True)
+        self.ursa.start_attach()
+
+    def report(self):
+        """The start-up time, whole and by part."""
+        return 'stack started in %.1f s (%s)' % (
+            self.start_seconds, ', '.join(
+                '%s %.1f s' % kv for kv in self.timings.items()))
+
     def stop(self):
-        for part in (self.cinder, self.ursa, self.rabbit):
+        for part in (self.cinder, self.ursa, self.keystone, self.rabbit,
+                     self.mariadb):
             if part is not None:
                 try:
                     part.stop()

@@ -1,0 +1,37 @@
+"""One stack of real OpenStack services for every end-to-end test of a
+run (tests/e2e/harness.py): starting it costs a minute and more, so the
+tests share it and clean up what they create."""
+
+import os
+
+import pytest
+
+from tests.e2e import harness
+
+
+def _say(config, text):
+    """Print past pytest's capture: the start-up time belongs in the
+    log of every run, passing or not."""
+    capture = config.pluginmanager.getplugin('capturemanager')
+    with capture.global_and_fixture_disabled():
+        print('\n' + text, flush=True)
+
+
+@pytest.fixture(scope='session')
+def stack(tmp_path_factory, request):
+    harness.need(('qemu-io', 'mariadbd', 'epmd'), ('keystone',))
+    if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
+        if os.environ.get('CI'):
+            pytest.fail('ursa-attach needs root and /dev/fuse')
+        pytest.skip('ursa-attach needs root and /dev/fuse')
+    s = harness.Stack(str(tmp_path_factory.mktemp('e2e')))
+    try:
+        s.start()
+        _say(request.config, 'e2e: ' + s.report())
+        yield s
+    except Exception:
+        if s.cinder is not None:
+            print(s.logs_tail())
+        raise
+    finally:
+        s.stop()
