@@ -129,6 +129,12 @@ class MasterClient:
     def revoke_lease(self, ref):
         return self._http.send(rest.revoke_lease(ref))
 
+    def lease_history(self, ref, limit=None):
+        """Volume ``ref``'s lease events, oldest first (the newest
+        ``limit``); ``protocol.lease_history.check`` proves one writer
+        at a time from them."""
+        return self._http.send(rest.lease_history(ref, limit))
+
     def ticket(self, ref, copy_up=False):
         """A read-only ticket for volume ``ref`` (rest.ticket)."""
         return self._http.send(rest.ticket(ref, copy_up))

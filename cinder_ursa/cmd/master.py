@@ -176,7 +176,9 @@ def main(argv=None):
     mc = conf.ursa_master
     key = auth.load_key(conf.ursa.cluster_key_file, conf.ursa.cluster_key)
     os.makedirs(mc.state_dir, exist_ok=True)
-    store = store_mod.MetadataStore(database_url(conf), mc.failure_domain)
+    store = store_mod.MetadataStore(
+        database_url(conf), mc.failure_domain,
+        lease_history_per_volume=mc.lease_history_per_volume)
     try:
         coord_url = coordination_url(conf)
     except ValueError as e:

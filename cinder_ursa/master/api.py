@@ -374,6 +374,8 @@ class MasterAPI:
         app.router.add_delete(v + '/volumes/{ref}/lease', self.release_lease)
         app.router.add_post(v + '/volumes/{ref}/lease/revoke',
                             self.revoke_lease)
+        app.router.add_get(v + '/volumes/{ref}/lease-history',
+                           self.lease_history)
         app.router.add_post(v + '/volumes/{ref}/tickets', self.read_ticket)
         app.router.add_put(v + '/volumes/{ref}/size', self.resize)
         app.router.add_get(v + '/attachments', self.list_attachments)
@@ -962,6 +964,19 @@ class MasterAPI:
     async def revoke_lease(self, request):
         result = await self.service.revoke_lease(request.match_info['ref'])
         return web.json_response({'lease': result})
+
+    async def lease_history(self, request):
+        """The volume's lease events, oldest first (the newest ``limit``
+        with ``?limit=``): see protocol/lease_history.py."""
+        limit = None
+        if 'limit' in request.query:
+            limit = _int_query(request, 'limit')
+            if limit < 1:
+                raise exception.InvalidArgument(
+                    reason='query parameter "limit" must be 1 or more (leave '
+                           'it out for every event kept)')
+        return web.json_response({'lease_history': await self.db(
+            self.store.lease_history, request.match_info['ref'], limit)})
 
     # --- tickets (see protocol/tickets.py) ------------------------------
 

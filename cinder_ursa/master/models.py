@@ -167,3 +167,33 @@ principals = sa.Table(
     sa.Column('created_at', sa.Double, nullable=False),
     sa.Column('rotated_at', sa.Double, nullable=True),
 )
+
+# What happened to volumes' leases (protocol/lease_history.py has the
+# events), appended in the transaction of the lease change it records, so
+# it never disagrees with the volumes' lease columns; renewals are not
+# recorded.  ``id`` is the order (one leader writes at a time, its
+# database calls one after the other; ids are never reused).  The newest
+# [ursa_master] lease_history_per_volume events of a volume are kept, and
+# none of a deleted volume: the REST API finds a history through its
+# volume, so rows of a deleted one would be out of anyone's reach.
+lease_events = sa.Table(
+    'lease_events', metadata,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column('volume_id', sa.String(36),
+              sa.ForeignKey('volumes.id', ondelete='CASCADE'),
+              nullable=False),
+    # The generation of the lease the event is about (for an end, the
+    # one that ended).
+    sa.Column('generation', sa.BigInteger, nullable=False),
+    # None: a revoke while nobody held the lease.
+    sa.Column('holder', sa.String(255), nullable=True),
+    sa.Column('event', sa.String(16), nullable=False),
+    # Wall-clock time of the master that recorded it.
+    sa.Column('at', sa.Double, nullable=False),
+    # Who asked: "<principal> from <address>", or "the master".
+    sa.Column('by', sa.String(255), nullable=False),
+    sa.Column('reason', sa.Text, nullable=True),
+    # A volume's events, oldest first, and the trimming of its oldest.
+    sa.Index('ix_lease_events_volume', 'volume_id', 'id'),
+    sqlite_autoincrement=True,
+)

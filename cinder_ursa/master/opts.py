@@ -72,6 +72,16 @@ master_opts = [
     cfg.FloatOpt('lease_ttl', default=30.0, min=1.0, max=3600.0,
                  help='Default lifetime in seconds of a volume write lease; '
                       'clients renew it at a third of that.'),
+    cfg.IntOpt('lease_history_per_volume', default=100, min=1,
+               max=100000,
+               help='Lease events (acquire, share, release, leave, revoke, '
+                    'fence, expire, takeover; not renewals) the master '
+                    'keeps per volume, the newest: older ones are deleted '
+                    'as new ones are recorded, in the same transaction. '
+                    '"ursa volume lease-history VOLUME --check" proves '
+                    'from them that the volume had one writer at a time; '
+                    'it can only judge the events kept. A deleted '
+                    'volume\'s events go with it.'),
     cfg.FloatOpt('ticket_ttl', default=600.0, min=10.0, max=86400.0,
                  help='Lifetime in seconds of a read-only ticket (POST '
                       '/volumes/{ref}/tickets): what lets a client without '

@@ -222,6 +222,14 @@ def revoke_lease(ref):
     return Request('POST', _vol(ref, '/lease/revoke'), result='lease')
 
 
+def lease_history(ref, limit=None):
+    """A volume's lease events, oldest first; the newest ``limit`` of
+    them (see lease_history.py)."""
+    return Request('GET', _vol(ref, '/lease-history'),
+                   params={'limit': limit} if limit is not None else None,
+                   result='lease_history')
+
+
 def ticket(ref, copy_up=False):
     """A read-only ticket for a volume, its snapshots and its clone
     parents (the master's ``tickets.issue`` dict: ``tickets.grant_from``

@@ -14,8 +14,9 @@ Invariants kept here:
   takes the lease, so chunk servers can refuse the older writer.
 
 One module per aggregate, each a part of :class:`MetadataStore`:
-``servers``, ``volumes``, ``snapshots``, ``chunks``, ``leases`` (and
-whole hosts), ``attachments``, ``principals`` (who signs REST
+``servers``, ``volumes``, ``snapshots``, ``chunks``, ``leases`` (their
+history, written in the transaction of each change, and whole hosts),
+``attachments``, ``principals`` (who signs REST
 requests, with which role and key), ``term`` (the masters' fencing term, and
 :meth:`~.term.TermRecords.begin`, the one entry point of every write
 transaction), ``summary`` (what the metrics count); ``common`` holds
@@ -35,6 +36,7 @@ from cinder_ursa.master.store.common import REQUESTER  # noqa: F401
 from cinder_ursa.master.store.common import check_volume_size  # noqa: F401
 from cinder_ursa.master.store.common import holder_host  # noqa: F401
 from cinder_ursa.master.store.common import validate_qos  # noqa: F401
+from cinder_ursa.master.store.leases import LEASE_HISTORY_PER_VOLUME
 from cinder_ursa.master.store.leases import LeaseRecords
 from cinder_ursa.master.store.principals import PrincipalRecords
 from cinder_ursa.master.store.servers import ServerRecords
@@ -53,10 +55,14 @@ class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
     """The master's records over one database: the engine and the schema
     here, each aggregate's methods in its own module."""
 
-    def __init__(self, url, failure_domain='host'):
+    def __init__(self, url, failure_domain='host',
+                 lease_history_per_volume=LEASE_HISTORY_PER_VOLUME):
+        if lease_history_per_volume < 1:
+            raise ValueError('lease_history_per_volume must be 1 or more')
         self.url = url
         self.engine = db.create_engine(url)
         self.failure_domain = failure_domain
+        self.lease_history_per_volume = lease_history_per_volume
         # Why each failed chunk server's data directory failed, as it says
         # in every heartbeat (not kept in the database).
         self.failures = {}

@@ -12,6 +12,7 @@ from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import check_free_text
 from cinder_ursa.master.store.common import check_text
 from cinder_ursa.master.store.common import holder_host
+from cinder_ursa.protocol import lease_history as events
 
 LOG = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class AttachmentRecords:
             if (not vol.multiattach and vol.lease_holder
                     and holder_host(vol.lease_holder) == host):
                 gen = vol.lease_generation + 1
+                self._end_leases(conn, vol, time.time(), events.REVOKE,
+                                 'detached from host %s' % host)
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     lease_holder=None, lease_generation=gen,
                     lease_expires=0))

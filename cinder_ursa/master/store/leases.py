@@ -1,5 +1,10 @@
-"""Leases (the generation invariant) and whole client hosts: fencing for
-nova_ha."""
+"""Leases (the generation invariant), their history, and whole client
+hosts: fencing for nova_ha.
+
+Every lease change appends its events (``protocol/lease_history.py``)
+to ``lease_events`` in its own transaction, so the history and the
+volumes' lease columns are committed together or not at all.
+"""
 
 import json
 import logging
@@ -14,26 +19,104 @@ from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import check_free_text
 from cinder_ursa.master.store.common import check_text
 from cinder_ursa.master.store.common import holder_host
+from cinder_ursa.protocol import lease_history as events
 
 LOG = logging.getLogger(__name__)
+
+# [ursa_master] lease_history_per_volume's default.
+LEASE_HISTORY_PER_VOLUME = 100
+
+
+def _run_out(now, expires):
+    """The reason of an ``expire`` event recorded at ``now``."""
+    return 'not renewed: it had run out %.1f s before' % (now - expires)
 
 
 class LeaseRecords:
     """Part of :class:`MetadataStore` (see the package)."""
 
+    # The events kept per volume ([ursa_master] lease_history_per_volume;
+    # MetadataStore sets it).
+    lease_history_per_volume = LEASE_HISTORY_PER_VOLUME
+
+    def _lease_event(self, conn, volume_id, generation, holder, event, now,
+                     reason=None):
+        """Append an event to the volume's lease history, in the caller's
+        transaction (that of the change it records), and trim the
+        history to its newest ``lease_history_per_volume`` events."""
+        e = models.lease_events
+        conn.execute(e.insert().values(
+            volume_id=volume_id, generation=generation, holder=holder,
+            event=event, at=now, by=asked()[:255], reason=reason))
+        # The id below which this volume's events go: indexed, and at most
+        # a few rows to delete at a time.
+        cutoff = conn.execute(sa.select(e.c.id).where(
+            e.c.volume_id == volume_id).order_by(e.c.id.desc()).offset(
+            self.lease_history_per_volume - 1).limit(1)).scalar()
+        if cutoff is not None:
+            conn.execute(e.delete().where(e.c.volume_id == volume_id,
+                                          e.c.id < cutoff))
+
+    def _end_leases(self, conn, vol, now, event, reason=None,
+                    lapsed=False):
+        """Record the end of every lease of ``vol`` (its exclusive
+        holder's, or each shared writer's) of generation
+        ``vol.lease_generation`` as ``event``, and drop the shared
+        writers: a change that ends them all (revoke, fence, a new
+        exclusive holder).  With ``lapsed``, a lease that had run out is
+        recorded as ``expire`` instead (a new holder replaced it, it was
+        not taken from anyone).  Returns how many events were
+        recorded."""
+        sl = models.shared_leases
+        rows = conn.execute(sa.select(sl.c.holder, sl.c.expires).where(
+            sl.c.volume_id == vol.id).order_by(sl.c.holder)).all()
+        ending = [(r.holder, r.expires) for r in rows]
+        if vol.lease_holder not in (None, SHARED):
+            ending.append((vol.lease_holder, vol.lease_expires))
+        if rows:
+            conn.execute(sl.delete().where(sl.c.volume_id == vol.id))
+        for holder, expires in ending:
+            if lapsed and expires <= now:
+                self._lease_event(conn, vol.id, vol.lease_generation,
+                                  holder, events.EXPIRE, now,
+                                  _run_out(now, expires))
+            else:
+                self._lease_event(conn, vol.id, vol.lease_generation,
+                                  holder, event, now, reason)
+        return len(ending)
+
     def _join_shared(self, conn, vol, holder, ttl, now, renew=False):
         """Multiattach: writers share one generation while any of them
         holds the lease; the first after a gap (or a revoke) starts a new
-        one."""
+        one.  The writers whose membership had run out are dropped
+        (``expire``), the renewing writer's own aside: it keeps its
+        generation, which nobody else can have replaced meanwhile."""
         t, sl = models.volumes, models.shared_leases
-        conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
-                                       sl.c.expires <= now))
-        others = conn.execute(sa.select(sl.c.holder).where(
-            sl.c.volume_id == vol.id, sl.c.holder != holder)).all()
+        rows = conn.execute(sa.select(sl.c.holder, sl.c.expires).where(
+            sl.c.volume_id == vol.id).order_by(sl.c.holder)).all()
+        lapsed = [r for r in rows if r.expires <= now and
+                  not (renew and r.holder == holder)]
+        for r in lapsed:
+            conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                           sl.c.holder == r.holder))
+            self._lease_event(conn, vol.id, vol.lease_generation, r.holder,
+                              events.EXPIRE, now, _run_out(now, r.expires))
+        gone = {r.holder for r in lapsed}
+        others = [r for r in rows if r.holder != holder and
+                  r.holder not in gone]
+        member = any(r.holder == holder and r.holder not in gone
+                     for r in rows)
         gen = vol.lease_generation
         if not renew and not others and not (vol.lease_holder == SHARED and
                                              vol.lease_expires > now):
             gen += 1
+            if vol.lease_holder not in (None, SHARED):
+                # An exclusive holder's from before the volume became
+                # multiattach: run out (the flag changes only while
+                # nobody holds the volume).
+                self._lease_event(
+                    conn, vol.id, vol.lease_generation, vol.lease_holder,
+                    events.EXPIRE, now, _run_out(now, vol.lease_expires))
         conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
                                        sl.c.holder == holder))
         conn.execute(sl.insert().values(volume_id=vol.id, holder=holder,
@@ -41,6 +124,13 @@ class LeaseRecords:
         conn.execute(t.update().where(t.c.id == vol.id).values(
             lease_holder=SHARED, lease_generation=gen,
             lease_expires=max(vol.lease_expires, now + ttl)))
+        if not renew:
+            self._lease_event(conn, vol.id, gen, holder, events.SHARE, now)
+        elif not member:
+            # Its membership had run out and was dropped (expire): it
+            # writes again.
+            self._lease_event(conn, vol.id, gen, holder, events.SHARE, now,
+                              'renewed after its membership was dropped')
         return gen
 
     def acquire_lease(self, ref, holder, ttl, force=False):
@@ -68,10 +158,17 @@ class LeaseRecords:
                     volume=vol.name, holder=vol.lease_holder,
                     expires=time.strftime('%H:%M:%S', time.localtime(
                         vol.lease_expires)))
+            # The lease it replaces ends here: run out, or taken from a
+            # live holder (by force, or by the same holder again).
+            self._end_leases(
+                conn, vol, now, events.TAKEOVER,
+                'taken again by its holder' if vol.lease_holder == holder
+                else 'taken by force by %s' % holder, lapsed=True)
             gen = vol.lease_generation + 1
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 lease_holder=holder, lease_generation=gen,
                 lease_expires=now + ttl))
+            self._lease_event(conn, vol.id, gen, holder, events.ACQUIRE, now)
         LOG.info('Volume %s: lease generation %d to %s%s, by %s',
                  vol.name, gen, holder,
                  ' (forced)' if held and force else '', asked())
@@ -109,15 +206,22 @@ class LeaseRecords:
         check_text('holder', holder)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
+            now = time.time()
             if vol.multiattach and vol.lease_generation == generation:
-                conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
-                                               sl.c.holder == holder))
+                member = conn.execute(sl.delete().where(
+                    sl.c.volume_id == vol.id,
+                    sl.c.holder == holder)).rowcount
                 left = conn.execute(sa.select(sl.c.holder).where(
                     sl.c.volume_id == vol.id,
-                    sl.c.expires > time.time())).first()
+                    sl.c.expires > now)).first()
                 if left is None:
                     conn.execute(t.update().where(t.c.id == vol.id).values(
                         lease_holder=None, lease_expires=0))
+                if member:
+                    # (Not if its membership was dropped before: that
+                    # ended it, as an expire.)
+                    self._lease_event(conn, vol.id, generation, holder,
+                                      events.LEAVE, now)
                 LOG.info('Volume %s: %s left shared lease generation %d, '
                          'by %s', vol.name, holder, generation, asked())
                 return
@@ -125,6 +229,8 @@ class LeaseRecords:
                     and vol.lease_generation == generation):
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     lease_holder=None, lease_expires=0))
+                self._lease_event(conn, vol.id, generation, holder,
+                                  events.RELEASE, now)
                 LOG.info('Volume %s: lease generation %d released by its '
                          'holder %s, by %s', vol.name, generation, holder,
                          asked())
@@ -132,16 +238,36 @@ class LeaseRecords:
     def revoke_lease(self, ref):
         """Fence the current holder: generation + 1, nobody holds it."""
         t = models.volumes
+        now = time.time()
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             gen = vol.lease_generation + 1
+            if not self._end_leases(conn, vol, now, events.REVOKE):
+                # Nobody held it: the generation still goes up (what
+                # the chunk servers are told), on the record.
+                self._lease_event(conn, vol.id, vol.lease_generation, None,
+                                  events.REVOKE, now)
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 lease_holder=None, lease_generation=gen, lease_expires=0))
-            conn.execute(models.shared_leases.delete().where(
-                models.shared_leases.c.volume_id == vol.id))
         LOG.info('Volume %s: lease revoked, generation %d, by %s',
                  vol.name, gen, asked())
         return {'volume_id': vol.id, 'generation': gen}
+
+    def lease_history(self, ref, limit=None):
+        """The lease events of volume ``ref``, oldest first: the newest
+        ``limit`` of them (None: every one kept)."""
+        e = models.lease_events
+        with self.engine.connect() as conn:
+            vol = self._find_volume(conn, ref)
+            q = sa.select(e).where(e.c.volume_id == vol.id).order_by(
+                e.c.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = conn.execute(q).all()
+        return [{'id': r.id, 'volume_id': r.volume_id,
+                 'generation': r.generation, 'holder': r.holder,
+                 'event': r.event, 'at': r.at, 'by': r.by,
+                 'reason': r.reason} for r in reversed(rows)]
 
     def _host_leases(self, conn, host):
         """The leases (and shared leases) held by ``host``'s clients."""
@@ -190,25 +316,29 @@ class LeaseRecords:
         """Fence every lease ``host``'s clients hold (generation + 1, so
         the chunk servers refuse their writes), drop its attachments, and
         refuse it new leases until :meth:`unfence_host`.  Idempotent."""
-        t, sl, f = models.volumes, models.shared_leases, models.fenced_hosts
+        t, f = models.volumes, models.fenced_hosts
         check_text('host', host)
         check_free_text('reason', reason)
         fenced = {}
+        now = time.time()
+        # The events' reason: every writer of a shared generation is
+        # fenced with the host's, whatever its own host.
+        why = 'host %s fenced%s' % (host, ': %s' % reason if reason else '')
         with self.begin() as conn:
             if conn.execute(sa.select(f).where(f.c.host == host)).first() \
                     is None:
                 conn.execute(f.insert().values(host=host, reason=reason,
-                                               fenced_at=time.time()))
+                                               fenced_at=now))
             for lease in self._host_leases(conn, host):
                 vid = lease['volume_id']
                 if vid in fenced:
                     continue
-                gen = conn.execute(sa.select(t.c.lease_generation).where(
-                    t.c.id == vid)).scalar() + 1
+                vol = conn.execute(sa.select(t).where(t.c.id == vid)).first()
+                gen = vol.lease_generation + 1
+                self._end_leases(conn, vol, now, events.FENCE, why)
                 conn.execute(t.update().where(t.c.id == vid).values(
                     lease_holder=None, lease_generation=gen,
                     lease_expires=0))
-                conn.execute(sl.delete().where(sl.c.volume_id == vid))
                 fenced[vid] = {'volume_id': vid,
                                'volume_name': lease['volume_name'],
                                'holder': lease['holder'],

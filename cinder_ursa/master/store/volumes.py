@@ -233,6 +233,10 @@ class VolumeRecords:
                 models.volumes.c.id == vid)).scalar()
             conn.execute(models.chunks.delete().where(
                 models.chunks.c.volume_id == vid))
+            # Its lease history goes with it: nothing could find it by
+            # the volume any more (see models.lease_events).
+            conn.execute(models.lease_events.delete().where(
+                models.lease_events.c.volume_id == vid))
             conn.execute(models.volumes.delete().where(
                 models.volumes.c.id == vid))
         LOG.info('Volume %s (%s) deleted, by %s', name, vid, asked())

@@ -28,7 +28,7 @@ from tests.functional.faults.test_master_failover import masters_of
 pytestmark = pytest.mark.timeout(180)
 
 MiB = 1024 * 1024
-SCHEMA = '0012'     # the newest migration
+SCHEMA = '0013'     # the newest migration
 
 
 @pytest.mark.parametrize('backend', ['mariadb', 'postgresql'])

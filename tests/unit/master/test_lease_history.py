@@ -1,0 +1,441 @@
+"""The lease history on a real SQLite store: every lease change appends
+its events in its own transaction (a change that fails leaves none, an
+event that cannot be written undoes the change), each kind of event is
+recorded as ``protocol/lease_history.py`` says, the newest
+``lease_history_per_volume`` are kept, a deleted volume's go with it,
+and ``lease_history.check`` passes every history the store writes and
+names the events of a history with two writers."""
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.master import api
+from cinder_ursa.master import store as store_mod
+from cinder_ursa.protocol import lease_history
+from cinder_ursa.protocol import roles
+from cinder_ursa.protocol.lease_history import Problem
+from tests.unit.master.test_principals import HOST
+from tests.unit.master.test_principals import KEY
+from tests.unit.master.test_principals import NOVA
+from tests.unit.master.test_principals import call
+
+MiB = 1024 * 1024
+# A lease that runs out within the test (the store takes any ttl; the
+# REST API 1 s at least), not before the next step on a loaded machine.
+SHORT = 0.5
+
+
+def history(store, ref='v'):
+    """(event, generation, holder) of each event, oldest first."""
+    return [(e['event'], e['generation'], e['holder'])
+            for e in store.lease_history(ref)]
+
+
+def assert_one_writer(store, ref='v', shared_ok=False):
+    events = store.lease_history(ref)
+    assert lease_history.check(events, shared_ok=shared_ok) == [], events
+
+
+@pytest.fixture
+def vol(store):
+    store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    return store
+
+
+def run_out():
+    time.sleep(SHORT + 0.2)
+
+
+def test_acquire_release_and_who_asked(vol):
+    token = store_mod.REQUESTER.set('cinder from 10.0.0.5')
+    try:
+        before = time.time()
+        a = vol.acquire_lease('v', 'cmp1:1:aa', 30)
+        vol.release_lease('v', 'cmp1:1:aa', a['generation'])
+    finally:
+        store_mod.REQUESTER.reset(token)
+    events = vol.lease_history('v')
+    assert [(e['event'], e['generation'], e['holder']) for e in events] == [
+        ('acquire', 1, 'cmp1:1:aa'), ('release', 1, 'cmp1:1:aa')]
+    vid = vol.get_volume('v')['id']
+    for e in events:
+        assert e['volume_id'] == vid
+        assert e['by'] == 'cinder from 10.0.0.5'
+        assert before <= e['at'] <= time.time()
+        assert e['reason'] is None
+    assert events[0]['id'] < events[1]['id']
+    # The master's own work says so; by id as by name.
+    vol.revoke_lease(vid)
+    assert vol.lease_history(vid)[-1]['by'] == 'the master'
+    assert_one_writer(vol)
+
+
+def test_renewals_are_not_recorded(vol):
+    a = vol.acquire_lease('v', 'h:1', 30)
+    for _ in range(5):
+        vol.renew_lease('v', 'h:1', a['generation'], 30)
+    assert history(vol) == [('acquire', 1, 'h:1')]
+
+
+def test_a_replaced_lease_ends_as_takeover_or_expire(vol):
+    vol.acquire_lease('v', 'a:1', 30)
+    # The same holder again (ursa-attach restarted: its holder name is
+    # the same): its generation 1 was taken over.
+    vol.acquire_lease('v', 'a:1', 30)
+    # By force: the live holder's lease is taken.
+    vol.acquire_lease('v', 'b:1', SHORT, force=True)
+    # Run out, then another takes it: expire, noticed then.
+    run_out()
+    vol.acquire_lease('v', 'c:1', 30)
+    events = vol.lease_history('v')
+    assert [(e['event'], e['generation'], e['holder'], e['reason'])
+            for e in events if e['event'] != 'acquire'] == [
+        ('takeover', 1, 'a:1', 'taken again by its holder'),
+        ('takeover', 2, 'a:1', 'taken by force by b:1'),
+        ('expire', 3, 'b:1', events[5]['reason'])]
+    assert events[5]['reason'].startswith('not renewed: it had run out')
+    assert history(vol) == [
+        ('acquire', 1, 'a:1'), ('takeover', 1, 'a:1'), ('acquire', 2, 'a:1'),
+        ('takeover', 2, 'a:1'), ('acquire', 3, 'b:1'), ('expire', 3, 'b:1'),
+        ('acquire', 4, 'c:1')]
+    # The end and the new lease are one change: same time.
+    assert events[5]['at'] == events[6]['at']
+    assert_one_writer(vol)
+
+
+def test_revoke_of_a_holder_and_of_nobody(vol):
+    vol.acquire_lease('v', 'a:1', 30)
+    vol.revoke_lease('v')
+    # Nobody holds it: the generation still goes up (the chunk servers
+    # are told), and the history says so.
+    vol.revoke_lease('v')
+    vol.acquire_lease('v', 'b:1', 30)
+    assert history(vol) == [('acquire', 1, 'a:1'), ('revoke', 1, 'a:1'),
+                            ('revoke', 2, None), ('acquire', 4, 'b:1')]
+    assert_one_writer(vol)
+
+
+def test_a_detach_revokes_the_hosts_lease(vol):
+    vol.attach('v', 'cmp1')
+    vol.acquire_lease('v', 'agent@cmp1', 30)
+    assert vol.detach('v', 'cmp1') == {
+        'volume_id': vol.get_volume('v')['id'], 'generation': 2}
+    (last,) = vol.lease_history('v')[1:]
+    assert (last['event'], last['generation'], last['holder'],
+            last['reason']) == ('revoke', 1, 'agent@cmp1',
+                                'detached from host cmp1')
+    # A detach from a host holding nothing records nothing.
+    vol.acquire_lease('v', 'agent@cmp2', 30)
+    vol.detach('v', 'cmp1')
+    assert len(vol.lease_history('v')) == 3
+    assert_one_writer(vol)
+
+
+def test_fencing_a_host_ends_its_leases(vol):
+    vol.create_volume('w', 8 * MiB, chunk_size=4 * MiB)
+    vol.create_volume('shared', 8 * MiB, chunk_size=4 * MiB,
+                      multiattach=True)
+    vol.acquire_lease('v', 'cmp1:7:ab', 30)
+    vol.acquire_lease('w', 'cmp2:7:ab', 30)
+    vol.acquire_lease('shared', 'cmp1:8:cd', 30)
+    vol.acquire_lease('shared', 'cmp2:8:cd', 30)
+    token = store_mod.REQUESTER.set('nova_ha from 10.0.0.9')
+    try:
+        fenced = vol.fence_host('cmp1', reason='power lost')
+    finally:
+        store_mod.REQUESTER.reset(token)
+    assert sorted(x['volume_name'] for x in fenced['fenced']) == [
+        'shared', 'v']
+    last = vol.lease_history('v')[-1]
+    assert (last['event'], last['generation'], last['holder'], last['by'],
+            last['reason']) == ('fence', 1, 'cmp1:7:ab',
+                                'nova_ha from 10.0.0.9',
+                                'host cmp1 fenced: power lost')
+    # A shared generation is fenced for all its writers, the other
+    # host's too (it is recorded with the fenced host's reason).
+    assert history(vol, 'shared') == [
+        ('share', 1, 'cmp1:8:cd'), ('share', 1, 'cmp2:8:cd'),
+        ('fence', 1, 'cmp1:8:cd'), ('fence', 1, 'cmp2:8:cd')]
+    # The other host's own volume is untouched; fencing again changes
+    # nothing more.
+    assert history(vol, 'w') == [('acquire', 1, 'cmp2:7:ab')]
+    vol.fence_host('cmp1')
+    assert len(vol.lease_history('v')) == 2
+    # A fenced host takes nothing, and nothing is recorded.
+    with pytest.raises(exception.Fenced):
+        vol.acquire_lease('v', 'cmp1:9:ef', 30)
+    assert len(vol.lease_history('v')) == 2
+    vol.unfence_host('cmp1')
+    vol.acquire_lease('v', 'cmp1:9:ef', 30)
+    assert history(vol)[-1] == ('acquire', 3, 'cmp1:9:ef')
+    for ref in ('v', 'w'):
+        assert_one_writer(vol, ref)
+    assert_one_writer(vol, 'shared', shared_ok=True)
+
+
+def test_shared_writers_join_leave_and_run_out(store):
+    store.create_volume('m', 8 * MiB, chunk_size=4 * MiB, multiattach=True)
+    a = store.acquire_lease('m', 'a:1', 30)
+    store.acquire_lease('m', 'b:1', SHORT)
+    store.release_lease('m', 'a:1', a['generation'])
+    # b's membership ran out: a renewal of a (back) drops it (expire);
+    # leaving again once dropped records nothing more.
+    run_out()
+    c = store.acquire_lease('m', 'c:1', 30)
+    # The shared generation goes on: a's lease (which the volume's
+    # lasts as long as) had not run out when it left.
+    assert c['generation'] == 1
+    store.release_lease('m', 'b:1', 1)
+    # b renews after its membership was dropped: it writes again.
+    store.renew_lease('m', 'b:1', 1, 30)
+    store.release_lease('m', 'b:1', 1)
+    store.release_lease('m', 'c:1', 1)
+    # Everyone left: the next writer starts generation 2.
+    assert store.acquire_lease('m', 'd:1', 30)['generation'] == 2
+    assert history(store, 'm') == [
+        ('share', 1, 'a:1'), ('share', 1, 'b:1'), ('leave', 1, 'a:1'),
+        ('expire', 1, 'b:1'), ('share', 1, 'c:1'), ('share', 1, 'b:1'),
+        ('leave', 1, 'b:1'), ('leave', 1, 'c:1'), ('share', 2, 'd:1')]
+    reasons = {(e['event'], e['holder']): e['reason']
+               for e in store.lease_history('m')}
+    assert reasons[('share', 'b:1')] == \
+        'renewed after its membership was dropped'
+    assert_one_writer(store, 'm', shared_ok=True)
+    # As a volume that is not multiattach, the history shows two
+    # writers at once.
+    problems = lease_history.check(store.lease_history('m'),
+                                   shared_ok=False)
+    assert problems and all('two writers' in p.problem for p in problems)
+
+
+def test_the_last_writers_lapsed_membership_ends_before_a_new_generation(
+        store):
+    store.create_volume('m', 8 * MiB, chunk_size=4 * MiB, multiattach=True)
+    store.acquire_lease('m', 'a:1', SHORT)
+    run_out()
+    assert store.acquire_lease('m', 'b:1', 30)['generation'] == 2
+    assert history(store, 'm') == [('share', 1, 'a:1'), ('expire', 1, 'a:1'),
+                                   ('share', 2, 'b:1')]
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
+def test_a_volume_made_exclusive_ends_the_lapsed_shared_writers(store):
+    store.create_volume('m', 8 * MiB, chunk_size=4 * MiB, multiattach=True)
+    store.acquire_lease('m', 'a:1', SHORT)
+    store.acquire_lease('m', 'b:1', SHORT)
+    store.release_lease('m', 'a:1', 1)
+    run_out()
+    # b's membership ran out and nobody holds the volume: the flag may
+    # change; its next holder ends b's lease on the record.
+    store.update_volume('m', multiattach=False)
+    store.acquire_lease('m', 'c:1', 30)
+    assert history(store, 'm')[-2:] == [('expire', 1, 'b:1'),
+                                        ('acquire', 2, 'c:1')]
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
+def test_a_lease_change_that_fails_records_nothing(vol):
+    vol.attach('v', 'cmp1')
+    a = vol.acquire_lease('v', 'a:1', 30)
+    before = vol.lease_history('v')
+    with pytest.raises(exception.LeaseHeld):
+        vol.acquire_lease('v', 'b:1', 30)
+    with pytest.raises(exception.Fenced):
+        vol.renew_lease('v', 'b:1', a['generation'], 30)
+    vol.fence_host('elsewhere')
+    with pytest.raises(exception.Fenced):
+        vol.acquire_lease('v', 'elsewhere:1:x', 30, force=True)
+    with pytest.raises(exception.InvalidArgument):
+        vol.acquire_lease('v', 'x' * 256, 30, force=True)
+    with pytest.raises(exception.NotFound):
+        vol.lease_history('nope')
+    # A release by another holder, or of another generation, is no
+    # release.
+    vol.release_lease('v', 'b:1', a['generation'])
+    vol.release_lease('v', 'a:1', a['generation'] + 1)
+    assert vol.lease_history('v') == before
+    # A deposed leader's change is refused whole (the term check).
+    vol.take_term(0, 'http://new')
+    vol.guard = lambda: 0
+    with pytest.raises(exception.NotLeader):
+        vol.revoke_lease('v')
+    vol.guard = None
+    assert vol.lease_history('v') == before
+    assert vol.get_volume('v')['lease']['generation'] == a['generation']
+
+
+def test_an_event_that_cannot_be_written_undoes_the_lease_change(vol):
+    """The same transaction: if the history cannot take the event, the
+    lease does not change either (the history never misses a change)."""
+    a = vol.acquire_lease('v', 'cmp1:1:a', 30)
+    with vol.engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TRIGGER no_events BEFORE INSERT ON lease_events "
+            "BEGIN SELECT RAISE(ABORT, 'history full'); END"))
+    for change in (lambda: vol.acquire_lease('v', 'cmp2:1:b', 30,
+                                             force=True),
+                   lambda: vol.revoke_lease('v'),
+                   lambda: vol.fence_host('cmp1'),
+                   lambda: vol.release_lease('v', 'cmp1:1:a',
+                                             a['generation'])):
+        with pytest.raises(sa.exc.DatabaseError, match='history full'):
+            change()
+    lease = vol.get_volume('v')['lease']
+    assert (lease['holder'], lease['generation']) == ('cmp1:1:a', 1)
+    assert vol.list_fenced_hosts() == []
+    assert history(vol) == [('acquire', 1, 'cmp1:1:a')]
+
+
+def test_the_newest_events_are_kept(tmp_path):
+    s = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'),
+                                lease_history_per_volume=5)
+    s.upgrade()
+    try:
+        s.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+        s.create_volume('w', 8 * MiB, chunk_size=4 * MiB)
+        s.acquire_lease('w', 'w:1', 30)
+        for i in range(1, 7):
+            s.acquire_lease('v', 'h:%d' % i, 30)
+            s.release_lease('v', 'h:%d' % i, i)
+        kept = s.lease_history('v')
+        assert [(e['event'], e['holder']) for e in kept] == [
+            ('release', 'h:4'), ('acquire', 'h:5'), ('release', 'h:5'),
+            ('acquire', 'h:6'), ('release', 'h:6')]
+        # Another volume's history is its own.
+        assert history(s, 'w') == [('acquire', 1, 'w:1')]
+        # A history trimmed in the middle of a lease still checks.
+        assert lease_history.check(kept, shared_ok=False) == []
+        assert [e['holder'] for e in s.lease_history('v', limit=2)] == [
+            'h:6', 'h:6']
+        assert s.lease_history('v', limit=50) == kept
+    finally:
+        s.close()
+    with pytest.raises(ValueError, match='1 or more'):
+        store_mod.MetadataStore('sqlite://', lease_history_per_volume=0)
+
+
+def test_a_deleted_volume_takes_its_history_along(vol):
+    vol.acquire_lease('v', 'a:1', 30)
+    vol.release_lease('v', 'a:1', 1)
+    vid = vol.get_volume('v')['id']
+    v, action = vol.begin_delete('v')
+    assert action == 'delete'
+    vol.finish_delete(vid)
+    with vol.engine.connect() as conn:
+        assert conn.execute(sa.text(
+            'SELECT count(*) FROM lease_events')).scalar() == 0
+    # A new volume of the same name starts a history of its own.
+    vol.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    assert vol.lease_history('v') == []
+
+
+# --- the check, on histories no master writes ----------------------------
+
+def ev(ident, event, generation, holder):
+    return {'id': ident, 'event': event, 'generation': generation,
+            'holder': holder, 'at': 1000.0 + ident, 'by': 'admin',
+            'reason': None}
+
+
+def test_check_passes_one_writer_at_a_time():
+    good = [ev(1, 'acquire', 1, 'a'), ev(2, 'release', 1, 'a'),
+            ev(3, 'acquire', 2, 'b'), ev(4, 'fence', 2, 'b'),
+            ev(5, 'acquire', 4, 'c'), ev(6, 'expire', 4, 'c'),
+            ev(7, 'acquire', 5, 'd'), ev(8, 'takeover', 5, 'd'),
+            ev(9, 'acquire', 6, 'e')]
+    assert lease_history.check(good, shared_ok=False) == []
+    assert lease_history.check([]) == []
+    # Trimmed: it starts with the end of a lease that began before.
+    assert lease_history.check(good[3:], shared_ok=False) == []
+
+
+def test_check_names_the_events_of_two_writers():
+    events = [ev(1, 'acquire', 1, 'a'), ev(2, 'acquire', 2, 'b'),
+              ev(3, 'release', 2, 'b')]
+    (p,) = lease_history.check(events)
+    assert (p.event, p.since) == (2, 1)
+    assert 'two writers' in p.problem and '#2 (acquire of generation 2 ' \
+        'by b)' in p.problem and '#1 (acquire of generation 1 by a)' in \
+        p.problem
+    # A shared generation joined while an exclusive one is held, or one
+    # generation shared after another that did not end.
+    assert [(p.event, p.since) for p in lease_history.check([
+        ev(1, 'acquire', 1, 'a'), ev(2, 'share', 1, 'b')])] == [(2, 1)]
+    assert [(p.event, p.since) for p in lease_history.check([
+        ev(1, 'share', 1, 'a'), ev(2, 'share', 1, 'b'),
+        ev(3, 'leave', 1, 'a'), ev(4, 'share', 2, 'c')])] == [(4, 2)]
+    # Several writers of one shared generation: only if shared_ok.
+    shared = [ev(1, 'share', 1, 'a'), ev(2, 'share', 1, 'b')]
+    assert lease_history.check(shared) == []
+    assert [(p.event, p.since) for p in lease_history.check(
+        shared, shared_ok=False)] == [(2, 1)]
+
+
+def test_check_names_generations_out_of_order():
+    assert lease_history.check([
+        ev(1, 'acquire', 3, 'a'), ev(2, 'release', 3, 'a'),
+        ev(3, 'acquire', 2, 'b')]) == [
+        Problem(3, 2, 'generation went down: #3 (acquire of generation 2 '
+                      'by b) after generation 3')]
+    (p,) = lease_history.check([
+        ev(1, 'acquire', 3, 'a'), ev(2, 'release', 3, 'a'),
+        ev(3, 'acquire', 3, 'b')])
+    assert p.event == 3 and 'acquired again' in p.problem
+    (p,) = lease_history.check([ev(2, 'acquire', 1, 'a'),
+                                ev(1, 'release', 1, 'a')])
+    assert p.event == 1 and 'id order' in p.problem
+    (p,) = lease_history.check([ev(1, 'acquire', 1, 'a'),
+                                ev(2, 'release', 2, 'a')])
+    assert (p.event, p.since) == (2, 1) and 'did not hold' in p.problem
+    (p,) = lease_history.check([ev(1, 'borrow', 1, 'a')])
+    assert 'unknown event' in p.problem
+
+
+# --- GET /v1/volumes/{ref}/lease-history, in process ----------------------
+
+def test_the_history_over_rest_names_who_asked(store):
+    store.create_principal('ha', 'nova_ha', NOVA)
+    store.create_principal('compute-1', 'host', HOST)
+    store.create_volume('v', 8 * MiB, chunk_size=4 * MiB)
+    path = '/v1/volumes/v/lease-history'
+    replies = call(store, [
+        ('admin', KEY, 'POST', '/v1/volumes/v/lease',
+         {'holder': 'cmp1:1:a'}),
+        ('admin', KEY, 'POST', '/v1/volumes/v/lease/revoke', {}),
+        ('admin', KEY, 'GET', path, None),
+        ('admin', KEY, 'GET', path + '?limit=1', None),
+        ('admin', KEY, 'GET', path + '?limit=0', None),
+        ('admin', KEY, 'GET', path + '?limit=x', None),
+        ('admin', KEY, 'GET', '/v1/volumes/nope/lease-history', None),
+        # The rights to read the volume, no more and no less.
+        ('compute-1', HOST, 'GET', '/v1/volumes/v', None),
+        ('compute-1', HOST, 'GET', path, None),
+        ('ha', NOVA, 'GET', '/v1/volumes/v', None),
+        ('ha', NOVA, 'GET', path, None),
+    ])
+    assert [s for s, _ in replies] == [201, 200, 200, 200, 400, 400, 404,
+                                      200, 200, 403, 403]
+    events = replies[2][1]['lease_history']
+    assert [(e['event'], e['generation'], e['holder']) for e in events] == [
+        ('acquire', 1, 'cmp1:1:a'), ('revoke', 1, 'cmp1:1:a')]
+    assert all(e['by'] == 'admin from 127.0.0.1' for e in events), events
+    assert replies[3][1]['lease_history'] == events[-1:]
+    assert '"limit" must be 1 or more' in replies[4][1]['error']['message']
+    assert '"limit" must be an integer' in \
+        replies[5][1]['error']['message']
+    assert replies[8][1]['lease_history'] == events
+    assert 'GET /volumes/{ref}/lease-history' in \
+        replies[10][1]['error']['message']
+
+
+def test_reading_the_history_takes_the_rights_to_read_the_volume(store):
+    app = api.MasterAPI(store, KEY).app()
+    routes = {(r.method, r.resource.canonical[len('/v1'):])
+              for r in app.router.routes() if r.resource is not None}
+    for alias, same in roles.SAME_AS.items():
+        assert {alias, same} <= routes
+        for role in roles.ROLES:
+            assert roles.allows(role, *alias) == roles.allows(role, *same)
