@@ -462,6 +462,9 @@ class ControlMixin:
     async def _fence(self, conn, frame, vol, gen):
         try:
             await self.authority.confirm_generation(vol, gen)
+            # Writes of the fenced generation this primary already
+            # forwarded end first (see ReplicationMixin.forwarded).
+            await self.forwarded(vol, gen, 2 * self.replication_timeout)
             conn.send(codec.encode_ok(frame.opcode, frame.req_id))
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)

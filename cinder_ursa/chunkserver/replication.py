@@ -29,6 +29,7 @@ import time
 from cinder_ursa import exception
 from cinder_ursa.chunkserver.store import mending
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol import control
 from cinder_ursa.protocol.chunkfile import BLOCK
 from cinder_ursa.protocol.chunkfile import ENTRY
 from cinder_ursa.transport import aio
@@ -231,16 +232,41 @@ class ReplicationMixin:
         # Forward right now, in arrival order, on connected peers; the
         # data view points into the frame, which the forwards keep alive.
         sent = [self._send_replica_now(sid, req, c.epoch) for sid in others]
-        if not req.fua and None not in sent:
-            self._await_replicas(conn, frame, req, c, others, sent)
-            return
-        conn.spawn(self._forward(conn, frame, req, c, others, sent))
+        answered = self._loop.create_future()
+        forwarding = self._forwarding.setdefault(req.volume, {})
+        forwarding[answered] = req.generation
 
-    def _await_replicas(self, conn, frame, req, c, others, sent):
+        def gone(_):
+            forwarding.pop(answered, None)
+            if not forwarding and self._forwarding.get(
+                    req.volume) is forwarding:
+                del self._forwarding[req.volume]
+        answered.add_done_callback(gone)
+        if not req.fua and None not in sent:
+            self._await_replicas(conn, frame, req, c, others, sent, answered)
+            return
+        conn.spawn(self._forward(conn, frame, req, c, others, sent)
+                   ).add_done_callback(lambda _: _settle(answered))
+
+    async def forwarded(self, volume, generation, timeout):
+        """Wait (at most ``timeout`` s) until every write of ``volume``
+        this primary applied under a lease generation older than
+        ``generation`` and forwarded is answered: a FENCE is confirmed
+        only then, so once the master's fence returns, no write of a
+        fenced writer is still on its way to a replica (nor answered
+        later), and the replicas agree on what those writes left (see
+        :meth:`_conclude`)."""
+        older = [f for f, g in self._forwarding.get(volume, {}).items()
+                 if g < generation]
+        if older:
+            await asyncio.wait(older, timeout=timeout)
+
+    def _await_replicas(self, conn, frame, req, c, others, sent, answered):
         """The common case of a forwarded write (no FUA, every peer
         connected), with callbacks instead of a task, a gather and a
         timer per replica: answer as soon as the last replica did, and
-        hand anything but success to :meth:`_conclude`."""
+        hand anything but success to :meth:`_conclude`.  ``answered`` is
+        set once the write is answered."""
         left = [len(sent)]
 
         def expire():
@@ -272,9 +298,11 @@ class ReplicationMixin:
             if not any(results):
                 conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
                 self._answered(frame, 'write', req.length)
+                answered.set_result(None)
             else:
                 conn.spawn(self._conclude(conn, frame, req, c, others,
-                                          results))
+                                          results)
+                           ).add_done_callback(lambda _: _settle(answered))
 
         for _, _, fut in sent:
             fut.add_done_callback(done)
@@ -290,7 +318,15 @@ class ReplicationMixin:
 
     async def _conclude(self, conn, frame, req, c, others, results):
         """Answer a forwarded write from the replicas' results (and the
-        local sync's, last, with FUA): drop the replicas that failed."""
+        local sync's, last, with FUA): drop the replicas that failed.
+
+        A replica that refused it as fenced (it learned the volume's new
+        lease generation before this primary did) holds the range as it
+        was, while this primary applied the write: before the writer is
+        told it was fenced, the range as this primary holds it now is
+        pushed to the other replicas (a repair, the chunk held), so every
+        replica answers the same for it, old data or new, as after any
+        failed write.  A FENCE waits for this (:meth:`forwarded`)."""
         epoch = c.epoch
         try:
             failed = []
@@ -305,7 +341,10 @@ class ReplicationMixin:
                     # is given up; the write stands on the replicas.
                     failed.append((sid, res))
                     continue
-                if isinstance(res, (exception.Fenced, exception.StaleEpoch,
+                if isinstance(res, exception.Fenced):
+                    await self._realign(req)
+                    raise res
+                if isinstance(res, (exception.StaleEpoch,
                                     exception.StaleReplica,
                                     exception.OutOfRange,
                                     exception.NoSpace)):
@@ -321,6 +360,29 @@ class ReplicationMixin:
             self._answered(frame, 'write', req.length)
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)
+
+    async def _realign(self, req):
+        """Push the range ``req`` wrote, as this primary holds it now, to
+        the chunk's other replicas (see :meth:`_conclude`)."""
+        first = req.offset // BLOCK
+        last = (req.offset + req.length - 1) // BLOCK
+        try:
+            while first <= last:
+                count = min(last - first + 1, control.MAX_REPAIR_BLOCKS)
+                await self.repair_now(req.volume, req.index, first, count)
+                first += count
+        except (exception.UrsaError, OSError) as e:
+            LOG.error('Chunk %s/%d: a write refused as fenced by a replica '
+                      'was applied here, and blocks %d-%d could not be '
+                      'made the same on every replica (%s); run ursa '
+                      'volume check %s --repair', req.volume, req.index,
+                      first, last, e, req.volume)
+        else:
+            LOG.warning('Chunk %s/%d: a write of a fenced lease generation '
+                        'was refused by a replica after this primary '
+                        'applied it; blocks %d-%d made the same on every '
+                        'replica', req.volume, req.index,
+                        req.offset // BLOCK, last)
 
     async def _send_replica(self, sid, req, epoch):
         addr = await self._peer(sid)
@@ -446,6 +508,11 @@ class ReplicationMixin:
 
 
 _told = set()       # the tasks of _tell_later, kept until they end
+
+
+def _settle(future):
+    if not future.done():
+        future.set_result(None)
 
 
 def _tell_later(coro):

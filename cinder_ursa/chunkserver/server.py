@@ -92,6 +92,10 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._server = None
         self._tasks = []
         self._drop_locks = {}
+        # Writes this primary applied and forwarded, not answered yet:
+        # volume -> {future: lease generation} (a FENCE waits for those of
+        # older generations; see replication.py).
+        self._forwarding = {}
         self._heartbeat_interval = 5.0
         # Loop time until which the master cannot have dropped this server
         # from a replica set unbeknown to it (controlplane._heard); none

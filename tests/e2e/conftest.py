@@ -18,8 +18,16 @@ def _say(config, text):
 
 
 @pytest.fixture(scope='session')
+def say(request):
+    """Print a line in the run's log, past pytest's capture (the times a
+    test measured)."""
+    return lambda text: _say(request.config, text)
+
+
+@pytest.fixture(scope='session')
 def stack(tmp_path_factory, request):
-    harness.need(('qemu-io', 'mariadbd', 'epmd'), ('keystone',))
+    harness.need(('qemu-io', 'mariadbd', 'epmd'),
+                 ('keystone', 'nova', 'placement'))
     if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
         if os.environ.get('CI'):
             pytest.fail('ursa-attach needs root and /dev/fuse')

@@ -28,6 +28,9 @@ import time
 from concurrent import futures
 
 from cinder_ursa.cmd.allinone import AllInOne
+from cinder_ursa.common import auth
+from tests.e2e import nova_harness
+from tests.e2e import openstack_stubs
 from tests.fixtures.processes import free_port
 from tests.fixtures.processes import wait_port
 from tests.fixtures.services import MariaDB
@@ -289,7 +292,9 @@ ursa_chunk_size_mib = 4
 
 {ks.authtoken_section('cinder')}
 [nova]
-{ks.auth_section('nova')}''')
+{ks.auth_section('nova')}
+[glance]
+{ks.auth_section('cinder')}''')
 
     def start(self):
         self.write_config()
@@ -347,11 +352,91 @@ ursa_chunk_size_mib = 4
                 p.wait()
 
 
+class AttachHosts:
+    """ursa-attach on each compute host, as on a hypervisor: its own
+    ``[ursa_attach] host``, mount and state directories, signing as a
+    principal named after the host (role ``host``: its own attachments
+    and leases, nothing else)."""
+
+    def __init__(self, base, ursa, hosts):
+        self.base = base
+        self.ursa = ursa
+        self.hosts = list(hosts)
+        self.procs = {}
+
+    def mount_dir(self, host):
+        return os.path.join(self.base, host, 'attached')
+
+    def _conf(self, host):
+        d = os.path.join(self.base, host)
+        os.makedirs(os.path.join(d, 'state'), exist_ok=True)
+        key_file = os.path.join(d, host + '.key')
+        if not os.path.exists(key_file):
+            key = auth.new_key()
+            self.ursa.client().create_principal(host, 'host', key)
+            auth.write_key_file(key_file, key)
+        conf = os.path.join(d, 'attach.conf')
+        with open(conf, 'w') as f:
+            f.write(f'''[ursa]
+principal = {host}
+principal_key_file = {key_file}
+
+[ursa_attach]
+host = {host}
+mount_dir = {self.mount_dir(host)}
+state_dir = {d}/state
+poll_interval = 0.2
+metrics_port = 0
+''')
+        return conf
+
+    def start(self):
+        for host in self.hosts:
+            self.start_host(host)
+        return self
+
+    def start_host(self, host):
+        conf = self._conf(host)
+        endpoint = os.path.join(self.base, host, 'state', 'endpoint.json')
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(endpoint)
+        log = open(os.path.join(self.base, host, 'attach.log'), 'ab')
+        p = self.procs[host] = subprocess.Popen(
+            [sys.executable, '-m', 'cinder_ursa.cmd.attach',
+             '--config-file', self.ursa.conf_file, '--config-file', conf],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+        def started():
+            if p.poll() is not None:
+                raise RuntimeError('ursa-attach of %s exited; see %s' % (
+                    host, os.path.join(self.base, host, 'attach.log')))
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                with open(endpoint) as f:
+                    return json.load(f).get('pid') == p.pid
+        wait_for(started, 60, 'ursa-attach of %s' % host, interval=0.1)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for host, p in self.procs.items():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                subprocess.run(['umount', '-l', self.mount_dir(host)],
+                               capture_output=True)
+
+
 class Stack:
     """The services of the end-to-end tests, started once per test run
     (tests/e2e/conftest.py): MariaDB, RabbitMQ, Keystone, ursa-aio (NBD
-    gateway, attach agent) and Cinder.  ``timings`` is how long each
-    part took to start, ``start_seconds`` the whole."""
+    gateway, the attach agent of this host, cinder-backup's), Cinder,
+    Nova with three computes, ursa-attach and nova-ha-agent on each, and
+    two nova-ha-evacuators.  ``timings`` is how long each part took to start,
+    ``start_seconds`` the whole."""
 
     def __init__(self, base):
         self.base = base
@@ -360,6 +445,10 @@ class Stack:
         self.keystone = None
         self.ursa = None
         self.cinder = None
+        self.stubs = None
+        self.nova = None
+        self.ha = None
+        self.attach = None
         self.timings = {}
         self.start_seconds = None
 
@@ -394,21 +483,37 @@ class Stack:
         self.cinder = Cinder(os.path.join(self.base, 'cinder'),
                              self.mariadb.new_database(), self.rabbit.url,
                              self.ursa, self.keystone)
+        self.stubs = openstack_stubs.Stubs().start()
+        self.nova = nova_harness.Nova(
+            os.path.join(self.base, 'nova'), self.mariadb, self.rabbit.url,
+            self.keystone, self.stubs)
+        self.ha = nova_harness.HA(os.path.join(self.base, 'nova-ha'),
+                                  self.nova, self.keystone, self.ursa,
+                                  self.mariadb.new_database())
+        self.attach = AttachHosts(os.path.join(self.base, 'hosts'),
+                                  self.ursa, self.nova.computes)
         self._together(keystone=self._start_keystone, ursa=self._start_ursa)
-        self._timed('cinder', self.cinder.start)
+        self._together(cinder=self.cinder.start, nova=self.nova.start)
+        self._timed('nova-ha', self.ha.start)
         self.start_seconds = time.monotonic() - t0
         return self
 
     def _start_keystone(self):
         self.keystone.start()
         self.keystone.register(
-            users=('cinder', 'nova'),
-            endpoints=[('volumev3', 'cinderv3', self.cinder.endpoint),
-                       ('block-storage', 'cinder', self.cinder.endpoint)])
+            users=('cinder', 'nova', 'placement', 'neutron', 'nova-ha'),
+            endpoints=[
+                ('volumev3', 'cinderv3', self.cinder.endpoint),
+                ('block-storage', 'cinder', self.cinder.endpoint),
+                ('compute', 'nova', self.nova.endpoint),
+                ('placement', 'placement', self.nova.placement_endpoint),
+                ('image', 'glance', self.stubs.image_url),
+                ('network', 'neutron', self.stubs.url)])
 
     def _start_ursa(self):
         self.ursa.start(nbd=True)
         self.ursa.start_attach()
+        self.attach.start()
 
     def report(self):
         """The start-up time, whole and by part."""
@@ -417,8 +522,8 @@ class Stack:
                 '%s %.1f s' % kv for kv in self.timings.items()))
 
     def stop(self):
-        for part in (self.cinder, self.ursa, self.keystone, self.rabbit,
-                     self.mariadb):
+        for part in (self.ha, self.nova, self.cinder, self.attach, self.ursa,
+                     self.keystone, self.stubs, self.rabbit, self.mariadb):
             if part is not None:
                 try:
                     part.stop()
@@ -426,7 +531,13 @@ class Stack:
                     pass
 
     def logs_tail(self, n=40):
+        """The errors in each part's logs, for a failed test's report."""
         out = []
+        if self.nova is not None and os.path.isdir(
+                os.path.join(self.nova.base, 'log')):
+            out.append(self.nova.errors(n))
+        if self.ha is not None and os.path.isdir(self.ha.base):
+            out.append(self.ha.dump())
         d = self.cinder.base if self.cinder else self.base
         for name in sorted(os.listdir(os.path.join(d, 'log'))) \
                 if os.path.isdir(os.path.join(d, 'log')) else []:

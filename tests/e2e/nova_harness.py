@@ -1,107 +1,131 @@
-"""Real Nova on 127.0.0.1 for nova_ha's end-to-end test: placement, the
-compute API, conductor, scheduler and three nova-compute with the fake
-virt driver (openstack-notes.md: Nova 34 from PyPI), on a private MariaDB
-and RabbitMQ, with stubs for the Glance and Neutron calls Nova makes.
+"""Real Nova and nova_ha on 127.0.0.1, parts of the end-to-end stack
+(harness.Stack): placement, the compute API, conductor, scheduler and
+three nova-compute with the fake virt driver (Nova 34 from PyPI), behind
+Keystone like every other service, with stubs for the Glance and Neutron
+calls Nova makes; then a nova-ha-agent per compute host and two
+nova-ha-evacuators that fence through the Ursa master.
 
-The compute API has no authentication here: a paste filter in place of
-keystonemiddleware sets an admin request context, as a keystone token of
-an admin would."""
+Traps handled here: Nova 34 ships no nova-api script (``wsgi_serve``
+serves its WSGI app); placement-manage needs ``--config-file``;
+``FakeDriverWithoutFakeNodes`` with one ``state_path`` per compute, so a
+compute can restart as the same node; the Neutron ports API must answer;
+evacuation at microversion 2.94 (2.95 brings servers back SHUTOFF); and
+Nova deletes the old volume attachment during an evacuation with a
+service token (``[service_user]``), which Cinder requires of it."""
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
+from cinder_ursa.common import auth
 from tests.e2e import harness
 from tests.e2e import openstack_stubs
 from tests.fixtures.processes import free_port
+from tests.fixtures.processes import stop_processes
 from tests.fixtures.processes import wait_port
 from tests.fixtures.wait import wait_for
 
-VENV_BIN = harness.VENV_BIN
-NOVA_ETC = os.path.join(harness.VENV, 'etc', 'nova')
+# harness imports this module: its names are used at call time only.
+VENV_BIN = os.path.dirname(sys.executable)
+NOVA_ETC = os.path.join(os.path.dirname(VENV_BIN), 'etc', 'nova')
 MICROVERSION = '2.94'
 
 
-def admin_context_filter(global_conf, **local_conf):
-    def filt(app):
-        def middleware(environ, start_response):
-            environ['HTTP_X_USER_ID'] = 'admin'
-            environ['HTTP_X_PROJECT_ID'] = 'admin'
-            environ['HTTP_X_ROLES'] = 'admin,member,reader'
-            environ.setdefault('HTTP_X_IDENTITY_STATUS', 'Confirmed')
-            # Nova passes the user's token on to Glance and Neutron.
-            environ.setdefault('HTTP_X_AUTH_TOKEN', 'admin')
-            return app(environ, start_response)
-        return middleware
-    return filt
-
-
 class Nova:
-    def __init__(self, base, mariadb, transport_url, computes=3):
+    """placement, nova-api, -conductor, -scheduler and ``computes``
+    nova-compute (compute1, compute2, ...)."""
+
+    def __init__(self, base, mariadb, transport_url, keystone, stubs,
+                 computes=3):
         self.base = base
-        self.mariadb = mariadb
         self.transport_url = transport_url
+        self.keystone = keystone
+        self.stubs = stubs
         self.computes = ['compute%d' % i for i in range(1, computes + 1)]
         self.procs = {}
         self.api_port = free_port()
         self.placement_port = free_port()
-        self.stubs = None
+        self.api_db, self.cell0_db, self.cell1_db, self.placement_db = (
+            mariadb.new_database() + '?charset=utf8' for _ in range(4))
+        self._session = None
 
     @property
     def endpoint(self):
         return 'http://127.0.0.1:%d/v2.1' % self.api_port
 
-    def _db(self):
-        url = self.mariadb.new_database()
-        return url + '?charset=utf8'
+    @property
+    def placement_endpoint(self):
+        return 'http://127.0.0.1:%d' % self.placement_port
 
     def write_config(self):
         b = self.base
+        ks = self.keystone
         os.makedirs(os.path.join(b, 'log'), exist_ok=True)
-        self.stubs = openstack_stubs.Stubs().start()
-        self.api_db, self.cell0_db, self.cell1_db, self.placement_db = (
-            self._db(), self._db(), self._db(), self._db())
         with open(os.path.join(b, 'placement.conf'), 'w') as f:
-            f.write('\n'.join([
-                '[DEFAULT]', 'debug = False',
-                '[api]', 'auth_strategy = noauth2',
-                '[placement_database]',
-                'connection = %s' % self.placement_db, '']))
-        lines = [
-            '[DEFAULT]', 'transport_url = %s' % self.transport_url,
-            'compute_driver = fake.FakeDriverWithoutFakeNodes',
-            'state_path = %s/state' % b, 'my_ip = 127.0.0.1',
-            'host = controller', 'service_down_time = 6',
-            'report_interval = 2', 'debug = False',
-            'instance_usage_audit = False',
-            '[api]', 'auth_strategy = keystone',
-            '[api_database]', 'connection = %s' % self.api_db,
-            '[database]', 'connection = %s' % self.cell1_db,
-            '[oslo_concurrency]', 'lock_path = %s/lock' % b,
-            '[placement]', 'auth_type = admin_token', 'token = admin',
-            'endpoint_override = http://127.0.0.1:%d' % self.placement_port,
-            '[glance]', 'auth_type = admin_token', 'token = admin',
-            'endpoint_override = %s' % self.stubs.url,
-            '[neutron]', 'auth_type = admin_token', 'token = admin',
-            'endpoint_override = %s' % self.stubs.url,
-            '[scheduler]', 'discover_hosts_in_cells_interval = 2',
-            '[filter_scheduler]', 'enabled_filters = ComputeFilter',
-            '[oslo_messaging_notifications]', 'driver = noop',
-            '[wsgi]', 'api_paste_config = %s/api-paste.ini' % b,
-            '[os_vif_ovs]', 'ovsdb_connection = ',
-            '']
+            f.write('[DEFAULT]\ndebug = False\n[api]\n'
+                    'auth_strategy = keystone\n[placement_database]\n'
+                    'connection = %s\n%s'
+                    % (self.placement_db, ks.authtoken_section('placement')))
         with open(os.path.join(b, 'nova.conf'), 'w') as f:
-            f.write('\n'.join(lines))
-        paste = open(os.path.join(NOVA_ETC, 'api-paste.ini')).read()
-        paste = paste.replace(' authtoken keystonecontext ',
-                              ' admincontext keystonecontext ')
-        paste += ('\n[filter:admincontext]\npaste.filter_factory = '
-                  'tests.e2e.nova_harness:admin_context_filter\n')
-        with open(os.path.join(b, 'api-paste.ini'), 'w') as f:
-            f.write(paste)
+            f.write(f'''[DEFAULT]
+transport_url = {self.transport_url}
+compute_driver = fake.FakeDriverWithoutFakeNodes
+state_path = {b}/state
+my_ip = 127.0.0.1
+host = controller
+service_down_time = 6
+report_interval = 2
+debug = False
+instance_usage_audit = False
+
+[api]
+auth_strategy = keystone
+
+[api_database]
+connection = {self.api_db}
+
+[database]
+connection = {self.cell1_db}
+
+[oslo_concurrency]
+lock_path = {b}/lock
+
+{ks.authtoken_section('nova')}
+[service_user]
+send_service_user_token = true
+{ks.auth_section('nova')}
+[placement]
+{ks.auth_section('placement')}
+[cinder]
+os_region_name = {harness.REGION}
+{ks.auth_section('nova')}
+[glance]
+endpoint_override = {self.stubs.url}
+
+[neutron]
+endpoint_override = {self.stubs.url}
+{ks.auth_section('neutron')}
+[scheduler]
+discover_hosts_in_cells_interval = 2
+
+[filter_scheduler]
+enabled_filters = ComputeFilter
+
+[oslo_messaging_notifications]
+driver = noop
+
+[wsgi]
+api_paste_config = {b}/api-paste.ini
+
+[os_vif_ovs]
+ovsdb_connection =
+''')
+        # The compute API's WSGI app takes the first config file as its
+        # paste configuration: Nova's own, unchanged.
+        shutil.copy(os.path.join(NOVA_ETC, 'api-paste.ini'), b)
         for c in self.computes:
             os.makedirs(os.path.join(b, c), exist_ok=True)
             with open(os.path.join(b, '%s.conf' % c), 'w') as f:
@@ -110,11 +134,10 @@ class Nova:
                         % (c, b, c, b, c))
 
     def env(self):
-        env = dict(os.environ, OS_NOVA_CONFIG_DIR=self.base,
-                   OS_NOVA_CONFIG_FILES='api-paste.ini;nova.conf',
-                   OS_PLACEMENT_CONFIG_DIR=self.base,
-                   PYTHONPATH=harness.ROOT)
-        return env
+        return dict(os.environ, OS_NOVA_CONFIG_DIR=self.base,
+                    OS_NOVA_CONFIG_FILES='api-paste.ini;nova.conf',
+                    OS_PLACEMENT_CONFIG_DIR=self.base,
+                    PYTHONPATH=harness.ROOT)
 
     def _manage(self, *args):
         r = subprocess.run([os.path.join(VENV_BIN, 'nova-manage'),
@@ -188,18 +211,17 @@ class Nova:
         p.wait()
 
     def api(self, method, path, body=None):
-        req = urllib.request.Request(
-            self.endpoint + path, method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={'Content-Type': 'application/json',
-                     'OpenStack-API-Version': 'compute ' + MICROVERSION})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                text = r.read()
-        except urllib.error.HTTPError as e:
-            raise RuntimeError('%s %s: %d %s' % (method, path, e.code,
-                                                 e.read()[:2000])) from None
-        return json.loads(text) if text else {}
+        """A call of the compute API as Keystone's admin; a failed call
+        raises RuntimeError (``wait`` takes it as 'not yet')."""
+        if self._session is None:
+            self._session = self.keystone.session()
+        r = self._session.request(
+            self.endpoint + path, method, json=body, raise_exc=False,
+            headers={'OpenStack-API-Version': 'compute ' + MICROVERSION})
+        if r.status_code >= 400:
+            raise RuntimeError('%s %s: %d %s' % (method, path, r.status_code,
+                                                 r.text[:2000]))
+        return r.json() if r.content else {}
 
     def services(self):
         return self.api('GET', '/os-services?binary=nova-compute')[
@@ -207,12 +229,6 @@ class Nova:
 
     def servers(self):
         return self.api('GET', '/servers/detail?all_tenants=1')['servers']
-
-    def create_server(self, name, metadata=None):
-        return self.api('POST', '/servers', {'server': {
-            'name': name, 'imageRef': openstack_stubs.IMAGE_ID,
-            'flavorRef': '1', 'networks': 'none',
-            'metadata': metadata or {}}})['server']['id']
 
     def wait(self, predicate, timeout, what):
         """Until ``predicate()``; a RuntimeError from it (an API call
@@ -236,8 +252,6 @@ class Nova:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, 9)
-        if self.stubs is not None:
-            self.stubs.stop()
 
     def errors(self, n=30):
         out = []
@@ -249,3 +263,145 @@ class Nova:
                     ln or 'Error' in ln]
             out.append('== %s\n%s' % (name, '\n'.join(errs[-n:])))
         return '\n'.join(out)
+
+
+class HA:
+    """nova-ha-agent on each compute host and two nova-ha-evacuators (one
+    leads, the other waits to take over), sharing a MariaDB database and
+    the tooz file backend.  They reach Nova as Keystone user ``nova-ha``
+    and fence through the Ursa master as principal ``nova-ha`` (role
+    nova_ha: fencing and status, nothing else); a fence command also
+    logs each fence and when it ran (:meth:`fences`)."""
+
+    EVACUATORS = ('evacuator-a', 'evacuator-b')
+
+    def __init__(self, base, nova, keystone, ursa, db_url):
+        self.base = base
+        self.nova = nova
+        self.keystone = keystone
+        self.ursa = ursa
+        self.db_url = db_url
+        self.procs = {}
+        self.conf = os.path.join(base, 'nova-ha.conf')
+        self.fence_log = os.path.join(base, 'fenced')
+
+    def write_config(self):
+        os.makedirs(self.base, exist_ok=True)
+        key_file = os.path.join(self.base, 'nova-ha.key')
+        if not os.path.exists(key_file):
+            key = auth.new_key()
+            self.ursa.client().create_principal('nova-ha', 'nova_ha', key)
+            auth.write_key_file(key_file, key)
+        fence = os.path.join(self.base, 'fence.py')
+        with open(fence, 'w') as f:
+            # "HOST TIME": nova_ha runs it after the Ursa fence returned
+            # (the chunk servers were told), so TIME bounds that.
+            f.write('import sys, time\nopen(%r, "a").write("%%s %%f\\n" %% '
+                    '(sys.argv[1], time.time()))\n' % self.fence_log)
+        with open(self.conf, 'w') as f:
+            f.write(f'''[DEFAULT]
+state_path = {self.base}
+
+[coordination]
+backend_url = file://{self.base}/coord?timeout=3
+heartbeat_interval = 0.5
+
+[agent]
+check_interval = 1
+check_storage = False
+
+[evacuator]
+connection = {self.db_url}
+poll_interval = 0.5
+grace_period = 2
+use_ursa_fencing = True
+fence_command = {sys.executable} {fence} {{host}}
+
+[nova]
+{self.keystone.auth_section('nova-ha')}
+[ursa]
+master_url = {','.join(self.ursa.master_urls)}
+principal = nova-ha
+principal_key_file = {key_file}
+''')
+
+    def fences(self):
+        """``[(host, time)]`` of the fences the fence command logged."""
+        if not os.path.exists(self.fence_log):
+            return []
+        with open(self.fence_log) as f:
+            return [(host, float(t)) for host, t in
+                    (line.split() for line in f)]
+
+    def start(self):
+        self.write_config()
+        for c in self.nova.computes:
+            self.start_agent(c)
+        for name in self.EVACUATORS:
+            self.start_evacuator(name)
+        return self
+
+    def start_evacuator(self, name):
+        self._spawn(name, [os.path.join(VENV_BIN, 'nova-ha-evacuator'),
+                           '--config-file', self.conf])
+
+    def start_agent(self, host):
+        extra = os.path.join(self.base, 'agent-%s.conf' % host)
+        with open(extra, 'w') as f:
+            # The agent checks the real nova-compute of its host.
+            f.write('[agent]\nhost = %s\nnova_compute_process = %s.conf\n'
+                    'maintenance_file = %s/maintenance-%s\n'
+                    % (host, host, self.base, host))
+        self._spawn('agent-' + host, [
+            os.path.join(VENV_BIN, 'nova-ha-agent'), '--config-file',
+            self.conf, '--config-file', extra])
+
+    def _spawn(self, name, argv):
+        log = open(os.path.join(self.base, name + '.log'), 'ab')
+        self.procs[name] = subprocess.Popen(argv, stdout=log,
+                                            stderr=subprocess.STDOUT,
+                                            cwd=harness.ROOT)
+
+    def kill_agent(self, host):
+        p = self.procs.pop('agent-' + host)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+    def cli(self, *args, json_out=True):
+        r = subprocess.run([os.path.join(VENV_BIN, 'nova-ha'),
+                            '--config-file', self.conf] + list(args)
+                           + (['-f', 'json'] if json_out else []),
+                           capture_output=True, text=True)
+        assert r.returncode == 0, 'nova-ha %s: %s%s' % (
+            ' '.join(args), r.stdout, r.stderr)
+        return json.loads(r.stdout) if json_out else r.stdout
+
+    def dump(self):
+        """Each process's stacks into its log, then the logs' tails."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)
+        out = []
+        for name in sorted(os.listdir(self.base)):
+            if name.endswith('.log'):
+                with open(os.path.join(self.base, name)) as f:
+                    out.append('== %s\n%s' % (name, f.read()[-3000:]))
+        return '\n'.join(out)
+
+    def stop(self):
+        stop_processes(self.procs.values())
+
+
+def create_server(nova, name, host, metadata=None, volume=None):
+    """Boot ``name`` on ``host`` with the stubbed image, or from Cinder
+    volume ``volume``; no network.  Returns its id."""
+    server = {'name': name, 'flavorRef': '1', 'networks': 'none',
+              'metadata': metadata or {},
+              'availability_zone': 'nova:%s' % host}
+    if volume is None:
+        server['imageRef'] = openstack_stubs.IMAGE_ID
+    else:
+        server['block_device_mapping_v2'] = [{
+            'boot_index': 0, 'uuid': volume, 'source_type': 'volume',
+            'destination_type': 'volume', 'delete_on_termination': False}]
+    return nova.api('POST', '/servers', {'server': server})['server']['id']
