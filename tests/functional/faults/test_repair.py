@@ -351,6 +351,57 @@ def test_an_unreachable_master_fails_waiting_writes_once(make_cluster):
     assert sum('busy' in e for e in errors) >= 40
 
 
+def test_a_write_fenced_at_the_replicas_first_leaves_them_identical(
+        make_cluster):
+    """The master fences a writer (its lease revoked) while the chunk's
+    primary is frozen: the other replicas learn the new generation first.
+    The old writer's write, sent before, reaches the primary when it
+    thaws; it applies it and the replicas refuse it as fenced.  The
+    writer is told it was fenced, and only once the primary pushed the
+    block to the replicas: whatever the block holds then, every replica
+    holds it (without this they differed: a reader saw the write or not
+    depending on the replica it read)."""
+    cluster = make_cluster(3, server_timeout=30.0)
+    vid = cluster.client().create_volume('v', MiB, chunk_size=MiB)['id']
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
+            v.write(0, OLD)
+            gen = v.volume.generation
+    chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
+    ids = [r['id'] for r in chunk['replicas']]
+    prim = chunk['replicas'][0]
+    i = next(i for i in range(cluster.n) if server_id(cluster, i) == ids[0])
+    proc = cluster.cs_procs[i]
+
+    async def fenced_write():
+        conn = await aio.PeerConnection.connect(prim['address'],
+                                                prim['port'], cluster.key)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            # Sent first: it waits in the frozen primary's socket.
+            fut = conn.send(1, codec.encode_write(
+                1, vid, 0, chunk['epoch'], gen, 0, ids, NEW,
+                min_replicas=2))
+            # The revoke's FENCE reaches the other replicas now, the
+            # primary's only after it thaws (the master gives up on it).
+            revoked = asyncio.get_running_loop().run_in_executor(
+                None, cluster.client().revoke_lease, 'v')
+            await asyncio.sleep(1.5)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        reply = await conn.wait(1, fut, 30)
+        await revoked
+        conn.close()
+        return reply
+
+    reply = asyncio.run(fenced_write())
+    with pytest.raises(exception.Fenced):
+        codec.decode_write_ok(reply.body)
+    blocks = _read_each(cluster, vid, chunk, 0)
+    assert blocks in ([OLD] * 3, [NEW] * 3), [b[:1] for b in blocks]
+    assert _check(cluster, vid, deep=True)['problems'] == []
+
+
 def test_a_snapshot_layer_is_read_and_replaced_raw_over_the_wire(volume):
     """A replica's snapshot layer, damaged on disk, is replaced by another
     replica's, block for block: READ raw of the layer (``snap`` names it)
