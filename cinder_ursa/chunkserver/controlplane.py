@@ -28,6 +28,10 @@ JOINING_SWEEP = 30.0
 # age (a sweep walks the chunks held here, asking the master nothing
 # about the others).
 SWEEP_EVERY = 30.0
+# How long a FENCE waits for the writes of older generations this primary
+# forwarded: below the master's time for a FENCE (5 s, master/service.py
+# _broadcast), so a FENCE not confirmed is reported there as such.
+FENCE_WAIT = 4.0
 
 
 # Commands only a master sends, taken only on a connection that claimed a
@@ -273,7 +277,8 @@ class ControlMixin:
             self._flush(conn, frame)
         elif op == codec.FENCE:
             vol, gen = control.decode_fence(frame.body)
-            if gen <= self.store.generation(vol):
+            if gen <= self.store.generation(vol) and \
+                    not self.forwarding_older(vol, gen):
                 conn.send(codec.encode_ok(op, frame.req_id))
             else:
                 conn.spawn(self._fence(conn, frame, vol, gen))
@@ -461,10 +466,16 @@ class ControlMixin:
 
     async def _fence(self, conn, frame, vol, gen):
         try:
-            await self.authority.confirm_generation(vol, gen)
-            # Writes of the fenced generation this primary already
-            # forwarded end first (see ReplicationMixin.forwarded).
-            await self.forwarded(vol, gen, 2 * self.replication_timeout)
+            if gen > self.store.generation(vol):
+                await self.authority.confirm_generation(vol, gen)
+            # Writes of the fenced generations this primary already
+            # forwarded end first (see ReplicationMixin.forwarded), within
+            # the master's time for a FENCE.
+            if not await self.forwarded(vol, gen, FENCE_WAIT):
+                raise exception.Unavailable(
+                    reason='writes of volume %s under a lease generation '
+                           'older than %d are still being answered; retry'
+                           % (vol, gen))
             conn.send(codec.encode_ok(frame.opcode, frame.req_id))
         except Exception as e:  # noqa: BLE001 - answer, never hang
             self._reply_error(conn, frame, e)

@@ -126,6 +126,23 @@ class ReplicationMixin:
                 raise
             for r in ahead:
                 r.preserved = True
+            if req.generation and not req.flags & codec.FLAG_IF_ABSENT:
+                # A FENCE may have come during the sync: refused now, the
+                # write is applied nowhere (see forwarded()).
+                try:
+                    self.store.adopt_generation(req.volume, req.generation)
+                except exception.Fenced:
+                    # Its copy-on-write was made here, not on the other
+                    # replicas: pushed to them, once the chunk is let go
+                    # (what the snapshot reads there already: harmless
+                    # whenever it lands).
+                    first = req.offset // BLOCK
+                    last = (req.offset + req.length - 1) // BLOCK
+                    while first <= last:
+                        self.repair_later(req.volume, req.index, first,
+                                          last - first + 1, req.seq)
+                        first += control.MAX_REPAIR_BLOCKS
+                    raise
             c = self.store.check_epoch(req.volume, req.index, req.epoch,
                                        create=True)
             self.store.write(c, req.offset, req.data, req.seq, req.zero,
@@ -232,41 +249,67 @@ class ReplicationMixin:
         # Forward right now, in arrival order, on connected peers; the
         # data view points into the frame, which the forwards keep alive.
         sent = [self._send_replica_now(sid, req, c.epoch) for sid in others]
-        answered = self._loop.create_future()
-        forwarding = self._forwarding.setdefault(req.volume, {})
-        forwarding[answered] = req.generation
-
-        def gone(_):
-            forwarding.pop(answered, None)
-            if not forwarding and self._forwarding.get(
-                    req.volume) is forwarding:
-                del self._forwarding[req.volume]
-        answered.add_done_callback(gone)
+        # Counted until answered (a FENCE waits for those of older
+        # generations: see forwarded()).
+        counts = self._forwarding.get(req.volume)
+        if counts is None:
+            counts = self._forwarding[req.volume] = {}
+        counts[req.generation] = counts.get(req.generation, 0) + 1
         if not req.fua and None not in sent:
-            self._await_replicas(conn, frame, req, c, others, sent, answered)
+            self._await_replicas(conn, frame, req, c, others, sent)
             return
         conn.spawn(self._forward(conn, frame, req, c, others, sent)
-                   ).add_done_callback(lambda _: _settle(answered))
+                   ).add_done_callback(
+            lambda _: self._unforward(req.volume, req.generation))
+
+    def _unforward(self, volume, generation):
+        """A forwarded write of ``generation`` was answered."""
+        counts = self._forwarding[volume]
+        n = counts[generation] - 1
+        if n:
+            counts[generation] = n
+            return
+        del counts[generation]
+        if not counts:
+            del self._forwarding[volume]
+        if self._fence_waits:
+            for w in [w for w in self._fence_waits if w[0] == volume and
+                      not self.forwarding_older(volume, w[1])]:
+                self._fence_waits.remove(w)
+                if not w[2].done():
+                    w[2].set_result(None)
+
+    def forwarding_older(self, volume, generation):
+        """Whether writes of ``volume`` under a lease generation older
+        than ``generation`` were applied and forwarded here and are not
+        answered yet."""
+        counts = self._forwarding.get(volume)
+        return counts is not None and any(g < generation for g in counts)
 
     async def forwarded(self, volume, generation, timeout):
         """Wait (at most ``timeout`` s) until every write of ``volume``
         this primary applied under a lease generation older than
-        ``generation`` and forwarded is answered: a FENCE is confirmed
-        only then, so once the master's fence returns, no write of a
-        fenced writer is still on its way to a replica (nor answered
-        later), and the replicas agree on what those writes left (see
-        :meth:`_conclude`)."""
-        older = [f for f, g in self._forwarding.get(volume, {}).items()
-                 if g < generation]
-        if older:
-            await asyncio.wait(older, timeout=timeout)
+        ``generation`` and forwarded is answered; whether they were.  A
+        FENCE is confirmed only then, so once the master's fence returns,
+        no write of a fenced writer is on its way to a replica (nor
+        answered later), and the replicas agree on what those writes
+        left (see :meth:`_conclude`)."""
+        if not self.forwarding_older(volume, generation):
+            return True
+        waiter = (volume, generation, self._loop.create_future())
+        self._fence_waits.append(waiter)
+        try:
+            done, _ = await asyncio.wait([waiter[2]], timeout=timeout)
+            return bool(done)
+        finally:
+            if waiter in self._fence_waits:
+                self._fence_waits.remove(waiter)
 
-    def _await_replicas(self, conn, frame, req, c, others, sent, answered):
+    def _await_replicas(self, conn, frame, req, c, others, sent):
         """The common case of a forwarded write (no FUA, every peer
         connected), with callbacks instead of a task, a gather and a
         timer per replica: answer as soon as the last replica did, and
-        hand anything but success to :meth:`_conclude`.  ``answered`` is
-        set once the write is answered."""
+        hand anything but success to :meth:`_conclude`."""
         left = [len(sent)]
 
         def expire():
@@ -298,11 +341,12 @@ class ReplicationMixin:
             if not any(results):
                 conn.send(codec.encode_write_ok(frame.req_id, c.epoch))
                 self._answered(frame, 'write', req.length)
-                answered.set_result(None)
+                self._unforward(req.volume, req.generation)
             else:
                 conn.spawn(self._conclude(conn, frame, req, c, others,
                                           results)
-                           ).add_done_callback(lambda _: _settle(answered))
+                           ).add_done_callback(
+                    lambda _: self._unforward(req.volume, req.generation))
 
         for _, _, fut in sent:
             fut.add_done_callback(done)
@@ -332,6 +376,13 @@ class ReplicationMixin:
             failed = []
             # ``others``: the other replicas, then the joining copies.
             replicas = len(req.replicas) - 1
+            fenced = [res for res in results[:replicas]
+                      if isinstance(res, exception.Fenced)]
+            if fenced:
+                # Before any other refusal is answered: the others ask for
+                # a retry, which this primary refuses as fenced by now.
+                await self._realign(req)
+                raise fenced[0]
             for k, (sid, res) in enumerate(zip(others, results,
                                                strict=False)):
                 if res is None:
@@ -341,9 +392,6 @@ class ReplicationMixin:
                     # is given up; the write stands on the replicas.
                     failed.append((sid, res))
                     continue
-                if isinstance(res, exception.Fenced):
-                    await self._realign(req)
-                    raise res
                 if isinstance(res, (exception.StaleEpoch,
                                     exception.StaleReplica,
                                     exception.OutOfRange,
@@ -366,11 +414,19 @@ class ReplicationMixin:
         the chunk's other replicas (see :meth:`_conclude`)."""
         first = req.offset // BLOCK
         last = (req.offset + req.length - 1) // BLOCK
+        # The write's copy-on-write (of what a snapshot reads) was made
+        # here only: that layer first, then the head.
+        c = self.store.held(req.volume, req.index)
+        layers = [req.seq] if req.seq and c is not None and \
+            req.seq in c.layers else []
         try:
-            while first <= last:
-                count = min(last - first + 1, control.MAX_REPAIR_BLOCKS)
-                await self.repair_now(req.volume, req.index, first, count)
-                first += count
+            for layer in layers + [0]:
+                first = req.offset // BLOCK
+                while first <= last:
+                    count = min(last - first + 1, control.MAX_REPAIR_BLOCKS)
+                    await self.repair_now(req.volume, req.index, first,
+                                          count, layer)
+                    first += count
         except (exception.UrsaError, OSError) as e:
             LOG.error('Chunk %s/%d: a write refused as fenced by a replica '
                       'was applied here, and blocks %d-%d could not be '
@@ -508,11 +564,6 @@ class ReplicationMixin:
 
 
 _told = set()       # the tasks of _tell_later, kept until they end
-
-
-def _settle(future):
-    if not future.done():
-        future.set_result(None)
 
 
 def _tell_later(coro):

@@ -93,9 +93,11 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
         self._tasks = []
         self._drop_locks = {}
         # Writes this primary applied and forwarded, not answered yet:
-        # volume -> {future: lease generation} (a FENCE waits for those of
-        # older generations; see replication.py).
+        # volume -> {lease generation: count}, and the FENCEs waiting for
+        # those of older generations (volume, generation, future); see
+        # ReplicationMixin.forwarded.
         self._forwarding = {}
+        self._fence_waits = []
         self._heartbeat_interval = 5.0
         # Loop time until which the master cannot have dropped this server
         # from a replica set unbeknown to it (controlplane._heard); none

@@ -297,13 +297,22 @@ ursa_chunk_size_mib = 4
 {ks.auth_section('cinder')}''')
 
     def start(self):
+        self.prepare()
+        return self.run()
+
+    def prepare(self):
+        """Configuration and database: nothing that needs Keystone."""
         self.write_config()
-        env = self.env()
         with open(os.path.join(self.base, 'db-sync.log'), 'wb') as log:
             subprocess.run([os.path.join(VENV_BIN, 'cinder-manage'),
                             '--config-file', self.conf, 'db', 'sync'],
-                           check=True, env=env, stdout=log,
+                           check=True, env=self.env(), stdout=log,
                            stderr=subprocess.STDOUT, timeout=300)
+
+    def run(self):
+        """The services, once Keystone knows their users."""
+        self.write_config()     # again: the Ursa master's URL is known now
+        env = self.env()
         for name in self.SERVICES:
             log = open(os.path.join(self.base, name + '.out'), 'wb')
             self.procs[name] = subprocess.Popen(
@@ -492,8 +501,13 @@ class Stack:
                                   self.mariadb.new_database())
         self.attach = AttachHosts(os.path.join(self.base, 'hosts'),
                                   self.ursa, self.nova.computes)
-        self._together(keystone=self._start_keystone, ursa=self._start_ursa)
-        self._together(cinder=self.cinder.start, nova=self.nova.start)
+        # The databases fill while Keystone and Ursa start; the services
+        # start once Keystone knows their users (and the attach agents,
+        # which Cinder's and Nova's attachments need, run).
+        self._together(keystone=self._start_keystone, ursa=self._start_ursa,
+                       cinder_db=self.cinder.prepare,
+                       nova_db=self.nova.prepare)
+        self._together(cinder=self.cinder.run, nova=self.nova.run)
         self._timed('nova-ha', self.ha.start)
         self.start_seconds = time.monotonic() - t0
         return self

@@ -158,8 +158,12 @@ ovsdb_connection =
         return self.procs[name]
 
     def start(self):
+        self.prepare()
+        return self.run()
+
+    def prepare(self):
+        """Configuration and databases: nothing that needs Keystone."""
         self.write_config()
-        nconf = os.path.join(self.base, 'nova.conf')
         subprocess.run([os.path.join(VENV_BIN, 'placement-manage'),
                         '--config-file',
                         os.path.join(self.base, 'placement.conf'),
@@ -172,6 +176,10 @@ ovsdb_connection =
                      '--transport-url', self.transport_url,
                      '--database_connection', self.cell1_db)
         self._manage('db', 'sync')
+
+    def run(self):
+        """The services, once Keystone knows their users."""
+        nconf = os.path.join(self.base, 'nova.conf')
         p = self._spawn('placement', [
             sys.executable, '-m', 'tests.e2e.wsgi_serve',
             'placement.wsgi.api:application', str(self.placement_port)])

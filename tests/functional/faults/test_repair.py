@@ -67,12 +67,13 @@ def _check(cluster, vid, **kwargs):
         return cl.run(lambda c: check.check_volume(c, vid, **kwargs))
 
 
-def _read_each(cluster, vid, chunk, block):
-    """The block as each replica serves it (its CRC verified there)."""
+def _read_each(cluster, vid, chunk, block, snap=0):
+    """The block as each replica serves it (its CRC verified there), of
+    the head or of snapshot ``snap`` (its sequence)."""
     async def one(c, r):
         conn = await c.pool.get(r['address'], r['port'])
         reply = await conn.request(9, codec.encode_read(
-            9, vid, 0, chunk['epoch'], block * BS, BS), 10)
+            9, vid, 0, chunk['epoch'], block * BS, BS, snap=snap), 10)
         return bytes(codec.reply_status(reply.body))
 
     async def each(c):
@@ -351,8 +352,10 @@ def test_an_unreachable_master_fails_waiting_writes_once(make_cluster):
     assert sum('busy' in e for e in errors) >= 40
 
 
+@pytest.mark.parametrize('snapshot', [False, True],
+                         ids=['head', 'after-a-snapshot'])
 def test_a_write_fenced_at_the_replicas_first_leaves_them_identical(
-        make_cluster):
+        make_cluster, snapshot):
     """The master fences a writer (its lease revoked) while the chunk's
     primary is frozen: the other replicas learn the new generation first.
     The old writer's write, sent before, reaches the primary when it
@@ -360,12 +363,18 @@ def test_a_write_fenced_at_the_replicas_first_leaves_them_identical(
     writer is told it was fenced, and only once the primary pushed the
     block to the replicas: whatever the block holds then, every replica
     holds it (without this they differed: a reader saw the write or not
-    depending on the replica it read)."""
+    depending on the replica it read).  After a snapshot, the write's
+    copy-on-write (made on the primary only) is pushed too: the snapshot
+    reads the old data on every replica."""
     cluster = make_cluster(3, server_timeout=30.0)
     vid = cluster.client().create_volume('v', MiB, chunk_size=MiB)['id']
     with data_client(cluster) as cl:
         with cl.open_volume('v') as v:
             v.write(0, OLD)
+    seq = cluster.client().create_snapshot('v', 's1')['seq'] \
+        if snapshot else 0
+    with data_client(cluster) as cl:
+        with cl.open_volume('v') as v:
             gen = v.volume.generation
     chunk = cluster.client().chunk_map(vid, 0, 1)['chunks'][0]
     ids = [r['id'] for r in chunk['replicas']]
@@ -381,7 +390,7 @@ def test_a_write_fenced_at_the_replicas_first_leaves_them_identical(
             # Sent first: it waits in the frozen primary's socket.
             fut = conn.send(1, codec.encode_write(
                 1, vid, 0, chunk['epoch'], gen, 0, ids, NEW,
-                min_replicas=2))
+                min_replicas=2, seq=seq))
             # The revoke's FENCE reaches the other replicas now, the
             # primary's only after it thaws (the master gives up on it).
             revoked = asyncio.get_running_loop().run_in_executor(
@@ -399,7 +408,13 @@ def test_a_write_fenced_at_the_replicas_first_leaves_them_identical(
         codec.decode_write_ok(reply.body)
     blocks = _read_each(cluster, vid, chunk, 0)
     assert blocks in ([OLD] * 3, [NEW] * 3), [b[:1] for b in blocks]
-    assert _check(cluster, vid, deep=True)['problems'] == []
+    if snapshot:
+        assert _read_each(cluster, vid, chunk, 0, snap=seq) == [OLD] * 3
+    # (A write refused by the primary too, once its copy-on-write was
+    # synced, has that copy pushed just after the answer.)
+    wait_for(lambda: _check(cluster, vid, deep=True)['problems'] == [], 10,
+             lambda: 'replicas identical: %s' % _check(cluster, vid,
+                                                       deep=True))
 
 
 def test_a_snapshot_layer_is_read_and_replaced_raw_over_the_wire(volume):
