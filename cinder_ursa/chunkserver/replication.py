@@ -548,11 +548,8 @@ class ReplicationMixin:
         return addr
 
     async def _learn_peers(self):
-        # The authority's client: a write waiting for an address waits no
-        # longer than a confirmation would (replication_timeout), not the
-        # control plane's 10 s.
         try:
-            servers = await self.authority.master.servers()
+            servers = await self.master.servers()
         except (exception.UrsaConnectionError, exception.InternalError) as e:
             raise exception.Unavailable(
                 reason='cannot learn the chunk servers\' addresses from the '

@@ -347,7 +347,10 @@ def test_an_unreachable_master_fails_waiting_writes_once(make_cluster):
         cluster.master_proc.send_signal(signal.SIGCONT)
     assert bytes(codec.reply_status(got_read.body)) == OLD
     assert read_after < 1.5, read_after
-    assert took < 10, took   # one 2 s confirmation, not 1064 of them
+    # One wait for the master (a 2 s confirmation; or, when the restarted
+    # primary does not know a peer's address yet, the control plane's
+    # 10 s ask for it), not one per write (1064 of them).
+    assert took < 25, took
     assert all(e is not None for e in errors)
     assert sum('busy' in e for e in errors) >= 40
 
