@@ -32,6 +32,7 @@ from cinder_ursa.common import auth
 from tests.e2e import nova_harness
 from tests.e2e import openstack_stubs
 from tests.fixtures.processes import free_port
+from tests.fixtures.processes import stop_processes
 from tests.fixtures.processes import wait_port
 from tests.fixtures.services import MariaDB
 from tests.fixtures.services import RabbitMQ
@@ -167,13 +168,8 @@ password_hash_rounds = 4
                 % (self.url, self.auth_section(user)))
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_processes([self.proc], 20, group=True)
 
 
 class OpenStackClient:
@@ -350,15 +346,7 @@ ursa_chunk_size_mib = 4
                         interval=1)
 
     def stop(self):
-        for p in self.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, 15)
-        for p in self.procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
-                p.wait()
+        stop_processes(self.procs.values(), 30, group=True)
 
 
 class AttachHosts:

@@ -250,16 +250,7 @@ ovsdb_connection =
             what, os.path.join(self.base, 'log')), interval=0.5)
 
     def stop(self):
-        for p in self.procs.values():
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-        for p in self.procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
+        stop_processes(self.procs.values(), 20, group=True)
 
     def errors(self, n=30):
         out = []
