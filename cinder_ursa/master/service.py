@@ -115,6 +115,10 @@ class MasterService:
         self._jobs = {}             # (volume, index) -> running Job
         self._avoid = {}            # target -> until when (a copy failed)
         self._orphans = {}          # (volume, index) -> since when joining
+        # (volume, index) -> server: a retire left it a joining copy (it
+        # could not be told, or the chunk changed under the retire); each
+        # repair round tries to finish it (see retire).
+        self._leaving = {}
                                     # copies are seen with no copy running
         self._summary = {}
         self._round_lock = None     # made in the loop that runs rounds
@@ -571,6 +575,7 @@ class MasterService:
         for job in self._jobs.values():
             for sid in (job.source, job.target):
                 busy[sid] = busy.get(sid, 0) + 1
+        self._finish_retires(chunks, servers)
         await self._abandon_orphans(chunks)
         chunks = [c for c in chunks
                   if (c['volume_id'], c['index']) not in self._jobs]
@@ -737,6 +742,25 @@ class MasterService:
             out[sid] = dict(s, state='down', down_since=at)
         return out
 
+    def _finish_retires(self, chunks, servers):
+        """Start again the retires that left their server a joining copy
+        (see retire): not finished, that copy would count for one the
+        chunk lacks, and nothing would be copied for 10 minutes (the
+        orphans' wait)."""
+        by_key = {(c['volume_id'], c['index']): c for c in chunks}
+        for key, sid in list(self._leaving.items()):
+            if key in self._jobs:
+                continue
+            c = by_key.get(key)
+            if c is None or sid not in c['joining'] or sid not in servers:
+                del self._leaving[key]      # done, or gone with its chunk
+                continue
+            job = repair.Job(key[0], key[1], c['epoch'], sid, None,
+                             repair.TRIM, sid)
+            self._jobs[key] = job
+            asyncio.get_running_loop().create_task(
+                self._run_job(job, servers[sid]))
+
     async def _abandon_orphans(self, chunks):
         """Joining copies no copy of this master's makes (their primary or
         an earlier master died mid-copy, or could not say it ended) are
@@ -840,22 +864,39 @@ class MasterService:
 
         If the server cannot be told (2), it stays a joining copy: a
         forwarded write tells it, or drops it if it is gone; the copy
-        is not deleted."""
+        is not deleted; every repair round then starts the retire again
+        from (2), with the chunk's epoch of then (another change, a drop
+        or a promotion, may have moved it meanwhile).  A server that is
+        not up is not told: it serves no read past its lease."""
+        key = (volume_id, index)
         members = await self.db(self.store.chunk_members, volume_id, index)
-        chunk = await self.db(self.store.leave_replica, volume_id, index,
-                              server_id, members['epoch'])
+        if (self._leaving.get(key) == server_id and
+                server_id in members['joining']):
+            found = await self.db(self.store.chunk_map, volume_id, index, 1)
+            chunk = found['chunks'][0]
+            LOG.info('Chunk %s/%d: retiring server %d again (epoch %d)',
+                     volume_id, index, server_id, chunk['epoch'])
+        else:
+            chunk = await self.db(self.store.leave_replica, volume_id, index,
+                                  server_id, members['epoch'])
+            self._leaving[key] = server_id
         leaving = next(r for r in chunk['joining'] if r['id'] == server_id)
         ids = [r['id'] for r in chunk['replicas']]
-        failed = await self._announce(volume_id, chunk, [leaving] +
-                                      chunk['replicas'])
-        if server_id in failed:
-            LOG.warning('Chunk %s/%d: server %d did not learn it left the '
-                        'replica set (epoch %d); it stays a joining copy, '
-                        'and its copy is kept', volume_id, index, server_id,
-                        chunk['epoch'])
-            return False
+        if leaving['state'] == 'up':
+            failed = await self._announce(volume_id, chunk, [leaving] +
+                                          chunk['replicas'])
+            if server_id in failed:
+                LOG.warning('Chunk %s/%d: server %d did not learn it left '
+                            'the replica set (epoch %d); it stays a joining '
+                            'copy, and its copy is kept, until the next '
+                            'repair round tells it', volume_id, index,
+                            server_id, chunk['epoch'])
+                return False
+        # A Conflict here (the chunk changed since it was read) ends the
+        # job; the next round starts it again.
         chunk = await self.db(self.store.abandon_join, volume_id, index,
                               server_id, chunk['epoch'])
+        self._leaving.pop(key, None)
         await self._announce(volume_id, chunk, chunk['replicas'])
         try:
             await self.chunkservers.send(

@@ -212,6 +212,49 @@ def test_a_leaving_server_not_told_keeps_its_copy_and_joins(service):
         run(service.retire(vid, 0, held[0]))
 
 
+async def _round_and_its_jobs(service):
+    await service.repair_round()
+    while service._jobs:
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize('changed', [False, True],
+                         ids=['told-later', 'chunk-changed-meanwhile'])
+def test_a_retire_left_unfinished_is_finished_by_the_next_round(
+        service, changed):
+    """A leaving server not told (or told an epoch a drop had already moved
+    on) stays a joining copy, which counts for a replica the chunk lacks:
+    the next repair round finishes the retire, at the chunk's epoch of
+    then, instead of the orphans' 10 minutes with nothing copied."""
+    store = service.store
+    p, held, spare = retire_setup(service)
+    vid = store.get_volume('v')['id']
+    service.chunkservers.down = {held[1]}
+    assert not run(service.retire(vid, 0, held[1]))
+    if changed:
+        # A primary dropped another replica meanwhile (epoch + 1).
+        m = store.chunk_members(vid, 0)
+        store.drop_replica(vid, 0, held[2], m['epoch'])
+    service.chunkservers.down = set()
+    sent = service.chunkservers.sent
+    sent.clear()
+    run(_round_and_its_jobs(service))
+    m = store.chunk_members(vid, 0)
+    assert m['joining'] == [] and held[1] not in m['replicas']
+    assert (codec.DELETE, [held[1]]) in [(op, to) for op, _, to in sent]
+    assert service.retired == 1 and service._leaving == {}
+    if changed:
+        # The chunk lacks a copy now, and the next round makes it.
+        assert len(m['replicas']) == 2
+        started = []
+
+        async def no_copy(job, source):
+            started.append(job)
+        service._run_job = no_copy
+        run(service.repair_round())
+        assert [j.target for j in started] == [held[2]]
+
+
 def test_progress_counts_bytes_left_and_moves(service, monkeypatch):
     store = service.store
 
