@@ -156,6 +156,23 @@ class LeaseHeld(RemoteError):
     http_status = 409
 
 
+class HandoverPending(RemoteError):
+    """A live migration's destination asked for a volume's lease, which
+    another host holds: the master asked the holder to release it (its
+    agent sees ``release_requested`` on its attachment) and takes it by
+    force after ``[ursa_master] lease_handover_timeout``.  Retry the
+    acquire soon; ``retry_after`` (when the master sent it) is the
+    seconds left until the forced takeover."""
+
+    message = ('Volume %(volume)s is held by %(holder)s, which was asked '
+               '%(since).1f s ago to hand it over to %(requester)s; retry '
+               'the acquire: the master takes the lease by force if it is '
+               'not released within %(timeout)s s ([ursa_master] '
+               'lease_handover_timeout)')
+    code = 'handover_pending'
+    http_status = 409
+
+
 class ChecksumError(RemoteError):
     message = 'Checksum mismatch: %(reason)s'
     code = 'checksum_error'
@@ -193,7 +210,8 @@ _BY_CODE = {cls.code: cls for cls in (
     InvalidArgument, ProtocolError, NotAuthorized, Forbidden, NotFound,
     AlreadyExists, Conflict, NoSpace, InsufficientReplicas, StaleEpoch,
     StaleReplica,
-    StaleSnapshot, Unavailable, Fenced, LeaseHeld, ChecksumError, DiskError,
+    StaleSnapshot, Unavailable, Fenced, LeaseHeld, HandoverPending,
+    ChecksumError, DiskError,
     NotLeader,
     OutOfRange, InternalError, UrsaTimeout, UrsaConnectionError)}
 

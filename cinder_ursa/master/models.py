@@ -57,6 +57,14 @@ volumes = sa.Table(
     # Several hosts may write it at once; writers share the lease
     # (shared_leases), and revoking it fences them all.
     sa.Column('multiattach', sa.Boolean, nullable=False, default=False),
+    # A pending handover of the exclusive lease (a live migration): the
+    # holder a standby attachment's client asked for it as, and when it
+    # first asked (master clock).  The holder's host learns it from its
+    # attachment listing (release_requested) and releases; past
+    # [ursa_master] lease_handover_timeout the requester takes it by
+    # force.  Cleared when the lease is acquired, or the standby detached.
+    sa.Column('handover_to', sa.String(255), nullable=True),
+    sa.Column('handover_since', sa.Double, nullable=True),
 )
 
 shared_leases = sa.Table(
@@ -127,6 +135,12 @@ attachments = sa.Table(
     # volume only for an export name carrying it (VOLUME~TOKEN), since
     # every local user of the host shares 127.0.0.1.
     sa.Column('export_token', sa.String(64), nullable=True),
+    # A live migration's destination: attached beside the volume's one
+    # attachment on another host (not multiattach), its client opens the
+    # volume without its lease and asks for it (a handover) at its first
+    # write; then the flags swap (the source becomes the standby).
+    sa.Column('standby', sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
 )
 
 # Hosts fenced as a whole (nova_ha fences a failed compute host): no lease

@@ -946,9 +946,14 @@ class MasterService:
                         'confirm the fence; they learn it when they '
                         're-register', volume_id, generation, failed)
 
-    async def acquire_lease(self, ref, holder, ttl, force=False):
+    async def acquire_lease(self, ref, holder, ttl, force=False,
+                            handover=False):
+        """A new generation (or a live migration's handover, which is
+        one once the source released the lease or the master took it by
+        force: store.acquire_lease), committed, then pushed (FENCE): a
+        source that did not hand over writes nothing more."""
         lease = await self.db(self.store.acquire_lease, ref, holder, ttl,
-                              force)
+                              force, handover)
         await self.fence(lease['volume_id'], lease['generation'])
         return lease
 

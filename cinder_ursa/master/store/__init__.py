@@ -36,6 +36,7 @@ from cinder_ursa.master.store.common import REQUESTER  # noqa: F401
 from cinder_ursa.master.store.common import check_volume_size  # noqa: F401
 from cinder_ursa.master.store.common import holder_host  # noqa: F401
 from cinder_ursa.master.store.common import validate_qos  # noqa: F401
+from cinder_ursa.master.store.leases import LEASE_HANDOVER_TIMEOUT
 from cinder_ursa.master.store.leases import LEASE_HISTORY_PER_VOLUME
 from cinder_ursa.master.store.leases import LeaseRecords
 from cinder_ursa.master.store.principals import PrincipalRecords
@@ -56,13 +57,17 @@ class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
     here, each aggregate's methods in its own module."""
 
     def __init__(self, url, failure_domain='host',
-                 lease_history_per_volume=LEASE_HISTORY_PER_VOLUME):
+                 lease_history_per_volume=LEASE_HISTORY_PER_VOLUME,
+                 lease_handover_timeout=LEASE_HANDOVER_TIMEOUT):
         if lease_history_per_volume < 1:
             raise ValueError('lease_history_per_volume must be 1 or more')
+        if lease_handover_timeout < 0:
+            raise ValueError('lease_handover_timeout must be 0 or more')
         self.url = url
         self.engine = db.create_engine(url)
         self.failure_domain = failure_domain
         self.lease_history_per_volume = lease_history_per_volume
+        self.lease_handover_timeout = lease_handover_timeout
         # Why each failed chunk server's data directory failed, as it says
         # in every heartbeat (not kept in the database).
         self.failures = {}

@@ -25,6 +25,13 @@ LOG = logging.getLogger(__name__)
 
 # [ursa_master] lease_history_per_volume's default.
 LEASE_HISTORY_PER_VOLUME = 100
+# [ursa_master] lease_handover_timeout's default (seconds).
+LEASE_HANDOVER_TIMEOUT = 10.0
+
+
+def _seconds(value):
+    """A number of seconds as an option gives it: 10, not 10.0."""
+    return '%g' % value
 
 
 def _run_out(now, expires):
@@ -38,6 +45,10 @@ class LeaseRecords:
     # The events kept per volume ([ursa_master] lease_history_per_volume;
     # MetadataStore sets it).
     lease_history_per_volume = LEASE_HISTORY_PER_VOLUME
+    # How long a holder asked to hand its lease over has to release it
+    # before the requester takes it by force ([ursa_master]
+    # lease_handover_timeout; MetadataStore sets it).
+    lease_handover_timeout = LEASE_HANDOVER_TIMEOUT
 
     def _lease_event(self, conn, volume_id, generation, holder, event, now,
                      reason=None):
@@ -133,12 +144,20 @@ class LeaseRecords:
                               'renewed after its membership was dropped')
         return gen
 
-    def acquire_lease(self, ref, holder, ttl, force=False):
+    def acquire_lease(self, ref, holder, ttl, force=False, handover=False):
         """Take the write lease; a new holder gets generation + 1
-        (multiattach volumes: writers share it)."""
+        (multiattach volumes: writers share it).
+
+        ``handover``: a live migration's destination asks for the lease
+        its source holds (see :meth:`_ask_handover`): HandoverPending
+        until the holder releases it, then the lease as usual; or, once
+        the holder has let ``lease_handover_timeout`` pass since it was
+        first asked, the lease taken by force (the caller fences the
+        old generation as for any new one)."""
         t = models.volumes
         now = time.time()
         check_text('holder', holder)
+        pending = None
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             if vol.status != 'available':
@@ -153,27 +172,105 @@ class LeaseRecords:
                         'generation': gen, 'expires_at': now + ttl,
                         'ttl': ttl}
             held = vol.lease_holder and vol.lease_expires > now
+            why = None
             if held and vol.lease_holder != holder and not force:
-                raise exception.LeaseHeld(
-                    volume=vol.name, holder=vol.lease_holder,
-                    expires=time.strftime('%H:%M:%S', time.localtime(
-                        vol.lease_expires)))
-            # The lease it replaces ends here: run out, or taken from a
-            # live holder (by force, or by the same holder again).
-            self._end_leases(
-                conn, vol, now, events.TAKEOVER,
-                'taken again by its holder' if vol.lease_holder == holder
-                else 'taken by force by %s' % holder, lapsed=True)
-            gen = vol.lease_generation + 1
-            conn.execute(t.update().where(t.c.id == vol.id).values(
-                lease_holder=holder, lease_generation=gen,
-                lease_expires=now + ttl))
-            self._lease_event(conn, vol.id, gen, holder, events.ACQUIRE, now)
+                if not (handover and self._may_hand_over(conn, vol, holder)):
+                    raise exception.LeaseHeld(
+                        volume=vol.name, holder=vol.lease_holder,
+                        expires=time.strftime('%H:%M:%S', time.localtime(
+                            vol.lease_expires)))
+                pending, why = self._ask_handover(conn, vol, holder, now)
+            if pending is None:
+                # The lease it replaces ends here: run out, or taken
+                # from a live holder (by force, or by the same holder
+                # again).
+                self._end_leases(
+                    conn, vol, now, events.TAKEOVER,
+                    why or ('taken again by its holder'
+                            if vol.lease_holder == holder
+                            else 'taken by force by %s' % holder),
+                    lapsed=True)
+                gen = vol.lease_generation + 1
+                conn.execute(t.update().where(t.c.id == vol.id).values(
+                    lease_holder=holder, lease_generation=gen,
+                    lease_expires=now + ttl, handover_to=None,
+                    handover_since=None))
+                self._lease_event(conn, vol.id, gen, holder, events.ACQUIRE,
+                                  now)
+                self._swap_standby(conn, vol, holder)
+        if pending is not None:
+            # Raised once the request is committed: the holder's host
+            # sees it in its attachment listing.
+            raise pending
         LOG.info('Volume %s: lease generation %d to %s%s, by %s',
                  vol.name, gen, holder,
+                 ' (forced: %s)' % why if why else
                  ' (forced)' if held and force else '', asked())
         return {'volume_id': vol.id, 'holder': holder, 'generation': gen,
                 'expires_at': now + ttl, 'ttl': ttl}
+
+    @staticmethod
+    def _may_hand_over(conn, vol, holder):
+        """Whether ``holder`` may ask the live holder of ``vol``'s
+        exclusive lease to hand it over: a live migration, whose
+        destination (``holder``'s host) has a standby attachment of the
+        volume, and whose source (the holder's host) has one too."""
+        a = models.attachments
+        rows = {r.host: r for r in conn.execute(sa.select(
+            a.c.host, a.c.standby, a.c.status).where(
+            a.c.volume_id == vol.id))}
+        mine = rows.get(holder_host(holder))
+        return (mine is not None and mine.standby
+                and mine.status != 'detaching'
+                and holder_host(vol.lease_holder) in rows)
+
+    def _ask_handover(self, conn, vol, holder, now):
+        """Record (or find) ``holder``'s request for ``vol``'s lease,
+        held live by another host: (HandoverPending to raise, None)
+        while the holder has time left to release it, or (None, the
+        reason of the takeover) once lease_handover_timeout has passed
+        since it was first asked.  A request from another holder starts
+        the wait again."""
+        t = models.volumes
+        timeout = self.lease_handover_timeout
+        since = vol.handover_since
+        if vol.handover_to != holder or since is None or since > now:
+            since = now
+            conn.execute(t.update().where(t.c.id == vol.id).values(
+                handover_to=holder, handover_since=since))
+            LOG.info('Volume %s: %s asks %s to hand the lease over (live '
+                     'migration); taken by force in %s s if not released, '
+                     'by %s', vol.name, holder, vol.lease_holder, timeout,
+                     asked())
+        waited = now - since
+        if waited >= timeout:
+            LOG.warning('Volume %s: %s did not hand the lease over to %s '
+                        'within %s s: taken by force', vol.name,
+                        vol.lease_holder, holder, timeout)
+            return None, ('taken by %s: the holder did not hand over in '
+                          '%s s' % (holder, _seconds(timeout)))
+        e = exception.HandoverPending(
+            volume=vol.name, holder=vol.lease_holder, requester=holder,
+            since=waited, timeout=_seconds(timeout))
+        e.retry_after = round(timeout - waited, 3)
+        return e, None
+
+    @staticmethod
+    def _swap_standby(conn, vol, holder):
+        """The exclusive lease went to ``holder``: if its host's
+        attachment is a standby, it is the volume's attachment now, and
+        the other hosts' are standbys (the source of the migration,
+        until detached, may then ask for the lease back the same way)."""
+        a = models.attachments
+        host = holder_host(holder)
+        mine = conn.execute(sa.select(a.c.standby).where(
+            a.c.volume_id == vol.id, a.c.host == host)).first()
+        if mine is None or not mine.standby:
+            return
+        conn.execute(a.update().where(a.c.volume_id == vol.id).values(
+            standby=a.c.host != host))
+        LOG.info('Volume %s: host %s, which took the lease, is no standby '
+                 'any more; its other attachments are', vol.name, host)
 
     def renew_lease(self, ref, holder, generation, ttl):
         t = models.volumes
@@ -229,10 +326,16 @@ class LeaseRecords:
                     and vol.lease_generation == generation):
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     lease_holder=None, lease_expires=0))
+                # Released while another host asked for it: a handover
+                # (the requester's next acquire takes it).
+                to = vol.handover_to if vol.handover_to and holder_host(
+                    vol.handover_to) != holder_host(holder) else None
                 self._lease_event(conn, vol.id, generation, holder,
-                                  events.RELEASE, now)
+                                  events.RELEASE, now,
+                                  'handed over to %s' % to if to else None)
                 LOG.info('Volume %s: lease generation %d released by its '
-                         'holder %s, by %s', vol.name, generation, holder,
+                         'holder %s%s, by %s', vol.name, generation, holder,
+                         ' (handed over to %s)' % to if to else '',
                          asked())
 
     def revoke_lease(self, ref):
@@ -343,8 +446,14 @@ class LeaseRecords:
                                'volume_name': lease['volume_name'],
                                'holder': lease['holder'],
                                'generation': gen}
-            dropped = conn.execute(models.attachments.delete().where(
-                models.attachments.c.host == host)).rowcount
+            a = models.attachments
+            touched = [r.volume_id for r in conn.execute(sa.select(
+                a.c.volume_id).where(a.c.host == host))]
+            dropped = conn.execute(a.delete().where(
+                a.c.host == host)).rowcount
+            for vid in touched:
+                self._settle_standby(conn, conn.execute(sa.select(t).where(
+                    t.c.id == vid)).first())
         LOG.warning('Host %s fenced%s: %d lease(s) revoked, %d '
                     'attachment(s) dropped, by %s', host,
                     ' (%s)' % reason if reason else '', len(fenced), dropped,

@@ -36,7 +36,11 @@ class VolumeRecords:
                 'multiattach': bool(row.multiattach),
                 'lease': {'holder': row.lease_holder,
                           'generation': row.lease_generation,
-                          'expires_at': row.lease_expires}}
+                          'expires_at': row.lease_expires,
+                          # A live migration's pending handover: who
+                          # asked for the lease, since when.
+                          'handover_to': row.handover_to,
+                          'handover_since': row.handover_since}}
 
     def create_volume(self, name, size, replicas=3, min_replicas=2,
                       chunk_size=64 * units.Mi, stripe_unit=None,

@@ -20,9 +20,9 @@ def one_chunk(store):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0013'
+    assert store.schema_version() == '0014'
     store.upgrade()
-    assert store.schema_version() == '0013'
+    assert store.schema_version() == '0014'
 
 
 def test_volume_lifecycle(store):
@@ -654,8 +654,15 @@ def test_migration_0011_gives_existing_attachments_a_token(tmp_path):
         with s.engine.begin() as conn:
             cfg.attributes['connection'] = conn
             alembic.command.upgrade(cfg, '0010')
-        vid = s.create_volume('old', 8 * MiB, chunk_size=4 * MiB)['id']
+        # In SQL: today's models name columns of later revisions.
+        vid = 'a0000000-0000-0000-0000-000000000011'
         with s.engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO volumes (id, name, size, chunk_size, "
+                "stripe_unit, stripe_count, replicas, min_replicas, status, "
+                "created_at, lease_generation, lease_expires, snap_seq) "
+                "VALUES (:v, 'old', :size, :cs, :cs, 1, 1, 1, 'available', "
+                "0, 0, 0, 0)"), {'v': vid, 'size': 8 * MiB, 'cs': 4 * MiB})
             for host in ('h1', 'h2'):
                 conn.execute(sa.text(
                     "INSERT INTO attachments (volume_id, host, status, "
