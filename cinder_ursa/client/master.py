@@ -157,8 +157,10 @@ class MasterClient:
     def attachments(self, ref=None, host=None):
         return self._http.send(rest.attachments(ref, host))
 
-    def attach(self, ref, host):
-        return self._http.send(rest.attach(ref, host))
+    def attach(self, ref, host, standby=False):
+        """Attach volume ``ref`` to ``host`` (``standby``: a live
+        migration's destination; see rest.attach)."""
+        return self._http.send(rest.attach(ref, host, standby))
 
     def attachment(self, ref, host):
         return self._http.send(rest.attachment(ref, host))
@@ -264,10 +266,12 @@ class AsyncMasterClient:
         return await self._http.send(rest.change_members(
             volume, index, action, server_id, epoch))
 
-    async def acquire_lease(self, volume, holder, force=False, ttl=None):
-        """The lease, its ticket under 'ticket' (_lease_with_ticket)."""
+    async def acquire_lease(self, volume, holder, force=False, ttl=None,
+                            handover=False):
+        """The lease, its ticket under 'ticket' (_lease_with_ticket);
+        ``handover``: see rest.acquire_lease."""
         return _lease_with_ticket(await self._http.send(
-            rest.acquire_lease(volume, holder, force, ttl)))
+            rest.acquire_lease(volume, holder, force, ttl, handover)))
 
     async def renew_lease(self, volume, holder, generation, ttl):
         """The renewed lease, its new ticket under 'ticket'."""

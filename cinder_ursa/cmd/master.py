@@ -178,7 +178,8 @@ def main(argv=None):
     os.makedirs(mc.state_dir, exist_ok=True)
     store = store_mod.MetadataStore(
         database_url(conf), mc.failure_domain,
-        lease_history_per_volume=mc.lease_history_per_volume)
+        lease_history_per_volume=mc.lease_history_per_volume,
+        lease_handover_timeout=mc.lease_handover_timeout)
     try:
         coord_url = coordination_url(conf)
     except ValueError as e:

@@ -74,6 +74,11 @@ def _error_response(exc):
         # A standby names the leader: clients try it next.
         err['leader'] = leader
         headers = {'Location': leader}
+    retry_after = getattr(exc, 'retry_after', None)
+    if retry_after is not None:
+        # HandoverPending: seconds until the master takes the lease by
+        # force (the requester's deadline).
+        err['retry_after'] = retry_after
     return web.json_response({'error': err}, status=exc.http_status,
                              headers=headers)
 
@@ -797,7 +802,8 @@ class MasterAPI:
     async def attach(self, request):
         b = await _body(request)
         att = await self.db(self.store.attach, request.match_info['ref'],
-                            b.get('host', str, required=True))
+                            b.get('host', str, required=True),
+                            b.get('standby', bool, False))
         return web.json_response({'attachment': att}, status=201)
 
     async def list_attachments(self, request):
@@ -910,6 +916,10 @@ class MasterAPI:
         holder = b.get('holder', str, required=True)
         self._own_holder(request, holder)
         force = b.get('force', bool, False)
+        # A live migration's destination asks the source for the lease:
+        # only a host with a standby attachment of the volume may
+        # (store.acquire_lease checks it, for every principal).
+        handover = b.get('handover', bool, False)
         if force and request[PRINCIPAL][1] == 'host':
             # Taking a lease by force revokes another holder's, maybe on
             # another host: neither ursa-nbd nor ursa-attach does it.
@@ -928,7 +938,8 @@ class MasterAPI:
                        '(255 bytes of UTF-8): name the holder after a '
                        'shorter host name')
         _, readable = await self._readable(ref)
-        lease = await self.service.acquire_lease(ref, holder, ttl, force)
+        lease = await self.service.acquire_lease(ref, holder, ttl, force,
+                                                 handover)
         return web.json_response(
             {'lease': lease, 'ticket': self._lease_ticket(
                 request, lease, readable)}, status=201)

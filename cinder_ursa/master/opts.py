@@ -72,6 +72,20 @@ master_opts = [
     cfg.FloatOpt('lease_ttl', default=30.0, min=1.0, max=3600.0,
                  help='Default lifetime in seconds of a volume write lease; '
                       'clients renew it at a third of that.'),
+    cfg.FloatOpt('lease_handover_timeout', default=10.0, min=0.0,
+                 max=3600.0,
+                 help='Seconds the holder of a volume\'s write lease has '
+                      'to release it once a live migration\'s destination '
+                      '(a standby attachment, see the Cinder driver) asked '
+                      'for it at its first write: the source\'s '
+                      'ursa-attach sees the request at its next poll, '
+                      'flushes and releases. Past this, the destination '
+                      'takes the lease by force: a new generation, which '
+                      'the chunk servers are told, so a source that did '
+                      'not answer (hung, partitioned) can write no more. '
+                      'Keep it well below the clients\' io_timeout (60 s '
+                      'by default): the destination\'s first write waits '
+                      'for the handover.'),
     cfg.IntOpt('lease_history_per_volume', default=100, min=1,
                max=100000,
                help='Lease events (acquire, share, release, leave, revoke, '

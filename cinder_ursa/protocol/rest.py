@@ -69,6 +69,9 @@ def error_from_body(status, text):
         exc = exception.from_code(err['code'], err['message'])
         # A standby master names the leader (NotLeader).
         exc.leader = err.get('leader')
+        if err.get('retry_after') is not None:
+            # HandoverPending: seconds until the lease is taken by force.
+            exc.retry_after = err['retry_after']
         return exc
     except (ValueError, KeyError, TypeError):
         return exception.InternalError(
@@ -198,12 +201,16 @@ def change_members(volume, index, action, server_id, epoch):
                    {'server_id': server_id, 'epoch': epoch}, result='chunk')
 
 
-def acquire_lease(volume, holder, force=False, ttl=None):
+def acquire_lease(volume, holder, force=False, ttl=None, handover=False):
     """The whole reply: 'lease' and the 'ticket' the holder writes with
-    on the data protocol."""
+    on the data protocol.  ``handover``: a live migration's destination
+    (a standby attachment's host) asks the holder's host to release it
+    (HandoverPending until it has; retry)."""
     body = {'holder': holder, 'force': bool(force)}
     if ttl:
         body['ttl'] = ttl
+    if handover:
+        body['handover'] = True
     return Request('POST', _vol(volume, '/lease'), body)
 
 
@@ -276,8 +283,14 @@ def attachments(ref=None, host=None):
                    result='attachments')
 
 
-def attach(ref, host):
-    return Request('POST', _vol(ref, '/attachments'), {'host': host},
+def attach(ref, host, standby=False):
+    """Attach a volume to ``host``; ``standby``: as a live migration's
+    destination, beside the volume's attachment on the source host (its
+    client takes the lease over at its first write)."""
+    body = {'host': host}
+    if standby:
+        body['standby'] = True
+    return Request('POST', _vol(ref, '/attachments'), body,
                    result='attachment')
 
 

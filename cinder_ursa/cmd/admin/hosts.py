@@ -86,7 +86,10 @@ class AttachmentList(lister.Lister):
     (VOLUME~TOKEN: the attachment's secret export token; a client that
     is not on the gateway's unix socket and has no TLS client
     certificate must name it so).  Whoever holds the cluster key sees
-    the tokens: treat this output as a secret.
+    the tokens: treat this output as a secret.  During a live
+    migration the destination's attachment is a ``standby`` (it takes
+    the volume's lease over at its first write), and the source's shows
+    ``release_requested`` once the destination asked for the lease.
     Example: ursa attachment list --host compute-3"""
 
     def get_parser(self, prog_name):
@@ -101,6 +104,9 @@ class AttachmentList(lister.Lister):
         for a in self.app.master().attachments(args.volume, args.host):
             token = a.get('export_token')
             rows.append((a['volume_name'], a['host'], a['status'],
+                         bool(a.get('standby')),
+                         bool(a.get('release_requested')),
                          '%s~%s' % (a['volume_name'], token) if token
                          else a['volume_name'], a.get('path') or ''))
-        return ('volume', 'host', 'status', 'nbd_export', 'path'), rows
+        return ('volume', 'host', 'status', 'standby', 'release_requested',
+                'nbd_export', 'path'), rows

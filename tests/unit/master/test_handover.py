@@ -5,11 +5,15 @@ the source or taken by force after lease_handover_timeout, and what the
 source's host sees in its attachment listing."""
 
 import asyncio
+import json
 import time
 
 import pytest
+from aiohttp import test_utils
 
 from cinder_ursa import exception
+from cinder_ursa.common import auth
+from cinder_ursa.master import api
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
 from cinder_ursa.protocol import codec
@@ -262,3 +266,99 @@ def test_migration_0014_adds_standby_and_handover(store):
     assert not cols['standby']['nullable']
     assert cols['standby']['default'] is not None
     assert {'handover_to', 'handover_since'} <= vcols
+
+
+# --- through the REST API, signed by each host's principal ------------------
+
+SRC_KEY, DST_KEY, CINDER_KEY = b's' * 64, b'd' * 64, b'c' * 64
+
+
+def call(store, requests):
+    """Send ``(principal, key, method, path, body)`` requests, signed as
+    that principal, to a MasterAPI over ``store``: the ``(status, json or
+    None)`` of each."""
+    async def go():
+        master = api.MasterAPI(store, b'k' * 32)
+        out = []
+        async with test_utils.TestClient(
+                test_utils.TestServer(master.app())) as client:
+            own = auth.authority(str(client.make_url('/')))
+            for principal, key, method, path, body in requests:
+                data = b'' if body is None else json.dumps(body).encode()
+                target, _, query = path.partition('?')
+                headers = {auth.HEADER: auth.sign(
+                    key, method, target, query, data, principal=principal,
+                    authority=own), 'Content-Type': 'application/json'}
+                resp = await client.request(method, path, data=data or None,
+                                            headers=headers)
+                out.append((resp.status, await resp.json()
+                            if resp.content_type == 'application/json'
+                            else None))
+        return out
+    return asyncio.run(go())
+
+
+def test_the_rest_api_of_a_handover(store):
+    """Cinder (role volume) attaches the destination as a standby; each
+    host's agent (role host) asks for and releases only what its host
+    may: the destination's standby asks for the handover, a host with
+    no standby attachment cannot."""
+    store.create_principal('src', 'host', SRC_KEY)
+    store.create_principal('dst', 'host', DST_KEY)
+    store.create_principal('other', 'host', b'o' * 64)
+    store.create_principal('cinder', 'volume', CINDER_KEY)
+    store.create_volume('vm', 16 * MiB, chunk_size=4 * MiB)
+    lease = '/v1/volumes/vm/lease'
+    cinder = ('cinder', CINDER_KEY)
+    src, dst = ('src', SRC_KEY), ('dst', DST_KEY)
+    replies = call(store, [
+        cinder + ('POST', '/v1/volumes/vm/attachments', {'host': 'src'}),
+        src + ('POST', lease, {'holder': SRC}),
+        cinder + ('POST', '/v1/volumes/vm/attachments', {'host': 'dst'}),
+        cinder + ('POST', '/v1/volumes/vm/attachments',
+                  {'host': 'dst', 'standby': True}),
+        dst + ('POST', lease, {'holder': DST}),
+        dst + ('POST', lease, {'holder': DST, 'handover': True}),
+        src + ('GET', '/v1/attachments?host=src', None),
+        ('other', b'o' * 64, 'POST', lease,
+         {'holder': 'ursa-attach@other', 'handover': True}),
+        cinder + ('POST', '/v1/volumes/vm/attachments',
+                  {'host': 'dst', 'standby': 'yes'}),
+        src + ('DELETE', lease + '?holder=%s&generation=1' % SRC, None),
+        dst + ('POST', lease, {'holder': DST, 'handover': True}),
+        dst + ('GET', '/v1/attachments?host=dst', None),
+    ])
+    (att_src, got_src, plain, standby, held, pending, listed, other, bad,
+     released, got_dst, listed_dst) = replies
+    assert att_src[0] == 201 and att_src[1]['attachment']['standby'] is False
+    assert got_src[0] == 201
+    assert plain[0] == 409 and 'attaches as a standby' in \
+        plain[1]['error']['message']
+    assert standby[0] == 201 and standby[1]['attachment']['standby'] is True
+    assert held[0] == 409 and held[1]['error']['code'] == 'lease_held'
+    assert pending[0] == 409, pending
+    assert pending[1]['error']['code'] == 'handover_pending'
+    assert 9 < pending[1]['error']['retry_after'] <= 10
+    assert listed[1]['attachments'][0]['release_requested'] is True
+    # Not attached there: refused before the store is asked.
+    assert other[0] == 403 and 'not attached to host other' in \
+        other[1]['error']['message']
+    assert bad[0] == 400 and '"standby" must be of type bool' in \
+        bad[1]['error']['message']
+    assert released[0] == 204
+    assert got_dst[0] == 201 and got_dst[1]['lease']['generation'] == 2
+    assert got_dst[1]['ticket'] is not None
+    assert listed_dst[1]['attachments'][0]['standby'] is False
+
+
+def test_a_handover_pending_is_rebuilt_with_its_retry_after():
+    from cinder_ursa.protocol import rest
+    exc = rest.error_from_body(409, '{"error": {"code": "handover_pending", '
+                                    '"message": "m", "retry_after": 2.5}}')
+    assert isinstance(exc, exception.HandoverPending)
+    assert exc.retry_after == 2.5
+    assert rest.acquire_lease('v', 'h', handover=True).body == {
+        'holder': 'h', 'force': False, 'handover': True}
+    assert rest.attach('v', 'h', standby=True).body == {'host': 'h',
+                                                        'standby': True}
+    assert rest.attach('v', 'h').body == {'host': 'h'}
