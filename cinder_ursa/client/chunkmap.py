@@ -44,9 +44,9 @@ class ChunkMap:
                 if i in found:
                     self._map[i] = found[i]
                     self._map_at[i] = now
-                elif self.writable and i not in self._map:
-                    # We are the only writer: absence stays true until we
-                    # allocate it ourselves.
+                elif self._held and i not in self._map:
+                    # We are the only writer (we hold the lease): absence
+                    # stays true until we allocate it ourselves.
                     self._map[i] = None
             return found.get(index)
 

@@ -177,16 +177,27 @@ class Cluster:
             LOG.warning('Local reads: cannot list chunk servers: %s', e)
 
     async def open_volume(self, ref, writable=True, holder=None,
-                          force=False, lease_ttl=None):
+                          force=False, lease_ttl=None, lease='eager'):
         """Open a volume (name or id), or a snapshot (``volume@snapshot``
-        or ``snapshot=`` id), which is always read-only."""
+        or ``snapshot=`` id), which is always read-only.  For writing,
+        the lease is taken now (``lease='eager'``), or at the first
+        write (``'on-write'``: a live migration's destination, which
+        reads meanwhile; see client.volume)."""
         if '@' in ref:
             return await self.open_snapshot(ref)
+        if writable and lease == 'on-write' and force:
+            raise exception.InvalidArgument(
+                reason='force takes the lease at open: not with '
+                       'lease=on-write, which asks the holder to hand it '
+                       'over at the first write')
         vol = await self.master.volume(ref)
-        v = Volume(self, vol, writable)
-        if writable:
+        v = Volume(self, vol, writable, lease=lease)
+        if writable and lease == 'eager':
             await v._acquire(holder, force, lease_ttl)
-        elif self.tickets:
+            return v
+        if writable:
+            v._prepare_on_write(holder, lease_ttl)
+        if self.tickets:
             await v._read_ticket()
         return v
 

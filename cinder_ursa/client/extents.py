@@ -254,7 +254,10 @@ class ExtentIO:
         :meth:`_write_extent`, which retries as the module says.
         """
         if (self.qos or self._parent_info is not None or self.closed or
-                self._fenced is not None or not self.writable):
+                self._fenced is not None or not self._held or
+                self._handover is not None):
+            # (Not holding the lease: write() takes it first; a handover
+            # running: write() waits for it.)
             return False
         if offset < 0 or offset + len(data) > self.size:
             return False
@@ -277,6 +280,14 @@ class ExtentIO:
         except exception.UrsaConnectionError:
             return False
         timer = conn.expire_later(rid, fut, self.cluster.request_timeout)
+        # In flight under the lease until its callback: a hand_over waits.
+        self._inflight += 1
+        self._idle.clear()
+        answer = callback
+
+        def callback(error):
+            self._write_done()
+            answer(error)
 
         def done(fut):
             timer.cancel()

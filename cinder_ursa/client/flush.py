@@ -15,7 +15,7 @@ LOG = logging.getLogger(__name__)
 class FlushRounds:
     """Part of :class:`~cinder_ursa.client.volume.Volume`."""
 
-    async def flush(self):
+    async def _flush(self):
         """Make every acknowledged write durable on every current replica:
         the writes of this Volume, and, at the first flush of a writable
         one, those of earlier holders that never flushed (a gateway, agent
@@ -25,7 +25,8 @@ class FlushRounds:
 
         A replica that cannot flush is dropped from the replica sets of the
         chunks concerned; the flush then succeeds only if enough replicas
-        of each remain.
+        of each remain.  (Volume.flush first waits for a handover of the
+        lease that is running: see Volume.hand_over.)
         """
         self._check_open(False)
         # A multiattach volume has other writers: like a shared disk's

@@ -88,9 +88,11 @@ class SyncCluster:
         return cluster_mod.Cluster(urls, key, **kwargs)
 
     def open_volume(self, ref, writable=True, holder=None, force=False,
-                    lease_ttl=None):
+                    lease_ttl=None, lease='eager'):
+        """``lease``: 'eager' (the lease at open) or 'on-write' (at the
+        first write, as a handover: Cluster.open_volume)."""
         vol = self._lt.call(self._cluster.open_volume(
-            ref, writable, holder, force, lease_ttl))
+            ref, writable, holder, force, lease_ttl, lease))
         return SyncVolume(self._lt, vol)
 
     # Snapshot and clone calls for the tools that already hold a data
@@ -163,6 +165,11 @@ class SyncVolume:
 
     def flush(self):
         self._lt.call(self.volume.flush())
+
+    def hand_over(self):
+        """Give the write lease to a live migration's destination that
+        asked for it (Volume.hand_over); True once handed over."""
+        return self._lt.call(self.volume.hand_over())
 
     def close(self):
         self._lt.call(self.volume.close())

@@ -9,6 +9,18 @@ cure, within ``io_timeout`` (the policy: :mod:`.extents`).
 The parts of :class:`Volume`: ``chunkmap`` (the cached chunk map and
 replica drops), ``extents`` (one extent's requests and their retries),
 ``flush`` (flush rounds), ``clone`` (reading through a clone's parent).
+
+The write lease: a volume opened for writing takes it at once (``lease=
+'eager'``, the default), or at its first write (``'on-write'``: a live
+migration's destination, which reads while the source still writes).
+Such a first write asks for the lease as a handover: the master asks the
+holder's host to release it (its ursa-attach calls :meth:`Volume.hand_over`)
+and answers HandoverPending meanwhile, which is retried every 20 to
+200 ms; past ``[ursa_master] lease_handover_timeout`` the master takes the
+lease by force (the holder is fenced).  Concurrent first writes share one
+acquisition.  :meth:`Volume.hand_over` gives the lease back (flushed) and
+returns the volume to that state: a later write asks for it again, as
+with RBD's exclusive lock.
 """
 
 import asyncio
@@ -35,6 +47,18 @@ from cinder_ursa.protocol.chunkfile import ZERO
 LOG = logging.getLogger(__name__)
 
 
+# The lease modes of a volume opened for writing (see the module's doc).
+LEASE_MODES = ('eager', 'on-write')
+# Seconds between two asks for a lease being handed over: the first
+# soon (the holder's agent may have released it already), then backing
+# off to the most.
+HANDOVER_RETRY_FIRST = 0.02
+HANDOVER_RETRY_MAX = 0.2
+# Seconds a first write waits for a handover past the forced takeover
+# the master announced (HandoverPending's retry_after).
+HANDOVER_MARGIN = 5.0
+
+
 def default_holder():
     return '%s:%d:%s' % (socket.gethostname(), os.getpid(),
                          os.urandom(3).hex())
@@ -43,7 +67,11 @@ def default_holder():
 class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
     """An open volume or snapshot: byte ranges mapped to chunk extents."""
 
-    def __init__(self, cluster, info, writable, snap=0):
+    def __init__(self, cluster, info, writable, snap=0, lease='eager'):
+        if lease not in LEASE_MODES:
+            raise exception.InvalidArgument(
+                reason='lease must be one of %s, not %r' % (
+                    ', '.join(LEASE_MODES), lease))
         self.cluster = cluster
         self.info = info
         self.id = info['id']
@@ -70,9 +98,23 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         # wrote and never flushed (they may have died): on every chunk
         # server up when this one opened it ([(address, port)], see
         # _acquire; True: ask the master at the first flush).
-        self._inherited = writable
+        self._inherited = writable and lease == 'eager'
         self._lease_task = None
         self._fenced = None
+        # The write lease: taken at open (eager) or at the first write
+        # (on-write; again after a hand_over).  _held: this client holds
+        # it now, and writes may go out under its generation.
+        self.lease_mode = lease if writable else None
+        self._held = False
+        self._lease_ttl = None
+        self._acquiring = None  # the task taking it for the first writes
+        self._handover = None   # the task of a hand_over running
+        # Writes admitted under the lease and not answered yet: a
+        # hand_over waits for them.
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False   # close() has begun
         self._retrying = set()  # tasks of write_soon() writes retrying
         self._repairs = set()   # tasks of repairs started by reads
         self.closed = False
@@ -120,23 +162,230 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
             self.parent = None
 
     async def _acquire(self, holder, force, ttl):
+        """Take the write lease at open (eager)."""
         self.holder = holder or default_holder()
+        self._lease_ttl = ttl
+        await self._take_lease(force=force)
+        LOG.debug('Volume %s opened for writing, generation %d', self.name,
+                  self.generation)
+
+    def _prepare_on_write(self, holder, ttl):
+        """Open for writing without the lease (on-write): the first write
+        takes it (see the module's doc)."""
+        self.holder = holder or default_holder()
+        self._lease_ttl = ttl
+
+    async def _take_lease(self, force=False, handover=False):
+        """Ask the master for the lease (one request: HandoverPending and
+        LeaseHeld go to the caller), then write under it."""
         # Asked now, while opening needs the master anyway, so that the
         # first flush and the first local read do not: they may come while
         # the masters fail over, and I/O on mapped chunks never waits for
         # a master.
         servers = await self.cluster.master.servers()
         self.cluster.note_servers(servers)
-        self._inherited = self._servers_up(servers)
         lease = await self.cluster.master.acquire_lease(
-            self.id, self.holder, force, ttl)
+            self.id, self.holder, force, self._lease_ttl, handover)
+        try:
+            if self.cluster.tickets:
+                if self._ticket_task is not None:
+                    # A read ticket's renewals would replace the lease's.
+                    self._ticket_task.cancel()
+                    self._ticket_task = None
+                await self._use_ticket(lease.get('ticket'))
+        except BaseException:
+            await self._give_back(lease['generation'])
+            raise
         self.generation = lease['generation']
-        if self.cluster.tickets:
-            await self._use_ticket(lease.get('ticket'))
+        # The first flush also covers what the earlier holders wrote and
+        # never flushed, on the servers up now.
+        self._inherited = self._servers_up(servers)
+        # Another writer may have allocated chunks cached as holes.
+        self._forget_holes()
+        self._held = True
         self._lease_task = asyncio.get_running_loop().create_task(
             self._renew(lease['ttl']))
-        LOG.debug('Volume %s opened for writing, generation %d', self.name,
-                  self.generation)
+
+    async def _give_back(self, generation):
+        """Release a lease this client will not write under (best
+        effort: else it expires, or is taken over)."""
+        try:
+            await self.cluster.master.release_lease(self.id, self.holder,
+                                                    generation)
+        except exception.UrsaError as e:
+            LOG.warning('Volume %s: releasing lease generation %d failed: '
+                        '%s', self.name, generation, e)
+
+    def _forget_holes(self):
+        """Forget the chunks cached as never written: that stays true
+        only while this client is the volume's only writer."""
+        for index in [i for i, c in self._map.items() if c is None]:
+            del self._map[index]
+
+    async def _admit(self):
+        """Let a write go out under the lease: it waits for a hand_over
+        that is running, and takes the lease first when the volume is
+        opened on-write without it.  The caller calls _write_done."""
+        while True:
+            self._check_open(True)
+            if self._handover is not None:
+                # Its outcome is the hand_over's caller's to see.
+                await asyncio.wait([self._handover])
+                continue
+            if self._held:
+                self._inflight += 1
+                self._idle.clear()
+                return
+            if self._acquiring is None:
+                self._acquiring = asyncio.ensure_future(
+                    self._acquire_on_write())
+                self._acquiring.add_done_callback(self._acquired)
+            # Shielded: one writer giving up (cancelled) stops nobody's.
+            await asyncio.shield(self._acquiring)
+
+    def _check_closing(self):
+        self._check_open(True)
+        if self._closing:
+            raise exception.InvalidArgument(reason='volume %s is being '
+                                            'closed' % self.name)
+
+    def _acquired(self, task):
+        self._acquiring = None
+        if not task.cancelled():
+            task.exception()    # the writers waiting saw it
+
+    def _write_done(self):
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
+
+    async def _acquire_on_write(self):
+        """Take the lease for the first write: as a handover from the
+        holder on another host (a live migration's source), retried
+        while it is pending; fails after the cluster's io_timeout, or
+        the master's forced-takeover deadline and HANDOVER_MARGIN if
+        that is later."""
+        start = time.monotonic()
+        deadline = start + self.cluster.io_timeout
+        delay = HANDOVER_RETRY_FIRST
+        pending = 0
+        while True:
+            self._check_closing()
+            try:
+                await self._take_lease(handover=True)
+                break
+            except exception.HandoverPending as e:
+                if not pending:
+                    LOG.info('Volume %s: %s', self.name, e)
+                pending += 1
+                last = e
+                left = getattr(e, 'retry_after', None)
+                if pending == 1 and left is not None:
+                    # When the master takes it by force, as it first
+                    # said (a later answer does not move the deadline:
+                    # a master that never takes it fails the write).
+                    deadline = max(deadline, time.monotonic() + left +
+                                   HANDOVER_MARGIN)
+            except (exception.UrsaConnectionError, exception.Unavailable,
+                    exception.NotLeader) as e:
+                last = e        # no master answered: its failover
+            if time.monotonic() >= deadline:
+                raise exception.Unavailable(
+                    reason='volume %s: no write lease after %.1f s of '
+                           'trying (%s); writes fail until it is handed '
+                           'over: check the holder\'s host and its '
+                           'ursa-attach, or have its lease revoked'
+                           % (self.name, time.monotonic() - start, last))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, HANDOVER_RETRY_MAX)
+        if self._closing:
+            # Closed while it was being taken: given back at once.
+            self._held = False
+            self._lease_task.cancel()
+            self._lease_task = None
+            await self._give_back(self.generation)
+            self._check_closing()
+        LOG.info('Volume %s: lease generation %d taken at the first write '
+                 '(%.3f s%s)', self.name, self.generation,
+                 time.monotonic() - start,
+                 ', after %d handover request(s)' % pending
+                 if pending else '')
+
+    async def hand_over(self):
+        """Give the write lease back to the master for a live
+        migration's destination, which asked for it: stop admitting
+        writes (new ones wait), wait for those in flight, flush (every
+        replica durable), release the lease (its history says to whom),
+        stop renewing it, read with a read ticket again where tickets
+        are used.  The volume is then in the on-write state: a later
+        write asks for the lease again.  Returns True once handed over;
+        False if there was nothing to hand over (not holding the lease,
+        closed or fenced).  A failed flush raises, and the volume keeps
+        its lease (the master takes it by force after lease_handover_
+        timeout unless a later try succeeds).  Calls made while one
+        runs wait for it."""
+        if self._handover is None:
+            if not (self.writable and self._held) or self.closed or \
+                    self._fenced is not None:
+                return False
+            self._handover = asyncio.ensure_future(self._hand_over())
+            self._handover.add_done_callback(self._handed_over)
+        return await asyncio.shield(self._handover)
+
+    def _handed_over(self, task):
+        self._handover = None
+        if not task.cancelled():
+            task.exception()    # the callers saw it
+
+    async def _hand_over(self):
+        start = time.monotonic()
+        generation = self.generation
+        LOG.info('Volume %s: handing lease generation %d over: %d write(s) '
+                 'in flight, new ones wait', self.name, generation,
+                 self._inflight)
+        await self._idle.wait()
+        try:
+            await self._flush()
+        except exception.UrsaError as e:
+            LOG.error('Volume %s: the flush before handing the lease over '
+                      'failed (%s): the lease is kept, and writes go on; '
+                      'the master takes it by force after its '
+                      'lease_handover_timeout unless a later try succeeds',
+                      self.name, e)
+            raise
+        if self._fenced is not None or self.closed:
+            return False        # gone meanwhile: nothing left to give
+        self._held = False
+        self.lease_mode = 'on-write'
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            self._lease_task = None
+        self._forget_holes()
+        await self._give_back(generation)
+        if self.cluster.tickets and not self.closed:
+            try:
+                await self._read_ticket()
+            except exception.UrsaError as e:
+                LOG.warning('Volume %s: no read ticket after the handover '
+                            '(%s); retrying', self.name, e)
+                self._ticket_task = asyncio.get_running_loop().create_task(
+                    self._retry_read_ticket())
+        LOG.info('Volume %s: lease generation %d handed over in %.3f s',
+                 self.name, generation, time.monotonic() - start)
+        return True
+
+    async def _retry_read_ticket(self):
+        while True:
+            await asyncio.sleep(1.0)
+            if self.closed or self._held:
+                return
+            try:
+                self._ticket_task = None    # _read_ticket replaces it
+                await self._read_ticket()
+                return
+            except exception.UrsaError as e:
+                LOG.warning('Volume %s: no read ticket yet (%s); retrying',
+                            self.name, e)
 
     async def _renew(self, ttl):
         while True:
@@ -243,7 +492,7 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         """Whether replicas on this host may be read directly: only by the
         volume's exclusive writer (every replica of its map then holds all
         it wrote), and not through a clone's or a snapshot's layers."""
-        return (self.cluster.local is not None and self.writable
+        return (self.cluster.local is not None and self._held
                 and not self.snap and self._parent_info is None
                 and not self.info.get('multiattach') and self._fenced is None
                 and not self.closed)
@@ -275,6 +524,13 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         self._check_open(True)
         if self.qos:
             await self.qos.acquire('write', len(data))
+        await self._admit()
+        try:
+            await self._write(offset, data, fua)
+        finally:
+            self._write_done()
+
+    async def _write(self, offset, data, fua):
         mv = memoryview(data)
         if mv.ndim != 1 or mv.itemsize != 1:
             mv = mv.cast('B')
@@ -298,6 +554,13 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
             return
         if self.qos:
             await self.qos.acquire('write', 0)
+        await self._admit()
+        try:
+            await self._write_zeroes(offset, length, fua)
+        finally:
+            self._write_done()
+
+    async def _write_zeroes(self, offset, length, fua):
         layered = self._parent_info is not None
         if layered:
             await self._copy_up_edges(offset, length)
@@ -309,9 +572,27 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                                            fua, codec.FLAG_ZERO, e.length))
         await asyncio.gather(*jobs)
 
+    async def flush(self):
+        """Make every acknowledged write durable (FlushRounds._flush),
+        once a hand_over running is done (it flushed them all).  A
+        volume without its lease (on-write) has written nothing
+        unflushed: the flush takes no lease (it would take it from a
+        live migration's source for nothing)."""
+        self._check_open(False)
+        while self._handover is not None:
+            await asyncio.wait([self._handover])
+        await self._flush()
+
     async def close(self):
         if self.closed:
             return
+        self._closing = True
+        for task in (self._handover, self._acquiring):
+            if task is not None:
+                # A handover ends flushed; an acquisition at its next
+                # try (it sees the volume closed, and gives back a
+                # lease it got meanwhile).
+                await asyncio.wait([task])
         try:
             if self.writable and self._fenced is None:
                 await self.flush()
@@ -323,6 +604,7 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 self.pool.close()
             if self._lease_task is not None:
                 self._lease_task.cancel()
+                self._held = False
                 try:
                     await self.cluster.master.release_lease(
                         self.id, self.holder, self.generation)
