@@ -11,7 +11,15 @@ The agent polls the master for this host's attachments:
 
 * ``attaching`` (or ``attached`` after a restart of the agent): open the
   volume for writing (the lease holder is ``ursa-attach@<host>``), add its
-  file, report ``attached`` with the path (or ``error`` with the reason);
+  file, report ``attached`` with the path (or ``error`` with the reason).
+  A ``standby`` attachment (a live migration's destination, attached
+  while the source host still writes) is opened without the lease
+  (``lease='on-write'``): it reads at once, and its first write asks the
+  source for the lease (a handover);
+* ``release_requested`` on the attachment of a volume open here (this
+  host is a live migration's source, and the destination asked for the
+  lease): hand it over (flush, release: ``Volume.hand_over``), in a
+  thread of its own so the other attachments are not kept waiting;
 * ``detaching``: flush, close (the lease is released), remove the file,
   delete the attachment;
 * a volume open here whose attachment is gone: flush and close it.
@@ -217,6 +225,8 @@ class Agent:
         self.poll_interval = poll_interval
         self.holder = 'ursa-attach@%s' % host
         self.stopping = threading.Event()
+        # Volume file name -> the thread handing its lease over.
+        self._handing = {}
 
     def run(self):
         while not self.stopping.is_set():
@@ -239,6 +249,8 @@ class Agent:
             wanted.add(name)
             if name not in self.fs.volumes and a['status'] != 'error':
                 self._open(a)
+            elif a.get('release_requested') and name in self.fs.volumes:
+                self._hand_over_soon(name)
         for name in set(self.fs.volumes) - wanted:
             LOG.info('Volume %s is no longer attached to %s', name,
                      self.host)
@@ -257,6 +269,47 @@ class Agent:
         finally:
             self.fs.metrics.operation('detach', perf_counter() - t0, ok)
 
+    def _hand_over_soon(self, name):
+        """Hand volume ``name``'s lease over to the live migration's
+        destination that asked for it, in a thread (it waits for the
+        writes in flight and flushes): once at a time per volume; a
+        request still there at a later look after that is tried again
+        (a flush that failed)."""
+        running = self._handing.get(name)
+        if running is not None and running.is_alive():
+            return
+        vol = self.fs.volumes.get(name)
+        if vol is None:
+            return
+        t = threading.Thread(target=self._hand_over, args=(name, vol),
+                             name='hand-over-%s' % name, daemon=True)
+        self._handing[name] = t
+        t.start()
+
+    def _hand_over(self, name, vol):
+        t0 = perf_counter()
+        ok = False
+        LOG.info('Volume %s: the master asks host %s to hand its lease '
+                 'over (live migration): flushing and releasing it', name,
+                 self.host)
+        try:
+            done = vol.hand_over()
+            ok = True
+            if done:
+                LOG.info('Volume %s: lease handed over in %.3f s; writes '
+                         'here would ask for it back', name,
+                         perf_counter() - t0)
+            else:
+                LOG.info('Volume %s: no lease held here to hand over', name)
+        except exception.UrsaError as e:
+            LOG.error('Volume %s: handing the lease over failed (%s); '
+                      'tried again at the next look while asked, else the '
+                      'master takes it by force', name, e)
+        except Exception:  # noqa: BLE001 - keep the agent alive
+            LOG.exception('Volume %s: handing the lease over failed', name)
+        finally:
+            self.fs.metrics.operation('handover', perf_counter() - t0, ok)
+
     def _report(self, a, status, path=None, error=None):
         self.master.update_attachment(a['volume_id'], self.host, status,
                                       path, error)
@@ -273,16 +326,20 @@ class Agent:
         """Open the volume of attachment ``a`` and report it; whether it
         is served."""
         name = a['volume_name']
+        # A live migration's destination: its first write takes the lease.
+        lease = 'on-write' if a.get('standby') else 'eager'
         try:
             vol = self.cluster.open_volume(a['volume_id'], writable=True,
-                                           holder=self.holder)
+                                           holder=self.holder, lease=lease)
         except exception.UrsaError as e:
             LOG.error('Cannot attach volume %s: %s', name, e)
             self._report(a, 'error', error=str(e))
             return False
         self.fs.add(name, vol)
         path = os.path.join(self.mount_dir, name)
-        LOG.info('Volume %s attached at %s', name, path)
+        LOG.info('Volume %s attached at %s%s', name, path,
+                 ' as a standby (live migration: its lease is taken at the '
+                 'first write)' if lease == 'on-write' else '')
         self._report(a, 'attached', path=path)
         return True
 

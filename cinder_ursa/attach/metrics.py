@@ -14,7 +14,9 @@ thread), so it exports both:
   ``ursa_attach_operation_latency_seconds{op}``: ``attach`` (open the
   volume, report it attached), ``detach`` (flush and close it, delete
   the attachment), ``drop`` (close a volume whose attachment vanished:
-  deleted by force, or the host fenced); ``result`` ok or error;
+  deleted by force, or the host fenced), ``handover`` (hand the lease
+  over to a live migration's destination: wait for the writes in
+  flight, flush, release); ``result`` ok or error;
 * ``ursa_attach_attachments``: volumes served now;
 * ``ursa_attach_leases_held``: of them, those whose write lease this
   agent holds (not fenced).
@@ -25,7 +27,7 @@ import threading
 from cinder_ursa.transport import metrics
 
 IO_OPS = ('read', 'write', 'flush')
-AGENT_OPS = ('attach', 'detach', 'drop')
+AGENT_OPS = ('attach', 'detach', 'drop', 'handover')
 RESULTS = ('ok', 'error')
 # Attaching takes a lease and asks the master: buckets from 1 ms up.
 AGENT_BUCKETS = (1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
@@ -54,7 +56,7 @@ class AttachMetrics:
         self._lock = threading.Lock()
         self._ops = self.pm.counter(
             'ursa_attach_operations', 'Attachment operations of the agent '
-            '(attach, detach, drop), by result', ('op', 'result'))
+            '(attach, detach, drop, handover), by result', ('op', 'result'))
         self._latency = self.pm.histogram(
             'ursa_attach_operation_latency_seconds', 'Latency of the '
             'agent\'s attachment operations', ('op',),

@@ -12,12 +12,15 @@ from cinder_ursa.attach import agent as agent_mod
 
 
 class FakeVolume:
-    def __init__(self, size, fail=False):
+    def __init__(self, size, fail=False, lease='eager'):
         self.size = size
         self.data = bytearray(size)
         self.fail = fail
         self.flushes = 0
         self.closed = False
+        self.lease = lease
+        self.handovers = 0
+        self.handing = None     # an Event hand_over waits for
 
     def _check(self):
         if self.fail:
@@ -39,17 +42,25 @@ class FakeVolume:
         self.flush()
         self.closed = True
 
+    def hand_over(self):
+        if self.handing is not None:
+            assert self.handing.wait(10)
+        self._check()
+        self.flush()
+        self.handovers += 1
+        return True
+
 
 class FakeCluster:
     def __init__(self, refuse=()):
         self.opened = {}
         self.refuse = set(refuse)
 
-    def open_volume(self, ref, writable, holder):
+    def open_volume(self, ref, writable, holder, lease):
         assert writable and holder == 'ursa-attach@h1'
         if ref in self.refuse:
             raise exception.UrsaError('lease held by someone else')
-        self.opened[ref] = FakeVolume(1 << 20)
+        self.opened[ref] = FakeVolume(1 << 20, lease=lease)
         return self.opened[ref]
 
 
@@ -189,3 +200,40 @@ def test_a_volume_whose_attachment_vanished_is_closed():
     assert sorted(agent.fs.volumes) == ['vol-2']
     agent.close_all()
     assert cluster.opened['2'].closed and agent.fs.volumes == {}
+
+
+def test_a_standby_opens_on_write_and_a_source_hands_over_when_asked():
+    """A live migration: the destination's standby attachment is opened
+    without the lease; the source's volume is handed over when its
+    attachment says release_requested, in a thread that keeps no other
+    attachment waiting, once at a time."""
+    import threading
+    cluster = FakeCluster()
+    agent, master = make_agent(cluster)
+    master.rows = [row('1'), dict(row('2'), standby=True)]
+    agent.reconcile()
+    assert (cluster.opened['1'].lease, cluster.opened['2'].lease) == (
+        'eager', 'on-write')
+    # Asked to release volume 1; its hand_over takes a while.
+    cluster.opened['1'].handing = threading.Event()
+    master.rows[0]['release_requested'] = True
+    master.rows.append(row('3'))
+    agent.reconcile()
+    agent.reconcile()                   # not started twice
+    assert 'vol-3' in agent.fs.volumes  # the others went on meanwhile
+    cluster.opened['1'].handing.set()
+    agent._handing['vol-1'].join(10)
+    assert cluster.opened['1'].handovers == 1
+    assert cluster.opened['1'].flushes == 1
+    assert not cluster.opened['2'].handovers
+    # A failed one is counted, and tried again while asked.
+    cluster.opened['1'].fail = True
+    agent.reconcile()
+    agent._handing['vol-1'].join(10)
+    cluster.opened['1'].fail = False
+    agent.reconcile()
+    agent._handing['vol-1'].join(10)
+    assert cluster.opened['1'].handovers == 2
+    ops = agent.fs.metrics._ops
+    assert ops.labels('handover', 'ok')._value.get() == 2
+    assert ops.labels('handover', 'error')._value.get() == 1
