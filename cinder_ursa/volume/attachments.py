@@ -4,7 +4,12 @@ attachment to the connector's host, ursa-attach on that host opens it
 ``local`` connection that unmodified os-brick and Nova/Cinder use as is.
 The connection info also carries the NBD details for hypervisors whose
 QEMU reaches ursa-nbd directly.  A host that does not let go of a volume
-in time is fenced (its lease revoked)."""
+in time is fenced (its lease revoked).
+
+A live migration attaches the volume to the destination host while the
+source still writes: the destination is attached as a standby, whose
+ursa-attach opens the volume without its lease and takes it over (a
+handover: the source flushes and releases) at the first write there."""
 
 import time
 
@@ -29,19 +34,53 @@ def export_name(volume_name, att):
     return '%s~%s' % (volume_name, token) if token else volume_name
 
 
+def _attachments_of(volume):
+    """The volume's Cinder attachments (none if not loaded)."""
+    try:
+        return list(volume.volume_attachment or ())
+    except Exception:  # noqa: BLE001 - not set on this object
+        return []
+
+
+def live_migration_destination(volume, host, multiattach):
+    """Whether attaching ``volume`` to ``host`` is a live migration's
+    second attachment: the volume is not multiattach, and among its
+    Cinder attachments one is attached on another host for an instance
+    that has another attachment of it too (Nova attaches the
+    destination before it detaches the source, for the same
+    instance)."""
+    if multiattach:
+        return False
+    atts = _attachments_of(volume)
+    for a in atts:
+        if (getattr(a, 'attach_status', None) == 'attached'
+                and a.instance_uuid and a.attached_host
+                and a.attached_host != host
+                and any(b is not a and b.instance_uuid == a.instance_uuid
+                        for b in atts)):
+            return True
+    return False
+
+
 class Attachments(DriverPart):
     """The connection calls of
     :class:`~cinder_ursa.volume.driver.UrsaDriver`."""
 
-    def attach(self, volume, connector):
+    def attach(self, volume, connector, multiattach=False):
         host = (connector or {}).get('host')
         if not host:
             raise cinder_exc.InvalidConnectorException(
                 missing='host')
         conf = self.configuration
+        standby = live_migration_destination(volume, host, multiattach)
+        if standby:
+            LOG.info('Volume %(vol)s: attaching to %(host)s as a live '
+                     'migration\'s destination (a standby: it takes the '
+                     'write lease over from the source at its first '
+                     'write)', {'vol': volume.name, 'host': host})
         with translated('Attaching %s to %s' % (volume.name, host),
                         volume=volume):
-            att = self._master.attach(volume.name, host)
+            att = self._master.attach(volume.name, host, standby=standby)
             deadline = time.monotonic() + conf.ursa_attach_timeout
             while att['status'] == 'attaching':
                 if time.monotonic() > deadline:

@@ -435,7 +435,8 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
         with self._op('attach', 'Attached', 'volume %(volume_id)s (Ursa '
                       '%(volume)s) to host %(host)s', volume,
                       host=(connector or {}).get('host')) as op:
-            conn = self._attachments.attach(volume, connector)
+            conn = self._attachments.attach(volume, connector,
+                                            self._multiattach(volume))
             op.note = 'at %s' % conn['data']['device_path']
         return conn
 

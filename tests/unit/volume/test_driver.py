@@ -178,12 +178,18 @@ class FakeMaster:
         return dict(v)
 
     # Attachments, with the host's agent answering on the next look.
-    def attach(self, ref, host):
+    def attach(self, ref, host, standby=False):
         v = self._vol(ref)
         others = [h for h in v.setdefault('att', {}) if h != host]
-        if others and not v['multiattach']:
+        v.setdefault('standby', {})
+        standby = bool(standby and others and not v['multiattach'])
+        if others and not v['multiattach'] and not (
+                standby and len(others) == 1 and
+                not v['standby'].get(others[0])):
             raise exception.Conflict(reason='attached to %s' % others)
-        v['att'].setdefault(host, 'attaching')
+        if host not in v['att']:
+            v['att'][host] = 'attaching'
+            v['standby'][host] = standby
         return self.attachment(ref, host)
 
     def attachment(self, ref, host):
@@ -200,7 +206,8 @@ class FakeMaster:
         return {'volume_id': v['id'], 'host': host, 'status': st,
                 'path': '/attach/%s' % v['name'] if st == 'attached'
                 else None, 'error': None,
-                'export_token': 'tok-%s-%s' % (v['id'], host)}
+                'export_token': 'tok-%s-%s' % (v['id'], host),
+                'standby': v.get('standby', {}).get(host, False)}
 
     def attachments(self, ref=None, host=None):
         v = self._vol(ref)
@@ -214,6 +221,7 @@ class FakeMaster:
 
     def detach(self, ref, host):
         self._vol(ref).get('att', {}).pop(host, None)
+        self._vol(ref).get('standby', {}).pop(host, None)
 
     def revoke_lease(self, ref):
         self._vol(ref)['revoked'] = True
@@ -474,6 +482,72 @@ class UrsaDriverTestCase(test.TestCase):
         self.assertEqual([], self.master.attachments(v.name))
         self.assertNotIn('revoked', self.master.vols[
             self.master.volume(v.name)['id']])
+
+    def _cinder_attachments(self, v, *atts):
+        """Set the volume's Cinder attachments: (instance, host, status)."""
+        v.volume_attachment = objects.VolumeAttachmentList(objects=[
+            objects.VolumeAttachment(
+                context=self.ctx, id=str(uuid.uuid4()), volume_id=v.id,
+                instance_uuid=inst, attached_host=host, attach_status=st)
+            for inst, host, st in atts])
+
+    def test_a_live_migrations_destination_attaches_as_a_standby(self):
+        """Nova attaches the destination host (a second attachment of
+        the same instance) while the source is attached: a standby,
+        whose agent takes the lease over at the first write there."""
+        self.master.agents |= {'compute-2', 'compute-3'}
+        vm, other = str(uuid.uuid4()), str(uuid.uuid4())
+        v = self.volume()
+        self.drv.create_volume(v)
+        self._cinder_attachments(v, (vm, None, 'attaching'))
+        self.drv.initialize_connection(v, {'host': 'compute-1'})
+        vid = self.master.volume(v.name)['id']
+        self.assertEqual({'compute-1': False},
+                         self.master.vols[vid]['standby'])
+        # Another instance attached to compute-2: refused, as ever.
+        self._cinder_attachments(v, (vm, 'compute-1', 'attached'),
+                                 (other, None, 'attaching'))
+        self.assertRaises(cinder_exc.VolumeIsBusy,
+                          self.drv.initialize_connection, v,
+                          {'host': 'compute-2'})
+        # The same instance: a live migration's destination.
+        self._cinder_attachments(v, (vm, 'compute-1', 'attached'),
+                                 (vm, None, 'attaching'))
+        conn = self.drv.initialize_connection(v, {'host': 'compute-2'})
+        self.assertEqual('/attach/%s' % v.name, conn['data']['device_path'])
+        self.assertEqual({'compute-1': False, 'compute-2': True},
+                         self.master.vols[vid]['standby'])
+        # Nova detaches the source once the migration is done.
+        self.drv.terminate_connection(v, {'host': 'compute-1'})
+        self.assertEqual(['compute-2'], [
+            a['host'] for a in self.master.attachments(v.name)])
+
+    def test_which_attachments_are_a_live_migration(self):
+        from cinder_ursa.volume import attachments as att_mod
+        vm, other = str(uuid.uuid4()), str(uuid.uuid4())
+        v = self.volume()
+
+        def standby(*atts, host='dst', multiattach=False):
+            self._cinder_attachments(v, *atts)
+            return att_mod.live_migration_destination(v, host, multiattach)
+        self.assertTrue(standby((vm, 'src', 'attached'),
+                                (vm, 'dst', 'attaching')))
+        self.assertTrue(standby((vm, 'src', 'attached'), (vm, None,
+                                                          'reserved')))
+        # Nothing else attached, another instance, the same host, the
+        # source not attached (yet), or a multiattach volume: no.
+        self.assertFalse(standby((vm, None, 'attaching')))
+        self.assertFalse(standby((vm, 'src', 'attached'),
+                                 (other, None, 'attaching')))
+        self.assertFalse(standby((vm, 'dst', 'attached'),
+                                 (vm, 'dst', 'attaching')))
+        self.assertFalse(standby((vm, 'src', 'attaching'),
+                                 (vm, None, 'attaching')))
+        self.assertFalse(standby((vm, 'src', 'attached'),
+                                 (vm, None, 'attaching'), multiattach=True))
+        # An object without its attachments loaded: no.
+        self.assertFalse(att_mod.live_migration_destination(
+            object(), 'dst', False))
 
     def test_unanswered_attach_and_detach(self):
         self.override_config('ursa_attach_timeout', 1, group='ursa_unit')
