@@ -128,6 +128,9 @@ class AllInOne:
         self.attach_proc = None
         self.attach_host = 'aio-host'
         self.attach_dir = os.path.join(self.data_dir, 'attached')
+        # host -> (process, mount dir) of the other hosts' ursa-attach
+        # (start_attach with a host: a live migration's two hypervisors).
+        self.attach_agents = {}
         # NBD's standard port with the default port base, else dynamic.
         self._nbd_port = nbd_port if nbd_port is not None else (
             NBD_PORT if port_base == DEFAULT_PORT_BASE else 0)
@@ -472,11 +475,43 @@ class AllInOne:
             self.write_config()
         return self.nbd_port
 
-    def start_attach(self):
+    def start_attach(self, host=None, mount_dir=None):
         """Start ursa-attach (FUSE, needs root and /dev/fuse) for host
-        ``attach_host``; volumes attached to it appear in attach_dir."""
-        self._start_service('attach')
-        return self.attach_dir
+        ``attach_host``; volumes attached to it appear in attach_dir.
+        With ``host``, another one, as that host (its files in
+        ``mount_dir``, default <data-dir>/attached-<host>; its state and
+        log as attach-<host>): two hypervisors of one cluster.  Returns
+        the mount directory."""
+        if host is None:
+            self._start_service('attach')
+            return self.attach_dir
+        name = 'attach-%s' % host
+        state = os.path.join(self.data_dir, name)
+        os.makedirs(state, exist_ok=True)
+        mount_dir = mount_dir or os.path.join(self.data_dir,
+                                              'attached-%s' % host)
+        own = os.path.join(state, name + '.conf')
+        with open(own, 'w') as f:
+            f.write('[ursa_attach]\nhost = %s\nmount_dir = %s\n'
+                    'state_dir = %s\n' % (host, mount_dir, state))
+        proc = self._spawn('cinder_ursa.cmd.attach', name + '.log',
+                           ['--config-file', own])
+        self.attach_agents[host] = (proc, mount_dir)
+        self._wait_file(os.path.join(state, 'endpoint.json'), proc,
+                        'ursa-attach of host %s' % host)
+        return mount_dir
+
+    def _stop_attach(self, proc, mount_dir, timeout):
+        # First, and alone: it flushes what it has open.  (One a test
+        # stopped, SIGSTOP, would not hear SIGTERM.)
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            subprocess.run(['umount', '-l', mount_dir], capture_output=True)
 
     def start(self, nbd=False):
         self.write_config()
@@ -506,16 +541,12 @@ class AllInOne:
         if self.nbd_proc is not None:
             procs.insert(0, self.nbd_proc)
         if self.attach_proc is not None:
-            # First, and alone: it flushes what it has open.
-            self.attach_proc.send_signal(signal.SIGTERM)
-            try:
-                self.attach_proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.attach_proc.kill()
-                self.attach_proc.wait()
-                subprocess.run(['umount', '-l', self.attach_dir],
-                               capture_output=True)
+            self._stop_attach(self.attach_proc, self.attach_dir, timeout)
             self.attach_proc = None
+        for proc, mount_dir in self.attach_agents.values():
+            if proc.poll() is None:
+                self._stop_attach(proc, mount_dir, timeout)
+        self.attach_agents.clear()
         procs += [p for _, p in sorted(self.master_procs.items())]
         for p in procs:
             if p.poll() is None:
