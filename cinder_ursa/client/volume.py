@@ -276,7 +276,7 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 break
             except exception.HandoverPending as e:
                 if not pending:
-                    LOG.info('Volume %s: %s', self.name, e)
+                    LOG.info('%s', e)
                 pending += 1
                 last = e
                 left = getattr(e, 'retry_after', None)

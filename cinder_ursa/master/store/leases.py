@@ -269,8 +269,9 @@ class LeaseRecords:
             return
         conn.execute(a.update().where(a.c.volume_id == vol.id).values(
             standby=a.c.host != host))
-        LOG.info('Volume %s: host %s, which took the lease, is no standby '
-                 'any more; its other attachments are', vol.name, host)
+        LOG.info('Volume %s: host %s took the lease: its attachment is no '
+                 'standby any more, the other hosts\' are standbys now',
+                 vol.name, host)
 
     def renew_lease(self, ref, holder, generation, ttl):
         t = models.volumes
