@@ -422,6 +422,18 @@ class AllInOne:
                            % BEHIND_PROXY)
 
     def start_chunkserver(self, i, wait=True):
+        info = self._chunkserver_endpoint(*self._launch_chunkserver(i))
+        if wait:
+            self.wait_servers_up({info['uuid']})
+        return info
+
+    def _chunkserver_endpoint(self, i, proc):
+        """The endpoint chunk server ``i`` (``proc``) wrote once up."""
+        return self._wait_file(os.path.join(self.cs_dir(i), 'endpoint.json'),
+                               proc, 'ursa-chunkserver %d' % i)
+
+    def _launch_chunkserver(self, i):
+        """Start chunk server ``i``: (i, its process)."""
         d = self.cs_dir(i)
         os.makedirs(d, exist_ok=True)
         own = os.path.join(d, 'chunkserver.conf')
@@ -447,11 +459,7 @@ class AllInOne:
         proc = self._spawn('cinder_ursa.cmd.chunkserver', 'cs%d.log' % i,
                            ['--config-file', own], role='cs%d' % i)
         self.cs_procs[i] = proc
-        info = self._wait_file(os.path.join(d, 'endpoint.json'), proc,
-                               'ursa-chunkserver %d' % i)
-        if wait:
-            self.wait_servers_up({info['uuid']})
-        return info
+        return i, proc
 
     def wait_servers_up(self, uuids, timeout=30.0):
         client = self.client()
@@ -516,8 +524,11 @@ class AllInOne:
     def start(self, nbd=False):
         self.write_config()
         self.start_masters()
-        uuids = {self.start_chunkserver(i, wait=False)['uuid']
-                 for i in range(self.n)}
+        # Started together, waited for together: each takes a second or
+        # so to import and bind, which they spend side by side.
+        launched = [self._launch_chunkserver(i) for i in range(self.n)]
+        uuids = {self._chunkserver_endpoint(i, proc)['uuid']
+                 for i, proc in launched}
         self.wait_servers_up(uuids)
         if nbd:
             self.start_nbd()

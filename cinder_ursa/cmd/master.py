@@ -77,9 +77,14 @@ def lease_option(url):
 
 def coordination_url(conf):
     """The tooz backend URL, with the lease as its member timeout (the
-    backend's option in LEASE_OPTIONS) and, on the backends of
-    SOCKET_TIMEOUTS, half the renew deadline as its socket timeout, unless
-    the URL sets them."""
+    backend's option in LEASE_OPTIONS), on the backends of
+    SOCKET_TIMEOUTS half the renew deadline as its socket timeout, and
+    tooz's synchronous executor, unless the URL sets them.
+
+    The elector calls tooz from a thread of its own and waits for every
+    result: tooz's executor thread would only add a second to each stop
+    of the master (its worker polls its queue once a second, and the
+    driver's stop waits for it)."""
     mc = conf.ursa_master
     url = mc.coordination_url
     if not url:
@@ -94,12 +99,16 @@ def coordination_url(conf):
             'timeout' not in urllib.parse.parse_qs(parts.query):
         url = _with_option(url, 'timeout',
                            max(1, int(mc.leader_renew_deadline / 2)))
+    if 'executor' not in urllib.parse.parse_qs(parts.query):
+        url = _with_option(url, 'executor', 'synchronous')
     return url
 
 
 def _with_option(url, name, value):
+    if not isinstance(value, str):
+        value = '%d' % value
     return url + ('&' if urllib.parse.urlsplit(url).query else '?') + \
-        '%s=%d' % (name, value)
+        '%s=%s' % (name, value)
 
 
 def server_tls(mc):

@@ -47,12 +47,27 @@ def url_for(tmp_path, coordination_url, lease=7, renew_deadline=4):
 ])
 def test_lease_goes_as_the_backends_member_timeout(tmp_path, given,
                                                    expected):
-    assert url_for(tmp_path, given) == expected
+    assert url_for(tmp_path, given) == expected + '&executor=synchronous'
+
+
+def test_tooz_runs_in_the_electors_thread_unless_told_otherwise(tmp_path):
+    """tooz's executor thread would add a second to every stop of the
+    master: the elector's own thread runs tooz's calls."""
+    f = coordination.get_coordinator(url_for(tmp_path, None), b'm')
+    f.start(start_heart=False)
+    try:
+        assert f._executor.executor.__class__.__name__ == \
+            'SynchronousExecutor'
+    finally:
+        f.stop()
+    assert url_for(tmp_path, 'redis://h?executor=threaded').endswith(
+        '?executor=threaded&membership_timeout=7&timeout=2')
 
 
 def test_default_is_a_file_backend_in_the_state_dir(tmp_path):
     url = url_for(tmp_path, None)
-    assert url == 'file://%s/coordination?timeout=7' % tmp_path
+    assert url == 'file://%s/coordination?timeout=7&executor=synchronous' \
+        % tmp_path
     assert (tmp_path / 'coordination').is_dir()
 
 
