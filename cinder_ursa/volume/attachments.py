@@ -14,6 +14,7 @@ handover: the source flushes and releases) at the first write there."""
 import time
 
 from cinder import exception as cinder_exc
+from cinder import objects
 from cinder.i18n import _
 from oslo_log import log as logging
 
@@ -35,11 +36,25 @@ def export_name(volume_name, att):
 
 
 def _attachments_of(volume):
-    """The volume's Cinder attachments (none if not loaded)."""
+    """The volume's Cinder attachments: those the volume object lists and
+    those in Cinder's database now.  The volume manager hands the driver
+    the volume as the API loaded it, before it made a live migration's
+    second attachment: the object alone lists the source's only."""
+    found = {}
     try:
-        return list(volume.volume_attachment or ())
+        for a in volume.volume_attachment or ():
+            found[a.id] = a
     except Exception:  # noqa: BLE001 - not set on this object
-        return []
+        pass
+    ctx, vid = getattr(volume, '_context', None), getattr(volume, 'id', None)
+    if ctx is not None and vid:
+        try:
+            for a in objects.VolumeAttachmentList.get_all_by_volume_id(
+                    ctx, vid):
+                found[a.id] = a
+        except Exception as e:  # noqa: BLE001 - the object's list then
+            LOG.debug('Attachments of volume %s not read: %s', vid, e)
+    return list(found.values())
 
 
 def live_migration_destination(volume, host, multiattach):

@@ -36,11 +36,15 @@ def translated(what, volume=None, snapshot=None):
         raise cinder_exc.VolumeBackendAPIException(
             data=_('%(what)s: %(err)s') % {'what': what, 'err': e}) from e
     except (exception.Conflict, exception.LeaseHeld) as e:
+        # Cinder's own messages would say "deleting ... that has
+        # snapshot(s)" whatever the conflict: Ursa's says what it is.
+        message = _('%(what)s: %(err)s') % {'what': what, 'err': e}
         if snapshot is not None:
             raise cinder_exc.SnapshotIsBusy(
-                snapshot_name=snapshot.name) from e
+                message=message, snapshot_name=snapshot.name) from e
         if volume is not None:
-            raise cinder_exc.VolumeIsBusy(volume_name=volume.name) from e
+            raise cinder_exc.VolumeIsBusy(message=message,
+                                          volume_name=volume.name) from e
         raise cinder_exc.VolumeBackendAPIException(
             data=_('%(what)s: %(err)s') % {'what': what, 'err': e}) from e
     except exception.UrsaConnectionError as e:

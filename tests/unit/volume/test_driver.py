@@ -549,6 +549,34 @@ class UrsaDriverTestCase(test.TestCase):
         self.assertFalse(att_mod.live_migration_destination(
             object(), 'dst', False))
 
+    def test_the_second_attachment_is_read_from_cinders_database(self):
+        """The volume manager hands the driver the volume as Cinder's API
+        loaded it, before it made the live migration's second attachment:
+        the object lists the source's only, Cinder's database both."""
+        from cinder_ursa.volume import attachments as att_mod
+        vm = str(uuid.uuid4())
+        v = self.volume()
+        self._cinder_attachments(v, (vm, 'src', 'attached'))
+        both = list(v.volume_attachment) + [objects.VolumeAttachment(
+            context=self.ctx, id=str(uuid.uuid4()), volume_id=v.id,
+            instance_uuid=vm, attached_host=None, attach_status='reserved')]
+        self.assertFalse(att_mod.live_migration_destination(v, 'dst', False))
+        self.mock_object(objects.VolumeAttachmentList,
+                         'get_all_by_volume_id', return_value=both)
+        self.assertTrue(att_mod.live_migration_destination(v, 'dst', False))
+
+    def test_a_conflict_says_what_it_is(self):
+        """Not Cinder's "deleting volume ... that has snapshot"."""
+        self.master.agents |= {'compute-1', 'compute-2'}
+        v = self.volume()
+        self.drv.create_volume(v)
+        self.drv.initialize_connection(v, {'host': 'compute-1'})
+        exc = self.assertRaises(cinder_exc.VolumeIsBusy,
+                                self.drv.initialize_connection, v,
+                                {'host': 'compute-2'})
+        self.assertIn('Conflict: attached to', str(exc))
+        self.assertNotIn('snapshot', str(exc))
+
     def test_unanswered_attach_and_detach(self):
         self.override_config('ursa_attach_timeout', 1, group='ursa_unit')
         v = self.volume()
