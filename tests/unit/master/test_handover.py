@@ -362,3 +362,57 @@ def test_a_handover_pending_is_rebuilt_with_its_retry_after():
     assert rest.attach('v', 'h', standby=True).body == {'host': 'h',
                                                         'standby': True}
     assert rest.attach('v', 'h').body == {'host': 'h'}
+
+
+def test_the_source_taking_the_released_lease_back_keeps_the_handover(
+        tmp_path):
+    """The source released the lease, then took it back before the
+    destination asked again (its writes that waited for the handover
+    do so at once): the destination's request stands, the source is
+    asked again, and the wait for the forced takeover is not started
+    over, or a source that keeps writing could keep the destination
+    from the lease for ever (its first write fails after io_timeout)."""
+    store = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'),
+                                    lease_handover_timeout=0.3)
+    store.upgrade()
+    try:
+        store.create_volume('vm', 16 * MiB, chunk_size=4 * MiB)
+        store.attach('vm', 'src')
+        store.acquire_lease('vm', SRC, 30)
+        store.attach('vm', 'dst', standby=True)
+        with pytest.raises(exception.HandoverPending):
+            store.acquire_lease('vm', DST, 30, handover=True)
+        store.release_lease('vm', SRC, 1)
+        assert store.acquire_lease('vm', SRC, 30, handover=True)[
+            'generation'] == 2
+        # Asked again at once.
+        assert store.get_volume('vm')['lease']['handover_to'] == DST
+        assert flags(store, 'vm') == {'src': (False, True),
+                                      'dst': (True, False)}
+        time.sleep(0.35)
+        # The timeout runs from the first ask: taken by force.
+        lease = store.acquire_lease('vm', DST, 30, handover=True)
+        assert lease['generation'] == 3
+        assert flags(store, 'vm') == {'src': (True, False),
+                                      'dst': (False, False)}
+        events = store.lease_history('vm')
+        assert [e['event'] for e in events] == [
+            'acquire', 'release', 'acquire', 'takeover', 'acquire']
+        assert lease_history.check(events, shared_ok=False) == []
+        # A request whose requester stands by no more is not kept (its
+        # host would be asked for nothing): the source, a standby now,
+        # asks; the destination is detached, so the source is the
+        # volume's attachment; migrated again, the new destination takes
+        # the free lease.
+        with pytest.raises(exception.HandoverPending):
+            store.acquire_lease('vm', SRC, 30, handover=True)
+        store.detach('vm', 'dst')
+        assert flags(store, 'vm') == {'src': (False, False)}
+        store.attach('vm', 'dst', standby=True)
+        assert store.acquire_lease('vm', DST, 30, handover=True)[
+            'generation'] == 5
+        assert store.get_volume('vm')['lease']['handover_to'] is None
+        assert flags(store, 'vm') == {'src': (True, False),
+                                      'dst': (False, False)}
+    finally:
+        store.close()
