@@ -263,3 +263,45 @@ def test_closing_during_the_acquisition_gives_the_lease_back(run):
     run(scenario())
     assert not any(x[0] == 'write' for x in log)
     assert log.count(('acquire', 1)) == log.count(('release', 1))
+
+
+def test_a_chunk_map_fetched_before_the_lease_caches_no_holes(run):
+    """A read's chunk map asked before the first write took the lease
+    (the source could still allocate chunks: they are absent in it) and
+    answered after: its absent chunks are not cached as never written,
+    which only the lease's holder may (its reads would then return
+    zeros for what the source wrote, its write_zeroes skip them)."""
+    log = []
+    m = FakeMaster(log)
+
+    async def chunk_map(vid, start, count, allocate=False):
+        await m.map_gate.wait()
+        return {'chunks': []}
+    m.chunk_map = chunk_map
+    vol = open_volume(run, m)
+
+    async def scenario():
+        m.map_gate = asyncio.Event()
+        reading = asyncio.ensure_future(vol._chunk(1, False))
+        await asyncio.sleep(0.01)
+        await vol.write(0, b'x' * 4096)
+        assert vol._held and vol.generation == 1
+        m.map_gate.set()
+        assert await reading is None
+        assert vol._map == {}
+        # Asked under the lease: the holes are cached, as ever.
+        assert await vol._chunk(1, False) is None
+        assert vol._map == {i: None for i in range(4)}
+        # And not across a hand_over and a new lease (ping-pong).
+        vol._map.clear()
+        m.map_gate.clear()
+        reading = asyncio.ensure_future(vol._chunk(1, False))
+        await asyncio.sleep(0.01)
+        assert await vol.hand_over() is True
+        await vol.write(0, b'y' * 4096)
+        assert vol._held and vol.generation == 2
+        m.map_gate.set()
+        assert await reading is None
+        assert vol._map == {}
+    run(scenario())
+    run(vol.close())
