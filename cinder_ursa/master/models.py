@@ -62,9 +62,7 @@ volumes = sa.Table(
     # first asked (master clock).  The holder's host learns it from its
     # attachment listing (release_requested) and releases; past
     # [ursa_master] lease_handover_timeout the requester takes it by
-    # force.  Cleared when the requester's host acquires the lease (not
-    # when the holder takes it back after a release: it is asked again),
-    # or the standby detached.
+    # force.  Cleared when the lease is acquired, or the standby detached.
     sa.Column('handover_to', sa.String(255), nullable=True),
     sa.Column('handover_since', sa.Double, nullable=True),
 )

@@ -191,20 +191,10 @@ class LeaseRecords:
                             else 'taken by force by %s' % holder),
                     lapsed=True)
                 gen = vol.lease_generation + 1
-                # A handover asked by a standby on another host stands
-                # (the holder's host is asked again), its wait not
-                # started over: a source that takes the lease back once
-                # it released it (its writes that waited) keeps it from
-                # the destination no longer than lease_handover_timeout.
-                keep = (vol.handover_to is not None
-                        and holder_host(vol.handover_to) !=
-                        holder_host(holder)
-                        and self._standby_asks(conn, vol, vol.handover_to))
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     lease_holder=holder, lease_generation=gen,
-                    lease_expires=now + ttl,
-                    handover_to=vol.handover_to if keep else None,
-                    handover_since=vol.handover_since if keep else None))
+                    lease_expires=now + ttl, handover_to=None,
+                    handover_since=None))
                 self._lease_event(conn, vol.id, gen, holder, events.ACQUIRE,
                                   now)
                 self._swap_standby(conn, vol, holder)
@@ -218,17 +208,6 @@ class LeaseRecords:
                  ' (forced)' if held and force else '', asked())
         return {'volume_id': vol.id, 'holder': holder, 'generation': gen,
                 'expires_at': now + ttl, 'ttl': ttl}
-
-    @staticmethod
-    def _standby_asks(conn, vol, holder):
-        """Whether ``holder``'s host has a standby attachment of ``vol``
-        that is not being detached: it may ask for a handover."""
-        a = models.attachments
-        mine = conn.execute(sa.select(a.c.standby, a.c.status).where(
-            a.c.volume_id == vol.id,
-            a.c.host == holder_host(holder))).first()
-        return (mine is not None and bool(mine.standby)
-                and mine.status != 'detaching')
 
     @staticmethod
     def _may_hand_over(conn, vol, holder):
