@@ -5,6 +5,7 @@ recorded instead of sent, with the generation it would carry."""
 
 import asyncio
 import time
+import types
 
 import pytest
 
@@ -305,3 +306,66 @@ def test_a_chunk_map_fetched_before_the_lease_caches_no_holes(run):
         assert vol._map == {}
     run(scenario())
     run(vol.close())
+
+
+def test_a_read_ticket_retried_after_a_handover_never_replaces_the_lease(
+        run):
+    """Where tickets are used, a handover goes back to a read ticket; if
+    the master could not issue it then (its failover), it is asked
+    again every second.  An answer that comes once the volume took the
+    lease again (a write: ping-pong) must not replace the lease's
+    ticket (the chunk servers would refuse its writes, and read ticket
+    renewals would fight the lease's), nor one that comes once the
+    volume is closed start renewing a ticket for ever."""
+    def volume():
+        m = FakeMaster([])
+        m.granted = []
+        m.fail = 1
+
+        async def ticket(vid, copy_up=False):
+            if m.fail:
+                m.fail -= 1
+                raise exception.Unavailable(reason='no leader yet')
+            await m.ticket_gate.wait()
+            return 'read'
+        m.ticket = ticket
+        acquire = m.acquire_lease
+
+        async def acquire_lease(*args, **kwargs):
+            lease = await acquire(*args, **kwargs)
+            return dict(lease, ticket='lease-%d' % lease['generation'])
+        m.acquire_lease = acquire_lease
+        vol = open_volume(run, m, lease='eager')
+
+        async def use_ticket(reply):
+            m.granted.append(reply)
+            vol._grant = types.SimpleNamespace(ticket=types.SimpleNamespace(
+                expires=time.time() + 60))
+        vol._use_ticket = use_ticket
+        vol.cluster.tickets = True
+        return m, vol
+
+    async def scenario(m, vol, then):
+        m.ticket_gate = asyncio.Event()
+        assert await vol.hand_over() is True
+        # The retry asks again after a second; its answer comes late.
+        await asyncio.sleep(1.1)
+        await then()
+        m.ticket_gate.set()
+        await asyncio.sleep(0.05)
+        return [t for t in asyncio.all_tasks()
+                if '_renew_ticket' in repr(t) and not t.done()]
+
+    m, vol = volume()
+
+    async def write_again():
+        await vol.write(0, b'z' * 4096)
+    renewing = run(scenario(m, vol, write_again))
+    assert vol._held and m.granted[-1] == 'lease-2', m.granted
+    assert not renewing
+    run(vol.close())
+
+    m, vol = volume()
+    renewing = run(scenario(m, vol, vol.close))
+    assert vol.closed and m.granted == [], m.granted
+    assert not renewing
