@@ -28,11 +28,17 @@ class ChunkMap:
                 info = self._map[index]
                 if info is not None or not allocate:
                     return info
+            # The lease a window of the map is asked under (None: not
+            # held): one asked before it was taken (on-write, a handover)
+            # may miss chunks the previous holder allocated since.  (An
+            # allocation's reply has its chunk.)
+            under = None
             if allocate:
                 start, count = index, 1
             else:
                 start = index - index % MAP_WINDOW
                 count = min(MAP_WINDOW, self.layout.chunks - start)
+                under = self.generation if self._held else None
             reply = await self.cluster.master.chunk_map(
                 self.id, start, count, allocate)
             if 'slow_servers' in reply:
@@ -44,9 +50,11 @@ class ChunkMap:
                 if i in found:
                     self._map[i] = found[i]
                     self._map_at[i] = now
-                elif self._held and i not in self._map:
-                    # We are the only writer (we hold the lease): absence
-                    # stays true until we allocate it ourselves.
+                elif (under is not None and self._held and
+                      self.generation == under and i not in self._map):
+                    # We are the only writer (we held the lease when the
+                    # map was asked, and still do): absence stays true
+                    # until we allocate it ourselves.
                     self._map[i] = None
             return found.get(index)
 

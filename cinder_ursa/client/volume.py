@@ -375,17 +375,28 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         return True
 
     async def _retry_read_ticket(self):
+        """The read ticket a hand_over could not get, asked every second
+        as ``_ticket_task`` (so taking the lease again, or closing,
+        cancels it: a late answer must not replace the lease's ticket,
+        nor start renewals of a closed volume's), then renewed."""
         while True:
             await asyncio.sleep(1.0)
             if self.closed or self._held:
                 return
             try:
-                self._ticket_task = None    # _read_ticket replaces it
-                await self._read_ticket()
-                return
+                reply = await self.cluster.master.ticket(self.id, False)
+                if self.closed or self._held:
+                    return
+                await self._use_ticket(reply)
             except exception.UrsaError as e:
                 LOG.warning('Volume %s: no read ticket yet (%s); retrying',
                             self.name, e)
+                continue
+            if self.closed or self._held:
+                return
+            self._ticket_task = asyncio.get_running_loop().create_task(
+                self._renew_ticket(False))
+            return
 
     async def _renew(self, ttl):
         while True:

@@ -151,7 +151,18 @@ class Attachments(DriverPart):
                 return
             time.sleep(0.2)
         # The host did not let go: fence it, so it can never write again.
-        self._master.revoke_lease(volume.name)
+        # The master's detach revokes the lease a client of that host
+        # holds (generation + 1, pushed to the chunk servers).  Revoking
+        # the volume's lease whoever holds it would fence another host
+        # still attached: a live migration's other side (the source a
+        # rolled back migration leaves running, the destination once the
+        # source is detached).  A multiattach volume's shared lease
+        # outlives a detach: revoked as a whole, as before.
+        others = [a['host'] for a in self._master.attachments(volume.name)
+                  if a['host'] != host]
+        if not others or self._master.volume(volume.name).get(
+                'multiattach'):
+            self._master.revoke_lease(volume.name)
         self._master.detach(volume.name, host)
         LOG.warning('Host %(host)s did not release volume %(vol)s within '
                     '%(t)d s: its lease was revoked (fenced)',

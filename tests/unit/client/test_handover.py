@@ -5,6 +5,7 @@ recorded instead of sent, with the generation it would carry."""
 
 import asyncio
 import time
+import types
 
 import pytest
 
@@ -263,3 +264,108 @@ def test_closing_during_the_acquisition_gives_the_lease_back(run):
     run(scenario())
     assert not any(x[0] == 'write' for x in log)
     assert log.count(('acquire', 1)) == log.count(('release', 1))
+
+
+def test_a_chunk_map_fetched_before_the_lease_caches_no_holes(run):
+    """A read's chunk map asked before the first write took the lease
+    (the source could still allocate chunks: they are absent in it) and
+    answered after: its absent chunks are not cached as never written,
+    which only the lease's holder may (its reads would then return
+    zeros for what the source wrote, its write_zeroes skip them)."""
+    log = []
+    m = FakeMaster(log)
+
+    async def chunk_map(vid, start, count, allocate=False):
+        await m.map_gate.wait()
+        return {'chunks': []}
+    m.chunk_map = chunk_map
+    vol = open_volume(run, m)
+
+    async def scenario():
+        m.map_gate = asyncio.Event()
+        reading = asyncio.ensure_future(vol._chunk(1, False))
+        await asyncio.sleep(0.01)
+        await vol.write(0, b'x' * 4096)
+        assert vol._held and vol.generation == 1
+        m.map_gate.set()
+        assert await reading is None
+        assert vol._map == {}
+        # Asked under the lease: the holes are cached, as ever.
+        assert await vol._chunk(1, False) is None
+        assert vol._map == {i: None for i in range(4)}
+        # And not across a hand_over and a new lease (ping-pong).
+        vol._map.clear()
+        m.map_gate.clear()
+        reading = asyncio.ensure_future(vol._chunk(1, False))
+        await asyncio.sleep(0.01)
+        assert await vol.hand_over() is True
+        await vol.write(0, b'y' * 4096)
+        assert vol._held and vol.generation == 2
+        m.map_gate.set()
+        assert await reading is None
+        assert vol._map == {}
+    run(scenario())
+    run(vol.close())
+
+
+def test_a_read_ticket_retried_after_a_handover_never_replaces_the_lease(
+        run):
+    """Where tickets are used, a handover goes back to a read ticket; if
+    the master could not issue it then (its failover), it is asked
+    again every second.  An answer that comes once the volume took the
+    lease again (a write: ping-pong) must not replace the lease's
+    ticket (the chunk servers would refuse its writes, and read ticket
+    renewals would fight the lease's), nor one that comes once the
+    volume is closed start renewing a ticket for ever."""
+    def volume():
+        m = FakeMaster([])
+        m.granted = []
+        m.fail = 1
+
+        async def ticket(vid, copy_up=False):
+            if m.fail:
+                m.fail -= 1
+                raise exception.Unavailable(reason='no leader yet')
+            await m.ticket_gate.wait()
+            return 'read'
+        m.ticket = ticket
+        acquire = m.acquire_lease
+
+        async def acquire_lease(*args, **kwargs):
+            lease = await acquire(*args, **kwargs)
+            return dict(lease, ticket='lease-%d' % lease['generation'])
+        m.acquire_lease = acquire_lease
+        vol = open_volume(run, m, lease='eager')
+
+        async def use_ticket(reply):
+            m.granted.append(reply)
+            vol._grant = types.SimpleNamespace(ticket=types.SimpleNamespace(
+                expires=time.time() + 60))
+        vol._use_ticket = use_ticket
+        vol.cluster.tickets = True
+        return m, vol
+
+    async def scenario(m, vol, then):
+        m.ticket_gate = asyncio.Event()
+        assert await vol.hand_over() is True
+        # The retry asks again after a second; its answer comes late.
+        await asyncio.sleep(1.1)
+        await then()
+        m.ticket_gate.set()
+        await asyncio.sleep(0.05)
+        return [t for t in asyncio.all_tasks()
+                if '_renew_ticket' in repr(t) and not t.done()]
+
+    m, vol = volume()
+
+    async def write_again():
+        await vol.write(0, b'z' * 4096)
+    renewing = run(scenario(m, vol, write_again))
+    assert vol._held and m.granted[-1] == 'lease-2', m.granted
+    assert not renewing
+    run(vol.close())
+
+    m, vol = volume()
+    renewing = run(scenario(m, vol, vol.close))
+    assert vol.closed and m.granted == [], m.granted
+    assert not renewing

@@ -522,6 +522,43 @@ class UrsaDriverTestCase(test.TestCase):
         self.assertEqual(['compute-2'], [
             a['host'] for a in self.master.attachments(v.name)])
 
+    def test_a_silent_hosts_detach_revokes_no_other_hosts_lease(self):
+        """A live migration's two hosts: detaching the one whose agent
+        does not answer must not revoke the volume's lease, which the
+        other host holds (a rollback whose destination died would fence
+        the source still running the guest; the end of a migration
+        whose source hangs, the destination).  The master's detach
+        revokes the lease of the host it detaches, if it holds it."""
+        self.override_config('ursa_attach_timeout', 1, group='ursa_unit')
+        self.master.agents |= {'compute-2'}
+        vm = str(uuid.uuid4())
+        v = self.volume()
+        self.drv.create_volume(v)
+        self._cinder_attachments(v, (vm, None, 'attaching'))
+        self.drv.initialize_connection(v, {'host': 'compute-1'})
+        self._cinder_attachments(v, (vm, 'compute-1', 'attached'),
+                                 (vm, None, 'attaching'))
+        self.drv.initialize_connection(v, {'host': 'compute-2'})
+        vol = self.master.vols[self.master.volume(v.name)['id']]
+        # Rolled back, the destination's agent gone silent.
+        self.master.agents.discard('compute-2')
+        self.drv.terminate_connection(v, {'host': 'compute-2'})
+        self.assertEqual(['compute-1'], [
+            a['host'] for a in self.master.attachments(v.name)])
+        self.assertNotIn('revoked', vol)
+        # Migrated again, and done: the source hangs at its detach.
+        self.master.agents |= {'compute-2'}
+        self.drv.initialize_connection(v, {'host': 'compute-2'})
+        self.master.agents.discard('compute-1')
+        self.drv.terminate_connection(v, {'host': 'compute-1'})
+        self.assertEqual(['compute-2'], [
+            a['host'] for a in self.master.attachments(v.name)])
+        self.assertNotIn('revoked', vol)
+        # Alone, a silent host's lease is revoked as before.
+        self.master.agents.discard('compute-2')
+        self.drv.terminate_connection(v, {'host': 'compute-2'})
+        self.assertTrue(vol['revoked'])
+
     def test_which_attachments_are_a_live_migration(self):
         from cinder_ursa.volume import attachments as att_mod
         vm, other = str(uuid.uuid4()), str(uuid.uuid4())
