@@ -7,6 +7,11 @@ does.  After a failure it goes on trying (the next block each time), so
 the journal shows every write refused after a fence.
 
     python -m tests.e2e.guest_writer PATH JOURNAL [--first N] [--interval S]
+        [--wait-for FILE]
+
+With ``--wait-for`` it opens PATH, then waits for FILE to exist before
+its first write: a live migration's destination, whose guest starts at
+the switchover.
 
 Block ``k`` lies at offset ``k * 4096``.  Journal lines:
 ``k t_start t_written t_synced result``, result ``ok`` or ``write:ERRNO``
@@ -75,7 +80,7 @@ def _errname(e):
     return errno.errorcode.get(e.errno, str(e.errno))
 
 
-def run(path, journal, first, interval):
+def run(path, journal, first, interval, wait_for=None):
     # Each open, each write and each result straight to the journal's
     # page cache (line-buffered): a SIGKILL of this process loses none.
     out = open(journal, 'a', buffering=1)
@@ -83,6 +88,10 @@ def run(path, journal, first, interval):
     k = first
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    if wait_for:
+        fd = os.open(path, os.O_RDWR)
+        while not stop and not os.path.exists(wait_for):
+            time.sleep(0.002)
     while not stop:
         t0 = time.time()
         t1 = t2 = t0
@@ -119,10 +128,13 @@ def main(argv=None):
     p.add_argument('--first', type=int, default=256,
                    help='First block number (default 256: after the first '
                         'MiB, where the image lies).')
+    p.add_argument('--wait-for', metavar='FILE',
+                   help='Open PATH, then wait for FILE before writing.')
     p.add_argument('--interval', type=float, default=0.02,
                    help='Seconds between two writes.')
     args = p.parse_args(argv)
-    return run(args.path, args.journal, args.first, args.interval)
+    return run(args.path, args.journal, args.first, args.interval,
+               args.wait_for)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@ nova-ha-evacuators that fence through the Ursa master.
 
 Traps handled here: Nova 34 ships no nova-api script (``wsgi_serve``
 serves its WSGI app); placement-manage needs ``--config-file``;
-``FakeDriverWithoutFakeNodes`` with one ``state_path`` per compute, so a
+``FakeDriverWithoutFakeNodes`` (here extended with guests that write:
+tests/e2e/virt/ursa_guest.py) with one ``state_path`` per compute, so a
 compute can restart as the same node; the Neutron ports API must answer;
 evacuation at microversion 2.94 (2.95 brings servers back SHUTOFF); and
 Nova deletes the old volume attachment during an evacuation with a
@@ -46,6 +47,8 @@ class Nova:
         self.stubs = stubs
         self.computes = ['compute%d' % i for i in range(1, computes + 1)]
         self.procs = {}
+        # The guests' journals and pid files (tests/e2e/virt/ursa_guest.py).
+        self.guest_dir = os.path.join(base, 'guests')
         self.api_port = free_port()
         self.placement_port = free_port()
         self.api_db, self.cell0_db, self.cell1_db, self.placement_db = (
@@ -64,6 +67,7 @@ class Nova:
         b = self.base
         ks = self.keystone
         os.makedirs(os.path.join(b, 'log'), exist_ok=True)
+        os.makedirs(self.guest_dir, exist_ok=True)
         with open(os.path.join(b, 'placement.conf'), 'w') as f:
             f.write('[DEFAULT]\ndebug = False\n[api]\n'
                     'auth_strategy = keystone\n[placement_database]\n'
@@ -72,7 +76,7 @@ class Nova:
         with open(os.path.join(b, 'nova.conf'), 'w') as f:
             f.write(f'''[DEFAULT]
 transport_url = {self.transport_url}
-compute_driver = fake.FakeDriverWithoutFakeNodes
+compute_driver = ursa_guest.UrsaGuestDriver
 state_path = {b}/state
 my_ip = 127.0.0.1
 host = controller
@@ -137,6 +141,7 @@ ovsdb_connection =
         return dict(os.environ, OS_NOVA_CONFIG_DIR=self.base,
                     OS_NOVA_CONFIG_FILES='api-paste.ini;nova.conf',
                     OS_PLACEMENT_CONFIG_DIR=self.base,
+                    URSA_GUEST_DIR=self.guest_dir,
                     PYTHONPATH=harness.ROOT)
 
     def _manage(self, *args):
@@ -209,9 +214,33 @@ ovsdb_connection =
 
     def start_compute(self, name):
         self._spawn(name, [
-            os.path.join(VENV_BIN, 'nova-compute'), '--config-file',
+            sys.executable, '-m', 'tests.e2e.nova_compute', '--config-file',
             os.path.join(self.base, 'nova.conf'), '--config-file',
             os.path.join(self.base, '%s.conf' % name)])
+
+    def guest_journal(self, server_id, volume_id, host):
+        """The journal of the guest writer of a server's volume on a
+        host (it may not exist yet)."""
+        return os.path.join(self.guest_dir, '%s.%s.%s.journal' % (
+            server_id, volume_id, host))
+
+    def guest_pids(self, host):
+        """{(server id, volume id): pid} of the guest writers running on
+        ``host``."""
+        d = os.path.join(self.guest_dir, host)
+        out = {}
+        for name in os.listdir(d) if os.path.isdir(d) else []:
+            sid, vid, ext = name.split('.')
+            pid = int(open(os.path.join(d, name)).read())
+            if ext == 'pid' and _writer_alive(pid):
+                out[(sid, vid)] = pid
+        return out
+
+    def kill_guests(self):
+        """SIGKILL every guest writer (a test's cleanup)."""
+        for c in self.computes:
+            for pid in self.guest_pids(c).values():
+                os.kill(pid, signal.SIGKILL)
 
     def kill(self, name):
         p = self.procs.pop(name)
@@ -262,6 +291,17 @@ ovsdb_connection =
                     ln or 'Error' in ln]
             out.append('== %s\n%s' % (name, '\n'.join(errs[-n:])))
         return '\n'.join(out)
+
+
+def _writer_alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            argv = f.read()
+    except (OSError, IndexError):
+        return False
+    return state != 'Z' and b'tests.e2e.guest_writer' in argv
 
 
 class HA:

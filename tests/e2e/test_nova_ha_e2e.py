@@ -15,12 +15,22 @@ the fence on, every write of compute1's guests is refused, the instances
 come back ACTIVE on compute2 and compute3 with their volumes attached
 there, and the new hosts read every block acknowledged before the fence
 and none after it.  compute1 returns and stays disabled and fenced until
-``nova-ha host enable``, after Nova cleaned up; nothing runs twice."""
+``nova-ha host enable``, after Nova cleaned up (it destroys the stale
+guests itself); nothing runs twice.
+
+Then the maintenance story: live migrations of an instance between the
+two other hosts while its guest writes: the volume's write lease hands
+over at the switchover with no I/O error on either side, every block the
+source wrote reads back on the destination, and the write pause the guest
+sees is printed; an aborted migration and one the destination refuses
+roll back with the guest writing on, untouched.
+
+The guests are the fake hypervisor's (tests/e2e/virt/ursa_guest.py): a
+writer per volume, started by Nova's spawn through the path os-brick's
+connector returned, stopped by its destroy."""
 
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -69,16 +79,15 @@ class Story:
         self.workdir = workdir
         self.volumes = {}       # server name -> Cinder volume id
         self.servers = {}       # server name -> Nova server id
-        self.guests = {}        # server name -> writer process
-        self.journals = {}      # server name -> journal path
 
     def run(self):
         self.boot()
-        self.start_guests()
+        self.guests_write()
         t_kill, t_fence, t_fenced, t_active = self.kill_and_evacuate()
         self.check_storage_fence(t_fenced)
         self.check_data(t_fenced)
         self.host_returns()
+        self.live_migrations()
         self.clean_up()
         self.say('e2e story: compute1 killed -> fenced at the Ursa master '
                  '%.1f s -> 3 HA instances ACTIVE elsewhere %.1f s (Nova '
@@ -117,24 +126,19 @@ class Story:
                                     if h['state'] == 'ok']) == 3, 60,
                        'nova_ha sees three healthy hosts')
 
-    # 2. A guest per volume, writing through compute1's attachment.
-    def start_guests(self):
-        for name, vid in self.volumes.items():
+    # 2. A guest per volume, writing through compute1's attachment: the
+    # fake hypervisor's, started with the server.
+    def guests_write(self):
+        for vid in self.volumes.values():
             path = self.device_path(vid)
             assert path.startswith(
                 self.stack.attach.mount_dir(VICTIM) + os.sep), path
-            self.journals[name] = os.path.join(self.workdir,
-                                               name + '.journal')
-            log = open(os.path.join(self.workdir, name + '.log'), 'ab')
-            # A session of its own: it outlives nova-compute's group.
-            self.guests[name] = subprocess.Popen(
-                [sys.executable, '-m', 'tests.e2e.guest_writer', path,
-                 self.journals[name]], cwd=harness.ROOT, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+        self.nova.wait(lambda: len(self.nova.guest_pids(VICTIM)) == 3, 60,
+                       'a guest writer per volume on compute1')
         self.nova.wait(lambda: all(
-            len(self.journal(n).synced()) >= BEFORE for n in self.guests),
+            len(self.journal(n).synced()) >= BEFORE for n in self.volumes),
             60, '%d acknowledged and synced writes per guest' % BEFORE)
-        for name in self.guests:
+        for name in self.volumes:
             assert not self.journal(name).failed(), self.journal(name)
 
     def device_path(self, vid):
@@ -150,8 +154,9 @@ class Story:
         conn = connector.InitiatorConnector.factory('LOCAL', None)
         return conn.connect_volume(info)['path']
 
-    def journal(self, name):
-        return guest_writer.Journal(self.journals[name])
+    def journal(self, name, host=VICTIM):
+        return guest_writer.Journal(self.nova.guest_journal(
+            self.servers[name], self.volumes[name], host))
 
     # 3 and 4. compute1 dies to Nova and nova_ha, not to the storage.
     def kill_and_evacuate(self):
@@ -215,11 +220,11 @@ class Story:
         """``t_fenced``: when the Ursa fence had returned (the chunk
         servers told)."""
         self.nova.wait(lambda: all(
-            len(self.journal(n).failed()) >= REFUSED for n in self.guests),
+            len(self.journal(n).failed()) >= REFUSED for n in self.volumes),
             60, '%d refused writes per guest after the fence' % REFUSED)
         host = self.ursa.client().host(VICTIM)
         assert host['fenced'] and host['live_leases'] == 0, host
-        for name in self.guests:
+        for name in self.volumes:
             entries = self.journal(name).entries
             first_failure = next(i for i, e in enumerate(entries)
                                  if e[4] != 'ok')
@@ -262,20 +267,38 @@ class Story:
                     else:
                         assert zero or guest_writer.numbered(data) == k, (
                             name, k, result, 'neither old nor new')
-            r = subprocess.run([os.path.join(harness.VENV_BIN, 'ursa'),
-                                'volume', 'check', 'volume-' + vid, '--deep',
-                                '-f', 'json'], env=env, capture_output=True,
-                               text=True, timeout=300)
+            # The guest runs on there, with no I/O error.
+            self.nova.wait(lambda n=name, h=host: len(self.journal(
+                n, h).synced()) >= BEFORE, 60, '%s writing on %s' % (
+                name, host))
+            assert not self.journal(name, host).failed(), name
+            # Paused (its writes stopped) while the replicas are compared.
+            self.server_action(name, 'pause', 'PAUSED')
+            try:
+                r = subprocess.run(
+                    [os.path.join(harness.VENV_BIN, 'ursa'), 'volume',
+                     'check', 'volume-' + vid, '--deep', '-f', 'json'],
+                    env=env, capture_output=True, text=True, timeout=300)
+            finally:
+                self.server_action(name, 'unpause', 'ACTIVE')
             assert r.returncode == 0 and r.stdout.strip() == '[]', (
                 r.stdout, r.stderr)
 
+    def server_action(self, name, action, status):
+        self.nova.api('POST', '/servers/%s/action' % self.servers[name],
+                      {action: None})
+        self.nova.wait(lambda: self.by_name()[name]['status'] == status,
+                       60, '%s %s' % (name, status))
+
     # 6. compute1 returns; an operator puts it back in service.
     def host_returns(self):
-        # The guests die with their host (a returning nova-compute would
-        # destroy them: they belong to evacuated instances).
-        self.stop_guests()
+        # Its guests still run (and are refused): nova-compute, back,
+        # destroys them, as they belong to evacuated instances.
+        assert len(self.nova.guest_pids(VICTIM)) == 3
         self.nova.start_compute(VICTIM)
         self.ha.start_agent(VICTIM)
+        self.nova.wait(lambda: not self.nova.guest_pids(VICTIM), 60,
+                       'compute1\'s stale guests destroyed by Nova')
         self.nova.wait(lambda: {h['host']: h for h in self.ha.cli(
             'host', 'list')}[VICTIM]['state'] == 'returned', 60,
             'compute1 returned')
@@ -316,6 +339,150 @@ class Story:
             assert history[-1]['event'] == 'acquire', history
             assert history[-1]['holder'] == 'ursa-attach@' + host, history
 
+    # 8. Maintenance: live migrations while the guests write.
+    def live_migrations(self):
+        hosts = set(self.nova.computes) - {VICTIM}
+        s = self.by_name()
+        name = 'db'
+        src = s[name]['OS-EXT-SRV-ATTR:host']
+        [dest] = hosts - {src}
+        client = self.ursa.client()
+        ref = 'volume-' + self.volumes[name]
+        since = len(client.lease_history(ref))
+        self.live_migrate(name, dest, 'completed')
+        # The source's guest was stopped at the switchover, every write
+        # acknowledged; the destination's wrote on from there.
+        assert (self.servers[name], self.volumes[name]) not in \
+            self.nova.guest_pids(src)
+        before = self.journal(name, src)
+        assert not before.failed(), before.failed()
+        self.nova.wait(lambda: len(self.journal(name, dest).synced())
+                       >= BEFORE, 60, '%s writing on %s' % (name, dest))
+        after = self.journal(name, dest)
+        assert not after.failed(), after.failed()
+        switchover = float(open(os.path.join(
+            self.nova.guest_dir, self.servers[name] + '.switchover')).read())
+        first = after.entries[0]
+        assert first[1] >= switchover, (first, switchover)
+        # The pause the guest sees: from the switchover (it runs on the
+        # destination) to its first write acknowledged there, the lease
+        # handed over meanwhile.
+        pause = first[2] - switchover
+        gap = first[3] - before.entries[-1][3]
+        # The destination reads every block the source wrote.
+        path = self.device_path(self.volumes[name])
+        assert path.startswith(self.stack.attach.mount_dir(dest)), path
+        with open(path, 'rb') as f:
+            for k, *_ in before.entries:
+                f.seek(k * guest_writer.BLOCK)
+                assert guest_writer.numbered(f.read(guest_writer.BLOCK)) \
+                    == k, (name, k, 'written on %s, not read on %s'
+                           % (src, dest))
+        assert [a['host'] for a in client.attachments(ref)] == [dest]
+        [att] = self.osc('volume', 'show', self.volumes[name])['attachments']
+        assert att['host_name'] == dest, att
+        # One writer at a time: the source let the lease go (handed over,
+        # or released when Nova detached it there), nobody took it by
+        # force, and the destination holds it.
+        history = client.lease_history(ref)
+        assert lease_history.check(history, shared_ok=False) == [], history
+        new = history[since:]
+        assert not [e for e in new if e['event'] in (
+            'takeover', 'revoke', 'fence', 'expire')], new
+        assert [e['event'] for e in new
+                if e['holder'] == 'ursa-attach@' + src] == ['release'], new
+        assert (new[-1]['event'], new[-1]['holder']) == (
+            'acquire', 'ursa-attach@' + dest), new
+        self.say('e2e live migration %s -> %s: the guest\'s write pause at '
+                 'the switchover %.3f s (switchover -> first write '
+                 'acknowledged on the destination); %.3f s between the last '
+                 'fsync on the source and the first on the destination'
+                 % (src, dest, pause, gap))
+        self.migration_rolls_back('web', 'abort')
+        self.migration_rolls_back('batch', 'refused')
+
+    def migration_rolls_back(self, name, how):
+        """A live migration aborted during its memory copy, or refused by
+        the destination: the guest stays and writes on, untouched."""
+        sid, vid = self.servers[name], self.volumes[name]
+        src = self.by_name()[name]['OS-EXT-SRV-ATTR:host']
+        [dest] = set(self.nova.computes) - {VICTIM, src}
+        client = self.ursa.client()
+        ref = 'volume-' + vid
+        since = len(client.lease_history(ref))
+        meta = ({'guest_migration_seconds': '60'} if how == 'abort' else
+                {'guest_fail_pre_live_migration': 'true'})
+        self.nova.api('POST', '/servers/%s/metadata' % sid,
+                      {'metadata': meta})
+        if how == 'abort':
+            mig = self.start_live_migration(name, dest)
+            self.nova.wait(lambda: self.migration(mig['id'])['status'] ==
+                           'running', 60, 'migration of %s running' % name)
+            # The destination's guest waits, its disk open there.
+            self.nova.wait(lambda: (sid, vid) in self.nova.guest_pids(dest),
+                           30, '%s\'s guest waiting on %s' % (name, dest))
+            assert sorted(a['host'] for a in client.attachments(ref)) == \
+                sorted([src, dest])
+            self.nova.api('DELETE', '/servers/%s/migrations/%d' % (
+                sid, mig['id']))
+            status = 'cancelled'
+        else:
+            mig = self.start_live_migration(name, dest)
+            status = 'error'
+        self.nova.wait(lambda: self.migration(mig['id'])['status'] == status,
+                       60, 'migration of %s %s' % (name, status))
+        self.nova.wait(lambda: (
+            self.by_name()[name]['status'] == 'ACTIVE' and
+            self.by_name()[name]['OS-EXT-STS:task_state'] is None), 60,
+            '%s ACTIVE again' % name)
+        assert self.by_name()[name]['OS-EXT-SRV-ATTR:host'] == src
+        self.nova.wait(lambda: [a['host'] for a in client.attachments(ref)]
+                       == [src], 60, '%s attached to %s only' % (name, src))
+        assert (sid, vid) not in self.nova.guest_pids(dest)
+        n = len(self.journal(name, src).synced())
+        self.nova.wait(lambda: len(self.journal(name, src).synced()) >= n + 10,
+                       30, '%s writing on after the rollback' % name)
+        assert not self.journal(name, src).failed()
+        assert not self.journal(name, dest).entries
+        # The lease never moved.
+        assert client.lease_history(ref)[since:] == []
+        self.nova.api('DELETE', '/servers/%s/metadata/%s' % (
+            sid, next(iter(meta))))
+
+    def start_live_migration(self, name, dest):
+        sid = self.servers[name]
+        self.nova.api('POST', '/servers/%s/action' % sid, {
+            'os-migrateLive': {'host': dest, 'block_migration': 'auto'}})
+        found = []
+
+        def started():
+            found[:] = self.nova.api(
+                'GET', '/os-migrations?migration_type=live-migration&'
+                'instance_uuid=%s' % sid)['migrations']
+            return bool(found)
+        self.nova.wait(started, 30, 'the migration of %s recorded' % name)
+        return max(found, key=lambda m: m['id'])
+
+    def migration(self, mid):
+        return next(m for m in self.nova.api(
+            'GET', '/os-migrations?migration_type=live-migration')[
+            'migrations'] if m['id'] == mid)
+
+    def live_migrate(self, name, dest, status):
+        mig = self.start_live_migration(name, dest)
+        try:
+            self.nova.wait(lambda: self.migration(mig['id'])['status'] ==
+                           status, 120, 'live migration of %s %s' % (
+                               name, status))
+        except AssertionError:
+            print(self.migration(mig['id']), self.by_name()[name])
+            raise
+        self.nova.wait(lambda: (
+            self.by_name()[name]['status'] == 'ACTIVE' and
+            self.by_name()[name]['OS-EXT-SRV-ATTR:host'] == dest), 60,
+            '%s ACTIVE on %s' % (name, dest))
+        return mig
+
     def clean_up(self):
         for sid in self.servers.values():
             self.nova.api('DELETE', '/servers/%s' % sid)
@@ -329,17 +496,15 @@ class Story:
         return {s['name']: s for s in self.nova.servers()}
 
     def stop_guests(self):
-        for p in self.guests.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        self.nova.kill_guests()
 
     def diagnostics(self):
-        for name, path in self.journals.items():
-            if os.path.exists(path):
-                entries = guest_writer.Journal(path).entries
-                yield '== guest %s: %d entries; last: %s' % (
-                    name, len(entries), entries[-5:])
+        for name in self.volumes:
+            for host in self.nova.computes:
+                entries = self.journal(name, host).entries
+                if entries:
+                    yield '== guest %s on %s: %d entries; last: %s' % (
+                        name, host, len(entries), entries[-5:])
 
 
 def _wait_volume(osc, vid, status, timeout=180):
