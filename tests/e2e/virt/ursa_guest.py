@@ -29,7 +29,8 @@ copy (``guest_migration_seconds`` of the instance's metadata, default 1),
 then stops them (each ends its write and fsync: the guest paused and its
 disks flushed) and makes the switchover file, on which the destination's
 writers write on.  An abort during the copy (``live_migration_abort``)
-rolls back with the source's writers untouched.  Metadata
+stops the destination's waiting writers (as libvirt ends the incoming
+QEMU) and rolls back with the source's writers untouched.  Metadata
 ``guest_fail_pre_live_migration`` makes the destination refuse the
 migration (a destination failure).
 
@@ -99,26 +100,27 @@ class UrsaGuestDriver(fake.FakeDriverWithoutFakeNodes):
 
     # --- the writers -----------------------------------------------------
 
-    def _pid_dir(self):
-        d = os.path.join(guest_dir(), self._host)
+    def _pid_dir(self, host=None):
+        d = os.path.join(guest_dir(), host or self._host)
         os.makedirs(d, exist_ok=True)
         return d
 
-    def _writers(self, instance_uuid=None):
-        """{(instance, volume): pid} of the writers running on this
-        host."""
+    def _writers(self, instance_uuid=None, host=None):
+        """{(instance, volume): pid} of the writers running on this host
+        (or ``host``)."""
         out = {}
-        for name in os.listdir(self._pid_dir()):
+        host = host or self._host
+        for name in os.listdir(self._pid_dir(host)):
             parts = name.split('.')
             if len(parts) != 3 or parts[2] != 'pid' or (
                     instance_uuid and parts[0] != instance_uuid):
                 continue
-            path = os.path.join(self._pid_dir(), name)
+            path = os.path.join(self._pid_dir(host), name)
             try:
                 pid = int(open(path).read())
             except (OSError, ValueError):
                 continue
-            if alive(pid, journal_path(parts[0], parts[1], self._host)):
+            if alive(pid, journal_path(parts[0], parts[1], host)):
                 out[(parts[0], parts[1])] = pid
             else:
                 os.unlink(path)
@@ -152,16 +154,18 @@ class UrsaGuestDriver(fake.FakeDriverWithoutFakeNodes):
                      vid, ' (waiting for the switchover)' if wait_for
                      else '', instance=instance)
 
-    def _stop_writers(self, instance_uuid, timeout=10.0):
-        """End the writers of an instance on this host: each finishes its
-        write and fsync (SIGTERM), or is killed after ``timeout``."""
-        pids = self._writers(instance_uuid)
+    def _stop_writers(self, instance_uuid, host=None, timeout=10.0):
+        """End the writers of an instance on this host (or ``host``):
+        each finishes its write and fsync (SIGTERM), or is killed after
+        ``timeout``."""
+        host = host or self._host
+        pids = self._writers(instance_uuid, host)
         for pid in pids.values():
             os.kill(pid, signal.SIGCONT)    # a paused guest stops too
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for (iid, vid), pid in pids.items():
-            journal = journal_path(iid, vid, self._host)
+            journal = journal_path(iid, vid, host)
             while alive(pid, journal) and time.monotonic() < deadline:
                 p = self._children.get(pid)
                 if p is not None:
@@ -173,7 +177,7 @@ class UrsaGuestDriver(fake.FakeDriverWithoutFakeNodes):
             if p is not None:
                 p.wait()
             try:
-                os.unlink(os.path.join(self._pid_dir(), '%s.%s.pid' % (
+                os.unlink(os.path.join(self._pid_dir(host), '%s.%s.pid' % (
                     iid, vid)))
             except FileNotFoundError:
                 pass
@@ -247,7 +251,12 @@ class UrsaGuestDriver(fake.FakeDriverWithoutFakeNodes):
         while time.monotonic() < deadline:
             if instance.uuid in self._aborted:
                 self._aborted.discard(instance.uuid)
-                LOG.info('Live migration aborted during the copy',
+                # As libvirt does, the guest waiting on the destination
+                # goes (with a shared instance path Nova does not call
+                # the destination's rollback).
+                n = self._stop_writers(instance.uuid, host=dest)
+                LOG.info('Live migration aborted during the copy: %d '
+                         'writer(s) waiting on %s stopped', n, dest,
                          instance=instance)
                 recover_method(context, instance, dest, migrate_data,
                                migration_status='cancelled')
