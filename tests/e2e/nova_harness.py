@@ -323,6 +323,8 @@ class HA:
         self.procs = {}
         self.conf = os.path.join(base, 'nova-ha.conf')
         self.fence_log = os.path.join(base, 'fenced')
+        # tooz: the file backend, or another one (switch_backend).
+        self.backend_url = 'file://%s/coord?timeout=3' % base
 
     def write_config(self):
         os.makedirs(self.base, exist_ok=True)
@@ -337,12 +339,16 @@ class HA:
             # (the chunk servers were told), so TIME bounds that.
             f.write('import sys, time\nopen(%r, "a").write("%%s %%f\\n" %% '
                     '(sys.argv[1], time.time()))\n' % self.fence_log)
+        # The story's second host failure comes a minute or two after
+        # the first: a mass-failure window of 30 s keeps them apart (with
+        # the default 300 s, two of three hosts failing would pause the
+        # evacuator for an operator, rightly).
         with open(self.conf, 'w') as f:
             f.write(f'''[DEFAULT]
 state_path = {self.base}
 
 [coordination]
-backend_url = file://{self.base}/coord?timeout=3
+backend_url = {self.backend_url}
 heartbeat_interval = 0.5
 
 [agent]
@@ -353,6 +359,7 @@ check_storage = False
 connection = {self.db_url}
 poll_interval = 0.5
 grace_period = 2
+mass_failure_window = 30
 use_ursa_fencing = True
 fence_command = {sys.executable} {fence} {{host}}
 
@@ -379,6 +386,20 @@ principal_key_file = {key_file}
         for name in self.EVACUATORS:
             self.start_evacuator(name)
         return self
+
+    def switch_backend(self, url):
+        """Every agent and evacuator stopped, then started again on the
+        tooz backend ``url`` (the agents of the hosts whose nova-compute
+        runs)."""
+        stop_processes(self.procs.values())
+        self.procs.clear()
+        self.backend_url = url
+        self.write_config()
+        for c in self.nova.computes:
+            if c in self.nova.procs:
+                self.start_agent(c)
+        for name in self.EVACUATORS:
+            self.start_evacuator(name)
 
     def start_evacuator(self, name):
         self._spawn(name, [os.path.join(VENV_BIN, 'nova-ha-evacuator'),

@@ -40,6 +40,7 @@ from tests.e2e import guest_writer
 from tests.e2e import harness
 from tests.e2e import nova_harness
 from tests.e2e import openstack_stubs
+from tests.fixtures import services
 from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.timeout(900)
@@ -88,6 +89,7 @@ class Story:
         self.check_data(t_fenced)
         self.host_returns()
         self.live_migrations()
+        self.failure_on_redis()
         self.clean_up()
         self.say('e2e story: compute1 killed -> fenced at the Ursa master '
                  '%.1f s -> 3 HA instances ACTIVE elsewhere %.1f s (Nova '
@@ -216,16 +218,19 @@ class Story:
         return t_kill, t_fence, t_fenced, t_active
 
     # 5. From the fence on, every write of compute1's guests is refused.
-    def check_storage_fence(self, t_fenced):
+    def check_storage_fence(self, t_fenced, names=None, victim=VICTIM):
         """``t_fenced``: when the Ursa fence had returned (the chunk
-        servers told)."""
+        servers told); ``names``: the servers whose guests ran on
+        ``victim`` (every one)."""
+        names = names or list(self.volumes)
         self.nova.wait(lambda: all(
-            len(self.journal(n).failed()) >= REFUSED for n in self.volumes),
+            len(self.journal(n, victim).failed()) >= REFUSED
+            for n in names),
             60, '%d refused writes per guest after the fence' % REFUSED)
-        host = self.ursa.client().host(VICTIM)
+        host = self.ursa.client().host(victim)
         assert host['fenced'] and host['live_leases'] == 0, host
-        for name in self.volumes:
-            entries = self.journal(name).entries
+        for name in names:
+            entries = self.journal(name, victim).entries
             first_failure = next(i for i, e in enumerate(entries)
                                  if e[4] != 'ok')
             # Once refused, always refused: nothing compute1 writes after
@@ -238,7 +243,7 @@ class Story:
             assert all(e[1] < t_fenced for e in acked), (
                 name, t_fenced, acked[-3:])
 
-    def check_data(self, t_fenced):
+    def check_data(self, t_fenced, names=None, victim=VICTIM):
         """The new host reads every block compute1 wrote and had
         acknowledged, and none it was refused after the fence; a write in
         flight at the fence and refused may or may not have landed (as
@@ -246,11 +251,12 @@ class Story:
         anything else).  The image is intact and the replicas agree."""
         s = self.by_name()
         env = dict(os.environ, URSA_CONFIG=self.ursa.conf_file)
-        for name, vid in self.volumes.items():
+        for name in names or list(self.volumes):
+            vid = self.volumes[name]
             host = s[name]['OS-EXT-SRV-ATTR:host']
             path = self.device_path(vid)
             assert path.startswith(self.stack.attach.mount_dir(host)), path
-            entries = self.journal(name).entries
+            entries = self.journal(name, victim).entries
             with open(path, 'rb') as f:
                 assert f.read(len(openstack_stubs.IMAGE_DATA)) == \
                     openstack_stubs.IMAGE_DATA
@@ -291,40 +297,42 @@ class Story:
                        60, '%s %s' % (name, status))
 
     # 6. compute1 returns; an operator puts it back in service.
-    def host_returns(self):
+    def host_returns(self, victim=VICTIM, names=None):
         # Its guests still run (and are refused): nova-compute, back,
         # destroys them, as they belong to evacuated instances.
-        assert len(self.nova.guest_pids(VICTIM)) == 3
-        self.nova.start_compute(VICTIM)
-        self.ha.start_agent(VICTIM)
-        self.nova.wait(lambda: not self.nova.guest_pids(VICTIM), 60,
-                       'compute1\'s stale guests destroyed by Nova')
+        names = names or list(self.volumes)
+        assert len(self.nova.guest_pids(victim)) == len(names)
+        self.nova.start_compute(victim)
+        self.ha.start_agent(victim)
+        self.nova.wait(lambda: not self.nova.guest_pids(victim), 60,
+                       '%s\'s stale guests destroyed by Nova' % victim)
         self.nova.wait(lambda: {h['host']: h for h in self.ha.cli(
-            'host', 'list')}[VICTIM]['state'] == 'returned', 60,
-            'compute1 returned')
+            'host', 'list')}[victim]['state'] == 'returned', 60,
+            '%s returned' % victim)
         self.nova.wait(lambda: {m['status'] for m in self.nova.api(
             'GET', '/os-migrations?migration_type=evacuation')[
             'migrations']} == {'completed'}, 60,
-            'evacuations completed by compute1')
-        svc = {x['host']: x for x in self.nova.services()}[VICTIM]
+            'evacuations completed by %s' % victim)
+        svc = {x['host']: x for x in self.nova.services()}[victim]
         assert svc['forced_down'] is True and svc['status'] == 'disabled'
-        assert self.ursa.client().host(VICTIM)['fenced'] is True
-        self.ha.cli('host', 'enable', VICTIM, json_out=False)
+        assert self.ursa.client().host(victim)['fenced'] is True
+        self.ha.cli('host', 'enable', victim, json_out=False)
         self.nova.wait(lambda: {x['host']: x for x in self.nova.services()}[
-            VICTIM]['status'] == 'enabled', 60, 'compute1 enabled')
-        svc = {x['host']: x for x in self.nova.services()}[VICTIM]
+            victim]['status'] == 'enabled', 60, '%s enabled' % victim)
+        svc = {x['host']: x for x in self.nova.services()}[victim]
         assert svc['forced_down'] is False
         self.nova.wait(lambda: {x['host']: x for x in self.nova.services()}[
-            VICTIM]['state'] == 'up', 60, 'compute1 up')
-        assert self.ursa.client().host(VICTIM)['fenced'] is False
+            victim]['state'] == 'up', 60, '%s up' % victim)
+        assert self.ursa.client().host(victim)['fenced'] is False
         # Nothing runs twice: each server once, where it was evacuated
         # to, and each volume attached there only.
         s = self.by_name()
         assert len(s) == 4
         client = self.ursa.client()
-        for name, vid in self.volumes.items():
+        for name in names:
+            vid = self.volumes[name]
             host = s[name]['OS-EXT-SRV-ATTR:host']
-            assert host != VICTIM
+            assert host != victim
             assert [a['host'] for a in client.attachments(
                 'volume-' + vid)] == [host]
             # And never two writers: the master's lease history holds one
@@ -334,8 +342,8 @@ class Story:
             assert lease_history.check(history, shared_ok=False) == [], (
                 name, history)
             ends = [(e['event'], e['holder']) for e in history
-                    if e['holder'] == 'ursa-attach@' + VICTIM]
-            assert ends[-1] == ('fence', 'ursa-attach@' + VICTIM), history
+                    if e['holder'] == 'ursa-attach@' + victim]
+            assert ends[-1] == ('fence', 'ursa-attach@' + victim), history
             assert history[-1]['event'] == 'acquire', history
             assert history[-1]['holder'] == 'ursa-attach@' + host, history
 
@@ -482,6 +490,60 @@ class Story:
             self.by_name()[name]['OS-EXT-SRV-ATTR:host'] == dest), 60,
             '%s ACTIVE on %s' % (name, dest))
         return mig
+
+    # 9. Another host fails, with the evacuators' coordination on Redis.
+    def failure_on_redis(self):
+        redis = services.Redis(os.path.join(self.workdir, 'redis')).start()
+        try:
+            self._failure_on_redis(redis)
+        finally:
+            # Back on the file backend: Redis goes with this test.
+            self.ha.switch_backend('file://%s/coord?timeout=3' %
+                                   self.ha.base)
+            redis.stop()
+
+    def _failure_on_redis(self, redis):
+        self.ha.switch_backend(redis.url)
+        self.nova.wait(lambda: len([h for h in self.ha.cli('host', 'list')
+                                    if h['state'] == 'ok']) == 3, 60,
+                       'nova_ha on Redis sees three healthy hosts')
+        s = self.by_name()
+        victim = s['web']['OS-EXT-SRV-ATTR:host']
+        names = [n for n, _ in HA_SERVERS
+                 if s[n]['OS-EXT-SRV-ATTR:host'] == victim]
+        self.nova.wait(lambda: all(
+            len(self.journal(n, victim).synced()) >= BEFORE for n in names),
+            60, 'the guests on %s writing' % victim)
+        recoveries = len(self.ha.cli('recovery', 'list'))
+        t_kill = time.time()
+        self.nova.kill(victim)
+        self.ha.kill_agent(victim)
+        client = self.ursa.client()
+        self.nova.wait(lambda: client.host(victim)['fenced'], 120,
+                       '%s fenced at the Ursa master' % victim)
+        t_fence = client.host(victim)['fenced_at']
+        self.nova.wait(lambda: all(
+            self.by_name()[n]['status'] == 'ACTIVE' and
+            self.by_name()[n]['OS-EXT-SRV-ATTR:host'] not in (victim, None)
+            for n in names), 180, 'HA instances of %s ACTIVE elsewhere'
+            % victim)
+        t_active = time.time()
+        self.nova.wait(lambda: len(self.ha.cli('recovery', 'list')) >
+                       recoveries and self.ha.cli('recovery', 'list')[0][
+                           'state'] == 'done', 60, 'recovery recorded done')
+        rec = self.ha.cli('recovery', 'list')[0]
+        assert rec['host'] == victim, rec
+        assert (rec['evacuated'], rec['failed']) == (len(names), 0), rec
+        assert rec['fenced_by'].startswith('ursa (%d Ursa lease(s) '
+                                           'revoked)' % len(names)), rec
+        t_fenced = dict(self.ha.fences())[victim]
+        self.check_storage_fence(t_fenced, names, victim)
+        self.check_data(t_fenced, names, victim)
+        self.host_returns(victim, names)
+        self.say('e2e story on Redis: %s killed -> fenced %.1f s -> %d HA '
+                 'instance(s) ACTIVE elsewhere %.1f s (tooz redis, member '
+                 'timeout 2 s)' % (victim, t_fence - t_kill, len(names),
+                                   t_active - t_kill))
 
     def clean_up(self):
         for sid in self.servers.values():
