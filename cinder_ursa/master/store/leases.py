@@ -427,10 +427,10 @@ class LeaseRecords:
     def revoke_lease(self, ref):
         """Fence the current holder: generation + 1, nobody holds it.
         Every writer of a multiattach volume is fenced with it: a
-        volume-wide revoke (an operator's ``ursa volume revoke-lease``,
-        the Cinder driver's force detach from every host); one host's
-        writers are ended by its detach or its fence instead, which
-        re-admit the others."""
+        volume-wide revoke (``POST /v1/volumes/{ref}/lease/revoke``,
+        the Cinder driver's force detach from every host, an
+        operator's).  One host's writers are ended by its detach or its
+        fence instead, which re-admit the others."""
         t = models.volumes
         now = time.time()
         with self.begin() as conn:
