@@ -485,7 +485,7 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 raise self._fenced
             if self.generation > generation:
                 return
-            if self._readmission is None:
+            if self._readmission is None or self._readmission[1].done():
                 task = asyncio.ensure_future(self._renew_once(
                     self._lease_ttl_granted, unless_past=generation))
                 self._readmission = (generation, task)
@@ -503,9 +503,11 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                 raise self._fenced
             if failure is None:
                 if self.generation > generation:
-                    LOG.info('Volume %s: a request refused under lease '
-                             'generation %d is sent again under %d',
-                             self.name, generation, self.generation)
+                    # (One line per request: the re-admission's own
+                    # is a warning.)
+                    LOG.debug('Volume %s: a request refused under lease '
+                              'generation %d is sent again under %d',
+                              self.name, generation, self.generation)
                     return
                 if asked < generation:
                     continue    # a renewal for an older one: ask again

@@ -379,3 +379,19 @@ def test_a_revoked_ticket_is_renewed_for_reads_writes_and_flushes(run):
         assert server.ticket_generation == 2 and vol.generation == 2
         assert server.log[1][0] == 'refused'
         run(vol.close())
+
+
+def test_re_admitted_again_at_each_other_hosts_fence(run):
+    master, server = FakeMaster(), FakeServer()
+    vol = open_volume(run, master, server)
+    for generation in (2, 3):
+        master.generation = generation
+        server.fence(generation)
+
+        async def writes():
+            await asyncio.gather(*(vol.write(n * BS, block(n))
+                                   for n in range(4)))
+        run(writes())
+        assert vol.generation == generation
+    assert master.renewals == [1, 2]
+    run(vol.close())
