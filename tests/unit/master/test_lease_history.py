@@ -489,6 +489,23 @@ def test_check_names_the_events_of_two_writers():
         shared, shared_ok=False)] == [(2, 1)]
 
 
+def test_check_judges_a_re_admission():
+    """A re-admitted writer ends its share of the old generation before
+    it shares the new one: one generation per writer at a time.  A
+    share of the new one while another writer's share of the old one
+    is open is two generations at once."""
+    readmitted = [ev(1, 'share', 1, 'a'), ev(2, 'share', 1, 'b'),
+                  ev(3, 'fence', 1, 'a'), ev(4, 'leave', 1, 'b'),
+                  ev(5, 'share', 2, 'b'), ev(6, 'share', 2, 'c')]
+    assert lease_history.check(readmitted, shared_ok=True) == []
+    skipped = [e for e in readmitted if e['id'] != 4]
+    assert lease_history.check(skipped, shared_ok=True) == [
+        Problem(5, 2, 'two writers: #5 (share of generation 2 by b) while '
+                      '#2 (share of generation 1 by b) had not ended (no '
+                      'release, leave, revoke, fence, expire or takeover '
+                      'of it came between)')]
+
+
 def test_check_names_generations_out_of_order():
     assert lease_history.check([
         ev(1, 'acquire', 3, 'a'), ev(2, 'release', 3, 'a'),
