@@ -17,6 +17,11 @@ Retry policy per extent:
 * InsufficientReplicas, or a chunk server that cannot reach the master to
   confirm a new epoch or lease generation (Unavailable): wait with
   backoff, read another replica; fail when ``io_timeout`` ends;
+* Fenced (a multiattach volume's writer; on a ticket connection also
+  NotAuthorized, its ticket revoked with the generation): ask the master
+  at once whether this writer was re-admitted at a newer generation
+  (another host's writers were fenced or detached: see
+  ``Volume._readmit``); if so, retry under it, else fail;
 * Fenced, OutOfRange, NoSpace, InvalidArgument: fail at once.
 """
 
@@ -75,9 +80,12 @@ class ExtentIO:
                             self.cluster.reads_diverted += skipped
                             return data
                         break
+            readmitted = False
             for sid, host, port in self.cluster.read_order(info.replicas):
+                generation = self.generation
                 try:
                     conn = await self.pool.get(host, port)
+                    generation = self.generation
                     reply = await conn.call(
                         codec.encode_read, self.id, index, info.epoch,
                         offset, length, self.snap, flags,
@@ -115,6 +123,14 @@ class ExtentIO:
                 except exception.ProtocolError as e:
                     self.pool.discard(host, port)
                     last = e
+                except exception.NotAuthorized as e:
+                    # The ticket of a multiattach writer's generation,
+                    # revoked: re-admitted, it reads with the new one.
+                    if not self._may_readmit(e):
+                        raise
+                    await self._readmit(generation, e, deadline)
+                    readmitted = True
+                    break
             else:
                 if last is None:
                     last = exception.InsufficientReplicas(
@@ -125,6 +141,8 @@ class ExtentIO:
                     # all of them by a power cut): the primary settles
                     # them, then they read again.
                     await self._repair(index, info, offset, length)
+            if readmitted:
+                continue
             self._forget(index)
             await self._retry_wait(deadline, attempt, last)
 
@@ -161,16 +179,18 @@ class ExtentIO:
     async def _write_extent(self, index, offset, data, fua, flags=0,
                             length=None, failed=None):
         """Write one extent to its chunk's primary, retrying as the module
-        says; ``failed`` is ``(info, error)`` of a first attempt made
-        elsewhere (:meth:`write_soon`), handled before anything is sent."""
+        says; ``failed`` is ``(info, error, lease generation)`` of a first
+        attempt made elsewhere (:meth:`write_soon`), handled before
+        anything is sent."""
         deadline = time.monotonic() + self.cluster.io_timeout
         attempt = 0
         copy_up = flags & codec.FLAG_IF_ABSENT
         while True:
             attempt += 1
             if failed is not None:
-                (info, err), failed = failed, None
-                await self._write_failed(index, info, err, deadline, attempt)
+                (info, err, generation), failed = failed, None
+                await self._write_failed(index, info, err, deadline, attempt,
+                                         generation)
                 continue
             if self._fenced is not None and not copy_up:
                 raise self._fenced
@@ -185,15 +205,19 @@ class ExtentIO:
                 await self._retry_wait(deadline, attempt, err)
                 continue
             _, host, port = info.replicas[0]
+            generation = self.generation
             try:
                 conn = await self.pool.get(host, port)
+                # (The frame carries the generation of now.)
+                generation = self.generation
                 reply = await conn.call(
                     self._write_frame, index, info, offset, data or b'',
                     fua, flags, length, timeout=self.cluster.request_timeout)
                 self._wrote(index, info, codec.decode_write_ok(reply.body))
                 return
             except exception.UrsaError as e:
-                await self._write_failed(index, info, e, deadline, attempt)
+                await self._write_failed(index, info, e, deadline, attempt,
+                                         generation)
 
     def _write_frame(self, rid, index, info, offset, data, fua, flags=0,
                      length=None):
@@ -211,10 +235,18 @@ class ExtentIO:
             if chunks is not None:
                 chunks[index] = r[0]
 
-    async def _write_failed(self, index, info, e, deadline, attempt):
+    async def _write_failed(self, index, info, e, deadline, attempt,
+                            generation):
         """Get ready to write again after ``e`` (the primary of ``info``
-        refused or failed), or raise what cannot be cured by retrying."""
-        if isinstance(e, (exception.StaleEpoch, exception.StaleReplica)):
+        refused or failed a write sent under lease ``generation``), or
+        raise what cannot be cured by retrying."""
+        if self._may_readmit(e):
+            # Refused before it was applied, or applied and made the
+            # same on every replica before the refusal was answered
+            # (chunkserver.replication _conclude): sent again, it
+            # writes what it wrote.
+            await self._readmit(generation, e, deadline)
+        elif isinstance(e, (exception.StaleEpoch, exception.StaleReplica)):
             self._forget(index)
             if attempt > 3:
                 await self._retry_wait(deadline, attempt, e)
@@ -274,6 +306,7 @@ class ExtentIO:
         if conn is None or conn.paused:
             return False
         rid = aio.next_req_id()
+        generation = self.generation
         try:
             fut = conn.send(rid, self._write_frame(rid, index, info,
                                                    chunk_offset, data, fua))
@@ -299,7 +332,8 @@ class ExtentIO:
                             codec.decode_write_ok(fut.result().body))
             except exception.UrsaError as e:
                 task = asyncio.ensure_future(self._write_extent(
-                    index, chunk_offset, data, fua, failed=(info, e)))
+                    index, chunk_offset, data, fua,
+                    failed=(info, e, generation)))
                 self._retrying.add(task)
                 task.add_done_callback(finish)
                 return

@@ -5,6 +5,7 @@ flush dropped from the replica sets of the chunks it holds."""
 
 import asyncio
 import logging
+import time
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import codec
@@ -74,18 +75,30 @@ class FlushRounds:
     async def _flush_server(self, addr, chunks):
         """FLUSH the volume on one chunk server; ``chunks`` ({index: server
         id}, None: any chunk it holds) are what it must drop if it fails.
-        When they cannot be dropped either, the next flush tries again."""
-        try:
-            conn = await self.pool.get(*addr)
-            reply = await conn.call(codec.encode_flush, self.id,
-                                    timeout=self.cluster.request_timeout)
-            codec.reply_status(reply.body)
-            return
-        except exception.UrsaError as e:
-            self.pool.discard(*addr)
-            LOG.warning('Volume %s: flush on %s:%d failed (%s); dropping '
-                        'that replica', self.name, addr[0], addr[1], e)
-            err = e
+        When they cannot be dropped either, the next flush tries again.
+
+        A multiattach writer whose ticket was revoked with its generation
+        (NotAuthorized) asks the master whether it was re-admitted at a
+        newer one, and flushes again with its ticket (see
+        Volume._readmit); that is no failure of the server's."""
+        deadline = time.monotonic() + self.cluster.io_timeout
+        while True:
+            generation = self.generation
+            try:
+                conn = await self.pool.get(*addr)
+                reply = await conn.call(codec.encode_flush, self.id,
+                                        timeout=self.cluster.request_timeout)
+                codec.reply_status(reply.body)
+                return
+            except exception.UrsaError as e:
+                if not self._may_readmit(e):
+                    err = e
+                    break
+                # (Raises, and drops nothing, if not re-admitted.)
+                await self._readmit(generation, e, deadline)
+        self.pool.discard(*addr)
+        LOG.warning('Volume %s: flush on %s:%d failed (%s); dropping '
+                    'that replica', self.name, addr[0], addr[1], err)
         try:
             if chunks is None:
                 chunks = await self._chunks_on(addr)

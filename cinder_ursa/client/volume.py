@@ -101,6 +101,12 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         self._inherited = writable and lease == 'eager'
         self._lease_task = None
         self._fenced = None
+        # Multiattach: the renewal a write refused as fenced asked for
+        # (one for every writer refused meanwhile; see _readmit), and
+        # the lock that keeps renewals one at a time (an older answer's
+        # ticket must not replace a newer one's).
+        self._readmission = None
+        self._renewing = asyncio.Lock()
         # The write lease: taken at open (eager) or at the first write
         # (on-write; again after a hand_over).  _held: this client holds
         # it now, and writes may go out under its generation.
@@ -203,6 +209,7 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         # Another writer may have allocated chunks cached as holes.
         self._forget_holes()
         self._held = True
+        self._lease_ttl_granted = lease['ttl']
         self._lease_task = asyncio.get_running_loop().create_task(
             self._renew(lease['ttl']))
 
@@ -402,21 +409,123 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
         while True:
             await asyncio.sleep(ttl / 3.0)
             try:
-                lease = await self.cluster.master.renew_lease(
-                    self.id, self.holder, self.generation, ttl)
-                self.qos.update(lease.get('qos'))
-                if self.cluster.tickets:
-                    await self._use_ticket(lease.get('ticket'))
-            except (exception.Fenced, exception.Forbidden) as e:
-                # Forbidden: the volume was detached from this host (a
-                # multiattach volume's shared lease outlives the detach,
-                # its ticket a while longer): no more writes either.
-                LOG.error('Volume %s: %s', self.name, e)
-                self._fenced = e
+                await self._renew_once(ttl)
+            except (exception.Fenced, exception.Forbidden):
                 return
             except exception.UrsaError as e:
                 LOG.warning('Volume %s: renewing the lease failed: %s',
                             self.name, e)
+
+    async def _renew_once(self, ttl, unless_past=None):
+        """Renew the lease once (one renewal at a time): QoS limits and
+        the ticket come with it, and, on a multiattach volume, a newer
+        generation the master re-admitted this writer at (another host's
+        writers of the volume were fenced or detached).  Fenced or
+        Forbidden (the volume was detached from this host) fence the
+        volume for good, and are raised.  With ``unless_past``, nothing
+        is asked if the generation went past it meanwhile."""
+        async with self._renewing:
+            if unless_past is not None and self.generation > unless_past:
+                return
+            if not self._held:
+                return
+            try:
+                lease = await self.cluster.master.renew_lease(
+                    self.id, self.holder, self.generation, ttl)
+            except (exception.Fenced, exception.Forbidden) as e:
+                LOG.error('Volume %s: %s', self.name, e)
+                self._fenced = e
+                raise
+            if not self._held:
+                return      # handed over or closed meanwhile
+            self.qos.update(lease.get('qos'))
+            if self.cluster.tickets:
+                # Before the generation changes: a write of the new one
+                # goes out on connections that took its ticket.
+                await self._use_ticket(lease.get('ticket'))
+            generation = lease['generation']
+            if generation > self.generation and self.info.get(
+                    'multiattach'):
+                LOG.warning('Volume %s: re-admitted at lease generation '
+                            '%d (generation %d ended: another host\'s '
+                            'writers of it were fenced or detached); '
+                            'writes go on under the new one', self.name,
+                            generation, self.generation)
+                self.generation = generation
+
+    def _may_readmit(self, err):
+        """Whether a chunk server's refusal ``err`` may mean that this
+        writer was re-admitted at a newer generation: the volume is
+        multiattach and written under the lease, and ``err`` is Fenced
+        (or, on a ticket connection, NotAuthorized: the ticket of a
+        generation is revoked with it)."""
+        return bool(self.writable and self._held and self._fenced is None
+                    and self.info.get('multiattach') and (
+                        isinstance(err, exception.Fenced) or
+                        isinstance(err, exception.NotAuthorized) and
+                        self._grant is not None))
+
+    async def _readmit(self, generation, err, deadline):
+        """A chunk server refused a request sent under lease
+        ``generation`` with ``err`` (see :meth:`_may_readmit`): ask the
+        master at once (a renewal, one for every request refused
+        meanwhile) whether this writer was re-admitted at a newer
+        generation.  Returns once it was: the request is sent again,
+        under :attr:`generation` (a block write at an offset, a zeroing
+        or a copy-up of absent blocks: sent again, it leaves what it
+        left the first time, whether the refused one was applied or
+        not).  Raises the master's Fenced (or Forbidden) if it was not
+        (the volume is fenced for good: every later write fails),
+        ``err`` if the master says ``generation`` is current (nothing a
+        renewal cures), or if the master did not answer by ``deadline``
+        (the request's io_timeout)."""
+        attempt = 0
+        while True:
+            if self._fenced is not None:
+                raise self._fenced
+            if self.generation > generation:
+                return
+            if self._readmission is None or self._readmission[1].done():
+                task = asyncio.ensure_future(self._renew_once(
+                    self._lease_ttl_granted, unless_past=generation))
+                self._readmission = (generation, task)
+                task.add_done_callback(self._readmission_done)
+            asked, task = self._readmission
+            left = deadline - time.monotonic()
+            if left > 0:
+                # (asyncio.wait: a request given up, cancelled, leaves
+                # the renewal to the others.)
+                await asyncio.wait([task], timeout=left)
+            if not task.done() or task.cancelled():
+                raise err
+            failure = task.exception()
+            if self._fenced is not None:
+                raise self._fenced
+            if failure is None:
+                if self.generation > generation:
+                    # (One line per request: the re-admission's own
+                    # is a warning.)
+                    LOG.debug('Volume %s: a request refused under lease '
+                              'generation %d is sent again under %d',
+                              self.name, generation, self.generation)
+                    return
+                if asked < generation:
+                    continue    # a renewal for an older one: ask again
+                raise err
+            if not isinstance(failure, (exception.UrsaConnectionError,
+                                        exception.Unavailable,
+                                        exception.NotLeader)):
+                raise failure
+            # No master answered (a failover): asked again until the
+            # request's time is up.
+            attempt += 1
+            await self._retry_wait(deadline, attempt, err)
+
+    def _readmission_done(self, task):
+        if self._readmission is not None and self._readmission[1] is task:
+            self._readmission = None
+        if not task.cancelled():
+            task.exception()    # the requests waiting saw it
 
     async def _use_ticket(self, reply):
         """Reach the chunk servers with the ticket in ``reply`` (the

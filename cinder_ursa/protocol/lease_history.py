@@ -9,9 +9,13 @@ Each event says what happened to one holder's lease of one generation:
 ``share``
     the holder joined a shared (multiattach) generation, the first one
     starting it; also a writer whose lapsed membership was dropped and
-    that renewed it (it writes again);
+    that renewed it (it writes again), and a writer re-admitted at the
+    new generation when another host's writers of the volume were
+    fenced or detached (reason ``re-admitted``);
 ``release`` / ``leave``
-    the holder gave its exclusive / shared lease back;
+    the holder gave its exclusive / shared lease back; a ``leave`` also
+    ends the share of the old generation of a re-admitted writer (reason
+    ``re-admitted at generation N: ...``, its ``share`` of N follows);
 ``revoke``
     the lease was revoked (``ursa``'s or the Cinder driver's revoke, or a
     detach from the holder's host);

@@ -133,10 +133,15 @@ class Attachments(DriverPart):
                 hosts = [a['host'] for a in
                          self._master.attachments(volume.name)]
             for host in hosts:
-                self.detach(volume, host)
+                self.detach(volume, host, everywhere=not (
+                    connector and connector.get('host')))
         return hosts
 
-    def detach(self, volume, host):
+    def detach(self, volume, host, everywhere=False):
+        """Ask ``host``'s agent to let go of the volume; one that does
+        not in time is fenced off it.  ``everywhere``: a force detach
+        from every host (a multiattach volume's lease is then revoked
+        for every writer, not only that host's)."""
         try:
             self._master.update_attachment(volume.name, host, 'detaching')
         except exception.NotFound:
@@ -152,16 +157,18 @@ class Attachments(DriverPart):
             time.sleep(0.2)
         # The host did not let go: fence it, so it can never write again.
         # The master's detach revokes the lease a client of that host
-        # holds (generation + 1, pushed to the chunk servers).  Revoking
-        # the volume's lease whoever holds it would fence another host
-        # still attached: a live migration's other side (the source a
-        # rolled back migration leaves running, the destination once the
-        # source is detached).  A multiattach volume's shared lease
-        # outlives a detach: revoked as a whole, as before.
+        # holds (generation + 1, pushed to the chunk servers), and a
+        # multiattach volume's shares held there (the other hosts'
+        # writers are re-admitted at the new generation).  Revoking the
+        # volume's lease whoever holds it would fence another host still
+        # attached: a live migration's other side (the source a rolled
+        # back migration leaves running, the destination once the source
+        # is detached), a multiattach volume's other writers.  A force
+        # detach from every host revokes it for everyone.
         others = [a['host'] for a in self._master.attachments(volume.name)
                   if a['host'] != host]
-        if not others or self._master.volume(volume.name).get(
-                'multiattach'):
+        if not others or everywhere and self._master.volume(
+                volume.name).get('multiattach'):
             self._master.revoke_lease(volume.name)
         self._master.detach(volume.name, host)
         LOG.warning('Host %(host)s did not release volume %(vol)s within '

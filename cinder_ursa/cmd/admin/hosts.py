@@ -37,7 +37,9 @@ class HostFence(show.ShowOne):
     """Fence a host: revoke every lease its clients hold (chunk servers
     refuse their writes from that moment), drop its attachments and refuse
     it new leases until it is unfenced.  nova_ha does this before it
-    evacuates a failed compute host.
+    evacuates a failed compute host.  The writers of other hosts sharing
+    a multiattach volume with it are re-admitted at the new lease
+    generation and write on (writers_readmitted).
     Example: ursa host fence compute-3 --reason 'powered off for repair'"""
 
     def get_parser(self, prog_name):
@@ -52,7 +54,10 @@ class HostFence(show.ShowOne):
         info = {'host': f['host'],
                 'leases_revoked': len(f['fenced']),
                 'volumes': ', '.join(x['volume_name'] for x in f['fenced']),
-                'attachments_dropped': f['attachments_dropped']}
+                'attachments_dropped': f['attachments_dropped'],
+                # (A master older than re-admission lists none.)
+                'writers_readmitted': sum(len(x.get('readmitted', ()))
+                                          for x in f['fenced'])}
         return tuple(info), tuple(info.values())
 
 

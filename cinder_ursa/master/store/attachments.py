@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
+from cinder_ursa.master.store.common import SHARED
 from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import check_free_text
 from cinder_ursa.master.store.common import check_text
@@ -175,31 +176,45 @@ class AttachmentRecords:
         generation reaches them, is then refused, so a detached host
         writes nothing more, whatever its gateway does.  Returns
         {'volume_id', 'generation'} to push to the chunk servers (FENCE),
-        or None.  A multiattach volume's shared lease is left to expire:
-        its generation is every writer's.  A standby left alone (its
-        source detached: the migration is done) becomes the volume's
-        attachment; a handover asked by a detached standby (the
-        migration rolled back) is forgotten."""
+        or None.  A multiattach volume's writers on that host have their
+        shares revoked the same way, and the writers of the other hosts
+        are re-admitted at the new generation (LeaseRecords._end_shares):
+        they write on.  A standby left alone (its source detached: the
+        migration is done) becomes the volume's attachment; a handover
+        asked by a detached standby (the migration rolled back) is
+        forgotten."""
         a, t = models.attachments, models.volumes
+        sl = models.shared_leases
         check_text('host', host)
         fence = None
+        readmitted = []
+        why = 'detached from host %s' % host
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             conn.execute(a.delete().where(a.c.volume_id == vol.id,
                                           a.c.host == host))
-            if (not vol.multiattach and vol.lease_holder
+            sharers = conn.execute(sa.select(sl.c.holder).where(
+                sl.c.volume_id == vol.id)).scalars().all()
+            if (vol.multiattach and vol.lease_holder in (None, SHARED)
+                    and any(holder_host(h) == host for h in sharers)):
+                gen, _, readmitted = self._end_shares(
+                    conn, vol, lambda h: holder_host(h) == host,
+                    time.time(), events.REVOKE, why)
+                fence = {'volume_id': vol.id, 'generation': gen}
+            elif (not vol.multiattach and vol.lease_holder
                     and holder_host(vol.lease_holder) == host):
                 gen = vol.lease_generation + 1
-                self._end_leases(conn, vol, time.time(), events.REVOKE,
-                                 'detached from host %s' % host)
+                self._end_leases(conn, vol, time.time(), events.REVOKE, why)
                 conn.execute(t.update().where(t.c.id == vol.id).values(
                     lease_holder=None, lease_generation=gen,
                     lease_expires=0))
                 fence = {'volume_id': vol.id, 'generation': gen}
             self._settle_standby(conn, vol)
-        LOG.info('Volume %s detached from host %s%s, by %s', vol.name,
+        LOG.info('Volume %s detached from host %s%s%s, by %s', vol.name,
                  host, '; its lease there revoked (generation %d)'
-                 % fence['generation'] if fence else '', asked())
+                 % fence['generation'] if fence else '',
+                 '; %s re-admitted at that generation'
+                 % ', '.join(readmitted) if readmitted else '', asked())
         return fence
 
     def _settle_standby(self, conn, vol):

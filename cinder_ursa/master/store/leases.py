@@ -96,6 +96,48 @@ class LeaseRecords:
                                   holder, event, now, reason)
         return len(ending)
 
+    def _end_shares(self, conn, vol, ending, now, event, why):
+        """End the shares of multiattach volume ``vol`` whose holders
+        ``ending(holder)`` names (one host's: it is fenced, or detached)
+        as ``event`` with reason ``why``, and re-admit every other live
+        writer at the next generation: the generation goes + 1 all the
+        same (the caller FENCEs the chunk servers with it, so the ended
+        writers' writes are refused), but the others are not cut off.
+        Each re-admitted writer's share of the old generation ends
+        (``leave``) and one of the new starts (``share``), so the history
+        still shows one generation per writer at a time; its renewal
+        brings it the new generation (:meth:`renew_lease`).  Writers
+        whose membership had run out are dropped (``expire``): they are
+        not let back.  Returns (new generation, the holders ended, the
+        holders re-admitted)."""
+        t, sl = models.volumes, models.shared_leases
+        old, gen = vol.lease_generation, vol.lease_generation + 1
+        rows = conn.execute(sa.select(sl.c.holder, sl.c.expires).where(
+            sl.c.volume_id == vol.id).order_by(sl.c.holder)).all()
+        ended = [r for r in rows if ending(r.holder)]
+        lapsed = [r for r in rows if not ending(r.holder) and
+                  r.expires <= now]
+        kept = [r for r in rows if not ending(r.holder) and r.expires > now]
+        for r in ended + lapsed:
+            conn.execute(sl.delete().where(sl.c.volume_id == vol.id,
+                                           sl.c.holder == r.holder))
+        for r in ended:
+            self._lease_event(conn, vol.id, old, r.holder, event, now, why)
+        for r in lapsed:
+            self._lease_event(conn, vol.id, old, r.holder, events.EXPIRE,
+                              now, _run_out(now, r.expires))
+        for r in kept:
+            self._lease_event(conn, vol.id, old, r.holder, events.LEAVE,
+                              now, 're-admitted at generation %d: %s'
+                              % (gen, why))
+        for r in kept:
+            self._lease_event(conn, vol.id, gen, r.holder, events.SHARE,
+                              now, 're-admitted')
+        conn.execute(t.update().where(t.c.id == vol.id).values(
+            lease_holder=SHARED if kept else None, lease_generation=gen,
+            lease_expires=max((r.expires for r in kept), default=0)))
+        return gen, [r.holder for r in ended], [r.holder for r in kept]
+
     def _join_shared(self, conn, vol, holder, ttl, now, renew=False):
         """Multiattach: writers share one generation while any of them
         holds the lease; the first after a gap (or a revoke) starts a new
@@ -274,17 +316,44 @@ class LeaseRecords:
                  vol.name, host)
 
     def renew_lease(self, ref, holder, generation, ttl):
+        """Extend ``holder``'s lease of ``generation``; Fenced if it is
+        not the holder's any more.  A multiattach volume's writer that
+        is still a live member at a newer generation (re-admitted when
+        another writer's host was fenced or detached: see
+        :meth:`_end_shares`) gets that generation back, and writes under
+        it from then on: its writes of the old one are refused by the
+        chunk servers like anyone's."""
         t = models.volumes
         now = time.time()
         check_text('holder', holder)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
-            if vol.multiattach and vol.lease_generation == generation:
-                self._join_shared(conn, vol, holder, ttl, now, renew=True)
+            if vol.multiattach and (
+                    vol.lease_generation == generation or
+                    generation < vol.lease_generation and
+                    self._live_member(conn, vol, holder, now)):
+                # (A fenced host's shares were ended with its fence:
+                # it may not come back by renewing either.)
+                self._check_host_not_fenced(conn, holder)
+                gen = self._join_shared(conn, vol, holder, ttl, now,
+                                        renew=True)
+                if gen != generation:
+                    LOG.info('Volume %s: %s renewed lease generation %d '
+                             'and is re-admitted at generation %d, by %s',
+                             vol.name, holder, generation, gen, asked())
                 return {'volume_id': vol.id, 'holder': holder,
-                        'generation': generation, 'expires_at': now + ttl,
+                        'generation': gen, 'expires_at': now + ttl,
                         'ttl': ttl,
                         'qos': json.loads(vol.qos) if vol.qos else {}}
+            if vol.multiattach and generation < vol.lease_generation:
+                raise exception.Fenced(
+                    reason='lease generation %d of multiattach volume %s '
+                           'was replaced by generation %d, of which %s is '
+                           'no writer (its host was fenced or detached, '
+                           'its membership ran out, or the lease was '
+                           'revoked): open the volume again to write'
+                           % (generation, vol.name, vol.lease_generation,
+                              holder))
             if (vol.lease_holder != holder
                     or vol.lease_generation != generation):
                 raise exception.Fenced(
@@ -299,12 +368,28 @@ class LeaseRecords:
                 'generation': generation, 'expires_at': now + ttl, 'ttl': ttl,
                 'qos': json.loads(vol.qos) if vol.qos else {}}
 
+    @staticmethod
+    def _live_member(conn, vol, holder, now):
+        """Whether ``holder`` shares ``vol``'s lease now (its membership
+        has not run out)."""
+        sl = models.shared_leases
+        row = conn.execute(sa.select(sl.c.expires).where(
+            sl.c.volume_id == vol.id, sl.c.holder == holder)).first()
+        return row is not None and row.expires > now
+
     def release_lease(self, ref, holder, generation):
+        """Give a lease back.  A multiattach volume's writer may give
+        back an older generation than the volume's: it was re-admitted
+        at the newer one (see :meth:`_end_shares`) and closes before a
+        renewal told it; it leaves the newer one."""
         t, sl = models.volumes, models.shared_leases
         check_text('holder', holder)
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             now = time.time()
+            if vol.multiattach and generation < vol.lease_generation and \
+                    self._live_member(conn, vol, holder, now):
+                generation = vol.lease_generation
             if vol.multiattach and vol.lease_generation == generation:
                 member = conn.execute(sl.delete().where(
                     sl.c.volume_id == vol.id,
@@ -340,7 +425,12 @@ class LeaseRecords:
                          asked())
 
     def revoke_lease(self, ref):
-        """Fence the current holder: generation + 1, nobody holds it."""
+        """Fence the current holder: generation + 1, nobody holds it.
+        Every writer of a multiattach volume is fenced with it: a
+        volume-wide revoke (``POST /v1/volumes/{ref}/lease/revoke``,
+        the Cinder driver's force detach from every host, an
+        operator's).  One host's writers are ended by its detach or its
+        fence instead, which re-admit the others."""
         t = models.volumes
         now = time.time()
         with self.begin() as conn:
@@ -419,14 +509,16 @@ class LeaseRecords:
     def fence_host(self, host, reason=None):
         """Fence every lease ``host``'s clients hold (generation + 1, so
         the chunk servers refuse their writes), drop its attachments, and
-        refuse it new leases until :meth:`unfence_host`.  Idempotent."""
+        refuse it new leases until :meth:`unfence_host`.  Idempotent.
+
+        A multiattach volume's writers on other hosts are not fenced
+        with it: they are re-admitted at the new generation (see
+        :meth:`_end_shares`), and listed as ``readmitted``."""
         t, f = models.volumes, models.fenced_hosts
         check_text('host', host)
         check_free_text('reason', reason)
         fenced = {}
         now = time.time()
-        # The events' reason: every writer of a shared generation is
-        # fenced with the host's, whatever its own host.
         why = 'host %s fenced%s' % (host, ': %s' % reason if reason else '')
         with self.begin() as conn:
             if conn.execute(sa.select(f).where(f.c.host == host)).first() \
@@ -438,15 +530,22 @@ class LeaseRecords:
                 if vid in fenced:
                     continue
                 vol = conn.execute(sa.select(t).where(t.c.id == vid)).first()
-                gen = vol.lease_generation + 1
-                self._end_leases(conn, vol, now, events.FENCE, why)
-                conn.execute(t.update().where(t.c.id == vid).values(
-                    lease_holder=None, lease_generation=gen,
-                    lease_expires=0))
+                readmitted = []
+                if vol.multiattach and vol.lease_holder in (None, SHARED):
+                    gen, _, readmitted = self._end_shares(
+                        conn, vol, lambda h: holder_host(h) == host, now,
+                        events.FENCE, why)
+                else:
+                    gen = vol.lease_generation + 1
+                    self._end_leases(conn, vol, now, events.FENCE, why)
+                    conn.execute(t.update().where(t.c.id == vid).values(
+                        lease_holder=None, lease_generation=gen,
+                        lease_expires=0))
                 fenced[vid] = {'volume_id': vid,
                                'volume_name': lease['volume_name'],
                                'holder': lease['holder'],
-                               'generation': gen}
+                               'generation': gen,
+                               'readmitted': readmitted}
             a = models.attachments
             touched = [r.volume_id for r in conn.execute(sa.select(
                 a.c.volume_id).where(a.c.host == host))]
@@ -455,10 +554,13 @@ class LeaseRecords:
             for vid in touched:
                 self._settle_standby(conn, conn.execute(sa.select(t).where(
                     t.c.id == vid)).first())
+        kept = sum(len(x['readmitted']) for x in fenced.values())
         LOG.warning('Host %s fenced%s: %d lease(s) revoked, %d '
-                    'attachment(s) dropped, by %s', host,
+                    'attachment(s) dropped%s, by %s', host,
                     ' (%s)' % reason if reason else '', len(fenced), dropped,
-                    asked())
+                    '; %d writer(s) of other hosts sharing multiattach '
+                    'volumes with it re-admitted at the new generations'
+                    % kept if kept else '', asked())
         return {'host': host, 'fenced': list(fenced.values()),
                 'attachments_dropped': dropped}
 

@@ -148,29 +148,53 @@ def test_an_open_clone_reads_on_after_it_is_flattened(make_cluster,
 
 def test_a_host_detached_from_a_multiattach_volume_stops_writing(
         make_cluster, tmp_path):
-    """A multiattach volume's shared lease is not revoked at detach (its
-    generation is every writer's): the detached host's next renewal is
-    refused, and its client writes nothing more from then on, though
-    the ticket it holds has not expired."""
+    """The master's detach of one host of a multiattach volume revokes
+    the shares of that host's writers (generation + 1, pushed to the
+    chunk servers: the ticket it holds, not expired, is refused at
+    once) and re-admits the other host's: compute-2's client, whose
+    ticket of the old generation is refused the same way (reads and
+    flushes too), renews into the new generation's and writes on
+    without an error; compute-1's renewal is refused, and it writes
+    nothing more."""
     c = make_cluster(3)
     admin = c.client()
     admin.create_volume('shared', 1 << 20, chunk_size=1 << 20,
                         multiattach=True)
-    admin.attach('shared', 'compute-1')
-    key = auth.load_key(create(c, tmp_path, 'compute-1', 'host'))
+    keys = {}
+    for host in ('compute-1', 'compute-2'):
+        admin.attach('shared', host)
+        keys[host] = auth.load_key(create(c, tmp_path, host, 'host'))
     with sync.SyncCluster([c.master_url], None,
-                          principal=('compute-1', key)) as cl:
-        v = cl.open_volume('shared', holder='compute-1:1:x', lease_ttl=3)
+                          principal=('compute-1', keys['compute-1'])) as cl, \
+            sync.SyncCluster([c.master_url], None, principal=(
+                'compute-2', keys['compute-2'])) as cl2:
+        v = cl.open_volume('shared', holder='compute-1:1:x', lease_ttl=30)
+        w = cl2.open_volume('shared', holder='compute-2:1:x', lease_ttl=30)
         v.write(0, b'a' * 4096)
+        w.write(4096, b'c' * 4096)
+        w.flush()
         admin.detach('shared', 'compute-1')
-        time.sleep(2.5)             # a renewal, refused
+        # compute-2 first reads, flushes and writes, each with the
+        # ticket of generation 1: re-admitted, no error.
+        assert w.read(0, 8192) == b'a' * 4096 + b'c' * 4096
+        w.flush()
+        w.write(8192, b'd' * 4096)
+        w.flush()
+        # No wait for a renewal: its first write is refused, and the
+        # master answers the renewal it asks.
         with pytest.raises(exception.Forbidden,
                            match='not attached to host compute-1'):
             v.write(0, b'b' * 4096)
+        with pytest.raises(exception.Forbidden):
+            v.write(12288, b'b' * 4096)
         try:
             v.close()
         except exception.UrsaError:
             pass
+        w.write(12288, b'e' * 4096)
+        w.close()
+    assert admin.volume('shared')['lease']['generation'] == 2
     with data_client(c) as cl:
         with cl.open_volume('shared', writable=False) as v:
-            assert v.read(0, 4096) == b'a' * 4096
+            assert v.read(0, 4 * 4096) == b''.join(
+                x * 4096 for x in (b'a', b'c', b'd', b'e'))

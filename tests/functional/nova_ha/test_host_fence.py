@@ -1,7 +1,8 @@
 """nova_ha's storage fencing on a real Ursa cluster: once the evacuator
 fenced a failed compute host, that host's writes are refused (FENCED) and
 it cannot take a lease again, while the evacuated instance's new host
-writes normally."""
+writes normally, and so does another host's writer of a multiattach
+volume it shared with the failed one."""
 
 import time
 
@@ -66,6 +67,12 @@ def test_fenced_host_cannot_write_its_evacuated_volumes(
             disk.flush()
         with pytest.raises(exception.Fenced):
             both_old.write(0, b'X' * 4096)
+        # compute-2's writer of the multiattach volume they shared was
+        # re-admitted at the new generation: it writes on, unopened.
+        both_new.write(4096, b's' * 4096)
+        both_new.flush()
+        assert master.volume('shared')['lease']['generation'] == 2
+        assert both_new.read(0, 8192) == bytes(4096) + b's' * 4096
         # ...and it cannot come back for a new lease.
         with pytest.raises(exception.Fenced) as e:
             old.open_volume('vm-disk', holder='compute-1:4243:def')
@@ -80,10 +87,6 @@ def test_fenced_host_cannot_write_its_evacuated_volumes(
         moved.write(4096, b'n' * 4096)
         moved.flush()
         assert moved.read(0, 8192) == b'o' * 4096 + b'n' * 4096
-        # compute-2's shared writer was fenced with the rest of the
-        # volume's generation; it opens again and writes.
-        both_new.close()
-        both_new = new.open_volume('shared', holder='ursa-attach@compute-2')
         both_new.write(0, b's' * 4096)
         both_new.flush()
         moved.close()

@@ -154,11 +154,19 @@ def test_fencing_a_host_ends_its_leases(vol):
             last['reason']) == ('fence', 1, 'cmp1:7:ab',
                                 'nova_ha from 10.0.0.9',
                                 'host cmp1 fenced: power lost')
-    # A shared generation is fenced for all its writers, the other
-    # host's too (it is recorded with the fenced host's reason).
+    # A shared generation's writer on the other host is re-admitted at
+    # the new one: its share of the old ends, one of the new starts.
     assert history(vol, 'shared') == [
         ('share', 1, 'cmp1:8:cd'), ('share', 1, 'cmp2:8:cd'),
-        ('fence', 1, 'cmp1:8:cd'), ('fence', 1, 'cmp2:8:cd')]
+        ('fence', 1, 'cmp1:8:cd'), ('leave', 1, 'cmp2:8:cd'),
+        ('share', 2, 'cmp2:8:cd')]
+    assert [e['reason'] for e in vol.lease_history('shared')[2:]] == [
+        'host cmp1 fenced: power lost',
+        're-admitted at generation 2: host cmp1 fenced: power lost',
+        're-admitted']
+    shared = [x for x in fenced['fenced'] if x['volume_name'] == 'shared']
+    assert [(x['generation'], x['readmitted']) for x in shared] == [
+        (2, ['cmp2:8:cd'])]
     # The other host's own volume is untouched; fencing again changes
     # nothing more.
     assert history(vol, 'w') == [('acquire', 1, 'cmp2:7:ab')]
@@ -174,6 +182,113 @@ def test_fencing_a_host_ends_its_leases(vol):
     for ref in ('v', 'w'):
         assert_one_writer(vol, ref)
     assert_one_writer(vol, 'shared', shared_ok=True)
+
+
+def shared_by_three(store, short='c:2'):
+    """Volume 'm' (multiattach) shared by a:1 on host a, b:1 and b:2 on
+    host b, and c:2 on host c (``short``'s membership runs out soon)."""
+    store.create_volume('m', 8 * MiB, chunk_size=4 * MiB, multiattach=True)
+    for h in ('a', 'b', 'c'):
+        store.attach('m', h)
+    for holder in ('a:1', 'b:1', 'b:2', 'c:2'):
+        store.acquire_lease('m', holder, SHORT if holder == short else 30)
+
+
+def test_fencing_a_host_re_admits_the_other_hosts_writers(store):
+    shared_by_three(store)
+    run_out()               # c:2's membership ran out: not let back
+    result = store.fence_host('b', reason='dead')
+    (f,) = result['fenced']
+    assert (f['generation'], f['readmitted']) == (2, ['a:1'])
+    assert result['attachments_dropped'] == 1
+    assert history(store, 'm')[4:] == [
+        ('fence', 1, 'b:1'), ('fence', 1, 'b:2'), ('expire', 1, 'c:2'),
+        ('leave', 1, 'a:1'), ('share', 2, 'a:1')]
+    assert_one_writer(store, 'm', shared_ok=True)
+    lease = store.get_volume('m')['lease']
+    assert (lease['holder'], lease['generation']) == ('(shared)', 2)
+    # The survivor renews the generation it knows: it gets the new one.
+    renewed = store.renew_lease('m', 'a:1', 1, 30)
+    assert renewed['generation'] == 2
+    assert store.renew_lease('m', 'a:1', 2, 30)['generation'] == 2
+    # The fenced host's writers, and the one whose membership had run
+    # out, are fenced: they renew nothing, old or new.
+    for holder in ('b:1', 'b:2', 'c:2'):
+        with pytest.raises(exception.Fenced, match='no writer'):
+            store.renew_lease('m', holder, 1, 30)
+    with pytest.raises(exception.Fenced, match='host b was fenced'):
+        store.renew_lease('m', 'b:1', 2, 30)
+    with pytest.raises(exception.Fenced, match='host b was fenced'):
+        store.acquire_lease('m', 'b:3', 30)
+    # A writer of host c opens the volume again: it joins generation 2.
+    assert store.acquire_lease('m', 'c:3', 30)['generation'] == 2
+    # Renewals, refused or not, record nothing.
+    assert history(store, 'm')[-1] == ('share', 2, 'c:3')
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
+def test_fencing_the_only_writers_host_ends_the_shared_generation(store):
+    store.create_volume('m', 8 * MiB, chunk_size=4 * MiB, multiattach=True)
+    store.acquire_lease('m', 'a:1', 30)
+    store.acquire_lease('m', 'a:2', 30)
+    (f,) = store.fence_host('a')['fenced']
+    assert (f['generation'], f['readmitted']) == (2, [])
+    lease = store.get_volume('m')['lease']
+    assert (lease['holder'], lease['generation']) == (None, 2)
+    # Nobody holds it: the next writer starts a generation of its own.
+    assert store.acquire_lease('m', 'b:1', 30)['generation'] == 3
+    assert history(store, 'm') == [
+        ('share', 1, 'a:1'), ('share', 1, 'a:2'), ('fence', 1, 'a:1'),
+        ('fence', 1, 'a:2'), ('share', 3, 'b:1')]
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
+def test_a_detach_revokes_that_hosts_shares_only(store):
+    shared_by_three(store, short=None)
+    vid = store.get_volume('m')['id']
+    # A host holding no share: nothing to revoke (its agent left first).
+    store.release_lease('m', 'c:2', 1)
+    assert store.detach('m', 'c') is None
+    assert store.detach('m', 'b') == {'volume_id': vid, 'generation': 2}
+    assert history(store, 'm')[4:] == [
+        ('leave', 1, 'c:2'), ('revoke', 1, 'b:1'), ('revoke', 1, 'b:2'),
+        ('leave', 1, 'a:1'), ('share', 2, 'a:1')]
+    reasons = [e['reason'] for e in store.lease_history('m')[5:]]
+    assert reasons == ['detached from host b'] * 2 + [
+        're-admitted at generation 2: detached from host b', 're-admitted']
+    assert store.renew_lease('m', 'a:1', 1, 30)['generation'] == 2
+    with pytest.raises(exception.Fenced, match='no writer'):
+        store.renew_lease('m', 'b:1', 1, 30)
+    # The detached host is not fenced: attached again, it writes again.
+    store.attach('m', 'b')
+    assert store.acquire_lease('m', 'b:3', 30)['generation'] == 2
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
+def test_a_volume_wide_revoke_still_ends_every_writer(store):
+    shared_by_three(store, short=None)
+    assert store.revoke_lease('m')['generation'] == 2
+    assert [x[0] for x in history(store, 'm')[4:]] == ['revoke'] * 4
+    for holder in ('a:1', 'b:1', 'c:2'):
+        with pytest.raises(exception.Fenced):
+            store.renew_lease('m', holder, 1, 30)
+    assert store.acquire_lease('m', 'a:1', 30)['generation'] == 3
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
+def test_a_re_admitted_writer_may_leave_the_generation_it_knew(store):
+    shared_by_three(store, short=None)
+    store.fence_host('c')
+    # a:1 closes before any renewal told it of generation 2.
+    store.release_lease('m', 'a:1', 1)
+    assert history(store, 'm')[-1] == ('leave', 2, 'a:1')
+    with pytest.raises(exception.Fenced):
+        store.renew_lease('m', 'a:1', 1, 30)
+    # An end that is nobody's any more records nothing.
+    store.release_lease('m', 'a:1', 1)
+    store.release_lease('m', 'c:2', 1)
+    assert history(store, 'm')[-1] == ('leave', 2, 'a:1')
+    assert_one_writer(store, 'm', shared_ok=True)
 
 
 def test_shared_writers_join_leave_and_run_out(store):
@@ -372,6 +487,23 @@ def test_check_names_the_events_of_two_writers():
     assert lease_history.check(shared) == []
     assert [(p.event, p.since) for p in lease_history.check(
         shared, shared_ok=False)] == [(2, 1)]
+
+
+def test_check_judges_a_re_admission():
+    """A re-admitted writer ends its share of the old generation before
+    it shares the new one: one generation per writer at a time.  A
+    share of the new one while another writer's share of the old one
+    is open is two generations at once."""
+    readmitted = [ev(1, 'share', 1, 'a'), ev(2, 'share', 1, 'b'),
+                  ev(3, 'fence', 1, 'a'), ev(4, 'leave', 1, 'b'),
+                  ev(5, 'share', 2, 'b'), ev(6, 'share', 2, 'c')]
+    assert lease_history.check(readmitted, shared_ok=True) == []
+    skipped = [e for e in readmitted if e['id'] != 4]
+    assert lease_history.check(skipped, shared_ok=True) == [
+        Problem(5, 2, 'two writers: #5 (share of generation 2 by b) while '
+                      '#2 (share of generation 1 by b) had not ended (no '
+                      'release, leave, revoke, fence, expire or takeover '
+                      'of it came between)')]
 
 
 def test_check_names_generations_out_of_order():

@@ -284,6 +284,37 @@ def test_a_detached_host_renews_no_lease_and_gets_no_ticket(store):
     assert 'not attached to host compute-1' in got['error']['message']
 
 
+def test_a_re_admitted_writer_renews_into_a_ticket_of_the_new_generation(
+        store):
+    """compute-2 fenced, compute-1's writer of the multiattach volume they
+    shared renews the generation it knows: the reply, and the ticket it
+    writes with from then on, are of the new generation; compute-2's own
+    renewals are refused."""
+    other = b'o' * 64
+    store.create_principal('compute-2', 'host', other)
+    store.create_volume('shared', MiB, 1, 1, MiB, multiattach=True)
+    for host in ('compute-1', 'compute-2'):
+        store.attach('shared', host)
+    (s1, one_got), (s2, _) = call(store, [
+        ('compute-1', HOST, 'POST', '/v1/volumes/shared/lease',
+         {'holder': 'compute-1:7:x', 'ttl': 30}),
+        ('compute-2', other, 'POST', '/v1/volumes/shared/lease',
+         {'holder': 'compute-2:7:x', 'ttl': 30})])
+    assert (s1, s2) == (201, 201)
+    assert one_got['lease']['generation'] == 1
+    store.fence_host('compute-2')
+    (status, got), (refused, why) = call(store, [
+        ('compute-1', HOST, 'PUT', '/v1/volumes/shared/lease',
+         {'holder': 'compute-1:7:x', 'generation': 1, 'ttl': 30}),
+        ('compute-2', other, 'PUT', '/v1/volumes/shared/lease',
+         {'holder': 'compute-2:7:x', 'generation': 1, 'ttl': 30})])
+    assert status == 200, got
+    assert got['lease']['generation'] == 2
+    assert granted(got['ticket'], HOST).ticket.generation == 2
+    # (Fenced, its attachment went with it.)
+    assert refused == 403, why
+
+
 def test_a_copy_up_ticket_is_for_a_clone_only(store):
     """A copy-up ticket writes, under no lease, every block its volume
     never wrote: nothing a volume that reads no parent needs, and on a

@@ -559,6 +559,34 @@ class UrsaDriverTestCase(test.TestCase):
         self.drv.terminate_connection(v, {'host': 'compute-2'})
         self.assertTrue(vol['revoked'])
 
+    def test_a_silent_hosts_detach_of_a_multiattach_volume(self):
+        """The master's detach of the silent host revokes its writers'
+        shares only (the other hosts' are re-admitted): the driver
+        revokes no lease of a multiattach volume still attached
+        elsewhere, but for a force detach from every host."""
+        self.override_config('ursa_attach_timeout', 1, group='ursa_unit')
+        self.master.agents |= {'compute-2'}
+        v = self.volume()
+        v.multiattach = True
+        self.drv.create_volume(v)
+        vol = self.master.vols[self.master.volume(v.name)['id']]
+        vol['multiattach'] = True
+        for host in ('compute-1', 'compute-2'):
+            self.drv.initialize_connection(v, {'host': host})
+        self.master.agents.discard('compute-2')
+        self.drv.terminate_connection(v, {'host': 'compute-2'})
+        self.assertEqual(['compute-1'], [
+            a['host'] for a in self.master.attachments(v.name)])
+        self.assertNotIn('revoked', vol)
+        # A force detach (no connector), compute-1 silent too: every
+        # writer's lease revoked.
+        self.master.agents |= {'compute-2'}
+        self.drv.initialize_connection(v, {'host': 'compute-2'})
+        self.master.agents -= {'compute-1', 'compute-2'}
+        self.drv.terminate_connection(v, None)
+        self.assertTrue(vol['revoked'])
+        self.assertEqual({}, vol['att'])
+
     def test_which_attachments_are_a_live_migration(self):
         from cinder_ursa.volume import attachments as att_mod
         vm, other = str(uuid.uuid4()), str(uuid.uuid4())
