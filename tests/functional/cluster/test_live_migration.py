@@ -23,6 +23,8 @@ import threading
 import pytest
 
 from cinder_ursa.protocol import lease_history
+from tests.fixtures.attach import attached
+from tests.fixtures.attach import read_blocks
 from tests.fixtures.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -101,24 +103,6 @@ class Guest:
         assert not [x for x in self.lines if x.startswith('E')], \
             self.lines[-5:]
         return self.acked()
-
-
-def read_blocks(path, blocks):
-    """{n: bytes of block n} read through ``path``, opened anew (FUSE
-    drops the kernel's cached pages of a file at each open)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return {n: os.pread(fd, BLOCK, n * BLOCK) for n in blocks}
-    finally:
-        os.close(fd)
-
-
-def attached(master, name, host, timeout=30):
-    def done():
-        a = master.attachment(name, host)
-        assert a['status'] in ('attaching', 'attached'), a
-        return a if a['status'] == 'attached' else None
-    return wait_for(done, timeout, '%s attached to %s' % (name, host))
 
 
 def detached(master, name, host, timeout=30):

@@ -28,6 +28,8 @@ import pytest
 from cinder_ursa.client import check
 from cinder_ursa.protocol import lease_history
 from tests.e2e import guest_writer
+from tests.fixtures.attach import attached
+from tests.fixtures.attach import read_blocks
 from tests.fixtures.cluster import data_client
 from tests.fixtures.wait import wait_for
 
@@ -64,24 +66,6 @@ class Guest:
         err = self.proc.stderr.read()
         assert self.proc.returncode == 0, err[-2000:]
         return self.entries()
-
-
-def read_blocks(path, blocks):
-    """{n: bytes of block n} read through ``path``, opened anew (FUSE
-    drops the kernel's cached pages of a file at each open)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return {n: os.pread(fd, BLOCK, n * BLOCK) for n in blocks}
-    finally:
-        os.close(fd)
-
-
-def attached(master, name, host, timeout=30):
-    def done():
-        a = master.attachment(name, host)
-        assert a['status'] in ('attaching', 'attached'), a
-        return a if a['status'] == 'attached' else None
-    return wait_for(done, timeout, '%s attached to %s' % (name, host))
 
 
 @pytest.fixture
