@@ -431,8 +431,9 @@ class Story:
                            30, '%s\'s guest waiting on %s' % (name, dest))
             assert sorted(a['host'] for a in client.attachments(ref)) == \
                 sorted([src, dest])
-            self.nova.api('DELETE', '/servers/%s/migrations/%d' % (
-                sid, mig['id']))
+            self.osc('--os-compute-api-version', nova_harness.MICROVERSION,
+                     'server', 'migration', 'abort', sid, str(mig['id']),
+                     json_out=False)
             status = 'cancelled'
         else:
             mig = self.start_live_migration(name, dest)
@@ -459,8 +460,10 @@ class Story:
 
     def start_live_migration(self, name, dest):
         sid = self.servers[name]
-        self.nova.api('POST', '/servers/%s/action' % sid, {
-            'os-migrateLive': {'host': dest, 'block_migration': 'auto'}})
+        # As an operator does it.
+        self.osc('--os-compute-api-version', nova_harness.MICROVERSION,
+                 'server', 'migrate', '--live-migration', '--host', dest, sid,
+                 json_out=False)
         found = []
 
         def started():
