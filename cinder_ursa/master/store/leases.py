@@ -138,6 +138,26 @@ class LeaseRecords:
             lease_expires=max((r.expires for r in kept), default=0)))
         return gen, [r.holder for r in ended], [r.holder for r in kept]
 
+    @staticmethod
+    def _dropped_writers(conn, vol, host):
+        """The writers on ``host`` whose membership of multiattach volume
+        ``vol``'s generation was dropped as run out (``expire``) and that
+        did not come back since.  Such a writer is not cut off: a client
+        writes on under the generation it has while its renewals fail
+        (only a ticket runs out; a client with the cluster key has
+        none), and renewing that generation lets it back
+        (:meth:`_join_shared`).  Ending the generation is what stops it.
+        Read from the history (a history trimmed past the drop names
+        nobody)."""
+        e = models.lease_events
+        last = {}
+        for r in conn.execute(sa.select(e.c.holder, e.c.event).where(
+                e.c.volume_id == vol.id,
+                e.c.generation == vol.lease_generation).order_by(e.c.id)):
+            if r.holder is not None and holder_host(r.holder) == host:
+                last[r.holder] = r.event
+        return sorted(h for h, ev in last.items() if ev == events.EXPIRE)
+
     def _join_shared(self, conn, vol, holder, ttl, now, renew=False):
         """Multiattach: writers share one generation while any of them
         holds the lease; the first after a gap (or a revoke) starts a new
@@ -525,7 +545,26 @@ class LeaseRecords:
                     is None:
                 conn.execute(f.insert().values(host=host, reason=reason,
                                                fenced_at=now))
-            for lease in self._host_leases(conn, host):
+            a = models.attachments
+            touched = [r.volume_id for r in conn.execute(sa.select(
+                a.c.volume_id).where(a.c.host == host))]
+            leases = self._host_leases(conn, host)
+            # A multiattach volume attached to the host is fenced even
+            # if it holds no share of the host's: a writer there that
+            # stopped renewing (what nova_ha fences) had its membership
+            # dropped as run out, and may still write under the
+            # generation (see _dropped_writers; the history, which
+            # names it, may be trimmed).
+            held = {x['volume_id'] for x in leases}
+            for vid in touched:
+                if vid in held:
+                    continue
+                vol = conn.execute(sa.select(t).where(t.c.id == vid)).first()
+                if vol.multiattach and vol.lease_holder in (None, SHARED):
+                    gone = self._dropped_writers(conn, vol, host)
+                    leases.append({'volume_id': vid, 'volume_name': vol.name,
+                                   'holder': gone[0] if gone else None})
+            for lease in leases:
                 vid = lease['volume_id']
                 if vid in fenced:
                     continue
@@ -546,9 +585,6 @@ class LeaseRecords:
                                'holder': lease['holder'],
                                'generation': gen,
                                'readmitted': readmitted}
-            a = models.attachments
-            touched = [r.volume_id for r in conn.execute(sa.select(
-                a.c.volume_id).where(a.c.host == host))]
             dropped = conn.execute(a.delete().where(
                 a.c.host == host)).rowcount
             for vid in touched:

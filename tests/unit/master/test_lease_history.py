@@ -276,6 +276,65 @@ def test_a_volume_wide_revoke_still_ends_every_writer(store):
     assert_one_writer(store, 'm', shared_ok=True)
 
 
+def lapsed_and_dropped(store):
+    """Volume 'm' (multiattach) attached to hosts a and b, whose writer
+    a:1 stopped renewing (its host failed, or lost the master): its
+    membership ran out, and b:1's renewal dropped it (expire)."""
+    store.create_volume('m', 8 * MiB, chunk_size=4 * MiB, multiattach=True)
+    for h in ('a', 'b'):
+        store.attach('m', h)
+    store.acquire_lease('m', 'a:1', SHORT)
+    store.acquire_lease('m', 'b:1', 30)
+    run_out()
+    store.renew_lease('m', 'b:1', 1, 30)
+    assert history(store, 'm')[-1] == ('expire', 1, 'a:1')
+    assert store.host_status('a')['leases'] == []
+
+
+def test_fencing_a_host_whose_share_was_dropped_as_run_out(store):
+    """What nova_ha fences is a host that stopped renewing, usually long
+    enough for its writer's membership to be dropped as run out.  Such
+    a writer is not cut off: a client writes on under the generation it
+    has while its renewals fail (only a ticket runs out, and a client
+    with the cluster key has none), and renewing it lets it back
+    (test_shared_writers_join_leave_and_run_out).  The fence must end
+    that generation all the same, the other writer re-admitted."""
+    lapsed_and_dropped(store)
+    result = store.fence_host('a', reason='dead')
+    assert [(f['volume_name'], f['generation'], f['readmitted'])
+            for f in result['fenced']] == [('m', 2, ['b:1'])]
+    lease = store.get_volume('m')['lease']
+    assert (lease['holder'], lease['generation']) == ('(shared)', 2)
+    assert history(store, 'm')[3:] == [
+        ('leave', 1, 'b:1'), ('share', 2, 'b:1')]
+    with pytest.raises(exception.Fenced):
+        store.renew_lease('m', 'a:1', 1, 30)
+    assert store.renew_lease('m', 'b:1', 1, 30)['generation'] == 2
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
+def test_detaching_a_host_whose_share_was_dropped_as_run_out(store):
+    """The Cinder driver detaches a host that did not let go (silent)
+    through the master, which must fence its writer even when its
+    membership was already dropped as run out (it writes on under the
+    generation it has: see above); one that left (released) is not
+    fenced."""
+    lapsed_and_dropped(store)
+    vid = store.get_volume('m')['id']
+    assert store.detach('m', 'a') == {'volume_id': vid, 'generation': 2}
+    assert history(store, 'm')[3:] == [
+        ('leave', 1, 'b:1'), ('share', 2, 'b:1')]
+    with pytest.raises(exception.Fenced):
+        store.renew_lease('m', 'a:1', 1, 30)
+    store.release_lease('m', 'b:1', 1)
+    store.attach('m', 'c')
+    store.acquire_lease('m', 'c:1', 30)
+    store.acquire_lease('m', 'b:2', 30)
+    store.release_lease('m', 'b:2', 3)
+    assert store.detach('m', 'b') is None
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
 def test_a_re_admitted_writer_may_leave_the_generation_it_knew(store):
     shared_by_three(store, short=None)
     store.fence_host('c')
