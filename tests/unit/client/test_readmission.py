@@ -472,3 +472,32 @@ def test_a_clones_parent_read_on_a_revoked_ticket_re_admits(run):
                                                        (BS, ZERO)]
     assert master.renewals == [1, 2, 3] and vol.generation == 4
     run(vol.close())
+
+
+def test_a_fenced_writers_flush_drops_no_replica(run):
+    """A flush refused because this writer is fenced (its ticket
+    revoked, NotAuthorized) is no failure of the chunk server's: the
+    server is fine, and dropping it from the replica sets (what a flush
+    does to a server that failed it) would take healthy replicas from
+    the writers that replaced this one.  Not after the re-admission is
+    refused (the volume fenced for good: later flushes ask no more), nor
+    on an exclusive volume, whose refusals are never retried."""
+    for multiattach in (True, False):
+        master = FakeMaster(multiattach=multiattach)
+        server = FakeServer(tickets=True)
+        vol = open_volume(run, master, server)
+        run(vol.write(0, block(1)))
+        master.generation, master.member = 2, False
+        server.fence(2)
+        for _ in range(2):
+            # (FakeMaster.drop_replica fails the test.)
+            with pytest.raises((exception.Fenced, exception.NotAuthorized)):
+                run(vol.flush())
+        assert master.renewals == ([1] if multiattach else [])
+        if multiattach:
+            run(vol.close())        # fenced: nothing to flush
+        else:
+            # (Not told it is fenced: its close flushes, refused too.)
+            with pytest.raises(exception.NotAuthorized):
+                run(vol.close())
+        assert vol.closed
