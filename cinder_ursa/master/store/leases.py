@@ -541,8 +541,9 @@ class LeaseRecords:
         now = time.time()
         why = 'host %s fenced%s' % (host, ': %s' % reason if reason else '')
         with self.begin() as conn:
-            if conn.execute(sa.select(f).where(f.c.host == host)).first() \
-                    is None:
+            already = conn.execute(sa.select(f).where(
+                f.c.host == host)).first() is not None
+            if not already:
                 conn.execute(f.insert().values(host=host, reason=reason,
                                                fenced_at=now))
             a = models.attachments
@@ -590,6 +591,8 @@ class LeaseRecords:
             for vid in touched:
                 self._settle_standby(conn, conn.execute(sa.select(t).where(
                     t.c.id == vid)).first())
+            again = self._fenced_before(conn, host, fenced) if already \
+                else []
         kept = sum(len(x['readmitted']) for x in fenced.values())
         LOG.warning('Host %s fenced%s: %d lease(s) revoked, %d '
                     'attachment(s) dropped%s, by %s', host,
@@ -598,7 +601,35 @@ class LeaseRecords:
                     'volumes with it re-admitted at the new generations'
                     % kept if kept else '', asked())
         return {'host': host, 'fenced': list(fenced.values()),
-                'attachments_dropped': dropped}
+                'attachments_dropped': dropped, 'fenced_before': again}
+
+    @staticmethod
+    def _fenced_before(conn, host, fenced):
+        """Fencing a host fenced before (a retry: the master that fenced
+        it may have failed before it pushed the new generations to the
+        chunk servers, FENCE, and a retry finds no lease of the host's
+        left to fence): {'volume_id', 'generation'} of the volumes that
+        fence ended leases of (its events' reasons name it, in the
+        history), at their current generation, to push again.  The
+        chunk servers that have it already take it as a no-op.  Without
+        this a host fenced on a master that failed right after could
+        write on, after a retry said it was fenced, wherever no other
+        writer's request made the chunk servers confirm the new
+        generation: a multiattach volume's re-admitted writers take no
+        new lease that would push it."""
+        t, e = models.volumes, models.lease_events
+        why = 'host %s fenced' % host
+        vids = {r.volume_id for r in conn.execute(sa.select(
+            e.c.volume_id, e.c.reason).where(
+            e.c.event.in_((events.FENCE, events.LEAVE)),
+            e.c.reason.contains(why, autoescape=True)))
+            if r.reason.startswith(why) or
+            r.reason.startswith('re-admitted at generation') and
+            (': ' + why) in r.reason}
+        return [{'volume_id': r.id, 'generation': r.lease_generation}
+                for r in conn.execute(sa.select(
+                    t.c.id, t.c.lease_generation).where(
+                    t.c.id.in_(sorted(vids - set(fenced)))).order_by(t.c.id))]
 
     def unfence_host(self, host):
         f = models.fenced_hosts

@@ -335,6 +335,42 @@ def test_detaching_a_host_whose_share_was_dropped_as_run_out(store):
     assert_one_writer(store, 'm', shared_ok=True)
 
 
+def test_fencing_a_host_again_pushes_its_fences_generations_again(store):
+    """A master that committed a host's fence may fail before it pushed
+    the new generations to the chunk servers (FENCE); nova_ha asks the
+    next one again.  That retry finds no lease of the host's left, but
+    must still have the generations that fence made pushed (the
+    current ones): else the host writes on under the old generation
+    wherever no other writer's request makes a chunk server confirm the
+    new one - and a multiattach volume's re-admitted writers take no
+    new lease that would push it."""
+    shared_by_three(store, short=None)
+    store.create_volume('x', 8 * MiB, chunk_size=4 * MiB)
+    store.create_volume('y', 8 * MiB, chunk_size=4 * MiB)
+    store.acquire_lease('x', 'b:9', 30)
+    store.acquire_lease('y', 'a:9', 30)
+    first = store.fence_host('b', reason='lost')
+    assert sorted(x['volume_name'] for x in first['fenced']) == ['m', 'x']
+    assert first['fenced_before'] == []
+    ids = {v: store.get_volume(v)['id'] for v in ('m', 'x')}
+    # The retry (the first master failed before its FENCE): nothing is
+    # ended again, the generations are pushed again.
+    again = store.fence_host('b', reason='lost')
+    assert again['fenced'] == []
+    assert sorted((x['volume_id'], x['generation'])
+                  for x in again['fenced_before']) == sorted(
+        [(ids['m'], 2), (ids['x'], 2)])
+    # A host fenced the first time has nothing of an earlier fence.
+    assert store.fence_host('c')['fenced_before'] == []
+    # Not another host's fence: nor a host whose name begins the same.
+    store.create_volume('z', 8 * MiB, chunk_size=4 * MiB)
+    store.acquire_lease('z', 'bb:1', 30)
+    store.fence_host('bb')
+    assert {x['volume_id'] for x in store.fence_host('b')[
+        'fenced_before']} == set(ids.values())
+    assert_one_writer(store, 'm', shared_ok=True)
+
+
 def test_a_re_admitted_writer_may_leave_the_generation_it_knew(store):
     shared_by_three(store, short=None)
     store.fence_host('c')
