@@ -371,6 +371,27 @@ def test_fencing_a_host_again_pushes_its_fences_generations_again(store):
     assert_one_writer(store, 'm', shared_ok=True)
 
 
+@pytest.mark.xfail(strict=True, reason='known, not fixed: renew_lease '
+                   're-admits by holder name, and ursa-attach names every '
+                   'open of a host alike (ursa-attach@HOST)')
+def test_a_revoked_open_is_not_re_admitted_by_a_later_open_of_its_name(
+        store):
+    """renew_lease gives the current generation to any live member
+    renewing an older one.  Membership is by holder name: a later open
+    under the same name (ursa-attach's, ursa-attach@<host>, is the same
+    for every open on the host) makes an earlier open, whose lease was
+    revoked, a "member" again - it renews its revoked generation and
+    writes under the new one.  Only a membership carried over by a
+    re-admission (_end_shares) should be."""
+    shared_by_three(store, short=None)
+    store.revoke_lease('m')             # every writer fenced: generation 2
+    # b:1 opens the volume again (a new open, the same name): gen 3.
+    assert store.acquire_lease('m', 'b:1', 30)['generation'] == 3
+    # The revoked open of b:1 renews the generation it knew.
+    with pytest.raises(exception.Fenced):
+        store.renew_lease('m', 'b:1', 1, 30)
+
+
 def test_a_re_admitted_writer_may_leave_the_generation_it_knew(store):
     shared_by_three(store, short=None)
     store.fence_host('c')
