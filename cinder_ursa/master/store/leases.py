@@ -533,7 +533,10 @@ class LeaseRecords:
 
         A multiattach volume's writers on other hosts are not fenced
         with it: they are re-admitted at the new generation (see
-        :meth:`_end_shares`), and listed as ``readmitted``."""
+        :meth:`_end_shares`), and listed as ``readmitted``.  Every
+        multiattach volume attached to the host is fenced, whether or
+        not a share of the host's is left (see :meth:`_dropped_writers`).
+        A host fenced before: see :meth:`_fenced_before`."""
         t, f = models.volumes, models.fenced_hosts
         check_text('host', host)
         check_free_text('reason', reason)
