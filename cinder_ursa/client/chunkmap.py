@@ -31,14 +31,17 @@ class ChunkMap:
             # The lease a window of the map is asked under (None: not
             # held): one asked before it was taken (on-write, a handover)
             # may miss chunks the previous holder allocated since.  (An
-            # allocation's reply has its chunk.)
+            # allocation's reply has its chunk.)  A multiattach volume's
+            # writer is never the only one: the writers of other hosts
+            # allocate chunks whenever they write.
             under = None
             if allocate:
                 start, count = index, 1
             else:
                 start = index - index % MAP_WINDOW
                 count = min(MAP_WINDOW, self.layout.chunks - start)
-                under = self.generation if self._held else None
+                if self._held and not self.info.get('multiattach'):
+                    under = self.generation
             reply = await self.cluster.master.chunk_map(
                 self.id, start, count, allocate)
             if 'slow_servers' in reply:

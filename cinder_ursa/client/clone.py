@@ -7,6 +7,7 @@ share."""
 import asyncio
 import time
 
+from cinder_ursa import exception
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol.chunkfile import ABSENT
 from cinder_ursa.protocol.chunkfile import BLOCK
@@ -48,8 +49,28 @@ class CloneLayers:
         if parent is None or pos >= parent.size:
             return bytes(length)
         n = min(length, parent.size - pos)
-        data = await parent.read(pos, n)
+        data = await self._through_parent(parent.read, pos, n)
         return data if n == length else data + bytes(length - n)
+
+    async def _through_parent(self, call, *args):
+        """``await call(*args)``, a request of the parent snapshot's, which
+        goes out on this clone's connections (its ticket names the
+        parent readable).  A multiattach writer's ticket is revoked
+        with its generation on every chunk server (another host's
+        writers were fenced or detached): the parent's request refused
+        as NotAuthorized asks for this writer's re-admission
+        (Volume._readmit) and is sent again, as the clone's own are; a
+        chunk the clone never allocated sends no request of its own
+        that would have asked first."""
+        deadline = time.monotonic() + self.cluster.io_timeout
+        while True:
+            generation = self.generation
+            try:
+                return await call(*args)
+            except exception.NotAuthorized as e:
+                if not self._may_readmit(e):
+                    raise
+                await self._readmit(generation, e, deadline)
 
     async def _copy_up_edges(self, offset, length):
         """Before a partial-block write to a clone, give the edge blocks

@@ -76,6 +76,8 @@ class FlushRounds:
         """FLUSH the volume on one chunk server; ``chunks`` ({index: server
         id}, None: any chunk it holds) are what it must drop if it fails.
         When they cannot be dropped either, the next flush tries again.
+        A server that refuses this writer (NotAuthorized, Fenced) did not
+        fail: nothing is dropped, the flush fails.
 
         A multiattach writer whose ticket was revoked with its generation
         (NotAuthorized) asks the master whether it was re-admitted at a
@@ -96,6 +98,19 @@ class FlushRounds:
                     break
                 # (Raises, and drops nothing, if not re-admitted.)
                 await self._readmit(generation, e, deadline)
+        if isinstance(err, (exception.NotAuthorized, exception.Fenced)):
+            # Refused, not failed: this writer is fenced (its ticket
+            # revoked with its generation), or not let in.  The server
+            # is fine, and dropping it would take a healthy replica from
+            # the writers that replaced this one.  Still to flush.
+            pending = self._dirty.get(addr, {})
+            if pending is not None:
+                if chunks is None:
+                    self._dirty[addr] = None
+                else:
+                    pending.update(chunks)
+                    self._dirty[addr] = pending
+            raise err
         self.pool.discard(*addr)
         LOG.warning('Volume %s: flush on %s:%d failed (%s); dropping '
                     'that replica', self.name, addr[0], addr[1], err)

@@ -632,7 +632,8 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                     pos = offset + e.buf_offset + start - e.chunk_offset
                     if pos < parent.size:
                         n = min(end - start, parent.size - pos)
-                        for ln, pst in await parent.block_status(pos, n):
+                        for ln, pst in await self._through_parent(
+                                parent.block_status, pos, n):
                             add_run(out, ln, pst)
                         if n < end - start:
                             add_run(out, end - start - n, ZERO)

@@ -964,8 +964,10 @@ class MasterService:
 
     async def fence_host(self, host, reason=None):
         result = await self.db(self.store.fence_host, host, reason)
+        # (fenced_before: a retry's, see store.fence_host.)
         await asyncio.gather(*(self.fence(x['volume_id'], x['generation'])
-                               for x in result['fenced']))
+                               for x in result['fenced'] +
+                               result.get('fenced_before', [])))
         return result
 
     # --- snapshots, revert, deletion -----------------------------------

@@ -195,8 +195,12 @@ class AttachmentRecords:
                                           a.c.host == host))
             sharers = conn.execute(sa.select(sl.c.holder).where(
                 sl.c.volume_id == vol.id)).scalars().all()
+            # (A writer there whose membership was dropped as run out,
+            # a silent host's, may still write under the generation:
+            # LeaseRecords._dropped_writers.)
             if (vol.multiattach and vol.lease_holder in (None, SHARED)
-                    and any(holder_host(h) == host for h in sharers)):
+                    and (any(holder_host(h) == host for h in sharers)
+                         or self._dropped_writers(conn, vol, host))):
                 gen, _, readmitted = self._end_shares(
                     conn, vol, lambda h: holder_host(h) == host,
                     time.time(), events.REVOKE, why)

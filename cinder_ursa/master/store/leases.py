@@ -138,6 +138,26 @@ class LeaseRecords:
             lease_expires=max((r.expires for r in kept), default=0)))
         return gen, [r.holder for r in ended], [r.holder for r in kept]
 
+    @staticmethod
+    def _dropped_writers(conn, vol, host):
+        """The writers on ``host`` whose membership of multiattach volume
+        ``vol``'s generation was dropped as run out (``expire``) and that
+        did not come back since.  Such a writer is not cut off: a client
+        writes on under the generation it has while its renewals fail
+        (only a ticket runs out; a client with the cluster key has
+        none), and renewing that generation lets it back
+        (:meth:`_join_shared`).  Ending the generation is what stops it.
+        Read from the history (a history trimmed past the drop names
+        nobody)."""
+        e = models.lease_events
+        last = {}
+        for r in conn.execute(sa.select(e.c.holder, e.c.event).where(
+                e.c.volume_id == vol.id,
+                e.c.generation == vol.lease_generation).order_by(e.c.id)):
+            if r.holder is not None and holder_host(r.holder) == host:
+                last[r.holder] = r.event
+        return sorted(h for h, ev in last.items() if ev == events.EXPIRE)
+
     def _join_shared(self, conn, vol, holder, ttl, now, renew=False):
         """Multiattach: writers share one generation while any of them
         holds the lease; the first after a gap (or a revoke) starts a new
@@ -513,7 +533,10 @@ class LeaseRecords:
 
         A multiattach volume's writers on other hosts are not fenced
         with it: they are re-admitted at the new generation (see
-        :meth:`_end_shares`), and listed as ``readmitted``."""
+        :meth:`_end_shares`), and listed as ``readmitted``.  Every
+        multiattach volume attached to the host is fenced, whether or
+        not a share of the host's is left (see :meth:`_dropped_writers`).
+        A host fenced before: see :meth:`_fenced_before`."""
         t, f = models.volumes, models.fenced_hosts
         check_text('host', host)
         check_free_text('reason', reason)
@@ -521,11 +544,31 @@ class LeaseRecords:
         now = time.time()
         why = 'host %s fenced%s' % (host, ': %s' % reason if reason else '')
         with self.begin() as conn:
-            if conn.execute(sa.select(f).where(f.c.host == host)).first() \
-                    is None:
+            already = conn.execute(sa.select(f).where(
+                f.c.host == host)).first() is not None
+            if not already:
                 conn.execute(f.insert().values(host=host, reason=reason,
                                                fenced_at=now))
-            for lease in self._host_leases(conn, host):
+            a = models.attachments
+            touched = [r.volume_id for r in conn.execute(sa.select(
+                a.c.volume_id).where(a.c.host == host))]
+            leases = self._host_leases(conn, host)
+            # A multiattach volume attached to the host is fenced even
+            # if it holds no share of the host's: a writer there that
+            # stopped renewing (what nova_ha fences) had its membership
+            # dropped as run out, and may still write under the
+            # generation (see _dropped_writers; the history, which
+            # names it, may be trimmed).
+            held = {x['volume_id'] for x in leases}
+            for vid in touched:
+                if vid in held:
+                    continue
+                vol = conn.execute(sa.select(t).where(t.c.id == vid)).first()
+                if vol.multiattach and vol.lease_holder in (None, SHARED):
+                    gone = self._dropped_writers(conn, vol, host)
+                    leases.append({'volume_id': vid, 'volume_name': vol.name,
+                                   'holder': gone[0] if gone else None})
+            for lease in leases:
                 vid = lease['volume_id']
                 if vid in fenced:
                     continue
@@ -546,14 +589,13 @@ class LeaseRecords:
                                'holder': lease['holder'],
                                'generation': gen,
                                'readmitted': readmitted}
-            a = models.attachments
-            touched = [r.volume_id for r in conn.execute(sa.select(
-                a.c.volume_id).where(a.c.host == host))]
             dropped = conn.execute(a.delete().where(
                 a.c.host == host)).rowcount
             for vid in touched:
                 self._settle_standby(conn, conn.execute(sa.select(t).where(
                     t.c.id == vid)).first())
+            again = self._fenced_before(conn, host, fenced) if already \
+                else []
         kept = sum(len(x['readmitted']) for x in fenced.values())
         LOG.warning('Host %s fenced%s: %d lease(s) revoked, %d '
                     'attachment(s) dropped%s, by %s', host,
@@ -562,7 +604,35 @@ class LeaseRecords:
                     'volumes with it re-admitted at the new generations'
                     % kept if kept else '', asked())
         return {'host': host, 'fenced': list(fenced.values()),
-                'attachments_dropped': dropped}
+                'attachments_dropped': dropped, 'fenced_before': again}
+
+    @staticmethod
+    def _fenced_before(conn, host, fenced):
+        """Fencing a host fenced before (a retry: the master that fenced
+        it may have failed before it pushed the new generations to the
+        chunk servers, FENCE, and a retry finds no lease of the host's
+        left to fence): {'volume_id', 'generation'} of the volumes that
+        fence ended leases of (its events' reasons name it, in the
+        history), at their current generation, to push again.  The
+        chunk servers that have it already take it as a no-op.  Without
+        this a host fenced on a master that failed right after could
+        write on, after a retry said it was fenced, wherever no other
+        writer's request made the chunk servers confirm the new
+        generation: a multiattach volume's re-admitted writers take no
+        new lease that would push it."""
+        t, e = models.volumes, models.lease_events
+        why = 'host %s fenced' % host
+        vids = {r.volume_id for r in conn.execute(sa.select(
+            e.c.volume_id, e.c.reason).where(
+            e.c.event.in_((events.FENCE, events.LEAVE)),
+            e.c.reason.contains(why, autoescape=True)))
+            if r.reason.startswith(why) or
+            r.reason.startswith('re-admitted at generation') and
+            (': ' + why) in r.reason}
+        return [{'volume_id': r.id, 'generation': r.lease_generation}
+                for r in conn.execute(sa.select(
+                    t.c.id, t.c.lease_generation).where(
+                    t.c.id.in_(sorted(vids - set(fenced)))).order_by(t.c.id))]
 
     def unfence_host(self, host):
         f = models.fenced_hosts

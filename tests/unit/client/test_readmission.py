@@ -14,6 +14,8 @@ import pytest
 from cinder_ursa import exception
 from cinder_ursa.client import cluster as cluster_mod
 from cinder_ursa.protocol import codec
+from cinder_ursa.protocol.chunkfile import DATA
+from cinder_ursa.protocol.chunkfile import ZERO
 from cinder_ursa.transport import aio
 
 MiB = 1 << 20
@@ -121,7 +123,14 @@ class FakeServer:
             self.log.append(('read', None, req.offset))
             data = b''.join(self.blocks.get(o, bytes(BS)) for o in range(
                 req.offset, req.offset + req.length, BS))
-            reply = codec.encode_read_ok(rid, data)
+            states = None
+            if flags & (codec.FLAG_STATES | codec.FLAG_MAP_ONLY):
+                states = bytes(DATA if o in self.blocks else ZERO
+                               for o in range(req.offset, req.offset +
+                                              req.length, BS))
+                if flags & codec.FLAG_MAP_ONLY:
+                    data = b''
+            reply = codec.encode_read_ok(rid, data, states)
             if isinstance(reply, list):
                 reply = b''.join(bytes(x) for x in reply)
             return codec.Frame(opcode | codec.REPLY, 0, rid,
@@ -395,3 +404,100 @@ def test_re_admitted_again_at_each_other_hosts_fence(run):
         assert vol.generation == generation
     assert master.renewals == [1, 2]
     run(vol.close())
+
+
+PARENT_ID = '0b6f3a52-93c4-4b8e-a7a1-5d2f6c1e9b07'
+
+
+class CloneMaster(FakeMaster):
+    """The volume is a clone of a snapshot of volume PARENT_ID, and has
+    written (allocated) no chunk of its own: every block reads from the
+    parent snapshot, through the clone's connections (its ticket names
+    the parent readable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.info['parent'] = {'snapshot_id': 'snap-1', 'snapshot_name':
+                               's', 'volume_id': PARENT_ID,
+                               'volume_name': 'base', 'seq': 1,
+                               'size': INFO['size']}
+
+    async def snapshot(self, ref):
+        return {'id': 'snap-1', 'name': 's', 'volume_id': PARENT_ID,
+                'volume_name': 'base', 'seq': 1, 'size': INFO['size'],
+                'chunk_size': INFO['chunk_size'],
+                'stripe_unit': INFO['stripe_unit'], 'stripe_count': 1,
+                'parent': None}
+
+    async def chunk_map(self, vid, start, count, allocate=False):
+        reply = await super().chunk_map(vid, start, count, allocate)
+        if vid != PARENT_ID and not allocate:
+            reply['chunks'] = []
+        return reply
+
+
+def test_a_clones_parent_read_on_a_revoked_ticket_re_admits(run):
+    """A multiattach clone reads the blocks it never wrote from its
+    parent snapshot on its own ticket connections; once another host is
+    fenced, that ticket is revoked on every chunk server, and the first
+    request refused may be a parent read (a chunk the clone never
+    allocated asks no server of its own): it must ask for the
+    re-admission like the clone's own requests, not fail the read of a
+    writer that was re-admitted."""
+    master, server = CloneMaster(), FakeServer(tickets=True)
+    server.blocks[0] = block(5)
+    server.blocks[BS] = block(6)
+    vol = open_volume(run, master, server)
+    assert run(vol.read(0, BS)) == block(5)
+    master.generation = 2
+    server.fence(2)
+    assert run(vol.read(0, BS)) == block(5)
+    assert master.renewals == [1]
+    assert vol.generation == 2 and server.ticket_generation == 2
+    # A partial-block write copies the parent's block up first: the
+    # same, at the next fence.
+    master.generation = 3
+    server.fence(3)
+    run(vol.write(BS + 512, b'x' * 512))
+    assert master.renewals == [1, 2] and vol.generation == 3
+    assert [x for x in server.log if x[0] == 'write'] == [
+        ('write', 3, BS), ('write', 3, BS + 512)]
+    # The block status of a chunk the clone never wrote (allocated) is
+    # the parent's: asked through the clone's connections too.
+    # (The fake server keeps blocks by offset in a chunk, whatever the
+    # chunk: blocks 0 and 1 hold data.)
+    master.generation = 4
+    server.fence(4)
+    assert run(vol.block_status(4 * MiB, 3 * BS)) == [(2 * BS, DATA),
+                                                       (BS, ZERO)]
+    assert master.renewals == [1, 2, 3] and vol.generation == 4
+    run(vol.close())
+
+
+def test_a_fenced_writers_flush_drops_no_replica(run):
+    """A flush refused because this writer is fenced (its ticket
+    revoked, NotAuthorized) is no failure of the chunk server's: the
+    server is fine, and dropping it from the replica sets (what a flush
+    does to a server that failed it) would take healthy replicas from
+    the writers that replaced this one.  Not after the re-admission is
+    refused (the volume fenced for good: later flushes ask no more), nor
+    on an exclusive volume, whose refusals are never retried."""
+    for multiattach in (True, False):
+        master = FakeMaster(multiattach=multiattach)
+        server = FakeServer(tickets=True)
+        vol = open_volume(run, master, server)
+        run(vol.write(0, block(1)))
+        master.generation, master.member = 2, False
+        server.fence(2)
+        for _ in range(2):
+            # (FakeMaster.drop_replica fails the test.)
+            with pytest.raises((exception.Fenced, exception.NotAuthorized)):
+                run(vol.flush())
+        assert master.renewals == ([1] if multiattach else [])
+        if multiattach:
+            run(vol.close())        # fenced: nothing to flush
+        else:
+            # (Not told it is fenced: its close flushes, refused too.)
+            with pytest.raises(exception.NotAuthorized):
+                run(vol.close())
+        assert vol.closed
