@@ -311,10 +311,11 @@ def test_plugin_three_controllers_configure_one_cluster(tmp_path):
         str(tmp_path / 'ctl2' / 'etc-ursa' / 'ursa.conf')])
     assert conf.ursa.master_url == urls.split(',')
     # The lease as etcd3's member timeout, half the renew deadline as its
-    # request timeout (the defaults: 8 s and 5 s).
+    # request timeout (the defaults: 8 s and 5 s), tooz's calls in the
+    # elector's thread.
     assert master_cmd.coordination_url(conf) == \
         'etcd3+http://10.0.0.11:2379?api_version=v3&membership_timeout=8' \
-        '&timeout=2'
+        '&timeout=2&executor=synchronous'
     cinder = _ini(tmp_path / 'ctl1' / 'cinder.conf')
     assert cinder['ursa']['ursa_master_urls'] == urls
     conf = cfg.ConfigOpts()
