@@ -13,6 +13,7 @@ import time
 from cinder_ursa import exception
 from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import server_id
 from tests.fixtures.cluster import ursa
 from tests.fixtures.wait import wait_for
 
@@ -181,4 +182,4 @@ def test_cluster_check_finds_leaks(make_cluster):
     rc, problems, _ = _cluster_check(cluster)
     assert rc == 1
     assert [(p['problem'], p['server'], p['index']) for p in problems] == [
-        ('leaked snapshot layer', 1, 0)], problems
+        ('leaked snapshot layer', server_id(cluster, 0), 0)], problems
