@@ -64,12 +64,6 @@ class FakeMaster:
         pass
 
 
-@pytest.fixture
-def run():
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
-
 
 def open_volume(run, master, lease='on-write', io_timeout=60.0):
     """A volume of a cluster whose master is ``master``, its I/O

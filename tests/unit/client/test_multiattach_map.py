@@ -3,22 +3,13 @@ unallocated may be allocated and written by a writer on another host at
 any time, so it must not cache it as a hole (which reads as zeros without
 asking anyone).  The fakes of test_readmission.py."""
 
-import asyncio
 
-import pytest
 
 from tests.unit.client.test_readmission import BS
 from tests.unit.client.test_readmission import FakeMaster
 from tests.unit.client.test_readmission import FakeServer
 from tests.unit.client.test_readmission import block
 from tests.unit.client.test_readmission import open_volume
-
-
-@pytest.fixture
-def run():
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
 
 
 class LaterMaster(FakeMaster):

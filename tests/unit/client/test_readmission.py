@@ -206,12 +206,6 @@ class FakePool:
         pass
 
 
-@pytest.fixture
-def run():
-    loop = asyncio.new_event_loop()
-    yield loop.run_until_complete
-    loop.close()
-
 
 def open_volume(run, master, server, io_timeout=5.0):
     async def go():
