@@ -29,6 +29,7 @@ from concurrent import futures
 
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.common import auth
+from tests.e2e import horizon
 from tests.e2e import nova_harness
 from tests.e2e import openstack_stubs
 from tests.fixtures.processes import free_port
@@ -44,6 +45,7 @@ VENV = os.path.dirname(VENV_BIN)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 PASSWORD = 'ursa-e2e-secret'    # every user's
+MEMBER = 'demo'     # a user with role member in a project of that name
 REGION = 'RegionOne'
 VOLUME_API = '3.70'
 
@@ -154,6 +156,18 @@ password_hash_rounds = 4
                 ks.endpoints.create(svc, url, interface=interface,
                                     region=REGION)
 
+    def add_member(self, user, project):
+        """Project ``project`` and ``user``, a plain member of it (no
+        admin anywhere), as a cloud's end user."""
+        from keystoneclient.v3 import client
+        ks = client.Client(session=self.session(), interface='public')
+        p = ks.projects.create(project, 'default')
+        u = ks.users.create(user, domain='default', password=PASSWORD,
+                            default_project=p)
+        member = [r for r in ks.roles.list() if r.name == 'member'][0]
+        ks.roles.grant(member, user=u, project=p)
+        return p.id
+
     def auth_section(self, user):
         """The keystoneauth options of a config section for ``user``."""
         return (f'auth_type = password\nauth_url = {self.url}\n'
@@ -251,6 +265,7 @@ my_ip = 127.0.0.1
 state_path = {b}/state
 log_dir = {b}/log
 api_paste_config = {VENV}/etc/cinder/api-paste.ini
+resource_query_filters_file = {VENV}/etc/cinder/resource_filters.json
 rootwrap_config = {b}/rootwrap.conf
 image_conversion_dir = {b}/conv
 osapi_volume_listen = 127.0.0.1
@@ -446,6 +461,7 @@ class Stack:
         self.nova = None
         self.ha = None
         self.attach = None
+        self.horizon = None
         self.timings = {}
         self.start_seconds = None
 
@@ -492,10 +508,17 @@ class Stack:
         # The databases fill while Keystone and Ursa start; the services
         # start once Keystone knows their users (and the attach agents,
         # which Cinder's and Nova's attachments need, run).
+        self.horizon = horizon.Horizon(os.path.join(self.base, 'horizon'),
+                                       self.keystone)
         self._together(keystone=self._start_keystone, ursa=self._start_ursa,
                        cinder_db=self.cinder.prepare,
-                       nova_db=self.nova.prepare)
-        self._together(cinder=self.cinder.run, nova=self.nova.run)
+                       nova_db=self.nova.prepare,
+                       horizon_static=self.horizon.prepare)
+        self._together(cinder=self.cinder.run, nova=self.nova.run,
+                       horizon=self.horizon.run)
+        # The volume type users choose, as DevStack makes it.
+        self.cinder.api('POST', '/types', {'volume_type': {
+            'name': 'ursa', 'extra_specs': {'volume_backend_name': 'ursa'}}})
         self._timed('nova-ha', self.ha.start)
         self.start_seconds = time.monotonic() - t0
         return self
@@ -511,6 +534,7 @@ class Stack:
                 ('placement', 'placement', self.nova.placement_endpoint),
                 ('image', 'glance', self.stubs.image_url),
                 ('network', 'neutron', self.stubs.url)])
+        self.keystone.add_member(MEMBER, MEMBER)
 
     def _start_ursa(self):
         self.ursa.start(nbd=True)
@@ -524,8 +548,9 @@ class Stack:
                 '%s %.1f s' % kv for kv in self.timings.items()))
 
     def stop(self):
-        for part in (self.ha, self.nova, self.cinder, self.attach, self.ursa,
-                     self.keystone, self.stubs, self.rabbit, self.mariadb):
+        for part in (self.horizon, self.ha, self.nova, self.cinder,
+                     self.attach, self.ursa, self.keystone, self.stubs,
+                     self.rabbit, self.mariadb):
             if part is not None:
                 try:
                     part.stop()
@@ -538,6 +563,8 @@ class Stack:
         if self.nova is not None and os.path.isdir(
                 os.path.join(self.nova.base, 'log')):
             out.append(self.nova.errors(n))
+        if self.horizon is not None:
+            out.append(self.horizon.errors(n))
         if self.ha is not None and os.path.isdir(self.ha.base):
             out.append(self.ha.dump())
         d = self.cinder.base if self.cinder else self.base

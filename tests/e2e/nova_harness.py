@@ -205,6 +205,10 @@ ovsdb_connection =
         self.wait(self._hypervisors_mapped, 120, 'computes mapped to cell1')
         self.api('POST', '/flavors', {'flavor': {
             'name': 'tiny', 'ram': 64, 'vcpus': 1, 'disk': 0, 'id': '1'}})
+        # With a root disk: what a project member may boot from an image
+        # (Nova allows zero-disk flavors to admins only, from images).
+        self.api('POST', '/flavors', {'flavor': {
+            'name': 'small', 'ram': 64, 'vcpus': 1, 'disk': 1, 'id': '2'}})
         return self
 
     def _hypervisors_mapped(self):

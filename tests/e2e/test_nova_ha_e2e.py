@@ -100,8 +100,6 @@ class Story:
     # 1. Volumes from an image, servers booted from them on compute1.
     def boot(self):
         osc = self.osc
-        osc('volume', 'type', 'create', '--property',
-            'volume_backend_name=ursa', 'ursa')
         for name, _ in HA_SERVERS:
             self.volumes[name] = osc(
                 'volume', 'create', '--type', 'ursa', '--size', '1',

@@ -28,6 +28,10 @@ def _fmt_volume(v):
                    if v.get('parent') else ''),
         'lease_holder': lease.get('holder') or '',
         'lease_generation': lease.get('generation', 0),
+        # The limits Ursa enforces (Cinder's back-end QoS specs).
+        'qos': ', '.join('%s=%s' % kv for kv in sorted(
+            (v.get('qos') or {}).items())) or '-',
+        'multiattach': bool(v.get('multiattach')),
     }
 
 
