@@ -547,7 +547,12 @@ class AllInOne:
         proc.send_signal(sig)
         proc.wait(30)
 
-    def stop(self, timeout=15.0):
+    def stop(self, timeout=15.0, kill=False):
+        """Stop every process: ursa-attach first (SIGTERM: it flushes
+        what it has open and unmounts), then the others with SIGTERM
+        (each stops cleanly; killed after ``timeout``), or with
+        ``kill`` at once with SIGKILL, for a cluster whose state is
+        thrown away (a test's, at its end)."""
         procs = list(self.cs_procs.values())
         if self.nbd_proc is not None:
             procs.insert(0, self.nbd_proc)
@@ -561,7 +566,7 @@ class AllInOne:
         procs += [p for _, p in sorted(self.master_procs.items())]
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for p in procs:
             try:

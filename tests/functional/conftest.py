@@ -101,7 +101,7 @@ def make_cluster(request, tmp_path):
 
     yield make
     for c in clusters:
-        c.stop()
+        c.stop(kill=True)
 
 
 def shape_kwargs(request, shape):
@@ -159,7 +159,7 @@ def make_ns_cluster(request, network, tmp_path):
 
     yield make
     for c in clusters:
-        c.stop()
+        c.stop(kill=True)
 
 
 @pytest.fixture

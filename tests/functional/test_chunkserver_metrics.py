@@ -43,7 +43,7 @@ def cluster(request, tmp_path):
         c.start()
         yield c
     finally:
-        c.stop()
+        c.stop(kill=True)
 
 
 def endpoint(cluster, i):

@@ -151,7 +151,7 @@ def cluster(tmp_path_factory):
             aio.start_attach()
         yield aio
     finally:
-        aio.stop()
+        aio.stop(kill=True)
 
 
 @pytest.fixture(scope='module')

@@ -47,7 +47,7 @@ def cluster(request, tmp_path, monkeypatch):
         c.start()
         yield c
     finally:
-        c.stop()
+        c.stop(kill=True)
 
 
 def scrape(cluster):

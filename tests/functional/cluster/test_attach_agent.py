@@ -41,7 +41,7 @@ def attach_cluster(make_cluster):
     c.write_config()
     c.start_attach()
     yield c
-    c.stop()
+    c.stop(kill=True)
     os.rmdir(c.attach_dir)
     os.rmdir(top)
 

@@ -63,7 +63,7 @@ def cluster(tmp_path_factory):
         c.client().create_volume('v', 16 * MiB, chunk_size=4 * MiB)
         yield c
     finally:
-        c.stop()
+        c.stop(kill=True)
 
 
 def still_serving(cluster):

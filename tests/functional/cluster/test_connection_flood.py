@@ -50,7 +50,7 @@ def server(request, tmp_path_factory):
             port = json.load(f)['port']
         yield c, c.cs_procs[0].pid, port, request.param
     finally:
-        c.stop()
+        c.stop(kill=True)
 
 
 def connect(port, n, send=b''):

@@ -145,7 +145,7 @@ def hypervisors(request, make_cluster):
         return c
     yield make
     for c, top in started:
-        c.stop()
+        c.stop(kill=True)
         for d in (SRC, DST):
             if os.path.isdir(os.path.join(top, d)):
                 os.rmdir(os.path.join(top, d))

@@ -95,7 +95,7 @@ def two_hosts(make_cluster):
             paths[host] = attached(master, 'shared', host)['path']
         yield c, paths
     finally:
-        c.stop()
+        c.stop(kill=True)
         for d in (A, B):
             if os.path.isdir(os.path.join(top, d)):
                 os.rmdir(os.path.join(top, d))

@@ -30,7 +30,7 @@ def cluster(tmp_path_factory):
     try:
         yield c
     finally:
-        c.stop()
+        c.stop(kill=True)
 
 
 def master_log(cluster):

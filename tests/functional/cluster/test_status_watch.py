@@ -23,7 +23,7 @@ def cluster(tmp_path):
     try:
         yield c
     finally:
-        c.stop()
+        c.stop(kill=True)
 
 
 def _cli(conf_file, *args, **kw):

@@ -27,7 +27,7 @@ def test_failing_disk_reads_and_writes_go_on(tmp_path, faulty_disk):
     try:
         _exercise(cluster, trigger)
     finally:
-        cluster.stop()
+        cluster.stop(kill=True)
 
 
 def _fill(cluster, seed):
@@ -83,7 +83,7 @@ def test_a_failed_disk_is_out_at_once_and_its_chunks_copied(
     try:
         _fail_and_recover(cluster, trigger)
     finally:
-        cluster.stop()
+        cluster.stop(kill=True)
 
 
 def _fail_and_recover(cluster, trigger):

@@ -35,7 +35,7 @@ def cluster(tmp_path, faulty_disk):
                  server_timeout=3.0)
     c.start()
     yield c
-    c.stop()
+    c.stop(kill=True)
 
 
 def _slow(trigger, seconds):

@@ -94,7 +94,7 @@ def test_a_slow_disk_is_flagged_read_around_and_cleared(tmp_path,
     try:
         _exercise(cluster, slow_file)
     finally:
-        cluster.stop()
+        cluster.stop(kill=True)
 
 
 def _exercise(cluster, slow_file):

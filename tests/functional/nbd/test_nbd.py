@@ -343,7 +343,7 @@ def test_fio_survives_kill_of_a_chunkserver(tmp_path):
         assert [j['error'] for j in jobs] == [0, 0], err
         assert all(j['write']['io_bytes'] > 0 for j in jobs)
     finally:
-        c.stop()
+        c.stop(kill=True)
 
 
 def test_snapshot_while_writing_through_the_gateway(aio):
@@ -448,4 +448,4 @@ def test_tls_required_with_x509(tmp_path):
         run('qemu-img', 'compare', '--object', obj, '--image-opts',
             'driver=file,filename=%s' % src, image_opts)
     finally:
-        c.stop()
+        c.stop(kill=True)

@@ -503,4 +503,4 @@ def test_a_tls_client_certificate_serves_plain_names(tmp_path):
         assert over_tls(other, 'certvol') is None
         assert over_tls(other, tokened) == 8 * MiB
     finally:
-        c.stop()
+        c.stop(kill=True)
