@@ -2,7 +2,9 @@
 contract that holds on every cluster shape (tests.fixtures.cluster.SHAPES:
 one server without replication, three servers with three replicas on
 SQLite and on MariaDB, five servers in three racks with rack as the
-failure domain)."""
+failure domain).  The tests that only add and remove volumes of their
+own share a cluster per shape; the one that restarts everything has one
+of its own."""
 
 import hashlib
 import os
@@ -40,9 +42,9 @@ def distinct_domains(cluster, shape, replicas):
     return len({servers[r][key] for r in replicas}) == len(replicas)
 
 
-def test_random_io_across_chunk_and_stripe_boundaries(shaped_cluster,
+def test_random_io_across_chunk_and_stripe_boundaries(module_shaped_cluster,
                                                       cluster_shape):
-    cluster = shaped_cluster
+    cluster = module_shaped_cluster
     size = 256 * MiB
     vol = cluster.client().create_volume(
         'v', size, chunk_size=4 * MiB, stripe_unit=64 * 1024, stripe_count=3)
@@ -87,9 +89,11 @@ def test_random_io_across_chunk_and_stripe_boundaries(shaped_cluster,
         assert len(set(replicas.values())) == 1, 'chunk %d differs' % index
 
 
-def test_thin_volumes_allocate_only_written_chunks(shaped_cluster):
-    cluster = shaped_cluster
+def test_thin_volumes_allocate_only_written_chunks(module_shaped_cluster):
+    cluster = module_shaped_cluster
     client = cluster.client()
+    # The cluster's other tests' volumes keep their chunks.
+    before = client.cluster_status()['chunks']
     client.create_volume('thin', 1024 * MiB, chunk_size=4 * MiB)
     with data_client(cluster) as cl, cl.open_volume('thin') as v:
         assert v.read(500 * MiB, 4096) == bytes(4096)
@@ -97,19 +101,20 @@ def test_thin_volumes_allocate_only_written_chunks(shaped_cluster):
         v.write(900 * MiB, b'x' * 4096, fua=True)
     vol = client.volume('thin')
     assert vol['allocated_chunks'] == 2
-    assert client.cluster_status()['chunks'] == 2
+    assert client.cluster_status()['chunks'] == before + 2
 
 
-def test_delete_frees_every_replica(shaped_cluster):
-    cluster = shaped_cluster
+def test_delete_frees_every_replica(module_shaped_cluster):
+    cluster = module_shaped_cluster
     client = cluster.client()
+    others = sorted(v['name'] for v in client.volumes())
     vol = client.create_volume('gone', 64 * MiB, chunk_size=4 * MiB)
     with data_client(cluster) as cl, cl.open_volume('gone') as v:
         v.write(0, os.urandom(16 * MiB))
     assert chunk_files(cluster, vol['id'])
     client.delete_volume('gone')
     assert chunk_files(cluster, vol['id']) == {}
-    assert client.volumes() == []
+    assert sorted(v['name'] for v in client.volumes()) == others
 
 
 def test_restart_of_everything_keeps_every_volume_and_byte(shaped_cluster,
