@@ -26,7 +26,9 @@ class Master:
         os.makedirs(coord, exist_ok=True)
         self.events = []
         self.elector = election.Elector(
-            self.store, self._db, url, 'file://%s?timeout=%d' % (coord, lease),
+            self.store, self._db, url,
+            # As ursa-master builds it (cmd/master.coordination_url).
+            'file://%s?timeout=%d&executor=synchronous' % (coord, lease),
             renew_deadline=0.5,
             on_elected=lambda term, prev: self.events.append(('elected',
                                                               term, prev)),

@@ -321,7 +321,9 @@ def test_background_loops_run_on_the_leader_only(tmp_path):
     planner refuses."""
     store = store_mod.MetadataStore('sqlite:///%s' % (tmp_path / 'm.sqlite'))
     store.upgrade()
-    coord_url = 'file://%s?timeout=5' % (tmp_path / 'coordination')
+    # As ursa-master builds it (cmd/master.coordination_url).
+    coord_url = 'file://%s?timeout=5&executor=synchronous' % (
+        tmp_path / 'coordination')
     svc = service_mod.MasterService(store, b'k' * 32,
                                     coordination_url=coord_url,
                                     renew_deadline=2.0)
