@@ -177,6 +177,13 @@ def signature_names(mc, url, port, tls, hosts=local_hosts):
 
 
 def main(argv=None):
+    # ursa-master runs on asyncio and threads, never on eventlet; but the
+    # election's tooz imports futurist, which imports eventlet whenever
+    # it is installed (as it is beside Cinder): half a second of every
+    # start, and eventlet's deprecation warning at the head of the log.
+    # None in sys.modules makes that import fail as if eventlet were not
+    # installed (tooz imports it lazily, at the first election round).
+    sys.modules.setdefault('eventlet', None)
     conf = _service.setup(
         sys.argv[1:] if argv is None else argv, 'ursa-master',
         opts.register_opts,

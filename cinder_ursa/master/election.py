@@ -41,8 +41,6 @@ import functools
 import logging
 import time
 
-from tooz import coordination
-
 from cinder_ursa import exception
 
 LOG = logging.getLogger(__name__)
@@ -78,6 +76,13 @@ class Elector:
         self.above = 0              # a term chunk servers have seen
         self._coord = None
         self._task = None
+        # Imported here, not with the module: ursa-master keeps eventlet
+        # from being imported first (see cmd/master.py).  Not in the
+        # election's thread either: where eventlet can be imported (a
+        # test process), futurist imports it, and a pool thread that
+        # imported eventlet can no longer be joined.
+        from tooz import coordination
+        self._coordination = coordination
         # tooz calls block (file locks, network): one thread of their own.
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix='ursa-election')
@@ -118,6 +123,7 @@ class Elector:
             self._pool, functools.partial(fn, *args))
 
     def _connect(self):
+        coordination = self._coordination
         coord = coordination.get_coordinator(self.coordination_url,
                                              self.url.encode())
         coord.start(start_heart=False)
