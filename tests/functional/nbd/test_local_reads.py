@@ -10,6 +10,7 @@ import pytest
 
 from cinder_ursa.client import localread
 from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import module_cluster
 from tests.fixtures.cluster import replica_sets
 from tests.fixtures.cluster import server_id
 from tests.fixtures.wait import wait_for
@@ -109,22 +110,29 @@ def test_a_bad_block_falls_back_to_the_chunk_servers(make_cluster):
     assert local.fallbacks >= 1 and local.hits >= 1
 
 
+@pytest.fixture(scope='module')
+def shared_cluster(tmp_path_factory):
+    """One cluster for the cases that each read a volume of their own."""
+    yield from module_cluster(tmp_path_factory, 'local-reads')
+
+
 @pytest.mark.parametrize('kind', ['read-only', 'multiattach', 'clone'])
-def test_no_local_reads_without_an_exclusive_writer(make_cluster, kind):
-    cluster = make_cluster(3)
+def test_no_local_reads_without_an_exclusive_writer(shared_cluster, kind):
+    cluster = shared_cluster
     master = cluster.client()
-    master.create_volume('v', 4 * MiB, chunk_size=4 * MiB)
+    name = 'v-' + kind
+    master.create_volume(name, 4 * MiB, chunk_size=4 * MiB)
     with data_client(cluster) as cl:
-        with cl.open_volume('v') as v:
+        with cl.open_volume(name) as v:
             v.write(0, b'z' * BLOCK)
             v.flush()
         if kind == 'multiattach':
-            master.update_volume('v', multiattach=True)
+            master.update_volume(name, multiattach=True)
         if kind == 'clone':
-            cl.create_snapshot('v', 's')
-            cl.clone('v@s', 'c')
+            cl.create_snapshot(name, 's')
+            cl.clone(name + '@s', 'c-' + kind)
     local = _local(cluster, 0, 1, 2)
-    ref = 'c' if kind == 'clone' else 'v'
+    ref = 'c-' + kind if kind == 'clone' else name
     with data_client(cluster, local=local) as cl, \
             cl.open_volume(ref, writable=kind != 'read-only') as v:
         assert v.read(0, BLOCK) == b'z' * BLOCK
