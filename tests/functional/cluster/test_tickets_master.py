@@ -18,6 +18,7 @@ from cinder_ursa.client import sync
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import tickets
 from tests.fixtures.cluster import data_client
+from tests.fixtures.cluster import module_cluster
 from tests.functional.cluster.test_principals import as_principal
 from tests.functional.cluster.test_principals import create
 
@@ -87,13 +88,20 @@ def test_a_host_gets_tickets_for_what_is_attached_to_it(make_cluster,
     assert renewed.expires >= t.expires + 45
 
 
+@pytest.fixture(scope='module')
+def shared_cluster(tmp_path_factory):
+    """Three chunk servers, for the tests below: each makes volumes and
+    principals of its own."""
+    yield from module_cluster(tmp_path_factory, 'tickets-master')
+
+
 def test_the_cinder_driver_flattens_a_clone_without_the_cluster_key(
-        make_cluster, tmp_path):
+        shared_cluster, tmp_path):
     """Flatten, keyless: a read-only open brings a read ticket, then a
     copy-up ticket replaces it (its grant moves the open connections);
     the parent is read at the clone's snapshot through it, the copy-ups
     land under generation 0, and the clone, detached, reads the same."""
-    c = make_cluster(3)
+    c = shared_cluster
     admin = c.client()
     admin.create_volume('base', 2 << 20, chunk_size=1 << 20)
     base = os.urandom(2 << 20)
@@ -118,28 +126,28 @@ def test_the_cinder_driver_flattens_a_clone_without_the_cluster_key(
             assert v.read(0, 2 << 20) == want
 
 
-def test_an_open_clone_reads_on_after_it_is_flattened(make_cluster,
+def test_an_open_clone_reads_on_after_it_is_flattened(shared_cluster,
                                                       tmp_path):
     """A clone open keyless while it is flattened: the renewal of its
     lease brings a ticket that no longer names the parent, and blocks
     neither ever wrote (flatten leaves them absent: they read as zeros)
     still read, as zeros, not as the parent's refusal."""
-    c = make_cluster(3)
+    c = shared_cluster
     admin = c.client()
-    admin.create_volume('base', 2 << 20, chunk_size=1 << 20)
+    admin.create_volume('base2', 2 << 20, chunk_size=1 << 20)
     with data_client(c) as cl:
-        with cl.open_volume('base') as v:
+        with cl.open_volume('base2') as v:
             v.write((1 << 20) + 8192, b'x' * 4096)
-    admin.create_snapshot('base', 'gold')
-    admin.clone('base@gold', 'vm1')
-    key = auth.load_key(create(c, tmp_path, 'cinder', 'volume'))
+    admin.create_snapshot('base2', 'gold')
+    admin.clone('base2@gold', 'vm2')
+    key = auth.load_key(create(c, tmp_path, 'cinder2', 'volume'))
     with sync.SyncCluster([c.master_url], None,
-                          principal=('cinder', key)) as cl:
-        with cl.open_volume('vm1', holder='compute-1:1:x',
+                          principal=('cinder2', key)) as cl:
+        with cl.open_volume('vm2', holder='compute-1:1:x',
                             lease_ttl=3) as v:
             assert v.read(1 << 20, 3 * 4096) == bytes(8192) + b'x' * 4096
             with data_client(c) as admin_cl:
-                admin_cl.flatten('vm1')
+                admin_cl.flatten('vm2')
             time.sleep(2.5)         # a lease renewal: a new ticket
             assert v.read(1 << 20, 3 * 4096) == bytes(8192) + b'x' * 4096
             v.write(0, b'w' * 4096)
@@ -147,7 +155,7 @@ def test_an_open_clone_reads_on_after_it_is_flattened(make_cluster,
 
 
 def test_a_host_detached_from_a_multiattach_volume_stops_writing(
-        make_cluster, tmp_path):
+        shared_cluster, tmp_path):
     """The master's detach of one host of a multiattach volume revokes
     the shares of that host's writers (generation + 1, pushed to the
     chunk servers: the ticket it holds, not expired, is refused at
@@ -156,7 +164,7 @@ def test_a_host_detached_from_a_multiattach_volume_stops_writing(
     flushes too), renews into the new generation's and writes on
     without an error; compute-1's renewal is refused, and it writes
     nothing more."""
-    c = make_cluster(3)
+    c = shared_cluster
     admin = c.client()
     admin.create_volume('shared', 1 << 20, chunk_size=1 << 20,
                         multiattach=True)
