@@ -48,8 +48,9 @@ def test_idle_connections_take_no_thread_and_are_closed(served):
     try:
         time.sleep(0.3)  # every one accepted
         # One thread serves them all (prometheus_client's server: one
-        # thread each, 302 with 300 idle connections).
-        assert threading.active_count() == threads
+        # thread each, 302 with 300 idle connections).  Not one more
+        # thread than before (an earlier test's may have ended since).
+        assert threading.active_count() <= threads
         # At most max_connections are kept: the oldest made room.
         assert len(served.open) <= 64
         # Prometheus still gets its answer.
