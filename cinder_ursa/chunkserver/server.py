@@ -266,7 +266,8 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                 if not frame.flags & codec.FLAG_RAW:
                     self.throttle.client_ops += 1
             elif op == codec.READ:
-                fn, req = self._read, codec.decode_read(frame.body)
+                fn, req = self._read, codec.decode_read(frame.body,
+                                                        frame.flags)
                 if not frame.flags & codec.FLAG_RAW:
                     self.throttle.client_ops += 1
             elif op == codec.REPAIR:
@@ -365,7 +366,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                            'take the lease to write' % volume)
             return
         if op == codec.READ:
-            req = codec.decode_read(frame.body)
+            req = codec.decode_read(frame.body, frame.flags)
             volume = req.volume
             # A clone parent only as the snapshot the clone reads.
             allowed = ticket.may_read(volume, req.snap)
@@ -657,7 +658,7 @@ class ChunkServer(controlplane.ControlMixin, replication.ReplicationMixin,
                                    confirmed)
         if frame.flags & codec.FLAG_MAP_ONLY:
             states = self.store.block_states(c, req.offset, req.length,
-                                             req.snap)
+                                             req.snap, req.since)
             conn.send(codec.encode_read_ok(frame.req_id, b'', states))
             self._answered(frame, 'read')
             return

@@ -46,9 +46,12 @@ class ExtentIO:
             raise err
         await asyncio.sleep(min(0.05 * (2 ** attempt), 1.0))
 
-    async def _read_extent(self, index, offset, length, flags=0):
+    async def _read_extent(self, index, offset, length, flags=0,
+                           since=None):
         """The bytes of a chunk range; with FLAG_STATES (data, states);
-        with FLAG_MAP_ONLY the states alone (one byte per block)."""
+        with FLAG_MAP_ONLY the states alone (one byte per block); with
+        ``since`` (a snapshot sequence; FLAG_MAP_ONLY) whether each block
+        changed after that snapshot (codec.FLAG_SINCE)."""
         deadline = time.monotonic() + self.cluster.io_timeout
         attempt = 0
         while True:
@@ -86,9 +89,15 @@ class ExtentIO:
                 try:
                     conn = await self.pool.get(host, port)
                     generation = self.generation
+                    if since is not None and \
+                            not conn.caps & codec.CAP_SINCE:
+                        raise exception.InvalidArgument(
+                            reason='chunk server %d is older than snapshot '
+                                   'diffs (it cannot say which blocks '
+                                   'changed): upgrade it first' % sid)
                     reply = await conn.call(
                         codec.encode_read, self.id, index, info.epoch,
-                        offset, length, self.snap, flags,
+                        offset, length, self.snap, flags, since,
                         timeout=self.cluster.request_timeout)
                     if flags & (codec.FLAG_STATES | codec.FLAG_MAP_ONLY):
                         states, data = codec.decode_read_states(reply.body)

@@ -84,3 +84,28 @@ class Layout:
                 out.append(Extent(index, chunk_off, n, pos))
             pos += n
         return out
+
+    def volume_offset(self, index, chunk_offset):
+        """The volume offset of byte ``chunk_offset`` of chunk ``index``
+        (the inverse of :meth:`extents`)."""
+        obj_set, in_set = divmod(index, self.count)
+        stripe_in_chunk, within = divmod(chunk_offset, self.unit)
+        stripe = obj_set * self.units_per_chunk + stripe_in_chunk
+        return (stripe * self.count + in_set) * self.unit + within
+
+    def volume_ranges(self, index, start, end):
+        """[(volume offset, length)] of bytes ``start .. end`` of chunk
+        ``index``: one per stripe unit they touch (contiguous in the
+        volume only within a unit), clipped to the volume's size."""
+        out = []
+        while start < end:
+            n = min(end, (start // self.unit + 1) * self.unit) - start
+            vo = self.volume_offset(index, start)
+            if vo < self.size:
+                n_in = min(n, self.size - vo)
+                if out and out[-1][0] + out[-1][1] == vo:
+                    out[-1] = (out[-1][0], out[-1][1] + n_in)
+                else:
+                    out.append((vo, n_in))
+            start += n
+        return out

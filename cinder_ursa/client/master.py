@@ -288,6 +288,9 @@ class AsyncMasterClient:
     async def snapshot(self, ref):
         return await self._http.send(rest.snapshot(ref))
 
+    async def snapshots(self, volume=None):
+        return await self._http.send(rest.snapshots(volume))
+
     async def attachments(self, ref=None, host=None):
         return await self._http.send(rest.attachments(ref, host))
 

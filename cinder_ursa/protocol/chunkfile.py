@@ -51,6 +51,9 @@ ENTRY_STRUCT = struct.Struct('!II')     # one entry: crc, word
 
 # Block states (head and layers); LAYER_ABSENT only in layers.
 ABSENT, DATA, ZERO, LAYER_ABSENT = 0, 1, 2, 3
+# Not on disk: what a READ with FLAG_SINCE answers per block (see
+# protocol/codec.py): UNCHANGED, or CHANGED | the block's state.
+UNCHANGED, CHANGED = 0x00, 0x04
 
 
 def encode_entries(crcs, words):

@@ -117,10 +117,18 @@ FLAG_LAYER = 0x0200
 # ENTRIES: the copy here is to be brought up to date: it serves no reads
 # from now on (its stale mark, if any, is cleared).
 FLAG_JOIN = 0x0400
+# READ with FLAG_MAP_ONLY: which blocks changed since a snapshot.  The
+# body carries one more field, the sequence ``since`` of the older
+# snapshot; the reply's byte per block is UNCHANGED for a block whose
+# content, as ``snap`` sees it, was written before ``since``, else
+# CHANGED | its state (absent, data or zero; protocol/chunkfile.py).
+# Only servers that say CAP_SINCE understand it.
+FLAG_SINCE = 0x0800
 
 # AUTH_OK flags: what the server understands beyond the first release
 # (a peer older than a flag sends 0, and is not asked for it).
 CAP_PING = 0x0001        # PING is answered (older servers close on it)
+CAP_SINCE = 0x0002       # READ with FLAG_SINCE is understood
 
 # Reply status values: one table, both directions.
 OK = 0
@@ -151,6 +159,8 @@ STATUS_BY_CODE = {v: k for k, v in STATUS_CODES.items()}
 # Fixed parts of the request bodies.
 # volume, index, epoch, offset, length, snapshot (0: the current data)
 _READ = struct.Struct('!16sQQIIQ')
+# ... then, with FLAG_SINCE, the older snapshot's sequence
+_READ_SINCE = struct.Struct('!16sQQIIQQ')
 # volume, index, epoch, generation, snapshot sequence, offset, length,
 # replica count, min replicas
 _WRITE = struct.Struct('!16sQQQQIIBB2x')
@@ -374,22 +384,46 @@ def decode_ticket(body):
 # --- requests -------------------------------------------------------------
 
 class ReadRequest:
-    __slots__ = ('volume', 'index', 'epoch', 'offset', 'length', 'snap')
+    __slots__ = ('volume', 'index', 'epoch', 'offset', 'length', 'snap',
+                 'since')
 
-    def __init__(self, volume, index, epoch, offset, length, snap=0):
+    def __init__(self, volume, index, epoch, offset, length, snap=0,
+                 since=None):
         self.volume, self.index, self.epoch = volume, index, epoch
         self.offset, self.length, self.snap = offset, length, snap
+        self.since = since
 
 
 def encode_read(req_id, volume, index, epoch, offset, length, snap=0,
-                flags=0):
+                flags=0, since=None):
     """READ of the current data, or of snapshot ``snap``; with FLAG_STATES
-    the reply also says which blocks are absent, data or zeros."""
-    return _frame(READ, req_id, _READ.pack(
-        _uuid_bytes(volume), index, epoch, offset, length, snap), flags)
+    the reply also says which blocks are absent, data or zeros.  With
+    ``since`` (FLAG_SINCE and FLAG_MAP_ONLY are then set) the reply says
+    which blocks changed after the snapshot of that sequence."""
+    if since is None:
+        return _frame(READ, req_id, _READ.pack(
+            _uuid_bytes(volume), index, epoch, offset, length, snap), flags)
+    return _frame(READ, req_id, _READ_SINCE.pack(
+        _uuid_bytes(volume), index, epoch, offset, length, snap, since),
+        flags | FLAG_SINCE | FLAG_MAP_ONLY)
 
 
-def decode_read(body):
+def decode_read(body, flags=0):
+    if flags & FLAG_SINCE:
+        if not flags & FLAG_MAP_ONLY:
+            raise exception.ProtocolError(
+                reason='READ with FLAG_SINCE reads states only: it needs '
+                       'FLAG_MAP_ONLY')
+        _check(body, _READ_SINCE, 'READ')
+        vol, index, epoch, offset, length, snap, since = \
+            _READ_SINCE.unpack_from(body)
+        if since == 0 or (snap and since >= snap):
+            raise exception.InvalidArgument(
+                reason='changes since snapshot sequence %d as snapshot %d '
+                       'sees them: the older snapshot comes first, and '
+                       'it is not 0' % (since, snap))
+        return ReadRequest(_uuid_str(vol), index, epoch, offset, length,
+                           snap, since)
     _check(body, _READ, 'READ')
     vol, index, epoch, offset, length, snap = _READ.unpack_from(body)
     return ReadRequest(_uuid_str(vol), index, epoch, offset, length, snap)

@@ -217,6 +217,9 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
         # cluster key); replaced by reticket().
         self.grant = grant
         self.peer = peer
+        # What the server understands beyond the first release (AUTH_OK's
+        # flags: codec.CAP_*).
+        self.caps = 0
         self._reader = FrameReader()
         self._pending = {}
         self._transport = None
@@ -328,6 +331,7 @@ class PeerConnection(FlowControl, asyncio.BufferedProtocol):
                     reason='%s failed to prove it holds the cluster key'
                     % self.peer))
                 return
+            self.caps = frame.flags
             if not frame.flags & codec.CAP_PING:
                 # A server older than PING closes the connection on one:
                 # no liveness check with it (a rolling upgrade).
@@ -949,7 +953,7 @@ class ServerConnection(FlowControl, asyncio.BufferedProtocol):
         self._client_nonce = client_nonce
         self.send(codec.encode_auth_ok(
             codec.server_mac(key, self._nonce, client_nonce),
-            codec.CAP_PING))
+            codec.CAP_PING | codec.CAP_SINCE))
         if self._limits.idle_timeout:
             self._idle_mark = self._heard
             self._idle_since = self._loop.time()

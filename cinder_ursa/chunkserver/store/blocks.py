@@ -15,8 +15,10 @@ from cinder_ursa.chunkserver.store.files import pwrite_data
 from cinder_ursa.common import checksum
 from cinder_ursa.protocol.chunkfile import ABSENT
 from cinder_ursa.protocol.chunkfile import BLOCK
+from cinder_ursa.protocol.chunkfile import CHANGED
 from cinder_ursa.protocol.chunkfile import DATA
 from cinder_ursa.protocol.chunkfile import ENTRY
+from cinder_ursa.protocol.chunkfile import UNCHANGED
 from cinder_ursa.protocol.chunkfile import ZERO
 from cinder_ursa.protocol.chunkfile import encode_entries
 
@@ -107,20 +109,33 @@ class BlockIO:
     def read(self, c, offset, length, snap=0):
         return self.read_blocks(c, offset, length, snap)[0]
 
-    def block_states(self, c, offset, length, snap=0):
-        """The state of each block a range touches, reading no data."""
+    def block_states(self, c, offset, length, snap=0, since=None):
+        """The state of each block a range touches, reading no data; with
+        ``since`` (a snapshot sequence), UNCHANGED for a block whose
+        content (as ``snap`` sees it) was written before it, else CHANGED
+        | its state (codec.FLAG_SINCE)."""
         self._check_range(offset, length)
         if length == 0:
             return b''
         first = offset // BLOCK
         count = (offset + length - 1) // BLOCK - first + 1
         if c is None:
+            # Never written here: unchanged since any snapshot.
             return bytes(count)
         self._opened(c)
         if snap:
-            return bytes(b[0] for b in self._resolve(c, first, count, snap))
-        m = c.head.meta(first, count)
-        return bytes(w & 3 for w in m[1::2])
+            # (state, files, crc); the word is in the files' entry.
+            blocks = self._resolve(c, first, count, snap, words=True)
+            states = [b[0] for b in blocks]
+            words = [b[3] for b in blocks]
+        else:
+            m = c.head.meta(first, count)
+            words = m[1::2]
+            states = [w & 3 for w in words]
+        if since is None:
+            return bytes(states)
+        return bytes(CHANGED | st if w >> 2 >= since else UNCHANGED
+                     for st, w in zip(states, words, strict=True))
 
     def _no_space(self, e):
         """Raise NoSpace for a full file system (the client fails the

@@ -64,9 +64,10 @@ class SnapshotLayers:
         k = bisect.bisect_right(live, seq)
         return live[k - 1] if k else 0
 
-    def _resolve(self, c, first, count, snap):
+    def _resolve(self, c, first, count, snap, words=False):
         """Per block of ``first .. first+count-1``: (state, files, crc) as
-        seen by snapshot ``snap`` (0: the head)."""
+        seen by snapshot ``snap`` (0: the head); with ``words``, (state,
+        files, crc, word), the word of the entry (its sequence << 2)."""
         head = c.head.meta(first, count)
         out = [None] * count
         if snap:
@@ -77,16 +78,20 @@ class SnapshotLayers:
                 lf = c.layer(n)
                 m = lf.meta(first, count)
                 for i in range(count):
-                    if out[i] is None and m[2 * i + 1]:
-                        st = m[2 * i + 1] & 3
+                    word = m[2 * i + 1]
+                    if out[i] is None and word:
+                        st = word & 3
                         out[i] = (ABSENT if st == LAYER_ABSENT else st, lf,
-                                  m[2 * i])
+                                  m[2 * i], word)
                         pending -= 1
                 if not pending:
                     break
         for i in range(count):
             if out[i] is None:
-                out[i] = (head[2 * i + 1] & 3, c.head, head[2 * i])
+                word = head[2 * i + 1]
+                out[i] = (word & 3, c.head, head[2 * i], word)
+        if not words:
+            return [b[:3] for b in out]
         return out
 
     def preserve(self, c, offset, length, seq, floor=None, copies=None):

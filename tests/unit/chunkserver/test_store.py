@@ -605,3 +605,37 @@ def test_rejoin_makes_a_stale_copy_a_joining_one_across_restarts(tmp_path):
             st.check_epoch(VOL, 0, 4)
     finally:
         st.close()
+
+
+def test_block_states_since_a_snapshot(st):
+    """FLAG_SINCE's answer: a block changed after snapshot ``since`` when
+    the version the view sees was written at ``since`` or later, for the
+    head and for a snapshot seen through its layers."""
+    U, C = chunkfile.UNCHANGED, chunkfile.CHANGED
+    c = st.check_epoch(VOL, 0, 1, create=True)
+
+    def preserve(offset, length, seq):
+        copies = st.preserve(c, offset, length, seq)
+        st.sync(copies.fds, copies.dirs)
+    st.write(c, 0, b'a' * (4 * B), seq=0)            # before snapshot 1
+    # Snapshot 1; then writes at sequence 1 (copy-on-write first).
+    preserve(B, 2 * B, 1)
+    st.write(c, B, b'b' * B, seq=1, preserved=True)
+    st.write(c, 2 * B, b'', zero=True, length=B, seq=1, preserved=True)
+    st.write(c, 5 * B, b'c' * B, seq=1)
+    # Snapshot 2; then block 0 rewritten at sequence 2.
+    preserve(0, B, 2)
+    st.write(c, 0, b'd' * B, seq=2, preserved=True)
+    assert st.block_states(c, 0, 6 * B, since=1) == bytes(
+        [C | chunkfile.DATA, C | chunkfile.DATA, C | chunkfile.ZERO, U, U,
+         C | chunkfile.DATA])
+    assert st.block_states(c, 0, 6 * B, since=2) == bytes(
+        [C | chunkfile.DATA, U, U, U, U, U])
+    # Snapshot 2 as seen since snapshot 1: block 0 is its old version.
+    assert st.block_states(c, 0, 6 * B, snap=2, since=1) == bytes(
+        [U, C | chunkfile.DATA, C | chunkfile.ZERO, U, U, C | chunkfile.DATA])
+    # Snapshot 1 sees nothing written at or after its sequence.
+    assert st.block_states(c, 0, 6 * B, snap=1) == bytes(
+        [chunkfile.DATA] * 4 + [chunkfile.ABSENT] * 2)
+    # A chunk with no copy here changed in no view.
+    assert st.block_states(None, 0, 3 * B, since=1) == bytes(3)

@@ -329,3 +329,27 @@ def test_not_leader_crosses_the_wire():
     raw = codec.encode_error(codec.TERM, 3, exception.NotLeader(reason='x'))
     with pytest.raises(exception.NotLeader):
         codec.reply_status(one_frame(raw).body)
+
+
+def test_read_of_changes_since_a_snapshot():
+    """FLAG_SINCE: one more field, the older snapshot's sequence; states
+    only; the older snapshot first, and not 0."""
+    raw = codec.encode_read(7, VOL, 3, 9, 0, 8192, snap=5, since=2)
+    f = one_frame(raw)
+    assert f.flags == codec.FLAG_SINCE | codec.FLAG_MAP_ONLY
+    assert raw.hex().endswith('%016x' % 5 + '%016x' % 2)
+    r = codec.decode_read(f.body, f.flags)
+    assert (r.snap, r.since, r.length) == (5, 2, 8192)
+    # Without the flag the field is not read: an older server's view.
+    assert codec.decode_read(f.body).since is None
+    head = one_frame(codec.encode_read(7, VOL, 3, 9, 0, 4096, since=9))
+    assert codec.decode_read(head.body, head.flags).since == 9
+    for snap, since in ((5, 5), (5, 7), (0, 0)):
+        bad = one_frame(codec.encode_read(7, VOL, 3, 9, 0, 4096, snap=snap,
+                                          since=since))
+        with pytest.raises(exception.InvalidArgument, match='older'):
+            codec.decode_read(bad.body, bad.flags)
+    with pytest.raises(exception.ProtocolError, match='FLAG_MAP_ONLY'):
+        codec.decode_read(f.body, codec.FLAG_SINCE)
+    with pytest.raises(exception.ProtocolError, match='shorter'):
+        codec.decode_read(f.body[:-8], f.flags)
