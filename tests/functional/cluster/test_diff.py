@@ -115,7 +115,7 @@ def check_diff(cl, newer, older, touched):
     assert listed <= touched, 'blocks listed but never written: %s' % (
         sorted(listed - touched)[:10])
     # Sorted, merged, not overlapping.
-    for a, b in zip(ext, ext[1:]):
+    for a, b in zip(ext, ext[1:], strict=False):
         assert a.offset + a.length < b.offset or (
             a.offset + a.length == b.offset and a.kind != b.kind), (a, b)
     return ext
