@@ -42,6 +42,7 @@ from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import tickets
 from cinder_ursa.protocol.chunkfile import ABSENT
 from cinder_ursa.protocol.chunkfile import DATA
+from cinder_ursa.protocol.chunkfile import UNCHANGED
 from cinder_ursa.protocol.chunkfile import ZERO
 
 LOG = logging.getLogger(__name__)
@@ -639,6 +640,24 @@ class Volume(ChunkMap, ExtentIO, FlushRounds, CloneLayers):
                             add_run(out, end - start - n, ZERO)
                         continue
                 add_run(out, end - start, DATA if st == DATA else ZERO)
+        return out
+
+    async def changed_runs(self, since, offset, length):
+        """[(length, changed)] covering the range, merged into runs:
+        whether the blocks as this view sees them were written after the
+        snapshot of sequence ``since`` (the chunk servers' READ with
+        FLAG_SINCE; :func:`.diff.since_of` checks the pair).  Never
+        written chunks are unchanged; a run's ends are the range's or
+        4 KiB block boundaries."""
+        self._check_open(False)
+        out = []
+        for e in self.layout.extents(offset, length):
+            states = await self._read_extent(
+                e.index, e.chunk_offset, e.length, codec.FLAG_MAP_ONLY,
+                since)
+            for start, end, st in all_runs(states, e.chunk_offset,
+                                            e.length):
+                add_run(out, end - start, st != UNCHANGED)
         return out
 
     async def write(self, offset, data, fua=False):

@@ -11,6 +11,7 @@ a backend that cannot do a fast zero raises ``OSError(errno.ENOTSUP)``.
 import abc
 import errno
 
+from cinder_ursa.client import diff
 from cinder_ursa.nbd import protocol as p
 from cinder_ursa.protocol import chunkfile
 
@@ -100,6 +101,12 @@ class Backend(abc.ABC):
         STATE_* flags)]; it may describe less than ``length``."""
         return [(length, 0)]
 
+    async def dirty_extents(self, snapshot, offset, length):
+        """qemu:dirty-bitmap:<snapshot> of a range from ``offset``, as
+        [(length, STATE_DIRTY or 0)]: what changed in the export after
+        ``snapshot`` (the master's record)."""
+        raise OSError(errno.ENOTSUP, 'this export has no dirty bitmaps')
+
     async def close(self):
         """The last connection to the export is gone."""
         return None
@@ -108,7 +115,8 @@ class Backend(abc.ABC):
 class VolumeBackend(Backend):
     """An Ursa volume (or a snapshot's read-only view) through the client
     library.  TRIM and WRITE_ZEROES deallocate whole blocks; extents
-    report the holes."""
+    report the holes, dirty extents the blocks written since a
+    snapshot."""
 
     def __init__(self, volume, read_only):
         self.volume = volume
@@ -183,6 +191,14 @@ class VolumeBackend(Backend):
         runs = await self.volume.block_status(offset, length)
         return [(n, 0 if st == chunkfile.DATA else
                  p.STATE_HOLE | p.STATE_ZERO) for n, st in runs]
+
+    async def dirty_extents(self, snapshot, offset, length):
+        """Blocks written after ``snapshot`` as the export sees them (the
+        live volume, or the snapshot exported): InvalidArgument unless
+        it is an older snapshot of the same volume."""
+        since = diff.since_of(self.volume, snapshot)
+        runs = await self.volume.changed_runs(since, offset, length)
+        return [(n, p.STATE_DIRTY if changed else 0) for n, changed in runs]
 
     async def close(self):
         await self.volume.close()

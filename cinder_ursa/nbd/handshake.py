@@ -4,13 +4,20 @@ sans I/O.
 The connection sends :meth:`Negotiation.greeting`, then reads exactly
 :attr:`Negotiation.want` bytes at a time and hands them to
 :meth:`Negotiation.receive`, which returns the bytes to send and an event,
-or None.  Three events need the connection to act and answer:
+or None.  Four events need the connection to act and answer:
 
 * :class:`OpenExport`: open the export (for NBD_OPT_INFO only look it
   up: INFO must not open a volume, which would take its write lease), then
   call ``export_opened(size, flags)`` or ``export_refused()``;
 * :class:`ListExports`: call ``exports_listed(names)``;
+* :class:`ListBitmaps`: call ``bitmaps_listed(bitmaps)`` with the dirty
+  bitmaps the export offers, or ``bitmaps_unlisted(reason)``;
 * :class:`StartTls`: send the ACK, upgrade to TLS, call ``tls_started()``.
+
+Metadata contexts: ``base:allocation``, and ``qemu:dirty-bitmap:NAME``
+for each dirty bitmap an export offers (QEMU's namespace: its
+docs/interop/nbd.txt).  What NBD_OPT_SET_META_CONTEXT selected for the
+export that transmission begins with is in :attr:`Negotiation.contexts`.
 
 :class:`Ready` (transmission begins with the export just opened) and
 :class:`Close` (close the connection, nothing more to say) end it.  A
@@ -37,6 +44,24 @@ class ListExports:
     """List the export names (NBD_OPT_LIST)."""
 
 
+class ListBitmaps:
+    """Look up the dirty bitmaps export ``name`` offers, for ``queries``
+    of NBD_OPT_LIST_META_CONTEXT or NBD_OPT_SET_META_CONTEXT (``option``)
+    that name them: all of them when ``every``, else those of ``names``
+    that exist (at most MAX_BITMAP_NAMES)."""
+
+    def __init__(self, option, name, queries):
+        self.option = option
+        self.name = name
+        self.queries = list(queries)
+        self.every = p.lists_every_bitmap(queries,
+                                          option == p.OPT_LIST_META_CONTEXT)
+        self.names = [] if self.every else p.bitmap_names(queries)
+
+    def __repr__(self):
+        return '<ListBitmaps %d %r>' % (self.option, self.name)
+
+
 class StartTls:
     """Upgrade the connection to TLS now (the ACK is in the bytes)."""
 
@@ -52,7 +77,31 @@ class Close:
         self.reason = reason
 
 
+class MetaContext:
+    """A metadata context selected: its ``id`` in block status replies,
+    its ``name``, and for a dirty bitmap what the connection listed for
+    it (``bitmap``; None for base:allocation)."""
+
+    __slots__ = ('id', 'name', 'bitmap')
+
+    def __init__(self, context_id, name, bitmap=None):
+        self.id = context_id
+        self.name = name
+        self.bitmap = bitmap
+
+    def __eq__(self, other):
+        return isinstance(other, MetaContext) and (
+            (self.id, self.name, self.bitmap) ==
+            (other.id, other.name, other.bitmap))
+
+    def __repr__(self):
+        return '<MetaContext %d %s>' % (self.id, self.name)
+
+
 _FLAGS, _HEADER, _DATA, _ANSWER, _DONE = range(5)
+# Dirty bitmaps one LIST/SET_META_CONTEXT may name (each may be a request
+# to the master): past it, NBD_REP_ERR_TOO_BIG.
+MAX_BITMAP_NAMES = 16
 TLS_REQUIRED = b'this server requires TLS (NBD_OPT_STARTTLS)'
 # One reply for a volume that does not exist and one this client may not
 # use (not attached to this host...): a probe learns nothing more.
@@ -70,6 +119,7 @@ class Negotiation:
         self.tls = False
         self.structured = False
         self.base_allocation = False  # base:allocation selected
+        self.contexts = []            # [MetaContext] selected, by id
         self._meta_export = None      # the export SET_META_CONTEXT named
         self._state = _FLAGS
         self._option = None
@@ -144,7 +194,7 @@ class Negotiation:
             self.structured = True
             return p.option_reply(option, p.REP_ACK), None
         if option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
-            return self._meta_context(option, data), None
+            return self._meta_context(option, data)
         if option in (p.OPT_INFO, p.OPT_GO):
             try:
                 name, requests = p.decode_info(data)
@@ -168,32 +218,76 @@ class Negotiation:
         holds (the spec: the server MUST NOT preserve it)."""
         self._answered(StartTls)
         self.tls = True
-        self.structured = self.base_allocation = False
+        self.structured = False
+        self._unselect()
+
+    def _unselect(self):
+        self.base_allocation, self.contexts = False, []
         self._meta_export = None
 
     def _meta_context(self, option, data):
-        """LIST/SET_META_CONTEXT: only base:allocation exists.  A SET
-        replaces what an earlier one selected, also when it fails."""
+        """LIST/SET_META_CONTEXT: (bytes out, ListBitmaps or None).  A
+        SET replaces what an earlier one selected, also when it fails.
+        Queries that may name dirty bitmaps are answered once the
+        connection listed those of the export."""
         setting = option == p.OPT_SET_META_CONTEXT
         if setting:
-            self.base_allocation, self._meta_export = False, None
+            self._unselect()
         try:
             name, queries = p.decode_meta_context(data)
         except exception.InvalidArgument:
-            return p.option_reply(option, p.REP_ERR_INVALID)
+            return p.option_reply(option, p.REP_ERR_INVALID), None
         if not self.structured:
             return p.option_reply(option, p.REP_ERR_INVALID,
-                                  b'negotiate structured replies first')
-        match = p.match_meta_context(queries, not setting)
-        out = b''
-        if match:
-            out = p.option_reply(option, p.REP_META_CONTEXT,
-                                 p.meta_context_reply(
-                                     p.META_ID if setting else 0,
-                                     p.META_BASE_ALLOCATION))
+                                  b'negotiate structured replies first'), None
+        event = ListBitmaps(option, name, queries)
+        if len(event.names) > MAX_BITMAP_NAMES:
+            return p.option_reply(
+                option, p.REP_ERR_TOO_BIG,
+                b'at most %d qemu:dirty-bitmap: names in one option'
+                % MAX_BITMAP_NAMES), None
+        if event.every or event.names:
+            return self._ask(event)
+        return self._meta_reply(option, name, queries, {}), None
+
+    def _meta_reply(self, option, name, queries, bitmaps):
+        """The replies to LIST/SET_META_CONTEXT, the export offering
+        ``bitmaps`` ({name: what the connection listed}); a SET selects
+        the contexts, each with an id of its own (1, 2...)."""
+        setting = option == p.OPT_SET_META_CONTEXT
+        contexts = []
+        if p.match_meta_context(queries, not setting):
+            contexts.append(MetaContext(len(contexts) + 1,
+                                        p.META_BASE_ALLOCATION))
+        for leaf in p.match_dirty_bitmaps(queries, bitmaps, not setting):
+            contexts.append(MetaContext(len(contexts) + 1,
+                                        p.META_DIRTY_BITMAP + leaf,
+                                        bitmaps[leaf]))
+        out = b''.join(p.option_reply(option, p.REP_META_CONTEXT,
+                                      p.meta_context_reply(
+                                          c.id if setting else 0, c.name))
+                       for c in contexts)
         if setting:
-            self.base_allocation, self._meta_export = match, name
+            self.contexts, self._meta_export = contexts, name
+            self.base_allocation = any(c.bitmap is None for c in contexts)
         return out + p.option_reply(option, p.REP_ACK)
+
+    def bitmaps_listed(self, bitmaps):
+        """The replies to the LIST/SET_META_CONTEXT that asked, the export
+        offering ``bitmaps``: {leaf name: what the connection keeps of
+        it}, in the order to list them.  A name queried that is not
+        there selects nothing."""
+        event = self._answered(ListBitmaps)
+        return self._meta_reply(event.option, event.name, event.queries,
+                                bitmaps)
+
+    def bitmaps_unlisted(self, reason):
+        """The dirty bitmaps could not be looked up (no master reachable):
+        an error reply with ``reason`` (a SET selected nothing); the
+        client may ask again."""
+        event = self._answered(ListBitmaps)
+        return p.option_reply(event.option, p.REP_ERR_POLICY,
+                              reason.encode()[:4096])
 
     def exports_listed(self, names):
         """The replies to NBD_OPT_LIST."""
@@ -221,8 +315,8 @@ class Negotiation:
         if option == p.OPT_INFO:
             return self._info(option, size, flags), None
         if self._meta_export is not None and self._meta_export != event.name:
-            # The context was selected for another export.
-            self.base_allocation = False
+            # The contexts were selected for another export.
+            self._unselect()
         if option == p.OPT_GO:
             return self._end(self._info(option, size, flags), Ready())
         return self._end(p.export_name_reply(size, flags, self.no_zeroes),

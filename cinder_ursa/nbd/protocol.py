@@ -47,6 +47,7 @@ REP_ERR_POLICY = 2 ** 31 + 2
 REP_ERR_INVALID = 2 ** 31 + 3
 REP_ERR_TLS_REQD = 2 ** 31 + 5
 REP_ERR_UNKNOWN = 2 ** 31 + 6
+REP_ERR_TOO_BIG = 2 ** 31 + 9
 
 # Information types of INFO/GO.
 INFO_EXPORT = 0
@@ -91,11 +92,15 @@ REPLY_TYPE_OFFSET_HOLE = 2
 REPLY_TYPE_BLOCK_STATUS = 5
 REPLY_TYPE_ERROR = 2 ** 15 + 1
 
-# The one metadata context: base:allocation.
+# Metadata contexts: base:allocation, and QEMU's qemu:dirty-bitmap:NAME
+# (QEMU's docs/interop/nbd.txt), one per snapshot: what changed after it.
 META_BASE_ALLOCATION = 'base:allocation'
 META_ID = 1
 STATE_HOLE = 1 << 0
 STATE_ZERO = 1 << 1
+META_QEMU = 'qemu:'
+META_DIRTY_BITMAP = 'qemu:dirty-bitmap:'
+STATE_DIRTY = 1 << 0
 
 # NBD error values (the protocol's own numbers, whatever the host's errno).
 NBD_EPERM = 1
@@ -291,6 +296,34 @@ def match_meta_context(queries, listing):
                for q in queries)
 
 
+def lists_every_bitmap(queries, listing):
+    """Whether a LIST asks for every dirty bitmap: no query, 'qemu:' or
+    'qemu:dirty-bitmap:' (a SET selects nothing with the last two)."""
+    return listing and (not queries or any(
+        q in (META_QEMU, META_DIRTY_BITMAP) for q in queries))
+
+
+def bitmap_names(queries):
+    """The leaf names of the 'qemu:dirty-bitmap:NAME' queries, each
+    once, in their order."""
+    out = []
+    for q in queries:
+        leaf = q[len(META_DIRTY_BITMAP):]
+        if q.startswith(META_DIRTY_BITMAP) and leaf and leaf not in out:
+            out.append(leaf)
+    return out
+
+
+def match_dirty_bitmaps(queries, bitmaps, listing):
+    """The names of ``bitmaps`` (the leaf names that exist, in their
+    order) the queries select, each once: every one for a LIST that
+    asks for all (:func:`lists_every_bitmap`), else those named.  A
+    name that does not exist selects nothing."""
+    if lists_every_bitmap(queries, listing):
+        return list(bitmaps)
+    return [n for n in bitmap_names(queries) if n in bitmaps]
+
+
 # --- transmission ------------------------------------------------------------
 
 def transmission_flags(read_only, flush, fua, trim, zero, fast_zero,
@@ -317,11 +350,12 @@ _NEEDS = {CMD_FLUSH: TF_SEND_FLUSH, CMD_TRIM: TF_SEND_TRIM,
 
 
 def validate_request(cmd, flags, offset, length, size, eflags,
-                     structured=False, base_allocation=False):
+                     structured=False, meta_context=False):
     """0 if the request may go to the backend, else the NBD error to answer.
 
     ``size`` is the export's, ``eflags`` the transmission flags the client
-    was given, ``structured`` and ``base_allocation`` what it negotiated.
+    was given, ``structured`` and ``meta_context`` (a metadata context
+    was selected) what it negotiated.
     The checks and their order are nbdkit's (``validate_request()``),
     except that an over-large READ gets EINVAL, not ENOMEM (the spec: "The
     server SHOULD NOT return NBD_ENOMEM if at all possible").
@@ -356,7 +390,7 @@ def validate_request(cmd, flags, offset, length, size, eflags,
     need = _NEEDS.get(cmd)
     if need is not None and not eflags & need:
         return NBD_EINVAL
-    if cmd == CMD_BLOCK_STATUS and not (structured and base_allocation):
+    if cmd == CMD_BLOCK_STATUS and not (structured and meta_context):
         return NBD_EINVAL
     return 0
 
@@ -405,7 +439,8 @@ def error_reply(handle, error, structured_replies, message=''):
     return simple_reply(handle, error)
 
 
-def block_status_payload(extents):
-    """Payload of a base:allocation reply: [(length, flags)]."""
-    return _U32.pack(META_ID) + b''.join(
+def block_status_payload(extents, context_id=META_ID):
+    """Payload of a block status reply of one context: [(length,
+    flags)]."""
+    return _U32.pack(context_id) + b''.join(
         struct.pack('>II', n, f) for n, f in extents)

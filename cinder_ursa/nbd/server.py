@@ -10,7 +10,9 @@ replies go out in completion order.
 Export names: a volume (name or id) is exported read-write under its lease;
 ``volume@snapshot`` is exported read-only and takes no lease.  TRIM and
 WRITE_ZEROES deallocate whole blocks (the volume gets thinner); BLOCK_STATUS
-reports the holes, so qemu-img, nbdcopy and nbdinfo --map see them.
+reports the holes, so qemu-img, nbdcopy and nbdinfo --map see them, and
+``qemu:dirty-bitmap:<snapshot>`` what changed after a snapshot
+(:mod:`bitmaps`), as QEMU's own server reports a dirty bitmap.
 
 All connections to one export share one open :class:`Volume` (one lease,
 one dirty set) behind one :class:`VolumeBackend`, so a FLUSH on any
@@ -50,6 +52,7 @@ from time import perf_counter
 from cinder_ursa import exception
 from cinder_ursa.client import volume as volume_mod
 from cinder_ursa.nbd import backend as backend_mod
+from cinder_ursa.nbd import bitmaps as bitmaps_mod
 from cinder_ursa.nbd import handshake as hs
 from cinder_ursa.nbd import metrics as metrics_mod
 from cinder_ursa.nbd import protocol as p
@@ -67,9 +70,10 @@ INFLIGHT_BYTES = 256 * 1024 * 1024  # default budget of the whole server
 HANDSHAKE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
 # Options of one handshake that ask the master (INFO, GO, EXPORT_NAME,
-# LIST): past it the connection is closed.  Every lookup is a signed
-# request to the master; an anonymous peer must not turn one connection
-# into an unbounded stream of them (qemu and nbdinfo use 1 to 3).
+# LIST, and LIST/SET_META_CONTEXT naming dirty bitmaps): past it the
+# connection is closed.  Every lookup is a signed request to the master;
+# an anonymous peer must not turn one connection into an unbounded stream
+# of them (qemu and nbdinfo use 1 to 3).
 MAX_LOOKUPS = 8
 # Seconds between two checks that an open session's volume is still
 # attached to this host.
@@ -300,6 +304,7 @@ class NbdServer:
         # one line a minute at most.
         self._warn_refused = _Throttled()
         self._warn_lookups = _Throttled()
+        self._warn_unlisted = _Throttled()
         self.metrics = metrics or metrics_mod.NbdMetrics()
 
     def register_metrics(self, pm):
@@ -617,7 +622,18 @@ class NbdServer:
             except TimeoutError:
                 raise _HandshakeTimeout() from None
 
-        def lookup():
+        follows = None  # the export whose dirty bitmaps come free next
+
+        def lookup(export=None, bitmaps=False):
+            """Count an option that asks the master.  The dirty bitmaps
+            of the export the option before looked up count with it
+            (nbdinfo describes an export, then lists its contexts): at
+            most one such option per counted one."""
+            nonlocal follows
+            if bitmaps and export is not None and export == follows:
+                follows = None
+                return
+            follows = None if bitmaps else export
             conn.lookups += 1
             if conn.lookups > MAX_LOOKUPS:
                 raise _TooManyLookups()
@@ -629,7 +645,7 @@ class NbdServer:
             out, event = neg.receive(await client(
                 stream.readexactly(neg.want)))
             if isinstance(event, hs.OpenExport):
-                lookup()
+                lookup(event.name)
                 name, token = split_export(event.name)
                 trusted = self._trusted(stream)
                 conn.lookup_running = True
@@ -670,6 +686,14 @@ class NbdServer:
                 try:
                     out = await client(self._list(neg,
                                                   self._trusted(stream)))
+                finally:
+                    conn.lookup_running = False
+            elif isinstance(event, hs.ListBitmaps):
+                lookup(event.name, bitmaps=True)
+                conn.lookup_running = True
+                try:
+                    out = await client(self._list_bitmaps(
+                        neg, event, self._trusted(stream)))
                 finally:
                     conn.lookup_running = False
             if out:
@@ -714,7 +738,97 @@ class NbdServer:
                 'the exports cannot be listed now: %s' % e)
         return neg.exports_listed(names)
 
+    async def _list_bitmaps(self, neg, event, trusted):
+        """The reply to LIST/SET_META_CONTEXT queries naming dirty bitmaps
+        of export ``event.name`` (a :class:`handshake.ListBitmaps`): those
+        its volume's snapshots give (:func:`bitmaps.offered`).  An export
+        this client could not open offers none (a probe learns nothing
+        more); no master answering is an error the client may retry."""
+        name, token = split_export(event.name)
+        try:
+            record = await self._record(name, token, trusted)
+            if record is None:
+                raise exception.Unavailable(reason='no master answers')
+            snapshot_export = '@' in name
+            volume_id = record['volume_id'] if snapshot_export \
+                else record['id']
+            if event.every:
+                snaps = await self._all_snapshots(volume_id)
+            else:
+                snaps = await self._snapshots_named(volume_id, event.names)
+        except (exception.NotFound, exception.Forbidden,
+                exception.InvalidArgument) as e:
+            LOG.debug('NBD export %r offers no dirty bitmaps: %s', name, e)
+            return neg.bitmaps_listed({})
+        except exception.UrsaError as e:
+            LOG.warning('NBD export %r: dirty bitmaps not listed: %s',
+                        name, e)
+            return neg.bitmaps_unlisted(
+                'the snapshots of %s cannot be listed now (%s); try again'
+                % (name, e))
+        return neg.bitmaps_listed(bitmaps_mod.offered(record, snaps,
+                                                      snapshot_export))
+
+    async def _all_snapshots(self, volume_id):
+        """The snapshots of a volume, for a LIST of every dirty bitmap;
+        none where this gateway's principal may not list them (the
+        names asked for one by one are still found)."""
+        try:
+            return await self.cluster.master.snapshots(volume_id)
+        except exception.Forbidden as e:
+            self._warn_unlisted(
+                'NBD: the snapshots of volume %s cannot be listed, so '
+                'NBD_OPT_LIST_META_CONTEXT shows no qemu:dirty-bitmap: '
+                'context (SET_META_CONTEXT by name works): %s',
+                volume_id, e)
+            return []
+
+    async def _snapshots_named(self, volume_id, names):
+        """The snapshots of a volume that ``names`` name, those that
+        exist (asked for one by one: at most
+        handshake.MAX_BITMAP_NAMES)."""
+        out = []
+        for leaf in names:
+            if '/' in leaf:
+                continue  # in no name the master takes
+            try:
+                out.append(await self.cluster.master.snapshot(
+                    '%s@%s' % (volume_id, leaf)))
+            except exception.NotFound:
+                pass
+        return out
+
     # --- transmission ------------------------------------------------------
+
+    def _contexts(self, backend, neg):
+        """[(id, extents(offset, length))] of the metadata contexts the
+        client selected, by id."""
+        out = []
+        for c in neg.contexts:
+            if c.bitmap is None:
+                out.append((c.id, backend.extents))
+            else:
+                out.append((c.id, bitmaps_mod.DirtyBitmap(
+                    self.cluster.master, backend, c.bitmap,
+                    c.name).extents))
+        return out
+
+    async def _block_status(self, contexts, flags, handle, offset, length):
+        """The reply to NBD_CMD_BLOCK_STATUS: one chunk per context, the
+        last one DONE.  Lengths are capped at BLOCK_STATUS_LIMIT; with
+        REQ_ONE each chunk holds one extent.  One context failing fails
+        the request (nothing is sent before all are known)."""
+        length = min(length, BLOCK_STATUS_LIMIT)
+        found = await asyncio.gather(*(extents(offset, length)
+                                       for _, extents in contexts))
+        last = len(contexts) - 1
+        return b''.join(
+            p.structured(handle, p.REPLY_TYPE_BLOCK_STATUS,
+                         p.block_status_payload(
+                             extents[:1] if flags & p.CMD_FLAG_REQ_ONE
+                             else extents, cid), done=i == last)
+            for i, ((cid, _), extents) in enumerate(zip(contexts, found,
+                                                        strict=True)))
 
     async def _transmission(self, stream, exp, neg):
         """Requests run as they arrive (replies go out in completion order),
@@ -732,7 +846,8 @@ class NbdServer:
         given back as it drains."""
         backend = exp.backend
         eflags = backend.flags() | (p.TF_SEND_DF if neg.structured else 0)
-        structured, meta = neg.structured, neg.base_allocation
+        structured = neg.structured
+        contexts = self._contexts(backend, neg)
         loop = asyncio.get_running_loop()
         budget = self.budget
         m = self.metrics
@@ -804,7 +919,7 @@ class NbdServer:
                 return
             err = p.validate_request(cmd, flags, offset, length,
                                      backend.size(), eflags, structured,
-                                     meta)
+                                     bool(contexts))
             if err:
                 stream.write(p.error_reply(handle, err, structured))
                 m.refused(cmd, err, perf_counter() - t0)
@@ -818,7 +933,7 @@ class NbdServer:
             else:
                 t = loop.create_task(self._run(
                     stream, backend, structured, cmd, flags, handle, offset,
-                    length, data, t0))
+                    length, data, t0, contexts))
                 tasks[t] = n
                 t.add_done_callback(finished)
             inflight += 1
@@ -882,9 +997,10 @@ class NbdServer:
             self.metrics.note_fenced(backend)
 
     async def _run(self, stream, backend, structured, cmd, flags, handle,
-                   offset, length, data, t0):
+                   offset, length, data, t0, contexts=()):
         """Run a valid request and answer it; it is counted once its
-        reply is queued (latency from ``t0``, when it was parsed)."""
+        reply is queued (latency from ``t0``, when it was parsed).
+        ``contexts``: see :meth:`_contexts`."""
         fua = bool(flags & p.CMD_FLAG_FUA)
         try:
             if cmd == p.CMD_READ:
@@ -899,13 +1015,8 @@ class NbdServer:
                 self.metrics.ops.done('read', perf_counter() - t0, length)
                 return
             if cmd == p.CMD_BLOCK_STATUS:
-                extents = await backend.extents(
-                    offset, min(length, BLOCK_STATUS_LIMIT))
-                if flags & p.CMD_FLAG_REQ_ONE:
-                    extents = extents[:1]
-                stream.write(p.structured(
-                    handle, p.REPLY_TYPE_BLOCK_STATUS,
-                    p.block_status_payload(extents)))
+                stream.write(await self._block_status(
+                    contexts, flags, handle, offset, length))
                 self.metrics.ops.done('block_status', perf_counter() - t0)
                 return
             if cmd == p.CMD_WRITE:

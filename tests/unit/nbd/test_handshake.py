@@ -195,9 +195,11 @@ def test_set_meta_context_base_allocation():
                    rep(10, ACK))
     assert neg.base_allocation
     # Another SET replaces it, also when it selects nothing or fails.
-    assert send(neg, opt(10, meta_data('vol1', 'qemu:dirty-bitmap:b'))) == (
-        rep(10, ACK), None)
+    out, ev = send(neg, opt(10, meta_data('vol1', 'qemu:dirty-bitmap:b')))
+    assert out == b'' and isinstance(ev, hs.ListBitmaps)
     assert not neg.base_allocation
+    assert neg.bitmaps_listed({}) == rep(10, ACK)  # no bitmap b
+    assert not neg.base_allocation and neg.contexts == []
     send(neg, opt(10, meta_data('vol1', 'base:allocation')))
     assert send(neg, opt(10, b'\x00')) == (rep(10, INVALID), None)
     assert not neg.base_allocation
@@ -207,7 +209,10 @@ def test_list_meta_context():
     neg = start()
     send(neg, opt(8))
     listed = rep(9, META, b'\x00\x00\x00\x00base:allocation') + rep(9, ACK)
-    assert send(neg, opt(9, meta_data('vol1'))) == (listed, None)
+    # No query lists the dirty bitmaps too: the connection looks them up.
+    out, ev = send(neg, opt(9, meta_data('vol1')))
+    assert out == b'' and isinstance(ev, hs.ListBitmaps)
+    assert neg.bitmaps_listed({}) == listed
     assert send(neg, opt(9, meta_data('vol1', 'base:'))) == (listed, None)
     assert send(neg, opt(9, meta_data('vol1', 'x:y'))) == (rep(9, ACK), None)
     assert not neg.base_allocation  # listing selects nothing
@@ -275,3 +280,223 @@ def test_answers_out_of_turn_are_refused():
     neg.exports_listed([])
     with pytest.raises(exception.InvalidArgument):
         neg.receive(b'x' * 3)  # not the 16 bytes asked for
+
+
+# --- qemu:dirty-bitmap:<snapshot> --------------------------------------------
+
+BITMAPS = {'a': 'snapshot a', 'b': 'snapshot b'}  # what the server listed
+
+
+def meta(cid, name):
+    return rep(9 if cid is None else 10, META,
+               struct.pack('>I', cid or 0) + name.encode())
+
+
+def listing(neg, *queries, bitmaps=BITMAPS):
+    """LIST_META_CONTEXT: the replies (looking the bitmaps up if it
+    asks)."""
+    out, ev = send(neg, opt(9, meta_data('vol1', *queries)))
+    if ev is None:
+        return out
+    assert out == b'' and isinstance(ev, hs.ListBitmaps)
+    assert (ev.option, ev.name, ev.queries) == (9, 'vol1', list(queries))
+    return neg.bitmaps_listed(bitmaps)
+
+
+def setting(neg, *queries, bitmaps=BITMAPS, export='vol1'):
+    out, ev = send(neg, opt(10, meta_data(export, *queries)))
+    if ev is None:
+        return out
+    assert out == b'' and isinstance(ev, hs.ListBitmaps)
+    assert (ev.option, ev.name) == (10, export)
+    return neg.bitmaps_listed(bitmaps)
+
+
+def structured():
+    neg = start()
+    send(neg, opt(8))
+    return neg
+
+
+@pytest.mark.parametrize('queries', [(), ('qemu:',), ('qemu:dirty-bitmap:',),
+                                     ('base:', 'qemu:'),
+                                     ('qemu:dirty-bitmap:a', 'qemu:',
+                                      'qemu:dirty-bitmap:b')])
+def test_list_every_dirty_bitmap(queries):
+    neg = structured()
+    base = meta(None, 'base:allocation') if not queries or \
+        'base:' in queries else b''
+    assert listing(neg, *queries) == (
+        base + meta(None, 'qemu:dirty-bitmap:a') +
+        meta(None, 'qemu:dirty-bitmap:b') + rep(9, ACK))
+    assert neg.contexts == [] and not neg.base_allocation
+
+
+def test_list_names_only_what_exists():
+    neg = structured()
+    assert listing(neg, 'qemu:dirty-bitmap:b', 'qemu:dirty-bitmap:zz',
+                   'base:allocation') == (
+        meta(None, 'base:allocation') + meta(None, 'qemu:dirty-bitmap:b') +
+        rep(9, ACK))
+    # No bitmap at all: what the queries leave.
+    assert listing(neg, bitmaps={}) == (meta(None, 'base:allocation') +
+                                        rep(9, ACK))
+    # Queries of no bitmap ask for no lookup.
+    for queries in (('base:',), ('qemu:allocation-depth',), ('x-ursa:',),
+                    ('qemu:dirty-bitmapa',)):
+        out, ev = send(neg, opt(9, meta_data('vol1', *queries)))
+        assert ev is None
+        assert out.endswith(rep(9, ACK))
+
+
+def test_set_base_allocation_and_a_bitmap():
+    neg = structured()
+    assert setting(neg, 'qemu:dirty-bitmap:b', 'base:allocation',
+                   'qemu:dirty-bitmap:b') == (
+        meta(1, 'base:allocation') + meta(2, 'qemu:dirty-bitmap:b') +
+        rep(10, ACK))
+    assert neg.base_allocation
+    assert neg.contexts == [hs.MetaContext(1, 'base:allocation'),
+                            hs.MetaContext(2, 'qemu:dirty-bitmap:b',
+                                           'snapshot b')]
+    send(neg, opt(7, info_data('vol1')))
+    _, ev = neg.export_opened(MiB, RW)
+    assert isinstance(ev, hs.Ready)
+    assert [c.id for c in neg.contexts] == [1, 2]
+
+
+def test_set_a_bitmap_alone_gets_its_own_id():
+    neg = structured()
+    assert setting(neg, 'qemu:dirty-bitmap:a') == (
+        meta(1, 'qemu:dirty-bitmap:a') + rep(10, ACK))
+    assert not neg.base_allocation
+    assert neg.contexts == [hs.MetaContext(1, 'qemu:dirty-bitmap:a',
+                                           'snapshot a')]
+
+
+@pytest.mark.parametrize('queries', [('qemu:dirty-bitmap:zz',),
+                                     ('qemu:dirty-bitmap:A',)])
+def test_set_of_an_unknown_bitmap_selects_nothing(queries):
+    neg = structured()
+    assert setting(neg, *queries) == rep(10, ACK)
+    assert neg.contexts == []
+
+
+@pytest.mark.parametrize('queries', [('qemu:',), ('qemu:dirty-bitmap:',),
+                                     ('base:',)])
+def test_set_ignores_wildcards(queries):
+    """The empty leaf name selects nothing in a SET (the spec): no lookup
+    either."""
+    neg = structured()
+    assert send(neg, opt(10, meta_data('vol1', *queries))) == (
+        rep(10, ACK), None)
+    assert neg.contexts == []
+
+
+def test_a_later_set_replaces_the_bitmaps():
+    neg = structured()
+    setting(neg, 'base:allocation', 'qemu:dirty-bitmap:a')
+    assert setting(neg, 'qemu:dirty-bitmap:b') == (
+        meta(1, 'qemu:dirty-bitmap:b') + rep(10, ACK))
+    assert not neg.base_allocation
+    assert [c.name for c in neg.contexts] == ['qemu:dirty-bitmap:b']
+    # Also while the lookup is under way, and when it fails.
+    send(neg, opt(10, meta_data('vol1', 'qemu:dirty-bitmap:a')))
+    assert neg.contexts == []
+    assert neg.bitmaps_unlisted('no master answers') == rep(
+        10, POLICY, b'no master answers')
+    assert neg.contexts == [] and neg.want == 16
+    setting(neg, 'qemu:dirty-bitmap:a')
+    assert send(neg, opt(10, b'\x00\x00\x00\x04vol1\x00')) == (
+        rep(10, INVALID), None)
+    assert neg.contexts == []
+
+
+@pytest.mark.parametrize('go_name,kept', [('vol1', 1), ('vol2', 0)])
+def test_bitmaps_hold_only_for_the_export_they_were_set_for(go_name, kept):
+    neg = structured()
+    setting(neg, 'qemu:dirty-bitmap:a')
+    send(neg, opt(7, info_data(go_name)))
+    neg.export_opened(MiB, RW)
+    assert len(neg.contexts) == kept
+
+
+def test_info_keeps_the_bitmaps():
+    neg = structured()
+    setting(neg, 'qemu:dirty-bitmap:a')
+    send(neg, opt(6, info_data('vol2')))
+    neg.export_opened(MiB, RW)
+    assert len(neg.contexts) == 1
+
+
+def test_starttls_forgets_the_bitmaps():
+    neg = start(tls_available=True)
+    send(neg, opt(8))
+    setting(neg, 'base:allocation', 'qemu:dirty-bitmap:a')
+    send(neg, opt(5))
+    neg.tls_started()
+    assert neg.contexts == [] and not neg.base_allocation
+    # Structured replies must be negotiated again before any context.
+    assert send(neg, opt(10, meta_data('vol1', 'qemu:dirty-bitmap:a'))) == (
+        rep(10, INVALID, b'negotiate structured replies first'), None)
+    send(neg, opt(8))
+    assert setting(neg, 'qemu:dirty-bitmap:a') == (
+        meta(1, 'qemu:dirty-bitmap:a') + rep(10, ACK))
+
+
+def test_a_list_while_a_bitmap_is_set_keeps_it():
+    neg = structured()
+    setting(neg, 'qemu:dirty-bitmap:a')
+    listing(neg)
+    assert [c.name for c in neg.contexts] == ['qemu:dirty-bitmap:a']
+
+
+@pytest.mark.parametrize('option', [9, 10])
+@pytest.mark.parametrize('data', [
+    b'',
+    b'\x00\x00\x00\x04vol1',                         # no query count
+    b'\x00\x00\x00\x04vol1\x00\x00\x00\x01',         # a query missing
+    b'\x00\x00\x00\x04vol1\x00\x00\x00\x01\x00\x00\x00\x09qemu:',
+    b'\x00\x00\x00\x04vol1\x00\x00\x00\x00extra',    # trailing bytes
+    b'\x00\x00\x00\x04vol1\x00\x00\x00\x01\x00\x00\x00\x02\xff\xfe',
+])
+def test_malformed_meta_context_data_is_invalid(option, data):
+    neg = structured()
+    assert send(neg, opt(option, data)) == (rep(option, INVALID), None)
+    assert neg.contexts == [] and neg.want == 16
+
+
+def test_bitmap_answers_out_of_turn_are_refused():
+    neg = structured()
+    with pytest.raises(exception.InvalidArgument):
+        neg.bitmaps_listed(BITMAPS)
+    send(neg, opt(3))
+    with pytest.raises(exception.InvalidArgument):
+        neg.bitmaps_unlisted('no')
+
+
+def test_what_the_lookup_is_asked_for():
+    neg = structured()
+    _, ev = send(neg, opt(9, meta_data('vol1', 'qemu:dirty-bitmap:a',
+                                       'qemu:')))
+    assert (ev.every, ev.names) == (True, [])
+    neg.bitmaps_listed({})
+    _, ev = send(neg, opt(10, meta_data('vol1', 'qemu:dirty-bitmap:b',
+                                        'qemu:', 'qemu:dirty-bitmap:a',
+                                        'qemu:dirty-bitmap:b')))
+    assert (ev.every, ev.names) == (False, ['b', 'a'])
+
+
+def test_too_many_bitmap_names_in_one_option():
+    neg = structured()
+    names = ['qemu:dirty-bitmap:n%d' % i
+             for i in range(hs.MAX_BITMAP_NAMES + 1)]
+    for option in (9, 10):
+        out, ev = send(neg, opt(option, meta_data('vol1', *names)))
+        assert ev is None
+        assert out == rep(option, 0x80000009,
+                          b'at most 16 qemu:dirty-bitmap: names in one '
+                          b'option')
+    assert neg.contexts == []
+    out, ev = send(neg, opt(10, meta_data('vol1', *names[:-1])))
+    assert isinstance(ev, hs.ListBitmaps)

@@ -136,6 +136,40 @@ def test_meta_context_reply_and_matching():
     assert not p.match_meta_context(['qemu:dirty-bitmap:x'], listing=True)
 
 
+@pytest.mark.parametrize('queries,listing,every,names', [
+    ([], True, True, []), ([], False, False, []),
+    (['qemu:'], True, True, []), (['qemu:'], False, False, []),
+    (['qemu:dirty-bitmap:'], True, True, []),
+    (['qemu:dirty-bitmap:'], False, False, []),
+    (['qemu:dirty-bitmap:a'], True, False, ['a']),
+    (['qemu:dirty-bitmap:a', 'qemu:dirty-bitmap:b:c', 'qemu:dirty-bitmap:a'],
+     False, False, ['a', 'b:c']),
+    (['base:allocation', 'base:'], True, False, []),
+    (['qemu:allocation-depth', 'x:y', 'qemu:dirty-bitmapa'], True, False,
+     []),
+])
+def test_which_dirty_bitmaps_queries_name(queries, listing, every, names):
+    assert p.lists_every_bitmap(queries, listing) is every
+    assert p.bitmap_names(queries) == names
+
+
+def test_dirty_bitmap_matching():
+    names = ['a', 'b:c', 'd']  # in the order listed
+    assert p.match_dirty_bitmaps([], names, listing=True) == names
+    assert p.match_dirty_bitmaps([], names, listing=False) == []
+    for wildcard in ('qemu:', 'qemu:dirty-bitmap:'):
+        assert p.match_dirty_bitmaps([wildcard], names, True) == names
+        assert p.match_dirty_bitmaps([wildcard], names, False) == []
+    # Exact names, each once, in the order asked; the rest ignored.
+    assert p.match_dirty_bitmaps(
+        ['qemu:dirty-bitmap:d', 'qemu:dirty-bitmap:b:c', 'base:allocation',
+         'qemu:dirty-bitmap:d', 'qemu:dirty-bitmap:zz',
+         'qemu:dirty-bitmap:A'], names, False) == ['d', 'b:c']
+    assert p.match_dirty_bitmaps(
+        ['qemu:dirty-bitmap:d', 'qemu:'], names, True) == names
+    assert p.match_dirty_bitmaps(['qemu:dirty-bitmap:a'], [], True) == []
+
+
 # --- transmission ------------------------------------------------------------
 
 def test_transmission_flags():
@@ -159,6 +193,8 @@ def test_replies():
     assert p.error_reply(7, p.NBD_EIO, False, 'bad') == p.simple_reply(7, 5)
     assert p.block_status_payload([(4096, 0), (8192, 3)]) == bytes.fromhex(
         '00000001 00001000 00000000 00002000 00000003')
+    assert p.block_status_payload([(4096, 1)], 7) == bytes.fromhex(
+        '00000007 00001000 00000001')
 
 
 def test_request_payload_length():
