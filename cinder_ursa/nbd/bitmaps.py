@@ -36,9 +36,10 @@ MASTER_WAIT = 2.0
 def offered(record, snapshots, snapshot_export):
     """{snapshot name: snapshot}, oldest first: of ``snapshots`` (the
     master's records of the volume's, listed or looked up by name),
-    those whose dirty bitmaps an export offers.  ``record`` is the master's record of the export: a volume,
-    or a snapshot when ``snapshot_export``, which offers only the older
-    ones.  Snapshots still being created are not offered."""
+    those whose dirty bitmaps an export offers.  ``record`` is the
+    master's record of the export: a volume, or a snapshot when
+    ``snapshot_export``, which offers only the older ones.  Snapshots
+    still being created are not offered."""
     volume_id = record['volume_id'] if snapshot_export else record['id']
     out = {}
     for snap in sorted(snapshots, key=lambda s: s['seq']):
