@@ -85,6 +85,8 @@ ROLES = {
         ('GET', '/volumes'),
         ('GET', '/attachments'),
         ('GET', _VOLUME + '/attachments'),
+        # ursa-nbd's list of a volume's qemu:dirty-bitmap: contexts.
+        ('GET', _VOLUME + '/snapshots'),
         ('GET', _ATTACHMENT),
         ('PUT', _ATTACHMENT),
         ('DELETE', _ATTACHMENT),

@@ -317,6 +317,10 @@ def test_a_gateway_signing_as_its_host_principal(make_cluster, tmp_path):
     qemu_io(*AFTER_A, export=uri(c, name))
     extents = nbdinfo_map(c, name, 'qemu:dirty-bitmap:a')
     assert dirty_of(extents) == CHANGED_A
+    # Its role lists the volume's snapshots: the contexts are listed.
+    info = json.loads(run('nbdinfo', '--json', uri(c, name)))
+    assert info['exports'][0]['contexts'] == [
+        'base:allocation', 'qemu:dirty-bitmap:a']
     # Without the token over TCP: nothing offered (nor served).
     cl = Client(c, 'hv', ['qemu:dirty-bitmap:a', 'base:allocation'],
                 go=False)
