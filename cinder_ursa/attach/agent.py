@@ -26,7 +26,9 @@ The agent polls the master for this host's attachments:
 
 Reads and writes of a file go straight to the volume (no cache);
 ``fsync`` flushes it (every replica durable); truncating is ignored, as
-for a block device.
+for a block device; ``fallocate`` punching a hole or zeroing a range
+zeroes it in the volume (the blocks are deallocated: restores and
+``blkdiscard``-like tools zero gigabytes without sending them).
 
 Who may open a volume: the mount has ``allow_other`` because the
 hypervisor's QEMU user, not root, opens the files; so it also has
@@ -53,6 +55,11 @@ from cinder_ursa import exception
 from cinder_ursa.attach import metrics as metrics_mod
 
 LOG = logging.getLogger(__name__)
+
+# fallocate(2) modes (linux/falloc.h).
+FALLOC_KEEP_SIZE = 0x01
+FALLOC_PUNCH_HOLE = 0x02
+FALLOC_ZERO_RANGE = 0x10
 
 
 def file_owner(owner='root', group=None):
@@ -177,6 +184,27 @@ class AttachFS(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.ENOSPC)
         self._io('write', t0, len(data), vol.write, offset, bytes(data))
         return len(data)
+
+    def fallocate(self, path, mode, offset, length, fh):
+        """FALLOC_FL_PUNCH_HOLE (with KEEP_SIZE, as Linux requires) or
+        FALLOC_FL_ZERO_RANGE: the range is zeroed in the volume.  A plain
+        allocation has nothing to do on a thin volume of fixed size."""
+        t0 = perf_counter()
+        vol = self._vol(path, 'write', t0)
+        if mode & ~(FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE):
+            raise mfusepy.FuseOSError(errno.EOPNOTSUPP)
+        end = offset + length
+        if end > vol.size:
+            if not mode & FALLOC_KEEP_SIZE:
+                # It would grow the file: a volume's size is fixed.
+                self.metrics.io_done('write', perf_counter() - t0, 0,
+                                     'ENOSPC')
+                raise mfusepy.FuseOSError(errno.ENOSPC)
+            end = vol.size
+        if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) and end > offset:
+            self._io('write', t0, 0, vol.write_zeroes, offset,
+                     end - offset)
+        return 0
 
     def truncate(self, path, length, fh=None):
         self._vol(path)  # a block device: its size does not change

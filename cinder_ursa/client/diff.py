@@ -69,8 +69,8 @@ async def changed_extents(view, since=None, progress=None,
     """[:class:`Extent`] sorted by offset, merged: what changed in the
     open volume or snapshot ``view`` after the snapshot of sequence
     ``since`` (None: everything ``view`` holds, as data extents).
-    ``progress(n)`` is called with the chunk bytes looked at (of
-    ``layout.chunks * layout.chunk_size`` in all)."""
+    ``progress(n)`` is called with the bytes of the allocated chunks
+    looked at."""
     layout = view.layout
     clone = view._parent_info is not None
     found = []
@@ -90,7 +90,14 @@ async def changed_extents(view, since=None, progress=None,
                         found.append((vo, ln, kind))
                 if progress:
                     progress(n)
-    await asyncio.gather(*(chunk(i) for i in range(layout.chunks)))
+    allocated = await view.allocated_chunks()
+    if clone and since is None:
+        # What the clone never allocated is its parent's, whole chunks.
+        for index in sorted(set(range(layout.chunks)) - set(allocated)):
+            for vo, ln in layout.volume_ranges(index, 0, layout.chunk_size):
+                found.append((vo, ln, ABSENT))
+    # A chunk never allocated changed in no view, and holds nothing.
+    await asyncio.gather(*(chunk(i) for i in allocated))
     found.sort()
     out = []
     for vo, ln, kind in found:
@@ -154,3 +161,46 @@ async def open_views(cluster, ref, older=None):
     except BaseException:
         await view.close()
         raise
+
+
+def complement(extents, size):
+    """The ranges of ``[0, size)`` no extent covers, as zero extents."""
+    out = []
+    pos = 0
+    for e in extents:
+        if e.offset > pos:
+            out.append(Extent(pos, e.offset - pos, KIND_ZERO))
+        pos = max(pos, e.offset + e.length)
+    if pos < size:
+        out.append(Extent(pos, size - pos, KIND_ZERO))
+    return out
+
+
+async def copy_extents(view, dst, extents, progress=None, piece=4 * units.Mi,
+                       parallel=PARALLEL):
+    """Copy ``extents`` of the open ``view`` onto the open, writable
+    volume ``dst`` (of this cluster or another): data extents read from
+    the view and written, zero extents zeroed (deallocated).  Returns the
+    bytes read.  ``progress(n)`` is called with the bytes of each piece
+    done, read or zeroed.  ``dst`` is not flushed."""
+    jobs = []
+    for e in extents:
+        step = piece if e.kind == KIND_DATA else e.length
+        for at in range(0, e.length, step):
+            jobs.append((e.kind, e.offset + at, min(step, e.length - at)))
+    sem = asyncio.Semaphore(parallel)
+    read = 0
+
+    async def one(kind, offset, length):
+        nonlocal read
+        async with sem:
+            if kind == KIND_DATA:
+                data = await view.read(offset, length)
+                read += length
+                await dst.write(offset, data)
+            else:
+                await dst.write_zeroes(offset, length)
+            if progress:
+                progress(length)
+    await asyncio.gather(*(one(*j) for j in jobs))
+    return read

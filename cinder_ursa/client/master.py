@@ -240,6 +240,10 @@ class AsyncMasterClient:
     async def volume(self, ref):
         return await self._http.send(rest.volume(ref))
 
+    async def create_volume(self, name, size, **kwargs):
+        return await self._http.send(rest.create_volume(name, size,
+                                                        **kwargs))
+
     async def clone(self, snapshot, name, size=None, **kwargs):
         return await self._http.send(rest.clone(snapshot, name, size,
                                                 **kwargs))

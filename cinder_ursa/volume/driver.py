@@ -36,6 +36,7 @@ from oslo_log import log as logging
 from oslo_utils import units
 
 from cinder_ursa import exception
+from cinder_ursa.backup import naming
 from cinder_ursa.client import master as master_mod
 from cinder_ursa.client import sync
 from cinder_ursa.common import auth
@@ -288,12 +289,24 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
                                        multiattach=self._multiattach(volume),
                                        **self._create_args())
 
+    def _delete_backup_bases(self, volume):
+        """Delete the snapshot the Ursa backup driver keeps on a volume
+        for its next incremental backup (backup/driver.py), as Cinder
+        does not know it: the backups themselves live on."""
+        for name in naming.base_snapshots(
+                self._master.snapshots(volume.name)):
+            try:
+                self._master.delete_snapshot('%s@%s' % (volume.name, name))
+            except exception.NotFound:
+                pass
+
     def delete_volume(self, volume):
         with self._op('delete', 'Deleted', 'volume %(volume_id)s (Ursa '
                       '%(volume)s)', volume) as op:
             try:
                 with translated('Deleting volume %s' % volume.name,
                                 volume=volume):
+                    self._delete_backup_bases(volume)
                     self._master.delete_volume(volume.name)
             except cinder_exc.VolumeNotFound:
                 op.note = 'the Ursa volume was already gone'
