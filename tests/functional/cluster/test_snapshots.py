@@ -25,6 +25,7 @@ from cinder_ursa import exception
 from cinder_ursa.client import check
 from tests.fixtures.cluster import data_client
 from tests.fixtures.cluster import wait_allocated
+from tests.fixtures.wait import wait_for
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -249,11 +250,14 @@ def test_snapshot_while_writing_holds_every_acknowledged_write(cluster,
                 log.append((sent, time.monotonic(), block, value))
         t = threading.Thread(target=writer)
         t.start()
-        time.sleep(0.5)
+        # Writes before and after the snapshot, counted rather than
+        # timed: a loaded machine writes fewer in a second.
+        wait_for(lambda: len(log) >= 60, 60, '60 writes before')
         before = time.monotonic()
         client.create_snapshot('busy', 'instant')
         after = time.monotonic()
-        time.sleep(0.3)
+        wait_for(lambda: sum(1 for e in log if e[0] > after) >= 60, 60,
+                 '60 writes after')
         stop.set()
         t.join()
     assert len(log) > 100
