@@ -43,6 +43,8 @@ import ctypes.util
 import errno
 import json
 import os
+import stat
+import sys
 import time
 
 from cinder import exception as cinder_exc
@@ -186,52 +188,147 @@ class UrsaBackupDriver(driver.BackupDriver):
         src = master_mod.MasterClient(urls, key, timeout=self.timeout)
         chain = CHAIN % volume.name
         point = POINT % backup.id
-        base = None
-        made = []               # (master, ref) of the snapshots made
         what = _('Backup %(b)s of volume %(v)s') % {'b': backup.id,
                                                      'v': volume.id}
         with self._guard(what):
-            if backup.snapshot_id:
-                snap = objects.Snapshot.get_by_id(self.context,
-                                                  backup.snapshot_id)
-                state = '%s@%s' % (volume.name, snap.name)
-            else:
-                base = BASE % backup.id
-                src.create_snapshot(volume.name, base)
-                made.append((src, '%s@%s' % (volume.name, base)))
-                state = '%s@%s' % (volume.name, base)
-            try:
-                parent = self._parent(backup)
-                with sync.SyncCluster(urls, key,
-                                      io_timeout=self.timeout) as cl:
-                    self.last_transfer = cl.run(
-                        self._transfer, volume.name, state, parent, chain,
-                        what)
-                self._master.create_snapshot(chain, point)
-                made.append((self._master, '%s@%s' % (chain, point)))
-                if backup_metadata:
-                    self._save_metadata(volume, backup)
-            except BaseException:
-                for master, ref in reversed(made):
-                    self._quietly(master.delete_snapshot, ref)
-                if backup_metadata:
-                    self._quietly(self._master.delete_volume,
-                                  META % (volume.name, backup.id))
-                raise
-            # Only the newest base is kept: the next incremental's.
+            on_ursa = self._on_ursa(src, volume)
+            # One backup of a chain at a time, across cinder-backup
+            # processes and hosts: each reverts the chain's head to its
+            # parent and snapshots what it wrote there.
+            with self._chain_lock(chain):
+                if on_ursa:
+                    base = self._backup_ursa(backup, volume, src, urls, key,
+                                             chain, point, what,
+                                             backup_metadata)
+                else:
+                    base = None
+                    self._backup_file(backup, volume, volume_file, chain,
+                                      point, what, backup_metadata)
             if base is not None:
-                for name in base_snapshots(src.snapshots(volume.name)):
-                    if name != base:
-                        self._quietly(src.delete_snapshot,
-                                      '%s@%s' % (volume.name, name))
+                self._keep_newest_base(src, volume, base)
         t = self.last_transfer
-        LOG.info('%(what)s done: %(kind)s, %(read)s read and written to '
-                 '%(chain)s@%(point)s', {
+        LOG.info('%(what)s done: %(kind)s, %(read)s read, %(written)s '
+                 'written to %(chain)s@%(point)s', {
                      'what': what, 'kind': t['kind'],
-                     'read': units.format_size(t['read']), 'chain': chain,
-                     'point': point})
+                     'read': units.format_size(t['read']),
+                     'written': units.format_size(t['written']),
+                     'chain': chain, 'point': point})
         return {'service_metadata': json.dumps(
             {'chain': chain, 'base': base}, sort_keys=True)}
+
+    @staticmethod
+    def _on_ursa(src, volume):
+        """Whether the volume is an Ursa volume of the volumes' cluster
+        (else cinder-backup serves another backend's: its attached
+        device is read)."""
+        try:
+            src.volume(volume.name)
+        except exception.NotFound:
+            return False
+        return True
+
+    def _chain_lock(self, chain):
+        from cinder import coordination
+        return coordination.COORDINATOR.get_lock('ursa-backup-%s' % chain)
+
+    def _backup_ursa(self, backup, volume, src, urls, key, chain, point,
+                     what, backup_metadata):
+        """Copy from the volumes' cluster; returns the new base snapshot's
+        name (None for a backup of a Cinder snapshot)."""
+        base = None
+        made = []               # (master, ref) of the snapshots made
+        if backup.snapshot_id:
+            snap = objects.Snapshot.get_by_id(self.context,
+                                              backup.snapshot_id)
+            state = '%s@%s' % (volume.name, snap.name)
+        else:
+            base = BASE % backup.id
+            src.create_snapshot(volume.name, base)
+            made.append((src, '%s@%s' % (volume.name, base)))
+            state = '%s@%s' % (volume.name, base)
+        try:
+            parent = self._parent(backup)
+            with sync.SyncCluster(urls, key, io_timeout=self.timeout) as cl:
+                self.last_transfer = cl.run(
+                    self._transfer, volume.name, state, parent, chain, what)
+            self._finish(backup, volume, chain, point, made,
+                         backup_metadata)
+        except BaseException:
+            self._undo(backup, volume, made, backup_metadata)
+            raise
+        return base
+
+    def _backup_file(self, backup, volume, volume_file, chain, point, what,
+                     backup_metadata):
+        """A volume of another backend: read in full from the device
+        Cinder attached; onto the chain (reverted to the parent) only the
+        pieces that differ from it are written."""
+        made = []
+        try:
+            parent = self._parent(backup)
+            size = volume.size * units.Gi
+            with sync.SyncCluster(self.urls, self._key,
+                                  io_timeout=self.timeout) as cl:
+                try:
+                    existed = cl.run(self._prepare_chain, chain, size,
+                                     parent[1] if parent else None)
+                except exception.NotFound:
+                    existed = cl.run(self._prepare_chain, chain, size, None)
+                progress = _Progress('%s (full, from the device)' % what,
+                                     size)
+                read = written = 0
+                with cl.open_volume(chain) as dst:
+                    volume_file.seek(0)
+                    for offset in range(0, size, PIECE):
+                        n = min(PIECE, size - offset)
+                        data = _read_exact(volume_file, n)
+                        read += len(data)
+                        old = dst.read(offset, n) if existed else bytes(n)
+                        if data != old:
+                            if data.count(0) == n:
+                                dst.write_zeroes(offset, n)
+                            else:
+                                dst.write(offset, data)
+                            written += n
+                        progress(n)
+                    dst.flush()
+                progress.log(final=True)
+            self.last_transfer = {'kind': 'full', 'read': read,
+                                  'written': written}
+            self._finish(backup, volume, chain, point, made,
+                         backup_metadata)
+        except BaseException:
+            self._undo(backup, volume, made, backup_metadata)
+            raise
+
+    def _finish(self, backup, volume, chain, point, made, backup_metadata):
+        self._master.create_snapshot(chain, point)
+        made.append((self._master, '%s@%s' % (chain, point)))
+        if backup_metadata:
+            self._save_metadata(volume, backup)
+
+    def _undo(self, backup, volume, made, backup_metadata):
+        """A failed backup leaves nothing behind."""
+        for master, ref in reversed(made):
+            self._quietly(master.delete_snapshot, ref)
+        if backup_metadata:
+            self._quietly(self._master.delete_volume,
+                          META % (volume.name, backup.id))
+
+    def _keep_newest_base(self, src, volume, base):
+        """Only the newest base stays: the next incremental's.  Best
+        effort: the backup is made."""
+        try:
+            names = base_snapshots(src.snapshots(volume.name))
+        except exception.UrsaError as e:
+            LOG.warning('Volume %(v)s: older backup base snapshots not '
+                        'deleted (%(e)s); the next backup deletes them',
+                        {'v': volume.name, 'e': e})
+            return
+        for name in names:
+            if name != base:
+                self._quietly(src.delete_snapshot,
+                              '%s@%s' % (volume.name, name))
 
     def _parent(self, backup):
         """The parent backup's base snapshot name and chain snapshot, when
@@ -258,21 +355,45 @@ class UrsaBackupDriver(driver.BackupDriver):
         finally:
             await target.close()
 
+    async def _prepare_chain(self, cluster, chain, size, parent_point):
+        """Make the chain ``size`` bytes, reverted to the parent's
+        snapshot when there is one (else as it is); return whether it
+        existed (False: created now, it reads zeros)."""
+        master = cluster.master
+        try:
+            info = await master.volume(chain)
+        except exception.NotFound:
+            kwargs = {'chunk_size': CONF.backup_ursa_chunk_size_mib
+                      * units.Mi}
+            if CONF.backup_ursa_replicas:
+                kwargs['replicas'] = CONF.backup_ursa_replicas
+            await master.create_volume(chain, size, **kwargs)
+            return False
+        if parent_point is not None:
+            await master.revert(chain, parent_point)
+            info = await master.volume(chain)
+        if info['size'] < size:
+            await master.resize(chain, size, False)
+        elif info['size'] > size:
+            # A smaller state than the chain's last (a snapshot taken
+            # before an extend): the tail zeroed, then cut.
+            await cluster.resize(chain, size, force=True)
+        return True
+
     async def _copy(self, source, target, view, volume_name, parent, chain,
                     what):
+        since = None
+        if parent is not None and parent[0] is not None:
+            since = await self._since(source, view, volume_name, parent[0])
         try:
-            info = await target.master.volume(chain)
-            existed = True
+            existed = await self._prepare_chain(
+                target, chain, view.size,
+                parent[1] if since is not None else None)
         except exception.NotFound:
-            info = await target.master.create_volume(
-                chain, view.size, chunk_size=CONF.backup_ursa_chunk_size_mib
-                * units.Mi, **({'replicas': CONF.backup_ursa_replicas}
-                               if CONF.backup_ursa_replicas else {}))
-            existed = False
-        since = await self._since(source, target, view, volume_name,
-                                  parent, chain) if existed else None
-        if info['size'] < view.size:
-            await target.master.resize(chain, view.size, False)
+            # The parent's snapshot is gone from the chain: all of it.
+            since = None
+            existed = await self._prepare_chain(target, chain, view.size,
+                                                None)
         extents = await diff_mod.changed_extents(view, since)
         kind = 'incremental' if since is not None else 'full'
         if since is None and existed:
@@ -291,28 +412,23 @@ class UrsaBackupDriver(driver.BackupDriver):
             await dst.close()
         progress.log(final=True)
         return {'kind': kind, 'read': read, 'extents': len(extents),
+                'written': sum(e.length for e in extents
+                               if e.kind == 'data'),
                 'zeroed': sum(e.length for e in extents
                               if e.kind == 'zero')}
 
-    async def _since(self, source, target, view, volume_name, parent,
-                     chain):
-        """The sequence of the parent's base on the source, with the
-        chain reverted to the parent's snapshot; None when either is
-        missing (everything is copied then)."""
-        if parent is None or parent[0] is None:
-            return None
-        base, point = parent
+    async def _since(self, source, view, volume_name, base):
+        """The sequence of the parent's base on the source; None when it
+        is gone or not older (everything is copied then)."""
         try:
             snap = await source.master.snapshot('%s@%s' % (volume_name,
                                                            base))
-            since = diff_mod.since_of(view, snap)
-            await target.master.revert(chain, point)
+            return diff_mod.since_of(view, snap)
         except (exception.NotFound, exception.InvalidArgument) as e:
-            LOG.warning('The parent backup\'s base %(base)s or snapshot '
-                        '%(point)s is not there (%(e)s): copying every '
-                        'extent', {'base': base, 'point': point, 'e': e})
+            LOG.warning('The parent backup\'s base %(base)s cannot be '
+                        'diffed from (%(e)s): copying every extent',
+                        {'base': base, 'e': e})
             return None
-        return since
 
     # --- metadata -------------------------------------------------------
 
@@ -374,9 +490,17 @@ class UrsaBackupDriver(driver.BackupDriver):
             _zero(volume_file, zeros)
             volume_file.flush()
             try:
-                os.fsync(volume_file.fileno())
+                fd = volume_file.fileno()
             except (OSError, AttributeError) as e:
                 LOG.debug('%s: no fsync of the target (%s)', what, e)
+            else:
+                # A volume that is a regular file (file-backed backends)
+                # was opened 'wb' by Cinder, so cut to nothing: its size
+                # back, the tail a hole.
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_size < size:
+                    os.ftruncate(fd, size)
+                _blocking(os.fsync, fd)
             progress.log(final=True)
         data = self._load_metadata(chain.rsplit('.backups', 1)[0], backup)
         if data:
@@ -423,7 +547,7 @@ class UrsaBackupDriver(driver.BackupDriver):
             LOG.info('%s: nothing was stored for it', what)
             return
         volume_name = chain.rsplit('.backups', 1)[0]
-        with self._guard(what):
+        with self._guard(what), self._chain_lock(chain):
             self._gone_ok(self._master.delete_snapshot,
                           '%s@%s' % (chain, POINT % backup.id))
             self._gone_ok(self._master.delete_volume,
@@ -469,6 +593,31 @@ class UrsaBackupDriver(driver.BackupDriver):
                         'ursa snapshot/volume delete', {'ref': ref, 'e': e})
 
 
+def _blocking(fn, *args):
+    """``fn(*args)``, in eventlet's native thread pool when eventlet has
+    patched this process (cinder-backup's default): a long system call
+    must not stop its green threads (heartbeats, other backups)."""
+    patcher = sys.modules.get('eventlet.patcher')
+    if patcher is not None and patcher.is_monkey_patched('thread'):
+        from eventlet import tpool
+        return tpool.execute(fn, *args)
+    return fn(*args)
+
+
+def _read_exact(f, n):
+    """``n`` bytes of ``f`` (a device reads short only at its end: the
+    rest is zeros)."""
+    parts = []
+    left = n
+    while left:
+        data = f.read(left)
+        if not data:
+            break
+        parts.append(data)
+        left -= len(data)
+    return b''.join(parts) + bytes(left)
+
+
 def _service_metadata(backup):
     try:
         meta = json.loads(backup.service_metadata or '{}')
@@ -508,7 +657,7 @@ def _puncher(volume_file):
     volume_file.flush()
 
     def punch(offset, length):
-        if fallocate(fd, _FALLOC_PUNCH, offset, length) == 0:
+        if _blocking(fallocate, fd, _FALLOC_PUNCH, offset, length) == 0:
             return True
         err = ctypes.get_errno()
         if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):

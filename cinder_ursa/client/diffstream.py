@@ -41,6 +41,7 @@ import crc32c
 from cinder_ursa import exception
 from cinder_ursa.client import diff as diff_mod
 from cinder_ursa.common import units
+from cinder_ursa.protocol import names
 
 LOG = logging.getLogger(__name__)
 
@@ -123,13 +124,15 @@ class Reader:
         try:
             header = json.loads(payload)
             size = header['size']
-            if not isinstance(size, int) or size <= 0 or any(
+            if type(size) is not int or size <= 0 or any(
                     header.get(k) is not None
                     and not isinstance(header[k], str)
                     for k in ('from_snapshot', 'to_snapshot', 'volume')):
                 raise ValueError('bad field')
-        except (ValueError, KeyError, TypeError) as e:
-            raise StreamError('its header is not valid (%s)' % e) from None
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            why = 'nested too deep' if isinstance(e, RecursionError) else e
+            raise StreamError('its header is not valid (%s)' % why) \
+                from None
         self.header = header
         self.size = size
 
@@ -211,6 +214,12 @@ async def export_diff(cluster, ref, out, older=None, progress=None):
     view, since = await diff_mod.open_views(cluster, ref, older)
     try:
         extents = await diff_mod.changed_extents(view, since)
+        if since is None:
+            # A full stream says what reads zeros too: applied to a
+            # volume holding data, it leaves exactly the source.
+            extents = sorted(extents + diff_mod.complement(extents,
+                                                           view.size),
+                             key=lambda e: e.offset)
         snap = view.info.get('snapshot')
         writer = Writer(out, {
             'volume': ref.split('@', 1)[0], 'size': view.size,
@@ -243,6 +252,9 @@ async def export_diff(cluster, ref, out, older=None, progress=None):
         finally:
             for task in pending.values():
                 task.cancel()
+            if pending:
+                await asyncio.gather(*pending.values(),
+                                     return_exceptions=True)
         writer.end()
         return writer
     finally:
@@ -252,16 +264,22 @@ async def export_diff(cluster, ref, out, older=None, progress=None):
 async def import_diff(cluster, src, volume, progress=None):
     """Apply the stream read from ``src`` to ``volume`` (see the module);
     return the stream's header.  The volume is opened for writing first
-    (refused while another client writes it).  ``progress(n)`` is called
-    with the bytes applied."""
+    (refused while another client writes it); an incremental stream
+    applies only to a volume that has not changed since the stream's
+    older snapshot.  ``progress(n)`` is called with the bytes applied."""
     loop = asyncio.get_running_loop()
     # The stream is read in a worker thread: a slow pipe must not stall
     # the loop, which renews the volume's lease.
     reader = await loop.run_in_executor(None, Reader, src)
     header = reader.header
+    older, newer = header.get('from_snapshot'), header.get('to_snapshot')
+    if newer is not None:
+        problem = names.name_problem('the stream\'s newer snapshot name',
+                                     newer)
+        if problem:
+            raise StreamError(problem)
     info = await cluster.master.volume(volume)
     snaps = {s['name'] for s in await cluster.master.snapshots(info['id'])}
-    older, newer = header.get('from_snapshot'), header.get('to_snapshot')
     if older is not None and older not in snaps:
         raise exception.InvalidArgument(
             reason='volume %s has no snapshot %s, which this stream starts '
@@ -271,9 +289,16 @@ async def import_diff(cluster, src, volume, progress=None):
         raise exception.InvalidArgument(
             reason='volume %s already has snapshot %s, which this stream '
                    'ends at: it was applied already' % (volume, newer))
+    if reader.size < info['size']:
+        raise exception.InvalidArgument(
+            reason='the stream is of a volume of %d bytes; %s has %d: '
+                   'shrink it first (ursa volume resize --force) if that '
+                   'is meant' % (reader.size, volume, info['size']))
     vol = await cluster.open_volume(info['id'], writable=True)
-    guard = 'import-diff-%s' % uuid.uuid4().hex[:12]
     try:
+        if older is not None:
+            await _unchanged_since(cluster, vol, info, older)
+        guard = 'import-diff-%s' % uuid.uuid4().hex[:12]
         await cluster.create_snapshot(info['id'], guard)
     except BaseException:
         await vol.close()
@@ -284,16 +309,53 @@ async def import_diff(cluster, src, volume, progress=None):
             await vol.refresh()
         await _apply(vol, reader, progress)
         await vol.flush()
+        if newer is not None:
+            # Taken while the lease is held: nobody else wrote since.
+            await cluster.create_snapshot(info['id'], newer)
     except BaseException as e:
         LOG.warning('Volume %s: the diff stream was not applied (%s); '
                     'reverting it to snapshot %s', volume, e, guard)
-        await asyncio.shield(_undo(cluster, vol, info, guard))
+        await _finish(_undo(cluster, vol, info, guard))
         raise
     await vol.close()
-    if newer is not None:
-        await cluster.create_snapshot(info['id'], newer)
-    await cluster.delete_snapshot('%s@%s' % (info['id'], guard))
+    try:
+        await cluster.delete_snapshot('%s@%s' % (info['id'], guard))
+    except exception.UrsaError as e:
+        LOG.warning('Volume %s: the stream is applied, but its snapshot %s '
+                    'was not deleted (%s): delete it with ursa snapshot '
+                    'delete', volume, guard, e)
     return header
+
+
+async def _unchanged_since(cluster, vol, info, older):
+    """Refuse an incremental stream onto a volume written since the
+    stream's older snapshot: it would not leave the source's state.  The
+    blocks the chunk servers call changed are compared byte for byte
+    (a revert, such as a refused stream's undo, rewrites blocks with the
+    bytes they held)."""
+    snap = await cluster.master.snapshot('%s@%s' % (info['id'], older))
+    changed = await diff_mod.changed_extents(
+        vol, diff_mod.since_of(vol, snap))
+    if not changed:
+        return
+    view = await cluster.open_snapshot(snap['id'])
+    try:
+        for e in changed:
+            for at in range(0, e.length, MAX_DATA):
+                n = min(MAX_DATA, e.length - at)
+                offset = e.offset + at
+                then = await view.read(offset, n) \
+                    if offset + n <= view.size else None
+                if then is None or await vol.read(offset, n) != then:
+                    raise exception.InvalidArgument(
+                        reason='volume %s changed since snapshot %s '
+                               '(first at byte %d): the stream applies to '
+                               'what %s holds; revert the volume to it '
+                               'first (ursa volume revert %s %s)'
+                               % (info['name'], older, offset, older,
+                                  info['name'], older))
+    finally:
+        await view.close()
 
 
 async def _apply(vol, reader, progress):
@@ -335,6 +397,18 @@ async def _apply(vol, reader, progress):
             await asyncio.wait(list(tasks))
     if failed:
         raise failed[0]
+
+
+async def _finish(coro):
+    """Run ``coro`` to its end, whatever cancels the caller meanwhile
+    (a Ctrl-C while an import is undone must not leave it half done)."""
+    task = asyncio.ensure_future(coro)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
 
 
 async def _undo(cluster, vol, info, guard):

@@ -54,7 +54,7 @@ class _LoopThread:
         box = {}
 
         def start():
-            task = self.loop.create_task(coro)
+            task = box['running'] = self.loop.create_task(coro)
 
             def finished(t):
                 box['task'] = t
@@ -65,7 +65,16 @@ class _LoopThread:
             from eventlet import tpool
             tpool.execute(done.wait)
         else:
-            done.wait()
+            try:
+                done.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C (or the CLI's SIGTERM): the task is cancelled and
+                # waited for, so what it undoes on the way out (an
+                # import's revert) is done before the loop stops.
+                self.loop.call_soon_threadsafe(
+                    lambda: box.get('running') and box['running'].cancel())
+                done.wait()
+                raise
         return box['task'].result()
 
     def stop(self):

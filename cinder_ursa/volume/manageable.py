@@ -9,6 +9,7 @@ from cinder.i18n import _
 from cinder.volume import volume_utils
 
 from cinder_ursa import exception
+from cinder_ursa.backup import naming
 from cinder_ursa.volume import images
 from cinder_ursa.volume.common import DriverPart
 from cinder_ursa.volume.common import gib
@@ -90,6 +91,8 @@ class Manageable(DriverPart):
                 reason = _('already managed')
             elif v['name'].startswith(images.IMAGE_CACHE_PREFIX):
                 reason = _('Ursa image cache of this backend')
+            elif naming.kept_by_backups(v['name']):
+                reason = _('kept by the Ursa backup driver')
             elif (v.get('lease') or {}).get('holder'):
                 reason = _('open for writing by %s') % v['lease']['holder']
             entries.append({
@@ -117,6 +120,8 @@ class Manageable(DriverPart):
             elif s['name'].startswith('clone-') or \
                     s['volume_name'].startswith(images.IMAGE_CACHE_PREFIX):
                 reason = _('used by this driver')
+            elif naming.kept_by_backups(s['volume_name'], s['name']):
+                reason = _('kept by the Ursa backup driver')
             entries.append({
                 'reference': {'source-name': s['name']},
                 'size': int(math.ceil(gib(s['size']))),

@@ -4,6 +4,7 @@ cinder_ursa.client.diffstream for its format) that another volume, on
 this cluster or another, takes in."""
 
 import contextlib
+import signal
 import sys
 
 from cliff import command
@@ -41,6 +42,10 @@ def _refs(args):
         raise exception.InvalidArgument(
             reason='give one or two states: [VOLUME@OLDER] VOLUME[@NEWER]')
     return refs[0], older
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt('signal %d' % signum)
 
 
 def _add_refs(p):
@@ -151,6 +156,8 @@ class VolumeImportDiff(command.Command):
         return p
 
     def take_action(self, args):
+        # SIGTERM as Ctrl-C: the import is undone before the exit.
+        signal.signal(signal.SIGTERM, _interrupt)
         bar = progress_bar(None, 'import-diff')
         try:
             with self.app.data_cluster() as cluster, \

@@ -372,3 +372,102 @@ def test_a_bad_stream_changes_nothing(cluster, client):
     assert read_all(client, 'bdst') == read_all(client, 'bsrc@b2')
     with pytest.raises(exception.InvalidArgument, match='applied already'):
         apply(client, good, 'bdst')
+
+
+def _stream(header, records=()):
+    out = io.BytesIO()
+    w = diffstream.Writer(out, header)
+    for offset, data in records:
+        w.data(offset, data)
+    w.end()
+    return out.getvalue()
+
+
+def test_imports_leave_exactly_the_source_or_are_refused(cluster, client):
+    """A full stream onto a volume holding data leaves exactly the
+    source (it says what reads zeros); an incremental onto a volume
+    written since its older snapshot is refused, as are a stream of a
+    smaller volume, a newer snapshot name the master would refuse, and
+    hostile headers: each before anything is written."""
+    admin = cluster.client()
+    admin.create_volume('isrc', 8 * MiB, chunk_size=4 * MiB)
+    with client.open_volume('isrc') as v:
+        Writes(v, 8 * MiB, seed=21).write(8)
+    client.create_snapshot('isrc', 'i1')
+    admin.create_volume('idst', 8 * MiB, chunk_size=4 * MiB)
+    with client.open_volume('idst') as v:
+        v.write(0, b'X' * (8 * MiB))
+    apply(client, export(client, 'isrc@i1'), 'idst')
+    assert read_all(client, 'idst') == read_all(client, 'isrc@i1')
+
+    with client.open_volume('isrc') as v:
+        v.write(MiB, b'n' * 4096)
+    client.create_snapshot('isrc', 'i2')
+    incremental = export(client, 'isrc@i2', 'i1')
+    with client.open_volume('idst') as v:
+        v.write(3 * MiB, b'local' * 100)
+    before = read_all(client, 'idst')
+    with pytest.raises(exception.InvalidArgument,
+                       match='changed since snapshot i1'):
+        apply(client, incremental, 'idst')
+    assert read_all(client, 'idst') == before
+    assert snapshots(cluster, 'idst') == ['i1']
+    client.revert('idst', 'i1')
+    apply(client, incremental, 'idst')
+    assert read_all(client, 'idst') == read_all(client, 'isrc@i2')
+
+    admin.create_volume('ibig', 16 * MiB)
+    with pytest.raises(exception.InvalidArgument, match='shrink it first'):
+        apply(client, export(client, 'isrc@i1'), 'ibig')
+    hostile = {
+        'a name the master refuses': _stream(
+            {'volume': 'x', 'size': 16 * MiB, 'from_snapshot': None,
+             'to_snapshot': 'bad@name'}, [(0, b'h' * 4096)]),
+        'a boolean size': _stream(
+            {'volume': 'x', 'size': True, 'from_snapshot': None,
+             'to_snapshot': None}),
+        'a nested header': (diffstream.MAGIC + b'\0\1' + diffstream.record(
+            diffstream.HEADER, b'[' * 20000 + b']' * 20000)
+            + diffstream.record(diffstream.END, bytes(16))),
+    }
+    for what, stream in hostile.items():
+        with pytest.raises(exception.InvalidArgument,
+                           match='diff stream refused'):
+            apply(client, stream, 'ibig')
+        assert read_all(client, 'ibig') == bytes(16 * MiB), what
+        assert snapshots(cluster, 'ibig') == [], what
+
+
+def test_an_interrupted_import_changes_nothing(cluster, client):
+    """SIGINT or SIGTERM to ursa volume import-diff while it applies a
+    stream: the volume is reverted and the import's snapshot deleted
+    before it exits."""
+    import signal
+    import time
+    admin = cluster.client()
+    admin.create_volume('ksrc', 16 * MiB, chunk_size=4 * MiB)
+    with client.open_volume('ksrc') as v:
+        v.write(0, os.urandom(16 * MiB))
+    client.create_snapshot('ksrc', 'k1')
+    stream = export(client, 'ksrc@k1')
+    admin.create_volume('kdst', 16 * MiB, chunk_size=4 * MiB)
+    env = dict(os.environ, URSA_CONFIG=os.path.join(cluster.data_dir,
+                                                    'ursa.conf'))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        p = subprocess.Popen(
+            [sys.executable, '-m', 'cinder_ursa.cmd.cli', 'volume',
+             'import-diff', '-', 'kdst'], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdin.write(stream[:len(stream) // 2])
+        p.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not any(n.startswith('import-diff-')
+                      for n in snapshots(cluster, 'kdst')):
+            assert time.monotonic() < deadline, p.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.3)         # some of it written
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode != 0, err
+        assert read_all(client, 'kdst') == bytes(16 * MiB), (sig, err)
+        assert snapshots(cluster, 'kdst') == [], (sig, err)

@@ -7,9 +7,11 @@ deletes, and a backup cluster that cannot be reached."""
 import hashlib
 import os
 import random
+import threading
 
 import pytest
 from cinder import context as cinder_context
+from cinder import coordination
 from cinder import exception as cinder_exc
 from cinder import objects
 from oslo_config import cfg
@@ -39,17 +41,22 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def ctx():
+def ctx(tmp_path_factory):
     """An admin context on a real Cinder database: SQLite in memory, as
     Cinder's own test base has it (tests/unit/volume shares the process
-    under eventlet: the same URL, and a fresh database after ours)."""
+    under eventlet: the same URL, and a fresh database after ours); and
+    Cinder's tooz coordinator, which cinder-backup starts."""
     from cinder.db import api as db_api
     from cinder.db import migration
     cfg.CONF([], project='cinder')
     cfg.CONF.set_override('connection', 'sqlite://', group='database')
+    cfg.CONF.set_override('backend_url', 'file://%s' % tmp_path_factory
+                          .mktemp('coord'), group='coordination')
     db_api.dispose_engine()
     migration.db_sync()
+    coordination.COORDINATOR.start()
     yield cinder_context.get_admin_context()
+    coordination.COORDINATOR.stop()
     db_api.dispose_engine()
     cfg.CONF.clear_override('connection', group='database')
 
@@ -325,3 +332,105 @@ def test_an_unreachable_backup_cluster_fails_cleanly(ctx, conf, vdrv,
         vdrv.delete_volume(vol)
     finally:
         cfg.CONF.clear_override('backup_ursa_timeout')
+
+
+def test_a_snapshots_backup_after_an_extend_and_a_regular_file_target(
+        drv, vdrv, ctx, source, tmp_path):
+    """A backup of a snapshot taken before the volume grew, after a
+    backup of the grown volume: the chain is cut back to the snapshot's
+    size, and its restore holds only what the snapshot held.  A regular
+    file as the target, opened 'wb' as Cinder opens it (so emptied):
+    it gets its size back."""
+    vol = new_volume(ctx, vdrv, 1)
+    changes = Changes(source, vol.name, GiB, seed=3)
+    changes.write(8 * MiB)
+    snap = objects.Snapshot(context=ctx, volume_id=vol.id, volume_size=1,
+                            user_id='u', project_id='p', status='available')
+    snap.create()
+    vdrv.create_snapshot(snap)
+    at_snap = digest_of_volume(source, '%s@%s' % (vol.name, snap.name))
+    a = new_backup(ctx, vol)
+    finish(a, drv.backup(a, None))
+    vdrv.extend_volume(vol, 2)
+    vol.size = 2
+    vol.save()
+    with data_client(source) as cl, cl.open_volume(vol.name) as v:
+        v.write(3 * GiB // 2, b'g' * MiB)
+    b = new_backup(ctx, vol, parent=a)
+    finish(b, drv.backup(b, None))
+    c = new_backup(ctx, vol, snapshot=snap)
+    c.size = 1
+    c.save()
+    finish(c, drv.backup(c, None))
+    target = tmp_path / 'file-volume'
+    with open(target, 'wb') as f:
+        f.write(b'x' * MiB)
+    c.status = 'restoring'
+    c.save()
+    with open(target, 'wb') as f:          # as Cinder opens it
+        drv.restore(c, vol.id, f, False)
+    assert os.path.getsize(target) == GiB
+    assert digest_of_file(target) == at_snap
+    for x in (c, b, a):
+        drv.delete_backup(x)
+    vdrv.delete_snapshot(snap)
+    vdrv.delete_volume(vol)
+
+
+def test_a_volume_of_another_backend_is_read_from_its_device(
+        drv, ctx, store, tmp_path):
+    """cinder-backup serves every backend: a volume the volumes' cluster
+    does not have is read in full from the device Cinder attached, and
+    an incremental stores only what differs from its parent."""
+    vol = objects.Volume(context=ctx, size=1, host='test@lvm#lvm',
+                         status='available', user_id='u', project_id='p',
+                         display_name='lvm')
+    vol.create()
+    device = tmp_path / 'lvm-device'
+    with open(device, 'wb') as f:
+        f.truncate(GiB)
+        f.seek(5 * MiB)
+        f.write(os.urandom(2 * MiB))
+    a = new_backup(ctx, vol)
+    with open(device, 'rb') as f:
+        finish(a, drv.backup(a, f))
+    assert drv.last_transfer['read'] == GiB
+    assert drv.last_transfer['written'] == 4 * MiB      # the piece of it
+    with open(device, 'r+b') as f:
+        f.seek(100 * MiB)
+        f.write(b'n' * MiB)
+    want = digest_of_file(device)
+    b = new_backup(ctx, vol, parent=a)
+    with open(device, 'rb') as f:
+        finish(b, drv.backup(b, f))
+    assert drv.last_transfer['written'] <= 4 * MiB      # one piece
+    assert restore(drv, b, vol, tmp_path / 'r.raw') == want
+    for x in (b, a):
+        drv.delete_backup(x)
+    assert naming.CHAIN % vol.name not in {
+        v['name'] for v in store.client().volumes()}
+
+
+def test_backups_of_one_chain_wait_for_each_other(drv, vdrv, ctx, source):
+    """A backup waits while another holds its chain (they revert the
+    chain's head and snapshot it: two at once would mix their data)."""
+    vol = new_volume(ctx, vdrv, 1)
+    Changes(source, vol.name, GiB, seed=4).write(2 * MiB)
+    a = new_backup(ctx, vol)
+    lock = coordination.COORDINATOR.get_lock(
+        'ursa-backup-%s' % (naming.CHAIN % vol.name))
+    done = threading.Event()
+    result = {}
+
+    def run():
+        result['updates'] = drv.backup(a, None)
+        done.set()
+    with lock:
+        t = threading.Thread(target=run)
+        t.start()
+        assert not done.wait(2.0), 'the backup did not wait for the lock'
+    assert done.wait(120)
+    t.join()
+    finish(a, result['updates'])
+    drv.delete_backup(a)
+    vdrv.delete_volume(vol)
