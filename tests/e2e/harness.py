@@ -281,8 +281,10 @@ quota_snapshots = -1
 quota_gigabytes = -1
 quota_backups = -1
 quota_backup_gigabytes = -1
-backup_driver = cinder.backup.drivers.posix.PosixBackupDriver
-backup_posix_path = {b}/backups
+backup_driver = cinder_ursa.backup.driver.UrsaBackupDriver
+backup_ursa_master_urls = {u.master_url}
+backup_ursa_cluster_key_file = {u.key_file}
+backup_ursa_chunk_size_mib = 4
 debug = true
 
 [database]

@@ -72,7 +72,9 @@ def test_every_workflow(stack):
              'the extend to show', interval=1)
     assert master.volume('volume-' + v1)['size'] == 2 * GiB
 
-    # Backup (cinder-backup attaches through ursa-attach) and restore.
+    # Backups through the Ursa backup driver (cinder-backup attaches the
+    # volume through ursa-attach; the driver reads the cluster itself):
+    # a full one, then an incremental after a change; each restores.
     b1 = osc('volume', 'backup', 'create', '--name', 'b1', v1)['id']
     wait(osc, 'volume backup', b1, ['available'], timeout=300)
     assert master.attachments('volume-' + v1) == []
@@ -80,6 +82,38 @@ def test_every_workflow(stack):
     rv = restored.get('volume_id') or restored.get('id')
     wait(osc, 'volume', rv, ['available'])
     pattern_is(stack, rv, 0x11)
+    qemu_io(stack, v1, 'write -P 0x33 1M 1M')
+    b2 = osc('volume', 'backup', 'create', '--incremental', '--name', 'b2',
+             v1)['id']
+    wait(osc, 'volume backup', b2, ['available'], timeout=300)
+    assert osc('volume', 'backup', 'show', b2)['is_incremental'] is True
+    chain = 'volume-%s.backups' % v1
+    assert sorted(s['name'] for s in master.snapshots(chain)) == sorted(
+        ['backup-' + b1, 'backup-' + b2])
+    # The volume keeps one snapshot for the next incremental: b2's.
+    assert [s['name'] for s in master.snapshots('volume-' + v1)
+            if s['name'].startswith('backup-')] == ['backup-%s.base' % b2]
+    r2 = osc('volume', 'backup', 'restore', b2, 'restored2')
+    r2 = r2.get('volume_id') or r2.get('id')
+    wait(osc, 'volume', r2, ['available'])
+    pattern_is(stack, r2, 0x11)
+    qemu_io(stack, r2, 'read -P 0x33 1M 1M')
+    # Restored onto an existing volume: it reads as the backup, zeros
+    # where the backup has none.
+    qemu_io(stack, rv, 'write -P 0x44 1M 1M')
+    osc('volume', 'backup', 'restore', '--force', b1, rv)
+    wait(osc, 'volume', rv, ['available'])
+    qemu_io(stack, rv, 'read -P 0 1M 1M')
+    pattern_is(stack, rv, 0x11)
+    # Cinder's rule: no deleting a backup an incremental depends on.
+    cc = _cinderclient(stack)
+    from cinderclient import exceptions as cc_exc
+    try:
+        cc.backups.delete(b1)
+    except cc_exc.BadRequest as e:
+        assert 'ncremental' in str(e), e
+    else:
+        raise AssertionError('b1 was deleted under its incremental')
 
     # QoS spec on a volume type.
     osc('volume', 'qos', 'create', '--consumer', 'back-end', '--property',
@@ -100,16 +134,31 @@ def test_every_workflow(stack):
     assert master.volume('volume-' + v4)['qos'] == {}
 
     # python-cinderclient.
-    cc = _cinderclient(stack)
     vc = cc.volumes.create(1, name='from-cinderclient')
     _wait_cc(cc, vc.id)
     assert master.volume('volume-' + vc.id)['size'] == GiB
 
-    # Delete everything; Ursa keeps nothing behind.
-    osc('volume', 'backup', 'delete', b1, json_out=False)
+    # Delete everything; Ursa keeps nothing behind.  The backed up volume
+    # first (the driver's snapshot goes with it): its backups still
+    # restore.
     osc('volume', 'snapshot', 'delete', s1, json_out=False)
+    wait_for(lambda: not [s for s in osc('volume', 'snapshot', 'list')],
+             60, 'the snapshot deleted', interval=1)
+    osc('volume', 'delete', v1, json_out=False)
+    wait_for(lambda: 'volume-' + v1 not in
+             {v['name'] for v in master.volumes()}, 60, 'v1 gone',
+             interval=1)
+    r3 = osc('volume', 'backup', 'restore', b2, 'restored3')
+    r3 = r3.get('volume_id') or r3.get('id')
+    wait(osc, 'volume', r3, ['available'])
+    qemu_io(stack, r3, 'read -P 0x33 1M 1M')
+    for b in (b2, b1):
+        osc('volume', 'backup', 'delete', b, json_out=False)
+        wait_for(lambda b=b: b not in {x['ID'] for x in osc(
+            'volume', 'backup', 'list')}, 120, 'backup %s deleted' % b,
+            interval=1)
     cc.volumes.delete(vc.id)
-    for v in (v2, v3, rv, v4, v1):
+    for v in (v2, v3, rv, v4, r2, r3):
         osc('volume', 'delete', v, json_out=False)
     wait_for(lambda: not osc('volume', 'list'), 120,
              lambda: 'no volumes, not %s' % osc('volume', 'list'), interval=1)
