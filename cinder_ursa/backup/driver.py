@@ -156,17 +156,21 @@ class UrsaBackupDriver(driver.BackupDriver):
     def _source(self, volume):
         """(master URLs, cluster key) of the cluster ``volume`` is on: the
         backup_ursa_source_* options, or its backend section in this
-        cinder.conf, or the backup cluster."""
+        cinder.conf, or the backup cluster; None when that section
+        names another volume driver (the volume is not Ursa's)."""
         urls = CONF.backup_ursa_source_master_urls
         key_file = CONF.backup_ursa_source_cluster_key_file
         backend = (volume.host or '').partition('@')[2].partition('#')[0]
-        if (not urls or not key_file) and backend and \
-                backend in CONF.list_all_sections():
-            try:
-                CONF.register_opts(ursa_opts, group=backend)
-            except cfg.DuplicateOptError:
-                pass
+        if backend and backend in CONF.list_all_sections():
+            for opts in (ursa_opts, [cfg.StrOpt('volume_driver')]):
+                try:
+                    CONF.register_opts(opts, group=backend)
+                except cfg.DuplicateOptError:
+                    pass
             group = CONF[backend]
+            if group.volume_driver and \
+                    'cinder_ursa' not in group.volume_driver:
+                return None
             urls = urls or group.ursa_master_urls
             key_file = key_file or group.ursa_cluster_key_file
         if not urls:
@@ -184,14 +188,16 @@ class UrsaBackupDriver(driver.BackupDriver):
 
     def backup(self, backup, volume_file, backup_metadata=True):
         volume = objects.Volume.get_by_id(self.context, backup.volume_id)
-        urls, key = self._source(volume)
-        src = master_mod.MasterClient(urls, key, timeout=self.timeout)
+        source = self._source(volume)
+        urls, key = source or (None, None)
+        src = master_mod.MasterClient(urls, key, timeout=self.timeout) \
+            if source else None
         chain = CHAIN % volume.name
         point = POINT % backup.id
         what = _('Backup %(b)s of volume %(v)s') % {'b': backup.id,
                                                      'v': volume.id}
         with self._guard(what):
-            on_ursa = self._on_ursa(src, volume)
+            on_ursa = src is not None and self._on_ursa(src, volume)
             # One backup of a chain at a time, across cinder-backup
             # processes and hosts: each reverts the chain's head to its
             # parent and snapshots what it wrote there.
@@ -564,11 +570,12 @@ class UrsaBackupDriver(driver.BackupDriver):
             try:
                 volume = objects.Volume.get_by_id(self.context,
                                                   backup.volume_id)
-                urls, key = self._source(volume)
-                src = master_mod.MasterClient(urls, key,
-                                              timeout=self.timeout)
-                self._gone_ok(src.delete_snapshot, '%s@%s' % (
-                    volume_name, meta['base']))
+                source = self._source(volume)
+                if source is not None:
+                    src = master_mod.MasterClient(*source,
+                                                  timeout=self.timeout)
+                    self._gone_ok(src.delete_snapshot, '%s@%s' % (
+                        volume_name, meta['base']))
             except (cinder_exc.VolumeNotFound, cinder_exc.NotFound,
                     exception.UrsaError, cinder_exc.BackupDriverException
                     ) as e:
