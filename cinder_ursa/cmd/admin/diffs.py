@@ -65,8 +65,8 @@ class VolumeDiff(lister.Lister):
     Found from the chunk servers' block metadata: no data is read.  Each
     extent is "data" (it holds new bytes) or "zero" (discarded or zeroed
     since).  Without an older snapshot, lists the data the state holds.
-    Examples: ursa volume diff vol1@monday vol1@tuesday;
-    ursa volume diff --from-snap monday vol1 -f json
+    Example: ursa volume diff vol1@monday vol1@tuesday (or, up to now:
+    ursa volume diff --from-snap monday vol1 -f json)
     """
 
     def get_parser(self, prog_name):
@@ -110,9 +110,9 @@ class VolumeExportDiff(command.Command):
 
     A full stream (no older snapshot) holds every extent of data; an
     incremental one only what changed.  "-" writes to standard output.
-    Examples: ursa volume export-diff vol1@monday monday.diff;
-    ursa volume export-diff vol1@monday vol1@tuesday - |
-    ursa --config other.conf volume import-diff - vol1
+    Example: ursa volume export-diff vol1@monday vol1@tuesday - |
+    ursa --config-file other.conf volume import-diff - vol1 (a full
+    stream: ursa volume export-diff vol1@monday monday.diff)
     """
 
     def get_parser(self, prog_name):
