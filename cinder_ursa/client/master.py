@@ -8,9 +8,24 @@ errors are the exceptions the master raised, or UrsaConnectionError /
 UrsaTimeout when no master answered.
 """
 
+from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.protocol import rest
 from cinder_ursa.transport import http
+
+
+def _own_create(err, existing, size, kwargs):
+    """A create retried on another master after the first try was lost
+    (a failover): AlreadyExists is its own work when the volume has what
+    was asked (the caller's unique name, size and layout); else ``err``."""
+    if not getattr(err, 'after_lost_try', False):
+        raise err
+    want = dict(kwargs, size=size)
+    for k in ('size', 'chunk_size', 'stripe_unit', 'stripe_count',
+              'replicas', 'min_replicas', 'multiattach'):
+        if want.get(k) is not None and existing.get(k) != want[k]:
+            raise err
+    return existing
 
 
 def _lease_with_ticket(reply):
@@ -92,7 +107,10 @@ class MasterClient:
         return self._http.send(rest.volume(ref))
 
     def create_volume(self, name, size, **kwargs):
-        return self._http.send(rest.create_volume(name, size, **kwargs))
+        try:
+            return self._http.send(rest.create_volume(name, size, **kwargs))
+        except exception.AlreadyExists as e:
+            return _own_create(e, self.volume(name), size, kwargs)
 
     def clone(self, snapshot, name, size=None, **kwargs):
         return self._http.send(rest.clone(snapshot, name, size, **kwargs))
@@ -241,8 +259,11 @@ class AsyncMasterClient:
         return await self._http.send(rest.volume(ref))
 
     async def create_volume(self, name, size, **kwargs):
-        return await self._http.send(rest.create_volume(name, size,
-                                                        **kwargs))
+        try:
+            return await self._http.send(rest.create_volume(name, size,
+                                                            **kwargs))
+        except exception.AlreadyExists as e:
+            return _own_create(e, await self.volume(name), size, kwargs)
 
     async def clone(self, snapshot, name, size=None, **kwargs):
         return await self._http.send(rest.clone(snapshot, name, size,

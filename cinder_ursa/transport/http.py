@@ -232,14 +232,23 @@ class _Masters:
         return time.monotonic() + self.failover_wait
 
 
+def _mark_retried(err, tried):
+    """An error answered after an earlier try of the same request was
+    lost (the master died or the connection broke before its answer):
+    that try may have been applied, and ``err.after_lost_try`` says so
+    (a create answered AlreadyExists may be the caller's own)."""
+    err.after_lost_try = bool(tried.get('lost'))
+
+
 class BlockingHttp(_Masters):
     """urllib transport (CLI, Cinder driver, nova_ha)."""
 
     def send(self, req):
         data = self.body(req)
         deadline = None
+        tried = {}
         while True:
-            done, result, electing = self._round(req, data)
+            done, result, electing = self._round(req, data, tried)
             if done:
                 return result
             if not electing:
@@ -249,7 +258,7 @@ class BlockingHttp(_Masters):
                 raise result
             time.sleep(FAILOVER_POLL)
 
-    def _round(self, req, data):
+    def _round(self, req, data, tried):
         """One try of every master: (True, the answer, _) or (False, a
         master's NotLeader if one said so else the last error, whether one
         said so)."""
@@ -272,11 +281,17 @@ class BlockingHttp(_Masters):
                 last = exception.UrsaConnectionError(
                     peer=base, reason='%s; %s' % (reason, hint))
                 failed.append(base)
+                # Refused: never sent.  Else it may have been applied.
+                tried['lost'] = tried.get('lost') or not isinstance(
+                    reason, ConnectionRefusedError)
                 continue
             try:
                 return True, self.answer(base, status, text, req), False
             except exception.NotLeader as e:
                 electing = e
+            except exception.UrsaError as e:
+                _mark_retried(e, tried)
+                raise
         self.demote(failed)
         # While a master says NotLeader, that is the error to report.
         return False, electing or last, electing is not None
@@ -302,8 +317,9 @@ class AsyncHttp(_Masters):
 
     async def send(self, req):
         deadline = None
+        tried = {}
         while True:
-            done, result, electing = await self._round(req)
+            done, result, electing = await self._round(req, tried)
             if done:
                 return result
             if not electing:
@@ -313,7 +329,7 @@ class AsyncHttp(_Masters):
                 raise result
             await asyncio.sleep(FAILOVER_POLL)
 
-    async def _round(self, req):
+    async def _round(self, req, tried):
         sess = self._sess()
         data = self.body(req)
         tls = self.tls
@@ -331,15 +347,22 @@ class AsyncHttp(_Masters):
                 last = exception.UrsaConnectionError(
                     peer=base, reason=str(e) or type(e).__name__)
                 failed.append(base)
+                # Not connected: never sent.  Else it may have been applied.
+                tried['lost'] = tried.get('lost') or not isinstance(
+                    e, self._aiohttp.ClientConnectorError)
                 continue
             except TimeoutError:
                 last = exception.UrsaTimeout(peer=base, seconds=self.timeout)
                 failed.append(base)
+                tried['lost'] = True
                 continue
             try:
                 return True, self.answer(base, status, text, req), False
             except exception.NotLeader as e:
                 electing = e
+            except exception.UrsaError as e:
+                _mark_retried(e, tried)
+                raise
         self.demote(failed)
         # While a master says NotLeader, that is the error to report.
         return False, electing or last, electing is not None

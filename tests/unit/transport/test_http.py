@@ -141,6 +141,45 @@ def test_blocking_client_fails_over_and_speaks_the_api(servers):
     assert c.volumes() == []
 
 
+def test_a_create_retried_after_a_lost_try_is_its_own(servers):
+    """A create whose first try was lost (the master died or dropped
+    the connection before answering: it may have been applied) and whose
+    retry on another master says AlreadyExists gets the volume, when it
+    is the one asked for; not when it differs, nor when the first try
+    was refused (never sent)."""
+    master_mod.MasterClient(servers.master, KEY).create_volume(
+        'applied', 1 << 20, replicas=1)
+    c = master_mod.MasterClient([servers.dropped, servers.master], KEY,
+                                timeout=5)
+    assert c.create_volume('applied', 1 << 20, replicas=1)['name'] == \
+        'applied'
+    c = master_mod.MasterClient([servers.dropped, servers.master], KEY,
+                                timeout=5)
+    with pytest.raises(exception.AlreadyExists):
+        c.create_volume('applied', 2 << 20, replicas=1)
+    c = master_mod.MasterClient([servers.refused, servers.master], KEY,
+                                timeout=5)
+    with pytest.raises(exception.AlreadyExists):
+        c.create_volume('applied', 1 << 20, replicas=1)
+
+    async def go():
+        a = master_mod.AsyncMasterClient(
+            [servers.dropped, servers.master], KEY, timeout=5)
+        try:
+            assert (await a.create_volume('applied', 1 << 20,
+                                          replicas=1))['name'] == 'applied'
+        finally:
+            await a.close()
+        a = master_mod.AsyncMasterClient(
+            [servers.refused, servers.master], KEY, timeout=5)
+        try:
+            with pytest.raises(exception.AlreadyExists):
+                await a.create_volume('applied', 1 << 20, replicas=1)
+        finally:
+            await a.close()
+    asyncio.run(go())
+
+
 def test_blocking_client_errors(servers):
     with pytest.raises(exception.NotAuthorized):
         master_mod.MasterClient(servers.master, b'x' * 32).volumes()
