@@ -145,6 +145,14 @@ function configure_cinder_ursa {
     iniset "$CINDER_CONF" ursa ursa_master_urls "$(ursa_master_urls)"
     iniset "$CINDER_CONF" ursa ursa_cluster_key_file "$URSA_KEY_FILE"
     iniset "$CINDER_CONF" ursa ursa_replicas "$URSA_REPLICAS"
+    # cinder-backup keeps its backups in the cluster, incrementals from
+    # the chunk servers' changed blocks (URSA_CINDER_BACKUP=False: Cinder's
+    # own choice of backup driver).
+    if is_service_enabled c-bak && [[ "$URSA_CINDER_BACKUP" == "True" ]]; then
+        iniset "$CINDER_CONF" DEFAULT backup_driver cinder_ursa.backup.driver.UrsaBackupDriver
+        iniset "$CINDER_CONF" DEFAULT backup_ursa_master_urls "$(ursa_master_urls)"
+        iniset "$CINDER_CONF" DEFAULT backup_ursa_cluster_key_file "$URSA_KEY_FILE"
+    fi
 }
 
 function configure_nova_ha {

@@ -124,7 +124,7 @@ def test_plugin_phases_start_a_cluster_and_write_every_config(tmp_path):
                DATA_DIR=str(tmp_path / 'data'),
                STACK_USER=subprocess.run(['id', '-un'], capture_output=True,
                                          text=True).stdout.strip(),
-               ENABLED_SERVICES='key,n-cpu,c-vol,cinder',
+               ENABLED_SERVICES='key,n-cpu,c-vol,c-bak,cinder',
                CINDER_ENABLED_BACKENDS='lvm:lvmdriver-1',
                CINDER_CONF=str(tmp_path / 'cinder.conf'),
                URSA_CONF_DIR=str(tmp_path / 'etc-ursa'),
@@ -169,6 +169,11 @@ def test_plugin_phases_start_a_cluster_and_write_every_config(tmp_path):
     assert cinder['ursa']['volume_driver'] == \
         'cinder_ursa.volume.driver.UrsaDriver'
     assert cinder['ursa']['ursa_master_urls'] == \
+        'http://127.0.0.1:%d' % master_port
+    # cinder-backup keeps its backups in the cluster.
+    assert cinder['DEFAULT']['backup_driver'] == \
+        'cinder_ursa.backup.driver.UrsaBackupDriver'
+    assert cinder['DEFAULT']['backup_ursa_master_urls'] == \
         'http://127.0.0.1:%d' % master_port
     # The backend section loads in the driver's own options.
     conf = cfg.ConfigOpts()
