@@ -30,6 +30,12 @@ chunkservers = sa.Table(
     # it is never chosen for a new one.
     sa.Column('draining', sa.Boolean, nullable=False, default=False,
               server_default=sa.false()),
+    # The chunks it is a replica of, and those it is joining: kept up to
+    # date with every change (store/tally.py), never counted.
+    sa.Column('chunks', sa.BigInteger, nullable=False, default=0,
+              server_default='0'),
+    sa.Column('joining_chunks', sa.BigInteger, nullable=False, default=0,
+              server_default='0'),
 )
 
 volumes = sa.Table(
@@ -65,6 +71,11 @@ volumes = sa.Table(
     # force.  Cleared when the lease is acquired, or the standby detached.
     sa.Column('handover_to', sa.String(255), nullable=True),
     sa.Column('handover_since', sa.Double, nullable=True),
+    # Its chunks rows, kept up to date (store/tally.py), never counted.
+    sa.Column('allocated_chunks', sa.BigInteger, nullable=False, default=0,
+              server_default='0'),
+    # The trash and the deletions left are found without a scan.
+    sa.Index('ix_volumes_status', 'status'),
 )
 
 shared_leases = sa.Table(
@@ -115,6 +126,35 @@ chunks = sa.Table(
               server_default=sa.false()),
     # Few are marked: the repair rounds find them without a scan.
     sa.Index('ix_chunks_resync', 'resync'),
+)
+
+# The chunks of each volume by state, kept up to date by every change of
+# the chunks table in its transaction (store/tally.py): the metrics
+# classify these rows (about one per volume) instead of the chunks.
+chunk_tally = sa.Table(
+    'chunk_tally', metadata,
+    sa.Column('volume_id', sa.String(36),
+              sa.ForeignKey('volumes.id', ondelete='CASCADE'),
+              primary_key=True),
+    # How many replicas and joining copies the chunks have.
+    sa.Column('replicas', sa.Integer, primary_key=True,
+              autoincrement=False),
+    sa.Column('joining', sa.Integer, primary_key=True, autoincrement=False),
+    # The server of their only replica (0 unless they have exactly one).
+    sa.Column('only_server', sa.Integer, primary_key=True,
+              autoincrement=False),
+    sa.Column('resync', sa.Boolean, primary_key=True),
+    sa.Column('chunks', sa.BigInteger, nullable=False),
+    # Their lost copies (servers dropped while holding one), summed.
+    sa.Column('lost', sa.BigInteger, nullable=False),
+)
+
+# The cluster's totals (store/tally.py names them), one row each, kept up
+# to date in the transaction of every change: the status is one read.
+cluster_counters = sa.Table(
+    'cluster_counters', metadata,
+    sa.Column('name', sa.String(32), primary_key=True),
+    sa.Column('value', sa.BigInteger, nullable=False),
 )
 
 attachments = sa.Table(

@@ -17,7 +17,8 @@ One module per aggregate, each a part of :class:`MetadataStore`:
 ``servers``, ``volumes``, ``snapshots``, ``chunks``, ``leases`` (their
 history, written in the transaction of each change, and whole hosts),
 ``attachments``, ``principals`` (who signs REST
-requests, with which role and key), ``term`` (the masters' fencing term, and
+requests, with which role and key), ``tally`` (the figures kept up to
+date instead of counted), ``term`` (the masters' fencing term, and
 :meth:`~.term.TermRecords.begin`, the one entry point of every write
 transaction), ``summary`` (what the metrics count); ``common`` holds
 what they share.
@@ -43,6 +44,7 @@ from cinder_ursa.master.store.principals import PrincipalRecords
 from cinder_ursa.master.store.servers import ServerRecords
 from cinder_ursa.master.store.snapshots import SnapshotRecords
 from cinder_ursa.master.store.summary import SummaryRecords
+from cinder_ursa.master.store.tally import TallyRecords
 from cinder_ursa.master.store.term import TermRecords
 from cinder_ursa.master.store.volumes import VolumeRecords
 
@@ -52,7 +54,8 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(
 
 class MetadataStore(ServerRecords, VolumeRecords, SnapshotRecords,
                     ChunkRecords, LeaseRecords, AttachmentRecords,
-                    TermRecords, PrincipalRecords, SummaryRecords):
+                    TermRecords, PrincipalRecords, SummaryRecords,
+                    TallyRecords):
     """The master's records over one database: the engine and the schema
     here, each aggregate's methods in its own module."""
 

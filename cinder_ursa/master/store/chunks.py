@@ -1,6 +1,7 @@
 """Chunks: the chunk map (allocation and placement), replica drops (the
 epoch invariant), and the cluster status built on them."""
 
+import collections
 import logging
 
 import sqlalchemy as sa
@@ -8,11 +9,18 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.master import models
 from cinder_ursa.master import placement
+from cinder_ursa.master.store import tally
 from cinder_ursa.master.store.common import add_id
 from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import chunk_count
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
+from cinder_ursa.master.store.tally import Tally
+from cinder_ursa.protocol import chunkfile
+
+# A chunk row made here (allocation), read as a row is.
+Chunk = collections.namedtuple(
+    'Chunk', 'volume_id idx epoch replicas joining lost resync')
 
 LOG = logging.getLogger(__name__)
 
@@ -59,12 +67,41 @@ class ChunkRecords:
     """Part of :class:`MetadataStore` (see the package)."""
 
     def _chunk_dict(self, row, servers):
+        if isinstance(row, dict):
+            row = Chunk(**row)
         ids = split_ids(row.replicas)
         return {'index': row.idx, 'epoch': row.epoch,
                 'replicas': [self._public(servers[i]) for i in ids
                              if i in servers],
                 'joining': [self._public(servers[i])
                             for i in split_ids(row.joining) if i in servers]}
+
+    def _allocate(self, conn, vol, servers, indexes):
+        """Give the chunks ``indexes`` of ``vol`` (none allocated yet)
+        their replica sets: one insert, the figures kept in step; returns
+        the new rows as dicts."""
+        # Never on a server being emptied.
+        eligible = [s for s in servers.values() if not s['draining']]
+        made = []
+        for idx in indexes:
+            ids = placement.choose(eligible, vol.replicas,
+                                   self.failure_domain)
+            if len(ids) < vol.min_replicas:
+                raise exception.InsufficientReplicas(
+                    have=len(ids), need=vol.min_replicas,
+                    reason='not enough chunk servers up in distinct '
+                           'failure domains (%s) to place chunk %d'
+                           % (self.failure_domain, idx))
+            made.append({'volume_id': vol.id, 'idx': idx, 'epoch': 1,
+                         'replicas': join_ids(ids), 'joining': '',
+                         'lost': '', 'resync': False})
+        if made:
+            conn.execute(models.chunks.insert(), made)
+            counts = Tally()
+            for row in made:
+                counts.add(row)
+            counts.apply(conn)
+        return made
 
     @staticmethod
     def _public(s):
@@ -82,7 +119,8 @@ class ChunkRecords:
         allocate on first write); without it they are simply absent.
         """
         c = models.chunks
-        with self.begin() as conn:
+        # A lookup writes nothing: no write transaction (nor term check).
+        with (self.begin() if allocate else self.engine.connect()) as conn:
             vol = self._find_volume(conn, ref)
             nchunks = chunk_count(vol)
             if start < 0 or count < 0 or start + count > nchunks:
@@ -98,37 +136,21 @@ class ChunkRecords:
                 c.c.volume_id == vol.id, c.c.idx >= start,
                 c.c.idx < start + count))}
             servers = self._servers(conn)
-            out = []
             made = []
-            for idx in range(start, start + count):
-                row = rows.get(idx)
-                if row is None and allocate:
-                    # Never on a server being emptied.
-                    ids = placement.choose([s for s in servers.values()
-                                            if not s['draining']],
-                                           vol.replicas, self.failure_domain)
-                    if len(ids) < vol.min_replicas:
-                        raise exception.InsufficientReplicas(
-                            have=len(ids), need=vol.min_replicas,
-                            reason='not enough chunk servers up in distinct '
-                                   'failure domains (%s) to place chunk %d'
-                                   % (self.failure_domain, idx))
-                    conn.execute(c.insert().values(
-                        volume_id=vol.id, idx=idx, epoch=1,
-                        replicas=join_ids(ids)))
-                    made.append((idx, ids))
-                    row = conn.execute(sa.select(c).where(
-                        c.c.volume_id == vol.id, c.c.idx == idx)).first()
-                if row is not None:
-                    out.append(self._chunk_dict(row, servers))
+            if allocate and len(rows) < count:
+                made = self._allocate(conn, vol, servers, [
+                    i for i in range(start, start + count) if i not in rows])
+                rows.update((r['idx'], r) for r in made)
+            out = [self._chunk_dict(rows[i], servers)
+                   for i in range(start, start + count) if i in rows]
         if made:
             # DEBUG: one per chunk a writer first writes (thousands per
             # volume written through); the replica set changes after are
             # INFO.
             LOG.debug('Volume %s: %d chunk(s) allocated (%s), by %s',
                       vol.name, len(made), ', '.join(
-                          '%d on %s' % (i, join_ids(ids))
-                          for i, ids in made[:8]) +
+                          '%d on %s' % (r['idx'], r['replicas'])
+                          for r in made[:8]) +
                       (', ...' if len(made) > 8 else ''), asked())
         return {'volume': self._volume_dict(vol), 'chunks': out}
 
@@ -179,20 +201,34 @@ class ChunkRecords:
         mark, unless its membership changed since (another drop may have
         marked it again)."""
         c = models.chunks
+        at = sa.and_(c.c.volume_id == volume_id, c.c.idx == idx,
+                     c.c.epoch == epoch, c.c.resync)
         with self.begin() as conn:
-            conn.execute(c.update().where(
-                c.c.volume_id == volume_id, c.c.idx == idx,
-                c.c.epoch == epoch).values(resync=False))
+            row = conn.execute(sa.select(c).where(at)).first()
+            if row is not None:
+                conn.execute(c.update().where(at).values(resync=False))
+                counts = Tally()
+                counts.change(row, {'resync': False})
+                counts.apply(conn)
 
     @staticmethod
-    def set_members(conn, row, values):
+    def set_members(conn, row, values, counts=None):
         """Compare-and-set: apply ``values`` and epoch + 1 to the chunk of
-        ``row`` if it is still at ``row.epoch``; whether it was."""
+        ``row`` (read in this transaction) if it is still at
+        ``row.epoch``; whether it was.  The kept figures follow at once,
+        or with ``counts`` (a :class:`~.tally.Tally` the caller
+        applies)."""
         c = models.chunks
         res = conn.execute(c.update().where(
             c.c.volume_id == row.volume_id, c.c.idx == row.idx,
             c.c.epoch == row.epoch).values(epoch=row.epoch + 1, **values))
-        return res.rowcount == 1
+        if res.rowcount != 1:
+            return False
+        tally = counts if counts is not None else Tally()
+        tally.change(row, values)
+        if counts is None:
+            tally.apply(conn)
+        return True
 
     def _chunk_row(self, conn, vol, idx):
         c = models.chunks
@@ -353,10 +389,15 @@ class ChunkRecords:
         with self.begin() as conn:
             vol = self._find_volume(conn, ref)
             row = self._chunk_row(conn, vol, idx)
-            lost = [i for i in split_ids(row.lost) if i not in server_ids]
-            conn.execute(c.update().where(
-                c.c.volume_id == vol.id, c.c.idx == idx).values(
-                lost=join_ids(lost)))
+            lost = join_ids([i for i in split_ids(row.lost)
+                             if i not in server_ids])
+            if lost != row.lost:
+                conn.execute(c.update().where(
+                    c.c.volume_id == vol.id, c.c.idx == idx).values(
+                    lost=lost))
+                counts = Tally()
+                counts.change(row, {'lost': lost})
+                counts.apply(conn)
 
     def repair_records(self):
         """What the repair planner reads: (chunks as dicts of server ids
@@ -380,30 +421,16 @@ class ChunkRecords:
         return chunks, goals, servers
 
     def cluster_status(self):
+        """The cluster's figures: the chunk servers (a small table) and
+        the kept counters (store/tally.py), so one read whatever the
+        number of chunks and volumes."""
         servers = self.list_servers()
         with self.engine.connect() as conn:
-            # Summed here, not by SQL: SQLite's SUM raises "integer
-            # overflow" past 2**63 - 1, which volumes of up to
-            # max_volume_size (8 EiB at most) reach in twos.
-            rows = conn.execute(sa.select(
-                models.volumes.c.id, models.volumes.c.replicas,
-                models.volumes.c.size)).all()
-            nvol = len(rows)
-            provisioned = sum(r.size for r in rows)
-            degraded = one_copy = joining = 0
-            vols = {r.id: r.replicas for r in rows}
-            nchunks = 0
-            for vid, replicas, join in conn.execute(sa.select(
-                    models.chunks.c.volume_id, models.chunks.c.replicas,
-                    models.chunks.c.joining)):
-                nchunks += 1
-                n = len(split_ids(replicas))
-                if n < vols.get(vid, 0):
-                    degraded += 1
-                    if n == 1:
-                        one_copy += 1
-                if join:
-                    joining += len(split_ids(join))
+            n = self.counters(conn)
+        nvol, nchunks = n[tally.VOLUMES], n[tally.CHUNKS]
+        provisioned = n[tally.PROVISIONED] * chunkfile.BLOCK
+        degraded, one_copy = n[tally.DEGRADED], n[tally.ONE_COPY]
+        joining = n[tally.JOINING]
         up = [s for s in servers if s['state'] == 'up']
         failed = sum(s['state'] == 'failed' for s in servers)
         return {

@@ -24,6 +24,7 @@ from cinder_ursa.master.store.chunks import without_server
 from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
+from cinder_ursa.master.store.tally import Tally
 
 LOG = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ class ServerRecords:
                 'state': row.state, 'last_seen': row.last_seen,
                 'down_since': row.down_since,
                 'maintenance': bool(row.maintenance),
-                'draining': bool(row.draining)}
+                'draining': bool(row.draining),
+                # The replicas it holds and the copies being made on it
+                # (kept up to date: store/tally.py).
+                'chunks': row.chunks, 'joining': row.joining_chunks}
 
     def register_server(self, server_uuid, host, rack, address, port,
                         capacity, used, free, chunks=(), failure=None,
@@ -245,6 +249,7 @@ class ServerRecords:
         c = models.chunks
         pattern = '%%%d%%' % server_id
         n = 0
+        counts = Tally()
         for row in conn.execute(sa.select(c).where(sa.or_(
                 c.c.replicas.like(pattern),
                 c.c.joining.like(pattern)))).all():
@@ -254,7 +259,7 @@ class ServerRecords:
                                   and not set(split_ids(row.replicas)) - {
                                       server_id} & live):
                     break
-                if ChunkRecords.set_members(conn, row, values):
+                if ChunkRecords.set_members(conn, row, values, counts):
                     n += 'replicas' in values
                     if (primaries is not None and 'replicas' in values and
                             split_ids(row.replicas)[0] == server_id):
@@ -266,6 +271,7 @@ class ServerRecords:
                     c.c.idx == row.idx)).first()
                 if row is None:
                     break
+        counts.apply(conn)
         return n
 
     def _set_flag(self, server_id, **flag):
@@ -295,7 +301,6 @@ class ServerRecords:
         the replicas it still holds."""
         row = self._set_flag(server_id, draining=on)
         server = self._server_dict(row)
-        server['chunks'] = self._replica_counts().get(server_id, 0)
         LOG.warning('Chunk server %d (%s:%d) %s: %d replica(s) on it, by %s',
                     server_id, row.address, row.port,
                     'is draining' if on else 'no longer drains',
@@ -327,17 +332,17 @@ class ServerRecords:
                     'drain %d --wait)' % (
                         server_id, row.state,
                         time.time() - (row.last_seen or 0), server_id))
-            held = joining = 0
+            held, joining = row.chunks, row.joining_chunks
             forget = []
-            for r in conn.execute(sa.select(
-                    c.c.volume_id, c.c.idx, c.c.replicas, c.c.joining,
-                    c.c.lost)):
-                held += server_id in split_ids(r.replicas)
-                joining += server_id in split_ids(r.joining)
+            counts = Tally()
+            # Only the chunks whose lost column may name it are read.
+            for r in conn.execute(sa.select(c).where(
+                    c.c.lost.like('%%%d%%' % server_id))):
                 lost = split_ids(r.lost)
                 if server_id in lost:
                     lost.remove(server_id)
                     forget.append((r.volume_id, r.idx, join_ids(lost)))
+                    counts.change(r, {'lost': join_ids(lost)})
             if held or joining:
                 raise exception.Conflict(
                     reason='chunk server %d still holds %d replica(s) and '
@@ -348,6 +353,7 @@ class ServerRecords:
             for vol, idx, lost in forget:
                 conn.execute(c.update().where(
                     c.c.volume_id == vol, c.c.idx == idx).values(lost=lost))
+            counts.apply(conn)
             conn.execute(t.delete().where(t.c.id == server_id))
         self.failures.pop(server_id, None)
         LOG.warning('Chunk server %d (%s:%d, %s) removed; %d chunk(s) '
@@ -371,29 +377,14 @@ class ServerRecords:
             row = conn.execute(sa.select(t).where(t.c.id == server_id)).first()
         if row is None:
             raise exception.NotFound(kind='chunk server', name=server_id)
-        server = self._server_dict(row)
-        server['chunks'] = self._replica_counts().get(server_id, 0)
-        server['joining'] = self._replica_counts('joining').get(server_id, 0)
-        return server
+        return self._server_dict(row)
 
     def list_servers(self):
         t = models.chunkservers
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t).order_by(t.c.id)).all()
         servers = [self._server_dict(r) for r in rows]
-        counts = self._replica_counts()
         for s in servers:
-            s['chunks'] = counts.get(s['id'], 0)
             if s['state'] == 'failed':
                 s['failure'] = self.failures.get(s['id'], 'unknown')
         return servers
-
-    def _replica_counts(self, column='replicas'):
-        """{server id: chunks it is a replica of} (or joins)."""
-        counts = {}
-        with self.engine.connect() as conn:
-            for (replicas,) in conn.execute(
-                    sa.select(models.chunks.c[column])):
-                for sid in split_ids(replicas):
-                    counts[sid] = counts.get(sid, 0) + 1
-        return counts

@@ -9,11 +9,13 @@ import sqlalchemy as sa
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
+from cinder_ursa.master.store import tally
 from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import split_ids
 from cinder_ursa.master.store.common import trash_name
 from cinder_ursa.master.store.common import unstorable
 from cinder_ursa.master.store.common import validate_snapshot_name
+from cinder_ursa.master.store.tally import Tally
 
 LOG = logging.getLogger(__name__)
 
@@ -246,6 +248,9 @@ class SnapshotRecords:
                 if not n:
                     conn.execute(v.update().where(v.c.id == row.id).values(
                         status='deleting'))
+                    counts = Tally()
+                    counts.count(tally.TRASH, -1)
+                    counts.apply(conn)
                     return 'volume', self._volume_dict(row)
         return None
 

@@ -1,6 +1,6 @@
-"""What the master's metrics read of the records: the chunks counted by
-membership in SQL (one scan, grouped, never a row per chunk in Python),
-the volumes, snapshots, leases and chunk servers.
+"""What the master's metrics read of the records: the chunks by state
+(kept up to date by every change, see store/tally.py: never a scan of
+the chunks), the volumes, snapshots, leases and chunk servers.
 
 :func:`cinder_ursa.master.metrics.summarize` classifies what this
 returns; the master reads it every few seconds on its database thread,
@@ -13,16 +13,6 @@ import sqlalchemy as sa
 
 from cinder_ursa.master import models
 from cinder_ursa.master.store.common import SHARED
-
-
-def id_count(column):
-    """The number of server ids in a comma-separated id column, in SQL
-    (commas + 1; 0 when empty): length() and replace() mean the same in
-    SQLite, MySQL and PostgreSQL."""
-    return sa.case(
-        (column == '', 0),
-        else_=sa.func.length(column) -
-        sa.func.length(sa.func.replace(column, ',', '')) + 1)
 
 
 class SummaryRecords:
@@ -39,18 +29,16 @@ class SummaryRecords:
         chunk_size) of every volume; ``snapshots``: {status: count};
         ``leases``: exclusive leases held plus shared ones; ``servers``:
         the chunk server records (the small table)."""
-        c, v = models.chunks, models.volumes
+        ct, v = models.chunk_tally, models.volumes
         s, sl = models.snapshots, models.shared_leases
-        nrep = id_count(c.c.replicas)
-        njoin = id_count(c.c.joining)
-        only = sa.case((nrep == 1, c.c.replicas), else_='')
-        resync = sa.case((c.c.resync, 1), else_=0)
         now = time.time()
         with self.engine.connect() as conn:
-            chunks = [tuple(r) for r in conn.execute(sa.select(
-                c.c.volume_id, nrep, njoin, only, resync, sa.func.count(),
-                sa.func.sum(id_count(c.c.lost))).group_by(
-                    c.c.volume_id, nrep, njoin, only, resync))]
+            # Kept by every change (store/tally.py): about a row per
+            # volume, whatever its number of chunks.
+            chunks = [(r.volume_id, r.replicas, r.joining,
+                       str(r.only_server) if r.only_server else '',
+                       int(bool(r.resync)), r.chunks, r.lost)
+                      for r in conn.execute(sa.select(ct))]
             volumes = [tuple(r) for r in conn.execute(sa.select(
                 v.c.id, v.c.status, v.c.size, v.c.replicas,
                 v.c.min_replicas, v.c.chunk_size))]

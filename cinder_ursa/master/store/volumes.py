@@ -11,12 +11,14 @@ import sqlalchemy as sa
 from cinder_ursa import exception
 from cinder_ursa.common import units
 from cinder_ursa.master import models
+from cinder_ursa.master.store import tally
 from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import trash_name
 from cinder_ursa.master.store.common import unstorable
 from cinder_ursa.master.store.common import validate_geometry
 from cinder_ursa.master.store.common import validate_qos
 from cinder_ursa.master.store.common import validate_volume
+from cinder_ursa.master.store.tally import Tally
 
 LOG = logging.getLogger(__name__)
 
@@ -83,6 +85,10 @@ class VolumeRecords:
                 snap_seq=0, parent_snapshot_id=parent,
                 qos=json.dumps(qos) if qos else None,
                 multiattach=bool(multiattach)))
+            counts = Tally()
+            counts.count(tally.VOLUMES, 1)
+            counts.count(tally.PROVISIONED, tally.blocks(size))
+            counts.apply(conn)
         LOG.info('Volume %s (%s) created, %s, %d replicas%s, by %s', name,
                  vid, units.format_size(size), replicas,
                  ', clone of snapshot %s' % parent if parent else '',
@@ -104,9 +110,7 @@ class VolumeRecords:
         with self.engine.connect() as conn:
             row = self._find_volume(conn, ref)
             vol = self._volume_dict(row)
-            vol['allocated_chunks'] = conn.execute(
-                sa.select(sa.func.count()).select_from(models.chunks).where(
-                    models.chunks.c.volume_id == row.id)).scalar()
+            vol['allocated_chunks'] = row.allocated_chunks
             vol['snapshots'] = conn.execute(
                 sa.select(sa.func.count()).select_from(models.snapshots)
                 .where(models.snapshots.c.volume_id == row.id,
@@ -180,13 +184,10 @@ class VolumeRecords:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t).where(t.c.status != 'trash')
                                 .order_by(t.c.name)).all()
-            counts = dict(conn.execute(
-                sa.select(models.chunks.c.volume_id, sa.func.count())
-                .group_by(models.chunks.c.volume_id)).all())
         out = []
         for r in rows:
             v = self._volume_dict(r)
-            v['allocated_chunks'] = counts.get(r.id, 0)
+            v['allocated_chunks'] = r.allocated_chunks
             out.append(v)
         return out
 
@@ -223,6 +224,9 @@ class VolumeRecords:
             if snaps:
                 conn.execute(t.update().where(t.c.id == row.id).values(
                     status='trash', name=trash_name(row.id)))
+                counts = Tally()
+                counts.count(tally.TRASH, 1)
+                counts.apply(conn)
                 LOG.info('Volume %s moved to the trash: clones of its '
                          'deleted snapshots still read it; by %s', row.name,
                          asked())
@@ -232,11 +236,28 @@ class VolumeRecords:
         return self._volume_dict(row), 'delete'
 
     def finish_delete(self, vid):
+        c = models.chunks
         with self.begin() as conn:
-            name = conn.execute(sa.select(models.volumes.c.name).where(
-                models.volumes.c.id == vid)).scalar()
-            conn.execute(models.chunks.delete().where(
-                models.chunks.c.volume_id == vid))
+            row = conn.execute(sa.select(models.volumes).where(
+                models.volumes.c.id == vid)).first()
+            if row is None:
+                return      # done already (a retry)
+            name = row.name
+            # The kept figures lose its chunks: a read of its rows (what
+            # the chunk servers were told to delete), not of the others.
+            counts = Tally()
+            for r in conn.execute(sa.select(
+                    c.c.volume_id, c.c.replicas, c.c.joining, c.c.lost,
+                    c.c.resync).where(c.c.volume_id == vid)):
+                counts.remove(r)
+            counts.apply(conn)
+            counts.count(tally.VOLUMES, -1)
+            counts.count(tally.PROVISIONED, -tally.blocks(row.size))
+            counts.count(tally.TRASH, -(row.status == 'trash'))
+            counts.apply(conn)
+            conn.execute(models.chunk_tally.delete().where(
+                models.chunk_tally.c.volume_id == vid))
+            conn.execute(c.delete().where(c.c.volume_id == vid))
             # Its lease history goes with it: nothing could find it by
             # the volume any more (see models.lease_events).
             conn.execute(models.lease_events.delete().where(
@@ -310,6 +331,10 @@ class VolumeRecords:
                            % (vol.name, vol.size, size))
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 size=size))
+            counts = Tally()
+            counts.count(tally.PROVISIONED,
+                         tally.blocks(size) - tally.blocks(vol.size))
+            counts.apply(conn)
         LOG.info('Volume %s resized from %s to %s, by %s', vol.name,
                  units.format_size(vol.size), units.format_size(size),
                  asked())

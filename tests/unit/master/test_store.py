@@ -20,9 +20,9 @@ def one_chunk(store):
 
 
 def test_schema_is_versioned_and_upgrade_is_idempotent(store):
-    assert store.schema_version() == '0014'
+    assert store.schema_version() == '0015'
     store.upgrade()
-    assert store.schema_version() == '0014'
+    assert store.schema_version() == '0015'
 
 
 def test_volume_lifecycle(store):

@@ -1,0 +1,275 @@
+"""Figures kept up to date instead of counted: what the cluster status,
+the metrics and the listings report, whatever the number of chunks.
+
+Every change of the chunks table goes through a :class:`Tally`: the
+change is described row by row (``add``, ``remove``, ``change``), and
+:meth:`Tally.apply` writes the sums in the same transaction, so the
+figures are never out of step with the rows they count:
+
+* ``chunk_tally``: the chunks of each volume by state (replicas, joining
+  copies, the server of an only replica, resync mark), with their lost
+  copies: about one row per volume, what the metrics classify;
+* ``cluster_counters``: the cluster's totals (chunks, degraded, at one
+  copy, copies joining, volumes, provisioned 4 KiB blocks, volumes in
+  the trash), what ``GET /v1/cluster`` answers in one read;
+* ``volumes.allocated_chunks`` and ``chunkservers.chunks`` /
+  ``joining_chunks``: per volume and per server.
+
+:func:`recount` computes them all from the rows (one scan): the schema
+migration that adds them fills them with it, ``ursa-master --recount``
+(see :meth:`TallyRecords.recount_tallies`) repairs them should they
+drift, and the tests compare both after random changes.
+"""
+
+import collections
+import logging
+
+import sqlalchemy as sa
+
+from cinder_ursa.master import models
+from cinder_ursa.master.store.common import split_ids
+from cinder_ursa.protocol import chunkfile
+
+LOG = logging.getLogger(__name__)
+
+# cluster_counters names.
+CHUNKS = 'chunks'
+DEGRADED = 'degraded_chunks'
+ONE_COPY = 'one_copy_chunks'
+JOINING = 'joining_replicas'
+VOLUMES = 'volumes'
+PROVISIONED = 'provisioned_blocks'     # 4 KiB blocks: no overflow
+TRASH = 'trash_volumes'
+COUNTERS = (CHUNKS, DEGRADED, ONE_COPY, JOINING, VOLUMES, PROVISIONED, TRASH)
+
+
+def blocks(size):
+    """A volume size in the 4 KiB blocks ``provisioned_blocks`` counts
+    (sizes are multiples of a block; a sum of bytes could pass 2**63)."""
+    return size // chunkfile.BLOCK
+
+
+def state_key(volume_id, replicas, joining, resync):
+    """A chunk's ``chunk_tally`` key from its columns."""
+    ids = split_ids(replicas)
+    return (volume_id, len(ids), len(split_ids(joining)),
+            ids[0] if len(ids) == 1 else 0, bool(resync))
+
+
+class Tally:
+    """The changes of one transaction to the kept figures; see the
+    module.  Rows are anything with the chunks table's columns (a row,
+    or a dict)."""
+
+    def __init__(self):
+        self.states = collections.Counter()    # key -> chunks
+        self.lost = collections.Counter()      # key -> lost copies
+        self.servers = collections.Counter()   # (id, column) -> delta
+        self.counters = collections.Counter()  # name -> delta
+
+    def _row(self, row, sign):
+        get = row.get if isinstance(row, dict) else row._mapping.get
+        key = state_key(get('volume_id'), get('replicas'),
+                        get('joining') or '', get('resync'))
+        self.states[key] += sign
+        self.lost[key] += sign * len(split_ids(get('lost') or ''))
+        for sid in split_ids(get('replicas')):
+            self.servers[(sid, 'chunks')] += sign
+        for sid in split_ids(get('joining') or ''):
+            self.servers[(sid, 'joining_chunks')] += sign
+
+    def add(self, row):
+        """A chunk row inserted."""
+        self._row(row, 1)
+
+    def remove(self, row):
+        """A chunk row deleted."""
+        self._row(row, -1)
+
+    def change(self, row, values):
+        """A chunk row updated with ``values`` (columns)."""
+        self._row(row, -1)
+        new = dict(row._mapping) if not isinstance(row, dict) else dict(row)
+        new.update(values)
+        self._row(new, 1)
+
+    def count(self, name, delta):
+        """A cluster counter changed (volumes, provisioned blocks...)."""
+        self.counters[name] += delta
+
+    def apply(self, conn):
+        """Write the sums; the transaction of the changes counted."""
+        ct = models.chunk_tally
+        goals = {}
+        vids = {k[0] for k, n in self.states.items()
+                if n or self.lost[k]}
+        if vids:
+            v = models.volumes
+            goals = dict(conn.execute(sa.select(v.c.id, v.c.replicas).where(
+                v.c.id.in_(sorted(vids)))).all())
+        per_volume = collections.Counter()
+        for key, n in self.states.items():
+            lost = self.lost[key]
+            if not n and not lost:
+                continue
+            vid, nrep, njoin, only, resync = key
+            where = sa.and_(ct.c.volume_id == vid, ct.c.replicas == nrep,
+                            ct.c.joining == njoin, ct.c.only_server == only,
+                            ct.c.resync == resync)
+            done = conn.execute(ct.update().where(where).values(
+                chunks=ct.c.chunks + n, lost=ct.c.lost + lost))
+            if done.rowcount == 0:
+                conn.execute(ct.insert().values(
+                    volume_id=vid, replicas=nrep, joining=njoin,
+                    only_server=only, resync=resync, chunks=n, lost=lost))
+            per_volume[vid] += n
+            goal = goals.get(vid, 0)
+            self.counters[CHUNKS] += n
+            self.counters[JOINING] += n * njoin
+            if nrep < goal:
+                self.counters[DEGRADED] += n
+                if nrep == 1:
+                    self.counters[ONE_COPY] += n
+        if vids:
+            conn.execute(ct.delete().where(ct.c.volume_id.in_(sorted(vids)),
+                                           ct.c.chunks == 0, ct.c.lost == 0))
+        v = models.volumes
+        for vid, n in per_volume.items():
+            if n:
+                conn.execute(v.update().where(v.c.id == vid).values(
+                    allocated_chunks=v.c.allocated_chunks + n))
+        t = models.chunkservers
+        for (sid, column), n in sorted(self.servers.items()):
+            if n:
+                conn.execute(t.update().where(t.c.id == sid).values(
+                    {column: t.c[column] + n}))
+        cc = models.cluster_counters
+        for name, n in sorted(self.counters.items()):
+            if n:
+                conn.execute(cc.update().where(cc.c.name == name).values(
+                    value=cc.c.value + n))
+        self.__init__()
+
+
+def recount(conn):
+    """Every kept figure computed from the rows (a scan of the chunks):
+    ``{'states': {key: (chunks, lost)}, 'volumes': {id: allocated},
+    'servers': {id: (chunks, joining)}, 'counters': {name: value}}``."""
+    c, v = models.chunks, models.volumes
+    goals, volumes = {}, {}
+    counters = dict.fromkeys(COUNTERS, 0)
+    for r in conn.execute(sa.select(v.c.id, v.c.replicas, v.c.size,
+                                    v.c.status)):
+        goals[r.id] = r.replicas
+        volumes[r.id] = 0
+        counters[VOLUMES] += 1
+        counters[PROVISIONED] += blocks(r.size)
+        counters[TRASH] += r.status == 'trash'
+    tally = Tally()
+    for r in conn.execute(sa.select(c.c.volume_id, c.c.replicas,
+                                    c.c.joining, c.c.lost, c.c.resync)):
+        tally.add(r)
+    states = {}
+    for key, n in tally.states.items():
+        if n or tally.lost[key]:
+            states[key] = (n, tally.lost[key])
+            vid, nrep, njoin = key[:3]
+            volumes[vid] = volumes.get(vid, 0) + n
+            counters[CHUNKS] += n
+            counters[JOINING] += n * njoin
+            if nrep < goals.get(vid, 0):
+                counters[DEGRADED] += n
+                counters[ONE_COPY] += n if nrep == 1 else 0
+    servers = collections.defaultdict(lambda: [0, 0])
+    for r in conn.execute(sa.select(models.chunkservers.c.id)):
+        servers[r.id]
+    for (sid, column), n in tally.servers.items():
+        servers[sid][column == 'joining_chunks'] += n
+    return {'states': states, 'volumes': volumes,
+            'servers': {k: tuple(n) for k, n in servers.items()},
+            'counters': counters}
+
+
+def kept(conn):
+    """The kept figures as they are, in :func:`recount`'s shape."""
+    ct, v = models.chunk_tally, models.volumes
+    t, cc = models.chunkservers, models.cluster_counters
+    states = {(r.volume_id, r.replicas, r.joining, r.only_server,
+               bool(r.resync)): (r.chunks, r.lost)
+              for r in conn.execute(sa.select(ct))}
+    volumes = dict(conn.execute(sa.select(v.c.id, v.c.allocated_chunks)).all())
+    servers = {r.id: (r.chunks, r.joining_chunks) for r in conn.execute(
+        sa.select(t.c.id, t.c.chunks, t.c.joining_chunks))}
+    counters = dict.fromkeys(COUNTERS, 0)
+    counters.update(conn.execute(sa.select(cc.c.name, cc.c.value)).all())
+    return {'states': states, 'volumes': volumes, 'servers': servers,
+            'counters': counters}
+
+
+def write(conn, figures):
+    """Replace the kept figures by ``figures`` (:func:`recount`'s)."""
+    ct, v = models.chunk_tally, models.volumes
+    t, cc = models.chunkservers, models.cluster_counters
+    conn.execute(ct.delete())
+    rows = [{'volume_id': k[0], 'replicas': k[1], 'joining': k[2],
+             'only_server': k[3], 'resync': k[4], 'chunks': n, 'lost': lost}
+            for k, (n, lost) in figures['states'].items()]
+    if rows:
+        conn.execute(ct.insert(), rows)
+    conn.execute(v.update().values(allocated_chunks=0))
+    for vid, n in figures['volumes'].items():
+        if n:
+            conn.execute(v.update().where(v.c.id == vid).values(
+                allocated_chunks=n))
+    conn.execute(t.update().values(chunks=0, joining_chunks=0))
+    for sid, (n, j) in figures['servers'].items():
+        if n or j:
+            conn.execute(t.update().where(t.c.id == sid).values(
+                chunks=n, joining_chunks=j))
+    conn.execute(cc.delete())
+    conn.execute(cc.insert(), [{'name': k, 'value': n}
+                               for k, n in figures['counters'].items()])
+
+
+class TallyRecords:
+    """Part of :class:`MetadataStore` (see the package)."""
+
+    def counters(self, conn=None):
+        """{name: value} of the cluster counters (one small read)."""
+        cc = models.cluster_counters
+        if conn is None:
+            with self.engine.connect() as conn:
+                return self.counters(conn)
+        out = dict.fromkeys(COUNTERS, 0)
+        out.update(conn.execute(sa.select(cc.c.name, cc.c.value)).all())
+        return out
+
+    def tally_drift(self):
+        """What differs between the kept figures and a recount (empty:
+        they agree): {part: {key: (kept, counted)}}."""
+        with self.engine.connect() as conn:
+            counted, have = recount(conn), kept(conn)
+        out = {}
+        for part in counted:
+            a, b = have[part], counted[part]
+            diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b)
+                    if a.get(k) != b.get(k) and not (
+                        part == 'servers' and
+                        (a.get(k) or (0, 0)) == (b.get(k) or (0, 0)))}
+            if diff:
+                out[part] = diff
+        return out
+
+    def recount_tallies(self):
+        """Count every kept figure again from the rows (a scan of the
+        chunks, for a database whose figures drifted: restored from
+        parts, edited by hand) and write them; returns what differed
+        (see :meth:`tally_drift`)."""
+        drift = self.tally_drift()
+        with self.begin() as conn:
+            write(conn, recount(conn))
+        if drift:
+            LOG.warning('Kept figures recounted: %s differed',
+                        ', '.join('%d %s' % (len(d), part)
+                                  for part, d in sorted(drift.items())))
+        return drift
