@@ -210,6 +210,12 @@ def _movable(c, goals, servers):
 
 
 def _counts(chunks, servers):
+    """{server id: replicas it holds}: the servers' own counts (kept by
+    the master, as ``chunks``) when they have them, since ``chunks`` may
+    be only the chunks that need work; else counted from ``chunks``."""
+    if servers and all('chunks' in s for s in servers.values()):
+        return collections.Counter({sid: s['chunks']
+                                    for sid, s in servers.items()})
     counts = collections.Counter({sid: 0 for sid in servers})
     for c in chunks:
         counts.update(c['replicas'])

@@ -500,11 +500,9 @@ class MasterService:
                            int(left / rate) if rate else None),
                     moves_pending=moves)
 
-    def _note_progress(self, chunks, goals, servers):
-        """What is left to copy and move (see :meth:`repair_status`)."""
-        held = collections.Counter()
-        for c in chunks:
-            held[c['volume_id']] += len(c['replicas'])
+    def _note_progress(self, chunks, goals, servers, held):
+        """What is left to copy and move (see :meth:`repair_status`);
+        ``held``: {volume id: replicas held}."""
         per_replica = collections.Counter()
         for u in self.usage.values():
             per_replica.update(u)
@@ -527,7 +525,7 @@ class MasterService:
                 copies += 1                     # the drain's copy
             if copies:
                 left += copies * per_replica[c['volume_id']] // max(
-                    held[c['volume_id']], 1)
+                    held.get(c['volume_id'], 0), 1)
         self._progress = {'bytes_left_estimate': left,
                           'moves_pending': moves}
 
@@ -569,8 +567,10 @@ class MasterService:
             return await self._repair_round()
 
     async def _repair_round(self):
-        chunks, goals, servers = await self.db(self.store.repair_records)
-        self._note_progress(chunks, goals, servers)
+        held = {}
+        chunks, goals, servers = await self.db(
+            self.store.repair_records, held, self.rebalance_moves)
+        self._note_progress(chunks, goals, servers, held)
         busy = {}
         for job in self._jobs.values():
             for sid in (job.source, job.target):

@@ -26,6 +26,9 @@ LOG = logging.getLogger(__name__)
 
 # Attempts of a compare-and-set on a chunk that others keep changing.
 CAS_TRIES = 10
+# Chunks of the fullest server read for each rebalancing move a round
+# may plan (see repair_records).
+REBALANCE_CANDIDATES = 50
 
 
 def _joining_without(row, vol, idx, server_id):
@@ -399,25 +402,74 @@ class ChunkRecords:
                 counts.change(row, {'lost': lost})
                 counts.apply(conn)
 
-    def repair_records(self):
+    def repair_records(self, held=None, rebalance=0, everything=False):
         """What the repair planner reads: (chunks as dicts of server ids
         and the ``floor`` of replicas below which their writes are
-        refused, {volume id: replicas it asks for}, {server id:
-        server})."""
-        c = models.chunks
+        refused, {volume id: replicas it asks for}, {server id: server,
+        with the replicas it holds as ``chunks``}).
+
+        Not every chunk (``everything``: for tests and checks): the
+        planner acts only on chunks whose replicas are not what their
+        volume asks for or that have copies joining (their volumes are
+        found in the kept figures, see store/tally.py, then their rows
+        read), chunks with a replica on a draining server, and, with
+        ``rebalance`` (the planner's moves per round) when the servers'
+        replica counts differ, some chunks of the fullest server.  So a
+        round of a healthy cluster reads no chunk row.  ``held`` (a
+        dict) gets {volume id: replicas held}, from the kept figures."""
+        c, ct = models.chunks, models.chunk_tally
         with self.engine.connect() as conn:
             vols = conn.execute(sa.select(
                 models.volumes.c.id, models.volumes.c.replicas,
                 models.volumes.c.min_replicas)).all()
             goals = {r.id: r.replicas for r in vols}
             floors = {r.id: r.min_replicas for r in vols}
+            servers = self._servers(conn)
+            work = set()
+            for r in conn.execute(sa.select(
+                    ct.c.volume_id, ct.c.replicas, ct.c.joining,
+                    ct.c.chunks)):
+                if held is not None:
+                    held[r.volume_id] = held.get(r.volume_id, 0) + \
+                        r.replicas * r.chunks
+                if r.chunks and (r.joining or
+                                 r.replicas != goals.get(r.volume_id)):
+                    work.add(r.volume_id)
+            rows = {}
+
+            def take(query, want=lambda r: True):
+                for r in conn.execute(query):
+                    if want(r):
+                        rows[(r.volume_id, r.idx)] = r
+            if everything:
+                take(sa.select(c))
+            for vid in sorted(work):
+                goal = goals.get(vid)
+                take(sa.select(c).where(c.c.volume_id == vid),
+                     lambda r, goal=goal: r.joining or len(
+                         split_ids(r.replicas)) != goal)
+            for sid, s in servers.items():
+                if s['draining'] and s['chunks']:
+                    take(sa.select(c).where(
+                        c.c.replicas.like('%%%d%%' % sid)),
+                        lambda r, sid=sid: sid in split_ids(r.replicas))
+            pool = [s for s in servers.values() if s['state'] == 'up' and
+                    not s['maintenance'] and not s['draining']]
+            if rebalance and not rows and len(pool) > 1:
+                full = max(pool, key=lambda s: (s['chunks'], s['id']))
+                if full['chunks'] > min(s['chunks'] for s in pool) + 1:
+                    # Enough for the moves of a round, whichever of
+                    # them a failure domain refuses.
+                    take(sa.select(c).where(
+                        c.c.replicas.like('%%%d%%' % full['id'])).limit(
+                            REBALANCE_CANDIDATES * rebalance),
+                        lambda r: full['id'] in split_ids(r.replicas))
             chunks = [{'volume_id': r.volume_id, 'index': r.idx,
                        'epoch': r.epoch, 'replicas': split_ids(r.replicas),
                        'joining': split_ids(r.joining),
                        'lost': split_ids(r.lost),
                        'floor': floors.get(r.volume_id, 1)}
-                      for r in conn.execute(sa.select(c))]
-            servers = self._servers(conn)
+                      for _, r in sorted(rows.items())]
         return chunks, goals, servers
 
     def cluster_status(self):

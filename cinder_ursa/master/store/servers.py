@@ -28,6 +28,9 @@ from cinder_ursa.master.store.tally import Tally
 
 LOG = logging.getLogger(__name__)
 
+# Chunks a registration looks up per query.
+REGISTER_BATCH = 500
+
 
 class ServerRecords:
     """Part of :class:`MetadataStore` (see the package)."""
@@ -124,19 +127,33 @@ class ServerRecords:
                 live[r.volume_id].append(r.seq)
             snaps = {v: (seq, live.get(v, [])) for v, seq in seqs.items()
                      if v in held}
+            wanted = collections.defaultdict(list)
             for vol, idx, _epoch in chunks:
                 if vol not in vols:
                     orphans.append((vol, idx))
-                    continue
-                crow = conn.execute(sa.select(c).where(
-                    c.c.volume_id == vol, c.c.idx == idx)).first()
-                if crow is None:
-                    orphans.append((vol, idx))
-                elif sid not in split_ids(crow.replicas) + split_ids(
-                        crow.joining):
-                    # Dropped (maybe lost, kept for a catch-up): it serves
-                    # nothing until it is a replica again.
-                    stale.append((vol, idx))
+                else:
+                    wanted[vol].append(idx)
+            # The rows of what it holds, a batch at a time (not a query
+            # per chunk: a server may hold millions).
+            for vol, indexes in wanted.items():
+                indexes.sort()
+                for at in range(0, len(indexes), REGISTER_BATCH):
+                    batch = indexes[at:at + REGISTER_BATCH]
+                    rows = {r.idx: r for r in conn.execute(sa.select(
+                        c.c.idx, c.c.replicas, c.c.joining).where(
+                            c.c.volume_id == vol,
+                            c.c.idx.between(batch[0], batch[-1]),
+                            c.c.idx.in_(batch)))}
+                    for idx in batch:
+                        crow = rows.get(idx)
+                        if crow is None:
+                            orphans.append((vol, idx))
+                        elif sid not in split_ids(crow.replicas) + \
+                                split_ids(crow.joining):
+                            # Dropped (maybe lost, kept for a catch-up):
+                            # it serves nothing until it is a replica
+                            # again.
+                            stale.append((vol, idx))
             gens = {v: g for v, g in vols.items() if g}
         return server, stale, orphans, gens, seqs, snaps
 

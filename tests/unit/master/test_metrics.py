@@ -105,7 +105,7 @@ def test_recovery_bytes_without_usage_count_chunk_sizes():
 def per_chunk(store):
     """The chunk states classified chunk by chunk, from what the repair
     planner reads."""
-    chunks, goals, servers = store.repair_records()
+    chunks, goals, servers = store.repair_records(everything=True)
     floors = {c['volume_id']: c['floor'] for c in chunks}
     out = collections.Counter(dict.fromkeys(metrics.STATES, 0))
     for c in chunks:
