@@ -1,0 +1,111 @@
+"""Paginated, filtered volume listings of the store (keyset pagination by
+name) on a real SQLite file."""
+
+import pytest
+import sqlalchemy as sa
+
+from cinder_ursa import exception
+from cinder_ursa.master import models
+from tests.fixtures.master import add_servers
+
+MiB = 1024 * 1024
+
+
+def names(vols):
+    return [v['name'] for v in vols]
+
+
+def make(store, *vol_names):
+    for n in vol_names:
+        store.create_volume(n, 4 * MiB, chunk_size=4 * MiB)
+
+
+def test_pages_follow_the_name_order_from_a_marker(store):
+    make(store, 'c', 'a', 'e', 'b', 'd')
+    assert names(store.list_volumes()) == ['a', 'b', 'c', 'd', 'e']
+    assert names(store.list_volumes(limit=2)) == ['a', 'b']
+    assert names(store.list_volumes(limit=2, marker='b')) == ['c', 'd']
+    assert names(store.list_volumes(limit=2, marker='d')) == ['e']
+    assert names(store.list_volumes(limit=2, marker='e')) == []
+    # By id as well as by name.
+    bid = store.get_volume('b')['id']
+    assert names(store.list_volumes(limit=2, marker=bid)) == ['c', 'd']
+    assert names(store.list_volumes(limit=2, descending=True)) == ['e', 'd']
+    assert names(store.list_volumes(marker='c', descending=True)) == [
+        'b', 'a']
+
+
+def test_a_marker_that_names_nothing_listed_is_marker_not_found(store):
+    make(store, 'a', 'b')
+    for marker in ('zz', 'a\x00', '', store.get_volume('a')['id'] + 'x'):
+        with pytest.raises(exception.MarkerNotFound) as e:
+            store.list_volumes(limit=1, marker=marker)
+        assert 'earlier volume' in str(e.value)
+        assert e.value.http_status == 400
+    # A deleted volume is no marker.
+    vol, _ = store.begin_delete('a')
+    store.finish_delete(vol['id'])
+    with pytest.raises(exception.MarkerNotFound):
+        store.list_volumes(marker='a')
+
+
+def test_a_volume_in_the_trash_is_neither_listed_nor_a_marker(store):
+    make(store, 'a', 'b')
+    vid = store.get_volume('a')['id']
+    with store.begin() as conn:
+        conn.execute(models.volumes.update().where(
+            models.volumes.c.id == vid).values(status='trash'))
+    assert names(store.list_volumes()) == ['b']
+    with pytest.raises(exception.MarkerNotFound):
+        store.list_volumes(marker=vid)
+
+
+def test_filters_by_name_and_status(store):
+    make(store, 'db-01', 'db-02', 'DB-03', 'web-01', 'web_db', 'xpy')
+    with store.begin() as conn:
+        conn.execute(models.volumes.update().where(
+            models.volumes.c.name == 'db-02').values(status='deleting'))
+        # A name from before the naming rule.
+        conn.execute(models.volumes.update().where(
+            models.volumes.c.name == 'xpy').values(name='x%y'))
+    assert names(store.list_volumes(name_prefix='db-')) == [
+        'DB-03', 'db-01', 'db-02']
+    assert names(store.list_volumes(name_contains='db')) == [
+        'DB-03', 'db-01', 'db-02', 'web_db']
+    # "_" and "%" are no wildcards.
+    assert names(store.list_volumes(name_contains='b_d')) == ['web_db']
+    assert names(store.list_volumes(name_contains='%')) == ['x%y']
+    assert names(store.list_volumes(name_prefix='web_')) == ['web_db']
+    assert names(store.list_volumes(statuses=['deleting'])) == ['db-02']
+    assert names(store.list_volumes(
+        statuses=['available'], name_prefix='db')) == ['DB-03', 'db-01']
+    # The marker is a position: it need not match the filters.
+    assert names(store.list_volumes(name_prefix='web',
+                                    marker='db-01')) == [
+        'web-01', 'web_db']
+
+
+def test_allocated_chunks_are_counted_for_the_page_only(store):
+    add_servers(store, 3)
+    make(store, 'a', 'b', 'c')
+    store.create_volume('big', 64 * MiB, chunk_size=4 * MiB)
+    store.chunk_map('big', 0, 3, allocate=True)
+    store.chunk_map('b', 0, 1, allocate=True)
+    every = {v['name']: v['allocated_chunks'] for v in store.list_volumes()}
+    assert every == {'a': 0, 'b': 1, 'big': 3, 'c': 0}
+    statements = []
+
+    def seen(conn, cursor, statement, params, context, many):
+        statements.append((statement, params))
+    sa.event.listen(store.engine, 'before_cursor_execute', seen)
+    try:
+        page = store.list_volumes(limit=2, marker='a')
+    finally:
+        sa.event.remove(store.engine, 'before_cursor_execute', seen)
+    assert [(v['name'], v['allocated_chunks']) for v in page] == [
+        ('b', 1), ('big', 3)]
+    counts = [(st, p) for st, p in statements if 'FROM chunks' in st]
+    assert len(counts) == 1
+    assert 'IN' in counts[0][0]
+    assert sorted(p for p in counts[0][1] if isinstance(p, str)) == sorted(
+        v['id'] for v in page)
