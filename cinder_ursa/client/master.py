@@ -100,8 +100,37 @@ class MasterClient:
     def repair_now(self):
         return self._http.send(rest.repair_now())
 
-    def volumes(self):
-        return self._http.send(rest.volumes())
+    def volumes(self, **filters):
+        """Every volume (matching ``filters``, those of
+        :func:`rest.volumes`), in name order: a list, page after page."""
+        return list(self.iter_volumes(**filters))
+
+    def iter_volumes(self, limit=None, marker=None, page_size=None,
+                     **filters):
+        """The volumes after ``marker``, at most ``limit`` (None: all),
+        asked for ``page_size`` (rest.PAGE_SIZE) at a time: each once,
+        while volumes are created and deleted (rest.Pages)."""
+        return self._walk(rest.volume_pages(limit, marker, page_size,
+                                            **filters))
+
+    def volumes_page(self, limit, marker=None, **filters):
+        """(up to ``limit`` volumes after ``marker``, the marker of the
+        next page or None): one page, however small the master's pages
+        (it asks for more until it has ``limit``).  MarkerNotFound (a
+        400) when ``marker`` names no volume."""
+        pages = rest.volume_pages(limit, marker, **filters)
+        return list(self._walk(pages)), pages.next_marker
+
+    def _walk(self, pages):
+        """The items of a rest.Pages walk, one request per page."""
+        while (req := pages.request()) is not None:
+            try:
+                reply = self._http.send(req)
+            except exception.MarkerNotFound:
+                if not pages.marker_lost():
+                    raise
+                continue
+            yield from pages.answer(reply)
 
     def volume(self, ref):
         return self._http.send(rest.volume(ref))
@@ -252,8 +281,33 @@ class AsyncMasterClient:
     async def heartbeat(self, server_id, usage):
         return await self._http.send(rest.heartbeat(server_id, usage))
 
-    async def volumes(self):
-        return await self._http.send(rest.volumes())
+    async def volumes(self, **filters):
+        """Every volume (matching ``filters``), page after page (see
+        MasterClient.volumes)."""
+        return [v async for v in self.iter_volumes(**filters)]
+
+    def iter_volumes(self, limit=None, marker=None, page_size=None,
+                     **filters):
+        """An async iterator over the volumes (see
+        MasterClient.iter_volumes)."""
+        return self._walk(rest.volume_pages(limit, marker, page_size,
+                                            **filters))
+
+    async def volumes_page(self, limit, marker=None, **filters):
+        """(volumes, next marker): see MasterClient.volumes_page."""
+        pages = rest.volume_pages(limit, marker, **filters)
+        return [v async for v in self._walk(pages)], pages.next_marker
+
+    async def _walk(self, pages):
+        while (req := pages.request()) is not None:
+            try:
+                reply = await self._http.send(req)
+            except exception.MarkerNotFound:
+                if not pages.marker_lost():
+                    raise
+                continue
+            for item in pages.answer(reply):
+                yield item
 
     async def volume(self, ref):
         return await self._http.send(rest.volume(ref))
