@@ -56,14 +56,18 @@ LEGACY_PEERS_MAX = 1024
 # a lost holder: a new holder's generation, pushed to the chunk servers,
 # revokes the old one's ticket at once, whatever its expiry.
 TICKET_CLOCK_SLACK = 60
-# The paging parameters of a listing (GET /v1/volumes), as Cinder's: at
-# most ``limit`` items, those after ``marker`` (the name or id of the
-# last item of the previous page), in name order or its reverse.
+# The paging parameters of a listing (GET /v1/volumes, /v1/snapshots), as
+# Cinder's: at most ``limit`` items, those after ``marker`` (the name or
+# id of the last item of the previous page), in name order or its
+# reverse.
 PAGE_PARAMS = ('limit', 'marker', 'sort_dir')
 # The filters of GET /v1/volumes, and the statuses ``status`` may name
 # (a volume in the trash is never listed).
 VOLUME_FILTERS = ('name_prefix', 'name_contains', 'status')
 VOLUME_STATUSES = ('available', 'reverting', 'deleting')
+# The same for GET /v1/snapshots and /v1/volumes/{ref}/snapshots.
+SNAPSHOT_FILTERS = VOLUME_FILTERS
+SNAPSHOT_STATUSES = ('creating', 'available')
 # Peers whose full (unpaged) listings were logged; past this many, no
 # more are remembered (nor logged).
 FULL_LISTING_PEERS_MAX = 1024
@@ -908,9 +912,28 @@ class MasterAPI:
         return web.json_response({'snapshot': snap})
 
     async def list_snapshots(self, request):
+        """A page of the snapshots (of volume ``ref``, or of every
+        volume) in the order of their volume's name and their sequence,
+        as list_volumes pages volumes; the next page's marker is
+        ``volume@name``."""
         ref = request.match_info.get('ref')
-        return web.json_response({'snapshots': await self.db(
-            self.store.list_snapshots, ref)})
+        page = _Page(request, self.max_list_limit, SNAPSHOT_FILTERS,
+                     self.legacy_full_listings)
+        if page.full:
+            self._full_listing_warning(request)
+            return web.json_response({'snapshots': await self.db(
+                self.store.list_snapshots, ref)})
+        snaps = await self.db(
+            self.store.list_snapshots, ref, page.limit + 1, page.marker,
+            page.descending, request.query.get('name_prefix'),
+            request.query.get('name_contains'),
+            _statuses(request, SNAPSHOT_STATUSES))
+        reply = {'snapshots': snaps[:page.limit]}
+        if len(snaps) > page.limit:
+            last = snaps[page.limit - 1]
+            reply.update(page.links(request, 'snapshots', '%s@%s' % (
+                last['volume_name'], last['name'])))
+        return web.json_response(reply)
 
     async def show_snapshot(self, request):
         return web.json_response({'snapshot': await self.db(

@@ -124,12 +124,12 @@ master_opts = [
                     'hence the maximum of 8 EiB less 4 KiB.'),
     cfg.IntOpt('max_list_limit', default=1000, min=1, max=100000,
                help='Most items one page of a listing holds (GET '
-                    '/v1/volumes): a larger "limit" is lowered to it, and a '
-                    'listing asked for without a limit gets this many at '
-                    'most, with a "volumes_links" link to the next page '
-                    '(as Cinder\'s osapi_max_limit). See '
-                    'legacy_full_listings for clients older than this '
-                    'release.'),
+                    '/v1/volumes, /v1/snapshots): a larger "limit" is '
+                    'lowered to it, and a listing asked for without a '
+                    'limit gets this many at most, with a link to the next '
+                    'page ("volumes_links", "snapshots_links"), as with '
+                    'Cinder\'s osapi_max_limit. See legacy_full_listings '
+                    'for clients older than this release.'),
     cfg.BoolOpt('legacy_full_listings', default=True,
                 help='Whether a listing asked for with none of the paging '
                      'and filter parameters (limit, marker, sort_dir, '

@@ -146,3 +146,36 @@ def test_a_full_listing_is_logged_once_per_peer(seven, caplog):
               if 'legacy_full_listings = false' in r.getMessage()]
     assert len(warned) == 1
     assert 'admin' in warned[0].getMessage()
+
+
+def test_snapshot_pages_link_by_volume_and_name(seven):
+    for vol in ('vol-01', 'vol-00'):
+        for name in ('s1', 's2'):
+            sid = seven.begin_snapshot(vol, name)['id']
+            seven.finish_snapshot(sid, True)
+    every = ['vol-00@s1', 'vol-00@s2', 'vol-01@s1', 'vol-01@s2']
+    pages = []
+    path = '/v1/snapshots?limit=3'
+    while path is not None:
+        status, body = one(seven, 'GET', path)
+        assert status == 200, body
+        pages.append(['%s@%s' % (s['volume_name'], s['name'])
+                      for s in body['snapshots']])
+        links = body.get('snapshots_links')
+        path = links and links[0]['href']
+    assert pages == [every[:3], every[3:]]
+    status, body = one(seven, 'GET', '/v1/volumes/vol-01/snapshots?limit=1'
+                                     '&name_prefix=S')
+    assert status == 200, body
+    assert [s['name'] for s in body['snapshots']] == ['s1']
+    assert body['snapshots_links'][0]['href'] == (
+        '/v1/volumes/vol-01/snapshots?name_prefix=S&limit=1'
+        '&marker=vol-01%40s1')
+    status, body = one(seven, 'GET', '/v1/snapshots?marker=vol-00@s9')
+    assert status == 400 and body['error']['code'] == 'marker_not_found'
+    assert_400(one(seven, 'GET', '/v1/snapshots?status=deleting'),
+               '"status"', 'creating, available')
+    assert_400(one(seven, 'GET', '/v1/snapshots?limit=0'), '"limit"')
+    # Without parameters: every snapshot (legacy_full_listings).
+    status, body = one(seven, 'GET', '/v1/snapshots', max_list_limit=1)
+    assert len(body['snapshots']) == 4 and 'snapshots_links' not in body

@@ -109,3 +109,33 @@ def test_allocated_chunks_are_counted_for_the_page_only(store):
     assert 'IN' in counts[0][0]
     assert sorted(p for p in counts[0][1] if isinstance(p, str)) == sorted(
         v['id'] for v in page)
+
+
+def snaps(store, **kwargs):
+    return ['%s@%s' % (s['volume_name'], s['name'])
+            for s in store.list_snapshots(**kwargs)]
+
+
+def test_snapshot_pages_follow_volume_name_then_sequence(store):
+    make(store, 'b', 'a')
+    for vol, name in (('b', 'x1'), ('a', 'z1'), ('b', 'Nightly-2'),
+                      ('a', 'nightly-1')):
+        sid = store.begin_snapshot(vol, name)['id']
+        store.finish_snapshot(sid, True)
+    every = ['a@z1', 'a@nightly-1', 'b@x1', 'b@Nightly-2']
+    assert snaps(store) == every
+    assert snaps(store, limit=2) == every[:2]
+    assert snaps(store, limit=2, marker='a@nightly-1') == every[2:]
+    sid = store.get_snapshot('b@x1')['id']
+    assert snaps(store, marker=sid) == every[3:]
+    assert snaps(store, marker='b@x1', descending=True) == every[1::-1]
+    assert snaps(store, volume='b', marker='a@z1') == every[2:]
+    assert snaps(store, name_prefix='NIGHTLY') == ['a@nightly-1',
+                                                   'b@Nightly-2']
+    assert snaps(store, name_contains='1', limit=1,
+                 marker='a@z1') == ['a@nightly-1']
+    assert snaps(store, statuses=['creating']) == []
+    for marker in ('a@gone', 'gone@z1', 'nothing', 'a@b@c', '\x00'):
+        with pytest.raises(exception.MarkerNotFound) as e:
+            store.list_snapshots(marker=marker)
+        assert 'earlier snapshot' in str(e.value)
