@@ -10,7 +10,6 @@ map entry, which the client library caches as a :class:`ChunkInfo`.
 """
 
 import json
-import urllib.parse
 from typing import NamedTuple
 
 from cinder_ursa import exception
@@ -20,10 +19,6 @@ PREFIX = '/v1'
 # The QoS limits of a volume (the names of Cinder's QoS spec keys).
 QOS_KEYS = ('read_iops_sec', 'write_iops_sec', 'total_iops_sec',
             'read_bytes_sec', 'write_bytes_sec', 'total_bytes_sec')
-
-# Items a client asks for per page of a listing; the master lowers it to
-# its [ursa_master] max_list_limit.
-PAGE_SIZE = 1000
 
 # RFC 3986 unreserved characters, and '@' (see quote()).
 _SAFE = frozenset(b'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
@@ -144,8 +139,8 @@ def volumes(limit=None, marker=None, descending=False, name_prefix=None,
     name starts with ``name_prefix`` or contains ``name_contains``
     (ignoring case), whose status is ``status`` (one, or a list).  The
     whole reply: 'volumes', and 'volumes_links' when there is a next
-    page (:func:`next_marker`).  Without arguments, the request of
-    clients older than pagination: :class:`Pages` walks the pages."""
+    page (``paging.next_marker``).  Without arguments, the request of
+    clients older than pagination; ``paging.Pages`` walks the pages."""
     if isinstance(status, (list, tuple)):
         status = ','.join(status)
     params = {k: v for k, v in (
@@ -154,116 +149,6 @@ def volumes(limit=None, marker=None, descending=False, name_prefix=None,
         ('name_prefix', name_prefix), ('name_contains', name_contains),
         ('status', status)) if v is not None}
     return Request('GET', '/volumes', params=params or None)
-
-
-def next_marker(reply, field):
-    """The marker of the next page a listing reply names in
-    ``<field>_links`` (rel "next", as Cinder's), or None: the last page,
-    or a master older than pagination (it ignores the paging parameters
-    and sends every item, with no link)."""
-    for link in reply.get(field + '_links') or ():
-        if isinstance(link, dict) and link.get('rel') == 'next':
-            query = urllib.parse.urlsplit(link.get('href', '')).query
-            markers = urllib.parse.parse_qs(query).get('marker')
-            if markers:
-                return markers[0]
-    return None
-
-
-class Pages:
-    """A walk over the pages of a listing, without I/O: send
-    :meth:`request` while it is not None, feed each reply to
-    :meth:`answer` (the new items, to hand on), and a MarkerNotFound
-    to :meth:`marker_lost`.
-
-    Every item is handed on once, however items are created and deleted
-    between two pages: the master pages by key (a volume's name), so
-    neither shifts the others; a marker deleted or renamed meanwhile
-    (MarkerNotFound) makes the walk step back to an earlier item it has
-    seen (1, 2, 4, 8 ... items further back, then the start), and the
-    items seen again are skipped.  A master older than pagination sends
-    every item and no link: one request.  The walk never asks twice from
-    the same marker in a row, whatever a master answers.
-
-    ``limit``: hand on at most that many, then stop; :attr:`next_marker`
-    then names where a later walk goes on (None: nothing more).
-    ``make_request(limit, marker)``: the request of one page."""
-
-    def __init__(self, make_request, field, key='name', limit=None,
-                 marker=None, page_size=PAGE_SIZE):
-        if limit is not None and limit < 1:
-            raise exception.InvalidArgument(
-                reason='a listing\'s limit must be 1 or more, not %r'
-                % (limit,))
-        if page_size < 1:
-            raise exception.InvalidArgument(
-                reason='a listing\'s page size must be 1 or more, not %r'
-                % (page_size,))
-        self._make = make_request
-        self.field = field
-        self.key = key
-        self.limit = limit
-        self.page_size = page_size
-        self._start = marker
-        self._marker = marker
-        self._seen = set()
-        self._order = []        # the keys handed on, in order
-        self._back = 0          # steps back since the last answer
-        self.count = 0
-        self.done = False
-        self.next_marker = None
-
-    def request(self):
-        """The next page's request, or None when the walk is over."""
-        if self.done:
-            return None
-        size = self.page_size
-        if self.limit is not None:
-            size = min(size, self.limit - self.count)
-        return self._make(size, self._marker)
-
-    def answer(self, reply):
-        """The items of ``reply`` not handed on before (up to the
-        limit); moves on to the page its link names."""
-        self._back = 0
-        new = [i for i in reply[self.field] if i[self.key] not in self._seen]
-        taken = new
-        if self.limit is not None:
-            taken = new[:self.limit - self.count]
-        for item in taken:
-            self._seen.add(item[self.key])
-            self._order.append(item[self.key])
-        self.count += len(taken)
-        following = next_marker(reply, self.field)
-        if self.limit is not None and self.count >= self.limit:
-            self.done = True
-            if len(taken) < len(new) or following is not None:
-                self.next_marker = self._order[-1]
-        elif following is None or following == self._marker:
-            self.done = True
-        else:
-            self._marker = following
-        return taken
-
-    def marker_lost(self):
-        """The master answered MarkerNotFound to the last request: True
-        if :meth:`request` now asks from an earlier item, False if there
-        is none to step back to (the caller's own marker names nothing:
-        the caller raises the error)."""
-        if self._marker == self._start:
-            return False
-        self._back += 1
-        i = len(self._order) - 1 - 2 ** (self._back - 1)
-        self._marker = self._order[i] if i >= 0 else self._start
-        return True
-
-
-def volume_pages(limit=None, marker=None, page_size=None, **filters):
-    """:class:`Pages` over the volumes (``filters``: those of
-    :func:`volumes`)."""
-    return Pages(lambda n, m: volumes(n, m, **filters), 'volumes',
-                 limit=limit, marker=marker,
-                 page_size=page_size or PAGE_SIZE)
 
 
 def volume(ref):
@@ -379,9 +264,17 @@ def ticket(ref, copy_up=False):
 
 # --- snapshots --------------------------------------------------------------
 
-def snapshots(volume=None):
+def snapshots(volume=None, limit=None, marker=None, descending=False,
+              name_prefix=None, name_contains=None, status=None):
+    """One page of the snapshots of ``volume`` (of every volume if
+    None) in the order of their volume's name and their sequence, as
+    :func:`volumes` (``marker``: ``volume@name`` or an id; the filters
+    apply to the snapshot's name and status).  The whole reply:
+    'snapshots', and 'snapshots_links' when there is a next page."""
     path = _vol(volume, '/snapshots') if volume else '/snapshots'
-    return Request('GET', path, result='snapshots')
+    req = volumes(limit, marker, descending, name_prefix, name_contains,
+                  status)
+    return req._replace(path=path)
 
 
 def snapshot(ref):

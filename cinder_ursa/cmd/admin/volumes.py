@@ -11,7 +11,7 @@ from cliff import show
 from cinder_ursa.cmd.admin.data import progress_bar
 from cinder_ursa.common import units
 from cinder_ursa.protocol import lease_history
-from cinder_ursa.protocol import rest
+from cinder_ursa.protocol import paging
 
 
 def _fmt_volume(v):
@@ -72,8 +72,8 @@ class VolumeCreate(show.ShowOne):
         return tuple(v), tuple(v.values())
 
 
-def _positive(text):
-    """An argparse type: an integer of 1 or more."""
+def positive(text):
+    """An argparse type: an integer of 1 or more (--limit, --page-size)."""
     try:
         n = int(text)
     except ValueError:
@@ -94,7 +94,7 @@ class VolumeList(lister.Lister):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('--limit', type=_positive,
+        p.add_argument('--limit', type=positive,
                        help='Show at most LIMIT volumes; if there are more, '
                             'the marker to go on from is printed on '
                             'stderr.')
@@ -115,10 +115,10 @@ class VolumeList(lister.Lister):
                        default='asc',
                        help='Name order (asc, the default) or its reverse '
                             '(desc).')
-        p.add_argument('--page-size', type=_positive,
+        p.add_argument('--page-size', type=positive,
                        help='Volumes asked for per request (default %d; '
                             'the master\'s [ursa_master] max_list_limit '
-                            'caps it).' % rest.PAGE_SIZE)
+                            'caps it).' % paging.PAGE_SIZE)
         return p
 
     def take_action(self, args):

@@ -185,3 +185,35 @@ def test_an_old_master_ignoring_the_parameters_is_asked_once(
     monkeypatch.setattr(client._http, 'send', old_master)
     assert [v['name'] for v in client.volumes()] == volumes
     assert len(sent) == 1
+
+
+def test_snapshot_pages_and_the_cli(cluster, volumes):
+    client = cluster.client()
+    for vol in ('vol-02', 'vol-01'):
+        for name in ('a', 'b', 'c'):
+            client.create_snapshot(vol, name)
+    every = ['%s@%s' % (v, n) for v in ('vol-01', 'vol-02')
+             for n in ('a', 'b', 'c')]
+    got = [rest_key(s) for s in client.iter_snapshots(page_size=2)]
+    assert got == every
+    page, following = client.snapshots_page(4)
+    assert [rest_key(s) for s in page] == every[:4]
+    assert following == 'vol-02@a'
+    assert [s['name'] for s in client.snapshots('vol-02')] == ['a', 'b', 'c']
+    status, body = rest(cluster, 'GET', '/snapshots', params='?limit=100')
+    assert len(body['snapshots']) == PAGE
+    assert body['snapshots_links'][0]['href'].endswith(
+        'marker=vol-02%40a')
+    r = ursa(cluster.data_dir, 'snapshot', 'list', '-f', 'value', '-c',
+             'volume', '-c', 'name', '--limit', '2', '--marker', 'vol-01@b')
+    assert r.stdout.split() == ['vol-01', 'c', 'vol-02', 'a']
+    assert '--marker vol-02@a --limit 2' in r.stderr
+    r = ursa(cluster.data_dir, 'snapshot', 'list', '-f', 'value', '-c',
+             'name', '--volume', 'vol-01', '--sort-dir', 'desc')
+    assert r.stdout.split() == ['c', 'b', 'a']
+    for ref in every:
+        client.delete_snapshot(ref)
+
+
+def rest_key(snap):
+    return '%s@%s' % (snap['volume_name'], snap['name'])
