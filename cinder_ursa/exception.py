@@ -36,6 +36,15 @@ class InvalidArgument(UrsaError, ValueError):
     http_status = 400
 
 
+class MarkerNotFound(InvalidArgument):
+    """A listing's ``marker`` names nothing listed (any more): HTTP 400,
+    as in Cinder and Nova, under its own code so that a client walking
+    the pages can step back to an earlier marker when the one it held
+    was deleted or renamed meanwhile."""
+    message = 'Marker not found: %(reason)s'
+    code = 'marker_not_found'
+
+
 class ProtocolError(UrsaError):
     """The peer sent bytes that are not our protocol; drop the connection."""
 
@@ -207,7 +216,8 @@ class InternalError(RemoteError):
 
 # One table: wire/REST code -> exception class.
 _BY_CODE = {cls.code: cls for cls in (
-    InvalidArgument, ProtocolError, NotAuthorized, Forbidden, NotFound,
+    InvalidArgument, MarkerNotFound, ProtocolError, NotAuthorized,
+    Forbidden, NotFound,
     AlreadyExists, Conflict, NoSpace, InsufficientReplicas, StaleEpoch,
     StaleReplica,
     StaleSnapshot, Unavailable, Fenced, LeaseHeld, HandoverPending,

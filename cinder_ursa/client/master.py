@@ -10,6 +10,7 @@ UrsaTimeout when no master answered.
 
 from cinder_ursa import exception
 from cinder_ursa.common import auth
+from cinder_ursa.protocol import paging
 from cinder_ursa.protocol import rest
 from cinder_ursa.transport import http
 
@@ -100,8 +101,37 @@ class MasterClient:
     def repair_now(self):
         return self._http.send(rest.repair_now())
 
-    def volumes(self):
-        return self._http.send(rest.volumes())
+    def volumes(self, **filters):
+        """Every volume (matching ``filters``, those of
+        :func:`rest.volumes`), in name order: a list, page after page."""
+        return list(self.iter_volumes(**filters))
+
+    def iter_volumes(self, limit=None, marker=None, page_size=None,
+                     **filters):
+        """The volumes after ``marker``, at most ``limit`` (None: all),
+        asked for ``page_size`` (paging.PAGE_SIZE) at a time: each once,
+        while volumes are created and deleted (paging.Pages)."""
+        return self._walk(paging.volume_pages(limit, marker, page_size,
+                                            **filters))
+
+    def volumes_page(self, limit, marker=None, **filters):
+        """(up to ``limit`` volumes after ``marker``, the marker of the
+        next page or None): one page, however small the master's pages
+        (it asks for more until it has ``limit``).  MarkerNotFound (a
+        400) when ``marker`` names no volume."""
+        pages = paging.volume_pages(limit, marker, **filters)
+        return list(self._walk(pages)), pages.next_marker
+
+    def _walk(self, pages):
+        """The items of a paging.Pages walk, one request per page."""
+        while (req := pages.request()) is not None:
+            try:
+                reply = self._http.send(req)
+            except exception.MarkerNotFound:
+                if not pages.marker_lost():
+                    raise
+                continue
+            yield from pages.answer(reply)
 
     def volume(self, ref):
         return self._http.send(rest.volume(ref))
@@ -157,8 +187,24 @@ class MasterClient:
         """A read-only ticket for volume ``ref`` (rest.ticket)."""
         return self._http.send(rest.ticket(ref, copy_up))
 
-    def snapshots(self, volume=None):
-        return self._http.send(rest.snapshots(volume))
+    def snapshots(self, volume=None, **filters):
+        """Every snapshot of ``volume`` (of every volume if None),
+        matching ``filters`` (those of rest.snapshots): a list, page
+        after page."""
+        return list(self.iter_snapshots(volume, **filters))
+
+    def iter_snapshots(self, volume=None, limit=None, marker=None,
+                       page_size=None, **filters):
+        """The snapshots after ``marker`` (``volume@name``), at most
+        ``limit``: see iter_volumes."""
+        return self._walk(paging.snapshot_pages(volume, limit, marker,
+                                              page_size, **filters))
+
+    def snapshots_page(self, limit, marker=None, volume=None, **filters):
+        """(up to ``limit`` snapshots after ``marker``, the marker of
+        the next page or None): see volumes_page."""
+        pages = paging.snapshot_pages(volume, limit, marker, **filters)
+        return list(self._walk(pages)), pages.next_marker
 
     def snapshot(self, ref):
         return self._http.send(rest.snapshot(ref))
@@ -252,8 +298,33 @@ class AsyncMasterClient:
     async def heartbeat(self, server_id, usage):
         return await self._http.send(rest.heartbeat(server_id, usage))
 
-    async def volumes(self):
-        return await self._http.send(rest.volumes())
+    async def volumes(self, **filters):
+        """Every volume (matching ``filters``), page after page (see
+        MasterClient.volumes)."""
+        return [v async for v in self.iter_volumes(**filters)]
+
+    def iter_volumes(self, limit=None, marker=None, page_size=None,
+                     **filters):
+        """An async iterator over the volumes (see
+        MasterClient.iter_volumes)."""
+        return self._walk(paging.volume_pages(limit, marker, page_size,
+                                            **filters))
+
+    async def volumes_page(self, limit, marker=None, **filters):
+        """(volumes, next marker): see MasterClient.volumes_page."""
+        pages = paging.volume_pages(limit, marker, **filters)
+        return [v async for v in self._walk(pages)], pages.next_marker
+
+    async def _walk(self, pages):
+        while (req := pages.request()) is not None:
+            try:
+                reply = await self._http.send(req)
+            except exception.MarkerNotFound:
+                if not pages.marker_lost():
+                    raise
+                continue
+            for item in pages.answer(reply):
+                yield item
 
     async def volume(self, ref):
         return await self._http.send(rest.volume(ref))
@@ -313,8 +384,11 @@ class AsyncMasterClient:
     async def snapshot(self, ref):
         return await self._http.send(rest.snapshot(ref))
 
-    async def snapshots(self, volume=None):
-        return await self._http.send(rest.snapshots(volume))
+    async def snapshots(self, volume=None, **filters):
+        """Every snapshot of ``volume`` (or of every volume), page after
+        page (see MasterClient.snapshots)."""
+        return [s async for s in self._walk(paging.snapshot_pages(
+            volume, **filters))]
 
     async def attachments(self, ref=None, host=None):
         return await self._http.send(rest.attachments(ref, host))

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+import urllib.parse
 
 from aiohttp import web
 
@@ -55,6 +56,21 @@ LEGACY_PEERS_MAX = 1024
 # a lost holder: a new holder's generation, pushed to the chunk servers,
 # revokes the old one's ticket at once, whatever its expiry.
 TICKET_CLOCK_SLACK = 60
+# The paging parameters of a listing (GET /v1/volumes, /v1/snapshots), as
+# Cinder's: at most ``limit`` items, those after ``marker`` (the name or
+# id of the last item of the previous page), in name order or its
+# reverse.
+PAGE_PARAMS = ('limit', 'marker', 'sort_dir')
+# The filters of GET /v1/volumes, and the statuses ``status`` may name
+# (a volume in the trash is never listed).
+VOLUME_FILTERS = ('name_prefix', 'name_contains', 'status')
+VOLUME_STATUSES = ('available', 'reverting', 'deleting')
+# The same for GET /v1/snapshots and /v1/volumes/{ref}/snapshots.
+SNAPSHOT_FILTERS = VOLUME_FILTERS
+SNAPSHOT_STATUSES = ('creating', 'available')
+# Peers whose full (unpaged) listings were logged; past this many, no
+# more are remembered (nor logged).
+FULL_LISTING_PEERS_MAX = 1024
 
 
 def _int64(value, what):
@@ -220,6 +236,83 @@ def _int_query(request, name, default=None):
     return _int64(number, 'query parameter "%s"' % name)
 
 
+class _Page:
+    """The paging parameters of a listing request, checked: ``limit``
+    (1 or more, lowered to ``max_limit``; ``max_limit`` when absent),
+    ``marker``, ``sort_dir``; and whether the request is a full listing
+    (none of the paging or filter parameters, while ``legacy`` allows
+    it): every item, unpaged, as before paginated listings.  An unknown
+    or repeated parameter is a 400: a misspelt filter would otherwise
+    list everything."""
+
+    def __init__(self, request, max_limit, filters, legacy):
+        query = request.query
+        known = PAGE_PARAMS + filters
+        unknown = sorted(set(query) - set(known))
+        if unknown:
+            raise exception.InvalidArgument(
+                reason='unknown query parameter(s) %s: this listing takes '
+                       '%s' % (', '.join('"%s"' % u for u in unknown),
+                               ', '.join(known)))
+        for name in query:
+            if len(query.getall(name)) > 1:
+                raise exception.InvalidArgument(
+                    reason='query parameter "%s" is given more than once: '
+                           'give it once (status takes a comma-separated '
+                           'list)' % name)
+        self.full = legacy and not any(k in query for k in known)
+        self.limit = max_limit
+        if 'limit' in query:
+            limit = _int_query(request, 'limit')
+            if limit < 1:
+                raise exception.InvalidArgument(
+                    reason='query parameter "limit" must be 1 or more (leave '
+                           'it out for a page of the most a page holds, '
+                           '[ursa_master] max_list_limit = %d)' % max_limit)
+            self.limit = min(limit, max_limit)
+        self.marker = query.get('marker')
+        if self.marker == '':
+            raise exception.InvalidArgument(
+                reason='query parameter "marker" is empty: give the name of '
+                       'the last item of the previous page, or leave it out '
+                       'to start from the first')
+        sort_dir = query.get('sort_dir', 'asc')
+        if sort_dir not in ('asc', 'desc'):
+            raise exception.InvalidArgument(
+                reason='query parameter "sort_dir" must be "asc" or "desc", '
+                       'not %r' % sort_dir)
+        self.descending = sort_dir == 'desc'
+
+    def links(self, request, field, last):
+        """``{field + '_links': [the next page's link]}``, as Cinder's
+        ``volumes_links``: the request's own query with this page's
+        limit and the last item's name ``last`` as the marker.  The
+        href is a path under the master's URL (behind a proxy, an
+        absolute URL would name the wrong host)."""
+        query = [(k, v) for k, v in request.query.items()
+                 if k not in ('limit', 'marker')]
+        query += [('limit', str(self.limit)), ('marker', last)]
+        href = '%s?%s' % (request.path, urllib.parse.urlencode(
+            query, quote_via=urllib.parse.quote))
+        return {field + '_links': [{'rel': 'next', 'href': href}]}
+
+
+def _statuses(request, allowed):
+    """The statuses a listing's ``status`` parameter names (a
+    comma-separated list), each one of ``allowed``; None without it."""
+    value = request.query.get('status')
+    if value is None:
+        return None
+    statuses = [s.strip() for s in value.split(',') if s.strip()]
+    bad = [s for s in statuses if s not in allowed]
+    if bad or not statuses:
+        raise exception.InvalidArgument(
+            reason='query parameter "status" must name one or more of %s '
+                   '(comma-separated), not %r' % (', '.join(allowed),
+                                                  value))
+    return statuses
+
+
 def _volume_id(value):
     if not isinstance(value, str):
         raise TypeError('a volume id is a string')
@@ -298,7 +391,8 @@ class MasterAPI:
     def __init__(self, store, key, server_timeout=15.0, lease_ttl=30.0,
                  ticket_ttl=600.0, default_replicas=3, default_min_replicas=2,
                  default_chunk_size=64 * units.Mi,
-                 max_volume_size=units.Pi, signature_window=auth.WINDOW,
+                 max_volume_size=units.Pi, max_list_limit=1000,
+                 legacy_full_listings=True, signature_window=auth.WINDOW,
                  replay_cache=auth.REPLAY_CACHE_SIZE,
                  accept_legacy_signatures=True, body_timeout=30.0,
                  guard=None, names=None, metrics=None, **repair):
@@ -317,6 +411,10 @@ class MasterAPI:
             listener.ConnectionGuard()
         self._legacy_peers = set()
         self.max_volume_size = max_volume_size
+        # [ursa_master] max_list_limit and legacy_full_listings.
+        self.max_list_limit = max_list_limit
+        self.legacy_full_listings = legacy_full_listings
+        self._full_listing_peers = set()
         self.key = key
         self.server_timeout = server_timeout
         self.lease_ttl = lease_ttl
@@ -725,9 +823,44 @@ class MasterAPI:
         store_mod.check_volume_size(size, self.max_volume_size)
 
     async def list_volumes(self, request):
-        vols = await self.db(self.store.list_volumes)
-        return web.json_response({'volumes': [self._allocated(v)
-                                              for v in vols]})
+        """A page of the volumes in name order (see _Page), filtered by
+        ``name_prefix``, ``name_contains`` (ignoring case) and
+        ``status``; ``volumes_links`` names the next page when there is
+        one.  A full listing (a client older than pagination, with
+        [ursa_master] legacy_full_listings) gets every volume."""
+        page = _Page(request, self.max_list_limit, VOLUME_FILTERS,
+                     self.legacy_full_listings)
+        if page.full:
+            self._full_listing_warning(request)
+            vols = await self.db(self.store.list_volumes)
+            return web.json_response({'volumes': [self._allocated(v)
+                                                  for v in vols]})
+        # One more than the page: whether there is a next page.
+        vols = await self.db(
+            self.store.list_volumes, page.limit + 1, page.marker,
+            page.descending, request.query.get('name_prefix'),
+            request.query.get('name_contains'),
+            _statuses(request, VOLUME_STATUSES))
+        reply = {'volumes': [self._allocated(v)
+                             for v in vols[:page.limit]]}
+        if len(vols) > page.limit:
+            reply.update(page.links(request, 'volumes',
+                                    vols[page.limit - 1]['name']))
+        return web.json_response(reply)
+
+    def _full_listing_warning(self, request):
+        """Log once per peer that it asked for a full listing (a client
+        older than paginated listings, to be upgraded)."""
+        peer = request.remote
+        if peer in self._full_listing_peers or \
+                len(self._full_listing_peers) >= FULL_LISTING_PEERS_MAX:
+            return
+        self._full_listing_peers.add(peer)
+        LOG.warning('%s (%s) listed %s without a limit, the way clients '
+                    'older than paginated listings do: it got every item '
+                    'in one answer. Upgrade it, then set [ursa_master] '
+                    'legacy_full_listings = false', peer,
+                    request[PRINCIPAL][0], request.path)
 
     async def create_volume(self, request):
         b = await _body(request)
@@ -779,9 +912,28 @@ class MasterAPI:
         return web.json_response({'snapshot': snap})
 
     async def list_snapshots(self, request):
+        """A page of the snapshots (of volume ``ref``, or of every
+        volume) in the order of their volume's name and their sequence,
+        as list_volumes pages volumes; the next page's marker is
+        ``volume@name``."""
         ref = request.match_info.get('ref')
-        return web.json_response({'snapshots': await self.db(
-            self.store.list_snapshots, ref)})
+        page = _Page(request, self.max_list_limit, SNAPSHOT_FILTERS,
+                     self.legacy_full_listings)
+        if page.full:
+            self._full_listing_warning(request)
+            return web.json_response({'snapshots': await self.db(
+                self.store.list_snapshots, ref)})
+        snaps = await self.db(
+            self.store.list_snapshots, ref, page.limit + 1, page.marker,
+            page.descending, request.query.get('name_prefix'),
+            request.query.get('name_contains'),
+            _statuses(request, SNAPSHOT_STATUSES))
+        reply = {'snapshots': snaps[:page.limit]}
+        if len(snaps) > page.limit:
+            last = snaps[page.limit - 1]
+            reply.update(page.links(request, 'snapshots', '%s@%s' % (
+                last['volume_name'], last['name'])))
+        return web.json_response(reply)
 
     async def show_snapshot(self, request):
         return web.json_response({'snapshot': await self.db(

@@ -122,6 +122,28 @@ master_opts = [
                     'larger sizes with HTTP 400. Sizes and offsets are '
                     'signed 64-bit numbers in the databases and kernels, '
                     'hence the maximum of 8 EiB less 4 KiB.'),
+    cfg.IntOpt('max_list_limit', default=1000, min=1, max=100000,
+               help='Most items one page of a listing holds (GET '
+                    '/v1/volumes, /v1/snapshots): a larger "limit" is '
+                    'lowered to it, and a listing asked for without a '
+                    'limit gets this many at most, with a link to the next '
+                    'page ("volumes_links", "snapshots_links"), as with '
+                    'Cinder\'s osapi_max_limit. See legacy_full_listings '
+                    'for clients older than this release.'),
+    cfg.BoolOpt('legacy_full_listings', default=True,
+                help='Whether a listing asked for with none of the paging '
+                     'and filter parameters (limit, marker, sort_dir, '
+                     'name_prefix, name_contains, status) returns every '
+                     'item in one answer, as releases before paginated '
+                     'listings did, so that the Cinder driver, gateways '
+                     'and ursa CLIs not yet upgraded keep seeing every '
+                     'volume during a rolling upgrade (masters first). '
+                     'Clients of this release always send a limit. Each '
+                     'client still asking for a full listing is logged '
+                     'once, as a warning. Set it to false once every '
+                     'client is upgraded: such requests then get '
+                     'max_list_limit items and a link to the next page; '
+                     'the default becomes false in the next release.'),
     cfg.StrOpt('coordination_url',
                help='tooz backend URL through which several ursa-master '
                     'processes over one database elect their leader (tooz '

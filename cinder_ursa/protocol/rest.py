@@ -131,8 +131,24 @@ def repair_now():
 
 # --- volumes ----------------------------------------------------------------
 
-def volumes():
-    return Request('GET', '/volumes', result='volumes')
+def volumes(limit=None, marker=None, descending=False, name_prefix=None,
+            name_contains=None, status=None):
+    """One page of the volumes in name order (reversed with
+    ``descending``): at most ``limit``, those after ``marker`` (the
+    name or id of the last volume of the previous page), those whose
+    name starts with ``name_prefix`` or contains ``name_contains``
+    (ignoring case), whose status is ``status`` (one, or a list).  The
+    whole reply: 'volumes', and 'volumes_links' when there is a next
+    page (``paging.next_marker``).  Without arguments, the request of
+    clients older than pagination; ``paging.Pages`` walks the pages."""
+    if isinstance(status, (list, tuple)):
+        status = ','.join(status)
+    params = {k: v for k, v in (
+        ('limit', limit), ('marker', marker),
+        ('sort_dir', 'desc' if descending else None),
+        ('name_prefix', name_prefix), ('name_contains', name_contains),
+        ('status', status)) if v is not None}
+    return Request('GET', '/volumes', params=params or None)
 
 
 def volume(ref):
@@ -248,9 +264,17 @@ def ticket(ref, copy_up=False):
 
 # --- snapshots --------------------------------------------------------------
 
-def snapshots(volume=None):
+def snapshots(volume=None, limit=None, marker=None, descending=False,
+              name_prefix=None, name_contains=None, status=None):
+    """One page of the snapshots of ``volume`` (of every volume if
+    None) in the order of their volume's name and their sequence, as
+    :func:`volumes` (``marker``: ``volume@name`` or an id; the filters
+    apply to the snapshot's name and status).  The whole reply:
+    'snapshots', and 'snapshots_links' when there is a next page."""
     path = _vol(volume, '/snapshots') if volume else '/snapshots'
-    return Request('GET', path, result='snapshots')
+    req = volumes(limit, marker, descending, name_prefix, name_contains,
+                  status)
+    return req._replace(path=path)
 
 
 def snapshot(ref):

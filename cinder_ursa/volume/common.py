@@ -47,6 +47,11 @@ def translated(what, volume=None, snapshot=None):
                                           volume_name=volume.name) from e
         raise cinder_exc.VolumeBackendAPIException(
             data=_('%(what)s: %(err)s') % {'what': what, 'err': e}) from e
+    except exception.MarkerNotFound as e:
+        # A listing's marker names nothing (Cinder's paginated listings
+        # answer 400 for it).
+        raise cinder_exc.InvalidInput(
+            reason=_('%(what)s: %(err)s') % {'what': what, 'err': e}) from e
     except exception.UrsaConnectionError as e:
         raise cinder_exc.VolumeBackendAPIException(
             data=_('%(what)s: cannot reach the Ursa master (%(err)s); check '

@@ -2,6 +2,7 @@
 Cinder (renamed to Cinder's names), and the lists of those that could be,
 each with why it is not safe to manage when it is not."""
 
+import json
 import math
 
 from cinder import exception as cinder_exc
@@ -81,30 +82,84 @@ class Manageable(DriverPart):
 
     def volumes(self, cinder_volumes, marker, limit, offset, sort_keys,
                 sort_dirs):
+        """Cinder's manageable-volume listing, with the semantics of
+        ``volume_utils.paginate_entries_list``: sorted by ``sort_keys``
+        (``reference``: the name; ``size``), the entries after the one
+        whose reference is ``marker`` (a dict or its JSON; InvalidInput
+        when it is not listed), ``offset`` of them skipped, ``limit``
+        returned.
+
+        Sorted by reference first (Cinder's default, descending), the
+        cluster pages by name itself: only the ``offset + limit`` volumes
+        past the marker are asked for, a page at a time, however many
+        the cluster holds.  The names are ordered as the master's
+        database orders them (byte order on SQLite; Cinder's and Ursa's
+        own names sort alike everywhere).  Sorted by size first, every
+        volume is read, page after page, and sorted here as Cinder
+        does."""
         managed = {v.name: v.id for v in cinder_volumes}
-        entries = []
+        keys = [k.strip() for k in sort_keys or ()]
+        if keys[:1] != ['reference'] or not sort_dirs:
+            with translated('Listing Ursa volumes'):
+                entries = [self._volume_entry(v, managed)
+                           for v in self._master.iter_volumes()]
+            return volume_utils.paginate_entries_list(
+                entries, marker, limit, offset, sort_keys, sort_dirs)
+        name = self._marker_name(marker)
+        offset = offset or 0
+        if limit <= 0:
+            return []
         with translated('Listing Ursa volumes'):
-            vols = self._master.volumes()
-        for v in vols:
-            reason = None
-            if v['name'] in managed:
-                reason = _('already managed')
-            elif v['name'].startswith(images.IMAGE_CACHE_PREFIX):
-                reason = _('Ursa image cache of this backend')
-            elif naming.kept_by_backups(v['name']):
-                reason = _('kept by the Ursa backup driver')
-            elif (v.get('lease') or {}).get('holder'):
-                reason = _('open for writing by %s') % v['lease']['holder']
-            entries.append({
-                'reference': {'source-name': v['name']},
-                'size': int(math.ceil(gib(v['size']))),
-                'safe_to_manage': reason is None,
-                'reason_not_safe': reason,
-                'cinder_id': managed.get(v['name']),
-                'extra_info': 'allocated %d bytes' % v.get(
-                    'allocated_bytes', 0)})
-        return volume_utils.paginate_entries_list(
-            entries, marker, limit, offset, sort_keys, sort_dirs)
+            # A marker deleted or renamed meanwhile: InvalidInput, as
+            # Cinder's own listing says of a marker it does not find.
+            vols, _ = self._master.volumes_page(
+                offset + limit, name, descending=sort_dirs[0] != 'asc')
+        return [self._volume_entry(v, managed) for v in vols[offset:]]
+
+    @staticmethod
+    def _marker_name(marker):
+        """The Ursa volume name a manageable listing's marker names
+        (None without one), or InvalidInput as Cinder's own
+        paginate_entries_list says it."""
+        if not marker:
+            return None
+        if not isinstance(marker, dict):
+            try:
+                marker = json.loads(marker)
+            except ValueError:
+                raise cinder_exc.InvalidInput(
+                    reason=_('marker %s can not be analysed, please use '
+                             'json like format') % marker) from None
+        name = marker.get('source-name') if isinstance(marker, dict) \
+            else None
+        if not isinstance(name, str) or len(marker) != 1:
+            # No entry has another reference (paginate_entries_list
+            # compares whole references).
+            raise cinder_exc.InvalidInput(
+                reason=_('marker not found: %s') % marker)
+        return name
+
+    @staticmethod
+    def _volume_entry(v, managed):
+        """The manageable-volume entry of Ursa volume ``v``, with why it
+        is not safe to manage when it is not."""
+        reason = None
+        if v['name'] in managed:
+            reason = _('already managed')
+        elif v['name'].startswith(images.IMAGE_CACHE_PREFIX):
+            reason = _('Ursa image cache of this backend')
+        elif naming.kept_by_backups(v['name']):
+            reason = _('kept by the Ursa backup driver')
+        elif (v.get('lease') or {}).get('holder'):
+            reason = _('open for writing by %s') % v['lease']['holder']
+        return {
+            'reference': {'source-name': v['name']},
+            'size': int(math.ceil(gib(v['size']))),
+            'safe_to_manage': reason is None,
+            'reason_not_safe': reason,
+            'cinder_id': managed.get(v['name']),
+            'extra_info': 'allocated %d bytes' % v.get(
+                'allocated_bytes', 0)}
 
     def snapshots(self, cinder_snapshots, marker, limit, offset, sort_keys,
                   sort_dirs):

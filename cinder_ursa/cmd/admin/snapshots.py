@@ -6,7 +6,9 @@ from cliff import command
 from cliff import lister
 from cliff import show
 
+from cinder_ursa.cmd.admin.volumes import positive
 from cinder_ursa.common import units
+from cinder_ursa.protocol import paging
 
 
 def _fmt_snapshot(s):
@@ -40,18 +42,61 @@ class SnapshotCreate(show.ShowOne):
 
 
 class SnapshotList(lister.Lister):
-    """List snapshots, of every volume or of one.
+    """List snapshots, of every volume or of one, by volume name and
+    then age: all of them, asked from the master a page at a time, or
+    with --limit one page of them, after --marker (volume@name).
     Example: ursa snapshot list --volume vol1"""
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
         p.add_argument('--volume', help='Only this volume\'s snapshots.')
+        p.add_argument('--limit', type=positive,
+                       help='Show at most LIMIT snapshots; if there are '
+                            'more, the marker to go on from is printed on '
+                            'stderr.')
+        p.add_argument('--marker', metavar='VOLUME@NAME',
+                       help='Start after this snapshot (volume@name or id): '
+                            'the last one of the previous page.')
+        p.add_argument('--name-prefix', metavar='PREFIX',
+                       help='Only snapshots whose name starts with PREFIX '
+                            '(ignoring case).')
+        p.add_argument('--name-contains', metavar='TEXT',
+                       help='Only snapshots whose name contains TEXT '
+                            '(ignoring case).')
+        p.add_argument('--status', action='append',
+                       choices=('creating', 'available'),
+                       help='Only snapshots with this status (repeat it for '
+                            'several).')
+        p.add_argument('--sort-dir', choices=('asc', 'desc'),
+                       default='asc',
+                       help='Volume name and age order (asc, the default) '
+                            'or its reverse (desc).')
+        p.add_argument('--page-size', type=positive,
+                       help='Snapshots asked for per request (default %d; '
+                            'the master\'s [ursa_master] max_list_limit '
+                            'caps it).' % paging.PAGE_SIZE)
         return p
 
     def take_action(self, args):
         cols = ('id', 'volume', 'name', 'seq', 'size_human', 'status',
                 'created_at')
-        snaps = self.app.master().snapshots(args.volume)
+        filters = dict(descending=args.sort_dir == 'desc',
+                       name_prefix=args.name_prefix,
+                       name_contains=args.name_contains,
+                       status=args.status)
+        master = self.app.master()
+        if args.limit is None:
+            snaps = list(master.iter_snapshots(
+                args.volume, marker=args.marker, page_size=args.page_size,
+                **filters))
+        else:
+            snaps, following = master.snapshots_page(
+                args.limit, args.marker, args.volume, **filters)
+            if following is not None:
+                self.app.stderr.write(
+                    'More snapshots after %s: ursa snapshot list --marker '
+                    '%s --limit %d (with the same filters)\n'
+                    % (following, following, args.limit))
         return cols, [tuple(_fmt_snapshot(s)[c] for c in cols)
                       for s in snaps]
 

@@ -1,6 +1,7 @@
 """``ursa volume create|list|show|delete|clone|flatten|resize|revert|
 lease-history``: a volume's life cycle at the master."""
 
+import argparse
 import time
 
 from cliff import command
@@ -10,6 +11,7 @@ from cliff import show
 from cinder_ursa.cmd.admin.data import progress_bar
 from cinder_ursa.common import units
 from cinder_ursa.protocol import lease_history
+from cinder_ursa.protocol import paging
 
 
 def _fmt_volume(v):
@@ -70,16 +72,75 @@ class VolumeCreate(show.ShowOne):
         return tuple(v), tuple(v.values())
 
 
+def positive(text):
+    """An argparse type: an integer of 1 or more (--limit, --page-size)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not an integer' % text) \
+            from None
+    if n < 1:
+        raise argparse.ArgumentTypeError('must be 1 or more, not %d' % n)
+    return n
+
+
 class VolumeList(lister.Lister):
-    """List volumes with their size, allocated bytes and replicas.
-    Example: ursa volume list -f json"""
+    """List volumes in name order with their size, allocated bytes and
+    replicas: every volume, asked from the master a page at a time, or
+    with --limit one page of them, after --marker.  --name-prefix,
+    --name-contains (ignoring case) and --status filter on the master.
+    Example: ursa volume list --name-prefix volume- --status available
+    --limit 50 -f json"""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('--limit', type=positive,
+                       help='Show at most LIMIT volumes; if there are more, '
+                            'the marker to go on from is printed on '
+                            'stderr.')
+        p.add_argument('--marker',
+                       help='Start after this volume (name or id): the last '
+                            'one of the previous page.')
+        p.add_argument('--name-prefix', metavar='PREFIX',
+                       help='Only volumes whose name starts with PREFIX '
+                            '(ignoring case).')
+        p.add_argument('--name-contains', metavar='TEXT',
+                       help='Only volumes whose name contains TEXT '
+                            '(ignoring case).')
+        p.add_argument('--status', action='append',
+                       choices=('available', 'reverting', 'deleting'),
+                       help='Only volumes with this status (repeat it for '
+                            'several).')
+        p.add_argument('--sort-dir', choices=('asc', 'desc'),
+                       default='asc',
+                       help='Name order (asc, the default) or its reverse '
+                            '(desc).')
+        p.add_argument('--page-size', type=positive,
+                       help='Volumes asked for per request (default %d; '
+                            'the master\'s [ursa_master] max_list_limit '
+                            'caps it).' % paging.PAGE_SIZE)
+        return p
 
     def take_action(self, args):
         cols = ('id', 'name', 'size_human', 'replicas', 'allocated_bytes',
                 'status', 'lease_holder')
-        rows = [tuple(_fmt_volume(v)[c] for c in cols)
-                for v in self.app.master().volumes()]
-        return cols, rows
+        filters = dict(descending=args.sort_dir == 'desc',
+                       name_prefix=args.name_prefix,
+                       name_contains=args.name_contains,
+                       status=args.status)
+        master = self.app.master()
+        if args.limit is None:
+            vols = list(master.iter_volumes(
+                marker=args.marker, page_size=args.page_size, **filters))
+        else:
+            vols, following = master.volumes_page(args.limit, args.marker,
+                                                  **filters)
+            if following is not None:
+                self.app.stderr.write(
+                    'More volumes after %s: ursa volume list --marker %s '
+                    '--limit %d (with the same filters)\n'
+                    % (following, following, args.limit))
+        return cols, [tuple(_fmt_volume(v)[c] for c in cols) for v in vols]
 
 
 class VolumeShow(show.ShowOne):

@@ -82,7 +82,19 @@ class SnapshotRecords:
                     models.volumes.c.status != 'trash'))]
         return snap
 
-    def list_snapshots(self, volume=None):
+    def list_snapshots(self, volume=None, limit=None, marker=None,
+                       descending=False, name_prefix=None,
+                       name_contains=None, statuses=None):
+        """The snapshots (those in the trash aside), of every volume or
+        of ``volume``, in the order of their volume's name and their
+        sequence (reversed with ``descending``): only those after
+        snapshot ``marker`` (``volume@name`` or an id), at most
+        ``limit``, and only those matching every filter given: a name
+        starting with ``name_prefix`` or containing ``name_contains``
+        (ignoring case), a status among ``statuses``.  Without
+        arguments, every snapshot.  Keyset pagination as
+        ``list_volumes``: MarkerNotFound when the marker names no listed
+        snapshot."""
         s = models.snapshots
         v = models.volumes
         with self.engine.connect() as conn:
@@ -91,13 +103,52 @@ class SnapshotRecords:
             if volume is not None:
                 q = q.where(s.c.volume_id == self._find_volume(
                     conn, volume).id)
-            rows = conn.execute(q.order_by(v.c.name, s.c.seq)).all()
+            if name_prefix:
+                q = q.where(s.c.name.istartswith(name_prefix,
+                                                 autoescape=True))
+            if name_contains:
+                q = q.where(s.c.name.icontains(name_contains,
+                                               autoescape=True))
+            if statuses:
+                q = q.where(s.c.status.in_(list(statuses)))
+            if marker is not None:
+                q = q.where(self._after_snapshot(conn, marker, descending))
+            if descending:
+                q = q.order_by(v.c.name.desc(), s.c.seq.desc())
+            else:
+                q = q.order_by(v.c.name, s.c.seq)
+            if limit is not None:
+                q = q.limit(limit)
+            rows = conn.execute(q).all()
         out = []
         for r in rows:
             d = self._snapshot_dict(r)
             d['volume_name'] = r.volume_name
             out.append(d)
         return out
+
+    def _after_snapshot(self, conn, marker, descending):
+        """The condition of the snapshots listed after snapshot
+        ``marker`` (its volume's name, then its sequence)."""
+        s = models.snapshots
+        v = models.volumes
+        try:
+            row = self._find_snapshot(conn, marker)
+        except exception.NotFound:
+            row = None
+        if row is None or row.status == 'trash':
+            raise exception.MarkerNotFound(
+                reason='marker %r names no snapshot (deleted or renamed '
+                       'since the previous page?): list again from an '
+                       'earlier snapshot, or from the start without a '
+                       'marker' % (marker,))
+        vname = conn.execute(sa.select(v.c.name).where(
+            v.c.id == row.volume_id)).scalar()
+        if descending:
+            return sa.or_(v.c.name < vname, sa.and_(v.c.name == vname,
+                                                    s.c.seq < row.seq))
+        return sa.or_(v.c.name > vname, sa.and_(v.c.name == vname,
+                                                s.c.seq > row.seq))
 
     def begin_snapshot(self, ref, name):
         """Take the next snapshot sequence of a volume (committed first) and

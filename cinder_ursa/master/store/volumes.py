@@ -179,11 +179,54 @@ class VolumeRecords:
                 pending.append(snap.parent_snapshot_id)
         return row.id, readable
 
-    def list_volumes(self):
+    def list_volumes(self, limit=None, marker=None, descending=False,
+                     name_prefix=None, name_contains=None, statuses=None):
+        """The volumes (those in the trash aside) in name order, reversed
+        with ``descending``: only those after volume ``marker`` (a name
+        or an id), at most ``limit`` of them, and only those matching
+        every filter given: a name starting with ``name_prefix`` or
+        containing ``name_contains`` (ignoring case, on every database),
+        a status among ``statuses``.  Without arguments, every volume.
+
+        Keyset pagination (names past the marker's), not OFFSET: a page
+        costs the same wherever it starts (the unique index on the name
+        finds it) and volumes created or deleted between two pages
+        neither shift the others nor repeat them.  The marker is only a
+        position: it need not match the filters, but it must name a
+        volume still listed, else MarkerNotFound (a client walking the
+        pages steps back to an earlier one).  ``allocated_chunks`` is
+        counted for the returned volumes only, never over every chunk
+        (until volumes.allocated_chunks keeps the count)."""
         t = models.volumes
+        q = sa.select(t).where(t.c.status != 'trash')
+        if name_prefix:
+            q = q.where(t.c.name.istartswith(name_prefix, autoescape=True))
+        if name_contains:
+            q = q.where(t.c.name.icontains(name_contains, autoescape=True))
+        if statuses:
+            q = q.where(t.c.status.in_(list(statuses)))
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t).where(t.c.status != 'trash')
-                                .order_by(t.c.name)).all()
+            if marker is not None:
+                after = None
+                if not unstorable(marker):
+                    listed = t.c.status != 'trash'
+                    after = conn.execute(sa.select(t.c.name).where(
+                        t.c.name == marker, listed)).scalar()
+                    if after is None:
+                        after = conn.execute(sa.select(t.c.name).where(
+                            t.c.id == marker, listed)).scalar()
+                if after is None:
+                    raise exception.MarkerNotFound(
+                        reason='marker %r names no volume (deleted or '
+                               'renamed since the previous page?): list '
+                               'again from an earlier volume, or from the '
+                               'start without a marker' % (marker,))
+                q = q.where(t.c.name < after if descending
+                            else t.c.name > after)
+            q = q.order_by(t.c.name.desc() if descending else t.c.name)
+            if limit is not None:
+                q = q.limit(limit)
+            rows = conn.execute(q).all()
         out = []
         for r in rows:
             v = self._volume_dict(r)

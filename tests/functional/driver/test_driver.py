@@ -13,6 +13,7 @@ from cinder import exception as cinder_exc
 from cinder import objects
 from cinder.volume import configuration as conf_mod
 from cinder.volume import driver as base_driver
+from cinder.volume import volume_utils
 from oslo_config import cfg
 
 from cinder_ursa import exception
@@ -223,6 +224,33 @@ def test_unreachable_master_says_what_to_check(cluster, tmp_path, ctx):
     with pytest.raises(cinder_exc.VolumeBackendAPIException,
                        match='cannot reach the Ursa master'):
         drv.create_volume(volume(ctx))
+
+
+def test_manageable_listing_pages_as_cinder_does(drv, cluster, ctx):
+    """marker, limit and offset over a real cluster: what Cinder's
+    paginate_entries_list makes of every volume, asked for page by page
+    (sorted by reference) or all at once (by size)."""
+    master = cluster.client()
+    for i in range(7):
+        master.create_volume('mlist-%d' % i, (i % 2 + 1) * GiB)
+    every = drv.get_manageable_volumes([], None, 10 ** 6, 0, ['size'],
+                                       ['asc'])
+    assert {'mlist-%d' % i for i in range(7)} <= {
+        e['reference']['source-name'] for e in every}
+    for marker, limit, offset, sort_dir in [
+            (None, 3, 0, 'desc'), ({'source-name': 'mlist-2'}, 3, 1, 'asc'),
+            ('{"source-name": "mlist-5"}', 2, 0, 'desc'),
+            ({'source-name': 'mlist-6'}, 1000, 0, 'asc')]:
+        assert drv.get_manageable_volumes(
+            [], marker, limit, offset, ['reference'], [sort_dir]) == \
+            volume_utils.paginate_entries_list(
+                every, marker, limit, offset, ['reference'], [sort_dir])
+    with pytest.raises(cinder_exc.InvalidInput) as e:
+        drv.get_manageable_volumes([], {'source-name': 'mlist-gone'}, 5, 0,
+                                   ['reference'], ['desc'])
+    assert 'mlist-gone' in str(e.value)
+    for i in range(7):
+        master.delete_volume('mlist-%d' % i)
 
 
 def test_manage_and_list_manageable(drv, cluster, ctx):

@@ -6,6 +6,7 @@ interface we claim is really implemented."""
 
 import inspect
 import itertools
+import json
 import uuid
 
 from cinder import context as cinder_context
@@ -18,6 +19,7 @@ from cinder.interface import volume_snapshotmanagement_driver
 from cinder.tests.unit import test
 from cinder.volume import configuration as conf_mod
 from cinder.volume import driver as base_driver
+from cinder.volume import volume_utils
 
 from cinder_ursa import exception
 from cinder_ursa.protocol import names
@@ -75,6 +77,26 @@ class FakeMaster:
     def volumes(self):
         return [dict(v) for v in self.vols.values()
                 if v['status'] != 'trash']
+
+    def iter_volumes(self):
+        self.walks = getattr(self, 'walks', 0) + 1
+        return iter(sorted(self.volumes(), key=lambda v: v['name']))
+
+    def volumes_page(self, limit, marker=None, descending=False):
+        """The master's paging rules: name order, after the marker (a
+        400, MarkerNotFound, when it names no volume)."""
+        self.pages = getattr(self, 'pages', []) + [(limit, marker,
+                                                    descending)]
+        listed = sorted(self.volumes(), key=lambda v: v['name'],
+                        reverse=descending)
+        if marker is not None:
+            at = [v['name'] for v in listed]
+            if marker not in at:
+                raise exception.MarkerNotFound(
+                    reason='marker %r names no volume' % marker)
+            listed = listed[at.index(marker) + 1:]
+        return listed[:limit], (listed[limit - 1]['name']
+                                if len(listed) > limit else None)
 
     def volume(self, ref):
         v = dict(self._vol(ref))
@@ -449,6 +471,52 @@ class UrsaDriverTestCase(test.TestCase):
         self.assertFalse(every[managed.name]['safe_to_manage'])
         self.assertEqual(managed.id, every[managed.name]['cinder_id'])
         self.assertTrue(every['disk3']['safe_to_manage'])
+
+    def test_manageable_pages_through_the_cluster_as_cinder_would(self):
+        """Sorted by reference (Cinder's default, desc), the driver asks
+        the cluster for offset + limit volumes past the marker only, and
+        answers what Cinder's paginate_entries_list over every volume
+        would."""
+        for i in range(12):
+            self.master.create_volume('disk%02d' % i, (i % 3 + 1) * GiB)
+        managed = self.volume()
+        self.drv.create_volume(managed)
+        every = self.drv.get_manageable_volumes([managed], None, 1000, 0,
+                                                ['size'], ['asc'])
+        self.assertEqual(13, len(every))
+        cases = [
+            (None, 5, 0, 'desc'), (None, 5, 0, 'asc'),
+            ({'source-name': 'disk07'}, 3, 0, 'desc'),
+            ('{"source-name": "disk07"}', 3, 2, 'asc'),
+            ({'source-name': 'disk02'}, 100, 1, 'asc'),
+            ({'source-name': 'disk00'}, 4, 0, 'desc'),
+            (None, 3, 20, 'asc'),
+        ]
+        for marker, limit, offset, sort_dir in cases:
+            self.master.pages = []
+            expected = volume_utils.paginate_entries_list(
+                every, marker, limit, offset, ['reference'], [sort_dir])
+            got = self.drv.get_manageable_volumes(
+                [managed], marker, limit, offset, ['reference'],
+                [sort_dir])
+            self.assertEqual(expected, got, (marker, limit, offset))
+            name = marker and (marker if isinstance(marker, dict) else
+                               json.loads(marker))['source-name']
+            self.assertEqual([(offset + limit, name, sort_dir == 'desc')],
+                             self.master.pages)
+        self.assertEqual([], self.drv.get_manageable_volumes(
+            [], None, 0, 0, ['reference'], ['desc']))
+
+    def test_manageable_markers_naming_nothing_are_invalid_input(self):
+        self.master.create_volume('disk', GiB)
+        for marker in ({'source-name': 'gone'}, '{"source-name": "gone"}',
+                       {'source-id': 'disk'}, 'not json', '[1]',
+                       {'source-name': 'disk', 'other': 1}):
+            for keys in (['reference'], ['size']):
+                self.assertRaises(
+                    cinder_exc.InvalidInput,
+                    self.drv.get_manageable_volumes, [], marker, 10, 0,
+                    keys, ['asc'])
 
     def test_manage_needs_a_reference_and_a_closed_volume(self):
         self.master.create_volume('busy', GiB)
