@@ -145,6 +145,7 @@ class MasterService:
         self.retired = 0
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
+        self._usage_totals = {}     # server id -> sum of its usage
         # Scrub progress per chunk server, from heartbeats.
         self.scrubs = {}
         # Disk latency per chunk server, from heartbeats, and the slow
@@ -286,6 +287,7 @@ class MasterService:
     def note_usage(self, server_id, volumes):
         """``volumes``: {volume id: bytes} a chunk server reported."""
         self.usage[server_id] = volumes
+        self._usage_totals[server_id] = sum(volumes.values())
 
     def note_scrub(self, server_id, report):
         """A chunk server's scrub progress (None: it sent none)."""
@@ -319,7 +321,9 @@ class MasterService:
         return total
 
     def allocated_total(self):
-        return sum(sum(u.values()) for u in self.usage.values())
+        # Summed as reported: a status read is not a walk of every
+        # volume of every server.
+        return sum(self._usage_totals.values())
 
     def allocated(self, vol):
         """``vol`` (a dict) with the bytes it uses (with its snapshots): in

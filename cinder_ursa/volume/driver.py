@@ -193,8 +193,9 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             'online_extend_support': True,
         }
         try:
+            # One read of the master's kept figures, whatever the number
+            # of volumes (never a listing).
             st = self._master.cluster_status()
-            vols = self._master.volumes()
         except exception.UrsaError as e:
             LOG.warning('Ursa stats unavailable: %s', e)
             self._stats = stats
@@ -208,9 +209,10 @@ class UrsaDriver(driver.CloneableImageVD, driver.ManageableVD,
             'free_capacity_gb': round(gib(st['free_bytes']) / replicas, 2),
             'provisioned_capacity_gb': round(gib(st['provisioned_bytes']),
                                              2),
-            'allocated_capacity_gb': round(gib(sum(
-                v.get('allocated_bytes', 0) for v in vols)), 2),
-            'total_volumes': len(vols),
+            # Raw bytes written, counted once.
+            'allocated_capacity_gb': round(gib(st.get(
+                'allocated_bytes_total', 0)) / replicas, 2),
+            'total_volumes': st['volumes'],
             'location_info': 'ursa:%s' % ','.join(conf.ursa_master_urls),
             'health': st['health'],
         })

@@ -479,7 +479,9 @@ class ChunkRecords:
         servers = self.list_servers()
         with self.engine.connect() as conn:
             n = self.counters(conn)
-        nvol, nchunks = n[tally.VOLUMES], n[tally.CHUNKS]
+        # Trashed volumes are deleted ones kept for their snapshots'
+        # clones: not listed, not counted.
+        nvol, nchunks = n[tally.VOLUMES] - n[tally.TRASH], n[tally.CHUNKS]
         provisioned = n[tally.PROVISIONED] * chunkfile.BLOCK
         degraded, one_copy = n[tally.DEGRADED], n[tally.ONE_COPY]
         joining = n[tally.JOINING]
@@ -493,6 +495,7 @@ class ChunkRecords:
                                            for s in servers),
                         'draining': sum(s['draining'] for s in servers)},
             'volumes': nvol,
+            'trash_volumes': n[tally.TRASH],
             'chunks': nchunks,
             'degraded_chunks': degraded,
             'one_copy_chunks': one_copy,

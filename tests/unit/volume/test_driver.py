@@ -72,7 +72,9 @@ class FakeMaster:
                 'capacity_bytes': self.capacity,
                 'free_bytes': self.capacity - used, 'used_bytes': used,
                 'provisioned_bytes': sum(v['size'] for v in
-                                         self.vols.values())}
+                                         self.vols.values()),
+                'allocated_bytes_total': used,
+                'volumes': len(self.volumes())}
 
     def volumes(self):
         return [dict(v) for v in self.vols.values()
