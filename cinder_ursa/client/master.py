@@ -101,6 +101,9 @@ class MasterClient:
     def repair_now(self):
         return self._http.send(rest.repair_now())
 
+    def recount_figures(self):
+        return self._http.send(rest.recount_figures())
+
     def volumes(self, **filters):
         """Every volume (matching ``filters``, those of
         :func:`rest.volumes`), in name order: a list, page after page."""
@@ -288,6 +291,9 @@ class AsyncMasterClient:
 
     async def inventory(self):
         return await self._http.send(rest.inventory())
+
+    async def recount_figures(self):
+        return await self._http.send(rest.recount_figures())
 
     async def servers(self):
         return await self._http.send(rest.servers())

@@ -29,6 +29,7 @@ from cinder_ursa.master import listener
 from cinder_ursa.master import metrics as metrics_mod
 from cinder_ursa.master import service as service_mod
 from cinder_ursa.master import store as store_mod
+from cinder_ursa.master.store import tally
 from cinder_ursa.protocol import roles
 from cinder_ursa.protocol import tickets
 
@@ -456,6 +457,7 @@ class MasterAPI:
         app.router.add_put(v + '/chunkservers/{id}/draining',
                            self.set_draining)
         app.router.add_post(v + '/repair', self.repair_now)
+        app.router.add_post(v + '/cluster/recount', self.recount_figures)
         app.router.add_put(v + '/chunkservers/{id}/heartbeat',
                            self.heartbeat)
         app.router.add_get(v + '/volumes', self.list_volumes)
@@ -792,6 +794,13 @@ class MasterAPI:
         on = (await _body(request)).get('draining', bool, required=True)
         return web.json_response(
             {'server': await self.db(self.store.set_draining, sid, on)})
+
+    async def recount_figures(self, request):
+        """Count the kept figures (store/tally.py) again from the records
+        and replace them: what differed, a line each."""
+        drift = await self.db(self.store.recount_tallies)
+        return web.json_response({'recount': {
+            'drifted': tally.describe(drift)}})
 
     async def repair_now(self, request):
         """Run the repair planner once now (``ursa cluster check

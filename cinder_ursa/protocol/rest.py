@@ -124,6 +124,13 @@ def set_draining(server_id, on):
                    {'draining': bool(on)}, result='server')
 
 
+def recount_figures():
+    """Count the master's kept figures again from its records (``ursa
+    cluster check --repair`` does when the check found them drifted):
+    what differed."""
+    return Request('POST', '/cluster/recount', {}, result='recount')
+
+
 def repair_now():
     """Run the repair planner once, now: the jobs it started."""
     return Request('POST', '/repair', {}, result='repair')

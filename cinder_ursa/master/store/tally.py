@@ -16,9 +16,10 @@ figures are never out of step with the rows they count:
   ``joining_chunks``: per volume and per server.
 
 :func:`recount` computes them all from the rows (one scan): the schema
-migration that adds them fills them with it, ``ursa-master --recount``
-(see :meth:`TallyRecords.recount_tallies`) repairs them should they
-drift, and the tests compare both after random changes.
+migration that adds them fills them with it, ``ursa cluster check``
+reports a drift and its ``--repair`` recounts (``POST
+/v1/cluster/recount``, :meth:`TallyRecords.recount_tallies`), and the
+tests compare both after random changes.
 """
 
 import collections
@@ -231,6 +232,22 @@ def write(conn, figures):
                                for k, n in figures['counters'].items()])
 
 
+def describe(drift, most=5):
+    """:meth:`TallyRecords.tally_drift`'s answer as lines (at most
+    ``most`` per part, then how many more)."""
+    out = []
+    for part, diff in sorted(drift.items()):
+        keys = sorted(diff, key=str)
+        for k in keys[:most]:
+            have, counted = diff[k]
+            out.append('%s %s: kept %s, counted %s' % (
+                part, '/'.join(str(x) for x in k) if isinstance(k, tuple)
+                else k, have, counted))
+        if len(keys) > most:
+            out.append('%s: %d more' % (part, len(keys) - most))
+    return out
+
+
 class TallyRecords:
     """Part of :class:`MetadataStore` (see the package)."""
 
@@ -248,6 +265,11 @@ class TallyRecords:
         """What differs between the kept figures and a recount (empty:
         they agree): {part: {key: (kept, counted)}}."""
         with self.engine.connect() as conn:
+            if conn.dialect.name in ('postgresql', 'mysql'):
+                # Both reads see one moment (PostgreSQL's default
+                # isolation takes a snapshot per statement).
+                conn = conn.execution_options(
+                    isolation_level='REPEATABLE READ')
             counted, have = recount(conn), kept(conn)
         out = {}
         for part in counted:
