@@ -74,8 +74,10 @@ volumes = sa.Table(
     # Its chunks rows, kept up to date (store/tally.py), never counted.
     sa.Column('allocated_chunks', sa.BigInteger, nullable=False, default=0,
               server_default='0'),
-    # The trash and the deletions left are found without a scan.
+    # The trash and the deletions left are found without a scan, and a
+    # snapshot's clones.
     sa.Index('ix_volumes_status', 'status'),
+    sa.Index('ix_volumes_parent', 'parent_snapshot_id'),
 )
 
 shared_leases = sa.Table(
@@ -101,6 +103,9 @@ snapshots = sa.Table(
     sa.Column('status', sa.String(16), nullable=False),
     sa.Column('created_at', sa.Double, nullable=False),
     sa.UniqueConstraint('volume_id', 'name', name='uniq_snapshot_name'),
+    # The trash, and snapshots left creating, are found without a scan.
+    sa.Index('ix_snapshots_status', 'status'),
+    sa.Index('ix_snapshots_parent', 'parent_snapshot_id'),
 )
 
 chunks = sa.Table(

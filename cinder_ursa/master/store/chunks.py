@@ -377,11 +377,15 @@ class ChunkRecords:
         """[(server id, volume id, index, epoch)]: every server dropped
         from a chunk while it held a copy (see ``lost``), and the chunk's
         epoch now."""
-        c = models.chunks
+        c, ct = models.chunks, models.chunk_tally
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(
+            # The volumes with lost copies are in the kept figures: only
+            # their chunks are read.
+            vids = sorted(set(conn.execute(sa.select(ct.c.volume_id).where(
+                ct.c.lost > 0)).scalars()))
+            rows = [r for vid in vids for r in conn.execute(sa.select(
                 c.c.volume_id, c.c.idx, c.c.epoch, c.c.lost).where(
-                    c.c.lost != '')).all()
+                    c.c.volume_id == vid, c.c.lost != ''))]
         return [(sid, r.volume_id, r.idx, r.epoch)
                 for r in rows for sid in split_ids(r.lost)]
 

@@ -2,7 +2,9 @@
 chunks of each volume by state (chunk_tally), the cluster's totals
 (cluster_counters), a volume's allocated chunks and a chunk server's
 replicas and joining copies; filled here by one scan of the chunks.
-Volumes get an index on their status (the trash is found without a scan).
+Volumes and snapshots get indexes on their status (the trash, and
+snapshots left creating, are found without a scan) and on their parent
+snapshot (a snapshot's clones).
 
 Revision ID: 0015
 Revises: 0014
@@ -29,6 +31,10 @@ def upgrade():
                                             nullable=False,
                                             server_default='0'))
     op.create_index('ix_volumes_status', 'volumes', ['status'])
+    op.create_index('ix_snapshots_status', 'snapshots', ['status'])
+    op.create_index('ix_volumes_parent', 'volumes', ['parent_snapshot_id'])
+    op.create_index('ix_snapshots_parent', 'snapshots',
+                    ['parent_snapshot_id'])
     op.create_table(
         'chunk_tally',
         sa.Column('volume_id', sa.String(36),
