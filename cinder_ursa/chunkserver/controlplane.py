@@ -56,6 +56,24 @@ def master_only(frame):
                'connection that claimed a master term (TERM)' % name)
 
 
+# Replicas a registration lists as [volume, index, epoch] (some 50 bytes
+# each, within the 4 MiB every master reads); more are sent grouped by
+# volume, as "held" (some 10 bytes each, read by masters of this release
+# on, up to their registration_max_body).
+LIST_MAX = 50000
+
+
+def held_fields(chunks):
+    """The registration's fields listing ``chunks`` [(volume, index,
+    epoch)]: ``chunks`` as a list while small, else ``held``."""
+    if len(chunks) <= LIST_MAX:
+        return {'chunks': chunks}
+    held = {}
+    for vol, idx, epoch in chunks:
+        held.setdefault(vol, []).extend((idx, epoch))
+    return {'held': held}
+
+
 class ControlMixin:
     """Membership, control requests and syncs of :class:`ChunkServer`
     (which provides ``store``, ``master``, ``authority``, ``disk``,
@@ -81,10 +99,19 @@ class ControlMixin:
             return reply
         usage = self.store.usage()
         lost_cache = self.store.lost_cache
+        chunks = self.store.chunk_list()
         reply = await self.master.register_server(
             uuid=self.store.server_uuid, host=self.host, rack=self.rack,
             address=self.advertise_host, port=self.port,
-            chunks=self.store.chunk_list(), lost_cache=lost_cache, **usage)
+            lost_cache=lost_cache, **held_fields(chunks), **usage)
+        if len(chunks) > LIST_MAX and reply.get('reported') != len(chunks):
+            # A master older than the compact form read none of them:
+            # nothing would be known stale.  Not registered.
+            raise exception.UrsaError(
+                'the master read %s of the %d replicas this server holds: '
+                'it predates the compact registration servers holding '
+                'more than %d replicas send; upgrade the masters first' % (
+                    reply.get('reported', 'none'), len(chunks), LIST_MAX))
         self.id = reply['server']['id']
         self._heartbeat_interval = reply.get('heartbeat_interval', 5.0)
         self.latency.set_window(reply.get('latency_window'))

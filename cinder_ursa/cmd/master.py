@@ -18,6 +18,7 @@ from oslo_log import log as logging
 
 from cinder_ursa.cmd import _service
 from cinder_ursa.common import auth
+from cinder_ursa.common import units
 from cinder_ursa.master import api
 from cinder_ursa.master import listener
 from cinder_ursa.master import opts
@@ -244,7 +245,9 @@ def main(argv=None):
         signature_window=mc.signature_window,
         replay_cache=mc.signature_replay_cache,
         accept_legacy_signatures=mc.accept_legacy_signatures,
-        body_timeout=mc.http_body_timeout, guard=guard, metrics=metrics)
+        body_timeout=mc.http_body_timeout,
+        registration_max_body=mc.registration_max_body * units.Mi,
+        guard=guard, metrics=metrics)
     if mc.accept_legacy_signatures:
         LOG.warning('[ursa_master] accept_legacy_signatures is true: v1 '
                     'request signatures (replayable, body and query '

@@ -43,6 +43,10 @@ INT64_BOUND = 2 ** 63
 # A number written as text ("10G") longer than this is no number (and
 # int() refuses more than 4300 digits with a ValueError).
 NUMBER_TEXT_MAX = 32
+# A chunk server's registration ([ursa_master] registration_max_body):
+# the one request that may be larger than 4 MiB, once signed.
+REGISTRATION_PATH = '/%s/chunkservers' % API_VERSION
+REGISTRATION_MAX_BODY = 256 * units.Mi
 # A failed data directory's reason is kept to this many characters.
 FAILURE_MAX = 500
 # What a request was signed by: (principal, role, the key that
@@ -314,6 +318,31 @@ def _statuses(request, allowed):
     return statuses
 
 
+def _held_chunks(body):
+    """The replicas a registration reports: ``chunks``, a list of
+    [volume, index, epoch], and/or ``held``, {volume: [index, epoch,
+    index, epoch, ...]} (chunk servers holding many send that: about 10
+    bytes a replica instead of 50)."""
+    chunks = body.get('chunks', list, [])
+    held = body.get('held', dict, {})
+    try:
+        out = [(_volume_id(v), _int64(int(i), 'index'),
+                _int64(int(e), 'epoch')) for v, i, e in chunks]
+        for v, flat in held.items():
+            if not isinstance(flat, list) or len(flat) % 2 or not all(
+                    type(x) is int for x in flat):
+                raise TypeError('a list of integers, two per replica')
+            out.extend((v, _int64(flat[k], 'index'),
+                        _int64(flat[k + 1], 'epoch'))
+                       for k in range(0, len(flat), 2))
+    except (TypeError, ValueError, OverflowError):
+        raise exception.InvalidArgument(
+            reason='"chunks" must be a list of [volume, index, epoch] and '
+                   '"held" an object of volume: [index, epoch, index, '
+                   'epoch, ...], with 64-bit integers') from None
+    return out
+
+
 def _volume_id(value):
     if not isinstance(value, str):
         raise TypeError('a volume id is a string')
@@ -396,6 +425,7 @@ class MasterAPI:
                  legacy_full_listings=True, signature_window=auth.WINDOW,
                  replay_cache=auth.REPLAY_CACHE_SIZE,
                  accept_legacy_signatures=True, body_timeout=30.0,
+                 registration_max_body=REGISTRATION_MAX_BODY,
                  guard=None, names=None, metrics=None, **repair):
         self.store = store
         # The authorities (host:port) this master serves under: a v3
@@ -407,6 +437,7 @@ class MasterAPI:
         self.replay = auth.ReplayCache(replay_cache)
         self.accept_legacy = accept_legacy_signatures
         self.body_timeout = body_timeout
+        self.registration_max_body = registration_max_body
         # Marks the connections that sent a request (listener).
         self.guard = guard if guard is not None else \
             listener.ConnectionGuard()
@@ -544,6 +575,12 @@ class MasterAPI:
             authority=auth.host_authority(request.host, request.secure),
             names=self.names)
         self.guard.request_seen(request)
+        if request.method == 'POST' and path == REGISTRATION_PATH:
+            # A signed registration lists every replica its server
+            # holds: past 4 MiB from a few hundred thousand.  (A clone
+            # has none of the original's keys: made before they are set.)
+            request = request.clone(
+                client_max_size=self.registration_max_body)
         request[PRINCIPAL] = (name, role, signed.key)
         self._authorize(request, name, role)
         if signed.version == 1:
@@ -715,14 +752,7 @@ class MasterAPI:
 
     async def register_server(self, request):
         b = await _body(request)
-        chunks = b.get('chunks', list, [])
-        try:
-            chunks = [(_volume_id(v), _int64(int(i), 'index'),
-                       _int64(int(e), 'epoch')) for v, i, e in chunks]
-        except (TypeError, ValueError, OverflowError):
-            raise exception.InvalidArgument(
-                reason='"chunks" must be a list of [volume, index, epoch] '
-                       'with 64-bit integers') from None
+        chunks = _held_chunks(b)
         port = b.get('port', int, required=True)
         self._own_server_host(request, b.get('host', str, required=True))
         if not 0 < port < 65536:
@@ -745,6 +775,9 @@ class MasterAPI:
         self._note_usage(server['id'], b)
         return web.json_response({
             'server': server, 'stale': stale, 'orphans': orphans,
+            # What it reported, as read (a chunk server sending "held"
+            # checks that its master knows that form).
+            'reported': len(chunks),
             'generations': gens, 'snapseqs': seqs, 'snapshots': snaps,
             'heartbeat_interval': max(self.server_timeout / 3.0, 0.2),
             'server_timeout': self.server_timeout,

@@ -243,8 +243,15 @@ master_opts = [
                       'closed.'),
     cfg.FloatOpt('http_body_timeout', default=30.0, min=0.1,
                  help='Seconds an authenticated request has to send its '
-                      'body (at most 4 MiB); past that it is answered HTTP '
-                      '408 and its connection closed.'),
+                      'body (at most 4 MiB, or registration_max_body); '
+                      'past that it is answered HTTP 408 and its '
+                      'connection closed.'),
+    cfg.IntOpt('registration_max_body', default=256, min=4,
+               help='MiB a chunk server\'s registration may send, once its '
+                    'signature is checked: it lists every replica the '
+                    'server holds, about 10 bytes each (256 MiB: some 25 '
+                    'million replicas). Every other request is limited '
+                    'to 4 MiB.'),
     cfg.FloatOpt('http_idle_timeout', default=60.0, min=1.0,
                  help='Seconds an idle keep-alive connection is kept open '
                       'after its last reply (clients close theirs after 15 '

@@ -330,3 +330,54 @@ def test_names_outside_the_safe_set_are_400(store, method, path, body,
                'A-Z a-z 0-9 . _ -', 'starting with a letter')
     assert [v['name'] for v in store.list_volumes()] == ['ok']
     assert store.list_snapshots() == []
+
+
+def _registration(**fields):
+    return dict({'uuid': 'big', 'host': 'h', 'address': '127.0.0.1',
+                 'port': 9000}, **fields)
+
+
+def test_a_registration_may_list_millions_of_replicas(store):
+    """A server holding more replicas than a 4 MiB body lists sends them
+    grouped by volume ("held"); the master reads every one (and says how
+    many), and classifies them."""
+    from cinder_ursa.chunkserver import controlplane
+    vid = store.create_volume('v', 2 ** 40, replicas=1, min_replicas=1,
+                              chunk_size=4 * MiB)['id']
+    n = 400000          # ~3.9 MB as "held", ~20 MB as a list
+    chunks = [(vid, i, 1) for i in range(n)] + [('nobody', 0, 1)]
+    fields = controlplane.held_fields(chunks)
+    assert set(fields) == {'held'}
+    body = json.dumps(_registration(**fields), separators=(',', ':')).encode()
+    assert len(body) < 4 * MiB < len(json.dumps(chunks))
+    status, reply = one(store, 'POST', '/v1/chunkservers', body)
+    assert status == 200, reply
+    assert reply['reported'] == n + 1
+    # None allocated: every one is an orphan to delete.
+    assert len(reply['orphans']) == n + 1
+    # Over 4 MiB: refused elsewhere, read here up to the option.
+    big = json.dumps(_registration(
+        chunks=[[vid, i, 1] for i in range(120000)])).encode()
+    assert len(big) > 4 * MiB
+    status, reply = one(store, 'POST', '/v1/chunkservers', big)
+    assert status == 200 and reply['reported'] == 120000
+    status, _ = one(store, 'POST', '/v1/chunkservers', big,
+                    registration_max_body=4 * MiB)
+    assert status == 413
+    status, _ = one(store, 'PATCH', '/v1/volumes/v', big)
+    assert status == 413
+
+
+def test_small_servers_still_send_the_list_every_master_reads():
+    from cinder_ursa.chunkserver import controlplane
+    chunks = [('v', i, 1) for i in range(10)]
+    assert controlplane.held_fields(chunks) == {'chunks': chunks}
+
+
+@pytest.mark.parametrize('held', [
+    {'v': [1]}, {'v': [1, 'x']}, {'v': 'ab'}, {'v': [1, 2 ** 63]},
+    {'v': [1.5, 2]}, {'v': [True, 1]}])
+def test_malformed_held_replicas_are_400(store, held):
+    status, body = one(store, 'POST', '/v1/chunkservers',
+                       _registration(held=held))
+    assert status == 400 and 'held' in body['error']['message'], body
