@@ -101,6 +101,7 @@ class ChunkRecords:
         if made:
             conn.execute(models.chunks.insert(), made)
             counts = Tally()
+            counts.goal(vol.id, vol.replicas)
             for row in made:
                 counts.add(row)
             counts.apply(conn)

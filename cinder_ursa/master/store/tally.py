@@ -67,6 +67,7 @@ class Tally:
         self.lost = collections.Counter()      # key -> lost copies
         self.servers = collections.Counter()   # (id, column) -> delta
         self.counters = collections.Counter()  # name -> delta
+        self.goals = {}                         # volume id -> replicas
 
     def _row(self, row, sign):
         get = row.get if isinstance(row, dict) else row._mapping.get
@@ -98,58 +99,101 @@ class Tally:
         """A cluster counter changed (volumes, provisioned blocks...)."""
         self.counters[name] += delta
 
+    def goal(self, volume_id, replicas):
+        """The replicas ``volume_id`` asks for, known to the caller (spares
+        :meth:`apply` a read)."""
+        self.goals[volume_id] = replicas
+
     def apply(self, conn):
-        """Write the sums; the transaction of the changes counted."""
-        ct = models.chunk_tally
-        goals = {}
-        vids = {k[0] for k, n in self.states.items()
-                if n or self.lost[k]}
+        """Write the sums; the transaction of the changes counted.  A few
+        statements (each built once, see _STATEMENTS), however many rows
+        were counted."""
+        st = _statements()
+        changed = {k: (n, self.lost[k]) for k, n in self.states.items()
+                   if n or self.lost[k]}
+        vids = sorted({k[0] for k in changed})
+        missing = [v for v in vids if v not in self.goals]
+        if missing:
+            self.goals.update(conn.execute(st['goals'],
+                                           {'ids': missing}).all())
         if vids:
-            v = models.volumes
-            goals = dict(conn.execute(sa.select(v.c.id, v.c.replicas).where(
-                v.c.id.in_(sorted(vids)))).all())
+            have = {tuple(r[:4]) + (bool(r[4]),) for r in conn.execute(
+                st['keys'], {'ids': vids})}
+            rows = [{'v': k[0], 'r': k[1], 'j': k[2], 'o': k[3], 's': k[4],
+                     'n': n, 'l': lost} for k, (n, lost) in changed.items()]
+            update = [r for r, k in zip(rows, changed, strict=True)
+                      if k in have]
+            insert = [r for r, k in zip(rows, changed, strict=True)
+                      if k not in have]
+            if update:
+                conn.execute(st['update'], update)
+            if insert:
+                conn.execute(st['insert'], insert)
+            if any(n < 0 or lost < 0 for n, lost in changed.values()):
+                conn.execute(st['empty'], {'ids': vids})
         per_volume = collections.Counter()
-        for key, n in self.states.items():
-            lost = self.lost[key]
-            if not n and not lost:
-                continue
-            vid, nrep, njoin, only, resync = key
-            where = sa.and_(ct.c.volume_id == vid, ct.c.replicas == nrep,
-                            ct.c.joining == njoin, ct.c.only_server == only,
-                            ct.c.resync == resync)
-            done = conn.execute(ct.update().where(where).values(
-                chunks=ct.c.chunks + n, lost=ct.c.lost + lost))
-            if done.rowcount == 0:
-                conn.execute(ct.insert().values(
-                    volume_id=vid, replicas=nrep, joining=njoin,
-                    only_server=only, resync=resync, chunks=n, lost=lost))
+        for (vid, nrep, njoin, _only, _resync), (n, _) in changed.items():
             per_volume[vid] += n
-            goal = goals.get(vid, 0)
             self.counters[CHUNKS] += n
             self.counters[JOINING] += n * njoin
-            if nrep < goal:
+            if nrep < self.goals.get(vid, 0):
                 self.counters[DEGRADED] += n
                 if nrep == 1:
                     self.counters[ONE_COPY] += n
-        if vids:
-            conn.execute(ct.delete().where(ct.c.volume_id.in_(sorted(vids)),
-                                           ct.c.chunks == 0, ct.c.lost == 0))
-        v = models.volumes
-        for vid, n in per_volume.items():
-            if n:
-                conn.execute(v.update().where(v.c.id == vid).values(
-                    allocated_chunks=v.c.allocated_chunks + n))
-        t = models.chunkservers
-        for (sid, column), n in sorted(self.servers.items()):
-            if n:
-                conn.execute(t.update().where(t.c.id == sid).values(
-                    {column: t.c[column] + n}))
-        cc = models.cluster_counters
-        for name, n in sorted(self.counters.items()):
-            if n:
-                conn.execute(cc.update().where(cc.c.name == name).values(
-                    value=cc.c.value + n))
+        volumes = [{'v': vid, 'n': n} for vid, n in per_volume.items() if n]
+        if volumes:
+            conn.execute(st['volume'], volumes)
+        servers = collections.defaultdict(lambda: [0, 0])
+        for (sid, column), n in self.servers.items():
+            servers[sid][column == 'joining_chunks'] += n
+        servers = [{'i': sid, 'n': n, 'j': j}
+                   for sid, (n, j) in sorted(servers.items()) if n or j]
+        if servers:
+            conn.execute(st['server'], servers)
+        counters = [{'k': k, 'n': n} for k, n in sorted(self.counters.items())
+                    if n]
+        if counters:
+            conn.execute(st['counter'], counters)
         self.__init__()
+
+
+_STATEMENTS = {}
+
+
+def _statements():
+    """The statements :meth:`Tally.apply` runs, built once (SQLAlchemy
+    then reuses their compiled form: building an expression costs more
+    than running it)."""
+    if not _STATEMENTS:
+        ct, v = models.chunk_tally, models.volumes
+        t, cc = models.chunkservers, models.cluster_counters
+        p = sa.bindparam
+        key = sa.and_(ct.c.volume_id == p('v'), ct.c.replicas == p('r'),
+                      ct.c.joining == p('j'), ct.c.only_server == p('o'),
+                      ct.c.resync == p('s'))
+        _STATEMENTS.update(
+            goals=sa.select(v.c.id, v.c.replicas).where(
+                v.c.id.in_(p('ids', expanding=True))),
+            keys=sa.select(ct.c.volume_id, ct.c.replicas, ct.c.joining,
+                           ct.c.only_server, ct.c.resync).where(
+                ct.c.volume_id.in_(p('ids', expanding=True))),
+            update=ct.update().where(key).values(
+                chunks=ct.c.chunks + p('n'), lost=ct.c.lost + p('l')),
+            insert=ct.insert().values(
+                volume_id=p('v'), replicas=p('r'), joining=p('j'),
+                only_server=p('o'), resync=p('s'), chunks=p('n'),
+                lost=p('l')),
+            empty=ct.delete().where(
+                ct.c.volume_id.in_(p('ids', expanding=True)),
+                ct.c.chunks == 0, ct.c.lost == 0),
+            volume=v.update().where(v.c.id == p('v')).values(
+                allocated_chunks=v.c.allocated_chunks + p('n')),
+            server=t.update().where(t.c.id == p('i')).values(
+                chunks=t.c.chunks + p('n'),
+                joining_chunks=t.c.joining_chunks + p('j')),
+            counter=cc.update().where(cc.c.name == p('k')).values(
+                value=cc.c.value + p('n')))
+    return _STATEMENTS
 
 
 def recount(conn):
