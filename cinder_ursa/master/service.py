@@ -54,6 +54,7 @@ UNFINISHED_SWEEP = 10.0
 RESYNC_CONCURRENCY = 8      # resyncs a master has running at once
 HOLD_BACK_MAX = 600.0       # s a chunk whose source is bad waits at most
 MAX_DROPS_KEPT = 65536      # drops remembered per server between beats
+DROP_SLICE = 10000          # chunks a down server leaves per database call
 REBUILD_TIMEOUT = 600.0
 # Seconds a server a copy failed to is not chosen again (at least).
 AVOID_AFTER_FAILURE = 10.0
@@ -146,6 +147,11 @@ class MasterService:
         # Allocated bytes per chunk server and volume, from heartbeats.
         self.usage = {}
         self._usage_totals = {}     # server id -> sum of its usage
+        # Servers marked down being dropped from their replica sets:
+        # {id: the chunk key to go on after}, and their counts so far.
+        self._dropping = {}
+        self._dropped = {}
+        self._drop_task = None
         # Scrub progress per chunk server, from heartbeats.
         self.scrubs = {}
         # Disk latency per chunk server, from heartbeats, and the slow
@@ -359,12 +365,11 @@ class MasterService:
             try:
                 if await self._deaf():
                     continue
-                primaries = []
-                self._live -= set(await self.db(
-                    self.store.mark_down, self.server_timeout, primaries,
-                    self._judged()))
-                if primaries:
-                    self.resync_soon()
+                down = await self.db(
+                    self.store.mark_down, self.server_timeout, None,
+                    self._judged(), False)
+                self._live -= set(down)
+                self.drop_soon(down)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + UNFINISHED_SWEEP
                     for vid in await self.db(
@@ -373,6 +378,39 @@ class MasterService:
                         await self.gc(vid)
             except Exception:  # noqa: BLE001 - keep watching
                 LOG.exception('Checking chunk server heartbeats failed')
+
+    def drop_soon(self, servers):
+        """Drop ``servers`` (marked down) from their replica sets, a
+        slice of DROP_SLICE chunks per database call, so the requests
+        that arrive meanwhile are served between two slices."""
+        for sid in servers:
+            self._dropping.setdefault(sid, None)
+        if servers and (self._drop_task is None or self._drop_task.done()):
+            self._drop_task = asyncio.get_running_loop().create_task(
+                self._drop_slices())
+
+    async def _drop_slices(self):
+        while self._dropping and self.is_leader():
+            for sid, after in list(self._dropping.items()):
+                primaries = []
+                try:
+                    n, after = await self.db(self.store.drop_slice, sid,
+                                             after, DROP_SLICE, primaries)
+                except Exception as e:  # noqa: BLE001 - next round
+                    LOG.warning('Dropping chunk server %d from its replica '
+                                'sets failed: %s; retried', sid, e)
+                    await asyncio.sleep(1.0)
+                    continue
+                if primaries:
+                    self.resync_soon()
+                self._dropped[sid] = self._dropped.get(sid, 0) + n
+                if after is None:
+                    del self._dropping[sid]
+                    LOG.warning('Chunk server %d dropped from %d replica '
+                                'set(s)', sid, self._dropped.pop(sid))
+                else:
+                    self._dropping[sid] = after
+        self._dropping.clear()
 
     def _judged(self):
         """The servers whose silence counts (None: every one): after a
@@ -447,6 +485,12 @@ class MasterService:
                 LOG.info('No chunk server sent a heartbeat for %.0f s: a '
                          'cold start; each is given %.0f s to report',
                          time.time() - newest, self.server_startup_timeout)
+        # Servers marked down whose drop from their replica sets, a slice
+        # at a time, the previous master had not finished.
+        try:
+            self.drop_soon(await self.db(self.store.servers_to_drop))
+        except Exception as e:  # noqa: BLE001 - the next mark-down tells
+            LOG.warning('Listing the servers left to drop failed: %s', e)
         # The drops the previous master had still to tell with their
         # servers' next heartbeats died with it: every server dropped
         # from a chunk is told again (one that knows already ignores it).

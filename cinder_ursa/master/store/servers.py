@@ -30,6 +30,9 @@ LOG = logging.getLogger(__name__)
 REGISTER_BATCH = 500
 # Chunks a server leaves per statement when it is dropped from them all.
 DROP_BATCH = 1000
+# Chunks a server marked down leaves per transaction (see drop_slice):
+# about half a second of the database's time on SQLite here.
+DROP_SLICE = 10000
 # without_server's columns -> _drop_statement's parameters.
 _DROP_PARAM = {'replicas': 'r', 'joining': 'j', 'lost': 'l', 'resync': 's'}
 _DROP = []
@@ -230,12 +233,15 @@ class ServerRecords:
                 last_seen=time.time()))
         return newest
 
-    def mark_down(self, timeout, primaries=None, judged=None):
+    def mark_down(self, timeout, primaries=None, judged=None, drop=True):
         """Mark servers silent for more than ``timeout`` s down (the
         chunks whose primary one was are appended to ``primaries``);
         ``judged`` (server ids; None: all): only those may be (after a
         cold start the master gives the servers it has not heard yet
-        longer to boot)."""
+        longer to boot).  ``drop`` False: they are not dropped from
+        their replica sets here; the caller does it a slice at a time
+        (:meth:`drop_slice`), so that a server in millions of sets does
+        not hold the database for minutes."""
         t = models.chunkservers
         now = time.time()
         silent = sa.and_(t.c.state == 'up', t.c.last_seen < now - timeout)
@@ -248,12 +254,45 @@ class ServerRecords:
             for r in rows:
                 conn.execute(t.update().where(t.c.id == r.id).values(
                     state='down', down_since=time.time()))
+                if not drop:
+                    LOG.warning('Chunk server %d (%s:%d) sent no heartbeat '
+                                'for %d s: marked down; dropped from its '
+                                'replica sets next', r.id, r.address,
+                                r.port, now - r.last_seen)
+                    continue
                 dropped = self._drop_server_replicas(conn, r.id, primaries)
                 LOG.warning('Chunk server %d (%s:%d) sent no heartbeat '
                             'for %d s: marked down and dropped from %d '
                             'replica set(s)', r.id, r.address, r.port,
                             now - r.last_seen, dropped)
         return [r.id for r in rows]
+
+    def drop_slice(self, server_id, after=None, limit=DROP_SLICE,
+                   primaries=None):
+        """Drop server ``server_id``, if it is not up, from the replica
+        sets of at most ``limit`` of its chunks after key ``after``
+        (volume id, index; None: from the first); returns (replica sets
+        it left, the key to go on after, None once every chunk was
+        seen, or at once if it is up again: its memberships left are
+        those of chunks nobody wrote meanwhile, its copies current)."""
+        t = models.chunkservers
+        with self.begin() as conn:
+            state = conn.execute(sa.select(t.c.state).where(
+                t.c.id == server_id)).scalar()
+            if state in (None, 'up'):
+                return 0, None
+            return self._drop_server_replicas(
+                conn, server_id, primaries, after=after, limit=limit)
+
+    def servers_to_drop(self):
+        """Servers not up that still belong to replica sets or joining
+        copies (a master stopped while it dropped them, a slice at a
+        time): their ids."""
+        t = models.chunkservers
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(t.c.id).where(
+                t.c.state != 'up',
+                (t.c.chunks > 0) | (t.c.joining_chunks > 0))).scalars())
 
     def _failed(self, conn, server_id, address, port, failure, news=True,
                 primaries=None):
@@ -269,7 +308,8 @@ class ServerRecords:
         self.failures[server_id] = failure
 
     @staticmethod
-    def _drop_server_replicas(conn, server_id, primaries=None, live=None):
+    def _drop_server_replicas(conn, server_id, primaries=None, live=None,
+                              after=None, limit=None):
         """A down server can take no writes: remove it from every replica
         set now (epoch + 1 each), so readers and writers stop trying it and
         its replicas are known stale when it returns; it is remembered as
@@ -278,9 +318,21 @@ class ServerRecords:
         primary it was are appended to ``primaries`` (volume id, index):
         its last write may have reached some replicas only.  ``live``
         (server ids): it stays in the chunks where none of the other
-        replicas is live (its copy may be the only one left)."""
+        replicas is live (its copy may be the only one left).
+
+        Returns the replica sets it left; with ``limit``, (that, the key
+        to go on after), for the chunks after ``after`` in key order, at
+        most ``limit`` of them (see drop_slice)."""
         c = models.chunks
         pattern = '%%%d%%' % server_id
+        query = sa.select(c).where(sa.or_(c.c.replicas.like(pattern),
+                                          c.c.joining.like(pattern)))
+        if after is not None:
+            query = query.where(sa.tuple_(c.c.volume_id, c.c.idx) >
+                                sa.tuple_(sa.literal(after[0]),
+                                          sa.literal(after[1])))
+        if limit is not None:
+            query = query.order_by(c.c.volume_id, c.c.idx).limit(limit)
         n = 0
         counts = Tally()
         # The rows are read and written in this transaction, on the
@@ -289,9 +341,9 @@ class ServerRecords:
         # big cluster is in millions of sets; a statement built per row
         # took 240 us a chunk).
         changes = []
-        for row in conn.execute(sa.select(c).where(sa.or_(
-                c.c.replicas.like(pattern),
-                c.c.joining.like(pattern)))):
+        last, read = None, 0
+        for row in conn.execute(query):
+            last, read = (row.volume_id, row.idx), read + 1
             values = without_server(row, server_id)
             if not values or (live is not None and 'replicas' in values
                               and not set(split_ids(row.replicas)) - {
@@ -320,7 +372,10 @@ class ServerRecords:
                         split_ids(row.replicas)[0] == server_id):
                     primaries.append((row.volume_id, row.idx))
         counts.apply(conn)
-        return n
+        if limit is None:
+            return n
+        # A full slice: more may follow.
+        return n, (last if read == limit else None)
 
     def _set_flag(self, server_id, **flag):
         """Set a chunk server's boolean column; return its row."""

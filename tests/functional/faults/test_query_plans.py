@@ -154,6 +154,13 @@ def test_periodic_work_scans_no_chunk(store):
                               MiB, chunks=[
                                   (store.get_volume('big')['id'], i, 1)
                                   for i in range(0, 600, 3)])
+        # A server marked down leaves its sets a slice at a time.
+        sid = store.list_servers()[0]['id']
+        store.mark_down(-1, judged={sid}, drop=False)
+        n, after = store.drop_slice(sid, None, 100)
+        while after is not None:
+            n, after = store.drop_slice(sid, after, 100)
+        assert store.get_server(sid)['chunks'] == 0
     found = scans(store, recorded(store, work))
     # But the rebalancing candidates: a read of the fullest server's
     # chunks that stops at its LIMIT (servers differ here).

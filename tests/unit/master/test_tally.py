@@ -360,3 +360,37 @@ def test_the_migrations_make_the_models_schema(store):
         diff = compare_metadata(MigrationContext.configure(conn),
                                 models.metadata)
     assert diff == []
+
+
+def test_a_server_marked_down_leaves_its_sets_a_slice_at_a_time(store):
+    ids = [_register(store, n) for n in range(4)]
+    store.create_volume('a', 64 * CHUNK, replicas=3, chunk_size=CHUNK)
+    store.create_volume('b', 64 * CHUNK, replicas=2, chunk_size=CHUNK)
+    store.chunk_map('a', 0, 64, allocate=True)
+    store.chunk_map('b', 0, 64, allocate=True)
+    sid = ids[1]
+    held = store.get_server(sid)['chunks']
+    assert held > 40
+    assert store.mark_down(-1, judged={sid}, drop=False) == [sid]
+    # Marked, not dropped yet; a master taking over would go on.
+    assert store.get_server(sid)['chunks'] == held
+    assert store.servers_to_drop() == [sid]
+    after, total, slices, primaries = None, 0, 0, []
+    while True:
+        n, after = store.drop_slice(sid, after, 10, primaries)
+        total, slices = total + n, slices + 1
+        assert store.tally_drift() == {}
+        if after is None:
+            break
+    assert total == held and slices >= held // 10
+    assert store.get_server(sid)['chunks'] == 0
+    assert store.servers_to_drop() == []
+    assert primaries and all(
+        store.chunk_members(v, i)['replicas'][0] != sid
+        for v, i in primaries)
+    # A server back up is not dropped by a slice left over.
+    other = ids[2]
+    store.mark_down(-1, judged={other}, drop=False)
+    _register(store, 2)
+    assert store.drop_slice(other, None, 10) == (0, None)
+    assert store.get_server(other)['chunks'] > 0
