@@ -360,3 +360,23 @@ def test_the_migrations_make_the_models_schema(store):
         diff = compare_metadata(MigrationContext.configure(conn),
                                 models.metadata)
     assert diff == []
+
+
+def test_deleting_a_volume_already_in_the_trash_counts_it_once(store):
+    """A volume in the trash deleted again (by its id, its name is the
+    trash's now: ``DELETE /v1/volumes/<id>``, an operator's retry) stays
+    one volume in the trash: the status still lists its live clone."""
+    _register(store, 0)
+    vid = store.create_volume('a', 4 * CHUNK, replicas=1, min_replicas=1,
+                              chunk_size=CHUNK)['id']
+    store.chunk_map('a', 0, 4, allocate=True)
+    snap = store.begin_snapshot('a', 's')
+    store.finish_snapshot(snap['id'], True)
+    store.create_volume('clone', 4 * CHUNK, parent=snap['id'])
+    assert store.delete_snapshot(snap['id'])[1] == 'trash'
+    assert store.begin_delete('a')[1] == 'trash'
+    assert store.tally_drift() == {}
+    assert store.begin_delete(vid)[1] == 'trash'
+    assert store.tally_drift() == {}
+    status = store.cluster_status()
+    assert (status['volumes'], status['trash_volumes']) == (1, 1)
