@@ -267,9 +267,11 @@ class VolumeRecords:
             if snaps:
                 conn.execute(t.update().where(t.c.id == row.id).values(
                     status='trash', name=trash_name(row.id)))
-                counts = Tally()
-                counts.count(tally.TRASH, 1)
-                counts.apply(conn)
+                if row.status != 'trash':
+                    # Deleted again (by its id): in the trash once.
+                    counts = Tally()
+                    counts.count(tally.TRASH, 1)
+                    counts.apply(conn)
                 LOG.info('Volume %s moved to the trash: clones of its '
                          'deleted snapshots still read it; by %s', row.name,
                          asked())
