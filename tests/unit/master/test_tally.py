@@ -380,3 +380,22 @@ def test_deleting_a_volume_already_in_the_trash_counts_it_once(store):
     assert store.tally_drift() == {}
     status = store.cluster_status()
     assert (status['volumes'], status['trash_volumes']) == (1, 1)
+
+
+def test_a_revert_ending_after_its_volume_went_to_the_trash(store):
+    """A revert runs (the chunk servers take up to minutes) while its
+    snapshot is deleted (a clone keeps it in the trash) and then its
+    volume (to the trash too): the revert's end leaves the volume in
+    the trash, counted there, not "available" under its trash name."""
+    vid = store.create_volume('a', 4 * CHUNK, replicas=1, min_replicas=1,
+                              chunk_size=CHUNK)['id']
+    snap = store.begin_snapshot('a', 's')
+    store.finish_snapshot(snap['id'], True)
+    store.create_volume('clone', 4 * CHUNK, parent=snap['id'])
+    _, seq = store.begin_revert('a', snap['id'])
+    assert store.delete_snapshot(snap['id'])[1] == 'trash'
+    assert store.begin_delete('a')[1] == 'trash'
+    store.finish_revert(vid, seq)
+    assert store.get_volume(vid)['status'] == 'trash'
+    assert [v['name'] for v in store.list_volumes()] == ['clone']
+    assert store.tally_drift() == {}
