@@ -399,3 +399,26 @@ def test_a_revert_ending_after_its_volume_went_to_the_trash(store):
     assert store.get_volume(vid)['status'] == 'trash'
     assert [v['name'] for v in store.list_volumes()] == ['clone']
     assert store.tally_drift() == {}
+
+
+def test_a_volume_deleted_from_the_trash_once_its_snapshots_are_gone(store):
+    """Between two steps of emptying the trash (its last snapshot reaped,
+    the volume not yet), the trashed volume is deleted by its id: it
+    leaves the trash, and trash_volumes counts it no more."""
+    vid = store.create_volume('a', 4 * CHUNK, replicas=1, min_replicas=1,
+                              chunk_size=CHUNK)['id']
+    snap = store.begin_snapshot('a', 's')
+    store.finish_snapshot(snap['id'], True)
+    clone = store.create_volume('clone', 4 * CHUNK, parent=snap['id'])
+    assert store.delete_snapshot(snap['id'])[1] == 'trash'
+    assert store.begin_delete('a')[1] == 'trash'
+    assert store.begin_delete('clone')[1] == 'delete'
+    store.finish_delete(clone['id'])
+    assert store.reap()[0] == 'snapshot'
+    # The next step would take the volume; a delete comes first.
+    vol, action = store.begin_delete(vid)
+    assert action == 'delete'
+    store.finish_delete(vid)
+    assert store.reap() is None
+    assert store.tally_drift() == {}
+    assert store.cluster_status()['trash_volumes'] == 0
