@@ -278,6 +278,12 @@ class VolumeRecords:
                 return self._volume_dict(row), 'trash'
             conn.execute(t.update().where(t.c.id == row.id).values(
                 status='deleting'))
+            if row.status == 'trash':
+                # Its last snapshot was reaped, the sweep had not taken
+                # it yet: it leaves the trash here.
+                counts = Tally()
+                counts.count(tally.TRASH, -1)
+                counts.apply(conn)
         return self._volume_dict(row), 'delete'
 
     def finish_delete(self, vid):
