@@ -49,6 +49,7 @@ class KeptFigures(RuleBasedStateMachine):
         self.servers = {}       # number -> id
         self.volumes = []       # names
         self.snapshots = []     # ids
+        self.trashed = []       # ids of volumes in the trash
         self.n = 0
 
     def teardown(self):
@@ -117,6 +118,26 @@ class KeptFigures(RuleBasedStateMachine):
         vol, action = got
         if action == 'delete':
             self.store.finish_delete(vol['id'])
+        else:
+            self.trashed.append(vol['id'])
+
+    @precondition(lambda self: self.trashed)
+    @rule(data=st.data())
+    def delete_trashed(self, data):
+        """A volume in the trash deleted again, by its id."""
+        vid = data.draw(st.sampled_from(self.trashed))
+        got = self._try(self.store.begin_delete, vid)
+        if got is not None and got[1] == 'delete':
+            self.trashed.remove(vid)
+            self.store.finish_delete(vid)
+
+    @rule()
+    def reap_one_step(self):
+        """One step of emptying the trash (other changes come between
+        two)."""
+        got = self.store.reap()
+        if got is not None and got[0] == 'volume':
+            self.store.finish_delete(got[1]['id'])
 
     @rule()
     def reap(self):
