@@ -13,6 +13,7 @@ from cinder_ursa.master.store import tally
 from cinder_ursa.master.store.common import add_id
 from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import chunk_count
+from cinder_ursa.master.store.common import holds_id
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
 from cinder_ursa.master.store.tally import Tally
@@ -455,9 +456,7 @@ class ChunkRecords:
                          split_ids(r.replicas)) != goal)
             for sid, s in servers.items():
                 if s['draining'] and s['chunks']:
-                    take(sa.select(c).where(
-                        c.c.replicas.like('%%%d%%' % sid)),
-                        lambda r, sid=sid: sid in split_ids(r.replicas))
+                    take(sa.select(c).where(holds_id(c.c.replicas, sid)))
             pool = [s for s in servers.values() if s['state'] == 'up' and
                     not s['maintenance'] and not s['draining']]
             if rebalance and not rows and len(pool) > 1:
@@ -465,10 +464,11 @@ class ChunkRecords:
                 if full['chunks'] > min(s['chunks'] for s in pool) + 1:
                     # Enough for the moves of a round, whichever of
                     # them a failure domain refuses.
+                    # Its own chunks only fill the LIMIT (not those of
+                    # servers whose ids contain its id's digits).
                     take(sa.select(c).where(
-                        c.c.replicas.like('%%%d%%' % full['id'])).limit(
-                            REBALANCE_CANDIDATES * rebalance),
-                        lambda r: full['id'] in split_ids(r.replicas))
+                        holds_id(c.c.replicas, full['id'])).limit(
+                            REBALANCE_CANDIDATES * rebalance))
             chunks = [{'volume_id': r.volume_id, 'index': r.idx,
                        'epoch': r.epoch, 'replicas': split_ids(r.replicas),
                        'joining': split_ids(r.joining),

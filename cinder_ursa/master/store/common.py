@@ -4,6 +4,8 @@ of the strings kept."""
 
 import contextvars
 
+import sqlalchemy as sa
+
 from cinder_ursa import exception
 from cinder_ursa.common import units
 from cinder_ursa.protocol import chunkfile
@@ -28,6 +30,14 @@ def split_ids(text):
 
 def join_ids(ids):
     return ','.join(str(i) for i in ids)
+
+
+def holds_id(column, ident):
+    """SQL: whether the comma-separated id list ``column`` names server
+    ``ident`` (not merely an id with its digits: 1 is not in "10,11")."""
+    text = str(int(ident))
+    return sa.or_(column == text, column.like(text + ',%'),
+                  column.like('%,' + text), column.like('%,' + text + ',%'))
 
 
 def add_id(ids, ident):

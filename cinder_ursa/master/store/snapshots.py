@@ -340,7 +340,10 @@ class SnapshotRecords:
         with self.begin() as conn:
             name = conn.execute(sa.select(t.c.name).where(
                 t.c.id == vid)).scalar()
-            conn.execute(t.update().where(t.c.id == vid).values(
-                status='available'))
+            # Only from 'reverting': a volume deleted meanwhile (to the
+            # trash, or being deleted) stays so.
+            conn.execute(t.update().where(
+                t.c.id == vid, t.c.status == 'reverting').values(
+                    status='available'))
         LOG.info('Volume %s reverted to its snapshot of sequence %s, by %s',
                  name, seq, asked())

@@ -267,15 +267,23 @@ class VolumeRecords:
             if snaps:
                 conn.execute(t.update().where(t.c.id == row.id).values(
                     status='trash', name=trash_name(row.id)))
-                counts = Tally()
-                counts.count(tally.TRASH, 1)
-                counts.apply(conn)
+                if row.status != 'trash':
+                    # Deleted again (by its id): in the trash once.
+                    counts = Tally()
+                    counts.count(tally.TRASH, 1)
+                    counts.apply(conn)
                 LOG.info('Volume %s moved to the trash: clones of its '
                          'deleted snapshots still read it; by %s', row.name,
                          asked())
                 return self._volume_dict(row), 'trash'
             conn.execute(t.update().where(t.c.id == row.id).values(
                 status='deleting'))
+            if row.status == 'trash':
+                # Its last snapshot was reaped, the sweep had not taken
+                # it yet: it leaves the trash here.
+                counts = Tally()
+                counts.count(tally.TRASH, -1)
+                counts.apply(conn)
         return self._volume_dict(row), 'delete'
 
     def finish_delete(self, vid):

@@ -817,3 +817,38 @@ def test_a_heartbeat_for_an_id_that_names_another_server_is_refused(store):
     with pytest.raises(exception.NotFound):
         store.heartbeat(ids[0], 1, 0, 1, server_uuid='someone-else')
     store.heartbeat(ids[0], 1, 0, 1)     # a server that sends no uuid
+
+
+def test_the_rebalance_reads_the_fullest_servers_own_chunks(store):
+    """The repair round reads some chunks of the fullest server to move:
+    chunks of servers whose id only contains its id (10, 11 for 1) are
+    not its, and must not fill the read's LIMIT, leaving it no
+    candidate (the cluster would never rebalance)."""
+    import time
+
+    import sqlalchemy as sa
+
+    from cinder_ursa.master import models
+    from cinder_ursa.master import repair
+    ids = add_servers(store, 12, hosts='abcdefghijkl')
+    assert ids == list(range(1, 13))
+    vid = store.create_volume('v', 256 * 4 * MiB, replicas=2,
+                              min_replicas=1, chunk_size=4 * MiB)['id']
+    sets = ['10,11'] * 100 + ['1,2'] * 110 + ['1,3'] * 5
+    with store.engine.begin() as conn:
+        conn.execute(models.chunks.insert(), [
+            {'volume_id': vid, 'idx': i, 'epoch': 1, 'replicas': r,
+             'joining': '', 'lost': '', 'resync': False}
+            for i, r in enumerate(sets)])
+        assert conn.execute(sa.select(sa.func.count()).select_from(
+            models.chunks)).scalar() == 215
+    store.recount_tallies()
+    counts = {s['id']: s['chunks'] for s in store.list_servers()}
+    assert max(counts, key=lambda s: (counts[s], s)) == 1
+    assert counts[1] == 115 and counts[12] == 0
+    rebalance = 2       # [ursa_master] rebalance_moves' default
+    chunks, goals, servers = store.repair_records({}, rebalance)
+    jobs, summary = repair.plan(chunks, goals, servers, time.time(), 600,
+                                'host', rebalance=rebalance)
+    assert [j.retire for j in jobs] == [1] * rebalance, (len(chunks),
+                                                         summary)

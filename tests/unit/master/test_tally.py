@@ -49,6 +49,7 @@ class KeptFigures(RuleBasedStateMachine):
         self.servers = {}       # number -> id
         self.volumes = []       # names
         self.snapshots = []     # ids
+        self.trashed = []       # ids of volumes in the trash
         self.n = 0
 
     def teardown(self):
@@ -117,6 +118,26 @@ class KeptFigures(RuleBasedStateMachine):
         vol, action = got
         if action == 'delete':
             self.store.finish_delete(vol['id'])
+        else:
+            self.trashed.append(vol['id'])
+
+    @precondition(lambda self: self.trashed)
+    @rule(data=st.data())
+    def delete_trashed(self, data):
+        """A volume in the trash deleted again, by its id."""
+        vid = data.draw(st.sampled_from(self.trashed))
+        got = self._try(self.store.begin_delete, vid)
+        if got is not None and got[1] == 'delete':
+            self.trashed.remove(vid)
+            self.store.finish_delete(vid)
+
+    @rule()
+    def reap_one_step(self):
+        """One step of emptying the trash (other changes come between
+        two)."""
+        got = self.store.reap()
+        if got is not None and got[0] == 'volume':
+            self.store.finish_delete(got[1]['id'])
 
     @rule()
     def reap(self):
@@ -394,3 +415,65 @@ def test_a_server_marked_down_leaves_its_sets_a_slice_at_a_time(store):
     _register(store, 2)
     assert store.drop_slice(other, None, 10) == (0, None)
     assert store.get_server(other)['chunks'] > 0
+
+
+def test_deleting_a_volume_already_in_the_trash_counts_it_once(store):
+    """A volume in the trash deleted again (by its id, its name is the
+    trash's now: ``DELETE /v1/volumes/<id>``, an operator's retry) stays
+    one volume in the trash: the status still lists its live clone."""
+    _register(store, 0)
+    vid = store.create_volume('a', 4 * CHUNK, replicas=1, min_replicas=1,
+                              chunk_size=CHUNK)['id']
+    store.chunk_map('a', 0, 4, allocate=True)
+    snap = store.begin_snapshot('a', 's')
+    store.finish_snapshot(snap['id'], True)
+    store.create_volume('clone', 4 * CHUNK, parent=snap['id'])
+    assert store.delete_snapshot(snap['id'])[1] == 'trash'
+    assert store.begin_delete('a')[1] == 'trash'
+    assert store.tally_drift() == {}
+    assert store.begin_delete(vid)[1] == 'trash'
+    assert store.tally_drift() == {}
+    status = store.cluster_status()
+    assert (status['volumes'], status['trash_volumes']) == (1, 1)
+
+
+def test_a_revert_ending_after_its_volume_went_to_the_trash(store):
+    """A revert runs (the chunk servers take up to minutes) while its
+    snapshot is deleted (a clone keeps it in the trash) and then its
+    volume (to the trash too): the revert's end leaves the volume in
+    the trash, counted there, not "available" under its trash name."""
+    vid = store.create_volume('a', 4 * CHUNK, replicas=1, min_replicas=1,
+                              chunk_size=CHUNK)['id']
+    snap = store.begin_snapshot('a', 's')
+    store.finish_snapshot(snap['id'], True)
+    store.create_volume('clone', 4 * CHUNK, parent=snap['id'])
+    _, seq = store.begin_revert('a', snap['id'])
+    assert store.delete_snapshot(snap['id'])[1] == 'trash'
+    assert store.begin_delete('a')[1] == 'trash'
+    store.finish_revert(vid, seq)
+    assert store.get_volume(vid)['status'] == 'trash'
+    assert [v['name'] for v in store.list_volumes()] == ['clone']
+    assert store.tally_drift() == {}
+
+
+def test_a_volume_deleted_from_the_trash_once_its_snapshots_are_gone(store):
+    """Between two steps of emptying the trash (its last snapshot reaped,
+    the volume not yet), the trashed volume is deleted by its id: it
+    leaves the trash, and trash_volumes counts it no more."""
+    vid = store.create_volume('a', 4 * CHUNK, replicas=1, min_replicas=1,
+                              chunk_size=CHUNK)['id']
+    snap = store.begin_snapshot('a', 's')
+    store.finish_snapshot(snap['id'], True)
+    clone = store.create_volume('clone', 4 * CHUNK, parent=snap['id'])
+    assert store.delete_snapshot(snap['id'])[1] == 'trash'
+    assert store.begin_delete('a')[1] == 'trash'
+    assert store.begin_delete('clone')[1] == 'delete'
+    store.finish_delete(clone['id'])
+    assert store.reap()[0] == 'snapshot'
+    # The next step would take the volume; a delete comes first.
+    vol, action = store.begin_delete(vid)
+    assert action == 'delete'
+    store.finish_delete(vid)
+    assert store.reap() is None
+    assert store.tally_drift() == {}
+    assert store.cluster_status()['trash_volumes'] == 0
