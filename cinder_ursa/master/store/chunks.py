@@ -17,7 +17,6 @@ from cinder_ursa.master.store.common import holds_id
 from cinder_ursa.master.store.common import join_ids
 from cinder_ursa.master.store.common import split_ids
 from cinder_ursa.master.store.tally import Tally
-from cinder_ursa.protocol import chunkfile
 
 # A chunk row made here (allocation), read as a row is.
 Chunk = collections.namedtuple(
@@ -487,7 +486,7 @@ class ChunkRecords:
         # Trashed volumes are deleted ones kept for their snapshots'
         # clones: not listed, not counted.
         nvol, nchunks = n[tally.VOLUMES] - n[tally.TRASH], n[tally.CHUNKS]
-        provisioned = n[tally.PROVISIONED] * chunkfile.BLOCK
+        provisioned = tally.provisioned_bytes(n)
         degraded, one_copy = n[tally.DEGRADED], n[tally.ONE_COPY]
         joining = n[tally.JOINING]
         up = [s for s in servers if s['state'] == 'up']

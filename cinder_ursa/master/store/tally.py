@@ -10,7 +10,7 @@ figures are never out of step with the rows they count:
   copies, the server of an only replica, resync mark), with their lost
   copies: about one row per volume, what the metrics classify;
 * ``cluster_counters``: the cluster's totals (chunks, degraded, at one
-  copy, copies joining, volumes, provisioned 4 KiB blocks, volumes in
+  copy, copies joining, volumes, provisioned bytes in two parts, volumes in
   the trash), what ``GET /v1/cluster`` answers in one read;
 * ``volumes.allocated_chunks`` and ``chunkservers.chunks`` /
   ``joining_chunks``: per volume and per server.
@@ -39,15 +39,29 @@ DEGRADED = 'degraded_chunks'
 ONE_COPY = 'one_copy_chunks'
 JOINING = 'joining_replicas'
 VOLUMES = 'volumes'
-PROVISIONED = 'provisioned_blocks'     # 4 KiB blocks: no overflow
+# Provisioned bytes, in two counters: thin volumes of up to 8 EiB each
+# sum past any 64-bit column, in bytes or in blocks.  The TiB of each
+# size, and the 4 KiB blocks of what is left (under 2**28 a volume).
+PROVISIONED_TIB = 'provisioned_tib'
+PROVISIONED = 'provisioned_blocks'
 TRASH = 'trash_volumes'
-COUNTERS = (CHUNKS, DEGRADED, ONE_COPY, JOINING, VOLUMES, PROVISIONED, TRASH)
+COUNTERS = (CHUNKS, DEGRADED, ONE_COPY, JOINING, VOLUMES, PROVISIONED_TIB,
+            PROVISIONED, TRASH)
+TIB_SHIFT = 40
 
 
-def blocks(size):
-    """A volume size in the 4 KiB blocks ``provisioned_blocks`` counts
-    (sizes are multiples of a block; a sum of bytes could pass 2**63)."""
-    return size // chunkfile.BLOCK
+def provisioned_parts(size):
+    """{counter: value} of a volume size (a multiple of 4 KiB) in the
+    provisioned counters."""
+    return {PROVISIONED_TIB: size >> TIB_SHIFT,
+            PROVISIONED: (size & ((1 << TIB_SHIFT) - 1)) // chunkfile.BLOCK}
+
+
+def provisioned_bytes(counters):
+    """The provisioned bytes the counters hold (a Python int: no
+    overflow)."""
+    return (counters[PROVISIONED_TIB] << TIB_SHIFT) + \
+        counters[PROVISIONED] * chunkfile.BLOCK
 
 
 def state_key(volume_id, replicas, joining, resync):
@@ -96,8 +110,13 @@ class Tally:
         self._row(new, 1)
 
     def count(self, name, delta):
-        """A cluster counter changed (volumes, provisioned blocks...)."""
+        """A cluster counter changed (volumes, trash...)."""
         self.counters[name] += delta
+
+    def provision(self, size, sign=1):
+        """A volume of ``size`` bytes added (sign 1) or gone (-1)."""
+        for name, n in provisioned_parts(size).items():
+            self.counters[name] += sign * n
 
     def goal(self, volume_id, replicas):
         """The replicas ``volume_id`` asks for, known to the caller (spares
@@ -208,7 +227,8 @@ def recount(conn):
         goals[r.id] = r.replicas
         volumes[r.id] = 0
         counters[VOLUMES] += 1
-        counters[PROVISIONED] += blocks(r.size)
+        for name, n in provisioned_parts(r.size).items():
+            counters[name] += n
         counters[TRASH] += r.status == 'trash'
     tally = Tally()
     for r in conn.execute(sa.select(c.c.volume_id, c.c.replicas,

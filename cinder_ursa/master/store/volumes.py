@@ -87,7 +87,7 @@ class VolumeRecords:
                 multiattach=bool(multiattach)))
             counts = Tally()
             counts.count(tally.VOLUMES, 1)
-            counts.count(tally.PROVISIONED, tally.blocks(size))
+            counts.provision(size)
             counts.apply(conn)
         LOG.info('Volume %s (%s) created, %s, %d replicas%s, by %s', name,
                  vid, units.format_size(size), replicas,
@@ -303,7 +303,7 @@ class VolumeRecords:
                 counts.remove(r)
             counts.apply(conn)
             counts.count(tally.VOLUMES, -1)
-            counts.count(tally.PROVISIONED, -tally.blocks(row.size))
+            counts.provision(row.size, -1)
             counts.count(tally.TRASH, -(row.status == 'trash'))
             counts.apply(conn)
             conn.execute(models.chunk_tally.delete().where(
@@ -383,8 +383,8 @@ class VolumeRecords:
             conn.execute(t.update().where(t.c.id == vol.id).values(
                 size=size))
             counts = Tally()
-            counts.count(tally.PROVISIONED,
-                         tally.blocks(size) - tally.blocks(vol.size))
+            counts.provision(size)
+            counts.provision(vol.size, -1)
             counts.apply(conn)
         LOG.info('Volume %s resized from %s to %s, by %s', vol.name,
                  units.format_size(vol.size), units.format_size(size),

@@ -366,7 +366,9 @@ def test_provisioned_bytes_never_overflow(store, size):
     store.create_volume('x', size, replicas=1, min_replicas=1)
     store.create_volume('y', size, replicas=1, min_replicas=1)
     assert store.cluster_status()['provisioned_bytes'] == 2 * size
-    assert store.counters()[tally.PROVISIONED] == 2 * size // 4096
+    n = store.counters()
+    assert n[tally.PROVISIONED_TIB] == 2 * (size >> 40)
+    assert tally.provisioned_bytes(n) == 2 * size
 
 
 def test_the_migrations_make_the_models_schema(store):
