@@ -47,6 +47,8 @@ NUMBER_TEXT_MAX = 32
 # the one request that may be larger than 4 MiB, once signed.
 REGISTRATION_PATH = '/%s/chunkservers' % API_VERSION
 REGISTRATION_MAX_BODY = 256 * units.Mi
+# Replicas of a registration classified per database call.
+REGISTER_SLICE = 50000
 # A failed data directory's reason is kept to this many characters.
 FAILURE_MAX = 500
 # What a request was signed by: (principal, role, the key that
@@ -767,7 +769,17 @@ class MasterAPI:
             b.get('capacity', int, 0), b.get('used', int, 0),
             b.get('free', int, 0), chunks,
             failure=self._failure(b), lost_cache=lost_cache,
-            primaries=primaries, live=self.service.live_servers())
+            primaries=primaries, live=self.service.live_servers(),
+            classify=False)
+        if server['state'] != 'failed':
+            # What it holds, a slice per database call: other requests
+            # are served in between.
+            for at in range(0, len(chunks), REGISTER_SLICE):
+                more = await self.db(self.store.classify_replicas,
+                                     server['id'],
+                                     chunks[at:at + REGISTER_SLICE])
+                stale += more[0]
+                orphans += more[1]
         if primaries:
             self.service.resync_soon()
         self.service.registered(server['id'])

@@ -31,6 +31,9 @@ class Request(NamedTuple):
     body: dict = None
     params: dict = None
     result: str = None        # the reply's field to return; None: all
+    # Seconds to wait for the answer, when longer than the client's
+    # timeout (a registration of millions of replicas).
+    timeout: float = None
 
 
 class ChunkInfo:
@@ -96,8 +99,18 @@ def servers():
     return Request('GET', '/chunkservers', result='chunkservers')
 
 
+# A registration's answer is awaited this long, plus REGISTER_PER_MILLION
+# seconds per million replicas listed (the master looks them up in
+# slices between other requests: about 5 s a million on SQLite here).
+REGISTER_TIMEOUT = 30.0
+REGISTER_PER_MILLION = 30.0
+
+
 def register_server(**fields):
-    return Request('POST', '/chunkservers', fields)
+    held = len(fields.get('chunks') or ()) + sum(
+        len(v) // 2 for v in (fields.get('held') or {}).values())
+    return Request('POST', '/chunkservers', fields, timeout=(
+        REGISTER_TIMEOUT + REGISTER_PER_MILLION * held / 1e6))
 
 
 def heartbeat(server_id, usage):

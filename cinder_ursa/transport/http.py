@@ -268,7 +268,8 @@ class BlockingHttp(_Masters):
             r = urllib.request.Request(url, data=data, method=req.method,
                                        headers=headers)
             try:
-                with urllib.request.urlopen(r, timeout=self.timeout,
+                with urllib.request.urlopen(r, timeout=max(
+                        self.timeout, req.timeout or 0),
                                             context=self.tls) as resp:
                     status, text = resp.status, resp.read().decode()
             except urllib.error.HTTPError as e:
@@ -338,11 +339,16 @@ class AsyncHttp(_Masters):
         for _, base, url, headers in self.attempts(req, data):
             # encoded=True: the path and query go out as signed, not
             # requoted by yarl.
+            extra = {}
+            if req.timeout is not None and req.timeout > self.timeout:
+                extra['timeout'] = self._aiohttp.ClientTimeout(
+                    total=req.timeout)
             try:
                 async with sess.request(
                         req.method, self._yarl.URL(url, encoded=True),
                         data=data, headers=headers,
-                        ssl=tls if tls is not None else True) as resp:
+                        ssl=tls if tls is not None else True,
+                        **extra) as resp:
                     status, text = resp.status, await resp.text()
             except (self._aiohttp.ClientConnectionError, OSError) as e:
                 last = exception.UrsaConnectionError(
@@ -353,7 +359,8 @@ class AsyncHttp(_Masters):
                     e, self._aiohttp.ClientConnectorError)
                 continue
             except TimeoutError:
-                last = exception.UrsaTimeout(peer=base, seconds=self.timeout)
+                last = exception.UrsaTimeout(peer=base, seconds=max(
+                    self.timeout, req.timeout or 0))
                 failed.append(base)
                 tried['lost'] = True
                 continue

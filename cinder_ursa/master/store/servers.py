@@ -69,7 +69,8 @@ class ServerRecords:
 
     def register_server(self, server_uuid, host, rack, address, port,
                         capacity, used, free, chunks=(), failure=None,
-                        lost_cache=False, primaries=None, live=None):
+                        lost_cache=False, primaries=None, live=None,
+                        classify=True):
         """Add or update a chunk server; classify the chunks it reports.
 
         Returns ``(server, stale, orphans, generations, snapseqs,
@@ -91,6 +92,9 @@ class ServerRecords:
         may be the best left, and the crash resync compares them).  The
         chunks whose primary it was (in both cases) are appended to
         ``primaries`` (their replicas are to be compared).
+
+        ``classify`` False: ``stale`` and ``orphans`` are left empty, for
+        the caller to ask :meth:`classify_replicas` a slice at a time.
         """
         now = time.time()
         t = models.chunkservers
@@ -133,7 +137,6 @@ class ServerRecords:
             server = self._server_dict(conn.execute(
                 sa.select(t).where(t.c.id == sid)).first())
             stale, orphans = [], []
-            c = models.chunks
             vrows = conn.execute(sa.select(
                 models.volumes.c.id, models.volumes.c.lease_generation,
                 models.volumes.c.snap_seq)).all()
@@ -146,35 +149,58 @@ class ServerRecords:
                 live[r.volume_id].append(r.seq)
             snaps = {v: (seq, live.get(v, [])) for v, seq in seqs.items()
                      if v in held}
-            wanted = collections.defaultdict(list)
-            for vol, idx, _epoch in chunks:
-                if vol not in vols:
-                    orphans.append((vol, idx))
-                else:
-                    wanted[vol].append(idx)
-            # The rows of what it holds, a batch at a time (not a query
-            # per chunk: a server may hold millions).
-            for vol, indexes in wanted.items():
-                indexes.sort()
-                for at in range(0, len(indexes), REGISTER_BATCH):
-                    batch = indexes[at:at + REGISTER_BATCH]
-                    rows = {r.idx: r for r in conn.execute(sa.select(
-                        c.c.idx, c.c.replicas, c.c.joining).where(
-                            c.c.volume_id == vol,
-                            c.c.idx.between(batch[0], batch[-1]),
-                            c.c.idx.in_(batch)))}
-                    for idx in batch:
-                        crow = rows.get(idx)
-                        if crow is None:
-                            orphans.append((vol, idx))
-                        elif sid not in split_ids(crow.replicas) + \
-                                split_ids(crow.joining):
-                            # Dropped (maybe lost, kept for a catch-up):
-                            # it serves nothing until it is a replica
-                            # again.
-                            stale.append((vol, idx))
+            if classify:
+                stale, orphans = self._classify(conn, sid, chunks, vols)
             gens = {v: g for v, g in vols.items() if g}
         return server, stale, orphans, gens, seqs, snaps
+
+    def classify_replicas(self, server_id, chunks):
+        """(stale, orphans) of ``chunks`` (volume, index, epoch) a server
+        reported at its registration (see :meth:`register_server`): the
+        REST layer asks a slice at a time, each its own database call,
+        so a server holding millions does not hold the database."""
+        with self.engine.connect() as conn:
+            vids = sorted({v for v, _, _ in chunks})
+            v = models.volumes
+            known = set()
+            for at in range(0, len(vids), REGISTER_BATCH):
+                known.update(conn.execute(sa.select(v.c.id).where(
+                    v.c.id.in_(vids[at:at + REGISTER_BATCH]))).scalars())
+            return self._classify(conn, server_id, chunks, known)
+
+    @staticmethod
+    def _classify(conn, sid, chunks, vols):
+        """(stale, orphans) of reported ``chunks``; ``vols``: the volume
+        ids known (a replica of another volume is an orphan)."""
+        c = models.chunks
+        stale, orphans = [], []
+        wanted = collections.defaultdict(list)
+        for vol, idx, _epoch in chunks:
+            if vol not in vols:
+                orphans.append((vol, idx))
+            else:
+                wanted[vol].append(idx)
+        # The rows of what it holds, a batch at a time (not a query per
+        # chunk: a server may hold millions).
+        for vol, indexes in wanted.items():
+            indexes.sort()
+            for at in range(0, len(indexes), REGISTER_BATCH):
+                batch = indexes[at:at + REGISTER_BATCH]
+                rows = {r.idx: r for r in conn.execute(sa.select(
+                    c.c.idx, c.c.replicas, c.c.joining).where(
+                        c.c.volume_id == vol,
+                        c.c.idx.between(batch[0], batch[-1]),
+                        c.c.idx.in_(batch)))}
+                for idx in batch:
+                    crow = rows.get(idx)
+                    if crow is None:
+                        orphans.append((vol, idx))
+                    elif sid not in split_ids(crow.replicas) + split_ids(
+                            crow.joining):
+                        # Dropped (maybe lost, kept for a catch-up): it
+                        # serves nothing until it is a replica again.
+                        stale.append((vol, idx))
+        return stale, orphans
 
     def heartbeat(self, server_id, capacity, used, free, failure=None,
                   primaries=None, server_uuid=None):

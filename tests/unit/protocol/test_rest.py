@@ -81,7 +81,7 @@ def test_paths_are_quoted_once():
 def test_bodies_params_and_results():
     assert rest.create_volume('v', 10, replicas=None, qos={}) == (
         'POST', '/volumes', {'name': 'v', 'size': 10, 'qos': {}}, None,
-        'volume')
+        'volume', None)
     assert rest.clone('v@s', 'c', 20, replicas=2).body == {
         'name': 'c', 'snapshot': 'v@s', 'replicas': 2, 'size': 20}
     assert rest.clone('v@s', 'c').body == {'name': 'c', 'snapshot': 'v@s'}
@@ -89,13 +89,16 @@ def test_bodies_params_and_results():
     assert rest.resize('v', 5, force=0).body == {'size': 5, 'force': False}
     assert rest.update_volume('v', qos={}, multiattach=True) == (
         'PATCH', '/volumes/v', {'qos': {}, 'multiattach': True}, None,
-        'volume')
+        'volume', None)
     assert rest.acquire_lease('v', 'h', True).body == {'holder': 'h',
                                                        'force': True}
     assert rest.acquire_lease('v', 'h', ttl=9).body['ttl'] == 9
     assert rest.release_lease('v', 'h', 3) == (
         'DELETE', '/volumes/v/lease', None, {'holder': 'h',
-                                             'generation': 3}, None)
+                                             'generation': 3}, None, None)
+    # A registration waits longer, by the replicas it lists.
+    assert rest.register_server(chunks=[('v', 0, 1)]).timeout < 31
+    assert rest.register_server(held={'v': [0, 1] * 10 ** 6}).timeout == 60
     assert rest.chunk_map('v', 8, 2, True).params == {
         'start': 8, 'count': 2, 'allocate': 1}
     assert rest.attachments().path == '/attachments'
