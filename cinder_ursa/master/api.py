@@ -49,6 +49,8 @@ REGISTRATION_PATH = '/%s/chunkservers' % API_VERSION
 REGISTRATION_MAX_BODY = 256 * units.Mi
 # Replicas of a registration classified per database call.
 REGISTER_SLICE = 50000
+# Chunks one chunk-map request may allocate (a lookup reads up to 65536).
+ALLOCATE_MAX = 8192
 # A failed data directory's reason is kept to this many characters.
 FAILURE_MAX = 500
 # What a request was signed by: (principal, role, the key that
@@ -1057,6 +1059,14 @@ class MasterAPI:
             raise exception.InvalidArgument(reason='count is limited to 65536')
         allocate = request.query.get('allocate', '0').lower() in (
             '1', 'true', 'yes')
+        if allocate and count > ALLOCATE_MAX:
+            # Allocation holds the master's one database thread (some
+            # 15,000 chunks/s on SQLite): bounded well within the 5 s
+            # its election round waits for that thread.
+            raise exception.InvalidArgument(
+                reason='allocation is limited to %d chunks per request; '
+                       'ask for the rest in further requests'
+                       % ALLOCATE_MAX)
         if allocate:
             # A writer's (a host maps its clones' parents, writes none).
             await self._attached_here(request, ref)

@@ -381,3 +381,17 @@ def test_malformed_held_replicas_are_400(store, held):
     status, body = one(store, 'POST', '/v1/chunkservers',
                        _registration(held=held))
     assert status == 400 and 'held' in body['error']['message'], body
+
+
+def test_one_request_allocates_at_most_8192_chunks(store):
+    store.register_server('u', 'h', 'r', '127.0.0.1', 9000, 1, 0, 1)
+    store.create_volume('many', 2 ** 40, replicas=1, min_replicas=1,
+                        chunk_size=4 * MiB)
+    assert_400(one(store, 'GET', '/v1/volumes/many/chunks?start=0&count='
+                   '8193&allocate=1'), 'limited to 8192')
+    status, body = one(store, 'GET', '/v1/volumes/many/chunks?start=0&'
+                       'count=8192&allocate=1')
+    assert status == 200 and len(body['chunks']) == 8192
+    status, body = one(store, 'GET', '/v1/volumes/many/chunks?start=0&'
+                       'count=65536')
+    assert status == 200 and len(body['chunks']) == 8192
