@@ -79,6 +79,27 @@ class ChunkRecords:
                 'joining': [self._public(servers[i])
                             for i in split_ids(row.joining) if i in servers]}
 
+    def _chunk_dicts(self, rows, servers):
+        """:meth:`_chunk_dict` of many rows: chunks share few replica
+        sets, each turned into server entries once."""
+        public = {sid: self._public(s) for sid, s in servers.items()}
+        sets = {}
+
+        def members(text):
+            got = sets.get(text)
+            if got is None:
+                got = sets[text] = [public[i] for i in split_ids(text)
+                                    if i in public]
+            return list(got)
+        out = []
+        for row in rows:
+            if isinstance(row, dict):
+                row = Chunk(**row)
+            out.append({'index': row.idx, 'epoch': row.epoch,
+                        'replicas': members(row.replicas),
+                        'joining': members(row.joining)})
+        return out
+
     def _allocate(self, conn, vol, servers, indexes):
         """Give the chunks ``indexes`` of ``vol`` (none allocated yet)
         their replica sets: one insert, the figures kept in step; returns
@@ -145,8 +166,9 @@ class ChunkRecords:
                 made = self._allocate(conn, vol, servers, [
                     i for i in range(start, start + count) if i not in rows])
                 rows.update((r['idx'], r) for r in made)
-            out = [self._chunk_dict(rows[i], servers)
-                   for i in range(start, start + count) if i in rows]
+            out = self._chunk_dicts(
+                [rows[i] for i in range(start, start + count) if i in rows],
+                servers)
         if made:
             # DEBUG: one per chunk a writer first writes (thousands per
             # volume written through); the replica set changes after are
