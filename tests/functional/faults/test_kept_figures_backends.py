@@ -7,7 +7,6 @@ import uuid
 import pytest
 
 from cinder_ursa.master import models
-from cinder_ursa.master import store as store_mod
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -15,16 +14,9 @@ pytestmark = pytest.mark.timeout(180)
 LARGEST = 2 ** 63 - 4096
 
 
-@pytest.fixture(params=['sqlite', 'mariadb', 'postgresql'])
-def store(request, tmp_path):
-    if request.param == 'sqlite':
-        url = 'sqlite:///%s' % (tmp_path / 'm.sqlite')
-    else:
-        url = request.getfixturevalue(request.param).new_database()
-    s = store_mod.MetadataStore(url)
-    s.upgrade()
-    yield s
-    s.close()
+@pytest.fixture
+def store(any_store):
+    return any_store
 
 
 def test_provisioned_bytes_of_thousands_of_the_largest_volumes(store):

@@ -8,7 +8,6 @@ import pytest
 
 from cinder_ursa import exception
 from cinder_ursa.master import models
-from cinder_ursa.master import store as store_mod
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -17,22 +16,16 @@ NAMES = ['db-01', 'DB-02', 'db_03', 'dbx04', 'web-01', 'Web_db', 'a', 'B',
          'z-9', '_x', 'vol.1', 'vol-1', 'vol1']
 
 
-@pytest.fixture(params=['sqlite', 'mariadb', 'postgresql'])
-def store(request, tmp_path):
-    if request.param == 'sqlite':
-        url = 'sqlite:///%s' % (tmp_path / 'm.sqlite')
-    else:
-        url = request.getfixturevalue(request.param).new_database()
-    s = store_mod.MetadataStore(url)
-    s.upgrade()
+@pytest.fixture
+def store(any_store):
+    s = any_store
     for n in NAMES:
         s.create_volume(n, 4 * MiB, chunk_size=4 * MiB)
     with s.begin() as conn:
         # A name from before the naming rule, with a LIKE wildcard.
         conn.execute(models.volumes.update().where(
             models.volumes.c.name == 'a').values(name='a%b'))
-    yield s
-    s.close()
+    return s
 
 
 def names(vols):

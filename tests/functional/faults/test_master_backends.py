@@ -103,19 +103,6 @@ def test_new_term_waits_for_the_old_leaders_open_write(request, backend):
         b.close()
 
 
-@pytest.fixture(params=['sqlite', 'mariadb', 'postgresql'])
-def any_store(request, tmp_path):
-    """An upgraded store on SQLite, MariaDB, then PostgreSQL."""
-    if request.param == 'sqlite':
-        url = 'sqlite:///%s' % (tmp_path / 'm.sqlite')
-    else:
-        url = request.getfixturevalue(request.param).new_database()
-    s = store_mod.MetadataStore(url)
-    s.upgrade()
-    yield s
-    s.close()
-
-
 def test_strings_no_database_keeps_are_refused_alike(any_store):
     """A NUL character (PostgreSQL stores none) or a string longer than
     its column (MySQL and PostgreSQL refuse it, SQLite keeps it) is an

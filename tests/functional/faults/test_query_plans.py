@@ -23,8 +23,6 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from cinder_ursa.master import store as store_mod
-
 pytestmark = pytest.mark.timeout(300)
 
 MiB = 1024 * 1024
@@ -32,14 +30,9 @@ CHUNK = 4 * MiB
 BIG = ('chunks', 'volumes', 'chunk_tally', 'snapshots')
 
 
-@pytest.fixture(params=['sqlite', 'mariadb', 'postgresql'])
-def store(request, tmp_path):
-    if request.param == 'sqlite':
-        url = 'sqlite:///%s' % (tmp_path / 'm.sqlite')
-    else:
-        url = request.getfixturevalue(request.param).new_database()
-    s = store_mod.MetadataStore(url)
-    s.upgrade()
+@pytest.fixture
+def store(any_store):
+    s = any_store
     for n in range(4):
         s.register_server('u%d' % n, 'h%d' % n, 'r', '127.0.0.1', 9000 + n,
                           MiB, 0, MiB)
@@ -57,8 +50,7 @@ def store(request, tmp_path):
                 conn.execute(sa.text(
                     'ANALYZE TABLE %s' % t if s.engine.dialect.name ==
                     'mysql' else 'ANALYZE %s' % t))
-    yield s
-    s.close()
+    return s
 
 
 def recorded(store, work):
