@@ -107,6 +107,13 @@ class MasterService:
             key, guard=self._command_guard, deposed=self._told_deposed)
         self._db = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix='ursa-db')
+        # The election's reads and term changes, on a thread of their
+        # own: a backlog of requests on the database thread (thirty
+        # chunk servers registering their millions of replicas after a
+        # restart) must not cost the leader its term, only a database
+        # that does not answer.
+        self._election_db = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='ursa-election')
         self._monitor = None
         self._announcing = None
         # Set once the unfinished snapshots of the master that ran before
@@ -171,6 +178,12 @@ class MasterService:
         return await loop.run_in_executor(
             self._db, contextvars.copy_context().run, call)
 
+    async def _election_call(self, fn, *args, **kwargs):
+        """Run ``fn`` (a store method of the election) on the election's
+        database thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._election_db, functools.partial(fn, *args, **kwargs))
+
     def start(self):
         if self.coordination_url is None:
             self._start_loops()
@@ -201,6 +214,7 @@ class MasterService:
         self._stop_loops()
         self.chunkservers.close()
         self._db.shutdown(wait=True)
+        self._election_db.shutdown(wait=True)
 
     # --- leader election -------------------------------------------------
 
@@ -208,7 +222,7 @@ class MasterService:
         """Take part in leader election as ``url`` (this master's API);
         return after the first round (a lone master is then leader)."""
         self.elector = election.Elector(
-            self.store, self.db, url, self.coordination_url,
+            self.store, self._election_call, url, self.coordination_url,
             self.renew_deadline, on_elected=self._elected,
             on_deposed=self._deposed)
         try:
