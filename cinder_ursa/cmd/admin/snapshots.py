@@ -6,9 +6,8 @@ from cliff import command
 from cliff import lister
 from cliff import show
 
-from cinder_ursa.cmd.admin.volumes import positive
+from cinder_ursa.cmd.admin.volumes import add_paging_arguments
 from cinder_ursa.common import units
-from cinder_ursa.protocol import paging
 
 
 def _fmt_snapshot(s):
@@ -50,31 +49,11 @@ class SnapshotList(lister.Lister):
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
         p.add_argument('--volume', help='Only this volume\'s snapshots.')
-        p.add_argument('--limit', type=positive,
-                       help='Show at most LIMIT snapshots; if there are '
-                            'more, the marker to go on from is printed on '
-                            'stderr.')
-        p.add_argument('--marker', metavar='VOLUME@NAME',
-                       help='Start after this snapshot (volume@name or id): '
-                            'the last one of the previous page.')
-        p.add_argument('--name-prefix', metavar='PREFIX',
-                       help='Only snapshots whose name starts with PREFIX '
-                            '(ignoring case).')
-        p.add_argument('--name-contains', metavar='TEXT',
-                       help='Only snapshots whose name contains TEXT '
-                            '(ignoring case).')
-        p.add_argument('--status', action='append',
-                       choices=('creating', 'available'),
-                       help='Only snapshots with this status (repeat it for '
-                            'several).')
-        p.add_argument('--sort-dir', choices=('asc', 'desc'),
-                       default='asc',
-                       help='Volume name and age order (asc, the default) '
-                            'or its reverse (desc).')
-        p.add_argument('--page-size', type=positive,
-                       help='Snapshots asked for per request (default %d; '
-                            'the master\'s [ursa_master] max_list_limit '
-                            'caps it).' % paging.PAGE_SIZE)
+        add_paging_arguments(
+            p, 'snapshots', ('creating', 'available'),
+            marker_help='Start after this snapshot (volume@name or id): '
+                        'the last one of the previous page.',
+            order='Volume name and age order', marker_metavar='VOLUME@NAME')
         return p
 
     def take_action(self, args):

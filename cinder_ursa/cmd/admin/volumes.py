@@ -72,6 +72,33 @@ class VolumeCreate(show.ShowOne):
         return tuple(v), tuple(v.values())
 
 
+def add_paging_arguments(p, what, statuses, marker_help, order,
+                         marker_metavar=None):
+    """The options of a paged listing (``ursa volume list``, ``ursa
+    snapshot list``): --limit, --marker, the filters, --sort-dir and
+    --page-size; ``what``: the plural of the listed items."""
+    p.add_argument('--limit', type=positive,
+                   help='Show at most LIMIT %s; if there are more, the '
+                        'marker to go on from is printed on stderr.' % what)
+    p.add_argument('--marker', metavar=marker_metavar, help=marker_help)
+    p.add_argument('--name-prefix', metavar='PREFIX',
+                   help='Only %s whose name starts with PREFIX (ignoring '
+                        'case).' % what)
+    p.add_argument('--name-contains', metavar='TEXT',
+                   help='Only %s whose name contains TEXT (ignoring case).'
+                   % what)
+    p.add_argument('--status', action='append', choices=statuses,
+                   help='Only %s with this status (repeat it for several).'
+                   % what)
+    p.add_argument('--sort-dir', choices=('asc', 'desc'), default='asc',
+                   help='%s (asc, the default) or its reverse (desc).'
+                   % order)
+    p.add_argument('--page-size', type=positive,
+                   help='%s asked for per request (default %d; the '
+                        'master\'s [ursa_master] max_list_limit caps it).'
+                   % (what.capitalize(), paging.PAGE_SIZE))
+
+
 def positive(text):
     """An argparse type: an integer of 1 or more (--limit, --page-size)."""
     try:
@@ -94,31 +121,11 @@ class VolumeList(lister.Lister):
 
     def get_parser(self, prog_name):
         p = super().get_parser(prog_name)
-        p.add_argument('--limit', type=positive,
-                       help='Show at most LIMIT volumes; if there are more, '
-                            'the marker to go on from is printed on '
-                            'stderr.')
-        p.add_argument('--marker',
-                       help='Start after this volume (name or id): the last '
-                            'one of the previous page.')
-        p.add_argument('--name-prefix', metavar='PREFIX',
-                       help='Only volumes whose name starts with PREFIX '
-                            '(ignoring case).')
-        p.add_argument('--name-contains', metavar='TEXT',
-                       help='Only volumes whose name contains TEXT '
-                            '(ignoring case).')
-        p.add_argument('--status', action='append',
-                       choices=('available', 'reverting', 'deleting'),
-                       help='Only volumes with this status (repeat it for '
-                            'several).')
-        p.add_argument('--sort-dir', choices=('asc', 'desc'),
-                       default='asc',
-                       help='Name order (asc, the default) or its reverse '
-                            '(desc).')
-        p.add_argument('--page-size', type=positive,
-                       help='Volumes asked for per request (default %d; '
-                            'the master\'s [ursa_master] max_list_limit '
-                            'caps it).' % paging.PAGE_SIZE)
+        add_paging_arguments(
+            p, 'volumes', ('available', 'reverting', 'deleting'),
+            marker_help='Start after this volume (name or id): the last '
+                        'one of the previous page.',
+            order='Name order')
         return p
 
     def take_action(self, args):
