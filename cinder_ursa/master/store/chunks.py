@@ -70,14 +70,7 @@ class ChunkRecords:
     """Part of :class:`MetadataStore` (see the package)."""
 
     def _chunk_dict(self, row, servers):
-        if isinstance(row, dict):
-            row = Chunk(**row)
-        ids = split_ids(row.replicas)
-        return {'index': row.idx, 'epoch': row.epoch,
-                'replicas': [self._public(servers[i]) for i in ids
-                             if i in servers],
-                'joining': [self._public(servers[i])
-                            for i in split_ids(row.joining) if i in servers]}
+        return self._chunk_dicts([row], servers)[0]
 
     def _chunk_dicts(self, rows, servers):
         """:meth:`_chunk_dict` of many rows: chunks share few replica
