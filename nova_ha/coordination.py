@@ -8,10 +8,12 @@ from tooz import coordination
 LOG = logging.getLogger(__name__)
 
 
-def start(conf, member_id):
+def start(conf, member_id, heart=True):
+    """A started coordinator; ``heart=False``: its owner heartbeats (and
+    so knows when a heartbeat last got through)."""
     coord = coordination.get_coordinator(
         conf.coordination.backend_url, member_id.encode())
-    coord.start(start_heart=True)
+    coord.start(start_heart=heart)
     return coord
 
 

@@ -31,6 +31,11 @@ hosts = sa.Table(
     sa.Column('enable_requested', sa.Boolean, nullable=False,
               default=False),
     sa.Column('updated_at', sa.Double, nullable=False),
+    # The storage heartbeat: the interval its agent announced (kept once
+    # the agent is gone; None: it sends none), and what the Ursa master
+    # last said of it (alive | lost | unknown | none).
+    sa.Column('storage_heartbeat', sa.Double, nullable=True),
+    sa.Column('storage', sa.String(16), nullable=True),
 )
 
 recoveries = sa.Table(
@@ -47,6 +52,9 @@ recoveries = sa.Table(
     sa.Column('finished_at', sa.Double, nullable=True),
     sa.Column('fenced_by', sa.String(255), nullable=True),
     sa.Column('message', sa.Text, nullable=True),
+    # The timeline: fenced, then Nova's compute service forced down.
+    sa.Column('fenced_at', sa.Double, nullable=True),
+    sa.Column('disabled_at', sa.Double, nullable=True),
 )
 
 instances = sa.Table(
@@ -102,6 +110,28 @@ class Store:
                 if attempt == 49:
                     raise
                 time.sleep(0.05)
+        self._add_columns()
+
+    def _add_columns(self):
+        """Columns of this release missing from a database an older one
+        made (create_all adds tables, not columns); each is nullable."""
+        have = sa.inspect(self.engine)
+        for table in metadata.sorted_tables:
+            present = {c['name'] for c in have.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in present:
+                    continue
+                ddl = 'ALTER TABLE %s ADD COLUMN %s %s' % (
+                    table.name, col.name,
+                    col.type.compile(dialect=self.engine.dialect))
+                with self.engine.begin() as conn:
+                    try:
+                        conn.execute(sa.text(ddl))
+                    except sa.exc.OperationalError:
+                        # Another process added it meanwhile.
+                        if col.name not in {c['name'] for c in sa.inspect(
+                                conn).get_columns(table.name)}:
+                            raise
 
     # --- control -----------------------------------------------------------
 

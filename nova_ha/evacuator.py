@@ -1,11 +1,20 @@
 """nova-ha-evacuator: runs on two or more controllers; the one holding the
 tooz leader lock acts.
 
-Each poll the leader compares two independent views of every compute host:
-its agent's membership of the tooz group (heartbeat expiry) and Nova's
-nova-compute service state.  A host both have given up on for the grace
-period is failed (optionally only if it also stopped renewing its Ursa
-leases).  Its recovery then goes, one persisted step after the other,
+Each poll the leader judges every compute host by its two heartbeats,
+neither of them Nova's: its agent's membership of the tooz group (the
+network heartbeat) and its agent's heartbeats to the Ursa master (the
+storage heartbeat, lost after ``storage_timeout``).  A host that lost
+both is *suspect*, and failed once it stays so for ``grace_period`` (at
+once if Nova also reports its nova-compute down: a third signal, which
+only ever speeds things up).  One lost and the other alive is
+*degraded*: shown, never acted on.  A host that sends no storage
+heartbeat (or while the Ursa master cannot say) is failed the old way:
+agent gone and nova-compute down for the grace period.  Many hosts'
+storage heartbeats lost at once trip the mass-failure guard (the master
+is out of their reach, not every host dead).
+
+A failed host's recovery then goes, one persisted step after the other,
 through::
 
     fencing -> disabling -> evacuating -> done | failed
@@ -32,6 +41,7 @@ import socket
 import threading
 import time
 
+from cinder_ursa import exception as ursa_exc
 from nova_ha import coordination
 from nova_ha import db
 from nova_ha import fence as fence_mod
@@ -49,8 +59,11 @@ EVACUATORS_GROUP = 'nova-ha-evacuators'
 
 class Evacuator(recovery.RecoveryMixin):
     def __init__(self, conf, nova, store, fences, metrics=None,
-                 member_id=None):
+                 member_id=None, storage=None):
         self.conf = conf
+        # The Ursa master that keeps the hosts' storage heartbeats (a
+        # MasterClient), or None.
+        self.storage = storage
         self.ev = conf.evacuator
         self.nova = nova
         self.store = store
@@ -151,11 +164,17 @@ class Evacuator(recovery.RecoveryMixin):
         self.store.set_control('leader', {'member': self.member_id,
                                           'at': now})
         services = {s['host']: s for s in self.nova.compute_services()}
+        view = self._storage_view()
         known = self.store.hosts()
         active = {r['host']: r for r in self.store.recoveries(active=True)}
+        storage = {}
         for host, svc in services.items():
-            self._observe(host, svc, members.get(host), known.get(host),
-                          active, services, now)
+            storage[host] = self._observe(host, svc, members.get(host),
+                                          known.get(host), active, services,
+                                          view, now)
+        self._guard_storage({h for h, s in storage.items() if s == 'lost'},
+                            {h for h, s in storage.items()
+                             if s in ('alive', 'lost')})
         paused = self.store.paused()
         self.metrics.paused.set(1 if paused else 0)
         if paused:
@@ -173,7 +192,45 @@ class Evacuator(recovery.RecoveryMixin):
             counts[h['state']] = counts.get(h['state'], 0) + 1
         self.metrics.set_hosts(counts)
 
-    def _observe(self, host, svc, caps, known, active, services, now):
+    def _storage_view(self):
+        """The Ursa master's view of the hosts' storage heartbeats
+        ({'leading_for', 'hosts'}), or None when there is no master to
+        ask or it does not answer (every host's storage heartbeat is then
+        unknown)."""
+        if self.storage is None:
+            return None
+        try:
+            view = self.storage.host_heartbeats()
+        except ursa_exc.UrsaError as e:
+            self.metrics.storage_up.set(0)
+            self._say('storage', logging.ERROR,
+                      'ALERT The Ursa master does not answer (%s): the '
+                      'storage heartbeats of every host are unknown, so '
+                      'hosts are judged by their agent and Nova alone', e)
+            return None
+        self.metrics.storage_up.set(1)
+        if self._said.pop('storage', None):
+            LOG.warning('The Ursa master answers again: storage heartbeats '
+                        'are judged again')
+        return view
+
+    def _storage_state(self, host, interval, view):
+        """alive | lost | unknown | none (the host sends none)."""
+        if interval is None:
+            return 'none'
+        if view is None:
+            return 'unknown'
+        beat = view['hosts'].get(host)
+        if beat is not None and beat['age'] < self.ev.storage_timeout:
+            return 'alive'
+        if view['leading_for'] < self.ev.storage_timeout:
+            # A master that took the lead (or started) this recently has
+            # not heard every host yet.
+            return 'unknown'
+        return 'lost'
+
+    def _observe(self, host, svc, caps, known, active, services, view,
+                 now):
         in_group = caps is not None
         nova_down = svc['state'] == 'down'
         prev = known['state'] if known else None
@@ -183,6 +240,11 @@ class Evacuator(recovery.RecoveryMixin):
         agent_maint = (caps.get('maintenance') if in_group else
                        known and known['agent_maintenance'])
         maintenance = (known and known['maintenance']) or agent_maint
+        # Whether it sends a storage heartbeat, its agent said (and that
+        # outlives the agent too).
+        interval = (caps.get('storage_heartbeat') if in_group else
+                    known and known['storage_heartbeat'])
+        storage = self._storage_state(host, interval, view)
         note = None
         if host in active:
             state = 'failed'
@@ -196,20 +258,38 @@ class Evacuator(recovery.RecoveryMixin):
             state = 'returned' if in_group else 'failed'
             note = ('agent back; "nova-ha host enable %s" re-enables it'
                     % host if in_group else 'instances evacuated')
-        elif not in_group and nova_down:
+        elif not in_group and (storage == 'lost' or (
+                storage in ('none', 'unknown') and nova_down)):
+            # Both heartbeats lost (or, without a storage heartbeat to
+            # judge, the agent gone and Nova's nova-compute down).
             state = 'suspect'
+            why = ('agent gone from the group and storage heartbeat lost'
+                   if storage == 'lost' else
+                   'agent gone from the group and nova-compute down '
+                   '(storage heartbeat %s)' % storage)
+            # Nova agreeing (a third signal) skips the grace period.
+            grace = 0 if storage == 'lost' and nova_down else \
+                self.ev.grace_period
             if prev != 'suspect':
                 since = now
-                LOG.warning('Host %s: agent gone from the group and '
-                            'nova-compute down; failed if it stays so for '
-                            '%.0f s', host, self.ev.grace_period)
-            elif now - since >= self.ev.grace_period:
+                LOG.warning('Host %s: %s; failed if it stays so for %.0f s',
+                            host, why, grace)
+            if now - since >= grace:
                 state, note = self._confirm_failed(host, since, services,
                                                    now)
-        elif not in_group or nova_down:
+            else:
+                note = why
+        elif not in_group or nova_down or storage == 'lost':
             state = 'degraded'
-            note = ('agent gone, nova-compute up' if not in_group else
-                    'nova-compute down, agent alive')
+            if not in_group:
+                note = 'agent gone from the group, %s' % (
+                    'storage heartbeat alive' if storage == 'alive' else
+                    'nova-compute up (storage heartbeat %s)' % storage)
+            elif storage == 'lost':
+                note = ('storage heartbeat lost, agent in the group (the '
+                        'host does not reach the Ursa master?)')
+            else:
+                note = 'nova-compute down, agent alive'
         else:
             state = 'ok'
             if not caps.get('healthy', True):
@@ -225,7 +305,29 @@ class Evacuator(recovery.RecoveryMixin):
             host, state=state, since=since, in_group=in_group,
             nova_state=svc['state'], nova_status=svc['status'],
             health=None if caps is None else str(caps.get('checks')),
-            agent_maintenance=agent_maint or None, note=note)
+            agent_maintenance=agent_maint or None, note=note,
+            storage_heartbeat=interval, storage=storage)
+        # (A host recovered, or in maintenance, is not watched.)
+        return storage if state in ('ok', 'degraded', 'suspect') else None
+
+    def _guard_storage(self, lost, beating):
+        """Many hosts' storage heartbeats lost at once point to the Ursa
+        master (out of their reach), not to dead hosts: pause."""
+        total = len(beating)
+        if len(lost) < 2 or not total:
+            return
+        mass = (self.ev.mass_failure_hosts
+                and len(lost) > self.ev.mass_failure_hosts) or \
+            len(lost) / total > self.ev.mass_failure_fraction
+        if mass and not self.store.paused():
+            reason = ('mass failure: the storage heartbeats of %d of %d '
+                      'hosts are lost (%s); the Ursa master is likelier out '
+                      'of their reach than the hosts dead'
+                      % (len(lost), total, ', '.join(sorted(lost))))
+            self.store.pause(reason, by='mass-failure guard')
+            self.metrics.guard_trips.inc()
+            LOG.critical('ALERT %s. Nothing is fenced or evacuated until an '
+                         'operator checks and runs "nova-ha resume"', reason)
 
     def _confirm_failed(self, host, since, services, now):
         if self.ev.ursa_second_opinion:

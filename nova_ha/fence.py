@@ -76,11 +76,16 @@ class CommandFence:
         pass
 
 
+def ursa_configured(conf):
+    """Whether [ursa] says how to reach the master: its URL and a key."""
+    return bool(conf.ursa.master_url and (
+        conf.ursa.cluster_key_file or conf.ursa.cluster_key
+        or conf.ursa.principal_key_file))
+
+
 def fences_from_conf(conf):
     fences = []
-    if conf.evacuator.use_ursa_fencing and conf.ursa.master_url and (
-            conf.ursa.cluster_key_file or conf.ursa.cluster_key
-            or conf.ursa.principal_key_file):
+    if conf.evacuator.use_ursa_fencing and ursa_configured(conf):
         fences.append(UrsaFence.from_conf(conf))
     if conf.evacuator.fence_command:
         fences.append(CommandFence(conf.evacuator.fence_command,

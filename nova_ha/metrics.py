@@ -21,6 +21,9 @@ class Metrics:
         self.coordination_up = prom.Gauge(
             'nova_ha_coordination_up',
             '1 while the tooz backend answers', registry=r)
+        self.storage_up = prom.Gauge(
+            'nova_ha_storage_up', '1 while the Ursa master answers for the '
+            'hosts\' storage heartbeats', registry=r)
         self.paused = prom.Gauge(
             'nova_ha_paused', '1 while recoveries are paused (mass-failure '
             'guard or operator)', registry=r)

@@ -136,3 +136,10 @@ def server_props(server):
     props = dict((server.get('flavor') or {}).get('extra_specs') or {})
     props.update(server.get('metadata') or {})
     return props
+
+
+def selected(props, policy, ha_key):
+    """Whether ``policy`` (all, ha_enabled) selects an instance of these
+    properties (:func:`server_props`) for evacuation."""
+    return policy == 'all' or str(props.get(ha_key, '')).strip().lower() \
+        in ('1', 'true', 'yes', 'on')

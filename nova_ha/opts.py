@@ -29,17 +29,20 @@ coordination_group = cfg.OptGroup(
          'evacuator.')
 coordination_opts = [
     cfg.StrOpt('backend_url',
-               default='file://$state_path/coordination?timeout=10',
+               default='file://$state_path/coordination?timeout=8',
                help='tooz backend URL.  The file driver suits one machine; '
                     'production uses etcd3+http://, zookeeper:// or '
                     'redis:// on the controllers.  How long a silent '
                     'member stays in the group is the URL\'s "timeout" '
                     '(file, etcd3) or "membership_timeout" (redis) '
-                    'parameter.'),
+                    'parameter: 8 s, as [evacuator] storage_timeout, '
+                    'makes host death to instances ACTIVE elsewhere under '
+                    '30 s (see the nova_ha guide for what it costs).'),
     cfg.StrOpt('group', default='nova-ha-computes',
                help='tooz group the agents join.'),
     cfg.FloatOpt('heartbeat_interval', default=1.0, min=0.1,
-                 help='Seconds between tooz heartbeats.'),
+                 help='Seconds between the agent\'s tooz heartbeats (its '
+                      'network heartbeat).'),
 ]
 
 agent_group = cfg.OptGroup('agent', title='nova-ha-agent',
@@ -51,6 +54,46 @@ agent_opts = [
                     '[DEFAULT] host).  It is the agent\'s tooz member id.'),
     cfg.FloatOpt('check_interval', default=2.0, min=0.1,
                  help='Seconds between local health checks.'),
+    cfg.FloatOpt('storage_heartbeat_interval', default=1.0, min=0.1,
+                 max=60.0,
+                 help='Seconds between the host\'s storage heartbeats to '
+                      'the Ursa master ([ursa] master_url): the second '
+                      'heartbeat, on a path independent of the coordination '
+                      'backend.  The evacuator fails a host only once both '
+                      'are silent.'),
+    cfg.FloatOpt('isolation_timeout', default=10.0, min=1.0,
+                 help='Seconds without any heartbeat getting through '
+                      '(neither the coordination backend nor the Ursa '
+                      'master) after which this host takes itself for '
+                      'isolated and applies isolation_response.  Between '
+                      'the evacuator\'s storage_timeout and storage_timeout '
+                      '+ grace_period, so the response comes before the '
+                      'fence.  Needs the storage heartbeat.'),
+    cfg.StrOpt('isolation_response', default='stop',
+               choices=[('stop', 'stop the HA instances (with '
+                                 'stop_instance_command): they are '
+                                 'restarted elsewhere, and nothing runs '
+                                 'twice when the link comes back'),
+                        ('leave_running', 'leave them running: their '
+                                          'writes are refused from the '
+                                          'fence on')],
+               help='What an isolated host (or one nova_ha fenced) does '
+                    'with its HA instances.'),
+    cfg.StrOpt('isolation_check_command', default='',
+               help='Command run when both heartbeats are lost: exit 0 '
+                    'means this host still reaches its network (e.g. '
+                    '"ping -c 1 -W 1 <gateway>"), so the controllers are '
+                    'down, not this host\'s link, and no isolation '
+                    'response is applied.  Empty: none.'),
+    cfg.StrOpt('stop_instance_command',
+               default='virsh -c qemu:///system destroy {uuid}',
+               help='Command that stops one instance, run with {uuid} (the '
+                    'instance and its libvirt domain) and {name} replaced.'),
+    cfg.FloatOpt('instances_refresh', default=60.0, min=1.0,
+                 help='Seconds between the agent\'s reads of its host\'s HA '
+                      'instances from Nova (its [nova] section; the '
+                      '[evacuator] policy and ha_key select them), kept '
+                      'for the isolation response.'),
     cfg.StrOpt('nova_compute_process', default='nova-compute',
                help='A string the nova-compute process has in its command '
                     'line; empty: not checked.'),
@@ -59,8 +102,10 @@ agent_opts = [
                     '"virsh -c qemu:///system version"; empty: not '
                     'checked.'),
     cfg.BoolOpt('check_storage', default=True,
-                help='Report whether the Ursa master answers ([ursa] '
-                     'master_url).'),
+                help='Send the storage heartbeat to the Ursa master ([ursa] '
+                     'master_url, with a key: best a host principal named '
+                     'after this host) and report whether it gets '
+                     'through.'),
     cfg.StrOpt('maintenance_file', default='$state_path/maintenance',
                help='While this file exists the agent reports its host in '
                     'maintenance (its text is the reason): nova_ha never '
@@ -77,17 +122,26 @@ evacuator_opts = [
                     'shared by every evacuator (and the nova-ha CLI), so a '
                     'new leader picks up unfinished work.  Use MySQL when '
                     'evacuators run on several controllers.'),
-    cfg.FloatOpt('poll_interval', default=2.0, min=0.1,
+    cfg.FloatOpt('poll_interval', default=1.0, min=0.1,
                  help='Seconds between checks of group membership and of '
                       'Nova\'s compute services.'),
-    cfg.FloatOpt('grace_period', default=30.0, min=0,
-                 help='Seconds a host must stay failed (agent gone from the '
-                      'group AND its nova-compute service down) before it '
-                      'is fenced and evacuated.'),
+    cfg.FloatOpt('grace_period', default=5.0, min=0,
+                 help='Seconds a host must stay suspect (both of its '
+                      'heartbeats lost: its agent gone from the group AND '
+                      'its storage heartbeat silent for storage_timeout) '
+                      'before it is fenced and evacuated.  Skipped when '
+                      'Nova reports its nova-compute down too.  A host that '
+                      'sends no storage heartbeat needs its agent gone and '
+                      'Nova\'s nova-compute down instead.'),
+    cfg.FloatOpt('storage_timeout', default=8.0, min=1.0,
+                 help='Seconds without a storage heartbeat (the agents\' '
+                      'heartbeats to the Ursa master) after which a host\'s '
+                      'storage heartbeat counts as lost.  Keep it above a '
+                      'few of the agents\' storage_heartbeat_interval.'),
     cfg.BoolOpt('ursa_second_opinion', default=False,
                 help='Also require that the host holds no live Ursa lease '
-                     '(it stopped renewing them) before declaring it '
-                     'failed.  Set grace_period above the lease ttl.'),
+                     '(its clients stopped renewing them) before declaring '
+                     'it failed.  Set grace_period above the lease ttl.'),
     cfg.StrOpt('policy', default='ha_enabled',
                choices=[('all', 'evacuate every instance'),
                         ('ha_enabled', 'evacuate only instances with '

@@ -21,10 +21,6 @@ REBUILDING = ('rebuilding', 'rebuild_block_device_mapping',
               'rebuild_spawning')
 
 
-def _truthy(value):
-    return str(value).strip().lower() in ('1', 'true', 'yes', 'on')
-
-
 def _priority(props, key):
     try:
         return int(props.get(key, 0))
@@ -67,7 +63,7 @@ class RecoveryMixin:
                     rec['id'], message='waiting: no fence method configured')
                 return False
             self.store.update_recovery(
-                rec['id'], state='disabling',
+                rec['id'], state='disabling', fenced_at=time.time(),
                 fenced_by='nothing (fence_required = False)')
             LOG.warning('Host %s evacuated unfenced: fence_required = '
                         'False', host)
@@ -87,15 +83,15 @@ class RecoveryMixin:
             done.append('%s (%s)' % (f.name, what))
         LOG.warning('Host %s fenced: %s', host, '; '.join(done))
         self.store.update_recovery(rec['id'], state='disabling',
-                                   fenced_by='; '.join(done), message=None)
+                                   fenced_by='; '.join(done), message=None,
+                                   fenced_at=time.time())
         return True
 
     def _select(self, server):
         """(priority, None) to evacuate, or (priority, why not)."""
         props = nova_mod.server_props(server)
         prio = _priority(props, self.ev.priority_key)
-        if self.ev.policy == 'ha_enabled' and not _truthy(
-                props.get(self.ev.ha_key, '')):
+        if not nova_mod.selected(props, self.ev.policy, self.ev.ha_key):
             return prio, 'not HA-enabled (%s)' % self.ev.ha_key
         return prio, None
 
@@ -103,6 +99,7 @@ class RecoveryMixin:
         host = rec['host']
         self.nova.force_down(svc['id'], 'nova-ha: failed, recovery %d at %s'
                              % (rec['id'], _when(time.time())))
+        self.store.update_recovery(rec['id'], disabled_at=time.time())
         LOG.warning('Compute service of %s forced down and disabled', host)
         rows = []
         existing = {r['uuid'] for r in self.store.instances(rec['id'])}

@@ -250,6 +250,15 @@ class MasterClient:
     def unfence_host(self, name):
         self._http.send(rest.unfence_host(name))
 
+    def host_heartbeat(self, name, interval):
+        """Beat for client host ``name`` (every ``interval`` seconds):
+        {'host', 'fenced', 'fence_reason', 'leading_for'}."""
+        return self._http.send(rest.host_heartbeat(name, interval))
+
+    def host_heartbeats(self):
+        """{'leading_for': s, 'hosts': {host: {'age', 'interval'}}}."""
+        return self._http.send(rest.host_heartbeats())
+
     def fenced_hosts(self):
         return self._http.send(rest.fenced_hosts())
 

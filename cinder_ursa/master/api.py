@@ -25,6 +25,7 @@ from aiohttp import web
 from cinder_ursa import exception
 from cinder_ursa.common import auth
 from cinder_ursa.common import units
+from cinder_ursa.master import hostbeats
 from cinder_ursa.master import listener
 from cinder_ursa.master import metrics as metrics_mod
 from cinder_ursa.master import service as service_mod
@@ -532,6 +533,9 @@ class MasterAPI:
         app.router.add_post(v + '/hosts/{host}/fence', self.fence_host)
         app.router.add_delete(v + '/hosts/{host}/fence', self.unfence_host)
         app.router.add_get(v + '/fenced-hosts', self.list_fenced_hosts)
+        app.router.add_put(v + '/hosts/{host}/heartbeat',
+                           self.host_heartbeat)
+        app.router.add_get(v + '/host-heartbeats', self.host_heartbeats)
         app.router.add_post(v + '/volumes/{ref}/revert', self.revert)
         app.router.add_post(v + '/volumes/{ref}/detach-parent',
                             self.detach_parent)
@@ -1280,11 +1284,32 @@ class MasterAPI:
         return web.json_response({'fence': result})
 
     async def unfence_host(self, request):
-        if not await self.db(self.store.unfence_host,
-                             request.match_info['host']):
+        if not await self.service.unfence_host(request.match_info['host']):
             raise exception.NotFound(kind='fenced host',
                                      name=request.match_info['host'])
         return web.Response(status=204)
+
+    async def host_heartbeat(self, request):
+        """A client host's storage heartbeat (its nova-ha-agent's), kept
+        in memory (see hostbeats): its answer says whether the host is
+        fenced."""
+        host = request.match_info['host']
+        store_mod.check_text('host', host)
+        b = await _body(request)
+        interval = b.get('interval', float, required=True)
+        if not 0 < interval <= hostbeats.MAX_INTERVAL:
+            raise exception.InvalidArgument(
+                reason='interval must be above 0 and at most %d s'
+                % hostbeats.MAX_INTERVAL)
+        return web.json_response({'heartbeat': await self.service.
+                                  host_heartbeat(host, interval)})
+
+    async def host_heartbeats(self, request):
+        """Every client host's storage heartbeat: how long ago it last
+        beat, and how long this master has led (hosts are judged only
+        once it has led longer than their timeout)."""
+        return web.json_response(
+            {'heartbeats': self.service.host_beats.status()})
 
     async def list_fenced_hosts(self, request):
         return web.json_response({'fenced_hosts': await self.db(

@@ -40,6 +40,7 @@ import time
 from cinder_ursa import exception
 from cinder_ursa.master import chunkservers
 from cinder_ursa.master import election
+from cinder_ursa.master import hostbeats
 from cinder_ursa.master import repair
 from cinder_ursa.master import slowdisk
 from cinder_ursa.protocol import codec
@@ -116,6 +117,11 @@ class MasterService:
             max_workers=1, thread_name_prefix='ursa-election')
         self._monitor = None
         self._announcing = None
+        # Client hosts' storage heartbeats (nova_ha's agents), judged
+        # from when this master leads; and the fenced hosts they are
+        # told of, read at most once a second for all of them.
+        self.host_beats = hostbeats.HostBeats()
+        self._fenced_read = None    # (monotonic, {host: reason}) or None
         # Set once the unfinished snapshots of the master that ran before
         # are forgotten (see _watch_servers).
         self._swept = None
@@ -237,6 +243,8 @@ class MasterService:
 
     def _elected(self, term, previous):
         self.chunkservers.new_term(term)
+        self.host_beats.reset()
+        self._fenced_read = None
         self._start_loops()
         # Every chunk server learns the term now, not at its next
         # heartbeat: from then on it refuses a deposed leader still at
@@ -1024,8 +1032,28 @@ class MasterService:
         await self.fence(result['volume_id'], result['generation'])
         return result
 
+    async def host_heartbeat(self, host, interval):
+        """Note a client host's storage heartbeat; whether it is fenced
+        (its agent then stops its instances: they run elsewhere)."""
+        self.host_beats.beat(host, interval)
+        now = time.monotonic()
+        if self._fenced_read is None or now - self._fenced_read[0] >= 1.0:
+            rows = await self.db(self.store.list_fenced_hosts)
+            self._fenced_read = (now, {r['host']: r['reason'] for r in rows})
+        fenced = self._fenced_read[1]
+        return {'host': host, 'fenced': host in fenced,
+                'fence_reason': fenced.get(host),
+                'leading_for': round(self.host_beats.leading_for(), 3)}
+
+    async def unfence_host(self, host):
+        gone = await self.db(self.store.unfence_host, host)
+        self._fenced_read = None
+        return gone
+
     async def fence_host(self, host, reason=None):
+        self._fenced_read = None
         result = await self.db(self.store.fence_host, host, reason)
+        self._fenced_read = None
         # (fenced_before: a retry's, see store.fence_host.)
         await asyncio.gather(*(self.fence(x['volume_id'], x['generation'])
                                for x in result['fenced'] +

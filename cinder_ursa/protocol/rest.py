@@ -367,6 +367,19 @@ def unfence_host(name):
     return Request('DELETE', '/hosts/%s/fence' % quote(name))
 
 
+def host_heartbeat(name, interval):
+    """A client host's storage heartbeat (nova-ha-agent); the answer
+    says whether the host is fenced."""
+    return Request('PUT', '/hosts/%s/heartbeat' % quote(name),
+                   {'interval': interval}, result='heartbeat')
+
+
+def host_heartbeats():
+    """How long ago each client host last beat, and how long the master
+    has led."""
+    return Request('GET', '/host-heartbeats', result='heartbeats')
+
+
 def fenced_hosts():
     return Request('GET', '/fenced-hosts', result='fenced_hosts')
 

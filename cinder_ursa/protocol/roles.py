@@ -90,14 +90,18 @@ ROLES = {
         ('GET', _ATTACHMENT),
         ('PUT', _ATTACHMENT),
         ('DELETE', _ATTACHMENT),
+        # nova-ha-agent signing as its host: its storage heartbeat.
+        ('PUT', '/hosts/{host}/heartbeat'),
     }),
-    # nova_ha (nova_ha/fence.py, agent.py): fencing and the status it
-    # checks.
+    # nova_ha (nova_ha/fence.py, evacuator.py, agent.py): fencing, the
+    # hosts' storage heartbeats and the status it checks.
     'nova_ha': frozenset({
         ('GET', '/cluster'),
         ('GET', '/hosts/{host}'),
         ('POST', '/hosts/{host}/fence'),
         ('DELETE', '/hosts/{host}/fence'),
+        ('PUT', '/hosts/{host}/heartbeat'),
+        ('GET', '/host-heartbeats'),
     }),
 }
 

@@ -10,6 +10,7 @@ import sys
 
 from oslo_log import log as logging
 
+from cinder_ursa.client import master as ursa_master
 from nova_ha import db
 from nova_ha import evacuator as evacuator_mod
 from nova_ha import fence
@@ -45,9 +46,17 @@ def main(argv=None):
                     'master_url and principal_key_file (a nova_ha '
                     'principal) or cluster_key_file, or [evacuator] '
                     'fence_command.')
+    storage = None
+    if fence.ursa_configured(conf):
+        storage = ursa_master.MasterClient.from_conf(conf, timeout=5)
+    else:
+        LOG.warning('No Ursa master ([ursa] master_url and a key): hosts '
+                    'have no storage heartbeat to judge, so a host fails '
+                    'only once Nova reports its nova-compute down too')
     ev = evacuator_mod.Evacuator(
         conf, nova.NovaClient.from_conf(conf),
-        db.Store(conf.evacuator.connection), fences, metrics)
+        db.Store(conf.evacuator.connection), fences, metrics,
+        storage=storage)
     _service.stop_on_signals(ev.stop)
     LOG.info('nova-ha-evacuator %s: backend %s, grace %.0f s, policy %s, '
              'fencing %s', ev.member_id, conf.coordination.backend_url,

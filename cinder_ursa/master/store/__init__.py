@@ -34,6 +34,7 @@ from cinder_ursa.common import db
 from cinder_ursa.master.store.attachments import AttachmentRecords
 from cinder_ursa.master.store.chunks import ChunkRecords
 from cinder_ursa.master.store.common import REQUESTER  # noqa: F401
+from cinder_ursa.master.store.common import check_text  # noqa: F401
 from cinder_ursa.master.store.common import check_volume_size  # noqa: F401
 from cinder_ursa.master.store.common import holder_host  # noqa: F401
 from cinder_ursa.master.store.common import validate_qos  # noqa: F401
