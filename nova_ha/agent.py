@@ -131,6 +131,9 @@ class Agent:
         self.responded = None       # why, once the response was applied
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name='isolation-watch')
+        self._refresher = threading.Thread(target=self._refresh,
+                                           daemon=True,
+                                           name='ha-instances-refresh')
 
     # --- heartbeats ----------------------------------------------------------
 
@@ -211,6 +214,7 @@ class Agent:
                         'nova-compute down before it fails this host',
                         self.host)
         self._watcher.start()
+        self._refresher.start()
         last = None
         while not self.stopping.is_set():
             try:
@@ -304,13 +308,20 @@ class Agent:
                             'response stopped stay stopped (an operator '
                             'starts them)', self.host)
                 self.responded = None
-            try:
-                self.responder.refresh()
-            except Exception as e:  # noqa: BLE001 - kept for next time
-                LOG.warning('Refreshing the HA instance list: %s', e)
             return
         if self.responded is None:
             self.responded = why
             done = self.responder.respond(why)
             LOG.critical('Host %s: isolation response applied: %s',
                          self.host, done)
+
+    def _refresh(self):
+        """Learn this host's HA instances, on a thread of its own: a
+        call to Nova that hangs must not delay the isolation response."""
+        while not self.stopping.wait(min(1.0, self.responder.every)):
+            if self.responded is not None:
+                continue
+            try:
+                self.responder.refresh()
+            except Exception as e:  # noqa: BLE001 - kept for next time
+                LOG.warning('Refreshing the HA instance list: %s', e)

@@ -44,7 +44,10 @@ class Responder:
         if self.nova is None and nova_configured(conf):
             self.nova = nova_mod.NovaClient.from_conf(conf)
         self.path = os.path.join(conf.state_path, 'ha-instances.json')
+        # (Read now: a bad value stops the agent at its start.)
+        self.every = conf.agent.instances_refresh
         self._refreshed = 0.0
+        self._failing = None
         self.instances = self._load()
 
     def _load(self):
@@ -63,17 +66,20 @@ class Responder:
         if self.nova is None:
             return False
         now = time.monotonic()
-        if not force and now - self._refreshed < self.a.instances_refresh:
+        if not force and now - self._refreshed < self.every:
             return False
         self._refreshed = now
         try:
             servers = self.nova.servers_on_host(self.host)
         except nova_mod.NovaError as e:
-            LOG.warning('Listing the instances of %s: %s (the isolation '
-                        'response uses the list of %s)', self.host, e,
-                        'before' if self.instances is not None else
-                        'nothing: none is known yet')
+            if str(e) != self._failing:
+                LOG.warning('Listing the instances of %s: %s (the isolation '
+                            'response uses the list of %s)', self.host, e,
+                            'before' if self.instances is not None else
+                            'nothing: none is known yet')
+            self._failing = str(e)
             return True
+        self._failing = None
         ev = self.conf.evacuator
         ha = [{'uuid': s['id'], 'name': s.get('name')} for s in servers
               if nova_mod.selected(nova_mod.server_props(s), ev.policy,

@@ -89,7 +89,7 @@ agent_opts = [
                default='virsh -c qemu:///system destroy {uuid}',
                help='Command that stops one instance, run with {uuid} (the '
                     'instance and its libvirt domain) and {name} replaced.'),
-    cfg.FloatOpt('instances_refresh', default=60.0, min=1.0,
+    cfg.FloatOpt('instances_refresh', default=60.0, min=0.1,
                  help='Seconds between the agent\'s reads of its host\'s HA '
                       'instances from Nova (its [nova] section; the '
                       '[evacuator] policy and ha_key select them), kept '

@@ -135,6 +135,13 @@ async def _errors(request, handler):
         return _error_response(e)
     except web.HTTPException:
         raise
+    except ConnectionResetError as e:
+        # The client went away while its request was read (its host's
+        # link went down, it was killed): nobody to answer.
+        LOG.info('%s %s: the client went away (%s)', request.method,
+                 request.path, e)
+        return _error_response(exception.InvalidArgument(
+            reason='the request was cut off: %s' % e))
     except Exception as e:  # noqa: BLE001 - last resort: a clear 500
         LOG.exception('%s %s failed unexpectedly', request.method,
                       request.path)
