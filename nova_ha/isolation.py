@@ -43,7 +43,8 @@ class Responder:
         self.nova = nova
         if self.nova is None and nova_configured(conf):
             self.nova = nova_mod.NovaClient.from_conf(conf)
-        self.path = os.path.join(conf.state_path, 'ha-instances.json')
+        self.path = os.path.join(conf.state_path,
+                                 'ha-instances-%s.json' % self.host)
         # (Read now: a bad value stops the agent at its start.)
         self.every = conf.agent.instances_refresh
         self._refreshed = 0.0

@@ -80,8 +80,6 @@ compute_driver = ursa_guest.UrsaGuestDriver
 state_path = {b}/state
 my_ip = 127.0.0.1
 host = controller
-service_down_time = 6
-report_interval = 2
 debug = False
 instance_usage_audit = False
 
@@ -327,8 +325,10 @@ class HA:
         self.procs = {}
         self.conf = os.path.join(base, 'nova-ha.conf')
         self.fence_log = os.path.join(base, 'fenced')
-        # tooz: the file backend, or another one (switch_backend).
-        self.backend_url = 'file://%s/coord?timeout=3' % base
+        # tooz: the shipped default (a file backend under state_path,
+        # member timeout 8 s), or another one (switch_backend).
+        self.backend_url = None
+        self.stop_log = os.path.join(base, 'isolation-stops')
 
     def write_config(self):
         os.makedirs(self.base, exist_ok=True)
@@ -343,26 +343,36 @@ class HA:
             # (the chunk servers were told), so TIME bounds that.
             f.write('import sys, time\nopen(%r, "a").write("%%s %%f\\n" %% '
                     '(sys.argv[1], time.time()))\n' % self.fence_log)
-        # The story's second host failure comes a minute or two after
-        # the first: a mass-failure window of 30 s keeps them apart (with
-        # the default 300 s, two of three hosts failing would pause the
-        # evacuator for an operator, rightly).
+        stop = os.path.join(self.base, 'stop.py')
+        with open(stop, 'w') as f:
+            # The agents' isolation response: "NAME UUID TIME" (the fake
+            # hypervisor has no virsh; Nova's clean-up stops its guests).
+            f.write('import sys, time\nopen(%r, "a").write("%%s %%s %%f\\n"'
+                    ' %% (sys.argv[1], sys.argv[2], time.time()))\n'
+                    % self.stop_log)
+        coordination = ('backend_url = %s' % self.backend_url
+                        if self.backend_url else '')
+        # Every timing is nova_ha's default (and Nova's: service_down_time
+        # 60 s, report_interval 10 s).  The story's second host failure
+        # comes a minute or two after the first: a mass-failure window of
+        # 30 s keeps them apart (with the default 300 s, two of three
+        # hosts failing would pause the evacuator for an operator,
+        # rightly).
         with open(self.conf, 'w') as f:
             f.write(f'''[DEFAULT]
 state_path = {self.base}
 
 [coordination]
-backend_url = {self.backend_url}
-heartbeat_interval = 0.5
+{coordination}
 
 [agent]
-check_interval = 1
-check_storage = False
+stop_instance_command = {sys.executable} {stop} {{name}} {{uuid}}
+# (Not a recovery timing: the agents learn within seconds of the boot
+# which HA instances their host runs, for the isolation response.)
+instances_refresh = 5
 
 [evacuator]
 connection = {self.db_url}
-poll_interval = 0.5
-grace_period = 2
 mass_failure_window = 30
 use_ursa_fencing = True
 fence_command = {sys.executable} {fence} {{host}}
@@ -381,6 +391,15 @@ principal_key_file = {key_file}
             return []
         with open(self.fence_log) as f:
             return [(host, float(t)) for host, t in
+                    (line.split() for line in f)]
+
+    def isolation_stops(self):
+        """``[(name, uuid, time)]`` of the instances the agents' isolation
+        response stopped."""
+        if not os.path.exists(self.stop_log):
+            return []
+        with open(self.stop_log) as f:
+            return [(name, uuid, float(t)) for name, uuid, t in
                     (line.split() for line in f)]
 
     def start(self):

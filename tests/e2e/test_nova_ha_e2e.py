@@ -49,6 +49,9 @@ VICTIM = 'compute1'
 HA_SERVERS = (('db', {'HA_enabled': 'true', 'HA_priority': '9'}),
               ('web', {'HA_enabled': 'true', 'HA_priority': '5'}),
               ('batch', {'HA_enabled': 'true'}))
+# Seconds from a host's death to its HA instances ACTIVE elsewhere, with
+# the shipped defaults, above which the story fails (the goal is 30).
+RECOVERY_BOUND = 45.0
 # Acknowledged writes each guest makes before the host dies, and refused
 # ones after the fence that the check waits for.
 BEFORE = 20
@@ -92,10 +95,10 @@ class Story:
         self.failure_on_redis()
         self.clean_up()
         self.say('e2e story: compute1 killed -> fenced at the Ursa master '
-                 '%.1f s -> 3 HA instances ACTIVE elsewhere %.1f s (Nova '
-                 'service_down_time 6 s, report_interval 2 s; tooz member '
-                 'timeout 3 s; grace 2 s; poll 0.5 s)'
-                 % (t_fence - t_kill, t_active - t_kill))
+                 '%.1f s -> 3 HA instances ACTIVE elsewhere %.1f s (the '
+                 'shipped defaults: Nova service_down_time 60 s; tooz '
+                 'member timeout 8 s, storage_timeout 8 s, grace 5 s, poll '
+                 '1 s)' % (t_fence - t_kill, t_active - t_kill))
 
     # 1. Volumes from an image, servers booted from them on compute1.
     def boot(self):
@@ -181,6 +184,11 @@ class Story:
                       x['OS-EXT-STS:task_state'], x.get('fault'))
             raise
         t_active = time.time()
+        # The goal is 30 s with the shipped defaults; 45 s allows for a
+        # noisy machine.
+        assert t_active - t_kill <= RECOVERY_BOUND, (
+            'HA instances ACTIVE elsewhere %.1f s after the kill'
+            % (t_active - t_kill))
         s = self.by_name()
         assert s['scratch']['OS-EXT-SRV-ATTR:host'] == VICTIM
         svc = {x['host']: x for x in self.nova.services()}[VICTIM]
@@ -304,6 +312,13 @@ class Story:
         self.ha.start_agent(victim)
         self.nova.wait(lambda: not self.nova.guest_pids(victim), 60,
                        '%s\'s stale guests destroyed by Nova' % victim)
+        # Its agent, back and told by the master that nova_ha fenced its
+        # host, applied the isolation response to the HA instances it
+        # knew there (their stale copies: Nova's clean-up stops the
+        # guests here).
+        self.nova.wait(lambda: set(names) <= {
+            n for n, _, _ in self.ha.isolation_stops()}, 60,
+            '%s\'s agent to stop its stale HA instances' % victim)
         self.nova.wait(lambda: {h['host']: h for h in self.ha.cli(
             'host', 'list')}[victim]['state'] == 'returned', 60,
             '%s returned' % victim)
@@ -499,12 +514,13 @@ class Story:
             self._failure_on_redis(redis)
         finally:
             # Back on the file backend: Redis goes with this test.
-            self.ha.switch_backend('file://%s/coord?timeout=3' %
-                                   self.ha.base)
+            self.ha.switch_backend(None)
             redis.stop()
 
     def _failure_on_redis(self, redis):
-        self.ha.switch_backend(redis.url)
+        # Redis's member timeout as the nova_ha guide sets it (8 s).
+        self.ha.switch_backend(redis.url.replace('membership_timeout=2',
+                                                 'membership_timeout=8'))
         self.nova.wait(lambda: len([h for h in self.ha.cli('host', 'list')
                                     if h['state'] == 'ok']) == 3, 60,
                        'nova_ha on Redis sees three healthy hosts')
@@ -529,6 +545,9 @@ class Story:
             for n in names), 180, 'HA instances of %s ACTIVE elsewhere'
             % victim)
         t_active = time.time()
+        assert t_active - t_kill <= RECOVERY_BOUND, (
+            'HA instances of %s ACTIVE elsewhere %.1f s after the kill'
+            % (victim, t_active - t_kill))
         self.nova.wait(lambda: len(self.ha.cli('recovery', 'list')) >
                        recoveries and self.ha.cli('recovery', 'list')[0][
                            'state'] == 'done', 60, 'recovery recorded done')
@@ -543,7 +562,7 @@ class Story:
         self.host_returns(victim, names)
         self.say('e2e story on Redis: %s killed -> fenced %.1f s -> %d HA '
                  'instance(s) ACTIVE elsewhere %.1f s (tooz redis, member '
-                 'timeout 2 s)' % (victim, t_fence - t_kill, len(names),
+                 'timeout 8 s)' % (victim, t_fence - t_kill, len(names),
                                    t_active - t_kill))
 
     def clean_up(self):

@@ -21,11 +21,14 @@ BIN = os.path.dirname(sys.executable)
 
 
 class Stack:
-    def __init__(self, base, hosts, step=0.2, grace=1.0):
+    def __init__(self, base, hosts, step=0.2, grace=1.0, ursa=None):
         self.base = base
         self.hosts = hosts
         self.step = step
         self.grace = grace
+        # An Ursa cluster: the agents send storage heartbeats to its
+        # master, the evacuators judge them and fence there too.
+        self.ursa = ursa
         self.procs = {}
         self.port = free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
@@ -36,19 +39,23 @@ class Stack:
         fence = self.base / 'fence.py'
         fence.write_text('import sys\nopen(%r, "a").write(sys.argv[1] + '
                          '"\\n")\n' % str(self.fence_log))
+        ursa = ([] if self.ursa is None else [
+            '[ursa]', 'master_url = %s' % self.ursa.master_url,
+            'cluster_key_file = %s' % self.ursa.key_file])
         self.conf.write_text('\n'.join([
             '[DEFAULT]', 'state_path = %s' % self.base,
             '[coordination]',
             'backend_url = file://%s/coord?timeout=2' % self.base,
             'heartbeat_interval = 0.5',
             '[agent]', 'check_interval = 0.5', 'nova_compute_process =',
-            'check_storage = False',
+            'check_storage = %s' % (self.ursa is not None),
+            'storage_heartbeat_interval = 0.3',
             '[evacuator]', 'poll_interval = 0.3',
-            'grace_period = %s' % self.grace,
+            'grace_period = %s' % self.grace, 'storage_timeout = 2',
             'fence_command = %s %s {host}' % (sys.executable, fence),
-            'use_ursa_fencing = False',
+            'use_ursa_fencing = %s' % (self.ursa is not None),
             '[nova]', 'auth_type = none',
-            'endpoint_override = %s/v2.1' % self.url, '']))
+            'endpoint_override = %s/v2.1' % self.url, ''] + ursa))
         self._spawn('nova', [sys.executable, '-m', 'tests.fixtures.fakenova',
                              '--port', str(self.port),
                              '--step', str(self.step)])
@@ -114,6 +121,9 @@ class Stack:
         assert r.returncode == 0, 'nova-ha %s failed:\n%s' % (
             ' '.join(args), r.stderr[-2000:])
         return json.loads(r.stdout)
+
+    def agent(self, host):
+        return self.procs['agent-' + host]
 
     def kill_host(self, host):
         """The host dies: its agent with it, and Nova stops hearing from
@@ -246,3 +256,51 @@ def test_three_of_four_hosts_failing_pause_everything(stack):
                     str(s.conf), 'resume'], check=True, capture_output=True)
     s.wait(lambda: len(s.calls()) == 3, 30, 'evacuations after resume')
     assert sorted(s.fence_log.read_text().split()) == ['c1', 'c2', 'c3']
+
+
+def test_a_killed_agent_fails_its_host_without_waiting_for_nova(
+        stack, make_cluster):
+    """kill -9 of a host's agent stops both of its heartbeats (tooz and
+    the storage heartbeat to the Ursa master); Nova is never told the host
+    is down, and the host is fenced and evacuated all the same."""
+    cluster = make_cluster(1)
+    s = stack(['c1', 'c2', 'c3'], ursa=cluster)
+    vm = s.server('vm', 'c1', metadata=HA)
+    master = cluster.client()
+    s.wait(lambda: set(master.host_heartbeats()['hosts']) >= {
+        'c1', 'c2', 'c3'}, 30, 'storage heartbeats of every host')
+    s.procs.pop('agent-c1').send_signal(signal.SIGKILL)
+    s.wait(_active_elsewhere(s, [vm], 'c1'), 60, 'vm ACTIVE elsewhere')
+    assert [c['name'] for c in s.calls()] == ['vm']
+    assert master.host('c1')['fenced']
+    [rec] = s.cli('recovery', 'list')
+    assert rec['fenced_by'].startswith('ursa'), rec
+    # Nova's own view of c1 was never "down" before nova_ha forced it.
+    svc = {x['host']: x for x in s.ctl('/v2.1/os-services')['services']}
+    assert svc['c1']['forced_down'] is True
+
+
+def test_an_agent_paused_for_less_than_the_grace_period_changes_nothing(
+        stack, make_cluster):
+    """SIGSTOP of a host's agent for longer than its heartbeats' timeouts
+    (both lost: suspect) but less than the grace period, then SIGCONT:
+    nothing is fenced or evacuated, and the host is ok again."""
+    cluster = make_cluster(1)
+    s = stack(['c1', 'c2', 'c3'], ursa=cluster, grace=4.0)
+    s.server('vm', 'c1', metadata=HA)
+    master = cluster.client()
+    s.wait(lambda: set(master.host_heartbeats()['hosts']) >= {
+        'c1', 'c2', 'c3'}, 30, 'storage heartbeats of every host')
+    agent = s.agent('c1')
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        s.wait(lambda: {h['host']: h for h in s.cli('host', 'list')}[
+            'c1']['state'] == 'suspect', 20, 'c1 suspect')
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    s.wait(lambda: {h['host']: h for h in s.cli('host', 'list')}[
+        'c1']['state'] == 'ok', 20, 'c1 ok again')
+    time.sleep(2)
+    assert s.calls() == [] and s.cli('recovery', 'list') == []
+    assert not master.host('c1')['fenced']
+    assert not s.fence_log.exists()
