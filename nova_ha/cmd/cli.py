@@ -88,14 +88,16 @@ class Status(show.ShowOne):
 
 class HostList(lister.Lister):
     """List compute hosts as the acting evacuator last saw them: state
-    (ok, degraded, suspect, failed, returned, maintenance), in the tooz
-    group or not, Nova's view, and why.  Example: nova-ha host list"""
+    (ok, degraded, suspect, failed, returned, maintenance), its two
+    heartbeats (in the tooz group or not; storage: alive, lost, unknown,
+    none), Nova's view, and why.  Example: nova-ha host list"""
 
     def take_action(self, args):
-        cols = ('host', 'state', 'since', 'in_group', 'nova_state',
-                'nova_status', 'maintenance', 'note')
+        cols = ('host', 'state', 'since', 'in_group', 'storage',
+                'nova_state', 'nova_status', 'maintenance', 'note')
         return cols, [(h['name'], h['state'], _when(h['since']),
-                       h['in_group'], h['nova_state'] or '',
+                       h['in_group'], h['storage'] or '',
+                       h['nova_state'] or '',
                        h['nova_status'] or '', h['maintenance'],
                        h['note'] or '')
                       for h in self.app.store().hosts().values()]
@@ -154,15 +156,19 @@ class RecoveryList(lister.Lister):
     def take_action(self, args):
         s = self.app.store()
         cols = ('id', 'host', 'state', 'detected', 'finished', 'seconds',
-                'evacuated', 'failed', 'skipped', 'fenced_by', 'message')
+                'to_fence', 'to_down', 'evacuated', 'failed', 'skipped',
+                'fenced_by', 'message')
         rows = []
+
+        def after(r, key):
+            """Seconds from detection (both heartbeats lost) to ``key``."""
+            return ('%.1f' % (r[key] - r['detected_at'])) if r[key] else ''
         for r in s.recoveries(host=args.host, limit=args.limit):
             inst = s.instances(r['id'])
-            secs = ('%.1f' % (r['finished_at'] - r['detected_at'])
-                    if r['finished_at'] else '')
             rows.append((r['id'], r['host'], r['state'],
                          _when(r['detected_at']), _when(r['finished_at']),
-                         secs,
+                         after(r, 'finished_at'), after(r, 'fenced_at'),
+                         after(r, 'disabled_at'),
                          sum(i['status'] == 'done' for i in inst),
                          sum(i['status'] == 'failed' for i in inst),
                          sum(i['status'] == 'skipped' for i in inst),
