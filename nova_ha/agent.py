@@ -269,6 +269,11 @@ class Agent:
             # One heartbeat alone cannot tell the host's isolation from
             # the coordination backend's outage.
             return None
+        if self.network.last_ok is None and self.storage.last_ok is None:
+            # Never reached anything since it started: a host booting
+            # before its controllers (a whole site powering up) is not
+            # isolated, and its instances are not running yet.
+            return None
         now = time.monotonic() if now is None else now
         t = self.conf.agent.isolation_timeout
         net, sto = self.network.silent_for(now), self.storage.silent_for(now)

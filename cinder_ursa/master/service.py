@@ -122,6 +122,7 @@ class MasterService:
         # told of, read at most once a second for all of them.
         self.host_beats = hostbeats.HostBeats()
         self._fenced_read = None    # (monotonic, {host: reason}) or None
+        self._fenced_task = None
         # Set once the unfinished snapshots of the master that ran before
         # are forgotten (see _watch_servers).
         self._swept = None
@@ -1035,15 +1036,35 @@ class MasterService:
     async def host_heartbeat(self, host, interval):
         """Note a client host's storage heartbeat; whether it is fenced
         (its agent then stops its instances: they run elsewhere)."""
+        # Noted on receipt: a backlog on the database thread delays the
+        # answer, never the beat the evacuator judges.
         self.host_beats.beat(host, interval)
-        now = time.monotonic()
-        if self._fenced_read is None or now - self._fenced_read[0] >= 1.0:
-            rows = await self.db(self.store.list_fenced_hosts)
-            self._fenced_read = (now, {r['host']: r['reason'] for r in rows})
-        fenced = self._fenced_read[1]
+        fenced = await self._fenced_hosts()
         return {'host': host, 'fenced': host in fenced,
                 'fence_reason': fenced.get(host),
                 'leading_for': round(self.host_beats.leading_for(), 3)}
+
+    async def _fenced_hosts(self):
+        """{host: reason} of the fenced hosts, read at most once a second
+        for every heartbeat (in the background once read: an answer is at
+        most a read behind)."""
+        if self._fenced_read is None:
+            await self._read_fenced()
+        elif time.monotonic() - self._fenced_read[0] >= 1.0 and (
+                self._fenced_task is None or self._fenced_task.done()):
+            self._fenced_task = asyncio.ensure_future(self._read_fenced())
+        return self._fenced_read[1]
+
+    async def _read_fenced(self):
+        try:
+            rows = await self.db(self.store.list_fenced_hosts)
+        except Exception as e:  # noqa: BLE001 - the last read stands
+            if self._fenced_read is None:
+                raise
+            LOG.warning('Reading the fenced hosts failed: %s', e)
+            return
+        self._fenced_read = (time.monotonic(),
+                             {r['host']: r['reason'] for r in rows})
 
     async def unfence_host(self, host):
         gone = await self.db(self.store.unfence_host, host)

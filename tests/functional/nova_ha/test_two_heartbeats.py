@@ -238,3 +238,39 @@ def test_an_unanswering_master_leaves_hosts_to_agent_and_nova(
     n.compute_down('u1')
     run_until([ev], recovery_over(ev, 'u1'), what='recovery of u1')
     assert log.hosts() == ['u1']
+
+
+def test_a_master_down_and_back_evacuates_nothing(
+        tmp_path, fake_nova, members, make_cluster):
+    """The Ursa master dies (every host's storage heartbeat stops, and the
+    evacuator cannot ask) and comes back: nothing is fenced or evacuated,
+    the evacuator says so, and a new master judges no host before it has
+    heard them."""
+    cluster = make_cluster(1)
+    hosts = ('m1', 'm2', 'm3')
+    beats = StorageBeats(cluster.client(), BEAT)
+    try:
+        m, ev = setup(tmp_path, fake_nova, members, cluster, beats, hosts)
+        fake_nova.nova.add_server('vm', 'm1', metadata=HA)
+        cluster.kill_master()
+        seen = poll_for(ev, STORAGE_TIMEOUT * 3)
+        assert {s for _, s in seen[-1].values()} == {'unknown'}
+        assert ev.metrics.storage_up._value.get() == 0
+        # Meanwhile m1's agent goes too: Nova still reports it up, so it
+        # is degraded, not failed (the rule of hosts without a storage
+        # heartbeat to judge).
+        m.leave('m1')
+        seen = poll_for(ev, 2.0)
+        assert seen[-1]['m1'] == ('degraded', 'unknown')
+        m.join('m1', storage_heartbeat=BEAT)
+        cluster.start_master()
+        run_until([ev], lambda: {s for _, s in states(ev).values()} ==
+                  {'alive'}, what='every host alive again')
+        seen += poll_for(ev, 1.0)
+        assert not any(s[h][0] in ('suspect', 'failed') for s in seen
+                       for h in hosts)
+        assert ev.store.recoveries() == [] and not ev.store.paused()
+        assert fake_nova.nova.evacuate_calls() == []
+        assert ev.metrics.storage_up._value.get() == 1
+    finally:
+        beats.close()
