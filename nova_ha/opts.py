@@ -222,9 +222,9 @@ def register_opts(conf):
     for group, opts in ((coordination_group, coordination_opts),
                         (agent_group, agent_opts),
                         (evacuator_group, evacuator_opts)):
-        conf.register_group(group)
-        conf.register_opts(opts, group=group)
-    conf.register_group(nova_group)
+        conf.register_group(ursa_opts.fresh_group(group))
+        conf.register_opts(opts, group=group.name)
+    conf.register_group(ursa_opts.fresh_group(nova_group))
     ks_loading.register_session_conf_options(conf, nova_group.name)
     ks_loading.register_auth_conf_options(conf, nova_group.name)
     ks_loading.register_adapter_conf_options(conf, nova_group.name)

@@ -86,9 +86,17 @@ common_opts = [
 ]
 
 
+def fresh_group(group):
+    """A new OptGroup like ``group``: ConfigOpts.register_group keeps a
+    shallow copy, whose options dict (and so every override made on one
+    ConfigOpts) would be shared with every other ConfigOpts of the process
+    that registered the same module-level group."""
+    return cfg.OptGroup(group.name, title=group.title, help=group.help)
+
+
 def register_opts(conf):
-    conf.register_group(ursa_group)
-    conf.register_opts(common_opts, group=ursa_group)
+    conf.register_group(fresh_group(ursa_group))
+    conf.register_opts(common_opts, group=ursa_group.name)
 
 
 def list_opts():
