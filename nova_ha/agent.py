@@ -30,7 +30,9 @@ import threading
 import time
 
 import tooz
+import tooz.coordination
 
+from cinder_ursa import exception as ursa_exc
 from cinder_ursa.client import master as ursa_master
 from nova_ha import coordination
 from nova_ha import fence
@@ -60,15 +62,19 @@ def process_running(pattern):
 
 class Beat:
     """One heartbeat: ``send()`` every ``interval`` seconds on a thread of
-    its own; remembers when it last got through and its last answer."""
+    its own; remembers when it last got through, when the far end last
+    answered at all (``answered(error)`` says which errors are answers:
+    a refusal proves the path works), and its last answer."""
 
-    def __init__(self, name, send, interval, stopping):
+    def __init__(self, name, send, interval, stopping, answered=None):
         self.name = name
         self.send = send
         self.interval = interval
         self.stopping = stopping
+        self.answered = answered or (lambda error: False)
         self.started = time.monotonic()
         self.last_ok = None
+        self.last_reached = None
         self.answer = None
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True,
@@ -84,6 +90,12 @@ class Beat:
         return now - (self.last_ok if self.last_ok is not None
                       else self.started)
 
+    def unreached_for(self, now=None):
+        """Seconds since the far end last answered anything."""
+        now = time.monotonic() if now is None else now
+        return now - (self.last_reached if self.last_reached is not None
+                      else self.started)
+
     def _run(self):
         while not self.stopping.is_set():
             t0 = time.monotonic()
@@ -93,13 +105,22 @@ class Beat:
                 if self.error is None or str(e) != str(self.error):
                     LOG.warning('%s heartbeat failed: %s', self.name, e)
                 self.error = e
+                if self.answered(e):
+                    self.last_reached = time.monotonic()
             else:
                 if self.error is not None:
                     LOG.info('%s heartbeat gets through again', self.name)
                 self.error = None
-                self.last_ok = time.monotonic()
+                self.last_ok = self.last_reached = time.monotonic()
             self.stopping.wait(max(0.0, self.interval -
                                    (time.monotonic() - t0)))
+
+
+def _master_answered(error):
+    """Whether a failed storage heartbeat still had an answer from a
+    master (a refusal, a standby naming the leader): not a cut path."""
+    return isinstance(error, ursa_exc.UrsaError) and not isinstance(
+        error, ursa_exc.UrsaConnectionError)
 
 
 class Agent:
@@ -127,8 +148,12 @@ class Agent:
         if self.master is not None:
             self.storage = Beat('storage', self._storage_beat,
                                 conf.agent.storage_heartbeat_interval,
-                                self.stopping)
+                                self.stopping, answered=_master_answered)
         self.responded = None       # why, once the response was applied
+        # No isolation is judged before this (monotonic): after the
+        # agent's start, and after a stall of its own (a SIGSTOP, a host
+        # frozen), its heartbeats get the time to try again first.
+        self._settle_until = time.monotonic() + self._settle()
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name='isolation-watch')
         self._refresher = threading.Thread(target=self._refresh,
@@ -147,6 +172,10 @@ class Agent:
     def _storage_beat(self):
         return self.master.host_heartbeat(
             self.host, self.conf.agent.storage_heartbeat_interval)
+
+    def _settle(self):
+        beats = [self.network] + ([self.storage] if self.storage else [])
+        return 2 * max(b.interval for b in beats) + 1.0
 
     # --- health --------------------------------------------------------------
 
@@ -177,11 +206,12 @@ class Agent:
                 'healthy': all(v is not False for v in checks.values()),
                 'maintenance': maintenance,
                 # The evacuator judges the storage heartbeat of a host
-                # that says it sends one (and for how long it is silent
-                # before it counts as lost, it knows from its own
-                # storage_timeout).
-                'storage_heartbeat': (self.storage.interval if self.storage
-                                      else None)}
+                # that says it sends one: said once one got through (a
+                # host whose beats are refused, its principal wrong, is
+                # judged the old way).
+                'storage_heartbeat': (
+                    self.storage.interval if self.storage is not None
+                    and self.storage.last_ok is not None else None)}
 
     # --- the tooz group ------------------------------------------------------
 
@@ -203,7 +233,28 @@ class Agent:
             self.coord.join_group(group, caps).get()
         self._published = caps
 
+    def _check_membership(self, caps):
+        """Join again if the group lost this member while its heartbeats
+        went on (etcd3 and ZooKeeper drop a member whose lease or session
+        expired during an outage, and a later heartbeat only opens a new
+        one): a live host would otherwise stay out of the group."""
+        try:
+            self.coord.get_member_capabilities(
+                self.group.encode(), self.host.encode()).get()
+        except tooz.coordination.MemberNotJoined:
+            LOG.warning('Host %s is no longer in group %s (its membership '
+                        'expired during an outage): joining again',
+                        self.host, self.group)
+            coordination.join(self.coord, self.group, caps)
+            self._published = caps
+
     def run(self):
+        if self.storage is not None and \
+                self.conf.agent.isolation_response == 'stop' and \
+                not isolation.nova_configured(self.conf):
+            LOG.warning('isolation_response = stop, but [nova] is not '
+                        'configured: the agent cannot learn which instances '
+                        'are HA, and an isolated host stops none')
         self.network.start()
         if self.storage is not None:
             self.storage.start()
@@ -224,6 +275,8 @@ class Agent:
                     caps = self.health()
                     if caps != self._published:
                         self._publish(caps)
+                    else:
+                        self._check_membership(caps)
                     state = (caps['healthy'], caps['maintenance'])
                     if state != last:
                         LOG.info('Host %s: healthy=%s checks=%s '
@@ -246,7 +299,21 @@ class Agent:
             coordination.stop_quietly(self.coord)
         self.coord = None
 
+    def _say_stopping(self):
+        """A last storage heartbeat saying the agent stops on purpose:
+        the evacuator then judges its host the old way (its agent gone and
+        Nova's nova-compute down), not as dead from the silence."""
+        if self.storage is None or self.storage.last_ok is None:
+            return
+        try:
+            self.master.host_heartbeat(
+                self.host, self.conf.agent.storage_heartbeat_interval,
+                stopping=True)
+        except ursa_exc.UrsaError as e:
+            LOG.warning('Telling the Ursa master this agent stops: %s', e)
+
     def _leave(self):
+        self._say_stopping()
         if self.coord is None:
             return
         try:
@@ -269,17 +336,22 @@ class Agent:
             # One heartbeat alone cannot tell the host's isolation from
             # the coordination backend's outage.
             return None
-        if self.network.last_ok is None and self.storage.last_ok is None:
-            # Never reached anything since it started: a host booting
-            # before its controllers (a whole site powering up) is not
-            # isolated, and its instances are not running yet.
+        if self.network.last_ok is None or self.storage.last_ok is None:
+            # One of them never got through since the agent started: a
+            # host booting before its controllers (a site powering up),
+            # or a heartbeat refused from the start (a wrong key) is
+            # nothing to judge isolation by.
             return None
         now = time.monotonic() if now is None else now
+        if now < self._settle_until:
+            return None
         t = self.conf.agent.isolation_timeout
-        net, sto = self.network.silent_for(now), self.storage.silent_for(now)
+        # (An answer that refuses a heartbeat proves the path works.)
+        net = self.network.unreached_for(now)
+        sto = self.storage.unreached_for(now)
         if net < t or sto < t:
             return None
-        if isolation.check_command_says_connected(
+        if isolation.check_connected(
                 self.conf.agent.isolation_check_command):
             return None
         return ('isolated: no heartbeat got through for %.0f s (the '
@@ -297,7 +369,17 @@ class Agent:
 
     def _watch(self):
         interval = min(1.0, self.conf.agent.isolation_timeout / 4.0)
+        last = time.monotonic()
         while not self.stopping.wait(interval):
+            now = time.monotonic()
+            if now - last > 2 * interval + 1.0:
+                # This process did not run for a while (stopped, frozen):
+                # what its heartbeats last saw is that old.
+                LOG.warning('The agent did not run for %.1f s; isolation '
+                            'is judged again once its heartbeats tried',
+                            now - last)
+                self._settle_until = now + self._settle()
+            last = now
             try:
                 self._judge()
             except Exception:  # noqa: BLE001 - the watch must go on

@@ -43,6 +43,7 @@ recoveries = sa.Table(
     sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
     sa.Column('host', sa.String(255), nullable=False, index=True),
     # held (mass-failure guard) | fencing | disabling | evacuating
+    # | cancelled (the host was back before its fence)
     # | done | failed
     sa.Column('state', sa.String(16), nullable=False),
     # When the host was first seen failing (start of the grace period).

@@ -79,6 +79,9 @@ class Evacuator(recovery.RecoveryMixin):
         self.is_leader = False
         self.stopping = threading.Event()
         self._said = {}
+        # While many hosts' storage heartbeats are lost at once (see
+        # _storage_states).
+        self._storage_mass = False
 
     # --- the loop ----------------------------------------------------------
 
@@ -167,14 +170,11 @@ class Evacuator(recovery.RecoveryMixin):
         view = self._storage_view()
         known = self.store.hosts()
         active = {r['host']: r for r in self.store.recoveries(active=True)}
-        storage = {}
+        storage = self._storage_states(services, members, known, active,
+                                       view)
         for host, svc in services.items():
-            storage[host] = self._observe(host, svc, members.get(host),
-                                          known.get(host), active, services,
-                                          view, now)
-        self._guard_storage({h for h, s in storage.items() if s == 'lost'},
-                            {h for h, s in storage.items()
-                             if s in ('alive', 'lost')})
+            self._observe(host, svc, members.get(host), known.get(host),
+                          active, services, storage[host], now)
         paused = self.store.paused()
         self.metrics.paused.set(1 if paused else 0)
         if paused:
@@ -214,22 +214,77 @@ class Evacuator(recovery.RecoveryMixin):
                         'are judged again')
         return view
 
+    @staticmethod
+    def _storage_interval(caps, known):
+        """The storage heartbeat interval the host's agent announced
+        (remembered once it is gone), or None: it sends none."""
+        if caps is not None:
+            return caps.get('storage_heartbeat')
+        return known['storage_heartbeat'] if known else None
+
     def _storage_state(self, host, interval, view):
-        """alive | lost | unknown | none (the host sends none)."""
+        """alive | lost | unknown | none (the host sends none) | stopped
+        (its agent said it stops on purpose)."""
         if interval is None:
             return 'none'
         if view is None:
             return 'unknown'
         beat = view['hosts'].get(host)
-        if beat is not None and beat['age'] < self.ev.storage_timeout:
+        # An agent that announced a longer interval is given three.
+        timeout = max(self.ev.storage_timeout, 3 * interval)
+        if beat is not None and beat.get('stopping'):
+            return 'stopped'
+        if beat is not None and beat['age'] < timeout:
             return 'alive'
-        if view['leading_for'] < self.ev.storage_timeout:
+        if view['leading_for'] < timeout:
             # A master that took the lead (or started) this recently has
             # not heard every host yet.
             return 'unknown'
         return 'lost'
 
-    def _observe(self, host, svc, caps, known, active, services, view,
+    def _storage_states(self, services, members, known, active, view):
+        """Every host's storage heartbeat state.  When so many hosts lost
+        theirs at once that the mass-failure guard would trip, the Ursa
+        master is out of their reach, not every host dead: the guard
+        pauses the evacuator once (the operator's resume is not undone
+        while it lasts), and every host is judged the old way meanwhile
+        (unknown: its agent gone and Nova's nova-compute down)."""
+        states = {h: self._storage_state(
+            h, self._storage_interval(members.get(h), known.get(h)), view)
+            for h in services}
+        watched = {h for h in services if h not in active and not (
+            known.get(h) and (known[h]['state'] in (
+                'failed', 'returned', 'maintenance')
+                or known[h]['maintenance']))}
+        lost = {h for h in watched if states[h] == 'lost'}
+        beating = {h for h in watched if states[h] in ('alive', 'lost')}
+        mass = len(lost) >= 2 and bool(beating) and (
+            (self.ev.mass_failure_hosts
+             and len(lost) > self.ev.mass_failure_hosts) or
+            len(lost) / len(beating) > self.ev.mass_failure_fraction)
+        if not mass:
+            if self._storage_mass:
+                LOG.warning('Storage heartbeats are back on most hosts: '
+                            'they are judged again')
+            self._storage_mass = False
+            return states
+        if not self._storage_mass:
+            self._storage_mass = True
+            reason = ('mass failure: the storage heartbeats of %d of %d '
+                      'hosts are lost (%s); the Ursa master is likelier out '
+                      'of their reach than the hosts dead'
+                      % (len(lost), len(beating), ', '.join(sorted(lost))))
+            if not self.store.paused():
+                self.store.pause(reason, by='mass-failure guard')
+                self.metrics.guard_trips.inc()
+            LOG.critical('ALERT %s. Until they are back, hosts are judged '
+                         'by their agent and Nova alone; nothing is fenced '
+                         'or evacuated until an operator checks and runs '
+                         '"nova-ha resume"', reason)
+        return {h: 'unknown' if s == 'lost' else s
+                for h, s in states.items()}
+
+    def _observe(self, host, svc, caps, known, active, services, storage,
                  now):
         in_group = caps is not None
         nova_down = svc['state'] == 'down'
@@ -242,9 +297,7 @@ class Evacuator(recovery.RecoveryMixin):
         maintenance = (known and known['maintenance']) or agent_maint
         # Whether it sends a storage heartbeat, its agent said (and that
         # outlives the agent too).
-        interval = (caps.get('storage_heartbeat') if in_group else
-                    known and known['storage_heartbeat'])
-        storage = self._storage_state(host, interval, view)
+        interval = self._storage_interval(caps, known)
         note = None
         if host in active:
             state = 'failed'
@@ -259,7 +312,7 @@ class Evacuator(recovery.RecoveryMixin):
             note = ('agent back; "nova-ha host enable %s" re-enables it'
                     % host if in_group else 'instances evacuated')
         elif not in_group and (storage == 'lost' or (
-                storage in ('none', 'unknown') and nova_down)):
+                storage in ('none', 'unknown', 'stopped') and nova_down)):
             # Both heartbeats lost (or, without a storage heartbeat to
             # judge, the agent gone and Nova's nova-compute down).
             state = 'suspect'
@@ -284,6 +337,8 @@ class Evacuator(recovery.RecoveryMixin):
             if not in_group:
                 note = 'agent gone from the group, %s' % (
                     'storage heartbeat alive' if storage == 'alive' else
+                    'stopped on purpose, nova-compute up'
+                    if storage == 'stopped' else
                     'nova-compute up (storage heartbeat %s)' % storage)
             elif storage == 'lost':
                 note = ('storage heartbeat lost, agent in the group (the '
@@ -307,27 +362,6 @@ class Evacuator(recovery.RecoveryMixin):
             health=None if caps is None else str(caps.get('checks')),
             agent_maintenance=agent_maint or None, note=note,
             storage_heartbeat=interval, storage=storage)
-        # (A host recovered, or in maintenance, is not watched.)
-        return storage if state in ('ok', 'degraded', 'suspect') else None
-
-    def _guard_storage(self, lost, beating):
-        """Many hosts' storage heartbeats lost at once point to the Ursa
-        master (out of their reach), not to dead hosts: pause."""
-        total = len(beating)
-        if len(lost) < 2 or not total:
-            return
-        mass = (self.ev.mass_failure_hosts
-                and len(lost) > self.ev.mass_failure_hosts) or \
-            len(lost) / total > self.ev.mass_failure_fraction
-        if mass and not self.store.paused():
-            reason = ('mass failure: the storage heartbeats of %d of %d '
-                      'hosts are lost (%s); the Ursa master is likelier out '
-                      'of their reach than the hosts dead'
-                      % (len(lost), total, ', '.join(sorted(lost))))
-            self.store.pause(reason, by='mass-failure guard')
-            self.metrics.guard_trips.inc()
-            LOG.critical('ALERT %s. Nothing is fenced or evacuated until an '
-                         'operator checks and runs "nova-ha resume"', reason)
 
     def _confirm_failed(self, host, since, services, now):
         if self.ev.ursa_second_opinion:

@@ -20,6 +20,9 @@ import json
 import logging
 import os
 import shlex
+import shutil
+import socket
+import struct
 import subprocess
 import time
 
@@ -144,12 +147,33 @@ class Responder:
         return True
 
 
-def check_command_says_connected(command):
-    """Whether ``isolation_check_command`` (e.g. a ping of the gateway)
-    exits 0: the host still reaches its network, so it is not isolated
-    (both heartbeats lost at once point to the controllers)."""
+def default_gateway(route_file='/proc/net/route'):
+    """The address of this host's default gateway (IPv4), or None."""
+    try:
+        with open(route_file) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 3 and fields[1] == '00000000' and \
+                        int(fields[3], 16) & 2:      # RTF_GATEWAY
+                    return socket.inet_ntoa(struct.pack(
+                        '<I', int(fields[2], 16)))
+    except (OSError, ValueError, StopIteration):
+        pass
+    return None
+
+
+def check_connected(command):
+    """Whether this host still reaches its network although both
+    heartbeats are lost (the controllers are down, not its link): its
+    ``isolation_check_command`` exits 0, or, when that is empty, its
+    default gateway answers a ping.  No gateway, no ping: not
+    connected."""
     if not command:
-        return False
+        gateway = default_gateway()
+        if gateway is None or shutil.which('ping') is None:
+            return False
+        command = 'ping -c 1 -W 1 %s' % gateway
     try:
         return subprocess.run(shlex.split(command), capture_output=True,
                               timeout=COMMAND_TIMEOUT,

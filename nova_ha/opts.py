@@ -81,10 +81,11 @@ agent_opts = [
                     'with its HA instances.'),
     cfg.StrOpt('isolation_check_command', default='',
                help='Command run when both heartbeats are lost: exit 0 '
-                    'means this host still reaches its network (e.g. '
-                    '"ping -c 1 -W 1 <gateway>"), so the controllers are '
-                    'down, not this host\'s link, and no isolation '
-                    'response is applied.  Empty: none.'),
+                    'means this host still reaches its network, so the '
+                    'controllers are down, not this host\'s link, and no '
+                    'isolation response is applied.  Empty: a ping of the '
+                    'host\'s default gateway (none: isolated); "false": '
+                    'no check.'),
     cfg.StrOpt('stop_instance_command',
                default='virsh -c qemu:///system destroy {uuid}',
                help='Command that stops one instance, run with {uuid} (the '

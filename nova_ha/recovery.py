@@ -35,6 +35,8 @@ class RecoveryMixin:
 
     def _advance(self, rec, services):
         if rec['state'] == 'fencing':
+            if self._back_before_fence(rec):
+                return
             if not self._fence(rec):
                 return
             rec['state'] = 'disabling'
@@ -49,6 +51,26 @@ class RecoveryMixin:
             rec['state'] = 'evacuating'
         if rec['state'] == 'evacuating':
             self._evacuate(rec, services)
+
+    def _back_before_fence(self, rec):
+        """A host whose agent (or storage heartbeat) is back before it
+        was fenced (a recovery held by the guard and resumed later, or a
+        fence that kept failing) is alive: its recovery is cancelled."""
+        h = self.store.hosts().get(rec['host'])
+        if h is None or not (h['in_group'] or h['storage'] == 'alive'):
+            return False
+        why = 'back before it was fenced (%s)' % (
+            'its agent in the group' if h['in_group'] else
+            'its storage heartbeat alive')
+        self.store.update_recovery(rec['id'], state='cancelled',
+                                   finished_at=time.time(), message=why)
+        self.store.save_host(rec['host'], state='ok', since=time.time(),
+                             note='recovery %d cancelled: %s'
+                             % (rec['id'], why))
+        self.metrics.recoveries.labels('cancelled').inc()
+        LOG.warning('Recovery %d of %s cancelled: the host is %s', rec['id'],
+                    rec['host'], why)
+        return True
 
     def _fence(self, rec):
         host = rec['host']

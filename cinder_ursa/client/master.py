@@ -250,10 +250,12 @@ class MasterClient:
     def unfence_host(self, name):
         self._http.send(rest.unfence_host(name))
 
-    def host_heartbeat(self, name, interval):
-        """Beat for client host ``name`` (every ``interval`` seconds):
-        {'host', 'fenced', 'fence_reason', 'leading_for'}."""
-        return self._http.send(rest.host_heartbeat(name, interval))
+    def host_heartbeat(self, name, interval, stopping=False):
+        """Beat for client host ``name`` (every ``interval`` seconds;
+        ``stopping``: the last, its agent stops on purpose): {'host',
+        'fenced', 'fence_reason', 'leading_for'}."""
+        return self._http.send(rest.host_heartbeat(name, interval,
+                                                   stopping))
 
     def host_heartbeats(self):
         """{'leading_for': s, 'hosts': {host: {'age', 'interval'}}}."""

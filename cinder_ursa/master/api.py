@@ -1308,8 +1308,9 @@ class MasterAPI:
             raise exception.InvalidArgument(
                 reason='interval must be above 0 and at most %d s'
                 % hostbeats.MAX_INTERVAL)
+        stopping = b.get('stopping', bool, False)
         return web.json_response({'heartbeat': await self.service.
-                                  host_heartbeat(host, interval)})
+                                  host_heartbeat(host, interval, stopping)})
 
     async def host_heartbeats(self, request):
         """Every client host's storage heartbeat: how long ago it last

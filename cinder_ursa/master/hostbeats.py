@@ -27,7 +27,8 @@ MAX_INTERVAL = 3600.0
 class HostBeats:
     def __init__(self, clock=time.monotonic):
         self._clock = clock
-        self._beats = {}        # host -> (monotonic, announced interval)
+        # host -> (monotonic, announced interval, stopping on purpose)
+        self._beats = {}
         self._since = clock()
 
     def reset(self):
@@ -37,14 +38,16 @@ class HostBeats:
         self._beats.clear()
         self._since = self._clock()
 
-    def beat(self, host, interval):
+    def beat(self, host, interval, stopping=False):
+        """``stopping``: the host's agent stops on purpose (its last
+        beat): its silence from then on is no sign of the host's death."""
         now = self._clock()
         if host not in self._beats and len(self._beats) >= MAX_HOSTS:
             self._forget(now)
-        self._beats[host] = (now, interval)
+        self._beats[host] = (now, interval, stopping)
 
     def _forget(self, now):
-        for host, (at, _) in list(self._beats.items()):
+        for host, (at, _, _) in list(self._beats.items()):
             if now - at > FORGET_AFTER:
                 del self._beats[host]
         if len(self._beats) >= MAX_HOSTS:
@@ -56,8 +59,10 @@ class HostBeats:
 
     def status(self):
         """{'leading_for': s, 'hosts': {host: {'age': s since its last
-        heartbeat, 'interval': the one it announced}}}."""
+        heartbeat, 'interval': the one it announced, 'stopping': whether
+        its agent said it stops}}}."""
         now = self._clock()
         return {'leading_for': round(now - self._since, 3),
-                'hosts': {h: {'age': round(now - at, 3), 'interval': i}
-                          for h, (at, i) in self._beats.items()}}
+                'hosts': {h: {'age': round(now - at, 3), 'interval': i,
+                              'stopping': stop}
+                          for h, (at, i, stop) in self._beats.items()}}

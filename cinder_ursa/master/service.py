@@ -1033,48 +1033,63 @@ class MasterService:
         await self.fence(result['volume_id'], result['generation'])
         return result
 
-    async def host_heartbeat(self, host, interval):
+    async def host_heartbeat(self, host, interval, stopping=False):
         """Note a client host's storage heartbeat; whether it is fenced
-        (its agent then stops its instances: they run elsewhere)."""
+        (its agent then stops its instances: they run elsewhere), None
+        when the fenced hosts cannot be read."""
         # Noted on receipt: a backlog on the database thread delays the
         # answer, never the beat the evacuator judges.
-        self.host_beats.beat(host, interval)
+        self.host_beats.beat(host, interval, stopping)
         fenced = await self._fenced_hosts()
-        return {'host': host, 'fenced': host in fenced,
-                'fence_reason': fenced.get(host),
+        return {'host': host,
+                'fenced': None if fenced is None else host in fenced,
+                'fence_reason': fenced.get(host) if fenced else None,
                 'leading_for': round(self.host_beats.leading_for(), 3)}
 
     async def _fenced_hosts(self):
         """{host: reason} of the fenced hosts, read at most once a second
-        for every heartbeat (in the background once read: an answer is at
-        most a read behind)."""
-        if self._fenced_read is None:
-            await self._read_fenced()
-        elif time.monotonic() - self._fenced_read[0] >= 1.0 and (
-                self._fenced_task is None or self._fenced_task.done()):
-            self._fenced_task = asyncio.ensure_future(self._read_fenced())
-        return self._fenced_read[1]
+        for every heartbeat: one read at a time, shared (once read, in
+        the background: an answer is at most a read behind, and fences
+        and unfences through this master are in it at once).  None if
+        never read and the read fails."""
+        task = self._fenced_task
+        if task is None or task.done():
+            if self._fenced_read is None or \
+                    time.monotonic() - self._fenced_read[0] >= 1.0:
+                task = self._fenced_task = asyncio.ensure_future(
+                    self._read_fenced())
+        if self._fenced_read is None and task is not None:
+            await asyncio.shield(task)
+        return self._fenced_read[1] if self._fenced_read else None
 
     async def _read_fenced(self):
         try:
             rows = await self.db(self.store.list_fenced_hosts)
         except Exception as e:  # noqa: BLE001 - the last read stands
-            if self._fenced_read is None:
-                raise
             LOG.warning('Reading the fenced hosts failed: %s', e)
             return
         self._fenced_read = (time.monotonic(),
                              {r['host']: r['reason'] for r in rows})
 
+    def _note_fence(self, host, reason):
+        """A fence (reason) or unfence (None) made through this master,
+        in the cached fenced hosts at once."""
+        if self._fenced_read is not None:
+            fenced = dict(self._fenced_read[1])
+            if reason is None:
+                fenced.pop(host, None)
+            else:
+                fenced.setdefault(host, reason)
+            self._fenced_read = (self._fenced_read[0], fenced)
+
     async def unfence_host(self, host):
         gone = await self.db(self.store.unfence_host, host)
-        self._fenced_read = None
+        self._note_fence(host, None)
         return gone
 
     async def fence_host(self, host, reason=None):
-        self._fenced_read = None
         result = await self.db(self.store.fence_host, host, reason)
-        self._fenced_read = None
+        self._note_fence(host, reason or '')
         # (fenced_before: a retry's, see store.fence_host.)
         await asyncio.gather(*(self.fence(x['volume_id'], x['generation'])
                                for x in result['fenced'] +

@@ -367,11 +367,15 @@ def unfence_host(name):
     return Request('DELETE', '/hosts/%s/fence' % quote(name))
 
 
-def host_heartbeat(name, interval):
-    """A client host's storage heartbeat (nova-ha-agent); the answer
-    says whether the host is fenced."""
-    return Request('PUT', '/hosts/%s/heartbeat' % quote(name),
-                   {'interval': interval}, result='heartbeat')
+def host_heartbeat(name, interval, stopping=False):
+    """A client host's storage heartbeat (nova-ha-agent; ``stopping``:
+    its last, the agent stops on purpose); the answer says whether the
+    host is fenced."""
+    body = {'interval': interval}
+    if stopping:
+        body['stopping'] = True
+    return Request('PUT', '/hosts/%s/heartbeat' % quote(name), body,
+                   result='heartbeat')
 
 
 def host_heartbeats():

@@ -225,7 +225,8 @@ class Resume(command.Command):
                 if r['state'] == 'held']
         s.resume()
         self.app.stdout.write('Resumed%s\n' % (
-            '; recoveries of %s go ahead' % ', '.join(held) if held else ''))
+            '; recoveries of %s go ahead (each cancelled if its host is '
+            'back by then)' % ', '.join(held) if held else ''))
 
 
 def main(argv=None):

@@ -59,3 +59,34 @@ def test_health_checks_and_maintenance_reach_the_group(tmp_path):
         assert 'c7' not in coordination.members(observer,
                                                 conf.coordination.group)
         observer.stop()
+
+
+def test_an_agent_dropped_from_the_group_joins_again(tmp_path):
+    """etcd3 and ZooKeeper drop a member whose lease or session expired
+    during an outage while its later heartbeats succeed: the agent must
+    notice it is out of the group and join again (its host would stay
+    'degraded', one storage blip away from being fenced alive)."""
+    conf = make_conf(tmp_path)
+    conf.set_override('host', 'c8', group='agent')
+    conf.set_override('check_interval', 0.1, group='agent')
+    conf.set_override('check_storage', False, group='agent')
+    conf.set_override('nova_compute_process', '', group='agent')
+    agent = agent_mod.Agent(conf)
+    t = threading.Thread(target=agent.run)
+    t.start()
+    observer = coordination.start(conf, 'observer')
+    try:
+        group = conf.coordination.group
+        wait_for(lambda: 'c8' in coordination.members(observer, group), 10,
+                 'c8 in the group', interval=0.1)
+        # Its membership goes, as an expired lease takes it: removed by
+        # another client under the same member id.
+        dropper = coordination.start(conf, 'c8', heart=False)
+        dropper.leave_group(group.encode()).get()
+        dropper.stop()
+        wait_for(lambda: 'c8' in coordination.members(observer, group), 10,
+                 'c8 back in the group', interval=0.1)
+    finally:
+        agent.stop()
+        t.join(10)
+        observer.stop()

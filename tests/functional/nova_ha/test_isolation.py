@@ -16,6 +16,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from cinder_ursa.common import auth
 from nova_ha import fence
 from tests.fixtures import services
 from tests.fixtures.cluster import data_client
@@ -58,8 +61,12 @@ def alive(pid):
         return f.read().split(') ', 1)[1][0] != 'Z'
 
 
+@pytest.mark.parametrize('cut', ['link', 'drop'])
 def test_an_isolated_host_stops_its_ha_guests_and_runs_nothing_twice(
-        network, make_ns_cluster, tmp_path):
+        network, make_ns_cluster, tmp_path, cut):
+    """``cut``: the host's link goes down (connections fail at once), or
+    every packet to and from it is dropped (they hang until their
+    timeouts, as in a real partition)."""
     cluster = make_ns_cluster(1)
     ns, _ = network.add_host('c1')
     there = network.client_address
@@ -69,6 +76,12 @@ def test_an_isolated_host_stops_its_ha_guests_and_runs_nothing_twice(
     beats = None
     try:
         master = cluster.client()
+        # The agent signs as its host's principal (it may beat for c1
+        # only).
+        host_key = tmp_path / 'c1.key'
+        key = auth.new_key()
+        master.create_principal('c1', 'host', key)
+        auth.write_key_file(str(host_key), key)
         for name in ('disk-ha', 'disk-plain'):
             master.create_volume(name, 16 * MiB, chunk_size=4 * MiB,
                                  replicas=1, min_replicas=1)
@@ -101,7 +114,7 @@ def test_an_isolated_host_stops_its_ha_guests_and_runs_nothing_twice(
             '[nova]', 'auth_type = none', 'endpoint_override = %s'
             % nova.url,
             '[ursa]', 'master_url = %s' % cluster.master_url,
-            'cluster_key_file = %s' % cluster.key_file, '']))
+            'principal = c1', 'principal_key_file = %s' % host_key, '']))
         os.makedirs(tmp_path / 'c1')
 
         def spawn(name, argv):
@@ -145,7 +158,10 @@ def test_an_isolated_host_stops_its_ha_guests_and_runs_nothing_twice(
                      30, '%s guest writing' % key, interval=0.2)
 
         t_cut = time.time()
-        network.link_down('c1')
+        if cut == 'link':
+            network.link_down('c1')
+        else:
+            network.cut('c1')
         run_until([ev], recovery_over(ev, 'c1'), timeout=60,
                   what='recovery of c1')
         rec = ev.store.recoveries(host='c1')[0]
@@ -167,7 +183,10 @@ def test_an_isolated_host_stops_its_ha_guests_and_runs_nothing_twice(
         assert 'isolation response applied: stopped 1 of 1' in log
 
         # The link comes back.
-        network.link_up('c1')
+        if cut == 'link':
+            network.link_up('c1')
+        else:
+            network.heal('c1')
         t_back = time.time()
         wait_for(lambda: 'storage heartbeat gets through again' in (
             tmp_path / 'agent-c1.log').read_text(), 30,

@@ -190,8 +190,10 @@ def test_every_storage_heartbeat_lost_at_once_trips_the_guard(
         tmp_path, fake_nova, members, ursa, beats):
     """The hosts cannot reach the Ursa master (the evacuator can): their
     agents are in the group, so each is degraded, and so many at once
-    pause the evacuator; a host whose agent then goes too is held, not
-    fenced."""
+    pause the evacuator, once.  Meanwhile hosts are judged the old way: a
+    host whose agent goes too is not failed while Nova reports it up, and
+    once the operator resumed (not undone while the heartbeats stay
+    lost), a host Nova reports down too is recovered."""
     hosts = ('s1', 's2', 's3')
     log = FenceLog(tmp_path / 'fenced')
     m, ev = setup(tmp_path, fake_nova, members, ursa, beats, hosts,
@@ -203,13 +205,73 @@ def test_every_storage_heartbeat_lost_at_once_trips_the_guard(
     reason = ev.store.paused()['reason']
     assert 'storage heartbeats of 3 of 3 hosts' in reason
     assert ev.store.paused()['by'] == 'mass-failure guard'
-    assert {s for s, _ in states(ev).values()} == {'degraded'}
+    assert ev.metrics.guard_trips._value.get() == 1
     m.leave('s1')
-    run_until([ev], lambda: ev.store.recoveries(host='s1'),
-              what='s1 failed')
+    seen = poll_for(ev, STORAGE_TIMEOUT + 2.0)
+    assert seen[-1]['s1'] == ('degraded', 'unknown')
+    assert ev.store.recoveries() == []
+    ev.store.resume()
     poll_for(ev, 1.0)
-    assert ev.store.recoveries(host='s1')[0]['state'] == 'held'
+    assert not ev.store.paused()
+    assert ev.metrics.guard_trips._value.get() == 1
+    n.compute_down('s1')
+    run_until([ev], recovery_over(ev, 's1'), what='recovery of s1')
+    assert log.hosts() == ['s1'] and len(n.evacuate_calls()) == 1
+    # The heartbeats back: judged again.
+    beats.start('s2', 's3')
+    run_until([ev], lambda: states(ev)['s2'] == ('ok', 'alive'),
+              what='s2 alive again')
+
+
+def test_a_recovery_held_by_the_guard_is_cancelled_if_its_host_is_back(
+        tmp_path, fake_nova, members, ursa, beats):
+    hosts = ('h1', 'h2', 'h3')
+    log = FenceLog(tmp_path / 'fenced')
+    m, ev = setup(tmp_path, fake_nova, members, ursa, beats, hosts,
+                  fences=[log])
+    n = fake_nova.nova
+    n.add_server('vm', 'h1', metadata=HA)
+    ev.store.pause('switch upgrade')
+    m.leave('h1')
+    beats.stop('h1')
+    run_until([ev], lambda: ev.store.recoveries(host='h1'),
+              what='h1 failed')
+    assert ev.store.recoveries(host='h1')[0]['state'] == 'held'
+    # Its agent restarts meanwhile (an upgrade that took too long).
+    m.join('h1', storage_heartbeat=BEAT)
+    beats.start('h1')
+    poll_for(ev, 1.0)
+    ev.store.resume()
+    run_until([ev], lambda: ev.store.recoveries(host='h1')[0]['state']
+              == 'cancelled', what='the recovery cancelled')
+    rec = ev.store.recoveries(host='h1')[0]
+    assert 'back before it was fenced' in rec['message']
+    poll_for(ev, 1.0)
+    assert states(ev)['h1'] == ('ok', 'alive')
     assert log.hosts() == [] and n.evacuate_calls() == []
+
+
+def test_an_agent_that_stops_on_purpose_is_judged_the_old_way(
+        tmp_path, fake_nova, members, ursa, beats):
+    """A last storage heartbeat says the agent stops (a package upgrade,
+    systemctl stop): its host is not failed from the silence, only once
+    Nova reports its nova-compute down too."""
+    hosts = ('p1', 'p2', 'p3')
+    log = FenceLog(tmp_path / 'fenced')
+    m, ev = setup(tmp_path, fake_nova, members, ursa, beats, hosts,
+                  fences=[log])
+    n = fake_nova.nova
+    n.add_server('vm', 'p1', metadata=HA)
+    beats.stop('p1')
+    ursa.client().host_heartbeat('p1', BEAT, stopping=True)
+    m.leave('p1')
+    seen = poll_for(ev, STORAGE_TIMEOUT + 2.0)
+    assert seen[-1]['p1'] == ('degraded', 'stopped')
+    assert 'stopped on purpose' in ev.store.hosts()['p1']['note']
+    assert ev.store.recoveries() == []
+    n.compute_down('p1')
+    run_until([ev], recovery_over(ev, 'p1'), what='recovery of p1')
+    assert log.hosts() == ['p1']
 
 
 def test_an_unanswering_master_leaves_hosts_to_agent_and_nova(

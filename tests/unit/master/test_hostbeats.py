@@ -2,8 +2,11 @@
 heartbeat): kept in the leader's memory, read all at once, bounded, and
 their answer says whether nova_ha fenced the host."""
 
+import asyncio
+
 import pytest
 
+from cinder_ursa.master import api
 from cinder_ursa.master import hostbeats
 from tests.unit.master.test_principals import HOST
 from tests.unit.master.test_principals import KEY
@@ -29,9 +32,9 @@ def test_ages_count_from_the_last_beat_and_a_new_leader_forgets():
     beats.beat('c2', 0.5)
     clock.now += 0.5
     status = beats.status()
-    assert status == {'leading_for': 3.0,
-                      'hosts': {'c1': {'age': 3.0, 'interval': 1.0},
-                                'c2': {'age': 0.5, 'interval': 0.5}}}
+    assert status == {'leading_for': 3.0, 'hosts': {
+        'c1': {'age': 3.0, 'interval': 1.0, 'stopping': False},
+        'c2': {'age': 0.5, 'interval': 0.5, 'stopping': False}}}
     # What it heard while it led before says nothing of the silence
     # since: a master that leads again starts from nobody.
     beats.reset()
@@ -116,3 +119,48 @@ def test_a_host_beats_for_itself_only(store):  # noqa: F811
     assert [s for s, _ in results] == [200, 403, 403, 400, 200]
     assert 'its own host' in results[1][1]['error']['message']
     assert list(results[4][1]['heartbeats']['hosts']) == ['compute-1']
+
+
+def test_many_heartbeats_share_one_read_of_the_fenced_hosts(
+        store):  # noqa: F811
+    """After a fence (or an election) hundreds of heartbeats arrive
+    before the fenced hosts are read: one read serves them all, and the
+    fence made through this master is in every answer at once."""
+    reads = []
+    real = store.list_fenced_hosts
+
+    def counting():
+        reads.append(1)
+        return real()
+    store.list_fenced_hosts = counting
+
+    async def go():
+        service = api.MasterAPI(store, KEY).service
+        hosts = ['h%d' % i for i in range(200)]
+        first = await asyncio.gather(*(service.host_heartbeat(h, 1.0)
+                                       for h in hosts))
+        assert len(reads) == 1
+        assert {a['fenced'] for a in first} == {False}
+        await service.fence_host('h7', 'nova-ha recovery 1')
+        again = await asyncio.gather(*(service.host_heartbeat(h, 1.0)
+                                       for h in hosts))
+        assert [a['host'] for a in again if a['fenced']] == ['h7']
+        assert again[7]['fence_reason'] == 'nova-ha recovery 1'
+        assert len(reads) <= 2
+        await service.unfence_host('h7')
+        assert (await service.host_heartbeat('h7', 1.0))['fenced'] is False
+    asyncio.run(go())
+
+
+def test_an_unreadable_fenced_list_answers_unknown_not_500(
+        store):  # noqa: F811
+    def broken():
+        raise RuntimeError('database away')
+    store.list_fenced_hosts = broken
+
+    async def go():
+        service = api.MasterAPI(store, KEY).service
+        answer = await service.host_heartbeat('h1', 1.0)
+        assert answer['fenced'] is None
+        assert service.host_beats.status()['hosts']['h1']['age'] < 5
+    asyncio.run(go())

@@ -7,6 +7,7 @@ Nova and kept on disk."""
 import sys
 import time
 
+from cinder_ursa import exception
 from nova_ha import agent as agent_mod
 from nova_ha import isolation
 from tests.fixtures.novaha import HA
@@ -27,12 +28,17 @@ def make_agent(tmp_path, fake_nova=None, storage=True, **agent):
 
 
 def silent(beat, seconds, now):
-    beat.last_ok = now - seconds
+    beat.last_ok = beat.last_reached = now - seconds
+
+
+def settled(a):
+    a._settle_until = 0
+    return a
 
 
 def test_isolated_only_when_both_heartbeats_are_silent_past_the_timeout(
         tmp_path):
-    a = make_agent(tmp_path)
+    a = settled(make_agent(tmp_path))
     now = time.monotonic()
     # Never reached anything since it started (a site powering up).
     a.network.started = a.storage.started = now - 60
@@ -51,6 +57,60 @@ def test_isolated_only_when_both_heartbeats_are_silent_past_the_timeout(
     assert a.isolated(now) is None
     a.conf.set_override('isolation_check_command', 'false', group='agent')
     assert a.isolated(now) is not None
+
+
+def test_a_heartbeat_that_never_got_through_or_is_refused_is_no_isolation(
+        tmp_path):
+    """A storage heartbeat refused from the start (a wrong principal, an
+    older master): the host announces none, and an outage of the
+    coordination backend alone is no isolation.  A refusal later is an
+    answer: the path to the master works."""
+    a = settled(make_agent(tmp_path))
+    now = time.monotonic()
+    a.storage.started = now - 60
+    silent(a.network, 60, now)
+    assert a.isolated(now) is None
+    assert a.health()['storage_heartbeat'] is None
+    silent(a.storage, 60, now)
+    assert a.health()['storage_heartbeat'] == a.storage.interval
+    assert a.isolated(now) is not None
+    a.storage.last_reached = now - 1            # refused, but answered
+    assert a.isolated(now) is None
+    refused = agent_mod._master_answered
+    assert refused(exception.Forbidden(reason='x'))
+    assert refused(exception.NotLeader(reason='x'))
+    assert not refused(exception.UrsaConnectionError(reason='x'))
+    assert not refused(exception.UrsaTimeout(reason='x'))
+    assert not refused(OSError('x'))
+
+
+def test_no_isolation_is_judged_right_after_a_stall_of_the_agent(tmp_path):
+    """A SIGSTOP or a frozen host: once it runs again, what its
+    heartbeats last saw is old; they get the time to try again before the
+    host is judged isolated."""
+    a = make_agent(tmp_path)
+    now = time.monotonic()
+    silent(a.network, 30, now)
+    silent(a.storage, 30, now)
+    assert a._settle_until > now                # just started
+    assert a.isolated(now) is None
+    assert a.isolated(a._settle_until + 0.1) is not None
+
+
+def test_the_default_check_pings_the_default_gateway(tmp_path):
+    route = tmp_path / 'route'
+    route.write_text(
+        'Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\n'
+        'eth0\t000200C0\t00000000\t0001\t0\t0\t0\n'
+        'eth0\t00000000\t010200C0\t0003\t0\t0\t0\n')
+    assert isolation.default_gateway(str(route)) == '192.0.2.1'
+    route.write_text('Iface\tDestination\tGateway \tFlags\n'
+                     'eth0\t000200C0\t00000000\t0001\n')
+    assert isolation.default_gateway(str(route)) is None
+    assert isolation.default_gateway(str(tmp_path / 'none')) is None
+    assert isolation.check_connected('true') is True
+    assert isolation.check_connected('false') is False
+    assert isolation.check_connected('/nonexistent/command') is False
 
 
 def test_without_a_storage_heartbeat_a_host_is_never_isolated(tmp_path):
@@ -83,7 +143,7 @@ def stop_command(tmp_path):
 
 def test_the_response_is_applied_once_and_again_after_a_return(tmp_path):
     command, log = stop_command(tmp_path)
-    a = make_agent(tmp_path, stop_instance_command=command)
+    a = settled(make_agent(tmp_path, stop_instance_command=command))
     a.responder.instances = [{'uuid': 'u1', 'name': 'db'},
                              {'uuid': 'u2', 'name': 'bad'}]
     now = time.monotonic()
@@ -95,7 +155,8 @@ def test_the_response_is_applied_once_and_again_after_a_return(tmp_path):
     assert log.read_text().split('\n')[:-1] == ['db u1', 'bad u2']
     assert a.responded.startswith('isolated')
     # Back, and not fenced: the next isolation is answered again.
-    a.storage.last_ok = a.network.last_ok = time.monotonic()
+    silent(a.storage, 0, time.monotonic())
+    silent(a.network, 0, time.monotonic())
     a.storage.answer = {'fenced': False}
     a._judge()
     assert a.responded is None
