@@ -33,6 +33,7 @@ def _every_request():
             'name': 'n?x', 'host': 'h#1', 'size': 1, 'start': 0,
             'count': 4, 'index': 3, 'server_id': 2, 'epoch': 5,
             'holder': 'h:1', 'generation': 7, 'ttl': 30, 'usage': {},
+            'interval': 1.0,
             'status': 'attached', 'reason': 'test', 'on': True,
             'action': 'join', 'role': 'host', 'wrapped_key': 'ab',
             'nonce': 'cd', 'window': 60}
