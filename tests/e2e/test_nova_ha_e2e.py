@@ -163,6 +163,12 @@ class Story:
 
     # 3 and 4. compute1 dies to Nova and nova_ha, not to the storage.
     def kill_and_evacuate(self):
+        # compute1's agent knows its HA instances (for its isolation
+        # response when it comes back fenced).
+        known = os.path.join(self.ha.base, 'ha-instances-%s.json' % VICTIM)
+        self.nova.wait(lambda: os.path.exists(known) and all(
+            self.servers[n] in open(known).read() for n, _ in HA_SERVERS),
+            60, '%s\'s agent to know its HA instances' % VICTIM)
         t_kill = time.time()
         self.nova.kill(VICTIM)
         self.ha.kill_agent(VICTIM)
