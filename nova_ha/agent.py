@@ -138,8 +138,11 @@ class Agent:
             # may beat for its own host only), a nova_ha principal's key
             # or the cluster key.
             interval = conf.agent.storage_heartbeat_interval
+            # One round over the masters a beat (no wait for an
+            # election): a standby's answer is an answer, and the next
+            # beat comes soon.
             self.master = ursa_master.MasterClient.from_conf(
-                conf, timeout=max(2.0, 2 * interval))
+                conf, timeout=max(2.0, 2 * interval), failover_wait=0)
         self.responder = responder or isolation.Responder(conf)
         self.network = Beat('coordination', self._tooz_beat,
                             conf.coordination.heartbeat_interval,

@@ -43,11 +43,14 @@ def _lease_with_ticket(reply):
 class MasterClient:
     """Blocking client of the master (eventlet-safe)."""
 
-    def __init__(self, urls, key, timeout=30.0, tls=None, principal=None):
+    def __init__(self, urls, key, timeout=30.0, tls=None, principal=None,
+                 failover_wait=http.FAILOVER_WAIT):
         # principal: (name, key) signing the requests (None: the
         # process default, transport.http.set_default_principal).
-        self._http = http.BlockingHttp(urls, key, timeout, tls=tls,
-                                       principal=principal)
+        # failover_wait: how long a call waits while the masters elect a
+        # leader (0: one round over the masters).
+        self._http = http.BlockingHttp(urls, key, timeout, failover_wait,
+                                       tls=tls, principal=principal)
 
     @classmethod
     def from_key_file(cls, urls, key_file=None, key=None, timeout=30.0,
@@ -57,7 +60,7 @@ class MasterClient:
         return cls(urls, auth.load_key(key_file, key), timeout, tls=tls)
 
     @classmethod
-    def from_conf(cls, conf, timeout=30.0):
+    def from_conf(cls, conf, timeout=30.0, failover_wait=http.FAILOVER_WAIT):
         """A client from the ``[ursa]`` options of ``conf``: master_url,
         the cluster key, the principal that signs (principal,
         principal_key_file) and the TLS files (https:// masters)."""
@@ -70,7 +73,7 @@ class MasterClient:
                                                u.cluster_key),
             timeout, tls=http.client_tls(u.tls_ca_file, u.tls_cert_file,
                                          u.tls_key_file),
-            principal=principal)
+            principal=principal, failover_wait=failover_wait)
 
     @property
     def urls(self):

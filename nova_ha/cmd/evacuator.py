@@ -48,7 +48,11 @@ def main(argv=None):
                     'fence_command.')
     storage = None
     if fence.ursa_configured(conf):
-        storage = ursa_master.MasterClient.from_conf(conf, timeout=5)
+        # One round over the masters a poll: during an election the
+        # storage heartbeats are unknown for a poll or two (hosts are
+        # judged the old way), the poll is never held up for it.
+        storage = ursa_master.MasterClient.from_conf(conf, timeout=5,
+                                                     failover_wait=0)
     else:
         LOG.warning('No Ursa master ([ursa] master_url and a key): hosts '
                     'have no storage heartbeat to judge, so a host fails '

@@ -15,7 +15,10 @@ the switchover.
 
 Block ``k`` lies at offset ``k * 4096``.  Journal lines:
 ``k t_start t_written t_synced result``, result ``ok`` or ``write:ERRNO``
-or ``fsync:ERRNO`` (the errno's name); times from ``time.time()``.
+or ``fsync:ERRNO`` (the errno's name); times from ``time.time()``.  Each
+writer starts with a line ``start TIME``: a guest that comes back to a
+host it once left (evacuated there again) appends to the same journal,
+and its new life is read apart from the old one.
 """
 
 import argparse
@@ -50,15 +53,21 @@ def numbered(data):
 
 class Journal:
     """What the writer did, read back: ``entries`` in order, as
-    ``(k, t_start, t_written, t_synced, result)``."""
+    ``(k, t_start, t_written, t_synced, result)``, of its last life (the
+    writer started last on this host); ``lives`` counts them."""
 
     def __init__(self, path):
         self.entries = []
+        self.lives = 0
         if not os.path.exists(path):
             return              # the writer has not started yet
         with open(path) as f:
             for line in f:
                 parts = line.split()
+                if parts[:1] == ['start']:
+                    self.entries = []
+                    self.lives += 1
+                    continue
                 if len(parts) != 5:
                     continue        # the line being written when killed
                 k, t0, t1, t2, result = parts
@@ -84,6 +93,8 @@ def run(path, journal, first, interval, wait_for=None):
     # Each open, each write and each result straight to the journal's
     # page cache (line-buffered): a SIGKILL of this process loses none.
     out = open(journal, 'a', buffering=1)
+    # On a line of its own, even after a writer killed mid-line.
+    out.write('\nstart %.6f\n' % time.time())
     fd = None
     k = first
     stop = []

@@ -453,12 +453,15 @@ class Story:
             self.osc('--os-compute-api-version', nova_harness.MICROVERSION,
                      'server', 'migration', 'abort', sid, str(mig['id']),
                      json_out=False)
-            status = 'cancelled'
+            statuses = ('cancelled',)
         else:
             mig = self.start_live_migration(name, dest)
-            status = 'error'
-        self.nova.wait(lambda: self.migration(mig['id'])['status'] == status,
-                       60, 'migration of %s %s' % (name, status))
+            # Nova marks the migration 'error' as its rollback starts and
+            # 'failed' once it is done: either may be the one seen.
+            statuses = ('error', 'failed')
+        self.nova.wait(lambda: self.migration(mig['id'])['status'] in
+                       statuses, 60, 'migration of %s %s' % (
+                           name, ' or '.join(statuses)))
         self.nova.wait(lambda: (
             self.by_name()[name]['status'] == 'ACTIVE' and
             self.by_name()[name]['OS-EXT-STS:task_state'] is None), 60,

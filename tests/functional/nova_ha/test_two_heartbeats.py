@@ -6,6 +6,7 @@ than the grace period: nothing.  Every host's storage heartbeat lost at
 once: the mass-failure guard pauses.  A master that does not answer
 leaves hosts to the old rule (agent gone and Nova down)."""
 
+import signal
 import time
 
 import pytest
@@ -20,6 +21,7 @@ from tests.fixtures.novaha import make_conf
 from tests.fixtures.novaha import make_evacuator
 from tests.fixtures.novaha import recovery_over
 from tests.fixtures.novaha import run_until
+from tests.fixtures.wait import wait_for
 
 BEAT = 0.2
 STORAGE_TIMEOUT = 1.0
@@ -334,5 +336,65 @@ def test_a_master_down_and_back_evacuates_nothing(
         assert ev.store.recoveries() == [] and not ev.store.paused()
         assert fake_nova.nova.evacuate_calls() == []
         assert ev.metrics.storage_up._value.get() == 1
+    finally:
+        beats.close()
+
+
+def test_a_master_election_while_hosts_beat_evacuates_nothing(
+        tmp_path, fake_nova, members, make_cluster):
+    """Two masters; the leader freezes (SIGSTOP) while the hosts beat and
+    the evacuator polls, as nova-ha-agent and nova-ha-evacuator talk to
+    the masters (one round over them, no wait for the election): no poll
+    is held up by the election, the storage heartbeats are unknown while
+    nobody leads, the new leader judges nobody before it has heard them,
+    and nothing is fenced or evacuated.  The old leader wakes up and
+    changes nothing."""
+    # The masters' default lease: nobody leads for about 8 s.
+    cluster = make_cluster(1, masters=2)
+    first, second = cluster.master_urls
+
+    def client():
+        return master_mod.MasterClient(list(cluster.master_urls),
+                                       cluster.key, timeout=1.0,
+                                       failover_wait=0)
+    # The first started leads at once.
+    wait_for(lambda: cluster.client().cluster_status()['masters'][
+        'leader'] == first, 10, 'master 0 leading')
+    hosts = ('e1', 'e2', 'e3')
+    beats = StorageBeats(client(), BEAT)
+    try:
+        m, ev = setup(tmp_path, fake_nova, members, cluster, beats, hosts)
+        ev.storage = client()
+        fake_nova.nova.add_server('vm', 'e1', metadata=HA)
+        frozen = cluster.master_procs[0]
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            steps, seen = [], []
+            end = time.monotonic() + 30.0
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                ev.step()
+                steps.append(time.monotonic() - t0)
+                seen.append(states(ev))
+                if {s for _, s in seen[-1].values()} == {'alive'} and \
+                        'unknown' in {s for x in seen for _, s in
+                                      x.values()}:
+                    break
+                time.sleep(0.1)
+            assert client().cluster_status()['masters']['leader'] == second
+            # Each poll asked every master once: at most the frozen one's
+            # timeout and the other's answer, never the election's wait.
+            assert max(steps) < 3.0, steps
+            assert {s for _, s in seen[-1].values()} == {'alive'}, seen[-1]
+            assert not any(x[h][0] in ('suspect', 'failed')
+                           for x in seen for h in hosts), seen
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        seen = poll_for(ev, 2.0)
+        assert not any(x[h][0] in ('suspect', 'failed') for x in seen
+                       for h in hosts), seen
+        assert ev.store.recoveries() == [] and not ev.store.paused()
+        assert fake_nova.nova.evacuate_calls() == []
+        assert not any(cluster.client().host(h)['fenced'] for h in hosts)
     finally:
         beats.close()
