@@ -365,8 +365,11 @@ class Agent:
         """Why this host is fenced by nova_ha (its master's last answer),
         or None."""
         answer = self.storage.answer if self.storage is not None else None
-        if answer and answer.get('fenced') and (
-                answer.get('fence_reason') or '').startswith(NOVA_HA_FENCE):
+        # The master keeps every reason it was given ("; " between):
+        # nova_ha's is found after an operator's fence.
+        if answer and answer.get('fenced') and any(
+                r.startswith(NOVA_HA_FENCE) for r in (
+                    answer.get('fence_reason') or '').split('; ')):
             return 'fenced by nova_ha (%s)' % answer['fence_reason']
         return None
 

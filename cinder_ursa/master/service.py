@@ -43,6 +43,7 @@ from cinder_ursa.master import election
 from cinder_ursa.master import hostbeats
 from cinder_ursa.master import repair
 from cinder_ursa.master import slowdisk
+from cinder_ursa.master.store import common as store_common
 from cinder_ursa.protocol import codec
 from cinder_ursa.protocol import control
 
@@ -1078,8 +1079,11 @@ class MasterService:
             fenced = dict(self._fenced_read[1])
             if reason is None:
                 fenced.pop(host, None)
+            elif host in fenced:
+                fenced[host] = store_common.fence_reasons(fenced[host],
+                                                          reason)
             else:
-                fenced.setdefault(host, reason)
+                fenced[host] = reason
             self._fenced_read = (self._fenced_read[0], fenced)
 
     async def unfence_host(self, host):

@@ -137,6 +137,22 @@ def check_free_text(what, value):
     return value
 
 
+# At most this many characters of a fenced host's reasons are kept (the
+# newest).
+MAX_FENCE_REASON = 4096
+
+
+def fence_reasons(old, new):
+    """The reasons a host is fenced for once ``new`` is added to ``old``:
+    each fence that gives a reason not already there adds it, so a fence
+    made on top of an operator's (nova_ha's recovery, say) is not hidden
+    by it."""
+    if not new or (old and new in old.split('; ')):
+        return old
+    merged = '%s; %s' % (old, new) if old else new
+    return merged[-MAX_FENCE_REASON:]
+
+
 def unstorable(ref):
     """Whether a name or id to look up cannot be in the database (a NUL
     character: PostgreSQL refuses to look it up), so it names nothing."""

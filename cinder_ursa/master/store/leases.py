@@ -18,6 +18,7 @@ from cinder_ursa.master.store.common import SHARED
 from cinder_ursa.master.store.common import asked
 from cinder_ursa.master.store.common import check_free_text
 from cinder_ursa.master.store.common import check_text
+from cinder_ursa.master.store.common import fence_reasons
 from cinder_ursa.master.store.common import holder_host
 from cinder_ursa.protocol import lease_history as events
 
@@ -544,11 +545,14 @@ class LeaseRecords:
         now = time.time()
         why = 'host %s fenced%s' % (host, ': %s' % reason if reason else '')
         with self.begin() as conn:
-            already = conn.execute(sa.select(f).where(
-                f.c.host == host)).first() is not None
+            row = conn.execute(sa.select(f).where(f.c.host == host)).first()
+            already = row is not None
             if not already:
                 conn.execute(f.insert().values(host=host, reason=reason,
                                                fenced_at=now))
+            elif fence_reasons(row.reason, reason) != row.reason:
+                conn.execute(f.update().where(f.c.host == host).values(
+                    reason=fence_reasons(row.reason, reason)))
             a = models.attachments
             touched = [r.volume_id for r in conn.execute(sa.select(
                 a.c.volume_id).where(a.c.host == host))]

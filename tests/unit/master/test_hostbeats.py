@@ -147,6 +147,14 @@ def test_many_heartbeats_share_one_read_of_the_fenced_hosts(
         assert [a['host'] for a in again if a['fenced']] == ['h7']
         assert again[7]['fence_reason'] == 'nova-ha recovery 1'
         assert len(reads) <= 2
+        # A fence on top of it, with another reason: both are kept, in
+        # the answers at once and in the database; a retry adds nothing.
+        await service.fence_host('h7', 'by ops')
+        await service.fence_host('h7', 'nova-ha recovery 1')
+        answer = await service.host_heartbeat('h7', 1.0)
+        assert answer['fence_reason'] == 'nova-ha recovery 1; by ops'
+        assert [r['reason'] for r in store.list_fenced_hosts()] == [
+            'nova-ha recovery 1; by ops']
         await service.unfence_host('h7')
         assert (await service.host_heartbeat('h7', 1.0))['fenced'] is False
     asyncio.run(go())
@@ -164,3 +172,15 @@ def test_an_unreadable_fenced_list_answers_unknown_not_500(
         assert answer['fenced'] is None
         assert service.host_beats.status()['hosts']['h1']['age'] < 5
     asyncio.run(go())
+
+
+def test_fence_reasons_add_up_bounded():
+    from cinder_ursa.master.store import common
+    assert common.fence_reasons(None, 'a') == 'a'
+    assert common.fence_reasons('a', None) == 'a'
+    assert common.fence_reasons('a', 'a') == 'a'
+    assert common.fence_reasons('a; b', 'b') == 'a; b'
+    assert common.fence_reasons('ab', 'b') == 'ab; b'
+    long = common.fence_reasons('x' * common.MAX_FENCE_REASON, 'newest')
+    assert len(long) == common.MAX_FENCE_REASON
+    assert long.endswith('; newest')

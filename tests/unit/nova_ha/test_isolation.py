@@ -130,6 +130,15 @@ def test_only_a_fence_nova_ha_made_is_answered(tmp_path):
     a.storage.answer = {'fenced': True,
                         'fence_reason': 'nova-ha recovery 4'}
     assert a.fenced() == 'fenced by nova_ha (nova-ha recovery 4)'
+    # nova_ha fenced a host an operator had fenced before: the master
+    # keeps both reasons, nova_ha's is seen.
+    a.storage.answer = {'fenced': True, 'fence_reason':
+                        'repair, by ops; nova-ha recovery 5'}
+    assert a.fenced() == ('fenced by nova_ha (repair, by ops; nova-ha '
+                          'recovery 5)')
+    a.storage.answer = {'fenced': True,
+                        'fence_reason': 'not a nova-ha recovery'}
+    assert a.fenced() is None
 
 
 def stop_command(tmp_path):
