@@ -219,8 +219,11 @@ class UrsaBackupDriver(driver.BackupDriver):
                      'read': units.format_size(t['read']),
                      'written': units.format_size(t['written']),
                      'chain': chain, 'point': point})
+        # 'id': the backup id its data is named after, so a record
+        # imported under another id (backup-import) still finds it.
         return {'service_metadata': json.dumps(
-            {'chain': chain, 'base': base}, sort_keys=True)}
+            {'chain': chain, 'base': base, 'id': backup.id},
+            sort_keys=True)}
 
     @staticmethod
     def _on_ursa(src, volume):
@@ -450,8 +453,8 @@ class UrsaBackupDriver(driver.BackupDriver):
                 cl.open_volume(name) as v:
             v.write(0, blob + bytes(size - len(blob)), fua=True)
 
-    def _load_metadata(self, volume_name, backup):
-        name = META % (volume_name, backup.id)
+    def _load_metadata(self, volume_name, stored_id):
+        name = META % (volume_name, stored_id)
         try:
             with sync.SyncCluster(self.urls, self._key,
                                   io_timeout=self.timeout) as cl, \
@@ -474,7 +477,8 @@ class UrsaBackupDriver(driver.BackupDriver):
             raise cinder_exc.BackupDriverException(
                 _('Backup %s has no Ursa chain recorded: it was not made '
                   'by this driver, or it failed') % backup.id)
-        ref = '%s@%s' % (chain, POINT % backup.id)
+        stored = _stored_id(backup, meta)
+        ref = '%s@%s' % (chain, POINT % stored)
         what = _('Restore of backup %(b)s to volume %(v)s') % {
             'b': backup.id, 'v': volume_id}
         with self._guard(what), sync.SyncCluster(
@@ -508,7 +512,7 @@ class UrsaBackupDriver(driver.BackupDriver):
                     os.ftruncate(fd, size)
                 _blocking(os.fsync, fd)
             progress.log(final=True)
-        data = self._load_metadata(chain.rsplit('.backups', 1)[0], backup)
+        data = self._load_metadata(chain.rsplit('.backups', 1)[0], stored)
         if data:
             self.put_metadata(volume_id, data)
 
@@ -554,10 +558,11 @@ class UrsaBackupDriver(driver.BackupDriver):
             return
         volume_name = chain.rsplit('.backups', 1)[0]
         with self._guard(what), self._chain_lock(chain):
+            stored = _stored_id(backup, meta)
             self._gone_ok(self._master.delete_snapshot,
-                          '%s@%s' % (chain, POINT % backup.id))
+                          '%s@%s' % (chain, POINT % stored))
             self._gone_ok(self._master.delete_volume,
-                          META % (volume_name, backup.id))
+                          META % (volume_name, stored))
             try:
                 left = self._master.snapshots(chain)
             except exception.NotFound:
@@ -623,6 +628,13 @@ def _read_exact(f, n):
         parts.append(data)
         left -= len(data)
     return b''.join(parts) + bytes(left)
+
+
+def _stored_id(backup, meta):
+    """The id a backup's data is named after: its own, or the one it
+    was exported under (a record imported under another id)."""
+    stored = meta.get('id')
+    return stored if isinstance(stored, str) and stored else backup.id
 
 
 def _service_metadata(backup):

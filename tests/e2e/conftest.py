@@ -27,8 +27,9 @@ def say(request):
 @pytest.fixture(scope='session')
 def stack(tmp_path_factory, request):
     harness.need(('qemu-io', 'mariadbd', 'epmd'),
-                 ('keystone', 'nova', 'placement', 'openstack_dashboard',
-                  'gunicorn', 'whitenoise', 'selenium'))
+                 ('keystone', 'nova', 'placement', 'glance',
+                  'openstack_dashboard', 'gunicorn', 'whitenoise',
+                  'selenium'))
     if not os.path.exists('/dev/fuse') or os.geteuid() != 0:
         if os.environ.get('CI'):
             pytest.fail('ursa-attach needs root and /dev/fuse')

@@ -3,7 +3,9 @@ end-to-end tests: a private MariaDB and RabbitMQ, Keystone (fernet tokens,
 every service behind keystonemiddleware, as in production), an ursa-aio
 cluster with its NBD gateway and attach agent, then cinder-api,
 cinder-scheduler, cinder-volume and cinder-backup from the cinder package,
-configured as the README tells an operator.
+configured as the README tells an operator; Glance (file store) with one
+image; Nova (tests/e2e/nova_harness.py) with a Neutron stand-in
+(tests/e2e/neutron_stub.py).
 
 Traps handled here: Keystone's WSGI app parses ``sys.argv`` when imported
 (``wsgi_serve`` clears it) and hashes passwords with 12 bcrypt rounds
@@ -29,9 +31,10 @@ from concurrent import futures
 
 from cinder_ursa.cmd.allinone import AllInOne
 from cinder_ursa.common import auth
+from tests.e2e import glance_harness
 from tests.e2e import horizon
+from tests.e2e import neutron_stub
 from tests.e2e import nova_harness
-from tests.e2e import openstack_stubs
 from tests.fixtures.processes import free_port
 from tests.fixtures.processes import stop_processes
 from tests.fixtures.processes import wait_port
@@ -448,9 +451,9 @@ class Stack:
     """The services of the end-to-end tests, started once per test run
     (tests/e2e/conftest.py): MariaDB, RabbitMQ, Keystone, ursa-aio (NBD
     gateway, the attach agent of this host, cinder-backup's), Cinder,
-    Nova with three computes, ursa-attach and nova-ha-agent on each, and
-    two nova-ha-evacuators.  ``timings`` is how long each part took to start,
-    ``start_seconds`` the whole."""
+    Glance, the Neutron stand-in, Nova with three computes, ursa-attach
+    and nova-ha-agent on each, and two nova-ha-evacuators.  ``timings``
+    is how long each part took to start, ``start_seconds`` the whole."""
 
     def __init__(self, base):
         self.base = base
@@ -459,7 +462,8 @@ class Stack:
         self.keystone = None
         self.ursa = None
         self.cinder = None
-        self.stubs = None
+        self.neutron = None
+        self.glance = None
         self.nova = None
         self.ha = None
         self.attach = None
@@ -498,10 +502,14 @@ class Stack:
         self.cinder = Cinder(os.path.join(self.base, 'cinder'),
                              self.mariadb.new_database(), self.rabbit.url,
                              self.ursa, self.keystone)
-        self.stubs = openstack_stubs.Stubs().start()
+        self.neutron = neutron_stub.NeutronStub().start()
+        self.glance = glance_harness.Glance(
+            os.path.join(self.base, 'glance'), self.mariadb.new_database(),
+            self.keystone)
+        os.makedirs(self.glance.base)
         self.nova = nova_harness.Nova(
             os.path.join(self.base, 'nova'), self.mariadb, self.rabbit.url,
-            self.keystone, self.stubs)
+            self.keystone, self.glance.url, self.neutron.url)
         self.ha = nova_harness.HA(os.path.join(self.base, 'nova-ha'),
                                   self.nova, self.keystone, self.ursa,
                                   self.mariadb.new_database())
@@ -515,9 +523,10 @@ class Stack:
         self._together(keystone=self._start_keystone, ursa=self._start_ursa,
                        cinder_db=self.cinder.prepare,
                        nova_db=self.nova.prepare,
+                       glance_db=self.glance.prepare,
                        horizon_static=self.horizon.prepare)
         self._together(cinder=self.cinder.run, nova=self.nova.run,
-                       horizon=self.horizon.run)
+                       glance=self.glance.run, horizon=self.horizon.run)
         # The volume type users choose, as DevStack makes it.
         self.cinder.api('POST', '/types', {'volume_type': {
             'name': 'ursa', 'extra_specs': {'volume_backend_name': 'ursa'}}})
@@ -528,14 +537,15 @@ class Stack:
     def _start_keystone(self):
         self.keystone.start()
         self.keystone.register(
-            users=('cinder', 'nova', 'placement', 'neutron', 'nova-ha'),
+            users=('cinder', 'nova', 'placement', 'neutron', 'glance',
+                   'nova-ha'),
             endpoints=[
                 ('volumev3', 'cinderv3', self.cinder.endpoint),
                 ('block-storage', 'cinder', self.cinder.endpoint),
                 ('compute', 'nova', self.nova.endpoint),
                 ('placement', 'placement', self.nova.placement_endpoint),
-                ('image', 'glance', self.stubs.image_url),
-                ('network', 'neutron', self.stubs.url)])
+                ('image', 'glance', self.glance.url),
+                ('network', 'neutron', self.neutron.url)])
         self.keystone.add_member(MEMBER, MEMBER)
 
     def _start_ursa(self):
@@ -551,7 +561,8 @@ class Stack:
 
     def stop(self):
         for part in (self.horizon, self.ha, self.nova, self.cinder,
-                     self.attach, self.ursa, self.keystone, self.stubs,
+                     self.glance, self.attach, self.ursa, self.keystone,
+                     self.neutron,
                      self.rabbit, self.mariadb):
             if part is not None:
                 try:

@@ -1,9 +1,10 @@
 """Real Nova and nova_ha on 127.0.0.1, parts of the end-to-end stack
 (harness.Stack): placement, the compute API, conductor, scheduler and
 three nova-compute with the fake virt driver (Nova 34 from PyPI), behind
-Keystone like every other service, with stubs for the Glance and Neutron
-calls Nova makes; then a nova-ha-agent per compute host and two
-nova-ha-evacuators that fence through the Ursa master.
+Keystone like every other service, with the stack's Glance and its
+Neutron stand-in (tests/e2e/neutron_stub.py); then a nova-ha-agent per
+compute host and two nova-ha-evacuators that fence through the Ursa
+master.
 
 Traps handled here: Nova 34 ships no nova-api script (``wsgi_serve``
 serves its WSGI app); placement-manage needs ``--config-file``;
@@ -22,8 +23,8 @@ import subprocess
 import sys
 
 from cinder_ursa.common import auth
+from tests.e2e import glance_harness
 from tests.e2e import harness
-from tests.e2e import openstack_stubs
 from tests.fixtures.processes import free_port
 from tests.fixtures.processes import stop_processes
 from tests.fixtures.processes import wait_port
@@ -39,12 +40,13 @@ class Nova:
     """placement, nova-api, -conductor, -scheduler and ``computes``
     nova-compute (compute1, compute2, ...)."""
 
-    def __init__(self, base, mariadb, transport_url, keystone, stubs,
-                 computes=3):
+    def __init__(self, base, mariadb, transport_url, keystone, image_url,
+                 network_url, computes=3):
         self.base = base
         self.transport_url = transport_url
         self.keystone = keystone
-        self.stubs = stubs
+        self.image_url = image_url
+        self.network_url = network_url
         self.computes = ['compute%d' % i for i in range(1, computes + 1)]
         self.procs = {}
         # The guests' journals and pid files (tests/e2e/virt/ursa_guest.py).
@@ -105,10 +107,10 @@ send_service_user_token = true
 os_region_name = {harness.REGION}
 {ks.auth_section('nova')}
 [glance]
-endpoint_override = {self.stubs.url}
+endpoint_override = {self.image_url}
 
 [neutron]
-endpoint_override = {self.stubs.url}
+endpoint_override = {self.network_url}
 {ks.auth_section('neutron')}
 [scheduler]
 discover_hosts_in_cells_interval = 2
@@ -482,7 +484,7 @@ def create_server(nova, name, host, metadata=None, volume=None):
               'metadata': metadata or {},
               'availability_zone': 'nova:%s' % host}
     if volume is None:
-        server['imageRef'] = openstack_stubs.IMAGE_ID
+        server['imageRef'] = glance_harness.IMAGE_ID
     else:
         server['block_device_mapping_v2'] = [{
             'boot_index': 0, 'uuid': volume, 'source_type': 'volume',

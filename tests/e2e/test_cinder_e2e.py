@@ -3,8 +3,11 @@ cinder-scheduler, cinder-volume and cinder-backup, driven by
 openstackclient and python-cinderclient as Keystone's admin; the bytes
 inside volumes are checked through the Ursa NBD gateway (qemu-io)."""
 
+import base64
+import json
 import subprocess
 import time
+import uuid
 
 from tests.e2e import harness
 from tests.fixtures.wait import wait_for
@@ -152,13 +155,32 @@ def test_every_workflow(stack):
     r3 = r3.get('volume_id') or r3.get('id')
     wait(osc, 'volume', r3, ['available'])
     qemu_io(stack, r3, 'read -P 0x33 1M 1M')
+    # b2's record exported, then imported under a new id (as Tempest's
+    # export and import test does, b2 still there): it restores the same.
+    record = cc.backups.export_record(b2)
+    assert record['backup_service'] == \
+        'cinder_ursa.backup.driver.UrsaBackupDriver', record
+    fields = json.loads(base64.b64decode(record['backup_url']))
+    fields['id'] = str(uuid.uuid4())
+    imported = cc.backups.import_record(
+        record['backup_service'],
+        base64.b64encode(json.dumps(fields).encode()).decode())['id']
+    wait(osc, 'volume backup', imported, ['available'])
+    r4 = osc('volume', 'backup', 'restore', imported, 'restored4')
+    r4 = r4.get('volume_id') or r4.get('id')
+    wait(osc, 'volume', r4, ['available'])
+    qemu_io(stack, r4, 'read -P 0x33 1M 1M')
+    osc('volume', 'backup', 'delete', imported, json_out=False)
+    wait_for(lambda: imported not in {x['ID'] for x in osc(
+        'volume', 'backup', 'list')}, 120, 'the imported backup deleted',
+        interval=1)
     for b in (b2, b1):
         osc('volume', 'backup', 'delete', b, json_out=False)
         wait_for(lambda b=b: b not in {x['ID'] for x in osc(
             'volume', 'backup', 'list')}, 120, 'backup %s deleted' % b,
             interval=1)
     cc.volumes.delete(vc.id)
-    for v in (v2, v3, rv, v4, r2, r3):
+    for v in (v2, v3, rv, v4, r2, r3, r4):
         osc('volume', 'delete', v, json_out=False)
     wait_for(lambda: not osc('volume', 'list'), 120,
              lambda: 'no volumes, not %s' % osc('volume', 'list'), interval=1)

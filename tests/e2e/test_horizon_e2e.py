@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from tests.e2e import glance_harness
 from tests.e2e import harness
 from tests.e2e import horizon
-from tests.e2e import openstack_stubs
 from tests.e2e.test_cinder_e2e import pattern_is
 from tests.e2e.test_cinder_e2e import qemu_io
 from tests.fixtures.wait import wait_for
@@ -291,7 +291,7 @@ class Story:
         self.server = self.member.request(
             self.stack.nova.endpoint + '/servers', 'POST', json={'server': {
                 'name': name, 'flavorRef': '2', 'networks': 'none',
-                'imageRef': openstack_stubs.IMAGE_ID}},
+                'imageRef': glance_harness.IMAGE_ID}},
             headers={'OpenStack-API-Version': 'compute 2.79'}).json()[
             'server']['id']
 

@@ -36,10 +36,10 @@ import time
 import pytest
 
 from cinder_ursa.protocol import lease_history
+from tests.e2e import glance_harness
 from tests.e2e import guest_writer
 from tests.e2e import harness
 from tests.e2e import nova_harness
-from tests.e2e import openstack_stubs
 from tests.fixtures import services
 from tests.fixtures.wait import wait_for
 
@@ -106,7 +106,7 @@ class Story:
         for name, _ in HA_SERVERS:
             self.volumes[name] = osc(
                 'volume', 'create', '--type', 'ursa', '--size', '1',
-                '--image', openstack_stubs.IMAGE_ID, 'vol-' + name)['id']
+                '--image', glance_harness.IMAGE_ID, 'vol-' + name)['id']
         for vid in self.volumes.values():
             _wait_volume(osc, vid, 'available')
             assert osc('volume', 'show', vid)['bootable'] in (True, 'true')
@@ -270,8 +270,8 @@ class Story:
             assert path.startswith(self.stack.attach.mount_dir(host)), path
             entries = self.journal(name, victim).entries
             with open(path, 'rb') as f:
-                assert f.read(len(openstack_stubs.IMAGE_DATA)) == \
-                    openstack_stubs.IMAGE_DATA
+                assert f.read(len(glance_harness.IMAGE_DATA)) == \
+                    glance_harness.IMAGE_DATA
                 for k, t0, _, _, result in entries:
                     f.seek(k * guest_writer.BLOCK)
                     data = f.read(guest_writer.BLOCK)

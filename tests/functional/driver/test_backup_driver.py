@@ -5,6 +5,7 @@ for byte, restores onto the original and after the source is gone, the
 deletes, and a backup cluster that cannot be reached."""
 
 import hashlib
+import json
 import os
 import random
 import threading
@@ -433,4 +434,28 @@ def test_backups_of_one_chain_wait_for_each_other(drv, vdrv, ctx, source):
     t.join()
     finish(a, result['updates'])
     drv.delete_backup(a)
+    vdrv.delete_volume(vol)
+
+
+def test_a_record_imported_under_another_id_restores_and_deletes(
+        drv, vdrv, ctx, source, store, tmp_path):
+    """backup-export, then backup-import of the record under a new id (as
+    Tempest's export/import test does, the original still there): the
+    imported backup restores the same data, named after the id it was
+    made under; deleting it deletes that data."""
+    vol = new_volume(ctx, vdrv, 1)
+    Changes(source, vol.name, GiB, seed=7).write(4 * MiB)
+    b = new_backup(ctx, vol)
+    finish(b, drv.backup(b, None))
+    want = digest_of_volume(source, vol.name)
+    assert json.loads(b.service_metadata)['id'] == b.id
+    imported = new_backup(ctx, vol)
+    finish(imported, {'service_metadata': b.service_metadata})
+    assert imported.id != b.id
+    assert restore(drv, imported, vol, tmp_path / 'i.raw') == want
+    drv.delete_backup(imported)
+    # Its only point gone, the chain went with it.
+    assert naming.CHAIN % vol.name not in {
+        v['name'] for v in store.client().volumes()}
+    drv.delete_backup(b)        # already gone: nothing left to do
     vdrv.delete_volume(vol)

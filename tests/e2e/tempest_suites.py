@@ -1,0 +1,51 @@
+"""The suites Cinder's third-party driver CI runs, against the stack:
+Tempest's volume API tests and cinder-tempest-plugin's API tests, with
+the Ursa driver as the only backend, Keystone, Glance, Nova, placement,
+cinder-backup with the Ursa backup driver, and a Neutron stand-in.
+Tempest makes its own projects, users and networks; nothing may fail,
+and every test skipped is one the backend or the stack truly lacks (the
+table in doc/source/cinder.rst says why for each)."""
+
+import os
+import re
+
+import pytest
+
+from tests.e2e import tempest_harness
+
+pytestmark = pytest.mark.timeout(3600)
+
+# The skips doc/source/cinder.rst explains, at most.
+MAX_SKIPS = 10
+
+SUITES = [('tempest.api.volume', r'^tempest\.api\.volume'),
+          ('cinder_tempest_plugin.api', r'^cinder_tempest_plugin\.api')]
+
+
+@pytest.fixture(scope='module')
+def workspace(stack, tmp_path_factory):
+    return tempest_harness.Workspace(
+        stack, str(tmp_path_factory.mktemp('tempest') / 'workspace'))
+
+
+def test_tempest_volume_suites_pass(workspace, say):
+    skipped = {}
+    failed = {}
+    for name, regex in SUITES:
+        results = workspace.run(regex)
+        counts = results.counts()
+        say('tempest %s: %s' % (name, ', '.join(
+            '%s %d' % kv for kv in sorted(counts.items()))))
+        for test, reason in sorted(results.having('skip').items()):
+            say('  skipped %s: %s' % (test, reason.splitlines()[0]
+                                      if reason else ''))
+        skipped.update(results.having('skip'))
+        for test, reason in sorted(tempest_harness.EXCLUDED.items()):
+            if re.match(regex, test):
+                say('  excluded %s: %s' % (test, reason))
+                skipped[test] = reason
+        failed.update(results.having('fail'))
+        assert results.tests, 'no test of %s ran; see %s' % (
+            name, os.path.join(workspace.path, 'run.log'))
+    assert not failed, '\n\n'.join('%s\n%s' % kv for kv in failed.items())
+    assert len(skipped) <= MAX_SKIPS, sorted(skipped)
