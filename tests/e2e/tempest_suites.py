@@ -4,7 +4,8 @@ the Ursa driver as the only backend, Keystone, Glance, Nova, placement,
 cinder-backup with the Ursa backup driver, and a Neutron stand-in.
 Tempest makes its own projects, users and networks; nothing may fail,
 and every test skipped is one the backend or the stack truly lacks (the
-table in doc/source/cinder.rst says why for each)."""
+table in doc/source/cinder.rst says why for each).  Run by
+tools/run-tempest."""
 
 import os
 import re
