@@ -73,7 +73,8 @@ STATIC_ROOT = {os.path.join(b, 'static')!r}
 COMPRESS_OFFLINE = True
 OPENSTACK_CINDER_FEATURES = {{'enable_backup': True}}
 OPENSTACK_HYPERVISOR_FEATURES = {{'can_set_mount_point': True}}
-# The network service is a stub answering empty lists.
+# The network service is the stack's Neutron stand-in (no QoS, no
+# RBAC, no distributed or HA routers, no floating IPs).
 OPENSTACK_NEUTRON_NETWORK = {{
     'enable_quotas': False, 'enable_rbac_policy': False,
     'enable_distributed_router': False, 'enable_ha_router': False,
