@@ -1079,11 +1079,9 @@ class MasterService:
             fenced = dict(self._fenced_read[1])
             if reason is None:
                 fenced.pop(host, None)
-            elif host in fenced:
-                fenced[host] = store_common.fence_reasons(fenced[host],
-                                                          reason)
             else:
-                fenced[host] = reason
+                fenced[host] = store_common.fence_reasons(fenced.get(host),
+                                                          reason)
             self._fenced_read = (self._fenced_read[0], fenced)
 
     async def unfence_host(self, host):

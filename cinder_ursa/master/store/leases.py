@@ -550,9 +550,11 @@ class LeaseRecords:
             if not already:
                 conn.execute(f.insert().values(host=host, reason=reason,
                                                fenced_at=now))
-            elif fence_reasons(row.reason, reason) != row.reason:
-                conn.execute(f.update().where(f.c.host == host).values(
-                    reason=fence_reasons(row.reason, reason)))
+            else:
+                merged = fence_reasons(row.reason, reason)
+                if merged != row.reason:
+                    conn.execute(f.update().where(f.c.host == host).values(
+                        reason=merged))
             a = models.attachments
             touched = [r.volume_id for r in conn.execute(sa.select(
                 a.c.volume_id).where(a.c.host == host))]
