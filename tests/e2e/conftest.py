@@ -3,6 +3,7 @@ run (tests/e2e/harness.py): starting it costs a minute and more, so the
 tests share it and clean up what they create."""
 
 import os
+import time
 
 import pytest
 
@@ -44,4 +45,29 @@ def stack(tmp_path_factory, request):
             print(s.logs_tail())
         raise
     finally:
+        t0 = time.monotonic()
         s.stop()
+        _say(request.config, 'e2e: stack stopped in %.1f s (%s)' % (
+            time.monotonic() - t0, ', '.join(
+                '%s %.1f s' % kv for kv in s.timings.items()
+                if kv[0].startswith('stop-'))))
+
+
+# The end-to-end tests in the order they run: the nova_ha story kills
+# compute hosts (and brings them back), so it comes after the tests that
+# take the stack as started.
+ORDER = ('test_cinder_e2e.py', 'test_cinder_tempest.py',
+         'test_horizon_e2e.py', 'test_nova_ha_e2e.py')
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(__file__)
+    slots = [i for i, item in enumerate(items)
+             if os.path.dirname(str(item.path)) == here]
+
+    def rank(item):
+        name = os.path.basename(str(item.path))
+        return ORDER.index(name) if name in ORDER else len(ORDER)
+    ordered = sorted((items[i] for i in slots), key=rank)
+    for i, item in zip(slots, ordered, strict=True):
+        items[i] = item

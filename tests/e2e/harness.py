@@ -98,6 +98,14 @@ key_repository = {b}/credential-keys
 
 [identity]
 password_hash_rounds = 4
+
+# Keystone's cache, in the process (DevStack's is memcached): without
+# it, every call re-reads the roles, assignments and revocation events
+# from the database, 0.15-0.3 s a call here against 0.03-0.07 s with
+# it; Tempest's dynamic credentials make hundreds of such calls.
+[cache]
+enabled = true
+backend = dogpile.cache.memory
 ''')
 
     def manage(self, *args):
@@ -557,18 +565,29 @@ class Stack:
         """The start-up time, whole and by part."""
         return 'stack started in %.1f s (%s)' % (
             self.start_seconds, ', '.join(
-                '%s %.1f s' % kv for kv in self.timings.items()))
+                '%s %.1f s' % kv for kv in self.timings.items()
+                if not kv[0].startswith('stop-')))
 
     def stop(self):
-        for part in (self.horizon, self.ha, self.nova, self.cinder,
-                     self.glance, self.attach, self.ursa, self.keystone,
-                     self.neutron,
-                     self.rabbit, self.mariadb):
-            if part is not None:
+        """Stop every part, in three waves of parts stopped together (each
+        may wait out a graceful shutdown): the services, then what they
+        stood on (the attach agents, Ursa, Keystone), then the message
+        queue and the database."""
+        def stopper(part):
+            def stop():
                 try:
                     part.stop()
                 except Exception:  # noqa: BLE001 - stop the others too
                     pass
+            return stop
+        for wave in ((self.horizon, self.ha, self.nova, self.cinder,
+                      self.glance, self.neutron),
+                     (self.attach, self.ursa, self.keystone),
+                     (self.rabbit, self.mariadb)):
+            parts = {'stop-%s' % type(part).__name__.lower(): stopper(part)
+                     for part in wave if part is not None}
+            if parts:
+                self._together(**parts)
 
     def logs_tail(self, n=40):
         """The errors in each part's logs, for a failed test's report."""

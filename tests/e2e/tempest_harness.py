@@ -181,7 +181,7 @@ manage_snapshot_ref = source-name,snapshot-%s
 cinder = true
 ''')
 
-    def run(self, regex, concurrency=2, timeout=1800):
+    def run(self, regex, concurrency=4, timeout=1800):
         """``tempest run --regex REGEX``; its Results."""
         excluded = os.path.join(self.path, 'excluded.txt')
         with open(excluded, 'w') as f:

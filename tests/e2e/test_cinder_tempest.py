@@ -4,8 +4,8 @@ the Ursa driver as the only backend, Keystone, Glance, Nova, placement,
 cinder-backup with the Ursa backup driver, and a Neutron stand-in.
 Tempest makes its own projects, users and networks; nothing may fail,
 and every test skipped is one the backend or the stack truly lacks (the
-table in doc/source/cinder.rst says why for each).  Run by
-tools/run-tempest."""
+table in doc/source/cinder.rst says why for each).  Part of the
+end-to-end stage of tools/run-tests; tools/run-tempest runs it alone."""
 
 import os
 import re
