@@ -110,7 +110,8 @@ LOGGING = {{
         self.proc = subprocess.Popen(
             [os.path.join(VENV_BIN, 'gunicorn'), '--bind',
              '127.0.0.1:%d' % self.port, '--workers', '1', '--threads', '8',
-             '--timeout', '120', '--access-logfile', '-',
+             '--timeout', '120', '--graceful-timeout', '3',
+             '--access-logfile', '-',
              '--no-control-socket',
              'tests.e2e.horizon_wsgi:application'],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ end-to-end stage of tools/run-tests; tools/run-tempest runs it alone."""
 
 import os
 import re
+import time
 
 import pytest
 
@@ -33,13 +34,10 @@ def test_tempest_volume_suites_pass(workspace, say):
     skipped = {}
     failed = {}
     for name, regex in SUITES:
+        t0 = time.monotonic()
         results = workspace.run(regex)
-        counts = results.counts()
-        say('tempest %s: %s' % (name, ', '.join(
-            '%s %d' % kv for kv in sorted(counts.items()))))
-        for test, reason in sorted(results.having('skip').items()):
-            say('  skipped %s: %s' % (test, reason.splitlines()[0]
-                                      if reason else ''))
+        say('tempest %s (%.0f s):' % (name, time.monotonic() - t0))
+        tempest_harness.report(results, say)
         skipped.update(results.having('skip'))
         for test, reason in sorted(tempest_harness.EXCLUDED.items()):
             if re.match(regex, test):
