@@ -24,6 +24,7 @@ import time
 
 from tests.e2e import glance_harness
 from tests.e2e import harness
+from tests.e2e import nova_harness
 
 VENV_BIN = os.path.dirname(sys.executable)
 
@@ -43,6 +44,8 @@ FEATURES = {
     # cinder-tempest-plugin's
     'volume_revert': True,
     'consistency_group': False,
+    # the plugin's scenario of concurrent creates (reported, not gated)
+    'concurrency_tests': True,
 }
 
 # Tests that cannot pass against an out-of-tree driver, with why; they
@@ -111,6 +114,10 @@ class Workspace:
     def write_config(self):
         ks = self.stack.keystone
         features = '\n'.join('%s = %s' % kv for kv in FEATURES.items())
+        # The image the scenario tests upload: the stack's own.
+        image_file = os.path.join(self.path, 'image.raw')
+        with open(image_file, 'wb') as f:
+            f.write(glance_harness.IMAGE_DATA)
         with open(self.conf, 'w') as f:
             f.write(f'''[DEFAULT]
 log_file = {self.path}/tempest.log
@@ -145,6 +152,7 @@ image_ref_alt = {glance_harness.IMAGE_ID}
 flavor_ref = 2
 flavor_ref_alt = 2
 min_compute_nodes = {len(self.stack.nova.computes)}
+max_microversion = {nova_harness.MICROVERSION}
 build_timeout = 120
 
 [compute-feature-enabled]
@@ -167,6 +175,10 @@ project_network_mask_bits = 28
 
 [image]
 disk_formats = raw,qcow2
+
+[scenario]
+img_file = {image_file}
+img_disk_format = raw
 
 [volume]
 backend_names = ursa
