@@ -570,9 +570,9 @@ class Stack:
 
     def stop(self):
         """Stop every part, in three waves of parts stopped together (each
-        may wait out a graceful shutdown): the services, then what they
-        stood on (the attach agents, Ursa, Keystone), then the message
-        queue and the database."""
+        may wait out a graceful shutdown): the services, then the attach
+        agents (which flush what they hold open to Ursa) and Keystone,
+        then Ursa, the message queue and the database."""
         def stopper(part):
             def stop():
                 try:
@@ -582,8 +582,8 @@ class Stack:
             return stop
         for wave in ((self.horizon, self.ha, self.nova, self.cinder,
                       self.glance, self.neutron),
-                     (self.attach, self.ursa, self.keystone),
-                     (self.rabbit, self.mariadb)):
+                     (self.attach, self.keystone),
+                     (self.ursa, self.rabbit, self.mariadb)):
             parts = {'stop-%s' % type(part).__name__.lower(): stopper(part)
                      for part in wave if part is not None}
             if parts:
