@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dbm import dumb
 
 from tests.e2e import glance_harness
 from tests.e2e import harness
@@ -102,21 +103,26 @@ def class_of(test_id):
 
 class Results:
     """Each test's status (``success``, ``skip``, ``fail``, ...) and
-    reason, from a subunit v2 stream."""
+    reason: ``Results.read(stream)`` from a subunit v2 stream."""
 
-    def __init__(self, stream):
+    def __init__(self, tests=None, reasons=None):
+        self.tests = tests or {}
+        self.reasons = reasons or {}
+
+    @classmethod
+    def read(cls, stream):
         import subunit
         import testtools
-        self.tests = {}
-        self.reasons = {}
+        results = cls()
         case = subunit.ByteStreamToStreamResult(stream,
                                                 non_subunit_name='stdout')
-        result = testtools.StreamToDict(self._add)
+        result = testtools.StreamToDict(results._add)
         result.startTestRun()
         try:
             case.run(result)
         finally:
             result.stopTestRun()
+        return results
 
     def _add(self, test):
         status = test['status']
@@ -135,12 +141,10 @@ class Results:
     def only(self, regex):
         """The results of the tests whose id, or class for a class's
         ``setUpClass``, matches ``regex``."""
-        part = object.__new__(Results)
-        part.tests = {t: s for t, s in self.tests.items()
-                      if re.match(regex, t) or re.match(regex, class_of(t))}
-        part.reasons = {t: r for t, r in self.reasons.items()
-                        if t in part.tests}
-        return part
+        tests = {t: s for t, s in self.tests.items()
+                 if re.match(regex, t) or re.match(regex, class_of(t))}
+        return Results(tests, {t: r for t, r in self.reasons.items()
+                               if t in tests})
 
     def having(self, status):
         """{test id: reason} of the tests that ended with ``status``."""
@@ -194,26 +198,28 @@ class Workspace:
         workers in turn.  Without it, stestr deals the classes out in
         turn: in one run on 2 cores its 4 workers finished after 156,
         171, 240 and 261 s."""
-        from dbm import dumb
-
         from stestr.repository import file as stestr_file
         if not os.path.isdir(os.path.join(self.path, '.stestr')):
             stestr_file.RepositoryFactory().initialise(self.path)
         with open(TIMES) as f:
             times = json.load(f)
-        db = dumb.open(os.path.join(self.path, '.stestr', 'times.dbm'), 'c')
+        db = dumb.open(self._times_db, 'c')
         try:
             for test, seconds in times.items():
                 db[test] = str(seconds)
         finally:
             db.close()
 
+    @property
+    def _times_db(self):
+        """stestr's record of each test's time."""
+        return os.path.join(self.path, '.stestr', 'times.dbm')
+
     def save_times(self):
         """Each test's time in this workspace's runs, as TIMES holds
         them: ``times.json`` in the workspace, to copy over TIMES when
         the suites change."""
-        from dbm import dumb
-        db = dumb.open(os.path.join(self.path, '.stestr', 'times.dbm'), 'r')
+        db = dumb.open(self._times_db, 'r')
         try:
             # A class's setUpClass is no test stestr schedules.
             times = {k.decode(): round(float(db[k]), 1) for k in db.keys()
@@ -338,7 +344,7 @@ cinder = true
         last = subprocess.run([os.path.join(VENV_BIN, 'stestr'), 'last',
                                '--subunit'], cwd=self.path,
                               capture_output=True, check=True)
-        results = Results(io.BytesIO(last.stdout))
+        results = Results.read(io.BytesIO(last.stdout))
         self.save_times()
         if code != 0 and not results.having('fail'):
             raise RuntimeError('tempest run --regex %s exited %d with no '

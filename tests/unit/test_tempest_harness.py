@@ -36,7 +36,7 @@ def _stream():
 
 
 def test_results_split_by_suite_keep_a_class_skip_with_its_suite():
-    results = tempest_harness.Results(_stream())
+    results = tempest_harness.Results.read(_stream())
     assert results.counts() == {'success': 1, 'fail': 1, 'skip': 1}
     volume = results.only(r'^tempest\.api\.volume')
     assert set(volume.tests) == {PASSED, CLASS_SKIPPED}
